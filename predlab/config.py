@@ -1,0 +1,152 @@
+"""Configuration dataclasses: the browser's constants, the world, the model and training.
+
+Each field's docstring is its help text: the CLI flags, the notebook sliders and the
+checkpoint are all built from these classes, so they cannot drift apart.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+# SPEC.md section 1: the browser's world constants.
+BOID_MAX_SPEED = 3.5
+BOID_MAX_FORCE = 0.1
+BOID_DESIRED_SEPARATION = 40.0
+BOID_NEIGHBOR_DISTANCE = 60.0
+BOID_BORDER_OFFSET = 10.0
+PREDATOR_MAX_SPEED = 2.0
+PREDATOR_MAX_FORCE = 0.2
+PREDATOR_SIZE = 18.0
+CATCH_RADIUS = 0.7 * PREDATOR_SIZE  # 12.6
+PREDATOR_RANGE = 80.0
+PREDATOR_TURN_FACTOR = 0.3
+PREDATOR_AVOID_LIMIT = 0.15
+PREDATOR_BORDER_OFFSET = 20.0
+MAX_DISTANCE = 1000.0
+VELOCITY_SCALE = max(BOID_MAX_SPEED, PREDATOR_MAX_SPEED)
+NUM_BOIDS = 50
+EPSILON = 1e-7
+SEPARATION_WEIGHT = 2.0
+COHESION_WEIGHT = 1.0
+ALIGNMENT_WEIGHT = 1.0
+
+# SPEC.md section 6/7: the sizes the stock browser page accepts.
+BROWSER_SIZES = {"d_model": 48, "n_heads": 4, "n_layers": 3, "ffn_hidden": 96}
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field whose help text travels to argparse and the notebook widgets."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class WorldConfig:
+    """How episodes are drawn: canvas sizes, flock sizes, episode length, exploration."""
+
+    width_min: int = _f(320, "smallest canvas width in px (phone)", min=16)
+    width_max: int = _f(3840, "largest canvas width in px (4K)", min=16)
+    height_min: int = _f(320, "smallest canvas height in px", min=16)
+    height_max: int = _f(2160, "largest canvas height in px", min=16)
+    boids_min: int = _f(1, "fewest boids in an episode", min=1)
+    boids_max: int = _f(50, "most boids in an episode (the browser runs 50)", min=1)
+    frames: int = _f(200, "frames per episode (it ends earlier when every boid is caught)", min=1)
+    noise: float = _f(0.3, "std of Gaussian noise added to the driving action, so that states off the "
+                      "teacher's path are seen (the label stays the clean teacher action)", min=0.0)
+    separation_weight: float = _f(SEPARATION_WEIGHT, "flocking: separation weight", min=0.0)
+    cohesion_weight: float = _f(COHESION_WEIGHT, "flocking: cohesion weight", min=0.0)
+    alignment_weight: float = _f(ALIGNMENT_WEIGHT, "flocking: alignment weight", min=0.0)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the ranges are inconsistent."""
+        _check_min(self)
+        for lo, hi in (("width_min", "width_max"), ("height_min", "height_max"), ("boids_min", "boids_max")):
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(f"{lo}={getattr(self, lo)} is larger than {hi}={getattr(self, hi)}")
+
+
+@dataclass
+class ModelConfig:
+    """The transformer's sizes. The browser page accepts only 48 / 4 / 3 / 96."""
+
+    d_model: int = _f(48, "model width", min=1)
+    n_heads: int = _f(4, "attention heads (must divide d_model)", min=1)
+    n_layers: int = _f(3, "transformer blocks", min=1)
+    ffn_hidden: int = _f(96, "GEGLU hidden width", min=1)
+    dropout: float = _f(0.0, "dropout on the residual branches while training (none at inference)",
+                        min=0.0, max=0.99)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when the sizes cannot build a model."""
+        _check_min(self)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, data volume, logging and checkpointing."""
+
+    epochs: int = _f(30, "training epochs", min=1)
+    batch_size: int = _f(256, "samples per optimiser step", min=1)
+    learning_rate: float = _f(2e-3, "peak learning rate (AdamW; linear warm-up, cosine decay)", min=0.0)
+    weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)
+    warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warm-up", min=0.0)
+    min_lr_ratio: float = _f(0.05, "final learning rate as a fraction of the peak", min=0.0, max=1.0)
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 turns it off)", min=0.0)
+    train_episodes: int = _f(200, "fresh training episodes generated every epoch", min=1)
+    val_episodes: int = _f(50, "validation episodes, generated once from their own seed", min=1)
+    num_workers: int = _f(0, "processes generating episodes (0 = in this process)", min=0)
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
+    seed: int = _f(0, "seed for data, initial weights and shuffling", min=0)
+    resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch)")
+    early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off)", min=0)
+    min_delta: float = _f(1e-5, "smallest val-loss drop that counts as an improvement", min=0.0)
+    save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs", min=1)
+    keep_checkpoints: int = _f(3, "how many checkpoint_epoch_N.pt files to keep", min=1)
+    checkpoint_dir: str = _f("checkpoints", "where checkpoints and the exported model.js go")
+    log_dir: str = _f("runs", "TensorBoard runs folder (one subfolder per training)")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)", min=0)
+    progress: bool = _f(True, "show progress bars")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field when a value is out of range."""
+        _check_min(self)
+        _check_device_string(self.device)
+
+
+def _check_min(cfg) -> None:
+    import math
+
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"{f.name} must be a finite number, got {v}")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if lo is not None and v < lo:
+            raise ValueError(f"{f.name} must be >= {lo}, got {v}")
+        if hi is not None and v > hi:
+            raise ValueError(f"{f.name} must be <= {hi}, got {v}")
+
+
+def _check_device_string(device: str) -> None:
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device or ""):
+        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def config_fields(cls) -> Tuple[dataclasses.Field, ...]:
+    """The fields of a config dataclass (for CLI and widget builders)."""
+    return dataclasses.fields(cls)
+
+
+def from_dict(cls, d: dict):
+    """Build a config from a dict, refusing unknown keys with a message naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+    return cls(**d)

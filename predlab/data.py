@@ -1,0 +1,327 @@
+"""Episodes -> padded tensors: the browser's dict form at the edges, tensors inside.
+
+collate() turns browser-form dicts into a padded batch and to_dicts() turns it back.
+generate_episodes() rolls out seeded episodes with the teacher (or, for DAgger, a student)
+driving, in chunks of fixed size so that the same seed gives the same data for any number
+of worker processes. SampleSet keeps the samples as padded tensors and serves batches
+bucketed by boid count, so that padding costs almost nothing.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import WorldConfig
+from .sim import World
+from .teacher import closest_pursuit
+
+Tensor = torch.Tensor
+Batch = Dict[str, Tensor]
+BOID_KEYS = ("relX", "relY", "velX", "velY")
+CHUNK_EPISODES = 128  # episodes simulated together; part of what a seed means, so fixed
+
+
+class InputError(ValueError):
+    """A structured input that does not have the browser's form; the message says where."""
+
+
+# ---------------------------------------------------------------------- dict form <-> tensors
+def _number(v, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise InputError(f"{where} must be a number, got {type(v).__name__}")
+    v = float(v)
+    if not math.isfinite(v):
+        raise InputError(f"{where} is {v} (must be finite)")
+    return v
+
+
+def _field(d, key: str, where: str):
+    if not isinstance(d, Mapping):
+        raise InputError(f"{where} must be an object/dict, got {type(d).__name__}")
+    if key not in d:
+        raise InputError(f"{where} is missing key {key!r}")
+    return d[key]
+
+
+def parse_structured(sample: Mapping, where: str = "input") -> tuple:
+    """Check one browser-form dict; return (context[2], predator[2], boids[n][4]) as floats."""
+    ctx = _field(sample, "context", where)
+    pred = _field(sample, "predator", where)
+    boids = _field(sample, "boids", where)
+    c = [_number(_field(ctx, k, f"{where}.context"), f"{where}.context.{k}") for k in ("canvasWidth", "canvasHeight")]
+    p = [_number(_field(pred, k, f"{where}.predator"), f"{where}.predator.{k}") for k in ("velX", "velY")]
+    if isinstance(boids, (str, bytes, Mapping)) or not isinstance(boids, Sequence):
+        raise InputError(f"{where}.boids must be a list, got {type(boids).__name__}")
+    b = [[_number(_field(bd, k, f"{where}.boids[{i}]"), f"{where}.boids[{i}].{k}") for k in BOID_KEYS]
+         for i, bd in enumerate(boids)]
+    return c, p, b
+
+
+def collate(samples: Sequence[Mapping], dtype=torch.float32, pad_to: Optional[int] = None) -> Batch:
+    """Browser-form dicts -> padded batch: context [B, 2], predator [B, 2], boids [B, N, 4], mask [B, N].
+
+    N is the largest boid count (or pad_to). Raises InputError naming the sample and key
+    for a missing key, a non-number, NaN or infinity.
+    """
+    if isinstance(samples, Mapping) or not isinstance(samples, Sequence):
+        raise InputError("collate takes a list of structured-input dicts")
+    parsed = [parse_structured(s, f"sample {i}") for i, s in enumerate(samples)]
+    B = len(parsed)
+    N = max([len(b) for _, _, b in parsed], default=0)
+    if pad_to is not None:
+        if pad_to < N:
+            raise InputError(f"pad_to={pad_to} is smaller than the largest boid count {N}")
+        N = pad_to
+    boids = np.zeros((B, N, 4), dtype=np.float64)
+    mask = np.zeros((B, N), dtype=bool)
+    for i, (_, _, b) in enumerate(parsed):
+        if b:
+            boids[i, :len(b)] = b
+            mask[i, :len(b)] = True
+    return {"context": torch.tensor([c for c, _, _ in parsed], dtype=dtype).reshape(B, 2),
+            "predator": torch.tensor([p for _, p, _ in parsed], dtype=dtype).reshape(B, 2),
+            "boids": torch.from_numpy(boids).to(dtype), "mask": torch.from_numpy(mask)}
+
+
+def to_dicts(batch: Mapping[str, Tensor]) -> List[dict]:
+    """Padded batch -> browser-form dicts (live boids only, in slot order)."""
+    ctx = batch["context"].double().tolist()
+    pred = batch["predator"].double().tolist()
+    boids = batch["boids"].double().tolist()
+    mask = batch["mask"].bool().tolist()
+    out = []
+    for c, p, bs, m in zip(ctx, pred, boids, mask):
+        out.append({"context": {"canvasWidth": c[0], "canvasHeight": c[1]},
+                    "predator": {"velX": p[0], "velY": p[1]},
+                    "boids": [dict(zip(BOID_KEYS, b)) for b, keep in zip(bs, m) if keep]})
+    return out
+
+
+def check_batch(batch: Mapping[str, Tensor]) -> None:
+    """Raise InputError naming the key when a tensor batch has a wrong key, shape or a NaN."""
+    for k in ("context", "predator", "boids", "mask"):
+        if k not in batch:
+            raise InputError(f"batch is missing key {k!r}")
+    B = batch["context"].shape[0]
+    want = {"context": (B, 2), "predator": (B, 2)}
+    for k, shp in want.items():
+        if tuple(batch[k].shape) != shp:
+            raise InputError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}, expected {shp}")
+    b, m = batch["boids"], batch["mask"]
+    if b.dim() != 3 or b.shape[0] != B or b.shape[2] != 4:
+        raise InputError(f"batch['boids'] has shape {tuple(b.shape)}, expected ({B}, N, 4)")
+    if tuple(m.shape) != tuple(b.shape[:2]):
+        raise InputError(f"batch['mask'] has shape {tuple(m.shape)}, expected {tuple(b.shape[:2])}")
+    for k in ("context", "predator", "boids"):
+        if not torch.isfinite(batch[k]).all():
+            raise InputError(f"batch[{k!r}] contains NaN or infinity")
+
+
+# ---------------------------------------------------------------------- sample storage
+@dataclass
+class SampleSet:
+    """Labelled samples as padded tensors; live boids first in every row.
+
+    context [S, 2], predator [S, 2], boids [S, N, 4], n [S] (live boids), target [S, 2].
+    """
+
+    context: Tensor
+    predator: Tensor
+    boids: Tensor
+    n: Tensor
+    target: Tensor
+
+    def __len__(self) -> int:
+        return self.context.shape[0]
+
+    @classmethod
+    def empty(cls, n_max: int = 0) -> "SampleSet":
+        z = torch.zeros
+        return cls(z(0, 2), z(0, 2), z(0, n_max, 4), torch.zeros(0, dtype=torch.long), z(0, 2))
+
+    @classmethod
+    def cat(cls, parts: Sequence["SampleSet"]) -> "SampleSet":
+        """Concatenate, padding boids to the widest part."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        N = max(p.boids.shape[1] for p in parts)
+        boids = [torch.nn.functional.pad(p.boids, (0, 0, 0, N - p.boids.shape[1])) for p in parts]
+        return cls(torch.cat([p.context for p in parts]), torch.cat([p.predator for p in parts]),
+                   torch.cat(boids), torch.cat([p.n for p in parts]), torch.cat([p.target for p in parts]))
+
+    def select(self, idx: Tensor) -> "SampleSet":
+        """Rows idx, with the boid axis trimmed to the widest selected row."""
+        n = self.n[idx]
+        N = int(n.max()) if len(n) else 0
+        return SampleSet(self.context[idx], self.predator[idx], self.boids[idx, :N], n, self.target[idx])
+
+    def batch(self, idx: Tensor, device=None) -> Batch:
+        """Model batch (with 'target') for rows idx, trimmed to the widest row."""
+        n = self.n[idx]
+        N = int(n.max()) if len(n) else 0
+        out = {"context": self.context[idx], "predator": self.predator[idx], "boids": self.boids[idx, :N],
+               "mask": torch.arange(N)[None, :] < n[:, None], "target": self.target[idx]}
+        if device is not None:
+            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+        return out
+
+    def batch_indices(self, batch_size: int, shuffle: bool = True,
+                      generator: Optional[torch.Generator] = None) -> List[Tensor]:
+        """Index batches grouped by boid count (little padding), in random order when shuffling."""
+        S = len(self)
+        order = torch.randperm(S, generator=generator) if shuffle else torch.arange(S)
+        order = order[torch.sort(self.n[order], stable=True).indices]   # by boid count, random within
+        batches = list(order.split(batch_size))
+        if shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        return batches
+
+    def to_device(self, device) -> "SampleSet":
+        return SampleSet(*(t.to(device) for t in (self.context, self.predator, self.boids, self.n, self.target)))
+
+    def state_dict(self) -> Dict[str, Tensor]:
+        return {"context": self.context, "predator": self.predator, "boids": self.boids, "n": self.n,
+                "target": self.target}
+
+
+def _compact(obs: Batch, rows: Tensor) -> tuple:
+    """Move live boids to the front of each row (stable) -> (boids [R, N, 4], n [R])."""
+    mask = obs["mask"][rows]
+    order = torch.sort((~mask).to(torch.int8), dim=1, stable=True).indices       # live first
+    boids = obs["boids"][rows].gather(1, order[..., None].expand(-1, -1, 4))
+    return boids, mask.sum(1)
+
+
+# ---------------------------------------------------------------------- episode generation
+def chunk_seed(seed: int, stream: int, chunk: int) -> int:
+    """A well-mixed 63-bit seed for one chunk of one stream (train epoch, validation, ...)."""
+    return int(np.random.SeedSequence([seed, stream, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@torch.no_grad()
+def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, beta: float = 1.0,
+                  device="cpu") -> SampleSet:
+    """Roll out one seeded chunk of episodes; every frame of every live episode is one sample.
+
+    The label is always the clean teacher action. The driving action is the teacher's plus
+    Gaussian noise (cfg.noise), or, in episodes picked with probability 1 - beta, the student's.
+    """
+    g = torch.Generator().manual_seed(seed)
+    world = World.random(num_episodes, cfg, generator=g, device=device)
+    by_student = (torch.rand(num_episodes, generator=g) >= beta).to(device) if student is not None else None
+    parts = []
+    for _ in range(cfg.frames):
+        obs = world.observe()
+        rows = obs["mask"].any(-1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        target = closest_pursuit(obs["boids"], obs["mask"])                        # [E, 2]
+        drive = target
+        if by_student is not None and bool(by_student.any()):
+            drive = torch.where(by_student[:, None], student(obs).to(target.dtype), target)
+        if cfg.noise > 0:
+            drive = drive + cfg.noise * torch.randn(num_episodes, 2, generator=g).to(device)
+        boids, n = _compact(obs, rows)
+        parts.append(SampleSet(obs["context"][rows], obs["predator"][rows], boids, n, target[rows]))
+        world.step(drive)
+    return SampleSet.cat(parts).to_device("cpu")
+
+
+def _chunks(n_episodes: int) -> List[tuple]:
+    return [(c, min(CHUNK_EPISODES, n_episodes - c * CHUNK_EPISODES))
+            for c in range(math.ceil(n_episodes / CHUNK_EPISODES))]
+
+
+def _worker_init():
+    torch.set_num_threads(1)
+
+
+def _worker_rollout(args):
+    num, cfg, seed, student_state, beta = args
+    student = None
+    if student_state is not None:
+        from .model import TransformerPredator
+        student = TransformerPredator.from_config(student_state["config"])
+        student.load_state_dict(student_state["weights"])
+        student.eval()
+    return rollout_chunk(num, cfg, seed, student, beta)
+
+
+class EpisodeGenerator:
+    """Generates episodes in chunks, in this process or in a pool of worker processes.
+
+    The data depends on (seed, stream) only, never on num_workers. Use as a context manager
+    or call close() to stop the workers.
+    """
+
+    def __init__(self, cfg: Optional[WorldConfig] = None, seed: int = 0, num_workers: int = 0, device="cpu",
+                 progress: bool = True):
+        self.cfg = cfg or WorldConfig()
+        self.cfg.validate()
+        self.seed, self.num_workers, self.device, self.progress = seed, num_workers, torch.device(device), progress
+        self._pool = None
+
+    def _get_pool(self):
+        if self._pool is None and self.num_workers > 0:
+            import multiprocessing as mp
+            self._pool = mp.get_context("spawn").Pool(self.num_workers, initializer=_worker_init)
+        return self._pool
+
+    def generate(self, num_episodes: int, stream: int, student=None, beta: float = 1.0,
+                 desc: str = "episodes") -> SampleSet:
+        """num_episodes episodes of one stream (e.g. 1 + epoch for training, 0 for validation)."""
+        from tqdm.auto import tqdm
+
+        chunks = _chunks(num_episodes)
+        seeds = [chunk_seed(self.seed, stream, c) for c, _ in chunks]
+        bar = tqdm(total=num_episodes, desc=desc, unit="ep", disable=not self.progress, leave=False)
+        parts = []
+        pool = self._get_pool() if self.device.type == "cpu" else None
+        try:
+            if pool is not None:
+                state = None
+                if student is not None:
+                    state = {"config": vars(student.config).copy(),
+                             "weights": {k: v.detach().cpu() for k, v in student.state_dict().items()}}
+                args = [(num, self.cfg, s, state, beta) for (_, num), s in zip(chunks, seeds)]
+                for (_, num), part in zip(chunks, pool.imap(_worker_rollout, args)):
+                    parts.append(part)
+                    bar.update(num)
+            else:
+                for (_, num), s in zip(chunks, seeds):
+                    parts.append(rollout_chunk(num, self.cfg, s, student, beta, self.device))
+                    bar.update(num)
+        finally:
+            bar.close()
+        return SampleSet.cat(parts)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def generate_episodes(num_episodes: int, cfg: Optional[WorldConfig] = None, seed: int = 0, stream: int = 0,
+                      num_workers: int = 0, progress: bool = False) -> SampleSet:
+    """One-shot episode generation (see EpisodeGenerator)."""
+    with EpisodeGenerator(cfg, seed, num_workers, progress=progress) as gen:
+        return gen.generate(num_episodes, stream)

@@ -1,0 +1,329 @@
+"""The browser's weight format (SPEC.md section 7), both directions, checked before writing.
+
+write_weights() writes model.js (`window.TRANSFORMER_PARAMS = {...};`) or .json at full
+float32 precision, atomically; read_weights() reads either, including the hand-written
+model.js files already deployed (comments, unquoted keys, 4-decimal numbers).
+Run as `python -m predlab.export CHECKPOINT --out PATH`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Dict, List, Mapping, Union
+
+import numpy as np
+import torch
+
+from .config import BROWSER_SIZES
+from .model import TOKEN_TYPES, TransformerPredator
+
+JS_PREFIX = "window.TRANSFORMER_PARAMS = "
+SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
+LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
+              "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
+              "ffn_down_weight", "ffn_down_bias")
+
+
+class WeightFormatError(ValueError):
+    """A weight file or dict the browser would refuse; the message names the key or shape."""
+
+
+# ---------------------------------------------------------------------- key <-> parameter map
+def _layer_map(i: int) -> Dict[str, str]:
+    p = f"layers.{i}."
+    return {"ln_scale": p + "ln1.weight", "ln_bias": p + "ln1.bias", "qkv_weight": p + "qkv.weight",
+            "qkv_bias": p + "qkv.bias", "attn_out_weight": p + "attn_out.weight", "attn_out_bias": p + "attn_out.bias",
+            "ffn_ln_scale": p + "ln2.weight", "ffn_ln_bias": p + "ln2.bias", "ffn_gate_weight": p + "gate.weight",
+            "ffn_gate_bias": p + "gate.bias", "ffn_up_weight": p + "up.weight", "ffn_up_bias": p + "up.bias",
+            "ffn_down_weight": p + "down.weight", "ffn_down_bias": p + "down.bias"}
+
+
+def expected_shapes(d: int, n_layers: int, f: int) -> Dict[str, tuple]:
+    """Every array of the format with its shape, keyed by a readable path."""
+    shapes = {"cls_embedding": (d,), "ctx_projection": (d, 2), "predator_projection": (d, 4),
+              "boid_projection": (d, 4), "output_weight": (2, d), "output_bias": (2,)}
+    for t in TOKEN_TYPES:
+        shapes[f"type_embeddings.{t}"] = (d,)
+    per = {"ln_scale": (d,), "ln_bias": (d,), "qkv_weight": (3 * d, d), "qkv_bias": (3 * d,),
+           "attn_out_weight": (d, d), "attn_out_bias": (d,), "ffn_ln_scale": (d,), "ffn_ln_bias": (d,),
+           "ffn_gate_weight": (f, d), "ffn_gate_bias": (f,), "ffn_up_weight": (f, d), "ffn_up_bias": (f,),
+           "ffn_down_weight": (d, f), "ffn_down_bias": (d,)}
+    for i in range(n_layers):
+        for k, s in per.items():
+            shapes[f"layers[{i}].{k}"] = s
+    return shapes
+
+
+def _get(params: Mapping, path: str):
+    node = params
+    for part in re.findall(r"[^.\[\]]+", path):
+        node = node[int(part)] if part.isdigit() else node[part]
+    return node
+
+
+# ---------------------------------------------------------------------- validation
+def _array(value, shape: tuple, path: str) -> np.ndarray:
+    """Check a nested list of numbers against shape -> float64 array, naming path on failure."""
+    def shape_of(v, depth):
+        if depth == len(shape):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
+            return
+        if not isinstance(v, (list, tuple)):
+            raise WeightFormatError(f"{path}: expected an array of shape {list(shape)}, found {type(v).__name__}")
+        if len(v) != shape[depth]:
+            raise WeightFormatError(f"{path}: expected shape {list(shape)}, dimension {depth} has length {len(v)} "
+                                    f"instead of {shape[depth]}")
+        for x in v:
+            shape_of(x, depth + 1)
+    if isinstance(value, np.ndarray):
+        arr = value.astype(np.float64)
+        if arr.shape != shape:
+            raise WeightFormatError(f"{path}: expected shape {list(shape)}, found {list(arr.shape)}")
+    else:
+        shape_of(value, 0)
+        arr = np.asarray(value, dtype=np.float64).reshape(shape)
+    if not np.isfinite(arr).all():
+        raise WeightFormatError(f"{path}: contains NaN or infinity")
+    return arr
+
+
+def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dict[str, np.ndarray]:
+    """Check a weight dict the way the browser does, and more. Returns {path: float64 array}.
+
+    Raises WeightFormatError naming the missing key, the wrong shape, a non-number or NaN.
+    With require_browser_sizes, sizes other than 48/4/3/96 are refused like the stock page does.
+    """
+    if not isinstance(params, Mapping):
+        raise WeightFormatError(f"weights must be an object, found {type(params).__name__}")
+    sizes = {}
+    for k in SIZE_KEYS:
+        if k not in params:
+            raise WeightFormatError(f"missing key {k!r}")
+        v = params[k]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+            raise WeightFormatError(f"{k} must be a positive integer, found {v!r}")
+        sizes[k] = int(v)
+    if require_browser_sizes:
+        bad = [f"{k}={sizes[k]} (browser: {BROWSER_SIZES[k]})" for k in SIZE_KEYS if sizes[k] != BROWSER_SIZES[k]]
+        if bad:
+            raise WeightFormatError("the browser page refuses these sizes: " + ", ".join(bad))
+    if sizes["d_model"] % sizes["n_heads"]:
+        raise WeightFormatError(f"d_model={sizes['d_model']} is not divisible by n_heads={sizes['n_heads']}")
+    for k in ("cls_embedding", "type_embeddings", "ctx_projection", "predator_projection", "boid_projection",
+              "layers", "output_weight", "output_bias"):
+        if k not in params:
+            raise WeightFormatError(f"missing key {k!r}")
+    te = params["type_embeddings"]
+    if not isinstance(te, Mapping):
+        raise WeightFormatError("type_embeddings must be an object with keys cls, ctx, predator, boid")
+    for t in TOKEN_TYPES:
+        if t not in te:
+            raise WeightFormatError(f"missing key 'type_embeddings.{t}'")
+    layers = params["layers"]
+    if not isinstance(layers, (list, tuple)):
+        raise WeightFormatError("layers must be an array")
+    if len(layers) != sizes["n_layers"]:
+        raise WeightFormatError(f"layers has {len(layers)} entries but n_layers is {sizes['n_layers']}")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Mapping):
+            raise WeightFormatError(f"layers[{i}] must be an object")
+        for k in LAYER_KEYS:
+            if k not in layer:
+                raise WeightFormatError(f"missing key 'layers[{i}].{k}'")
+    shapes = expected_shapes(sizes["d_model"], sizes["n_layers"], sizes["ffn_hidden"])
+    return {path: _array(_get(params, path), shape, path) for path, shape in shapes.items()}
+
+
+# ---------------------------------------------------------------------- model <-> dict
+def _param_paths(n_layers: int) -> Dict[str, str]:
+    """format path -> model parameter name (type embeddings are rows, handled apart)."""
+    m = {"cls_embedding": "cls_embedding", "ctx_projection": "ctx_projection.weight",
+         "predator_projection": "predator_projection.weight", "boid_projection": "boid_projection.weight",
+         "output_weight": "output.weight", "output_bias": "output.bias"}
+    for i in range(n_layers):
+        for k, name in _layer_map(i).items():
+            m[f"layers[{i}].{k}"] = name
+    return m
+
+
+def model_to_params(model: TransformerPredator) -> Dict:
+    """Model -> the browser's weight dict, plain lists of (float32-exact) floats."""
+    c = model.config
+    sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    out = {"d_model": c.d_model, "n_heads": c.n_heads, "n_layers": c.n_layers, "ffn_hidden": c.ffn_hidden,
+           "cls_embedding": sd["cls_embedding"].tolist(),
+           "type_embeddings": {t: sd["type_embeddings"][i].tolist() for i, t in enumerate(TOKEN_TYPES)},
+           "ctx_projection": sd["ctx_projection.weight"].tolist(),
+           "predator_projection": sd["predator_projection.weight"].tolist(),
+           "boid_projection": sd["boid_projection.weight"].tolist(),
+           "layers": [{k: sd[name].tolist() for k, name in _layer_map(i).items()} for i in range(c.n_layers)],
+           "output_weight": sd["output.weight"].tolist(), "output_bias": sd["output.bias"].tolist()}
+    return out
+
+
+def load_params_into(model: TransformerPredator, params: Mapping) -> None:
+    """Validate params and copy them into model; sizes must equal the model's."""
+    arrays = validate_params(params)
+    c = model.config
+    for k in SIZE_KEYS:
+        if int(params[k]) != getattr(c, k):
+            raise WeightFormatError(f"{k}={params[k]} in the weights but the model has {k}={getattr(c, k)}")
+    state = {}
+    for path, name in _param_paths(c.n_layers).items():
+        state[name] = torch.from_numpy(arrays[path]).float()
+    state["type_embeddings"] = torch.from_numpy(np.stack([arrays[f"type_embeddings.{t}"] for t in TOKEN_TYPES])).float()
+    sd = model.state_dict()
+    with torch.no_grad():
+        for name, value in state.items():
+            sd[name].copy_(value.to(sd[name].dtype))
+
+
+def params_to_model(params: Mapping, dropout: float = 0.0) -> TransformerPredator:
+    """A new TransformerPredator with the sizes and weights of a weight dict."""
+    validate_params(params)
+    m = TransformerPredator(*(int(params[k]) for k in SIZE_KEYS), dropout=dropout)
+    load_params_into(m, params)
+    return m.eval()
+
+
+# ---------------------------------------------------------------------- text formats
+def _fmt(x: float) -> str:
+    """Shortest text that reads back to the same float32."""
+    return np.format_float_positional(np.float32(x), unique=True, trim="-")
+
+
+def _dump(v) -> str:
+    if isinstance(v, Mapping):
+        return "{" + ",".join(f"{json.dumps(k)}:{_dump(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        if v and not isinstance(v[0], (list, tuple, Mapping)):
+            return "[" + ",".join(_fmt(x) for x in v) + "]"
+        return "[" + ",\n".join(_dump(x) for x in v) + "]"
+    if isinstance(v, int):
+        return str(v)
+    return _fmt(v)
+
+
+def params_to_text(params: Mapping, fmt: str = "js") -> str:
+    """The file contents: 'js' gives `window.TRANSFORMER_PARAMS = {...};`, 'json' plain JSON."""
+    body = _dump(params)
+    if fmt == "json":
+        return body + "\n"
+    return ("// predlab export: the predator transformer's weights for the browser page.\n"
+            + JS_PREFIX + body + ";\n")
+
+
+_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
+_LINE_COMMENT = re.compile(r"//[^\n]*")
+_UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
+_TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+
+
+def text_to_params(text: str, source: str = "weights") -> Dict:
+    """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
+    s = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub("", text)).strip()
+    m = re.match(r"^(?:(?:window\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
+    if m:
+        s = s[m.end():]
+    s = s.rstrip().rstrip(";").rstrip()
+    if not s.startswith("{"):
+        raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
+    s = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', s))
+    try:
+        return json.loads(s)
+    except json.JSONDecodeError as e:
+        raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {e.lineno}, "
+                                f"column {e.colno})") from None
+
+
+# ---------------------------------------------------------------------- files
+def atomic_write_text(path: Union[str, Path], text: str) -> None:
+    """Write via a temporary file in the same folder and rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _format_for(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext == ".js":
+        return "js"
+    if ext == ".json":
+        return "json"
+    raise WeightFormatError(f"{path}: unknown extension {ext!r}; use .js (browser) or .json")
+
+
+def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, Path]) -> Path:
+    """Export to model.js or .json (by extension), validated first, written atomically."""
+    path = Path(path)
+    fmt = _format_for(path)
+    params = model_to_params(model) if isinstance(model, TransformerPredator) else dict(model)
+    validate_params(params)
+    sizes = {k: int(params[k]) for k in SIZE_KEYS}
+    if sizes != BROWSER_SIZES:
+        warnings.warn(f"exporting sizes {sizes}: the stock browser page accepts only {BROWSER_SIZES} and "
+                      "falls back to random weights for any other", stacklevel=2)
+    atomic_write_text(path, params_to_text(params, fmt))
+    return path
+
+
+def read_params(path: Union[str, Path]) -> Dict:
+    """Read and validate a weight file -> the weight dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weight file at {path}")
+    params = text_to_params(path.read_text(), str(path))
+    validate_params(params)
+    return params
+
+
+def read_weights(path: Union[str, Path]) -> TransformerPredator:
+    """A TransformerPredator (eval mode) from a model.js or .json file."""
+    return params_to_model(read_params(path))
+
+
+def main(argv: List[str] = None) -> int:
+    """CLI: export a checkpoint (or convert a weight file) to model.js / .json."""
+    ap = argparse.ArgumentParser(prog="python -m predlab.export", description=main.__doc__)
+    ap.add_argument("source", help="checkpoint (.pt) or weight file (.js/.json)")
+    ap.add_argument("--out", required=True, help="output path ending in .js or .json")
+    args = ap.parse_args(argv)
+    src, out = Path(args.source), Path(args.out)
+    if not src.is_file():
+        ap.error(f"no such file: {src}")
+    if out.suffix.lower() not in (".js", ".json"):
+        ap.error(f"--out must end in .js or .json, got {out}")
+    try:
+        if src.suffix.lower() in (".js", ".json"):
+            model = read_weights(src)
+        else:
+            from .checkpoint import load_model
+            model = load_model(src)
+        write_weights(model, out)
+    except (WeightFormatError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

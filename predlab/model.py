@@ -1,0 +1,175 @@
+"""TransformerPredator: the browser's predator transformer (SPEC.md section 6), exactly.
+
+Tokens [CLS] + [CTX] + predator + one per boid; pre-norm blocks with fused-QKV attention
+and a GEGLU feed-forward; tanh(output . x_CLS). Batches are padded: mask [B, N] marks the
+live boids, and padding keys get a large finite negative score so that a batch gives the
+same numbers as one sequence at a time.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+Tensor = torch.Tensor
+TOKEN_TYPES = ("cls", "ctx", "predator", "boid")
+MASKED = -1e9  # large finite negative: a padded key gets exactly zero weight, never NaN
+
+
+class Block(nn.Module):
+    """x = x + Attention(LN1(x)); x = x + GEGLU(LN2(x))."""
+
+    def __init__(self, d: int, n_heads: int, ffn_hidden: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln1 = nn.LayerNorm(d, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.attn_out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d, eps=1e-6)
+        self.gate = nn.Linear(d, ffn_hidden)
+        self.up = nn.Linear(d, ffn_hidden)
+        self.down = nn.Linear(ffn_hidden, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, bias: Tensor, need_weights: bool = False):
+        """x [B, T, D], bias [B, 1, 1, T] additive key mask -> (x, weights [B, H, T, T] or None)."""
+        B, T, D = x.shape
+        H = self.n_heads
+        q, k, v = self.qkv(self.ln1(x)).split(D, dim=-1)                       # 3 x (B, T, D)
+        q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, hs)
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(D // H) + bias          # (B, H, T, T)
+            w = scores.softmax(-1)
+            y = w @ v
+        else:
+            w = None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+        y = y.transpose(1, 2).reshape(B, T, D)                                   # (B, T, D)
+        x = x + self.drop(self.attn_out(y))
+        h = self.ln2(x)
+        x = x + self.drop(self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h)))
+        return x, w
+
+
+class TransformerPredator(nn.Module):
+    """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
+
+    batch: context [B, 2], predator [B, 2], boids [B, N, 4], mask [B, N] (bool, True = boid).
+    """
+
+    def __init__(self, d_model: int = 48, n_heads: int = 4, n_layers: int = 3, ffn_hidden: int = 96,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.config = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers,
+                                  ffn_hidden=ffn_hidden, dropout=dropout)
+        self.config.validate()
+        d = d_model
+        self.cls_embedding = nn.Parameter(torch.zeros(d))
+        self.type_embeddings = nn.Parameter(torch.zeros(len(TOKEN_TYPES), d))   # cls, ctx, predator, boid
+        self.ctx_projection = nn.Linear(2, d, bias=False)
+        self.predator_projection = nn.Linear(4, d, bias=False)
+        self.boid_projection = nn.Linear(4, d, bias=False)
+        self.layers = nn.ModuleList(Block(d, n_heads, ffn_hidden, dropout) for _ in range(n_layers))
+        self.output = nn.Linear(d, 2)
+        self.reset_parameters()
+
+    @classmethod
+    def from_config(cls, cfg: Union[ModelConfig, Mapping]) -> "TransformerPredator":
+        """Build from a ModelConfig or its dict (as stored in checkpoints)."""
+        if isinstance(cfg, Mapping):
+            from .config import from_dict
+            cfg = from_dict(ModelConfig, dict(cfg))
+        return cls(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ffn_hidden, cfg.dropout)
+
+    def reset_parameters(self, generator: torch.Generator = None) -> None:
+        """Small normal init (std 0.02), zero biases, unit LayerNorm scales; a smaller output layer."""
+        for name, p in self.named_parameters():
+            if p.dim() >= 2 or name == "cls_embedding":
+                with torch.no_grad():
+                    p.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("ln1.weight") or name.endswith("ln2.weight"):
+                nn.init.ones_(p)
+            else:
+                nn.init.zeros_(p)
+        with torch.no_grad():
+            for blk in self.layers:  # scale residual projections by depth (GPT-2 style)
+                blk.attn_out.weight.mul_(1 / math.sqrt(2 * len(self.layers)))
+                blk.down.weight.mul_(1 / math.sqrt(2 * len(self.layers)))
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, batch: Mapping[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """Token embeddings [B, 3 + N, D] and the additive key mask [B, 1, 1, 3 + N]."""
+        ctx, pred, boids, mask = batch["context"], batch["predator"], batch["boids"], batch["mask"]
+        B, N, _ = boids.shape
+        te = self.type_embeddings
+        cls_tok = (self.cls_embedding + te[0]).expand(B, 1, -1)                            # (B, 1, D)
+        ctx_tok = (self.ctx_projection(ctx) + te[1]).unsqueeze(1)                          # (B, 1, D)
+        pred_in = F.pad(pred, (0, 2))                                                      # [velX, velY, 0, 0]
+        pred_tok = (self.predator_projection(pred_in) + te[2]).unsqueeze(1)                # (B, 1, D)
+        boid_tok = self.boid_projection(boids) + te[3]                                     # (B, N, D)
+        x = torch.cat([cls_tok, ctx_tok, pred_tok, boid_tok], 1)                           # (B, T, D)
+        keep = torch.cat([mask.new_ones(B, 3), mask.bool()], 1)                            # (B, T)
+        bias = torch.zeros(B, 1, 1, 3 + N, dtype=x.dtype, device=x.device)
+        bias = bias.masked_fill(~keep[:, None, None, :], MASKED)
+        return x, bias
+
+    def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
+        """Actions [B, 2] for a padded batch (fast attention path)."""
+        x, bias = self.embed(batch)
+        for blk in self.layers:
+            x, _ = blk(x, bias)
+        return torch.tanh(self.output(x[:, 0]))
+
+    def forward_with_attention(self, batch: Mapping[str, Tensor]) -> Tuple[Tensor, List[Tensor]]:
+        """Actions [B, 2] and the attention weights of every layer, each [B, H, T, T].
+
+        Token order: CLS, CTX, PRED, boid 0..N-1 (see token_labels); padded keys get weight 0.
+        """
+        x, bias = self.embed(batch)
+        weights = []
+        for blk in self.layers:
+            x, w = blk(x, bias, need_weights=True)
+            weights.append(w)
+        return torch.tanh(self.output(x[:, 0])), weights
+
+    @staticmethod
+    def token_labels(n_boids: int) -> List[str]:
+        """Labels of the T = 3 + n_boids tokens, as attention viewers take them."""
+        return ["CLS", "CTX", "PRED"] + [f"boid {i}" for i in range(n_boids)]
+
+    # ------------------------------------------------------------------ conveniences
+    @torch.no_grad()
+    def predict(self, structured_inputs: Union[Mapping, Sequence[Mapping]]) -> Tensor:
+        """Action for one browser-form dict -> [2], or for a list of dicts -> [B, 2] (eval mode)."""
+        from .data import collate
+
+        single = isinstance(structured_inputs, Mapping)
+        batch = collate([structured_inputs] if single else list(structured_inputs))
+        p = next(self.parameters())
+        batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
+        was_training = self.training
+        self.eval()
+        try:
+            out = self(batch)
+        finally:
+            self.train(was_training)
+        return out[0] if single else out
+
+    def export_to_javascript(self) -> Dict:
+        """The browser's weight dict (SPEC.md section 7), plain Python lists of floats."""
+        from .export import model_to_params
+        return model_to_params(self)
+
+    def load_from_javascript(self, params: Mapping) -> "TransformerPredator":
+        """Load a browser weight dict (validated first; sizes must match this model)."""
+        from .export import load_params_into
+        load_params_into(self, params)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

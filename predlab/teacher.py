@@ -1,0 +1,58 @@
+"""Closest pursuit (SPEC.md section 5): steer toward the nearest live boid, batched."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .config import PREDATOR_MAX_FORCE
+
+Tensor = torch.Tensor
+
+
+def closest_pursuit(boids: Tensor, mask: Tensor) -> Tensor:
+    """Unit vector toward the nearest live boid -> [B, 2]; (0, 0) with no boid or one within 0.001.
+
+    boids [B, N, 4] (relX, relY, velX, velY), mask [B, N] bool. Ties go to the first boid.
+    """
+    rel = boids[..., :2]                                                   # [B, N, 2]
+    dist = torch.sqrt((rel * rel).sum(-1))                                 # [B, N]
+    dist = torch.where(mask.bool(), dist, torch.full_like(dist, float("inf")))
+    if dist.shape[1] == 0:
+        return boids.new_zeros(boids.shape[0], 2)
+    best, idx = dist.min(-1)                                               # first minimum on ties
+    target = rel.gather(1, idx[:, None, None].expand(-1, 1, 2)).squeeze(1)  # [B, 2]
+    ok = torch.isfinite(best) & (best >= 0.001)
+    return torch.where(ok[:, None], target / torch.where(ok, best, torch.ones_like(best))[:, None],
+                       torch.zeros_like(target))
+
+
+def nearest_boid(boids: Tensor, mask: Tensor) -> Tensor:
+    """Index of the teacher's target boid [B] (-1 where there is none)."""
+    rel = boids[..., :2]
+    dist = torch.sqrt((rel * rel).sum(-1)).masked_fill(~mask.bool(), float("inf"))
+    if dist.shape[1] == 0:
+        return torch.full((boids.shape[0],), -1, dtype=torch.long, device=boids.device)
+    best, idx = dist.min(-1)
+    return torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
+
+
+class TeacherPolicy:
+    """The teacher, with the seed's per-sample API and a batched call.
+
+    policy(batch) -> [B, 2] unit vectors (the training target); get_action(dict) -> force in
+    world units (x 0.2); get_normalized_action(dict) -> the unit vector.
+    """
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
+        return closest_pursuit(batch["boids"], batch["mask"])
+
+    def get_normalized_action(self, structured_inputs: Mapping) -> Tensor:
+        """Unit vector toward the nearest boid for one browser-form dict -> [2]."""
+        from .data import collate
+        b = collate([structured_inputs], dtype=torch.float64)
+        return self(b)[0]
+
+    def get_action(self, structured_inputs: Mapping) -> Tensor:
+        """The force the browser applies: normalized action x PREDATOR_MAX_FORCE -> [2]."""
+        return self.get_normalized_action(structured_inputs) * PREDATOR_MAX_FORCE
