@@ -1,0 +1,37 @@
+# The README's two commands: `make train` (a real training run) and `make test` (everything).
+# Both create .venv from pyproject.toml on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+
+.PHONY: train test lab bench browser-deps clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "predlab needs Python 3.10+"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/python -m predlab.train $(ARGS)
+
+# Debian's chromium for the browser test; where it cannot be installed that test skips and says why.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium could not be installed: the browser test will skip"
+
+test: $(STAMP) browser-deps
+	PREDLAB_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax -q
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab notebooks
+
+bench: $(STAMP)
+	$(BIN)/python -m predlab.bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

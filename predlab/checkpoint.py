@@ -1,0 +1,104 @@
+"""Checkpoints: written atomically, read with weights_only=True, checked before use.
+
+A checkpoint is a plain dict of tensors and Python values (no pickled objects):
+format/version, the three configs, model weights, optimizer, scheduler, RNG states, epoch,
+best metric, early-stopping counter and the metric history.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Union
+
+import torch
+
+from .config import ModelConfig, from_dict
+from .model import TransformerPredator
+
+FORMAT = "predlab-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: foreign, tampered, or of another architecture."""
+
+
+def atomic_save(obj: Mapping, path: Union[str, Path]) -> Path:
+    """torch.save to a temporary file beside path, then rename: a kill never corrupts path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
+    """Read a checkpoint without executing pickled code; refuse anything that is not ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: loading it would need to execute pickled code, which predlab "
+                              f"never does ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # truncated, not a zip, not torch at all
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a predlab checkpoint (no format={FORMAT!r} marker)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this predlab reads {VERSION}")
+    for key in ("model_config", "model"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} dict")
+    try:
+        cfg = from_dict(ModelConfig, ckpt["model_config"])
+        cfg.validate()
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model_config: {e}") from None
+    for name, t in ckpt["model"].items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{path}: model weight {name!r} is not a tensor")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: model weight {name!r} contains NaN or infinity")
+    return ckpt
+
+
+def check_architecture(model: TransformerPredator, ckpt: Mapping, path="checkpoint") -> None:
+    """Refuse a checkpoint whose sizes or weight shapes differ from model's, naming the mismatch."""
+    mine = vars(model.config)
+    theirs = ckpt["model_config"]
+    diffs = [f"{k}: checkpoint {theirs.get(k)}, model {mine[k]}"
+             for k in ("d_model", "n_heads", "n_layers", "ffn_hidden") if theirs.get(k) != mine[k]]
+    if diffs:
+        raise CheckpointError(f"{path} is of another architecture: " + "; ".join(diffs))
+    sd = model.state_dict()
+    missing = sorted(set(sd) - set(ckpt["model"]))
+    extra = sorted(set(ckpt["model"]) - set(sd))
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    for k, v in sd.items():
+        if tuple(ckpt["model"][k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: weight {k!r} has shape {tuple(ckpt['model'][k].shape)}, "
+                                  f"model expects {tuple(v.shape)}")
+
+
+def load_model(path: Union[str, Path], device="cpu") -> TransformerPredator:
+    """The model stored in a checkpoint (its own sizes), in eval mode."""
+    ckpt = load_checkpoint_dict(path)
+    model = TransformerPredator.from_config(ckpt["model_config"])
+    check_architecture(model, ckpt, path)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval()

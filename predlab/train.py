@@ -1,0 +1,534 @@
+"""SupervisedTrainer (behaviour cloning of the teacher), its callbacks, and the CLI.
+
+The trainer is headless: progress bars, TensorBoard, checkpoints, early stopping and the
+notebook's live plot are callbacks. `python -m predlab.train --help` lists the flags, which
+come from the config dataclasses.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt_io
+from .config import ModelConfig, TrainConfig, WorldConfig, from_dict
+from .data import EpisodeGenerator, SampleSet, collate
+from .model import TransformerPredator
+
+VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
+EVAL_STREAM = 10 ** 6   # closed-loop evaluation episodes
+
+
+# ---------------------------------------------------------------------- device
+def resolve_device(name: str = "auto", verbose: bool = False) -> torch.device:
+    """'auto' picks CUDA, then Apple MPS, then CPU. A named device that is absent raises ValueError."""
+    name = (name or "auto").lower()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    elif name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but this torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); "
+                             "use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif name == "mps":
+        if not has_mps:
+            raise ValueError("--device mps asked for, but Apple MPS is not available here; use --device cpu")
+        dev = torch.device("mps")
+    elif name == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if verbose:
+        label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+        print(f"device: {dev} ({label})")
+    return dev
+
+
+# ---------------------------------------------------------------------- schedule
+class WarmupCosine:
+    """Learning rate: linear warm-up, then cosine decay to min_ratio x peak, by fractional epoch."""
+
+    def __init__(self, optimizer, total_epochs: float, warmup_epochs: float = 1.0, min_ratio: float = 0.05):
+        self.optimizer, self.total, self.warmup, self.min_ratio = optimizer, total_epochs, warmup_epochs, min_ratio
+        self.base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        for g, b in zip(optimizer.param_groups, self.base):
+            g["initial_lr"] = b
+        self.progress = 0.0
+
+    def factor(self, progress: float) -> float:
+        if self.warmup > 0 and progress < self.warmup:
+            return max(progress, 1e-3) / self.warmup
+        span = max(self.total - self.warmup, 1e-9)
+        t = min(max((progress - self.warmup) / span, 0.0), 1.0)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    def set_progress(self, progress: float) -> None:
+        self.progress = progress
+        f = self.factor(progress)
+        for g, b in zip(self.optimizer.param_groups, self.base):
+            g["lr"] = b * f
+
+    def state_dict(self) -> Dict:
+        return {"total": self.total, "warmup": self.warmup, "min_ratio": self.min_ratio, "progress": self.progress,
+                "base": list(self.base)}
+
+    def load_state_dict(self, s: Mapping) -> None:
+        self.warmup, self.min_ratio, self.progress = s["warmup"], s["min_ratio"], s["progress"]
+        self.base = list(s["base"])
+        self.set_progress(self.progress)
+
+
+# ---------------------------------------------------------------------- callbacks
+class Callback:
+    """Hooks the trainer calls; override what you need. `trainer.stop_training = True` stops."""
+
+    def on_train_begin(self, trainer): ...
+    def on_epoch_begin(self, trainer, epoch: int): ...
+    def on_batch_end(self, trainer, step: int, loss: float): ...
+    def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]): ...
+    def on_train_end(self, trainer): ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over epochs showing the latest losses."""
+
+    def on_train_begin(self, trainer):
+        from tqdm.auto import tqdm
+        self.bar = tqdm(total=trainer.target_epochs, initial=trainer.epoch, desc="epochs", unit="ep")
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.bar.set_postfix(train=f"{logs['train_loss']:.4f}", val=f"{logs['val_loss']:.4f}",
+                             sps=f"{logs['samples_per_s']:.0f}")
+        self.bar.update(1)
+
+    def on_train_end(self, trainer):
+        self.bar.close()
+
+
+class PrintLogger(Callback):
+    """One line per epoch on stdout (for logs where bars do not render)."""
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        extra = "".join(f" {k}={v:.4g}" for k, v in logs.items()
+                        if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time"))
+        print(f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
+              f"lr {logs['lr']:.2e}  {logs['samples_per_s']:,.0f} samples/s{extra}", flush=True)
+
+
+class TensorBoardLogger(Callback):
+    """Scalars per epoch into one run folder under log_dir (tensorboard --logdir runs)."""
+
+    def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None):
+        self.log_dir, self.run_name, self.writer = Path(log_dir), run_name, None
+
+    def on_train_begin(self, trainer):
+        from torch.utils.tensorboard import SummaryWriter
+        name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
+        self.path = self.log_dir / name
+        self.writer = SummaryWriter(str(self.path))
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        tags = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "samples_per_s": "samples_per_s"}
+        for k, v in logs.items():
+            if k != "epoch":
+                self.writer.add_scalar(tags.get(k, k), v, epoch)
+        self.writer.flush()
+
+    def on_train_end(self, trainer):
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Checkpointer(Callback):
+    """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`)."""
+
+    def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3):
+        self.dir, self.save_every, self.keep = Path(directory), save_every, keep
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if trainer.improved:
+            trainer.save_checkpoint(self.dir / "best_model.pt")
+        if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
+            trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
+            old = sorted(self.dir.glob("checkpoint_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+            for p in old[:-self.keep]:
+                p.unlink(missing_ok=True)
+
+
+class EarlyStopping(Callback):
+    """Stop when the monitored metric has not improved by min_delta for `patience` epochs."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if self.patience > 0 and trainer.bad_epochs >= self.patience:
+            print(f"early stopping: no improvement for {trainer.bad_epochs} epochs "
+                  f"(best {trainer.best_metric:.5f} at epoch {trainer.best_epoch})")
+            trainer.stop_training = True
+
+
+# ---------------------------------------------------------------------- data sources
+class EpisodeSource:
+    """Fresh episodes every epoch from a seeded EpisodeGenerator (stream 1 + epoch)."""
+
+    def __init__(self, generator: EpisodeGenerator, episodes_per_epoch: int):
+        self.generator, self.episodes = generator, episodes_per_epoch
+
+    def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
+        return self.generator.generate(self.episodes, stream=1 + epoch, desc=f"episodes (epoch {epoch + 1})")
+
+
+# ---------------------------------------------------------------------- trainer
+class SupervisedTrainer:
+    """Behaviour cloning: MSE between the model's action and the teacher's unit vector.
+
+    train_dataset: a SampleSet (the same samples every epoch) or an object with
+    for_epoch(epoch, trainer) -> SampleSet (fresh episodes). val_dataset: a SampleSet.
+    Epochs are counted from 1; `trainer.epoch` is the last finished epoch.
+    """
+
+    def __init__(self, model: TransformerPredator, train_dataset, val_dataset: SampleSet,
+                 learning_rate: float = 2e-3, batch_size: int = 256, weight_decay: float = 0.01,
+                 warmup_epochs: float = 1.0, min_lr_ratio: float = 0.05, grad_clip: float = 1.0,
+                 min_delta: float = 1e-5, device: Union[str, torch.device] = "auto", seed: int = 0,
+                 callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
+                 train_config: Optional[TrainConfig] = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+            raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device)
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        self.batch_size, self.grad_clip, self.min_delta, self.seed = batch_size, grad_clip, min_delta, seed
+        self.world_config = world_config or WorldConfig()
+        self.train_config = train_config or TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
+                                                        weight_decay=weight_decay, seed=seed)
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate)
+        self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
+        self.callbacks: List[Callback] = list(callbacks)
+        self.epoch = 0
+        self.best_metric, self.best_epoch, self.bad_epochs, self.improved = math.inf, 0, 0, False
+        self.monitor = "val_loss"
+        self.history: List[Dict[str, float]] = []
+        self.stop_training = False
+        self.target_epochs = 0
+
+    # ------------------------------------------------------------------ loops
+    def _batches(self, data: SampleSet, shuffle: bool, generator=None):
+        """Device batches grouped by boid count; widths are read on the host, so no device sync."""
+        idx_batches = data.batch_indices(self.batch_size, shuffle=shuffle, generator=generator)
+        n_cpu = data.n
+        dev_data = data.to_device(self.device) if self.device.type != "cpu" else data
+        for idx in idx_batches:
+            N = int(n_cpu[idx].max()) if len(idx) else 0
+            i = idx.to(self.device)
+            yield {"context": dev_data.context[i], "predator": dev_data.predator[i],
+                   "boids": dev_data.boids[i, :N],
+                   "mask": torch.arange(N, device=self.device)[None, :] < dev_data.n[i][:, None],
+                   "target": dev_data.target[i]}
+
+    @torch.no_grad()
+    def validate(self, data: Optional[SampleSet] = None) -> float:
+        """Mean squared error over a SampleSet (the validation set by default)."""
+        data = self.val_dataset if data is None else data
+        self.model.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for b in self._batches(data, shuffle=False):
+            total += F.mse_loss(self.model(b), b["target"], reduction="sum").double()
+        return float(total) / max(2 * len(data), 1)
+
+    def train_epoch(self, data: SampleSet) -> Dict[str, float]:
+        """One pass over data; returns train_loss, lr and samples_per_s."""
+        epoch = self.epoch + 1
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.model.train()
+        n_batches = math.ceil(len(data) / self.batch_size)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        t0 = time.perf_counter()
+        for step, b in enumerate(self._batches(data, shuffle=True, generator=g)):
+            self.scheduler.set_progress(self.epoch + step / max(n_batches, 1))
+            loss = F.mse_loss(self.model(b), b["target"])
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            total += loss.detach().double() * len(b["target"])
+            for cb in self.callbacks:
+                if type(cb).on_batch_end is not Callback.on_batch_end:
+                    cb.on_batch_end(self, step, loss)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        dt = time.perf_counter() - t0
+        return {"train_loss": float(total) / max(len(data), 1), "lr": self.optimizer.param_groups[0]["lr"],
+                "samples_per_s": len(data) / max(dt, 1e-9), "epoch_time": dt}
+
+    def train(self, num_epochs: int, early_stopping_patience: int = 0) -> List[Dict[str, float]]:
+        """Train until epoch num_epochs (counting epochs already done); returns the metric history."""
+        if num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        self.target_epochs = num_epochs
+        self.scheduler.total = num_epochs
+        callbacks = self.callbacks
+        if early_stopping_patience and not any(isinstance(c, EarlyStopping) for c in callbacks):
+            callbacks.append(EarlyStopping(early_stopping_patience))
+        self.stop_training = False
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        try:
+            while self.epoch < num_epochs and not self.stop_training:
+                for cb in callbacks:
+                    cb.on_epoch_begin(self, self.epoch + 1)
+                data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
+                        else self.train_dataset.for_epoch(self.epoch, self))
+                logs = self.train_epoch(data)
+                logs["val_loss"] = self.validate()
+                self.epoch += 1
+                logs = {"epoch": self.epoch, **logs}
+                metric = logs.get(self.monitor, logs["val_loss"])
+                self.improved = metric < self.best_metric - self.min_delta
+                if self.improved:
+                    self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+                else:
+                    self.bad_epochs += 1
+                self.history.append(logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(self, self.epoch, logs)
+        finally:
+            for cb in callbacks:
+                cb.on_train_end(self)
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict:
+        """Everything needed to resume bit for bit, as plain tensors and values."""
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
+                "model_config": dataclasses.asdict(self.model.config),
+                "world_config": dataclasses.asdict(self.world_config),
+                "train_config": dataclasses.asdict(self.train_config),
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "rng": rng, "epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
+                "early_stopping_counter": self.bad_epochs, "monitor": self.monitor,
+                "history": [dict(h) for h in self.history]}
+
+    def save_checkpoint(self, path: Union[str, Path]) -> Path:
+        """Write a resumable checkpoint atomically."""
+        return ckpt_io.atomic_save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: Union[str, Path]) -> Dict:
+        """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
+        ck = ckpt_io.load_checkpoint_dict(path)
+        ckpt_io.check_architecture(self.model, ck, path)
+        self.model.load_state_dict(ck["model"])
+        try:
+            if "optimizer" in ck:
+                self.optimizer.load_state_dict(ck["optimizer"])
+            if "scheduler" in ck:
+                self.scheduler.load_state_dict(ck["scheduler"])
+            self.epoch = int(ck.get("epoch", 0))
+            self.best_metric = float(ck.get("best_metric", math.inf))
+            self.best_epoch = int(ck.get("best_epoch", 0))
+            self.bad_epochs = int(ck.get("early_stopping_counter", 0))
+            self.monitor = ck.get("monitor", self.monitor)
+            self.history = [dict(h) for h in ck.get("history", [])]
+            rng = ck.get("rng", {})
+            if "torch" in rng:
+                torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer ({e})") from None
+        return ck
+
+    # ------------------------------------------------------------------ one sample
+    @torch.no_grad()
+    def evaluate_sample(self, structured_inputs: Mapping) -> Dict:
+        """Model vs teacher on one browser-form dict: actions, MSE and cosine similarity."""
+        from .teacher import TeacherPolicy
+        batch = collate([structured_inputs])
+        teacher = TeacherPolicy()(batch)[0]
+        model = self.model.predict(structured_inputs).cpu()
+        cos = F.cosine_similarity(model[None], teacher[None]).item() if teacher.norm() > 0 else float("nan")
+        return {"model_action": model.tolist(), "teacher_action": teacher.tolist(),
+                "mse": F.mse_loss(model, teacher).item(), "cosine_similarity": cos}
+
+
+# ---------------------------------------------------------------------- building everything
+def create_trainer(train_episodes: int = None, val_episodes: int = None, learning_rate: float = None,
+                   batch_size: int = None, model: Optional[TransformerPredator] = None,
+                   model_config: Optional[ModelConfig] = None, world_config: Optional[WorldConfig] = None,
+                   train_config: Optional[TrainConfig] = None, callbacks: Sequence[Callback] = (),
+                   verbose: bool = True, **overrides) -> SupervisedTrainer:
+    """Model, seeded episode data (fresh every epoch) and a trainer, from the config defaults.
+
+    Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
+    """
+    tc = dataclasses.replace(train_config or TrainConfig(), **{k: v for k, v in dict(
+        train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
+        batch_size=batch_size, **overrides).items() if v is not None})
+    tc.validate()
+    wc = world_config or WorldConfig()
+    wc.validate()
+    device = resolve_device(tc.device, verbose=verbose)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(tc.seed)
+    if model is None:
+        mc = model_config or ModelConfig()
+        mc.validate()
+        model = TransformerPredator.from_config(mc)
+    gen = EpisodeGenerator(wc, seed=tc.seed, num_workers=tc.num_workers, progress=tc.progress and verbose,
+                           device="cpu")
+    val = gen.generate(tc.val_episodes, stream=VAL_STREAM, desc="validation episodes")
+    if verbose:
+        print(f"validation: {tc.val_episodes} episodes, {len(val):,} samples")
+    return SupervisedTrainer(model, EpisodeSource(gen, tc.train_episodes), val, learning_rate=tc.learning_rate,
+                             batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
+                             min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
+                             device=device, seed=tc.seed, callbacks=callbacks, world_config=wc, train_config=tc)
+
+
+# ---------------------------------------------------------------------- CLI
+def _positive_or_zero(kind, lo, hi, name):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
+        return v
+    parse.__name__ = name
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default
+        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        if isinstance(default, bool):
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            kind = type(default)
+            group.add_argument(*flags, dest=f.name, default=default, metavar=kind.__name__.upper(), help=help_,
+                               type=_positive_or_zero(kind, f.metadata.get("min"), f.metadata.get("max"), kind.__name__))
+        else:
+            group.add_argument(*flags, dest=f.name, default=default, help=help_)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI, built from TrainConfig, ModelConfig and WorldConfig."""
+    p = argparse.ArgumentParser(prog="python -m predlab.train",
+                                description="Train the predator transformer by imitating the closest-pursuit "
+                                            "teacher, then export checkpoints/model.js for the browser.")
+    _add_config_flags(p, TrainConfig, "training")
+    _add_config_flags(p, ModelConfig, "model")
+    _add_config_flags(p, WorldConfig, "episodes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv=None):
+    """Parse and check every value before anything touches the disk (bad values exit with code 2)."""
+    p = build_parser()
+    a = p.parse_args(argv)
+    ns = vars(a)
+    try:
+        tc = TrainConfig(**{f.name: ns[f.name] for f in dataclasses.fields(TrainConfig)})
+        mc = ModelConfig(**{f.name: ns[f.name] for f in dataclasses.fields(ModelConfig)})
+        wc = WorldConfig(**{f.name: ns[f.name] for f in dataclasses.fields(WorldConfig)})
+        tc.validate(), mc.validate(), wc.validate()
+        if a.quiet:
+            tc.progress = False
+        resolve_device(tc.device)
+    except ValueError as e:
+        p.error(str(e))
+    if tc.resume is not None:
+        if not Path(tc.resume).is_file():
+            p.error(f"--resume: no such checkpoint file: {tc.resume}")
+        try:
+            ck = ckpt_io.load_checkpoint_dict(tc.resume)
+        except (ckpt_io.CheckpointError, FileNotFoundError) as e:
+            p.error(f"--resume: {e}")
+        mine = dataclasses.asdict(mc)
+        diffs = [f"--{k} {mine[k]} but the checkpoint has {ck['model_config'][k]}"
+                 for k in ("d_model", "n_heads", "n_layers", "ffn_hidden") if ck["model_config"][k] != mine[k]
+                 and f"--{k}" in " ".join(argv if argv is not None else sys.argv)]
+        if diffs:
+            p.error("--resume: another architecture: " + "; ".join(diffs))
+        mc = from_dict(ModelConfig, ck["model_config"])  # the checkpoint's sizes win
+        if ck.get("epoch", 0) >= tc.epochs:
+            p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']}; pass --epochs larger than that")
+    return tc, mc, wc
+
+
+def default_callbacks(tc: TrainConfig) -> List[Callback]:
+    """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
+    cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
+                           Checkpointer(tc.checkpoint_dir, tc.save_every, tc.keep_checkpoints)]
+    if tc.early_stopping:
+        cbs.append(EarlyStopping(tc.early_stopping))
+    return cbs
+
+
+def main(argv=None) -> int:
+    tc, mc, wc = parse_args(argv)
+    trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
+                             verbose=True)
+    if tc.progress:
+        trainer.callbacks.insert(1, PrintLogger())
+    if tc.resume:
+        trainer.load_checkpoint(tc.resume)
+        print(f"resumed from {tc.resume} at epoch {trainer.epoch}; continuing to epoch {tc.epochs}")
+    print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
+    t0 = time.time()
+    try:
+        trainer.train(tc.epochs)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last saved checkpoints are intact")
+    finally:
+        trainer.train_dataset.generator.close()
+    best = Path(tc.checkpoint_dir) / "best_model.pt"
+    if not best.is_file():
+        print("no best_model.pt was written", file=sys.stderr)
+        return 1
+    from .export import write_weights
+    model = ckpt_io.load_model(best)
+    js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
+    write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+    b = ckpt_io.load_checkpoint_dict(best)
+    print(f"done in {time.time() - t0:.0f} s; best val MSE {b['best_metric']:.5f} at epoch {b['best_epoch']}")
+    print(f"browser weights: {js.resolve()} (and model.json beside it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
