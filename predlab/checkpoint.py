@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
@@ -48,6 +49,9 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save zip archive; "
+                              "truncated or another kind of file)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

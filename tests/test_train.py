@@ -1,0 +1,243 @@
+"""The training pipeline: seeded data, the trainer, checkpoints and resume, the CLI."""
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from predlab import checkpoint as ck
+from predlab.config import ModelConfig, TrainConfig, WorldConfig
+from predlab.data import EpisodeGenerator, SampleSet, generate_episodes
+from predlab.model import TransformerPredator
+from predlab.train import Callback, SupervisedTrainer, create_trainer, resolve_device
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_WORLD = WorldConfig(frames=12, boids_max=12)
+
+
+def _same(a: SampleSet, b: SampleSet):
+    assert len(a) == len(b) and len(a) > 0
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
+def test_same_seed_same_data_for_any_number_of_workers():
+    """--num_workers changes who generates, never what: chunks are seeded on their own."""
+    n = 300  # more than two chunks
+    serial = generate_episodes(n, TINY_WORLD, seed=3, stream=5, num_workers=0)
+    parallel = generate_episodes(n, TINY_WORLD, seed=3, stream=5, num_workers=2)
+    _same(serial, parallel)
+    other = generate_episodes(n, TINY_WORLD, seed=4, stream=5, num_workers=0)
+    assert not torch.equal(serial.context, other.context)
+
+
+def test_samples_are_teacher_labelled_live_states():
+    """Every stored sample has live boids first and the teacher's unit vector as its target."""
+    from predlab.teacher import closest_pursuit
+    s = generate_episodes(20, TINY_WORLD, seed=1)
+    b = s.batch(torch.arange(len(s)))
+    assert (s.n >= 1).all()
+    assert torch.allclose(closest_pursuit(b["boids"], b["mask"]), b["target"])
+    norms = b["target"].norm(dim=-1)
+    assert ((norms - 1).abs() < 1e-5).float().mean() > 0.99
+
+
+def _trainer(tmp_path, dropout=0.1, callbacks=()):
+    torch.manual_seed(0)
+    model = TransformerPredator(dropout=dropout)
+    gen = EpisodeGenerator(TINY_WORLD, seed=0, progress=False)
+    from predlab.train import EpisodeSource
+    val = gen.generate(4, stream=0)
+    return SupervisedTrainer(model, EpisodeSource(gen, 6), val, learning_rate=3e-3, batch_size=32,
+                             device="cpu", callbacks=list(callbacks), world_config=TINY_WORLD)
+
+
+class StopAt(Callback):
+    def __init__(self, epoch):
+        self.at = epoch
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if epoch == self.at:
+            trainer.stop_training = True
+
+
+def test_resume_is_bit_identical(tmp_path):
+    """4 epochs straight == 2 epochs, checkpoint, new process state, resume to 4 (dropout on)."""
+    straight = _trainer(tmp_path)
+    straight.train(4)
+    first = _trainer(tmp_path, callbacks=[StopAt(2)])
+    first.train(4)
+    assert first.epoch == 2
+    path = first.save_checkpoint(tmp_path / "c2.pt")
+    torch.manual_seed(12345)  # disturb the global RNG: the checkpoint must restore it
+    resumed = _trainer(tmp_path)
+    resumed.load_checkpoint(path)
+    assert resumed.epoch == 2
+    resumed.train(4)
+    assert resumed.epoch == 4
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
+
+
+def test_training_reduces_val_loss(tmp_path):
+    t = _trainer(tmp_path, dropout=0.0)
+    before = t.validate()
+    t.train(3)
+    assert t.history[-1]["val_loss"] < before
+    assert {"train_loss", "val_loss", "lr", "samples_per_s"} <= set(t.history[-1])
+
+
+def test_early_stopping_stops(tmp_path):
+    t = _trainer(tmp_path)
+    t.min_delta = 10.0  # nothing after the first epoch counts as an improvement
+    t.train(10, early_stopping_patience=2)
+    assert t.epoch == 3 and t.bad_epochs == 2
+
+
+def test_checkpoint_refuses_pickle_code(tmp_path):
+    """A checkpoint that needs pickle to load is refused and nothing from it runs."""
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": ck.FORMAT, "version": ck.VERSION, "payload": Evil()}, path)
+    with pytest.raises(ck.CheckpointError, match="pickle"):
+        ck.load_checkpoint_dict(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_refuses_other_architecture_and_foreign_files(tmp_path):
+    small = _trainer(tmp_path)
+    path = small.save_checkpoint(tmp_path / "ok.pt")
+    big = SupervisedTrainer(TransformerPredator(d_model=64, n_heads=8), small.train_dataset, small.val_dataset,
+                            device="cpu")
+    with pytest.raises(ck.CheckpointError, match="d_model: checkpoint 48, model 64"):
+        big.load_checkpoint(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ck.CheckpointError, match="not a readable"):
+        ck.load_checkpoint_dict(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(ck.CheckpointError, match="not a predlab checkpoint"):
+        ck.load_checkpoint_dict(tmp_path / "foreign.pt")
+    state = torch.load(path, weights_only=True)
+    state["model"]["output.bias"][0] = float("nan")
+    torch.save(state, tmp_path / "nan.pt")
+    with pytest.raises(ck.CheckpointError, match="output.bias.*NaN"):
+        ck.load_model(tmp_path / "nan.pt")
+    state = torch.load(path, weights_only=True)
+    state["model"]["output.bias"] = torch.zeros(3)
+    torch.save(state, tmp_path / "shape.pt")
+    with pytest.raises(ck.CheckpointError, match="output.bias"):
+        ck.load_model(tmp_path / "shape.pt")
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    t = _trainer(tmp_path)
+    path = t.save_checkpoint(tmp_path / "best_model.pt")
+    before = path.read_bytes()
+
+    def broken_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        t.save_checkpoint(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]
+
+
+def test_evaluate_sample_and_create_trainer_api():
+    """The seed README's Python usage works as shown."""
+    trainer = create_trainer(train_episodes=4, val_episodes=2, learning_rate=1e-3, batch_size=64,
+                             device="cpu", verbose=False, world_config=TINY_WORLD)
+    sample = {"context": {"canvasWidth": 1.2, "canvasHeight": 0.8}, "predator": {"velX": 0.1, "velY": -0.2},
+              "boids": [{"relX": 0.03, "relY": -0.04, "velX": 0.5, "velY": 0.5}]}
+    r = trainer.evaluate_sample(sample)
+    assert r["teacher_action"] == pytest.approx([0.6, -0.8])
+    assert len(r["model_action"]) == 2 and r["mse"] >= 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error():
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        resolve_device("cuda")
+
+
+# ---------------------------------------------------------------------- the real CLI
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "predlab.train", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
+              "--batch-size", "32", "--save_every", "1", "--quiet"]
+
+
+def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
+    r = _cli("--epochs", "2", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ckdir = tmp_path / "checkpoints"
+    assert {"best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "model.js", "model.json"} <= \
+        {p.name for p in ckdir.iterdir()}
+    assert str((ckdir / "model.js").resolve()) in r.stdout
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())
+    from predlab.export import read_weights
+    m = read_weights(ckdir / "model.js")
+    best = ck.load_model(ckdir / "best_model.pt")
+    for a, b in zip(m.state_dict().values(), best.state_dict().values()):
+        assert torch.equal(a, b)
+    r = _cli("--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "at epoch 2" in r.stdout and "epoch    3" in r.stdout and "epoch    1 " not in r.stdout
+    assert (ckdir / "checkpoint_epoch_3.pt").is_file()
+    state = ck.load_checkpoint_dict(ckdir / "checkpoint_epoch_3.pt")
+    assert state["epoch"] == 3 and len(state["history"]) == 3
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "epochs"),
+    (["--batch_size", "-4"], "batch_size"),
+    (["--learning_rate", "nan"], "learning_rate"),
+    (["--d_model", "50"], "divisible"),
+    (["--device", "tpu"], "unknown device"),
+    (["--resume", "missing.pt"], "no such checkpoint"),
+    (["--boids_max", "0"], "boids_max"),
+    (["--epochs", "two"], "epochs"),
+] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
+def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
+    """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    ckdir = tmp_path / "checkpoints"
+    ckdir.mkdir()
+    (ckdir / "best_model.pt").write_bytes(b"precious")
+    argv = flags + ([] if "--epochs" in flags else ["--epochs", "1"]) + TINY_FLAGS
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+    assert [p.name for p in ckdir.iterdir()] == ["best_model.pt"]
+    assert (ckdir / "best_model.pt").read_bytes() == b"precious"
+
+
+def test_cli_export_command(tmp_path):
+    t = _trainer(tmp_path)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    r = subprocess.run([sys.executable, "-m", "predlab.export", str(path), "--out", str(tmp_path / "m.js")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.js").read_text().startswith("// predlab export")
+    r = subprocess.run([sys.executable, "-m", "predlab.export", str(tmp_path / "nope.pt"), "--out",
+                        str(tmp_path / "x.js")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no such file" in r.stderr
