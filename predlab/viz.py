@@ -1,0 +1,503 @@
+"""Plots, animations, attention overlays and the live-plot callback the notebooks call.
+
+Everything a notebook draws is a function here with a unit test (tests/test_viz.py), so the
+notebooks stay thin: import, call, plot. Figures are built with matplotlib's object API
+(matplotlib.figure.Figure), not pyplot, so nothing is shown twice and nothing needs a display.
+PREDLAB_QUICK=1 (set by `make test`) shrinks every notebook run: see quick_mode() and sizes().
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from . import config as C
+from .config import WorldConfig
+from .sim import World
+from .teacher import closest_pursuit, nearest_boid
+
+Tensor = torch.Tensor
+Batch = Dict[str, Tensor]
+BOID_TOKEN0 = 3  # tokens: CLS, CTX, PRED, boid 0, boid 1, ...
+
+
+# ---------------------------------------------------------------------- run sizes and paths
+def quick_mode() -> bool:
+    """True when PREDLAB_QUICK is set to anything but '', '0' or 'false' (CI-sized notebook runs)."""
+    return os.environ.get("PREDLAB_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# Full runs are what a person wants to look at; quick runs only prove that every cell works.
+_FULL = dict(frames=300, n_boids=50, width=960, height=600, data_episodes=200, data_frames=200,
+             train_episodes=200, val_episodes=50, epochs=30, batch_size=256,
+             agreement_samples=4000, parity_inputs=64, fallback_epochs=5)
+_QUICK = dict(frames=12, n_boids=20, width=480, height=320, data_episodes=8, data_frames=40,
+              train_episodes=6, val_episodes=3, epochs=2, batch_size=128,
+              agreement_samples=200, parity_inputs=8, fallback_epochs=1)
+
+
+def sizes(quick: Optional[bool] = None) -> Dict[str, int]:
+    """Run sizes for the notebooks: small ones under PREDLAB_QUICK=1, real ones otherwise."""
+    return dict(_QUICK if (quick_mode() if quick is None else quick) else _FULL)
+
+
+def repo_root() -> Path:
+    """The checkout's root (the folder holding pyproject.toml), whatever the cwd; else the cwd."""
+    for p in Path(__file__).resolve().parents:
+        if (p / "pyproject.toml").is_file():
+            return p
+    return Path.cwd()
+
+
+def checkpoint_dir(quick: Optional[bool] = None) -> Path:
+    """Where notebooks put and find checkpoints: <repo>/checkpoints.
+
+    Quick (CI) runs use <repo>/checkpoints/quick so that `make test` never overwrites a
+    real best_model.pt with a two-epoch one.
+    """
+    root = repo_root() / "checkpoints"
+    return root / "quick" if (quick_mode() if quick is None else quick) else root
+
+
+def runs_dir() -> Path:
+    """TensorBoard's runs folder, <repo>/runs (`tensorboard --logdir runs` from the repo root)."""
+    return repo_root() / "runs"
+
+
+# ---------------------------------------------------------------------- rollouts
+@dataclass
+class Rollout:
+    """One recorded episode, per-frame numpy arrays (T frames, N boid slots).
+
+    pos, vel [T, N, 2] world px; alive [T, N]; pred_pos, pred_vel [T, 2]; action [T, 2] (the
+    driving policy's output, in [-1, 1]); teacher [T, 2] (closest pursuit's unit vector);
+    caught [T] boids caught by the step after frame t; size (W, H). obs holds the model's
+    inputs per frame: context [T, 2], predator [T, 2], boids [T, N, 4], mask [T, N].
+    """
+
+    pos: np.ndarray
+    vel: np.ndarray
+    alive: np.ndarray
+    pred_pos: np.ndarray
+    pred_vel: np.ndarray
+    action: np.ndarray
+    teacher: np.ndarray
+    caught: np.ndarray
+    size: tuple
+    obs: Dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.pos.shape[0]
+
+    def batch(self, frames: Union[int, Sequence[int], None] = None) -> Batch:
+        """The model's input batch for the given frame(s) (all by default): boids [B, N, 4], mask [B, N]."""
+        idx = np.arange(len(self)) if frames is None else np.atleast_1d(np.asarray(frames))
+        return {"context": torch.from_numpy(self.obs["context"][idx]).float(),
+                "predator": torch.from_numpy(self.obs["predator"][idx]).float(),
+                "boids": torch.from_numpy(self.obs["boids"][idx]).float(),
+                "mask": torch.from_numpy(self.obs["mask"][idx]).bool()}
+
+
+@torch.no_grad()
+def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, height: int = 600, seed: int = 0,
+                   cfg: Optional[WorldConfig] = None, policy: Optional[Callable[[Batch], Tensor]] = None) -> Rollout:
+    """Run one world for `frames` frames with the teacher (or `policy(obs) -> [1, 2]`) driving.
+
+    Records the state before each step, so frame 0 is the start of the episode. The flock
+    weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes.
+    """
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    cfg = cfg or WorldConfig()
+    world = World.random(1, cfg, generator=torch.Generator().manual_seed(seed), n_boids=n_boids,
+                         width=width, height=height)
+    rec: Dict[str, List[np.ndarray]] = {k: [] for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "action",
+                                                          "teacher", "caught", "context", "predator", "boids", "mask")}
+    for _ in range(frames):
+        obs = world.observe()
+        teacher = closest_pursuit(obs["boids"], obs["mask"])                     # [1, 2]
+        action = teacher if policy is None else policy(obs).to(teacher.dtype).clamp(-1, 1)
+        for k in ("pos", "vel", "alive", "pred_pos", "pred_vel"):
+            rec[k].append(getattr(world, k)[0].cpu().numpy().copy())
+        for k in ("context", "predator", "boids", "mask"):
+            rec[k].append(obs[k][0].cpu().numpy().copy())
+        rec["action"].append(action[0].cpu().numpy())
+        rec["teacher"].append(teacher[0].cpu().numpy())
+        rec["caught"].append(int(world.step(action)[0]))
+    a = {k: np.stack(v) if k != "caught" else np.asarray(v) for k, v in rec.items()}
+    return Rollout(a["pos"], a["vel"], a["alive"], a["pred_pos"], a["pred_vel"], a["action"], a["teacher"],
+                   a["caught"], (float(width), float(height)),
+                   {k: a[k] for k in ("context", "predator", "boids", "mask")})
+
+
+# ---------------------------------------------------------------------- animation
+def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0, figsize=(6, 4)):
+    """FuncAnimation of the flock (dots), the predator (red) and its steering arrow, one frame per step.
+
+    The arrow is the teacher's unit vector times arrow_px (the action actually applied, when
+    another policy drove, is drawn in grey beside it).
+    """
+    from matplotlib.animation import FuncAnimation
+
+    W, H = rollout.size
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)  # the browser's canvas: y grows downwards
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    flock = ax.scatter([], [], s=10, c="tab:blue")
+    pred = ax.scatter([], [], s=60, c="tab:red", zorder=3)
+    arrow = ax.quiver([0], [0], [0], [0], color="tab:red", angles="xy", scale_units="xy", scale=1, width=0.006)
+    applied = ax.quiver([0], [0], [0], [0], color="0.5", angles="xy", scale_units="xy", scale=1, width=0.004)
+    title = ax.set_title("")
+    caught = np.cumsum(rollout.caught)
+
+    def draw(t: int):
+        live = rollout.alive[t]
+        flock.set_offsets(rollout.pos[t][live] if live.any() else np.zeros((0, 2)))
+        p = rollout.pred_pos[t]
+        pred.set_offsets(p[None])
+        arrow.set_offsets(p[None])
+        arrow.set_UVC(*(rollout.teacher[t] * arrow_px))
+        applied.set_offsets(p[None])
+        applied.set_UVC(*(rollout.action[t] * arrow_px * 0.8))
+        title.set_text(f"frame {t}  boids {int(live.sum())}  caught {int(caught[t])}")
+        return flock, pred, arrow, applied, title
+
+    fig.tight_layout()
+    return FuncAnimation(fig, draw, frames=len(rollout), interval=interval, blit=False)
+
+
+def animation_html(anim) -> str:
+    """The animation as self-contained HTML/JS (to_jshtml: plays in a notebook without ffmpeg)."""
+    return anim.to_jshtml(default_mode="loop")
+
+
+def jshtml_frame_count(html: str) -> int:
+    """Number of frames embedded in to_jshtml output (for tests and sanity checks)."""
+    import re
+    return len(set(re.findall(r'frames\[(\d+)\] = "data:', html)))
+
+
+# ---------------------------------------------------------------------- training data
+def training_data_stats(samples) -> Dict[str, np.ndarray]:
+    """Per-sample facts of a SampleSet: n boids, distance (px) to the nearest boid, target angle (rad).
+
+    Samples with no boid (teacher target (0, 0)) are left out of distance and angle.
+    """
+    n = samples.n.cpu().numpy()
+    N = samples.boids.shape[1]
+    mask = torch.arange(N)[None, :] < samples.n[:, None]                          # [S, N]
+    rel = samples.boids[..., :2]
+    dist = torch.sqrt((rel * rel).sum(-1)).masked_fill(~mask, float("inf")).amin(-1) if N else torch.full(
+        (len(n),), float("inf"))
+    t = samples.target
+    has = (t.abs().sum(-1) > 0).numpy()
+    return {"n": n, "nearest_px": (dist.numpy() * C.MAX_DISTANCE)[np.isfinite(dist.numpy())],
+            "angle": np.arctan2(t[:, 1].numpy(), t[:, 0].numpy())[has]}
+
+
+def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
+    """Three panels: boid-count histogram, distance-to-nearest-boid histogram, target-direction rose."""
+    s = training_data_stats(samples)
+    fig = Figure(figsize=figsize)
+    ax1 = fig.add_subplot(1, 3, 1)
+    top = max(int(s["n"].max()) if len(s["n"]) else 1, 1)
+    ax1.hist(s["n"], bins=np.arange(0.5, top + 1.5, 1), color="tab:blue")
+    ax1.set(xlabel="live boids", ylabel="samples", title=f"boid count ({len(s['n']):,} samples)")
+    ax2 = fig.add_subplot(1, 3, 2)
+    ax2.hist(s["nearest_px"], bins=40, color="tab:orange")
+    ax2.set(xlabel="px to nearest boid", ylabel="samples", title="distance to the teacher's target")
+    ax3 = fig.add_subplot(1, 3, 3, projection="polar")
+    counts, edges = np.histogram(s["angle"], bins=24, range=(-math.pi, math.pi))
+    ax3.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:green")
+    ax3.set_theta_direction(-1)  # canvas y points down: angles turn clockwise on screen
+    ax3.set_title("target direction (screen)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Sequence[Rollout]],
+                 labels: Optional[Sequence[str]] = None, ax=None) -> Figure:
+    """Cumulative catches against frame, one line per episode (per-frame catch counts or Rollouts)."""
+    if isinstance(catches, Rollout) or (isinstance(catches, np.ndarray) and catches.ndim == 1):
+        catches = [catches]
+    series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
+    if ax is None:
+        fig = Figure(figsize=(5, 3.2))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    for i, c in enumerate(series):
+        ax.step(np.arange(1, len(c) + 1), np.cumsum(c), where="post",
+                label=labels[i] if labels else None)
+    ax.set(xlabel="frame", ylabel="boids caught", title="catches over time")
+    if labels:
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------- live plot
+from .train import Callback  # noqa: E402  (viz imports train, never the reverse)
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+        ip = get_ipython()
+        return ip is not None and hasattr(ip, "kernel")
+    except ImportError:
+        return False
+
+
+class LivePlot(Callback):
+    """Trainer callback: a figure of train/val loss (+ samples/s, + catch_ratio when logged) redrawn every epoch.
+
+    In a notebook the figure is shown once (IPython display handle) and updated in place;
+    elsewhere (headless, tests, scripts) it just keeps `history` and the figure up to date.
+    history: {key: [values]} with 'epoch' among the keys; lines: {key: Line2D}.
+    """
+
+    PANELS = (("loss", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
+              ("catch ratio", ("catch_ratio",)))
+
+    def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
+        self.display = _in_notebook() if display is None else display
+        self.figsize, self.log_scale = figsize, log_scale
+        self.history: Dict[str, List[float]] = {}
+        self.lines: Dict[str, object] = {}
+        self.fig: Optional[Figure] = None
+        self.handle = None
+
+    def on_train_begin(self, trainer):
+        # Resumed trainers bring their history: show it from the start.
+        for logs in getattr(trainer, "history", []):
+            if logs.get("epoch") not in self.history.get("epoch", []):
+                self._append(logs)
+
+    def _append(self, logs: Mapping[str, float]) -> None:
+        for k, v in logs.items():
+            if isinstance(v, (int, float)):
+                self.history.setdefault(k, []).append(float(v))
+
+    def _build(self) -> None:
+        panels = [(t, [k for k in keys if k in self.history]) for t, keys in self.PANELS]
+        panels = [(t, keys) for t, keys in panels if keys]
+        self.fig = Figure(figsize=self.figsize)
+        for i, (title, keys) in enumerate(panels):
+            ax = self.fig.add_subplot(1, len(panels), i + 1)
+            for k in keys:
+                self.lines[k], = ax.plot([], [], marker="o", ms=3, label=k.replace("_", " "))
+            ax.set(xlabel="epoch", title=title)
+            if title == "loss" and self.log_scale:
+                ax.set_yscale("log")
+            if len(keys) > 1:
+                ax.legend()
+        self.fig.tight_layout()
+        if self.display:
+            from IPython.display import display
+            self.handle = display(self.fig, display_id=True)
+
+    def update(self) -> None:
+        """Push history into the lines, rescale, and refresh the notebook output if there is one."""
+        if self.fig is None:
+            self._build()
+        x = self.history.get("epoch", list(range(1, 1 + max(map(len, self.history.values()), default=0))))
+        for k, line in self.lines.items():
+            y = self.history.get(k, [])
+            line.set_data(x[-len(y):] if y else [], y)
+        for ax in self.fig.axes:
+            ax.relim()
+            ax.autoscale_view()
+        if self.handle is not None:
+            self.handle.update(self.fig)
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self._append({"epoch": epoch, **logs})
+        self.update()
+
+
+# ---------------------------------------------------------------------- attention
+@torch.no_grad()
+def cls_attention(model, batch: Batch) -> Tensor:
+    """[CLS]'s attention over the boid tokens, every layer and head -> [B, L, H, N] (0 on padding)."""
+    was = model.training
+    model.eval()
+    try:
+        _, weights = model.forward_with_attention(batch)
+    finally:
+        model.train(was)
+    a = torch.stack([w[:, :, 0, BOID_TOKEN0:] for w in weights], 1)               # [B, L, H, N]
+    return a * batch["mask"][:, None, None, :].to(a.dtype)
+
+
+def draw_attention(ax, rel_px: np.ndarray, weights: np.ndarray, target: int = -1, cmap: str = "viridis",
+                   vmax: Optional[float] = None):
+    """Boids at rel_px [n, 2] (px from the predator) coloured by weights [n]; the target ringed.
+
+    Returns the boids' PathCollection (its facecolors are cmap(weights / vmax)).
+    """
+    from matplotlib.colors import Normalize
+
+    norm = Normalize(0.0, vmax if vmax is not None else max(float(np.max(weights, initial=0.0)), 1e-9))
+    sc = ax.scatter(rel_px[:, 0], rel_px[:, 1], c=weights, cmap=cmap, norm=norm, s=40, edgecolors="none", zorder=2)
+    ax.scatter([0], [0], marker="^", s=120, c="tab:red", zorder=3, label="predator")
+    if 0 <= target < len(rel_px):
+        ax.scatter(rel_px[target, :1], rel_px[target, 1:2], s=220, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, zorder=4, label="teacher's target")
+    ax.set_aspect("equal")
+    ax.invert_yaxis() if not ax.yaxis_inverted() else None
+    ax.set_xlabel("px from predator")
+    return sc
+
+
+def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[int] = None,
+                           index: int = 0, figsize=(5.5, 4.5)) -> Figure:
+    """The scene as the model sees it (sample `index` of batch), boids coloured by [CLS]'s attention.
+
+    head=None averages the heads. The teacher's target (nearest boid) is ringed in red.
+    The figure's `attention_weights` attribute holds the drawn weights [n live boids].
+    """
+    one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
+    a = cls_attention(model, one)[0, layer]                                         # [H, N]
+    w = (a.mean(0) if head is None else a[head])
+    live = one["mask"][0]
+    rel = one["boids"][0, live, :2].numpy() * C.MAX_DISTANCE
+    w = w[live].numpy()
+    tgt = int(nearest_boid(one["boids"], one["mask"])[0])
+    tgt = int(live[:tgt].sum()) if tgt >= 0 else -1                                 # index among live boids
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    sc = draw_attention(ax, rel, w, tgt)
+    fig.colorbar(sc, ax=ax, label="[CLS] attention", shrink=0.8)
+    ax.legend(loc="upper right", fontsize=8)
+    hd = "mean of heads" if head is None else f"head {head}"
+    ax.set_title(f"layer {layer}, {hd}: {w.sum():.0%} of [CLS] on boids")
+    fig.tight_layout()
+    fig.attention_weights = w
+    return fig
+
+
+@dataclass
+class Agreement:
+    """How often [CLS]'s most-attended boid is the teacher's target, over S samples with a boid.
+
+    per_head [L, H]; mean_heads [L] (argmax of the head-averaged attention); chance: the mean
+    of 1/n, what a uniformly random pick would score.
+    """
+
+    per_head: np.ndarray
+    mean_heads: np.ndarray
+    chance: float
+    samples: int
+
+
+@torch.no_grad()
+def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
+    """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
+    keep = batch["mask"].any(-1)
+    batch = {k: batch[k][keep] for k in ("context", "predator", "boids", "mask")}
+    S = int(keep.sum())
+    if S == 0:
+        raise ValueError("attention_agreement needs at least one sample with a live boid")
+    hits_head, hits_mean = None, None
+    for s in range(0, S, chunk):
+        b = {k: v[s:s + chunk] for k, v in batch.items()}
+        a = cls_attention(model, b).masked_fill(~b["mask"][:, None, None, :], -1.0)  # [B, L, H, N]
+        tgt = nearest_boid(b["boids"], b["mask"])                                     # [B]
+        h = (a.argmax(-1) == tgt[:, None, None]).sum(0)                               # [L, H]
+        m = (a.mean(2).argmax(-1) == tgt[:, None]).sum(0)                             # [L]
+        hits_head = h if hits_head is None else hits_head + h
+        hits_mean = m if hits_mean is None else hits_mean + m
+    chance = float((1.0 / batch["mask"].sum(-1).double()).mean())
+    return Agreement(hits_head.double().numpy() / S, hits_mean.double().numpy() / S, chance, S)
+
+
+def plot_agreement(ag: Agreement, figsize=(6, 3.4)) -> Figure:
+    """Bars: head-averaged agreement per layer; dots: each head; dashed: chance."""
+    L, H = ag.per_head.shape
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot()
+    x = np.arange(L)
+    ax.bar(x, ag.mean_heads, color="tab:blue", alpha=0.6, label="mean of heads")
+    for h in range(H):
+        ax.scatter(x + (h - (H - 1) / 2) * 0.12, ag.per_head[:, h], s=18, zorder=3, label=f"head {h}")
+    ax.axhline(ag.chance, ls="--", c="k", lw=1, label=f"chance ({ag.chance:.2f})")
+    ax.set(xticks=x, xticklabels=[f"layer {i}" for i in x], ylim=(0, 1.02), ylabel="argmax = teacher's target",
+           title=f"[CLS] attention agreement over {ag.samples:,} frames")
+    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def sample_frames(samples, count: int, seed: int = 0) -> Batch:
+    """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames."""
+    rows = (samples.n > 0).nonzero().squeeze(1)
+    g = torch.Generator().manual_seed(seed)
+    rows = rows[torch.randperm(len(rows), generator=g)[:count]]
+    b = samples.batch(rows)
+    b.pop("target", None)
+    return b
+
+
+# ---------------------------------------------------------------------- PyTorch vs JavaScript
+def node_available() -> bool:
+    """Whether a `node` executable is on PATH (the JS parity check needs it)."""
+    return shutil.which("node") is not None
+
+
+def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None] = None,
+              node: str = "node") -> Dict[str, np.ndarray]:
+    """Run the same browser-form inputs through PyTorch and through predlab/js under Node.
+
+    weights: a model.js/.json already written for `model` (written to a temporary folder if
+    None). Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go
+    to the system temp folder, never the repo.
+    """
+    from .export import write_weights
+
+    script = Path(__file__).resolve().parent / "js" / "run_node.js"
+    torch_out = model.predict(list(samples)).double().cpu().numpy()                # [B, 2]
+    with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:
+        if weights is None:
+            weights = write_weights(model, Path(tmp) / "model.js")
+        inputs = Path(tmp) / "inputs.json"
+        inputs.write_text(json.dumps(list(samples)))
+        res = subprocess.run([node, str(script), str(weights), str(inputs)], capture_output=True, text=True,
+                             timeout=120)
+    if res.returncode != 0:
+        raise RuntimeError(f"node failed ({res.returncode}): {res.stderr.strip()[-2000:]}")
+    js_out = np.asarray(json.loads(res.stdout), dtype=np.float64).reshape(-1, 2)
+    return {"torch": torch_out, "js": js_out, "max_abs_diff": float(np.abs(torch_out - js_out).max(initial=0.0))}
+
+
+def plot_parity(torch_out: np.ndarray, js_out: np.ndarray, figsize=(8, 3.6)) -> Figure:
+    """Left: JS action against PyTorch action (x and y components; y = x is perfect). Right: |difference|."""
+    t, j = np.asarray(torch_out).reshape(-1, 2), np.asarray(js_out).reshape(-1, 2)
+    diff = np.abs(t - j)
+    fig = Figure(figsize=figsize)
+    ax = fig.add_subplot(1, 2, 1)
+    ax.plot([-1, 1], [-1, 1], c="0.7", lw=1)
+    ax.scatter(t[:, 0], j[:, 0], s=14, label="action x")
+    ax.scatter(t[:, 1], j[:, 1], s=14, marker="x", label="action y")
+    ax.set(xlabel="PyTorch", ylabel="JavaScript (Node)", title="same inputs, both engines", aspect="equal")
+    ax.legend(fontsize=8)
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.bar(np.arange(len(diff)), diff.max(1) + 1e-12, color="tab:purple")
+    ax2.set_yscale("log")
+    ax2.set(xlabel="input", ylabel="max |PyTorch - JS|", title=f"largest difference {diff.max(initial=0):.2e}")
+    fig.tight_layout()
+    return fig

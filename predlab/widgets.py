@@ -1,0 +1,194 @@
+"""Notebook controls: ipywidgets built from the config dataclasses, and the callbacks they call.
+
+Each slider takes its description, help text (tooltip), default and lower bound from the
+field's metadata in config.py, so the widgets and the CLI cannot drift apart. Every callback
+is a plain function of the widget values (rerun_sim, train_kwargs, show_attention), so tests
+call it directly: CI never moves a slider.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Dict, Mapping, Optional
+
+import ipywidgets as W
+
+from . import config as C
+from .config import ModelConfig, TrainConfig, WorldConfig
+from .viz import _in_notebook
+
+
+def _field(cls, name: str) -> dataclasses.Field:
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_widget(cls, name: str, value=None, max=None, min=None, step=None, description: Optional[str] = None,
+                 log: bool = False) -> W.Widget:
+    """A slider for one config field: default, lower bound and tooltip from its metadata.
+
+    `max` is required where the metadata has none (sliders need an upper end); log=True gives
+    a FloatLogSlider (for learning rates). Sliders only fire on release (continuous_update=False).
+    """
+    f = _field(cls, name)
+    lo = f.metadata.get("min", 0) if min is None else min
+    hi = f.metadata.get("max") if max is None else max
+    val = f.default if value is None else value
+    common = dict(description=description or name.replace("_", " "), tooltip=f.metadata.get("help", ""),
+                  continuous_update=False, style={"description_width": "initial"},
+                  layout=W.Layout(width="420px"))
+    if hi is None:
+        raise ValueError(f"{cls.__name__}.{name} has no max in its metadata: pass max=")
+    if log:
+        return W.FloatLogSlider(value=val, base=10, min=math.log10(lo), max=math.log10(hi), step=step or 0.1,
+                                readout_format=".1e", **common)
+    if isinstance(f.default, int) and not isinstance(f.default, bool):
+        return W.IntSlider(value=int(val), min=int(lo), max=int(hi), step=step or 1, **common)
+    return W.FloatSlider(value=float(val), min=float(lo), max=float(hi), step=step or 0.1, **common)
+
+
+class Controls:
+    """A named set of widgets shown as one box; values() reads them all as a dict."""
+
+    def __init__(self, widgets: Mapping[str, W.Widget], output: Optional[W.Output] = None):
+        self.widgets = dict(widgets)
+        self.output = output
+        items = list(self.widgets.values()) + ([output] if output is not None else [])
+        self.box = W.VBox(items)
+
+    def values(self) -> Dict:
+        return {k: w.value for k, w in self.widgets.items()}
+
+    def set(self, **values) -> None:
+        """Set widget values (as a user would); observers fire as for a slider move."""
+        for k, v in values.items():
+            self.widgets[k].value = v
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.box)
+
+
+# ---------------------------------------------------------------------- 01: simulation
+def sim_widgets(n_boids: int = C.NUM_BOIDS, width: int = 960, height: int = 600, frames: int = 100) -> Dict[str, W.Widget]:
+    """Sliders for boid count, canvas size, flocking weights and frames (WorldConfig metadata)."""
+    return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids"),
+            "width": field_widget(WorldConfig, "width_max", width, min=WorldConfig.width_min,
+                                  max=WorldConfig.width_max, step=16,
+                                  description="canvas width"),
+            "height": field_widget(WorldConfig, "height_max", height, min=WorldConfig.height_min,
+                                   max=WorldConfig.height_max, step=16,
+                                   description="canvas height"),
+            "separation_weight": field_widget(WorldConfig, "separation_weight", max=5.0),
+            "cohesion_weight": field_widget(WorldConfig, "cohesion_weight", max=5.0),
+            "alignment_weight": field_widget(WorldConfig, "alignment_weight", max=5.0),
+            "frames": field_widget(WorldConfig, "frames", frames, max=max(500, frames), description="frames")}
+
+
+def rerun_sim(n_boids: int, width: int, height: int, separation_weight: float, cohesion_weight: float,
+              alignment_weight: float, frames: int, seed: int = 0):
+    """What the simulation sliders call: record a teacher rollout with these values -> (Rollout, html)."""
+    from .viz import animate_rollout, animation_html, record_rollout
+
+    cfg = WorldConfig(separation_weight=separation_weight, cohesion_weight=cohesion_weight,
+                      alignment_weight=alignment_weight)
+    ro = record_rollout(frames=frames, n_boids=n_boids, width=width, height=height, seed=seed, cfg=cfg)
+    return ro, animation_html(animate_rollout(ro))
+
+
+def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Controls:
+    """Simulation sliders plus an Output that shows rerun_sim's animation; redraws on every change.
+
+    controls.last holds the latest (Rollout, html).
+    """
+    from IPython.display import HTML, display
+
+    ctl = Controls(sim_widgets(**defaults), W.Output())
+    ctl.last = None
+
+    def redraw(_change=None):
+        ctl.last = rerun_sim(**ctl.values(), seed=seed)
+        if not _in_notebook():
+            return
+        with ctl.output:
+            ctl.output.clear_output(wait=True)
+            display(HTML(ctl.last[1]))
+
+    for w in ctl.widgets.values():
+        w.observe(redraw, names="value")
+    ctl.redraw = redraw
+    if run_now:
+        redraw()
+    return ctl
+
+
+# ---------------------------------------------------------------------- 02: training
+def make_train_controls(**defaults) -> Controls:
+    """Inputs for learning rate, batch size, epochs, episodes per epoch and model size (config metadata)."""
+    d = {f.name: f.default for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls)}
+    d.update(defaults)
+    return Controls({
+        "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
+                                      description="learning rate"),
+        "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], max=2048, step=16,
+                                   description="batch size"),
+        "epochs": field_widget(TrainConfig, "epochs", d["epochs"], max=max(200, d["epochs"])),
+        "train_episodes": field_widget(TrainConfig, "train_episodes", d["train_episodes"],
+                                       max=max(2000, d["train_episodes"]), description="episodes / epoch"),
+        "val_episodes": field_widget(TrainConfig, "val_episodes", d["val_episodes"], max=max(500, d["val_episodes"]),
+                                     description="validation episodes"),
+        "d_model": field_widget(ModelConfig, "d_model", d["d_model"], min=8, max=256, step=8),
+        "n_heads": field_widget(ModelConfig, "n_heads", d["n_heads"], max=16),
+        "n_layers": field_widget(ModelConfig, "n_layers", d["n_layers"], max=12),
+        "ffn_hidden": field_widget(ModelConfig, "ffn_hidden", d["ffn_hidden"], min=8, max=1024, step=8),
+    })
+
+
+def train_kwargs(learning_rate: float, batch_size: int, epochs: int, train_episodes: int, val_episodes: int,
+                 d_model: int, n_heads: int, n_layers: int, ffn_hidden: int, **extra) -> Dict:
+    """Training-control values -> (create_trainer keyword arguments, epochs). Validates the model sizes."""
+    mc = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers, ffn_hidden=ffn_hidden)
+    mc.validate()
+    kw = dict(learning_rate=float(learning_rate), batch_size=int(batch_size), train_episodes=int(train_episodes),
+              val_episodes=int(val_episodes), model_config=mc, **extra)
+    return {"trainer": kw, "epochs": int(epochs)}
+
+
+# ---------------------------------------------------------------------- 03: attention
+def show_attention(model, batch, frame: int, layer: int, head):
+    """What the attention sliders call: the overlay figure for one frame/layer/head ('mean' = average)."""
+    from .viz import plot_attention_overlay
+
+    return plot_attention_overlay(model, batch, layer=layer, head=None if head in (None, "mean") else int(head),
+                                  index=frame)
+
+
+def make_attention_controls(model, batch, run_now: bool = True) -> Controls:
+    """Frame, layer and head sliders over a batch of frames; the overlay redraws on each change."""
+    from IPython.display import display
+
+    B = batch["mask"].shape[0]
+    cfg = model.config
+    ctl = Controls({"frame": W.IntSlider(0, min=0, max=B - 1, description="frame", continuous_update=False),
+                    "layer": W.IntSlider(cfg.n_layers - 1, min=0, max=cfg.n_layers - 1, description="layer",
+                                         continuous_update=False),
+                    "head": W.Dropdown(options=["mean"] + list(range(cfg.n_heads)), value="mean",
+                                       description="head")}, W.Output())
+    ctl.last = None
+
+    def redraw(_change=None):
+        ctl.last = show_attention(model, batch, **ctl.values())
+        if not _in_notebook():
+            return
+        with ctl.output:
+            ctl.output.clear_output(wait=True)
+            display(ctl.last)
+
+    for w in ctl.widgets.values():
+        w.observe(redraw, names="value")
+    ctl.redraw = redraw
+    if run_now:
+        redraw()
+    return ctl

@@ -1,0 +1,289 @@
+"""viz.py and widgets.py: every function the notebooks call, on small inputs, headless (Agg)."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from predlab import viz, widgets
+from predlab.config import ModelConfig, TrainConfig, WorldConfig
+from predlab.data import generate_episodes, to_dicts
+from predlab.teacher import nearest_boid
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate_episodes(3, WorldConfig(frames=15, boids_min=1, boids_max=9), seed=3)
+
+
+@pytest.fixture(scope="module")
+def rollout():
+    return viz.record_rollout(frames=6, n_boids=7, width=320, height=240, seed=1)
+
+
+def test_quick_mode_and_sizes(monkeypatch):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    assert viz.quick_mode()
+    quick = viz.sizes()
+    monkeypatch.setenv("PREDLAB_QUICK", "0")
+    assert not viz.quick_mode()
+    full = viz.sizes()
+    assert set(quick) == set(full)
+    assert all(quick[k] <= full[k] for k in quick)
+    assert quick["epochs"] < full["epochs"] and quick["frames"] < full["frames"]
+
+
+def test_paths_point_into_the_repo(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # notebooks run with cwd = notebooks/; the root must not depend on it
+    root = viz.repo_root()
+    assert (root / "pyproject.toml").is_file() and (root / "predlab" / "viz.py").is_file()
+    assert viz.checkpoint_dir(quick=False) == root / "checkpoints"
+    assert viz.checkpoint_dir(quick=True) == root / "checkpoints" / "quick"
+    assert viz.runs_dir() == root / "runs"
+
+
+def test_record_rollout_shapes_and_teacher(rollout):
+    T, N = 6, 7
+    assert len(rollout) == T
+    assert rollout.pos.shape == (T, N, 2) and rollout.alive.shape == (T, N) and rollout.pred_pos.shape == (T, 2)
+    assert rollout.size == (320.0, 240.0)
+    assert np.allclose(rollout.pred_pos[0], [160, 120])           # the predator starts at the centre
+    assert np.allclose(np.linalg.norm(rollout.teacher, axis=1), 1, atol=1e-5)
+    assert np.allclose(rollout.action, rollout.teacher)          # the teacher drove
+    b = rollout.batch([0, 5])
+    assert b["boids"].shape == (2, N, 4) and b["mask"].dtype == torch.bool
+    again = viz.record_rollout(frames=6, n_boids=7, width=320, height=240, seed=1)
+    assert np.array_equal(again.pos, rollout.pos)                # seeded
+
+
+def test_record_rollout_with_policy_and_catches():
+    still = viz.record_rollout(frames=4, n_boids=3, width=200, height=200, seed=0,
+                               policy=lambda obs: torch.zeros(1, 2))
+    assert np.allclose(still.action, 0) and not np.allclose(still.teacher, 0)
+    # a long chase on a tiny canvas catches something, and caught adds up to the boids lost
+    ro = viz.record_rollout(frames=300, n_boids=5, width=120, height=120, seed=0)
+    assert ro.caught.sum() > 0
+    assert ro.alive[0].sum() - ro.alive[-1].sum() == ro.caught[:-1].sum()
+
+
+def test_animation_has_one_frame_per_step(rollout):
+    html = viz.animation_html(viz.animate_rollout(rollout))
+    assert viz.jshtml_frame_count(html) == len(rollout)
+    assert "<script" in html
+
+
+def test_animation_draws_the_teacher_arrow(rollout):
+    anim = viz.animate_rollout(rollout, arrow_px=50)
+    artists = anim._func(3)
+    anim._draw_was_started = True  # drawn by hand: no "deleted without rendering" warning
+    flock, pred, arrow = artists[:3]
+    assert np.allclose(pred.get_offsets()[0], rollout.pred_pos[3])
+    assert np.allclose([arrow.U[0], arrow.V[0]], rollout.teacher[3] * 50)
+    assert len(flock.get_offsets()) == rollout.alive[3].sum()
+
+
+def test_training_data_stats_and_plot(samples):
+    s = viz.training_data_stats(samples)
+    assert len(s["n"]) == len(samples)
+    # nearest distance against a direct loop
+    for i in range(0, len(samples), 7):
+        n = int(samples.n[i])
+        d = min(float(np.hypot(*samples.boids[i, k, :2].numpy())) for k in range(n))
+        assert np.isclose(s["nearest_px"][i], d * 1000, rtol=1e-5)
+    assert np.allclose(s["angle"], np.arctan2(samples.target[:, 1].numpy(), samples.target[:, 0].numpy()))
+    fig = viz.plot_training_data(samples)
+    heights = sum(p.get_height() for p in fig.axes[0].patches)
+    assert heights == len(samples)                               # every sample counted once
+    assert sum(p.get_height() for p in fig.axes[2].patches) == len(s["angle"])
+
+
+def test_plot_catches_is_cumulative(rollout):
+    fig = viz.plot_catches([np.array([0, 1, 0, 2]), rollout], labels=["a", "b"])
+    line = fig.axes[0].lines[0]
+    assert list(line.get_ydata()) == [0, 1, 1, 3]
+    assert len(fig.axes[0].lines) == 2
+
+
+def test_liveplot_keeps_history_and_updates_lines():
+    lp = viz.LivePlot(display=False)
+    for e in range(1, 4):
+        lp.on_epoch_end(None, e, {"train_loss": 1.0 / e, "val_loss": 2.0 / e, "lr": 1e-3,
+                                  "samples_per_s": 100.0 * e})
+    assert lp.history["epoch"] == [1, 2, 3]
+    assert lp.history["val_loss"] == [2.0, 1.0, 2.0 / 3]
+    assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3]
+    assert list(lp.lines["train_loss"].get_ydata()) == [1.0, 0.5, 1.0 / 3]
+    assert list(lp.lines["samples_per_s"].get_ydata()) == [100, 200, 300]
+    assert len(lp.fig.axes) == 2 and "catch_ratio" not in lp.lines
+    ymin, ymax = lp.lines["val_loss"].axes.get_ylim()
+    assert ymin <= 1.0 / 3 and ymax >= 2.0                       # rescaled to the data
+
+
+def test_liveplot_shows_catch_ratio_when_logged():
+    lp = viz.LivePlot(display=False)
+    lp.on_epoch_end(None, 1, {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0, "catch_ratio": 0.25})
+    assert len(lp.fig.axes) == 3
+    assert list(lp.lines["catch_ratio"].get_ydata()) == [0.25]
+
+
+def test_liveplot_runs_as_a_trainer_callback(samples):
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    lp = viz.LivePlot()                     # no notebook here: it must just keep data
+    tr = SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                           batch_size=64, device="cpu", callbacks=[lp])
+    tr.train(2)
+    assert lp.handle is None
+    assert lp.history["epoch"] == [1, 2]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in tr.history]
+
+
+class PeakedModel(torch.nn.Module):
+    """Fake model whose [CLS] attention puts 0.9 on one boid: the nearest (or, if wrong=True, another)."""
+
+    def __init__(self, n_layers=2, n_heads=3, wrong=False):
+        super().__init__()
+        self.config = ModelConfig(d_model=6, n_heads=n_heads, n_layers=n_layers, ffn_hidden=4)
+        self.wrong = wrong
+
+    def forward_with_attention(self, batch):
+        B, N = batch["mask"].shape
+        idx = nearest_boid(batch["boids"], batch["mask"])
+        if self.wrong:
+            idx = torch.where(batch["mask"].sum(-1) > 1, (idx + 1) % batch["mask"].sum(-1), idx)
+        w = torch.full((B, self.config.n_heads, 3 + N, 3 + N), 0.01)
+        w[torch.arange(B), :, 0, 3 + idx] = 0.9
+        return torch.zeros(B, 2), [w.clone() for _ in range(self.config.n_layers)]
+
+
+def test_agreement_is_one_for_attention_on_the_target(samples):
+    batch = viz.sample_frames(samples, 60)
+    ag = viz.attention_agreement(PeakedModel(), batch, chunk=16)
+    assert ag.per_head.shape == (2, 3) and ag.mean_heads.shape == (2,)
+    assert np.all(ag.per_head == 1.0) and np.all(ag.mean_heads == 1.0)
+    assert ag.samples == len(batch["mask"]) > 20
+    assert np.isclose(ag.chance, float((1 / batch["mask"].sum(-1).double()).mean()))
+    wrong = viz.attention_agreement(PeakedModel(wrong=True), batch)
+    single = float((batch["mask"].sum(-1) == 1).double().mean())   # one boid: any pick is right
+    assert np.allclose(wrong.per_head, single)
+
+
+def test_agreement_matches_a_direct_count(make_model, samples):
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 40, seed=1)
+    ag = viz.attention_agreement(model, batch, chunk=7)
+    _, weights = model.forward_with_attention(batch)
+    for layer, w in enumerate(weights):
+        for h in range(2):
+            hits = 0
+            for i in range(40):
+                n = int(batch["mask"][i].sum())
+                d = batch["boids"][i, :n, :2].norm(dim=-1)
+                hits += int(w[i, h, 0, 3:3 + n].argmax()) == int(d.argmin())
+            assert np.isclose(ag.per_head[layer, h], hits / 40)
+    fig = viz.plot_agreement(ag)
+    assert [round(p.get_height(), 9) for p in fig.axes[0].patches] == [round(v, 9) for v in ag.mean_heads]
+
+
+def test_attention_overlay_colours_follow_the_weights(make_model, samples):
+    model = make_model(1, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 10)
+    i = int(batch["mask"].sum(-1).argmax())
+    fig = viz.plot_attention_overlay(model, batch, layer=1, head=0, index=i)
+    _, weights = model.forward_with_attention({k: v[i:i + 1] for k, v in batch.items()})
+    n = int(batch["mask"][i].sum())
+    expect = weights[1][0, 0, 0, 3:3 + n].detach().numpy()
+    assert np.allclose(fig.attention_weights, expect, atol=1e-6)
+    sc = fig.axes[0].collections[0]
+    assert np.allclose(sc.get_array(), expect, atol=1e-6)
+    sc.update_scalarmappable()                                   # what a draw does
+    rgba = sc.get_facecolors()
+    assert np.allclose(rgba, matplotlib.colormaps["viridis"](expect / expect.max()), atol=1e-6)
+    lum = rgba[:, :3].sum(1)                                     # viridis gets brighter with the value
+    assert np.all(np.diff(lum[np.argsort(expect)]) >= -1e-9)
+    mean = viz.plot_attention_overlay(model, batch, layer=0, head=None, index=i).attention_weights
+    assert np.allclose(mean, weights[0][0, :, 0, 3:3 + n].mean(0).detach().numpy(), atol=1e-6)
+
+
+def test_draw_attention_marks_the_target():
+    fig = Figure()
+    ax = fig.add_subplot()
+    sc = viz.draw_attention(ax, np.array([[10.0, 0.0], [0.0, 20.0], [5.0, 5.0]]), np.array([0.1, 0.6, 0.3]), target=2)
+    assert np.allclose(sc.get_array(), [0.1, 0.6, 0.3])
+    ring = ax.collections[-1]
+    assert np.allclose(ring.get_offsets()[0], [5.0, 5.0])
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_and_plot(make_model, make_samples):
+    model = make_model(2)
+    res = viz.js_parity(model, make_samples([0, 1, 5, 12], seed=2))
+    assert res["torch"].shape == res["js"].shape == (4, 2)
+    assert res["max_abs_diff"] < 1e-5
+    fig = viz.plot_parity(res["torch"], res["js"])
+    assert f"{res['max_abs_diff']:.2e}" in fig.axes[1].get_title()
+
+
+def test_plot_parity_reports_the_largest_difference():
+    t = np.array([[0.1, 0.2], [0.3, -0.4]])
+    j = t + np.array([[0.0, 1e-3], [0.0, 0.0]])
+    fig = viz.plot_parity(t, j)
+    assert "1.00e-03" in fig.axes[1].get_title()
+    assert len(fig.axes[1].patches) == 2
+
+
+# ---------------------------------------------------------------------- widgets
+def test_field_widget_comes_from_config_metadata():
+    w = widgets.field_widget(WorldConfig, "frames", max=400)
+    assert w.value == WorldConfig.frames and w.min == 1 and w.max == 400
+    assert "frames per episode" in w.tooltip
+    lr = widgets.field_widget(TrainConfig, "learning_rate", min=1e-5, max=1e-1, log=True)
+    assert np.isclose(lr.value, TrainConfig.learning_rate)
+    with pytest.raises(ValueError, match="no max"):
+        widgets.field_widget(WorldConfig, "frames")
+
+
+def test_rerun_sim_uses_the_slider_values():
+    ro, html = widgets.rerun_sim(n_boids=4, width=256, height=200, separation_weight=0.0, cohesion_weight=3.0,
+                                 alignment_weight=0.5, frames=3)
+    assert ro.pos.shape == (3, 4, 2) and ro.size == (256.0, 200.0)
+    assert viz.jshtml_frame_count(html) == 3
+
+
+def test_sim_controls_rerun_when_a_slider_moves():
+    ctl = widgets.make_sim_controls(n_boids=5, frames=3, width=320, height=320)
+    assert set(ctl.values()) == {"n_boids", "width", "height", "separation_weight", "cohesion_weight",
+                                 "alignment_weight", "frames"}
+    assert ctl.last[0].pos.shape == (3, 5, 2)
+    ctl.set(frames=2, n_boids=3)
+    assert ctl.last[0].pos.shape == (2, 3, 2)
+    ctl.set(cohesion_weight=0.0)
+    assert ctl.last[0].pos.shape == (2, 3, 2)
+
+
+def test_train_controls_build_trainer_arguments():
+    ctl = widgets.make_train_controls(epochs=3, train_episodes=7, batch_size=64)
+    ctl.set(d_model=32, n_heads=2)
+    kw = widgets.train_kwargs(**ctl.values())
+    assert kw["epochs"] == 3
+    assert kw["trainer"]["train_episodes"] == 7 and kw["trainer"]["batch_size"] == 64
+    assert kw["trainer"]["model_config"] == ModelConfig(d_model=32, n_heads=2)
+    with pytest.raises(ValueError, match="divisible"):
+        widgets.train_kwargs(**{**ctl.values(), "n_heads": 5})
+
+
+def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 5)
+    ctl = widgets.make_attention_controls(model, batch)
+    assert ctl.widgets["layer"].max == 1 and ctl.widgets["frame"].max == 4
+    assert list(ctl.widgets["head"].options) == ["mean", 0, 1]
+    ctl.set(frame=2, layer=0, head=1)
+    direct = widgets.show_attention(model, batch, frame=2, layer=0, head=1)
+    assert np.allclose(ctl.last.attention_weights, direct.attention_weights)
