@@ -40,10 +40,10 @@ def quick_mode() -> bool:
 # Full runs are what a person wants to look at; quick runs only prove that every cell works.
 _FULL = dict(frames=300, n_boids=50, width=960, height=600, data_episodes=200, data_frames=200,
              train_episodes=200, val_episodes=50, epochs=30, batch_size=256,
-             agreement_samples=4000, parity_inputs=64, fallback_epochs=5)
+             agreement_samples=4000, parity_inputs=64, fallback_episodes=40, fallback_epochs=3)
 _QUICK = dict(frames=12, n_boids=20, width=480, height=320, data_episodes=8, data_frames=40,
               train_episodes=6, val_episodes=3, epochs=2, batch_size=128,
-              agreement_samples=200, parity_inputs=8, fallback_epochs=1)
+              agreement_samples=200, parity_inputs=8, fallback_episodes=4, fallback_epochs=1)
 
 
 def sizes(quick: Optional[bool] = None) -> Dict[str, int]:
@@ -391,6 +391,32 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[i
     return fig
 
 
+def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) -> Figure:
+    """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale."""
+    one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
+    a = cls_attention(model, one)[0]                                                # [L, H, N]
+    live = one["mask"][0]
+    a = a[:, :, live].numpy()
+    rel = one["boids"][0, live, :2].numpy() * C.MAX_DISTANCE
+    tgt = int(nearest_boid(one["boids"], one["mask"])[0])
+    tgt = int(live[:tgt].sum()) if tgt >= 0 else -1
+    L, H, _ = a.shape
+    vmax = max(float(a.max(initial=0.0)), 1e-9)
+    fig = Figure(figsize=(cell * (H + 1), cell * L))
+    for layer in range(L):
+        for h in range(H + 1):
+            ax = fig.add_subplot(L, H + 1, layer * (H + 1) + h + 1)
+            w = a[layer, h] if h < H else a[layer].mean(0)
+            draw_attention(ax, rel, w, tgt, vmax=vmax)
+            ax.set_xlabel("")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"L{layer} " + (f"head {h}" if h < H else "mean"), fontsize=9)
+    fig.suptitle("[CLS] attention on boids (red ring: teacher's target, triangle: predator)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 @dataclass
 class Agreement:
     """How often [CLS]'s most-attended boid is the teacher's target, over S samples with a boid.
@@ -451,6 +477,44 @@ def sample_frames(samples, count: int, seed: int = 0) -> Batch:
     b = samples.batch(rows)
     b.pop("target", None)
     return b
+
+
+# ---------------------------------------------------------------------- models for the notebooks
+def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: bool = True,
+                    epochs: Optional[int] = None, verbose: bool = True):
+    """best_model.pt from directory (checkpoint_dir() by default), in eval mode on the CPU.
+
+    With no checkpoint there, trains a small model (sizes()['fallback_*'], nothing written to
+    disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
+    Returns (model, message).
+    """
+    from .checkpoint import load_checkpoint_dict, load_model
+
+    path = Path(directory if directory is not None else checkpoint_dir()) / "best_model.pt"
+    if path.is_file():
+        ck = load_checkpoint_dict(path)
+        model = load_model(path)
+        msg = (f"loaded {path} (epoch {ck.get('best_epoch', '?')}, val MSE {ck.get('best_metric', float('nan')):.4f}, "
+               f"{model.num_parameters():,} parameters)")
+    elif not train_if_missing:
+        raise FileNotFoundError(f"no checkpoint at {path}: run notebooks/02_train.ipynb or `make train` first")
+    else:
+        from .train import create_trainer
+
+        S = sizes()
+        epochs = epochs or S["fallback_epochs"]
+        trainer = create_trainer(train_episodes=S["fallback_episodes"], val_episodes=S["val_episodes"],
+                                 world_config=WorldConfig(frames=S["data_frames"]), progress=False, verbose=False)
+        try:
+            trainer.train(epochs)
+        finally:
+            trainer.train_dataset.generator.close()
+        model = trainer.model.cpu().eval()
+        msg = (f"no checkpoint at {path}: trained a small model instead ({epochs} epoch(s) of "
+               f"{S['fallback_episodes']} episodes, val MSE {trainer.best_metric:.4f}); run 02_train.ipynb for a real one")
+    if verbose:
+        print(msg)
+    return model, msg
 
 
 # ---------------------------------------------------------------------- PyTorch vs JavaScript

@@ -287,3 +287,33 @@ def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
     ctl.set(frame=2, layer=0, head=1)
     direct = widgets.show_attention(model, batch, frame=2, layer=0, head=1)
     assert np.allclose(ctl.last.attention_weights, direct.attention_weights)
+
+
+def test_attention_grid_has_every_layer_and_head(make_model, samples):
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 4)
+    fig = viz.plot_attention_grid(model, batch, index=1)
+    assert len(fig.axes) == 2 * 3
+    w = viz.cls_attention(model, {k: v[1:2] for k, v in batch.items()})[0]
+    n = int(batch["mask"][1].sum())
+    assert np.allclose(fig.axes[4].collections[0].get_array(), w[1, 1, :n].numpy(), atol=1e-6)  # layer 1, head 1
+
+
+def test_load_best_model_loads_or_trains(tmp_path, monkeypatch, samples):
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    with pytest.raises(FileNotFoundError, match="02_train"):
+        viz.load_best_model(tmp_path, train_if_missing=False)
+    model, msg = viz.load_best_model(tmp_path, verbose=False)
+    assert "trained a small model" in msg and not model.training
+    assert list(tmp_path.iterdir()) == []                       # the fallback writes nothing
+    tr = SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                           batch_size=64, device="cpu")
+    tr.train(1)
+    tr.save_checkpoint(tmp_path / "best_model.pt")
+    loaded, msg = viz.load_best_model(tmp_path, verbose=False)
+    assert msg.startswith("loaded") and loaded.config.d_model == 8
+    for a, b in zip(loaded.state_dict().values(), tr.model.state_dict().values()):
+        assert torch.equal(a, b.cpu())
