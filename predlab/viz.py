@@ -294,6 +294,8 @@ class LivePlot(Callback):
                 self.history.setdefault(k, []).append(float(v))
 
     def _build(self) -> None:
+        from matplotlib.ticker import MaxNLocator
+
         panels = [(t, [k for k in keys if k in self.history]) for t, keys in self.PANELS]
         panels = [(t, keys) for t, keys in panels if keys]
         self.fig = Figure(figsize=self.figsize)
@@ -302,6 +304,7 @@ class LivePlot(Callback):
             for k in keys:
                 self.lines[k], = ax.plot([], [], marker="o", ms=3, label=k.replace("_", " "))
             ax.set(xlabel="epoch", title=title)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if title == "loss" and self.log_scale:
                 ax.set_yscale("log")
             if len(keys) > 1:
