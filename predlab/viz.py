@@ -40,10 +40,12 @@ def quick_mode() -> bool:
 # Full runs are what a person wants to look at; quick runs only prove that every cell works.
 _FULL = dict(frames=300, n_boids=50, width=960, height=600, data_episodes=200, data_frames=200,
              train_episodes=200, val_episodes=50, epochs=30, batch_size=256,
-             agreement_samples=4000, parity_inputs=64, fallback_episodes=40, fallback_epochs=3)
+             agreement_samples=4000, parity_inputs=64, fallback_episodes=40, fallback_epochs=3,
+             eval_every=5, eval_episodes=64, eval_frames=300)
 _QUICK = dict(frames=12, n_boids=20, width=480, height=320, data_episodes=8, data_frames=40,
               train_episodes=6, val_episodes=3, epochs=2, batch_size=128,
-              agreement_samples=200, parity_inputs=8, fallback_episodes=4, fallback_epochs=1)
+              agreement_samples=200, parity_inputs=8, fallback_episodes=4, fallback_epochs=1,
+              eval_every=1, eval_episodes=4, eval_frames=40)
 
 
 def sizes(quick: Optional[bool] = None) -> Dict[str, int]:
@@ -268,37 +270,45 @@ class LivePlot(Callback):
 
     In a notebook the figure is shown once (IPython display handle) and updated in place;
     elsewhere (headless, tests, scripts) it just keeps `history` and the figure up to date.
-    history: {key: [values]} with 'epoch' among the keys; lines: {key: Line2D}.
+    history: {key: [values]}; epochs: {key: [epoch of each value]} (a metric such as
+    catch_ratio may be logged only every few epochs); lines: {key: Line2D}.
     """
 
     PANELS = (("loss", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
-              ("catch ratio", ("catch_ratio",)))
+              ("catch ratio (model / teacher)", ("catch_ratio",)))
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
         self.display = _in_notebook() if display is None else display
         self.figsize, self.log_scale = figsize, log_scale
         self.history: Dict[str, List[float]] = {}
+        self.epochs: Dict[str, List[int]] = {}
         self.lines: Dict[str, object] = {}
         self.fig: Optional[Figure] = None
         self.handle = None
 
     def on_train_begin(self, trainer):
-        # Resumed trainers bring their history: show it from the start.
+        # A resumed trainer brings its history: show it from the start.
+        seen = set(self.history.get("epoch", []))
         for logs in getattr(trainer, "history", []):
-            if logs.get("epoch") not in self.history.get("epoch", []):
-                self._append(logs)
+            if logs.get("epoch") not in seen:
+                self._append(logs["epoch"], logs)
 
-    def _append(self, logs: Mapping[str, float]) -> None:
-        for k, v in logs.items():
-            if isinstance(v, (int, float)):
+    def _append(self, epoch: int, logs: Mapping[str, float]) -> None:
+        for k, v in {"epoch": epoch, **logs}.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.history.setdefault(k, []).append(float(v))
+                self.epochs.setdefault(k, []).append(int(epoch))
+
+    def _panels(self):
+        panels = [(t, [k for k in keys if k in self.history]) for t, keys in self.PANELS]
+        return [(t, keys) for t, keys in panels if keys]
 
     def _build(self) -> None:
         from matplotlib.ticker import MaxNLocator
 
-        panels = [(t, [k for k in keys if k in self.history]) for t, keys in self.PANELS]
-        panels = [(t, keys) for t, keys in panels if keys]
         self.fig = Figure(figsize=self.figsize)
+        self.lines = {}
+        panels = self._panels()
         for i, (title, keys) in enumerate(panels):
             ax = self.fig.add_subplot(1, len(panels), i + 1)
             for k in keys:
@@ -310,27 +320,48 @@ class LivePlot(Callback):
             if len(keys) > 1:
                 ax.legend()
         self.fig.tight_layout()
-        if self.display:
-            from IPython.display import display
-            self.handle = display(self.fig, display_id=True)
 
     def update(self) -> None:
-        """Push history into the lines, rescale, and refresh the notebook output if there is one."""
-        if self.fig is None:
+        """Push history into the lines, rescale, and refresh the notebook output if there is one.
+
+        A metric seen for the first time (e.g. catch_ratio after a few epochs) adds its panel.
+        """
+        wanted = {k for _, keys in self._panels() for k in keys}
+        if self.fig is None or not wanted <= set(self.lines):
             self._build()
-        x = self.history.get("epoch", list(range(1, 1 + max(map(len, self.history.values()), default=0))))
         for k, line in self.lines.items():
-            y = self.history.get(k, [])
-            line.set_data(x[-len(y):] if y else [], y)
+            line.set_data(self.epochs.get(k, []), self.history.get(k, []))
         for ax in self.fig.axes:
             ax.relim()
             ax.autoscale_view()
-        if self.handle is not None:
+        if not self.display:
+            return
+        if self.handle is None:
+            from IPython.display import display
+            self.handle = display(self.fig, display_id=True)
+        else:
             self.handle.update(self.fig)
 
     def on_epoch_end(self, trainer, epoch, logs):
-        self._append({"epoch": epoch, **logs})
+        self._append(epoch, logs)
         self.update()
+
+
+def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
+                    frames: Optional[int] = None) -> list:
+    """[predlab.evaluate.CatchEvaluator(...)] sized by sizes(), or [] where this predlab has no
+    closed-loop evaluation hook yet (the notebooks then plot losses only)."""
+    from . import train
+
+    try:
+        from .evaluate import CatchEvaluator
+    except ImportError:
+        return []
+    if not hasattr(train.Callback, "on_evaluate"):
+        return []
+    S = sizes()
+    return [CatchEvaluator(every=every or S["eval_every"], episodes=episodes or S["eval_episodes"],
+                           frames=frames or S["eval_frames"])]
 
 
 # ---------------------------------------------------------------------- attention

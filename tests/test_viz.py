@@ -131,6 +131,30 @@ def test_liveplot_shows_catch_ratio_when_logged():
     assert list(lp.lines["catch_ratio"].get_ydata()) == [0.25]
 
 
+def test_liveplot_handles_a_metric_logged_every_few_epochs():
+    lp = viz.LivePlot(display=False)
+    for e in range(1, 5):
+        logs = {"train_loss": 1.0 / e, "val_loss": 1.0 / e, "samples_per_s": 5.0}
+        if e % 2 == 0:
+            logs["catch_ratio"] = 0.1 * e
+        lp.on_epoch_end(None, e, logs)
+    assert len(lp.fig.axes) == 3                                 # the panel appeared at epoch 2
+    assert list(lp.lines["catch_ratio"].get_xdata()) == [2, 4]
+    assert np.allclose(lp.lines["catch_ratio"].get_ydata(), [0.2, 0.4])
+    assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
+
+
+def test_catch_callbacks_are_sized_or_absent(monkeypatch):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    cbs = viz.catch_callbacks()
+    from predlab import train
+    if not hasattr(train.Callback, "on_evaluate"):
+        assert cbs == []
+    else:
+        assert len(cbs) == 1 and cbs[0].every == viz.sizes()["eval_every"]
+        assert cbs[0].frames == viz.sizes()["eval_frames"]
+
+
 def test_liveplot_runs_as_a_trainer_callback(samples):
     from predlab.model import TransformerPredator
     from predlab.train import SupervisedTrainer
