@@ -368,14 +368,17 @@ def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
 @torch.no_grad()
 def cls_attention(model, batch: Batch) -> Tensor:
     """[CLS]'s attention over the boid tokens, every layer and head -> [B, L, H, N] (0 on padding)."""
+    p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    if p is not None:  # a model on a GPU: send the batch there, bring the weights back
+        batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
     was = model.training
     model.eval()
     try:
         _, weights = model.forward_with_attention(batch)
     finally:
         model.train(was)
-    a = torch.stack([w[:, :, 0, BOID_TOKEN0:] for w in weights], 1)               # [B, L, H, N]
-    return a * batch["mask"][:, None, None, :].to(a.dtype)
+    a = torch.stack([w[:, :, 0, BOID_TOKEN0:] for w in weights], 1).float().cpu()   # [B, L, H, N]
+    return a * batch["mask"][:, None, None, :].cpu().to(a.dtype)
 
 
 def draw_attention(ax, rel_px: np.ndarray, weights: np.ndarray, target: int = -1, cmap: str = "viridis",
