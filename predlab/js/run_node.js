@@ -3,6 +3,7 @@
  * Run the shipped engine under Node.
  *   node run_node.js WEIGHTS INPUTS.json     -> JSON array of [x, y], one per input
  *   node run_node.js WEIGHTS --bench         -> forwards per second at 0, 10 and 50 boids
+ * Add --backend js|wasm to force the engine's kernels (default: wasm where available).
  * WEIGHTS is a model.js (window.TRANSFORMER_PARAMS = ...) or a .json file.
  */
 "use strict";
@@ -29,13 +30,18 @@ function sample(nb, seed) {
 }
 
 function main() {
-  const [weights, arg] = process.argv.slice(2);
-  if (!weights || !arg) {
-    console.error("usage: node run_node.js WEIGHTS (INPUTS.json | --bench)");
+  const argv = process.argv.slice(2);
+  let backend = "auto";
+  const bi = argv.indexOf("--backend");
+  if (bi >= 0) { backend = argv[bi + 1]; argv.splice(bi, 2); }
+  const [weights, arg] = argv;
+  if (!weights || !arg || !["auto", "js", "wasm"].includes(backend)) {
+    console.error("usage: node run_node.js WEIGHTS (INPUTS.json | --bench) [--backend js|wasm]");
     process.exit(2);
   }
-  const engine = new Engine(loadWeights(weights));
+  const engine = new Engine(loadWeights(weights), { backend });
   if (arg === "--bench") {
+    console.log(`backend: ${engine.backend}`);
     const out = {};
     for (const nb of [0, 10, 50]) {
       const x = sample(nb, 7);
