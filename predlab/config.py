@@ -108,11 +108,29 @@ class TrainConfig:
     log_dir: str = _f("runs", "TensorBoard runs folder (one subfolder per training)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)", min=0)
     progress: bool = _f(True, "show progress bars")
+    eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
+                         "catches_per_1k (0 = off)", min=0)
+    eval_episodes: int = _f(64, "episodes of that evaluation (the same seeded ones every time)", min=1)
+    eval_frames: int = _f(300, "frames per episode of that evaluation", min=1)
+    select_best_by: str = _f("val_loss", "best_model.pt and early stopping follow val_loss (lower is better) "
+                             "or catch_ratio (higher is better; needs eval_every > 0, and counts evaluations, "
+                             "not epochs, for early stopping)", choices=("val_loss", "catch_ratio"))
+    dagger: bool = _f(False, "DAgger: from dagger_start on, the model drives a share 1 - beta of the episodes, "
+                      "the teacher labels every state, and samples are aggregated across epochs")
+    dagger_start: int = _f(2, "first epoch (counting from 1) in which the model drives episodes", min=1)
+    dagger_beta_decay: float = _f(0.5, "beta (share of teacher-driven episodes) = decay ** (epoch - dagger_start "
+                                  "+ 1) from dagger_start on, 1 before", min=0.0, max=1.0)
+    dagger_beta_min: float = _f(0.1, "floor of beta", min=0.0, max=1.0)
+    dagger_buffer: int = _f(200_000, "most aggregated DAgger samples kept; the oldest are dropped first", min=1)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value is out of range."""
         _check_min(self)
         _check_device_string(self.device)
+        if self.select_best_by not in ("val_loss", "catch_ratio"):
+            raise ValueError(f"select_best_by must be val_loss or catch_ratio, got {self.select_best_by!r}")
+        if self.select_best_by == "catch_ratio" and not self.eval_every:
+            raise ValueError("select_best_by catch_ratio needs eval_every > 0")
 
 
 def _check_min(cfg) -> None:

@@ -223,8 +223,11 @@ def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, 
             break
         target = closest_pursuit(obs["boids"], obs["mask"])                        # [E, 2]
         drive = target
-        if by_student is not None and bool(by_student.any()):
-            drive = torch.where(by_student[:, None], student(obs).to(target.dtype), target)
+        if by_student is not None:
+            s_rows = (by_student & obs["mask"].any(-1)).nonzero().squeeze(1)   # the student's live episodes
+            if s_rows.numel():
+                drive = target.clone()
+                drive[s_rows] = student({k: v[s_rows] for k, v in obs.items()}).to(target.dtype)
         if cfg.noise > 0:
             drive = drive + cfg.noise * torch.randn(num_episodes, 2, generator=g).to(device)
         boids, n = _compact(obs, rows)

@@ -96,6 +96,8 @@ class Callback:
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch: int): ...
     def on_batch_end(self, trainer, step: int, loss: float): ...
+    def on_evaluate(self, trainer, epoch: int, logs: Dict[str, float]):
+        """Add metrics to logs before the best-epoch decision (e.g. evaluate.CatchEvaluator)."""
     def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]): ...
     def on_train_end(self, trainer): ...
 
@@ -301,11 +303,13 @@ class SupervisedTrainer:
                 logs["val_loss"] = self.validate()
                 self.epoch += 1
                 logs = {"epoch": self.epoch, **logs}
-                metric = logs.get(self.monitor, logs["val_loss"])
-                self.improved = metric < self.best_metric - self.min_delta
+                for cb in callbacks:
+                    cb.on_evaluate(self, self.epoch, logs)
+                metric = logs.get(self.monitor)  # absent in epochs without that measurement: no decision
+                self.improved = metric is not None and metric < self.best_metric - self.min_delta
                 if self.improved:
                     self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
-                else:
+                elif metric is not None:
                     self.bad_epochs += 1
                 self.history.append(logs)
                 for cb in callbacks:
@@ -402,10 +406,25 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     val = gen.generate(tc.val_episodes, stream=VAL_STREAM, desc="validation episodes")
     if verbose:
         print(f"validation: {tc.val_episodes} episodes, {len(val):,} samples")
-    return SupervisedTrainer(model, EpisodeSource(gen, tc.train_episodes), val, learning_rate=tc.learning_rate,
-                             batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
-                             min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
-                             device=device, seed=tc.seed, callbacks=callbacks, world_config=wc, train_config=tc)
+    if tc.dagger:
+        from .dagger import DaggerSource
+        source = DaggerSource(gen, tc.train_episodes, tc.dagger_start, tc.dagger_beta_decay, tc.dagger_beta_min,
+                              tc.dagger_buffer)
+        callbacks = [*callbacks, source]  # logs dagger_beta and dagger_samples
+    else:
+        source = EpisodeSource(gen, tc.train_episodes)
+    callbacks = list(callbacks)
+    if tc.eval_every:
+        from .evaluate import CatchEvaluator
+        if not any(isinstance(c, CatchEvaluator) for c in callbacks):
+            callbacks.append(CatchEvaluator(tc.eval_every, tc.eval_episodes, tc.eval_frames, tc.seed))
+    trainer = SupervisedTrainer(model, source, val, learning_rate=tc.learning_rate,
+                                batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
+                                min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
+                                device=device, seed=tc.seed, callbacks=callbacks, world_config=wc, train_config=tc)
+    if tc.select_best_by == "catch_ratio":
+        trainer.monitor = "neg_catch_ratio"  # the trainer minimises its monitor
+    return trainer
 
 
 # ---------------------------------------------------------------------- CLI
@@ -441,7 +460,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=())
             group.add_argument(*flags, dest=f.name, default=default, metavar=kind.__name__.upper(), help=help_,
                                type=_positive_or_zero(kind, f.metadata.get("min"), f.metadata.get("max"), kind.__name__))
         else:
-            group.add_argument(*flags, dest=f.name, default=default, help=help_)
+            group.add_argument(*flags, dest=f.name, default=default, help=help_, choices=f.metadata.get("choices"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -525,7 +544,9 @@ def main(argv=None) -> int:
     js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
     write_weights(model, Path(tc.checkpoint_dir) / "model.json")
     b = ckpt_io.load_checkpoint_dict(best)
-    print(f"done in {time.time() - t0:.0f} s; best val MSE {b['best_metric']:.5f} at epoch {b['best_epoch']}")
+    name = {"val_loss": "val MSE", "neg_catch_ratio": "catch ratio"}.get(b["monitor"], b["monitor"])
+    value = -b["best_metric"] if b["monitor"] == "neg_catch_ratio" else b["best_metric"]
+    print(f"done in {time.time() - t0:.0f} s; best {name} {value:.5f} at epoch {b['best_epoch']}")
     print(f"browser weights: {js.resolve()} (and model.json beside it)")
     return 0
 

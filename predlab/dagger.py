@@ -1,0 +1,70 @@
+"""DAgger (Ross et al., 2011) as a training data source: the student drives, the teacher labels.
+
+Epoch e (counting from 1) draws fresh seeded episodes as behaviour cloning does, but from
+epoch `start` on a share 1 - beta of them is driven by the current model (episodes are
+picked at random, beta per episode), with beta = max(beta_min, decay ** (e - start + 1)).
+Every visited state is labelled with the clean teacher action (closest pursuit), whoever
+drove. The samples of all epochs so far are aggregated and trained on together, up to
+`buffer` samples: beyond that the oldest are dropped first (FIFO), which bounds memory
+(about 0.8 kB per sample) and the time per epoch.
+
+Exploration noise (WorldConfig.noise) is added to the driving action in both cases.
+The buffer is not stored in checkpoints: a resumed run starts aggregating afresh.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Dict
+
+import torch
+
+from .data import EpisodeGenerator, SampleSet
+from .train import Callback
+
+
+class DaggerSource(Callback):
+    """for_epoch(epoch, trainer) -> the aggregated SampleSet; trainer.model is the student.
+
+    Also a callback: its on_evaluate adds dagger_beta and dagger_samples to the epoch logs
+    (create_trainer registers it).
+    """
+
+    def __init__(self, generator: EpisodeGenerator, episodes_per_epoch: int, start: int = 2, decay: float = 0.5,
+                 beta_min: float = 0.1, buffer: int = 200_000):
+        if start < 1 or buffer < 1 or not 0 <= decay <= 1 or not 0 <= beta_min <= 1:
+            raise ValueError(f"bad DAgger settings: start={start}, decay={decay}, beta_min={beta_min}, "
+                             f"buffer={buffer}")
+        self.generator, self.episodes = generator, episodes_per_epoch
+        self.start, self.decay, self.beta_min, self.buffer = start, decay, beta_min, buffer
+        self.data = SampleSet.empty()
+        self.last: Dict[str, float] = {}
+
+    def beta(self, epoch: int) -> float:
+        """Share of teacher-driven episodes in epoch `epoch` (counting from 1)."""
+        if epoch < self.start:
+            return 1.0
+        return max(self.beta_min, self.decay ** (epoch - self.start + 1))
+
+    def _student(self, trainer):
+        """A frozen CPU copy of the model (episodes are simulated on the CPU)."""
+        from .evaluate import ModelPolicy
+        model = copy.deepcopy(trainer.model).cpu().eval()
+        # worker processes rebuild the model from config + weights; in-process use the fast batched policy
+        return model if self.generator.num_workers > 0 else ModelPolicy(model)
+
+    def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
+        """Fresh episodes for 0-based epoch index `epoch` (stream 1 + epoch, as EpisodeSource), aggregated."""
+        e = epoch + 1
+        beta = self.beta(e)
+        student = self._student(trainer) if beta < 1 and trainer is not None else None
+        fresh = self.generator.generate(self.episodes, stream=1 + epoch, student=student, beta=beta,
+                                        desc=f"episodes (epoch {e}, beta {beta:.2f})")
+        data = SampleSet.cat([self.data, fresh])
+        if len(data) > self.buffer:
+            data = data.select(torch.arange(len(data) - self.buffer, len(data)))
+        self.data = data
+        self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
+        return data
+
+    def on_evaluate(self, trainer, epoch, logs):
+        logs.update(self.last)

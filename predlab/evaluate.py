@@ -1,0 +1,321 @@
+"""Closed-loop evaluation: a policy drives the predator over fixed seeded episodes; count catches.
+
+Every policy (teacher, a TransformerPredator, a checkpoint, a model.js/.json file, or the
+"random" baseline) sees exactly the same starting episodes for a given seed, all stepped
+together as one batched World (a Python loop over frames only). No exploration noise.
+
+Figures (fixed horizon of `frames` frames per episode, whether or not the flock is gone):
+  catches_per_1k     boids caught per 1,000 episode-frames
+  first_catch_frames mean frame of the first catch; an episode without a catch counts as
+                     `frames` (censored at the horizon), so the mean is an optimistic lower
+                     bound of the true time for weak policies; see first_catch_rate
+  first_catch_rate   fraction of episodes with at least one catch
+  flock_caught       mean over episodes of caught / starting boids
+  catch_ratio        policy catches / teacher catches on the same episodes (NaN if the
+                     teacher catches nothing: make the horizon longer)
+
+Run as `python -m predlab.evaluate PATH|teacher|random [--episodes N --frames T --seed S]`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Mapping, Optional, Union
+
+import torch
+
+from .config import WorldConfig
+from .data import chunk_seed
+from .model import TransformerPredator
+from .sim import World
+from .teacher import closest_pursuit
+from .train import EVAL_STREAM, Callback, resolve_device
+
+Tensor = torch.Tensor
+Batch = Dict[str, Tensor]
+MODEL_CHUNK = 512        # envs per model forward: bounds the [B, H, T, T] attention memory
+
+
+# ---------------------------------------------------------------------- policies
+class RandomPolicy:
+    """Uniform random action in [-1, 1]^2 each frame; reseeded by rollout() for reproducibility."""
+
+    def __init__(self, seed: int = 0):
+        self.reset(seed)
+
+    def reset(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
+        E = batch["context"].shape[0]
+        return (torch.rand(E, 2, generator=self.generator) * 2 - 1).to(batch["context"].device)
+
+
+def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:
+    """Closest pursuit as a policy: [E, 2] unit vectors."""
+    return closest_pursuit(batch["boids"], batch["mask"])
+
+
+class ModelPolicy:
+    """A TransformerPredator as a batched policy: eval mode, no_grad, on the model's device.
+
+    Live boids are moved to the front and envs sorted by live count before the forward, in
+    chunks of `chunk` envs, so a chunk is padded only to its own widest flock. Envs with no
+    live boid get action (0, 0) without a forward.
+    """
+
+    def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
+        self.model, self.chunk = model, chunk
+
+    @torch.no_grad()
+    def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
+        p = next(self.model.parameters())
+        mask = batch["mask"].bool()
+        n = mask.sum(1)                                                               # [E]
+        out = torch.zeros(mask.shape[0], 2, dtype=batch["context"].dtype, device=mask.device)
+        rows = (n > 0).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            return out
+        rows = rows[torch.sort(n[rows], stable=True).indices]                         # by live count
+        order = torch.sort((~mask[rows]).to(torch.int8), dim=1, stable=True).indices  # live first
+        boids = batch["boids"][rows].gather(1, order[..., None].expand(-1, -1, 4))    # [R, N, 4]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for r in range(0, rows.numel(), self.chunk):
+                idx = rows[r:r + self.chunk]
+                width = int(n[idx].max())
+                sub = {"context": batch["context"][idx], "predator": batch["predator"][idx],
+                       "boids": boids[r:r + self.chunk, :width],
+                       "mask": torch.arange(width, device=mask.device)[None, :] < n[idx][:, None]}
+                sub = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in sub.items()}
+                out[idx] = self.model(sub).to(out)
+        finally:
+            self.model.train(was_training)
+        return out
+
+
+def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Batch], Tensor]:
+    """A batched policy from "teacher", "random", a model, a checkpoint (.pt) or a model.js/.json path.
+
+    Raises FileNotFoundError for a missing file and CheckpointError / WeightFormatError
+    (both ValueError) for a file that is not a usable model.
+    """
+    if isinstance(spec, TransformerPredator):
+        return ModelPolicy(spec)
+    if callable(spec) and not isinstance(spec, (str, Path)):
+        return spec
+    if str(spec) == "teacher":
+        return teacher_policy
+    if str(spec) == "random":
+        return RandomPolicy()
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
+                                f"or the words teacher / random)")
+    if path.suffix.lower() in (".js", ".json"):
+        from .export import read_weights
+        model = read_weights(path)
+    else:
+        from .checkpoint import load_model
+        model = load_model(path)
+    return ModelPolicy(model.to(device).eval())
+
+
+# ---------------------------------------------------------------------- rollouts
+@dataclass
+class Rollout:
+    """Per-episode results of one policy: catches [E], first_catch [E] (frame, -1 = none), n_start [E]."""
+
+    catches: Tensor
+    first_catch: Tensor
+    n_start: Tensor
+    frames: int
+    seconds: float
+
+    def summary(self) -> Dict[str, float]:
+        """The figures of the module docstring (catch_ratio needs a teacher: see compare)."""
+        E = self.catches.numel()
+        caught = self.first_catch >= 0
+        first = torch.where(caught, self.first_catch + 1, torch.full_like(self.first_catch, self.frames))
+        return {"episodes": E, "frames": self.frames, "catches": int(self.catches.sum()),
+                "catches_per_1k": 1000.0 * float(self.catches.sum()) / (E * self.frames),
+                "first_catch_frames": float(first.double().mean()),
+                "first_catch_rate": float(caught.double().mean()),
+                "flock_caught": float((self.catches.double() / self.n_start.double()).mean()),
+                "seconds": self.seconds}
+
+
+def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldConfig] = None,
+                   device="cpu") -> World:
+    """The seeded evaluation episodes: canvas sizes and flock sizes from world_config's ranges."""
+    g = torch.Generator().manual_seed(chunk_seed(seed, EVAL_STREAM, 0))
+    return World.random(episodes, world_config or WorldConfig(), generator=g, device=device)
+
+
+@torch.no_grad()
+def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
+            world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
+    """Let policy drive the predator in `episodes` seeded episodes for `frames` frames."""
+    if episodes < 1 or frames < 1:
+        raise ValueError(f"episodes and frames must be >= 1, got {episodes} and {frames}")
+    policy = load_policy(policy, device)
+    if hasattr(policy, "reset"):
+        policy.reset(seed)
+    world = episodes_world(episodes, seed, world_config, device)
+    n_start = world.n_alive.cpu()
+    catches = torch.zeros(episodes, dtype=torch.long, device=world.pos.device)
+    first = torch.full((episodes,), -1, dtype=torch.long, device=world.pos.device)
+    t0 = time.perf_counter()
+    for f in range(frames):
+        caught = world.step(policy(world.observe()))                                 # [E]
+        catches += caught
+        first = torch.where((first < 0) & (caught > 0), torch.full_like(first, f), first)
+    return Rollout(catches.cpu(), first.cpu(), n_start, frames, time.perf_counter() - t0)
+
+
+def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
+            world_config: Optional[WorldConfig] = None, device="cpu", teacher: Optional[Rollout] = None,
+            baselines: bool = True) -> Dict:
+    """Policy vs teacher (vs random) on the same episodes -> JSON-ready dict with catch_ratio on top.
+
+    Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
+    """
+    kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=device)
+    mine = rollout(policy, **kw)
+    teacher = teacher or rollout("teacher", **kw)
+    out = {"catch_ratio": catch_ratio(mine, teacher), "episodes": episodes, "frames": frames, "seed": seed,
+           "policy": mine.summary(), "teacher": teacher.summary()}
+    if baselines:
+        rnd = rollout("random", **kw)
+        out["random"] = rnd.summary()
+        out["random_catch_ratio"] = catch_ratio(rnd, teacher)
+    return out
+
+
+def catch_ratio(student: Rollout, teacher: Rollout) -> float:
+    """Student catches / teacher catches on the same episodes (NaN when the teacher caught none)."""
+    t = int(teacher.catches.sum())
+    return float(student.catches.sum()) / t if t else math.nan
+
+
+# ---------------------------------------------------------------------- trainer callback
+class CatchEvaluator(Callback):
+    """Closed-loop catches every `every` epochs, into the epoch logs.
+
+    Adds catch_ratio, catches_per_1k and neg_catch_ratio (the trainer minimises its monitor,
+    so select-best-by-catch-ratio monitors neg_catch_ratio). Runs in the trainer's
+    on_evaluate hook, before the best-epoch decision. The teacher's rollout on the same
+    episodes is computed once and reused.
+    """
+
+    def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every, self.episodes, self.frames, self.seed = every, episodes, frames, seed
+        self.teacher: Optional[Rollout] = None
+
+    def due(self, trainer, epoch: int) -> bool:
+        """Every `every` epochs; also the last one when it decides the best model (short runs)."""
+        last = epoch == trainer.target_epochs and trainer.monitor == "neg_catch_ratio"
+        return epoch % self.every == 0 or last
+
+    def on_evaluate(self, trainer, epoch: int, logs: Dict[str, float]) -> None:
+        if not self.due(trainer, epoch):
+            return
+        kw = dict(episodes=self.episodes, frames=self.frames, seed=self.seed, world_config=trainer.world_config,
+                  device=trainer.device)
+        if self.teacher is None:
+            self.teacher = rollout("teacher", **kw)
+            if not int(self.teacher.catches.sum()):
+                print(f"warning: the teacher catches nothing in {self.episodes} episodes x {self.frames} frames, so "
+                      "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
+        mine = rollout(ModelPolicy(trainer.model), **kw)
+        ratio = catch_ratio(mine, self.teacher)
+        logs["catch_ratio"] = ratio
+        logs["neg_catch_ratio"] = -ratio
+        logs["catches_per_1k"] = mine.summary()["catches_per_1k"]
+
+
+# ---------------------------------------------------------------------- CLI
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m predlab.evaluate",
+                                description="Closed-loop catches of a policy vs the teacher and a random "
+                                            "baseline, on the same seeded episodes.")
+    p.add_argument("policy", metavar="PATH", help="checkpoint (.pt), model.js/.json, or the words teacher / random")
+    p.add_argument("--episodes", type=_count, default=200, help="episodes, all stepped together (default: 200)")
+    p.add_argument("--frames", type=_count, default=300, help="frames per episode (default: 300)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the episodes (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    return p
+
+
+def format_table(res: Mapping) -> str:
+    """Fixed-width table of the figures, one row per policy."""
+    cols = [("catches_per_1k", "catches/1k fr", "{:.3f}"), ("first_catch_frames", "1st catch fr", "{:.1f}"),
+            ("first_catch_rate", "eps w/ catch", "{:.3f}"), ("flock_caught", "flock caught", "{:.4f}"),
+            ("catches", "catches", "{:d}")]
+    rows = [("policy", res["policy"], res["catch_ratio"]), ("teacher", res["teacher"], 1.0)]
+    if "random" in res:
+        rows.append(("random", res["random"], res["random_catch_ratio"]))
+    head = f"{'':8s}" + "".join(f"{h:>15s}" for _, h, _ in cols) + f"{'vs teacher':>12s}"
+    lines = [f"{res['episodes']} episodes x {res['frames']} frames, seed {res['seed']} "
+             f"(first catch: no catch counts as {res['frames']})", head]
+    for name, s, r in rows:
+        lines.append(f"{name:8s}" + "".join(f"{fmt.format(s[k]):>15s}" for k, _, fmt in cols) + f"{r:>12.3f}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    try:
+        device = resolve_device(a.device)
+    except ValueError as e:
+        p.error(str(e))
+    try:
+        policy = load_policy(a.policy, device)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
+        p.error(str(e))
+    t0 = time.perf_counter()
+    res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
+    res["policy_path"] = str(a.policy)
+    res["seconds"] = time.perf_counter() - t0
+    print(format_table(res))
+    print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+    if a.json:
+        out = Path(a.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2, allow_nan=True) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
