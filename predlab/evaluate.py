@@ -302,7 +302,8 @@ def main(argv=None) -> int:
     try:
         policy = load_policy(a.policy, device)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
-        p.error(str(e))
+        msg = str(e)
+        p.error(msg if str(a.policy) in msg else f"{a.policy}: {msg}")
     t0 = time.perf_counter()
     res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
     res["policy_path"] = str(a.policy)

@@ -1,0 +1,121 @@
+"""Closed-loop evaluation: seeded episodes shared by every policy, figures, file formats, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from predlab.config import WorldConfig
+from predlab.data import SampleSet
+from predlab.evaluate import ModelPolicy, catch_ratio, compare, episodes_world, load_policy, main, rollout
+from predlab.export import write_weights
+from predlab.train import SupervisedTrainer
+
+# small canvases and flocks: catches within a short horizon, so the tests stay fast
+WC = WorldConfig(width_max=640, height_max=480, boids_max=20)
+KW = dict(episodes=16, frames=150, seed=0, world_config=WC)
+
+
+@pytest.fixture(scope="module")
+def teacher_run():
+    return rollout("teacher", **KW)
+
+
+def test_teacher_beats_random_on_the_same_episodes(teacher_run):
+    rnd = rollout("random", **KW)
+    assert torch.equal(rnd.n_start, teacher_run.n_start)  # same starting episodes
+    t, r = teacher_run.summary(), rnd.summary()
+    assert t["catches"] > 0
+    assert t["catches"] > r["catches"]
+    assert t["first_catch_frames"] < r["first_catch_frames"]
+    assert catch_ratio(rnd, teacher_run) < 1
+
+
+def test_teacher_against_itself_is_ratio_one(teacher_run):
+    res = compare("teacher", teacher=teacher_run, baselines=False, **KW)
+    assert res["catch_ratio"] == 1.0
+
+
+def test_figures_are_consistent(teacher_run):
+    s = teacher_run.summary()
+    assert s["catches_per_1k"] == pytest.approx(1000 * s["catches"] / (16 * 150))
+    assert 0 < s["first_catch_rate"] <= 1 and 0 < s["flock_caught"] <= 1
+    assert s["first_catch_frames"] <= 150  # episodes without a catch count as the horizon
+    assert (teacher_run.catches <= teacher_run.n_start).all()
+
+
+def test_same_seed_same_numbers_other_seed_other_episodes(model):
+    a = rollout(model, episodes=8, frames=40, seed=3, world_config=WC)
+    b = rollout(model, episodes=8, frames=40, seed=3, world_config=WC)
+    assert torch.equal(a.catches, b.catches) and torch.equal(a.first_catch, b.first_catch)
+    w3, w4 = episodes_world(8, 3, WC), episodes_world(8, 4, WC)
+    assert not torch.equal(w3.size, w4.size)
+
+
+def test_model_policy_matches_a_plain_forward(model):
+    world = episodes_world(64, 1)
+    for _ in range(3):
+        world.step(torch.zeros(64, 2))
+    world.alive[::3, ::2] = False        # ragged flocks, dead slots in the middle
+    world.alive[5] = False               # one env with no boid left
+    obs = world.observe()
+    got = ModelPolicy(model, chunk=7)(obs)                          # sorted, compacted, chunked
+    with torch.no_grad():
+        want = model(obs)
+    live = obs["mask"].any(1)
+    torch.testing.assert_close(got[live], want[live], atol=1e-5, rtol=0)
+    assert torch.equal(got[5], torch.zeros(2))
+
+
+def test_checkpoint_and_model_js_give_identical_figures(model, tmp_path):
+    trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu")
+    pt = trainer.save_checkpoint(tmp_path / "m.pt")
+    js = write_weights(model, tmp_path / "model.js")
+    p_pt, p_js = load_policy(pt), load_policy(js)
+    obs = episodes_world(32, 0, WC).observe()
+    assert torch.equal(p_pt(obs), p_js(obs))  # the same float32 weights, bit for bit
+    a = compare(pt, baselines=False, episodes=8, frames=60, world_config=WC)
+    b = compare(js, baselines=False, episodes=8, frames=60, world_config=WC)
+    for k in ("catches", "first_catch_frames", "flock_caught"):
+        assert a["policy"][k] == b["policy"][k]
+
+
+def test_cli_writes_json_with_catch_ratio(tmp_path):
+    out = tmp_path / "res.json"
+    r = subprocess.run([sys.executable, "-m", "predlab.evaluate", "teacher", "--episodes", "8", "--frames", "30",
+                        "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert "catch_ratio" in res and {"policy", "teacher", "random"} <= set(res)
+    assert "catches/1k" in r.stdout and "teacher" in r.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["missing.pt"], "no such file"),
+    (["teacher", "--episodes", "0"], "must be >= 1"),
+    (["teacher", "--frames", "ten"], "not a whole number"),
+    (["teacher", "--seed", "-1"], "must be >= 0"),
+    (["teacher", "--device", "tpu"], "unknown device"),
+])
+def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, text", [("model.js", "window.TRANSFORMER_PARAMS = {d_model: 48,"),
+                                        ("model.json", '{"d_model": 48}'),
+                                        ("best.pt", "not a checkpoint")])
+def test_cli_tampered_file_exits_2(name, text, tmp_path, capsys):
+    bad = tmp_path / name
+    bad.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main([str(bad)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err or name in err
