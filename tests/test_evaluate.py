@@ -119,3 +119,18 @@ def test_cli_tampered_file_exits_2(name, text, tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert str(bad) in err or name in err
+
+
+def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
+    from predlab.train import Checkpointer, create_trainer
+    from predlab.checkpoint import load_checkpoint_dict
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    trainer = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                             eval_every=1, eval_episodes=16, eval_frames=150, select_best_by="catch_ratio",
+                             callbacks=[Checkpointer(tmp_path)])
+    assert trainer.monitor == "neg_catch_ratio"
+    hist = trainer.train(1)
+    assert hist[0]["catch_ratio"] == -hist[0]["neg_catch_ratio"] >= 0
+    assert "catches_per_1k" in hist[0]
+    ck = load_checkpoint_dict(tmp_path / "best_model.pt")
+    assert ck["monitor"] == "neg_catch_ratio" and ck["best_metric"] == hist[0]["neg_catch_ratio"]
