@@ -1,0 +1,74 @@
+"""Shared fixtures: models with random non-trivial weights and random browser-form inputs."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from predlab.model import TransformerPredator
+
+# The suite's tensors are tiny: handing them to a thread pool costs more than it saves, and on a
+# loaded machine (CI, shared boxes) an intra-op thread hand-off can stall for milliseconds per op.
+torch.set_num_threads(1)
+
+WEIGHT_STD = 0.3  # vectors (embeddings, biases, LayerNorm scale noise)
+
+
+def randomize(model: TransformerPredator, seed: int = 0, std: float = WEIGHT_STD) -> TransformerPredator:
+    """Overwrite every parameter with Gaussian noise; returns the model in eval mode.
+
+    Vectors get N(0, std) (LayerNorm scales 1 + that), matrices N(0, 1/fan_in) and the output
+    layer half that: every path carries signal, attention is far from uniform, and tanh is
+    not saturated (plain std 0.3 matrices blow up the residual stream and pin outputs at +-1).
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and name != "type_embeddings":
+                s = (0.5 if name.startswith("output") else 1.0) / math.sqrt(p.shape[1])
+            else:
+                s = std
+            noise = torch.randn(p.shape, generator=g, dtype=torch.float64) * s
+            if name.endswith("ln1.weight") or name.endswith("ln2.weight"):
+                noise += 1.0
+            p.copy_(noise.to(p.dtype))
+    return model.eval()
+
+
+def random_sample(rng: random.Random, n_boids: int) -> dict:
+    """One browser-form structured input with n_boids boids (values in the ranges SPEC.md section 4 gives)."""
+    return {"context": {"canvasWidth": rng.uniform(0.32, 3.84), "canvasHeight": rng.uniform(0.32, 2.16)},
+            "predator": {"velX": rng.uniform(-1, 1), "velY": rng.uniform(-1, 1)},
+            "boids": [{"relX": rng.uniform(-1, 1), "relY": rng.uniform(-1, 1),
+                       "velX": rng.uniform(-1, 1), "velY": rng.uniform(-1, 1)} for _ in range(n_boids)]}
+
+
+@pytest.fixture
+def make_model():
+    """Factory: make_model(seed=0, **sizes) -> TransformerPredator with random non-trivial weights, eval mode."""
+    def make(seed: int = 0, **sizes) -> TransformerPredator:
+        return randomize(TransformerPredator(**{"dropout": 0.0, **sizes}), seed)
+    return make
+
+
+@pytest.fixture
+def model(make_model) -> TransformerPredator:
+    """Default-size (48/4/3/96) model with random non-trivial weights."""
+    return make_model(0)
+
+
+@pytest.fixture
+def make_samples():
+    """Factory: make_samples(counts, seed=0) -> list of browser-form dicts, one per boid count."""
+    def make(counts, seed: int = 0):
+        rng = random.Random(seed)
+        return [random_sample(rng, n) for n in counts]
+    return make
+
+
+@pytest.fixture
+def samples(make_samples):
+    """Inputs with 0, 1, 7 and 50 boids (0 is valid: SPEC.md section 6)."""
+    return make_samples([0, 1, 7, 50], seed=1)

@@ -1,0 +1,145 @@
+"""Browser-form dicts <-> padded tensors: round trips, and an error naming the problem for every bad input."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from predlab.data import InputError, check_batch, collate, to_dicts
+from predlab.sim import World
+
+F64 = torch.float64
+
+
+# ---------------------------------------------------------------------- round trips
+def test_dicts_round_trip(make_samples):
+    """to_dicts(collate(dicts)) gives the dicts back exactly (float64), any boid counts."""
+    samples = make_samples([0, 1, 7, 50, 3], seed=2)
+    assert to_dicts(collate(samples, dtype=F64)) == samples
+
+
+def test_batch_round_trip(make_samples):
+    """collate(to_dicts(batch)) gives a collated batch back exactly, in float32 and float64."""
+    for dtype in (torch.float32, F64):
+        batch = collate(make_samples([4, 0, 9], seed=3), dtype=dtype)
+        back = collate(to_dicts(batch), dtype=dtype)
+        assert back.keys() == batch.keys()
+        for k in batch:
+            assert back[k].dtype == batch[k].dtype and torch.equal(back[k], batch[k]), k
+
+
+def test_observation_round_trip():
+    """A world's observation (dead boids mid-flock) survives to_dicts -> collate: live boids, in order."""
+    w = World.random(4, generator=torch.Generator().manual_seed(0), dtype=F64, n_boids=[1, 5, 12, 30])
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        w.step(torch.rand(4, 2, generator=g, dtype=F64) * 2 - 1)
+    w.alive[1, 2] = w.alive[3, 0] = w.alive[3, 17] = False            # holes in the middle of flocks
+    obs = w.observe()
+    dicts = to_dicts(obs)
+    assert [len(d["boids"]) for d in dicts] == obs["mask"].sum(1).tolist()
+    back = collate(dicts, dtype=F64)
+    for k in ("context", "predator"):
+        assert torch.equal(back[k], obs[k])
+    for e in range(4):
+        assert torch.equal(back["boids"][e][back["mask"][e]], obs["boids"][e][obs["mask"][e]])
+    check_batch(back)
+    check_batch(obs)
+
+
+def test_collate_shapes_and_padding(make_samples):
+    """collate pads to the largest flock (or pad_to) with zero boids and a False mask."""
+    batch = collate(make_samples([2, 5, 0], seed=4), pad_to=8)
+    assert batch["boids"].shape == (3, 8, 4) and batch["mask"].shape == (3, 8)
+    assert batch["mask"].sum(1).tolist() == [2, 5, 0] and batch["mask"].dtype == torch.bool
+    assert (batch["boids"][~batch["mask"]] == 0).all()
+    assert collate([])["boids"].shape == (0, 0, 4)
+    with pytest.raises(InputError, match="pad_to=3"):
+        collate(make_samples([5], seed=4), pad_to=3)
+
+
+# ---------------------------------------------------------------------- malformed structured inputs
+@pytest.fixture
+def good(make_samples):
+    return make_samples([3], seed=5)[0]
+
+
+def _bad(good, edit):
+    s = copy.deepcopy(good)
+    edit(s)
+    return s
+
+
+@pytest.mark.parametrize("edit, name", [
+    (lambda s: s.pop("boids"), "boids"),
+    (lambda s: s.pop("context"), "context"),
+    (lambda s: s["context"].pop("canvasHeight"), "canvasHeight"),
+    (lambda s: s["predator"].pop("velX"), "velX"),
+    (lambda s: s["boids"][1].pop("relY"), "relY"),
+])
+def test_missing_key_is_named(good, edit, name):
+    """A missing key raises InputError whose message contains the key's name."""
+    with pytest.raises(InputError, match=f"missing key '{name}'"):
+        collate([good, _bad(good, edit)])
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_is_named(good, value):
+    """NaN or infinity raises InputError naming the sample and the field."""
+    with pytest.raises(InputError, match=r"sample 1\.boids\[2\]\.velY is"):
+        collate([good, _bad(good, lambda s: s["boids"][2].__setitem__("velY", value))])
+    with pytest.raises(InputError, match=r"sample 0\.context\.canvasWidth"):
+        collate([_bad(good, lambda s: s["context"].__setitem__("canvasWidth", value))])
+
+
+@pytest.mark.parametrize("value", ["0.5", None, True, [0.5], {"x": 1}])
+def test_non_number_is_named(good, value):
+    """A string, None, a bool, a list or a dict where a number belongs raises InputError naming the field."""
+    with pytest.raises(InputError, match=r"boids\[0\]\.relX must be a number"):
+        collate([_bad(good, lambda s: s["boids"][0].__setitem__("relX", value))])
+    with pytest.raises(InputError, match=r"predator\.velY must be a number"):
+        collate([_bad(good, lambda s: s["predator"].__setitem__("velY", value))])
+
+
+@pytest.mark.parametrize("value", [{"relX": 0.1, "relY": 0.1, "velX": 0, "velY": 0}, "boids", 3, None])
+def test_boids_must_be_a_list(good, value):
+    """boids given as a dict, a string, a number or None raises InputError saying it must be a list."""
+    with pytest.raises(InputError, match=r"boids must be a list"):
+        collate([_bad(good, lambda s: s.__setitem__("boids", value))])
+
+
+def test_boid_entry_must_be_an_object(good):
+    """A boid that is not an object is refused, naming its index."""
+    with pytest.raises(InputError, match=r"boids\[1\] must be an object"):
+        collate([_bad(good, lambda s: s["boids"].__setitem__(1, [0.1, 0.2, 0.3, 0.4]))])
+
+
+def test_collate_wants_a_list(good):
+    """collate of a single dict (instead of a list of them) is refused."""
+    with pytest.raises(InputError, match="list"):
+        collate(good)
+
+
+# ---------------------------------------------------------------------- malformed tensor batches
+def _batch(make_samples):
+    return collate(make_samples([2, 4], seed=6))
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda b: b.__setitem__("boids", b["boids"][..., :3]), r"batch\['boids'\] has shape \(2, 4, 3\)"),
+    (lambda b: b.__setitem__("boids", b["boids"][0]), r"batch\['boids'\] has shape \(4, 4\)"),
+    (lambda b: b.__setitem__("mask", b["mask"][:, :3]), r"batch\['mask'\] has shape \(2, 3\), expected \(2, 4\)"),
+    (lambda b: b.__setitem__("context", torch.zeros(2, 3)), r"batch\['context'\] has shape \(2, 3\)"),
+    (lambda b: b.__setitem__("predator", torch.zeros(3, 2)), r"batch\['predator'\] has shape \(3, 2\)"),
+    (lambda b: b.pop("mask"), r"missing key 'mask'"),
+    (lambda b: b["boids"].__setitem__((1, 0, 2), math.nan), r"batch\['boids'\] contains NaN"),
+])
+def test_check_batch_names_the_problem(make_samples, edit, pattern):
+    """check_batch raises InputError naming the key and the shape (or NaN) that is wrong."""
+    b = _batch(make_samples)
+    check_batch(b)
+    edit(b)
+    with pytest.raises(InputError, match=pattern):
+        check_batch(b)

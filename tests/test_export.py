@@ -1,0 +1,271 @@
+"""Weight format (SPEC.md section 7): browser parity under Node, exact round trips, deployed files, bad files."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from predlab.export import (WeightFormatError, read_params, read_weights, text_to_params, validate_params,
+                            write_weights)
+
+JS_DIR = Path(__file__).resolve().parents[1] / "predlab" / "js"
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
+
+
+def run_node(weights: Path, inputs: list, tmp_path: Path) -> np.ndarray:
+    """Actions from predlab/js/transformer.js under Node -> [B, 2] float64."""
+    inp = tmp_path / "inputs.json"
+    inp.write_text(json.dumps(inputs))
+    res = subprocess.run(["node", str(JS_DIR / "run_node.js"), str(weights), str(inp)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return np.asarray(json.loads(res.stdout), dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- parity and round trips
+@needs_node
+@pytest.mark.parametrize("ext", [".js", ".json"])
+def test_node_engine_matches_pytorch(model, samples, tmp_path, ext):
+    """The exported file, run by the shipped JS engine, gives PyTorch's outputs to 1e-5."""
+    path = write_weights(model, tmp_path / f"model{ext}")
+    got = run_node(path, samples, tmp_path)
+    want = model.predict(samples).double().numpy()
+    assert got.shape == want.shape == (len(samples), 2)
+    assert (np.abs(want) < 0.99).any()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("ext", [".js", ".json"])
+def test_write_read_is_bit_exact(model, tmp_path, ext):
+    """read_weights(write_weights(m)) reproduces every tensor bit for bit."""
+    back = read_weights(write_weights(model, tmp_path / f"model{ext}"))
+    sd, sd2 = model.state_dict(), back.state_dict()
+    assert sd.keys() == sd2.keys()
+    for k in sd:
+        assert sd2[k].dtype == sd[k].dtype and torch.equal(sd[k], sd2[k]), k
+    assert not back.training
+
+
+def test_js_file_is_what_the_browser_loads(model, tmp_path):
+    """model.js assigns window.TRANSFORMER_PARAMS; .json is plain JSON with the same content."""
+    js = write_weights(model, tmp_path / "model.js").read_text()
+    assert "window.TRANSFORMER_PARAMS = {" in js and js.rstrip().endswith(";")
+    plain = json.loads(write_weights(model, tmp_path / "model.json").read_text())
+    assert plain == text_to_params(js)
+    assert validate_params(plain, require_browser_sizes=True)
+
+
+def test_load_from_javascript_round_trip(make_model, model):
+    """export_to_javascript / load_from_javascript carry every weight across."""
+    other = make_model(9)
+    other.load_from_javascript(model.export_to_javascript())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+
+
+# ---------------------------------------------------------------------- the deployed hand-written style
+def _js_value(v, indent: int) -> str:
+    pad = "  " * indent
+    if isinstance(v, list) and v and isinstance(v[0], list):
+        return "[\n" + "".join(f"{pad}  {_js_value(r, indent + 1)},\n" for r in v) + f"{pad}]"
+    if isinstance(v, list):
+        return "[" + ", ".join(repr(round(x, 4)) for x in v) + ",]"
+    return str(v)
+
+
+def deployed_style_js(p: dict) -> str:
+    """model.js as the original hand-made tooling wrote it: comments, bare keys, 4 decimals, trailing commas."""
+    out = ["/*", " * Predator transformer weights", " * exported by hand: d_model: 48, layers: 3 // not code", " */",
+           "window.TRANSFORMER_PARAMS = {"]
+    for k in ("d_model", "n_heads", "n_layers", "ffn_hidden"):
+        out.append(f"  {k}: {p[k]},")
+    out.append("  // Embeddings")
+    out.append(f"  cls_embedding: {_js_value(p['cls_embedding'], 1)},")
+    out.append("  type_embeddings: {")
+    for t, v in p["type_embeddings"].items():
+        out.append(f"    {t}: {_js_value(v, 2)},")
+    out.append("  },")
+    for k in ("ctx_projection", "predator_projection", "boid_projection"):
+        out.append(f"  {k}: {_js_value(p[k], 1)},")
+    out.append("  layers: [")
+    for i, layer in enumerate(p["layers"]):
+        out.append(f"    // Layer {i + 1}")
+        out.append("    {")
+        for k, v in layer.items():
+            out.append(f"      {k}: {_js_value(v, 3)},")
+        out.append("    },")
+    out.append("  ],")
+    out.append("  // Output head")
+    out.append(f"  output_weight: {_js_value(p['output_weight'], 1)},")
+    out.append(f"  output_bias: {_js_value(p['output_bias'], 1)},")
+    out.append("};")
+    return "\n".join(out) + "\n"
+
+
+def _round4(v):
+    """Every weight rounded to 4 decimals; sizes kept."""
+    if isinstance(v, dict):
+        return {k: _round4(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_round4(x) for x in v]
+    return v if isinstance(v, int) else round(v, 4)
+
+
+def test_reads_deployed_hand_written_model_js(model, make_model, samples, tmp_path):
+    """A hand-written model.js (block comment, // Layer lines, bare keys, 4 decimals, trailing commas) reads
+    back as the model's 4-decimal-rounded weights."""
+    p = model.export_to_javascript()
+    text = deployed_style_js(p)
+    assert "// Layer 1" in text and "  d_model: 48," in text and ",]" in text and text.startswith("/*")
+    path = tmp_path / "model.js"
+    path.write_text(text)
+
+    got = read_params(path)
+    rounded = _round4(p)
+    want_arrays = validate_params(rounded)
+    got_arrays = validate_params(got)
+    assert want_arrays.keys() == got_arrays.keys()
+    for k in want_arrays:
+        np.testing.assert_allclose(got_arrays[k], want_arrays[k], rtol=0, atol=1e-9, err_msg=k)
+    # the weights really were rounded (so this is not the full-precision file in disguise)
+    assert max(np.abs(want_arrays[k] - validate_params(p)[k]).max() for k in want_arrays) > 1e-6
+
+    m = read_weights(path)
+    ref = make_model(5).load_from_javascript(rounded)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    assert torch.allclose(m.predict(samples), model.predict(samples), atol=0.05)
+
+
+@needs_node
+def test_deployed_style_also_runs_in_node(model, samples, tmp_path):
+    """The hand-written style is valid JavaScript for the engine, and predlab reads it to the engine's numbers."""
+    path = tmp_path / "model.js"
+    path.write_text(deployed_style_js(model.export_to_javascript()))
+    got = run_node(path, samples, tmp_path)
+    np.testing.assert_allclose(got, read_weights(path).predict(samples).double().numpy(), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- malformed weights
+def _params(model):
+    return copy.deepcopy(model.export_to_javascript())
+
+
+def test_missing_layer(model):
+    """Fewer layers than n_layers is refused, saying so."""
+    p = _params(model)
+    del p["layers"][2]
+    with pytest.raises(WeightFormatError, match=r"layers has 2 entries but n_layers is 3"):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("where", ["top", "type", "layer"])
+def test_missing_key(model, where):
+    """A missing key is refused with its path."""
+    p = _params(model)
+    if where == "top":
+        del p["boid_projection"]
+        name = "boid_projection"
+    elif where == "type":
+        del p["type_embeddings"]["predator"]
+        name = "type_embeddings.predator"
+    else:
+        del p["layers"][1]["ffn_up_bias"]
+        name = "layers[1].ffn_up_bias"
+    with pytest.raises(WeightFormatError, match=r"missing key '" + name.replace("[", r"\[").replace("]", r"\]")):
+        validate_params(p)
+
+
+def test_browser_sizes_required(make_model):
+    """With require_browser_sizes, a d_model the page does not run is refused by name; without it, accepted."""
+    p = make_model(0, d_model=64, n_heads=8).export_to_javascript()
+    validate_params(p)
+    with pytest.raises(WeightFormatError, match=r"d_model=64 \(browser: 48\)"):
+        validate_params(p, require_browser_sizes=True)
+
+
+def test_wrong_matrix_shape(model):
+    """A matrix of the wrong shape is refused with its key path and shapes."""
+    p = _params(model)
+    p["layers"][1]["qkv_weight"] = p["layers"][1]["qkv_weight"][:-1]
+    with pytest.raises(WeightFormatError, match=r"layers\[1\]\.qkv_weight: expected shape \[144, 48\]"):
+        validate_params(p)
+    p = _params(model)
+    p["layers"][0]["ffn_down_weight"][3] = p["layers"][0]["ffn_down_weight"][3][:-1]
+    with pytest.raises(WeightFormatError, match=r"layers\[0\]\.ffn_down_weight"):
+        validate_params(p)
+
+
+def test_non_number_weight(model):
+    """A string where a number belongs is refused with its path."""
+    p = _params(model)
+    p["output_weight"][1][4] = "0.5"
+    with pytest.raises(WeightFormatError, match=r"output_weight: expected a number, found str"):
+        validate_params(p)
+
+
+def test_nan_weight(model, tmp_path):
+    """NaN is refused with its path, in a dict and in a file (Python's json reads NaN literals)."""
+    p = _params(model)
+    p["layers"][2]["ffn_gate_bias"][5] = math.nan
+    with pytest.raises(WeightFormatError, match=r"layers\[2\]\.ffn_gate_bias: contains NaN"):
+        validate_params(p)
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(p))
+    assert "NaN" in path.read_text()
+    with pytest.raises(WeightFormatError, match=r"layers\[2\]\.ffn_gate_bias"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize("text", ["hello world", "window.TRANSFORMER_PARAMS = {d_model: 48,,,};", "", "[1, 2, 3]"])
+def test_garbage_file(tmp_path, text):
+    """A file that is not a weight object is refused as such, naming the file."""
+    path = tmp_path / "model.js"
+    path.write_text(text)
+    with pytest.raises(WeightFormatError, match="model.js"):
+        read_weights(path)
+
+
+def test_missing_file(tmp_path):
+    """A path with no file says so."""
+    with pytest.raises(FileNotFoundError, match="no weight file"):
+        read_weights(tmp_path / "nope.js")
+
+
+def test_bad_extension_refused(model, tmp_path):
+    """write_weights will not guess a format: anything but .js / .json is refused and nothing is written."""
+    with pytest.raises(WeightFormatError, match=r"unknown extension '\.txt'"):
+        write_weights(model, tmp_path / "model.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_invalid_params_leave_existing_file(model, tmp_path):
+    """Writing invalid weights raises before touching the file already at that path."""
+    path = write_weights(model, tmp_path / "model.js")
+    before = path.read_bytes()
+    p = _params(model)
+    p["layers"][1]["qkv_weight"][0][0] = math.nan
+    with pytest.raises(WeightFormatError, match=r"layers\[1\]\.qkv_weight"):
+        write_weights(p, path)
+    del p["layers"][1]
+    with pytest.raises(WeightFormatError):
+        write_weights(p, path)
+    assert path.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model.js"]  # no temp file left behind
+
+
+def test_non_default_size_warns(make_model, model, tmp_path):
+    """Exporting sizes the stock page refuses warns; the browser sizes do not."""
+    with pytest.warns(UserWarning, match="stock browser page"):
+        write_weights(make_model(0, d_model=64, n_heads=8, n_layers=4), tmp_path / "big.js")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_weights(model, tmp_path / "model.js")

@@ -1,0 +1,181 @@
+"""The transformer: browser maths (SPEC.md section 6) in float64, padding, permutation, attention."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from predlab.data import collate
+from predlab.model import TransformerPredator
+
+
+# ---------------------------------------------------------------------- float64 reference
+def reference_forward(p: dict, sample: dict) -> np.ndarray:
+    """SPEC.md section 6 written out token by token in float64, from the browser weight dict."""
+    A = lambda k: np.asarray(k, dtype=np.float64)  # noqa: E731
+    d, H = p["d_model"], p["n_heads"]
+    hd = d // H
+    te = p["type_embeddings"]
+    c, pr = sample["context"], sample["predator"]
+    tokens = [A(p["cls_embedding"]) + A(te["cls"]),
+              A(p["ctx_projection"]) @ [c["canvasWidth"], c["canvasHeight"]] + A(te["ctx"]),
+              A(p["predator_projection"]) @ [pr["velX"], pr["velY"], 0.0, 0.0] + A(te["predator"])]
+    for b in sample["boids"]:
+        tokens.append(A(p["boid_projection"]) @ [b["relX"], b["relY"], b["velX"], b["velY"]] + A(te["boid"]))
+    T = len(tokens)
+
+    def layer_norm(x, scale, bias):
+        mean = sum(x) / d
+        var = sum((xi - mean) ** 2 for xi in x) / d          # biased variance
+        return (x - mean) / math.sqrt(var + 1e-6) * A(scale) + A(bias)
+
+    def gelu(x):
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+    for L in p["layers"]:
+        qkv = [A(L["qkv_weight"]) @ layer_norm(x, L["ln_scale"], L["ln_bias"]) + A(L["qkv_bias"]) for x in tokens]
+        q = [v[:d] for v in qkv]
+        k = [v[d:2 * d] for v in qkv]
+        v = [v[2 * d:] for v in qkv]
+        new = []
+        for t in range(T):
+            heads = []
+            for h in range(H):
+                sl = slice(h * hd, (h + 1) * hd)
+                scores = [float(q[t][sl] @ k[s][sl]) / math.sqrt(hd) for s in range(T)]
+                m = max(scores)
+                e = [math.exp(s - m) for s in scores]
+                z = sum(e)
+                heads.append(sum(e[s] / z * v[s][sl] for s in range(T)))
+            att = A(L["attn_out_weight"]) @ np.concatenate(heads) + A(L["attn_out_bias"])
+            new.append(tokens[t] + att)
+        tokens = new
+        new = []
+        for x in tokens:
+            hx = layer_norm(x, L["ffn_ln_scale"], L["ffn_ln_bias"])
+            gate = A(L["ffn_gate_weight"]) @ hx + A(L["ffn_gate_bias"])
+            up = A(L["ffn_up_weight"]) @ hx + A(L["ffn_up_bias"])
+            new.append(x + A(L["ffn_down_weight"]) @ (gelu(gate) * up) + A(L["ffn_down_bias"]))
+        tokens = new
+    return np.tanh(A(p["output_weight"]) @ tokens[0] + A(p["output_bias"]))
+
+
+def test_outputs_are_not_saturated(model, samples):
+    """The random test weights are non-trivial: outputs vary and are not pinned at +-1."""
+    out = model.predict(samples)
+    assert (out.abs() < 0.99).any()
+    assert out.std() > 0.05
+
+
+@pytest.mark.parametrize("sizes", [{}, {"d_model": 64, "n_heads": 8, "n_layers": 4}])
+def test_matches_float64_reference(make_model, samples, sizes):
+    """Model outputs equal SPEC.md section 6 in float64 (0, 1, 7, 50 boids) to 1e-5."""
+    model = make_model(3, **sizes)
+    params = model.export_to_javascript()
+    want = np.stack([reference_forward(params, s) for s in samples])
+    got = model.predict(samples).double().numpy()
+    assert (np.abs(want) < 0.99).any()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    # one at a time as well (single sequences have no padding at all)
+    for s, w in zip(samples, want):
+        np.testing.assert_allclose(model.predict(s).double().numpy(), w, rtol=0, atol=1e-5)
+
+
+def test_padded_batch_equals_one_at_a_time(model, make_samples):
+    """A padded batch gives the numbers of one sequence at a time (<= 1e-6), padding extra wide too."""
+    samples = make_samples([0, 3, 50, 1, 12, 7], seed=5)
+    singles = torch.stack([model.predict(s) for s in samples])
+    batch = model.predict(samples)
+    assert (batch - singles).abs().max() <= 1e-6
+    with torch.no_grad():
+        wide = model(collate(samples, pad_to=64))
+    assert (wide - singles).abs().max() <= 1e-6
+
+
+def test_padding_content_is_ignored(model, make_samples):
+    """Garbage in padded boid slots changes nothing: masked keys really are masked."""
+    batch = collate(make_samples([2, 9], seed=6))
+    with torch.no_grad():
+        clean = model(batch)
+        batch["boids"] = torch.where(batch["mask"][..., None], batch["boids"], torch.full_like(batch["boids"], 7.0))
+        dirty = model(batch)
+    assert (clean - dirty).abs().max() <= 1e-6
+
+
+def test_boid_order_does_not_matter(model, make_samples):
+    """Shuffling the boids leaves the action unchanged (<= 1e-5)."""
+    rng = random.Random(11)
+    for s in make_samples([2, 7, 50], seed=7):
+        shuffled = dict(s, boids=rng.sample(s["boids"], len(s["boids"])))
+        assert shuffled["boids"] != s["boids"]
+        assert (model.predict(s) - model.predict(shuffled)).abs().max() <= 1e-5
+
+
+def test_forward_with_attention(model, make_samples):
+    """Explicit attention path: same outputs, [B, H, T, T] weights, rows sum to 1, padded keys weight 0."""
+    samples = make_samples([0, 4, 9], seed=8)
+    batch = collate(samples)
+    with torch.no_grad():
+        fast = model(batch)
+        out, weights = model.forward_with_attention(batch)
+    assert (out - fast).abs().max() <= 1e-6
+    B, N = batch["mask"].shape
+    T = 3 + N
+    assert len(weights) == model.config.n_layers
+    keep = torch.cat([torch.ones(B, 3, dtype=torch.bool), batch["mask"]], 1)      # [B, T]
+    for w in weights:
+        assert w.shape == (B, model.config.n_heads, T, T)
+        assert torch.allclose(w.sum(-1), torch.ones(B, model.config.n_heads, T), atol=1e-6)
+        assert torch.isfinite(w).all()
+        assert (w.masked_select(~keep[:, None, None, :].expand_as(w)) == 0).all()
+        assert (w.masked_select(keep[:, None, None, :].expand_as(w)) > 0).all()
+
+
+def test_token_labels():
+    """Labels follow the token order CLS, CTX, PRED, boid 0..n-1."""
+    assert TransformerPredator.token_labels(3) == ["CLS", "CTX", "PRED", "boid 0", "boid 1", "boid 2"]
+    assert TransformerPredator.token_labels(0) == ["CLS", "CTX", "PRED"]
+
+
+def test_parameter_count():
+    """Defaults are 48/4/3/96 with 71,810 parameters, the same number the weight format holds."""
+    m = TransformerPredator()
+    c = m.config
+    assert (c.d_model, c.n_heads, c.n_layers, c.ffn_hidden) == (48, 4, 3, 96)
+    assert m.num_parameters() == sum(p.numel() for p in m.parameters()) == 71_810
+
+    def leaves(v):
+        return sum(leaves(x) for x in v) if isinstance(v, list) else 1
+    p = m.export_to_javascript()
+    n = sum(leaves(v) for k, v in p.items() if isinstance(v, list) and k != "layers")
+    n += sum(leaves(v) for v in p["type_embeddings"].values())
+    n += sum(leaves(v) for layer in p["layers"] for v in layer.values())
+    assert n == 71_810
+
+
+def test_other_sizes_work(make_model, samples):
+    """A 64/8/4 model builds, runs every boid count and keeps its sizes."""
+    m = make_model(1, d_model=64, n_heads=8, n_layers=4)
+    assert len(m.layers) == 4 and m.config.n_heads == 8
+    out = m.predict(samples)
+    assert out.shape == (len(samples), 2) and torch.isfinite(out).all()
+
+
+def test_heads_must_divide_width():
+    """d_model not divisible by n_heads is refused with a message naming both."""
+    with pytest.raises(ValueError, match=r"d_model=50 is not divisible by n_heads=4"):
+        TransformerPredator(d_model=50, n_heads=4)
+
+
+def test_dropout_is_off_in_eval(make_model, make_samples):
+    """Dropout acts while training only: predict() (eval) is deterministic."""
+    m = make_model(2, dropout=0.5)
+    s = make_samples([5, 9], seed=3)
+    assert torch.equal(m.predict(s), m.predict(s))
+    m.train()
+    batch = collate(s)
+    assert not torch.equal(m(batch), m(batch))
+    assert m.training  # predict() restores the mode it found

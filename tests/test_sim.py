@@ -1,0 +1,354 @@
+"""The batched world against a plain-Python, boid-by-boid statement of SPEC.md sections 2-4."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from predlab.config import WorldConfig
+from predlab.sim import World, fast_magnitude, limit, set_magnitude
+
+F64 = torch.float64
+EPS = 1e-7
+
+
+# ---------------------------------------------------------------------- plain-Python reference (SPEC.md 2-3)
+def fast(x, y):
+    ax, ay = abs(x), abs(y)
+    return 0.96 * max(ax, ay) + 0.398 * min(ax, ay)
+
+
+def ref_limit(x, y, m, flags=None, tag=None):
+    f = fast(x, y)
+    if f > m:
+        if flags is not None:
+            flags.add(tag)
+        return x * m / f, y * m / f
+    return x, y
+
+
+def ref_set_magnitude(x, y, m):
+    f = fast(x, y)
+    return (x * m / f, y * m / f) if f > 0 else (x, y)
+
+
+def ref_wrap(v, size, margin, flags, tag):
+    if v > size + margin:
+        flags.add(tag + " high")
+        v = -margin
+    if v < -margin:
+        flags.add(tag + " low")
+        v = size + margin
+    return v
+
+
+def reference_frame(boids, pred, W, H, action, flags):
+    """One frame for one world. boids: list of [x, y, vx, vy, alive]; pred: [x, y, vx, vy].
+
+    Synchronous: every boid reads the same snapshot (predlab's documented difference from the
+    browser's in-place order). Returns (new boids, new pred, catches); flags collects which
+    branches ran, so the test can prove that its scenario exercises them.
+    """
+    new = []
+    for i, (x, y, vx, vy, alive) in enumerate(boids):
+        if not alive:
+            new.append([x, y, vx, vy, False])
+            continue
+        coh, sep, ali = [], [0.0, 0.0, 0], [0.0, 0.0, 0]
+        for j, (xj, yj, vxj, vyj, alive_j) in enumerate(boids):
+            if j == i:
+                continue
+            dx, dy = x - xj, y - yj
+            raw = math.sqrt(dx * dx + dy * dy)
+            d = raw + EPS
+            if not alive_j:
+                if d < 60:
+                    flags.add("dead neighbour ignored")
+                continue
+            if d <= 60:
+                coh.append((xj, yj))
+            if 0 < d < 40:
+                if raw > 0:
+                    nx, ny = dx / raw, dy / raw
+                else:
+                    nx, ny = 0.0, 0.0
+                    flags.add("separation from a boid at the same point")
+                sep[0] += nx / d
+                sep[1] += ny / d
+                sep[2] += 1
+            if 0 < d < 60:
+                ali[0] += vxj
+                ali[1] += vyj
+                ali[2] += 1
+
+        def steer(dx, dy, tag):
+            flags.add(tag)
+            dx, dy = ref_set_magnitude(dx, dy, 3.5)
+            return ref_limit(dx - vx, dy - vy, 0.1, flags, "steering limit")
+
+        cx = cy = sx = sy = ax = ay = 0.0
+        if coh:
+            cx, cy = steer(sum(p[0] for p in coh) / len(coh) - x, sum(p[1] for p in coh) / len(coh) - y, "cohesion")
+        if sep[2]:
+            sx, sy = steer(sep[0] / sep[2], sep[1] / sep[2], "separation")
+        if ali[2]:
+            ax, ay = steer(ali[0] / ali[2], ali[1] / ali[2], "alignment")
+        px, py = x - pred[0], y - pred[1]
+        d = math.sqrt(px * px + py * py) + EPS
+        vx_av = vy_av = 0.0
+        if d < 80:
+            flags.add("avoidance")
+            f = fast(px, py)
+            if f > 0:
+                px, py = px / f, py / f
+            k = (80 - d) / 80 * 0.3
+            vx_av, vy_av = ref_limit(px * k, py * k, 0.15, flags, "avoidance limit")
+        nvx = vx + cx + 2 * sx + ax + vx_av
+        nvy = vy + cy + 2 * sy + ay + vy_av
+        nvx, nvy = ref_limit(nvx, nvy, 3.5, flags, "boid speed limit")
+        nx = ref_wrap(x + nvx, W, 10, flags, "boid wrap x")
+        ny = ref_wrap(y + nvy, H, 10, flags, "boid wrap y")
+        new.append([nx, ny, nvx, nvy, True])
+
+    pvx, pvy = ref_limit(pred[2] + action[0] * 0.2, pred[3] + action[1] * 0.2, 2.0, flags, "predator speed limit")
+    ppx = ref_wrap(pred[0] + pvx, W, 20, flags, "predator wrap x")
+    ppy = ref_wrap(pred[1] + pvy, H, 20, flags, "predator wrap y")
+    caught = 0
+    for b in new:
+        if not b[4]:
+            continue
+        d = math.sqrt((b[0] - ppx) ** 2 + (b[1] - ppy) ** 2)
+        if d < 12.6:
+            b[4] = False
+            caught += 1
+            flags.add("catch" if d < 10 else "catch between 10 and 12.6 px")
+        elif d < 13.5:
+            flags.add("near miss just outside 12.6 px")
+    return new, [ppx, ppy, pvx, pvy], caught
+
+
+def world_from_lists(envs, dtype=F64) -> World:
+    """World from per-env (boids, pred, W, H); flocks padded with dead boids to the largest."""
+    N = max(len(b) for b, _, _, _ in envs)
+    pad = [0.0, 0.0, 0.0, 0.0, False]
+    rows = [b + [pad] * (N - len(b)) for b, _, _, _ in envs]
+    t = lambda v: torch.tensor(v, dtype=dtype)  # noqa: E731
+    return World(pos=t([[r[:2] for r in b] for b in rows]), vel=t([[r[2:4] for r in b] for b in rows]),
+                 alive=torch.tensor([[bool(r[4]) for r in b] for b in rows]),
+                 pred_pos=t([p[:2] for _, p, _, _ in envs]), pred_vel=t([p[2:] for _, p, _, _ in envs]),
+                 size=t([[W, H] for _, _, W, H in envs]))
+
+
+def world_to_lists(world: World):
+    """Inverse of world_from_lists: python floats per env (padding slots included)."""
+    out = []
+    for e in range(world.num_envs):
+        boids = [world.pos[e, i].tolist() + world.vel[e, i].tolist() + [bool(world.alive[e, i])]
+                 for i in range(world.pos.shape[1])]
+        out.append((boids, world.pred_pos[e].tolist() + world.pred_vel[e].tolist(),
+                    float(world.size[e, 0]), float(world.size[e, 1])))
+    return out
+
+
+def assert_world_equals(world: World, expected, tol=1e-9):
+    for e, (boids, pred, _, _) in enumerate(expected):
+        assert world.alive[e].tolist() == [b[4] for b in boids], f"env {e} alive"
+        for i, b in enumerate(boids):
+            got = world.pos[e, i].tolist() + world.vel[e, i].tolist()
+            assert max(abs(g - w) for g, w in zip(got, b[:4])) <= tol, f"env {e} boid {i}: {got} != {b[:4]}"
+        got = world.pred_pos[e].tolist() + world.pred_vel[e].tolist()
+        assert max(abs(g - w) for g, w in zip(got, pred)) <= tol, f"env {e} predator: {got} != {pred}"
+
+
+# ---------------------------------------------------------------------- a hand-built frame with every branch
+def scenario():
+    """Four worlds: a tight flock around the predator, edge wraps, a boid pair at one point, and the catch radius."""
+    flock = [  # x, y, vx, vy, alive
+        [200.0, 150.0, 3.3, 0.5, True],     # next to the predator: caught
+        [215.0, 160.0, -2.0, 3.0, True],
+        [230.0, 140.0, 0.5, -3.4, True],    # fast: big forces push it over 3.5
+        [205.0, 165.0, 1.0, 1.0, False],    # dead, right inside the flock
+        [250.0, 170.0, -3.4, -0.2, True],
+        [205.0, 120.0, 3.0, 1.5, True],
+        [262.0, 150.0, 0.0, 0.0, True],     # 50..60 px from some: cohesion/alignment without separation
+        [185.0, 150.0, -3.4, -0.3, True],   # fleeing at top speed: avoidance pushes it over 3.5
+    ]
+    edges = [
+        [328.5, 100.0, 3.0, 0.0, True],     # leaves right -> -10
+        [50.0, -9.0, 0.0, -3.0, True],      # leaves top -> H + 10
+        [-8.0, 200.0, -3.2, 0.5, True],     # leaves left -> W + 10
+        [150.0, 329.0, 0.3, 3.4, True],     # leaves bottom -> -10
+    ]
+    same_point = [
+        [100.0, 100.0, 1.0, 0.0, True],
+        [100.0, 100.0, 0.0, 1.0, True],     # same point: normalize(0) stays 0
+        [130.0, 90.0, -3.5, 0.1, True],
+        [75.0, -5.0, 2.6, 2.45, True],      # alone, fleeing the predator near top speed: pushed over 3.5
+    ]
+    radius = [
+        [211.5, 200.0, 0.0, 0.0, True],     # 11.5 px from the predator, pushed a little away: still caught
+        [200.0, 187.5, 0.0, 0.0, True],     # 12.5 px before the frame, pushed out past 12.6: survives
+    ]
+    return [
+        (flock, [201.0, 151.0, 1.5, -1.2], 400.0, 300.0),
+        (edges, [339.0, 5.0, 1.9, -0.3], 320.0, 320.0),
+        (same_point, [60.0, -19.5, 0.2, -1.9], 500.0, 400.0),
+        (radius, [200.0, 200.0, 0.0, 0.0], 400.0, 400.0),
+    ]
+
+
+def test_one_frame_matches_reference():
+    """One frame equals the boid-by-boid statement of SPEC.md section 3 to 1e-9, every branch exercised."""
+    envs = scenario()
+    actions = [(1.0, -0.5), (1.0, 0.0), (-0.3, -1.0), (0.0, 0.0)]
+    world = world_from_lists(envs)
+    flags = set()
+    expected, catches = [], []
+    for (boids, pred, W, H), a in zip(world_to_lists(world), actions):
+        b, p, c = reference_frame(boids, pred, W, H, a, flags)
+        expected.append((b, p, W, H))
+        catches.append(c)
+    caught = world.step(torch.tensor(actions, dtype=F64))
+    assert_world_equals(world, expected)
+    assert caught.tolist() == catches
+    must = {"cohesion", "separation", "alignment", "avoidance", "avoidance limit", "steering limit",
+            "boid speed limit", "predator speed limit", "catch", "dead neighbour ignored",
+            "catch between 10 and 12.6 px", "near miss just outside 12.6 px",
+            "separation from a boid at the same point",
+            "boid wrap x high", "boid wrap x low", "boid wrap y high", "boid wrap y low",
+            "predator wrap x high", "predator wrap y low"}
+    assert must <= flags, f"scenario no longer exercises {sorted(must - flags)}"
+
+
+def test_many_frames_match_reference():
+    """Frame after frame of random seeded episodes (small canvases, wraps and catches) match the reference."""
+    cfg = WorldConfig(width_min=320, width_max=400, height_min=320, height_max=400, boids_min=1, boids_max=20)
+    world = World.random(4, cfg, generator=torch.Generator().manual_seed(3), dtype=F64)
+    rng = random.Random(4)
+    flags = set()
+    for frame in range(60):
+        actions = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in range(world.num_envs)]
+        expected = []
+        for boids, pred, W, H in world_to_lists(world):
+            expected.append((reference_frame(boids, pred, W, H, actions[len(expected)], flags)[0:2]) + (W, H))
+        world.step(torch.tensor(actions, dtype=F64))
+        assert_world_equals(world, expected)
+    assert {"cohesion", "separation", "alignment", "steering limit"} <= flags
+
+
+def test_fast_vector_helpers():
+    """fast_magnitude / limit / set_magnitude follow SPEC.md section 2, zero vectors included."""
+    rng = random.Random(0)
+    vs = [(rng.uniform(-5, 5), rng.uniform(-5, 5)) for _ in range(50)] + [(0.0, 0.0), (3.0, 0.0), (-1.0, 2.0)]
+    t = torch.tensor(vs, dtype=F64)
+    assert torch.allclose(fast_magnitude(t), torch.tensor([fast(*v) for v in vs], dtype=F64), rtol=0, atol=1e-12)
+    assert torch.allclose(limit(t, 2.0), torch.tensor([ref_limit(*v, 2.0) for v in vs], dtype=F64), atol=1e-12)
+    assert torch.allclose(set_magnitude(t, 1.5), torch.tensor([ref_set_magnitude(*v, 1.5) for v in vs], dtype=F64),
+                          atol=1e-12)
+    assert fast_magnitude(limit(t, 2.0)).max() <= 2.0 + 1e-12
+
+
+# ---------------------------------------------------------------------- episode starts
+def test_same_seed_same_episode():
+    """World.random with one seed gives one episode, step for step; another seed gives another."""
+    def run(seed):
+        w = World.random(8, generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(99)
+        states = [w.state_dict()]
+        for _ in range(5):
+            w.step(torch.rand(8, 2, generator=g) * 2 - 1)
+            states.append(w.state_dict())
+        return states
+    a, b, c = run(7), run(7), run(8)
+    for sa, sb in zip(a, b):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(a[0]["size"], c[0]["size"])
+
+
+def test_initial_state_matches_spec():
+    """Boids start at one integer point with unit velocities; the predator at the centre; default ranges."""
+    E = 2000
+    w = World.random(E, generator=torch.Generator().manual_seed(1), dtype=F64)
+    W, H = w.size[:, 0], w.size[:, 1]
+    n = w.n_alive
+    assert (n >= 1).all() and (n <= 50).all() and n.min() == 1 and n.max() == 50
+    assert W.min() >= 320 and W.max() <= 3840 and W.min() < 400 and W.max() > 3700
+    assert H.min() >= 320 and H.max() <= 2160 and H.min() < 400 and H.max() > 2080
+    for e in range(E):
+        pos = w.pos[e, w.alive[e]]                           # [n, 2]
+        assert (pos == pos[0]).all()                          # one point
+        assert (pos[0] == pos[0].floor()).all() and (pos[0] >= 0).all() and (pos[0] < w.size[e]).all()
+    speed = w.vel.norm(dim=-1)[w.alive]
+    assert torch.allclose(speed, torch.ones_like(speed), atol=1e-12)
+    angle = torch.atan2(w.vel[..., 1], w.vel[..., 0])[w.alive]
+    assert angle.min() < -3.0 and angle.max() > 3.0            # uniformly random angle, not one direction
+    assert torch.equal(w.pred_pos, w.size / 2)
+    assert (w.pred_vel.abs() <= 1).all() and w.pred_vel.std() > 0.4
+    assert w.alive.sum(-1).tolist() == [int((w.alive[e]).sum()) for e in range(E)]
+    # flocks are packed first: the alive slots of each env are 0..n-1
+    assert torch.equal(w.alive, torch.arange(w.pos.shape[1])[None, :] < n[:, None])
+
+
+# ---------------------------------------------------------------------- observations (SPEC.md section 4)
+def test_observe_matches_spec():
+    """observe(): wrap-aware offsets / 1000, velocities / 3.5 clamped to [-1, 1], dead boids masked."""
+    boids = [
+        [390.0, 20.0, 4.0, -1.0, True],     # dx = +290 > W/2 -> dx - W; velX clamps to 1
+        [10.0, 290.0, -5.0, 3.0, True],     # dx = -90 (no wrap), dy = +190 > H/2 -> dy - H; velX clamps to -1
+        [250.0, 100.0, 0.0, 0.0, False],    # dead
+        [-5.0, 130.0, 1.2, -3.6, True],     # dx = -105, velY clamps to -1
+    ]
+    pred = [100.0, 100.0, 5.0, -2.0]           # predator velocity beyond V: clamps too
+    W, H = 400.0, 300.0
+    world = world_from_lists([(boids, pred, W, H)])
+    obs = world.observe()
+
+    def clamp(v):
+        return max(-1.0, min(1.0, v))
+
+    def wrap(d, size):
+        if abs(d) > size / 2:
+            return d - size if d > 0 else d + size
+        return d
+
+    want = []
+    for x, y, vx, vy, alive in boids:
+        if alive:
+            want.append([wrap(x - pred[0], W) / 1000, wrap(y - pred[1], H) / 1000, clamp(vx / 3.5), clamp(vy / 3.5)])
+    assert obs["mask"].tolist() == [[b[4] for b in boids]]
+    got = obs["boids"][0][obs["mask"][0]].tolist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert max(abs(a - b) for a, b in zip(g, w)) <= 1e-12, (g, w)
+    assert obs["context"].tolist() == [[W / 1000, H / 1000]]
+    assert obs["predator"].tolist() == [[clamp(5.0 / 3.5), clamp(-2.0 / 3.5)]]
+    assert want[0][0] < 0 and want[1][1] < 0      # the wraps really happened
+
+
+def test_observe_padding_is_zero_and_mask_is_a_copy():
+    """Dead/padded slots carry zeros, and mutating the returned mask does not kill boids."""
+    w = World.random(3, generator=torch.Generator().manual_seed(0), n_boids=[1, 4, 6])
+    obs = w.observe()
+    assert (obs["boids"][~obs["mask"]] == 0).all()
+    obs["mask"][:] = False
+    assert w.alive.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_step_keeps_dtype_and_returns_catches(dtype):
+    """step() keeps the world's dtype and returns catches per env equal to the drop in live boids."""
+    from predlab.teacher import closest_pursuit
+
+    w = World.random(16, WorldConfig(width_min=320, width_max=320, height_min=320, height_max=320, boids_max=20),
+                     generator=torch.Generator().manual_seed(5), dtype=dtype)
+    total = torch.zeros(16, dtype=torch.long)
+    for _ in range(150):
+        before = w.n_alive.clone()
+        obs = w.observe()
+        caught = w.step(closest_pursuit(obs["boids"], obs["mask"]))
+        assert torch.equal(before - w.n_alive, caught)
+        total += caught
+    assert total.sum() > 0                     # the teacher does catch boids
+    assert w.pos.dtype == dtype and w.pred_vel.dtype == dtype

@@ -1,0 +1,99 @@
+"""Closest pursuit (SPEC.md section 5): batched teacher against a per-sample Python statement."""
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from predlab.data import collate
+from predlab.teacher import TeacherPolicy, closest_pursuit, nearest_boid
+
+
+def reference_pursuit(sample: dict):
+    """SPEC.md section 5 for one browser-form dict -> ((ax, ay), index or None)."""
+    best, best_i = None, None
+    for i, b in enumerate(sample["boids"]):
+        d = math.sqrt(b["relX"] ** 2 + b["relY"] ** 2)
+        if best is None or d < best:          # strict: the first one wins ties
+            best, best_i = d, i
+    if best is None or best < 0.001:
+        return (0.0, 0.0), best_i
+    b = sample["boids"][best_i]
+    return (b["relX"] / best, b["relY"] / best), best_i
+
+
+def _boid(x, y):
+    return {"relX": x, "relY": y, "velX": 0.5, "velY": -0.5}
+
+
+def _sample(boids):
+    return {"context": {"canvasWidth": 1.0, "canvasHeight": 1.0}, "predator": {"velX": 0.0, "velY": 0.0},
+            "boids": boids}
+
+
+def edge_cases():
+    """Ties, no boids, a boid on top of the predator, just above and below the 0.001 cut-off."""
+    return [
+        _sample([]),                                                    # no boid -> (0, 0)
+        _sample([_boid(0.3, 0.4), _boid(0.1, 0.0), _boid(0.0, -0.1), _boid(-0.1, 0.0)]),  # tie: first (index 1)
+        _sample([_boid(0.0, -0.1), _boid(0.1, 0.0)]),                   # tie the other way round
+        _sample([_boid(0.5, 0.5), _boid(0.0006, 0.0007)]),              # nearest within 0.001 -> (0, 0)
+        _sample([_boid(0.0, 0.0)]),                                     # exactly on the predator
+        _sample([_boid(0.0008, 0.0008)]),                               # 0.00113: just outside the cut-off
+        _sample([_boid(-0.9, 0.2)]),
+    ]
+
+
+def test_matches_reference_on_edge_cases():
+    """Ties go to the first boid, no boids and distance < 0.001 give (0, 0), the rest a unit vector."""
+    samples = edge_cases()
+    batch = collate(samples, dtype=torch.float64)
+    got = closest_pursuit(batch["boids"], batch["mask"])
+    idx = nearest_boid(batch["boids"], batch["mask"])
+    for i, s in enumerate(samples):
+        (ax, ay), j = reference_pursuit(s)
+        assert abs(got[i, 0].item() - ax) <= 1e-12 and abs(got[i, 1].item() - ay) <= 1e-12, (i, got[i], (ax, ay))
+        assert idx[i].item() == (-1 if j is None else j)
+    assert got[1].tolist() == [1.0, 0.0] and got[2].tolist() == [0.0, -1.0]
+    assert got[3].tolist() == [0.0, 0.0] and got[0].tolist() == [0.0, 0.0]
+    assert abs(got[5].norm().item() - 1) < 1e-12
+
+
+def test_matches_reference_on_random_padded_batches(make_samples):
+    """Random samples with varied boid counts, padded together: padding never wins, every row matches."""
+    rng = random.Random(2)
+    counts = [rng.randint(0, 50) for _ in range(64)]
+    samples = make_samples(counts, seed=3)
+    batch = collate(samples, dtype=torch.float64, pad_to=60)
+    # padding slots hold zeros, which would be the nearest "boid" if the mask were ignored
+    assert (batch["boids"][~batch["mask"]] == 0).all()
+    got = closest_pursuit(batch["boids"], batch["mask"])
+    for i, s in enumerate(samples):
+        (ax, ay), _ = reference_pursuit(s)
+        assert abs(got[i, 0].item() - ax) <= 1e-12 and abs(got[i, 1].item() - ay) <= 1e-12
+    norms = got.norm(dim=-1)
+    has = torch.tensor([c > 0 for c in counts])
+    assert torch.allclose(norms[has], torch.ones_like(norms[has])) and (norms[~has] == 0).all()
+
+
+def test_empty_boid_axis():
+    """A batch whose boid axis has length 0 gives (0, 0) for every row."""
+    out = closest_pursuit(torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool))
+    assert out.shape == (3, 2) and (out == 0).all()
+
+
+def test_policy_force_is_point_two_of_the_unit_action():
+    """TeacherPolicy().get_action is 0.2 x get_normalized_action, which is the reference unit vector."""
+    t = TeacherPolicy()
+    for s in edge_cases():
+        n = t.get_normalized_action(s)
+        (ax, ay), _ = reference_pursuit(s)
+        assert n.shape == (2,) and abs(n[0].item() - ax) <= 1e-12 and abs(n[1].item() - ay) <= 1e-12
+        assert torch.allclose(t.get_action(s), 0.2 * n, rtol=0, atol=1e-15)
+
+
+def test_policy_batched_call(make_samples):
+    """Calling the policy on a batch equals closest_pursuit on its boids and mask."""
+    batch = collate(make_samples([0, 3, 10], seed=4))
+    assert torch.equal(TeacherPolicy()(batch), closest_pursuit(batch["boids"], batch["mask"]))
