@@ -20,20 +20,21 @@ Tensor = torch.Tensor
 def fast_magnitude(v: Tensor) -> Tensor:
     """Alpha-max-beta-min magnitude of [..., 2] vectors -> [...] (the browser's fast norm)."""
     a = v.abs()
-    return 0.96 * a.amax(-1) + 0.398 * a.amin(-1)
+    ax, ay = a[..., 0], a[..., 1]
+    return 0.96 * torch.maximum(ax, ay) + 0.398 * torch.minimum(ax, ay)
 
 
 def limit(v: Tensor, m) -> Tensor:
     """Scale [..., 2] vectors whose fast magnitude exceeds m down to m."""
     mag = fast_magnitude(v)
-    scale = torch.where(mag > m, m / mag.clamp_min(1e-30), torch.ones_like(mag))
+    scale = m / mag.clamp_min(m)          # m / mag above m; m / m == 1 exactly otherwise
     return v * scale.unsqueeze(-1)
 
 
 def set_magnitude(v: Tensor, m) -> Tensor:
     """Rescale [..., 2] vectors to fast magnitude m; zero vectors stay zero."""
     mag = fast_magnitude(v)
-    scale = torch.where(mag > 0, m / mag.clamp_min(1e-30), torch.ones_like(mag))
+    scale = m / mag.clamp_min(1e-30)      # finite for a zero vector, which stays zero
     return v * scale.unsqueeze(-1)
 
 
@@ -68,6 +69,14 @@ class World:
         self.pred_pos, self.pred_vel, self.size = pred_pos, pred_vel, size
         self.cfg = cfg or WorldConfig()
         self.frame = 0
+        self._buffers: Dict[str, Tensor] = {}
+
+    def _scratch(self, name: str, shape) -> Tensor:
+        """A reusable work buffer: fresh multi-MB tensors every frame cost page faults on CPU."""
+        t = self._buffers.get(name)
+        if t is None or t.shape != shape or t.dtype != self.pos.dtype or t.device != self.pos.device:
+            t = self._buffers[name] = torch.empty(shape, dtype=self.pos.dtype, device=self.pos.device)
+        return t
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -127,35 +136,49 @@ class World:
         """
         pos, vel, alive, cfg = self.pos, self.vel, self.alive, self.cfg
         E, N, _ = pos.shape
-        diff = pos[:, :, None, :] - pos[:, None, :, :]                   # [E, N, N, 2] p_i - p_j
-        raw = torch.sqrt((diff * diff).sum(-1))                          # [E, N, N]
-        dist = raw + C.EPSILON
-        eye = torch.eye(N, dtype=torch.bool, device=pos.device)
-        other = alive[:, :, None] & alive[:, None, :] & ~eye             # [E, N, N]
-        coh_m = other & (dist <= C.BOID_NEIGHBOR_DISTANCE)
-        sep_m = other & (dist > 0) & (dist < C.BOID_DESIRED_SEPARATION)
-        ali_m = other & (dist > 0) & (dist < C.BOID_NEIGHBOR_DISTANCE)
-
-        def count(mask: Tensor) -> Tensor:
-            return mask.sum(-1, keepdim=True).to(pos.dtype)              # [E, N, 1]
-
-        def steer(desired: Tensor, cnt: Tensor) -> Tensor:
-            s = limit(set_magnitude(desired, C.BOID_MAX_SPEED) - vel, C.BOID_MAX_FORCE)
-            return torch.where(cnt > 0, s, torch.zeros_like(s))
-
-        n_coh, n_sep, n_ali = count(coh_m), count(sep_m), count(ali_m)
-        cohesion = steer((coh_m.to(pos.dtype) @ pos) / n_coh.clamp_min(1) - pos, n_coh)
-        unit = diff / torch.where(raw > 0, raw, torch.ones_like(raw)).unsqueeze(-1)  # normalize; zero stays zero
-        separation = steer(((sep_m.to(pos.dtype) / dist).unsqueeze(-1) * unit).sum(2) / n_sep.clamp_min(1), n_sep)
-        alignment = steer((ali_m.to(pos.dtype) @ vel) / n_ali.clamp_min(1), n_ali)
+        # Written for CPU speed (see predlab/bench.py): x and y as separate [E, N, N] planes
+        # (reductions over a trailing axis of 2 are slow), masks as float arithmetic (bool
+        # compares, where and masked_fill cost several times a multiply), in-place where possible.
+        # Dead boids are moved 1e12 px apart from everything for the pairwise terms: they can
+        # then never be anyone's neighbour, and no [E, N, N] "both alive" mask is needed.
+        x, y = pos[..., 0], pos[..., 1]                                  # [E, N]
+        slot = torch.arange(1, N + 1, device=pos.device, dtype=pos.dtype)
+        x = torch.where(alive, x, slot * 1e12)
+        buf = self._scratch
+        dx = torch.sub(x[:, :, None], x[:, None, :], out=buf("dx", (E, N, N)))   # [E, N, N] x_i - x_j
+        dy = torch.sub(y[:, :, None], y[:, None, :], out=buf("dy", (E, N, N)))
+        raw = torch.mul(dx, dx, out=buf("raw", (E, N, N)))
+        raw += torch.mul(dy, dy, out=buf("tmp", (E, N, N)))
+        raw.sqrt_()                                                      # [E, N, N] Euclidean |p_i - p_j|
+        dist = torch.add(raw, C.EPSILON, out=buf("dist", (E, N, N)))    # > 0 always, so "0 < d" holds
+        # The neighbour masks, laid out [E, N(j), 3, N(i)] (distances are symmetric, so this is
+        # also [E, i, k, j]): k = 0 cohesion, 1 separation, 2 alignment.
+        masks = buf("masks", (E, N, 3, N))
+        torch.le(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 0])     # cohesion:   d <= 60
+        torch.lt(dist, C.BOID_DESIRED_SEPARATION, out=masks[:, :, 1])    # separation: d < 40
+        torch.lt(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 2])     # alignment:  d < 60
+        masks.diagonal(dim1=1, dim2=3).zero_()                           # never the boid itself
+        # One bmm gives cohesion's position sums, alignment's velocity sums and all three counts.
+        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2)   # [E, 5, N]
+        sums = torch.bmm(lhs, masks.view(E, N, 3 * N)).view(E, 5, 3, N)
+        cnt = sums[:, 4, :, :, None]                                     # [E, 3, N, 1] counts
+        # separation: sum_j normalize(p_i - p_j) / d_ij; normalize keeps a zero vector zero
+        w = torch.eq(raw, 0, out=buf("tmp", (E, N, N))).add_(raw)       # |p_i - p_j|, 1 where it is 0
+        w = torch.div(masks[:, :, 1], w.mul_(dist), out=w)               # [E, N, N]
+        sep = torch.stack([dx.mul_(w).sum(-1), dy.mul_(w).sum(-1)], -1)  # [E, N, 2]
+        total = torch.stack([sums[:, 0:2, 0].transpose(1, 2), sep, sums[:, 2:4, 2].transpose(1, 2)], 1)
+        mean = total / cnt.clamp_min(1)                                  # [E, 3, N, 2] coh, sep, ali
+        mean[:, 0] -= pos                                                # cohesion steers toward the centre
+        steer = limit(set_magnitude(mean, C.BOID_MAX_SPEED) - vel[:, None], C.BOID_MAX_FORCE)
+        steer = steer * (cnt > 0)                                        # zero when there are no neighbours
+        weights = pos.new_tensor([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight])
+        flock = (steer * weights[:, None, None]).sum(1)                  # [E, N, 2]
 
         dp = pos - self.pred_pos[:, None, :]                             # [E, N, 2]
         d = torch.sqrt((dp * dp).sum(-1)) + C.EPSILON                    # [E, N]
         push = fast_normalize(dp) * ((C.PREDATOR_RANGE - d) / C.PREDATOR_RANGE * C.PREDATOR_TURN_FACTOR)[..., None]
-        avoid = torch.where((d < C.PREDATOR_RANGE)[..., None], limit(push, C.PREDATOR_AVOID_LIMIT),
-                            torch.zeros_like(push))
-        return (cfg.cohesion_weight * cohesion + cfg.separation_weight * separation
-                + cfg.alignment_weight * alignment + avoid)
+        avoid = limit(push, C.PREDATOR_AVOID_LIMIT) * (d < C.PREDATOR_RANGE)[..., None]
+        return flock + avoid
 
     @torch.no_grad()
     def step(self, action: Tensor) -> Tensor:
