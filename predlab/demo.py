@@ -1,0 +1,120 @@
+"""The browser demo: serve predlab/js/demo.html with a model.js on 127.0.0.1.
+
+`python -m predlab.demo [MODEL_JS] [--port P] [--no-browser]` serves the page, prints its URL
+and opens it; Ctrl-C stops it. Standard library only (http.server). serve() is the importable
+part: the tests start it on a free port and point headless Chromium at it.
+"""
+from __future__ import annotations
+
+import argparse
+import mimetypes
+import sys
+import threading
+import webbrowser
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple, Union
+from urllib.parse import urlsplit
+
+JS_DIR = Path(__file__).resolve().parent / "js"
+DEFAULT_MODEL = Path("checkpoints") / "model.js"
+PAGE_FILES = ("demo.html", "transformer.js", "world.js")
+
+Content = Union[str, bytes, Path]
+
+
+def _routes(model_js: Path, extra: Optional[Mapping[str, Content]]) -> Dict[str, Content]:
+    """URL path -> file or bytes. Only these paths are served; everything else is a 404."""
+    routes: Dict[str, Content] = {"/": JS_DIR / "demo.html", "/model.js": model_js}
+    for name in PAGE_FILES:
+        routes["/" + name] = JS_DIR / name
+    for path, content in (extra or {}).items():
+        routes["/" + path.lstrip("/")] = content
+    return routes
+
+
+def _handler(routes: Dict[str, Content], quiet: bool):
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's naming)
+            path = urlsplit(self.path).path
+            content = routes.get(path)
+            if content is None:
+                self.send_error(404, f"not found: {path}")
+                return
+            try:
+                body = content.encode() if isinstance(content, str) else \
+                    content if isinstance(content, bytes) else Path(content).read_bytes()
+            except OSError as e:
+                self.send_error(404, f"cannot read {content}: {e.strerror}")
+                return
+            name = "index.html" if path == "/" else path
+            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            if ctype.startswith("text/") or ctype.endswith("javascript") or ctype.endswith("json"):
+                ctype += "; charset=utf-8"
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")  # a re-exported model.js shows on reload
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, fmt, *args):
+            if not quiet:
+                super().log_message(fmt, *args)
+
+    return Handler
+
+
+def serve(model_js: Union[str, Path], port: int = 0, extra: Optional[Mapping[str, Content]] = None,
+          quiet: bool = True) -> Tuple[ThreadingHTTPServer, str]:
+    """Serve the demo page and model_js on 127.0.0.1 from a daemon thread -> (server, url).
+
+    port 0 picks a free port. extra maps more URL paths to files, bytes or text (tests use it
+    for input fixtures). Stop with server.shutdown(); server.server_close().
+    """
+    server = ThreadingHTTPServer(("127.0.0.1", port), _handler(_routes(Path(model_js), extra), quiet))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="predlab-demo", daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def main(argv=None) -> int:
+    """CLI: serve the demo with a model.js until Ctrl-C."""
+    ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
+    ap.add_argument("model_js", nargs="?", default=str(DEFAULT_MODEL),
+                    help=f"the exported weights (default {DEFAULT_MODEL})")
+    ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0 picks a free one; default 8000)")
+    ap.add_argument("--no-browser", action="store_true", help="only print the URL")
+    args = ap.parse_args(argv)
+    model = Path(args.model_js)
+    if not model.is_file():
+        print(f"error: no model at {model}. Train and export one first:\n"
+              f"  python -m predlab.train ...\n"
+              f"  python -m predlab.export CHECKPOINT --out {model}\n"
+              f"or pass the path of a model.js.", file=sys.stderr)
+        return 2
+    try:  # the page shows its own banner, but say it here too
+        from .export import read_params
+        read_params(model)
+    except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
+        print(f"warning: the page will refuse {model} and run the teacher instead: {e}", file=sys.stderr)
+    try:
+        server, url = serve(model, args.port, quiet=False)
+    except OSError as e:
+        print(f"error: cannot listen on 127.0.0.1:{args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
+        return 2
+    print(f"predlab demo with {model} at {url}  (Ctrl-C stops it)", flush=True)
+    if not args.no_browser:
+        webbrowser.open(url)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        print("\nstopped")
+    finally:
+        server.shutdown()
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

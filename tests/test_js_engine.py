@@ -1,0 +1,141 @@
+"""The shipped JavaScript (predlab/js) under Node: engine vs float64 PyTorch, world.js vs predlab.sim."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from predlab.data import collate
+from predlab.export import model_to_params, read_weights, write_weights
+from predlab.sim import World
+
+JS = Path(__file__).resolve().parents[1] / "predlab" / "js"
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="Node.js (node) is not installed")
+
+
+def node(*args, timeout=60) -> str:
+    r = subprocess.run([NODE, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+    if r.returncode:
+        raise RuntimeError(f"node {' '.join(map(str, args))} failed:\n{r.stderr}")
+    return r.stdout
+
+
+def torch_float64(model, inputs) -> torch.Tensor:
+    """Reference actions [B, 2]: the same weights in float64, one sequence at a time."""
+    m = model.double().eval()
+    with torch.no_grad():
+        return torch.stack([m(collate([x], dtype=torch.float64))[0] for x in inputs])
+
+
+@pytest.mark.parametrize("backend", ["wasm", "js"])
+def test_engine_equals_float64_torch(tmp_path, make_model, make_samples, backend):
+    """Exact weights (float64 JSON) -> the engine agrees with float64 PyTorch to 1e-6 (in fact ~1e-13)."""
+    model = make_model(3)
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps(model_to_params(model)))   # repr() of float32-exact values: lossless
+    # 0 .. 50 boids as the browser sees them; 51 (odd token count) and 120 (grows the buffers) too.
+    inputs = make_samples([0, 1, 10, 50, 51, 120, 3], seed=5)
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    out = torch.tensor(json.loads(node(JS / "run_node.js", weights, tmp_path / "in.json", "--backend", backend)),
+                       dtype=torch.float64)
+    ref = torch_float64(model, inputs)
+    assert ref.abs().max() < 0.9999 and ref.abs().min() > 1e-3, "outputs saturated or ~0: the comparison would prove little"
+    err = (out - ref).abs().max().item()
+    assert err <= 1e-6, f"{backend}: max |JS - torch float64| = {err:.3g}"
+
+
+def test_engine_reads_exported_model_js(tmp_path, make_model, make_samples):
+    """The real path: write_weights -> model.js (float32 text) -> engine, vs PyTorch to 1e-6."""
+    model = make_model(4)
+    path = write_weights(model, tmp_path / "model.js")
+    inputs = make_samples([0, 1, 10, 50], seed=6)
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    out = torch.tensor(json.loads(node(JS / "run_node.js", path, tmp_path / "in.json")), dtype=torch.float64)
+    err = (out - torch_float64(read_weights(path), inputs)).abs().max().item()
+    assert err <= 1e-6, f"max |JS - torch| = {err:.3g}"
+
+
+def _load_error(tmp_path, params, options="{}") -> str:
+    p = tmp_path / "bad.json"
+    p.write_text(json.dumps(params))
+    script = (f"const {{Engine}} = require({json.dumps(str(JS / 'transformer.js'))});"
+              f"const p = require({json.dumps(str(p))});"
+              f"try {{ new Engine(p, {options}); console.log('accepted'); }} catch (e) {{ console.log(e.message); }}")
+    return node("-e", script).strip()
+
+
+def test_engine_rejects_bad_params(tmp_path, make_model):
+    params = model_to_params(make_model(0))
+    missing = json.loads(json.dumps(params))
+    del missing["layers"][1]["ffn_up_bias"]
+    assert "missing key layers[1].ffn_up_bias" in _load_error(tmp_path, missing)
+    short = json.loads(json.dumps(params))
+    short["layers"] = short["layers"][:2]
+    assert "n_layers = 3" in _load_error(tmp_path, short)
+    no_key = json.loads(json.dumps(params))
+    del no_key["output_bias"]
+    assert "missing key output_bias" in _load_error(tmp_path, no_key)
+    shape = json.loads(json.dumps(params))
+    shape["layers"][0]["qkv_weight"] = shape["layers"][0]["qkv_weight"][:-1]
+    assert "layers[0].qkv_weight has length 143" in _load_error(tmp_path, shape)
+    small = model_to_params(make_model(0, d_model=32, n_heads=4, n_layers=3, ffn_hidden=96))
+    assert _load_error(tmp_path, small) == "accepted"           # any sizes for predlab's own use...
+    assert "d_model is 32 but this page runs 48" in _load_error(tmp_path, small, "{requireBrowserSizes: true}")
+
+
+def test_engine_odd_sizes_fall_back_to_js(tmp_path, make_model, make_samples):
+    """Widths the SIMD kernels cannot take (odd head size) run on the JS kernels, still exact."""
+    model = make_model(1, d_model=15, n_heads=3, n_layers=2, ffn_hidden=7)
+    weights = tmp_path / "w.json"
+    weights.write_text(json.dumps(model_to_params(model)))
+    inputs = make_samples([0, 4, 9], seed=2)
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    out = torch.tensor(json.loads(node(JS / "run_node.js", weights, tmp_path / "in.json")), dtype=torch.float64)
+    assert (out - torch_float64(model, inputs)).abs().max().item() <= 1e-6
+
+
+# ---------------------------------------------------------------------- world.js
+def _world_case():
+    """A 50-boid state where every rule fires: spread flock, a dead boid, predator inside the flock, edges."""
+    g = torch.Generator().manual_seed(3)
+    w = World.random(1, generator=g, dtype=torch.float64, n_boids=50, width=900, height=600)
+    w.pos = w.pos + torch.randn(1, 50, 2, generator=g, dtype=torch.float64) * 60
+    w.pos[0, 1] = torch.tensor([905.0, -5.0], dtype=torch.float64)     # about to wrap
+    w.pos[0, 2] = w.pos[0, 3]                                           # two boids on one point
+    w.pred_pos = w.pos[:, 0] + torch.tensor([[5.0, 3.0]], dtype=torch.float64)
+    w.alive[0, 7] = False
+    return w
+
+
+def test_world_js_equals_predlab_sim(tmp_path):
+    world = _world_case()
+    st = world.state_dict()
+    state = {"width": 900, "height": 600, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
+             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
+             "predVel": st["pred_vel"][0].tolist()}
+    actions = [[0.3, -0.8], [1.5, 0.2], [-0.4, -0.4]]                  # 1.5: the action is clamped to 1
+    (tmp_path / "case.json").write_text(json.dumps({"state": state, "actions": actions}))
+    frames = json.loads(node(JS / "run_world_node.js", tmp_path / "case.json"))["frames"]
+    total = 0
+    for i, (a, fr) in enumerate(zip(actions, frames)):
+        caught = int(world.step(torch.tensor([a], dtype=torch.float64))[0])
+        total += caught
+        s = fr["state"]
+        for key, ref in (("pos", world.pos[0]), ("vel", world.vel[0]), ("predPos", world.pred_pos[0]),
+                         ("predVel", world.pred_vel[0])):
+            err = (torch.tensor(s[key], dtype=torch.float64) - ref).abs().max().item()
+            assert err < 1e-9, f"frame {i + 1}: {key} differs by {err:.3g}"
+        assert s["alive"] == world.alive[0].tolist(), f"frame {i + 1}: catches differ"
+        assert fr["caught"] == caught
+        obs = world.observe()
+        live = obs["boids"][0][obs["mask"][0]]
+        js_boids = torch.tensor([[b["relX"], b["relY"], b["velX"], b["velY"]] for b in fr["observation"]["boids"]],
+                                dtype=torch.float64)
+        assert js_boids.shape == live.shape and (js_boids - live).abs().max().item() < 1e-12
+        assert fr["observation"]["predator"]["velX"] == pytest.approx(obs["predator"][0, 0].item(), abs=1e-12)
+    assert total >= 1, "the case should include a catch"
