@@ -1,0 +1,160 @@
+"""The demo page in headless Chromium: weights load and match PyTorch, the predator catches, bad weights show an error.
+
+No DevTools client is needed: in test mode (?test=1&run=1) the page runs a scripted check and
+writes the results as JSON into #predlab-result, which `chromium --dump-dom` prints after the
+page settles (--virtual-time-budget waits for the fixture fetch).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from predlab.demo import serve
+from predlab.export import model_to_params, read_weights, write_weights
+from predlab.model import TransformerPredator
+from predlab.sim import World
+
+CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"))
+                 if p and os.path.exists(p)), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (/usr/bin/chromium or `chromium` on "
+                                "PATH); `apt-get install chromium` to run the browser tests")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]
+
+# One boid flying at a still predator: a pursuing controller meets it before it can turn
+# away; a predator that stays put never catches it (checked below against predlab.sim).
+INTERCEPT = {"width": 1000, "height": 700, "pos": [[620.0, 350.0]], "vel": [[-3.5, 0.5]], "alive": [True],
+             "predPos": [500.0, 350.0], "predVel": [0.0, 0.0]}
+INTERCEPT_FRAMES = 60
+
+
+def run_page(model_js: Path, fixture: dict = None, frames: int = 600) -> tuple:
+    """Serve the page with model_js, load it in headless Chromium -> (result dict, page HTML)."""
+    extra = {"fixture.json": json.dumps(fixture)} if fixture is not None else {}
+    server, url = serve(model_js, extra=extra)
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            q = f"?test=1&run=1&seed=3&frames={frames}" + ("&fixture=/fixture.json" if fixture is not None else "")
+            r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+                                "--dump-dom", url + q], capture_output=True, text=True, timeout=90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    m = re.search(r'<pre id="predlab-result">(.*?)</pre>', r.stdout, re.S)
+    assert m and m.group(1), f"the page wrote no result (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    result = json.loads(html.unescape(m.group(1)))
+    assert "scriptError" not in result, result["scriptError"]
+    return result, r.stdout
+
+
+def pursuit_model(beta: float = 20.0, spread: float = 0.05) -> TransformerPredator:
+    """Hand-set weights (the browser's exact architecture) that steer toward the nearest boids.
+
+    A boid token is [relX, relY, -relX, -relY, a, -a, 0...] (mean 0), so after LayerNorm its
+    dim 4 is ~ a / sqrt(r^2 + a^2): large for near boids. [CLS]'s head-0 query reads that as the
+    key (beta sets how sharply it prefers the nearest), the value reads (relX, relY) / sigma, a
+    direction; the output layer turns it into the action. FFNs and later blocks are zero.
+    """
+    m = TransformerPredator(dropout=0.0)
+    d = m.config.d_model
+    with torch.no_grad():
+        for p in m.parameters():
+            p.zero_()
+        for blk in m.layers:
+            blk.ln1.weight.fill_(1)
+            blk.ln2.weight.fill_(1)
+        m.cls_embedding[6], m.cls_embedding[7] = 1, -1
+        m.type_embeddings[1, 8], m.type_embeddings[1, 9] = 1, -1           # ctx
+        m.type_embeddings[2, 12], m.type_embeddings[2, 13] = 1, -1         # predator
+        m.type_embeddings[3, 4], m.type_embeddings[3, 5] = spread, -spread  # boid
+        P = m.boid_projection.weight
+        P[0, 0], P[1, 1], P[2, 0], P[3, 1] = 1, 1, -1, -1
+        b = m.layers[0]
+        b.qkv.bias[0] = 1.0
+        b.qkv.weight[d, 4] = beta
+        b.qkv.weight[2 * d, 0] = 1
+        b.qkv.weight[2 * d + 1, 1] = 1
+        b.attn_out.weight[10, 0] = 1
+        b.attn_out.weight[11, 1] = 1
+        m.output.weight[0, 10] = 1
+        m.output.weight[1, 11] = 1
+    return m.eval()
+
+
+def torch_actions(path: Path, inputs) -> torch.Tensor:
+    m = read_weights(path).double()
+    return torch.stack([m.predict(x).double() for x in inputs])
+
+
+def test_intercept_scenario_needs_pursuit():
+    """The catch check below proves something: standing still (or fleeing) never catches this boid."""
+    for action in ([0.0, 0.0], [1.0, 0.0]):
+        w = World(*(torch.tensor([v], dtype=torch.float64) for v in
+                    (INTERCEPT["pos"], INTERCEPT["vel"])), torch.tensor([[True]]),
+                  torch.tensor([INTERCEPT["predPos"]], dtype=torch.float64),
+                  torch.tensor([INTERCEPT["predVel"]], dtype=torch.float64),
+                  torch.tensor([[1000.0, 700.0]], dtype=torch.float64))
+        caught = sum(int(w.step(torch.tensor([action], dtype=torch.float64))[0]) for _ in range(INTERCEPT_FRAMES))
+        assert caught == 0, f"action {action} caught the boid: the scenario would not test pursuit"
+
+
+def test_page_runs_trained_weights_and_matches_torch(tmp_path, make_model, make_samples):
+    path = write_weights(make_model(7), tmp_path / "model.js")
+    inputs = make_samples([1, 5, 10, 50, 0], seed=9)
+    res, page = run_page(path, {"inputs": inputs})
+    assert res["modelLoaded"] and res["error"] is None
+    assert res["backend"] == "wasm", "Chromium should run the WebAssembly SIMD kernels"
+    assert 'class="show"' not in page.split('id="banner"')[1].split(">")[0]
+    err = (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max().item()
+    assert err <= 1e-5, f"page vs PyTorch: {err:.3g}"
+    runs = res["runs"]
+    assert runs["teacher"]["frames"] == 600 and runs["teacher"]["catches"] >= 1
+    assert runs["model"]["frames"] == 600 and runs["model"]["allFinite"]
+
+
+def test_page_model_predator_catches(tmp_path, make_samples):
+    path = write_weights(pursuit_model(), tmp_path / "model.js")
+    inputs = make_samples([2, 50], seed=4)
+    res, _ = run_page(path, {"inputs": inputs, "scenario": {"state": INTERCEPT, "frames": INTERCEPT_FRAMES}})
+    assert res["modelLoaded"]
+    assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-5
+    for mode in ("teacher", "model"):
+        first = res["scenario"][mode]
+        assert 0 <= first < INTERCEPT_FRAMES, f"{mode} did not catch the incoming boid"
+    assert res["runs"]["model"]["catches"] >= 1 and res["runs"]["model"]["allFinite"]
+
+
+def _bad(tmp_path, params) -> Path:
+    p = tmp_path / "model.js"
+    p.write_text("window.TRANSFORMER_PARAMS = " + json.dumps(params) + ";\n")
+    return p
+
+
+@pytest.mark.parametrize("case", ["missing_key", "wrong_d_model", "no_file"])
+def test_page_shows_load_error(tmp_path, make_model, case):
+    if case == "missing_key":
+        params = model_to_params(make_model(0))
+        del params["layers"][2]["ffn_gate_weight"]
+        path, expect = _bad(tmp_path, params), "missing key layers[2].ffn_gate_weight"
+    elif case == "wrong_d_model":
+        params = model_to_params(make_model(0, d_model=32, n_heads=4, n_layers=3, ffn_hidden=96))
+        path, expect = _bad(tmp_path, params), "d_model is 32 but this page runs 48"
+    else:
+        path, expect = tmp_path / "absent.js", "model.js did not define window.TRANSFORMER_PARAMS"
+    res, page = run_page(path, frames=200)
+    assert not res["modelLoaded"] and expect in res["error"]
+    banner = re.search(r'<div id="banner"([^>]*)>(.*?)</div>', page, re.S)
+    assert banner and 'class="show"' in banner.group(1), "the error banner is not shown"
+    text = html.unescape(banner.group(2))
+    assert expect in text and "teacher" in text
+    assert set(res["runs"]) == {"teacher"} and res["runs"]["teacher"]["frames"] == 200
