@@ -11,8 +11,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,7 +29,7 @@ from predlab.sim import World
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser"))
                  if p and os.path.exists(p)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (/usr/bin/chromium or `chromium` on "
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (/usr/bin/chromium or `chromium` on "
                                 "PATH); `apt-get install chromium` to run the browser tests")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -108,6 +112,7 @@ def test_intercept_scenario_needs_pursuit():
         assert caught == 0, f"action {action} caught the boid: the scenario would not test pursuit"
 
 
+@needs_chromium
 def test_page_runs_trained_weights_and_matches_torch(tmp_path, make_model, make_samples):
     path = write_weights(make_model(7), tmp_path / "model.js")
     inputs = make_samples([1, 5, 10, 50, 0], seed=9)
@@ -122,6 +127,7 @@ def test_page_runs_trained_weights_and_matches_torch(tmp_path, make_model, make_
     assert runs["model"]["frames"] == 600 and runs["model"]["allFinite"]
 
 
+@needs_chromium
 def test_page_model_predator_catches(tmp_path, make_samples):
     path = write_weights(pursuit_model(), tmp_path / "model.js")
     inputs = make_samples([2, 50], seed=4)
@@ -140,6 +146,7 @@ def _bad(tmp_path, params) -> Path:
     return p
 
 
+@needs_chromium
 @pytest.mark.parametrize("case", ["missing_key", "wrong_d_model", "no_file"])
 def test_page_shows_load_error(tmp_path, make_model, case):
     if case == "missing_key":
@@ -158,3 +165,48 @@ def test_page_shows_load_error(tmp_path, make_model, case):
     text = html.unescape(banner.group(2))
     assert expect in text and "teacher" in text
     assert set(res["runs"]) == {"teacher"} and res["runs"]["teacher"]["frames"] == 200
+
+
+# ---------------------------------------------------------------------- the server and its CLI
+def test_serve_routes(tmp_path, make_model):
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    server, url = serve(path, extra={"x.json": "[1]"})
+    try:
+        def get(p):
+            with urllib.request.urlopen(url + p, timeout=10) as r:
+                return r.read(), r.headers["Content-Type"]
+        page, ctype = get("")
+        assert ctype.startswith("text/html") and b'<script src="model.js">' in page
+        assert get("model.js")[0] == path.read_bytes()
+        assert b"PredlabTransformer" in get("transformer.js")[0] and b"PredlabWorld" in get("world.js")[0]
+        assert get("x.json")[0] == b"[1]"
+        for bad in ("../pyproject.toml", "demo.py", "nope"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                get(bad)
+            assert e.value.code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_demo_cli_missing_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "predlab.demo", str(tmp_path / "none.js"), "--no-browser"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no model at" in r.stderr and "predlab.export" in r.stderr
+
+
+def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    p = subprocess.Popen([sys.executable, "-m", "predlab.demo", str(path), "--port", "0", "--no-browser"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, f"no URL printed: {line!r} {p.stderr.read() if p.poll() is not None else ''}"
+        with urllib.request.urlopen(url.group(0) + "model.js", timeout=10) as r:
+            assert r.read() == path.read_bytes()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(timeout=20) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
