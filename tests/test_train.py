@@ -27,7 +27,8 @@ def _same(a: SampleSet, b: SampleSet):
 
 def test_same_seed_same_data_for_any_number_of_workers():
     """--num_workers changes who generates, never what: chunks are seeded on their own."""
-    n = 300  # more than two chunks
+    from predlab.data import CHUNK_EPISODES
+    n = 2 * CHUNK_EPISODES + 44  # more than two chunks, the last one partial
     serial = generate_episodes(n, TINY_WORLD, seed=3, stream=5, num_workers=0)
     parallel = generate_episodes(n, TINY_WORLD, seed=3, stream=5, num_workers=2)
     _same(serial, parallel)
