@@ -6,7 +6,7 @@
  * ~1e-13). Weights and activations live in one Float64Array heap, allocated once (grown when
  * a larger flock appears), so a forward pass allocates nothing but the returned pair.
  *
- * Speed (~10x the straightforward loops; ~0.7 ms at 50 boids on a 2-core laptop-class CPU):
+ * Speed (~10x the straightforward loops: ~0.7 ms at 50 boids on a 2-core AMD EPYC VM):
  * the products, softmax, GEGLU and LayerNorm run in a small WebAssembly SIMD module (f64x2)
  * that this file assembles itself at load time (no binary blob, no network); where WebAssembly
  * SIMD is missing, or a width is odd, the same kernels run in plain JS (engine.backend says
