@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: train test lab bench browser-deps clean
+.PHONY: train test lab bench demo browser-deps clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "predlab needs Python 3.10+"'
@@ -29,6 +29,9 @@ test: $(STAMP) browser-deps
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks
+
+demo: $(STAMP)
+	$(BIN)/python -m predlab.demo $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m predlab.bench $(ARGS)
