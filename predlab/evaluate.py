@@ -271,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=_count, default=200, help="episodes, all stepped together (default: 200)")
     p.add_argument("--frames", type=_count, default=300, help="frames per episode (default: 300)")
     p.add_argument("--seed", type=_seed, default=0, help="seed of the episodes (default: 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     return p
 
