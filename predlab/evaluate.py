@@ -292,6 +292,13 @@ def format_table(res: Mapping) -> str:
     return "\n".join(lines)
 
 
+def _nan_to_none(x):
+    """NaN (teacher caught nothing) -> null: strict JSON, readable by JSON.parse."""
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    return None if isinstance(x, float) and math.isnan(x) else x
+
+
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -313,7 +320,7 @@ def main(argv=None) -> int:
     if a.json:
         out = Path(a.json)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(res, indent=2, allow_nan=True) + "\n")
+        out.write_text(json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
         print(f"wrote {out}")
     return 0
 
