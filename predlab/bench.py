@@ -1,0 +1,370 @@
+"""Performance benchmark: data generation, training throughput, memory and matmul peak, in one run.
+
+`python -m predlab.bench [--json OUT] [--quick] [--threads 2]` prints a table of samples/s with
+ratios against a naive per-sample baseline measured in the same run (browser-form dicts, one
+sample at a time: the seed's design) and against the seed's quoted figures. Timings are wall
+clock, best of a few repeats, so other load on the machine shows up as lower numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import time
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from .config import ModelConfig, WorldConfig
+from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
+from .model import TransformerPredator
+from .sim import World
+from .teacher import TeacherPolicy
+
+# The seed project's figures (2-core CPU): what its design measured, and what it advertised.
+SEED_MEASURED = {"train_cpu": 470.0, "generate_cpu": 510.0}
+SEED_ADVERTISED = {"train_cpu": 500.0, "train_gpu": 5000.0}
+TARGETS = {"train_default": 4700.0, "train_50": 3500.0, "generate": 100_000.0, "train_gpu": 1_000_000.0}
+
+
+# ---------------------------------------------------------------------- FLOPs and the machine's peak
+def forward_flops(cfg: ModelConfig, n_boids: int, cls_only_last: bool = False) -> int:
+    """2 x multiply-adds of one forward pass for one sample with n_boids boids (T = 3 + n_boids).
+
+    Counts the matmuls (projections, QKV, scores, weighted values, output, GEGLU, head), which
+    dominate; LayerNorm, softmax and activations are a few percent and left out. With
+    cls_only_last, the last block as TransformerPredator.forward runs it: keys and values for
+    every token, everything else for the CLS token only.
+    """
+    d, f, L, T = cfg.d_model, cfg.ffn_hidden, cfg.n_layers, 3 + n_boids
+    embed = 2 * d * (2 + 4 + 4 * n_boids)                    # ctx, predator, boids (no bias)
+    per_token = 2 * (3 * d * d + d * d + 2 * d * f + f * d)  # qkv, attn_out, gate + up, down
+    attention = 2 * 2 * T * T * d                            # q k^T and w v over all heads
+    full_block = T * per_token + attention
+    last = full_block
+    if cls_only_last:
+        last = T * 2 * 2 * d * d + per_token - 2 * 2 * d * d + 2 * 2 * T * d
+    return embed + (L - 1) * full_block + last + 2 * d * 2
+
+
+def train_flops(cfg: ModelConfig, n_boids: float, cls_only_last: bool = False) -> float:
+    """Forward + backward (about 3x forward) for one sample; n_boids may be a mean (interpolated)."""
+    lo = int(math.floor(n_boids))
+    frac = n_boids - lo
+    return 3.0 * ((1 - frac) * forward_flops(cfg, lo, cls_only_last) + frac * forward_flops(cfg, lo + 1, cls_only_last))
+
+
+def matmul_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -> float:
+    """Measured float32 matmul GFLOP/s on `threads` threads (best of a short loop)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        c = torch.empty(size, size)
+        torch.mm(a, b, out=c)
+        best, t_end = math.inf, time.perf_counter() + seconds
+        while time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * size ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------- data generation
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_generation(episodes: int = CHUNK_EPISODES, cfg: Optional[WorldConfig] = None, repeats: int = 2,
+                     device="cpu", threads: Optional[int] = None, frames: int = 50) -> Dict[str, float]:
+    """Labelled samples per second of rollout_chunk in this process (best of `repeats`).
+
+    Episodes are cut to `frames` frames (the rate per frame does not depend on the length).
+    """
+    cfg = WorldConfig(**{**vars(cfg or WorldConfig()), "frames": frames})
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        best = None
+        for r in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            s = rollout_chunk(episodes, cfg, seed=1000 + r, device=device)
+            _sync(device)
+            dt = time.perf_counter() - t0
+            if best is None or len(s) / dt > best["samples_per_s"]:
+                best = {"samples": len(s), "seconds": dt, "samples_per_s": len(s) / dt}
+        return best
+    finally:
+        torch.set_num_threads(old)
+
+
+def naive_generation(frames: int = 60, cfg: Optional[WorldConfig] = None, seed: int = 0) -> Dict[str, float]:
+    """The seed's design: one episode, every frame turned into a browser dict, the teacher called per dict."""
+    cfg = cfg or WorldConfig()
+    g = torch.Generator().manual_seed(seed)
+    world = World.random(1, cfg, generator=g, n_boids=cfg.boids_max)
+    teacher = TeacherPolicy()
+    samples: List[tuple] = []
+    t0 = time.perf_counter()
+    for _ in range(frames):
+        d = to_dicts(world.observe())[0]
+        a = teacher.get_normalized_action(d)
+        samples.append((d, a))
+        world.step(a[None].float())
+    dt = time.perf_counter() - t0
+    return {"samples": len(samples), "seconds": dt, "samples_per_s": len(samples) / dt}
+
+
+# ---------------------------------------------------------------------- training
+def samples_with_boids(n_boids: int, min_samples: int, cfg: Optional[WorldConfig] = None, seed: int = 0) -> SampleSet:
+    """Samples where every row has exactly n_boids live boids (episodes of that size, before catches)."""
+    cfg = cfg or WorldConfig()
+    cfg = WorldConfig(**{**vars(cfg), "boids_min": n_boids, "boids_max": n_boids})
+    parts, have, chunk = [], 0, 0
+    while have < min_samples:
+        s = rollout_chunk(128, cfg, seed=seed + chunk)
+        s = s.select((s.n == n_boids).nonzero().squeeze(1))
+        parts.append(s)
+        have += len(s)
+        chunk += 1
+    s = SampleSet.cat(parts)
+    return s.select(torch.arange(min_samples))
+
+
+def make_trainer(data: SampleSet, batch_size: int = 256, device="cpu", model_cfg: Optional[ModelConfig] = None,
+                 **kw):
+    """A SupervisedTrainer on `data` with the browser-size model (dropout as configured)."""
+    from .train import SupervisedTrainer
+    torch.manual_seed(0)
+    model = TransformerPredator.from_config(model_cfg or ModelConfig())
+    return SupervisedTrainer(model, data, data, batch_size=batch_size, device=device, **kw)
+
+
+def bench_training(data: SampleSet, batch_size: int = 256, seconds: float = 6.0, piece: int = 2048, device="cpu",
+                   threads: Optional[int] = None, **trainer_kw) -> Dict[str, float]:
+    """Training samples/s (forward + backward + clip + AdamW step) with SupervisedTrainer.
+
+    Runs train_epoch on successive pieces of `piece` samples for about `seconds` and reports
+    the best piece, which keeps bursts of other load on the machine out of the figure.
+    """
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        tr = make_trainer(data, batch_size, device, **trainer_kw)
+        piece = min(piece, len(data))
+        pieces = [data.select(torch.arange(i, min(i + piece, len(data)))) for i in range(0, len(data), piece)]
+        tr.train_epoch(pieces[0].select(torch.arange(min(len(pieces[0]), 2 * batch_size))))   # warm-up
+        rates, t_end, k = [], time.perf_counter() + seconds, 0
+        while time.perf_counter() < t_end or len(rates) < 2:
+            rates.append(tr.train_epoch(pieces[k % len(pieces)])["samples_per_s"])
+            k += 1
+        return {"samples": len(data), "samples_per_s": max(rates), "median_samples_per_s": sorted(rates)[len(rates) // 2],
+                "mean_boids": float(data.n.float().mean())}
+    finally:
+        torch.set_num_threads(old)
+
+
+def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Dict[str, float]:
+    """The seed's design: samples kept as browser dicts, every batch collated from them in Python,
+    explicit attention, a per-parameter AdamW loop."""
+    torch.manual_seed(0)
+    model = TransformerPredator.from_config(ModelConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: steps * batch_size]
+    sub = data.select(idx)
+    dicts = to_dicts(sub.batch(torch.arange(len(sub))))
+    targets = sub.target
+    t0 = time.perf_counter()
+    for i in range(0, len(dicts), batch_size):
+        b = collate(dicts[i:i + batch_size])
+        out, _ = model.forward_with_attention(b)
+        loss = F.mse_loss(out, targets[i:i + batch_size])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    dt = time.perf_counter() - t0
+    return {"samples": len(dicts), "samples_per_s": len(dicts) / dt}
+
+
+# ---------------------------------------------------------------------- memory
+def training_memory(batch_size: int = 256, n_boids: int = 50) -> Dict[str, float]:
+    """Tensor memory of one CPU training step at batch_size x n_boids, in MiB.
+
+    activations: bytes saved for backward by the forward pass (the step's peak sits at the
+    start of backward); state: weights + gradients + AdamW's two moments. Also the process's
+    peak resident set size (which includes torch itself and everything else this process did).
+    """
+    torch.manual_seed(0)
+    model = TransformerPredator.from_config(ModelConfig())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(0)
+    b = {"context": torch.rand(batch_size, 2, generator=g), "predator": torch.rand(batch_size, 2, generator=g),
+         "boids": torch.rand(batch_size, n_boids, 4, generator=g), "mask": torch.ones(batch_size, n_boids, dtype=torch.bool),
+         "target": torch.rand(batch_size, 2, generator=g)}
+    seen, saved = set(), [0]
+
+    def pack(t):
+        key = (t.untyped_storage().data_ptr(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            saved[0] += t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = F.mse_loss(model(b), b["target"])
+    loss.backward()
+    opt.step()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    mib = 2 ** 20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"activations_mib": saved[0] / mib, "state_mib": 4 * params / mib,
+            "total_mib": (saved[0] + 4 * params) / mib, "process_peak_rss_mib": rss}
+
+
+def gpu_training_memory(data: SampleSet, batch_size: int = 256) -> Dict[str, float]:
+    """Peak CUDA memory of training at batch_size (only where CUDA exists)."""
+    torch.cuda.reset_peak_memory_stats()
+    tr = make_trainer(data, batch_size, "cuda")
+    tr.train_epoch(data.select(torch.arange(min(len(data), 4 * batch_size))))
+    return {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
+# ---------------------------------------------------------------------- the run
+def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
+        naive_steps: int = 2, batch_size: int = 256, seconds: Optional[float] = None,
+        gpu: Optional[bool] = None, world: Optional[WorldConfig] = None, fixed_boids: int = 50,
+        pool_episodes: int = 128) -> Dict:
+    """Measure everything; returns a dict (see print_table). quick=True shortens every timing.
+
+    world / fixed_boids / pool_episodes exist so that a test can run the whole thing in seconds.
+    """
+    world = world or WorldConfig()
+    torch.set_num_threads(threads)
+    seconds = seconds or (2.0 if quick else 6.0)
+    train_samples = train_samples or (4_096 if quick else 16_384)
+    reps = 1 if quick else 2
+    mcfg = ModelConfig()
+    res: Dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": threads,
+                             "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
+                             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    res["matmul_gflops"] = matmul_gflops(threads, seconds=0.5 if quick else 1.5)
+    res["matmul_gflops_1thread"] = matmul_gflops(1, seconds=0.5 if quick else 1.5)
+
+    gen = {t: bench_generation(CHUNK_EPISODES, world, repeats=reps, threads=t, frames=min(50, world.frames))
+           for t in sorted({1, threads})}
+    best_t = max(gen, key=lambda t: gen[t]["samples_per_s"])
+    res["generate"] = {**gen[best_t], "threads": best_t, "by_threads": {str(t): g for t, g in gen.items()},
+                       "naive": naive_generation(naive_frames, world)}
+
+    pool = rollout_chunk(pool_episodes, world, seed=7)
+    default = pool.select(torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[:train_samples])
+    fifty = samples_with_boids(fixed_boids, train_samples // 2, world)
+    for name, data in (("train_default", default), ("train_50", fifty)):
+        piece = 1024 if quick else 2048
+        r = bench_training(data, batch_size, seconds=seconds, piece=piece, threads=threads)
+        r["one_thread"] = bench_training(data, batch_size, seconds=seconds / 2, piece=piece, threads=1)["samples_per_s"]
+        r["naive"] = naive_training(data, batch_size, steps=naive_steps)
+        r["flop_per_sample"] = train_flops(mcfg, r["mean_boids"])
+        r["executed_flop_per_sample"] = train_flops(mcfg, r["mean_boids"], cls_only_last=True)
+        r["gflops"] = r["samples_per_s"] * r["executed_flop_per_sample"] / 1e9
+        r["fraction_of_matmul_peak"] = r["gflops"] / res["matmul_gflops"]
+        r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
+        res[name] = r
+    res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
+
+    gpu = torch.cuda.is_available() if gpu is None else gpu
+    if gpu:
+        big = SampleSet.cat([default] * (8 if quick else 64))
+        res["train_gpu"] = bench_training(big, 4096, seconds=seconds, piece=len(big), device="cuda")
+        res["train_gpu_bf16"] = bench_training(big, 4096, seconds=seconds, piece=len(big), device="cuda",
+                                               autocast=True)
+        res["generate_gpu"] = bench_generation(4 * CHUNK_EPISODES, repeats=reps, device="cuda")
+        res["memory_gpu_b256"] = gpu_training_memory(default, batch_size)
+    else:
+        res["train_gpu"] = None  # not measured: no CUDA device here
+    return res
+
+
+def print_table(res: Dict) -> None:
+    """The figures, with ratios against the naive baseline, the seed's figures and the targets."""
+    m = res["machine"]
+    print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: {m['cuda'] or 'none'}, "
+          f"load average at start {m['load_avg_1min']:.1f}")
+    print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {m['threads']} threads, "
+          f"{res['matmul_gflops_1thread']:.1f} on 1\n")
+    row = "{:<36} {:>11} {:>9} {:>8} {:>8} {:>10} {:>4}"
+    print(row.format("figure", "samples/s", "1 thread", "x naive", "x seed", "target", "met"))
+
+    def line(label, rate, one, naive, seed, target):
+        print(row.format(label, f"{rate:,.0f}", one, f"{rate / naive:.1f}" if naive else "",
+                         f"{rate / seed:.1f}" if seed else "", f"{target:,.0f}" if target else "",
+                         ("yes" if rate >= target else "no") if target else ""))
+
+    g = res["generate"]
+    by = g["by_threads"]
+    line(f"data generation (1 process, {g['threads']} thr)", g["samples_per_s"], f"{by['1']['samples_per_s']:,.0f}",
+         g["naive"]["samples_per_s"], SEED_MEASURED["generate_cpu"], TARGETS["generate"])
+    for key, label in (("train_default", "training, default episodes"), ("train_50", "training, 50 boids")):
+        r = res[key]
+        line(f"{label} ({m['threads']} thr)", r["samples_per_s"], f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
+             SEED_MEASURED["train_cpu"], TARGETS[key])
+    gpu = res.get("train_gpu")
+    if gpu:
+        line("training, GPU fp32 (batch 4096)", gpu["samples_per_s"], "", None, SEED_ADVERTISED["train_gpu"],
+             TARGETS["train_gpu"])
+        line("training, GPU bf16 autocast", res["train_gpu_bf16"]["samples_per_s"], "", None,
+             SEED_ADVERTISED["train_gpu"], TARGETS["train_gpu"])
+        line("data generation, GPU", res["generate_gpu"]["samples_per_s"], "", None, None, None)
+    else:
+        print(row.format("training, GPU", "not measured", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
+    print()
+    for key, label in (("train_default", "default episodes"), ("train_50", "50 boids")):
+        r = res[key]
+        print(f"{label}: mean {r['mean_boids']:.1f} boids; {r['flop_per_sample'] / 1e6:.1f} MFLOP per training sample "
+              f"for the full model ({r['effective_gflops']:.1f} GFLOP/s effective), {r['executed_flop_per_sample'] / 1e6:.1f} "
+              f"MFLOP executed (last block CLS only): {r['gflops']:.1f} GFLOP/s = "
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak")
+    mem = res["memory_cpu_b256_n50"]
+    print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
+          f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "
+          f"process peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
+    if res.get("memory_gpu_b256"):
+        print(f"training memory, batch 256 (GPU): peak allocated {res['memory_gpu_b256']['peak_mib']:.1f} MiB")
+    print(f"naive baselines (per-sample dicts, seed design): generation {g['naive']['samples_per_s']:,.0f}/s, "
+          f"training {res['train_default']['naive']['samples_per_s']:,.0f}/s default, "
+          f"{res['train_50']['naive']['samples_per_s']:,.0f}/s at 50 boids")
+    print(f"seed figures: measured {SEED_MEASURED['train_cpu']:.0f} training / {SEED_MEASURED['generate_cpu']:.0f} "
+          f"generation samples/s on 2 cores; advertised {SEED_ADVERTISED['train_cpu']:.0f} CPU / "
+          f"{SEED_ADVERTISED['train_gpu']:,.0f} GPU")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    a = p.parse_args(argv)
+    t0 = time.perf_counter()
+    res = run(quick=a.quick, threads=a.threads)
+    res["bench_seconds"] = time.perf_counter() - t0
+    print_table(res)
+    print(f"\nbench took {res['bench_seconds']:.0f} s")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""predlab.bench runs end to end at tiny sizes and reports every figure (structure only, no timings)."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from predlab import bench
+from predlab.config import ModelConfig, WorldConfig
+
+TINY = WorldConfig(frames=4, boids_min=2, boids_max=6)
+
+
+def test_flops_follow_the_model_sizes():
+    cfg = ModelConfig()
+    assert 26e6 < bench.train_flops(cfg, 50) < 28e6            # the issue's "about 27 MFLOP at 50 boids"
+    assert bench.train_flops(cfg, 50, cls_only_last=True) < bench.train_flops(cfg, 50)
+    assert bench.train_flops(cfg, 10) < bench.train_flops(cfg, 10.5) < bench.train_flops(cfg, 11)
+    wider = ModelConfig(d_model=96, n_heads=4, ffn_hidden=192)
+    assert bench.forward_flops(wider, 20) > 3 * bench.forward_flops(cfg, 20)
+
+
+def test_run_reports_every_figure(tmp_path, capsys):
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    for key in ("generate", "train_default", "train_50"):
+        assert res[key]["samples_per_s"] > 0 and res[key]["naive"]["samples_per_s"] > 0, key
+    for key in ("train_default", "train_50"):
+        r = res[key]
+        assert r["one_thread"] > 0 and 0 < r["fraction_of_matmul_peak"]
+        assert r["executed_flop_per_sample"] < r["flop_per_sample"]
+    assert res["train_50"]["mean_boids"] == 6
+    assert res["matmul_gflops"] > 0 and res["train_gpu"] is None
+    assert res["memory_cpu_b256_n50"]["activations_mib"] > 0
+    bench.print_table(res)
+    out = capsys.readouterr().out
+    assert "data generation" in out and "not measured" in out and "matmul" in out
+    (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
+
+
+def test_training_memory_grows_with_the_batch():
+    small, big = bench.training_memory(4, 6), bench.training_memory(16, 6)
+    assert big["activations_mib"] > 2 * small["activations_mib"]
+    assert small["state_mib"] == big["state_mib"] > 0
+
+
+def test_samples_with_boids_are_all_that_size():
+    s = bench.samples_with_boids(5, 20, TINY)
+    assert len(s) == 20 and bool((s.n == 5).all())
+    assert torch.isfinite(s.boids).all()
