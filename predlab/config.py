@@ -94,7 +94,7 @@ class TrainConfig:
     warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warm-up", min=0.0)
     min_lr_ratio: float = _f(0.05, "final learning rate as a fraction of the peak", min=0.0, max=1.0)
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 turns it off)", min=0.0)
-    train_episodes: int = _f(200, "fresh training episodes generated every epoch", min=1)
+    train_episodes: int = _f(100, "fresh training episodes generated every epoch", min=1)
     val_episodes: int = _f(50, "validation episodes, generated once from their own seed", min=1)
     num_workers: int = _f(0, "processes generating episodes (0 = in this process)", min=0)
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
@@ -115,13 +115,15 @@ class TrainConfig:
     select_best_by: str = _f("val_loss", "best_model.pt and early stopping follow val_loss (lower is better) "
                              "or catch_ratio (higher is better; needs eval_every > 0, and counts evaluations, "
                              "not epochs, for early stopping)", choices=("val_loss", "catch_ratio"))
-    dagger: bool = _f(False, "DAgger: from dagger_start on, the model drives a share 1 - beta of the episodes, "
-                      "the teacher labels every state, and samples are aggregated across epochs")
+    dagger: bool = _f(True, "DAgger: from dagger_start on, the model drives a share 1 - beta of the episodes, "
+                      "the teacher labels every state, and samples are aggregated across epochs "
+                      "(--no-dagger: plain behaviour cloning on teacher-driven episodes)")
     dagger_start: int = _f(2, "first epoch (counting from 1) in which the model drives episodes", min=1)
     dagger_beta_decay: float = _f(0.5, "beta (share of teacher-driven episodes) = decay ** (epoch - dagger_start "
                                   "+ 1) from dagger_start on, 1 before", min=0.0, max=1.0)
     dagger_beta_min: float = _f(0.1, "floor of beta", min=0.0, max=1.0)
-    dagger_buffer: int = _f(200_000, "most aggregated DAgger samples kept; the oldest are dropped first", min=1)
+    dagger_buffer: int = _f(0, "most aggregated DAgger samples kept, the oldest dropped first "
+                            "(0 = two epochs' worth of fresh samples)", min=0)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value is out of range."""

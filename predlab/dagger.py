@@ -5,7 +5,8 @@ epoch `start` on a share 1 - beta of them is driven by the current model (episod
 picked at random, beta per episode), with beta = max(beta_min, decay ** (e - start + 1)).
 Every visited state is labelled with the clean teacher action (closest pursuit), whoever
 drove. The samples of all epochs so far are aggregated and trained on together, up to
-`buffer` samples: beyond that the oldest are dropped first (FIFO), which bounds memory
+`buffer` samples (0: twice the fresh samples of the epoch): beyond that the oldest are
+dropped first (FIFO), which bounds memory
 (about 0.8 kB per sample) and the time per epoch.
 
 Exploration noise (WorldConfig.noise) is added to the driving action in both cases.
@@ -30,8 +31,8 @@ class DaggerSource(Callback):
     """
 
     def __init__(self, generator: EpisodeGenerator, episodes_per_epoch: int, start: int = 2, decay: float = 0.5,
-                 beta_min: float = 0.1, buffer: int = 200_000):
-        if start < 1 or buffer < 1 or not 0 <= decay <= 1 or not 0 <= beta_min <= 1:
+                 beta_min: float = 0.1, buffer: int = 0):
+        if start < 1 or buffer < 0 or not 0 <= decay <= 1 or not 0 <= beta_min <= 1:
             raise ValueError(f"bad DAgger settings: start={start}, decay={decay}, beta_min={beta_min}, "
                              f"buffer={buffer}")
         self.generator, self.episodes = generator, episodes_per_epoch
@@ -60,8 +61,9 @@ class DaggerSource(Callback):
         fresh = self.generator.generate(self.episodes, stream=1 + epoch, student=student, beta=beta,
                                         desc=f"episodes (epoch {e}, beta {beta:.2f})")
         data = SampleSet.cat([self.data, fresh])
-        if len(data) > self.buffer:
-            data = data.select(torch.arange(len(data) - self.buffer, len(data)))
+        cap = self.buffer or 2 * len(fresh)
+        if len(data) > cap:
+            data = data.select(torch.arange(len(data) - cap, len(data)))
         self.data = data
         self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
         return data
