@@ -10,7 +10,7 @@ dropped first (FIFO), which bounds memory
 (about 0.8 kB per sample) and the time per epoch.
 
 Exploration noise (WorldConfig.noise) is added to the driving action in both cases.
-The buffer is not stored in checkpoints: a resumed run starts aggregating afresh.
+The buffer travels in resumable checkpoints (state_dict), so a resumed run continues exactly.
 """
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ class DaggerSource(Callback):
         self.data = data
         self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
         return data
+
+    def state_dict(self) -> Dict:
+        """The aggregated samples, compact (live boids only)."""
+        return {"dagger_buffer": self.data.to_ragged()}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.data = SampleSet.from_ragged(state["dagger_buffer"])
 
     def on_evaluate(self, trainer, epoch, logs):
         logs.update(self.last)

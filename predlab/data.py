@@ -190,6 +190,26 @@ class SampleSet:
         return {"context": self.context, "predator": self.predator, "boids": self.boids, "n": self.n,
                 "target": self.target}
 
+    def to_ragged(self) -> Dict[str, Tensor]:
+        """Compact form for checkpoints: live boids only, boids [sum(n), 4] with counts n [S]."""
+        keep = torch.arange(self.boids.shape[1])[None, :] < self.n[:, None]          # [S, N]
+        return {"context": self.context, "predator": self.predator, "boids": self.boids[keep], "n": self.n,
+                "target": self.target}
+
+    @classmethod
+    def from_ragged(cls, d: Mapping[str, Tensor]) -> "SampleSet":
+        """Inverse of to_ragged; raises ValueError when the parts do not fit together."""
+        n = d["n"]
+        S = len(n)
+        if any(d[k].shape != (S, 2) for k in ("context", "predator", "target")) or n.dtype != torch.long \
+                or (n < 0).any() or d["boids"].shape != (int(n.sum()), 4):
+            raise ValueError("stored samples do not fit together (tampered or truncated)")
+        N = int(n.max()) if S else 0
+        keep = torch.arange(N)[None, :] < n[:, None]
+        boids = torch.zeros(S, N, 4, dtype=d["boids"].dtype)
+        boids[keep] = d["boids"]
+        return cls(d["context"], d["predator"], boids, n, d["target"])
+
 
 def _compact(boids: Tensor, mask: Tensor) -> tuple:
     """Move live boids to the front of each row (stable) -> (boids [R, N, 4], n [R])."""

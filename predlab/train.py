@@ -160,7 +160,7 @@ class Checkpointer(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved:
-            trainer.save_checkpoint(self.dir / "best_model.pt")
+            trainer.save_checkpoint(self.dir / "best_model.pt", include_data=False)
         if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
             trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
             old = sorted(self.dir.glob("checkpoint_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
@@ -350,8 +350,11 @@ class SupervisedTrainer:
         return self.history
 
     # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> Dict:
-        """Everything needed to resume bit for bit, as plain tensors and values."""
+    def state_dict(self, include_data: bool = True) -> Dict:
+        """Everything needed to resume bit for bit, as plain tensors and values.
+
+        include_data adds the data source's own state (DAgger's aggregated samples).
+        """
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -363,11 +366,13 @@ class SupervisedTrainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "early_stopping_counter": self.bad_epochs, "monitor": self.monitor,
-                "history": [dict(h) for h in self.history]}
+                "history": [dict(h) for h in self.history],
+                **({"data_source": self.train_dataset.state_dict()}
+                   if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
 
-    def save_checkpoint(self, path: Union[str, Path]) -> Path:
-        """Write a resumable checkpoint atomically."""
-        return ckpt_io.atomic_save(self.state_dict(), path)
+    def save_checkpoint(self, path: Union[str, Path], include_data: bool = True) -> Path:
+        """Write a checkpoint atomically (include_data=False leaves out DAgger's samples)."""
+        return ckpt_io.atomic_save(self.state_dict(include_data), path)
 
     def load_checkpoint(self, path: Union[str, Path]) -> Dict:
         """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
@@ -385,6 +390,8 @@ class SupervisedTrainer:
             self.bad_epochs = int(ck.get("early_stopping_counter", 0))
             self.monitor = ck.get("monitor", self.monitor)
             self.history = [dict(h) for h in ck.get("history", [])]
+            if "data_source" in ck and hasattr(self.train_dataset, "load_state_dict"):
+                self.train_dataset.load_state_dict(ck["data_source"])
             rng = ck.get("rng", {})
             if "torch" in rng:
                 torch.set_rng_state(rng["torch"])

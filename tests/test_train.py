@@ -242,3 +242,36 @@ def test_cli_export_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.export", str(tmp_path / "nope.pt"), "--out",
                         str(tmp_path / "x.js")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_dagger_resume_is_bit_identical(tmp_path):
+    """With DAgger (the default) the aggregated samples travel in the checkpoint, so resume is exact."""
+    def make(callbacks=()):
+        return create_trainer(train_episodes=6, val_episodes=3, batch_size=32, device="cpu", verbose=False,
+                              world_config=TINY_WORLD, eval_every=0, dagger=True, dagger_start=2,
+                              callbacks=list(callbacks))
+    straight = make()
+    straight.train(4)
+    first = make([StopAt(2)])
+    first.train(4)
+    path = first.save_checkpoint(tmp_path / "c2.pt")
+    assert "data_source" in torch.load(path, weights_only=True)
+    resumed = make()
+    resumed.load_checkpoint(path)
+    assert len(resumed.train_dataset.data) == len(first.train_dataset.data) > 0
+    resumed.train(4)
+    for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    light = first.save_checkpoint(tmp_path / "best.pt", include_data=False)
+    assert "data_source" not in torch.load(light, weights_only=True)
+
+
+def test_tampered_dagger_samples_are_refused(tmp_path):
+    t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, dagger=True)
+    t.train(1)
+    state = t.state_dict()
+    state["data_source"]["dagger_buffer"]["n"][0] += 3
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ck.CheckpointError, match="do not fit"):
+        t.load_checkpoint(tmp_path / "bad.pt")
