@@ -38,7 +38,7 @@ from .train import EVAL_STREAM, Callback, resolve_device
 
 Tensor = torch.Tensor
 Batch = Dict[str, Tensor]
-MODEL_CHUNK = 512        # envs per model forward: bounds the [B, H, T, T] attention memory
+MODEL_CHUNK = 256        # envs per model forward: bounds the [B, H, T, T] attention memory
 
 
 # ---------------------------------------------------------------------- policies
