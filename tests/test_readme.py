@@ -1,0 +1,25 @@
+"""The README tells the truth about the CLI: every flag is documented, and only real flags."""
+import re
+from pathlib import Path
+
+from predlab.train import build_parser
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_documents_every_train_flag():
+    text = README.read_text()
+    parser = build_parser()
+    flags = {s for a in parser._actions for s in a.option_strings
+             if s.startswith("--") and s not in ("--help", "--quiet") and not s.startswith("--no-")
+             and "-" not in s[2:]}
+    table = set(re.findall(r"^\| `(--[a-z_]+)`", text, flags=re.M))
+    assert flags - table == set(), f"flags missing from the README table: {sorted(flags - table)}"
+    assert table - flags == set(), f"README table names flags that do not exist: {sorted(table - flags)}"
+
+
+def test_readme_gives_the_two_commands():
+    text = README.read_text()
+    assert "make train" in text and "make test" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci
