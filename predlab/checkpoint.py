@@ -6,9 +6,7 @@ best metric, early-stopping counter and the metric history.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Union
@@ -16,6 +14,7 @@ from typing import Dict, Mapping, Union
 import torch
 
 from .config import ModelConfig, from_dict
+from .export import atomic_write
 from .model import TransformerPredator
 
 FORMAT = "predlab-checkpoint"
@@ -28,20 +27,7 @@ class CheckpointError(ValueError):
 
 def atomic_save(obj: Mapping, path: Union[str, Path]) -> Path:
     """torch.save to a temporary file beside path, then rename: a kill never corrupts path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(obj), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(dict(obj), f), binary=True)
 
 
 def load_checkpoint_dict(path: Union[str, Path]) -> Dict:

@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Union
+from typing import Callable, Dict, List, Mapping, Union
 
 import numpy as np
 import torch
@@ -245,14 +245,17 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
 
 
 # ---------------------------------------------------------------------- files
-def atomic_write_text(path: Union[str, Path], text: str) -> None:
-    """Write via a temporary file in the same folder and rename: never a half-written file."""
+def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) -> Path:
+    """Call write(file) on a temporary file beside path, fsync, then rename over path.
+
+    A crash or kill mid-write leaves the previous file untouched and no temporary behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -260,6 +263,12 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_text(path: Union[str, Path], text: str) -> Path:
+    """Write text atomically (see atomic_write)."""
+    return atomic_write(path, lambda f: f.write(text))
 
 
 def _format_for(path: Path) -> str:
