@@ -158,6 +158,28 @@ def _check_device_string(device: str) -> None:
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
+def bounded_number(kind, lo=None, hi=None):
+    """An argparse type: parse an int or float, refuse non-numbers, NaN/inf and values outside [lo, hi]."""
+    import argparse
+    import math
+
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            what = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
+        if hi is not None and v > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
+        return v
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def config_fields(cls) -> Tuple[dataclasses.Field, ...]:
     """The fields of a config dataclass (for CLI and widget builders)."""
     return dataclasses.fields(cls)

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import WorldConfig
+from .config import WorldConfig, bounded_number
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
@@ -243,34 +243,15 @@ class CatchEvaluator(Callback):
 
 
 # ---------------------------------------------------------------------- CLI
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m predlab.evaluate",
                                 description="Closed-loop catches of a policy vs the teacher and a random "
                                             "baseline, on the same seeded episodes.")
     p.add_argument("policy", metavar="PATH", help="checkpoint (.pt), model.js/.json, or the words teacher / random")
-    p.add_argument("--episodes", type=_count, default=200, help="episodes, all stepped together (default: 200)")
-    p.add_argument("--frames", type=_count, default=300, help="frames per episode (default: 300)")
-    p.add_argument("--seed", type=_seed, default=0, help="seed of the episodes (default: 0)")
+    p.add_argument("--episodes", type=bounded_number(int, 1), default=200,
+                   help="episodes, all stepped together (default: 200)")
+    p.add_argument("--frames", type=bounded_number(int, 1), default=300, help="frames per episode (default: 300)")
+    p.add_argument("--seed", type=bounded_number(int, 0), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     return p

@@ -116,6 +116,11 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
             ctl.output.clear_output(wait=True)
             display(HTML(ctl.last[1]))
 
+    return _wire(ctl, redraw, run_now)
+
+
+def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
+    """Redraw the panel whenever one of its widgets changes (and once now, if asked)."""
     for w in ctl.widgets.values():
         w.observe(redraw, names="value")
     ctl.redraw = redraw
@@ -186,9 +191,4 @@ def make_attention_controls(model, batch, run_now: bool = True) -> Controls:
             ctl.output.clear_output(wait=True)
             display(ctl.last)
 
-    for w in ctl.widgets.values():
-        w.observe(redraw, names="value")
-    ctl.redraw = redraw
-    if run_now:
-        redraw()
-    return ctl
+    return _wire(ctl, redraw, run_now)
