@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import ModelConfig, TrainConfig, WorldConfig, from_dict
+from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
 from .data import EpisodeGenerator, SampleSet, collate
 from .model import TransformerPredator
 
@@ -123,7 +123,8 @@ class PrintLogger(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         extra = "".join(f" {k}={v:.4g}" for k, v in logs.items()
-                        if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time"))
+                        if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time",
+                                      "neg_catch_ratio"))
         print(f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
               f"lr {logs['lr']:.2e}  {logs['samples_per_s']:,.0f} samples/s{extra}", flush=True)
 
@@ -465,23 +466,6 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
 
 
 # ---------------------------------------------------------------------- CLI
-def _positive_or_zero(kind, lo, hi, name):
-    def parse(text):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
-        if isinstance(v, float) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if lo is not None and v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
-        if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
-        return v
-    parse.__name__ = name
-    return parse
-
-
 def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
@@ -495,7 +479,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=())
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             kind = type(default)
             group.add_argument(*flags, dest=f.name, default=default, metavar=kind.__name__.upper(), help=help_,
-                               type=_positive_or_zero(kind, f.metadata.get("min"), f.metadata.get("max"), kind.__name__))
+                               type=bounded_number(kind, f.metadata.get("min"), f.metadata.get("max")))
         else:
             group.add_argument(*flags, dest=f.name, default=default, help=help_, choices=f.metadata.get("choices"))
 
