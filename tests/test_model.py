@@ -179,3 +179,34 @@ def test_dropout_is_off_in_eval(make_model, make_samples):
     batch = collate(s)
     assert not torch.equal(m(batch), m(batch))
     assert m.training  # predict() restores the mode it found
+
+
+@pytest.mark.parametrize("n_q", [None, 1])
+def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, n_q):
+    """The CPU attention kernel (own backward, weights made a slice at a time) computes what
+    F.scaled_dot_product_attention computes, forward and backward, with padded keys and with
+    queries for the first token only; small slices force several of them."""
+    from predlab import model as M
+    monkeypatch.setattr(M._Attention, "_slices",
+                        staticmethod(lambda n, Tq, T: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
+    g = torch.Generator().manual_seed(3)
+    B, T, D, H = 5, 9, 16, 4
+    n_q = n_q or T
+    qkv = torch.randn(B, T, 3 * D, generator=g, dtype=torch.float64)
+    bias = torch.zeros(B, 1, 1, T, dtype=torch.float64)
+    bias[1, ..., 6:] = M.MASKED                       # a padded sample
+    bias[3, ..., 3:] = M.MASKED                       # no boids at all
+    dy = torch.randn(B, n_q, D, generator=g, dtype=torch.float64)
+    outs = {}
+    for kernel in ("sliced", "sdpa"):
+        x = qkv.clone().requires_grad_(True)
+        y = M.attention(x, bias, H, n_q, kernel=kernel)
+        y.backward(dy)
+        outs[kernel] = (y.detach(), x.grad)
+    assert outs["sliced"][0].shape == (B, n_q, D)
+    assert torch.allclose(outs["sliced"][0], outs["sdpa"][0], atol=1e-12)
+    assert torch.allclose(outs["sliced"][1], outs["sdpa"][1], atol=1e-12)
+    if n_q == 1:                                      # queries of other tokens get no gradient
+        assert (outs["sliced"][1][:, 1:, :D] == 0).all()
+    assert torch.autograd.gradcheck(lambda x: M.attention(x, bias[:2], H, n_q, kernel="sliced"),
+                                    (qkv[:2].clone().requires_grad_(True),), atol=1e-7)
