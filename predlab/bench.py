@@ -199,6 +199,31 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
     return {"samples": len(dicts), "samples_per_s": len(dicts) / dt}
 
 
+# ---------------------------------------------------------------------- attention kernels
+def bench_attention(batch_size: int = 256, n_boids: int = 50, cfg: Optional[ModelConfig] = None,
+                    repeats: int = 10) -> Dict[str, float]:
+    """Milliseconds for forward + backward of one layer's attention, per kernel (best of repeats).
+
+    "sliced" is the CPU kernel the model uses (predlab.model._Attention), "sdpa" is
+    F.scaled_dot_product_attention, the fused kernel a GPU uses; same maths.
+    """
+    from .model import attention
+    cfg = cfg or ModelConfig()
+    T, D = 3 + n_boids, cfg.d_model
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.randn(batch_size, T, 3 * D, generator=g).requires_grad_(True)
+    bias = torch.zeros(batch_size, 1, 1, T)
+    dy = torch.randn(batch_size, T, D, generator=g)
+    best = {"sliced": math.inf, "sdpa": math.inf}
+    for r in range(repeats + 1):                     # interleaved, so load hits both alike
+        for kernel in best:
+            t0 = time.perf_counter()
+            attention(qkv, bias, cfg.n_heads, T, kernel=kernel).backward(dy)
+            if r:
+                best[kernel] = min(best[kernel], (time.perf_counter() - t0) * 1e3)
+    return {"sliced_ms": best["sliced"], "sdpa_ms": best["sdpa"], "tokens": T, "batch_size": batch_size}
+
+
 # ---------------------------------------------------------------------- memory
 def training_memory(batch_size: int = 256, n_boids: int = 50) -> Dict[str, float]:
     """Tensor memory of one CPU training step at batch_size x n_boids, in MiB.
@@ -284,6 +309,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
         res[name] = r
     res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
+    res["attention_cpu"] = bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
     if gpu:
@@ -337,6 +363,10 @@ def print_table(res: Dict) -> None:
               f"for the full model ({r['effective_gflops']:.1f} GFLOP/s effective), {r['executed_flop_per_sample'] / 1e6:.1f} "
               f"MFLOP executed (last block CLS only): {r['gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak")
+    a = res["attention_cpu"]
+    print(f"attention, forward + backward of one layer at batch {a['batch_size']} x {a['tokens']} tokens (CPU): "
+          f"predlab's sliced kernel {a['sliced_ms']:.1f} ms, F.scaled_dot_product_attention {a['sdpa_ms']:.1f} ms "
+          f"({a['sdpa_ms'] / a['sliced_ms']:.2f}x)")
     mem = res["memory_cpu_b256_n50"]
     print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
           f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "
