@@ -20,6 +20,11 @@ from .config import WorldConfig
 from .sim import World
 from .teacher import closest_pursuit
 
+try:  # the CPU frame as numba kernels; without numba, CPU rollouts take the torch World path
+    from . import fastsim
+except ImportError:
+    fastsim = None
+
 Tensor = torch.Tensor
 Batch = Dict[str, Tensor]
 BOID_KEYS = ("relX", "relY", "velX", "velY")
@@ -245,14 +250,27 @@ def _flock_groups(world: World) -> List[tuple]:
 
 @torch.no_grad()
 def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, beta: float = 1.0,
-                  device="cpu") -> SampleSet:
+                  device="cpu", backend: str = "auto") -> SampleSet:
     """Roll out one seeded chunk of episodes; every frame of every live episode is one sample.
 
     The label is always the clean teacher action. The driving action is the teacher's plus
-    Gaussian noise (cfg.noise), or, in episodes picked with probability 1 - beta, the student's.
-    Samples come frame by frame, episodes in order within a frame. On a GPU the loop never
-    waits for the device except to check, every few frames, whether any episode is still live.
+    Gaussian noise (cfg.noise), or, in episodes picked with probability 1 - beta, the student's
+    (a batched policy called on the observations of all the chunk's episodes).
+    Samples come frame by frame, episodes in order within a frame. backend "numba" runs each
+    CPU frame in predlab.fastsim's kernels, "torch" in World; "auto" takes numba on the CPU
+    when it is installed. Both draw the same random numbers and give the same samples to float
+    rounding. On a GPU the loop never waits for the device except to check, every few frames,
+    whether any episode is still live.
     """
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "numba" and fastsim is None:
+        raise ImportError("backend='numba' needs numba (pip install numba)")
+    if backend == "numba" and not on_cpu:
+        raise ValueError(f"backend='numba' runs on the CPU, not on {device}")
+    if backend == "numba" or (backend == "auto" and on_cpu and fastsim is not None):
+        return _rollout_chunk_numba(num_episodes, cfg, seed, student, beta)
     g = torch.Generator().manual_seed(seed)
     world = World.random(num_episodes, cfg, generator=g, device=device)
     by_student = (torch.rand(num_episodes, generator=g) >= beta).to(device) if student is not None else None
@@ -296,6 +314,79 @@ def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, 
     return SampleSet(flat["context"][rows], flat["predator"][rows], boids, n, flat["target"][rows]).to_device("cpu")
 
 
+class _Rows:
+    """Growing numpy storage for a chunk's samples, written in place by the fastsim kernels.
+
+    Grows and finally shrinks with ndarray.resize (realloc: the rows written stay put and are
+    not copied). Nothing else may hold a view of the arrays meanwhile.
+    """
+
+    def __init__(self, capacity: int, N: int, dtype):
+        self.arrays = [np.empty((capacity, 2), dtype), np.empty((capacity, 2), dtype),
+                       np.empty((capacity, N, 4), dtype), np.empty(capacity, np.int64), np.empty((capacity, 2), dtype)]
+        self.used = 0
+
+    def reserve(self, rows: int) -> None:
+        """Make room for `rows` more rows."""
+        cap = len(self.arrays[0])
+        if self.used + rows > cap:
+            cap = max(2 * cap, self.used + rows)
+            for a in self.arrays:
+                a.resize((cap,) + a.shape[1:], refcheck=False)
+
+    def samples(self) -> SampleSet:
+        for a in self.arrays:
+            a.resize((self.used,) + a.shape[1:], refcheck=False)
+        return SampleSet(*(torch.from_numpy(a) for a in self.arrays))
+
+
+def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float) -> SampleSet:
+    """rollout_chunk with every frame in predlab.fastsim's kernels: the same draws, in the same order.
+
+    Without a student one kernel call observes, labels and steps every episode, writing the
+    samples straight into their rows. A student needs the observations first: observe, call
+    the student on all episodes, keep the live rows, step.
+    """
+    g = torch.Generator().manual_seed(seed)
+    world = World.random(num_episodes, cfg, generator=g)
+    by_student = torch.rand(num_episodes, generator=g) >= beta if student is not None else None
+    use_student = by_student is not None and bool(by_student.any())
+    state = [np.ascontiguousarray(t.numpy()) for t in
+             (world.pos, world.vel, world.alive, world.pred_pos, world.pred_vel, world.size)]
+    E, N = world.alive.shape
+    dtype = state[0].dtype
+    weights = np.array([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight], dtype)
+    live = world.n_alive.numpy().astype(np.int64)
+    snap = fastsim.scratch(E, N, dtype)
+    zeros = np.zeros((E, 2), dtype)
+    out = _Rows(E * min(cfg.frames, 64), N, dtype)
+    if use_student:
+        obs_rows = _Rows(E, N, dtype)                            # one frame, every episode
+        everyone = np.arange(E, dtype=np.int64)
+        slots = torch.arange(N)
+    for f in range(cfg.frames):
+        if f % 8 == 0 and not live.any():
+            break
+        noise = cfg.noise * torch.randn(num_episodes, 2, generator=g) if cfg.noise > 0 else None
+        out.reserve(E)
+        if not use_student:
+            out.used += fastsim.frame(state, weights, zeros if noise is None else noise.numpy(), live, out.used,
+                                      *out.arrays, snap)
+            continue
+        fastsim.observe(state, everyone, *obs_rows.arrays)
+        ctx, pred, boids, n, target = (torch.from_numpy(a) for a in obs_rows.arrays)
+        obs = {"context": ctx, "predator": pred, "boids": boids, "mask": slots[None, :] < n[:, None]}
+        drive = torch.where(by_student[:, None], student(obs).to(target.dtype), target)
+        if noise is not None:
+            drive = drive + noise
+        keep = np.flatnonzero(live > 0)                          # episodes in order
+        for dst, src in zip(out.arrays, obs_rows.arrays):
+            dst[out.used:out.used + len(keep)] = src[keep]
+        out.used += len(keep)
+        fastsim.step(state, weights, np.ascontiguousarray(drive.numpy()), live, snap)
+    return out.samples()
+
+
 def _chunks(n_episodes: int) -> List[tuple]:
     return [(c, min(CHUNK_EPISODES, n_episodes - c * CHUNK_EPISODES))
             for c in range(math.ceil(n_episodes / CHUNK_EPISODES))]
@@ -303,6 +394,8 @@ def _chunks(n_episodes: int) -> List[tuple]:
 
 def _worker_init():
     torch.set_num_threads(1)
+    if fastsim is not None:
+        fastsim.set_threads(1)
 
 
 def _worker_rollout(args):
