@@ -157,12 +157,14 @@ def test_random_states_match_world(flock):
 
 
 def test_frames_in_a_row_match_world():
-    """30 frames from the real start (every flock at one point): float64 kernel == World to 1e-7."""
+    """30 frames from the real start (every flock at one point): float64 kernel == World to 1e-7, catches included."""
     g = torch.Generator().manual_seed(2)
     world = World.random(64, WorldConfig(width_max=800, height_max=600), generator=g, dtype=F64)
+    world.pred_pos[::4] = world.pos[::4, 0] + torch.tensor([13.0, 0.0], dtype=F64)   # catches in the first frames
     st = [getattr(world, k).numpy().copy() for k in STATE]
     E, N = world.alive.shape
     live, snap, weights = np.zeros(E, np.int64), fastsim.scratch(E, N, np.float64), np.array([1.0, 2.0, 1.0])
+    start = int(world.n_alive.sum())
     for _ in range(30):
         action = torch.rand(E, 2, generator=g, dtype=F64) * 2 - 1
         fastsim.step(st, weights, action.numpy(), live, snap)
@@ -170,7 +172,7 @@ def test_frames_in_a_row_match_world():
         assert (st[2] == world.alive.numpy()).all()
         for k, a in zip(STATE, st):
             np.testing.assert_allclose(a, getattr(world, k).numpy(), rtol=0, atol=1e-7, err_msg=k)
-    assert (live == world.n_alive.numpy()).all() and live.sum() < st[2].shape[0] * st[2].shape[1]
+    assert (live == world.n_alive.numpy()).all() and live.sum() < start    # with catches on the way
 
 
 @pytest.mark.parametrize("weights", [(1.0, 2.0, 1.0), (0.0, 1.0, 3.0), (2.5, 0.0, 0.5)])
@@ -195,7 +197,7 @@ def test_fused_frame_equals_observe_then_step():
         world.step(torch.rand(40, 2, generator=g, dtype=F64) * 2 - 1)
     world.alive[::3] = False                              # finished episodes write no row
     noise = torch.randn(40, 2, generator=g, dtype=F64) * 0.3
-    obs, state, live = kernel_frame(world, torch.zeros(40, 2, dtype=F64))   # just for the observation
+    obs, _, _ = kernel_frame(world, torch.zeros(40, 2, dtype=F64))          # just for the teacher's action
     action = torch.from_numpy(obs["target"]) + noise
     _, state, live = kernel_frame(world, action)
     st = [getattr(world, k).numpy().copy() for k in STATE]
