@@ -310,3 +310,23 @@ def test_backend_choice():
             rollout_chunk(8, cfg, 0, backend="numba")
     finally:
         data.fastsim = saved
+
+
+def test_rollouts_from_two_threads():
+    """Kernel launches are serialised: numba's workqueue layer would abort the process on concurrent entry."""
+    import threading
+
+    cfg = WorldConfig(frames=20)
+    want = rollout_chunk(64, cfg, 2)
+    got = [None, None]
+
+    def run(k):
+        got[k] = rollout_chunk(64, cfg, 2)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g in got:
+        assert_same_samples(g, want)
