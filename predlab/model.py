@@ -8,7 +8,7 @@ same numbers as one sequence at a time.
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -22,17 +22,18 @@ MASKED = -1e9  # large finite negative: a padded key gets exactly zero weight, n
 
 
 class _Attention(torch.autograd.Function):
-    """Multi-head softmax(q k^T / sqrt(hs) + bias) v from fused qkv, with its own backward.
+    """Multi-head softmax(q k^T / sqrt(hs) + bias) v from fused projections, with its own backward.
 
     The same maths as F.scaled_dot_product_attention. On a CPU, that kernel is slow for
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, and the [B*H, Tq, T] weights are made and used a slice of about 0.5 MB at a
     time, so that the passes over them stay in cache: forward + backward of one layer at batch
-    256 x 53 tokens takes 16 ms instead of 26 on 2 cores.
+    256 x 53 tokens takes about 16 ms instead of 26 on 2 cores (predlab.bench prints both).
 
-    qkv [B, T, 3D] (q | k | v, heads contiguous inside each), bias [B, 1, 1, T] additive key
-    mask, n_q: queries for the first n_q tokens only (1 for the last block) -> y [B, n_q, D].
-    Saves the per-head q, k, v and the attention weights for backward.
+    x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
+    [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
+    bias [B, 1, 1, T] additive key mask -> y [B, Tq, D]. Saves the per-head projections and
+    the attention weights for backward.
     """
 
     @staticmethod
@@ -41,62 +42,72 @@ class _Attention(torch.autograd.Function):
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     @staticmethod
-    def forward(ctx, qkv: Tensor, bias: Tensor, n_heads: int, n_q: int) -> Tensor:
-        B, T, D3 = qkv.shape
-        H, D = n_heads, D3 // 3
-        hs, BH, Tq = D // H, B * n_heads, n_q
-        heads = qkv.reshape(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).reshape(3, BH, T, hs)
-        q, k, v = heads[0, :, :Tq], heads[1], heads[2]
+    def forward(ctx, x: Tensor, q_apart: Optional[Tensor], bias: Tensor, n_heads: int) -> Tensor:
+        B, T, width = x.shape
+        parts = 3 if q_apart is None else 2
+        H, D = n_heads, width // parts
+        hs, BH = D // H, B * n_heads
+        heads = x.reshape(B, T, parts, H, hs).permute(2, 0, 3, 1, 4).reshape(parts, BH, T, hs)
+        if q_apart is None:
+            q, k, v = heads[0], heads[1], heads[2]
+        else:
+            q = q_apart.reshape(B, -1, H, hs).transpose(1, 2).reshape(BH, -1, hs)
+            k, v = heads[0], heads[1]
+        Tq = q.shape[1]
         scale = 1.0 / math.sqrt(hs)
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
-        y = qkv.new_empty(BH, Tq, hs)
+        y = x.new_empty(BH, Tq, hs)
         ws = []
         for s in _Attention._slices(BH, Tq, T):
             w = torch.softmax(torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale), -1)
             torch.bmm(w, v[s], out=y[s])
             ws.append(w)                                                        # (slice, Tq, T)
-        ctx.save_for_backward(heads, *ws)
-        ctx.dims = (B, T, H, hs, Tq, scale)
+        ctx.save_for_backward(heads, q, *ws)
+        ctx.dims = (B, T, H, hs, Tq, parts, scale)
         return y.view(B, H, Tq, hs).transpose(1, 2).reshape(B, Tq, D)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        heads, *ws = ctx.saved_tensors
-        B, T, H, hs, Tq, scale = ctx.dims
+        heads, q, *ws = ctx.saved_tensors
+        B, T, H, hs, Tq, parts, scale = ctx.dims
         BH = B * H
-        q, k, v = heads[0, :, :Tq], heads[1], heads[2]
+        k, v = heads[parts - 2], heads[parts - 1]
         dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
-        d = heads.new_empty(3, BH, T, hs)
-        dq = d[0] if Tq == T else heads.new_empty(BH, Tq, hs)
+        d = heads.new_empty(parts, BH, T, hs)
+        dq, dk, dv = (d[0] if parts == 3 else heads.new_empty(BH, Tq, hs)), d[parts - 2], d[parts - 1]
         for s, w in zip(_Attention._slices(BH, Tq, T), ws):
-            torch.bmm(w.transpose(1, 2), dyh[s], out=d[2, s])                    # dv
+            torch.bmm(w.transpose(1, 2), dyh[s], out=dv[s])
             dw = torch.bmm(dyh[s], v[s].transpose(1, 2))
             ds = torch._softmax_backward_data(dw, w, -1, w.dtype)                # d scores / scale
             torch.bmm(ds, k[s], out=dq[s])
-            torch.bmm(ds.transpose(1, 2), q[s], out=d[1, s])                     # dk
-        if Tq < T:
-            d[0].zero_()
-            d[0, :, :Tq] = dq
-        d[:2].mul_(scale)
-        dqkv = d.view(3, B, H, T, hs).permute(1, 3, 0, 2, 4).reshape(B, T, 3 * H * hs)
-        return dqkv, None, None, None
+            torch.bmm(ds.transpose(1, 2), q[s], out=dk[s])
+        dq.mul_(scale)
+        dk.mul_(scale)
+        dx = d.view(parts, B, H, T, hs).permute(1, 3, 0, 2, 4).reshape(B, T, parts * H * hs)
+        if parts == 3:
+            return dx, None, None, None
+        return dx, dq.view(B, H, Tq, hs).transpose(1, 2).reshape(B, Tq, H * hs), None, None
 
 
-def attention(qkv: Tensor, bias: Tensor, n_heads: int, n_q: int, kernel: str = "auto") -> Tensor:
-    """Multi-head attention of the first n_q tokens over all: qkv [B, T, 3D] -> y [B, n_q, D].
+def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
+    """Multi-head attention: qkv [B, T, 3D], or kv [B, T, 2D] with queries q [B, Tq, D] -> y [B, Tq, D].
 
-    kernel "sliced" (_Attention, the faster one on a CPU), "sdpa" (F.scaled_dot_product_attention,
-    the fused kernels of a GPU) or "auto" (sliced on a CPU, sdpa elsewhere). Same maths.
+    bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
+    CPU), "sdpa" (F.scaled_dot_product_attention, the fused kernels of a GPU) or "auto" (sliced
+    on a CPU, sdpa elsewhere). Same maths.
     """
     if kernel == "auto":
-        kernel = "sliced" if qkv.device.type == "cpu" else "sdpa"
+        kernel = "sliced" if x.device.type == "cpu" else "sdpa"
     if kernel == "sliced":
-        return _Attention.apply(qkv, bias, n_heads, n_q)
-    B, T, D3 = qkv.shape
-    D = D3 // 3
-    q, k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in qkv.split(D, dim=-1))
-    y = F.scaled_dot_product_attention(q[:, :, :n_q], k, v, attn_mask=bias)
-    return y.transpose(1, 2).reshape(B, n_q, D)
+        return _Attention.apply(x, q, bias, n_heads)
+    B, T, width = x.shape
+    D = width // (3 if q is None else 2)
+    parts = list(x.split(D, dim=-1))
+    q = parts.pop(0) if q is None else q
+    Tq = q.shape[1]
+    k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in parts)
+    y = F.scaled_dot_product_attention(q.reshape(B, Tq, n_heads, D // n_heads).transpose(1, 2), k, v, attn_mask=bias)
+    return y.transpose(1, 2).reshape(B, Tq, D)
 
 
 class Block(nn.Module):
@@ -123,17 +134,21 @@ class Block(nn.Module):
         B, T, D = x.shape
         H = self.n_heads
         h = self.ln1(x)
-        qkv = self.qkv(h)                                                        # (B, T, 3D)
+        w = None
         if need_weights:
-            q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in qkv.split(D, dim=-1))  # (B, H, T, hs)
+            q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in self.qkv(h).split(D, dim=-1))  # (B, H, T, hs)
             scores = q @ k.transpose(-2, -1) / math.sqrt(D // H) + bias          # (B, H, T, T)
             w = scores.softmax(-1)
             y = (w @ v).transpose(1, 2).reshape(B, T, D)                         # (B, T, D)
-        else:
-            w = None
-            y = attention(qkv, bias.to(qkv.dtype), H, 1 if cls_only else T)     # (B, Tq, D)
-        if cls_only:
+        elif cls_only:
+            wq, bq = self.qkv.weight, self.qkv.bias
+            q = F.linear(h[:, :1], wq[:D], bq[:D])                               # (B, 1, D)
+            kv = F.linear(h, wq[D:], bq[D:])                                     # (B, T, 2D)
+            y = attention(kv, bias.to(kv.dtype), H, q=q)                         # (B, 1, D)
             x = x[:, :1]
+        else:
+            qkv = self.qkv(h)                                                    # (B, T, 3D)
+            y = attention(qkv, bias.to(qkv.dtype), H)                            # (B, T, D)
         x = x + self.drop(self.attn_out(y))
         h = self.ln2(x)
         x = x + self.drop(self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h)))

@@ -181,32 +181,32 @@ def test_dropout_is_off_in_eval(make_model, make_samples):
     assert m.training  # predict() restores the mode it found
 
 
-@pytest.mark.parametrize("n_q", [None, 1])
-def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, n_q):
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only):
     """The CPU attention kernel (own backward, weights made a slice at a time) computes what
-    F.scaled_dot_product_attention computes, forward and backward, with padded keys and with
-    queries for the first token only; small slices force several of them."""
+    F.scaled_dot_product_attention computes, forward and backward, with padded keys, for fused
+    qkv and for a [CLS] query given apart; small slices force several of them."""
     from predlab import model as M
     monkeypatch.setattr(M._Attention, "_slices",
                         staticmethod(lambda n, Tq, T: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
     g = torch.Generator().manual_seed(3)
     B, T, D, H = 5, 9, 16, 4
-    n_q = n_q or T
-    qkv = torch.randn(B, T, 3 * D, generator=g, dtype=torch.float64)
+    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g, dtype=torch.float64)
+    q = torch.randn(B, 1, D, generator=g, dtype=torch.float64) if cls_only else None
     bias = torch.zeros(B, 1, 1, T, dtype=torch.float64)
     bias[1, ..., 6:] = M.MASKED                       # a padded sample
     bias[3, ..., 3:] = M.MASKED                       # no boids at all
-    dy = torch.randn(B, n_q, D, generator=g, dtype=torch.float64)
+    dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=torch.float64)
     outs = {}
     for kernel in ("sliced", "sdpa"):
-        x = qkv.clone().requires_grad_(True)
-        y = M.attention(x, bias, H, n_q, kernel=kernel)
+        xs = x.clone().requires_grad_(True)
+        qs = q.clone().requires_grad_(True) if cls_only else None
+        y = M.attention(xs, bias, H, q=qs, kernel=kernel)
         y.backward(dy)
-        outs[kernel] = (y.detach(), x.grad)
-    assert outs["sliced"][0].shape == (B, n_q, D)
-    assert torch.allclose(outs["sliced"][0], outs["sdpa"][0], atol=1e-12)
-    assert torch.allclose(outs["sliced"][1], outs["sdpa"][1], atol=1e-12)
-    if n_q == 1:                                      # queries of other tokens get no gradient
-        assert (outs["sliced"][1][:, 1:, :D] == 0).all()
-    assert torch.autograd.gradcheck(lambda x: M.attention(x, bias[:2], H, n_q, kernel="sliced"),
-                                    (qkv[:2].clone().requires_grad_(True),), atol=1e-7)
+        outs[kernel] = [y.detach(), xs.grad] + ([qs.grad] if cls_only else [])
+    assert outs["sliced"][0].shape == dy.shape
+    for a, b in zip(outs["sliced"], outs["sdpa"]):
+        assert torch.allclose(a, b, atol=1e-12)
+    inputs = (x[:2].clone().requires_grad_(True),) + ((q[:2].clone().requires_grad_(True),) if cls_only else ())
+    assert torch.autograd.gradcheck(lambda *t: M.attention(t[0], bias[:2], H, q=t[1] if cls_only else None,
+                                                           kernel="sliced"), inputs, atol=1e-7)
