@@ -107,6 +107,9 @@ class TrainConfig:
     checkpoint_dir: str = _f("checkpoints", "where checkpoints and the exported model.js go")
     log_dir: str = _f("runs", "TensorBoard runs folder (one subfolder per training)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)", min=0)
+    cpu_split: int = _f(0, "on a CPU, split each batch into this many parts that run side by side in threads, "
+                        "each with 1/N of torch's threads (0 = auto: 2 with 2 or more threads and no dropout; "
+                        "1 = off); the small matrices of this model keep 2 cores busier that way", min=0)
     progress: bool = _f(True, "show progress bars")
     eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
                          "catches_per_1k (0 = off)", min=0)

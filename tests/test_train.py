@@ -85,6 +85,48 @@ def test_resume_is_bit_identical(tmp_path):
     assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in resumed.history]
 
 
+def test_split_batch_gives_the_whole_batch_gradient(tmp_path):
+    """cpu_split: a batch run as threaded parts gives the whole batch's loss and gradients."""
+    t = _trainer(tmp_path, dropout=0.0)
+    data = t.train_dataset.for_epoch(0, t)
+    b = next(t._batches(data, shuffle=False))
+    whole = torch.nn.functional.mse_loss(t.model(b), b["target"])
+    t.model.zero_grad()
+    whole.backward()
+    expected = [p.grad.clone() for p in t.model.parameters()]
+    for parts in (2, 3):
+        t.model.zero_grad()
+        loss = t._split_backward(b, parts)
+        assert torch.allclose(loss, whole, rtol=1e-6)
+        for (name, p), g in zip(t.model.named_parameters(), expected):
+            assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7), name
+
+
+def test_split_training_is_reproducible_and_restores_threads(tmp_path):
+    """Two runs with cpu_split 2 give the same bits; torch's thread count is restored after each
+    epoch; auto splits only with 2+ threads and no dropout."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runs = []
+        for _ in range(2):
+            t = _trainer(tmp_path, dropout=0.0)
+            assert t.split_parts() == 2                      # auto
+            t.train(2)
+            assert torch.get_num_threads() == 2
+            runs.append(t)
+        for (k, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
+            assert torch.equal(a, b), k
+        assert _trainer(tmp_path, dropout=0.1).split_parts() == 1
+        t = _trainer(tmp_path, dropout=0.1)
+        t.cpu_split = 3
+        assert t.split_parts() == 3
+        torch.set_num_threads(1)
+        assert _trainer(tmp_path, dropout=0.0).split_parts() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_training_reduces_val_loss(tmp_path):
     t = _trainer(tmp_path, dropout=0.0)
     before = t.validate()
@@ -214,6 +256,7 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
     (["--resume", "missing.pt"], "no such checkpoint"),
     (["--boids_max", "0"], "boids_max"),
     (["--epochs", "two"], "epochs"),
+    (["--cpu_split", "-1"], "cpu_split"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
