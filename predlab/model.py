@@ -28,7 +28,7 @@ class _Attention(torch.autograd.Function):
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, and the [B*H, Tq, T] weights are made and used a slice of about 0.5 MB at a
     time, so that the passes over them stay in cache: forward + backward of one layer at batch
-    256 x 53 tokens takes about 16 ms instead of 26 on 2 cores (predlab.bench prints both).
+    256 x 53 tokens takes about 19 ms instead of 26 on 2 cores (predlab.bench prints both).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
