@@ -294,7 +294,7 @@ def test_student_chunk_on_the_numba_path(make_model):
     assert (teacher.predator[ten:] > 0).any()
 
 
-def test_backend_choice():
+def test_backend_choice(monkeypatch):
     """backend picks the path; a bad name, numba on a GPU or numba missing are clear errors."""
     cfg = WorldConfig(frames=3)
     with pytest.raises(ValueError, match="backend"):
@@ -302,6 +302,11 @@ def test_backend_choice():
     with pytest.raises(ValueError, match="CPU"):
         rollout_chunk(4, cfg, 0, device="cuda", backend="numba")
     torch_path = rollout_chunk(8, cfg, 0, backend="torch")
+    calls = []
+    numba_path = data._rollout_chunk_numba
+    monkeypatch.setattr(data, "_rollout_chunk_numba", lambda *a: calls.append(a) or numba_path(*a))
+    assert_same_samples(rollout_chunk(8, cfg, 0), rollout_chunk(8, cfg, 0, backend="numba"))
+    assert len(calls) == 2                                # "auto" on the CPU takes the numba path
     saved = data.fastsim
     try:
         data.fastsim = None                               # as if numba were not installed

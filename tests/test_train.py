@@ -112,7 +112,11 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path):
         for _ in range(2):
             t = _trainer(tmp_path, dropout=0.0)
             assert t.split_parts() == 2                      # auto
+            split_calls = []
+            split = t._split_backward
+            t._split_backward = lambda b, parts: split_calls.append(parts) or split(b, parts)
             t.train(2)
+            assert split_calls and set(split_calls) == {2}   # the epochs ran split batches
             assert torch.get_num_threads() == 2
             runs.append(t)
         for (k, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
