@@ -16,6 +16,11 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
+try:  # fused GEGLU kernels for float32 CPU tensors; without numba, torch's ops do the same maths
+    from . import fastops
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps the model usable without it
+    fastops = None
+
 Tensor = torch.Tensor
 TOKEN_TYPES = ("cls", "ctx", "predator", "boid")
 MASKED = -1e9  # large finite negative: a padded key gets exactly zero weight, never NaN
@@ -150,9 +155,18 @@ class Block(nn.Module):
             qkv = self.qkv(h)                                                    # (B, T, 3D)
             y = attention(qkv, bias.to(qkv.dtype), H)                            # (B, T, D)
         x = x + self.drop(self.attn_out(y))
-        h = self.ln2(x)
-        x = x + self.drop(self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h)))
+        x = x + self.drop(self.down(self.geglu(self.ln2(x))))
         return x, w
+
+    def geglu(self, h: Tensor) -> Tensor:
+        """gelu_tanh(gate(h)) * up(h): one projection to [gate | up], then the fused CPU kernel
+        (predlab.fastops) for float32 on a CPU, torch's ops elsewhere."""
+        F_ = self.gate.out_features
+        gu = F.linear(h, torch.cat([self.gate.weight, self.up.weight]), torch.cat([self.gate.bias, self.up.bias]))
+        if fastops is not None and fastops.supports(gu):
+            return fastops.geglu(gu)
+        g, u = gu.split(F_, dim=-1)
+        return F.gelu(g, approximate="tanh") * u
 
 
 class TransformerPredator(nn.Module):

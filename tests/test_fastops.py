@@ -1,0 +1,100 @@
+"""predlab.fastops: the vectorised exp and the fused GEGLU match the maths and torch, on any thread count."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+fastops = pytest.importorskip("predlab.fastops")
+import predlab.model as M  # noqa: E402
+from predlab.data import collate  # noqa: E402
+
+
+def gelu64(x):
+    return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+def test_fast_exp_is_within_two_ulp_and_keeps_nan_and_zero():
+    x = np.concatenate([np.linspace(-87.0, 88.0, 200_001, dtype=np.float32),
+                        np.random.default_rng(0).normal(0, 3, 10_000).astype(np.float32)])
+    out = np.empty_like(x)
+    fastops.exp_into(x, out)
+    want = np.exp(x.astype(np.float64))
+    ulp = np.spacing(want.astype(np.float32)).astype(np.float64)
+    assert np.max(np.abs(out - want) / ulp) <= 2.0
+    special = np.array([np.nan, -np.inf, -1e30, -88.0, -200.0], dtype=np.float32)
+    got = np.empty_like(special)
+    fastops.exp_into(special, got)
+    assert np.isnan(got[0]) and (got[1:] == 0).all()
+
+
+def _reference(h64: torch.Tensor, dy64: torch.Tensor):
+    h64 = h64.clone().requires_grad_(True)
+    g, u = h64.chunk(2, dim=-1)
+    y = gelu64(g) * u
+    y.backward(dy64)
+    return y.detach(), h64.grad
+
+
+@pytest.mark.parametrize("shape", [(4, 7, 2 * 96), (3, 1, 2 * 5), (1, 2 * 96)])
+def test_fused_geglu_matches_float64_maths_as_closely_as_torch_does(shape):
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(*shape, generator=g) * 3
+    h[..., 0] = 0.0                                    # gelu(0) = 0, gelu'(0) = 1/2
+    h[..., 1] = -12.0                                  # saturated: gelu ~ -0, gelu' ~ 0
+    dy = torch.randn(*shape[:-1], shape[-1] // 2, generator=g)
+    want_y, want_dh = _reference(h.double(), dy.double())
+
+    hf = h.clone().requires_grad_(True)
+    y = fastops.geglu(hf)
+    y.backward(dy)
+    ht = h.clone().requires_grad_(True)
+    gt, ut = ht.chunk(2, dim=-1)
+    yt = F.gelu(gt, approximate="tanh") * ut
+    yt.backward(dy)
+
+    for fused, torch_ops, want in ((y, yt, want_y), (hf.grad, ht.grad, want_dh)):
+        scale = want.abs().max().item() + 1e-30
+        err = (fused.double() - want).abs().max().item()
+        assert err <= 2e-6 * scale
+        assert err <= 2 * (torch_ops.double() - want).abs().max().item() + 1e-7 * scale
+
+
+def test_rows_split_over_threads_give_identical_numbers(monkeypatch):
+    h = torch.randn(3 * fastops._MIN_PARALLEL_ROWS + 5, 2 * 24, generator=torch.Generator().manual_seed(2))
+    dy = torch.randn(h.shape[0], 24)
+    outs = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(torch, "get_num_threads", lambda t=threads: t)
+        hr = h.clone().requires_grad_(True)
+        y = fastops.geglu(hr)
+        y.backward(dy)
+        outs[threads] = (y, hr.grad)
+    assert torch.equal(outs[1][0], outs[3][0]) and torch.equal(outs[1][1], outs[3][1])
+
+
+def test_fused_geglu_refuses_what_it_does_not_run():
+    assert not fastops.supports(torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        fastops.geglu(torch.zeros(2, 4, dtype=torch.float64))
+
+
+def test_the_model_takes_the_fused_path_on_a_cpu_and_computes_the_same(monkeypatch, model, samples):
+    calls = []
+    real = fastops.geglu
+    monkeypatch.setattr(fastops, "geglu", lambda h: calls.append(h.shape) or real(h))
+    batch = collate(samples)
+    fused = model(batch)
+    assert len(calls) == len(model.layers)
+    fused.sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    monkeypatch.setattr(M, "fastops", None)              # torch's ops, as on a GPU
+    plain = model(batch)
+    plain.sum().backward()
+    assert (fused - plain).abs().max() <= 1e-6
+    for a, p in zip(grads, model.parameters()):
+        assert (a - p.grad).abs().max() <= 1e-5 * (p.grad.abs().max() + 1)
