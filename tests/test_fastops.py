@@ -98,3 +98,38 @@ def test_the_model_takes_the_fused_path_on_a_cpu_and_computes_the_same(monkeypat
     assert (fused - plain).abs().max() <= 1e-6
     for a, p in zip(grads, model.parameters()):
         assert (a - p.grad).abs().max() <= 1e-5 * (p.grad.abs().max() + 1)
+
+
+def test_softmax_in_place_matches_torch_and_gives_masked_keys_exactly_zero():
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(6, 5, 53, generator=g) * 4
+    s[0, :, 10:] += M.MASKED                           # padded keys, as the attention bias makes them
+    s[1, 2, 7] = float("nan")
+    want = torch.softmax(s, -1)
+    got = fastops.softmax_(s.clone())
+    live = ~torch.isnan(want)
+    assert torch.isnan(got[1, 2]).all() and torch.isnan(want[1, 2]).all()
+    assert (got[live] - want[live]).abs().max() <= 1e-6
+    assert (got[0, :, 10:] == 0).all()
+    with pytest.raises(ValueError, match="contiguous float32"):
+        fastops.softmax_(s.transpose(1, 2))
+
+
+@pytest.mark.parametrize("cls_only", [False, True])
+def test_float32_attention_with_the_fused_softmax_matches_sdpa(cls_only):
+    g = torch.Generator().manual_seed(5)
+    B, T, D, H = 4, 23, 48, 4
+    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g)
+    q = torch.randn(B, 1, D, generator=g) if cls_only else None
+    bias = torch.zeros(B, 1, 1, T)
+    bias[1, ..., 9:] = M.MASKED
+    dy = torch.randn(B, 1 if cls_only else T, D, generator=g)
+    outs = {}
+    for kernel in ("sliced", "sdpa"):
+        xs = x.clone().requires_grad_(True)
+        qs = q.clone().requires_grad_(True) if cls_only else None
+        y = M.attention(xs, bias, H, q=qs, kernel=kernel)
+        y.backward(dy)
+        outs[kernel] = [y.detach(), xs.grad] + ([qs.grad] if cls_only else [])
+    for a, b in zip(outs["sliced"], outs["sdpa"]):
+        assert (a - b).abs().max() <= 2e-6
