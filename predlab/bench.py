@@ -224,6 +224,36 @@ def bench_attention(batch_size: int = 256, n_boids: int = 50, cfg: Optional[Mode
     return {"sliced_ms": best["sliced"], "sdpa_ms": best["sdpa"], "tokens": T, "batch_size": batch_size}
 
 
+def bench_geglu(batch_size: int = 256, n_boids: int = 50, cfg: Optional[ModelConfig] = None,
+                repeats: int = 10) -> Optional[Dict[str, float]]:
+    """Milliseconds for forward + backward of one layer's GEGLU gate, per implementation.
+
+    "fused" is predlab.fastops.geglu (the CPU path), "torch" is gelu(gate) * up in torch's ops
+    (the GPU path); same maths. None where numba is missing.
+    """
+    from . import model as M
+    if M.fastops is None:
+        return None
+    cfg = cfg or ModelConfig()
+    T, Fh = 3 + n_boids, cfg.ffn_hidden
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(batch_size, T, 2 * Fh, generator=g).requires_grad_(True)
+    dy = torch.randn(batch_size, T, Fh, generator=g)
+
+    def plain(x):
+        gate, up = x.split(Fh, dim=-1)
+        return F.gelu(gate, approximate="tanh") * up
+
+    best = {"fused": math.inf, "torch": math.inf}
+    for r in range(repeats + 1):                     # interleaved, so load hits both alike
+        for name, fn in (("fused", M.fastops.geglu), ("torch", plain)):
+            t0 = time.perf_counter()
+            fn(h).backward(dy)
+            if r:
+                best[name] = min(best[name], (time.perf_counter() - t0) * 1e3)
+    return {"fused_ms": best["fused"], "torch_ms": best["torch"], "tokens": T, "batch_size": batch_size}
+
+
 # ---------------------------------------------------------------------- memory
 def training_memory(batch_size: int = 256, n_boids: int = 50) -> Dict[str, float]:
     """Tensor memory of one CPU training step at batch_size x n_boids, in MiB.
@@ -310,6 +340,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         res[name] = r
     res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
     res["attention_cpu"] = bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
+    res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
     if gpu:
@@ -367,6 +398,11 @@ def print_table(res: Dict) -> None:
     print(f"attention, forward + backward of one layer at batch {a['batch_size']} x {a['tokens']} tokens (CPU): "
           f"predlab's sliced kernel {a['sliced_ms']:.1f} ms, F.scaled_dot_product_attention {a['sdpa_ms']:.1f} ms "
           f"({a['sdpa_ms'] / a['sliced_ms']:.2f}x)")
+    gg = res.get("geglu_cpu")
+    if gg:
+        print(f"GEGLU gate, forward + backward of one layer at batch {gg['batch_size']} x {gg['tokens']} tokens (CPU): "
+              f"predlab's fused kernel {gg['fused_ms']:.1f} ms, torch's ops {gg['torch_ms']:.1f} ms "
+              f"({gg['torch_ms'] / gg['fused_ms']:.2f}x)")
     mem = res["memory_cpu_b256_n50"]
     print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
           f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "

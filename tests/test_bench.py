@@ -34,9 +34,10 @@ def test_run_reports_every_figure(tmp_path, capsys):
     assert res["memory_cpu_b256_n50"]["activations_mib"] > 0
     assert res["attention_cpu"]["sliced_ms"] > 0 and res["attention_cpu"]["sdpa_ms"] > 0
     assert res["attention_cpu"]["tokens"] == 9
+    assert res["geglu_cpu"]["fused_ms"] > 0 and res["geglu_cpu"]["torch_ms"] > 0 and res["geglu_cpu"]["tokens"] == 9
     bench.print_table(res)
     out = capsys.readouterr().out
-    assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out
+    assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
 
 
