@@ -113,23 +113,3 @@ def test_softmax_in_place_matches_torch_and_gives_masked_keys_exactly_zero():
     assert (got[0, :, 10:] == 0).all()
     with pytest.raises(ValueError, match="contiguous float32"):
         fastops.softmax_(s.transpose(1, 2))
-
-
-@pytest.mark.parametrize("cls_only", [False, True])
-def test_float32_attention_with_the_fused_softmax_matches_sdpa(cls_only):
-    g = torch.Generator().manual_seed(5)
-    B, T, D, H = 4, 23, 48, 4
-    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g)
-    q = torch.randn(B, 1, D, generator=g) if cls_only else None
-    bias = torch.zeros(B, 1, 1, T)
-    bias[1, ..., 9:] = M.MASKED
-    dy = torch.randn(B, 1 if cls_only else T, D, generator=g)
-    outs = {}
-    for kernel in ("sliced", "sdpa"):
-        xs = x.clone().requires_grad_(True)
-        qs = q.clone().requires_grad_(True) if cls_only else None
-        y = M.attention(xs, bias, H, q=qs, kernel=kernel)
-        y.backward(dy)
-        outs[kernel] = [y.detach(), xs.grad] + ([qs.grad] if cls_only else [])
-    for a, b in zip(outs["sliced"], outs["sdpa"]):
-        assert (a - b).abs().max() <= 2e-6

@@ -181,22 +181,24 @@ def test_dropout_is_off_in_eval(make_model, make_samples):
     assert m.training  # predict() restores the mode it found
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("cls_only", [False, True])
-def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only):
+def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtype):
     """The CPU attention kernel (own backward, weights made a slice at a time) computes what
     F.scaled_dot_product_attention computes, forward and backward, with padded keys, for fused
-    qkv and for a [CLS] query given apart; small slices force several of them."""
+    qkv and for a [CLS] query given apart; small slices force several of them. In float32 the
+    softmax is predlab.fastops' (float32 rounding apart); float64 also passes gradcheck."""
     from predlab import model as M
     monkeypatch.setattr(M._Attention, "_slices",
                         staticmethod(lambda n, Tq, T: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
     g = torch.Generator().manual_seed(3)
     B, T, D, H = 5, 9, 16, 4
-    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g, dtype=torch.float64)
-    q = torch.randn(B, 1, D, generator=g, dtype=torch.float64) if cls_only else None
-    bias = torch.zeros(B, 1, 1, T, dtype=torch.float64)
+    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g, dtype=dtype)
+    q = torch.randn(B, 1, D, generator=g, dtype=dtype) if cls_only else None
+    bias = torch.zeros(B, 1, 1, T, dtype=dtype)
     bias[1, ..., 6:] = M.MASKED                       # a padded sample
     bias[3, ..., 3:] = M.MASKED                       # no boids at all
-    dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=torch.float64)
+    dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=dtype)
     outs = {}
     for kernel in ("sliced", "sdpa"):
         xs = x.clone().requires_grad_(True)
@@ -206,7 +208,9 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only):
         outs[kernel] = [y.detach(), xs.grad] + ([qs.grad] if cls_only else [])
     assert outs["sliced"][0].shape == dy.shape
     for a, b in zip(outs["sliced"], outs["sdpa"]):
-        assert torch.allclose(a, b, atol=1e-12)
+        assert (a - b).abs().max() <= (1e-12 if dtype == torch.float64 else 2e-6)
+    if dtype != torch.float64:
+        return
     inputs = (x[:2].clone().requires_grad_(True),) + ((q[:2].clone().requires_grad_(True),) if cls_only else ())
     assert torch.autograd.gradcheck(lambda *t: M.attention(t[0], bias[:2], H, q=t[1] if cls_only else None,
                                                            kernel="sliced"), inputs, atol=1e-7)
