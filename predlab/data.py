@@ -345,7 +345,7 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
 
     Without a student one kernel call observes, labels and steps every episode, writing the
     samples straight into their rows. A student needs the observations first: observe, call
-    the student on all episodes, keep the live rows, step.
+    the student on the live episodes it drives, keep the live rows, step.
     """
     g = torch.Generator().manual_seed(seed)
     world = World.random(num_episodes, cfg, generator=g)
@@ -361,6 +361,7 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
     zeros = np.zeros((E, 2), dtype)
     out = _Rows(E * min(cfg.frames, 64), N, dtype)
     if use_student:
+        student_rows = by_student.numpy()
         obs_rows = _Rows(E, N, dtype)                            # one frame, every episode
         everyone = np.arange(E, dtype=np.int64)
         slots = torch.arange(N)
@@ -376,7 +377,10 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
         fastsim.observe(state, everyone, *obs_rows.arrays)
         ctx, pred, boids, n, target = (torch.from_numpy(a) for a in obs_rows.arrays)
         obs = {"context": ctx, "predator": pred, "boids": boids, "mask": slots[None, :] < n[:, None]}
-        drive = torch.where(by_student[:, None], student(obs).to(target.dtype), target)
+        drive = target.clone()
+        rows = torch.from_numpy(np.flatnonzero(student_rows & (live > 0)))    # the student drives these
+        if len(rows):
+            drive[rows] = student({k: v[rows] for k, v in obs.items()}).to(target.dtype)
         if noise is not None:
             drive = drive + noise
         keep = np.flatnonzero(live > 0)                          # episodes in order

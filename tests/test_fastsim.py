@@ -262,7 +262,8 @@ def test_rollout_is_deterministic():
 
 
 def test_student_chunk_on_the_numba_path(make_model):
-    """DAgger's student drives on the numba path: it sees every episode's observation and its action is used."""
+    """DAgger's student drives on the numba path: it is called on the live episodes it drives only
+    (about half at beta 0.5, never the teacher's), and its actions give the torch path's samples."""
     cfg = WorldConfig(frames=6)
     policy = ModelPolicy(make_model(1))
     seen = []
@@ -275,7 +276,7 @@ def test_student_chunk_on_the_numba_path(make_model):
     b = rollout_chunk(32, cfg, 9, student=policy, beta=0.5, backend="torch")
     assert len(seen) == 6
     for obs in seen:
-        assert obs["context"].shape == (32, 2) and obs["boids"].shape[:2] == obs["mask"].shape
+        assert 4 <= obs["context"].shape[0] <= 28 and obs["boids"].shape[:2] == obs["mask"].shape
         n = obs["mask"].sum(1)
         assert torch.equal(obs["mask"], torch.arange(obs["mask"].shape[1]) < n[:, None])   # live boids first
     assert len(a) == len(b) and torch.equal(a.n, b.n)
