@@ -8,7 +8,8 @@ costs about 3 ns per element on a 2-core laptop-class CPU; here one pass compute
 range reduction, a degree-7 polynomial, the exponent set in the bits: within 2 float32 ulp of
 exp). The results match torch's to float32 rounding (tests hold them to 1e-6).
 
-The attention's softmax uses the same exp, in place over its score rows.
+The attention's softmax uses the same exp, in place over its score rows, on one thread (the
+model takes torch's threaded softmax when torch has more than one thread).
 
 The kernels take float32 numpy views of CPU tensors and release the GIL, so the trainer's
 batch halves run them side by side; with more than one torch thread and enough rows, rows are
@@ -34,7 +35,7 @@ _JIT = dict(cache=True, error_model="numpy", nogil=True, fastmath={"contract"})
 EXP_LO, EXP_HI = F32(-87.0), F32(88.0)   # below EXP_LO, exp is 0 (float32 denormal range); above, clamped
 _C = F32(2.0 * math.sqrt(2.0 / math.pi))  # sigmoid(2 z) = 0.5 (1 + tanh(z)), z = sqrt(2/pi) (x + 0.044715 x^3)
 _A = F32(0.044715)
-_MIN_PARALLEL_ROWS = 2048                 # below this, one thread (a pool hand-off costs more than it saves)
+_MIN_PARALLEL_ROWS = 2048                 # GEGLU rows per thread, at least (a hand-off costs more below)
 
 
 @intrinsic
@@ -106,10 +107,10 @@ def _geglu_backward(h, dy, dh, lo, hi):
 
 
 @njit(**{**_JIT, "fastmath": {"contract", "reassoc"}})
-def _softmax_rows(s):
-    """Softmax over the last axis of s [R, T], in place. reassoc lets LLVM vectorise the sum."""
-    R, T = s.shape
-    for r in range(R):
+def _softmax_rows(s, lo, hi):
+    """Softmax over the last axis of s [R, T], in place, rows lo..hi. reassoc lets LLVM vectorise the sum."""
+    T = s.shape[1]
+    for r in range(lo, hi):
         row = s[r]
         m = row[0]
         for j in range(1, T):
@@ -132,7 +133,7 @@ def softmax_(s: torch.Tensor) -> torch.Tensor:
     """
     if not (supports(s) and s.is_contiguous()):
         raise ValueError(f"softmax_ runs in place on contiguous float32 CPU tensors, got {s.dtype} on {s.device}")
-    _softmax_rows(s.view(-1, s.shape[-1]).numpy())
+    _softmax_rows(s.view(-1, s.shape[-1]).numpy(), 0, s.numel() // max(s.shape[-1], 1))
     return s
 
 
@@ -149,13 +150,16 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 
 def _over_rows(kernel, rows: int, *arrays) -> None:
-    """kernel(*arrays, lo, hi) over all rows, split over torch's thread count when worth it."""
+    """kernel(*arrays, lo, hi) over all rows, split over torch's thread count when worth it
+    (parts run in a small pool, the first on the calling thread)."""
     parts = min(torch.get_num_threads(), rows // _MIN_PARALLEL_ROWS)
     if parts <= 1:
         kernel(*arrays, 0, rows)
         return
     bounds = [rows * i // parts for i in range(parts + 1)]
-    futures = [_pool(parts).submit(kernel, *arrays, bounds[i], bounds[i + 1]) for i in range(parts)]
+    pool = _pool(parts - 1)
+    futures = [pool.submit(kernel, *arrays, bounds[i], bounds[i + 1]) for i in range(1, parts)]
+    kernel(*arrays, bounds[0], bounds[1])                 # the first part on this thread
     for f in futures:
         f.result()
 

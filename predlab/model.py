@@ -32,8 +32,9 @@ class _Attention(torch.autograd.Function):
     The same maths as F.scaled_dot_product_attention. On a CPU, that kernel is slow for
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, and the [B*H, Tq, T] weights are made and used a slice of about 0.5 MB at a
-    time, so that the passes over them stay in cache (with float32 on a CPU the softmax is
-    predlab.fastops.softmax_, in place and with a vectorised exp): forward + backward of one layer at batch
+    time, so that the passes over them stay in cache (with float32 on one CPU thread, as in the
+    trainer's split batches, the softmax is predlab.fastops.softmax_, in place with a vectorised
+    exp): forward + backward of one layer at batch
     256 x 53 tokens takes about 19 ms instead of 26 on 2 cores (predlab.bench prints both).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
@@ -63,7 +64,8 @@ class _Attention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(hs)
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
         y = x.new_empty(BH, Tq, hs)
-        fast = fastops is not None and fastops.supports(x)
+        # the fused softmax runs on one thread: with more, torch's threaded softmax is faster
+        fast = fastops is not None and fastops.supports(x) and torch.get_num_threads() == 1
         ws = []
         for s in _Attention._slices(BH, Tq, T):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
