@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
-try:  # fused GEGLU kernels for float32 CPU tensors; without numba, torch's ops do the same maths
+try:  # fused GEGLU and softmax kernels for float32 CPU tensors; without numba, torch's ops
     from . import fastops
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the model usable without it
     fastops = None
@@ -34,8 +34,8 @@ class _Attention(torch.autograd.Function):
     with one copy, and the [B*H, Tq, T] weights are made and used a slice of about 0.5 MB at a
     time, so that the passes over them stay in cache (with float32 on one CPU thread, as in the
     trainer's split batches, the softmax is predlab.fastops.softmax_, in place with a vectorised
-    exp): forward + backward of one layer at batch
-    256 x 53 tokens takes about 19 ms instead of 26 on 2 cores (predlab.bench prints both).
+    exp): forward + backward of one layer at batch 256 x 53 tokens takes about 20 ms instead of
+    26 on 2 cores (predlab.bench prints both).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
