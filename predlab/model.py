@@ -31,11 +31,12 @@ class _Attention(torch.autograd.Function):
 
     The same maths as F.scaled_dot_product_attention. On a CPU, that kernel is slow for
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
-    with one copy, and the [B*H, Tq, T] weights are made and used a slice of about 0.5 MB at a
-    time, so that the passes over them stay in cache (with float32 on one CPU thread, as in the
-    trainer's split batches, the softmax is predlab.fastops.softmax_, in place with a vectorised
-    exp): forward + backward of one layer at batch 256 x 53 tokens takes about 20 ms instead of
-    26 on 2 cores (predlab.bench prints both).
+    with one copy, the products whose result would be 12 wide are made transposed (T wide,
+    which MKL runs ~25% faster), and the [B*H, Tq, T] weights are made and used a slice of
+    about 0.5 MB at a time, so that the passes over them stay in cache (with float32 on one
+    CPU thread, as in the trainer's split batches, the softmax is predlab.fastops.softmax_, in
+    place with a vectorised exp): forward + backward of one layer at batch 256 x 53 tokens
+    takes about 20 ms instead of 26 on 2 cores (predlab.bench prints both).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
@@ -63,18 +64,18 @@ class _Attention(torch.autograd.Function):
         Tq = q.shape[1]
         scale = 1.0 / math.sqrt(hs)
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
-        y = x.new_empty(BH, Tq, hs)
+        yT = x.new_empty(BH, hs, Tq)          # products made transposed: 53 wide, not 12, run faster
         # the fused softmax runs on one thread: with more, torch's threaded softmax is faster
         fast = fastops is not None and fastops.supports(x) and torch.get_num_threads() == 1
         ws = []
         for s in _Attention._slices(BH, Tq, T):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
             w = fastops.softmax_(w) if fast else torch.softmax(w, -1)
-            torch.bmm(w, v[s], out=y[s])
+            torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
             ws.append(w)                                                        # (slice, Tq, T)
         ctx.save_for_backward(heads, q, *ws)
         ctx.dims = (B, T, H, hs, Tq, parts, scale)
-        return y.view(B, H, Tq, hs).transpose(1, 2).reshape(B, Tq, D)
+        return yT.view(B, H, hs, Tq).permute(0, 3, 1, 2).reshape(B, Tq, D)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -83,20 +84,20 @@ class _Attention(torch.autograd.Function):
         BH = B * H
         k, v = heads[parts - 2], heads[parts - 1]
         dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
-        d = heads.new_empty(parts, BH, T, hs)
-        dq, dk, dv = (d[0] if parts == 3 else heads.new_empty(BH, Tq, hs)), d[parts - 2], d[parts - 1]
+        d = heads.new_empty(parts, BH, hs, T)                                   # gradients, transposed
+        dqT, dkT, dvT = (d[0] if parts == 3 else heads.new_empty(BH, hs, Tq)), d[parts - 2], d[parts - 1]
         for s, w in zip(_Attention._slices(BH, Tq, T), ws):
-            torch.bmm(w.transpose(1, 2), dyh[s], out=dv[s])
+            torch.bmm(dyh[s].transpose(1, 2), w, out=dvT[s])                     # (w^T dy)^T
             dw = torch.bmm(dyh[s], v[s].transpose(1, 2))
             ds = torch._softmax_backward_data(dw, w, -1, w.dtype)                # d scores / scale
-            torch.bmm(ds, k[s], out=dq[s])
-            torch.bmm(ds.transpose(1, 2), q[s], out=dk[s])
-        dq.mul_(scale)
-        dk.mul_(scale)
-        dx = d.view(parts, B, H, T, hs).permute(1, 3, 0, 2, 4).reshape(B, T, parts * H * hs)
+            torch.bmm(k[s].transpose(1, 2), ds.transpose(1, 2), out=dqT[s])      # (ds k)^T
+            torch.bmm(q[s].transpose(1, 2), ds, out=dkT[s])                      # (ds^T q)^T
+        dqT.mul_(scale)
+        dkT.mul_(scale)
+        dx = d.view(parts, B, H, hs, T).permute(1, 4, 0, 2, 3).reshape(B, T, parts * H * hs)
         if parts == 3:
             return dx, None, None, None
-        return dx, dq.view(B, H, Tq, hs).transpose(1, 2).reshape(B, Tq, H * hs), None, None
+        return dx, dqT.view(B, H, hs, Tq).permute(0, 3, 1, 2).reshape(B, Tq, H * hs), None, None
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
