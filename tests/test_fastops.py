@@ -1,4 +1,5 @@
-"""predlab.fastops: the vectorised exp and the fused GEGLU match the maths and torch, on any thread count."""
+"""predlab.fastops: the vectorised exp, the fused GEGLU and the in-place softmax match the maths and torch,
+on any thread count."""
 from __future__ import annotations
 
 import math

@@ -283,6 +283,14 @@ def test_student_chunk_on_the_numba_path(make_model):
     first = len(rollout_chunk(32, WorldConfig(frames=2), 9, student=policy, beta=0.5, backend="torch"))
     assert_same_samples(a.select(torch.arange(first)), b.select(torch.arange(first)), atol=1e-5)
 
+    rows = []
+    rollout_chunk(32, WorldConfig(frames=2), 9, student=lambda o: rows.append(len(o["context"])) or policy(o),
+                  beta=0.0, backend="numba")
+    assert rows == [32, 32]                                  # beta 0: the student drives every episode
+    rollout_chunk(32, WorldConfig(frames=2), 9, student=lambda o: rows.append(len(o["context"])) or policy(o),
+                  beta=1.0, backend="numba")
+    assert rows == [32, 32]                                  # beta 1: the teacher's; the student is never called
+
     # a student that always steers to (-1, -1): from frame 10 on, every predator moves left and up
     def left_up(obs):
         return -torch.ones(obs["context"].shape[0], 2)

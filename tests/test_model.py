@@ -199,6 +199,10 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     bias[1, ..., 6:] = M.MASKED                       # a padded sample
     bias[3, ..., 3:] = M.MASKED                       # no boids at all
     dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=dtype)
+    fused_softmax = []
+    if M.fastops is not None:                         # count the fused softmax's calls (one torch thread here)
+        real = M.fastops.softmax_
+        monkeypatch.setattr(M.fastops, "softmax_", lambda w: fused_softmax.append(w.shape) or real(w))
     outs = {}
     for kernel in ("sliced", "sdpa"):
         xs = x.clone().requires_grad_(True)
@@ -210,6 +214,7 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     for a, b in zip(outs["sliced"], outs["sdpa"]):
         assert (a - b).abs().max() <= (1e-12 if dtype == torch.float64 else 2e-6)
     if dtype != torch.float64:
+        assert M.fastops is None or len(fused_softmax) == math.ceil(B * H / 3)   # every slice, fused
         return
     inputs = (x[:2].clone().requires_grad_(True),) + ((q[:2].clone().requires_grad_(True),) if cls_only else ())
     assert torch.autograd.gradcheck(lambda *t: M.attention(t[0], bias[:2], H, q=t[1] if cls_only else None,
