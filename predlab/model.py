@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
-try:  # fused GEGLU and softmax kernels for float32 CPU tensors; without numba, torch's ops
+try:  # the fused GEGLU kernel for float32 CPU tensors; without numba, torch's ops
     from . import fastops
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the model usable without it
     fastops = None
@@ -33,10 +33,9 @@ class _Attention(torch.autograd.Function):
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, the products whose result would be 12 wide are made transposed (T wide,
     which MKL runs ~25% faster), and the [B*H, Tq, T] weights are made and used a slice of
-    about 0.5 MB at a time, so that the passes over them stay in cache (with float32 on one
-    CPU thread, as in the trainer's split batches, the softmax is predlab.fastops.softmax_, in
-    place with a vectorised exp): forward + backward of one layer at batch 256 x 53 tokens
-    takes about 20 ms instead of 26 on 2 cores (predlab.bench prints both).
+    about 0.5 MB at a time, so that the passes over them stay in cache: forward + backward of
+    one layer at batch 256 x 53 tokens takes about 20 ms instead of 26 on 2 cores
+    (predlab.bench prints both).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
@@ -65,12 +64,10 @@ class _Attention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(hs)
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
         yT = x.new_empty(BH, hs, Tq)          # products made transposed: 53 wide, not 12, run faster
-        # the fused softmax runs on one thread: with more, torch's threaded softmax is faster
-        fast = fastops is not None and fastops.supports(x) and torch.get_num_threads() == 1
         ws = []
         for s in _Attention._slices(BH, Tq, T):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
-            w = fastops.softmax_(w) if fast else torch.softmax(w, -1)
+            w = torch.softmax(w, -1)
             torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
             ws.append(w)                                                        # (slice, Tq, T)
         ctx.save_for_backward(heads, q, *ws)
