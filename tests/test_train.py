@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,33 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path):
         assert _trainer(tmp_path, dropout=0.0).split_parts() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the process's threads in /proc")
+def test_split_threads_start_no_thread_teams_of_their_own(tmp_path, monkeypatch):
+    """The split batch's threads run one intra-op thread from their first op on, so they start no
+    OpenMP teams: with those, libgomp manages more threads than cores, stops spinning between
+    parallel regions, and the main thread's multi-threaded ops after a split epoch (validation,
+    DAgger rollouts, evaluation) wait for sleeping threads (about 1.7x slower on 2 cores)."""
+    from predlab import train as T
+    monkeypatch.setattr(T, "_SPLIT_POOL", {})                     # threads created in this test
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        from predlab.bench import make_trainer, samples_with_boids
+        data = samples_with_boids(50, 512)                       # products big enough for MKL to thread
+        t = make_trainer(data, batch_size=256)
+        x = torch.randn(512, 512)
+        torch.mm(x, x), (x + 1).exp_()                            # the main thread's own team, first
+        before = set(os.listdir("/proc/self/task"))
+        t.train_epoch(data)
+        new = {int(tid) for tid in set(os.listdir("/proc/self/task")) - before}
+        split = {th.native_id for th in threading.enumerate() if th.name.startswith("predlab-split")}
+        assert len(new) == 2 and new <= split                     # the two split threads, nothing else
+    finally:
+        torch.set_num_threads(threads)
+        for pool in T._SPLIT_POOL.values():
+            pool.shutdown()
 
 
 def test_training_reduces_val_loss(tmp_path):
