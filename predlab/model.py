@@ -34,8 +34,9 @@ class _Attention(torch.autograd.Function):
     with one copy, the products whose result would be 12 wide are made transposed (T wide,
     which MKL runs ~25% faster), and the [B*H, Tq, T] weights are made and used a slice of
     about 0.5 MB at a time, so that the passes over them stay in cache: forward + backward of
-    one layer at batch 256 x 53 tokens takes about 20 ms instead of 26 on 2 cores
-    (predlab.bench prints both).
+    one layer at batch 256 x 53 tokens takes about 14 ms instead of 24 on 2 cores
+    (predlab.bench prints both). With float32 on one thread, as in the trainer's split
+    batches, the copies between token and head layouts are predlab.fastops' (~7% of a layer).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
@@ -54,7 +55,12 @@ class _Attention(torch.autograd.Function):
         parts = 3 if q_apart is None else 2
         H, D = n_heads, width // parts
         hs, BH = D // H, B * n_heads
-        heads = x.reshape(B, T, parts, H, hs).permute(2, 0, 3, 1, 4).reshape(parts, BH, T, hs)
+        # numba head copies on one thread (as in the trainer's split batches); torch's threaded ones else
+        fast = fastops is not None and fastops.supports(x) and torch.get_num_threads() == 1
+        if fast:
+            heads = fastops.split_heads(x, parts, H)                          # (parts, BH, T, hs)
+        else:
+            heads = x.reshape(B, T, parts, H, hs).permute(2, 0, 3, 1, 4).reshape(parts, BH, T, hs)
         if q_apart is None:
             q, k, v = heads[0], heads[1], heads[2]
         else:
@@ -72,7 +78,7 @@ class _Attention(torch.autograd.Function):
             ws.append(w)                                                        # (slice, Tq, T)
         ctx.save_for_backward(heads, q, *ws)
         ctx.dims = (B, T, H, hs, Tq, parts, scale)
-        return yT.view(B, H, hs, Tq).permute(0, 3, 1, 2).reshape(B, Tq, D)
+        return _merge(yT.view(1, B, H, hs, Tq), fast)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -80,7 +86,11 @@ class _Attention(torch.autograd.Function):
         B, T, H, hs, Tq, parts, scale = ctx.dims
         BH = B * H
         k, v = heads[parts - 2], heads[parts - 1]
-        dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
+        fast = fastops is not None and fastops.supports(dy) and torch.get_num_threads() == 1
+        if fast:
+            dyh = fastops.split_heads(dy, 1, H)[0]                              # (BH, Tq, hs)
+        else:
+            dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
         d = heads.new_empty(parts, BH, hs, T)                                   # gradients, transposed
         dqT, dkT, dvT = (d[0] if parts == 3 else heads.new_empty(BH, hs, Tq)), d[parts - 2], d[parts - 1]
         for s, w in zip(_Attention._slices(BH, Tq, T), ws):
@@ -91,10 +101,18 @@ class _Attention(torch.autograd.Function):
             torch.bmm(q[s].transpose(1, 2), ds, out=dkT[s])                      # (ds^T q)^T
         dqT.mul_(scale)
         dkT.mul_(scale)
-        dx = d.view(parts, B, H, hs, T).permute(1, 4, 0, 2, 3).reshape(B, T, parts * H * hs)
+        dx = _merge(d.view(parts, B, H, hs, T), fast)
         if parts == 3:
             return dx, None, None, None
-        return dx, dqT.view(B, H, hs, Tq).permute(0, 3, 1, 2).reshape(B, Tq, H * hs), None, None
+        return dx, _merge(dqT.view(1, B, H, hs, Tq), fast), None, None
+
+
+def _merge(d: Tensor, fast: bool) -> Tensor:
+    """Per-head results made transposed, d [parts, B, H, hs, T] -> [B, T, parts * H * hs]."""
+    if fast:
+        return fastops.merge_heads_t(d)
+    P, B, H, hs, T = d.shape
+    return d.permute(1, 4, 0, 2, 3).reshape(B, T, P * H * hs)
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:

@@ -99,3 +99,16 @@ def test_the_model_takes_the_fused_path_on_a_cpu_and_computes_the_same(monkeypat
     assert (fused - plain).abs().max() <= 1e-6
     for a, p in zip(grads, model.parameters()):
         assert (a - p.grad).abs().max() <= 1e-5 * (p.grad.abs().max() + 1)
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3])
+def test_head_copies_equal_torch_permutes(parts):
+    """split_heads / merge_heads_t give exactly the tensors torch's permute copies give."""
+    g = torch.Generator().manual_seed(5)
+    B, T, H, hs = 3, 7, 4, 12
+    x = torch.randn(B, T, parts * H * hs, generator=g)
+    want = x.view(B, T, parts, H, hs).permute(2, 0, 3, 1, 4).reshape(parts, B * H, T, hs)
+    assert torch.equal(fastops.split_heads(x, parts, H), want)
+    d = torch.randn(parts, B, H, hs, T, generator=g)
+    assert torch.equal(fastops.merge_heads_t(d), d.permute(1, 4, 0, 2, 3).reshape(B, T, parts * H * hs))
+
