@@ -133,27 +133,15 @@ def _over_rows(kernel, rows: int, *arrays) -> None:
 
 
 @njit(**_JIT)
-def _heads_to_tokens(src, dst, lo, hi):
-    """dst[b, t, p, h, c] = src[p, b, h, c, t] for samples lo..hi."""
-    P, B, H, C, T = src.shape
-    for b in range(lo, hi):
-        for t in range(T):
-            for p in range(P):
-                for h in range(H):
-                    for c in range(C):
-                        dst[b, t, p, h, c] = src[p, b, h, c, t]
-
-
-@njit(**_JIT)
-def _tokens_to_heads(src, dst, lo, hi):
-    """dst[p, b, h, t, c] = src[b, t, p, h, c] for samples lo..hi."""
+def _copy_by_sample(src, dst):
+    """dst[...] = src for two [B, T, parts, H, hs] views (either may be strided), a sample at a time."""
     B, T, P, H, C = src.shape
-    for b in range(lo, hi):
+    for b in range(B):
         for t in range(T):
             for p in range(P):
                 for h in range(H):
                     for c in range(C):
-                        dst[p, b, h, t, c] = src[b, t, p, h, c]
+                        dst[b, t, p, h, c] = src[b, t, p, h, c]
 
 
 # The attention's head copies, on one thread (the trainer's split batches; with more threads,
@@ -167,8 +155,8 @@ def split_heads(x: torch.Tensor, parts: int, n_heads: int) -> torch.Tensor:
     B, T, W = x.shape
     hs = W // (parts * n_heads)
     out = x.new_empty(parts, B * n_heads, T, hs)
-    _tokens_to_heads(x.contiguous().view(B, T, parts, n_heads, hs).numpy(),
-                     out.view(parts, B, n_heads, T, hs).numpy(), 0, B)
+    _copy_by_sample(x.contiguous().view(B, T, parts, n_heads, hs).numpy(),
+                    out.view(parts, B, n_heads, T, hs).numpy().transpose(1, 3, 0, 2, 4))
     return out
 
 
@@ -180,7 +168,7 @@ def merge_heads_t(d: torch.Tensor) -> torch.Tensor:
     """
     P, B, H, hs, T = d.shape
     out = d.new_empty(B, T, P * H * hs)
-    _heads_to_tokens(d.contiguous().numpy(), out.view(B, T, P, H, hs).numpy(), 0, B)
+    _copy_by_sample(d.contiguous().numpy().transpose(1, 4, 0, 2, 3), out.view(B, T, P, H, hs).numpy())
     return out
 
 
