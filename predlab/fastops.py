@@ -1,4 +1,5 @@
-"""A fused CPU kernel for the model's GEGLU gate, in numba, with a vectorisable exp of its own.
+"""CPU kernels for the model, in numba: the fused GEGLU gate (with a vectorisable exp of its
+own) and the attention's copies between token and head layouts.
 
 gelu(g) * u with gelu the tanh approximation of SPEC.md section 6, forward and backward, each
 as one pass over the [rows, 2F] output of the merged gate|up projection. torch spends five
@@ -10,8 +11,8 @@ exp). The results match torch's to float32 rounding (tests hold them to float64 
 closely as torch's own ops get).
 
 The kernels take float32 numpy views of CPU tensors and release the GIL, so the trainer's
-batch halves run them side by side; with more than one torch thread and enough rows, rows are
-split over a small thread pool.
+batch halves run them side by side. With more than one torch thread and enough rows, the
+GEGLU's rows are split over a small thread pool; the head copies are used on one thread only.
 """
 from __future__ import annotations
 
@@ -163,8 +164,9 @@ def split_heads(x: torch.Tensor, parts: int, n_heads: int) -> torch.Tensor:
 def merge_heads_t(d: torch.Tensor) -> torch.Tensor:
     """d [parts, B, H, hs, T] (per-head results made transposed) -> [B, T, parts * H * hs].
 
-    The copy torch makes for d.permute(1, 4, 0, 2, 3), whose strided gathers ran at about a
-    third of this speed on data just written (one layer's attention backward: ~2 ms vs ~0.5).
+    The copy torch makes for d.permute(1, 4, 0, 2, 3). Torch's gathers with stride T: on data
+    just written it took 2.1 ms of one layer's backward at batch 128 x 53 tokens, and in a
+    cold-cache test 6 ms against 0.6-0.8 ms here.
     """
     P, B, H, hs, T = d.shape
     out = d.new_empty(B, T, P * H * hs)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 
-try:  # the fused GEGLU kernel for float32 CPU tensors; without numba, torch's ops
+try:  # numba kernels for float32 CPU tensors (GEGLU, attention head copies); without numba, torch's ops
     from . import fastops
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the model usable without it
     fastops = None
@@ -36,7 +36,7 @@ class _Attention(torch.autograd.Function):
     about 0.5 MB at a time, so that the passes over them stay in cache: forward + backward of
     one layer at batch 256 x 53 tokens takes about 14 ms instead of 24 on 2 cores
     (predlab.bench prints both). With float32 on one thread, as in the trainer's split
-    batches, the copies between token and head layouts are predlab.fastops' (~7% of a layer).
+    batches, the copies between token and head layouts are predlab.fastops' (4-8% faster a layer).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
     [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
