@@ -111,4 +111,3 @@ def test_head_copies_equal_torch_permutes(parts):
     assert torch.equal(fastops.split_heads(x, parts, H), want)
     d = torch.randn(parts, B, H, hs, T, generator=g)
     assert torch.equal(fastops.merge_heads_t(d), d.permute(1, 4, 0, 2, 3).reshape(B, T, parts * H * hs))
-
