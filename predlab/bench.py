@@ -289,12 +289,116 @@ def training_memory(batch_size: int = 256, n_boids: int = 50) -> Dict[str, float
             "total_mib": (saved[0] + 4 * params) / mib, "process_peak_rss_mib": rss}
 
 
-def gpu_training_memory(data: SampleSet, batch_size: int = 256) -> Dict[str, float]:
+def gpu_training_memory(data: SampleSet, batch_size: int = 256, **trainer_kw) -> Dict[str, float]:
     """Peak CUDA memory of training at batch_size (only where CUDA exists)."""
+    torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    tr = make_trainer(data, batch_size, "cuda")
+    base = torch.cuda.memory_allocated()
+    tr = make_trainer(data, batch_size, "cuda", **trainer_kw)
     tr.train_epoch(data.select(torch.arange(min(len(data), 4 * batch_size))))
-    return {"peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
+    torch.cuda.synchronize()
+    return {"peak_mib": (torch.cuda.max_memory_allocated() - base) / 2 ** 20}
+
+
+# ---------------------------------------------------------------------- GPU
+GPU_BATCHES = (256, 4096, 16384)
+GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
+             "graphs bf16": {"cuda_graphs": True, "autocast": True}}
+
+
+def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, device="cuda",
+                       **trainer_kw) -> Dict[str, float]:
+    """GPU training samples/s: whole epochs over `data` held on the device (the best epoch,
+    after a warm-up epoch that moves the data and captures the CUDA graphs)."""
+    tr = make_trainer(data, batch_size, device, **trainer_kw)
+    tr.train_epoch(data)
+    rates, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(rates) < 2:
+        rates.append(tr.train_epoch(data)["samples_per_s"])
+    del tr
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    return {"samples": len(data), "epochs": len(rates), "samples_per_s": max(rates),
+            "median_samples_per_s": sorted(rates)[len(rates) // 2], "mean_boids": float(data.n.float().mean())}
+
+
+def val_after_training(data: SampleSet, val: SampleSet, batch_size: int, epochs: int, device="cuda",
+                       **trainer_kw) -> float:
+    """Val MSE after `epochs` epochs over data from the same seed (for comparing modes on equal steps)."""
+    tr = make_trainer(data, batch_size, device, **trainer_kw)
+    tr.val_dataset = val
+    for _ in range(epochs):
+        tr.train_epoch(data)
+        tr.epoch += 1
+    return tr.validate()
+
+
+def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GPU_BATCHES,
+            modes: Optional[Dict[str, Dict]] = None, seconds: Optional[float] = None,
+            fixed_boids: int = 50, device="cuda", pool_episodes: Optional[int] = None,
+            min_samples: Optional[int] = None) -> Dict:
+    """The GPU figures: training samples/s by batch size and mode (eager launches, CUDA graphs,
+    bf16 autocast with graphs) on the default episodes, the best mode at 50 boids, the val MSE
+    each run ends at (bf16 checked against float32 on the same data and steps), generation
+    with the torch world on the GPU, and peak memory. device and pool_episodes exist so that a
+    test can run it all on a CPU in seconds (no memory figure there)."""
+    world = world or WorldConfig()
+    modes = modes or GPU_MODES
+    seconds = seconds or (1.0 if quick else 3.0)
+    torch.manual_seed(0)
+    pool = rollout_chunk(pool_episodes or (32 if quick else 256), world, seed=7)
+    val = rollout_chunk(max(2, (pool_episodes or 256) // 8), world, seed=8)   # held out: another seed
+    mcfg = ModelConfig()
+    min_samples = min_samples or (1 << 14 if quick else 1 << 17)
+    on_gpu = torch.device(device).type == "cuda"
+    res: Dict = {"device": torch.cuda.get_device_name(0) if on_gpu else str(device), "train": []}
+    for b in batches:
+        # ~64 steps per epoch, at least 2^17 samples (the pool repeated: a throughput figure)
+        want = max(64 * b, min_samples)
+        data = SampleSet.cat([pool] * math.ceil(want / len(pool))).select(torch.arange(want))
+        for name, kw in modes.items():
+            r = bench_training_gpu(data, b, seconds, device, **kw)
+            r.update(batch_size=b, mode=name, data="default")
+            r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
+            res["train"].append(r)
+    best = max(res["train"], key=lambda r: r["samples_per_s"])
+    fifty = samples_with_boids(fixed_boids, min_samples // 4, world)
+    want = max(64 * best["batch_size"], min_samples)
+    fifty = SampleSet.cat([fifty] * math.ceil(want / len(fifty))).select(torch.arange(want))
+    r = bench_training_gpu(fifty, best["batch_size"], seconds, device, **modes[best["mode"]])
+    r.update(batch_size=best["batch_size"], mode=best["mode"], data=f"{fixed_boids} boids")
+    r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
+    res["train"].append(r)
+    # bf16 autocast against float32: the same data, seed and number of steps
+    want = min_samples // 2
+    cb = min(256 if quick else 1024, want // 8)
+    data = SampleSet.cat([pool] * math.ceil(want / len(pool))).select(torch.arange(want))
+    res["bf16_check"] = {"batch_size": cb, "epochs": 4, "samples": len(data), "val_samples": len(val), **{
+        key: val_after_training(data, val, cb, 4, device, autocast=bf16, cuda_graphs=True)
+        for key, bf16 in (("val_mse_fp32", False), ("val_mse_bf16", True))}}
+    res["generate"] = bench_generation(min(4 * CHUNK_EPISODES, min_samples // 8), world, repeats=1 if quick else 2, device=device,
+                                       frames=min(50, world.frames))
+    res["memory"] = ({str(b): gpu_training_memory(pool, b, cuda_graphs=True)["peak_mib"] for b in batches}
+                     if on_gpu else {})
+    return res
+
+
+def print_gpu_table(g: Dict) -> None:
+    print(f"GPU: {g['device']}")
+    row = "{:<14} {:>7} {:<12} {:>12} {:>12} {:>8} {:>5}"
+    print(row.format("data", "batch", "mode", "samples/s", "median", "TFLOP/s", "met"))
+    for r in g["train"]:
+        print(row.format(r["data"], r["batch_size"], r["mode"], f"{r['samples_per_s']:,.0f}",
+                         f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}",
+                         "yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no"))
+    c = g["bf16_check"]
+    print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "
+          f"float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
+          f"({c['val_mse_bf16'] / c['val_mse_fp32']:.3f}x)")
+    print(f"data generation on the GPU (torch world): {g['generate']['samples_per_s']:,.0f} samples/s")
+    if g["memory"]:
+        print("peak training memory (CUDA graphs): " + ", ".join(f"batch {b}: {m:,.0f} MiB"
+                                                                 for b, m in g["memory"].items()))
 
 
 # ---------------------------------------------------------------------- the run
@@ -343,15 +447,8 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    if gpu:
-        big = SampleSet.cat([default] * (8 if quick else 64))
-        res["train_gpu"] = bench_training(big, 4096, seconds=seconds, piece=len(big), device="cuda")
-        res["train_gpu_bf16"] = bench_training(big, 4096, seconds=seconds, piece=len(big), device="cuda",
-                                               autocast=True)
-        res["generate_gpu"] = bench_generation(4 * CHUNK_EPISODES, repeats=reps, device="cuda")
-        res["memory_gpu_b256"] = gpu_training_memory(default, batch_size)
-    else:
-        res["train_gpu"] = None  # not measured: no CUDA device here
+    res["gpu"] = run_gpu(quick, world) if gpu else None   # None: no CUDA device here
+    res["train_gpu"] = max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default") if gpu else None
     return res
 
 
@@ -378,13 +475,10 @@ def print_table(res: Dict) -> None:
         r = res[key]
         line(f"{label} ({m['threads']} thr)", r["samples_per_s"], f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
              SEED_MEASURED["train_cpu"], TARGETS[key])
-    gpu = res.get("train_gpu")
-    if gpu:
-        line("training, GPU fp32 (batch 4096)", gpu["samples_per_s"], "", None, SEED_ADVERTISED["train_gpu"],
-             TARGETS["train_gpu"])
-        line("training, GPU bf16 autocast", res["train_gpu_bf16"]["samples_per_s"], "", None,
+    if res.get("gpu"):
+        best = max((r for r in res["gpu"]["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
+        line(f"training, GPU ({best['mode']}, batch {best['batch_size']})", best["samples_per_s"], "", None,
              SEED_ADVERTISED["train_gpu"], TARGETS["train_gpu"])
-        line("data generation, GPU", res["generate_gpu"]["samples_per_s"], "", None, None, None)
     else:
         print(row.format("training, GPU", "not measured", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
     print()
@@ -407,14 +501,15 @@ def print_table(res: Dict) -> None:
     print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
           f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "
           f"process peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
-    if res.get("memory_gpu_b256"):
-        print(f"training memory, batch 256 (GPU): peak allocated {res['memory_gpu_b256']['peak_mib']:.1f} MiB")
     print(f"naive baselines (per-sample dicts, seed design): generation {g['naive']['samples_per_s']:,.0f}/s, "
           f"training {res['train_default']['naive']['samples_per_s']:,.0f}/s default, "
           f"{res['train_50']['naive']['samples_per_s']:,.0f}/s at 50 boids")
     print(f"seed figures: measured {SEED_MEASURED['train_cpu']:.0f} training / {SEED_MEASURED['generate_cpu']:.0f} "
           f"generation samples/s on 2 cores; advertised {SEED_ADVERTISED['train_cpu']:.0f} CPU / "
           f"{SEED_ADVERTISED['train_gpu']:,.0f} GPU")
+    if res.get("gpu"):
+        print()
+        print_gpu_table(res["gpu"])
 
 
 def main(argv=None) -> int:
@@ -422,11 +517,20 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
     a = p.parse_args(argv)
+    if a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
+    if a.gpu_only and not torch.cuda.is_available():
+        p.error("--gpu-only: this torch build sees no CUDA GPU")
     t0 = time.perf_counter()
-    res = run(quick=a.quick, threads=a.threads)
+    if a.gpu_only:
+        res = {"gpu": run_gpu(quick=a.quick)}
+        print_gpu_table(res["gpu"])
+    else:
+        res = run(quick=a.quick, threads=a.threads)
+        print_table(res)
     res["bench_seconds"] = time.perf_counter() - t0
-    print_table(res)
     print(f"\nbench took {res['bench_seconds']:.0f} s")
     if a.json:
         with open(a.json, "w") as f:

@@ -110,6 +110,9 @@ class TrainConfig:
     cpu_split: int = _f(0, "on a CPU, split each batch into this many parts that run side by side in threads, "
                         "each with 1/N of torch's threads (0 = auto: 2 with 2 or more threads and no dropout; "
                         "1 = off); the small matrices of this model keep 2 cores busier that way", min=0)
+    cuda_graphs: bool = _f(True, "on a CUDA GPU, capture each training step once per batch shape as a CUDA graph "
+                           "and replay it: one launch instead of hundreds of small ones (--no-cuda_graphs: "
+                           "launch every kernel from Python)")
     progress: bool = _f(True, "show progress bars")
     eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
                          "catches_per_1k (0 = off)", min=0)

@@ -8,6 +8,7 @@ same numbers as one sequence at a time.
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -45,7 +46,9 @@ class _Attention(torch.autograd.Function):
     """
 
     @staticmethod
-    def _slices(n: int, Tq: int, T: int):
+    def _slices(n: int, Tq: int, T: int, on_cpu: bool = True):
+        if not on_cpu:                                   # slices are for a CPU's caches
+            return [slice(0, n)]
         step = max(16, (1 << 17) // max(Tq * T, 1))     # ~128k floats of weights per slice
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
@@ -71,7 +74,7 @@ class _Attention(torch.autograd.Function):
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
         yT = x.new_empty(BH, hs, Tq)          # products made transposed: 53 wide, not 12, run faster
         ws = []
-        for s in _Attention._slices(BH, Tq, T):
+        for s in _Attention._slices(BH, Tq, T, x.device.type == "cpu"):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
             w = torch.softmax(w, -1)
             torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
@@ -93,7 +96,7 @@ class _Attention(torch.autograd.Function):
             dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
         d = heads.new_empty(parts, BH, hs, T)                                   # gradients, transposed
         dqT, dkT, dvT = (d[0] if parts == 3 else heads.new_empty(BH, hs, Tq)), d[parts - 2], d[parts - 1]
-        for s, w in zip(_Attention._slices(BH, Tq, T), ws):
+        for s, w in zip(_Attention._slices(BH, Tq, T, dy.device.type == "cpu"), ws):
             torch.bmm(dyh[s].transpose(1, 2), w, out=dvT[s])                     # (w^T dy)^T
             dw = torch.bmm(dyh[s], v[s].transpose(1, 2))
             ds = torch._softmax_backward_data(dw, w, -1, w.dtype)                # d scores / scale
@@ -115,15 +118,18 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
     return d.permute(1, 4, 0, 2, 3).reshape(B, T, P * H * hs)
 
 
+GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "sdpa")   # the kernel "auto" takes off the CPU
+
+
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
     """Multi-head attention: qkv [B, T, 3D], or kv [B, T, 2D] with queries q [B, Tq, D] -> y [B, Tq, D].
 
     bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
-    CPU), "sdpa" (F.scaled_dot_product_attention, the fused kernels of a GPU) or "auto" (sliced
-    on a CPU, sdpa elsewhere). Same maths.
+    CPU), "sdpa" (F.scaled_dot_product_attention), "math" (the same in plain tensor ops, which
+    torch.compile can fuse) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere). Same maths.
     """
     if kernel == "auto":
-        kernel = "sliced" if x.device.type == "cpu" else "sdpa"
+        kernel = "sliced" if x.device.type == "cpu" else GPU_ATTENTION
     if kernel == "sliced":
         return _Attention.apply(x, q, bias, n_heads)
     B, T, width = x.shape
@@ -132,8 +138,29 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     q = parts.pop(0) if q is None else q
     Tq = q.shape[1]
     k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in parts)
-    y = F.scaled_dot_product_attention(q.reshape(B, Tq, n_heads, D // n_heads).transpose(1, 2), k, v, attn_mask=bias)
+    q = q.reshape(B, Tq, n_heads, D // n_heads).transpose(1, 2)
+    if kernel == "math":
+        w = torch.softmax(q @ k.transpose(-2, -1) * (1.0 / math.sqrt(D // n_heads)) + bias, -1)
+        y = w @ v
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return y.transpose(1, 2).reshape(B, Tq, D)
+
+
+GPU_LAYER_NORM = os.environ.get("PREDLAB_GPU_LAYER_NORM", "torch")   # or "compiled" (torch.compile's)
+_compiled_layer_norm = None
+
+
+def layer_norm(mod: nn.LayerNorm, x: Tensor) -> Tensor:
+    """mod(x); on a GPU with GPU_LAYER_NORM "compiled", through torch.compile (one kernel that
+    handles many 48-wide rows per block, where torch's runs one row per block)."""
+    global _compiled_layer_norm
+    if GPU_LAYER_NORM != "compiled" or x.device.type == "cpu":
+        return mod(x)
+    if _compiled_layer_norm is None:
+        _compiled_layer_norm = torch.compile(
+            lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), dynamic=True)
+    return _compiled_layer_norm(x, mod.weight, mod.bias, mod.eps)
 
 
 class Block(nn.Module):
@@ -159,7 +186,7 @@ class Block(nn.Module):
         """
         B, T, D = x.shape
         H = self.n_heads
-        h = self.ln1(x)
+        h = layer_norm(self.ln1, x)
         w = None
         if need_weights:
             q, k, v = (t.view(B, T, H, D // H).transpose(1, 2) for t in self.qkv(h).split(D, dim=-1))  # (B, H, T, hs)
@@ -176,7 +203,7 @@ class Block(nn.Module):
             qkv = self.qkv(h)                                                    # (B, T, 3D)
             y = attention(qkv, bias.to(qkv.dtype), H)                            # (B, T, D)
         x = x + self.drop(self.attn_out(y))
-        x = x + self.drop(self.down(self.geglu(self.ln2(x))))
+        x = x + self.drop(self.down(self.geglu(layer_norm(self.ln2, x))))
         return x, w
 
     def geglu(self, h: Tensor) -> Tensor:

@@ -78,7 +78,10 @@ class WarmupCosine:
         self.progress = progress
         f = self.factor(progress)
         for g, b in zip(self.optimizer.param_groups, self.base):
-            g["lr"] = b * f
+            if isinstance(g["lr"], torch.Tensor):   # a device tensor that CUDA-graphed steps read
+                g["lr"].fill_(b * f)
+            else:
+                g["lr"] = b * f
 
     def state_dict(self) -> Dict:
         return {"total": self.total, "warmup": self.warmup, "min_ratio": self.min_ratio, "progress": self.progress,
@@ -226,7 +229,8 @@ class SupervisedTrainer:
                  warmup_epochs: float = 1.0, min_lr_ratio: float = 0.05, grad_clip: float = 1.0,
                  min_delta: float = 1e-5, device: Union[str, torch.device] = "auto", seed: int = 0,
                  callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
-                 train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0):
+                 train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0,
+                 cuda_graphs: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -249,6 +253,11 @@ class SupervisedTrainer:
         if cpu_split < 0:
             raise ValueError(f"cpu_split must be >= 0, got {cpu_split}")
         self.cpu_split = cpu_split
+        # CUDA graphs: one captured training step per batch shape, replayed (GPU only)
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._graphs: Dict[tuple, tuple] = {}
+        self._graph_pool = None
+        self._graph_optimizer_ready = False
         self._device_data = (None, None)
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
         self.callbacks: List[Callback] = list(callbacks)
@@ -295,7 +304,9 @@ class SupervisedTrainer:
 
     def _forward(self, batch) -> torch.Tensor:
         """Model actions in float32, under bf16 autocast when self.autocast is set."""
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+        # no cast cache under CUDA graphs: casts cached during a capture would be freed after it
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=not self.cuda_graphs):
             return self.model(batch).float()
 
     @torch.no_grad()
@@ -352,6 +363,91 @@ class SupervisedTrainer:
             loss = loss + r[0]
         return loss
 
+    def _clip_and_step(self) -> None:
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _prepare_graph_optimizer(self) -> None:
+        """Make AdamW replayable: its state exists before any capture, it is capturable, and
+        its learning rates are device tensors that the scheduler fills in place.
+
+        Missing state is made by a step with zero gradients at learning rate 0 (weights and
+        moments stay exactly as they are), after which the step counts are set back to 0: the
+        same state a first eager step starts from.
+        """
+        if self._graph_optimizer_ready:
+            return
+        opt = self.optimizer
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if any(not opt.state.get(p) for p in params):
+            lrs = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] = 0.0
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+            for g, lr in zip(opt.param_groups, lrs):
+                g["lr"] = lr
+            for p in params:
+                opt.state[p]["step"].zero_()
+            opt.zero_grad(set_to_none=True)
+        for g in opt.param_groups:
+            g["capturable"] = True
+            if not isinstance(g["lr"], torch.Tensor):
+                g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
+        self._graph_optimizer_ready = True
+
+    def _drop_graphs(self) -> None:
+        """Forget captured steps (they point at optimizer tensors that a load replaced)."""
+        self._graphs.clear()
+        self._graph_optimizer_ready = False
+
+    def _capture(self, b) -> tuple:
+        """Capture forward, backward, clipping and the AdamW step for batches shaped like b.
+
+        Two warm-up passes (forward and backward only, on a side stream, as CUDA graphs need)
+        run first; the capture itself computes nothing, so the caller replays it for b. All
+        graphs share one memory pool: no value lives from one replay to the next except the
+        weights, AdamW's state and the inputs, which are outside it, and the loss, which the
+        caller reads before the next replay.
+        """
+        self._prepare_graph_optimizer()
+        static = {k: v.clone() for k, v in b.items()}
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.optimizer.zero_grad(set_to_none=True)
+                F.mse_loss(self._forward(static), static["target"]).backward()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            loss = F.mse_loss(self._forward(static), static["target"])
+            loss.backward()
+            self._clip_and_step()
+        return static, graph, loss
+
+    def _graphed_step(self, b) -> torch.Tensor:
+        """One training step by replaying the captured graph for b's shape (captured on first use).
+
+        A step of this small model is hundreds of kernels of a few microseconds each: launched one by
+        one from Python, the GPU waits for the host; a replay launches them all at once.
+        """
+        key = (tuple(b["boids"].shape), self.autocast)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(b)
+        static, graph, loss = entry
+        for k, v in b.items():
+            static[k].copy_(v)
+        graph.replay()
+        return loss
+
     def train_epoch(self, data: SampleSet) -> Dict[str, float]:
         """One pass over data; returns train_loss, lr and samples_per_s."""
         epoch = self.epoch + 1
@@ -367,26 +463,27 @@ class SupervisedTrainer:
         try:
             for step, b in enumerate(self._batches(data, shuffle=True, generator=g)):
                 self.scheduler.set_progress(self.epoch + step / max(n_batches, 1))
-                if split > 1 and len(b["target"]) >= split:
-                    loss = self._split_backward(b, split)
+                if self.cuda_graphs and len(b["target"]) == self.batch_size:
+                    loss = self._graphed_step(b)
                 else:
-                    loss = F.mse_loss(self._forward(b), b["target"])
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                if self.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-                self.optimizer.step()
+                    if split > 1 and len(b["target"]) >= split:
+                        loss = self._split_backward(b, split)
+                    else:
+                        loss = F.mse_loss(self._forward(b), b["target"])
+                        self.optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                    self._clip_and_step()
                 total += loss.detach().double() * len(b["target"])
                 for cb in self.callbacks:
                     if type(cb).on_batch_end is not Callback.on_batch_end:
-                        cb.on_batch_end(self, step, loss)
+                        cb.on_batch_end(self, step, loss.detach().clone())   # a replay overwrites loss
         finally:
             if split > 1:
                 torch.set_num_threads(threads)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
-        return {"train_loss": float(total) / max(len(data), 1), "lr": self.optimizer.param_groups[0]["lr"],
+        return {"train_loss": float(total) / max(len(data), 1), "lr": float(self.optimizer.param_groups[0]["lr"]),
                 "samples_per_s": len(data) / max(dt, 1e-9), "epoch_time": dt}
 
     def train(self, num_epochs: int, early_stopping_patience: int = 0) -> List[Dict[str, float]]:
@@ -441,12 +538,19 @@ class SupervisedTrainer:
                 "world_config": dataclasses.asdict(self.world_config),
                 "train_config": dataclasses.asdict(self.train_config),
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
                 "early_stopping_counter": self.bad_epochs, "monitor": self.monitor,
                 "history": [dict(h) for h in self.history],
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
+
+    def _optimizer_state(self) -> Dict:
+        """optimizer.state_dict() as an eager trainer has it: float learning rates, not capturable
+        (CUDA-graph settings are this trainer's, not the checkpoint's)."""
+        sd = self.optimizer.state_dict()
+        sd["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} for g in sd["param_groups"]]
+        return sd
 
     def save_checkpoint(self, path: Union[str, Path], include_data: bool = True) -> Path:
         """Write a checkpoint atomically (include_data=False leaves out DAgger's samples)."""
@@ -460,6 +564,7 @@ class SupervisedTrainer:
         try:
             if "optimizer" in ck:
                 self.optimizer.load_state_dict(ck["optimizer"])
+                self._drop_graphs()   # new optimizer tensors: capture again
             if "scheduler" in ck:
                 self.scheduler.load_state_dict(ck["scheduler"])
             self.epoch = int(ck.get("epoch", 0))
@@ -537,7 +642,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                                 batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
                                 min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
                                 device=device, seed=tc.seed, callbacks=callbacks, world_config=wc, train_config=tc,
-                                cpu_split=tc.cpu_split)
+                                cpu_split=tc.cpu_split, cuda_graphs=tc.cuda_graphs)
     if tc.select_best_by == "catch_ratio":
         trainer.monitor = "neg_catch_ratio"  # the trainer minimises its monitor
     return trainer

@@ -51,3 +51,20 @@ def test_samples_with_boids_are_all_that_size():
     s = bench.samples_with_boids(5, 20, TINY)
     assert len(s) == 20 and bool((s.n == 5).all())
     assert torch.isfinite(s.boids).all()
+
+
+def test_gpu_section_runs_and_prints(capsys):
+    """The GPU part of the bench (sweep, 50-boid run, bf16 check, generation) end to end, on the
+    CPU at tiny sizes: the code a GPU machine runs has no dead paths."""
+    res = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
+                        pool_episodes=8, min_samples=256)
+    modes = {(r["data"], r["mode"]) for r in res["train"]}
+    assert modes == {("default", m) for m in bench.GPU_MODES} | {("6 boids", max(
+        (r for r in res["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])["mode"])}
+    assert all(r["samples_per_s"] > 0 and r["epochs"] >= 2 and r["tflops"] > 0 for r in res["train"])
+    c = res["bf16_check"]
+    assert 0 < c["val_mse_fp32"] < 1 and 0 < c["val_mse_bf16"] < 1 and c["val_mse_fp32"] != c["val_mse_bf16"]
+    assert res["generate"]["samples_per_s"] > 0 and res["memory"] == {}
+    bench.print_gpu_table(res)
+    out = capsys.readouterr().out
+    assert "graphs bf16" in out and "val MSE after 4 epochs" in out and "6 boids" in out

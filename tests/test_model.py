@@ -191,7 +191,7 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     gradcheck."""
     from predlab import model as M
     monkeypatch.setattr(M._Attention, "_slices",
-                        staticmethod(lambda n, Tq, T: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
+                        staticmethod(lambda n, Tq, T, *_: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
     copies = []
     if M.fastops is not None:                         # count the numba head copies
         for name in ("split_heads", "merge_heads_t"):
@@ -209,7 +209,7 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=dtype)
     outs = {}
     try:
-        for kernel in ("sliced", "sdpa"):
+        for kernel in ("sliced", "sdpa", "math"):
             xs = x.clone().requires_grad_(True)
             qs = q.clone().requires_grad_(True) if cls_only else None
             y = M.attention(xs, bias, H, q=qs, kernel=kernel)
@@ -218,8 +218,9 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     finally:
         torch.set_num_threads(old_threads)
     assert outs["sliced"][0].shape == dy.shape
-    for a, b in zip(outs["sliced"], outs["sdpa"]):
-        assert (a - b).abs().max() <= (1e-12 if dtype == torch.float64 else 2e-6)
+    for kernel in ("sliced", "math"):
+        for a, b in zip(outs[kernel], outs["sdpa"]):
+            assert (a - b).abs().max() <= (1e-12 if dtype == torch.float64 else 2e-6), kernel
     fast = M.fastops is not None and dtype == torch.float32 and threads == 1
     # forward: split + merge; backward: split dy + merge dx (+ merge dq when the query came apart)
     assert len(copies) == ((5 if cls_only else 4) if fast else 0)

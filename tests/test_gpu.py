@@ -1,0 +1,154 @@
+"""The CUDA paths: the model, CUDA-graphed training, bf16 autocast, GPU episodes and the CLI on a GPU.
+
+Every test here needs a CUDA GPU and skips without one.
+"""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from predlab import checkpoint as ck
+from predlab.config import WorldConfig
+from predlab.data import SampleSet, collate, rollout_chunk
+from predlab.model import TransformerPredator
+from predlab.train import SupervisedTrainer
+
+from conftest import random_sample, randomize
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = WorldConfig(frames=40, boids_max=30)
+
+
+@pytest.fixture(autouse=True)
+def strict_float32():
+    """float32 products in full float32 (no TF32) while a test runs."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.fixture(scope="module")
+def data() -> SampleSet:
+    return rollout_chunk(64, WORLD, seed=5)
+
+
+def _trainer(data, dropout=0.0, seed=0, **kw) -> SupervisedTrainer:
+    torch.manual_seed(seed)
+    model = TransformerPredator(dropout=dropout)
+    return SupervisedTrainer(model, data, data, batch_size=kw.pop("batch_size", 128), device="cuda", seed=seed, **kw)
+
+
+def test_model_on_the_gpu_matches_the_cpu():
+    """SDPA on the GPU and the sliced CPU kernel: the same actions and gradients for a padded batch
+    (0 to 40 boids), the [CLS]-only last block included."""
+    rng = random.Random(0)
+    batch = collate([random_sample(rng, n) for n in (0, 1, 7, 40, 13, 40, 2)])
+    target = torch.rand(len(batch["context"]), 2) * 2 - 1
+    out = {}
+    for device in ("cpu", "cuda"):
+        m = randomize(TransformerPredator(dropout=0.0), seed=1).to(device).train()
+        b = {k: v.to(device) for k, v in batch.items()}
+        y = m(b)
+        torch.nn.functional.mse_loss(y, target.to(device)).backward()
+        out[device] = [y.detach().cpu()] + [p.grad.cpu() for p in m.parameters()]
+    for a, b in zip(out["cpu"], out["cuda"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
+
+
+def test_graphed_training_equals_eager_training(data):
+    """CUDA graphs change how a step is launched, not what it computes: two epochs give the same
+    losses and weights as launching every kernel, and every full batch shape got its graph."""
+    runs = {}
+    for graphs in (False, True):
+        t = _trainer(data, cuda_graphs=graphs)
+        losses = [t.train_epoch(data)["train_loss"] for _ in range(2)]
+        runs[graphs] = (losses, [p.detach().cpu() for p in t.model.parameters()], t)
+    (l0, p0, _), (l1, p1, t1) = runs[False], runs[True]
+    assert len(t1._graphs) >= 2 and all(key[0][0] == 128 for key in t1._graphs), list(t1._graphs)
+    assert l0 == pytest.approx(l1, rel=1e-5)
+    for a, b in zip(p0, p1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_graphed_training_with_dropout_learns(data):
+    t = _trainer(data, dropout=0.1, cuda_graphs=True, batch_size=64)
+    before = t.validate()
+    for _ in range(4):
+        t.train_epoch(data)
+    assert t.validate() < 0.7 * before
+    for p in t.model.parameters():
+        assert torch.isfinite(p).all()
+
+
+def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):
+    """A graphed trainer's checkpoint: resuming it (graphs captured again) continues as an
+    unbroken run does, and it holds plain float learning rates, so a CPU trainer loads it."""
+    straight = _trainer(data, cuda_graphs=True)
+    for _ in range(2):
+        straight.train_epoch(data)
+        straight.epoch += 1
+    first = _trainer(data, cuda_graphs=True)
+    first.train_epoch(data)
+    first.epoch += 1
+    path = first.save_checkpoint(tmp_path / "c1.pt")
+    state = ck.load_checkpoint_dict(path)
+    assert all(isinstance(g["lr"], float) and not g["capturable"] for g in state["optimizer"]["param_groups"])
+    resumed = _trainer(data, cuda_graphs=True)
+    resumed.load_checkpoint(path)
+    resumed.train_epoch(data)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+    cpu = SupervisedTrainer(TransformerPredator(dropout=0.0), data, data, batch_size=128, device="cpu")
+    cpu.load_checkpoint(path)
+    assert cpu.train_epoch(data)["train_loss"] > 0
+
+
+def test_bf16_autocast_trains_as_well_as_float32(data):
+    """bf16 autocast (the faster GPU mode) against float32 on the same data and steps: the val
+    loss it reaches is within 25% of float32's."""
+    val = rollout_chunk(16, WORLD, seed=9)
+    res = {}
+    for bf16 in (False, True):
+        t = _trainer(data, cuda_graphs=True, autocast=bf16, batch_size=64)
+        t.val_dataset = val
+        for _ in range(4):
+            t.train_epoch(data)
+            t.epoch += 1
+        res[bf16] = t.validate()
+    assert res[True] != res[False]
+    assert res[True] < 1.25 * res[False], res
+
+
+def test_episodes_on_the_gpu_match_the_cpu():
+    """The torch world on the GPU draws the same episodes as the CPU: same rows and boid counts,
+    the first frames equal to float32 rounding."""
+    cfg = WorldConfig(frames=2)
+    a = rollout_chunk(48, cfg, 3, device="cpu", backend="torch")
+    b = rollout_chunk(48, cfg, 3, device="cuda")
+    assert len(a) == len(b) > 48
+    assert torch.equal(a.n, b.n.cpu())
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v.float(), b.state_dict()[k].cpu().float(), atol=1e-5), k
+
+
+def test_cli_trains_on_the_gpu_and_exports(tmp_path):
+    """python -m predlab.train --device cuda: DAgger rollouts and the catch evaluation on the GPU,
+    CUDA-graphed steps, checkpoints that load on a CPU, and model.js."""
+    flags = ["--device", "cuda", "--epochs", "3", "--train_episodes", "8", "--val_episodes", "3", "--frames", "20",
+             "--boids_max", "16", "--batch_size", "64", "--eval_every", "1", "--eval_episodes", "4",
+             "--eval_frames", "30", "--quiet"]
+    r = subprocess.run([sys.executable, "-m", "predlab.train", *flags], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert "cuda" in r.stdout.lower()
+    ckdir = tmp_path / "checkpoints"
+    assert (ckdir / "model.js").is_file()
+    model = ck.load_model(ckdir / "best_model.pt")
+    assert next(model.parameters()).device.type == "cpu"
