@@ -118,18 +118,28 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
     return d.permute(1, 4, 0, 2, 3).reshape(B, T, P * H * hs)
 
 
-GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "sdpa")   # the kernel "auto" takes off the CPU
+# Off the CPU, "auto" attention is plain tensor ops: on an H200 at batch 16384 that trained at
+# 557k samples/s against 444k with F.scaled_dot_product_attention, whose memory-efficient
+# kernel pads 12-wide heads and ~30 tokens to 32 x 64 tiles (predlab.bench, NOTES.md).
+GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
+ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math")
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
     """Multi-head attention: qkv [B, T, 3D], or kv [B, T, 2D] with queries q [B, Tq, D] -> y [B, Tq, D].
 
     bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
-    CPU), "sdpa" (F.scaled_dot_product_attention), "math" (the same in plain tensor ops, which
-    torch.compile can fuse) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere). Same maths.
+    CPU), "sdpa" (F.scaled_dot_product_attention), "math" (softmax(q k^T / sqrt(hs) + bias) v in
+    plain tensor ops) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere; the environment
+    variable PREDLAB_GPU_ATTENTION sets it). Same maths.
     """
     if kernel == "auto":
         kernel = "sliced" if x.device.type == "cpu" else GPU_ATTENTION
+    if kernel not in ATTENTION_KERNELS[1:]:
+        raise ValueError(f"attention kernel {kernel!r} (PREDLAB_GPU_ATTENTION?): use one of "
+                         f"{', '.join(ATTENTION_KERNELS[1:])}")
+    if kernel == "sliced" and x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type):
+        kernel = "math"   # the sliced kernel writes into buffers of the input's dtype: no mixed precision
     if kernel == "sliced":
         return _Attention.apply(x, q, bias, n_heads)
     B, T, width = x.shape
@@ -147,17 +157,32 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     return y.transpose(1, 2).reshape(B, Tq, D)
 
 
-GPU_LAYER_NORM = os.environ.get("PREDLAB_GPU_LAYER_NORM", "torch")   # or "compiled" (torch.compile's)
+# LayerNorm of 48-wide rows: torch's CUDA kernel gives each row a block of its own (0.64 ms a
+# call at batch 16384 on an H200); torch.compile's kernel takes many rows per block. "auto":
+# compiled on a GPU when Triton and a C compiler are there, for training passes only (no
+# recompiles for no_grad passes, which are not where the time goes). "torch": never.
+GPU_LAYER_NORM = os.environ.get("PREDLAB_GPU_LAYER_NORM", "auto")
 _compiled_layer_norm = None
 
 
+def _can_compile() -> bool:
+    import importlib.util
+    import shutil
+    return (importlib.util.find_spec("triton") is not None
+            and bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")))
+
+
 def layer_norm(mod: nn.LayerNorm, x: Tensor) -> Tensor:
-    """mod(x); on a GPU with GPU_LAYER_NORM "compiled", through torch.compile (one kernel that
-    handles many 48-wide rows per block, where torch's runs one row per block)."""
-    global _compiled_layer_norm
-    if GPU_LAYER_NORM != "compiled" or x.device.type == "cpu":
+    """mod(x): torch's kernel, or on a GPU the compiled one (see GPU_LAYER_NORM). Same maths."""
+    global _compiled_layer_norm, GPU_LAYER_NORM
+    if x.device.type == "cpu" or GPU_LAYER_NORM == "torch" or not torch.is_grad_enabled():
         return mod(x)
+    if GPU_LAYER_NORM not in ("auto", "compiled"):
+        raise ValueError(f"PREDLAB_GPU_LAYER_NORM={GPU_LAYER_NORM!r}: use auto, compiled or torch")
     if _compiled_layer_norm is None:
+        if GPU_LAYER_NORM == "auto" and not _can_compile():
+            GPU_LAYER_NORM = "torch"
+            return mod(x)
         _compiled_layer_norm = torch.compile(
             lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), dynamic=True)
     return _compiled_layer_norm(x, mod.weight, mod.bias, mod.eps)

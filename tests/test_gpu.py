@@ -62,6 +62,31 @@ def test_model_on_the_gpu_matches_the_cpu():
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("T", [29, 1])
+def test_compiled_layer_norm_matches_torch(T):
+    """The GPU's compiled LayerNorm (training passes) computes torch's, forward and backward,
+    for full rows and for the [CLS]-only block's single token."""
+    from predlab import model as M
+    ln = torch.nn.LayerNorm(48, eps=1e-6).cuda()
+    with torch.no_grad():
+        ln.weight.normal_(1, 0.3)
+        ln.bias.normal_(0, 0.3)
+    x = torch.randn(300, T, 48, device="cuda") * 3 + 1
+    dy = torch.randn_like(x)
+    grads = {}
+    for name, fn in (("torch", ln), ("compiled", lambda t: M.layer_norm(ln, t))):
+        xs = x.clone().requires_grad_(True)
+        ln.zero_grad()
+        y = fn(xs)
+        y.backward(dy)
+        grads[name] = [y.detach(), xs.grad, ln.weight.grad.clone(), ln.bias.grad.clone()]
+    if M.GPU_LAYER_NORM == "torch":
+        pytest.skip("no Triton or C compiler here: LayerNorm stays torch's")
+    assert M._compiled_layer_norm is not None
+    for a, b in zip(grads["torch"], grads["compiled"]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=2e-5), (a - b).abs().max()
+
+
 def test_graphed_training_equals_eager_training(data):
     """CUDA graphs change how a step is launched, not what it computes: two epochs give the same
     losses and weights as launching every kernel, and every full batch shape got its graph."""

@@ -229,3 +229,10 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     inputs = (x[:2].clone().requires_grad_(True),) + ((q[:2].clone().requires_grad_(True),) if cls_only else ())
     assert torch.autograd.gradcheck(lambda *t: M.attention(t[0], bias[:2], H, q=t[1] if cls_only else None,
                                                            kernel="sliced"), inputs, atol=1e-7)
+
+
+def test_unknown_attention_kernel_is_a_clear_error():
+    from predlab.model import attention
+    x, bias = torch.randn(2, 5, 3 * 8), torch.zeros(2, 1, 1, 5)
+    with pytest.raises(ValueError, match="PREDLAB_GPU_ATTENTION"):
+        attention(x, bias, 2, kernel="flash")
