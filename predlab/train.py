@@ -472,6 +472,9 @@ class SupervisedTrainer:
                         loss = F.mse_loss(self._forward(b), b["target"])
                         self.optimizer.zero_grad(set_to_none=True)
                         loss.backward()
+                        # drop the graph now: a graph kept alive into a CUDA-graph capture holds
+                        # the weights' AccumulateGrad nodes on the wrong stream (torch warns)
+                        loss = loss.detach()
                     self._clip_and_step()
                 total += loss.detach().double() * len(b["target"])
                 for cb in self.callbacks:
