@@ -120,7 +120,7 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 
 # Off the CPU, "auto" attention is plain tensor ops: on an H200 at batch 16384 that trained at
 # 557k samples/s against 444k with F.scaled_dot_product_attention, whose memory-efficient
-# kernel pads 12-wide heads and ~30 tokens to 32 x 64 tiles (predlab.bench, NOTES.md).
+# kernel pads 12-wide heads to 32 and ~30 tokens to 64-row tiles (predlab.bench, NOTES.md).
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
 ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math")
 

@@ -230,7 +230,7 @@ class SupervisedTrainer:
                  min_delta: float = 1e-5, device: Union[str, torch.device] = "auto", seed: int = 0,
                  callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
                  train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
