@@ -68,3 +68,17 @@ def test_gpu_section_runs_and_prints(capsys):
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
     assert "graphs bf16" in out and "val MSE after 4 epochs" in out and "6 boids" in out
+
+
+def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
+    """Where CUDA exists, the plain run adds the GPU section: the headline row is the best
+    default-episode figure (not the 50-boid one) and the GPU table follows the CPU one."""
+    gpu = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
+                        pool_episodes=8, min_samples=256)
+    monkeypatch.setattr(bench, "run_gpu", lambda quick, world: gpu)
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=True, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert res["train_gpu"] == max(r["samples_per_s"] for r in gpu["train"] if r["data"] == "default")
+    bench.print_table(res)
+    out = capsys.readouterr().out
+    assert "training, GPU (" in out and "not measured" not in out and "val MSE after 4 epochs" in out
