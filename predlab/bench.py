@@ -1,9 +1,10 @@
 """Performance benchmark: data generation, training throughput, memory and matmul peak, in one run.
 
-`python -m predlab.bench [--json OUT] [--quick] [--threads 2]` prints a table of samples/s with
+`python -m predlab.bench [--json OUT] [--quick] [--threads 2] [--gpu-only]` prints a table of samples/s with
 ratios against a naive per-sample baseline measured in the same run (browser-form dicts, one
 sample at a time: the seed's design) and against the seed's quoted figures. Timings are wall
-clock, best of a few repeats, so other load on the machine shows up as lower numbers.
+clock, best of a few repeats, so other load on the machine shows up as lower numbers. Where
+CUDA exists, the GPU figures follow (run_gpu); --gpu-only measures those alone.
 """
 from __future__ import annotations
 
@@ -338,10 +339,10 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
             fixed_boids: int = 50, device="cuda", pool_episodes: Optional[int] = None,
             min_samples: Optional[int] = None) -> Dict:
     """The GPU figures: training samples/s by batch size and mode (eager launches, CUDA graphs,
-    bf16 autocast with graphs) on the default episodes, the best mode at 50 boids, the val MSE
-    each run ends at (bf16 checked against float32 on the same data and steps), generation
-    with the torch world on the GPU, and peak memory. device and pool_episodes exist so that a
-    test can run it all on a CPU in seconds (no memory figure there)."""
+    bf16 autocast with graphs) on the default episodes, the best mode at 50 boids, bf16's val
+    MSE against float32's after the same data and steps, generation with the torch world on
+    the GPU, and peak memory. device, pool_episodes and min_samples exist so that a test can
+    run it all on a CPU in seconds (no memory figure there)."""
     world = world or WorldConfig()
     modes = modes or GPU_MODES
     seconds = seconds or (1.0 if quick else 3.0)
@@ -376,8 +377,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     res["bf16_check"] = {"batch_size": cb, "epochs": 4, "samples": len(data), "val_samples": len(val), **{
         key: val_after_training(data, val, cb, 4, device, autocast=bf16, cuda_graphs=True)
         for key, bf16 in (("val_mse_fp32", False), ("val_mse_bf16", True))}}
-    res["generate"] = bench_generation(min(4 * CHUNK_EPISODES, min_samples // 8), world, repeats=1 if quick else 2, device=device,
-                                       frames=min(50, world.frames))
+    res["generate"] = bench_generation(min(4 * CHUNK_EPISODES, min_samples // 8), world,
+                                       repeats=1 if quick else 2, device=device, frames=min(50, world.frames))
     res["memory"] = ({str(b): gpu_training_memory(pool, b, cuda_graphs=True)["peak_mib"] for b in batches}
                      if on_gpu else {})
     return res
@@ -448,7 +449,8 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
     res["gpu"] = run_gpu(quick, world) if gpu else None   # None: no CUDA device here
-    res["train_gpu"] = max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default") if gpu else None
+    res["train_gpu"] = (max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default")
+                        if gpu else None)
     return res
 
 

@@ -82,3 +82,14 @@ def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
     bench.print_table(res)
     out = capsys.readouterr().out
     assert "training, GPU (" in out and "not measured" not in out and "val MSE after 4 epochs" in out
+
+
+def test_bench_cli_refuses_bad_values(capsys):
+    import pytest
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--threads", "0"])
+    assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--gpu-only"])
+        assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err

@@ -4,6 +4,7 @@ Every test here needs a CUDA GPU and skips without one.
 """
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def test_cli_trains_on_the_gpu_and_exports(tmp_path):
              "--boids_max", "16", "--batch_size", "64", "--eval_every", "1", "--eval_episodes", "4",
              "--eval_frames", "30", "--quiet"]
     r = subprocess.run([sys.executable, "-m", "predlab.train", *flags], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=600, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+                       timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
     assert "cuda" in r.stdout.lower()
     ckdir = tmp_path / "checkpoints"

@@ -350,3 +350,29 @@ def test_tampered_dagger_samples_are_refused(tmp_path):
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ck.CheckpointError, match="do not fit"):
         t.load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_graph_ready_optimizer_starts_as_a_fresh_one(tmp_path):
+    """What CUDA graphs need of AdamW (state made before any capture, learning rates as tensors
+    that the scheduler fills) leaves the weights untouched, and the first step after it equals
+    a fresh optimizer's first step; checkpoints still hold plain float learning rates."""
+    steps = []
+    for prepare in (False, True):
+        t = _trainer(tmp_path, dropout=0.0)
+        before = [p.detach().clone() for p in t.model.parameters()]
+        if prepare:
+            t._prepare_graph_optimizer()
+            assert all(torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
+            assert all(isinstance(g["lr"], torch.Tensor) and g["capturable"] for g in t.optimizer.param_groups)
+            sd = t._optimizer_state()
+            assert all(isinstance(g["lr"], float) and not g["capturable"] for g in sd["param_groups"])
+        t.scheduler.set_progress(0.5)
+        assert float(t.optimizer.param_groups[0]["lr"]) == pytest.approx(t.scheduler.base[0] * t.scheduler.factor(0.5))
+        b = next(t._batches(t.train_dataset.for_epoch(0, t), shuffle=False))
+        loss = torch.nn.functional.mse_loss(t.model(b), b["target"])
+        t.optimizer.zero_grad()
+        loss.backward()
+        t._clip_and_step()
+        steps.append([p.detach().clone() for p in t.model.parameters()])
+    for a, b in zip(*steps):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6)
