@@ -14,6 +14,7 @@ import math
 import os
 import platform
 import resource
+import sys
 import time
 from typing import Dict, List, Optional
 
@@ -303,23 +304,34 @@ def gpu_training_memory(data: SampleSet, batch_size: int = 256, **trainer_kw) ->
 
 # ---------------------------------------------------------------------- GPU
 GPU_BATCHES = (256, 4096, 16384)
+# "graphs torch LN": graphs with torch's LayerNorm kernel (PREDLAB_GPU_LAYER_NORM=torch), the
+# baseline that the compiled LayerNorm is measured against in the same run
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
-             "graphs bf16": {"cuda_graphs": True, "autocast": True}}
+             "graphs bf16": {"cuda_graphs": True, "autocast": True},
+             "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
 
 
 def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, device="cuda",
                        **trainer_kw) -> Dict[str, float]:
     """GPU training samples/s: whole epochs over `data` held on the device (the best epoch,
     after a warm-up epoch that moves the data and captures the CUDA graphs)."""
-    tr = make_trainer(data, batch_size, device, **trainer_kw)
-    tr.train_epoch(data)
-    rates, t_end = [], time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(rates) < 2:
-        rates.append(tr.train_epoch(data)["samples_per_s"])
-    del tr
+    from . import model as M
+    layer_norm = trainer_kw.pop("layer_norm", None)
+    old, M.GPU_LAYER_NORM = M.GPU_LAYER_NORM, layer_norm or M.GPU_LAYER_NORM
+    try:
+        tr = make_trainer(data, batch_size, device, **trainer_kw)
+        t0 = time.perf_counter()
+        tr.train_epoch(data)
+        warmup = time.perf_counter() - t0
+        rates, t_end = [], time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(rates) < 2:
+            rates.append(tr.train_epoch(data)["samples_per_s"])
+        del tr
+    finally:
+        M.GPU_LAYER_NORM = old
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    return {"samples": len(data), "epochs": len(rates), "samples_per_s": max(rates),
+    return {"samples": len(data), "epochs": len(rates), "samples_per_s": max(rates), "warmup_s": warmup,
             "median_samples_per_s": sorted(rates)[len(rates) // 2], "mean_boids": float(data.n.float().mean())}
 
 
@@ -360,6 +372,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
         for name, kw in modes.items():
             r = bench_training_gpu(data, b, seconds, device, **kw)
             r.update(batch_size=b, mode=name, data="default")
+            print(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)",
+                  file=sys.stderr, flush=True)
             r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
             res["train"].append(r)
     best = max(res["train"], key=lambda r: r["samples_per_s"])
@@ -386,12 +400,19 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
 
 def print_gpu_table(g: Dict) -> None:
     print(f"GPU: {g['device']}")
-    row = "{:<14} {:>7} {:<12} {:>12} {:>12} {:>8} {:>5}"
-    print(row.format("data", "batch", "mode", "samples/s", "median", "TFLOP/s", "met"))
+    row = "{:<14} {:>7} {:<18} {:>12} {:>12} {:>8} {:>9} {:>5}"
+    print(row.format("data", "batch", "mode", "samples/s", "median", "TFLOP/s", "warm-up", "met"))
     for r in g["train"]:
         print(row.format(r["data"], r["batch_size"], r["mode"], f"{r['samples_per_s']:,.0f}",
-                         f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}",
+                         f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}", f"{r['warmup_s']:.1f} s",
                          "yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no"))
+    base = {r["batch_size"]: r["samples_per_s"] for r in g["train"]
+            if r["mode"] == "graphs torch LN" and r["data"] == "default"}
+    for r in g["train"]:
+        if r["mode"] == "graphs fp32" and r["data"] == "default" and r["batch_size"] in base:
+            print(f"compiled LayerNorm at batch {r['batch_size']}: {r['samples_per_s'] / base[r['batch_size']]:.2f}x "
+                  "torch's (graphs fp32 / graphs torch LN)")
+    print("(warm-up: the first epoch, with compilation and graph captures)")
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "
           f"float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
@@ -406,7 +427,7 @@ def print_gpu_table(g: Dict) -> None:
 def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
         naive_steps: int = 2, batch_size: int = 256, seconds: Optional[float] = None,
         gpu: Optional[bool] = None, world: Optional[WorldConfig] = None, fixed_boids: int = 50,
-        pool_episodes: int = 128) -> Dict:
+        pool_episodes: int = 128, gpu_batches=GPU_BATCHES) -> Dict:
     """Measure everything; returns a dict (see print_table). quick=True shortens every timing.
 
     world / fixed_boids / pool_episodes exist so that a test can run the whole thing in seconds.
@@ -448,7 +469,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    res["gpu"] = run_gpu(quick, world) if gpu else None   # None: no CUDA device here
+    res["gpu"] = run_gpu(quick, world, batches=gpu_batches) if gpu else None   # None: no CUDA device here
     res["train_gpu"] = (max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default")
                         if gpu else None)
     return res
@@ -520,17 +541,25 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes (about a minute)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
+    p.add_argument("--gpu-batches", default=",".join(map(str, GPU_BATCHES)), metavar="B1,B2,...",
+                   help=f"batch sizes of the GPU sweep (default {','.join(map(str, GPU_BATCHES))})")
     a = p.parse_args(argv)
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
+    try:
+        batches = tuple(int(b) for b in a.gpu_batches.split(","))
+    except ValueError:
+        batches = ()
+    if not batches or min(batches) < 1:
+        p.error(f"--gpu-batches: comma-separated positive integers, got {a.gpu_batches!r}")
     if a.gpu_only and not torch.cuda.is_available():
         p.error("--gpu-only: this torch build sees no CUDA GPU")
     t0 = time.perf_counter()
     if a.gpu_only:
-        res = {"gpu": run_gpu(quick=a.quick)}
+        res = {"gpu": run_gpu(quick=a.quick, batches=batches)}
         print_gpu_table(res["gpu"])
     else:
-        res = run(quick=a.quick, threads=a.threads)
+        res = run(quick=a.quick, threads=a.threads, gpu_batches=batches)
         print_table(res)
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")

@@ -306,7 +306,7 @@ class SupervisedTrainer:
         """Model actions in float32, under bf16 autocast when self.autocast is set."""
         # no cast cache under CUDA graphs: casts cached during a capture would be freed after it
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast,
-                            cache_enabled=not self.cuda_graphs):
+                            cache_enabled=not self.cuda_graphs if self.autocast else None):
             return self.model(batch).float()
 
     @torch.no_grad()

@@ -75,7 +75,7 @@ def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
     default-episode figure (not the 50-boid one) and the GPU table follows the CPU one."""
     gpu = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256)
-    monkeypatch.setattr(bench, "run_gpu", lambda quick, world: gpu)
+    monkeypatch.setattr(bench, "run_gpu", lambda quick, world, batches: gpu)
     res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
                     seconds=0.01, gpu=True, world=TINY, fixed_boids=6, pool_episodes=8)
     assert res["train_gpu"] == max(r["samples_per_s"] for r in gpu["train"] if r["data"] == "default")
@@ -89,6 +89,10 @@ def test_bench_cli_refuses_bad_values(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--threads", "0"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    for bad in ("0,256", "256,x", ""):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--gpu-batches", bad])
+        assert e.value.code == 2 and "--gpu-batches" in capsys.readouterr().err
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-only"])
