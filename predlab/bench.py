@@ -9,6 +9,7 @@ CUDA exists, the GPU figures follow (run_gpu); --gpu-only measures those alone.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -309,6 +310,8 @@ GPU_BATCHES = (256, 4096, 16384)
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
              "graphs bf16": {"cuda_graphs": True, "autocast": True},
              "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
+if importlib.util.find_spec("triton") is not None:   # the fused attention kernel, against the plain ops
+    GPU_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
 
 
 def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, device="cuda",
@@ -316,8 +319,9 @@ def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, d
     """GPU training samples/s: whole epochs over `data` held on the device (the best epoch,
     after a warm-up epoch that moves the data and captures the CUDA graphs)."""
     from . import model as M
-    layer_norm = trainer_kw.pop("layer_norm", None)
-    old, M.GPU_LAYER_NORM = M.GPU_LAYER_NORM, layer_norm or M.GPU_LAYER_NORM
+    layer_norm, attention = trainer_kw.pop("layer_norm", None), trainer_kw.pop("attention", None)
+    old = M.GPU_LAYER_NORM, M.GPU_ATTENTION
+    M.GPU_LAYER_NORM, M.GPU_ATTENTION = layer_norm or old[0], attention or old[1]
     try:
         tr = make_trainer(data, batch_size, device, **trainer_kw)
         t0 = time.perf_counter()
@@ -328,7 +332,7 @@ def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, d
             rates.append(tr.train_epoch(data)["samples_per_s"])
         del tr
     finally:
-        M.GPU_LAYER_NORM = old
+        M.GPU_LAYER_NORM, M.GPU_ATTENTION = old
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
     return {"samples": len(data), "epochs": len(rates), "samples_per_s": max(rates), "warmup_s": warmup,
@@ -406,12 +410,14 @@ def print_gpu_table(g: Dict) -> None:
         print(row.format(r["data"], r["batch_size"], r["mode"], f"{r['samples_per_s']:,.0f}",
                          f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}", f"{r['warmup_s']:.1f} s",
                          "yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no"))
-    base = {r["batch_size"]: r["samples_per_s"] for r in g["train"]
-            if r["mode"] == "graphs torch LN" and r["data"] == "default"}
-    for r in g["train"]:
-        if r["mode"] == "graphs fp32" and r["data"] == "default" and r["batch_size"] in base:
-            print(f"compiled LayerNorm at batch {r['batch_size']}: {r['samples_per_s'] / base[r['batch_size']]:.2f}x "
-                  "torch's (graphs fp32 / graphs torch LN)")
+    rate = {(r["batch_size"], r["mode"]): r["samples_per_s"] for r in g["train"] if r["data"] == "default"}
+    for (b, mode), x in rate.items():
+        base = rate.get((b, "graphs fp32"))
+        if base and mode == "graphs torch LN":
+            print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
+        if base and mode == "graphs triton attn":
+            print(f"fused Triton attention at batch {b}: {x / base:.2f}x the plain ops (graphs triton attn / "
+                  "graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "

@@ -121,8 +121,10 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # Off the CPU, "auto" attention is plain tensor ops: on an H200 at batch 16384 that trained at
 # 557k samples/s against 444k with F.scaled_dot_product_attention, whose memory-efficient
 # kernel pads 12-wide heads to 32 and ~30 tokens to 64-row tiles (predlab.bench, NOTES.md).
+# "triton" (predlab.gpu_attention: one fused kernel per sample and head) is there to be measured
+# against it: `python -m predlab.bench` has a row for it where Triton is installed.
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
-ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math")
+ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math", "triton")
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
@@ -130,8 +132,9 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
 
     bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
     CPU), "sdpa" (F.scaled_dot_product_attention), "math" (softmax(q k^T / sqrt(hs) + bias) v in
-    plain tensor ops) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere; the environment
-    variable PREDLAB_GPU_ATTENTION sets it). Same maths.
+    plain tensor ops), "triton" (predlab.gpu_attention's fused kernel: CUDA tensors, or CPU ones
+    under TRITON_INTERPRET=1) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere; the
+    environment variable PREDLAB_GPU_ATTENTION sets it). Same maths.
     """
     if kernel == "auto":
         kernel = "sliced" if x.device.type == "cpu" else GPU_ATTENTION
@@ -142,6 +145,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
         kernel = "math"   # the sliced kernel writes into buffers of the input's dtype: no mixed precision
     if kernel == "sliced":
         return _Attention.apply(x, q, bias, n_heads)
+    if kernel == "triton":
+        return _triton_attention()(x, bias, n_heads, q)
     B, T, width = x.shape
     D = width // (3 if q is None else 2)
     parts = list(x.split(D, dim=-1))
@@ -155,6 +160,16 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return y.transpose(1, 2).reshape(B, Tq, D)
+
+
+def _triton_attention():
+    """predlab.gpu_attention.attention, with an error that says what is missing where it cannot run."""
+    try:
+        from .gpu_attention import attention as fused
+    except ImportError as e:
+        raise RuntimeError("the triton attention kernel (PREDLAB_GPU_ATTENTION=triton) needs Triton, which "
+                           f"CUDA builds of torch install ({e})") from e
+    return fused
 
 
 # LayerNorm of 48-wide rows: torch's CUDA kernel gives each row a block of its own (0.64 ms a

@@ -103,6 +103,32 @@ def test_graphed_training_equals_eager_training(data):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
 
+def test_fused_attention_matches_math_on_the_gpu():
+    """predlab.gpu_attention's Triton kernel, compiled for this GPU: the plain-op attention's
+    outputs and gradients (full blocks of 3 to 53 tokens, the [CLS] query apart, bf16 inputs)."""
+    pytest.importorskip("triton")
+    from test_gpu_attention import CASES, run_check
+    for r in run_check("cuda", CASES, interpret=False):
+        tol = 2e-2 if r["case"][3] == "bfloat16" else 2e-6
+        assert r["rel_err"] < tol, r
+
+
+def test_training_with_the_fused_attention_equals_math(data, monkeypatch):
+    """PREDLAB_GPU_ATTENTION=triton trains as the default plain-op attention does: the same
+    losses and weights after two graphed epochs."""
+    pytest.importorskip("triton")
+    from predlab import model as M
+    runs = {}
+    for kernel in ("math", "triton"):
+        monkeypatch.setattr(M, "GPU_ATTENTION", kernel)
+        t = _trainer(data, cuda_graphs=True)
+        losses = [t.train_epoch(data)["train_loss"] for _ in range(2)]
+        runs[kernel] = (losses, [p.detach().cpu() for p in t.model.parameters()])
+    assert runs["math"][0] == pytest.approx(runs["triton"][0], rel=1e-4)
+    for a, b in zip(runs["math"][1], runs["triton"][1]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
+
+
 def test_graphed_training_with_dropout_learns(data):
     t = _trainer(data, dropout=0.1, cuda_graphs=True, batch_size=64)
     before = t.validate()

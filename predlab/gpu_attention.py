@@ -1,0 +1,152 @@
+"""Multi-head attention for 12-wide heads and up to ~60 tokens as one Triton kernel, forward and backward.
+
+The GPU's plain-op attention makes the [B*H, Tq, T] scores, scaled and masked scores, weights
+and their gradients as separate tensors in memory. Here one program takes one (sample, head):
+its q, k and v (at most 64 x 16 after padding) sit in registers, and only y and the softmax's
+log-sum-exp per query go back to memory. The backward recomputes the weights from those.
+
+attention(kernel="triton") in predlab.model uses it (PREDLAB_GPU_ATTENTION=triton). It needs
+Triton and a CUDA tensor; with TRITON_INTERPRET=1 set before Triton is imported, it runs on
+CPU tensors too (slowly: that is how the CPU tests check its maths).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+Tensor = torch.Tensor
+
+
+@triton.jit
+def _forward_kernel(Q, K, V, Bias, Y, Lse, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
+                    H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    iq = tl.arange(0, BQ)
+    it = tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    mq = iq < Tq
+    mt = it < T
+    md = d < HS
+    q = tl.load(Q + b * sqb + iq[:, None] * sqt + h * HS + d[None, :], mask=mq[:, None] & md[None, :], other=0.0)
+    k = tl.load(K + b * skb + it[:, None] * skt + h * HS + d[None, :], mask=mt[:, None] & md[None, :], other=0.0)
+    v = tl.load(V + b * svb + it[:, None] * svt + h * HS + d[None, :], mask=mt[:, None] & md[None, :], other=0.0)
+    bias = tl.load(Bias + b * T + it, mask=mt, other=float("-inf"))            # key mask; -inf past T
+    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee") * scale + bias[None, :]
+    m = tl.max(s, 1)
+    p = tl.exp(s - m[:, None])
+    den = tl.sum(p, 1)
+    p = p / den[:, None]
+    y = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    D = H * HS
+    tl.store(Y + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], y.to(Y.dtype.element_ty),
+             mask=mq[:, None] & md[None, :])
+    tl.store(Lse + pid * Tq + iq, m + tl.log(den), mask=mq)
+
+
+@triton.jit
+def _backward_kernel(Q, K, V, Bias, Lse, DY, DQ, DK, DV, sqb, sqt, skb, skt, svb, svt,
+                     sdqb, sdqt, sdkb, sdkt, sdvb, sdvt, Tq, T, scale,
+                     H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // H
+    h = pid % H
+    iq = tl.arange(0, BQ)
+    it = tl.arange(0, BT)
+    d = tl.arange(0, BD)
+    mq = iq < Tq
+    mt = it < T
+    md = d < HS
+    mqd = mq[:, None] & md[None, :]
+    mtd = mt[:, None] & md[None, :]
+    q = tl.load(Q + b * sqb + iq[:, None] * sqt + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
+    k = tl.load(K + b * skb + it[:, None] * skt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
+    v = tl.load(V + b * svb + it[:, None] * svt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
+    D = H * HS
+    dy = tl.load(DY + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
+    bias = tl.load(Bias + b * T + it, mask=mt, other=float("-inf"))
+    lse = tl.load(Lse + pid * Tq + iq, mask=mq, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+    p = tl.exp(s - lse[:, None])                       # the forward's weights; rows past Tq meet dy = 0
+    dv = tl.dot(tl.trans(p), dy, input_precision="ieee")
+    dp = tl.dot(dy, tl.trans(v), input_precision="ieee")
+    ds = p * (dp - tl.sum(p * dp, 1)[:, None])         # softmax backward: gradient of the scores
+    dq = tl.dot(ds, k, input_precision="ieee") * scale
+    dk = tl.dot(tl.trans(ds), q, input_precision="ieee") * scale
+    tl.store(DQ + b * sdqb + iq[:, None] * sdqt + h * HS + d[None, :], dq.to(DQ.dtype.element_ty), mask=mqd)
+    tl.store(DK + b * sdkb + it[:, None] * sdkt + h * HS + d[None, :], dk.to(DK.dtype.element_ty), mask=mtd)
+    tl.store(DV + b * sdvb + it[:, None] * sdvt + h * HS + d[None, :], dv.to(DV.dtype.element_ty), mask=mtd)
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))          # tl.dot takes sides of 16 or more
+
+
+def _split(x: Tensor, q_apart: Optional[Tensor], n_heads: int):
+    parts = 3 if q_apart is None else 2
+    D = x.shape[-1] // parts
+    views = [x[..., i * D:(i + 1) * D] for i in range(parts)]
+    q, k, v = views if q_apart is None else (q_apart, *views)
+    return q, k, v, D, D // n_heads
+
+
+class TritonAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(hs) + bias) v per head, as predlab.model.attention's "math" kernel.
+
+    x: qkv [B, T, 3D] when q_apart is None, else kv [B, T, 2D] with the queries q_apart
+    [B, Tq, D] given apart; bias [B, 1, 1, T] additive key mask -> y [B, Tq, D] in x's dtype
+    (the products and the softmax run in float32).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, q_apart: Optional[Tensor], bias: Tensor, n_heads: int) -> Tensor:
+        x = x.contiguous()
+        q_apart = None if q_apart is None else q_apart.contiguous()
+        B, T, _ = x.shape
+        q, k, v, D, hs = _split(x, q_apart, n_heads)
+        Tq = q.shape[1]
+        bias = bias.reshape(B, T).float().contiguous()
+        y = x.new_empty(B, Tq, D)
+        lse = torch.empty(B, n_heads, Tq, device=x.device, dtype=torch.float32)
+        BT, BQ = _block(T), _block(Tq)
+        _forward_kernel[(B * n_heads,)](
+            q, k, v, bias, y, lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
+            num_warps=4 if BT * BQ >= 4096 else 2)
+        ctx.save_for_backward(x, q_apart if q_apart is not None else x.new_empty(0), bias, lse)
+        ctx.n_heads, ctx.apart = n_heads, q_apart is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, q_apart, bias, lse = ctx.saved_tensors
+        q_apart = q_apart if ctx.apart else None
+        n_heads = ctx.n_heads
+        B, T, _ = x.shape
+        q, k, v, D, hs = _split(x, q_apart, n_heads)
+        Tq = q.shape[1]
+        dx = torch.empty_like(x)
+        dq_apart = None if q_apart is None else torch.empty_like(q_apart)
+        dq, dk, dv, _, _ = _split(dx, dq_apart, n_heads)
+        BT, BQ = _block(T), _block(Tq)
+        _backward_kernel[(B * n_heads,)](
+            q, k, v, bias, lse, dy.contiguous(), dq, dk, dv,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
+            num_warps=4 if BT * BQ >= 4096 else 2)
+        return dx, dq_apart, None, None
+
+
+def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None) -> Tensor:
+    """TritonAttention.apply, for predlab.model.attention's arguments."""
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"the triton attention kernel runs on CUDA tensors, not {x.device.type} ones "
+                         "(or on any under TRITON_INTERPRET=1, set before Triton is imported)")
+    return TritonAttention.apply(x, q, bias, n_heads)

@@ -1,0 +1,80 @@
+"""predlab.gpu_attention's fused Triton kernel computes the "math" attention, forward and backward.
+
+On a machine without a GPU it runs under Triton's interpreter (TRITON_INTERPRET=1, in a
+subprocess, since Triton reads it at import); tests/test_gpu.py runs it on CUDA.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+
+# (batch, tokens, queries apart?, dtype): full blocks from the fewest tokens (3, no boids) to 53
+# (50 boids), and the [CLS]-only block's single query apart
+CASES = [(3, 3, False, "float32"), (4, 20, False, "float32"), (2, 53, False, "float32"), (3, 17, True, "float32"),
+         (2, 53, True, "float32"), (3, 30, False, "bfloat16")]
+
+CHECK = r"""
+import json, sys, torch
+from predlab import model as M
+from predlab.gpu_attention import attention as fused
+device = sys.argv[1]
+out = []
+for B, T, apart, dtype in json.loads(sys.argv[2]):
+    g = torch.Generator().manual_seed(B * 100 + T)
+    D, H = 48, 4
+    x = torch.randn(B, T, (2 if apart else 3) * D, generator=g) * 2
+    q = torch.randn(B, 1, D, generator=g) * 2 if apart else None
+    keep = torch.rand(B, T, generator=g) > 0.3
+    keep[:, :3] = True
+    bias = torch.zeros(B, 1, 1, T).masked_fill(~keep[:, None, None, :], M.MASKED)
+    dy = torch.randn(B, 1 if apart else T, D, generator=g)
+    res = {}
+    for name in ("math", "triton"):
+        dt = getattr(torch, dtype) if name == "triton" else torch.float32
+        ins = [t.to(device, dt).requires_grad_(True) for t in ([x] + ([q] if apart else []))]
+        b = bias.to(device, dt)
+        y = (fused(ins[0], b, H, q=ins[1] if apart else None) if name == "triton"
+             else M.attention(ins[0], b, H, q=ins[1] if apart else None, kernel="math"))
+        grads = torch.autograd.grad(y, ins, dy.to(device, y.dtype))
+        res[name] = [y.float(), *(t.float() for t in grads)]
+    err = max(((a - c).abs().max() / c.abs().max()).item() for a, c in zip(res["triton"], res["math"]))
+    out.append({"case": [B, T, apart, dtype], "rel_err": err})
+print(json.dumps(out))
+"""
+
+
+def run_check(device: str, cases=CASES, interpret: bool = True):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, "-c", CHECK, device, json.dumps(cases)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_fused_attention_matches_math_under_the_interpreter():
+    """Outputs and gradients (of qkv, and of the [CLS] query given apart) equal the plain-op
+    attention's within float32 rounding; bf16 inputs within bf16's."""
+    for r in run_check("cpu"):
+        tol = 2e-2 if r["case"][3] == "bfloat16" else 2e-6
+        assert r["rel_err"] < tol, r
+
+
+def test_fused_attention_refuses_cpu_tensors_without_the_interpreter():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    from predlab import model as M
+    x = torch.randn(2, 5, 144)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        M.attention(x, torch.zeros(2, 1, 1, 5), 4, kernel="triton")
