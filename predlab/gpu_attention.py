@@ -26,7 +26,7 @@ Tensor = torch.Tensor
 def _forward_kernel(Q, K, V, Bias, Y, Lse, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
                     H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
-    b = pid // H
+    b = (pid // H).to(tl.int64)                        # 64-bit offsets: batches past ~2^31 / (T * 3D) elements
     h = pid % H
     iq = tl.arange(0, BQ)
     it = tl.arange(0, BT)
@@ -47,7 +47,7 @@ def _forward_kernel(Q, K, V, Bias, Y, Lse, sqb, sqt, skb, skt, svb, svt, Tq, T, 
     D = H * HS
     tl.store(Y + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], y.to(Y.dtype.element_ty),
              mask=mq[:, None] & md[None, :])
-    tl.store(Lse + pid * Tq + iq, m + tl.log(den), mask=mq)
+    tl.store(Lse + pid.to(tl.int64) * Tq + iq, m + tl.log(den), mask=mq)
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def _backward_kernel(Q, K, V, Bias, Lse, DY, DQ, DK, DV, sqb, sqt, skb, skt, svb
                      sdqb, sdqt, sdkb, sdkt, sdvb, sdvt, Tq, T, scale,
                      H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     pid = tl.program_id(0)
-    b = pid // H
+    b = (pid // H).to(tl.int64)                        # 64-bit offsets: batches past ~2^31 / (T * 3D) elements
     h = pid % H
     iq = tl.arange(0, BQ)
     it = tl.arange(0, BT)
@@ -71,7 +71,7 @@ def _backward_kernel(Q, K, V, Bias, Lse, DY, DQ, DK, DV, sqb, sqt, skb, skt, svb
     D = H * HS
     dy = tl.load(DY + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
     bias = tl.load(Bias + b * T + it, mask=mt, other=float("-inf"))
-    lse = tl.load(Lse + pid * Tq + iq, mask=mq, other=0.0)
+    lse = tl.load(Lse + pid.to(tl.int64) * Tq + iq, mask=mq, other=0.0)
     s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
     p = tl.exp(s - lse[:, None])                       # the forward's weights; rows past Tq meet dy = 0
     dv = tl.dot(tl.trans(p), dy, input_precision="ieee")
