@@ -430,7 +430,10 @@ class SupervisedTrainer:
             loss = F.mse_loss(self._forward(static), static["target"])
             loss.backward()
             self._clip_and_step()
-        return static, graph, loss
+        # the replayed loss without its autograd nodes: kept alive, the parameters' AccumulateGrad
+        # nodes (made on the capture's stream) would serve later eager steps on another stream,
+        # which torch warns may synchronise or break a later capture
+        return static, graph, loss.detach()
 
     def _graphed_step(self, b) -> torch.Tensor:
         """One training step by replaying the captured graph for b's shape (captured on first use).

@@ -129,6 +129,24 @@ def test_training_with_the_fused_attention_equals_math(data, monkeypatch):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
 
 
+def test_graphed_training_keeps_no_autograd_nodes_across_streams():
+    """Captures of several batch shapes and an eager last batch in one epoch, in a fresh process
+    (torch warns once a process): no warning that a parameter's AccumulateGrad node, kept alive
+    from a capture on another stream, served a later step."""
+    code = ("import warnings; warnings.simplefilter('always')\n"
+            "from predlab.config import WorldConfig\nfrom predlab.data import rollout_chunk\n"
+            "from predlab.model import TransformerPredator\nfrom predlab.train import SupervisedTrainer\n"
+            "d = rollout_chunk(48, WorldConfig(frames=40, boids_max=30), seed=5)\n"
+            "t = SupervisedTrainer(TransformerPredator(dropout=0.0), d, d, batch_size=100, device='cuda')\n"
+            "for _ in range(2): t.train_epoch(d)\nprint(len(t._graphs), len(d) % 100)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    graphs, last = map(int, r.stdout.split())
+    assert graphs >= 2 and last > 0
+    assert "AccumulateGrad" not in r.stderr, r.stderr[-2000:]
+
+
 def test_graphed_training_with_dropout_learns(data):
     t = _trainer(data, dropout=0.1, cuda_graphs=True, batch_size=64)
     before = t.validate()
