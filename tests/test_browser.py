@@ -197,8 +197,11 @@ def test_demo_cli_missing_model(tmp_path):
 
 def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
+    # SIGINT as a terminal's foreground process has it: a test run started in the background
+    # (a shell's `&`) ignores SIGINT, and a child would inherit that and never stop
     p = subprocess.Popen([sys.executable, "-m", "predlab.demo", str(path), "--port", "0", "--no-browser"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = p.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", line)
