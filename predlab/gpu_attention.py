@@ -23,56 +23,50 @@ Tensor = torch.Tensor
 
 
 @triton.jit
-def _forward_kernel(Q, K, V, Bias, Y, Lse, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
-                    H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+def _scores(Q, K, V, Bias, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
+            H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    """This program's (sample, head): q [BQ, BD], k and v [BT, BD] in float32 (zero padded), the
+    scaled and masked scores [BQ, BT] (-inf past T), and the offsets and masks of its rows."""
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)                        # 64-bit offsets: batches past ~2^31 / (T * 3D) elements
     h = pid % H
     iq = tl.arange(0, BQ)
     it = tl.arange(0, BT)
     d = tl.arange(0, BD)
-    mq = iq < Tq
-    mt = it < T
-    md = d < HS
-    q = tl.load(Q + b * sqb + iq[:, None] * sqt + h * HS + d[None, :], mask=mq[:, None] & md[None, :], other=0.0)
-    k = tl.load(K + b * skb + it[:, None] * skt + h * HS + d[None, :], mask=mt[:, None] & md[None, :], other=0.0)
-    v = tl.load(V + b * svb + it[:, None] * svt + h * HS + d[None, :], mask=mt[:, None] & md[None, :], other=0.0)
-    bias = tl.load(Bias + b * T + it, mask=mt, other=float("-inf"))            # key mask; -inf past T
-    s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee") * scale + bias[None, :]
+    mqd = (iq < Tq)[:, None] & (d < HS)[None, :]
+    mtd = (it < T)[:, None] & (d < HS)[None, :]
+    q = tl.load(Q + b * sqb + iq[:, None] * sqt + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
+    k = tl.load(K + b * skb + it[:, None] * skt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
+    v = tl.load(V + b * svb + it[:, None] * svt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
+    bias = tl.load(Bias + b * T + it, mask=it < T, other=float("-inf"))        # key mask; -inf past T
+    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+    return q, k, v, s, b, h, iq, it, d, mqd, mtd
+
+
+@triton.jit
+def _forward_kernel(Q, K, V, Bias, Y, Lse, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
+                    H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    q, k, v, s, b, h, iq, it, d, mqd, mtd = _scores(Q, K, V, Bias, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
+                                                    H, HS, BQ, BT, BD)
     m = tl.max(s, 1)
     p = tl.exp(s - m[:, None])
     den = tl.sum(p, 1)
     p = p / den[:, None]
-    y = tl.dot(p, v.to(tl.float32), input_precision="ieee")
+    y = tl.dot(p, v, input_precision="ieee")
     D = H * HS
-    tl.store(Y + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], y.to(Y.dtype.element_ty),
-             mask=mq[:, None] & md[None, :])
-    tl.store(Lse + pid.to(tl.int64) * Tq + iq, m + tl.log(den), mask=mq)
+    tl.store(Y + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], y.to(Y.dtype.element_ty), mask=mqd)
+    tl.store(Lse + (b * H + h) * Tq + iq, m + tl.log(den), mask=iq < Tq)
 
 
 @triton.jit
 def _backward_kernel(Q, K, V, Bias, Lse, DY, DQ, DK, DV, sqb, sqt, skb, skt, svb, svt,
                      sdqb, sdqt, sdkb, sdkt, sdvb, sdvt, Tq, T, scale,
                      H: tl.constexpr, HS: tl.constexpr, BQ: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    pid = tl.program_id(0)
-    b = (pid // H).to(tl.int64)                        # 64-bit offsets: batches past ~2^31 / (T * 3D) elements
-    h = pid % H
-    iq = tl.arange(0, BQ)
-    it = tl.arange(0, BT)
-    d = tl.arange(0, BD)
-    mq = iq < Tq
-    mt = it < T
-    md = d < HS
-    mqd = mq[:, None] & md[None, :]
-    mtd = mt[:, None] & md[None, :]
-    q = tl.load(Q + b * sqb + iq[:, None] * sqt + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
-    k = tl.load(K + b * skb + it[:, None] * skt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
-    v = tl.load(V + b * svb + it[:, None] * svt + h * HS + d[None, :], mask=mtd, other=0.0).to(tl.float32)
+    q, k, v, s, b, h, iq, it, d, mqd, mtd = _scores(Q, K, V, Bias, sqb, sqt, skb, skt, svb, svt, Tq, T, scale,
+                                                    H, HS, BQ, BT, BD)
     D = H * HS
     dy = tl.load(DY + b * Tq * D + iq[:, None] * D + h * HS + d[None, :], mask=mqd, other=0.0).to(tl.float32)
-    bias = tl.load(Bias + b * T + it, mask=mt, other=float("-inf"))
-    lse = tl.load(Lse + pid.to(tl.int64) * Tq + iq, mask=mq, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale + bias[None, :]
+    lse = tl.load(Lse + (b * H + h) * Tq + iq, mask=iq < Tq, other=0.0)
     p = tl.exp(s - lse[:, None])                       # the forward's weights; rows past Tq meet dy = 0
     dv = tl.dot(tl.trans(p), dy, input_precision="ieee")
     dp = tl.dot(dy, tl.trans(v), input_precision="ieee")
