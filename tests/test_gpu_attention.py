@@ -71,6 +71,38 @@ def test_fused_attention_matches_math_under_the_interpreter():
         assert r["rel_err"] < tol, r
 
 
+MODEL_CHECK = r"""
+import random, sys, torch
+from predlab import model as M
+from predlab.data import collate
+from predlab.model import TransformerPredator
+sys.path.insert(0, sys.argv[1])
+from conftest import random_sample, randomize
+plain = M.attention
+batch = collate([random_sample(random.Random(0), n) for n in (0, 1, 7, 40, 13, 2)])
+target = torch.rand(len(batch["context"]), 2) * 2 - 1
+out = {}
+for kernel in ("math", "triton"):
+    M.attention = lambda x, bias, n, q=None, kernel_=kernel, **kw: plain(x, bias, n, q=q, kernel=kernel_)
+    m = randomize(TransformerPredator(dropout=0.0), seed=1).train()
+    y = m(batch)
+    torch.nn.functional.mse_loss(y, target).backward()
+    out[kernel] = [y.detach()] + [p.grad for p in m.parameters()]
+print(max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b in zip(out["triton"], out["math"])))
+"""
+
+
+def test_model_with_the_fused_attention_matches_math_under_the_interpreter():
+    """The whole model through the fused kernel (full blocks and the [CLS]-only last block, a
+    padded batch of 0 to 40 boids): the plain-op attention's actions and parameter gradients."""
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-c", MODEL_CHECK, str(ROOT / "tests")], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 def test_fused_attention_refuses_cpu_tensors_without_the_interpreter():
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("this process runs Triton's interpreter")
