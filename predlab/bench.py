@@ -317,7 +317,10 @@ if importlib.util.find_spec("triton") is not None:   # the fused attention kerne
 def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, device="cuda",
                        **trainer_kw) -> Dict[str, float]:
     """GPU training samples/s: whole epochs over `data` held on the device (the best epoch,
-    after a warm-up epoch that moves the data and captures the CUDA graphs)."""
+    after a warm-up epoch that moves the data, compiles and captures the CUDA graphs).
+
+    layer_norm / attention (in trainer_kw) set predlab.model's GPU_LAYER_NORM / GPU_ATTENTION
+    for this run only; the rest goes to SupervisedTrainer."""
     from . import model as M
     layer_norm, attention = trainer_kw.pop("layer_norm", None), trainer_kw.pop("attention", None)
     old = M.GPU_LAYER_NORM, M.GPU_ATTENTION

@@ -107,10 +107,9 @@ def test_fused_attention_matches_math_on_the_gpu():
     """predlab.gpu_attention's Triton kernel, compiled for this GPU: the plain-op attention's
     outputs and gradients (full blocks of 3 to 53 tokens, the [CLS] query apart, bf16 inputs)."""
     pytest.importorskip("triton")
-    from test_gpu_attention import CASES, run_check
+    from test_gpu_attention import CASES, run_check, tolerance
     for r in run_check("cuda", CASES, interpret=False):
-        tol = 2e-2 if r["case"][3] == "bfloat16" else 2e-6
-        assert r["rel_err"] < tol, r
+        assert r["rel_err"] < tolerance(r["case"]), r
 
 
 def test_training_with_the_fused_attention_equals_math(data, monkeypatch):

@@ -53,22 +53,32 @@ print(json.dumps(out))
 """
 
 
-def run_check(device: str, cases=CASES, interpret: bool = True):
+def _run(script: str, *args: str, interpret: bool = True) -> str:
+    """The last line that `python -c script args` prints, with predlab importable (and Triton's
+    interpreter on, where asked)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if interpret:
         env["TRITON_INTERPRET"] = "1"
-    r = subprocess.run([sys.executable, "-c", CHECK, device, json.dumps(cases)], capture_output=True, text=True,
-                       env=env, timeout=600)
+    r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return r.stdout.strip().splitlines()[-1]
+
+
+def run_check(device: str, cases=CASES, interpret: bool = True):
+    """CHECK's relative errors, one per case."""
+    return json.loads(_run(CHECK, device, json.dumps(cases), interpret=interpret))
+
+
+def tolerance(case) -> float:
+    """float32 rounding, or bf16's for bf16 inputs."""
+    return 2e-2 if case[3] == "bfloat16" else 2e-6
 
 
 def test_fused_attention_matches_math_under_the_interpreter():
     """Outputs and gradients (of qkv, and of the [CLS] query given apart) equal the plain-op
     attention's within float32 rounding; bf16 inputs within bf16's."""
     for r in run_check("cpu"):
-        tol = 2e-2 if r["case"][3] == "bfloat16" else 2e-6
-        assert r["rel_err"] < tol, r
+        assert r["rel_err"] < tolerance(r["case"]), r
 
 
 MODEL_CHECK = r"""
@@ -95,12 +105,7 @@ print(max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b
 def test_model_with_the_fused_attention_matches_math_under_the_interpreter():
     """The whole model through the fused kernel (full blocks and the [CLS]-only last block, a
     padded batch of 0 to 40 boids): the plain-op attention's actions and parameter gradients."""
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-c", MODEL_CHECK, str(ROOT / "tests")], capture_output=True, text=True,
-                       env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5
+    assert float(_run(MODEL_CHECK, str(ROOT / "tests"))) < 1e-5
 
 
 def test_fused_attention_refuses_cpu_tensors_without_the_interpreter():
