@@ -155,8 +155,12 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in parts)
     q = q.reshape(B, Tq, n_heads, D // n_heads).transpose(1, 2)
     if kernel == "math":
-        w = torch.softmax(q @ k.transpose(-2, -1) * (1.0 / math.sqrt(D // n_heads)) + bias, -1)
-        y = w @ v
+        # 3-D products: the scale and the key mask go into the first product's epilogue (baddbmm)
+        # instead of two more passes over the [B*H, Tq, T] scores, forward and backward
+        hs, BH = D // n_heads, B * n_heads
+        w = torch.baddbmm(bias.expand(B, n_heads, 1, T).reshape(BH, 1, T), q.reshape(BH, Tq, hs),
+                          k.reshape(BH, T, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))
+        y = torch.bmm(torch.softmax(w, -1), v.reshape(BH, T, hs)).view(B, n_heads, Tq, hs)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return y.transpose(1, 2).reshape(B, Tq, D)
