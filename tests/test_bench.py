@@ -65,9 +65,16 @@ def test_gpu_section_runs_and_prints(capsys):
     c = res["bf16_check"]
     assert 0 < c["val_mse_fp32"] < 1 and 0 < c["val_mse_bf16"] < 1 and c["val_mse_fp32"] != c["val_mse_bf16"]
     assert res["generate"]["samples_per_s"] > 0 and res["memory"] == {}
+    prof = res["profile"]                             # operators here; kernels on a GPU
+    assert prof["batch_size"] == 8 and prof["steps"] == 8 and prof["unit"] == "operators"
+    names = [r["name"] for r in prof["top"]]
+    assert any(n in ("aten::mm", "aten::addmm", "aten::bmm") for n in names), names
+    assert 0 < sum(r["ms_per_step"] for r in prof["top"]) <= prof["ms_per_step"] + 1e-9
+    assert all(a["ms_per_step"] >= b["ms_per_step"] for a, b in zip(prof["top"], prof["top"][1:]))
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
     assert "graphs bf16" in out and "val MSE after 4 epochs" in out and "6 boids" in out
+    assert "where an eager training step's time goes at batch 8" in out and names[0] in out
 
 
 def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
