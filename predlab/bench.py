@@ -310,8 +310,12 @@ GPU_BATCHES = (256, 4096, 16384)
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
              "graphs bf16": {"cuda_graphs": True, "autocast": True},
              "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
-if importlib.util.find_spec("triton") is not None:   # the fused attention kernel, against the plain ops
+if importlib.util.find_spec("triton") is not None:   # the fused kernels, against the plain ops
     GPU_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
+    GPU_MODES["graphs triton GEGLU"] = {"cuda_graphs": True, "geglu": "triton"}
+    GPU_MODES["graphs triton both"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton"}
+# predlab.model's kernel switches that a mode may set (for its run only)
+SWITCHES = {"layer_norm": "GPU_LAYER_NORM", "attention": "GPU_ATTENTION", "geglu": "GPU_GEGLU"}
 
 
 def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, device="cuda",
@@ -319,12 +323,12 @@ def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, d
     """GPU training samples/s: whole epochs over `data` held on the device (the best epoch,
     after a warm-up epoch that moves the data, compiles and captures the CUDA graphs).
 
-    layer_norm / attention (in trainer_kw) set predlab.model's GPU_LAYER_NORM / GPU_ATTENTION
-    for this run only; the rest goes to SupervisedTrainer."""
+    layer_norm / attention / geglu (in trainer_kw) set predlab.model's GPU_LAYER_NORM /
+    GPU_ATTENTION / GPU_GEGLU for this run only; the rest goes to SupervisedTrainer."""
     from . import model as M
-    layer_norm, attention = trainer_kw.pop("layer_norm", None), trainer_kw.pop("attention", None)
-    old = M.GPU_LAYER_NORM, M.GPU_ATTENTION
-    M.GPU_LAYER_NORM, M.GPU_ATTENTION = layer_norm or old[0], attention or old[1]
+    old = {name: getattr(M, name) for name in SWITCHES.values()}
+    for key, name in SWITCHES.items():
+        setattr(M, name, trainer_kw.pop(key, None) or old[name])
     try:
         tr = make_trainer(data, batch_size, device, **trainer_kw)
         t0 = time.perf_counter()
@@ -335,7 +339,8 @@ def bench_training_gpu(data: SampleSet, batch_size: int, seconds: float = 3.0, d
             rates.append(tr.train_epoch(data)["samples_per_s"])
         del tr
     finally:
-        M.GPU_LAYER_NORM, M.GPU_ATTENTION = old
+        for name, value in old.items():
+            setattr(M, name, value)
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
     return {"samples": len(data), "epochs": len(rates), "samples_per_s": max(rates), "warmup_s": warmup,
@@ -459,9 +464,10 @@ def print_gpu_table(g: Dict) -> None:
         base = rate.get((b, "graphs fp32"))
         if base and mode == "graphs torch LN":
             print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
-        if base and mode == "graphs triton attn":
-            print(f"fused Triton attention at batch {b}: {x / base:.2f}x the plain ops (graphs triton attn / "
-                  "graphs fp32)")
+        fused = {"graphs triton attn": "attention", "graphs triton GEGLU": "GEGLU",
+                 "graphs triton both": "attention and GEGLU"}.get(mode)
+        if base and fused:
+            print(f"fused Triton {fused} at batch {b}: {x / base:.2f}x the plain ops ({mode} / graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "

@@ -146,7 +146,7 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     if kernel == "sliced":
         return _Attention.apply(x, q, bias, n_heads)
     if kernel == "triton":
-        return _triton_attention()(x, bias, n_heads, q)
+        return _triton("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION")(x, bias, n_heads, q)
     B, T, width = x.shape
     D = width // (3 if q is None else 2)
     parts = list(x.split(D, dim=-1))
@@ -166,14 +166,21 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     return y.transpose(1, 2).reshape(B, Tq, D)
 
 
-def _triton_attention():
-    """predlab.gpu_attention.attention, with an error that says what is missing where it cannot run."""
+def _triton(module: str, what: str, switch: str):
+    """predlab.<module>'s entry point, with an error that says what is missing where it cannot run."""
+    import importlib
     try:
-        from .gpu_attention import attention as fused
+        mod = importlib.import_module(f".{module}", __package__)
     except ImportError as e:
-        raise RuntimeError("the triton attention kernel (PREDLAB_GPU_ATTENTION=triton) needs Triton, which "
-                           f"CUDA builds of torch install ({e})") from e
-    return fused
+        raise RuntimeError(f"the triton {what} kernel ({switch}=triton) needs Triton, which CUDA builds of "
+                           f"torch install ({e})") from e
+    return getattr(mod, what)
+
+
+# GEGLU off the CPU: "torch" (gelu, then the product: the default) or "triton" (predlab.gpu_geglu:
+# one kernel forward, one backward), to be measured against each other: `python -m predlab.bench`
+# has a row for it where Triton is installed.
+GPU_GEGLU = os.environ.get("PREDLAB_GPU_GEGLU", "torch")
 
 
 # LayerNorm of 48-wide rows: torch's CUDA kernel gives each row a block of its own (0.64 ms a
@@ -258,11 +265,16 @@ class Block(nn.Module):
 
     def geglu(self, h: Tensor) -> Tensor:
         """gelu_tanh(gate(h)) * up(h): one projection to [gate | up], then the fused CPU kernel
-        (predlab.fastops) for float32 on a CPU, torch's ops elsewhere."""
+        (predlab.fastops) for float32 on a CPU, torch's ops elsewhere (or on a GPU the fused
+        Triton kernel, see GPU_GEGLU)."""
+        if GPU_GEGLU not in ("torch", "triton"):
+            raise ValueError(f"PREDLAB_GPU_GEGLU={GPU_GEGLU!r}: use torch or triton")
         F_ = self.gate.out_features
         gu = F.linear(h, torch.cat([self.gate.weight, self.up.weight]), torch.cat([self.gate.bias, self.up.bias]))
         if fastops is not None and fastops.supports(gu):
             return fastops.geglu(gu)
+        if GPU_GEGLU == "triton" and gu.device.type != "cpu":
+            return _triton("gpu_geglu", "geglu", "PREDLAB_GPU_GEGLU")(gu)
         g, u = gu.split(F_, dim=-1)
         return F.gelu(g, approximate="tanh") * u
 

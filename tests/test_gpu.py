@@ -112,19 +112,28 @@ def test_fused_attention_matches_math_on_the_gpu():
         assert r["rel_err"] < tolerance(r["case"]), r
 
 
-def test_training_with_the_fused_attention_equals_math(data, monkeypatch):
-    """PREDLAB_GPU_ATTENTION=triton trains as the default plain-op attention does: the same
-    losses and weights after two graphed epochs."""
+def test_fused_geglu_matches_the_maths_on_the_gpu():
+    """predlab.gpu_geglu's Triton kernel, compiled for this GPU: gelu_tanh(g) * u and its
+    gradients within float32 rounding of float64 maths (bf16's for bf16 inputs)."""
+    pytest.importorskip("triton")
+    from test_gpu_geglu import check, run_check
+    check(run_check("cuda", interpret=False))
+
+
+@pytest.mark.parametrize("switch,default", [("GPU_ATTENTION", "math"), ("GPU_GEGLU", "torch")])
+def test_training_with_a_fused_kernel_equals_the_default(data, monkeypatch, switch, default):
+    """PREDLAB_GPU_ATTENTION=triton, and PREDLAB_GPU_GEGLU=triton, train as the default plain
+    ops do: the same losses and weights after two graphed epochs."""
     pytest.importorskip("triton")
     from predlab import model as M
     runs = {}
-    for kernel in ("math", "triton"):
-        monkeypatch.setattr(M, "GPU_ATTENTION", kernel)
+    for kernel in (default, "triton"):
+        monkeypatch.setattr(M, switch, kernel)
         t = _trainer(data, cuda_graphs=True)
         losses = [t.train_epoch(data)["train_loss"] for _ in range(2)]
         runs[kernel] = (losses, [p.detach().cpu() for p in t.model.parameters()])
-    assert runs["math"][0] == pytest.approx(runs["triton"][0], rel=1e-4)
-    for a, b in zip(runs["math"][1], runs["triton"][1]):
+    assert runs[default][0] == pytest.approx(runs["triton"][0], rel=1e-4)
+    for a, b in zip(runs[default][1], runs["triton"][1]):
         assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
 
 

@@ -236,3 +236,22 @@ def test_unknown_attention_kernel_is_a_clear_error():
     x, bias = torch.randn(2, 5, 3 * 8), torch.zeros(2, 1, 1, 5)
     with pytest.raises(ValueError, match="PREDLAB_GPU_ATTENTION"):
         attention(x, bias, 2, kernel="flash")
+
+
+def test_unknown_gpu_geglu_kernel_is_a_clear_error(monkeypatch, make_model, make_samples):
+    from predlab import model as M
+    monkeypatch.setattr(M, "GPU_GEGLU", "fused")
+    with pytest.raises(ValueError, match="PREDLAB_GPU_GEGLU='fused'"):
+        make_model(1)(collate(make_samples([3], seed=0)))
+
+
+def test_a_triton_kernel_without_triton_says_what_is_missing(monkeypatch):
+    """PREDLAB_GPU_ATTENTION / PREDLAB_GPU_GEGLU=triton where Triton cannot be imported."""
+    import sys
+    from predlab import model as M
+    monkeypatch.setitem(sys.modules, "triton", None)                  # import triton -> ImportError
+    for module, what, switch in (("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION"),
+                                 ("gpu_geglu", "geglu", "PREDLAB_GPU_GEGLU")):
+        monkeypatch.delitem(sys.modules, f"predlab.{module}", raising=False)
+        with pytest.raises(RuntimeError, match=f"{switch}=triton\\) needs Triton"):
+            M._triton(module, what, switch)

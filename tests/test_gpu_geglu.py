@@ -1,0 +1,69 @@
+"""predlab.gpu_geglu's fused Triton GEGLU computes gelu_tanh(g) * u and its gradients.
+
+On a machine without a GPU it runs under Triton's interpreter (in a subprocess, as in
+test_gpu_attention.py); tests/test_gpu.py runs it on CUDA.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from test_gpu_attention import _run
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+
+# (leading shape, dtype): one row (the [CLS]-only block), rows across the kernel's blocks of 32,
+# a batch of tokens, bf16 inputs
+CASES = [([1, 1], "float32"), ([33], "float32"), ([6, 29], "float32"), ([4, 19], "bfloat16")]
+
+CHECK = r"""
+import json, sys, torch
+import torch.nn.functional as F
+from predlab.gpu_geglu import geglu
+device = sys.argv[1]
+out = []
+for lead, dtype in json.loads(sys.argv[2]):
+    g = torch.Generator().manual_seed(sum(lead))
+    h = torch.randn(*lead, 192, generator=g) * 3
+    h.view(-1, 192)[0, :4] = torch.tensor([-60.0, 60.0, 0.0, -9.0])   # exp's clamp, both tails, zero
+    dy = torch.randn(*lead, 96, generator=g)
+    x = h.to(device, getattr(torch, dtype)).requires_grad_(True)
+    y = geglu(x)
+    (dx,) = torch.autograd.grad(y, x, dy.to(device, y.dtype))
+    ref = h.double().requires_grad_(True)                            # the maths, in float64
+    yr = F.gelu(ref[..., :96], approximate="tanh") * ref[..., 96:]
+    (dr,) = torch.autograd.grad(yr, ref, dy.double())
+    err = max(((a.double().cpu() - b).abs().max() / b.abs().max()).item() for a, b in ((y, yr), (dx, dr)))
+    out.append({"case": [lead, dtype], "rel_err": err, "finite": bool(torch.isfinite(dx).all()),
+                "dtype": str(y.dtype).split(".")[-1], "shape": list(y.shape)})
+print(json.dumps(out))
+"""
+
+
+def run_check(device: str, cases=CASES, interpret: bool = True):
+    return json.loads(_run(CHECK, device, json.dumps(cases), interpret=interpret))
+
+
+def check(results) -> None:
+    """Outputs and gradients within float32 rounding of the float64 maths (bf16's for bf16
+    inputs), finite at the exp's clamp, in the input's dtype and shape."""
+    for r in results:
+        lead, dtype = r["case"]
+        assert r["rel_err"] < (1e-2 if dtype == "bfloat16" else 1e-6), r
+        assert r["finite"] and r["dtype"] == dtype and r["shape"] == lead + [96], r
+
+
+def test_fused_geglu_matches_the_maths_under_the_interpreter():
+    check(run_check("cpu"))
+
+
+def test_fused_geglu_refuses_cpu_tensors_without_the_interpreter():
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("this process runs Triton's interpreter")
+    from predlab.gpu_geglu import geglu
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        geglu(torch.randn(3, 192))
