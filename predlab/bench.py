@@ -309,6 +309,7 @@ GPU_BATCHES = (256, 4096, 16384)
 # baseline that the compiled LayerNorm is measured against in the same run
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
              "graphs bf16": {"cuda_graphs": True, "autocast": True},
+             "graphs tf32": {"cuda_graphs": True, "tf32": True},
              "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
 if importlib.util.find_spec("triton") is not None:   # the fused kernels, against the plain ops
     GPU_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
@@ -400,10 +401,11 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
             fixed_boids: int = 50, device="cuda", pool_episodes: Optional[int] = None,
             min_samples: Optional[int] = None) -> Dict:
     """The GPU figures: training samples/s by batch size and mode (eager launches, CUDA graphs,
-    bf16 autocast with graphs) on the default episodes, the best mode at 50 boids, bf16's val
-    MSE against float32's after the same data and steps, generation with the torch world on
-    the GPU, and peak memory. device, pool_episodes and min_samples exist so that a test can
-    run it all on a CPU in seconds (no memory figure there)."""
+    bf16 autocast or TF32 with graphs, kernel variants) on the default episodes, the best mode
+    at 50 boids, bf16's and TF32's val MSE against float32's after the same data and steps,
+    generation with the torch world on the GPU, peak memory, and a profile of eager steps.
+    device, pool_episodes and min_samples exist so that a test can run it all on a CPU in
+    seconds (no memory figure there)."""
     world = world or WorldConfig()
     modes = modes or GPU_MODES
     seconds = seconds or (1.0 if quick else 3.0)
@@ -433,13 +435,13 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     r.update(batch_size=best["batch_size"], mode=best["mode"], data=f"{fixed_boids} boids")
     r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
     res["train"].append(r)
-    # bf16 autocast against float32: the same data, seed and number of steps
+    # bf16 autocast and TF32 against float32: the same data, seed and number of steps
     want = min_samples // 2
     cb = min(256 if quick else 1024, want // 8)
     data = SampleSet.cat([pool] * math.ceil(want / len(pool))).select(torch.arange(want))
     res["bf16_check"] = {"batch_size": cb, "epochs": 4, "samples": len(data), "val_samples": len(val), **{
-        key: val_after_training(data, val, cb, 4, device, autocast=bf16, cuda_graphs=True)
-        for key, bf16 in (("val_mse_fp32", False), ("val_mse_bf16", True))}}
+        key: val_after_training(data, val, cb, 4, device, cuda_graphs=True, **kw)
+        for key, kw in (("val_mse_fp32", {}), ("val_mse_bf16", {"autocast": True}), ("val_mse_tf32", {"tf32": True}))}}
     res["generate"] = bench_generation(min(4 * CHUNK_EPISODES, min_samples // 8), world,
                                        repeats=1 if quick else 2, device=device, frames=min(50, world.frames))
     res["memory"] = ({str(b): gpu_training_memory(pool, b, cuda_graphs=True)["peak_mib"] for b in batches}
@@ -472,7 +474,8 @@ def print_gpu_table(g: Dict) -> None:
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "
           f"float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
-          f"({c['val_mse_bf16'] / c['val_mse_fp32']:.3f}x)")
+          f"({c['val_mse_bf16'] / c['val_mse_fp32']:.3f}x), TF32 {c['val_mse_tf32']:.5f} "
+          f"({c['val_mse_tf32'] / c['val_mse_fp32']:.3f}x)")
     print(f"data generation on the GPU (torch world): {g['generate']['samples_per_s']:,.0f} samples/s")
     if g["memory"]:
         print("peak training memory (CUDA graphs): " + ", ".join(f"batch {b}: {m:,.0f} MiB"

@@ -113,6 +113,9 @@ class TrainConfig:
     cuda_graphs: bool = _f(True, "on a CUDA GPU, capture each training step once per batch shape as a CUDA graph "
                            "and replay it: one launch instead of hundreds of small ones (--no-cuda_graphs: "
                            "launch every kernel from Python)")
+    tf32: bool = _f(False, "on a CUDA GPU, float32 matrix products on tensor cores while training (TF32: "
+                    "products of 10-bit mantissas, float32 sums); validation and rollouts keep torch's setting "
+                    "(full float32 unless changed)")
     progress: bool = _f(True, "show progress bars")
     eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
                          "catches_per_1k (0 = off)", min=0)

@@ -230,7 +230,7 @@ class SupervisedTrainer:
                  min_delta: float = 1e-5, device: Union[str, torch.device] = "auto", seed: int = 0,
                  callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
                  train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0,
-                 cuda_graphs: bool = True):
+                 cuda_graphs: bool = True, tf32: bool = False):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not (learning_rate > 0 and math.isfinite(learning_rate)):
@@ -250,6 +250,7 @@ class SupervisedTrainer:
                                             {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate,
                                            fused=fused)
         self.autocast = autocast  # bf16 autocast of the forward pass (GPU speed; the loss stays float32)
+        self.tf32 = bool(tf32) and self.device.type == "cuda"   # TF32 products in training steps (GPU only)
         if cpu_split < 0:
             raise ValueError(f"cpu_split must be >= 0, got {cpu_split}")
         self.cpu_split = cpu_split
@@ -441,7 +442,7 @@ class SupervisedTrainer:
         A step of this small model is hundreds of kernels of a few microseconds each: launched one by
         one from Python, the GPU waits for the host; a replay launches them all at once.
         """
-        key = (tuple(b["boids"].shape), self.autocast)
+        key = (tuple(b["boids"].shape), self.autocast, self.tf32)
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(b)
@@ -460,9 +461,12 @@ class SupervisedTrainer:
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         split = self.split_parts()
         threads = torch.get_num_threads()
+        tf32 = torch.backends.cuda.matmul.allow_tf32
         t0 = time.perf_counter()
         if split > 1:
             torch.set_num_threads(max(1, threads // split))   # the parts share the cores
+        if self.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True      # read at each product, and baked into captures
         try:
             for step, b in enumerate(self._batches(data, shuffle=True, generator=g)):
                 self.scheduler.set_progress(self.epoch + step / max(n_batches, 1))
@@ -486,6 +490,7 @@ class SupervisedTrainer:
         finally:
             if split > 1:
                 torch.set_num_threads(threads)
+            torch.backends.cuda.matmul.allow_tf32 = tf32
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -648,7 +653,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                                 batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
                                 min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
                                 device=device, seed=tc.seed, callbacks=callbacks, world_config=wc, train_config=tc,
-                                cpu_split=tc.cpu_split, cuda_graphs=tc.cuda_graphs)
+                                cpu_split=tc.cpu_split, cuda_graphs=tc.cuda_graphs, tf32=tc.tf32)
     if tc.select_best_by == "catch_ratio":
         trainer.monitor = "neg_catch_ratio"  # the trainer minimises its monitor
     return trainer

@@ -64,6 +64,7 @@ def test_gpu_section_runs_and_prints(capsys):
     assert all(r["samples_per_s"] > 0 and r["epochs"] >= 2 and r["tflops"] > 0 for r in res["train"])
     c = res["bf16_check"]
     assert 0 < c["val_mse_fp32"] < 1 and 0 < c["val_mse_bf16"] < 1 and c["val_mse_fp32"] != c["val_mse_bf16"]
+    assert c["val_mse_tf32"] == c["val_mse_fp32"]     # TF32 is for CUDA products: none on a CPU
     assert res["generate"]["samples_per_s"] > 0 and res["memory"] == {}
     prof = res["profile"]                             # operators here; kernels on a GPU
     assert prof["batch_size"] == 8 and prof["steps"] == 8 and prof["unit"] == "operators"
@@ -73,8 +74,8 @@ def test_gpu_section_runs_and_prints(capsys):
     assert all(a["ms_per_step"] >= b["ms_per_step"] for a, b in zip(prof["top"], prof["top"][1:]))
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
-    assert "graphs bf16" in out and "val MSE after 4 epochs" in out and "6 boids" in out
-    assert "where an eager training step's time goes at batch 8" in out and names[0] in out
+    assert "graphs bf16" in out and "graphs tf32" in out and "val MSE after 4 epochs" in out and "6 boids" in out
+    assert "TF32" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
 
 
 def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):

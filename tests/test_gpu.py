@@ -1,4 +1,4 @@
-"""The CUDA paths: the model, CUDA-graphed training, bf16 autocast, GPU episodes and the CLI on a GPU.
+"""The CUDA paths: the model, CUDA-graphed training, bf16 autocast, TF32, GPU episodes and the CLI on a GPU.
 
 Every test here needs a CUDA GPU and skips without one.
 """
@@ -188,20 +188,22 @@ def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):
     assert cpu.train_epoch(data)["train_loss"] > 0
 
 
-def test_bf16_autocast_trains_as_well_as_float32(data):
-    """bf16 autocast (the faster GPU mode) against float32 on the same data and steps: the val
-    loss it reaches is within 25% of float32's."""
+def test_bf16_autocast_and_tf32_train_as_well_as_float32(data):
+    """bf16 autocast and TF32 products (the GPU's faster modes) against float32 on the same data
+    and steps: each reaches a val loss within 25% of float32's, by numbers of its own."""
     val = rollout_chunk(16, WORLD, seed=9)
     res = {}
-    for bf16 in (False, True):
-        t = _trainer(data, cuda_graphs=True, autocast=bf16, batch_size=64)
+    for mode, kw in (("fp32", {}), ("bf16", {"autocast": True}), ("tf32", {"tf32": True})):
+        t = _trainer(data, cuda_graphs=True, batch_size=64, **kw)
         t.val_dataset = val
         for _ in range(4):
             t.train_epoch(data)
             t.epoch += 1
-        res[bf16] = t.validate()
-    assert res[True] != res[False]
-    assert res[True] < 1.25 * res[False], res
+        assert not torch.backends.cuda.matmul.allow_tf32       # validation in full float32
+        res[mode] = t.validate()
+    for mode in ("bf16", "tf32"):
+        assert res[mode] != res["fp32"]
+        assert res[mode] < 1.25 * res["fp32"], res
 
 
 def test_episodes_on_the_gpu_match_the_cpu():

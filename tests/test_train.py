@@ -376,3 +376,40 @@ def test_graph_ready_optimizer_starts_as_a_fresh_one(tmp_path):
         steps.append([p.detach().clone() for p in t.model.parameters()])
     for a, b in zip(*steps):
         assert torch.allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_tf32_is_on_only_inside_training_steps(tmp_path):
+    """--tf32: TF32 products in the epoch's training steps only (a GPU setting, so a CPU trainer
+    ignores the flag); torch's own setting comes back after the epoch, for validation, rollouts
+    and the user's code, and after a step that fails."""
+    from predlab.train import create_trainer
+    t = create_trainer(train_episodes=2, val_episodes=1, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, tf32=True)
+    assert t.train_config.tf32 and not t.tf32                 # on a CPU: nothing to switch
+
+    class Seen(Callback):
+        def __init__(self):
+            self.flags = []
+
+        def on_batch_end(self, trainer, step, loss):
+            self.flags.append(torch.backends.cuda.matmul.allow_tf32)
+            if len(self.flags) == 2 and trainer.fail:
+                raise RuntimeError("a failing step")
+
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for outside in (False, True):
+            torch.backends.cuda.matmul.allow_tf32 = outside
+            seen = Seen()
+            t = _trainer(tmp_path, dropout=0.0, callbacks=[seen])
+            t.tf32, t.fail = True, outside                    # as on a GPU
+            data = t.train_dataset.for_epoch(0, t)
+            if outside:
+                with pytest.raises(RuntimeError, match="a failing step"):
+                    t.train_epoch(data)
+            else:
+                t.train_epoch(data)
+            assert seen.flags and all(seen.flags), seen.flags
+            assert torch.backends.cuda.matmul.allow_tf32 is outside
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
