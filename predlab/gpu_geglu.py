@@ -20,42 +20,39 @@ import triton
 import triton.language as tl
 
 Tensor = torch.Tensor
-ROWS = 32                                 # rows per program
+BLOCK, WARPS = 1024, 4                    # elements of y per program, and warps: 8 elements a thread
+SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)   # a global that kernels may read
 
 
 @triton.jit
-def _load(GU, r, c, F, N):
-    """Rows r of [g | u] (float32), their mask, and e = exp(-2 z) and s = sigmoid(2 z) of g,
-    z = sqrt(2/pi) (g + 0.044715 g^3); sqrt(2/pi) = 0.7978845608028654."""
-    mask = (r < N)[:, None] & (c < F)[None, :]
-    base = r.to(tl.int64)[:, None] * (2 * F) + c[None, :]
-    g = tl.load(GU + base, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(GU + base + F, mask=mask, other=0.0).to(tl.float32)
-    t = -2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g)
+def _load(GU, i, n, F: tl.constexpr):
+    """For flat indices i of y [rows, F]: g and u (float32) from [g | u] [rows, 2F], the mask, and
+    e = exp(-2 z) and s = sigmoid(2 z) of g, z = sqrt(2/pi) (g + 0.044715 g^3)."""
+    mask = i < n
+    src = (i // F) * (2 * F) + i % F
+    g = tl.load(GU + src, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(GU + src + F, mask=mask, other=0.0).to(tl.float32)
+    t = -2.0 * SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)
     e = tl.exp(tl.minimum(t, 88.0))                 # finite: e * s * s below stays a number
     s = 1.0 / (1.0 + e)
-    return g, u, e, s, mask
+    return g, u, e, s, mask, src
 
 
 @triton.jit
-def _forward_kernel(GU, Y, N, F, BF: tl.constexpr, ROWS_: tl.constexpr):
-    r = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)
-    c = tl.arange(0, BF)
-    g, u, e, s, mask = _load(GU, r, c, F, N)
-    y = g * s * u
-    tl.store(Y + r.to(tl.int64)[:, None] * F + c[None, :], y.to(Y.dtype.element_ty), mask=mask)
+def _forward_kernel(GU, Y, n, F: tl.constexpr, BLOCK_: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK_ + tl.arange(0, BLOCK_)
+    g, u, e, s, mask, src = _load(GU, i, n, F)
+    tl.store(Y + i, (g * s * u).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _backward_kernel(GU, DY, DGU, N, F, BF: tl.constexpr, ROWS_: tl.constexpr):
-    r = tl.program_id(0) * ROWS_ + tl.arange(0, ROWS_)
-    c = tl.arange(0, BF)
-    g, u, e, s, mask = _load(GU, r, c, F, N)
-    dy = tl.load(DY + r.to(tl.int64)[:, None] * F + c[None, :], mask=mask, other=0.0).to(tl.float32)
-    dgelu = s + g * (e * s * s) * (2.0 * 0.7978845608028654) * (1.0 + 3.0 * 0.044715 * g * g)
-    base = r.to(tl.int64)[:, None] * (2 * F) + c[None, :]
-    tl.store(DGU + base, (dy * u * dgelu).to(DGU.dtype.element_ty), mask=mask)
-    tl.store(DGU + base + F, (dy * g * s).to(DGU.dtype.element_ty), mask=mask)
+def _backward_kernel(GU, DY, DGU, n, F: tl.constexpr, BLOCK_: tl.constexpr):
+    i = tl.program_id(0).to(tl.int64) * BLOCK_ + tl.arange(0, BLOCK_)
+    g, u, e, s, mask, src = _load(GU, i, n, F)
+    dy = tl.load(DY + i, mask=mask, other=0.0).to(tl.float32)
+    dgelu = s + g * (e * s * s) * (2.0 * SQRT_2_OVER_PI) * (1.0 + 3.0 * 0.044715 * g * g)
+    tl.store(DGU + src, (dy * u * dgelu).to(DGU.dtype.element_ty), mask=mask)
+    tl.store(DGU + src + F, (dy * g * s).to(DGU.dtype.element_ty), mask=mask)
 
 
 class TritonGEGLU(torch.autograd.Function):
@@ -65,9 +62,9 @@ class TritonGEGLU(torch.autograd.Function):
     def forward(ctx, gu: Tensor) -> Tensor:
         gu = gu.contiguous()
         F = gu.shape[-1] // 2
-        N = gu.numel() // (2 * F)
         y = gu.new_empty(gu.shape[:-1] + (F,))
-        _forward_kernel[(triton.cdiv(N, ROWS),)](gu, y, N, F, BF=triton.next_power_of_2(F), ROWS_=ROWS)
+        n = y.numel()
+        _forward_kernel[(triton.cdiv(n, BLOCK),)](gu, y, n, F=F, BLOCK_=BLOCK, num_warps=WARPS, enable_fp_fusion=True)
         ctx.save_for_backward(gu)
         return y
 
@@ -75,10 +72,10 @@ class TritonGEGLU(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         (gu,) = ctx.saved_tensors
         F = gu.shape[-1] // 2
-        N = gu.numel() // (2 * F)
         dgu = torch.empty_like(gu)
-        _backward_kernel[(triton.cdiv(N, ROWS),)](gu, dy.contiguous(), dgu, N, F, BF=triton.next_power_of_2(F),
-                                                  ROWS_=ROWS)
+        n = dgu.numel() // 2
+        _backward_kernel[(triton.cdiv(n, BLOCK),)](gu, dy.contiguous(), dgu, n, F=F, BLOCK_=BLOCK,
+                                                   num_warps=WARPS, enable_fp_fusion=True)
         return dgu
 
 
