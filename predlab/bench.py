@@ -305,16 +305,25 @@ def gpu_training_memory(data: SampleSet, batch_size: int = 256, **trainer_kw) ->
 
 # ---------------------------------------------------------------------- GPU
 GPU_BATCHES = (256, 4096, 16384)
-# "graphs torch LN": graphs with torch's LayerNorm kernel (PREDLAB_GPU_LAYER_NORM=torch), the
-# baseline that the compiled LayerNorm is measured against in the same run
+# Every batch size runs the GPU_MODES; batches of VARIANT_MIN_BATCH and more also run the
+# VARIANT_MODES, each against "graphs fp32" in the same run (at batch 256 the GPU waits on
+# launches, and the target is at the large batches):
+# - "graphs tf32": --tf32, float32 products on tensor cores;
+# - "graphs torch LN": torch's LayerNorm kernel (PREDLAB_GPU_LAYER_NORM=torch), the baseline of
+#   the compiled LayerNorm;
+# - "graphs triton ...": the fused Triton kernels (PREDLAB_GPU_ATTENTION / PREDLAB_GPU_GEGLU),
+#   where Triton is installed; "graphs triton+tf32" is everything not yet the default at once.
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
-             "graphs bf16": {"cuda_graphs": True, "autocast": True},
-             "graphs tf32": {"cuda_graphs": True, "tf32": True},
-             "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
-if importlib.util.find_spec("triton") is not None:   # the fused kernels, against the plain ops
-    GPU_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
-    GPU_MODES["graphs triton GEGLU"] = {"cuda_graphs": True, "geglu": "triton"}
-    GPU_MODES["graphs triton both"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton"}
+             "graphs bf16": {"cuda_graphs": True, "autocast": True}}
+VARIANT_MODES = {"graphs tf32": {"cuda_graphs": True, "tf32": True},
+                 "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
+if importlib.util.find_spec("triton") is not None:
+    VARIANT_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
+    VARIANT_MODES["graphs triton GEGLU"] = {"cuda_graphs": True, "geglu": "triton"}
+    VARIANT_MODES["graphs triton both"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton"}
+    VARIANT_MODES["graphs triton+tf32"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton",
+                                           "tf32": True}
+VARIANT_MIN_BATCH = 4096
 # predlab.model's kernel switches that a mode may set (for its run only)
 SWITCHES = {"layer_norm": "GPU_LAYER_NORM", "attention": "GPU_ATTENTION", "geglu": "GPU_GEGLU"}
 
@@ -399,15 +408,15 @@ def val_after_training(data: SampleSet, val: SampleSet, batch_size: int, epochs:
 def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GPU_BATCHES,
             modes: Optional[Dict[str, Dict]] = None, seconds: Optional[float] = None,
             fixed_boids: int = 50, device="cuda", pool_episodes: Optional[int] = None,
-            min_samples: Optional[int] = None) -> Dict:
+            min_samples: Optional[int] = None, variant_min_batch: int = VARIANT_MIN_BATCH) -> Dict:
     """The GPU figures: training samples/s by batch size and mode (eager launches, CUDA graphs,
     bf16 autocast or TF32 with graphs, kernel variants) on the default episodes, the best mode
     at 50 boids, bf16's and TF32's val MSE against float32's after the same data and steps,
     generation with the torch world on the GPU, peak memory, and a profile of eager steps.
+    modes: by default GPU_MODES, and VARIANT_MODES at batches of variant_min_batch or more.
     device, pool_episodes and min_samples exist so that a test can run it all on a CPU in
     seconds (no memory figure there)."""
     world = world or WorldConfig()
-    modes = modes or GPU_MODES
     seconds = seconds or (1.0 if quick else 3.0)
     torch.manual_seed(0)
     pool = rollout_chunk(pool_episodes or (32 if quick else 256), world, seed=7)
@@ -420,7 +429,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
         # ~64 steps per epoch, at least 2^17 samples (the pool repeated: a throughput figure)
         want = max(64 * b, min_samples)
         data = SampleSet.cat([pool] * math.ceil(want / len(pool))).select(torch.arange(want))
-        for name, kw in modes.items():
+        at_b = modes or {**GPU_MODES, **(VARIANT_MODES if b >= variant_min_batch else {})}
+        for name, kw in at_b.items():
             r = bench_training_gpu(data, b, seconds, device, **kw)
             r.update(batch_size=b, mode=name, data="default")
             print(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)",
@@ -431,7 +441,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     fifty = samples_with_boids(fixed_boids, min_samples // 4, world)
     want = max(64 * best["batch_size"], min_samples)
     fifty = SampleSet.cat([fifty] * math.ceil(want / len(fifty))).select(torch.arange(want))
-    r = bench_training_gpu(fifty, best["batch_size"], seconds, device, **modes[best["mode"]])
+    r = bench_training_gpu(fifty, best["batch_size"], seconds, device,
+                           **{**GPU_MODES, **VARIANT_MODES, **(modes or {})}[best["mode"]])
     r.update(batch_size=best["batch_size"], mode=best["mode"], data=f"{fixed_boids} boids")
     r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
     res["train"].append(r)
@@ -466,10 +477,11 @@ def print_gpu_table(g: Dict) -> None:
         base = rate.get((b, "graphs fp32"))
         if base and mode == "graphs torch LN":
             print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
-        fused = {"graphs triton attn": "attention", "graphs triton GEGLU": "GEGLU",
-                 "graphs triton both": "attention and GEGLU"}.get(mode)
-        if base and fused:
-            print(f"fused Triton {fused} at batch {b}: {x / base:.2f}x the plain ops ({mode} / graphs fp32)")
+        variant = {"graphs triton attn": "fused Triton attention", "graphs triton GEGLU": "fused Triton GEGLU",
+                   "graphs triton both": "fused Triton attention and GEGLU", "graphs tf32": "TF32 products",
+                   "graphs triton+tf32": "fused Triton attention and GEGLU with TF32"}.get(mode)
+        if base and variant:
+            print(f"{variant} at batch {b}: {x / base:.2f}x ({mode} / graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "

@@ -56,18 +56,21 @@ def test_samples_with_boids_are_all_that_size():
 def test_gpu_section_runs_and_prints(capsys):
     """The GPU part of the bench (sweep, 50-boid run, bf16 check, generation) end to end, on the
     CPU at tiny sizes: the code a GPU machine runs has no dead paths."""
-    res = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
-                        pool_episodes=8, min_samples=256)
-    modes = {(r["data"], r["mode"]) for r in res["train"]}
-    assert modes == {("default", m) for m in bench.GPU_MODES} | {("6 boids", max(
-        (r for r in res["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])["mode"])}
+    res = bench.run_gpu(quick=True, world=TINY, batches=(4, 8), seconds=0.01, fixed_boids=6, device="cpu",
+                        pool_episodes=8, min_samples=256, variant_min_batch=8)
+    rows = {(r["data"], r["batch_size"], r["mode"]) for r in res["train"]}
+    best = max((r for r in res["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
+    assert rows == ({("default", 4, m) for m in bench.GPU_MODES}          # the variants at large batches only
+                    | {("default", 8, m) for m in {**bench.GPU_MODES, **bench.VARIANT_MODES}}
+                    | {("6 boids", best["batch_size"], best["mode"])})
+    assert {"graphs tf32", "graphs torch LN"} <= set(bench.VARIANT_MODES)
     assert all(r["samples_per_s"] > 0 and r["epochs"] >= 2 and r["tflops"] > 0 for r in res["train"])
     c = res["bf16_check"]
     assert 0 < c["val_mse_fp32"] < 1 and 0 < c["val_mse_bf16"] < 1 and c["val_mse_fp32"] != c["val_mse_bf16"]
     assert c["val_mse_tf32"] == c["val_mse_fp32"]     # TF32 is for CUDA products: none on a CPU
     assert res["generate"]["samples_per_s"] > 0 and res["memory"] == {}
     prof = res["profile"]                             # operators here; kernels on a GPU
-    assert prof["batch_size"] == 8 and prof["steps"] == 8 and prof["unit"] == "operators"
+    assert prof["batch_size"] == 8 and prof["steps"] == 8 and prof["unit"] == "operators"   # the largest batch
     names = [r["name"] for r in prof["top"]]
     assert any(n in ("aten::mm", "aten::addmm", "aten::bmm") for n in names), names
     assert 0 < sum(r["ms_per_step"] for r in prof["top"]) <= prof["ms_per_step"] + 1e-9
@@ -75,7 +78,7 @@ def test_gpu_section_runs_and_prints(capsys):
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
     assert "graphs bf16" in out and "graphs tf32" in out and "val MSE after 4 epochs" in out and "6 boids" in out
-    assert "TF32" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
+    assert "TF32" in out and "TF32 products at batch 8" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
 
 
 def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
