@@ -413,7 +413,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     bf16 autocast or TF32 with graphs, kernel variants) on the default episodes, the best mode
     at 50 boids, bf16's and TF32's val MSE against float32's after the same data and steps,
     generation with the torch world on the GPU, peak memory, and a profile of eager steps.
-    modes: by default GPU_MODES, and VARIANT_MODES at batches of variant_min_batch or more.
+    modes: by default GPU_MODES, and VARIANT_MODES at batches of variant_min_batch or more; a
+    variant that raises is listed under "failed" with its error, and the run goes on.
     device, pool_episodes and min_samples exist so that a test can run it all on a CPU in
     seconds (no memory figure there)."""
     world = world or WorldConfig()
@@ -424,14 +425,22 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     mcfg = ModelConfig()
     min_samples = min_samples or (1 << 14 if quick else 1 << 17)
     on_gpu = torch.device(device).type == "cuda"
-    res: Dict = {"device": torch.cuda.get_device_name(0) if on_gpu else str(device), "train": []}
+    res: Dict = {"device": torch.cuda.get_device_name(0) if on_gpu else str(device), "train": [], "failed": []}
     for b in batches:
         # ~64 steps per epoch, at least 2^17 samples (the pool repeated: a throughput figure)
         want = max(64 * b, min_samples)
         data = SampleSet.cat([pool] * math.ceil(want / len(pool))).select(torch.arange(want))
         at_b = modes or {**GPU_MODES, **(VARIANT_MODES if b >= variant_min_batch else {})}
         for name, kw in at_b.items():
-            r = bench_training_gpu(data, b, seconds, device, **kw)
+            try:
+                r = bench_training_gpu(data, b, seconds, device, **kw)
+            except Exception as e:        # a variant that fails (a kernel that does not compile here, say)
+                if name not in VARIANT_MODES:
+                    raise
+                res["failed"].append({"batch_size": b, "mode": name, "error": f"{type(e).__name__}: {e}"})
+                print(f"  GPU batch {b:,} {name}: failed ({type(e).__name__}: {str(e)[:300]})", file=sys.stderr,
+                      flush=True)
+                continue
             r.update(batch_size=b, mode=name, data="default")
             print(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
@@ -483,6 +492,8 @@ def print_gpu_table(g: Dict) -> None:
         if base and variant:
             print(f"{variant} at batch {b}: {x / base:.2f}x ({mode} / graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
+    for f in g.get("failed", []):
+        print(f"failed at batch {f['batch_size']}: {f['mode']}: {f['error'][:500]}")
     c = g["bf16_check"]
     print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "
           f"float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "

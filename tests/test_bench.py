@@ -108,3 +108,17 @@ def test_bench_cli_refuses_bad_values(capsys):
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-only"])
         assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, capsys):
+    """A variant row that raises (a kernel that does not compile on that GPU, say) costs its row,
+    not the run: the error is kept and printed, and every other figure is still measured."""
+    monkeypatch.setattr(bench, "VARIANT_MODES", {"graphs broken": {"cuda_graphs": True, "geglu": "bogus"}})
+    res = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
+                        pool_episodes=8, min_samples=256, variant_min_batch=8)
+    assert res["failed"] == [{"batch_size": 8, "mode": "graphs broken",
+                              "error": "ValueError: PREDLAB_GPU_GEGLU='bogus': use torch or triton"}]
+    assert {r["mode"] for r in res["train"] if r["data"] == "default"} == set(bench.GPU_MODES)
+    assert "failed (ValueError" in capsys.readouterr().err
+    bench.print_gpu_table(res)
+    assert "failed at batch 8: graphs broken: ValueError" in capsys.readouterr().out
