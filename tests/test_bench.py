@@ -112,8 +112,13 @@ def test_bench_cli_refuses_bad_values(capsys):
 
 def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, capsys):
     """A variant row that raises (a kernel that does not compile on that GPU, say) costs its row,
-    not the run: the error is kept and printed, and every other figure is still measured."""
+    not the run, and a profiler that fails costs the profile: the errors are kept and printed,
+    and every other figure is still measured."""
     monkeypatch.setattr(bench, "VARIANT_MODES", {"graphs broken": {"cuda_graphs": True, "geglu": "bogus"}})
+
+    def no_profiler(*a, **kw):
+        raise RuntimeError("no profiler here")
+    monkeypatch.setattr(bench, "profile_training", no_profiler)
     res = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256, variant_min_batch=8)
     assert res["failed"] == [{"batch_size": 8, "mode": "graphs broken",
@@ -121,4 +126,6 @@ def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, caps
     assert {r["mode"] for r in res["train"] if r["data"] == "default"} == set(bench.GPU_MODES)
     assert "failed (ValueError" in capsys.readouterr().err
     bench.print_gpu_table(res)
-    assert "failed at batch 8: graphs broken: ValueError" in capsys.readouterr().out
+    assert res["profile"] == {"error": "RuntimeError: no profiler here"}
+    out = capsys.readouterr().out
+    assert "failed at batch 8: graphs broken: ValueError" in out and "profile of eager steps: failed" in out
