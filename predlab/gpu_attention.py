@@ -84,9 +84,9 @@ def _block(n: int) -> int:
 
 def _warps(BQ: int, BT: int) -> int:
     """Warps per program for a [BQ, BT] score tile. Compiled for sm_90, the backward with fewer
-    warps than this needs 190-250 registers a thread at 32 x 32 and 64 x 64, and spills at
-    64 x 64 in bf16; with these, every variant fits in 34-123 registers without spills
-    (tests/test_triton_compile.py)."""
+    warps than this needs 189-255 registers a thread at 16 x 64, 32 x 32 and 64 x 64, and
+    spills at 64 x 64 in bf16; with these, every variant fits in 34-123 registers without
+    spills (tests/test_triton_compile.py)."""
     n = BQ * BT
     return 8 if n >= 4096 else 4 if n >= 512 else 2
 
