@@ -70,11 +70,12 @@ def test_fused_attention_compiles_without_spills(dtype, arch):
     from predlab import gpu_attention as A
     for BQ, BT in TILES:
         consts = {"H": 4, "HS": 12, "BQ": BQ, "BT": BT, "BD": 16}
-        if BQ == 16:                              # the launch specialises Tq = 1 (the [CLS] query)
-            consts["Tq"] = 1
-        for kernel in (A._forward_kernel, A._backward_kernel):
-            r = compile_kernel(kernel, dtype, consts, A._warps(BQ, BT), arch)
-            assert r["stack"] == 0, (kernel.__name__, BQ, BT, r)
+        # a 16-row tile holds full blocks of up to 16 tokens, or the [CLS] query alone: Tq = 1,
+        # which the launch specialises as a constant
+        for extra in ([{}, {"Tq": 1}] if BQ == 16 else [{}]):
+            for kernel in (A._forward_kernel, A._backward_kernel):
+                r = compile_kernel(kernel, dtype, {**consts, **extra}, A._warps(BQ, BT), arch)
+                assert r["stack"] == 0, (kernel.__name__, BQ, BT, extra, r)
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
