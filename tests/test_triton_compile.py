@@ -34,20 +34,24 @@ def _tools():
 
 def compile_kernel(fn, dtype: str, constexprs: dict, num_warps: int, arch: int = 90) -> dict:
     """Compile a @triton.jit kernel for sm_<arch>: `scale` float32; T, Tq and lower-case names
-    (sizes, strides) int32; other capitalised names pointers to `dtype` (Bias and Lse to
+    (strides, counts) int32; other capitalised names pointers to `dtype` (Bias and Lse to
     float32). -> registers and stack bytes a thread."""
     triton, GPUTarget, ASTSource, cuobjdump = _tools()
-    sig = {}
-    for p in fn.params:
+    sig, attrs = {}, {}
+    for i, p in enumerate(fn.params):
         if p.is_constexpr or p.name in constexprs:
             sig[p.name] = "constexpr"
         elif p.name == "scale":
             sig[p.name] = "fp32"
-        elif p.name in ("T", "Tq") or p.name[0].islower():            # sizes, strides, counts
+        elif p.name in ("T", "Tq"):                                     # token counts: any value
             sig[p.name] = "i32"
         else:
-            sig[p.name] = "*fp32" if p.name in POINTERS_FP32 else f"*{dtype}"
-    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+            # pointers (torch's allocations are 16-byte aligned) and the strides and element
+            # counts, multiples of 48 here: the launch marks them divisible by 16, as here
+            sig[p.name] = ("i32" if p.name[0].islower() else
+                           "*fp32" if p.name in POINTERS_FP32 else f"*{dtype}")
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                        target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps, "enable_fp_fusion": True})
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
