@@ -122,19 +122,28 @@ def test_fused_geglu_matches_the_maths_on_the_gpu():
 
 @pytest.mark.parametrize("switch,default", [("GPU_ATTENTION", "math"), ("GPU_GEGLU", "torch")])
 def test_training_with_a_fused_kernel_equals_the_default(data, monkeypatch, switch, default):
-    """PREDLAB_GPU_ATTENTION=triton, and PREDLAB_GPU_GEGLU=triton, train as the default plain
-    ops do: the same losses and weights after two graphed epochs."""
+    """PREDLAB_GPU_ATTENTION=triton, and PREDLAB_GPU_GEGLU=triton, compute what the default plain
+    ops compute: the same actions and parameter gradients for a padded batch (0 to 40 boids),
+    and the same losses over two graphed epochs. (Weights after AdamW steps are not compared:
+    its first steps move every weight by about the learning rate whatever the gradient's size,
+    so rounding-level differences in a near-zero gradient show up there at full size.)"""
     pytest.importorskip("triton")
     from predlab import model as M
-    runs = {}
+    rng = random.Random(0)
+    batch = {k: v.cuda() for k, v in collate([random_sample(rng, n) for n in (0, 1, 7, 40, 13, 2)]).items()}
+    target = torch.rand(len(batch["context"]), 2, device="cuda") * 2 - 1
+    grads, losses = {}, {}
     for kernel in (default, "triton"):
         monkeypatch.setattr(M, switch, kernel)
+        m = randomize(TransformerPredator(dropout=0.0), seed=1).cuda().train()
+        y = m(batch)
+        torch.nn.functional.mse_loss(y, target).backward()
+        grads[kernel] = [y.detach()] + [p.grad for p in m.parameters()]
         t = _trainer(data, cuda_graphs=True)
-        losses = [t.train_epoch(data)["train_loss"] for _ in range(2)]
-        runs[kernel] = (losses, [p.detach().cpu() for p in t.model.parameters()])
-    assert runs[default][0] == pytest.approx(runs["triton"][0], rel=1e-4)
-    for a, b in zip(runs[default][1], runs["triton"][1]):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5), (a - b).abs().max()
+        losses[kernel] = [t.train_epoch(data)["train_loss"] for _ in range(2)]
+    for a, b in zip(grads["triton"], grads[default]):
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max().clamp_min(1e-12), (a - b).abs().max()
+    assert losses["triton"] == pytest.approx(losses[default], rel=1e-3)
 
 
 def test_graphed_training_keeps_no_autograd_nodes_across_streams():
