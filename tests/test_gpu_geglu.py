@@ -16,8 +16,8 @@ from test_gpu_attention import _run
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 
-# (leading shape, dtype): one row (the [CLS]-only block), rows across the kernel's blocks of 32,
-# a batch of tokens, bf16 inputs
+# (leading shape, dtype): one row (the [CLS]-only block), 33 rows (3,168 elements: three of the
+# kernel's 1,024-element blocks and part of a fourth), a batch of tokens, bf16 inputs
 CASES = [([1, 1], "float32"), ([33], "float32"), ([6, 29], "float32"), ([4, 19], "bfloat16")]
 
 CHECK = r"""
