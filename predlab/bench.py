@@ -312,7 +312,9 @@ GPU_BATCHES = (256, 4096, 16384)
 # - "graphs torch LN": torch's LayerNorm kernel (PREDLAB_GPU_LAYER_NORM=torch), the baseline of
 #   the compiled LayerNorm;
 # - "graphs triton ...": the fused Triton kernels (PREDLAB_GPU_ATTENTION / PREDLAB_GPU_GEGLU),
-#   where Triton is installed; "graphs triton+tf32" is everything not yet the default at once.
+#   where Triton is installed; "graphs triton+tf32" is everything not yet the default at once;
+#   "graphs bf16 triton" the kernels on bf16 activations (half the bytes; the plain ops' casts
+#   around the attention and GEGLU are gone).
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
              "graphs bf16": {"cuda_graphs": True, "autocast": True}}
 VARIANT_MODES = {"graphs tf32": {"cuda_graphs": True, "tf32": True},
@@ -323,6 +325,8 @@ if importlib.util.find_spec("triton") is not None:
     VARIANT_MODES["graphs triton both"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton"}
     VARIANT_MODES["graphs triton+tf32"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton",
                                            "tf32": True}
+    VARIANT_MODES["graphs bf16 triton"] = {"cuda_graphs": True, "autocast": True, "attention": "triton",
+                                           "geglu": "triton"}
 VARIANT_MIN_BATCH = 4096
 # predlab.model's kernel switches that a mode may set (for its run only)
 SWITCHES = {"layer_norm": "GPU_LAYER_NORM", "attention": "GPU_ATTENTION", "geglu": "GPU_GEGLU"}

@@ -197,12 +197,22 @@ def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):
     assert cpu.train_epoch(data)["train_loss"] > 0
 
 
-def test_bf16_autocast_and_tf32_train_as_well_as_float32(data):
+def test_bf16_autocast_and_tf32_train_as_well_as_float32(data, monkeypatch):
     """bf16 autocast and TF32 products (the GPU's faster modes) against float32 on the same data
-    and steps: each reaches a val loss within 25% of float32's, by numbers of its own."""
+    and steps: each reaches a val loss within 25% of float32's, by numbers of its own. Where
+    Triton is there, also bf16 with both fused kernels (the bench's "graphs bf16 triton")."""
+    from predlab import model as M
     val = rollout_chunk(16, WORLD, seed=9)
+    modes = [("fp32", {}, "math"), ("bf16", {"autocast": True}, "math"), ("tf32", {"tf32": True}, "math")]
+    try:
+        import triton  # noqa: F401
+        modes.append(("bf16 triton", {"autocast": True}, "triton"))
+    except ImportError:
+        pass
     res = {}
-    for mode, kw in (("fp32", {}), ("bf16", {"autocast": True}), ("tf32", {"tf32": True})):
+    for mode, kw, kernels in modes:
+        monkeypatch.setattr(M, "GPU_ATTENTION", kernels)
+        monkeypatch.setattr(M, "GPU_GEGLU", "torch" if kernels == "math" else "triton")
         t = _trainer(data, cuda_graphs=True, batch_size=64, **kw)
         t.val_dataset = val
         for _ in range(4):
@@ -210,7 +220,7 @@ def test_bf16_autocast_and_tf32_train_as_well_as_float32(data):
             t.epoch += 1
         assert not torch.backends.cuda.matmul.allow_tf32       # validation in full float32
         res[mode] = t.validate()
-    for mode in ("bf16", "tf32"):
+    for mode, _, _ in modes[1:]:
         assert res[mode] != res["fp32"]
         assert res[mode] < 1.25 * res["fp32"], res
 
