@@ -495,7 +495,8 @@ def print_gpu_table(g: Dict) -> None:
             print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
         variant = {"graphs triton attn": "fused Triton attention", "graphs triton GEGLU": "fused Triton GEGLU",
                    "graphs triton both": "fused Triton attention and GEGLU", "graphs tf32": "TF32 products",
-                   "graphs triton+tf32": "fused Triton attention and GEGLU with TF32"}.get(mode)
+                   "graphs triton+tf32": "fused Triton attention and GEGLU with TF32",
+                   "graphs bf16 triton": "fused Triton attention and GEGLU on bf16 activations"}.get(mode)
         if base and variant:
             print(f"{variant} at batch {b}: {x / base:.2f}x ({mode} / graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
@@ -529,7 +530,7 @@ def print_profile(p: Dict) -> None:
 def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
         naive_steps: int = 2, batch_size: int = 256, seconds: Optional[float] = None,
         gpu: Optional[bool] = None, world: Optional[WorldConfig] = None, fixed_boids: int = 50,
-        pool_episodes: int = 128, gpu_batches=GPU_BATCHES) -> Dict:
+        pool_episodes: int = 128, gpu_batches=GPU_BATCHES, gpu_modes: Optional[Dict[str, Dict]] = None) -> Dict:
     """Measure everything; returns a dict (see print_table). quick=True shortens every timing.
 
     world / fixed_boids / pool_episodes exist so that a test can run the whole thing in seconds.
@@ -571,7 +572,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    res["gpu"] = run_gpu(quick, world, batches=gpu_batches) if gpu else None   # None: no CUDA device here
+    res["gpu"] = run_gpu(quick, world, batches=gpu_batches, modes=gpu_modes) if gpu else None   # None: no CUDA device here
     res["train_gpu"] = (max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default")
                         if gpu else None)
     return res
@@ -645,7 +646,21 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
     p.add_argument("--gpu-batches", default=",".join(map(str, GPU_BATCHES)), metavar="B1,B2,...",
                    help=f"batch sizes of the GPU sweep (default {','.join(map(str, GPU_BATCHES))})")
+    p.add_argument("--gpu-modes", metavar="M1,M2,...",
+                   help="only these modes of the GPU sweep, at every batch size, with 'graphs fp32' (the "
+                        "baseline of the ratios) always measured; names as the GPU table prints them, e.g. "
+                        "'graphs triton both,graphs bf16 triton' (default: all, variants from batch "
+                        f"{VARIANT_MIN_BATCH} on)")
     a = p.parse_args(argv)
+    modes = None
+    if a.gpu_modes is not None:
+        known = {**GPU_MODES, **VARIANT_MODES}
+        names = [m.strip() for m in a.gpu_modes.split(",") if m.strip()]
+        unknown = [m for m in names if m not in known]
+        if unknown or not names:
+            p.error(f"--gpu-modes: unknown mode(s) {', '.join(map(repr, unknown)) or 'none given'}; "
+                    f"known here: {', '.join(known)}")
+        modes = {m: known[m] for m in ["graphs fp32"] + [m for m in names if m != "graphs fp32"]}
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
     try:
@@ -658,10 +673,10 @@ def main(argv=None) -> int:
         p.error("--gpu-only: this torch build sees no CUDA GPU")
     t0 = time.perf_counter()
     if a.gpu_only:
-        res = {"gpu": run_gpu(quick=a.quick, batches=batches)}
+        res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
         print_gpu_table(res["gpu"])
     else:
-        res = run(quick=a.quick, threads=a.threads, gpu_batches=batches)
+        res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes)
         print_table(res)
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")

@@ -78,6 +78,8 @@ def test_gpu_section_runs_and_prints(capsys):
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
     assert "graphs bf16" in out and "graphs tf32" in out and "val MSE after 4 epochs" in out and "6 boids" in out
+    for mode in bench.VARIANT_MODES:      # every variant's ratio to the baseline is printed
+        assert f"({mode} / graphs fp32)" in out or mode == "graphs torch LN" and "graphs fp32 / graphs torch LN" in out, mode
     assert "TF32" in out and "TF32 products at batch 8" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
 
 
@@ -86,7 +88,7 @@ def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
     default-episode figure (not the 50-boid one) and the GPU table follows the CPU one."""
     gpu = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256)
-    monkeypatch.setattr(bench, "run_gpu", lambda quick, world, batches: gpu)
+    monkeypatch.setattr(bench, "run_gpu", lambda quick, world, batches, modes: gpu)
     res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
                     seconds=0.01, gpu=True, world=TINY, fixed_boids=6, pool_episodes=8)
     assert res["train_gpu"] == max(r["samples_per_s"] for r in gpu["train"] if r["data"] == "default")
@@ -104,6 +106,11 @@ def test_bench_cli_refuses_bad_values(capsys):
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-batches", bad])
         assert e.value.code == 2 and "--gpu-batches" in capsys.readouterr().err
+    for bad in ("graphs nonsense", "graphs fp32,eager", " , "):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--gpu-modes", bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "--gpu-modes" in err and "graphs triton both" in err, err
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-only"])
@@ -129,3 +136,23 @@ def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, caps
     assert res["profile"] == {"error": "RuntimeError: no profiler here"}
     out = capsys.readouterr().out
     assert "failed at batch 8: graphs broken: ValueError" in out and "profile of eager steps: failed" in out
+
+
+def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_path):
+    """--gpu-modes: only the named modes run, at every batch of the sweep, with "graphs fp32"
+    (the ratios' baseline) always first; the JSON still comes out."""
+    seen = {}
+
+    def fake_run_gpu(quick=False, batches=(), modes=None, **kw):
+        seen.update(batches=batches, modes=modes)
+        return {"device": "fake", "train": [], "failed": [], "bf16_check": {"epochs": 4, "samples": 1,
+                "batch_size": 1, "val_mse_fp32": 1.0, "val_mse_bf16": 1.0, "val_mse_tf32": 1.0},
+                "generate": {"samples_per_s": 1.0}, "memory": {}}
+    monkeypatch.setattr(bench, "run_gpu", fake_run_gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--gpu-modes", "graphs tf32, graphs bf16",
+                       "--json", str(tmp_path / "g.json")]) == 0
+    assert seen["batches"] == (16384,)
+    assert list(seen["modes"]) == ["graphs fp32", "graphs tf32", "graphs bf16"]
+    assert seen["modes"]["graphs tf32"] == bench.VARIANT_MODES["graphs tf32"]
+    assert (tmp_path / "g.json").is_file()
