@@ -317,16 +317,22 @@ GPU_BATCHES = (256, 4096, 16384)
 #   around the attention and GEGLU are gone).
 GPU_MODES = {"eager fp32": {"cuda_graphs": False}, "graphs fp32": {"cuda_graphs": True},
              "graphs bf16": {"cuda_graphs": True, "autocast": True}}
-VARIANT_MODES = {"graphs tf32": {"cuda_graphs": True, "tf32": True},
-                 "graphs torch LN": {"cuda_graphs": True, "layer_norm": "torch"}}
-if importlib.util.find_spec("triton") is not None:
-    VARIANT_MODES["graphs triton attn"] = {"cuda_graphs": True, "attention": "triton"}
-    VARIANT_MODES["graphs triton GEGLU"] = {"cuda_graphs": True, "geglu": "triton"}
-    VARIANT_MODES["graphs triton both"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton"}
-    VARIANT_MODES["graphs triton+tf32"] = {"cuda_graphs": True, "attention": "triton", "geglu": "triton",
-                                           "tf32": True}
-    VARIANT_MODES["graphs bf16 triton"] = {"cuda_graphs": True, "autocast": True, "attention": "triton",
-                                           "geglu": "triton"}
+# each variant: name, what its ratio line calls it (None: printed its own way), trainer settings,
+# whether it needs Triton
+_VARIANTS = (
+    ("graphs tf32", "TF32 products", {"tf32": True}, False),
+    ("graphs torch LN", None, {"layer_norm": "torch"}, False),
+    ("graphs triton attn", "fused Triton attention", {"attention": "triton"}, True),
+    ("graphs triton GEGLU", "fused Triton GEGLU", {"geglu": "triton"}, True),
+    ("graphs triton both", "fused Triton attention and GEGLU", {"attention": "triton", "geglu": "triton"}, True),
+    ("graphs triton+tf32", "fused Triton attention and GEGLU with TF32",
+     {"attention": "triton", "geglu": "triton", "tf32": True}, True),
+    ("graphs bf16 triton", "fused Triton attention and GEGLU on bf16 activations",
+     {"autocast": True, "attention": "triton", "geglu": "triton"}, True),
+)
+_HAVE_TRITON = importlib.util.find_spec("triton") is not None
+VARIANT_MODES = {name: {"cuda_graphs": True, **kw} for name, _, kw, triton in _VARIANTS if _HAVE_TRITON or not triton}
+VARIANT_LABELS = {name: label for name, label, _, _ in _VARIANTS if label}
 VARIANT_MIN_BATCH = 4096
 # predlab.model's kernel switches that a mode may set (for its run only)
 SWITCHES = {"layer_norm": "GPU_LAYER_NORM", "attention": "GPU_ATTENTION", "geglu": "GPU_GEGLU"}
@@ -493,10 +499,7 @@ def print_gpu_table(g: Dict) -> None:
         base = rate.get((b, "graphs fp32"))
         if base and mode == "graphs torch LN":
             print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
-        variant = {"graphs triton attn": "fused Triton attention", "graphs triton GEGLU": "fused Triton GEGLU",
-                   "graphs triton both": "fused Triton attention and GEGLU", "graphs tf32": "TF32 products",
-                   "graphs triton+tf32": "fused Triton attention and GEGLU with TF32",
-                   "graphs bf16 triton": "fused Triton attention and GEGLU on bf16 activations"}.get(mode)
+        variant = VARIANT_LABELS.get(mode)
         if base and variant:
             print(f"{variant} at batch {b}: {x / base:.2f}x ({mode} / graphs fp32)")
     print("(warm-up: the first epoch, with compilation and graph captures)")
