@@ -7,6 +7,7 @@ best metric, early-stopping counter and the metric history.
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Union
@@ -30,9 +31,16 @@ def atomic_save(obj: Mapping, path: Union[str, Path]) -> Path:
     return atomic_write(path, lambda f: torch.save(dict(obj), f), binary=True)
 
 
+def _plain(text: str) -> str:
+    """text without terminal colour codes."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     """Read a checkpoint without executing pickled code; refuse anything that is not ours."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory, not a checkpoint (say {path / 'best_model.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if not zipfile.is_zipfile(path):
@@ -41,11 +49,13 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # torch's message advises loading with weights_only=False; name only what was refused
+        what = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         raise CheckpointError(f"{path}: refused: loading it would need to execute pickled code, which predlab "
-                              f"never does ({str(e).splitlines()[0]})") from None
+                              f"never does" + (f" ({_plain(what[0])})" if what else "")) from None
     except Exception as e:  # truncated, not a zip, not torch at all
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                              f"{_plain(str(e).splitlines()[0]) if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a predlab checkpoint (no format={FORMAT!r} marker)")
     if ckpt.get("version") != VERSION:

@@ -11,10 +11,13 @@ import mimetypes
 import sys
 import threading
 import webbrowser
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
+
+from .config import bounded_number
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 DEFAULT_MODEL = Path("checkpoints") / "model.js"
@@ -83,10 +86,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
     ap.add_argument("model_js", nargs="?", default=str(DEFAULT_MODEL),
                     help=f"the exported weights (default {DEFAULT_MODEL})")
-    ap.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (0 picks a free one; default 8000)")
+    ap.add_argument("--port", type=bounded_number(int, 0, 65535), default=8000, help="port on 127.0.0.1 (0 picks a free one; default 8000)")
     ap.add_argument("--no-browser", action="store_true", help="only print the URL")
     args = ap.parse_args(argv)
     model = Path(args.model_js)
+    if model.is_dir():
+        print(f"error: {model} is a directory; pass the model.js in it (say {model / 'model.js'})", file=sys.stderr)
+        return 2
+    if model.is_file() and zipfile.is_zipfile(model):
+        print(f"error: {model} is a checkpoint; the page needs its browser weights. Export them first:\n"
+              f"  python -m predlab.export {model} --out model.js\n"
+              f"then pass model.js.", file=sys.stderr)
+        return 2
     if not model.is_file():
         print(f"error: no model at {model}. Train and export one first:\n"
               f"  python -m predlab.train ...\n"

@@ -115,6 +115,9 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
     if str(spec) == "random":
         return RandomPolicy()
     path = Path(spec)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
+                                f"(say {path / 'best_model.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
                                 f"or the words teacher / random)")
@@ -287,6 +290,11 @@ def main(argv=None) -> int:
         device = resolve_device(a.device)
     except ValueError as e:
         p.error(str(e))
+    if a.json:
+        from .export import output_problem
+        problem = output_problem(a.json)
+        if problem:
+            p.error(f"--json: {problem}")
     try:
         policy = load_policy(a.policy, device)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
@@ -300,8 +308,8 @@ def main(argv=None) -> int:
     print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
     if a.json:
         out = Path(a.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
+        from .export import atomic_write_text
+        atomic_write_text(out, json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
         print(f"wrote {out}")
     return 0
 

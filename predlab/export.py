@@ -16,7 +16,7 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Union
+from typing import Callable, Dict, List, Mapping, Optional, Union
 
 import numpy as np
 import torch
@@ -254,6 +254,9 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; a model.js served by a web server as another user must be
+        # readable, so give it the mode a plain open() would (or the replaced file's own)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -264,6 +267,33 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_problem(path: Union[str, Path], directory: bool = False) -> Optional[str]:
+    """Why a file (or, with directory=True, a folder to write files in) cannot be written at
+    path, or None. Checked before long work, so that a run does not fail at its end."""
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        return f"{path} exists and is not a directory"
+    if not directory and path.is_dir():
+        return f"{path} is a directory"
+    d = path if directory else path.parent
+    while not d.exists() and d != d.parent:       # the nearest folder that exists
+        d = d.parent
+    if not d.is_dir():
+        return f"{d} is a file, so {path} cannot be created"
+    try:
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as e:
+        return f"cannot write in {d}: {e.strerror or e}"
+    return None
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
@@ -316,10 +346,15 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--out", required=True, help="output path ending in .js or .json")
     args = ap.parse_args(argv)
     src, out = Path(args.source), Path(args.out)
+    if src.is_dir():
+        ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():
         ap.error(f"no such file: {src}")
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
+    problem = output_problem(out)
+    if problem:
+        ap.error(f"--out: {problem}")
     try:
         if src.suffix.lower() in (".js", ".json"):
             model = read_weights(src)
@@ -327,8 +362,10 @@ def main(argv: List[str] = None) -> int:
             from .checkpoint import load_model
             model = load_model(src)
         write_weights(model, out)
-    except (WeightFormatError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
+        ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
+    except OSError as e:
+        print(f"{ap.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

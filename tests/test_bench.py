@@ -102,6 +102,9 @@ def test_bench_cli_refuses_bad_values(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--threads", "0"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:          # refused before the ~35 s of measuring
+        bench.main(["--json", __file__ + "/b.json"])
+    assert e.value.code == 2 and "--json" in capsys.readouterr().err
     for bad in ("0,256", "256,x", ""):
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-batches", bad])

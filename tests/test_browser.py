@@ -195,6 +195,20 @@ def test_demo_cli_missing_model(tmp_path):
     assert r.returncode == 2 and "no model at" in r.stderr and "predlab.export" in r.stderr
 
 
+def test_demo_cli_refuses_a_checkpoint_a_folder_and_a_bad_port(tmp_path, make_model):
+    from predlab.train import SupervisedTrainer
+    from predlab.data import SampleSet
+    ckpt = SupervisedTrainer(make_model(), SampleSet.empty(), SampleSet.empty(),
+                             device="cpu").save_checkpoint(tmp_path / "best_model.pt")
+    for argv, message in [([str(ckpt)], "is a checkpoint"), ([str(tmp_path)], "is a directory"),
+                          ([str(ckpt), "--port", "99999"], "must be <= 65535")]:
+        r = subprocess.run([sys.executable, "-m", "predlab.demo", *argv, "--no-browser"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
+    assert "python -m predlab.export" in subprocess.run(
+        [sys.executable, "-m", "predlab.demo", str(ckpt), "--no-browser"], capture_output=True, text=True).stderr
+
+
 def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
     # SIGINT as a terminal's foreground process has it: a test run started in the background

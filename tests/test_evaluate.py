@@ -99,9 +99,13 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     (["teacher", "--frames", "ten"], "not a whole number"),
     (["teacher", "--seed", "-1"], "must be >= 0"),
     (["teacher", "--device", "tpu"], "unknown device"),
+    (["."], "is a directory"),
+    (["teacher", "--json", "afile/out.json"], "is a file"),     # refused before the rollouts, not after
+    (["teacher", "--json", "."], "is a directory"),
 ])
 def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2

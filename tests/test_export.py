@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import subprocess
 import warnings
@@ -260,6 +261,20 @@ def test_invalid_params_leave_existing_file(model, tmp_path):
         write_weights(p, path)
     assert path.read_bytes() == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["model.js"]  # no temp file left behind
+
+
+def test_written_files_get_the_umask_mode(model, tmp_path):
+    """model.js is readable by a web server running as another user (umask 022 -> 0644), and a
+    replaced file keeps its own mode."""
+    old = os.umask(0o022)
+    try:
+        path = write_weights(model, tmp_path / "model.js")
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        write_weights(model, path)
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
 
 
 def test_non_default_size_warns(make_model, model, tmp_path):
