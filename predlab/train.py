@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
 from .data import EpisodeGenerator, SampleSet, collate
+from .export import output_problem
 from .model import TransformerPredator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -158,18 +159,71 @@ class TensorBoardLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`)."""
+    """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`).
+
+    A run never deletes or overwrites another run's files: when it starts in a folder that holds
+    an earlier run's best_model.pt, model.js/.json or checkpoint_epoch_N.pt, they are moved to
+    previous/<time of the newest>/ inside it first. A run resumed from a checkpoint in this
+    folder continues that run: only the files of epochs after the one it resumed from move.
+    """
+
+    RUN_FILES = ("best_model.pt", "model.js", "model.json")
 
     def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3):
+        if save_every < 1 or keep < 1:
+            raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
         self.dir, self.save_every, self.keep = Path(directory), save_every, keep
+        self._trainer = None
+
+    @staticmethod
+    def _epoch_of(p: Path) -> int:
+        try:
+            return int(p.stem.rsplit("_", 1)[1])
+        except (IndexError, ValueError):
+            return -1
+
+    def _epoch_files(self) -> List[Path]:
+        return sorted((p for p in self.dir.glob("checkpoint_epoch_*.pt") if self._epoch_of(p) >= 0),
+                      key=self._epoch_of)
+
+    def on_train_begin(self, trainer):
+        if self._trainer is trainer:          # train() called again on the same trainer: the same run
+            return
+        self._trainer = trainer
+        if not self.dir.is_dir():
+            return
+        src = getattr(trainer, "resumed_from", None)
+        continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
+        if continuing:    # keep this run's files up to the epoch it resumed from
+            later = [p for p in self._epoch_files() if self._epoch_of(p) > trainer.epoch]
+            best = self.dir / "best_model.pt"
+            try:
+                best_later = best.is_file() and int(ckpt_io.load_checkpoint_dict(best).get("epoch", 0)) > trainer.epoch
+            except (ValueError, FileNotFoundError):
+                best_later = best.is_file()     # unreadable: not this run's to overwrite
+            moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
+        else:
+            moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
+        if moving:
+            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in moving)))
+            dest, k = self.dir / "previous" / stamp, 1
+            while dest.exists():
+                k += 1
+                dest = self.dir / "previous" / f"{stamp}-{k}"
+            dest.mkdir(parents=True)
+            for p in moving:
+                p.rename(dest / p.name)
+            what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+            print(f"moved {len(moving)} file(s) {what} from {self.dir} to {dest}; this run writes its own "
+                  f"in {self.dir}", flush=True)
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved:
             trainer.save_checkpoint(self.dir / "best_model.pt", include_data=False)
         if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
             trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
-            old = sorted(self.dir.glob("checkpoint_epoch_*.pt"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-            for p in old[:-self.keep]:
+            earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch]
+            for p in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
                 p.unlink(missing_ok=True)
 
 
@@ -268,6 +322,7 @@ class SupervisedTrainer:
         self.history: List[Dict[str, float]] = []
         self.stop_training = False
         self.target_epochs = 0
+        self.resumed_from: Optional[Path] = None   # the checkpoint load_checkpoint read, if any
 
     # ------------------------------------------------------------------ loops
     def _on_device(self, data: SampleSet) -> SampleSet:
@@ -571,6 +626,7 @@ class SupervisedTrainer:
         """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
         ck = ckpt_io.load_checkpoint_dict(path)
         ckpt_io.check_architecture(self.model, ck, path)
+        self.resumed_from = Path(path)
         self.model.load_state_dict(ck["model"])
         try:
             if "optimizer" in ck:
@@ -678,9 +734,16 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=())
             group.add_argument(*flags, dest=f.name, default=default, help=help_, choices=f.metadata.get("choices"))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors under a one-line usage: the full one is ~30 lines of flags that bury the message."""
+
+    def error(self, message):
+        self.exit(2, f"usage: {self.prog} [flags]   (--help lists them)\n{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, built from TrainConfig, ModelConfig and WorldConfig."""
-    p = argparse.ArgumentParser(prog="python -m predlab.train",
+    p = _Parser(prog="python -m predlab.train",
                                 description="Train the predator transformer by imitating the closest-pursuit "
                                             "teacher, then export checkpoints/model.js for the browser.")
     _add_config_flags(p, TrainConfig, "training")
@@ -705,7 +768,13 @@ def parse_args(argv=None):
         resolve_device(tc.device)
     except ValueError as e:
         p.error(str(e))
+    for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir)):
+        problem = output_problem(where, directory=True)
+        if problem:
+            p.error(f"{flag}: {problem}")
     if tc.resume is not None:
+        if Path(tc.resume).is_dir():
+            p.error(f"--resume: {tc.resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(tc.resume).is_file():
             p.error(f"--resume: no such checkpoint file: {tc.resume}")
         try:
@@ -721,6 +790,10 @@ def parse_args(argv=None):
         mc = from_dict(ModelConfig, ck["model_config"])  # the checkpoint's sizes win
         if ck.get("epoch", 0) >= tc.epochs:
             p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']}; pass --epochs larger than that")
+        if tc.dagger and "data_source" not in ck:
+            print(f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
+                  f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
+                  f"checkpoint_epoch_N.pt files carry them", file=sys.stderr)
     return tc, mc, wc
 
 
@@ -750,18 +823,27 @@ def main(argv=None) -> int:
         print("\ninterrupted: the last saved checkpoints are intact")
     finally:
         trainer.train_dataset.generator.close()
+    from .export import write_weights
+    name = {"val_loss": "val MSE", "neg_catch_ratio": "catch ratio"}.get(trainer.monitor, trainer.monitor)
     best = Path(tc.checkpoint_dir) / "best_model.pt"
-    if not best.is_file():
+    if best.is_file():
+        model = ckpt_io.load_model(best)
+        b = ckpt_io.load_checkpoint_dict(best)
+        value = -b["best_metric"] if b["monitor"] == "neg_catch_ratio" else b["best_metric"]
+        print(f"done in {time.time() - t0:.0f} s; best {name} {value:.5f} at epoch {b['best_epoch']}")
+    elif trainer.epoch > 0 and trainer.resumed_from is not None:
+        # resumed, and no epoch of this run beat the best of the run it came from (whose
+        # best_model.pt is in that run's folder): export where this run ended instead
+        model = trainer.model
+        value = -trainer.best_metric if trainer.monitor == "neg_catch_ratio" else trainer.best_metric
+        print(f"done in {time.time() - t0:.0f} s; no epoch of this run beat the best {name} {value:.5f} "
+              f"(epoch {trainer.best_epoch}) of the run it resumed from, so no best_model.pt was written here; "
+              f"exporting the model of epoch {trainer.epoch}")
+    else:
         print("no best_model.pt was written", file=sys.stderr)
         return 1
-    from .export import write_weights
-    model = ckpt_io.load_model(best)
     js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
     write_weights(model, Path(tc.checkpoint_dir) / "model.json")
-    b = ckpt_io.load_checkpoint_dict(best)
-    name = {"val_loss": "val MSE", "neg_catch_ratio": "catch ratio"}.get(b["monitor"], b["monitor"])
-    value = -b["best_metric"] if b["monitor"] == "neg_catch_ratio" else b["best_metric"]
-    print(f"done in {time.time() - t0:.0f} s; best {name} {value:.5f} at epoch {b['best_epoch']}")
     print(f"browser weights: {js.resolve()} (and model.json beside it)")
     return 0
 

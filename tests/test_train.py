@@ -184,9 +184,12 @@ def test_checkpoint_refuses_pickle_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": ck.FORMAT, "version": ck.VERSION, "payload": Evil()}, path)
-    with pytest.raises(ck.CheckpointError, match="pickle"):
+    with pytest.raises(ck.CheckpointError, match="pickle") as err:
         ck.load_checkpoint_dict(path)
     assert not marker.exists()
+    msg = str(err.value)
+    assert "GLOBAL" in msg                       # names what was refused
+    assert "\x1b" not in msg and "False" not in msg   # no terminal codes, no advice to load it unsafely
 
 
 def test_checkpoint_refuses_other_architecture_and_foreign_files(tmp_path):
@@ -307,6 +310,83 @@ def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, 
     assert (ckdir / "best_model.pt").read_bytes() == b"precious"
 
 
+def _files(d: Path):
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+
+
+def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
+    """A run in a folder with another run's files deletes and overwrites none of them, and keeps
+    its own newest checkpoints (pruning once counted the earlier run's higher epochs)."""
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    first = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=3)])
+    first.train(3)
+    assert _files(d) == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"]
+    old = {p.name: p.read_bytes() for p in d.iterdir()}
+    second = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=1)])
+    second.train(2)
+    assert "moved 4 file(s) of an earlier run" in capsys.readouterr().out
+    (prev,) = (d / "previous").iterdir()
+    assert {p.name: p.read_bytes() for p in prev.iterdir()} == old
+    assert sorted(p.name for p in d.iterdir() if p.is_file()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
+    assert ck.load_checkpoint_dict(d / "checkpoint_epoch_2.pt")["epoch"] == 2
+    second.train(3)          # the same run going on: nothing moves, its own epoch 2 is pruned
+    assert sorted(p.name for p in d.iterdir() if p.is_file()) == ["best_model.pt", "checkpoint_epoch_3.pt"]
+    assert len(list((d / "previous").iterdir())) == 1
+
+
+def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    first = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=5)])
+    first.train(3)
+    kept = {n: (d / n).read_bytes() for n in ("checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt")}
+    best_epoch = ck.load_checkpoint_dict(d / "best_model.pt")["epoch"]
+    again = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=5)])
+    again.load_checkpoint(d / "checkpoint_epoch_2.pt")
+    again.train(4)
+    for n, b in kept.items():                  # the resumed run's own history stays in place
+        assert (d / n).read_bytes() == b
+    moved = _files(d / "previous")
+    assert [m.split("/")[1] for m in moved] == (["best_model.pt"] if best_epoch > 2 else []) + \
+        ["checkpoint_epoch_3.pt"]             # the first run's epoch 3: not this run's to overwrite
+    assert {p.name for p in d.iterdir() if p.is_file()} >= {"checkpoint_epoch_3.pt", "checkpoint_epoch_4.pt"}
+
+
+@pytest.mark.parametrize("flag, make, message", [
+    ("--checkpoint_dir", lambda t: (t / "afile").write_text("x") and t / "afile", "is not a directory"),
+    ("--log_dir", lambda t: (t / "afile").write_text("x") and t / "afile" / "runs", "is a file"),
+    ("--resume", lambda t: (t / "somedir").mkdir() or t / "somedir", "is a directory"),
+])
+def test_cli_unusable_paths_exit_2_before_training(tmp_path, monkeypatch, capsys, flag, make, message):
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    path = make(tmp_path)
+    before = _files(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", flag, str(path), *TINY_FLAGS])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and flag in err and "Traceback" not in err
+    assert len(err.splitlines()) == 2          # a one-line usage, then the error
+    assert _files(tmp_path) == before
+
+
+def test_cli_resumed_into_a_new_folder_still_exports(tmp_path):
+    """Resumed elsewhere, a run whose epochs do not beat the old best still writes model.js."""
+    first = _trainer(tmp_path)
+    first.train(2)
+    first.best_metric = -1.0                   # nothing can beat it
+    path = first.save_checkpoint(tmp_path / "c2.pt")
+    r = _cli("--epochs", "3", "--resume", str(path), "--checkpoint_dir", "elsewhere", "--no-dagger",
+             "--eval_every", "0", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "no epoch of this run beat" in r.stdout and "model of epoch 3" in r.stdout
+    assert not (tmp_path / "elsewhere" / "best_model.pt").exists()
+    from predlab.export import read_weights
+    read_weights(tmp_path / "elsewhere" / "model.js")
+
+
 def test_cli_export_command(tmp_path):
     t = _trainer(tmp_path)
     path = t.save_checkpoint(tmp_path / "c.pt")
@@ -317,6 +397,16 @@ def test_cli_export_command(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.export", str(tmp_path / "nope.pt"), "--out",
                         str(tmp_path / "x.js")], capture_output=True, text=True)
     assert r.returncode == 2 and "no such file" in r.stderr
+    (tmp_path / "adir.js").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for source, out, message in [(tmp_path, tmp_path / "x.js", "is a directory"),
+                                 (path, tmp_path / "adir.js", "is a directory"),
+                                 (path, tmp_path / "afile" / "m.js", "is a file"),
+                                 (tmp_path / "afile", tmp_path / "y.js", "not a readable torch checkpoint")]:
+        r = subprocess.run([sys.executable, "-m", "predlab.export", str(source), "--out", str(out)],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (source, out, r.stderr)
+    assert not (tmp_path / "y.js").exists() and (tmp_path / "afile").read_text() == "x"
 
 
 def test_dagger_resume_is_bit_identical(tmp_path):
