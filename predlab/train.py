@@ -143,7 +143,10 @@ class TensorBoardLogger(Callback):
     def on_train_begin(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
         name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
-        self.path = self.log_dir / name
+        self.path, k = self.log_dir / name, 1
+        while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
+            k += 1
+            self.path = self.log_dir / f"{name}-{k}"
         self.writer = SummaryWriter(str(self.path))
 
     def on_epoch_end(self, trainer, epoch, logs):

@@ -503,3 +503,16 @@ def test_tf32_is_on_only_inside_training_steps(tmp_path):
             assert torch.backends.cuda.matmul.allow_tf32 is outside
     finally:
         torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def test_two_runs_in_one_second_log_to_two_folders(tmp_path, monkeypatch):
+    from predlab import train as T
+    monkeypatch.setattr(T.time, "strftime", lambda *a: "20260101-000000")
+    loggers = [T.TensorBoardLogger(tmp_path) for _ in range(2)]
+    for lg in loggers:
+        lg.on_train_begin(None)
+    try:
+        assert [lg.path.name for lg in loggers] == ["20260101-000000", "20260101-000000-2"]
+    finally:
+        for lg in loggers:
+            lg.on_train_end(None)
