@@ -246,6 +246,8 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
         ax.step(np.arange(1, len(c) + 1), np.cumsum(c), where="post",
                 label=labels[i] if labels else None)
     ax.set(xlabel="frame", ylabel="boids caught", title="catches over time")
+    from matplotlib.ticker import MaxNLocator
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))        # boids come whole
     if labels:
         ax.legend()
     fig.tight_layout()
@@ -300,7 +302,9 @@ class LivePlot(Callback):
                 self.epochs.setdefault(k, []).append(int(epoch))
 
     def _panels(self):
-        panels = [(t, [k for k in keys if k in self.history]) for t, keys in self.PANELS]
+        # a metric with no value yet (catch_ratio is NaN while the teacher catches nothing) gets no panel
+        panels = [(t, [k for k in keys if any(math.isfinite(v) for v in self.history.get(k, []))])
+                  for t, keys in self.PANELS]
         return [(t, keys) for t, keys in panels if keys]
 
     def _build(self) -> None:
@@ -439,18 +443,21 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
     tgt = int(live[:tgt].sum()) if tgt >= 0 else -1
     L, H, _ = a.shape
     vmax = max(float(a.max(initial=0.0)), 1e-9)
-    fig = Figure(figsize=(cell * (H + 1), cell * L))
+    fig = Figure(figsize=(cell * (H + 1) + 0.8, cell * L))
+    axes = []
     for layer in range(L):
         for h in range(H + 1):
             ax = fig.add_subplot(L, H + 1, layer * (H + 1) + h + 1)
+            axes.append(ax)
             w = a[layer, h] if h < H else a[layer].mean(0)
-            draw_attention(ax, rel, w, tgt, vmax=vmax)
+            sc = draw_attention(ax, rel, w, tgt, vmax=vmax)
             ax.set_xlabel("")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"L{layer} " + (f"head {h}" if h < H else "mean"), fontsize=9)
     fig.suptitle("[CLS] attention on boids (red ring: teacher's target, triangle: predator)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1 - 0.8 / fig.get_figwidth(), 1))
+    fig.colorbar(sc, ax=axes, label="attention weight (one scale for all panels)", fraction=0.02, pad=0.01)
     return fig
 
 

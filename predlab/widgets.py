@@ -101,6 +101,9 @@ def rerun_sim(n_boids: int, width: int, height: int, separation_weight: float, c
 def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Controls:
     """Simulation sliders plus an Output that shows rerun_sim's animation; redraws on every change.
 
+    run_now=False draws nothing until a slider moves (a notebook that already shows the episode
+    need not hold a second copy of a multi-MB animation, which also stalls headless runners).
+
     controls.last holds the latest (Rollout, html).
     """
     from IPython.display import HTML, display
@@ -116,6 +119,9 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
             ctl.output.clear_output(wait=True)
             display(HTML(ctl.last[1]))
 
+    if not run_now and _in_notebook():
+        with ctl.output:
+            print("Move a slider to record an episode with those settings.")
     return _wire(ctl, redraw, run_now)
 
 

@@ -144,6 +144,16 @@ def test_liveplot_handles_a_metric_logged_every_few_epochs():
     assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
 
 
+def test_liveplot_has_no_empty_catch_panel_while_the_ratio_is_nan():
+    """catch_ratio is NaN while the teacher catches nothing: no empty panel with a garbled axis."""
+    lp = viz.LivePlot(display=False)
+    lp.on_epoch_end(None, 1, {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0, "catch_ratio": float("nan")})
+    assert len(lp.fig.axes) == 2 and "catch_ratio" not in lp.lines
+    lp.on_epoch_end(None, 2, {"train_loss": 0.5, "val_loss": 0.5, "samples_per_s": 5.0, "catch_ratio": 0.5})
+    assert len(lp.fig.axes) == 3
+    assert list(lp.lines["catch_ratio"].get_xdata()) == [1, 2]
+
+
 def test_catch_callbacks_are_sized_or_absent(monkeypatch):
     monkeypatch.setenv("PREDLAB_QUICK", "1")
     cbs = viz.catch_callbacks()
@@ -289,6 +299,10 @@ def test_sim_controls_rerun_when_a_slider_moves():
     assert ctl.last[0].pos.shape == (2, 3, 2)
     ctl.set(cohesion_weight=0.0)
     assert ctl.last[0].pos.shape == (2, 3, 2)
+    later = widgets.make_sim_controls(n_boids=5, frames=3, width=320, height=320, run_now=False)
+    assert later.last is None                 # nothing recorded until a slider moves
+    later.set(frames=2)
+    assert later.last[0].pos.shape == (2, 5, 2)
 
 
 def test_train_controls_build_trainer_arguments():
@@ -317,7 +331,9 @@ def test_attention_grid_has_every_layer_and_head(make_model, samples):
     model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
     batch = viz.sample_frames(samples, 4)
     fig = viz.plot_attention_grid(model, batch, index=1)
-    assert len(fig.axes) == 2 * 3
+    assert len(fig.axes) == 2 * 3 + 1                      # and one colour bar for all of them
+    vmax = max(float(ax.collections[0].get_array().max()) for ax in fig.axes[:6])
+    assert fig.axes[-1].get_ylim()[1] == pytest.approx(vmax)
     w = viz.cls_attention(model, {k: v[1:2] for k, v in batch.items()})[0]
     n = int(batch["mask"][1].sum())
     assert np.allclose(fig.axes[4].collections[0].get_array(), w[1, 1, :n].numpy(), atol=1e-6)  # layer 1, head 1
