@@ -31,6 +31,9 @@ LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight"
               "ffn_down_weight", "ffn_down_bias")
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 class WeightFormatError(ValueError):
     """A weight file or dict the browser would refuse; the message names the key or shape."""
 
@@ -73,7 +76,7 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
     """Check a nested list of numbers against shape -> float64 array, naming path on failure."""
     def shape_of(v, depth):
         if depth == len(shape):
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
             return
         if not isinstance(v, (list, tuple)):
@@ -92,6 +95,9 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64).reshape(shape)
     if not np.isfinite(arr).all():
         raise WeightFormatError(f"{path}: contains NaN or infinity")
+    if arr.size and np.abs(arr).max() > FLOAT32_MAX:
+        raise WeightFormatError(f"{path}: {np.abs(arr).max():.3g} is beyond float32's range (the model and the "
+                                "browser's export are float32; it would become infinity)")
     return arr
 
 
@@ -108,7 +114,8 @@ def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dic
         if k not in params:
             raise WeightFormatError(f"missing key {k!r}")
         v = params[k]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or v < 1:
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v)
+                or v < 1):
             raise WeightFormatError(f"{k} must be a positive integer, found {v!r}")
         sizes[k] = int(v)
     if require_browser_sizes:
@@ -225,11 +232,13 @@ _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 _LINE_COMMENT = re.compile(r"//[^\n]*")
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
+_BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
+_POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 
 
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
-    s = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub("", text)).strip()
+    s = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub("", text.lstrip("\ufeff"))).strip()   # a BOM from some editors
     m = re.match(r"^(?:(?:window\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
     if m:
         s = s[m.end():]
@@ -237,6 +246,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     if not s.startswith("{"):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
     s = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', s))
+    s = _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", s))     # JavaScript's .5 and 5. are JSON's 0.5 and 5
     try:
         return json.loads(s)
     except json.JSONDecodeError as e:
@@ -314,7 +324,12 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     """Export to model.js or .json (by extension), validated first, written atomically."""
     path = Path(path)
     fmt = _format_for(path)
-    params = model_to_params(model) if isinstance(model, TransformerPredator) else dict(model)
+    if not isinstance(model, (TransformerPredator, Mapping)):
+        raise WeightFormatError(f"write_weights takes a TransformerPredator or a weight dict, not "
+                                f"{type(model).__name__}")
+    # a dict goes through the model: its checked values as float32 (numpy arrays and scalars
+    # welcome), only the keys the browser reads
+    params = model_to_params(model if isinstance(model, TransformerPredator) else params_to_model(model))
     validate_params(params)
     sizes = {k: int(params[k]) for k in SIZE_KEYS}
     if sizes != BROWSER_SIZES:
@@ -329,7 +344,12 @@ def read_params(path: Union[str, Path]) -> Dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weight file at {path}")
-    params = text_to_params(path.read_text(), str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
+        raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
+    params = text_to_params(text, str(path))
     validate_params(params)
     return params
 

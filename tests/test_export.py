@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from predlab.export import (WeightFormatError, read_params, read_weights, text_to_params, validate_params,
-                            write_weights)
+from predlab.export import (WeightFormatError, params_to_text, read_params, read_weights, text_to_params,
+                            validate_params, write_weights)
 
 JS_DIR = Path(__file__).resolve().parents[1] / "predlab" / "js"
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
@@ -284,3 +284,59 @@ def test_non_default_size_warns(make_model, model, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         write_weights(model, tmp_path / "model.js")
+
+
+def test_a_weight_beyond_float32_is_refused_and_the_file_kept(model, tmp_path):
+    """1e39 is a finite float64 but infinity in float32: written, it would be `inf`, which neither
+    JavaScript nor JSON reads, and the page would fall back to random weights."""
+    path = write_weights(model, tmp_path / "model.js")
+    before = path.read_bytes()
+    p = _params(model)
+    p["cls_embedding"][0] = 1e39
+    with pytest.raises(WeightFormatError, match=r"cls_embedding: 1e\+39 is beyond float32"):
+        write_weights(p, path)
+    assert path.read_bytes() == before
+    (tmp_path / "big.json").write_text(json.dumps(p))
+    with pytest.raises(WeightFormatError, match="cls_embedding"):
+        read_weights(tmp_path / "big.json")
+
+
+def test_a_weight_dict_with_numpy_values_and_extra_keys_writes_what_the_browser_reads(model, tmp_path):
+    p = _params(model)
+    p["layers"][0]["qkv_weight"] = np.asarray(p["layers"][0]["qkv_weight"], dtype=np.float32)
+    p["output_bias"] = [np.float32(x) for x in p["output_bias"]]
+    p["note"] = "trained on tuesday"
+    back = read_params(write_weights(p, tmp_path / "model.json"))
+    assert "note" not in back
+    f32 = lambda v: np.asarray(v, dtype=np.float32)   # the file holds the shortest text of each float32
+    assert np.array_equal(f32(back["layers"][0]["qkv_weight"]), f32(_params(model)["layers"][0]["qkv_weight"]))
+    assert np.array_equal(f32(back["output_bias"]), f32(_params(model)["output_bias"]))
+    with pytest.raises(WeightFormatError, match="not NoneType"):
+        write_weights(None, tmp_path / "none.js")
+
+
+@pytest.mark.parametrize("size", [math.nan, math.inf])
+def test_a_non_finite_size_is_named(model, size):
+    p = _params(model)
+    p["n_layers"] = size
+    with pytest.raises(WeightFormatError, match="n_layers must be a positive integer"):
+        validate_params(p)
+
+
+def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
+    text = params_to_text(_params(model), "js")
+    path = tmp_path / "model.js"
+    path.write_text("\ufeff" + text.replace(": 48,", ": 48.,", 1).replace("[0.", "[.", 1), encoding="utf-8")
+    back = read_weights(path)
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name, data", [("model.js", "// poids réglés\n".encode("latin-1")),
+                                        ("best_model.pt", b"PK\x03\x04\x80\x81\xff")])
+def test_a_file_that_is_not_utf8_text_is_named(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(WeightFormatError, match=f"{name}: not a UTF-8 text weight file") as e:
+        read_weights(path)
+    assert ("predlab.export" in str(e.value)) == name.endswith(".pt")
