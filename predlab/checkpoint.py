@@ -46,6 +46,14 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save zip archive; "
                               "truncated or another kind of file)")
+    try:   # torch.load does not check the archive's CRCs: bytes changed on disk would load silently
+        with zipfile.ZipFile(path) as z:
+            broken = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
+    if broken is not None:
+        raise CheckpointError(f"{path}: damaged: {broken} in the archive fails its CRC check "
+                              "(the file changed on disk since it was written)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -71,8 +79,10 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     for name, t in ckpt["model"].items():
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{path}: model weight {name!r} is not a tensor")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: model weight {name!r} contains NaN or infinity")
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path}: model weight {name!r} is {t.dtype}, not floating point")
+        if not torch.isfinite(t.float()).all():   # as float32, as the model holds it: 1e39 is infinity
+            raise CheckpointError(f"{path}: model weight {name!r} contains NaN or infinity (in float32)")
     return ckpt
 
 

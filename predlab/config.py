@@ -147,9 +147,19 @@ class TrainConfig:
 def _check_min(cfg) -> None:
     import math
 
+    import numbers
+
     for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        v, d = getattr(cfg, f.name), f.default
+        if isinstance(d, bool):
+            if not isinstance(v, bool):
+                raise ValueError(f"{f.name} must be true or false, got {v!r}")
+            continue
+        if isinstance(d, int) and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            raise ValueError(f"{f.name} must be a whole number, got {v!r}")
+        if isinstance(d, float) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise ValueError(f"{f.name} must be a number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
             continue
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{f.name} must be a finite number, got {v}")

@@ -37,12 +37,15 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------------- dict form <-> tensors
+FLOAT32_MAX = 3.4028234663852886e38
 def _number(v, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise InputError(f"{where} must be a number, got {type(v).__name__}")
     v = float(v)
     if not math.isfinite(v):
         raise InputError(f"{where} is {v} (must be finite)")
+    if abs(v) > FLOAT32_MAX:
+        raise InputError(f"{where} is {v:.3g}, beyond float32's range (the model runs in float32)")
     return v
 
 
@@ -144,6 +147,24 @@ class SampleSet:
 
     def __len__(self) -> int:
         return self.context.shape[0]
+
+    def check(self, name: str = "samples", allow_empty: bool = True) -> None:
+        """Raise InputError naming the field when the tensors disagree, or hold NaN or infinity."""
+        S = len(self)
+        want = {"context": (S, 2), "predator": (S, 2), "target": (S, 2), "n": (S,)}
+        for k, shp in want.items():
+            if tuple(getattr(self, k).shape) != shp:
+                raise InputError(f"{name}.{k} has shape {tuple(getattr(self, k).shape)}, expected {shp} "
+                                 f"(context has {S} rows)")
+        if self.boids.dim() != 3 or self.boids.shape[0] != S or self.boids.shape[2] != 4:
+            raise InputError(f"{name}.boids has shape {tuple(self.boids.shape)}, expected ({S}, N, 4)")
+        if not allow_empty and S == 0:
+            raise InputError(f"{name} holds no samples")
+        if S and (int(self.n.min()) < 0 or int(self.n.max()) > self.boids.shape[1]):
+            raise InputError(f"{name}.n has boid counts outside 0..{self.boids.shape[1]}")
+        for k in ("context", "predator", "boids", "target"):
+            if not torch.isfinite(getattr(self, k)).all():
+                raise InputError(f"{name}.{k} contains NaN or infinity")
 
     @classmethod
     def empty(cls, n_max: int = 0) -> "SampleSet":

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import sys
 import time
 from dataclasses import dataclass
@@ -165,8 +166,12 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
     """Let policy drive the predator in `episodes` seeded episodes for `frames` frames."""
-    if episodes < 1 or frames < 1:
-        raise ValueError(f"episodes and frames must be >= 1, got {episodes} and {frames}")
+    for name, v, lo in (("episodes", episodes, 1), ("frames", frames, 1), ("seed", seed, 0)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+            raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    if policy is None:
+        raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
+                         "or 'teacher' / 'random'")
     policy = load_policy(policy, device)
     if hasattr(policy, "reset"):
         policy.reset(seed)

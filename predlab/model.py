@@ -370,11 +370,17 @@ class TransformerPredator(nn.Module):
     @torch.no_grad()
     def predict(self, structured_inputs: Union[Mapping, Sequence[Mapping]]) -> Tensor:
         """Action for one browser-form dict -> [2], or for a list of dicts -> [B, 2] (eval mode)."""
-        from .data import collate
+        from .data import InputError, collate
 
         single = isinstance(structured_inputs, Mapping)
-        batch = collate([structured_inputs] if single else list(structured_inputs))
+        if not single and (isinstance(structured_inputs, (str, bytes))
+                           or not isinstance(structured_inputs, (Sequence, tuple))):
+            raise InputError(f"predict takes a structured-input dict or a list of them, not "
+                             f"{type(structured_inputs).__name__}")
         p = next(self.parameters())
+        if not single and len(structured_inputs) == 0:
+            return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
+        batch = collate([structured_inputs] if single else list(structured_inputs))
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()
@@ -382,6 +388,10 @@ class TransformerPredator(nn.Module):
             out = self(batch)
         finally:
             self.train(was_training)
+        bad = (~torch.isfinite(out).all(1)).nonzero().flatten().tolist()
+        if bad:   # finite but huge inputs overflow inside (browser inputs are scaled to about [-1, 1])
+            raise InputError(f"the action of sample(s) {bad[:5]} is NaN or infinite: their inputs are far outside "
+                             "the range the browser feeds it (scaled values of order 1)")
         return out[0] if single else out
 
     def export_to_javascript(self) -> Dict:

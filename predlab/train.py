@@ -7,6 +7,7 @@ come from the config dataclasses.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import math
 import sys
@@ -288,10 +289,15 @@ class SupervisedTrainer:
                  callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
                  train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0,
                  cuda_graphs: bool = True, tf32: bool = False):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not (learning_rate > 0 and math.isfinite(learning_rate)):
+        # the same types and bounds as the CLI's flags, named as they are there
+        TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
+                    warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
+                    min_delta=min_delta, seed=seed).validate()
+        if not learning_rate > 0:
             raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
+        for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
+            if isinstance(data, SampleSet):
+                data.check(name)
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
@@ -557,14 +563,15 @@ class SupervisedTrainer:
 
     def train(self, num_epochs: int, early_stopping_patience: int = 0) -> List[Dict[str, float]]:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history."""
-        if num_epochs < 1:
-            raise ValueError(f"num_epochs must be >= 1, got {num_epochs}")
+        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+            raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}")
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
         if early_stopping_patience and not any(isinstance(c, EarlyStopping) for c in callbacks):
             callbacks.append(EarlyStopping(early_stopping_patience))
         self.stop_training = False
+        self.val_dataset.check("val_dataset", allow_empty=False)
         for cb in callbacks:
             cb.on_train_begin(self)
         try:
@@ -573,6 +580,7 @@ class SupervisedTrainer:
                     cb.on_epoch_begin(self, self.epoch + 1)
                 data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
                         else self.train_dataset.for_epoch(self.epoch, self))
+                data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
                 logs = self.train_epoch(data)
                 logs["val_loss"] = self.validate()
                 self.epoch += 1
@@ -629,30 +637,37 @@ class SupervisedTrainer:
         """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
         ck = ckpt_io.load_checkpoint_dict(path)
         ckpt_io.check_architecture(self.model, ck, path)
-        self.resumed_from = Path(path)
-        self.model.load_state_dict(ck["model"])
+        backup = copy.deepcopy(self.state_dict(include_data=True))   # a state that does not fit is undone
         try:
-            if "optimizer" in ck:
-                self.optimizer.load_state_dict(ck["optimizer"])
-                self._drop_graphs()   # new optimizer tensors: capture again
-            if "scheduler" in ck:
-                self.scheduler.load_state_dict(ck["scheduler"])
-            self.epoch = int(ck.get("epoch", 0))
-            self.best_metric = float(ck.get("best_metric", math.inf))
-            self.best_epoch = int(ck.get("best_epoch", 0))
-            self.bad_epochs = int(ck.get("early_stopping_counter", 0))
-            self.monitor = ck.get("monitor", self.monitor)
-            self.history = [dict(h) for h in ck.get("history", [])]
-            if "data_source" in ck and hasattr(self.train_dataset, "load_state_dict"):
-                self.train_dataset.load_state_dict(ck["data_source"])
-            rng = ck.get("rng", {})
-            if "torch" in rng:
-                torch.set_rng_state(rng["torch"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:
-            raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer ({e})") from None
+            self._restore(ck)
+        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+            self._restore(backup)
+            raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer "
+                                          f"({type(e).__name__}: {e}); the trainer is unchanged") from None
+        self.resumed_from = Path(path)
         return ck
+
+    def _restore(self, ck: Mapping) -> None:
+        """Set model, optimizer, scheduler, counters, data source and RNG from a checkpoint dict."""
+        self.model.load_state_dict(ck["model"])
+        if "optimizer" in ck:
+            self.optimizer.load_state_dict(ck["optimizer"])
+            self._drop_graphs()   # new optimizer tensors: capture again
+        if "scheduler" in ck:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.epoch = int(ck.get("epoch", 0))
+        self.best_metric = float(ck.get("best_metric", math.inf))
+        self.best_epoch = int(ck.get("best_epoch", 0))
+        self.bad_epochs = int(ck.get("early_stopping_counter", 0))
+        self.monitor = ck.get("monitor", self.monitor)
+        self.history = [dict(h) for h in ck.get("history", [])]
+        if "data_source" in ck and hasattr(self.train_dataset, "load_state_dict"):
+            self.train_dataset.load_state_dict(ck["data_source"])
+        rng = ck.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     # ------------------------------------------------------------------ one sample
     @torch.no_grad()

@@ -143,3 +143,30 @@ def test_check_batch_names_the_problem(make_samples, edit, pattern):
     edit(b)
     with pytest.raises(InputError, match=pattern):
         check_batch(b)
+
+
+def test_a_value_beyond_float32_is_named(good):
+    """1e39 is finite in Python but infinity in the float32 model: refused, not a NaN action."""
+    with pytest.raises(InputError, match=r"sample 0\.context\.canvasWidth is 1e\+39, beyond float32"):
+        collate([_bad(good, lambda s: s["context"].__setitem__("canvasWidth", 1e39))])
+
+
+def test_sampleset_check_names_the_problem(make_samples):
+    from predlab.data import SampleSet
+    s = SampleSet.cat([generate_small()])
+    s.check()
+    bad = SampleSet(s.context[:2], s.predator, s.boids, s.n, s.target)
+    with pytest.raises(InputError, match=r"train\.predator has shape .* \(context has 2 rows\)"):
+        bad.check("train")
+    nan = SampleSet(s.context, s.predator, s.boids.clone(), s.n, s.target)
+    nan.boids[0, 0, 0] = math.nan
+    with pytest.raises(InputError, match="boids contains NaN"):
+        nan.check()
+    with pytest.raises(InputError, match="holds no samples"):
+        SampleSet.empty().check("val", allow_empty=False)
+
+
+def generate_small():
+    from predlab.config import WorldConfig
+    from predlab.data import generate_episodes
+    return generate_episodes(2, WorldConfig(frames=5, boids_max=6), seed=0)

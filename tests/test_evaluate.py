@@ -138,3 +138,14 @@ def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
     assert "catches_per_1k" in hist[0]
     ck = load_checkpoint_dict(tmp_path / "best_model.pt")
     assert ck["monitor"] == "neg_catch_ratio" and ck["best_metric"] == hist[0]["neg_catch_ratio"]
+
+
+@pytest.mark.parametrize("kw, message", [({"episodes": 2.5}, "episodes must be a whole number"),
+                                         ({"frames": 0}, "frames must be a whole number >= 1"),
+                                         ({"seed": -1}, "seed must be a whole number >= 0"),
+                                         ({"policy": None}, "policy is None")])
+def test_rollout_arguments_are_named(kw, message):
+    from predlab.evaluate import rollout
+    args = {"policy": "teacher", "episodes": 2, "frames": 3, **kw}
+    with pytest.raises(ValueError, match=message):
+        rollout(**args)

@@ -255,3 +255,15 @@ def test_a_triton_kernel_without_triton_says_what_is_missing(monkeypatch):
         monkeypatch.delitem(sys.modules, f"predlab.{module}", raising=False)
         with pytest.raises(RuntimeError, match=f"{switch}=triton\\) needs Triton"):
             M._triton(module, what, switch)
+
+
+def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples):
+    from predlab.data import InputError
+    assert model.predict([]).shape == (0, 2)
+    for bad in (None, 5, "boids"):
+        with pytest.raises(InputError, match="predict takes a structured-input dict"):
+            model.predict(bad)
+    s = make_samples([3], seed=0)[0]
+    s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
+    with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"):
+        model.predict(s)

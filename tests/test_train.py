@@ -1,6 +1,8 @@
 """The training pipeline: seeded data, the trainer, checkpoints and resume, the CLI."""
+import copy
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -516,3 +518,80 @@ def test_two_runs_in_one_second_log_to_two_folders(tmp_path, monkeypatch):
     finally:
         for lg in loggers:
             lg.on_train_end(None)
+
+
+def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
+    """torch.load does not check the archive's CRCs; predlab does, so flipped bytes are caught."""
+    path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
+    import zipfile
+    with zipfile.ZipFile(path) as z:
+        info = next(i for i in z.infolist() if "/data/" in i.filename and i.file_size > 64)
+    raw = bytearray(path.read_bytes())
+    h = info.header_offset                    # the local header: its name and extra lengths, then the data
+    at = h + 30 + int.from_bytes(raw[h + 26:h + 28], "little") + int.from_bytes(raw[h + 28:h + 30], "little") + 8
+    raw[at:at + 4] = bytes(b ^ 0xFF for b in raw[at:at + 4])
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ck.CheckpointError, match="fails its CRC check"):
+        ck.load_checkpoint_dict(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["model_config"].__setitem__("d_model", "48"), "d_model must be a whole number"),
+    (lambda s: s["model_config"].__setitem__("d_model", 48.0), "d_model must be a whole number"),
+    (lambda s: s["model_config"].__setitem__("dropout", None), "dropout must be a number"),
+    (lambda s: s["model"].__setitem__("output.weight", s["model"]["output.weight"].long()), "not floating point"),
+    (lambda s: s["model"].__setitem__("output.bias", torch.tensor([1e39, 0.0], dtype=torch.float64)),
+     "NaN or infinity"),
+])
+def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
+    path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
+    state = torch.load(path, weights_only=True)
+    edit(state)
+    torch.save(state, path)
+    with pytest.raises(ck.CheckpointError, match=message):
+        ck.load_model(path)
+
+
+@pytest.mark.parametrize("edit", [lambda s: s.__setitem__("history", [1, 2]),
+                                  lambda s: s.__setitem__("epoch", "x"),
+                                  lambda s: s["scheduler"].__setitem__("base", ["x", "y"])])
+def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
+    donor = _trainer(tmp_path)
+    donor.train(1)
+    state = donor.state_dict()
+    edit(state)
+    torch.save(state, tmp_path / "bad.pt")
+    t = _trainer(tmp_path)
+    before = copy.deepcopy(t.state_dict())
+    with pytest.raises(ck.CheckpointError, match="the trainer is unchanged"):
+        t.load_checkpoint(tmp_path / "bad.pt")
+    after = t.state_dict()
+    for k, v in before["model"].items():
+        assert torch.equal(v, after["model"][k]), k
+    assert after["optimizer"]["state"] == {} and after["epoch"] == 0 and t.resumed_from is None
+    assert after["scheduler"] == before["scheduler"]
+
+
+@pytest.mark.parametrize("kw, message", [({"warmup_epochs": math.nan}, "warmup_epochs"),
+                                         ({"weight_decay": -1.0}, "weight_decay"),
+                                         ({"min_lr_ratio": -1.0}, "min_lr_ratio"),
+                                         ({"min_delta": math.nan}, "min_delta"),
+                                         ({"batch_size": 2.5}, "batch_size must be a whole number"),
+                                         ({"learning_rate": True}, "learning_rate must be a number")])
+def test_trainer_arguments_are_checked_like_the_cli_flags(tmp_path, kw, message):
+    t = _trainer(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        SupervisedTrainer(t.model, t.train_dataset, t.val_dataset, device="cpu", **kw)
+
+
+def test_bad_training_data_and_epoch_counts_are_named(tmp_path):
+    t = _trainer(tmp_path)
+    with pytest.raises(ValueError, match="num_epochs must be a whole number"):
+        t.train(2.5)
+    s = t.val_dataset
+    nan = SampleSet(s.context, s.predator, s.boids.clone(), s.n, s.target)
+    nan.boids[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="train_dataset.boids contains NaN"):
+        SupervisedTrainer(t.model, nan, s, device="cpu")
+    with pytest.raises(ValueError, match="val_dataset holds no samples"):
+        SupervisedTrainer(t.model, s, SampleSet.empty(), device="cpu").train(1)
