@@ -203,8 +203,10 @@ def params_to_model(params: Mapping, dropout: float = 0.0) -> TransformerPredato
 
 # ---------------------------------------------------------------------- text formats
 def _fmt(x: float) -> str:
-    """Shortest text that reads back to the same float32."""
-    return np.format_float_positional(np.float32(x), unique=True, trim="-")
+    """The float32 value's exact float64 text (up to 17 digits): JavaScript parses every weight to
+    the very number PyTorch holds. (The shortest text that reads back as the same float32, about
+    9 digits, is a different float64 to JavaScript: up to 3e-7 on the actions.)"""
+    return repr(float(np.float32(x)))
 
 
 def _dump(v) -> str:
@@ -228,8 +230,7 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
             + JS_PREFIX + body + ";\n")
 
 
-_BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
-_LINE_COMMENT = re.compile(r"//[^\n]*")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)   # one pass: whichever opens first ("// a /* b" is a line)
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
@@ -238,7 +239,7 @@ _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
-    s = _LINE_COMMENT.sub("", _BLOCK_COMMENT.sub("", text.lstrip("\ufeff"))).strip()   # a BOM from some editors
+    s = _COMMENT.sub("", text.lstrip("\ufeff")).strip()   # (a BOM from some editors)
     m = re.match(r"^(?:(?:window\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
     if m:
         s = s[m.end():]
@@ -364,6 +365,9 @@ def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m predlab.export", description=main.__doc__)
     ap.add_argument("source", help="checkpoint (.pt) or weight file (.js/.json)")
     ap.add_argument("--out", required=True, help="output path ending in .js or .json")
+    ap.add_argument("--any-size", action="store_true",
+                    help=f"write sizes other than the browser page's {BROWSER_SIZES} too (the stock page "
+                         "refuses them and runs random weights)")
     args = ap.parse_args(argv)
     src, out = Path(args.source), Path(args.out)
     if src.is_dir():
@@ -381,7 +385,13 @@ def main(argv: List[str] = None) -> int:
         else:
             from .checkpoint import load_model
             model = load_model(src)
-        write_weights(model, out)
+        sizes = {k: getattr(model.config, k) for k in SIZE_KEYS}
+        if sizes != BROWSER_SIZES and not args.any_size:
+            ap.error(f"{src} has sizes {sizes}; the browser page accepts only {BROWSER_SIZES} and would run "
+                     "random weights instead. Pass --any-size to write it anyway")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore" if args.any_size else "default")
+            write_weights(model, out)
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:

@@ -380,7 +380,7 @@ class TransformerPredator(nn.Module):
         p = next(self.parameters())
         if not single and len(structured_inputs) == 0:
             return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
-        batch = collate([structured_inputs] if single else list(structured_inputs))
+        batch = collate([structured_inputs] if single else list(structured_inputs), dtype=p.dtype)   # float64 stays
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()
