@@ -506,8 +506,8 @@ def print_gpu_table(g: Dict) -> None:
     for f in g.get("failed", []):
         print(f"failed at batch {f['batch_size']}: {f['mode']}: {f['error'][:500]}")
     c = g["bf16_check"]
-    print(f"val MSE after {c['epochs']} epochs of {c['samples']:,} samples at batch {c['batch_size']}: "
-          f"float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
+    print(f"val MSE (in float32, as the browser runs it) after {c['epochs']} epochs of {c['samples']:,} samples "
+          f"at batch {c['batch_size']}, trained in float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
           f"({c['val_mse_bf16'] / c['val_mse_fp32']:.3f}x), TF32 {c['val_mse_tf32']:.5f} "
           f"({c['val_mse_tf32'] / c['val_mse_fp32']:.3f}x)")
     print(f"data generation on the GPU (torch world): {g['generate']['samples_per_s']:,.0f} samples/s")

@@ -192,16 +192,19 @@ _compiled_layer_norm = None
 
 
 def _can_compile() -> bool:
-    import importlib.util
     import shutil
-    return (importlib.util.find_spec("triton") is not None
-            and bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")))
+    try:   # Triton that inductor can use on this GPU (sm_70 and newer), not only installed
+        from torch.utils._triton import has_triton
+        usable = has_triton()
+    except Exception:  # noqa: BLE001 (a torch without this helper, or a broken Triton)
+        usable = False
+    return usable and bool(os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang"))
 
 
 def layer_norm(mod: nn.LayerNorm, x: Tensor) -> Tensor:
     """mod(x): torch's kernel, or on a GPU the compiled one (see GPU_LAYER_NORM). Same maths."""
     global _compiled_layer_norm, GPU_LAYER_NORM
-    if x.device.type == "cpu" or GPU_LAYER_NORM == "torch" or not torch.is_grad_enabled():
+    if x.device.type != "cuda" or GPU_LAYER_NORM == "torch" or not torch.is_grad_enabled():
         return mod(x)
     if GPU_LAYER_NORM not in ("auto", "compiled"):
         raise ValueError(f"PREDLAB_GPU_LAYER_NORM={GPU_LAYER_NORM!r}: use auto, compiled or torch")
@@ -215,8 +218,18 @@ def layer_norm(mod: nn.LayerNorm, x: Tensor) -> Tensor:
     # Inductor still specialises a few row-count ranges per autocast state, which passes
     # dynamo's default of 8 variants in a run that trains both ways: a higher limit here.
     rows = x.reshape(-1, x.shape[-1]).contiguous()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        y = _compiled_layer_norm(rows, mod.weight, mod.bias, mod.eps)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=64):
+            y = _compiled_layer_norm(rows, mod.weight, mod.bias, mod.eps)
+    except Exception as e:  # noqa: BLE001 (inductor's errors have many types)
+        if GPU_LAYER_NORM == "compiled" or torch.cuda.is_current_stream_capturing():
+            raise                      # asked for explicitly, or too late to fall back inside a capture
+        import warnings
+        warnings.warn(f"the compiled LayerNorm does not build here ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); using torch's (PREDLAB_GPU_LAYER_NORM=torch "
+                      "skips the attempt)", stacklevel=2)
+        GPU_LAYER_NORM = "torch"
+        return mod(x)
     return y.view(x.shape)
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import math
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -256,6 +257,22 @@ class EpisodeSource:
 
 
 # ---------------------------------------------------------------------- trainer
+def _switch_tf32(on: bool) -> Callable[[], None]:
+    """Set TF32 for CUDA float32 matrix products; returns what puts torch's setting back.
+
+    Through the API the user's code already uses: torch refuses to read allow_tf32 once its
+    newer fp32_precision setting has been used, and the reverse."""
+    m = torch.backends.cuda.matmul
+    try:
+        prev = m.allow_tf32
+        m.allow_tf32 = on
+        return lambda: setattr(m, "allow_tf32", prev)
+    except RuntimeError:
+        prev = m.fp32_precision
+        m.fp32_precision = "tf32" if on else "ieee"
+        return lambda: setattr(m, "fp32_precision", prev)
+
+
 _SPLIT_POOL: Dict[int, ThreadPoolExecutor] = {}
 
 
@@ -322,7 +339,7 @@ class SupervisedTrainer:
         self._graphs: Dict[tuple, tuple] = {}
         self._graph_pool = None
         self._graph_optimizer_ready = False
-        self._device_data = (None, None)
+        self._device_data: List[tuple] = []
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
         self.callbacks: List[Callback] = list(callbacks)
         self.epoch = 0
@@ -332,15 +349,23 @@ class SupervisedTrainer:
         self.stop_training = False
         self.target_epochs = 0
         self.resumed_from: Optional[Path] = None   # the checkpoint load_checkpoint read, if any
+        self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64   # MPS has no float64
+        if self.device.type == "cuda" and self.device.index is not None:
+            # graphs capture on the current device's stream and Triton launches there: make it ours
+            torch.cuda.set_device(self.device)
 
     # ------------------------------------------------------------------ loops
     def _on_device(self, data: SampleSet) -> SampleSet:
         """data on the training device; a dataset reused every epoch is moved only once."""
         if self.device.type == "cpu":
             return data
-        if self._device_data[0] is not data:
-            self._device_data = (data, data.to_device(self.device))
-        return self._device_data[1]
+        for held, moved in self._device_data:
+            if held is data:
+                return moved
+        moved = data.to_device(self.device)
+        # the training set and the validation set, so that neither pushes the other out
+        self._device_data = [(data, moved)] + [e for e in self._device_data if e[0] is self.val_dataset][:1]
+        return moved
 
     def _batches(self, data: SampleSet, shuffle: bool, generator=None):
         """Device batches grouped by boid count.
@@ -379,9 +404,10 @@ class SupervisedTrainer:
         """Mean squared error over a SampleSet (the validation set by default)."""
         data = self.val_dataset if data is None else data
         self.model.eval()
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
         for b in self._batches(data, shuffle=False):
-            total += F.mse_loss(self._forward(b), b["target"], reduction="sum").double()
+            with torch.autocast(self.device.type, enabled=False):   # the float32 model the browser runs
+                total += F.mse_loss(self.model(b).float(), b["target"], reduction="sum").to(total.dtype)
         return float(total) / max(2 * len(data), 1)
 
     def split_parts(self) -> int:
@@ -431,7 +457,14 @@ class SupervisedTrainer:
     def _clip_and_step(self) -> None:
         if self.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        if self._graph_optimizer_ready and self.device.type == "cuda" and not torch.cuda.is_current_stream_capturing():
+            # an epoch's last, smaller batch runs eagerly with the graphs' capturable AdamW: correct,
+            # but torch warns about it once per optimizer
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")
+                self.optimizer.step()
+        else:
+            self.optimizer.step()
 
     # ------------------------------------------------------------------ CUDA graphs
     def _prepare_graph_optimizer(self) -> None:
@@ -458,6 +491,10 @@ class SupervisedTrainer:
             for p in params:
                 opt.state[p]["step"].zero_()
             opt.zero_grad(set_to_none=True)
+        for p in params:     # capturable AdamW wants its step counts on the device (a CPU or MPS run's are not)
+            st = opt.state.get(p, {})
+            if isinstance(st.get("step"), torch.Tensor) and st["step"].device != p.device:
+                st["step"] = st["step"].to(p.device, torch.float32)
         for g in opt.param_groups:
             g["capturable"] = True
             if not isinstance(g["lr"], torch.Tensor):
@@ -522,15 +559,14 @@ class SupervisedTrainer:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.model.train()
         n_batches = math.ceil(len(data) / self.batch_size)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
         split = self.split_parts()
         threads = torch.get_num_threads()
-        tf32 = torch.backends.cuda.matmul.allow_tf32
         t0 = time.perf_counter()
         if split > 1:
             torch.set_num_threads(max(1, threads // split))   # the parts share the cores
-        if self.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True      # read at each product, and baked into captures
+        # read at each product, and baked into captures; torch's setting is left alone without --tf32
+        restore_tf32 = _switch_tf32(True) if self.tf32 else None
         try:
             for step, b in enumerate(self._batches(data, shuffle=True, generator=g)):
                 self.scheduler.set_progress(self.epoch + step / max(n_batches, 1))
@@ -547,14 +583,15 @@ class SupervisedTrainer:
                         # the weights' AccumulateGrad nodes on the wrong stream (torch warns)
                         loss = loss.detach()
                     self._clip_and_step()
-                total += loss.detach().double() * len(b["target"])
+                total += loss.detach().to(total.dtype) * len(b["target"])
                 for cb in self.callbacks:
                     if type(cb).on_batch_end is not Callback.on_batch_end:
                         cb.on_batch_end(self, step, loss.detach().clone())   # a replay overwrites loss
         finally:
             if split > 1:
                 torch.set_num_threads(threads)
-            torch.backends.cuda.matmul.allow_tf32 = tf32
+            if restore_tf32 is not None:
+                restore_tf32()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         dt = time.perf_counter() - t0
@@ -666,8 +703,9 @@ class SupervisedTrainer:
         rng = ck.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        if "cuda" in rng and torch.cuda.is_available():     # as many GPUs as this machine has
+            for i, state in enumerate(list(rng["cuda"])[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(state, i)
 
     # ------------------------------------------------------------------ one sample
     @torch.no_grad()

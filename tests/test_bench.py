@@ -77,7 +77,7 @@ def test_gpu_section_runs_and_prints(capsys):
     assert all(a["ms_per_step"] >= b["ms_per_step"] for a, b in zip(prof["top"], prof["top"][1:]))
     bench.print_gpu_table(res)
     out = capsys.readouterr().out
-    assert "graphs bf16" in out and "graphs tf32" in out and "val MSE after 4 epochs" in out and "6 boids" in out
+    assert "graphs bf16" in out and "graphs tf32" in out and "as the browser runs it) after 4 epochs" in out and "6 boids" in out
     for mode in bench.VARIANT_MODES:      # every variant's ratio to the baseline is printed
         assert f"({mode} / graphs fp32)" in out or mode == "graphs torch LN" and "graphs fp32 / graphs torch LN" in out, mode
     assert "TF32" in out and "TF32 products at batch 8" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
@@ -94,7 +94,7 @@ def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
     assert res["train_gpu"] == max(r["samples_per_s"] for r in gpu["train"] if r["data"] == "default")
     bench.print_table(res)
     out = capsys.readouterr().out
-    assert "training, GPU (" in out and "not measured" not in out and "val MSE after 4 epochs" in out
+    assert "training, GPU (" in out and "not measured" not in out and "as the browser runs it) after 4 epochs" in out
 
 
 def test_bench_cli_refuses_bad_values(capsys):

@@ -595,3 +595,28 @@ def test_bad_training_data_and_epoch_counts_are_named(tmp_path):
         SupervisedTrainer(t.model, nan, s, device="cpu")
     with pytest.raises(ValueError, match="val_dataset holds no samples"):
         SupervisedTrainer(t.model, s, SampleSet.empty(), device="cpu").train(1)
+
+
+def test_training_works_when_the_user_set_tf32_through_torchs_newer_api(tmp_path):
+    """torch refuses to read allow_tf32 once fp32_precision was set: training read it every epoch
+    and crashed, on any device. Now it is left alone without --tf32, and set through the API the
+    user chose with it."""
+    m = torch.backends.cuda.matmul
+    old = m.fp32_precision
+    try:
+        m.fp32_precision = "tf32"
+        t = _trainer(tmp_path, dropout=0.0)
+        t.train_epoch(t.train_dataset.for_epoch(0, t))
+        seen = []
+
+        class Seen(Callback):
+            def on_batch_end(self, trainer, step, loss):
+                seen.append(m.fp32_precision)
+
+        m.fp32_precision = "ieee"
+        t = _trainer(tmp_path, dropout=0.0, callbacks=[Seen()])
+        t.tf32 = True                                         # as on a GPU
+        t.train_epoch(t.train_dataset.for_epoch(0, t))
+        assert seen and set(seen) == {"tf32"} and m.fp32_precision == "ieee"
+    finally:
+        m.fp32_precision = old
