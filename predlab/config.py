@@ -161,7 +161,7 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be a number, got {v!r}")
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             continue
-        if isinstance(v, float) and not math.isfinite(v):
+        if not math.isfinite(float(v)):                  # numpy's floats too
             raise ValueError(f"{f.name} must be a finite number, got {v}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if lo is not None and v < lo:

@@ -267,7 +267,9 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
     try:
         # mkstemp makes the file 0600; a model.js served by a web server as another user must be
         # readable, so give it the mode a plain open() would (or the replaced file's own)
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o666 & ~_umask())
+        # (0600 is what mkstemp gave files written before: not kept)
+        mode = path.stat().st_mode & 0o7777 if path.is_file() else 0
+        os.chmod(tmp, mode if mode not in (0, 0o600) else 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
             f.flush()
@@ -281,6 +283,13 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
 
 
 def _umask() -> int:
+    try:   # read, not set: setting it, even for a moment, would touch files other threads create
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -386,14 +386,14 @@ class TransformerPredator(nn.Module):
         from .data import InputError, collate
 
         single = isinstance(structured_inputs, Mapping)
-        if not single and (isinstance(structured_inputs, (str, bytes))
-                           or not isinstance(structured_inputs, (Sequence, tuple))):
+        if not single and (isinstance(structured_inputs, (str, bytes)) or not isinstance(structured_inputs, Iterable)):
             raise InputError(f"predict takes a structured-input dict or a list of them, not "
                              f"{type(structured_inputs).__name__}")
         p = next(self.parameters())
-        if not single and len(structured_inputs) == 0:
+        samples = [structured_inputs] if single else list(structured_inputs)     # any iterable of dicts
+        if not samples:
             return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
-        batch = collate([structured_inputs] if single else list(structured_inputs), dtype=p.dtype)   # float64 stays
+        batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()

@@ -174,10 +174,13 @@ class Checkpointer(Callback):
 
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
 
-    def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3):
+    def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3,
+                 archive: bool = True):
+        """archive=False: a new run replaces an earlier run's files instead (for throwaway runs,
+        such as the notebooks' quick mode under `make test`, whose previous/ would only grow)."""
         if save_every < 1 or keep < 1:
             raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
-        self.dir, self.save_every, self.keep = Path(directory), save_every, keep
+        self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer = None
 
     @staticmethod
@@ -209,7 +212,13 @@ class Checkpointer(Callback):
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
-        if moving:
+        if moving and not self.archive:
+            for p in moving:
+                p.unlink()
+        elif moving:
+            if (self.dir / "previous").exists() and not (self.dir / "previous").is_dir():
+                raise FileExistsError(f"{self.dir / 'previous'} is a file; earlier runs' checkpoints are moved "
+                                      "into a folder of that name: move it away")
             stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in moving)))
             dest, k = self.dir / "previous" / stamp, 1
             while dest.exists():
@@ -677,7 +686,7 @@ class SupervisedTrainer:
         backup = copy.deepcopy(self.state_dict(include_data=True))   # a state that does not fit is undone
         try:
             self._restore(ck)
-        except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError) as e:
+        except Exception as e:  # noqa: BLE001 (whatever a tampered state raises, e.g. int(inf): OverflowError)
             self._restore(backup)
             raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer "
                                           f"({type(e).__name__}: {e}); the trainer is unchanged") from None
@@ -824,7 +833,8 @@ def parse_args(argv=None):
         resolve_device(tc.device)
     except ValueError as e:
         p.error(str(e))
-    for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir)):
+    for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
+                        ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         problem = output_problem(where, directory=True)
         if problem:
             p.error(f"{flag}: {problem}")

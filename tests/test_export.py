@@ -284,6 +284,9 @@ def test_written_files_get_the_umask_mode(model, tmp_path):
         path.chmod(0o640)
         write_weights(model, path)
         assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o600)                    # what earlier versions left (mkstemp's mode): not kept
+        write_weights(model, path)
+        assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(old)
 
@@ -319,7 +322,7 @@ def test_a_weight_dict_with_numpy_values_and_extra_keys_writes_what_the_browser_
     p["note"] = "trained on tuesday"
     back = read_params(write_weights(p, tmp_path / "model.json"))
     assert "note" not in back
-    f32 = lambda v: np.asarray(v, dtype=np.float32)   # the file holds the shortest text of each float32
+    f32 = lambda v: np.asarray(v, dtype=np.float32)   # the file holds each value as float32
     assert np.array_equal(f32(back["layers"][0]["qkv_weight"]), f32(_params(model)["layers"][0]["qkv_weight"]))
     assert np.array_equal(f32(back["output_bias"]), f32(_params(model)["output_bias"]))
     with pytest.raises(WeightFormatError, match="not NoneType"):
@@ -337,7 +340,9 @@ def test_a_non_finite_size_is_named(model, size):
 def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
     text = params_to_text(_params(model), "js")
     path = tmp_path / "model.js"
-    path.write_text("\ufeff" + text.replace(": 48,", ": 48.,", 1).replace("[0.", "[.", 1), encoding="utf-8")
+    assert '"d_model":48,' in text and "[0." in text
+    path.write_text("\ufeff" + text.replace('"d_model":48,', '"d_model":48.,', 1).replace("[0.", "[.", 1),
+                    encoding="utf-8")
     back = read_weights(path)
     for a, b in zip(back.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)

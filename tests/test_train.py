@@ -9,6 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -359,6 +360,8 @@ def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
     ("--checkpoint_dir", lambda t: (t / "afile").write_text("x") and t / "afile", "is not a directory"),
     ("--log_dir", lambda t: (t / "afile").write_text("x") and t / "afile" / "runs", "is a file"),
     ("--resume", lambda t: (t / "somedir").mkdir() or t / "somedir", "is a directory"),
+    ("--checkpoint_dir", lambda t: (t / "ck").mkdir() or (t / "ck" / "previous").write_text("x") and t / "ck",
+     "previous exists and is not a directory"),                   # where earlier runs' files would go
 ])
 def test_cli_unusable_paths_exit_2_before_training(tmp_path, monkeypatch, capsys, flag, make, message):
     from predlab.train import main
@@ -554,6 +557,7 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
 
 @pytest.mark.parametrize("edit", [lambda s: s.__setitem__("history", [1, 2]),
                                   lambda s: s.__setitem__("epoch", "x"),
+                                  lambda s: s.__setitem__("best_epoch", float("inf")),   # OverflowError
                                   lambda s: s["scheduler"].__setitem__("base", ["x", "y"])])
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
@@ -577,7 +581,8 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, e
                                          ({"min_lr_ratio": -1.0}, "min_lr_ratio"),
                                          ({"min_delta": math.nan}, "min_delta"),
                                          ({"batch_size": 2.5}, "batch_size must be a whole number"),
-                                         ({"learning_rate": True}, "learning_rate must be a number")])
+                                         ({"learning_rate": True}, "learning_rate must be a number"),
+                                         ({"learning_rate": np.float32("inf")}, "learning_rate must be a finite")])
 def test_trainer_arguments_are_checked_like_the_cli_flags(tmp_path, kw, message):
     t = _trainer(tmp_path)
     with pytest.raises(ValueError, match=message):
@@ -620,3 +625,12 @@ def test_training_works_when_the_user_set_tf32_through_torchs_newer_api(tmp_path
         assert seen and set(seen) == {"tf32"} and m.fp32_precision == "ieee"
     finally:
         m.fp32_precision = old
+
+
+def test_a_throwaway_run_replaces_the_earlier_runs_files(tmp_path):
+    from predlab.train import Checkpointer
+    d = tmp_path / "quick"
+    _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, archive=False)]).train(2)
+    _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, archive=False)]).train(1)
+    assert _files(d) == ["best_model.pt", "checkpoint_epoch_1.pt"]
+    assert ck.load_checkpoint_dict(d / "checkpoint_epoch_1.pt")["history"][-1]["epoch"] == 1
