@@ -7,6 +7,7 @@ come from the config dataclasses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import math
@@ -415,7 +416,8 @@ class SupervisedTrainer:
         self.model.eval()
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
         for b in self._batches(data, shuffle=False):
-            with torch.autocast(self.device.type, enabled=False):   # the float32 model the browser runs
+            # the float32 model the browser runs, even after bf16 training
+            with torch.autocast(self.device.type, enabled=False) if self.autocast else contextlib.nullcontext():
                 total += F.mse_loss(self.model(b).float(), b["target"], reduction="sum").to(total.dtype)
         return float(total) / max(2 * len(data), 1)
 
