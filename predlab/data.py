@@ -280,8 +280,10 @@ def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, 
     (a batched policy called on the observations of all the chunk's episodes).
     Samples come frame by frame, episodes in order within a frame. backend "numba" runs each
     CPU frame in predlab.fastsim's kernels, "torch" in World; "auto" takes numba on the CPU
-    when it is installed. Both draw the same random numbers and give the same samples to float
-    rounding. On a GPU the loop never waits for the device except to check, every few frames,
+    when it is installed. Both draw the same random numbers and compute the same formulas, but
+    not the same trajectories: a flock starts at one point, where rounding decides directions,
+    so episodes of the two backends part within ~50 frames (a pixel by frame 50, in float32).
+    Their samples are statistically alike (teacher catches within noise). On a GPU the loop never waits for the device except to check, every few frames,
     whether any episode is still live.
     """
     if backend not in ("auto", "numba", "torch"):

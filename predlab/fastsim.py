@@ -2,8 +2,10 @@
 
 The torch World spends a CPU frame in memory-bound [E, N, N] broadcasts; here each environment
 is one loop nest over its flock, which stays in cache, and environments are split over threads.
-The physics is World's (synchronous boids, the same formulas, comparisons and fast magnitude)
-to float rounding: only the order in which the neighbour sums are added differs.
+The physics is World's (synchronous boids, the same formulas, comparisons and fast magnitude):
+one frame agrees to float rounding, since only the order in which the neighbour sums are added
+differs. Whole episodes do not: a flock starts at one point, where rounding decides directions,
+so trajectories part within ~50 frames; the samples are statistically alike.
 
 State arrays are World's, as numpy: pos, vel [E, N, 2]; alive [E, N] bool; pred_pos, pred_vel,
 size [E, 2]. The kernels are generic over float32/float64 (numba compiles one version per
