@@ -507,7 +507,8 @@ def print_gpu_table(g: Dict) -> None:
         print(f"failed at batch {f['batch_size']}: {f['mode']}: {f['error'][:500]}")
     c = g["bf16_check"]
     print(f"val MSE (in float32, as the browser runs it) after {c['epochs']} epochs of {c['samples']:,} samples "
-          f"at batch {c['batch_size']}, trained in float32 {c['val_mse_fp32']:.5f}, bf16 autocast {c['val_mse_bf16']:.5f} "
+          f"at batch {c['batch_size']}, trained in float32 {c['val_mse_fp32']:.5f}, "
+          f"bf16 autocast {c['val_mse_bf16']:.5f} "
           f"({c['val_mse_bf16'] / c['val_mse_fp32']:.3f}x), TF32 {c['val_mse_tf32']:.5f} "
           f"({c['val_mse_tf32'] / c['val_mse_fp32']:.3f}x)")
     print(f"data generation on the GPU (torch world): {g['generate']['samples_per_s']:,.0f} samples/s")
@@ -675,10 +676,8 @@ def main(argv=None) -> int:
     if a.gpu_only and not torch.cuda.is_available():
         p.error("--gpu-only: this torch build sees no CUDA GPU")
     if a.json:
-        from .export import output_problem
-        problem = output_problem(a.json)
-        if problem:
-            p.error(f"--json: {problem}")
+        from .export import refuse_unwritable
+        refuse_unwritable(p, "--json", a.json)
     t0 = time.perf_counter()
     if a.gpu_only:
         res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}

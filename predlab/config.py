@@ -31,6 +31,10 @@ SEPARATION_WEIGHT = 2.0
 COHESION_WEIGHT = 1.0
 ALIGNMENT_WEIGHT = 1.0
 
+# The largest finite float32: the model and the browser's weights are float32, so inputs and
+# weights past it are refused rather than turned into infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+
 # SPEC.md section 6/7: the sizes the stock browser page accepts.
 BROWSER_SIZES = {"d_model": 48, "n_heads": 4, "n_layers": 3, "ffn_hidden": 96}
 

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import WorldConfig
+from .config import FLOAT32_MAX, WorldConfig
 from .sim import World
 from .teacher import closest_pursuit
 
@@ -37,7 +37,6 @@ class InputError(ValueError):
 
 
 # ---------------------------------------------------------------------- dict form <-> tensors
-FLOAT32_MAX = 3.4028234663852886e38
 def _number(v, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise InputError(f"{where} must be a number, got {type(v).__name__}")
@@ -283,8 +282,9 @@ def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, 
     when it is installed. Both draw the same random numbers and compute the same formulas, but
     not the same trajectories: a flock starts at one point, where rounding decides directions,
     so episodes of the two backends part within ~50 frames (a pixel by frame 50, in float32).
-    Their samples are statistically alike (teacher catches within noise). On a GPU the loop never waits for the device except to check, every few frames,
-    whether any episode is still live.
+    Their samples are statistically alike (teacher catches within noise). On a GPU the loop
+    never waits for the device except to check, every few frames, whether any episode is
+    still live.
     """
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")

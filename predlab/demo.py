@@ -86,7 +86,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
     ap.add_argument("model_js", nargs="?", default=str(DEFAULT_MODEL),
                     help=f"the exported weights (default {DEFAULT_MODEL})")
-    ap.add_argument("--port", type=bounded_number(int, 0, 65535), default=8000, help="port on 127.0.0.1 (0 picks a free one; default 8000)")
+    ap.add_argument("--port", type=bounded_number(int, 0, 65535), default=8000,
+                    help="port on 127.0.0.1 (0 picks a free one; default 8000)")
     ap.add_argument("--no-browser", action="store_true", help="only print the URL")
     args = ap.parse_args(argv)
     model = Path(args.model_js)

@@ -296,10 +296,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         p.error(str(e))
     if a.json:
-        from .export import output_problem
-        problem = output_problem(a.json)
-        if problem:
-            p.error(f"--json: {problem}")
+        from .export import refuse_unwritable
+        refuse_unwritable(p, "--json", a.json)
     try:
         policy = load_policy(a.policy, device)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors

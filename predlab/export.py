@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from .config import BROWSER_SIZES
+from .config import BROWSER_SIZES, FLOAT32_MAX
 from .model import TOKEN_TYPES, TransformerPredator
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
@@ -29,9 +29,6 @@ SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
               "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
               "ffn_down_weight", "ffn_down_bias")
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class WeightFormatError(ValueError):
@@ -316,6 +313,14 @@ def output_problem(path: Union[str, Path], directory: bool = False) -> Optional[
     return None
 
 
+def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[str, Path],
+                      directory: bool = False) -> None:
+    """parser.error (exit 2) naming flag when output_problem finds one."""
+    problem = output_problem(path, directory)
+    if problem:
+        parser.error(f"{flag}: {problem}")
+
+
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
     """Write text atomically (see atomic_write)."""
     return atomic_write(path, lambda f: f.write(text))
@@ -385,9 +390,7 @@ def main(argv: List[str] = None) -> int:
         ap.error(f"no such file: {src}")
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
-    problem = output_problem(out)
-    if problem:
-        ap.error(f"--out: {problem}")
+    refuse_unwritable(ap, "--out", out)
     try:
         if src.suffix.lower() in (".js", ".json"):
             model = read_weights(src)
@@ -399,7 +402,8 @@ def main(argv: List[str] = None) -> int:
             ap.error(f"{src} has sizes {sizes}; the browser page accepts only {BROWSER_SIZES} and would run "
                      "random weights instead. Pass --any-size to write it anyway")
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore" if args.any_size else "default")
+            if args.any_size:                     # asked for: no warning about the sizes
+                warnings.simplefilter("ignore")
             write_weights(model, out)
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")

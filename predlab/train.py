@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
 from .data import EpisodeGenerator, SampleSet, collate
-from .export import output_problem
+from .export import refuse_unwritable
 from .model import TransformerPredator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -837,9 +837,7 @@ def parse_args(argv=None):
         p.error(str(e))
     for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
-        problem = output_problem(where, directory=True)
-        if problem:
-            p.error(f"{flag}: {problem}")
+        refuse_unwritable(p, flag, where, directory=True)
     if tc.resume is not None:
         if Path(tc.resume).is_dir():
             p.error(f"--resume: {tc.resume} is a directory; pass a checkpoint_epoch_N.pt in it")
