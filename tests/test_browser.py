@@ -167,6 +167,22 @@ def test_page_shows_load_error(tmp_path, make_model, case):
     assert set(res["runs"]) == {"teacher"} and res["runs"]["teacher"]["frames"] == 200
 
 
+@needs_chromium
+def test_page_falls_back_to_the_teacher_when_the_model_overflows(tmp_path, make_model):
+    """Finite weights that overflow inside the model make a NaN action: those frames are steered
+    by the teacher and the banner says so, instead of a NaN predator for the rest of the run."""
+    params = model_to_params(make_model(0))
+    params["boid_projection"] = [[1e308] * len(row) for row in params["boid_projection"]]
+    res, page = run_page(_bad(tmp_path, params), frames=100)
+    assert res["modelLoaded"] and res["error"] is None
+    run = res["runs"]["model"]
+    assert run["allFinite"] and run["modelFailures"] == 100, run
+    assert all(abs(v) < 1e5 for v in run["predator"]), run["predator"]
+    banner = re.search(r'<div id="banner"([^>]*)>(.*?)</div>', page, re.S)
+    assert banner and 'class="show"' in banner.group(1)
+    assert "The model failed on 100 frame(s)" in html.unescape(banner.group(2))
+
+
 # ---------------------------------------------------------------------- the server and its CLI
 def test_serve_routes(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
