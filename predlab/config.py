@@ -35,6 +35,9 @@ ALIGNMENT_WEIGHT = 1.0
 # weights past it are refused rather than turned into infinity.
 FLOAT32_MAX = 3.4028234663852886e38
 
+# Seeds go to torch's generators, which take signed 64-bit integers.
+SEED_MAX = 2 ** 63 - 1
+
 # SPEC.md section 6/7: the sizes the stock browser page accepts.
 BROWSER_SIZES = {"d_model": 48, "n_heads": 4, "n_layers": 3, "ffn_hidden": 96}
 
@@ -93,7 +96,8 @@ class TrainConfig:
 
     epochs: int = _f(30, "training epochs", min=1)
     batch_size: int = _f(256, "samples per optimiser step", min=1)
-    learning_rate: float = _f(2e-3, "peak learning rate (AdamW; linear warm-up, cosine decay)", min=0.0)
+    learning_rate: float = _f(2e-3, "peak learning rate (AdamW; linear warm-up, cosine decay)", min=0.0,
+                              positive=True)
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)
     warmup_epochs: float = _f(1.0, "epochs of linear learning-rate warm-up", min=0.0)
     min_lr_ratio: float = _f(0.05, "final learning rate as a fraction of the peak", min=0.0, max=1.0)
@@ -102,7 +106,7 @@ class TrainConfig:
     val_episodes: int = _f(50, "validation episodes, generated once from their own seed", min=1)
     num_workers: int = _f(0, "processes generating episodes (0 = in this process)", min=0)
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
-    seed: int = _f(0, "seed for data, initial weights and shuffling", min=0)
+    seed: int = _f(0, "seed for data, initial weights and shuffling", min=0, max=SEED_MAX)
     resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch)")
     early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off)", min=0)
     min_delta: float = _f(1e-5, "smallest val-loss drop that counts as an improvement", min=0.0)
@@ -170,6 +174,8 @@ def _check_min(cfg) -> None:
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if lo is not None and v < lo:
             raise ValueError(f"{f.name} must be >= {lo}, got {v}")
+        if f.metadata.get("positive") and not v > 0:
+            raise ValueError(f"{f.name} must be > 0, got {v}")
         if hi is not None and v > hi:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
 
@@ -181,8 +187,9 @@ def _check_device_string(device: str) -> None:
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def bounded_number(kind, lo=None, hi=None):
-    """An argparse type: parse an int or float, refuse non-numbers, NaN/inf and values outside [lo, hi]."""
+def bounded_number(kind, lo=None, hi=None, positive: bool = False):
+    """An argparse type: parse an int or float, refuse non-numbers, NaN/inf, values outside [lo, hi]
+    and, with positive, zero."""
     import argparse
     import math
 
@@ -196,6 +203,8 @@ def bounded_number(kind, lo=None, hi=None):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if lo is not None and v < lo:
             raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
+        if positive and not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         if hi is not None and v > hi:
             raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
         return v

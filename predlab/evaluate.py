@@ -30,7 +30,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import WorldConfig, bounded_number
+from .config import SEED_MAX, WorldConfig, bounded_number
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
@@ -169,6 +169,8 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     for name, v, lo in (("episodes", episodes, 1), ("frames", frames, 1), ("seed", seed, 0)):
         if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
             raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    if seed > SEED_MAX:
+        raise ValueError(f"seed must be <= {SEED_MAX}, got {seed}")
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
@@ -259,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=bounded_number(int, 1), default=200,
                    help="episodes, all stepped together (default: 200)")
     p.add_argument("--frames", type=bounded_number(int, 1), default=300, help="frames per episode (default: 300)")
-    p.add_argument("--seed", type=bounded_number(int, 0), default=0, help="seed of the episodes (default: 0)")
+    p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     return p

@@ -320,8 +320,6 @@ class SupervisedTrainer:
         TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
                     min_delta=min_delta, seed=seed).validate()
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be a positive number, got {learning_rate}")
         for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             if isinstance(data, SampleSet):
                 data.check(name)
@@ -567,7 +565,7 @@ class SupervisedTrainer:
     def train_epoch(self, data: SampleSet) -> Dict[str, float]:
         """One pass over data; returns train_loss, lr and samples_per_s."""
         epoch = self.epoch + 1
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2 ** 64)   # any seed up to SEED_MAX
         self.model.train()
         n_batches = math.ceil(len(data) / self.batch_size)
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
@@ -796,7 +794,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=())
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
             kind = type(default)
             group.add_argument(*flags, dest=f.name, default=default, metavar=kind.__name__.upper(), help=help_,
-                               type=bounded_number(kind, f.metadata.get("min"), f.metadata.get("max")))
+                               type=bounded_number(kind, f.metadata.get("min"), f.metadata.get("max"),
+                                                    f.metadata.get("positive", False)))
         else:
             group.add_argument(*flags, dest=f.name, default=default, help=help_, choices=f.metadata.get("choices"))
 

@@ -295,6 +295,8 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
     (["--boids_max", "0"], "boids_max"),
     (["--epochs", "two"], "epochs"),
     (["--cpu_split", "-1"], "cpu_split"),
+    (["--learning_rate", "0"], "must be > 0"),                 # once a traceback after the validation episodes
+    (["--seed", "99999999999999999999"], "must be <= 9223372036854775807"),   # once an overflow in torch
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
@@ -634,3 +636,14 @@ def test_a_throwaway_run_replaces_the_earlier_runs_files(tmp_path):
     _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, archive=False)]).train(1)
     assert _files(d) == ["best_model.pt", "checkpoint_epoch_1.pt"]
     assert ck.load_checkpoint_dict(d / "checkpoint_epoch_1.pt")["history"][-1]["epoch"] == 1
+
+
+def test_every_allowed_seed_trains(tmp_path):
+    """The largest seed the CLI takes trains (its shuffling seed once overflowed torch's int64)."""
+    from predlab.config import SEED_MAX
+    t = _trainer(tmp_path)
+    t.seed = SEED_MAX
+    logs = t.train_epoch(t.train_dataset.for_epoch(0, t))
+    assert math.isfinite(logs["train_loss"])
+    with pytest.raises(ValueError, match="seed must be <="):
+        SupervisedTrainer(t.model, t.train_dataset, t.val_dataset, seed=SEED_MAX + 1, device="cpu")
