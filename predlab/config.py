@@ -107,7 +107,8 @@ class TrainConfig:
     num_workers: int = _f(0, "processes generating episodes (0 = in this process)", min=0)
     device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
     seed: int = _f(0, "seed for data, initial weights and shuffling", min=0, max=SEED_MAX)
-    resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch)")
+    resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch, with its run's "
+                               "settings; flags given change them)")
     early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off)", min=0)
     min_delta: float = _f(1e-5, "smallest val-loss drop that counts as an improvement", min=0.0)
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs", min=1)

@@ -716,6 +716,29 @@ class SupervisedTrainer:
             for i, state in enumerate(list(rng["cuda"])[:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(state, i)
 
+    def set_schedule(self, learning_rate: Optional[float] = None, weight_decay: Optional[float] = None,
+                     warmup_epochs: Optional[float] = None, min_lr_ratio: Optional[float] = None) -> None:
+        """Change the peak learning rate, weight decay, warm-up or final ratio, e.g. after
+        load_checkpoint (which restores the checkpoint's); None keeps a setting. The schedule keeps
+        its place: the learning rate jumps to the new schedule's value at the same progress."""
+        TrainConfig(**{k: v for k, v in dict(learning_rate=learning_rate, weight_decay=weight_decay,
+                                             warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio).items()
+                       if v is not None}).validate()
+        if learning_rate is not None:
+            self.scheduler.base = [float(learning_rate)] * len(self.optimizer.param_groups)
+            for g in self.optimizer.param_groups:
+                g["initial_lr"] = float(learning_rate)
+            self.train_config.learning_rate = float(learning_rate)
+        if weight_decay is not None:     # the first group: the matrices (biases and norms never decay)
+            self.optimizer.param_groups[0]["weight_decay"] = float(weight_decay)
+            self.train_config.weight_decay = float(weight_decay)
+        if warmup_epochs is not None:
+            self.scheduler.warmup = self.train_config.warmup_epochs = float(warmup_epochs)
+        if min_lr_ratio is not None:
+            self.scheduler.min_ratio = self.train_config.min_lr_ratio = float(min_lr_ratio)
+        self.scheduler.set_progress(self.scheduler.progress)
+        self._drop_graphs()              # captured steps hold the old settings
+
     # ------------------------------------------------------------------ one sample
     @torch.no_grad()
     def evaluate_sample(self, structured_inputs: Mapping) -> Dict:
@@ -819,11 +842,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Settings of the machine and of where output goes: a resumed run takes these from its own
+# command line. Every other setting of the run comes from the checkpoint unless a flag is given.
+MACHINE_FIELDS = ("resume", "device", "threads", "num_workers", "progress", "checkpoint_dir", "log_dir",
+                  "cpu_split", "cuda_graphs", "tf32")
+# What a flag given on resume changes in the restored optimizer and schedule (SupervisedTrainer.set_schedule).
+SCHEDULE_FIELDS = ("learning_rate", "weight_decay", "warmup_epochs", "min_lr_ratio")
+
+
+def _given(argv) -> set:
+    """The dests of the flags given on the command line (not left at their defaults)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
 def parse_args(argv=None):
-    """Parse and check every value before anything touches the disk (bad values exit with code 2)."""
+    """Parse and check every value before anything touches the disk (bad values exit with code 2).
+
+    Returns (train, model, world configs, schedule): schedule holds the learning-rate and
+    weight-decay settings given as flags on resume, which set_schedule applies to the
+    restored optimizer. On resume, every setting not given as a flag is the checkpoint's run's,
+    except those of MACHINE_FIELDS; --checkpoint_dir defaults to the checkpoint's folder.
+    """
     p = build_parser()
     a = p.parse_args(argv)
     ns = vars(a)
+    schedule: Dict[str, float] = {}
+    if ns["resume"] is not None:
+        resume = ns["resume"]
+        if Path(resume).is_dir():
+            p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
+        if not Path(resume).is_file():
+            p.error(f"--resume: no such checkpoint file: {resume}")
+        try:
+            ck = ckpt_io.load_checkpoint_dict(resume)
+        except (ckpt_io.CheckpointError, FileNotFoundError) as e:
+            p.error(f"--resume: {e}")
+        given = _given(argv)
+        diffs = [f"--{k} {ns[k]} but the checkpoint has {ck['model_config'][k]}"
+                 for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")
+                 if k in given and ck["model_config"][k] != ns[k]]
+        if diffs:
+            p.error("--resume: another architecture: " + "; ".join(diffs))
+        ns.update({k: ck["model_config"][k] for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")})
+        run = {**ck.get("model_config", {}), **ck.get("train_config", {}), **ck.get("world_config", {})}
+        changed = []
+        for cls in (TrainConfig, ModelConfig, WorldConfig):
+            for f in dataclasses.fields(cls):
+                if f.name in MACHINE_FIELDS or f.name not in run:
+                    continue
+                if f.name not in given:
+                    ns[f.name] = run[f.name]
+                elif ns[f.name] != run[f.name] and f.name != "epochs":   # a longer run is what resuming is for
+                    changed.append(f"--{f.name} {ns[f.name]} (the checkpoint's run: {run[f.name]})")
+        schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
+        if "checkpoint_dir" not in given:
+            ns["checkpoint_dir"] = str(Path(resume).parent)
+        print(f"resuming the run of {resume} with its settings" +
+              (", changed by flags: " + ", ".join(changed) if changed else "") +
+              f"; checkpoints go to {ns['checkpoint_dir']}")
     try:
         tc = TrainConfig(**{f.name: ns[f.name] for f in dataclasses.fields(TrainConfig)})
         mc = ModelConfig(**{f.name: ns[f.name] for f in dataclasses.fields(ModelConfig)})
@@ -832,34 +911,20 @@ def parse_args(argv=None):
         if a.quiet:
             tc.progress = False
         resolve_device(tc.device)
-    except ValueError as e:
-        p.error(str(e))
+    except (TypeError, ValueError) as e:
+        p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
     for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)
     if tc.resume is not None:
-        if Path(tc.resume).is_dir():
-            p.error(f"--resume: {tc.resume} is a directory; pass a checkpoint_epoch_N.pt in it")
-        if not Path(tc.resume).is_file():
-            p.error(f"--resume: no such checkpoint file: {tc.resume}")
-        try:
-            ck = ckpt_io.load_checkpoint_dict(tc.resume)
-        except (ckpt_io.CheckpointError, FileNotFoundError) as e:
-            p.error(f"--resume: {e}")
-        mine = dataclasses.asdict(mc)
-        diffs = [f"--{k} {mine[k]} but the checkpoint has {ck['model_config'][k]}"
-                 for k in ("d_model", "n_heads", "n_layers", "ffn_hidden") if ck["model_config"][k] != mine[k]
-                 and f"--{k}" in " ".join(argv if argv is not None else sys.argv)]
-        if diffs:
-            p.error("--resume: another architecture: " + "; ".join(diffs))
-        mc = from_dict(ModelConfig, ck["model_config"])  # the checkpoint's sizes win
         if ck.get("epoch", 0) >= tc.epochs:
-            p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']}; pass --epochs larger than that")
+            p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']} of the run's {tc.epochs}; "
+                    f"pass --epochs larger than that")
         if tc.dagger and "data_source" not in ck:
             print(f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                   f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
                   f"checkpoint_epoch_N.pt files carry them", file=sys.stderr)
-    return tc, mc, wc
+    return tc, mc, wc, schedule
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
@@ -872,20 +937,24 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
-    tc, mc, wc = parse_args(argv)
+    tc, mc, wc, schedule = parse_args(argv)
     trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
                              verbose=True)
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
     if tc.resume:
         trainer.load_checkpoint(tc.resume)
-        print(f"resumed from {tc.resume} at epoch {trainer.epoch}; continuing to epoch {tc.epochs}")
+        trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
+        print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
     t0 = time.time()
+    interrupted = False
     try:
         trainer.train(tc.epochs)
     except KeyboardInterrupt:
-        print("\ninterrupted: the last saved checkpoints are intact")
+        interrupted = True
+        print(f"\ninterrupted in epoch {trainer.epoch + 1}: the last saved checkpoints are intact; the best model "
+              f"so far is exported below, and the run exits with code 130")
     finally:
         trainer.train_dataset.generator.close()
     from .export import write_weights
@@ -906,11 +975,11 @@ def main(argv=None) -> int:
               f"exporting the model of epoch {trainer.epoch}")
     else:
         print("no best_model.pt was written", file=sys.stderr)
-        return 1
+        return 130 if interrupted else 1
     js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
     write_weights(model, Path(tc.checkpoint_dir) / "model.json")
     print(f"browser weights: {js.resolve()} (and model.json beside it)")
-    return 0
+    return 130 if interrupted else 0     # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ import copy
 import dataclasses
 import json
 import math
+import shutil
 import os
 import subprocess
 import sys
@@ -279,10 +280,52 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
         assert torch.equal(a, b)
     r = _cli("--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt", *TINY_FLAGS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "at epoch 2" in r.stdout and "epoch    3" in r.stdout and "epoch    1 " not in r.stdout
+    assert "after epoch 2" in r.stdout and "epoch    3" in r.stdout and "epoch    1 " not in r.stdout
     assert (ckdir / "checkpoint_epoch_3.pt").is_file()
     state = ck.load_checkpoint_dict(ckdir / "checkpoint_epoch_3.pt")
     assert state["epoch"] == 3 and len(state["history"]) == 3
+
+
+def test_cli_resume_keeps_the_runs_settings_and_applies_flags_given(tmp_path):
+    """--resume alone continues the run as it was set up; a flag given changes that setting, also
+    in the restored optimizer (a given --learning_rate was once ignored without a word)."""
+    r = _cli("--epochs", "2", "--learning_rate", "3e-3", "--checkpoint_dir", "run", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(tmp_path / "run", tmp_path / "run2")
+    r = _cli("--resume", "run/checkpoint_epoch_2.pt", "--epochs", "3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "6 fresh episodes per epoch" in r.stdout and "changed by flags" not in r.stdout
+    state = ck.load_checkpoint_dict(tmp_path / "run" / "checkpoint_epoch_3.pt")   # the checkpoint's own folder
+    tc = state["train_config"]
+    assert (tc["train_episodes"], tc["batch_size"], tc["learning_rate"]) == (6, 32, 3e-3)
+    assert state["world_config"]["frames"] == 12 and state["world_config"]["boids_max"] == 12
+    assert state["scheduler"]["base"] == [3e-3, 3e-3]
+    lr_kept = state["history"][-1]["lr"]
+
+    r = _cli("--resume", "run2/checkpoint_epoch_2.pt", "--epochs", "3", "--learning_rate", "0.01",
+             "--weight-decay", "0.5", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "--learning_rate 0.01 (the checkpoint's run: 0.003)" in r.stdout
+    state = ck.load_checkpoint_dict(tmp_path / "run2" / "checkpoint_epoch_3.pt")
+    assert state["scheduler"]["base"] == [0.01, 0.01]
+    assert [g["weight_decay"] for g in state["optimizer"]["param_groups"]] == [0.5, 0.0]
+    assert state["train_config"]["learning_rate"] == 0.01 and state["train_config"]["weight_decay"] == 0.5
+    assert state["history"][-1]["lr"] == pytest.approx(lr_kept * 0.01 / 3e-3)   # epoch 3 ran on the new peak
+
+
+def test_set_schedule_keeps_the_schedules_place(tmp_path):
+    t = _trainer(tmp_path)
+    t.train(2)
+    t.scheduler.total = 4
+    t.scheduler.set_progress(2.0)
+    before = t.optimizer.param_groups[0]["lr"]
+    t.set_schedule(learning_rate=6e-3, weight_decay=0.2)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(2 * before)
+    assert [g["weight_decay"] for g in t.optimizer.param_groups] == [0.2, 0.0]
+    t.set_schedule(min_lr_ratio=1.0)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(6e-3)
+    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+        t.set_schedule(learning_rate=0.0)
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -647,3 +690,23 @@ def test_every_allowed_seed_trains(tmp_path):
     assert math.isfinite(logs["train_loss"])
     with pytest.raises(ValueError, match="seed must be <="):
         SupervisedTrainer(t.model, t.train_dataset, t.val_dataset, seed=SEED_MAX + 1, device="cpu")
+
+
+def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
+    import signal
+    p = subprocess.Popen([sys.executable, "-m", "predlab.train", "--epochs", "200", *TINY_FLAGS], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in p.stdout:                  # wait for a finished epoch, so that a best model exists
+            if line.startswith("epoch    2"):
+                break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err
+    assert "interrupted in epoch" in out and "browser weights" in out
+    from predlab.export import read_weights
+    read_weights(tmp_path / "checkpoints" / "model.js")
