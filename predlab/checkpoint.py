@@ -112,3 +112,15 @@ def load_model(path: Union[str, Path], device="cpu") -> TransformerPredator:
     check_architecture(model, ckpt, path)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def describe_best(monitor: str, best_metric: float, best_epoch) -> str:
+    """The best so far in the user's terms: "val MSE 0.00151 at epoch 27", "catch ratio 0.98 at
+    epoch 25" (the trainer minimises neg_catch_ratio), or "none yet"."""
+    import math
+    if best_metric is None or not math.isfinite(float(best_metric)):
+        return "none yet"
+    if monitor == "neg_catch_ratio":
+        return f"catch ratio {-float(best_metric):.4f} at epoch {best_epoch}"
+    name = {"val_loss": "val MSE"}.get(monitor, monitor)
+    return f"{name} {float(best_metric):.5f} at epoch {best_epoch}"

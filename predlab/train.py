@@ -130,7 +130,8 @@ class PrintLogger(Callback):
     """One line per epoch on stdout (for logs where bars do not render)."""
 
     def on_epoch_end(self, trainer, epoch, logs):
-        extra = "".join(f" {k}={v:.4g}" for k, v in logs.items()
+        extra = "".join(f" {k}={v:,.0f}" if math.isfinite(v) and float(v).is_integer() else f" {k}={v:.4g}"
+                        for k, v in logs.items()
                         if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time",
                                       "neg_catch_ratio"))
         print(f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
@@ -236,10 +237,21 @@ class Checkpointer(Callback):
         if trainer.improved:
             trainer.save_checkpoint(self.dir / "best_model.pt", include_data=False)
         if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
-            trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
-            earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch]
-            for p in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
-                p.unlink(missing_ok=True)
+            self._save_epoch(trainer, epoch)
+
+    def on_train_end(self, trainer):
+        # stopped early (between epochs, so the state is that of a whole epoch): a checkpoint of
+        # the last epoch, so that the run can be resumed where it stopped. A Ctrl-C inside an
+        # epoch leaves the saved ones alone: its weights belong to no finished epoch.
+        path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
+        if trainer.stop_training and trainer.epoch > 0 and not path.exists():
+            self._save_epoch(trainer, trainer.epoch)
+
+    def _save_epoch(self, trainer, epoch: int) -> None:
+        trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
+        earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch]
+        for p in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
+            p.unlink(missing_ok=True)
 
 
 class EarlyStopping(Callback):
@@ -250,8 +262,9 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.patience > 0 and trainer.bad_epochs >= self.patience:
-            print(f"early stopping: no improvement for {trainer.bad_epochs} epochs "
-                  f"(best {trainer.best_metric:.5f} at epoch {trainer.best_epoch})")
+            what = "catch evaluations" if trainer.monitor == "neg_catch_ratio" else "epochs"
+            print(f"early stopping: no improvement for {trainer.bad_epochs} {what} (best: "
+                  f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True
 
 
@@ -958,23 +971,30 @@ def main(argv=None) -> int:
     finally:
         trainer.train_dataset.generator.close()
     from .export import write_weights
-    name = {"val_loss": "val MSE", "neg_catch_ratio": "catch ratio"}.get(trainer.monitor, trainer.monitor)
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file():
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
-        value = -b["best_metric"] if b["monitor"] == "neg_catch_ratio" else b["best_metric"]
-        print(f"done in {time.time() - t0:.0f} s; best {name} {value:.5f} at epoch {b['best_epoch']}")
+        print(f"done in {time.time() - t0:.0f} s; best "
+              f"{ckpt_io.describe_best(b['monitor'], b['best_metric'], b['best_epoch'])}")
     elif trainer.epoch > 0 and trainer.resumed_from is not None:
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead
         model = trainer.model
-        value = -trainer.best_metric if trainer.monitor == "neg_catch_ratio" else trainer.best_metric
-        print(f"done in {time.time() - t0:.0f} s; no epoch of this run beat the best {name} {value:.5f} "
-              f"(epoch {trainer.best_epoch}) of the run it resumed from, so no best_model.pt was written here; "
-              f"exporting the model of epoch {trainer.epoch}")
+        print(f"done in {time.time() - t0:.0f} s; no epoch of this run beat the best "
+              f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run it "
+              f"resumed from, so no best_model.pt was written here; exporting the model of epoch {trainer.epoch}")
     else:
-        print("no best_model.pt was written", file=sys.stderr)
+        why = ""
+        if trainer.epoch > 0 and trainer.monitor == "neg_catch_ratio":
+            why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
+                   "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
+                   "--eval_episodes or --eval_frames)")
+        elif trainer.epoch > 0:
+            why = ": no epoch gave a finite validation loss"
+        print(f"no best_model.pt was written{why}; the last checkpoint_epoch_N.pt in {tc.checkpoint_dir} "
+              "holds where the run ended" if trainer.epoch > 0 else "no best_model.pt was written: no epoch finished",
+              file=sys.stderr)
         return 130 if interrupted else 1
     js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
     write_weights(model, Path(tc.checkpoint_dir) / "model.json")

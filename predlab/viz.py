@@ -532,14 +532,14 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
     Returns (model, message).
     """
-    from .checkpoint import load_checkpoint_dict, load_model
+    from .checkpoint import describe_best, load_checkpoint_dict, load_model
 
     path = Path(directory if directory is not None else checkpoint_dir()) / "best_model.pt"
     if path.is_file():
         ck = load_checkpoint_dict(path)
         model = load_model(path)
-        msg = (f"loaded {path} (epoch {ck.get('best_epoch', '?')}, val MSE {ck.get('best_metric', float('nan')):.4f}, "
-               f"{model.num_parameters():,} parameters)")
+        best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
+        msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
     elif not train_if_missing:
         raise FileNotFoundError(f"no checkpoint at {path}: run notebooks/02_train.ipynb or `make train` first")
     else:

@@ -710,3 +710,23 @@ def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
     assert "interrupted in epoch" in out and "browser weights" in out
     from predlab.export import read_weights
     read_weights(tmp_path / "checkpoints" / "model.js")
+
+
+def test_an_early_stopped_run_leaves_a_checkpoint_to_resume_from(tmp_path, capsys):
+    from predlab.train import Checkpointer, EarlyStopping
+    d = tmp_path / "ck"
+    t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=5), EarlyStopping(1)])
+    t.min_delta = 10.0                         # nothing counts as an improvement after the first epoch
+    t.train(6)
+    assert t.epoch == 2
+    assert "no improvement for 1 epochs (best: val MSE" in capsys.readouterr().out
+    assert sorted(p.name for p in d.iterdir()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
+    again = _trainer(tmp_path)
+    again.load_checkpoint(d / "checkpoint_epoch_2.pt")
+    assert again.epoch == 2 and again.bad_epochs == 1
+
+
+def test_describe_best_speaks_the_users_terms():
+    assert ck.describe_best("val_loss", 0.0015, 27) == "val MSE 0.00150 at epoch 27"
+    assert ck.describe_best("neg_catch_ratio", -0.5, 5) == "catch ratio 0.5000 at epoch 5"
+    assert ck.describe_best("neg_catch_ratio", math.inf, 0) == "none yet"
