@@ -58,9 +58,9 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises loading with weights_only=False; name only what was refused
-        what = [ln.strip() for ln in str(e).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        found = re.search(r"GLOBAL ([\w.]+)", _plain(str(e)))
         raise CheckpointError(f"{path}: refused: loading it would need to execute pickled code, which predlab "
-                              f"never does" + (f" ({_plain(what[0])})" if what else "")) from None
+                              f"never does" + (f" (it names {found.group(1)})" if found else "")) from None
     except Exception as e:  # truncated, not a zip, not torch at all
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: "
                               f"{_plain(str(e).splitlines()[0]) if str(e) else ''})") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import mimetypes
+import re
 import sys
 import threading
 import webbrowser
@@ -81,6 +82,31 @@ def serve(model_js: Union[str, Path], port: int = 0, extra: Optional[Mapping[str
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
+def _page_problem(model: Path) -> Optional[str]:
+    """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
+    a model.js at all (plain JSON, which the page cannot load as a script)."""
+    from .config import BROWSER_SIZES
+    from .export import _COMMENT, SIZE_KEYS, read_params
+    try:
+        text = _COMMENT.sub("", model.read_text(encoding="utf-8").lstrip("\ufeff")).strip()
+    except (OSError, UnicodeDecodeError) as e:
+        return f"it is not a readable text file ({e})"
+    if text.startswith("{"):
+        return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
+                f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
+                f"  python -m predlab.export {model} --out model.js")
+    if not re.match(r"(?:window\.)?TRANSFORMER_PARAMS\s*=|var\s+TRANSFORMER_PARAMS\s*=", text):
+        return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
+    try:
+        params = read_params(model)
+    except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
+        return str(e)
+    sizes = {k: int(params[k]) for k in SIZE_KEYS}
+    if sizes != BROWSER_SIZES:
+        return f"its sizes {sizes} are not the page's {BROWSER_SIZES}"
+    return None
+
+
 def main(argv=None) -> int:
     """CLI: serve the demo with a model.js until Ctrl-C."""
     ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
@@ -105,11 +131,12 @@ def main(argv=None) -> int:
               f"  python -m predlab.export CHECKPOINT --out {model}\n"
               f"or pass the path of a model.js.", file=sys.stderr)
         return 2
-    try:  # the page shows its own banner, but say it here too
-        from .export import read_params
-        read_params(model)
-    except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
-        print(f"warning: the page will refuse {model} and run the teacher instead: {e}", file=sys.stderr)
+    problem = _page_problem(model)
+    if problem and problem.startswith("error: "):
+        print(problem, file=sys.stderr)
+        return 2
+    if problem:   # the page shows its own banner, but say it here too
+        print(f"warning: the page will refuse {model} and run the teacher instead: {problem}", file=sys.stderr)
     try:
         server, url = serve(model, args.port, quiet=False)
     except OSError as e:

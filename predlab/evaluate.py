@@ -272,7 +272,8 @@ def format_table(res: Mapping) -> str:
     cols = [("catches_per_1k", "catches/1k fr", "{:.3f}"), ("first_catch_frames", "1st catch fr", "{:.1f}"),
             ("first_catch_rate", "eps w/ catch", "{:.3f}"), ("flock_caught", "flock caught", "{:.4f}"),
             ("catches", "catches", "{:d}")]
-    rows = [("policy", res["policy"], res["catch_ratio"]), ("teacher", res["teacher"], 1.0)]
+    teacher_ratio = 1.0 if res["teacher"]["catches"] else math.nan     # 0 / 0: no ratio
+    rows = [("policy", res["policy"], res["catch_ratio"]), ("teacher", res["teacher"], teacher_ratio)]
     if "random" in res:
         rows.append(("random", res["random"], res["random_catch_ratio"]))
     head = f"{'':8s}" + "".join(f"{h:>15s}" for _, h, _ in cols) + f"{'vs teacher':>12s}"
@@ -280,6 +281,9 @@ def format_table(res: Mapping) -> str:
              f"(first catch: no catch counts as {res['frames']})", head]
     for name, s, r in rows:
         lines.append(f"{name:8s}" + "".join(f"{fmt.format(s[k]):>15s}" for k, _, fmt in cols) + f"{r:>12.3f}")
+    if not res["teacher"]["catches"]:
+        lines.append(f"the teacher caught no boid in these episodes, so there is no ratio: use more or longer episodes "
+                     f"(--episodes, --frames)")
     return "\n".join(lines)
 
 

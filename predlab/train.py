@@ -996,8 +996,13 @@ def main(argv=None) -> int:
               "holds where the run ended" if trainer.epoch > 0 else "no best_model.pt was written: no epoch finished",
               file=sys.stderr)
         return 130 if interrupted else 1
-    js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
-    write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
+        warnings.simplefilter("always")
+        js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
+        write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}", file=sys.stderr)
     print(f"browser weights: {js.resolve()} (and model.json beside it)")
     return 130 if interrupted else 0     # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
 

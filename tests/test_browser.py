@@ -225,6 +225,24 @@ def test_demo_cli_refuses_a_checkpoint_a_folder_and_a_bad_port(tmp_path, make_mo
         [sys.executable, "-m", "predlab.demo", str(ckpt), "--no-browser"], capture_output=True, text=True).stderr
 
 
+def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
+    """model.json (written beside model.js, and read by evaluate and export) is no script the page
+    can load: refused. Other sizes, or a `const`, would start a page that runs the teacher: warned."""
+    from predlab.demo import _page_problem
+    model = make_model(0)
+    js = write_weights(model, tmp_path / "model.js")
+    assert _page_problem(js) is None
+    r = subprocess.run([sys.executable, "-m", "predlab.demo", str(write_weights(model, tmp_path / "model.json")),
+                        "--no-browser"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "is plain JSON" in r.stderr and "predlab.export" in r.stderr
+    const = tmp_path / "const.js"
+    const.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS"))
+    assert "does not set window.TRANSFORMER_PARAMS" in _page_problem(const)
+    with pytest.warns(UserWarning):
+        small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
+    assert "'d_model': 32" in _page_problem(small)
+
+
 def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
     # SIGINT as a terminal's foreground process has it: a test run started in the background

@@ -39,6 +39,16 @@ def test_teacher_against_itself_is_ratio_one(teacher_run):
     assert res["catch_ratio"] == 1.0
 
 
+def test_the_table_says_when_there_is_no_ratio(teacher_run):
+    from predlab.evaluate import format_table
+    table = format_table(compare("teacher", teacher=teacher_run, **KW))
+    assert "no ratio" not in table and table.splitlines()[3].endswith("1.000")
+    kw = {**KW, "frames": 2}                   # too short for any catch
+    table = format_table(compare("random", **kw))
+    teacher_row = next(line for line in table.splitlines() if line.startswith("teacher"))
+    assert teacher_row.endswith("nan") and "the teacher caught no boid" in table
+
+
 def test_figures_are_consistent(teacher_run):
     s = teacher_run.summary()
     assert s["catches_per_1k"] == pytest.approx(1000 * s["catches"] / (16 * 150))
