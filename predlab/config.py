@@ -125,7 +125,7 @@ class TrainConfig:
     tf32: bool = _f(False, "on a CUDA GPU, float32 matrix products on tensor cores while training (TF32: "
                     "products of 10-bit mantissas, float32 sums); validation and rollouts keep torch's setting "
                     "(full float32 unless changed)")
-    progress: bool = _f(True, "show progress bars")
+    progress: bool = _f(True, "show progress bars (on a terminal; --progress shows them in a log or pipe too)")
     eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
                          "catches_per_1k (0 = off)", min=0)
     eval_episodes: int = _f(64, "episodes of that evaluation (the same seeded ones every time)", min=1)

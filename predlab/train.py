@@ -923,6 +923,8 @@ def parse_args(argv=None):
         tc.validate(), mc.validate(), wc.validate()
         if a.quiet:
             tc.progress = False
+        elif not sys.stderr.isatty() and "progress" not in _given(argv):
+            tc.progress = False    # bars redrawn into a log file or pipe bury the epoch lines
         resolve_device(tc.device)
     except (TypeError, ValueError) as e:
         p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))

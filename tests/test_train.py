@@ -731,3 +731,14 @@ def test_describe_best_speaks_the_users_terms():
     assert ck.describe_best("val_loss", 0.0015, 27) == "val MSE 0.00150 at epoch 27"
     assert ck.describe_best("neg_catch_ratio", -0.5, 5) == "catch ratio 0.5000 at epoch 5"
     assert ck.describe_best("neg_catch_ratio", math.inf, 0) == "none yet"
+
+
+def test_cli_shows_no_bars_in_a_log_unless_asked(tmp_path):
+    """Output captured to a file or pipe (not a terminal): epoch lines, not redrawn bars."""
+    r = _cli("--epochs", "1", *[f for f in TINY_FLAGS if f != "--quiet"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch    1" in r.stdout and "%|" not in r.stderr          # no tqdm bar
+    r = _cli("--epochs", "1", "--progress", "--checkpoint_dir", "b", *[f for f in TINY_FLAGS if f != "--quiet"],
+             cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "%|" in r.stderr
