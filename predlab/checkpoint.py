@@ -71,6 +71,13 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     for key in ("model_config", "model"):
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"{path}: checkpoint has no {key!r} dict")
+    for key in ("train_config", "world_config"):
+        if key in ckpt and not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path}: {key!r} is {type(ckpt[key]).__name__}, not a dict")
+    for key in ("epoch", "best_epoch", "early_stopping_counter"):
+        v = ckpt.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise CheckpointError(f"{path}: {key!r} must be a whole number >= 0, found {v!r}")
     try:
         cfg = from_dict(ModelConfig, ckpt["model_config"])
         cfg.validate()

@@ -95,7 +95,7 @@ def _page_problem(model: Path) -> Optional[str]:
         return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
                 f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
                 f"  python -m predlab.export {model} --out model.js")
-    if not re.match(r"(?:window\.)?TRANSFORMER_PARAMS\s*=|var\s+TRANSFORMER_PARAMS\s*=", text):
+    if not re.match(r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS\s*=|var\s+TRANSFORMER_PARAMS\s*=", text):
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
     try:
         params = read_params(model)

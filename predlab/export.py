@@ -8,12 +8,15 @@ Run as `python -m predlab.export CHECKPOINT --out PATH`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Union
@@ -237,7 +240,8 @@ _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
     s = _COMMENT.sub("", text.lstrip("\ufeff")).strip()   # (a BOM from some editors)
-    m = re.match(r"^(?:(?:window\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
+    m = re.match(r"^(?:(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)"
+                 r"\s*=\s*", s)
     if m:
         s = s[m.end():]
     s = s.rstrip().rstrip(";").rstrip()
@@ -253,11 +257,40 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
 
 
 # ---------------------------------------------------------------------- files
+@contextlib.contextmanager
+def deferred_interrupt():
+    """Ctrl-C inside the block takes effect when it ends, as a KeyboardInterrupt.
+
+    For work that must not stop halfway: a checkpoint half-serialised made torch.save raise a
+    RuntimeError instead, and an interrupted TensorBoard flush left its writer thread waiting,
+    so the run hung at exit. Only in the main thread, under Python's own SIGINT handler
+    (a notebook's or the user's handler is left alone).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
 def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) -> Path:
     """Call write(file) on a temporary file beside path, fsync, then rename over path.
 
-    A crash or kill mid-write leaves the previous file untouched and no temporary behind.
+    A crash or kill mid-write leaves the previous file untouched and no temporary behind; a
+    Ctrl-C takes effect once the file is written (deferred_interrupt).
     """
+    with deferred_interrupt():
+        return _atomic_write(path, write, binary)
+
+
+def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
 from .data import EpisodeGenerator, SampleSet, collate
-from .export import refuse_unwritable
+from .export import deferred_interrupt, refuse_unwritable
 from .model import TransformerPredator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -155,14 +155,16 @@ class TensorBoardLogger(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         tags = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "samples_per_s": "samples_per_s"}
-        for k, v in logs.items():
-            if k != "epoch":
-                self.writer.add_scalar(tags.get(k, k), v, epoch)
-        self.writer.flush()
+        with deferred_interrupt():     # a flush cut by Ctrl-C left the writer's thread waiting: a hang at exit
+            for k, v in logs.items():
+                if k != "epoch":
+                    self.writer.add_scalar(tags.get(k, k), v, epoch)
+            self.writer.flush()
 
     def on_train_end(self, trainer):
         if self.writer is not None:
-            self.writer.close()
+            with deferred_interrupt():
+                self.writer.close()
 
 
 class Checkpointer(Callback):
@@ -857,8 +859,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Settings of the machine and of where output goes: a resumed run takes these from its own
 # command line. Every other setting of the run comes from the checkpoint unless a flag is given.
-MACHINE_FIELDS = ("resume", "device", "threads", "num_workers", "progress", "checkpoint_dir", "log_dir",
-                  "cpu_split", "cuda_graphs", "tf32")
+MACHINE_FIELDS = ("resume", "device", "threads", "num_workers", "progress", "checkpoint_dir", "log_dir")
 # What a flag given on resume changes in the restored optimizer and schedule (SupervisedTrainer.set_schedule).
 SCHEDULE_FIELDS = ("learning_rate", "weight_decay", "warmup_epochs", "min_lr_ratio")
 
@@ -900,22 +901,27 @@ def parse_args(argv=None):
         if diffs:
             p.error("--resume: another architecture: " + "; ".join(diffs))
         ns.update({k: ck["model_config"][k] for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")})
-        run = {**ck.get("model_config", {}), **ck.get("train_config", {}), **ck.get("world_config", {})}
-        changed = []
+        run = {**ck["model_config"], **ck.get("train_config", {}), **ck.get("world_config", {})}
+        changed, unrecorded = [], []
+
+        def flag(name, value):
+            return f"--{'' if value else 'no-'}{name}" if isinstance(value, bool) else f"--{name} {value}"
+
         for cls in (TrainConfig, ModelConfig, WorldConfig):
             for f in dataclasses.fields(cls):
-                if f.name in MACHINE_FIELDS or f.name not in run:
+                if f.name in MACHINE_FIELDS:
                     continue
-                if f.name not in given:
+                if f.name not in run:                  # a checkpoint of an older predlab
+                    if f.name not in given:
+                        unrecorded.append(f.name)
+                elif f.name not in given:
                     ns[f.name] = run[f.name]
                 elif ns[f.name] != run[f.name] and f.name != "epochs":   # a longer run is what resuming is for
-                    changed.append(f"--{f.name} {ns[f.name]} (the checkpoint's run: {run[f.name]})")
+                    changed.append(f"{flag(f.name, ns[f.name])} (the checkpoint's run: "
+                                   f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = str(Path(resume).parent)
-        print(f"resuming the run of {resume} with its settings" +
-              (", changed by flags: " + ", ".join(changed) if changed else "") +
-              f"; checkpoints go to {ns['checkpoint_dir']}")
     try:
         tc = TrainConfig(**{f.name: ns[f.name] for f in dataclasses.fields(TrainConfig)})
         mc = ModelConfig(**{f.name: ns[f.name] for f in dataclasses.fields(ModelConfig)})
@@ -933,8 +939,15 @@ def parse_args(argv=None):
         refuse_unwritable(p, flag, where, directory=True)
     if tc.resume is not None:
         if ck.get("epoch", 0) >= tc.epochs:
-            p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']} of the run's {tc.epochs}; "
+            whose = "--epochs" if "epochs" in given else "the run's epochs,"
+            p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']}, and {whose} {tc.epochs}; "
                     f"pass --epochs larger than that")
+        print(f"resuming the run of {resume} with its settings" +
+              (", changed by flags: " + ", ".join(changed) if changed else "") +
+              f"; checkpoints go to {tc.checkpoint_dir}")
+        if unrecorded:
+            print(f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's checkpoint): "
+                  f"these take this command's values", file=sys.stderr)
         if tc.dagger and "data_source" not in ck:
             print(f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                   f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
@@ -960,7 +973,13 @@ def main(argv=None) -> int:
     if tc.resume:
         trainer.load_checkpoint(tc.resume)
         trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
-        print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} of {tc.epochs}")
+        monitor = "neg_catch_ratio" if tc.select_best_by == "catch_ratio" else "val_loss"
+        if trainer.monitor != monitor:     # --select_best_by given: the best so far was of the other measure
+            print(f"best_model.pt follows {tc.select_best_by} from now on; the best so far and the early-stopping "
+                  f"count start afresh")
+            trainer.monitor, trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = monitor, math.inf, 0, 0
+        print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
+              f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
     t0 = time.time()
     interrupted = False
@@ -968,35 +987,40 @@ def main(argv=None) -> int:
         trainer.train(tc.epochs)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted in epoch {trainer.epoch + 1}: the last saved checkpoints are intact; the best model "
-              f"so far is exported below, and the run exits with code 130")
+        print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
     finally:
         trainer.train_dataset.generator.close()
     from .export import write_weights
+    ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file():
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
-        print(f"done in {time.time() - t0:.0f} s; best "
-              f"{ckpt_io.describe_best(b['monitor'], b['best_metric'], b['best_epoch'])}")
-    elif trainer.epoch > 0 and trainer.resumed_from is not None:
+        print(f"{ended}; best {ckpt_io.describe_best(b['monitor'], b['best_metric'], b['best_epoch'])}")
+    elif trainer.resumed_from is not None:
         # resumed, and no epoch of this run beat the best of the run it came from (whose
-        # best_model.pt is in that run's folder): export where this run ended instead
-        model = trainer.model
-        print(f"done in {time.time() - t0:.0f} s; no epoch of this run beat the best "
+        # best_model.pt is in that run's folder): export where this run ended instead; after a
+        # Ctrl-C the weights in memory belong to no finished epoch, so the newest saved ones
+        model, epoch = trainer.model, trainer.epoch
+        if interrupted:
+            saved = {Checkpointer._epoch_of(q): q for q in Path(tc.checkpoint_dir).glob("checkpoint_epoch_*.pt")
+                     if 0 <= Checkpointer._epoch_of(q) <= trainer.epoch}
+            saved.setdefault(int(ckpt_io.load_checkpoint_dict(trainer.resumed_from)["epoch"]), trainer.resumed_from)
+            epoch = max(saved)
+            model = ckpt_io.load_model(saved[epoch])
+        print(f"{ended}; no epoch of this run beat the best "
               f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run it "
-              f"resumed from, so no best_model.pt was written here; exporting the model of epoch {trainer.epoch}")
+              f"resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
-        why = ""
-        if trainer.epoch > 0 and trainer.monitor == "neg_catch_ratio":
+        if interrupted:
+            why = " before the interrupt"
+        elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
                    "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
                    "--eval_episodes or --eval_frames)")
-        elif trainer.epoch > 0:
+        else:
             why = ": no epoch gave a finite validation loss"
-        print(f"no best_model.pt was written{why}; the last checkpoint_epoch_N.pt in {tc.checkpoint_dir} "
-              "holds where the run ended" if trainer.epoch > 0 else "no best_model.pt was written: no epoch finished",
-              file=sys.stderr)
+        print(f"{ended}; no best_model.pt was written{why}, so no model.js", file=sys.stderr)
         return 130 if interrupted else 1
     import warnings
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks

@@ -238,6 +238,9 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     const = tmp_path / "const.js"
     const.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS"))
     assert "does not set window.TRANSFORMER_PARAMS" in _page_problem(const)
+    this = tmp_path / "globalthis.js"
+    this.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "globalThis.TRANSFORMER_PARAMS"))
+    assert _page_problem(this) is None and read_weights(this).config == model.config
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
     assert "'d_model': 32" in _page_problem(small)

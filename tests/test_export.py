@@ -378,3 +378,21 @@ def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     r = run("--any-size")
     assert r.returncode == 0, r.stderr
     assert read_params(tmp_path / "model.js")["d_model"] == 32
+
+
+def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):
+    """Ctrl-C mid-save once cut torch.save in half (a RuntimeError, no export) or a TensorBoard
+    flush (a hang at exit): inside atomic_write it waits for the write to finish."""
+    import signal
+    from predlab.export import atomic_write
+
+    def write(f):
+        f.write("first half ")
+        os.kill(os.getpid(), signal.SIGINT)    # delivered here, acted on after the write
+        f.write("second half")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "x.txt", write)
+    assert (tmp_path / "x.txt").read_text() == "first half second half"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]

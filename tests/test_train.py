@@ -591,6 +591,9 @@ def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     (lambda s: s["model"].__setitem__("output.weight", s["model"]["output.weight"].long()), "not floating point"),
     (lambda s: s["model"].__setitem__("output.bias", torch.tensor([1e39, 0.0], dtype=torch.float64)),
      "NaN or infinity"),
+    (lambda s: s.__setitem__("train_config", None), "'train_config' is NoneType, not a dict"),
+    (lambda s: s.__setitem__("epoch", -3), "'epoch' must be a whole number >= 0"),
+    (lambda s: s.__setitem__("epoch", "2"), "'epoch' must be a whole number >= 0"),
 ])
 def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
@@ -613,7 +616,7 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, e
     torch.save(state, tmp_path / "bad.pt")
     t = _trainer(tmp_path)
     before = copy.deepcopy(t.state_dict())
-    with pytest.raises(ck.CheckpointError, match="the trainer is unchanged"):
+    with pytest.raises(ck.CheckpointError, match="the trainer is unchanged|must be a whole number"):
         t.load_checkpoint(tmp_path / "bad.pt")
     after = t.state_dict()
     for k, v in before["model"].items():
@@ -742,3 +745,43 @@ def test_cli_shows_no_bars_in_a_log_unless_asked(tmp_path):
              cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "%|" in r.stderr
+
+
+def test_ctrl_c_in_a_resumed_run_exports_a_finished_epoch(tmp_path, monkeypatch, capsys):
+    """Resumed elsewhere with no new best, a Ctrl-C once exported the weights in memory: half an epoch."""
+    from predlab.export import read_weights
+    from predlab.train import main
+    first = _trainer(tmp_path)
+    first.train(2)
+    first.best_metric = -1.0                   # nothing can beat it
+    path = first.save_checkpoint(tmp_path / "c2.pt")
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_4(self, data):
+        if self.epoch == 3:
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(1.0)                # steps taken, epoch unfinished
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "6", "--resume", str(path), "--checkpoint_dir", "elsewhere", "--no-dagger",
+                 "--eval_every", "0", *TINY_FLAGS]) == 130
+    assert "exporting the model of epoch 3" in capsys.readouterr().out
+    exported, saved = read_weights("elsewhere/model.js"), ck.load_model("elsewhere/checkpoint_epoch_3.pt")
+    for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys):
+    from predlab.train import main
+    first = _trainer(tmp_path)
+    first.train(2)
+    path = first.save_checkpoint(tmp_path / "c2.pt")
+    monkeypatch.chdir(tmp_path)
+    main(["--epochs", "3", "--resume", str(path), "--checkpoint_dir", "out", "--select_best_by", "catch_ratio",
+          "--eval_every", "1", "--eval_episodes", "2", "--eval_frames", "20", *TINY_FLAGS])
+    assert "best_model.pt follows catch_ratio from now on" in capsys.readouterr().out
+    assert ck.load_checkpoint_dict(tmp_path / "out" / "checkpoint_epoch_3.pt")["monitor"] == "neg_catch_ratio"
