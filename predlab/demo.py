@@ -86,7 +86,7 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
-    from .export import _COMMENT, SIZE_KEYS, read_params
+    from .export import _COMMENT, SETS_PAGE_GLOBAL, SIZE_KEYS, read_params
     try:
         text = _COMMENT.sub("", model.read_text(encoding="utf-8").lstrip("\ufeff")).strip()
     except (OSError, UnicodeDecodeError) as e:
@@ -95,7 +95,7 @@ def _page_problem(model: Path) -> Optional[str]:
         return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
                 f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
                 f"  python -m predlab.export {model} --out model.js")
-    if not re.match(r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS\s*=|var\s+TRANSFORMER_PARAMS\s*=", text):
+    if not re.match(rf"(?:{SETS_PAGE_GLOBAL})\s*=", text):
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
     try:
         params = read_params(model)

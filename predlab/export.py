@@ -28,6 +28,8 @@ from .config import BROWSER_SIZES, FLOAT32_MAX
 from .model import TOKEN_TYPES, TransformerPredator
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
+# The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
+SETS_PAGE_GLOBAL = r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
               "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
@@ -240,8 +242,7 @@ _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
     s = _COMMENT.sub("", text.lstrip("\ufeff")).strip()   # (a BOM from some editors)
-    m = re.match(r"^(?:(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|(?:var|let|const)\s+TRANSFORMER_PARAMS)"
-                 r"\s*=\s*", s)
+    m = re.match(rf"^(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
     if m:
         s = s[m.end():]
     s = s.rstrip().rstrip(";").rstrip()

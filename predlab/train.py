@@ -883,6 +883,7 @@ def parse_args(argv=None):
     p = build_parser()
     a = p.parse_args(argv)
     ns = vars(a)
+    given = _given(argv)
     schedule: Dict[str, float] = {}
     if ns["resume"] is not None:
         resume = ns["resume"]
@@ -894,7 +895,6 @@ def parse_args(argv=None):
             ck = ckpt_io.load_checkpoint_dict(resume)
         except (ckpt_io.CheckpointError, FileNotFoundError) as e:
             p.error(f"--resume: {e}")
-        given = _given(argv)
         diffs = [f"--{k} {ns[k]} but the checkpoint has {ck['model_config'][k]}"
                  for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")
                  if k in given and ck["model_config"][k] != ns[k]]
@@ -929,7 +929,7 @@ def parse_args(argv=None):
         tc.validate(), mc.validate(), wc.validate()
         if a.quiet:
             tc.progress = False
-        elif not sys.stderr.isatty() and "progress" not in _given(argv):
+        elif not sys.stderr.isatty() and "progress" not in given:
             tc.progress = False    # bars redrawn into a log file or pipe bury the epoch lines
         resolve_device(tc.device)
     except (TypeError, ValueError) as e:
