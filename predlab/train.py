@@ -844,6 +844,16 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"usage: {self.prog} [flags]   (--help lists them)\n{self.prog}: error: {message}\n")
 
+    def _get_option_tuples(self, *args, **kwargs):
+        # a prefix of a flag and of its dashed spelling (--learn: --learning_rate, --learning-rate)
+        # is one flag, not an ambiguity; a prefix of two different flags still is
+        seen, unique = set(), []
+        for t in super()._get_option_tuples(*args, **kwargs):
+            if id(t[0]) not in seen:
+                seen.add(id(t[0]))
+                unique.append(t)
+        return unique
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, built from TrainConfig, ModelConfig and WorldConfig."""

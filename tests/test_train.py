@@ -359,6 +359,19 @@ def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, 
     assert (ckdir / "best_model.pt").read_bytes() == b"precious"
 
 
+def test_cli_flag_prefixes_name_one_flag_once(capsys):
+    """--learn is --learning_rate (its dashed spelling is the same flag, not a second match); a
+    prefix of two different flags is an error that names each of them once."""
+    from predlab.train import build_parser
+    a = build_parser().parse_args(["--learn", "0.001", "--batch-si", "64", "--train-ep", "7"])
+    assert (a.learning_rate, a.batch_size, a.train_episodes) == (0.001, 64, 7)
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--l", "1"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "ambiguous option: --l could match --learning_rate, --log_dir" in err
+
+
 def _files(d: Path):
     return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
 
