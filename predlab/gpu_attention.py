@@ -11,6 +11,7 @@ CPU tensors too (slowly: that is how the CPU tests check its maths).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Optional
@@ -19,7 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
+from .model import TRITON_ATTENTION_MAX_TOKENS
+
 Tensor = torch.Tensor
+MAX_TOKENS = TRITON_ATTENTION_MAX_TOKENS
 
 
 @triton.jit
@@ -78,6 +82,12 @@ def _backward_kernel(Q, K, V, Bias, Lse, DY, DQ, DK, DV, sqb, sqt, skb, skt, svb
     tl.store(DV + b * sdvb + it[:, None] * sdvt + h * HS + d[None, :], dv.to(DV.dtype.element_ty), mask=mtd)
 
 
+def launch_on(t: Tensor):
+    """The device context for a launch on t's GPU: Triton launches on the current device, which
+    is cuda:0 unless set, whatever device the tensors are on (a model on cuda:1 in evaluate)."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
 def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(n))          # tl.dot takes sides of 16 or more
 
@@ -118,10 +128,11 @@ class TritonAttention(torch.autograd.Function):
         y = x.new_empty(B, Tq, D)
         lse = torch.empty(B, n_heads, Tq, device=x.device, dtype=torch.float32)
         BT, BQ = _block(T), _block(Tq)
-        _forward_kernel[(B * n_heads,)](
-            q, k, v, bias, y, lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
-            num_warps=_warps(BQ, BT), enable_fp_fusion=True)
+        with launch_on(x):
+            _forward_kernel[(B * n_heads,)](
+                q, k, v, bias, y, lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
+                num_warps=_warps(BQ, BT), enable_fp_fusion=True)
         ctx.save_for_backward(x, q_apart if q_apart is not None else x.new_empty(0), bias, lse)
         ctx.n_heads, ctx.apart = n_heads, q_apart is not None
         return y
@@ -138,17 +149,22 @@ class TritonAttention(torch.autograd.Function):
         dq_apart = None if q_apart is None else torch.empty_like(q_apart)
         dq, dk, dv, _, _ = _split(dx, dq_apart, n_heads)
         BT, BQ = _block(T), _block(Tq)
-        _backward_kernel[(B * n_heads,)](
-            q, k, v, bias, lse, dy.contiguous(), dq, dk, dv,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
-            num_warps=_warps(BQ, BT), enable_fp_fusion=True)
+        with launch_on(x):
+            _backward_kernel[(B * n_heads,)](
+                q, k, v, bias, lse, dy.contiguous(), dq, dk, dv,
+                q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+                Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
+                num_warps=_warps(BQ, BT), enable_fp_fusion=True)
         return dx, dq_apart, None, None
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None) -> Tensor:
-    """TritonAttention.apply, for predlab.model.attention's arguments."""
+    """TritonAttention.apply, for predlab.model.attention's arguments (which falls back to its
+    "math" kernel past MAX_TOKENS)."""
+    if x.shape[1] > MAX_TOKENS:
+        raise ValueError(f"the triton attention kernel takes at most {MAX_TOKENS} tokens ({MAX_TOKENS - 3} boids), "
+                         f"got {x.shape[1]}: a sample's scores live in registers")
     if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the triton attention kernel runs on CUDA tensors, not {x.device.type} ones "
                          "(or on any under TRITON_INTERPRET=1, set before Triton is imported)")

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .gpu_attention import launch_on
+
 Tensor = torch.Tensor
 BLOCK, WARPS = 1024, 4                    # elements of y per program, and warps: 8 elements a thread
 SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)   # a global that kernels may read
@@ -64,7 +66,9 @@ class TritonGEGLU(torch.autograd.Function):
         F = gu.shape[-1] // 2
         y = gu.new_empty(gu.shape[:-1] + (F,))
         n = y.numel()
-        _forward_kernel[(triton.cdiv(n, BLOCK),)](gu, y, n, F=F, BLOCK_=BLOCK, num_warps=WARPS, enable_fp_fusion=True)
+        with launch_on(gu):
+            _forward_kernel[(triton.cdiv(n, BLOCK),)](gu, y, n, F=F, BLOCK_=BLOCK, num_warps=WARPS,
+                                                      enable_fp_fusion=True)
         ctx.save_for_backward(gu)
         return y
 
@@ -74,8 +78,9 @@ class TritonGEGLU(torch.autograd.Function):
         F = gu.shape[-1] // 2
         dgu = torch.empty_like(gu)
         n = dgu.numel() // 2
-        _backward_kernel[(triton.cdiv(n, BLOCK),)](gu, dy.contiguous(), dgu, n, F=F, BLOCK_=BLOCK,
-                                                   num_warps=WARPS, enable_fp_fusion=True)
+        with launch_on(gu):
+            _backward_kernel[(triton.cdiv(n, BLOCK),)](gu, dy.contiguous(), dgu, n, F=F, BLOCK_=BLOCK,
+                                                       num_warps=WARPS, enable_fp_fusion=True)
         return dgu
 
 

@@ -125,6 +125,10 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # against it: `python -m predlab.bench` has a row for it where Triton is installed.
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
 ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math", "triton")
+# The fused kernel holds a sample's scores in registers: up to 64 tokens it fits without
+# spilling (sm_90); at 128 its backward spills ~6.7 KB a thread and at 256 it needs more shared
+# memory than a block has. Longer sequences (a world of 62+ boids) take the "math" kernel.
+TRITON_ATTENTION_MAX_TOKENS = 64
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
@@ -143,6 +147,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
                          f"{', '.join(ATTENTION_KERNELS[1:])}")
     if kernel == "sliced" and x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type):
         kernel = "math"   # the sliced kernel writes into buffers of the input's dtype: no mixed precision
+    if kernel == "triton" and x.shape[1] > TRITON_ATTENTION_MAX_TOKENS:
+        kernel = "math"
     if kernel == "sliced":
         return _Attention.apply(x, q, bias, n_heads)
     if kernel == "triton":

@@ -361,6 +361,7 @@ class SupervisedTrainer:
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graphs: Dict[tuple, tuple] = {}
         self._graph_pool = None
+        self._graph_stream = None
         self._graph_optimizer_ready = False
         self._device_data: List[tuple] = []
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
@@ -529,6 +530,9 @@ class SupervisedTrainer:
         """Forget captured steps (they point at optimizer tensors that a load replaced)."""
         self._graphs.clear()
         self._graph_optimizer_ready = False
+        # a new pool for the next captures: re-capturing into a pool whose graphs are all gone
+        # trips the allocator's use-count assertion if any block of it is still held
+        self._graph_pool = None
 
     def _capture(self, b) -> tuple:
         """Capture forward, backward, clipping and the AdamW step for batches shaped like b.
@@ -541,7 +545,13 @@ class SupervisedTrainer:
         """
         self._prepare_graph_optimizer()
         static = {k: v.clone() for k, v in b.items()}
-        stream = torch.cuda.Stream(self.device)
+        # one side stream for every warm-up and capture of this trainer: cuBLAS keeps a workspace
+        # per stream for the life of the process (~32 MiB on Hopper), and a new stream per capture
+        # would make one for each of torch's 32 pooled streams; made in a warm-up, the workspace
+        # is also outside the graphs' pool
+        if self._graph_stream is None:
+            self._graph_stream = torch.cuda.Stream(self.device)
+        stream = self._graph_stream
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
@@ -552,7 +562,7 @@ class SupervisedTrainer:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
+        with torch.cuda.graph(graph, pool=self._graph_pool, stream=stream):
             loss = F.mse_loss(self._forward(static), static["target"])
             loss.backward()
             self._clip_and_step()

@@ -109,7 +109,7 @@ def test_fused_attention_matches_math_on_the_gpu():
     pytest.importorskip("triton")
     from test_gpu_attention import CASES, run_check, tolerance
     for r in run_check("cuda", CASES, interpret=False):
-        assert r["rel_err"] < tolerance(r["case"]), r
+        assert r["rel_err"] < tolerance(r["case"], compiled=True), r
 
 
 def test_fused_geglu_matches_the_maths_on_the_gpu():
@@ -172,6 +172,30 @@ def test_graphed_training_with_dropout_learns(data):
     assert t.validate() < 0.7 * before
     for p in t.model.parameters():
         assert torch.isfinite(p).all()
+
+
+def test_graphed_training_goes_on_after_set_schedule_and_load(data, tmp_path):
+    """set_schedule and load_checkpoint drop a trainer's captured steps; its next epochs capture
+    them again (in a fresh memory pool, on the trainer's one side stream) and train as launching
+    every kernel does, at the new learning rate and weight decay."""
+    runs = {}
+    for graphs in (False, True):
+        t = _trainer(data, cuda_graphs=graphs)
+        t.train_epoch(data)
+        t.epoch += 1
+        path = t.save_checkpoint(tmp_path / f"g{int(graphs)}.pt")
+        t.set_schedule(learning_rate=5e-4, weight_decay=0.05)
+        logs = [t.train_epoch(data)]
+        t.load_checkpoint(path)
+        logs.append(t.train_epoch(data))
+        runs[graphs] = ([(r["train_loss"], r["lr"]) for r in logs], [p.detach().cpu() for p in t.model.parameters()])
+        if graphs:
+            assert t._graphs and t._graph_stream is not None
+    (r0, p0), (r1, p1) = runs[False], runs[True]
+    for (l0, lr0), (l1, lr1) in zip(r0, r1):
+        assert l1 == pytest.approx(l0, rel=1e-5) and lr1 == pytest.approx(lr0, rel=1e-6)
+    for a, b in zip(p0, p1):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
 
 def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):

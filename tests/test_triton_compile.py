@@ -72,6 +72,7 @@ TILES = [(16, 16), (16, 32), (16, 64), (32, 32), (64, 64)]
 @pytest.mark.parametrize("arch", [90, 80])
 def test_fused_attention_compiles_without_spills(dtype, arch):
     from predlab import gpu_attention as A
+    assert TILES[-1] == (A._block(A.MAX_TOKENS),) * 2      # the largest tile a launch can ask for
     for BQ, BT in TILES:
         consts = {"H": 4, "HS": 12, "BQ": BQ, "BT": BT, "BD": 16}
         # a 16-row tile holds full blocks of up to 16 tokens, or the [CLS] query alone: Tq = 1,
