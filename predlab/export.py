@@ -17,9 +17,10 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -353,6 +354,25 @@ def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[st
     problem = output_problem(path, directory)
     if problem:
         parser.error(f"{flag}: {problem}")
+
+
+def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path]) -> Path:
+    """Move files into directory/previous/<time of the newest>/ (a new folder each time), so that
+    nothing of an earlier run or export is overwritten -> that folder."""
+    directory = Path(directory)
+    if (directory / "previous").exists() and not (directory / "previous").is_dir():
+        raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
+                              "that name: move it away")
+    files = [Path(p) for p in files]
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in files)))
+    dest, k = directory / "previous" / stamp, 1
+    while dest.exists():
+        k += 1
+        dest = directory / "previous" / f"{stamp}-{k}"
+    dest.mkdir(parents=True)
+    for p in files:
+        p.rename(dest / p.name)
+    return dest
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:

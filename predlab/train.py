@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
 from .data import EpisodeGenerator, SampleSet, collate
-from .export import deferred_interrupt, refuse_unwritable
+from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -220,17 +220,7 @@ class Checkpointer(Callback):
             for p in moving:
                 p.unlink()
         elif moving:
-            if (self.dir / "previous").exists() and not (self.dir / "previous").is_dir():
-                raise FileExistsError(f"{self.dir / 'previous'} is a file; earlier runs' checkpoints are moved "
-                                      "into a folder of that name: move it away")
-            stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in moving)))
-            dest, k = self.dir / "previous" / stamp, 1
-            while dest.exists():
-                k += 1
-                dest = self.dir / "previous" / f"{stamp}-{k}"
-            dest.mkdir(parents=True)
-            for p in moving:
-                p.rename(dest / p.name)
+            dest = move_to_previous(moving, self.dir)
             what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
             print(f"moved {len(moving)} file(s) {what} from {self.dir} to {dest}; this run writes its own "
                   f"in {self.dir}", flush=True)

@@ -561,6 +561,37 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     return model, msg
 
 
+def export_for_browser(model, directory: Union[str, Path]) -> Dict:
+    """model.js and model.json for the browser page in directory (what notebook 04 writes).
+
+    A model of sizes the stock page refuses goes to directory/not-browser-size/ instead, so that
+    nothing the page cannot load lands where its model.js is expected. Files already there that
+    hold other weights are moved to previous/<time>/ beside them, never overwritten.
+    Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
+    """
+    import warnings
+
+    from .export import SIZE_KEYS, model_to_params, move_to_previous, params_to_text, write_weights
+
+    params = model_to_params(model)
+    sizes = {k: int(params[k]) for k in SIZE_KEYS}
+    ok = sizes == C.BROWSER_SIZES
+    out = Path(directory) if ok else Path(directory) / "not-browser-size"
+    paths = [out / "model.js", out / "model.json"]
+    notes = [] if ok else [
+        "the browser page refuses these sizes: " + ", ".join(f"{k} {sizes[k]} (page: {C.BROWSER_SIZES[k]})"
+                                                             for k in SIZE_KEYS if sizes[k] != C.BROWSER_SIZES[k])
+        + f"; written to {out} instead, for predlab and a page built for them"]
+    other = [p for p in paths if p.is_file() and p.read_text() != params_to_text(params, p.suffix[1:])]
+    if other:
+        notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")
+    with warnings.catch_warnings():       # the sizes are said once, above
+        warnings.simplefilter("ignore", UserWarning)
+        for p in paths:
+            write_weights(model, p)
+    return {"paths": paths, "browser_sizes": ok, "message": "; ".join(notes)}
+
+
 # ---------------------------------------------------------------------- PyTorch vs JavaScript
 def node_available() -> bool:
     """Whether a `node` executable is on PATH (the JS parity check needs it)."""

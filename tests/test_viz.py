@@ -357,3 +357,27 @@ def test_load_best_model_loads_or_trains(tmp_path, monkeypatch, samples):
     assert msg.startswith("loaded") and loaded.config.d_model == 8
     for a, b in zip(loaded.state_dict().values(), tr.model.state_dict().values()):
         assert torch.equal(a, b.cpu())
+
+
+def test_export_for_browser_keeps_unusable_and_earlier_files_out_of_the_way(make_model, tmp_path, recwarn):
+    """Notebook 04's export: a browser-size model lands in the folder; writing it again changes
+    nothing; another model's export moves the earlier files to previous/ instead of overwriting
+    them; a model of sizes the page refuses goes to not-browser-size/, never to the page's path."""
+    from predlab.export import read_params, read_weights
+    first = viz.export_for_browser(make_model(0), tmp_path)
+    assert first["browser_sizes"] and first["message"] == ""
+    assert first["paths"] == [tmp_path / "model.js", tmp_path / "model.json"]
+    before = {p.name: p.read_bytes() for p in first["paths"]}
+    assert viz.export_for_browser(make_model(0), tmp_path)["message"] == ""       # the same weights again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.js", "model.json"]
+    second = viz.export_for_browser(make_model(1), tmp_path)
+    (moved,) = (tmp_path / "previous").iterdir()
+    assert f"moved model.js, model.json of other weights to {moved}" in second["message"]
+    assert {p.name: p.read_bytes() for p in moved.iterdir()} == before
+    assert torch.equal(read_weights(tmp_path / "model.js").output.weight, make_model(1).output.weight)
+    odd = viz.export_for_browser(make_model(2, n_heads=2), tmp_path)
+    assert not odd["browser_sizes"] and "n_heads 2 (page: 4)" in odd["message"]
+    assert odd["paths"][0] == tmp_path / "not-browser-size" / "model.js"
+    assert read_params(odd["paths"][0])["n_heads"] == 2
+    assert torch.equal(read_weights(tmp_path / "model.js").output.weight, make_model(1).output.weight)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]      # said once, in the message
