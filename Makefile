@@ -27,8 +27,9 @@ browser-deps:
 test: $(STAMP) browser-deps
 	PREDLAB_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax -q
 
+# .venv/bin on PATH: the notebooks' %tensorboard magic runs the tensorboard executable it finds there
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter lab notebooks
 
 demo: $(STAMP)
 	$(BIN)/python -m predlab.demo $(ARGS)
