@@ -626,6 +626,11 @@ class SupervisedTrainer:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history."""
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}")
+        if num_epochs <= self.epoch:      # a notebook cell run again after its run finished, say
+            warnings.warn(f"train({num_epochs}): this trainer has already trained {self.epoch} epoch(s), so there "
+                          f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
+                          f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
+            return self.history
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks

@@ -664,6 +664,19 @@ def test_bad_training_data_and_epoch_counts_are_named(tmp_path):
         SupervisedTrainer(t.model, s, SampleSet.empty(), device="cpu").train(1)
 
 
+def test_training_to_an_epoch_already_reached_says_so_and_changes_nothing(tmp_path):
+    """train(N) counts epochs from the start of the run: called again once the run is there (a
+    notebook's training cell run twice), it says so instead of returning as if it had trained."""
+    t = _trainer(tmp_path)
+    history = t.train(2)
+    lr, total = t.optimizer.param_groups[0]["lr"], t.scheduler.total
+    with pytest.warns(UserWarning, match=r"already trained 2 epoch\(s\).*train\(12\) trains 10 more"):
+        assert t.train(1) == history
+    assert (t.epoch, len(t.history), t.optimizer.param_groups[0]["lr"], t.scheduler.total) == (2, 2, lr, total)
+    t.train(3)
+    assert t.epoch == 3
+
+
 def test_training_works_when_the_user_set_tf32_through_torchs_newer_api(tmp_path):
     """torch refuses to read allow_tf32 once fp32_precision was set: training read it every epoch
     and crashed, on any device. Now it is left alone without --tf32, and set through the API the
