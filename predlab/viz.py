@@ -39,7 +39,7 @@ def quick_mode() -> bool:
 
 # Full runs are what a person wants to look at; quick runs only prove that every cell works.
 _FULL = dict(frames=300, n_boids=50, width=960, height=600, data_episodes=200, data_frames=200,
-             train_episodes=200, val_episodes=50, epochs=30, batch_size=256,
+             train_episodes=100, val_episodes=50, epochs=30, batch_size=256,
              agreement_samples=4000, parity_inputs=64, fallback_episodes=40, fallback_epochs=3,
              eval_every=5, eval_episodes=64, eval_frames=300)
 _QUICK = dict(frames=12, n_boids=20, width=480, height=320, data_episodes=8, data_frames=40,

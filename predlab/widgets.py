@@ -26,17 +26,19 @@ def _field(cls, name: str) -> dataclasses.Field:
 
 
 def field_widget(cls, name: str, value=None, max=None, min=None, step=None, description: Optional[str] = None,
-                 log: bool = False) -> W.Widget:
+                 log: bool = False, tooltip: Optional[str] = None) -> W.Widget:
     """A slider for one config field: default, lower bound and tooltip from its metadata.
 
     `max` is required where the metadata has none (sliders need an upper end); log=True gives
-    a FloatLogSlider (for learning rates). Sliders only fire on release (continuous_update=False).
+    a FloatLogSlider (for learning rates); tooltip replaces the field's help where the slider
+    means something narrower (one episode's size, not a range's end). Sliders only fire on
+    release (continuous_update=False); an IntSlider steps from its min, so min is on the grid.
     """
     f = _field(cls, name)
     lo = f.metadata.get("min", 0) if min is None else min
     hi = f.metadata.get("max") if max is None else max
     val = f.default if value is None else value
-    common = dict(description=description or name.replace("_", " "), tooltip=f.metadata.get("help", ""),
+    common = dict(description=description or name.replace("_", " "), tooltip=tooltip or f.metadata.get("help", ""),
                   continuous_update=False, style={"description_width": "initial"},
                   layout=W.Layout(width="420px"))
     if hi is None:
@@ -74,17 +76,19 @@ class Controls:
 # ---------------------------------------------------------------------- 01: simulation
 def sim_widgets(n_boids: int = C.NUM_BOIDS, width: int = 960, height: int = 600, frames: int = 100) -> Dict[str, W.Widget]:
     """Sliders for boid count, canvas size, flocking weights and frames (WorldConfig metadata)."""
-    return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids"),
+    return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids",
+                                    tooltip="boids at the start of the episode"),
             "width": field_widget(WorldConfig, "width_max", width, min=WorldConfig.width_min,
                                   max=WorldConfig.width_max, step=16,
-                                  description="canvas width"),
+                                  description="canvas width", tooltip="canvas width in px"),
             "height": field_widget(WorldConfig, "height_max", height, min=WorldConfig.height_min,
                                    max=WorldConfig.height_max, step=16,
-                                   description="canvas height"),
+                                   description="canvas height", tooltip="canvas height in px"),
             "separation_weight": field_widget(WorldConfig, "separation_weight", max=5.0),
             "cohesion_weight": field_widget(WorldConfig, "cohesion_weight", max=5.0),
             "alignment_weight": field_widget(WorldConfig, "alignment_weight", max=5.0),
-            "frames": field_widget(WorldConfig, "frames", frames, max=max(500, frames), description="frames")}
+            "frames": field_widget(WorldConfig, "frames", frames, max=max(500, frames), description="frames",
+                                   tooltip="frames to record (the animation shows them all, catches or not)")}
 
 
 def rerun_sim(n_boids: int, width: int, height: int, separation_weight: float, cohesion_weight: float,
@@ -143,7 +147,7 @@ def make_train_controls(**defaults) -> Controls:
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
                                       description="learning rate"),
-        "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], max=2048, step=16,
+        "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], min=16, max=2048, step=16,
                                    description="batch size"),
         "epochs": field_widget(TrainConfig, "epochs", d["epochs"], max=max(200, d["epochs"])),
         "train_episodes": field_widget(TrainConfig, "train_episodes", d["train_episodes"],

@@ -295,6 +295,8 @@ def test_sim_controls_rerun_when_a_slider_moves():
     assert set(ctl.values()) == {"n_boids", "width", "height", "separation_weight", "cohesion_weight",
                                  "alignment_weight", "frames"}
     assert ctl.last[0].pos.shape == (3, 5, 2)
+    tips = {k: w.tooltip for k, w in ctl.widgets.items()}       # one episode's values, not a range's ends
+    assert "largest" not in tips["width"] and "most" not in tips["n_boids"] and "earlier" not in tips["frames"]
     ctl.set(frames=2, n_boids=3)
     assert ctl.last[0].pos.shape == (2, 3, 2)
     ctl.set(cohesion_weight=0.0)
@@ -314,6 +316,9 @@ def test_train_controls_build_trainer_arguments():
     assert kw["trainer"]["model_config"] == ModelConfig(d_model=32, n_heads=2)
     with pytest.raises(ValueError, match="divisible"):
         widgets.train_kwargs(**{**ctl.values(), "n_heads": 5})
+    b = widgets.make_train_controls().widgets["batch_size"]      # an IntSlider steps from its min:
+    assert b.value == 256 and (256 - b.min) % b.step == 0          # the default stays reachable
+    assert all(v % 16 == 0 for v in range(b.min, b.max + 1, b.step))
 
 
 def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
