@@ -423,17 +423,20 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[i
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
     sc = draw_attention(ax, rel, w, tgt)
-    fig.colorbar(sc, ax=ax, label="[CLS] attention", shrink=0.8)
+    fig.colorbar(sc, ax=ax, label="[CLS] attention on one boid", shrink=0.8)
+    ax.set_ylabel("px from predator")
     ax.legend(loc="upper right", fontsize=8)
     hd = "mean of heads" if head is None else f"head {head}"
-    ax.set_title(f"layer {layer}, {hd}: {w.sum():.0%} of [CLS] on boids")
+    ax.set_title(f"layer {layer}, {hd}: {w.sum():.0%} of [CLS] on the {len(w)} boids,\n"
+                 f"at most {w.max(initial=0.0):.1%} on one", fontsize=10)
     fig.tight_layout()
     fig.attention_weights = w
     return fig
 
 
 def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) -> Figure:
-    """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale."""
+    """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale
+    per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour)."""
     one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
     a = cls_attention(model, one)[0]                                                # [L, H, N]
     live = one["mask"][0]
@@ -442,10 +445,11 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
     tgt = int(nearest_boid(one["boids"], one["mask"])[0])
     tgt = int(live[:tgt].sum()) if tgt >= 0 else -1
     L, H, _ = a.shape
-    vmax = max(float(a.max(initial=0.0)), 1e-9)
-    fig = Figure(figsize=(cell * (H + 1) + 0.8, cell * L))
-    axes = []
+    fig = Figure(figsize=(cell * (H + 1) + 1.0, cell * L))
+    rows = []
     for layer in range(L):
+        vmax = max(float(a[layer].max(initial=0.0)), 1e-9)
+        axes = []
         for h in range(H + 1):
             ax = fig.add_subplot(L, H + 1, layer * (H + 1) + h + 1)
             axes.append(ax)
@@ -455,9 +459,12 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"L{layer} " + (f"head {h}" if h < H else "mean"), fontsize=9)
-    fig.suptitle("[CLS] attention on boids (red ring: teacher's target, triangle: predator)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1 - 0.8 / fig.get_figwidth(), 1))
-    fig.colorbar(sc, ax=axes, label="attention weight (one scale for all panels)", fraction=0.02, pad=0.01)
+        rows.append((axes, sc))
+    fig.suptitle("[CLS] attention on boids (red ring: teacher's target, triangle: predator; one colour scale "
+                 "per layer)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig.get_figwidth(), 1))
+    for layer, (axes, sc) in enumerate(rows):
+        fig.colorbar(sc, ax=axes, label=f"layer {layer}", fraction=0.02, pad=0.01, shrink=0.8)
     return fig
 
 
@@ -496,7 +503,7 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     return Agreement(hits_head.double().numpy() / S, hits_mean.double().numpy() / S, chance, S)
 
 
-def plot_agreement(ag: Agreement, figsize=(6, 3.4)) -> Figure:
+def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
     """Bars: head-averaged agreement per layer; dots: each head; dashed: chance."""
     L, H = ag.per_head.shape
     fig = Figure(figsize=figsize)
@@ -508,7 +515,7 @@ def plot_agreement(ag: Agreement, figsize=(6, 3.4)) -> Figure:
     ax.axhline(ag.chance, ls="--", c="k", lw=1, label=f"chance ({ag.chance:.2f})")
     ax.set(xticks=x, xticklabels=[f"layer {i}" for i in x], ylim=(0, 1.02), ylabel="argmax = teacher's target",
            title=f"[CLS] attention agreement over {ag.samples:,} frames")
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))    # beside the axes: never over a dot
     fig.tight_layout()
     return fig
 

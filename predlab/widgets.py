@@ -180,14 +180,21 @@ def show_attention(model, batch, frame: int, layer: int, head):
                                   index=frame)
 
 
-def make_attention_controls(model, batch, run_now: bool = True) -> Controls:
-    """Frame, layer and head sliders over a batch of frames; the overlay redraws on each change."""
+def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[int] = None,
+                            layer: int = 0) -> Controls:
+    """Frame, layer and head sliders over a batch of frames; the overlay redraws on each change.
+
+    It opens at `frame` (by default the middle one: an episode's first frames have the flock
+    still bunched at its spawn point) and `layer` (the first, where a trained model's [CLS]
+    looks at boids most; the last one's [CLS] mostly reads the other tokens).
+    """
     from IPython.display import display
 
     B = batch["mask"].shape[0]
     cfg = model.config
-    ctl = Controls({"frame": W.IntSlider(0, min=0, max=B - 1, description="frame", continuous_update=False),
-                    "layer": W.IntSlider(cfg.n_layers - 1, min=0, max=cfg.n_layers - 1, description="layer",
+    frame = B // 2 if frame is None else frame
+    ctl = Controls({"frame": W.IntSlider(frame, min=0, max=B - 1, description="frame", continuous_update=False),
+                    "layer": W.IntSlider(layer, min=0, max=cfg.n_layers - 1, description="layer",
                                          continuous_update=False),
                     "head": W.Dropdown(options=["mean"] + list(range(cfg.n_heads)), value="mean",
                                        description="head")}, W.Output())

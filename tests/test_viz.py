@@ -326,6 +326,7 @@ def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
     batch = viz.sample_frames(samples, 5)
     ctl = widgets.make_attention_controls(model, batch)
     assert ctl.widgets["layer"].max == 1 and ctl.widgets["frame"].max == 4
+    assert ctl.values() == {"frame": 2, "layer": 0, "head": "mean"}   # past the spawn-point bunch, first layer
     assert list(ctl.widgets["head"].options) == ["mean", 0, 1]
     ctl.set(frame=2, layer=0, head=1)
     direct = widgets.show_attention(model, batch, frame=2, layer=0, head=1)
@@ -336,9 +337,12 @@ def test_attention_grid_has_every_layer_and_head(make_model, samples):
     model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
     batch = viz.sample_frames(samples, 4)
     fig = viz.plot_attention_grid(model, batch, index=1)
-    assert len(fig.axes) == 2 * 3 + 1                      # and one colour bar for all of them
-    vmax = max(float(ax.collections[0].get_array().max()) for ax in fig.axes[:6])
-    assert fig.axes[-1].get_ylim()[1] == pytest.approx(vmax)
+    assert len(fig.axes) == 2 * 3 + 2                      # and a colour bar per layer, scaled to that layer
+    for layer in range(2):
+        vmax = max(float(ax.collections[0].get_array().max()) for ax in fig.axes[3 * layer:3 * layer + 3])
+        assert fig.axes[6 + layer].get_ylim()[1] == pytest.approx(vmax)
+        for ax in fig.axes[3 * layer:3 * layer + 3]:
+            assert ax.collections[0].norm.vmax == pytest.approx(vmax)
     w = viz.cls_attention(model, {k: v[1:2] for k, v in batch.items()})[0]
     n = int(batch["mask"][1].sum())
     assert np.allclose(fig.axes[4].collections[0].get_array(), w[1, 1, :n].numpy(), atol=1e-6)  # layer 1, head 1
