@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import Locator, MaxNLocator
 
 from . import config as C
 from .config import WorldConfig
@@ -163,6 +164,7 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     pred = ax.scatter([], [], s=60, c="tab:red", zorder=3)
     arrow = ax.quiver([0], [0], [0], [0], color="tab:red", angles="xy", scale_units="xy", scale=1, width=0.006)
     applied = ax.quiver([0], [0], [0], [0], color="0.5", angles="xy", scale_units="xy", scale=1, width=0.004)
+    applied.set_visible(not np.allclose(rollout.action, rollout.teacher))    # another policy drove
     title = ax.set_title("")
     caught = np.cumsum(rollout.caught)
 
@@ -267,6 +269,20 @@ def _in_notebook() -> bool:
         return False
 
 
+class _LoggedEpochs(Locator):
+    """Ticks at the epochs at which a metric was logged, while there are at most 12 of them
+    (then integer ticks, as on the other panels)."""
+
+    def __init__(self, epochs: Mapping[str, List[int]], key: str):
+        self.epochs, self.key = epochs, key
+
+    def __call__(self):
+        seen = sorted(set(self.epochs.get(self.key, [])))
+        if 0 < len(seen) <= 12:
+            return seen
+        return MaxNLocator(integer=True).tick_values(*self.axis.get_view_interval())
+
+
 class LivePlot(Callback):
     """Trainer callback: a figure of train/val loss (+ samples/s, + catch_ratio when logged) redrawn every epoch.
 
@@ -276,7 +292,7 @@ class LivePlot(Callback):
     catch_ratio may be logged only every few epochs); lines: {key: Line2D}.
     """
 
-    PANELS = (("loss", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
+    PANELS = (("loss (MSE)", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
               ("catch ratio (model / teacher)", ("catch_ratio",)))
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
@@ -308,8 +324,6 @@ class LivePlot(Callback):
         return [(t, keys) for t, keys in panels if keys]
 
     def _build(self) -> None:
-        from matplotlib.ticker import MaxNLocator
-
         self.fig = Figure(figsize=self.figsize)
         self.lines = {}
         panels = self._panels()
@@ -319,7 +333,9 @@ class LivePlot(Callback):
                 self.lines[k], = ax.plot([], [], marker="o", ms=3, label=k.replace("_", " "))
             ax.set(xlabel="epoch", title=title)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            if title == "loss" and self.log_scale:
+            if keys == ["catch_ratio"]:      # ticks at the epochs it is measured (5, 10, ...), while few
+                ax.xaxis.set_major_locator(_LoggedEpochs(self.epochs, "catch_ratio"))
+            if keys[0] == "train_loss" and self.log_scale:
                 ax.set_yscale("log")
             if len(keys) > 1:
                 ax.legend()
@@ -353,16 +369,10 @@ class LivePlot(Callback):
 
 def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
                     frames: Optional[int] = None) -> list:
-    """[predlab.evaluate.CatchEvaluator(...)] sized by sizes(), or [] where this predlab has no
-    closed-loop evaluation hook yet (the notebooks then plot losses only)."""
-    from . import train
+    """[predlab.evaluate.CatchEvaluator(...)]: the closed-loop catch ratio every few epochs, sized
+    by sizes()."""
+    from .evaluate import CatchEvaluator
 
-    try:
-        from .evaluate import CatchEvaluator
-    except ImportError:
-        return []
-    if not hasattr(train.Callback, "on_evaluate"):
-        return []
     S = sizes()
     return [CatchEvaluator(every=every or S["eval_every"], episodes=episodes or S["eval_episodes"],
                            frames=frames or S["eval_frames"])]

@@ -116,6 +116,10 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
     ctl.last = None
 
     def redraw(_change=None):
+        if _in_notebook():   # recording and rendering take seconds: say so in place of the old episode
+            with ctl.output:
+                ctl.output.clear_output()
+                print(f"recording {ctl.values()['frames']} frames with these settings...")
         ctl.last = rerun_sim(**ctl.values(), seed=seed)
         if not _in_notebook():
             return

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from predlab import viz, widgets
 from predlab.config import ModelConfig, TrainConfig, WorldConfig
 from predlab.data import generate_episodes, to_dicts
-from predlab.teacher import nearest_boid
+from predlab.teacher import closest_pursuit, nearest_boid
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +81,16 @@ def test_animation_draws_the_teacher_arrow(rollout):
     anim = viz.animate_rollout(rollout, arrow_px=50)
     artists = anim._func(3)
     anim._draw_was_started = True  # drawn by hand: no "deleted without rendering" warning
-    flock, pred, arrow = artists[:3]
+    flock, pred, arrow, applied = artists[:4]
     assert np.allclose(pred.get_offsets()[0], rollout.pred_pos[3])
     assert np.allclose([arrow.U[0], arrow.V[0]], rollout.teacher[3] * 50)
     assert len(flock.get_offsets()) == rollout.alive[3].sum()
+    assert not applied.get_visible()             # the teacher drove: no grey shaft under the red arrow
+    other = viz.record_rollout(frames=4, n_boids=5, width=320, height=240, seed=1,
+                               policy=lambda b: -closest_pursuit(b["boids"], b["mask"]))
+    anim = viz.animate_rollout(other)
+    anim._draw_was_started = True
+    assert anim._func(2)[3].get_visible()        # another policy drove: its action in grey
 
 
 def test_training_data_stats_and_plot(samples):
@@ -141,6 +147,7 @@ def test_liveplot_handles_a_metric_logged_every_few_epochs():
     assert len(lp.fig.axes) == 3                                 # the panel appeared at epoch 2
     assert list(lp.lines["catch_ratio"].get_xdata()) == [2, 4]
     assert np.allclose(lp.lines["catch_ratio"].get_ydata(), [0.2, 0.4])
+    assert list(lp.lines["catch_ratio"].axes.get_xticks()) == [2, 4]     # ticks where it was measured
     assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
 
 
@@ -154,15 +161,11 @@ def test_liveplot_has_no_empty_catch_panel_while_the_ratio_is_nan():
     assert list(lp.lines["catch_ratio"].get_xdata()) == [1, 2]
 
 
-def test_catch_callbacks_are_sized_or_absent(monkeypatch):
+def test_catch_callbacks_are_sized(monkeypatch):
     monkeypatch.setenv("PREDLAB_QUICK", "1")
     cbs = viz.catch_callbacks()
-    from predlab import train
-    if not hasattr(train.Callback, "on_evaluate"):
-        assert cbs == []
-    else:
-        assert len(cbs) == 1 and cbs[0].every == viz.sizes()["eval_every"]
-        assert cbs[0].frames == viz.sizes()["eval_frames"]
+    assert len(cbs) == 1 and cbs[0].every == viz.sizes()["eval_every"]
+    assert cbs[0].frames == viz.sizes()["eval_frames"]
 
 
 def test_liveplot_runs_as_a_trainer_callback(samples):
