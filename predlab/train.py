@@ -220,10 +220,13 @@ class Checkpointer(Callback):
             for p in moving:
                 p.unlink()
         elif moving:
+            size = sum(p.stat().st_size for p in moving)
             dest = move_to_previous(moving, self.dir)
             what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
-            print(f"moved {len(moving)} file(s) {what} from {self.dir} to {dest}; this run writes its own "
-                  f"in {self.dir}", flush=True)
+            kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
+            print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
+                  f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
+                  f"delete what you no longer need)", flush=True)
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved:

@@ -387,7 +387,10 @@ def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
     old = {p.name: p.read_bytes() for p in d.iterdir()}
     second = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=1)])
     second.train(2)
-    assert "moved 4 file(s) of an earlier run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "moved 4 file(s) of an earlier run (" in out
+    kept = sum(p.stat().st_size for p in (d / 'previous').rglob('*') if p.is_file())
+    assert f"holds {kept / 2**20:,.1f} MiB" in out
     (prev,) = (d / "previous").iterdir()
     assert {p.name: p.read_bytes() for p in prev.iterdir()} == old
     assert sorted(p.name for p in d.iterdir() if p.is_file()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
