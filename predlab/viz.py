@@ -228,6 +228,9 @@ def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
     counts, edges = np.histogram(s["angle"], bins=24, range=(-math.pi, math.pi))
     ax3.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:green")
     ax3.set_theta_direction(-1)  # canvas y points down: angles turn clockwise on screen
+    ax3.set_rlabel_position(-67.5)       # sample counts along a quiet direction, small, behind the bars
+    ax3.tick_params(axis="y", labelsize=7, labelcolor="0.35")
+    ax3.set_axisbelow(True)
     ax3.set_title("target direction (screen)")
     fig.tight_layout()
     return fig
