@@ -228,9 +228,9 @@ def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
     counts, edges = np.histogram(s["angle"], bins=24, range=(-math.pi, math.pi))
     ax3.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:green")
     ax3.set_theta_direction(-1)  # canvas y points down: angles turn clockwise on screen
-    ax3.set_rlabel_position(-67.5)       # sample counts along a quiet direction, small, behind the bars
+    ax3.set_rlabel_position(-67.5)       # the sample counts small and grey, along a direction of short bars
     ax3.tick_params(axis="y", labelsize=7, labelcolor="0.35")
-    ax3.set_axisbelow(True)
+    ax3.set_axisbelow(True)              # the grid circles behind the bars
     ax3.set_title("target direction (screen)")
     fig.tight_layout()
     return fig
@@ -589,26 +589,24 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     hold other weights are moved to previous/<time>/ beside them, never overwritten.
     Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
     """
-    import warnings
-
-    from .export import SIZE_KEYS, model_to_params, move_to_previous, params_to_text, write_weights
+    from .export import SIZE_KEYS, atomic_write_text, model_to_params, move_to_previous, params_to_text, validate_params
 
     params = model_to_params(model)
+    validate_params(params)               # before anything moves or is written
     sizes = {k: int(params[k]) for k in SIZE_KEYS}
     ok = sizes == C.BROWSER_SIZES
     out = Path(directory) if ok else Path(directory) / "not-browser-size"
     paths = [out / "model.js", out / "model.json"]
+    texts = [params_to_text(params, p.suffix[1:]) for p in paths]
     notes = [] if ok else [
         "the browser page refuses these sizes: " + ", ".join(f"{k} {sizes[k]} (page: {C.BROWSER_SIZES[k]})"
                                                              for k in SIZE_KEYS if sizes[k] != C.BROWSER_SIZES[k])
         + f"; written to {out} instead, for predlab and a page built for them"]
-    other = [p for p in paths if p.is_file() and p.read_text() != params_to_text(params, p.suffix[1:])]
+    other = [p for p, text in zip(paths, texts) if p.is_file() and p.read_text() != text]
     if other:
         notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")
-    with warnings.catch_warnings():       # the sizes are said once, above
-        warnings.simplefilter("ignore", UserWarning)
-        for p in paths:
-            write_weights(model, p)
+    for p, text in zip(paths, texts):
+        atomic_write_text(p, text)
     return {"paths": paths, "browser_sizes": ok, "message": "; ".join(notes)}
 
 
