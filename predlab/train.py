@@ -167,6 +167,45 @@ class TensorBoardLogger(Callback):
                 self.writer.close()
 
 
+LOCK_NAME = ".predlab-training.lock"
+
+
+class FolderBusy(RuntimeError):
+    """Another process is training into the same checkpoint folder."""
+
+
+def lock_checkpoint_dir(directory: Union[str, Path]):
+    """Take the lock of a checkpoint folder: a filelock.FileLock, to release() once per call.
+
+    Reentrant within a process (the CLI holds it from start to export, its Checkpointer in each
+    train() call). The operating system drops it when the process ends, however it ends.
+    Raises FolderBusy while another process holds it: two runs in one folder would move and
+    overwrite each other's files, and one run's model would be lost.
+    """
+    import filelock
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(d / LOCK_NAME), timeout=0, is_singleton=True, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise FolderBusy(f"another training run is writing to {d} (it holds {d / LOCK_NAME}); let it finish, or "
+                         f"train into another folder with --checkpoint_dir") from None
+    return lock
+
+
+def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
+    """Why a run could not write its files into directory (a folder named best_model.pt, say), or None."""
+    d = Path(directory)
+    if not d.is_dir():
+        return None
+    for p in [d / n for n in Checkpointer.RUN_FILES] + sorted(d.glob("checkpoint_epoch_*.pt")):
+        if p.exists() and not p.is_file():
+            return (f"{p} exists and is not a file ({'a directory' if p.is_dir() else 'not a regular file'}): "
+                    f"a run writes its {p.name} there; rename it or use another --checkpoint_dir")
+    return None
+
+
 class Checkpointer(Callback):
     """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`).
 
@@ -199,11 +238,13 @@ class Checkpointer(Callback):
                       key=self._epoch_of)
 
     def on_train_begin(self, trainer):
+        problem = run_file_problem(self.dir)
+        if problem:
+            raise ValueError(problem)
+        self._lock = lock_checkpoint_dir(self.dir)     # each train() call; released in on_train_end
         if self._trainer is trainer:          # train() called again on the same trainer: the same run
             return
         self._trainer = trainer
-        if not self.dir.is_dir():
-            return
         src = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
         if continuing:    # keep this run's files up to the epoch it resumed from
@@ -216,19 +257,31 @@ class Checkpointer(Callback):
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
+        # moved when this run first writes: a run that fails before then leaves the folder as it was
+        self._pending, self._continuing, self._from_epoch = moving, continuing, trainer.epoch
+
+    def is_earlier_runs(self, path: Union[str, Path]) -> bool:
+        """Whether path is an earlier run's file that this run has not yet moved aside."""
+        return Path(path) in getattr(self, "_pending", ())
+
+    def make_room(self) -> None:
+        """Move the earlier run's files to previous/ (once, before this run's first write)."""
+        moving, self._pending = [p for p in getattr(self, "_pending", ()) if p.is_file()], []
         if moving and not self.archive:
             for p in moving:
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
             dest = move_to_previous(moving, self.dir)
-            what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+            what = f"of epochs after {self._from_epoch}" if self._continuing else "of an earlier run"
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                   f"delete what you no longer need)", flush=True)
 
     def on_epoch_end(self, trainer, epoch, logs):
+        if trainer.improved or epoch % self.save_every == 0 or epoch == trainer.target_epochs:
+            self.make_room()
         if trainer.improved:
             trainer.save_checkpoint(self.dir / "best_model.pt", include_data=False)
         if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
@@ -238,9 +291,15 @@ class Checkpointer(Callback):
         # stopped early (between epochs, so the state is that of a whole epoch): a checkpoint of
         # the last epoch, so that the run can be resumed where it stopped. A Ctrl-C inside an
         # epoch leaves the saved ones alone: its weights belong to no finished epoch.
-        path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
-        if trainer.stop_training and trainer.epoch > 0 and not path.exists():
-            self._save_epoch(trainer, trainer.epoch)
+        try:
+            path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
+            if trainer.stop_training and trainer.epoch > 0 and not path.exists():
+                self.make_room()
+                self._save_epoch(trainer, trainer.epoch)
+        finally:
+            lock, self._lock = getattr(self, "_lock", None), None
+            if lock is not None:
+                lock.release()
 
     def _save_epoch(self, trainer, epoch: int) -> None:
         trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
@@ -641,9 +700,11 @@ class SupervisedTrainer:
             callbacks.append(EarlyStopping(early_stopping_patience))
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False)
-        for cb in callbacks:
-            cb.on_train_begin(self)
+        begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
+            for cb in callbacks:
+                cb.on_train_begin(self)
+                begun.append(cb)
             while self.epoch < num_epochs and not self.stop_training:
                 for cb in callbacks:
                     cb.on_epoch_begin(self, self.epoch + 1)
@@ -666,7 +727,7 @@ class SupervisedTrainer:
                 for cb in callbacks:
                     cb.on_epoch_end(self, self.epoch, logs)
         finally:
-            for cb in callbacks:
+            for cb in begun:
                 cb.on_train_end(self)
         return self.history
 
@@ -955,6 +1016,9 @@ def parse_args(argv=None):
     for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)
+    problem = run_file_problem(tc.checkpoint_dir)
+    if problem:
+        p.error(f"--checkpoint_dir: {problem}")
     if tc.resume is not None:
         if ck.get("epoch", 0) >= tc.epochs:
             whose = "--epochs" if "epochs" in given else "the run's epochs,"
@@ -984,6 +1048,18 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 def main(argv=None) -> int:
     tc, mc, wc, schedule = parse_args(argv)
+    try:
+        lock = lock_checkpoint_dir(tc.checkpoint_dir)
+    except FolderBusy as e:
+        build_parser().error(f"--checkpoint_dir: {e}")
+    try:
+        return _run(tc, mc, wc, schedule)
+    finally:
+        lock.release()
+
+
+def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
+    """main's training and export, in a checkpoint folder it holds the lock of."""
     trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
                              verbose=True)
     if tc.progress:
@@ -999,6 +1075,7 @@ def main(argv=None) -> int:
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
+    checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     t0 = time.time()
     interrupted = False
     try:
@@ -1008,10 +1085,21 @@ def main(argv=None) -> int:
         print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
     finally:
         trainer.train_dataset.generator.close()
-    from .export import write_weights
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
+    try:
+        with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
+            return _export(tc, trainer, checkpointer, ended, interrupted)
+    except KeyboardInterrupt:
+        print("interrupted: the export above was completed first", file=sys.stderr)
+        return 130
+
+
+def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,
+            interrupted: bool) -> int:
+    """Write model.js/model.json of the run's best model (or of where a resumed run ended)."""
+    from .export import write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
-    if best.is_file():
+    if best.is_file() and not checkpointer.is_earlier_runs(best):
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
         print(f"{ended}; best {ckpt_io.describe_best(b['monitor'], b['best_metric'], b['best_epoch'])}")
@@ -1022,7 +1110,7 @@ def main(argv=None) -> int:
         model, epoch = trainer.model, trainer.epoch
         if interrupted:
             saved = {Checkpointer._epoch_of(q): q for q in Path(tc.checkpoint_dir).glob("checkpoint_epoch_*.pt")
-                     if 0 <= Checkpointer._epoch_of(q) <= trainer.epoch}
+                     if 0 <= Checkpointer._epoch_of(q) <= trainer.epoch and not checkpointer.is_earlier_runs(q)}
             saved.setdefault(int(ckpt_io.load_checkpoint_dict(trainer.resumed_from)["epoch"]), trainer.resumed_from)
             epoch = max(saved)
             model = ckpt_io.load_model(saved[epoch])
@@ -1038,9 +1126,10 @@ def main(argv=None) -> int:
                    "--eval_episodes or --eval_frames)")
         else:
             why = ": no epoch gave a finite validation loss"
-        print(f"{ended}; no best_model.pt was written{why}, so no model.js", file=sys.stderr)
+        kept = " (the earlier run's files in it are left as they were)" if checkpointer.is_earlier_runs(best) else ""
+        print(f"{ended}; no best_model.pt was written{why}, so no model.js{kept}", file=sys.stderr)
         return 130 if interrupted else 1
-    import warnings
+    checkpointer.make_room()             # an earlier run's model.js goes to previous/, not under this one's
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
         js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")

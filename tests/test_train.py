@@ -18,7 +18,7 @@ from predlab import checkpoint as ck
 from predlab.config import ModelConfig, TrainConfig, WorldConfig
 from predlab.data import EpisodeGenerator, SampleSet, generate_episodes
 from predlab.model import TransformerPredator
-from predlab.train import Callback, SupervisedTrainer, create_trainer, resolve_device
+from predlab.train import LOCK_NAME, Callback, SupervisedTrainer, create_trainer, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_WORLD = WorldConfig(frames=12, boids_max=12)
@@ -355,7 +355,7 @@ def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, 
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
-    assert [p.name for p in ckdir.iterdir()] == ["best_model.pt"]
+    assert _names(ckdir) == ["best_model.pt"]
     assert (ckdir / "best_model.pt").read_bytes() == b"precious"
 
 
@@ -373,7 +373,12 @@ def test_cli_flag_prefixes_name_one_flag_once(capsys):
 
 
 def _files(d: Path):
-    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())
+    """The files under d, less the lock a training run holds on its checkpoint folder."""
+    return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and p.name != LOCK_NAME)
+
+
+def _names(d: Path):
+    return [p.name for p in d.iterdir() if p.name != LOCK_NAME]
 
 
 def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
@@ -384,7 +389,7 @@ def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
     first = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=3)])
     first.train(3)
     assert _files(d) == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "checkpoint_epoch_3.pt"]
-    old = {p.name: p.read_bytes() for p in d.iterdir()}
+    old = {p.name: p.read_bytes() for p in d.iterdir() if p.name != LOCK_NAME}
     second = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1, keep=1)])
     second.train(2)
     out = capsys.readouterr().out
@@ -393,10 +398,10 @@ def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
     assert f"holds {kept / 2**20:,.1f} MiB" in out
     (prev,) = (d / "previous").iterdir()
     assert {p.name: p.read_bytes() for p in prev.iterdir()} == old
-    assert sorted(p.name for p in d.iterdir() if p.is_file()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
+    assert sorted(n for n in _names(d) if (d / n).is_file()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
     assert ck.load_checkpoint_dict(d / "checkpoint_epoch_2.pt")["epoch"] == 2
     second.train(3)          # the same run going on: nothing moves, its own epoch 2 is pruned
-    assert sorted(p.name for p in d.iterdir() if p.is_file()) == ["best_model.pt", "checkpoint_epoch_3.pt"]
+    assert sorted(n for n in _names(d) if (d / n).is_file()) == ["best_model.pt", "checkpoint_epoch_3.pt"]
     assert len(list((d / "previous").iterdir())) == 1
 
 
@@ -753,7 +758,7 @@ def test_an_early_stopped_run_leaves_a_checkpoint_to_resume_from(tmp_path, capsy
     t.train(6)
     assert t.epoch == 2
     assert "no improvement for 1 epochs (best: val MSE" in capsys.readouterr().out
-    assert sorted(p.name for p in d.iterdir()) == ["best_model.pt", "checkpoint_epoch_2.pt"]
+    assert sorted(_names(d)) == ["best_model.pt", "checkpoint_epoch_2.pt"]
     again = _trainer(tmp_path)
     again.load_checkpoint(d / "checkpoint_epoch_2.pt")
     assert again.epoch == 2 and again.bad_epochs == 1
@@ -814,3 +819,101 @@ def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys
           "--eval_every", "1", "--eval_episodes", "2", "--eval_frames", "20", *TINY_FLAGS])
     assert "best_model.pt follows catch_ratio from now on" in capsys.readouterr().out
     assert ck.load_checkpoint_dict(tmp_path / "out" / "checkpoint_epoch_3.pt")["monitor"] == "neg_catch_ratio"
+
+
+def _hold_lock(d: Path):
+    """Another process holding the lock of checkpoint folder d until its stdin closes."""
+    code = ("import sys; from predlab.train import lock_checkpoint_dir; held = lock_checkpoint_dir(sys.argv[1]); "
+            "print('held', flush=True); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code, str(d)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True, cwd=ROOT)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_a_second_run_into_a_busy_checkpoint_folder_exits_2_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    """Two runs in one folder moved and overwrote each other's files: one run's model was lost."""
+    from predlab.train import Checkpointer, FolderBusy, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / "best_model.pt").write_bytes(b"the running run's")
+    holder = _hold_lock(d)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--epochs", "1", *TINY_FLAGS])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--checkpoint_dir: another training run is writing to checkpoints" in err and "Traceback" not in err
+        t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+        with pytest.raises(FolderBusy, match="another training run"):   # the same from a notebook
+            t.train(1)
+        assert t.epoch == 0
+        assert _files(d) == ["best_model.pt"] and (d / "best_model.pt").read_bytes() == b"the running run's"
+        assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert main(["--epochs", "1", *TINY_FLAGS]) == 0       # free again once the other run has ended
+    capsys.readouterr()
+    t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+    t.train(1)
+    t.train(2)                                             # the same trainer again: its lock was released
+    assert t.epoch == 2
+
+
+@pytest.mark.parametrize("name", ["best_model.pt", "model.js", "checkpoint_epoch_1.pt"])
+def test_a_folder_where_a_run_writes_a_file_is_refused_before_training(tmp_path, monkeypatch, capsys, name):
+    """It once crashed at the end of training (IsADirectoryError), with the run's model unexported."""
+    from predlab.train import Checkpointer, main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", *TINY_FLAGS])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{name} exists and is not a file (a directory)" in err and "Traceback" not in err
+    t = _trainer(tmp_path, callbacks=[Checkpointer(tmp_path / "checkpoints", save_every=1)])
+    with pytest.raises(ValueError, match="is not a file"):
+        t.train(1)
+    assert t.epoch == 0
+
+
+def test_a_run_that_fails_before_its_first_write_leaves_the_earlier_runs_files_in_place(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """The earlier run's model.js moved to previous/ at the start of a run that then failed in epoch 1."""
+    from predlab import train as tr
+    monkeypatch.chdir(tmp_path)
+    assert tr.main(["--epochs", "1", *TINY_FLAGS]) == 0
+    d = tmp_path / "checkpoints"
+    before = {n: (d / n).read_bytes() for n in _files(d)}
+    assert {"best_model.pt", "model.js"} <= set(before)
+
+    def fail(self, data):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(tr.SupervisedTrainer, "train_epoch", fail)
+    capsys.readouterr()
+    assert tr.main(["--epochs", "1", *TINY_FLAGS]) == 130
+    err = capsys.readouterr().err
+    assert "no best_model.pt was written before the interrupt" in err and "left as they were" in err
+    assert {n: (d / n).read_bytes() for n in _files(d)} == before
+
+
+def test_ctrl_c_during_the_final_export_still_writes_both_files(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C while model.js was being built gave a traceback and no model.js."""
+    import signal
+    from predlab import export, train as tr
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        pytest.skip("SIGINT is not Python's default handler here")
+    monkeypatch.chdir(tmp_path)
+    real = export.params_to_text
+
+    def interrupted(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(export, "params_to_text", interrupted)
+    assert tr.main(["--epochs", "1", *TINY_FLAGS]) == 130
+    assert "the export above was completed first" in capsys.readouterr().err
+    d = tmp_path / "checkpoints"
+    monkeypatch.setattr(export, "params_to_text", real)
+    assert export.read_params(d / "model.js") == export.read_params(d / "model.json")
