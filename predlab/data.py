@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
@@ -437,6 +439,14 @@ def _worker_rollout(args):
     return rollout_chunk(num, cfg, seed, student, beta)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # not on Linux
+        return os.cpu_count() or 1
+
+
 class EpisodeGenerator:
     """Generates episodes in chunks, in this process or in a pool of worker processes.
 
@@ -454,8 +464,19 @@ class EpisodeGenerator:
     def _get_pool(self):
         if self._pool is None and self.num_workers > 0:
             import multiprocessing as mp
-            self._pool = mp.get_context("spawn").Pool(self.num_workers, initializer=_worker_init)
+            self._pool = mp.get_context("spawn").Pool(self.processes(), initializer=_worker_init)
         return self._pool
+
+    def processes(self) -> int:
+        """Worker processes to start: num_workers, but no more than the CPUs this process may use.
+
+        Each worker is a Python process with its own torch (~200 MiB): a thousand of them
+        exhausted the memory, and more than one per CPU generates no faster."""
+        cpus = usable_cpus()
+        if self.num_workers > cpus:
+            warnings.warn(f"num_workers={self.num_workers}, but this machine has {cpus} CPU(s) for this process: "
+                          f"starting {cpus} worker processes", stacklevel=3)
+        return min(self.num_workers, cpus)
 
     def generate(self, num_episodes: int, stream: int, student=None, beta: float = 1.0,
                  desc: str = "episodes") -> SampleSet:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
-from .data import EpisodeGenerator, SampleSet, collate
+from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator
 
@@ -1011,6 +1011,10 @@ def parse_args(argv=None):
         elif not sys.stderr.isatty() and "progress" not in given:
             tc.progress = False    # bars redrawn into a log file or pipe bury the epoch lines
         resolve_device(tc.device)
+        if tc.num_workers > usable_cpus():   # each worker is a process with its own torch: 1000 filled the memory
+            print(f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for this "
+                  f"process: {usable_cpus()} worker processes generate the episodes", file=sys.stderr)
+            tc.num_workers = usable_cpus()
     except (TypeError, ValueError) as e:
         p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
     for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),

@@ -917,3 +917,18 @@ def test_ctrl_c_during_the_final_export_still_writes_both_files(tmp_path, monkey
     d = tmp_path / "checkpoints"
     monkeypatch.setattr(export, "params_to_text", real)
     assert export.read_params(d / "model.js") == export.read_params(d / "model.json")
+
+
+def test_num_workers_beyond_the_cpus_starts_one_process_per_cpu(tmp_path, monkeypatch, capsys):
+    """--num_workers 1000 started 1000 processes, each with its own torch: the memory ran out."""
+    from predlab import data, train as tr
+    monkeypatch.setattr(data, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(tr, "usable_cpus", lambda: 2)
+    with EpisodeGenerator(TINY_WORLD, seed=0, num_workers=1000, progress=False) as gen:
+        with pytest.warns(UserWarning, match="num_workers=1000, but this machine has 2 CPU"):
+            n = len(gen.generate(3, stream=0))
+        assert gen._pool._processes == 2
+    assert n == len(generate_episodes(3, TINY_WORLD, seed=0, stream=0))
+    monkeypatch.chdir(tmp_path)
+    tc, *_ = tr.parse_args(["--num_workers", "1000", *TINY_FLAGS])
+    assert tc.num_workers == 2 and "--num_workers 1000, but this machine has 2 CPU(s)" in capsys.readouterr().err
