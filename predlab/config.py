@@ -225,3 +225,66 @@ def from_dict(cls, d: dict):
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
     return cls(**d)
+
+
+# ---------------------------------------------------------------------- memory
+def physical_memory() -> Optional[int]:
+    """This machine's memory in bytes, or None where the system does not say."""
+    import os
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def sample_bytes(boids_max: int) -> int:
+    """Bytes of one stored training sample: float32 context, predator, boids [N, 4], target; int64 count."""
+    return (6 + 4 * boids_max) * 4 + 8
+
+
+def episode_step_bytes(boids_max: int) -> int:
+    """Bytes per episode of stepping a batch of episodes together (the flock's pairwise terms):
+    measured about 100 KB per 50-boid episode."""
+    return 48 * boids_max ** 2 + 1024
+
+
+def attention_bytes(samples: int, n_heads: int, tokens: int) -> int:
+    """Bytes of one layer's attention scores and weights for `samples` samples of `tokens` tokens."""
+    return 2 * 4 * samples * n_heads * tokens ** 2
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
+
+
+def memory_problem(needs, what: str = "these settings") -> Optional[str]:
+    """A message when the (description, bytes) needs add up to more than this machine's memory."""
+    total, have = sum(b for _, b in needs), physical_memory()
+    if have is None or total <= have:
+        return None
+    big = sorted(needs, key=lambda x: -x[1])
+    big = big[:1] + [(d, b) for d, b in big[1:] if b >= have / 20]     # what it takes to fit
+    parts = "; ".join(f"{d}: {_gib(b)}" for d, b in big)
+    return f"{what} need about {_gib(total)} of memory, more than this machine's {_gib(have)} ({parts})"
+
+
+def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> list:
+    """(description, bytes) of what a training run holds at once, at worst (episodes that run
+    all their frames): samples, the model and its optimizer, one step's activations, the catch
+    evaluation's episodes."""
+    sb = sample_bytes(wc.boids_max)
+    epoch = tc.train_episodes * wc.frames * sb
+    d, f, L, T = mc.d_model, mc.ffn_hidden, mc.n_layers, wc.boids_max + 3
+    params = L * (4 * d * d + 3 * d * f) + 10 * d
+    needs = [("validation samples (--val_episodes x --frames)", tc.val_episodes * wc.frames * sb),
+             ("an epoch's training samples and their copy (--train_episodes x --frames)", 2 * epoch),
+             ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
+             ("a training step's activations (--batch_size)",
+              L * (attention_bytes(tc.batch_size, mc.n_heads, T) + tc.batch_size * T * (8 * d + 3 * f) * 4))]
+    if tc.dagger:
+        kept = tc.dagger_buffer * sb if tc.dagger_buffer else 2 * epoch
+        needs.append(("DAgger's aggregated samples (--dagger_buffer)", kept))
+    if tc.eval_every:
+        needs.append(("the catch evaluation's episodes (--eval_episodes)",
+                      tc.eval_episodes * episode_step_bytes(wc.boids_max)))
+    return needs

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import SEED_MAX, WorldConfig, bounded_number
+from .config import SEED_MAX, WorldConfig, bounded_number, episode_step_bytes, memory_problem
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
@@ -174,6 +174,11 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
+    boids_max = (world_config or WorldConfig()).boids_max
+    problem = memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
+                               episodes * episode_step_bytes(boids_max))], f"{episodes} episodes")
+    if problem:
+        raise ValueError(problem + "; evaluate fewer episodes")
     policy = load_policy(policy, device)
     if hasattr(policy, "reset"):
         policy.reset(seed)

@@ -400,6 +400,13 @@ class TransformerPredator(nn.Module):
         if not samples:
             return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
         batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
+        from .config import attention_bytes, memory_problem
+        B, T = batch["mask"].shape[0], batch["mask"].shape[1] + 3
+        problem = memory_problem([(f"attention over {T} tokens ({T - 3} boids) for {B} sample(s)",
+                                   attention_bytes(B, self.config.n_heads, T) * p.element_size() // 4)],
+                                 f"{B} sample(s) of {T - 3} boids")
+        if problem:
+            raise InputError(problem + "; predict fewer boids at a time")
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()

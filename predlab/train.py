@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict
+from .config import (ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict, memory_problem,
+                     training_memory)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator
@@ -852,13 +853,16 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     tc.validate()
     wc = world_config or WorldConfig()
     wc.validate()
+    mc = model.config if model is not None else model_config or ModelConfig()
+    mc.validate()
+    problem = memory_problem(training_memory(tc, wc, mc))
+    if problem:
+        raise ValueError(problem)
     device = resolve_device(tc.device, verbose=verbose)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
     if model is None:
-        mc = model_config or ModelConfig()
-        mc.validate()
         model = TransformerPredator.from_config(mc)
     gen = EpisodeGenerator(wc, seed=tc.seed, num_workers=tc.num_workers, progress=tc.progress and verbose,
                            device="cpu")
@@ -1011,6 +1015,9 @@ def parse_args(argv=None):
         elif not sys.stderr.isatty() and "progress" not in given:
             tc.progress = False    # bars redrawn into a log file or pipe bury the epoch lines
         resolve_device(tc.device)
+        problem = memory_problem(training_memory(tc, wc, mc))
+        if problem:
+            raise ValueError(problem + "; lower the largest")
         if tc.num_workers > usable_cpus():   # each worker is a process with its own torch: 1000 filled the memory
             print(f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for this "
                   f"process: {usable_cpus()} worker processes generate the episodes", file=sys.stderr)

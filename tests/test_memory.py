@@ -1,0 +1,67 @@
+"""Settings whose data cannot fit in this machine's memory are refused up front, naming the
+setting, instead of failing in an allocation (a traceback, or the system killing the process)."""
+import pytest
+
+from predlab import config
+from predlab.config import TrainConfig, WorldConfig
+
+TINY = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12", "--quiet"]
+
+
+@pytest.fixture
+def one_gib(monkeypatch):
+    """A machine of 1 GiB, on which nothing may be generated (a failing check fails at once)."""
+    from predlab import data
+
+    def never(*a, **k):
+        raise AssertionError("generated episodes")
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 30)
+    monkeypatch.setattr(data.EpisodeGenerator, "generate", never)
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames)"),
+    (["--train_episodes", "10000000"], "an epoch's training samples"),
+    (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes)"),
+    (["--batch_size", "10000000"], "a training step's activations (--batch_size)"),
+    (["--d_model", "40000"], "the model, its gradients and optimizer state"),
+])
+def test_cli_refuses_what_cannot_fit_with_exit_2(tmp_path, monkeypatch, capsys, one_gib, flags, culprit):
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", *TINY, *flags])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "of memory, more than this machine's 1.0 GiB" in err and culprit in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_defaults_fit_in_a_small_laptop(one_gib):
+    from predlab.config import ModelConfig, memory_problem, training_memory
+    assert memory_problem(training_memory(TrainConfig(), WorldConfig(), ModelConfig())) is None
+
+
+def test_create_trainer_refuses_before_generating(one_gib):
+    from predlab.train import create_trainer
+    with pytest.raises(ValueError, match=r"validation samples \(--val_episodes x --frames\)"):
+        create_trainer(val_episodes=10 ** 8, verbose=False, device="cpu")
+
+
+def test_evaluation_and_predict_refuse_what_cannot_fit(one_gib):
+    from predlab.data import BOID_KEYS, InputError
+    from predlab.evaluate import rollout
+    from predlab.model import TransformerPredator
+    with pytest.raises(ValueError, match="10000000 episodes need about .* evaluate fewer episodes"):
+        rollout("teacher", episodes=10 ** 7, frames=1)
+    sample = {"context": {"canvasWidth": 800, "canvasHeight": 600}, "predator": {"velX": 0.0, "velY": 0.0},
+              "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 20000}
+    with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
+        TransformerPredator().predict(sample)
+    assert TransformerPredator().predict({**sample, "boids": sample["boids"][:50]}).shape == (2,)
+
+
+def test_no_check_where_the_system_does_not_say(monkeypatch):
+    from predlab.config import memory_problem
+    monkeypatch.setattr(config, "physical_memory", lambda: None)
+    assert memory_problem([("anything", 10 ** 18)]) is None
