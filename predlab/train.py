@@ -1076,7 +1076,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
     if tc.resume:
-        trainer.load_checkpoint(tc.resume)
+        try:
+            trainer.load_checkpoint(tc.resume)
+        except ckpt_io.CheckpointError as e:   # a training state that parse_args' checks could not see
+            trainer.train_dataset.generator.close()
+            build_parser().error(f"--resume: {e}")
         trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
         monitor = "neg_catch_ratio" if tc.select_best_by == "catch_ratio" else "val_loss"
         if trainer.monitor != monitor:     # --select_best_by given: the best so far was of the other measure

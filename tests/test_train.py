@@ -932,3 +932,23 @@ def test_num_workers_beyond_the_cpus_starts_one_process_per_cpu(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     tc, *_ = tr.parse_args(["--num_workers", "1000", *TINY_FLAGS])
     assert tc.num_workers == 2 and "--num_workers 1000, but this machine has 2 CPU(s)" in capsys.readouterr().err
+
+
+def test_cli_resume_from_a_training_state_that_does_not_fit_exits_2(tmp_path, monkeypatch, capsys):
+    """The message was right, but it came as a traceback with exit code 1."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *TINY_FLAGS]) == 0
+    state = ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
+    state["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)          # not a generator state
+    (tmp_path / "other").mkdir()
+    torch.save(state, tmp_path / "other" / "bad.pt")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "2", "--resume", str(tmp_path / "other" / "bad.pt")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume:" in err and "training state does not fit" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != LOCK_NAME} == \
+        {p: b for p, b in before.items() if p.name != LOCK_NAME}
