@@ -218,6 +218,18 @@ def config_fields(cls) -> Tuple[dataclasses.Field, ...]:
     return dataclasses.fields(cls)
 
 
+def as_config(cls, value, name: str):
+    """value as a cls: None gives the defaults, a dict of its fields is converted; TypeError otherwise."""
+    from collections.abc import Mapping
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, dict(value))
+    raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, not {type(value).__name__}")
+
+
 def from_dict(cls, d: dict):
     """Build a config from a dict, refusing unknown keys with a message naming them."""
     names = {f.name for f in dataclasses.fields(cls)}

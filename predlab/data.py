@@ -84,6 +84,8 @@ def collate(samples: Sequence[Mapping], dtype=torch.float32, pad_to: Optional[in
     B = len(parsed)
     N = max([len(b) for _, _, b in parsed], default=0)
     if pad_to is not None:
+        if isinstance(pad_to, bool) or not isinstance(pad_to, numbers.Integral):
+            raise InputError(f"pad_to must be a whole number of boids, got {pad_to!r}")
         if pad_to < N:
             raise InputError(f"pad_to={pad_to} is smaller than the largest boid count {N}")
         N = pad_to
@@ -100,6 +102,9 @@ def collate(samples: Sequence[Mapping], dtype=torch.float32, pad_to: Optional[in
 
 def to_dicts(batch: Mapping[str, Tensor]) -> List[dict]:
     """Padded batch -> browser-form dicts (live boids only, in slot order)."""
+    if not isinstance(batch, Mapping):
+        raise InputError(f"to_dicts takes a batch dict of tensors, not {type(batch).__name__}")
+    check_batch(batch)
     ctx = batch["context"].double().tolist()
     pred = batch["predator"].double().tolist()
     boids = batch["boids"].double().tolist()
@@ -117,6 +122,8 @@ def check_batch(batch: Mapping[str, Tensor]) -> None:
     for k in ("context", "predator", "boids", "mask"):
         if k not in batch:
             raise InputError(f"batch is missing key {k!r}")
+        if not isinstance(batch[k], Tensor):
+            raise InputError(f"batch[{k!r}] must be a tensor, got {type(batch[k]).__name__}")
     B = batch["context"].shape[0]
     want = {"context": (B, 2), "predator": (B, 2)}
     for k, shp in want.items():

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (ModelConfig, TrainConfig, WorldConfig, bounded_number, from_dict, memory_problem,
+from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, bounded_number, from_dict, memory_problem,
                      training_memory)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
@@ -395,9 +395,10 @@ class SupervisedTrainer:
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.batch_size, self.grad_clip, self.min_delta, self.seed = batch_size, grad_clip, min_delta, seed
-        self.world_config = world_config or WorldConfig()
-        self.train_config = train_config or TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
-                                                        weight_decay=weight_decay, seed=seed)
+        self.world_config = as_config(WorldConfig, world_config, "world_config")
+        self.train_config = (as_config(TrainConfig, train_config, "train_config") if train_config is not None else
+                             TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
+                                         weight_decay=weight_decay, seed=seed))
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         # fused: one kernel for all parameters instead of a dozen per tensor (matters most on a GPU)
@@ -847,13 +848,15 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
 
     Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
     """
-    tc = dataclasses.replace(train_config or TrainConfig(), **{k: v for k, v in dict(
+    tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
         batch_size=batch_size, **overrides).items() if v is not None})
     tc.validate()
-    wc = world_config or WorldConfig()
+    wc = as_config(WorldConfig, world_config, "world_config")
     wc.validate()
-    mc = model.config if model is not None else model_config or ModelConfig()
+    if model is not None and not isinstance(model, TransformerPredator):
+        raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+    mc = model.config if model is not None else as_config(ModelConfig, model_config, "model_config")
     mc.validate()
     problem = memory_problem(training_memory(tc, wc, mc))
     if problem:

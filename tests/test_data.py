@@ -170,3 +170,23 @@ def generate_small():
     from predlab.config import WorldConfig
     from predlab.data import generate_episodes
     return generate_episodes(2, WorldConfig(frames=5, boids_max=6), seed=0)
+
+
+def test_to_dicts_and_collate_name_a_bad_argument():
+    """to_dicts turned a mis-shaped batch into wrong dicts silently (or an AttributeError for lists)."""
+    from predlab.data import InputError, collate, to_dicts
+    good = {"context": torch.ones(2, 2), "predator": torch.zeros(2, 2), "boids": torch.zeros(2, 3, 4),
+            "mask": torch.ones(2, 3, dtype=torch.bool)}
+    assert len(to_dicts(good)) == 2
+    for bad, message in [({**good, "mask": torch.ones(3, 3, dtype=torch.bool)}, r"batch\['mask'\] has shape"),
+                         ({**good, "boids": [[0.0] * 4] * 3}, r"batch\['boids'\] must be a tensor, got list"),
+                         ({k: v for k, v in good.items() if k != "mask"}, "missing key 'mask'"),
+                         ({**good, "context": torch.full((2, 2), float("nan"))}, "NaN"),
+                         ([good], "takes a batch dict of tensors, not list")]:
+        with pytest.raises(InputError, match=message):
+            to_dicts(bad)
+    sample = to_dicts(good)[0]
+    for pad_to in ("5", 5.0, True):
+        with pytest.raises(InputError, match="pad_to must be a whole number"):
+            collate([sample], pad_to=pad_to)
+    assert collate([sample], pad_to=torch.tensor(5).item())["mask"].shape == (1, 5)

@@ -952,3 +952,18 @@ def test_cli_resume_from_a_training_state_that_does_not_fit_exits_2(tmp_path, mo
     assert "--resume:" in err and "training state does not fit" in err and "Traceback" not in err
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != LOCK_NAME} == \
         {p: b for p, b in before.items() if p.name != LOCK_NAME}
+
+
+def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
+    """A dict gave AttributeError: 'dict' object has no attribute 'validate'."""
+    t = create_trainer(world_config={"frames": 10, "boids_max": 8}, model_config={"dropout": 0.1},
+                       train_config={"seed": 3}, train_episodes=2, val_episodes=2, verbose=False, device="cpu")
+    assert (t.world_config.frames, t.model.config.dropout, t.train_config.seed) == (10, 0.1, 3)
+    with pytest.raises(TypeError, match="world_config must be a WorldConfig or a dict of its fields, not list"):
+        create_trainer(world_config=[10], verbose=False)
+    with pytest.raises(ValueError, match="unknown WorldConfig fields: framez"):
+        create_trainer(world_config={"framez": 10}, verbose=False)
+    with pytest.raises(ValueError, match="frames must be a whole number"):
+        create_trainer(world_config={"frames": "ten"}, verbose=False)
+    with pytest.raises(TypeError, match="model must be a TransformerPredator, not str"):
+        create_trainer(model="best_model.pt", verbose=False)
