@@ -269,21 +269,41 @@ def _gib(n: float) -> str:
     return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
 
 
-def memory_problem(needs, what: str = "these settings") -> Optional[str]:
-    """A message when the (description, bytes) needs add up to more than this machine's memory."""
-    total, have = sum(b for _, b in needs), physical_memory()
+def memory_problem(needs, what: str = "these settings", have: Optional[int] = None,
+                   where: str = "this machine's {}") -> Optional[str]:
+    """A message when the (description, bytes) needs add up to more than `have` bytes (default:
+    this machine's memory), or None."""
+    have = physical_memory() if have is None else have
+    total = sum(b for _, b in needs)
     if have is None or total <= have:
         return None
     big = sorted(needs, key=lambda x: -x[1])
     big = big[:1] + [(d, b) for d, b in big[1:] if b >= have / 20]     # what it takes to fit
     parts = "; ".join(f"{d}: {_gib(b)}" for d, b in big)
-    return f"{what} need about {_gib(total)} of memory, more than this machine's {_gib(have)} ({parts})"
+    return f"{what} need about {_gib(total)} of memory, more than {where.format(_gib(have))} ({parts})"
 
 
-def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> list:
-    """(description, bytes) of what a training run holds at once, at worst (episodes that run
-    all their frames): samples, the model and its optimizer, one step's activations, the catch
-    evaluation's episodes."""
+def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> Optional[str]:
+    """Why a training run with these settings cannot fit in memory, or None.
+
+    Counts what it holds at once, at worst (episodes that run all their frames): samples, the
+    model and its optimizer, one step's activations, the catch evaluation's episodes. On a CUDA
+    device, the model and the activations are counted against the GPU's memory instead.
+    """
+    needs = _training_needs(tc, wc, mc)
+    on_gpu = ("the model, its gradients and optimizer state", "a training step's activations")
+    if device is not None and getattr(device, "type", None) == "cuda":
+        import torch
+        gpu = [n for n in needs if n[0].startswith(on_gpu)]
+        name = torch.cuda.get_device_name(device)
+        return (memory_problem([n for n in needs if n not in gpu])
+                or memory_problem(gpu, have=torch.cuda.get_device_properties(device).total_memory,
+                                  where=f"the {{}} of {name}"))
+    return memory_problem(needs)
+
+
+def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> list:
+    """(description, bytes) of what training_memory counts."""
     sb = sample_bytes(wc.boids_max)
     epoch = tc.train_episodes * wc.frames * sb
     d, f, L, T = mc.d_model, mc.ffn_hidden, mc.n_layers, wc.boids_max + 3

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, bounded_number, from_dict, memory_problem,
+from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, bounded_number, from_dict,
                      training_memory)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
@@ -858,10 +858,10 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
         raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
     mc = model.config if model is not None else as_config(ModelConfig, model_config, "model_config")
     mc.validate()
-    problem = memory_problem(training_memory(tc, wc, mc))
+    device = resolve_device(tc.device, verbose=verbose)
+    problem = training_memory(tc, wc, mc, device)
     if problem:
         raise ValueError(problem)
-    device = resolve_device(tc.device, verbose=verbose)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(tc.seed)
@@ -1017,8 +1017,7 @@ def parse_args(argv=None):
             tc.progress = False
         elif not sys.stderr.isatty() and "progress" not in given:
             tc.progress = False    # bars redrawn into a log file or pipe bury the epoch lines
-        resolve_device(tc.device)
-        problem = memory_problem(training_memory(tc, wc, mc))
+        problem = training_memory(tc, wc, mc, resolve_device(tc.device))
         if problem:
             raise ValueError(problem + "; lower the largest")
         if tc.num_workers > usable_cpus():   # each worker is a process with its own torch: 1000 filled the memory

@@ -38,8 +38,8 @@ def test_cli_refuses_what_cannot_fit_with_exit_2(tmp_path, monkeypatch, capsys, 
 
 
 def test_the_defaults_fit_in_a_small_laptop(one_gib):
-    from predlab.config import ModelConfig, memory_problem, training_memory
-    assert memory_problem(training_memory(TrainConfig(), WorldConfig(), ModelConfig())) is None
+    from predlab.config import ModelConfig, training_memory
+    assert training_memory(TrainConfig(), WorldConfig(), ModelConfig()) is None
 
 
 def test_create_trainer_refuses_before_generating(one_gib):
@@ -65,3 +65,21 @@ def test_no_check_where_the_system_does_not_say(monkeypatch):
     from predlab.config import memory_problem
     monkeypatch.setattr(config, "physical_memory", lambda: None)
     assert memory_problem([("anything", 10 ** 18)]) is None
+
+
+def test_on_a_gpu_the_step_is_counted_against_the_gpus_memory(one_gib, monkeypatch):
+    """A GPU run's batches live on the GPU: a laptop's small RAM must not refuse a large batch there."""
+    import torch
+    from predlab.config import ModelConfig, training_memory
+
+    class Props:
+        total_memory = 80 * 2 ** 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    cuda, mc, wc = torch.device("cuda"), ModelConfig(), WorldConfig()
+    big_batch = TrainConfig(batch_size=16384)
+    assert "a training step's activations" in training_memory(big_batch, wc, mc)          # on this CPU
+    assert training_memory(big_batch, wc, mc, cuda) is None
+    message = training_memory(TrainConfig(batch_size=2 ** 20), wc, mc, cuda)
+    assert "more than the 80.0 GiB of a test GPU" in message
+    assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)
