@@ -43,6 +43,11 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint (say {path / 'best_model.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    try:   # zipfile.is_zipfile says False for a file it cannot open: "not a zip" would hide why
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save zip archive; "
                               "truncated or another kind of file)")

@@ -309,6 +309,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
         msg = str(e)
         p.error(msg if str(a.policy) in msg else f"{a.policy}: {msg}")
+    except OSError as e:
+        p.error(f"cannot read {a.policy}: {e.strerror or e}")
     t0 = time.perf_counter()
     res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
     res["policy_path"] = str(a.policy)

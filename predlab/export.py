@@ -418,6 +418,8 @@ def read_params(path: Union[str, Path]) -> Dict:
     except UnicodeDecodeError as e:
         hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
         raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
+    except OSError as e:
+        raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
     params = text_to_params(text, str(path))
     validate_params(params)
     return params
@@ -451,6 +453,11 @@ def main(argv: List[str] = None) -> int:
         else:
             from .checkpoint import load_model
             model = load_model(src)
+    except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
+        ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
+    except OSError as e:   # reading, not writing: nothing of --out was touched
+        ap.error(f"cannot read {src}: {e.strerror or e}")
+    try:
         sizes = {k: getattr(model.config, k) for k in SIZE_KEYS}
         if sizes != BROWSER_SIZES and not args.any_size:
             ap.error(f"{src} has sizes {sizes}; the browser page accepts only {BROWSER_SIZES} and would run "

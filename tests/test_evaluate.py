@@ -135,6 +135,33 @@ def test_cli_tampered_file_exits_2(name, text, tmp_path, capsys):
     assert str(bad) in err or name in err
 
 
+@pytest.mark.parametrize("name", ["best_model.pt", "model.json"])
+def test_cli_names_an_unreadable_file(model, name, tmp_path, capsys, make_unreadable):
+    from predlab.checkpoint import atomic_save
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                     "model": model.state_dict()}, path)
+    else:
+        write_weights(model, path)
+    make_unreadable(path)
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "1", "--frames", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: cannot read {path}: Permission denied")
+
+
+def test_an_unreadable_checkpoint_is_not_called_a_foreign_file(model, tmp_path, make_unreadable):
+    from predlab.checkpoint import CheckpointError, atomic_save, load_checkpoint_dict
+    path = tmp_path / "best_model.pt"
+    atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                 "model": model.state_dict()}, path)
+    make_unreadable(path)
+    with pytest.raises(CheckpointError, match=f"cannot read {path}: Permission denied"):
+        load_checkpoint_dict(path)
+
+
 def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
     from predlab.train import Checkpointer, create_trainer
     from predlab.checkpoint import load_checkpoint_dict

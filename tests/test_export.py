@@ -252,6 +252,31 @@ def test_missing_file(tmp_path):
         read_weights(tmp_path / "nope.js")
 
 
+def test_an_unreadable_weight_file_says_it_cannot_be_read(model, tmp_path, make_unreadable):
+    path = make_unreadable(write_weights(model, tmp_path / "model.js"))
+    with pytest.raises(WeightFormatError, match=f"cannot read {path}: Permission denied"):
+        read_params(path)
+
+
+@pytest.mark.parametrize("name", ["model.js", "best_model.pt"])
+def test_cli_names_an_unreadable_source_and_writes_nothing(model, tmp_path, make_unreadable, capsys, name):
+    from predlab.checkpoint import atomic_save
+    from predlab.export import main
+    src = tmp_path / name
+    if name.endswith(".pt"):
+        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                     "model": model.state_dict()}, src)
+    else:
+        write_weights(model, src)
+    make_unreadable(src)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(tmp_path / "out" / "model.js")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {src}: Permission denied" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_bad_extension_refused(model, tmp_path):
     """write_weights will not guess a format: anything but .js / .json is refused and nothing is written."""
     with pytest.raises(WeightFormatError, match=r"unknown extension '\.txt'"):
