@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -233,24 +233,87 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
             + JS_PREFIX + body + ";\n")
 
 
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)   # one pass: whichever opens first ("// a /* b" is a line)
+# A string (closed or not), a line comment, or a block comment's opener: every alternative matches or
+# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`)
+_TOKEN = re.compile(r""""(?:[^"\\\n]|\\.)*(")?|'(?:[^'\\\n]|\\.)*(')?|//[^\n]*|/\*""")
+
+
+def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str]]:
+    """text as (is_code, piece) pieces, comments dropped, strings whole: "http://x" holds no comment.
+
+    Whichever opens first wins ("// a /* b" is a line comment). A block comment leaves its line
+    breaks (or a space), so that line numbers stay. An unclosed string or block comment raises
+    WeightFormatError naming source; with no source, the rest is kept as code.
+    """
+    pieces: List[Tuple[bool, str]] = []
+    code: List[str] = []
+    pos = 0
+    while True:
+        m = _TOKEN.search(text, pos)
+        if m is None:
+            code.append(text[pos:])
+            break
+        code.append(text[pos:m.start()])
+        token, pos = m.group(), m.end()
+        if token.startswith("//"):
+            continue
+        if token == "/*":
+            end = text.find("*/", pos)
+            if end < 0:
+                if source is not None:
+                    line = text.count("\n", 0, m.start()) + 1
+                    raise WeightFormatError(f"{source}: the /* comment at line {line} is never closed")
+                code.append(text[m.start():])
+                break
+            code.append("\n" * text.count("\n", pos, end) or " ")
+            pos = end + 2
+        elif m.group(1) is None and m.group(2) is None:
+            if source is not None:
+                line = text.count("\n", 0, m.start()) + 1
+                raise WeightFormatError(f"{source}: the string at line {line} is not closed on its line")
+            code.append(token)
+        else:
+            pieces += [(True, "".join(code)), (False, token)]
+            code = []
+    pieces.append((True, "".join(code)))
+    return pieces
+
+
+def strip_comments(text: str) -> str:
+    """text without its // and /* */ comments; strings untouched."""
+    return "".join(piece for _, piece in _split_code(text))
+
+
+class _Comments:
+    """Old name: `_COMMENT.sub("", text)` is strip_comments(text)."""
+
+    def sub(self, repl: str, text: str) -> str:
+        return strip_comments(text)
+
+
+_COMMENT = _Comments()
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
 _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 
 
+def _js_to_json(code: str) -> str:
+    """JavaScript's bare keys, trailing commas, .5 and 5. as JSON, in code outside strings."""
+    code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code))
+    return _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", code))
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
-    s = _COMMENT.sub("", text.lstrip("\ufeff")).strip()   # (a BOM from some editors)
+    pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
+    s = "".join(_js_to_json(piece) if is_code else piece for is_code, piece in pieces).strip()
     m = re.match(rf"^(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
     if m:
         s = s[m.end():]
     s = s.rstrip().rstrip(";").rstrip()
     if not s.startswith("{"):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
-    s = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', s))
-    s = _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", s))     # JavaScript's .5 and 5. are JSON's 0.5 and 5
     try:
         return json.loads(s)
     except json.JSONDecodeError as e:

@@ -390,6 +390,27 @@ def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
     assert p["d_model"] == 48 and "cls_embedding" in p
 
 
+def test_strings_holding_comment_or_javascript_marks_are_kept(model, tmp_path):
+    """A string is not code: "http://x" holds no comment, and "{a: .5,}" stays as written."""
+    text = params_to_text(_params(model), "js").replace(
+        '"d_model":', '"note": "see http://example.com /* or */ {a: .5,}", /* a "comment" */ "a//b": 1, "d_model":', 1)
+    path = tmp_path / "model.js"
+    path.write_text(text)
+    p = read_params(path)
+    assert p["note"] == "see http://example.com /* or */ {a: .5,}" and p["a//b"] == 1 and p["d_model"] == 48
+
+
+@pytest.mark.parametrize("text, message", [("{\n" + "/* a " * 10000, "the /\\* comment at line 2 is never closed"),
+                                           ('{"a": "x\n"}', "the string at line 1 is not closed on its line")])
+def test_unclosed_comments_and_strings_are_named_fast(text, message):
+    """Scanning is linear: many `/*` without their `*/` took seconds (a lazy regex retried each one)."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(WeightFormatError, match=f"model.js: {message}"):
+        text_to_params(text, "model.js")
+    assert time.perf_counter() - t0 < 0.5
+
+
 def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     import subprocess
     import sys
