@@ -32,6 +32,7 @@ JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
 SETS_PAGE_GLOBAL = r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
+MAX_SIZE = 2 ** 31 - 1   # a size the arrays could not have in any file: refused before shapes are compared
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
               "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
               "ffn_down_weight", "ffn_down_bias")
@@ -81,6 +82,9 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
         if depth == len(shape):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
+            if isinstance(v, int) and abs(v) > FLOAT32_MAX:   # before float(v) overflows
+                raise WeightFormatError(f"{path}: an integer of {len(str(abs(v)))} digits is beyond float32's "
+                                        "range (the model and the browser's export are float32)")
             return
         if not isinstance(v, (list, tuple)):
             raise WeightFormatError(f"{path}: expected an array of shape {list(shape)}, found {type(v).__name__}")
@@ -89,6 +93,10 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
                                     f"instead of {shape[depth]}")
         for x in v:
             shape_of(x, depth + 1)
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "iuf":
+        if value.dtype.kind != "O":
+            raise WeightFormatError(f"{path}: expected numbers, found an array of {value.dtype}")
+        value = value.tolist()                                # objects: checked one by one
     if isinstance(value, np.ndarray):
         arr = value.astype(np.float64)
         if arr.shape != shape:
@@ -104,6 +112,13 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
     return arr
 
 
+def _short(v) -> str:
+    """repr(v), an integer of hundreds of digits as its digit count."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** 20:
+        return f"an integer of {len(str(abs(v)))} digits"
+    return repr(v)
+
+
 def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dict[str, np.ndarray]:
     """Check a weight dict the way the browser does, and more. Returns {path: float64 array}.
 
@@ -117,9 +132,11 @@ def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dic
         if k not in params:
             raise WeightFormatError(f"missing key {k!r}")
         v = params[k]
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v)
-                or v < 1):
-            raise WeightFormatError(f"{k} must be a positive integer, found {v!r}")
+        if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+                or (isinstance(v, (float, np.floating)) and not math.isfinite(v)) or v != int(v) or v < 1):
+            raise WeightFormatError(f"{k} must be a positive integer, found {_short(v)}")
+        if v > MAX_SIZE:
+            raise WeightFormatError(f"{k}={_short(v)} is beyond any weight file (at most {MAX_SIZE})")
         sizes[k] = int(v)
     if require_browser_sizes:
         bad = [f"{k}={sizes[k]} (browser: {BROWSER_SIZES[k]})" for k in SIZE_KEYS if sizes[k] != BROWSER_SIZES[k]]
@@ -319,6 +336,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except json.JSONDecodeError as e:
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {e.lineno}, "
                                 f"column {e.colno})") from None
+    except RecursionError:
+        raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "
+                                "levels)") from None
+    except ValueError as e:   # an integer of more digits than Python converts
+        raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
 
 
 # ---------------------------------------------------------------------- files

@@ -362,6 +362,44 @@ def test_a_non_finite_size_is_named(model, size):
         validate_params(p)
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"d_model": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+    ('{"cls_embedding": [1' + "0" * 5000 + "]}", "Exceeds the limit"),
+    ('{"d_model": 1' + "0" * 400 + "}", "d_model=an integer of 401 digits is beyond any weight file")])
+def test_hostile_weight_text_is_named(text, message):
+    with pytest.raises(WeightFormatError, match=message):
+        validate_params(text_to_params(text))
+
+
+def test_a_weight_of_an_integer_beyond_float32_is_named(model):
+    p = _params(model)
+    p["layers"][1]["ffn_up_bias"][3] = 10 ** 400
+    with pytest.raises(WeightFormatError, match=r"layers\[1\]\.ffn_up_bias: an integer of 401 digits is beyond"):
+        validate_params(p)
+    p["layers"][1]["ffn_up_bias"][3] = 2 ** 120     # 1.3e36: in range
+    validate_params(p)
+
+
+def test_numpy_sizes_are_numbers_and_numpy_bools_and_complex_are_refused(model, tmp_path):
+    p = _params(model)
+    p.update(d_model=np.int64(48), n_heads=np.int32(4), n_layers=np.uint8(3), ffn_hidden=np.float64(96))
+    assert read_params(write_weights(p, tmp_path / "model.json"))["d_model"] == 48
+    for where, value, message in [("d_model", np.bool_(True), "d_model must be a positive integer, found np.True_"),
+                                  ("d_model", np.complex128(48), "d_model must be a positive integer"),
+                                  ("cls_embedding", np.ones(48, dtype=bool), "cls_embedding: expected numbers, "
+                                                                             "found an array of bool"),
+                                  ("cls_embedding", np.ones(48, dtype=complex), "found an array of complex128"),
+                                  ("cls_embedding", np.full(48, "0.5"), "found an array of <U3"),
+                                  ("output_bias", [np.complex64(1), 0.0], "expected a number, found complex64")]:
+        q = _params(model)
+        q[where] = value
+        with pytest.raises(WeightFormatError, match=message):
+            write_weights(q, tmp_path / "model.json")
+    q = _params(model)
+    q["cls_embedding"] = np.asarray(q["cls_embedding"], dtype=object)   # numbers held as objects: checked each
+    validate_params(q)
+
+
 def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
     text = params_to_text(_params(model), "js")
     path = tmp_path / "model.js"
