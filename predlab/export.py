@@ -532,6 +532,27 @@ def main(argv: List[str] = None) -> int:
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
     refuse_unwritable(ap, "--out", out)
+    before = _file_id(out)
+    try:
+        return _export(ap, args, src, out)
+    except KeyboardInterrupt:   # atomic_write finishes a file it began: out is the old file or the whole new one
+        done = _file_id(out) not in (None, before)
+        print(f"\ninterrupted: {out} was written" if done else f"\ninterrupted: nothing written to {out}",
+              file=sys.stderr)
+        return 130
+
+
+def _file_id(path: Path):
+    """What tells a file replaced by os.replace from the one before (a new inode), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
+    """main's work once the arguments are checked: read src, write out."""
     try:
         if src.suffix.lower() in (".js", ".json"):
             model = read_weights(src)

@@ -464,6 +464,27 @@ def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     assert read_params(tmp_path / "model.js")["d_model"] == 32
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_cli_ctrl_c_says_whether_the_file_was_written(model, tmp_path, monkeypatch, capsys, late):
+    """Ctrl-C while exporting: one line saying what is on disk, exit 130, no traceback."""
+    import predlab.export as export
+    src = write_weights(model, tmp_path / "src.json")
+    out = write_weights(model, tmp_path / "model.js")
+    before = out.read_bytes()
+    real = export.atomic_write_text
+
+    def interrupted(path, text):
+        if late:                     # the atomic write completes, then the deferred Ctrl-C acts
+            real(path, text + "// new\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, "atomic_write_text", interrupted)
+    assert export.main([str(src), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (f"interrupted: {out} was written" if late else f"interrupted: nothing written to {out}")
+    assert out.read_bytes().endswith(b"// new\n") if late else out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.js", "src.json"]
+
+
 def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):
     """Ctrl-C mid-save once cut torch.save in half (a RuntimeError, no export) or a TensorBoard
     flush (a hang at exit): inside atomic_write it waits for the write to finish."""
