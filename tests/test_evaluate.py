@@ -241,3 +241,18 @@ def test_rollout_arguments_are_named(kw, message):
     args = {"policy": "teacher", "episodes": 2, "frames": 3, **kw}
     with pytest.raises(ValueError, match=message):
         rollout(**args)
+
+
+@pytest.mark.parametrize("spec, message", [(None, "not NoneType"), (3, "not int"), (["teacher"], "not list")])
+def test_load_policy_names_a_spec_of_the_wrong_type(spec, message):
+    with pytest.raises(TypeError, match=f"a policy is a model, .*{message}"):
+        load_policy(spec)
+
+
+@pytest.mark.parametrize("device, error, message", [("tpu", ValueError, "unknown device 'tpu'"),
+                                                    (0, TypeError, "device must be a name .* not int")])
+def test_compare_names_a_bad_device(device, error, message):
+    with pytest.raises(error, match=message):
+        compare("teacher", episodes=1, frames=1, device=device, baselines=False)
+    with pytest.raises(error, match=message):
+        load_policy("teacher", device)
