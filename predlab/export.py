@@ -83,7 +83,7 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
             if isinstance(v, int) and abs(v) > FLOAT32_MAX:   # before float(v) overflows
-                raise WeightFormatError(f"{path}: an integer of {len(str(abs(v)))} digits is beyond float32's "
+                raise WeightFormatError(f"{path}: an integer of {_digits(v)} digits is beyond float32's "
                                         "range (the model and the browser's export are float32)")
             return
         if not isinstance(v, (list, tuple)):
@@ -115,8 +115,15 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
 def _short(v) -> str:
     """repr(v), an integer of hundreds of digits as its digit count."""
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** 20:
-        return f"an integer of {len(str(abs(v)))} digits"
+        return f"an integer of {_digits(v)} digits"
     return repr(v)
+
+
+def _digits(v: int) -> str:
+    try:
+        return str(len(str(abs(v))))
+    except ValueError:                # beyond the digits Python converts (sys.set_int_max_str_digits)
+        return f"more than {sys.get_int_max_str_digits()}"
 
 
 def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dict[str, np.ndarray]:

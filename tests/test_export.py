@@ -376,6 +376,9 @@ def test_a_weight_of_an_integer_beyond_float32_is_named(model):
     p["layers"][1]["ffn_up_bias"][3] = 10 ** 400
     with pytest.raises(WeightFormatError, match=r"layers\[1\]\.ffn_up_bias: an integer of 401 digits is beyond"):
         validate_params(p)
+    p["layers"][1]["ffn_up_bias"][3] = 10 ** 5000    # more digits than Python writes out
+    with pytest.raises(WeightFormatError, match=r"an integer of more than \d+ digits is beyond"):
+        validate_params(p)
     p["layers"][1]["ffn_up_bias"][3] = 2 ** 120     # 1.3e36: in range
     validate_params(p)
 
