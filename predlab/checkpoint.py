@@ -15,8 +15,8 @@ from typing import Dict, Mapping, Union
 import torch
 
 from .config import ModelConfig, from_dict
-from .export import atomic_write
-from .model import TransformerPredator
+from .export import _layer_map, _param_paths, atomic_write, expected_shapes
+from .model import TOKEN_TYPES, TransformerPredator
 
 FORMAT = "predlab-checkpoint"
 VERSION = 1
@@ -43,6 +43,11 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint (say {path / 'best_model.pt'})")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    try:   # zipfile.is_zipfile says False for a file it cannot open: "not a zip" would hide why
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):
         raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save zip archive; "
                               "truncated or another kind of file)")
@@ -83,14 +88,90 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         cfg.validate()
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{path}: bad model_config: {e}") from None
+    _check_training_state(ckpt, path)
     for name, t in ckpt["model"].items():
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{path}: model weight {name!r} is not a tensor")
+        if t.layout != torch.strided or t.device.type == "meta":
+            raise CheckpointError(f"{path}: model weight {name!r} is a {t.layout} tensor on {t.device.type}, "
+                                  "not a dense tensor with values")
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: model weight {name!r} is {t.dtype}, not floating point")
+    _check_weight_shapes(ckpt["model"], cfg, path)   # before anything builds a model of cfg's sizes
+    for name, t in ckpt["model"].items():
         if not torch.isfinite(t.float()).all():   # as float32, as the model holds it: 1e39 is infinity
             raise CheckpointError(f"{path}: model weight {name!r} contains NaN or infinity (in float32)")
     return ckpt
+
+
+def weight_shapes(cfg: ModelConfig) -> Dict[str, tuple]:
+    """The name and shape of every weight a TransformerPredator of cfg's sizes holds, without
+    building it (the browser format's arrays are the model's weights)."""
+    shapes = expected_shapes(cfg.d_model, cfg.n_layers, cfg.ffn_hidden)
+    out = {name: shapes[p] for p, name in _param_paths(cfg.n_layers).items()}
+    out["type_embeddings"] = (len(TOKEN_TYPES), cfg.d_model)
+    return out
+
+
+def _check_weight_shapes(weights: Mapping, cfg: ModelConfig, path) -> None:
+    """Refuse weights that do not fit cfg's sizes: a crafted model_config (a width of 10**9, a
+    million layers) would otherwise have load_model allocate that model first."""
+    count = len(_param_paths(0)) + 1 + len(_layer_map(0)) * cfg.n_layers   # cheap: no shapes built yet
+    sizes = ", ".join(f"{k}={getattr(cfg, k)}" for k in ("d_model", "n_heads", "n_layers", "ffn_hidden"))
+    if len(weights) != count:
+        raise CheckpointError(f"{path}: model_config ({sizes}) has {count} weights, the checkpoint holds "
+                              f"{len(weights)}")
+    shapes = weight_shapes(cfg)
+    missing = sorted(set(shapes) - set(weights), key=str)
+    extra = sorted(set(weights) - set(shapes), key=str)
+    if missing or extra:
+        raise CheckpointError(f"{path}: weights do not fit model_config ({sizes}): missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}")
+    for name, shape in shapes.items():
+        if tuple(weights[name].shape) != shape:
+            raise CheckpointError(f"{path}: model weight {name!r} has shape {tuple(weights[name].shape)}, "
+                                  f"model_config ({sizes}) gives {shape}")
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_training_state(ckpt: Mapping, path) -> None:
+    """The types of what resuming reads besides the model (the trainer's load_checkpoint), each
+    named: a tampered field is refused here instead of failing somewhere inside the optimizer."""
+    def need(key, ok: bool, what: str):
+        if not ok:
+            raise CheckpointError(f"{path}: {key!r} must be {what}")
+    if "optimizer" in ckpt:
+        opt = ckpt["optimizer"]
+        need("optimizer", isinstance(opt, dict) and isinstance(opt.get("state"), dict)
+             and isinstance(opt.get("param_groups"), list) and all(isinstance(g, dict) for g in opt["param_groups"]),
+             "an optimizer state: a dict with a 'state' dict and a 'param_groups' list of dicts")
+    if "scheduler" in ckpt:
+        sch = ckpt["scheduler"]
+        need("scheduler", isinstance(sch, dict)
+             and all(_is_number(sch.get(k)) for k in ("warmup", "min_ratio", "progress"))
+             and isinstance(sch.get("base"), (list, tuple)) and all(_is_number(b) for b in sch["base"]),
+             "a dict of numbers warmup, min_ratio, progress and a list of numbers base")
+    if "rng" in ckpt:
+        rng = ckpt["rng"]
+
+        def byte_state(t) -> bool:
+            return (isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.layout == torch.strided
+                    and t.device.type == "cpu")
+        need("rng", isinstance(rng, dict) and ("torch" not in rng or byte_state(rng["torch"]))
+             and ("cuda" not in rng or (isinstance(rng["cuda"], (list, tuple)) and all(map(byte_state, rng["cuda"])))),
+             "a dict of random-generator states (uint8 tensors: 'torch', a list of them: 'cuda')")
+    if "best_metric" in ckpt:
+        need("best_metric", _is_number(ckpt["best_metric"]), f"a number, found {type(ckpt['best_metric']).__name__}")
+    if "monitor" in ckpt:
+        need("monitor", isinstance(ckpt["monitor"], str), f"a metric name, found {type(ckpt['monitor']).__name__}")
+    if "history" in ckpt:
+        need("history", isinstance(ckpt["history"], list) and all(isinstance(h, dict) for h in ckpt["history"]),
+             "a list of dicts (one per epoch)")
+    if "data_source" in ckpt:
+        need("data_source", isinstance(ckpt["data_source"], dict), "a dict")
 
 
 def check_architecture(model: TransformerPredator, ckpt: Mapping, path="checkpoint") -> None:

@@ -22,6 +22,7 @@ import argparse
 import json
 import math
 import numbers
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         return ModelPolicy(spec)
     if callable(spec) and not isinstance(spec, (str, Path)):
         return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f"a policy is a model, a callable, a checkpoint or model.js path, or 'teacher' / 'random', "
+                        f"not {type(spec).__name__}")
+    device = _device(device)
     if str(spec) == "teacher":
         return teacher_policy
     if str(spec) == "random":
@@ -129,6 +134,16 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         from .checkpoint import load_model
         model = load_model(path)
     return ModelPolicy(model.to(device).eval())
+
+
+def _device(device) -> torch.device:
+    """A device given as torch.device or by name ("auto", "cpu", "cuda:1"; resolve_device names a bad one)."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a name such as 'cpu' or 'cuda', or a torch.device, "
+                        f"not {type(device).__name__}")
+    return resolve_device(device)
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -201,7 +216,7 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     """
-    kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=device)
+    kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=_device(device))
     mine = rollout(policy, **kw)
     teacher = teacher or rollout("teacher", **kw)
     out = {"catch_ratio": catch_ratio(mine, teacher), "episodes": episodes, "frames": frames, "seed": seed,
@@ -314,6 +329,8 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
         msg = str(e)
         p.error(msg if str(a.policy) in msg else f"{a.policy}: {msg}")
+    except OSError as e:
+        p.error(f"cannot read {a.policy}: {e.strerror or e}")
     t0 = time.perf_counter()
     res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
     res["policy_path"] = str(a.policy)

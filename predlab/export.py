@@ -20,7 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
 SETS_PAGE_GLOBAL = r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
+MAX_SIZE = 2 ** 31 - 1   # a size the arrays could not have in any file: refused before shapes are compared
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
               "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
               "ffn_down_weight", "ffn_down_bias")
@@ -81,6 +82,9 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
         if depth == len(shape):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
+            if isinstance(v, int) and abs(v) > FLOAT32_MAX:   # before float(v) overflows
+                raise WeightFormatError(f"{path}: an integer of {_digits(v)} digits is beyond float32's "
+                                        "range (the model and the browser's export are float32)")
             return
         if not isinstance(v, (list, tuple)):
             raise WeightFormatError(f"{path}: expected an array of shape {list(shape)}, found {type(v).__name__}")
@@ -89,6 +93,10 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
                                     f"instead of {shape[depth]}")
         for x in v:
             shape_of(x, depth + 1)
+    if isinstance(value, np.ndarray) and value.dtype.kind not in "iuf":
+        if value.dtype.kind != "O":
+            raise WeightFormatError(f"{path}: expected numbers, found an array of {value.dtype}")
+        value = value.tolist()                                # objects: checked one by one
     if isinstance(value, np.ndarray):
         arr = value.astype(np.float64)
         if arr.shape != shape:
@@ -104,6 +112,20 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
     return arr
 
 
+def _short(v) -> str:
+    """repr(v), an integer of hundreds of digits as its digit count."""
+    if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10 ** 20:
+        return f"an integer of {_digits(v)} digits"
+    return repr(v)
+
+
+def _digits(v: int) -> str:
+    try:
+        return str(len(str(abs(v))))
+    except ValueError:                # beyond the digits Python converts (sys.set_int_max_str_digits)
+        return f"more than {sys.get_int_max_str_digits()}"
+
+
 def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dict[str, np.ndarray]:
     """Check a weight dict the way the browser does, and more. Returns {path: float64 array}.
 
@@ -117,9 +139,11 @@ def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dic
         if k not in params:
             raise WeightFormatError(f"missing key {k!r}")
         v = params[k]
-        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v != int(v)
-                or v < 1):
-            raise WeightFormatError(f"{k} must be a positive integer, found {v!r}")
+        if (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating))
+                or (isinstance(v, (float, np.floating)) and not math.isfinite(v)) or v != int(v) or v < 1):
+            raise WeightFormatError(f"{k} must be a positive integer, found {_short(v)}")
+        if v > MAX_SIZE:
+            raise WeightFormatError(f"{k}={_short(v)} is beyond any weight file (at most {MAX_SIZE})")
         sizes[k] = int(v)
     if require_browser_sizes:
         bad = [f"{k}={sizes[k]} (browser: {BROWSER_SIZES[k]})" for k in SIZE_KEYS if sizes[k] != BROWSER_SIZES[k]]
@@ -233,29 +257,97 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
             + JS_PREFIX + body + ";\n")
 
 
-_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)   # one pass: whichever opens first ("// a /* b" is a line)
+# A string (closed or not), a line comment, or a block comment's opener: every alternative matches or
+# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`)
+_TOKEN = re.compile(r""""(?:[^"\\\n]|\\.)*(")?|'(?:[^'\\\n]|\\.)*(')?|//[^\n]*|/\*""")
+
+
+def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str]]:
+    """text as (is_code, piece) pieces, comments dropped, strings whole: "http://x" holds no comment.
+
+    Whichever opens first wins ("// a /* b" is a line comment). A block comment leaves its line
+    breaks (or a space), so that line numbers stay. An unclosed string or block comment raises
+    WeightFormatError naming source; with no source, the rest is kept as code.
+    """
+    pieces: List[Tuple[bool, str]] = []
+    code: List[str] = []
+    pos = 0
+    while True:
+        m = _TOKEN.search(text, pos)
+        if m is None:
+            code.append(text[pos:])
+            break
+        code.append(text[pos:m.start()])
+        token, pos = m.group(), m.end()
+        if token.startswith("//"):
+            continue
+        if token == "/*":
+            end = text.find("*/", pos)
+            if end < 0:
+                if source is not None:
+                    line = text.count("\n", 0, m.start()) + 1
+                    raise WeightFormatError(f"{source}: the /* comment at line {line} is never closed")
+                code.append(text[m.start():])
+                break
+            code.append("\n" * text.count("\n", pos, end) or " ")
+            pos = end + 2
+        elif m.group(1) is None and m.group(2) is None:
+            if source is not None:
+                line = text.count("\n", 0, m.start()) + 1
+                raise WeightFormatError(f"{source}: the string at line {line} is not closed on its line")
+            code.append(token)
+        else:
+            pieces += [(True, "".join(code)), (False, token)]
+            code = []
+    pieces.append((True, "".join(code)))
+    return pieces
+
+
+def strip_comments(text: str) -> str:
+    """text without its // and /* */ comments; strings untouched."""
+    return "".join(piece for _, piece in _split_code(text))
+
+
+class _Comments:
+    """Old name: `_COMMENT.sub("", text)` is strip_comments(text)."""
+
+    def sub(self, repl: str, text: str) -> str:
+        return strip_comments(text)
+
+
+_COMMENT = _Comments()
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
 _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 
 
+def _js_to_json(code: str) -> str:
+    """JavaScript's bare keys, trailing commas, .5 and 5. as JSON, in code outside strings."""
+    code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code))
+    return _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", code))
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
-    s = _COMMENT.sub("", text.lstrip("\ufeff")).strip()   # (a BOM from some editors)
+    pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
+    s = "".join(_js_to_json(piece) if is_code else piece for is_code, piece in pieces).strip()
     m = re.match(rf"^(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
     if m:
         s = s[m.end():]
     s = s.rstrip().rstrip(";").rstrip()
     if not s.startswith("{"):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
-    s = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', s))
-    s = _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", s))     # JavaScript's .5 and 5. are JSON's 0.5 and 5
     try:
         return json.loads(s)
     except json.JSONDecodeError as e:
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {e.lineno}, "
                                 f"column {e.colno})") from None
+    except RecursionError:
+        raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "
+                                "levels)") from None
+    except ValueError as e:   # an integer of more digits than Python converts
+        raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
 
 
 # ---------------------------------------------------------------------- files
@@ -418,6 +510,8 @@ def read_params(path: Union[str, Path]) -> Dict:
     except UnicodeDecodeError as e:
         hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
         raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
+    except OSError as e:
+        raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
     params = text_to_params(text, str(path))
     validate_params(params)
     return params
@@ -445,12 +539,38 @@ def main(argv: List[str] = None) -> int:
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
     refuse_unwritable(ap, "--out", out)
+    before = _file_id(out)
+    try:
+        return _export(ap, args, src, out)
+    except KeyboardInterrupt:   # atomic_write finishes a file it began: out is the old file or the whole new one
+        done = _file_id(out) not in (None, before)
+        print(f"\ninterrupted: {out} was written" if done else f"\ninterrupted: nothing written to {out}",
+              file=sys.stderr)
+        return 130
+
+
+def _file_id(path: Path):
+    """What tells a file replaced by os.replace from the one before (a new inode), or None."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
+    """main's work once the arguments are checked: read src, write out."""
     try:
         if src.suffix.lower() in (".js", ".json"):
             model = read_weights(src)
         else:
             from .checkpoint import load_model
             model = load_model(src)
+    except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
+        ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
+    except OSError as e:   # reading, not writing: nothing of --out was touched
+        ap.error(f"cannot read {src}: {e.strerror or e}")
+    try:
         sizes = {k: getattr(model.config, k) for k in SIZE_KEYS}
         if sizes != BROWSER_SIZES and not args.any_size:
             ap.error(f"{src} has sizes {sizes}; the browser page accepts only {BROWSER_SIZES} and would run "

@@ -1,8 +1,13 @@
 """Shared fixtures: models with random non-trivial weights and random browser-form inputs."""
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import math
+import os
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,3 +77,32 @@ def make_samples():
 def samples(make_samples):
     """Inputs with 0, 1, 7 and 50 boids (0 is valid: SPEC.md section 6)."""
     return make_samples([0, 1, 7, 50], seed=1)
+
+
+@pytest.fixture
+def make_unreadable(monkeypatch):
+    """Factory: make_unreadable(path) takes read permission away from the file. Where that does not
+    stop reading (root), opening that path raises PermissionError instead, as it does for a user."""
+    undo = []
+
+    def make(path) -> Path:
+        path = Path(path)
+        undo.append((path, path.stat().st_mode))
+        path.chmod(0)
+        try:
+            open(path, "rb").close()
+        except PermissionError:
+            return path
+        real = io.open
+
+        def guarded(file, *args, **kwargs):
+            if isinstance(file, (str, os.PathLike)) and Path(file) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return real(file, *args, **kwargs)
+        monkeypatch.setattr(io, "open", guarded)
+        monkeypatch.setattr(builtins, "open", guarded)
+        return path
+
+    yield make
+    for path, mode in undo:
+        path.chmod(mode)

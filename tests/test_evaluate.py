@@ -12,6 +12,7 @@ from predlab.config import WorldConfig
 from predlab.data import SampleSet
 from predlab.evaluate import ModelPolicy, catch_ratio, compare, episodes_world, load_policy, main, rollout
 from predlab.export import write_weights
+from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
 
 # small canvases and flocks: catches within a short horizon, so the tests stay fast
@@ -135,6 +136,87 @@ def test_cli_tampered_file_exits_2(name, text, tmp_path, capsys):
     assert str(bad) in err or name in err
 
 
+@pytest.mark.parametrize("name", ["best_model.pt", "model.json"])
+def test_cli_names_an_unreadable_file(model, name, tmp_path, capsys, make_unreadable):
+    from predlab.checkpoint import atomic_save
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                     "model": model.state_dict()}, path)
+    else:
+        write_weights(model, path)
+    make_unreadable(path)
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "1", "--frames", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: cannot read {path}: Permission denied")
+
+
+def test_an_unreadable_checkpoint_is_not_called_a_foreign_file(model, tmp_path, make_unreadable):
+    from predlab.checkpoint import CheckpointError, atomic_save, load_checkpoint_dict
+    path = tmp_path / "best_model.pt"
+    atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                 "model": model.state_dict()}, path)
+    make_unreadable(path)
+    with pytest.raises(CheckpointError, match=f"cannot read {path}: Permission denied"):
+        load_checkpoint_dict(path)
+
+
+def _save_checkpoint(net, path, **fields):
+    from predlab.checkpoint import atomic_save
+    ck = {"format": "predlab-checkpoint", "version": 1, "model_config": dict(vars(net.config)),
+          "model": dict(net.state_dict())}
+    for k, v in fields.items():
+        if isinstance(v, dict) and isinstance(ck.get(k), dict):
+            ck[k].update(v)
+        else:
+            ck[k] = v
+    return atomic_save(ck, path)
+
+
+@pytest.mark.parametrize("sizes, message", [({"d_model": 10 ** 9, "n_heads": 1}, r"'cls_embedding' has shape \(48,\)"),
+                                            ({"n_layers": 10 ** 6}, "14000007 weights, the checkpoint holds 49"),
+                                            ({"ffn_hidden": 97}, r"'layers.0.gate.weight' has shape \(96, 48\)")])
+def test_a_checkpoint_whose_sizes_its_weights_do_not_fit_is_refused_before_any_model_is_built(
+        model, tmp_path, monkeypatch, sizes, message):
+    from predlab.checkpoint import CheckpointError, load_checkpoint_dict, load_model
+    path = _save_checkpoint(model, tmp_path / "crafted.pt", model_config=sizes)
+
+    def build(*args, **kwargs):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr(TransformerPredator, "__init__", build)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint_dict(path)
+    with pytest.raises(CheckpointError, match="model_config"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("weight", [torch.empty(48, device="meta"), torch.eye(48)[0].to_sparse()])
+def test_a_checkpoint_weight_without_dense_values_is_named(model, tmp_path, weight):
+    from predlab.checkpoint import CheckpointError, load_checkpoint_dict
+    path = _save_checkpoint(model, tmp_path / "crafted.pt", model={"cls_embedding": weight})
+    with pytest.raises(CheckpointError, match="'cls_embedding' is a torch.(strided|sparse_coo) tensor on (meta|cpu)"):
+        load_checkpoint_dict(path)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("optimizer", [1, 2]), ("optimizer", {"state": {}, "param_groups": "all"}),
+    ("scheduler", {"warmup": "1", "min_ratio": 0.05, "progress": 0.0, "base": [0.002]}),
+    ("scheduler", {"warmup": 1.0, "min_ratio": 0.05, "progress": 0.0}),
+    ("rng", {"torch": torch.zeros(5)}), ("rng", {"cuda": torch.zeros(5, dtype=torch.uint8)}), ("rng", "seed"),
+    ("best_metric", "0.1"), ("monitor", 3), ("history", [1.0]), ("data_source", [])])
+def test_a_tampered_training_state_is_refused_naming_the_key(model, tmp_path, key, value):
+    from predlab.checkpoint import CheckpointError, load_checkpoint_dict
+    path = _save_checkpoint(model, tmp_path / "crafted.pt")
+    load_checkpoint_dict(path)
+    ck = torch.load(path, weights_only=True)
+    ck[key] = value
+    torch.save(ck, path)
+    with pytest.raises(CheckpointError, match=f"'{key}' must be"):
+        load_checkpoint_dict(path)
+
+
 def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
     from predlab.train import Checkpointer, create_trainer
     from predlab.checkpoint import load_checkpoint_dict
@@ -159,3 +241,18 @@ def test_rollout_arguments_are_named(kw, message):
     args = {"policy": "teacher", "episodes": 2, "frames": 3, **kw}
     with pytest.raises(ValueError, match=message):
         rollout(**args)
+
+
+@pytest.mark.parametrize("spec, message", [(None, "not NoneType"), (3, "not int"), (["teacher"], "not list")])
+def test_load_policy_names_a_spec_of_the_wrong_type(spec, message):
+    with pytest.raises(TypeError, match=f"a policy is a model, .*{message}"):
+        load_policy(spec)
+
+
+@pytest.mark.parametrize("device, error, message", [("tpu", ValueError, "unknown device 'tpu'"),
+                                                    (0, TypeError, "device must be a name .* not int")])
+def test_compare_names_a_bad_device(device, error, message):
+    with pytest.raises(error, match=message):
+        compare("teacher", episodes=1, frames=1, device=device, baselines=False)
+    with pytest.raises(error, match=message):
+        load_policy("teacher", device)

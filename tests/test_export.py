@@ -252,6 +252,31 @@ def test_missing_file(tmp_path):
         read_weights(tmp_path / "nope.js")
 
 
+def test_an_unreadable_weight_file_says_it_cannot_be_read(model, tmp_path, make_unreadable):
+    path = make_unreadable(write_weights(model, tmp_path / "model.js"))
+    with pytest.raises(WeightFormatError, match=f"cannot read {path}: Permission denied"):
+        read_params(path)
+
+
+@pytest.mark.parametrize("name", ["model.js", "best_model.pt"])
+def test_cli_names_an_unreadable_source_and_writes_nothing(model, tmp_path, make_unreadable, capsys, name):
+    from predlab.checkpoint import atomic_save
+    from predlab.export import main
+    src = tmp_path / name
+    if name.endswith(".pt"):
+        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                     "model": model.state_dict()}, src)
+    else:
+        write_weights(model, src)
+    make_unreadable(src)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(tmp_path / "out" / "model.js")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read {src}: Permission denied" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
 def test_bad_extension_refused(model, tmp_path):
     """write_weights will not guess a format: anything but .js / .json is refused and nothing is written."""
     with pytest.raises(WeightFormatError, match=r"unknown extension '\.txt'"):
@@ -337,6 +362,47 @@ def test_a_non_finite_size_is_named(model, size):
         validate_params(p)
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"d_model": ' + "[" * 100000 + "]" * 100000 + "}", "nested too deeply"),
+    ('{"cls_embedding": [1' + "0" * 5000 + "]}", "Exceeds the limit"),
+    ('{"d_model": 1' + "0" * 400 + "}", "d_model=an integer of 401 digits is beyond any weight file")])
+def test_hostile_weight_text_is_named(text, message):
+    with pytest.raises(WeightFormatError, match=message):
+        validate_params(text_to_params(text))
+
+
+def test_a_weight_of_an_integer_beyond_float32_is_named(model):
+    p = _params(model)
+    p["layers"][1]["ffn_up_bias"][3] = 10 ** 400
+    with pytest.raises(WeightFormatError, match=r"layers\[1\]\.ffn_up_bias: an integer of 401 digits is beyond"):
+        validate_params(p)
+    p["layers"][1]["ffn_up_bias"][3] = 10 ** 5000    # more digits than Python writes out
+    with pytest.raises(WeightFormatError, match=r"an integer of more than \d+ digits is beyond"):
+        validate_params(p)
+    p["layers"][1]["ffn_up_bias"][3] = 2 ** 120     # 1.3e36: in range
+    validate_params(p)
+
+
+def test_numpy_sizes_are_numbers_and_numpy_bools_and_complex_are_refused(model, tmp_path):
+    p = _params(model)
+    p.update(d_model=np.int64(48), n_heads=np.int32(4), n_layers=np.uint8(3), ffn_hidden=np.float64(96))
+    assert read_params(write_weights(p, tmp_path / "model.json"))["d_model"] == 48
+    for where, value, message in [("d_model", np.bool_(True), "d_model must be a positive integer, found np.True_"),
+                                  ("d_model", np.complex128(48), "d_model must be a positive integer"),
+                                  ("cls_embedding", np.ones(48, dtype=bool), "cls_embedding: expected numbers, "
+                                                                             "found an array of bool"),
+                                  ("cls_embedding", np.ones(48, dtype=complex), "found an array of complex128"),
+                                  ("cls_embedding", np.full(48, "0.5"), "found an array of <U3"),
+                                  ("output_bias", [np.complex64(1), 0.0], "expected a number, found complex64")]:
+        q = _params(model)
+        q[where] = value
+        with pytest.raises(WeightFormatError, match=message):
+            write_weights(q, tmp_path / "model.json")
+    q = _params(model)
+    q["cls_embedding"] = np.asarray(q["cls_embedding"], dtype=object)   # numbers held as objects: checked each
+    validate_params(q)
+
+
 def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
     text = params_to_text(_params(model), "js")
     path = tmp_path / "model.js"
@@ -365,6 +431,27 @@ def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
     assert p["d_model"] == 48 and "cls_embedding" in p
 
 
+def test_strings_holding_comment_or_javascript_marks_are_kept(model, tmp_path):
+    """A string is not code: "http://x" holds no comment, and "{a: .5,}" stays as written."""
+    text = params_to_text(_params(model), "js").replace(
+        '"d_model":', '"note": "see http://example.com /* or */ {a: .5,}", /* a "comment" */ "a//b": 1, "d_model":', 1)
+    path = tmp_path / "model.js"
+    path.write_text(text)
+    p = read_params(path)
+    assert p["note"] == "see http://example.com /* or */ {a: .5,}" and p["a//b"] == 1 and p["d_model"] == 48
+
+
+@pytest.mark.parametrize("text, message", [("{\n" + "/* a " * 10000, "the /\\* comment at line 2 is never closed"),
+                                           ('{"a": "x\n"}', "the string at line 1 is not closed on its line")])
+def test_unclosed_comments_and_strings_are_named_fast(text, message):
+    """Scanning is linear: many `/*` without their `*/` took seconds (a lazy regex retried each one)."""
+    import time
+    t0 = time.perf_counter()
+    with pytest.raises(WeightFormatError, match=f"model.js: {message}"):
+        text_to_params(text, "model.js")
+    assert time.perf_counter() - t0 < 0.5
+
+
 def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     import subprocess
     import sys
@@ -378,6 +465,27 @@ def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     r = run("--any-size")
     assert r.returncode == 0, r.stderr
     assert read_params(tmp_path / "model.js")["d_model"] == 32
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_cli_ctrl_c_says_whether_the_file_was_written(model, tmp_path, monkeypatch, capsys, late):
+    """Ctrl-C while exporting: one line saying what is on disk, exit 130, no traceback."""
+    import predlab.export as export
+    src = write_weights(model, tmp_path / "src.json")
+    out = write_weights(model, tmp_path / "model.js")
+    before = out.read_bytes()
+    real = export.atomic_write_text
+
+    def interrupted(path, text):
+        if late:                     # the atomic write completes, then the deferred Ctrl-C acts
+            real(path, text + "// new\n")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(export, "atomic_write_text", interrupted)
+    assert export.main([str(src), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == (f"interrupted: {out} was written" if late else f"interrupted: nothing written to {out}")
+    assert out.read_bytes().endswith(b"// new\n") if late else out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.js", "src.json"]
 
 
 def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):

@@ -156,6 +156,16 @@ def test_parameter_count():
     assert n == 71_810
 
 
+@pytest.mark.parametrize("sizes", [(48, 4, 3, 96), (8, 2, 1, 16), (12, 3, 4, 5)])
+def test_checkpoint_weight_shapes_are_the_models(sizes):
+    """checkpoint.weight_shapes names every weight with its shape without building the model."""
+    from predlab.checkpoint import weight_shapes
+    from predlab.config import ModelConfig
+    cfg = ModelConfig(*sizes)
+    want = {k: tuple(v.shape) for k, v in TransformerPredator.from_config(cfg).state_dict().items()}
+    assert weight_shapes(cfg) == want
+
+
 def test_other_sizes_work(make_model, samples):
     """A 64/8/4 model builds, runs every boid count and keeps its sizes."""
     m = make_model(1, d_model=64, n_heads=8, n_layers=4)

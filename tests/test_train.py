@@ -637,7 +637,7 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, e
     torch.save(state, tmp_path / "bad.pt")
     t = _trainer(tmp_path)
     before = copy.deepcopy(t.state_dict())
-    with pytest.raises(ck.CheckpointError, match="the trainer is unchanged|must be a whole number"):
+    with pytest.raises(ck.CheckpointError, match="the trainer is unchanged|must be"):
         t.load_checkpoint(tmp_path / "bad.pt")
     after = t.state_dict()
     for k, v in before["model"].items():
