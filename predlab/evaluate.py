@@ -324,6 +324,10 @@ def main(argv=None) -> int:
     if a.json:
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json)
+    problem = memory_problem([(f"{a.episodes} episodes stepped together", a.episodes * episode_step_bytes(
+        WorldConfig().boids_max))], f"--episodes {a.episodes}")
+    if problem:
+        p.error(problem)
     try:
         policy = load_policy(a.policy, device)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors

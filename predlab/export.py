@@ -308,14 +308,6 @@ def strip_comments(text: str) -> str:
     return "".join(piece for _, piece in _split_code(text))
 
 
-class _Comments:
-    """Old name: `_COMMENT.sub("", text)` is strip_comments(text)."""
-
-    def sub(self, repl: str, text: str) -> str:
-        return strip_comments(text)
-
-
-_COMMENT = _Comments()
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")

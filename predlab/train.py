@@ -93,6 +93,9 @@ class WarmupCosine:
                 "base": list(self.base)}
 
     def load_state_dict(self, s: Mapping) -> None:
+        if len(s["base"]) != len(self.optimizer.param_groups):
+            raise ValueError(f"the schedule has {len(s['base'])} learning rates, the optimizer "
+                             f"{len(self.optimizer.param_groups)} parameter groups")
         self.warmup, self.min_ratio, self.progress = s["warmup"], s["min_ratio"], s["progress"]
         self.base = list(s["base"])
         self.set_progress(self.progress)
@@ -1119,7 +1122,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     if best.is_file() and not checkpointer.is_earlier_runs(best):
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
-        print(f"{ended}; best {ckpt_io.describe_best(b['monitor'], b['best_metric'], b['best_epoch'])}")
+        best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
+        print(f"{ended}; best {best_of}")
     elif trainer.resumed_from is not None:
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead; after a

@@ -83,3 +83,12 @@ def test_on_a_gpu_the_step_is_counted_against_the_gpus_memory(one_gib, monkeypat
     message = training_memory(TrainConfig(batch_size=2 ** 20), wc, mc, cuda)
     assert "more than the 80.0 GiB of a test GPU" in message
     assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)
+
+
+def test_evaluate_cli_refuses_episodes_that_cannot_fit_with_exit_2(one_gib, capsys):
+    from predlab.evaluate import main
+    with pytest.raises(SystemExit) as exit_:
+        main(["teacher", "--episodes", "100000000"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--episodes 100000000 need about" in err and "Traceback" not in err

@@ -628,7 +628,8 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
 @pytest.mark.parametrize("edit", [lambda s: s.__setitem__("history", [1, 2]),
                                   lambda s: s.__setitem__("epoch", "x"),
                                   lambda s: s.__setitem__("best_epoch", float("inf")),   # OverflowError
-                                  lambda s: s["scheduler"].__setitem__("base", ["x", "y"])])
+                                  lambda s: s["scheduler"].__setitem__("base", ["x", "y"]),
+                                  lambda s: s["scheduler"].__setitem__("base", [1e-3])])   # zip dropped a group
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
     donor.train(1)
