@@ -79,6 +79,17 @@ def samples(make_samples):
     return make_samples([0, 1, 7, 50], seed=1)
 
 
+def save_model_file(model: TransformerPredator, path) -> Path:
+    """model as a checkpoint (.pt, its minimal fields) or a weight file (.js/.json) at path."""
+    from predlab.checkpoint import atomic_save
+    from predlab.export import write_weights
+    path = Path(path)
+    if path.suffix == ".pt":
+        return atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
+                            "model": model.state_dict()}, path)
+    return write_weights(model, path)
+
+
 @pytest.fixture
 def make_unreadable(monkeypatch):
     """Factory: make_unreadable(path) takes read permission away from the file. Where that does not

@@ -14,6 +14,7 @@ from predlab.evaluate import ModelPolicy, catch_ratio, compare, episodes_world, 
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
+from conftest import save_model_file
 
 # small canvases and flocks: catches within a short horizon, so the tests stay fast
 WC = WorldConfig(width_max=640, height_max=480, boids_max=20)
@@ -138,13 +139,7 @@ def test_cli_tampered_file_exits_2(name, text, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["best_model.pt", "model.json"])
 def test_cli_names_an_unreadable_file(model, name, tmp_path, capsys, make_unreadable):
-    from predlab.checkpoint import atomic_save
-    path = tmp_path / name
-    if name.endswith(".pt"):
-        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
-                     "model": model.state_dict()}, path)
-    else:
-        write_weights(model, path)
+    path = save_model_file(model, tmp_path / name)
     make_unreadable(path)
     with pytest.raises(SystemExit) as e:
         main([str(path), "--episodes", "1", "--frames", "1"])

@@ -16,6 +16,7 @@ import torch
 
 from predlab.export import (WeightFormatError, params_to_text, read_params, read_weights, text_to_params,
                             validate_params, write_weights)
+from conftest import save_model_file
 
 JS_DIR = Path(__file__).resolve().parents[1] / "predlab" / "js"
 needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="node is not on PATH")
@@ -260,14 +261,8 @@ def test_an_unreadable_weight_file_says_it_cannot_be_read(model, tmp_path, make_
 
 @pytest.mark.parametrize("name", ["model.js", "best_model.pt"])
 def test_cli_names_an_unreadable_source_and_writes_nothing(model, tmp_path, make_unreadable, capsys, name):
-    from predlab.checkpoint import atomic_save
     from predlab.export import main
-    src = tmp_path / name
-    if name.endswith(".pt"):
-        atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(model.config),
-                     "model": model.state_dict()}, src)
-    else:
-        write_weights(model, src)
+    src = save_model_file(model, tmp_path / name)
     make_unreadable(src)
     with pytest.raises(SystemExit) as e:
         main([str(src), "--out", str(tmp_path / "out" / "model.js")])
