@@ -213,10 +213,12 @@ def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
 class Checkpointer(Callback):
     """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`).
 
-    A run never deletes or overwrites another run's files: when it starts in a folder that holds
-    an earlier run's best_model.pt, model.js/.json or checkpoint_epoch_N.pt, they are moved to
-    previous/<time of the newest>/ inside it first. A run resumed from a checkpoint in this
-    folder continues that run: only the files of epochs after the one it resumed from move.
+    A run never deletes or overwrites another run's files: an earlier run's best_model.pt,
+    model.js/.json and checkpoint_epoch_N.pt in the folder move to previous/<time of the
+    newest>/ inside it when this run first writes (a run that fails before then leaves them).
+    A run resumed from a checkpoint in this folder continues that run: only the files of epochs
+    after the one it resumed from move. train() called again on the same trainer goes on with
+    its run, unless another run has written in the folder in between: then that run's files move.
     """
 
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
@@ -228,7 +230,7 @@ class Checkpointer(Callback):
         if save_every < 1 or keep < 1:
             raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
-        self._trainer = None
+        self._trainer, self._pending, self._written = None, [], {}
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -246,7 +248,14 @@ class Checkpointer(Callback):
         if problem:
             raise ValueError(problem)
         self._lock = lock_checkpoint_dir(self.dir)     # each train() call; released in on_train_end
-        if self._trainer is trainer:          # train() called again on the same trainer: the same run
+        if self._trainer is trainer:
+            # train() again on the same trainer: the same run, unless another run (another trainer,
+            # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's
+            theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
+                      if p.is_file() and not self._mine(p)]
+            if theirs:
+                exports = [self.dir / n for n in ("model.js", "model.json") if (self.dir / n).is_file()]
+                self._pending, self._what = theirs + exports, "of another run"
             return
         self._trainer = trainer
         src = getattr(trainer, "resumed_from", None)
@@ -262,22 +271,36 @@ class Checkpointer(Callback):
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
         # moved when this run first writes: a run that fails before then leaves the folder as it was
-        self._pending, self._continuing, self._from_epoch = moving, continuing, trainer.epoch
+        self._pending = moving
+        self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+
+    @staticmethod
+    def _signature(p: Path) -> tuple:
+        st = p.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _mine(self, p: Path) -> bool:
+        """Whether p is a file this Checkpointer wrote, unchanged since."""
+        return p in self._written and p.is_file() and self._signature(p) == self._written[p]
+
+    def _save(self, trainer, path: Path, include_data: bool = True) -> None:
+        trainer.save_checkpoint(path, include_data=include_data)
+        self._written[path] = self._signature(path)
 
     def is_earlier_runs(self, path: Union[str, Path]) -> bool:
         """Whether path is an earlier run's file that this run has not yet moved aside."""
-        return Path(path) in getattr(self, "_pending", ())
+        return Path(path) in self._pending
 
     def make_room(self) -> None:
         """Move the earlier run's files to previous/ (once, before this run's first write)."""
-        moving, self._pending = [p for p in getattr(self, "_pending", ()) if p.is_file()], []
+        moving, self._pending = [p for p in self._pending if p.is_file()], []
         if moving and not self.archive:
             for p in moving:
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
             dest = move_to_previous(moving, self.dir)
-            what = f"of epochs after {self._from_epoch}" if self._continuing else "of an earlier run"
+            what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
@@ -287,7 +310,7 @@ class Checkpointer(Callback):
         if trainer.improved or epoch % self.save_every == 0 or epoch == trainer.target_epochs:
             self.make_room()
         if trainer.improved:
-            trainer.save_checkpoint(self.dir / "best_model.pt", include_data=False)
+            self._save(trainer, self.dir / "best_model.pt", include_data=False)
         if epoch % self.save_every == 0 or epoch == trainer.target_epochs:
             self._save_epoch(trainer, epoch)
 
@@ -306,7 +329,7 @@ class Checkpointer(Callback):
                 lock.release()
 
     def _save_epoch(self, trainer, epoch: int) -> None:
-        trainer.save_checkpoint(self.dir / f"checkpoint_epoch_{epoch}.pt")
+        self._save(trainer, self.dir / f"checkpoint_epoch_{epoch}.pt")
         earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch]
         for p in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
             p.unlink(missing_ok=True)
@@ -1096,6 +1119,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
+    first_epoch = trainer.epoch
     t0 = time.time()
     interrupted = False
     try:
@@ -1106,6 +1130,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     finally:
         trainer.train_dataset.generator.close()
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
+    if interrupted and trainer.epoch == first_epoch:    # no epoch of this run to export
+        print(f"{ended}, before the first epoch of this run ended: nothing was written to {tc.checkpoint_dir}, "
+              f"which is as it was", file=sys.stderr)
+        return 130
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
             return _export(tc, trainer, checkpointer, ended, interrupted)

@@ -882,22 +882,31 @@ def test_a_folder_where_a_run_writes_a_file_is_refused_before_training(tmp_path,
 
 def test_a_run_that_fails_before_its_first_write_leaves_the_earlier_runs_files_in_place(tmp_path, monkeypatch,
                                                                                         capsys):
-    """The earlier run's model.js moved to previous/ at the start of a run that then failed in epoch 1."""
+    """The earlier run's model.js moved to previous/ at the start of a run that then failed in
+    epoch 1; a resumed run stopped in its first epoch moved the folder's files and exported the
+    checkpoint it resumed from over the folder's model.js."""
     from predlab import train as tr
     monkeypatch.chdir(tmp_path)
+    d, other = tmp_path / "checkpoints", tmp_path / "other"
     assert tr.main(["--epochs", "1", *TINY_FLAGS]) == 0
-    d = tmp_path / "checkpoints"
-    before = {n: (d / n).read_bytes() for n in _files(d)}
-    assert {"best_model.pt", "model.js"} <= set(before)
+    assert tr.main(["--epochs", "1", *TINY_FLAGS, "--checkpoint_dir", "other"]) == 0
+
+    def contents():
+        return [{n: (f / n).read_bytes() for n in _files(f)} for f in (d, other)]
+    before = contents()
+    assert {"best_model.pt", "model.js"} <= set(before[0])
 
     def fail(self, data):
         raise KeyboardInterrupt
     monkeypatch.setattr(tr.SupervisedTrainer, "train_epoch", fail)
     capsys.readouterr()
-    assert tr.main(["--epochs", "1", *TINY_FLAGS]) == 130
-    err = capsys.readouterr().err
-    assert "no best_model.pt was written before the interrupt" in err and "left as they were" in err
-    assert {n: (d / n).read_bytes() for n in _files(d)} == before
+    ckpt = str(d / "checkpoint_epoch_1.pt")
+    for argv in (["--epochs", "1", *TINY_FLAGS], ["--epochs", "3", "--resume", ckpt],
+                 ["--epochs", "3", "--resume", ckpt, "--checkpoint_dir", "other"]):
+        assert tr.main(argv) == 130
+        err = capsys.readouterr().err
+        assert "before the first epoch of this run ended: nothing was written to" in err, argv
+        assert contents() == before, argv
 
 
 def test_ctrl_c_during_the_final_export_still_writes_both_files(tmp_path, monkeypatch, capsys):
@@ -968,3 +977,25 @@ def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
         create_trainer(world_config={"frames": "ten"}, verbose=False)
     with pytest.raises(TypeError, match="model must be a TransformerPredator, not str"):
         create_trainer(model="best_model.pt", verbose=False)
+
+
+def test_a_trainer_trained_again_after_another_run_in_its_folder_moves_that_runs_files(tmp_path):
+    """train() again on a notebook's trainer counted as the same run, and overwrote the
+    best_model.pt and checkpoints that another run had written in the folder meanwhile."""
+    from predlab.export import write_weights
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    mine = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+    mine.train(1)
+    other = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+    other.train(2)
+    write_weights(other.model, d / "model.js")
+    theirs = {n: (d / n).read_bytes() for n in _files(d) if "/" not in n}
+    assert set(theirs) == {"best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "model.js"}
+    mine.train(3)
+    kept = {p.read_bytes() for p in (d / "previous").rglob("*") if p.is_file()}
+    assert set(theirs.values()) <= kept                      # all of the other run's files, moved aside
+    assert ck.load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["epoch"] == 3
+    assert not (d / "model.js").exists()
+    mine.train(4)                                            # nobody else wrote: its own files stay
+    assert (d / "checkpoint_epoch_3.pt").is_file() and len(list((d / "previous").iterdir())) == 2
