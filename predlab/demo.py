@@ -86,11 +86,13 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
-    from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, read_params, strip_comments
+    from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, WeightFormatError, read_params, strip_comments
     try:
-        text = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff")).strip()
+        text = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff"), str(model)).strip()
     except (OSError, UnicodeDecodeError) as e:
         return f"it is not a readable text file ({e})"
+    except WeightFormatError as e:      # a comment or string left open: the page's script would not run
+        return str(e)
 
     if text.startswith("{"):
         return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "

@@ -303,9 +303,10 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
     return pieces
 
 
-def strip_comments(text: str) -> str:
-    """text without its // and /* */ comments; strings untouched."""
-    return "".join(piece for _, piece in _split_code(text))
+def strip_comments(text: str, source: Optional[str] = None) -> str:
+    """text without its // and /* */ comments; strings untouched. With source, an unclosed
+    comment or string raises WeightFormatError naming it (else the rest is kept)."""
+    return "".join(piece for _, piece in _split_code(text, source))
 
 
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")

@@ -244,6 +244,9 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
     assert "'d_model': 32" in _page_problem(small)
+    unclosed = tmp_path / "unclosed.js"
+    unclosed.write_text("/* a note\n" + js.read_text())      # was: "does not set window.TRANSFORMER_PARAMS"
+    assert "comment at line 1 is never closed" in _page_problem(unclosed)
 
 
 def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
