@@ -241,12 +241,36 @@ def from_dict(cls, d: dict):
 
 # ---------------------------------------------------------------------- memory
 def physical_memory() -> Optional[int]:
-    """This machine's memory in bytes, or None where the system does not say."""
+    """The memory this process may use in bytes: the machine's, or its container's limit (Linux
+    cgroups) where that is lower; None where the system does not say."""
     import os
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+    limit = _cgroup_memory_limit()
+    return min(total, limit) if limit else total
+
+
+def _cgroup_memory_limit(root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """The cgroup v2 (memory.max) or v1 (memory.limit_in_bytes) limit of this process, if any."""
+    from pathlib import Path
+    candidates = []
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::"):                  # v2: this process's own group
+                candidates.append(Path(root + line[3:].rstrip("/")) / "memory.max")
+    except OSError:
+        pass
+    candidates += [Path(root) / "memory.max", Path(root) / "memory" / "memory.limit_in_bytes"]
+    for path in candidates:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 2 ** 60:    # "max", or v1's huge number: no limit
+            return int(text)
+    return None
 
 
 def sample_bytes(boids_max: int) -> int:
@@ -280,7 +304,7 @@ def memory_problem(needs, what: str = "these settings", have: Optional[int] = No
     big = sorted(needs, key=lambda x: -x[1])
     big = big[:1] + [(d, b) for d, b in big[1:] if b >= have / 20]     # what it takes to fit
     parts = "; ".join(f"{d}: {_gib(b)}" for d, b in big)
-    return f"{what} need about {_gib(total)} of memory, more than {where.format(_gib(have))} ({parts})"
+    return f"{what} would need about {_gib(total)} of memory, more than {where.format(_gib(have))} ({parts})"
 
 
 def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> Optional[str]:
@@ -308,15 +332,15 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
     epoch = tc.train_episodes * wc.frames * sb
     d, f, L, T = mc.d_model, mc.ffn_hidden, mc.n_layers, wc.boids_max + 3
     params = L * (4 * d * d + 3 * d * f) + 10 * d
-    needs = [("validation samples (--val_episodes x --frames)", tc.val_episodes * wc.frames * sb),
-             ("an epoch's training samples and their copy (--train_episodes x --frames)", 2 * epoch),
+    needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
+             ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
-             ("a training step's activations (--batch_size)",
+             ("a training step's activations (--batch_size x --boids_max squared)",
               L * (attention_bytes(tc.batch_size, mc.n_heads, T) + tc.batch_size * T * (8 * d + 3 * f) * 4))]
     if tc.dagger:
         kept = tc.dagger_buffer * sb if tc.dagger_buffer else 2 * epoch
-        needs.append(("DAgger's aggregated samples (--dagger_buffer)", kept))
+        needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples)", kept))
     if tc.eval_every:
-        needs.append(("the catch evaluation's episodes (--eval_episodes)",
+        needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
                       tc.eval_episodes * episode_step_bytes(wc.boids_max)))
     return needs

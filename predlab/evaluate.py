@@ -325,9 +325,9 @@ def main(argv=None) -> int:
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json)
     problem = memory_problem([(f"{a.episodes} episodes stepped together", a.episodes * episode_step_bytes(
-        WorldConfig().boids_max))], f"--episodes {a.episodes}")
+        WorldConfig().boids_max))], f"{a.episodes} episodes")
     if problem:
-        p.error(problem)
+        p.error(f"--episodes: {problem}")
     try:
         policy = load_policy(a.policy, device)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors

@@ -20,10 +20,10 @@ def one_gib(monkeypatch):
 
 
 @pytest.mark.parametrize("flags, culprit", [
-    (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames)"),
+    (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames x --boids_max)"),
     (["--train_episodes", "10000000"], "an epoch's training samples"),
-    (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes)"),
-    (["--batch_size", "10000000"], "a training step's activations (--batch_size)"),
+    (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max squared)"),
+    (["--batch_size", "10000000"], "a training step's activations (--batch_size x --boids_max squared)"),
     (["--d_model", "40000"], "the model, its gradients and optimizer state"),
 ])
 def test_cli_refuses_what_cannot_fit_with_exit_2(tmp_path, monkeypatch, capsys, one_gib, flags, culprit):
@@ -44,7 +44,7 @@ def test_the_defaults_fit_in_a_small_laptop(one_gib):
 
 def test_create_trainer_refuses_before_generating(one_gib):
     from predlab.train import create_trainer
-    with pytest.raises(ValueError, match=r"validation samples \(--val_episodes x --frames\)"):
+    with pytest.raises(ValueError, match=r"validation samples \(--val_episodes x --frames x --boids_max\)"):
         create_trainer(val_episodes=10 ** 8, verbose=False, device="cpu")
 
 
@@ -52,7 +52,7 @@ def test_evaluation_and_predict_refuse_what_cannot_fit(one_gib):
     from predlab.data import BOID_KEYS, InputError
     from predlab.evaluate import rollout
     from predlab.model import TransformerPredator
-    with pytest.raises(ValueError, match="10000000 episodes need about .* evaluate fewer episodes"):
+    with pytest.raises(ValueError, match="10000000 episodes would need about .* evaluate fewer episodes"):
         rollout("teacher", episodes=10 ** 7, frames=1)
     sample = {"context": {"canvasWidth": 800, "canvasHeight": 600}, "predator": {"velX": 0.0, "velY": 0.0},
               "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 20000}
@@ -91,4 +91,23 @@ def test_evaluate_cli_refuses_episodes_that_cannot_fit_with_exit_2(one_gib, caps
         main(["teacher", "--episodes", "100000000"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
-    assert "--episodes 100000000 need about" in err and "Traceback" not in err
+    assert "--episodes: 100000000 episodes would need about" in err and "Traceback" not in err
+
+
+def test_the_message_names_boids_max_when_it_is_the_cause(one_gib):
+    """The cost of a step and of the evaluation grows with the square of the flock: 1000 boids
+    was blamed on --batch_size alone."""
+    from predlab.config import ModelConfig, training_memory
+    message = training_memory(TrainConfig(), WorldConfig(boids_max=1000), ModelConfig())
+    assert "a training step's activations (--batch_size x --boids_max squared)" in message
+
+
+def test_a_containers_memory_limit_counts(tmp_path, monkeypatch):
+    """A run in a container limited below the machine's memory was let through, then killed."""
+    from predlab.config import _cgroup_memory_limit
+    (tmp_path / "memory.max").write_text("max\n")
+    assert _cgroup_memory_limit(str(tmp_path)) is None
+    (tmp_path / "memory.max").write_text(f"{2 ** 31}\n")
+    assert _cgroup_memory_limit(str(tmp_path)) == 2 ** 31
+    monkeypatch.setattr(config, "_cgroup_memory_limit", lambda: 2 ** 20)
+    assert config.physical_memory() == 2 ** 20
