@@ -188,13 +188,20 @@ def lock_checkpoint_dir(directory: Union[str, Path]):
     """
     import filelock
     d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:      # a file there, a link to nowhere, a read-only disk
+        why = "a link to a folder that does not exist" if d.is_symlink() and not d.exists() else e.strerror or e
+        raise OSError(e.errno, f"cannot create the checkpoint folder {d}: {why}") from None
     lock = filelock.FileLock(str(d / LOCK_NAME), timeout=0, is_singleton=True, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout:
         raise FolderBusy(f"another training run is writing to {d} (it holds {d / LOCK_NAME}); let it finish, or "
-                         f"train into another folder with --checkpoint_dir") from None
+                         f"train into another folder (--checkpoint_dir, or the Checkpointer's directory)") from None
+    except OSError as e:      # the lock file is a folder, the folder is read-only
+        raise OSError(e.errno, f"cannot take the lock {d / LOCK_NAME} of the checkpoint folder: "
+                               f"{e.strerror or e}") from None
     return lock
 
 
@@ -1089,8 +1096,8 @@ def main(argv=None) -> int:
     tc, mc, wc, schedule = parse_args(argv)
     try:
         lock = lock_checkpoint_dir(tc.checkpoint_dir)
-    except FolderBusy as e:
-        build_parser().error(f"--checkpoint_dir: {e}")
+    except (FolderBusy, OSError) as e:
+        build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     try:
         return _run(tc, mc, wc, schedule)
     finally:

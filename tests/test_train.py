@@ -429,6 +429,10 @@ def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
     ("--resume", lambda t: (t / "somedir").mkdir() or t / "somedir", "is a directory"),
     ("--checkpoint_dir", lambda t: (t / "ck").mkdir() or (t / "ck" / "previous").write_text("x") and t / "ck",
      "previous exists and is not a directory"),                   # where earlier runs' files would go
+    ("--checkpoint_dir", lambda t: (t / "dang").symlink_to(t / "nowhere") or t / "dang",     # tracebacks, once
+     "a link to a folder that does not exist"),
+    ("--checkpoint_dir", lambda t: (t / "ck" / LOCK_NAME).mkdir(parents=True) or t / "ck",
+     f"{LOCK_NAME} of the checkpoint folder: Is a directory"),
 ])
 def test_cli_unusable_paths_exit_2_before_training(tmp_path, monkeypatch, capsys, flag, make, message):
     from predlab.train import main
