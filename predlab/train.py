@@ -999,6 +999,20 @@ def parse_args(argv=None):
     restored optimizer. On resume, every setting not given as a flag is the checkpoint's run's,
     except those of MACHINE_FIELDS; --checkpoint_dir defaults to the checkpoint's folder.
     """
+    tc, mc, wc, schedule, notes = _parse(argv)
+    _say(notes)
+    return tc, mc, wc, schedule
+
+
+def _say(notes: Sequence[tuple]) -> None:
+    for text, to_stderr in notes:
+        print(text, file=sys.stderr if to_stderr else sys.stdout)
+
+
+def _parse(argv):
+    """parse_args, with what it has to say returned as (text, to stderr) notes: main says them
+    once it holds the checkpoint folder (a busy folder's error alone, not after "resuming...")."""
+    notes: List[tuple] = []
     p = build_parser()
     a = p.parse_args(argv)
     ns = vars(a)
@@ -1054,8 +1068,8 @@ def parse_args(argv=None):
         if problem:
             raise ValueError(problem + "; lower the largest")
         if tc.num_workers > usable_cpus():   # each worker is a process with its own torch: 1000 filled the memory
-            print(f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for this "
-                  f"process: {usable_cpus()} worker processes generate the episodes", file=sys.stderr)
+            notes.append((f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for "
+                          f"this process: {usable_cpus()} worker processes generate the episodes", True))
             tc.num_workers = usable_cpus()
     except (TypeError, ValueError) as e:
         p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
@@ -1070,17 +1084,17 @@ def parse_args(argv=None):
             whose = "--epochs" if "epochs" in given else "the run's epochs,"
             p.error(f"--resume: the checkpoint is already at epoch {ck['epoch']}, and {whose} {tc.epochs}; "
                     f"pass --epochs larger than that")
-        print(f"resuming the run of {resume} with its settings" +
-              (", changed by flags: " + ", ".join(changed) if changed else "") +
-              f"; checkpoints go to {tc.checkpoint_dir}")
+        notes.append((f"resuming the run of {resume} with its settings" +
+                      (", changed by flags: " + ", ".join(changed) if changed else "") +
+                      f"; checkpoints go to {tc.checkpoint_dir}", False))
         if unrecorded:
-            print(f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's checkpoint): "
-                  f"these take this command's values", file=sys.stderr)
+            notes.append((f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's "
+                          f"checkpoint): these take this command's values", True))
         if tc.dagger and "data_source" not in ck:
-            print(f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
-                  f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
-                  f"checkpoint_epoch_N.pt files carry them", file=sys.stderr)
-    return tc, mc, wc, schedule
+            notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
+                          f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
+                          f"checkpoint_epoch_N.pt files carry them", True))
+    return tc, mc, wc, schedule, notes
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
@@ -1093,11 +1107,12 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
-    tc, mc, wc, schedule = parse_args(argv)
+    tc, mc, wc, schedule, notes = _parse(argv)
     try:
         lock = lock_checkpoint_dir(tc.checkpoint_dir)
     except (FolderBusy, OSError) as e:
         build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+    _say(notes)
     try:
         return _run(tc, mc, wc, schedule)
     finally:

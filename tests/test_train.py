@@ -1003,3 +1003,23 @@ def test_a_trainer_trained_again_after_another_run_in_its_folder_moves_that_runs
     assert not (d / "model.js").exists()
     mine.train(4)                                            # nobody else wrote: its own files stay
     assert (d / "checkpoint_epoch_3.pt").is_file() and len(list((d / "previous").iterdir())) == 2
+
+
+def test_resuming_into_a_busy_folder_says_only_that_it_is_busy(tmp_path, monkeypatch, capsys):
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    holder = _hold_lock(tmp_path / "checkpoints")
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main(["--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"])
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    assert "another training run is writing to checkpoints" in err
+    assert "resuming the run" not in out            # it was said before the refusal
+    assert main(["--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"]) == 0
+    assert "resuming the run of checkpoints/checkpoint_epoch_1.pt" in capsys.readouterr().out
