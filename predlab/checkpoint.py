@@ -15,7 +15,7 @@ from typing import Dict, Mapping, Union
 import torch
 
 from .config import ModelConfig, from_dict
-from .export import _layer_map, _param_paths, atomic_write, expected_shapes
+from .export import _layer_map, _param_paths, atomic_write, expected_shapes, not_a_file
 from .model import TOKEN_TYPES, TransformerPredator
 
 FORMAT = "predlab-checkpoint"
@@ -42,7 +42,7 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint (say {path / 'best_model.pt'})")
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(not_a_file(path, f"no checkpoint at {path}"))
     try:   # zipfile.is_zipfile says False for a file it cannot open: "not a zip" would hide why
         with open(path, "rb") as f:
             f.read(1)

@@ -128,6 +128,10 @@ def main(argv=None) -> int:
               f"  python -m predlab.export {model} --out model.js\n"
               f"then pass model.js.", file=sys.stderr)
         return 2
+    if not model.is_file() and (model.exists() or model.is_symlink()):
+        from .export import not_a_file
+        print(f"error: {not_a_file(model, '')}", file=sys.stderr)
+        return 2
     if not model.is_file():
         print(f"error: no model at {model}. Train and export one first:\n"
               f"  python -m predlab.train ...\n"

@@ -125,8 +125,9 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
                                 f"(say {path / 'best_model.pt'})")
     if not path.is_file():
-        raise FileNotFoundError(f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
-                                f"or the words teacher / random)")
+        from .export import not_a_file
+        raise FileNotFoundError(not_a_file(path, f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
+                                                 f"or the words teacher / random)"))
     if path.suffix.lower() in (".js", ".json"):
         from .export import read_weights
         model = read_weights(path)

@@ -493,11 +493,21 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     return path
 
 
+def not_a_file(path: Union[str, Path], missing: str) -> str:
+    """Why path, which is no regular file, cannot be read: `missing` when nothing is there."""
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        return f"{path} is a link to a file that does not exist"
+    if path.exists():
+        return f"{path} is not a regular file (a pipe, a device or a socket)"
+    return missing
+
+
 def read_params(path: Union[str, Path]) -> Dict:
     """Read and validate a weight file -> the weight dict."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no weight file at {path}")
+        raise FileNotFoundError(not_a_file(path, f"no weight file at {path}"))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -528,7 +538,7 @@ def main(argv: List[str] = None) -> int:
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():
-        ap.error(f"no such file: {src}")
+        ap.error(not_a_file(src, f"no such file: {src}"))
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
     refuse_unwritable(ap, "--out", out)

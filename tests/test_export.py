@@ -499,3 +499,25 @@ def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):
     assert (tmp_path / "x.txt").read_text() == "first half second half"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_or_a_dangling_link_is_not_called_missing(tmp_path, capsys):
+    """A named pipe was reported as 'no such file', though it is there."""
+    from predlab.checkpoint import load_checkpoint_dict
+    from predlab.evaluate import load_policy
+    from predlab.export import main
+    fifo, link = tmp_path / "model.js", tmp_path / "best_model.pt"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "gone.pt")
+    with pytest.raises(SystemExit):
+        main([str(fifo), "--out", str(tmp_path / "out.js")])
+    assert f"{fifo} is not a regular file (a pipe" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="is not a regular file"):
+        read_params(fifo)
+    with pytest.raises(FileNotFoundError, match="is a link to a file that does not exist"):
+        load_checkpoint_dict(link)
+    with pytest.raises(FileNotFoundError, match="is a link to a file that does not exist"):
+        load_policy(link)
+    with pytest.raises(FileNotFoundError, match="no weight file at"):
+        read_params(tmp_path / "absent.js")
