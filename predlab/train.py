@@ -255,6 +255,15 @@ class Checkpointer(Callback):
         if problem:
             raise ValueError(problem)
         self._lock = lock_checkpoint_dir(self.dir)     # each train() call; released in on_train_end
+        try:
+            self._find_earlier_files(trainer)
+        except BaseException:     # this callback has not begun: its on_train_end will not run
+            self._lock, lock = None, self._lock
+            lock.release()
+            raise
+
+    def _find_earlier_files(self, trainer) -> None:
+        """The files of other runs in the folder, which make_room moves aside at this run's first write."""
         if self._trainer is trainer:
             # train() again on the same trainer: the same run, unless another run (another trainer,
             # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's
