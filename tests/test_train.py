@@ -1023,3 +1023,18 @@ def test_resuming_into_a_busy_folder_says_only_that_it_is_busy(tmp_path, monkeyp
     assert "resuming the run" not in out            # it was said before the refusal
     assert main(["--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"]) == 0
     assert "resuming the run of checkpoints/checkpoint_epoch_1.pt" in capsys.readouterr().out
+
+
+def test_a_checkpointer_that_fails_to_begin_releases_the_folder(tmp_path, monkeypatch):
+    from predlab.train import Checkpointer
+
+    def unreadable(self, trainer):
+        raise PermissionError("best_model.pt: Permission denied")
+    monkeypatch.setattr(Checkpointer, "_find_earlier_files", unreadable)
+    d = tmp_path / "ck"
+    trainer = _trainer(tmp_path, callbacks=[Checkpointer(d)])     # kept, as a notebook keeps it
+    with pytest.raises(PermissionError):
+        trainer.train(1)
+    holder = _hold_lock(d)          # another process can take the folder
+    holder.stdin.close()
+    holder.wait(timeout=30)
