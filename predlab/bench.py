@@ -644,7 +644,7 @@ def print_table(res: Dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT")
+    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
@@ -665,8 +665,11 @@ def main(argv=None) -> int:
             p.error(f"--gpu-modes: unknown mode(s) {', '.join(map(repr, unknown)) or 'none given'}; "
                     f"known here: {', '.join(known)}")
         modes = {m: known[m] for m in ["graphs fp32"] + [m for m in names if m != "graphs fp32"]}
+    from .data import usable_cpus
     if a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
+    if a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
+        p.error(f"--threads {a.threads}: this process may use {usable_cpus()} CPU(s); give at most that")
     try:
         batches = tuple(int(b) for b in a.gpu_batches.split(","))
     except ValueError:
@@ -675,9 +678,13 @@ def main(argv=None) -> int:
         p.error(f"--gpu-batches: comma-separated positive integers, got {a.gpu_batches!r}")
     if a.gpu_only and not torch.cuda.is_available():
         p.error("--gpu-only: this torch build sees no CUDA GPU")
-    if a.json:
+    given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:])}
+    if not torch.cuda.is_available() and given & {"--gpu-batches", "--gpu-modes"}:
+        print("note: this torch build sees no CUDA GPU, so --gpu-batches and --gpu-modes have nothing to measure",
+              file=sys.stderr)
+    if a.json is not None and a.json != "-":         # "-": the JSON on stdout, after the table
         from .export import refuse_unwritable
-        refuse_unwritable(p, "--json", a.json)
+        refuse_unwritable(p, "--json", a.json, replaces="json")
     t0 = time.perf_counter()
     if a.gpu_only:
         res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
@@ -687,7 +694,9 @@ def main(argv=None) -> int:
         print_table(res)
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")
-    if a.json:
+    if a.json == "-":
+        print(json.dumps(res, indent=2))
+    elif a.json is not None:
         from .export import atomic_write_text
         atomic_write_text(a.json, json.dumps(res, indent=2) + "\n")
     return 0

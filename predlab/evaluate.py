@@ -324,7 +324,7 @@ def main(argv=None) -> int:
         p.error(str(e))
     if a.json:
         from .export import refuse_unwritable
-        refuse_unwritable(p, "--json", a.json)
+        refuse_unwritable(p, "--json", a.json, replaces="json")
     problem = memory_problem([(f"{a.episodes} episodes stepped together", a.episodes * episode_step_bytes(
         WorldConfig().boids_max))], f"{a.episodes} episodes")
     if problem:

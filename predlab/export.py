@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import math
 import os
@@ -378,7 +379,12 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
 
 
 def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path:
-    path = Path(path)
+    given = path = Path(path)
+    if path.is_symlink():     # write the file the link points to; renaming over the link would replace it
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():   # /dev/null, a pipe: renaming over it would replace it
+        raise FileExistsError(errno.EEXIST, f"{given} exists and is not a regular file (a device, pipe or socket, "
+                                            f"or a directory); give the path of a file", str(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -396,7 +402,7 @@ def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+    return given
 
 
 def _umask() -> int:
@@ -412,14 +418,28 @@ def _umask() -> int:
     return mask
 
 
-def output_problem(path: Union[str, Path], directory: bool = False) -> Optional[str]:
+def output_problem(path: Union[str, Path], directory: bool = False, replaces: Optional[str] = None) -> Optional[str]:
     """Why a file (or, with directory=True, a folder to write files in) cannot be written at
-    path, or None. Checked before long work, so that a run does not fail at its end."""
+    path, or None. Checked before long work, so that a run does not fail at its end.
+
+    A file already at path is replaced only when it is a regular file, not read-only, and, with
+    replaces="json" or "weights", one of that kind: a typo must not wipe a source file.
+    """
     path = Path(path)
+    if str(path) in ("", "."):
+        return "no file name given"
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"
     if not directory and path.is_dir():
         return f"{path} is a directory"
+    if not directory and path.exists():
+        if not path.is_file():
+            return f"{path} exists and is not a regular file (a device, pipe or socket); give the path of a file"
+        if not path.stat().st_mode & 0o222:
+            return f"{path} is read-only; predlab will not replace it"
+        kind = _kind_problem(path, replaces)
+        if kind:
+            return f"{path} exists and is not {kind}; predlab will not replace it (remove it, or write elsewhere)"
     d = path if directory else path.parent
     while not d.exists() and d != d.parent:       # the nearest folder that exists
         d = d.parent
@@ -433,10 +453,25 @@ def output_problem(path: Union[str, Path], directory: bool = False) -> Optional[
     return None
 
 
+def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
+    """What the existing file at path should be and is not ("a JSON file"), or None."""
+    if replaces is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        if replaces == "json":
+            json.loads(text)
+        else:
+            text_to_params(text, str(path))
+        return None
+    except (OSError, UnicodeDecodeError, ValueError):    # WeightFormatError and JSONDecodeError too
+        return "a JSON file" if replaces == "json" else "a weight file"
+
+
 def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[str, Path],
-                      directory: bool = False) -> None:
+                      directory: bool = False, replaces: Optional[str] = None) -> None:
     """parser.error (exit 2) naming flag when output_problem finds one."""
-    problem = output_problem(path, directory)
+    problem = output_problem(path, directory, replaces)
     if problem:
         parser.error(f"{flag}: {problem}")
 
@@ -541,7 +576,7 @@ def main(argv: List[str] = None) -> int:
         ap.error(not_a_file(src, f"no such file: {src}"))
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
-    refuse_unwritable(ap, "--out", out)
+    refuse_unwritable(ap, "--out", out, replaces="weights")
     before = _file_id(out)
     try:
         return _export(ap, args, src, out)

@@ -905,7 +905,10 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     if problem:
         raise ValueError(problem)
     if tc.threads:
-        torch.set_num_threads(tc.threads)
+        if tc.threads > usable_cpus():    # torch's pools of 100000 threads hung or crashed the process
+            warnings.warn(f"threads={tc.threads}, but this process may use {usable_cpus()} CPU(s): using "
+                          f"{usable_cpus()}", stacklevel=2)
+        torch.set_num_threads(min(tc.threads, usable_cpus()))
     torch.manual_seed(tc.seed)
     if model is None:
         model = TransformerPredator.from_config(mc)
@@ -1077,6 +1080,10 @@ def _parse(argv):
         problem = training_memory(tc, wc, mc, resolve_device(tc.device))
         if problem:
             raise ValueError(problem + "; lower the largest")
+        if tc.threads > usable_cpus():
+            notes.append((f"note: --threads {tc.threads}, but this machine has {usable_cpus()} CPU(s) for this "
+                          f"process: torch uses {usable_cpus()}", True))
+            tc.threads = usable_cpus()
         if tc.num_workers > usable_cpus():   # each worker is a process with its own torch: 1000 filled the memory
             notes.append((f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for "
                           f"this process: {usable_cpus()} worker processes generate the episodes", True))

@@ -159,3 +159,35 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
     assert list(seen["modes"]) == ["graphs fp32", "graphs tf32", "graphs bf16"]
     assert seen["modes"]["graphs tf32"] == bench.VARIANT_MODES["graphs tf32"]
     assert (tmp_path / "g.json").is_file()
+
+
+def test_bench_cli_refuses_outputs_it_would_destroy_and_threads_past_the_cpus(tmp_path, capsys, monkeypatch):
+    """--json /dev/null replaced the device with a file, --json on a source file wiped it, and
+    --threads 100000 crashed the process."""
+    import os
+
+    import pytest
+    from predlab import data
+    monkeypatch.setattr(data, "usable_cpus", lambda: 2)
+    source = tmp_path / "notes.json"
+    source.write_text("my notes, not JSON")
+    readonly = tmp_path / "kept.json"
+    readonly.write_text("{}")
+    readonly.chmod(0o444)
+    for argv, message in [(["--threads", "100000"], "this process may use 2 CPU(s)"),
+                          (["--json", ""], "no file name given"),
+                          (["--json", str(source)], "exists and is not a JSON file"),
+                          (["--json", str(readonly)], "is read-only")] + (
+                         [(["--json", os.devnull], "is not a regular file")] if os.path.exists(os.devnull) else []):
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    assert source.read_text() == "my notes, not JSON"
+
+
+def test_bench_json_dash_prints_the_figures(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
+    assert bench.main(["--json", "-"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["generate"]["samples_per_s"] == 1.0

@@ -521,3 +521,39 @@ def test_a_pipe_or_a_dangling_link_is_not_called_missing(tmp_path, capsys):
         load_policy(link)
     with pytest.raises(FileNotFoundError, match="no weight file at"):
         read_params(tmp_path / "absent.js")
+
+
+def test_atomic_writes_go_through_links_and_never_replace_devices_or_pipes(tmp_path):
+    """Renaming over a link replaced the link (its target kept the old text), and over /dev/null
+    or a named pipe replaced the device or pipe with a plain file."""
+    from predlab.export import atomic_write_text, output_problem
+    target = tmp_path / "real.json"
+    target.write_text("{}")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    atomic_write_text(link, '{"a": 1}')
+    assert link.is_symlink() and target.read_text() == '{"a": 1}'
+    if hasattr(os, "mkfifo"):
+        fifo = tmp_path / "pipe.json"
+        os.mkfifo(fifo)
+        with pytest.raises(FileExistsError, match="is not a regular file"):
+            atomic_write_text(fifo, "{}")
+        assert not fifo.is_file() and fifo.exists()
+        assert "is not a regular file" in output_problem(fifo)
+    app = tmp_path / "app.js"
+    app.write_text("function main() { return 1; }\n")
+    assert "is not a weight file" in output_problem(app, replaces="weights")
+    assert output_problem(target, replaces="json") is None and output_problem(tmp_path / "new.json") is None
+
+
+def test_export_cli_will_not_replace_a_file_that_is_no_weight_file(model, tmp_path, capsys):
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    app = tmp_path / "app.js"
+    app.write_text("function main() { return 1; }\n")
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(app)])
+    assert e.value.code == 2 and "app.js exists and is not a weight file" in capsys.readouterr().err
+    assert app.read_text() == "function main() { return 1; }\n"
+    out = tmp_path / "model.js"
+    assert main([str(src), "--out", str(out)]) == 0 and main([str(src), "--out", str(out)]) == 0   # its own: replaced

@@ -946,6 +946,16 @@ def test_num_workers_beyond_the_cpus_starts_one_process_per_cpu(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     tc, *_ = tr.parse_args(["--num_workers", "1000", *TINY_FLAGS])
     assert tc.num_workers == 2 and "--num_workers 1000, but this machine has 2 CPU(s)" in capsys.readouterr().err
+    tc, *_ = tr.parse_args(["--threads", "100000", *TINY_FLAGS])     # torch hung starting 100000 threads
+    assert tc.threads == 2 and "--threads 100000, but this machine has 2 CPU(s)" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning, match="threads=100000, but this process may use 2 CPU"):
+            create_trainer(threads=100000, train_episodes=2, val_episodes=1, verbose=False, device="cpu",
+                           world_config=TINY_WORLD)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_cli_resume_from_a_training_state_that_does_not_fit_exits_2(tmp_path, monkeypatch, capsys):
