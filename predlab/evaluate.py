@@ -63,6 +63,10 @@ def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:
     return closest_pursuit(batch["boids"], batch["mask"])
 
 
+class NonFiniteActions(ValueError):
+    """A model's actions are NaN or infinite: its catches cannot be measured."""
+
+
 class ModelPolicy:
     """A TransformerPredator as a batched policy: eval mode, no_grad, on the model's device.
 
@@ -99,6 +103,9 @@ class ModelPolicy:
                 out[idx] = self.model(sub).to(out)
         finally:
             self.model.train(was_training)
+        if not bool(torch.isfinite(out).all()):     # scored as no catches, it read as a weak model
+            raise NonFiniteActions("the model's actions are NaN or infinite (its weights hold NaN or huge values: "
+                             "training diverged, or the file is damaged), so its catches cannot be measured")
         return out
 
 
@@ -219,6 +226,14 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     """
     kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=_device(device))
     mine = rollout(policy, **kw)
+    if teacher is not None:     # the teacher's rollout of other episodes gave a wrong ratio, silently
+        if not isinstance(teacher, Rollout):
+            raise TypeError(f"teacher must be a Rollout of the teacher on the same episodes, not "
+                            f"{type(teacher).__name__}")
+        same = episodes_world(episodes, seed, world_config).n_alive
+        if teacher.frames != frames or teacher.n_start.shape != same.shape or not torch.equal(teacher.n_start, same):
+            raise ValueError(f"teacher is a Rollout of other episodes ({teacher.catches.numel()} x {teacher.frames} "
+                             f"frames, or another seed or world) than these {episodes} x {frames}")
     teacher = teacher or rollout("teacher", **kw)
     out = {"catch_ratio": catch_ratio(mine, teacher), "episodes": episodes, "frames": frames, "seed": seed,
            "policy": mine.summary(), "teacher": teacher.summary()}
@@ -246,8 +261,12 @@ class CatchEvaluator(Callback):
     """
 
     def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
+        # checked now: a bad value found at the first evaluation loses that epoch's training
+        for name, v, lo in (("every", every, 1), ("episodes", episodes, 1), ("frames", frames, 1), ("seed", seed, 0)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
+                raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+        if seed > SEED_MAX:
+            raise ValueError(f"seed must be <= {SEED_MAX}, got {seed}")
         self.every, self.episodes, self.frames, self.seed = every, episodes, frames, seed
         self.teacher: Optional[Rollout] = None
 
@@ -266,7 +285,12 @@ class CatchEvaluator(Callback):
             if not int(self.teacher.catches.sum()):
                 print(f"warning: the teacher catches nothing in {self.episodes} episodes x {self.frames} frames, so "
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
-        mine = rollout(ModelPolicy(trainer.model), **kw)
+        try:
+            mine = rollout(ModelPolicy(trainer.model), **kw)
+        except NonFiniteActions as e:   # a diverged epoch: the run's val loss says so too; it goes on
+            print(f"warning: epoch {epoch}: {e}", file=sys.stderr)
+            logs["catch_ratio"] = logs["neg_catch_ratio"] = logs["catches_per_1k"] = math.nan
+            return
         ratio = catch_ratio(mine, self.teacher)
         logs["catch_ratio"] = ratio
         logs["neg_catch_ratio"] = -ratio

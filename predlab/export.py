@@ -425,9 +425,9 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     A file already at path is replaced only when it is a regular file, not read-only, and, with
     replaces="json" or "weights", one of that kind: a typo must not wipe a source file.
     """
-    path = Path(path)
-    if str(path) in ("", "."):
+    if isinstance(path, str) and not path.strip():
         return "no file name given"
+    path = Path(path)
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"
     if not directory and path.is_dir():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -251,3 +252,38 @@ def test_compare_names_a_bad_device(device, error, message):
         compare("teacher", episodes=1, frames=1, device=device, baselines=False)
     with pytest.raises(error, match=message):
         load_policy("teacher", device)
+
+
+def test_a_model_with_nan_actions_is_named_not_scored(model):
+    """A diverged model scored catch_ratio 0.0, as if it were merely weak."""
+    from predlab.evaluate import CatchEvaluator, NonFiniteActions
+    with torch.no_grad():
+        model.output.bias.fill_(float("nan"))
+    with pytest.raises(NonFiniteActions, match="actions are NaN or infinite"):
+        rollout(model, episodes=3, frames=2, world_config=WC)
+
+    class Trainer:                      # what CatchEvaluator reads of a trainer
+        target_epochs, monitor, world_config, device = 5, "val_loss", WC, torch.device("cpu")
+    Trainer.model = model
+    logs = {}
+    CatchEvaluator(every=1, episodes=3, frames=2).on_evaluate(Trainer(), 1, logs)   # training goes on
+    assert math.isnan(logs["catch_ratio"]) and math.isnan(logs["neg_catch_ratio"])
+
+
+@pytest.mark.parametrize("kw", [{"episodes": -1}, {"frames": "x"}, {"every": 2.5}, {"seed": -1}, {"every": True}])
+def test_catch_evaluator_refuses_bad_arguments_when_made(kw):
+    """Found only at the first evaluation, after that epoch's training."""
+    from predlab.evaluate import CatchEvaluator
+    with pytest.raises(ValueError, match=f"{next(iter(kw))} must be a whole number"):
+        CatchEvaluator(**kw)
+
+
+def test_compare_refuses_a_teacher_rollout_of_other_episodes(model):
+    """It gave a wrong catch_ratio silently."""
+    t = rollout("teacher", episodes=4, frames=5, world_config=WC)
+    assert compare(model, episodes=4, frames=5, world_config=WC, teacher=t, baselines=False)["teacher"] == t.summary()
+    for kw in ({"episodes": 5, "frames": 5}, {"episodes": 4, "frames": 6}):
+        with pytest.raises(ValueError, match="teacher is a Rollout of other episodes"):
+            compare(model, world_config=WC, teacher=t, baselines=False, **kw)
+    with pytest.raises(TypeError, match="teacher must be a Rollout"):
+        compare(model, episodes=4, frames=5, world_config=WC, teacher="teacher", baselines=False)
