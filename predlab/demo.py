@@ -119,6 +119,9 @@ def main(argv=None) -> int:
                     help="port on 127.0.0.1 (0 picks a free one; default 8000)")
     ap.add_argument("--no-browser", action="store_true", help="only print the URL")
     args = ap.parse_args(argv)
+    if not args.model_js.strip():       # Path("") is ".", which read as "the current folder is a directory"
+        print(f"error: no model.js given (the default is {DEFAULT_MODEL})", file=sys.stderr)
+        return 2
     model = Path(args.model_js)
     if model.is_dir():
         print(f"error: {model} is a directory; pass the model.js in it (say {model / 'model.js'})", file=sys.stderr)

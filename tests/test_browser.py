@@ -235,6 +235,8 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     r = subprocess.run([sys.executable, "-m", "predlab.demo", str(write_weights(model, tmp_path / "model.json")),
                         "--no-browser"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is plain JSON" in r.stderr and "predlab.export" in r.stderr
+    from predlab.demo import main
+    assert main(["", "--no-browser"]) == 2          # it said ". is a directory"
     const = tmp_path / "const.js"
     const.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS"))
     assert "does not set window.TRANSFORMER_PARAMS" in _page_problem(const)
