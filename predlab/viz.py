@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import subprocess
@@ -75,6 +76,57 @@ def checkpoint_dir(quick: Optional[bool] = None) -> Path:
 def runs_dir() -> Path:
     """TensorBoard's runs folder, <repo>/runs (`tensorboard --logdir runs` from the repo root)."""
     return repo_root() / "runs"
+
+
+# ---------------------------------------------------------------------- argument checks
+FIGSIZE_MAX = 100.0  # inches a side: matplotlib draws 100 dots an inch, and a figure past this is a typo
+
+
+def _whole(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    """v as an int, if it is a whole number (not a bool) in [lo, hi]; else a TypeError/ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}") + f", got {v}")
+    return int(v)
+
+
+def _figsize(figsize, name: str = "figsize") -> tuple:
+    """figsize as (width, height) in inches, each a finite number in (0, FIGSIZE_MAX]."""
+    try:
+        w, h = figsize
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be (width, height) in inches, got {figsize!r}") from None
+    for v in (w, h):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be (width, height) in inches, got {figsize!r}")
+        if not 0 < v <= FIGSIZE_MAX:             # NaN fails this too
+            raise ValueError(f"{name} must be (width, height) with each in (0, {FIGSIZE_MAX:g}] inches, "
+                             f"got {figsize!r}")
+    return float(w), float(h)
+
+
+def _index(name: str, index, n: int, of: str = "frames") -> int:
+    """index of one of n things, negative counting from the end as in Python -> 0 .. n-1."""
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {index!r}")
+    if n == 0:
+        raise ValueError(f"there are no {of} to pick {name} {index} from")
+    if not -n <= index < n:
+        raise ValueError(f"{name} must be between {-n} and {n - 1} ({n} {of}), got {index}")
+    return int(index) % n
+
+
+def _layer_head(model, layer, head):
+    """(layer, head) checked against the model's sizes; head None or 'mean' -> None (the mean of heads)."""
+    cfg = getattr(model, "config", None)
+    L, H = getattr(cfg, "n_layers", None), getattr(cfg, "n_heads", None)
+    layer = _index("layer", layer, L, "layers") if L is not None else layer
+    if head is None or (isinstance(head, str) and head == "mean"):
+        return layer, None
+    if isinstance(head, str):
+        raise ValueError(f"head must be a head number or 'mean', got {head!r}")
+    return layer, _index("head", head, H, "heads") if H is not None else head
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -418,13 +470,17 @@ def draw_attention(ax, rel_px: np.ndarray, weights: np.ndarray, target: int = -1
     return sc
 
 
-def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[int] = None,
+def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Union[int, str, None] = None,
                            index: int = 0, figsize=(5.5, 4.5)) -> Figure:
     """The scene as the model sees it (sample `index` of batch), boids coloured by [CLS]'s attention.
 
-    head=None averages the heads. The teacher's target (nearest boid) is ringed in red.
+    head=None or 'mean' averages the heads. index, layer and head count from the end when
+    negative, as in Python. The teacher's target (nearest boid) is ringed in red.
     The figure's `attention_weights` attribute holds the drawn weights [n live boids].
     """
+    index = _index("index", index, batch["mask"].shape[0])
+    layer, head = _layer_head(model, layer, head)
+    figsize = _figsize(figsize)
     one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
     a = cls_attention(model, one)[0, layer]                                         # [H, N]
     w = (a.mean(0) if head is None else a[head])
@@ -449,7 +505,11 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[i
 
 def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) -> Figure:
     """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale
-    per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour)."""
+    per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour).
+    A negative index counts from the end, as in Python."""
+    index = _index("index", index, batch["mask"].shape[0])
+    if isinstance(cell, bool) or not isinstance(cell, numbers.Real) or not 0 < cell <= FIGSIZE_MAX / 4:
+        raise ValueError(f"cell must be a panel size in (0, {FIGSIZE_MAX / 4:g}] inches, got {cell!r}")
     one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
     a = cls_attention(model, one)[0]                                                # [L, H, N]
     live = one["mask"][0]
@@ -498,6 +558,7 @@ class Agreement:
 @torch.no_grad()
 def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
+    chunk = _whole("chunk", chunk, 1)
     keep = batch["mask"].any(-1)
     batch = {k: batch[k][keep] for k in ("context", "predator", "boids", "mask")}
     S = int(keep.sum())

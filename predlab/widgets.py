@@ -180,8 +180,7 @@ def show_attention(model, batch, frame: int, layer: int, head):
     """What the attention sliders call: the overlay figure for one frame/layer/head ('mean' = average)."""
     from .viz import plot_attention_overlay
 
-    return plot_attention_overlay(model, batch, layer=layer, head=None if head in (None, "mean") else int(head),
-                                  index=frame)
+    return plot_attention_overlay(model, batch, layer=layer, head=head, index=frame)
 
 
 def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[int] = None,
@@ -194,9 +193,14 @@ def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[
     """
     from IPython.display import display
 
+    from .viz import _index
+
     B = batch["mask"].shape[0]
     cfg = model.config
-    frame = B // 2 if frame is None else frame
+    if B == 0:
+        raise ValueError("batch has no frames: the attention sliders need at least one")
+    frame = B // 2 if frame is None else _index("frame", frame, B)
+    layer = _index("layer", layer, cfg.n_layers, "layers")
     ctl = Controls({"frame": W.IntSlider(frame, min=0, max=B - 1, description="frame", continuous_update=False),
                     "layer": W.IntSlider(layer, min=0, max=cfg.n_layers - 1, description="layer",
                                          continuous_update=False),

@@ -393,3 +393,41 @@ def test_export_for_browser_keeps_unusable_and_earlier_files_out_of_the_way(make
     assert read_params(odd["paths"][0])["n_heads"] == 2
     assert torch.equal(read_weights(tmp_path / "model.js").output.weight, make_model(1).output.weight)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]      # said once, in the message
+
+
+# ---------------------------------------------------------------------- bad arguments: clear errors, before any work
+def test_attention_views_take_negative_indices_and_head_mean(samples):
+    model = PeakedModel()
+    batch = viz.sample_frames(samples, 4)
+    last = viz.plot_attention_overlay(model, batch, layer=-1, head=-1, index=-1).attention_weights
+    same = viz.plot_attention_overlay(model, batch, layer=1, head=2, index=3).attention_weights
+    assert np.array_equal(last, same)
+    mean = viz.plot_attention_overlay(model, batch, head="mean", index=1).attention_weights
+    assert np.array_equal(mean, viz.plot_attention_overlay(model, batch, head=None, index=1).attention_weights)
+    assert np.array_equal(widgets.show_attention(model, batch, -1, -1, -1).attention_weights, last)
+    assert len(viz.plot_attention_grid(model, batch, index=-1).axes) == 2 * 4 + 2
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=4), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=-5), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=1.0), r"index must be a whole number"),
+    (lambda m, b: viz.plot_attention_grid(m, b, index=4), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_grid(m, b, index=True), r"index must be a whole number"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, layer=99), r"layer must be between -2 and 1 \(2 layers\)"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, layer=1.0), r"layer must be a whole number"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, head=99), r"head must be between -3 and 2 \(3 heads\)"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, head="all"), r"head must be a head number or 'mean'"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, figsize=(0, 0)), r"figsize"),
+    (lambda m, b: widgets.show_attention(m, b, 9, 0, "mean"), r"index must be between -4 and 3"),
+    (lambda m, b: widgets.show_attention(m, b, 0, 0, 1.5), r"head must be a whole number"),
+    (lambda m, b: viz.attention_agreement(m, b, chunk=0), r"chunk must be >= 1, got 0"),
+    (lambda m, b: viz.attention_agreement(m, b, chunk=-1), r"chunk must be >= 1, got -1"),
+    (lambda m, b: widgets.make_attention_controls(m, {k: v[:0] for k, v in b.items()}), r"batch has no frames"),
+    (lambda m, b: widgets.make_attention_controls(m, b, frame=4), r"frame must be between -4 and 3"),
+    (lambda m, b: widgets.make_attention_controls(m, b, layer=2), r"layer must be between -2 and 1"),
+    (lambda m, b: viz.plot_attention_overlay(m, {k: v[:0] for k, v in b.items()}), r"no frames"),
+])
+def test_attention_views_refuse_bad_choices(samples, call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(PeakedModel(), viz.sample_frames(samples, 4))
