@@ -169,11 +169,19 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     """Run one world for `frames` frames with the teacher (or `policy(obs) -> [1, 2]`) driving.
 
     Records the state before each step, so frame 0 is the start of the episode. The flock
-    weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes.
+    weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
+    (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
     """
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    cfg = cfg or WorldConfig()
+    frames = _whole("frames", frames, 1)
+    n_boids = _whole("n_boids", n_boids, 1, 10_000)
+    lo = WorldConfig.__dataclass_fields__["width_min"].metadata["min"]          # the canvas floor, 16 px
+    width, height = _whole("width", width, lo), _whole("height", height, lo)
+    seed = _whole("seed", seed, 0, C.SEED_MAX)
+    cfg = C.as_config(WorldConfig, cfg, "cfg")
+    cfg.validate()
+    if policy is not None and not callable(policy):
+        raise TypeError(f"policy must be a callable obs -> [1, 2] action tensor (or None for the teacher), "
+                        f"got {type(policy).__name__}")
     world = World.random(1, cfg, generator=torch.Generator().manual_seed(seed), n_boids=n_boids,
                          width=width, height=height)
     rec: Dict[str, List[np.ndarray]] = {k: [] for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "action",
@@ -181,7 +189,7 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     for _ in range(frames):
         obs = world.observe()
         teacher = closest_pursuit(obs["boids"], obs["mask"])                     # [1, 2]
-        action = teacher if policy is None else policy(obs).to(teacher.dtype).clamp(-1, 1)
+        action = teacher if policy is None else _policy_action(policy(obs), teacher).clamp(-1, 1)
         for k in ("pos", "vel", "alive", "pred_pos", "pred_vel"):
             rec[k].append(getattr(world, k)[0].cpu().numpy().copy())
         for k in ("context", "predator", "boids", "mask"):
@@ -193,6 +201,18 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     return Rollout(a["pos"], a["vel"], a["alive"], a["pred_pos"], a["pred_vel"], a["action"], a["teacher"],
                    a["caught"], (float(width), float(height)),
                    {k: a[k] for k in ("context", "predator", "boids", "mask")})
+
+
+def _policy_action(out, like: Tensor) -> Tensor:
+    """A policy's output checked to be an [E, 2] tensor of finite numbers, in like's dtype."""
+    E = like.shape[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"policy must return an [E, 2] tensor (here [{E}, 2]), got {type(out).__name__}")
+    if tuple(out.shape) != (E, 2):
+        raise ValueError(f"policy must return an [E, 2] tensor (here [{E}, 2]), got shape {list(out.shape)}")
+    if out.is_complex() or not torch.isfinite(out).all():
+        raise ValueError(f"policy returned {out.tolist()}: actions must be finite real numbers")
+    return out.to(like.device, like.dtype)
 
 
 # ---------------------------------------------------------------------- animation

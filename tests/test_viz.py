@@ -431,3 +431,32 @@ def test_attention_views_take_negative_indices_and_head_mean(samples):
 def test_attention_views_refuse_bad_choices(samples, call, match):
     with pytest.raises((TypeError, ValueError), match=match):
         call(PeakedModel(), viz.sample_frames(samples, 4))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(frames=2.5), r"frames must be a whole number, got 2.5"),
+    (dict(frames=float("nan")), r"frames must be a whole number, got nan"),
+    (dict(frames=None), r"frames must be a whole number, got None"),
+    (dict(frames="5"), r"frames must be a whole number, got '5'"),
+    (dict(frames=True), r"frames must be a whole number, got True"),
+    (dict(frames=0), r"frames must be >= 1, got 0"),
+    (dict(seed=2 ** 70), r"seed must be between 0 and 9223372036854775807"),
+    (dict(seed=None), r"seed must be a whole number, got None"),
+    (dict(seed=-1), r"seed must be between 0 and"),
+    (dict(width=0), r"width must be >= 16, got 0"),
+    (dict(width=-5), r"width must be >= 16, got -5"),
+    (dict(height=100.0), r"height must be a whole number"),
+    (dict(n_boids=2.5), r"n_boids must be a whole number"),
+    (dict(n_boids=0), r"n_boids must be between 1 and 10000"),
+    (dict(cfg="fast"), r"cfg must be a WorldConfig"),
+    (dict(policy="teacher"), r"policy must be a callable"),
+    (dict(policy=lambda obs: [[0.0, 1.0]]), r"policy must return an \[E, 2\] tensor \(here \[1, 2\]\), got list"),
+    (dict(policy=lambda obs: torch.zeros(2)), r"policy must return an \[E, 2\] tensor \(here \[1, 2\]\), got shape \[2\]"),
+    (dict(policy=lambda obs: torch.zeros(3, 2)), r"got shape \[3, 2\]"),
+    (dict(policy=lambda obs: torch.full((1, 2), float("nan"))), r"policy returned \[\[nan, nan\]\]: actions must be finite"),
+])
+def test_record_rollout_refuses_bad_arguments(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        viz.record_rollout(**{"frames": 2, "n_boids": 3, "width": 64, "height": 64, **kw})
+    assert len(viz.record_rollout(frames=2, n_boids=3, width=16, height=16, seed=np.int64(2 ** 62),
+                                  policy=lambda obs: torch.ones(1, 2, dtype=torch.float64))) == 2
