@@ -445,12 +445,14 @@ class LivePlot(Callback):
 def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
                     frames: Optional[int] = None) -> list:
     """[predlab.evaluate.CatchEvaluator(...)]: the closed-loop catch ratio every few epochs, sized
-    by sizes()."""
+    by sizes() for each argument left at None."""
     from .evaluate import CatchEvaluator
 
     S = sizes()
-    return [CatchEvaluator(every=every or S["eval_every"], episodes=episodes or S["eval_episodes"],
-                           frames=frames or S["eval_frames"])]
+    every, episodes, frames = (S[k] if v is None else _whole(name, v, 1) for name, k, v in
+                               (("every", "eval_every", every), ("episodes", "eval_episodes", episodes),
+                                ("frames", "eval_frames", frames)))
+    return [CatchEvaluator(every=every, episodes=episodes, frames=frames)]
 
 
 # ---------------------------------------------------------------------- attention

@@ -460,3 +460,17 @@ def test_record_rollout_refuses_bad_arguments(kw, match):
         viz.record_rollout(**{"frames": 2, "n_boids": 3, "width": 64, "height": 64, **kw})
     assert len(viz.record_rollout(frames=2, n_boids=3, width=16, height=16, seed=np.int64(2 ** 62),
                                   policy=lambda obs: torch.ones(1, 2, dtype=torch.float64))) == 2
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(every=0), r"every must be >= 1, got 0"),
+    (dict(episodes=-1), r"episodes must be >= 1, got -1"),
+    (dict(episodes=0), r"episodes must be >= 1, got 0"),
+    (dict(frames=2.5), r"frames must be a whole number, got 2.5"),
+    (dict(every=True), r"every must be a whole number, got True"),
+])
+def test_catch_callbacks_refuse_bad_sizes(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        viz.catch_callbacks(**kw)
+    (cb,) = viz.catch_callbacks(every=3, episodes=2, frames=5)
+    assert (cb.every, cb.episodes, cb.frames) == (3, 2, 5)
