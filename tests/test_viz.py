@@ -474,3 +474,45 @@ def test_catch_callbacks_refuse_bad_sizes(kw, match):
         viz.catch_callbacks(**kw)
     (cb,) = viz.catch_callbacks(every=3, episodes=2, frames=5)
     assert (cb.every, cb.episodes, cb.frames) == (3, 2, 5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: widgets.make_train_controls(bogus=1, epoch=5), r"unknown argument\(s\) bogus, epoch; it takes "
+                                                           r"learning_rate, batch_size, epochs"),
+    (lambda: widgets.make_train_controls(seed=3), r"unknown argument\(s\) seed"),
+    (lambda: widgets.make_train_controls(epochs=-5), r"epochs must be >= 1, got -5"),
+    (lambda: widgets.make_train_controls(epochs=None), r"epochs must be a whole number, got None"),
+    (lambda: widgets.make_train_controls(learning_rate=-1), r"learning_rate must be between 1e-05 and 0.1, got -1"),
+    (lambda: widgets.make_train_controls(batch_size=2.7), r"batch_size must be a whole number, got 2.7"),
+    (lambda: widgets.make_train_controls(n_heads=99), r"n_heads must be between 1 and 16, got 99"),
+    (lambda: widgets.sim_widgets(n_boids=10 ** 6), r"n_boids must be between 1 and 50, got 1000000"),
+    (lambda: widgets.sim_widgets(n_boids=-5), r"n_boids must be between 1 and 50, got -5"),
+    (lambda: widgets.sim_widgets(frames=None), r"frames must be a whole number, got None"),
+    (lambda: widgets.sim_widgets(width=100), r"width must be between 320 and 3840, got 100"),
+    (lambda: widgets.field_widget(WorldConfig, "separation_weight", 9.0, max=5.0),
+     r"separation_weight must be between 0 and 5, got 9.0"),
+    (lambda: widgets.field_widget(WorldConfig, "separation_weight", max=5.0, log=True),
+     r"WorldConfig.separation_weight: a log slider needs min > 0, got min=0.0"),
+    (lambda: widgets.field_widget(WorldConfig, "frames", 10, min=20, max=5), r"max must be >= 20, got 5"),
+])
+def test_widgets_refuse_unknown_names_and_values_a_slider_would_clamp(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+def _train_values(**kw):
+    return {**widgets.make_train_controls().values(), **kw}
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(epochs=2.7), r"epochs must be a whole number, got 2.7"),
+    (dict(batch_size=2.7), r"batch_size must be a whole number, got 2.7"),
+    (dict(epochs=0), r"epochs must be >= 1, got 0"),
+    (dict(epochs=True), r"epochs must be a whole number, got True"),
+    (dict(train_episodes=-1), r"train_episodes must be >= 1, got -1"),
+    (dict(learning_rate=0.0), r"learning_rate must be > 0"),
+    (dict(learning_rate=float("nan")), r"learning_rate must be a finite number"),
+])
+def test_train_kwargs_refuse_what_they_would_truncate_or_pass_on(kw, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.train_kwargs(**_train_values(**kw))
