@@ -224,6 +224,10 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     """
     from matplotlib.animation import FuncAnimation
 
+    figsize = _figsize(figsize)
+    interval = _whole("interval", interval, 1)
+    if isinstance(arrow_px, bool) or not isinstance(arrow_px, numbers.Real) or not math.isfinite(arrow_px):
+        raise ValueError(f"arrow_px must be a finite number of px, got {arrow_px!r}")
     W, H = rollout.size
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -287,6 +291,7 @@ def training_data_stats(samples) -> Dict[str, np.ndarray]:
 
 def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
     """Three panels: boid-count histogram, distance-to-nearest-boid histogram, target-direction rose."""
+    figsize = _figsize(figsize)
     s = training_data_stats(samples)
     fig = Figure(figsize=figsize)
     ax1 = fig.add_subplot(1, 3, 1)
@@ -314,6 +319,13 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
     if isinstance(catches, Rollout) or (isinstance(catches, np.ndarray) and catches.ndim == 1):
         catches = [catches]
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of names, one per episode, not the string {labels!r}")
+    if labels is not None and len(labels) != len(series):
+        raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
+    for i, c in enumerate(series):
+        if c.ndim != 1:
+            raise ValueError(f"catches[{i}] must be per-frame catch counts [T], got shape {list(c.shape)}")
     if ax is None:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
@@ -372,7 +384,7 @@ class LivePlot(Callback):
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
         self.display = _in_notebook() if display is None else display
-        self.figsize, self.log_scale = figsize, log_scale
+        self.figsize, self.log_scale = _figsize(figsize), log_scale
         self.history: Dict[str, List[float]] = {}
         self.epochs: Dict[str, List[int]] = {}
         self.lines: Dict[str, object] = {}
@@ -380,11 +392,15 @@ class LivePlot(Callback):
         self.handle = None
 
     def on_train_begin(self, trainer):
-        # A resumed trainer brings its history: show it from the start.
+        # A resumed trainer brings its history: show it from the start. An entry without an
+        # epoch is the epoch of its place in the list (history[0] is epoch 1).
         seen = set(self.history.get("epoch", []))
-        for logs in getattr(trainer, "history", []):
-            if logs.get("epoch") not in seen:
-                self._append(logs["epoch"], logs)
+        for i, logs in enumerate(getattr(trainer, "history", None) or []):
+            if not isinstance(logs, Mapping):
+                raise TypeError(f"trainer.history[{i}] must be a dict of epoch logs, got {type(logs).__name__}")
+            epoch = logs.get("epoch", i + 1)
+            if epoch not in seen:
+                self._append(epoch, logs)
 
     def _append(self, epoch: int, logs: Mapping[str, float]) -> None:
         for k, v in {"epoch": epoch, **logs}.items():
@@ -601,6 +617,7 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
 
 def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
     """Bars: head-averaged agreement per layer; dots: each head; dashed: chance."""
+    figsize = _figsize(figsize)
     L, H = ag.per_head.shape
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -617,7 +634,10 @@ def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
 
 
 def sample_frames(samples, count: int, seed: int = 0) -> Batch:
-    """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames."""
+    """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames
+    (all of them, in random order, when it has fewer)."""
+    count = _whole("count", count, 1)
+    seed = _whole("seed", seed, 0, C.SEED_MAX)
     rows = (samples.n > 0).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     rows = rows[torch.randperm(len(rows), generator=g)[:count]]
@@ -631,13 +651,21 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
                     epochs: Optional[int] = None, verbose: bool = True):
     """best_model.pt from directory (checkpoint_dir() by default), in eval mode on the CPU.
 
+    directory may also name the checkpoint file itself (a path ending in .pt, or an existing file).
+
     With no checkpoint there, trains a small model (sizes()['fallback_*'], nothing written to
     disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
     Returns (model, message).
     """
     from .checkpoint import describe_best, load_checkpoint_dict, load_model
 
-    path = Path(directory if directory is not None else checkpoint_dir()) / "best_model.pt"
+    if epochs is not None:
+        epochs = _whole("epochs", epochs, 1)
+    if not isinstance(train_if_missing, bool):
+        raise TypeError(f"train_if_missing must be True or False, got {train_if_missing!r}")
+    path = Path(directory if directory is not None else checkpoint_dir())
+    if not (path.suffix == ".pt" or path.is_file()):
+        path = path / "best_model.pt"
     if path.is_file():
         ck = load_checkpoint_dict(path)
         model = load_model(path)
@@ -649,7 +677,7 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         from .train import create_trainer
 
         S = sizes()
-        epochs = epochs or S["fallback_epochs"]
+        epochs = S["fallback_epochs"] if epochs is None else epochs
         trainer = create_trainer(train_episodes=S["fallback_episodes"], val_episodes=S["val_episodes"],
                                  world_config=WorldConfig(frames=S["data_frames"]), progress=False, verbose=False)
         try:
@@ -674,11 +702,21 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     """
     from .export import SIZE_KEYS, atomic_write_text, model_to_params, move_to_previous, params_to_text, validate_params
 
+    def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
+        for p in (folder, *folder.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"directory {directory} must be a folder to write model.js and model.json "
+                                     f"in, but {p} is a file")
+                return
+
+    check_folder(Path(directory))
     params = model_to_params(model)
     validate_params(params)               # before anything moves or is written
     sizes = {k: int(params[k]) for k in SIZE_KEYS}
     ok = sizes == C.BROWSER_SIZES
     out = Path(directory) if ok else Path(directory) / "not-browser-size"
+    check_folder(out)
     paths = [out / "model.js", out / "model.json"]
     texts = [params_to_text(params, p.suffix[1:]) for p in paths]
     notes = [] if ok else [
@@ -726,7 +764,11 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
 
 def plot_parity(torch_out: np.ndarray, js_out: np.ndarray, figsize=(8, 3.6)) -> Figure:
     """Left: JS action against PyTorch action (x and y components; y = x is perfect). Right: |difference|."""
-    t, j = np.asarray(torch_out).reshape(-1, 2), np.asarray(js_out).reshape(-1, 2)
+    figsize = _figsize(figsize)
+    t, j = np.asarray(torch_out, dtype=np.float64), np.asarray(js_out, dtype=np.float64)
+    if t.shape != j.shape or t.ndim != 2 or t.shape[1] != 2:
+        raise ValueError(f"torch_out and js_out must both be [B, 2] actions for the same inputs, got shapes "
+                         f"{list(t.shape)} and {list(j.shape)}")
     diff = np.abs(t - j)
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 2, 1)

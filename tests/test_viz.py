@@ -516,3 +516,55 @@ def _train_values(**kw):
 def test_train_kwargs_refuse_what_they_would_truncate_or_pass_on(kw, match):
     with pytest.raises(ValueError, match=match):
         widgets.train_kwargs(**_train_values(**kw))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ro, ss, tmp, m: viz.plot_catches([ro, ro], labels=["a"]), r"labels has 1 name\(s\) for 2 episode\(s\)"),
+    (lambda ro, ss, tmp, m: viz.plot_catches([ro], labels="a"), r"labels must be a list of names"),
+    (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros((3, 2)), np.zeros((4, 2))),
+     r"torch_out and js_out must both be \[B, 2\].*shapes \[3, 2\] and \[4, 2\]"),
+    (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros(6), np.zeros(6)), r"got shapes \[6\] and \[6\]"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=(0, 0)), r"figsize must be \(width, height\)"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=(1e4, 3)), r"figsize must be .*\(0, 100\] inches"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=6), r"figsize must be \(width, height\) in inches, got 6"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, interval=0), r"interval must be >= 1"),
+    (lambda ro, ss, tmp, m: viz.plot_training_data(ss, figsize=(float("nan"), 3)), r"figsize"),
+    (lambda ro, ss, tmp, m: viz.LivePlot(figsize=(-1, 3)), r"figsize"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, -1), r"count must be >= 1, got -1"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, 0), r"count must be >= 1, got 0"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, 2.5), r"count must be a whole number"),
+    (lambda ro, ss, tmp, m: viz.load_best_model(tmp / "best_model.pt", train_if_missing=False),
+     r"no checkpoint at (?!\S*best_model\.pt/)\S*best_model\.pt: run"),
+    (lambda ro, ss, tmp, m: viz.load_best_model(tmp, epochs=0), r"epochs must be >= 1, got 0"),
+    (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt"),
+     r"directory \S*file.txt must be a folder .* but \S*file.txt is a file"),
+    (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt" / "sub"), r"file.txt is a file"),
+])
+def test_smaller_views_refuse_bad_arguments(rollout, samples, tmp_path, make_model, monkeypatch, call, match):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises((TypeError, ValueError, FileNotFoundError), match=match):
+        call(rollout, samples, tmp_path, make_model(0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]          # nothing written
+
+
+def test_load_best_model_takes_the_checkpoint_file_itself(tmp_path, samples, monkeypatch):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    tr = SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                           batch_size=64, device="cpu")
+    tr.save_checkpoint(tmp_path / "run.pt")
+    model, msg = viz.load_best_model(tmp_path / "run.pt", verbose=False)
+    assert msg.startswith(f"loaded {tmp_path / 'run.pt'} ") and model.config.d_model == 8
+
+
+def test_liveplot_shows_a_resumed_history_without_epoch_entries():
+    class Resumed:
+        history = [{"train_loss": 1.0, "val_loss": 2.0}, {"train_loss": 0.5, "val_loss": 1.0}]
+
+    lp = viz.LivePlot(display=False)
+    lp.on_train_begin(Resumed())
+    lp.on_epoch_end(None, 3, {"train_loss": 0.25, "val_loss": 0.5})
+    assert lp.history["epoch"] == [1, 2, 3] and lp.history["val_loss"] == [2.0, 1.0, 0.5]
