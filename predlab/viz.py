@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import shutil
 import subprocess
@@ -77,6 +78,57 @@ def runs_dir() -> Path:
     return repo_root() / "runs"
 
 
+# ---------------------------------------------------------------------- argument checks
+FIGSIZE_MAX = 100.0  # inches a side: matplotlib draws 100 dots an inch, and a figure past this is a typo
+
+
+def _whole(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    """v as an int, if it is a whole number (not a bool) in [lo, hi]; else a TypeError/ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        raise ValueError(f"{name} must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}") + f", got {v}")
+    return int(v)
+
+
+def _figsize(figsize, name: str = "figsize") -> tuple:
+    """figsize as (width, height) in inches, each a finite number in (0, FIGSIZE_MAX]."""
+    try:
+        w, h = figsize
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be (width, height) in inches, got {figsize!r}") from None
+    for v in (w, h):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise TypeError(f"{name} must be (width, height) in inches, got {figsize!r}")
+        if not 0 < v <= FIGSIZE_MAX:             # NaN fails this too
+            raise ValueError(f"{name} must be (width, height) with each in (0, {FIGSIZE_MAX:g}] inches, "
+                             f"got {figsize!r}")
+    return float(w), float(h)
+
+
+def _index(name: str, index, n: int, of: str = "frames") -> int:
+    """index of one of n things, negative counting from the end as in Python -> 0 .. n-1."""
+    if isinstance(index, bool) or not isinstance(index, numbers.Integral):
+        raise TypeError(f"{name} must be a whole number, got {index!r}")
+    if n == 0:
+        raise ValueError(f"there are no {of} to pick {name} {index} from")
+    if not -n <= index < n:
+        raise ValueError(f"{name} must be between {-n} and {n - 1} ({n} {of}), got {index}")
+    return int(index) % n
+
+
+def _layer_head(model, layer, head):
+    """(layer, head) checked against the model's sizes; head None or 'mean' -> None (the mean of heads)."""
+    cfg = getattr(model, "config", None)
+    L, H = getattr(cfg, "n_layers", None), getattr(cfg, "n_heads", None)
+    layer = _index("layer", layer, L, "layers") if L is not None else layer
+    if head is None or (isinstance(head, str) and head == "mean"):
+        return layer, None
+    if isinstance(head, str):
+        raise ValueError(f"head must be a head number or 'mean', got {head!r}")
+    return layer, _index("head", head, H, "heads") if H is not None else head
+
+
 # ---------------------------------------------------------------------- rollouts
 @dataclass
 class Rollout:
@@ -117,11 +169,19 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     """Run one world for `frames` frames with the teacher (or `policy(obs) -> [1, 2]`) driving.
 
     Records the state before each step, so frame 0 is the start of the episode. The flock
-    weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes.
+    weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
+    (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
     """
-    if frames < 1:
-        raise ValueError(f"frames must be >= 1, got {frames}")
-    cfg = cfg or WorldConfig()
+    frames = _whole("frames", frames, 1)
+    n_boids = _whole("n_boids", n_boids, 1, 10_000)
+    lo = WorldConfig.__dataclass_fields__["width_min"].metadata["min"]          # the canvas floor, 16 px
+    width, height = _whole("width", width, lo), _whole("height", height, lo)
+    seed = _whole("seed", seed, 0, C.SEED_MAX)
+    cfg = C.as_config(WorldConfig, cfg, "cfg")
+    cfg.validate()
+    if policy is not None and not callable(policy):
+        raise TypeError(f"policy must be a callable obs -> [1, 2] action tensor (or None for the teacher), "
+                        f"got {type(policy).__name__}")
     world = World.random(1, cfg, generator=torch.Generator().manual_seed(seed), n_boids=n_boids,
                          width=width, height=height)
     rec: Dict[str, List[np.ndarray]] = {k: [] for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "action",
@@ -129,7 +189,7 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     for _ in range(frames):
         obs = world.observe()
         teacher = closest_pursuit(obs["boids"], obs["mask"])                     # [1, 2]
-        action = teacher if policy is None else policy(obs).to(teacher.dtype).clamp(-1, 1)
+        action = teacher if policy is None else _policy_action(policy(obs), teacher).clamp(-1, 1)
         for k in ("pos", "vel", "alive", "pred_pos", "pred_vel"):
             rec[k].append(getattr(world, k)[0].cpu().numpy().copy())
         for k in ("context", "predator", "boids", "mask"):
@@ -143,6 +203,18 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
                    {k: a[k] for k in ("context", "predator", "boids", "mask")})
 
 
+def _policy_action(out, like: Tensor) -> Tensor:
+    """A policy's output checked to be an [E, 2] tensor of finite numbers, in like's dtype."""
+    E = like.shape[0]
+    if not isinstance(out, Tensor):
+        raise TypeError(f"policy must return an [E, 2] tensor (here [{E}, 2]), got {type(out).__name__}")
+    if tuple(out.shape) != (E, 2):
+        raise ValueError(f"policy must return an [E, 2] tensor (here [{E}, 2]), got shape {list(out.shape)}")
+    if out.is_complex() or not torch.isfinite(out).all():
+        raise ValueError(f"policy returned {out.tolist()}: actions must be finite real numbers")
+    return out.to(like.device, like.dtype)
+
+
 # ---------------------------------------------------------------------- animation
 def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0, figsize=(6, 4)):
     """FuncAnimation of the flock (dots), the predator (red) and its steering arrow, one frame per step.
@@ -152,6 +224,10 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     """
     from matplotlib.animation import FuncAnimation
 
+    figsize = _figsize(figsize)
+    interval = _whole("interval", interval, 1)
+    if isinstance(arrow_px, bool) or not isinstance(arrow_px, numbers.Real) or not math.isfinite(arrow_px):
+        raise ValueError(f"arrow_px must be a finite number of px, got {arrow_px!r}")
     W, H = rollout.size
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -215,6 +291,7 @@ def training_data_stats(samples) -> Dict[str, np.ndarray]:
 
 def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
     """Three panels: boid-count histogram, distance-to-nearest-boid histogram, target-direction rose."""
+    figsize = _figsize(figsize)
     s = training_data_stats(samples)
     fig = Figure(figsize=figsize)
     ax1 = fig.add_subplot(1, 3, 1)
@@ -242,6 +319,13 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
     if isinstance(catches, Rollout) or (isinstance(catches, np.ndarray) and catches.ndim == 1):
         catches = [catches]
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
+    if isinstance(labels, str):
+        raise TypeError(f"labels must be a list of names, one per episode, not the string {labels!r}")
+    if labels is not None and len(labels) != len(series):
+        raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
+    for i, c in enumerate(series):
+        if c.ndim != 1:
+            raise ValueError(f"catches[{i}] must be per-frame catch counts [T], got shape {list(c.shape)}")
     if ax is None:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
@@ -300,7 +384,7 @@ class LivePlot(Callback):
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
         self.display = _in_notebook() if display is None else display
-        self.figsize, self.log_scale = figsize, log_scale
+        self.figsize, self.log_scale = _figsize(figsize), log_scale
         self.history: Dict[str, List[float]] = {}
         self.epochs: Dict[str, List[int]] = {}
         self.lines: Dict[str, object] = {}
@@ -308,11 +392,15 @@ class LivePlot(Callback):
         self.handle = None
 
     def on_train_begin(self, trainer):
-        # A resumed trainer brings its history: show it from the start.
+        # A resumed trainer brings its history: show it from the start. An entry without an
+        # epoch is the epoch of its place in the list (history[0] is epoch 1).
         seen = set(self.history.get("epoch", []))
-        for logs in getattr(trainer, "history", []):
-            if logs.get("epoch") not in seen:
-                self._append(logs["epoch"], logs)
+        for i, logs in enumerate(getattr(trainer, "history", None) or []):
+            if not isinstance(logs, Mapping):
+                raise TypeError(f"trainer.history[{i}] must be a dict of epoch logs, got {type(logs).__name__}")
+            epoch = logs.get("epoch", i + 1)
+            if epoch not in seen:
+                self._append(epoch, logs)
 
     def _append(self, epoch: int, logs: Mapping[str, float]) -> None:
         for k, v in {"epoch": epoch, **logs}.items():
@@ -373,12 +461,14 @@ class LivePlot(Callback):
 def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
                     frames: Optional[int] = None) -> list:
     """[predlab.evaluate.CatchEvaluator(...)]: the closed-loop catch ratio every few epochs, sized
-    by sizes()."""
+    by sizes() for each argument left at None."""
     from .evaluate import CatchEvaluator
 
     S = sizes()
-    return [CatchEvaluator(every=every or S["eval_every"], episodes=episodes or S["eval_episodes"],
-                           frames=frames or S["eval_frames"])]
+    every, episodes, frames = (S[k] if v is None else _whole(name, v, 1) for name, k, v in
+                               (("every", "eval_every", every), ("episodes", "eval_episodes", episodes),
+                                ("frames", "eval_frames", frames)))
+    return [CatchEvaluator(every=every, episodes=episodes, frames=frames)]
 
 
 # ---------------------------------------------------------------------- attention
@@ -418,13 +508,17 @@ def draw_attention(ax, rel_px: np.ndarray, weights: np.ndarray, target: int = -1
     return sc
 
 
-def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[int] = None,
+def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Union[int, str, None] = None,
                            index: int = 0, figsize=(5.5, 4.5)) -> Figure:
     """The scene as the model sees it (sample `index` of batch), boids coloured by [CLS]'s attention.
 
-    head=None averages the heads. The teacher's target (nearest boid) is ringed in red.
+    head=None or 'mean' averages the heads. index, layer and head count from the end when
+    negative, as in Python. The teacher's target (nearest boid) is ringed in red.
     The figure's `attention_weights` attribute holds the drawn weights [n live boids].
     """
+    index = _index("index", index, batch["mask"].shape[0])
+    layer, head = _layer_head(model, layer, head)
+    figsize = _figsize(figsize)
     one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
     a = cls_attention(model, one)[0, layer]                                         # [H, N]
     w = (a.mean(0) if head is None else a[head])
@@ -449,7 +543,11 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Optional[i
 
 def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) -> Figure:
     """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale
-    per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour)."""
+    per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour).
+    A negative index counts from the end, as in Python."""
+    index = _index("index", index, batch["mask"].shape[0])
+    if isinstance(cell, bool) or not isinstance(cell, numbers.Real) or not 0 < cell <= FIGSIZE_MAX / 4:
+        raise ValueError(f"cell must be a panel size in (0, {FIGSIZE_MAX / 4:g}] inches, got {cell!r}")
     one = {k: v[index:index + 1] for k, v in batch.items() if k in ("context", "predator", "boids", "mask")}
     a = cls_attention(model, one)[0]                                                # [L, H, N]
     live = one["mask"][0]
@@ -498,6 +596,7 @@ class Agreement:
 @torch.no_grad()
 def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
+    chunk = _whole("chunk", chunk, 1)
     keep = batch["mask"].any(-1)
     batch = {k: batch[k][keep] for k in ("context", "predator", "boids", "mask")}
     S = int(keep.sum())
@@ -518,6 +617,7 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
 
 def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
     """Bars: head-averaged agreement per layer; dots: each head; dashed: chance."""
+    figsize = _figsize(figsize)
     L, H = ag.per_head.shape
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot()
@@ -534,7 +634,10 @@ def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
 
 
 def sample_frames(samples, count: int, seed: int = 0) -> Batch:
-    """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames."""
+    """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames
+    (all of them, in random order, when it has fewer)."""
+    count = _whole("count", count, 1)
+    seed = _whole("seed", seed, 0, C.SEED_MAX)
     rows = (samples.n > 0).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     rows = rows[torch.randperm(len(rows), generator=g)[:count]]
@@ -548,13 +651,21 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
                     epochs: Optional[int] = None, verbose: bool = True):
     """best_model.pt from directory (checkpoint_dir() by default), in eval mode on the CPU.
 
+    directory may also name the checkpoint file itself (a path ending in .pt, or an existing file).
+
     With no checkpoint there, trains a small model (sizes()['fallback_*'], nothing written to
     disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
     Returns (model, message).
     """
     from .checkpoint import describe_best, load_checkpoint_dict, load_model
 
-    path = Path(directory if directory is not None else checkpoint_dir()) / "best_model.pt"
+    if epochs is not None:
+        epochs = _whole("epochs", epochs, 1)
+    if not isinstance(train_if_missing, bool):
+        raise TypeError(f"train_if_missing must be True or False, got {train_if_missing!r}")
+    path = Path(directory if directory is not None else checkpoint_dir())
+    if not (path.suffix == ".pt" or path.is_file()):
+        path = path / "best_model.pt"
     if path.is_file():
         ck = load_checkpoint_dict(path)
         model = load_model(path)
@@ -566,7 +677,7 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         from .train import create_trainer
 
         S = sizes()
-        epochs = epochs or S["fallback_epochs"]
+        epochs = S["fallback_epochs"] if epochs is None else epochs
         trainer = create_trainer(train_episodes=S["fallback_episodes"], val_episodes=S["val_episodes"],
                                  world_config=WorldConfig(frames=S["data_frames"]), progress=False, verbose=False)
         try:
@@ -591,11 +702,21 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     """
     from .export import SIZE_KEYS, atomic_write_text, model_to_params, move_to_previous, params_to_text, validate_params
 
+    def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
+        for p in (folder, *folder.parents):
+            if p.exists():
+                if not p.is_dir():
+                    raise ValueError(f"directory {directory} must be a folder to write model.js and model.json "
+                                     f"in, but {p} is a file")
+                return
+
+    check_folder(Path(directory))
     params = model_to_params(model)
     validate_params(params)               # before anything moves or is written
     sizes = {k: int(params[k]) for k in SIZE_KEYS}
     ok = sizes == C.BROWSER_SIZES
     out = Path(directory) if ok else Path(directory) / "not-browser-size"
+    check_folder(out)
     paths = [out / "model.js", out / "model.json"]
     texts = [params_to_text(params, p.suffix[1:]) for p in paths]
     notes = [] if ok else [
@@ -643,7 +764,11 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
 
 def plot_parity(torch_out: np.ndarray, js_out: np.ndarray, figsize=(8, 3.6)) -> Figure:
     """Left: JS action against PyTorch action (x and y components; y = x is perfect). Right: |difference|."""
-    t, j = np.asarray(torch_out).reshape(-1, 2), np.asarray(js_out).reshape(-1, 2)
+    figsize = _figsize(figsize)
+    t, j = np.asarray(torch_out, dtype=np.float64), np.asarray(js_out, dtype=np.float64)
+    if t.shape != j.shape or t.ndim != 2 or t.shape[1] != 2:
+        raise ValueError(f"torch_out and js_out must both be [B, 2] actions for the same inputs, got shapes "
+                         f"{list(t.shape)} and {list(j.shape)}")
     diff = np.abs(t - j)
     fig = Figure(figsize=figsize)
     ax = fig.add_subplot(1, 2, 1)

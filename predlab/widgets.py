@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Callable, Dict, Mapping, Optional
 
 import ipywidgets as W
 
 from . import config as C
 from .config import ModelConfig, TrainConfig, WorldConfig
-from .viz import _in_notebook
+from .viz import _in_notebook, _whole
 
 
 def _field(cls, name: str) -> dataclasses.Field:
@@ -23,6 +24,20 @@ def _field(cls, name: str) -> dataclasses.Field:
         if f.name == name:
             return f
     raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def _check_value(name: str, v, lo, hi, whole: bool):
+    """v if it is a number (a whole one when whole) in [lo, hi] (None: no bound); else a
+    TypeError/ValueError naming `name`."""
+    if whole:
+        return _whole(name, v, -2 ** 63 if lo is None else lo, hi)
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        bound = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                 else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "finite")
+        raise ValueError(f"{name} must be {bound}, got {v!r}")
+    return v
 
 
 def field_widget(cls, name: str, value=None, max=None, min=None, step=None, description: Optional[str] = None,
@@ -33,6 +48,8 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
     a FloatLogSlider (for learning rates); tooltip replaces the field's help where the slider
     means something narrower (one episode's size, not a range's end). Sliders only fire on
     release (continuous_update=False); an IntSlider steps from its min, so min is on the grid.
+    A value outside [min, max] is refused (a slider would silently clamp it), as is log=True
+    with a min that is not > 0.
     """
     f = _field(cls, name)
     lo = f.metadata.get("min", 0) if min is None else min
@@ -43,6 +60,12 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
                   layout=W.Layout(width="420px"))
     if hi is None:
         raise ValueError(f"{cls.__name__}.{name} has no max in its metadata: pass max=")
+    whole = isinstance(f.default, int) and not isinstance(f.default, bool) and not log
+    lo = _check_value("min", lo, None, None, whole)
+    hi = _check_value("max", hi, lo, None, whole)
+    if log and not lo > 0:
+        raise ValueError(f"{cls.__name__}.{name}: a log slider needs min > 0, got min={lo}: pass min=")
+    val = _check_value(name, val, lo, hi, whole)
     if log:
         return W.FloatLogSlider(value=val, base=10, min=math.log10(lo), max=math.log10(hi), step=step or 0.1,
                                 readout_format=".1e", **common)
@@ -76,6 +99,10 @@ class Controls:
 # ---------------------------------------------------------------------- 01: simulation
 def sim_widgets(n_boids: int = C.NUM_BOIDS, width: int = 960, height: int = 600, frames: int = 100) -> Dict[str, W.Widget]:
     """Sliders for boid count, canvas size, flocking weights and frames (WorldConfig metadata)."""
+    n_boids = _whole("n_boids", n_boids, 1, C.NUM_BOIDS)
+    width = _whole("width", width, WorldConfig.width_min, WorldConfig.width_max)
+    height = _whole("height", height, WorldConfig.height_min, WorldConfig.height_max)
+    frames = _whole("frames", frames, 1)
     return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids",
                                     tooltip="boids at the start of the episode"),
             "width": field_widget(WorldConfig, "width_max", width, min=WorldConfig.width_min,
@@ -144,10 +171,23 @@ def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
 
 
 # ---------------------------------------------------------------------- 02: training
+TRAIN_CONTROLS = ("learning_rate", "batch_size", "epochs", "train_episodes", "val_episodes", "d_model", "n_heads",
+                  "n_layers", "ffn_hidden")
+
+
 def make_train_controls(**defaults) -> Controls:
-    """Inputs for learning rate, batch size, epochs, episodes per epoch and model size (config metadata)."""
+    """Inputs for learning rate, batch size, epochs, episodes per epoch and model size (config metadata).
+
+    defaults: starting values for these inputs, by name (TRAIN_CONTROLS); other names are refused.
+    """
+    unknown = sorted(set(defaults) - set(TRAIN_CONTROLS))
+    if unknown:
+        raise TypeError(f"make_train_controls got unknown argument(s) {', '.join(unknown)}; "
+                        f"it takes {', '.join(TRAIN_CONTROLS)}")
     d = {f.name: f.default for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls)}
     d.update(defaults)
+    for k in ("epochs", "train_episodes", "val_episodes"):      # their slider's end grows to fit them
+        _whole(k, d[k], 1)
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
                                       description="learning rate"),
@@ -167,7 +207,10 @@ def make_train_controls(**defaults) -> Controls:
 
 def train_kwargs(learning_rate: float, batch_size: int, epochs: int, train_episodes: int, val_episodes: int,
                  d_model: int, n_heads: int, n_layers: int, ffn_hidden: int, **extra) -> Dict:
-    """Training-control values -> (create_trainer keyword arguments, epochs). Validates the model sizes."""
+    """Training-control values -> (create_trainer keyword arguments, epochs). Validates them as
+    TrainConfig and ModelConfig do (whole numbers where those are, within their ranges)."""
+    TrainConfig(learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, train_episodes=train_episodes,
+                val_episodes=val_episodes).validate()
     mc = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers, ffn_hidden=ffn_hidden)
     mc.validate()
     kw = dict(learning_rate=float(learning_rate), batch_size=int(batch_size), train_episodes=int(train_episodes),
@@ -180,8 +223,7 @@ def show_attention(model, batch, frame: int, layer: int, head):
     """What the attention sliders call: the overlay figure for one frame/layer/head ('mean' = average)."""
     from .viz import plot_attention_overlay
 
-    return plot_attention_overlay(model, batch, layer=layer, head=None if head in (None, "mean") else int(head),
-                                  index=frame)
+    return plot_attention_overlay(model, batch, layer=layer, head=head, index=frame)
 
 
 def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[int] = None,
@@ -194,9 +236,14 @@ def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[
     """
     from IPython.display import display
 
+    from .viz import _index
+
     B = batch["mask"].shape[0]
     cfg = model.config
-    frame = B // 2 if frame is None else frame
+    if B == 0:
+        raise ValueError("batch has no frames: the attention sliders need at least one")
+    frame = B // 2 if frame is None else _index("frame", frame, B)
+    layer = _index("layer", layer, cfg.n_layers, "layers")
     ctl = Controls({"frame": W.IntSlider(frame, min=0, max=B - 1, description="frame", continuous_update=False),
                     "layer": W.IntSlider(layer, min=0, max=cfg.n_layers - 1, description="layer",
                                          continuous_update=False),

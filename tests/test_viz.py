@@ -393,3 +393,178 @@ def test_export_for_browser_keeps_unusable_and_earlier_files_out_of_the_way(make
     assert read_params(odd["paths"][0])["n_heads"] == 2
     assert torch.equal(read_weights(tmp_path / "model.js").output.weight, make_model(1).output.weight)
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]      # said once, in the message
+
+
+# ---------------------------------------------------------------------- bad arguments: clear errors, before any work
+def test_attention_views_take_negative_indices_and_head_mean(samples):
+    model = PeakedModel()
+    batch = viz.sample_frames(samples, 4)
+    last = viz.plot_attention_overlay(model, batch, layer=-1, head=-1, index=-1).attention_weights
+    same = viz.plot_attention_overlay(model, batch, layer=1, head=2, index=3).attention_weights
+    assert np.array_equal(last, same)
+    mean = viz.plot_attention_overlay(model, batch, head="mean", index=1).attention_weights
+    assert np.array_equal(mean, viz.plot_attention_overlay(model, batch, head=None, index=1).attention_weights)
+    assert np.array_equal(widgets.show_attention(model, batch, -1, -1, -1).attention_weights, last)
+    assert len(viz.plot_attention_grid(model, batch, index=-1).axes) == 2 * 4 + 2
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=4), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=-5), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, index=1.0), r"index must be a whole number"),
+    (lambda m, b: viz.plot_attention_grid(m, b, index=4), r"index must be between -4 and 3"),
+    (lambda m, b: viz.plot_attention_grid(m, b, index=True), r"index must be a whole number"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, layer=99), r"layer must be between -2 and 1 \(2 layers\)"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, layer=1.0), r"layer must be a whole number"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, head=99), r"head must be between -3 and 2 \(3 heads\)"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, head="all"), r"head must be a head number or 'mean'"),
+    (lambda m, b: viz.plot_attention_overlay(m, b, figsize=(0, 0)), r"figsize"),
+    (lambda m, b: widgets.show_attention(m, b, 9, 0, "mean"), r"index must be between -4 and 3"),
+    (lambda m, b: widgets.show_attention(m, b, 0, 0, 1.5), r"head must be a whole number"),
+    (lambda m, b: viz.attention_agreement(m, b, chunk=0), r"chunk must be >= 1, got 0"),
+    (lambda m, b: viz.attention_agreement(m, b, chunk=-1), r"chunk must be >= 1, got -1"),
+    (lambda m, b: widgets.make_attention_controls(m, {k: v[:0] for k, v in b.items()}), r"batch has no frames"),
+    (lambda m, b: widgets.make_attention_controls(m, b, frame=4), r"frame must be between -4 and 3"),
+    (lambda m, b: widgets.make_attention_controls(m, b, layer=2), r"layer must be between -2 and 1"),
+    (lambda m, b: viz.plot_attention_overlay(m, {k: v[:0] for k, v in b.items()}), r"no frames"),
+])
+def test_attention_views_refuse_bad_choices(samples, call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call(PeakedModel(), viz.sample_frames(samples, 4))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(frames=2.5), r"frames must be a whole number, got 2.5"),
+    (dict(frames=float("nan")), r"frames must be a whole number, got nan"),
+    (dict(frames=None), r"frames must be a whole number, got None"),
+    (dict(frames="5"), r"frames must be a whole number, got '5'"),
+    (dict(frames=True), r"frames must be a whole number, got True"),
+    (dict(frames=0), r"frames must be >= 1, got 0"),
+    (dict(seed=2 ** 70), r"seed must be between 0 and 9223372036854775807"),
+    (dict(seed=None), r"seed must be a whole number, got None"),
+    (dict(seed=-1), r"seed must be between 0 and"),
+    (dict(width=0), r"width must be >= 16, got 0"),
+    (dict(width=-5), r"width must be >= 16, got -5"),
+    (dict(height=100.0), r"height must be a whole number"),
+    (dict(n_boids=2.5), r"n_boids must be a whole number"),
+    (dict(n_boids=0), r"n_boids must be between 1 and 10000"),
+    (dict(cfg="fast"), r"cfg must be a WorldConfig"),
+    (dict(policy="teacher"), r"policy must be a callable"),
+    (dict(policy=lambda obs: [[0.0, 1.0]]), r"policy must return an \[E, 2\] tensor \(here \[1, 2\]\), got list"),
+    (dict(policy=lambda obs: torch.zeros(2)), r"policy must return an \[E, 2\] tensor \(here \[1, 2\]\), got shape \[2\]"),
+    (dict(policy=lambda obs: torch.zeros(3, 2)), r"got shape \[3, 2\]"),
+    (dict(policy=lambda obs: torch.full((1, 2), float("nan"))), r"policy returned \[\[nan, nan\]\]: actions must be finite"),
+])
+def test_record_rollout_refuses_bad_arguments(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        viz.record_rollout(**{"frames": 2, "n_boids": 3, "width": 64, "height": 64, **kw})
+    assert len(viz.record_rollout(frames=2, n_boids=3, width=16, height=16, seed=np.int64(2 ** 62),
+                                  policy=lambda obs: torch.ones(1, 2, dtype=torch.float64))) == 2
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(every=0), r"every must be >= 1, got 0"),
+    (dict(episodes=-1), r"episodes must be >= 1, got -1"),
+    (dict(episodes=0), r"episodes must be >= 1, got 0"),
+    (dict(frames=2.5), r"frames must be a whole number, got 2.5"),
+    (dict(every=True), r"every must be a whole number, got True"),
+])
+def test_catch_callbacks_refuse_bad_sizes(kw, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        viz.catch_callbacks(**kw)
+    (cb,) = viz.catch_callbacks(every=3, episodes=2, frames=5)
+    assert (cb.every, cb.episodes, cb.frames) == (3, 2, 5)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: widgets.make_train_controls(bogus=1, epoch=5), r"unknown argument\(s\) bogus, epoch; it takes "
+                                                           r"learning_rate, batch_size, epochs"),
+    (lambda: widgets.make_train_controls(seed=3), r"unknown argument\(s\) seed"),
+    (lambda: widgets.make_train_controls(epochs=-5), r"epochs must be >= 1, got -5"),
+    (lambda: widgets.make_train_controls(epochs=None), r"epochs must be a whole number, got None"),
+    (lambda: widgets.make_train_controls(learning_rate=-1), r"learning_rate must be between 1e-05 and 0.1, got -1"),
+    (lambda: widgets.make_train_controls(batch_size=2.7), r"batch_size must be a whole number, got 2.7"),
+    (lambda: widgets.make_train_controls(n_heads=99), r"n_heads must be between 1 and 16, got 99"),
+    (lambda: widgets.sim_widgets(n_boids=10 ** 6), r"n_boids must be between 1 and 50, got 1000000"),
+    (lambda: widgets.sim_widgets(n_boids=-5), r"n_boids must be between 1 and 50, got -5"),
+    (lambda: widgets.sim_widgets(frames=None), r"frames must be a whole number, got None"),
+    (lambda: widgets.sim_widgets(width=100), r"width must be between 320 and 3840, got 100"),
+    (lambda: widgets.field_widget(WorldConfig, "separation_weight", 9.0, max=5.0),
+     r"separation_weight must be between 0 and 5, got 9.0"),
+    (lambda: widgets.field_widget(WorldConfig, "separation_weight", max=5.0, log=True),
+     r"WorldConfig.separation_weight: a log slider needs min > 0, got min=0.0"),
+    (lambda: widgets.field_widget(WorldConfig, "frames", 10, min=20, max=5), r"max must be >= 20, got 5"),
+])
+def test_widgets_refuse_unknown_names_and_values_a_slider_would_clamp(call, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        call()
+
+
+def _train_values(**kw):
+    return {**widgets.make_train_controls().values(), **kw}
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(epochs=2.7), r"epochs must be a whole number, got 2.7"),
+    (dict(batch_size=2.7), r"batch_size must be a whole number, got 2.7"),
+    (dict(epochs=0), r"epochs must be >= 1, got 0"),
+    (dict(epochs=True), r"epochs must be a whole number, got True"),
+    (dict(train_episodes=-1), r"train_episodes must be >= 1, got -1"),
+    (dict(learning_rate=0.0), r"learning_rate must be > 0"),
+    (dict(learning_rate=float("nan")), r"learning_rate must be a finite number"),
+])
+def test_train_kwargs_refuse_what_they_would_truncate_or_pass_on(kw, match):
+    with pytest.raises(ValueError, match=match):
+        widgets.train_kwargs(**_train_values(**kw))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda ro, ss, tmp, m: viz.plot_catches([ro, ro], labels=["a"]), r"labels has 1 name\(s\) for 2 episode\(s\)"),
+    (lambda ro, ss, tmp, m: viz.plot_catches([ro], labels="a"), r"labels must be a list of names"),
+    (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros((3, 2)), np.zeros((4, 2))),
+     r"torch_out and js_out must both be \[B, 2\].*shapes \[3, 2\] and \[4, 2\]"),
+    (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros(6), np.zeros(6)), r"got shapes \[6\] and \[6\]"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=(0, 0)), r"figsize must be \(width, height\)"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=(1e4, 3)), r"figsize must be .*\(0, 100\] inches"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, figsize=6), r"figsize must be \(width, height\) in inches, got 6"),
+    (lambda ro, ss, tmp, m: viz.animate_rollout(ro, interval=0), r"interval must be >= 1"),
+    (lambda ro, ss, tmp, m: viz.plot_training_data(ss, figsize=(float("nan"), 3)), r"figsize"),
+    (lambda ro, ss, tmp, m: viz.LivePlot(figsize=(-1, 3)), r"figsize"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, -1), r"count must be >= 1, got -1"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, 0), r"count must be >= 1, got 0"),
+    (lambda ro, ss, tmp, m: viz.sample_frames(ss, 2.5), r"count must be a whole number"),
+    (lambda ro, ss, tmp, m: viz.load_best_model(tmp / "best_model.pt", train_if_missing=False),
+     r"no checkpoint at (?!\S*best_model\.pt/)\S*best_model\.pt: run"),
+    (lambda ro, ss, tmp, m: viz.load_best_model(tmp, epochs=0), r"epochs must be >= 1, got 0"),
+    (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt"),
+     r"directory \S*file.txt must be a folder .* but \S*file.txt is a file"),
+    (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt" / "sub"), r"file.txt is a file"),
+])
+def test_smaller_views_refuse_bad_arguments(rollout, samples, tmp_path, make_model, monkeypatch, call, match):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    (tmp_path / "file.txt").write_text("not a folder")
+    with pytest.raises((TypeError, ValueError, FileNotFoundError), match=match):
+        call(rollout, samples, tmp_path, make_model(0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]          # nothing written
+
+
+def test_load_best_model_takes_the_checkpoint_file_itself(tmp_path, samples, monkeypatch):
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    tr = SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                           batch_size=64, device="cpu")
+    tr.save_checkpoint(tmp_path / "run.pt")
+    model, msg = viz.load_best_model(tmp_path / "run.pt", verbose=False)
+    assert msg.startswith(f"loaded {tmp_path / 'run.pt'} ") and model.config.d_model == 8
+
+
+def test_liveplot_shows_a_resumed_history_without_epoch_entries():
+    class Resumed:
+        history = [{"train_loss": 1.0, "val_loss": 2.0}, {"train_loss": 0.5, "val_loss": 1.0}]
+
+    lp = viz.LivePlot(display=False)
+    lp.on_train_begin(Resumed())
+    lp.on_epoch_end(None, 3, {"train_loss": 0.25, "val_loss": 0.5})
+    assert lp.history["epoch"] == [1, 2, 3] and lp.history["val_loss"] == [2.0, 1.0, 0.5]
