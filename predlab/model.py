@@ -67,7 +67,8 @@ class _Attention(torch.autograd.Function):
         if q_apart is None:
             q, k, v = heads[0], heads[1], heads[2]
         else:
-            q = q_apart.reshape(B, -1, H, hs).transpose(1, 2).reshape(BH, -1, hs)
+            Tq = q_apart.shape[1]                # not -1: a batch of 0 samples has no size to infer
+            q = q_apart.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
             k, v = heads[0], heads[1]
         Tq = q.shape[1]
         scale = 1.0 / math.sqrt(hs)

@@ -277,3 +277,32 @@ def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples)
     s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
     with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"):
         model.predict(s)
+
+
+def _batch(B=2, N=3, dtype=torch.float32):
+    return {"context": torch.ones(B, 2, dtype=dtype), "predator": torch.zeros(B, 2, dtype=dtype),
+            "boids": torch.rand(B, N, 4, generator=torch.Generator().manual_seed(0)).to(dtype),
+            "mask": torch.ones(B, N, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("N", [0, 3])
+def test_a_batch_of_no_samples_gives_no_actions(model, N):
+    """forward raised 'cannot reshape tensor of 0 elements' in the attention kernel."""
+    empty = _batch(B=0, N=N)
+    for threads in (1, 2):                       # numba head copies on one thread, torch's else
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = model(empty)
+        finally:
+            torch.set_num_threads(old)
+        assert out.shape == (0, 2)
+    actions, weights = model.forward_with_attention(empty)
+    assert actions.shape == (0, 2) and [w.shape for w in weights] == [(0, 4, N + 3, N + 3)] * 3
+    model.train()
+    try:
+        model(empty).sum().backward()            # training on an empty batch: zero gradients
+    finally:
+        model.eval()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert torch.allclose(model.forward_with_attention(_batch())[0], model(_batch()), atol=1e-6)
