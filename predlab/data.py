@@ -18,8 +18,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import FLOAT32_MAX, WorldConfig
-from .sim import World
+from .config import FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, memory_problem, sample_bytes
+from .sim import World, whole_number
 from .teacher import closest_pursuit
 
 try:  # the CPU frame as numba kernels; without numba, CPU rollouts take the torch World path
@@ -278,8 +278,39 @@ def _flock_groups(world: World) -> List[tuple]:
     return out
 
 
-@torch.no_grad()
-def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, beta: float = 1.0,
+def _probability(name: str, v) -> float:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:     # NaN fails both
+        raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
+    return float(v)
+
+
+def _device(device) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch device or a name such as 'cpu' or 'cuda', got {device!r}") from None
+
+
+def _check_generation(num_episodes, cfg, student, beta) -> tuple:
+    """(num_episodes, cfg) checked for a generation call: ValueError / TypeError naming the argument,
+    also when the samples of num_episodes episodes running all their frames would not fit in memory."""
+    num_episodes = whole_number("num_episodes", num_episodes, 1)
+    cfg = as_config(WorldConfig, cfg, "cfg")
+    cfg.validate()
+    if student is not None and not callable(student):
+        raise TypeError(f"student must be a policy (a model or a callable on a batch) or None, "
+                        f"not {type(student).__name__}")
+    _probability("beta", beta)
+    problem = memory_problem([(f"{num_episodes} episodes x {cfg.frames} frames of up to {cfg.boids_max} boids, "
+                               f"{sample_bytes(cfg.boids_max)} bytes a sample",
+                               num_episodes * cfg.frames * sample_bytes(cfg.boids_max))],
+                             f"the samples of {num_episodes} episodes")
+    if problem:
+        raise ValueError(problem + "; generate fewer episodes (num_episodes) or frames")
+    return num_episodes, cfg
+
+
+def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, student=None, beta: float = 1.0,
                   device="cpu", backend: str = "auto") -> SampleSet:
     """Roll out one seeded chunk of episodes; every frame of every live episode is one sample.
 
@@ -293,10 +324,19 @@ def rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student=None, 
     so episodes of the two backends part within ~50 frames (a pixel by frame 50, in float32).
     Their samples are statistically alike (teacher catches within noise). On a GPU the loop
     never waits for the device except to check, every few frames, whether any episode is
-    still live.
+    still live. Bad arguments raise ValueError / TypeError naming them before any work.
     """
+    num_episodes, cfg = _check_generation(num_episodes, cfg, student, beta)
+    seed = whole_number("seed", seed, 0, SEED_MAX)
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    return _rollout_chunk(num_episodes, cfg, seed, student, beta, _device(device), backend)
+
+
+@torch.no_grad()
+def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float, device,
+                   backend: str = "auto") -> SampleSet:
+    """rollout_chunk on checked arguments."""
     on_cpu = torch.device(device).type == "cpu"
     if backend == "numba" and fastsim is None:
         raise ImportError("backend='numba' needs numba (pip install numba)")
@@ -443,7 +483,7 @@ def _worker_rollout(args):
         student = TransformerPredator.from_config(student_state["config"])
         student.load_state_dict(student_state["weights"])
         student.eval()
-    return rollout_chunk(num, cfg, seed, student, beta)
+    return _rollout_chunk(num, cfg, seed, student, beta, torch.device("cpu"))
 
 
 def usable_cpus() -> int:
@@ -463,9 +503,11 @@ class EpisodeGenerator:
 
     def __init__(self, cfg: Optional[WorldConfig] = None, seed: int = 0, num_workers: int = 0, device="cpu",
                  progress: bool = True):
-        self.cfg = cfg or WorldConfig()
+        self.cfg = as_config(WorldConfig, cfg, "cfg")
         self.cfg.validate()
-        self.seed, self.num_workers, self.device, self.progress = seed, num_workers, torch.device(device), progress
+        self.seed = whole_number("seed", seed, 0, SEED_MAX)
+        self.num_workers = whole_number("num_workers", num_workers, 0)
+        self.device, self.progress = _device(device), progress
         self._pool = None
 
     def _get_pool(self):
@@ -487,9 +529,20 @@ class EpisodeGenerator:
 
     def generate(self, num_episodes: int, stream: int, student=None, beta: float = 1.0,
                  desc: str = "episodes") -> SampleSet:
-        """num_episodes episodes of one stream (e.g. 1 + epoch for training, 0 for validation)."""
+        """num_episodes episodes of one stream (e.g. 1 + epoch for training, 0 for validation).
+
+        Raises ValueError / TypeError naming a bad argument before any work: num_episodes must be
+        >= 1, stream in 0..SEED_MAX, beta in [0, 1], and the samples must fit in memory.
+        """
         from tqdm.auto import tqdm
 
+        num_episodes, _ = _check_generation(num_episodes, self.cfg, student, beta)
+        stream = whole_number("stream", stream, 0, SEED_MAX)
+        if student is not None and self.num_workers > 0 and self.device.type == "cpu":
+            from .model import TransformerPredator
+            if not isinstance(student, TransformerPredator):
+                raise TypeError(f"with num_workers > 0 the student must be a TransformerPredator (the worker "
+                                f"processes rebuild it from its config and weights), not {type(student).__name__}")
         chunks = _chunks(num_episodes)
         seeds = [chunk_seed(self.seed, stream, c) for c, _ in chunks]
         bar = tqdm(total=num_episodes, desc=desc, unit="ep", disable=not self.progress, leave=False)
@@ -507,7 +560,7 @@ class EpisodeGenerator:
                     bar.update(num)
             else:
                 for (_, num), s in zip(chunks, seeds):
-                    parts.append(rollout_chunk(num, self.cfg, s, student, beta, self.device))
+                    parts.append(_rollout_chunk(num, self.cfg, s, student, beta, self.device))
                     bar.update(num)
         finally:
             bar.close()
@@ -534,6 +587,7 @@ class EpisodeGenerator:
 
 def generate_episodes(num_episodes: int, cfg: Optional[WorldConfig] = None, seed: int = 0, stream: int = 0,
                       num_workers: int = 0, progress: bool = False) -> SampleSet:
-    """One-shot episode generation (see EpisodeGenerator)."""
+    """One-shot episode generation (see EpisodeGenerator): num_episodes >= 1 episodes of stream
+    `stream` from `seed` (both 0..SEED_MAX); cfg a WorldConfig, its dict, or None for the defaults."""
     with EpisodeGenerator(cfg, seed, num_workers, progress=progress) as gen:
         return gen.generate(num_episodes, stream)

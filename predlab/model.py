@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig
+from .config import ModelConfig, as_config, memory_problem
 
 try:  # numba kernels for float32 CPU tensors (GEGLU, attention head copies); without numba, torch's ops
     from . import fastops
@@ -67,7 +67,8 @@ class _Attention(torch.autograd.Function):
         if q_apart is None:
             q, k, v = heads[0], heads[1], heads[2]
         else:
-            q = q_apart.reshape(B, -1, H, hs).transpose(1, 2).reshape(BH, -1, hs)
+            Tq = q_apart.shape[1]                # not -1: a batch of 0 samples has no size to infer
+            q = q_apart.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
             k, v = heads[0], heads[1]
         Tq = q.shape[1]
         scale = 1.0 / math.sqrt(hs)
@@ -298,6 +299,28 @@ class Block(nn.Module):
         return F.gelu(g, approximate="tanh") * u
 
 
+def parameter_count(d_model: int, n_layers: int, ffn_hidden: int) -> int:
+    """TransformerPredator's parameters for these sizes, without building it."""
+    d, f = d_model, ffn_hidden
+    return n_layers * (4 * d * d + 3 * d * f + 9 * d + 2 * f) + 17 * d + 2
+
+
+def _check_batch(batch, p: Tensor) -> None:
+    """InputError naming the key when batch is not a padded batch for a model with parameter p."""
+    from .data import InputError, check_batch
+    if not isinstance(batch, Mapping):
+        raise InputError(f"the model takes a batch dict of tensors, not {type(batch).__name__}")
+    check_batch(batch)
+    if batch["mask"].dtype != torch.bool:
+        raise InputError(f"batch['mask'] must be a bool tensor (True = boid), got {batch['mask'].dtype}")
+    for k in ("context", "predator", "boids", "mask"):
+        v = batch[k]
+        if k != "mask" and v.dtype != p.dtype:
+            raise InputError(f"batch[{k!r}] is {v.dtype}, the model's weights are {p.dtype}")
+        if v.device != p.device:
+            raise InputError(f"batch[{k!r}] is on {v.device}, the model is on {p.device}")
+
+
 class TransformerPredator(nn.Module):
     """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
 
@@ -310,6 +333,11 @@ class TransformerPredator(nn.Module):
         self.config = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                                   ffn_hidden=ffn_hidden, dropout=dropout)
         self.config.validate()
+        count = parameter_count(d_model, n_layers, ffn_hidden)
+        problem = memory_problem([(f"{count:,} float32 parameters (d_model={d_model}, n_layers={n_layers}, "
+                                   f"ffn_hidden={ffn_hidden})", 4 * count)], "the model's weights")
+        if problem:
+            raise ValueError(problem + "; choose smaller sizes")
         d = d_model
         self.cls_embedding = nn.Parameter(torch.zeros(d))
         self.type_embeddings = nn.Parameter(torch.zeros(len(TOKEN_TYPES), d))   # cls, ctx, predator, boid
@@ -321,11 +349,10 @@ class TransformerPredator(nn.Module):
         self.reset_parameters()
 
     @classmethod
-    def from_config(cls, cfg: Union[ModelConfig, Mapping]) -> "TransformerPredator":
-        """Build from a ModelConfig or its dict (as stored in checkpoints)."""
-        if isinstance(cfg, Mapping):
-            from .config import from_dict
-            cfg = from_dict(ModelConfig, dict(cfg))
+    def from_config(cls, cfg: Union[ModelConfig, Mapping, None]) -> "TransformerPredator":
+        """Build from a ModelConfig or its dict (as stored in checkpoints); None gives ModelConfig's
+        defaults. TypeError for anything else, ValueError for unknown fields or bad sizes."""
+        cfg = as_config(ModelConfig, cfg, "cfg")
         return cls(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ffn_hidden, cfg.dropout)
 
     def reset_parameters(self, generator: torch.Generator = None) -> None:
@@ -372,7 +399,11 @@ class TransformerPredator(nn.Module):
         """Actions [B, 2] and the attention weights of every layer, each [B, H, T, T].
 
         Token order: CLS, CTX, PRED, boid 0..N-1 (see token_labels); padded keys get weight 0.
+        Raises InputError (a ValueError) naming the key for a batch that is not one: a missing
+        key, a wrong shape, NaN or infinity, a mask that is not bool, another dtype or device
+        than the model's. A batch of 0 samples gives [0, 2] actions and [0, H, T, T] weights.
         """
+        _check_batch(batch, next(self.parameters()))
         x, bias = self.embed(batch)
         weights = []
         for blk in self.layers:

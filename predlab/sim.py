@@ -7,6 +7,7 @@ broadcast; nothing on the step path loops over boids or environments in Python.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Dict, Optional
 
 import torch
@@ -15,6 +16,48 @@ from . import config as C
 from .config import WorldConfig
 
 Tensor = torch.Tensor
+MAX_BOIDS = 10_000          # boids in one episode
+MIN_CANVAS = 16             # px, as WorldConfig's width_min / height_min
+MAX_CANVAS = 2 ** 24        # px: float32 positions hold every whole pixel up to here
+
+
+def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    """v as an int when it is a whole number in lo..hi (no upper bound when hi is None); else a
+    ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return int(v)
+
+
+def _given_ints(name: str, given, E: int, lo: int, hi: int) -> Tensor:
+    """A per-episode whole number given as one int or E of them (list, array, integer tensor) -> [E] long."""
+    if isinstance(given, numbers.Integral) and not isinstance(given, bool):
+        return torch.full((E,), whole_number(name, given, lo, hi), dtype=torch.long)
+    what = f"{name} must be a whole number in {lo}..{hi}, or {E} of them (one per episode)"
+    if isinstance(given, (bool, str, bytes)) or not hasattr(given, "__len__"):
+        raise ValueError(f"{what}, got {given!r}")
+    try:
+        t = torch.as_tensor(given)
+    except (TypeError, ValueError, RuntimeError, OverflowError):
+        raise ValueError(f"{what}, got {type(given).__name__} {str(given)[:80]}") from None
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise ValueError(f"{what}, got {t.dtype} values")
+    if tuple(t.shape) not in ((), (E,)):
+        raise ValueError(f"{what}, got shape {tuple(t.shape)}")
+    t = t.to("cpu", torch.long).expand(E).clone()
+    lo_got, hi_got = int(t.min()), int(t.max())
+    if lo_got < lo or hi_got > hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, got values from {lo_got} to {hi_got}")
+    return t
+
+
+def world_bytes(num_envs: int, boids_max: int) -> int:
+    """Bytes, about, of starting num_envs episodes of up to boids_max boids (float64 draws, the world)."""
+    return num_envs * (96 * boids_max + 256)
 
 
 def fast_magnitude(v: Tensor) -> Tensor:
@@ -84,24 +127,42 @@ class World:
                device="cpu", dtype=torch.float32, n_boids=None, width=None, height=None) -> "World":
         """Start E episodes as the browser does (SPEC.md section 3).
 
-        Canvas sizes and flock sizes are drawn from cfg's ranges unless given (int or [E]).
-        All draws come from `generator` (a CPU torch.Generator), so a seed fixes the episode.
+        Canvas sizes and flock sizes are drawn from cfg's ranges unless given (int or [E]):
+        widths and heights in 16..2**24 px, flocks of 1..10000 boids. All draws come from
+        `generator` (a CPU torch.Generator), so a seed fixes the episode. Raises ValueError
+        (TypeError for a wrong generator or dtype) naming the argument before drawing anything,
+        also when the episodes would not fit in memory.
         """
-        cfg = cfg or WorldConfig()
+        cfg = C.as_config(WorldConfig, cfg, "cfg")
         cfg.validate()
+        E = whole_number("num_envs", num_envs, 1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, not {type(generator).__name__}")
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+        if n_boids is None and cfg.boids_max > MAX_BOIDS:
+            raise ValueError(f"cfg.boids_max must be <= {MAX_BOIDS}, got {cfg.boids_max}")
+        if n_boids is None or isinstance(n_boids, numbers.Integral) and not isinstance(n_boids, bool):
+            N = cfg.boids_max if n_boids is None else whole_number("n_boids", n_boids, 1, MAX_BOIDS)
+            given_n = None
+        else:                                           # one per episode: E of them are already here
+            given_n = _given_ints("n_boids", n_boids, E, 1, MAX_BOIDS)
+            N = int(given_n.max())
+        problem = C.memory_problem([(f"{E} episodes of up to {N} boids", world_bytes(E, N))], f"{E} episodes")
+        if problem:
+            raise ValueError(problem + "; start fewer episodes (num_envs)")
+        canvas = [None if v is None else _given_ints(name, v, E, MIN_CANVAS, MAX_CANVAS)
+                  for name, v in (("width", width), ("height", height))]
+        if given_n is None and n_boids is not None:
+            given_n = torch.full((E,), N, dtype=torch.long)
         g = generator
-        E = num_envs
 
         def draw_int(lo, hi, given):
-            if given is not None:
-                return torch.as_tensor(given, dtype=torch.long).expand(E).clone()
-            return torch.randint(lo, hi + 1, (E,), generator=g)
+            return given if given is not None else torch.randint(lo, hi + 1, (E,), generator=g)
 
-        W = draw_int(cfg.width_min, cfg.width_max, width).double()
-        H = draw_int(cfg.height_min, cfg.height_max, height).double()
-        n = draw_int(cfg.boids_min, cfg.boids_max, n_boids)
-        if (n < 1).any() or (n > 10_000).any():
-            raise ValueError("n_boids must be between 1 and 10000")
+        W = draw_int(cfg.width_min, cfg.width_max, canvas[0]).double()
+        H = draw_int(cfg.height_min, cfg.height_max, canvas[1]).double()
+        n = draw_int(cfg.boids_min, cfg.boids_max, given_n)
         N = int(n.max())
         start = torch.stack([torch.floor(torch.rand(E, generator=g, dtype=torch.float64) * W),
                              torch.floor(torch.rand(E, generator=g, dtype=torch.float64) * H)], -1)  # [E, 2]

@@ -277,3 +277,75 @@ def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples)
     s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
     with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"):
         model.predict(s)
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"d_model": 10 ** 6, "n_heads": 1}, r"12,000,908,000,578 float32 parameters \(d_model=1000000, n_layers=3"),
+    ({"n_layers": 10 ** 5}, r"float32 parameters \(d_model=48, n_layers=100000, ffn_hidden=96\)"),
+])
+def test_a_model_too_big_for_memory_is_refused_before_allocating(monkeypatch, sizes, message):
+    """It raised DefaultCPUAllocator's error, or spent 20 s and more building layers."""
+    from predlab import config
+    monkeypatch.setattr(config, "physical_memory", lambda: 4 * 2 ** 30)
+    with pytest.raises(ValueError, match=r"the model's weights would need about .* GiB of memory, more than "
+                                         r"this machine's 4.0 GiB \(.*" + message):
+        TransformerPredator(**sizes)
+
+
+def test_parameter_count_matches_the_model():
+    from predlab.model import parameter_count
+    for sizes in ({"d_model": 48, "n_layers": 3, "ffn_hidden": 96}, {"d_model": 8, "n_layers": 5, "ffn_hidden": 7}):
+        assert TransformerPredator(n_heads=2, **sizes).num_parameters() == parameter_count(**sizes)
+
+
+def test_from_config_takes_none_a_dict_or_a_config_and_refuses_the_rest():
+    from predlab.config import ModelConfig
+    assert TransformerPredator.from_config(None).config == ModelConfig()
+    assert TransformerPredator.from_config({"d_model": 8, "n_heads": 2}).config.d_model == 8
+    with pytest.raises(TypeError, match="cfg must be a ModelConfig or a dict of its fields, not int"):
+        TransformerPredator.from_config(3)
+
+
+def _batch(B=2, N=3, dtype=torch.float32):
+    return {"context": torch.ones(B, 2, dtype=dtype), "predator": torch.zeros(B, 2, dtype=dtype),
+            "boids": torch.rand(B, N, 4, generator=torch.Generator().manual_seed(0)).to(dtype),
+            "mask": torch.ones(B, N, dtype=torch.bool)}
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({}, "batch is missing key 'context'"),
+    ([], "takes a batch dict of tensors, not list"),
+    ({k: v for k, v in _batch().items() if k != "boids"}, "missing key 'boids'"),
+    ({**_batch(), "boids": torch.zeros(2, 3, 5)}, r"batch\['boids'\] has shape \(2, 3, 5\), expected \(2, N, 4\)"),
+    ({**_batch(), "context": torch.zeros(2, 3)}, r"batch\['context'\] has shape \(2, 3\)"),
+    ({**_batch(), "mask": torch.ones(2, 3, dtype=torch.long)}, r"batch\['mask'\] must be a bool tensor"),
+    ({**_batch(), "predator": torch.full((2, 2), math.nan)}, r"batch\['predator'\] contains NaN"),
+    (_batch(dtype=torch.float64), r"batch\['context'\] is torch.float64, the model's weights are torch.float32"),
+])
+def test_forward_with_attention_names_what_is_wrong_with_a_batch(model, bad, message):
+    from predlab.data import InputError
+    with pytest.raises(InputError, match=message):
+        model.forward_with_attention(bad)
+
+
+@pytest.mark.parametrize("N", [0, 3])
+def test_a_batch_of_no_samples_gives_no_actions(model, N):
+    """forward raised 'cannot reshape tensor of 0 elements' in the attention kernel."""
+    empty = _batch(B=0, N=N)
+    for threads in (1, 2):                       # numba head copies on one thread, torch's else
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            out = model(empty)
+        finally:
+            torch.set_num_threads(old)
+        assert out.shape == (0, 2)
+    actions, weights = model.forward_with_attention(empty)
+    assert actions.shape == (0, 2) and [w.shape for w in weights] == [(0, 4, N + 3, N + 3)] * 3
+    model.train()
+    try:
+        model(empty).sum().backward()            # training on an empty batch: zero gradients
+    finally:
+        model.eval()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    assert torch.allclose(model.forward_with_attention(_batch())[0], model(_batch()), atol=1e-6)

@@ -352,3 +352,39 @@ def test_step_keeps_dtype_and_returns_catches(dtype):
         total += caught
     assert total.sum() > 0                     # the teacher does catch boids
     assert w.pos.dtype == dtype and w.pred_vel.dtype == dtype
+
+
+@pytest.mark.parametrize("args, kw, error, message", [
+    ((0,), {}, ValueError, "num_envs must be >= 1, got 0"),
+    ((-1,), {}, ValueError, "num_envs must be >= 1, got -1"),
+    ((2.5,), {}, ValueError, "num_envs must be a whole number"),
+    ((None,), {}, ValueError, "num_envs must be a whole number"),
+    (("3",), {}, ValueError, "num_envs must be a whole number"),
+    ((True,), {}, ValueError, "num_envs must be a whole number"),
+    ((10 ** 9,), {}, ValueError, r"1000000000 episodes would need about .* GiB of memory.*num_envs"),
+    ((2,), {"width": 0}, ValueError, "width must be >= 16, got 0"),
+    ((2,), {"height": -100}, ValueError, "height must be >= 16, got -100"),
+    ((2,), {"width": math.nan}, ValueError, "width must be a whole number"),
+    ((2,), {"width": [400, 2.5]}, ValueError, "width must be a whole number.*float"),
+    ((2,), {"n_boids": 2.7}, ValueError, "n_boids must be a whole number"),
+    ((2,), {"n_boids": [1, 2, 3]}, ValueError, r"n_boids must be .* 2 of them .*shape \(3,\)"),
+    ((2,), {"n_boids": [1, 0]}, ValueError, "n_boids must be in 1..10000, got values from 0"),
+    ((2,), {"n_boids": 10 ** 30}, ValueError, "n_boids must be <= 10000"),
+    ((2,), {"cfg": 5}, TypeError, "cfg must be a WorldConfig or a dict"),
+    ((2,), {"generator": 3}, TypeError, "generator must be a torch.Generator"),
+    ((2,), {"dtype": torch.long}, TypeError, "dtype must be a floating-point"),
+])
+def test_world_random_refuses_bad_arguments_by_name(args, kw, error, message):
+    """World.random failed deep inside torch (or hung, or drew negative positions) for these."""
+    with pytest.raises(error, match=message):
+        World.random(*args, **kw)
+
+
+def test_world_random_takes_a_dict_config_and_per_episode_sizes():
+    w = World.random(2, {"boids_max": 5, "width_min": 400, "width_max": 400}, n_boids=[2, 5],
+                     height=torch.tensor([300, 500]), generator=torch.Generator().manual_seed(0))
+    assert w.pos.shape == (2, 5, 2) and w.n_alive.tolist() == [2, 5]
+    assert w.size.tolist() == [[400, 300], [400, 500]]
+    a = World.random(3, generator=torch.Generator().manual_seed(4), n_boids=7)
+    b = World.random(3, generator=torch.Generator().manual_seed(4), n_boids=[7, 7, 7])
+    assert torch.equal(a.pos, b.pos) and torch.equal(a.vel, b.vel)
