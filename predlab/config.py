@@ -6,6 +6,7 @@ checkpoint are all built from these classes, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -179,6 +180,18 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be > 0, got {v}")
         if hi is not None and v > hi:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
+
+
+def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
+    """v as an int when it is a whole number in lo..hi (no upper bound when hi is None); else a
+    ValueError naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name} must be a whole number >= {lo}, got {v}")
+    if hi is not None and v > hi:
+        raise ValueError(f"{name} must be <= {hi}, got {v}")
+    return int(v)
 
 
 def _check_device_string(device: str) -> None:

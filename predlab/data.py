@@ -18,8 +18,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, memory_problem, sample_bytes
-from .sim import World, whole_number
+from .config import FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, memory_problem, sample_bytes, whole_number
+from .sim import World
 from .teacher import closest_pursuit
 
 try:  # the CPU frame as numba kernels; without numba, CPU rollouts take the torch World path

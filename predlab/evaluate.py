@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import numbers
 import os
 import sys
 import time
@@ -31,7 +30,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import SEED_MAX, WorldConfig, bounded_number, episode_step_bytes, memory_problem
+from .config import SEED_MAX, WorldConfig, bounded_number, episode_step_bytes, memory_problem, whole_number
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
@@ -189,11 +188,8 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
     """Let policy drive the predator in `episodes` seeded episodes for `frames` frames."""
-    for name, v, lo in (("episodes", episodes, 1), ("frames", frames, 1), ("seed", seed, 0)):
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-            raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-    if seed > SEED_MAX:
-        raise ValueError(f"seed must be <= {SEED_MAX}, got {seed}")
+    episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
+    seed = whole_number("seed", seed, 0, SEED_MAX)
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
@@ -262,11 +258,9 @@ class CatchEvaluator(Callback):
 
     def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0):
         # checked now: a bad value found at the first evaluation loses that epoch's training
-        for name, v, lo in (("every", every, 1), ("episodes", episodes, 1), ("frames", frames, 1), ("seed", seed, 0)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < lo:
-                raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-        if seed > SEED_MAX:
-            raise ValueError(f"seed must be <= {SEED_MAX}, got {seed}")
+        every, episodes, frames = (whole_number(n, v, 1) for n, v in
+                                   (("every", every), ("episodes", episodes), ("frames", frames)))
+        seed = whole_number("seed", seed, 0, SEED_MAX)
         self.every, self.episodes, self.frames, self.seed = every, episodes, frames, seed
         self.teacher: Optional[Rollout] = None
 

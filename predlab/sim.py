@@ -13,24 +13,12 @@ from typing import Dict, Optional
 import torch
 
 from . import config as C
-from .config import WorldConfig
+from .config import WorldConfig, whole_number
 
 Tensor = torch.Tensor
 MAX_BOIDS = 10_000          # boids in one episode
 MIN_CANVAS = 16             # px, as WorldConfig's width_min / height_min
 MAX_CANVAS = 2 ** 24        # px: float32 positions hold every whole pixel up to here
-
-
-def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
-    """v as an int when it is a whole number in lo..hi (no upper bound when hi is None); else a
-    ValueError naming it."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {v}")
-    return int(v)
 
 
 def _given_ints(name: str, given, E: int, lo: int, hi: int) -> Tensor:

@@ -193,8 +193,8 @@ def test_to_dicts_and_collate_name_a_bad_argument():
 
 
 @pytest.mark.parametrize("args, kw, error, message", [
-    ((0,), {}, ValueError, "num_episodes must be >= 1, got 0"),
-    ((-1,), {}, ValueError, "num_episodes must be >= 1, got -1"),
+    ((0,), {}, ValueError, "num_episodes must be a whole number >= 1, got 0"),
+    ((-1,), {}, ValueError, "num_episodes must be a whole number >= 1, got -1"),
     ((True,), {}, ValueError, "num_episodes must be a whole number"),
     ((2.5,), {}, ValueError, "num_episodes must be a whole number"),
     ((None,), {}, ValueError, "num_episodes must be a whole number"),
@@ -204,12 +204,12 @@ def test_to_dicts_and_collate_name_a_bad_argument():
                                  r"frames of up to 50 boids"),
     ((1,), {"seed": "0"}, ValueError, "seed must be a whole number"),
     ((1,), {"seed": None}, ValueError, "seed must be a whole number"),
-    ((1,), {"seed": -1}, ValueError, "seed must be >= 0, got -1"),
+    ((1,), {"seed": -1}, ValueError, "seed must be a whole number >= 0, got -1"),
     ((1,), {"seed": 2 ** 70}, ValueError, f"seed must be <= {2 ** 63 - 1}"),
-    ((1,), {"stream": -1}, ValueError, "stream must be >= 0, got -1"),
+    ((1,), {"stream": -1}, ValueError, "stream must be a whole number >= 0, got -1"),
     ((1,), {"stream": 2 ** 64}, ValueError, "stream must be <="),
     ((1,), {"num_workers": None}, ValueError, "num_workers must be a whole number"),
-    ((1,), {"num_workers": -2}, ValueError, "num_workers must be >= 0"),
+    ((1,), {"num_workers": -2}, ValueError, "num_workers must be a whole number >= 0"),
     ((1,), {"cfg": 3}, TypeError, "cfg must be a WorldConfig or a dict"),
     ((1,), {"cfg": {"frames": 0}}, ValueError, "frames must be >= 1"),
 ])
@@ -221,7 +221,7 @@ def test_generate_episodes_refuses_bad_arguments_by_name(args, kw, error, messag
 
 
 @pytest.mark.parametrize("call, error, message", [
-    (lambda g: g.generate(-3, 0), ValueError, "num_episodes must be >= 1, got -3"),
+    (lambda g: g.generate(-3, 0), ValueError, "num_episodes must be a whole number >= 1, got -3"),
     (lambda g: g.generate(1, "x"), ValueError, "stream must be a whole number"),
     (lambda g: g.generate(1, 0, beta=math.nan), ValueError, r"beta must be a probability in \[0, 1\], got nan"),
     (lambda g: g.generate(1, 0, beta=5), ValueError, "beta must be a probability"),
@@ -243,7 +243,8 @@ def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments()
     a = generate_episodes(2, cfg, seed=1)
     assert len(a) > 0 and torch.equal(a.boids, generate_episodes(2, WorldConfig(**cfg), seed=1).boids)
     assert EpisodeGenerator(cfg, progress=False).cfg == WorldConfig(**cfg)
-    for args, message in (((0, cfg, 0), "num_episodes must be >= 1"), ((2, cfg, -1), "seed must be >= 0"),
+    for args, message in (((0, cfg, 0), "num_episodes must be a whole number >= 1"),
+                          ((2, cfg, -1), "seed must be a whole number >= 0"),
                           ((2, cfg, 2 ** 63), "seed must be <="), ((2, cfg, 0, None, 2.0), "beta must be")):
         with pytest.raises(ValueError, match=message):
             rollout_chunk(*args)

@@ -355,15 +355,15 @@ def test_step_keeps_dtype_and_returns_catches(dtype):
 
 
 @pytest.mark.parametrize("args, kw, error, message", [
-    ((0,), {}, ValueError, "num_envs must be >= 1, got 0"),
-    ((-1,), {}, ValueError, "num_envs must be >= 1, got -1"),
+    ((0,), {}, ValueError, "num_envs must be a whole number >= 1, got 0"),
+    ((-1,), {}, ValueError, "num_envs must be a whole number >= 1, got -1"),
     ((2.5,), {}, ValueError, "num_envs must be a whole number"),
     ((None,), {}, ValueError, "num_envs must be a whole number"),
     (("3",), {}, ValueError, "num_envs must be a whole number"),
     ((True,), {}, ValueError, "num_envs must be a whole number"),
     ((10 ** 9,), {}, ValueError, r"1000000000 episodes would need about .* GiB of memory.*num_envs"),
-    ((2,), {"width": 0}, ValueError, "width must be >= 16, got 0"),
-    ((2,), {"height": -100}, ValueError, "height must be >= 16, got -100"),
+    ((2,), {"width": 0}, ValueError, "width must be a whole number >= 16, got 0"),
+    ((2,), {"height": -100}, ValueError, "height must be a whole number >= 16, got -100"),
     ((2,), {"width": math.nan}, ValueError, "width must be a whole number"),
     ((2,), {"width": [400, 2.5]}, ValueError, "width must be a whole number.*float"),
     ((2,), {"n_boids": 2.7}, ValueError, "n_boids must be a whole number"),
