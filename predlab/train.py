@@ -267,6 +267,8 @@ class Checkpointer(Callback):
         if self._trainer is trainer:
             # train() again on the same trainer: the same run, unless another run (another trainer,
             # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's
+            if self._pending:          # this run has not written yet: the earlier files are still to move
+                return
             theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
                       if p.is_file() and not self._mine(p)]
             if theirs:
@@ -296,7 +298,7 @@ class Checkpointer(Callback):
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _mine(self, p: Path) -> bool:
-        """Whether p is a file this Checkpointer wrote, unchanged since."""
+        """Whether p is this run's file (written by it, or kept from the run it resumed), unchanged since."""
         return p in self._written and p.is_file() and self._signature(p) == self._written[p]
 
     def _save(self, trainer, path: Path, include_data: bool = True) -> None:
@@ -340,6 +342,11 @@ class Checkpointer(Callback):
                 self.make_room()
                 self._save_epoch(trainer, trainer.epoch)
         finally:
+            if not self._pending:
+                # every run file in the folder is this run's now (its own, and those kept from the run
+                # it resumed): what the next train() on this trainer compares the folder with
+                self._written = {p: self._signature(p) for p in [*self._epoch_files(), self.dir / "best_model.pt"]
+                                 if p.is_file()}
             lock, self._lock = getattr(self, "_lock", None), None
             if lock is not None:
                 lock.release()

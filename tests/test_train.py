@@ -1048,3 +1048,17 @@ def test_a_checkpointer_that_fails_to_begin_releases_the_folder(tmp_path, monkey
     holder = _hold_lock(d)          # another process can take the folder
     holder.stdin.close()
     holder.wait(timeout=30)
+
+
+def test_a_resumed_trainer_trained_again_keeps_the_files_of_the_run_it_resumed(tmp_path):
+    """train() again on a resumed trainer moved the resumed run's own checkpoints and
+    best_model.pt to previous/ as another run's."""
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=2)]).train(4)
+    t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=2)])
+    t.load_checkpoint(d / "checkpoint_epoch_4.pt")
+    t.train(6)
+    t.train(8)
+    assert not (d / "previous").exists()
+    assert {"checkpoint_epoch_4.pt", "checkpoint_epoch_6.pt", "checkpoint_epoch_8.pt", "best_model.pt"} <= set(_files(d))
