@@ -646,7 +646,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default 2, or 1 where this process may use one CPU)")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
     p.add_argument("--gpu-batches", default=",".join(map(str, GPU_BATCHES)), metavar="B1,B2,...",
                    help=f"batch sizes of the GPU sweep (default {','.join(map(str, GPU_BATCHES))})")
@@ -666,10 +667,14 @@ def main(argv=None) -> int:
                     f"known here: {', '.join(known)}")
         modes = {m: known[m] for m in ["graphs fp32"] + [m for m in names if m != "graphs fp32"]}
     from .data import usable_cpus
-    if a.threads < 1:
+    if a.threads is None:
+        a.threads = min(2, usable_cpus())
+    elif a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
-    if a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
-        p.error(f"--threads {a.threads}: this process may use {usable_cpus()} CPU(s); give at most that")
+    elif a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
+        print(f"note: --threads {a.threads}, but this process may use {usable_cpus()} CPU(s): measuring with "
+              f"{usable_cpus()}", file=sys.stderr)
+        a.threads = usable_cpus()
     try:
         batches = tuple(int(b) for b in a.gpu_batches.split(","))
     except ValueError:

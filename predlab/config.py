@@ -6,6 +6,7 @@ checkpoint are all built from these classes, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -265,6 +266,7 @@ def physical_memory() -> Optional[int]:
     return min(total, limit) if limit else total
 
 
+@functools.lru_cache(maxsize=None)
 def _cgroup_memory_limit(root: str = "/sys/fs/cgroup") -> Optional[int]:
     """The cgroup v2 (memory.max) or v1 (memory.limit_in_bytes) limit of this process, if any."""
     from pathlib import Path

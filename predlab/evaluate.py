@@ -30,7 +30,8 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import SEED_MAX, WorldConfig, bounded_number, episode_step_bytes, memory_problem, whole_number
+from .config import (SEED_MAX, WorldConfig, as_config, bounded_number, episode_step_bytes, memory_problem,
+                     whole_number)
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
@@ -60,6 +61,12 @@ class RandomPolicy:
 def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:
     """Closest pursuit as a policy: [E, 2] unit vectors."""
     return closest_pursuit(batch["boids"], batch["mask"])
+
+
+def episodes_memory_problem(episodes: int, boids_max: int) -> Optional[str]:
+    """Why `episodes` episodes of up to boids_max boids, stepped together, cannot fit in memory, or None."""
+    return memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
+                            episodes * episode_step_bytes(boids_max))], f"{episodes} episodes")
 
 
 class NonFiniteActions(ValueError):
@@ -193,9 +200,8 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
-    boids_max = (world_config or WorldConfig()).boids_max
-    problem = memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
-                               episodes * episode_step_bytes(boids_max))], f"{episodes} episodes")
+    world_config = as_config(WorldConfig, world_config, "world_config")
+    problem = episodes_memory_problem(episodes, world_config.boids_max)
     if problem:
         raise ValueError(problem + "; evaluate fewer episodes")
     policy = load_policy(policy, device)
@@ -221,15 +227,15 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     """
     kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=_device(device))
-    mine = rollout(policy, **kw)
     if teacher is not None:     # the teacher's rollout of other episodes gave a wrong ratio, silently
         if not isinstance(teacher, Rollout):
             raise TypeError(f"teacher must be a Rollout of the teacher on the same episodes, not "
                             f"{type(teacher).__name__}")
-        same = episodes_world(episodes, seed, world_config).n_alive
+        same = episodes_world(episodes, seed, world_config).n_alive     # before the rollouts' work
         if teacher.frames != frames or teacher.n_start.shape != same.shape or not torch.equal(teacher.n_start, same):
             raise ValueError(f"teacher is a Rollout of other episodes ({teacher.catches.numel()} x {teacher.frames} "
                              f"frames, or another seed or world) than these {episodes} x {frames}")
+    mine = rollout(policy, **kw)
     teacher = teacher or rollout("teacher", **kw)
     out = {"catch_ratio": catch_ratio(mine, teacher), "episodes": episodes, "frames": frames, "seed": seed,
            "policy": mine.summary(), "teacher": teacher.summary()}
@@ -343,8 +349,7 @@ def main(argv=None) -> int:
     if a.json:
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")
-    problem = memory_problem([(f"{a.episodes} episodes stepped together", a.episodes * episode_step_bytes(
-        WorldConfig().boids_max))], f"{a.episodes} episodes")
+    problem = episodes_memory_problem(a.episodes, WorldConfig().boids_max)
     if problem:
         p.error(f"--episodes: {problem}")
     try:
@@ -355,7 +360,10 @@ def main(argv=None) -> int:
     except OSError as e:
         p.error(f"cannot read {a.policy}: {e.strerror or e}")
     t0 = time.perf_counter()
-    res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
+    try:
+        res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
+    except NonFiniteActions as e:        # weights that are finite but huge: the file reads, the actions do not
+        p.error(f"{a.policy}: {e}")
     res["policy_path"] = str(a.policy)
     res["seconds"] = time.perf_counter() - t0
     print(format_table(res))

@@ -459,6 +459,8 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         return None
     try:
         text = path.read_text(encoding="utf-8")
+        if not text.strip():     # an empty file made ready for the output ($(mktemp), say)
+            return None
         if replaces == "json":
             json.loads(text)
         else:

@@ -193,7 +193,8 @@ def lock_checkpoint_dir(directory: Union[str, Path]):
     except OSError as e:      # a file there, a link to nowhere, a read-only disk
         why = "a link to a folder that does not exist" if d.is_symlink() and not d.exists() else e.strerror or e
         raise OSError(e.errno, f"cannot create the checkpoint folder {d}: {why}") from None
-    lock = filelock.FileLock(str(d / LOCK_NAME), timeout=0, is_singleton=True, thread_local=False)
+    # one lock object per folder in a process, however the folder is named ("ck", "./ck", a link)
+    lock = filelock.FileLock(str((d / LOCK_NAME).resolve()), timeout=0, is_singleton=True, thread_local=False)
     try:
         lock.acquire()
     except filelock.Timeout:

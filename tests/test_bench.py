@@ -161,7 +161,7 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
     assert (tmp_path / "g.json").is_file()
 
 
-def test_bench_cli_refuses_outputs_it_would_destroy_and_threads_past_the_cpus(tmp_path, capsys, monkeypatch):
+def test_bench_cli_refuses_outputs_it_would_destroy_and_caps_threads_at_the_cpus(tmp_path, capsys, monkeypatch):
     """--json /dev/null replaced the device with a file, --json on a source file wiped it, and
     --threads 100000 crashed the process."""
     import os
@@ -174,8 +174,7 @@ def test_bench_cli_refuses_outputs_it_would_destroy_and_threads_past_the_cpus(tm
     readonly = tmp_path / "kept.json"
     readonly.write_text("{}")
     readonly.chmod(0o444)
-    for argv, message in [(["--threads", "100000"], "this process may use 2 CPU(s)"),
-                          (["--json", ""], "no file name given"),
+    for argv, message in [(["--json", ""], "no file name given"),
                           (["--json", str(source)], "exists and is not a JSON file"),
                           (["--json", str(readonly)], "is read-only")] + (
                          [(["--json", os.devnull], "is not a regular file")] if os.path.exists(os.devnull) else []):
@@ -183,6 +182,16 @@ def test_bench_cli_refuses_outputs_it_would_destroy_and_threads_past_the_cpus(tm
             bench.main(argv)
         assert e.value.code == 2 and message in capsys.readouterr().err, argv
     assert source.read_text() == "my notes, not JSON"
+    empty = tmp_path / "made-ready.json"                      # $(mktemp): an empty file is for the output
+    empty.write_text("")
+    seen = []
+    monkeypatch.setattr(bench, "run", lambda **kw: seen.append(kw["threads"]) or {"generate": {}})
+    monkeypatch.setattr(bench, "print_table", lambda res: None)
+    assert bench.main(["--threads", "100000", "--json", str(empty)]) == 0
+    assert seen == [2] and "--threads 100000, but this process may use 2 CPU(s)" in capsys.readouterr().err
+    assert json.loads(empty.read_text())["generate"] == {}
+    monkeypatch.setattr(data, "usable_cpus", lambda: 1)         # the default on a 1-CPU runner
+    assert bench.main([]) == 0 and seen[-1] == 1
 
 
 def test_bench_json_dash_prints_the_figures(monkeypatch, capsys):

@@ -287,3 +287,19 @@ def test_compare_refuses_a_teacher_rollout_of_other_episodes(model):
             compare(model, world_config=WC, teacher=t, baselines=False, **kw)
     with pytest.raises(TypeError, match="teacher must be a Rollout"):
         compare(model, episodes=4, frames=5, world_config=WC, teacher="teacher", baselines=False)
+
+
+def test_evaluate_cli_names_a_model_whose_actions_overflow(model, tmp_path, capsys):
+    """Weights that are finite but huge pass the reader, and the CLI showed a traceback."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(3e38)
+    path = save_model_file(model, tmp_path / "huge.pt")
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "2", "--frames", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "actions are NaN or infinite" in err and "Traceback" not in err
+
+
+def test_rollout_takes_its_world_config_as_a_dict():
+    assert rollout("teacher", episodes=2, frames=2, world_config={"boids_max": 5}).n_start.max() <= 5

@@ -105,9 +105,11 @@ def test_the_message_names_boids_max_when_it_is_the_cause(one_gib):
 def test_a_containers_memory_limit_counts(tmp_path, monkeypatch):
     """A run in a container limited below the machine's memory was let through, then killed."""
     from predlab.config import _cgroup_memory_limit
-    (tmp_path / "memory.max").write_text("max\n")
-    assert _cgroup_memory_limit(str(tmp_path)) is None
-    (tmp_path / "memory.max").write_text(f"{2 ** 31}\n")
-    assert _cgroup_memory_limit(str(tmp_path)) == 2 ** 31
+    (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "memory.max").write_text("max\n")
+    assert _cgroup_memory_limit(str(tmp_path / "none")) is None
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "memory.max").write_text(f"{2 ** 31}\n")
+    assert _cgroup_memory_limit(str(tmp_path / "two")) == 2 ** 31
     monkeypatch.setattr(config, "_cgroup_memory_limit", lambda: 2 ** 20)
     assert config.physical_memory() == 2 ** 20
