@@ -327,16 +327,17 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
 
     Counts what it holds at once, at worst (episodes that run all their frames): samples, the
     model and its optimizer, one step's activations, the catch evaluation's episodes. On a CUDA
-    device, the model and the activations are counted against the GPU's memory instead.
+    device all of it is counted against the GPU's memory, and the samples (generated on the
+    host, then moved) against the host's too.
     """
     needs = _training_needs(tc, wc, mc)
-    on_gpu = ("the model, its gradients and optimizer state", "a training step's activations")
     if device is not None and getattr(device, "type", None) == "cuda":
+        # samples are generated in host memory and moved to the GPU, where everything else is
         import torch
-        gpu = [n for n in needs if n[0].startswith(on_gpu)]
+        host = [n for n in needs if not n[0].startswith(("the model", "a training step", "the catch evaluation"))]
         name = torch.cuda.get_device_name(device)
-        return (memory_problem([n for n in needs if n not in gpu])
-                or memory_problem(gpu, have=torch.cuda.get_device_properties(device).total_memory,
+        return (memory_problem(host)
+                or memory_problem(needs, have=torch.cuda.get_device_properties(device).total_memory,
                                   where=f"the {{}} of {name}"))
     return memory_problem(needs)
 

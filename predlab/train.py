@@ -289,7 +289,7 @@ class Checkpointer(Callback):
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
-        # moved when this run first writes: a run that fails before then leaves the folder as it was
+        # moved when this run first writes: a run that fails before then leaves them where they are
         self._pending = moving
         self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
 
@@ -1178,8 +1178,8 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         trainer.train_dataset.generator.close()
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch:    # no epoch of this run to export
-        print(f"{ended}, before the first epoch of this run ended: nothing was written to {tc.checkpoint_dir}, "
-              f"which is as it was", file=sys.stderr)
+        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "
+              f"files in {tc.checkpoint_dir} are where they were", file=sys.stderr)
         return 130
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written

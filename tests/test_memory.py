@@ -82,7 +82,10 @@ def test_on_a_gpu_the_step_is_counted_against_the_gpus_memory(one_gib, monkeypat
     assert training_memory(big_batch, wc, mc, cuda) is None
     message = training_memory(TrainConfig(batch_size=2 ** 20), wc, mc, cuda)
     assert "more than the 80.0 GiB of a test GPU" in message
-    assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)
+    assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)   # the host
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 50)     # a large host: the samples reach the GPU
+    message = training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)
+    assert "more than the 80.0 GiB of a test GPU" in message and "validation samples" in message
 
 
 def test_evaluate_cli_refuses_episodes_that_cannot_fit_with_exit_2(one_gib, capsys):

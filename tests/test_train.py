@@ -909,7 +909,7 @@ def test_a_run_that_fails_before_its_first_write_leaves_the_earlier_runs_files_i
                  ["--epochs", "3", "--resume", ckpt, "--checkpoint_dir", "other"]):
         assert tr.main(argv) == 130
         err = capsys.readouterr().err
-        assert "before the first epoch of this run ended: nothing was written to" in err, argv
+        assert "before the first epoch of this run ended: no checkpoint or model was written" in err, argv
         assert contents() == before, argv
 
 
