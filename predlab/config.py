@@ -183,15 +183,19 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
 
 
+class NotAWholeNumber(TypeError, ValueError):
+    """An argument that should be a whole number is of another type (a float, a bool, a string).
+    Both a TypeError and a ValueError, so that either is caught as callers expect."""
+
+
 def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
-    """v as an int when it is a whole number in lo..hi (no upper bound when hi is None); else a
-    ValueError naming it."""
+    """v as an int when it is a whole number in lo..hi (no upper bound when hi is None); else
+    NotAWholeNumber or ValueError naming it. The one such check of the library's entry points."""
     if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise ValueError(f"{name} must be a whole number >= {lo}, got {v!r}")
-    if v < lo:
-        raise ValueError(f"{name} must be a whole number >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ValueError(f"{name} must be <= {hi}, got {v}")
+        raise NotAWholeNumber(f"{name} must be a whole number, got {v!r}")
+    if v < lo or (hi is not None and v > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise ValueError(f"{name} must be a whole number {bound}, got {v}")
     return int(v)
 
 

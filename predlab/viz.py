@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Locator, MaxNLocator
 
 from . import config as C
-from .config import WorldConfig
+from .config import WorldConfig, whole_number
 from .sim import World
 from .teacher import closest_pursuit, nearest_boid
 
@@ -80,15 +80,6 @@ def runs_dir() -> Path:
 
 # ---------------------------------------------------------------------- argument checks
 FIGSIZE_MAX = 100.0  # inches a side: matplotlib draws 100 dots an inch, and a figure past this is a typo
-
-
-def _whole(name: str, v, lo: int, hi: Optional[int] = None) -> int:
-    """v as an int, if it is a whole number (not a bool) in [lo, hi]; else a TypeError/ValueError naming it."""
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-        raise TypeError(f"{name} must be a whole number, got {v!r}")
-    if v < lo or (hi is not None and v > hi):
-        raise ValueError(f"{name} must be " + (f">= {lo}" if hi is None else f"between {lo} and {hi}") + f", got {v}")
-    return int(v)
 
 
 def _figsize(figsize, name: str = "figsize") -> tuple:
@@ -172,11 +163,11 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
     (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
     """
-    frames = _whole("frames", frames, 1)
-    n_boids = _whole("n_boids", n_boids, 1, 10_000)
+    frames = whole_number("frames", frames, 1)
+    n_boids = whole_number("n_boids", n_boids, 1, 10_000)
     lo = WorldConfig.__dataclass_fields__["width_min"].metadata["min"]          # the canvas floor, 16 px
-    width, height = _whole("width", width, lo), _whole("height", height, lo)
-    seed = _whole("seed", seed, 0, C.SEED_MAX)
+    width, height = whole_number("width", width, lo), whole_number("height", height, lo)
+    seed = whole_number("seed", seed, 0, C.SEED_MAX)
     cfg = C.as_config(WorldConfig, cfg, "cfg")
     cfg.validate()
     if policy is not None and not callable(policy):
@@ -225,7 +216,7 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     from matplotlib.animation import FuncAnimation
 
     figsize = _figsize(figsize)
-    interval = _whole("interval", interval, 1)
+    interval = whole_number("interval", interval, 1)
     if isinstance(arrow_px, bool) or not isinstance(arrow_px, numbers.Real) or not math.isfinite(arrow_px):
         raise ValueError(f"arrow_px must be a finite number of px, got {arrow_px!r}")
     W, H = rollout.size
@@ -465,7 +456,7 @@ def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
     from .evaluate import CatchEvaluator
 
     S = sizes()
-    every, episodes, frames = (S[k] if v is None else _whole(name, v, 1) for name, k, v in
+    every, episodes, frames = (S[k] if v is None else whole_number(name, v, 1) for name, k, v in
                                (("every", "eval_every", every), ("episodes", "eval_episodes", episodes),
                                 ("frames", "eval_frames", frames)))
     return [CatchEvaluator(every=every, episodes=episodes, frames=frames)]
@@ -596,7 +587,7 @@ class Agreement:
 @torch.no_grad()
 def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
-    chunk = _whole("chunk", chunk, 1)
+    chunk = whole_number("chunk", chunk, 1)
     keep = batch["mask"].any(-1)
     batch = {k: batch[k][keep] for k in ("context", "predator", "boids", "mask")}
     S = int(keep.sum())
@@ -636,8 +627,8 @@ def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
 def sample_frames(samples, count: int, seed: int = 0) -> Batch:
     """A random batch of `count` frames (with boids) from a SampleSet, for statistics over many frames
     (all of them, in random order, when it has fewer)."""
-    count = _whole("count", count, 1)
-    seed = _whole("seed", seed, 0, C.SEED_MAX)
+    count = whole_number("count", count, 1)
+    seed = whole_number("seed", seed, 0, C.SEED_MAX)
     rows = (samples.n > 0).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     rows = rows[torch.randperm(len(rows), generator=g)[:count]]
@@ -660,7 +651,7 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     from .checkpoint import describe_best, load_checkpoint_dict, load_model
 
     if epochs is not None:
-        epochs = _whole("epochs", epochs, 1)
+        epochs = whole_number("epochs", epochs, 1)
     if not isinstance(train_if_missing, bool):
         raise TypeError(f"train_if_missing must be True or False, got {train_if_missing!r}")
     path = Path(directory if directory is not None else checkpoint_dir())

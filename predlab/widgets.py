@@ -15,8 +15,8 @@ from typing import Callable, Dict, Mapping, Optional
 import ipywidgets as W
 
 from . import config as C
-from .config import ModelConfig, TrainConfig, WorldConfig
-from .viz import _in_notebook, _whole
+from .config import ModelConfig, TrainConfig, WorldConfig, whole_number
+from .viz import _in_notebook
 
 
 def _field(cls, name: str) -> dataclasses.Field:
@@ -30,7 +30,7 @@ def _check_value(name: str, v, lo, hi, whole: bool):
     """v if it is a number (a whole one when whole) in [lo, hi] (None: no bound); else a
     TypeError/ValueError naming `name`."""
     if whole:
-        return _whole(name, v, -2 ** 63 if lo is None else lo, hi)
+        return whole_number(name, v, -2 ** 63 if lo is None else lo, hi)
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a number, got {v!r}")
     if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -99,10 +99,10 @@ class Controls:
 # ---------------------------------------------------------------------- 01: simulation
 def sim_widgets(n_boids: int = C.NUM_BOIDS, width: int = 960, height: int = 600, frames: int = 100) -> Dict[str, W.Widget]:
     """Sliders for boid count, canvas size, flocking weights and frames (WorldConfig metadata)."""
-    n_boids = _whole("n_boids", n_boids, 1, C.NUM_BOIDS)
-    width = _whole("width", width, WorldConfig.width_min, WorldConfig.width_max)
-    height = _whole("height", height, WorldConfig.height_min, WorldConfig.height_max)
-    frames = _whole("frames", frames, 1)
+    n_boids = whole_number("n_boids", n_boids, 1, C.NUM_BOIDS)
+    width = whole_number("width", width, WorldConfig.width_min, WorldConfig.width_max)
+    height = whole_number("height", height, WorldConfig.height_min, WorldConfig.height_max)
+    frames = whole_number("frames", frames, 1)
     return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids",
                                     tooltip="boids at the start of the episode"),
             "width": field_widget(WorldConfig, "width_max", width, min=WorldConfig.width_min,
@@ -187,7 +187,7 @@ def make_train_controls(**defaults) -> Controls:
     d = {f.name: f.default for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls)}
     d.update(defaults)
     for k in ("epochs", "train_episodes", "val_episodes"):      # their slider's end grows to fit them
-        _whole(k, d[k], 1)
+        whole_number(k, d[k], 1)
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
                                       description="learning rate"),

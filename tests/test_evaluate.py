@@ -230,7 +230,7 @@ def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
 
 @pytest.mark.parametrize("kw, message", [({"episodes": 2.5}, "episodes must be a whole number"),
                                          ({"frames": 0}, "frames must be a whole number >= 1"),
-                                         ({"seed": -1}, "seed must be a whole number >= 0"),
+                                         ({"seed": -1}, "seed must be a whole number between 0 and"),
                                          ({"policy": None}, "policy is None")])
 def test_rollout_arguments_are_named(kw, message):
     from predlab.evaluate import rollout
