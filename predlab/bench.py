@@ -40,17 +40,18 @@ def forward_flops(cfg: ModelConfig, n_boids: int, cls_only_last: bool = False) -
 
     Counts the matmuls (projections, QKV, scores, weighted values, output, GEGLU, head), which
     dominate; LayerNorm, softmax and activations are a few percent and left out. With
-    cls_only_last, the last block as TransformerPredator.forward runs it: keys and values for
-    every token, everything else for the CLS token only.
+    cls_only_last, the last block as TransformerPredator.forward runs it: the [CLS] query only,
+    with the key and value projections folded into it (Block.cls_attention).
     """
-    d, f, L, T = cfg.d_model, cfg.ffn_hidden, cfg.n_layers, 3 + n_boids
+    d, f, L, T, H = cfg.d_model, cfg.ffn_hidden, cfg.n_layers, 3 + n_boids, cfg.n_heads
     embed = 2 * d * (2 + 4 + 4 * n_boids)                    # ctx, predator, boids (no bias)
     per_token = 2 * (3 * d * d + d * d + 2 * d * f + f * d)  # qkv, attn_out, gate + up, down
     attention = 2 * 2 * T * T * d                            # q k^T and w v over all heads
     full_block = T * per_token + attention
     last = full_block
     if cls_only_last:
-        last = T * 2 * 2 * d * d + per_token - 2 * 2 * d * d + 2 * 2 * T * d
+        # q, Wk^T q, Wv hbar and attn_out; scores and hbar = sum_t w_t h_t; the feed-forward
+        last = 2 * (4 * d * d + 2 * H * T * d + 2 * d * f + f * d)
     return embed + (L - 1) * full_block + last + 2 * d * 2
 
 

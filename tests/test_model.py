@@ -134,6 +134,25 @@ def test_forward_with_attention(model, make_samples):
         assert (w.masked_select(keep[:, None, None, :].expand_as(w)) > 0).all()
 
 
+def test_training_gradients_equal_the_explicit_path(make_model, make_samples):
+    """forward (the last block for [CLS] alone, its key and value projections folded into the
+    query) gives every parameter the gradient of the explicit path (every token, every layer),
+    in float64 with padded samples: the key bias's gradient, zero in exact maths, included."""
+    model = make_model(4).double()
+    batch = collate(make_samples([0, 3, 9, 50], seed=12), dtype=torch.float64)
+    target = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = []
+    for run in (lambda b: model(b), lambda b: model.forward_with_attention(b)[0]):
+        ((run(batch) - target) ** 2).sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    for name, want in grads[1].items():
+        assert grads[0][name] is not None, f"{name} gets no gradient (AdamW would skip its weight decay)"
+        assert (grads[0][name] - want).abs().max() <= 1e-12 * max(1.0, want.abs().max()), name
+    D = model.config.d_model
+    assert grads[1]["layers.2.qkv.weight"][D:].abs().max() > 1e-3      # keys and values do get gradients
+
+
 def test_token_labels():
     """Labels follow the token order CLS, CTX, PRED, boid 0..n-1."""
     assert TransformerPredator.token_labels(3) == ["CLS", "CTX", "PRED", "boid 0", "boid 1", "boid 2"]
