@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from typing import Optional
 
 import torch
 import triton
@@ -101,28 +100,25 @@ def _warps(BQ: int, BT: int) -> int:
     return 8 if n >= 4096 else 4 if n >= 512 else 2
 
 
-def _split(x: Tensor, q_apart: Optional[Tensor], n_heads: int):
-    parts = 3 if q_apart is None else 2
-    D = x.shape[-1] // parts
-    views = [x[..., i * D:(i + 1) * D] for i in range(parts)]
-    q, k, v = views if q_apart is None else (q_apart, *views)
+def _split(x: Tensor, n_heads: int):
+    D = x.shape[-1] // 3
+    q, k, v = (x[..., i * D:(i + 1) * D] for i in range(3))
     return q, k, v, D, D // n_heads
 
 
 class TritonAttention(torch.autograd.Function):
     """softmax(q k^T / sqrt(hs) + bias) v per head, as predlab.model.attention's "math" kernel.
 
-    x: qkv [B, T, 3D] when q_apart is None, else kv [B, T, 2D] with the queries q_apart
-    [B, Tq, D] given apart; bias [B, 1, 1, T] additive key mask -> y [B, Tq, D] in x's dtype
-    (the products and the softmax run in float32).
+    x: qkv [B, T, 3D]; bias [B, 1, 1, T] additive key mask -> y [B, T, D] in x's dtype (the
+    products and the softmax run in float32). The kernels take queries apart from keys (Tq
+    of them, strides of their own); every caller passes the T queries of qkv.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, q_apart: Optional[Tensor], bias: Tensor, n_heads: int) -> Tensor:
+    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int) -> Tensor:
         x = x.contiguous()
-        q_apart = None if q_apart is None else q_apart.contiguous()
         B, T, _ = x.shape
-        q, k, v, D, hs = _split(x, q_apart, n_heads)
+        q, k, v, D, hs = _split(x, n_heads)
         Tq = q.shape[1]
         bias = bias.reshape(B, T).float().contiguous()
         y = x.new_empty(B, Tq, D)
@@ -133,21 +129,19 @@ class TritonAttention(torch.autograd.Function):
                 q, k, v, bias, y, lse, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                 Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
                 num_warps=_warps(BQ, BT), enable_fp_fusion=True)
-        ctx.save_for_backward(x, q_apart if q_apart is not None else x.new_empty(0), bias, lse)
-        ctx.n_heads, ctx.apart = n_heads, q_apart is not None
+        ctx.save_for_backward(x, bias, lse)
+        ctx.n_heads = n_heads
         return y
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        x, q_apart, bias, lse = ctx.saved_tensors
-        q_apart = q_apart if ctx.apart else None
+        x, bias, lse = ctx.saved_tensors
         n_heads = ctx.n_heads
         B, T, _ = x.shape
-        q, k, v, D, hs = _split(x, q_apart, n_heads)
+        q, k, v, D, hs = _split(x, n_heads)
         Tq = q.shape[1]
         dx = torch.empty_like(x)
-        dq_apart = None if q_apart is None else torch.empty_like(q_apart)
-        dq, dk, dv, _, _ = _split(dx, dq_apart, n_heads)
+        dq, dk, dv, _, _ = _split(dx, n_heads)
         BT, BQ = _block(T), _block(Tq)
         with launch_on(x):
             _backward_kernel[(B * n_heads,)](
@@ -156,10 +150,10 @@ class TritonAttention(torch.autograd.Function):
                 dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
                 Tq, T, 1.0 / math.sqrt(hs), H=n_heads, HS=hs, BQ=BQ, BT=BT, BD=_block(hs),
                 num_warps=_warps(BQ, BT), enable_fp_fusion=True)
-        return dx, dq_apart, None, None
+        return dx, None, None
 
 
-def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None) -> Tensor:
+def attention(x: Tensor, bias: Tensor, n_heads: int) -> Tensor:
     """TritonAttention.apply, for predlab.model.attention's arguments (which falls back to its
     "math" kernel past MAX_TOKENS)."""
     if x.shape[1] > MAX_TOKENS:
@@ -168,4 +162,4 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None)
     if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the triton attention kernel runs on CUDA tensors, not {x.device.type} ones "
                          "(or on any under TRITON_INTERPRET=1, set before Triton is imported)")
-    return TritonAttention.apply(x, q, bias, n_heads)
+    return TritonAttention.apply(x, bias, n_heads)

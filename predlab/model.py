@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -33,71 +33,63 @@ class _Attention(torch.autograd.Function):
     The same maths as F.scaled_dot_product_attention. On a CPU, that kernel is slow for
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, the products whose result would be 12 wide are made transposed (T wide,
-    which MKL runs ~25% faster), and the [B*H, Tq, T] weights are made and used a slice of
+    which MKL runs ~25% faster), and the [B*H, T, T] weights are made and used a slice of
     about 0.5 MB at a time, so that the passes over them stay in cache: forward + backward of
     one layer at batch 256 x 53 tokens takes about 14 ms instead of 24 on 2 cores
     (predlab.bench prints both). With float32 on one thread, as in the trainer's split
     batches, the copies between token and head layouts are predlab.fastops' (4-8% faster a layer).
 
-    x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each) when q is None, else kv
-    [B, T, 2D] with the queries q [B, Tq, D] given apart (the last block's [CLS] query);
-    bias [B, 1, 1, T] additive key mask -> y [B, Tq, D]. Saves the per-head projections and
-    the attention weights for backward.
+    x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each); bias [B, 1, 1, T] additive
+    key mask -> y [B, T, D]. Saves the per-head projections and the attention weights for
+    backward.
     """
 
     @staticmethod
-    def _slices(n: int, Tq: int, T: int, on_cpu: bool = True):
+    def _slices(n: int, T: int, on_cpu: bool = True):
         if not on_cpu:                                   # slices are for a CPU's caches
             return [slice(0, n)]
-        step = max(16, (1 << 17) // max(Tq * T, 1))     # ~128k floats of weights per slice
+        step = max(16, (1 << 17) // max(T * T, 1))      # ~128k floats of weights per slice
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     @staticmethod
-    def forward(ctx, x: Tensor, q_apart: Optional[Tensor], bias: Tensor, n_heads: int) -> Tensor:
+    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int) -> Tensor:
         B, T, width = x.shape
-        parts = 3 if q_apart is None else 2
-        H, D = n_heads, width // parts
+        H, D = n_heads, width // 3
         hs, BH = D // H, B * n_heads
         # numba head copies on one thread (as in the trainer's split batches); torch's threaded ones else
         fast = fastops is not None and fastops.supports(x) and torch.get_num_threads() == 1
         if fast:
-            heads = fastops.split_heads(x, parts, H)                          # (parts, BH, T, hs)
+            heads = fastops.split_heads(x, 3, H)                              # (3, BH, T, hs)
         else:
-            heads = x.reshape(B, T, parts, H, hs).permute(2, 0, 3, 1, 4).reshape(parts, BH, T, hs)
-        if q_apart is None:
-            q, k, v = heads[0], heads[1], heads[2]
-        else:
-            Tq = q_apart.shape[1]                # not -1: a batch of 0 samples has no size to infer
-            q = q_apart.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
-            k, v = heads[0], heads[1]
-        Tq = q.shape[1]
+            heads = x.reshape(B, T, 3, H, hs).permute(2, 0, 3, 1, 4).reshape(3, BH, T, hs)
+        q, k, v = heads[0], heads[1], heads[2]
         scale = 1.0 / math.sqrt(hs)
         bias_bh = bias.expand(B, H, 1, T).reshape(BH, 1, T)
-        yT = x.new_empty(BH, hs, Tq)          # products made transposed: 53 wide, not 12, run faster
+        yT = x.new_empty(BH, hs, T)           # products made transposed: 53 wide, not 12, run faster
         ws = []
-        for s in _Attention._slices(BH, Tq, T, x.device.type == "cpu"):
+        for s in _Attention._slices(BH, T, x.device.type == "cpu"):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
             w = torch.softmax(w, -1)
             torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
-            ws.append(w)                                                        # (slice, Tq, T)
-        ctx.save_for_backward(heads, q, *ws)
-        ctx.dims = (B, T, H, hs, Tq, parts, scale)
-        return _merge(yT.view(1, B, H, hs, Tq), fast)
+            ws.append(w)                                                        # (slice, T, T)
+        ctx.save_for_backward(heads, *ws)
+        ctx.dims = (B, T, H, hs, scale)
+        return _merge(yT.view(1, B, H, hs, T), fast)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
-        heads, q, *ws = ctx.saved_tensors
-        B, T, H, hs, Tq, parts, scale = ctx.dims
+        heads, *ws = ctx.saved_tensors
+        B, T, H, hs, scale = ctx.dims
         BH = B * H
-        k, v = heads[parts - 2], heads[parts - 1]
+        q, k, v = heads[0], heads[1], heads[2]
         fast = fastops is not None and fastops.supports(dy) and torch.get_num_threads() == 1
         if fast:
-            dyh = fastops.split_heads(dy, 1, H)[0]                              # (BH, Tq, hs)
+            dyh = fastops.split_heads(dy, 1, H)[0]                              # (BH, T, hs)
         else:
-            dyh = dy.reshape(B, Tq, H, hs).transpose(1, 2).reshape(BH, Tq, hs)
-        d = heads.new_empty(parts, BH, hs, T)                                   # gradients, transposed
-        dqT, dkT, dvT = (d[0] if parts == 3 else heads.new_empty(BH, hs, Tq)), d[parts - 2], d[parts - 1]
-        for s, w in zip(_Attention._slices(BH, Tq, T, dy.device.type == "cpu"), ws):
+            dyh = dy.reshape(B, T, H, hs).transpose(1, 2).reshape(BH, T, hs)
+        d = heads.new_empty(3, BH, hs, T)                                       # gradients, transposed
+        dqT, dkT, dvT = d[0], d[1], d[2]
+        for s, w in zip(_Attention._slices(BH, T, dy.device.type == "cpu"), ws):
             torch.bmm(dyh[s].transpose(1, 2), w, out=dvT[s])                     # (w^T dy)^T
             dw = torch.bmm(dyh[s], v[s].transpose(1, 2))
             ds = torch._softmax_backward_data(dw, w, -1, w.dtype)                # d scores / scale
@@ -105,10 +97,7 @@ class _Attention(torch.autograd.Function):
             torch.bmm(q[s].transpose(1, 2), ds, out=dkT[s])                      # (ds^T q)^T
         dqT.mul_(scale)
         dkT.mul_(scale)
-        dx = _merge(d.view(parts, B, H, hs, T), fast)
-        if parts == 3:
-            return dx, None, None, None
-        return dx, _merge(dqT.view(1, B, H, hs, Tq), fast), None, None
+        return _merge(d.view(3, B, H, hs, T), fast), None, None
 
 
 def _merge(d: Tensor, fast: bool) -> Tensor:
@@ -132,8 +121,9 @@ ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math", "triton")
 TRITON_ATTENTION_MAX_TOKENS = 64
 
 
-def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None, kernel: str = "auto") -> Tensor:
-    """Multi-head attention: qkv [B, T, 3D], or kv [B, T, 2D] with queries q [B, Tq, D] -> y [B, Tq, D].
+def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Tensor:
+    """Multi-head attention of every token: qkv [B, T, 3D] -> y [B, T, D] (the last block's
+    [CLS]-only attention is Block.cls_attention).
 
     bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
     CPU), "sdpa" (F.scaled_dot_product_attention), "math" (softmax(q k^T / sqrt(hs) + bias) v in
@@ -151,26 +141,22 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, q: Optional[Tensor] = None,
     if kernel == "triton" and x.shape[1] > TRITON_ATTENTION_MAX_TOKENS:
         kernel = "math"
     if kernel == "sliced":
-        return _Attention.apply(x, q, bias, n_heads)
+        return _Attention.apply(x, bias, n_heads)
     if kernel == "triton":
-        return _triton("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION")(x, bias, n_heads, q)
+        return _triton("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION")(x, bias, n_heads)
     B, T, width = x.shape
-    D = width // (3 if q is None else 2)
-    parts = list(x.split(D, dim=-1))
-    q = parts.pop(0) if q is None else q
-    Tq = q.shape[1]
-    k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in parts)
-    q = q.reshape(B, Tq, n_heads, D // n_heads).transpose(1, 2)
+    D = width // 3
+    q, k, v = (t.view(B, T, n_heads, D // n_heads).transpose(1, 2) for t in x.split(D, dim=-1))
     if kernel == "math":
         # 3-D products: the scale and the key mask go into the first product's epilogue (baddbmm)
-        # instead of two more passes over the [B*H, Tq, T] scores, forward and backward
+        # instead of two more passes over the [B*H, T, T] scores, forward and backward
         hs, BH = D // n_heads, B * n_heads
-        w = torch.baddbmm(bias.expand(B, n_heads, 1, T).reshape(BH, 1, T), q.reshape(BH, Tq, hs),
+        w = torch.baddbmm(bias.expand(B, n_heads, 1, T).reshape(BH, 1, T), q.reshape(BH, T, hs),
                           k.reshape(BH, T, hs).transpose(1, 2), alpha=1.0 / math.sqrt(hs))
-        y = torch.bmm(torch.softmax(w, -1), v.reshape(BH, T, hs)).view(B, n_heads, Tq, hs)
+        y = torch.bmm(torch.softmax(w, -1), v.reshape(BH, T, hs)).view(B, n_heads, T, hs)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    return y.transpose(1, 2).reshape(B, Tq, D)
+    return y.transpose(1, 2).reshape(B, T, D)
 
 
 def _triton(module: str, what: str, switch: str):

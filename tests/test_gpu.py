@@ -112,7 +112,7 @@ def test_graphed_training_equals_eager_training(data):
 
 def test_fused_attention_matches_math_on_the_gpu():
     """predlab.gpu_attention's Triton kernel, compiled for this GPU: the plain-op attention's
-    outputs and gradients (full blocks of 3 to 53 tokens, the [CLS] query apart, bf16 inputs)."""
+    outputs and gradients (full blocks of 3 to 53 tokens, bf16 inputs)."""
     _needs_triton()
     from test_gpu_attention import CASES, run_check, tolerance
     for r in run_check("cuda", CASES, interpret=False):

@@ -18,10 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
 
-# (batch, tokens, queries apart?, dtype): full blocks from the fewest tokens (3, no boids) to 53
-# (50 boids), and the [CLS]-only block's single query apart
-CASES = [(3, 3, False, "float32"), (4, 20, False, "float32"), (2, 53, False, "float32"), (3, 17, True, "float32"),
-         (2, 53, True, "float32"), (3, 30, False, "bfloat16")]
+# (batch, tokens, dtype): full blocks from the fewest tokens (3, no boids) to 53 (50 boids)
+CASES = [(3, 3, "float32"), (4, 20, "float32"), (2, 53, "float32"), (3, 30, "bfloat16")]
 
 CHECK = r"""
 import json, sys, torch
@@ -29,26 +27,24 @@ from predlab import model as M
 from predlab.gpu_attention import attention as fused
 device = sys.argv[1]
 out = []
-for B, T, apart, dtype in json.loads(sys.argv[2]):
+for B, T, dtype in json.loads(sys.argv[2]):
     g = torch.Generator().manual_seed(B * 100 + T)
     D, H = 48, 4
-    x = torch.randn(B, T, (2 if apart else 3) * D, generator=g) * 2
-    q = torch.randn(B, 1, D, generator=g) * 2 if apart else None
+    x = torch.randn(B, T, 3 * D, generator=g) * 2
     keep = torch.rand(B, T, generator=g) > 0.3
     keep[:, :3] = True
     bias = torch.zeros(B, 1, 1, T).masked_fill(~keep[:, None, None, :], M.MASKED)
-    dy = torch.randn(B, 1 if apart else T, D, generator=g)
+    dy = torch.randn(B, T, D, generator=g)
     res = {}
     for name in ("math", "triton"):
         dt = getattr(torch, dtype) if name == "triton" else torch.float32
-        ins = [t.to(device, dt).requires_grad_(True) for t in ([x] + ([q] if apart else []))]
+        xs = x.to(device, dt).requires_grad_(True)
         b = bias.to(device, dt)
-        y = (fused(ins[0], b, H, q=ins[1] if apart else None) if name == "triton"
-             else M.attention(ins[0], b, H, q=ins[1] if apart else None, kernel="math"))
-        grads = torch.autograd.grad(y, ins, dy.to(device, y.dtype))
-        res[name] = [y.float(), *(t.float() for t in grads)]
+        y = fused(xs, b, H) if name == "triton" else M.attention(xs, b, H, kernel="math")
+        (dx,) = torch.autograd.grad(y, [xs], dy.to(device, y.dtype))
+        res[name] = [y.float(), dx.float()]
     err = max(((a - c).abs().max() / c.abs().max()).item() for a, c in zip(res["triton"], res["math"]))
-    out.append({"case": [B, T, apart, dtype], "rel_err": err})
+    out.append({"case": [B, T, dtype], "rel_err": err})
 print(json.dumps(out))
 """
 
@@ -73,12 +69,12 @@ def tolerance(case, compiled: bool = False) -> float:
     """float32 rounding, or bf16's for bf16 inputs. Compiled for a GPU, the kernel's exp and
     division are the hardware's approximate ones (ex2.approx, div.full: within 2 ulp), where the
     interpreter's are exact; a model of the kernel with those errors reaches ~2e-6."""
-    return 2e-2 if case[3] == "bfloat16" else 1e-5 if compiled else 2e-6
+    return 2e-2 if case[2] == "bfloat16" else 1e-5 if compiled else 2e-6
 
 
 def test_fused_attention_matches_math_under_the_interpreter():
-    """Outputs and gradients (of qkv, and of the [CLS] query given apart) equal the plain-op
-    attention's within float32 rounding; bf16 inputs within bf16's."""
+    """Outputs and gradients of qkv equal the plain-op attention's within float32 rounding;
+    bf16 inputs within bf16's."""
     for r in run_check("cpu"):
         assert r["rel_err"] < tolerance(r["case"]), r
 
@@ -95,7 +91,7 @@ batch = collate([random_sample(random.Random(0), n) for n in (0, 1, 7, 40, 13, 2
 target = torch.rand(len(batch["context"]), 2) * 2 - 1
 out = {}
 for kernel in ("math", "triton"):
-    M.attention = lambda x, bias, n, q=None, kernel_=kernel, **kw: plain(x, bias, n, q=q, kernel=kernel_)
+    M.attention = lambda x, bias, n, kernel_=kernel, **kw: plain(x, bias, n, kernel=kernel_)
     m = randomize(TransformerPredator(dropout=0.0), seed=1).train()
     y = m(batch)
     torch.nn.functional.mse_loss(y, target).backward()
@@ -105,8 +101,8 @@ print(max(((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item() for a, b
 
 
 def test_model_with_the_fused_attention_matches_math_under_the_interpreter():
-    """The whole model through the fused kernel (full blocks and the [CLS]-only last block, a
-    padded batch of 0 to 40 boids): the plain-op attention's actions and parameter gradients."""
+    """The whole model through the fused kernel (its full blocks, a padded batch of 0 to 40
+    boids): the plain-op attention's actions and parameter gradients."""
     assert float(_run(MODEL_CHECK, str(ROOT / "tests"))) < 1e-5
 
 
@@ -126,12 +122,11 @@ def test_sequences_past_the_kernels_tiles_take_the_math_kernel():
     from predlab import model as M
     from predlab.gpu_attention import MAX_TOKENS, attention as fused
     g = torch.Generator().manual_seed(0)
-    for T, apart in ((MAX_TOKENS + 1, False), (130, True)):
-        x = torch.randn(2, T, (2 if apart else 3) * 48, generator=g)
-        q = torch.randn(2, 1, 48, generator=g) if apart else None
+    for T in (MAX_TOKENS + 1, 130):
+        x = torch.randn(2, T, 3 * 48, generator=g)
         bias = torch.zeros(2, 1, 1, T)
         bias[0, ..., T - 5:] = M.MASKED
-        y = M.attention(x, bias, 4, q=q, kernel="triton")     # on the CPU: no Triton launch is possible
-        assert torch.equal(y, M.attention(x, bias, 4, q=q, kernel="math"))
+        y = M.attention(x, bias, 4, kernel="triton")     # on the CPU: no Triton launch is possible
+        assert torch.equal(y, M.attention(x, bias, 4, kernel="math"))
         with pytest.raises(ValueError, match=f"at most {MAX_TOKENS} tokens"):
-            fused(x, bias, 4, q=q)
+            fused(x, bias, 4)

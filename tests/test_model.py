@@ -211,16 +211,14 @@ def test_dropout_is_off_in_eval(make_model, make_samples):
 
 
 @pytest.mark.parametrize("dtype,threads", [(torch.float64, 1), (torch.float32, 1), (torch.float32, 2)])
-@pytest.mark.parametrize("cls_only", [False, True])
-def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtype, threads):
+def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, dtype, threads):
     """The CPU attention kernel (own backward, weights made a slice at a time) computes what
-    F.scaled_dot_product_attention computes, forward and backward, with padded keys, for fused
-    qkv and for a [CLS] query given apart; small slices force several of them. In float32 on
-    one thread the head copies are predlab.fastops' (torch's otherwise); float64 also passes
-    gradcheck."""
+    F.scaled_dot_product_attention computes, forward and backward, with padded keys; small
+    slices force several of them. In float32 on one thread the head copies are
+    predlab.fastops' (torch's otherwise); float64 also passes gradcheck."""
     from predlab import model as M
     monkeypatch.setattr(M._Attention, "_slices",
-                        staticmethod(lambda n, Tq, T, *_: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
+                        staticmethod(lambda n, T, *_: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
     copies = []
     if M.fastops is not None:                         # count the numba head copies
         for name in ("split_heads", "merge_heads_t"):
@@ -230,20 +228,18 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(3)
     B, T, D, H = 5, 9, 16, 4
-    x = torch.randn(B, T, (2 if cls_only else 3) * D, generator=g, dtype=dtype)
-    q = torch.randn(B, 1, D, generator=g, dtype=dtype) if cls_only else None
+    x = torch.randn(B, T, 3 * D, generator=g, dtype=dtype)
     bias = torch.zeros(B, 1, 1, T, dtype=dtype)
     bias[1, ..., 6:] = M.MASKED                       # a padded sample
     bias[3, ..., 3:] = M.MASKED                       # no boids at all
-    dy = torch.randn(B, 1 if cls_only else T, D, generator=g, dtype=dtype)
+    dy = torch.randn(B, T, D, generator=g, dtype=dtype)
     outs = {}
     try:
         for kernel in ("sliced", "sdpa", "math"):
             xs = x.clone().requires_grad_(True)
-            qs = q.clone().requires_grad_(True) if cls_only else None
-            y = M.attention(xs, bias, H, q=qs, kernel=kernel)
+            y = M.attention(xs, bias, H, kernel=kernel)
             y.backward(dy)
-            outs[kernel] = [y.detach(), xs.grad] + ([qs.grad] if cls_only else [])
+            outs[kernel] = [y.detach(), xs.grad]
     finally:
         torch.set_num_threads(old_threads)
     assert outs["sliced"][0].shape == dy.shape
@@ -251,13 +247,11 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, cls_only, dtyp
         for a, b in zip(outs[kernel], outs["sdpa"]):
             assert (a - b).abs().max() <= (1e-12 if dtype == torch.float64 else 2e-6), kernel
     fast = M.fastops is not None and dtype == torch.float32 and threads == 1
-    # forward: split + merge; backward: split dy + merge dx (+ merge dq when the query came apart)
-    assert len(copies) == ((5 if cls_only else 4) if fast else 0)
+    assert len(copies) == (4 if fast else 0)         # forward: split + merge; backward: split dy + merge dx
     if dtype != torch.float64:
         return
-    inputs = (x[:2].clone().requires_grad_(True),) + ((q[:2].clone().requires_grad_(True),) if cls_only else ())
-    assert torch.autograd.gradcheck(lambda *t: M.attention(t[0], bias[:2], H, q=t[1] if cls_only else None,
-                                                           kernel="sliced"), inputs, atol=1e-7)
+    assert torch.autograd.gradcheck(lambda t: M.attention(t, bias[:2], H, kernel="sliced"),
+                                    (x[:2].clone().requires_grad_(True),), atol=1e-7)
 
 
 def test_unknown_attention_kernel_is_a_clear_error():
