@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
@@ -197,6 +198,60 @@ def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
         bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
         raise ValueError(f"{name} must be a whole number {bound}, got {v}")
     return int(v)
+
+
+def resolve_device(name: str = "auto", verbose: bool = False) -> "torch.device":
+    """'auto' picks CUDA, then Apple MPS, then CPU. A named device that is absent raises ValueError."""
+    import torch
+
+    name = (name or "auto").lower()
+    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    if name == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+    elif name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} asked for, but this torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); "
+                             "use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif name == "mps":
+        if not has_mps:
+            raise ValueError("--device mps asked for, but Apple MPS is not available here; use --device cpu")
+        dev = torch.device("mps")
+    elif name == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if verbose:
+        label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+        print(f"device: {dev} ({label})")
+    return dev
+
+def as_device(device, name: str = "device") -> "torch.device":
+    """A torch.device as given, or one named ("auto", "cpu", "cuda:1") and resolved by
+    resolve_device, which names one that is absent; TypeError for anything else."""
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"{name} must be a name such as 'cpu', 'cuda' or 'auto', or a torch.device, "
+                        f"not {type(device).__name__}")
+    return resolve_device(device)
+
+
+def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
+    """v when it is a finite real number in [lo, hi] (None: no bound); else a TypeError (not a
+    number: a bool, a string) or ValueError (NaN, infinite, out of range) naming it."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {v!r}")
+    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        bound = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
+                 else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "finite")
+        raise ValueError(f"{name} must be {bound}, got {v!r}")
+    return v
 
 
 def _check_device_string(device: str) -> None:

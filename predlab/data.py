@@ -18,7 +18,8 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .config import FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, memory_problem, sample_bytes, whole_number
+from .config import (FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, as_device, memory_problem, real_number, sample_bytes,
+                     whole_number)
 from .sim import World
 from .teacher import closest_pursuit
 
@@ -278,19 +279,6 @@ def _flock_groups(world: World) -> List[tuple]:
     return out
 
 
-def _probability(name: str, v) -> float:
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v <= 1:     # NaN fails both
-        raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-    return float(v)
-
-
-def _device(device) -> torch.device:
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be a torch device or a name such as 'cpu' or 'cuda', got {device!r}") from None
-
-
 def _check_generation(num_episodes, cfg, student, beta) -> tuple:
     """(num_episodes, cfg) checked for a generation call: ValueError / TypeError naming the argument,
     also when the samples of num_episodes episodes running all their frames would not fit in memory."""
@@ -300,7 +288,7 @@ def _check_generation(num_episodes, cfg, student, beta) -> tuple:
     if student is not None and not callable(student):
         raise TypeError(f"student must be a policy (a model or a callable on a batch) or None, "
                         f"not {type(student).__name__}")
-    _probability("beta", beta)
+    real_number("beta", beta, 0, 1)
     problem = memory_problem([(f"{num_episodes} episodes x {cfg.frames} frames of up to {cfg.boids_max} boids, "
                                f"{sample_bytes(cfg.boids_max)} bytes a sample",
                                num_episodes * cfg.frames * sample_bytes(cfg.boids_max))],
@@ -330,7 +318,7 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
     seed = whole_number("seed", seed, 0, SEED_MAX)
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    return _rollout_chunk(num_episodes, cfg, seed, student, beta, _device(device), backend)
+    return _rollout_chunk(num_episodes, cfg, seed, student, beta, as_device(device), backend)
 
 
 @torch.no_grad()
@@ -507,7 +495,7 @@ class EpisodeGenerator:
         self.cfg.validate()
         self.seed = whole_number("seed", seed, 0, SEED_MAX)
         self.num_workers = whole_number("num_workers", num_workers, 0)
-        self.device, self.progress = _device(device), progress
+        self.device, self.progress = as_device(device), progress
         self._pool = None
 
     def _get_pool(self):

@@ -30,13 +30,13 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import (SEED_MAX, WorldConfig, as_config, bounded_number, episode_step_bytes, memory_problem,
-                     whole_number)
+from .config import (SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
+                     memory_problem, resolve_device, whole_number)
 from .data import chunk_seed
 from .model import TransformerPredator
 from .sim import World
 from .teacher import closest_pursuit
-from .train import EVAL_STREAM, Callback, resolve_device
+from .train import EVAL_STREAM, Callback
 
 Tensor = torch.Tensor
 Batch = Dict[str, Tensor]
@@ -128,7 +128,7 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(f"a policy is a model, a callable, a checkpoint or model.js path, or 'teacher' / 'random', "
                         f"not {type(spec).__name__}")
-    device = _device(device)
+    device = as_device(device)
     if str(spec) == "teacher":
         return teacher_policy
     if str(spec) == "random":
@@ -148,16 +148,6 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         from .checkpoint import load_model
         model = load_model(path)
     return ModelPolicy(model.to(device).eval())
-
-
-def _device(device) -> torch.device:
-    """A device given as torch.device or by name ("auto", "cpu", "cuda:1"; resolve_device names a bad one)."""
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a name such as 'cpu' or 'cuda', or a torch.device, "
-                        f"not {type(device).__name__}")
-    return resolve_device(device)
 
 
 # ---------------------------------------------------------------------- rollouts
@@ -226,7 +216,7 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     """
-    kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=_device(device))
+    kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=as_device(device))
     if teacher is not None:     # the teacher's rollout of other episodes gave a wrong ratio, silently
         if not isinstance(teacher, Rollout):
             raise TypeError(f"teacher must be a Rollout of the teacher on the same episodes, not "

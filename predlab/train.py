@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, bounded_number, from_dict,
-                     training_memory)
+from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
+                     resolve_device, training_memory)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator
@@ -32,33 +32,6 @@ VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + 
 EVAL_STREAM = 10 ** 6   # closed-loop evaluation episodes
 
 
-# ---------------------------------------------------------------------- device
-def resolve_device(name: str = "auto", verbose: bool = False) -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU. A named device that is absent raises ValueError."""
-    name = (name or "auto").lower()
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
-    elif name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} asked for, but this torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); "
-                             "use --device cpu or auto")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif name == "mps":
-        if not has_mps:
-            raise ValueError("--device mps asked for, but Apple MPS is not available here; use --device cpu")
-        dev = torch.device("mps")
-    elif name == "cpu":
-        dev = torch.device("cpu")
-    else:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    if verbose:
-        label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        print(f"device: {dev} ({label})")
-    return dev
 
 
 # ---------------------------------------------------------------------- schedule
@@ -441,7 +414,7 @@ class SupervisedTrainer:
         for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             if isinstance(data, SampleSet):
                 data.check(name)
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.device = as_device(device)
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.batch_size, self.grad_clip, self.min_delta, self.seed = batch_size, grad_clip, min_delta, seed

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Callable, Dict, Mapping, Optional
 
 import ipywidgets as W
 
 from . import config as C
-from .config import ModelConfig, TrainConfig, WorldConfig, whole_number
+from .config import ModelConfig, TrainConfig, WorldConfig, real_number, whole_number
 from .viz import _in_notebook
 
 
@@ -31,13 +30,7 @@ def _check_value(name: str, v, lo, hi, whole: bool):
     TypeError/ValueError naming `name`."""
     if whole:
         return whole_number(name, v, -2 ** 63 if lo is None else lo, hi)
-    if isinstance(v, bool) or not isinstance(v, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {v!r}")
-    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        bound = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
-                 else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "finite")
-        raise ValueError(f"{name} must be {bound}, got {v!r}")
-    return v
+    return real_number(name, v, lo, hi)
 
 
 def field_widget(cls, name: str, value=None, max=None, min=None, step=None, description: Optional[str] = None,

@@ -223,9 +223,10 @@ def test_generate_episodes_refuses_bad_arguments_by_name(args, kw, error, messag
 @pytest.mark.parametrize("call, error, message", [
     (lambda g: g.generate(-3, 0), ValueError, "num_episodes must be a whole number >= 1, got -3"),
     (lambda g: g.generate(1, "x"), ValueError, "stream must be a whole number"),
-    (lambda g: g.generate(1, 0, beta=math.nan), ValueError, r"beta must be a probability in \[0, 1\], got nan"),
-    (lambda g: g.generate(1, 0, beta=5), ValueError, "beta must be a probability"),
-    (lambda g: g.generate(1, 0, beta=-1), ValueError, "beta must be a probability"),
+    (lambda g: g.generate(1, 0, beta=math.nan), ValueError, r"beta must be between 0 and 1, got nan"),
+    (lambda g: g.generate(1, 0, beta=5), ValueError, "beta must be between 0 and 1, got 5"),
+    (lambda g: g.generate(1, 0, beta=-1), ValueError, "beta must be between 0 and 1"),
+    (lambda g: g.generate(1, 0, beta="0.5"), TypeError, "beta must be a number, got '0.5'"),
     (lambda g: g.generate(1, 0, student="model", beta=0.5), TypeError, "student must be a policy"),
 ])
 def test_episode_generator_generate_refuses_bad_arguments_by_name(call, error, message):
@@ -249,8 +250,13 @@ def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments()
                           ((2, cfg, 0, None, 2.0), "beta must be")):
         with pytest.raises(ValueError, match=message):
             rollout_chunk(*args)
-    with pytest.raises(ValueError, match="device must be a torch device"):
+    with pytest.raises(ValueError, match="unknown device 'gpu0': use auto, cpu, cuda"):
         EpisodeGenerator(cfg, device="gpu0")
+    with pytest.raises(TypeError, match="device must be a name such as 'cpu'"):
+        EpisodeGenerator(cfg, device=0)
+    if not torch.cuda.is_available():     # named when asked for, not at the first tensor made there
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            EpisodeGenerator(cfg, device="cuda")
     with EpisodeGenerator(cfg, num_workers=1, progress=False) as gen:
         with pytest.raises(TypeError, match="with num_workers > 0 the student must be a TransformerPredator"):
             gen.generate(1, 0, student=lambda batch: batch["predator"], beta=0.5)

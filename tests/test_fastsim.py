@@ -309,7 +309,7 @@ def test_backend_choice(monkeypatch):
     with pytest.raises(ValueError, match="backend"):
         rollout_chunk(4, cfg, 0, backend="jax")
     with pytest.raises(ValueError, match="CPU"):
-        rollout_chunk(4, cfg, 0, device="cuda", backend="numba")
+        rollout_chunk(4, cfg, 0, device=torch.device("cuda"), backend="numba")
     torch_path = rollout_chunk(8, cfg, 0, backend="torch")
     calls = []
     numba_path = data._rollout_chunk_numba
