@@ -326,25 +326,36 @@ def physical_memory() -> Optional[int]:
 
 
 @functools.lru_cache(maxsize=None)
-def _cgroup_memory_limit(root: str = "/sys/fs/cgroup") -> Optional[int]:
-    """The cgroup v2 (memory.max) or v1 (memory.limit_in_bytes) limit of this process, if any."""
-    from pathlib import Path
-    candidates = []
+def _cgroup_memory_limit(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> Optional[int]:
+    """The lowest memory limit on this process's cgroup or a group above it (a limit binds
+    everything below it): cgroup v2's memory.max, or v1's memory.limit_in_bytes in the memory
+    hierarchy; None where none is set."""
+    from pathlib import Path, PurePosixPath
+    groups = []                                   # (hierarchy's folder, this process's group, file)
     try:
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            if line.startswith("0::"):                  # v2: this process's own group
-                candidates.append(Path(root + line[3:].rstrip("/")) / "memory.max")
+        lines = Path(proc).read_text().splitlines()
     except OSError:
-        pass
-    candidates += [Path(root) / "memory.max", Path(root) / "memory" / "memory.limit_in_bytes"]
-    for path in candidates:
-        try:
-            text = path.read_text().strip()
-        except OSError:
+        lines = []
+    for line in lines:                            # "0::/a/b" (v2), "4:memory:/a/b" (v1)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
             continue
-        if text.isdigit() and int(text) < 2 ** 60:    # "max", or v1's huge number: no limit
-            return int(text)
-    return None
+        if fields[0] == "0" and not fields[1]:
+            groups.append((Path(root), fields[2], "memory.max"))
+        elif "memory" in fields[1].split(","):
+            groups.append((Path(root) / "memory", fields[2], "memory.limit_in_bytes"))
+    groups += [(Path(root), "/", "memory.max"), (Path(root) / "memory", "/", "memory.limit_in_bytes")]
+    limits = []
+    for base, group, name in groups:
+        own = PurePosixPath("/") / group.strip()
+        for d in (own, *own.parents):             # the group, then each one above it
+            try:
+                text = (base / str(d).lstrip("/") / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2 ** 60:    # "max", or v1's huge number: no limit
+                limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def sample_bytes(boids_max: int) -> int:

@@ -116,3 +116,26 @@ def test_a_containers_memory_limit_counts(tmp_path, monkeypatch):
     assert _cgroup_memory_limit(str(tmp_path / "two")) == 2 ** 31
     monkeypatch.setattr(config, "_cgroup_memory_limit", lambda: 2 ** 20)
     assert config.physical_memory() == 2 ** 20
+
+
+def test_a_limit_on_the_process_group_or_one_above_it_counts(tmp_path):
+    """Only the hierarchy's root was read: a limit on this process's own cgroup v1 group, or on a
+    v2 group above its own, was missed. The lowest limit on the way up counts."""
+    from predlab.config import _cgroup_memory_limit
+    proc = tmp_path / "cgroup"
+
+    def limit(lines, files):
+        root = tmp_path / f"fs{len(list(tmp_path.iterdir()))}"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        proc.write_text("".join(line + "\n" for line in lines))
+        return _cgroup_memory_limit(str(root), str(proc))
+
+    v2 = {"memory.max": "max", "kube/pod/memory.max": f"{2 ** 32}", "kube/pod/app/memory.max": "max"}
+    assert limit(["0::/kube/pod/app"], v2) == 2 ** 32
+    assert limit(["0::/kube/pod/app"], {**v2, "kube/pod/app/memory.max": f"{2 ** 30}"}) == 2 ** 30
+    v1 = {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096), "memory/docker/abc/memory.limit_in_bytes": f"{2 ** 31}"}
+    assert limit(["12:cpu,cpuacct:/docker/abc", "4:memory:/docker/abc"], v1) == 2 ** 31
+    assert limit(["4:memory:/docker/abc"], {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096)}) is None
+    assert limit(["garbage", "0::/"], {}) is None
