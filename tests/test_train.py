@@ -107,6 +107,25 @@ def test_split_batch_gives_the_whole_batch_gradient(tmp_path):
             assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7), name
 
 
+def test_bf16_autocast_trains_on_a_cpu_and_validates_in_float32(tmp_path):
+    """SupervisedTrainer(autocast=True) on a CPU: the forward (the folded [CLS] attention's mixed
+    float32 mask and bf16 products included) trains to bf16's rounding of the float32 run, and
+    validation runs the float32 model the browser runs."""
+    data = generate_episodes(8, TINY_WORLD, seed=2)
+    runs = {}
+    for autocast in (False, True):
+        torch.manual_seed(0)
+        t = SupervisedTrainer(TransformerPredator(dropout=0.0), data, data, batch_size=32, device="cpu",
+                              autocast=autocast, world_config=TINY_WORLD)
+        runs[autocast] = (t.train_epoch(data)["train_loss"], t.validate(), t)
+    (loss32, val32, _), (loss16, val16, t16) = runs[False], runs[True]
+    assert loss16 == pytest.approx(loss32, rel=2e-2) and val16 == pytest.approx(val32, rel=5e-2)
+    with torch.no_grad():           # outside autocast: the float32 model
+        want = sum(float(torch.nn.functional.mse_loss(t16.model(b), b["target"], reduction="sum"))
+                   for b in t16._batches(data, shuffle=False)) / (2 * len(data))
+    assert val16 == pytest.approx(want, rel=1e-6)
+
+
 def test_split_training_is_reproducible_and_restores_threads(tmp_path):
     """Two runs with cpu_split 2 give the same bits; torch's thread count is restored after each
     epoch; auto splits only with 2+ threads and no dropout."""
