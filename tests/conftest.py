@@ -51,6 +51,16 @@ def random_sample(rng: random.Random, n_boids: int) -> dict:
 
 
 @pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, as a terminal's Ctrl-C meets it. A shell starts
+    background jobs with SIGINT ignored, and Python then leaves it ignored."""
+    import signal
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+@pytest.fixture
 def make_model():
     """Factory: make_model(seed=0, **sizes) -> TransformerPredator with random non-trivial weights, eval mode."""
     def make(seed: int = 0, **sizes) -> TransformerPredator:

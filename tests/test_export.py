@@ -483,7 +483,7 @@ def test_cli_ctrl_c_says_whether_the_file_was_written(model, tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.js", "src.json"]
 
 
-def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path):
+def test_ctrl_c_during_a_write_takes_effect_once_the_file_is_whole(tmp_path, python_sigint):
     """Ctrl-C mid-save once cut torch.save in half (a RuntimeError, no export) or a TensorBoard
     flush (a hang at exit): inside atomic_write it waits for the write to finish."""
     import signal
