@@ -229,6 +229,7 @@ def resolve_device(name: str = "auto", verbose: bool = False) -> "torch.device":
         print(f"device: {dev} ({label})")
     return dev
 
+
 def as_device(device, name: str = "device") -> "torch.device":
     """A torch.device as given, or one named ("auto", "cpu", "cuda:1") and resolved by
     resolve_device, which names one that is absent; TypeError for anything else."""

@@ -244,8 +244,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor, bias: Tensor, need_weights: bool = False, cls_only: bool = False):
         """x [B, T, D], bias [B, 1, 1, T] additive key mask -> (x, weights [B, H, T, T] or None).
 
-        cls_only: queries, output and feed-forward for token 0 only -> x [B, 1, D]. The last
-        block needs nothing else (the head reads x_CLS): a third of a forward's products at 50 boids.
+        cls_only: the [CLS] query alone (cls_attention: no key or value is made), then the output
+        and feed-forward for token 0 only -> x [B, 1, D]. The last block needs nothing else (the
+        head reads x_CLS): it saves a third of a forward's products at 50 boids.
         """
         B, T, D = x.shape
         H = self.n_heads
@@ -271,14 +272,13 @@ class Block(nn.Module):
         -> y [B, 1, D], before attn_out.
 
         The maths of attention() on this block's projections, with the key and value projections
-        folded into the query, per head: q . (Wk h_t + bk) = (Wk^T q) . h_t + q . bk, where q . bk
+        folded into the query. Per head, q . (Wk h_t + bk) = (Wk^T q) . h_t + q . bk, where q . bk
         is the same for every key and the softmax ignores it (so the key bias gets a zero
-        gradient, as in exact maths it does either way); and as the weights sum to 1,
-        sum_t w_t (Wv h_t + bv) = Wv (sum_t w_t h_t) + bv. No key or value is
-        made for any token: per sample 2 D^2 + 2 H T D multiply-adds besides the query's, instead
-        of 2 D^2 T + 2 T D (25k instead of 249k at 50 boids). Keys, values and their attention
-        took 7% of a training step on a CPU. Results agree with the unfolded form to float32
-        rounding.
+        gradient, as in exact maths it does either way); and, as the weights sum to 1,
+        sum_t w_t (Wv h_t + bv) = Wv (sum_t w_t h_t) + bv. So no key or value is made for any
+        token: per sample 2 D^2 + 2 H T D multiply-adds besides the query's, instead of
+        2 D^2 T + 2 T D (25k instead of 249k at 50 boids). Keys, values and their attention took
+        7% of a training step on a CPU. Results agree with the unfolded form to float32 rounding.
         """
         B, T, D = h.shape
         H = self.n_heads
@@ -287,7 +287,8 @@ class Block(nn.Module):
         bq, _, bv = self.qkv.bias.split(D)
         q = F.linear(h[:, 0], wq, bq).view(B, H, hs)
         qk = torch.bmm(q.transpose(0, 1), wk.view(H, hs, D)).transpose(0, 1)     # (B, H, D): Wk^T q per head
-        w = torch.softmax(torch.baddbmm(bias.reshape(B, 1, T), qk, h.transpose(1, 2), alpha=1.0 / math.sqrt(hs)), -1)
+        scores = torch.baddbmm(bias.reshape(B, 1, T), qk, h.transpose(1, 2), alpha=1.0 / math.sqrt(hs))
+        w = torch.softmax(scores, -1)                                            # (B, H, T)
         hbar = torch.bmm(w, h)                                                   # (B, H, D): sum_t w_t h_t
         y = torch.bmm(hbar.transpose(0, 1), wv.view(H, hs, D).transpose(1, 2))    # (H, B, hs)
         return (y.transpose(0, 1).reshape(B, D) + bv).view(B, 1, D)
