@@ -107,7 +107,7 @@ def test_split_batch_gives_the_whole_batch_gradient(tmp_path):
             assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7), name
 
 
-def test_bf16_autocast_trains_on_a_cpu_and_validates_in_float32(tmp_path):
+def test_bf16_autocast_trains_on_a_cpu_and_validates_in_float32():
     """SupervisedTrainer(autocast=True) on a CPU: the forward (the folded [CLS] attention's mixed
     float32 mask and bf16 products included) trains to bf16's rounding of the float32 run, and
     validation runs the float32 model the browser runs."""
