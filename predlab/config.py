@@ -200,30 +200,33 @@ def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
     return int(v)
 
 
-def resolve_device(name: str = "auto", verbose: bool = False) -> "torch.device":
-    """'auto' picks CUDA, then Apple MPS, then CPU. A named device that is absent raises ValueError."""
+def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: str = "--device") -> "torch.device":
+    """'auto' (or None) picks CUDA, then Apple MPS, then CPU. A malformed name, or a named device
+    that is absent, raises ValueError; messages name it as `flag` (the CLI's --device, or a
+    library argument such as device=)."""
     import torch
 
-    name = (name or "auto").lower()
+    name = "auto" if name is None else str(name).lower()
+    cli = flag.startswith("--")
+    asked = f"{flag} {name}" if cli else f"{flag}{name!r}"
+    instead = f"use {flag} cpu or auto" if cli else f"use {flag}'cpu' or 'auto'"
+    _check_device_string(name)
     has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
     elif name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {name} asked for, but this torch sees no CUDA GPU "
-                             f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); "
-                             "use --device cpu or auto")
+            raise ValueError(f"{asked} asked for, but this torch sees no CUDA GPU "
+                             f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); {instead}")
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise ValueError(f"{asked}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif name == "mps":
         if not has_mps:
-            raise ValueError("--device mps asked for, but Apple MPS is not available here; use --device cpu")
+            raise ValueError(f"{asked} asked for, but Apple MPS is not available here; {instead}")
         dev = torch.device("mps")
-    elif name == "cpu":
-        dev = torch.device("cpu")
     else:
-        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+        dev = torch.device(name)                         # cpu, cpu:N
     if verbose:
         label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         print(f"device: {dev} ({label})")
@@ -231,16 +234,16 @@ def resolve_device(name: str = "auto", verbose: bool = False) -> "torch.device":
 
 
 def as_device(device, name: str = "device") -> "torch.device":
-    """A torch.device as given, or one named ("auto", "cpu", "cuda:1") and resolved by
-    resolve_device, which names one that is absent; TypeError for anything else."""
+    """A torch.device as given, or one named ("auto", "cpu", "cuda:1"; None is "auto") and
+    resolved by resolve_device, which names a malformed or absent one; TypeError for anything else."""
     import torch
 
     if isinstance(device, torch.device):
         return device
-    if not isinstance(device, str):
+    if device is not None and not isinstance(device, str):
         raise TypeError(f"{name} must be a name such as 'cpu', 'cuda' or 'auto', or a torch.device, "
                         f"not {type(device).__name__}")
-    return resolve_device(device)
+    return resolve_device(device, flag=f"{name}=")
 
 
 def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = None) -> float:
@@ -258,7 +261,7 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
 def _check_device_string(device: str) -> None:
     import re
 
-    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device or ""):
+    if not re.fullmatch(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?", device or ""):
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 

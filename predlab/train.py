@@ -32,8 +32,6 @@ VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + 
 EVAL_STREAM = 10 ** 6   # closed-loop evaluation episodes
 
 
-
-
 # ---------------------------------------------------------------------- schedule
 class WarmupCosine:
     """Learning rate: linear warm-up, then cosine decay to min_ratio x peak, by fractional epoch."""

@@ -270,8 +270,24 @@ def test_evaluate_sample_and_create_trainer_api():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
 def test_cuda_without_gpu_is_a_clear_error():
-    with pytest.raises(ValueError, match="no CUDA GPU"):
+    with pytest.raises(ValueError, match=r"^--device cuda asked for, but this torch sees no CUDA GPU .*use --device cpu"):
         resolve_device("cuda")
+    with pytest.raises(ValueError, match=r"^device='cuda' asked for, but this torch sees no CUDA GPU .*use device='cpu'"):
+        EpisodeGenerator(TINY_WORLD, device="cuda")      # a library call names its argument, not the CLI flag
+
+
+def test_device_names_are_checked_before_torch_sees_them(monkeypatch):
+    """On a machine with CUDA, a malformed name ('cuda:abc') reached torch, whose RuntimeError
+    named no argument; None means auto, as it did for the trainer; 'cpu:0' is a CPU."""
+    from predlab.config import as_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bad in ("cudax", "cuda:abc", "cuda:-1", "cuda :0", "gpu", ""):
+        with pytest.raises(ValueError, match=f"unknown device {bad!r}: use auto, cpu, cuda, cuda:N or mps"):
+            as_device(bad)
+    monkeypatch.undo()
+    assert as_device(None) == resolve_device("auto") and as_device("CPU:0") == torch.device("cpu:0")
+    with pytest.raises(TypeError, match="device must be a name such as 'cpu'"):
+        as_device(0)
 
 
 # ---------------------------------------------------------------------- the real CLI
