@@ -351,7 +351,7 @@ def _cgroup_memory_limit(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/c
     groups += [(Path(root), "/", "memory.max"), (Path(root) / "memory", "/", "memory.limit_in_bytes")]
     limits = []
     for base, group, name in groups:
-        own = PurePosixPath("/") / group.strip()
+        own = PurePosixPath("/") / group
         for d in (own, *own.parents):             # the group, then each one above it
             try:
                 text = (base / str(d).lstrip("/") / name).read_text().strip()

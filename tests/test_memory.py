@@ -137,5 +137,7 @@ def test_a_limit_on_the_process_group_or_one_above_it_counts(tmp_path):
     assert limit(["0::/kube/pod/app"], {**v2, "kube/pod/app/memory.max": f"{2 ** 30}"}) == 2 ** 30
     v1 = {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096), "memory/docker/abc/memory.limit_in_bytes": f"{2 ** 31}"}
     assert limit(["12:cpu,cpuacct:/docker/abc", "4:memory:/docker/abc"], v1) == 2 ** 31
+    assert limit(["3:cpu,memory:/docker/abc"], v1) == 2 ** 31               # controllers mounted together
+    assert limit(["0::/a b /c:d"], {"a b /c:d/memory.max": f"{2 ** 29}"}) == 2 ** 29   # any name a group may have
     assert limit(["4:memory:/docker/abc"], {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096)}) is None
     assert limit(["garbage", "0::/"], {}) is None

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from predlab import checkpoint as ck
 from predlab.config import ModelConfig, TrainConfig, WorldConfig
-from predlab.data import EpisodeGenerator, SampleSet, generate_episodes
+from predlab.data import EpisodeGenerator, SampleSet, collate, generate_episodes
 from predlab.model import TransformerPredator
 from predlab.train import LOCK_NAME, Callback, SupervisedTrainer, create_trainer, resolve_device
 
@@ -107,23 +108,29 @@ def test_split_batch_gives_the_whole_batch_gradient(tmp_path):
             assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-7), name
 
 
-def test_bf16_autocast_trains_on_a_cpu_and_validates_in_float32():
-    """SupervisedTrainer(autocast=True) on a CPU: the forward (the folded [CLS] attention's mixed
-    float32 mask and bf16 products included) trains to bf16's rounding of the float32 run, and
-    validation runs the float32 model the browser runs."""
-    data = generate_episodes(8, TINY_WORLD, seed=2)
-    runs = {}
-    for autocast in (False, True):
-        torch.manual_seed(0)
-        t = SupervisedTrainer(TransformerPredator(dropout=0.0), data, data, batch_size=32, device="cpu",
-                              autocast=autocast, world_config=TINY_WORLD)
-        runs[autocast] = (t.train_epoch(data)["train_loss"], t.validate(), t)
-    (loss32, val32, _), (loss16, val16, t16) = runs[False], runs[True]
-    assert loss16 == pytest.approx(loss32, rel=2e-2) and val16 == pytest.approx(val32, rel=5e-2)
-    with torch.no_grad():           # outside autocast: the float32 model
-        want = sum(float(torch.nn.functional.mse_loss(t16.model(b), b["target"], reduction="sum"))
-                   for b in t16._batches(data, shuffle=False)) / (2 * len(data))
-    assert val16 == pytest.approx(want, rel=1e-6)
+def test_bf16_autocast_on_a_cpu_computes_the_model_and_validates_in_float32(make_model, make_samples):
+    """SupervisedTrainer(autocast=True) on a CPU: its training forward (the folded [CLS]
+    attention's float32 mask with bf16 products included) gives the float32 model's actions to
+    bf16's rounding on a padded batch, its gradients point the same way, and validation runs
+    the float32 model the browser runs."""
+    model = make_model(5)
+    batch = collate(make_samples([0, 3, 9, 30], seed=13))
+    target = torch.rand(4, 2, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    data = SampleSet(batch["context"], batch["predator"], batch["boids"], batch["mask"].sum(1), target)
+    t = SupervisedTrainer(model, data, data, batch_size=4, device="cpu", autocast=True, cpu_split=1,
+                          world_config=TINY_WORLD)
+    t.model.train()
+    want = t.model(batch)
+    bf16 = t._forward(batch)
+    assert bf16.dtype == torch.float32 and (bf16 - want).abs().max() <= 2e-2 * want.abs().max()
+    assert (bf16 - want).abs().max() > 0                               # it did run in bf16
+    params = list(t.model.parameters())
+    g32 = torch.cat([g.flatten() for g in torch.autograd.grad(F.mse_loss(want, target), params)])
+    g16 = torch.cat([g.flatten() for g in torch.autograd.grad(F.mse_loss(t._forward(batch), target), params)])
+    assert F.cosine_similarity(g32, g16, dim=0) > 0.99
+    with torch.no_grad():                                              # outside autocast: the float32 model
+        val = float(F.mse_loss(t.model(batch), target, reduction="sum")) / (2 * len(target))
+    assert t.validate() == pytest.approx(val, rel=1e-6)
 
 
 def test_split_training_is_reproducible_and_restores_threads(tmp_path):
