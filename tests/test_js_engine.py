@@ -83,6 +83,13 @@ def test_engine_rejects_bad_params(tmp_path, make_model):
     shape = json.loads(json.dumps(params))
     shape["layers"][0]["qkv_weight"] = shape["layers"][0]["qkv_weight"][:-1]
     assert "layers[0].qkv_weight has length 143" in _load_error(tmp_path, shape)
+    # not objects: named (they gave "Cannot use 'in' operator to search for 'cls' in x" on the page's banner)
+    not_object = json.loads(json.dumps(params))
+    not_object["type_embeddings"] = "x"
+    assert "TRANSFORMER_PARAMS: type_embeddings must be an object" in _load_error(tmp_path, not_object)
+    not_object = json.loads(json.dumps(params))
+    not_object["layers"][1] = 5
+    assert "TRANSFORMER_PARAMS: layers[1] must be an object" in _load_error(tmp_path, not_object)
     small = model_to_params(make_model(0, d_model=32, n_heads=4, n_layers=3, ffn_hidden=96))
     assert _load_error(tmp_path, small) == "accepted"           # any sizes for predlab's own use...
     assert "d_model is 32 but this page runs 48" in _load_error(tmp_path, small, "{requireBrowserSizes: true}")

@@ -76,6 +76,8 @@
     if (d % s.n_heads !== 0) fail("d_model is not divisible by n_heads");
     ["cls_embedding", "type_embeddings", "ctx_projection", "predator_projection", "boid_projection", "layers",
       "output_weight", "output_bias"].forEach(function (k) { if (!(k in p)) fail("missing key " + k); });
+    if (!p.type_embeddings || typeof p.type_embeddings !== "object")
+      fail("type_embeddings must be an object with keys " + TYPES.join(", "));
     if (!Array.isArray(p.layers) || p.layers.length !== s.n_layers)
       fail("layers must have n_layers = " + s.n_layers + " entries, found " +
         (Array.isArray(p.layers) ? p.layers.length : "no array"));
@@ -83,7 +85,7 @@
       d: d, h: s.n_heads, f: f, L: s.n_layers,
       cls: flat(p.cls_embedding, [d], "cls_embedding"),
       type: TYPES.map(function (t) {
-        if (!p.type_embeddings || !(t in p.type_embeddings)) fail("missing key type_embeddings." + t);
+        if (!(t in p.type_embeddings)) fail("missing key type_embeddings." + t);
         return flat(p.type_embeddings[t], [d], "type_embeddings." + t);
       }),
       ctx: flat(p.ctx_projection, [d, 2], "ctx_projection"),
@@ -93,7 +95,8 @@
       outB: flat(p.output_bias, [2], "output_bias"),
       layers: p.layers.map(function (l, i) {
         var at = "layers[" + i + "].";
-        LAYER_KEYS.forEach(function (k) { if (!l || !(k in l)) fail("missing key " + at + k); });
+        if (!l || typeof l !== "object") fail("layers[" + i + "] must be an object");
+        LAYER_KEYS.forEach(function (k) { if (!(k in l)) fail("missing key " + at + k); });
         return {
           ln1s: flat(l.ln_scale, [d], at + "ln_scale"), ln1b: flat(l.ln_bias, [d], at + "ln_bias"),
           qkvW: flat(l.qkv_weight, [3 * d, d], at + "qkv_weight"), qkvB: flat(l.qkv_bias, [3 * d], at + "qkv_bias"),
