@@ -60,6 +60,17 @@ def test_engine_reads_exported_model_js(tmp_path, make_model, make_samples):
     assert err <= 1e-6, f"max |JS - torch| = {err:.3g}"
 
 
+def test_runner_reads_json_by_any_case_of_the_extension(tmp_path, make_model, make_samples):
+    """write_weights writes plain JSON for model.JSON; the Node runner (and so viz.js_parity) ran it as a
+    script, a SyntaxError."""
+    model = make_model(4)
+    path = write_weights(model, tmp_path / "model.JSON")
+    inputs = make_samples([0, 5], seed=6)
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    out = torch.tensor(json.loads(node(JS / "run_node.js", path, tmp_path / "in.json")), dtype=torch.float64)
+    assert (out - torch_float64(model, inputs)).abs().max().item() <= 1e-6
+
+
 def _load_error(tmp_path, params, options="{}") -> str:
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(params))

@@ -13,7 +13,7 @@ const { Engine } = require("./transformer.js");
 
 function loadWeights(path) {
   const src = fs.readFileSync(path, "utf8");
-  if (path.endsWith(".json")) return JSON.parse(src);
+  if (path.toLowerCase().endsWith(".json")) return JSON.parse(src);   // .JSON too, as write_weights takes it
   const sandbox = { window: {} };
   vm.runInNewContext(src, sandbox, { filename: path });
   const p = sandbox.window.TRANSFORMER_PARAMS || sandbox.TRANSFORMER_PARAMS;
