@@ -383,6 +383,9 @@ class LivePlot(Callback):
         self.handle = None
 
     def on_train_begin(self, trainer):
+        # Each train() call shows its own plot: a notebook cell run again (to resume after an
+        # interrupt) has cleared the old one, and an update to a cleared display shows nothing.
+        self.handle = None
         # A resumed trainer brings its history: show it from the start. An entry without an
         # epoch is the epoch of its place in the list (history[0] is epoch 1).
         seen = set(self.history.get("epoch", []))

@@ -568,3 +568,31 @@ def test_liveplot_shows_a_resumed_history_without_epoch_entries():
     lp.on_train_begin(Resumed())
     lp.on_epoch_end(None, 3, {"train_loss": 0.25, "val_loss": 0.5})
     assert lp.history["epoch"] == [1, 2, 3] and lp.history["val_loss"] == [2.0, 1.0, 0.5]
+
+
+def test_liveplot_shows_a_new_plot_for_each_training_call(monkeypatch):
+    """A cell run again (to resume after an interrupt) clears its output, live plot included: the next
+    train() must display a new plot there, not update the cleared one, which no longer shows."""
+    import IPython.display
+
+    shown, updated = [], []
+
+    class Handle:
+        def update(self, fig):
+            updated.append(fig)
+
+    monkeypatch.setattr(IPython.display, "display", lambda fig, display_id=False: shown.append(fig) or Handle())
+
+    class Trainer:
+        history = []
+
+    lp = viz.LivePlot(display=True)
+    tr = Trainer()
+    for run in range(2):                       # train(N), interrupted; then the cell again
+        lp.on_train_begin(tr)
+        for e in (2 * run + 1, 2 * run + 2):
+            logs = {"train_loss": 1.0 / e, "val_loss": 1.0 / e, "samples_per_s": 5.0}
+            lp.on_epoch_end(tr, e, logs)
+            tr.history.append({"epoch": e, **logs})
+    assert len(shown) == 2 and len(updated) == 2
+    assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
