@@ -35,3 +35,13 @@ def test_notebook_is_thin(name):
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert code, f"{name} has no code"
     assert not [s for s in code if "\ndef " in "\n" + s or "\nclass " in "\n" + s]
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_no_cell_claims_a_checked_output(name):
+    """nbval compares a cell's output with the one stored in the notebook, and these store none: a
+    NBVAL_CHECK_OUTPUT cell passes whatever it prints, so the marker would promise a check that never runs."""
+    nb = json.loads((NOTEBOOKS / name).read_text())
+    marked = [i for i, c in enumerate(nb["cells"])
+              if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
+    assert not marked, f"{name}: cells {marked} are marked NBVAL_CHECK_OUTPUT but have no stored output to check"
