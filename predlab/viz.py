@@ -263,12 +263,22 @@ def jshtml_frame_count(html: str) -> int:
 
 
 # ---------------------------------------------------------------------- training data
+def _sample_set(samples):
+    """samples if it is a SampleSet; else a TypeError saying what to pass (a batch dict has no labels)."""
+    from .data import SampleSet
+
+    if not isinstance(samples, SampleSet):
+        raise TypeError(f"samples must be a SampleSet (what predlab.data.generate_episodes returns), "
+                        f"got {type(samples).__name__}")
+    return samples
+
+
 def training_data_stats(samples) -> Dict[str, np.ndarray]:
     """Per-sample facts of a SampleSet: n boids, distance (px) to the nearest boid, target angle (rad).
 
     Samples with no boid (teacher target (0, 0)) are left out of distance and angle.
     """
-    n = samples.n.cpu().numpy()
+    n = _sample_set(samples).n.cpu().numpy()
     N = samples.boids.shape[1]
     mask = torch.arange(N)[None, :] < samples.n[:, None]                          # [S, N]
     rel = samples.boids[..., :2]
@@ -632,7 +642,7 @@ def sample_frames(samples, count: int, seed: int = 0) -> Batch:
     (all of them, in random order, when it has fewer)."""
     count = whole_number("count", count, 1)
     seed = whole_number("seed", seed, 0, C.SEED_MAX)
-    rows = (samples.n > 0).nonzero().squeeze(1)
+    rows = (_sample_set(samples).n > 0).nonzero().squeeze(1)
     g = torch.Generator().manual_seed(seed)
     rows = rows[torch.randperm(len(rows), generator=g)[:count]]
     b = samples.batch(rows)
