@@ -233,7 +233,7 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     applied = ax.quiver([0], [0], [0], [0], color="0.5", angles="xy", scale_units="xy", scale=1, width=0.004)
     applied.set_visible(not np.allclose(rollout.action, rollout.teacher))    # another policy drove
     title = ax.set_title("")
-    caught = np.cumsum(rollout.caught)
+    caught = np.cumsum(rollout.caught) - rollout.caught      # caught before frame t: its boids are gone from it
 
     def draw(t: int):
         live = rollout.alive[t]

@@ -93,6 +93,17 @@ def test_animation_draws_the_teacher_arrow(rollout):
     assert anim._func(2)[3].get_visible()        # another policy drove: its action in grey
 
 
+def test_animation_title_counts_the_catches_made_before_each_frame():
+    """Every frame's title adds up: boids on screen + caught = the flock it started with."""
+    ro = viz.record_rollout(frames=300, n_boids=5, width=120, height=120, seed=0)
+    assert ro.caught[:-1].sum() > 0
+    anim = viz.animate_rollout(ro)
+    anim._draw_was_started = True
+    for t in range(len(ro)):
+        title = anim._func(t)[4].get_text()
+        assert title == f"frame {t}  boids {int(ro.alive[t].sum())}  caught {5 - int(ro.alive[t].sum())}"
+
+
 def test_training_data_stats_and_plot(samples):
     s = viz.training_data_stats(samples)
     assert len(s["n"]) == len(samples)
