@@ -335,10 +335,12 @@ class TransformerPredator(nn.Module):
     """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
 
     batch: context [B, 2], predator [B, 2], boids [B, N, 4], mask [B, N] (bool, True = boid).
+    The defaults are ModelConfig's, so TransformerPredator() is the model the CLI trains.
     """
 
-    def __init__(self, d_model: int = 48, n_heads: int = 4, n_layers: int = 3, ffn_hidden: int = 96,
-                 dropout: float = 0.1):
+    def __init__(self, d_model: int = ModelConfig.d_model, n_heads: int = ModelConfig.n_heads,
+                 n_layers: int = ModelConfig.n_layers, ffn_hidden: int = ModelConfig.ffn_hidden,
+                 dropout: float = ModelConfig.dropout):
         super().__init__()
         self.config = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                                   ffn_hidden=ffn_hidden, dropout=dropout)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from predlab.data import collate
+from predlab.config import ModelConfig
 from predlab.model import TransformerPredator
 
 
@@ -159,6 +160,12 @@ def test_token_labels():
     assert TransformerPredator.token_labels(0) == ["CLS", "CTX", "PRED"]
 
 
+def test_constructor_defaults_are_the_cli_model():
+    """TransformerPredator() is the model `python -m predlab.train` builds, dropout included
+    (a dropout of its own turned the CPU trainer's split batches off)."""
+    assert TransformerPredator().config == ModelConfig()
+
+
 def test_parameter_count():
     """Defaults are 48/4/3/96 with 71,810 parameters, the same number the weight format holds."""
     m = TransformerPredator()
@@ -179,7 +186,6 @@ def test_parameter_count():
 def test_checkpoint_weight_shapes_are_the_models(sizes):
     """checkpoint.weight_shapes names every weight with its shape without building the model."""
     from predlab.checkpoint import weight_shapes
-    from predlab.config import ModelConfig
     cfg = ModelConfig(*sizes)
     want = {k: tuple(v.shape) for k, v in TransformerPredator.from_config(cfg).state_dict().items()}
     assert weight_shapes(cfg) == want
