@@ -6,6 +6,7 @@ best metric, early-stopping counter and the metric history.
 """
 from __future__ import annotations
 
+import math
 import pickle
 import re
 import zipfile
@@ -154,6 +155,12 @@ def _check_training_state(ckpt: Mapping, path) -> None:
              and all(_is_number(sch.get(k)) for k in ("warmup", "min_ratio", "progress"))
              and isinstance(sch.get("base"), (list, tuple)) and all(_is_number(b) for b in sch["base"]),
              "a dict of numbers warmup, min_ratio, progress and a list of numbers base")
+        # a NaN or negative learning rate trained on silently: NaN weights, or gradient ascent
+        need("scheduler", all(math.isfinite(sch[k]) and sch[k] >= 0 for k in ("warmup", "progress"))
+             and 0 <= sch["min_ratio"] <= 1 and all(math.isfinite(b) and b > 0 for b in sch["base"]),
+             f"a schedule of finite values (warmup >= 0, progress >= 0, min_ratio in [0, 1], learning rates "
+             f"base > 0), found warmup {sch['warmup']}, progress {sch['progress']}, min_ratio {sch['min_ratio']}, "
+             f"base {list(sch['base'])}")
     if "rng" in ckpt:
         rng = ckpt["rng"]
 
@@ -165,6 +172,9 @@ def _check_training_state(ckpt: Mapping, path) -> None:
              "a dict of random-generator states (uint8 tensors: 'torch', a list of them: 'cuda')")
     if "best_metric" in ckpt:
         need("best_metric", _is_number(ckpt["best_metric"]), f"a number, found {type(ckpt['best_metric']).__name__}")
+        # NaN or -inf: no epoch could ever improve on it, so best_model.pt would never be written again
+        need("best_metric", not math.isnan(ckpt["best_metric"]) and ckpt["best_metric"] != -math.inf,
+             f"a finite number, or infinity before any best, found {ckpt['best_metric']}")
     if "monitor" in ckpt:
         need("monitor", isinstance(ckpt["monitor"], str), f"a metric name, found {type(ckpt['monitor']).__name__}")
     if "history" in ckpt:
@@ -205,7 +215,6 @@ def load_model(path: Union[str, Path], device="cpu") -> TransformerPredator:
 def describe_best(monitor: str, best_metric: float, best_epoch) -> str:
     """The best so far in the user's terms: "val MSE 0.00151 at epoch 27", "catch ratio 0.98 at
     epoch 25" (the trainer minimises neg_catch_ratio), or "none yet"."""
-    import math
     if best_metric is None or not math.isfinite(float(best_metric)):
         return "none yet"
     if monitor == "neg_catch_ratio":

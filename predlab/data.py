@@ -240,11 +240,16 @@ class SampleSet:
         if any(d[k].shape != (S, 2) for k in ("context", "predator", "target")) or n.dtype != torch.long \
                 or (n < 0).any() or d["boids"].shape != (int(n.sum()), 4):
             raise ValueError("stored samples do not fit together (tampered or truncated)")
+        for k in ("context", "predator", "boids", "target"):   # float64 ones failed in the model's first step
+            if d[k].dtype != torch.float32:
+                raise ValueError(f"stored samples' {k} is {d[k].dtype}, not float32")
         N = int(n.max()) if S else 0
         keep = torch.arange(N)[None, :] < n[:, None]
         boids = torch.zeros(S, N, 4, dtype=d["boids"].dtype)
         boids[keep] = d["boids"]
-        return cls(d["context"], d["predator"], boids, n, d["target"])
+        out = cls(d["context"], d["predator"], boids, n, d["target"])
+        out.check("stored samples")     # NaN, or a count beyond the boids
+        return out
 
 
 def _compact(boids: Tensor, mask: Tensor) -> tuple:

@@ -806,6 +806,7 @@ class SupervisedTrainer:
         if "optimizer" in ck:
             self.optimizer.load_state_dict(ck["optimizer"])
             self._drop_graphs()   # new optimizer tensors: capture again
+            self._check_optimizer_state()
         if "scheduler" in ck:
             self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch = int(ck.get("epoch", 0))
@@ -822,6 +823,33 @@ class SupervisedTrainer:
         if "cuda" in rng and torch.cuda.is_available():     # as many GPUs as this machine has
             for i, state in enumerate(list(rng["cuda"])[:torch.cuda.device_count()]):
                 torch.cuda.set_rng_state(state, i)
+
+    def _check_optimizer_state(self) -> None:
+        """Raise ValueError naming what does not fit in the AdamW state just loaded: torch's
+        load_state_dict takes any tensors, and a moment of the wrong shape crashed the fused step
+        (a segmentation fault), a NaN one or a NaN beta turned every weight into NaN."""
+        names = {p: n for n, p in self.model.named_parameters()}
+        for i, g in enumerate(self.optimizer.param_groups):
+            betas, eps, wd = g.get("betas"), g.get("eps"), g.get("weight_decay")
+            if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                    and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+                    and isinstance(eps, (int, float)) and 0 < eps < math.inf
+                    and isinstance(wd, (int, float)) and 0 <= wd < math.inf):
+                raise ValueError(f"optimizer parameter group {i}: betas {betas!r}, eps {eps!r}, weight_decay "
+                                 f"{wd!r} (AdamW wants two betas in [0, 1), eps > 0, weight_decay >= 0)")
+            for p in g["params"]:
+                for key, v in self.optimizer.state.get(p, {}).items():
+                    where = f"optimizer state {key!r} of {names.get(p, 'a weight')}"
+                    if key not in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                        raise ValueError(f"{where}: not a state AdamW keeps")
+                    if not isinstance(v, torch.Tensor) or not v.is_floating_point():
+                        what = v.dtype if isinstance(v, torch.Tensor) else type(v).__name__
+                        raise ValueError(f"{where} is {what}, not a floating-point tensor")
+                    want = () if key == "step" else tuple(p.shape)
+                    if tuple(v.shape) != want:
+                        raise ValueError(f"{where} has shape {tuple(v.shape)}, the weight {tuple(p.shape)}")
+                    if not bool(torch.isfinite(v).all()) or (key == "step" and float(v) < 0):
+                        raise ValueError(f"{where} holds NaN, infinity or a negative step count")
 
     def set_schedule(self, learning_rate: Optional[float] = None, weight_decay: Optional[float] = None,
                      warmup_epochs: Optional[float] = None, min_lr_ratio: Optional[float] = None) -> None:

@@ -549,14 +549,19 @@ def test_dagger_resume_is_bit_identical(tmp_path):
     assert "data_source" not in torch.load(light, weights_only=True)
 
 
-def test_tampered_dagger_samples_are_refused(tmp_path):
+@pytest.mark.parametrize("edit, message", [
+    (lambda b: b["n"].__setitem__(0, b["n"][0] + 3), "do not fit"),
+    # these loaded, then failed inside the next epoch: a dtype error, or "contains NaN", as tracebacks
+    (lambda b: b.__setitem__("context", b["context"].double()), "context is torch.float64, not float32"),
+    (lambda b: b.__setitem__("target", torch.full_like(b["target"], math.nan)), "target contains NaN")])
+def test_tampered_dagger_samples_are_refused(tmp_path, edit, message):
     t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
                        eval_every=0, dagger=True)
     t.train(1)
     state = t.state_dict()
-    state["data_source"]["dagger_buffer"]["n"][0] += 3
+    edit(state["data_source"]["dagger_buffer"])
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(ck.CheckpointError, match="do not fit"):
+    with pytest.raises(ck.CheckpointError, match=message):
         t.load_checkpoint(tmp_path / "bad.pt")
 
 
@@ -675,7 +680,20 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s.__setitem__("epoch", "x"),
                                   lambda s: s.__setitem__("best_epoch", float("inf")),   # OverflowError
                                   lambda s: s["scheduler"].__setitem__("base", ["x", "y"]),
-                                  lambda s: s["scheduler"].__setitem__("base", [1e-3])])   # zip dropped a group
+                                  lambda s: s["scheduler"].__setitem__("base", [1e-3]),    # zip dropped a group
+                                  # the values of the training state: a moment of another shape crashed the
+                                  # fused AdamW step (a segmentation fault); NaN ones, a NaN beta or learning
+                                  # rate gave NaN weights, a negative learning rate gradient ascent, a NaN best
+                                  # never let best_model.pt be written again; all without a word
+                                  lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(3)),
+                                  lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", "x"),
+                                  lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(math.nan),
+                                  lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(-5.0)),
+                                  lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (math.nan, 0.9)),
+                                  lambda s: s["scheduler"].__setitem__("base", [math.nan] * 2),
+                                  lambda s: s["scheduler"].__setitem__("base", [-1e-3] * 2),
+                                  lambda s: s["scheduler"].__setitem__("warmup", math.nan),
+                                  lambda s: s.__setitem__("best_metric", math.nan)])
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
     donor.train(1)
