@@ -356,6 +356,18 @@ class EpisodeSource:
 
 
 # ---------------------------------------------------------------------- trainer
+class TrainingDiverged(ArithmeticError):
+    """An epoch left weights or losses that are NaN or infinite (a learning rate far too high).
+
+    epoch: the epoch that diverged (not counted or saved); what: what is not finite."""
+
+    def __init__(self, epoch: int, what: str, learning_rate: float):
+        self.epoch, self.what, self.learning_rate = epoch, what, learning_rate
+        super().__init__(f"training diverged in epoch {epoch}: {what} (learning rate {learning_rate:g} is too high: "
+                         f"lower learning_rate, or raise warmup_epochs); the epoch was not counted or saved, and "
+                         f"the trainer's weights are unusable (load_checkpoint a saved one to go on)")
+
+
 def _switch_tf32(on: bool) -> Callable[[], None]:
     """Set TF32 for CUDA float32 matrix products; returns what puts torch's setting back.
 
@@ -736,6 +748,7 @@ class SupervisedTrainer:
                 data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
                 logs = self.train_epoch(data)
                 logs["val_loss"] = self.validate()
+                self._check_diverged(logs)
                 self.epoch += 1
                 logs = {"epoch": self.epoch, **logs}
                 for cb in callbacks:
@@ -753,6 +766,17 @@ class SupervisedTrainer:
             for cb in begun:
                 cb.on_train_end(self)
         return self.history
+
+    def _check_diverged(self, logs: Mapping[str, float]) -> None:
+        """Raise TrainingDiverged when the epoch just trained left NaN or infinity: NaN weights stay
+        NaN, so the run could only save unusable checkpoints (rotating out the good ones), and a
+        DAgger student with NaN actions stopped the next epoch with a traceback."""
+        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        losses = [f"{k} {logs[k]}" for k in ("train_loss", "val_loss") if not math.isfinite(logs[k])]
+        if bad or losses:
+            what = f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or infinity" if bad \
+                else ", ".join(losses)
+            raise TrainingDiverged(self.epoch + 1, what, self.scheduler.base[0])
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self, include_data: bool = True) -> Dict:
@@ -1167,30 +1191,36 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     first_epoch = trainer.epoch
     t0 = time.time()
-    interrupted = False
+    interrupted, code = False, 130      # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
     try:
         trainer.train(tc.epochs)
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
+    except TrainingDiverged as e:       # exported as after a Ctrl-C: the weights in memory are unusable
+        interrupted, code = True, 1
+        print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
+              f"too high: lower it, or raise --warmup_epochs); that epoch was not saved, and the checkpoints "
+              f"saved so far are intact", file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch:    # no epoch of this run to export
         print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "
               f"files in {tc.checkpoint_dir} are where they were", file=sys.stderr)
-        return 130
+        return code
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
-            return _export(tc, trainer, checkpointer, ended, interrupted)
+            return _export(tc, trainer, checkpointer, ended, interrupted, code)
     except KeyboardInterrupt:
         print("interrupted: the export above was completed first", file=sys.stderr)
         return 130
 
 
 def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,
-            interrupted: bool) -> int:
-    """Write model.js/model.json of the run's best model (or of where a resumed run ended)."""
+            interrupted: bool, code: int = 130) -> int:
+    """Write model.js/model.json of the run's best model (or of where a resumed run ended); an
+    interrupted run (Ctrl-C, or a diverged epoch) exits with `code`."""
     from .export import write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file() and not checkpointer.is_earlier_runs(best):
@@ -1223,7 +1253,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
             why = ": no epoch gave a finite validation loss"
         kept = " (the earlier run's files in it are left as they were)" if checkpointer.is_earlier_runs(best) else ""
         print(f"{ended}; no best_model.pt was written{why}, so no model.js{kept}", file=sys.stderr)
-        return 130 if interrupted else 1
+        return code if interrupted else 1
     checkpointer.make_room()             # an earlier run's model.js goes to previous/, not under this one's
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
@@ -1232,7 +1262,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     print(f"browser weights: {js.resolve()} (and model.json beside it)")
-    return 130 if interrupted else 0     # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
+    return code if interrupted else 0
 
 
 if __name__ == "__main__":

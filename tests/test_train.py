@@ -1120,3 +1120,58 @@ def test_a_resumed_trainer_trained_again_keeps_the_files_of_the_run_it_resumed(t
     t.train(8)
     assert not (d / "previous").exists()
     assert {"checkpoint_epoch_4.pt", "checkpoint_epoch_6.pt", "checkpoint_epoch_8.pt", "best_model.pt"} <= set(_files(d))
+
+
+_TRAIN_EPOCH = SupervisedTrainer.train_epoch
+
+
+def _diverge_in_epoch(monkeypatch, epoch):
+    """Make training epoch `epoch` end with a NaN weight, as a far too high learning rate does."""
+    train_epoch = _TRAIN_EPOCH
+
+    def diverging(self, data):
+        logs = train_epoch(self, data)
+        if self.epoch + 1 == epoch:
+            with torch.no_grad():
+                self.model.output.weight[0, 0] = float("nan")
+        return logs
+
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", diverging)
+
+
+def test_a_diverged_epoch_stops_training_and_is_neither_counted_nor_saved(tmp_path, monkeypatch):
+    """It went on: NaN epochs were saved as checkpoint_epoch_N.pt files that cannot be loaded, and
+    pushed the good ones out (keep_checkpoints)."""
+    from predlab.train import Checkpointer, TrainingDiverged
+    _diverge_in_epoch(monkeypatch, 2)
+    t = _trainer(tmp_path, callbacks=[Checkpointer(tmp_path / "ck", save_every=1, keep=1)])
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: weights output.weight hold NaN"):
+        t.train(4)
+    assert t.epoch == 1 and len(t.history) == 1
+    assert sorted(p.name for p in (tmp_path / "ck").glob("*.pt")) == ["best_model.pt", "checkpoint_epoch_1.pt"]
+    ck.load_model(tmp_path / "ck" / "checkpoint_epoch_1.pt")
+
+
+def test_cli_a_diverged_run_says_so_exports_its_best_and_exits_1(tmp_path, monkeypatch, capsys):
+    """With DAgger, the NaN student of the next epoch stopped the run with a NonFiniteActions traceback
+    and no model.js; resumed, the NaN weights in memory failed the export with another traceback."""
+    from predlab.export import read_weights
+    from predlab.train import main
+    _diverge_in_epoch(monkeypatch, 2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "4", "--eval_every", "0", *TINY_FLAGS]) == 1
+    out, err = capsys.readouterr()
+    assert "training diverged in epoch 2" in err and "--learning_rate" in err and "best val MSE" in out
+    assert not Path("checkpoints/checkpoint_epoch_2.pt").exists()
+    first = read_weights("checkpoints/model.js")
+    for a, b in zip(first.state_dict().values(), ck.load_model("checkpoints/best_model.pt").state_dict().values()):
+        assert torch.equal(a, b)
+    # resumed into another folder, with no new best: the export takes the last saved epoch, not NaN weights
+    _diverge_in_epoch(monkeypatch, 3)
+    assert main(["--epochs", "4", "--resume", "checkpoints/checkpoint_epoch_1.pt", "--checkpoint_dir", "other",
+                 "--min_delta", "100", *TINY_FLAGS]) == 1
+    out, err = capsys.readouterr()
+    assert "training diverged in epoch 3" in err and "exporting the model of epoch 2" in out
+    exported, saved = read_weights("other/model.js"), ck.load_model("other/checkpoint_epoch_2.pt")
+    for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
+        assert torch.equal(a, b)
