@@ -50,6 +50,12 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        if head.startswith((b"/*", b"//", b"window.", b"{")):   # what model.js / model.json files begin with
+            raise CheckpointError(f"{path}: a browser weight file (model.js / model.json), not a checkpoint: it holds "
+                                  "the weights only, no training state (named .js or .json, predlab.evaluate and "
+                                  "predlab.export read it; resuming needs best_model.pt or a checkpoint_epoch_N.pt)")
         raise CheckpointError(f"{path}: not a readable torch checkpoint (not a torch.save zip archive; "
                               "truncated or another kind of file)")
     try:   # torch.load does not check the archive's CRCs: bytes changed on disk would load silently

@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Union
@@ -141,7 +142,8 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         from .export import not_a_file
         raise FileNotFoundError(not_a_file(path, f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
                                                  f"or the words teacher / random)"))
-    if path.suffix.lower() in (".js", ".json"):
+    # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
+    if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
         from .export import read_weights
         model = read_weights(path)
     else:

@@ -303,3 +303,18 @@ def test_evaluate_cli_names_a_model_whose_actions_overflow(model, tmp_path, caps
 
 def test_rollout_takes_its_world_config_as_a_dict():
     assert rollout("teacher", episodes=2, frames=2, world_config={"boids_max": 5}).n_start.max() <= 5
+
+
+def test_a_checkpoint_and_a_weight_file_under_each_others_names(model, tmp_path, capsys):
+    """A checkpoint named x.js was read as text ("not a UTF-8 text weight file (byte 64 ...)"); a
+    model.js named .pt was "not a torch.save zip archive; truncated or another kind of file"."""
+    trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu")
+    pt = trainer.save_checkpoint(tmp_path / "x.js")
+    obs = episodes_world(8, 0, WC).observe()
+    assert torch.equal(load_policy(pt)(obs), ModelPolicy(model)(obs))
+    for name in ("model.js", "model.json"):
+        weights = write_weights(model, tmp_path / name)
+        with pytest.raises(SystemExit) as e:
+            main([str(weights.rename(tmp_path / "m.pt")), "--episodes", "1", "--frames", "1"])
+        assert e.value.code == 2
+        assert "a browser weight file (model.js / model.json), not a checkpoint" in capsys.readouterr().err
