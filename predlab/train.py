@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
-                     resolve_device, training_memory)
+                     resolve_device, training_memory, whole_number)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator
@@ -206,8 +206,7 @@ class Checkpointer(Callback):
                  archive: bool = True):
         """archive=False: a new run replaces an earlier run's files instead (for throwaway runs,
         such as the notebooks' quick mode under `make test`, whose previous/ would only grow)."""
-        if save_every < 1 or keep < 1:
-            raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
+        save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written = None, [], {}
 
@@ -334,7 +333,8 @@ class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved by min_delta for `patience` epochs."""
 
     def __init__(self, patience: int):
-        self.patience = patience
+        # checked now: a bad value failed at the end of the first epoch, whose training was lost
+        self.patience = whole_number("patience", patience, 0)
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.patience > 0 and trainer.bad_epochs >= self.patience:
@@ -723,6 +723,7 @@ class SupervisedTrainer:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history."""
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}")
+        early_stopping_patience = whole_number("early_stopping_patience", early_stopping_patience, 0)
         if num_epochs <= self.epoch:      # a notebook cell run again after its run finished, say
             warnings.warn(f"train({num_epochs}): this trainer has already trained {self.epoch} epoch(s), so there "
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "

@@ -19,7 +19,8 @@ from predlab import checkpoint as ck
 from predlab.config import ModelConfig, TrainConfig, WorldConfig
 from predlab.data import EpisodeGenerator, SampleSet, collate, generate_episodes
 from predlab.model import TransformerPredator
-from predlab.train import LOCK_NAME, Callback, SupervisedTrainer, create_trainer, resolve_device
+from predlab.train import (LOCK_NAME, Callback, Checkpointer, EarlyStopping, SupervisedTrainer, create_trainer,
+                           resolve_device)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_WORLD = WorldConfig(frames=12, boids_max=12)
@@ -1177,3 +1178,19 @@ def test_cli_a_diverged_run_says_so_exports_its_best_and_exits_1(tmp_path, monke
     exported, saved = read_weights("other/model.js"), ck.load_model("other/checkpoint_epoch_2.pt")
     for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t, d: t.train(2, early_stopping_patience="3"), "early_stopping_patience must be a whole number"),
+    (lambda t, d: t.train(2, early_stopping_patience=-1), "early_stopping_patience must be a whole number >= 0"),
+    (lambda t, d: EarlyStopping(2.5), "patience must be a whole number"),
+    (lambda t, d: Checkpointer(d, save_every=2.5), "save_every must be a whole number"),
+    (lambda t, d: Checkpointer(d, keep=1.5), "keep must be a whole number")])
+def test_callback_arguments_are_checked_before_any_training(tmp_path, make, message):
+    """A patience of "3" failed with "'>' not supported between str and int" once the first epoch was
+    trained; -1 turned early stopping off without a word, and save_every=2.5 saved at epochs 5, 10, ...,
+    and keep=1.5 failed at the first save with a TypeError from a list slice."""
+    t = _trainer(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        make(t, tmp_path / "ck")
+    assert t.epoch == 0 and not (tmp_path / "ck").exists()
