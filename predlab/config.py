@@ -41,6 +41,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 # Seeds go to torch's generators, which take signed 64-bit integers.
 SEED_MAX = 2 ** 63 - 1
 
+# The world's bounds (sim.py's MAX_CANVAS and MAX_BOIDS): beyond 2**24 px float32 positions no
+# longer hold every whole pixel, and a predator at 2 px a frame stood still on a 10**8 px canvas.
+MAX_CANVAS = 2 ** 24
+MAX_BOIDS = 10_000
+
 # SPEC.md section 6/7: the sizes the stock browser page accepts.
 BROWSER_SIZES = {"d_model": 48, "n_heads": 4, "n_layers": 3, "ffn_hidden": 96}
 
@@ -54,12 +59,12 @@ def _f(default, help: str, **kw):
 class WorldConfig:
     """How episodes are drawn: canvas sizes, flock sizes, episode length, exploration."""
 
-    width_min: int = _f(320, "smallest canvas width in px (phone)", min=16)
-    width_max: int = _f(3840, "largest canvas width in px (4K)", min=16)
-    height_min: int = _f(320, "smallest canvas height in px", min=16)
-    height_max: int = _f(2160, "largest canvas height in px", min=16)
-    boids_min: int = _f(1, "fewest boids in an episode", min=1)
-    boids_max: int = _f(50, "most boids in an episode (the browser runs 50)", min=1)
+    width_min: int = _f(320, "smallest canvas width in px (phone)", min=16, max=MAX_CANVAS)
+    width_max: int = _f(3840, "largest canvas width in px (4K)", min=16, max=MAX_CANVAS)
+    height_min: int = _f(320, "smallest canvas height in px", min=16, max=MAX_CANVAS)
+    height_max: int = _f(2160, "largest canvas height in px", min=16, max=MAX_CANVAS)
+    boids_min: int = _f(1, "fewest boids in an episode", min=1, max=MAX_BOIDS)
+    boids_max: int = _f(50, "most boids in an episode (the browser runs 50)", min=1, max=MAX_BOIDS)
     frames: int = _f(200, "frames per episode (it ends earlier when every boid is caught)", min=1)
     noise: float = _f(0.3, "std of Gaussian noise added to the driving action, so that states off the "
                       "teacher's path are seen (the label stays the clean teacher action)", min=0.0)

@@ -261,3 +261,19 @@ def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments()
         with pytest.raises(TypeError, match="with num_workers > 0 the student must be a TransformerPredator"):
             gen.generate(1, 0, student=lambda batch: batch["predator"], beta=0.5)
         assert gen._pool is None
+
+
+@pytest.mark.parametrize("kw, message", [({"width_max": 10 ** 8}, "width_max must be <= 16777216"),
+                                         ({"height_min": 2 ** 24 + 1, "height_max": 2 ** 25},
+                                          "height_min must be <= 16777216"),
+                                         ({"boids_max": 10_001}, "boids_max must be <= 10000")])
+def test_world_ranges_stop_where_the_simulation_does(kw, message):
+    """A canvas of 10**8 px was drawn (where float32 positions step by 8 px, so a predator at 2 px a
+    frame stood still) although World.random refuses width=10**8; boids_max 10001 passed the CLI's
+    checks and failed in World.random with a traceback."""
+    from predlab import config, sim
+    from predlab.config import WorldConfig
+    from predlab.data import generate_episodes
+    assert (config.MAX_CANVAS, config.MAX_BOIDS) == (sim.MAX_CANVAS, sim.MAX_BOIDS)
+    with pytest.raises(ValueError, match=message):
+        generate_episodes(1, WorldConfig(frames=2, **kw))
