@@ -1170,8 +1170,13 @@ def main(argv=None) -> int:
 
 def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
     """main's training and export, in a checkpoint folder it holds the lock of."""
-    trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
-                             verbose=True)
+    try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
+        trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
+                                 verbose=True)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
+              f"are where they were", file=sys.stderr)
+        return 130
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
     if tc.resume:

@@ -1195,3 +1195,20 @@ def test_callback_arguments_are_checked_before_any_training(tmp_path, make, mess
     with pytest.raises(ValueError, match=message):
         make(t, tmp_path / "ck")
     assert t.epoch == 0 and not (tmp_path / "ck").exists()
+
+
+def test_cli_ctrl_c_while_the_validation_episodes_are_generated_exits_130(tmp_path, monkeypatch, capsys):
+    """It came as a KeyboardInterrupt traceback from inside the episode generation."""
+    from predlab.train import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EpisodeGenerator, "generate", interrupted)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best_model.pt").write_bytes(b"an earlier run's")
+    assert main(["--epochs", "1", *TINY_FLAGS]) == 130
+    assert "interrupted before training began: nothing was written" in capsys.readouterr().err
+    assert _names(tmp_path / "checkpoints") == ["best_model.pt"]
+    assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == b"an earlier run's"
