@@ -1250,7 +1250,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
               f"resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
         if interrupted:
-            why = " before the interrupt"
+            why = " before the interrupt" if code == 130 else " before training diverged"
         elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
                    "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
