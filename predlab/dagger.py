@@ -19,6 +19,7 @@ from typing import Dict
 
 import torch
 
+from .config import real_number, whole_number
 from .data import EpisodeGenerator, SampleSet
 from .train import Callback
 
@@ -32,9 +33,10 @@ class DaggerSource(Callback):
 
     def __init__(self, generator: EpisodeGenerator, episodes_per_epoch: int, start: int = 2, decay: float = 0.5,
                  beta_min: float = 0.1, buffer: int = 0):
-        if start < 1 or buffer < 0 or not 0 <= decay <= 1 or not 0 <= beta_min <= 1:
-            raise ValueError(f"bad DAgger settings: start={start}, decay={decay}, beta_min={beta_min}, "
-                             f"buffer={buffer}")
+        # types too: buffer=2.5 or episodes_per_epoch="4" failed only once an epoch's episodes were generated
+        episodes_per_epoch = whole_number("episodes_per_epoch", episodes_per_epoch, 1)
+        start, buffer = whole_number("start", start, 1), whole_number("buffer", buffer, 0)
+        decay, beta_min = real_number("decay", decay, 0, 1), real_number("beta_min", beta_min, 0, 1)
         self.generator, self.episodes = generator, episodes_per_epoch
         self.start, self.decay, self.beta_min, self.buffer = start, decay, beta_min, buffer
         self.data = SampleSet.empty()

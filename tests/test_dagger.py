@@ -5,6 +5,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from predlab.config import WorldConfig
@@ -79,3 +80,16 @@ def test_cli_dagger_run(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "dagger_beta=0.5" in r.stdout
     assert (tmp_path / "ck" / "best_model.pt").is_file() and (tmp_path / "ck" / "model.js").is_file()
+
+
+@pytest.mark.parametrize("kw, error, message", [
+    ({"buffer": 2.5}, ValueError, "buffer must be a whole number"),
+    ({"decay": "0.5"}, TypeError, "decay must be a number"),
+    ({"episodes_per_epoch": "4"}, ValueError, "episodes_per_epoch must be a whole number")])
+def test_bad_settings_are_named_when_made(kw, error, message):
+    """buffer=2.5 was accepted, then failed after the first epoch's episodes ("tensors used as
+    indices must be long ..."); episodes_per_epoch was not checked at all, and decay="0.5" gave
+    "'<=' not supported between instances of 'int' and 'str'"."""
+    args = {"generator": EpisodeGenerator(WC, progress=False), "episodes_per_epoch": 4, **kw}
+    with pytest.raises(error, match=message):
+        DaggerSource(**args)
