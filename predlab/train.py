@@ -862,6 +862,8 @@ class SupervisedTrainer:
                     and isinstance(wd, (int, float)) and 0 <= wd < math.inf):
                 raise ValueError(f"optimizer parameter group {i}: betas {betas!r}, eps {eps!r}, weight_decay "
                                  f"{wd!r} (AdamW wants two betas in [0, 1), eps > 0, weight_decay >= 0)")
+            if g.get("maximize"):     # gradient ascent on the loss
+                raise ValueError(f"optimizer parameter group {i} maximizes the loss (maximize=True)")
             for p in g["params"]:
                 for key, v in self.optimizer.state.get(p, {}).items():
                     where = f"optimizer state {key!r} of {names.get(p, 'a weight')}"

@@ -694,6 +694,7 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(math.nan),
                                   lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(-5.0)),
                                   lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (math.nan, 0.9)),
+                                  lambda s: s["optimizer"]["param_groups"][1].__setitem__("maximize", True),
                                   lambda s: s["scheduler"].__setitem__("base", [math.nan] * 2),
                                   lambda s: s["scheduler"].__setitem__("base", [-1e-3] * 2),
                                   lambda s: s["scheduler"].__setitem__("warmup", math.nan),
