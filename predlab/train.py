@@ -791,7 +791,10 @@ class SupervisedTrainer:
         return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
                 "model_config": dataclasses.asdict(self.model.config),
                 "world_config": dataclasses.asdict(self.world_config),
-                "train_config": dataclasses.asdict(self.train_config),
+                # epochs: what train() was asked for (the run's length, which --resume continues to),
+                # not TrainConfig's default when the trainer was made by create_trainer in a notebook
+                "train_config": {**dataclasses.asdict(self.train_config),
+                                 **({"epochs": self.target_epochs} if self.target_epochs else {})},
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,

@@ -1213,3 +1213,15 @@ def test_cli_ctrl_c_while_the_validation_episodes_are_generated_exits_130(tmp_pa
     assert "interrupted before training began: nothing was written" in capsys.readouterr().err
     assert _names(tmp_path / "checkpoints") == ["best_model.pt"]
     assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == b"an earlier run's"
+
+
+def test_cli_resume_of_a_library_run_continues_to_that_runs_epochs(tmp_path, monkeypatch, capsys):
+    """A run made with create_trainer (TrainConfig's default of 30 epochs) and train(3) recorded
+    epochs=30: resumed without --epochs, it went on to epoch 30 instead of ending at 3."""
+    from predlab.train import parse_args
+    t = create_trainer(train_episodes=4, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, eval_every=0, callbacks=[StopAt(2)])
+    t.train(3)
+    path = t.save_checkpoint(tmp_path / "c2.pt")
+    tc, _, _, _ = parse_args(["--resume", str(path)])
+    assert tc.epochs == 3
