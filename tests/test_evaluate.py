@@ -318,3 +318,18 @@ def test_a_checkpoint_and_a_weight_file_under_each_others_names(model, tmp_path,
             main([str(weights.rename(tmp_path / "m.pt")), "--episodes", "1", "--frames", "1"])
         assert e.value.code == 2
         assert "a browser weight file (model.js / model.json), not a checkpoint" in capsys.readouterr().err
+
+
+def test_cli_json_output_never_replaces_a_model_json(model, tmp_path, capsys, monkeypatch):
+    """--json model.json (a natural name for a model's figures) overwrote the exported weights
+    beside the checkpoint with the evaluation's figures: both are JSON files."""
+    monkeypatch.chdir(tmp_path)
+    weights = write_weights(model, tmp_path / "model.json")
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        main(["teacher", "--episodes", "1", "--frames", "1", "--json", "model.json"])
+    assert e.value.code == 2 and "model.json holds model weights" in capsys.readouterr().err
+    assert weights.read_bytes() == before
+    (tmp_path / "res.json").write_text('{"catch_ratio": 1.0}')     # an earlier evaluation's figures: replaced
+    assert main(["teacher", "--episodes", "1", "--frames", "1", "--json", "res.json"]) == 0
+    assert json.loads((tmp_path / "res.json").read_text())["episodes"] == 1
