@@ -24,7 +24,6 @@ import math
 import os
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Union
@@ -134,21 +133,8 @@ def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Bat
         return teacher_policy
     if str(spec) == "random":
         return RandomPolicy()
-    path = Path(spec)
-    if path.is_dir():
-        raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
-                                f"(say {path / 'best_model.pt'})")
-    if not path.is_file():
-        from .export import not_a_file
-        raise FileNotFoundError(not_a_file(path, f"no such file: {path} (give a checkpoint .pt, a model.js/.json, "
-                                                 f"or the words teacher / random)"))
-    # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
-    if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
-        from .export import read_weights
-        model = read_weights(path)
-    else:
-        from .checkpoint import load_model
-        model = load_model(path)
+    from .export import load_model_file
+    model = load_model_file(spec, " (give a checkpoint .pt, a model.js/.json, or the words teacher / random)")
     return ModelPolicy(model.to(device).eval())
 
 

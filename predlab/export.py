@@ -562,6 +562,25 @@ def read_weights(path: Union[str, Path]) -> TransformerPredator:
     return params_to_model(read_params(path))
 
 
+def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredator:
+    """The model (CPU, eval mode) in a weight file (.js / .json) or a checkpoint (.pt, or any
+    torch.save archive, whatever its name). FileNotFoundError for a missing file or a folder
+    (`what`, say " (give a checkpoint .pt ...)", ends the message of a missing one);
+    WeightFormatError / CheckpointError (ValueErrors) for a file that holds no usable model."""
+    import zipfile
+    path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
+                                f"(say {path / 'best_model.pt'})")
+    if not path.is_file():
+        raise FileNotFoundError(not_a_file(path, f"no such file: {path}{what}"))
+    # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
+    if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
+        return read_weights(path)
+    from .checkpoint import load_model
+    return load_model(path)
+
+
 def main(argv: List[str] = None) -> int:
     """CLI: export a checkpoint (or convert a weight file) to model.js / .json."""
     ap = argparse.ArgumentParser(prog="python -m predlab.export", description=main.__doc__)
@@ -601,11 +620,7 @@ def _file_id(path: Path):
 def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     """main's work once the arguments are checked: read src, write out."""
     try:
-        if src.suffix.lower() in (".js", ".json"):
-            model = read_weights(src)
-        else:
-            from .checkpoint import load_model
-            model = load_model(src)
+        model = load_model_file(src)
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:   # reading, not writing: nothing of --out was touched
