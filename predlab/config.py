@@ -117,6 +117,9 @@ class TrainConfig:
     seed: int = _f(0, "seed for data, initial weights and shuffling", min=0, max=SEED_MAX)
     resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch, with its run's "
                                "settings; flags given change them)")
+    init_weights: Optional[str] = _f(None, "start a new run from the weights in this model.js/.json (the page's, "
+                                     "say, to fine-tune it) or checkpoint .pt: the model's sizes are the file's, "
+                                     "the optimizer and schedule start afresh")
     early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off)", min=0)
     min_delta: float = _f(1e-5, "smallest val-loss drop that counts as an improvement", min=0.0)
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs", min=1)

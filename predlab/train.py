@@ -1025,9 +1025,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Settings of the machine and of where output goes: a resumed run takes these from its own
-# command line. Every other setting of the run comes from the checkpoint unless a flag is given.
-MACHINE_FIELDS = ("resume", "device", "threads", "num_workers", "progress", "checkpoint_dir", "log_dir")
+# Settings of the machine, of where a run starts from and of where output goes: a resumed run takes
+# these from its own command line. Every other setting of the run comes from the checkpoint unless a
+# flag is given.
+MACHINE_FIELDS = ("resume", "init_weights", "device", "threads", "num_workers", "progress", "checkpoint_dir",
+                  "log_dir")
+SIZE_FIELDS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 # What a flag given on resume changes in the restored optimizer and schedule (SupervisedTrainer.set_schedule).
 SCHEDULE_FIELDS = ("learning_rate", "weight_decay", "warmup_epochs", "min_lr_ratio")
 
@@ -1067,6 +1070,9 @@ def _parse(argv):
     ns = vars(a)
     given = _given(argv)
     schedule: Dict[str, float] = {}
+    if ns["init_weights"] is not None and ns["resume"] is not None:
+        p.error("--init_weights and --resume: give one (--resume continues a run, its weights, optimizer and "
+                "schedule included; --init_weights starts a new run from weights)")
     if ns["resume"] is not None:
         resume = ns["resume"]
         if Path(resume).is_dir():
@@ -1078,12 +1084,7 @@ def _parse(argv):
             ck = ckpt_io.load_checkpoint_dict(resume)
         except (ckpt_io.CheckpointError, FileNotFoundError) as e:
             p.error(f"--resume: {e}")
-        diffs = [f"--{k} {ns[k]} but the checkpoint has {ck['model_config'][k]}"
-                 for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")
-                 if k in given and ck["model_config"][k] != ns[k]]
-        if diffs:
-            p.error("--resume: another architecture: " + "; ".join(diffs))
-        ns.update({k: ck["model_config"][k] for k in ("d_model", "n_heads", "n_layers", "ffn_hidden")})
+        _take_sizes(p, "--resume", "the checkpoint", ck["model_config"], ns, given)
         run = {**ck["model_config"], **ck.get("train_config", {}), **ck.get("world_config", {})}
         changed, unrecorded = [], []
 
@@ -1105,6 +1106,9 @@ def _parse(argv):
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = str(Path(resume).parent)
+    if ns["init_weights"] is not None:
+        model = _read_init_weights(p, ns["init_weights"])
+        _take_sizes(p, "--init_weights", ns["init_weights"], dataclasses.asdict(model.config), ns, given)
     try:
         tc = TrainConfig(**{f.name: ns[f.name] for f in dataclasses.fields(TrainConfig)})
         mc = ModelConfig(**{f.name: ns[f.name] for f in dataclasses.fields(ModelConfig)})
@@ -1151,6 +1155,26 @@ def _parse(argv):
     return tc, mc, wc, schedule, notes
 
 
+def _take_sizes(p: argparse.ArgumentParser, flag: str, source: str, sizes: Mapping, ns: Dict, given: set) -> None:
+    """The model's sizes from a checkpoint or weight file into ns; a size flag given that differs
+    is an error (the weights would not fit)."""
+    diffs = [f"--{k} {ns[k]} but {source} has {sizes[k]}" for k in SIZE_FIELDS if k in given and sizes[k] != ns[k]]
+    if diffs:
+        p.error(f"{flag}: another architecture: " + "; ".join(diffs))
+    ns.update({k: sizes[k] for k in SIZE_FIELDS})
+
+
+def _read_init_weights(p: argparse.ArgumentParser, path: str) -> TransformerPredator:
+    """The model of --init_weights, or the parser's exit 2 naming what is wrong with the file."""
+    from .export import WeightFormatError, load_model_file
+    try:
+        return load_model_file(path, " (give a model.js/.json or a checkpoint .pt)")
+    except (FileNotFoundError, WeightFormatError, ValueError) as e:   # CheckpointError is a ValueError
+        p.error(f"--init_weights: {e}")
+    except OSError as e:
+        p.error(f"--init_weights: cannot read {path}: {e.strerror or e}")
+
+
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
     cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
@@ -1175,15 +1199,22 @@ def main(argv=None) -> int:
 
 def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
     """main's training and export, in a checkpoint folder it holds the lock of."""
+    model = None
+    if tc.init_weights is not None:     # read again: the file's weights as they are now
+        model = TransformerPredator.from_config(mc)
+        model.load_state_dict(_read_init_weights(build_parser(), tc.init_weights).state_dict())
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
-        trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
-                                 verbose=True)
+        trainer = create_trainer(model=model, model_config=mc, world_config=wc, train_config=tc,
+                                 callbacks=default_callbacks(tc), verbose=True)
     except KeyboardInterrupt:
         print(f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
               f"are where they were", file=sys.stderr)
         return 130
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
+    if model is not None:    # what fine-tuning has to beat
+        print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): val MSE "
+              f"{trainer.validate():.5f} before training")
     if tc.resume:
         try:
             trainer.load_checkpoint(tc.resume)

@@ -1225,3 +1225,52 @@ def test_cli_resume_of_a_library_run_continues_to_that_runs_epochs(tmp_path, mon
     path = t.save_checkpoint(tmp_path / "c2.pt")
     tc, _, _, _ = parse_args(["--resume", str(path)])
     assert tc.epochs == 3
+
+
+def test_cli_init_weights_starts_a_new_run_from_a_weight_file(tmp_path, monkeypatch, capsys, make_model):
+    """--init_weights model.js fine-tunes the page's model: the run starts from the file's weights,
+    at the file's sizes, with epoch 1; resuming that run later needs no --init_weights again."""
+    from predlab.export import write_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    page = make_model(3, d_model=16, n_heads=2, n_layers=1, ffn_hidden=8)
+    with pytest.warns(UserWarning, match="browser"):          # not the page's sizes: written anyway
+        write_weights(page, "page.js")
+    flags = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger"]
+    assert main([*flags, "--init_weights", "page.js", "--learning_rate", "1e-12"]) == 0
+    assert "starting from the weights of page.js" in capsys.readouterr().out
+    state = ck.load_checkpoint_dict("checkpoints/checkpoint_epoch_1.pt")
+    assert state["epoch"] == 1 and state["model_config"]["d_model"] == 16
+    for name, w in page.state_dict().items():            # a learning rate of 1e-12 moves nothing visibly
+        torch.testing.assert_close(state["model"][name], w, rtol=0, atol=1e-6)
+    assert main(["--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"]) == 0
+    # without it, the same run starts from predlab's own initialisation, far from the file's weights
+    assert main([*flags, "--checkpoint_dir", "fresh", "--d_model", "16", "--n_heads", "2", "--n_layers", "1",
+                 "--ffn_hidden", "8", "--learning_rate", "1e-12"]) == 0
+    fresh = ck.load_checkpoint_dict("fresh/checkpoint_epoch_1.pt")["model"]
+    assert max(float((fresh[k] - w).abs().max()) for k, w in page.state_dict().items()) > 0.1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--init_weights", "page.js", "--resume", "page.js"], "--init_weights and --resume: give one"),
+    (["--init_weights", "page.js", "--d_model", "64"], "another architecture: --d_model 64 but page.js has 48"),
+    (["--init_weights", "missing.js"], "no such file: missing.js"),
+    (["--init_weights", "."], ". is a directory"),
+    (["--init_weights", "junk.js"], "junk.js: expected a JSON object"),
+    (["--init_weights", "junk.pt"], "not a readable torch checkpoint"),
+])
+def test_cli_init_weights_that_cannot_be_used_exit_2_before_training(tmp_path, monkeypatch, capsys, model,
+                                                                       args, message):
+    from predlab.export import write_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    write_weights(model, "page.js")
+    Path("junk.js").write_text("not weights")
+    Path("junk.pt").write_bytes(b"\x00" * 64)
+    before = _files(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "1", *TINY_FLAGS, *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "--init_weights" in err and "Traceback" not in err
+    assert _files(tmp_path) == before
