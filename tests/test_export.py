@@ -557,3 +557,17 @@ def test_export_cli_will_not_replace_a_file_that_is_no_weight_file(model, tmp_pa
     assert app.read_text() == "function main() { return 1; }\n"
     out = tmp_path / "model.js"
     assert main([str(src), "--out", str(out)]) == 0 and main([str(src), "--out", str(out)]) == 0   # its own: replaced
+
+
+def test_cli_exports_a_checkpoint_whatever_its_name(model, tmp_path, capsys):
+    """A checkpoint saved under a .js name is read as the checkpoint it is (it was read as text:
+    "not a UTF-8 text weight file")."""
+    from predlab.config import WorldConfig
+    from predlab.data import generate_episodes
+    from predlab.export import main
+    from predlab.train import SupervisedTrainer
+    data = generate_episodes(2, WorldConfig(frames=4, boids_max=6), seed=0)
+    SupervisedTrainer(model, data, data, batch_size=8).save_checkpoint(tmp_path / "saved.js")
+    assert main([str(tmp_path / "saved.js"), "--out", str(tmp_path / "model.js")]) == 0
+    for name, w in read_weights(tmp_path / "model.js").state_dict().items():
+        assert torch.equal(w, model.state_dict()[name])
