@@ -7,8 +7,10 @@ same numbers as one sequence at a time.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import threading
 from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import torch
@@ -226,6 +228,35 @@ def layer_norm(mod: nn.LayerNorm, x: Tensor) -> Tensor:
     return y.view(x.shape)
 
 
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def dropout_generator(generator: Union[torch.Generator, None]):
+    """Within this block, this thread's Dropout masks come from `generator` (None: torch's
+    default one, as outside the block): the CPU trainer's split halves, run in two threads at once, each draw from a
+    generator of their own, so a run with dropout is reproducible whichever thread draws first."""
+    old = getattr(_THREAD, "generator", None)
+    _THREAD.generator = generator
+    try:
+        yield
+    finally:
+        _THREAD.generator = old
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout, drawing from the generator dropout_generator set for this thread, if any."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        g = getattr(_THREAD, "generator", None)
+        if g is None or not self.training or self.p == 0 or g.device != x.device:
+            return super().forward(x)
+        keep = 1.0 - self.p
+        if keep <= 0:
+            return x * 0.0
+        return x * torch.empty_like(x).bernoulli_(keep, generator=g).div_(keep)
+
+
 class Block(nn.Module):
     """x = x + Attention(LN1(x)); x = x + GEGLU(LN2(x))."""
 
@@ -239,7 +270,7 @@ class Block(nn.Module):
         self.gate = nn.Linear(d, ffn_hidden)
         self.up = nn.Linear(d, ffn_hidden)
         self.down = nn.Linear(ffn_hidden, d)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, bias: Tensor, need_weights: bool = False, cls_only: bool = False):
         """x [B, T, D], bias [B, 1, 1, T] additive key mask -> (x, weights [B, H, T, T] or None).

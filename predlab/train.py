@@ -26,7 +26,7 @@ from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device
                      resolve_device, training_memory, whole_number)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
-from .model import TransformerPredator
+from .model import TransformerPredator, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
 EVAL_STREAM = 10 ** 6   # closed-loop evaluation episodes
@@ -528,15 +528,15 @@ class SupervisedTrainer:
         On a CPU, a batch of this small model is many small matrix products and elementwise
         passes that two intra-op threads share poorly; two halves of the batch, each in its own
         thread with one intra-op thread, keep both cores busy (about 15-20% more samples/s on 2
-        cores, predlab.bench). Auto (0) splits in two with 2+ threads and no dropout: dropout
-        masks drawn from two threads at once would make a run irreproducible.
+        cores, predlab.bench). Auto (0) splits in two with 2+ threads. With dropout, each part
+        draws its masks from a generator of its own, seeded from torch's default one (see
+        _split_backward), so the run stays reproducible.
         """
         if self.device.type != "cpu":
             return 1
         if self.cpu_split:
             return self.cpu_split
-        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
-        return 2 if torch.get_num_threads() >= 2 and not dropout else 1
+        return 2 if torch.get_num_threads() >= 2 else 1
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.
@@ -548,14 +548,22 @@ class SupervisedTrainer:
         B = len(batch["target"])
         bounds = [B * i // parts for i in range(parts + 1)]
         params = [p for p in self.model.parameters() if p.requires_grad]
+        # dropout: a generator per part, seeded here from torch's default generator in a fixed
+        # order (which thread draws first would otherwise decide which part gets which mask)
+        dropout = self.model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0
+                                              for m in self.model.modules())
+        gens = [torch.Generator().manual_seed(int(s)) for s in torch.randint(0, 2 ** 62, (parts,))] if dropout \
+            else [None] * parts
 
-        def part(lo: int, hi: int):
+        def part(lo: int, hi: int, gen):
             sub = {k: v[lo:hi] for k, v in batch.items()}
-            loss = F.mse_loss(self._forward(sub), sub["target"], reduction="sum") / batch["target"].numel()
-            return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+            with dropout_generator(gen):
+                loss = F.mse_loss(self._forward(sub), sub["target"], reduction="sum") / batch["target"].numel()
+                return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
         pool = _split_pool(parts)
-        results = [f.result() for f in [pool.submit(part, bounds[i], bounds[i + 1]) for i in range(parts)]]
+        futures = [pool.submit(part, bounds[i], bounds[i + 1], gens[i]) for i in range(parts)]
+        results = [f.result() for f in futures]
         for i, p in enumerate(params):
             grads = [r[1][i] for r in results if r[1][i] is not None]
             p.grad = None

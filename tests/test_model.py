@@ -368,3 +368,26 @@ def test_a_batch_of_no_samples_gives_no_actions(model, N):
         model.eval()
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     assert torch.allclose(model.forward_with_attention(_batch())[0], model(_batch()), atol=1e-6)
+
+
+def test_dropout_draws_from_the_generator_set_for_its_thread():
+    """Dropout under dropout_generator: masks follow that generator (same seed, same mask), keep
+    the expectation (scaled by 1/(1-p)), and evaluation mode or no generator is nn.Dropout."""
+    from predlab.model import Dropout, dropout_generator
+    d = Dropout(0.25).train()
+    x = torch.ones(200_000, requires_grad=True)
+    outs = []
+    for seed in (1, 1, 2):
+        with dropout_generator(torch.Generator().manual_seed(seed)):
+            outs.append(d(x))
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+    assert outs[0].unique().tolist() == [0.0, pytest.approx(1 / 0.75)]
+    assert abs(float((outs[0] == 0).float().mean()) - 0.25) < 0.01
+    outs[0].sum().backward()
+    assert torch.equal(x.grad, outs[0].detach())            # the gradient is the same scaled mask
+    torch.manual_seed(3)
+    a = d(x)
+    torch.manual_seed(3)
+    assert torch.equal(a, torch.nn.functional.dropout(x, 0.25, training=True))   # no generator: torch's own
+    with dropout_generator(torch.Generator().manual_seed(1)):
+        assert torch.equal(d.eval()(x), x)

@@ -134,15 +134,16 @@ def test_bf16_autocast_on_a_cpu_computes_the_model_and_validates_in_float32(make
     assert t.validate() == pytest.approx(val, rel=1e-6)
 
 
-def test_split_training_is_reproducible_and_restores_threads(tmp_path):
-    """Two runs with cpu_split 2 give the same bits; torch's thread count is restored after each
-    epoch; auto splits only with 2+ threads and no dropout."""
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout):
+    """Two runs with cpu_split 2 give the same bits, with dropout too; torch's thread count is
+    restored after each epoch; auto splits with 2+ threads."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         runs = []
         for _ in range(2):
-            t = _trainer(tmp_path, dropout=0.0)
+            t = _trainer(tmp_path, dropout=dropout)
             assert t.split_parts() == 2                      # auto
             split_calls = []
             split = t._split_backward
@@ -153,14 +154,46 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path):
             runs.append(t)
         for (k, a), b in zip(runs[0].model.state_dict().items(), runs[1].model.state_dict().values()):
             assert torch.equal(a, b), k
-        assert _trainer(tmp_path, dropout=0.1).split_parts() == 1
-        t = _trainer(tmp_path, dropout=0.1)
+        t = _trainer(tmp_path, dropout=dropout)
         t.cpu_split = 3
         assert t.split_parts() == 3
         torch.set_num_threads(1)
-        assert _trainer(tmp_path, dropout=0.0).split_parts() == 1
+        assert _trainer(tmp_path, dropout=dropout).split_parts() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+class _OrderedPool:
+    """Stands in for the split batch's thread pool: runs the parts of a batch in the given order
+    (the order in which two threads reach their dropout masks is up to the machine)."""
+
+    def __init__(self, reverse: bool):
+        self.reverse, self.jobs = reverse, []
+
+    def submit(self, fn, *args):
+        import concurrent.futures
+        future = concurrent.futures.Future()
+        self.jobs.append((future, fn, args))
+        if len(self.jobs) == 2:
+            for future_, fn_, args_ in (reversed(self.jobs) if self.reverse else self.jobs):
+                future_.set_result(fn_(*args_))
+            self.jobs = []
+        return future
+
+
+def test_split_training_with_dropout_does_not_depend_on_which_part_runs_first(tmp_path, monkeypatch):
+    """Each part of a split batch draws its dropout masks from a generator of its own, so the
+    run's weights are the same whichever of the two threads gets to the CPU first."""
+    import predlab.train as tr
+    runs = []
+    for reverse in (False, True):
+        monkeypatch.setattr(tr, "_split_pool", lambda parts, reverse=reverse: _OrderedPool(reverse))
+        t = _trainer(tmp_path, dropout=0.1)
+        t.cpu_split = 2
+        t.train(1)
+        runs.append(t.model.state_dict())
+    for k, a in runs[0].items():
+        assert torch.equal(a, runs[1][k]), k
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the process's threads in /proc")
