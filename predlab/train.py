@@ -863,7 +863,10 @@ class SupervisedTrainer:
     def _check_optimizer_state(self) -> None:
         """Raise ValueError naming what does not fit in the AdamW state just loaded: torch's
         load_state_dict takes any tensors, and a moment of the wrong shape crashed the fused step
-        (a segmentation fault), a NaN one or a NaN beta turned every weight into NaN."""
+        (a segmentation fault), a NaN one or a NaN beta turned every weight into NaN. Another
+        optimizer put in its place (SGD, say) keeps other settings and states: not checked."""
+        if not isinstance(self.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            return
         names = {p: n for n, p in self.model.named_parameters()}
         for i, g in enumerate(self.optimizer.param_groups):
             betas, eps, wd = g.get("betas"), g.get("eps"), g.get("weight_decay")

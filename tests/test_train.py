@@ -749,6 +749,26 @@ def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, e
     assert after["scheduler"] == before["scheduler"]
 
 
+def test_a_trainer_given_another_optimizer_loads_its_own_checkpoint(tmp_path):
+    """The checks of the AdamW state are AdamW's: a trainer whose optimizer was replaced by SGD
+    (with a schedule for it) saved and loaded checkpoints before them, and then refused its own
+    ("betas None"), undoing the load with the same error out of the undo itself."""
+    from predlab.train import WarmupCosine
+    t = _trainer(tmp_path, dropout=0.0)
+    t.optimizer = torch.optim.SGD(t.model.parameters(), lr=1e-3, momentum=0.9)
+    t.scheduler = WarmupCosine(t.optimizer, 1)
+    t.train(1)
+    path = t.save_checkpoint(tmp_path / "sgd.pt")
+    saved = {k: v.clone() for k, v in t.model.state_dict().items()}
+    with torch.no_grad():
+        for p in t.model.parameters():
+            p.zero_()
+    t.load_checkpoint(path)
+    for k, v in saved.items():
+        assert torch.equal(t.model.state_dict()[k], v), k
+    assert t.epoch == 1 and all("momentum_buffer" in s for s in t.optimizer.state.values())
+
+
 @pytest.mark.parametrize("kw, message", [({"warmup_epochs": math.nan}, "warmup_epochs"),
                                          ({"weight_decay": -1.0}, "weight_decay"),
                                          ({"min_lr_ratio": -1.0}, "min_lr_ratio"),
