@@ -937,6 +937,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     """Model, seeded episode data (fresh every epoch) and a trainer, from the config defaults.
 
     Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
+    init_weights (with no model given): the model starts from that file's weights, at its sizes.
     """
     tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
@@ -947,6 +948,16 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     if model is not None and not isinstance(model, TransformerPredator):
         raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
     mc = model.config if model is not None else as_config(ModelConfig, model_config, "model_config")
+    start = None
+    if model is None and tc.init_weights is not None:    # the file's weights and sizes; dropout model_config's
+        from .export import load_model_file
+        start = load_model_file(tc.init_weights)
+        # a size set away from ModelConfig's default, as a size flag given, has to be the file's
+        diffs = [f"{k} {getattr(mc, k)} but {tc.init_weights} has {getattr(start.config, k)}" for k in SIZE_FIELDS
+                 if getattr(mc, k) not in (getattr(start.config, k), getattr(ModelConfig, k))]
+        if diffs:
+            raise ValueError("init_weights: model_config has another architecture: " + "; ".join(diffs))
+        mc = dataclasses.replace(start.config, dropout=mc.dropout)
     mc.validate()
     device = resolve_device(tc.device, verbose=verbose)
     problem = training_memory(tc, wc, mc, device)
@@ -960,6 +971,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     torch.manual_seed(tc.seed)
     if model is None:
         model = TransformerPredator.from_config(mc)
+        if start is not None:
+            model.load_state_dict(start.state_dict())
     gen = EpisodeGenerator(wc, seed=tc.seed, num_workers=tc.num_workers, progress=tc.progress and verbose,
                            device="cpu")
     val = gen.generate(tc.val_episodes, stream=VAL_STREAM, desc="validation episodes")

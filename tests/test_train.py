@@ -1304,6 +1304,23 @@ def test_cli_init_weights_starts_a_new_run_from_a_weight_file(tmp_path, monkeypa
     assert max(float((fresh[k] - w).abs().max()) for k, w in page.state_dict().items()) > 0.1
 
 
+def test_create_trainer_with_init_weights_starts_from_the_files_weights(tmp_path, make_model):
+    """create_trainer takes TrainConfig's fields, init_weights among them: it made a fresh model
+    anyway, and the run's checkpoints named the file as where it started."""
+    from predlab.export import write_weights
+    page = make_model(3, d_model=16, n_heads=2, n_layers=1, ffn_hidden=8)
+    with pytest.warns(UserWarning, match="browser"):
+        write_weights(page, tmp_path / "page.js")
+    kw = dict(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD, eval_every=0)
+    t = create_trainer(init_weights=str(tmp_path / "page.js"), model_config=ModelConfig(dropout=0.1), **kw)
+    assert t.model.config == ModelConfig(d_model=16, n_heads=2, n_layers=1, ffn_hidden=8, dropout=0.1)
+    for name, w in page.state_dict().items():
+        torch.testing.assert_close(t.model.state_dict()[name], w, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="d_model 32 but .*page.js has 16"):
+        create_trainer(init_weights=str(tmp_path / "page.js"), model_config=ModelConfig(d_model=32, n_heads=2),
+                       **kw)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--init_weights", "page.js", "--resume", "page.js"], "--init_weights and --resume: give one"),
     (["--init_weights", "page.js", "--d_model", "64"], "another architecture: --d_model 64 but page.js has 48"),
