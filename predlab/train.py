@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import sys
 import time
 import warnings
@@ -801,7 +802,9 @@ class SupervisedTrainer:
                 "world_config": dataclasses.asdict(self.world_config),
                 # epochs: what train() was asked for (the run's length, which --resume continues to),
                 # not TrainConfig's default when the trainer was made by create_trainer in a notebook
-                "train_config": {**dataclasses.asdict(self.train_config),
+                # paths as text: a Path (init_weights=Path("model.js")) is pickled code to the weights-only loader
+                "train_config": {**{k: os.fspath(v) if isinstance(v, os.PathLike) else v
+                                    for k, v in dataclasses.asdict(self.train_config).items()},
                                  **({"epochs": self.target_epochs} if self.target_epochs else {})},
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),

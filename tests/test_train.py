@@ -1321,6 +1321,19 @@ def test_create_trainer_with_init_weights_starts_from_the_files_weights(tmp_path
                        **kw)
 
 
+def test_a_run_given_paths_as_paths_writes_checkpoints_it_can_read(tmp_path, model):
+    """init_weights=Path("model.js") (or log_dir=Path(...)) went into the checkpoint's train_config as
+    a PosixPath, which the weights-only loader refuses as pickled code: the run saved every
+    checkpoint unreadable, and found out only when resuming."""
+    from predlab.export import write_weights
+    write_weights(model, tmp_path / "page.js")
+    t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, init_weights=tmp_path / "page.js", log_dir=tmp_path / "runs")
+    state = ck.load_checkpoint_dict(t.save_checkpoint(tmp_path / "c.pt"))
+    assert state["train_config"]["init_weights"] == str(tmp_path / "page.js")
+    assert state["train_config"]["log_dir"] == str(tmp_path / "runs")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--init_weights", "page.js", "--resume", "page.js"], "--init_weights and --resume: give one"),
     (["--init_weights", "page.js", "--d_model", "64"], "another architecture: --d_model 64 but page.js has 48"),
