@@ -1226,22 +1226,30 @@ def main(argv=None) -> int:
 
 def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
     """main's training and export, in a checkpoint folder it holds the lock of."""
-    model = None
-    if tc.init_weights is not None:     # read again: the file's weights as they are now
-        model = TransformerPredator.from_config(mc)
-        model.load_state_dict(_read_init_weights(build_parser(), tc.init_weights).state_dict())
+    stopped = (f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
+               f"are where they were")
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
-        trainer = create_trainer(model=model, model_config=mc, world_config=wc, train_config=tc,
-                                 callbacks=default_callbacks(tc), verbose=True)
+        trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
+                                 verbose=True)   # reads init_weights again: the file as it is now
     except KeyboardInterrupt:
-        print(f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
-              f"are where they were", file=sys.stderr)
+        print(stopped, file=sys.stderr)
         return 130
+    except (FileNotFoundError, ValueError) as e:
+        if tc.init_weights is None:
+            raise
+        build_parser().error(f"--init_weights: {e}")   # changed on disk since parse_args read it
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
-    if model is not None:    # what fine-tuning has to beat
-        print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): val MSE "
-              f"{trainer.validate():.5f} before training")
+    start_mse = None
+    if tc.init_weights is not None:    # what fine-tuning has to beat
+        try:
+            start_mse = trainer.validate()
+            print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
+                  f"val MSE {start_mse:.5f} before training")
+        except KeyboardInterrupt:
+            trainer.train_dataset.generator.close()
+            print(stopped, file=sys.stderr)
+            return 130
     if tc.resume:
         try:
             trainer.load_checkpoint(tc.resume)
@@ -1273,6 +1281,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"saved so far are intact", file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
+    if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \
+            and trainer.best_metric >= start_mse:
+        print(f"warning: no epoch beat the weights of {tc.init_weights} (val MSE {start_mse:.5f} before training, "
+              f"{trainer.best_metric:.5f} at best): try a lower --learning_rate. The file is kept, where it was "
+              f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch:    # no epoch of this run to export
         print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "

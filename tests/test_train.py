@@ -1334,6 +1334,23 @@ def test_a_run_given_paths_as_paths_writes_checkpoints_it_can_read(tmp_path, mod
     assert state["train_config"]["log_dir"] == str(tmp_path / "runs")
 
 
+def test_cli_init_weights_warns_when_no_epoch_beats_the_file(tmp_path, monkeypatch, capsys, model):
+    """A fine-tune that only made the model worse says so at the end (the default learning rate
+    undid a trained model in the README's measurement), and says so only then."""
+    from predlab.export import write_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    write_weights(model, "page.js")
+    flags = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--init_weights", "page.js"]
+    for start, then, warned in ((0.001, 0.5, True), (0.5, 0.001, False)):
+        values = iter([start, then])
+        monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: next(values))
+        assert main([*flags, "--checkpoint_dir", f"c{start}"]) == 0
+        err = capsys.readouterr().err
+        assert ("no epoch beat the weights of page.js (val MSE 0.00100 before training, 0.50000 at best)" in err) \
+            == warned
+
+
 @pytest.mark.parametrize("args, message", [
     (["--init_weights", "page.js", "--resume", "page.js"], "--init_weights and --resume: give one"),
     (["--init_weights", "page.js", "--d_model", "64"], "another architecture: --d_model 64 but page.js has 48"),
