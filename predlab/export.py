@@ -32,6 +32,9 @@ from .model import TOKEN_TYPES, TransformerPredator
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
 SETS_PAGE_GLOBAL = r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
+# How a model.js assigns its weights: let and const too, which predlab reads (the demo refuses them: the page
+# would not see them)
+WEIGHTS_ASSIGNMENT = re.compile(rf"(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 MAX_SIZE = 2 ** 31 - 1   # a size the arrays could not have in any file: refused before shapes are compared
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
@@ -326,7 +329,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
     s = "".join(_js_to_json(piece) if is_code else piece for is_code, piece in pieces).strip()
-    m = re.match(rf"^(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*", s)
+    m = WEIGHTS_ASSIGNMENT.match(s)
     if m:
         s = s[m.end():]
     s = s.rstrip().rstrip(";").rstrip()

@@ -506,6 +506,8 @@ def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
     ("--resume", lambda t: (t / "somedir").mkdir() or t / "somedir", "is a directory"),
     ("--resume", lambda t: (t / "model.js").write_text("// predlab export\nwindow.TRANSFORMER_PARAMS = {};\n")
      and t / "model.js", "a browser weight file (model.js / model.json), not a checkpoint"),   # once "another kind"
+    ("--resume", lambda t: (t / "page.pt").write_text("const TRANSFORMER_PARAMS = {d_model: 48};\n")
+     and t / "page.pt", "a browser weight file (model.js / model.json), not a checkpoint"),   # no comment first
     ("--checkpoint_dir", lambda t: (t / "ck").mkdir() or (t / "ck" / "previous").write_text("x") and t / "ck",
      "previous exists and is not a directory"),                   # where earlier runs' files would go
     ("--checkpoint_dir", lambda t: (t / "dang").symlink_to(t / "nowhere") or t / "dang",     # tracebacks, once
