@@ -1158,6 +1158,11 @@ def _parse(argv):
             tc.num_workers = usable_cpus()
     except (TypeError, ValueError) as e:
         p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
+    unused = [f"--{k}" for k in ("dagger_start", "dagger_beta_decay", "dagger_beta_min", "dagger_buffer")
+              if k in given]
+    if unused and not tc.dagger:
+        notes.append((f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: this run "
+                      f"trains without DAgger (--no-dagger)", True))
     for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)

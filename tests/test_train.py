@@ -1376,3 +1376,14 @@ def test_cli_init_weights_that_cannot_be_used_exit_2_before_training(tmp_path, m
     err = capsys.readouterr().err
     assert message in err and "--init_weights" in err and "Traceback" not in err
     assert _files(tmp_path) == before
+
+
+def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys):
+    """--dagger_buffer with --no-dagger was silently unused."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--no-dagger", "--dagger_buffer", "1000", "--dagger_start", "3"])
+    assert "note: --dagger_start, --dagger_buffer have no effect: this run trains without DAgger" \
+        in capsys.readouterr().err
+    parse_args(["--dagger_buffer", "1000"])
+    assert "no effect" not in capsys.readouterr().err
