@@ -80,7 +80,11 @@ class Controls:
         return {k: w.value for k, w in self.widgets.items()}
 
     def set(self, **values) -> None:
-        """Set widget values (as a user would); observers fire as for a slider move."""
+        """Set widget values (as a user would); observers fire as for a slider move. TypeError
+        naming the controls there are for a name that is none of them (and nothing is set)."""
+        unknown = [k for k in values if k not in self.widgets]
+        if unknown:
+            raise TypeError(f"no control named {', '.join(map(repr, unknown))}: these are {', '.join(self.widgets)}")
         for k, v in values.items():
             self.widgets[k].value = v
 

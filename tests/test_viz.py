@@ -330,6 +330,9 @@ def test_train_controls_build_trainer_arguments():
     assert kw["trainer"]["model_config"] == ModelConfig(d_model=32, n_heads=2)
     with pytest.raises(ValueError, match="divisible"):
         widgets.train_kwargs(**{**ctl.values(), "n_heads": 5})
+    with pytest.raises(TypeError, match="no control named 'learning_rat': these are learning_rate, batch_size"):
+        ctl.set(epochs=5, learning_rat=1e-3)                 # a misspelt name, once a bare KeyError
+    assert ctl.values()["epochs"] == 3                       # and nothing was set
     b = widgets.make_train_controls().widgets["batch_size"]      # an IntSlider steps from its min:
     assert b.value == 256 and (256 - b.min) % b.step == 0          # the default stays reachable
     assert all(v % 16 == 0 for v in range(b.min, b.max + 1, b.step))
