@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import Locator, MaxNLocator
 
@@ -330,6 +331,8 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
     if ax is None:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()
+    elif not isinstance(ax, Axes):
+        raise TypeError(f"ax must be a matplotlib Axes (say plt.subplots()[1]), not {type(ax).__name__}")
     else:
         fig = ax.figure
     for i, c in enumerate(series):

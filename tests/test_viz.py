@@ -535,6 +535,8 @@ def test_train_kwargs_refuse_what_they_would_truncate_or_pass_on(kw, match):
 @pytest.mark.parametrize("call, match", [
     (lambda ro, ss, tmp, m: viz.plot_catches([ro, ro], labels=["a"]), r"labels has 1 name\(s\) for 2 episode\(s\)"),
     (lambda ro, ss, tmp, m: viz.plot_catches([ro], labels="a"), r"labels must be a list of names"),
+    (lambda ro, ss, tmp, m: viz.plot_catches([ro], ax=viz.plot_catches([ro])),       # a Figure, not its Axes
+     r"ax must be a matplotlib Axes .*, not Figure"),
     (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros((3, 2)), np.zeros((4, 2))),
      r"torch_out and js_out must both be \[B, 2\].*shapes \[3, 2\] and \[4, 2\]"),
     (lambda ro, ss, tmp, m: viz.plot_parity(np.zeros(6), np.zeros(6)), r"got shapes \[6\] and \[6\]"),
