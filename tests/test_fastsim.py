@@ -344,3 +344,14 @@ def test_rollouts_from_two_threads():
         t.join()
     for g in got:
         assert_same_samples(g, want)
+
+
+def test_a_boid_exactly_on_the_catch_radius_is_not_caught():
+    """A resting boid pushed to exactly 12.6 px from the predator survives the kernel's frame, one ulp less is caught."""
+    x = 12.44375     # a resting predator at (0, 500) pushes a resting boid here to x == 12.6 exactly
+    envs = [([[x, 500.0, 0.0, 0.0, True]], [0.0, 500.0, 0.0, 0.0], 1000.0, 1000.0),
+            ([[math.nextafter(x, 0.0), 500.0, 0.0, 0.0, True]], [0.0, 500.0, 0.0, 0.0], 1000.0, 1000.0)]
+    _, state, live = kernel_frame(world_from_lists(envs), torch.zeros(2, 2, dtype=F64))
+    assert state["pos"][0, 0, 0] == 12.6 and state["pos"][1, 0, 0] < 12.6
+    assert live.tolist() == [1, 0]
+    assert_frame_matches(world_from_lists(envs), torch.zeros(2, 2, dtype=F64))

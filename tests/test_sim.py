@@ -388,3 +388,48 @@ def test_world_random_takes_a_dict_config_and_per_episode_sizes():
     a = World.random(3, generator=torch.Generator().manual_seed(4), n_boids=7)
     b = World.random(3, generator=torch.Generator().manual_seed(4), n_boids=[7, 7, 7])
     assert torch.equal(a.pos, b.pos) and torch.equal(a.vel, b.vel)
+
+
+def test_a_boid_exactly_on_the_catch_radius_is_not_caught():
+    """SPEC.md section 3: a boid is caught when |p_b - p_pred| < 12.6, so one ending exactly 12.6 px away survives."""
+    def lone_boid(x):   # a resting boid pushed along +x by a resting predator at (0, 500)
+        return [([[x, 500.0, 0.0, 0.0, True]], [0.0, 500.0, 0.0, 0.0], 1000.0, 1000.0)]
+
+    x = 12.6
+    for _ in range(5):                                    # solve new x == 12.6 for the start x
+        x -= reference_frame(*lone_boid(x)[0][:2], 1000.0, 1000.0, (0.0, 0.0), set())[0][0][0] - 12.6
+    x = next(x + k * math.ulp(x) for k in range(-400, 400)
+             if reference_frame(*lone_boid(x + k * math.ulp(x))[0][:2], 1000.0, 1000.0, (0.0, 0.0),
+                                set())[0][0][0] == 12.6)
+    inside = x - 3 * math.ulp(x)
+    for start, caught in ((x, 0), (inside, 1)):
+        expected_boids, expected_pred, n = reference_frame(*lone_boid(start)[0][:2], 1000.0, 1000.0, (0.0, 0.0), set())
+        assert n == caught
+        world = world_from_lists(lone_boid(start))
+        assert world.step(torch.zeros(1, 2, dtype=F64)).tolist() == [caught]
+        assert_world_equals(world, [(expected_boids, expected_pred, 1000.0, 1000.0)], tol=1e-12)
+        assert (float(world.pos[0, 0, 0]) == 12.6) == (start == x)
+
+
+@pytest.mark.parametrize("W, H", [(320, 320), (3840, 2160), (320, 2160), (3840, 320)])
+def test_phone_and_4k_canvases_match_reference(W, H):
+    """50-boid flocks across the far edges of the smallest and largest canvases, frame after frame, catches included."""
+    rng = random.Random(W * 7 + H)
+    envs = []
+    for cx, cy in ((W + 5.0, H / 2), (W / 2, -5.0), (W - 2.0, H - 2.0), (3.0, 3.0)):
+        boids = [[cx + rng.gauss(0, 25), cy + rng.gauss(0, 25), rng.uniform(-4, 4), rng.uniform(-4, 4), True]
+                 for _ in range(50)]
+        envs.append((boids, [cx + rng.uniform(-15, 15), cy + rng.uniform(-15, 15), rng.uniform(-2, 2), 0.0],
+                     float(W), float(H)))
+    world = world_from_lists(envs)
+    flags, caught = set(), 0
+    for frame in range(8):
+        actions = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in envs]
+        expected = []
+        for (boids, pred, w, h), a in zip(world_to_lists(world), actions):
+            b, p, c = reference_frame(boids, pred, w, h, a, flags)
+            expected.append((b, p, w, h))
+            caught += c
+        world.step(torch.tensor(actions, dtype=F64))
+        assert_world_equals(world, expected)
+    assert caught > 0 and {"boid wrap x high", "boid wrap y low", "boid wrap x low", "boid wrap y high"} <= flags
