@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -570,7 +571,6 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
     torch.save archive, whatever its name). FileNotFoundError for a missing file or a folder
     (`what`, say " (give a checkpoint .pt ...)", ends the message of a missing one);
     WeightFormatError / CheckpointError (ValueErrors) for a file that holds no usable model."""
-    import zipfile
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "

@@ -234,8 +234,9 @@ _THREAD = threading.local()
 @contextlib.contextmanager
 def dropout_generator(generator: Union[torch.Generator, None]):
     """Within this block, this thread's Dropout masks come from `generator` (None: torch's
-    default one, as outside the block): the CPU trainer's split halves, run in two threads at once, each draw from a
-    generator of their own, so a run with dropout is reproducible whichever thread draws first."""
+    default one, as outside the block). The CPU trainer's split halves, run in two threads at
+    once, each draw from a generator of their own, so a run with dropout is reproducible
+    whichever thread draws first."""
     old = getattr(_THREAD, "generator", None)
     _THREAD.generator = generator
     try:
