@@ -781,7 +781,9 @@ class SupervisedTrainer:
         """Raise TrainingDiverged when the epoch just trained left NaN or infinity: NaN weights stay
         NaN, so the run could only save unusable checkpoints (rotating out the good ones), and a
         DAgger student with NaN actions stopped the next epoch with a traceback."""
-        bad = [name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        named = list(self.model.named_parameters())   # one device sync for all of them, not one each
+        finite = torch.stack([torch.isfinite(p).all() for _, p in named]).tolist()
+        bad = [name for (name, _), ok in zip(named, finite) if not ok]
         losses = [f"{k} {logs[k]}" for k in ("train_loss", "val_loss") if not math.isfinite(logs[k])]
         if bad or losses:
             what = f"weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold NaN or infinity" if bad \
@@ -1158,8 +1160,8 @@ def _parse(argv):
             tc.num_workers = usable_cpus()
     except (TypeError, ValueError) as e:
         p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
-    unused = [f"--{k}" for k in ("dagger_start", "dagger_beta_decay", "dagger_beta_min", "dagger_buffer")
-              if k in given]
+    unused = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)
+              if f.name.startswith("dagger_") and f.name in given]
     if unused and not tc.dagger:
         notes.append((f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: this run "
                       f"trains without DAgger (--no-dagger)", True))
