@@ -86,7 +86,7 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
-    from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, WeightFormatError, read_params, strip_comments
+    from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, strip_comments
     try:
         text = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff"), str(model)).strip()
     except (OSError, UnicodeDecodeError) as e:
@@ -98,8 +98,11 @@ def _page_problem(model: Path) -> Optional[str]:
         return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
                 f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
                 f"  python -m predlab.export {model} --out model.js")
-    if not re.match(rf"(?:{SETS_PAGE_GLOBAL})\s*=", text):
+    if not re.match(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL})\s*=", text):
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
+    if re.match(rf"{USE_STRICT}TRANSFORMER_PARAMS", text) and re.match(r"""["']use strict""", text):
+        return ('its "use strict" makes the bare `TRANSFORMER_PARAMS = ...` an error in the browser '
+                "(write `window.TRANSFORMER_PARAMS = ...`)")
     try:
         params = read_params(model)
     except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)

@@ -32,10 +32,13 @@ from .model import TOKEN_TYPES, TransformerPredator
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
-SETS_PAGE_GLOBAL = r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
+SETS_PAGE_GLOBAL = (r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
+                    r"""|(?:window|globalThis|self)\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\]""")
+# A script's "use strict" directive, which may stand before the assignment
+USE_STRICT = r"""(?:(?:"use strict"|'use strict')\s*;?\s*)?"""
 # How a model.js assigns its weights: let and const too, which predlab reads (the demo refuses them: the page
 # would not see them)
-WEIGHTS_ASSIGNMENT = re.compile(rf"(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
+WEIGHTS_ASSIGNMENT = re.compile(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 MAX_SIZE = 2 ** 31 - 1   # a size the arrays could not have in any file: refused before shapes are compared
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
@@ -326,10 +329,28 @@ def _js_to_json(code: str) -> str:
     return _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", code))
 
 
+def _json_string(token: str) -> str:
+    """A JavaScript string literal ('...' or "...") as a JSON one: quotes swapped as needed, \\' unescaped.
+    Other escapes are kept; JSON's parser names one it lacks (\\x41, say) with its line and column."""
+    out, body, i = ['"'], token[1:-1], 0
+    while i < len(body):
+        c = body[i]
+        if c == "\\" and i + 1 < len(body):
+            nxt = body[i + 1]
+            out.append("'" if nxt == "'" else c + nxt)
+            i += 2
+            continue
+        out.append('\\"' if c == '"' else c)
+        i += 1
+    out.append('"')
+    return "".join(out)
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
-    """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas) or JSON."""
+    """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas, single quotes,
+    a "use strict" line) or JSON."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
-    s = "".join(_js_to_json(piece) if is_code else piece for is_code, piece in pieces).strip()
+    s = "".join(_js_to_json(piece) if is_code else _json_string(piece) for is_code, piece in pieces).strip()
     m = WEIGHTS_ASSIGNMENT.match(s)
     if m:
         s = s[m.end():]

@@ -243,6 +243,12 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     this = tmp_path / "globalthis.js"
     this.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "globalThis.TRANSFORMER_PARAMS"))
     assert _page_problem(this) is None and read_weights(this).config == model.config
+    strict = tmp_path / "strict.js"       # the page runs a "use strict" script that sets window's property...
+    strict.write_text('"use strict";\n' + js.read_text().replace("window.TRANSFORMER_PARAMS", "window['TRANSFORMER_PARAMS']"))
+    assert _page_problem(strict) is None and read_weights(strict).config == model.config
+    strict.write_text('"use strict";\n' + js.read_text().replace("window.TRANSFORMER_PARAMS", "TRANSFORMER_PARAMS"))
+    assert "an error in the browser" in _page_problem(strict)     # ...but not one that assigns an undeclared name
+    read_weights(strict)                                          # which predlab still reads
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
     assert "'d_model': 32" in _page_problem(small)

@@ -167,6 +167,41 @@ def test_deployed_style_also_runs_in_node(model, samples, tmp_path):
     np.testing.assert_allclose(got, read_weights(path).predict(samples).double().numpy(), rtol=0, atol=1e-5)
 
 
+def strict_single_quoted_js(p: dict) -> str:
+    """The deployed style as other hand-made tooling may write it: a "use strict" line, keys in single quotes,
+    window['TRANSFORMER_PARAMS'], and a note holding both quote marks."""
+    text = deployed_style_js(p).replace("window.TRANSFORMER_PARAMS = {",
+                                        "'use strict';\nwindow['TRANSFORMER_PARAMS'] = {\n  'note': 'it\\'s \"v2\"',", 1)
+    for k in ("d_model", "cls_embedding", "type_embeddings", "ffn_gate_weight", "output_bias"):
+        text = text.replace(f"  {k}: ", f"  '{k}': ")
+    return text
+
+
+def test_reads_a_strict_single_quoted_model_js(model, tmp_path):
+    """JavaScript the page runs is read: "use strict", single-quoted keys and strings, window['...'] ="""
+    path = tmp_path / "model.js"
+    text = strict_single_quoted_js(model.export_to_javascript())
+    assert text.count("  'ffn_gate_weight': ") == 3 and "'note': 'it\\'s \"v2\"'," in text
+    path.write_text(text)
+    p = read_params(path)
+    assert p["note"] == 'it\'s "v2"'
+    ref = _round4(model.export_to_javascript())
+    for k, v in validate_params(ref).items():
+        np.testing.assert_array_equal(validate_params(p)[k], v, err_msg=k)
+    # an escape JSON lacks is named with its place, not misread
+    with pytest.raises(WeightFormatError, match=r"model.js: not a readable weight file \(Invalid \\escape at line 2"):
+        text_to_params("{'d_model': 48,\n 'note': '\\x41'}", "model.js")
+
+
+@needs_node
+def test_strict_single_quoted_style_runs_in_node(model, samples, tmp_path):
+    """...and it is JavaScript the engine runs, to the numbers predlab reads."""
+    path = tmp_path / "model.js"
+    path.write_text(strict_single_quoted_js(model.export_to_javascript()))
+    got = run_node(path, samples, tmp_path)
+    np.testing.assert_allclose(got, read_weights(path).predict(samples).double().numpy(), rtol=0, atol=1e-5)
+
+
 # ---------------------------------------------------------------------- malformed weights
 def _params(model):
     return copy.deepcopy(model.export_to_javascript())

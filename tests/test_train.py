@@ -508,6 +508,8 @@ def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
      and t / "model.js", "a browser weight file (model.js / model.json), not a checkpoint"),   # once "another kind"
     ("--resume", lambda t: (t / "page.pt").write_text("const TRANSFORMER_PARAMS = {d_model: 48};\n")
      and t / "page.pt", "a browser weight file (model.js / model.json), not a checkpoint"),   # no comment first
+    ("--resume", lambda t: (t / "strict.pt").write_text("'use strict';\nwindow['TRANSFORMER_PARAMS'] = {};\n")
+     and t / "strict.pt", "a browser weight file (model.js / model.json), not a checkpoint"),
     ("--checkpoint_dir", lambda t: (t / "ck").mkdir() or (t / "ck" / "previous").write_text("x") and t / "ck",
      "previous exists and is not a directory"),                   # where earlier runs' files would go
     ("--checkpoint_dir", lambda t: (t / "dang").symlink_to(t / "nowhere") or t / "dang",     # tracebacks, once
