@@ -386,6 +386,7 @@ def _switch_tf32(on: bool) -> Callable[[], None]:
 
 
 _SPLIT_POOL: Dict[int, ThreadPoolExecutor] = {}
+AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch thread up to this)
 
 
 def _split_pool(parts: int) -> ThreadPoolExecutor:
@@ -527,17 +528,19 @@ class SupervisedTrainer:
         """How many parts each training batch is split into (1 = not split; see cpu_split).
 
         On a CPU, a batch of this small model is many small matrix products and elementwise
-        passes that two intra-op threads share poorly; two halves of the batch, each in its own
-        thread with one intra-op thread, keep both cores busy (about 15-20% more samples/s on 2
-        cores, predlab.bench). Auto (0) splits in two with 2+ threads. With dropout, each part
-        draws its masks from a generator of its own, seeded from torch's default one (see
-        _split_backward), so the run stays reproducible.
+        passes that intra-op threads share poorly; parts of the batch, each in its own thread
+        with one intra-op thread, keep the cores busy (about 15-20% more samples/s on 2 cores,
+        predlab.bench). Auto (0) makes one part per torch thread, at most AUTO_SPLIT_MAX: each
+        part holds Python's lock for 8-15% of its time (py-spy, batch 32-128 at 50 boids), so
+        more parts would queue on it. With dropout, each part draws its masks from a generator
+        of its own, seeded from torch's default one (see _split_backward), so the run stays
+        reproducible.
         """
         if self.device.type != "cpu":
             return 1
         if self.cpu_split:
             return self.cpu_split
-        return 2 if torch.get_num_threads() >= 2 else 1
+        return max(1, min(torch.get_num_threads(), AUTO_SPLIT_MAX))
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.

@@ -159,6 +159,10 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout):
         assert t.split_parts() == 3
         torch.set_num_threads(1)
         assert _trainer(tmp_path, dropout=dropout).split_parts() == 1
+        # more cores: a part per thread (2 parts left 6 of 8 cores idle), up to AUTO_SPLIT_MAX
+        for n, parts in ((3, 3), (4, 4), (8, 4)):
+            torch.set_num_threads(n)
+            assert _trainer(tmp_path, dropout=dropout).split_parts() == parts
     finally:
         torch.set_num_threads(threads)
 
