@@ -317,15 +317,6 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def _holds_weights(path: Path) -> bool:
-    """Whether path is a JSON weight file (model.json), even an incomplete one."""
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(d, dict) and any(k in d for k in ("d_model", "cls_embedding", "layers"))
-
-
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -335,10 +326,7 @@ def main(argv=None) -> int:
         p.error(str(e))
     if a.json:
         from .export import refuse_unwritable
-        refuse_unwritable(p, "--json", a.json, replaces="json")
-        if _holds_weights(Path(a.json)):     # a JSON file, so refuse_unwritable would let it be replaced
-            p.error(f"--json: {a.json} holds model weights (a model.json); predlab will not replace it with "
-                    f"the figures: write them to another file")
+        refuse_unwritable(p, "--json", a.json, replaces="json")     # never a model.json either
     problem = episodes_memory_problem(a.episodes, WorldConfig().boids_max)
     if problem:
         p.error(f"--episodes: {problem}")

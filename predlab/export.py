@@ -448,7 +448,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     path, or None. Checked before long work, so that a run does not fail at its end.
 
     A file already at path is replaced only when it is a regular file, not read-only, and, with
-    replaces="json" or "weights", one of that kind: a typo must not wipe a source file.
+    replaces="json" or "weights", one of that kind: a typo must not wipe a source file. Figures
+    (replaces="json") never replace a model.json, though it is JSON.
     """
     if isinstance(path, str) and not path.strip():
         return "no file name given"
@@ -465,6 +466,9 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         kind = _kind_problem(path, replaces)
         if kind:
             return f"{path} exists and is not {kind}; predlab will not replace it (remove it, or write elsewhere)"
+        if replaces == "json" and _holds_weights(path):     # JSON too, but not figures to replace
+            return (f"{path} holds model weights (a model.json); predlab will not replace it with "
+                    "figures: write them to another file")
     d = path if directory else path.parent
     while not d.exists() and d != d.parent:       # the nearest folder that exists
         d = d.parent
@@ -476,6 +480,15 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     except OSError as e:
         return f"cannot write in {d}: {e.strerror or e}"
     return None
+
+
+def _holds_weights(path: Path) -> bool:
+    """Whether path is a JSON weight file (model.json), even an incomplete one."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(d, dict) and any(k in d for k in ("d_model", "cls_embedding", "layers"))
 
 
 def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:

@@ -200,3 +200,16 @@ def test_bench_json_dash_prints_the_figures(monkeypatch, capsys):
     assert bench.main(["--json", "-"]) == 0
     out = capsys.readouterr().out
     assert json.loads(out[out.index("{"):])["generate"]["samples_per_s"] == 1.0
+
+
+def test_bench_json_never_replaces_a_model_json(tmp_path, capsys, make_model):
+    """--json model.json replaced the exported weights with the bench's figures (both are JSON),
+    after the whole run."""
+    import pytest
+    from predlab.export import write_weights
+    weights = write_weights(make_model(0), tmp_path / "model.json")
+    before = weights.read_bytes()
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--json", str(weights)])
+    assert e.value.code == 2 and "model.json holds model weights" in capsys.readouterr().err
+    assert weights.read_bytes() == before
