@@ -169,6 +169,21 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
     return World.random(episodes, world_config or WorldConfig(), generator=g, device=device)
 
 
+def checked_actions(action, episodes: int, frame: int) -> Tensor:
+    """A policy's actions as they must be: a finite tensor [E, 2]; else an error naming the problem.
+
+    NaN actions stall the predator where it stands, so they would be scored as a weak policy.
+    """
+    where = f"the policy's actions at frame {frame}"
+    if not isinstance(action, Tensor):
+        raise TypeError(f"{where} are a {type(action).__name__}; a policy returns a tensor [episodes, 2]")
+    if tuple(action.shape) != (episodes, 2):
+        raise ValueError(f"{where} have shape {list(action.shape)}; a policy returns [episodes, 2] = [{episodes}, 2]")
+    if not bool(torch.isfinite(action).all()):
+        raise NonFiniteActions(f"{where} are NaN or infinite, so its catches cannot be measured")
+    return action
+
+
 @torch.no_grad()
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
@@ -191,7 +206,10 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     first = torch.full((episodes,), -1, dtype=torch.long, device=world.pos.device)
     t0 = time.perf_counter()
     for f in range(frames):
-        caught = world.step(policy(world.observe()))                                 # [E]
+        action = policy(world.observe())                                             # [E, 2]
+        if not isinstance(policy, ModelPolicy):      # a ModelPolicy checks its own actions
+            action = checked_actions(action, episodes, f)
+        caught = world.step(action)                                                  # [E]
         catches += caught
         first = torch.where((first < 0) & (caught > 0), torch.full_like(first, f), first)
     return Rollout(catches.cpu(), first.cpu(), n_start, frames, time.perf_counter() - t0)

@@ -11,7 +11,7 @@ import torch
 
 from predlab.config import WorldConfig
 from predlab.data import SampleSet
-from predlab.evaluate import ModelPolicy, catch_ratio, compare, episodes_world, load_policy, main, rollout
+from predlab.evaluate import ModelPolicy, NonFiniteActions, catch_ratio, compare, episodes_world, load_policy, main, rollout
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
@@ -268,6 +268,19 @@ def test_a_model_with_nan_actions_is_named_not_scored(model):
     logs = {}
     CatchEvaluator(every=1, episodes=3, frames=2).on_evaluate(Trainer(), 1, logs)   # training goes on
     assert math.isnan(logs["catch_ratio"]) and math.isnan(logs["neg_catch_ratio"])
+
+
+@pytest.mark.parametrize("action, error, message", [
+    (lambda E: torch.full((E, 2), float("nan")), NonFiniteActions, "at frame 0 are NaN or infinite"),
+    (lambda E: torch.zeros(3), ValueError, r"shape \[3\]; a policy returns \[episodes, 2\] = \[4, 2\]"),
+    (lambda E: [[0.0, 0.0]] * E, TypeError, "are a list; a policy returns a tensor"),
+    (lambda E: None, TypeError, "are a NoneType")])
+def test_a_callable_policy_with_unusable_actions_is_named_not_scored(action, error, message):
+    """A callable's NaN actions left the predator standing and scored 0 catches, as a weak policy;
+    a list or a wrong shape failed inside the world's step."""
+    with pytest.raises(error, match=message):
+        rollout(lambda batch: action(batch["context"].shape[0]), episodes=4, frames=3, world_config=WC)
+    assert rollout(lambda b: torch.zeros(4, 2, dtype=torch.long), episodes=4, frames=3, world_config=WC).frames == 3
 
 
 @pytest.mark.parametrize("kw", [{"episodes": -1}, {"frames": "x"}, {"every": 2.5}, {"seed": -1}, {"every": True}])
