@@ -222,6 +222,10 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     """
+    # checked here too: the teacher check below builds the episodes before rollout would name a bad value
+    episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
+    seed = whole_number("seed", seed, 0, SEED_MAX)
+    world_config = as_config(WorldConfig, world_config, "world_config")
     kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=as_device(device))
     if teacher is not None:     # the teacher's rollout of other episodes gave a wrong ratio, silently
         if not isinstance(teacher, Rollout):

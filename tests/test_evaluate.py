@@ -302,6 +302,18 @@ def test_compare_refuses_a_teacher_rollout_of_other_episodes(model):
         compare(model, episodes=4, frames=5, world_config=WC, teacher="teacher", baselines=False)
 
 
+@pytest.mark.parametrize("kw, error, message", [
+    ({"episodes": 0}, ValueError, "episodes must be a whole number >= 1"),
+    ({"episodes": 2.5}, ValueError, "episodes must be a whole number"),
+    ({"frames": float("nan")}, ValueError, "frames must be a whole number"),
+    ({"world_config": 5}, TypeError, "world_config must be a WorldConfig")])
+def test_compare_with_a_teacher_rollout_names_its_bad_arguments(teacher_run, kw, error, message):
+    """With teacher= given, a bad value was named as the world's num_envs or cfg, and a NaN
+    frames read as a teacher rollout of other episodes."""
+    with pytest.raises(error, match=message):
+        compare("random", teacher=teacher_run, baselines=False, **{**KW, **kw})
+
+
 def test_evaluate_cli_names_a_model_whose_actions_overflow(model, tmp_path, capsys):
     """Weights that are finite but huge pass the reader, and the CLI showed a traceback."""
     with torch.no_grad():
