@@ -346,7 +346,7 @@ def main(argv=None) -> int:
         device = resolve_device(a.device)
     except ValueError as e:
         p.error(str(e))
-    if a.json:
+    if a.json is not None:       # "" too: refused, not skipped
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")     # never a model.json either
     problem = episodes_memory_problem(a.episodes, WorldConfig().boids_max)
@@ -368,7 +368,7 @@ def main(argv=None) -> int:
     res["seconds"] = time.perf_counter() - t0
     print(format_table(res))
     print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
-    if a.json:
+    if a.json is not None:
         out = Path(a.json)
         from .export import atomic_write_text
         atomic_write_text(out, json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")

@@ -115,6 +115,7 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     (["."], "is a directory"),
     (["teacher", "--json", "afile/out.json"], "is a file"),     # refused before the rollouts, not after
     (["teacher", "--json", "."], "is a directory"),
+    (["teacher", "--json", ""], "no file name given"),     # was skipped: no figures written, not a word
 ])
 def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
