@@ -605,6 +605,8 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
     torch.save archive, whatever its name). FileNotFoundError for a missing file or a folder
     (`what`, say " (give a checkpoint .pt ...)", ends the message of a missing one);
     WeightFormatError / CheckpointError (ValueErrors) for a file that holds no usable model."""
+    if isinstance(path, str) and not path.strip():     # Path("") is ".", "a directory"
+        raise FileNotFoundError(f"no file name given{what}")
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "

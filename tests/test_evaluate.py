@@ -113,6 +113,7 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     (["teacher", "--seed", "-1"], "must be >= 0"),
     (["teacher", "--device", "tpu"], "unknown device"),
     (["."], "is a directory"),
+    ([""], "no file name given (give a checkpoint"),     # was ". is a directory"
     (["teacher", "--json", "afile/out.json"], "is a file"),     # refused before the rollouts, not after
     (["teacher", "--json", "."], "is a directory"),
     (["teacher", "--json", ""], "no file name given"),     # was skipped: no figures written, not a word
