@@ -101,6 +101,23 @@ def collate(samples: Sequence[Mapping], dtype=torch.float32, pad_to: Optional[in
             "boids": torch.from_numpy(boids).to(dtype), "mask": torch.from_numpy(mask)}
 
 
+class NonFiniteActions(ValueError):
+    """A policy's actions are NaN or infinite: what it drives can be neither measured nor learnt from."""
+
+
+def check_actions(action, rows: int, who: str = "the policy's actions") -> Tensor:
+    """action if it is a finite tensor [rows, 2] (one action per episode driven), else TypeError,
+    ValueError or NonFiniteActions naming `who`. NaN actions stall the predator where it stands."""
+    if not isinstance(action, Tensor):
+        raise TypeError(f"{who} are a {type(action).__name__}; a policy returns a tensor [{rows}, 2]")
+    if tuple(action.shape) != (rows, 2):
+        raise ValueError(f"{who} have shape {list(action.shape)}; a policy returns one action per episode "
+                         f"it is given: [{rows}, 2]")
+    if not bool(torch.isfinite(action).all()):
+        raise NonFiniteActions(f"{who} are NaN or infinite")
+    return action
+
+
 def to_dicts(batch: Mapping[str, Tensor]) -> List[dict]:
     """Padded batch -> browser-form dicts (live boids only, in slot order)."""
     if not isinstance(batch, Mapping):
@@ -353,7 +370,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
             target = closest_pursuit(obs["boids"], obs["mask"])                        # [G, 2]
             drive = target
             if use_student:
-                drive = torch.where(by_student[i, None], student(obs).to(target.dtype), target)
+                act = check_actions(student(obs), len(i), f"the student's actions at frame {f}")
+                drive = torch.where(by_student[i, None], act.to(target.dtype), target)
             if noise is not None:
                 drive = drive + noise[i]
             for key, v in (("context", obs["context"]), ("predator", obs["predator"]), ("boids", obs["boids"]),
@@ -446,7 +464,8 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
         drive = target.clone()
         rows = torch.from_numpy(np.flatnonzero(student_rows & (live > 0)))    # the student drives these
         if len(rows):
-            drive[rows] = student({k: v[rows] for k, v in obs.items()}).to(target.dtype)
+            act = student({k: v[rows] for k, v in obs.items()})
+            drive[rows] = check_actions(act, len(rows), f"the student's actions at frame {f}").to(target.dtype)
         if noise is not None:
             drive = drive + noise
         keep = np.flatnonzero(live > 0)                          # episodes in order

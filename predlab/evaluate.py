@@ -32,7 +32,7 @@ import torch
 
 from .config import (SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
                      memory_problem, resolve_device, whole_number)
-from .data import chunk_seed
+from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator
 from .sim import World
 from .teacher import closest_pursuit
@@ -67,10 +67,6 @@ def episodes_memory_problem(episodes: int, boids_max: int) -> Optional[str]:
     """Why `episodes` episodes of up to boids_max boids, stepped together, cannot fit in memory, or None."""
     return memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
                             episodes * episode_step_bytes(boids_max))], f"{episodes} episodes")
-
-
-class NonFiniteActions(ValueError):
-    """A model's actions are NaN or infinite: its catches cannot be measured."""
 
 
 class ModelPolicy:
@@ -169,21 +165,6 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
     return World.random(episodes, world_config or WorldConfig(), generator=g, device=device)
 
 
-def checked_actions(action, episodes: int, frame: int) -> Tensor:
-    """A policy's actions as they must be: a finite tensor [E, 2]; else an error naming the problem.
-
-    NaN actions stall the predator where it stands, so they would be scored as a weak policy.
-    """
-    where = f"the policy's actions at frame {frame}"
-    if not isinstance(action, Tensor):
-        raise TypeError(f"{where} are a {type(action).__name__}; a policy returns a tensor [episodes, 2]")
-    if tuple(action.shape) != (episodes, 2):
-        raise ValueError(f"{where} have shape {list(action.shape)}; a policy returns [episodes, 2] = [{episodes}, 2]")
-    if not bool(torch.isfinite(action).all()):
-        raise NonFiniteActions(f"{where} are NaN or infinite, so its catches cannot be measured")
-    return action
-
-
 @torch.no_grad()
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
@@ -208,7 +189,7 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     for f in range(frames):
         action = policy(world.observe())                                             # [E, 2]
         if not isinstance(policy, ModelPolicy):      # a ModelPolicy checks its own actions
-            action = checked_actions(action, episodes, f)
+            action = check_actions(action, episodes, f"the policy's actions at frame {f}")
         caught = world.step(action)                                                  # [E]
         catches += caught
         first = torch.where((first < 0) & (caught > 0), torch.full_like(first, f), first)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from predlab.data import InputError, check_batch, collate, to_dicts
+from predlab.data import InputError, NonFiniteActions, check_batch, collate, to_dicts
 from predlab.sim import World
 
 F64 = torch.float64
@@ -277,3 +277,19 @@ def test_world_ranges_stop_where_the_simulation_does(kw, message):
     assert (config.MAX_CANVAS, config.MAX_BOIDS) == (sim.MAX_CANVAS, sim.MAX_BOIDS)
     with pytest.raises(ValueError, match=message):
         generate_episodes(1, WorldConfig(frames=2, **kw))
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("action, error, message", [
+    (lambda R: torch.full((R, 2), float("nan")), NonFiniteActions, "student's actions at frame 0 are NaN"),
+    (lambda R: torch.zeros(3), ValueError, r"have shape \[3\]; a policy returns one action per episode"),
+    (lambda R: [[0.0, 0.0]] * R, TypeError, "student's actions at frame 0 are a list")])
+def test_a_student_with_unusable_actions_is_named(backend, action, error, message):
+    """A student's NaN actions gave samples of NaN boids without a word (the labels stayed finite);
+    a list or a wrong shape failed inside the frame with an error about tensor sizes."""
+    from predlab import data
+    if backend == "numba" and data.fastsim is None:
+        pytest.skip("numba is not installed")
+    with pytest.raises(error, match=message):
+        data.rollout_chunk(4, {"frames": 5, "boids_max": 5}, 0, beta=0.0, backend=backend,
+                           student=lambda batch: action(batch["context"].shape[0]))

@@ -274,7 +274,7 @@ def test_a_model_with_nan_actions_is_named_not_scored(model):
 
 @pytest.mark.parametrize("action, error, message", [
     (lambda E: torch.full((E, 2), float("nan")), NonFiniteActions, "at frame 0 are NaN or infinite"),
-    (lambda E: torch.zeros(3), ValueError, r"shape \[3\]; a policy returns \[episodes, 2\] = \[4, 2\]"),
+    (lambda E: torch.zeros(3), ValueError, r"shape \[3\]; a policy returns one action per episode it is given: \[4, 2\]"),
     (lambda E: [[0.0, 0.0]] * E, TypeError, "are a list; a policy returns a tensor"),
     (lambda E: None, TypeError, "are a NoneType")])
 def test_a_callable_policy_with_unusable_actions_is_named_not_scored(action, error, message):
