@@ -227,6 +227,7 @@ class SampleSet:
     def batch_indices(self, batch_size: int, shuffle: bool = True,
                       generator: Optional[torch.Generator] = None) -> List[Tensor]:
         """Index batches grouped by boid count (little padding), in random order when shuffling."""
+        batch_size = whole_number("batch_size", batch_size, 1)    # torch's split named neither it nor the value
         S = len(self)
         order = torch.randperm(S, generator=generator) if shuffle else torch.arange(S)
         # by boid count, random within (int32 keys: the same stable order, sorted 4x faster than int64)

@@ -293,3 +293,13 @@ def test_a_student_with_unusable_actions_is_named(backend, action, error, messag
     with pytest.raises(error, match=message):
         data.rollout_chunk(4, {"frames": 5, "boids_max": 5}, 0, beta=0.0, backend=backend,
                            student=lambda batch: action(batch["context"].shape[0]))
+
+
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("4", TypeError)])
+def test_batch_indices_names_a_bad_batch_size(batch_size, error):
+    from predlab.data import SampleSet
+    samples = SampleSet(torch.zeros(5, 2), torch.zeros(5, 2), torch.zeros(5, 1, 4), torch.ones(5, dtype=torch.long),
+                        torch.zeros(5, 2))
+    with pytest.raises(error, match="batch_size must be a whole number"):
+        samples.batch_indices(batch_size)
+    assert [len(b) for b in samples.batch_indices(2, shuffle=False)] == [2, 2, 1]
