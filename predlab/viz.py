@@ -317,8 +317,14 @@ def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
 
 def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Sequence[Rollout]],
                  labels: Optional[Sequence[str]] = None, ax=None) -> Figure:
-    """Cumulative catches against frame, one line per episode (per-frame catch counts or Rollouts)."""
-    if isinstance(catches, Rollout) or (isinstance(catches, np.ndarray) and catches.ndim == 1):
+    """Cumulative catches against frame, one line per episode (per-frame catch counts or Rollouts).
+
+    One episode may come alone: a Rollout, or its counts [T] as an array, a tensor or a list of numbers.
+    """
+    counts = isinstance(catches, (np.ndarray, Tensor)) and catches.ndim == 1
+    numbers_list = (isinstance(catches, Sequence) and not isinstance(catches, str) and len(catches) > 0
+                    and all(isinstance(c, numbers.Real) for c in catches))   # was "catches[0] ... shape []"
+    if isinstance(catches, Rollout) or counts or numbers_list:
         catches = [catches]
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
     if isinstance(labels, str):

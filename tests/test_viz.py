@@ -126,6 +126,13 @@ def test_plot_catches_is_cumulative(rollout):
     assert len(fig.axes[0].lines) == 2
 
 
+def test_plot_catches_takes_one_episode_as_a_list_or_tensor():
+    """A plain list of per-frame counts was refused as 'catches[0] must be [T], got shape []'."""
+    for one in ([0, 1, 0, 2], torch.tensor([0, 1, 0, 2]), np.array([0, 1, 0, 2])):
+        lines = viz.plot_catches(one, labels=["a"]).axes[0].lines
+        assert len(lines) == 1 and list(lines[0].get_ydata()) == [0, 1, 1, 3]
+
+
 def test_liveplot_keeps_history_and_updates_lines():
     lp = viz.LivePlot(display=False)
     for e in range(1, 4):
