@@ -67,6 +67,17 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
     return W.FloatSlider(value=float(val), min=float(lo), max=float(hi), step=step or 0.1, **common)
 
 
+def _slider_value(name: str, w: W.Widget, v):
+    """v checked against slider w's range (a log slider's ends within rounding); other widgets check their own."""
+    if isinstance(w, W.FloatLogSlider):
+        lo, hi = w.base ** w.min, w.base ** w.max
+        real_number(name, v, lo * (1 - 1e-9), hi * (1 + 1e-9))
+        return v
+    if isinstance(w, (W.IntSlider, W.FloatSlider)):
+        return _check_value(name, v, w.min, w.max, isinstance(w, W.IntSlider))
+    return v
+
+
 class Controls:
     """A named set of widgets shown as one box; values() reads them all as a dict."""
 
@@ -81,10 +92,13 @@ class Controls:
 
     def set(self, **values) -> None:
         """Set widget values (as a user would); observers fire as for a slider move. TypeError
-        naming the controls there are for a name that is none of them (and nothing is set)."""
+        naming the controls there are for a name that is none of them, and TypeError/ValueError
+        for a value a slider cannot hold (it would clamp 1000 to its max, or cut 2.5 to 2); then
+        nothing is set."""
         unknown = [k for k in values if k not in self.widgets]
         if unknown:
             raise TypeError(f"no control named {', '.join(map(repr, unknown))}: these are {', '.join(self.widgets)}")
+        values = {k: _slider_value(k, self.widgets[k], v) for k, v in values.items()}
         for k, v in values.items():
             self.widgets[k].value = v
 

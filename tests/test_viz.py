@@ -340,6 +340,14 @@ def test_train_controls_build_trainer_arguments():
     with pytest.raises(TypeError, match="no control named 'learning_rat': these are learning_rate, batch_size"):
         ctl.set(epochs=5, learning_rat=1e-3)                 # a misspelt name, once a bare KeyError
     assert ctl.values()["epochs"] == 3                       # and nothing was set
+    for name, value, error, message in [("epochs", 500, ValueError, r"epochs must be a whole number between 1 and 200"),
+                                        ("batch_size", 64.5, TypeError, "batch_size must be a whole number"),
+                                        ("learning_rate", 1.0, ValueError, "learning_rate must be between")]:
+        with pytest.raises(error, match=message):        # the slider clamped 500 to 200, cut 64.5 to 64
+            ctl.set(d_model=64, **{name: value})
+        assert ctl.values()["epochs"] == 3 and ctl.values()["d_model"] == 32
+    ctl.set(learning_rate=1e-5, epochs=200)                  # the ends themselves are fine
+    assert ctl.values()["learning_rate"] == pytest.approx(1e-5) and ctl.values()["epochs"] == 200
     b = widgets.make_train_controls().widgets["batch_size"]      # an IntSlider steps from its min:
     assert b.value == 256 and (256 - b.min) % b.step == 0          # the default stays reachable
     assert all(v % 16 == 0 for v in range(b.min, b.max + 1, b.step))
