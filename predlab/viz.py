@@ -485,9 +485,31 @@ def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
 
 
 # ---------------------------------------------------------------------- attention
+def _attention_inputs(model, batch) -> tuple:
+    """(model, batch) checked for the attention views: a model with forward_with_attention (a
+    TransformerPredator), and a padded batch (check_batch's InputError naming a bad key) or
+    browser-form dicts (one or a list), collated. A path, or a browser dict, failed with
+    AttributeError 'training' or KeyError 'mask'."""
+    from .data import check_batch, collate
+
+    if not callable(getattr(model, "forward_with_attention", None)):
+        raise TypeError(f"model must be a TransformerPredator (load a file with predlab.export.load_model_file "
+                        f"or viz.load_best_model), not {type(model).__name__}")
+    browser = isinstance(batch, Mapping) and isinstance(batch.get("context"), Mapping)
+    if browser or (isinstance(batch, Sequence) and not isinstance(batch, (str, bytes))):
+        batch = collate([batch] if browser else batch)
+    elif not isinstance(batch, Mapping):
+        raise TypeError(f"batch must be a padded batch dict (context, predator, boids, mask) or browser-form "
+                        f"dicts, not {type(batch).__name__}")
+    else:
+        check_batch(batch)
+    return model, batch
+
+
 @torch.no_grad()
 def cls_attention(model, batch: Batch) -> Tensor:
     """[CLS]'s attention over the boid tokens, every layer and head -> [B, L, H, N] (0 on padding)."""
+    model, batch = _attention_inputs(model, batch)
     p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     if p is not None:  # a model on a GPU: send the batch there, bring the weights back
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
@@ -529,6 +551,7 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Union[int,
     negative, as in Python. The teacher's target (nearest boid) is ringed in red.
     The figure's `attention_weights` attribute holds the drawn weights [n live boids].
     """
+    model, batch = _attention_inputs(model, batch)
     index = _index("index", index, batch["mask"].shape[0])
     layer, head = _layer_head(model, layer, head)
     figsize = _figsize(figsize)
@@ -558,6 +581,7 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
     """Every layer (rows) and head (columns, plus the mean of heads) for one frame, one colour scale
     per layer (a layer that puts ~1.0 on one boid would leave the others' panels one flat colour).
     A negative index counts from the end, as in Python."""
+    model, batch = _attention_inputs(model, batch)
     index = _index("index", index, batch["mask"].shape[0])
     if isinstance(cell, bool) or not isinstance(cell, numbers.Real) or not 0 < cell <= FIGSIZE_MAX / 4:
         raise ValueError(f"cell must be a panel size in (0, {FIGSIZE_MAX / 4:g}] inches, got {cell!r}")
@@ -610,6 +634,7 @@ class Agreement:
 def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
     chunk = whole_number("chunk", chunk, 1)
+    model, batch = _attention_inputs(model, batch)
     keep = batch["mask"].any(-1)
     batch = {k: batch[k][keep] for k in ("context", "predator", "boids", "mask")}
     S = int(keep.sum())

@@ -247,8 +247,9 @@ def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[
     """
     from IPython.display import display
 
-    from .viz import _index
+    from .viz import _attention_inputs, _index
 
+    model, batch = _attention_inputs(model, batch)
     B = batch["mask"].shape[0]
     cfg = model.config
     if B == 0:

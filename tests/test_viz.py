@@ -365,6 +365,26 @@ def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
     assert np.allclose(ctl.last.attention_weights, direct.attention_weights)
 
 
+def test_attention_views_name_a_wrong_model_or_batch_and_take_browser_dicts(make_model, samples):
+    """A model's path gave AttributeError 'training', a browser-form dict KeyError 'mask'."""
+    from predlab.data import InputError
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 3)
+    for call in (lambda m, b: viz.plot_attention_overlay(m, b), lambda m, b: viz.plot_attention_grid(m, b),
+                 lambda m, b: viz.attention_agreement(m, b), lambda m, b: viz.cls_attention(m, b),
+                 lambda m, b: widgets.make_attention_controls(m, b, run_now=False)):
+        with pytest.raises(TypeError, match="model must be a TransformerPredator .*, not str"):
+            call("checkpoints/best_model.pt", batch)
+        with pytest.raises(InputError, match="batch is missing key 'mask'"):
+            call(model, {k: v for k, v in batch.items() if k != "mask"})
+        with pytest.raises(TypeError, match="batch must be a padded batch dict .*, not int"):
+            call(model, 3)
+    one = to_dicts(batch)[1]
+    fig = viz.plot_attention_overlay(model, one)              # the browser's form, as predict takes it
+    assert np.allclose(fig.attention_weights, viz.plot_attention_overlay(model, batch, index=1).attention_weights)
+    assert viz.cls_attention(model, to_dicts(batch)).shape[0] == 3
+
+
 def test_attention_grid_has_every_layer_and_head(make_model, samples):
     model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
     batch = viz.sample_frames(samples, 4)
