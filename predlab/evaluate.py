@@ -161,8 +161,10 @@ class Rollout:
 def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldConfig] = None,
                    device="cpu") -> World:
     """The seeded evaluation episodes: canvas sizes and flock sizes from world_config's ranges."""
+    episodes, seed = whole_number("episodes", episodes, 1), whole_number("seed", seed, 0, SEED_MAX)
+    world_config = as_config(WorldConfig, world_config, "world_config")
     g = torch.Generator().manual_seed(chunk_seed(seed, EVAL_STREAM, 0))
-    return World.random(episodes, world_config or WorldConfig(), generator=g, device=device)
+    return World.random(episodes, world_config, generator=g, device=device)
 
 
 @torch.no_grad()

@@ -316,6 +316,16 @@ def test_compare_with_a_teacher_rollout_names_its_bad_arguments(teacher_run, kw,
         compare("random", teacher=teacher_run, baselines=False, **{**KW, **kw})
 
 
+@pytest.mark.parametrize("args, error, message", [
+    ((0, 0, None), ValueError, "episodes must be a whole number >= 1, got 0"),
+    ((4, -1, None), ValueError, "seed must be a whole number between 0 and"),    # was numpy's "expected non-negative integer"
+    ((4, 0, 5), TypeError, "world_config must be a WorldConfig")])
+def test_episodes_world_names_its_bad_arguments(args, error, message):
+    with pytest.raises(error, match=message):
+        episodes_world(*args)
+    assert episodes_world(4, 0, {"boids_max": 20}).alive.shape == (4, 20)
+
+
 def test_evaluate_cli_names_a_model_whose_actions_overflow(model, tmp_path, capsys):
     """Weights that are finite but huge pass the reader, and the CLI showed a traceback."""
     with torch.no_grad():
