@@ -730,6 +730,14 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     return model, msg
 
 
+def _browser_model(model) -> None:
+    """TypeError unless model is a TransformerPredator (a path or a state_dict gave AttributeError 'config')."""
+    from .model import TransformerPredator
+    if not isinstance(model, TransformerPredator):
+        raise TypeError(f"model must be a TransformerPredator (load a file with predlab.export.load_model_file "
+                        f"or viz.load_best_model), not {type(model).__name__}")
+
+
 def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     """model.js and model.json for the browser page in directory (what notebook 04 writes).
 
@@ -748,6 +756,7 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
                                      f"in, but {p} is a file")
                 return
 
+    _browser_model(model)
     check_folder(Path(directory))
     params = model_to_params(model)
     validate_params(params)               # before anything moves or is written
@@ -785,6 +794,7 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
     """
     from .export import write_weights
 
+    _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
     torch_out = model.predict(list(samples)).double().cpu().numpy()                # [B, 2]
     with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:

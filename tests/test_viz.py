@@ -385,6 +385,15 @@ def test_attention_views_name_a_wrong_model_or_batch_and_take_browser_dicts(make
     assert viz.cls_attention(model, to_dicts(batch)).shape[0] == 3
 
 
+def test_export_helpers_name_a_model_of_the_wrong_kind(tmp_path, model):
+    """A path or a state_dict failed with AttributeError 'str' object has no attribute 'config'."""
+    for wrong in ("checkpoints/best_model.pt", model.state_dict()):
+        for call in (lambda: viz.export_for_browser(wrong, tmp_path), lambda: viz.js_parity(wrong, [])):
+            with pytest.raises(TypeError, match="model must be a TransformerPredator .*, not (str|OrderedDict)"):
+                call()
+    assert not list(tmp_path.iterdir())
+
+
 def test_attention_grid_has_every_layer_and_head(make_model, samples):
     model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
     batch = viz.sample_frames(samples, 4)
