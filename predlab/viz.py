@@ -216,6 +216,8 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     """
     from matplotlib.animation import FuncAnimation
 
+    if not isinstance(rollout, Rollout):    # rerun_sim's (Rollout, html) pair gave AttributeError 'size'
+        raise TypeError(f"rollout must be a viz.Rollout (what record_rollout returns), not {type(rollout).__name__}")
     figsize = _figsize(figsize)
     interval = whole_number("interval", interval, 1)
     if isinstance(arrow_px, bool) or not isinstance(arrow_px, numbers.Real) or not math.isfinite(arrow_px):
@@ -655,6 +657,8 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
 
 def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
     """Bars: head-averaged agreement per layer; dots: each head; dashed: chance."""
+    if not isinstance(ag, Agreement):
+        raise TypeError(f"ag must be an Agreement (what attention_agreement returns), not {type(ag).__name__}")
     figsize = _figsize(figsize)
     L, H = ag.per_head.shape
     fig = Figure(figsize=figsize)

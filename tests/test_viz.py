@@ -394,6 +394,14 @@ def test_export_helpers_name_a_model_of_the_wrong_kind(tmp_path, model):
     assert not list(tmp_path.iterdir())
 
 
+def test_animate_and_plot_agreement_name_an_argument_of_the_wrong_kind(rollout):
+    """rerun_sim's (Rollout, html) pair given to animate_rollout failed with AttributeError 'size'."""
+    with pytest.raises(TypeError, match="rollout must be a viz.Rollout .*, not tuple"):
+        viz.animate_rollout((rollout, "<html>"))
+    with pytest.raises(TypeError, match="ag must be an Agreement .*, not dict"):
+        viz.plot_agreement({"per_head": np.zeros((1, 1))})
+
+
 def test_attention_grid_has_every_layer_and_head(make_model, samples):
     model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
     batch = viz.sample_frames(samples, 4)
