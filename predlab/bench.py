@@ -692,12 +692,17 @@ def main(argv=None) -> int:
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")
     t0 = time.perf_counter()
-    if a.gpu_only:
-        res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
-        print_gpu_table(res["gpu"])
-    else:
-        res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes)
-        print_table(res)
+    try:
+        if a.gpu_only:
+            res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
+            print_gpu_table(res["gpu"])
+        else:
+            res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes)
+            print_table(res)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the bench stopped" + (f", and {a.json} was not written" if a.json not in (None, "-")
+                                                      else ""), file=sys.stderr)
+        return 130
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")
     if a.json == "-":

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import (SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
+from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
                      memory_problem, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator
@@ -169,8 +169,12 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
 
 @torch.no_grad()
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
-            world_config: Optional[WorldConfig] = None, device="cpu") -> Rollout:
-    """Let policy drive the predator in `episodes` seeded episodes for `frames` frames."""
+            world_config: Optional[WorldConfig] = None, device="cpu", progress: Union[bool, str] = False) -> Rollout:
+    """Let policy drive the predator in `episodes` seeded episodes for `frames` frames.
+
+    progress: a bar over the frames (a string is its label)."""
+    if not isinstance(progress, (bool, str)):
+        raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)
     if policy is None:
@@ -188,23 +192,30 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     catches = torch.zeros(episodes, dtype=torch.long, device=world.pos.device)
     first = torch.full((episodes,), -1, dtype=torch.long, device=world.pos.device)
     t0 = time.perf_counter()
-    for f in range(frames):
-        action = policy(world.observe())                                             # [E, 2]
-        if not isinstance(policy, ModelPolicy):      # a ModelPolicy checks its own actions
-            action = check_actions(action, episodes, f"the policy's actions at frame {f}")
-        caught = world.step(action)                                                  # [E]
-        catches += caught
-        first = torch.where((first < 0) & (caught > 0), torch.full_like(first, f), first)
+    from tqdm.auto import tqdm
+    with tqdm(total=frames, desc=progress if isinstance(progress, str) else "rollout", unit="frame",
+              disable=not progress, leave=False) as bar:
+        for f in range(frames):
+            action = policy(world.observe())                                             # [E, 2]
+            if not isinstance(policy, ModelPolicy):      # a ModelPolicy checks its own actions
+                action = check_actions(action, episodes, f"the policy's actions at frame {f}")
+            caught = world.step(action)                                                  # [E]
+            catches += caught
+            first = torch.where((first < 0) & (caught > 0), torch.full_like(first, f), first)
+            bar.update()
     return Rollout(catches.cpu(), first.cpu(), n_start, frames, time.perf_counter() - t0)
 
 
 def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu", teacher: Optional[Rollout] = None,
-            baselines: bool = True) -> Dict:
+            baselines: bool = True, progress: bool = False) -> Dict:
     """Policy vs teacher (vs random) on the same episodes -> JSON-ready dict with catch_ratio on top.
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
+    progress: a bar over the frames of each rollout.
     """
+    if not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
     # checked here too: the teacher check below builds the episodes before rollout would name a bad value
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)
@@ -218,12 +229,12 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
         if teacher.frames != frames or teacher.n_start.shape != same.shape or not torch.equal(teacher.n_start, same):
             raise ValueError(f"teacher is a Rollout of other episodes ({teacher.catches.numel()} x {teacher.frames} "
                              f"frames, or another seed or world) than these {episodes} x {frames}")
-    mine = rollout(policy, **kw)
-    teacher = teacher or rollout("teacher", **kw)
+    mine = rollout(policy, **kw, progress=progress and "policy")
+    teacher = teacher or rollout("teacher", **kw, progress=progress and "teacher")
     out = {"catch_ratio": catch_ratio(mine, teacher), "episodes": episodes, "frames": frames, "seed": seed,
            "policy": mine.summary(), "teacher": teacher.summary()}
     if baselines:
-        rnd = rollout("random", **kw)
+        rnd = rollout("random", **kw, progress=progress and "random")
         out["random"] = rnd.summary()
         out["random_catch_ratio"] = catch_ratio(rnd, teacher)
     return out
@@ -292,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="a progress bar over each rollout's frames (default: where stderr is a terminal)")
     return p
 
 
@@ -342,11 +355,21 @@ def main(argv=None) -> int:
         p.error(msg if str(a.policy) in msg else f"{a.policy}: {msg}")
     except OSError as e:
         p.error(f"cannot read {a.policy}: {e.strerror or e}")
+    model = getattr(policy, "model", None)
+    if isinstance(model, TransformerPredator):
+        sizes = {k: getattr(model.config, k) for k in BROWSER_SIZES}
+        if sizes != BROWSER_SIZES:
+            print(f"note: {a.policy} has sizes {sizes}; the browser page runs only {BROWSER_SIZES}, and would "
+                  f"refuse these weights", file=sys.stderr)
+    progress = sys.stderr.isatty() if a.progress is None else a.progress
     t0 = time.perf_counter()
     try:
-        res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device)
+        res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device, progress=progress)
     except NonFiniteActions as e:        # weights that are finite but huge: the file reads, the actions do not
         p.error(f"{a.policy}: {e}")
+    except KeyboardInterrupt:
+        print("\ninterrupted: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
+        return 130
     res["policy_path"] = str(a.policy)
     res["seconds"] = time.perf_counter() - t0
     print(format_table(res))

@@ -213,3 +213,16 @@ def test_bench_json_never_replaces_a_model_json(tmp_path, capsys, make_model):
         bench.main(["--json", str(weights)])
     assert e.value.code == 2 and "model.json holds model weights" in capsys.readouterr().err
     assert weights.read_bytes() == before
+
+
+def test_bench_cli_ctrl_c_exits_130_with_a_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the measurements printed a traceback."""
+    from predlab import bench
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "run", stopped)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--json", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: the bench stopped" in err and f"{out} was not written" in err and not out.exists()

@@ -370,3 +370,40 @@ def test_cli_json_output_never_replaces_a_model_json(model, tmp_path, capsys, mo
     (tmp_path / "res.json").write_text('{"catch_ratio": 1.0}')     # an earlier evaluation's figures: replaced
     assert main(["teacher", "--episodes", "1", "--frames", "1", "--json", "res.json"]) == 0
     assert json.loads((tmp_path / "res.json").read_text())["episodes"] == 1
+
+
+def test_cli_ctrl_c_exits_130_with_a_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the rollouts printed a traceback."""
+    from predlab import evaluate
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(evaluate, "compare", stopped)
+    out = tmp_path / "res.json"
+    assert evaluate.main(["teacher", "--episodes", "4", "--json", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: no figures" in err and f"{out} was not written" in err and not out.exists()
+
+
+def test_cli_progress_bars_and_the_page_size_note(make_model, tmp_path, capsys):
+    """A bar per rollout with --progress (long evaluations said nothing until the end), none with
+    --no-progress; weights of sizes the page refuses are evaluated with a note saying so."""
+    from predlab.evaluate import main
+    assert main(["teacher", "--episodes", "4", "--frames", "20", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert all(f"{name}: " in err for name in ("policy", "teacher", "random")) and "frame" in err
+    assert main(["teacher", "--episodes", "4", "--frames", "20", "--no-progress"]) == 0
+    assert "frame" not in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
+    assert main([str(small), "--episodes", "4", "--frames", "20", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "'d_model': 32" in err and "would refuse these weights" in err
+    assert main([str(write_weights(make_model(0), tmp_path / "model.js")), "--episodes", "4", "--frames", "20"]) == 0
+    assert "refuse" not in capsys.readouterr().err
+
+
+def test_rollout_progress_must_be_a_flag_or_label():
+    from predlab.evaluate import rollout
+    with pytest.raises(TypeError, match="progress must be True, False or a label, not int"):
+        rollout("teacher", episodes=2, frames=2, progress=1)
