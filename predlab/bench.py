@@ -175,7 +175,7 @@ def bench_training(data: SampleSet, batch_size: int = 256, seconds: float = 6.0,
             rates.append(tr.train_epoch(pieces[k % len(pieces)])["samples_per_s"])
             k += 1
         return {"samples": len(data), "samples_per_s": max(rates), "median_samples_per_s": sorted(rates)[len(rates) // 2],
-                "mean_boids": float(data.n.float().mean())}
+                "mean_boids": float(data.n.float().mean()), "parts": tr.split_parts()}
     finally:
         torch.set_num_threads(old)
 
@@ -535,8 +535,10 @@ def print_profile(p: Dict) -> None:
 def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
         naive_steps: int = 2, batch_size: int = 256, seconds: Optional[float] = None,
         gpu: Optional[bool] = None, world: Optional[WorldConfig] = None, fixed_boids: int = 50,
-        pool_episodes: int = 128, gpu_batches=GPU_BATCHES, gpu_modes: Optional[Dict[str, Dict]] = None) -> Dict:
+        pool_episodes: int = 128, gpu_batches=GPU_BATCHES, gpu_modes: Optional[Dict[str, Dict]] = None,
+        cpu_split: int = 0) -> Dict:
     """Measure everything; returns a dict (see print_table). quick=True shortens every timing.
+    cpu_split: the trainer's cpu_split for the training figures at `threads` (0 = its auto).
 
     world / fixed_boids / pool_episodes exist so that a test can run the whole thing in seconds.
     """
@@ -563,7 +565,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     fifty = samples_with_boids(fixed_boids, train_samples // 2, world)
     for name, data in (("train_default", default), ("train_50", fifty)):
         piece = 8192 if not quick else 2048
-        r = bench_training(data, batch_size, seconds=seconds, piece=piece, threads=threads)
+        r = bench_training(data, batch_size, seconds=seconds, piece=piece, threads=threads, cpu_split=cpu_split)
         r["one_thread"] = bench_training(data, batch_size, seconds=seconds / 2, piece=piece, threads=1)["samples_per_s"]
         r["naive"] = naive_training(data, batch_size, steps=naive_steps)
         r["flop_per_sample"] = train_flops(mcfg, r["mean_boids"])
@@ -604,7 +606,8 @@ def print_table(res: Dict) -> None:
          g["naive"]["samples_per_s"], SEED_MEASURED["generate_cpu"], TARGETS["generate"])
     for key, label in (("train_default", "training, default episodes"), ("train_50", "training, 50 boids")):
         r = res[key]
-        line(f"{label} ({m['threads']} thr)", r["samples_per_s"], f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
+        parts = r.get("parts", 1)
+        line(f"{label} ({m['threads']} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"], f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
              SEED_MEASURED["train_cpu"], TARGETS[key])
     if res.get("gpu"):
         best = max((r for r in res["gpu"]["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
@@ -649,6 +652,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default 2, or 1 where this process may use one CPU)")
+    p.add_argument("--cpu_split", "--cpu-split", type=int, default=0, metavar="N",
+                   help="split each CPU training batch into N parts in threads, as predlab.train's --cpu_split "
+                        "(default 0: its auto, one part per thread up to 4; 1 = off): compare them on a machine "
+                        "of more cores, with --threads")
     p.add_argument("--gpu-only", action="store_true", help="only the GPU figures (needs a CUDA GPU)")
     p.add_argument("--gpu-batches", default=",".join(map(str, GPU_BATCHES)), metavar="B1,B2,...",
                    help=f"batch sizes of the GPU sweep (default {','.join(map(str, GPU_BATCHES))})")
@@ -672,6 +679,8 @@ def main(argv=None) -> int:
         a.threads = min(2, usable_cpus())
     elif a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
+    if a.cpu_split < 0:
+        p.error(f"--cpu_split must be >= 0, got {a.cpu_split}")
     elif a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
         print(f"note: --threads {a.threads}, but this process may use {usable_cpus()} CPU(s): measuring with "
               f"{usable_cpus()}", file=sys.stderr)
@@ -697,7 +706,7 @@ def main(argv=None) -> int:
             res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
             print_gpu_table(res["gpu"])
         else:
-            res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes)
+            res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes, cpu_split=a.cpu_split)
             print_table(res)
     except KeyboardInterrupt:
         print("\ninterrupted: the bench stopped" + (f", and {a.json} was not written" if a.json not in (None, "-")

@@ -39,6 +39,12 @@ def test_run_reports_every_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
+    # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values
+    res = bench.run(quick=True, threads=2, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8, cpu_split=3)
+    assert res["train_50"]["parts"] == res["train_default"]["parts"] == 3
+    bench.print_table(res)
+    assert "50 boids (2 thr, 3 parts)" in capsys.readouterr().out
 
 
 def test_training_memory_grows_with_the_batch():
@@ -102,6 +108,9 @@ def test_bench_cli_refuses_bad_values(capsys):
     with pytest.raises(SystemExit) as e:
         bench.main(["--threads", "0"])
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--cpu_split", "-1"])
+    assert e.value.code == 2 and "--cpu_split must be >= 0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:          # refused before the ~35 s of measuring
         bench.main(["--json", __file__ + "/b.json"])
     assert e.value.code == 2 and "--json" in capsys.readouterr().err
