@@ -520,7 +520,9 @@ class EpisodeGenerator:
         self.cfg.validate()
         self.seed = whole_number("seed", seed, 0, SEED_MAX)
         self.num_workers = whole_number("num_workers", num_workers, 0)
-        self.device, self.progress = as_device(device), progress
+        if not isinstance(progress, (bool, np.bool_)):     # progress="no" is a true string: bars shown
+            raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
+        self.device, self.progress = as_device(device), bool(progress)
         self._pool = None
 
     def _get_pool(self):

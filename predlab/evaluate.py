@@ -309,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_table(res: Mapping) -> str:
-    """Fixed-width table of the figures, one row per policy."""
+    """Fixed-width table of the figures, one row per policy (of compare's dict, or of a --json file
+    read back, where a NaN is null)."""
+    def num(v):
+        return math.nan if v is None else v
+
     cols = [("catches_per_1k", "catches/1k fr", "{:.3f}"), ("first_catch_frames", "1st catch fr", "{:.1f}"),
             ("first_catch_rate", "eps w/ catch", "{:.3f}"), ("flock_caught", "flock caught", "{:.4f}"),
             ("catches", "catches", "{:d}")]
@@ -321,7 +325,7 @@ def format_table(res: Mapping) -> str:
     lines = [f"{res['episodes']} episodes x {res['frames']} frames, seed {res['seed']} "
              f"(first catch: no catch counts as {res['frames']})", head]
     for name, s, r in rows:
-        lines.append(f"{name:8s}" + "".join(f"{fmt.format(s[k]):>15s}" for k, _, fmt in cols) + f"{r:>12.3f}")
+        lines.append(f"{name:8s}" + "".join(f"{fmt.format(num(s[k])):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
     if not res["teacher"]["catches"]:
         lines.append(f"the teacher caught no boid in these episodes, so there is no ratio: use more or longer episodes "
                      f"(--episodes, --frames)")

@@ -237,6 +237,13 @@ def test_episode_generator_generate_refuses_bad_arguments_by_name(call, error, m
             call(gen)
 
 
+def test_episode_generator_progress_must_be_a_flag():
+    """progress="no" is a true string: the bars showed."""
+    from predlab.data import EpisodeGenerator
+    with pytest.raises(TypeError, match="progress must be True or False, not str"):
+        EpisodeGenerator(progress="no")
+
+
 def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments():
     from predlab.config import WorldConfig
     from predlab.data import EpisodeGenerator, generate_episodes, rollout_chunk

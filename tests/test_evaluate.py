@@ -50,6 +50,10 @@ def test_the_table_says_when_there_is_no_ratio(teacher_run):
     table = format_table(compare("random", **kw))
     teacher_row = next(line for line in table.splitlines() if line.startswith("teacher"))
     assert teacher_row.endswith("nan") and "the teacher caught no boid" in table
+    # a --json file read back (NaN written as null) prints the same table; it was a TypeError
+    from predlab.evaluate import _nan_to_none
+    back = json.loads(json.dumps(_nan_to_none(compare("random", **kw)), allow_nan=False))
+    assert back["catch_ratio"] is None and format_table(back) == table
 
 
 def test_figures_are_consistent(teacher_run):
