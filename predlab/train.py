@@ -540,7 +540,7 @@ class SupervisedTrainer:
             return 1
         if self.cpu_split:
             return self.cpu_split
-        return max(1, min(torch.get_num_threads(), AUTO_SPLIT_MAX))
+        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX))   # threads beyond the CPUs too
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.

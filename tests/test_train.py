@@ -135,9 +135,10 @@ def test_bf16_autocast_on_a_cpu_computes_the_model_and_validates_in_float32(make
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
-def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout):
+def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout, monkeypatch):
     """Two runs with cpu_split 2 give the same bits, with dropout too; torch's thread count is
     restored after each epoch; auto splits with 2+ threads."""
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 16)   # whatever this machine has
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -163,6 +164,8 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout):
         for n, parts in ((3, 3), (4, 4), (8, 4)):
             torch.set_num_threads(n)
             assert _trainer(tmp_path, dropout=dropout).split_parts() == parts
+        monkeypatch.setattr("predlab.train.usable_cpus", lambda: 2)   # more threads than CPUs: no more parts
+        assert _trainer(tmp_path, dropout=dropout).split_parts() == 2
     finally:
         torch.set_num_threads(threads)
 
