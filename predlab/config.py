@@ -236,8 +236,8 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
     else:
         dev = torch.device(name)                         # cpu, cpu:N
     if verbose:
-        label = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        print(f"device: {dev} ({label})")
+        # the GPU's name where there is one ("device: cuda (NVIDIA H100 ...)"); "device: cpu (cpu)" said nothing
+        print(f"device: {dev} ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else f"device: {dev}")
     return dev
 
 

@@ -324,6 +324,11 @@ def test_cuda_without_gpu_is_a_clear_error():
         EpisodeGenerator(TINY_WORLD, device="cuda")      # a library call names its argument, not the CLI flag
 
 
+def test_the_device_line_names_the_device_once(capsys):
+    resolve_device("cpu", verbose=True)
+    assert capsys.readouterr().out == "device: cpu\n"        # was "device: cpu (cpu)"
+
+
 def test_device_names_are_checked_before_torch_sees_them(monkeypatch):
     """On a machine with CUDA, a malformed name ('cuda:abc') reached torch, whose RuntimeError
     named no argument; None means auto, as it did for the trainer; 'cpu:0' is a CPU."""
