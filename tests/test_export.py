@@ -158,15 +158,6 @@ def test_reads_deployed_hand_written_model_js(model, make_model, samples, tmp_pa
     assert torch.allclose(m.predict(samples), model.predict(samples), atol=0.05)
 
 
-@needs_node
-def test_deployed_style_also_runs_in_node(model, samples, tmp_path):
-    """The hand-written style is valid JavaScript for the engine, and predlab reads it to the engine's numbers."""
-    path = tmp_path / "model.js"
-    path.write_text(deployed_style_js(model.export_to_javascript()))
-    got = run_node(path, samples, tmp_path)
-    np.testing.assert_allclose(got, read_weights(path).predict(samples).double().numpy(), rtol=0, atol=1e-5)
-
-
 def strict_single_quoted_js(p: dict) -> str:
     """The deployed style as other hand-made tooling may write it: a "use strict" line, keys in single quotes,
     window['TRANSFORMER_PARAMS'], and a note holding both quote marks."""
@@ -194,10 +185,11 @@ def test_reads_a_strict_single_quoted_model_js(model, tmp_path):
 
 
 @needs_node
-def test_strict_single_quoted_style_runs_in_node(model, samples, tmp_path):
-    """...and it is JavaScript the engine runs, to the numbers predlab reads."""
+@pytest.mark.parametrize("style", [deployed_style_js, strict_single_quoted_js])
+def test_hand_written_styles_also_run_in_node(model, samples, tmp_path, style):
+    """The hand-written styles are valid JavaScript for the engine, and predlab reads them to the engine's numbers."""
     path = tmp_path / "model.js"
-    path.write_text(strict_single_quoted_js(model.export_to_javascript()))
+    path.write_text(style(model.export_to_javascript()))
     got = run_node(path, samples, tmp_path)
     np.testing.assert_allclose(got, read_weights(path).predict(samples).double().numpy(), rtol=0, atol=1e-5)
 
