@@ -336,6 +336,12 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
     for i, c in enumerate(series):
         if c.ndim != 1:
             raise ValueError(f"catches[{i}] must be per-frame catch counts [T], got shape {list(c.shape)}")
+        # counts are >= 0: a NaN or -1 drew a curve of catches that never happened
+        if c.dtype != bool and not np.issubdtype(c.dtype, np.number):
+            raise TypeError(f"catches[{i}] must be numbers of boids caught per frame, not an array of {c.dtype}")
+        bad = c[~(np.isfinite(c) & (c >= 0))]
+        if bad.size:
+            raise ValueError(f"catches[{i}] must be numbers of boids caught per frame (>= 0), found {bad[0]}")
     if ax is None:
         fig = Figure(figsize=(5, 3.2))
         ax = fig.add_subplot()

@@ -1,6 +1,8 @@
 """viz.py and widgets.py: every function the notebooks call, on small inputs, headless (Agg)."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -131,6 +133,16 @@ def test_plot_catches_takes_one_episode_as_a_list_or_tensor():
     for one in ([0, 1, 0, 2], torch.tensor([0, 1, 0, 2]), np.array([0, 1, 0, 2])):
         lines = viz.plot_catches(one, labels=["a"]).axes[0].lines
         assert len(lines) == 1 and list(lines[0].get_ydata()) == [0, 1, 1, 3]
+
+
+def test_plot_catches_names_counts_that_are_no_counts():
+    """A NaN or a -1 drew a curve of catches that never happened."""
+    for bad, found in (([0, 1, -1], "found -1"), ([0.0, math.nan], "found nan")):
+        with pytest.raises(ValueError, match=f"catches\\[0\\] must be numbers of boids caught per frame .*{found}"):
+            viz.plot_catches(bad)
+    with pytest.raises(TypeError, match="not an array of <U1"):
+        viz.plot_catches([np.array(["0", "1"])])
+    assert viz.plot_catches(np.array([False, True])).axes[0].lines[0].get_ydata()[-1] == 1   # flags count
 
 
 def test_liveplot_keeps_history_and_updates_lines():
