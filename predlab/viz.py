@@ -149,6 +149,10 @@ class Rollout:
     def batch(self, frames: Union[int, Sequence[int], None] = None) -> Batch:
         """The model's input batch for the given frame(s) (all by default): boids [B, N, 4], mask [B, N]."""
         idx = np.arange(len(self)) if frames is None else np.atleast_1d(np.asarray(frames))
+        if idx.size == 0 or idx.dtype == bool or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"frames must be a frame number or a non-empty list of them, not {frames!r}")
+        if ((idx < -len(self)) | (idx >= len(self))).any():
+            raise IndexError(f"frames {frames!r}: this rollout has frames 0..{len(self) - 1}")
         return {"context": torch.from_numpy(self.obs["context"][idx]).float(),
                 "predator": torch.from_numpy(self.obs["predator"][idx]).float(),
                 "boids": torch.from_numpy(self.obs["boids"][idx]).float(),

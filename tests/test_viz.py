@@ -59,6 +59,12 @@ def test_record_rollout_shapes_and_teacher(rollout):
     assert np.allclose(rollout.action, rollout.teacher)          # the teacher drove
     b = rollout.batch([0, 5])
     assert b["boids"].shape == (2, N, 4) and b["mask"].dtype == torch.bool
+    assert rollout.batch(-1)["boids"].shape == (1, N, 4) and rollout.batch()["boids"].shape == (T, N, 4)
+    for bad, error, message in ((1.5, TypeError, "frames must be a frame number"),   # numpy's IndexError once
+                                ([], TypeError, "non-empty list"), (True, TypeError, "frame number"),
+                                (6, IndexError, "this rollout has frames 0..5")):
+        with pytest.raises(error, match=message):
+            rollout.batch(bad)
     again = viz.record_rollout(frames=6, n_boids=7, width=320, height=240, seed=1)
     assert np.array_equal(again.pos, rollout.pos)                # seeded
 
