@@ -679,12 +679,12 @@ def main(argv=None) -> int:
         a.threads = min(2, usable_cpus())
     elif a.threads < 1:
         p.error(f"--threads must be >= 1, got {a.threads}")
-    if a.cpu_split < 0:
-        p.error(f"--cpu_split must be >= 0, got {a.cpu_split}")
     elif a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
         print(f"note: --threads {a.threads}, but this process may use {usable_cpus()} CPU(s): measuring with "
               f"{usable_cpus()}", file=sys.stderr)
         a.threads = usable_cpus()
+    if a.cpu_split < 0:
+        p.error(f"--cpu_split must be >= 0, got {a.cpu_split}")
     try:
         batches = tuple(int(b) for b in a.gpu_batches.split(","))
     except ValueError:

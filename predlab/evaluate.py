@@ -192,12 +192,15 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     catches = torch.zeros(episodes, dtype=torch.long, device=world.pos.device)
     first = torch.full((episodes,), -1, dtype=torch.long, device=world.pos.device)
     t0 = time.perf_counter()
+    # a callable of the user's is checked each frame; a ModelPolicy checks its own actions, and the
+    # teacher's and random ones are finite [E, 2] (no per-frame device sync for them on a GPU)
+    check = not (isinstance(policy, (ModelPolicy, RandomPolicy)) or policy is teacher_policy)
     from tqdm.auto import tqdm
     with tqdm(total=frames, desc=progress if isinstance(progress, str) else "rollout", unit="frame",
               disable=not progress, leave=False) as bar:
         for f in range(frames):
             action = policy(world.observe())                                             # [E, 2]
-            if not isinstance(policy, ModelPolicy):      # a ModelPolicy checks its own actions
+            if check:
                 action = check_actions(action, episodes, f"the policy's actions at frame {f}")
             caught = world.step(action)                                                  # [E]
             catches += caught

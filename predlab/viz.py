@@ -497,6 +497,12 @@ def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
 
 
 # ---------------------------------------------------------------------- attention
+def _not_a_model(model) -> TypeError:
+    """The error for a model argument that is a path, a state_dict or the like."""
+    return TypeError(f"model must be a TransformerPredator (load a file with predlab.export.load_model_file "
+                     f"or viz.load_best_model), not {type(model).__name__}")
+
+
 def _attention_inputs(model, batch) -> tuple:
     """(model, batch) checked for the attention views: a model with forward_with_attention (a
     TransformerPredator), and a padded batch (check_batch's InputError naming a bad key) or
@@ -505,8 +511,7 @@ def _attention_inputs(model, batch) -> tuple:
     from .data import check_batch, collate
 
     if not callable(getattr(model, "forward_with_attention", None)):
-        raise TypeError(f"model must be a TransformerPredator (load a file with predlab.export.load_model_file "
-                        f"or viz.load_best_model), not {type(model).__name__}")
+        raise _not_a_model(model)
     browser = isinstance(batch, Mapping) and isinstance(batch.get("context"), Mapping)
     if browser or (isinstance(batch, Sequence) and not isinstance(batch, (str, bytes))):
         batch = collate([batch] if browser else batch)
@@ -748,8 +753,7 @@ def _browser_model(model) -> None:
     """TypeError unless model is a TransformerPredator (a path or a state_dict gave AttributeError 'config')."""
     from .model import TransformerPredator
     if not isinstance(model, TransformerPredator):
-        raise TypeError(f"model must be a TransformerPredator (load a file with predlab.export.load_model_file "
-                        f"or viz.load_best_model), not {type(model).__name__}")
+        raise _not_a_model(model)
 
 
 def export_for_browser(model, directory: Union[str, Path]) -> Dict:
