@@ -488,6 +488,11 @@ def _holds_weights(path: Path) -> bool:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
+    return _looks_like_weights(d)
+
+
+def _looks_like_weights(d) -> bool:
+    """Whether a parsed object is a weight dict, even an incomplete one (not any JSON object)."""
     return isinstance(d, dict) and any(k in d for k in ("d_model", "cls_embedding", "layers"))
 
 
@@ -501,9 +506,12 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
             return None
         if replaces == "json":
             json.loads(text)
-        else:
-            text_to_params(text, str(path))
-        return None
+            return None
+        # package.json or a file of figures parses too: only a weight file, even a broken one or a
+        # placeholder (`window.TRANSFORMER_PARAMS = {};`, `{}`), is replaced
+        params = text_to_params(text, str(path))
+        assigns = WEIGHTS_ASSIGNMENT.match(strip_comments(text.lstrip("\ufeff")).lstrip())
+        return None if not params or _looks_like_weights(params) or assigns else "a weight file"
     except (OSError, UnicodeDecodeError, ValueError):    # WeightFormatError and JSONDecodeError too
         return "a JSON file" if replaces == "json" else "a weight file"
 

@@ -598,3 +598,29 @@ def test_cli_exports_a_checkpoint_whatever_its_name(model, tmp_path, capsys):
     assert main([str(tmp_path / "saved.js"), "--out", str(tmp_path / "model.js")]) == 0
     for name, w in read_weights(tmp_path / "model.js").state_dict().items():
         assert torch.equal(w, model.state_dict()[name])
+
+
+@pytest.mark.parametrize("name, text", [("package.json", '{"name": "my-page", "version": "1.0.0"}\n'),
+                                        ("results.json", '{"catch_ratio": 0.99, "episodes": 500}\n'),
+                                        ("settings.js", "{ theme: 'dark', }\n")])
+def test_export_cli_will_not_replace_a_json_object_that_holds_no_weights(model, tmp_path, capsys, name, text):
+    """Any JSON object passed for a weight file: `--out package.json` (or evaluate's figures)
+    was overwritten with the weights."""
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    out = tmp_path / name
+    out.write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(out)])
+    assert e.value.code == 2 and f"{name} exists and is not a weight file" in capsys.readouterr().err
+    assert out.read_text() == text
+    broken = tmp_path / "model.json"       # a weight file, even one the browser would refuse, is replaced
+    broken.write_text('{"d_model": 48, "cls_embedding": [NaN]}')
+    assert main([str(src), "--out", str(broken)]) == 0
+    assert read_params(broken)["d_model"] == 48
+    placeholder = tmp_path / "model.js"    # and so is a page's empty one
+    placeholder.write_text("/* to be trained */\nwindow.TRANSFORMER_PARAMS = {};\n")
+    assert main([str(src), "--out", str(placeholder)]) == 0
+    assert read_params(placeholder)["d_model"] == 48
+    (tmp_path / "empty.json").write_text("{}\n")
+    assert main([str(src), "--out", str(tmp_path / "empty.json")]) == 0
