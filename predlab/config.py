@@ -181,7 +181,12 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be a number, got {v!r}")
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             continue
-        if not math.isfinite(float(v)):                  # numpy's floats too
+        try:
+            finite = math.isfinite(float(v))             # numpy's floats too
+        except OverflowError:                            # an int past float's range (1.8e308)
+            raise ValueError(f"{f.name} must be a finite number, got an integer of 309 digits or more "
+                             "(beyond a float's range)") from None
+        if not finite:
             raise ValueError(f"{f.name} must be a finite number, got {v}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if lo is not None and v < lo:

@@ -430,6 +430,7 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
     (["--learning_rate", "0"], "must be > 0"),                 # once a traceback after the validation episodes
     (["--seed", "99999999999999999999"], "must be <= 9223372036854775807"),   # once an overflow in torch
     (["--boids_min", "10001", "--boids_max", "10001"], "must be <= 10000"),   # once a traceback from World.random
+    (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
