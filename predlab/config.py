@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import math
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -157,6 +158,12 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError naming the field when a value is out of range."""
         _check_min(self)
+        if not isinstance(self.device, str):     # re.fullmatch's TypeError named no field
+            raise ValueError(f"device must be a name such as 'cpu', 'cuda' or 'auto', got {self.device!r}")
+        for name in ("checkpoint_dir", "log_dir", "resume", "init_weights"):
+            v = getattr(self, name)
+            if not isinstance(v, (str, os.PathLike)) and not (v is None and name in ("resume", "init_weights")):
+                raise ValueError(f"{name} must be a path, got {v!r}")
         _check_device_string(self.device)
         if self.select_best_by not in ("val_loss", "catch_ratio"):
             raise ValueError(f"select_best_by must be val_loss or catch_ratio, got {self.select_best_by!r}")

@@ -5,6 +5,7 @@ import json
 import math
 import shutil
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -1124,6 +1125,21 @@ def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
         create_trainer(world_config={"frames": "ten"}, verbose=False)
     with pytest.raises(TypeError, match="model must be a TransformerPredator, not str"):
         create_trainer(model="best_model.pt", verbose=False)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("device", 0, "device must be a name such as 'cpu', 'cuda' or 'auto', got 0"),
+    ("init_weights", 5, "init_weights must be a path, got 5"),
+    ("resume", b"ck.pt", "resume must be a path, got b'ck.pt'"),
+    ("checkpoint_dir", None, "checkpoint_dir must be a path, got None")])
+def test_train_config_names_a_device_or_path_of_the_wrong_type(field, value, message):
+    """device=0 gave 'expected string or bytes-like object, got 'int'' and init_weights=5 'expected
+    str, bytes or os.PathLike object, not int': neither named the argument."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(**{field: value}).validate()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_trainer(train_config={field: value}, verbose=False)
+    TrainConfig(init_weights=Path("page.js"), log_dir=Path("runs"), resume=None).validate()   # paths and None: fine
 
 
 def test_a_trainer_trained_again_after_another_run_in_its_folder_moves_that_runs_files(tmp_path):
