@@ -330,9 +330,9 @@ def as_config(cls, value, name: str):
 def from_dict(cls, d: dict):
     """Build a config from a dict, refusing unknown keys with a message naming them."""
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
+    unknown = sorted((k for k in d if k not in names), key=str)   # keys of any type: 1 or None too
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
+        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(map(str, unknown))}")
     return cls(**d)
 
 

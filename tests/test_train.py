@@ -1121,6 +1121,8 @@ def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
         create_trainer(world_config=[10], verbose=False)
     with pytest.raises(ValueError, match="unknown WorldConfig fields: framez"):
         create_trainer(world_config={"framez": 10}, verbose=False)
+    with pytest.raises(ValueError, match="unknown WorldConfig fields: 1, framez"):   # once a TypeError from sorted
+        create_trainer(world_config={"framez": 10, 1: 2}, verbose=False)
     with pytest.raises(ValueError, match="frames must be a whole number"):
         create_trainer(world_config={"frames": "ten"}, verbose=False)
     with pytest.raises(TypeError, match="model must be a TransformerPredator, not str"):
