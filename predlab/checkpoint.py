@@ -62,11 +62,16 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     try:   # torch.load does not check the archive's CRCs: bytes changed on disk would load silently
         with zipfile.ZipFile(path) as z:
             broken = z.testzip()
+            names = z.namelist()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
     if broken is not None:
         raise CheckpointError(f"{path}: damaged: {broken} in the archive fails its CRC check "
                               "(the file changed on disk since it was written)")
+    if any(n.endswith("/constants.pkl") for n in names):
+        # torch.load warned, then advised loading it with weights_only=False: TorchScript runs code of its own
+        raise CheckpointError(f"{path}: a TorchScript model (torch.jit.save), not a predlab checkpoint; predlab "
+                              "never runs its code (it reads checkpoints that predlab.train writes)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +264,18 @@ def test_checkpoint_refuses_pickle_code(tmp_path):
     assert "(it names posix.system)" in msg or "(it names nt.system)" in msg   # names what was refused
     assert "\x1b" not in msg and "False" not in msg   # no terminal codes, no advice to load it unsafely
     assert "add_safe_globals" not in msg          # nor torch's advice to allow it
+
+
+def test_a_torchscript_model_is_named_as_such_and_never_run(tmp_path):
+    """Another project's TorchScript .pt gave torch's warning and its advice to load it with
+    weights_only=False."""
+    path = tmp_path / "scripted.pt"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # torch's "looks like a TorchScript archive" warning
+        with pytest.raises(ck.CheckpointError, match="a TorchScript model .*not a predlab checkpoint") as err:
+            ck.load_checkpoint_dict(path)
+    assert "False" not in str(err.value)
 
 
 def test_checkpoint_refuses_other_architecture_and_foreign_files(tmp_path):
