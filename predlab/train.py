@@ -732,7 +732,10 @@ class SupervisedTrainer:
                 "samples_per_s": len(data) / max(dt, 1e-9), "epoch_time": dt}
 
     def train(self, num_epochs: int, early_stopping_patience: int = 0) -> List[Dict[str, float]]:
-        """Train until epoch num_epochs (counting epochs already done); returns the metric history."""
+        """Train until epoch num_epochs (counting epochs already done); returns the metric history.
+
+        early_stopping_patience: stop after that many epochs without improvement, in this call only
+        (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks)."""
         if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
             raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}")
         early_stopping_patience = whole_number("early_stopping_patience", early_stopping_patience, 0)
@@ -745,7 +748,8 @@ class SupervisedTrainer:
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
         if early_stopping_patience and not any(isinstance(c, EarlyStopping) for c in callbacks):
-            callbacks.append(EarlyStopping(early_stopping_patience))
+            # this call's only: kept in self.callbacks, it stopped later calls given another patience or none
+            callbacks = [*callbacks, EarlyStopping(early_stopping_patience)]
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False)
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun

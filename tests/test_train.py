@@ -247,6 +247,19 @@ def test_early_stopping_stops(tmp_path):
     assert t.epoch == 3 and t.bad_epochs == 2
 
 
+def test_early_stopping_patience_holds_for_its_own_train_call_only(tmp_path):
+    """The EarlyStopping that train(N, early_stopping_patience=2) added stayed among the trainer's
+    callbacks: a later train() given no patience, or a larger one, stopped again after one epoch."""
+    t = _trainer(tmp_path)
+    t.min_delta = 10.0  # nothing after the first epoch counts as an improvement
+    t.train(10, early_stopping_patience=2)
+    assert t.epoch == 3
+    t.train(5)
+    assert t.epoch == 5
+    t.train(20, early_stopping_patience=3)
+    assert t.epoch == 6 and t.bad_epochs == 5     # the count goes on; the patience is this call's
+
+
 def test_checkpoint_refuses_pickle_code(tmp_path):
     """A checkpoint that needs pickle to load is refused and nothing from it runs."""
     marker = tmp_path / "ran"
