@@ -422,7 +422,7 @@ class SupervisedTrainer:
         # the same types and bounds as the CLI's flags, named as they are there
         TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
-                    min_delta=min_delta, seed=seed).validate()
+                    min_delta=min_delta, seed=seed, cpu_split=cpu_split).validate()
         for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             if isinstance(data, SampleSet):
                 data.check(name)
@@ -443,8 +443,6 @@ class SupervisedTrainer:
                                            fused=fused)
         self.autocast = autocast  # bf16 autocast of the forward pass (GPU speed; the loss stays float32)
         self.tf32 = bool(tf32) and self.device.type == "cuda"   # TF32 products in training steps (GPU only)
-        if cpu_split < 0:
-            raise ValueError(f"cpu_split must be >= 0, got {cpu_split}")
         self.cpu_split = cpu_split
         # CUDA graphs: one captured training step per batch shape, replayed (GPU only)
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"

@@ -819,7 +819,10 @@ def test_a_trainer_given_another_optimizer_loads_its_own_checkpoint(tmp_path):
                                          ({"min_delta": math.nan}, "min_delta"),
                                          ({"batch_size": 2.5}, "batch_size must be a whole number"),
                                          ({"learning_rate": True}, "learning_rate must be a number"),
-                                         ({"learning_rate": np.float32("inf")}, "learning_rate must be a finite")])
+                                         ({"learning_rate": np.float32("inf")}, "learning_rate must be a finite"),
+                                         ({"cpu_split": 2.5}, "cpu_split must be a whole number"),
+                                         ({"cpu_split": "2"}, "cpu_split must be a whole number"),
+                                         ({"cpu_split": -1}, "cpu_split must be >= 0")])
 def test_trainer_arguments_are_checked_like_the_cli_flags(tmp_path, kw, message):
     t = _trainer(tmp_path)
     with pytest.raises(ValueError, match=message):
