@@ -734,8 +734,7 @@ class SupervisedTrainer:
 
         early_stopping_patience: stop after that many epochs without improvement, in this call only
         (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks)."""
-        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-            raise ValueError(f"num_epochs must be a whole number >= 1, got {num_epochs!r}")
+        num_epochs = whole_number("num_epochs", num_epochs, 1)    # numpy's integers too, as plain ints
         early_stopping_patience = whole_number("early_stopping_patience", early_stopping_patience, 0)
         if num_epochs <= self.epoch:      # a notebook cell run again after its run finished, say
             warnings.warn(f"train({num_epochs}): this trainer has already trained {self.epoch} epoch(s), so there "

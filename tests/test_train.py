@@ -833,6 +833,11 @@ def test_bad_training_data_and_epoch_counts_are_named(tmp_path):
     t = _trainer(tmp_path)
     with pytest.raises(ValueError, match="num_epochs must be a whole number"):
         t.train(2.5)
+    with pytest.raises(ValueError, match="num_epochs must be a whole number >= 1, got 0"):
+        t.train(0)
+    t.train(np.int64(1))      # a count from numpy ("got np.int64(1)" said it was no whole number)
+    assert t.epoch == 1 and type(torch.load(t.save_checkpoint(tmp_path / "c.pt"), weights_only=True)
+                                 ["train_config"]["epochs"]) is int
     s = t.val_dataset
     nan = SampleSet(s.context, s.predator, s.boids.clone(), s.n, s.target)
     nan.boids[0, 0, 0] = float("nan")
