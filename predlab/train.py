@@ -1329,7 +1329,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         if interrupted:
             saved = {Checkpointer._epoch_of(q): q for q in Path(tc.checkpoint_dir).glob("checkpoint_epoch_*.pt")
                      if 0 <= Checkpointer._epoch_of(q) <= trainer.epoch and not checkpointer.is_earlier_runs(q)}
-            saved.setdefault(int(ckpt_io.load_checkpoint_dict(trainer.resumed_from)["epoch"]), trainer.resumed_from)
+            if not saved:     # none of this run's yet; once there is, --keep_checkpoints may have pruned this one
+                saved[int(ckpt_io.load_checkpoint_dict(trainer.resumed_from)["epoch"])] = trainer.resumed_from
             epoch = max(saved)
             model = ckpt_io.load_model(saved[epoch])
         print(f"{ended}; no epoch of this run beat the best "

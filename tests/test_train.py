@@ -984,6 +984,34 @@ def test_ctrl_c_in_a_resumed_run_exports_a_finished_epoch(tmp_path, monkeypatch,
         assert torch.equal(a, b)
 
 
+def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpoint_it_resumed(tmp_path,
+                                                                                               monkeypatch, capsys):
+    """--keep_checkpoints had removed the checkpoint the run resumed from: a Ctrl-C then ended in a
+    FileNotFoundError traceback from the export, which read that file, and wrote no model.js."""
+    from predlab.export import read_weights
+    from predlab.train import main
+    first = _trainer(tmp_path)
+    first.train(2)
+    first.best_metric = -1.0                   # nothing can beat it: no best_model.pt in the folder
+    first.save_checkpoint(tmp_path / "ck" / "checkpoint_epoch_2.pt")
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_4(self, data):
+        if self.epoch == 3:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "6", "--resume", "ck/checkpoint_epoch_2.pt", "--keep_checkpoints", "1", "--no-dagger",
+                 "--eval_every", "0", *TINY_FLAGS]) == 130
+    assert "exporting the model of epoch 3" in capsys.readouterr().out
+    assert not (tmp_path / "ck" / "checkpoint_epoch_2.pt").exists()
+    exported, saved = read_weights("ck/model.js"), ck.load_model("ck/checkpoint_epoch_3.pt")
+    for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys):
     from predlab.train import main
     first = _trainer(tmp_path)
