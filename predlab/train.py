@@ -419,6 +419,14 @@ class SupervisedTrainer:
                  callbacks: Sequence[Callback] = (), world_config: Optional[WorldConfig] = None,
                  train_config: Optional[TrainConfig] = None, autocast: bool = False, cpu_split: int = 0,
                  cuda_graphs: bool = True, tf32: bool = False):
+        # of the wrong kind, each failed later with an AttributeError ('NoneType' object has no attribute 'check')
+        if not isinstance(model, TransformerPredator):
+            raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        if not (isinstance(train_dataset, SampleSet) or callable(getattr(train_dataset, "for_epoch", None))):
+            raise TypeError(f"train_dataset must be a SampleSet or have for_epoch(epoch, trainer) (an EpisodeSource, "
+                            f"say), not {type(train_dataset).__name__}")
+        if not isinstance(val_dataset, SampleSet):
+            raise TypeError(f"val_dataset must be a SampleSet, not {type(val_dataset).__name__}")
         # the same types and bounds as the CLI's flags, named as they are there
         TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,

@@ -829,6 +829,19 @@ def test_trainer_arguments_are_checked_like_the_cli_flags(tmp_path, kw, message)
         SupervisedTrainer(t.model, t.train_dataset, t.val_dataset, device="cpu", **kw)
 
 
+@pytest.mark.parametrize("which, value, message", [
+    ("model", "model.js", "model must be a TransformerPredator, not str"),
+    ("train_dataset", [1, 2], "train_dataset must be a SampleSet or have for_epoch.*not list"),
+    ("val_dataset", None, "val_dataset must be a SampleSet, not NoneType")])
+def test_trainer_arguments_of_the_wrong_kind_are_named(tmp_path, which, value, message):
+    """Each was taken, and failed later with an AttributeError ('NoneType' object has no attribute
+    'check'), the datasets only once train() was called."""
+    t = _trainer(tmp_path)
+    args = {"model": t.model, "train_dataset": t.train_dataset, "val_dataset": t.val_dataset, which: value}
+    with pytest.raises(TypeError, match=message):
+        SupervisedTrainer(**args, device="cpu")
+
+
 def test_bad_training_data_and_epoch_counts_are_named(tmp_path):
     t = _trainer(tmp_path)
     with pytest.raises(ValueError, match="num_epochs must be a whole number"):
