@@ -954,7 +954,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     """Model, seeded episode data (fresh every epoch) and a trainer, from the config defaults.
 
     Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
-    init_weights (with no model given): the model starts from that file's weights, at its sizes.
+    init_weights: the model starts from that file's weights, at its sizes (not with model= too).
     """
     tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
@@ -964,6 +964,9 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     wc.validate()
     if model is not None and not isinstance(model, TransformerPredator):
         raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+    if model is not None and tc.init_weights is not None:   # the file was ignored, yet recorded as the start
+        raise ValueError(f"model and init_weights={str(tc.init_weights)!r}: give one (init_weights builds the model "
+                         f"from that file's weights; or load them into your model yourself)")
     mc = model.config if model is not None else as_config(ModelConfig, model_config, "model_config")
     start = None
     if model is None and tc.init_weights is not None:    # the file's weights and sizes; dropout model_config's

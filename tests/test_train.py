@@ -1202,6 +1202,9 @@ def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
         create_trainer(world_config={"frames": "ten"}, verbose=False)
     with pytest.raises(TypeError, match="model must be a TransformerPredator, not str"):
         create_trainer(model="best_model.pt", verbose=False)
+    # the file was ignored for the model given, and recorded in its checkpoints as where the run started
+    with pytest.raises(ValueError, match="model and init_weights='page.js': give one"):
+        create_trainer(model=TransformerPredator(), init_weights="page.js", verbose=False)
 
 
 @pytest.mark.parametrize("field, value, message", [
