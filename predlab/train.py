@@ -1204,6 +1204,16 @@ def _parse(argv):
     return tc, mc, wc, schedule, notes
 
 
+def _measure_changed(ck: Mapping, tc: TrainConfig, wc: WorldConfig, monitor: str) -> List[str]:
+    """The flags (as --name) whose values differ from the checkpoint's run and change the episodes the
+    best model is chosen on: the validation set's for val_loss, the catch evaluation's for catch_ratio."""
+    run = {**ck.get("train_config", {}), **ck.get("world_config", {})}
+    names = [f.name for f in dataclasses.fields(WorldConfig)] + ["seed"] + (
+        ["eval_episodes", "eval_frames"] if monitor == "neg_catch_ratio" else ["val_episodes"])
+    now = {**dataclasses.asdict(tc), **dataclasses.asdict(wc)}
+    return [f"--{k}" for k in names if k in run and run[k] != now[k]]
+
+
 def _take_sizes(p: argparse.ArgumentParser, flag: str, source: str, sizes: Mapping, ns: Dict, given: set) -> None:
     """The model's sizes from a checkpoint or weight file into ns; a size flag given that differs
     is an error (the weights would not fit)."""
@@ -1274,16 +1284,21 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             return 130
     if tc.resume:
         try:
-            trainer.load_checkpoint(tc.resume)
+            ck = trainer.load_checkpoint(tc.resume)
         except ckpt_io.CheckpointError as e:   # a training state that parse_args' checks could not see
             trainer.train_dataset.generator.close()
             build_parser().error(f"--resume: {e}")
         trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
         monitor = "neg_catch_ratio" if tc.select_best_by == "catch_ratio" else "val_loss"
+        moved = _measure_changed(ck, tc, wc, monitor)
         if trainer.monitor != monitor:     # --select_best_by given: the best so far was of the other measure
             print(f"best_model.pt follows {tc.select_best_by} from now on; the best so far and the early-stopping "
                   f"count start afresh")
             trainer.monitor, trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = monitor, math.inf, 0, 0
+        elif moved:                        # the best so far was measured on other episodes: no longer comparable
+            print(f"{', '.join(moved)} changed the episodes {tc.select_best_by} is measured on: best_model.pt follows "
+                  f"the new measure from now on; the best so far and the early-stopping count start afresh")
+            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")

@@ -1498,3 +1498,24 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
         in capsys.readouterr().err
     parse_args(["--dagger_buffer", "1000"])
     assert "no effect" not in capsys.readouterr().err
+
+
+def test_resume_with_other_episodes_for_the_best_starts_the_best_afresh(tmp_path, monkeypatch, capsys):
+    """A resume that changes the world (or the validation set's size or seed) kept the best val
+    MSE of the old validation set, which the new one's losses could not be compared with: a
+    harder new set could leave best_model.pt at the old run's model for the whole run."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", "--no-dagger", "--eval_every", "0", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    assert main(["--epochs", "3", "--resume", "ck/checkpoint_epoch_2.pt", "--boids_min", "5",
+                 "--checkpoint_dir", "more"]) == 0
+    out = capsys.readouterr().out
+    assert "--boids_min changed the episodes val_loss is measured on" in out
+    state = ck.load_checkpoint_dict("more/checkpoint_epoch_3.pt")
+    assert state["best_epoch"] == 3          # the first epoch measured on the new set is the best so far
+    assert state["best_metric"] == pytest.approx(state["history"][-1]["val_loss"])
+    # the schedule or the run's length change no episode: the best carries over
+    assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--learning_rate", "1e-3",
+                 "--checkpoint_dir", "more"]) == 0
+    assert "changed the episodes" not in capsys.readouterr().out
