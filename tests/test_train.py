@@ -378,6 +378,9 @@ def _cli(*args, cwd):
 
 TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
               "--batch-size", "32", "--save_every", "1", "--quiet"]
+# resuming a checkpoint of _trainer (whose TrainConfig keeps the default 50 validation episodes) on the
+# same validation set: another would start the best afresh
+SAME_VAL = [*TINY_FLAGS, "--val_episodes", "50"]
 
 
 def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
@@ -578,7 +581,7 @@ def test_cli_resumed_into_a_new_folder_still_exports(tmp_path):
     first.best_metric = -1.0                   # nothing can beat it
     path = first.save_checkpoint(tmp_path / "c2.pt")
     r = _cli("--epochs", "3", "--resume", str(path), "--checkpoint_dir", "elsewhere", "--no-dagger",
-             "--eval_every", "0", *TINY_FLAGS, cwd=tmp_path)
+             "--eval_every", "0", *SAME_VAL, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "no epoch of this run beat" in r.stdout and "model of epoch 3" in r.stdout
     assert not (tmp_path / "elsewhere" / "best_model.pt").exists()
@@ -990,7 +993,7 @@ def test_ctrl_c_in_a_resumed_run_exports_a_finished_epoch(tmp_path, monkeypatch,
     monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_4)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "6", "--resume", str(path), "--checkpoint_dir", "elsewhere", "--no-dagger",
-                 "--eval_every", "0", *TINY_FLAGS]) == 130
+                 "--eval_every", "0", *SAME_VAL]) == 130
     assert "exporting the model of epoch 3" in capsys.readouterr().out
     exported, saved = read_weights("elsewhere/model.js"), ck.load_model("elsewhere/checkpoint_epoch_3.pt")
     for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
@@ -1017,7 +1020,7 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
     monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_4)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "6", "--resume", "ck/checkpoint_epoch_2.pt", "--keep_checkpoints", "1", "--no-dagger",
-                 "--eval_every", "0", *TINY_FLAGS]) == 130
+                 "--eval_every", "0", *SAME_VAL]) == 130
     assert "exporting the model of epoch 3" in capsys.readouterr().out
     assert not (tmp_path / "ck" / "checkpoint_epoch_2.pt").exists()
     exported, saved = read_weights("ck/model.js"), ck.load_model("ck/checkpoint_epoch_3.pt")
