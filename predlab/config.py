@@ -449,7 +449,8 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
               L * (attention_bytes(tc.batch_size, mc.n_heads, T) + tc.batch_size * T * (8 * d + 3 * f) * 4))]
     if tc.dagger:
         kept = tc.dagger_buffer * sb if tc.dagger_buffer else 2 * epoch
-        needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples)", kept))
+        needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
+                      "epoch drops, kept until it finishes", kept + epoch))
     if tc.eval_every:
         needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
                       tc.eval_episodes * episode_step_bytes(wc.boids_max)))

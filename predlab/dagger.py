@@ -10,7 +10,8 @@ dropped first (FIFO), which bounds memory
 (about 0.8 kB per sample) and the time per epoch.
 
 Exploration noise (WorldConfig.noise) is added to the driving action in both cases.
-The buffer travels in resumable checkpoints (state_dict), so a resumed run continues exactly.
+The buffer travels in resumable checkpoints (state_dict), so a resumed run continues exactly;
+undo_epoch forgets an epoch's samples when the trainer undoes an epoch that did not finish.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class DaggerSource(Callback):
         self.generator, self.episodes = generator, episodes_per_epoch
         self.start, self.decay, self.beta_min, self.buffer = start, decay, beta_min, buffer
         self.data = SampleSet.empty()
+        self._undo = None        # (epoch, the samples it dropped, how many it added) of the last for_epoch
         self.last: Dict[str, float] = {}
 
     def beta(self, epoch: int) -> float:
@@ -64,8 +66,11 @@ class DaggerSource(Callback):
                                         desc=f"episodes (epoch {e}, beta {beta:.2f})")
         data = SampleSet.cat([self.data, fresh])
         cap = self.buffer or 2 * len(fresh)
+        dropped = SampleSet.empty(data.boids.shape[1])
         if len(data) > cap:
+            dropped = data.select(torch.arange(len(data) - cap))   # at most an epoch's samples; kept for undo_epoch
             data = data.select(torch.arange(len(data) - cap, len(data)))
+        self._undo = (epoch, dropped, len(fresh))
         self.data = data
         self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
         return data
@@ -74,8 +79,16 @@ class DaggerSource(Callback):
         """The aggregated samples, compact (live boids only)."""
         return {"dagger_buffer": self.data.to_ragged()}
 
+    def undo_epoch(self, epoch: int) -> None:
+        """The samples as they were before for_epoch(epoch) (the trainer undoes an epoch that did not finish)."""
+        if self._undo is not None and self._undo[0] == epoch:
+            _, dropped, fresh = self._undo
+            every = SampleSet.cat([dropped, self.data])               # the samples before it, then its own
+            self.data, self._undo = every.select(torch.arange(len(every) - fresh)), None
+
     def load_state_dict(self, state: Dict) -> None:
         self.data = SampleSet.from_ragged(state["dagger_buffer"])
+        self._undo = None
 
     def on_evaluate(self, trainer, epoch, logs):
         logs.update(self.last)

@@ -763,31 +763,77 @@ class SupervisedTrainer:
                 cb.on_train_begin(self)
                 begun.append(cb)
             while self.epoch < num_epochs and not self.stop_training:
-                for cb in callbacks:
-                    cb.on_epoch_begin(self, self.epoch + 1)
-                data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
-                        else self.train_dataset.for_epoch(self.epoch, self))
-                data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
-                logs = self.train_epoch(data)
-                logs["val_loss"] = self.validate()
-                self._check_diverged(logs)
-                self.epoch += 1
-                logs = {"epoch": self.epoch, **logs}
-                for cb in callbacks:
-                    cb.on_evaluate(self, self.epoch, logs)
-                metric = logs.get(self.monitor)  # absent in epochs without that measurement: no decision
-                self.improved = metric is not None and metric < self.best_metric - self.min_delta
-                if self.improved:
-                    self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
-                elif metric is not None:
-                    self.bad_epochs += 1
-                self.history.append(logs)
-                for cb in callbacks:
-                    cb.on_epoch_end(self, self.epoch, logs)
+                start = self._epoch_start()
+                try:
+                    self._one_epoch(callbacks)
+                except BaseException:      # Ctrl-C, divergence, a full disk: back to where the last epoch ended
+                    with deferred_interrupt():     # a second Ctrl-C would leave it half put back
+                        self._undo_epoch(start)
+                    raise
         finally:
             for cb in begun:
                 cb.on_train_end(self)
         return self.history
+
+    def _one_epoch(self, callbacks: Sequence[Callback]) -> None:
+        for cb in callbacks:
+            cb.on_epoch_begin(self, self.epoch + 1)
+        data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
+                else self.train_dataset.for_epoch(self.epoch, self))
+        data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
+        logs = self.train_epoch(data)
+        logs["val_loss"] = self.validate()
+        self._check_diverged(logs)
+        self.epoch += 1
+        logs = {"epoch": self.epoch, **logs}
+        for cb in callbacks:
+            cb.on_evaluate(self, self.epoch, logs)
+        metric = logs.get(self.monitor)  # absent in epochs without that measurement: no decision
+        self.improved = metric is not None and metric < self.best_metric - self.min_delta
+        if self.improved:
+            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+        elif metric is not None:
+            self.bad_epochs += 1
+        self.history.append(logs)
+        for cb in callbacks:
+            cb.on_epoch_end(self, self.epoch, logs)
+
+    def _epoch_start(self) -> Dict:
+        """What an epoch changes, copied as it starts (a few copies of the weights' size)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {"weights": [t.detach().clone() for t in self.model.state_dict().values()],
+                "optimizer": {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                              for p, st in self.optimizer.state.items()},
+                "scheduler": self.scheduler.state_dict(), "rng": rng,
+                "counters": (self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.improved,
+                             len(self.history))}
+
+    @torch.no_grad()
+    def _undo_epoch(self, start: Mapping) -> None:
+        """Put back what an epoch that did not finish changed, so that the trainer stands where the last
+        finished epoch left it and train() again repeats that epoch as an uninterrupted run would
+        (a notebook's cell run again after an interrupt). Done in place, so captured CUDA graphs stay valid;
+        AdamW state made during the epoch is zeroed, which is how a first step finds it."""
+        for t, v in zip(self.model.state_dict().values(), start["weights"]):
+            t.copy_(v)
+        for p, st in self.optimizer.state.items():
+            before = start["optimizer"].get(p, {})
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor):
+                    v.copy_(before[k]) if k in before else v.zero_()
+                elif k in before:
+                    st[k] = before[k]
+        self.scheduler.load_state_dict(start["scheduler"])      # and the learning rate with it
+        torch.set_rng_state(start["rng"]["torch"])
+        if "cuda" in start["rng"]:
+            torch.cuda.set_rng_state(start["rng"]["cuda"], self.device)
+        self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.improved, n = start["counters"]
+        del self.history[n:]
+        undo = getattr(self.train_dataset, "undo_epoch", None)   # DAgger's samples of the epoch
+        if callable(undo):
+            undo(self.epoch)
 
     def _check_diverged(self, logs: Mapping[str, float]) -> None:
         """Raise TrainingDiverged when the epoch just trained left NaN or infinity: NaN weights stay
@@ -1349,16 +1395,9 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         print(f"{ended}; best {best_of}")
     elif trainer.resumed_from is not None:
         # resumed, and no epoch of this run beat the best of the run it came from (whose
-        # best_model.pt is in that run's folder): export where this run ended instead; after a
-        # Ctrl-C the weights in memory belong to no finished epoch, so the newest saved ones
+        # best_model.pt is in that run's folder): export where this run ended instead (after a
+        # Ctrl-C or a diverged epoch too: train() undid the epoch that did not finish)
         model, epoch = trainer.model, trainer.epoch
-        if interrupted:
-            saved = {Checkpointer._epoch_of(q): q for q in Path(tc.checkpoint_dir).glob("checkpoint_epoch_*.pt")
-                     if 0 <= Checkpointer._epoch_of(q) <= trainer.epoch and not checkpointer.is_earlier_runs(q)}
-            if not saved:     # none of this run's yet; once there is, --keep_checkpoints may have pruned this one
-                saved[int(ckpt_io.load_checkpoint_dict(trainer.resumed_from)["epoch"])] = trainer.resumed_from
-            epoch = max(saved)
-            model = ckpt_io.load_model(saved[epoch])
         print(f"{ended}; no epoch of this run beat the best "
               f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run it "
               f"resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")

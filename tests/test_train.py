@@ -633,6 +633,71 @@ def test_dagger_resume_is_bit_identical(tmp_path):
     assert "data_source" not in torch.load(light, weights_only=True)
 
 
+class InterruptAt(Callback):
+    """Ctrl-C once, at a point of one epoch: after a step of it (before any of its files), or at its end."""
+
+    def __init__(self, epoch, step=None):
+        self.epoch, self.step, self.done = epoch, step, False
+
+    def on_batch_end(self, trainer, step, loss):
+        if not self.done and self.step is not None and trainer.epoch + 1 == self.epoch and step == self.step:
+            self.done = True
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        if not self.done and self.step is None and epoch == self.epoch:
+            self.done = True
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("step", [2, None])
+def test_an_epoch_cut_by_ctrl_c_is_undone_so_training_again_goes_on_exactly(tmp_path, step):
+    """A notebook's cell run again after an interrupt went on from the middle of the cut epoch: its
+    steps stayed in the weights, optimizer and schedule, and DAgger added that epoch's episodes to
+    its buffer a second time (dropping older ones), so the run ended elsewhere than an
+    uninterrupted one. A cut epoch is now undone, also one cut in its callbacks after the weights
+    were final (step None: in on_epoch_end, say while checkpoints are written)."""
+    def make(callbacks=()):
+        return create_trainer(train_episodes=6, val_episodes=3, batch_size=16, device="cpu", verbose=False,
+                              world_config=TINY_WORLD, eval_every=0, dagger=True, dagger_start=2, dagger_buffer=150,
+                              model_config={"dropout": 0.1}, callbacks=list(callbacks))
+    straight = make()
+    straight.train(4)
+    cut = make([InterruptAt(3, step)])
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(4)
+    assert cut.epoch == 2 and len(cut.history) == 2
+    assert len(cut.train_dataset.data) <= 150
+    cut.train(4)                                        # the cell run again
+    for (k, a), b in zip(straight.model.state_dict().items(), cut.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    for a, b in zip(straight.optimizer.state.values(), cut.optimizer.state.values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in cut.history]
+    assert torch.equal(straight.train_dataset.data.target, cut.train_dataset.data.target)
+    assert cut.best_epoch == straight.best_epoch
+
+
+def test_an_epoch_that_diverged_is_undone(tmp_path):
+    """The trainer goes back to the weights the last finished epoch left, not the NaN ones: a notebook
+    can lower the learning rate and go on."""
+    from predlab.train import TrainingDiverged
+    t = _trainer(tmp_path, dropout=0.0)
+    t.train(1)
+    good = copy.deepcopy(t.model.state_dict())
+
+    class Poison(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            with torch.no_grad():
+                trainer.model.output.weight.fill_(math.nan)
+    t.callbacks.append(Poison())
+    with pytest.raises(TrainingDiverged):
+        t.train(2)
+    assert t.epoch == 1 and len(t.history) == 1
+    for k, v in t.model.state_dict().items():
+        assert torch.equal(v, good[k]), k
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda b: b["n"].__setitem__(0, b["n"][0] + 3), "do not fit"),
     # these loaded, then failed inside the next epoch: a dtype error, or "contains NaN", as tracebacks
