@@ -119,14 +119,19 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None):
         self.log_dir, self.run_name, self.writer = Path(log_dir), run_name, None
+        self.path, self._trainer = None, None
 
     def on_train_begin(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
-        name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
-        self.path, k = self.log_dir / name, 1
-        while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
-            k += 1
-            self.path = self.log_dir / f"{name}-{k}"
+        # train() again on the same trainer goes on with its run, in its folder (a notebook's cell run
+        # again after an interrupt, or train(40) after train(30)), not in a second one
+        if self.path is None or trainer is None or trainer is not self._trainer:
+            name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
+            self.path, k = self.log_dir / name, 1
+            while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
+                k += 1
+                self.path = self.log_dir / f"{name}-{k}"
+        self._trainer = trainer
         self.writer = SummaryWriter(str(self.path))
 
     def on_epoch_end(self, trainer, epoch, logs):

@@ -790,6 +790,20 @@ def test_two_runs_in_one_second_log_to_two_folders(tmp_path, monkeypatch):
             lg.on_train_end(None)
 
 
+def test_a_trainer_trained_again_logs_into_its_runs_folder(tmp_path):
+    """train() again on the same trainer (a notebook's cell run again, or more epochs) made a second
+    TensorBoard folder, though the README promises one folder per run."""
+    from predlab import train as T
+    logger = T.TensorBoardLogger(tmp_path / "runs")
+    t = _trainer(tmp_path, callbacks=[logger])
+    t.train(1)
+    t.train(2)
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [logger.path.name]
+    other = _trainer(tmp_path, callbacks=[logger])      # another trainer: another run, another folder
+    other.train(1)
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
 def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     """torch.load does not check the archive's CRCs; predlab does, so flipped bytes are caught."""
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
