@@ -205,6 +205,33 @@ def test_graphed_training_goes_on_after_set_schedule_and_load(data, tmp_path):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
 
+def test_graphed_epoch_cut_short_is_undone_in_place(data):
+    """An epoch cut by Ctrl-C is undone in place (weights, AdamW state made for the graphs, the
+    learning-rate tensors): the captured steps stay valid, and training again equals a run that
+    was never cut."""
+    from predlab.train import Callback
+
+    class CutOnce(Callback):
+        done = False
+
+        def on_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 1 and step == 1 and not self.done:
+                CutOnce.done = True
+                raise KeyboardInterrupt
+
+    straight = _trainer(data, cuda_graphs=True)
+    straight.train(3)
+    cut = _trainer(data, cuda_graphs=True, callbacks=[CutOnce()])
+    with pytest.raises(KeyboardInterrupt):
+        cut.train(3)
+    assert cut.epoch == 1 and cut._graphs
+    cut.train(3)
+    assert [h["train_loss"] for h in cut.history] == pytest.approx([h["train_loss"] for h in straight.history],
+                                                                   rel=1e-6)
+    for a, b in zip(straight.model.parameters(), cut.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (a - b).abs().max()
+
+
 def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):
     """A graphed trainer's checkpoint: resuming it (graphs captured again) continues as an
     unbroken run does, and it holds plain float learning rates, so a CPU trainer loads it."""
