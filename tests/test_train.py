@@ -279,6 +279,7 @@ def test_checkpoint_refuses_pickle_code(tmp_path):
     assert "add_safe_globals" not in msg          # nor torch's advice to allow it
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # making one
 def test_a_torchscript_model_is_named_as_such_and_never_run(tmp_path):
     """Another project's TorchScript .pt gave torch's warning and its advice to load it with
     weights_only=False."""
