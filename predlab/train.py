@@ -746,7 +746,9 @@ class SupervisedTrainer:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history.
 
         early_stopping_patience: stop after that many epochs without improvement, in this call only
-        (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks)."""
+        (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks).
+        An epoch that does not finish (Ctrl-C, divergence, an error) is undone before the error
+        propagates, so train() again repeats it as an uninterrupted run would."""
         num_epochs = whole_number("num_epochs", num_epochs, 1)    # numpy's integers too, as plain ints
         early_stopping_patience = whole_number("early_stopping_patience", early_stopping_patience, 0)
         if num_epochs <= self.epoch:      # a notebook cell run again after its run finished, say
