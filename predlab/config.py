@@ -196,10 +196,10 @@ def _check_min(cfg) -> None:
         if not finite:
             raise ValueError(f"{f.name} must be a finite number, got {v}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if f.metadata.get("positive") and not v > 0:     # first: "-1: must be >= 0" let 0 seem allowed
+            raise ValueError(f"{f.name} must be > 0, got {v}")
         if lo is not None and v < lo:
             raise ValueError(f"{f.name} must be >= {lo}, got {v}")
-        if f.metadata.get("positive") and not v > 0:
-            raise ValueError(f"{f.name} must be > 0, got {v}")
         if hi is not None and v > hi:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
 
@@ -299,10 +299,10 @@ def bounded_number(kind, lo=None, hi=None, positive: bool = False):
             raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
         if isinstance(v, float) and not math.isfinite(v):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
-        if lo is not None and v < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
         if positive and not v > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if lo is not None and v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {text}")
         if hi is not None and v > hi:
             raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
         return v

@@ -459,6 +459,7 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
     (["--epochs", "two"], "epochs"),
     (["--cpu_split", "-1"], "cpu_split"),
     (["--learning_rate", "0"], "must be > 0"),                 # once a traceback after the validation episodes
+    (["--learning_rate", "-1"], "must be > 0, got -1"),        # once "must be >= 0.0", as if 0 were allowed
     (["--seed", "99999999999999999999"], "must be <= 9223372036854775807"),   # once an overflow in torch
     (["--boids_min", "10001", "--boids_max", "10001"], "must be <= 10000"),   # once a traceback from World.random
     (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
