@@ -675,8 +675,8 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     try:
         sizes = {k: getattr(model.config, k) for k in SIZE_KEYS}
         if sizes != BROWSER_SIZES and not args.any_size:
-            ap.error(f"{src} has sizes {sizes}; the browser page accepts only {BROWSER_SIZES} and would run "
-                     "random weights instead. Pass --any-size to write it anyway")
+            ap.error(f"{src} has sizes {sizes}; the stock browser page accepts only {BROWSER_SIZES} and would "
+                     "silently run random weights instead. Pass --any-size to write it anyway")
         with warnings.catch_warnings():
             if args.any_size:                     # asked for: no warning about the sizes
                 warnings.simplefilter("ignore")
