@@ -558,7 +558,9 @@ def _format_for(path: Path) -> str:
 
 
 def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, Path]) -> Path:
-    """Export to model.js or .json (by extension), validated first, written atomically."""
+    """Export to model.js or .json (by extension), validated first, written atomically.
+
+    FileExistsError when a file at path is no weight file (a package.json, say): it is not replaced."""
     path = Path(path)
     fmt = _format_for(path)
     if not isinstance(model, (TransformerPredator, Mapping)):
@@ -572,6 +574,11 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     if sizes != BROWSER_SIZES:
         warnings.warn(f"exporting sizes {sizes}: the stock browser page accepts only {BROWSER_SIZES} and "
                       "falls back to random weights for any other", stacklevel=2)
+    # write_weights(model, "package.json") in a notebook: only a weight file is replaced, as by the CLI
+    kind = _kind_problem(path, "weights") if path.is_file() else None
+    if kind:
+        raise FileExistsError(f"{path} exists and is not {kind}; predlab will not replace it (remove it, or "
+                              "write elsewhere)")
     atomic_write_text(path, params_to_text(params, fmt))
     return path
 

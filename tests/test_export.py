@@ -624,3 +624,20 @@ def test_export_cli_will_not_replace_a_json_object_that_holds_no_weights(model, 
     assert read_params(placeholder)["d_model"] == 48
     (tmp_path / "empty.json").write_text("{}\n")
     assert main([str(src), "--out", str(tmp_path / "empty.json")]) == 0
+
+
+def test_write_weights_will_not_replace_a_file_that_is_no_weight_file(model, tmp_path):
+    """Only the CLI checked: write_weights(model, "package.json") in a notebook replaced the
+    package file with weights."""
+    for name, text in (("package.json", '{"name": "my-page"}\n'), ("app.js", "function main() { return 1; }\n")):
+        path = tmp_path / name
+        path.write_text(text)
+        with pytest.raises(FileExistsError, match=f"{name} exists and is not a weight file"):
+            write_weights(model, path)
+        assert path.read_text() == text
+    out = tmp_path / "model.js"
+    write_weights(model, out)
+    write_weights(model, out)                      # a weight file, its own or another model's: replaced
+    (tmp_path / "empty.js").write_text("")
+    write_weights(model, tmp_path / "empty.js")    # an empty file made ready for it: replaced
+    assert read_weights(tmp_path / "empty.js").config == model.config
