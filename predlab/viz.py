@@ -417,6 +417,14 @@ class LivePlot(Callback):
         # Each train() call shows its own plot: a notebook cell run again (to resume after an
         # interrupt) has cleared the old one, and an update to a cleared display shows nothing.
         self.handle = None
+        # An epoch drawn, then undone by the trainer (cut after this callback's on_epoch_end) is
+        # drawn again when it is repeated: drop it here, not twice on the plot.
+        done = getattr(trainer, "epoch", None)
+        if isinstance(done, int) and not isinstance(done, bool):
+            for k in list(self.epochs):
+                kept = [i for i, e in enumerate(self.epochs[k]) if e <= done]
+                self.epochs[k] = [self.epochs[k][i] for i in kept]
+                self.history[k] = [self.history[k][i] for i in kept]
         # A resumed trainer brings its history: show it from the start. An entry without an
         # epoch is the epoch of its place in the list (history[0] is epoch 1).
         seen = set(self.history.get("epoch", []))

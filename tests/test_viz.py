@@ -217,6 +217,31 @@ def test_liveplot_runs_as_a_trainer_callback(samples):
     assert lp.history["val_loss"] == [h["val_loss"] for h in tr.history]
 
 
+def test_liveplot_draws_an_undone_epoch_once_when_it_is_repeated(samples):
+    """An epoch cut after the plot drew it (in a later callback's on_epoch_end) is undone by the
+    trainer and repeated: it was drawn a second time."""
+    from predlab.model import TransformerPredator
+    from predlab.train import Callback, SupervisedTrainer
+
+    class CutOnce(Callback):
+        done = False
+
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2 and not self.done:
+                self.done = True
+                raise KeyboardInterrupt
+
+    lp = viz.LivePlot()
+    tr = SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                           batch_size=64, device="cpu", callbacks=[lp, CutOnce()])
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(3)
+    assert tr.epoch == 1 and lp.history["epoch"] == [1, 2]       # drawn, then undone
+    tr.train(3)
+    assert lp.history["epoch"] == [1, 2, 3] and lp.epochs["val_loss"] == [1, 2, 3]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in tr.history]
+
+
 class PeakedModel(torch.nn.Module):
     """Fake model whose [CLS] attention puts 0.9 on one boid: the nearest (or, if wrong=True, another)."""
 
