@@ -312,7 +312,7 @@ class Checkpointer(Callback):
     def on_train_end(self, trainer):
         # stopped early (between epochs, so the state is that of a whole epoch): a checkpoint of
         # the last epoch, so that the run can be resumed where it stopped. A Ctrl-C inside an
-        # epoch leaves the saved ones alone: its weights belong to no finished epoch.
+        # epoch leaves the saved ones alone (train() has undone that epoch).
         try:
             path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
             if trainer.stop_training and trainer.epoch > 0 and not path.exists():
@@ -371,7 +371,8 @@ class TrainingDiverged(ArithmeticError):
         self.epoch, self.what, self.learning_rate = epoch, what, learning_rate
         super().__init__(f"training diverged in epoch {epoch}: {what} (learning rate {learning_rate:g} is too high: "
                          f"lower learning_rate, or raise warmup_epochs); the epoch was not counted or saved, and "
-                         f"the trainer's weights are unusable (load_checkpoint a saved one to go on)")
+                         f"the trainer is back where the last finished epoch left it (set_schedule a lower "
+                         f"learning rate, then train again)")
 
 
 def _switch_tf32(on: bool) -> Callable[[], None]:
@@ -1364,7 +1365,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
-    except TrainingDiverged as e:       # exported as after a Ctrl-C: the weights in memory are unusable
+    except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code = True, 1
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
               f"too high: lower it, or raise --warmup_epochs); that epoch was not saved, and the checkpoints "

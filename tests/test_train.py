@@ -693,11 +693,15 @@ def test_an_epoch_that_diverged_is_undone(tmp_path):
             with torch.no_grad():
                 trainer.model.output.weight.fill_(math.nan)
     t.callbacks.append(Poison())
-    with pytest.raises(TrainingDiverged):
+    with pytest.raises(TrainingDiverged, match="the trainer is back where the last finished epoch left it"):
         t.train(2)
     assert t.epoch == 1 and len(t.history) == 1
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, good[k]), k
+    t.callbacks.pop()                      # what a notebook does next: a lower rate, and on
+    t.set_schedule(learning_rate=1e-3)
+    t.train(2)
+    assert t.epoch == 2 and math.isfinite(t.history[-1]["val_loss"])
 
 
 @pytest.mark.parametrize("edit, message", [
