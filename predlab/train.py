@@ -131,8 +131,11 @@ class TensorBoardLogger(Callback):
             while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
                 k += 1
                 self.path = self.log_dir / f"{name}-{k}"
+            purge = None
+        else:     # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
+            purge = trainer.epoch + 1
         self._trainer = trainer
-        self.writer = SummaryWriter(str(self.path))
+        self.writer = SummaryWriter(str(self.path), purge_step=purge)
 
     def on_epoch_end(self, trainer, epoch, logs):
         tags = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "samples_per_s": "samples_per_s"}

@@ -1607,3 +1607,20 @@ def test_resume_with_other_episodes_for_the_best_starts_the_best_afresh(tmp_path
     assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--learning_rate", "1e-3",
                  "--checkpoint_dir", "more"]) == 0
     assert "changed the episodes" not in capsys.readouterr().out
+
+
+def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):
+    """An epoch cut after TensorBoard had logged it (a later callback's on_epoch_end) is undone and
+    trained again: TensorBoard showed two points at its step, the undone one and the new one."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from predlab import train as T
+    logger = T.TensorBoardLogger(tmp_path / "runs")
+    t = _trainer(tmp_path, callbacks=[logger, InterruptAt(2)])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(3)
+    t.train(3)
+    acc = EventAccumulator(str(logger.path))
+    acc.Reload()
+    events = acc.Scalars("loss/val")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert [e.value for e in events] == pytest.approx([h["val_loss"] for h in t.history])
