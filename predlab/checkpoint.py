@@ -76,6 +76,10 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # torch's message advises loading with weights_only=False; name only what was refused
+        operand = re.search(r"Unsupported operand (\d+)", _plain(str(e)))
+        if operand:   # bytes that are no pickle instruction: a damaged file, not a malicious one
+            raise CheckpointError(f"{path}: damaged: its pickled data is not readable (byte {operand.group(1)} is "
+                                  "no pickle instruction); not a file as torch.save writes it") from None
         found = re.search(r"GLOBAL ([\w.]+)", _plain(str(e)))
         raise CheckpointError(f"{path}: refused: loading it would need to execute pickled code, which predlab "
                               f"never does" + (f" (it names {found.group(1)})" if found else "")) from None

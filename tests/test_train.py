@@ -279,6 +279,23 @@ def test_checkpoint_refuses_pickle_code(tmp_path):
     assert "add_safe_globals" not in msg          # nor torch's advice to allow it
 
 
+def test_a_checkpoint_with_a_damaged_pickle_is_named_damaged(tmp_path):
+    """Its data.pkl overwritten with other bytes (CRCs made to match): it was named as needing to
+    execute pickled code, as if it were a malicious file, where it is a damaged one."""
+    import zipfile
+    src = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
+    path = tmp_path / "damaged.pt"
+    with zipfile.ZipFile(src) as z, zipfile.ZipFile(path, "w") as out:
+        for info in z.infolist():
+            data = z.read(info.filename)
+            out.writestr(info, b"_" * len(data) if info.filename.endswith("/data.pkl") else data)
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_checkpoint_dict(path)
+    msg = str(err.value)
+    assert "damaged" in msg and "execute" not in msg, msg
+    assert "False" not in msg and "\n" not in msg
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")   # making one
 def test_a_torchscript_model_is_named_as_such_and_never_run(tmp_path):
     """Another project's TorchScript .pt gave torch's warning and its advice to load it with
