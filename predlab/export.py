@@ -267,7 +267,7 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
 
 # A string (closed or not), a line comment, or a block comment's opener: every alternative matches or
 # fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`)
-_TOKEN = re.compile(r""""(?:[^"\\\n]|\\.)*(")?|'(?:[^'\\\n]|\\.)*(')?|//[^\n]*|/\*""")
+_TOKEN = re.compile(r""""(?:[^"\\\n\r]|\\.)*(")?|'(?:[^'\\\n\r]|\\.)*(')?|//[^\n\r\u2028\u2029]*|/\*""")
 
 
 def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str]]:
@@ -323,9 +323,15 @@ _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
 _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
 
 
+# JavaScript's line ends and spaces that JSON's are not: as a line end and a space
+_JS_SPACE = {**{ord(c): "\n" for c in "\u2028\u2029"},
+             **{ord(c): " " for c in "\v\f\ufeff\u00a0\u1680\u202f\u205f\u3000"},
+             **{c: " " for c in range(0x2000, 0x200B)}}
+
+
 def _js_to_json(code: str) -> str:
-    """JavaScript's bare keys, trailing commas, .5 and 5. as JSON, in code outside strings."""
-    code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code))
+    """JavaScript's bare keys, trailing commas, .5 and 5., line ends and spaces as JSON, in code outside strings."""
+    code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code.translate(_JS_SPACE)))
     return _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", code))
 
 

@@ -168,6 +168,24 @@ def strict_single_quoted_js(p: dict) -> str:
     return text
 
 
+def unicode_spaced_js(p: dict) -> str:
+    """As an editor may leave it: JavaScript's other line ends (U+2028, U+2029, one ending a // comment) and
+    spaces (no-break, vertical tab), which JSON has not."""
+    return (deployed_style_js(p).replace("  d_model: ", "  // size\u2028d_model:\u00a0", 1)
+            .replace("  n_heads: ", "\u2029\v n_heads: ", 1))
+
+
+def test_reads_javascript_line_ends_and_spaces(model, tmp_path):
+    """Refused as unreadable, though the page reads such a file."""
+    path = tmp_path / "model.js"
+    text = unicode_spaced_js(model.export_to_javascript())
+    assert "\u2028d_model:\u00a048" in text and "\u2029" in text
+    path.write_text(text, encoding="utf-8")
+    ref = _round4(model.export_to_javascript())
+    for k, v in validate_params(ref).items():
+        np.testing.assert_array_equal(validate_params(read_params(path))[k], v, err_msg=k)
+
+
 def test_reads_a_strict_single_quoted_model_js(model, tmp_path):
     """JavaScript the page runs is read: "use strict", single-quoted keys and strings, window['...'] ="""
     path = tmp_path / "model.js"
@@ -185,7 +203,7 @@ def test_reads_a_strict_single_quoted_model_js(model, tmp_path):
 
 
 @needs_node
-@pytest.mark.parametrize("style", [deployed_style_js, strict_single_quoted_js])
+@pytest.mark.parametrize("style", [deployed_style_js, strict_single_quoted_js, unicode_spaced_js])
 def test_hand_written_styles_also_run_in_node(model, samples, tmp_path, style):
     """The hand-written styles are valid JavaScript for the engine, and predlab reads them to the engine's numbers."""
     path = tmp_path / "model.js"
