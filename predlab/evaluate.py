@@ -164,7 +164,7 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
     episodes, seed = whole_number("episodes", episodes, 1), whole_number("seed", seed, 0, SEED_MAX)
     world_config = as_config(WorldConfig, world_config, "world_config")
     g = torch.Generator().manual_seed(chunk_seed(seed, EVAL_STREAM, 0))
-    return World.random(episodes, world_config, generator=g, device=device)
+    return World.random(episodes, world_config, generator=g, device=as_device(device))
 
 
 @torch.no_grad()
@@ -177,6 +177,7 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
         raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)
+    device = as_device(device)      # "auto" reached torch, which knows no such device, after the policy had taken it
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")

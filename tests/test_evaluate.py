@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from predlab.config import WorldConfig
+from predlab.config import WorldConfig, resolve_device
 from predlab.data import SampleSet
 from predlab.evaluate import ModelPolicy, NonFiniteActions, catch_ratio, compare, episodes_world, load_policy, main, rollout
 from predlab.export import write_weights
@@ -411,3 +411,12 @@ def test_rollout_progress_must_be_a_flag_or_label():
     from predlab.evaluate import rollout
     with pytest.raises(TypeError, match="progress must be True, False or a label, not int"):
         rollout("teacher", episodes=2, frames=2, progress=1)
+
+
+@pytest.mark.parametrize("device", ["auto", None])
+def test_rollout_and_episodes_world_take_device_auto(device):
+    """compare resolved "auto", but rollout and episodes_world handed it to torch, which has no such device;
+    None stepped the world on the CPU while a model file went to the GPU."""
+    want = rollout("teacher", episodes=2, frames=3, device="cpu").catches
+    assert torch.equal(rollout("teacher", episodes=2, frames=3, device=device).catches, want)
+    assert episodes_world(2, device=device).pos.device == resolve_device("auto")
