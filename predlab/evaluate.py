@@ -78,7 +78,10 @@ class ModelPolicy:
     """
 
     def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
-        self.model, self.chunk = model, chunk
+        if not isinstance(model, TransformerPredator):
+            raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        # chunk <= 0 ran no forward: every action (0, 0), scored as a predator that never steers
+        self.model, self.chunk = model, whole_number("chunk", chunk, 1)
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:

@@ -420,3 +420,15 @@ def test_rollout_and_episodes_world_take_device_auto(device):
     want = rollout("teacher", episodes=2, frames=3, device="cpu").catches
     assert torch.equal(rollout("teacher", episodes=2, frames=3, device=device).catches, want)
     assert episodes_world(2, device=device).pos.device == resolve_device("auto")
+
+
+@pytest.mark.parametrize("model, chunk, error, message", [
+    (None, 4, TypeError, "model must be a TransformerPredator, not NoneType"),
+    ("teacher", 4, TypeError, "model must be a TransformerPredator, not str"),
+    (TransformerPredator(), 0, ValueError, "chunk must be a whole number >= 1, got 0"),
+    (TransformerPredator(), -1, ValueError, "chunk must be a whole number >= 1, got -1"),
+    (TransformerPredator(), 2.5, TypeError, "chunk must be a whole number")])
+def test_model_policy_names_its_bad_arguments(model, chunk, error, message):
+    """chunk=-1 ran no forward at all: every action (0, 0), scored as a model that never steers."""
+    with pytest.raises(error, match=message):
+        ModelPolicy(model, chunk)
