@@ -51,7 +51,8 @@ class RandomPolicy:
         self.reset(seed)
 
     def reset(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+        # torch's "manual_seed expected a long, but got float" named no argument, and it took -1
+        self.generator = torch.Generator().manual_seed(whole_number("seed", seed, 0, SEED_MAX))
 
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
         E = batch["context"].shape[0]

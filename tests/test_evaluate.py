@@ -11,7 +11,8 @@ import torch
 
 from predlab.config import WorldConfig, resolve_device
 from predlab.data import SampleSet
-from predlab.evaluate import ModelPolicy, NonFiniteActions, catch_ratio, compare, episodes_world, load_policy, main, rollout
+from predlab.evaluate import (ModelPolicy, NonFiniteActions, RandomPolicy, catch_ratio, compare, episodes_world, load_policy,
+                              main, rollout)
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
@@ -432,3 +433,11 @@ def test_model_policy_names_its_bad_arguments(model, chunk, error, message):
     """chunk=-1 ran no forward at all: every action (0, 0), scored as a model that never steers."""
     with pytest.raises(error, match=message):
         ModelPolicy(model, chunk)
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2 ** 63, ValueError), (2.5, TypeError), ("1", TypeError)])
+def test_random_policy_names_a_bad_seed(seed, error):
+    with pytest.raises(error, match="seed must be a whole number"):
+        RandomPolicy(seed)
+    with pytest.raises(error, match="seed must be a whole number"):
+        RandomPolicy().reset(seed)
