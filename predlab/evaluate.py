@@ -222,8 +222,9 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     progress: a bar over the frames of each rollout.
     """
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
+    for name, flag in (("baselines", baselines), ("progress", progress)):     # baselines="no" ran them
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, not {type(flag).__name__}")
     # checked here too: the teacher check below builds the episodes before rollout would name a bad value
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)

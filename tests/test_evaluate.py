@@ -441,3 +441,12 @@ def test_random_policy_names_a_bad_seed(seed, error):
         RandomPolicy(seed)
     with pytest.raises(error, match="seed must be a whole number"):
         RandomPolicy().reset(seed)
+
+
+@pytest.mark.parametrize("kw, message", [({"baselines": "no"}, "baselines must be True or False, not str"),
+                                         ({"baselines": None}, "baselines must be True or False, not NoneType"),
+                                         ({"progress": "yes"}, "progress must be True or False, not str")])
+def test_compare_names_a_flag_that_is_not_a_bool(kw, message):
+    """baselines="no", a true string, ran the random baseline all the same."""
+    with pytest.raises(TypeError, match=message):
+        compare("teacher", episodes=1, frames=1, **kw)
