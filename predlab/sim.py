@@ -208,8 +208,10 @@ class World:
         torch.lt(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 2])     # alignment:  d < 60
         masks.diagonal(dim1=1, dim2=3).zero_()                           # never the boid itself
         # One bmm gives cohesion's position sums, alignment's velocity sums and all three counts.
-        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2)   # [E, 5, N]
-        sums = torch.bmm(lhs, masks.view(E, N, 3 * N)).view(E, 5, 3, N)
+        # In float64: float32 products follow torch's matmul precision, and its TF32 or bfloat16
+        # (set_float32_matmul_precision "high" / "medium") put cohesion's centre pixels off.
+        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2).double()   # [E, 5, N]
+        sums = torch.bmm(lhs, masks.view(E, N, 3 * N).double()).to(pos.dtype).view(E, 5, 3, N)
         cnt = sums[:, 4, :, :, None]                                     # [E, 3, N, 1] counts
         # separation: sum_j normalize(p_i - p_j) / d_ij; normalize keeps a zero vector zero
         w = torch.eq(raw, 0, out=buf("tmp", (E, N, N))).add_(raw)       # |p_i - p_j|, 1 where it is 0
