@@ -126,8 +126,11 @@ class World:
         E = whole_number("num_envs", num_envs, 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, not {type(generator).__name__}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+        # float16 turned the 1e12 px that keeps dead boids away into infinity, and so every velocity
+        # into NaN; bfloat16 rounded a boid's 3.5 px a frame away, so flocks stood still
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be a floating-point torch dtype: torch.float32 or torch.float64, "
+                            f"got {dtype!r}")
         if n_boids is None and cfg.boids_max > MAX_BOIDS:
             raise ValueError(f"cfg.boids_max must be <= {MAX_BOIDS}, got {cfg.boids_max}")
         if n_boids is None or isinstance(n_boids, numbers.Integral) and not isinstance(n_boids, bool):

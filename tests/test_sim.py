@@ -373,6 +373,9 @@ def test_step_keeps_dtype_and_returns_catches(dtype):
     ((2,), {"cfg": 5}, TypeError, "cfg must be a WorldConfig or a dict"),
     ((2,), {"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ((2,), {"dtype": torch.long}, TypeError, "dtype must be a floating-point"),
+    ((2,), {"dtype": torch.float16}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got torch.float16"),
+    ((2,), {"dtype": torch.bfloat16}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got torch.bfloat16"),
+    ((2,), {"dtype": "float32"}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got 'float32'"),
 ])
 def test_world_random_refuses_bad_arguments_by_name(args, kw, error, message):
     """World.random failed deep inside torch (or hung, or drew negative positions) for these."""
