@@ -51,7 +51,8 @@ class RandomPolicy:
         self.reset(seed)
 
     def reset(self, seed: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)
+        # torch's "manual_seed expected a long, but got float" named no argument, and it took -1
+        self.generator = torch.Generator().manual_seed(whole_number("seed", seed, 0, SEED_MAX))
 
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
         E = batch["context"].shape[0]
@@ -78,7 +79,10 @@ class ModelPolicy:
     """
 
     def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
-        self.model, self.chunk = model, chunk
+        if not isinstance(model, TransformerPredator):
+            raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        # chunk <= 0 ran no forward: every action (0, 0), scored as a predator that never steers
+        self.model, self.chunk = model, whole_number("chunk", chunk, 1)
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -164,7 +168,7 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
     episodes, seed = whole_number("episodes", episodes, 1), whole_number("seed", seed, 0, SEED_MAX)
     world_config = as_config(WorldConfig, world_config, "world_config")
     g = torch.Generator().manual_seed(chunk_seed(seed, EVAL_STREAM, 0))
-    return World.random(episodes, world_config, generator=g, device=device)
+    return World.random(episodes, world_config, generator=g, device=as_device(device))
 
 
 @torch.no_grad()
@@ -177,6 +181,7 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
         raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)
+    device = as_device(device)      # "auto" reached torch, which knows no such device, after the policy had taken it
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
@@ -217,8 +222,9 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     progress: a bar over the frames of each rollout.
     """
-    if not isinstance(progress, bool):
-        raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
+    for name, flag in (("baselines", baselines), ("progress", progress)):     # baselines="no" ran them
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False, not {type(flag).__name__}")
     # checked here too: the teacher check below builds the episodes before rollout would name a bad value
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)

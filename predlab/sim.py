@@ -126,8 +126,11 @@ class World:
         E = whole_number("num_envs", num_envs, 1)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, not {type(generator).__name__}")
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+        # float16 turned the 1e12 px that keeps dead boids away into infinity, and so every velocity
+        # into NaN; bfloat16 rounded a boid's 3.5 px a frame away, so flocks stood still
+        if dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"dtype must be a floating-point torch dtype: torch.float32 or torch.float64, "
+                            f"got {dtype!r}")
         if n_boids is None and cfg.boids_max > MAX_BOIDS:
             raise ValueError(f"cfg.boids_max must be <= {MAX_BOIDS}, got {cfg.boids_max}")
         if n_boids is None or isinstance(n_boids, numbers.Integral) and not isinstance(n_boids, bool):
@@ -208,8 +211,10 @@ class World:
         torch.lt(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 2])     # alignment:  d < 60
         masks.diagonal(dim1=1, dim2=3).zero_()                           # never the boid itself
         # One bmm gives cohesion's position sums, alignment's velocity sums and all three counts.
-        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2)   # [E, 5, N]
-        sums = torch.bmm(lhs, masks.view(E, N, 3 * N)).view(E, 5, 3, N)
+        # In float64: float32 products follow torch's matmul precision, and its TF32 or bfloat16
+        # (set_float32_matmul_precision "high" / "medium") put cohesion's centre pixels off.
+        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2).double()   # [E, 5, N]
+        sums = torch.bmm(lhs, masks.view(E, N, 3 * N).double()).to(pos.dtype).view(E, 5, 3, N)
         cnt = sums[:, 4, :, :, None]                                     # [E, 3, N, 1] counts
         # separation: sum_j normalize(p_i - p_j) / d_ij; normalize keeps a zero vector zero
         w = torch.eq(raw, 0, out=buf("tmp", (E, N, N))).add_(raw)       # |p_i - p_j|, 1 where it is 0

@@ -9,9 +9,10 @@ import sys
 import pytest
 import torch
 
-from predlab.config import WorldConfig
+from predlab.config import WorldConfig, resolve_device
 from predlab.data import SampleSet
-from predlab.evaluate import ModelPolicy, NonFiniteActions, catch_ratio, compare, episodes_world, load_policy, main, rollout
+from predlab.evaluate import (ModelPolicy, NonFiniteActions, RandomPolicy, catch_ratio, compare, episodes_world, load_policy,
+                              main, rollout)
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
@@ -411,3 +412,41 @@ def test_rollout_progress_must_be_a_flag_or_label():
     from predlab.evaluate import rollout
     with pytest.raises(TypeError, match="progress must be True, False or a label, not int"):
         rollout("teacher", episodes=2, frames=2, progress=1)
+
+
+@pytest.mark.parametrize("device", ["auto", None])
+def test_rollout_and_episodes_world_take_device_auto(device):
+    """compare resolved "auto", but rollout and episodes_world handed it to torch, which has no such device;
+    None stepped the world on the CPU while a model file went to the GPU."""
+    want = rollout("teacher", episodes=2, frames=3, device="cpu").catches
+    assert torch.equal(rollout("teacher", episodes=2, frames=3, device=device).catches, want)
+    assert episodes_world(2, device=device).pos.device == resolve_device("auto")
+
+
+@pytest.mark.parametrize("model, chunk, error, message", [
+    (None, 4, TypeError, "model must be a TransformerPredator, not NoneType"),
+    ("teacher", 4, TypeError, "model must be a TransformerPredator, not str"),
+    (TransformerPredator(), 0, ValueError, "chunk must be a whole number >= 1, got 0"),
+    (TransformerPredator(), -1, ValueError, "chunk must be a whole number >= 1, got -1"),
+    (TransformerPredator(), 2.5, TypeError, "chunk must be a whole number")])
+def test_model_policy_names_its_bad_arguments(model, chunk, error, message):
+    """chunk=-1 ran no forward at all: every action (0, 0), scored as a model that never steers."""
+    with pytest.raises(error, match=message):
+        ModelPolicy(model, chunk)
+
+
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2 ** 63, ValueError), (2.5, TypeError), ("1", TypeError)])
+def test_random_policy_names_a_bad_seed(seed, error):
+    with pytest.raises(error, match="seed must be a whole number"):
+        RandomPolicy(seed)
+    with pytest.raises(error, match="seed must be a whole number"):
+        RandomPolicy().reset(seed)
+
+
+@pytest.mark.parametrize("kw, message", [({"baselines": "no"}, "baselines must be True or False, not str"),
+                                         ({"baselines": None}, "baselines must be True or False, not NoneType"),
+                                         ({"progress": "yes"}, "progress must be True or False, not str")])
+def test_compare_names_a_flag_that_is_not_a_bool(kw, message):
+    """baselines="no", a true string, ran the random baseline all the same."""
+    with pytest.raises(TypeError, match=message):
+        compare("teacher", episodes=1, frames=1, **kw)

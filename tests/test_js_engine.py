@@ -12,6 +12,9 @@ import torch
 from predlab.data import collate
 from predlab.export import model_to_params, read_weights, write_weights
 from predlab.sim import World
+from predlab.teacher import closest_pursuit
+from test_sim import world_from_lists
+from test_teacher import edge_cases
 
 JS = Path(__file__).resolve().parents[1] / "predlab" / "js"
 NODE = shutil.which("node")
@@ -157,3 +160,69 @@ def test_world_js_equals_predlab_sim(tmp_path):
         assert js_boids.shape == live.shape and (js_boids - live).abs().max().item() < 1e-12
         assert fr["observation"]["predator"]["velX"] == pytest.approx(obs["predator"][0, 0].item(), abs=1e-12)
     assert total >= 1, "the case should include a catch"
+
+
+def _js_teacher(tmp_path, inputs) -> torch.Tensor:
+    """world.js's closestPursuit on browser-form inputs -> [B, 2]."""
+    (tmp_path / "obs.json").write_text(json.dumps(inputs))
+    script = (f"const W = require({json.dumps(str(JS / 'world.js'))});"
+              f"console.log(JSON.stringify(require({json.dumps(str(tmp_path / 'obs.json'))}).map(W.closestPursuit)));")
+    return torch.tensor(json.loads(node("-e", script)), dtype=torch.float64).reshape(-1, 2)
+
+
+@pytest.mark.parametrize("name, boids, pred, teacher", [
+    ("one boid", [[100.0, 100.0, 1.0, 0.5, True]], [300.0, 300.0, 0.1, 0.2], True),
+    ("every boid dead", [[100.0, 100.0, 1.0, 0.5, False], [120.0, 100.0, 1.0, 0.5, False]], [300.0, 300.0, 0.1, 0.2],
+     True),
+    ("boids exactly on the wrap lines", [[650.0, 100.0, 0.0, 0.0, True], [-10.0, 100.0, 0.0, 0.0, True],
+                                         [200.0, 490.0, 0.0, 0.0, True], [300.0, -10.0, 0.0, 0.0, True]],
+     [660.0, -20.0, 0.0, 0.0], True),
+    ("predator on top of a boid", [[100.0, 100.0, 0.0, 0.0, True], [300.0, 300.0, 1.0, 1.0, True]],
+     [100.0, 100.0, 0.0, 0.0], True),
+    ("three boids equally near", [[150.0, 100.0, 0.0, 0.0, True], [100.0, 150.0, 0.0, 0.0, True],
+                                  [50.0, 100.0, 0.0, 0.0, True]], [100.0, 100.0, 0.0, 0.0], True),
+    # the predator at rest pushes the boid to exactly 12.6 px (see test_sim): not caught
+    ("a boid ending exactly on the catch radius", [[12.44375, 300.0, 0.0, 0.0, True]], [0.0, 300.0, 0.0, 0.0], False),
+])
+def test_world_js_equals_predlab_sim_at_the_edges(tmp_path, name, boids, pred, teacher):
+    """What the 50-boid case above does not reach, driven by the teacher (or by no action): states,
+    catches, observations, and world.js's teacher on them."""
+    world = world_from_lists([(boids, pred, 640.0, 480.0)])
+    actions = []
+    for _ in range(3):
+        obs = world.observe()
+        a = closest_pursuit(obs["boids"], obs["mask"]) if teacher else torch.zeros(1, 2, dtype=torch.float64)
+        actions.append(a[0].tolist())
+        world.step(torch.tensor([actions[-1]], dtype=torch.float64))
+    if not teacher:
+        assert world.alive.all() and world.pos[0, 0, 0].item() > 12.6, "the boid should have escaped"
+    world = world_from_lists([(boids, pred, 640.0, 480.0)])
+    st = world.state_dict()
+    state = {"width": 640.0, "height": 480.0, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
+             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
+             "predVel": st["pred_vel"][0].tolist()}
+    (tmp_path / "case.json").write_text(json.dumps({"state": state, "actions": actions}))
+    frames = json.loads(node(JS / "run_world_node.js", tmp_path / "case.json"))["frames"]
+    for i, (a, fr) in enumerate(zip(actions, frames)):
+        caught = int(world.step(torch.tensor([a], dtype=torch.float64))[0])
+        s = fr["state"]
+        assert s["alive"] == world.alive[0].tolist() and fr["caught"] == caught, f"{name}, frame {i + 1}: catches"
+        for key, ref in (("pos", world.pos[0]), ("vel", world.vel[0]), ("predPos", world.pred_pos[0]),
+                         ("predVel", world.pred_vel[0])):
+            err = (torch.tensor(s[key], dtype=torch.float64) - ref).abs().max().item()
+            assert err < 1e-9, f"{name}, frame {i + 1}: {key} differs by {err:.3g}"
+        obs = world.observe()
+        js = collate([fr["observation"]], dtype=torch.float64)
+        live = obs["boids"][0][obs["mask"][0]]
+        assert js["boids"][0][js["mask"][0]].shape == live.shape
+        assert torch.allclose(js["boids"][0][js["mask"][0]], live, rtol=0, atol=1e-12)
+    inputs = [fr["observation"] for fr in frames]
+    batch = collate(inputs, dtype=torch.float64)
+    assert torch.equal(_js_teacher(tmp_path, inputs), closest_pursuit(batch["boids"], batch["mask"]))
+
+
+def test_world_js_teacher_equals_closest_pursuit(tmp_path):
+    """Exact ties (the first boid wins), no boid, a boid within 0.001 and just outside it: test_teacher's cases."""
+    inputs = edge_cases()
+    batch = collate(inputs, dtype=torch.float64)
+    assert torch.equal(_js_teacher(tmp_path, inputs), closest_pursuit(batch["boids"], batch["mask"]))

@@ -373,6 +373,9 @@ def test_step_keeps_dtype_and_returns_catches(dtype):
     ((2,), {"cfg": 5}, TypeError, "cfg must be a WorldConfig or a dict"),
     ((2,), {"generator": 3}, TypeError, "generator must be a torch.Generator"),
     ((2,), {"dtype": torch.long}, TypeError, "dtype must be a floating-point"),
+    ((2,), {"dtype": torch.float16}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got torch.float16"),
+    ((2,), {"dtype": torch.bfloat16}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got torch.bfloat16"),
+    ((2,), {"dtype": "float32"}, TypeError, r"dtype must be .*: torch.float32 or torch.float64, got 'float32'"),
 ])
 def test_world_random_refuses_bad_arguments_by_name(args, kw, error, message):
     """World.random failed deep inside torch (or hung, or drew negative positions) for these."""
@@ -433,3 +436,23 @@ def test_phone_and_4k_canvases_match_reference(W, H):
         world.step(torch.tensor(actions, dtype=F64))
         assert_world_equals(world, expected)
     assert caught > 0 and {"boid wrap x high", "boid wrap y low", "boid wrap x low", "boid wrap y high"} <= flags
+
+
+@pytest.mark.parametrize("precision", ["high", "medium"])
+def test_a_frame_does_not_follow_torchs_float32_matmul_precision(precision):
+    """The neighbour sums were a float32 matrix product, which torch computes in TF32 or bfloat16 once
+    set_float32_matmul_precision asks for "high" or "medium": cohesion's centre moved by pixels, and a
+    frame's velocities by up to 0.17 px a frame (where bfloat16 products run: CPUs with AVX-512 BF16 or AMX)."""
+    def frame(prec):
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(prec)
+        try:
+            w = World.random(16, generator=torch.Generator().manual_seed(0), width=3840, height=2160)
+            w.pos += torch.randn(w.pos.shape, generator=torch.Generator().manual_seed(1)) * 30   # a spread flock
+            w.step(torch.zeros(16, 2))
+            return w.state_dict()
+        finally:
+            torch.set_float32_matmul_precision(old)
+    want, got = frame("highest"), frame(precision)
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
