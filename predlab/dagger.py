@@ -22,7 +22,7 @@ import torch
 
 from .config import real_number, whole_number
 from .data import EpisodeGenerator, SampleSet
-from .train import Callback
+from .train import Callback, episode_generator
 
 
 class DaggerSource(Callback):
@@ -38,7 +38,7 @@ class DaggerSource(Callback):
         episodes_per_epoch = whole_number("episodes_per_epoch", episodes_per_epoch, 1)
         start, buffer = whole_number("start", start, 1), whole_number("buffer", buffer, 0)
         decay, beta_min = real_number("decay", decay, 0, 1), real_number("beta_min", beta_min, 0, 1)
-        self.generator, self.episodes = generator, episodes_per_epoch
+        self.generator, self.episodes = episode_generator("DaggerSource", generator), episodes_per_epoch
         self.start, self.decay, self.beta_min, self.buffer = start, decay, beta_min, buffer
         self.data = SampleSet.empty()
         self._undo = None        # (epoch, the samples it dropped, how many it added) of the last for_epoch
@@ -61,7 +61,10 @@ class DaggerSource(Callback):
         """Fresh episodes for 0-based epoch index `epoch` (stream 1 + epoch, as EpisodeSource), aggregated."""
         e = epoch + 1
         beta = self.beta(e)
-        student = self._student(trainer) if beta < 1 and trainer is not None else None
+        if beta < 1 and trainer is None:   # the student is the trainer's model: without it, plain cloning logged as DAgger
+            raise ValueError(f"DaggerSource.for_epoch({epoch}): epoch {e} rolls out the student (beta {beta:g}), "
+                             f"which is the trainer's model: pass trainer=")
+        student = self._student(trainer) if beta < 1 else None
         fresh = self.generator.generate(self.episodes, stream=1 + epoch, student=student, beta=beta,
                                         desc=f"episodes (epoch {e}, beta {beta:.2f})")
         data = SampleSet.cat([self.data, fresh])

@@ -354,11 +354,21 @@ class EarlyStopping(Callback):
 
 
 # ---------------------------------------------------------------------- data sources
+def episode_generator(owner: str, generator) -> EpisodeGenerator:
+    """generator, if it is an EpisodeGenerator; else a TypeError naming what owner was given."""
+    if not isinstance(generator, EpisodeGenerator):
+        raise TypeError(f"{owner} needs an EpisodeGenerator (predlab.data.EpisodeGenerator(world_config, seed)), "
+                        f"not {type(generator).__name__}")
+    return generator
+
+
 class EpisodeSource:
     """Fresh episodes every epoch from a seeded EpisodeGenerator (stream 1 + epoch)."""
 
     def __init__(self, generator: EpisodeGenerator, episodes_per_epoch: int):
-        self.generator, self.episodes = generator, episodes_per_epoch
+        # checked here: a wrong one failed only when the first epoch began, after the validation episodes
+        self.generator = episode_generator("EpisodeSource", generator)
+        self.episodes = whole_number("episodes_per_epoch", episodes_per_epoch, 1)
 
     def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
         return self.generator.generate(self.episodes, stream=1 + epoch, desc=f"episodes (epoch {epoch + 1})")

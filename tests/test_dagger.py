@@ -12,6 +12,7 @@ from predlab.config import WorldConfig
 from predlab.dagger import DaggerSource
 from predlab.data import EpisodeGenerator
 from predlab.teacher import closest_pursuit
+from predlab.train import EpisodeSource
 
 WC = WorldConfig(width_max=640, height_max=480, boids_max=12, frames=30, noise=0.0)
 
@@ -93,3 +94,22 @@ def test_bad_settings_are_named_when_made(kw, error, message):
     args = {"generator": EpisodeGenerator(WC, progress=False), "episodes_per_epoch": 4, **kw}
     with pytest.raises(error, match=message):
         DaggerSource(**args)
+
+
+@pytest.mark.parametrize("make", [DaggerSource, EpisodeSource])
+def test_a_source_without_an_episode_generator_is_refused_when_made(make):
+    """DaggerSource(None, 4) or EpisodeSource(a WorldConfig, 4) failed only as the first epoch began, after the
+    validation episodes, with an AttributeError naming neither."""
+    with pytest.raises(TypeError, match="needs an EpisodeGenerator .*not WorldConfig"):
+        make(WorldConfig(), 4)
+    with pytest.raises(TypeError, match="not NoneType"):
+        make(None, 4)
+
+
+def test_a_dagger_epoch_without_the_trainer_is_refused():
+    """for_epoch past the start without the trainer ran plain cloning while reporting a beta below 1."""
+    gen = EpisodeGenerator(WorldConfig(boids_min=2, boids_max=4, frames=10), seed=0, progress=False)
+    src = DaggerSource(gen, 2, start=2)
+    assert len(src.for_epoch(0)) > 0           # epoch 1: the teacher drives, no student needed
+    with pytest.raises(ValueError, match=r"epoch 2 rolls out the student \(beta 0.5\).*pass trainer="):
+        src.for_epoch(1)
