@@ -238,8 +238,16 @@ class World:
     def step(self, action: Tensor) -> Tensor:
         """Advance one frame: boids, then the predator driven by action [E, 2] in [-1, 1], then catches.
 
-        Returns the number of boids caught this frame per environment [E].
+        Returns the number of boids caught this frame per environment [E]. Raises ValueError for an
+        action of another shape, or (on the CPU) one that is not finite.
         """
+        if not isinstance(action, Tensor) or action.shape != self.pred_vel.shape:
+            # [E] or [2, E] broadcast into the wrong predators without an error
+            got = tuple(action.shape) if isinstance(action, Tensor) else type(action).__name__
+            raise ValueError(f"World.step: action must be a tensor of shape {tuple(self.pred_vel.shape)} "
+                             f"(one (x, y) per environment), not {got}")
+        if action.device.type == "cpu" and not bool(torch.isfinite(action).all()):   # on a GPU: no sync per frame
+            raise ValueError("World.step: action holds NaN or infinite values; the predator would become NaN")
         acc = self._boid_acceleration()
         vel = limit(self.vel + acc, C.BOID_MAX_SPEED)
         pos = _wrap(self.pos + vel, self.size[:, None, :], C.BOID_BORDER_OFFSET)

@@ -456,3 +456,19 @@ def test_a_frame_does_not_follow_torchs_float32_matmul_precision(precision):
     want, got = frame("highest"), frame(precision)
     for k in want:
         assert torch.equal(got[k], want[k]), k
+
+
+@pytest.mark.parametrize("action, message", [
+    (torch.zeros(2), r"shape \(2, 2\) .*not \(2,\)"),
+    (torch.zeros(2, 1), r"not \(2, 1\)"),
+    ([[0.0, 1.0], [1.0, 0.0]], "not list"),
+    (torch.tensor([[0.0, math.nan], [1.0, 0.0]]), "NaN or infinite"),
+    (torch.tensor([[0.0, 1.0], [math.inf, 0.0]]), "NaN or infinite")])
+def test_step_refuses_an_action_that_is_not_one_finite_xy_per_environment(action, message):
+    """An action of shape [E] (with E = 2) broadcast into the wrong predators, and a NaN one made the
+    predator NaN for the rest of the episode, both without an error."""
+    world = World.random(2, WorldConfig(boids_min=3, boids_max=3), generator=torch.Generator().manual_seed(0))
+    before = world.pred_pos.clone()
+    with pytest.raises(ValueError, match=message):
+        world.step(action)
+    assert torch.equal(world.pred_pos, before) and world.frame == 0
