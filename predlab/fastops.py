@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -37,6 +38,22 @@ _A = F32(0.044715)
 _MIN_PARALLEL_ROWS = 2048                 # GEGLU rows per thread, at least (a hand-off costs more below)
 
 
+def _njit(**options):
+    """numba's njit with _JIT's options. Where numba finds no folder to write its cache in (a
+    read-only install and no writable home), cache=True fails the import with "cannot cache
+    function": the kernels are then compiled at each start instead, with one warning."""
+    def make(f):
+        if _JIT["cache"]:
+            try:
+                return njit(**_JIT, **options)(f)
+            except RuntimeError as e:
+                _JIT["cache"] = False
+                warnings.warn(f"predlab.fastops: {e}; its kernels are compiled at each start instead (set "
+                              "NUMBA_CACHE_DIR to a writable folder to keep them)", stacklevel=2)
+        return njit(**_JIT, **options)(f)
+    return make
+
+
 @intrinsic
 def _int_bits_as_float(typingctx, x):
     """The float32 whose bits are the low 32 bits of integer x (a register reinterpretation)."""
@@ -52,7 +69,7 @@ def _int_bits_as_float(typingctx, x):
     return types.float32(x), codegen
 
 
-@njit(inline="always", **_JIT)
+@_njit(inline="always")
 def fast_exp(x):
     """exp(x) for float32 x, vectorisable: 0 below -87, NaN stays NaN, clamped at exp(88)."""
     t = EXP_LO if x < EXP_LO else x
@@ -72,14 +89,14 @@ def fast_exp(x):
     return F32(0.0) if x < EXP_LO else e
 
 
-@njit(**_JIT)
+@_njit()
 def exp_into(x, out):
     """out[i] = fast_exp(x[i]) over 1-D float32 arrays (for tests and the benchmark)."""
     for i in range(x.shape[0]):
         out[i] = fast_exp(x[i])
 
 
-@njit(**_JIT)
+@_njit()
 def _geglu_forward(h, y, lo, hi):
     """y[i, j] = gelu(h[i, j]) * h[i, F + j] for rows lo..hi; h [M, 2F], y [M, F]."""
     F = y.shape[1]
@@ -90,7 +107,7 @@ def _geglu_forward(h, y, lo, hi):
             y[i, j] = g * s * h[i, F + j]
 
 
-@njit(**_JIT)
+@_njit()
 def _geglu_backward(h, dy, dh, lo, hi):
     """dh = d(sum dy * gelu(g) * u)/d[g | u] for rows lo..hi; h, dh [M, 2F], dy [M, F]."""
     F = dy.shape[1]
@@ -133,7 +150,7 @@ def _over_rows(kernel, rows: int, *arrays) -> None:
         f.result()
 
 
-@njit(**_JIT)
+@_njit()
 def _copy_by_sample(src, dst):
     """dst[...] = src for two [B, T, parts, H, hs] views (either may be strided), a sample at a time."""
     B, T, P, H, C = src.shape

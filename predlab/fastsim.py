@@ -15,6 +15,7 @@ as torch does.
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -31,6 +32,22 @@ _FASTMATH = {"reassoc"}
 _JIT = dict(cache=True, error_model="numpy")
 LANES = 8        # the neighbour loop runs over whole vectors of this many boids (AVX: 8 float32)
 _FAR = 1e12      # a coordinate no live boid is within 60 px of; its square is finite in float32
+
+
+def _njit(**options):
+    """numba's njit with _JIT's options. Where numba finds no folder to write its cache in (a
+    read-only install and no writable home), cache=True fails the import with "cannot cache
+    function": the kernels are then compiled at each start instead, with one warning."""
+    def make(f):
+        if _JIT["cache"]:
+            try:
+                return njit(**_JIT, **options)(f)
+            except RuntimeError as e:
+                _JIT["cache"] = False
+                warnings.warn(f"predlab.fastsim: {e}; its kernels are compiled at each start instead (set "
+                              "NUMBA_CACHE_DIR to a writable folder to keep them)", stacklevel=2)
+        return njit(**_JIT, **options)(f)
+    return make
 
 
 def scratch(num_envs: int, n_slots: int, dtype) -> np.ndarray:
@@ -57,14 +74,14 @@ def set_threads(threads: int) -> None:
 
 
 # ---------------------------------------------------------------------- SPEC.md section 2, per vector
-@njit(**_JIT)
+@_njit()
 def _fast(x, y, a, b):
     """Fast magnitude a * max(|x|, |y|) + b * min(|x|, |y|) with a = 0.96, b = 0.398 in the state dtype."""
     ax, ay = abs(x), abs(y)
     return a * max(ax, ay) + b * min(ax, ay)
 
 
-@njit(**_JIT)
+@_njit()
 def _limit(x, y, m, a, b):
     """sim.limit for one vector: scaled down to fast magnitude m when above it."""
     mag = _fast(x, y, a, b)
@@ -74,14 +91,14 @@ def _limit(x, y, m, a, b):
     return x, y
 
 
-@njit(**_JIT)
+@_njit()
 def _set_magnitude(x, y, m, a, b, tiny):
     """sim.set_magnitude for one vector (the same 1e-30 floor, so a zero vector stays zero)."""
     s = m / max(_fast(x, y, a, b), tiny)
     return x * s, y * s
 
 
-@njit(**_JIT)
+@_njit()
 def _wrap(p, size, margin):
     """The browser's wrap of one coordinate (sim._wrap)."""
     hi = size + margin
@@ -92,7 +109,7 @@ def _wrap(p, size, margin):
     return p
 
 
-@njit(**_JIT)
+@_njit()
 def _wrap_delta(d, size, two):
     """Wrap-aware offset of one coordinate (sim.wrap_delta)."""
     if abs(d) > size / two:
@@ -100,14 +117,14 @@ def _wrap_delta(d, size, two):
     return d
 
 
-@njit(**_JIT)
+@_njit()
 def _clamp1(v, one):
     """v clamped to [-1, 1], as torch's clamp(-1, 1)."""
     return min(max(v, -one), one)
 
 
 # ---------------------------------------------------------------------- one environment
-@njit(**_JIT)
+@_njit()
 def _observe_env(e, pos, vel, alive, pred_pos, pred_vel, size, r, ctx, pred, boids, n, target):
     """World.observe() + closest_pursuit for env e, live boids compacted in slot order.
 
@@ -150,7 +167,7 @@ def _observe_env(e, pos, vel, alive, pred_pos, pred_vel, size, r, ctx, pred, boi
     return tx, ty
 
 
-@njit(fastmath=_FASTMATH, **_JIT)
+@_njit(fastmath=_FASTMATH)
 def _step_env(e, pos, vel, alive, pred_pos, pred_vel, size, weights, ax_, ay_, snap):
     """World.step for env e with action (ax_, ay_); returns the live boids left after catches.
 
@@ -259,21 +276,21 @@ def _step_env(e, pos, vel, alive, pred_pos, pred_vel, size, weights, ax_, ay_, s
 
 
 # ---------------------------------------------------------------------- all environments
-@njit(parallel=True, **_JIT)
+@_njit(parallel=True)
 def _observe_all(pos, vel, alive, pred_pos, pred_vel, size, rows, ctx, pred, boids, n, target):
     for e in prange(pos.shape[0]):
         if rows[e] >= 0:
             _observe_env(e, pos, vel, alive, pred_pos, pred_vel, size, rows[e], ctx, pred, boids, n, target)
 
 
-@njit(parallel=True, **_JIT)
+@_njit(parallel=True)
 def _step_all(pos, vel, alive, pred_pos, pred_vel, size, weights, action, live, snap):
     for e in prange(pos.shape[0]):
         live[e] = _step_env(e, pos, vel, alive, pred_pos, pred_vel, size, weights, action[e, 0], action[e, 1],
                             snap[e])
 
 
-@njit(parallel=True, **_JIT)
+@_njit(parallel=True)
 def _frame_all(pos, vel, alive, pred_pos, pred_vel, size, weights, noise, live, row0, ctx, pred, boids, n, target,
                snap):
     E = pos.shape[0]

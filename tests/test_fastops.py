@@ -3,6 +3,10 @@ on any thread count."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +115,35 @@ def test_head_copies_equal_torch_permutes(parts):
     assert torch.equal(fastops.split_heads(x, parts, H), want)
     d = torch.randn(parts, B, H, hs, T, generator=g)
     assert torch.equal(fastops.merge_heads_t(d), d.permute(1, 4, 0, 2, 3).reshape(B, T, parts * H * hs))
+
+
+NO_CACHE_FOLDER = r"""
+import warnings
+import numba.core.caching as caching
+import torch
+
+
+def unwritable(self):          # every folder numba would cache in is read-only (as for a user
+    raise PermissionError(13, "Permission denied", self.get_cache_path())   # of a system-wide install)
+
+
+caching._CacheLocator.ensure_cache_path = unwritable
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import predlab.model as M
+assert M.fastops is not None, "the fused kernels were dropped"
+h = torch.randn(3, 2 * 5)
+assert (M.fastops.geglu(h) - torch.nn.functional.gelu(h[:, :5], approximate="tanh") * h[:, 5:]).abs().max() < 1e-6
+print(sum("NUMBA_CACHE_DIR" in str(w.message) for w in caught))
+"""
+
+
+def test_without_a_folder_for_numbas_cache_the_kernels_compile_each_start():
+    """A read-only install with no writable home gives numba nowhere to cache the kernels:
+    cache=True then raised "cannot cache function" when predlab.model was imported."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env.pop("NUMBA_CACHE_DIR", None)
+    r = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["1"]          # one warning, naming the way to keep the compiled kernels
