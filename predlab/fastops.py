@@ -38,20 +38,25 @@ _A = F32(0.044715)
 _MIN_PARALLEL_ROWS = 2048                 # GEGLU rows per thread, at least (a hand-off costs more below)
 
 
-def _njit(**options):
-    """numba's njit with _JIT's options. Where numba finds no folder to write its cache in (a
-    read-only install and no writable home), cache=True fails the import with "cannot cache
-    function": the kernels are then compiled at each start instead, with one warning."""
+def cached_njit(owner: str, jit: dict, **options):
+    """numba's njit with the options jit (a module's dict) and options. Where numba finds no folder to
+    write its cache in (a read-only install and no writable home), cache=True fails the import with
+    "cannot cache function": jit["cache"] is then turned off, so that owner's kernels are compiled at
+    each start instead, with one warning."""
     def make(f):
-        if _JIT["cache"]:
+        if jit["cache"]:
             try:
-                return njit(**_JIT, **options)(f)
+                return njit(**jit, **options)(f)
             except RuntimeError as e:
-                _JIT["cache"] = False
-                warnings.warn(f"predlab.fastops: {e}; its kernels are compiled at each start instead (set "
+                jit["cache"] = False
+                warnings.warn(f"{owner}: {e}; its kernels are compiled at each start instead (set "
                               "NUMBA_CACHE_DIR to a writable folder to keep them)", stacklevel=2)
-        return njit(**_JIT, **options)(f)
+        return njit(**jit, **options)(f)
     return make
+
+
+def _njit(**options):
+    return cached_njit("predlab.fastops", _JIT, **options)
 
 
 @intrinsic

@@ -15,14 +15,14 @@ as torch does.
 from __future__ import annotations
 
 import threading
-import warnings
 
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import prange
 
 from . import config as C
+from .fastops import cached_njit
 
 # Reassociation lets LLVM vectorise the neighbour sums over j; no other fast-math liberty
 # (no finite-math or reciprocal assumptions), so comparisons and divisions stay exact. The
@@ -35,19 +35,7 @@ _FAR = 1e12      # a coordinate no live boid is within 60 px of; its square is f
 
 
 def _njit(**options):
-    """numba's njit with _JIT's options. Where numba finds no folder to write its cache in (a
-    read-only install and no writable home), cache=True fails the import with "cannot cache
-    function": the kernels are then compiled at each start instead, with one warning."""
-    def make(f):
-        if _JIT["cache"]:
-            try:
-                return njit(**_JIT, **options)(f)
-            except RuntimeError as e:
-                _JIT["cache"] = False
-                warnings.warn(f"predlab.fastsim: {e}; its kernels are compiled at each start instead (set "
-                              "NUMBA_CACHE_DIR to a writable folder to keep them)", stacklevel=2)
-        return njit(**_JIT, **options)(f)
-    return make
+    return cached_njit("predlab.fastsim", _JIT, **options)
 
 
 def scratch(num_envs: int, n_slots: int, dtype) -> np.ndarray:
