@@ -402,7 +402,8 @@ class TransformerPredator(nn.Module):
         return cls(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ffn_hidden, cfg.dropout)
 
     def reset_parameters(self, generator: torch.Generator = None) -> None:
-        """Small normal init (std 0.02), zero biases, unit LayerNorm scales; a smaller output layer."""
+        """Small normal init (std 0.02), zero biases, unit LayerNorm scales; the residual projections (attn_out,
+        down) scaled by 1 / sqrt(2 * layers)."""
         for name, p in self.named_parameters():
             if p.dim() >= 2 or name == "cls_embedding":
                 with torch.no_grad():
