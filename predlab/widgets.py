@@ -68,7 +68,13 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
 
 
 def _slider_value(name: str, w: W.Widget, v):
-    """v checked against slider w's range (a log slider's ends within rounding); other widgets check their own."""
+    """v checked against slider w's range (a log slider's ends within rounding) or dropdown w's
+    choices; other widgets check their own."""
+    if isinstance(w, W.Dropdown):   # its own refusal named no control, and came after the controls before it were set
+        choices = [o[1] if isinstance(o, tuple) else o for o in w.options]     # options may be (label, value)
+        if v not in choices:
+            raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
+        return v
     if isinstance(w, W.FloatLogSlider):
         lo, hi = w.base ** w.min, w.base ** w.max
         real_number(name, v, lo * (1 - 1e-9), hi * (1 + 1e-9))
@@ -93,8 +99,8 @@ class Controls:
     def set(self, **values) -> None:
         """Set widget values (as a user would); observers fire as for a slider move. TypeError
         naming the controls there are for a name that is none of them, and TypeError/ValueError
-        for a value a slider cannot hold (it would clamp 1000 to its max, or cut 2.5 to 2); then
-        nothing is set."""
+        for a value a slider cannot hold (it would clamp 1000 to its max, or cut 2.5 to 2) or a
+        dropdown does not offer; then nothing is set."""
         unknown = [k for k in values if k not in self.widgets]
         if unknown:
             raise TypeError(f"no control named {', '.join(map(repr, unknown))}: these are {', '.join(self.widgets)}")

@@ -45,3 +45,22 @@ def test_no_cell_claims_a_checked_output(name):
     marked = [i for i, c in enumerate(nb["cells"])
               if c["cell_type"] == "code" and "NBVAL_CHECK_OUTPUT" in "".join(c["source"])]
     assert not marked, f"{name}: cells {marked} are marked NBVAL_CHECK_OUTPUT but have no stored output to check"
+
+
+def test_export_notebook_writes_a_stand_in_aside_when_a_checkpoint_appears_after_it(tmp_path, monkeypatch):
+    """04 opened before any training makes a stand-in; 02 then writes best_model.pt. Its export cell run
+    again on its own looked for that file anew and wrote the stand-in to checkpoints/model.js, unmarked,
+    where the demo and the page look for a trained model."""
+    from predlab import viz
+    from predlab.model import TransformerPredator
+
+    nb = json.loads((NOTEBOOKS / "04_export.ipynb").read_text())
+    load, export = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"][:2]
+    monkeypatch.setattr(viz, "checkpoint_dir", lambda quick=None: tmp_path)
+    monkeypatch.setattr(viz, "load_best_model", lambda *a, **k: (TransformerPredator(), "trained a small model"))
+    ns = {}
+    exec("\n".join(line for line in load.splitlines() if not line.startswith("%")), ns)   # no IPython magics
+    (tmp_path / "best_model.pt").write_bytes(b"")           # 02_train.ipynb finishes meanwhile
+    exec(export, ns)
+    assert ns["js_path"] == tmp_path / "stand-in" / "model.js"
+    assert not (tmp_path / "model.js").exists()

@@ -408,6 +408,18 @@ def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
     assert np.allclose(ctl.last.attention_weights, direct.attention_weights)
 
 
+def test_attention_controls_refuse_a_head_they_do_not_have_before_setting_anything(make_model, samples):
+    """set(frame=4, head=7) moved the frame and redrew, then failed with traitlets' 'value not found'."""
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    ctl = widgets.make_attention_controls(model, viz.sample_frames(samples, 5))
+    drawn = ctl.last
+    with pytest.raises(ValueError, match=r"head must be one of 'mean', 0, 1, got 7"):
+        ctl.set(frame=4, head=7)
+    assert ctl.values() == {"frame": 2, "layer": 0, "head": "mean"} and ctl.last is drawn
+    ctl.set(head=1)
+    assert ctl.values()["head"] == 1 and ctl.last is not drawn
+
+
 def test_attention_views_name_a_wrong_model_or_batch_and_take_browser_dicts(make_model, samples):
     """A model's path gave AttributeError 'training', a browser-form dict KeyError 'mask'."""
     from predlab.data import InputError
