@@ -852,6 +852,8 @@ def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     (lambda s: s.__setitem__("train_config", None), "'train_config' is NoneType, not a dict"),
     (lambda s: s.__setitem__("epoch", -3), "'epoch' must be a whole number >= 0"),
     (lambda s: s.__setitem__("epoch", "2"), "'epoch' must be a whole number >= 0"),
+    # a checkpoint of another format version, whose fields this predlab would misread
+    (lambda s: s.__setitem__("version", 2), "checkpoint version 2, this predlab reads 1"),
 ])
 def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
