@@ -884,7 +884,8 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["scheduler"].__setitem__("warmup", math.nan),
                                   # a final ratio below 0 ends the schedule at a negative learning rate
                                   lambda s: s["scheduler"].__setitem__("min_ratio", -0.5),
-                                  lambda s: s.__setitem__("best_metric", math.nan)])
+                                  lambda s: s.__setitem__("best_metric", math.nan),
+                                  lambda s: s.__setitem__("best_metric", -math.inf)])
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
     donor.train(1)
