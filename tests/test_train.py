@@ -480,6 +480,8 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
     (["--seed", "99999999999999999999"], "must be <= 9223372036854775807"),   # once an overflow in torch
     (["--boids_min", "10001", "--boids_max", "10001"], "must be <= 10000"),   # once a traceback from World.random
     (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
+    # a run that would never evaluate catches, so never write best_model.pt or model.js
+    (["--select_best_by", "catch_ratio", "--eval_every", "0"], "select_best_by catch_ratio needs eval_every > 0"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
