@@ -465,6 +465,29 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
         t.set_schedule(learning_rate=0.0)
 
 
+def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
+    """Linear warm-up over warmup_epochs, then cosine decay to min_lr_ratio x peak spread over the
+    epochs train() was asked for (a schedule left at its first length decayed within the first
+    epoch after warm-up, and the run trained at the floor)."""
+    class Rates(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, trainer, step, loss):
+            self.seen.append((trainer.epoch + 1, step, float(trainer.optimizer.param_groups[0]["lr"])))
+
+    rates = Rates()
+    t = _trainer(tmp_path, dropout=0.0, callbacks=[rates])     # peak 3e-3, warm-up 1 epoch, floor 0.05
+    t.train(4)
+    first = {e: lr for e, step, lr in rates.seen if step == 0}
+    assert first[1] < 3e-3 / 10                               # warm-up starts near 0
+    assert first[2] == pytest.approx(3e-3)                    # the peak, once warm-up is over
+    assert first[3] == pytest.approx(3e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 3))))   # a third of the decay
+    decay = [lr for e, step, lr in rates.seen if e >= 2]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert 3e-3 * 0.05 < decay[-1] < 3e-3 * 0.15
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "epochs"),
     (["--batch_size", "-4"], "batch_size"),
