@@ -465,6 +465,27 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
         t.set_schedule(learning_rate=0.0)
 
 
+def test_load_checkpoint_restores_the_runs_schedule_not_the_trainers_own(tmp_path):
+    """A trainer made with other settings and resumed from a checkpoint goes on with the run's peak
+    learning rate, warm-up and floor (it kept its own, and the resumed run silently trained at
+    another rate)."""
+    run = _trainer(tmp_path)
+    run.set_schedule(warmup_epochs=2.0, min_lr_ratio=0.2)
+    run.train(3)
+    path = run.save_checkpoint(tmp_path / "c3.pt")
+    gen = EpisodeGenerator(TINY_WORLD, seed=0, progress=False)
+    from predlab.train import EpisodeSource
+    other = SupervisedTrainer(TransformerPredator(), EpisodeSource(gen, 6), gen.generate(4, stream=0),
+                              learning_rate=1e-4, warmup_epochs=0.5, min_lr_ratio=0.0, batch_size=32, device="cpu")
+    other.load_checkpoint(path)
+    mine, theirs = other.scheduler.state_dict(), run.scheduler.state_dict()
+    assert {**mine, "total": None} == {**theirs, "total": None}   # the length is what train() is asked for
+    assert (other.scheduler.base, other.scheduler.warmup, other.scheduler.min_ratio) == ([3e-3] * 2, 2.0, 0.2)
+    run.train(4)
+    other.train(4)
+    assert other.history[-1]["lr"] == run.history[-1]["lr"]
+
+
 def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
     """Linear warm-up over warmup_epochs, then cosine decay to min_lr_ratio x peak spread over the
     epochs train() was asked for (a schedule left at its first length decayed within the first
