@@ -1094,6 +1094,19 @@ def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
     read_weights(tmp_path / "checkpoints" / "model.js")
 
 
+def test_a_run_saves_every_save_every_epochs_and_its_last_epoch(tmp_path):
+    """checkpoint_epoch_N.pt at every save_every-th epoch, and at the run's last epoch whatever its
+    number, so that a finished run can be resumed for more epochs from where it ended."""
+    d = tmp_path / "ck"
+    t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=2, keep=5)])
+    t.train(5)
+    assert sorted(n for n in _names(d) if n.startswith("checkpoint_")) == \
+        ["checkpoint_epoch_2.pt", "checkpoint_epoch_4.pt", "checkpoint_epoch_5.pt"]
+    again = _trainer(tmp_path)
+    again.load_checkpoint(d / "checkpoint_epoch_5.pt")
+    assert again.epoch == 5
+
+
 def test_an_early_stopped_run_leaves_a_checkpoint_to_resume_from(tmp_path, capsys):
     from predlab.train import Checkpointer, EarlyStopping
     d = tmp_path / "ck"
