@@ -698,6 +698,19 @@ def test_dagger_resume_is_bit_identical(tmp_path):
     assert "data_source" not in torch.load(light, weights_only=True)
 
 
+def test_best_model_pt_leaves_out_the_dagger_samples_that_epoch_checkpoints_carry(tmp_path):
+    """best_model.pt is written at almost every epoch and only read for its model: it goes without
+    DAgger's aggregated samples (two epochs' worth, the bulk of a checkpoint), which
+    checkpoint_epoch_N.pt carries so that a run resumes exactly."""
+    d = tmp_path / "ck"
+    t = create_trainer(train_episodes=6, val_episodes=3, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, eval_every=0, dagger=True, dagger_start=1,
+                       callbacks=[Checkpointer(d, save_every=1)])
+    t.train(1)
+    assert "data_source" not in torch.load(d / "best_model.pt", weights_only=True)
+    assert len(torch.load(d / "checkpoint_epoch_1.pt", weights_only=True)["data_source"]["dagger_buffer"]["n"]) > 0
+
+
 class InterruptAt(Callback):
     """Ctrl-C once, at a point of one epoch: after a step of it (before any of its files), or at its end."""
 
