@@ -590,6 +590,19 @@ def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
     assert len(list((d / "previous").iterdir())) == 1
 
 
+def test_a_new_runs_first_best_model_moves_the_earlier_one_aside_between_saves(tmp_path):
+    """A new best in an epoch that writes no checkpoint_epoch_N.pt is this run's first write too:
+    the earlier run's best_model.pt moves to previous/ first (overwritten, it was lost, and this
+    run's own best went to previous/ in its place)."""
+    d = tmp_path / "ck"
+    _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)]).train(1)
+    old = (d / "best_model.pt").read_bytes()
+    _trainer(tmp_path, dropout=0.0, callbacks=[Checkpointer(d, save_every=5)]).train(2)
+    (prev,) = (d / "previous").iterdir()
+    assert (prev / "best_model.pt").read_bytes() == old
+    assert (d / "best_model.pt").read_bytes() != old
+
+
 def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
     from predlab.train import Checkpointer
     d = tmp_path / "ck"
