@@ -247,6 +247,14 @@ def test_early_stopping_stops(tmp_path):
     assert t.epoch == 3 and t.bad_epochs == 2
 
 
+def test_early_stopping_with_patience_0_is_off(tmp_path):
+    """Patience 0 is --early_stopping's "off", for an EarlyStopping made from that setting too."""
+    t = _trainer(tmp_path, callbacks=[EarlyStopping(0)])
+    t.min_delta = 10.0
+    t.train(3)
+    assert t.epoch == 3 and t.bad_epochs == 2
+
+
 def test_early_stopping_patience_holds_for_its_own_train_call_only(tmp_path):
     """The EarlyStopping that train(N, early_stopping_patience=2) added stayed among the trainer's
     callbacks: a later train() given no patience, or a larger one, stopped again after one epoch."""
