@@ -87,6 +87,9 @@ def test_resume_is_bit_identical(tmp_path):
     resumed = _trainer(tmp_path)
     resumed.load_checkpoint(path)
     assert resumed.epoch == 2
+    # what the run reports as its best ("val MSE ... at epoch N") and early stopping counts from
+    assert (resumed.best_metric, resumed.best_epoch, resumed.bad_epochs) == \
+        (first.best_metric, first.best_epoch, first.bad_epochs) and first.best_epoch > 0
     resumed.train(4)
     assert resumed.epoch == 4
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
