@@ -1234,6 +1234,20 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
         assert torch.equal(a, b)
 
 
+def test_cli_resume_of_a_run_already_at_its_epochs_exits_2(tmp_path, monkeypatch, capsys):
+    """Resuming at epoch N with --epochs N would train nothing: it says to pass a larger --epochs."""
+    from predlab.train import main
+    t = _trainer(tmp_path)
+    t.train(2)
+    path = t.save_checkpoint(tmp_path / "c2.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--resume", str(path), "--epochs", "2", "--checkpoint_dir", "out"])
+    assert exit_.value.code == 2
+    assert "already at epoch 2, and --epochs 2; pass --epochs larger" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys):
     from predlab.train import main
     first = _trainer(tmp_path)
