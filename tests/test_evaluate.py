@@ -235,6 +235,20 @@ def test_trainer_logs_catch_ratio_and_can_select_by_it(tmp_path):
     assert ck["monitor"] == "neg_catch_ratio" and ck["best_metric"] == hist[0]["neg_catch_ratio"]
 
 
+def test_selected_by_catch_ratio_early_stopping_counts_evaluations_not_epochs():
+    """--select_best_by catch_ratio: the epochs between evaluations have no catch ratio and decide
+    nothing (counted as epochs without improvement, a patience of 2 stopped the run after a single
+    evaluation)."""
+    from predlab.train import create_trainer
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    trainer = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                             eval_every=2, eval_episodes=16, eval_frames=150, select_best_by="catch_ratio")
+    trainer.min_delta = 10.0           # only the first evaluation counts as an improvement
+    trainer.train(4)
+    assert ["catch_ratio" in h for h in trainer.history] == [False, True, False, True]
+    assert (trainer.best_epoch, trainer.bad_epochs) == (2, 1)
+
+
 @pytest.mark.parametrize("kw, message", [({"episodes": 2.5}, "episodes must be a whole number"),
                                          ({"frames": 0}, "frames must be a whole number >= 1"),
                                          ({"seed": -1}, "seed must be a whole number between 0 and"),

@@ -23,3 +23,15 @@ def test_readme_gives_the_two_commands():
     assert "make train" in text and "make test" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_readme_gives_each_train_flags_default():
+    """The table's default column is what a run gets without the flag (a default changed in the
+    config, and the README went on promising the old one)."""
+    parser = build_parser()
+    defaults = {s: ("off" if a.default is False and a.nargs == 0 and a.const is True else str(a.default))
+                for a in parser._actions for s in a.option_strings if s != "--help"}
+    rows = re.findall(r"^\| `(--[a-z0-9_]+)`(?: / `--no-[a-z0-9_]+`)? \| ([^|]+?) \|", README.read_text(), flags=re.M)
+    assert len(rows) == len({f for f, _ in rows}) > 40
+    wrong = {flag: (shown, defaults[flag]) for flag, shown in rows if flag in defaults and shown != defaults[flag]}
+    assert wrong == {}, f"README default (shown, real): {wrong}"

@@ -87,6 +87,9 @@ def test_resume_is_bit_identical(tmp_path):
     resumed = _trainer(tmp_path)
     resumed.load_checkpoint(path)
     assert resumed.epoch == 2
+    # what the run reports as its best ("val MSE ... at epoch N") and early stopping counts from
+    assert (resumed.best_metric, resumed.best_epoch, resumed.bad_epochs) == \
+        (first.best_metric, first.best_epoch, first.bad_epochs) and first.best_epoch > 0
     resumed.train(4)
     assert resumed.epoch == 4
     for (k, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -244,6 +247,14 @@ def test_early_stopping_stops(tmp_path):
     t = _trainer(tmp_path)
     t.min_delta = 10.0  # nothing after the first epoch counts as an improvement
     t.train(10, early_stopping_patience=2)
+    assert t.epoch == 3 and t.bad_epochs == 2
+
+
+def test_early_stopping_with_patience_0_is_off(tmp_path):
+    """Patience 0 is --early_stopping's "off", for an EarlyStopping made from that setting too."""
+    t = _trainer(tmp_path, callbacks=[EarlyStopping(0)])
+    t.min_delta = 10.0
+    t.train(3)
     assert t.epoch == 3 and t.bad_epochs == 2
 
 
@@ -465,6 +476,50 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
         t.set_schedule(learning_rate=0.0)
 
 
+def test_load_checkpoint_restores_the_runs_schedule_not_the_trainers_own(tmp_path):
+    """A trainer made with other settings and resumed from a checkpoint goes on with the run's peak
+    learning rate, warm-up and floor (it kept its own, and the resumed run silently trained at
+    another rate)."""
+    run = _trainer(tmp_path)
+    run.set_schedule(warmup_epochs=2.0, min_lr_ratio=0.2)
+    run.train(3)
+    path = run.save_checkpoint(tmp_path / "c3.pt")
+    gen = EpisodeGenerator(TINY_WORLD, seed=0, progress=False)
+    from predlab.train import EpisodeSource
+    other = SupervisedTrainer(TransformerPredator(), EpisodeSource(gen, 6), gen.generate(4, stream=0),
+                              learning_rate=1e-4, warmup_epochs=0.5, min_lr_ratio=0.0, batch_size=32, device="cpu")
+    other.load_checkpoint(path)
+    mine, theirs = other.scheduler.state_dict(), run.scheduler.state_dict()
+    assert {**mine, "total": None} == {**theirs, "total": None}   # the length is what train() is asked for
+    assert (other.scheduler.base, other.scheduler.warmup, other.scheduler.min_ratio) == ([3e-3] * 2, 2.0, 0.2)
+    run.train(4)
+    other.train(4)
+    assert other.history[-1]["lr"] == run.history[-1]["lr"]
+
+
+def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
+    """Linear warm-up over warmup_epochs, then cosine decay to min_lr_ratio x peak spread over the
+    epochs train() was asked for (a schedule left at its first length decayed within the first
+    epoch after warm-up, and the run trained at the floor)."""
+    class Rates(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_batch_end(self, trainer, step, loss):
+            self.seen.append((trainer.epoch + 1, step, float(trainer.optimizer.param_groups[0]["lr"])))
+
+    rates = Rates()
+    t = _trainer(tmp_path, dropout=0.0, callbacks=[rates])     # peak 3e-3, warm-up 1 epoch, floor 0.05
+    t.train(4)
+    first = {e: lr for e, step, lr in rates.seen if step == 0}
+    assert first[1] < 3e-3 / 10                               # warm-up starts near 0
+    assert first[2] == pytest.approx(3e-3)                    # the peak, once warm-up is over
+    assert first[3] == pytest.approx(3e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi / 3))))   # a third of the decay
+    decay = [lr for e, step, lr in rates.seen if e >= 2]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert 3e-3 * 0.05 < decay[-1] < 3e-3 * 0.15
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--epochs", "0"], "epochs"),
     (["--batch_size", "-4"], "batch_size"),
@@ -480,6 +535,8 @@ def test_set_schedule_keeps_the_schedules_place(tmp_path):
     (["--seed", "99999999999999999999"], "must be <= 9223372036854775807"),   # once an overflow in torch
     (["--boids_min", "10001", "--boids_max", "10001"], "must be <= 10000"),   # once a traceback from World.random
     (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
+    # a run that would never evaluate catches, so never write best_model.pt or model.js
+    (["--select_best_by", "catch_ratio", "--eval_every", "0"], "select_best_by catch_ratio needs eval_every > 0"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
@@ -542,6 +599,19 @@ def test_a_new_run_moves_an_earlier_runs_files_aside(tmp_path, capsys):
     second.train(3)          # the same run going on: nothing moves, its own epoch 2 is pruned
     assert sorted(n for n in _names(d) if (d / n).is_file()) == ["best_model.pt", "checkpoint_epoch_3.pt"]
     assert len(list((d / "previous").iterdir())) == 1
+
+
+def test_a_new_runs_first_best_model_moves_the_earlier_one_aside_between_saves(tmp_path):
+    """A new best in an epoch that writes no checkpoint_epoch_N.pt is this run's first write too:
+    the earlier run's best_model.pt moves to previous/ first (overwritten, it was lost, and this
+    run's own best went to previous/ in its place)."""
+    d = tmp_path / "ck"
+    _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)]).train(1)
+    old = (d / "best_model.pt").read_bytes()
+    _trainer(tmp_path, dropout=0.0, callbacks=[Checkpointer(d, save_every=5)]).train(2)
+    (prev,) = (d / "previous").iterdir()
+    assert (prev / "best_model.pt").read_bytes() == old
+    assert (d / "best_model.pt").read_bytes() != old
 
 
 def test_resuming_in_the_same_folder_keeps_the_run_up_to_that_epoch(tmp_path):
@@ -652,6 +722,19 @@ def test_dagger_resume_is_bit_identical(tmp_path):
     assert "data_source" not in torch.load(light, weights_only=True)
 
 
+def test_best_model_pt_leaves_out_the_dagger_samples_that_epoch_checkpoints_carry(tmp_path):
+    """best_model.pt is written at almost every epoch and only read for its model: it goes without
+    DAgger's aggregated samples (two epochs' worth, the bulk of a checkpoint), which
+    checkpoint_epoch_N.pt carries so that a run resumes exactly."""
+    d = tmp_path / "ck"
+    t = create_trainer(train_episodes=6, val_episodes=3, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, eval_every=0, dagger=True, dagger_start=1,
+                       callbacks=[Checkpointer(d, save_every=1)])
+    t.train(1)
+    assert "data_source" not in torch.load(d / "best_model.pt", weights_only=True)
+    assert len(torch.load(d / "checkpoint_epoch_1.pt", weights_only=True)["data_source"]["dagger_buffer"]["n"]) > 0
+
+
 class InterruptAt(Callback):
     """Ctrl-C once, at a point of one epoch: after a step of it (before any of its files), or at its end."""
 
@@ -669,8 +752,8 @@ class InterruptAt(Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("step", [2, None])
-def test_an_epoch_cut_by_ctrl_c_is_undone_so_training_again_goes_on_exactly(tmp_path, step):
+@pytest.mark.parametrize("epoch, step", [(3, 2), (3, None), (1, 1)])   # (1, 1): AdamW's state made in the cut epoch
+def test_an_epoch_cut_by_ctrl_c_is_undone_so_training_again_goes_on_exactly(tmp_path, epoch, step):
     """A notebook's cell run again after an interrupt went on from the middle of the cut epoch: its
     steps stayed in the weights, optimizer and schedule, and DAgger added that epoch's episodes to
     its buffer a second time (dropping older ones), so the run ended elsewhere than an
@@ -682,10 +765,10 @@ def test_an_epoch_cut_by_ctrl_c_is_undone_so_training_again_goes_on_exactly(tmp_
                               model_config={"dropout": 0.1}, callbacks=list(callbacks))
     straight = make()
     straight.train(4)
-    cut = make([InterruptAt(3, step)])
+    cut = make([InterruptAt(epoch, step)])
     with pytest.raises(KeyboardInterrupt):
         cut.train(4)
-    assert cut.epoch == 2 and len(cut.history) == 2
+    assert cut.epoch == epoch - 1 and len(cut.history) == epoch - 1
     assert len(cut.train_dataset.data) <= 150
     cut.train(4)                                        # the cell run again
     for (k, a), b in zip(straight.model.state_dict().items(), cut.model.state_dict().values()):
@@ -694,7 +777,9 @@ def test_an_epoch_cut_by_ctrl_c_is_undone_so_training_again_goes_on_exactly(tmp_
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["val_loss"] for h in straight.history] == [h["val_loss"] for h in cut.history]
     assert torch.equal(straight.train_dataset.data.target, cut.train_dataset.data.target)
-    assert cut.best_epoch == straight.best_epoch
+    # the best and the early-stopping count too: a cut epoch's improvement counted again as none
+    assert (cut.best_metric, cut.best_epoch, cut.bad_epochs) == \
+        (straight.best_metric, straight.best_epoch, straight.bad_epochs)
 
 
 def test_an_epoch_that_diverged_is_undone(tmp_path):
@@ -852,6 +937,8 @@ def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     (lambda s: s.__setitem__("train_config", None), "'train_config' is NoneType, not a dict"),
     (lambda s: s.__setitem__("epoch", -3), "'epoch' must be a whole number >= 0"),
     (lambda s: s.__setitem__("epoch", "2"), "'epoch' must be a whole number >= 0"),
+    # a checkpoint of another format version, whose fields this predlab would misread
+    (lambda s: s.__setitem__("version", 2), "checkpoint version 2, this predlab reads 1"),
 ])
 def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
@@ -880,7 +967,10 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["scheduler"].__setitem__("base", [math.nan] * 2),
                                   lambda s: s["scheduler"].__setitem__("base", [-1e-3] * 2),
                                   lambda s: s["scheduler"].__setitem__("warmup", math.nan),
-                                  lambda s: s.__setitem__("best_metric", math.nan)])
+                                  # a final ratio below 0 ends the schedule at a negative learning rate
+                                  lambda s: s["scheduler"].__setitem__("min_ratio", -0.5),
+                                  lambda s: s.__setitem__("best_metric", math.nan),
+                                  lambda s: s.__setitem__("best_metric", -math.inf)])
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
     donor.train(1)
@@ -971,8 +1061,9 @@ def test_training_to_an_epoch_already_reached_says_so_and_changes_nothing(tmp_pa
     t = _trainer(tmp_path)
     history = t.train(2)
     lr, total = t.optimizer.param_groups[0]["lr"], t.scheduler.total
-    with pytest.warns(UserWarning, match=r"already trained 2 epoch\(s\).*train\(12\) trains 10 more"):
-        assert t.train(1) == history
+    for n in (1, 2):
+        with pytest.warns(UserWarning, match=r"already trained 2 epoch\(s\).*train\(12\) trains 10 more"):
+            assert t.train(n) == history
     assert (t.epoch, len(t.history), t.optimizer.param_groups[0]["lr"], t.scheduler.total) == (2, 2, lr, total)
     t.train(3)
     assert t.epoch == 3
@@ -1041,6 +1132,19 @@ def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
     assert "interrupted in epoch" in out and "browser weights" in out
     from predlab.export import read_weights
     read_weights(tmp_path / "checkpoints" / "model.js")
+
+
+def test_a_run_saves_every_save_every_epochs_and_its_last_epoch(tmp_path):
+    """checkpoint_epoch_N.pt at every save_every-th epoch, and at the run's last epoch whatever its
+    number, so that a finished run can be resumed for more epochs from where it ended."""
+    d = tmp_path / "ck"
+    t = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=2, keep=5)])
+    t.train(5)
+    assert sorted(n for n in _names(d) if n.startswith("checkpoint_")) == \
+        ["checkpoint_epoch_2.pt", "checkpoint_epoch_4.pt", "checkpoint_epoch_5.pt"]
+    again = _trainer(tmp_path)
+    again.load_checkpoint(d / "checkpoint_epoch_5.pt")
+    assert again.epoch == 5
 
 
 def test_an_early_stopped_run_leaves_a_checkpoint_to_resume_from(tmp_path, capsys):
@@ -1128,6 +1232,20 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
     exported, saved = read_weights("ck/model.js"), ck.load_model("ck/checkpoint_epoch_3.pt")
     for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_cli_resume_of_a_run_already_at_its_epochs_exits_2(tmp_path, monkeypatch, capsys):
+    """Resuming at epoch N with --epochs N would train nothing: it says to pass a larger --epochs."""
+    from predlab.train import main
+    t = _trainer(tmp_path)
+    t.train(2)
+    path = t.save_checkpoint(tmp_path / "c2.pt")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--resume", str(path), "--epochs", "2", "--checkpoint_dir", "out"])
+    assert exit_.value.code == 2
+    assert "already at epoch 2, and --epochs 2; pass --epochs larger" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys):
