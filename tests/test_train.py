@@ -1765,3 +1765,15 @@ def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):
     events = acc.Scalars("loss/val")
     assert [e.step for e in events] == [1, 2, 3]
     assert [e.value for e in events] == pytest.approx([h["val_loss"] for h in t.history])
+
+
+def test_cli_early_stopping_ends_the_run(tmp_path, monkeypatch, capsys):
+    """--early_stopping N stops the run after N epochs without improvement, leaving the last
+    epoch's checkpoint to resume from; dropped from the CLI's callbacks, every run went to --epochs."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "5", "--early_stopping", "1", "--min_delta", "10", "--no-dagger", "--eval_every", "0",
+                 *TINY_FLAGS]) == 0    # with that min_delta, no epoch after the first improves
+    assert "early stopping: no improvement for 1 epochs" in capsys.readouterr().out
+    assert sorted(n for n in _names(tmp_path / "checkpoints") if n.startswith("checkpoint_")) == \
+        ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
