@@ -1777,3 +1777,17 @@ def test_cli_early_stopping_ends_the_run(tmp_path, monkeypatch, capsys):
     assert "early stopping: no improvement for 1 epochs" in capsys.readouterr().out
     assert sorted(n for n in _names(tmp_path / "checkpoints") if n.startswith("checkpoint_")) == \
         ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+
+
+def test_the_runs_catch_evaluation_uses_its_seed(tmp_path):
+    """The catch evaluation during training runs on the episodes of the run's --seed, the ones
+    `python -m predlab.evaluate --seed` scores, so the logged catch_ratio can be checked there."""
+    from predlab.evaluate import compare
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    t = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                       dagger=False, seed=3, eval_every=1, eval_episodes=16, eval_frames=150)
+    logs = t.train(1)[0]
+    res = compare(t.model, episodes=16, frames=150, seed=3, world_config=wc, baselines=False)
+    assert (logs["catch_ratio"], logs["catches_per_1k"]) == (res["catch_ratio"], res["policy"]["catches_per_1k"])
+    other = compare(t.model, episodes=16, frames=150, seed=0, world_config=wc, baselines=False)
+    assert other["policy"]["catches_per_1k"] != logs["catches_per_1k"]     # the seed matters
