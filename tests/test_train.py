@@ -1791,3 +1791,28 @@ def test_the_runs_catch_evaluation_uses_its_seed(tmp_path):
     assert (logs["catch_ratio"], logs["catches_per_1k"]) == (res["catch_ratio"], res["policy"]["catches_per_1k"])
     other = compare(t.model, episodes=16, frames=150, seed=0, world_config=wc, baselines=False)
     assert other["policy"]["catches_per_1k"] != logs["catches_per_1k"]     # the seed matters
+
+
+# a catch-ratio run on small canvases, where the teacher catches within the evaluation's frames
+BY_CATCHES = [*TINY_FLAGS, "--width_max", "640", "--height_max", "480", "--no-dagger", "--select_best_by",
+              "catch_ratio", "--eval_every", "1", "--eval_episodes", "16", "--eval_frames", "150"]
+
+
+def test_resume_with_other_catch_evaluation_episodes_starts_the_best_afresh(tmp_path, monkeypatch, capsys):
+    """A run selecting by catch ratio, resumed with another --eval_episodes or --eval_frames, is
+    measured on other episodes: its best so far cannot be compared with the new ratios (the new
+    episodes may be harder), so the best starts afresh, saying why."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", *BY_CATCHES]) == 0
+    capsys.readouterr()
+    assert main(["--epochs", "3", "--resume", "ck/checkpoint_epoch_2.pt", "--eval_frames", "120",
+                 "--checkpoint_dir", "more"]) == 0
+    assert "--eval_frames changed the episodes catch_ratio is measured on" in capsys.readouterr().out
+    state = ck.load_checkpoint_dict("more/checkpoint_epoch_3.pt")
+    assert state["best_epoch"] == 3
+    assert state["best_metric"] == state["history"][-1]["neg_catch_ratio"]
+    # the validation set is not what a catch-ratio run's best is chosen on: the best carries over
+    assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--val_episodes", "4",
+                 "--checkpoint_dir", "more"]) == 0
+    assert "changed the episodes" not in capsys.readouterr().out
