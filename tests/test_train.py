@@ -1816,3 +1816,21 @@ def test_resume_with_other_catch_evaluation_episodes_starts_the_best_afresh(tmp_
     assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--val_episodes", "4",
                  "--checkpoint_dir", "more"]) == 0
     assert "changed the episodes" not in capsys.readouterr().out
+
+
+def test_resume_selecting_by_val_loss_after_catch_ratio_writes_a_best_model(tmp_path, monkeypatch, capsys):
+    """A catch-ratio run's best is a negative number (the trainer minimises -ratio), which no val
+    loss beats: resumed with --select_best_by val_loss, the best has to start afresh, or
+    best_model.pt is never written again and the export falls back to the last epoch."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", *BY_CATCHES]) == 0
+    assert ck.load_checkpoint_dict("ck/checkpoint_epoch_2.pt")["best_metric"] <= 0
+    capsys.readouterr()
+    assert main(["--epochs", "3", "--resume", "ck/checkpoint_epoch_2.pt", "--select_best_by", "val_loss",
+                 "--checkpoint_dir", "more"]) == 0
+    out = capsys.readouterr().out
+    assert "best_model.pt follows val_loss from now on" in out and "no epoch of this run beat" not in out
+    best = ck.load_checkpoint_dict("more/best_model.pt")
+    assert (best["monitor"], best["best_epoch"]) == ("val_loss", 3)
+    assert best["best_metric"] == best["history"][-1]["val_loss"]
