@@ -464,3 +464,16 @@ def test_compare_names_a_flag_that_is_not_a_bool(kw, message):
     """baselines="no", a true string, ran the random baseline all the same."""
     with pytest.raises(TypeError, match=message):
         compare("teacher", episodes=1, frames=1, **kw)
+
+
+def test_first_catch_frames_counts_the_frames_a_catch_took(teacher_run):
+    """first_catch_frames is the number of frames to an episode's first catch (first_catch holds the
+    frame's index from 0): a catch in the first frame took 1, one in the last frame the whole
+    horizon, as many as an episode without a catch counts."""
+    from predlab.evaluate import Rollout
+    r = Rollout(torch.tensor([1, 2, 0]), torch.tensor([0, 9, -1]), torch.tensor([5, 5, 5]), frames=10, seconds=0.0)
+    assert r.summary()["first_catch_frames"] == pytest.approx((1 + 10 + 10) / 3)
+    # in a rollout: a horizon just long enough for the quickest first catch, which took all its frames
+    k = int(teacher_run.first_catch[teacher_run.first_catch >= 0].min()) + 1
+    s = rollout("teacher", **{**KW, "frames": k}).summary()
+    assert s["first_catch_rate"] > 0 and s["first_catch_frames"] == k
