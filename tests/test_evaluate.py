@@ -477,3 +477,14 @@ def test_first_catch_frames_counts_the_frames_a_catch_took(teacher_run):
     k = int(teacher_run.first_catch[teacher_run.first_catch >= 0].min()) + 1
     s = rollout("teacher", **{**KW, "frames": k}).summary()
     assert s["first_catch_rate"] > 0 and s["first_catch_frames"] == k
+
+
+def test_the_first_catch_is_not_moved_by_later_catches():
+    """first_catch is the frame of an episode's first catch, whatever it catches after: a shorter
+    horizon finds the same first catches, and none in an episode first caught at or after its end."""
+    kw = dict(episodes=16, seed=0, world_config=WorldConfig(width_max=400, height_max=400, boids_max=20))
+    long, short = rollout("teacher", frames=300, **kw), rollout("teacher", frames=100, **kw)   # several catches
+    first = long.first_catch
+    assert torch.equal(short.catches > 0, (first >= 0) & (first < 100))
+    assert torch.equal(short.first_catch, torch.where(first < 100, first, -1))
+    assert ((short.catches > 0) & (long.catches > short.catches)).any()     # caught again after frame 100
