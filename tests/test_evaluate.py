@@ -488,3 +488,11 @@ def test_the_first_catch_is_not_moved_by_later_catches():
     assert torch.equal(short.catches > 0, (first >= 0) & (first < 100))
     assert torch.equal(short.first_catch, torch.where(first < 100, first, -1))
     assert ((short.catches > 0) & (long.catches > short.catches)).any()     # caught again after frame 100
+
+
+def test_flock_caught_is_the_mean_of_each_episodes_share():
+    """flock_caught is the mean over episodes of caught / starting boids (the module's figures), so
+    a lone boid caught weighs as much as a flock of 49 missed: pooled, the two read 0.02."""
+    from predlab.evaluate import Rollout
+    r = Rollout(torch.tensor([1, 0]), torch.tensor([3, -1]), torch.tensor([1, 49]), frames=10, seconds=0.0)
+    assert r.summary()["flock_caught"] == 0.5
