@@ -496,3 +496,18 @@ def test_flock_caught_is_the_mean_of_each_episodes_share():
     from predlab.evaluate import Rollout
     r = Rollout(torch.tensor([1, 0]), torch.tensor([3, -1]), torch.tensor([1, 49]), frames=10, seconds=0.0)
     assert r.summary()["flock_caught"] == 0.5
+
+
+def test_a_run_selecting_by_catch_ratio_evaluates_its_last_epoch(tmp_path):
+    """A run that selects by catch ratio and ends between evaluations is evaluated at its end too:
+    a run shorter than eval_every had no catch ratio at all, so no best_model.pt and no model.js."""
+    from predlab.train import Checkpointer, create_trainer
+    from predlab.checkpoint import load_checkpoint_dict
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    trainer = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                             dagger=False, eval_every=5, eval_episodes=16, eval_frames=150,
+                             select_best_by="catch_ratio", callbacks=[Checkpointer(tmp_path)])
+    trainer.train(2)
+    assert ["catch_ratio" in h for h in trainer.history] == [False, True]
+    best = load_checkpoint_dict(tmp_path / "best_model.pt")
+    assert best["best_epoch"] == 2 and best["best_metric"] == trainer.history[-1]["neg_catch_ratio"]
