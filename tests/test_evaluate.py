@@ -511,3 +511,19 @@ def test_a_run_selecting_by_catch_ratio_evaluates_its_last_epoch(tmp_path):
     assert ["catch_ratio" in h for h in trainer.history] == [False, True]
     best = load_checkpoint_dict(tmp_path / "best_model.pt")
     assert best["best_epoch"] == 2 and best["best_metric"] == trainer.history[-1]["neg_catch_ratio"]
+
+
+def test_cli_seed_chooses_the_episodes(tmp_path, capsys):
+    """python -m predlab.evaluate --seed S scores the episodes of seed S: its figures are compare's
+    with that seed, and another seed's differ."""
+    out = tmp_path / "res.json"
+    assert main(["teacher", "--episodes", "8", "--frames", "300", "--seed", "7", "--no-progress",
+                 "--json", str(out)]) == 0
+    assert "seed 7" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    want = compare("teacher", episodes=8, frames=300, seed=7)
+    for who in ("policy", "teacher", "random"):
+        assert {k: v for k, v in res[who].items() if k != "seconds"} == \
+            {k: v for k, v in want[who].items() if k != "seconds"}, who
+    assert compare("teacher", episodes=8, frames=300, seed=0, baselines=False)["teacher"]["catches"] != \
+        res["teacher"]["catches"]
