@@ -464,3 +464,66 @@ def test_compare_names_a_flag_that_is_not_a_bool(kw, message):
     """baselines="no", a true string, ran the random baseline all the same."""
     with pytest.raises(TypeError, match=message):
         compare("teacher", episodes=1, frames=1, **kw)
+
+
+def test_first_catch_frames_counts_the_frames_a_catch_took(teacher_run):
+    """first_catch_frames is the number of frames to an episode's first catch (first_catch holds the
+    frame's index from 0): a catch in the first frame took 1, one in the last frame the whole
+    horizon, as many as an episode without a catch counts."""
+    from predlab.evaluate import Rollout
+    r = Rollout(torch.tensor([1, 2, 0]), torch.tensor([0, 9, -1]), torch.tensor([5, 5, 5]), frames=10, seconds=0.0)
+    assert r.summary()["first_catch_frames"] == pytest.approx((1 + 10 + 10) / 3)
+    # in a rollout: a horizon just long enough for the quickest first catch, which took all its frames
+    k = int(teacher_run.first_catch[teacher_run.first_catch >= 0].min()) + 1
+    s = rollout("teacher", **{**KW, "frames": k}).summary()
+    assert s["first_catch_rate"] > 0 and s["first_catch_frames"] == k
+
+
+def test_the_first_catch_is_not_moved_by_later_catches():
+    """first_catch is the frame of an episode's first catch, whatever it catches after: a shorter
+    horizon finds the same first catches, and none in an episode first caught at or after its end."""
+    kw = dict(episodes=16, seed=0, world_config=WorldConfig(width_max=400, height_max=400, boids_max=20))
+    long, short = rollout("teacher", frames=300, **kw), rollout("teacher", frames=100, **kw)   # several catches
+    first = long.first_catch
+    assert torch.equal(short.catches > 0, (first >= 0) & (first < 100))
+    assert torch.equal(short.first_catch, torch.where(first < 100, first, -1))
+    assert ((short.catches > 0) & (long.catches > short.catches)).any()     # caught again after frame 100
+
+
+def test_flock_caught_is_the_mean_of_each_episodes_share():
+    """flock_caught is the mean over episodes of caught / starting boids (the module's figures), so
+    a lone boid caught weighs as much as a flock of 49 missed: pooled, the two read 0.02."""
+    from predlab.evaluate import Rollout
+    r = Rollout(torch.tensor([1, 0]), torch.tensor([3, -1]), torch.tensor([1, 49]), frames=10, seconds=0.0)
+    assert r.summary()["flock_caught"] == 0.5
+
+
+def test_a_run_selecting_by_catch_ratio_evaluates_its_last_epoch(tmp_path):
+    """A run that selects by catch ratio and ends between evaluations is evaluated at its end too:
+    a run shorter than eval_every had no catch ratio at all, so no best_model.pt and no model.js."""
+    from predlab.train import Checkpointer, create_trainer
+    from predlab.checkpoint import load_checkpoint_dict
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    trainer = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                             dagger=False, eval_every=5, eval_episodes=16, eval_frames=150,
+                             select_best_by="catch_ratio", callbacks=[Checkpointer(tmp_path)])
+    trainer.train(2)
+    assert ["catch_ratio" in h for h in trainer.history] == [False, True]
+    best = load_checkpoint_dict(tmp_path / "best_model.pt")
+    assert best["best_epoch"] == 2 and best["best_metric"] == trainer.history[-1]["neg_catch_ratio"]
+
+
+def test_cli_seed_chooses_the_episodes(tmp_path, capsys):
+    """python -m predlab.evaluate --seed S scores the episodes of seed S: its figures are compare's
+    with that seed, and another seed's differ."""
+    out = tmp_path / "res.json"
+    assert main(["teacher", "--episodes", "8", "--frames", "300", "--seed", "7", "--no-progress",
+                 "--json", str(out)]) == 0
+    assert "seed 7" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    want = compare("teacher", episodes=8, frames=300, seed=7)
+    for who in ("policy", "teacher", "random"):
+        assert {k: v for k, v in res[who].items() if k != "seconds"} == \
+            {k: v for k, v in want[who].items() if k != "seconds"}, who
+    assert compare("teacher", episodes=8, frames=300, seed=0, baselines=False)["teacher"]["catches"] != \
+        res["teacher"]["catches"]

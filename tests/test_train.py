@@ -400,9 +400,15 @@ def test_device_names_are_checked_before_torch_sees_them(monkeypatch):
 
 
 # ---------------------------------------------------------------------- the real CLI
+def _this_predlab() -> dict:
+    """The environment of a CLI run in another folder that imports this tree's predlab: from a
+    temporary folder, a relative PYTHONPATH such as "." found none, and the installed one ran."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+
+
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "predlab.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=_this_predlab())
 
 
 TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
@@ -1117,7 +1123,7 @@ def test_every_allowed_seed_trains(tmp_path):
 def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
     import signal
     p = subprocess.Popen([sys.executable, "-m", "predlab.train", "--epochs", "200", *TINY_FLAGS], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_this_predlab(),
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:                  # wait for a finished epoch, so that a best model exists
@@ -1759,3 +1765,72 @@ def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):
     events = acc.Scalars("loss/val")
     assert [e.step for e in events] == [1, 2, 3]
     assert [e.value for e in events] == pytest.approx([h["val_loss"] for h in t.history])
+
+
+def test_cli_early_stopping_ends_the_run(tmp_path, monkeypatch, capsys):
+    """--early_stopping N stops the run after N epochs without improvement, leaving the last
+    epoch's checkpoint to resume from; dropped from the CLI's callbacks, every run went to --epochs."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "5", "--early_stopping", "1", "--min_delta", "10", "--no-dagger", "--eval_every", "0",
+                 *TINY_FLAGS]) == 0    # with that min_delta, no epoch after the first improves
+    assert "early stopping: no improvement for 1 epochs" in capsys.readouterr().out
+    assert sorted(n for n in _names(tmp_path / "checkpoints") if n.startswith("checkpoint_")) == \
+        ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+
+
+def test_the_runs_catch_evaluation_uses_its_seed(tmp_path):
+    """The catch evaluation during training runs on the episodes of the run's --seed, the ones
+    `python -m predlab.evaluate --seed` scores, so the logged catch_ratio can be checked there."""
+    from predlab.evaluate import compare
+    wc = WorldConfig(width_max=640, height_max=480, boids_max=20, frames=20)
+    t = create_trainer(train_episodes=4, val_episodes=2, world_config=wc, verbose=False, progress=False,
+                       dagger=False, seed=3, eval_every=1, eval_episodes=16, eval_frames=150)
+    logs = t.train(1)[0]
+    res = compare(t.model, episodes=16, frames=150, seed=3, world_config=wc, baselines=False)
+    assert (logs["catch_ratio"], logs["catches_per_1k"]) == (res["catch_ratio"], res["policy"]["catches_per_1k"])
+    other = compare(t.model, episodes=16, frames=150, seed=0, world_config=wc, baselines=False)
+    assert other["policy"]["catches_per_1k"] != logs["catches_per_1k"]     # the seed matters
+
+
+# a catch-ratio run on small canvases, where the teacher catches within the evaluation's frames
+BY_CATCHES = [*TINY_FLAGS, "--width_max", "640", "--height_max", "480", "--no-dagger", "--select_best_by",
+              "catch_ratio", "--eval_every", "1", "--eval_episodes", "16", "--eval_frames", "150"]
+
+
+def test_resume_with_other_catch_evaluation_episodes_starts_the_best_afresh(tmp_path, monkeypatch, capsys):
+    """A run selecting by catch ratio, resumed with another --eval_episodes or --eval_frames, is
+    measured on other episodes: its best so far cannot be compared with the new ratios (the new
+    episodes may be harder), so the best starts afresh, saying why."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", *BY_CATCHES]) == 0
+    capsys.readouterr()
+    assert main(["--epochs", "3", "--resume", "ck/checkpoint_epoch_2.pt", "--eval_frames", "120",
+                 "--checkpoint_dir", "more"]) == 0
+    assert "--eval_frames changed the episodes catch_ratio is measured on" in capsys.readouterr().out
+    state = ck.load_checkpoint_dict("more/checkpoint_epoch_3.pt")
+    assert state["best_epoch"] == 3
+    assert state["best_metric"] == state["history"][-1]["neg_catch_ratio"]
+    # the validation set is not what a catch-ratio run's best is chosen on: the best carries over
+    assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--val_episodes", "4",
+                 "--checkpoint_dir", "more"]) == 0
+    assert "changed the episodes" not in capsys.readouterr().out
+
+
+def test_resume_selecting_by_val_loss_after_catch_ratio_writes_a_best_model(tmp_path, monkeypatch, capsys):
+    """A catch-ratio run's best is a negative number (the trainer minimises -ratio), which no val
+    loss beats: resumed with --select_best_by val_loss, the best has to start afresh, or
+    best_model.pt is never written again and the export falls back to the last epoch."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", *BY_CATCHES]) == 0
+    assert ck.load_checkpoint_dict("ck/checkpoint_epoch_2.pt")["best_metric"] <= 0
+    capsys.readouterr()
+    assert main(["--epochs", "3", "--resume", "ck/checkpoint_epoch_2.pt", "--select_best_by", "val_loss",
+                 "--checkpoint_dir", "more"]) == 0
+    out = capsys.readouterr().out
+    assert "best_model.pt follows val_loss from now on" in out and "no epoch of this run beat" not in out
+    best = ck.load_checkpoint_dict("more/best_model.pt")
+    assert (best["monitor"], best["best_epoch"]) == ("val_loss", 3)
+    assert best["best_metric"] == best["history"][-1]["val_loss"]
