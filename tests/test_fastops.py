@@ -130,20 +130,23 @@ def unwritable(self):          # every folder numba would cache in is read-only 
 caching._CacheLocator.ensure_cache_path = unwritable
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
+    import predlab.data as data
     import predlab.model as M
 assert M.fastops is not None, "the fused kernels were dropped"
+assert data.fastsim is not None, "the numba frame was dropped"
 h = torch.randn(3, 2 * 5)
 assert (M.fastops.geglu(h) - torch.nn.functional.gelu(h[:, :5], approximate="tanh") * h[:, 5:]).abs().max() < 1e-6
-print(sum("NUMBA_CACHE_DIR" in str(w.message) for w in caught))
+print(*[sum(f"{m}: " in str(w.message) and "NUMBA_CACHE_DIR" in str(w.message) for w in caught)
+        for m in ("predlab.fastops", "predlab.fastsim")])
 """
 
 
 def test_without_a_folder_for_numbas_cache_the_kernels_compile_each_start():
     """A read-only install with no writable home gives numba nowhere to cache the kernels:
-    cache=True then raised "cannot cache function" when predlab.model was imported."""
+    cache=True then raised "cannot cache function" when predlab.model or predlab.data was imported."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     env.pop("NUMBA_CACHE_DIR", None)
     r = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["1"]          # one warning, naming the way to keep the compiled kernels
+    assert r.stdout.split() == ["1", "1"]     # one warning a module, naming the way to keep the compiled kernels

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -359,32 +355,3 @@ def test_a_boid_exactly_on_the_catch_radius_is_not_caught():
     assert state["pos"][0, 0, 0] == 12.6 and state["pos"][1, 0, 0] < 12.6
     assert live.tolist() == [1, 0]
     assert_frame_matches(world_from_lists(envs), torch.zeros(2, 2, dtype=F64))
-
-
-NO_CACHE_FOLDER = r"""
-import warnings
-import numba.core.caching as caching
-
-
-def unwritable(self):          # every folder numba would cache in is read-only (as for a user
-    raise PermissionError(13, "Permission denied", self.get_cache_path())   # of a system-wide install)
-
-
-caching._CacheLocator.ensure_cache_path = unwritable
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    import predlab.data as data
-assert data.fastsim is not None, "the numba frame was dropped"
-print(sum("predlab.fastsim" in str(w.message) for w in caught))
-"""
-
-
-def test_without_a_folder_for_numbas_cache_the_kernels_compile_each_start():
-    """A read-only install with no writable home gives numba nowhere to cache the kernels:
-    cache=True then raised "cannot cache function" when predlab.data was imported."""
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    env.pop("NUMBA_CACHE_DIR", None)
-    r = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.split() == ["1"]          # one warning, naming the way to keep the compiled kernels
