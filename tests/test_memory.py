@@ -1,5 +1,9 @@
 """Settings whose data cannot fit in this machine's memory are refused up front, naming the
 setting, instead of failing in an allocation (a traceback, or the system killing the process)."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from predlab import config
@@ -141,3 +145,29 @@ def test_a_limit_on_the_process_group_or_one_above_it_counts(tmp_path):
     assert limit(["0::/a b /c:d"], {"a b /c:d/memory.max": f"{2 ** 29}"}) == 2 ** 29   # any name a group may have
     assert limit(["4:memory:/docker/abc"], {"memory/memory.limit_in_bytes": str(2 ** 63 - 4096)}) is None
     assert limit(["garbage", "0::/"], {}) is None
+
+
+STEP_PEAK = r"""
+import resource, sys, torch
+from predlab.config import WorldConfig, episode_step_bytes
+from predlab.sim import World
+E, N = int(sys.argv[1]), int(sys.argv[2])
+world = World.random(E, WorldConfig(), generator=torch.Generator().manual_seed(0), n_boids=N)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+for _ in range(2):
+    world.step(torch.zeros(E, 2))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / E, episode_step_bytes(N))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.parametrize("n", [20, 50])
+def test_the_evaluation_check_counts_what_a_world_step_takes(n):
+    """The check before a catch evaluation counts episode_step_bytes per episode. When the world's
+    neighbour product became float64, a step took 155 KB per 50-boid episode where 118 KB were
+    counted, so evaluations the check let through could exhaust the memory."""
+    episodes = 200_000_000 // (60 * n * n)            # ~200 MB of pairwise terms: the process's own RSS is small beside it
+    out = subprocess.run([sys.executable, "-c", STEP_PEAK, str(episodes), str(n)], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    taken, counted = float(out[0]), int(out[1])
+    assert 0.5 * counted < taken <= counted, (taken, counted)
