@@ -177,6 +177,8 @@ def _check_training_state(ckpt: Mapping, path) -> None:
              f"a schedule of finite values (warmup >= 0, progress >= 0, min_ratio in [0, 1], learning rates "
              f"base > 0), found warmup {sch['warmup']}, progress {sch['progress']}, min_ratio {sch['min_ratio']}, "
              f"base {list(sch['base'])}")
+        need("scheduler", "total" not in sch or (_is_number(sch["total"]) and 0 < sch["total"] < math.inf),
+             f"a schedule whose length total is a finite number of epochs > 0, found total {sch.get('total')!r}")
     if "rng" in ckpt:
         rng = ckpt["rng"]
 

@@ -69,6 +69,7 @@ class WarmupCosine:
             raise ValueError(f"the schedule has {len(s['base'])} learning rates, the optimizer "
                              f"{len(self.optimizer.param_groups)} parameter groups")
         self.warmup, self.min_ratio, self.progress = s["warmup"], s["min_ratio"], s["progress"]
+        self.total = s.get("total", self.total)   # the run's length until train(N) sets it: the rate shown is the run's
         self.base = list(s["base"])
         self.set_progress(self.progress)
 
