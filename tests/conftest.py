@@ -14,6 +14,12 @@ import torch
 
 from predlab.model import TransformerPredator
 
+# The CLIs and scripts the tests run in subprocesses (often from a temporary folder) import this
+# tree's predlab: with a relative PYTHONPATH such as "." they found none there, and ran the predlab
+# installed in the environment, which may be another tree's.
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+
 # The suite's tensors are tiny: handing them to a thread pool costs more than it saves, and on a
 # loaded machine (CI, shared boxes) an intra-op thread hand-off can stall for milliseconds per op.
 torch.set_num_threads(1)

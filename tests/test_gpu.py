@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +21,6 @@ from predlab.train import SupervisedTrainer
 from conftest import random_sample, randomize
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-ROOT = Path(__file__).resolve().parents[1]
 WORLD = WorldConfig(frames=40, boids_max=30)
 
 
@@ -164,7 +162,7 @@ def test_graphed_training_keeps_no_autograd_nodes_across_streams():
             "t = SupervisedTrainer(TransformerPredator(dropout=0.0), d, d, batch_size=100, device='cuda')\n"
             "for _ in range(2): t.train_epoch(d)\nprint(len(t._graphs), len(d) % 100)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+)
     assert r.returncode == 0, r.stderr
     graphs, last = map(int, r.stdout.split())
     assert graphs >= 2 and last > 0
@@ -302,7 +300,7 @@ def test_cli_trains_on_the_gpu_and_exports(tmp_path):
              "--boids_max", "16", "--batch_size", "64", "--eval_every", "1", "--eval_episodes", "4",
              "--eval_frames", "30", "--quiet"]
     r = subprocess.run([sys.executable, "-m", "predlab.train", *flags], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                       timeout=600)
     assert r.returncode == 0, r.stderr
     assert "cuda" in r.stdout.lower()
     ckdir = tmp_path / "checkpoints"

@@ -52,7 +52,7 @@ print(json.dumps(out))
 def _run(script: str, *args: str, interpret: bool = True) -> str:
     """The last line that `python -c script args` prints, with predlab importable (and Triton's
     interpreter on, where asked)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = dict(os.environ)
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     r = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)

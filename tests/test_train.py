@@ -400,15 +400,9 @@ def test_device_names_are_checked_before_torch_sees_them(monkeypatch):
 
 
 # ---------------------------------------------------------------------- the real CLI
-def _this_predlab() -> dict:
-    """The environment of a CLI run in another folder that imports this tree's predlab: from a
-    temporary folder, a relative PYTHONPATH such as "." found none, and the installed one ran."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-
-
 def _cli(*args, cwd):
     return subprocess.run([sys.executable, "-m", "predlab.train", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env=_this_predlab())
+                          timeout=300)
 
 
 TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
@@ -1127,7 +1121,7 @@ def test_every_allowed_seed_trains(tmp_path):
 def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
     import signal
     p = subprocess.Popen([sys.executable, "-m", "predlab.train", "--epochs", "200", *TINY_FLAGS], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_this_predlab(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:                  # wait for a finished epoch, so that a best model exists
