@@ -623,22 +623,25 @@ class SupervisedTrainer:
 
         Missing state is made by a step with zero gradients at learning rate 0 (weights and
         moments stay exactly as they are), after which the step counts are set back to 0: the
-        same state a first eager step starts from.
+        same state a first eager step starts from. Only the weights without state take part in
+        that step: the others (a frozen weight has none while the rest trained eagerly, or since
+        a checkpoint was loaded) keep their moments and step counts.
         """
         if self._graph_optimizer_ready:
             return
         opt = self.optimizer
         params = [p for g in opt.param_groups for p in g["params"]]
-        if any(not opt.state.get(p) for p in params):
+        missing = [p for p in params if not opt.state.get(p)]
+        if missing:
             lrs = [g["lr"] for g in opt.param_groups]
             for g in opt.param_groups:
                 g["lr"] = 0.0
-            for p in params:
-                p.grad = torch.zeros_like(p)
+            for p in params:     # AdamW skips a weight without a gradient
+                p.grad = torch.zeros_like(p) if not opt.state.get(p) else None
             opt.step()
             for g, lr in zip(opt.param_groups, lrs):
                 g["lr"] = lr
-            for p in params:
+            for p in missing:
                 opt.state[p]["step"].zero_()
             opt.zero_grad(set_to_none=True)
         for p in params:     # capturable AdamW wants its step counts on the device (a CPU or MPS run's are not)

@@ -850,6 +850,31 @@ def test_graph_ready_optimizer_starts_as_a_fresh_one(tmp_path):
         assert torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_graph_ready_optimizer_keeps_the_state_it_has(tmp_path):
+    """Making AdamW replayable (CUDA graphs) creates the state of the weights that have none (a
+    frozen weight, after the others trained eagerly or came from a checkpoint) and leaves the
+    others' moments and step counts as they were: its zero-gradient step had decayed every moment
+    and reset every step count, so the next steps restarted AdamW's bias correction."""
+    t = _trainer(tmp_path, dropout=0.0)
+    frozen = t.model.type_embeddings.requires_grad_(False)
+    b = next(t._batches(t.train_dataset.for_epoch(0, t), shuffle=False))
+    for _ in range(2):                                        # eager steps, as a CPU run or a last batch makes
+        loss = torch.nn.functional.mse_loss(t.model(b), b["target"])
+        t.optimizer.zero_grad()
+        loss.backward()
+        t._clip_and_step()
+    assert frozen not in t.optimizer.state
+    state = {p: {k: v.clone() for k, v in st.items()} for p, st in t.optimizer.state.items()}
+    weights = [p.detach().clone() for p in t.model.parameters()]
+    t._prepare_graph_optimizer()
+    assert all(torch.equal(a, b) for a, b in zip(weights, t.model.parameters()))
+    for p, st in state.items():
+        for k, v in st.items():
+            assert torch.equal(t.optimizer.state[p][k].to(v.device, v.dtype), v), k
+    assert float(t.optimizer.state[frozen]["step"]) == 0
+    assert not t.optimizer.state[frozen]["exp_avg"].any() and not t.optimizer.state[frozen]["exp_avg_sq"].any()
+
+
 def test_tf32_is_on_only_inside_training_steps(tmp_path):
     """--tf32: TF32 products in the epoch's training steps only (a GPU setting, so a CPU trainer
     ignores the flag); torch's own setting comes back after the epoch, for validation, rollouts
