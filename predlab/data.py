@@ -20,7 +20,7 @@ import torch
 
 from .config import (FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, as_device, memory_problem, real_number, sample_bytes,
                      whole_number)
-from .sim import World
+from .sim import World, host_to_device
 from .teacher import closest_pursuit
 
 try:  # the CPU frame as numba kernels; without numba, CPU rollouts take the torch World path
@@ -365,7 +365,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
     for f in range(cfg.frames):
         if f % 8 == 0 and not any(bool(sub.alive.any()) for _, _, sub in groups):
             break
-        noise = cfg.noise * torch.randn(num_episodes, 2, generator=g).to(device) if cfg.noise > 0 else None
+        noise = (cfg.noise * host_to_device(torch.randn(num_episodes, 2, generator=g), device) if cfg.noise > 0
+                 else None)
         for k, (idx, i, sub) in enumerate(groups):
             obs = sub.observe()
             target = closest_pursuit(obs["boids"], obs["mask"])                        # [G, 2]

@@ -34,7 +34,7 @@ from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, as_config, as_device,
                      memory_problem, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator
-from .sim import World
+from .sim import World, host_to_device
 from .teacher import closest_pursuit
 from .train import EVAL_STREAM, Callback
 
@@ -56,7 +56,8 @@ class RandomPolicy:
 
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
         E = batch["context"].shape[0]
-        return (torch.rand(E, 2, generator=self.generator) * 2 - 1).to(batch["context"].device)
+        # drawn on the host (the same actions on every device), sent without waiting for the device
+        return host_to_device(torch.rand(E, 2, generator=self.generator) * 2 - 1, batch["context"].device)
 
 
 def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:

@@ -43,6 +43,17 @@ def _given_ints(name: str, given, E: int, lo: int, hi: int) -> Tensor:
     return t
 
 
+def host_to_device(t: Tensor, device) -> Tensor:
+    """A CPU tensor (random draws from a seeded CPU generator, say) on `device`, without making the
+    host wait for the device. To a GPU, t.to(device) is a blocking copy: torch synchronises the
+    stream after it, so the host waits for every kernel queued before it; from pinned memory with
+    non_blocking the copy joins the stream's queue instead (torch keeps the pinned block until it is done)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def world_bytes(num_envs: int, boids_max: int) -> int:
     """Bytes, about, of starting num_envs episodes of up to boids_max boids (float64 draws, the world)."""
     return num_envs * (96 * boids_max + 256)
@@ -101,6 +112,7 @@ class World:
         self.cfg = cfg or WorldConfig()
         self.frame = 0
         self._buffers: Dict[str, Tensor] = {}
+        self._weights: Optional[tuple] = None
 
     def _scratch(self, name: str, shape) -> Tensor:
         """A reusable work buffer: fresh multi-MB tensors every frame cost page faults on CPU."""
@@ -108,6 +120,19 @@ class World:
         if t is None or t.shape != shape or t.dtype != self.pos.dtype or t.device != self.pos.device:
             t = self._buffers[name] = torch.empty(shape, dtype=self.pos.dtype, device=self.pos.device)
         return t
+
+    def _flock_weights(self) -> Tensor:
+        """cfg's cohesion, separation and alignment weights as a [3] tensor on the world's device.
+
+        Made once (again if cfg's weights change), and by fills, not from a Python list: a list
+        becomes a device tensor through a blocking copy, which on a GPU made every frame wait
+        for the device."""
+        key = (self.cfg.cohesion_weight, self.cfg.separation_weight, self.cfg.alignment_weight)
+        pos = self.pos
+        if self._weights is None or self._weights[0] != key or self._weights[1].device != pos.device \
+                or self._weights[1].dtype != pos.dtype:
+            self._weights = (key, torch.stack([pos.new_full((), w) for w in key]))
+        return self._weights[1]
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -225,7 +250,7 @@ class World:
         mean[:, 0] -= pos                                                # cohesion steers toward the centre
         steer = limit(set_magnitude(mean, C.BOID_MAX_SPEED) - vel[:, None], C.BOID_MAX_FORCE)
         steer = steer * (cnt > 0)                                        # zero when there are no neighbours
-        weights = pos.new_tensor([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight])
+        weights = self._flock_weights()
         flock = (steer * weights[:, None, None]).sum(1)                  # [E, N, 2]
 
         dp = pos - self.pred_pos[:, None, :]                             # [E, N, 2]

@@ -293,6 +293,50 @@ def test_episodes_on_the_gpu_match_the_cpu():
         assert torch.allclose(v.float(), b.state_dict()[k].cpu().float(), atol=1e-5), k
 
 
+def test_frames_on_the_gpu_do_not_wait_for_it():
+    """A frame of a GPU rollout (observe, the teacher or the random policy, exploration noise drawn on
+    the host, step) never makes the host wait for the GPU: torch's sync check, set to raise, meets no
+    blocking copy or read-back. The flocking weights were a tensor made from a Python list every frame,
+    and the noise and the random policy's draws went over in blocking copies."""
+    from predlab.evaluate import RandomPolicy
+    from predlab.sim import World, host_to_device
+    from predlab.teacher import closest_pursuit
+    world = World.random(64, WORLD, generator=torch.Generator().manual_seed(0), device="cuda")
+    policy, g = RandomPolicy(0), torch.Generator().manual_seed(1)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            obs = world.observe()
+            noise = 0.3 * host_to_device(torch.randn(64, 2, generator=g), "cuda")
+            world.step(closest_pursuit(obs["boids"], obs["mask"]) + noise)
+            world.step(policy(world.observe()))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert world.frame == 6 and world.pos.is_cuda
+
+
+def test_gpu_episodes_wait_only_for_the_liveness_check():
+    """rollout_chunk on a GPU waits for the device, frame after frame, only where its docstring says:
+    the check every 8 frames of whether any episode is still live. So 8 frames more add one wait
+    (torch's sync check, set to warn, counts them); with a wait per frame they added 17."""
+    import warnings
+
+    def waits(frames: int) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                rollout_chunk(64, WorldConfig(frames=frames, boids_max=30), seed=5, device="cuda")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        return sum("synchroniz" in str(w.message) for w in seen)
+
+    rollout_chunk(64, WorldConfig(frames=2, boids_max=30), seed=5, device="cuda")     # warm-up
+    assert waits(17) - waits(9) == 1
+
+
 def test_cli_trains_on_the_gpu_and_exports(tmp_path):
     """python -m predlab.train --device cuda: DAgger rollouts and the catch evaluation on the GPU,
     CUDA-graphed steps, checkpoints that load on a CPU, and model.js."""

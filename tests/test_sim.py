@@ -472,3 +472,47 @@ def test_step_refuses_an_action_that_is_not_one_finite_xy_per_environment(action
     with pytest.raises(ValueError, match=message):
         world.step(action)
     assert torch.equal(world.pred_pos, before) and world.frame == 0
+
+
+class HostTraffic(torch.overrides.TorchFunctionMode):
+    """Records what would make the host wait for a GPU: a tensor made on a device from host data
+    (torch.tensor, new_tensor, as_tensor), a blocking copy from the host to a device, and a value
+    read back from a device (item, bool, tolist, ...)."""
+
+    MADE = {"tensor", "new_tensor", "as_tensor"}
+    READ = {"item", "__bool__", "tolist", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", "")
+        first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        on_device = [o.device.type != "cpu" for o in (out if isinstance(out, (tuple, list)) else [out])
+                     if isinstance(o, torch.Tensor)]
+        if (name in self.MADE and any(on_device)
+                or name == "to" and first is not None and first.device.type == "cpu" and any(on_device)
+                and not kwargs.get("non_blocking", False)
+                or name in self.READ and first is not None and first.device.type != "cpu"):
+            self.calls.append(name)
+        return out
+
+
+def test_a_frame_on_a_device_takes_nothing_from_the_host():
+    """A frame (observe, the teacher, step) on a device copies nothing from the host and reads
+    nothing back: on a GPU either makes the host wait for every kernel queued before it. The
+    flocking weights were a tensor made from a Python list every frame, so every frame of a GPU
+    rollout waited for the GPU, where rollout_chunk and evaluate promise no such wait. The meta
+    device (shapes, no data) stands in for a GPU here; torch's own sync check runs in test_gpu.py."""
+    from predlab.teacher import closest_pursuit
+    w = World.random(6, WorldConfig(boids_max=8), generator=torch.Generator().manual_seed(0))
+    world = World(*(t.to("meta") for t in (w.pos, w.vel, w.alive, w.pred_pos, w.pred_vel, w.size)), w.cfg)
+    with HostTraffic() as seen:
+        for _ in range(2):
+            obs = world.observe()
+            world.step(closest_pursuit(obs["boids"], obs["mask"]))
+    assert seen.calls == []
+    assert world.frame == 2 and world.pos.device.type == "meta"
