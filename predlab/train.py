@@ -680,12 +680,18 @@ class SupervisedTrainer:
         if self._graph_stream is None:
             self._graph_stream = torch.cuda.Stream(self.device)
         stream = self._graph_stream
+        # the warm-ups draw dropout masks from the CUDA generator; its state is put back after them, so
+        # that the replays draw what eager steps would (a replay advances it by what the step draws),
+        # and an epoch repeated after an undo or a resume, which captures other shapes, draws as the
+        # uninterrupted run did
+        rng = torch.cuda.get_rng_state(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self.optimizer.zero_grad(set_to_none=True)
                 F.mse_loss(self._forward(static), static["target"]).backward()
         torch.cuda.current_stream(self.device).wait_stream(stream)
+        torch.cuda.set_rng_state(rng, self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()

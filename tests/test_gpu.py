@@ -179,6 +179,37 @@ def test_graphed_training_with_dropout_learns(data):
         assert torch.isfinite(p).all()
 
 
+def test_graphed_training_with_dropout_draws_what_eager_steps_draw(data):
+    """With dropout, graphed steps draw the masks eager steps draw: the capture's warm-up passes,
+    which draw masks too, leave the CUDA generator as they found it. Otherwise the replays' masks
+    depended on how many shapes had been captured before, so an epoch repeated after an undo (whose
+    shapes were captured already) or after a resume (which captures them all again) drew other
+    masks than the uninterrupted run."""
+    from predlab.train import Callback
+
+    class CutOnce(Callback):
+        done = False
+
+        def on_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 0 and step == 2 and not self.done:     # shapes captured, then undone
+                CutOnce.done = True
+                raise KeyboardInterrupt
+
+    runs = {}
+    for name, graphs, cbs in (("eager", False, []), ("graphed", True, []), ("cut", True, [CutOnce()])):
+        t = _trainer(data, dropout=0.1, cuda_graphs=graphs, callbacks=cbs)
+        if cbs:
+            with pytest.raises(KeyboardInterrupt):
+                t.train(2)
+            assert t.epoch == 0 and t._graphs
+        t.train(2)
+        runs[name] = ([h["train_loss"] for h in t.history], [p.detach().cpu() for p in t.model.parameters()])
+    for name in ("graphed", "cut"):
+        assert runs[name][0] == pytest.approx(runs["eager"][0], rel=1e-5), name
+        for a, b in zip(runs["eager"][1], runs[name][1]):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (name, (a - b).abs().max())
+
+
 def test_graphed_training_goes_on_after_set_schedule_and_load(data, tmp_path):
     """set_schedule and load_checkpoint drop a trainer's captured steps; its next epochs capture
     them again (in a fresh memory pool, on the trainer's one side stream) and train as launching
