@@ -51,11 +51,15 @@ class DaggerSource(Callback):
         return max(self.beta_min, self.decay ** (epoch - self.start + 1))
 
     def _student(self, trainer):
-        """A frozen CPU copy of the model (episodes are simulated on the CPU)."""
+        """A frozen copy of the model on the device the episodes are simulated on (the generator's:
+        the CPU, unless it was made with a GPU device)."""
         from .evaluate import ModelPolicy
-        model = copy.deepcopy(trainer.model).cpu().eval()
-        # worker processes rebuild the model from config + weights; in-process use the fast batched policy
-        return model if self.generator.num_workers > 0 else ModelPolicy(model)
+        # worker processes rebuild the model from config + weights; in-process use the fast batched policy.
+        # The generator starts workers on the CPU only: on a GPU the episodes run in this process, and the
+        # bare CPU model met CUDA observations there
+        workers = self.generator.num_workers > 0 and self.generator.device.type == "cpu"
+        model = copy.deepcopy(trainer.model).to("cpu" if workers else self.generator.device).eval()
+        return model if workers else ModelPolicy(model)
 
     def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
         """Fresh episodes for 0-based epoch index `epoch` (stream 1 + epoch, as EpisodeSource), aggregated."""

@@ -368,6 +368,26 @@ def test_gpu_episodes_wait_only_for_the_liveness_check():
     assert waits(17) - waits(9) == 1
 
 
+def test_dagger_drives_gpu_episodes(data):
+    """DAgger with its episodes simulated on the GPU (an EpisodeGenerator made with device "cuda"):
+    the student drives there, and num_workers (which starts no process for a GPU generator) changes
+    nothing, as the README promises. With num_workers set, the student was the bare CPU model meant
+    for worker processes, and its first frame failed on CUDA observations."""
+    from predlab.dagger import DaggerSource
+    from predlab.data import EpisodeGenerator
+    t = _trainer(data)
+    got = []
+    for workers in (0, 2):
+        source = DaggerSource(EpisodeGenerator(WORLD, seed=1, num_workers=workers, device="cuda", progress=False),
+                              8, start=1)
+        got.append(source.for_epoch(0, t))            # epoch 1 = start: the student drives about half
+        assert source.last["dagger_beta"] == 0.5
+        source.generator.close()
+    assert len(got[0]) > 0
+    for k, v in got[0].state_dict().items():
+        assert torch.equal(v, got[1].state_dict()[k]), k
+
+
 def test_cli_trains_on_the_gpu_and_exports(tmp_path):
     """python -m predlab.train --device cuda: DAgger rollouts and the catch evaluation on the GPU,
     CUDA-graphed steps, checkpoints that load on a CPU, and model.js."""
