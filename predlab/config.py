@@ -253,6 +253,14 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
     return dev
 
 
+def widest_float(device) -> "torch.dtype":
+    """The widest float a device computes in, for sums that must not round: float64, but float32
+    on Apple's MPS, which has no float64 (a float64 tensor there raises TypeError)."""
+    import torch
+
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def as_device(device, name: str = "device") -> "torch.device":
     """A torch.device as given, or one named ("auto", "cpu", "cuda:1"; None is "auto") and
     resolved by resolve_device, which names a malformed or absent one; TypeError for anything else."""

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 
 from . import config as C
-from .config import WorldConfig, whole_number
+from .config import WorldConfig, whole_number, widest_float
 
 Tensor = torch.Tensor
 MAX_BOIDS = 10_000          # boids in one episode
@@ -238,8 +238,10 @@ class World:
         # One bmm gives cohesion's position sums, alignment's velocity sums and all three counts.
         # In float64: float32 products follow torch's matmul precision, and its TF32 or bfloat16
         # (set_float32_matmul_precision "high" / "medium") put cohesion's centre pixels off.
-        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2).double()   # [E, 5, N]
-        sums = torch.bmm(lhs, masks.view(E, N, 3 * N).double()).to(pos.dtype).view(E, 5, 3, N)
+        # Apple's MPS has no float64 (and no such setting): float32 there.
+        wide = widest_float(pos.device)
+        lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2).to(wide)   # [E, 5, N]
+        sums = torch.bmm(lhs, masks.view(E, N, 3 * N).to(wide)).to(pos.dtype).view(E, 5, 3, N)
         cnt = sums[:, 4, :, :, None]                                     # [E, 3, N, 1] counts
         # separation: sum_j normalize(p_i - p_j) / d_ij; normalize keeps a zero vector zero
         w = torch.eq(raw, 0, out=buf("tmp", (E, N, N))).add_(raw)       # |p_i - p_j|, 1 where it is 0

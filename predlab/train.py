@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
-                     resolve_device, training_memory, whole_number)
+                     resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator, dropout_generator
@@ -488,7 +488,7 @@ class SupervisedTrainer:
         self.stop_training = False
         self.target_epochs = 0
         self.resumed_from: Optional[Path] = None   # the checkpoint load_checkpoint read, if any
-        self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64   # MPS has no float64
+        self._sum_dtype = widest_float(self.device)
         if self.device.type == "cuda" and self.device.index is not None:
             # graphs capture on the current device's stream and Triton launches there: make it ours
             torch.cuda.set_device(self.device)

@@ -516,3 +516,47 @@ def test_a_frame_on_a_device_takes_nothing_from_the_host():
             world.step(closest_pursuit(obs["boids"], obs["mask"]))
     assert seen.calls == []
     assert world.frame == 2 and world.pos.device.type == "meta"
+
+
+class Float64OnDevice(torch.overrides.TorchFunctionMode):
+    """Records every float64 tensor a function makes off the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(o, torch.Tensor) and o.device.type != "cpu" and o.dtype == torch.float64:
+                self.calls.append(getattr(func, "__name__", str(func)))
+        return out
+
+
+def test_a_frame_on_a_device_without_float64_makes_none(monkeypatch):
+    """Apple's MPS has no float64, and `--device auto` picks it on a Mac: the world's neighbour sums
+    were float64 on every device, so the first catch evaluation of `make train` there (and every
+    `predlab.evaluate` run) raised TypeError. The meta device stands in for MPS, with predlab told
+    that it has no float64; the sums must agree with the float64 ones on a CPU."""
+    import predlab.sim as sim
+    from predlab.config import widest_float
+    from predlab.teacher import closest_pursuit
+    assert widest_float("mps") == torch.float32 and widest_float(torch.device("mps")) == torch.float32
+    assert widest_float("cpu") == widest_float("cuda:1") == torch.float64
+
+    def run(world, frames=20):
+        for _ in range(frames):
+            obs = world.observe()
+            world.step(closest_pursuit(obs["boids"], obs["mask"]))
+        return world
+
+    start = lambda: World.random(6, WorldConfig(boids_max=8), generator=torch.Generator().manual_seed(0))
+    wide = run(start())
+    monkeypatch.setattr(sim, "widest_float", lambda device: torch.float32)
+    w = start()
+    meta = World(*(t.to("meta") for t in (w.pos, w.vel, w.alive, w.pred_pos, w.pred_vel, w.size)), w.cfg)
+    with Float64OnDevice() as seen:
+        run(meta, 2)
+    assert seen.calls == []
+    narrow = run(start())           # float32 sums: the same flock, to float32 rounding
+    assert torch.allclose(narrow.pos, wide.pos, atol=1e-2)
