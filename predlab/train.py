@@ -886,8 +886,10 @@ class SupervisedTrainer:
         include_data adds the data source's own state (DAgger's aggregated samples).
         """
         rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        if self.device.type == "cuda":
+            # the trainer's GPU's only (a CPU trainer started CUDA here on a GPU machine), first in
+            # the list, as checkpoints of a run on GPU 0 have always had it
+            rng["cuda"] = [torch.cuda.get_rng_state(self.device)]
         return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
                 "model_config": dataclasses.asdict(self.model.config),
                 "world_config": dataclasses.asdict(self.world_config),
@@ -910,6 +912,10 @@ class SupervisedTrainer:
         (CUDA-graph settings are this trainer's, not the checkpoint's)."""
         sd = self.optimizer.state_dict()
         sd["param_groups"] = [{**g, "lr": float(g["lr"]), "capturable": False} for g in sd["param_groups"]]
+        # on the CPU, as the weights are: a GPU run's moments stayed on its GPU, and torch.load
+        # without map_location failed on a machine without one; load_state_dict moves them back
+        sd["state"] = {i: {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+                       for i, st in sd["state"].items()}
         return sd
 
     def save_checkpoint(self, path: Union[str, Path], include_data: bool = True) -> Path:
@@ -950,9 +956,8 @@ class SupervisedTrainer:
         rng = ck.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():     # as many GPUs as this machine has
-            for i, state in enumerate(list(rng["cuda"])[:torch.cuda.device_count()]):
-                torch.cuda.set_rng_state(state, i)
+        if rng.get("cuda") and self.device.type == "cuda":   # the run's GPU's, whichever GPU resumes it
+            torch.cuda.set_rng_state(rng["cuda"][0], self.device)
 
     def _check_optimizer_state(self) -> None:
         """Raise ValueError naming what does not fit in the AdamW state just loaded: torch's

@@ -274,6 +274,21 @@ def test_graphed_checkpoint_resumes_and_loads_anywhere(data, tmp_path):
     path = first.save_checkpoint(tmp_path / "c1.pt")
     state = ck.load_checkpoint_dict(path)
     assert all(isinstance(g["lr"], float) and not g["capturable"] for g in state["optimizer"]["param_groups"])
+    # every tensor on the CPU: a plain torch.load of it works on a machine without a GPU
+    # (AdamW's moments stayed on the GPU), and the one CUDA generator state is the trainer's GPU's
+    raw = torch.load(path, weights_only=True)
+
+    def tensors(v):
+        if isinstance(v, torch.Tensor):
+            yield v
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from tensors(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from tensors(x)
+    assert {t.device.type for t in tensors(raw)} == {"cpu"}
+    assert len(raw["rng"]["cuda"]) == 1
     resumed = _trainer(data, cuda_graphs=True)
     resumed.load_checkpoint(path)
     resumed.train_epoch(data)
@@ -402,3 +417,18 @@ def test_cli_trains_on_the_gpu_and_exports(tmp_path):
     assert (ckdir / "model.js").is_file()
     model = ck.load_model(ckdir / "best_model.pt")
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_a_cpu_trainer_on_a_gpu_machine_leaves_cuda_alone(tmp_path):
+    """A CPU run's checkpoints on a machine with a GPU: saving one started CUDA (a context of some
+    hundred MB on the GPU, seconds at the first save) to store generator states the run never
+    used, and loading one set them."""
+    code = ("import torch\nfrom predlab.config import WorldConfig\nfrom predlab.data import rollout_chunk\n"
+            "from predlab.model import TransformerPredator\nfrom predlab.train import SupervisedTrainer\n"
+            "d = rollout_chunk(8, WorldConfig(frames=20, boids_max=8), seed=5)\n"
+            "t = SupervisedTrainer(TransformerPredator(), d, d, batch_size=64, device='cpu')\n"
+            "t.train_epoch(d)\nt.load_checkpoint(t.save_checkpoint('c.pt'))\n"
+            "print(torch.cuda.is_initialized(), 'cuda' in torch.load('c.pt', weights_only=True)['rng'])\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False"]
