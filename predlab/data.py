@@ -334,8 +334,9 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
     not the same trajectories: a flock starts at one point, where rounding decides directions,
     so episodes of the two backends part within ~50 frames (a pixel by frame 50, in float32).
     Their samples are statistically alike (teacher catches within noise). On a GPU the loop
-    never waits for the device except to check, every few frames, whether any episode is
-    still live. Bad arguments raise ValueError / TypeError naming them before any work.
+    waits for the device only to check, every few frames, whether any episode is still live,
+    and, in frames a student drives, to check its actions for NaN. Bad arguments raise
+    ValueError / TypeError naming them before any work.
     """
     num_episodes, cfg = _check_generation(num_episodes, cfg, student, beta)
     seed = whole_number("seed", seed, 0, SEED_MAX)
