@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -260,6 +261,81 @@ def test_wrong_matrix_shape(model):
     p["layers"][0]["ffn_down_weight"][3] = p["layers"][0]["ffn_down_weight"][3][:-1]
     with pytest.raises(WeightFormatError, match=r"layers\[0\]\.ffn_down_weight"):
         validate_params(p)
+
+
+def test_a_row_or_vector_too_long_is_refused_by_its_path(model):
+    """One number too many (a 49th in cls_embedding, a longer row) is refused naming the key, as the
+    page refuses it; it surfaced as numpy's ragged-array ValueError, naming nothing."""
+    p = _params(model)
+    p["cls_embedding"].append(0.0)
+    with pytest.raises(WeightFormatError, match=r"cls_embedding: expected shape \[48\], dimension 0 has length 49"):
+        validate_params(p)
+    p = _params(model)
+    p["layers"][2]["ffn_gate_weight"][7].append(0.0)
+    with pytest.raises(WeightFormatError, match=r"layers\[2\]\.ffn_gate_weight: expected shape \[96, 48\], dimension 1"):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("shape", [(1,), (47,), (48, 1)])
+def test_a_numpy_array_of_another_shape_is_refused_by_its_path(model, shape):
+    """A numpy array in a weight dict is checked for shape like a list: one of shape (1,) was
+    broadcast to all 48 values of the embedding, and exported as if it were the model's."""
+    p = _params(model)
+    p["type_embeddings"]["boid"] = np.full(shape, 0.5)
+    with pytest.raises(WeightFormatError, match=re.escape(f"type_embeddings.boid: expected shape [48], found {list(shape)}")):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("key", ["n_heads", "n_layers", "ffn_hidden"])
+def test_zero_sizes_are_refused(model, key):
+    """The page refuses a size below 1: n_heads 0 raised ZeroDivisionError, and n_layers 0 with no
+    layers read as a model without blocks."""
+    p = _params(model)
+    p[key] = 0
+    if key == "n_layers":
+        p["layers"] = []
+    with pytest.raises(WeightFormatError, match=f"{key} must be a positive integer, found 0"):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("key, value", [("n_heads", 8), ("n_layers", 2), ("ffn_hidden", 64)])
+def test_browser_sizes_required_for_every_size(make_model, key, value):
+    """require_browser_sizes checks all four sizes, as the page does, not d_model alone."""
+    p = make_model(0, **{key: value}).export_to_javascript()
+    validate_params(p)
+    with pytest.raises(WeightFormatError, match=rf"{key}={value} \(browser: "):
+        validate_params(p, require_browser_sizes=True)
+
+
+def test_a_d_model_the_heads_do_not_divide_is_a_weight_format_error(model, tmp_path):
+    """The page refuses d_model % n_heads != 0; predlab says so as a WeightFormatError naming both,
+    before a model is built."""
+    p = _params(model)
+    p["n_heads"] = 5
+    with pytest.raises(WeightFormatError, match="d_model=48 is not divisible by n_heads=5"):
+        validate_params(p)
+    (tmp_path / "model.json").write_text(json.dumps(p))
+    with pytest.raises(WeightFormatError, match="d_model=48 is not divisible by n_heads=5"):
+        read_weights(tmp_path / "model.json")
+
+
+def test_more_layers_than_n_layers_is_refused(model):
+    """The page refuses a file whose layers array is not n_layers long, longer too: predlab read
+    the first n_layers and ran a model the file's author did not write."""
+    p = _params(model)
+    p["layers"].append(copy.deepcopy(p["layers"][0]))
+    with pytest.raises(WeightFormatError, match=r"layers has 4 entries but n_layers is 3"):
+        validate_params(p)
+
+
+def test_weights_of_other_sizes_do_not_load_into_a_model(make_model, model):
+    """load_from_javascript into a model of other sizes is refused by name. With 8 heads instead of
+    4 every array has the same shape, so the weights went in and the model computed another function."""
+    other = make_model(1, n_heads=8).export_to_javascript()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightFormatError, match="n_heads=8 in the weights but the model has n_heads=4"):
+        model.load_from_javascript(other)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 def test_non_number_weight(model):
