@@ -522,9 +522,9 @@ def test_numpy_sizes_are_numbers_and_numpy_bools_and_complex_are_refused(model, 
 def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
     text = params_to_text(_params(model), "js")
     path = tmp_path / "model.js"
-    assert '"d_model":48,' in text and "[0." in text
-    path.write_text("\ufeff" + text.replace('"d_model":48,', '"d_model":48.,', 1).replace("[0.", "[.", 1),
-                    encoding="utf-8")
+    assert '"d_model":48,' in text and "[0." in text and ",-0." in text
+    path.write_text("\ufeff" + text.replace('"d_model":48,', '"d_model":48.,', 1).replace("[0.", "[.", 1)
+                    .replace(",-0.", ",-.", 1), encoding="utf-8")      # -.5 is JavaScript's -0.5 too
     back = read_weights(path)
     for a, b in zip(back.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
@@ -538,6 +538,28 @@ def test_a_file_that_is_not_utf8_text_is_named(tmp_path, name, data):
     with pytest.raises(WeightFormatError, match=f"{name}: not a UTF-8 text weight file") as e:
         read_weights(path)
     assert ("predlab.export" in str(e.value)) == name.endswith(".pt")
+
+
+@pytest.mark.parametrize("keyword", ["let", "const"])
+def test_a_model_js_declaring_its_weights_with_let_or_const_is_read(model, tmp_path, keyword):
+    """Hand-written pages declare the weights with `let`/`const` too: the demo page cannot see them,
+    but evaluate, export and --init_weights read them (they were "expected a JSON object")."""
+    path = tmp_path / "model.js"
+    path.write_text(params_to_text(_params(model), "js").replace("window.TRANSFORMER_PARAMS", f"{keyword} TRANSFORMER_PARAMS"))
+    assert f"{keyword} TRANSFORMER_PARAMS = {{" in path.read_text()
+    for a, b in zip(read_weights(path).state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_read_params_refuses_what_the_page_refuses(model, tmp_path):
+    """read_params validates, naming the missing key: the demo reads a model.js with it to warn
+    before serving a page that would run the teacher instead."""
+    p = _params(model)
+    del p["layers"][2]["ffn_gate_weight"]
+    path = tmp_path / "model.js"
+    path.write_text(params_to_text(p, "js"))
+    with pytest.raises(WeightFormatError, match=r"missing key 'layers\[2\]\.ffn_gate_weight'"):
+        read_params(path)
 
 
 def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
