@@ -602,6 +602,7 @@ def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     assert not (tmp_path / "model.js").exists()
     r = run("--any-size")
     assert r.returncode == 0, r.stderr
+    assert "accepts only" not in r.stderr      # asked for: no warning repeating what the flag said
     assert read_params(tmp_path / "model.js")["d_model"] == 32
 
 
@@ -757,3 +758,47 @@ def test_write_weights_will_not_replace_a_file_that_is_no_weight_file(model, tmp
     (tmp_path / "empty.js").write_text("")
     write_weights(model, tmp_path / "empty.js")    # an empty file made ready for it: replaced
     assert read_weights(tmp_path / "empty.js").config == model.config
+
+
+def test_cli_names_the_source_whatever_the_error_says(model, tmp_path, capsys):
+    """A weight file missing a key is refused naming that file: the checker's message names only
+    the key, and the command was run with a source and an output."""
+    from predlab.export import main
+    p = _params(model)
+    del p["output_bias"]
+    src = tmp_path / "weights.json"
+    src.write_text(json.dumps(p))
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(tmp_path / "model.js")])
+    assert e.value.code == 2 and f"{src}: missing key 'output_bias'" in capsys.readouterr().err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["weights.json"]
+
+
+def test_cli_takes_an_output_name_in_capitals(model, tmp_path):
+    """--out MODEL.JS is a model.js (write_weights reads the extension in any case; the CLI refused it)."""
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    assert main([str(src), "--out", str(tmp_path / "MODEL.JS")]) == 0
+    assert (tmp_path / "MODEL.JS").read_text().startswith("// predlab export")
+    assert read_weights(tmp_path / "MODEL.JS").config == model.config
+
+
+def test_cli_says_when_the_disk_refuses_the_write_and_keeps_the_old_file(model, tmp_path, monkeypatch, capsys):
+    """A full disk while exporting: one line naming the file and why, exit 1, the earlier model.js
+    whole and no temporary file left (it was a traceback)."""
+    import errno
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    out = write_weights(model, tmp_path / "model.js")
+    out.write_text(out.read_text() + "// the earlier export\n")
+    before = out.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    assert main([str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["best_model.pt", "model.js"]
+
