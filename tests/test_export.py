@@ -802,3 +802,30 @@ def test_cli_says_when_the_disk_refuses_the_write_and_keeps_the_old_file(model, 
     assert out.read_bytes() == before
     assert sorted(x.name for x in tmp_path.iterdir()) == ["best_model.pt", "model.js"]
 
+
+def test_a_write_is_on_disk_before_it_replaces_the_file(model, tmp_path, monkeypatch):
+    """atomic_write flushes the new file to disk (fsync) before renaming it over the old one:
+    renamed unflushed, a power cut can leave an empty model.js or checkpoint, the old one gone."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or real_replace(a, b))
+    path = write_weights(model, tmp_path / "model.js")
+    ino = path.stat().st_ino
+    assert ("replace", ino) in events
+    assert ("fsync", ino) in events[:events.index(("replace", ino))]
+
+
+def test_earlier_files_moved_aside_in_the_same_second_each_get_a_folder(tmp_path):
+    """move_to_previous names its folder after the newest file's time: files of the same second,
+    moved aside three times, go to three folders (the third raised FileExistsError, and a run or
+    export that moves earlier files aside stopped)."""
+    from predlab.export import move_to_previous
+    dests = []
+    for i in range(3):
+        f = tmp_path / "model.js"
+        f.write_text(f"export {i}\n")
+        os.utime(f, (1_700_000_000, 1_700_000_000))
+        dests.append(move_to_previous([f], tmp_path))
+    assert len(set(dests)) == 3 and not (tmp_path / "model.js").exists()
+    assert [(d / "model.js").read_text() for d in dests] == [f"export {i}\n" for i in range(3)]
