@@ -124,6 +124,9 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     (["teacher", "--json", ""], "no file name given"),     # was skipped: no figures written, not a word
 ])
 def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
+    from predlab import evaluate
+    # refused before any rollout: a --json refused only after them cost the whole evaluation
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: pytest.fail("the rollouts ran before the refusal"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit) as e:
@@ -527,3 +530,35 @@ def test_cli_seed_chooses_the_episodes(tmp_path, capsys):
             {k: v for k, v in want[who].items() if k != "seconds"}, who
     assert compare("teacher", episodes=8, frames=300, seed=0, baselines=False)["teacher"]["catches"] != \
         res["teacher"]["catches"]
+
+
+def test_cli_scores_the_given_file_on_the_given_episodes_and_frames(model, tmp_path, capsys):
+    """--episodes and --frames are the ones scored (the figures are compare's on them, for the model in
+    the file), and the JSON names the file it scored."""
+    path = write_weights(model, tmp_path / "model.js")
+    out = tmp_path / "res.json"
+    assert main([str(path), "--episodes", "4", "--frames", "40", "--no-progress", "--json", str(out)]) == 0
+    assert "4 episodes x 40 frames, seed 0" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["policy_path"] == str(path) and (res["episodes"], res["frames"]) == (4, 40)
+    want = compare(model, episodes=4, frames=40, baselines=False)
+    for who in ("policy", "teacher"):
+        assert {k: v for k, v in res[who].items() if k != "seconds"} == \
+            {k: v for k, v in want[who].items() if k != "seconds"}, who
+
+
+def test_cli_defaults_are_the_readmes(monkeypatch):
+    """Without flags: 200 episodes of 300 frames from seed 0 (the README's figures), with progress
+    bars where stderr is a terminal and none in a log."""
+    from predlab import evaluate
+    seen = []
+
+    def record(policy, **kw):
+        seen.append(kw)
+        raise KeyboardInterrupt          # main stops there, saying so
+    monkeypatch.setattr(evaluate, "compare", record)
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert evaluate.main(["teacher"]) == 130
+    assert [(k["episodes"], k["frames"], k["seed"], k["progress"]) for k in seen] == \
+        [(200, 300, 0, True), (200, 300, 0, False)]
