@@ -829,3 +829,14 @@ def test_earlier_files_moved_aside_in_the_same_second_each_get_a_folder(tmp_path
         dests.append(move_to_previous([f], tmp_path))
     assert len(set(dests)) == 3 and not (tmp_path / "model.js").exists()
     assert [(d / "model.js").read_text() for d in dests] == [f"export {i}\n" for i in range(3)]
+
+
+def test_exports_create_the_folders_they_need(model, tmp_path):
+    """--out site/js/model.js in a fresh tree is written, folders made (the checks before the export
+    accept a path whose folders are missing, so the export must make them)."""
+    from predlab.export import main
+    write_weights(model, tmp_path / "a" / "b" / "model.json")
+    assert read_weights(tmp_path / "a" / "b" / "model.json").config == model.config
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    assert main([str(src), "--out", str(tmp_path / "site" / "js" / "model.js")]) == 0
+    assert read_weights(tmp_path / "site" / "js" / "model.js").config == model.config
