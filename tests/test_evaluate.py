@@ -562,3 +562,20 @@ def test_cli_defaults_are_the_readmes(monkeypatch):
         assert evaluate.main(["teacher"]) == 130
     assert [(k["episodes"], k["frames"], k["seed"], k["progress"]) for k in seen] == \
         [(200, 300, 0, True), (200, 300, 0, False)]
+
+
+def test_cli_names_a_file_it_cannot_read_for_any_reason(model, tmp_path, capsys, monkeypatch):
+    """An I/O error reading the model (a failing disk or network mount), not only a permission,
+    is one line naming the file and the error, exit 2, not a traceback."""
+    import errno
+    import os
+    import predlab.export
+    path = save_model_file(model, tmp_path / "best_model.pt")
+
+    def failing(spec, what=""):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(spec))
+    monkeypatch.setattr(predlab.export, "load_model_file", failing)
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "1", "--frames", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: cannot read {path}: {os.strerror(errno.EIO)}")
