@@ -366,3 +366,17 @@ def test_demo_cli_serves_on_port_8000_by_default_and_says_when_it_cannot(tmp_pat
     assert ports == [8000]
     assert (f"error: cannot listen on 127.0.0.1:8000: {os.strerror(errno.EADDRINUSE)} (try --port 0)"
             in capsys.readouterr().err)
+
+
+def test_serve_answers_a_model_js_it_cannot_read_with_a_404_naming_it(tmp_path, make_model, make_unreadable):
+    """An unreadable model.js gets an HTTP error the page handles (it runs the teacher and says
+    model.js did not load); the request broke off with a traceback in the server instead."""
+    path = make_unreadable(write_weights(make_model(0), tmp_path / "model.js"))
+    server, url = serve(path)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "model.js", timeout=10)
+        assert e.value.code == 404 and "cannot read" in e.value.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
