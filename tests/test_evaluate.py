@@ -579,3 +579,21 @@ def test_cli_names_a_file_it_cannot_read_for_any_reason(model, tmp_path, capsys,
         main([str(path), "--episodes", "1", "--frames", "1"])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: cannot read {path}: {os.strerror(errno.EIO)}")
+
+
+def test_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """A full disk when the figures are written, after the whole evaluation: one line naming the
+    file and why, exit 1, the table printed and the earlier file whole (it was a traceback)."""
+    import errno
+    import os
+    out = tmp_path / "res.json"
+    out.write_text('{"catch_ratio": 1.0}\n')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["teacher", "--episodes", "2", "--frames", "5", "--no-progress", "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "2 episodes x 5 frames" in captured.out and "Traceback" not in captured.err
+    assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
+    assert out.read_text() == '{"catch_ratio": 1.0}\n' and [p.name for p in tmp_path.iterdir()] == ["res.json"]
