@@ -391,7 +391,11 @@ def main(argv=None) -> int:
     if a.json is not None:
         out = Path(a.json)
         from .export import atomic_write_text
-        atomic_write_text(out, json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
+        try:     # after the whole evaluation: a full disk is a line, the table above stays, the old file whole
+            atomic_write_text(out, json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
+        except OSError as e:
+            print(f"{p.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            return 1
         print(f"wrote {out}")
     return 0
 

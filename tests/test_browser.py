@@ -275,3 +275,108 @@ def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+def test_serve_listens_on_this_machine_only_and_model_js_is_never_cached(tmp_path, make_model):
+    """The page is served on 127.0.0.1 alone (on every interface, anyone on the network could fetch
+    it), and model.js with Cache-Control: no-store, so that a model exported again shows on reload
+    instead of the copy the browser kept."""
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    server, url = serve(path)
+    try:
+        assert server.server_address[0] == "127.0.0.1"
+        with urllib.request.urlopen(url + "model.js", timeout=10) as r:
+            assert r.headers["Cache-Control"] == "no-store" and r.read() == path.read_bytes()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def demo_cli(monkeypatch):
+    """predlab.demo.main in this process -> namespace(main, opened): the URLs it opened in a browser
+    are recorded in opened, and its wait for Ctrl-C is interrupted at once (main then stops the
+    server and returns, as after a real Ctrl-C)."""
+    import threading
+    import types
+    import webbrowser
+    from predlab import demo
+
+    class CtrlC:
+        def wait(self):
+            raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "threading", types.SimpleNamespace(Thread=threading.Thread, Event=CtrlC))
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
+    return types.SimpleNamespace(main=demo.main, opened=opened)
+
+
+def test_demo_cli_opens_the_browser_unless_told_not_to(tmp_path, make_model, demo_cli, capsys):
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    assert demo_cli.main([str(path), "--port", "0"]) == 0
+    url = re.search(r"http://127\.0\.0\.1:\d+/", capsys.readouterr().out).group(0)
+    assert demo_cli.opened == [url]
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert demo_cli.opened == [url]                # --no-browser: the URL printed, no browser opened
+
+
+def test_demo_cli_warns_before_serving_weights_the_page_refuses(tmp_path, make_model, demo_cli, capsys):
+    """The page would show a banner and run the teacher; the command says why first, naming the
+    missing key or the sizes (README: "the command warns")."""
+    params = model_to_params(make_model(0))
+    del params["layers"][2]["ffn_gate_weight"]
+    with pytest.warns(UserWarning):
+        small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
+    for path, reason in [(_bad(tmp_path, params), "missing key 'layers[2].ffn_gate_weight'"),
+                         (small, "'d_model': 32")]:
+        assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: the page will refuse {path} and run the teacher instead" in err and reason in err, err
+    assert demo_cli.main([str(write_weights(make_model(0), tmp_path / "model.js")), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_demo_cli_names_a_dangling_link_and_a_checkpoint_under_a_js_name(tmp_path, make_model, demo_cli, capsys):
+    """A link to a deleted model.js is named as such (not "train and export one first"), and a
+    checkpoint saved as x.js is found to be a checkpoint (it was served, and the page ran the teacher)."""
+    from predlab.data import SampleSet
+    from predlab.train import SupervisedTrainer
+    link = tmp_path / "model.js"
+    link.symlink_to(tmp_path / "gone.js")
+    assert demo_cli.main([str(link), "--no-browser"]) == 2
+    assert f"{link} is a link to a file that does not exist" in capsys.readouterr().err
+    ckpt = SupervisedTrainer(make_model(), SampleSet.empty(), SampleSet.empty(),
+                             device="cpu").save_checkpoint(tmp_path / "saved.js")
+    assert demo_cli.main([str(ckpt), "--port", "0", "--no-browser"]) == 2
+    err = capsys.readouterr().err
+    assert f"{ckpt} is a checkpoint" in err and "python -m predlab.export" in err
+
+
+def test_demo_cli_serves_on_port_8000_by_default_and_says_when_it_cannot(tmp_path, make_model, monkeypatch, capsys):
+    """The README's URL is port 8000; a port in use is named with the way out, not a traceback."""
+    import errno
+    from predlab import demo
+    ports = []
+
+    def in_use(model_js, port=0, **kw):
+        ports.append(port)
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+    monkeypatch.setattr(demo, "serve", in_use)
+    assert demo.main([str(write_weights(make_model(0), tmp_path / "model.js")), "--no-browser"]) == 2
+    assert ports == [8000]
+    assert (f"error: cannot listen on 127.0.0.1:8000: {os.strerror(errno.EADDRINUSE)} (try --port 0)"
+            in capsys.readouterr().err)
+
+
+def test_serve_answers_a_model_js_it_cannot_read_with_a_404_naming_it(tmp_path, make_model, make_unreadable):
+    """An unreadable model.js gets an HTTP error the page handles (it runs the teacher and says
+    model.js did not load); the request broke off with a traceback in the server instead."""
+    path = make_unreadable(write_weights(make_model(0), tmp_path / "model.js"))
+    server, url = serve(path)
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "model.js", timeout=10)
+        assert e.value.code == 404 and "cannot read" in e.value.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -124,6 +124,9 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     (["teacher", "--json", ""], "no file name given"),     # was skipped: no figures written, not a word
 ])
 def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
+    from predlab import evaluate
+    # refused before any rollout: a --json refused only after them cost the whole evaluation
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: pytest.fail("the rollouts ran before the refusal"))
     monkeypatch.chdir(tmp_path)
     (tmp_path / "afile").write_text("x")
     with pytest.raises(SystemExit) as e:
@@ -527,3 +530,70 @@ def test_cli_seed_chooses_the_episodes(tmp_path, capsys):
             {k: v for k, v in want[who].items() if k != "seconds"}, who
     assert compare("teacher", episodes=8, frames=300, seed=0, baselines=False)["teacher"]["catches"] != \
         res["teacher"]["catches"]
+
+
+def test_cli_scores_the_given_file_on_the_given_episodes_and_frames(model, tmp_path, capsys):
+    """--episodes and --frames are the ones scored (the figures are compare's on them, for the model in
+    the file), and the JSON names the file it scored."""
+    path = write_weights(model, tmp_path / "model.js")
+    out = tmp_path / "res.json"
+    assert main([str(path), "--episodes", "4", "--frames", "40", "--no-progress", "--json", str(out)]) == 0
+    assert "4 episodes x 40 frames, seed 0" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res["policy_path"] == str(path) and (res["episodes"], res["frames"]) == (4, 40)
+    want = compare(model, episodes=4, frames=40, baselines=False)
+    for who in ("policy", "teacher"):
+        assert {k: v for k, v in res[who].items() if k != "seconds"} == \
+            {k: v for k, v in want[who].items() if k != "seconds"}, who
+
+
+def test_cli_defaults_are_the_readmes(monkeypatch):
+    """Without flags: 200 episodes of 300 frames from seed 0 (the README's figures), with progress
+    bars where stderr is a terminal and none in a log."""
+    from predlab import evaluate
+    seen = []
+
+    def record(policy, **kw):
+        seen.append(kw)
+        raise KeyboardInterrupt          # main stops there, saying so
+    monkeypatch.setattr(evaluate, "compare", record)
+    for tty in (True, False):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+        assert evaluate.main(["teacher"]) == 130
+    assert [(k["episodes"], k["frames"], k["seed"], k["progress"]) for k in seen] == \
+        [(200, 300, 0, True), (200, 300, 0, False)]
+
+
+def test_cli_names_a_file_it_cannot_read_for_any_reason(model, tmp_path, capsys, monkeypatch):
+    """An I/O error reading the model (a failing disk or network mount), not only a permission,
+    is one line naming the file and the error, exit 2, not a traceback."""
+    import errno
+    import os
+    import predlab.export
+    path = save_model_file(model, tmp_path / "best_model.pt")
+
+    def failing(spec, what=""):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(spec))
+    monkeypatch.setattr(predlab.export, "load_model_file", failing)
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "1", "--frames", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: cannot read {path}: {os.strerror(errno.EIO)}")
+
+
+def test_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """A full disk when the figures are written, after the whole evaluation: one line naming the
+    file and why, exit 1, the table printed and the earlier file whole (it was a traceback)."""
+    import errno
+    import os
+    out = tmp_path / "res.json"
+    out.write_text('{"catch_ratio": 1.0}\n')
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["teacher", "--episodes", "2", "--frames", "5", "--no-progress", "--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "2 episodes x 5 frames" in captured.out and "Traceback" not in captured.err
+    assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
+    assert out.read_text() == '{"catch_ratio": 1.0}\n' and [p.name for p in tmp_path.iterdir()] == ["res.json"]

@@ -5,6 +5,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import warnings
@@ -262,6 +263,81 @@ def test_wrong_matrix_shape(model):
         validate_params(p)
 
 
+def test_a_row_or_vector_too_long_is_refused_by_its_path(model):
+    """One number too many (a 49th in cls_embedding, a longer row) is refused naming the key, as the
+    page refuses it; it surfaced as numpy's ragged-array ValueError, naming nothing."""
+    p = _params(model)
+    p["cls_embedding"].append(0.0)
+    with pytest.raises(WeightFormatError, match=r"cls_embedding: expected shape \[48\], dimension 0 has length 49"):
+        validate_params(p)
+    p = _params(model)
+    p["layers"][2]["ffn_gate_weight"][7].append(0.0)
+    with pytest.raises(WeightFormatError, match=r"layers\[2\]\.ffn_gate_weight: expected shape \[96, 48\], dimension 1"):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("shape", [(1,), (47,), (48, 1)])
+def test_a_numpy_array_of_another_shape_is_refused_by_its_path(model, shape):
+    """A numpy array in a weight dict is checked for shape like a list: one of shape (1,) was
+    broadcast to all 48 values of the embedding, and exported as if it were the model's."""
+    p = _params(model)
+    p["type_embeddings"]["boid"] = np.full(shape, 0.5)
+    with pytest.raises(WeightFormatError, match=re.escape(f"type_embeddings.boid: expected shape [48], found {list(shape)}")):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("key", ["n_heads", "n_layers", "ffn_hidden"])
+def test_zero_sizes_are_refused(model, key):
+    """The page refuses a size below 1: n_heads 0 raised ZeroDivisionError, and n_layers 0 with no
+    layers read as a model without blocks."""
+    p = _params(model)
+    p[key] = 0
+    if key == "n_layers":
+        p["layers"] = []
+    with pytest.raises(WeightFormatError, match=f"{key} must be a positive integer, found 0"):
+        validate_params(p)
+
+
+@pytest.mark.parametrize("key, value", [("n_heads", 8), ("n_layers", 2), ("ffn_hidden", 64)])
+def test_browser_sizes_required_for_every_size(make_model, key, value):
+    """require_browser_sizes checks all four sizes, as the page does, not d_model alone."""
+    p = make_model(0, **{key: value}).export_to_javascript()
+    validate_params(p)
+    with pytest.raises(WeightFormatError, match=rf"{key}={value} \(browser: "):
+        validate_params(p, require_browser_sizes=True)
+
+
+def test_a_d_model_the_heads_do_not_divide_is_a_weight_format_error(model, tmp_path):
+    """The page refuses d_model % n_heads != 0; predlab says so as a WeightFormatError naming both,
+    before a model is built."""
+    p = _params(model)
+    p["n_heads"] = 5
+    with pytest.raises(WeightFormatError, match="d_model=48 is not divisible by n_heads=5"):
+        validate_params(p)
+    (tmp_path / "model.json").write_text(json.dumps(p))
+    with pytest.raises(WeightFormatError, match="d_model=48 is not divisible by n_heads=5"):
+        read_weights(tmp_path / "model.json")
+
+
+def test_more_layers_than_n_layers_is_refused(model):
+    """The page refuses a file whose layers array is not n_layers long, longer too: predlab read
+    the first n_layers and ran a model the file's author did not write."""
+    p = _params(model)
+    p["layers"].append(copy.deepcopy(p["layers"][0]))
+    with pytest.raises(WeightFormatError, match=r"layers has 4 entries but n_layers is 3"):
+        validate_params(p)
+
+
+def test_weights_of_other_sizes_do_not_load_into_a_model(make_model, model):
+    """load_from_javascript into a model of other sizes is refused by name. With 8 heads instead of
+    4 every array has the same shape, so the weights went in and the model computed another function."""
+    other = make_model(1, n_heads=8).export_to_javascript()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(WeightFormatError, match="n_heads=8 in the weights but the model has n_heads=4"):
+        model.load_from_javascript(other)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
 def test_non_number_weight(model):
     """A string where a number belongs is refused with its path."""
     p = _params(model)
@@ -446,9 +522,9 @@ def test_numpy_sizes_are_numbers_and_numpy_bools_and_complex_are_refused(model, 
 def test_hand_written_files_with_a_bom_or_javascript_numbers_are_read(model, tmp_path):
     text = params_to_text(_params(model), "js")
     path = tmp_path / "model.js"
-    assert '"d_model":48,' in text and "[0." in text
-    path.write_text("\ufeff" + text.replace('"d_model":48,', '"d_model":48.,', 1).replace("[0.", "[.", 1),
-                    encoding="utf-8")
+    assert '"d_model":48,' in text and "[0." in text and ",-0." in text
+    path.write_text("\ufeff" + text.replace('"d_model":48,', '"d_model":48.,', 1).replace("[0.", "[.", 1)
+                    .replace(",-0.", ",-.", 1), encoding="utf-8")      # -.5 is JavaScript's -0.5 too
     back = read_weights(path)
     for a, b in zip(back.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
@@ -462,6 +538,28 @@ def test_a_file_that_is_not_utf8_text_is_named(tmp_path, name, data):
     with pytest.raises(WeightFormatError, match=f"{name}: not a UTF-8 text weight file") as e:
         read_weights(path)
     assert ("predlab.export" in str(e.value)) == name.endswith(".pt")
+
+
+@pytest.mark.parametrize("keyword", ["let", "const"])
+def test_a_model_js_declaring_its_weights_with_let_or_const_is_read(model, tmp_path, keyword):
+    """Hand-written pages declare the weights with `let`/`const` too: the demo page cannot see them,
+    but evaluate, export and --init_weights read them (they were "expected a JSON object")."""
+    path = tmp_path / "model.js"
+    path.write_text(params_to_text(_params(model), "js").replace("window.TRANSFORMER_PARAMS", f"{keyword} TRANSFORMER_PARAMS"))
+    assert f"{keyword} TRANSFORMER_PARAMS = {{" in path.read_text()
+    for a, b in zip(read_weights(path).state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_read_params_refuses_what_the_page_refuses(model, tmp_path):
+    """read_params validates, naming the missing key: the demo reads a model.js with it to warn
+    before serving a page that would run the teacher instead."""
+    p = _params(model)
+    del p["layers"][2]["ffn_gate_weight"]
+    path = tmp_path / "model.js"
+    path.write_text(params_to_text(p, "js"))
+    with pytest.raises(WeightFormatError, match=r"missing key 'layers\[2\]\.ffn_gate_weight'"):
+        read_params(path)
 
 
 def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
@@ -504,6 +602,7 @@ def test_cli_refuses_sizes_the_page_refuses_unless_asked(make_model, tmp_path):
     assert not (tmp_path / "model.js").exists()
     r = run("--any-size")
     assert r.returncode == 0, r.stderr
+    assert "accepts only" not in r.stderr      # asked for: no warning repeating what the flag said
     assert read_params(tmp_path / "model.js")["d_model"] == 32
 
 
@@ -659,3 +758,85 @@ def test_write_weights_will_not_replace_a_file_that_is_no_weight_file(model, tmp
     (tmp_path / "empty.js").write_text("")
     write_weights(model, tmp_path / "empty.js")    # an empty file made ready for it: replaced
     assert read_weights(tmp_path / "empty.js").config == model.config
+
+
+def test_cli_names_the_source_whatever_the_error_says(model, tmp_path, capsys):
+    """A weight file missing a key is refused naming that file: the checker's message names only
+    the key, and the command was run with a source and an output."""
+    from predlab.export import main
+    p = _params(model)
+    del p["output_bias"]
+    src = tmp_path / "weights.json"
+    src.write_text(json.dumps(p))
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", str(tmp_path / "model.js")])
+    assert e.value.code == 2 and f"{src}: missing key 'output_bias'" in capsys.readouterr().err
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["weights.json"]
+
+
+def test_cli_takes_an_output_name_in_capitals(model, tmp_path):
+    """--out MODEL.JS is a model.js (write_weights reads the extension in any case; the CLI refused it)."""
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    assert main([str(src), "--out", str(tmp_path / "MODEL.JS")]) == 0
+    assert (tmp_path / "MODEL.JS").read_text().startswith("// predlab export")
+    assert read_weights(tmp_path / "MODEL.JS").config == model.config
+
+
+def test_cli_says_when_the_disk_refuses_the_write_and_keeps_the_old_file(model, tmp_path, monkeypatch, capsys):
+    """A full disk while exporting: one line naming the file and why, exit 1, the earlier model.js
+    whole and no temporary file left (it was a traceback)."""
+    import errno
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    out = write_weights(model, tmp_path / "model.js")
+    out.write_text(out.read_text() + "// the earlier export\n")
+    before = out.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    assert main([str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}" in err and "Traceback" not in err
+    assert out.read_bytes() == before
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["best_model.pt", "model.js"]
+
+
+def test_a_write_is_on_disk_before_it_replaces_the_file(model, tmp_path, monkeypatch):
+    """atomic_write flushes the new file to disk (fsync) before renaming it over the old one:
+    renamed unflushed, a power cut can leave an empty model.js or checkpoint, the old one gone."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.fstat(fd).st_ino)) or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", os.stat(a).st_ino)) or real_replace(a, b))
+    path = write_weights(model, tmp_path / "model.js")
+    ino = path.stat().st_ino
+    assert ("replace", ino) in events
+    assert ("fsync", ino) in events[:events.index(("replace", ino))]
+
+
+def test_earlier_files_moved_aside_in_the_same_second_each_get_a_folder(tmp_path):
+    """move_to_previous names its folder after the newest file's time: files of the same second,
+    moved aside three times, go to three folders (the third raised FileExistsError, and a run or
+    export that moves earlier files aside stopped)."""
+    from predlab.export import move_to_previous
+    dests = []
+    for i in range(3):
+        f = tmp_path / "model.js"
+        f.write_text(f"export {i}\n")
+        os.utime(f, (1_700_000_000, 1_700_000_000))
+        dests.append(move_to_previous([f], tmp_path))
+    assert len(set(dests)) == 3 and not (tmp_path / "model.js").exists()
+    assert [(d / "model.js").read_text() for d in dests] == [f"export {i}\n" for i in range(3)]
+
+
+def test_exports_create_the_folders_they_need(model, tmp_path):
+    """--out site/js/model.js in a fresh tree is written, folders made (the checks before the export
+    accept a path whose folders are missing, so the export must make them)."""
+    from predlab.export import main
+    write_weights(model, tmp_path / "a" / "b" / "model.json")
+    assert read_weights(tmp_path / "a" / "b" / "model.json").config == model.config
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    assert main([str(src), "--out", str(tmp_path / "site" / "js" / "model.js")]) == 0
+    assert read_weights(tmp_path / "site" / "js" / "model.js").config == model.config
