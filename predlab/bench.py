@@ -718,7 +718,11 @@ def main(argv=None) -> int:
         print(json.dumps(res, indent=2))
     elif a.json is not None:
         from .export import atomic_write_text
-        atomic_write_text(a.json, json.dumps(res, indent=2) + "\n")
+        try:     # after the whole run: a full disk is a line, the table above stays, the old file whole
+            atomic_write_text(a.json, json.dumps(res, indent=2) + "\n")
+        except OSError as e:
+            print(f"{p.prog}: error: cannot write {a.json}: {e.strerror or e}", file=sys.stderr)
+            return 1
     return 0
 
 

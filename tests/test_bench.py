@@ -235,3 +235,23 @@ def test_bench_cli_ctrl_c_exits_130_with_a_line(tmp_path, capsys, monkeypatch):
     assert bench.main(["--quick", "--json", str(out)]) == 130
     err = capsys.readouterr().err
     assert "interrupted: the bench stopped" in err and f"{out} was not written" in err and not out.exists()
+
+
+def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tmp_path, capsys, monkeypatch):
+    """A full disk when the figures are written, after the whole run: one line naming the file and
+    why, exit 1, the table printed and the earlier file whole (it was a traceback)."""
+    import errno
+    import os
+    out = tmp_path / "b.json"
+    out.write_text('{"generate": {}}\n')
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(os, "fsync", full)
+    assert bench.main(["--json", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "the table" in captured.out and "Traceback" not in captured.err
+    assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
+    assert out.read_text() == '{"generate": {}}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
