@@ -6,6 +6,7 @@ best metric, early-stopping counter and the metric history.
 """
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import re
@@ -28,8 +29,13 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Mapping, path: Union[str, Path]) -> Path:
-    """torch.save to a temporary file beside path, then rename: a kill never corrupts path."""
-    return atomic_write(path, lambda f: torch.save(dict(obj), f), binary=True)
+    """torch.save to a temporary file beside path, then rename: a kill never corrupts path.
+
+    Serialised in memory first: torch's writer turned a full disk into "RuntimeError: [enforce
+    fail at inline_container.cc] unexpected pos"; a plain write raises OSError naming the file."""
+    buf = io.BytesIO()
+    torch.save(dict(obj), buf)
+    return atomic_write(path, lambda f: f.write(buf.getbuffer()), binary=True)
 
 
 def _plain(text: str) -> str:

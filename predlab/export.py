@@ -429,9 +429,11 @@ def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno and e.filename is None:   # a full disk, say: name the file
+            raise type(e)(e.errno, e.strerror, str(given)) from None
         raise
     return given
 

@@ -218,7 +218,7 @@ class Checkpointer(Callback):
         such as the notebooks' quick mode under `make test`, whose previous/ would only grow)."""
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
-        self._trainer, self._pending, self._written = None, [], {}
+        self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -285,6 +285,14 @@ class Checkpointer(Callback):
     def _save(self, trainer, path: Path, include_data: bool = True) -> None:
         trainer.save_checkpoint(path, include_data=include_data)
         self._written[path] = self._signature(path)
+        self._saved.add(path)
+
+    def wrote_best(self) -> bool:
+        """Whether this Checkpointer wrote the best_model.pt in its folder (the epoch that wrote it
+        may have been undone after, when a later write failed or a Ctrl-C came: its model is whole
+        all the same)."""
+        best = self.dir / "best_model.pt"
+        return best in self._saved and self._mine(best)
 
     def is_earlier_runs(self, path: Union[str, Path]) -> bool:
         """Whether path is an earlier run's file that this run has not yet moved aside."""
@@ -1398,6 +1406,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
               f"too high: lower it, or raise --warmup_epochs); that epoch was not saved, and the checkpoints "
               f"saved so far are intact", file=sys.stderr)
+    except OSError as e:                # a full disk under a checkpoint: train() undid the epoch too
+        interrupted, code = True, 1
+        print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
+              f"checkpoints saved before it are intact", file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
     if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \
@@ -1406,7 +1418,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"{trainer.best_metric:.5f} at best): try a lower --learning_rate. The file is kept, where it was "
               f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
-    if interrupted and trainer.epoch == first_epoch:    # no epoch of this run to export
+    if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
         print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "
               f"files in {tc.checkpoint_dir} are where they were", file=sys.stderr)
         return code
@@ -1416,6 +1428,15 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     except KeyboardInterrupt:
         print("interrupted: the export above was completed first", file=sys.stderr)
         return 130
+    except OSError as e:
+        print(f"error: {_os_error(e)}; no model.js was written (any earlier one is where it was), and the "
+              f"checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
+        return 1
+
+
+def _os_error(e: OSError) -> str:
+    """"cannot write FILE: No space left on device", or the error as it is where it names no file."""
+    return f"cannot write {e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
 
 
 def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,

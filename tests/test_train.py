@@ -1,11 +1,13 @@
 """The training pipeline: seeded data, the trainer, checkpoints and resume, the CLI."""
 import copy
 import dataclasses
+import errno
 import json
 import math
-import shutil
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -350,15 +352,82 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = t.save_checkpoint(tmp_path / "best_model.pt")
     before = path.read_bytes()
 
-    def broken_save(obj, f, *a, **k):
-        f.write(b"half a checkpoint")
+    def stopped(fd):       # the new checkpoint is in the file, not yet on disk, when the kill comes
+        assert os.fstat(fd).st_size > 0
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", broken_save)
+    t.train_epoch(t.val_dataset)          # another checkpoint than the one on disk
+    monkeypatch.setattr(os, "fsync", stopped)
     with pytest.raises(KeyboardInterrupt):
         t.save_checkpoint(path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="limits the size of files written (POSIX)")
+def test_a_checkpoint_cut_short_by_the_disk_is_an_os_error_naming_the_file(tmp_path):
+    """A disk that fills while a checkpoint is being written: torch's zip writer turned it into
+    "RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos 86656 vs 86544", a
+    riddle in the middle of a run. A file-size limit makes the write stop part way, as a full disk does."""
+    import resource
+    t = _trainer(tmp_path)
+    path = t.save_checkpoint(tmp_path / "best_model.pt")
+    before = path.read_bytes()
+    t.train_epoch(t.val_dataset)
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # the write fails instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, limit[1]))
+    try:
+        with pytest.raises(OSError) as e:
+            t.save_checkpoint(path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert e.value.errno == errno.EFBIG and e.value.filename == str(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["best_model.pt"]
+
+
+def _full_disk_for(monkeypatch, *names: str) -> None:
+    """Writes of files whose names start with one of names fail as on a full disk (at fsync, as the
+    data reaches the disk); the rest are written."""
+    real = os.fsync
+
+    def fsync(fd):
+        written = os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).lstrip(".")
+        if written.startswith(names):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_cli_on_a_full_disk_says_which_file_and_keeps_what_it_saved(tmp_path, monkeypatch, capsys):
+    """A full disk under a checkpoint ended the run with a traceback (torch's "unexpected pos");
+    now one line names the file, the epoch is not counted, the best model saved before it is
+    exported, and the exit code is 1. When model.js cannot be written either, that is said too."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "checkpoint_epoch_2.pt")
+    assert main(["--epochs", "3", *TINY_FLAGS, "--eval_every", "0", "--no-dagger"]) == 1
+    err = capsys.readouterr().err
+    ckdir = tmp_path / "checkpoints"
+    assert f"error in epoch 2: cannot write {Path('checkpoints') / 'checkpoint_epoch_2.pt'}: " \
+           f"{os.strerror(errno.ENOSPC)}; that epoch was not counted" in err and "Traceback" not in err
+    assert sorted(p.name for p in ckdir.glob("*.pt")) == ["best_model.pt", "checkpoint_epoch_1.pt"]
+    assert ck.load_checkpoint_dict(ckdir / "best_model.pt")["epoch"] in (1, 2)   # 2: whole, written before the failure
+    assert (ckdir / "model.js").is_file() and (ckdir / "model.json").is_file()
+
+    # the first epoch's checkpoint fails after its best_model.pt was written: that model is
+    # whole, and is exported (it was said that nothing had been written)
+    other = tmp_path / "other"
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "checkpoint_epoch_1.pt", "model.js")
+    assert main(["--epochs", "3", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--checkpoint_dir", str(other)]) == 1
+    err = capsys.readouterr().err
+    assert f"error in epoch 1: cannot write {other / 'checkpoint_epoch_1.pt'}: {os.strerror(errno.ENOSPC)}" in err
+    assert f"error: cannot write {other / 'model.js'}: {os.strerror(errno.ENOSPC)}; no model.js was written" in err
+    assert "no checkpoint or model was written" not in err and "Traceback" not in err
+    assert sorted(p.name for p in other.iterdir() if not p.name.startswith(".")) == ["best_model.pt"]
 
 
 def test_evaluate_sample_and_create_trainer_api():
@@ -1144,7 +1213,6 @@ def test_every_allowed_seed_trains(tmp_path):
 
 
 def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
-    import signal
     p = subprocess.Popen([sys.executable, "-m", "predlab.train", "--epochs", "200", *TINY_FLAGS], cwd=tmp_path,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -1378,7 +1446,6 @@ def test_a_run_that_fails_before_its_first_write_leaves_the_earlier_runs_files_i
 
 def test_ctrl_c_during_the_final_export_still_writes_both_files(tmp_path, monkeypatch, capsys, python_sigint):
     """A Ctrl-C while model.js was being built gave a traceback and no model.js."""
-    import signal
     from predlab import export, train as tr
     monkeypatch.chdir(tmp_path)
     real = export.params_to_text
