@@ -85,6 +85,21 @@ def test_buffer_cap_drops_the_oldest(model):
     assert torch.equal(buf.predator, torch.cat([e1.predator[-keep:], e2.predator]))
 
 
+def test_default_buffer_keeps_two_epochs_of_samples(model):
+    """buffer=0 (the default of --dagger_buffer) keeps two epochs' worth of samples, the newest, as the
+    README says; the tests set a buffer of their own, so a default of one epoch's worth (training on
+    the fresh episodes alone, no aggregation) went unseen."""
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 4, start=5)               # teacher-driven epochs, so they can be regenerated
+    trainer = SimpleNamespace(model=model)
+    epochs = [gen.generate(4, stream=1 + e) for e in range(3)]
+    for e in range(3):
+        buf = src.for_epoch(e, trainer)
+    every, keep = SampleSet.cat(epochs), 2 * len(epochs[2])
+    assert len(every) > keep and len(buf) == keep
+    assert torch.equal(buf.target, every.target[-keep:]) and torch.equal(buf.predator, every.predator[-keep:])
+
+
 def test_cli_dagger_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.train", "--dagger", "--epochs", "2", "--train_episodes", "8",
                         "--val_episodes", "4", "--frames", "30", "--dagger_start", "2",
