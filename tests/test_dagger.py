@@ -100,6 +100,32 @@ def test_default_buffer_keeps_two_epochs_of_samples(model):
     assert torch.equal(buf.target, every.target[-keep:]) and torch.equal(buf.predator, every.predator[-keep:])
 
 
+def test_undo_epoch_gives_back_the_samples_before_that_epoch(model):
+    """The trainer undoes an epoch that did not finish (Ctrl-C, divergence) and runs it again; the
+    buffer must then hold what it held before that epoch, or the run goes on with other samples than
+    an uninterrupted one. Undoing takes the epoch's samples out and puts back the older ones they
+    pushed out, once; an epoch whose episodes were never drawn (Ctrl-C during their generation, also
+    again after an undo, or after a checkpoint was loaded) changes nothing."""
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 4, start=5, buffer=200)   # epoch 2 pushes some of epoch 1 out
+    trainer = SimpleNamespace(model=model)
+    first = SampleSet.from_ragged(src.state_dict()["dagger_buffer"])
+    assert len(first) == 0
+    src.for_epoch(0, trainer)
+    after1 = SampleSet.from_ragged(src.state_dict()["dagger_buffer"])
+    src.undo_epoch(1)                                 # cut while epoch 2's episodes were drawn
+    _same(src.data, after1)
+    assert len(src.for_epoch(1, trainer)) == 200 < len(after1) + len(gen.generate(4, stream=2))
+    src.undo_epoch(1)
+    _same(src.data, after1)                           # epoch 1's dropped samples are back
+    src.undo_epoch(1)                                 # epoch 2 cut again, before its episodes
+    _same(src.data, after1)
+    src.for_epoch(1, trainer)
+    src.load_state_dict({"dagger_buffer": after1.to_ragged()})   # a checkpoint of epoch 1, loaded
+    src.undo_epoch(1)
+    _same(src.data, after1)
+
+
 def test_cli_dagger_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.train", "--dagger", "--epochs", "2", "--train_episodes", "8",
                         "--val_episodes", "4", "--frames", "30", "--dagger_start", "2",
