@@ -126,6 +126,24 @@ def test_undo_epoch_gives_back_the_samples_before_that_epoch(model):
     _same(src.data, after1)
 
 
+def test_dagger_episodes_are_the_same_for_any_number_of_workers(model):
+    """--num_workers changes who rolls out the episodes, never what they are, with DAgger too (the
+    README's promise for any --seed). Worker processes drove with the bare model, this process with
+    the batched policy, whose float32 sums differ in the last bits: the student's episodes came apart.
+    The same holds for a model handed to EpisodeGenerator.generate as the student."""
+    out, bare = [], []
+    for workers in (0, 1):
+        with EpisodeGenerator(NOISY, seed=0, num_workers=workers, progress=False) as gen:
+            src = DaggerSource(gen, 16, start=1, decay=0.5, beta_min=0.5)
+            out.append(src.for_epoch(0, SimpleNamespace(model=model)))
+            bare.append(gen.generate(16, stream=1, student=model, beta=0.5))
+    _same(*out)
+    _same(*bare)
+    _same(out[0], bare[0])
+    teacher_only = EpisodeGenerator(NOISY, seed=0, progress=False).generate(16, stream=1)
+    assert not torch.equal(out[1].predator, teacher_only.predator)   # the workers' student did drive
+
+
 def test_cli_dagger_run(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.train", "--dagger", "--epochs", "2", "--train_episodes", "8",
                         "--val_episodes", "4", "--frames", "30", "--dagger_start", "2",
