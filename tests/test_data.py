@@ -310,3 +310,22 @@ def test_batch_indices_names_a_bad_batch_size(batch_size, error):
     with pytest.raises(error, match="batch_size must be a whole number"):
         samples.batch_indices(batch_size)
     assert [len(b) for b in samples.batch_indices(2, shuffle=False)] == [2, 2, 1]
+
+
+def test_chunks_and_streams_draw_episodes_of_their_own():
+    """Each chunk of a stream is seeded from (seed, stream, chunk index): a seed made from the chunk's
+    size (equal for full chunks) repeated a chunk's episodes within an epoch, and one made from
+    stream + chunk gave validation's second chunk (stream 0) to the first epoch (stream 1) to train on."""
+    from predlab.config import WorldConfig
+    from predlab.data import CHUNK_EPISODES, generate_episodes
+    cfg = WorldConfig(frames=1, boids_max=4)                         # one sample per episode, in order
+    chunks = []
+    for seed, stream in ((0, 0), (0, 1), (1, 0)):
+        s = generate_episodes(2 * CHUNK_EPISODES, cfg, seed=seed, stream=stream)
+        assert len(s) == 2 * CHUNK_EPISODES
+        start = torch.cat([s.context, s.boids[:, 0]], 1)             # canvas and the flock's first boid
+        chunks += list(start.split(CHUNK_EPISODES))
+    for i in range(len(chunks)):
+        for j in range(i):
+            assert not torch.equal(chunks[i], chunks[j]), (i, j)
+
