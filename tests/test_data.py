@@ -329,3 +329,22 @@ def test_chunks_and_streams_draw_episodes_of_their_own():
         for j in range(i):
             assert not torch.equal(chunks[i], chunks[j]), (i, j)
 
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_an_episode_gives_samples_until_its_flock_is_caught(backend, beta):
+    """Samples are states the browser would give the model, which it never calls without a live boid
+    (it patrols): a finished episode gives no more rows. On tiny canvases many flocks are caught
+    within 60 frames; the tests' larger worlds caught none, so rows of finished episodes (no boid,
+    a (0, 0) label) kept by either path, with a student or without, went unseen."""
+    from predlab import data
+    from predlab.config import WorldConfig
+    from predlab.teacher import closest_pursuit
+    if backend == "numba" and data.fastsim is None:
+        pytest.skip("numba is not installed")
+    cfg = WorldConfig(width_min=40, width_max=60, height_min=40, height_max=60, boids_max=3, frames=60)
+    s = data.rollout_chunk(32, cfg, 0, student=lambda b: closest_pursuit(b["boids"], b["mask"]).flip(-1),
+                           beta=beta, backend=backend)
+    assert (s.n >= 1).all()
+    assert 32 <= len(s) < 32 * 60 - 300                        # episodes did end
+
