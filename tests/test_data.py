@@ -348,3 +348,26 @@ def test_an_episode_gives_samples_until_its_flock_is_caught(backend, beta):
     assert (s.n >= 1).all()
     assert 32 <= len(s) < 32 * 60 - 300                        # episodes did end
 
+
+def test_grouping_by_flock_size_keeps_each_episodes_draws():
+    """The torch path steps a chunk in groups of similar flock size (GROUP_EPISODES each), for speed
+    only: each episode keeps its own noise draw and its own draw of who drives. Index by the group's
+    position instead of the episode's, and episodes past the first group got another's; every
+    test chunk fitted in one group. The numba path steps the chunk whole, so its first two frames
+    (one step) must match."""
+    from predlab import data
+    from predlab.config import WorldConfig
+    from predlab.teacher import closest_pursuit
+    if data.fastsim is None:
+        pytest.skip("numba is not installed")
+    E = 3 * data.GROUP_EPISODES
+
+    def student(b):
+        return closest_pursuit(b["boids"], b["mask"]).flip(-1)
+
+    a, b = (data.rollout_chunk(E, WorldConfig(frames=2), 4, student=student, beta=0.5, backend=backend)
+            for backend in ("numba", "torch"))
+    assert len(a) == len(b) == 2 * E
+    for k in ("context", "predator", "n", "target"):
+        assert torch.allclose(getattr(a, k), getattr(b, k), rtol=0, atol=1e-5), k
+    assert torch.allclose(a.boids, b.boids, rtol=0, atol=1e-5)
