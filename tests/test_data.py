@@ -50,11 +50,13 @@ def test_observation_round_trip():
 
 
 def test_collate_shapes_and_padding(make_samples):
-    """collate pads to the largest flock (or pad_to) with zero boids and a False mask."""
+    """collate pads to the largest flock (or pad_to) with zero boids and a False mask; pad_to equal
+    to the largest flock is no padding, not an error."""
     batch = collate(make_samples([2, 5, 0], seed=4), pad_to=8)
     assert batch["boids"].shape == (3, 8, 4) and batch["mask"].shape == (3, 8)
     assert batch["mask"].sum(1).tolist() == [2, 5, 0] and batch["mask"].dtype == torch.bool
     assert (batch["boids"][~batch["mask"]] == 0).all()
+    assert collate(make_samples([2, 5], seed=4), pad_to=5)["mask"].sum(1).tolist() == [2, 5]
     assert collate([])["boids"].shape == (0, 0, 4)
     with pytest.raises(InputError, match="pad_to=3"):
         collate(make_samples([5], seed=4), pad_to=3)
