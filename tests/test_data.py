@@ -164,6 +164,11 @@ def test_sampleset_check_names_the_problem(make_samples):
     nan.boids[0, 0, 0] = math.nan
     with pytest.raises(InputError, match="boids contains NaN"):
         nan.check()
+    # a count beyond the boid axis: its batches' masks would be wider than their boids
+    over = SampleSet(s.context, s.predator, s.boids, s.n.clone(), s.target)
+    over.n[1] = s.boids.shape[1] + 1
+    with pytest.raises(InputError, match=rf"train\.n has boid counts outside 0\.\.{s.boids.shape[1]}\b"):
+        over.check("train")
     with pytest.raises(InputError, match="holds no samples"):
         SampleSet.empty().check("val", allow_empty=False)
 
