@@ -327,7 +327,8 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
 
     The label is always the clean teacher action. The driving action is the teacher's plus
     Gaussian noise (cfg.noise), or, in episodes picked with probability 1 - beta, the student's
-    (a batched policy called on the observations of all the chunk's episodes).
+    (a batched policy called on the observations of all the chunk's episodes; a TransformerPredator
+    is called as predlab.evaluate.ModelPolicy, here and in worker processes alike).
     Samples come frame by frame, episodes in order within a frame. backend "numba" runs each
     CPU frame in predlab.fastsim's kernels, "torch" in World; "auto" takes numba on the CPU
     when it is installed. Both draw the same random numbers and compute the same formulas, but
@@ -349,6 +350,7 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
 def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float, device,
                    backend: str = "auto") -> SampleSet:
     """rollout_chunk on checked arguments."""
+    student = _as_policy(student)
     on_cpu = torch.device(device).type == "cpu"
     if backend == "numba" and fastsim is None:
         raise ImportError("backend='numba' needs numba (pip install numba)")
@@ -399,6 +401,16 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
     rows = flat["mask"].any(-1).nonzero().squeeze(1)             # frame-major, episodes in order
     boids, n = _compact(flat["boids"][rows], flat["mask"][rows])
     return SampleSet(flat["context"][rows], flat["predator"][rows], boids, n, flat["target"][rows]).to_device("cpu")
+
+
+def _as_policy(student):
+    """A TransformerPredator student as the batched ModelPolicy (DAgger's in-process student), other
+    policies as they are. Worker processes rebuild the bare model: driving with it there and with
+    ModelPolicy here (sorted by flock size, padded per chunk of episodes, so float32 sums that differ
+    in their last bits) gave other episodes for another --num_workers once the flock's chaos grew them."""
+    from .evaluate import ModelPolicy
+    from .model import TransformerPredator
+    return ModelPolicy(student) if isinstance(student, TransformerPredator) else student
 
 
 class _Rows:

@@ -1,6 +1,7 @@
 """DAgger: the student drives some episodes, the teacher labels every state, the buffer is capped."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,11 +11,19 @@ import torch
 
 from predlab.config import WorldConfig
 from predlab.dagger import DaggerSource
-from predlab.data import EpisodeGenerator
+from predlab.data import EpisodeGenerator, SampleSet
 from predlab.teacher import closest_pursuit
 from predlab.train import EpisodeSource
 
 WC = WorldConfig(width_max=640, height_max=480, boids_max=12, frames=30, noise=0.0)
+NOISY = dataclasses.replace(WC, noise=0.3)       # the default exploration noise
+
+
+def _same(a: SampleSet, b: SampleSet):
+    """The same samples (live boids compared, whatever the padding)."""
+    assert len(a) == len(b) > 0
+    for (k, x), y in zip(a.to_ragged().items(), b.to_ragged().values()):
+        assert x.shape == y.shape and torch.equal(x, y), k
 
 
 def test_beta_schedule():
@@ -52,11 +61,14 @@ def test_mixed_epochs_keep_teacher_states(model):
 
 
 def test_before_start_it_is_behaviour_cloning(model):
-    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    """Epochs before dagger_start (beta 1) are behaviour cloning's epochs, sample for sample, with
+    exploration noise. Handing the generator a student there made it draw which episodes the student
+    drives (none at beta 1), and that draw shifted every later noise draw: other episodes."""
+    gen = EpisodeGenerator(NOISY, seed=0, progress=False)
     src = DaggerSource(gen, 4, start=2)
     data = src.for_epoch(0, SimpleNamespace(model=model))
     assert src.last["dagger_beta"] == 1.0
-    assert torch.equal(data.predator, gen.generate(4, stream=1).predator)
+    _same(data, EpisodeSource(gen, 4).for_epoch(0))
 
 
 def test_buffer_cap_drops_the_oldest(model):
@@ -71,6 +83,65 @@ def test_buffer_cap_drops_the_oldest(model):
     keep = 200 - len(e2)                                                    # the oldest rows went first
     assert torch.equal(buf.target, torch.cat([e1.target[-keep:], e2.target]))
     assert torch.equal(buf.predator, torch.cat([e1.predator[-keep:], e2.predator]))
+
+
+def test_default_buffer_keeps_two_epochs_of_samples(model):
+    """buffer=0 (the default of --dagger_buffer) keeps two epochs' worth of samples, the newest, as the
+    README says; the tests set a buffer of their own, so a default of one epoch's worth (training on
+    the fresh episodes alone, no aggregation) went unseen."""
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 4, start=5)               # teacher-driven epochs, so they can be regenerated
+    trainer = SimpleNamespace(model=model)
+    epochs = [gen.generate(4, stream=1 + e) for e in range(3)]
+    for e in range(3):
+        buf = src.for_epoch(e, trainer)
+    every, keep = SampleSet.cat(epochs), 2 * len(epochs[2])
+    assert len(every) > keep and len(buf) == keep
+    assert torch.equal(buf.target, every.target[-keep:]) and torch.equal(buf.predator, every.predator[-keep:])
+
+
+def test_undo_epoch_gives_back_the_samples_before_that_epoch(model):
+    """The trainer undoes an epoch that did not finish (Ctrl-C, divergence) and runs it again; the
+    buffer must then hold what it held before that epoch, or the run goes on with other samples than
+    an uninterrupted one. Undoing takes the epoch's samples out and puts back the older ones they
+    pushed out, once; an epoch whose episodes were never drawn (Ctrl-C during their generation, also
+    again after an undo, or after a checkpoint was loaded) changes nothing."""
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 4, start=5, buffer=200)   # epoch 2 pushes some of epoch 1 out
+    trainer = SimpleNamespace(model=model)
+    first = SampleSet.from_ragged(src.state_dict()["dagger_buffer"])
+    assert len(first) == 0
+    src.for_epoch(0, trainer)
+    after1 = SampleSet.from_ragged(src.state_dict()["dagger_buffer"])
+    src.undo_epoch(1)                                 # cut while epoch 2's episodes were drawn
+    _same(src.data, after1)
+    assert len(src.for_epoch(1, trainer)) == 200 < len(after1) + len(gen.generate(4, stream=2))
+    src.undo_epoch(1)
+    _same(src.data, after1)                           # epoch 1's dropped samples are back
+    src.undo_epoch(1)                                 # epoch 2 cut again, before its episodes
+    _same(src.data, after1)
+    src.for_epoch(1, trainer)
+    src.load_state_dict({"dagger_buffer": after1.to_ragged()})   # a checkpoint of epoch 1, loaded
+    src.undo_epoch(1)
+    _same(src.data, after1)
+
+
+def test_dagger_episodes_are_the_same_for_any_number_of_workers(model):
+    """--num_workers changes who rolls out the episodes, never what they are, with DAgger too (the
+    README's promise for any --seed). Worker processes drove with the bare model, this process with
+    the batched policy, whose float32 sums differ in the last bits: the student's episodes came apart.
+    The same holds for a model handed to EpisodeGenerator.generate as the student."""
+    out, bare = [], []
+    for workers in (0, 1):
+        with EpisodeGenerator(NOISY, seed=0, num_workers=workers, progress=False) as gen:
+            src = DaggerSource(gen, 16, start=1, decay=0.5, beta_min=0.5)
+            out.append(src.for_epoch(0, SimpleNamespace(model=model)))
+            bare.append(gen.generate(16, stream=1, student=model, beta=0.5))
+    _same(*out)
+    _same(*bare)
+    _same(out[0], bare[0])
+    teacher_only = EpisodeGenerator(NOISY, seed=0, progress=False).generate(16, stream=1)
+    assert not torch.equal(out[1].predator, teacher_only.predator)   # the workers' student did drive
 
 
 def test_cli_dagger_run(tmp_path):

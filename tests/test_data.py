@@ -50,11 +50,13 @@ def test_observation_round_trip():
 
 
 def test_collate_shapes_and_padding(make_samples):
-    """collate pads to the largest flock (or pad_to) with zero boids and a False mask."""
+    """collate pads to the largest flock (or pad_to) with zero boids and a False mask; pad_to equal
+    to the largest flock is no padding, not an error."""
     batch = collate(make_samples([2, 5, 0], seed=4), pad_to=8)
     assert batch["boids"].shape == (3, 8, 4) and batch["mask"].shape == (3, 8)
     assert batch["mask"].sum(1).tolist() == [2, 5, 0] and batch["mask"].dtype == torch.bool
     assert (batch["boids"][~batch["mask"]] == 0).all()
+    assert collate(make_samples([2, 5], seed=4), pad_to=5)["mask"].sum(1).tolist() == [2, 5]
     assert collate([])["boids"].shape == (0, 0, 4)
     with pytest.raises(InputError, match="pad_to=3"):
         collate(make_samples([5], seed=4), pad_to=3)
@@ -162,6 +164,11 @@ def test_sampleset_check_names_the_problem(make_samples):
     nan.boids[0, 0, 0] = math.nan
     with pytest.raises(InputError, match="boids contains NaN"):
         nan.check()
+    # a count beyond the boid axis: its batches' masks would be wider than their boids
+    over = SampleSet(s.context, s.predator, s.boids, s.n.clone(), s.target)
+    over.n[1] = s.boids.shape[1] + 1
+    with pytest.raises(InputError, match=rf"train\.n has boid counts outside 0\.\.{s.boids.shape[1]}\b"):
+        over.check("train")
     with pytest.raises(InputError, match="holds no samples"):
         SampleSet.empty().check("val", allow_empty=False)
 
@@ -310,3 +317,86 @@ def test_batch_indices_names_a_bad_batch_size(batch_size, error):
     with pytest.raises(error, match="batch_size must be a whole number"):
         samples.batch_indices(batch_size)
     assert [len(b) for b in samples.batch_indices(2, shuffle=False)] == [2, 2, 1]
+
+
+def test_batch_indices_bucket_by_boid_count_and_follow_the_generator():
+    """Training batches cover every row once, hold rows of neighbouring boid counts (so padding
+    costs almost nothing), and come in an order drawn from the generator given (the trainer's seeded
+    one) whatever torch's global RNG holds. Only the batch sizes were tested: batches of any counts,
+    or an order from the global RNG (which dropout and user code draw from too), went unseen."""
+    from predlab.data import SampleSet
+    n = torch.tensor([5, 1, 3, 1, 5, 2, 3, 1, 2, 5, 4, 4])
+    S = len(n)
+    samples = SampleSet(torch.zeros(S, 2), torch.zeros(S, 2), torch.zeros(S, 5, 4), n, torch.zeros(S, 2))
+
+    def batches(global_seed, seed=0):
+        with torch.random.fork_rng():
+            torch.manual_seed(global_seed)
+            return [b.tolist() for b in samples.batch_indices(3, generator=torch.Generator().manual_seed(seed))]
+
+    a = batches(1)
+    assert a == batches(2) and a != batches(1, seed=1)
+    assert sorted(i for b in a for i in b) == list(range(S))
+    counts = sorted(n.tolist())
+    assert sorted(sorted(n[b].tolist()) for b in a) == [counts[i:i + 3] for i in range(0, S, 3)]
+
+
+def test_chunks_and_streams_draw_episodes_of_their_own():
+    """Each chunk of a stream is seeded from (seed, stream, chunk index): a seed made from the chunk's
+    size (equal for full chunks) repeated a chunk's episodes within an epoch, and one made from
+    stream + chunk gave validation's second chunk (stream 0) to the first epoch (stream 1) to train on."""
+    from predlab.config import WorldConfig
+    from predlab.data import CHUNK_EPISODES, generate_episodes
+    cfg = WorldConfig(frames=1, boids_max=4)                         # one sample per episode, in order
+    chunks = []
+    for seed, stream in ((0, 0), (0, 1), (1, 0)):
+        s = generate_episodes(2 * CHUNK_EPISODES, cfg, seed=seed, stream=stream)
+        assert len(s) == 2 * CHUNK_EPISODES
+        start = torch.cat([s.context, s.boids[:, 0]], 1)             # canvas and the flock's first boid
+        chunks += list(start.split(CHUNK_EPISODES))
+    for i in range(len(chunks)):
+        for j in range(i):
+            assert not torch.equal(chunks[i], chunks[j]), (i, j)
+
+
+@pytest.mark.parametrize("backend", ["numba", "torch"])
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_an_episode_gives_samples_until_its_flock_is_caught(backend, beta):
+    """Samples are states the browser would give the model, which it never calls without a live boid
+    (it patrols): a finished episode gives no more rows. On tiny canvases many flocks are caught
+    within 60 frames; the tests' larger worlds caught none, so rows of finished episodes (no boid,
+    a (0, 0) label) kept by either path, with a student or without, went unseen."""
+    from predlab import data
+    from predlab.config import WorldConfig
+    from predlab.teacher import closest_pursuit
+    if backend == "numba" and data.fastsim is None:
+        pytest.skip("numba is not installed")
+    cfg = WorldConfig(width_min=40, width_max=60, height_min=40, height_max=60, boids_max=3, frames=60)
+    s = data.rollout_chunk(32, cfg, 0, student=lambda b: closest_pursuit(b["boids"], b["mask"]).flip(-1),
+                           beta=beta, backend=backend)
+    assert (s.n >= 1).all()
+    assert 32 <= len(s) < 32 * 60 - 300                        # episodes did end
+
+
+def test_grouping_by_flock_size_keeps_each_episodes_draws():
+    """The torch path steps a chunk in groups of similar flock size (GROUP_EPISODES each), for speed
+    only: each episode keeps its own noise draw and its own draw of who drives. Index by the group's
+    position instead of the episode's, and episodes past the first group got another's; every
+    test chunk fitted in one group. The numba path steps the chunk whole, so its first two frames
+    (one step) must match."""
+    from predlab import data
+    from predlab.config import WorldConfig
+    from predlab.teacher import closest_pursuit
+    if data.fastsim is None:
+        pytest.skip("numba is not installed")
+    E = 3 * data.GROUP_EPISODES
+
+    def student(b):
+        return closest_pursuit(b["boids"], b["mask"]).flip(-1)
+
+    a, b = (data.rollout_chunk(E, WorldConfig(frames=2), 4, student=student, beta=0.5, backend=backend)
+            for backend in ("numba", "torch"))
+    assert len(a) == len(b) == 2 * E
+    for k in ("context", "predator", "n", "target"):
+        assert torch.allclose(getattr(a, k), getattr(b, k), rtol=0, atol=1e-5), k
+    assert torch.allclose(a.boids, b.boids, rtol=0, atol=1e-5)

@@ -42,11 +42,16 @@ def edge_cases():
         _sample([_boid(0.0, 0.0)]),                                     # exactly on the predator
         _sample([_boid(0.0008, 0.0008)]),                               # 0.00113: just outside the cut-off
         _sample([_boid(-0.9, 0.2)]),
+        _sample([_boid(0.001, 0.0)]),                                   # exactly 0.001: not within, a unit vector
+        _sample([_boid(0.0006, -0.0008)]),                              # exactly 0.001 too (float64)
     ]
 
 
 def test_matches_reference_on_edge_cases():
-    """Ties go to the first boid, no boids and distance < 0.001 give (0, 0), the rest a unit vector."""
+    """Ties go to the first boid, no boids and distance < 0.001 give (0, 0), the rest a unit vector.
+
+    A boid exactly 0.001 away is steered to, as in the browser (its test is `< 0.001`): a cut-off
+    taken as <= 0.001 gave (0, 0) there, and no case sat on it."""
     samples = edge_cases()
     batch = collate(samples, dtype=torch.float64)
     got = closest_pursuit(batch["boids"], batch["mask"])
@@ -58,6 +63,10 @@ def test_matches_reference_on_edge_cases():
     assert got[1].tolist() == [1.0, 0.0] and got[2].tolist() == [0.0, -1.0]
     assert got[3].tolist() == [0.0, 0.0] and got[0].tolist() == [0.0, 0.0]
     assert abs(got[5].norm().item() - 1) < 1e-12
+    assert got[7].tolist() == [1.0, 0.0] and abs(got[8].norm().item() - 1) < 1e-12
+    for row in (7, 8):                                  # the same in float32, the dtype the model trains in
+        b32 = collate([samples[row]])
+        assert abs(closest_pursuit(b32["boids"], b32["mask"])[0].norm().item() - 1) < 1e-6
 
 
 def test_matches_reference_on_random_padded_batches(make_samples):

@@ -883,14 +883,20 @@ def test_an_epoch_that_diverged_is_undone(tmp_path):
     (lambda b: b.__setitem__("context", b["context"].double()), "context is torch.float64, not float32"),
     (lambda b: b.__setitem__("target", torch.full_like(b["target"], math.nan)), "target contains NaN")])
 def test_tampered_dagger_samples_are_refused(tmp_path, edit, message):
+    """A refused checkpoint leaves the trainer's DAgger samples as they were. The test edited
+    state_dict()'s tensors in place, which are the buffer's own: the edit reached the trainer, and
+    whether the rollback could restore it depended on the episodes drawn."""
     t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
                        eval_every=0, dagger=True)
     t.train(1)
-    state = t.state_dict()
+    before = copy.deepcopy(t.train_dataset.data.state_dict())
+    state = copy.deepcopy(t.state_dict())
     edit(state["data_source"]["dagger_buffer"])
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ck.CheckpointError, match=message):
         t.load_checkpoint(tmp_path / "bad.pt")
+    for k, v in t.train_dataset.data.state_dict().items():
+        assert torch.equal(v, before[k]), k
 
 
 def test_graph_ready_optimizer_starts_as_a_fresh_one(tmp_path):
