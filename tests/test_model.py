@@ -154,6 +154,32 @@ def test_training_gradients_equal_the_explicit_path(make_model, make_samples):
     assert grads[1]["layers.2.qkv.weight"][D:].abs().max() > 1e-3      # keys and values do get gradients
 
 
+def test_a_batch_of_every_boid_count_equals_one_at_a_time_with_the_explicit_paths_gradients(model, make_samples):
+    """A float32 training batch holding every boid count from 0 to 50, large enough that the CPU
+    attention kernel makes its weights in several slices (as for the trainer's split halves of
+    128 samples): each action is the one its sample gets alone, and every parameter's gradient is
+    the explicit path's. The other tests' batches fit in one slice (or replace the slicing), so
+    slices that missed rows (weights and outputs of the last samples' heads left unwritten) went
+    unseen there."""
+    from predlab import model as M
+    samples = make_samples(range(51), seed=14)
+    batch = collate(samples)
+    B, N = batch["mask"].shape
+    assert len(M._Attention._slices(B * model.config.n_heads, 3 + N)) > 1     # several slices
+    singles = torch.stack([model.predict(s) for s in samples])
+    target = torch.rand(B, 2, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    outs, grads = [], []
+    for run in (lambda b: model(b), lambda b: model.forward_with_attention(b)[0]):
+        out = run(batch)
+        ((out - target) ** 2).sum().backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        model.zero_grad(set_to_none=True)
+    assert (outs[0] - singles).abs().max() <= 1e-6
+    for name, want in grads[1].items():
+        assert (grads[0][name] - want).abs().max() <= 1e-5 * (want.abs().max() + 1), name
+
+
 def test_token_labels():
     """Labels follow the token order CLS, CTX, PRED, boid 0..n-1."""
     assert TransformerPredator.token_labels(3) == ["CLS", "CTX", "PRED", "boid 0", "boid 1", "boid 2"]
