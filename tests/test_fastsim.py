@@ -13,7 +13,7 @@ from predlab.data import rollout_chunk
 from predlab.evaluate import ModelPolicy
 from predlab.sim import World
 from predlab.teacher import closest_pursuit
-from test_sim import reference_frame, scenario, world_from_lists, world_to_lists
+from test_sim import at_distance, reference_frame, scenario, world_from_lists, world_to_lists
 
 fastsim = pytest.importorskip("predlab.fastsim")
 
@@ -60,17 +60,6 @@ def assert_frame_matches(world: World, action: torch.Tensor, tol: float = 1e-12)
     for k in STATE:
         np.testing.assert_allclose(state[k], getattr(world, k).numpy(), rtol=tol, atol=tol, err_msg=k)
     assert live.tolist() == world.n_alive.tolist()
-
-
-def at_distance(x0: float, d: float) -> float:
-    """x1 > x0 with |x0 - x1| + EPSILON == d exactly in float64 (a neighbour exactly on a boundary)."""
-    x1 = x0 + (d - EPS)
-    for _ in range(1000):
-        got = abs(x0 - x1) + EPS
-        if got == d:
-            return x1
-        x1 = math.nextafter(x1, -math.inf if got > d else math.inf)
-    raise AssertionError("no float64 point at that distance")
 
 
 # ---------------------------------------------------------------------- (a) one frame, float64

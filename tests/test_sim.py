@@ -162,6 +162,17 @@ def assert_world_equals(world: World, expected, tol=1e-9):
         assert max(abs(g - w) for g, w in zip(got, pred)) <= tol, f"env {e} predator: {got} != {pred}"
 
 
+def at_distance(x0: float, d: float) -> float:
+    """x1 > x0 with |x0 - x1| + EPSILON == d exactly in float64 (a neighbour exactly on a boundary)."""
+    x1 = x0 + (d - EPS)
+    for _ in range(1000):
+        got = abs(x0 - x1) + EPS
+        if got == d:
+            return x1
+        x1 = math.nextafter(x1, -math.inf if got > d else math.inf)
+    raise AssertionError("no float64 point at that distance")
+
+
 # ---------------------------------------------------------------------- a hand-built frame with every branch
 def scenario():
     """Four worlds: a tight flock around the predator, edge wraps, a boid pair at one point, and the catch radius."""
@@ -236,6 +247,24 @@ def test_many_frames_match_reference():
         world.step(torch.tensor(actions, dtype=F64))
         assert_world_equals(world, expected)
     assert {"cohesion", "separation", "alignment", "steering limit"} <= flags
+
+
+def test_boundary_neighbours_beside_nearer_ones():
+    """SPEC.md section 3: each rule averages over its own neighbours. A boid exactly 60 px away
+    counts for cohesion (d <= 60) but not for alignment (d < 60), one exactly 40 px away not for
+    separation (d < 40), here beside a neighbour that every rule counts. Alignment summing the
+    velocities of cohesion's neighbours (the one at 60 px included) while dividing by its own
+    count went unseen: with a lone neighbour on the boundary, alignment had none and stayed zero."""
+    x60, y40 = at_distance(1.0, 60.0), at_distance(1.0, 40.0)
+    boids = [[1.0, 1.0, 1.0, 0.5, True],
+             [x60, 1.0, -3.0, 1.0, True],      # exactly 60 px from the first
+             [1.0, y40, 0.5, 3.0, True],       # exactly 40 px from the first
+             [21.0, 21.0, 2.0, -2.0, True]]    # 28 px from the first: a neighbour of every rule
+    envs = [(boids, [900.0, 900.0, 0.5, -0.5], 1000.0, 1000.0)]
+    world = world_from_lists(envs)
+    expected = reference_frame(boids, envs[0][1], 1000.0, 1000.0, (0.0, 0.0), set())
+    world.step(torch.zeros(1, 2, dtype=F64))
+    assert_world_equals(world, [(expected[0], expected[1], 1000.0, 1000.0)], tol=1e-12)
 
 
 def test_fast_vector_helpers():
