@@ -322,12 +322,15 @@ def test_initial_state_matches_spec():
 
 # ---------------------------------------------------------------------- observations (SPEC.md section 4)
 def test_observe_matches_spec():
-    """observe(): wrap-aware offsets / 1000, velocities / 3.5 clamped to [-1, 1], dead boids masked."""
+    """observe(): wrap-aware offsets / 1000 (a boid exactly half a canvas away stays where it is),
+    velocities / 3.5 clamped to [-1, 1], dead boids masked."""
     boids = [
         [390.0, 20.0, 4.0, -1.0, True],     # dx = +290 > W/2 -> dx - W; velX clamps to 1
         [10.0, 290.0, -5.0, 3.0, True],     # dx = -90 (no wrap), dy = +190 > H/2 -> dy - H; velX clamps to -1
         [250.0, 100.0, 0.0, 0.0, False],    # dead
         [-5.0, 130.0, 1.2, -3.6, True],     # dx = -105, velY clamps to -1
+        [300.0, 150.0, 0.5, 0.5, True],     # dx = +200 == W/2 exactly: not wrapped (|dx| > W/2 only)
+        [40.0, -50.0, 0.5, 0.5, True],      # dy = -150 == -H/2 exactly: not wrapped
     ]
     pred = [100.0, 100.0, 5.0, -2.0]           # predator velocity beyond V: clamps too
     W, H = 400.0, 300.0
@@ -354,6 +357,9 @@ def test_observe_matches_spec():
     assert obs["context"].tolist() == [[W / 1000, H / 1000]]
     assert obs["predator"].tolist() == [[clamp(5.0 / 3.5), clamp(-2.0 / 3.5)]]
     assert want[0][0] < 0 and want[1][1] < 0      # the wraps really happened
+    # half a canvas away is not wrapped: >= instead of > put these boids on the other side,
+    # and the teacher then steered away from them
+    assert want[3][0] == 0.2 and want[4][1] == -0.15
 
 
 def test_observe_padding_is_zero_and_mask_is_a_copy():
