@@ -107,18 +107,21 @@ def test_neighbours_exactly_on_the_boundaries():
 
 
 def test_teacher_ties_dead_boids_and_a_boid_on_the_predator():
-    """Equal distances go to the first slot, dead boids are skipped, a boid within 1 px gives (0, 0)."""
+    """Equal distances go to the first slot, dead boids are skipped, a boid within 1 px gives (0, 0),
+    and one exactly 1 px away (relX 0.001, not < 0.001) is steered to: a kernel cut-off taken as
+    <= 0.001 labelled it (0, 0), unlike World's teacher and the browser's."""
     pred = [500.0, 400.0, 1.0, 0.0]
     envs = [([[480.0, 400.0, 0.0, 0.0, False], [530.0, 400.0, 0.0, 1.0, True], [470.0, 400.0, 1.0, 0.0, True]],
              pred, 1000.0, 800.0),
             ([[500.4, 400.3, 0.0, 0.0, True], [600.0, 400.0, 0.0, 0.0, True]], pred, 1000.0, 800.0),
-            ([[1.0, 2.0, 0.0, 0.0, False]], pred, 1000.0, 800.0)]          # every boid dead
+            ([[1.0, 2.0, 0.0, 0.0, False]], pred, 1000.0, 800.0),          # every boid dead
+            ([[500.0, 401.0, 0.0, 0.0, True]], pred, 1000.0, 800.0)]        # exactly 0.001 away
     world = world_from_lists(envs)
-    obs, _, _ = kernel_frame(world, torch.zeros(3, 2, dtype=F64))
-    assert obs["target"].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
-    assert obs["n"].tolist() == [2, 2, 0]
+    obs, _, _ = kernel_frame(world, torch.zeros(4, 2, dtype=F64))
+    assert obs["target"].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    assert obs["n"].tolist() == [2, 2, 0, 1]
     assert (obs["boids"][2] == 0).all() and (obs["boids"][0, 2] == 0).all()   # padding written as zeros
-    assert_frame_matches(world, torch.zeros(3, 2, dtype=F64))
+    assert_frame_matches(world, torch.zeros(4, 2, dtype=F64))
 
 
 @pytest.mark.parametrize("flock", [1, 50, "mixed"])
