@@ -124,6 +124,29 @@ def test_teacher_ties_dead_boids_and_a_boid_on_the_predator():
     assert_frame_matches(world, torch.zeros(4, 2, dtype=F64))
 
 
+def test_boids_exactly_half_a_canvas_away_are_not_wrapped():
+    """SPEC.md section 4 wraps an offset only when |dx| > W/2: a kernel taking >= put a boid exactly
+    half a canvas away on the other side of the predator, and its teacher steered away from it."""
+    envs = [([[300.0, 150.0, 0.5, 0.5, True], [40.0, -50.0, 0.5, 0.5, True]], [100.0, 100.0, 0.0, 0.0], 400.0, 300.0)]
+    obs, _, _ = kernel_frame(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+    assert obs["boids"][0, :, :2].tolist() == [[0.2, 0.05], [-0.06, -0.15]]   # dx = +W/2, dy = -H/2
+    assert_frame_matches(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+
+
+def test_boids_and_predator_exactly_on_the_wrap_lines_stay():
+    """SPEC.md section 3 wraps x only past W + margin or below -margin: resting boids and a resting
+    predator exactly on those lines stay there. A kernel taking >= sent a boid on x = W + 10 to -10,
+    a jump across the canvas that World and the browser do not make."""
+    W, H = 640.0, 480.0
+    boids = [[W + 10, 100.0, 0.0, 0.0, True], [-10.0, 100.0, 0.0, 0.0, True],
+             [200.0, H + 10, 0.0, 0.0, True], [300.0, -10.0, 0.0, 0.0, True]]   # far apart: no forces
+    envs = [(boids, [W + 20, -20.0, 0.0, 0.0], W, H)]
+    _, state, _ = kernel_frame(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+    assert state["pos"][0].tolist() == [b[:2] for b in boids]
+    assert state["pred_pos"][0].tolist() == [W + 20, -20.0]
+    assert_frame_matches(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+
+
 @pytest.mark.parametrize("flock", [1, 50, "mixed"])
 def test_random_states_match_world(flock):
     """Spread-out, partly caught flocks of 1, 50 or mixed sizes on canvases of every size, one frame."""
