@@ -96,9 +96,13 @@ def test_neighbours_exactly_on_the_boundaries():
     envs = [(pair((1.0, 100.0), (x60, 100.0)), pred, 1000.0, 1000.0),      # exactly 60 apart
             (pair((1.0, 100.0), (below60, 100.0)), pred, 1000.0, 1000.0),  # just inside 60
             (pair((100.0, 1.0), (100.0, y40)), pred, 1000.0, 1000.0),      # exactly 40 apart
-            (pair((100.0, 1.0), (100.0, below40)), pred, 1000.0, 1000.0)]  # just inside 40
+            (pair((100.0, 1.0), (100.0, below40)), pred, 1000.0, 1000.0),  # just inside 40
+            # exactly 60 and exactly 40 away beside a nearer neighbour: each rule averages its own
+            # neighbours (alignment summing cohesion's velocities went unseen with lone pairs)
+            ([[1.0, 1.0, 1.0, 0.5, True], [x60, 1.0, -3.0, 1.0, True], [1.0, y40, 0.5, 3.0, True],
+              [21.0, 21.0, 2.0, -2.0, True]], pred, 1000.0, 1000.0)]
     world = world_from_lists(envs)
-    actions = torch.zeros(4, 2, dtype=F64)
+    actions = torch.zeros(5, 2, dtype=F64)
     _, state, _ = kernel_frame(world, actions)
     # the boundary cases really differ from the cases one ulp inside (so the comparisons matter)
     assert np.abs(state["vel"][0] - state["vel"][1]).max() > 1e-3
