@@ -13,7 +13,7 @@ from predlab.data import rollout_chunk
 from predlab.evaluate import ModelPolicy
 from predlab.sim import World
 from predlab.teacher import closest_pursuit
-from test_sim import reference_frame, scenario, world_from_lists, world_to_lists
+from test_sim import at_distance, reference_frame, scenario, world_from_lists, world_to_lists
 
 fastsim = pytest.importorskip("predlab.fastsim")
 
@@ -62,17 +62,6 @@ def assert_frame_matches(world: World, action: torch.Tensor, tol: float = 1e-12)
     assert live.tolist() == world.n_alive.tolist()
 
 
-def at_distance(x0: float, d: float) -> float:
-    """x1 > x0 with |x0 - x1| + EPSILON == d exactly in float64 (a neighbour exactly on a boundary)."""
-    x1 = x0 + (d - EPS)
-    for _ in range(1000):
-        got = abs(x0 - x1) + EPS
-        if got == d:
-            return x1
-        x1 = math.nextafter(x1, -math.inf if got > d else math.inf)
-    raise AssertionError("no float64 point at that distance")
-
-
 # ---------------------------------------------------------------------- (a) one frame, float64
 def test_scenario_frame_matches_world_and_reference():
     """test_sim's hand-built frame (every branch of SPEC.md section 3): kernel == World == reference."""
@@ -107,9 +96,13 @@ def test_neighbours_exactly_on_the_boundaries():
     envs = [(pair((1.0, 100.0), (x60, 100.0)), pred, 1000.0, 1000.0),      # exactly 60 apart
             (pair((1.0, 100.0), (below60, 100.0)), pred, 1000.0, 1000.0),  # just inside 60
             (pair((100.0, 1.0), (100.0, y40)), pred, 1000.0, 1000.0),      # exactly 40 apart
-            (pair((100.0, 1.0), (100.0, below40)), pred, 1000.0, 1000.0)]  # just inside 40
+            (pair((100.0, 1.0), (100.0, below40)), pred, 1000.0, 1000.0),  # just inside 40
+            # exactly 60 and exactly 40 away beside a nearer neighbour: each rule averages its own
+            # neighbours (alignment summing cohesion's velocities went unseen with lone pairs)
+            ([[1.0, 1.0, 1.0, 0.5, True], [x60, 1.0, -3.0, 1.0, True], [1.0, y40, 0.5, 3.0, True],
+              [21.0, 21.0, 2.0, -2.0, True]], pred, 1000.0, 1000.0)]
     world = world_from_lists(envs)
-    actions = torch.zeros(4, 2, dtype=F64)
+    actions = torch.zeros(5, 2, dtype=F64)
     _, state, _ = kernel_frame(world, actions)
     # the boundary cases really differ from the cases one ulp inside (so the comparisons matter)
     assert np.abs(state["vel"][0] - state["vel"][1]).max() > 1e-3
@@ -118,18 +111,44 @@ def test_neighbours_exactly_on_the_boundaries():
 
 
 def test_teacher_ties_dead_boids_and_a_boid_on_the_predator():
-    """Equal distances go to the first slot, dead boids are skipped, a boid within 1 px gives (0, 0)."""
+    """Equal distances go to the first slot, dead boids are skipped, a boid within 1 px gives (0, 0),
+    and one exactly 1 px away (relX 0.001, not < 0.001) is steered to: a kernel cut-off taken as
+    <= 0.001 labelled it (0, 0), unlike World's teacher and the browser's."""
     pred = [500.0, 400.0, 1.0, 0.0]
     envs = [([[480.0, 400.0, 0.0, 0.0, False], [530.0, 400.0, 0.0, 1.0, True], [470.0, 400.0, 1.0, 0.0, True]],
              pred, 1000.0, 800.0),
             ([[500.4, 400.3, 0.0, 0.0, True], [600.0, 400.0, 0.0, 0.0, True]], pred, 1000.0, 800.0),
-            ([[1.0, 2.0, 0.0, 0.0, False]], pred, 1000.0, 800.0)]          # every boid dead
+            ([[1.0, 2.0, 0.0, 0.0, False]], pred, 1000.0, 800.0),          # every boid dead
+            ([[500.0, 401.0, 0.0, 0.0, True]], pred, 1000.0, 800.0)]        # exactly 0.001 away
     world = world_from_lists(envs)
-    obs, _, _ = kernel_frame(world, torch.zeros(3, 2, dtype=F64))
-    assert obs["target"].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
-    assert obs["n"].tolist() == [2, 2, 0]
+    obs, _, _ = kernel_frame(world, torch.zeros(4, 2, dtype=F64))
+    assert obs["target"].tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 1.0]]
+    assert obs["n"].tolist() == [2, 2, 0, 1]
     assert (obs["boids"][2] == 0).all() and (obs["boids"][0, 2] == 0).all()   # padding written as zeros
-    assert_frame_matches(world, torch.zeros(3, 2, dtype=F64))
+    assert_frame_matches(world, torch.zeros(4, 2, dtype=F64))
+
+
+def test_boids_exactly_half_a_canvas_away_are_not_wrapped():
+    """SPEC.md section 4 wraps an offset only when |dx| > W/2: a kernel taking >= put a boid exactly
+    half a canvas away on the other side of the predator, and its teacher steered away from it."""
+    envs = [([[300.0, 150.0, 0.5, 0.5, True], [40.0, -50.0, 0.5, 0.5, True]], [100.0, 100.0, 0.0, 0.0], 400.0, 300.0)]
+    obs, _, _ = kernel_frame(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+    assert obs["boids"][0, :, :2].tolist() == [[0.2, 0.05], [-0.06, -0.15]]   # dx = +W/2, dy = -H/2
+    assert_frame_matches(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+
+
+def test_boids_and_predator_exactly_on_the_wrap_lines_stay():
+    """SPEC.md section 3 wraps x only past W + margin or below -margin: resting boids and a resting
+    predator exactly on those lines stay there. A kernel taking >= sent a boid on x = W + 10 to -10,
+    a jump across the canvas that World and the browser do not make."""
+    W, H = 640.0, 480.0
+    boids = [[W + 10, 100.0, 0.0, 0.0, True], [-10.0, 100.0, 0.0, 0.0, True],
+             [200.0, H + 10, 0.0, 0.0, True], [300.0, -10.0, 0.0, 0.0, True]]   # far apart: no forces
+    envs = [(boids, [W + 20, -20.0, 0.0, 0.0], W, H)]
+    _, state, _ = kernel_frame(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
+    assert state["pos"][0].tolist() == [b[:2] for b in boids]
+    assert state["pred_pos"][0].tolist() == [W + 20, -20.0]
+    assert_frame_matches(world_from_lists(envs), torch.zeros(1, 2, dtype=F64))
 
 
 @pytest.mark.parametrize("flock", [1, 50, "mixed"])

@@ -162,6 +162,17 @@ def assert_world_equals(world: World, expected, tol=1e-9):
         assert max(abs(g - w) for g, w in zip(got, pred)) <= tol, f"env {e} predator: {got} != {pred}"
 
 
+def at_distance(x0: float, d: float) -> float:
+    """x1 > x0 with |x0 - x1| + EPSILON == d exactly in float64 (a neighbour exactly on a boundary)."""
+    x1 = x0 + (d - EPS)
+    for _ in range(1000):
+        got = abs(x0 - x1) + EPS
+        if got == d:
+            return x1
+        x1 = math.nextafter(x1, -math.inf if got > d else math.inf)
+    raise AssertionError("no float64 point at that distance")
+
+
 # ---------------------------------------------------------------------- a hand-built frame with every branch
 def scenario():
     """Four worlds: a tight flock around the predator, edge wraps, a boid pair at one point, and the catch radius."""
@@ -238,6 +249,24 @@ def test_many_frames_match_reference():
     assert {"cohesion", "separation", "alignment", "steering limit"} <= flags
 
 
+def test_boundary_neighbours_beside_nearer_ones():
+    """SPEC.md section 3: each rule averages over its own neighbours. A boid exactly 60 px away
+    counts for cohesion (d <= 60) but not for alignment (d < 60), one exactly 40 px away not for
+    separation (d < 40), here beside a neighbour that every rule counts. Alignment summing the
+    velocities of cohesion's neighbours (the one at 60 px included) while dividing by its own
+    count went unseen: with a lone neighbour on the boundary, alignment had none and stayed zero."""
+    x60, y40 = at_distance(1.0, 60.0), at_distance(1.0, 40.0)
+    boids = [[1.0, 1.0, 1.0, 0.5, True],
+             [x60, 1.0, -3.0, 1.0, True],      # exactly 60 px from the first
+             [1.0, y40, 0.5, 3.0, True],       # exactly 40 px from the first
+             [21.0, 21.0, 2.0, -2.0, True]]    # 28 px from the first: a neighbour of every rule
+    envs = [(boids, [900.0, 900.0, 0.5, -0.5], 1000.0, 1000.0)]
+    world = world_from_lists(envs)
+    expected = reference_frame(boids, envs[0][1], 1000.0, 1000.0, (0.0, 0.0), set())
+    world.step(torch.zeros(1, 2, dtype=F64))
+    assert_world_equals(world, [(expected[0], expected[1], 1000.0, 1000.0)], tol=1e-12)
+
+
 def test_fast_vector_helpers():
     """fast_magnitude / limit / set_magnitude follow SPEC.md section 2, zero vectors included."""
     rng = random.Random(0)
@@ -293,12 +322,15 @@ def test_initial_state_matches_spec():
 
 # ---------------------------------------------------------------------- observations (SPEC.md section 4)
 def test_observe_matches_spec():
-    """observe(): wrap-aware offsets / 1000, velocities / 3.5 clamped to [-1, 1], dead boids masked."""
+    """observe(): wrap-aware offsets / 1000 (a boid exactly half a canvas away stays where it is),
+    velocities / 3.5 clamped to [-1, 1], dead boids masked."""
     boids = [
         [390.0, 20.0, 4.0, -1.0, True],     # dx = +290 > W/2 -> dx - W; velX clamps to 1
         [10.0, 290.0, -5.0, 3.0, True],     # dx = -90 (no wrap), dy = +190 > H/2 -> dy - H; velX clamps to -1
         [250.0, 100.0, 0.0, 0.0, False],    # dead
         [-5.0, 130.0, 1.2, -3.6, True],     # dx = -105, velY clamps to -1
+        [300.0, 150.0, 0.5, 0.5, True],     # dx = +200 == W/2 exactly: not wrapped (|dx| > W/2 only)
+        [40.0, -50.0, 0.5, 0.5, True],      # dy = -150 == -H/2 exactly: not wrapped
     ]
     pred = [100.0, 100.0, 5.0, -2.0]           # predator velocity beyond V: clamps too
     W, H = 400.0, 300.0
@@ -325,6 +357,9 @@ def test_observe_matches_spec():
     assert obs["context"].tolist() == [[W / 1000, H / 1000]]
     assert obs["predator"].tolist() == [[clamp(5.0 / 3.5), clamp(-2.0 / 3.5)]]
     assert want[0][0] < 0 and want[1][1] < 0      # the wraps really happened
+    # half a canvas away is not wrapped: >= instead of > put these boids on the other side,
+    # and the teacher then steered away from them
+    assert want[3][0] == 0.2 and want[4][1] == -0.15
 
 
 def test_observe_padding_is_zero_and_mask_is_a_copy():
