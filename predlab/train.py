@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -136,20 +137,59 @@ class TensorBoardLogger(Callback):
         else:     # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
             purge = trainer.epoch + 1
         self._trainer = trainer
-        self.writer = SummaryWriter(str(self.path), purge_step=purge)
+        _quiet_tensorboard_thread()
+        try:               # it writes the file's first record at once
+            self.writer = SummaryWriter(str(self.path), purge_step=purge)
+        except OSError as e:
+            self._stop(e)
 
     def on_epoch_end(self, trainer, epoch, logs):
+        if self.writer is None:        # stopped by a write that failed
+            return
         tags = {"train_loss": "loss/train", "val_loss": "loss/val", "lr": "lr", "samples_per_s": "samples_per_s"}
-        with deferred_interrupt():     # a flush cut by Ctrl-C left the writer's thread waiting: a hang at exit
-            for k, v in logs.items():
-                if k != "epoch":
-                    self.writer.add_scalar(tags.get(k, k), v, epoch)
-            self.writer.flush()
+        try:
+            with deferred_interrupt():     # a flush cut by Ctrl-C left the writer's thread waiting: a hang at exit
+                for k, v in logs.items():
+                    if k != "epoch":
+                        self.writer.add_scalar(tags.get(k, k), v, epoch)
+                self.writer.flush()
+        except OSError as e:
+            self._stop(e)
 
     def on_train_end(self, trainer):
         if self.writer is not None:
-            with deferred_interrupt():
-                self.writer.close()
+            try:
+                with deferred_interrupt():
+                    self.writer.close()
+            except OSError as e:
+                self._stop(e)
+        self.writer = None
+
+    def _stop(self, e: OSError) -> None:
+        """A log that cannot be written (a full disk) ends the logging, not the training: one
+        warning line, and the run goes on (it ended the run with the writer thread's traceback)."""
+        print(f"warning: TensorBoard logging stopped, training goes on: cannot write {self.path}: "
+              f"{e.strerror or e}", file=sys.stderr, flush=True)
+        writer, self.writer = self.writer, None
+        try:
+            if writer is not None:
+                writer.close()
+        except OSError:
+            pass
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard's writer thread prints its traceback when a write fails, then the writer raises
+    the error in this thread, where TensorBoardLogger reports it in one line: leave out the first."""
+    hook = threading.excepthook
+    if getattr(hook, "predlab", False):
+        return
+
+    def excepthook(args):
+        if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+            hook(args)
+    excepthook.predlab = True
+    threading.excepthook = excepthook
 
 
 LOCK_NAME = ".predlab-training.lock"

@@ -1014,6 +1014,31 @@ def test_a_trainer_trained_again_logs_into_its_runs_folder(tmp_path):
     assert len(list((tmp_path / "runs").iterdir())) == 2
 
 
+@pytest.mark.parametrize("records", [0, 3])      # a full disk from the start; one that fills as the run goes
+def test_a_tensorboard_log_that_cannot_be_written_stops_the_logging_not_the_run(tmp_path, monkeypatch, capfd, records):
+    """A full disk under the TensorBoard folder ended the run with the writer thread's traceback
+    and "[Errno 28] No space left on device" naming nothing; the checkpoints, on another disk,
+    could have been written. Now one warning names the run's folder and training goes on."""
+    from tensorboard.summary.writer import record_writer
+    from predlab import train as T
+    real, written = record_writer.RecordWriter.write, []
+
+    def write(self, data):
+        if len(written) >= records:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        written.append(data)
+        return real(self, data)
+    monkeypatch.setattr(record_writer.RecordWriter, "write", write)
+    logger = T.TensorBoardLogger(tmp_path / "runs")
+    t = _trainer(tmp_path, callbacks=[logger, Checkpointer(tmp_path / "ck", save_every=1)])
+    t.train(3)
+    assert t.epoch == 3 and (tmp_path / "ck" / "checkpoint_epoch_3.pt").is_file()
+    err = capfd.readouterr().err
+    assert err.count(f"warning: TensorBoard logging stopped, training goes on: cannot write {logger.path}: "
+                     f"{os.strerror(errno.ENOSPC)}") == 1
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+
+
 def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     """torch.load does not check the archive's CRCs; predlab does, so flipped bytes are caught."""
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
