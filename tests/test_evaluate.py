@@ -597,3 +597,92 @@ def test_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tmp_path
     assert "2 episodes x 5 frames" in captured.out and "Traceback" not in captured.err
     assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
     assert out.read_text() == '{"catch_ratio": 1.0}\n' and [p.name for p in tmp_path.iterdir()] == ["res.json"]
+
+
+def test_random_policy_draws_uniformly_over_both_directions_of_each_axis():
+    """The random baseline steers anywhere in [-1, 1]^2: its actions cover both signs of each axis
+    about evenly (a baseline that only steered one way would drift into a corner)."""
+    actions = RandomPolicy(0)({"context": torch.zeros(4000, 2)})
+    assert actions.shape == (4000, 2) and actions.abs().max() <= 1
+    assert (actions.min(0).values < -0.99).all() and (actions.max(0).values > 0.99).all()
+    assert actions.mean(0).abs().max() < 0.05
+
+
+def test_random_policy_follows_its_seed():
+    """The same seed draws the same actions (a rollout reseeds it with the episodes' seed, so the
+    random baseline's figures repeat); another seed draws others."""
+    batch = {"context": torch.zeros(8, 2)}
+    a, b = RandomPolicy(1), RandomPolicy(2)
+    first = a(batch)
+    assert not torch.equal(first, b(batch))
+    a.reset(1)
+    assert torch.equal(a(batch), first)
+    b.reset(1)
+    assert torch.equal(b(batch), first)
+
+
+def test_model_policy_acts_as_in_eval_mode_and_leaves_a_training_model_training(make_model):
+    """During training the catch evaluation drives the model being trained: its actions are the
+    dropout-free ones, and the model is handed back still in training mode (left in eval mode,
+    the epochs after an evaluation trained without dropout)."""
+    model = make_model(0, dropout=0.5)
+    obs = episodes_world(8, 0, WC).observe()
+    with torch.no_grad():
+        want = model.eval()(obs)
+    model.train()
+    got = ModelPolicy(model)(obs)
+    assert model.training
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert not got.requires_grad                 # no autograd graph kept per frame
+
+
+def test_model_policy_names_nan_actions_in_a_single_episode(model, monkeypatch):
+    """One episode's NaN action is enough to refuse the model: scored, that episode read as a miss."""
+    forward = model.forward
+
+    def one_nan(batch):
+        out = forward(batch).clone()
+        out[0, 0] = float("nan")
+        return out
+    monkeypatch.setattr(model, "forward", one_nan)
+    with pytest.raises(NonFiniteActions, match="NaN or infinite"):
+        ModelPolicy(model)(episodes_world(8, 0, WC).observe())
+
+
+def test_first_catch_rate_is_the_share_of_episodes_with_a_catch():
+    from predlab.evaluate import Rollout
+    r = Rollout(torch.tensor([2, 0, 1, 0]), torch.tensor([4, -1, 0, -1]), torch.tensor([5, 5, 5, 5]), frames=10,
+                seconds=0.0)
+    s = r.summary()
+    assert s["first_catch_rate"] == 0.5 and s["catches"] == 3
+    assert s["catches_per_1k"] == pytest.approx(1000 * 3 / 40)
+
+
+def test_rollout_reseeds_a_policy_with_the_episodes_seed():
+    """A policy with reset(seed), such as RandomPolicy, is reseeded with the episodes' seed before
+    the first frame, so the same policy object scores the same figures on every run."""
+    seen = []
+
+    class Recording:
+        def reset(self, seed):
+            seen.append(seed)
+
+        def __call__(self, batch):
+            return torch.zeros(batch["context"].shape[0], 2)
+    rollout(Recording(), episodes=2, frames=1, seed=5, world_config=WC)
+    assert seen == [5]
+    policy = RandomPolicy(9)
+    a, b = (rollout(policy, episodes=4, frames=60, seed=2, world_config=WC) for _ in range(2))
+    assert torch.equal(a.catches, b.catches) and torch.equal(a.first_catch, b.first_catch)
+
+
+def test_catches_count_every_boid_caught_in_the_same_frame(monkeypatch):
+    """A predator that reaches a bunched flock catches several boids in one frame: each counts."""
+    from predlab import evaluate
+    world = episodes_world(2, 0, WC)
+    world.pos[0] = world.pred_pos[0]                 # episode 0's whole flock on the predator
+    monkeypatch.setattr(evaluate, "episodes_world", lambda *a, **k: world)
+    n = int(world.n_alive[0])
+    r = rollout("teacher", episodes=2, frames=1, world_config=WC)
+    assert n > 1 and int(r.catches[0]) == n and int(r.first_catch[0]) == 0
+    assert r.summary()["flock_caught"] == pytest.approx((1 + int(r.catches[1]) / int(r.n_start[1])) / 2)
