@@ -686,3 +686,39 @@ def test_catches_count_every_boid_caught_in_the_same_frame(monkeypatch):
     r = rollout("teacher", episodes=2, frames=1, world_config=WC)
     assert n > 1 and int(r.catches[0]) == n and int(r.first_catch[0]) == 0
     assert r.summary()["flock_caught"] == pytest.approx((1 + int(r.catches[1]) / int(r.n_start[1])) / 2)
+
+
+def test_compare_refuses_a_teacher_rollout_of_another_seed_or_world(model):
+    """A teacher Rollout of the same size but of other episodes (another seed, or the default world)
+    gave a catch_ratio against catches on other flocks, silently."""
+    t = rollout("teacher", episodes=4, frames=5, seed=1, world_config=WC)
+    with pytest.raises(ValueError, match="teacher is a Rollout of other episodes"):
+        compare(model, episodes=4, frames=5, seed=0, world_config=WC, teacher=t, baselines=False)
+    with pytest.raises(ValueError, match="teacher is a Rollout of other episodes"):
+        compare(model, episodes=4, frames=5, seed=1, teacher=t, baselines=False)
+
+
+def _canned(catches, frames=3):
+    """A Rollout of two 5-boid episodes with `catches` catches in the first."""
+    from predlab.evaluate import Rollout
+    return Rollout(torch.tensor([catches, 0]), torch.tensor([0 if catches else -1, -1]), torch.tensor([5, 5]),
+                   frames=frames, seconds=0.0)
+
+
+def test_compare_divides_each_policys_catches_by_the_teachers(monkeypatch):
+    """catch_ratio is the policy's catches over the teacher's, random_catch_ratio the random
+    baseline's over the teacher's; baselines=False runs no random baseline at all."""
+    from predlab import evaluate
+    from predlab.evaluate import teacher_policy
+    ran = []
+
+    def canned(policy, **kw):
+        ran.append(policy if isinstance(policy, str) else "policy")
+        return _canned({"teacher": 4, "random": 1}.get(policy if isinstance(policy, str) else "", 2), kw["frames"])
+    monkeypatch.setattr(evaluate, "rollout", canned)
+    res = compare(teacher_policy, episodes=2, frames=3)
+    assert (res["catch_ratio"], res["random_catch_ratio"]) == (0.5, 0.25)
+    assert (res["policy"]["catches"], res["teacher"]["catches"], res["random"]["catches"]) == (2, 4, 1)
+    ran.clear()
+    res = compare(teacher_policy, episodes=2, frames=3, baselines=False)
+    assert ran == ["policy", "teacher"] and "random" not in res and "random_catch_ratio" not in res
