@@ -722,3 +722,74 @@ def test_compare_divides_each_policys_catches_by_the_teachers(monkeypatch):
     ran.clear()
     res = compare(teacher_policy, episodes=2, frames=3, baselines=False)
     assert ran == ["policy", "teacher"] and "random" not in res and "random_catch_ratio" not in res
+
+
+class _Trainer:
+    """What CatchEvaluator reads of a trainer."""
+
+    def __init__(self, model, target_epochs=5, monitor="val_loss"):
+        self.model, self.target_epochs, self.monitor = model, target_epochs, monitor
+        self.world_config, self.device = WC, torch.device("cpu")
+
+
+def test_catch_evaluator_logs_the_models_figures_against_one_teacher_rollout(model, monkeypatch, capsys):
+    """Each evaluation logs the model's catch ratio (and its negation, the monitor) and catches per
+    1,000 frames, on the episodes of the evaluator's seed in the trainer's world; the teacher's
+    rollout of those episodes is run once, at the first evaluation, and reused."""
+    from predlab import evaluate
+    from predlab.evaluate import CatchEvaluator
+    calls = []
+
+    def canned(policy, **kw):
+        calls.append(("teacher" if policy == "teacher" else type(policy).__name__, kw))
+        return _canned(4 if policy == "teacher" else 2, kw["frames"])
+    monkeypatch.setattr(evaluate, "rollout", canned)
+    ce, trainer = CatchEvaluator(every=1, episodes=2, frames=3, seed=7), _Trainer(model)
+    for epoch in (1, 2):
+        logs = {}
+        ce.on_evaluate(trainer, epoch, logs)
+        assert logs == {"catch_ratio": 0.5, "neg_catch_ratio": -0.5, "catches_per_1k": 1000 * 2 / (2 * 3)}
+    assert [who for who, _ in calls] == ["teacher", "ModelPolicy", "ModelPolicy"]
+    assert all(kw == dict(episodes=2, frames=3, seed=7, world_config=WC, device=trainer.device) for _, kw in calls)
+    assert "teacher catches nothing" not in capsys.readouterr().err
+
+
+def test_catch_evaluator_warns_once_when_the_teacher_catches_nothing(model, monkeypatch, capsys):
+    """With no teacher catch the ratio is NaN at every evaluation: one warning says how to fix it."""
+    from predlab import evaluate
+    from predlab.evaluate import CatchEvaluator
+    monkeypatch.setattr(evaluate, "rollout", lambda policy, **kw: _canned(0, kw["frames"]))
+    ce, logs = CatchEvaluator(every=1, episodes=2, frames=3), {}
+    for epoch in (1, 2):
+        ce.on_evaluate(_Trainer(model), epoch, logs)
+    assert math.isnan(logs["catch_ratio"]) and logs["catches_per_1k"] == 0.0
+    err = capsys.readouterr().err
+    assert err.count("the teacher catches nothing in 2 episodes x 3 frames") == 1 and "eval_frames" in err
+
+
+def test_catch_evaluator_logs_nan_figures_for_a_diverged_model(model, monkeypatch):
+    """A model whose actions are NaN gets NaN for every catch figure (catches_per_1k too, not the
+    previous evaluation's or none), and training goes on."""
+    from predlab import evaluate
+    from predlab.evaluate import CatchEvaluator
+
+    def canned(policy, **kw):
+        if policy != "teacher":
+            raise NonFiniteActions("the model's actions are NaN or infinite")
+        return _canned(4, kw["frames"])
+    monkeypatch.setattr(evaluate, "rollout", canned)
+    logs = {}
+    CatchEvaluator(every=1, episodes=2, frames=3).on_evaluate(_Trainer(model), 1, logs)
+    assert set(logs) == {"catch_ratio", "neg_catch_ratio", "catches_per_1k"}
+    assert all(math.isnan(v) for v in logs.values())
+
+
+def test_catch_evaluator_runs_every_nth_epoch_and_the_last_when_it_picks_the_best(model):
+    """Every `every` epochs; a run that selects its best model by catch ratio is evaluated at its
+    last epoch too, and a run that selects by val loss is not (the rollouts cost time)."""
+    from predlab.evaluate import CatchEvaluator
+    ce = CatchEvaluator(every=3)
+    assert [e for e in range(1, 8) if ce.due(_Trainer(model, 7, "val_loss"), e)] == [3, 6]
+    assert [e for e in range(1, 8) if ce.due(_Trainer(model, 7, "neg_catch_ratio"), e)] == [3, 6, 7]
+    with pytest.raises(ValueError, match="every must be a whole number >= 1, got 0"):
+        CatchEvaluator(every=0)
