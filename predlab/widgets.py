@@ -120,13 +120,14 @@ def sim_widgets(n_boids: int = C.NUM_BOIDS, width: int = 960, height: int = 600,
     width = whole_number("width", width, WorldConfig.width_min, WorldConfig.width_max)
     height = whole_number("height", height, WorldConfig.height_min, WorldConfig.height_max)
     frames = whole_number("frames", frames, 1)
+    # canvas sizes in 8 px steps from 320: on a 16 px grid the notebook's 600 px height was off it
     return {"n_boids": field_widget(WorldConfig, "boids_max", n_boids, max=C.NUM_BOIDS, description="boids",
                                     tooltip="boids at the start of the episode"),
             "width": field_widget(WorldConfig, "width_max", width, min=WorldConfig.width_min,
-                                  max=WorldConfig.width_max, step=16,
+                                  max=WorldConfig.width_max, step=8,
                                   description="canvas width", tooltip="canvas width in px"),
             "height": field_widget(WorldConfig, "height_max", height, min=WorldConfig.height_min,
-                                   max=WorldConfig.height_max, step=16,
+                                   max=WorldConfig.height_max, step=8,
                                    description="canvas height", tooltip="canvas height in px"),
             "separation_weight": field_widget(WorldConfig, "separation_weight", max=5.0),
             "cohesion_weight": field_widget(WorldConfig, "cohesion_weight", max=5.0),

@@ -722,3 +722,26 @@ def test_liveplot_shows_a_new_plot_for_each_training_call(monkeypatch):
             tr.history.append({"epoch": e, **logs})
     assert len(shown) == 2 and len(updated) == 2
     assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
+
+
+def _notebook_sliders(quick: bool):
+    """The sliders of the simulation and training notebooks, opened at that mode's sizes."""
+    S = viz.sizes(quick=quick)
+    sim = widgets.sim_widgets(n_boids=S["n_boids"], width=S["width"], height=S["height"], frames=S["frames"])
+    train = widgets.make_train_controls(epochs=S["epochs"], train_episodes=S["train_episodes"],
+                                        val_episodes=S["val_episodes"], batch_size=S["batch_size"]).widgets
+    return {**sim, **train}
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_notebook_slider_opens_on_a_value_it_can_return_to(quick):
+    """A slider steps from its min: a starting value off that grid cannot be chosen again once the
+    slider moves (the simulation notebook's 600 px canvas height, on a 16 px grid from 320, was lost)."""
+    import ipywidgets as W
+    for name, w in _notebook_sliders(quick).items():
+        if isinstance(w, W.FloatLogSlider):      # 10 ** (min + k * step), shown to its readout's digits
+            k = round((math.log10(w.value) - w.min) / w.step)
+            assert f"{w.base ** (w.min + k * w.step):.1e}" == f"{w.value:.1e}", name
+        else:
+            k = (w.value - w.min) / w.step
+            assert k == pytest.approx(round(k), abs=1e-6), f"{name}: {w.value} is off the grid {w.min} + k * {w.step}"
