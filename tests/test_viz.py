@@ -745,3 +745,11 @@ def test_every_notebook_slider_opens_on_a_value_it_can_return_to(quick):
         else:
             k = (w.value - w.min) / w.step
             assert k == pytest.approx(round(k), abs=1e-6), f"{name}: {w.value} is off the grid {w.min} + k * {w.step}"
+
+
+def test_notebook_sliders_are_labelled_in_words_and_act_on_release():
+    """Labels read as words ("learning rate", not learning_rate), and a slider acts when it is
+    let go, not at every position it is dragged through (each one records an episode or more)."""
+    for name, w in _notebook_sliders(quick=True).items():
+        assert "_" not in w.description and w.description, name
+        assert w.continuous_update is False, name
