@@ -753,3 +753,15 @@ def test_notebook_sliders_are_labelled_in_words_and_act_on_release():
     for name, w in _notebook_sliders(quick=True).items():
         assert "_" not in w.description and w.description, name
         assert w.continuous_update is False, name
+
+
+def test_a_log_slider_takes_the_ends_it_was_given():
+    """A log slider keeps its ends as powers of ten, which round: set() still takes the very
+    values it was made with (3e-2 came back as 0.029999999999999995, and 0.03 was refused)."""
+    ctl = widgets.Controls({"learning_rate": widgets.field_widget(TrainConfig, "learning_rate", 1e-3, min=3e-5,
+                                                                  max=3e-2, log=True)})
+    for v in (3e-5, 3e-2):
+        ctl.set(learning_rate=v)
+        assert ctl.values()["learning_rate"] == pytest.approx(v, rel=1e-12)
+    with pytest.raises(ValueError, match="learning_rate must be between"):
+        ctl.set(learning_rate=3.1e-2)
