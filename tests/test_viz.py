@@ -765,3 +765,12 @@ def test_a_log_slider_takes_the_ends_it_was_given():
         assert ctl.values()["learning_rate"] == pytest.approx(v, rel=1e-12)
     with pytest.raises(ValueError, match="learning_rate must be between"):
         ctl.set(learning_rate=3.1e-2)
+
+
+def test_a_starting_value_past_a_sliders_usual_end_widens_it():
+    """frames, epochs and episode counts have no upper bound in their config: a panel opened with
+    more than the slider's usual end shows that value, as its end, rather than refusing it."""
+    assert (lambda w: (w.value, w.max))(widgets.sim_widgets(frames=800)["frames"]) == (800, 800)
+    ctl = widgets.make_train_controls(epochs=300, train_episodes=5000, val_episodes=900)
+    assert {k: (ctl.widgets[k].value, ctl.widgets[k].max) for k in ("epochs", "train_episodes", "val_episodes")} == \
+        {"epochs": (300, 300), "train_episodes": (5000, 5000), "val_episodes": (900, 900)}
