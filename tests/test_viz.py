@@ -774,3 +774,24 @@ def test_a_starting_value_past_a_sliders_usual_end_widens_it():
     ctl = widgets.make_train_controls(epochs=300, train_episodes=5000, val_episodes=900)
     assert {k: (ctl.widgets[k].value, ctl.widgets[k].max) for k in ("epochs", "train_episodes", "val_episodes")} == \
         {"epochs": (300, 300), "train_episodes": (5000, 5000), "val_episodes": (900, 900)}
+
+
+def test_rerun_sim_records_with_each_weight_and_the_seed_it_is_given(monkeypatch):
+    """Each flocking slider sets its own weight of the recorded episode, and the panel's seed
+    picks the episode."""
+    seen = {}
+
+    def record(**kw):
+        seen.update(kw)
+        return "episode"
+    monkeypatch.setattr(viz, "record_rollout", record)
+    monkeypatch.setattr(viz, "animate_rollout", lambda ro: ro)
+    monkeypatch.setattr(viz, "animation_html", lambda anim: f"<{anim}>")
+    assert widgets.rerun_sim(n_boids=4, width=320, height=328, separation_weight=0.5, cohesion_weight=3.0,
+                             alignment_weight=1.5, frames=3, seed=7) == ("episode", "<episode>")
+    cfg = seen.pop("cfg")
+    assert (cfg.separation_weight, cfg.cohesion_weight, cfg.alignment_weight) == (0.5, 3.0, 1.5)
+    assert seen == dict(frames=3, n_boids=4, width=320, height=328, seed=7)
+    seen.clear()
+    ctl = widgets.make_sim_controls(seed=5, n_boids=4, width=320, height=320, frames=3)
+    assert seen["seed"] == 5 and ctl.last == ("episode", "<episode>")
