@@ -795,3 +795,13 @@ def test_rerun_sim_records_with_each_weight_and_the_seed_it_is_given(monkeypatch
     seen.clear()
     ctl = widgets.make_sim_controls(seed=5, n_boids=4, width=320, height=320, frames=3)
     assert seen["seed"] == 5 and ctl.last == ("episode", "<episode>")
+
+
+def test_train_kwargs_put_each_control_in_its_own_argument():
+    """Every training control reaches its own create_trainer argument (validation episodes are
+    not the training ones), and extra keyword arguments are passed on as they are."""
+    values = {**widgets.make_train_controls().values(), "train_episodes": 7, "val_episodes": 3, "epochs": 4,
+              "batch_size": 64, "learning_rate": 1e-3}
+    kw = widgets.train_kwargs(**values, device="cpu", dagger=False)
+    assert kw == {"epochs": 4, "trainer": dict(learning_rate=1e-3, batch_size=64, train_episodes=7, val_episodes=3,
+                                               model_config=ModelConfig(), device="cpu", dagger=False)}
