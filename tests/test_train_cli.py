@@ -19,3 +19,36 @@ def test_create_trainer_with_verbose_off_prints_nothing(capsys):
     create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=True, world_config=TINY_WORLD,
                    eval_every=0, progress=False)
     assert "validation: 2 episodes" in capsys.readouterr().out
+
+
+@pytest.fixture
+def library_checkpoint(tmp_path):
+    """A checkpoint at epoch 0 of a run made with create_trainer, with machine settings of its own."""
+    t = create_trainer(train_episodes=4, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, eval_every=0, progress=False, threads=1,
+                       log_dir=str(tmp_path / "their_runs"), checkpoint_dir=str(tmp_path / "theirs"))
+    return t.save_checkpoint(tmp_path / "theirs" / "c0.pt")
+
+
+def test_resume_takes_the_machines_settings_from_this_command_line(tmp_path, monkeypatch, library_checkpoint):
+    """Device, threads, workers, bars and log folder are the machine's and the command's, not the
+    checkpoint's run's: a run resumed on another machine must not inherit a device it lacks."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    tc, mc, wc, schedule = parse_args(["--resume", str(library_checkpoint)])
+    assert (tc.device, tc.threads, tc.num_workers, tc.log_dir) == ("auto", 0, 0, "runs")
+    assert tc.checkpoint_dir == str(tmp_path / "theirs")           # the checkpoint's folder
+    assert (tc.batch_size, wc.frames, schedule) == (32, 12, {})    # the run's own settings
+
+
+@pytest.mark.parametrize("tty, flags, bars", [
+    (True, [], True), (True, ["--quiet"], False), (True, ["--no-progress"], False),
+    (False, [], False),                     # bars redrawn into a log file bury the epoch lines
+    (False, ["--progress"], True), (False, ["--progress", "--quiet"], False)])
+def test_progress_bars_show_on_a_terminal_unless_quiet_and_in_a_log_only_when_asked(monkeypatch, tmp_path, tty,
+                                                                                    flags, bars):
+    import sys
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert parse_args(flags)[0].progress is bars
