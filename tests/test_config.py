@@ -95,3 +95,26 @@ def test_the_ends_of_each_allowed_range_are_allowed():
                 learning_rate=1e-30).validate()
     ModelConfig(dropout=0.99).validate()
     WorldConfig(width_min=16, width_max=config.MAX_CANVAS, boids_max=config.MAX_BOIDS).validate()
+
+
+@pytest.mark.parametrize("kind, bounds, text, message", [
+    (float, dict(lo=0.0, positive=True), "0", "must be > 0, got 0"),
+    (float, dict(lo=0.0), "nan", "'nan' is not a finite number"),
+    (float, dict(lo=0.0), "-inf", "'-inf' is not a finite number"),
+    (int, dict(lo=1), "0", "must be >= 1, got 0"),
+    (int, dict(lo=0, hi=65535), "65536", "must be <= 65535, got 65536"),
+    (int, dict(lo=1), "2.5", "'2.5' is not a whole number"),
+])
+def test_a_flag_value_outside_its_range_is_an_argparse_error_naming_the_limit(kind, bounds, text, message):
+    """The flag's own error, before any config is built: the message names the flag (argparse adds
+    "argument --NAME:") and the exit code is 2."""
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+        config.bounded_number(kind, **bounds)(text)
+
+
+def test_a_flag_value_at_the_ends_of_its_range_is_taken():
+    assert config.bounded_number(int, 0, 65535)("65535") == 65535
+    assert config.bounded_number(int, 1)("1") == 1
+    assert config.bounded_number(float, 0.0, 1.0)("0") == 0.0
+    assert config.bounded_number(float, 0.0, positive=True)("1e-30") == 1e-30
