@@ -52,3 +52,20 @@ def test_progress_bars_show_on_a_terminal_unless_quiet_and_in_a_log_only_when_as
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
     assert parse_args(flags)[0].progress is bars
+
+
+def test_resuming_an_older_checkpoint_says_which_settings_it_lacks_and_uses_the_commands(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """A checkpoint of an older predlab records fewer settings: the run goes on with this command's
+    values for those, and says which they are, since they may not be what that run used."""
+    import torch
+    from predlab.train import parse_args
+    state = torch.load(library_checkpoint, weights_only=True)
+    del state["train_config"]["dagger_buffer"], state["world_config"]["noise"]
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    tc, _, wc, _ = parse_args(["--resume", str(library_checkpoint), "--noise", "0.2"])
+    assert (tc.dagger_buffer, wc.noise) == (0, 0.2)
+    err = capsys.readouterr().err
+    assert (f"note: {library_checkpoint} does not record dagger_buffer (an older predlab's checkpoint): these take "
+            f"this command's values") in err
