@@ -69,3 +69,24 @@ def test_resuming_an_older_checkpoint_says_which_settings_it_lacks_and_uses_the_
     err = capsys.readouterr().err
     assert (f"note: {library_checkpoint} does not record dagger_buffer (an older predlab's checkpoint): these take "
             f"this command's values") in err
+
+
+def test_resuming_a_checkpoint_without_daggers_samples_warns_that_the_run_will_differ(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """best_model.pt leaves DAgger's samples out: resuming from it starts the buffer empty, and the
+    run would not continue as it would have, so it says so; an epoch checkpoint carries them."""
+    import torch
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--resume", str(library_checkpoint)])
+    assert "DAgger" not in capsys.readouterr().err
+    parse_args(["--resume", str(library_checkpoint), "--no-dagger"])
+    assert "DAgger" not in capsys.readouterr().err
+    state = torch.load(library_checkpoint, weights_only=True)
+    del state["data_source"]
+    torch.save(state, library_checkpoint)
+    parse_args(["--resume", str(library_checkpoint)])
+    assert (f"warning: {library_checkpoint} holds no DAgger samples (best_model.pt is saved without them): the run "
+            f"goes on with an empty DAgger buffer") in capsys.readouterr().err
+    parse_args(["--resume", str(library_checkpoint), "--no-dagger"])     # nothing to continue
+    assert "DAgger" not in capsys.readouterr().err
