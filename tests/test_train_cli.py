@@ -90,3 +90,27 @@ def test_resuming_a_checkpoint_without_daggers_samples_warns_that_the_run_will_d
             f"goes on with an empty DAgger buffer") in capsys.readouterr().err
     parse_args(["--resume", str(library_checkpoint), "--no-dagger"])     # nothing to continue
     assert "DAgger" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, monitor, moved", [
+    (dict(seed=1), "val_loss", ["--seed"]),                        # other validation episodes
+    (dict(val_episodes=9), "val_loss", ["--val_episodes"]),
+    (dict(val_episodes=9), "neg_catch_ratio", []),                # the catch evaluation has its own
+    (dict(eval_episodes=9, eval_frames=9), "neg_catch_ratio", ["--eval_episodes", "--eval_frames"]),
+    (dict(eval_episodes=9), "val_loss", []),
+    (dict(noise=0.1, boids_max=20), "val_loss", ["--boids_max", "--noise"]),
+    (dict(learning_rate=1e-4, epochs=99, batch_size=8), "val_loss", []),   # the same episodes
+])
+def test_a_resume_knows_which_changed_flags_change_the_episodes_the_best_is_measured_on(change, monitor, moved):
+    """Those flags start the best so far afresh on resume: a best measured on other episodes cannot
+    be compared with the new run's."""
+    import dataclasses
+    from predlab.config import TrainConfig
+    from predlab.train import _measure_changed
+    tc, wc = TrainConfig(), WorldConfig()
+    ck = {"train_config": dataclasses.asdict(tc), "world_config": dataclasses.asdict(wc)}
+    tc = dataclasses.replace(tc, **{k: v for k, v in change.items() if hasattr(tc, k)})
+    wc = dataclasses.replace(wc, **{k: v for k, v in change.items() if hasattr(wc, k)})
+    assert sorted(_measure_changed(ck, tc, wc, monitor)) == moved
+    del ck["train_config"]["seed"]                                # an older checkpoint: not recorded, not compared
+    assert "--seed" not in _measure_changed(ck, tc, wc, monitor)
