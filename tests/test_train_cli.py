@@ -114,3 +114,78 @@ def test_a_resume_knows_which_changed_flags_change_the_episodes_the_best_is_meas
     assert sorted(_measure_changed(ck, tc, wc, monitor)) == moved
     del ck["train_config"]["seed"]                                # an older checkpoint: not recorded, not compared
     assert "--seed" not in _measure_changed(ck, tc, wc, monitor)
+
+
+SMALL = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--d_model", "16", "--n_heads", "2",
+         "--n_layers", "1", "--ffn_hidden", "8"]
+
+
+def test_a_run_exports_both_files_and_a_second_run_in_its_folder_moves_them_aside(tmp_path, monkeypatch, capsys):
+    """The run's end: model.js and model.json of the best model, one warning line for both files
+    (sizes the stock page does not take), and the folder free for the next run, which moves the
+    earlier run's files to previous/ and, fine-tuning them to no gain, says so."""
+    from predlab import checkpoint as ck
+    from predlab.export import read_params
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    out, err = capsys.readouterr()
+    d = tmp_path / "checkpoints"
+    assert read_params(d / "model.js") == read_params(d / "model.json")
+    assert [line for line in err.splitlines() if line.startswith("warning")] == [
+        line for line in err.splitlines() if "browser" in line] and err.count("warning") == 1
+    first = (d / "model.js").read_bytes()
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: 0.25)   # never better than the file
+    assert main([*SMALL, "--init_weights", "checkpoints/model.js"]) == 0                # the folder is free again
+    err = capsys.readouterr().err
+    assert "no epoch beat the weights of checkpoints/model.js (val MSE 0.25000 before training, 0.25000 at best)" \
+        in err
+    moved = list((d / "previous").glob("*/model.js"))
+    assert len(moved) == 1 and moved[0].read_bytes() == first
+    assert ck.load_checkpoint_dict(d / "best_model.pt")["train_config"]["init_weights"] == "checkpoints/model.js"
+
+
+def test_a_run_that_ends_in_an_error_frees_its_checkpoint_folder(tmp_path, monkeypatch):
+    """main() in a notebook or script: once it has ended, even in an error whose traceback the caller
+    keeps (as a notebook does), another process may train into the folder."""
+    import subprocess
+    import sys
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+
+    def fails(*args):
+        raise RuntimeError("an error in the run")
+    monkeypatch.setattr(train, "_run", fails)
+    with pytest.raises(RuntimeError) as kept:
+        train.main(SMALL)
+    take = "import filelock, sys; filelock.FileLock(sys.argv[1], timeout=0).acquire()"
+    subprocess.run([sys.executable, "-c", take, str(tmp_path / "checkpoints" / train.LOCK_NAME)], check=True,
+                   timeout=60)
+    assert kept.value.args == ("an error in the run",)
+
+
+def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside_before_exporting(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """Resumed into a folder holding an earlier run's model.js, with no new best and no checkpoint
+    saved yet when Ctrl-C came: the export of the last finished epoch must not overwrite that file."""
+    import torch
+    from predlab.train import SupervisedTrainer, main
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["best_metric"] = -1.0                                  # nothing beats it: no best_model.pt
+    torch.save(state, library_checkpoint)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.js").write_text("an earlier run's model")
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_2(self, data):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "3", "--resume", str(library_checkpoint), "--checkpoint_dir", "elsewhere",
+                 "--save_every", "5", "--quiet"]) == 130
+    assert "exporting the model of epoch 1" in capsys.readouterr().out
+    kept = list((tmp_path / "elsewhere" / "previous").glob("*/model.js"))
+    assert [p.read_text() for p in kept] == ["an earlier run's model"]
+    assert (tmp_path / "elsewhere" / "model.js").read_text() != "an earlier run's model"
