@@ -189,3 +189,49 @@ def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside
     kept = list((tmp_path / "elsewhere" / "previous").glob("*/model.js"))
     assert [p.read_text() for p in kept] == ["an earlier run's model"]
     assert (tmp_path / "elsewhere" / "model.js").read_text() != "an earlier run's model"
+
+
+def test_a_catch_evaluator_given_as_a_callback_is_the_runs_only_one():
+    """A user's own CatchEvaluator (other episodes, say) replaces the one eval_every adds: two would
+    log catch_ratio twice per epoch, from different episodes."""
+    from predlab.evaluate import CatchEvaluator
+    mine = CatchEvaluator(1, 2, 20, seed=5)
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=3, callbacks=[mine])
+    assert [c for c in t.callbacks if isinstance(c, CatchEvaluator)] == [mine]
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=3)
+    assert len([c for c in t.callbacks if isinstance(c, CatchEvaluator)]) == 1
+
+
+def test_init_weights_gives_the_run_the_files_sizes(tmp_path, monkeypatch, make_model):
+    """The sizes parse_args returns (and checks memory with) are the weight file's, not the defaults."""
+    from predlab.export import write_weights
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="browser"):
+        write_weights(make_model(0, d_model=16, n_heads=2, n_layers=1, ffn_hidden=8), "page.js")
+    _, mc, _, _ = parse_args(["--init_weights", "page.js", "--dropout", "0.1"])
+    assert (mc.d_model, mc.n_heads, mc.n_layers, mc.ffn_hidden, mc.dropout) == (16, 2, 1, 8, 0.1)
+
+
+def test_an_init_weights_file_removed_after_the_checks_exits_2_naming_it(tmp_path, monkeypatch, capsys, model):
+    """The file is read again when the run starts: gone by then, it is the flag's error (exit 2),
+    not a traceback."""
+    from predlab import train
+    from predlab.export import write_weights
+    monkeypatch.chdir(tmp_path)
+    write_weights(model, "page.js")
+    real = train._parse
+
+    def parse_then_remove(argv):
+        parsed = real(argv)
+        (tmp_path / "page.js").unlink()
+        return parsed
+    monkeypatch.setattr(train, "_parse", parse_then_remove)
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*SMALL[:-8], "--init_weights", "page.js"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--init_weights: " in err and "page.js" in err and "Traceback" not in err
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
