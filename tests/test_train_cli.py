@@ -1,5 +1,7 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
+import re
+
 import pytest
 
 from predlab.config import WorldConfig
@@ -235,3 +237,13 @@ def test_an_init_weights_file_removed_after_the_checks_exits_2_naming_it(tmp_pat
     err = capsys.readouterr().err
     assert "--init_weights: " in err and "page.js" in err and "Traceback" not in err
     assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
+    """The bars vanish as they finish: the epoch lines are what stays on the terminal and in a log."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([f for f in SMALL if f != "--quiet"] + ["--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^epoch    1  train [0-9.]+  val [0-9.]+", out, re.M)
+    assert "\r" in err                                               # the bars were drawn
