@@ -247,3 +247,20 @@ def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkey
     out, err = capsys.readouterr()
     assert re.search(r"^epoch    1  train [0-9.]+  val [0-9.]+", out, re.M)
     assert "\r" in err                                               # the bars were drawn
+
+
+def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_afresh(tmp_path, monkeypatch, capsys):
+    """Selecting by the catch ratio, epochs without an evaluation decide nothing: a count carried
+    over from the other episodes stopped the resumed run before its first evaluation."""
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    t = create_trainer(train_episodes=2, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, select_best_by="catch_ratio", eval_every=2, eval_episodes=2,
+                       eval_frames=20, early_stopping=2, progress=False, checkpoint_dir="first", log_dir="runs")
+    t.bad_epochs = 2                                            # two evaluations without a gain
+    path = t.save_checkpoint(tmp_path / "first" / "c0.pt")
+    train.main(["--resume", str(path), "--eval_episodes", "3", "--epochs", "1", "--checkpoint_dir", "more",
+                "--quiet"])
+    out = capsys.readouterr().out
+    assert "--eval_episodes changed the episodes catch_ratio is measured on" in out
+    assert "early stopping" not in out
