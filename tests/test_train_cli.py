@@ -264,3 +264,22 @@ def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_af
     out = capsys.readouterr().out
     assert "--eval_episodes changed the episodes catch_ratio is measured on" in out
     assert "early stopping" not in out
+
+
+def test_ctrl_c_just_after_the_first_epochs_best_model_was_saved_still_exports_it(tmp_path, monkeypatch, capsys):
+    """The interrupted epoch is undone, but its best_model.pt is on disk: the run exports it rather
+    than saying that nothing was written."""
+    from predlab import train
+    from predlab.export import read_weights
+    monkeypatch.chdir(tmp_path)
+
+    def interrupt(self, trainer, epoch, logs):                 # after the Checkpointer's save
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.EarlyStopping, "on_epoch_end", interrupt)
+    assert train.main([*SMALL, "--early_stopping", "3"]) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint or model was written" not in err
+    from predlab import checkpoint as ck
+    best = ck.load_model(tmp_path / "checkpoints" / "best_model.pt")
+    exported = read_weights(tmp_path / "checkpoints" / "model.js")
+    assert all((a == b).all() for a, b in zip(best.state_dict().values(), exported.state_dict().values()))
