@@ -283,3 +283,27 @@ def test_ctrl_c_just_after_the_first_epochs_best_model_was_saved_still_exports_i
     best = ck.load_model(tmp_path / "checkpoints" / "best_model.pt")
     exported = read_weights(tmp_path / "checkpoints" / "model.js")
     assert all((a == b).all() for a, b in zip(best.state_dict().values(), exported.state_dict().values()))
+
+
+def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_runs_best(
+        tmp_path, monkeypatch, capsys, model):
+    """The folder's best_model.pt is an earlier run's until this run first writes: exporting it
+    would pass another run's model off as this one's."""
+    from conftest import save_model_file
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    earlier = save_model_file(model, tmp_path / "checkpoints" / "best_model.pt").read_bytes()
+    train_epoch = train.SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_2(self, data):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+    monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    flags = ["--epochs", "3", *TINY_FLAGS, "--save_every", "5", "--no-dagger", "--select_best_by", "catch_ratio",
+             "--eval_every", "5"]
+    assert train.main(flags) == 130
+    err = capsys.readouterr().err
+    assert "no best_model.pt was written before the interrupt, so no model.js (the earlier run's files" in err
+    assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == earlier
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
