@@ -307,3 +307,16 @@ def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_r
     assert "no best_model.pt was written before the interrupt, so no model.js (the earlier run's files" in err
     assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == earlier
     assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_finished_run_that_found_no_best_model_exits_1_and_says_why(tmp_path, monkeypatch, capsys):
+    """Selecting by the catch ratio, evaluations in which the teacher catches nothing give no best:
+    no model.js is written, and a script must be able to tell that from success."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = [*SMALL, "--select_best_by", "catch_ratio", "--eval_every", "1", "--eval_episodes", "1",
+             "--eval_frames", "1"]
+    assert main(flags) == 1
+    assert "no catch evaluation gave one (the teacher caught no boid in the evaluation episodes: raise " \
+           "--eval_episodes or --eval_frames)" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
