@@ -320,3 +320,23 @@ def test_a_finished_run_that_found_no_best_model_exits_1_and_says_why(tmp_path, 
     assert "no catch evaluation gave one (the teacher caught no boid in the evaluation episodes: raise " \
            "--eval_episodes or --eval_frames)" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    """Not "before the interrupt": the user did not stop it, the learning rate did."""
+    import torch
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    train_epoch = train.SupervisedTrainer.train_epoch
+
+    def diverge_in_epoch_2(self, data):
+        logs = train_epoch(self, data)
+        if self.epoch == 1:
+            with torch.no_grad():
+                self.model.output.weight[0, 0] = float("nan")
+        return logs
+    monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", diverge_in_epoch_2)
+    assert train.main([*SMALL, "--epochs", "3", "--select_best_by", "catch_ratio", "--eval_every", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged in epoch 2" in err
+    assert "no best_model.pt was written before training diverged, so no model.js" in err
