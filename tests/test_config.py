@@ -1,4 +1,4 @@
-"""The config dataclasses' checks and the helpers the entry points share: argument checks,
+"""The config dataclasses' checks and the functions the entry points share: argument checks,
 device names, dicts as configs and the memory estimates."""
 import re
 
