@@ -1,0 +1,120 @@
+"""The config dataclasses' checks and the functions the entry points share: argument checks,
+device names, dicts as configs and the memory estimates."""
+import re
+
+import pytest
+
+from predlab import config
+from predlab.config import ModelConfig, TrainConfig, WorldConfig
+
+
+@pytest.mark.parametrize("lo, hi", [("width_min", "width_max"), ("height_min", "height_max"),
+                                    ("boids_min", "boids_max")])
+def test_a_range_whose_low_end_is_above_its_high_end_is_refused_naming_both(lo, hi):
+    WorldConfig(**{lo: 40, hi: 40}).validate()             # one value: a fixed canvas or flock size
+    with pytest.raises(ValueError, match=f"^{lo}=41 is larger than {hi}=40$"):
+        WorldConfig(**{lo: 41, hi: 40}).validate()
+
+
+def test_a_cuda_index_past_the_last_gpu_is_refused_naming_how_many_there_are(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert config.resolve_device("cuda:1") == torch.device("cuda:1")      # the last one
+    with pytest.raises(ValueError, match=r"^--device cuda:2: only 2 CUDA device\(s\) present$"):
+        config.resolve_device("cuda:2")
+    with pytest.raises(ValueError, match=r"^device='cuda:2': only 2 CUDA device\(s\) present$"):
+        config.as_device("cuda:2")
+
+
+def test_mps_where_apple_mps_is_absent_is_refused_with_what_to_use_instead(monkeypatch):
+    import torch
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="^--device mps asked for, but Apple MPS is not available here; "
+                                         "use --device cpu or auto$"):
+        config.resolve_device("mps")
+    with pytest.raises(ValueError, match="^device='mps' asked for, .* use device='cpu' or 'auto'$"):
+        config.as_device("mps")
+
+
+def test_settings_that_need_exactly_the_memory_there_is_fit():
+    assert config.memory_problem([("a", 60), ("b", 40)], have=100) is None
+    assert config.memory_problem([("a", 60), ("b", 41)], have=100) is not None
+
+
+def test_a_memory_message_names_the_largest_need_and_those_that_matter_beside_it():
+    """The message names what it takes to fit: the largest need, and any of at least a twentieth
+    of the memory there is; smaller ones would only bury them."""
+    gib = 2 ** 30
+    message = config.memory_problem([("the small one", gib // 40), ("the big one", 3 * gib),
+                                     ("the middle one", gib // 10)], have=gib)
+    assert message == ("these settings would need about 3.1 GiB of memory, more than this machine's 1.0 GiB "
+                       "(the big one: 3.0 GiB; the middle one: 102 MiB)")
+
+
+def test_a_stored_sample_is_counted_at_the_bytes_its_tensors_take():
+    from predlab.data import generate_episodes
+    samples = generate_episodes(2, WorldConfig(frames=3, boids_min=5, boids_max=5), seed=0)
+    one = sum(t[0].element_size() * t[0].numel()
+              for t in (samples.context, samples.predator, samples.boids, samples.n, samples.target))
+    assert config.sample_bytes(5) == one
+
+
+@pytest.mark.parametrize("buffer, kept_epochs", [(0, 2), (1000, None)])
+def test_daggers_samples_are_counted_as_the_buffer_kept_plus_an_epoch_it_drops(buffer, kept_epochs):
+    """While an epoch runs, DAgger holds its buffer (by default two epochs' worth of samples) and
+    the oldest samples it drops at the end of the epoch."""
+    tc, wc = TrainConfig(dagger_buffer=buffer), WorldConfig()
+    epoch = tc.train_episodes * wc.frames * config.sample_bytes(wc.boids_max)
+    needs = dict(config._training_needs(tc, wc, ModelConfig()))
+    dagger = next(b for d, b in needs.items() if d.startswith("DAgger's aggregated samples"))
+    kept = kept_epochs * epoch if kept_epochs else buffer * config.sample_bytes(wc.boids_max)
+    assert dagger == kept + epoch
+    assert not any(d.startswith("DAgger") for d, _ in config._training_needs(TrainConfig(dagger=False), wc,
+                                                                            ModelConfig()))
+
+
+@pytest.mark.parametrize("cls, field, value, message", [
+    (TrainConfig, "cuda_graphs", "no", "cuda_graphs must be true or false, got 'no'"),     # a true string
+    (TrainConfig, "dagger", 0, "dagger must be true or false, got 0"),
+    (TrainConfig, "epochs", True, "epochs must be a whole number, got True"),
+    (TrainConfig, "batch_size", 64.0, "batch_size must be a whole number, got 64.0"),
+    (WorldConfig, "noise", False, "noise must be a number, got False"),
+    (TrainConfig, "learning_rate", 0, "learning_rate must be > 0, got 0"),      # trains nothing, for a whole run
+    (TrainConfig, "learning_rate", -1.0, "learning_rate must be > 0, got -1.0"),
+    (TrainConfig, "min_lr_ratio", 1.5, "min_lr_ratio must be <= 1.0, got 1.5"),
+    (ModelConfig, "dropout", -0.1, "dropout must be >= 0.0, got -0.1"),
+])
+def test_a_config_value_of_the_wrong_kind_or_out_of_range_is_refused_naming_the_field(cls, field, value, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        cls(**{field: value}).validate()
+
+
+def test_the_ends_of_each_allowed_range_are_allowed():
+    TrainConfig(min_lr_ratio=1.0, dagger_beta_decay=1.0, dagger_beta_min=0.0, epochs=1, seed=config.SEED_MAX,
+                learning_rate=1e-30).validate()
+    ModelConfig(dropout=0.99).validate()
+    WorldConfig(width_min=16, width_max=config.MAX_CANVAS, boids_max=config.MAX_BOIDS).validate()
+
+
+@pytest.mark.parametrize("kind, bounds, text, message", [
+    (float, dict(lo=0.0, positive=True), "0", "must be > 0, got 0"),
+    (float, dict(lo=0.0), "nan", "'nan' is not a finite number"),
+    (float, dict(lo=0.0), "-inf", "'-inf' is not a finite number"),
+    (int, dict(lo=1), "0", "must be >= 1, got 0"),
+    (int, dict(lo=0, hi=65535), "65536", "must be <= 65535, got 65536"),
+    (int, dict(lo=1), "2.5", "'2.5' is not a whole number"),
+])
+def test_a_flag_value_outside_its_range_is_an_argparse_error_naming_the_limit(kind, bounds, text, message):
+    """The flag's own error, before any config is built: the message names the flag (argparse adds
+    "argument --NAME:") and the exit code is 2."""
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^{re.escape(message)}$"):
+        config.bounded_number(kind, **bounds)(text)
+
+
+def test_a_flag_value_at_the_ends_of_its_range_is_taken():
+    assert config.bounded_number(int, 0, 65535)("65535") == 65535
+    assert config.bounded_number(int, 1)("1") == 1
+    assert config.bounded_number(float, 0.0, 1.0)("0") == 0.0
+    assert config.bounded_number(float, 0.0, positive=True)("1e-30") == 1e-30

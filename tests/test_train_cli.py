@@ -1,0 +1,342 @@
+"""python -m predlab.train and create_trainer: what the command line reads, checks, says and
+writes, run in this process with tiny settings."""
+import re
+
+import pytest
+
+from predlab.config import WorldConfig
+from predlab.train import create_trainer
+
+TINY_WORLD = WorldConfig(frames=12, boids_max=12)
+TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
+              "--batch-size", "32", "--save_every", "1", "--quiet"]
+
+
+def test_create_trainer_with_verbose_off_prints_nothing(capsys):
+    """verbose=False is for notebooks and scripts that print their own lines: no device line, no
+    validation line, and no progress bar while the validation episodes are made."""
+    create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                   eval_every=0)
+    assert capsys.readouterr() == ("", "")
+    create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=True, world_config=TINY_WORLD,
+                   eval_every=0, progress=False)
+    assert "validation: 2 episodes" in capsys.readouterr().out
+
+
+@pytest.fixture
+def library_checkpoint(tmp_path):
+    """A checkpoint at epoch 0 of a run made with create_trainer, with machine settings of its own."""
+    t = create_trainer(train_episodes=4, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, eval_every=0, progress=False, threads=1,
+                       log_dir=str(tmp_path / "their_runs"), checkpoint_dir=str(tmp_path / "theirs"))
+    return t.save_checkpoint(tmp_path / "theirs" / "c0.pt")
+
+
+def test_resume_takes_the_machines_settings_from_this_command_line(tmp_path, monkeypatch, library_checkpoint):
+    """Device, threads, workers, bars and log folder are the machine's and the command's, not the
+    checkpoint's run's: a run resumed on another machine must not inherit a device it lacks."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    tc, mc, wc, schedule = parse_args(["--resume", str(library_checkpoint)])
+    assert (tc.device, tc.threads, tc.num_workers, tc.log_dir) == ("auto", 0, 0, "runs")
+    assert tc.checkpoint_dir == str(tmp_path / "theirs")           # the checkpoint's folder
+    assert (tc.batch_size, wc.frames, schedule) == (32, 12, {})    # the run's own settings
+
+
+@pytest.mark.parametrize("tty, flags, bars", [
+    (True, [], True), (True, ["--quiet"], False), (True, ["--no-progress"], False),
+    (False, [], False),                     # bars redrawn into a log file bury the epoch lines
+    (False, ["--progress"], True), (False, ["--progress", "--quiet"], False)])
+def test_progress_bars_show_on_a_terminal_unless_quiet_and_in_a_log_only_when_asked(monkeypatch, tmp_path, tty,
+                                                                                    flags, bars):
+    import sys
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    assert parse_args(flags)[0].progress is bars
+
+
+def test_resuming_an_older_checkpoint_says_which_settings_it_lacks_and_uses_the_commands(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """A checkpoint of an older predlab records fewer settings: the run goes on with this command's
+    values for those, and says which they are, since they may not be what that run used."""
+    import torch
+    from predlab.train import parse_args
+    state = torch.load(library_checkpoint, weights_only=True)
+    del state["train_config"]["dagger_buffer"], state["world_config"]["noise"]
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    tc, _, wc, _ = parse_args(["--resume", str(library_checkpoint), "--noise", "0.2"])
+    assert (tc.dagger_buffer, wc.noise) == (0, 0.2)
+    err = capsys.readouterr().err
+    assert (f"note: {library_checkpoint} does not record dagger_buffer (an older predlab's checkpoint): these take "
+            f"this command's values") in err
+
+
+def test_resuming_a_checkpoint_without_daggers_samples_warns_that_the_run_will_differ(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """best_model.pt leaves DAgger's samples out: resuming from it starts the buffer empty, and the
+    run would not continue as it would have, so it says so; an epoch checkpoint carries them."""
+    import torch
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--resume", str(library_checkpoint)])
+    assert "DAgger" not in capsys.readouterr().err
+    parse_args(["--resume", str(library_checkpoint), "--no-dagger"])
+    assert "DAgger" not in capsys.readouterr().err
+    state = torch.load(library_checkpoint, weights_only=True)
+    del state["data_source"]
+    torch.save(state, library_checkpoint)
+    parse_args(["--resume", str(library_checkpoint)])
+    assert (f"warning: {library_checkpoint} holds no DAgger samples (best_model.pt is saved without them): the run "
+            f"goes on with an empty DAgger buffer") in capsys.readouterr().err
+    parse_args(["--resume", str(library_checkpoint), "--no-dagger"])     # nothing to continue
+    assert "DAgger" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, monitor, moved", [
+    (dict(seed=1), "val_loss", ["--seed"]),                        # other validation episodes
+    (dict(val_episodes=9), "val_loss", ["--val_episodes"]),
+    (dict(val_episodes=9), "neg_catch_ratio", []),                # the catch evaluation has its own
+    (dict(eval_episodes=9, eval_frames=9), "neg_catch_ratio", ["--eval_episodes", "--eval_frames"]),
+    (dict(eval_episodes=9), "val_loss", []),
+    (dict(noise=0.1, boids_max=20), "val_loss", ["--boids_max", "--noise"]),
+    (dict(learning_rate=1e-4, epochs=99, batch_size=8), "val_loss", []),   # the same episodes
+])
+def test_a_resume_knows_which_changed_flags_change_the_episodes_the_best_is_measured_on(change, monitor, moved):
+    """Those flags start the best so far afresh on resume: a best measured on other episodes cannot
+    be compared with the new run's."""
+    import dataclasses
+    from predlab.config import TrainConfig
+    from predlab.train import _measure_changed
+    tc, wc = TrainConfig(), WorldConfig()
+    ck = {"train_config": dataclasses.asdict(tc), "world_config": dataclasses.asdict(wc)}
+    tc = dataclasses.replace(tc, **{k: v for k, v in change.items() if hasattr(tc, k)})
+    wc = dataclasses.replace(wc, **{k: v for k, v in change.items() if hasattr(wc, k)})
+    assert sorted(_measure_changed(ck, tc, wc, monitor)) == moved
+    del ck["train_config"]["seed"]                                # an older checkpoint: not recorded, not compared
+    assert "--seed" not in _measure_changed(ck, tc, wc, monitor)
+
+
+SMALL = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--d_model", "16", "--n_heads", "2",
+         "--n_layers", "1", "--ffn_hidden", "8"]
+
+
+def test_a_run_exports_both_files_and_a_second_run_in_its_folder_moves_them_aside(tmp_path, monkeypatch, capsys):
+    """The run's end: model.js and model.json of the best model, one warning line for both files
+    (sizes the stock page does not take), and the folder free for the next run, which moves the
+    earlier run's files to previous/ and, fine-tuning them to no gain, says so."""
+    from predlab import checkpoint as ck
+    from predlab.export import read_params
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    out, err = capsys.readouterr()
+    d = tmp_path / "checkpoints"
+    assert read_params(d / "model.js") == read_params(d / "model.json")
+    assert [line for line in err.splitlines() if line.startswith("warning")] == [
+        line for line in err.splitlines() if "browser" in line] and err.count("warning") == 1
+    first = (d / "model.js").read_bytes()
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: 0.25)   # never better than the file
+    assert main([*SMALL, "--init_weights", "checkpoints/model.js"]) == 0                # the folder is free again
+    err = capsys.readouterr().err
+    assert "no epoch beat the weights of checkpoints/model.js (val MSE 0.25000 before training, 0.25000 at best)" \
+        in err
+    moved = list((d / "previous").glob("*/model.js"))
+    assert len(moved) == 1 and moved[0].read_bytes() == first
+    assert ck.load_checkpoint_dict(d / "best_model.pt")["train_config"]["init_weights"] == "checkpoints/model.js"
+
+
+def test_a_run_that_ends_in_an_error_frees_its_checkpoint_folder(tmp_path, monkeypatch):
+    """main() in a notebook or script: once it has ended, even in an error whose traceback the caller
+    keeps (as a notebook does), another process may train into the folder."""
+    import subprocess
+    import sys
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+
+    def fails(*args):
+        raise RuntimeError("an error in the run")
+    monkeypatch.setattr(train, "_run", fails)
+    with pytest.raises(RuntimeError) as kept:
+        train.main(SMALL)
+    take = "import filelock, sys; filelock.FileLock(sys.argv[1], timeout=0).acquire()"
+    subprocess.run([sys.executable, "-c", take, str(tmp_path / "checkpoints" / train.LOCK_NAME)], check=True,
+                   timeout=60)
+    assert kept.value.args == ("an error in the run",)
+
+
+def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside_before_exporting(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """Resumed into a folder holding an earlier run's model.js, with no new best and no checkpoint
+    saved yet when Ctrl-C came: the export of the last finished epoch must not overwrite that file."""
+    import torch
+    from predlab.train import SupervisedTrainer, main
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["best_metric"] = -1.0                                  # nothing beats it: no best_model.pt
+    torch.save(state, library_checkpoint)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.js").write_text("an earlier run's model")
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_2(self, data):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "3", "--resume", str(library_checkpoint), "--checkpoint_dir", "elsewhere",
+                 "--save_every", "5", "--quiet"]) == 130
+    assert "exporting the model of epoch 1" in capsys.readouterr().out
+    kept = list((tmp_path / "elsewhere" / "previous").glob("*/model.js"))
+    assert [p.read_text() for p in kept] == ["an earlier run's model"]
+    assert (tmp_path / "elsewhere" / "model.js").read_text() != "an earlier run's model"
+
+
+def test_a_catch_evaluator_given_as_a_callback_is_the_runs_only_one():
+    """A user's own CatchEvaluator (other episodes, say) replaces the one eval_every adds: two would
+    log catch_ratio twice per epoch, from different episodes."""
+    from predlab.evaluate import CatchEvaluator
+    mine = CatchEvaluator(1, 2, 20, seed=5)
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=3, callbacks=[mine])
+    assert [c for c in t.callbacks if isinstance(c, CatchEvaluator)] == [mine]
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=3)
+    assert len([c for c in t.callbacks if isinstance(c, CatchEvaluator)]) == 1
+
+
+def test_init_weights_gives_the_run_the_files_sizes(tmp_path, monkeypatch, make_model):
+    """The sizes parse_args returns (and checks memory with) are the weight file's, not the defaults."""
+    from predlab.export import write_weights
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="browser"):
+        write_weights(make_model(0, d_model=16, n_heads=2, n_layers=1, ffn_hidden=8), "page.js")
+    _, mc, _, _ = parse_args(["--init_weights", "page.js", "--dropout", "0.1"])
+    assert (mc.d_model, mc.n_heads, mc.n_layers, mc.ffn_hidden, mc.dropout) == (16, 2, 1, 8, 0.1)
+
+
+def test_an_init_weights_file_removed_after_the_checks_exits_2_naming_it(tmp_path, monkeypatch, capsys, model):
+    """The file is read again when the run starts: gone by then, it is the flag's error (exit 2),
+    not a traceback."""
+    from predlab import train
+    from predlab.export import write_weights
+    monkeypatch.chdir(tmp_path)
+    write_weights(model, "page.js")
+    real = train._parse
+
+    def parse_then_remove(argv):
+        parsed = real(argv)
+        (tmp_path / "page.js").unlink()
+        return parsed
+    monkeypatch.setattr(train, "_parse", parse_then_remove)
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*SMALL[:-8], "--init_weights", "page.js"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--init_weights: " in err and "page.js" in err and "Traceback" not in err
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
+    """The bars vanish as they finish: the epoch lines are what stays on the terminal and in a log."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([f for f in SMALL if f != "--quiet"] + ["--progress"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"^epoch    1  train [0-9.]+  val [0-9.]+", out, re.M)
+    assert "\r" in err                                               # the bars were drawn
+
+
+def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_afresh(tmp_path, monkeypatch, capsys):
+    """Selecting by the catch ratio, epochs without an evaluation decide nothing: a count carried
+    over from the other episodes stopped the resumed run before its first evaluation."""
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    t = create_trainer(train_episodes=2, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                       world_config=TINY_WORLD, select_best_by="catch_ratio", eval_every=2, eval_episodes=2,
+                       eval_frames=20, early_stopping=2, progress=False, checkpoint_dir="first", log_dir="runs")
+    t.bad_epochs = 2                                            # two evaluations without a gain
+    path = t.save_checkpoint(tmp_path / "first" / "c0.pt")
+    train.main(["--resume", str(path), "--eval_episodes", "3", "--epochs", "1", "--checkpoint_dir", "more",
+                "--quiet"])
+    out = capsys.readouterr().out
+    assert "--eval_episodes changed the episodes catch_ratio is measured on" in out
+    assert "early stopping" not in out
+
+
+def test_ctrl_c_just_after_the_first_epochs_best_model_was_saved_still_exports_it(tmp_path, monkeypatch, capsys):
+    """The interrupted epoch is undone, but its best_model.pt is on disk: the run exports it rather
+    than saying that nothing was written."""
+    from predlab import train
+    from predlab.export import read_weights
+    monkeypatch.chdir(tmp_path)
+
+    def interrupt(self, trainer, epoch, logs):                 # after the Checkpointer's save
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train.EarlyStopping, "on_epoch_end", interrupt)
+    assert train.main([*SMALL, "--early_stopping", "3"]) == 130
+    err = capsys.readouterr().err
+    assert "no checkpoint or model was written" not in err
+    from predlab import checkpoint as ck
+    best = ck.load_model(tmp_path / "checkpoints" / "best_model.pt")
+    exported = read_weights(tmp_path / "checkpoints" / "model.js")
+    assert all((a == b).all() for a, b in zip(best.state_dict().values(), exported.state_dict().values()))
+
+
+def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_runs_best(
+        tmp_path, monkeypatch, capsys, model):
+    """The folder's best_model.pt is an earlier run's until this run first writes: exporting it
+    would pass another run's model off as this one's."""
+    from conftest import save_model_file
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    earlier = save_model_file(model, tmp_path / "checkpoints" / "best_model.pt").read_bytes()
+    train_epoch = train.SupervisedTrainer.train_epoch
+
+    def cut_in_epoch_2(self, data):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+    monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    flags = ["--epochs", "3", *TINY_FLAGS, "--save_every", "5", "--no-dagger", "--select_best_by", "catch_ratio",
+             "--eval_every", "5"]
+    assert train.main(flags) == 130
+    err = capsys.readouterr().err
+    assert "no best_model.pt was written before the interrupt, so no model.js (the earlier run's files" in err
+    assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == earlier
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_finished_run_that_found_no_best_model_exits_1_and_says_why(tmp_path, monkeypatch, capsys):
+    """Selecting by the catch ratio, evaluations in which the teacher catches nothing give no best:
+    no model.js is written, and a script must be able to tell that from success."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = [*SMALL, "--select_best_by", "catch_ratio", "--eval_every", "1", "--eval_episodes", "1",
+             "--eval_frames", "1"]
+    assert main(flags) == 1
+    assert "no catch evaluation gave one (the teacher caught no boid in the evaluation episodes: raise " \
+           "--eval_episodes or --eval_frames)" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monkeypatch, capsys):
+    """Not "before the interrupt": the user did not stop it, the learning rate did."""
+    import torch
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    train_epoch = train.SupervisedTrainer.train_epoch
+
+    def diverge_in_epoch_2(self, data):
+        logs = train_epoch(self, data)
+        if self.epoch == 1:
+            with torch.no_grad():
+                self.model.output.weight[0, 0] = float("nan")
+        return logs
+    monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", diverge_in_epoch_2)
+    assert train.main([*SMALL, "--epochs", "3", "--select_best_by", "catch_ratio", "--eval_every", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "training diverged in epoch 2" in err
+    assert "no best_model.pt was written before training diverged, so no model.js" in err
