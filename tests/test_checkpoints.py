@@ -1,12 +1,18 @@
-"""Checkpoint files: what is refused, and with which words."""
+"""Checkpoint files and the callbacks that write them: what is refused, what is kept, what is shown."""
 import math
+import os
+import types
 
 import pytest
 import torch
 
 from predlab import checkpoint as ck
+from predlab import train as T
+from predlab.data import EpisodeGenerator
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
+from predlab.train import (VAL_STREAM, Checkpointer, EpisodeSource, PrintLogger, ProgressBar, TensorBoardLogger,
+                           WarmupCosine, lock_checkpoint_dir, run_file_problem)
 
 SIZES = {"d_model": 8, "n_heads": 2, "n_layers": 1, "ffn_hidden": 16}
 
@@ -130,3 +136,213 @@ def test_describe_best_says_none_yet_when_a_checkpoint_has_no_best():
     """A checkpoint saved before any epoch ended has no best (infinity, or no best_metric at all)."""
     assert ck.describe_best("val_loss", None, None) == "none yet"
     assert ck.describe_best("val_loss", math.inf, 0) == "none yet"
+
+
+# ---------------------------------------------------------------------- the schedule
+def _optimizer(lr=2e-3):
+    """What a schedule reads of an optimizer: its parameter groups (a torch optimizer's first
+    construction in a process imports for seconds)."""
+    return types.SimpleNamespace(param_groups=[{"lr": lr, "params": []}])
+
+
+def test_the_first_step_of_warm_up_trains_at_a_small_rate_not_zero():
+    opt = _optimizer()
+    WarmupCosine(opt, total_epochs=4, warmup_epochs=1.0).set_progress(0.0)
+    assert 0 < opt.param_groups[0]["lr"] <= 2e-3 / 100
+
+
+def test_a_learning_rate_held_in_a_tensor_is_changed_in_place():
+    """CUDA-graphed steps read the learning rate from the tensor they were captured with."""
+    opt = _optimizer(lr=torch.tensor(2e-3))
+    held = opt.param_groups[0]["lr"]
+    WarmupCosine(opt, total_epochs=4, warmup_epochs=1.0).set_progress(0.5)
+    assert opt.param_groups[0]["lr"] is held and held.item() == pytest.approx(1e-3)
+
+
+def test_a_schedule_made_again_on_a_decayed_optimizer_keeps_the_runs_peak():
+    opt = _optimizer()
+    WarmupCosine(opt, total_epochs=4, warmup_epochs=0.0, min_ratio=0.1).set_progress(4.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-4)
+    again = WarmupCosine(opt, total_epochs=4, warmup_epochs=0.0)
+    assert again.base == [2e-3]
+    again.set_progress(0.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
+
+
+# ---------------------------------------------------------------------- the checkpoint folder
+class _Run:
+    """What a Checkpointer reads of a trainer; its checkpoints are tiny ones that record the epoch."""
+
+    def __init__(self, epoch=0, target_epochs=3, resumed_from=None):
+        self.epoch, self.target_epochs, self.resumed_from = epoch, target_epochs, resumed_from
+        self.improved, self.stop_training = False, False
+
+    def save_checkpoint(self, path, include_data=True):
+        return _save(path, epoch=self.epoch)
+
+    def train(self, checkpointer, to_epoch, improved=()):
+        """Epochs up to to_epoch, improving in those listed, as train() runs the callback."""
+        self.target_epochs = to_epoch
+        checkpointer.on_train_begin(self)
+        try:
+            while self.epoch < to_epoch:
+                self.epoch += 1
+                self.improved = self.epoch in improved
+                checkpointer.on_epoch_end(self, self.epoch, {})
+        finally:
+            checkpointer.on_train_end(self)
+
+
+def _epochs_in(d):
+    return sorted(ck.load_checkpoint_dict(p)["epoch"] for p in d.glob("checkpoint_epoch_*.pt"))
+
+
+def test_pruning_keeps_the_newest_checkpoints_past_epoch_ten(tmp_path):
+    """The newest by epoch number, not by name (checkpoint_epoch_10.pt sorts before _9)."""
+    _Run(target_epochs=12).train(Checkpointer(tmp_path, save_every=1, keep=2), 12)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_epoch_*.pt")) == \
+        ["checkpoint_epoch_11.pt", "checkpoint_epoch_12.pt"]
+
+
+def test_a_file_of_the_users_named_like_a_checkpoint_is_left_alone(tmp_path):
+    """checkpoint_epoch_final.pt has no epoch number: no run of predlab wrote it."""
+    _save(tmp_path / "checkpoint_epoch_final.pt", epoch=7)
+    _Run().train(Checkpointer(tmp_path, save_every=1, keep=1), 3, improved={1})
+    assert (tmp_path / "checkpoint_epoch_final.pt").is_file() and not (tmp_path / "previous").exists()
+    assert _epochs_in(tmp_path) == [3, 7]
+
+
+def _resumable_folder(d, best_epoch):
+    """A run's folder with checkpoints of epochs 1 to 3 and a best_model.pt of best_epoch."""
+    _Run().train(Checkpointer(d, save_every=1, keep=5), 3, improved={best_epoch})
+
+
+@pytest.mark.parametrize("best_epoch, moved", [(2, ["checkpoint_epoch_3.pt"]),
+                                               (3, ["best_model.pt", "checkpoint_epoch_3.pt"])])
+def test_a_run_resumed_in_its_folder_keeps_its_best_up_to_the_epoch_it_resumed(tmp_path, monkeypatch,
+                                                                            best_epoch, moved):
+    """Resumed from epoch 2 (given as an absolute path, the folder as a relative one): the best
+    model of epoch 2 is the resumed run's own and stays; one of epoch 3 is not, and moves aside
+    with the checkpoint of epoch 3."""
+    monkeypatch.chdir(tmp_path)
+    _resumable_folder(tmp_path / "ck", best_epoch)
+    run = _Run(epoch=2, resumed_from=tmp_path / "ck" / "checkpoint_epoch_2.pt")
+    cp = Checkpointer("ck", save_every=1, keep=5)
+    run.train(cp, 4)
+    previous = sorted(p.name for p in (tmp_path / "ck").glob("previous/*/*"))
+    assert previous == moved
+    assert _epochs_in(tmp_path / "ck") == [1, 2, 3, 4]
+    best = tmp_path / "ck" / "best_model.pt"
+    if best_epoch == 2:
+        assert ck.load_checkpoint_dict(best)["epoch"] == 2
+    else:
+        assert not best.exists()
+    assert not cp.wrote_best()          # no epoch of this run improved on the best it resumed with
+
+
+def test_an_unreadable_best_model_in_the_folder_of_a_resumed_run_moves_aside(tmp_path):
+    """Which epoch it is of cannot be told: it may be another run's, so it is not overwritten."""
+    d = tmp_path / "ck"
+    _resumable_folder(d, 1)
+    (d / "best_model.pt").write_bytes(b"damaged")
+    run = _Run(epoch=2, resumed_from=d / "checkpoint_epoch_2.pt")
+    run.train(Checkpointer(d, save_every=1, keep=5), 3, improved={3})
+    (moved,) = d.glob("previous/*/best_model.pt")
+    assert moved.read_bytes() == b"damaged"
+    assert ck.load_checkpoint_dict(d / "best_model.pt")["epoch"] == 3
+
+
+def test_a_checkpoint_folder_is_created_with_its_parents(tmp_path):
+    d = tmp_path / "runs" / "exp1" / "ck"
+    _Run().train(Checkpointer(d, save_every=1), 1)
+    assert _epochs_in(d) == [1]
+
+
+def test_a_checkpoint_folder_that_is_a_link_to_a_file_is_not_called_missing(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "ck").symlink_to(tmp_path / "afile")
+    with pytest.raises(OSError, match="cannot create the checkpoint folder") as e:
+        lock_checkpoint_dir(tmp_path / "ck")
+    assert "does not exist" not in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_pipe_where_a_run_writes_a_file_is_refused(tmp_path):
+    os.mkfifo(tmp_path / "best_model.pt")
+    assert "best_model.pt exists and is not a file (not a regular file)" in run_file_problem(tmp_path)
+
+
+# ---------------------------------------------------------------------- what the user sees
+def test_the_epoch_line_shows_the_validation_loss_as_val(capsys):
+    PrintLogger().on_epoch_end(None, 3, {"epoch": 3, "train_loss": 0.25, "val_loss": 0.125, "lr": 1e-3,
+                                         "samples_per_s": 12345.0, "epoch_time": 2.0, "catches": 7.0})
+    assert capsys.readouterr().out == \
+        "epoch    3  train 0.25000  val 0.12500  lr 1.00e-03  12,345 samples/s catches=7\n"
+
+
+def test_the_progress_bar_of_a_resumed_run_starts_at_the_epoch_it_resumed(capsys):
+    bar = ProgressBar()
+    bar.on_train_begin(_Run(epoch=3, target_epochs=5))
+    try:
+        assert (bar.bar.n, bar.bar.total) == (3, 5)
+    finally:
+        bar.on_train_end(None)
+
+
+def _scalars(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_shows_each_epoch_as_it_ends_under_its_tags(tmp_path):
+    """Read while the run goes on (before the writer is closed), as tensorboard --logdir does."""
+    logger, run = TensorBoardLogger(tmp_path), _Run()
+    logger.on_train_begin(run)
+    try:
+        logger.on_epoch_end(run, 1, {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "lr": 1e-3,
+                                     "samples_per_s": 100.0})
+        assert _scalars(logger.path) == {"loss/train": [(1, 0.5)], "loss/val": [(1, 0.25)],
+                                         "lr": [(1, pytest.approx(1e-3))], "samples_per_s": [(1, 100.0)]}
+    finally:
+        logger.on_train_end(run)
+
+
+def test_a_named_tensorboard_run_logs_into_its_folder_again(tmp_path):
+    """TensorBoardLogger(run_name=...) names the run's folder: another run of that name adds to it."""
+    for _ in range(2):
+        logger = TensorBoardLogger(tmp_path, run_name="baseline")
+        logger.on_train_begin(_Run())
+        logger.on_train_end(None)
+    assert [p.name for p in tmp_path.iterdir()] == ["baseline"]
+
+
+def test_errors_in_other_threads_are_still_reported_once_tensorboard_logs(monkeypatch):
+    """Only the TensorBoard writer thread's failed writes are left out (the logger reports them)."""
+    import threading
+    seen = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
+    T._quiet_tensorboard_thread()
+
+    def fail():
+        raise ValueError("in a worker thread")
+    t = threading.Thread(target=fail)
+    t.start()
+    t.join()
+    assert seen == [ValueError]
+
+
+# ---------------------------------------------------------------------- training data
+def test_each_epoch_trains_on_episodes_other_than_the_validation_ones():
+    """A generator's episodes depend on its seed and the stream asked for only: the stream of
+    every training epoch is another than the validation episodes' and than each other epoch's."""
+    class Streams(EpisodeGenerator):
+        def __init__(self):     # no world: only the streams asked for are recorded
+            pass
+
+        def generate(self, n, stream=0, desc=None):
+            return stream
+    source = EpisodeSource(Streams(), 2)
+    streams = [source.for_epoch(e) for e in range(5)]
+    assert VAL_STREAM not in streams and len(set(streams)) == 5
