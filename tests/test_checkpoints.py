@@ -169,6 +169,15 @@ def test_a_schedule_made_again_on_a_decayed_optimizer_keeps_the_runs_peak():
     assert opt.param_groups[0]["lr"] == pytest.approx(2e-3)
 
 
+def test_a_warm_up_shorter_than_the_first_step_never_trains_above_the_peak_rate():
+    """--warmup_epochs 0.0001 trained its first batch at ten times the peak learning rate."""
+    opt = _optimizer()
+    schedule = WarmupCosine(opt, total_epochs=4, warmup_epochs=1e-4)
+    for progress in (0.0, 5e-5, 1e-4, 0.5):
+        schedule.set_progress(progress)
+        assert opt.param_groups[0]["lr"] <= 2e-3, progress
+
+
 # ---------------------------------------------------------------------- the checkpoint folder
 class _Run:
     """What a Checkpointer reads of a trainer; its checkpoints are tiny ones that record the epoch."""
