@@ -355,3 +355,26 @@ def test_each_epoch_trains_on_episodes_other_than_the_validation_ones():
     source = EpisodeSource(Streams(), 2)
     streams = [source.for_epoch(e) for e in range(5)]
     assert VAL_STREAM not in streams and len(set(streams)) == 5
+
+
+@pytest.mark.parametrize("kw", [{"save_every": 0}, {"keep": 0}])
+def test_checkpointer_counts_below_one_are_refused_before_training(tmp_path, kw):
+    """Taken, save_every=0 would end a run with a ZeroDivisionError after its first epoch's training."""
+    with pytest.raises(ValueError, match=f"{next(iter(kw))} must be a whole number >= 1"):
+        Checkpointer(tmp_path, **kw)
+
+
+def test_an_earlier_runs_file_deleted_during_a_run_is_not_missed(tmp_path):
+    """The user deleted the earlier run's best_model.pt before this run first wrote: the rest
+    still moves aside, and the run goes on."""
+    _Run().train(Checkpointer(tmp_path, save_every=1), 2, improved={1})
+    run, cp = _Run(), Checkpointer(tmp_path, save_every=1)
+    cp.on_train_begin(run)
+    try:
+        (tmp_path / "best_model.pt").unlink()
+        run.epoch = 1
+        cp.on_epoch_end(run, 1, {})
+    finally:
+        cp.on_train_end(run)
+    assert sorted(p.name for p in tmp_path.glob("previous/*/*")) == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
+    assert _epochs_in(tmp_path) == [1]
