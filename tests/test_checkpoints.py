@@ -343,16 +343,20 @@ def test_errors_in_other_threads_are_still_reported_once_tensorboard_logs(monkey
 
 
 # ---------------------------------------------------------------------- training data
+class _Streams(EpisodeGenerator):
+    """An EpisodeGenerator without a world: generate gives the stream it was asked for."""
+
+    def __init__(self):
+        pass
+
+    def generate(self, n, stream=0, desc=None):
+        return stream
+
+
 def test_each_epoch_trains_on_episodes_other_than_the_validation_ones():
     """A generator's episodes depend on its seed and the stream asked for only: the stream of
     every training epoch is another than the validation episodes' and than each other epoch's."""
-    class Streams(EpisodeGenerator):
-        def __init__(self):     # no world: only the streams asked for are recorded
-            pass
-
-        def generate(self, n, stream=0, desc=None):
-            return stream
-    source = EpisodeSource(Streams(), 2)
+    source = EpisodeSource(_Streams(), 2)
     streams = [source.for_epoch(e) for e in range(5)]
     assert VAL_STREAM not in streams and len(set(streams)) == 5
 
@@ -378,3 +382,8 @@ def test_an_earlier_runs_file_deleted_during_a_run_is_not_missed(tmp_path):
         cp.on_train_end(run)
     assert sorted(p.name for p in tmp_path.glob("previous/*/*")) == ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
     assert _epochs_in(tmp_path) == [1]
+
+
+def test_an_epoch_of_no_episodes_is_refused_when_the_source_is_made():
+    with pytest.raises(ValueError, match="episodes_per_epoch must be a whole number >= 1"):
+        EpisodeSource(_Streams(), 0)
