@@ -47,7 +47,7 @@ class WarmupCosine:
 
     def factor(self, progress: float) -> float:
         if self.warmup > 0 and progress < self.warmup:
-            return max(progress, 1e-3) / self.warmup
+            return min(max(progress, 1e-3) / self.warmup, 1.0)   # a warm-up under 1e-3 epochs: not above the peak
         span = max(self.total - self.warmup, 1e-9)
         t = min(max((progress - self.warmup) / span, 0.0), 1.0)
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
