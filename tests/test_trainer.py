@@ -152,3 +152,94 @@ def test_evaluate_sample_with_no_boids_has_no_cosine_similarity():
                            "predator": {"velX": 0.1, "velY": 0.0}, "boids": []})
     assert r["teacher_action"] == [0.0, 0.0] and math.isnan(r["cosine_similarity"])
     assert r["mse"] == pytest.approx(sum(a * a for a in r["model_action"]) / 2)
+
+
+class _Scripted(Callback):
+    """Puts a made-up metric "score" in each epoch's logs (None: not measured that epoch)."""
+
+    def __init__(self, scores):
+        self.scores, self.bad = scores, []
+
+    def on_evaluate(self, trainer, epoch, logs):
+        if self.scores[epoch - 1] is not None:
+            logs["score"] = self.scores[epoch - 1]
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.bad.append(trainer.bad_epochs)
+
+
+def test_patience_counts_epochs_since_the_last_improvement():
+    """An improvement sets the count of epochs without one back to 0; an epoch without the
+    measurement changes nothing; an equal value is no improvement."""
+    script = _Scripted([1.0, 2.0, None, 2.0, 0.5, 0.5, 0.6, 0.7, 9.0])
+    t = _trainer(callbacks=[script], batch_size=64)
+    t.monitor, t.min_delta = "score", 0.0
+    t.train(9, early_stopping_patience=3)
+    assert script.bad == [0, 1, 1, 2, 0, 1, 2, 3]
+    assert (t.epoch, t.best_epoch, t.best_metric) == (8, 5, 0.5)
+
+
+def test_a_checkpoint_keeps_the_best_epoch_and_what_it_was_chosen_by(tmp_path):
+    """The best epoch, its value, the metric it was chosen by and the early-stopping count come
+    back from a checkpoint: the best here is epoch 1 of 3, chosen by a metric other than val_loss."""
+    t = _trainer(callbacks=[_Scripted([0.5, 0.9, 0.8])], batch_size=64)
+    t.monitor = "score"
+    t.train(3)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    resumed = _trainer(batch_size=64)
+    resumed.load_checkpoint(path)
+    assert (resumed.monitor, resumed.best_metric, resumed.best_epoch, resumed.bad_epochs, resumed.epoch) == \
+        ("score", 0.5, 1, 2, 3)
+
+
+def test_a_diverged_epoch_is_named_by_its_number_and_weights():
+    """TrainingDiverged names the epoch that failed (the second here) and the weights that are NaN."""
+    from predlab.train import TrainingDiverged
+
+    class Poison(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 1:
+                with torch.no_grad():
+                    trainer.model.output.weight.fill_(math.nan)
+    t = _trainer(callbacks=[Poison()], batch_size=64)
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2: weights output.weight hold NaN") as err:
+        t.train(3)
+    assert err.value.epoch == 2 and t.epoch == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.9, 1.0)), "betas"),
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.9,)), "betas"),
+    (lambda s: s["optimizer"]["param_groups"][1].__setitem__("eps", 0.0), "eps"),
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", math.inf), "weight_decay"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.zeros(1)), "not a state AdamW keeps"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor([1.0, 2.0])), "'step' .* has shape")])
+def test_an_adamw_state_that_would_break_the_step_is_refused(tmp_path, edit, message):
+    """A beta of 1 divides by zero in the bias correction, eps 0 divides by zero where a moment is
+    0, an infinite weight decay makes the weights infinite, a step count must be one number, and a
+    key of another optimizer means the state is not AdamW's: each is named, and the trainer is
+    left as it was."""
+    donor = _trainer(batch_size=64)
+    donor.train(1)
+    state = donor.state_dict()
+    edit(state)
+    torch.save(state, tmp_path / "bad.pt")
+    t = _trainer(batch_size=64)
+    from predlab.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=message):
+        t.load_checkpoint(tmp_path / "bad.pt")
+    assert t.epoch == 0 and t.optimizer.state_dict()["state"] == {}
+
+
+def test_an_epoch_without_training_samples_is_named_and_not_counted():
+    """A data source whose epoch holds no samples stops train() with an error naming the epoch
+    (it trained nothing and reported a train_loss of 0)."""
+    class Empty:
+        def for_epoch(self, epoch, trainer):
+            return SampleSet.empty(5)
+    data = _samples()
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32), Empty(), data,
+                          device="cpu")
+    with pytest.raises(ValueError, match="training data of epoch 1 holds no samples"):
+        t.train(1)
+    assert t.epoch == 0 and t.history == []
