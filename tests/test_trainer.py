@@ -243,3 +243,10 @@ def test_an_epoch_without_training_samples_is_named_and_not_counted():
     with pytest.raises(ValueError, match="training data of epoch 1 holds no samples"):
         t.train(1)
     assert t.epoch == 0 and t.history == []
+
+
+def test_validating_a_set_without_samples_gives_0():
+    """validate() of an empty set is 0, as its mean over max(samples, 1) intends; it failed inside
+    torch ("max(): Expected reduction dim"), since an empty set still splits into one empty batch."""
+    t = _trainer()
+    assert t.validate(SampleSet.empty(5)) == 0.0
