@@ -192,19 +192,32 @@ def test_a_checkpoint_keeps_the_best_epoch_and_what_it_was_chosen_by(tmp_path):
         ("score", 0.5, 1, 2, 3)
 
 
-def test_a_diverged_epoch_is_named_by_its_number_and_weights():
-    """TrainingDiverged names the epoch that failed (the second here) and the weights that are NaN."""
-    from predlab.train import TrainingDiverged
-
-    class Poison(Callback):
+def test_an_interrupted_epoch_leaves_the_schedule_where_the_last_finished_epoch_did():
+    """After Ctrl-C in the middle of epoch 2 the learning rate and the schedule's place are those
+    of the end of epoch 1 (what a notebook shows, and where set_schedule puts the new rate)."""
+    class CtrlC(Callback):
         def on_batch_end(self, trainer, step, loss):
-            if trainer.epoch == 1:
-                with torch.no_grad():
-                    trainer.model.output.weight.fill_(math.nan)
-    t = _trainer(callbacks=[Poison()], batch_size=64)
-    with pytest.raises(TrainingDiverged, match="diverged in epoch 2: weights output.weight hold NaN") as err:
+            if trainer.epoch == 1 and step == 1:
+                raise KeyboardInterrupt
+    t = _trainer(callbacks=[CtrlC()])
+    t.train(1)
+    t.scheduler.total = 3
+    before = (t.scheduler.state_dict(), t.optimizer.param_groups[0]["lr"])
+    with pytest.raises(KeyboardInterrupt):
         t.train(3)
-    assert err.value.epoch == 2 and t.epoch == 1
+    assert (t.scheduler.state_dict(), t.optimizer.param_groups[0]["lr"]) == before
+
+
+def test_a_validation_loss_that_is_not_finite_stops_training_though_the_weights_are():
+    """Weights can be finite and huge enough that the model's sums overflow on the validation
+    samples: that epoch is divergence too, named by its loss, not counted."""
+    from predlab.train import TrainingDiverged
+    t = _trainer(batch_size=64)
+    t.train(1)
+    t.validate = lambda data=None: math.inf
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2: val_loss inf"):
+        t.train(2)
+    assert t.epoch == 1 and len(t.history) == 1
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -212,7 +225,8 @@ def test_a_diverged_epoch_is_named_by_its_number_and_weights():
     (lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.9,)), "betas"),
     (lambda s: s["optimizer"]["param_groups"][1].__setitem__("eps", 0.0), "eps"),
     (lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", math.inf), "weight_decay"),
-    (lambda s: s["optimizer"]["state"][0].__setitem__("momentum_buffer", torch.zeros(1)), "not a state AdamW keeps"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__(
+        "momentum_buffer", torch.zeros_like(s["optimizer"]["state"][0]["exp_avg"])), "not a state AdamW keeps"),
     (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor([1.0, 2.0])), "'step' .* has shape")])
 def test_an_adamw_state_that_would_break_the_step_is_refused(tmp_path, edit, message):
     """A beta of 1 divides by zero in the bias correction, eps 0 divides by zero where a moment is
@@ -250,3 +264,15 @@ def test_validating_a_set_without_samples_gives_0():
     torch ("max(): Expected reduction dim"), since an empty set still splits into one empty batch."""
     t = _trainer()
     assert t.validate(SampleSet.empty(5)) == 0.0
+
+
+def test_set_schedule_is_what_a_checkpoint_records_and_a_later_schedule_starts_from():
+    """The settings set_schedule changes are the run's: the checkpoint's train_config records them,
+    and the new peak is the optimizer's initial_lr, from which a schedule made over it starts."""
+    from predlab.train import WarmupCosine
+    t = _trainer()
+    t.set_schedule(learning_rate=1e-3, weight_decay=0.2, warmup_epochs=2.0, min_lr_ratio=0.3)
+    saved = t.state_dict()["train_config"]
+    assert (saved["learning_rate"], saved["weight_decay"], saved["warmup_epochs"], saved["min_lr_ratio"]) == \
+        (1e-3, 0.2, 2.0, 0.3)
+    assert WarmupCosine(t.optimizer, 3).base == [1e-3, 1e-3]
