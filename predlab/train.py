@@ -560,9 +560,9 @@ class SupervisedTrainer:
         The epoch's order is applied once (one gather per field on the device), so batches are
         contiguous slices; widths are read on the host, so the loop never waits for the device.
         """
-        idx_batches = data.batch_indices(self.batch_size, shuffle=shuffle, generator=generator)
-        if not idx_batches:
+        if not len(data):          # batch_indices splits an empty set into one empty batch
             return
+        idx_batches = data.batch_indices(self.batch_size, shuffle=shuffle, generator=generator)
         order = torch.cat(idx_batches)
         sizes = [len(i) for i in idx_batches]
         widths = [int(n.max()) for n in data.n[order].split(sizes)]

@@ -1,0 +1,278 @@
+"""SupervisedTrainer on small made-up sample sets: batches, steps, losses shown, best epoch, checks."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from predlab.data import SampleSet
+from predlab.model import TransformerPredator
+from predlab.train import Callback, SupervisedTrainer
+
+
+def _samples(count: int = 40, n_max: int = 5, seed: int = 0) -> SampleSet:
+    """count samples with 1..n_max live boids each and unit-vector targets."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(1, n_max + 1, (count,), generator=g)
+    live = torch.arange(n_max)[None, :] < n[:, None]                       # [S, N]
+    boids = (torch.rand(count, n_max, 4, generator=g) * 2 - 1) * live[..., None]
+    target = F.normalize(torch.randn(count, 2, generator=g), dim=-1)
+    return SampleSet(torch.rand(count, 2, generator=g) + 0.5, torch.rand(count, 2, generator=g) * 2 - 1,
+                     boids, n, target)
+
+
+def _trainer(data=None, dropout: float = 0.0, **kw) -> SupervisedTrainer:
+    torch.manual_seed(0)
+    data = _samples() if data is None else data
+    kw = {"batch_size": 16, "learning_rate": 3e-3, "device": "cpu", "cpu_split": 1, **kw}
+    return SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32, dropout=dropout),
+                             data, data, **kw)
+
+
+def _grad_norm(model) -> float:
+    return float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm())
+
+
+def test_gradient_clipping_caps_the_step_gradient_at_grad_clip():
+    """A training step's gradient norm is cut to grad_clip; grad_clip 0 leaves it as it is."""
+    norms = {}
+    for clip in (0.01, 0.0):
+        t = _trainer(batch_size=64, grad_clip=clip)          # one batch: its gradient stays in .grad
+        t.train_epoch(t.train_dataset)
+        norms[clip] = _grad_norm(t.model)
+    assert norms[0.01] == pytest.approx(0.01, rel=1e-4)
+    assert norms[0.0] > 0.05                                   # unclipped, it is larger than the cap
+
+
+class _Batches:
+    """Records each training batch's targets (which samples, in which order) through a forward hook."""
+
+    def __init__(self, model):
+        self.seen = []
+        model.register_forward_hook(lambda m, args, out: m.training and self.seen.append(args[0]["target"].clone()))
+
+    def take(self):
+        seen, self.seen = self.seen, []
+        return seen
+
+
+def test_each_epoch_draws_a_new_batch_order_from_the_seed():
+    """Batches come in a new order every epoch; the same seed gives the same order, another seed another."""
+    def orders(seed):
+        t = _trainer(seed=seed)
+        rec = _Batches(t.model)
+        out = []
+        for _ in range(2):
+            t.train_epoch(t.train_dataset)
+            t.epoch += 1
+            out.append(torch.cat(rec.take()))
+        return out
+    first, second = orders(0)
+    assert sorted(first.tolist()) == sorted(second.tolist())    # every sample once per epoch
+    assert not torch.equal(first, second)
+    assert all(torch.equal(a, b) for a, b in zip(orders(0), (first, second)))
+    assert not torch.equal(orders(1)[0], first)
+
+
+def test_train_loss_is_the_mean_over_samples_not_over_batches():
+    """train_loss weighs each batch's loss by its size (40 samples: batches of 16, 16 and 8);
+    samples_per_s counts samples."""
+    losses = []
+
+    class Losses(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            losses.append(float(loss))
+
+    t = _trainer(callbacks=[Losses()])
+    rec = _Batches(t.model)
+    logs = t.train_epoch(t.train_dataset)
+    sizes = [len(b) for b in rec.take()]
+    assert sorted(sizes) == [8, 16, 16]
+    assert logs["train_loss"] == pytest.approx(sum(l * s for l, s in zip(losses, sizes)) / 40, rel=1e-6)
+    assert logs["samples_per_s"] * logs["epoch_time"] == pytest.approx(40)
+
+
+def _mse(model, data: SampleSet) -> float:
+    """The eval-mode model's MSE over the whole set in one batch."""
+    model.eval()
+    with torch.no_grad():
+        return float(F.mse_loss(model(data.batch(torch.arange(len(data)))), data.target))
+
+
+def test_validation_is_the_mse_of_the_model_without_dropout_over_every_boid():
+    """validate() is the eval-mode MSE of the validation set, or of the set it is given, the same
+    at every call however high the dropout; batches of few boids and of many give each sample
+    all of its boids."""
+    t = _trainer(dropout=0.5)
+    other = _samples(24, seed=3)
+    want, want_other = _mse(t.model, t.val_dataset), _mse(t.model, other)
+    t.model.train()
+    assert t.validate() == pytest.approx(want, rel=1e-5)
+    assert t.validate(other) == pytest.approx(want_other, rel=1e-5)
+    t.model.train()
+    assert t.validate() == t.validate()
+
+
+def test_a_split_step_gives_the_batchs_own_gradient_and_new_dropout_masks():
+    """The threaded parts' gradients replace the last step's (not added to them), and each step
+    draws new dropout masks from torch's generator."""
+    t = _trainer(dropout=0.0)
+    b = next(t._batches(t.train_dataset, shuffle=False))
+    t.model.train()
+    t._split_backward(b, 2)
+    first = [p.grad.clone() for p in t.model.parameters()]
+    t._split_backward(b, 2)                                    # no zero_grad between: as a training step runs
+    for a, p in zip(first, t.model.parameters()):
+        assert torch.equal(a, p.grad)
+    t = _trainer(dropout=0.5)
+    t.model.train()
+    t._split_backward(b, 2)
+    first = [p.grad.clone() for p in t.model.parameters()]
+    t._split_backward(b, 2)
+    assert not all(torch.equal(a, p.grad) for a, p in zip(first, t.model.parameters()))
+    torch.manual_seed(7)
+    t._split_backward(b, 2)
+    again = [p.grad.clone() for p in t.model.parameters()]
+    torch.manual_seed(7)
+    t._split_backward(b, 2)
+    assert all(torch.equal(a, p.grad) for a, p in zip(again, t.model.parameters()))
+
+
+def test_a_trainer_made_without_a_train_config_saves_its_own_settings():
+    """A trainer made without a TrainConfig saves its seed, batch size and rates, which a resume reads."""
+    t = _trainer(seed=7, batch_size=8, learning_rate=1e-3, weight_decay=0.2)
+    saved = t.state_dict()["train_config"]
+    assert (saved["seed"], saved["batch_size"], saved["learning_rate"], saved["weight_decay"]) == (7, 8, 1e-3, 0.2)
+
+
+def test_evaluate_sample_with_no_boids_has_no_cosine_similarity():
+    """With no boid the teacher stays put (0, 0): the cosine is NaN, the MSE the model's action squared."""
+    t = _trainer()
+    r = t.evaluate_sample({"context": {"canvasWidth": 1.0, "canvasHeight": 1.0},
+                           "predator": {"velX": 0.1, "velY": 0.0}, "boids": []})
+    assert r["teacher_action"] == [0.0, 0.0] and math.isnan(r["cosine_similarity"])
+    assert r["mse"] == pytest.approx(sum(a * a for a in r["model_action"]) / 2)
+
+
+class _Scripted(Callback):
+    """Puts a made-up metric "score" in each epoch's logs (None: not measured that epoch)."""
+
+    def __init__(self, scores):
+        self.scores, self.bad = scores, []
+
+    def on_evaluate(self, trainer, epoch, logs):
+        if self.scores[epoch - 1] is not None:
+            logs["score"] = self.scores[epoch - 1]
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        self.bad.append(trainer.bad_epochs)
+
+
+def test_patience_counts_epochs_since_the_last_improvement():
+    """An improvement sets the count of epochs without one back to 0; an epoch without the
+    measurement changes nothing; an equal value is no improvement."""
+    script = _Scripted([1.0, 2.0, None, 2.0, 0.5, 0.5, 0.6, 0.7, 9.0])
+    t = _trainer(callbacks=[script], batch_size=64)
+    t.monitor, t.min_delta = "score", 0.0
+    t.train(9, early_stopping_patience=3)
+    assert script.bad == [0, 1, 1, 2, 0, 1, 2, 3]
+    assert (t.epoch, t.best_epoch, t.best_metric) == (8, 5, 0.5)
+
+
+def test_a_checkpoint_keeps_the_best_epoch_and_what_it_was_chosen_by(tmp_path):
+    """The best epoch, its value, the metric it was chosen by and the early-stopping count come
+    back from a checkpoint: the best here is epoch 1 of 3, chosen by a metric other than val_loss."""
+    t = _trainer(callbacks=[_Scripted([0.5, 0.9, 0.8])], batch_size=64)
+    t.monitor = "score"
+    t.train(3)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    resumed = _trainer(batch_size=64)
+    resumed.load_checkpoint(path)
+    assert (resumed.monitor, resumed.best_metric, resumed.best_epoch, resumed.bad_epochs, resumed.epoch) == \
+        ("score", 0.5, 1, 2, 3)
+
+
+def test_an_interrupted_epoch_leaves_the_schedule_where_the_last_finished_epoch_did():
+    """After Ctrl-C in the middle of epoch 2 the learning rate and the schedule's place are those
+    of the end of epoch 1 (what a notebook shows, and where set_schedule puts the new rate)."""
+    class CtrlC(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            if trainer.epoch == 1 and step == 1:
+                raise KeyboardInterrupt
+    t = _trainer(callbacks=[CtrlC()])
+    t.train(1)
+    t.scheduler.total = 3
+    before = (t.scheduler.state_dict(), t.optimizer.param_groups[0]["lr"])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(3)
+    assert (t.scheduler.state_dict(), t.optimizer.param_groups[0]["lr"]) == before
+
+
+def test_a_validation_loss_that_is_not_finite_stops_training_though_the_weights_are():
+    """Weights can be finite and huge enough that the model's sums overflow on the validation
+    samples: that epoch is divergence too, named by its loss, not counted."""
+    from predlab.train import TrainingDiverged
+    t = _trainer(batch_size=64)
+    t.train(1)
+    t.validate = lambda data=None: math.inf
+    with pytest.raises(TrainingDiverged, match="diverged in epoch 2: val_loss inf"):
+        t.train(2)
+    assert t.epoch == 1 and len(t.history) == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.9, 1.0)), "betas"),
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (0.9,)), "betas"),
+    (lambda s: s["optimizer"]["param_groups"][1].__setitem__("eps", 0.0), "eps"),
+    (lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", math.inf), "weight_decay"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__(
+        "momentum_buffer", torch.zeros_like(s["optimizer"]["state"][0]["exp_avg"])), "not a state AdamW keeps"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor([1.0, 2.0])), "'step' .* has shape")])
+def test_an_adamw_state_that_would_break_the_step_is_refused(tmp_path, edit, message):
+    """A beta of 1 divides by zero in the bias correction, eps 0 divides by zero where a moment is
+    0, an infinite weight decay makes the weights infinite, a step count must be one number, and a
+    key of another optimizer means the state is not AdamW's: each is named, and the trainer is
+    left as it was."""
+    donor = _trainer(batch_size=64)
+    donor.train(1)
+    state = donor.state_dict()
+    edit(state)
+    torch.save(state, tmp_path / "bad.pt")
+    t = _trainer(batch_size=64)
+    from predlab.checkpoint import CheckpointError
+    with pytest.raises(CheckpointError, match=message):
+        t.load_checkpoint(tmp_path / "bad.pt")
+    assert t.epoch == 0 and t.optimizer.state_dict()["state"] == {}
+
+
+def test_an_epoch_without_training_samples_is_named_and_not_counted():
+    """A data source whose epoch holds no samples stops train() with an error naming the epoch
+    (it trained nothing and reported a train_loss of 0)."""
+    class Empty:
+        def for_epoch(self, epoch, trainer):
+            return SampleSet.empty(5)
+    data = _samples()
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32), Empty(), data,
+                          device="cpu")
+    with pytest.raises(ValueError, match="training data of epoch 1 holds no samples"):
+        t.train(1)
+    assert t.epoch == 0 and t.history == []
+
+
+def test_validating_a_set_without_samples_gives_0():
+    """validate() of an empty set is 0, as its mean over max(samples, 1) intends; it failed inside
+    torch ("max(): Expected reduction dim"), since an empty set still splits into one empty batch."""
+    t = _trainer()
+    assert t.validate(SampleSet.empty(5)) == 0.0
+
+
+def test_set_schedule_is_what_a_checkpoint_records_and_a_later_schedule_starts_from():
+    """The settings set_schedule changes are the run's: the checkpoint's train_config records them,
+    and the new peak is the optimizer's initial_lr, from which a schedule made over it starts."""
+    from predlab.train import WarmupCosine
+    t = _trainer()
+    t.set_schedule(learning_rate=1e-3, weight_decay=0.2, warmup_epochs=2.0, min_lr_ratio=0.3)
+    saved = t.state_dict()["train_config"]
+    assert (saved["learning_rate"], saved["weight_decay"], saved["warmup_epochs"], saved["min_lr_ratio"]) == \
+        (1e-3, 0.2, 2.0, 0.3)
+    assert WarmupCosine(t.optimizer, 3).base == [1e-3, 1e-3]
