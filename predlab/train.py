@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
                      resolve_device, training_memory, whole_number, widest_float)
-from .data import EpisodeGenerator, SampleSet, collate, usable_cpus
+from .data import EpisodeGenerator, InputError, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator, dropout_generator
 
@@ -588,15 +588,18 @@ class SupervisedTrainer:
 
     @torch.no_grad()
     def validate(self, data: Optional[SampleSet] = None) -> float:
-        """Mean squared error over a SampleSet (the validation set by default)."""
+        """Mean squared error over a SampleSet (the validation set by default). InputError for a set
+        without samples: it has no mean, and 0 would read as a perfect model."""
         data = self.val_dataset if data is None else data
+        if not len(data):
+            raise InputError("validate: the set holds no samples, so it has no mean squared error")
         self.model.eval()
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
         for b in self._batches(data, shuffle=False):
             # the float32 model the browser runs, even after bf16 training
             with torch.autocast(self.device.type, enabled=False) if self.autocast else contextlib.nullcontext():
                 total += F.mse_loss(self.model(b).float(), b["target"], reduction="sum").to(total.dtype)
-        return float(total) / max(2 * len(data), 1)
+        return float(total) / (2 * len(data))
 
     def split_parts(self) -> int:
         """How many parts each training batch is split into (1 = not split; see cpu_split).

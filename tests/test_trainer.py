@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from predlab.data import SampleSet
+from predlab.data import InputError, SampleSet
 from predlab.model import TransformerPredator
 from predlab.train import Callback, SupervisedTrainer
 
@@ -259,11 +259,13 @@ def test_an_epoch_without_training_samples_is_named_and_not_counted():
     assert t.epoch == 0 and t.history == []
 
 
-def test_validating_a_set_without_samples_gives_0():
-    """validate() of an empty set is 0, as its mean over max(samples, 1) intends; it failed inside
-    torch ("max(): Expected reduction dim"), since an empty set still splits into one empty batch."""
+def test_validating_a_set_without_samples_is_refused_by_name():
+    """validate() of an empty set says the set holds no samples: 0 would read as a perfect model. It
+    failed inside torch ("max(): Expected reduction dim"), since an empty set still splits into one
+    empty batch."""
     t = _trainer()
-    assert t.validate(SampleSet.empty(5)) == 0.0
+    with pytest.raises(InputError, match="holds no samples"):
+        t.validate(SampleSet.empty(5))
 
 
 def test_set_schedule_is_what_a_checkpoint_records_and_a_later_schedule_starts_from():
