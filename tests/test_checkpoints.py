@@ -249,6 +249,22 @@ def test_a_run_resumed_in_its_folder_keeps_its_best_up_to_the_epoch_it_resumed(t
     assert not cp.wrote_best()          # no epoch of this run improved on the best it resumed with
 
 
+def test_a_resumed_run_cut_before_its_first_write_keeps_its_files_when_trained_again(tmp_path):
+    """train() again on the same trainer after a first call that wrote nothing (a Ctrl-C in the
+    resumed run's first epoch): the checkpoints up to the epoch it resumed from and its best are
+    still its own; only the later epoch moves aside, not the whole folder as another run's."""
+    d = tmp_path / "ck"
+    _resumable_folder(d, 2)
+    run = _Run(epoch=2, resumed_from=d / "checkpoint_epoch_2.pt")
+    cp = Checkpointer(d, save_every=1, keep=5)
+    run.train(cp, 2)                      # begun and ended with no epoch done: nothing written
+    assert not (d / "previous").exists()
+    run.train(cp, 4)
+    assert sorted(p.name for p in d.glob("previous/*/*")) == ["checkpoint_epoch_3.pt"]
+    assert _epochs_in(d) == [1, 2, 3, 4]
+    assert ck.load_checkpoint_dict(d / "best_model.pt")["epoch"] == 2
+
+
 def test_an_unreadable_best_model_in_the_folder_of_a_resumed_run_moves_aside(tmp_path):
     """Which epoch it is of cannot be told: it may be another run's, so it is not overwritten."""
     d = tmp_path / "ck"
