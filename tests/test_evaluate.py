@@ -793,3 +793,18 @@ def test_catch_evaluator_runs_every_nth_epoch_and_the_last_when_it_picks_the_bes
     assert [e for e in range(1, 8) if ce.due(_Trainer(model, 7, "neg_catch_ratio"), e)] == [3, 6, 7]
     with pytest.raises(ValueError, match="every must be a whole number >= 1, got 0"):
         CatchEvaluator(every=0)
+
+
+def test_evaluation_episodes_repeat_for_a_seed_and_are_none_the_model_trained_or_validated_on():
+    """The catch figures compare models on the same held-out episodes: a seed gives the same
+    starts every time, and they are not the starts of the validation stream or of any epoch's
+    training episodes drawn from that seed."""
+    from predlab.data import chunk_seed
+    from predlab.sim import World
+    cfg = WorldConfig(boids_min=3, boids_max=6)
+    a, b = episodes_world(8, seed=3, world_config=cfg), episodes_world(8, seed=3, world_config=cfg)
+    assert torch.equal(a.pred_pos, b.pred_pos) and torch.equal(a.pos, b.pos)
+    assert not torch.equal(episodes_world(8, seed=4, world_config=cfg).pred_pos, a.pred_pos)
+    for stream in range(6):       # validation (0), then epochs 1..5
+        w = World.random(8, cfg, generator=torch.Generator().manual_seed(chunk_seed(3, stream, 0)))
+        assert not torch.equal(w.pred_pos, a.pred_pos), f"stream {stream}"
