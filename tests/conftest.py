@@ -133,3 +133,16 @@ def make_unreadable(monkeypatch):
     yield make
     for path, mode in undo:
         path.chmod(mode)
+
+
+def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
+    """A Ctrl-C at the start of training epoch `epoch` (1-based) of every SupervisedTrainer, before
+    any of its steps; the epochs before it train as usual."""
+    from predlab.train import SupervisedTrainer
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut(self, data):
+        if self.epoch == epoch - 1:
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut)

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import ctrl_c_in_epoch
 from predlab import checkpoint as ck
 from predlab.config import ModelConfig, TrainConfig, WorldConfig
 from predlab.data import EpisodeGenerator, SampleSet, collate, generate_episodes
@@ -1346,14 +1347,7 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
     first.train(2)
     first.best_metric = -1.0                   # nothing can beat it: no best_model.pt in the folder
     first.save_checkpoint(tmp_path / "ck" / "checkpoint_epoch_2.pt")
-    train_epoch = SupervisedTrainer.train_epoch
-
-    def cut_in_epoch_4(self, data):
-        if self.epoch == 3:
-            raise KeyboardInterrupt
-        return train_epoch(self, data)
-
-    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_4)
+    ctrl_c_in_epoch(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "6", "--resume", "ck/checkpoint_epoch_2.pt", "--keep_checkpoints", "1", "--no-dagger",
                  "--eval_every", "0", *SAME_VAL]) == 130

@@ -4,6 +4,7 @@ import re
 
 import pytest
 
+from conftest import ctrl_c_in_epoch
 from predlab.config import WorldConfig
 from predlab.train import create_trainer
 
@@ -171,19 +172,13 @@ def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside
     """Resumed into a folder holding an earlier run's model.js, with no new best and no checkpoint
     saved yet when Ctrl-C came: the export of the last finished epoch must not overwrite that file."""
     import torch
-    from predlab.train import SupervisedTrainer, main
+    from predlab.train import main
     state = torch.load(library_checkpoint, weights_only=True)
     state["best_metric"] = -1.0                                  # nothing beats it: no best_model.pt
     torch.save(state, library_checkpoint)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "model.js").write_text("an earlier run's model")
-    train_epoch = SupervisedTrainer.train_epoch
-
-    def cut_in_epoch_2(self, data):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return train_epoch(self, data)
-    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    ctrl_c_in_epoch(monkeypatch, 2)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "3", "--resume", str(library_checkpoint), "--checkpoint_dir", "elsewhere",
                  "--save_every", "5", "--quiet"]) == 130
@@ -293,13 +288,7 @@ def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_r
     from predlab import train
     monkeypatch.chdir(tmp_path)
     earlier = save_model_file(model, tmp_path / "checkpoints" / "best_model.pt").read_bytes()
-    train_epoch = train.SupervisedTrainer.train_epoch
-
-    def cut_in_epoch_2(self, data):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return train_epoch(self, data)
-    monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", cut_in_epoch_2)
+    ctrl_c_in_epoch(monkeypatch, 2)
     flags = ["--epochs", "3", *TINY_FLAGS, "--save_every", "5", "--no-dagger", "--select_best_by", "catch_ratio",
              "--eval_every", "5"]
     assert train.main(flags) == 130
