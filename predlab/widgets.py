@@ -40,7 +40,8 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
     `max` is required where the metadata has none (sliders need an upper end); log=True gives
     a FloatLogSlider (for learning rates); tooltip replaces the field's help where the slider
     means something narrower (one episode's size, not a range's end). Sliders only fire on
-    release (continuous_update=False); an IntSlider steps from its min, so min is on the grid.
+    release (continuous_update=False); an IntSlider steps from its min, so min is on the grid, and
+    so is the starting value: the step shrinks to the largest that divides value - min.
     A value outside [min, max] is refused (a slider would silently clamp it), as is log=True
     with a min that is not > 0.
     """
@@ -63,7 +64,10 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
         return W.FloatLogSlider(value=val, base=10, min=math.log10(lo), max=math.log10(hi), step=step or 0.1,
                                 readout_format=".1e", **common)
     if isinstance(f.default, int) and not isinstance(f.default, bool):
-        return W.IntSlider(value=int(val), min=int(lo), max=int(hi), step=step or 1, **common)
+        # a start off the grid min + k * step (a 604 px canvas on the 8 px grid from 320) could not be
+        # chosen again once the slider moved: the step shrinks to the largest that holds it (4 there)
+        step = math.gcd(int(step or 1), int(val) - int(lo))
+        return W.IntSlider(value=int(val), min=int(lo), max=int(hi), step=step, **common)
     return W.FloatSlider(value=float(val), min=float(lo), max=float(hi), step=step or 0.1, **common)
 
 

@@ -805,3 +805,18 @@ def test_train_kwargs_put_each_control_in_its_own_argument():
     kw = widgets.train_kwargs(**values, device="cpu", dagger=False)
     assert kw == {"epochs": 4, "trainer": dict(learning_rate=1e-3, batch_size=64, train_episodes=7, val_episodes=3,
                                                model_config=ModelConfig(), device="cpu", dagger=False)}
+
+
+@pytest.mark.parametrize("kwargs,name,grid", [({"height": 604}, "height", 4), ({"width": 963}, "width", 1),
+                                              ({"height": 600}, "height", 8)])
+def test_a_canvas_size_given_by_hand_stays_on_its_sliders_grid(kwargs, name, grid):
+    """sim_widgets(height=604): the slider's grid of 8 px from 320 does not hold 604, so once the
+    slider moved, the size the user asked for could not be chosen again. The step shrinks to the
+    largest that holds it; sizes on the 8 px grid keep it."""
+    w = widgets.sim_widgets(**kwargs)[name]
+    assert w.value == kwargs[name] and w.step == grid and (w.value - w.min) % w.step == 0
+
+
+def test_a_batch_size_given_by_hand_stays_on_its_sliders_grid():
+    b = widgets.make_train_controls(batch_size=100).widgets["batch_size"]
+    assert b.value == 100 and b.min == 16 and b.step == 4       # 16 + 21 * 4
