@@ -114,7 +114,7 @@ class TrainConfig:
     train_episodes: int = _f(100, "fresh training episodes generated every epoch", min=1)
     val_episodes: int = _f(50, "validation episodes, generated once from their own seed", min=1)
     num_workers: int = _f(0, "processes generating episodes (0 = in this process)", min=0)
-    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
+    device: str = _f("auto", "auto (CUDA where there is a GPU, else cpu), cpu, cuda, cuda:N or mps", choices_hint="auto|cpu|cuda|mps")
     seed: int = _f(0, "seed for data, initial weights and shuffling", min=0, max=SEED_MAX)
     resume: Optional[str] = _f(None, "checkpoint to resume from (continues at its next epoch, with its run's "
                                "settings; flags given change them)")
@@ -221,9 +221,11 @@ def whole_number(name: str, v, lo: int, hi: Optional[int] = None) -> int:
 
 
 def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: str = "--device") -> "torch.device":
-    """'auto' (or None) picks CUDA, then Apple MPS, then CPU. A malformed name, or a named device
-    that is absent, raises ValueError; messages name it as `flag` (the CLI's --device, or a
-    library argument such as device=)."""
+    """'auto' (or None) picks CUDA where torch sees a GPU, else the CPU. Apple's MPS runs only when
+    asked for ('mps'): no run of predlab on it has been measured or tested, while the CPU path (numba
+    kernels, batches split over the cores) is, so a Mac's default stays on what is known to work.
+    A malformed name, or a named device that is absent, raises ValueError; messages name it as
+    `flag` (the CLI's --device, or a library argument such as device=)."""
     import torch
 
     name = "auto" if name is None else str(name).lower()
@@ -231,9 +233,8 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
     asked = f"{flag} {name}" if cli else f"{flag}{name!r}"
     instead = f"use {flag} cpu or auto" if cli else f"use {flag}'cpu' or 'auto'"
     _check_device_string(name)
-    has_mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu")
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     elif name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"{asked} asked for, but this torch sees no CUDA GPU "
@@ -242,7 +243,7 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{asked}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif name == "mps":
-        if not has_mps:
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise ValueError(f"{asked} asked for, but Apple MPS is not available here; {instead}")
         dev = torch.device("mps")
     else:

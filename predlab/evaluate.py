@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="episodes, all stepped together (default: 200)")
     p.add_argument("--frames", type=bounded_number(int, 1), default=300, help="frames per episode (default: 300)")
     p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--device", default="auto", help="auto (CUDA where there is a GPU, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar over each rollout's frames (default: where stderr is a terminal)")

@@ -37,6 +37,19 @@ def test_mps_where_apple_mps_is_absent_is_refused_with_what_to_use_instead(monke
         config.as_device("mps")
 
 
+def test_auto_takes_a_cuda_gpu_and_otherwise_the_cpu_even_where_apple_mps_is_there(monkeypatch):
+    """On a Mac, auto trained on MPS, a device no run of predlab has been measured or tested on, where
+    the CPU path is both: the default now stays on the CPU, and MPS runs when it is asked for."""
+    import torch
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.resolve_device("auto") == config.resolve_device(None) == torch.device("cpu")
+    assert config.as_device("auto") == torch.device("cpu")
+    assert config.resolve_device("mps") == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.resolve_device("auto") == torch.device("cuda")
+
+
 def test_settings_that_need_exactly_the_memory_there_is_fit():
     assert config.memory_problem([("a", 60), ("b", 40)], have=100) is None
     assert config.memory_problem([("a", 60), ("b", 41)], have=100) is not None
