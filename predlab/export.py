@@ -516,10 +516,12 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
             json.loads(text)
             return None
         # package.json or a file of figures parses too: only a weight file, even a broken one or a
-        # placeholder (`window.TRANSFORMER_PARAMS = {};`, `{}`), is replaced
+        # placeholder (`window.TRANSFORMER_PARAMS = {};`, `{}`), is replaced. A model.js that sets the
+        # page's weights is one even where its text no longer parses (cut short, a slip in a hand edit)
+        if WEIGHTS_ASSIGNMENT.match(strip_comments(text.lstrip("\ufeff")).lstrip()):
+            return None
         params = text_to_params(text, str(path))
-        assigns = WEIGHTS_ASSIGNMENT.match(strip_comments(text.lstrip("\ufeff")).lstrip())
-        return None if not params or _looks_like_weights(params) or assigns else "a weight file"
+        return None if not params or _looks_like_weights(params) else "a weight file"
     except (OSError, UnicodeDecodeError, ValueError):    # WeightFormatError and JSONDecodeError too
         return "a JSON file" if replaces == "json" else "a weight file"
 

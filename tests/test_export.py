@@ -840,3 +840,20 @@ def test_exports_create_the_folders_they_need(model, tmp_path):
     src = save_model_file(model, tmp_path / "best_model.pt")
     assert main([str(src), "--out", str(tmp_path / "site" / "js" / "model.js")]) == 0
     assert read_weights(tmp_path / "site" / "js" / "model.js").config == model.config
+
+
+def test_a_model_js_cut_short_or_mistyped_is_replaced_as_the_weight_file_it_is(model, tmp_path):
+    """A page's model.js that no longer parses (a copy cut short, a slip in a hand edit) is the file to
+    repair with an export: it was refused as "not a weight file", by the CLI and by write_weights."""
+    from predlab.export import main
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    for i, text in enumerate(["/* weights */\nwindow.TRANSFORMER_PARAMS = {\n  d_model: 48,\n  cls_embedding: [0.12",
+                              "'use strict';\nwindow['TRANSFORMER_PARAMS'] = {d_model: 48,, n_heads: 4};\n"]):
+        out = tmp_path / f"cli{i}" / "model.js"
+        out.parent.mkdir()
+        out.write_text(text)
+        assert main([str(src), "--out", str(out)]) == 0
+        assert read_weights(out).config == model.config
+        (tmp_path / f"nb{i}.js").write_text(text)
+        write_weights(model, tmp_path / f"nb{i}.js")
+        assert read_weights(tmp_path / f"nb{i}.js").config == model.config
