@@ -226,3 +226,18 @@ def test_world_js_teacher_equals_closest_pursuit(tmp_path):
     inputs = edge_cases()
     batch = collate(inputs, dtype=torch.float64)
     assert torch.equal(_js_teacher(tmp_path, inputs), closest_pursuit(batch["boids"], batch["mask"]))
+
+
+@pytest.mark.parametrize("assignment", ["self.TRANSFORMER_PARAMS = ", "self['TRANSFORMER_PARAMS'] = ",
+                                        "var TRANSFORMER_PARAMS = "])
+def test_runner_reads_a_model_js_setting_its_weights_on_self(tmp_path, make_model, make_samples, assignment):
+    """A page's script sees window as self too, and predlab reads such a model.js, but the Node runner
+    (behind viz.js_parity) had no self: "ReferenceError: self is not defined"."""
+    model = make_model(4)
+    text = write_weights(model, tmp_path / "model.js").read_text()
+    path = tmp_path / "page_model.js"
+    path.write_text(text.replace("window.TRANSFORMER_PARAMS = ", assignment, 1))
+    inputs = make_samples([0, 5], seed=6)
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    out = torch.tensor(json.loads(node(JS / "run_node.js", path, tmp_path / "in.json")), dtype=torch.float64)
+    assert (out - torch_float64(read_weights(path), inputs)).abs().max().item() <= 1e-6

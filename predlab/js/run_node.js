@@ -14,9 +14,10 @@ const { Engine } = require("./transformer.js");
 function loadWeights(path) {
   const src = fs.readFileSync(path, "utf8");
   if (path.toLowerCase().endsWith(".json")) return JSON.parse(src);   // .JSON too, as write_weights takes it
-  const sandbox = { window: {} };
+  const sandbox = {};
+  sandbox.window = sandbox.self = sandbox;   // as in a page: window, self and the global object are one
   vm.runInNewContext(src, sandbox, { filename: path });
-  const p = sandbox.window.TRANSFORMER_PARAMS || sandbox.TRANSFORMER_PARAMS;
+  const p = sandbox.TRANSFORMER_PARAMS;
   if (!p) throw new Error(path + " does not define window.TRANSFORMER_PARAMS");
   return p;
 }
