@@ -570,7 +570,8 @@ def _format_for(path: Path) -> str:
 def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, Path]) -> Path:
     """Export to model.js or .json (by extension), validated first, written atomically.
 
-    FileExistsError when a file at path is no weight file (a package.json, say): it is not replaced."""
+    FileExistsError when a file at path is no weight file (a package.json, say), PermissionError when it
+    is read-only: it is not replaced."""
     path = Path(path)
     fmt = _format_for(path)
     if not isinstance(model, (TransformerPredator, Mapping)):
@@ -584,7 +585,11 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     if sizes != BROWSER_SIZES:
         warnings.warn(f"exporting sizes {sizes}: the stock browser page accepts only {BROWSER_SIZES} and "
                       "falls back to random weights for any other", stacklevel=2)
-    # write_weights(model, "package.json") in a notebook: only a weight file is replaced, as by the CLI
+    # write_weights(model, "package.json") in a notebook: only a weight file is replaced, as by the CLI;
+    # and, as by the CLI, not one made read-only (the rename below would replace it all the same)
+    if path.is_file() and not path.stat().st_mode & 0o222:
+        raise PermissionError(f"{path} is read-only; predlab will not replace it (make it writable, or write "
+                              "elsewhere)")
     kind = _kind_problem(path, "weights") if path.is_file() else None
     if kind:
         raise FileExistsError(f"{path} exists and is not {kind}; predlab will not replace it (remove it, or "

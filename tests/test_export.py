@@ -857,3 +857,19 @@ def test_a_model_js_cut_short_or_mistyped_is_replaced_as_the_weight_file_it_is(m
         (tmp_path / f"nb{i}.js").write_text(text)
         write_weights(model, tmp_path / f"nb{i}.js")
         assert read_weights(tmp_path / f"nb{i}.js").config == model.config
+
+
+def test_write_weights_will_not_replace_a_read_only_weight_file(model, make_model, tmp_path):
+    """The export CLI refuses a model.js made read-only; write_weights in a notebook replaced it all
+    the same (a rename needs no write permission on the file) and left the new file read-only."""
+    path = write_weights(make_model(7), tmp_path / "model.js")
+    before = path.read_text()
+    path.chmod(0o444)
+    try:
+        with pytest.raises(PermissionError, match="model.js is read-only; predlab will not replace it"):
+            write_weights(model, path)
+        assert path.read_text() == before
+    finally:
+        path.chmod(0o644)
+    write_weights(model, path)                     # writable again: replaced
+    assert read_weights(path).state_dict()["output.bias"].equal(model.state_dict()["output.bias"])
