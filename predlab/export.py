@@ -402,8 +402,10 @@ def deferred_interrupt():
 def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) -> Path:
     """Call write(file) on a temporary file beside path, fsync, then rename over path.
 
-    A crash or kill mid-write leaves the previous file untouched and no temporary behind; a
-    Ctrl-C takes effect once the file is written (deferred_interrupt).
+    A crash or kill mid-write leaves the previous file untouched. An exception removes the
+    temporary; what stops the process at once (SIGKILL, SIGTERM under Python's default handling,
+    a power cut) leaves the partial .NAME.*.tmp beside path. A Ctrl-C takes effect once the file
+    is written (deferred_interrupt).
     """
     with deferred_interrupt():
         return _atomic_write(path, write, binary)
