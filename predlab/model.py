@@ -429,7 +429,7 @@ class TransformerPredator(nn.Module):
         pred_tok = (self.predator_projection(pred_in) + te[2]).unsqueeze(1)                # (B, 1, D)
         boid_tok = self.boid_projection(boids) + te[3]                                     # (B, N, D)
         x = torch.cat([cls_tok, ctx_tok, pred_tok, boid_tok], 1)                           # (B, T, D)
-        keep = torch.cat([mask.new_ones(B, 3), mask.bool()], 1)                            # (B, T)
+        keep = torch.cat([mask.new_ones(B, 3, dtype=torch.bool), mask.bool()], 1)          # (B, T)
         bias = torch.zeros(B, 1, 1, 3 + N, dtype=x.dtype, device=x.device)
         bias = bias.masked_fill(~keep[:, None, None, :], MASKED)
         return x, bias

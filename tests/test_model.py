@@ -417,3 +417,15 @@ def test_dropout_draws_from_the_generator_set_for_its_thread():
     assert torch.equal(a, torch.nn.functional.dropout(x, 0.25, training=True))   # no generator: torch's own
     with dropout_generator(torch.Generator().manual_seed(1)):
         assert torch.equal(d.eval()(x), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.uint8, torch.float32])
+def test_forward_reads_a_0_1_mask_of_another_dtype_as_the_bool_mask(model, samples, dtype):
+    """forward() takes the mask as mask.bool(), but the three fixed tokens' part of it took the
+    mask's dtype: an integer mask failed with 'masked_fill_ only supports boolean masks' and a
+    float one with '~ is only implemented on integer and Boolean tensors'."""
+    batch = collate(samples[:4])
+    with torch.no_grad():
+        want = model(batch)
+        got = model({**batch, "mask": batch["mask"].to(dtype)})
+    assert torch.equal(got, want)
