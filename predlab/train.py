@@ -509,7 +509,9 @@ class SupervisedTrainer:
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         self.train_config = (as_config(TrainConfig, train_config, "train_config") if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
-                                         weight_decay=weight_decay, seed=seed))
+                                         weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                                         min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, min_delta=min_delta,
+                                         seed=seed, cpu_split=cpu_split))
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         # fused: one kernel for all parameters instead of a dozen per tensor (matters most on a GPU)

@@ -278,3 +278,13 @@ def test_set_schedule_is_what_a_checkpoint_records_and_a_later_schedule_starts_f
     assert (saved["learning_rate"], saved["weight_decay"], saved["warmup_epochs"], saved["min_lr_ratio"]) == \
         (1e-3, 0.2, 2.0, 0.3)
     assert WarmupCosine(t.optimizer, 3).base == [1e-3, 1e-3]
+
+
+def test_a_resume_of_a_trainer_made_without_a_train_config_clips_and_schedules_as_it_did(tmp_path):
+    """Its checkpoint recorded TrainConfig's defaults for grad_clip, min_delta, warmup and the final
+    ratio: `--resume` of a run that never clipped (grad_clip 0) clipped at 1.0 from then on."""
+    from predlab.train import parse_args
+    t = _trainer(grad_clip=0.0, min_delta=0.01, warmup_epochs=0.5, min_lr_ratio=0.2)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    tc, _, _, _ = parse_args(["--resume", str(path), "--epochs", "2"])
+    assert (tc.grad_clip, tc.min_delta, tc.warmup_epochs, tc.min_lr_ratio) == (0.0, 0.01, 0.5, 0.2)
