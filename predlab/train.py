@@ -259,6 +259,7 @@ class Checkpointer(Callback):
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
+        self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -346,7 +347,7 @@ class Checkpointer(Callback):
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
-            dest = move_to_previous(moving, self.dir)
+            dest = self.moved_to = move_to_previous(moving, self.dir)
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
@@ -1464,8 +1465,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
-        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "
-              f"files in {tc.checkpoint_dir} are where they were", file=sys.stderr)
+        # a write that failed (a full disk) after the earlier run's files were moved aside for it
+        where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
+                 f"the files in {tc.checkpoint_dir} are where they were")
+        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and "
+              f"{where}", file=sys.stderr)
         return code
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written

@@ -1,6 +1,7 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
 import re
+from pathlib import Path
 
 import pytest
 
@@ -329,3 +330,20 @@ def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monke
     err = capsys.readouterr().err
     assert "training diverged in epoch 2" in err
     assert "no best_model.pt was written before training diverged, so no model.js" in err
+
+
+def test_a_full_disk_at_the_first_best_model_says_where_the_earlier_runs_files_went(tmp_path, monkeypatch, capsys):
+    """The earlier run's files move to previous/ just before this run's first best_model.pt; when that
+    write fails, the run said they were where they were, and the folder held none of them."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best_model.pt").write_bytes(b"an earlier run's")
+    _full_disk_for(monkeypatch, "best_model.pt")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
+    assert len(moved) == 1 and (moved[0] / "best_model.pt").read_bytes() == b"an earlier run's"
+    assert ("no checkpoint or model was written, and the earlier run's files are in "
+            f"{Path('checkpoints') / 'previous' / moved[0].name}") in err and "where they were" not in err
