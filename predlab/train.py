@@ -1454,8 +1454,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"saved so far are intact", file=sys.stderr)
     except OSError as e:                # a full disk under a checkpoint: train() undid the epoch too
         interrupted, code = True, 1
-        print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
-              f"checkpoints saved before it are intact", file=sys.stderr)
+        if trainer.stop_training:       # the checkpoint of the last epoch of a run stopped early, after it
+            print(f"error after epoch {trainer.epoch}, where the run stopped early: {_os_error(e)}; the "
+                  f"checkpoints saved before it are intact", file=sys.stderr)
+        else:
+            print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
+                  f"checkpoints saved before it are intact", file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
     if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \

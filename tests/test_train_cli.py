@@ -1,5 +1,7 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -347,3 +349,19 @@ def test_a_full_disk_at_the_first_best_model_says_where_the_earlier_runs_files_w
     assert len(moved) == 1 and (moved[0] / "best_model.pt").read_bytes() == b"an earlier run's"
     assert ("no checkpoint or model was written, and the earlier run's files are in "
             f"{Path('checkpoints') / 'previous' / moved[0].name}") in err and "where they were" not in err
+
+
+def test_a_full_disk_under_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_follows(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """Early stopping after epoch 2 writes checkpoint_epoch_2.pt once training has ended; when that write
+    failed, the run said an epoch 3, which never began, was not counted."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "checkpoint_epoch_2.pt")
+    # no epoch improves by min_delta 1 on the first: patience 1 stops the run after epoch 2
+    assert main([*SMALL, "--epochs", "6", "--save_every", "5", "--early_stopping", "1", "--min_delta", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error after epoch 2, where the run stopped early: cannot write " \
+           f"{Path('checkpoints') / 'checkpoint_epoch_2.pt'}: {os.strerror(errno.ENOSPC)}" in err
+    assert "epoch 3" not in err
