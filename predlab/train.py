@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -452,6 +453,19 @@ def _switch_tf32(on: bool) -> Callable[[], None]:
         prev = m.fp32_precision
         m.fp32_precision = "tf32" if on else "ieee"
         return lambda: setattr(m, "fp32_precision", prev)
+
+
+def _plain_numbers(obj):
+    """obj with every numpy scalar in it (a learning rate from np.logspace, a callback's np.mean) as
+    the Python number it holds: the weights-only loader refuses numpy scalars, so a checkpoint
+    holding one could not be read back (no resume, no export)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_numbers(v) for v in obj)
+    return obj
 
 
 _SPLIT_POOL: Dict[int, ThreadPoolExecutor] = {}
@@ -944,7 +958,7 @@ class SupervisedTrainer:
             # the trainer's GPU's only (a CPU trainer started CUDA here on a GPU machine), first in
             # the list, as checkpoints of a run on GPU 0 have always had it
             rng["cuda"] = [torch.cuda.get_rng_state(self.device)]
-        return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
+        state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
                 "model_config": dataclasses.asdict(self.model.config),
                 "world_config": dataclasses.asdict(self.world_config),
                 # epochs: what train() was asked for (the run's length, which --resume continues to),
@@ -960,6 +974,7 @@ class SupervisedTrainer:
                 "history": [dict(h) for h in self.history],
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
+        return _plain_numbers(state)    # numpy numbers as Python's
 
     def _optimizer_state(self) -> Dict:
         """optimizer.state_dict() as an eager trainer has it: float learning rates, not capturable

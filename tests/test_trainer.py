@@ -288,3 +288,21 @@ def test_a_resume_of_a_trainer_made_without_a_train_config_clips_and_schedules_a
     path = t.save_checkpoint(tmp_path / "c.pt")
     tc, _, _, _ = parse_args(["--resume", str(path), "--epochs", "2"])
     assert (tc.grad_clip, tc.min_delta, tc.warmup_epochs, tc.min_lr_ratio) == (0.0, 0.01, 0.5, 0.2)
+
+
+
+def test_a_checkpoint_of_a_run_with_numpy_numbers_in_it_can_be_read_back(tmp_path):
+    """A learning rate from np.logspace, or a metric added in on_evaluate as a numpy number (also the
+    one the best epoch follows), went into the checkpoint as a numpy scalar, which the weights-only
+    loader refuses: the run could neither be resumed nor exported from its files."""
+    import numpy as np
+
+    class Spread(Callback):
+        def on_evaluate(self, trainer, epoch, logs):
+            logs["spread"], logs["count"] = np.float32(0.25), np.int64(3)
+    t = _trainer(learning_rate=np.logspace(-4, -2, 3)[1], batch_size=np.int64(16), callbacks=[Spread()])
+    t.monitor = "spread"
+    t.train(1)
+    t.load_checkpoint(t.save_checkpoint(tmp_path / "c.pt"))
+    assert (t.history[0]["spread"], t.history[0]["count"], t.best_metric) == (0.25, 3, 0.25)
+    assert t.scheduler.base == [1e-3, 1e-3] and t.state_dict()["train_config"]["batch_size"] == 16
