@@ -455,6 +455,18 @@ def _switch_tf32(on: bool) -> Callable[[], None]:
         return lambda: setattr(m, "fp32_precision", prev)
 
 
+def _source_settings(source) -> Dict:
+    """The TrainConfig fields that an EpisodeSource or a DaggerSource was made with (what a trainer
+    made without a TrainConfig records for a resume: not TrainConfig's defaults, DAgger on)."""
+    from .dagger import DaggerSource
+    if isinstance(source, DaggerSource):
+        return dict(train_episodes=source.episodes, dagger=True, dagger_start=source.start,
+                    dagger_beta_decay=source.decay, dagger_beta_min=source.beta_min, dagger_buffer=source.buffer)
+    if isinstance(source, EpisodeSource):
+        return dict(train_episodes=source.episodes, dagger=False)
+    return {}
+
+
 def _plain_numbers(obj):
     """obj with every numpy scalar in it (a learning rate from np.logspace, a callback's np.mean) as
     the Python number it holds: the weights-only loader refuses numpy scalars, so a checkpoint
@@ -521,12 +533,15 @@ class SupervisedTrainer:
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.batch_size, self.grad_clip, self.min_delta, self.seed = batch_size, grad_clip, min_delta, seed
+        generator = getattr(train_dataset, "generator", None)
+        if world_config is None and isinstance(generator, EpisodeGenerator):
+            world_config = generator.cfg    # the world of its episodes, which a resume makes again
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         self.train_config = (as_config(TrainConfig, train_config, "train_config") if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
                                          weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                                          min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, min_delta=min_delta,
-                                         seed=seed, cpu_split=cpu_split))
+                                         seed=seed, cpu_split=cpu_split, **_source_settings(train_dataset)))
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         # fused: one kernel for all parameters instead of a dozen per tensor (matters most on a GPU)

@@ -306,3 +306,25 @@ def test_a_checkpoint_of_a_run_with_numpy_numbers_in_it_can_be_read_back(tmp_pat
     t.load_checkpoint(t.save_checkpoint(tmp_path / "c.pt"))
     assert (t.history[0]["spread"], t.history[0]["count"], t.best_metric) == (0.25, 3, 0.25)
     assert t.scheduler.base == [1e-3, 1e-3] and t.state_dict()["train_config"]["batch_size"] == 16
+
+
+def test_a_trainer_on_an_episode_source_records_its_world_and_episodes_for_a_resume(tmp_path):
+    """Made as the README's custom-model example is (a source, no configs), its checkpoints recorded
+    TrainConfig's and WorldConfig's defaults: `--resume` went on with DAgger, 100 episodes per epoch
+    and the default world instead of the run's own."""
+    from predlab.config import WorldConfig
+    from predlab.dagger import DaggerSource
+    from predlab.data import EpisodeGenerator
+    from predlab.train import EpisodeSource, parse_args
+    gen = EpisodeGenerator(WorldConfig(boids_max=12, frames=12), seed=0, progress=False)
+    torch.manual_seed(0)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32),
+                          EpisodeSource(gen, 7), _samples(), device="cpu")
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    tc, _, wc, _ = parse_args(["--resume", str(path), "--epochs", "3"])
+    assert (tc.dagger, tc.train_episodes, wc.boids_max, wc.frames) == (False, 7, 12, 12)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32),
+                          DaggerSource(gen, 5, start=3, decay=0.7, beta_min=0.2, buffer=40), _samples(), device="cpu")
+    saved = t.state_dict()["train_config"]
+    assert [saved[k] for k in ("dagger", "train_episodes", "dagger_start", "dagger_beta_decay", "dagger_beta_min",
+                               "dagger_buffer")] == [True, 5, 3, 0.7, 0.2, 40]
