@@ -863,6 +863,12 @@ class SupervisedTrainer:
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
                           f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
             return self.history
+        for i, cb in enumerate(self.callbacks):
+            # a class given for an instance ([PrintLogger]) failed with "Callback.on_train_begin() missing
+            # 1 required positional argument: 'trainer'"
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback made from it: give "
+                                f"{cb.__name__}(...)")
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks

@@ -328,3 +328,14 @@ def test_a_trainer_on_an_episode_source_records_its_world_and_episodes_for_a_res
     saved = t.state_dict()["train_config"]
     assert [saved[k] for k in ("dagger", "train_episodes", "dagger_start", "dagger_beta_decay", "dagger_beta_min",
                                "dagger_buffer")] == [True, 5, 3, 0.7, 0.2, 40]
+
+
+def test_a_callback_class_given_for_a_callback_is_named_before_training():
+    """callbacks=[PrintLogger] (no parentheses) failed with "Callback.on_train_begin() missing 1 required
+    positional argument: 'trainer'", which names neither the callback nor the slip."""
+    from predlab.train import PrintLogger
+    t = _trainer(callbacks=[PrintLogger])
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is the class PrintLogger, not a callback made from it: "
+                                        r"give PrintLogger\(...\)"):
+        t.train(1)
+    assert t.epoch == 0 and t.history == []
