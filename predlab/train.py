@@ -1518,8 +1518,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print("interrupted: the export above was completed first", file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"error: {_os_error(e)}; no model.js was written (any earlier one is where it was), and the "
-              f"checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
+        if e.filename and Path(e.filename).name == "model.json":    # written after model.js
+            what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
+        else:
+            what = "no model.js was written (any earlier one is where it was)"
+        print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
 
 

@@ -365,3 +365,19 @@ def test_a_full_disk_under_an_early_stopped_runs_last_checkpoint_names_the_epoch
     assert "error after epoch 2, where the run stopped early: cannot write " \
            f"{Path('checkpoints') / 'checkpoint_epoch_2.pt'}: {os.strerror(errno.ENOSPC)}" in err
     assert "epoch 3" not in err
+
+
+def test_a_full_disk_under_model_json_says_that_model_js_was_written(tmp_path, monkeypatch, capsys):
+    """model.js is written before model.json; when only model.json could not be written, the run said
+    that no model.js was written, while the folder held the new one."""
+    from test_train import _full_disk_for
+    from predlab.export import load_model_file
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "model.json")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {Path('checkpoints') / 'model.json'}: {os.strerror(errno.ENOSPC)}; " \
+           f"{Path('checkpoints') / 'model.js'} was written, model.json was not" in err
+    assert "no model.js was written" not in err
+    load_model_file(tmp_path / "checkpoints" / "model.js")
