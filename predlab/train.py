@@ -1520,8 +1520,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     except OSError as e:
         if e.filename and Path(e.filename).name == "model.json":    # written after model.js
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
-        else:
-            what = "no model.js was written (any earlier one is where it was)"
+        else:    # an earlier run's model.js was moved aside when this run first wrote
+            earlier = checkpointer.moved_to / "model.js" if checkpointer.moved_to else None
+            what = "no model.js was written " + (f"(the earlier run's is {earlier})" if earlier and earlier.is_file()
+                                                 else "(any earlier one is where it was)")
         print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
 

@@ -381,3 +381,20 @@ def test_a_full_disk_under_model_json_says_that_model_js_was_written(tmp_path, m
            f"{Path('checkpoints') / 'model.js'} was written, model.json was not" in err
     assert "no model.js was written" not in err
     load_model_file(tmp_path / "checkpoints" / "model.js")
+
+
+def test_a_full_disk_under_model_js_says_where_the_earlier_runs_model_js_went(tmp_path, monkeypatch, capsys):
+    """The earlier run's model.js moves to previous/ at this run's first write; when this run's
+    model.js then could not be written, the run said any earlier one was where it was."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.js").write_text("window.TRANSFORMER_PARAMS = {};  // an earlier run's\n")
+    _full_disk_for(monkeypatch, "model.js")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
+    assert len(moved) == 1 and "an earlier run's" in (moved[0] / "model.js").read_text()
+    assert ("no model.js was written (the earlier run's is "
+            f"{Path('checkpoints') / 'previous' / moved[0].name / 'model.js'})") in err
