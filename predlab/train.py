@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -259,6 +260,7 @@ class Checkpointer(Callback):
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
+        self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -346,7 +348,7 @@ class Checkpointer(Callback):
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
-            dest = move_to_previous(moving, self.dir)
+            dest = self.moved_to = move_to_previous(moving, self.dir)
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
@@ -453,6 +455,31 @@ def _switch_tf32(on: bool) -> Callable[[], None]:
         return lambda: setattr(m, "fp32_precision", prev)
 
 
+def _source_settings(source) -> Dict:
+    """The TrainConfig fields that an EpisodeSource or a DaggerSource was made with (what a trainer
+    made without a TrainConfig records for a resume: not TrainConfig's defaults, DAgger on)."""
+    from .dagger import DaggerSource
+    if isinstance(source, DaggerSource):
+        return dict(train_episodes=source.episodes, dagger=True, dagger_start=source.start,
+                    dagger_beta_decay=source.decay, dagger_beta_min=source.beta_min, dagger_buffer=source.buffer)
+    if isinstance(source, EpisodeSource):
+        return dict(train_episodes=source.episodes, dagger=False)
+    return {}
+
+
+def _plain_numbers(obj):
+    """obj with every numpy scalar in it (a learning rate from np.logspace, a callback's np.mean) as
+    the Python number it holds: the weights-only loader refuses numpy scalars, so a checkpoint
+    holding one could not be read back (no resume, no export)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: _plain_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_numbers(v) for v in obj)
+    return obj
+
+
 _SPLIT_POOL: Dict[int, ThreadPoolExecutor] = {}
 AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch thread up to this)
 
@@ -506,10 +533,15 @@ class SupervisedTrainer:
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         self.batch_size, self.grad_clip, self.min_delta, self.seed = batch_size, grad_clip, min_delta, seed
+        generator = getattr(train_dataset, "generator", None)
+        if world_config is None and isinstance(generator, EpisodeGenerator):
+            world_config = generator.cfg    # the world of its episodes, which a resume makes again
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         self.train_config = (as_config(TrainConfig, train_config, "train_config") if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
-                                         weight_decay=weight_decay, seed=seed))
+                                         weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+                                         min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, min_delta=min_delta,
+                                         seed=seed, cpu_split=cpu_split, **_source_settings(train_dataset)))
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         # fused: one kernel for all parameters instead of a dozen per tensor (matters most on a GPU)
@@ -831,6 +863,12 @@ class SupervisedTrainer:
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
                           f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
             return self.history
+        for i, cb in enumerate(self.callbacks):
+            # a class given for an instance ([PrintLogger]) failed with "Callback.on_train_begin() missing
+            # 1 required positional argument: 'trainer'"
+            if isinstance(cb, type):
+                raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback made from it: give "
+                                f"{cb.__name__}(...)")
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
@@ -941,7 +979,7 @@ class SupervisedTrainer:
             # the trainer's GPU's only (a CPU trainer started CUDA here on a GPU machine), first in
             # the list, as checkpoints of a run on GPU 0 have always had it
             rng["cuda"] = [torch.cuda.get_rng_state(self.device)]
-        return {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
+        state = {"format": ckpt_io.FORMAT, "version": ckpt_io.VERSION,
                 "model_config": dataclasses.asdict(self.model.config),
                 "world_config": dataclasses.asdict(self.world_config),
                 # epochs: what train() was asked for (the run's length, which --resume continues to),
@@ -957,6 +995,7 @@ class SupervisedTrainer:
                 "history": [dict(h) for h in self.history],
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
+        return _plain_numbers(state)    # numpy numbers as Python's
 
     def _optimizer_state(self) -> Dict:
         """optimizer.state_dict() as an eager trainer has it: float learning rates, not capturable
@@ -1451,8 +1490,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"saved so far are intact", file=sys.stderr)
     except OSError as e:                # a full disk under a checkpoint: train() undid the epoch too
         interrupted, code = True, 1
-        print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
-              f"checkpoints saved before it are intact", file=sys.stderr)
+        if trainer.stop_training:       # the checkpoint of the last epoch of a run stopped early, after it
+            print(f"error after epoch {trainer.epoch}, where the run stopped early: {_os_error(e)}; the "
+                  f"checkpoints saved before it are intact", file=sys.stderr)
+        else:
+            print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
+                  f"checkpoints saved before it are intact", file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
     if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \
@@ -1462,8 +1505,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
-        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and the "
-              f"files in {tc.checkpoint_dir} are where they were", file=sys.stderr)
+        # a write that failed (a full disk) after the earlier run's files were moved aside for it
+        where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
+                 f"the files in {tc.checkpoint_dir} are where they were")
+        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and "
+              f"{where}", file=sys.stderr)
         return code
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
@@ -1472,8 +1518,13 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print("interrupted: the export above was completed first", file=sys.stderr)
         return 130
     except OSError as e:
-        print(f"error: {_os_error(e)}; no model.js was written (any earlier one is where it was), and the "
-              f"checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
+        if e.filename and Path(e.filename).name == "model.json":    # written after model.js
+            what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
+        else:    # an earlier run's model.js was moved aside when this run first wrote
+            earlier = checkpointer.moved_to / "model.js" if checkpointer.moved_to else None
+            what = "no model.js was written " + (f"(the earlier run's is {earlier})" if earlier and earlier.is_file()
+                                                 else "(any earlier one is where it was)")
+        print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
 
 

@@ -1,6 +1,9 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
+import errno
+import os
 import re
+from pathlib import Path
 
 import pytest
 
@@ -329,3 +332,69 @@ def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monke
     err = capsys.readouterr().err
     assert "training diverged in epoch 2" in err
     assert "no best_model.pt was written before training diverged, so no model.js" in err
+
+
+def test_a_full_disk_at_the_first_best_model_says_where_the_earlier_runs_files_went(tmp_path, monkeypatch, capsys):
+    """The earlier run's files move to previous/ just before this run's first best_model.pt; when that
+    write fails, the run said they were where they were, and the folder held none of them."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best_model.pt").write_bytes(b"an earlier run's")
+    _full_disk_for(monkeypatch, "best_model.pt")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
+    assert len(moved) == 1 and (moved[0] / "best_model.pt").read_bytes() == b"an earlier run's"
+    assert ("no checkpoint or model was written, and the earlier run's files are in "
+            f"{Path('checkpoints') / 'previous' / moved[0].name}") in err and "where they were" not in err
+
+
+def test_a_full_disk_under_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_follows(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """Early stopping after epoch 2 writes checkpoint_epoch_2.pt once training has ended; when that write
+    failed, the run said an epoch 3, which never began, was not counted."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "checkpoint_epoch_2.pt")
+    # no epoch improves by min_delta 1 on the first: patience 1 stops the run after epoch 2
+    assert main([*SMALL, "--epochs", "6", "--save_every", "5", "--early_stopping", "1", "--min_delta", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "error after epoch 2, where the run stopped early: cannot write " \
+           f"{Path('checkpoints') / 'checkpoint_epoch_2.pt'}: {os.strerror(errno.ENOSPC)}" in err
+    assert "epoch 3" not in err
+
+
+def test_a_full_disk_under_model_json_says_that_model_js_was_written(tmp_path, monkeypatch, capsys):
+    """model.js is written before model.json; when only model.json could not be written, the run said
+    that no model.js was written, while the folder held the new one."""
+    from test_train import _full_disk_for
+    from predlab.export import load_model_file
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "model.json")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {Path('checkpoints') / 'model.json'}: {os.strerror(errno.ENOSPC)}; " \
+           f"{Path('checkpoints') / 'model.js'} was written, model.json was not" in err
+    assert "no model.js was written" not in err
+    load_model_file(tmp_path / "checkpoints" / "model.js")
+
+
+def test_a_full_disk_under_model_js_says_where_the_earlier_runs_model_js_went(tmp_path, monkeypatch, capsys):
+    """The earlier run's model.js moves to previous/ at this run's first write; when this run's
+    model.js then could not be written, the run said any earlier one was where it was."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.js").write_text("window.TRANSFORMER_PARAMS = {};  // an earlier run's\n")
+    _full_disk_for(monkeypatch, "model.js")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
+    assert len(moved) == 1 and "an earlier run's" in (moved[0] / "model.js").read_text()
+    assert ("no model.js was written (the earlier run's is "
+            f"{Path('checkpoints') / 'previous' / moved[0].name / 'model.js'})") in err

@@ -278,3 +278,64 @@ def test_set_schedule_is_what_a_checkpoint_records_and_a_later_schedule_starts_f
     assert (saved["learning_rate"], saved["weight_decay"], saved["warmup_epochs"], saved["min_lr_ratio"]) == \
         (1e-3, 0.2, 2.0, 0.3)
     assert WarmupCosine(t.optimizer, 3).base == [1e-3, 1e-3]
+
+
+def test_a_resume_of_a_trainer_made_without_a_train_config_clips_and_schedules_as_it_did(tmp_path):
+    """Its checkpoint recorded TrainConfig's defaults for grad_clip, min_delta, warmup and the final
+    ratio: `--resume` of a run that never clipped (grad_clip 0) clipped at 1.0 from then on."""
+    from predlab.train import parse_args
+    t = _trainer(grad_clip=0.0, min_delta=0.01, warmup_epochs=0.5, min_lr_ratio=0.2)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    tc, _, _, _ = parse_args(["--resume", str(path), "--epochs", "2"])
+    assert (tc.grad_clip, tc.min_delta, tc.warmup_epochs, tc.min_lr_ratio) == (0.0, 0.01, 0.5, 0.2)
+
+
+
+def test_a_checkpoint_of_a_run_with_numpy_numbers_in_it_can_be_read_back(tmp_path):
+    """A learning rate from np.logspace, or a metric added in on_evaluate as a numpy number (also the
+    one the best epoch follows), went into the checkpoint as a numpy scalar, which the weights-only
+    loader refuses: the run could neither be resumed nor exported from its files."""
+    import numpy as np
+
+    class Spread(Callback):
+        def on_evaluate(self, trainer, epoch, logs):
+            logs["spread"], logs["count"] = np.float32(0.25), np.int64(3)
+    t = _trainer(learning_rate=np.logspace(-4, -2, 3)[1], batch_size=np.int64(16), callbacks=[Spread()])
+    t.monitor = "spread"
+    t.train(1)
+    t.load_checkpoint(t.save_checkpoint(tmp_path / "c.pt"))
+    assert (t.history[0]["spread"], t.history[0]["count"], t.best_metric) == (0.25, 3, 0.25)
+    assert t.scheduler.base == [1e-3, 1e-3] and t.state_dict()["train_config"]["batch_size"] == 16
+
+
+def test_a_trainer_on_an_episode_source_records_its_world_and_episodes_for_a_resume(tmp_path):
+    """Made as the README's custom-model example is (a source, no configs), its checkpoints recorded
+    TrainConfig's and WorldConfig's defaults: `--resume` went on with DAgger, 100 episodes per epoch
+    and the default world instead of the run's own."""
+    from predlab.config import WorldConfig
+    from predlab.dagger import DaggerSource
+    from predlab.data import EpisodeGenerator
+    from predlab.train import EpisodeSource, parse_args
+    gen = EpisodeGenerator(WorldConfig(boids_max=12, frames=12), seed=0, progress=False)
+    torch.manual_seed(0)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32),
+                          EpisodeSource(gen, 7), _samples(), device="cpu")
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    tc, _, wc, _ = parse_args(["--resume", str(path), "--epochs", "3"])
+    assert (tc.dagger, tc.train_episodes, wc.boids_max, wc.frames) == (False, 7, 12, 12)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32),
+                          DaggerSource(gen, 5, start=3, decay=0.7, beta_min=0.2, buffer=40), _samples(), device="cpu")
+    saved = t.state_dict()["train_config"]
+    assert [saved[k] for k in ("dagger", "train_episodes", "dagger_start", "dagger_beta_decay", "dagger_beta_min",
+                               "dagger_buffer")] == [True, 5, 3, 0.7, 0.2, 40]
+
+
+def test_a_callback_class_given_for_a_callback_is_named_before_training():
+    """callbacks=[PrintLogger] (no parentheses) failed with "Callback.on_train_begin() missing 1 required
+    positional argument: 'trainer'", which names neither the callback nor the slip."""
+    from predlab.train import PrintLogger
+    t = _trainer(callbacks=[PrintLogger])
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is the class PrintLogger, not a callback made from it: "
+                                        r"give PrintLogger\(...\)"):
+        t.train(1)
+    assert t.epoch == 0 and t.history == []
