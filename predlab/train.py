@@ -794,7 +794,7 @@ class SupervisedTrainer:
         A step of this small model is hundreds of kernels of a few microseconds each: launched one by
         one from Python, the GPU waits for the host; a replay launches them all at once.
         """
-        key = (tuple(b["boids"].shape), self.autocast, self.tf32)
+        key = (tuple(b["boids"].shape), self.autocast, self.tf32, float(self.grad_clip))   # clip baked in a capture
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(b)

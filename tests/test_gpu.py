@@ -234,6 +234,21 @@ def test_graphed_training_goes_on_after_set_schedule_and_load(data, tmp_path):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
 
+def test_graphed_training_follows_a_grad_clip_changed_between_epochs(data):
+    """A capture bakes the clipping norm into the graph: trainer.grad_clip set between epochs (a
+    notebook lowering it after a spike) went on replaying the old norm, where eager steps took the
+    new one."""
+    runs = {}
+    for graphs in (False, True):
+        t = _trainer(data, cuda_graphs=graphs)
+        t.train_epoch(data)
+        t.grad_clip = 1e-3                       # small enough that every step is clipped
+        t.train_epoch(data)
+        runs[graphs] = [p.detach().cpu() for p in t.model.parameters()]
+    for a, b in zip(runs[False], runs[True]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
 def test_graphed_epoch_cut_short_is_undone_in_place(data):
     """An epoch cut by Ctrl-C is undone in place (weights, AdamW state made for the graphs, the
     learning-rate tensors): the captured steps stay valid, and training again equals a run that
