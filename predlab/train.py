@@ -938,6 +938,7 @@ class SupervisedTrainer:
         AdamW state made during the epoch is zeroed, which is how a first step finds it."""
         for t, v in zip(self.model.state_dict().values(), start["weights"]):
             t.copy_(v)
+        self.model.eval()              # as a finished epoch leaves it (validation's mode): no dropout
         for p, st in self.optimizer.state.items():
             before = start["optimizer"].get(p, {})
             for k, v in st.items():

@@ -339,3 +339,24 @@ def test_a_callback_class_given_for_a_callback_is_named_before_training():
                                         r"give PrintLogger\(...\)"):
         t.train(1)
     assert t.epoch == 0 and t.history == []
+
+
+def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoch_does(monkeypatch):
+    """After a Ctrl-C the model stood in training mode, where a finished epoch leaves it in eval
+    mode: with dropout, the model a notebook then called directly gave other actions each call."""
+    t = _trainer(dropout=0.3)
+    t.train(1)
+    assert not t.model.training
+    validate = SupervisedTrainer.validate
+
+    def cut(self, data=None):       # epoch 2's steps done, the model in training mode
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return validate(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "validate", cut)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(2)
+    assert t.epoch == 1 and not t.model.training
+    batch = next(iter(t._batches(t.val_dataset, shuffle=False)))
+    with torch.no_grad():
+        assert torch.equal(t.model(batch), t.model(batch))
