@@ -537,7 +537,9 @@ class SupervisedTrainer:
         if world_config is None and isinstance(generator, EpisodeGenerator):
             world_config = generator.cfg    # the world of its episodes, which a resume makes again
         self.world_config = as_config(WorldConfig, world_config, "world_config")
-        self.train_config = (as_config(TrainConfig, train_config, "train_config") if train_config is not None else
+        # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
+        self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
+                             if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
                                          weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                                          min_lr_ratio=min_lr_ratio, grad_clip=grad_clip, min_delta=min_delta,

@@ -360,3 +360,15 @@ def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoc
     batch = next(iter(t._batches(t.val_dataset, shuffle=False)))
     with torch.no_grad():
         assert torch.equal(t.model(batch), t.model(batch))
+
+
+def test_set_schedule_leaves_the_train_config_the_trainer_was_given_alone():
+    """set_schedule records its settings in the trainer's TrainConfig, which was the caller's own
+    object: a config shared by two trainers (a notebook's comparison) changed under the other one."""
+    from predlab.config import TrainConfig
+    tc = TrainConfig(learning_rate=3e-3, batch_size=16, cpu_split=1)
+    a, b = _trainer(train_config=tc), _trainer(train_config=tc)
+    a.set_schedule(learning_rate=1e-4, weight_decay=0.2)
+    assert (tc.learning_rate, tc.weight_decay) == (3e-3, 0.01)
+    assert (b.train_config.learning_rate, b.train_config.weight_decay) == (3e-3, 0.01)
+    assert (a.train_config.learning_rate, a.train_config.weight_decay) == (1e-4, 0.2)
