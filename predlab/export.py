@@ -538,7 +538,8 @@ def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[st
 
 def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path]) -> Path:
     """Move files into directory/previous/<time of the newest>/ (a new folder each time), so that
-    nothing of an earlier run or export is overwritten -> that folder."""
+    nothing of an earlier run or export is overwritten -> that folder. A Ctrl-C takes effect once
+    all of them are moved."""
     directory = Path(directory)
     if (directory / "previous").exists() and not (directory / "previous").is_dir():
         raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
@@ -550,8 +551,9 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
         k += 1
         dest = directory / "previous" / f"{stamp}-{k}"
     dest.mkdir(parents=True)
-    for p in files:
-        p.rename(dest / p.name)
+    with deferred_interrupt():        # a Ctrl-C between renames left a run's files split over two folders
+        for p in files:
+            p.rename(dest / p.name)
     return dest
 
 

@@ -873,3 +873,28 @@ def test_write_weights_will_not_replace_a_read_only_weight_file(model, make_mode
         path.chmod(0o644)
     write_weights(model, path)                     # writable again: replaced
     assert read_weights(path).state_dict()["output.bias"].equal(model.state_dict()["output.bias"])
+
+
+def test_a_ctrl_c_while_earlier_files_move_aside_takes_effect_once_all_have_moved(tmp_path, monkeypatch):
+    """A Ctrl-C between two renames left an earlier run's files split between the checkpoint folder
+    and previous/: its best_model.pt moved, its model.js not, say."""
+    import os
+    import pathlib
+    import signal
+    from predlab.export import move_to_previous
+    files = [tmp_path / n for n in ("best_model.pt", "model.js", "model.json")]
+    for f in files:
+        f.write_text(f.name)
+    rename = pathlib.Path.rename
+
+    def rename_then_ctrl_c(self, target):
+        out = rename(self, target)
+        if self.name == "best_model.pt":
+            os.kill(os.getpid(), signal.SIGINT)      # the user's Ctrl-C, after the first rename
+        return out
+    monkeypatch.setattr(pathlib.Path, "rename", rename_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        move_to_previous(files, tmp_path)
+    assert not any(f.exists() for f in files)
+    [dest] = (tmp_path / "previous").iterdir()
+    assert sorted(p.name for p in dest.iterdir()) == sorted(f.name for f in files)
