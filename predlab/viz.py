@@ -750,8 +750,10 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         finally:
             trainer.train_dataset.generator.close()
         model = trainer.model.cpu().eval()
+        # the model of the last epoch, not of the best one: its own val MSE (best_metric may be an earlier epoch's)
         msg = (f"no checkpoint at {path}: trained a small model instead ({epochs} epoch(s) of "
-               f"{S['fallback_episodes']} episodes, val MSE {trainer.best_metric:.4f}); run 02_train.ipynb for a real one")
+               f"{S['fallback_episodes']} episodes, val MSE {trainer.history[-1]['val_loss']:.4f}); "
+               f"run 02_train.ipynb for a real one")
     if verbose:
         print(msg)
     return model, msg

@@ -820,3 +820,23 @@ def test_a_canvas_size_given_by_hand_stays_on_its_sliders_grid(kwargs, name, gri
 def test_a_batch_size_given_by_hand_stays_on_its_sliders_grid():
     b = widgets.make_train_controls(batch_size=100).widgets["batch_size"]
     assert b.value == 100 and b.min == 16 and b.step == 4       # 16 + 21 * 4
+
+
+def test_load_best_model_reports_the_val_mse_of_the_model_it_trained(tmp_path, monkeypatch):
+    """Without a checkpoint it trains a stand-in and returns the model of its last epoch: the message
+    gave the best epoch's val MSE (0.30 here), not that model's (0.40)."""
+    import predlab.train
+    from predlab.model import TransformerPredator
+
+    class Trainer:
+        def __init__(self, **kw):
+            self.model = TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8)
+            self.train_dataset = type("Data", (), {"generator": type("Gen", (), {"close": lambda self: None})()})()
+
+        def train(self, epochs):
+            self.history = [{"epoch": e + 1, "val_loss": v} for e, v in enumerate((0.5, 0.3, 0.4))]
+            self.best_metric, self.best_epoch = 0.3, 2
+
+    monkeypatch.setattr(predlab.train, "create_trainer", Trainer)
+    model, msg = viz.load_best_model(tmp_path, epochs=3, verbose=False)
+    assert "val MSE 0.4000" in msg and "0.3000" not in msg
