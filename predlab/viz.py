@@ -824,12 +824,13 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
 
     _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
-    torch_out = model.predict(list(samples)).double().cpu().numpy()                # [B, 2]
+    samples = list(samples)     # once: an iterator fed PyTorch and left Node nothing (a shape error)
+    torch_out = model.predict(samples).double().cpu().numpy()                      # [B, 2]
     with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:
         if weights is None:
             weights = write_weights(model, Path(tmp) / "model.js")
         inputs = Path(tmp) / "inputs.json"
-        inputs.write_text(json.dumps(list(samples)))
+        inputs.write_text(json.dumps(samples))
         res = subprocess.run([node, str(script), str(weights), str(inputs)], capture_output=True, text=True,
                              timeout=120)
     if res.returncode != 0:

@@ -840,3 +840,12 @@ def test_load_best_model_reports_the_val_mse_of_the_model_it_trained(tmp_path, m
     monkeypatch.setattr(predlab.train, "create_trainer", Trainer)
     model, msg = viz.load_best_model(tmp_path, epochs=3, verbose=False)
     assert "val MSE 0.4000" in msg and "0.3000" not in msg
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_takes_the_inputs_as_an_iterator(make_model, make_samples):
+    """Inputs given as a generator: PyTorch and Node both see all of them (Node got none, and
+    the comparison failed with a broadcasting error)."""
+    inputs = make_samples([0, 3, 6], seed=4)
+    res = viz.js_parity(make_model(1), (s for s in inputs))
+    assert res["torch"].shape == res["js"].shape == (3, 2) and res["max_abs_diff"] < 1e-5
