@@ -335,8 +335,10 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
     if isinstance(labels, str):
         raise TypeError(f"labels must be a list of names, one per episode, not the string {labels!r}")
-    if labels is not None and len(labels) != len(series):
-        raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
+    if labels is not None:
+        labels = list(labels)   # a numpy array of names: its truth value below raised "ambiguous"
+        if len(labels) != len(series):
+            raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
     for i, c in enumerate(series):
         if c.ndim != 1:
             raise ValueError(f"catches[{i}] must be per-frame catch counts [T], got shape {list(c.shape)}")

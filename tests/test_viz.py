@@ -849,3 +849,8 @@ def test_js_parity_takes_the_inputs_as_an_iterator(make_model, make_samples):
     inputs = make_samples([0, 3, 6], seed=4)
     res = viz.js_parity(make_model(1), (s for s in inputs))
     assert res["torch"].shape == res["js"].shape == (3, 2) and res["max_abs_diff"] < 1e-5
+
+
+def test_plot_catches_takes_labels_as_a_numpy_array(rollout):
+    fig = viz.plot_catches([rollout, rollout], labels=np.array(["teacher", "model"]))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["teacher", "model"]
