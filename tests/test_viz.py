@@ -854,3 +854,10 @@ def test_js_parity_takes_the_inputs_as_an_iterator(make_model, make_samples):
 def test_plot_catches_takes_labels_as_a_numpy_array(rollout):
     fig = viz.plot_catches([rollout, rollout], labels=np.array(["teacher", "model"]))
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["teacher", "model"]
+
+
+@pytest.mark.parametrize("seed,error", [(-1, ValueError), (1.5, TypeError), ("a", TypeError)])
+def test_sim_controls_refuse_a_bad_seed_when_built(seed, error):
+    """Not at the first slider move, inside a widget callback, where the notebook shows no error."""
+    with pytest.raises(error, match="seed must be a whole number"):
+        widgets.make_sim_controls(seed=seed, run_now=False, n_boids=3, frames=2)
