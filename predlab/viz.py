@@ -332,6 +332,9 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
                     and all(isinstance(c, numbers.Real) for c in catches))   # was "catches[0] ... shape []"
     if isinstance(catches, Rollout) or counts or numbers_list:
         catches = [catches]
+    if not hasattr(catches, "__iter__"):     # evaluate.rollout's Rollout (per-episode totals) gave "not iterable"
+        raise TypeError(f"catches must be a viz.Rollout (record_rollout), per-frame catch counts [T] or a list of "
+                        f"them, not {type(catches).__module__}.{type(catches).__name__}")
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
     if isinstance(labels, str):
         raise TypeError(f"labels must be a list of names, one per episode, not the string {labels!r}")

@@ -861,3 +861,12 @@ def test_sim_controls_refuse_a_bad_seed_when_built(seed, error):
     """Not at the first slider move, inside a widget callback, where the notebook shows no error."""
     with pytest.raises(error, match="seed must be a whole number"):
         widgets.make_sim_controls(seed=seed, run_now=False, n_boids=3, frames=2)
+
+
+def test_plot_catches_names_a_rollout_of_evaluate_as_the_wrong_kind():
+    """predlab.evaluate's Rollout holds per-episode totals, not catches per frame: a TypeError saying
+    what to pass, not "'Rollout' object is not iterable"."""
+    from predlab import evaluate
+
+    with pytest.raises(TypeError, match=r"catches must be a viz.Rollout .* not predlab.evaluate.Rollout"):
+        viz.plot_catches(evaluate.rollout("teacher", episodes=1, frames=2))
