@@ -332,11 +332,16 @@ def plot_catches(catches: Union[np.ndarray, Sequence[np.ndarray], Rollout, Seque
                     and all(isinstance(c, numbers.Real) for c in catches))   # was "catches[0] ... shape []"
     if isinstance(catches, Rollout) or counts or numbers_list:
         catches = [catches]
+    if not hasattr(catches, "__iter__"):     # evaluate.rollout's Rollout (per-episode totals) gave "not iterable"
+        raise TypeError(f"catches must be a viz.Rollout (record_rollout), per-frame catch counts [T] or a list of "
+                        f"them, not {type(catches).__module__}.{type(catches).__name__}")
     series = [c.caught if isinstance(c, Rollout) else np.asarray(c) for c in catches]
     if isinstance(labels, str):
         raise TypeError(f"labels must be a list of names, one per episode, not the string {labels!r}")
-    if labels is not None and len(labels) != len(series):
-        raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
+    if labels is not None:
+        labels = list(labels)   # a numpy array of names: its truth value below raised "ambiguous"
+        if len(labels) != len(series):
+            raise ValueError(f"labels has {len(labels)} name(s) for {len(series)} episode(s): give one per episode")
     for i, c in enumerate(series):
         if c.ndim != 1:
             raise ValueError(f"catches[{i}] must be per-frame catch counts [T], got shape {list(c.shape)}")
@@ -750,8 +755,10 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         finally:
             trainer.train_dataset.generator.close()
         model = trainer.model.cpu().eval()
+        # the model of the last epoch, not of the best one: its own val MSE (best_metric may be an earlier epoch's)
         msg = (f"no checkpoint at {path}: trained a small model instead ({epochs} epoch(s) of "
-               f"{S['fallback_episodes']} episodes, val MSE {trainer.best_metric:.4f}); run 02_train.ipynb for a real one")
+               f"{S['fallback_episodes']} episodes, val MSE {trainer.history[-1]['val_loss']:.4f}); "
+               f"run 02_train.ipynb for a real one")
     if verbose:
         print(msg)
     return model, msg
@@ -822,12 +829,13 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
 
     _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
-    torch_out = model.predict(list(samples)).double().cpu().numpy()                # [B, 2]
+    samples = list(samples)     # once: an iterator fed PyTorch and left Node nothing (a shape error)
+    torch_out = model.predict(samples).double().cpu().numpy()                      # [B, 2]
     with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:
         if weights is None:
             weights = write_weights(model, Path(tmp) / "model.js")
         inputs = Path(tmp) / "inputs.json"
-        inputs.write_text(json.dumps(list(samples)))
+        inputs.write_text(json.dumps(samples))
         res = subprocess.run([node, str(script), str(weights), str(inputs)], capture_output=True, text=True,
                              timeout=120)
     if res.returncode != 0:

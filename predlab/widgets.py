@@ -161,6 +161,9 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
     """
     from IPython.display import HTML, display
 
+    # checked now: with run_now=False a bad seed failed at the first slider move, inside a widget
+    # callback, whose error JupyterLab shows only in its log console
+    seed = whole_number("seed", seed, 0, C.SEED_MAX)
     ctl = Controls(sim_widgets(**defaults), W.Output())
     ctl.last = None
 

@@ -820,3 +820,53 @@ def test_a_canvas_size_given_by_hand_stays_on_its_sliders_grid(kwargs, name, gri
 def test_a_batch_size_given_by_hand_stays_on_its_sliders_grid():
     b = widgets.make_train_controls(batch_size=100).widgets["batch_size"]
     assert b.value == 100 and b.min == 16 and b.step == 4       # 16 + 21 * 4
+
+
+def test_load_best_model_reports_the_val_mse_of_the_model_it_trained(tmp_path, monkeypatch):
+    """Without a checkpoint it trains a stand-in and returns the model of its last epoch: the message
+    gave the best epoch's val MSE (0.30 here), not that model's (0.40)."""
+    import predlab.train
+    from predlab.model import TransformerPredator
+
+    class Trainer:
+        def __init__(self, **kw):
+            self.model = TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8)
+            self.train_dataset = type("Data", (), {"generator": type("Gen", (), {"close": lambda self: None})()})()
+
+        def train(self, epochs):
+            self.history = [{"epoch": e + 1, "val_loss": v} for e, v in enumerate((0.5, 0.3, 0.4))]
+            self.best_metric, self.best_epoch = 0.3, 2
+
+    monkeypatch.setattr(predlab.train, "create_trainer", Trainer)
+    model, msg = viz.load_best_model(tmp_path, epochs=3, verbose=False)
+    assert "val MSE 0.4000" in msg and "0.3000" not in msg
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_takes_the_inputs_as_an_iterator(make_model, make_samples):
+    """Inputs given as a generator: PyTorch and Node both see all of them (Node got none, and
+    the comparison failed with a broadcasting error)."""
+    inputs = make_samples([0, 3, 6], seed=4)
+    res = viz.js_parity(make_model(1), (s for s in inputs))
+    assert res["torch"].shape == res["js"].shape == (3, 2) and res["max_abs_diff"] < 1e-5
+
+
+def test_plot_catches_takes_labels_as_a_numpy_array(rollout):
+    fig = viz.plot_catches([rollout, rollout], labels=np.array(["teacher", "model"]))
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["teacher", "model"]
+
+
+@pytest.mark.parametrize("seed,error", [(-1, ValueError), (1.5, TypeError), ("a", TypeError)])
+def test_sim_controls_refuse_a_bad_seed_when_built(seed, error):
+    """Not at the first slider move, inside a widget callback, where the notebook shows no error."""
+    with pytest.raises(error, match="seed must be a whole number"):
+        widgets.make_sim_controls(seed=seed, run_now=False, n_boids=3, frames=2)
+
+
+def test_plot_catches_names_a_rollout_of_evaluate_as_the_wrong_kind():
+    """predlab.evaluate's Rollout holds per-episode totals, not catches per frame: a TypeError saying
+    what to pass, not "'Rollout' object is not iterable"."""
+    from predlab import evaluate
+
+    with pytest.raises(TypeError, match=r"catches must be a viz.Rollout .* not predlab.evaluate.Rollout"):
+        viz.plot_catches(evaluate.rollout("teacher", episodes=1, frames=2))
