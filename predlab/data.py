@@ -219,7 +219,7 @@ class SampleSet:
         n = self.n[idx]
         N = int(n.max()) if len(n) else 0
         out = {"context": self.context[idx], "predator": self.predator[idx], "boids": self.boids[idx, :N],
-               "mask": torch.arange(N)[None, :] < n[:, None], "target": self.target[idx]}
+               "mask": torch.arange(N, device=n.device)[None, :] < n[:, None], "target": self.target[idx]}
         if device is not None:
             out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
         return out
@@ -246,7 +246,7 @@ class SampleSet:
 
     def to_ragged(self) -> Dict[str, Tensor]:
         """Compact form for checkpoints: live boids only, boids [sum(n), 4] with counts n [S]."""
-        keep = torch.arange(self.boids.shape[1])[None, :] < self.n[:, None]          # [S, N]
+        keep = torch.arange(self.boids.shape[1], device=self.n.device)[None, :] < self.n[:, None]   # [S, N]
         return {"context": self.context, "predator": self.predator, "boids": self.boids[keep], "n": self.n,
                 "target": self.target}
 

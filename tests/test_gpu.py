@@ -447,3 +447,14 @@ def test_a_cpu_trainer_on_a_gpu_machine_leaves_cuda_alone(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["False", "False"]
+
+
+def test_a_sample_set_on_the_gpu_gives_batches_and_its_compact_form_there(data):
+    """SampleSet.batch and to_ragged compared a CPU arange with the set's counts: a set moved to the
+    GPU (a user's own training loop) failed with a device mismatch."""
+    gpu = data.to_device("cuda")
+    idx = torch.arange(10)
+    for k, v in gpu.batch(idx.cuda()).items():
+        assert v.is_cuda and torch.equal(v.cpu(), data.batch(idx)[k]), k
+    for k, v in gpu.to_ragged().items():
+        assert torch.equal(v.cpu(), data.to_ragged()[k]), k
