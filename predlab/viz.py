@@ -779,7 +779,8 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     hold other weights are moved to previous/<time>/ beside them, never overwritten.
     Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
     """
-    from .export import SIZE_KEYS, atomic_write_text, model_to_params, move_to_previous, params_to_text, validate_params
+    from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, model_to_params, move_to_previous,
+                         params_to_text, validate_params)
 
     def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
         for p in (folder, *folder.parents):
@@ -804,10 +805,11 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
                                                              for k in SIZE_KEYS if sizes[k] != C.BROWSER_SIZES[k])
         + f"; written to {out} instead, for predlab and a page built for them"]
     other = [p for p, text in zip(paths, texts) if p.is_file() and p.read_text() != text]
-    if other:
-        notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")
-    for p, text in zip(paths, texts):
-        atomic_write_text(p, text)
+    with deferred_interrupt():    # a Ctrl-C once the old files had moved left the folder with no model.js
+        if other:
+            notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")
+        for p, text in zip(paths, texts):
+            atomic_write_text(p, text)
     return {"paths": paths, "browser_sizes": ok, "message": "; ".join(notes)}
 
 

@@ -870,3 +870,24 @@ def test_plot_catches_names_a_rollout_of_evaluate_as_the_wrong_kind():
 
     with pytest.raises(TypeError, match=r"catches must be a viz.Rollout .* not predlab.evaluate.Rollout"):
         viz.plot_catches(evaluate.rollout("teacher", episodes=1, frames=2))
+
+
+def test_export_for_browser_cut_by_ctrl_c_writes_both_files_first(make_model, tmp_path, monkeypatch):
+    """A Ctrl-C once the earlier model.js and model.json had moved to previous/ left the folder with
+    neither: the export now finishes, then the interrupt takes effect."""
+    import os
+    import signal
+    import predlab.export as E
+    viz.export_for_browser(make_model(0), tmp_path)
+    move = E.move_to_previous
+
+    def move_then_ctrl_c(files, directory):
+        dest = move(files, directory)
+        os.kill(os.getpid(), signal.SIGINT)            # the user's Ctrl-C, with the old files moved
+        return dest
+    monkeypatch.setattr(E, "move_to_previous", move_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        viz.export_for_browser(make_model(1), tmp_path)
+    assert (tmp_path / "model.js").is_file() and (tmp_path / "model.json").is_file()
+    got, want = E.read_weights(tmp_path / "model.js").state_dict(), make_model(1).state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
