@@ -1485,7 +1485,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         trainer.train(tc.epochs)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
+        if trainer.stop_training:       # in the checkpoint of the last epoch of a run stopped early, after it
+            print(f"\ninterrupted after epoch {trainer.epoch}, where the run stopped early: the checkpoints saved "
+                  f"so far are intact")
+        else:
+            print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code = True, 1
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "

@@ -398,3 +398,21 @@ def test_a_full_disk_under_model_js_says_where_the_earlier_runs_model_js_went(tm
     assert len(moved) == 1 and "an earlier run's" in (moved[0] / "model.js").read_text()
     assert ("no model.js was written (the earlier run's is "
             f"{Path('checkpoints') / 'previous' / moved[0].name / 'model.js'})") in err
+
+
+def test_a_ctrl_c_in_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_follows(tmp_path, monkeypatch, capsys):
+    """Early stopping after epoch 2 writes checkpoint_epoch_2.pt once training has ended; a Ctrl-C
+    there said the run was interrupted in an epoch 3 that never began."""
+    from predlab.train import Checkpointer, main
+    monkeypatch.chdir(tmp_path)
+    save_epoch = Checkpointer._save_epoch
+
+    def save_then_ctrl_c(self, trainer, epoch):
+        save_epoch(self, trainer, epoch)
+        if trainer.stop_training:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Checkpointer, "_save_epoch", save_then_ctrl_c)
+    assert main([*SMALL, "--epochs", "6", "--save_every", "5", "--early_stopping", "1", "--min_delta", "1"]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted after epoch 2, where the run stopped early" in out and "epoch 3" not in out
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
