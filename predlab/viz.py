@@ -285,7 +285,8 @@ def training_data_stats(samples) -> Dict[str, np.ndarray]:
 
     Samples with no boid (teacher target (0, 0)) are left out of distance and angle.
     """
-    n = _sample_set(samples).n.cpu().numpy()
+    samples = _sample_set(samples).to_device("cpu")    # a set on a GPU: the figures are numpy's
+    n = samples.n.numpy()
     N = samples.boids.shape[1]
     mask = torch.arange(N)[None, :] < samples.n[:, None]                          # [S, N]
     rel = samples.boids[..., :2]
@@ -533,6 +534,7 @@ def _attention_inputs(model, batch) -> tuple:
                         f"dicts, not {type(batch).__name__}")
     else:
         check_batch(batch)
+        batch = {k: v.cpu() if isinstance(v, Tensor) else v for k, v in batch.items()}   # on a GPU: numpy draws
     return model, batch
 
 

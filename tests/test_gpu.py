@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -458,3 +459,18 @@ def test_a_sample_set_on_the_gpu_gives_batches_and_its_compact_form_there(data):
         assert v.is_cuda and torch.equal(v.cpu(), data.batch(idx)[k]), k
     for k, v in gpu.to_ragged().items():
         assert torch.equal(v.cpu(), data.to_ragged()[k]), k
+
+
+def test_the_notebook_views_take_a_model_and_samples_on_the_gpu(data):
+    """The attention views and the training-data figures called .numpy() on what they were given: a
+    batch or a SampleSet on a GPU failed with 'can't convert cuda tensor to numpy'."""
+    from predlab import viz
+    model = TransformerPredator().cuda().eval()
+    batch = {k: v.cuda() for k, v in data.batch(torch.arange(8)).items() if k != "target"}
+    cpu = viz.plot_attention_overlay(model.cpu(), {k: v.cpu() for k, v in batch.items()}).attention_weights
+    model.cuda()
+    assert np.allclose(viz.plot_attention_overlay(model, batch).attention_weights, cpu, atol=1e-5)
+    viz.plot_attention_grid(model, batch)
+    viz.attention_agreement(model, batch)
+    stats = viz.training_data_stats(data.to_device("cuda"))
+    assert np.array_equal(stats["n"], viz.training_data_stats(data)["n"])
