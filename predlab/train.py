@@ -369,7 +369,8 @@ class Checkpointer(Callback):
         # epoch leaves the saved ones alone (train() has undone that epoch).
         try:
             path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
-            if trainer.stop_training and trainer.epoch > 0 and not path.exists():
+            # one there of an earlier run (the epochs after the one a resumed run began at) is replaced
+            if trainer.stop_training and trainer.epoch > 0 and (not path.exists() or self.is_earlier_runs(path)):
                 self.make_room()
                 self._save_epoch(trainer, trainer.epoch)
         finally:

@@ -403,3 +403,25 @@ def test_an_earlier_runs_file_deleted_during_a_run_is_not_missed(tmp_path):
 def test_an_epoch_of_no_episodes_is_refused_when_the_source_is_made():
     with pytest.raises(ValueError, match="episodes_per_epoch must be a whole number >= 1"):
         EpisodeSource(_Streams(), 0)
+
+
+def test_a_resumed_run_stopped_early_saves_its_own_checkpoint_of_the_last_epoch(tmp_path):
+    """Resumed from epoch 2 with fewer saves, stopped early after epoch 3: checkpoint_epoch_3.pt
+    of the run it resumed (which went on past epoch 2) moves aside, and this run's state of epoch
+    3 is saved in its place, so that a resume from it goes on from where this run stopped."""
+    d = tmp_path / "ck"
+    _resumable_folder(d, 1)
+
+    class Resumed(_Run):
+        def save_checkpoint(self, path, include_data=True):
+            return _save(path, epoch=self.epoch, run="resumed")
+
+    run = Resumed(epoch=2, resumed_from=d / "checkpoint_epoch_2.pt", target_epochs=10)
+    cp = Checkpointer(d, save_every=5, keep=5)
+    cp.on_train_begin(run)
+    run.epoch = 3
+    cp.on_epoch_end(run, 3, {})
+    run.stop_training = True
+    cp.on_train_end(run)
+    assert ck.load_checkpoint_dict(d / "checkpoint_epoch_3.pt").get("run") == "resumed"
+    assert [p.name for p in d.glob("previous/*/*")] == ["checkpoint_epoch_3.pt"]
