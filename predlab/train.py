@@ -290,7 +290,14 @@ class Checkpointer(Callback):
         if self._trainer is trainer:
             # train() again on the same trainer: the same run, unless another run (another trainer,
             # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's
-            if self._pending:          # this run has not written yet: the earlier files are still to move
+            if self._pending:          # this run has not written yet: the earlier files are still to move,
+                # with those another run wrote since (its rotation or this run's would delete them)
+                theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
+                          if p.is_file() and p not in self._pending and not self._mine(p)]
+                if theirs:
+                    exports = [self.dir / n for n in ("model.js", "model.json")
+                               if (self.dir / n).is_file() and self.dir / n not in self._pending]
+                    self._pending, self._what = self._pending + theirs + exports, "of other runs"
                 return
             theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
                       if p.is_file() and not self._mine(p)]
@@ -309,6 +316,9 @@ class Checkpointer(Callback):
             except (ValueError, FileNotFoundError):
                 best_later = best.is_file()     # unreadable: not this run's to overwrite
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
+            # the files kept are this run's own: another run's written before this one's first write are not
+            self._written.update((p, self._signature(p)) for p in [*self._epoch_files(), best]
+                                 if p.is_file() and p not in moving)
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
         # moved when this run first writes: a run that fails before then leaves them where they are

@@ -425,3 +425,27 @@ def test_a_resumed_run_stopped_early_saves_its_own_checkpoint_of_the_last_epoch(
     cp.on_train_end(run)
     assert ck.load_checkpoint_dict(d / "checkpoint_epoch_3.pt").get("run") == "resumed"
     assert [p.name for p in d.glob("previous/*/*")] == ["checkpoint_epoch_3.pt"]
+
+
+def test_a_run_trained_again_after_another_run_wrote_before_its_first_write_moves_that_runs_files(tmp_path):
+    """A notebook's run cut in its first epoch (nothing written), another trainer's run in the same
+    folder, then the first run trained again: the other run's checkpoint moves aside with its best
+    model, not deleted by this run's rotation."""
+    d = tmp_path / "ck"
+    _resumable_folder(d, 1)
+
+    class Tagged(_Run):
+        def __init__(self, tag):
+            super().__init__()
+            self.tag = tag
+
+        def save_checkpoint(self, path, include_data=True):
+            return _save(path, epoch=self.epoch, run=self.tag)
+
+    first, cp = Tagged("first"), Checkpointer(d, save_every=1, keep=2)
+    first.train(cp, 0)
+    Tagged("other").train(Checkpointer(d, save_every=5, keep=2), 5, improved={1})
+    first.train(cp, 8, improved={1})
+    moved = {(p.name, ck.load_checkpoint_dict(p).get("run")) for p in d.glob("previous/*/*.pt")}
+    assert {("checkpoint_epoch_5.pt", "other"), ("best_model.pt", "other")} <= moved
+    assert {ck.load_checkpoint_dict(p).get("run") for p in d.glob("*.pt")} == {"first"}
