@@ -280,7 +280,12 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
     number: a bool, a string) or ValueError (NaN, infinite, out of range) naming it."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a number, got {v!r}")
-    if not math.isfinite(v) or (lo is not None and v < lo) or (hi is not None and v > hi):
+    try:
+        finite = math.isfinite(v)
+    except OverflowError:        # an int past float's range: "int too large to convert to float" named nothing
+        raise ValueError(f"{name} must be a finite number, got an integer of 309 digits or more "
+                         "(beyond a float's range)") from None
+    if not finite or (lo is not None and v < lo) or (hi is not None and v > hi):
         bound = (f"between {lo:g} and {hi:g}" if lo is not None and hi is not None
                  else f">= {lo:g}" if lo is not None else f"<= {hi:g}" if hi is not None else "finite")
         raise ValueError(f"{name} must be {bound}, got {v!r}")

@@ -131,3 +131,9 @@ def test_a_flag_value_at_the_ends_of_its_range_is_taken():
     assert config.bounded_number(int, 1)("1") == 1
     assert config.bounded_number(float, 0.0, 1.0)("0") == 0.0
     assert config.bounded_number(float, 0.0, positive=True)("1e-30") == 1e-30
+
+
+def test_a_number_argument_past_floats_range_is_refused_naming_it():
+    """DaggerSource(decay=10**400) raised OverflowError "int too large to convert to float"."""
+    with pytest.raises(ValueError, match="decay must be a finite number"):
+        config.real_number("decay", 10 ** 400, 0, 1)
