@@ -352,7 +352,9 @@ class Checkpointer(Callback):
 
     def make_room(self) -> None:
         """Move the earlier run's files to previous/ (once, before this run's first write)."""
-        moving, self._pending = [p for p in self._pending if p.is_file()], []
+        # cleared once they are moved: a move that fails (a full disk) leaves them the earlier run's,
+        # not this run's to overwrite at its next write
+        moving = [p for p in self._pending if p.is_file()]
         if moving and not self.archive:
             for p in moving:
                 p.unlink()
@@ -364,6 +366,7 @@ class Checkpointer(Callback):
             print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                   f"delete what you no longer need)", flush=True)
+        self._pending = []
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved or epoch % self.save_every == 0 or epoch == trainer.target_epochs:

@@ -449,3 +449,27 @@ def test_a_run_trained_again_after_another_run_wrote_before_its_first_write_move
     moved = {(p.name, ck.load_checkpoint_dict(p).get("run")) for p in d.glob("previous/*/*.pt")}
     assert {("checkpoint_epoch_5.pt", "other"), ("best_model.pt", "other")} <= moved
     assert {ck.load_checkpoint_dict(p).get("run") for p in d.glob("*.pt")} == {"first"}
+
+
+def test_an_earlier_runs_files_that_could_not_be_moved_are_not_overwritten_when_trained_again(tmp_path):
+    """The first write's move to previous/ failed (previous is a file; a full disk): train() again,
+    once that is fixed, moves the earlier run's files first instead of overwriting its best model
+    and checkpoints."""
+    d = tmp_path / "ck"
+    _resumable_folder(d, 3)
+    (d / "previous").write_text("not a folder")
+
+    class New(_Run):
+        def save_checkpoint(self, path, include_data=True):
+            return _save(path, epoch=self.epoch, run="new")
+
+    run, cp = New(), Checkpointer(d, save_every=1, keep=5)
+    with pytest.raises(FileExistsError, match="is a file"):
+        run.train(cp, 1, improved={1})
+    run.epoch = 0                         # train() undoes the epoch that did not finish
+    (d / "previous").unlink()
+    run.train(cp, 2, improved={1})
+    moved = {p.name: ck.load_checkpoint_dict(p) for p in d.glob("previous/*/*.pt")}
+    assert moved["best_model.pt"]["epoch"] == 3 and "run" not in moved["best_model.pt"]
+    assert sorted(moved) == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt",
+                             "checkpoint_epoch_3.pt"]
