@@ -907,8 +907,16 @@ class SupervisedTrainer:
                         self._undo_epoch(start)
                     raise
         finally:
+            # every callback begun ends, even after one failed: a Checkpointer's failing last save left a
+            # TensorBoard writer open, and one failing before a Checkpointer left its folder's lock held
+            failed = []
             for cb in begun:
-                cb.on_train_end(self)
+                try:
+                    cb.on_train_end(self)
+                except BaseException as e:     # noqa: B036 (raised again below, once all have ended)
+                    failed.append(e)
+            if failed:
+                raise failed[0]
         return self.history
 
     def _one_epoch(self, callbacks: Sequence[Callback]) -> None:
@@ -967,6 +975,7 @@ class SupervisedTrainer:
         if "cuda" in start["rng"]:
             torch.cuda.set_rng_state(start["rng"]["cuda"], self.device)
         self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.improved, n = start["counters"]
+        self.stop_training = False     # an early stop decided in the undone epoch is undone with it
         del self.history[n:]
         undo = getattr(self.train_dataset, "undo_epoch", None)   # DAgger's samples of the epoch
         if callable(undo):

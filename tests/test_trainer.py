@@ -372,3 +372,39 @@ def test_set_schedule_leaves_the_train_config_the_trainer_was_given_alone():
     assert (tc.learning_rate, tc.weight_decay) == (3e-3, 0.01)
     assert (b.train_config.learning_rate, b.train_config.weight_decay) == (3e-3, 0.01)
     assert (a.train_config.learning_rate, a.train_config.weight_decay) == (1e-4, 0.2)
+
+
+def test_every_callback_ends_its_training_when_an_earlier_ones_end_fails():
+    """train() ended its callbacks in a loop that stopped at the first failure: a Checkpointer whose
+    last save failed (a full disk) left the TensorBoard writer after it open, or a callback failing
+    before a Checkpointer left the checkpoint folder's lock held. The first failure is still raised."""
+    ended = []
+
+    class Fails(Callback):
+        def on_train_end(self, trainer):
+            ended.append("fails")
+            raise OSError(28, "No space left on device")
+
+    class Records(Callback):
+        def on_train_end(self, trainer):
+            ended.append("records")
+    t = _trainer(callbacks=[Fails(), Records()])
+    with pytest.raises(OSError, match="No space left"):
+        t.train(1)
+    assert ended == ["fails", "records"]
+
+
+def test_an_early_stop_decided_in_an_epoch_cut_by_ctrl_c_is_undone_with_it():
+    """EarlyStopping set stop_training in an epoch that a later callback's Ctrl-C then undid: the flag
+    stayed, so the run saved the epoch before as where it 'stopped early', and train() again did nothing."""
+    from predlab.train import EarlyStopping
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if trainer.stop_training:
+                raise KeyboardInterrupt
+    # min_delta 1: no epoch after the first improves, so patience 1 stops the run in epoch 2
+    t = _trainer(min_delta=1.0, callbacks=[EarlyStopping(1), CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    assert t.epoch == 1 and not t.stop_training
