@@ -289,21 +289,15 @@ class Checkpointer(Callback):
         """The files of other runs in the folder, which make_room moves aside at this run's first write."""
         if self._trainer is trainer:
             # train() again on the same trainer: the same run, unless another run (another trainer,
-            # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's
-            if self._pending:          # this run has not written yet: the earlier files are still to move,
-                # with those another run wrote since (its rotation or this run's would delete them)
-                theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
-                          if p.is_file() and p not in self._pending and not self._mine(p)]
-                if theirs:
-                    exports = [self.dir / n for n in ("model.js", "model.json")
-                               if (self.dir / n).is_file() and self.dir / n not in self._pending]
-                    self._pending, self._what = self._pending + theirs + exports, "of other runs"
-                return
+            # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's,
+            # with any still to move because this run has not written yet (its rotation would delete them)
             theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
-                      if p.is_file() and not self._mine(p)]
+                      if p.is_file() and p not in self._pending and not self._mine(p)]
             if theirs:
-                exports = [self.dir / n for n in ("model.js", "model.json") if (self.dir / n).is_file()]
-                self._pending, self._what = theirs + exports, "of another run"
+                exports = [self.dir / n for n in ("model.js", "model.json")
+                           if (self.dir / n).is_file() and self.dir / n not in self._pending]
+                self._what = "of other runs" if self._pending else "of another run"
+                self._pending = self._pending + theirs + exports
             return
         self._trainer = trainer
         src = getattr(trainer, "resumed_from", None)
@@ -1508,11 +1502,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         trainer.train(tc.epochs)
     except KeyboardInterrupt:
         interrupted = True
-        if trainer.stop_training:       # in the checkpoint of the last epoch of a run stopped early, after it
-            print(f"\ninterrupted after epoch {trainer.epoch}, where the run stopped early: the checkpoints saved "
-                  f"so far are intact")
-        else:
-            print(f"\ninterrupted in epoch {trainer.epoch + 1}: the checkpoints saved so far are intact")
+        print(f"\ninterrupted {_where(trainer)}: the checkpoints saved so far are intact")
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code = True, 1
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
@@ -1520,12 +1510,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"saved so far are intact", file=sys.stderr)
     except OSError as e:                # a full disk under a checkpoint: train() undid the epoch too
         interrupted, code = True, 1
-        if trainer.stop_training:       # the checkpoint of the last epoch of a run stopped early, after it
-            print(f"error after epoch {trainer.epoch}, where the run stopped early: {_os_error(e)}; the "
-                  f"checkpoints saved before it are intact", file=sys.stderr)
-        else:
-            print(f"error in epoch {trainer.epoch + 1}: {_os_error(e)}; that epoch was not counted, and the "
-                  f"checkpoints saved before it are intact", file=sys.stderr)
+        counted = "" if trainer.stop_training else "that epoch was not counted, and "
+        print(f"error {_where(trainer)}: {_os_error(e)}; {counted}the checkpoints saved before it are intact",
+              file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
     if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \
@@ -1556,6 +1543,13 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
                                                  else "(any earlier one is where it was)")
         print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
+
+
+def _where(trainer: SupervisedTrainer) -> str:
+    """Where a run that train() left by an error stood: in the epoch it undid, or, for a run stopped
+    early, after its last epoch (in the checkpoint written once training had ended)."""
+    return (f"after epoch {trainer.epoch}, where the run stopped early" if trainer.stop_training
+            else f"in epoch {trainer.epoch + 1}")
 
 
 def _os_error(e: OSError) -> str:
