@@ -293,9 +293,10 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
 
 
 def _check_device_string(device: str) -> None:
+    """Names in any case, as resolve_device reads them ('CUDA' is 'cuda')."""
     import re
 
-    if not re.fullmatch(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?", device or ""):
+    if not re.fullmatch(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?", (device or "").lower()):
         raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 

@@ -1967,3 +1967,13 @@ def test_openmp_threads_sleep_while_they_wait_unless_the_user_says_otherwise(giv
     if spin is None:
         pytest.skip("torch's OpenMP runtime here is not GNU's, which prints how long its threads spin")
     assert (int(spin.group(1)) == 0) == sleeps, out.stderr
+
+
+def test_a_device_name_in_capitals_is_taken_by_the_config_as_by_the_library():
+    """resolve_device('CPU') and as_device('CPU:0') took any case, but TrainConfig (and so
+    `python -m predlab.train --device CPU`) refused it as an unknown device."""
+    TrainConfig(device="CPU").validate()
+    TrainConfig(device="Auto").validate()
+    assert resolve_device(TrainConfig(device="CPU").device) == torch.device("cpu")
+    with pytest.raises(ValueError, match="unknown device 'GPU'"):
+        TrainConfig(device="GPU").validate()
