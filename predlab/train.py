@@ -862,8 +862,8 @@ class SupervisedTrainer:
     def train(self, num_epochs: int, early_stopping_patience: int = 0) -> List[Dict[str, float]]:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history.
 
-        early_stopping_patience: stop after that many epochs without improvement, in this call only
-        (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks).
+        early_stopping_patience: stop after that many epochs without improvement, in this call only,
+        in place of any EarlyStopping among the trainer's callbacks (0: those callbacks decide).
         An epoch that does not finish (Ctrl-C, divergence, an error) is undone before the error
         propagates, so train() again repeats it as an uninterrupted run would."""
         num_epochs = whole_number("num_epochs", num_epochs, 1)    # numpy's integers too, as plain ints
@@ -882,9 +882,11 @@ class SupervisedTrainer:
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
-        if early_stopping_patience and not any(isinstance(c, EarlyStopping) for c in callbacks):
-            # this call's only: kept in self.callbacks, it stopped later calls given another patience or none
-            callbacks = [*callbacks, EarlyStopping(early_stopping_patience)]
+        if early_stopping_patience:
+            # this call's only: kept in self.callbacks, it stopped later calls given another patience or none.
+            # It replaces an EarlyStopping already there, which otherwise stopped the run at its own patience.
+            callbacks = [*(c for c in callbacks if not isinstance(c, EarlyStopping)),
+                         EarlyStopping(early_stopping_patience)]
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False)
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun

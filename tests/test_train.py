@@ -274,6 +274,18 @@ def test_early_stopping_patience_holds_for_its_own_train_call_only(tmp_path):
     assert t.epoch == 6 and t.bad_epochs == 5     # the count goes on; the patience is this call's
 
 
+def test_early_stopping_patience_of_a_call_replaces_an_early_stopping_callback_for_that_call(tmp_path):
+    """With EarlyStopping(1) among the callbacks, train(10, early_stopping_patience=3) stopped after
+    one epoch without improvement: the call's patience was ignored. A later call without one keeps
+    the callback's."""
+    t = _trainer(tmp_path, callbacks=[EarlyStopping(1)])
+    t.min_delta = 10.0  # nothing after the first epoch counts as an improvement
+    t.train(10, early_stopping_patience=3)
+    assert t.epoch == 4 and t.bad_epochs == 3
+    t.train(10)
+    assert t.epoch == 5
+
+
 def test_checkpoint_refuses_pickle_code(tmp_path):
     """A checkpoint that needs pickle to load is refused and nothing from it runs."""
     marker = tmp_path / "ran"
