@@ -41,7 +41,7 @@ class DaggerSource(Callback):
         self.generator, self.episodes = episode_generator("DaggerSource", generator), episodes_per_epoch
         self.start, self.decay, self.beta_min, self.buffer = start, decay, beta_min, buffer
         self.data = SampleSet.empty()
-        self._undo = None        # (epoch, the samples it dropped, how many it added) of the last for_epoch
+        self._undo = None        # (epoch, samples it dropped, how many it added, its result) of the last for_epoch
         self.last: Dict[str, float] = {}
 
     def beta(self, epoch: int) -> float:
@@ -77,7 +77,9 @@ class DaggerSource(Callback):
         if len(data) > cap:
             dropped = data.select(torch.arange(len(data) - cap))   # at most an epoch's samples; kept for undo_epoch
             data = data.select(torch.arange(len(data) - cap, len(data)))
-        self._undo = (epoch, dropped, len(fresh))
+        # the record names the samples it undoes: a Ctrl-C after it and before they are stored
+        # leaves self.data as it was, which undo_epoch then keeps
+        self._undo = (epoch, dropped, len(fresh), data)
         self.data = data
         self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
         return data
@@ -89,9 +91,11 @@ class DaggerSource(Callback):
     def undo_epoch(self, epoch: int) -> None:
         """The samples as they were before for_epoch(epoch) (the trainer undoes an epoch that did not finish)."""
         if self._undo is not None and self._undo[0] == epoch:
-            _, dropped, fresh = self._undo
-            every = SampleSet.cat([dropped, self.data])               # the samples before it, then its own
-            self.data, self._undo = every.select(torch.arange(len(every) - fresh)), None
+            _, dropped, fresh, stored = self._undo
+            if self.data is stored:     # else the epoch was cut before its samples were stored
+                every = SampleSet.cat([dropped, self.data])           # the samples before it, then its own
+                self.data = every.select(torch.arange(len(every) - fresh))
+            self._undo = None
 
     def load_state_dict(self, state: Dict) -> None:
         self.data = SampleSet.from_ragged(state["dagger_buffer"])

@@ -184,3 +184,48 @@ def test_a_dagger_epoch_without_the_trainer_is_refused():
     assert len(src.for_epoch(0)) > 0           # epoch 1: the teacher drives, no student needed
     with pytest.raises(ValueError, match=r"epoch 2 rolls out the student \(beta 0.5\).*pass trainer="):
         src.for_epoch(1)
+
+
+def test_a_ctrl_c_at_any_line_of_an_epoch_leaves_undo_epoch_the_samples_before_it():
+    """The trainer undoes an epoch that a Ctrl-C cut with undo_epoch. for_epoch stored its undo
+    record and its new samples in two statements: cut between them, undo_epoch took the epoch's
+    fresh count off the old samples, losing samples of earlier epochs. Here a KeyboardInterrupt is
+    raised at each line of for_epoch in turn (a tracer), as a Ctrl-C could."""
+    lines = []
+
+    def record(frame, event, arg):
+        if frame.f_code is DaggerSource.for_epoch.__code__ and event == "line":
+            lines.append(frame.f_lineno)
+        return record
+
+    def source():
+        src = DaggerSource(EpisodeGenerator(WC, seed=0, progress=False), 2, start=5)
+        src.for_epoch(0)
+        return src, SampleSet.cat([src.data])
+
+    src, _ = source()
+    sys.settrace(record)
+    try:
+        src.for_epoch(1)
+    finally:
+        sys.settrace(None)
+    assert len(lines) > 5
+    for at in range(len(lines)):
+        src, before = source()
+        seen = [0]
+
+        def cut(frame, event, arg):
+            if frame.f_code is DaggerSource.for_epoch.__code__ and event == "line":
+                seen[0] += 1
+                if seen[0] == at + 1:
+                    raise KeyboardInterrupt
+            return cut
+
+        sys.settrace(cut)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                src.for_epoch(1)
+        finally:
+            sys.settrace(None)
+        src.undo_epoch(1)
+        _same(src.data, before)
