@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
                      resolve_device, training_memory, whole_number, widest_float)
-from .data import EpisodeGenerator, InputError, SampleSet, collate, usable_cpus
+from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator, dropout_generator
 
@@ -918,8 +918,11 @@ class SupervisedTrainer:
     def _one_epoch(self, callbacks: Sequence[Callback]) -> None:
         for cb in callbacks:
             cb.on_epoch_begin(self, self.epoch + 1)
-        data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
-                else self.train_dataset.for_epoch(self.epoch, self))
+        try:
+            data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
+                    else self.train_dataset.for_epoch(self.epoch, self))
+        except NonFiniteActions as e:    # a source whose episodes the model drives (DAgger): finite weights, NaN actions
+            raise TrainingDiverged(self.epoch + 1, str(e), self.scheduler.base[0]) from e
         data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
         logs = self.train_epoch(data)
         logs["val_loss"] = self.validate()

@@ -180,7 +180,7 @@ def test_a_source_without_an_episode_generator_is_refused_when_made(make):
 def test_a_dagger_epoch_without_the_trainer_is_refused():
     """for_epoch past the start without the trainer ran plain cloning while reporting a beta below 1."""
     gen = EpisodeGenerator(WorldConfig(boids_min=2, boids_max=4, frames=10), seed=0, progress=False)
-    src = DaggerSource(gen, 2, start=2)
+    src = DaggerSource(gen, 2, start=2, decay=0.0, beta_min=0.0)   # the student drives every episode
     assert len(src.for_epoch(0)) > 0           # epoch 1: the teacher drives, no student needed
     with pytest.raises(ValueError, match=r"epoch 2 rolls out the student \(beta 0.5\).*pass trainer="):
         src.for_epoch(1)
@@ -229,3 +229,26 @@ def test_a_ctrl_c_at_any_line_of_an_epoch_leaves_undo_epoch_the_samples_before_i
             sys.settrace(None)
         src.undo_epoch(1)
         _same(src.data, before)
+
+
+def test_a_student_with_nan_actions_ends_the_epoch_as_divergence(monkeypatch):
+    """The student's rollouts check its actions; NaN ones raised NonFiniteActions out of train(),
+    which the CLI showed as a traceback. It is divergence: the epoch is undone and named, with
+    the learning rate, as a diverged epoch is (the CLI then exports the best so far)."""
+    from predlab import evaluate
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer, TrainingDiverged
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 2, start=2, decay=0.0, beta_min=0.0)   # the student drives every episode
+    torch.manual_seed(0)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32), src,
+                          gen.generate(2, stream=0), learning_rate=3e-3, batch_size=16, device="cpu",
+                          world_config=WC)
+    t.train(1)
+    before = len(src.data)
+    monkeypatch.setattr(evaluate.ModelPolicy, "__call__", lambda self, batch: torch.full(
+        (batch["context"].shape[0], 2), float("nan")))
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 2: the student's actions at frame \d+ are NaN "
+                                               r"or infinite \(learning rate 0.003 is too high"):
+        t.train(2)
+    assert t.epoch == 1 and len(src.data) == before
