@@ -1441,13 +1441,17 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
-    tc, mc, wc, schedule, notes = _parse(argv)
+    try:    # reading a --resume or --init_weights file takes a while; a Ctrl-C in it came as a traceback
+        tc, mc, wc, schedule, notes = _parse(argv)
+        try:
+            lock = lock_checkpoint_dir(tc.checkpoint_dir)
+        except (FolderBusy, OSError) as e:
+            build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+    except KeyboardInterrupt:
+        print("\ninterrupted before training began: nothing was written", file=sys.stderr)
+        return 130
     try:
-        lock = lock_checkpoint_dir(tc.checkpoint_dir)
-    except (FolderBusy, OSError) as e:
-        build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
-    _say(notes)
-    try:
+        _say(notes)
         return _run(tc, mc, wc, schedule)
     finally:
         lock.release()

@@ -416,3 +416,51 @@ def test_a_ctrl_c_in_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_fo
     out = capsys.readouterr().out
     assert "interrupted after epoch 2, where the run stopped early" in out and "epoch 3" not in out
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
+
+
+def test_a_ctrl_c_before_training_begins_is_a_message_and_exit_130_not_a_traceback(tmp_path, monkeypatch, capsys):
+    """Reading the flags (and a --resume or --init_weights file) takes a while; a Ctrl-C there came
+    out of main() as a KeyboardInterrupt traceback. Here SIGINT is raised at lines spread over all
+    of it, as a Ctrl-C could land, up to where the run's own handling begins."""
+    import signal
+    import sys
+    import predlab
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    ours = str(Path(predlab.__file__).parent)
+    lines = [0]
+
+    def count(frame, event, arg):
+        if frame.f_code is train._run.__code__:
+            raise RuntimeError("reached _run")
+        if event == "line" and frame.f_code.co_filename.startswith(ours):
+            lines[0] += 1
+        return count
+
+    sys.settrace(count)
+    try:
+        with pytest.raises(RuntimeError, match="reached _run"):
+            train.main(SMALL)
+    finally:
+        sys.settrace(None)
+    assert lines[0] > 100
+    for at in range(1, lines[0], max(1, lines[0] // 12)):    # 0 is main's `try:`, which no Ctrl-C can stop at
+        seen = [0]
+
+        def cut(frame, event, arg, at=at):
+            if event == "line" and frame.f_code.co_filename.startswith(ours):
+                seen[0] += 1
+                if seen[0] == at + 1:
+                    signal.raise_signal(signal.SIGINT)
+            return cut
+
+        sys.settrace(cut)
+        try:
+            code = train.main(SMALL)
+        except KeyboardInterrupt:    # not raised on: pytest would end the whole session
+            code = "KeyboardInterrupt out of main()"
+        finally:
+            sys.settrace(None)
+        assert code == 130, at
+        assert "interrupted before training began: nothing was written" in capsys.readouterr().err
+        assert not (tmp_path / "checkpoints" / "best_model.pt").exists()
