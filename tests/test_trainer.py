@@ -408,3 +408,83 @@ def test_an_early_stop_decided_in_an_epoch_cut_by_ctrl_c_is_undone_with_it():
     with pytest.raises(KeyboardInterrupt):
         t.train(4)
     assert t.epoch == 1 and not t.stop_training
+
+
+def test_a_ctrl_c_at_any_line_of_an_epoch_then_train_again_is_the_uninterrupted_run(tmp_path):
+    """train() undoes an epoch a Ctrl-C cuts, so that train() again repeats it as an uninterrupted run
+    would: the same weights, optimizer state, history, DAgger samples and checkpoint files. SIGINT is
+    raised at lines spread over two epochs of the trainer's, DAgger's and the Checkpointer's code (as
+    a Ctrl-C could land; inside a deferred_interrupt block it takes effect at the block's end)."""
+    import signal
+    import sys
+    from predlab import checkpoint, dagger, train
+    from predlab.config import WorldConfig
+    from predlab.data import EpisodeGenerator
+    ours = {train.__file__, dagger.__file__, checkpoint.__file__}
+    world = WorldConfig(frames=12, boids_max=8)
+
+    def make(folder):
+        torch.manual_seed(0)
+        gen = EpisodeGenerator(world, seed=0, progress=False)
+        src = dagger.DaggerSource(gen, 2, start=2)
+        model = TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32, dropout=0.1)
+        return SupervisedTrainer(model, src, gen.generate(2, stream=0), learning_rate=3e-3, batch_size=16, device="cpu",
+                                 cpu_split=1, world_config=world,
+                                 callbacks=[src, train.Checkpointer(folder, save_every=1, keep=2)])
+
+    def outcome(t, folder):
+        files = {p.name: [v for k, v in sorted(torch.load(p, weights_only=True)["model"].items())]
+                 for p in sorted(folder.glob("*.pt"))}
+        history = [{k: v for k, v in h.items() if k not in ("samples_per_s", "epoch_time")} for h in t.history]
+        return (list(t.model.state_dict().values()), t.optimizer.state_dict()["state"], history,
+                t.train_dataset.data.to_ragged(), files)
+
+    def same(a, b):
+        if isinstance(a, torch.Tensor):
+            return torch.equal(a, b)
+        if isinstance(a, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return a == b
+
+    ref = make(tmp_path / "ref")
+    ref.train(1)
+    lines = [0]
+
+    def count(frame, event, arg):
+        if event == "line" and frame.f_code.co_filename in ours:
+            lines[0] += 1
+        return count
+
+    sys.settrace(count)
+    try:
+        ref.train(3)
+    finally:
+        sys.settrace(None)
+    want = outcome(ref, tmp_path / "ref")
+    assert lines[0] > 1000
+    for at in range(7, lines[0], lines[0] // 12):
+        folder = tmp_path / f"cut{at}"
+        t = make(folder)
+        t.train(1)
+        seen = [0]
+
+        def cut(frame, event, arg, at=at):
+            if event == "line" and frame.f_code.co_filename in ours:
+                seen[0] += 1
+                if seen[0] == at:
+                    signal.raise_signal(signal.SIGINT)
+            return cut
+
+        sys.settrace(cut)
+        try:
+            t.train(3)
+            cut_short = False
+        except KeyboardInterrupt:
+            cut_short = True
+        finally:
+            sys.settrace(None)
+        assert cut_short, at
+        t.train(3)
+        assert same(outcome(t, folder), want), at
