@@ -1389,7 +1389,8 @@ def _parse(argv):
         if unrecorded:
             notes.append((f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's "
                           f"checkpoint): these take this command's values", True))
-        if tc.dagger and "data_source" not in ck:
+        # a run without DAgger has no samples to carry: turning it on here starts the buffer empty anyway
+        if tc.dagger and "data_source" not in ck and ck.get("train_config", {}).get("dagger", True):
             notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                           f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
                           f"checkpoint_epoch_N.pt files carry them", True))

@@ -416,3 +416,22 @@ def test_a_ctrl_c_in_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_fo
     out = capsys.readouterr().out
     assert "interrupted after epoch 2, where the run stopped early" in out and "epoch 3" not in out
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
+
+
+def test_turning_dagger_on_when_resuming_a_run_without_it_gives_no_warning_about_missing_samples(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """An epoch checkpoint of a --no-dagger run holds no DAgger samples because that run made none:
+    resuming it with --dagger warned that best_model.pt is saved without them and advised an epoch
+    checkpoint, which is what was given. The change of setting is listed, and the buffer starts
+    empty, as that run's would have."""
+    import torch
+    from predlab.train import parse_args
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["train_config"]["dagger"] = False
+    del state["data_source"]                            # as a --no-dagger run saves it
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    tc, *_ = parse_args(["--resume", str(library_checkpoint), "--dagger"])
+    out, err = capsys.readouterr()
+    assert tc.dagger and "changed by flags: --dagger (the checkpoint's run: --no-dagger)" in out
+    assert "DAgger samples" not in err
