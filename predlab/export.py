@@ -664,6 +664,9 @@ def main(argv: List[str] = None) -> int:
                          "refuses them and runs random weights)")
     args = ap.parse_args(argv)
     src, out = Path(args.source), Path(args.out)
+    for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
+        if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."
+            ap.error(f"{name}: no file name given")
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():

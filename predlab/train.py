@@ -1311,6 +1311,8 @@ def _parse(argv):
                 "schedule included; --init_weights starts a new run from weights)")
     if ns["resume"] is not None:
         resume = ns["resume"]
+        if not resume.strip():          # Path("") is ".", which read as "  is a directory"
+            p.error("--resume: no file name given (pass a checkpoint_epoch_N.pt)")
         if Path(resume).is_dir():
             p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(resume).is_file():

@@ -898,3 +898,18 @@ def test_a_ctrl_c_while_earlier_files_move_aside_takes_effect_once_all_have_move
     assert not any(f.exists() for f in files)
     [dest] = (tmp_path / "previous").iterdir()
     assert sorted(p.name for p in dest.iterdir()) == sorted(f.name for f in files)
+
+
+def test_cli_names_an_empty_source_or_output_as_no_file_name(model, tmp_path, monkeypatch, capsys):
+    """An empty argument (a script's unset variable) is Path("."): the source was called "a
+    directory", to pass a file "in it", and --out "" was refused as "got .", which the user never typed."""
+    from predlab.export import main
+    monkeypatch.chdir(tmp_path)
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    for argv, name in ((["", "--out", "model.js"], "the checkpoint or weight file to export"),
+                       ([str(src), "--out", ""], "--out")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: {name}: no file name given\n" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt"]

@@ -435,3 +435,14 @@ def test_turning_dagger_on_when_resuming_a_run_without_it_gives_no_warning_about
     out, err = capsys.readouterr()
     assert tc.dagger and "changed by flags: --dagger (the checkpoint's run: --no-dagger)" in out
     assert "DAgger samples" not in err
+
+
+def test_an_empty_resume_path_is_named_as_no_file_name(tmp_path, monkeypatch, capsys):
+    """--resume "" (a script's unset variable) is Path("."): it was refused as "--resume:  is a
+    directory", naming no path at all."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--resume", ""])
+    assert e.value.code == 2 and "error: --resume: no file name given" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
