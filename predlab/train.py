@@ -653,13 +653,15 @@ class SupervisedTrainer:
         part holds Python's lock for 8-15% of its time (py-spy, batch 32-128 at 50 boids), so
         more parts would queue on it. With dropout, each part draws its masks from a generator
         of its own, seeded from torch's default one (see _split_backward), so the run stays
-        reproducible.
+        reproducible. A batch splits into a sample a part at most: asked for more parts than that
+        (cpu_split 300 at batch_size 256), each batch ran unsplit on one thread, as "300 parts".
         """
         if self.device.type != "cpu":
             return 1
         if self.cpu_split:
-            return self.cpu_split
-        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX))   # threads beyond the CPUs too
+            return min(self.cpu_split, self.batch_size)
+        # threads beyond the CPUs make no more parts either
+        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, self.batch_size))
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.
