@@ -481,6 +481,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
                     "figures: write them to another file")
     d = path if directory else path.parent
     while not d.exists() and d != d.parent:       # the nearest folder that exists
+        if d.is_symlink():   # no folder can be made there or below it: the write failed at the end of the work
+            return f"{d} is a link to a folder that does not exist"
         d = d.parent
     if not d.is_dir():
         return f"{d} is a file, so {path} cannot be created"
