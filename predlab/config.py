@@ -67,11 +67,13 @@ class WorldConfig:
     boids_min: int = _f(1, "fewest boids in an episode", min=1, max=MAX_BOIDS)
     boids_max: int = _f(50, "most boids in an episode (the browser runs 50)", min=1, max=MAX_BOIDS)
     frames: int = _f(200, "frames per episode (it ends earlier when every boid is caught)", min=1)
+    # at most float32's largest: the world is float32, and a weight past it (1e39) became infinity there,
+    # so that every episode's boids were NaN and the run stopped with a traceback
     noise: float = _f(0.3, "std of Gaussian noise added to the driving action, so that states off the "
-                      "teacher's path are seen (the label stays the clean teacher action)", min=0.0)
-    separation_weight: float = _f(SEPARATION_WEIGHT, "flocking: separation weight", min=0.0)
-    cohesion_weight: float = _f(COHESION_WEIGHT, "flocking: cohesion weight", min=0.0)
-    alignment_weight: float = _f(ALIGNMENT_WEIGHT, "flocking: alignment weight", min=0.0)
+                      "teacher's path are seen (the label stays the clean teacher action)", min=0.0, max=FLOAT32_MAX)
+    separation_weight: float = _f(SEPARATION_WEIGHT, "flocking: separation weight", min=0.0, max=FLOAT32_MAX)
+    cohesion_weight: float = _f(COHESION_WEIGHT, "flocking: cohesion weight", min=0.0, max=FLOAT32_MAX)
+    alignment_weight: float = _f(ALIGNMENT_WEIGHT, "flocking: alignment weight", min=0.0, max=FLOAT32_MAX)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the ranges are inconsistent."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence
@@ -497,6 +499,10 @@ def _chunks(n_episodes: int) -> List[tuple]:
 
 
 def _worker_init():
+    # Ctrl-C is the parent's to handle (close() ends the workers): a terminal's Ctrl-C reaches every
+    # process of the run, and a worker it stopped printed its traceback, or, cut while it held the
+    # task queue's lock, left close() (Pool.terminate) waiting for that lock forever
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
     if fastsim is not None:
         fastsim.set_threads(1)
@@ -542,7 +548,17 @@ class EpisodeGenerator:
     def _get_pool(self):
         if self._pool is None and self.num_workers > 0:
             import multiprocessing as mp
-            self._pool = mp.get_context("spawn").Pool(self.processes(), initializer=_worker_init)
+            # the workers are born ignoring Ctrl-C (an ignored signal stays ignored in a new process), so
+            # that one during their imports, before _worker_init runs, stops none of them; this process
+            # ignores it meanwhile too (while they are started: some 30 ms)
+            own = (threading.current_thread() is threading.main_thread()
+                   and signal.getsignal(signal.SIGINT) is not None)     # None: a handler set outside Python
+            before = signal.signal(signal.SIGINT, signal.SIG_IGN) if own else None
+            try:
+                self._pool = mp.get_context("spawn").Pool(self.processes(), initializer=_worker_init)
+            finally:
+                if own:
+                    signal.signal(signal.SIGINT, before)
         return self._pool
 
     def processes(self) -> int:

@@ -481,6 +481,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
                     "figures: write them to another file")
     d = path if directory else path.parent
     while not d.exists() and d != d.parent:       # the nearest folder that exists
+        if d.is_symlink():   # no folder can be made there or below it: the write failed at the end of the work
+            return f"{d} is a link to a folder that does not exist"
         d = d.parent
     if not d.is_dir():
         return f"{d} is a file, so {path} cannot be created"
@@ -664,6 +666,9 @@ def main(argv: List[str] = None) -> int:
                          "refuses them and runs random weights)")
     args = ap.parse_args(argv)
     src, out = Path(args.source), Path(args.out)
+    for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
+        if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."
+            ap.error(f"{name}: no file name given")
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():

@@ -653,13 +653,15 @@ class SupervisedTrainer:
         part holds Python's lock for 8-15% of its time (py-spy, batch 32-128 at 50 boids), so
         more parts would queue on it. With dropout, each part draws its masks from a generator
         of its own, seeded from torch's default one (see _split_backward), so the run stays
-        reproducible.
+        reproducible. A batch splits into a sample a part at most: asked for more parts than that
+        (cpu_split 300 at batch_size 256), each batch ran unsplit on one thread, as "300 parts".
         """
         if self.device.type != "cpu":
             return 1
         if self.cpu_split:
-            return self.cpu_split
-        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX))   # threads beyond the CPUs too
+            return min(self.cpu_split, self.batch_size)
+        # threads beyond the CPUs make no more parts either
+        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, self.batch_size))
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.
@@ -1316,6 +1318,8 @@ def _parse(argv):
                 "schedule included; --init_weights starts a new run from weights)")
     if ns["resume"] is not None:
         resume = ns["resume"]
+        if not resume.strip():          # Path("") is ".", which read as "  is a directory"
+            p.error("--resume: no file name given (pass a checkpoint_epoch_N.pt)")
         if Path(resume).is_dir():
             p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(resume).is_file():
@@ -1394,7 +1398,8 @@ def _parse(argv):
         if unrecorded:
             notes.append((f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's "
                           f"checkpoint): these take this command's values", True))
-        if tc.dagger and "data_source" not in ck:
+        # a run without DAgger has no samples to carry: turning it on here starts the buffer empty anyway
+        if tc.dagger and "data_source" not in ck and ck.get("train_config", {}).get("dagger", True):
             notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                           f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
                           f"checkpoint_epoch_N.pt files carry them", True))

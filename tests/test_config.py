@@ -137,3 +137,20 @@ def test_a_number_argument_past_floats_range_is_refused_naming_it():
     """DaggerSource(decay=10**400) raised OverflowError "int too large to convert to float"."""
     with pytest.raises(ValueError, match="decay must be a finite number"):
         config.real_number("decay", 10 ** 400, 0, 1)
+
+
+@pytest.mark.parametrize("field", ["separation_weight", "cohesion_weight", "alignment_weight", "noise"])
+def test_a_world_value_past_float32s_range_is_refused_naming_it(field, capsys):
+    """The world is float32: --separation_weight 1e39 became infinity there, every episode's boids
+    were NaN, and the run stopped with a traceback once its checks had passed. Up to float32's
+    largest the episodes stay finite."""
+    from predlab.data import rollout_chunk
+    from predlab.train import parse_args
+    with pytest.raises(ValueError, match=f"^{field} must be <= {re.escape(str(config.FLOAT32_MAX))}, got 1e[+]39$"):
+        WorldConfig(**{field: 1e39}).validate()
+    with pytest.raises(SystemExit) as e:
+        parse_args([f"--{field}", "1e39"])
+    assert e.value.code == 2 and f"argument --{field}" in capsys.readouterr().err
+    largest = WorldConfig(frames=20, boids_max=5, **{field: config.FLOAT32_MAX})
+    largest.validate()
+    rollout_chunk(4, largest, 0).check("episodes")          # no NaN or infinity

@@ -400,3 +400,38 @@ def test_grouping_by_flock_size_keeps_each_episodes_draws():
     for k in ("context", "predator", "n", "target"):
         assert torch.allclose(getattr(a, k), getattr(b, k), rtol=0, atol=1e-5), k
     assert torch.allclose(a.boids, b.boids, rtol=0, atol=1e-5)
+
+
+def test_episode_worker_processes_leave_ctrl_c_to_the_run(monkeypatch):
+    """A terminal's Ctrl-C reaches every process of a --num_workers run. A worker it stopped printed
+    its traceback, and one stopped while it held the task queue's lock left the run's close()
+    (Pool.terminate) waiting for that lock forever: the run hung instead of exporting. Workers are
+    started ignoring Ctrl-C (through their imports too) and keep ignoring it; the run's own Ctrl-C
+    handler is back once they have started."""
+    import multiprocessing
+    import signal
+    import types
+
+    from predlab import data
+    handler = signal.getsignal(signal.SIGINT)
+    seen = []
+
+    def fake_context(method):
+        def pool(processes, initializer):
+            seen.append(signal.getsignal(signal.SIGINT))     # what a process started now inherits
+            return types.SimpleNamespace(terminate=lambda: None, join=lambda: None)
+        return types.SimpleNamespace(Pool=pool)
+
+    monkeypatch.setattr(multiprocessing, "get_context", fake_context)
+    gen = data.EpisodeGenerator(num_workers=1, progress=False)
+    gen._get_pool()
+    gen.close()
+    assert seen == [signal.SIG_IGN] and signal.getsignal(signal.SIGINT) is handler
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)        # this process's threads stay
+    monkeypatch.setattr(data, "fastsim", None)
+    try:
+        data._worker_init()                                              # as a worker runs it
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, handler)

@@ -898,3 +898,39 @@ def test_a_ctrl_c_while_earlier_files_move_aside_takes_effect_once_all_have_move
     assert not any(f.exists() for f in files)
     [dest] = (tmp_path / "previous").iterdir()
     assert sorted(p.name for p in dest.iterdir()) == sorted(f.name for f in files)
+
+
+def test_cli_names_an_empty_source_or_output_as_no_file_name(model, tmp_path, monkeypatch, capsys):
+    """An empty argument (a script's unset variable) is Path("."): the source was called "a
+    directory", to pass a file "in it", and --out "" was refused as "got .", which the user never typed."""
+    from predlab.export import main
+    monkeypatch.chdir(tmp_path)
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    for argv, name in ((["", "--out", "model.js"], "the checkpoint or weight file to export"),
+                       ([str(src), "--out", ""], "--out")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"error: {name}: no file name given\n" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt"]
+
+
+def test_an_output_below_a_link_to_nothing_is_refused_before_the_work(model, tmp_path, monkeypatch, capsys):
+    """No folder can be made at or below a link whose folder does not exist. Such an output passed the
+    checks made before the work: evaluate --json ran every episode, then failed with "File exists";
+    train --log_dir trained without logs, which the README says exits with code 2 before anything."""
+    from predlab import evaluate
+    from predlab.export import output_problem
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gone").symlink_to(tmp_path / "no-such-folder")
+    assert output_problem("gone/sub/figures.json") == output_problem("gone", directory=True) == \
+        "gone is a link to a folder that does not exist"
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: pytest.fail("evaluated before the output was checked"))
+    for run, argv in ((evaluate.main, ["teacher", "--json", "gone/figures.json"]),
+                      (parse_args, ["--log_dir", "gone"])):
+        with pytest.raises(SystemExit) as e:
+            run(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "gone is a link to a folder that does not exist" in err, err
+    assert not (tmp_path / "no-such-folder").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gone"]

@@ -1989,3 +1989,29 @@ def test_a_device_name_in_capitals_is_taken_by_the_config_as_by_the_library():
     assert resolve_device(TrainConfig(device="CPU").device) == torch.device("cpu")
     with pytest.raises(ValueError, match="unknown device 'GPU'"):
         TrainConfig(device="GPU").validate()
+
+
+def test_a_batch_splits_into_no_more_parts_than_it_has_samples(tmp_path, monkeypatch):
+    """--cpu_split 300 at --batch_size 256 (or auto's 4 parts at batch size 2) could split no batch:
+    each ran unsplit on the one torch thread left to a part, and the bench's table called that
+    "300 parts". A batch now splits into at most one sample a part."""
+    t = _trainer(tmp_path, dropout=0.0)
+    t.batch_size, t.cpu_split = 4, 16
+    assert t.split_parts() == 4
+    calls = []
+    split = t._split_backward
+
+    def recording(b, parts):
+        calls.append((len(b["target"]), parts))
+        return split(b, parts)
+    t._split_backward = recording
+    t.train_epoch(t.val_dataset)                     # 4 episodes of TINY_WORLD: whole batches of 4
+    assert calls and all(parts == 4 for n, parts in calls if n == 4)
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 16)
+    before = torch.get_num_threads()
+    torch.set_num_threads(8)
+    try:
+        t.cpu_split, t.batch_size = 0, 2
+        assert t.split_parts() == 2                   # auto: not 4 parts of a 2-sample batch
+    finally:
+        torch.set_num_threads(before)

@@ -464,3 +464,33 @@ def test_a_ctrl_c_before_training_begins_is_a_message_and_exit_130_not_a_traceba
         assert code == 130, at
         assert "interrupted before training began: nothing was written" in capsys.readouterr().err
         assert not (tmp_path / "checkpoints" / "best_model.pt").exists()
+
+
+def test_turning_dagger_on_when_resuming_a_run_without_it_gives_no_warning_about_missing_samples(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """An epoch checkpoint of a --no-dagger run holds no DAgger samples because that run made none:
+    resuming it with --dagger warned that best_model.pt is saved without them and advised an epoch
+    checkpoint, which is what was given. The change of setting is listed, and the buffer starts
+    empty, as that run's would have."""
+    import torch
+    from predlab.train import parse_args
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["train_config"]["dagger"] = False
+    del state["data_source"]                            # as a --no-dagger run saves it
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    tc, *_ = parse_args(["--resume", str(library_checkpoint), "--dagger"])
+    out, err = capsys.readouterr()
+    assert tc.dagger and "changed by flags: --dagger (the checkpoint's run: --no-dagger)" in out
+    assert "DAgger samples" not in err
+
+
+def test_an_empty_resume_path_is_named_as_no_file_name(tmp_path, monkeypatch, capsys):
+    """--resume "" (a script's unset variable) is Path("."): it was refused as "--resume:  is a
+    directory", naming no path at all."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--resume", ""])
+    assert e.value.code == 2 and "error: --resume: no file name given" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
