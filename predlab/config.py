@@ -167,6 +167,10 @@ class TrainConfig:
             if not isinstance(v, (str, os.PathLike)) and not (v is None and name in ("resume", "init_weights")):
                 raise ValueError(f"{name} must be a path, got {v!r}")
         _check_device_string(self.device)
+        if self.learning_rate * self.weight_decay >= 1:     # AdamW scales the weights by 1 - lr * wd a step
+            raise ValueError(f"weight_decay {self.weight_decay:g} x learning_rate {self.learning_rate:g} must be "
+                             f"below 1: each step scales the weights by 1 minus that product, so they vanish or "
+                             f"flip sign and the run diverges (AdamW's weight decay is usually 0.001 to 0.1)")
         if self.select_best_by not in ("val_loss", "catch_ratio"):
             raise ValueError(f"select_best_by must be val_loss or catch_ratio, got {self.select_best_by!r}")
         if self.select_best_by == "catch_ratio" and not self.eval_every:

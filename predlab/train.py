@@ -1113,9 +1113,11 @@ class SupervisedTrainer:
         """Change the peak learning rate, weight decay, warm-up or final ratio, e.g. after
         load_checkpoint (which restores the checkpoint's); None keeps a setting. The schedule keeps
         its place: the learning rate jumps to the new schedule's value at the same progress."""
-        TrainConfig(**{k: v for k, v in dict(learning_rate=learning_rate, weight_decay=weight_decay,
-                                             warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio).items()
-                       if v is not None}).validate()
+        TrainConfig(**{k: v for k, v in dict(warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio).items()
+                       if v is not None},    # the rate and the decay are checked together, as they will be
+                    learning_rate=self.scheduler.base[0] if learning_rate is None else learning_rate,
+                    weight_decay=self.optimizer.param_groups[0]["weight_decay"] if weight_decay is None
+                    else weight_decay).validate()
         if learning_rate is not None:
             self.scheduler.base = [float(learning_rate)] * len(self.optimizer.param_groups)
             for g in self.optimizer.param_groups:

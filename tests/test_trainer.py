@@ -488,3 +488,20 @@ def test_a_ctrl_c_at_any_line_of_an_epoch_then_train_again_is_the_uninterrupted_
         assert cut_short, at
         t.train(3)
         assert same(outcome(t, folder), want), at
+
+
+def test_a_weight_decay_that_would_scale_the_weights_to_zero_or_below_is_refused():
+    """AdamW multiplies the weights by 1 - lr x weight_decay each step: --weight_decay 1e30 was taken
+    and the run ended as "diverged ... --learning_rate 0.002 is too high", blaming the wrong flag.
+    set_schedule checks a new rate against the decay in use, and a new decay against the rate."""
+    from predlab.config import TrainConfig
+    with pytest.raises(ValueError, match=r"weight_decay 1e\+30 x learning_rate 0.002 must be below 1"):
+        TrainConfig(weight_decay=1e30, learning_rate=2e-3).validate()
+    TrainConfig(weight_decay=400.0, learning_rate=2e-3).validate()         # 0.8: odd, but a step keeps weights
+    t = _trainer(learning_rate=1e-2, weight_decay=50.0)
+    with pytest.raises(ValueError, match=r"weight_decay 50 x learning_rate 0.03 must be below 1"):
+        t.set_schedule(learning_rate=3e-2)
+    with pytest.raises(ValueError, match=r"weight_decay 200 x learning_rate 0.01 must be below 1"):
+        t.set_schedule(weight_decay=200.0)
+    t.set_schedule(learning_rate=1e-3, weight_decay=200.0)
+    assert t.optimizer.param_groups[0]["weight_decay"] == 200.0
