@@ -164,6 +164,9 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
                    cfg: Optional[WorldConfig] = None, policy: Optional[Callable[[Batch], Tensor]] = None) -> Rollout:
     """Run one world for `frames` frames with the teacher (or `policy(obs) -> [1, 2]`) driving.
 
+    A TransformerPredator policy drives as in predlab.evaluate (ModelPolicy): in eval mode, on its
+    own device and dtype, and (0, 0) once no boid is left (the browser never runs it then).
+
     Records the state before each step, so frame 0 is the start of the episode. The flock
     weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
     (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
@@ -178,6 +181,12 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     if policy is not None and not callable(policy):
         raise TypeError(f"policy must be a callable obs -> [1, 2] action tensor (or None for the teacher), "
                         f"got {type(policy).__name__}")
+    from .model import TransformerPredator
+    if isinstance(policy, TransformerPredator):
+        # driven as in evaluation: called bare, a fresh model (train mode) drove with dropout on, and a
+        # float64 model or one on a GPU failed inside its first layer on the float32 CPU observations
+        from .evaluate import ModelPolicy
+        policy = ModelPolicy(policy)
     world = World.random(1, cfg, generator=torch.Generator().manual_seed(seed), n_boids=n_boids,
                          width=width, height=height)
     rec: Dict[str, List[np.ndarray]] = {k: [] for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "action",

@@ -891,3 +891,22 @@ def test_export_for_browser_cut_by_ctrl_c_writes_both_files_first(make_model, tm
     assert (tmp_path / "model.js").is_file() and (tmp_path / "model.json").is_file()
     got, want = E.read_weights(tmp_path / "model.js").state_dict(), make_model(1).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_record_rollout_drives_a_model_as_evaluation_does():
+    """A model passed as the policy drives in eval mode and in its own dtype: a fresh model (train mode)
+    drove with dropout on, so the same seed recorded other actions each time, and a float64 model
+    failed inside its first layer on the float32 observations."""
+    from predlab import TransformerPredator
+    from predlab.evaluate import ModelPolicy
+
+    torch.manual_seed(0)
+    model = TransformerPredator(dropout=0.5)
+    assert model.training
+    first = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model)
+    again = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model)
+    assert np.array_equal(first.action, again.action) and model.training     # its mode is put back
+    want = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=ModelPolicy(model))
+    assert np.array_equal(first.action, want.action)
+    wide = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model.double())
+    assert np.allclose(wide.action, first.action, atol=1e-5)
