@@ -534,9 +534,10 @@ class SupervisedTrainer:
         TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
                     min_delta=min_delta, seed=seed, cpu_split=cpu_split).validate()
+        dtype = next(model.parameters()).dtype
         for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             if isinstance(data, SampleSet):
-                data.check(name)
+                data.check(name, dtype=dtype)
         self.device = as_device(device)
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
@@ -632,6 +633,10 @@ class SupervisedTrainer:
     def validate(self, data: Optional[SampleSet] = None) -> float:
         """Mean squared error over a SampleSet (the validation set by default). InputError for a set
         without samples: it has no mean, and 0 would read as a perfect model."""
+        if data is not None:      # a set of the user's: numpy or float64 fields failed inside the model
+            if not isinstance(data, SampleSet):
+                raise TypeError(f"validate takes a SampleSet, not {type(data).__name__}")
+            data.check("data", dtype=next(self.model.parameters()).dtype)
         data = self.val_dataset if data is None else data
         if not len(data):
             raise InputError("validate: the set holds no samples, so it has no mean squared error")
@@ -886,7 +891,7 @@ class SupervisedTrainer:
             # this call's only: kept in self.callbacks, it stopped later calls given another patience or none
             callbacks = [*callbacks, EarlyStopping(early_stopping_patience)]
         self.stop_training = False
-        self.val_dataset.check("val_dataset", allow_empty=False)
+        self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
             for cb in callbacks:
@@ -918,7 +923,8 @@ class SupervisedTrainer:
             cb.on_epoch_begin(self, self.epoch + 1)
         data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
                 else self.train_dataset.for_epoch(self.epoch, self))
-        data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
+        data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False,
+                   dtype=next(self.model.parameters()).dtype)
         logs = self.train_epoch(data)
         logs["val_loss"] = self.validate()
         self._check_diverged(logs)

@@ -408,3 +408,21 @@ def test_an_early_stop_decided_in_an_epoch_cut_by_ctrl_c_is_undone_with_it():
     with pytest.raises(KeyboardInterrupt):
         t.train(4)
     assert t.epoch == 1 and not t.stop_training
+
+
+def test_a_set_of_another_float_type_than_the_model_is_named_before_training():
+    """float64 samples (numpy's default) beside a float32 model failed in its first layer with 'expected m1 and
+    m2 to have the same dtype', naming neither the set nor the fix; validate() on such a set did the same."""
+    data = _samples()
+    wide = SampleSet(*(t.double() if t.is_floating_point() else t for t in
+                       (data.context, data.predator, data.boids, data.n, data.target)))
+    model = TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32)
+    with pytest.raises(InputError, match=r"train_dataset\.context is torch\.float64, the model's weights are "
+                                         r"torch\.float32"):
+        SupervisedTrainer(model, wide, data, device="cpu")
+    with pytest.raises(InputError, match=r"val_dataset\.context is torch\.float64"):
+        SupervisedTrainer(model, data, wide, device="cpu")
+    t = _trainer(data)
+    with pytest.raises(InputError, match=r"data\.context is torch\.float64"):
+        t.validate(wide)
+    assert SupervisedTrainer(model.double(), wide, wide, device="cpu", cpu_split=1).train(1)[0]["val_loss"] > 0
