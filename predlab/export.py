@@ -615,6 +615,8 @@ def not_a_file(path: Union[str, Path], missing: str) -> str:
 def read_params(path: Union[str, Path]) -> Dict:
     """Read and validate a weight file -> the weight dict."""
     path = Path(path)
+    if path.is_dir():     # not_a_file called it "a pipe, a device or a socket"
+        raise FileNotFoundError(f"{path} is a directory, not a weight file (say {path / 'model.js'})")
     if not path.is_file():
         raise FileNotFoundError(not_a_file(path, f"no weight file at {path}"))
     try:

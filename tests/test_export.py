@@ -898,3 +898,9 @@ def test_a_ctrl_c_while_earlier_files_move_aside_takes_effect_once_all_have_move
     assert not any(f.exists() for f in files)
     [dest] = (tmp_path / "previous").iterdir()
     assert sorted(p.name for p in dest.iterdir()) == sorted(f.name for f in files)
+
+
+def test_reading_weights_from_a_folder_says_it_is_a_folder(tmp_path):
+    """read_weights(folder) called the folder 'not a regular file (a pipe, a device or a socket)'."""
+    with pytest.raises(FileNotFoundError, match=r"is a directory, not a weight file \(say .*model\.js\)"):
+        read_weights(tmp_path)
