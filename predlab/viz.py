@@ -834,15 +834,26 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
               node: str = "node") -> Dict[str, np.ndarray]:
     """Run the same browser-form inputs through PyTorch and through predlab/js under Node.
 
-    weights: a model.js/.json already written for `model` (written to a temporary folder if
-    None). Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go
-    to the system temp folder, never the repo.
+    samples: browser-form dicts. weights: a model.js/.json already written for `model`
+    (ValueError when it holds other weights; written to a temporary folder if None).
+    Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go to the
+    system temp folder, never the repo.
     """
-    from .export import write_weights
+    from .export import model_to_params, read_weights, write_weights
 
     _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
     samples = list(samples)     # once: an iterator fed PyTorch and left Node nothing (a shape error)
+    if weights is not None:
+        # another model's file (another size, or an earlier export) ran in Node against this model in PyTorch:
+        # the difference reported was between two models, not between the engines
+        mine, theirs = model_to_params(model), model_to_params(read_weights(weights))
+        if mine != theirs:
+            sizes = ", ".join(f"{k} {theirs[k]} (model: {mine[k]})" for k in ("d_model", "n_heads", "n_layers",
+                                                                                 "ffn_hidden") if theirs[k] != mine[k])
+            raise ValueError(f"weights {weights} hold other weights than model "
+                             f"({sizes or 'same sizes, other values'}): give the file written for this model "
+                             "(write_weights, export_for_browser), or weights=None to write one")
     torch_out = model.predict(samples).double().cpu().numpy()                      # [B, 2]
     with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:
         if weights is None:

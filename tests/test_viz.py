@@ -910,3 +910,18 @@ def test_record_rollout_drives_a_model_as_evaluation_does():
     assert np.array_equal(first.action, want.action)
     wide = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model.double())
     assert np.allclose(wide.action, first.action, atol=1e-5)
+
+
+def test_js_parity_refuses_a_weight_file_of_another_model(make_model, make_samples, tmp_path):
+    """weights= of another model (an earlier export, another size) ran in Node against this model in
+    PyTorch, and the difference between the two models was reported as the engines' difference."""
+    from predlab import TransformerPredator
+    from predlab.export import write_weights
+
+    other = write_weights(make_model(1), tmp_path / "model.js")
+    with pytest.raises(ValueError, match=r"hold other weights than model \(same sizes, other values\)"):
+        viz.js_parity(make_model(2), make_samples([3], seed=0), weights=other)
+    with pytest.warns(UserWarning):
+        small = write_weights(TransformerPredator(d_model=32, n_layers=2), tmp_path / "small.js")
+    with pytest.raises(ValueError, match=r"d_model 32 \(model: 48\), n_layers 2 \(model: 3\)"):
+        viz.js_parity(make_model(2), make_samples([3], seed=0), weights=small)
