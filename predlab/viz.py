@@ -834,7 +834,7 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
               node: str = "node") -> Dict[str, np.ndarray]:
     """Run the same browser-form inputs through PyTorch and through predlab/js under Node.
 
-    samples: browser-form dicts. weights: a model.js/.json already written for `model`
+    samples: browser-form dicts (or one). weights: a model.js/.json already written for `model`
     (ValueError when it holds other weights; written to a temporary folder if None).
     Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go to the
     system temp folder, never the repo.
@@ -843,7 +843,8 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
 
     _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
-    samples = list(samples)     # once: an iterator fed PyTorch and left Node nothing (a shape error)
+    # one browser dict is one input (as predict takes it): list() of it gave its keys, "sample 0 must be a dict"
+    samples = [samples] if isinstance(samples, Mapping) else list(samples)   # an iterator: read once
     if weights is not None:
         # another model's file (another size, or an earlier export) ran in Node against this model in PyTorch:
         # the difference reported was between two models, not between the engines

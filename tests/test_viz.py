@@ -925,3 +925,14 @@ def test_js_parity_refuses_a_weight_file_of_another_model(make_model, make_sampl
         small = write_weights(TransformerPredator(d_model=32, n_layers=2), tmp_path / "small.js")
     with pytest.raises(ValueError, match=r"d_model 32 \(model: 48\), n_layers 2 \(model: 3\)"):
         viz.js_parity(make_model(2), make_samples([3], seed=0), weights=small)
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_takes_one_browser_dict_as_one_input(make_model, make_samples, tmp_path):
+    """One dict, as predict takes it, was read as its keys: "sample 0 must be an object/dict, got str"."""
+    from predlab.export import write_weights
+
+    model = make_model(2)
+    [one] = make_samples([4], seed=1)
+    res = viz.js_parity(model, one, weights=write_weights(model, tmp_path / "model.js"))
+    assert res["torch"].shape == res["js"].shape == (1, 2) and res["max_abs_diff"] < 1e-5
