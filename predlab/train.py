@@ -1061,6 +1061,12 @@ class SupervisedTrainer:
             self._check_optimizer_state()
         if "scheduler" in ck:
             self.scheduler.load_state_dict(ck["scheduler"])
+        # the settings the restored optimizer and schedule run with, as the next checkpoint records them:
+        # they kept this trainer's own, so a resume of that checkpoint took them for its run's
+        tc = self.train_config
+        tc.learning_rate = float(self.scheduler.base[0])
+        tc.weight_decay = float(self.optimizer.param_groups[0]["weight_decay"])     # the matrices' group
+        tc.warmup_epochs, tc.min_lr_ratio = float(self.scheduler.warmup), float(self.scheduler.min_ratio)
         self.epoch = int(ck.get("epoch", 0))
         self.best_metric = float(ck.get("best_metric", math.inf))
         self.best_epoch = int(ck.get("best_epoch", 0))

@@ -426,3 +426,20 @@ def test_a_set_of_another_float_type_than_the_model_is_named_before_training():
     with pytest.raises(InputError, match=r"data\.context is torch\.float64"):
         t.validate(wide)
     assert SupervisedTrainer(model.double(), wide, wide, device="cpu", cpu_split=1).train(1)[0]["val_loss"] > 0
+
+
+def test_a_checkpoint_loaded_into_a_trainer_of_other_settings_records_the_settings_it_restored(tmp_path):
+    """load_checkpoint restores the checkpoint's optimizer and schedule, but the trainer's train_config kept
+    the settings it was made with: its next checkpoint recorded a learning rate, weight decay and schedule
+    the run did not use, and a --resume of it reported them as the run's."""
+    from predlab.train import parse_args
+    first = _trainer(learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0.5, min_lr_ratio=0.3)
+    first.train(1)
+    path = first.save_checkpoint(tmp_path / "first.pt")
+    other = _trainer(learning_rate=4e-3, weight_decay=0.2)
+    other.load_checkpoint(path)
+    assert other.scheduler.base[0] == 1e-3 and other.optimizer.param_groups[0]["weight_decay"] == 0.05
+    tc = other.train_config
+    assert (tc.learning_rate, tc.weight_decay, tc.warmup_epochs, tc.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
+    again = parse_args(["--resume", str(other.save_checkpoint(tmp_path / "again.pt")), "--epochs", "3"])[0]
+    assert (again.learning_rate, again.weight_decay, again.warmup_epochs, again.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
