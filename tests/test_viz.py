@@ -936,3 +936,24 @@ def test_js_parity_takes_one_browser_dict_as_one_input(make_model, make_samples,
     [one] = make_samples([4], seed=1)
     res = viz.js_parity(model, one, weights=write_weights(model, tmp_path / "model.js"))
     assert res["torch"].shape == res["js"].shape == (1, 2) and res["max_abs_diff"] < 1e-5
+
+
+def test_liveplot_given_to_a_resumed_trainer_shows_that_runs_history(samples, tmp_path):
+    """A live plot that drew one trainer's run, given to another trainer resumed from a checkpoint, kept
+    the first run's values for the epochs the checkpoint had done in place of the resumed run's."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    def trainer(lr, callbacks=()):
+        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
+                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+    done = trainer(1e-2)
+    done.train(1)
+    path = done.save_checkpoint(tmp_path / "c.pt")
+    lp = viz.LivePlot(display=False)
+    trainer(1e-4, [lp]).train(2)
+    resumed = trainer(1e-4, [lp])
+    resumed.load_checkpoint(path)
+    resumed.train(2)
+    assert lp.history["epoch"] == [1, 2]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in resumed.history]
