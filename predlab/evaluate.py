@@ -34,7 +34,7 @@ import torch
 from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
                      memory_problem, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
-from .model import TransformerPredator
+from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device
 from .teacher import closest_pursuit
 from .train import EVAL_STREAM, Callback
@@ -83,6 +83,7 @@ class ModelPolicy:
     def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
         if not isinstance(model, TransformerPredator):
             raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        check_has_weights(model)
         # chunk <= 0 ran no forward: every action (0, 0), scored as a predator that never steers
         self.model, self.chunk = model, whole_number("chunk", chunk, 1)
 

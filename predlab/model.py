@@ -365,6 +365,16 @@ def _check_batch(batch, p: Tensor) -> None:
             raise InputError(f"batch[{k!r}] is on {v.device}, the model is on {p.device}")
 
 
+def check_has_weights(model: nn.Module) -> None:
+    """ValueError when the model's weights are on the meta device (shapes without values): predict, the
+    attention views, evaluation and export failed deep in torch ("Tensor.item() cannot be called on
+    meta tensors", a torch.nonzero registration error) without saying that the model holds no weights."""
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.device.type == "meta":
+        raise ValueError("the model's weights are on the meta device: shapes without values. Give it weights "
+                         "first: model.to_empty(device='cpu'), then load_state_dict or load_from_javascript")
+
+
 class TransformerPredator(nn.Module):
     """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
 
@@ -473,6 +483,7 @@ class TransformerPredator(nn.Module):
         if not single and (isinstance(structured_inputs, (str, bytes)) or not isinstance(structured_inputs, Iterable)):
             raise InputError(f"predict takes a structured-input dict or a list of them, not "
                              f"{type(structured_inputs).__name__}")
+        check_has_weights(self)
         p = next(self.parameters())
         samples = [structured_inputs] if single else list(structured_inputs)     # any iterable of dicts
         if not samples:

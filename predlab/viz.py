@@ -540,6 +540,9 @@ def _attention_inputs(model, batch) -> tuple:
 
     if not callable(getattr(model, "forward_with_attention", None)):
         raise _not_a_model(model)
+    if isinstance(model, torch.nn.Module):
+        from .model import check_has_weights
+        check_has_weights(model)
     browser = isinstance(batch, Mapping) and isinstance(batch.get("context"), Mapping)
     if browser or (isinstance(batch, Sequence) and not isinstance(batch, (str, bytes))):
         batch = collate([batch] if browser else batch)
