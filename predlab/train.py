@@ -1210,6 +1210,9 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     else:
         source = EpisodeSource(gen, tc.train_episodes)
     callbacks = list(callbacks)
+    if tc.early_stopping and not any(isinstance(c, EarlyStopping) for c in callbacks):
+        # recorded in the run's checkpoints (and applied by a --resume of them), yet this run never stopped early
+        callbacks.append(EarlyStopping(tc.early_stopping))
     if tc.eval_every:
         from .evaluate import CatchEvaluator
         if not any(isinstance(c, CatchEvaluator) for c in callbacks):

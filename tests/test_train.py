@@ -1967,3 +1967,16 @@ def test_openmp_threads_sleep_while_they_wait_unless_the_user_says_otherwise(giv
     if spin is None:
         pytest.skip("torch's OpenMP runtime here is not GNU's, which prints how long its threads spin")
     assert (int(spin.group(1)) == 0) == sleeps, out.stderr
+
+
+def test_create_trainer_stops_early_as_its_early_stopping_says(tmp_path):
+    """create_trainer took early_stopping as a TrainConfig field and recorded it in the run's checkpoints (a
+    --resume of them stops early), yet the run itself never stopped early."""
+    kw = dict(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD, eval_every=0,
+              dagger=False, min_delta=1.0)              # no epoch improves by 1: patience 1 stops after epoch 2
+    t = create_trainer(early_stopping=1, **kw)
+    t.train(4)
+    assert t.epoch == 2 and t.stop_training
+    mine = EarlyStopping(3)
+    assert [c for c in create_trainer(early_stopping=1, callbacks=[mine], **kw).callbacks
+            if isinstance(c, EarlyStopping)] == [mine]          # the caller's own is the one
