@@ -1159,6 +1159,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
 
     Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
     init_weights: the model starts from that file's weights, at its sizes (not with model= too).
+    resume: the trainer goes on from that checkpoint, as after trainer.load_checkpoint(resume) (its weights,
+    optimizer, schedule and best so far; episodes and world are this call's).
     """
     tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
@@ -1224,6 +1226,12 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                                 cpu_split=tc.cpu_split, cuda_graphs=tc.cuda_graphs, tf32=tc.tf32)
     if tc.select_best_by == "catch_ratio":
         trainer.monitor = "neg_catch_ratio"  # the trainer minimises its monitor
+    if tc.resume is not None:      # ignored, it trained a fresh model whose checkpoints named the file as the run's
+        try:
+            trainer.load_checkpoint(tc.resume)
+        except BaseException:
+            gen.close()
+            raise
     return trainer
 
 
@@ -1468,8 +1476,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     stopped = (f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
                f"are where they were")
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
-        trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
-                                 verbose=True)   # reads init_weights again: the file as it is now
+        # reads init_weights again: the file as it is now; the checkpoint is loaded below, where its errors are told
+        trainer = create_trainer(model_config=mc, world_config=wc, train_config=dataclasses.replace(tc, resume=None),
+                                 callbacks=default_callbacks(tc), verbose=True)
+        trainer.train_config.resume = tc.resume
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130
