@@ -280,12 +280,15 @@ def jshtml_frame_count(html: str) -> int:
 
 # ---------------------------------------------------------------------- training data
 def _sample_set(samples):
-    """samples if it is a SampleSet; else a TypeError saying what to pass (a batch dict has no labels)."""
+    """samples if it is a SampleSet (InputError naming a field that does not fit, SampleSet.check); else a
+    TypeError saying what to pass (a batch dict has no labels)."""
     from .data import SampleSet
 
     if not isinstance(samples, SampleSet):
         raise TypeError(f"samples must be a SampleSet (what predlab.data.generate_episodes returns), "
                         f"got {type(samples).__name__}")
+    # one of numpy arrays failed with "no attribute 'to'", and fields of other lengths were drawn as they came
+    samples.check("samples")
     return samples
 
 

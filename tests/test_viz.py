@@ -957,3 +957,16 @@ def test_liveplot_given_to_a_resumed_trainer_shows_that_runs_history(samples, tm
     resumed.train(2)
     assert lp.history["epoch"] == [1, 2]
     assert lp.history["val_loss"] == [h["val_loss"] for h in resumed.history]
+
+
+def test_the_sample_set_plots_name_a_set_whose_fields_do_not_fit(samples):
+    """A set of numpy arrays failed with "no attribute 'to'" or "'tuple' object has no attribute 'squeeze'",
+    and one whose fields have other lengths was drawn from the rows there happened to be."""
+    from predlab.data import InputError, SampleSet
+    as_numpy = SampleSet(samples.context.numpy(), samples.predator, samples.boids, samples.n, samples.target)
+    cut = SampleSet(samples.context[:3], samples.predator, samples.boids, samples.n, samples.target)
+    for bad, message in ((as_numpy, r"samples\.context must be a tensor, got ndarray"),
+                         (cut, r"samples\.predator has shape .* \(context has 3 rows\)")):
+        for call in (viz.plot_training_data, viz.training_data_stats, lambda s: viz.sample_frames(s, 3)):
+            with pytest.raises(InputError, match=message):
+                call(bad)
