@@ -225,15 +225,23 @@ class SampleSet:
         return cls(torch.cat([p.context for p in parts]), torch.cat([p.predator for p in parts]),
                    torch.cat(boids), torch.cat([p.n for p in parts]), torch.cat([p.target for p in parts]))
 
+    def _rows(self, idx) -> Tensor:
+        """n[idx], or InputError when idx picks no rows (one row as an int: "len() of a 0-d tensor")."""
+        n = self.n[idx]
+        if n.dim() != 1:
+            raise InputError(f"idx must pick rows (a 1-D index or bool tensor, a list or a slice), got {idx!r}: "
+                             f"for row i alone give [i]")
+        return n
+
     def select(self, idx: Tensor) -> "SampleSet":
         """Rows idx, with the boid axis trimmed to the widest selected row."""
-        n = self.n[idx]
+        n = self._rows(idx)
         N = int(n.max()) if len(n) else 0
         return SampleSet(self.context[idx], self.predator[idx], self.boids[idx, :N], n, self.target[idx])
 
     def batch(self, idx: Tensor, device=None) -> Batch:
         """Model batch (with 'target') for rows idx, trimmed to the widest row."""
-        n = self.n[idx]
+        n = self._rows(idx)
         N = int(n.max()) if len(n) else 0
         out = {"context": self.context[idx], "predator": self.predator[idx], "boids": self.boids[idx, :N],
                "mask": torch.arange(N, device=n.device)[None, :] < n[:, None], "target": self.target[idx]}

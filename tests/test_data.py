@@ -422,3 +422,12 @@ def test_sampleset_check_names_numpy_fields_and_mixed_float_types():
     with pytest.raises(InputError, match=r"train\.context is torch\.float64, the model's weights are "
                                          r"torch\.float32"):
         wide.check("train", dtype=torch.float32)
+
+
+def test_sampleset_select_and_batch_name_a_single_row_index():
+    """select(3) or batch(3), one row as an int, failed with "len() of a 0-d tensor"."""
+    s = generate_small()
+    for call in (s.select, s.batch):
+        with pytest.raises(InputError, match=r"idx must pick rows .* got 3: for row i alone give \[i\]"):
+            call(3)
+    assert len(s.select([3])) == 1 and s.batch([3])["mask"].shape == (1, int(s.n[3]))
