@@ -441,7 +441,8 @@ class TransformerPredator(nn.Module):
         x = torch.cat([cls_tok, ctx_tok, pred_tok, boid_tok], 1)                           # (B, T, D)
         keep = torch.cat([mask.new_ones(B, 3, dtype=torch.bool), mask.bool()], 1)          # (B, T)
         bias = torch.zeros(B, 1, 1, 3 + N, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill(~keep[:, None, None, :], MASKED)
+        # float16 holds no -1e9 ("value cannot be converted to type c10::Half"): its own largest negative there
+        bias = bias.masked_fill(~keep[:, None, None, :], max(MASKED, torch.finfo(x.dtype).min))
         return x, bias
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

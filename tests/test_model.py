@@ -450,3 +450,16 @@ def test_a_model_without_weights_is_named_by_every_function_that_runs_or_reads_i
     given = TransformerPredator()
     empty.to_empty(device="cpu").load_from_javascript(given.export_to_javascript())     # the way the message gives
     assert torch.equal(empty.predict(inputs), given.predict(inputs))
+
+
+def test_a_float16_model_runs_a_padded_batch(make_model, make_samples):
+    """model.half() failed on any batch with "value cannot be converted to type c10::Half without
+    overflow": the padding mask's -1e9 is beyond float16's range. Padding still gets no weight."""
+    model = make_model(0)
+    inputs = make_samples([0, 2, 7], seed=3)
+    half = make_model(0).half()
+    got = half.predict(inputs)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), model.predict(inputs), rtol=0, atol=2e-3)
+    for i, one in enumerate(inputs):       # padded to 7 boids, and alone: the same actions
+        torch.testing.assert_close(half.predict(one), got[i], rtol=0, atol=1e-3)
