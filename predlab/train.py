@@ -260,6 +260,7 @@ class Checkpointer(Callback):
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
+        self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
@@ -287,7 +288,9 @@ class Checkpointer(Callback):
 
     def _find_earlier_files(self, trainer) -> None:
         """The files of other runs in the folder, which make_room moves aside at this run's first write."""
-        if self._trainer is trainer:
+        # a trainer that loaded a checkpoint since (rewound to an earlier epoch, say) is sorted out as a resumed
+        # run: the same run's branch overwrote the later epochs' files, best_model.pt of a better epoch too
+        if self._trainer is trainer and getattr(trainer, "resumed_from", None) is self._resumed_from:
             # train() again on the same trainer: the same run, unless another run (another trainer,
             # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's,
             # with any still to move because this run has not written yet (its rotation would delete them)
@@ -300,7 +303,7 @@ class Checkpointer(Callback):
                 self._pending = self._pending + theirs + exports
             return
         self._trainer = trainer
-        src = getattr(trainer, "resumed_from", None)
+        src = self._resumed_from = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
         if continuing:    # keep this run's files up to the epoch it resumed from
             later = [p for p in self._epoch_files() if self._epoch_of(p) > trainer.epoch]
