@@ -887,6 +887,14 @@ class SupervisedTrainer:
             if isinstance(cb, type):
                 raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback made from it: give "
                                 f"{cb.__name__}(...)")
+        from .evaluate import CatchEvaluator     # (evaluate imports this module)
+        if self.monitor == "neg_catch_ratio" and not any(isinstance(c, CatchEvaluator) for c in self.callbacks):
+            # restored by load_checkpoint from a run that chose its best by the catch ratio: no epoch was ever the
+            # best, so no best_model.pt was written and early stopping never fired (the CLI refuses this)
+            warnings.warn("this trainer picks its best epoch by catch_ratio (the checkpoint it loaded did so), but "
+                          "no CatchEvaluator among its callbacks measures it: no epoch will count as the best, so "
+                          "neither best_model.pt nor early stopping follows; add predlab.evaluate.CatchEvaluator() "
+                          "or set trainer.monitor = 'val_loss'", stacklevel=2)
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks

@@ -443,3 +443,23 @@ def test_a_checkpoint_loaded_into_a_trainer_of_other_settings_records_the_settin
     assert (tc.learning_rate, tc.weight_decay, tc.warmup_epochs, tc.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
     again = parse_args(["--resume", str(other.save_checkpoint(tmp_path / "again.pt")), "--epochs", "3"])[0]
     assert (again.learning_rate, again.weight_decay, again.warmup_epochs, again.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
+
+
+def test_a_trainer_that_picks_its_best_by_catch_ratio_without_measuring_it_says_so(tmp_path):
+    """load_checkpoint of a run that chose its best by the catch ratio set that monitor; without a
+    CatchEvaluator no epoch ever counted as the best: no best_model.pt, no early stop, and no word why."""
+    import warnings
+    from predlab.evaluate import CatchEvaluator
+    first = _trainer()
+    first.monitor = "neg_catch_ratio"                  # what select_best_by="catch_ratio" sets
+    path = first.save_checkpoint(tmp_path / "c.pt")
+    t = _trainer()
+    t.load_checkpoint(path)
+    with pytest.warns(UserWarning, match="no CatchEvaluator among its callbacks measures it"):
+        t.train(1)
+    assert t.best_epoch == 0
+    measured = _trainer(callbacks=[CatchEvaluator(every=5, episodes=1, frames=2)])
+    measured.load_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured.train(1)
