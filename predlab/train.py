@@ -871,7 +871,7 @@ class SupervisedTrainer:
         """Train until epoch num_epochs (counting epochs already done); returns the metric history.
 
         early_stopping_patience: stop after that many epochs without improvement, in this call only
-        (0: no early stopping, unless an EarlyStopping is among the trainer's callbacks).
+        (in place of an EarlyStopping among the trainer's callbacks; 0: that one's patience, or none).
         An epoch that does not finish (Ctrl-C, divergence, an error) is undone before the error
         propagates, so train() again repeats it as an uninterrupted run would."""
         num_epochs = whole_number("num_epochs", num_epochs, 1)    # numpy's integers too, as plain ints
@@ -898,9 +898,11 @@ class SupervisedTrainer:
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
-        if early_stopping_patience and not any(isinstance(c, EarlyStopping) for c in callbacks):
-            # this call's only: kept in self.callbacks, it stopped later calls given another patience or none
-            callbacks = [*callbacks, EarlyStopping(early_stopping_patience)]
+        if early_stopping_patience:
+            # this call's only: kept in self.callbacks, it stopped later calls given another patience or none;
+            # and in place of an EarlyStopping of the trainer's (create_trainer's early_stopping), which kept its own
+            callbacks = [*(c for c in callbacks if not isinstance(c, EarlyStopping)),
+                         EarlyStopping(early_stopping_patience)]
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun

@@ -1995,3 +1995,14 @@ def test_create_trainer_goes_on_from_its_resume_checkpoint(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(t.model.state_dict().values(), first.model.state_dict().values()))
     with pytest.raises(ck.CheckpointError, match="another architecture"):
         create_trainer(resume=str(path), model_config=ModelConfig(d_model=16, n_heads=2), **kw)
+
+
+def test_the_patience_given_to_train_wins_over_the_trainers_early_stopping_for_that_call():
+    """train(N, early_stopping_patience=1) on a trainer that already had an EarlyStopping (create_trainer's
+    early_stopping) kept that one's patience, silently ignoring the one given."""
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, dagger=False, min_delta=1.0, early_stopping=4)   # no epoch improves by 1
+    t.train(6, early_stopping_patience=1)
+    assert t.epoch == 2 and t.stop_training
+    t.train(8)                  # the trainer's own patience again: epochs 2 to 5 without improving on epoch 1
+    assert t.epoch == 5 and t.stop_training
