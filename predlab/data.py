@@ -176,8 +176,25 @@ class SampleSet:
     def __len__(self) -> int:
         return self.context.shape[0]
 
-    def check(self, name: str = "samples", allow_empty: bool = True) -> None:
-        """Raise InputError naming the field when the tensors disagree, or hold NaN or infinity."""
+    def check(self, name: str = "samples", allow_empty: bool = True, dtype: Optional[torch.dtype] = None) -> None:
+        """Raise InputError naming the field when the tensors disagree, or hold NaN or infinity.
+
+        The fields must be tensors, and the four float ones share one floating dtype (dtype, the
+        model's, when given): numpy arrays, or float64 fields beside a float32 model, failed in the
+        model's first layer with an error that named neither the set nor the field."""
+        for k in ("context", "predator", "boids", "n", "target"):
+            if not isinstance(getattr(self, k), Tensor):
+                raise InputError(f"{name}.{k} must be a tensor, got {type(getattr(self, k)).__name__} "
+                                 "(torch.from_numpy turns an array into one)")
+        floats = {k: getattr(self, k).dtype for k in ("context", "predator", "boids", "target")}
+        want = dtype if dtype is not None else floats["context"]
+        for k, dt in floats.items():
+            if not dt.is_floating_point:
+                raise InputError(f"{name}.{k} is {dt}: it must be a float tensor (.float())")
+            if dt != want:
+                whose = "the model's weights are" if dtype is not None else "context is"
+                raise InputError(f"{name}.{k} is {dt}, {whose} {want}: give every float field as {want} "
+                                 f"(.to({want}))")
         S = len(self)
         want = {"context": (S, 2), "predator": (S, 2), "target": (S, 2), "n": (S,)}
         for k, shp in want.items():
@@ -210,15 +227,23 @@ class SampleSet:
         return cls(torch.cat([p.context for p in parts]), torch.cat([p.predator for p in parts]),
                    torch.cat(boids), torch.cat([p.n for p in parts]), torch.cat([p.target for p in parts]))
 
+    def _rows(self, idx) -> Tensor:
+        """n[idx], or InputError when idx picks no rows (one row as an int: "len() of a 0-d tensor")."""
+        n = self.n[idx]
+        if n.dim() != 1:
+            raise InputError(f"idx must pick rows (a 1-D index or bool tensor, a list or a slice), got {idx!r}: "
+                             f"for row i alone give [i]")
+        return n
+
     def select(self, idx: Tensor) -> "SampleSet":
         """Rows idx, with the boid axis trimmed to the widest selected row."""
-        n = self.n[idx]
+        n = self._rows(idx)
         N = int(n.max()) if len(n) else 0
         return SampleSet(self.context[idx], self.predator[idx], self.boids[idx, :N], n, self.target[idx])
 
     def batch(self, idx: Tensor, device=None) -> Batch:
         """Model batch (with 'target') for rows idx, trimmed to the widest row."""
-        n = self.n[idx]
+        n = self._rows(idx)
         N = int(n.max()) if len(n) else 0
         out = {"context": self.context[idx], "predator": self.predator[idx], "boids": self.boids[idx, :N],
                "mask": torch.arange(N, device=n.device)[None, :] < n[:, None], "target": self.target[idx]}

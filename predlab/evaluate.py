@@ -19,6 +19,7 @@ Run as `python -m predlab.evaluate PATH|teacher|random [--episodes N --frames T 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import torch
 from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
                      memory_problem, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
-from .model import TransformerPredator
+from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device
 from .teacher import closest_pursuit
 from .train import EVAL_STREAM, Callback
@@ -82,6 +83,7 @@ class ModelPolicy:
     def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
         if not isinstance(model, TransformerPredator):
             raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        check_has_weights(model)
         # chunk <= 0 ran no forward: every action (0, 0), scored as a predator that never steers
         self.model, self.chunk = model, whole_number("chunk", chunk, 1)
 
@@ -263,7 +265,7 @@ class CatchEvaluator(Callback):
     Adds catch_ratio, catches_per_1k and neg_catch_ratio (the trainer minimises its monitor,
     so select-best-by-catch-ratio monitors neg_catch_ratio). Runs in the trainer's
     on_evaluate hook, before the best-epoch decision. The teacher's rollout on the same
-    episodes is computed once and reused.
+    episodes is computed once and reused (again for another trainer's world or device).
     """
 
     def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0):
@@ -273,6 +275,7 @@ class CatchEvaluator(Callback):
         seed = whole_number("seed", seed, 0, SEED_MAX)
         self.every, self.episodes, self.frames, self.seed = every, episodes, frames, seed
         self.teacher: Optional[Rollout] = None
+        self._teacher_episodes = None
 
     def due(self, trainer, epoch: int) -> bool:
         """Every `every` epochs; also the last one when it decides the best model (short runs)."""
@@ -284,8 +287,11 @@ class CatchEvaluator(Callback):
             return
         kw = dict(episodes=self.episodes, frames=self.frames, seed=self.seed, world_config=trainer.world_config,
                   device=trainer.device)
-        if self.teacher is None:
-            self.teacher = rollout("teacher", **kw)
+        # the episodes the teacher's rollout was run on: an evaluator given to a second trainer (another world,
+        # a notebook cell run again) scored its model against the first world's teacher, a ratio of two worlds
+        episodes = (self.episodes, self.frames, self.seed, copy.deepcopy(trainer.world_config), str(trainer.device))
+        if self.teacher is None or episodes != self._teacher_episodes:
+            self.teacher, self._teacher_episodes = rollout("teacher", **kw), episodes
             if not int(self.teacher.catches.sum()):
                 print(f"warning: the teacher catches nothing in {self.episodes} episodes x {self.frames} frames, so "
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)

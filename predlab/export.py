@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .config import BROWSER_SIZES, FLOAT32_MAX
-from .model import TOKEN_TYPES, TransformerPredator
+from .model import TOKEN_TYPES, TransformerPredator, check_has_weights
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
@@ -198,6 +198,7 @@ def _param_paths(n_layers: int) -> Dict[str, str]:
 
 def model_to_params(model: TransformerPredator) -> Dict:
     """Model -> the browser's weight dict, plain lists of (float32-exact) floats."""
+    check_has_weights(model)
     c = model.config
     sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
     out = {"d_model": c.d_model, "n_heads": c.n_heads, "n_layers": c.n_layers, "ffn_hidden": c.ffn_hidden,
@@ -617,6 +618,8 @@ def not_a_file(path: Union[str, Path], missing: str) -> str:
 def read_params(path: Union[str, Path]) -> Dict:
     """Read and validate a weight file -> the weight dict."""
     path = Path(path)
+    if path.is_dir():     # not_a_file called it "a pipe, a device or a socket"
+        raise FileNotFoundError(f"{path} is a directory, not a weight file (say {path / 'model.js'})")
     if not path.is_file():
         raise FileNotFoundError(not_a_file(path, f"no weight file at {path}"))
     try:

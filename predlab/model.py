@@ -365,6 +365,16 @@ def _check_batch(batch, p: Tensor) -> None:
             raise InputError(f"batch[{k!r}] is on {v.device}, the model is on {p.device}")
 
 
+def check_has_weights(model: nn.Module) -> None:
+    """ValueError when the model's weights are on the meta device (shapes without values): predict, the
+    attention views, evaluation and export failed deep in torch ("Tensor.item() cannot be called on
+    meta tensors", a torch.nonzero registration error) without saying that the model holds no weights."""
+    p = next(iter(model.parameters()), None)
+    if p is not None and p.device.type == "meta":
+        raise ValueError("the model's weights are on the meta device: shapes without values. Give it weights "
+                         "first: model.to_empty(device='cpu'), then load_state_dict or load_from_javascript")
+
+
 class TransformerPredator(nn.Module):
     """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
 
@@ -431,7 +441,8 @@ class TransformerPredator(nn.Module):
         x = torch.cat([cls_tok, ctx_tok, pred_tok, boid_tok], 1)                           # (B, T, D)
         keep = torch.cat([mask.new_ones(B, 3, dtype=torch.bool), mask.bool()], 1)          # (B, T)
         bias = torch.zeros(B, 1, 1, 3 + N, dtype=x.dtype, device=x.device)
-        bias = bias.masked_fill(~keep[:, None, None, :], MASKED)
+        # float16 holds no -1e9 ("value cannot be converted to type c10::Half"): its own largest negative there
+        bias = bias.masked_fill(~keep[:, None, None, :], max(MASKED, torch.finfo(x.dtype).min))
         return x, bias
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
@@ -473,6 +484,7 @@ class TransformerPredator(nn.Module):
         if not single and (isinstance(structured_inputs, (str, bytes)) or not isinstance(structured_inputs, Iterable)):
             raise InputError(f"predict takes a structured-input dict or a list of them, not "
                              f"{type(structured_inputs).__name__}")
+        check_has_weights(self)
         p = next(self.parameters())
         samples = [structured_inputs] if single else list(structured_inputs)     # any iterable of dicts
         if not samples:

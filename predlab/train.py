@@ -260,6 +260,7 @@ class Checkpointer(Callback):
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
+        self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
@@ -287,7 +288,9 @@ class Checkpointer(Callback):
 
     def _find_earlier_files(self, trainer) -> None:
         """The files of other runs in the folder, which make_room moves aside at this run's first write."""
-        if self._trainer is trainer:
+        # a trainer that loaded a checkpoint since (rewound to an earlier epoch, say) is sorted out as a resumed
+        # run: the same run's branch overwrote the later epochs' files, best_model.pt of a better epoch too
+        if self._trainer is trainer and getattr(trainer, "resumed_from", None) is self._resumed_from:
             # train() again on the same trainer: the same run, unless another run (another trainer,
             # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's,
             # with any still to move because this run has not written yet (its rotation would delete them)
@@ -300,7 +303,7 @@ class Checkpointer(Callback):
                 self._pending = self._pending + theirs + exports
             return
         self._trainer = trainer
-        src = getattr(trainer, "resumed_from", None)
+        src = self._resumed_from = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
         if continuing:    # keep this run's files up to the epoch it resumed from
             later = [p for p in self._epoch_files() if self._epoch_of(p) > trainer.epoch]
@@ -534,9 +537,10 @@ class SupervisedTrainer:
         TrainConfig(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
                     warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
                     min_delta=min_delta, seed=seed, cpu_split=cpu_split).validate()
+        dtype = next(model.parameters()).dtype
         for name, data in (("train_dataset", train_dataset), ("val_dataset", val_dataset)):
             if isinstance(data, SampleSet):
-                data.check(name)
+                data.check(name, dtype=dtype)
         self.device = as_device(device)
         self.model = model.to(self.device)
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
@@ -632,6 +636,10 @@ class SupervisedTrainer:
     def validate(self, data: Optional[SampleSet] = None) -> float:
         """Mean squared error over a SampleSet (the validation set by default). InputError for a set
         without samples: it has no mean, and 0 would read as a perfect model."""
+        if data is not None:      # a set of the user's: numpy or float64 fields failed inside the model
+            if not isinstance(data, SampleSet):
+                raise TypeError(f"validate takes a SampleSet, not {type(data).__name__}")
+            data.check("data", dtype=next(self.model.parameters()).dtype)
         data = self.val_dataset if data is None else data
         if not len(data):
             raise InputError("validate: the set holds no samples, so it has no mean squared error")
@@ -881,6 +889,14 @@ class SupervisedTrainer:
             if isinstance(cb, type):
                 raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback made from it: give "
                                 f"{cb.__name__}(...)")
+        from .evaluate import CatchEvaluator     # (evaluate imports this module)
+        if self.monitor == "neg_catch_ratio" and not any(isinstance(c, CatchEvaluator) for c in self.callbacks):
+            # restored by load_checkpoint from a run that chose its best by the catch ratio: no epoch was ever the
+            # best, so no best_model.pt was written and early stopping never fired (the CLI refuses this)
+            warnings.warn("this trainer picks its best epoch by catch_ratio (the checkpoint it loaded did so), but "
+                          "no CatchEvaluator among its callbacks measures it: no epoch will count as the best, so "
+                          "neither best_model.pt nor early stopping follows; add predlab.evaluate.CatchEvaluator() "
+                          "or set trainer.monitor = 'val_loss'", stacklevel=2)
         self.target_epochs = num_epochs
         self.scheduler.total = num_epochs
         callbacks = self.callbacks
@@ -890,7 +906,7 @@ class SupervisedTrainer:
             callbacks = [*(c for c in callbacks if not isinstance(c, EarlyStopping)),
                          EarlyStopping(early_stopping_patience)]
         self.stop_training = False
-        self.val_dataset.check("val_dataset", allow_empty=False)
+        self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
             for cb in callbacks:
@@ -925,7 +941,8 @@ class SupervisedTrainer:
                     else self.train_dataset.for_epoch(self.epoch, self))
         except NonFiniteActions as e:    # a source whose episodes the model drives (DAgger): finite weights, NaN actions
             raise TrainingDiverged(self.epoch + 1, str(e), self.scheduler.base[0]) from e
-        data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False)
+        data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False,
+                   dtype=next(self.model.parameters()).dtype)
         logs = self.train_epoch(data)
         logs["val_loss"] = self.validate()
         self._check_diverged(logs)
@@ -1062,6 +1079,12 @@ class SupervisedTrainer:
             self._check_optimizer_state()
         if "scheduler" in ck:
             self.scheduler.load_state_dict(ck["scheduler"])
+        # the settings the restored optimizer and schedule run with, as the next checkpoint records them:
+        # they kept this trainer's own, so a resume of that checkpoint took them for its run's
+        tc = self.train_config
+        tc.learning_rate = float(self.scheduler.base[0])
+        tc.weight_decay = float(self.optimizer.param_groups[0]["weight_decay"])     # the matrices' group
+        tc.warmup_epochs, tc.min_lr_ratio = float(self.scheduler.warmup), float(self.scheduler.min_ratio)
         self.epoch = int(ck.get("epoch", 0))
         self.best_metric = float(ck.get("best_metric", math.inf))
         self.best_epoch = int(ck.get("best_epoch", 0))
@@ -1156,6 +1179,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
 
     Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
     init_weights: the model starts from that file's weights, at its sizes (not with model= too).
+    resume: the trainer goes on from that checkpoint, as after trainer.load_checkpoint(resume) (its weights,
+    optimizer, schedule and best so far; episodes and world are this call's).
     """
     tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
@@ -1207,6 +1232,9 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     else:
         source = EpisodeSource(gen, tc.train_episodes)
     callbacks = list(callbacks)
+    if tc.early_stopping and not any(isinstance(c, EarlyStopping) for c in callbacks):
+        # recorded in the run's checkpoints (and applied by a --resume of them), yet this run never stopped early
+        callbacks.append(EarlyStopping(tc.early_stopping))
     if tc.eval_every:
         from .evaluate import CatchEvaluator
         if not any(isinstance(c, CatchEvaluator) for c in callbacks):
@@ -1218,6 +1246,12 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                                 cpu_split=tc.cpu_split, cuda_graphs=tc.cuda_graphs, tf32=tc.tf32)
     if tc.select_best_by == "catch_ratio":
         trainer.monitor = "neg_catch_ratio"  # the trainer minimises its monitor
+    if tc.resume is not None:      # ignored, it trained a fresh model whose checkpoints named the file as the run's
+        try:
+            trainer.load_checkpoint(tc.resume)
+        except BaseException:
+            gen.close()
+            raise
     return trainer
 
 
@@ -1469,8 +1503,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     stopped = (f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
                f"are where they were")
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
-        trainer = create_trainer(model_config=mc, world_config=wc, train_config=tc, callbacks=default_callbacks(tc),
-                                 verbose=True)   # reads init_weights again: the file as it is now
+        # reads init_weights again: the file as it is now; the checkpoint is loaded below, where its errors are told
+        trainer = create_trainer(model_config=mc, world_config=wc, train_config=dataclasses.replace(tc, resume=None),
+                                 callbacks=default_callbacks(tc), verbose=True)
+        trainer.train_config.resume = tc.resume
     except KeyboardInterrupt:
         print(stopped, file=sys.stderr)
         return 130

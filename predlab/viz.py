@@ -164,6 +164,9 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
                    cfg: Optional[WorldConfig] = None, policy: Optional[Callable[[Batch], Tensor]] = None) -> Rollout:
     """Run one world for `frames` frames with the teacher (or `policy(obs) -> [1, 2]`) driving.
 
+    A TransformerPredator policy drives as in predlab.evaluate (ModelPolicy): in eval mode, on its
+    own device and dtype, and (0, 0) once no boid is left (the browser never runs it then).
+
     Records the state before each step, so frame 0 is the start of the episode. The flock
     weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
     (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
@@ -178,6 +181,12 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     if policy is not None and not callable(policy):
         raise TypeError(f"policy must be a callable obs -> [1, 2] action tensor (or None for the teacher), "
                         f"got {type(policy).__name__}")
+    from .model import TransformerPredator
+    if isinstance(policy, TransformerPredator):
+        # driven as in evaluation: called bare, a fresh model (train mode) drove with dropout on, and a
+        # float64 model or one on a GPU failed inside its first layer on the float32 CPU observations
+        from .evaluate import ModelPolicy
+        policy = ModelPolicy(policy)
     world = World.random(1, cfg, generator=torch.Generator().manual_seed(seed), n_boids=n_boids,
                          width=width, height=height)
     rec: Dict[str, List[np.ndarray]] = {k: [] for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "action",
@@ -271,12 +280,15 @@ def jshtml_frame_count(html: str) -> int:
 
 # ---------------------------------------------------------------------- training data
 def _sample_set(samples):
-    """samples if it is a SampleSet; else a TypeError saying what to pass (a batch dict has no labels)."""
+    """samples if it is a SampleSet (InputError naming a field that does not fit, SampleSet.check); else a
+    TypeError saying what to pass (a batch dict has no labels)."""
     from .data import SampleSet
 
     if not isinstance(samples, SampleSet):
         raise TypeError(f"samples must be a SampleSet (what predlab.data.generate_episodes returns), "
                         f"got {type(samples).__name__}")
+    # one of numpy arrays failed with "no attribute 'to'", and fields of other lengths were drawn as they came
+    samples.check("samples")
     return samples
 
 
@@ -418,11 +430,16 @@ class LivePlot(Callback):
         self.lines: Dict[str, object] = {}
         self.fig: Optional[Figure] = None
         self.handle = None
+        self._trainer = None      # whose run history holds
 
     def on_train_begin(self, trainer):
         # Each train() call shows its own plot: a notebook cell run again (to resume after an
         # interrupt) has cleared the old one, and an update to a cleared display shows nothing.
         self.handle = None
+        if trainer is not self._trainer:
+            # another trainer is another run: one resumed from a checkpoint kept the epochs of the run drawn
+            # before in place of its own (those seen were not taken from its history)
+            self.history, self.epochs, self._trainer = {}, {}, trainer
         # An epoch drawn, then undone by the trainer (cut after this callback's on_epoch_end) is
         # drawn again when it is repeated: drop it here, not twice on the plot.
         done = getattr(trainer, "epoch", None)
@@ -526,6 +543,9 @@ def _attention_inputs(model, batch) -> tuple:
 
     if not callable(getattr(model, "forward_with_attention", None)):
         raise _not_a_model(model)
+    if isinstance(model, torch.nn.Module):
+        from .model import check_has_weights
+        check_has_weights(model)
     browser = isinstance(batch, Mapping) and isinstance(batch.get("context"), Mapping)
     if browser or (isinstance(batch, Sequence) and not isinstance(batch, (str, bytes))):
         batch = collate([batch] if browser else batch)
@@ -825,15 +845,27 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
               node: str = "node") -> Dict[str, np.ndarray]:
     """Run the same browser-form inputs through PyTorch and through predlab/js under Node.
 
-    weights: a model.js/.json already written for `model` (written to a temporary folder if
-    None). Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go
-    to the system temp folder, never the repo.
+    samples: browser-form dicts (or one). weights: a model.js/.json already written for `model`
+    (ValueError when it holds other weights; written to a temporary folder if None).
+    Returns {'torch': [B, 2], 'js': [B, 2], 'max_abs_diff': float}. Temporary files go to the
+    system temp folder, never the repo.
     """
-    from .export import write_weights
+    from .export import model_to_params, read_weights, write_weights
 
     _browser_model(model)
     script = Path(__file__).resolve().parent / "js" / "run_node.js"
-    samples = list(samples)     # once: an iterator fed PyTorch and left Node nothing (a shape error)
+    # one browser dict is one input (as predict takes it): list() of it gave its keys, "sample 0 must be a dict"
+    samples = [samples] if isinstance(samples, Mapping) else list(samples)   # an iterator: read once
+    if weights is not None:
+        # another model's file (another size, or an earlier export) ran in Node against this model in PyTorch:
+        # the difference reported was between two models, not between the engines
+        mine, theirs = model_to_params(model), model_to_params(read_weights(weights))
+        if mine != theirs:
+            sizes = ", ".join(f"{k} {theirs[k]} (model: {mine[k]})" for k in ("d_model", "n_heads", "n_layers",
+                                                                                 "ffn_hidden") if theirs[k] != mine[k])
+            raise ValueError(f"weights {weights} hold other weights than model "
+                             f"({sizes or 'same sizes, other values'}): give the file written for this model "
+                             "(write_weights, export_for_browser), or weights=None to write one")
     torch_out = model.predict(samples).double().cpu().numpy()                      # [B, 2]
     with tempfile.TemporaryDirectory(prefix="predlab-parity-") as tmp:
         if weights is None:

@@ -473,3 +473,21 @@ def test_an_earlier_runs_files_that_could_not_be_moved_are_not_overwritten_when_
     assert moved["best_model.pt"]["epoch"] == 3 and "run" not in moved["best_model.pt"]
     assert sorted(moved) == ["best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt",
                              "checkpoint_epoch_3.pt"]
+
+
+def test_a_trainer_rewound_to_an_earlier_checkpoint_of_its_folder_moves_the_later_files_aside(tmp_path):
+    """train() again after load_checkpoint of an earlier epoch of the same run, on the same trainer: the
+    later epochs' checkpoints were overwritten or left among the new ones, and best_model.pt of a better,
+    later epoch was replaced by a worse one. They move aside, as for a run resumed from that checkpoint."""
+    d = tmp_path / "ck"
+    run, cp = _Run(), Checkpointer(d, save_every=1, keep=5)
+    run.train(cp, 4, improved={1, 2, 4})
+    run.epoch, run.resumed_from = 2, d / "checkpoint_epoch_2.pt"        # what load_checkpoint sets
+    run.train(cp, 3, improved={3})
+    assert sorted(p.name for p in d.glob("previous/*/*")) == \
+        ["best_model.pt", "checkpoint_epoch_3.pt", "checkpoint_epoch_4.pt"]
+    [moved] = (d / "previous").iterdir()
+    assert ck.load_checkpoint_dict(moved / "best_model.pt")["epoch"] == 4
+    assert _epochs_in(d) == [1, 2, 3] and ck.load_checkpoint_dict(d / "best_model.pt")["epoch"] == 3
+    run.train(cp, 4)                      # train() again without a load: the same run goes on
+    assert len(list((d / "previous").iterdir())) == 1 and _epochs_in(d) == [1, 2, 3, 4]

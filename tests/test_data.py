@@ -435,3 +435,34 @@ def test_episode_worker_processes_leave_ctrl_c_to_the_run(monkeypatch):
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, handler)
+
+
+def test_sampleset_check_names_numpy_fields_and_mixed_float_types():
+    """A set built from numpy arrays, or with a float64 field, is named by check(): such sets failed in the
+    model's first layer ('expected m1 and m2 to have the same dtype') or with "no attribute 'dim'"."""
+    from predlab.data import SampleSet
+    s = generate_small()
+    as_numpy = SampleSet(s.context.numpy(), s.predator, s.boids, s.n, s.target)
+    with pytest.raises(InputError, match=r"train\.context must be a tensor, got ndarray"):
+        as_numpy.check("train")
+    mixed = SampleSet(s.context, s.predator, s.boids.double(), s.n, s.target)
+    with pytest.raises(InputError, match=r"train\.boids is torch\.float64, context is torch\.float32"):
+        mixed.check("train")
+    whole = SampleSet(s.context, s.predator, s.boids, s.n, s.target.long())
+    with pytest.raises(InputError, match=r"train\.target is torch\.int64: it must be a float tensor"):
+        whole.check("train")
+    wide = SampleSet(*(t.double() if t.is_floating_point() else t for t in
+                       (s.context, s.predator, s.boids, s.n, s.target)))
+    wide.check("train")                                             # float64 throughout is a set
+    with pytest.raises(InputError, match=r"train\.context is torch\.float64, the model's weights are "
+                                         r"torch\.float32"):
+        wide.check("train", dtype=torch.float32)
+
+
+def test_sampleset_select_and_batch_name_a_single_row_index():
+    """select(3) or batch(3), one row as an int, failed with "len() of a 0-d tensor"."""
+    s = generate_small()
+    for call in (s.select, s.batch):
+        with pytest.raises(InputError, match=r"idx must pick rows .* got 3: for row i alone give \[i\]"):
+            call(3)
+    assert len(s.select([3])) == 1 and s.batch([3])["mask"].shape == (1, int(s.n[3]))

@@ -808,3 +808,28 @@ def test_evaluation_episodes_repeat_for_a_seed_and_are_none_the_model_trained_or
     for stream in range(6):       # validation (0), then epochs 1..5
         w = World.random(8, cfg, generator=torch.Generator().manual_seed(chunk_seed(3, stream, 0)))
         assert not torch.equal(w.pred_pos, a.pred_pos), f"stream {stream}"
+
+
+def test_catch_evaluator_runs_the_teacher_again_for_another_trainers_world(model, monkeypatch):
+    """An evaluator given to a second trainer (a notebook cell run again with another world) reused the
+    first world's teacher rollout: the model's catches in one world over the teacher's in another."""
+    import dataclasses
+
+    from predlab import evaluate
+    from predlab.evaluate import CatchEvaluator
+    teachers = []
+
+    def canned(policy, **kw):
+        if policy == "teacher":
+            teachers.append(kw["world_config"])
+            return _canned(4 if kw["world_config"] == WC else 1, kw["frames"])
+        return _canned(1, kw["frames"])
+    monkeypatch.setattr(evaluate, "rollout", canned)
+    ce, first, second = CatchEvaluator(every=1, episodes=2, frames=3), _Trainer(model), _Trainer(model)
+    second.world_config = dataclasses.replace(WC, boids_max=WC.boids_max + 1)
+    logs = [{}, {}, {}]
+    ce.on_evaluate(first, 1, logs[0])
+    ce.on_evaluate(second, 1, logs[1])
+    ce.on_evaluate(second, 2, logs[2])
+    assert [log["catch_ratio"] for log in logs] == [0.25, 1.0, 1.0]
+    assert teachers == [WC, second.world_config]          # once per world

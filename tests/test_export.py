@@ -934,3 +934,9 @@ def test_an_output_below_a_link_to_nothing_is_refused_before_the_work(model, tmp
         err = capsys.readouterr().err
         assert e.value.code == 2 and "gone is a link to a folder that does not exist" in err, err
     assert not (tmp_path / "no-such-folder").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gone"]
+
+
+def test_reading_weights_from_a_folder_says_it_is_a_folder(tmp_path):
+    """read_weights(folder) called the folder 'not a regular file (a pipe, a device or a socket)'."""
+    with pytest.raises(FileNotFoundError, match=r"is a directory, not a weight file \(say .*model\.js\)"):
+        read_weights(tmp_path)

@@ -429,3 +429,37 @@ def test_forward_reads_a_0_1_mask_of_another_dtype_as_the_bool_mask(model, sampl
         want = model(batch)
         got = model({**batch, "mask": batch["mask"].to(dtype)})
     assert torch.equal(got, want)
+
+
+def test_a_model_without_weights_is_named_by_every_function_that_runs_or_reads_it(tmp_path, make_samples):
+    """A model on the meta device (shapes, no values) failed deep in torch: predict with a torch.nonzero
+    registration error, the attention views with "Tensor.item() cannot be called on meta tensors", and
+    evaluation and export with "Cannot copy out of meta tensor"."""
+    from predlab import evaluate, viz
+    from predlab.export import write_weights
+
+    empty = TransformerPredator().to("meta")
+    inputs = make_samples([2, 3], seed=0)
+    for call in (lambda: empty.predict(inputs), lambda: viz.cls_attention(empty, collate(inputs)),
+                 lambda: evaluate.compare(empty, episodes=1, frames=2),
+                 lambda: viz.record_rollout(frames=2, n_boids=2, policy=empty),
+                 lambda: write_weights(empty, tmp_path / "model.js")):
+        with pytest.raises(ValueError, match="the model's weights are on the meta device"):
+            call()
+    assert not (tmp_path / "model.js").exists()
+    given = TransformerPredator()
+    empty.to_empty(device="cpu").load_from_javascript(given.export_to_javascript())     # the way the message gives
+    assert torch.equal(empty.predict(inputs), given.predict(inputs))
+
+
+def test_a_float16_model_runs_a_padded_batch(make_model, make_samples):
+    """model.half() failed on any batch with "value cannot be converted to type c10::Half without
+    overflow": the padding mask's -1e9 is beyond float16's range. Padding still gets no weight."""
+    model = make_model(0)
+    inputs = make_samples([0, 2, 7], seed=3)
+    half = make_model(0).half()
+    got = half.predict(inputs)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), model.predict(inputs), rtol=0, atol=2e-3)
+    for i, one in enumerate(inputs):       # padded to 7 boids, and alone: the same actions
+        torch.testing.assert_close(half.predict(one), got[i], rtol=0, atol=1e-3)

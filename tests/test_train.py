@@ -2015,3 +2015,31 @@ def test_a_batch_splits_into_no_more_parts_than_it_has_samples(tmp_path, monkeyp
         assert t.split_parts() == 2                   # auto: not 4 parts of a 2-sample batch
     finally:
         torch.set_num_threads(before)
+
+
+def test_create_trainer_stops_early_as_its_early_stopping_says(tmp_path):
+    """create_trainer took early_stopping as a TrainConfig field and recorded it in the run's checkpoints (a
+    --resume of them stops early), yet the run itself never stopped early."""
+    kw = dict(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD, eval_every=0,
+              dagger=False, min_delta=1.0)              # no epoch improves by 1: patience 1 stops after epoch 2
+    t = create_trainer(early_stopping=1, **kw)
+    t.train(4)
+    assert t.epoch == 2 and t.stop_training
+    mine = EarlyStopping(3)
+    assert [c for c in create_trainer(early_stopping=1, callbacks=[mine], **kw).callbacks
+            if isinstance(c, EarlyStopping)] == [mine]          # the caller's own is the one
+
+
+def test_create_trainer_goes_on_from_its_resume_checkpoint(tmp_path):
+    """create_trainer took resume as a TrainConfig field and trained a fresh model, whose checkpoints
+    then named the file as the checkpoint their run went on from."""
+    kw = dict(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD, eval_every=0,
+              dagger=False)
+    first = create_trainer(**kw)
+    first.train(2)
+    path = first.save_checkpoint(tmp_path / "c.pt")
+    t = create_trainer(resume=str(path), **kw)
+    assert t.epoch == 2 and t.history == first.history
+    assert all(torch.equal(a, b) for a, b in zip(t.model.state_dict().values(), first.model.state_dict().values()))
+    with pytest.raises(ck.CheckpointError, match="another architecture"):
+        create_trainer(resume=str(path), model_config=ModelConfig(d_model=16, n_heads=2), **kw)

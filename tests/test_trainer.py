@@ -505,3 +505,58 @@ def test_a_weight_decay_that_would_scale_the_weights_to_zero_or_below_is_refused
         t.set_schedule(weight_decay=200.0)
     t.set_schedule(learning_rate=1e-3, weight_decay=200.0)
     assert t.optimizer.param_groups[0]["weight_decay"] == 200.0
+
+
+def test_a_set_of_another_float_type_than_the_model_is_named_before_training():
+    """float64 samples (numpy's default) beside a float32 model failed in its first layer with 'expected m1 and
+    m2 to have the same dtype', naming neither the set nor the fix; validate() on such a set did the same."""
+    data = _samples()
+    wide = SampleSet(*(t.double() if t.is_floating_point() else t for t in
+                       (data.context, data.predator, data.boids, data.n, data.target)))
+    model = TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32)
+    with pytest.raises(InputError, match=r"train_dataset\.context is torch\.float64, the model's weights are "
+                                         r"torch\.float32"):
+        SupervisedTrainer(model, wide, data, device="cpu")
+    with pytest.raises(InputError, match=r"val_dataset\.context is torch\.float64"):
+        SupervisedTrainer(model, data, wide, device="cpu")
+    t = _trainer(data)
+    with pytest.raises(InputError, match=r"data\.context is torch\.float64"):
+        t.validate(wide)
+    assert SupervisedTrainer(model.double(), wide, wide, device="cpu", cpu_split=1).train(1)[0]["val_loss"] > 0
+
+
+def test_a_checkpoint_loaded_into_a_trainer_of_other_settings_records_the_settings_it_restored(tmp_path):
+    """load_checkpoint restores the checkpoint's optimizer and schedule, but the trainer's train_config kept
+    the settings it was made with: its next checkpoint recorded a learning rate, weight decay and schedule
+    the run did not use, and a --resume of it reported them as the run's."""
+    from predlab.train import parse_args
+    first = _trainer(learning_rate=1e-3, weight_decay=0.05, warmup_epochs=0.5, min_lr_ratio=0.3)
+    first.train(1)
+    path = first.save_checkpoint(tmp_path / "first.pt")
+    other = _trainer(learning_rate=4e-3, weight_decay=0.2)
+    other.load_checkpoint(path)
+    assert other.scheduler.base[0] == 1e-3 and other.optimizer.param_groups[0]["weight_decay"] == 0.05
+    tc = other.train_config
+    assert (tc.learning_rate, tc.weight_decay, tc.warmup_epochs, tc.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
+    again = parse_args(["--resume", str(other.save_checkpoint(tmp_path / "again.pt")), "--epochs", "3"])[0]
+    assert (again.learning_rate, again.weight_decay, again.warmup_epochs, again.min_lr_ratio) == (1e-3, 0.05, 0.5, 0.3)
+
+
+def test_a_trainer_that_picks_its_best_by_catch_ratio_without_measuring_it_says_so(tmp_path):
+    """load_checkpoint of a run that chose its best by the catch ratio set that monitor; without a
+    CatchEvaluator no epoch ever counted as the best: no best_model.pt, no early stop, and no word why."""
+    import warnings
+    from predlab.evaluate import CatchEvaluator
+    first = _trainer()
+    first.monitor = "neg_catch_ratio"                  # what select_best_by="catch_ratio" sets
+    path = first.save_checkpoint(tmp_path / "c.pt")
+    t = _trainer()
+    t.load_checkpoint(path)
+    with pytest.warns(UserWarning, match="no CatchEvaluator among its callbacks measures it"):
+        t.train(1)
+    assert t.best_epoch == 0
+    measured = _trainer(callbacks=[CatchEvaluator(every=5, episodes=1, frames=2)])
+    measured.load_checkpoint(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured.train(1)

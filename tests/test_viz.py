@@ -891,3 +891,82 @@ def test_export_for_browser_cut_by_ctrl_c_writes_both_files_first(make_model, tm
     assert (tmp_path / "model.js").is_file() and (tmp_path / "model.json").is_file()
     got, want = E.read_weights(tmp_path / "model.js").state_dict(), make_model(1).state_dict()
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_record_rollout_drives_a_model_as_evaluation_does():
+    """A model passed as the policy drives in eval mode and in its own dtype: a fresh model (train mode)
+    drove with dropout on, so the same seed recorded other actions each time, and a float64 model
+    failed inside its first layer on the float32 observations."""
+    from predlab import TransformerPredator
+    from predlab.evaluate import ModelPolicy
+
+    torch.manual_seed(0)
+    model = TransformerPredator(dropout=0.5)
+    assert model.training
+    first = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model)
+    again = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model)
+    assert np.array_equal(first.action, again.action) and model.training     # its mode is put back
+    want = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=ModelPolicy(model))
+    assert np.array_equal(first.action, want.action)
+    wide = viz.record_rollout(frames=5, n_boids=3, seed=0, policy=model.double())
+    assert np.allclose(wide.action, first.action, atol=1e-5)
+
+
+def test_js_parity_refuses_a_weight_file_of_another_model(make_model, make_samples, tmp_path):
+    """weights= of another model (an earlier export, another size) ran in Node against this model in
+    PyTorch, and the difference between the two models was reported as the engines' difference."""
+    from predlab import TransformerPredator
+    from predlab.export import write_weights
+
+    other = write_weights(make_model(1), tmp_path / "model.js")
+    with pytest.raises(ValueError, match=r"hold other weights than model \(same sizes, other values\)"):
+        viz.js_parity(make_model(2), make_samples([3], seed=0), weights=other)
+    with pytest.warns(UserWarning):
+        small = write_weights(TransformerPredator(d_model=32, n_layers=2), tmp_path / "small.js")
+    with pytest.raises(ValueError, match=r"d_model 32 \(model: 48\), n_layers 2 \(model: 3\)"):
+        viz.js_parity(make_model(2), make_samples([3], seed=0), weights=small)
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_takes_one_browser_dict_as_one_input(make_model, make_samples, tmp_path):
+    """One dict, as predict takes it, was read as its keys: "sample 0 must be an object/dict, got str"."""
+    from predlab.export import write_weights
+
+    model = make_model(2)
+    [one] = make_samples([4], seed=1)
+    res = viz.js_parity(model, one, weights=write_weights(model, tmp_path / "model.js"))
+    assert res["torch"].shape == res["js"].shape == (1, 2) and res["max_abs_diff"] < 1e-5
+
+
+def test_liveplot_given_to_a_resumed_trainer_shows_that_runs_history(samples, tmp_path):
+    """A live plot that drew one trainer's run, given to another trainer resumed from a checkpoint, kept
+    the first run's values for the epochs the checkpoint had done in place of the resumed run's."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    def trainer(lr, callbacks=()):
+        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
+                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+    done = trainer(1e-2)
+    done.train(1)
+    path = done.save_checkpoint(tmp_path / "c.pt")
+    lp = viz.LivePlot(display=False)
+    trainer(1e-4, [lp]).train(2)
+    resumed = trainer(1e-4, [lp])
+    resumed.load_checkpoint(path)
+    resumed.train(2)
+    assert lp.history["epoch"] == [1, 2]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in resumed.history]
+
+
+def test_the_sample_set_plots_name_a_set_whose_fields_do_not_fit(samples):
+    """A set of numpy arrays failed with "no attribute 'to'" or "'tuple' object has no attribute 'squeeze'",
+    and one whose fields have other lengths was drawn from the rows there happened to be."""
+    from predlab.data import InputError, SampleSet
+    as_numpy = SampleSet(samples.context.numpy(), samples.predator, samples.boids, samples.n, samples.target)
+    cut = SampleSet(samples.context[:3], samples.predator, samples.boids, samples.n, samples.target)
+    for bad, message in ((as_numpy, r"samples\.context must be a tensor, got ndarray"),
+                         (cut, r"samples\.predator has shape .* \(context has 3 rows\)")):
+        for call in (viz.plot_training_data, viz.training_data_stats, lambda s: viz.sample_frames(s, 3)):
+            with pytest.raises(InputError, match=message):
+                call(bad)
