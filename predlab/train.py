@@ -1186,6 +1186,12 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
         train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
         batch_size=batch_size, **overrides).items() if v is not None})
     tc.validate()
+    cli_only = [k for k in CLI_ONLY_FIELDS if overrides.get(k) is not None]
+    if cli_only:    # taken and recorded in the checkpoints, yet nothing was written there or trained that long
+        warnings.warn(f"create_trainer: {', '.join(cli_only)} only set what the command line does with them: here, "
+                      f"give callbacks=[Checkpointer(checkpoint_dir, save_every, keep), TensorBoardLogger(log_dir)] "
+                      f"(default_callbacks(train_config) makes the command line's set), and pass the epochs to "
+                      f"trainer.train(num_epochs)", stacklevel=2)
     wc = as_config(WorldConfig, world_config, "world_config")
     wc.validate()
     if model is not None and not isinstance(model, TransformerPredator):
@@ -1253,6 +1259,11 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
             gen.close()
             raise
     return trainer
+
+
+# TrainConfig fields that the CLI turns into callbacks and the length of its run; create_trainer takes
+# them (they are recorded in checkpoints) but makes nothing of them.
+CLI_ONLY_FIELDS = ("checkpoint_dir", "log_dir", "save_every", "keep_checkpoints", "epochs")
 
 
 # ---------------------------------------------------------------------- CLI

@@ -2043,3 +2043,16 @@ def test_create_trainer_goes_on_from_its_resume_checkpoint(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(t.model.state_dict().values(), first.model.state_dict().values()))
     with pytest.raises(ck.CheckpointError, match="another architecture"):
         create_trainer(resume=str(path), model_config=ModelConfig(d_model=16, n_heads=2), **kw)
+
+
+def test_create_trainer_warns_of_settings_only_the_command_line_acts_on(tmp_path):
+    """create_trainer(checkpoint_dir=..., save_every=...) was taken silently and recorded in the run's
+    checkpoints, yet the trainer wrote nothing there: checkpoints are a callback's work."""
+    kw = dict(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+              eval_every=0, dagger=False)
+    with pytest.warns(UserWarning, match=r"create_trainer: checkpoint_dir, save_every only set what the command "
+                                         r"line does with them: here, give callbacks=\[Checkpointer"):
+        create_trainer(checkpoint_dir=str(tmp_path / "mine"), save_every=1, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_trainer(train_config=TrainConfig(checkpoint_dir=str(tmp_path / "cli")), **kw)   # as the CLI does
