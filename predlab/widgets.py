@@ -216,7 +216,9 @@ def make_train_controls(**defaults) -> Controls:
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
                                       description="learning rate"),
-        "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], min=16, max=2048, step=16,
+        # its end grows to fit a GPU's batch too (the README suggests 4096 and more there)
+        "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], min=16,
+                                   max=max(2048, whole_number("batch_size", d["batch_size"], 1)), step=16,
                                    description="batch size"),
         "epochs": field_widget(TrainConfig, "epochs", d["epochs"], max=max(200, d["epochs"])),
         "train_episodes": field_widget(TrainConfig, "train_episodes", d["train_episodes"],

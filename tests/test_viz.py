@@ -970,3 +970,15 @@ def test_the_sample_set_plots_name_a_set_whose_fields_do_not_fit(samples):
         for call in (viz.plot_training_data, viz.training_data_stats, lambda s: viz.sample_frames(s, 3)):
             with pytest.raises(InputError, match=message):
                 call(bad)
+
+
+def test_the_batch_size_slider_reaches_a_gpu_batch_given_as_its_start():
+    """make_train_controls(batch_size=4096), the README's GPU batch, was refused: the slider ended
+    at 2048. Its end grows to fit, as the epoch and episode sliders' do."""
+    from predlab import widgets
+    c = widgets.make_train_controls(batch_size=4096)
+    assert c.values()["batch_size"] == 4096
+    c.set(batch_size=2048)
+    c.set(batch_size=4096)
+    assert widgets.train_kwargs(**c.values())["trainer"]["batch_size"] == 4096
+    assert widgets.make_train_controls().values()["batch_size"] == 256
