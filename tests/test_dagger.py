@@ -180,7 +180,7 @@ def test_a_source_without_an_episode_generator_is_refused_when_made(make):
 def test_a_dagger_epoch_without_the_trainer_is_refused():
     """for_epoch past the start without the trainer ran plain cloning while reporting a beta below 1."""
     gen = EpisodeGenerator(WorldConfig(boids_min=2, boids_max=4, frames=10), seed=0, progress=False)
-    src = DaggerSource(gen, 2, start=2, decay=0.0, beta_min=0.0)   # the student drives every episode
+    src = DaggerSource(gen, 2, start=2)
     assert len(src.for_epoch(0)) > 0           # epoch 1: the teacher drives, no student needed
     with pytest.raises(ValueError, match=r"epoch 2 rolls out the student \(beta 0.5\).*pass trainer="):
         src.for_epoch(1)
