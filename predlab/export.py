@@ -322,6 +322,7 @@ _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 _BARE_POINT = re.compile(r"(?<=[\[,:\s])(-?)\.(?=\d)")
 _POINT_END = re.compile(r"(\d)\.(?=[\s,\]}eE])")
+_UNARY_PLUS = re.compile(r"([\[,:]\s*)\+\s*(?=[\d.])")    # +0.5, which JavaScript reads as 0.5
 
 
 # JavaScript's line ends and spaces that JSON's are not: as a line end and a space
@@ -331,8 +332,10 @@ _JS_SPACE = {**{ord(c): "\n" for c in "\u2028\u2029"},
 
 
 def _js_to_json(code: str) -> str:
-    """JavaScript's bare keys, trailing commas, .5 and 5., line ends and spaces as JSON, in code outside strings."""
+    """JavaScript's bare keys, trailing commas, .5, 5. and +5, line ends and spaces as JSON, in code outside
+    strings."""
     code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code.translate(_JS_SPACE)))
+    code = _UNARY_PLUS.sub(r"\1", code)
     return _BARE_POINT.sub(r"\g<1>0.", _POINT_END.sub(r"\1", code))
 
 

@@ -940,3 +940,17 @@ def test_reading_weights_from_a_folder_says_it_is_a_folder(tmp_path):
     """read_weights(folder) called the folder 'not a regular file (a pipe, a device or a socket)'."""
     with pytest.raises(FileNotFoundError, match=r"is a directory, not a weight file \(say .*model\.js\)"):
         read_weights(tmp_path)
+
+
+def test_a_hand_written_file_with_unary_plus_numbers_is_read(model, tmp_path):
+    """JavaScript reads +0.5 as 0.5, so the page runs such a file; predlab refused it as "not a
+    readable weight file (Expecting value ...)". A "+" inside a string stays as written."""
+    text = params_to_text(_params(model), "js")
+    assert '"d_model":48,' in text and ",0." in text
+    path = tmp_path / "model.js"
+    path.write_text(text.replace('"d_model":48,', '"d_model": +48,', 1).replace(",0.", ", + 0.")
+                    .replace("[0.", "[+.", 1), encoding="utf-8")
+    back = read_weights(path)
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert text_to_params('{"note": "+4", "x": [+1e+3]}') == {"note": "+4", "x": [1000.0]}
