@@ -494,3 +494,19 @@ def test_an_empty_resume_path_is_named_as_no_file_name(tmp_path, monkeypatch, ca
         parse_args(["--resume", ""])
     assert e.value.code == 2 and "error: --resume: no file name given" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resumed_run_that_never_found_a_best_model_exits_1_as_the_run_it_resumes_did(tmp_path, monkeypatch, capsys):
+    """Selecting by the catch ratio with a teacher that catches nothing, the first run exits 1 with no
+    model.js; its --resume exported the last epoch, exited 0 and said no epoch "beat the best (none
+    yet)" of the run it came from."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = [*SMALL, "--select_best_by", "catch_ratio", "--eval_every", "1", "--eval_episodes", "1",
+             "--eval_frames", "1"]
+    assert main(flags) == 1
+    capsys.readouterr()
+    assert main([*flags, "--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"]) == 1
+    err = capsys.readouterr().err
+    assert "no catch evaluation gave one" in err and "none yet" not in err
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
