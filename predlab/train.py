@@ -939,7 +939,7 @@ class SupervisedTrainer:
         try:
             data = (self.train_dataset if isinstance(self.train_dataset, SampleSet)
                     else self.train_dataset.for_epoch(self.epoch, self))
-        except NonFiniteActions as e:    # a source whose episodes the model drives (DAgger): finite weights, NaN actions
+        except NonFiniteActions as e:    # a source whose episodes the model drives (DAgger): NaN actions
             raise TrainingDiverged(self.epoch + 1, str(e), self.scheduler.base[0]) from e
         data.check(f"training data of epoch {self.epoch + 1}", allow_empty=False,
                    dtype=next(self.model.parameters()).dtype)
