@@ -1428,12 +1428,15 @@ def _parse(argv):
     if unused and not tc.dagger:
         notes.append((f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: this run "
                       f"trains without DAgger (--no-dagger)", True))
-    for flag, where in (("--checkpoint_dir", tc.checkpoint_dir), ("--log_dir", tc.log_dir),
-                        ("--checkpoint_dir", Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
+    # a resumed run goes on in its checkpoint's folder unless --checkpoint_dir is given: say so, not the flag alone
+    folder = ("--checkpoint_dir" if tc.resume is None or "checkpoint_dir" in given else
+              "--resume (the run goes on in its checkpoint's folder; --checkpoint_dir DIR writes elsewhere)")
+    for flag, where in ((folder, tc.checkpoint_dir), ("--log_dir", tc.log_dir),
+                        (folder, Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)
     problem = run_file_problem(tc.checkpoint_dir)
     if problem:
-        p.error(f"--checkpoint_dir: {problem}")
+        p.error(f"{folder}: {problem}")
     if tc.resume is not None:
         if ck.get("epoch", 0) >= tc.epochs:
             whose = "--epochs" if "epochs" in given else "the run's epochs,"

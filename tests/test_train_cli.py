@@ -30,9 +30,10 @@ def test_create_trainer_with_verbose_off_prints_nothing(capsys):
 @pytest.fixture
 def library_checkpoint(tmp_path):
     """A checkpoint at epoch 0 of a run made with create_trainer, with machine settings of its own."""
-    t = create_trainer(train_episodes=4, val_episodes=2, batch_size=32, device="cpu", verbose=False,
-                       world_config=TINY_WORLD, eval_every=0, progress=False, threads=1,
-                       log_dir=str(tmp_path / "their_runs"), checkpoint_dir=str(tmp_path / "theirs"))
+    with pytest.warns(UserWarning, match="only set what the command line does"):    # recorded, as wanted here
+        t = create_trainer(train_episodes=4, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                           world_config=TINY_WORLD, eval_every=0, progress=False, threads=1,
+                           log_dir=str(tmp_path / "their_runs"), checkpoint_dir=str(tmp_path / "theirs"))
     return t.save_checkpoint(tmp_path / "theirs" / "c0.pt")
 
 
@@ -510,3 +511,18 @@ def test_a_resumed_run_that_never_found_a_best_model_exits_1_as_the_run_it_resum
     err = capsys.readouterr().err
     assert "no catch evaluation gave one" in err and "none yet" not in err
     assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+def test_a_resumed_runs_folder_that_cannot_take_its_files_is_named_as_the_checkpoints_folder(
+        tmp_path, monkeypatch, capsys, library_checkpoint):
+    """A --resume without --checkpoint_dir goes on in the checkpoint's folder; a problem there was
+    named "--checkpoint_dir: ...", a flag the user had not given."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (library_checkpoint.parent / "best_model.pt").mkdir()
+    with pytest.raises(SystemExit) as e:
+        main(["--resume", str(library_checkpoint), "--epochs", "1", "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: --resume (the run goes on in its checkpoint's folder; --checkpoint_dir DIR writes elsewhere): " \
+           in err and "best_model.pt exists and is not a file" in err
