@@ -1798,8 +1798,9 @@ def test_a_run_given_paths_as_paths_writes_checkpoints_it_can_read(tmp_path, mod
     checkpoint unreadable, and found out only when resuming."""
     from predlab.export import write_weights
     write_weights(model, tmp_path / "page.js")
-    t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
-                       eval_every=0, init_weights=tmp_path / "page.js", log_dir=tmp_path / "runs")
+    with pytest.warns(UserWarning, match="log_dir only set what the command line does"):
+        t = create_trainer(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                           eval_every=0, init_weights=tmp_path / "page.js", log_dir=tmp_path / "runs")
     state = ck.load_checkpoint_dict(t.save_checkpoint(tmp_path / "c.pt"))
     assert state["train_config"]["init_weights"] == str(tmp_path / "page.js")
     assert state["train_config"]["log_dir"] == str(tmp_path / "runs")

@@ -253,9 +253,10 @@ def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_af
     over from the other episodes stopped the resumed run before its first evaluation."""
     from predlab import train
     monkeypatch.chdir(tmp_path)
-    t = create_trainer(train_episodes=2, val_episodes=2, batch_size=32, device="cpu", verbose=False,
-                       world_config=TINY_WORLD, select_best_by="catch_ratio", eval_every=2, eval_episodes=2,
-                       eval_frames=20, early_stopping=2, progress=False, checkpoint_dir="first", log_dir="runs")
+    with pytest.warns(UserWarning, match="checkpoint_dir, log_dir only set what the command line does"):
+        t = create_trainer(train_episodes=2, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                           world_config=TINY_WORLD, select_best_by="catch_ratio", eval_every=2, eval_episodes=2,
+                           eval_frames=20, early_stopping=2, progress=False, checkpoint_dir="first", log_dir="runs")
     t.bad_epochs = 2                                            # two evaluations without a gain
     path = t.save_checkpoint(tmp_path / "first" / "c0.pt")
     train.main(["--resume", str(path), "--eval_episodes", "3", "--epochs", "1", "--checkpoint_dir", "more",
