@@ -195,6 +195,9 @@ class SampleSet:
                 whose = "the model's weights are" if dtype is not None else "context is"
                 raise InputError(f"{name}.{k} is {dt}, {whose} {want}: give every float field as {want} "
                                  f"(.to({want}))")
+        if self.n.dtype == torch.bool or self.n.dtype.is_floating_point or self.n.dtype.is_complex:
+            # 3.5 boids made a mask of 4 live ones, and the padded batch counted what n's cast gave
+            raise InputError(f"{name}.n is {self.n.dtype}: boid counts are whole numbers (.long())")
         S = len(self)
         want = {"context": (S, 2), "predator": (S, 2), "target": (S, 2), "n": (S,)}
         for k, shp in want.items():

@@ -466,3 +466,13 @@ def test_sampleset_select_and_batch_name_a_single_row_index():
         with pytest.raises(InputError, match=r"idx must pick rows .* got 3: for row i alone give \[i\]"):
             call(3)
     assert len(s.select([3])) == 1 and s.batch([3])["mask"].shape == (1, int(s.n[3]))
+
+
+@pytest.mark.parametrize("n", [torch.tensor([1.0, 2.0, 3.5]), torch.tensor([True, True, False])])
+def test_a_sample_set_whose_boid_counts_are_not_whole_numbers_is_named(n):
+    """Float counts passed every check: 3.5 boids made a mask of four live ones; bool counts read
+    True as one boid."""
+    from predlab.data import SampleSet
+    s = SampleSet(torch.rand(3, 2), torch.rand(3, 2), torch.rand(3, 4, 4), n, torch.rand(3, 2))
+    with pytest.raises(InputError, match=rf"train.n is {n.dtype}: boid counts are whole numbers \(.long\(\)\)"):
+        s.check("train")
