@@ -45,7 +45,11 @@ class TeacherPolicy:
     """
 
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
-        return closest_pursuit(batch["boids"], batch["mask"])
+        boids, mask = batch["boids"], batch["mask"]
+        if not isinstance(boids, Tensor) or not isinstance(mask, Tensor):   # numpy failed deep in torch.sqrt
+            raise TypeError(f"the teacher takes a batch of tensors (predlab.data.collate makes one from browser "
+                            f"dicts), got boids as {type(boids).__name__} and mask as {type(mask).__name__}")
+        return closest_pursuit(boids, mask)
 
     def get_normalized_action(self, structured_inputs: Mapping) -> Tensor:
         """Unit vector toward the nearest boid for one browser-form dict -> [2]."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import random
 
+import pytest
 import torch
 
 from predlab.data import collate
@@ -106,3 +107,14 @@ def test_policy_batched_call(make_samples):
     """Calling the policy on a batch equals closest_pursuit on its boids and mask."""
     batch = collate(make_samples([0, 3, 10], seed=4))
     assert torch.equal(TeacherPolicy()(batch), closest_pursuit(batch["boids"], batch["mask"]))
+
+
+def test_the_teacher_names_a_batch_of_numpy_arrays():
+    """TeacherPolicy()(batch) with numpy arrays failed inside torch.sqrt with a TypeError that named
+    neither the teacher nor the batch."""
+    import numpy as np
+    from predlab.teacher import TeacherPolicy
+    batch = {"boids": np.zeros((1, 2, 4), np.float32), "mask": np.ones((1, 2), bool)}
+    with pytest.raises(TypeError, match="the teacher takes a batch of tensors .* got boids as ndarray and mask as "
+                                        "ndarray"):
+        TeacherPolicy()(batch)
