@@ -814,6 +814,11 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
 
     _browser_model(model)
     check_folder(Path(directory))
+    if Path(directory).suffix.lower() in (".js", ".json") and not Path(directory).is_dir():
+        # "checkpoints/model.js" made a folder of that name, holding the files: then nothing could write
+        # the model.js the page and the demo load there
+        raise ValueError(f"directory {directory} names a weight file: give the folder to write model.js and "
+                         f"model.json in (here {Path(directory).parent})")
     params = model_to_params(model)
     validate_params(params)               # before anything moves or is written
     sizes = {k: int(params[k]) for k in SIZE_KEYS}
