@@ -993,3 +993,25 @@ def test_export_for_browser_refuses_a_weight_file_name_for_its_folder(make_model
     assert not list(tmp_path.iterdir())
     (tmp_path / "site.js").mkdir()                 # a folder of that name already there is a folder
     assert viz.export_for_browser(make_model(0), tmp_path / "site.js")["paths"][0] == tmp_path / "site.js" / "model.js"
+
+
+def test_liveplot_shows_the_history_of_a_checkpoint_its_trainer_loads(samples, tmp_path):
+    """A trainer that drew two epochs, then loaded another run's checkpoint of epoch 1 and trained on:
+    the plot kept its own epoch 1 in place of the loaded run's, beside that run's epoch 2."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    def trainer(lr, callbacks=()):
+        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
+                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+    other = trainer(1e-2)
+    other.train(1)
+    path = other.save_checkpoint(tmp_path / "c.pt")
+    lp = viz.LivePlot(display=False)
+    t = trainer(1e-4, [lp])
+    t.train(2)
+    t.load_checkpoint(path)
+    t.train(2)
+    assert lp.history["epoch"] == [1, 2]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in t.history]
+    assert lp.history["val_loss"][0] == other.history[0]["val_loss"]
