@@ -1094,8 +1094,10 @@ class SupervisedTrainer:
         self.bad_epochs = int(ck.get("early_stopping_counter", 0))
         self.monitor = ck.get("monitor", self.monitor)
         self.history = [dict(h) for h in ck.get("history", [])]
-        if "data_source" in ck and hasattr(self.train_dataset, "load_state_dict"):
-            self.train_dataset.load_state_dict(ck["data_source"])
+        if hasattr(self.train_dataset, "load_state_dict"):
+            # a checkpoint without the source's state (best_model.pt) starts it empty, as a resume from it does:
+            # a trainer that had trained on kept the samples of epochs after the one it went back to
+            self.train_dataset.load_state_dict(ck.get("data_source", {}))
         rng = ck.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])
