@@ -98,7 +98,8 @@ class DaggerSource(Callback):
             self._undo = None
 
     def load_state_dict(self, state: Dict) -> None:
-        self.data = SampleSet.from_ragged(state["dagger_buffer"])
+        """The samples of state_dict(); none for a state without them (a checkpoint saved without data)."""
+        self.data = SampleSet.from_ragged(state["dagger_buffer"]) if "dagger_buffer" in state else SampleSet.empty()
         self._undo = None
 
     def on_evaluate(self, trainer, epoch, logs):

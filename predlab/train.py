@@ -122,13 +122,16 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None):
         self.log_dir, self.run_name, self.writer = Path(log_dir), run_name, None
-        self.path, self._trainer = None, None
+        self.path, self._trainer, self._resumed_from = None, None, None
 
     def on_train_begin(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
         # train() again on the same trainer goes on with its run, in its folder (a notebook's cell run
-        # again after an interrupt, or train(40) after train(30)), not in a second one
-        if self.path is None or trainer is None or trainer is not self._trainer:
+        # again after an interrupt, or train(40) after train(30)), not in a second one; unless it has
+        # loaded a checkpoint since: then it goes on with that checkpoint's run, logged as a resume is
+        resumed = getattr(trainer, "resumed_from", None)
+        if (self.path is None or trainer is None or trainer is not self._trainer
+                or resumed is not self._resumed_from):
             name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
             self.path, k = self.log_dir / name, 1
             while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
@@ -137,7 +140,7 @@ class TensorBoardLogger(Callback):
             purge = None
         else:     # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
             purge = trainer.epoch + 1
-        self._trainer = trainer
+        self._trainer, self._resumed_from = trainer, resumed
         _quiet_tensorboard_thread()
         try:               # it writes the file's first record at once
             self.writer = SummaryWriter(str(self.path), purge_step=purge)
@@ -1091,8 +1094,10 @@ class SupervisedTrainer:
         self.bad_epochs = int(ck.get("early_stopping_counter", 0))
         self.monitor = ck.get("monitor", self.monitor)
         self.history = [dict(h) for h in ck.get("history", [])]
-        if "data_source" in ck and hasattr(self.train_dataset, "load_state_dict"):
-            self.train_dataset.load_state_dict(ck["data_source"])
+        if hasattr(self.train_dataset, "load_state_dict"):
+            # a checkpoint without the source's state (best_model.pt) starts it empty, as a resume from it does:
+            # a trainer that had trained on kept the samples of epochs after the one it went back to
+            self.train_dataset.load_state_dict(ck.get("data_source", {}))
         rng = ck.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])

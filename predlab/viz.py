@@ -431,15 +431,18 @@ class LivePlot(Callback):
         self.fig: Optional[Figure] = None
         self.handle = None
         self._trainer = None      # whose run history holds
+        self._resumed_from = None   # that trainer's resumed_from when it was drawn: another is another run
 
     def on_train_begin(self, trainer):
         # Each train() call shows its own plot: a notebook cell run again (to resume after an
         # interrupt) has cleared the old one, and an update to a cleared display shows nothing.
         self.handle = None
-        if trainer is not self._trainer:
+        resumed = getattr(trainer, "resumed_from", None)
+        if trainer is not self._trainer or resumed is not self._resumed_from:
             # another trainer is another run: one resumed from a checkpoint kept the epochs of the run drawn
-            # before in place of its own (those seen were not taken from its history)
-            self.history, self.epochs, self._trainer = {}, {}, trainer
+            # before in place of its own (those seen were not taken from its history). So is one that loaded
+            # a checkpoint since (another run's, or its own earlier epoch): its history is the checkpoint's
+            self.history, self.epochs, self._trainer, self._resumed_from = {}, {}, trainer, resumed
         # An epoch drawn, then undone by the trainer (cut after this callback's on_epoch_end) is
         # drawn again when it is repeated: drop it here, not twice on the plot.
         done = getattr(trainer, "epoch", None)
@@ -814,6 +817,11 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
 
     _browser_model(model)
     check_folder(Path(directory))
+    if Path(directory).suffix.lower() in (".js", ".json") and not Path(directory).is_dir():
+        # "checkpoints/model.js" made a folder of that name, holding the files: then nothing could write
+        # the model.js the page and the demo load there
+        raise ValueError(f"directory {directory} names a weight file: give the folder to write model.js and "
+                         f"model.json in (here {Path(directory).parent})")
     params = model_to_params(model)
     validate_params(params)               # before anything moves or is written
     sizes = {k: int(params[k]) for k in SIZE_KEYS}

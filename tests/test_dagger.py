@@ -252,3 +252,27 @@ def test_a_student_with_nan_actions_ends_the_epoch_as_divergence(monkeypatch):
                                                r"or infinite \(learning rate 0.003 is too high"):
         t.train(2)
     assert t.epoch == 1 and len(src.data) == before
+
+
+def test_a_trainer_loading_a_checkpoint_without_samples_goes_on_as_a_resume_from_it(tmp_path):
+    """trainer.load_checkpoint(best_model.pt), saved without DAgger's samples, on a trainer that had
+    trained on: it kept the samples of the epochs after the one it went back to, and trained on them
+    again beside those epochs' episodes drawn anew; a resume from that file starts the buffer empty."""
+    from predlab.config import ModelConfig
+    from predlab.train import create_trainer
+
+    def make(**kw):
+        return create_trainer(train_episodes=2, val_episodes=1, world_config=dataclasses.replace(WC, frames=10),
+                              model_config=ModelConfig(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8),
+                              batch_size=64, eval_every=0, dagger_start=1, device="cpu", progress=False,
+                              verbose=False, **kw)
+    t = make()
+    t.train(1)
+    t.save_checkpoint(tmp_path / "best_model.pt", include_data=False)
+    t.train(2)
+    t.load_checkpoint(tmp_path / "best_model.pt")
+    resumed = make(resume=str(tmp_path / "best_model.pt"))
+    assert len(t.train_dataset.data) == len(resumed.train_dataset.data) == 0
+    t.train(2)
+    resumed.train(2)
+    assert t.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]

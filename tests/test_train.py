@@ -2057,3 +2057,25 @@ def test_create_trainer_warns_of_settings_only_the_command_line_acts_on(tmp_path
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         create_trainer(train_config=TrainConfig(checkpoint_dir=str(tmp_path / "cli")), **kw)   # as the CLI does
+
+
+def test_a_trainer_that_loaded_a_checkpoint_logs_that_run_in_a_folder_of_its_own(tmp_path):
+    """train() after trainer.load_checkpoint(another run's checkpoint) logged into the folder of the
+    run the trainer had made before: TensorBoard showed that run's epoch 1 joined to the loaded run's
+    later epochs, as one run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from predlab import train as T
+    other = _trainer(tmp_path, dropout=0.0)
+    other.train(1)
+    path = other.save_checkpoint(tmp_path / "other.pt")
+    logger = T.TensorBoardLogger(tmp_path / "runs")
+    t = _trainer(tmp_path, callbacks=[logger])
+    t.train(2)
+    first = logger.path
+    t.load_checkpoint(path)
+    t.train(2)
+    assert logger.path != first and len(list((tmp_path / "runs").iterdir())) == 2
+    acc = EventAccumulator(str(logger.path))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/val")] == [2]
+    assert acc.Scalars("loss/val")[0].value == pytest.approx(t.history[1]["val_loss"])

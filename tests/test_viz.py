@@ -982,3 +982,36 @@ def test_the_batch_size_slider_reaches_a_gpu_batch_given_as_its_start():
     c.set(batch_size=4096)
     assert widgets.train_kwargs(**c.values())["trainer"]["batch_size"] == 4096
     assert widgets.make_train_controls().values()["batch_size"] == 256
+
+
+@pytest.mark.parametrize("name", ["model.js", "model.json", "MODEL.JS"])
+def test_export_for_browser_refuses_a_weight_file_name_for_its_folder(make_model, tmp_path, name):
+    """export_for_browser(model, "checkpoints/model.js") made a folder named model.js holding the two
+    files, where the page, the demo and the command line look for the file model.js."""
+    with pytest.raises(ValueError, match=rf"{name} names a weight file: give the folder .* \(here {tmp_path}\)"):
+        viz.export_for_browser(make_model(0), tmp_path / name)
+    assert not list(tmp_path.iterdir())
+    (tmp_path / "site.js").mkdir()                 # a folder of that name already there is a folder
+    assert viz.export_for_browser(make_model(0), tmp_path / "site.js")["paths"][0] == tmp_path / "site.js" / "model.js"
+
+
+def test_liveplot_shows_the_history_of_a_checkpoint_its_trainer_loads(samples, tmp_path):
+    """A trainer that drew two epochs, then loaded another run's checkpoint of epoch 1 and trained on:
+    the plot kept its own epoch 1 in place of the loaded run's, beside that run's epoch 2."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    def trainer(lr, callbacks=()):
+        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
+                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+    other = trainer(1e-2)
+    other.train(1)
+    path = other.save_checkpoint(tmp_path / "c.pt")
+    lp = viz.LivePlot(display=False)
+    t = trainer(1e-4, [lp])
+    t.train(2)
+    t.load_checkpoint(path)
+    t.train(2)
+    assert lp.history["epoch"] == [1, 2]
+    assert lp.history["val_loss"] == [h["val_loss"] for h in t.history]
+    assert lp.history["val_loss"][0] == other.history[0]["val_loss"]
