@@ -36,8 +36,9 @@ BOID_TOKEN0 = 3  # tokens: CLS, CTX, PRED, boid 0, boid 1, ...
 
 # ---------------------------------------------------------------------- run sizes and paths
 def quick_mode() -> bool:
-    """True when PREDLAB_QUICK is set to anything but '', '0', 'false' or 'no', in any case (CI-sized notebook runs)."""
-    return os.environ.get("PREDLAB_QUICK", "").strip().lower() not in ("", "0", "false", "no")
+    """True when PREDLAB_QUICK is set to anything but '', '0', 'false', 'no' or 'off', in any case (CI-sized
+    notebook runs)."""
+    return os.environ.get("PREDLAB_QUICK", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 # Full runs are what a person wants to look at; quick runs only prove that every cell works.

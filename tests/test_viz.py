@@ -1015,3 +1015,11 @@ def test_liveplot_shows_the_history_of_a_checkpoint_its_trainer_loads(samples, t
     assert lp.history["epoch"] == [1, 2]
     assert lp.history["val_loss"] == [h["val_loss"] for h in t.history]
     assert lp.history["val_loss"][0] == other.history[0]["val_loss"]
+
+
+@pytest.mark.parametrize("value, quick", [("off", False), ("OFF", False), (" No ", False), ("False", False),
+                                          ("yes", True), ("on", True), ("2", True)])
+def test_quick_mode_reads_the_usual_words_for_off(monkeypatch, value, quick):
+    """PREDLAB_QUICK=off turned quick mode on: only '', 0, false and no turned it off."""
+    monkeypatch.setenv("PREDLAB_QUICK", value)
+    assert viz.quick_mode() is quick
