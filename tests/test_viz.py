@@ -938,15 +938,19 @@ def test_js_parity_takes_one_browser_dict_as_one_input(make_model, make_samples,
     assert res["torch"].shape == res["js"].shape == (1, 2) and res["max_abs_diff"] < 1e-5
 
 
+def _small_trainer(samples, lr, callbacks=()):
+    """A 1-layer, 8-wide trainer on samples (train and validation), for the live plot's tests."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+    return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples, samples,
+                             batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+
+
 def test_liveplot_given_to_a_resumed_trainer_shows_that_runs_history(samples, tmp_path):
     """A live plot that drew one trainer's run, given to another trainer resumed from a checkpoint, kept
     the first run's values for the epochs the checkpoint had done in place of the resumed run's."""
-    from predlab.model import TransformerPredator
-    from predlab.train import SupervisedTrainer
-
     def trainer(lr, callbacks=()):
-        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
-                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+        return _small_trainer(samples, lr, callbacks)
     done = trainer(1e-2)
     done.train(1)
     path = done.save_checkpoint(tmp_path / "c.pt")
@@ -998,12 +1002,8 @@ def test_export_for_browser_refuses_a_weight_file_name_for_its_folder(make_model
 def test_liveplot_shows_the_history_of_a_checkpoint_its_trainer_loads(samples, tmp_path):
     """A trainer that drew two epochs, then loaded another run's checkpoint of epoch 1 and trained on:
     the plot kept its own epoch 1 in place of the loaded run's, beside that run's epoch 2."""
-    from predlab.model import TransformerPredator
-    from predlab.train import SupervisedTrainer
-
     def trainer(lr, callbacks=()):
-        return SupervisedTrainer(TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8), samples,
-                                 samples, batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
+        return _small_trainer(samples, lr, callbacks)
     other = trainer(1e-2)
     other.train(1)
     path = other.save_checkpoint(tmp_path / "c.pt")
