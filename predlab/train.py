@@ -1639,7 +1639,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         b = ckpt_io.load_checkpoint_dict(best)
         best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
         print(f"{ended}; best {best_of}")
-    elif trainer.resumed_from is not None and trainer.best_epoch:
+    elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead (after a
         # Ctrl-C or a diverged epoch too: train() undid the epoch that did not finish)
