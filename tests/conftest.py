@@ -128,6 +128,14 @@ def make_unreadable(monkeypatch):
             return real(file, *args, **kwargs)
         monkeypatch.setattr(io, "open", guarded)
         monkeypatch.setattr(builtins, "open", guarded)
+        # Python 3.10's Path.open (so read_text/read_bytes) calls the io.open it bound at import
+        real_path_open = Path.open
+
+        def path_guarded(self, *args, **kwargs):
+            if self == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+            return real_path_open(self, *args, **kwargs)
+        monkeypatch.setattr(Path, "open", path_guarded)
         return path
 
     yield make
