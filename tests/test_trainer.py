@@ -486,7 +486,8 @@ def test_a_ctrl_c_at_any_line_of_an_epoch_then_train_again_is_the_uninterrupted_
         finally:
             sys.settrace(None)
         assert cut_short, at
-        t.train(3)
+        if t.epoch < 3:     # a Ctrl-C deferred to the end of the last save lands once the run has finished
+            t.train(3)
         assert same(outcome(t, folder), want), at
 
 
