@@ -436,7 +436,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     mcfg = ModelConfig()
     min_samples = min_samples or (1 << 14 if quick else 1 << 17)
     on_gpu = torch.device(device).type == "cuda"
-    res: Dict = {"device": torch.cuda.get_device_name(torch.device(device)) if on_gpu else str(device), "train": [], "failed": []}
+    gpu_name = torch.cuda.get_device_name(torch.device(device)) if on_gpu else str(device)    # the GPU used, not GPU 0
+    res: Dict = {"device": gpu_name, "train": [], "failed": []}
     for b in batches:
         # ~64 steps per epoch, at least 2^17 samples (the pool repeated: a throughput figure)
         want = max(64 * b, min_samples)

@@ -946,17 +946,20 @@ def _small_trainer(samples, lr, callbacks=()):
                              batch_size=64, device="cpu", learning_rate=lr, callbacks=callbacks)
 
 
+def _one_epoch_checkpoint(samples, tmp_path):
+    """A small trainer after one epoch at learning rate 1e-2, and its checkpoint's path."""
+    done = _small_trainer(samples, 1e-2)
+    done.train(1)
+    return done, done.save_checkpoint(tmp_path / "c.pt")
+
+
 def test_liveplot_given_to_a_resumed_trainer_shows_that_runs_history(samples, tmp_path):
     """A live plot that drew one trainer's run, given to another trainer resumed from a checkpoint, kept
     the first run's values for the epochs the checkpoint had done in place of the resumed run's."""
-    def trainer(lr, callbacks=()):
-        return _small_trainer(samples, lr, callbacks)
-    done = trainer(1e-2)
-    done.train(1)
-    path = done.save_checkpoint(tmp_path / "c.pt")
+    _, path = _one_epoch_checkpoint(samples, tmp_path)
     lp = viz.LivePlot(display=False)
-    trainer(1e-4, [lp]).train(2)
-    resumed = trainer(1e-4, [lp])
+    _small_trainer(samples, 1e-4, [lp]).train(2)
+    resumed = _small_trainer(samples, 1e-4, [lp])
     resumed.load_checkpoint(path)
     resumed.train(2)
     assert lp.history["epoch"] == [1, 2]
@@ -1002,13 +1005,9 @@ def test_export_for_browser_refuses_a_weight_file_name_for_its_folder(make_model
 def test_liveplot_shows_the_history_of_a_checkpoint_its_trainer_loads(samples, tmp_path):
     """A trainer that drew two epochs, then loaded another run's checkpoint of epoch 1 and trained on:
     the plot kept its own epoch 1 in place of the loaded run's, beside that run's epoch 2."""
-    def trainer(lr, callbacks=()):
-        return _small_trainer(samples, lr, callbacks)
-    other = trainer(1e-2)
-    other.train(1)
-    path = other.save_checkpoint(tmp_path / "c.pt")
+    other, path = _one_epoch_checkpoint(samples, tmp_path)
     lp = viz.LivePlot(display=False)
-    t = trainer(1e-4, [lp])
+    t = _small_trainer(samples, 1e-4, [lp])
     t.train(2)
     t.load_checkpoint(path)
     t.train(2)
