@@ -517,7 +517,8 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
     if replaces is None:
         return None
     try:
-        text = path.read_text(encoding="utf-8")
+        # a hand-written model.js may hold a Latin-1 comment, which read_params reads too
+        text = path.read_bytes().decode("utf-8", errors="strict" if replaces == "json" else "replace")
         if not text.strip():     # an empty file made ready for the output ($(mktemp), say)
             return None
         if replaces == "json":
@@ -626,13 +627,22 @@ def read_params(path: Union[str, Path]) -> Dict:
     if not path.is_file():
         raise FileNotFoundError(not_a_file(path, f"no weight file at {path}"))
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
-        raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
+        data = path.read_bytes()
     except OSError as e:
         raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
-    params = text_to_params(text, str(path))
+    try:
+        params = text_to_params(data.decode("utf-8"), str(path))
+    except UnicodeDecodeError as e:
+        # A browser reads bytes that are not UTF-8 as U+FFFD: harmless in a comment (a hand-written
+        # "Modèle" saved as Latin-1), a syntax error anywhere else. So does this reader.
+        text = data.decode("utf-8", errors="replace")
+        try:
+            if any("\ufffd" in piece for is_code, piece in _split_code(text) if is_code):
+                raise WeightFormatError("not UTF-8 outside a comment")
+            params = text_to_params(text, str(path))
+        except WeightFormatError:
+            hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
+            raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
     validate_params(params)
     return params
 

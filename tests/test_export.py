@@ -954,3 +954,30 @@ def test_a_hand_written_file_with_unary_plus_numbers_is_read(model, tmp_path):
     for a, b in zip(back.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     assert text_to_params('{"note": "+4", "x": [+1e+3]}') == {"note": "+4", "x": [1000.0]}
+
+
+def test_a_model_js_whose_comment_is_latin1_is_read_as_the_browser_reads_it(model, tmp_path):
+    """A hand-written model.js saved by a Windows editor holds "Modèle" as Latin-1. A browser reads
+    the stray byte as U+FFFD inside the comment and runs the file; predlab refused it as not UTF-8."""
+    path = tmp_path / "model.js"
+    write_weights(model, path)
+    path.write_bytes("/* Modèle du prédateur, réglé à la main */\n".encode("latin-1") + path.read_bytes())
+    for a, b in zip(read_weights(path).state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert b'"d_model":48,' in path.read_bytes()
+    path.write_bytes(path.read_bytes().replace(b'"d_model":48,', b'"d_model":48\xb7,', 1))
+    with pytest.raises(WeightFormatError, match="not a UTF-8 text weight file"):    # outside a comment: refused
+        read_weights(path)
+
+
+def test_export_replaces_a_model_js_whose_comment_is_latin1(model, tmp_path):
+    """The page's own hand-written model.js, with a Latin-1 comment, is a weight file: export's --out
+    replaces it (it was refused as "exists and is not a weight file")."""
+    from predlab.export import main
+    src = tmp_path / "best.json"
+    write_weights(model, src)
+    out = tmp_path / "model.js"
+    out.write_bytes("/* réglé à la main */\n".encode("latin-1") + b"window.TRANSFORMER_PARAMS = {d_model: 48};\n")
+    assert main([str(src), "--out", str(out)]) == 0
+    for a, b in zip(read_weights(out).state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
