@@ -101,7 +101,8 @@ class Controls:
         return {k: w.value for k, w in self.widgets.items()}
 
     def set(self, **values) -> None:
-        """Set widget values (as a user would); observers fire as for a slider move. TypeError
+        """Set widget values (as a user would); observers fire as for a slider move, and a panel
+        that redraws on a move redraws once, with all of them set. TypeError
         naming the controls there are for a name that is none of them, and TypeError/ValueError
         for a value a slider cannot hold (it would clamp 1000 to its max, or cut 2.5 to 2) or a
         dropdown does not offer; then nothing is set."""
@@ -109,8 +110,15 @@ class Controls:
         if unknown:
             raise TypeError(f"no control named {', '.join(map(repr, unknown))}: these are {', '.join(self.widgets)}")
         values = {k: _slider_value(k, self.widgets[k], v) for k, v in values.items()}
-        for k, v in values.items():
-            self.widgets[k].value = v
+        before = self.values()
+        self._holding = True        # a panel that redraws records (or draws) once, not once per value
+        try:
+            for k, v in values.items():
+                self.widgets[k].value = v
+        finally:
+            self._holding = False
+        if self.values() != before and getattr(self, "redraw", None) is not None:
+            self.redraw()
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -187,8 +195,12 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
 
 def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
     """Redraw the panel whenever one of its widgets changes (and once now, if asked)."""
+    def on_change(change):
+        if not getattr(ctl, "_holding", False):     # Controls.set redraws once, after its last value
+            redraw(change)
+
     for w in ctl.widgets.values():
-        w.observe(redraw, names="value")
+        w.observe(on_change, names="value")
     ctl.redraw = redraw
     if run_now:
         redraw()

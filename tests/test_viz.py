@@ -1022,3 +1022,18 @@ def test_quick_mode_reads_the_usual_words_for_off(monkeypatch, value, quick):
     """PREDLAB_QUICK=off turned quick mode on: only '', 0, false and no turned it off."""
     monkeypatch.setenv("PREDLAB_QUICK", value)
     assert viz.quick_mode() is quick
+
+
+def test_setting_several_sim_controls_records_one_episode_with_all_of_them(monkeypatch):
+    """set(frames=2, n_boids=3, ...) recorded an episode for each value, each with the values before
+    it: seconds of simulation per value, in a script that sets a panel."""
+    ctl = widgets.make_sim_controls(n_boids=5, frames=3, width=320, height=320)
+    calls = []
+    real = widgets.rerun_sim
+    monkeypatch.setattr(widgets, "rerun_sim", lambda **kw: calls.append(kw) or real(**kw))
+    ctl.set(frames=2, n_boids=3, cohesion_weight=0.5)
+    assert [(c["frames"], c["n_boids"], c["cohesion_weight"]) for c in calls] == [(2, 3, 0.5)]
+    ctl.set(frames=2)                                    # nothing changed: nothing recorded
+    assert len(calls) == 1
+    ctl.widgets["n_boids"].value = 4                     # a slider moved by hand still records
+    assert len(calls) == 2 and ctl.last[0].pos.shape == (2, 4, 2)
