@@ -246,8 +246,9 @@ def make_train_controls(**defaults) -> Controls:
 
 def train_kwargs(learning_rate: float, batch_size: int, epochs: int, train_episodes: int, val_episodes: int,
                  d_model: int, n_heads: int, n_layers: int, ffn_hidden: int, **extra) -> Dict:
-    """Training-control values -> (create_trainer keyword arguments, epochs). Validates them as
-    TrainConfig and ModelConfig do (whole numbers where those are, within their ranges)."""
+    """Training-control values -> {"trainer": create_trainer keyword arguments (with `extra`), "epochs":
+    epochs for trainer.train}: a dict, not a pair to unpack. Validates them as TrainConfig and ModelConfig
+    do (whole numbers where those are, within their ranges)."""
     TrainConfig(learning_rate=learning_rate, batch_size=batch_size, epochs=epochs, train_episodes=train_episodes,
                 val_episodes=val_episodes).validate()
     mc = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers, ffn_hidden=ffn_hidden)

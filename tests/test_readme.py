@@ -35,3 +35,37 @@ def test_readme_gives_each_train_flags_default():
     assert len(rows) == len({f for f, _ in rows}) > 40
     wrong = {flag: (shown, defaults[flag]) for flag, shown in rows if flag in defaults and shown != defaults[flag]}
     assert wrong == {}, f"README default (shown, real): {wrong}"
+
+
+class _Parsed(BaseException):
+    """Raised once a command line has parsed, so that no command runs."""
+
+
+def test_readme_commands_parse_with_their_tools_flags(monkeypatch):
+    """Every `python -m predlab.X ...` command the README gives (and `make train ARGS=...`) is accepted by
+    that tool's parser: a flag renamed in a tool, and a user pasting the README's command got exit code 2."""
+    import argparse
+    import importlib
+
+    text = README.read_text()
+    # not the Layout's "(python -m predlab.export)", which names the tool, not a command to run
+    commands = re.findall(r"(?<!\()python -m predlab\.(\w+)([^`#)\n]*)", text)
+    commands += [("train", args) for args in re.findall(r'make train ARGS="([^"]*)"', text)]
+    assert {m for m, _ in commands} == {"train", "evaluate", "export", "demo", "bench"}
+    parse = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        parse(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    for module, args in commands:
+        argv = args.replace("[", " ").replace("]", " ").split()    # [--port 8000]: optional in a usage line
+        main = importlib.import_module(f"predlab.{module}").main
+        try:
+            main(argv)
+        except _Parsed:
+            continue
+        except SystemExit as e:
+            raise AssertionError(f"README: `python -m predlab.{module}{args}` does not parse (exit {e.code})")
+        raise AssertionError(f"predlab.{module}.main did not parse its arguments")
