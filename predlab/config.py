@@ -5,6 +5,7 @@ checkpoint are all built from these classes, so they cannot drift apart.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import math
@@ -476,3 +477,26 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
         needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
                       tc.eval_episodes * episode_step_bytes(wc.boids_max)))
     return needs
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=(), given_only: bool = False) -> None:
+    """A --flag (and its dashed spelling) per field of config class cls, typed and bounded by the
+    field's metadata, in a group named title. given_only: every default is None, so that the caller
+    can tell the flags given from those left out."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
+        default = f.default
+        value = None if given_only else default
+        help_ = f.metadata.get("help", "") + f" (default: {default})"
+        if isinstance(default, bool):
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=value, help=help_)
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            kind = type(default)
+            group.add_argument(*flags, dest=f.name, default=value, metavar=kind.__name__.upper(), help=help_,
+                               type=bounded_number(kind, f.metadata.get("min"), f.metadata.get("max"),
+                                                    f.metadata.get("positive", False)))
+        else:
+            group.add_argument(*flags, dest=f.name, default=value, help=help_, choices=f.metadata.get("choices"))

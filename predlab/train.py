@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
-                     resolve_device, training_memory, whole_number, widest_float)
+from .config import (ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
+                     from_dict, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import deferred_interrupt, move_to_previous, refuse_unwritable
 from .model import TransformerPredator, dropout_generator
@@ -1272,25 +1272,6 @@ CLI_ONLY_FIELDS = ("checkpoint_dir", "log_dir", "save_every", "keep_checkpoints"
 
 
 # ---------------------------------------------------------------------- CLI
-def _add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=()) -> None:
-    group = parser.add_argument_group(title)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flags = [f"--{f.name}"] + ([f"--{f.name.replace('_', '-')}"] if "_" in f.name else [])
-        default = f.default
-        help_ = f.metadata.get("help", "") + f" (default: {default})"
-        if isinstance(default, bool):
-            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_)
-        elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            kind = type(default)
-            group.add_argument(*flags, dest=f.name, default=default, metavar=kind.__name__.upper(), help=help_,
-                               type=bounded_number(kind, f.metadata.get("min"), f.metadata.get("max"),
-                                                    f.metadata.get("positive", False)))
-        else:
-            group.add_argument(*flags, dest=f.name, default=default, help=help_, choices=f.metadata.get("choices"))
-
-
 class _Parser(argparse.ArgumentParser):
     """Errors under a one-line usage: the full one is ~30 lines of flags that bury the message."""
 
@@ -1313,9 +1294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m predlab.train",
                                 description="Train the predator transformer by imitating the closest-pursuit "
                                             "teacher, then export checkpoints/model.js for the browser.")
-    _add_config_flags(p, TrainConfig, "training")
-    _add_config_flags(p, ModelConfig, "model")
-    _add_config_flags(p, WorldConfig, "episodes")
+    add_config_flags(p, TrainConfig, "training")
+    add_config_flags(p, ModelConfig, "model")
+    add_config_flags(p, WorldConfig, "episodes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
