@@ -14,25 +14,29 @@ Figures (fixed horizon of `frames` frames per episode, whether or not the flock 
   catch_ratio        policy catches / teacher catches on the same episodes (NaN if the
                      teacher catches nothing: make the horizon longer)
 
-Run as `python -m predlab.evaluate PATH|teacher|random [--episodes N --frames T --seed S]`.
+Run as `python -m predlab.evaluate PATH|teacher|random [--episodes N --frames T --seed S]`; the
+episodes come from a checkpoint's own world (else the browser's), and the world flags of
+`predlab.train` (--boids_max ...) replace single values.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, as_config, as_device, bounded_number, episode_step_bytes,
-                     memory_problem, resolve_device, whole_number)
+from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
+                     episode_step_bytes, from_dict, memory_problem, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device
@@ -321,6 +325,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar over each rollout's frames (default: where stderr is a terminal)")
+    # the world a checkpoint was trained on unless these say otherwise: its training log's catch
+    # ratio and this one are then of the same kind of episode (a model.js records no world)
+    add_config_flags(p, WorldConfig, "the episodes' world (default: a checkpoint's own, else the browser's; each "
+                     "flag given replaces that one value)", skip=("frames", "noise"), given_only=True)
     return p
 
 
@@ -355,6 +363,27 @@ def _nan_to_none(x):
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
+_WORLD_FLAGS = tuple(f.name for f in dataclasses.fields(WorldConfig) if f.name not in ("frames", "noise"))
+
+
+def _world_of(policy) -> tuple:
+    """(world, source): a checkpoint's own world and its path; else the browser's world and None.
+    CheckpointError for a checkpoint whose world_config is no world."""
+    from .checkpoint import CheckpointError, load_checkpoint_dict
+    path = Path(policy)
+    if str(policy) in ("teacher", "random") or not path.is_file() or not zipfile.is_zipfile(path):
+        return WorldConfig(), None
+    saved = load_checkpoint_dict(path).get("world_config")
+    if not saved:
+        return WorldConfig(), None
+    try:
+        world = from_dict(WorldConfig, saved)
+        world.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad world_config: {e}") from None
+    return world, str(path)
+
+
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -365,16 +394,30 @@ def main(argv=None) -> int:
     if a.json is not None:       # "" too: refused, not skipped
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")     # never a model.json either
-    problem = episodes_memory_problem(a.episodes, WorldConfig().boids_max)
-    if problem:
-        p.error(f"--episodes: {problem}")
     try:
         policy = load_policy(a.policy, device)
+        world, source = _world_of(a.policy)
     except (FileNotFoundError, ValueError) as e:  # CheckpointError / WeightFormatError are ValueErrors
         msg = str(e)
         p.error(msg if str(a.policy) in msg else f"{a.policy}: {msg}")
     except OSError as e:
         p.error(f"cannot read {a.policy}: {e.strerror or e}")
+    given = {k: getattr(a, k) for k in _WORLD_FLAGS if getattr(a, k) is not None}
+    try:
+        world = dataclasses.replace(world, **given)
+        world.validate()
+    except ValueError as e:      # --boids_min 60 with a world of at most 50, say
+        p.error(f"{e}" + (f" (in {source}'s world with {', '.join(f'--{k} {v}' for k, v in given.items())})"
+                          if source else ""))
+    problem = episodes_memory_problem(a.episodes, world.boids_max)
+    if problem:
+        p.error(f"--episodes: {problem}")
+    differs = [f"{k} {getattr(world, k)} (browser: {getattr(WorldConfig, k)})" for k in _WORLD_FLAGS
+               if getattr(world, k) != getattr(WorldConfig, k)]
+    if differs:
+        what = (f"{source}'s world" if source else "the browser's world") + (" with the flags given" if given else "")
+        print(f"note: the episodes are drawn from {what}, which differs from the browser's in {', '.join(differs)}",
+              file=sys.stderr)
     model = getattr(policy, "model", None)
     if isinstance(model, TransformerPredator):
         sizes = {k: getattr(model.config, k) for k in BROWSER_SIZES}
@@ -384,13 +427,15 @@ def main(argv=None) -> int:
     progress = sys.stderr.isatty() if a.progress is None else a.progress
     t0 = time.perf_counter()
     try:
-        res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device, progress=progress)
+        res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, world_config=world, device=device,
+                      progress=progress)
     except NonFiniteActions as e:        # weights that are finite but huge: the file reads, the actions do not
         p.error(f"{a.policy}: {e}")
     except KeyboardInterrupt:
         print("\ninterrupted: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
         return 130
     res["policy_path"] = str(a.policy)
+    res["world_config"] = {k: getattr(world, k) for k in _WORLD_FLAGS}
     res["seconds"] = time.perf_counter() - t0
     print(format_table(res))
     print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")

@@ -833,3 +833,45 @@ def test_catch_evaluator_runs_the_teacher_again_for_another_trainers_world(model
     ce.on_evaluate(second, 2, logs[2])
     assert [log["catch_ratio"] for log in logs] == [0.25, 1.0, 1.0]
     assert teachers == [WC, second.world_config]          # once per world
+
+
+def test_cli_draws_a_checkpoints_episodes_from_the_world_it_was_trained_on(model, tmp_path, capsys):
+    """A run trained on its own world (a page of 12 boids on 800 px) logged its catch ratio on that
+    world; `python -m predlab.evaluate` drew the browser's default world whatever the checkpoint
+    said, so the two figures measured different episodes. A flag still replaces one value."""
+    from predlab.evaluate import main
+    trained = WorldConfig(width_max=800, boids_max=12)
+    trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu", world_config=trained)
+    pt = trainer.save_checkpoint(tmp_path / "best_model.pt")
+    out = tmp_path / "res.json"
+    assert main([str(pt), "--episodes", "4", "--frames", "10", "--json", str(out)]) == 0
+    world = json.loads(out.read_text())["world_config"]
+    assert (world["width_max"], world["boids_max"], world["boids_min"]) == (800, 12, 1)
+    assert "drawn from" in capsys.readouterr().err
+    ours = compare(pt, baselines=False, episodes=4, frames=10, world_config=trained)
+    assert json.loads(out.read_text())["policy"]["catches"] == ours["policy"]["catches"]
+    assert main([str(pt), "--episodes", "4", "--frames", "10", "--json", str(out), "--boids-max", "30"]) == 0
+    assert json.loads(out.read_text())["world_config"]["boids_max"] == 30
+    assert json.loads(out.read_text())["world_config"]["width_max"] == 800
+    assert "world with the flags given" in capsys.readouterr().err
+    js = write_weights(model, tmp_path / "model.js")         # a weight file records no world: the browser's
+    assert main([str(js), "--episodes", "4", "--frames", "10", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["world_config"]["boids_max"] == 50
+    assert "drawn from" not in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main([str(pt), "--boids_min", "20"])
+    assert e.value.code == 2
+    assert "boids_min=20 is larger than boids_max=12 (in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("world, message", [({"boids_max": "many"}, "bad world_config"),
+                                            ({"boids_maximum": 12}, "unknown WorldConfig fields: boids_maximum"),
+                                            ({"boids_min": 9, "boids_max": 3}, "bad world_config")])
+def test_cli_names_a_checkpoints_world_that_is_no_world(model, tmp_path, capsys, world, message):
+    from predlab.evaluate import main
+    path = _save_checkpoint(model, tmp_path / "best_model.pt", world_config=world)
+    with pytest.raises(SystemExit) as e:
+        main([str(path), "--episodes", "2", "--frames", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and message in err and "Traceback" not in err
