@@ -356,6 +356,12 @@ def _nan_to_none(x):
 
 
 def main(argv=None) -> int:
+    from .export import command_line
+    with command_line():     # a SIGTERM stops it as a Ctrl-C does
+        return _main(argv)
+
+
+def _main(argv) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -387,9 +393,11 @@ def main(argv=None) -> int:
         res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, device=device, progress=progress)
     except NonFiniteActions as e:        # weights that are finite but huge: the file reads, the actions do not
         p.error(f"{a.policy}: {e}")
-    except KeyboardInterrupt:
-        print("\ninterrupted: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:       # Ctrl-C, or a SIGTERM
+        from .export import stop_words
+        word, code = stop_words(e)
+        print(f"\n{word}: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
+        return code
     res["policy_path"] = str(a.policy)
     res["seconds"] = time.perf_counter() - t0
     print(format_table(res))

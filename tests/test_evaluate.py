@@ -833,3 +833,19 @@ def test_catch_evaluator_runs_the_teacher_again_for_another_trainers_world(model
     ce.on_evaluate(second, 2, logs[2])
     assert [log["catch_ratio"] for log in logs] == [0.25, 1.0, 1.0]
     assert teachers == [WC, second.world_config]          # once per world
+
+
+def test_cli_sigterm_exits_143_with_a_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """A SIGTERM (`timeout`, a scheduler) killed the evaluation at once; now it stops as a Ctrl-C does."""
+    import os
+    import signal
+    from predlab import evaluate
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(evaluate, "compare", terminated)
+    out = tmp_path / "res.json"
+    assert evaluate.main(["teacher", "--episodes", "4", "--json", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM): no figures" in err and f"{out} was not written" in err and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
