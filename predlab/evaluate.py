@@ -357,7 +357,7 @@ def _nan_to_none(x):
 
 def main(argv=None) -> int:
     from .export import command_line
-    with command_line():     # a SIGTERM stops it as a Ctrl-C does
+    with command_line():     # a SIGTERM stops it as a Ctrl-C does; a closed stdout is exit code 141
         return _main(argv)
 
 
@@ -400,8 +400,15 @@ def _main(argv) -> int:
         return code
     res["policy_path"] = str(a.policy)
     res["seconds"] = time.perf_counter() - t0
-    print(format_table(res))
-    print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+    code = 0
+    try:
+        print(format_table(res))
+        print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+        sys.stdout.flush()
+    except BrokenPipeError:          # stdout's reader has gone (`| head`): the --json file is written all the same
+        from .export import PIPE_CLOSED, silence_stdout
+        silence_stdout()
+        code = PIPE_CLOSED
     if a.json is not None:
         out = Path(a.json)
         from .export import atomic_write_text
@@ -411,7 +418,7 @@ def _main(argv) -> int:
             print(f"{p.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
             return 1
         print(f"wrote {out}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -390,13 +390,18 @@ def stop_words(e: KeyboardInterrupt) -> Tuple[str, int]:
     return ("terminated (SIGTERM)", 128 + signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", 130)
 
 
+# 128 + SIGPIPE: what a shell reports for a Unix tool that wrote to a pipe whose reader had gone (`| head`)
+PIPE_CLOSED = 141
+
+
 def _raise_terminated(signum, frame):
     raise Terminated
 
 
 @contextlib.contextmanager
 def command_line(sigterm: bool = True):
-    """Around a command line tool's main(): a SIGTERM ends it as a user of Unix tools expects.
+    """Around a command line tool's main(): a SIGTERM, and a stdout whose reader has gone, end it as
+    a user of Unix tools expects.
 
     A SIGTERM (a scheduler's end of time, `timeout`, `docker stop`, `kill PID`) raises Terminated, a
     KeyboardInterrupt, so that the tool stops at a safe point as at a Ctrl-C, with no write half done,
@@ -404,6 +409,10 @@ def command_line(sigterm: bool = True):
     Python's default handling would. Only with `sigterm`, in the main thread, and where SIGTERM has
     that default handling (an ignored one, or someone else's handler, is left alone); it is put back
     at the end. The library never calls this: a notebook's kernel must still die of a SIGTERM.
+
+    A BrokenPipeError from stdout (`... | head -1`, once head has exited) ends the tool with exit
+    code PIPE_CLOSED, not a traceback; stdout is flushed at the end, so that one is found here and
+    not in Python's own flush at exit ("Exception ignored ... BrokenPipeError").
     """
     own = (sigterm and threading.current_thread() is threading.main_thread()
            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
@@ -411,6 +420,10 @@ def command_line(sigterm: bool = True):
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        raise SystemExit(PIPE_CLOSED) from None
     except Terminated:
         print("\nterminated (SIGTERM)", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -448,6 +461,30 @@ def deferred_interrupt():
         raise Terminated
     if caught:
         raise KeyboardInterrupt
+
+
+def silence_stdout() -> None:
+    """After a BrokenPipeError on stdout (`python -m predlab.train | head -3`, once head has exited):
+    stdout, and stderr where it is the same pipe (`2>&1 | head`), go to os.devnull from now on, so
+    that later lines, a progress bar and Python's flush at exit do not raise again."""
+    out, err = _fd(sys.stdout), _fd(sys.stderr)
+    if out is None:          # not a file: a stream put in its place (a test's capture, a notebook's)
+        sys.stdout = open(os.devnull, "w")
+        return
+    same = err is not None and os.path.samestat(os.fstat(out), os.fstat(err))
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (out, err) if same else (out,):
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _fd(stream) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):    # io.UnsupportedOperation is both of the latter
+        return None
 
 
 def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) -> Path:

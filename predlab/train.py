@@ -28,7 +28,8 @@ from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, as_config, as_device, bounded_number, from_dict,
                      resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import command_line, deferred_interrupt, move_to_previous, refuse_unwritable, stop_words
+from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
+                     silence_stdout, stop_words)
 from .model import TransformerPredator, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -1524,6 +1525,10 @@ def _main(argv) -> int:
     try:
         _say(notes)
         code = _run(tc, mc, wc, schedule)
+    except BrokenPipeError:    # stdout's reader has gone (`| head`) at a line before training began
+        silence_stdout()
+        print("stdout was closed (broken pipe) before training began: nothing was written", file=sys.stderr)
+        return PIPE_CLOSED
     except KeyboardInterrupt as e:    # a second one, while the run stopped after a first: at once
         word, code = stop_words(e)
         print(f"\n{word} again: stopped at once; the files written so far are whole", file=sys.stderr)
@@ -1592,6 +1597,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         interrupted = True
         word, code = stop_words(e)
         print(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact")
+    except BrokenPipeError:             # stdout's reader has gone (`| head`): stopped as at a Ctrl-C
+        silence_stdout()
+        interrupted, code = True, PIPE_CLOSED
+        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact",
+              file=sys.stderr)
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code = True, 1
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
@@ -1624,6 +1634,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         word, code = stop_words(e)
         print(f"{word}: the export above was completed first", file=sys.stderr)
         return code
+    except BrokenPipeError:             # at a line printed once both files were written
+        silence_stdout()
+        return PIPE_CLOSED
     except OSError as e:
         if e.filename and Path(e.filename).name == "model.json":    # written after model.js
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
@@ -1650,25 +1663,27 @@ def _os_error(e: OSError) -> str:
 def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,
             interrupted: bool, code: int = 130) -> int:
     """Write model.js/model.json of the run's best model (or of where a resumed run ended); an
-    interrupted run (Ctrl-C, SIGTERM, or a diverged epoch) exits with `code`."""
+    interrupted run (Ctrl-C, SIGTERM, a closed stdout, or a diverged epoch) exits with `code`. Its
+    lines are printed once both files are written: a stdout closed by then stops none of them."""
     from .export import write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file() and not checkpointer.is_earlier_runs(best):
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
         best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
-        print(f"{ended}; best {best_of}")
+        said = f"{ended}; best {best_of}"
     elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead (after a
         # Ctrl-C or a diverged epoch too: train() undid the epoch that did not finish)
         model, epoch = trainer.model, trainer.epoch
-        print(f"{ended}; no epoch of this run beat the best "
-              f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run it "
-              f"resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
+        said = (f"{ended}; no epoch of this run beat the best "
+                f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run "
+                f"it resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
         if interrupted:
-            why = {130: " before the interrupt", 143: " before the SIGTERM"}.get(code, " before training diverged")
+            why = {130: " before the interrupt", 143: " before the SIGTERM",
+                   PIPE_CLOSED: " before stdout was closed"}.get(code, " before training diverged")
         elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
                    "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
@@ -1683,6 +1698,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         warnings.simplefilter("always")
         js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
         write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+    print(said)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     print(f"browser weights: {js.resolve()} (and model.json beside it)")

@@ -1020,3 +1020,26 @@ def test_cli_sigterm_says_so_and_exits_143_with_the_file_written(model, tmp_path
     assert capsys.readouterr().err.strip() == f"terminated (SIGTERM): {out} was written"
     assert read_params(out) == read_params(src)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_cli_with_its_stdout_closed_exits_141_without_a_traceback(model, tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export ... | head -0`: the "wrote" line met a pipe whose reader had gone,
+    a BrokenPipeError traceback (or, from Python's flush at exit, "Exception ignored ..."). The file
+    is written, the exit code is 141 as for any Unix tool, and stdout takes later lines silently."""
+    import io
+    import predlab.export as export
+    src = write_weights(model, tmp_path / "src.json")
+    out = tmp_path / "model.js"
+    read, write = os.pipe()
+    os.close(read)                                   # the reader has gone
+    stdout = io.TextIOWrapper(io.FileIO(write, "w"))
+    monkeypatch.setattr("sys.stdout", stdout)
+    try:
+        with pytest.raises(SystemExit) as e:
+            export.main([str(src), "--out", str(out)])
+        assert e.value.code == 141
+        assert capsys.readouterr().err == ""
+        print("a later line", flush=True)            # to os.devnull now
+    finally:
+        stdout.close()
+    assert read_params(out) == read_params(src)
