@@ -648,6 +648,12 @@ def print_table(res: Dict) -> None:
 
 
 def main(argv=None) -> int:
+    from .export import command_line
+    with command_line():     # a SIGTERM stops it as a Ctrl-C does; a closed stdout is exit code 141
+        return _main(argv)
+
+
+def _main(argv) -> int:
     p = argparse.ArgumentParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
@@ -702,6 +708,7 @@ def main(argv=None) -> int:
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")
     t0 = time.perf_counter()
+    res, code = None, 0
     try:
         if a.gpu_only:
             res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
@@ -709,10 +716,19 @@ def main(argv=None) -> int:
         else:
             res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes, cpu_split=a.cpu_split)
             print_table(res)
-    except KeyboardInterrupt:
-        print("\ninterrupted: the bench stopped" + (f", and {a.json} was not written" if a.json not in (None, "-")
-                                                      else ""), file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+    except KeyboardInterrupt as e:       # Ctrl-C, or a SIGTERM
+        from .export import stop_words
+        word, code = stop_words(e)
+        print(f"\n{word}: the bench stopped" + (f", and {a.json} was not written" if a.json not in (None, "-")
+                                                 else ""), file=sys.stderr)
+        return code
+    except BrokenPipeError:              # stdout's reader has gone (`| head`): a --json file is written all the same
+        if res is None:
+            raise
+        from .export import PIPE_CLOSED, silence_stdout
+        silence_stdout()
+        code = PIPE_CLOSED
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")
     if a.json == "-":
@@ -724,7 +740,7 @@ def main(argv=None) -> int:
         except OSError as e:
             print(f"{p.prog}: error: cannot write {a.json}: {e.strerror or e}", file=sys.stderr)
             return 1
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ bucketed by boid count, so that padding costs almost nothing.
 from __future__ import annotations
 
 import math
+import multiprocessing.context
+import multiprocessing.pool
 import numbers
 import os
 import signal
@@ -526,14 +528,34 @@ def _chunks(n_episodes: int) -> List[tuple]:
             for c in range(math.ceil(n_episodes / CHUNK_EPISODES))]
 
 
-def _worker_init():
+def _worker_init(ignore_sigterm: bool = False):
     # Ctrl-C is the parent's to handle (close() ends the workers): a terminal's Ctrl-C reaches every
     # process of the run, and a worker it stopped printed its traceback, or, cut while it held the
-    # task queue's lock, left close() (Pool.terminate) waiting for that lock forever
+    # task queue's lock, left close() (Pool.terminate) waiting for that lock forever. So is a SIGTERM
+    # where the parent outlives one (the command line's handler, or the user's): SLURM, systemd and
+    # `kill -- -PGID` send it to every process of the run. Ignored, not handled: a Python handler runs
+    # late or never in a worker blocked on that lock, and the pool ends its workers by SIGKILL anyway.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):     # born with it blocked (see _get_pool): one sent meanwhile is dropped now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     torch.set_num_threads(1)
     if fastsim is not None:
         fastsim.set_threads(1)
+
+
+class _Worker(multiprocessing.context.SpawnProcess):
+    def terminate(self):
+        self.kill()     # it may ignore SIGTERM (_worker_init); Pool.terminate and the exit's clean-up call this
+
+
+class _Pool(multiprocessing.pool.Pool):
+    """A spawn pool whose workers are ended by SIGKILL."""
+
+    @staticmethod
+    def Process(ctx, *args, **kwds):
+        return _Worker(*args, **kwds)
 
 
 def _worker_rollout(args):
@@ -582,11 +604,18 @@ class EpisodeGenerator:
             own = (threading.current_thread() is threading.main_thread()
                    and signal.getsignal(signal.SIGINT) is not None)     # None: a handler set outside Python
             before = signal.signal(signal.SIGINT, signal.SIG_IGN) if own else None
+            # a SIGTERM waits meanwhile (blocked: it is not lost), and the workers are born with it blocked
+            term = {signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else None
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, term) if term else None
             try:
-                self._pool = mp.get_context("spawn").Pool(self.processes(), initializer=_worker_init)
+                self._pool = _Pool(self.processes(), initializer=_worker_init,
+                                   initargs=(signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL,),
+                                   context=mp.get_context("spawn"))
             finally:
                 if own:
                     signal.signal(signal.SIGINT, before)
+                if term:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return self._pool
 
     def processes(self) -> int:

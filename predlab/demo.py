@@ -115,6 +115,14 @@ def _page_problem(model: Path) -> Optional[str]:
 
 def main(argv=None) -> int:
     """CLI: serve the demo with a model.js until Ctrl-C."""
+    from .export import command_line
+    # a closed stdout (`| head -1`) is exit code 141, not a traceback. A SIGTERM keeps its default handling:
+    # the demo writes no file, and a service manager stopping it expects it to die of the signal
+    with command_line(sigterm=False):
+        return _main(argv)
+
+
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
     ap.add_argument("model_js", nargs="?", default=str(DEFAULT_MODEL),
                     help=f"the exported weights (default {DEFAULT_MODEL})")
@@ -155,10 +163,10 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: cannot listen on 127.0.0.1:{args.port}: {e.strerror} (try --port 0)", file=sys.stderr)
         return 2
-    print(f"predlab demo with {model} at {url}  (Ctrl-C stops it)", flush=True)
-    if not args.no_browser:
-        webbrowser.open(url)
-    try:
+    try:     # (a closed stdout at the first line shuts the server down too)
+        print(f"predlab demo with {model} at {url}  (Ctrl-C stops it)", flush=True)
+        if not args.no_browser:
+            webbrowser.open(url)
         threading.Event().wait()
     except KeyboardInterrupt:
         print("\nstopped")

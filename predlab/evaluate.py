@@ -385,6 +385,12 @@ def _world_of(policy) -> tuple:
 
 
 def main(argv=None) -> int:
+    from .export import command_line
+    with command_line():     # a SIGTERM stops it as a Ctrl-C does; a closed stdout is exit code 141
+        return _main(argv)
+
+
+def _main(argv) -> int:
     p = build_parser()
     a = p.parse_args(argv)
     try:
@@ -431,14 +437,23 @@ def main(argv=None) -> int:
                       progress=progress)
     except NonFiniteActions as e:        # weights that are finite but huge: the file reads, the actions do not
         p.error(f"{a.policy}: {e}")
-    except KeyboardInterrupt:
-        print("\ninterrupted: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:       # Ctrl-C, or a SIGTERM
+        from .export import stop_words
+        word, code = stop_words(e)
+        print(f"\n{word}: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
+        return code
     res["policy_path"] = str(a.policy)
     res["world_config"] = {k: getattr(world, k) for k in _WORLD_FLAGS}
     res["seconds"] = time.perf_counter() - t0
-    print(format_table(res))
-    print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+    code = 0
+    try:
+        print(format_table(res))
+        print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+        sys.stdout.flush()
+    except BrokenPipeError:          # stdout's reader has gone (`| head`): the --json file is written all the same
+        from .export import PIPE_CLOSED, silence_stdout
+        silence_stdout()
+        code = PIPE_CLOSED
     if a.json is not None:
         out = Path(a.json)
         from .export import atomic_write_text
@@ -448,7 +463,7 @@ def main(argv=None) -> int:
             print(f"{p.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
             return 1
         print(f"wrote {out}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

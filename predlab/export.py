@@ -380,27 +380,111 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
 
 
 # ---------------------------------------------------------------------- files
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM under a command line tool's handler (command_line): it stops the tool as a Ctrl-C does."""
+
+
+def stop_words(e: KeyboardInterrupt) -> Tuple[str, int]:
+    """What stopped a command line tool, as its message says it, and the exit code a shell reports
+    for it: ("interrupted", 130) for Ctrl-C, ("terminated (SIGTERM)", 143) for a SIGTERM."""
+    return ("terminated (SIGTERM)", 128 + signal.SIGTERM) if isinstance(e, Terminated) else ("interrupted", 130)
+
+
+# 128 + SIGPIPE: what a shell reports for a Unix tool that wrote to a pipe whose reader had gone (`| head`)
+PIPE_CLOSED = 141
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def command_line(sigterm: bool = True):
+    """Around a command line tool's main(): a SIGTERM, and a stdout whose reader has gone, end it as
+    a user of Unix tools expects.
+
+    A SIGTERM (a scheduler's end of time, `timeout`, `docker stop`, `kill PID`) raises Terminated, a
+    KeyboardInterrupt, so that the tool stops at a safe point as at a Ctrl-C, with no write half done,
+    rather than at once; one the tool does not catch ends it with a line and exit code 143, as
+    Python's default handling would. Only with `sigterm`, in the main thread, and where SIGTERM has
+    that default handling (an ignored one, or someone else's handler, is left alone); it is put back
+    at the end. The library never calls this: a notebook's kernel must still die of a SIGTERM.
+
+    A BrokenPipeError from stdout (`... | head -1`, once head has exited) ends the tool with exit
+    code PIPE_CLOSED, not a traceback; stdout is flushed at the end, so that one is found here and
+    not in Python's own flush at exit ("Exception ignored ... BrokenPipeError").
+    """
+    own = (sigterm and threading.current_thread() is threading.main_thread()
+           and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    if own:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        silence_stdout()
+        raise SystemExit(PIPE_CLOSED) from None
+    except Terminated:
+        print("\nterminated (SIGTERM)", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def deferred_interrupt():
-    """Ctrl-C inside the block takes effect when it ends, as a KeyboardInterrupt.
+    """Ctrl-C inside the block takes effect when it ends, as a KeyboardInterrupt; so does a SIGTERM
+    under a command line tool's handler (command_line), as a Terminated.
 
     For work that must not stop halfway: a checkpoint half-serialised made torch.save raise a
     RuntimeError instead, and an interrupted TensorBoard flush left its writer thread waiting,
-    so the run hung at exit. Only in the main thread, under Python's own SIGINT handler
-    (a notebook's or the user's handler is left alone).
+    so the run hung at exit. Only in the main thread, and only under Python's own SIGINT handler
+    and the tools' SIGTERM one (a notebook's or the user's handler is left alone).
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = [s for s, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_terminated))
+            if signal.getsignal(s) is handler]
+    if not held:
         yield
         return
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
     if caught:
         raise KeyboardInterrupt
+
+
+def silence_stdout() -> None:
+    """After a BrokenPipeError on stdout (`python -m predlab.train | head -3`, once head has exited):
+    stdout, and stderr where it is the same pipe (`2>&1 | head`), go to os.devnull from now on, so
+    that later lines, a progress bar and Python's flush at exit do not raise again."""
+    out, err = _fd(sys.stdout), _fd(sys.stderr)
+    if out is None:          # not a file: a stream put in its place (a test's capture, a notebook's)
+        sys.stdout = open(os.devnull, "w")
+        return
+    same = err is not None and os.path.samestat(os.fstat(out), os.fstat(err))
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (out, err) if same else (out,):
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _fd(stream) -> Optional[int]:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):    # io.UnsupportedOperation is both of the latter
+        return None
 
 
 def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) -> Path:
@@ -408,8 +492,8 @@ def atomic_write(path: Union[str, Path], write: Callable, binary: bool = False) 
 
     A crash or kill mid-write leaves the previous file untouched. An exception removes the
     temporary; what stops the process at once (SIGKILL, SIGTERM under Python's default handling,
-    a power cut) leaves the partial .NAME.*.tmp beside path. A Ctrl-C takes effect once the file
-    is written (deferred_interrupt).
+    a power cut) leaves the partial .NAME.*.tmp beside path. A Ctrl-C, and a SIGTERM under a
+    command line tool's handler, take effect once the file is written (deferred_interrupt).
     """
     with deferred_interrupt():
         return _atomic_write(path, write, binary)
@@ -674,6 +758,11 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
 
 def main(argv: List[str] = None) -> int:
     """CLI: export a checkpoint (or convert a weight file) to model.js / .json."""
+    with command_line():     # a SIGTERM stops it as a Ctrl-C does: the file is whole or not begun
+        return _main(argv)
+
+
+def _main(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m predlab.export", description=main.__doc__)
     ap.add_argument("source", help="checkpoint (.pt) or weight file (.js/.json)")
     ap.add_argument("--out", required=True, help="output path ending in .js or .json")
@@ -695,11 +784,11 @@ def main(argv: List[str] = None) -> int:
     before = _file_id(out)
     try:
         return _export(ap, args, src, out)
-    except KeyboardInterrupt:   # atomic_write finishes a file it began: out is the old file or the whole new one
+    except KeyboardInterrupt as e:   # atomic_write finishes a file it began: out is the old file or the whole new one
         done = _file_id(out) not in (None, before)
-        print(f"\ninterrupted: {out} was written" if done else f"\ninterrupted: nothing written to {out}",
-              file=sys.stderr)
-        return 130
+        word, code = stop_words(e)
+        print(f"\n{word}: {out} was written" if done else f"\n{word}: nothing written to {out}", file=sys.stderr)
+        return code
 
 
 def _file_id(path: Path):

@@ -28,7 +28,8 @@ from . import checkpoint as ckpt_io
 from .config import (ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
                      from_dict, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import deferred_interrupt, move_to_previous, refuse_unwritable
+from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
+                     silence_stdout, stop_words)
 from .model import TransformerPredator, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -1482,34 +1483,56 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
+    try:    # (a Ctrl-C as the SIGTERM handler is put in place)
+        with command_line():     # a SIGTERM (a scheduler, `timeout`, `kill`) stops the run as a Ctrl-C does
+            return _main(argv)
+    except KeyboardInterrupt as e:
+        word, code = stop_words(e)
+        print(f"\n{word} before training began: nothing was written", file=sys.stderr)
+        return code
+
+
+def _main(argv) -> int:
     try:    # reading a --resume or --init_weights file takes a while; a Ctrl-C in it came as a traceback
         tc, mc, wc, schedule, notes = _parse(argv)
         try:
             lock = lock_checkpoint_dir(tc.checkpoint_dir)
         except (FolderBusy, OSError) as e:
             build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
-    except KeyboardInterrupt:
-        print("\ninterrupted before training began: nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        word, code = stop_words(e)
+        print(f"\n{word} before training began: nothing was written", file=sys.stderr)
+        return code
     try:
         _say(notes)
-        return _run(tc, mc, wc, schedule)
+        code = _run(tc, mc, wc, schedule)
+    except BrokenPipeError:    # stdout's reader has gone (`| head`) at a line before training began
+        silence_stdout()
+        print("stdout was closed (broken pipe) before training began: nothing was written", file=sys.stderr)
+        return PIPE_CLOSED
+    except KeyboardInterrupt as e:    # a second one, while the run stopped after a first: at once
+        word, code = stop_words(e)
+        print(f"\n{word} again: stopped at once; the files written so far are whole", file=sys.stderr)
+        return code
     finally:
         lock.release()
+    return code
 
 
 def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
     """main's training and export, in a checkpoint folder it holds the lock of."""
-    stopped = (f"\ninterrupted before training began: nothing was written, and the files in {tc.checkpoint_dir} "
-               f"are where they were")
+    def stopped(e: KeyboardInterrupt) -> int:
+        word, code = stop_words(e)
+        print(f"\n{word} before training began: nothing was written, and the files in {tc.checkpoint_dir} "
+              f"are where they were", file=sys.stderr)
+        return code
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
         # reads init_weights again: the file as it is now; the checkpoint is loaded below, where its errors are told
         trainer = create_trainer(model_config=mc, world_config=wc, train_config=dataclasses.replace(tc, resume=None),
                                  callbacks=default_callbacks(tc), verbose=True)
         trainer.train_config.resume = tc.resume
-    except KeyboardInterrupt:
-        print(stopped, file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return stopped(e)
     except (FileNotFoundError, ValueError) as e:
         if tc.init_weights is None:
             raise
@@ -1522,10 +1545,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             start_mse = trainer.validate()
             print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
                   f"val MSE {start_mse:.5f} before training")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             trainer.train_dataset.generator.close()
-            print(stopped, file=sys.stderr)
-            return 130
+            return stopped(e)
     if tc.resume:
         try:
             ck = trainer.load_checkpoint(tc.resume)
@@ -1552,9 +1574,15 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     interrupted, code = False, 130      # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
     try:
         trainer.train(tc.epochs)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:      # Ctrl-C, or a SIGTERM (143)
         interrupted = True
-        print(f"\ninterrupted {_where(trainer)}: the checkpoints saved so far are intact")
+        word, code = stop_words(e)
+        print(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact")
+    except BrokenPipeError:             # stdout's reader has gone (`| head`): stopped as at a Ctrl-C
+        silence_stdout()
+        interrupted, code = True, PIPE_CLOSED
+        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact",
+              file=sys.stderr)
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code = True, 1
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
@@ -1583,9 +1611,13 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
             return _export(tc, trainer, checkpointer, ended, interrupted, code)
-    except KeyboardInterrupt:
-        print("interrupted: the export above was completed first", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        word, code = stop_words(e)
+        print(f"{word}: the export above was completed first", file=sys.stderr)
+        return code
+    except BrokenPipeError:             # at a line printed once both files were written
+        silence_stdout()
+        return PIPE_CLOSED
     except OSError as e:
         if e.filename and Path(e.filename).name == "model.json":    # written after model.js
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
@@ -1612,25 +1644,27 @@ def _os_error(e: OSError) -> str:
 def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,
             interrupted: bool, code: int = 130) -> int:
     """Write model.js/model.json of the run's best model (or of where a resumed run ended); an
-    interrupted run (Ctrl-C, or a diverged epoch) exits with `code`."""
+    interrupted run (Ctrl-C, SIGTERM, a closed stdout, or a diverged epoch) exits with `code`. Its
+    lines are printed once both files are written: a stdout closed by then stops none of them."""
     from .export import write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file() and not checkpointer.is_earlier_runs(best):
         model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
         best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
-        print(f"{ended}; best {best_of}")
+        said = f"{ended}; best {best_of}"
     elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead (after a
         # Ctrl-C or a diverged epoch too: train() undid the epoch that did not finish)
         model, epoch = trainer.model, trainer.epoch
-        print(f"{ended}; no epoch of this run beat the best "
-              f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run it "
-              f"resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
+        said = (f"{ended}; no epoch of this run beat the best "
+                f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run "
+                f"it resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
         if interrupted:
-            why = " before the interrupt" if code == 130 else " before training diverged"
+            why = {130: " before the interrupt", 143: " before the SIGTERM",
+                   PIPE_CLOSED: " before stdout was closed"}.get(code, " before training diverged")
         elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
                    "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
@@ -1645,6 +1679,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         warnings.simplefilter("always")
         js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
         write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+    print(said)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
     print(f"browser weights: {js.resolve()} (and model.json beside it)")

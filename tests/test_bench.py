@@ -255,3 +255,21 @@ def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tm
     assert "the table" in captured.out and "Traceback" not in captured.err
     assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
     assert out.read_text() == '{"generate": {}}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
+
+
+def test_bench_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tmp_path, capsys, monkeypatch):
+    """`python -m predlab.bench --json b.json | head -3`: the table met a pipe whose reader had gone,
+    a BrokenPipeError traceback, and the figures of the whole run were not written to --json."""
+    import errno
+    import io
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
+    monkeypatch.setattr("sys.stdout", Closed())
+    out = tmp_path / "b.json"
+    assert bench.main(["--json", str(out)]) == 141
+    assert json.loads(out.read_text())["generate"] == {"samples_per_s": 1.0}
+    assert capsys.readouterr().err == ""

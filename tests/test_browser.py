@@ -380,3 +380,29 @@ def test_serve_answers_a_model_js_it_cannot_read_with_a_404_naming_it(tmp_path, 
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_demo_cli_with_its_stdout_closed_exits_141_and_stops_the_server(tmp_path, make_model, demo_cli, monkeypatch):
+    """`python -m predlab.demo | head -0`: the URL line met a pipe whose reader had gone, a
+    BrokenPipeError traceback, with the server left running until the process ended."""
+    import errno
+    import io
+    from predlab import demo
+    stopped = []
+    real = demo.serve
+
+    def serve(*a, **k):
+        server, url = real(*a, **k)
+        shutdown = server.shutdown
+        server.shutdown = lambda: stopped.append(url) or shutdown()
+        return server, url
+    monkeypatch.setattr(demo, "serve", serve)
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr("sys.stdout", Closed())
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    with pytest.raises(SystemExit) as e:
+        demo_cli.main([str(path), "--port", "0", "--no-browser"])
+    assert e.value.code == 141 and len(stopped) == 1

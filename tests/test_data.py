@@ -408,7 +408,6 @@ def test_episode_worker_processes_leave_ctrl_c_to_the_run(monkeypatch):
     (Pool.terminate) waiting for that lock forever: the run hung instead of exporting. Workers are
     started ignoring Ctrl-C (through their imports too) and keep ignoring it; the run's own Ctrl-C
     handler is back once they have started."""
-    import multiprocessing
     import signal
     import types
 
@@ -416,13 +415,11 @@ def test_episode_worker_processes_leave_ctrl_c_to_the_run(monkeypatch):
     handler = signal.getsignal(signal.SIGINT)
     seen = []
 
-    def fake_context(method):
-        def pool(processes, initializer):
-            seen.append(signal.getsignal(signal.SIGINT))     # what a process started now inherits
-            return types.SimpleNamespace(terminate=lambda: None, join=lambda: None)
-        return types.SimpleNamespace(Pool=pool)
+    def pool(processes, initializer, initargs, context):
+        seen.append(signal.getsignal(signal.SIGINT))     # what a process started now inherits
+        return types.SimpleNamespace(terminate=lambda: None, join=lambda: None)
 
-    monkeypatch.setattr(multiprocessing, "get_context", fake_context)
+    monkeypatch.setattr(data, "_Pool", pool)
     gen = data.EpisodeGenerator(num_workers=1, progress=False)
     gen._get_pool()
     gen.close()
@@ -476,3 +473,44 @@ def test_a_sample_set_whose_boid_counts_are_not_whole_numbers_is_named(n):
     s = SampleSet(torch.rand(3, 2), torch.rand(3, 2), torch.rand(3, 4, 4), n, torch.rand(3, 2))
     with pytest.raises(InputError, match=rf"train.n is {n.dtype}: boid counts are whole numbers \(.long\(\)\)"):
         s.check("train")
+
+
+def test_episode_workers_leave_a_sigterm_to_a_run_that_outlives_one(monkeypatch):
+    """SLURM, systemd and `kill -- -PGID` send SIGTERM to every process of a --num_workers run. The
+    command line stops at one as at a Ctrl-C; a worker it killed while it held the task queue's lock
+    left close() waiting for that lock forever. Such a run's workers ignore it (and are born with it
+    blocked, so that none comes in before), and the pool ends them by SIGKILL; where SIGTERM kills
+    the process that started them (a notebook's kernel), it kills them too."""
+    import signal
+    import types
+
+    from predlab import data
+    from predlab.export import command_line
+    seen = []
+
+    def pool(processes, initializer, initargs, context):
+        seen.append((initargs, signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set())))
+        return types.SimpleNamespace(terminate=lambda: None, join=lambda: None)
+
+    real = data._Pool
+    monkeypatch.setattr(data, "_Pool", pool)
+    for cli in (False, True):
+        with command_line(sigterm=cli):
+            gen = data.EpisodeGenerator(num_workers=1, progress=False)
+            gen._get_pool()
+            gen.close()
+    assert seen == [((False,), True), ((True,), True)]
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    assert isinstance(real.Process(None, target=print), data._Worker)     # whose terminate() is a SIGKILL
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)        # this process's threads stay
+    monkeypatch.setattr(data, "fastsim", None)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        data._worker_init(True)                                          # as a worker runs it
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])

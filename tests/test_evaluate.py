@@ -875,3 +875,36 @@ def test_cli_names_a_checkpoints_world_that_is_no_world(model, tmp_path, capsys,
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert str(path) in err and message in err and "Traceback" not in err
+
+
+def test_cli_sigterm_exits_143_with_a_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    """A SIGTERM (`timeout`, a scheduler) killed the evaluation at once; now it stops as a Ctrl-C does."""
+    import os
+    import signal
+    from predlab import evaluate
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(evaluate, "compare", terminated)
+    out = tmp_path / "res.json"
+    assert evaluate.main(["teacher", "--episodes", "4", "--json", str(out)]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM): no figures" in err and f"{out} was not written" in err and not out.exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tmp_path, capsys, monkeypatch):
+    """`python -m predlab.evaluate ... --json out.json | head -1`: the table met a pipe whose reader had
+    gone, a BrokenPipeError traceback, and the figures computed were not written to --json."""
+    import errno
+    import io
+    from predlab import evaluate
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    monkeypatch.setattr("sys.stdout", Closed())
+    out = tmp_path / "res.json"
+    assert evaluate.main(["teacher", "--episodes", "4", "--frames", "20", "--json", str(out)]) == 141
+    assert json.loads(out.read_text())["episodes"] == 4
+    assert capsys.readouterr().err == ""

@@ -981,3 +981,92 @@ def test_export_replaces_a_model_js_whose_comment_is_latin1(model, tmp_path):
     assert main([str(src), "--out", str(out)]) == 0
     for a, b in zip(read_weights(out).state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_sigterm_in_a_command_line_tool_waits_for_the_write_under_way(tmp_path, python_sigint):
+    """A SIGTERM (a scheduler's end of time, `timeout`, `kill`) killed a tool at once: one in the middle
+    of an atomic write left the .tmp file beside the old one. Under a tool's handler it takes effect once
+    the file is whole, as a Ctrl-C does, and after a Ctrl-C as well; the handling is put back after."""
+    import signal
+    from predlab.export import Terminated, atomic_write, command_line
+
+    def write(f, *signals):
+        f.write("first half ")
+        for s in signals:
+            os.kill(os.getpid(), s)      # delivered here, acted on after the write
+        f.write("second half")
+
+    for signals in [(signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM)]:
+        with command_line():
+            with pytest.raises(Terminated):
+                atomic_write(tmp_path / "x.txt", lambda f: write(f, *signals))
+        assert (tmp_path / "x.txt").read_text() == "first half second half"
+        assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_only_a_command_line_tool_takes_sigterm_over(tmp_path):
+    """The library (a notebook's training) leaves SIGTERM to Python, so that a kernel shut down still
+    dies of it; a tool's main() takes it over only from Python's default handling, in the main thread."""
+    import signal
+    import threading
+    from predlab.export import atomic_write, command_line
+
+    seen = []
+    atomic_write(tmp_path / "x.txt", lambda f: seen.append(signal.getsignal(signal.SIGTERM)))
+    with command_line(sigterm=False):
+        seen.append(signal.getsignal(signal.SIGTERM))
+    thread = threading.Thread(target=lambda: command_line().__enter__() and None)
+    thread.start()
+    thread.join()
+    assert seen == [signal.SIG_DFL, signal.SIG_DFL] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+    def theirs(signum, frame):
+        pass
+    signal.signal(signal.SIGTERM, theirs)
+    try:
+        with command_line():
+            assert signal.getsignal(signal.SIGTERM) is theirs
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_cli_sigterm_says_so_and_exits_143_with_the_file_written(model, tmp_path, monkeypatch, capsys):
+    import signal
+    import predlab.export as export
+    src = write_weights(model, tmp_path / "src.json")
+    out = tmp_path / "model.js"
+    real = export._atomic_write
+
+    def terminated(*args):
+        os.kill(os.getpid(), signal.SIGTERM)         # inside the write: acted on once it is done
+        return real(*args)
+    monkeypatch.setattr(export, "_atomic_write", terminated)
+    assert export.main([str(src), "--out", str(out)]) == 143
+    assert capsys.readouterr().err.strip() == f"terminated (SIGTERM): {out} was written"
+    assert read_params(out) == read_params(src)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_cli_with_its_stdout_closed_exits_141_without_a_traceback(model, tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export ... | head -0`: the "wrote" line met a pipe whose reader had gone,
+    a BrokenPipeError traceback (or, from Python's flush at exit, "Exception ignored ..."). The file
+    is written, the exit code is 141 as for any Unix tool, and stdout takes later lines silently."""
+    import io
+    import predlab.export as export
+    src = write_weights(model, tmp_path / "src.json")
+    out = tmp_path / "model.js"
+    read, write = os.pipe()
+    os.close(read)                                   # the reader has gone
+    stdout = io.TextIOWrapper(io.FileIO(write, "w"))
+    monkeypatch.setattr("sys.stdout", stdout)
+    try:
+        with pytest.raises(SystemExit) as e:
+            export.main([str(src), "--out", str(out)])
+        assert e.value.code == 141
+        assert capsys.readouterr().err == ""
+        print("a later line", flush=True)            # to os.devnull now
+    finally:
+        stdout.close()
+    assert read_params(out) == read_params(src)

@@ -527,3 +527,114 @@ def test_a_resumed_runs_folder_that_cannot_take_its_files_is_named_as_the_checkp
     err = capsys.readouterr().err
     assert "error: --resume (the run goes on in its checkpoint's folder; --checkpoint_dir DIR writes elsewhere): " \
            in err and "best_model.pt exists and is not a file" in err
+
+
+def test_a_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path, monkeypatch, capsys):
+    """A SIGTERM (a scheduler at the end of --time, `timeout`, `docker stop`, `kill`) killed the run at
+    once: no model.js of the best so far, and a .tmp file where it landed in a checkpoint's write."""
+    import signal
+    from predlab import train
+    from predlab.train import SupervisedTrainer
+    monkeypatch.chdir(tmp_path)
+    train_epoch = SupervisedTrainer.train_epoch
+
+    def cut(self, data):
+        if self.epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut)
+    assert train.main([*SMALL, "--epochs", "3"]) == 143
+    out = capsys.readouterr().out
+    assert "terminated (SIGTERM) in epoch 2: the checkpoints saved so far are intact" in out
+    assert "best val MSE" in out and "browser weights" in out
+    d = tmp_path / "checkpoints"
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".predlab")) == \
+        ["best_model.pt", "checkpoint_epoch_1.pt", "model.js", "model.json"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL     # main() put Python's handling back
+
+
+def test_a_sigterm_after_a_ctrl_c_while_the_run_exports_lets_both_files_be_written(
+        tmp_path, monkeypatch, capsys, python_sigint):
+    import signal
+    from predlab import export, train
+    monkeypatch.chdir(tmp_path)
+    ctrl_c_in_epoch(monkeypatch, 2)
+    real = export.params_to_text
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+    monkeypatch.setattr(export, "params_to_text", terminated)
+    assert train.main([*SMALL, "--epochs", "3"]) == 143
+    assert "terminated (SIGTERM): the export above was completed first" in capsys.readouterr().err
+    monkeypatch.setattr(export, "params_to_text", real)
+    d = tmp_path / "checkpoints"
+    assert export.read_params(d / "model.js") == export.read_params(d / "model.json")
+
+
+def test_a_closed_stdout_stops_a_run_as_ctrl_c_does_and_exits_141(tmp_path, monkeypatch, capsys):
+    """`python -m predlab.train | head -4`: once head had gone, the next epoch's line failed with a
+    BrokenPipeError, told as "error in epoch 2: [Errno 32] Broken pipe", and the best model was not
+    exported ("no model.js was written"): the export's own lines met the closed pipe too."""
+    import errno
+    import io
+    from predlab import train
+
+    class Head(io.StringIO):
+        def write(self, s):
+            if "epoch    2" in s or self.getvalue().count("\n") >= 4:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            return super().write(s)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdout", Head())
+    assert train.main([*SMALL, "--epochs", "3"]) == 141
+    err = capsys.readouterr().err
+    assert err.startswith("stdout was closed (broken pipe) in epoch 2: the checkpoints saved so far are intact\n")
+    d = tmp_path / "checkpoints"
+    assert (d / "model.js").is_file() and (d / "model.json").is_file()
+    assert not (d / "checkpoint_epoch_2.pt").exists()
+
+def test_a_sigterm_while_a_run_stops_after_a_ctrl_c_ends_it_with_a_line_not_a_traceback(tmp_path, monkeypatch, capsys,
+                                                                                         python_sigint):
+    """A scheduler's SIGTERM after the user's Ctrl-C, while the run closed its episode generator, came
+    out of main() as a traceback; the files already written are whole."""
+    import signal
+    from predlab import train
+    from predlab.data import EpisodeGenerator
+    monkeypatch.chdir(tmp_path)
+    ctrl_c_in_epoch(monkeypatch, 2)
+    close = EpisodeGenerator.close
+
+    def terminated(self):
+        close(self)
+        os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(EpisodeGenerator, "close", terminated)
+    assert train.main([*SMALL, "--epochs", "3"]) == 143
+    assert "terminated (SIGTERM) again: stopped at once" in capsys.readouterr().err
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_1.pt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_sigterm_to_the_whole_process_group_of_a_run_with_workers_stops_it_cleanly(tmp_path):
+    """SLURM and `kill -- -PGID` signal every process of the run: the episode workers died of it, one
+    holding the task queue's lock, and the run hung in closing its pool instead of exporting."""
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "predlab.train", *SMALL, "--epochs", "200", "--num_workers", "2"],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        for line in p.stdout:                  # wait for a finished epoch, so that a best model exists
+            if line.startswith("epoch    2"):
+                break
+        os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 143, err
+    assert "terminated (SIGTERM)" in out and "browser weights" in out
+    from predlab.export import read_weights
+    read_weights(tmp_path / "checkpoints" / "model.js")
