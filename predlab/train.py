@@ -1571,7 +1571,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     first_epoch = trainer.epoch
     t0 = time.time()
-    interrupted, code = False, 130      # 128 + SIGINT, as a shell reports a run stopped by Ctrl-C
+    interrupted, code, diverged = False, 130, False      # 128 + SIGINT, as a shell reports a Ctrl-C
     try:
         trainer.train(tc.epochs)
     except KeyboardInterrupt as e:      # Ctrl-C, or a SIGTERM (143)
@@ -1584,7 +1584,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact",
               file=sys.stderr)
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
-        interrupted, code = True, 1
+        interrupted, code, diverged = True, 1, True
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
               f"too high: lower it, or raise --warmup_epochs); that epoch was not saved, and the checkpoints "
               f"saved so far are intact", file=sys.stderr)
@@ -1610,7 +1610,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         return code
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
-            return _export(tc, trainer, checkpointer, ended, interrupted, code)
+            return _export(tc, trainer, checkpointer, ended, interrupted, code, diverged)
     except KeyboardInterrupt as e:
         word, code = stop_words(e)
         print(f"{word}: the export above was completed first", file=sys.stderr)
@@ -1642,7 +1642,7 @@ def _os_error(e: OSError) -> str:
 
 
 def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpointer, ended: str,
-            interrupted: bool, code: int = 130) -> int:
+            interrupted: bool, code: int = 130, diverged: bool = False) -> int:
     """Write model.js/model.json of the run's best model (or of where a resumed run ended); an
     interrupted run (Ctrl-C, SIGTERM, a closed stdout, or a diverged epoch) exits with `code`. Its
     lines are printed once both files are written: a stdout closed by then stops none of them."""
@@ -1662,7 +1662,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
                 f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run "
                 f"it resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
-        if interrupted:
+        if interrupted and (code != 1 or diverged):     # (1 without diverged: a full disk, told above)
             why = {130: " before the interrupt", 143: " before the SIGTERM",
                    PIPE_CLOSED: " before stdout was closed"}.get(code, " before training diverged")
         elif trainer.monitor == "neg_catch_ratio":

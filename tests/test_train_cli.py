@@ -638,3 +638,17 @@ def test_a_sigterm_to_the_whole_process_group_of_a_run_with_workers_stops_it_cle
     assert "terminated (SIGTERM)" in out and "browser weights" in out
     from predlab.export import read_weights
     read_weights(tmp_path / "checkpoints" / "model.js")
+
+
+def test_a_full_disk_in_a_run_that_found_no_best_is_not_called_a_divergence(tmp_path, monkeypatch, capsys):
+    """A catch-ratio run whose teacher catches nothing writes no best_model.pt; a full disk then
+    stopped it, and the run said no best was written "before training diverged"."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    _full_disk_for(monkeypatch, "checkpoint_epoch_2.pt")
+    assert main([*SMALL, "--epochs", "2", "--select_best_by", "catch_ratio", "--eval_every", "1",
+                 "--eval_frames", "1", "--save_every", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "diverged" not in err
+    assert "no best_model.pt was written: best_model.pt follows the catch ratio" in err
