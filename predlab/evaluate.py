@@ -178,11 +178,36 @@ def episodes_world(episodes: int, seed: int = 0, world_config: Optional[WorldCon
     return World.random(episodes, world_config, generator=g, device=as_device(device))
 
 
+_WORLD_FLAGS = tuple(f.name for f in dataclasses.fields(WorldConfig) if f.name not in ("frames", "noise"))
+
+
+def _world_of(policy) -> tuple:
+    """(world, source): a checkpoint's own world and its path; else the browser's world and None.
+    CheckpointError for a checkpoint whose world_config is no world."""
+    from .checkpoint import CheckpointError, load_checkpoint_dict
+    if not isinstance(policy, (str, os.PathLike)) or str(policy) in ("teacher", "random"):
+        return WorldConfig(), None
+    path = Path(policy)
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        return WorldConfig(), None
+    saved = load_checkpoint_dict(path).get("world_config")
+    if not saved:
+        return WorldConfig(), None
+    try:
+        world = from_dict(WorldConfig, saved)
+        world.validate()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad world_config: {e}") from None
+    return world, str(path)
+
+
 @torch.no_grad()
 def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu", progress: Union[bool, str] = False) -> Rollout:
     """Let policy drive the predator in `episodes` seeded episodes for `frames` frames.
 
+    world_config: by default a checkpoint's own world where policy is a checkpoint's path (the
+    world its catch ratio was logged on), else the browser's.
     progress: a bar over the frames (a string is its label)."""
     if not isinstance(progress, (bool, str)):
         raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
@@ -192,6 +217,8 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     if policy is None:
         raise ValueError("policy is None: give a model, a checkpoint or model.js path, a callable, "
                          "or 'teacher' / 'random'")
+    if world_config is None:
+        world_config = _world_of(policy)[0]
     world_config = as_config(WorldConfig, world_config, "world_config")
     problem = episodes_memory_problem(episodes, world_config.boids_max)
     if problem:
@@ -227,6 +254,8 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     """Policy vs teacher (vs random) on the same episodes -> JSON-ready dict with catch_ratio on top.
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
+    world_config: by default a checkpoint's own world where policy is a checkpoint's path, else
+    the browser's (as `python -m predlab.evaluate` does).
     progress: a bar over the frames of each rollout.
     """
     for name, flag in (("baselines", baselines), ("progress", progress)):     # baselines="no" ran them
@@ -235,6 +264,8 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     # checked here too: the teacher check below builds the episodes before rollout would name a bad value
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1)
     seed = whole_number("seed", seed, 0, SEED_MAX)
+    if world_config is None:
+        world_config = _world_of(policy)[0]
     world_config = as_config(WorldConfig, world_config, "world_config")
     kw = dict(episodes=episodes, frames=frames, seed=seed, world_config=world_config, device=as_device(device))
     if teacher is not None:     # the teacher's rollout of other episodes gave a wrong ratio, silently
@@ -361,27 +392,6 @@ def _nan_to_none(x):
     if isinstance(x, dict):
         return {k: _nan_to_none(v) for k, v in x.items()}
     return None if isinstance(x, float) and math.isnan(x) else x
-
-
-_WORLD_FLAGS = tuple(f.name for f in dataclasses.fields(WorldConfig) if f.name not in ("frames", "noise"))
-
-
-def _world_of(policy) -> tuple:
-    """(world, source): a checkpoint's own world and its path; else the browser's world and None.
-    CheckpointError for a checkpoint whose world_config is no world."""
-    from .checkpoint import CheckpointError, load_checkpoint_dict
-    path = Path(policy)
-    if str(policy) in ("teacher", "random") or not path.is_file() or not zipfile.is_zipfile(path):
-        return WorldConfig(), None
-    saved = load_checkpoint_dict(path).get("world_config")
-    if not saved:
-        return WorldConfig(), None
-    try:
-        world = from_dict(WorldConfig, saved)
-        world.validate()
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: bad world_config: {e}") from None
-    return world, str(path)
 
 
 def main(argv=None) -> int:

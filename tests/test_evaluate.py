@@ -850,6 +850,12 @@ def test_cli_draws_a_checkpoints_episodes_from_the_world_it_was_trained_on(model
     assert "drawn from" in capsys.readouterr().err
     ours = compare(pt, baselines=False, episodes=4, frames=10, world_config=trained)
     assert json.loads(out.read_text())["policy"]["catches"] == ours["policy"]["catches"]
+    # the library, as the CLI: over 60 frames its teacher catches 3 boids here, none in the browser's world
+    ours = compare(pt, baselines=False, episodes=4, frames=60, world_config=trained)
+    default = compare(pt, baselines=False, episodes=4, frames=60)
+    assert default["teacher"]["catches"] == ours["teacher"]["catches"] > 0
+    assert default["policy"] == {**ours["policy"], "seconds": default["policy"]["seconds"]}
+    assert rollout(pt, episodes=4, frames=1).n_start.max() <= 12
     assert main([str(pt), "--episodes", "4", "--frames", "10", "--json", str(out), "--boids-max", "30"]) == 0
     assert json.loads(out.read_text())["world_config"]["boids_max"] == 30
     assert json.loads(out.read_text())["world_config"]["width_max"] == 800
