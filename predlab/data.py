@@ -547,7 +547,15 @@ def _worker_init(ignore_sigterm: bool = False):
 
 class _Worker(multiprocessing.context.SpawnProcess):
     def terminate(self):
-        self.kill()     # it may ignore SIGTERM (_worker_init); Pool.terminate and the exit's clean-up call this
+        self.kill()     # it may ignore SIGTERM (_worker_init); Pool.terminate calls this
+
+    @staticmethod
+    def _Popen(process_obj):
+        # multiprocessing's clean-up at exit ends daemon children by _popen.terminate(), then joins them:
+        # a SIGTERM that they ignore hung the exit of a run whose close() a second SIGTERM cut
+        popen = multiprocessing.context.SpawnProcess._Popen(process_obj)
+        popen.terminate = popen.kill
+        return popen
 
 
 class _Pool(multiprocessing.pool.Pool):

@@ -514,3 +514,24 @@ def test_episode_workers_leave_a_sigterm_to_a_run_that_outlives_one(monkeypatch)
     finally:
         signal.signal(signal.SIGINT, handlers[0])
         signal.signal(signal.SIGTERM, handlers[1])
+
+
+def test_episode_workers_are_killed_by_the_exit_clean_up_too():
+    """multiprocessing's clean-up at exit ends daemon children with _popen.terminate(), not the
+    process's terminate(): a SIGTERM, which the workers of a command line run ignore. A pool whose
+    close() a second SIGTERM cut left the run hanging at exit, joining them, and the workers alive
+    once it was killed."""
+    import signal
+    import time
+
+    from predlab import data
+    w = data._Worker(target=time.sleep, args=(30,), daemon=True)
+    w.start()
+    try:
+        w._popen.terminate()            # as multiprocessing.util._exit_function calls it
+        w.join(10)
+        assert w.exitcode == -signal.SIGKILL
+    finally:
+        if w.exitcode is None:
+            w.kill()
+            w.join()
