@@ -612,7 +612,9 @@ class EpisodeGenerator:
             own = (threading.current_thread() is threading.main_thread()
                    and signal.getsignal(signal.SIGINT) is not None)     # None: a handler set outside Python
             before = signal.signal(signal.SIGINT, signal.SIG_IGN) if own else None
-            # a SIGTERM waits meanwhile (blocked: it is not lost), and the workers are born with it blocked
+            # the workers are born with SIGTERM blocked (a mask survives exec) until _worker_init ignores it.
+            # This thread's block does not hold one back from the run: another thread takes it, and the
+            # handler stops the run here; a worker already started is killed at exit (_Worker._Popen).
             term = {signal.SIGTERM} if hasattr(signal, "pthread_sigmask") else None
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, term) if term else None
             try:
