@@ -1483,16 +1483,18 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
+    began: List[bool] = []     # _main's run has begun: a Ctrl-C that gets here came as it ended
     try:    # (a Ctrl-C as the SIGTERM handler is put in place)
         with command_line():     # a SIGTERM (a scheduler, `timeout`, `kill`) stops the run as a Ctrl-C does
-            return _main(argv)
+            return _main(argv, began)
     except KeyboardInterrupt as e:
         word, code = stop_words(e)
-        print(f"\n{word} before training began: nothing was written", file=sys.stderr)
+        print(f"\n{word} as the run ended: the files written are whole" if began else
+              f"\n{word} before training began: nothing was written", file=sys.stderr)
         return code
 
 
-def _main(argv) -> int:
+def _main(argv, began: List[bool]) -> int:
     try:    # reading a --resume or --init_weights file takes a while; a Ctrl-C in it came as a traceback
         tc, mc, wc, schedule, notes = _parse(argv)
         try:
@@ -1503,6 +1505,7 @@ def _main(argv) -> int:
         word, code = stop_words(e)
         print(f"\n{word} before training began: nothing was written", file=sys.stderr)
         return code
+    began.append(True)
     try:
         _say(notes)
         code = _run(tc, mc, wc, schedule)

@@ -652,3 +652,29 @@ def test_a_full_disk_in_a_run_that_found_no_best_is_not_called_a_divergence(tmp_
     err = capsys.readouterr().err
     assert "cannot write" in err and "diverged" not in err
     assert "no best_model.pt was written: best_model.pt follows the catch ratio" in err
+
+
+def test_a_ctrl_c_as_the_finished_run_lets_go_of_its_folder_is_not_called_one_before_training(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """A Ctrl-C landing as main() released the folder's lock, after model.js was written, was told as
+    "interrupted before training began: nothing was written"."""
+    import predlab.train as T
+    real = T.lock_checkpoint_dir
+
+    class Lock:
+        def __init__(self, lock):
+            self.lock = lock
+
+        def release(self):
+            self.lock.release()
+            raise KeyboardInterrupt
+
+    calls = []      # the CLI's own lock is the first taken; the Checkpointer's, inside it, are left alone
+    monkeypatch.setattr(T, "lock_checkpoint_dir", lambda d: real(d) if calls.append(d) or len(calls) > 1
+                        else Lock(real(d)))
+    monkeypatch.chdir(tmp_path)
+    assert T.main(SMALL) == 130
+    err = capsys.readouterr().err
+    assert "interrupted as the run ended: the files written are whole" in err and "before training" not in err
+    assert "interrupted after" not in err and "interrupted in" not in err
+    assert (tmp_path / "checkpoints" / "model.js").is_file()
