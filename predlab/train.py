@@ -1483,13 +1483,13 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 
 def main(argv=None) -> int:
-    began: List[bool] = []     # _main's run has begun: a Ctrl-C that gets here came as it ended
-    try:    # (a Ctrl-C as the SIGTERM handler is put in place)
+    try:    # (a Ctrl-C as the SIGTERM handler is put in place; first, so that none lands outside it)
+        began: List[bool] = []     # _main's run has begun: a Ctrl-C that gets here came as it ended
         with command_line():     # a SIGTERM (a scheduler, `timeout`, `kill`) stops the run as a Ctrl-C does
             return _main(argv, began)
     except KeyboardInterrupt as e:
         word, code = stop_words(e)
-        print(f"\n{word} as the run ended: the files written are whole" if began else
+        print(f"\n{word} as the run ended: the files written are whole" if locals().get("began") else
               f"\n{word} before training began: nothing was written", file=sys.stderr)
         return code
 
