@@ -1306,7 +1306,7 @@ def build_parser() -> argparse.ArgumentParser:
 # these from its own command line. Every other setting of the run comes from the checkpoint unless a
 # flag is given.
 MACHINE_FIELDS = ("resume", "init_weights", "device", "threads", "num_workers", "progress", "checkpoint_dir",
-                  "log_dir")
+                  "log_dir", "cpu_split", "cuda_graphs", "tf32")     # (a 16-core run's --cpu_split 8 on a laptop)
 SIZE_FIELDS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 # What a flag given on resume changes in the restored optimizer and schedule (SupervisedTrainer.set_schedule).
 SCHEDULE_FIELDS = ("learning_rate", "weight_decay", "warmup_epochs", "min_lr_ratio")

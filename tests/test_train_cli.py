@@ -681,3 +681,17 @@ def test_a_ctrl_c_as_the_finished_run_lets_go_of_its_folder_is_not_called_one_be
     assert "interrupted as the run ended: the files written are whole" in err and "before training" not in err
     assert "interrupted after" not in err and "interrupted in" not in err
     assert (tmp_path / "checkpoints" / "model.js").is_file()
+
+
+def test_a_resumed_run_takes_the_cpu_split_from_its_own_command_line(tmp_path, monkeypatch, capsys):
+    """The split is a setting of the machine, as --threads is: a 16-core run's --cpu_split 8, resumed
+    on a 2-core laptop, kept 8 parts (8 threads) unless the flag was given again."""
+    from predlab import checkpoint as ck
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--cpu_split", "2", "--save_every", "1"]) == 0
+    assert ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")["train_config"]["cpu_split"] == 2
+    capsys.readouterr()
+    assert main(["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]) == 0
+    assert ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")["train_config"]["cpu_split"] == 0
+    assert "cpu_split" not in capsys.readouterr().out
