@@ -96,6 +96,8 @@ class Controls:
         self.output = output
         items = list(self.widgets.values()) + ([output] if output is not None else [])
         self.box = W.VBox(items)
+        self.redraw = None        # what a panel that redraws on a move calls (_wire sets it)
+        self._holding = False     # set() is setting values: no redraw per value
 
     def values(self) -> Dict:
         return {k: w.value for k, w in self.widgets.items()}
@@ -117,7 +119,7 @@ class Controls:
                 self.widgets[k].value = v
         finally:
             self._holding = False
-        if self.values() != before and getattr(self, "redraw", None) is not None:
+        if self.values() != before and self.redraw is not None:
             self.redraw()
 
     def _ipython_display_(self):
@@ -196,7 +198,7 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
 def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
     """Redraw the panel whenever one of its widgets changes (and once now, if asked)."""
     def on_change(change):
-        if not getattr(ctl, "_holding", False):     # Controls.set redraws once, after its last value
+        if not ctl._holding:     # Controls.set redraws once, after its last value
             redraw(change)
 
     for w in ctl.widgets.values():
