@@ -110,10 +110,16 @@ class PrintLogger(Callback):
     """One line per epoch on stdout (for logs where bars do not render)."""
 
     def on_epoch_end(self, trainer, epoch, logs):
-        extra = "".join(f" {k}={v:,.0f}" if math.isfinite(v) and float(v).is_integer() else f" {k}={v:.4g}"
-                        for k, v in logs.items()
+        def value(k, v):
+            text = f"{v:,.0f}" if math.isfinite(v) and float(v).is_integer() else f"{v:.4g}"
+            low, high = logs.get(f"{k}_low"), logs.get(f"{k}_high")       # catch_ratio's 95% interval
+            if isinstance(low, float) and isinstance(high, float) and not (math.isnan(low) or math.isnan(high)):
+                text += f" ({low:.2f}-{high:.2f})"
+            return f" {k}={text}"
+
+        extra = "".join(value(k, v) for k, v in logs.items()
                         if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time",
-                                      "neg_catch_ratio"))
+                                     "neg_catch_ratio", "catch_ratio_low", "catch_ratio_high"))
         print(f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
               f"lr {logs['lr']:.2e}  {logs['samples_per_s']:,.0f} samples/s{extra}", flush=True)
 

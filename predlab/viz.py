@@ -417,11 +417,12 @@ class LivePlot(Callback):
     In a notebook the figure is shown once (IPython display handle) and updated in place;
     elsewhere (headless, tests, scripts) it just keeps `history` and the figure up to date.
     history: {key: [values]}; epochs: {key: [epoch of each value]} (a metric such as
-    catch_ratio may be logged only every few epochs); lines: {key: Line2D}.
+    catch_ratio may be logged only every few epochs); lines: {key: Line2D}. catch_ratio's 95%
+    interval (catch_ratio_low .. catch_ratio_high) is shaded behind it; the dashed line is the teacher.
     """
 
     PANELS = (("loss (MSE)", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
-              ("catch ratio (model / teacher)", ("catch_ratio",)))
+              ("catch ratio, model / teacher (shaded: 95%)", ("catch_ratio",)))
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
         self.display = _in_notebook() if display is None else display
@@ -429,6 +430,7 @@ class LivePlot(Callback):
         self.history: Dict[str, List[float]] = {}
         self.epochs: Dict[str, List[int]] = {}
         self.lines: Dict[str, object] = {}
+        self.bands: Dict[str, object] = {}      # {key: the shaded interval drawn behind its line}
         self.fig: Optional[Figure] = None
         self.handle = None
         self._trainer = None      # whose run history holds
@@ -476,7 +478,7 @@ class LivePlot(Callback):
 
     def _build(self) -> None:
         self.fig = Figure(figsize=self.figsize)
-        self.lines = {}
+        self.lines, self.bands = {}, {}
         panels = self._panels()
         for i, (title, keys) in enumerate(panels):
             ax = self.fig.add_subplot(1, len(panels), i + 1)
@@ -486,6 +488,7 @@ class LivePlot(Callback):
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if keys == ["catch_ratio"]:      # ticks at the epochs it is measured (5, 10, ...), while few
                 ax.xaxis.set_major_locator(_LoggedEpochs(self.epochs, "catch_ratio"))
+                ax.axhline(1.0, color="0.6", lw=0.8, ls="--")       # the teacher's catches
             if keys[0] == "train_loss" and self.log_scale:
                 ax.set_yscale("log")
             if len(keys) > 1:
@@ -502,6 +505,7 @@ class LivePlot(Callback):
             self._build()
         for k, line in self.lines.items():
             line.set_data(self.epochs.get(k, []), self.history.get(k, []))
+        self._draw_interval("catch_ratio")
         for ax in self.fig.axes:
             ax.relim()
             ax.autoscale_view()
@@ -512,6 +516,22 @@ class LivePlot(Callback):
             self.handle = display(self.fig, display_id=True)
         else:
             self.handle.update(self.fig)
+
+    def _draw_interval(self, key: str) -> None:
+        """The shaded 95% interval of key (key_low .. key_high, as CatchEvaluator logs them) behind its line."""
+        line = self.lines.get(key)
+        if line is None:
+            return
+        band = self.bands.pop(key, None)
+        if band is not None:
+            band.remove()
+        lows, highs = (dict(zip(self.epochs.get(k, []), self.history.get(k, []))) for k in (f"{key}_low", f"{key}_high"))
+        # finite bounds only: NaN while the teacher catches nothing, an infinite top in resamples where it caught none
+        epochs = [e for e in self.epochs.get(key, []) if math.isfinite(lows.get(e, math.nan))
+                  and math.isfinite(highs.get(e, math.nan))]
+        if epochs:
+            self.bands[key] = line.axes.fill_between(epochs, [lows[e] for e in epochs], [highs[e] for e in epochs],
+                                                      color=line.get_color(), alpha=0.2, lw=0, label="95% interval")
 
     def on_epoch_end(self, trainer, epoch, logs):
         self._append(epoch, logs)

@@ -305,6 +305,20 @@ def test_the_epoch_line_shows_the_validation_loss_as_val(capsys):
         "epoch    3  train 0.25000  val 0.12500  lr 1.00e-03  12,345 samples/s catches=7\n"
 
 
+def test_the_epoch_line_gives_the_catch_ratio_with_its_interval(capsys):
+    """catch_ratio with its 95% interval in brackets, not three numbers named apart; an interval
+    with no value (the teacher caught nothing) is left out, an unbounded top is shown as such."""
+    logs = {"epoch": 5, "train_loss": 0.25, "val_loss": 0.125, "lr": 1e-3, "samples_per_s": 12345.0,
+            "catch_ratio": 0.875, "catch_ratio_low": 0.6214, "catch_ratio_high": 1.05, "neg_catch_ratio": -0.875}
+    PrintLogger().on_epoch_end(None, 5, logs)
+    PrintLogger().on_epoch_end(None, 5, {**logs, "catch_ratio_high": math.inf})
+    PrintLogger().on_epoch_end(None, 5, {**logs, "catch_ratio": math.nan, "catch_ratio_low": math.nan,
+                                         "catch_ratio_high": math.nan})
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("samples/s")[1] for line in lines] == \
+        [" catch_ratio=0.875 (0.62-1.05)", " catch_ratio=0.875 (0.62-inf)", " catch_ratio=nan"]
+
+
 def test_the_progress_bar_of_a_resumed_run_starts_at_the_epoch_it_resumed(capsys):
     bar = ProgressBar()
     bar.on_train_begin(_Run(epoch=3, target_epochs=5))

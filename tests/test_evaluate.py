@@ -11,8 +11,8 @@ import torch
 
 from predlab.config import WorldConfig, resolve_device
 from predlab.data import SampleSet
-from predlab.evaluate import (ModelPolicy, NonFiniteActions, RandomPolicy, catch_ratio, compare, episodes_world, load_policy,
-                              main, rollout)
+from predlab.evaluate import (ModelPolicy, NonFiniteActions, RandomPolicy, Rollout, catch_ratio, catch_ratio_interval,
+                              compare, episodes_world, format_table, load_policy, main, rollout)
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
@@ -748,7 +748,9 @@ def test_catch_evaluator_logs_the_models_figures_against_one_teacher_rollout(mod
     for epoch in (1, 2):
         logs = {}
         ce.on_evaluate(trainer, epoch, logs)
-        assert logs == {"catch_ratio": 0.5, "neg_catch_ratio": -0.5, "catches_per_1k": 1000 * 2 / (2 * 3)}
+        # the interval: every resample of the two episodes with a teacher catch gives 2/4 or 4/8
+        assert logs == {"catch_ratio": 0.5, "catch_ratio_low": 0.5, "catch_ratio_high": 0.5, "neg_catch_ratio": -0.5,
+                        "catches_per_1k": 1000 * 2 / (2 * 3)}
     assert [who for who, _ in calls] == ["teacher", "ModelPolicy", "ModelPolicy"]
     assert all(kw == dict(episodes=2, frames=3, seed=7, world_config=WC, device=trainer.device) for _, kw in calls)
     assert "teacher catches nothing" not in capsys.readouterr().err
@@ -780,7 +782,7 @@ def test_catch_evaluator_logs_nan_figures_for_a_diverged_model(model, monkeypatc
     monkeypatch.setattr(evaluate, "rollout", canned)
     logs = {}
     CatchEvaluator(every=1, episodes=2, frames=3).on_evaluate(_Trainer(model), 1, logs)
-    assert set(logs) == {"catch_ratio", "neg_catch_ratio", "catches_per_1k"}
+    assert set(logs) == {"catch_ratio", "catch_ratio_low", "catch_ratio_high", "neg_catch_ratio", "catches_per_1k"}
     assert all(math.isnan(v) for v in logs.values())
 
 
@@ -914,3 +916,71 @@ def test_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tmp_path
     assert evaluate.main(["teacher", "--episodes", "4", "--frames", "20", "--json", str(out)]) == 141
     assert json.loads(out.read_text())["episodes"] == 4
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------- the catch ratio's interval
+def _catches(catches, frames=300):
+    c = torch.as_tensor(catches)
+    return Rollout(c, torch.where(c > 0, 0, -1), torch.full_like(c, 50), frames=frames, seconds=0.0)
+
+
+def test_the_interval_takes_percentiles_of_paired_resamples():
+    """Two episodes, the student catching in the first only, the teacher once in each. Resampled in
+    pairs: both first (ratio 1) a quarter of the time, one of each (1/2) half, both second (0) a
+    quarter. So the 95% interval is 0..1 and the middle 40% is 1/2 alone; drawn unpaired (the
+    student's and the teacher's episodes apart) or without resampling, it is neither."""
+    student, teacher = _catches([1, 0]), _catches([1, 1])
+    assert catch_ratio(student, teacher) == 0.5
+    ci = catch_ratio_interval(student, teacher)
+    assert (ci["low"], ci["high"], ci["level"], ci["resamples"]) == (0.0, 1.0, 0.95, 2000)
+    mid = catch_ratio_interval(student, teacher, level=0.4)
+    assert (mid["low"], mid["high"]) == (0.5, 0.5)
+    assert catch_ratio_interval(student, teacher) == ci                     # seeded: the same every time
+
+
+def test_the_interval_holds_the_ratio_and_narrows_with_more_episodes():
+    g = torch.Generator().manual_seed(1)
+    width = {}
+    for n in (64, 4000):       # the student catches 0.55 a episode on average, the teacher 0.5
+        s, t = (_catches(torch.poisson(torch.full((n,), rate), g).long()) for rate in (0.55, 0.5))
+        ci = catch_ratio_interval(s, t)
+        assert ci["low"] < catch_ratio(s, t) < ci["high"]
+        width[n] = ci["high"] - ci["low"]
+    assert ci["low"] < 1.1 < ci["high"]                         # 4,000 episodes: around the true 0.55 / 0.5
+    assert width[4000] < width[64] / 4
+
+
+def test_a_policy_against_itself_has_no_spread_and_no_teacher_catch_has_no_interval():
+    same = _catches([3, 0, 1, 2])
+    ci = catch_ratio_interval(same, same)
+    assert (ci["low"], ci["high"]) == (1.0, 1.0)
+    none = catch_ratio_interval(_catches([1, 0]), _catches([0, 0]))
+    assert math.isnan(none["low"]) and math.isnan(none["high"])
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(level=1), "level must be between 0 and 1"), (dict(level=0.0), "level must be between 0 and 1"),
+    (dict(level=float("nan")), "level must be between 0 and 1"), (dict(resamples=0), "resamples must be a whole number >= 1"),
+])
+def test_the_interval_refuses_bad_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        catch_ratio_interval(_catches([1]), _catches([1]), **kw)
+
+
+def test_the_interval_refuses_rollouts_of_other_episodes():
+    with pytest.raises(ValueError, match="not the same episodes"):
+        catch_ratio_interval(_catches([1, 0, 2]), _catches([1, 1]))
+
+
+def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher_run):
+    res = compare("random", teacher=teacher_run, **KW)
+    ci = res["catch_ratio_interval"]
+    assert ci["low"] <= res["catch_ratio"] <= ci["high"] and ci["level"] == 0.95
+    table = format_table(res)
+    assert (f"policy vs teacher {res['catch_ratio']:.3f}: 95% interval {ci['low']:.3f}-{ci['high']:.3f} "
+            f"(the 16 episodes resampled 2,000 times; more --episodes narrow it)") in table.splitlines()
+    from predlab.evaluate import _nan_to_none
+    back = json.loads(json.dumps(_nan_to_none(res), allow_nan=False))
+    assert format_table(back) == table
+    del back["catch_ratio_interval"]            # a --json file of an earlier version: the table without the line
+    assert format_table(back) == "\n".join(line for line in table.splitlines() if "interval" not in line)

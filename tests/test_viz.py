@@ -1037,3 +1037,31 @@ def test_setting_several_sim_controls_records_one_episode_with_all_of_them(monke
     assert len(calls) == 1
     ctl.widgets["n_boids"].value = 4                     # a slider moved by hand still records
     assert len(calls) == 2 and ctl.last[0].pos.shape == (2, 4, 2)
+
+
+def test_liveplot_shades_the_catch_ratios_interval():
+    """The catch panel shades catch_ratio_low .. catch_ratio_high (CatchEvaluator's 95% interval)
+    at the epochs it was measured, so a ratio of 64 episodes is not read as sharper than it is;
+    bounds that are NaN or infinite are left out rather than breaking the axis."""
+    lp = viz.LivePlot(display=False)
+    bounds = {2: (0.5, 1.25), 4: (0.75, 1.5), 6: (0.5, math.inf)}
+    for e in range(1, 7):
+        logs = {"train_loss": 1.0 / e, "val_loss": 1.0 / e, "samples_per_s": 5.0}
+        if e in bounds:
+            logs.update(catch_ratio=0.9, catch_ratio_low=bounds[e][0], catch_ratio_high=bounds[e][1])
+        lp.on_epoch_end(None, e, logs)
+    band = lp.bands["catch_ratio"]
+    assert band.axes is lp.lines["catch_ratio"].axes and len(lp.fig.axes) == 3
+    xy = np.concatenate([p.vertices for p in band.get_paths()])
+    assert set(xy[:, 0]) == {2, 4}                               # epoch 6's infinite top is not drawn
+    assert xy[:, 1].min() == 0.5 and xy[:, 1].max() == 1.5
+    assert lp.lines["catch_ratio"].axes.collections[:] == [band]         # redrawn each epoch, not stacked
+    ymin, ymax = lp.lines["catch_ratio"].axes.get_ylim()
+    assert ymin <= 0.5 and 1.5 <= ymax < 10
+
+
+def test_liveplot_draws_no_band_without_bounds():
+    lp = viz.LivePlot(display=False)
+    lp.on_epoch_end(None, 1, {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0, "catch_ratio": 0.5,
+                              "catch_ratio_low": float("nan"), "catch_ratio_high": float("nan")})
+    assert "catch_ratio" not in lp.bands and not lp.lines["catch_ratio"].axes.collections
