@@ -601,16 +601,24 @@ def test_a_sigterm_while_a_run_stops_after_a_ctrl_c_ends_it_with_a_line_not_a_tr
     import signal
     from predlab import train
     from predlab.data import EpisodeGenerator
+    from predlab.train import SupervisedTrainer
     monkeypatch.chdir(tmp_path)
-    ctrl_c_in_epoch(monkeypatch, 2)
-    close = EpisodeGenerator.close
-    sent = []
+    train_epoch, close, cut, sent = SupervisedTrainer.train_epoch, EpisodeGenerator.close, [], []
+
+    def ctrl_c_in_epoch_2(self, data):
+        if self.epoch == 1:
+            cut.append(True)
+            raise KeyboardInterrupt
+        return train_epoch(self, data)
 
     def terminated(self):
         close(self)
-        if not sent:    # once: a later close (a generator's __del__) under SIGTERM's default would end pytest
+        # once, and only as the run stops: a generator of an earlier test, closed when the garbage collector
+        # came by during epoch 1, had taken the SIGTERM (and under SIGTERM's default, a later one ends pytest)
+        if cut and not sent:
             sent.append(True)
             os.kill(os.getpid(), signal.SIGTERM)
+    monkeypatch.setattr(SupervisedTrainer, "train_epoch", ctrl_c_in_epoch_2)
     monkeypatch.setattr(EpisodeGenerator, "close", terminated)
     assert train.main([*SMALL, "--epochs", "3"]) == 143
     assert "terminated (SIGTERM) again: stopped at once" in capsys.readouterr().err
