@@ -561,3 +561,23 @@ def test_a_trainer_that_picks_its_best_by_catch_ratio_without_measuring_it_says_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         measured.train(1)
+
+
+def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
+    """Under the epochs' bar, a bar over the epoch's batches (an epoch of 2,000 episodes trains for
+    minutes, and the epochs' bar alone stood still): it counts to the epoch's number of batches and
+    goes when the epoch ends, so two epochs leave the epochs' bar alone behind."""
+    from predlab.train import ProgressBar
+    seen = []
+
+    class Seen(ProgressBar):
+        def on_epoch_end(self, trainer, epoch, logs):
+            seen.append((epoch, self.batches.desc, self.batches.n, self.batches.total))
+            super().on_epoch_end(trainer, epoch, logs)
+
+    bar = Seen()
+    t = _trainer(callbacks=[bar])
+    n = math.ceil(len(t.train_dataset) / t.batch_size)
+    t.train(2)
+    assert seen == [(1, "training (epoch 1)", n, n), (2, "training (epoch 2)", n, n)] and n > 1
+    assert bar.batches is None and bar.bar.n == 2 and "training (epoch 2)" in capsys.readouterr().err
