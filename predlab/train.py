@@ -172,6 +172,9 @@ class TensorBoardLogger(Callback):
         _quiet_tensorboard_thread()
         try:               # it writes the file's first record at once
             self.writer = SummaryWriter(str(self.path), purge_step=purge)
+            # TensorBoard's Custom Scalars tab: the catch ratio with its 95% interval as one band (CatchEvaluator)
+            self.writer.add_custom_scalars({"catch ratio": {"model / teacher, shaded: 95% interval": [
+                "Margin", ["catch_ratio", "catch_ratio_low", "catch_ratio_high"]]}})
         except OSError as e:
             self._stop(e)
 

@@ -2079,3 +2079,23 @@ def test_a_trainer_that_loaded_a_checkpoint_logs_that_run_in_a_folder_of_its_own
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss/val")] == [2]
     assert acc.Scalars("loss/val")[0].value == pytest.approx(t.history[1]["val_loss"])
+
+
+def test_tensorboard_draws_the_catch_ratio_with_its_interval(tmp_path):
+    """The Custom Scalars tab gets one chart of catch_ratio between catch_ratio_low and
+    catch_ratio_high (the tags CatchEvaluator logs), so the ratio's spread is seen where it is logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from predlab import train as T
+    logger = T.TensorBoardLogger(tmp_path / "runs")
+    logger.on_train_begin(None)
+    logger.on_epoch_end(None, 1, {"train_loss": 0.5, "val_loss": 0.5, "catch_ratio": 0.9, "catch_ratio_low": 0.7,
+                                  "catch_ratio_high": 1.1})
+    logger.on_train_end(None)
+    events = EventAccumulator(str(logger.path))
+    events.Reload()
+    assert {"catch_ratio", "catch_ratio_low", "catch_ratio_high"} <= set(events.Tags()["scalars"])
+    layout = layout_pb2.Layout.FromString(events.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    (chart,) = [c for cat in layout.category for c in cat.chart]
+    assert (chart.margin.series[0].value, chart.margin.series[0].lower, chart.margin.series[0].upper) == \
+        ("catch_ratio", "catch_ratio_low", "catch_ratio_high")
