@@ -229,7 +229,12 @@ def check_architecture(model: TransformerPredator, ckpt: Mapping, path="checkpoi
 
 def load_model(path: Union[str, Path], device="cpu") -> TransformerPredator:
     """The model stored in a checkpoint (its own sizes), in eval mode."""
-    ckpt = load_checkpoint_dict(path)
+    return model_from_checkpoint(load_checkpoint_dict(path), path, device)
+
+
+def model_from_checkpoint(ckpt: Mapping, path="checkpoint", device="cpu") -> TransformerPredator:
+    """The model of a checkpoint dict that load_checkpoint_dict(path) returned, in eval mode: one
+    read of the file gives both the model and what the checkpoint says of it."""
     model = TransformerPredator.from_config(ckpt["model_config"])
     check_architecture(model, ckpt, path)
     model.load_state_dict(ckpt["model"])

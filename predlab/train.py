@@ -1684,8 +1684,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     from .export import write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file() and not checkpointer.is_earlier_runs(best):
-        model = ckpt_io.load_model(best)
         b = ckpt_io.load_checkpoint_dict(best)
+        model = ckpt_io.model_from_checkpoint(b, best)
         best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
         said = f"{ended}; best {best_of}"
     elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best

@@ -773,7 +773,7 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
     Returns (model, message).
     """
-    from .checkpoint import describe_best, load_checkpoint_dict, load_model
+    from .checkpoint import describe_best, load_checkpoint_dict, model_from_checkpoint
 
     if epochs is not None:
         epochs = whole_number("epochs", epochs, 1)
@@ -783,8 +783,10 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     if not (path.suffix == ".pt" or path.is_file()):
         path = path / "best_model.pt"
     if path.is_file():
+        # one read: a training run that replaces best_model.pt meanwhile must not pair this
+        # file's description with the next file's weights
         ck = load_checkpoint_dict(path)
-        model = load_model(path)
+        model = model_from_checkpoint(ck, path)
         best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
         msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
     elif not train_if_missing:

@@ -686,6 +686,37 @@ def test_load_best_model_takes_the_checkpoint_file_itself(tmp_path, samples, mon
     assert msg.startswith(f"loaded {tmp_path / 'run.pt'} ") and model.config.d_model == 8
 
 
+def test_load_best_model_describes_the_weights_it_returns(tmp_path, samples, monkeypatch):
+    """A training run in another process replaces best_model.pt (atomically) while a notebook
+    loads it: the message must describe the weights returned, not a file read a moment later."""
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    from predlab import checkpoint
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    def trainer(width):
+        return SupervisedTrainer(TransformerPredator(d_model=width, n_heads=2, n_layers=1, ffn_hidden=8),
+                                 samples, samples, batch_size=64, device="cpu")
+
+    path = tmp_path / "best_model.pt"
+    first, second = trainer(8), trainer(16)
+    first.best_epoch, first.best_metric = 3, 0.25
+    first.save_checkpoint(path)
+    second.best_epoch, second.best_metric = 9, 0.125
+    read = checkpoint.load_checkpoint_dict
+
+    def read_then_replaced(p):
+        ck = read(p)
+        second.save_checkpoint(path)                              # the next best lands meanwhile
+        return ck
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint_dict", read_then_replaced)
+    model, msg = viz.load_best_model(tmp_path, verbose=False)
+    assert "0.25000 at epoch 3" in msg and model.config.d_model == 8
+    for a, b in zip(model.state_dict().values(), first.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
 def test_liveplot_shows_a_resumed_history_without_epoch_entries():
     class Resumed:
         history = [{"train_loss": 1.0, "val_loss": 2.0}, {"train_loss": 0.5, "val_loss": 1.0}]
