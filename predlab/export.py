@@ -266,9 +266,29 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
             + JS_PREFIX + body + ";\n")
 
 
-# A string (closed or not), a line comment, or a block comment's opener: every alternative matches or
-# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`)
-_TOKEN = re.compile(r""""(?:[^"\\\n\r]|\\.)*(")?|'(?:[^'\\\n\r]|\\.)*(')?|//[^\n\r\u2028\u2029]*|/\*""")
+# A string's opening quote, a line comment, or a block comment's opener: every alternative matches or
+# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`).
+_TOKEN = re.compile(r"""["']|//[^\n\r\u2028\u2029]*|/\*""")
+# What can end a string's plain run. The strings are scanned by _string_end, not by one regex: a
+# `"(?:[^"\\]|\\.)*"` pattern kept ~150 bytes of backtracking state a character (1.5 GB for a
+# 10 MB string), and an unrolled one still kept that much per escape.
+_STRING_STOPS = {q: re.compile(rf"[{q}\\\n\r]") for q in "\"'"}
+
+
+def _string_end(text: str, start: int) -> Tuple[int, bool]:
+    """The end of the string literal whose quote is at text[start], and whether it is closed there.
+    An unclosed one ends before the line break (or a backslash before one) that cuts it off."""
+    quote, stops, pos = text[start], _STRING_STOPS[text[start]], start + 1
+    while True:
+        m = stops.search(text, pos)
+        if m is None:
+            return len(text), False
+        c = m.group()
+        if c == quote:
+            return m.end(), True
+        if c != "\\" or m.end() == len(text) or text[m.end()] == "\n":
+            return m.start(), False
+        pos = m.end() + 1                               # an escape: the backslash and one character
 
 
 def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str]]:
@@ -288,6 +308,9 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
             break
         code.append(text[pos:m.start()])
         token, pos = m.group(), m.end()
+        if token in ("\"", "'"):
+            pos, closed = _string_end(text, m.start())
+            token = text[m.start():pos]
         if token.startswith("//"):
             continue
         if token == "/*":
@@ -300,7 +323,7 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
                 break
             code.append("\n" * text.count("\n", pos, end) or " ")
             pos = end + 2
-        elif m.group(1) is None and m.group(2) is None:
+        elif not closed:
             if source is not None:
                 line = text.count("\n", 0, m.start()) + 1
                 raise WeightFormatError(f"{source}: the string at line {line} is not closed on its line")
@@ -342,18 +365,16 @@ def _js_to_json(code: str) -> str:
 def _json_string(token: str) -> str:
     """A JavaScript string literal ('...' or "...") as a JSON one: quotes swapped as needed, \\' unescaped.
     Other escapes are kept; JSON's parser names one it lacks (\\x41, say) with its line and column."""
-    out, body, i = ['"'], token[1:-1], 0
-    while i < len(body):
-        c = body[i]
-        if c == "\\" and i + 1 < len(body):
-            nxt = body[i + 1]
-            out.append("'" if nxt == "'" else c + nxt)
-            i += 2
-            continue
-        out.append('\\"' if c == '"' else c)
-        i += 1
-    out.append('"')
-    return "".join(out)
+    return '"' + _STRING_SWAPS.sub(_string_swap, token[1:-1]) + '"'
+
+
+_STRING_SWAPS = re.compile(r'\\(.)|"', re.DOTALL)      # an escape, or a " that JSON needs escaped
+
+
+def _string_swap(m: "re.Match") -> str:
+    if m.group(1) is None:
+        return '\\"'
+    return "'" if m.group(1) == "'" else m.group()
 
 
 def text_to_params(text: str, source: str = "weights") -> Dict:

@@ -579,6 +579,23 @@ def test_strings_holding_comment_or_javascript_marks_are_kept(model, tmp_path):
     assert p["note"] == "see http://example.com /* or */ {a: .5,}" and p["a//b"] == 1 and p["d_model"] == 48
 
 
+def test_long_strings_in_a_model_js_are_read_in_memory_of_their_size(model):
+    """An extra key holding 4 MB (a data URL, say) with escapes in it. The reader keeps no state a
+    character: a backtracking string pattern held ~150 bytes a character, 1.5 GB for 10 MB."""
+    import tracemalloc
+    body = "A" * 4_000_000
+    text = params_to_text(_params(model), "js").replace(
+        '"d_model":', f"""blob: 'it\\'s "{body}" \\\\ \\n', "b": "a\\"b\\'c", "d_model":""", 1)
+    tracemalloc.start()
+    try:
+        p = text_to_params(text, "model.js")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert p["blob"] == f'it\'s "{body}" \\ \n' and p["b"] == "a\"b'c" and p["d_model"] == 48
+    assert peak < 20 * len(text), f"{peak / 1e6:.0f} MB to read {len(text) / 1e6:.0f} MB"
+
+
 @pytest.mark.parametrize("text, message", [("{\n" + "/* a " * 10000, "the /\\* comment at line 2 is never closed"),
                                            ('{"a": "x\n"}', "the string at line 1 is not closed on its line")])
 def test_unclosed_comments_and_strings_are_named_fast(text, message):
