@@ -377,27 +377,54 @@ def _string_swap(m: "re.Match") -> str:
     return "'" if m.group(1) == "'" else m.group()
 
 
+# Code after the weights object that assigns into TRANSFORMER_PARAMS (`.d_model = 64`, `["layers"][0] =`,
+# `+=`, a second `TRANSFORMER_PARAMS = {...}`): the page would run other weights than the object's
+_CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*\]))*\s*"
+                             r"(?:\*\*|<<|>>>?|[-+*/%&|^])?=(?!=)")
+
+
+def _line_col(text: str, pos: int) -> Tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas, single quotes,
-    a "use strict" line) or JSON."""
+    a "use strict" line) or JSON.
+
+    Code after the object (`module.exports = window.TRANSFORMER_PARAMS;`, say) is not run: a warning
+    names it, and code there that assigns into TRANSFORMER_PARAMS is refused, as the page would run
+    weights other than the object's."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
-    s = "".join(_js_to_json(piece) if is_code else _json_string(piece) for is_code, piece in pieces).strip()
-    m = WEIGHTS_ASSIGNMENT.match(s)
+    s = "".join(_js_to_json(piece) if is_code else _json_string(piece) for is_code, piece in pieces)
+    start = len(s) - len(s.lstrip())
+    m = WEIGHTS_ASSIGNMENT.match(s, start)
     if m:
-        s = s[m.end():]
-    s = s.rstrip().rstrip(";").rstrip()
-    if not s.startswith("{"):
+        start = m.end()
+    if not s.startswith("{", start):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
     try:
-        return json.loads(s)
-    except json.JSONDecodeError as e:
-        raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {e.lineno}, "
-                                f"column {e.colno})") from None
+        params, end = json.JSONDecoder().raw_decode(s, start)
+    except json.JSONDecodeError as e:   # line and column in the file (block comments keep their lines)
+        line, col = _line_col(s, e.pos)
+        raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {line}, "
+                                f"column {col})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "
                                 "levels)") from None
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
+    end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
+    if end < len(s):
+        line = _line_col(s, end)[0]
+        code = s[end:].split("\n", 1)[0].strip()
+        code = code if len(code) <= 60 else code[:57] + "..."
+        if _CHANGES_PARAMS.search(s, end):
+            raise WeightFormatError(f"{source}: the code after the weights object (line {line}: `{code}`) assigns to "
+                                    "TRANSFORMER_PARAMS, so the page would run other weights than the object's; predlab "
+                                    "does not run JavaScript: write the weights into the object itself")
+        warnings.warn(f"{source}: the code after the weights object (line {line}: `{code}`) is not run by predlab: "
+                      "the weights read are the object's as written", stacklevel=2)
+    return params
 
 
 # ---------------------------------------------------------------------- files

@@ -596,6 +596,47 @@ def test_long_strings_in_a_model_js_are_read_in_memory_of_their_size(model):
     assert peak < 20 * len(text), f"{peak / 1e6:.0f} MB to read {len(text) / 1e6:.0f} MB"
 
 
+NODE_TRAILER = 'if (typeof module !== "undefined") module.exports = window.TRANSFORMER_PARAMS;\n'
+
+
+@needs_node
+def test_code_after_the_weights_object_is_named_and_the_same_weights_are_read(model, samples, tmp_path):
+    """A model.js made for Node too (the object, then `module.exports = ...`) runs in the page and
+    under Node: predlab reads the same weights and says which code it did not run."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(path.read_text() + NODE_TRAILER)
+    lines = path.read_text().count("\n")
+    with pytest.warns(UserWarning, match=rf"model.js: the code after the weights object \(line {lines}: "
+                                         r"`if \(typeof module"):
+        loaded = read_weights(path)
+    np.testing.assert_allclose(run_node(path, samples, tmp_path), loaded.double().predict(samples).numpy(),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("trailer", ["window.TRANSFORMER_PARAMS.d_model = 64;",
+                                     "TRANSFORMER_PARAMS['layers'][0].ln_scale[0] += 1",
+                                     "window.TRANSFORMER_PARAMS = {d_model: 48};"])
+def test_code_after_the_weights_object_that_changes_them_is_refused(model, tmp_path, trailer):
+    """The page would run weights other than the object's: refused, naming the line, rather than read wrong."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(path.read_text() + "// edited\n" + trailer)
+    lines = path.read_text().count("\n") + 1
+    with pytest.raises(WeightFormatError, match=rf"model.js: the code after the weights object \(line {lines}: "
+                                                r".*\) assigns to TRANSFORMER_PARAMS"):
+        read_params(path)
+
+
+def test_a_syntax_error_is_named_at_its_line_in_the_file(model, tmp_path):
+    """Lines count from the top of the file, comment lines before the assignment included."""
+    path = write_weights(model, tmp_path / "model.js")
+    lines = path.read_text().split("\n")
+    assert lines[0].startswith("//") and len(lines) > 6
+    lines[5] += " x"
+    path.write_text("\n".join(lines))
+    with pytest.raises(WeightFormatError, match=r"model.js: not a readable weight file \(Expecting value at line 6,"):
+        read_params(path)
+
+
 @pytest.mark.parametrize("text, message", [("{\n" + "/* a " * 10000, "the /\\* comment at line 2 is never closed"),
                                            ('{"a": "x\n"}', "the string at line 1 is not closed on its line")])
 def test_unclosed_comments_and_strings_are_named_fast(text, message):
