@@ -18,7 +18,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -282,7 +282,8 @@ class Checkpointer(Callback):
     newest>/ inside it when this run first writes (a run that fails before then leaves them).
     A run resumed from a checkpoint in this folder continues that run: only the files of epochs
     after the one it resumed from move. train() called again on the same trainer goes on with
-    its run, unless another run has written in the folder in between: then that run's files move.
+    its run, unless another run has written in the folder in between: then that run's files move,
+    and this run's own that the other run had moved to previous/ (its best_model.pt) come back.
     """
 
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
@@ -295,6 +296,7 @@ class Checkpointer(Callback):
         self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
         self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
+        self._restore: List[Tuple[Path, Path]] = []   # this run's files another run moved to previous/
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
@@ -335,7 +337,9 @@ class Checkpointer(Callback):
                            if (self.dir / n).is_file() and self.dir / n not in self._pending]
                 self._what = "of other runs" if self._pending else "of another run"
                 self._pending = self._pending + theirs + exports
+                self._restore = self._moved_away()
             return
+        self._restore = []
         self._trainer = trainer
         src = self._resumed_from = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
@@ -355,6 +359,36 @@ class Checkpointer(Callback):
         # moved when this run first writes: a run that fails before then leaves them where they are
         self._pending = moving
         self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+
+    def _moved_away(self) -> List[Tuple[Path, Path]]:
+        """This run's own files that another run moved to previous/ (a rename keeps a file's
+        signature) and that are not back in their place: (where each is, where it was)."""
+        found = []
+        for p, sig in self._written.items():
+            if self._mine(p):
+                continue
+            for q in sorted((self.dir / "previous").glob(f"*/{p.name}")):
+                if q.is_file() and self._signature(q) == sig:
+                    found.append((q, p))
+                    break
+        return found
+
+    def _bring_back(self) -> None:
+        """After make_room moved the other run's files: this run's own files that run had moved to
+        previous/ come back, so that the folder holds this run's best_model.pt though no epoch since beat it."""
+        back = []
+        for q, p in self._restore:
+            if q.is_file() and not p.exists():
+                q.rename(p)
+                back.append(p.name)
+                try:
+                    q.parent.rmdir()                    # the folder, if nothing of the other run is left there
+                except OSError:
+                    pass
+        self._restore = []
+        if back:
+            print(f"brought this run's own {', '.join(sorted(back))} back to {self.dir}: another run had moved "
+                  f"{'it' if len(back) == 1 else 'them'} to {self.dir / 'previous'}", flush=True)
 
     @staticmethod
     def _signature(p: Path) -> tuple:
@@ -398,6 +432,8 @@ class Checkpointer(Callback):
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                   f"delete what you no longer need)", flush=True)
         self._pending = []
+        with deferred_interrupt():
+            self._bring_back()
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved or epoch % self.save_every == 0 or epoch == trainer.target_epochs:

@@ -1599,7 +1599,29 @@ def test_a_trainer_trained_again_after_another_run_in_its_folder_moves_that_runs
     assert ck.load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["epoch"] == 3
     assert not (d / "model.js").exists()
     mine.train(4)                                            # nobody else wrote: its own files stay
-    assert (d / "checkpoint_epoch_3.pt").is_file() and len(list((d / "previous").iterdir())) == 2
+    assert (d / "checkpoint_epoch_3.pt").is_file() and len(list((d / "previous").iterdir())) == 1
+
+
+def test_a_trainer_trained_again_after_another_run_gets_its_own_best_model_back(tmp_path, capsys):
+    """A notebook's trainer, trained again after another run used its folder, had no best_model.pt
+    when no new epoch beat its best: the other run had moved it to previous/ with the rest."""
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    mine = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+    mine.train(1)
+    best = (d / "best_model.pt").read_bytes()
+    other = _trainer(tmp_path, callbacks=[Checkpointer(d, save_every=1)])
+    other.train(2)
+    theirs = {n: (d / n).read_bytes() for n in ("best_model.pt", "checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt")}
+    mine.best_metric = -math.inf                  # no later epoch beats it
+    capsys.readouterr()
+    mine.train(2)
+    assert (d / "best_model.pt").read_bytes() == best
+    kept = [p.read_bytes() for p in (d / "previous").rglob("*") if p.is_file()]
+    assert set(theirs.values()) <= set(kept) and best not in kept                     # the other run's, moved aside
+    assert len(list((d / "previous").iterdir())) == 1                                 # its own emptied folder is gone
+    assert (f"brought this run's own best_model.pt, checkpoint_epoch_1.pt back to {d}: another run had moved them"
+            in capsys.readouterr().out)
 
 
 def test_resuming_into_a_busy_folder_says_only_that_it_is_busy(tmp_path, monkeypatch, capsys):
