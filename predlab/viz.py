@@ -422,7 +422,7 @@ class LivePlot(Callback):
     """
 
     PANELS = (("loss (MSE)", ("train_loss", "val_loss")), ("samples/s", ("samples_per_s",)),
-              ("catch ratio, model / teacher (shaded: 95%)", ("catch_ratio",)))
+              ("catch ratio, model / teacher\n(shaded: its 95% interval)", ("catch_ratio",)))
 
     def __init__(self, display: Optional[bool] = None, figsize=(11, 3.2), log_scale: bool = True):
         self.display = _in_notebook() if display is None else display
@@ -477,7 +477,9 @@ class LivePlot(Callback):
         return [(t, keys) for t, keys in panels if keys]
 
     def _build(self) -> None:
-        self.fig = Figure(figsize=self.figsize)
+        # laid out at each draw: a layout made before any data (tight_layout here) cut off the tick
+        # labels and titles that came later from a savefig (Jupyter's inline backend trims by itself)
+        self.fig = Figure(figsize=self.figsize, layout="constrained")
         self.lines, self.bands = {}, {}
         panels = self._panels()
         for i, (title, keys) in enumerate(panels):
@@ -493,7 +495,6 @@ class LivePlot(Callback):
                 ax.set_yscale("log")
             if len(keys) > 1:
                 ax.legend()
-        self.fig.tight_layout()
 
     def update(self) -> None:
         """Push history into the lines, rescale, and refresh the notebook output if there is one.
@@ -509,6 +510,12 @@ class LivePlot(Callback):
         for ax in self.fig.axes:
             ax.relim()
             ax.autoscale_view()
+        line = self.lines.get("catch_ratio")
+        if line is not None and self.epochs.get("catch_ratio"):
+            # the epochs trained so far, as in the other panels: the few checked ones alone spread one
+            # check's band over the whole panel
+            last = max(max(v) for v in self.epochs.values() if v)
+            line.axes.set_xlim(min(1, *self.epochs["catch_ratio"]) - 0.5, last + 0.5)
         if not self.display:
             return
         if self.handle is None:
@@ -529,9 +536,12 @@ class LivePlot(Callback):
         # finite bounds only: NaN while the teacher catches nothing, an infinite top in resamples where it caught none
         epochs = [e for e in self.epochs.get(key, []) if math.isfinite(lows.get(e, math.nan))
                   and math.isfinite(highs.get(e, math.nan))]
+        lo, hi = [lows[e] for e in epochs], [highs[e] for e in epochs]
+        if len(epochs) == 1:        # a band over one epoch has no width: a quarter epoch each side
+            epochs, lo, hi = [epochs[0] - 0.25, epochs[0] + 0.25], lo * 2, hi * 2
         if epochs:
-            self.bands[key] = line.axes.fill_between(epochs, [lows[e] for e in epochs], [highs[e] for e in epochs],
-                                                      color=line.get_color(), alpha=0.2, lw=0, label="95% interval")
+            self.bands[key] = line.axes.fill_between(epochs, lo, hi, color=line.get_color(), alpha=0.2, lw=0,
+                                                      label="95% interval")
 
     def on_epoch_end(self, trainer, epoch, logs):
         self._append(epoch, logs)

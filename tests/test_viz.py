@@ -1091,6 +1091,36 @@ def test_liveplot_shades_the_catch_ratios_interval():
     assert ymin <= 0.5 and 1.5 <= ymax < 10
 
 
+def test_liveplot_shades_the_interval_of_the_first_catch_check():
+    """At the first check (epoch 5 of a run) the band has an area: a band over one epoch had none."""
+    lp = viz.LivePlot(display=False)
+    for e in range(1, 6):
+        logs = {"train_loss": 1.0 / e, "val_loss": 1.0 / e, "samples_per_s": 5.0}
+        if e == 5:
+            logs.update(catch_ratio=0.9, catch_ratio_low=0.6, catch_ratio_high=1.2)
+        lp.on_epoch_end(None, e, logs)
+    xy = np.concatenate([p.vertices for p in lp.bands["catch_ratio"].get_paths()])
+    assert xy[:, 0].min() < 5 < xy[:, 0].max() and xy[:, 1].min() == 0.6 and xy[:, 1].max() == 1.2
+
+
+def test_liveplot_saved_from_a_script_keeps_its_labels_in_the_figure():
+    """The figure is laid out when drawn, with its data: laid out before any, savefig cut off the log
+    axis's tick labels on the left and the catch panel's title on the right."""
+    lp = viz.LivePlot(display=False)
+    for e in range(1, 6):
+        logs = {"train_loss": 10.0 ** -e, "val_loss": 2 * 10.0 ** -e, "samples_per_s": 5000.0 * e}
+        if e == 5:
+            logs.update(catch_ratio=0.9, catch_ratio_low=0.6, catch_ratio_high=1.2)
+        lp.on_epoch_end(None, e, logs)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(lp.fig)                  # what savefig draws with
+    canvas.draw()
+    renderer, box = canvas.get_renderer(), lp.fig.bbox
+    for ax in lp.fig.axes:       # everything drawn of each panel: title, tick labels, axis labels
+        b = ax.get_tightbbox(renderer)
+        assert box.x0 - 1 <= b.x0 and b.x1 <= box.x1 + 1 and b.y1 <= box.y1 + 1, ax.get_title()
+
+
 def test_liveplot_draws_no_band_without_bounds():
     lp = viz.LivePlot(display=False)
     lp.on_epoch_end(None, 1, {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0, "catch_ratio": 0.5,
