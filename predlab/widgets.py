@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import Callable, Dict, Mapping, Optional
 
 import ipywidgets as W
+import numpy as np
 
 from . import config as C
 from .config import ModelConfig, TrainConfig, WorldConfig, real_number, whole_number
@@ -76,7 +78,8 @@ def _slider_value(name: str, w: W.Widget, v):
     choices; other widgets check their own."""
     if isinstance(w, W.Dropdown):   # its own refusal named no control, and came after the controls before it were set
         choices = [o[1] if isinstance(o, tuple) else o for o in w.options]     # options may be (label, value)
-        if v not in choices:
+        # of the choice's kind too: True == 1 and 1.0 == 1, but neither is head 1
+        if not any(v == c and _kind(v) == _kind(c) for c in choices):
             raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
         return v
     if isinstance(w, W.FloatLogSlider):
@@ -84,8 +87,26 @@ def _slider_value(name: str, w: W.Widget, v):
         real_number(name, v, lo * (1 - 1e-9), hi * (1 + 1e-9))
         return v
     if isinstance(w, (W.IntSlider, W.FloatSlider)):
-        return _check_value(name, v, w.min, w.max, isinstance(w, W.IntSlider))
+        v = _check_value(name, v, w.min, w.max, isinstance(w, W.IntSlider))
+        # on the slider's grid, min + k * step: a value off it could not be chosen again once the slider moved
+        k = (v - w.min) / w.step
+        if abs(k - round(k)) > 1e-6 and v != w.value:         # (a start off the grid, from a default, is held)
+            below = w.min + math.floor(k) * w.step
+            near = [x for x in (below, below + w.step) if x <= w.max]
+            fmt = (lambda x: f"{x:g}") if isinstance(w, W.FloatSlider) else str
+            raise ValueError(f"{name} must be on the slider's steps of {fmt(w.step)} from {fmt(w.min)} "
+                             f"({' or '.join(fmt(x) for x in near)}), got {v!r}")
+        return v
     return v
+
+
+def _kind(v) -> str:
+    """bool, whole (numpy's too), real, or the type's name: what a dropdown's choice must match besides =="""
+    if isinstance(v, (bool, np.bool_)):
+        return "bool"
+    if isinstance(v, numbers.Integral):
+        return "whole"
+    return "real" if isinstance(v, numbers.Real) else type(v).__name__
 
 
 class Controls:

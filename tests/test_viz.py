@@ -394,6 +394,19 @@ def test_train_controls_build_trainer_arguments():
     b = widgets.make_train_controls().widgets["batch_size"]      # an IntSlider steps from its min:
     assert b.value == 256 and (256 - b.min) % b.step == 0          # the default stays reachable
     assert all(v % 16 == 0 for v in range(b.min, b.max + 1, b.step))
+    with pytest.raises(ValueError, match=r"batch_size must be on the slider's steps of 16 from 16 \(96 or 112\), got 100"):
+        ctl.set(epochs=5, batch_size=100)                    # no move of the slider could choose it again
+    assert ctl.values()["epochs"] == 200
+    ctl.set(batch_size=np.int64(112))
+    sim = widgets.make_sim_controls(run_now=False)
+    with pytest.raises(ValueError, match=r"width must be on the slider's steps of 8 from 320 \(480 or 488\)"):
+        sim.set(width=481)
+    floats = [(k, w) for k, w in sim.widgets.items() if type(w).__name__ == "FloatSlider"]
+    assert floats
+    k, w = floats[0]
+    sim.set(**{k: w.min + 3 * w.step})                       # on the grid, as float arithmetic makes it
+    with pytest.raises(ValueError, match=f"{k} must be on the slider's steps"):
+        sim.set(**{k: w.min + 0.5 * w.step})
 
 
 def test_attention_controls_redraw_for_frame_layer_head(make_model, samples):
@@ -416,8 +429,14 @@ def test_attention_controls_refuse_a_head_they_do_not_have_before_setting_anythi
     with pytest.raises(ValueError, match=r"head must be one of 'mean', 0, 1, got 7"):
         ctl.set(frame=4, head=7)
     assert ctl.values() == {"frame": 2, "layer": 0, "head": "mean"} and ctl.last is drawn
+    for odd in (True, 1.0, "1"):            # True == 1 == 1.0: head 1 was shown for each
+        with pytest.raises(ValueError, match=r"head must be one of 'mean', 0, 1, got "):
+            ctl.set(head=odd)
+    assert ctl.last is drawn
     ctl.set(head=1)
     assert ctl.values()["head"] == 1 and ctl.last is not drawn
+    ctl.set(head=np.int64(0))
+    assert ctl.values()["head"] == 0
 
 
 def test_attention_views_name_a_wrong_model_or_batch_and_take_browser_dicts(make_model, samples):
