@@ -1204,6 +1204,9 @@ class SupervisedTrainer:
                         raise ValueError(f"{where} has shape {tuple(v.shape)}, the weight {tuple(p.shape)}")
                     if not bool(torch.isfinite(v).all()) or (key == "step" and float(v) < 0):
                         raise ValueError(f"{where} holds NaN, infinity or a negative step count")
+                    if key in ("exp_avg_sq", "max_exp_avg_sq") and bool((v < 0).any()):
+                        # a mean of squares: below zero, its square root in the step is NaN
+                        raise ValueError(f"{where} holds a negative value (a mean of squared gradients)")
 
     def set_schedule(self, learning_rate: Optional[float] = None, weight_decay: Optional[float] = None,
                      warmup_epochs: Optional[float] = None, min_lr_ratio: Optional[float] = None) -> None:
@@ -1614,11 +1617,16 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     if tc.init_weights is not None:    # what fine-tuning has to beat
         try:
             start_mse = trainer.validate()
-            print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
-                  f"val MSE {start_mse:.5f} before training")
         except KeyboardInterrupt as e:
             trainer.train_dataset.generator.close()
             return stopped(e)
+        if not math.isfinite(start_mse):   # trained on, it diverged at once and blamed the learning rate
+            trainer.train_dataset.generator.close()
+            build_parser().error(f"--init_weights: {tc.init_weights}: the model's actions on the validation "
+                                 f"episodes are NaN or infinite (val MSE {start_mse}): its weights hold values too "
+                                 "large for float32's arithmetic; no training can start from them")
+        print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
+              f"val MSE {start_mse:.5f} before training")
     if tc.resume:
         try:
             ck = trainer.load_checkpoint(tc.resume)

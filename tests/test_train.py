@@ -1103,6 +1103,9 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", torch.zeros(3)),
                                   lambda s: s["optimizer"]["state"][0].__setitem__("exp_avg", "x"),
                                   lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(math.nan),
+                                  # a negative mean of squares: NaN weights from its square root, blamed on
+                                  # the learning rate
+                                  lambda s: s["optimizer"]["state"][0]["exp_avg_sq"].fill_(-1e-3),
                                   lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(-5.0)),
                                   lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (math.nan, 0.9)),
                                   lambda s: s["optimizer"]["param_groups"][1].__setitem__("maximize", True),

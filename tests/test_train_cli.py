@@ -238,6 +238,25 @@ def test_an_init_weights_file_removed_after_the_checks_exits_2_naming_it(tmp_pat
     assert not (tmp_path / "checkpoints" / "model.js").exists()
 
 
+def test_init_weights_whose_actions_overflow_exits_2_before_training(tmp_path, monkeypatch, capsys, model):
+    """Finite weights (3e38, each float32) whose actions are NaN: the run trained, diverged at once and
+    advised a lower learning rate, which could never help. Now the flag's error, with nothing written."""
+    import torch
+    from predlab.export import write_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    with torch.no_grad():
+        model.cls_embedding.fill_(3e38)
+    write_weights(model, "page.js")
+    with pytest.raises(SystemExit) as exit_:
+        main([*SMALL[:-8], "--init_weights", "page.js"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--init_weights: page.js: the model's actions on the validation episodes are NaN or infinite" in err
+    assert "learning_rate" not in err and "Traceback" not in err
+    assert not [p.name for p in tmp_path.glob("checkpoints/*") if not p.name.startswith(".")]
+
+
 def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
     """The bars vanish as they finish: the epoch lines are what stays on the terminal and in a log."""
     from predlab.train import main
