@@ -155,8 +155,8 @@ class TrainConfig:
     dagger_beta_decay: float = _f(0.5, "beta (share of teacher-driven episodes) = decay ** (epoch - dagger_start "
                                   "+ 1) from dagger_start on, 1 before", min=0.0, max=1.0)
     dagger_beta_min: float = _f(0.1, "floor of beta", min=0.0, max=1.0)
-    dagger_buffer: int = _f(0, "most aggregated DAgger samples kept, the oldest dropped first "
-                            "(0 = two epochs' worth of fresh samples)", min=0)
+    dagger_buffer: int = _f(0, "most aggregated DAgger samples kept, the oldest dropped first; an epoch's own "
+                            "fresh samples are always kept (0 = two epochs' worth of fresh samples)", min=0)
 
     def validate(self) -> None:
         """Raise ValueError naming the field when a value is out of range."""
@@ -461,18 +461,24 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
 def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> list:
     """(description, bytes) of what training_memory counts."""
     sb = sample_bytes(wc.boids_max)
-    epoch = tc.train_episodes * wc.frames * sb
+    fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
+    epoch = fresh * sb
     d, f, L, T = mc.d_model, mc.ffn_hidden, mc.n_layers, wc.boids_max + 3
     params = L * (4 * d * d + 3 * d * f) + 10 * d
+    # --batch_size and --dagger_buffer are limits: no batch is larger than the samples trained on, and
+    # no buffer holds more than the run makes (a "keep everything" 10**8 asked for 77 GiB)
+    kept = fresh
+    if tc.dagger:
+        kept = max(fresh, min(tc.dagger_buffer, tc.epochs * fresh)) if tc.dagger_buffer else 2 * fresh
+    batch = min(tc.batch_size, kept)
     needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
              ("a training step's activations (--batch_size x --boids_max squared)",
-              L * (attention_bytes(tc.batch_size, mc.n_heads, T) + tc.batch_size * T * (8 * d + 3 * f) * 4))]
+              L * (attention_bytes(batch, mc.n_heads, T) + batch * T * (8 * d + 3 * f) * 4))]
     if tc.dagger:
-        kept = tc.dagger_buffer * sb if tc.dagger_buffer else 2 * epoch
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
-                      "epoch drops, kept until it finishes", kept + epoch))
+                      "epoch drops, kept until it finishes", kept * sb + epoch))
     if tc.eval_every:
         needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
                       tc.eval_episodes * episode_step_bytes(wc.boids_max)))

@@ -5,8 +5,8 @@ epoch `start` on a share 1 - beta of them is driven by the current model (episod
 picked at random, beta per episode), with beta = max(beta_min, decay ** (e - start + 1)).
 Every visited state is labelled with the clean teacher action (closest pursuit), whoever
 drove. The samples of all epochs so far are aggregated and trained on together, up to
-`buffer` samples (0: twice the fresh samples of the epoch): beyond that the oldest are
-dropped first (FIFO), which bounds memory
+`buffer` samples (0: twice the fresh samples of the epoch; never fewer than the epoch's own fresh
+samples): beyond that the oldest are dropped first (FIFO), which bounds memory
 (about 0.8 kB per sample) and the time per epoch.
 
 Exploration noise (WorldConfig.noise) is added to the driving action in both cases.
@@ -72,7 +72,8 @@ class DaggerSource(Callback):
         fresh = self.generator.generate(self.episodes, stream=1 + epoch, student=student, beta=beta,
                                         desc=f"episodes (epoch {e}, beta {beta:.2f})")
         data = SampleSet.cat([self.data, fresh])
-        cap = self.buffer or 2 * len(fresh)
+        # never fewer than the epoch's own: a buffer below them trained on a few of the samples just made
+        cap = max(self.buffer, len(fresh)) if self.buffer else 2 * len(fresh)
         dropped = SampleSet.empty(data.boids.shape[1])
         if len(data) > cap:
             dropped = data.select(torch.arange(len(data) - cap))   # at most an epoch's samples; kept for undo_epoch

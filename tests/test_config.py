@@ -1,5 +1,6 @@
 """The config dataclasses' checks and the functions the entry points share: argument checks,
 device names, dicts as configs and the memory estimates."""
+import dataclasses
 import re
 
 import pytest
@@ -73,18 +74,34 @@ def test_a_stored_sample_is_counted_at_the_bytes_its_tensors_take():
     assert config.sample_bytes(5) == one
 
 
-@pytest.mark.parametrize("buffer, kept_epochs", [(0, 2), (1000, None)])
-def test_daggers_samples_are_counted_as_the_buffer_kept_plus_an_epoch_it_drops(buffer, kept_epochs):
+@pytest.mark.parametrize("buffer, kept_samples", [(0, 2 * 20_000),             # two epochs' worth
+                                                   (1000, 20_000),              # never below the epoch's own
+                                                   (30_000, 30_000),
+                                                   (10 ** 8, 30 * 20_000)])     # all the run makes, at most
+def test_daggers_samples_are_counted_as_the_buffer_kept_plus_an_epoch_it_drops(buffer, kept_samples):
     """While an epoch runs, DAgger holds its buffer (by default two epochs' worth of samples) and
-    the oldest samples it drops at the end of the epoch."""
+    the oldest samples it drops at the end of the epoch. A buffer larger than the run's samples
+    (a "keep everything" 10**8) is counted as what the run can make: it asked for 77 GiB."""
     tc, wc = TrainConfig(dagger_buffer=buffer), WorldConfig()
-    epoch = tc.train_episodes * wc.frames * config.sample_bytes(wc.boids_max)
+    assert tc.train_episodes * wc.frames == 20_000 and tc.epochs == 30
+    sb = config.sample_bytes(wc.boids_max)
     needs = dict(config._training_needs(tc, wc, ModelConfig()))
     dagger = next(b for d, b in needs.items() if d.startswith("DAgger's aggregated samples"))
-    kept = kept_epochs * epoch if kept_epochs else buffer * config.sample_bytes(wc.boids_max)
-    assert dagger == kept + epoch
+    assert dagger == kept_samples * sb + 20_000 * sb
+    assert config.training_memory(tc, wc, ModelConfig()) is None
     assert not any(d.startswith("DAgger") for d, _ in config._training_needs(TrainConfig(dagger=False), wc,
                                                                             ModelConfig()))
+
+
+def test_a_batch_larger_than_the_samples_is_counted_as_the_samples():
+    """--batch_size 100000 on 1,600 samples trains in batches of 1,600: it was refused as 65 GiB."""
+    wc = WorldConfig(frames=200)
+    small = TrainConfig(train_episodes=8, batch_size=100_000, dagger=False)
+    step = lambda tc: dict(config._training_needs(tc, wc, ModelConfig()))[
+        "a training step's activations (--batch_size x --boids_max squared)"]
+    assert step(small) == step(dataclasses.replace(small, batch_size=1600))
+    assert config.training_memory(small, wc, ModelConfig()) is None
+    assert step(dataclasses.replace(small, dagger=True)) == step(dataclasses.replace(small, dagger=True, batch_size=3200))
 
 
 @pytest.mark.parametrize("cls, field, value, message", [

@@ -85,6 +85,16 @@ def test_buffer_cap_drops_the_oldest(model):
     assert torch.equal(buf.predator, torch.cat([e1.predator[-keep:], e2.predator]))
 
 
+def test_a_buffer_smaller_than_an_epoch_keeps_that_epochs_samples(model):
+    """--dagger_buffer 1 trained every epoch, the first too, on 1 of its thousands of fresh samples."""
+    gen = EpisodeGenerator(WC, seed=0, progress=False)
+    src = DaggerSource(gen, 4, start=5, buffer=1)
+    trainer = SimpleNamespace(model=model)
+    e1, e2 = gen.generate(4, stream=1), gen.generate(4, stream=2)
+    assert torch.equal(src.for_epoch(0, trainer).target, e1.target)
+    assert torch.equal(src.for_epoch(1, trainer).target, e2.target) and src.last["dagger_samples"] == len(e2)
+
+
 def test_default_buffer_keeps_two_epochs_of_samples(model):
     """buffer=0 (the default of --dagger_buffer) keeps two epochs' worth of samples, the newest, as the
     README says; the tests set a buffer of their own, so a default of one epoch's worth (training on
