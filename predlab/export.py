@@ -554,6 +554,9 @@ def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path
     if path.exists() and not path.is_file():   # /dev/null, a pipe: renaming over it would replace it
         raise FileExistsError(errno.EEXIST, f"{given} exists and is not a regular file (a device, pipe or socket, "
                                             f"or a directory); give the path of a file", str(given))
+    if path != given and not path.parent.is_dir():   # made through a dangling link, folders would land anywhere
+        raise FileNotFoundError(errno.ENOENT, f"{given} is a link to {path}, in a folder that does not exist",
+                                str(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -604,6 +607,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         return f"{path} exists and is not a directory"
     if not directory and path.is_dir():
         return f"{path} is a directory"
+    if not directory and path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
+        return f"{path} is a link to {os.path.realpath(path)}, in a folder that does not exist"
     if not directory and path.exists():
         if not path.is_file():
             return f"{path} exists and is not a regular file (a device, pipe or socket); give the path of a file"

@@ -994,6 +994,26 @@ def test_an_output_below_a_link_to_nothing_is_refused_before_the_work(model, tmp
     assert not (tmp_path / "no-such-folder").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["gone"]
 
 
+def test_an_output_that_is_a_link_into_a_missing_folder_is_refused(model, tmp_path, monkeypatch, capsys):
+    """export --out through such a link made the folders the link names, wherever they were, and said
+    it wrote the file (a shell's redirect fails there)."""
+    from predlab.export import atomic_write_text, main, output_problem
+    monkeypatch.chdir(tmp_path)
+    src = write_weights(model, tmp_path / "model.json")
+    far = tmp_path / "nowhere" / "deeper"
+    (tmp_path / "out.js").symlink_to(far / "z.js")
+    message = f"out.js is a link to {far / 'z.js'}, in a folder that does not exist"
+    assert output_problem("out.js") == message
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        atomic_write_text(tmp_path / "out.js", "x")
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", "out.js"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    (tmp_path / "near.js").symlink_to(tmp_path / "made.js")       # its folder exists: written, as a redirect would
+    assert main([str(src), "--out", "near.js"]) == 0 and read_weights(tmp_path / "made.js").config == model.config
+
+
 def test_reading_weights_from_a_folder_says_it_is_a_folder(tmp_path):
     """read_weights(folder) called the folder 'not a regular file (a pipe, a device or a socket)'."""
     with pytest.raises(FileNotFoundError, match=r"is a directory, not a weight file \(say .*model\.js\)"):
