@@ -479,7 +479,8 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.patience > 0 and trainer.bad_epochs >= self.patience:
-            what = "catch evaluations" if trainer.monitor == "neg_catch_ratio" else "epochs"
+            what = "catch evaluation" if trainer.monitor == "neg_catch_ratio" else "epoch"
+            what += "" if trainer.bad_epochs == 1 else "s"
             print(f"early stopping: no improvement for {trainer.bad_epochs} {what} (best: "
                   f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True
@@ -1613,6 +1614,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         build_parser().error(f"--init_weights: {e}")   # changed on disk since parse_args read it
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
+    if tc.warmup_epochs >= tc.epochs:    # a one-epoch run's few steps ran at a thousandth of the rate and up
+        print(f"note: the warm-up (--warmup_epochs {tc.warmup_epochs:g}) lasts the whole run of {tc.epochs} "
+              f"epoch{'s' if tc.epochs != 1 else ''}: the learning rate climbs from {tc.learning_rate * 1e-3:.1e} "
+              f"and never decays; a shorter --warmup_epochs trains more in so few epochs")
     start_mse = None
     if tc.init_weights is not None:    # what fine-tuning has to beat
         try:

@@ -257,6 +257,18 @@ def test_init_weights_whose_actions_overflow_exits_2_before_training(tmp_path, m
     assert not [p.name for p in tmp_path.glob("checkpoints/*") if not p.name.startswith(".")]
 
 
+def test_a_run_as_short_as_its_warm_up_says_so(tmp_path, monkeypatch, capsys):
+    """--epochs 1 with the default 1-epoch warm-up: the only steps ran from a thousandth of the rate
+    up, and the losses hardly moved, without a word."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    assert "note: the warm-up (--warmup_epochs 1) lasts the whole run of 1 epoch: the learning rate climbs from " \
+        "2.0e-06" in capsys.readouterr().out
+    assert main([*SMALL[2:], "--epochs", "2", "--warmup_epochs", "0.5", "--checkpoint_dir", "b"]) == 0
+    assert "warm-up" not in capsys.readouterr().out
+
+
 def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
     """The bars vanish as they finish: the epoch lines are what stays on the terminal and in a log."""
     from predlab.train import main
