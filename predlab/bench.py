@@ -593,13 +593,12 @@ def print_table(res: Dict) -> None:
           f"load average at start {m['load_avg_1min']:.1f}")
     print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {m['threads']} threads, "
           f"{res['matmul_gflops_1thread']:.1f} on 1\n")
-    row = "{:<36} {:>11} {:>9} {:>8} {:>8} {:>10} {:>4}"
-    print(row.format("figure", "samples/s", "1 thread", "x naive", "x seed", "target", "met"))
+    rows = [("figure", "samples/s", "1 thread", "x naive", "x seed", "target", "met")]
 
     def line(label, rate, one, naive, seed, target):
-        print(row.format(label, f"{rate:,.0f}", one, f"{rate / naive:.1f}" if naive else "",
-                         f"{rate / seed:.1f}" if seed else "", f"{target:,.0f}" if target else "",
-                         ("yes" if rate >= target else "no") if target else ""))
+        rows.append((label, f"{rate:,.0f}", one, f"{rate / naive:.1f}" if naive else "",
+                     f"{rate / seed:.1f}" if seed else "", f"{target:,.0f}" if target else "",
+                     ("yes" if rate >= target else "no") if target else ""))
 
     g = res["generate"]
     by = g["by_threads"]
@@ -608,14 +607,18 @@ def print_table(res: Dict) -> None:
     for key, label in (("train_default", "training, default episodes"), ("train_50", "training, 50 boids")):
         r = res[key]
         parts = r.get("parts", 1)
-        line(f"{label} ({m['threads']} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"], f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
-             SEED_MEASURED["train_cpu"], TARGETS[key])
+        line(f"{label} ({m['threads']} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"],
+             f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"], SEED_MEASURED["train_cpu"], TARGETS[key])
     if res.get("gpu"):
         best = max((r for r in res["gpu"]["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
         line(f"training, GPU ({best['mode']}, batch {best['batch_size']})", best["samples_per_s"], "", None,
              SEED_ADVERTISED["train_gpu"], TARGETS["train_gpu"])
     else:
-        print(row.format("training, GPU", "not measured", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
+        rows.append(("training, GPU", "not measured", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
+    # the label column as wide as its longest label: a fixed 36 let "(2 thr, 2 parts)" push a row's figures right
+    row = "{:<%d} {:>12} {:>9} {:>8} {:>8} {:>10} {:>4}" % max(len(r[0]) for r in rows)
+    for r in rows:
+        print(row.format(*r))
     print()
     for key, label in (("train_default", "default episodes"), ("train_50", "50 boids")):
         r = res[key]

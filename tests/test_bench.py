@@ -44,7 +44,10 @@ def test_run_reports_every_figure(tmp_path, capsys):
                     seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8, cpu_split=3)
     assert res["train_50"]["parts"] == res["train_default"]["parts"] == 3
     bench.print_table(res)
-    assert "50 boids (2 thr, 3 parts)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "50 boids (2 thr, 3 parts)" in out
+    table = out[out.index("figure"):out.index("\n\n", out.index("figure"))].splitlines()
+    assert len(table) == 5 and len({len(r) for r in table}) == 1, table     # the columns line up
 
 
 def test_training_memory_grows_with_the_batch():
