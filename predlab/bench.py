@@ -8,7 +8,6 @@ CUDA exists, the GPU figures follow (run_gpu); --gpu-only measures those alone.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import math
@@ -22,7 +21,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import ModelConfig, WorldConfig
+from .config import FlagParser, ModelConfig, WorldConfig
 from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .model import TransformerPredator
 from .sim import World
@@ -657,7 +656,7 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
+    p = FlagParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
     p.add_argument("--threads", type=int, default=None,

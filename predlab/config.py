@@ -485,6 +485,28 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
     return needs
 
 
+class FlagParser(argparse.ArgumentParser):
+    """Errors under a one-line usage (`short_usage` after the program's name): the full one is up to
+    ~30 lines of flags that bury the message."""
+
+    def __init__(self, *args, short_usage: str = "[flags]", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.short_usage = short_usage
+
+    def error(self, message):
+        self.exit(2, f"usage: {self.prog} {self.short_usage}   (--help lists them)\n{self.prog}: error: {message}\n")
+
+    def _get_option_tuples(self, *args, **kwargs):
+        # a prefix of a flag and of its dashed spelling (--learn: --learning_rate, --learning-rate)
+        # is one flag, not an ambiguity; a prefix of two different flags still is
+        seen, unique = set(), []
+        for t in super()._get_option_tuples(*args, **kwargs):
+            if id(t[0]) not in seen:
+                seen.add(id(t[0]))
+                unique.append(t)
+        return unique
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls, title: str, skip=(), given_only: bool = False) -> None:
     """A --flag (and its dashed spelling) per field of config class cls, typed and bounded by the
     field's metadata, in a group named title. given_only: every default is None, so that the caller

@@ -36,7 +36,7 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import (BROWSER_SIZES, SEED_MAX, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
+from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
                      episode_step_bytes, from_dict, memory_problem, real_number, resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
@@ -392,9 +392,9 @@ class CatchEvaluator(Callback):
 
 # ---------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m predlab.evaluate",
-                                description="Closed-loop catches of a policy vs the teacher and a random "
-                                            "baseline, on the same seeded episodes.")
+    p = FlagParser(prog="python -m predlab.evaluate", short_usage="PATH [flags]",
+                   description="Closed-loop catches of a policy vs the teacher and a random baseline, on the "
+                               "same seeded episodes.")
     p.add_argument("policy", metavar="PATH", help="checkpoint (.pt), model.js/.json, or the words teacher / random")
     p.add_argument("--episodes", type=bounded_number(int, 1), default=200,
                    help="episodes, all stepped together (default: 200)")

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .config import BROWSER_SIZES, FLOAT32_MAX
+from .config import BROWSER_SIZES, FLOAT32_MAX, FlagParser
 from .model import TOKEN_TYPES, TransformerPredator, check_has_weights
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
@@ -816,7 +816,7 @@ def main(argv: List[str] = None) -> int:
 
 
 def _main(argv: List[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m predlab.export", description=main.__doc__)
+    ap = FlagParser(prog="python -m predlab.export", description=main.__doc__, short_usage="SOURCE --out OUT [flags]")
     ap.add_argument("source", help="checkpoint (.pt) or weight file (.js/.json)")
     ap.add_argument("--out", required=True, help="output path ending in .js or .json")
     ap.add_argument("--any-size", action="store_true",

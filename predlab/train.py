@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
+from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
                      from_dict, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
@@ -1345,28 +1345,11 @@ CLI_ONLY_FIELDS = ("checkpoint_dir", "log_dir", "save_every", "keep_checkpoints"
 
 
 # ---------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    """Errors under a one-line usage: the full one is ~30 lines of flags that bury the message."""
-
-    def error(self, message):
-        self.exit(2, f"usage: {self.prog} [flags]   (--help lists them)\n{self.prog}: error: {message}\n")
-
-    def _get_option_tuples(self, *args, **kwargs):
-        # a prefix of a flag and of its dashed spelling (--learn: --learning_rate, --learning-rate)
-        # is one flag, not an ambiguity; a prefix of two different flags still is
-        seen, unique = set(), []
-        for t in super()._get_option_tuples(*args, **kwargs):
-            if id(t[0]) not in seen:
-                seen.add(id(t[0]))
-                unique.append(t)
-        return unique
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The CLI, built from TrainConfig, ModelConfig and WorldConfig."""
-    p = _Parser(prog="python -m predlab.train",
-                                description="Train the predator transformer by imitating the closest-pursuit "
-                                            "teacher, then export checkpoints/model.js for the browser.")
+    p = FlagParser(prog="python -m predlab.train",
+                   description="Train the predator transformer by imitating the closest-pursuit teacher, then "
+                               "export checkpoints/model.js for the browser.")
     add_config_flags(p, TrainConfig, "training")
     add_config_flags(p, ModelConfig, "model")
     add_config_flags(p, WorldConfig, "episodes")

@@ -132,7 +132,11 @@ def test_cli_bad_input_exits_2(argv, message, capsys, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    # one line of usage, then the error: the full usage was 10 lines of flags above it
+    assert err.startswith("usage: python -m predlab.evaluate PATH [flags]   (--help lists them)\n") and \
+        len(err.splitlines()) == 2, err
 
 
 @pytest.mark.parametrize("name, text", [("model.js", "window.TRANSFORMER_PARAMS = {d_model: 48,"),
