@@ -27,7 +27,9 @@ def one_gib(monkeypatch):
     (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames x --boids_max)"),
     (["--train_episodes", "10000000"], "an epoch's training samples"),
     (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max squared)"),
-    (["--batch_size", "10000000"], "a training step's activations (--batch_size x --boids_max squared)"),
+    # a batch is at most the samples trained on: 60,000 episodes make enough for ten million
+    (["--batch_size", "10000000", "--train_episodes", "60000"],
+     "a training step's activations (--batch_size x --boids_max squared)"),
     (["--d_model", "40000"], "the model, its gradients and optimizer state"),
 ])
 def test_cli_refuses_what_cannot_fit_with_exit_2(tmp_path, monkeypatch, capsys, one_gib, flags, culprit):
@@ -84,10 +86,11 @@ def test_on_a_gpu_the_step_is_counted_against_the_gpus_memory(one_gib, monkeypat
     big_batch = TrainConfig(batch_size=16384)
     assert "a training step's activations" in training_memory(big_batch, wc, mc)          # on this CPU
     assert training_memory(big_batch, wc, mc, cuda) is None
-    message = training_memory(TrainConfig(batch_size=2 ** 20), wc, mc, cuda)
-    assert "more than the 80.0 GiB of a test GPU" in message
     assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)   # the host
     monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 50)     # a large host: the samples reach the GPU
+    # (a batch is at most the samples trained on: 6,000 episodes make 1.2 million)
+    message = training_memory(TrainConfig(batch_size=2 ** 20, train_episodes=6000), wc, mc, cuda)
+    assert "more than the 80.0 GiB of a test GPU" in message and "a training step's activations" in message
     message = training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)
     assert "more than the 80.0 GiB of a test GPU" in message and "validation samples" in message
 
