@@ -47,7 +47,10 @@ class InputError(ValueError):
 def _number(v, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise InputError(f"{where} must be a number, got {type(v).__name__}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:      # an int of hundreds of digits
+        raise InputError(f"{where} is an integer beyond float32's range (the model runs in float32)") from None
     if not math.isfinite(v):
         raise InputError(f"{where} is {v} (must be finite)")
     if abs(v) > FLOAT32_MAX:
@@ -409,8 +412,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
             if use_student:
                 act = check_actions(student(obs), len(i), f"the student's actions at frame {f}")
                 drive = torch.where(by_student[i, None], act.to(target.dtype), target)
-            if noise is not None:
-                drive = drive + noise[i]
+            if noise is not None:   # the step clamps to [-1, 1]; clamped here, a noise that overflows float32 is 1 too
+                drive = (drive + noise[i]).clamp_(-1, 1)
             for key, v in (("context", obs["context"]), ("predator", obs["predator"]), ("boids", obs["boids"]),
                            ("mask", obs["mask"]), ("target", target)):
                 frames[key][k].append(v)

@@ -290,8 +290,16 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
 def catch_ratio(student: Rollout, teacher: Rollout) -> float:
     """Student catches / teacher catches on the same episodes (NaN when the teacher caught none)."""
+    _same_episodes(student, teacher)
     t = int(teacher.catches.sum())
     return float(student.catches.sum()) / t if t else math.nan
+
+
+def _same_episodes(student: Rollout, teacher: Rollout) -> None:
+    s, t = student.catches.reshape(-1), teacher.catches.reshape(-1)
+    if s.shape != t.shape:     # a ratio over other episodes reads as a real one
+        raise ValueError(f"the student's {s.numel()} episodes and the teacher's {t.numel()} are not the same "
+                         f"episodes")
 
 
 INTERVAL_LEVEL = 0.95
@@ -315,10 +323,8 @@ def catch_ratio_interval(student: Rollout, teacher: Rollout, level: float = INTE
     if level in (0, 1):
         raise ValueError(f"level must be between 0 and 1 (the share of resamples the interval holds), got {level}")
     resamples = whole_number("resamples", resamples, 1)
+    _same_episodes(student, teacher)
     s, t = student.catches.reshape(-1).double(), teacher.catches.reshape(-1).double()
-    if s.shape != t.shape:
-        raise ValueError(f"the student's {s.numel()} episodes and the teacher's {t.numel()} are not the same "
-                         f"episodes")
     out = {"level": level, "low": math.nan, "high": math.nan, "resamples": resamples}
     if not float(t.sum()):
         return out

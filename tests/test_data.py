@@ -251,6 +251,17 @@ def test_episode_generator_progress_must_be_a_flag():
         EpisodeGenerator(progress="no")
 
 
+def test_a_noise_that_overflows_float32_drives_like_the_largest_action_in_both_backends():
+    """WorldConfig takes a noise up to float32's largest: noise x randn is then infinite, which the
+    numba world clamps to 1 and the torch world refused as an action of NaN or infinity."""
+    from predlab.config import FLOAT32_MAX, WorldConfig
+    from predlab.data import rollout_chunk
+    cfg = WorldConfig(noise=FLOAT32_MAX, frames=6, boids_max=5)
+    a, b = (rollout_chunk(3, cfg, 0, backend=k) for k in ("numba", "torch"))
+    assert len(a) == len(b) > 0
+    assert torch.allclose(a.predator, b.predator, atol=1e-6) and bool((a.predator.abs() <= 1).all())
+
+
 def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments():
     from predlab.config import WorldConfig
     from predlab.data import EpisodeGenerator, generate_episodes, rollout_chunk

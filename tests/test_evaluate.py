@@ -971,9 +971,11 @@ def test_the_interval_refuses_bad_settings(kw, message):
         catch_ratio_interval(_catches([1]), _catches([1]), **kw)
 
 
-def test_the_interval_refuses_rollouts_of_other_episodes():
+def test_the_interval_and_the_ratio_refuse_rollouts_of_other_episodes():
     with pytest.raises(ValueError, match="not the same episodes"):
         catch_ratio_interval(_catches([1, 0, 2]), _catches([1, 1]))
+    with pytest.raises(ValueError, match="the student's 3 episodes and the teacher's 2 are not the same"):
+        catch_ratio(_catches([1, 0, 2]), _catches([1, 1]))         # it gave 2.0
 
 
 def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher_run):

@@ -322,6 +322,9 @@ def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples)
     s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
     with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"):
         model.predict(s)
+    s["boids"][0]["relX"] = 10 ** 400       # a bare OverflowError, naming nothing
+    with pytest.raises(InputError, match=r"boids\[0\]\.relX is an integer beyond float32's range"):
+        model.predict(s)
 
 
 @pytest.mark.parametrize("sizes, message", [
