@@ -561,12 +561,34 @@ class _Worker(multiprocessing.context.SpawnProcess):
         return popen
 
 
-class _Pool(multiprocessing.pool.Pool):
-    """A spawn pool whose workers are ended by SIGKILL."""
+class WorkerError(RuntimeError):
+    """A worker process of the episode generator ended while it was generating (or starting)."""
 
-    @staticmethod
-    def Process(ctx, *args, **kwds):
-        return _Worker(*args, **kwds)
+
+class _Pool(multiprocessing.pool.Pool):
+    """A spawn pool whose workers are ended by SIGKILL, and that knows when one has died: Pool starts
+    another in its place, and a result the dead one held is waited for forever."""
+
+    def __init__(self, *args, **kwargs):
+        self.workers: List[_Worker] = []       # every one started, the replaced ones too
+        super().__init__(*args, **kwargs)
+
+    def Process(self, ctx, *args, **kwds):
+        w = _Worker(*args, **kwds)
+        self.workers.append(w)
+        return w
+
+    def check_workers(self) -> None:
+        """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end)."""
+        codes = [w.exitcode for w in self.workers if w.exitcode is not None]
+        if not codes:
+            return
+        raise WorkerError(
+            f"{len(codes)} worker process(es) of the episode generator ended (exit code "
+            f"{', '.join(map(str, sorted(set(codes))))}). Each worker starts by running the main script again "
+            f"(Python's spawn start method): in a script, the code that generates episodes or trains with "
+            f"num_workers > 0 must sit under `if __name__ == \"__main__\":`; else use num_workers=0. A worker "
+            f"that ran out of memory ends this way too (exit code -9).")
 
 
 def _worker_rollout(args):
@@ -670,7 +692,18 @@ class EpisodeGenerator:
                     state = {"config": vars(student.config).copy(),
                              "weights": {k: v.detach().cpu() for k, v in student.state_dict().items()}}
                 args = [(num, self.cfg, s, state, beta) for (_, num), s in zip(chunks, seeds)]
-                for (_, num), part in zip(chunks, pool.imap(_worker_rollout, args)):
+                results = pool.imap(_worker_rollout, args)
+                for _, num in chunks:
+                    while True:      # a chunk a dead worker held never comes: look at the workers meanwhile
+                        try:
+                            part = results.next(timeout=0.5)
+                            break
+                        except multiprocessing.TimeoutError:
+                            try:
+                                pool.check_workers()
+                            except WorkerError:
+                                self.close()
+                                raise
                     parts.append(part)
                     bar.update(num)
             else:

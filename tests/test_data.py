@@ -262,6 +262,21 @@ def test_a_noise_that_overflows_float32_drives_like_the_largest_action_in_both_b
     assert torch.allclose(a.predator, b.predator, atol=1e-6) and bool((a.predator.abs() <= 1).all())
 
 
+def test_workers_that_cannot_start_stop_the_generation_with_what_to_do(tmp_path):
+    """A script without a main guard, generating with a worker: each worker ran the script again, failed
+    at its start, and the pool started another, for ever (the script hung, not a word but the workers')."""
+    import subprocess
+    import sys
+    script = tmp_path / "unguarded.py"
+    script.write_text("from predlab import WorldConfig\nfrom predlab.data import generate_episodes\n"
+                      "generate_episodes(4, WorldConfig(frames=3), num_workers=1)\nprint('done')\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "done" not in r.stdout
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("predlab.data.WorkerError: 1 worker process(es) of the episode generator ended (exit "
+                           "code 1)") and 'must sit under `if __name__ == "__main__":`' in last, r.stderr[-2000:]
+
+
 def test_generation_takes_a_dict_config_and_rollout_chunk_checks_its_arguments():
     from predlab.config import WorldConfig
     from predlab.data import EpisodeGenerator, generate_episodes, rollout_chunk
@@ -512,7 +527,9 @@ def test_episode_workers_leave_a_sigterm_to_a_run_that_outlives_one(monkeypatch)
             gen.close()
     assert seen == [((False,), True), ((True,), True)]
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
-    assert isinstance(real.Process(None, target=print), data._Worker)     # whose terminate() is a SIGKILL
+    pool = types.SimpleNamespace(workers=[])
+    w = real.Process(pool, None, target=print)
+    assert isinstance(w, data._Worker) and pool.workers == [w]     # whose terminate() is a SIGKILL; kept to check
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)        # this process's threads stay
     monkeypatch.setattr(data, "fastsim", None)
