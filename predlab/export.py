@@ -631,7 +631,9 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         with tempfile.TemporaryFile(dir=d):
             pass
     except OSError as e:
-        return f"cannot write in {d}: {e.strerror or e}"
+        # the folder it would be made in, when it is not there yet: "cannot write in /proc" hid /proc/x
+        made = "" if d == (path if directory else path.parent) else f" (where {path} would go)"
+        return f"cannot write in {d}{made}: {e.strerror or e}"
     return None
 
 

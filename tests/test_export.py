@@ -1014,6 +1014,15 @@ def test_an_output_that_is_a_link_into_a_missing_folder_is_refused(model, tmp_pa
     assert main([str(src), "--out", "near.js"]) == 0 and read_weights(tmp_path / "made.js").config == model.config
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, a folder no file can be made in")
+def test_an_output_below_a_folder_that_takes_no_files_names_both():
+    """--checkpoint_dir /proc/x said "cannot write in /proc", not the folder asked for."""
+    from predlab.export import output_problem
+    assert output_problem("/proc/x", directory=True).startswith("cannot write in /proc (where /proc/x would go): ")
+    assert output_problem("/proc/x/y.json").startswith("cannot write in /proc (where /proc/x/y.json would go): ")
+    assert output_problem("/proc/y.json").startswith("cannot write in /proc: ")
+
+
 def test_reading_weights_from_a_folder_says_it_is_a_folder(tmp_path):
     """read_weights(folder) called the folder 'not a regular file (a pipe, a device or a socket)'."""
     with pytest.raises(FileNotFoundError, match=r"is a directory, not a weight file \(say .*model\.js\)"):
