@@ -36,8 +36,9 @@ from typing import Callable, Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
-                     episode_step_bytes, from_dict, memory_problem, real_number, resolve_device, whole_number)
+from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
+                     bounded_number, episode_step_bytes, from_dict, memory_problem, real_number, resolve_device,
+                     whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device

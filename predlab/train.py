@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device, bounded_number,
-                     from_dict, resolve_device, training_memory, whole_number, widest_float)
+from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
+                     bounded_number, from_dict, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
                      silence_stdout, stop_words)
