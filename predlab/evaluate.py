@@ -437,9 +437,11 @@ def format_table(res: Mapping) -> str:
     for name, s, r in rows:
         lines.append(f"{name:8s}" + "".join(f"{fmt.format(num(s[k])):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
     ci = res.get("catch_ratio_interval")       # absent from the --json files of earlier versions
-    if res["teacher"]["catches"] and ci and ci.get("low") is not None and ci.get("high") is not None:
+    if res["teacher"]["catches"] and ci:
+        # where the teacher caught some, a bound is never NaN: a --json file's null is an unbounded one
+        low, high = (math.inf if ci.get(k) is None else ci[k] for k in ("low", "high"))
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: {ci['level']:.0%} interval "
-                     f"{ci['low']:.3f}-{ci['high']:.3f} (the {res['episodes']:,} episodes resampled "
+                     f"{low:.3f}-{high:.3f} (the {res['episodes']:,} episodes resampled "
                      f"{ci['resamples']:,} times; more --episodes narrow it)")
     if not res["teacher"]["catches"]:
         lines.append(f"the teacher caught no boid in these episodes, so there is no ratio: use more or longer episodes "
@@ -448,10 +450,11 @@ def format_table(res: Mapping) -> str:
 
 
 def _nan_to_none(x):
-    """NaN (teacher caught nothing) -> null: strict JSON, readable by JSON.parse."""
+    """NaN (teacher caught nothing) and inf (an interval without a top) -> null: strict JSON, readable
+    by JSON.parse. An inf made json.dumps fail after the whole evaluation, with a traceback."""
     if isinstance(x, dict):
         return {k: _nan_to_none(v) for k, v in x.items()}
-    return None if isinstance(x, float) and math.isnan(x) else x
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def main(argv=None) -> int:

@@ -990,3 +990,21 @@ def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher
     assert format_table(back) == table
     del back["catch_ratio_interval"]            # a --json file of an earlier version: the table without the line
     assert format_table(back) == "\n".join(line for line in table.splitlines() if "interval" not in line)
+
+
+def test_cli_json_holds_an_interval_without_a_top(tmp_path, capsys, monkeypatch):
+    """With few catches the interval's top is inf (resamples in which only the policy caught): --json
+    failed at json.dumps after the whole evaluation, with a traceback, and wrote nothing."""
+    from predlab import evaluate
+    student, teacher = _catches([1, 0, 0, 0]), _catches([0, 1, 0, 0])
+    res = {"catch_ratio": catch_ratio(student, teacher), "catch_ratio_interval": catch_ratio_interval(student, teacher),
+           "episodes": 4, "frames": 300, "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+    assert res["catch_ratio_interval"]["high"] == math.inf
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: json.loads(json.dumps(res)))     # a copy, inf kept
+    out = tmp_path / "res.json"
+    assert evaluate.main(["teacher", "--episodes", "4", "--no-progress", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "95% interval 0.000-inf" in printed
+    back = json.loads(out.read_text())        # strict JSON: JSON.parse has no Infinity
+    assert back["catch_ratio"] == 1.0 and back["catch_ratio_interval"]["high"] is None
+    assert format_table(back) in printed      # read back, the same table
