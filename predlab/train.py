@@ -185,7 +185,9 @@ class TensorBoardLogger(Callback):
         try:
             with deferred_interrupt():     # a flush cut by Ctrl-C left the writer's thread waiting: a hang at exit
                 for k, v in logs.items():
-                    if k != "epoch":
+                    # neg_catch_ratio: the trainer's monitor for the catch ratio (it minimises), a chart
+                    # of catch_ratio upside down beside catch_ratio's own
+                    if k not in ("epoch", "neg_catch_ratio"):
                         self.writer.add_scalar(tags.get(k, k), v, epoch)
                 self.writer.flush()
         except OSError as e:

@@ -2124,3 +2124,21 @@ def test_tensorboard_draws_the_catch_ratio_with_its_interval(tmp_path):
     (chart,) = [c for cat in layout.category for c in cat.chart]
     assert (chart.margin.series[0].value, chart.margin.series[0].lower, chart.margin.series[0].upper) == \
         ("catch_ratio", "catch_ratio_low", "catch_ratio_high")
+
+
+def test_tensorboard_leaves_out_the_negated_catch_ratio(tmp_path):
+    """neg_catch_ratio is only how the trainer minimises the catch ratio: TensorBoard showed it as a
+    chart of its own, catch_ratio upside down, that the epoch lines leave out."""
+    import types
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from predlab import train as T
+    logger, trainer = T.TensorBoardLogger(tmp_path / "runs"), types.SimpleNamespace(resumed_from=None, epoch=0)
+    logger.on_train_begin(trainer)
+    logger.on_epoch_end(trainer, 1, {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "lr": 1e-3, "samples_per_s": 9.0,
+                                     "catch_ratio": 0.75, "catch_ratio_low": 0.5, "catch_ratio_high": 1.0,
+                                     "neg_catch_ratio": -0.75, "catches_per_1k": 1.5})
+    logger.on_train_end(trainer)
+    acc = EventAccumulator(str(logger.path))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["catch_ratio", "catch_ratio_high", "catch_ratio_low", "catches_per_1k",
+                                             "loss/train", "loss/val", "lr", "samples_per_s"]
