@@ -1472,6 +1472,9 @@ def _parse(argv):
     if unused and not tc.dagger:
         notes.append((f"note: {', '.join(unused)} {'has' if len(unused) == 1 else 'have'} no effect: this run "
                       f"trains without DAgger (--no-dagger)", True))
+    elif tc.dagger and "dagger_start" in given and tc.dagger_start > tc.epochs:
+        notes.append((f"note: --dagger_start {tc.dagger_start} comes after the last epoch ({tc.epochs}): the teacher "
+                      f"drives every episode, so this run is behaviour cloning alone", True))
     # a resumed run goes on in its checkpoint's folder unless --checkpoint_dir is given: say so, not the flag alone
     folder = ("--checkpoint_dir" if tc.resume is None or "checkpoint_dir" in given else
               "--resume (the run goes on in its checkpoint's folder; --checkpoint_dir DIR writes elsewhere)")

@@ -1884,6 +1884,18 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
     assert "no effect" not in capsys.readouterr().err
 
 
+def test_cli_says_when_dagger_starts_after_the_last_epoch(tmp_path, monkeypatch, capsys):
+    """--dagger_start past --epochs trained by behaviour cloning alone, without a word."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--epochs", "4", "--dagger_start", "5"])
+    assert "note: --dagger_start 5 comes after the last epoch (4): the teacher drives every episode" \
+        in capsys.readouterr().err
+    parse_args(["--epochs", "4", "--dagger_start", "4"])     # the last epoch is driven by the model
+    parse_args(["--epochs", "1"])                            # the default start, not asked for: no note
+    assert "dagger_start" not in capsys.readouterr().err
+
+
 def test_resume_with_other_episodes_for_the_best_starts_the_best_afresh(tmp_path, monkeypatch, capsys):
     """A resume that changes the world (or the validation set's size or seed) kept the best val
     MSE of the old validation set, which the new one's losses could not be compared with: a
