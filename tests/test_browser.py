@@ -183,6 +183,65 @@ def test_page_falls_back_to_the_teacher_when_the_model_overflows(tmp_path, make_
     assert "The model failed on 100 frame(s)" in html.unescape(banner.group(2))
 
 
+# The page in frames of a phone's, a tablet's and a laptop's width; in each, after `frames` steps, where
+# the banner and the panel of counts are (top and bottom, px) and whether the banner shows.
+LAYOUT_PROBE = """<!DOCTYPE html><html><body><pre id="out"></pre><script>
+var sizes = %s, out = [];
+function next() {
+  if (out.length === sizes.length) { document.getElementById("out").textContent = JSON.stringify(out); return; }
+  var f = document.createElement("iframe"), s = sizes[out.length];
+  f.width = s[0]; f.height = s[1];
+  f.onload = function () {
+    var w = f.contentWindow, d = w.document;
+    if (w.predlab.modelLoaded) w.predlab.setMode("model");
+    w.predlab.step(%d);
+    var b = d.getElementById("banner").getBoundingClientRect(), h = d.getElementById("hud").getBoundingClientRect();
+    out.push({size: s, shown: d.getElementById("banner").classList.contains("show"), banner: [b.top, b.bottom],
+              hud: [h.top, h.bottom]});
+    f.remove();
+    next();
+  };
+  f.src = "/?test=1";
+  document.body.appendChild(f);
+}
+next();
+</script></body></html>"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("case", ["cut_short", "overflows"])
+def test_page_banner_leaves_the_counts_visible_on_narrow_windows(tmp_path, make_model, case):
+    """The red banner wraps to several lines on a narrower window; the panel of catches and boids
+    left must move below it (it stayed at 56 px, and the banner hid the counts on every window
+    under ~1900 px wide: 4 lines of it on a phone)."""
+    if case == "cut_short":      # a model.js cut off mid-copy: the load error, with the browser's message
+        text = write_weights(make_model(0), tmp_path / "model.js").read_text()
+        path = tmp_path / "model.js"
+        path.write_text(text[: len(text) // 2])
+        frames = 0
+    else:                        # the banner that says which frames the model failed on
+        params = model_to_params(make_model(0))
+        params["boid_projection"] = [[1e308] * len(row) for row in params["boid_projection"]]
+        path, frames = _bad(tmp_path, params), 3
+    sizes = [[320, 480], [390, 844], [768, 1024], [1280, 800]]
+    server, url = serve(path, extra={"layout.html": LAYOUT_PROBE % (json.dumps(sizes), frames)})
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
+                                "--dump-dom", url + "layout.html"], capture_output=True, text=True, timeout=90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    m = re.search(r'<pre id="out">(.*?)</pre>', r.stdout, re.S)
+    assert m and m.group(1), f"the probe wrote no result (exit {r.returncode}):\n{r.stderr[-2000:]}"
+    rows = json.loads(html.unescape(m.group(1)))
+    assert len(rows) == len(sizes)
+    for row in rows:
+        assert row["shown"], row
+        assert row["hud"][0] >= row["banner"][1], f"the banner covers the counts at {row['size']}: {row}"
+    assert rows[0]["banner"][1] > 2 * rows[-1]["banner"][1], "the banner should wrap on a phone: the test would prove little"
+
+
 # ---------------------------------------------------------------------- the server and its CLI
 def test_serve_routes(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
