@@ -82,22 +82,35 @@ def serve(model_js: Union[str, Path], port: int = 0, extra: Optional[Mapping[str
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
+# An `export` or `import` statement (not `import(...)`, nor a key named export or import), which only a
+# module may hold: the page loads model.js as a plain script
+_MODULE_STATEMENT = re.compile(r"(?:^|[;}])[ \t]*((?:export\b\s*(?:(?:default|const|let|var|function|class)\b|[{*])"
+                               r"|import\b\s*(?:[{*\"']|[\w$]+\s*(?:,|from\b)))[^\n;]*)", re.M)
+
+
 def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
     from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, strip_comments
     try:
-        text = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff"), str(model)).strip()
+        code = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff"), str(model))
     except (OSError, UnicodeDecodeError) as e:
         return f"it is not a readable text file ({e})"
     except WeightFormatError as e:      # a comment or string left open: the page's script would not run
         return str(e)
 
+    text = code.strip()
     if text.startswith("{"):
         return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
                 f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
                 f"  python -m predlab.export {model} --out model.js")
+    module = _MODULE_STATEMENT.search(code)
+    if module:      # predlab reads the object and skips the line; the page's script does not run at all
+        line, statement = code.count("\n", 0, module.start(1)) + 1, module.group(1).strip()
+        statement = statement if len(statement) <= 60 else statement[:57] + "..."
+        return (f"its `{statement}` at line {line} is ES module syntax, a syntax error in the plain "
+                "<script> that loads model.js, so none of the file runs (remove that line)")
     if not re.match(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL})\s*=", text):
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
     if re.match(rf"{USE_STRICT}TRANSFORMER_PARAMS", text) and re.match(r"""["']use strict""", text):

@@ -316,6 +316,37 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     assert "comment at line 1 is never closed" in _page_problem(unclosed)
 
 
+@pytest.mark.parametrize("line", ["export default window.TRANSFORMER_PARAMS;", "import './boids.js';"])
+def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model, demo_cli, capsys, line):
+    """An `export` line after the object (to import model.js in a bundled app too): predlab reads the
+    object and skips the line, but the page's plain <script> stops at that syntax error and runs the
+    teacher. The command said nothing of it; keys named export or import are no such line."""
+    from predlab.demo import _page_problem
+    js = write_weights(make_model(0), tmp_path / "model.js")
+    module = tmp_path / "module.js"
+    module.write_text("/* weights\n   v2 */\n" + js.read_text() + line + "\n")
+    with pytest.warns(UserWarning, match="not run by predlab"):
+        read_weights(module)                      # the reader's own use of it stays
+    lines = module.read_text().count("\n")
+    assert demo_cli.main([str(module), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the page will refuse {module} and run the teacher instead" in err, err
+    assert f"`{line.rstrip(';')}` at line {lines} is ES module syntax" in err, err
+    keys = tmp_path / "keys.js"
+    keys.write_text(js.read_text().replace("{", "{\nexport: [1],\nimport: 2,\n", 1))
+    assert _page_problem(keys) is None
+
+
+@needs_chromium
+def test_page_refuses_a_model_js_that_is_an_es_module(tmp_path, make_model):
+    """What the command above warns of: the page runs the teacher and names the syntax error."""
+    js = write_weights(make_model(0), tmp_path / "model.js")
+    js.write_text(js.read_text() + "export default window.TRANSFORMER_PARAMS;\n")
+    res, _ = run_page(js, frames=10)
+    assert not res["modelLoaded"] and "did not define window.TRANSFORMER_PARAMS" in res["error"]
+    assert "SyntaxError" in res["error"] and set(res["runs"]) == {"teacher"}
+
+
 def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")
     # SIGINT as a terminal's foreground process has it: a test run started in the background
