@@ -316,6 +316,24 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     assert "comment at line 1 is never closed" in _page_problem(unclosed)
 
 
+@needs_chromium
+def test_page_load_logs_no_error_in_the_demos_terminal(tmp_path, make_model, capfd):
+    """The demo command logs each request: a page load asked for /favicon.ico too, and printed
+    "code 404, message not found: /favicon.ico" under a page that had loaded fine."""
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    server, url = serve(path, quiet=False)
+    try:
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+                            "--dump-dom", url], capture_output=True, text=True, timeout=90)
+    finally:
+        server.shutdown()
+        server.server_close()
+    log = capfd.readouterr().err
+    assert '"GET /model.js HTTP/1.1" 200' in log, log
+    assert " 404" not in log and "code 4" not in log, log
+
+
 @pytest.mark.parametrize("line", ["export default window.TRANSFORMER_PARAMS;", "import './boids.js';"])
 def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model, demo_cli, capsys, line):
     """An `export` line after the object (to import model.js in a bundled app too): predlab reads the
