@@ -93,10 +93,11 @@ def _page_problem(model: Path) -> Optional[str]:
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
     from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, strip_comments
-    try:
-        code = strip_comments(model.read_text(encoding="utf-8").lstrip("\ufeff"), str(model))
-    except (OSError, UnicodeDecodeError) as e:
-        return f"it is not a readable text file ({e})"
+    try:   # as the browser reads it: bytes that are not UTF-8 become U+FFFD, harmless in a comment (a Latin-1
+        # "Modèle"); read_params below names them anywhere else
+        code = strip_comments(model.read_bytes().decode("utf-8", "replace").lstrip("\ufeff"), str(model))
+    except OSError as e:
+        return f"it is not a readable file ({e.strerror or e})"
     except WeightFormatError as e:      # a comment or string left open: the page's script would not run
         return str(e)
 

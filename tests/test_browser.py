@@ -334,6 +334,34 @@ def test_page_load_logs_no_error_in_the_demos_terminal(tmp_path, make_model, cap
     assert " 404" not in log and "code 4" not in log, log
 
 
+def _latin1_comment(tmp_path, model) -> Path:
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_bytes("/* Modèle du prédateur, réglé à la main */\n".encode("latin-1") + path.read_bytes())
+    return path
+
+
+def test_demo_cli_serves_a_model_js_with_a_latin1_comment_without_a_false_warning(tmp_path, make_model, demo_cli,
+                                                                                  capsys):
+    """A hand-written model.js saved by a Windows editor holds "Modèle" as Latin-1: the page runs it
+    (see the test below) and predlab reads it, but the command warned that the page would refuse it
+    and run the teacher ("it is not a readable text file"). Such a byte outside a comment is named."""
+    from predlab.demo import _page_problem
+    path = _latin1_comment(tmp_path, make_model(0))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    path.write_bytes(path.read_bytes().replace(b'"d_model":48,', b'"d_model":48\xb7,', 1))
+    assert "not a UTF-8 text weight file" in _page_problem(path)
+
+
+@needs_chromium
+def test_page_runs_a_model_js_with_a_latin1_comment(tmp_path, make_model, make_samples):
+    path = _latin1_comment(tmp_path, make_model(2))
+    inputs = make_samples([3, 50], seed=8)
+    res, _ = run_page(path, {"inputs": inputs}, frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+    assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("line", ["export default window.TRANSFORMER_PARAMS;", "import './boids.js';"])
 def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model, demo_cli, capsys, line):
     """An `export` line after the object (to import model.js in a bundled app too): predlab reads the
