@@ -17,7 +17,8 @@ from typing import Dict, Mapping, Union
 import torch
 
 from .config import ModelConfig, from_dict
-from .export import WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes, not_a_file
+from .export import (WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes, not_a_file,
+                     script_text)
 from .model import TOKEN_TYPES, TransformerPredator
 
 FORMAT = "predlab-checkpoint"
@@ -57,9 +58,9 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
-            head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+            head = script_text(f.read(4096), errors="replace").lstrip(" \t\r\n")
         # what model.js / model.json files begin with: a comment, a JSON object, or the assignment
-        if head.startswith((b"/*", b"//", b"{")) or WEIGHTS_ASSIGNMENT.match(head.decode("utf-8", "replace")):
+        if head.startswith(("/*", "//", "{")) or WEIGHTS_ASSIGNMENT.match(head):
             raise CheckpointError(f"{path}: a browser weight file (model.js / model.json), not a checkpoint: it holds "
                                   "the weights only, no training state (named .js or .json, predlab.evaluate and "
                                   "predlab.export read it; resuming needs best_model.pt or a checkpoint_epoch_N.pt)")

@@ -92,10 +92,11 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script)."""
     from .config import BROWSER_SIZES
-    from .export import SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, strip_comments
-    try:   # as the browser reads it: bytes that are not UTF-8 become U+FFFD, harmless in a comment (a Latin-1
-        # "Modèle"); read_params below names them anywhere else
-        code = strip_comments(model.read_bytes().decode("utf-8", "replace").lstrip("\ufeff"), str(model))
+    from .export import (SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, script_text,
+                         strip_comments)
+    try:   # as the browser reads it (UTF-16 by its byte order mark): bytes that are not UTF-8 become U+FFFD,
+        # harmless in a comment (a Latin-1 "Modèle"); read_params below names them anywhere else
+        code = strip_comments(script_text(model.read_bytes(), errors="replace"), str(model))
     except OSError as e:
         return f"it is not a readable file ({e.strerror or e})"
     except WeightFormatError as e:      # a comment or string left open: the page's script would not run

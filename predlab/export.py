@@ -8,6 +8,7 @@ Run as `python -m predlab.export CHECKPOINT --out PATH`.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import errno
 import json
@@ -657,7 +658,8 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         return None
     try:
         # a hand-written model.js may hold a Latin-1 comment, which read_params reads too
-        text = path.read_bytes().decode("utf-8", errors="strict" if replaces == "json" else "replace")
+        data = path.read_bytes()
+        text = data.decode("utf-8") if replaces == "json" else script_text(data, errors="replace")
         if not text.strip():     # an empty file made ready for the output ($(mktemp), say)
             return None
         if replaces == "json":
@@ -758,6 +760,25 @@ def not_a_file(path: Union[str, Path], missing: str) -> str:
     return missing
 
 
+# A browser reads a script by its byte order mark, whatever charset the server names: Windows PowerShell's
+# `>` and Notepad's "Unicode" write UTF-16 with one. Without one, model.js is UTF-8.
+_BOMS = ((codecs.BOM_UTF8, "UTF-8"), (codecs.BOM_UTF16_LE, "UTF-16LE"), (codecs.BOM_UTF16_BE, "UTF-16BE"))
+
+
+def script_encoding(data: bytes) -> Tuple[str, int]:
+    """The encoding a browser reads a script's bytes in -> (codec name, length of the byte order mark)."""
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return codec, len(bom)
+    return "UTF-8", 0
+
+
+def script_text(data: bytes, errors: str = "strict") -> str:
+    """A model.js's bytes as the browser reads them (see script_encoding), without the byte order mark."""
+    codec, start = script_encoding(data)
+    return data[start:].decode(codec, errors)
+
+
 def read_params(path: Union[str, Path]) -> Dict:
     """Read and validate a weight file -> the weight dict."""
     path = Path(path)
@@ -769,19 +790,21 @@ def read_params(path: Union[str, Path]) -> Dict:
         data = path.read_bytes()
     except OSError as e:
         raise WeightFormatError(f"cannot read {path}: {e.strerror or e}") from None
+    codec, bom = script_encoding(data)
     try:
-        params = text_to_params(data.decode("utf-8"), str(path))
+        params = text_to_params(script_text(data), str(path))
     except UnicodeDecodeError as e:
         # A browser reads bytes that are not UTF-8 as U+FFFD: harmless in a comment (a hand-written
         # "Modèle" saved as Latin-1), a syntax error anywhere else. So does this reader.
-        text = data.decode("utf-8", errors="replace")
+        text = script_text(data, errors="replace")
         try:
             if any("\ufffd" in piece for is_code, piece in _split_code(text) if is_code):
-                raise WeightFormatError("not UTF-8 outside a comment")
+                raise WeightFormatError(f"not {codec} outside a comment")
             params = text_to_params(text, str(path))
         except WeightFormatError:
             hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
-            raise WeightFormatError(f"{path}: not a UTF-8 text weight file (byte {e.start}: {e.reason}){hint}") from None
+            raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"
+                                    f"{hint}") from None
     validate_params(params)
     return params
 

@@ -362,6 +362,32 @@ def test_page_runs_a_model_js_with_a_latin1_comment(tmp_path, make_model, make_s
     assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-6
 
 
+def _utf16(tmp_path, model, codec="utf-16-le") -> Path:
+    """model.js as Windows PowerShell's `>` saves it: UTF-16 with a byte order mark."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_bytes(("\ufeff" + path.read_text(encoding="utf-8")).encode(codec))
+    return path
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_demo_cli_serves_a_utf16_model_js_without_a_false_warning(tmp_path, make_model, demo_cli, capsys, codec):
+    """The page runs a UTF-16 model.js (see the test below); the command warned that it would refuse
+    it and run the teacher."""
+    path = _utf16(tmp_path, make_model(0), codec)
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@needs_chromium
+def test_page_runs_a_utf16_model_js_as_predlab_reads_it(tmp_path, make_model, make_samples):
+    """The server names UTF-8, the file's byte order mark says UTF-16, and the browser follows the mark."""
+    path = _utf16(tmp_path, make_model(2))
+    inputs = make_samples([3, 50], seed=8)
+    res, _ = run_page(path, {"inputs": inputs}, frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+    assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-6
+
+
 @pytest.mark.parametrize("line", ["export default window.TRANSFORMER_PARAMS;", "import './boids.js';"])
 def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model, demo_cli, capsys, line):
     """An `export` line after the object (to import model.js in a bundled app too): predlab reads the

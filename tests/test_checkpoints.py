@@ -49,6 +49,17 @@ def test_a_weight_file_with_a_byte_order_mark_or_blank_lines_first_is_named_a_we
         ck.load_checkpoint_dict(path)
 
 
+@pytest.mark.filterwarnings("ignore:exporting sizes")
+def test_a_utf16_model_js_given_as_a_checkpoint_is_named_a_weight_file(tmp_path):
+    """A model.js saved as UTF-16 by Windows PowerShell's `>`: the page runs it, predlab reads it, and
+    given to --resume it is a weight file too, not "not a readable torch checkpoint"."""
+    text = write_weights(_tiny_model(), tmp_path / "model.js").read_text(encoding="utf-8")
+    path = tmp_path / "saved.js"
+    path.write_bytes(("\ufeff" + text).encode("utf-16-le"))
+    with pytest.raises(ck.CheckpointError, match="a browser weight file .* not a checkpoint"):
+        ck.load_checkpoint_dict(path)
+
+
 @pytest.mark.parametrize("content", [[1, 2], torch.zeros(3), "predlab-checkpoint"])
 def test_a_torch_file_that_holds_no_dict_is_not_a_predlab_checkpoint(tmp_path, content):
     torch.save(content, tmp_path / "other.pt")

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from predlab.export import (WeightFormatError, params_to_text, read_params, read_weights, text_to_params,
-                            validate_params, write_weights)
+from predlab.export import (WeightFormatError, model_to_params, params_to_text, read_params, read_weights,
+                            text_to_params, validate_params, write_weights)
 from conftest import save_model_file
 
 JS_DIR = Path(__file__).resolve().parents[1] / "predlab" / "js"
@@ -1054,6 +1054,23 @@ def test_a_model_js_whose_comment_is_latin1_is_read_as_the_browser_reads_it(mode
     assert b'"d_model":48,' in path.read_bytes()
     path.write_bytes(path.read_bytes().replace(b'"d_model":48,', b'"d_model":48\xb7,', 1))
     with pytest.raises(WeightFormatError, match="not a UTF-8 text weight file"):    # outside a comment: refused
+        read_weights(path)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_a_model_js_saved_as_utf16_is_read_as_the_browser_reads_it(model, tmp_path, codec):
+    """Windows PowerShell's `>` (and Notepad's "Unicode") save a model.js as UTF-16 with a byte order
+    mark, which a browser follows whatever charset the server names: the page runs it. predlab refused
+    it ("not a UTF-8 text weight file"), and would not write an export over it ("not a weight file")."""
+    path = tmp_path / "model.js"
+    text = "// réglé à la main\n" + params_to_text(model_to_params(model))
+    path.write_bytes(("\ufeff" + text).encode(codec))       # the byte order mark first
+    for a, b in zip(read_weights(path).state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    write_weights(model, path)                                 # replaced, as predlab's own UTF-8
+    assert path.read_text(encoding="utf-8") == params_to_text(model_to_params(model))
+    path.write_bytes(("\ufeff" + text.replace("48", "4\ud800", 1)).encode(codec, "surrogatepass"))
+    with pytest.raises(WeightFormatError, match="not a UTF-16(LE|BE) text weight file"):    # a broken character
         read_weights(path)
 
 

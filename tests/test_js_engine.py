@@ -241,3 +241,18 @@ def test_runner_reads_a_model_js_setting_its_weights_on_self(tmp_path, make_mode
     (tmp_path / "in.json").write_text(json.dumps(inputs))
     out = torch.tensor(json.loads(node(JS / "run_node.js", path, tmp_path / "in.json")), dtype=torch.float64)
     assert (out - torch_float64(read_weights(path), inputs)).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be", "utf-8"])
+def test_runner_reads_a_model_js_by_its_byte_order_mark(tmp_path, make_model, make_samples, codec):
+    """A model.js saved as UTF-16 by Windows PowerShell's `>` runs in the page (the browser follows its
+    byte order mark) and predlab reads it; the Node runner read it as UTF-8, a SyntaxError."""
+    model = make_model(4)
+    for name in ("model.js", "model.json"):
+        text = write_weights(model, tmp_path / name).read_text(encoding="utf-8")
+        (tmp_path / name).write_bytes(("\ufeff" + text).encode(codec))
+        inputs = make_samples([0, 5], seed=6)
+        (tmp_path / "in.json").write_text(json.dumps(inputs))
+        out = torch.tensor(json.loads(node(JS / "run_node.js", tmp_path / name, tmp_path / "in.json")),
+                           dtype=torch.float64)
+        assert (out - torch_float64(read_weights(tmp_path / name), inputs)).abs().max().item() <= 1e-6

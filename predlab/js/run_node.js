@@ -11,8 +11,17 @@ const fs = require("fs");
 const vm = require("vm");
 const { Engine } = require("./transformer.js");
 
+// The text of a file as a browser reads a script: UTF-16 by its byte order mark (Windows PowerShell's `>`
+// writes one), else UTF-8.
+function readScript(path) {
+  const b = fs.readFileSync(path);
+  if (b[0] === 0xff && b[1] === 0xfe) return b.toString("utf16le", 2);
+  if (b[0] === 0xfe && b[1] === 0xff) return Buffer.from(b.subarray(2, b.length - (b.length & 1))).swap16().toString("utf16le");
+  return b.toString("utf8").replace(/^\ufeff/, "");
+}
+
 function loadWeights(path) {
-  const src = fs.readFileSync(path, "utf8");
+  const src = readScript(path);
   if (path.toLowerCase().endsWith(".json")) return JSON.parse(src);   // .JSON too, as write_weights takes it
   const sandbox = {};
   sandbox.window = sandbox.self = sandbox;   // as in a page: window, self and the global object are one
