@@ -162,8 +162,9 @@ def _main(argv) -> int:
         print(f"error: {not_a_file(model, '')}", file=sys.stderr)
         return 2
     if not model.is_file():
-        print(f"error: no model at {model}. Train and export one first:\n"
-              f"  python -m predlab.train ...\n"
+        print(f"error: no model at {model}. Train one first (it writes {DEFAULT_MODEL}, the default here):\n"
+              f"  python -m predlab.train\n"
+              f"or export a checkpoint there:\n"
               f"  python -m predlab.export CHECKPOINT --out {model}\n"
               f"or pass the path of a model.js.", file=sys.stderr)
         return 2

@@ -268,6 +268,8 @@ def test_demo_cli_missing_model(tmp_path):
     r = subprocess.run([sys.executable, "-m", "predlab.demo", str(tmp_path / "none.js"), "--no-browser"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no model at" in r.stderr and "predlab.export" in r.stderr
+    # training alone makes the default model.js: no export step to take
+    assert "Train one first (it writes checkpoints/model.js" in r.stderr and "  python -m predlab.train\n" in r.stderr
 
 
 def test_demo_cli_refuses_a_checkpoint_a_folder_and_a_bad_port(tmp_path, make_model):
