@@ -1160,6 +1160,10 @@ class SupervisedTrainer:
         tc.learning_rate = float(self.scheduler.base[0])
         tc.weight_decay = float(self.optimizer.param_groups[0]["weight_decay"])     # the matrices' group
         tc.warmup_epochs, tc.min_lr_ratio = float(self.scheduler.warmup), float(self.scheduler.min_ratio)
+        # as set_schedule checks them: a weight decay of 1e30 loaded, then failed there with a traceback (the CLI)
+        # or made every step scale the weights by 1 - lr * wd, below zero (train() in a notebook)
+        TrainConfig(learning_rate=tc.learning_rate, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
+                    min_lr_ratio=tc.min_lr_ratio).validate()
         self.epoch = int(ck.get("epoch", 0))
         self.best_metric = float(ck.get("best_metric", math.inf))
         self.best_epoch = int(ck.get("best_epoch", 0))

@@ -1109,6 +1109,9 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(-5.0)),
                                   lambda s: s["optimizer"]["param_groups"][0].__setitem__("betas", (math.nan, 0.9)),
                                   lambda s: s["optimizer"]["param_groups"][1].__setitem__("maximize", True),
+                                  # weight decay x learning rate of 1 or more: each step scaled the weights by a
+                                  # factor below 0 (resuming it with the CLI ended in a traceback)
+                                  lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", 1e30),
                                   lambda s: s["scheduler"].__setitem__("base", [math.nan] * 2),
                                   lambda s: s["scheduler"].__setitem__("base", [-1e-3] * 2),
                                   lambda s: s["scheduler"].__setitem__("warmup", math.nan),
