@@ -17,8 +17,8 @@ from typing import Dict, Mapping, Union
 import torch
 
 from .config import ModelConfig, from_dict
-from .export import (WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes, not_a_file,
-                     script_text)
+from .export import (SIZE_KEYS, WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes,
+                     not_a_file, script_text)
 from .model import TOKEN_TYPES, TransformerPredator
 
 FORMAT = "predlab-checkpoint"
@@ -107,6 +107,11 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         v = ckpt.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise CheckpointError(f"{path}: {key!r} must be a whole number >= 0, found {v!r}")
+    # every checkpoint records its sizes: one left out is not "another architecture" (it was named so), and
+    # --resume, which takes the sizes from the checkpoint, stopped with a KeyError traceback
+    missing = [k for k in SIZE_KEYS if k not in ckpt["model_config"]]
+    if missing:
+        raise CheckpointError(f"{path}: model_config does not give the model's {', '.join(missing)}")
     try:
         cfg = from_dict(ModelConfig, ckpt["model_config"])
         cfg.validate()

@@ -77,6 +77,25 @@ def test_a_checkpoint_without_its_weights_or_sizes_is_named(tmp_path, drop):
         ck.load_checkpoint_dict(path)
 
 
+@pytest.mark.parametrize("size", ["d_model", "n_heads", "n_layers", "ffn_hidden"])
+def test_a_checkpoint_that_leaves_out_a_size_is_refused_naming_it(tmp_path, capsys, size):
+    """Weights of the default sizes, a size left out of model_config: the loaders called it another
+    architecture ("checkpoint None, model 48"), and --resume, which takes the run's sizes from the
+    checkpoint, stopped with a KeyError traceback."""
+    model = TransformerPredator()
+    sizes = {k: v for k, v in vars(model.config).items() if k != size}
+    path = ck.atomic_save({"format": ck.FORMAT, "version": ck.VERSION, "model_config": sizes,
+                           "model": model.state_dict()}, tmp_path / "c.pt")
+    with pytest.raises(ck.CheckpointError, match=f"model_config does not give the model's {size}$"):
+        ck.load_model(path)
+    with pytest.raises(SystemExit) as e:
+        T.main(["--resume", str(path), "--epochs", "2"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {path}: model_config does not give the model's {size}" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
 @pytest.mark.parametrize("key", ["train_config", "world_config"])
 def test_run_settings_that_are_not_a_dict_are_named(tmp_path, key):
     """--resume reads the run's settings from train_config and world_config."""
