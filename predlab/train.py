@@ -1425,6 +1425,14 @@ def _parse(argv):
         except (ckpt_io.CheckpointError, FileNotFoundError) as e:
             p.error(f"--resume: {e}")
         _take_sizes(p, "--resume", "the checkpoint", ck["model_config"], ns, given)
+        for key, cls in (("train_config", TrainConfig), ("world_config", WorldConfig)):
+            # a newer predlab's setting, or an edited one: the run went on without it, in another world say,
+            # and said nothing (predlab.evaluate refuses such a world)
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted((k for k in ck.get(key, {}) if k not in names), key=str)
+            if unknown:
+                p.error(f"--resume: {resume}: bad {key}: unknown {cls.__name__} fields: {', '.join(map(str, unknown))} "
+                        f"(a checkpoint of another predlab version, or edited): the run cannot go on with its settings")
         run = {**ck["model_config"], **ck.get("train_config", {}), **ck.get("world_config", {})}
         changed, unrecorded = [], []
 

@@ -78,6 +78,24 @@ def test_resuming_an_older_checkpoint_says_which_settings_it_lacks_and_uses_the_
             f"this command's values") in err
 
 
+@pytest.mark.parametrize("key, field", [("world_config", "predator_speed"), ("train_config", "label_smoothing")])
+def test_resuming_a_checkpoint_with_settings_this_predlab_does_not_know_exits_2_naming_them(
+        tmp_path, monkeypatch, capsys, library_checkpoint, key, field):
+    """A newer predlab's setting (or an edited one): the run went on without it, in another world
+    than the checkpoint's, and said nothing; predlab.evaluate refused the same checkpoint."""
+    import torch
+    from predlab.train import parse_args
+    state = torch.load(library_checkpoint, weights_only=True)
+    state[key][field] = 2.0
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--resume", str(library_checkpoint)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {library_checkpoint}: bad {key}: unknown " in err and f" fields: {field} (" in err
+
+
 def test_resuming_a_checkpoint_without_daggers_samples_warns_that_the_run_will_differ(
         tmp_path, monkeypatch, capsys, library_checkpoint):
     """best_model.pt leaves DAgger's samples out: resuming from it starts the buffer empty, and the
