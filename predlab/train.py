@@ -553,10 +553,11 @@ def _source_settings(source) -> Dict:
 
 def _plain_numbers(obj):
     """obj with every numpy scalar in it (a learning rate from np.logspace, a callback's np.mean) as
-    the Python number it holds: the weights-only loader refuses numpy scalars, so a checkpoint
-    holding one could not be read back (no resume, no export)."""
-    if isinstance(obj, np.generic):
-        return obj.item()
+    the Python number it holds, and every numpy array (np.asarray(0.5), np.percentile(x, [5, 95])) as
+    the list of them: the weights-only loader refuses numpy's types, so a checkpoint holding one could
+    not be read back (no resume, no export)."""
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()     # a 0-d array, as a scalar, gives its number
     if isinstance(obj, dict):
         return {k: _plain_numbers(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

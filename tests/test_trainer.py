@@ -308,6 +308,23 @@ def test_a_checkpoint_of_a_run_with_numpy_numbers_in_it_can_be_read_back(tmp_pat
     assert t.scheduler.base == [1e-3, 1e-3] and t.state_dict()["train_config"]["batch_size"] == 16
 
 
+def test_a_checkpoint_of_a_run_with_numpy_arrays_in_its_logs_can_be_read_back(tmp_path):
+    """A metric added in on_evaluate as a numpy array (np.asarray of a number, a percentile interval)
+    went into every checkpoint, best_model.pt too, as one: written without a word, then refused by
+    the weights-only loader, so the run could neither be resumed nor exported, nor loaded by the
+    notebooks."""
+    import numpy as np
+
+    class Interval(Callback):
+        def on_evaluate(self, trainer, epoch, logs):
+            logs["spread"], logs["interval"] = np.asarray(0.25), np.percentile([1.0, 2.0, 3.0], [0, 100])
+    t = _trainer(callbacks=[Interval()])
+    t.monitor = "spread"      # the best follows it too
+    t.train(1)
+    t.load_checkpoint(t.save_checkpoint(tmp_path / "c.pt"))
+    assert (t.history[0]["spread"], t.history[0]["interval"], t.best_metric) == (0.25, [1.0, 3.0], 0.25)
+
+
 def test_a_trainer_on_an_episode_source_records_its_world_and_episodes_for_a_resume(tmp_path):
     """Made as the README's custom-model example is (a source, no configs), its checkpoints recorded
     TrainConfig's and WorldConfig's defaults: `--resume` went on with DAgger, 100 episodes per epoch
