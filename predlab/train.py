@@ -1541,7 +1541,8 @@ def _read_init_weights(p: argparse.ArgumentParser, path: str) -> TransformerPred
     try:
         return load_model_file(path, " (give a model.js/.json or a checkpoint .pt)")
     except (FileNotFoundError, WeightFormatError, ValueError) as e:   # CheckpointError is a ValueError
-        p.error(f"--init_weights: {e}")
+        # the file named, as evaluate and export name it: "--init_weights: cls_embedding: ..." did not say which
+        p.error(f"--init_weights: {e}" if str(path) in str(e) else f"--init_weights: {path}: {e}")
     except OSError as e:
         p.error(f"--init_weights: cannot read {path}: {e.strerror or e}")
 

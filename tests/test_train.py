@@ -1858,6 +1858,7 @@ def test_cli_init_weights_warns_when_no_epoch_beats_the_file(tmp_path, monkeypat
     (["--init_weights", "."], ". is a directory"),
     (["--init_weights", "junk.js"], "junk.js: expected a JSON object"),
     (["--init_weights", "junk.pt"], "not a readable torch checkpoint"),
+    (["--init_weights", "nan.json"], "--init_weights: nan.json: cls_embedding: contains NaN"),   # which file
 ])
 def test_cli_init_weights_that_cannot_be_used_exit_2_before_training(tmp_path, monkeypatch, capsys, model,
                                                                        args, message):
@@ -1865,6 +1866,10 @@ def test_cli_init_weights_that_cannot_be_used_exit_2_before_training(tmp_path, m
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
     write_weights(model, "page.js")
+    write_weights(model, "nan.json")
+    weights = json.loads(Path("nan.json").read_text())
+    weights["cls_embedding"][0] = math.nan
+    Path("nan.json").write_text(json.dumps(weights))       # NaN, as JavaScript writes it
     Path("junk.js").write_text("not weights")
     Path("junk.pt").write_bytes(b"\x00" * 64)
     before = _files(tmp_path)
