@@ -16,12 +16,13 @@ from typing import Dict, Mapping, Union
 
 import torch
 
-from .config import ModelConfig, from_dict
+from .config import SEED_MAX, ModelConfig, from_dict
 from .export import (SIZE_KEYS, WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes,
                      not_a_file, script_text)
 from .model import TOKEN_TYPES, TransformerPredator
 
 FORMAT = "predlab-checkpoint"
+MAX_EPOCHS = SEED_MAX - 1     # the next epoch's episodes are the random stream epoch + 2, at most SEED_MAX
 VERSION = 1
 
 
@@ -107,6 +108,14 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         v = ckpt.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise CheckpointError(f"{path}: {key!r} must be a whole number >= 0, found {v!r}")
+    # each counts finished epochs: more than a run could ever train (10**30 stopped the next epoch with a
+    # traceback), or a best or a patience count past the epochs done, is not a state a run left
+    if ckpt.get("epoch", 0) > MAX_EPOCHS:
+        raise CheckpointError(f"{path}: 'epoch' is {ckpt['epoch']}, more than a run can train")
+    for key in ("best_epoch", "early_stopping_counter"):
+        if ckpt.get(key, 0) > ckpt.get("epoch", 0):
+            raise CheckpointError(f"{path}: {key!r} is {ckpt[key]}, past the {ckpt.get('epoch', 0)} epochs the "
+                                  f"checkpoint has trained")
     # every checkpoint records its sizes: one left out is not "another architecture" (it was named so), and
     # --resume, which takes the sizes from the checkpoint, stopped with a KeyError traceback
     missing = [k for k in SIZE_KEYS if k not in ckpt["model_config"]]

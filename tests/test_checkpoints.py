@@ -114,6 +114,19 @@ def test_epoch_counts_must_be_whole_numbers_not_negative_or_true(tmp_path, key, 
         ck.load_checkpoint_dict(path)
 
 
+@pytest.mark.parametrize("counts, message", [
+    (dict(epoch=10 ** 30), f"'epoch' is {10 ** 30}, more than a run can train"),
+    (dict(epoch=3, best_epoch=4), "'best_epoch' is 4, past the 3 epochs the checkpoint has trained"),
+    (dict(epoch=3, early_stopping_counter=10 ** 9), "'early_stopping_counter' is 1000000000, past the 3 epochs"),
+])
+def test_epoch_counts_past_what_the_run_trained_are_named(tmp_path, counts, message):
+    """A resume of epoch 10**30 stopped in its next epoch with a traceback; a patience count beyond the
+    epochs done stopped the run after one epoch with that count in the message."""
+    with pytest.raises(ck.CheckpointError, match=message):
+        ck.load_checkpoint_dict(_save(tmp_path / "c.pt", **counts))
+    ck.load_checkpoint_dict(_save(tmp_path / "ok.pt", epoch=3, best_epoch=3, early_stopping_counter=2))
+
+
 def test_a_weight_that_is_not_a_tensor_is_named(tmp_path):
     model = _tiny_model()
     weights = model.state_dict()

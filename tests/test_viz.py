@@ -719,9 +719,9 @@ def test_load_best_model_describes_the_weights_it_returns(tmp_path, samples, mon
 
     path = tmp_path / "best_model.pt"
     first, second = trainer(8), trainer(16)
-    first.best_epoch, first.best_metric = 3, 0.25
+    first.epoch, first.best_epoch, first.best_metric = 3, 3, 0.25     # as training leaves them
     first.save_checkpoint(path)
-    second.best_epoch, second.best_metric = 9, 0.125
+    second.epoch, second.best_epoch, second.best_metric = 9, 9, 0.125
     read = checkpoint.load_checkpoint_dict
 
     def read_then_replaced(p):
