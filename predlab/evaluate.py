@@ -353,14 +353,20 @@ class CatchEvaluator(Callback):
     select-best-by-catch-ratio monitors neg_catch_ratio). Runs in the trainer's
     on_evaluate hook, before the best-epoch decision. The teacher's rollout on the same
     episodes is computed once and reused (again for another trainer's world or device).
+    progress: a bar over the frames of each rollout (500 episodes, or flocks of 200 boids, take
+    a minute on a laptop's CPU, and nothing else on screen moves meanwhile).
     """
 
-    def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0):
+    def __init__(self, every: int = 5, episodes: int = 64, frames: int = 300, seed: int = 0,
+                 progress: bool = False):
         # checked now: a bad value found at the first evaluation loses that epoch's training
         every, episodes, frames = (whole_number(n, v, 1) for n, v in
                                    (("every", every), ("episodes", episodes), ("frames", frames)))
         seed = whole_number("seed", seed, 0, SEED_MAX)
+        if not isinstance(progress, bool):     # progress="no" is a true string: bars shown
+            raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
         self.every, self.episodes, self.frames, self.seed = every, episodes, frames, seed
+        self.progress = bool(progress)
         self.teacher: Optional[Rollout] = None
         self._teacher_episodes = None
 
@@ -378,12 +384,14 @@ class CatchEvaluator(Callback):
         # a notebook cell run again) scored its model against the first world's teacher, a ratio of two worlds
         episodes = (self.episodes, self.frames, self.seed, copy.deepcopy(trainer.world_config), str(trainer.device))
         if self.teacher is None or episodes != self._teacher_episodes:
-            self.teacher, self._teacher_episodes = rollout("teacher", **kw), episodes
+            self.teacher = rollout("teacher", **kw, progress=self.progress and "catch check (teacher)")
+            self._teacher_episodes = episodes
             if not int(self.teacher.catches.sum()):
                 print(f"warning: the teacher catches nothing in {self.episodes} episodes x {self.frames} frames, so "
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
         try:
-            mine = rollout(ModelPolicy(trainer.model), **kw)
+            mine = rollout(ModelPolicy(trainer.model), **kw,
+                           progress=self.progress and f"catch check (epoch {epoch})")
         except NonFiniteActions as e:   # a diverged epoch: the run's val loss says so too; it goes on
             print(f"warning: epoch {epoch}: {e}", file=sys.stderr)
             for k in ("catch_ratio", "catch_ratio_low", "catch_ratio_high", "neg_catch_ratio", "catches_per_1k"):

@@ -1329,7 +1329,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     if tc.eval_every:
         from .evaluate import CatchEvaluator
         if not any(isinstance(c, CatchEvaluator) for c in callbacks):
-            callbacks.append(CatchEvaluator(tc.eval_every, tc.eval_episodes, tc.eval_frames, tc.seed))
+            callbacks.append(CatchEvaluator(tc.eval_every, tc.eval_episodes, tc.eval_frames, tc.seed,
+                                            progress=tc.progress and verbose))
     trainer = SupervisedTrainer(model, source, val, learning_rate=tc.learning_rate,
                                 batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
                                 min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,

@@ -756,7 +756,8 @@ def test_catch_evaluator_logs_the_models_figures_against_one_teacher_rollout(mod
         assert logs == {"catch_ratio": 0.5, "catch_ratio_low": 0.5, "catch_ratio_high": 0.5, "neg_catch_ratio": -0.5,
                         "catches_per_1k": 1000 * 2 / (2 * 3)}
     assert [who for who, _ in calls] == ["teacher", "ModelPolicy", "ModelPolicy"]
-    assert all(kw == dict(episodes=2, frames=3, seed=7, world_config=WC, device=trainer.device) for _, kw in calls)
+    assert all(kw == dict(episodes=2, frames=3, seed=7, world_config=WC, device=trainer.device, progress=False)
+               for _, kw in calls)                       # no bars unless asked for
     assert "teacher catches nothing" not in capsys.readouterr().err
 
 

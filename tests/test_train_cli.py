@@ -297,6 +297,19 @@ def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkey
     assert "\r" in err                                               # the bars were drawn
 
 
+def test_the_catch_check_shows_a_bar_while_it_runs(tmp_path, monkeypatch, capsys):
+    """The catch check's rollouts took a minute at --eval_episodes 500 or --boids_max 200, with no bar
+    moving meanwhile: each rollout now has its own bar, where the run shows bars."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = [f for f in SMALL if f != "--quiet"] + ["--eval_every", "1", "--eval_episodes", "2", "--eval_frames", "5"]
+    assert main(flags + ["--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "catch check (teacher)" in err and "catch check (epoch 1)" in err
+    assert main(flags + ["--no-progress", "--checkpoint_dir", "quiet"]) == 0
+    assert "catch check" not in capsys.readouterr().err
+
+
 def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_afresh(tmp_path, monkeypatch, capsys):
     """Selecting by the catch ratio, epochs without an evaluation decide nothing: a count carried
     over from the other episodes stopped the resumed run before its first evaluation."""
