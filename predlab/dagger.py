@@ -69,18 +69,23 @@ class DaggerSource(Callback):
             raise ValueError(f"DaggerSource.for_epoch({epoch}): epoch {e} rolls out the student (beta {beta:g}), "
                              f"which is the trainer's model: pass trainer=")
         student = self._student(trainer) if beta < 1 else None
+        self._undo = None      # the last epoch finished: the samples it dropped go before this one's are made
         fresh = self.generator.generate(self.episodes, stream=1 + epoch, student=student, beta=beta,
                                         desc=f"episodes (epoch {e}, beta {beta:.2f})")
-        data = SampleSet.cat([self.data, fresh])
+        old, made = self.data, len(fresh)
         # never fewer than the epoch's own: a buffer below them trained on a few of the samples just made
-        cap = max(self.buffer, len(fresh)) if self.buffer else 2 * len(fresh)
-        dropped = SampleSet.empty(data.boids.shape[1])
-        if len(data) > cap:
-            dropped = data.select(torch.arange(len(data) - cap))   # at most an epoch's samples; kept for undo_epoch
-            data = data.select(torch.arange(len(data) - cap, len(data)))
+        cap = max(self.buffer, made) if self.buffer else 2 * made
+        drop = max(0, len(old) + made - cap)       # the oldest, all of earlier epochs (cap >= made)
+        # the kept rows as views, copied once into the new set: the old set, the fresh samples and the
+        # new set are all there is at the peak (about 5 epochs' samples; copying the old and fresh ones
+        # together first and then the kept rows out of that held 10, twice what the memory check counts)
+        data = SampleSet.cat([old.select(slice(drop, None)) if drop else old, fresh])
+        del fresh
+        # at most an epoch's samples; kept for undo_epoch
+        dropped = old.select(torch.arange(drop)) if drop else SampleSet.empty(data.boids.shape[1])
         # the record names the samples it undoes: a Ctrl-C after it and before they are stored
         # leaves self.data as it was, which undo_epoch then keeps
-        self._undo = (epoch, dropped, len(fresh), data)
+        self._undo = (epoch, dropped, made, data)
         self.data = data
         self.last = {"dagger_beta": beta, "dagger_samples": float(len(data))}
         return data

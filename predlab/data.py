@@ -231,7 +231,9 @@ class SampleSet:
         if not parts:
             return cls.empty()
         N = max(p.boids.shape[1] for p in parts)
-        boids = [torch.nn.functional.pad(p.boids, (0, 0, 0, N - p.boids.shape[1])) for p in parts]
+        # a part of that width goes to torch.cat as it is: padded by zero slots, it was one more copy
+        boids = [p.boids if p.boids.shape[1] == N else torch.nn.functional.pad(p.boids, (0, 0, 0, N - p.boids.shape[1]))
+                 for p in parts]
         return cls(torch.cat([p.context for p in parts]), torch.cat([p.predator for p in parts]),
                    torch.cat(boids), torch.cat([p.n for p in parts]), torch.cat([p.target for p in parts]))
 
@@ -712,7 +714,8 @@ class EpisodeGenerator:
                     bar.update(num)
         finally:
             bar.close()
-        return SampleSet.cat(parts)
+        # one chunk (up to CHUNK_EPISODES episodes) is the set itself: a copy of it doubled the peak
+        return parts[0] if len(parts) == 1 else SampleSet.cat(parts)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -181,3 +181,38 @@ def test_the_evaluation_check_counts_what_a_world_step_takes(n):
                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
     taken, counted = float(out[0]), int(out[1])
     assert 0.5 * counted < taken <= counted, (taken, counted)
+
+
+DAGGER_PEAK = r"""
+import re, sys
+from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+from predlab.dagger import DaggerSource
+from predlab.data import EpisodeGenerator
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+episodes, world = int(sys.argv[1]), WorldConfig()
+source = DaggerSource(EpisodeGenerator(world, seed=0, progress=False), episodes, start=1000)
+counted = sum(b for d, b in _training_needs(TrainConfig(train_episodes=episodes), world, ModelConfig())
+              if d.startswith(("an epoch's training samples", "DAgger's")))
+source.generator.generate(1, stream=99)     # the compiled kernels loaded before the baseline
+before = status("VmRSS")
+for epoch in range(4):                      # from the third on, the buffer is full and drops the oldest
+    source.for_epoch(epoch)
+print(status("VmHWM") - before, counted)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_dagger_epochs_take_what_the_check_counts_for_their_samples():
+    """Once its buffer was full, a DAgger epoch copied the kept and the fresh samples together and then
+    the kept rows out of that: about 10 epochs' samples at its peak, twice what the check counts, so a
+    --train_episodes it let through could exhaust the memory at the third epoch."""
+    out = subprocess.run([sys.executable, "-c", DAGGER_PEAK, "300"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    taken, counted = int(out[0]), int(out[1])      # ~250 MB counted: the process's own noise is small beside it
+    assert 0.5 * counted < taken <= 1.25 * counted, (taken, counted)
