@@ -17,7 +17,7 @@ import signal
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -385,8 +385,8 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
 
 @torch.no_grad()
 def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float, device,
-                   backend: str = "auto") -> SampleSet:
-    """rollout_chunk on checked arguments."""
+                   backend: str = "auto", on_frame: Optional[Callable[[int], None]] = None) -> SampleSet:
+    """rollout_chunk on checked arguments; on_frame(f) after each frame f (a progress bar's tick)."""
     student = _as_policy(student)
     on_cpu = torch.device(device).type == "cpu"
     if backend == "numba" and fastsim is None:
@@ -394,7 +394,7 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
     if backend == "numba" and not on_cpu:
         raise ValueError(f"backend='numba' runs on the CPU, not on {device}")
     if backend == "numba" or (backend == "auto" and on_cpu and fastsim is not None):
-        return _rollout_chunk_numba(num_episodes, cfg, seed, student, beta)
+        return _rollout_chunk_numba(num_episodes, cfg, seed, student, beta, on_frame)
     g = torch.Generator().manual_seed(seed)
     world = World.random(num_episodes, cfg, generator=g, device=device)
     by_student = (torch.rand(num_episodes, generator=g) >= beta).to(device) if student is not None else None
@@ -420,6 +420,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
                            ("mask", obs["mask"]), ("target", target)):
                 frames[key][k].append(v)
             sub.step(drive)
+        if on_frame is not None:
+            on_frame(f)
     F = len(frames["target"][0])
     if F == 0:
         return SampleSet.empty(N)
@@ -476,7 +478,8 @@ class _Rows:
         return SampleSet(*(torch.from_numpy(a) for a in self.arrays))
 
 
-def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float) -> SampleSet:
+def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float,
+                         on_frame: Optional[Callable[[int], None]] = None) -> SampleSet:
     """rollout_chunk with every frame in predlab.fastsim's kernels: the same draws, in the same order.
 
     Without a student one kernel call observes, labels and steps every episode, writing the
@@ -509,6 +512,8 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
         if not use_student:
             out.used += fastsim.frame(state, weights, zeros if noise is None else noise.numpy(), live, out.used,
                                       *out.arrays, snap)
+            if on_frame is not None:
+                on_frame(f)
             continue
         fastsim.observe(state, everyone, *obs_rows.arrays)
         ctx, pred, boids, n, target = (torch.from_numpy(a) for a in obs_rows.arrays)
@@ -525,6 +530,8 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
             dst[out.used:out.used + len(keep)] = src[keep]
         out.used += len(keep)
         fastsim.step(state, weights, np.ascontiguousarray(drive.numpy()), live, snap)
+        if on_frame is not None:
+            on_frame(f)
     return out.samples()
 
 
@@ -710,8 +717,15 @@ class EpisodeGenerator:
                     bar.update(num)
             else:
                 for (_, num), s in zip(chunks, seeds):
-                    parts.append(_rollout_chunk(num, self.cfg, s, student, beta, self.device))
-                    bar.update(num)
+                    # the bar moves with the chunk's frames: a chunk of 512 episodes that the student drives
+                    # takes 10-20 s on a laptop's CPU (a minute at --frames 1000), and stood at 0 meanwhile
+                    done, frames = bar.n, self.cfg.frames
+
+                    def tick(f, done=done, num=num):
+                        bar.update(done + num * (f + 1) // frames - bar.n)
+                    parts.append(_rollout_chunk(num, self.cfg, s, student, beta, self.device,
+                                                on_frame=tick if self.progress else None))
+                    bar.update(done + num - bar.n)      # the rest, where every episode ended early
         finally:
             bar.close()
         # one chunk (up to CHUNK_EPISODES episodes) is the set itself: a copy of it doubled the peak
