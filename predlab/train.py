@@ -84,6 +84,8 @@ class Callback:
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch: int): ...
     def on_batch_end(self, trainer, step: int, loss: float): ...
+    def on_validate_batch(self, trainer, step: int):
+        """After each batch of trainer.validate() (trainer.validate_batches in all)."""
     def on_evaluate(self, trainer, epoch: int, logs: Dict[str, float]):
         """Add metrics to logs before the best-epoch decision (e.g. evaluate.CatchEvaluator)."""
     def on_epoch_end(self, trainer, epoch: int, logs: Dict[str, float]): ...
@@ -93,13 +95,16 @@ class Callback:
 class ProgressBar(Callback):
     """A tqdm bar over epochs showing the latest losses, and under it one over the batches of the
     epoch under way (an epoch of 2,000 episodes trains for minutes on a laptop's CPU, and the epochs'
-    bar alone stood still meanwhile). The batches' bar goes when its epoch ends."""
+    bar alone stood still meanwhile), then one over its validation batches (1,000 validation episodes,
+    or 100 of 300 boids, take 10-20 s). The batches' bar goes when its epoch ends."""
 
     def __init__(self):
         self.bar = self.batches = None
+        self.running = False
 
     def on_train_begin(self, trainer):
         from tqdm.auto import tqdm
+        self.running = True
         self.bar = tqdm(total=trainer.target_epochs, initial=trainer.epoch, desc="epochs", unit="ep")
 
     def on_batch_end(self, trainer, step, loss):
@@ -108,6 +113,17 @@ class ProgressBar(Callback):
             self._close_batches()
             self.batches = tqdm(total=getattr(trainer, "epoch_batches", None) or None,
                                 desc=f"training (epoch {trainer.epoch + 1})", unit="batch", leave=False)
+        if self.batches is not None:
+            self.batches.update(1)
+
+    def on_validate_batch(self, trainer, step):
+        if not self.running:       # a validate() outside train(): before it (a fine-tune's start) or after
+            return
+        if step == 0:
+            from tqdm.auto import tqdm
+            self._close_batches()
+            self.batches = tqdm(total=getattr(trainer, "validate_batches", None) or None,
+                                desc=f"validation (epoch {trainer.epoch + 1})", unit="batch", leave=False)
         if self.batches is not None:
             self.batches.update(1)
 
@@ -125,6 +141,7 @@ class ProgressBar(Callback):
     def on_train_end(self, trainer):
         self._close_batches()
         self.bar.close()
+        self.running = False
 
 
 class PrintLogger(Callback):
@@ -655,6 +672,7 @@ class SupervisedTrainer:
         self.history: List[Dict[str, float]] = []
         self.stop_training = False
         self.epoch_batches = 0         # batches in the epoch under way (train_epoch sets it; progress bars read it)
+        self.validate_batches = 0      # batches of the validation under way (validate sets it)
         self.target_epochs = 0
         self.resumed_from: Optional[Path] = None   # the checkpoint load_checkpoint read, if any
         self._sum_dtype = widest_float(self.device)
@@ -720,10 +738,15 @@ class SupervisedTrainer:
             raise InputError("validate: the set holds no samples, so it has no mean squared error")
         self.model.eval()
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
-        for b in self._batches(data, shuffle=False):
+        self.validate_batches = math.ceil(len(data) / self.batch_size)     # what a progress bar counts to
+        plain = Callback.on_validate_batch
+        hooks = [cb for cb in self.callbacks if getattr(type(cb), "on_validate_batch", plain) is not plain]
+        for step, b in enumerate(self._batches(data, shuffle=False)):
             # the float32 model the browser runs, even after bf16 training
             with torch.autocast(self.device.type, enabled=False) if self.autocast else contextlib.nullcontext():
                 total += F.mse_loss(self.model(b).float(), b["target"], reduction="sum").to(total.dtype)
+            for cb in hooks:
+                cb.on_validate_batch(self, step)
         return float(total) / (2 * len(data))
 
     def split_parts(self) -> int:

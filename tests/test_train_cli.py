@@ -297,6 +297,20 @@ def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkey
     assert "\r" in err                                               # the bars were drawn
 
 
+def test_validation_shows_a_bar_while_it_runs(tmp_path, monkeypatch, capsys):
+    """Validation ran with no bar once the epoch's training bar had gone: 1,000 validation episodes,
+    or 100 of 300 boids, stood still on screen for 10-20 s an epoch. A validate() outside the run
+    (a fine-tune's starting MSE) draws none."""
+    from predlab.train import ProgressBar, main
+    monkeypatch.chdir(tmp_path)
+    assert main([f for f in SMALL if f != "--quiet"] + ["--progress"]) == 0
+    assert "validation (epoch 1)" in capsys.readouterr().err
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, dagger=False, callbacks=[ProgressBar()])
+    t.validate()
+    assert "validation" not in capsys.readouterr().err
+
+
 def test_the_catch_check_shows_a_bar_while_it_runs(tmp_path, monkeypatch, capsys):
     """The catch check's rollouts took a minute at --eval_episodes 500 or --boids_max 200, with no bar
     moving meanwhile: each rollout now has its own bar, where the run shows bars."""

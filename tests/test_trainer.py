@@ -582,12 +582,18 @@ def test_a_trainer_that_picks_its_best_by_catch_ratio_without_measuring_it_says_
 
 def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
     """Under the epochs' bar, a bar over the epoch's batches (an epoch of 2,000 episodes trains for
-    minutes, and the epochs' bar alone stood still): it counts to the epoch's number of batches and
-    goes when the epoch ends, so two epochs leave the epochs' bar alone behind."""
+    minutes, and the epochs' bar alone stood still), then one over its validation batches: each counts
+    to its number of batches, and the last goes when the epoch ends, so two epochs leave the epochs'
+    bar alone behind."""
     from predlab.train import ProgressBar
     seen = []
 
     class Seen(ProgressBar):
+        def on_validate_batch(self, trainer, step):
+            if step == 0:          # the training bar, before validation's replaces it
+                seen.append((trainer.epoch + 1, self.batches.desc, self.batches.n, self.batches.total))
+            super().on_validate_batch(trainer, step)
+
         def on_epoch_end(self, trainer, epoch, logs):
             seen.append((epoch, self.batches.desc, self.batches.n, self.batches.total))
             super().on_epoch_end(trainer, epoch, logs)
@@ -595,6 +601,8 @@ def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
     bar = Seen()
     t = _trainer(callbacks=[bar])
     n = math.ceil(len(t.train_dataset) / t.batch_size)
+    v = math.ceil(len(t.val_dataset) / t.batch_size)
     t.train(2)
-    assert seen == [(1, "training (epoch 1)", n, n), (2, "training (epoch 2)", n, n)] and n > 1
+    assert seen == [(1, "training (epoch 1)", n, n), (1, "validation (epoch 1)", v, v),
+                    (2, "training (epoch 2)", n, n), (2, "validation (epoch 2)", v, v)] and n > 1
     assert bar.batches is None and bar.bar.n == 2 and "training (epoch 2)" in capsys.readouterr().err
