@@ -89,13 +89,20 @@ def bench_generation(episodes: int = CHUNK_EPISODES, cfg: Optional[WorldConfig] 
                      device="cpu", threads: Optional[int] = None, frames: int = 50) -> Dict[str, float]:
     """Labelled samples per second of rollout_chunk in this process (best of `repeats`).
 
-    Episodes are cut to `frames` frames (the rate per frame does not depend on the length).
+    Episodes are cut to `frames` frames (the rate per frame does not depend on the length). A few
+    frames of a few episodes run first, untimed: the process's first rollout loads the compiled
+    kernels and starts their threads (0.2-0.3 s on 2 cores), and timed, it made the bench's first
+    figure, one thread's, 4-5 times too low with --quick's single repeat (85,000 samples/s against
+    390,000 once warm), which then missed the 100,000 target at --threads 1.
     """
     cfg = WorldConfig(**{**vars(cfg or WorldConfig()), "frames": frames})
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
+        rollout_chunk(min(episodes, 8), WorldConfig(**{**vars(cfg), "frames": min(frames, 2)}), seed=999,
+                      device=device)
+        _sync(device)
         best, t_stop = None, time.perf_counter() + 8.0     # a loaded machine gets fewer repeats
         for r in range(repeats):
             if best is not None and time.perf_counter() > t_stop:
