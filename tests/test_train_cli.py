@@ -333,9 +333,9 @@ def test_a_resume_that_starts_the_best_afresh_starts_the_early_stopping_count_af
         t = create_trainer(train_episodes=2, val_episodes=2, batch_size=32, device="cpu", verbose=False,
                            world_config=TINY_WORLD, select_best_by="catch_ratio", eval_every=2, eval_episodes=2,
                            eval_frames=20, early_stopping=2, progress=False, checkpoint_dir="first", log_dir="runs")
-    t.bad_epochs = 2                                            # two evaluations without a gain
+    t.epoch, t.bad_epochs = 2, 2                                # two evaluations without a gain
     path = t.save_checkpoint(tmp_path / "first" / "c0.pt")
-    train.main(["--resume", str(path), "--eval_episodes", "3", "--epochs", "1", "--checkpoint_dir", "more",
+    train.main(["--resume", str(path), "--eval_episodes", "3", "--epochs", "3", "--checkpoint_dir", "more",
                 "--quiet"])
     out = capsys.readouterr().out
     assert "--eval_episodes changed the episodes catch_ratio is measured on" in out
