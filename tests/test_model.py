@@ -466,3 +466,31 @@ def test_a_float16_model_runs_a_padded_batch(make_model, make_samples):
     torch.testing.assert_close(got.float(), model.predict(inputs), rtol=0, atol=2e-3)
     for i, one in enumerate(inputs):       # padded to 7 boids, and alone: the same actions
         torch.testing.assert_close(half.predict(one), got[i], rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention_without_a_backward_takes_larger_slices_and_the_same_values(monkeypatch, threads):
+    """Where no backward follows (DAgger's student, validation, evaluation), the CPU kernel makes
+    its weights in slices of millions of floats, not the 128k a backward keeps in cache; every
+    row of every slice is still written, with what the training forward computes."""
+    from predlab import model as M
+    asked = []
+    real = M._Attention._slices
+    monkeypatch.setattr(M._Attention, "_slices", staticmethod(lambda n, T, on_cpu=True, floats=1 << 17:
+                                                              asked.append(floats) or real(n, T, on_cpu, floats)))
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(5)
+        B, T, H = 900, 53, 4                    # 10M floats of weights: several slices either way
+        x = torch.randn(B, T, 3 * 48, generator=g) * 3
+        n = torch.randint(1, T + 1, (B,), generator=g)
+        bias = torch.where(torch.arange(T)[None] < n[:, None], 0.0, M.MASKED).view(B, 1, 1, T)
+        with torch.no_grad():
+            fast = M.attention(x, bias, H)
+        trained = M.attention(x.clone().requires_grad_(True), bias, H)
+    finally:
+        torch.set_num_threads(old_threads)
+    assert asked == [M._Attention.no_backward_floats() if threads == 1 else 1 << 22, 1 << 17]
+    assert len(real(B * H, T, True, asked[0])) > 1
+    torch.testing.assert_close(fast, trained.detach(), rtol=0, atol=1e-6)
