@@ -108,22 +108,19 @@ class ProgressBar(Callback):
         self.bar = tqdm(total=trainer.target_epochs, initial=trainer.epoch, desc="epochs", unit="ep")
 
     def on_batch_end(self, trainer, step, loss):
-        if step == 0:
-            from tqdm.auto import tqdm
-            self._close_batches()
-            self.batches = tqdm(total=getattr(trainer, "epoch_batches", None) or None,
-                                desc=f"training (epoch {trainer.epoch + 1})", unit="batch", leave=False)
-        if self.batches is not None:
-            self.batches.update(1)
+        self._batch(trainer, step, "training", "epoch_batches")
 
     def on_validate_batch(self, trainer, step):
-        if not self.running:       # a validate() outside train(): before it (a fine-tune's start) or after
-            return
+        if self.running:       # not for a validate() outside train(): before it (a fine-tune's start) or after
+            self._batch(trainer, step, "validation", "validate_batches")
+
+    def _batch(self, trainer, step: int, what: str, total: str):
+        """One batch more on the bar under the epochs' one; its first starts a bar of `what`."""
         if step == 0:
             from tqdm.auto import tqdm
             self._close_batches()
-            self.batches = tqdm(total=getattr(trainer, "validate_batches", None) or None,
-                                desc=f"validation (epoch {trainer.epoch + 1})", unit="batch", leave=False)
+            self.batches = tqdm(total=getattr(trainer, total, None) or None,
+                                desc=f"{what} (epoch {trainer.epoch + 1})", unit="batch", leave=False)
         if self.batches is not None:
             self.batches.update(1)
 

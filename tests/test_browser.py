@@ -42,21 +42,27 @@ INTERCEPT = {"width": 1000, "height": 700, "pos": [[620.0, 350.0]], "vel": [[-3.
 INTERCEPT_FRAMES = 60
 
 
-def run_page(model_js: Path, fixture: dict = None, frames: int = 600) -> tuple:
-    """Serve the page with model_js, load it in headless Chromium -> (result dict, page HTML)."""
-    extra = {"fixture.json": json.dumps(fixture)} if fixture is not None else {}
+def _dump(model_js: Path, extra: dict, page: str, pre: str) -> tuple:
+    """Serve model_js (and extra files), load `page` in headless Chromium -> (the JSON in its
+    <pre id=pre>, the finished process)."""
     server, url = serve(model_js, extra=extra)
     try:
         with tempfile.TemporaryDirectory() as profile:
-            q = f"?test=1&run=1&seed=3&frames={frames}" + ("&fixture=/fixture.json" if fixture is not None else "")
             r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-                                "--dump-dom", url + q], capture_output=True, text=True, timeout=90)
+                                "--dump-dom", url + page], capture_output=True, text=True, timeout=90)
     finally:
         server.shutdown()
         server.server_close()
-    m = re.search(r'<pre id="predlab-result">(.*?)</pre>', r.stdout, re.S)
+    m = re.search(rf'<pre id="{pre}">(.*?)</pre>', r.stdout, re.S)
     assert m and m.group(1), f"the page wrote no result (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
-    result = json.loads(html.unescape(m.group(1)))
+    return json.loads(html.unescape(m.group(1))), r
+
+
+def run_page(model_js: Path, fixture: dict = None, frames: int = 600) -> tuple:
+    """Serve the page with model_js, load it in headless Chromium -> (result dict, page HTML)."""
+    extra = {"fixture.json": json.dumps(fixture)} if fixture is not None else {}
+    q = f"?test=1&run=1&seed=3&frames={frames}" + ("&fixture=/fixture.json" if fixture is not None else "")
+    result, r = _dump(model_js, extra, q, "predlab-result")
     assert "scriptError" not in result, result["scriptError"]
     return result, r.stdout
 
@@ -224,17 +230,7 @@ def test_page_banner_leaves_the_counts_visible_on_narrow_windows(tmp_path, make_
         params["boid_projection"] = [[1e308] * len(row) for row in params["boid_projection"]]
         path, frames = _bad(tmp_path, params), 3
     sizes = [[320, 480], [390, 844], [768, 1024], [1280, 800]]
-    server, url = serve(path, extra={"layout.html": LAYOUT_PROBE % (json.dumps(sizes), frames)})
-    try:
-        with tempfile.TemporaryDirectory() as profile:
-            r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=30000",
-                                "--dump-dom", url + "layout.html"], capture_output=True, text=True, timeout=90)
-    finally:
-        server.shutdown()
-        server.server_close()
-    m = re.search(r'<pre id="out">(.*?)</pre>', r.stdout, re.S)
-    assert m and m.group(1), f"the probe wrote no result (exit {r.returncode}):\n{r.stderr[-2000:]}"
-    rows = json.loads(html.unescape(m.group(1)))
+    rows, _ = _dump(path, {"layout.html": LAYOUT_PROBE % (json.dumps(sizes), frames)}, "layout.html", "out")
     assert len(rows) == len(sizes)
     for row in rows:
         assert row["shown"], row
@@ -355,13 +351,16 @@ def test_demo_cli_serves_a_model_js_with_a_latin1_comment_without_a_false_warnin
     assert "not a UTF-8 text weight file" in _page_problem(path)
 
 
-@needs_chromium
-def test_page_runs_a_model_js_with_a_latin1_comment(tmp_path, make_model, make_samples):
-    path = _latin1_comment(tmp_path, make_model(2))
+def _page_runs_as_predlab_reads(path, make_samples):
     inputs = make_samples([3, 50], seed=8)
     res, _ = run_page(path, {"inputs": inputs}, frames=10)
     assert res["modelLoaded"] and res["error"] is None
     assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-6
+
+
+@needs_chromium
+def test_page_runs_a_model_js_with_a_latin1_comment(tmp_path, make_model, make_samples):
+    _page_runs_as_predlab_reads(_latin1_comment(tmp_path, make_model(2)), make_samples)
 
 
 def _utf16(tmp_path, model, codec="utf-16-le") -> Path:
@@ -383,11 +382,7 @@ def test_demo_cli_serves_a_utf16_model_js_without_a_false_warning(tmp_path, make
 @needs_chromium
 def test_page_runs_a_utf16_model_js_as_predlab_reads_it(tmp_path, make_model, make_samples):
     """The server names UTF-8, the file's byte order mark says UTF-16, and the browser follows the mark."""
-    path = _utf16(tmp_path, make_model(2))
-    inputs = make_samples([3, 50], seed=8)
-    res, _ = run_page(path, {"inputs": inputs}, frames=10)
-    assert res["modelLoaded"] and res["error"] is None
-    assert (torch.tensor(res["actions"], dtype=torch.float64) - torch_actions(path, inputs)).abs().max() <= 1e-6
+    _page_runs_as_predlab_reads(_utf16(tmp_path, make_model(2)), make_samples)
 
 
 @pytest.mark.parametrize("line", ["export default window.TRANSFORMER_PARAMS;", "import './boids.js';"])
