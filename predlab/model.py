@@ -46,11 +46,14 @@ class _Attention(torch.autograd.Function):
     backward.
     """
 
+    # floats of weights per slice where a backward follows: its passes read them again from the cache
+    BACKWARD_FLOATS = 1 << 17
+
     @staticmethod
-    def _slices(n: int, T: int, on_cpu: bool = True, floats: int = 1 << 17):
+    def _slices(n: int, T: int, on_cpu: bool = True, floats: int = BACKWARD_FLOATS):
         if not on_cpu:                                   # slices are for a CPU's caches
             return [slice(0, n)]
-        step = max(16, floats // max(T * T, 1))          # ~128k floats of weights per slice for a backward
+        step = max(16, floats // max(T * T, 1))
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
     @staticmethod
@@ -58,12 +61,12 @@ class _Attention(torch.autograd.Function):
         """Floats of weights per slice where no backward follows (DAgger's student, validation,
         evaluation): the weights are made, used and dropped, and at 2 threads slices of 128k made
         each slice's small products wait on each other. 4M at 2 threads and 1M on one took a layer
-        from 3.4 to 2.0 ms (batch 90) and 44.9 to 24.0 ms (1024) at 2 threads, the same or faster
-        on one (Intel Xeon with AVX-512, NOTES.md). Each weight is computed as before: the same bits."""
+        from 3.4 to 1.6 ms (batch 90) and 44.9 to 23.2 ms (1024) at 2 threads, on par on one
+        (Intel Xeon with AVX-512, NOTES.md). Each weight is computed as before: the same bits."""
         return 1 << 20 if torch.get_num_threads() == 1 else 1 << 22
 
     @staticmethod
-    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int, floats: int = 1 << 17) -> Tensor:
+    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int, floats: int = BACKWARD_FLOATS) -> Tensor:
         B, T, width = x.shape
         H, D = n_heads, width // 3
         hs, BH = D // H, B * n_heads
@@ -153,7 +156,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
         kernel = "math"
     if kernel == "sliced":
         backward = x.requires_grad and torch.is_grad_enabled()
-        return _Attention.apply(x, bias, n_heads, (1 << 17) if backward else _Attention.no_backward_floats())
+        return _Attention.apply(x, bias, n_heads,
+                                _Attention.BACKWARD_FLOATS if backward else _Attention.no_backward_floats())
     if kernel == "triton":
         return _triton("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION")(x, bias, n_heads)
     B, T, width = x.shape

@@ -475,8 +475,8 @@ def test_attention_without_a_backward_takes_larger_slices_and_the_same_values(mo
     row of every slice is still written, with what the training forward computes."""
     from predlab import model as M
     asked = []
-    real = M._Attention._slices
-    monkeypatch.setattr(M._Attention, "_slices", staticmethod(lambda n, T, on_cpu=True, floats=1 << 17:
+    real, real_floats = M._Attention._slices, M._Attention.BACKWARD_FLOATS
+    monkeypatch.setattr(M._Attention, "_slices", staticmethod(lambda n, T, on_cpu=True, floats=real_floats:
                                                               asked.append(floats) or real(n, T, on_cpu, floats)))
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -491,6 +491,6 @@ def test_attention_without_a_backward_takes_larger_slices_and_the_same_values(mo
         trained = M.attention(x.clone().requires_grad_(True), bias, H)
     finally:
         torch.set_num_threads(old_threads)
-    assert asked == [M._Attention.no_backward_floats() if threads == 1 else 1 << 22, 1 << 17]
+    assert asked == [1 << 20 if threads == 1 else 1 << 22, M._Attention.BACKWARD_FLOATS]
     assert len(real(B * H, T, True, asked[0])) > 1
     torch.testing.assert_close(fast, trained.detach(), rtol=0, atol=1e-6)
