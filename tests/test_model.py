@@ -135,12 +135,14 @@ def test_forward_with_attention(model, make_samples):
         assert (w.masked_select(keep[:, None, None, :].expand_as(w)) > 0).all()
 
 
-def test_training_gradients_equal_the_explicit_path(make_model, make_samples):
+@pytest.mark.parametrize("counts", [[0, 3, 9, 50], [0, 3, 9, 12]])
+def test_training_gradients_equal_the_explicit_path(make_model, make_samples, counts):
     """forward (the last block for [CLS] alone, its key and value projections folded into the
     query) gives every parameter the gradient of the explicit path (every token, every layer),
-    in float64 with padded samples: the key bias's gradient, zero in exact maths, included."""
+    in float64 with padded samples: the key bias's gradient, zero in exact maths, included.
+    Flocks of 12 boids or fewer take the softmax widened to SOFTMAX_MIN_KEYS."""
     model = make_model(4).double()
-    batch = collate(make_samples([0, 3, 9, 50], seed=12), dtype=torch.float64)
+    batch = collate(make_samples(counts, seed=12), dtype=torch.float64)
     target = torch.randn(4, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = []
     for run in (lambda b: model(b), lambda b: model.forward_with_attention(b)[0]):
@@ -242,12 +244,14 @@ def test_dropout_is_off_in_eval(make_model, make_samples):
     assert m.training  # predict() restores the mode it found
 
 
+@pytest.mark.parametrize("T", [9, 21])
 @pytest.mark.parametrize("dtype,threads", [(torch.float64, 1), (torch.float32, 1), (torch.float32, 2)])
-def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, dtype, threads):
+def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, dtype, threads, T):
     """The CPU attention kernel (own backward, weights made a slice at a time) computes what
     F.scaled_dot_product_attention computes, forward and backward, with padded keys; small
     slices force several of them. In float32 on one thread the head copies are
-    predlab.fastops' (torch's otherwise); float64 also passes gradcheck."""
+    predlab.fastops' (torch's otherwise); float64 also passes gradcheck. 9 tokens take the
+    softmax widened to SOFTMAX_MIN_KEYS, 21 torch's own."""
     from predlab import model as M
     monkeypatch.setattr(M._Attention, "_slices",
                         staticmethod(lambda n, T, *_: [slice(i, min(i + 3, n)) for i in range(0, n, 3)]))
@@ -259,7 +263,8 @@ def test_sliced_attention_equals_sdpa_with_gradients(monkeypatch, dtype, threads
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(3)
-    B, T, D, H = 5, 9, 16, 4
+    B, D, H = 5, 16, 4
+    assert (T < M.SOFTMAX_MIN_KEYS) == (T == 9)
     x = torch.randn(B, T, 3 * D, generator=g, dtype=dtype)
     bias = torch.zeros(B, 1, 1, T, dtype=dtype)
     bias[1, ..., 6:] = M.MASKED                       # a padded sample
