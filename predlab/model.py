@@ -32,7 +32,7 @@ MASKED = -1e9  # large finite negative: a padded key gets exactly zero weight, n
 # a scalar path: 14-17 ns an element at 4-15 keys against ~1 ns at 16+, and its backward 5-6 ns
 # against 0.2 (batch 256, one thread, Intel Xeon). A flock of 12 boids or fewer (a quarter of the
 # default episodes' samples) has 15 tokens or fewer, so its scores get MASKED keys up to this
-# width: the softmax of those keys is exactly 0, and the others' weights are the same to 1 ulp.
+# width: the softmax of those keys is exactly 0, and the others' weights are within a few ulp.
 SOFTMAX_MIN_KEYS = 16
 
 
