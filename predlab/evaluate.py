@@ -316,7 +316,9 @@ def catch_ratio_interval(student: Rollout, teacher: Rollout, level: float = INTE
     ratios (percentiles, no interpolation). Seeded, so the same rollouts give the same interval.
     For a trained model near the teacher, 64 episodes gave 0.837 (0.621-1.050) and 500 episodes
     1.079 (0.993-1.167): a ratio under 1 from few episodes does not show a model worse than the teacher.
-    -> {"level", "low", "high", "resamples"}; low and high are NaN where the teacher caught nothing.
+    -> {"level", "low", "high", "resamples"}; low and high are NaN where the teacher caught nothing,
+    and for a single episode: every resample of it is that episode, so the spread is none whatever the
+    policy, not a certain ratio.
     A resample in which the teacher caught nothing has an infinite ratio if the student caught any,
     and none (it is left out) if neither did.
     """
@@ -327,7 +329,7 @@ def catch_ratio_interval(student: Rollout, teacher: Rollout, level: float = INTE
     _same_episodes(student, teacher)
     s, t = student.catches.reshape(-1).double(), teacher.catches.reshape(-1).double()
     out = {"level": level, "low": math.nan, "high": math.nan, "resamples": resamples}
-    if not float(t.sum()):
+    if not float(t.sum()) or s.numel() < 2:
         return out
     g = torch.Generator().manual_seed(seed)
     E, ratios = s.numel(), []
@@ -445,7 +447,10 @@ def format_table(res: Mapping) -> str:
     for name, s, r in rows:
         lines.append(f"{name:8s}" + "".join(f"{fmt.format(num(s[k])):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
     ci = res.get("catch_ratio_interval")       # absent from the --json files of earlier versions
-    if res["teacher"]["catches"] and ci:
+    if res["teacher"]["catches"] and ci and res["episodes"] < 2:     # (catch_ratio_interval gives none)
+        lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval from a single episode (its "
+                     f"resamples are all that episode); use more --episodes")
+    elif res["teacher"]["catches"] and ci:
         # where the teacher caught some, a bound is never NaN: a --json file's null is an unbounded one
         low, high = (math.inf if ci.get(k) is None else ci[k] for k in ("low", "high"))
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: {ci['level']:.0%} interval "

@@ -963,6 +963,20 @@ def test_a_policy_against_itself_has_no_spread_and_no_teacher_catch_has_no_inter
     assert math.isnan(none["low"]) and math.isnan(none["high"])
 
 
+def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
+    """Every resample of one episode is that episode: the interval was the ratio itself, 0.500-0.500,
+    printed as a 95% interval (of a policy that caught 1 boid to the teacher's 2, once)."""
+    student, teacher = _catches([1]), _catches([2])
+    ci = catch_ratio_interval(student, teacher)
+    assert math.isnan(ci["low"]) and math.isnan(ci["high"])
+    res = {"catch_ratio": catch_ratio(student, teacher), "catch_ratio_interval": ci, "episodes": 1, "frames": 300,
+           "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+    table = format_table(res)
+    assert "policy vs teacher 0.500: no interval from a single episode" in table and "95% interval" not in table
+    from predlab.evaluate import _nan_to_none
+    assert format_table(json.loads(json.dumps(_nan_to_none(res)))) == table       # read back from --json
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(level=1), "level must be between 0 and 1"), (dict(level=0.0), "level must be between 0 and 1"),
     (dict(level=float("nan")), "level must be between 0 and 1"), (dict(resamples=0), "resamples must be a whole number >= 1"),
