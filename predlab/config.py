@@ -211,6 +211,11 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
 
 
+def plural(n: int, noun: str) -> str:
+    """A count and its noun as printed: "1 episode", "1,100 episodes" (not "1 episodes")."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 class NotAWholeNumber(TypeError, ValueError):
     """An argument that should be a whole number is of another type (a float, a bool, a string).
     Both a TypeError and a ValueError, so that either is caught as callers expect."""

@@ -37,8 +37,8 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 
 from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
-                     bounded_number, episode_step_bytes, from_dict, memory_problem, real_number, resolve_device,
-                     whole_number)
+                     bounded_number, episode_step_bytes, from_dict, memory_problem, plural, real_number,
+                     resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device
@@ -389,7 +389,8 @@ class CatchEvaluator(Callback):
             self.teacher = rollout("teacher", **kw, progress=self.progress and "catch check (teacher)")
             self._teacher_episodes = episodes
             if not int(self.teacher.catches.sum()):
-                print(f"warning: the teacher catches nothing in {self.episodes} episodes x {self.frames} frames, so "
+                print(f"warning: the teacher catches nothing in {plural(self.episodes, 'episode')} x "
+                      f"{plural(self.frames, 'frame')}, so "
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
         try:
             mine = rollout(ModelPolicy(trainer.model), **kw,
@@ -442,8 +443,8 @@ def format_table(res: Mapping) -> str:
     if "random" in res:
         rows.append(("random", res["random"], res["random_catch_ratio"]))
     head = f"{'':8s}" + "".join(f"{h:>15s}" for _, h, _ in cols) + f"{'vs teacher':>12s}"
-    lines = [f"{res['episodes']} episodes x {res['frames']} frames, seed {res['seed']} "
-             f"(first catch: no catch counts as {res['frames']})", head]
+    lines = [f"{plural(res['episodes'], 'episode')} x {plural(res['frames'], 'frame')}, seed {res['seed']} "
+             f"(first catch: no catch counts as {res['frames']:,})", head]
     for name, s, r in rows:
         lines.append(f"{name:8s}" + "".join(f"{fmt.format(num(s[k])):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
     ci = res.get("catch_ratio_interval")       # absent from the --json files of earlier versions

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
-                     bounded_number, from_dict, resolve_device, training_memory, whole_number, widest_float)
+                     bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
                      silence_stdout, stop_words)
@@ -1334,7 +1334,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                            device="cpu")
     val = gen.generate(tc.val_episodes, stream=VAL_STREAM, desc="validation episodes")
     if verbose:
-        print(f"validation: {tc.val_episodes} episodes, {len(val):,} samples")
+        print(f"validation: {plural(tc.val_episodes, 'episode')}, {plural(len(val), 'sample')}")
     if tc.dagger:
         from .dagger import DaggerSource
         source = DaggerSource(gen, tc.train_episodes, tc.dagger_start, tc.dagger_beta_decay, tc.dagger_beta_min,
@@ -1674,7 +1674,8 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")
-    print(f"model: {trainer.model.num_parameters():,} parameters; {tc.train_episodes} fresh episodes per epoch")
+    print(f"model: {trainer.model.num_parameters():,} parameters; {plural(tc.train_episodes, 'fresh episode')} "
+          f"per epoch")
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     first_epoch = trainer.epoch
     t0 = time.time()

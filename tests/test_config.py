@@ -171,3 +171,8 @@ def test_a_world_value_past_float32s_range_is_refused_naming_it(field, capsys):
     largest = WorldConfig(frames=20, boids_max=5, **{field: config.FLOAT32_MAX})
     largest.validate()
     rollout_chunk(4, largest, 0).check("episodes")          # no NaN or infinity
+
+
+def test_a_count_is_printed_with_its_noun_in_the_singular_for_one():
+    assert [config.plural(n, "episode") for n in (0, 1, 2, 1100)] == ["0 episodes", "1 episode", "2 episodes",
+                                                                      "1,100 episodes"]

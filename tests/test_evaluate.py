@@ -973,6 +973,7 @@ def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
            "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
     table = format_table(res)
     assert "policy vs teacher 0.500: no interval from a single episode" in table and "95% interval" not in table
+    assert table.startswith("1 episode x 300 frames, seed 0 ")              # not "1 episodes"
     from predlab.evaluate import _nan_to_none
     assert format_table(json.loads(json.dumps(_nan_to_none(res)))) == table       # read back from --json
 

@@ -145,6 +145,24 @@ SMALL = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--d_
          "--n_layers", "1", "--ffn_hidden", "8"]
 
 
+def test_counts_of_one_are_singular_and_thousands_have_their_separator(tmp_path, monkeypatch, capsys):
+    """"validation: 1 episodes, 12 samples" and "1 fresh episodes per epoch"; and 1100 episodes were
+    printed without the thousands separator that every other count there has."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+
+    def run(**flags):
+        flags = {f"--{k}": str(v) for k, v in flags.items()}
+        argv = [flags.get(SMALL[i - 1], f) if i else f for i, f in enumerate(SMALL)]
+        assert main([*argv, *(f for k, v in flags.items() if k not in SMALL for f in (k, v))]) == 0
+        return capsys.readouterr().out
+
+    out = run(train_episodes=1, val_episodes=1, checkpoint_dir="a")
+    assert "validation: 1 episode, 12 samples" in out and "; 1 fresh episode per epoch" in out
+    out = run(train_episodes=1100, val_episodes=1, frames=1, checkpoint_dir="b")
+    assert "validation: 1 episode, 1 sample\n" in out and "; 1,100 fresh episodes per epoch" in out
+
+
 def test_a_run_exports_both_files_and_a_second_run_in_its_folder_moves_them_aside(tmp_path, monkeypatch, capsys):
     """The run's end: model.js and model.json of the best model, one warning line for both files
     (sizes the stock page does not take), and the folder free for the next run, which moves the
