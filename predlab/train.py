@@ -1541,8 +1541,11 @@ def _measure_changed(ck: Mapping, tc: TrainConfig, wc: WorldConfig, monitor: str
     """The flags (as --name) whose values differ from the checkpoint's run and change the episodes the
     best model is chosen on: the validation set's for val_loss, the catch evaluation's for catch_ratio."""
     run = {**ck.get("train_config", {}), **ck.get("world_config", {})}
-    names = [f.name for f in dataclasses.fields(WorldConfig)] + ["seed"] + (
-        ["eval_episodes", "eval_frames"] if monitor == "neg_catch_ratio" else ["val_episodes"])
+    world = [f.name for f in dataclasses.fields(WorldConfig)]
+    if monitor == "neg_catch_ratio":     # its rollouts last eval_frames, with no noise on the actions
+        names = [k for k in world if k not in ("frames", "noise")] + ["seed", "eval_episodes", "eval_frames"]
+    else:
+        names = world + ["seed", "val_episodes"]
     now = {**dataclasses.asdict(tc), **dataclasses.asdict(wc)}
     return [f"--{k}" for k in names if k in run and run[k] != now[k]]
 

@@ -124,6 +124,10 @@ def test_resuming_a_checkpoint_without_daggers_samples_warns_that_the_run_will_d
     (dict(eval_episodes=9, eval_frames=9), "neg_catch_ratio", ["--eval_episodes", "--eval_frames"]),
     (dict(eval_episodes=9), "val_loss", []),
     (dict(noise=0.1, boids_max=20), "val_loss", ["--boids_max", "--noise"]),
+    # the catch check's episodes last --eval_frames and drive without noise: a resume training on longer or
+    # less noisy episodes forgot a best catch ratio, and the next evaluation's lower one replaced best_model.pt
+    (dict(noise=0.1, frames=400), "neg_catch_ratio", []),
+    (dict(noise=0.1, frames=400, boids_max=20), "neg_catch_ratio", ["--boids_max"]),
     (dict(learning_rate=1e-4, epochs=99, batch_size=8), "val_loss", []),   # the same episodes
 ])
 def test_a_resume_knows_which_changed_flags_change_the_episodes_the_best_is_measured_on(change, monitor, moved):
