@@ -172,25 +172,39 @@ class TensorBoardLogger(Callback):
         # again after an interrupt, or train(40) after train(30)), not in a second one; unless it has
         # loaded a checkpoint since: then it goes on with that checkpoint's run, logged as a resume is
         resumed = getattr(trainer, "resumed_from", None)
-        if (self.path is None or trainer is None or trainer is not self._trainer
-                or resumed is not self._resumed_from):
-            name = self.run_name or time.strftime("%Y%m%d-%H%M%S")
-            self.path, k = self.log_dir / name, 1
-            while self.run_name is None and self.path.exists():   # two runs in one second: one folder each
-                k += 1
-                self.path = self.log_dir / f"{name}-{k}"
-            purge = None
-        else:     # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
-            purge = trainer.epoch + 1
+        new_run = (self.path is None or trainer is None or trainer is not self._trainer
+                   or resumed is not self._resumed_from)
+        # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
+        purge = None if new_run else trainer.epoch + 1
         self._trainer, self._resumed_from = trainer, resumed
         _quiet_tensorboard_thread()
         try:               # it writes the file's first record at once
+            if new_run:
+                self._new_folder()
             self.writer = SummaryWriter(str(self.path), purge_step=purge)
             # TensorBoard's Custom Scalars tab: the catch ratio with its 95% interval as one band (CatchEvaluator)
             self.writer.add_custom_scalars({"catch ratio": {"model / teacher, shaded: 95% interval": [
                 "Margin", ["catch_ratio", "catch_ratio_low", "catch_ratio_high"]]}})
         except OSError as e:
             self._stop(e)
+
+    def _new_folder(self) -> None:
+        """self.path: run_name, or the time, made here so that it is this run's alone. Two runs in one
+        second get one folder each, processes too (a sweep's jobs started together): a folder seen
+        free, then made by the writer, could be another's as well, and TensorBoard drew both runs'
+        points as one run's."""
+        self.path = self.log_dir / (self.run_name or time.strftime("%Y%m%d-%H%M%S"))
+        if self.run_name is not None:
+            return
+        name, k = self.path.name, 1
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                self.path.mkdir()
+                return
+            except FileExistsError:
+                k += 1
+                self.path = self.log_dir / f"{name}-{k}"
 
     def on_epoch_end(self, trainer, epoch, logs):
         if self.writer is None:        # stopped by a write that failed

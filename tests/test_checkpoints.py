@@ -391,6 +391,24 @@ def test_tensorboard_shows_each_epoch_as_it_ends_under_its_tags(tmp_path):
         logger.on_train_end(run)
 
 
+def test_a_tensorboard_run_never_logs_into_a_folder_another_process_made_in_the_same_second(tmp_path, monkeypatch):
+    """Two jobs of a sweep started together, sharing --log_dir: one looked for its time's folder, found
+    none, and the other made it before this one's writer did; both wrote into it, and TensorBoard drew
+    their points as one run's. The look missing the other's folder (made just after it) stands for that."""
+    import pathlib
+    from predlab import train as T
+    monkeypatch.setattr(T.time, "strftime", lambda *a: "20260101-000000")
+    theirs = tmp_path / "20260101-000000"
+    theirs.mkdir()
+    (theirs / "events.out.tfevents.1.other-host.1.0").write_bytes(b"")
+    monkeypatch.setattr(pathlib.Path, "exists", lambda self: False)
+    logger = TensorBoardLogger(tmp_path)
+    logger.on_train_begin(_Run())
+    logger.on_train_end(None)
+    assert logger.path.name == "20260101-000000-2"
+    assert [p.name for p in theirs.iterdir()] == ["events.out.tfevents.1.other-host.1.0"]
+
+
 def test_a_named_tensorboard_run_logs_into_its_folder_again(tmp_path):
     """TensorBoardLogger(run_name=...) names the run's folder: another run of that name adds to it."""
     for _ in range(2):
