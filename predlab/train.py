@@ -1548,6 +1548,11 @@ def _parse(argv):
             notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                           f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
                           f"checkpoint_epoch_N.pt files carry them", True))
+    # the catch check runs at multiples of --eval_every (and at the last epoch when it picks the best)
+    first = (ck.get("epoch", 0) if tc.resume is not None else 0) + 1
+    if tc.eval_every and tc.select_best_by != "catch_ratio" and -(-first // tc.eval_every) * tc.eval_every > tc.epochs:
+        notes.append((f"note: no epoch from {first} to {tc.epochs} is a multiple of --eval_every {tc.eval_every}, "
+                      f"so this run measures no catch ratio; give --eval_every {tc.epochs} for one at its end", True))
     return tc, mc, wc, schedule, notes
 
 

@@ -1904,6 +1904,26 @@ def test_cli_says_when_dagger_starts_after_the_last_epoch(tmp_path, monkeypatch,
     assert "dagger_start" not in capsys.readouterr().err
 
 
+def test_cli_says_when_no_epoch_runs_a_catch_check(tmp_path, monkeypatch, capsys):
+    """--epochs 4 (the README's fine-tune example) at the default --eval_every 5 measured no catch
+    ratio, without a word: no epoch of the run is a multiple of 5."""
+    from predlab.train import main, parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--epochs", "4"])
+    assert ("note: no epoch from 1 to 4 is a multiple of --eval_every 5, so this run measures no catch ratio; "
+            "give --eval_every 4" in capsys.readouterr().err)
+    for quiet in (["--epochs", "5"], ["--epochs", "4", "--eval_every", "0"], ["--epochs", "4", "--eval_every", "2"],
+                  ["--epochs", "4", "--select_best_by", "catch_ratio"]):   # that checks its last epoch
+        parse_args(quiet)
+        assert "eval_every" not in capsys.readouterr().err, quiet
+    assert main(["--epochs", "2", "--checkpoint_dir", "ck", "--no-dagger", "--eval_every", "0", *TINY_FLAGS]) == 0
+    capsys.readouterr()
+    parse_args(["--epochs", "4", "--resume", "ck/checkpoint_epoch_2.pt", "--eval_every", "5"])
+    assert "no epoch from 3 to 4 is a multiple of --eval_every 5" in capsys.readouterr().err
+    parse_args(["--epochs", "4", "--resume", "ck/checkpoint_epoch_2.pt", "--eval_every", "3"])
+    assert "eval_every" not in capsys.readouterr().err
+
+
 def test_resume_with_other_episodes_for_the_best_starts_the_best_afresh(tmp_path, monkeypatch, capsys):
     """A resume that changes the world (or the validation set's size or seed) kept the best val
     MSE of the old validation set, which the new one's losses could not be compared with: a
