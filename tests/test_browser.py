@@ -238,6 +238,58 @@ def test_page_banner_leaves_the_counts_visible_on_narrow_windows(tmp_path, make_
     assert rows[0]["banner"][1] > 2 * rows[-1]["banner"][1], "the banner should wrap on a phone: the test would prove little"
 
 
+# The page's own loop, frame by frame: from a given state, the model steers (as the page's animation
+# does) for `frames` frames; each frame's action, predator position and live boids.
+CLOSED_LOOP_PROBE = """<!DOCTYPE html><html><body><pre id="out"></pre><script>
+var f = document.createElement("iframe");
+f.onload = function () {
+  var p = f.contentWindow.predlab, out = [];
+  p.setMode("model");
+  p.setState(%s);
+  for (var i = 0; i < %d; i++) {
+    p.step(1);
+    var s = p.getState();
+    out.push({action: p.lastAction, predPos: s.predPos, alive: s.alive});
+  }
+  document.getElementById("out").textContent = JSON.stringify(out);
+};
+f.src = "/?test=1";
+document.body.appendChild(f);
+</script></body></html>"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("weights", ["pursuit", "random"])
+def test_page_closed_loop_follows_pytorch(tmp_path, make_model, weights):
+    """The page as it runs (its frame(): observe, the model steers, step) from one state for 150 frames,
+    against predlab.sim driven by the same model.js in float64 PyTorch: the actions, the predator and the
+    catches agree frame by frame (rounding differences grow to ~1e-9 by then, see test_js_engine)."""
+    from predlab.evaluate import ModelPolicy
+    model = pursuit_model() if weights == "pursuit" else make_model(11)
+    path = write_weights(model, tmp_path / "model.js")
+    frames = 150
+    world = World.random(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64, n_boids=50,
+                         width=1000, height=700)
+    st = world.state_dict()
+    state = {"width": 1000, "height": 700, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
+             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
+             "predVel": st["pred_vel"][0].tolist()}
+    rows, _ = _dump(path, {"loop.html": CLOSED_LOOP_PROBE % (json.dumps(state), frames)}, "loop.html", "out")
+    assert len(rows) == frames
+    policy = ModelPolicy(read_weights(path).double())
+    caught = 0
+    for f, row in enumerate(rows):
+        action = policy(world.observe())
+        caught += int(world.step(action)[0])
+        err = (torch.tensor(row["action"], dtype=torch.float64) - action[0]).abs().max().item()
+        assert err <= 1e-6, f"frame {f}: the page's action differs from PyTorch's by {err:.3g}"
+        err = (torch.tensor(row["predPos"], dtype=torch.float64) - world.pred_pos[0]).abs().max().item()
+        assert err <= 1e-6, f"frame {f}: the predator is {err:.3g} px from PyTorch's"
+        assert row["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+    if weights == "pursuit":
+        assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"
+
+
 # ---------------------------------------------------------------------- the server and its CLI
 def test_serve_routes(tmp_path, make_model):
     path = write_weights(make_model(0), tmp_path / "model.js")

@@ -256,3 +256,52 @@ def test_runner_reads_a_model_js_by_its_byte_order_mark(tmp_path, make_model, ma
         out = torch.tensor(json.loads(node(JS / "run_node.js", tmp_path / name, tmp_path / "in.json")),
                            dtype=torch.float64)
         assert (out - torch_float64(read_weights(tmp_path / name), inputs)).abs().max().item() <= 1e-6
+
+
+# ---------------------------------------------------------------------- closed loop
+def _closed_loop_case(width, height, n_boids, seed):
+    g = torch.Generator().manual_seed(seed)
+    return World.random(1, generator=g, dtype=torch.float64, n_boids=n_boids, width=width, height=height)
+
+
+@pytest.mark.parametrize("weights, width, height, n_boids, seed, frames, catches", [
+    ("pursuit", 1000, 700, 50, 0, 200, True),    # the page's flock, hunted: boids die and the inputs shrink
+    ("random", 1000, 700, 50, 3, 200, False),
+    ("pursuit", 320, 320, 20, 0, 300, True),     # the smallest canvas of training: wraps all the time
+    ("pursuit", 3840, 2160, 1, 0, 300, False),   # the largest, one boid
+    ("pursuit", 640, 480, 200, 0, 50, False),    # a flock beyond the page's (the engine grows its buffers)
+])
+def test_world_js_driven_by_the_engine_follows_predlab_driven_by_pytorch(tmp_path, make_model, weights, width,
+                                                                         height, n_boids, seed, frames, catches):
+    """The page's loop (world.js observes, the engine steers through World.modelAction, world.js steps)
+    against predlab's (sim.World driven by the exported model in float64 PyTorch, as evaluate runs it),
+    frame by frame: a difference in either world, in the inputs the page builds or in the engine shows
+    here as it would on the page. The flock is chaotic: rounding differences of 1e-16 (sums in another
+    order) grow about 10x every 10 frames at 200 boids and every 50 at 50 boids, so each case stops
+    well before they could reach 1e-6 (2026-12-02: at most 4.6e-9 in these cases)."""
+    from predlab.evaluate import ModelPolicy
+    from test_browser import pursuit_model
+    model = pursuit_model() if weights == "pursuit" else make_model(11)
+    path = write_weights(model, tmp_path / "model.js")
+    world = _closed_loop_case(width, height, n_boids, seed)
+    st = world.state_dict()
+    state = {"width": width, "height": height, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
+             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
+             "predVel": st["pred_vel"][0].tolist()}
+    (tmp_path / "case.json").write_text(json.dumps({"state": state, "frames": frames}))
+    js = json.loads(node(JS / "run_world_node.js", tmp_path / "case.json", path))["frames"]
+    assert len(js) == frames
+    policy = ModelPolicy(read_weights(path).double())
+    caught = 0
+    for f, fr in enumerate(js):
+        action = policy(world.observe())
+        caught += int(world.step(action)[0])
+        err = (torch.tensor(fr["action"], dtype=torch.float64) - action[0]).abs().max().item()
+        assert err <= 1e-6, f"frame {f}: the page's action differs from PyTorch's by {err:.3g}"
+        s = fr["state"]
+        for key, ref in (("predPos", world.pred_pos[0]), ("predVel", world.pred_vel[0]), ("pos", world.pos[0])):
+            err = (torch.tensor(s[key], dtype=torch.float64) - ref).abs().max().item()
+            assert err <= 1e-6, f"frame {f}: {key} differs by {err:.3g}"
+        assert s["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+    if catches:
+        assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"

@@ -224,6 +224,15 @@
     return k;
   };
 
+  // The model's action [x, y] for this frame: engine (transformer.js's Engine) on observe()'s inputs,
+  // after observeFlat() returned n > 0 (the browser never runs the model without a boid). The page
+  // steers through this, so the Node tests that compare it with PyTorch check the page's own inputs.
+  World.prototype.modelAction = function (engine, n) {
+    var D = C.MAX_DISTANCE, V = C.VELOCITY_SCALE;
+    return engine.forwardFlat(this.width / D, this.height / D, clamp1(this.predVX / V), clamp1(this.predVY / V),
+      this.obs, n);
+  };
+
   // The teacher (SPEC.md section 5): unit vector toward the nearest boid; [0, 0] with none or
   // one within 0.001. Takes flat boids [relX, relY, velX, velY] x n.
   function closestPursuitFlat(boids, n) {
