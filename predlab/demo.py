@@ -88,9 +88,13 @@ _MODULE_STATEMENT = re.compile(r"(?:^|[;}])[ \t]*((?:export\b\s*(?:(?:default|co
                                r"|import\b\s*(?:[{*\"']|[\w$]+\s*(?:,|from\b)))[^\n;]*)", re.M)
 
 
+UNCHECKED = "unchecked: "
+
+
 def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
-    a model.js at all (plain JSON, which the page cannot load as a script)."""
+    a model.js at all (plain JSON, which the page cannot load as a script); UNCHECKED + why, for a
+    script that sets the weights in a way predlab cannot read (the page may well run it)."""
     from .config import BROWSER_SIZES
     from .export import (SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, script_text,
                          strip_comments)
@@ -113,11 +117,23 @@ def _page_problem(model: Path) -> Optional[str]:
         statement = statement if len(statement) <= 60 else statement[:57] + "..."
         return (f"its `{statement}` at line {line} is ES module syntax, a syntax error in the plain "
                 "<script> that loads model.js, so none of the file runs (remove that line)")
-    if not re.match(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL})\s*=", text):
+    assignment = re.match(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL})\s*=\s*", text)
+    if not assignment:
+        sets = (m for m in re.finditer(rf"(?<![\w$.])(?:{SETS_PAGE_GLOBAL})\s*=(?!=)", code)
+                if not re.search(r"\b(?:let|const)\s+$", code[max(0, m.start() - 12):m.start()]))
+        if next(sets, None):       # in a function, after other code: the page may see it, predlab cannot tell
+            return (UNCHECKED + "it sets window.TRANSFORMER_PARAMS after other code (a function wrapped around "
+                    "it, say), and predlab reads only a file that opens with `window.TRANSFORMER_PARAMS = {...}`")
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
     if re.match(rf"{USE_STRICT}TRANSFORMER_PARAMS", text) and re.match(r"""["']use strict""", text):
         return ('its "use strict" makes the bare `TRANSFORMER_PARAMS = ...` an error in the browser '
                 "(write `window.TRANSFORMER_PARAMS = ...`)")
+    # Object.freeze({...}) or a variable: code predlab does not run (an object, or nothing, is read below)
+    if re.compile(r"[A-Za-z_$(]").match(text, assignment.end()):
+        value = text[assignment.end():].split("\n", 1)[0].strip()
+        value = value if len(value) <= 40 else value[:37] + "..."
+        return (UNCHECKED + f"it sets window.TRANSFORMER_PARAMS to `{value}`, code that predlab does not run "
+                "(it reads an object written out: `window.TRANSFORMER_PARAMS = {...}`)")
     try:
         params = read_params(model)
     except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
@@ -172,7 +188,10 @@ def _main(argv) -> int:
     if problem and problem.startswith("error: "):
         print(problem, file=sys.stderr)
         return 2
-    if problem:   # the page shows its own banner, but say it here too
+    if problem and problem.startswith(UNCHECKED):
+        print(f"warning: predlab cannot check that the page runs {model}: {problem[len(UNCHECKED):]}. "
+              "If the page refuses it, it says so in a red banner and runs the teacher", file=sys.stderr)
+    elif problem:   # the page shows its own banner, but say it here too
         print(f"warning: the page will refuse {model} and run the teacher instead: {problem}", file=sys.stderr)
     try:
         server, url = serve(model, args.port, quiet=False)

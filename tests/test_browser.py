@@ -547,6 +547,49 @@ def test_demo_cli_warns_before_serving_weights_the_page_refuses(tmp_path, make_m
     assert "warning" not in capsys.readouterr().err
 
 
+# model.js files that set the weights through code predlab does not run; the page runs each of them
+SET_BY_CODE = {
+    "in a function": "(function () {\n  window.TRANSFORMER_PARAMS = %s;\n})();\n",
+    "after a variable": "var weights = %s;\nwindow.TRANSFORMER_PARAMS = weights;\n",
+    "frozen": "/* weights */\nwindow.TRANSFORMER_PARAMS = Object.freeze(%s);\n",
+}
+
+
+def _set_by_code(model, tmp_path, form) -> Path:
+    text = write_weights(model, tmp_path / "exported.js").read_text()
+    obj = text.split("TRANSFORMER_PARAMS = ", 1)[1].rstrip().rstrip(";")
+    path = tmp_path / "model.js"
+    path.write_text(SET_BY_CODE[form] % obj)
+    return path
+
+
+@pytest.mark.parametrize("form", SET_BY_CODE)
+def test_demo_cli_does_not_say_the_page_refuses_weights_set_by_code_it_cannot_read(tmp_path, make_model, demo_cli,
+                                                                                   capsys, form):
+    """A hand-made model.js that wraps its assignment in a function, or assigns a variable or a frozen
+    object, runs on the page (next test), but the command warned "the page will refuse it and run the
+    teacher": predlab's reader cannot read it, and it took that for the page's verdict."""
+    path = _set_by_code(make_model(0), tmp_path, form)
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert "will refuse" not in err, err
+    assert f"warning: predlab cannot check that the page runs {path}" in err, err
+    let = tmp_path / "let.js"
+    let.write_text(path.read_text().replace("window.TRANSFORMER_PARAMS =", "let TRANSFORMER_PARAMS =", 1))
+    assert demo_cli.main([str(let), "--port", "0", "--no-browser"]) == 0
+    assert "page will refuse" in capsys.readouterr().err      # `let` sets no global: the page refuses it
+    let.write_text("window.TRANSFORMER_PARAMS = \n")         # nor does a script cut short after its `=`
+    assert demo_cli.main([str(let), "--port", "0", "--no-browser"]) == 0
+    assert "page will refuse" in capsys.readouterr().err
+
+
+@needs_chromium
+@pytest.mark.parametrize("form", SET_BY_CODE)
+def test_page_runs_weights_set_by_code(tmp_path, make_model, form):
+    res, _ = run_page(_set_by_code(make_model(0), tmp_path, form), frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+
+
 def test_demo_cli_names_a_dangling_link_and_a_checkpoint_under_a_js_name(tmp_path, make_model, demo_cli, capsys):
     """A link to a deleted model.js is named as such (not "train and export one first"), and a
     checkpoint saved as x.js is found to be a checkpoint (it was served, and the page ran the teacher)."""
