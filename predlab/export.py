@@ -32,9 +32,10 @@ from .config import BROWSER_SIZES, FLOAT32_MAX, FlagParser
 from .model import TOKEN_TYPES, TransformerPredator, check_has_weights
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
-# The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not)
-SETS_PAGE_GLOBAL = (r"(?:window\.|globalThis\.|self\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
-                    r"""|(?:window|globalThis|self)\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\]""")
+# The assignments that set window.TRANSFORMER_PARAMS, which the page reads (`let` and `const` do not). A
+# script's top-level `this` is window too, strict or not
+SETS_PAGE_GLOBAL = (r"(?:window\.|globalThis\.|self\.|this\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
+                    r"""|(?:window|globalThis|self|this)\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\]""")
 # A script's "use strict" directive, which may stand before the assignment
 USE_STRICT = r"""(?:(?:"use strict"|'use strict')\s*;?\s*)?"""
 # How a model.js assigns its weights: let and const too, which predlab reads (the demo refuses them: the page

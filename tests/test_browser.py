@@ -352,6 +352,8 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     this = tmp_path / "globalthis.js"
     this.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "globalThis.TRANSFORMER_PARAMS"))
     assert _page_problem(this) is None and read_weights(this).config == model.config
+    this.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", "this.TRANSFORMER_PARAMS"))   # top-level
+    assert _page_problem(this) is None and read_weights(this).config == model.config    # `this` is window
     strict = tmp_path / "strict.js"       # the page runs a "use strict" script that sets window's property...
     strict.write_text('"use strict";\n' + js.read_text().replace("window.TRANSFORMER_PARAMS", "window['TRANSFORMER_PARAMS']"))
     assert _page_problem(strict) is None and read_weights(strict).config == model.config

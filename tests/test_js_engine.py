@@ -229,7 +229,7 @@ def test_world_js_teacher_equals_closest_pursuit(tmp_path):
 
 
 @pytest.mark.parametrize("assignment", ["self.TRANSFORMER_PARAMS = ", "self['TRANSFORMER_PARAMS'] = ",
-                                        "var TRANSFORMER_PARAMS = "])
+                                        "var TRANSFORMER_PARAMS = ", "this.TRANSFORMER_PARAMS = "])
 def test_runner_reads_a_model_js_setting_its_weights_on_self(tmp_path, make_model, make_samples, assignment):
     """A page's script sees window as self too, and predlab reads such a model.js, but the Node runner
     (behind viz.js_parity) had no self: "ReferenceError: self is not defined"."""
