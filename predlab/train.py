@@ -475,14 +475,22 @@ class Checkpointer(Callback):
 
     def on_train_end(self, trainer):
         # stopped early (between epochs, so the state is that of a whole epoch): a checkpoint of
-        # the last epoch, so that the run can be resumed where it stopped. A Ctrl-C inside an
-        # epoch leaves the saved ones alone (train() has undone that epoch).
+        # the last epoch, so that the run can be resumed where it stopped. So too after a Ctrl-C, a
+        # SIGTERM or a diverged epoch (train() has undone the epoch under way) once this call has
+        # finished an epoch: a run stopped by a scheduler lost up to save_every - 1 epochs. Not
+        # after a failed write (a full disk would fail this one too).
         try:
             path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
             # one there of an earlier run (the epochs after the one a resumed run began at) is replaced
-            if trainer.stop_training and trainer.epoch > 0 and (not path.exists() or self.is_earlier_runs(path)):
-                self.make_room()
-                self._save_epoch(trainer, trainer.epoch)
+            fresh = not path.exists() or self.is_earlier_runs(path)
+            cut = (isinstance(getattr(trainer, "ended_by", None), (KeyboardInterrupt, TrainingDiverged))
+                   and trainer.epoch > getattr(trainer, "train_begin_epoch", trainer.epoch))
+            if (trainer.stop_training and trainer.epoch > 0 or cut) and fresh:
+                with deferred_interrupt():     # a second Ctrl-C takes effect once the file is whole
+                    self.make_room()
+                    self._save_epoch(trainer, trainer.epoch)
+                if cut:
+                    print(f"saved {path} (the last whole epoch): --resume it to go on", flush=True)
         finally:
             if not self._pending:
                 # every run file in the folder is this run's now (its own, and those kept from the run
@@ -1017,6 +1025,7 @@ class SupervisedTrainer:
                          EarlyStopping(early_stopping_patience)]
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
+        self.train_begin_epoch, self.ended_by = self.epoch, None   # what callbacks' on_train_end may ask
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
             for cb in callbacks:
@@ -1026,9 +1035,10 @@ class SupervisedTrainer:
                 start = self._epoch_start()
                 try:
                     self._one_epoch(callbacks)
-                except BaseException:      # Ctrl-C, divergence, a full disk: back to where the last epoch ended
+                except BaseException as e:      # Ctrl-C, divergence, a full disk: back to where the last epoch ended
                     with deferred_interrupt():     # a second Ctrl-C would leave it half put back
                         self._undo_epoch(start)
+                    self.ended_by = e
                     raise
         finally:
             # every callback begun ends, even after one failed: a Checkpointer's failing last save left a

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ctrl_c_in_epoch
 from predlab.config import WorldConfig
@@ -386,7 +387,8 @@ def test_ctrl_c_just_after_the_first_epochs_best_model_was_saved_still_exports_i
 def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_runs_best(
         tmp_path, monkeypatch, capsys, model):
     """The folder's best_model.pt is an earlier run's until this run first writes: exporting it
-    would pass another run's model off as this one's."""
+    would pass another run's model off as this one's. Here this run's first write is the
+    checkpoint of epoch 1, saved at the Ctrl-C in epoch 2: the earlier best moves to previous/."""
     from conftest import save_model_file
     from predlab import train
     monkeypatch.chdir(tmp_path)
@@ -396,9 +398,34 @@ def test_an_interrupted_run_without_a_best_of_its_own_never_exports_an_earlier_r
              "--eval_every", "5"]
     assert train.main(flags) == 130
     err = capsys.readouterr().err
-    assert "no best_model.pt was written before the interrupt, so no model.js (the earlier run's files" in err
-    assert (tmp_path / "checkpoints" / "best_model.pt").read_bytes() == earlier
+    assert "no best_model.pt was written before the interrupt, so no model.js" in err
+    assert not (tmp_path / "checkpoints" / "best_model.pt").exists()
+    assert [p.read_bytes() for p in (tmp_path / "checkpoints" / "previous").glob("*/best_model.pt")] == [earlier]
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_1.pt").is_file()
     assert not (tmp_path / "checkpoints" / "model.js").exists()
+
+
+@pytest.mark.parametrize("save_every, dagger", [(5, "--no-dagger"), (2, "--dagger")])
+def test_a_run_stopped_by_ctrl_c_or_sigterm_keeps_its_last_whole_epoch(tmp_path, monkeypatch, capsys, save_every,
+                                                                        dagger):
+    """A Ctrl-C or a scheduler's SIGTERM in epoch 4 left checkpoint_epoch_N.pt files of the
+    --save_every epochs only: at the default 5, the resume started again from nothing (or lost up
+    to 4 epochs). The last whole epoch is saved, and its resume goes on as the uninterrupted run."""
+    from predlab import checkpoint as ck
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    flags = ["--epochs", "5", *TINY_FLAGS, dagger, "--dagger_start", "2", "--eval_every", "0",
+             "--save_every", str(save_every)]
+    assert train.main([*flags, "--checkpoint_dir", "whole"]) == 0
+    with monkeypatch.context() as m:
+        ctrl_c_in_epoch(m, 4)
+        assert train.main([*flags, "--checkpoint_dir", "cut"]) == 130
+    out = capsys.readouterr().out
+    assert f"saved {Path('cut') / 'checkpoint_epoch_3.pt'} (the last whole epoch): --resume it to go on" in out
+    assert ck.load_checkpoint_dict("cut/checkpoint_epoch_3.pt")["epoch"] == 3
+    assert train.main(["--resume", "cut/checkpoint_epoch_3.pt"]) == 0
+    a, b = (ck.load_checkpoint_dict(f"{d}/checkpoint_epoch_5.pt")["model"] for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_finished_run_that_found_no_best_model_exits_1_and_says_why(tmp_path, monkeypatch, capsys):
