@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import sys
 from typing import Callable, Dict, Mapping, Optional
 
 import ipywidgets as W
@@ -279,6 +280,38 @@ def train_kwargs(learning_rate: float, batch_size: int, epochs: int, train_episo
     kw = dict(learning_rate=float(learning_rate), batch_size=int(batch_size), train_episodes=int(train_episodes),
               val_episodes=int(val_episodes), model_config=mc, **extra)
     return {"trainer": kw, "epochs": int(epochs)}
+
+
+def train_epochs(controls: Controls, trainer) -> int:
+    """What the training cell passes to trainer.train: the epochs control as it is now, with a warning
+    (on stderr, each time) naming every other training control that differs from what the trainer has.
+
+    A learning rate, batch size, episode count or model size moved after the trainer was built
+    does not reach it, and running only the training cell trained with the old values without a
+    word (so did a trainer left from an earlier run when building the new one failed). Epochs do
+    reach it (trainer.train(N) goes on to epoch N), so that slider counts. A model started from a
+    file (init_weights) has the file's sizes: a size control left at its default is not compared.
+    """
+    if not isinstance(controls, Controls):
+        raise TypeError(f"controls must be the Controls of make_train_controls, not {type(controls).__name__}")
+    tc, mc = getattr(trainer, "train_config", None), getattr(getattr(trainer, "model", None), "config", None)
+    if not (isinstance(tc, TrainConfig) and isinstance(mc, ModelConfig)):
+        raise TypeError(f"trainer must be a trainer of predlab.train.create_trainer, not {type(trainer).__name__}")
+    now = controls.values()
+    moved = []
+    for name in TRAIN_CONTROLS:
+        if name == "epochs" or name not in now:
+            continue
+        size = name in ModelConfig.__dataclass_fields__
+        has = getattr(mc if size else tc, name)
+        if size and tc.init_weights is not None and now[name] == getattr(ModelConfig, name):
+            continue
+        if not math.isclose(now[name], has, rel_tol=1e-9):
+            moved.append(f"{name} {now[name]:g} (trainer: {has:g})")
+    if moved:     # printed, not warnings.warn: that says it once, and the cell may run again with them unchanged
+        print("warning: the controls differ from the trainer's settings: " + ", ".join(moved) + "; the trainer "
+              "keeps its own: build it again (a new run) to train with the controls' values", file=sys.stderr)
+    return whole_number("epochs", now["epochs"], 1)
 
 
 # ---------------------------------------------------------------------- 03: attention

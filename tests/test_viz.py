@@ -1145,3 +1145,69 @@ def test_liveplot_draws_no_band_without_bounds():
     lp.on_epoch_end(None, 1, {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0, "catch_ratio": 0.5,
                               "catch_ratio_low": float("nan"), "catch_ratio_high": float("nan")})
     assert "catch_ratio" not in lp.bands and not lp.lines["catch_ratio"].axes.collections
+
+
+def test_the_training_cell_takes_the_epochs_slider_and_names_the_controls_its_trainer_lacks(samples, tmp_path,
+                                                                                           capsys):
+    """02's training cell passed the epochs read when the trainer was built, so a learning rate or model
+    size moved afterwards was trained without, and without a word; a moved epochs slider was ignored too."""
+    from predlab.export import write_weights
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    ctl = widgets.make_train_controls(epochs=3, batch_size=64)
+    trainer = SupervisedTrainer(TransformerPredator(), samples, samples, learning_rate=2e-3, batch_size=64,
+                                device="cpu")
+    assert widgets.train_epochs(ctl, trainer) == 3                     # nothing moved: no warning
+    ctl.set(epochs=7)
+    assert widgets.train_epochs(ctl, trainer) == 7                     # train(7) goes on to epoch 7
+    assert capsys.readouterr().err == ""
+    ctl.set(learning_rate=1e-2, d_model=64)
+    for _ in range(2):                                  # each time the cell runs, not only the first
+        assert widgets.train_epochs(ctl, trainer) == 7
+        assert ("learning_rate 0.01 (trainer: 0.002), d_model 64 (trainer: 48); the trainer keeps its own"
+                in capsys.readouterr().err)
+    with pytest.raises(TypeError, match="trainer must be a trainer of predlab.train.create_trainer"):
+        widgets.train_epochs(ctl, widgets.train_kwargs(**ctl.values()))
+    # a model started from a file has that file's sizes, which the size sliders left at their defaults mean
+    ctl = widgets.make_train_controls(epochs=1, train_episodes=1, val_episodes=1)
+    with pytest.warns(UserWarning, match="stock browser page"):
+        path = write_weights(TransformerPredator(d_model=32, n_heads=2, n_layers=1, ffn_hidden=32), tmp_path / "m.js")
+    from predlab.train import create_trainer
+    tuned = create_trainer(**widgets.train_kwargs(**ctl.values())["trainer"], init_weights=path, device="cpu",
+                           world_config=WorldConfig(frames=5), progress=False, verbose=False)
+    capsys.readouterr()
+    assert tuned.model.config.d_model == 32 and widgets.train_epochs(ctl, tuned) == 1
+    assert capsys.readouterr().err == ""
+
+
+def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, capsys):
+    """Run as it stands in 02, the training cell trains to the epochs slider's value and warns about a
+    slider the trainer does not have (one it was built before, or the trainer of an earlier run)."""
+    import json
+    from pathlib import Path
+
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+
+    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "02_train.ipynb").read_text())
+    code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+    cell = next(s for s in code if "trainer.train(" in s)
+    seen = []
+
+    class Trainer(SupervisedTrainer):
+        def train(self, n):
+            seen.append(n)
+
+    class Data:      # what the cell closes after training
+        generator = type("G", (), {"close": lambda self: None})()
+
+    trainer = Trainer(TransformerPredator(), samples, samples, batch_size=256, device="cpu")
+    trainer.train_dataset = Data()
+    ctl = widgets.make_train_controls(epochs=2)
+    ns = dict(widgets=widgets, controls=ctl, kw=widgets.train_kwargs(**ctl.values()), trainer=trainer,
+              ckpt_dir=Path("checkpoints"))
+    ctl.set(epochs=5, batch_size=128)
+    ns["kw"] = widgets.train_kwargs(**ctl.values())     # as when building the new trainer then failed
+    exec(cell, ns)
+    assert seen == [5] and "batch_size 128 (trainer: 256)" in capsys.readouterr().err
