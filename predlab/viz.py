@@ -656,8 +656,12 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Union[int,
     ax.set_ylabel("px from predator")
     ax.legend(loc="upper right", fontsize=8)
     hd = "mean of heads" if head is None else f"head {head}"
-    ax.set_title(f"layer {layer}, {hd}: {w.sum():.0%} of [CLS] on the {len(w)} boids,\n"
-                 f"at most {w.max(initial=0.0):.1%} on one", fontsize=10)
+    if len(w):
+        on = "the boid" if len(w) == 1 else f"the {len(w)} boids"
+        ax.set_title(f"layer {layer}, {hd}: {w.sum():.0%} of [CLS] on {on},\n"
+                     f"at most {w.max(initial=0.0):.1%} on one", fontsize=10)
+    else:     # every boid caught: "0% of [CLS] on the 0 boids" read as a model that looked nowhere
+        ax.set_title(f"layer {layer}, {hd}:\nno boid left in this frame", fontsize=10)
     fig.tight_layout()
     fig.attention_weights = w
     return fig

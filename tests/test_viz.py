@@ -1211,3 +1211,19 @@ def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, ca
     ns["kw"] = widgets.train_kwargs(**ctl.values())     # as when building the new trainer then failed
     exec(cell, ns)
     assert seen == [5] and "batch_size 128 (trainer: 256)" in capsys.readouterr().err
+
+
+def test_attention_overlay_titles_a_frame_of_one_boid_or_none(make_model, samples):
+    """Dragging the frame slider past the last catch titled the panel "0% of [CLS] on the 0 boids, at most
+    0.0% on one", as if the model had looked nowhere; one boid left read "on the 1 boids"."""
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 3)
+    batch["mask"][0] = False
+    batch["mask"][1] = False
+    batch["mask"][1, 0] = True
+    ctl = widgets.make_attention_controls(model, batch, frame=0)
+    assert ctl.last.axes[0].get_title().endswith("no boid left in this frame")
+    ctl.set(frame=1)
+    assert "of [CLS] on the boid," in ctl.last.axes[0].get_title()
+    n = int(batch["mask"][2].sum())
+    assert f"on the {n} boids," in viz.plot_attention_overlay(model, batch, index=2).axes[0].get_title()
