@@ -619,7 +619,9 @@ def draw_attention(ax, rel_px: np.ndarray, weights: np.ndarray, target: int = -1
 
     norm = Normalize(0.0, vmax if vmax is not None else max(float(np.max(weights, initial=0.0)), 1e-9))
     sc = ax.scatter(rel_px[:, 0], rel_px[:, 1], c=weights, cmap=cmap, norm=norm, s=40, edgecolors="none", zorder=2)
-    ax.scatter([0], [0], marker="^", s=120, c="tab:red", zorder=3, label="predator")
+    # beneath the boids: the target is often within a marker's width of the predator, and on top the
+    # triangle hid the very boid whose colour says whether the model looks at it
+    ax.scatter([0], [0], marker="^", s=120, c="tab:red", zorder=1, label="predator")
     if 0 <= target < len(rel_px):
         ax.scatter(rel_px[target, :1], rel_px[target, 1:2], s=220, facecolors="none", edgecolors="tab:red",
                    linewidths=2, zorder=4, label="teacher's target")
