@@ -40,6 +40,19 @@ def test_quick_mode_and_sizes(monkeypatch):
     assert quick["epochs"] < full["epochs"] and quick["frames"] < full["frames"]
 
 
+def test_quick_runs_catch_check_has_teacher_catches_to_compare_with():
+    """At 4 episodes x 40 frames the teacher caught nothing, so quick runs of 02 and 03 (CI's) printed a
+    warning to raise those sizes, never drew the live plot's catch panel and showed no ratio under 03's
+    text about its interval."""
+    from predlab import evaluate
+
+    S = viz.sizes(quick=True)
+    for world in (WorldConfig(frames=S["data_frames"]), None):      # 02's training world, 03's browser world
+        teacher = evaluate.rollout(evaluate.teacher_policy, episodes=S["eval_episodes"], frames=S["eval_frames"],
+                                   seed=0, world_config=world)
+        assert teacher.catches.sum() > 0
+
+
 def test_paths_point_into_the_repo(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # notebooks run with cwd = notebooks/; the root must not depend on it
     root = viz.repo_root()
