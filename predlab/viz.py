@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import Locator, MaxNLocator
@@ -755,10 +756,17 @@ def plot_agreement(ag: Agreement, figsize=(7.5, 3.4)) -> Figure:
     ax = fig.add_subplot()
     x = np.arange(L)
     ax.bar(x, ag.mean_heads, color="tab:blue", alpha=0.6, label="mean of heads")
+    # each layer's dots within its bar (at 16 heads, 0.12 apart, they reached into the next layer's), and a
+    # colour for each head (tab10 repeats from head 10 on)
+    gap = min(0.12, 0.8 / H)
+    colours = matplotlib.colormaps["tab10" if H <= 10 else "tab20" if H <= 20 else "viridis"]
     for h in range(H):
-        ax.scatter(x + (h - (H - 1) / 2) * 0.12, ag.per_head[:, h], s=18, zorder=3, label=f"head {h}")
+        ax.scatter(x + (h - (H - 1) / 2) * gap, ag.per_head[:, h], s=18, zorder=3, label=f"head {h}",
+                   color=colours(h if H <= 20 else h / (H - 1)))
     ax.axhline(ag.chance, ls="--", c="k", lw=1, label=f"chance ({ag.chance:.2f})")
-    ax.set(xticks=x, xticklabels=[f"layer {i}" for i in x], ylim=(0, 1.02), ylabel="argmax = teacher's target",
+    # "layer 0".."layer 11" ran into each other: past 6 layers the ticks are numbers under one axis label
+    ax.set(xticks=x, xticklabels=[f"layer {i}" for i in x] if L <= 6 else [str(i) for i in x],
+           xlabel="" if L <= 6 else "layer", ylim=(0, 1.02), ylabel="argmax = teacher's target",
            title=f"[CLS] attention agreement over {ag.samples:,} frames")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))    # beside the axes: never over a dot
     fig.tight_layout()

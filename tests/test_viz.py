@@ -1252,3 +1252,21 @@ def test_attention_overlay_titles_a_frame_of_one_boid_or_none(make_model, sample
     assert "of [CLS] on the boid," in ctl.last.axes[0].get_title()
     n = int(batch["mask"][2].sum())
     assert f"on the {n} boids," in viz.plot_attention_overlay(model, batch, index=2).axes[0].get_title()
+
+
+def test_agreement_plot_keeps_each_layers_heads_apart_at_the_sliders_largest_sizes():
+    """At 16 heads (the notebook's slider allows them) the dots, 0.12 apart, reached into the next layer's
+    bar, heads 0 and 10 shared a colour, and at 12 layers the "layer N" labels ran into each other."""
+    L, H = 12, 16
+    rng = np.random.default_rng(0)
+    ag = viz.Agreement(rng.random((L, H)), rng.random(L), 0.1, 100)
+    fig = viz.plot_agreement(ag)
+    ax = fig.axes[0]
+    dots = ax.collections[:H]
+    for layer in range(L):
+        xs = [d.get_offsets()[layer, 0] for d in dots]
+        assert all(layer - 0.4 <= x <= layer + 0.4 for x in xs)
+    assert len({tuple(d.get_facecolor()[0]) for d in dots}) == H
+    fig.canvas.draw()
+    boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
+    assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
