@@ -327,8 +327,10 @@ def make_attention_controls(model, batch, run_now: bool = True, frame: Optional[
     """Frame, layer and head sliders over a batch of frames; the overlay redraws on each change.
 
     It opens at `frame` (by default the middle one: an episode's first frames have the flock
-    still bunched at its spawn point) and `layer` (the first, where a trained model's [CLS]
-    looks at boids most; the last one's [CLS] mostly reads the other tokens).
+    still bunched at its spawn point) and `layer` (the first, where one head of a trained model
+    follows the teacher's target: `make train`'s model agreed in 0.96 of frames, chance 0.09;
+    the later layers' [CLS] puts more of its attention on boids, 0.83 and 0.86 against 0.25, but
+    spread over them).
     """
     from IPython.display import display
 
