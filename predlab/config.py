@@ -43,9 +43,11 @@ FLOAT32_MAX = 3.4028234663852886e38
 # Seeds go to torch's generators, which take signed 64-bit integers.
 SEED_MAX = 2 ** 63 - 1
 
-# The world's bounds (sim.py's MAX_CANVAS and MAX_BOIDS): beyond 2**24 px float32 positions no
-# longer hold every whole pixel, and a predator at 2 px a frame stood still on a 10**8 px canvas.
-MAX_CANVAS = 2 ** 24
+# The world's bounds (sim.py's MAX_CANVAS and MAX_BOIDS). Browsers draw a canvas of at most 32,767 px
+# a side. float32 positions near 2**16 px are 1/128 px apart: a boid that moved 100 px there was
+# 0.15 px from the float64 world's, where at 2**20 it was 3 px off and at 2**24 25 px (whole pixels
+# only: sub-pixel motion was lost); a predator at 2 px a frame stood still on a 10**8 px canvas.
+MAX_CANVAS = 2 ** 16
 MAX_BOIDS = 10_000
 
 # SPEC.md section 6/7: the sizes the stock browser page accepts.

@@ -18,7 +18,7 @@ from .config import WorldConfig, whole_number, widest_float
 Tensor = torch.Tensor
 MAX_BOIDS = 10_000          # boids in one episode
 MIN_CANVAS = 16             # px, as WorldConfig's width_min / height_min
-MAX_CANVAS = 2 ** 24        # px: float32 positions hold every whole pixel up to here
+MAX_CANVAS = 2 ** 16        # px: float32 positions keep sub-pixel motion up to here (config.MAX_CANVAS)
 
 
 def _given_ints(name: str, given, E: int, lo: int, hi: int) -> Tensor:
@@ -141,7 +141,7 @@ class World:
         """Start E episodes as the browser does (SPEC.md section 3).
 
         Canvas sizes and flock sizes are drawn from cfg's ranges unless given (int or [E]):
-        widths and heights in 16..2**24 px, flocks of 1..10000 boids. All draws come from
+        widths and heights in 16..2**16 px, flocks of 1..10000 boids. All draws come from
         `generator` (a CPU torch.Generator), so a seed fixes the episode. Raises ValueError
         (TypeError for a wrong generator or dtype) naming the argument before drawing anything,
         also when the episodes would not fit in memory.

@@ -397,8 +397,8 @@ def test_step_keeps_dtype_and_returns_catches(dtype):
     (("3",), {}, ValueError, "num_envs must be a whole number"),
     ((True,), {}, ValueError, "num_envs must be a whole number"),
     ((10 ** 9,), {}, ValueError, r"1000000000 episodes would need about .* GiB of memory.*num_envs"),
-    ((2,), {"width": 0}, ValueError, "width must be a whole number between 16 and 16777216, got 0"),
-    ((2,), {"height": -100}, ValueError, "height must be a whole number between 16 and 16777216, got -100"),
+    ((2,), {"width": 0}, ValueError, "width must be a whole number between 16 and 65536, got 0"),
+    ((2,), {"height": -100}, ValueError, "height must be a whole number between 16 and 65536, got -100"),
     ((2,), {"width": math.nan}, ValueError, "width must be a whole number"),
     ((2,), {"width": [400, 2.5]}, ValueError, "width must be a whole number.*float"),
     ((2,), {"n_boids": 2.7}, ValueError, "n_boids must be a whole number"),
@@ -595,3 +595,26 @@ def test_a_frame_on_a_device_without_float64_makes_none(monkeypatch):
     assert seen.calls == []
     narrow = run(start())           # float32 sums: the same flock, to float32 rounding
     assert torch.allclose(narrow.pos, wide.pos, atol=1e-2)
+
+
+def test_a_float32_world_at_the_largest_canvas_moves_as_the_float64_one():
+    """At 2**24 px, float32 positions hold whole pixels only: a boid that moved 100 px in the far
+    corner ended 25 px from the float64 world's (and a predator at 2 px a frame stood still on larger
+    canvases). Canvases are bounded where float32 keeps sub-pixel motion."""
+    from predlab import sim
+    from predlab.teacher import closest_pursuit
+    M = sim.MAX_CANVAS
+    w64 = World.random(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64, n_boids=1, width=M,
+                       height=M)
+    w64.pos[:], w64.pred_pos[:] = M - 37.25, M - 300.5          # where float32 is coarsest
+    w32 = World(*(getattr(w64, k).float() for k in ("pos", "vel")), w64.alive,
+                *(getattr(w64, k).float() for k in ("pred_pos", "pred_vel", "size")), w64.cfg)
+    start = w64.pos.clone()
+    for _ in range(100):
+        obs = w64.observe()
+        action = closest_pursuit(obs["boids"], obs["mask"])
+        w64.step(action)
+        w32.step(action.float())
+    assert (w64.pos - start).norm() > 50                           # the boid did move
+    assert (w32.pos.double() - w64.pos).abs().max() < 0.5
+    assert (w32.pred_pos.double() - w64.pred_pos).abs().max() < 0.5
