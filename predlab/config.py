@@ -126,8 +126,11 @@ class TrainConfig:
     init_weights: Optional[str] = _f(None, "start a new run from the weights in this model.js/.json (the page's, "
                                      "say, to fine-tune it) or checkpoint .pt: the model's sizes are the file's, "
                                      "the optimizer and schedule start afresh")
-    early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off)", min=0)
-    min_delta: float = _f(1e-5, "smallest val-loss drop that counts as an improvement", min=0.0)
+    early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off); with "
+                             "--select_best_by catch_ratio, this many catch evaluations without a higher ratio",
+                             min=0)
+    min_delta: float = _f(1e-5, "smallest val-loss drop (or catch-ratio rise, with --select_best_by catch_ratio) "
+                          "that counts as an improvement", min=0.0)
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs", min=1)
     keep_checkpoints: int = _f(3, "how many checkpoint_epoch_N.pt files to keep", min=1)
     checkpoint_dir: str = _f("checkpoints", "where checkpoints and the exported model.js go")
