@@ -154,3 +154,34 @@ def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
             raise KeyboardInterrupt
         return train_epoch(self, data)
     monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut)
+
+
+def page_state(world) -> dict:
+    """The state of a one-episode float64 sim.World under world.js's names, for the page's runners."""
+    st = world.state_dict()
+    width, height = (int(v) for v in st["size"][0])
+    return {"width": width, "height": height, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
+            "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
+            "predVel": st["pred_vel"][0].tolist()}
+
+
+def follow_page(rows, world, weights) -> int:
+    """Step world with the model of the weights file in float64 PyTorch beside the page's frames: each
+    row holds the page's action, predator position and live boids of a frame (and its predator's
+    velocity and boids' positions where the runner reports them), which must agree with predlab's to
+    1e-6. Returns predlab's catches."""
+    from predlab.evaluate import ModelPolicy
+    from predlab.export import read_weights
+    policy = ModelPolicy(read_weights(weights).double())
+    caught = 0
+    for f, row in enumerate(rows):
+        action = policy(world.observe())
+        caught += int(world.step(action)[0])
+        err = (torch.tensor(row["action"], dtype=torch.float64) - action[0]).abs().max().item()
+        assert err <= 1e-6, f"frame {f}: the page's action differs from PyTorch's by {err:.3g}"
+        for key, ref in (("predPos", world.pred_pos[0]), ("predVel", world.pred_vel[0]), ("pos", world.pos[0])):
+            if key in row:
+                err = (torch.tensor(row[key], dtype=torch.float64) - ref).abs().max().item()
+                assert err <= 1e-6, f"frame {f}: {key} differs from PyTorch's by {err:.3g}"
+        assert row["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+    return caught

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import follow_page, page_state
 from predlab.demo import serve
 from predlab.export import model_to_params, read_weights, write_weights
 from predlab.model import TransformerPredator
@@ -264,28 +265,15 @@ def test_page_closed_loop_follows_pytorch(tmp_path, make_model, weights):
     """The page as it runs (its frame(): observe, the model steers, step) from one state for 150 frames,
     against predlab.sim driven by the same model.js in float64 PyTorch: the actions, the predator and the
     catches agree frame by frame (rounding differences grow to ~1e-9 by then, see test_js_engine)."""
-    from predlab.evaluate import ModelPolicy
     model = pursuit_model() if weights == "pursuit" else make_model(11)
     path = write_weights(model, tmp_path / "model.js")
     frames = 150
     world = World.random(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64, n_boids=50,
                          width=1000, height=700)
-    st = world.state_dict()
-    state = {"width": 1000, "height": 700, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
-             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
-             "predVel": st["pred_vel"][0].tolist()}
-    rows, _ = _dump(path, {"loop.html": CLOSED_LOOP_PROBE % (json.dumps(state), frames)}, "loop.html", "out")
+    probe = CLOSED_LOOP_PROBE % (json.dumps(page_state(world)), frames)
+    rows, _ = _dump(path, {"loop.html": probe}, "loop.html", "out")
     assert len(rows) == frames
-    policy = ModelPolicy(read_weights(path).double())
-    caught = 0
-    for f, row in enumerate(rows):
-        action = policy(world.observe())
-        caught += int(world.step(action)[0])
-        err = (torch.tensor(row["action"], dtype=torch.float64) - action[0]).abs().max().item()
-        assert err <= 1e-6, f"frame {f}: the page's action differs from PyTorch's by {err:.3g}"
-        err = (torch.tensor(row["predPos"], dtype=torch.float64) - world.pred_pos[0]).abs().max().item()
-        assert err <= 1e-6, f"frame {f}: the predator is {err:.3g} px from PyTorch's"
-        assert row["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+    caught = follow_page(rows, world, path)
     if weights == "pursuit":
         assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"
 

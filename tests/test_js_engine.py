@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import follow_page, page_state
 from predlab.data import collate
 from predlab.export import model_to_params, read_weights, write_weights
 from predlab.sim import World
@@ -279,29 +280,13 @@ def test_world_js_driven_by_the_engine_follows_predlab_driven_by_pytorch(tmp_pat
     here as it would on the page. The flock is chaotic: rounding differences of 1e-16 (sums in another
     order) grow about 10x every 10 frames at 200 boids and every 50 at 50 boids, so each case stops
     well before they could reach 1e-6 (2026-12-02: at most 4.6e-9 in these cases)."""
-    from predlab.evaluate import ModelPolicy
     from test_browser import pursuit_model
     model = pursuit_model() if weights == "pursuit" else make_model(11)
     path = write_weights(model, tmp_path / "model.js")
     world = _closed_loop_case(width, height, n_boids, seed)
-    st = world.state_dict()
-    state = {"width": width, "height": height, "pos": st["pos"][0].tolist(), "vel": st["vel"][0].tolist(),
-             "alive": st["alive"][0].tolist(), "predPos": st["pred_pos"][0].tolist(),
-             "predVel": st["pred_vel"][0].tolist()}
-    (tmp_path / "case.json").write_text(json.dumps({"state": state, "frames": frames}))
+    (tmp_path / "case.json").write_text(json.dumps({"state": page_state(world), "frames": frames}))
     js = json.loads(node(JS / "run_world_node.js", tmp_path / "case.json", path))["frames"]
     assert len(js) == frames
-    policy = ModelPolicy(read_weights(path).double())
-    caught = 0
-    for f, fr in enumerate(js):
-        action = policy(world.observe())
-        caught += int(world.step(action)[0])
-        err = (torch.tensor(fr["action"], dtype=torch.float64) - action[0]).abs().max().item()
-        assert err <= 1e-6, f"frame {f}: the page's action differs from PyTorch's by {err:.3g}"
-        s = fr["state"]
-        for key, ref in (("predPos", world.pred_pos[0]), ("predVel", world.pred_vel[0]), ("pos", world.pos[0])):
-            err = (torch.tensor(s[key], dtype=torch.float64) - ref).abs().max().item()
-            assert err <= 1e-6, f"frame {f}: {key} differs by {err:.3g}"
-        assert s["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+    caught = follow_page([{"action": fr["action"], **fr["state"]} for fr in js], world, path)
     if catches:
         assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"
