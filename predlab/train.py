@@ -483,7 +483,8 @@ class Checkpointer(Callback):
             path = self.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
             # one there of an earlier run (the epochs after the one a resumed run began at) is replaced
             fresh = not path.exists() or self.is_earlier_runs(path)
-            cut = (isinstance(getattr(trainer, "ended_by", None), (KeyboardInterrupt, TrainingDiverged))
+            ended_by = getattr(trainer, "ended_by", None)
+            cut = (isinstance(ended_by, type) and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged))
                    and trainer.epoch > getattr(trainer, "train_begin_epoch", trainer.epoch))
             if (trainer.stop_training and trainer.epoch > 0 or cut) and fresh:
                 with deferred_interrupt():     # a second Ctrl-C takes effect once the file is whole
@@ -1038,7 +1039,7 @@ class SupervisedTrainer:
                 except BaseException as e:      # Ctrl-C, divergence, a full disk: back to where the last epoch ended
                     with deferred_interrupt():     # a second Ctrl-C would leave it half put back
                         self._undo_epoch(start)
-                    self.ended_by = e
+                    self.ended_by = type(e)      # the class: the exception would hold its frames' tensors
                     raise
         finally:
             # every callback begun ends, even after one failed: a Checkpointer's failing last save left a

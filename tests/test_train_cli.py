@@ -455,10 +455,15 @@ def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monke
                 self.model.output.weight[0, 0] = float("nan")
         return logs
     monkeypatch.setattr(train.SupervisedTrainer, "train_epoch", diverge_in_epoch_2)
-    assert train.main([*SMALL, "--epochs", "3", "--select_best_by", "catch_ratio", "--eval_every", "5"]) == 1
+    assert train.main([*SMALL, "--epochs", "3", "--select_best_by", "catch_ratio", "--eval_every", "5",
+                       "--save_every", "5"]) == 1
     err = capsys.readouterr().err
     assert "training diverged in epoch 2" in err
     assert "no best_model.pt was written before training diverged, so no model.js" in err
+    # the last whole epoch is saved for a resume at a lower learning rate, without the NaN of epoch 2
+    from predlab import checkpoint as ck
+    state = ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt")
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_a_full_disk_at_the_first_best_model_says_where_the_earlier_runs_files_went(tmp_path, monkeypatch, capsys):
