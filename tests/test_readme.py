@@ -69,3 +69,13 @@ def test_readme_commands_parse_with_their_tools_flags(monkeypatch):
         except SystemExit as e:
             raise AssertionError(f"README: `python -m predlab.{module}{args}` does not parse (exit {e.code})")
         raise AssertionError(f"predlab.{module}.main did not parse its arguments")
+
+
+def test_readme_names_the_fields_create_trainer_warns_of():
+    """The Python API's comment lists the TrainConfig fields that create_trainer takes but leaves to the
+    command line (it warns of them): keep_checkpoints was missing from it."""
+    from predlab.train import CLI_ONLY_FIELDS
+
+    said = re.search(r"create_trainer's ([a-z_, ]+?) are the CLI's", README.read_text())
+    assert said, "the README no longer says which create_trainer arguments are the CLI's"
+    assert set(re.split(r", | and ", said.group(1))) == set(CLI_ONLY_FIELDS)
