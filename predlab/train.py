@@ -305,7 +305,8 @@ def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
 
 
 class Checkpointer(Callback):
-    """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs (keeps `keep`).
+    """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs, at the run's
+    last, and at the last whole epoch of a run stopped early or interrupted (keeps the newest `keep`).
 
     A run never deletes or overwrites another run's files: an earlier run's best_model.pt,
     model.js/.json and checkpoint_epoch_N.pt in the folder move to previous/<time of the
