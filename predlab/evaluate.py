@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=bounded_number(int, 1), default=300, help="frames per episode (default: 300)")
     p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA where there is a GPU, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file")
+    p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file (- for stdout, after the "
+                                                 "table)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar over each rollout's frames (default: where stderr is a terminal)")
     # the world a checkpoint was trained on unless these say otherwise: its training log's catch
@@ -484,7 +485,7 @@ def _main(argv) -> int:
         device = resolve_device(a.device)
     except ValueError as e:
         p.error(str(e))
-    if a.json is not None:       # "" too: refused, not skipped
+    if a.json is not None and a.json != "-":       # "" too: refused, not skipped
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="json")     # never a model.json either
     try:
@@ -527,7 +528,8 @@ def _main(argv) -> int:
     except KeyboardInterrupt as e:       # Ctrl-C, or a SIGTERM
         from .export import stop_words
         word, code = stop_words(e)
-        print(f"\n{word}: no figures" + (f", and {a.json} was not written" if a.json else ""), file=sys.stderr)
+        print(f"\n{word}: no figures" + (f", and {a.json} was not written" if a.json not in (None, "", "-") else ""),
+              file=sys.stderr)
         return code
     res["policy_path"] = str(a.policy)
     res["world_config"] = {k: getattr(world, k) for k in _WORLD_FLAGS}
@@ -541,7 +543,15 @@ def _main(argv) -> int:
         from .export import PIPE_CLOSED, silence_stdout
         silence_stdout()
         code = PIPE_CLOSED
-    if a.json is not None:
+    if a.json == "-" and code == 0:     # as predlab.bench's --json -
+        try:
+            print(json.dumps(_nan_to_none(res), indent=2, allow_nan=False))
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from .export import PIPE_CLOSED, silence_stdout
+            silence_stdout()
+            code = PIPE_CLOSED
+    elif a.json is not None and a.json != "-":
         out = Path(a.json)
         from .export import atomic_write_text
         try:     # after the whole evaluation: a full disk is a line, the table above stays, the old file whole

@@ -111,6 +111,17 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     assert "catches/1k" in r.stdout and "teacher" in r.stdout
 
 
+def test_cli_json_dash_writes_the_figures_to_stdout(tmp_path, capsys, monkeypatch):
+    """--json - wrote a file named "-", where predlab.bench's --json - writes to stdout."""
+    from predlab.evaluate import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["teacher", "--episodes", "4", "--frames", "30", "--json", "-"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "-").exists()
+    res = json.loads(out[out.index("\n{") + 1:])
+    assert "catch_ratio" in res and res["episodes"] == 4
+
+
 @pytest.mark.parametrize("argv, message", [
     (["missing.pt"], "no such file"),
     (["teacher", "--episodes", "0"], "must be >= 1"),
