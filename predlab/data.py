@@ -226,10 +226,22 @@ class SampleSet:
 
     @classmethod
     def cat(cls, parts: Sequence["SampleSet"]) -> "SampleSet":
-        """Concatenate, padding boids to the widest part."""
-        parts = [p for p in parts if len(p)]
+        """Concatenate, padding boids to the widest part; InputError when the parts' dtypes differ.
+
+        torch.cat promoted float32 parts beside a float64 one to float64 without a word, and a cat of
+        empty parts came back float32 whatever theirs were: the set's dtype changed silently."""
+        parts = list(parts)
         if not parts:
             return cls.empty()
+        if not any(len(p) for p in parts):                    # empty, of the first part's dtypes
+            p = parts[0]
+            return cls(p.context[:0], p.predator[:0], p.boids[:0, :0], p.n[:0], p.target[:0])
+        parts = [p for p in parts if len(p)]
+        for k in ("context", "predator", "boids", "target"):
+            kinds = sorted({str(getattr(p, k).dtype) for p in parts})
+            if len(kinds) > 1:
+                raise InputError(f"SampleSet.cat: the parts' {k} have different dtypes ({', '.join(kinds)}); "
+                                 f"convert them to one (the model's, float32 by default)")
         N = max(p.boids.shape[1] for p in parts)
         # a part of that width goes to torch.cat as it is: padded by zero slots, it was one more copy
         boids = [p.boids if p.boids.shape[1] == N else torch.nn.functional.pad(p.boids, (0, 0, 0, N - p.boids.shape[1]))

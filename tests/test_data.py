@@ -588,3 +588,22 @@ def test_episode_workers_are_killed_by_the_exit_clean_up_too():
         if w.exitcode is None:
             w.kill()
             w.join()
+
+
+def test_sampleset_cat_keeps_the_dtype_and_refuses_a_mix():
+    """SampleSet.cat of a float32 set and a float64 one came back float64 (torch.cat promotes) without a
+    word, and a cat of empty float64 sets came back float32: the dtype changed silently either way."""
+    from predlab.data import SampleSet, generate_episodes
+    from predlab.config import WorldConfig
+    f32 = generate_episodes(2, WorldConfig(frames=3), seed=1)
+    f64 = SampleSet(f32.context.double(), f32.predator.double(), f32.boids.double(), f32.n, f32.target.double())
+    with pytest.raises(InputError, match=r"SampleSet.cat: the parts' context have different dtypes "
+                                         r"\(torch.float32, torch.float64\)"):
+        SampleSet.cat([f32, f64])
+    none = f64.select(torch.arange(0))
+    for parts in ([f64, f64], [none, f64], [none, none]):
+        out = SampleSet.cat(parts)
+        assert [t.dtype for t in (out.context, out.predator, out.boids, out.target)] == [F64] * 4
+        assert len(out) == sum(len(p) for p in parts)
+        out.check()
+    assert torch.equal(SampleSet.cat([f32, f32.select(torch.arange(0))]).boids, f32.boids)
