@@ -275,9 +275,14 @@ class SampleSet:
 
     def batch_indices(self, batch_size: int, shuffle: bool = True,
                       generator: Optional[torch.Generator] = None) -> List[Tensor]:
-        """Index batches grouped by boid count (little padding), in random order when shuffling."""
+        """Index batches grouped by boid count (little padding), in random order when shuffling.
+
+        An empty set has no batches (split made it one batch of no rows: a loop over it called
+        the model on nothing and averaged a loss over nothing, NaN)."""
         batch_size = whole_number("batch_size", batch_size, 1)    # torch's split named neither it nor the value
         S = len(self)
+        if S == 0:
+            return []
         order = torch.randperm(S, generator=generator) if shuffle else torch.arange(S)
         # by boid count, random within (int32 keys: the same stable order, sorted 4x faster than int64)
         order = order[torch.sort(self.n[order].to(torch.int32), stable=True).indices]

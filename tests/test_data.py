@@ -607,3 +607,14 @@ def test_sampleset_cat_keeps_the_dtype_and_refuses_a_mix():
         assert len(out) == sum(len(p) for p in parts)
         out.check()
     assert torch.equal(SampleSet.cat([f32, f32.select(torch.arange(0))]).boids, f32.boids)
+
+
+def test_batch_indices_of_an_empty_set_are_no_batches():
+    """An empty set split into one batch of no rows, so a user's loop over batch_indices ran the model on
+    nothing and its mean loss was NaN. One sample is one batch of one row."""
+    from predlab.data import SampleSet
+    one = SampleSet(torch.zeros(1, 2), torch.zeros(1, 2), torch.zeros(1, 3, 4), torch.tensor([3]), torch.zeros(1, 2))
+    for shuffle in (True, False):
+        assert SampleSet.empty().batch_indices(8, shuffle=shuffle) == []
+        assert one.select(torch.arange(0)).batch_indices(8, shuffle=shuffle) == []
+        assert [b.tolist() for b in one.batch_indices(8, shuffle=shuffle)] == [[0]]
