@@ -49,6 +49,16 @@ class TeacherPolicy:
         if not isinstance(boids, Tensor) or not isinstance(mask, Tensor):   # numpy failed deep in torch.sqrt
             raise TypeError(f"the teacher takes a batch of tensors (predlab.data.collate makes one from browser "
                             f"dicts), got boids as {type(boids).__name__} and mask as {type(mask).__name__}")
+        # boids [N, 4] of one sample failed with "tuple index out of range"; a mask [1, N] broadcast
+        # one sample's live boids over the whole batch
+        if boids.dim() != 3 or boids.shape[2] != 4 or tuple(mask.shape) != tuple(boids.shape[:2]):
+            raise ValueError(f"the teacher takes boids [B, N, 4] and mask [B, N], got boids {list(boids.shape)} "
+                             f"and mask {list(mask.shape)} (one sample is a batch of one: boids[None], mask[None])")
+        # a NaN position made the whole sample's action (0, 0), an infinite one hid that boid: a silent
+        # label either way, where SPEC.md's teacher has an answer only for finite inputs
+        rel = boids[..., :2][mask.bool()]
+        if not bool(torch.isfinite(rel).all()):
+            raise ValueError("the teacher's batch has a live boid whose relX or relY is NaN or infinite")
         return closest_pursuit(boids, mask)
 
     def get_normalized_action(self, structured_inputs: Mapping) -> Tensor:

@@ -118,3 +118,31 @@ def test_the_teacher_names_a_batch_of_numpy_arrays():
     with pytest.raises(TypeError, match="the teacher takes a batch of tensors .* got boids as ndarray and mask as "
                                         "ndarray"):
         TeacherPolicy()(batch)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda b, m: (b[0], m[0]), r"boids \[B, N, 4\] and mask \[B, N\], got boids \[3, 4\] and mask \[3\]"),
+    (lambda b, m: (b, m[:1]), r"got boids \[2, 3, 4\] and mask \[1, 3\]"),
+    (lambda b, m: (b[..., :2], m), r"got boids \[2, 3, 2\]"),
+])
+def test_the_teacher_names_a_batch_of_the_wrong_shape(edit, message):
+    """One sample's boids [N, 4] failed with "tuple index out of range", and a mask [1, N] was broadcast
+    over the batch: every sample got the first one's live boids, without an error."""
+    boids, mask = torch.rand(2, 3, 4), torch.tensor([[True, True, True], [True, False, False]])
+    boids, mask = edit(boids, mask)
+    with pytest.raises(ValueError, match=message):
+        TeacherPolicy()({"boids": boids, "mask": mask})
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_the_teacher_refuses_a_live_boid_that_is_not_finite(value):
+    """A NaN relX made the whole sample's action (0, 0) and an infinite one hid that boid: silent labels.
+    A dead boid's slot may hold anything: the teacher never reads it."""
+    boids = torch.tensor([[[0.1, 0.2, 0.0, 0.0], [0.3, 0.1, 0.0, 0.0]]])
+    mask = torch.tensor([[True, True]])
+    bad = boids.clone()
+    bad[0, 0, 0] = value
+    with pytest.raises(ValueError, match="a live boid whose relX or relY is NaN or infinite"):
+        TeacherPolicy()({"boids": bad, "mask": mask})
+    dead = torch.tensor([[False, True]])
+    assert torch.equal(TeacherPolicy()({"boids": bad, "mask": dead}), closest_pursuit(boids, dead))
