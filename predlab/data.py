@@ -366,10 +366,13 @@ def _check_generation(num_episodes, cfg, student, beta) -> tuple:
         raise TypeError(f"student must be a policy (a model or a callable on a batch) or None, "
                         f"not {type(student).__name__}")
     real_number("beta", beta, 0, 1)
-    problem = memory_problem([(f"{num_episodes} episodes x {cfg.frames} frames of up to {cfg.boids_max} boids, "
-                               f"{sample_bytes(cfg.boids_max)} bytes a sample",
-                               num_episodes * cfg.frames * sample_bytes(cfg.boids_max))],
-                             f"the samples of {num_episodes} episodes")
+    per_episode = cfg.frames * sample_bytes(cfg.boids_max)
+    needs = [(f"{num_episodes} episodes x {cfg.frames} frames of up to {cfg.boids_max} boids, "
+              f"{sample_bytes(cfg.boids_max)} bytes a sample", num_episodes * per_episode)]
+    if num_episodes > CHUNK_EPISODES:       # _join's peak: the joined samples and the chunk being copied
+        needs.append((f"joining the chunks of {CHUNK_EPISODES} episodes, one chunk's samples",
+                      CHUNK_EPISODES * per_episode))
+    problem = memory_problem(needs, f"the samples of {num_episodes} episodes")
     if problem:
         raise ValueError(problem + "; generate fewer episodes (num_episodes) or frames")
     return num_episodes, cfg
@@ -473,7 +476,9 @@ class _Rows:
     """Growing numpy storage for a chunk's samples, written in place by the fastsim kernels.
 
     Grows and finally shrinks with ndarray.resize (realloc: the rows written stay put and are
-    not copied). Nothing else may hold a view of the arrays meanwhile.
+    not copied). Nothing else may hold a view of the arrays meanwhile. resize zero-fills the rows
+    it adds, so growing by doubling held up to twice a chunk's samples: a chunk's rows are made
+    at full size once instead (np.empty; rows the kernels never write take no memory).
     """
 
     def __init__(self, capacity: int, N: int, dtype):
@@ -515,7 +520,7 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
     live = world.n_alive.numpy().astype(np.int64)
     snap = fastsim.scratch(E, N, dtype)
     zeros = np.zeros((E, 2), dtype)
-    out = _Rows(E * min(cfg.frames, 64), N, dtype)
+    out = _Rows(E * cfg.frames, N, dtype)        # never grown: see _Rows
     if use_student:
         student_rows = by_student.numpy()
         obs_rows = _Rows(E, N, dtype)                            # one frame, every episode
@@ -732,6 +737,7 @@ class EpisodeGenerator:
                                 raise
                     parts.append(part)
                     bar.update(num)
+                del part
             else:
                 for (_, num), s in zip(chunks, seeds):
                     # the bar moves with the chunk's frames: a chunk of 512 episodes that the student drives
@@ -746,7 +752,7 @@ class EpisodeGenerator:
         finally:
             bar.close()
         # one chunk (up to CHUNK_EPISODES episodes) is the set itself: a copy of it doubled the peak
-        return parts[0] if len(parts) == 1 else SampleSet.cat(parts)
+        return _join(parts)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -765,6 +771,29 @@ class EpisodeGenerator:
             self.close()
         except Exception:
             pass
+
+
+def _join(parts: List[SampleSet]) -> SampleSet:
+    """SampleSet.cat of a generation's chunks that lets each chunk go once copied (parts is emptied).
+
+    SampleSet.cat held every chunk and the joined set at once, twice the samples: the memory
+    check before the work counts the samples and one chunk, which is this join's peak."""
+    if len(parts) == 1:
+        return parts.pop()
+    S, N = sum(len(p) for p in parts), max(p.boids.shape[1] for p in parts)
+    p = parts[0]
+    out = SampleSet(p.context.new_empty(S, 2), p.predator.new_empty(S, 2), p.boids.new_empty(S, N, 4),
+                    p.n.new_empty(S), p.target.new_empty(S, 2))
+    r = 0
+    while parts:
+        p = parts.pop(0)
+        k, w = len(p), p.boids.shape[1]
+        for name in ("context", "predator", "n", "target"):
+            getattr(out, name)[r:r + k] = getattr(p, name)
+        out.boids[r:r + k, :w] = p.boids
+        out.boids[r:r + k, w:] = 0
+        r += k
+    return out
 
 
 def generate_episodes(num_episodes: int, cfg: Optional[WorldConfig] = None, seed: int = 0, stream: int = 0,

@@ -618,3 +618,55 @@ def test_batch_indices_of_an_empty_set_are_no_batches():
         assert SampleSet.empty().batch_indices(8, shuffle=shuffle) == []
         assert one.select(torch.arange(0)).batch_indices(8, shuffle=shuffle) == []
         assert [b.tolist() for b in one.batch_indices(8, shuffle=shuffle)] == [[0]]
+
+
+_PEAK = """
+import resource, sys
+from predlab.config import WorldConfig
+from predlab.data import generate_episodes
+if __name__ == "__main__":
+    E, F = int(sys.argv[1]), int(sys.argv[2])
+    cfg = WorldConfig(frames=F, boids_min=50, boids_max=50, width_min=3840, height_min=2160)
+    generate_episodes(2, WorldConfig(frames=2))                   # imports, kernels, allocator pools
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    s = generate_episodes(E, cfg, seed=0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    held = sum(t.numel() * t.element_size() for t in s.state_dict().values())
+    print((peak - base) * 1024, held)
+"""
+
+
+@pytest.mark.parametrize("episodes, frames", [(512, 65), (2048, 40)])
+def test_generation_holds_the_samples_and_one_chunk_at_most(tmp_path, episodes, frames):
+    """Generating held twice its samples at its peak, where the memory check before the work counted them
+    once: a chunk's rows grew by doubling (a 65-frame chunk's storage was zero-filled to 128 frames), and
+    the chunks were joined by SampleSet.cat while every chunk was still held. The peak is now the samples
+    and one chunk (of 512 episodes), and the check counts that."""
+    import subprocess
+    import sys
+    from predlab.config import sample_bytes
+    from predlab.data import CHUNK_EPISODES
+    script = tmp_path / "peak.py"
+    script.write_text(_PEAK)
+    r = subprocess.run([sys.executable, str(script), str(episodes), str(frames)], capture_output=True, text=True,
+                       timeout=150)
+    assert r.returncode == 0, r.stderr[-2000:]
+    grown, held = map(int, r.stdout.split())
+    chunk = CHUNK_EPISODES * frames * sample_bytes(50) if episodes > CHUNK_EPISODES else 0
+    assert 0 < held <= episodes * frames * sample_bytes(50)
+    assert grown <= held + chunk + 16 * 2 ** 20, (grown / 2 ** 20, held / 2 ** 20)
+
+
+def test_the_memory_check_counts_the_join_of_the_chunks(monkeypatch):
+    """Two chunks' samples that fit alone, but not with the copy of one chunk that joining them takes,
+    are refused before any work."""
+    from predlab import config
+    from predlab.config import WorldConfig, sample_bytes
+    from predlab.data import CHUNK_EPISODES, generate_episodes
+    cfg = WorldConfig(frames=5, boids_min=50, boids_max=50)
+    samples = 2 * CHUNK_EPISODES * 5 * sample_bytes(50)
+    monkeypatch.setattr(config, "physical_memory", lambda: samples + 1000)
+    with pytest.raises(ValueError, match=rf"the samples of {2 * CHUNK_EPISODES} episodes would need about .*joining "
+                                         rf"the chunks of {CHUNK_EPISODES} episodes, one chunk's samples"):
+        generate_episodes(2 * CHUNK_EPISODES, cfg)
+    assert len(generate_episodes(CHUNK_EPISODES, cfg)) == CHUNK_EPISODES * 5
