@@ -292,6 +292,7 @@ class SampleSet:
         return batches
 
     def to_device(self, device) -> "SampleSet":
+        """The same samples on `device` (a copy, unless they are there already), dtypes kept."""
         return SampleSet(*(t.to(device) for t in (self.context, self.predator, self.boids, self.n, self.target)))
 
     def state_dict(self) -> Dict[str, Tensor]:
@@ -644,8 +645,10 @@ def usable_cpus() -> int:
 class EpisodeGenerator:
     """Generates episodes in chunks, in this process or in a pool of worker processes.
 
-    The data depends on (seed, stream) only, never on num_workers. Use as a context manager
-    or call close() to stop the workers.
+    The data depends on (seed, stream) only, never on num_workers, for one backend: on a CPU with
+    numba, its kernels (the CLI's and the notebooks' case); on a GPU, or without numba, the torch
+    world, whose episodes part from numba's by rounding (see rollout_chunk). Use as a context
+    manager or call close() to stop the workers.
     """
 
     def __init__(self, cfg: Optional[WorldConfig] = None, seed: int = 0, num_workers: int = 0, device="cpu",
