@@ -548,6 +548,13 @@ class LivePlot(Callback):
         self._append(epoch, logs)
         self.update()
 
+    def show(self, trainer) -> None:
+        """Draw trainer's run so far anew in this cell's output. Running a training cell again clears
+        the plot its last train() drew, and a train() with no epoch left to train draws none: the
+        cell of a finished run was left empty but for train()'s warning."""
+        self.on_train_begin(trainer)
+        self.update()
+
 
 def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
                     frames: Optional[int] = None) -> list:

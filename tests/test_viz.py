@@ -799,6 +799,33 @@ def test_liveplot_shows_a_new_plot_for_each_training_call(monkeypatch):
     assert list(lp.lines["val_loss"].get_xdata()) == [1, 2, 3, 4]
 
 
+def test_liveplot_shows_a_finished_run_again(monkeypatch):
+    """The training cell of a finished run, run again, cleared its plot, and train() (no epoch left)
+    drew none: show() draws the run so far in the cell's output."""
+    import IPython.display
+    shown = []
+
+    class Handle:
+        def update(self, fig):
+            pass
+    monkeypatch.setattr(IPython.display, "display", lambda fig, display_id=False: shown.append(fig) or Handle())
+
+    class Trainer:
+        history, epoch = [], 0
+
+    lp = viz.LivePlot(display=True)
+    tr = Trainer()
+    lp.on_train_begin(tr)
+    for e in (1, 2):
+        logs = {"train_loss": 1.0 / e, "val_loss": 2.0 / e, "samples_per_s": 5.0}
+        lp.on_epoch_end(tr, e, logs)
+        tr.history.append({"epoch": e, **logs})
+        tr.epoch = e
+    lp.show(tr)
+    assert len(shown) == 2 and shown[1] is lp.fig
+    assert list(lp.lines["val_loss"].get_xdata()) == [1, 2] and list(lp.lines["val_loss"].get_ydata()) == [2.0, 1.0]
+
+
 def _notebook_sliders(quick: bool):
     """The sliders of the simulation and training notebooks, opened at that mode's sizes."""
     S = viz.sizes(quick=quick)
@@ -1236,6 +1263,13 @@ def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, ca
     ns["kw"] = widgets.train_kwargs(**ctl.values())     # as when building the new trainer then failed
     exec(cell, ns)
     assert seen == [5] and "batch_size 128 (trainer: 256)" in capsys.readouterr().err
+    shows = []
+    ns["live"] = type("Live", (), {"show": lambda self, t: shows.append(t)})()
+    exec(cell, ns)                                     # the run not yet done: train() draws the plot
+    assert not shows
+    trainer.epoch = 5                                  # done: the cell again draws the run's plot
+    exec(cell, ns)
+    assert shows == [trainer] and seen == [5, 5, 5]
 
 
 def test_attention_overlay_titles_a_frame_of_one_boid_or_none(make_model, samples):
