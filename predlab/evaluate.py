@@ -535,27 +535,22 @@ def _main(argv) -> int:
     res["world_config"] = {k: getattr(world, k) for k in _WORLD_FLAGS}
     res["seconds"] = time.perf_counter() - t0
     code = 0
+    figures = json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n"
     try:
         print(format_table(res))
         print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
+        if a.json == "-":            # as predlab.bench's --json -
+            sys.stdout.write(figures)
         sys.stdout.flush()
     except BrokenPipeError:          # stdout's reader has gone (`| head`): the --json file is written all the same
         from .export import PIPE_CLOSED, silence_stdout
         silence_stdout()
         code = PIPE_CLOSED
-    if a.json == "-" and code == 0:     # as predlab.bench's --json -
-        try:
-            print(json.dumps(_nan_to_none(res), indent=2, allow_nan=False))
-            sys.stdout.flush()
-        except BrokenPipeError:
-            from .export import PIPE_CLOSED, silence_stdout
-            silence_stdout()
-            code = PIPE_CLOSED
-    elif a.json is not None and a.json != "-":
+    if a.json not in (None, "-"):
         out = Path(a.json)
         from .export import atomic_write_text
         try:     # after the whole evaluation: a full disk is a line, the table above stays, the old file whole
-            atomic_write_text(out, json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n")
+            atomic_write_text(out, figures)
         except OSError as e:
             print(f"{p.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
             return 1
