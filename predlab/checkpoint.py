@@ -24,6 +24,8 @@ from .model import TOKEN_TYPES, TransformerPredator
 FORMAT = "predlab-checkpoint"
 MAX_EPOCHS = SEED_MAX - 1     # the next epoch's episodes are the random stream epoch + 2, at most SEED_MAX
 VERSION = 1
+# what the command line's best follows: --select_best_by val_loss, or catch_ratio (the trainer minimises its monitor)
+MONITORS = ("val_loss", "neg_catch_ratio")
 
 
 class CheckpointError(ValueError):
@@ -221,6 +223,28 @@ def _check_training_state(ckpt: Mapping, path) -> None:
              "a list of dicts (one per epoch)")
     if "data_source" in ckpt:
         need("data_source", isinstance(ckpt["data_source"], dict), "a dict")
+
+
+def check_resumable(ckpt: Mapping, path="checkpoint") -> None:
+    """Refuse, naming the field, a checkpoint that a run cannot go on from as the run it continues
+    would have. load_checkpoint_dict accepts it (export and evaluate need only the model), and every
+    checkpoint predlab writes holds these: without them a resume went on silently with a fresh
+    AdamW or a random state it never saved. (A trainer's monitor may be any metric its callbacks
+    log; the command line checks it is one it measures.)"""
+    for key, what in (("optimizer", "a fresh AdamW (its moments at zero)"),
+                      ("scheduler", "the learning-rate schedule of this command, not the run's")):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: no {key!r} state, which every checkpoint predlab writes holds: a resume "
+                                  f"would go on with {what}; resume a checkpoint_epoch_N.pt or best_model.pt of the "
+                                  f"run, or start a new run from its weights with --init_weights")
+    rng = ckpt.get("rng")
+    if not isinstance(rng, dict) or "torch" not in rng:
+        raise CheckpointError(f"{path}: 'rng' holds no 'torch' random-generator state (found "
+                              f"{sorted(rng) if isinstance(rng, dict) else rng!r}): the resumed run could not "
+                              f"draw the dropout masks the run it continues would have")
+    chosen = ckpt.get("train_config", {}).get("select_best_by", "val_loss")
+    if chosen not in ("val_loss", "catch_ratio"):
+        raise CheckpointError(f"{path}: train_config's 'select_best_by' is {chosen!r}, not 'val_loss' or 'catch_ratio'")
 
 
 def check_architecture(model: TransformerPredator, ckpt: Mapping, path="checkpoint") -> None:

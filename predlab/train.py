@@ -1181,6 +1181,7 @@ class SupervisedTrainer:
     def load_checkpoint(self, path: Union[str, Path]) -> Dict:
         """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
         ck = ckpt_io.load_checkpoint_dict(path)
+        ckpt_io.check_resumable(ck, path)
         ckpt_io.check_architecture(self.model, ck, path)
         backup = copy.deepcopy(self.state_dict(include_data=True))   # a state that does not fit is undone
         try:
@@ -1470,8 +1471,14 @@ def _parse(argv):
             p.error(f"--resume: {not_a_file(resume, f'no such checkpoint file: {resume}')}")
         try:
             ck = ckpt_io.load_checkpoint_dict(resume)
+            ckpt_io.check_resumable(ck, resume)
         except (ckpt_io.CheckpointError, FileNotFoundError) as e:
             p.error(f"--resume: {e}")
+        if ck.get("monitor", "val_loss") not in ckpt_io.MONITORS and "select_best_by" not in given:
+            # it went on "by val_loss from now on", as if --select_best_by had been given, its best started afresh
+            p.error(f"--resume: {resume}: 'monitor' is {ck['monitor']!r}, not a metric this command picks the best "
+                    f"by ({' or '.join(map(repr, ckpt_io.MONITORS))}): give --select_best_by val_loss or catch_ratio "
+                    f"to go on with the best chosen by that, from now on")
         _take_sizes(p, "--resume", "the checkpoint", ck["model_config"], ns, given)
         for key, cls in (("train_config", TrainConfig), ("world_config", WorldConfig)):
             # a newer predlab's setting, or an edited one: the run went on without it, in another world say,

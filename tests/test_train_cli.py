@@ -833,3 +833,43 @@ def test_a_resumed_run_takes_the_cpu_split_from_its_own_command_line(tmp_path, m
     assert main(["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]) == 0
     assert ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_2.pt")["train_config"]["cpu_split"] == 0
     assert "cpu_split" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s.pop("optimizer"), "no 'optimizer' state"),
+    (lambda s: s.__setitem__("rng", {}), "'rng' holds no 'torch'"),
+    (lambda s: s.__setitem__("monitor", "train_loss"), "'monitor' is 'train_loss'"),
+    (lambda s: s["train_config"].__setitem__("select_best_by", "loss"), "train_config's 'select_best_by' is 'loss'")])
+def test_resuming_a_checkpoint_without_the_state_a_run_goes_on_with_exits_2_naming_the_field_and_file(
+        tmp_path, monkeypatch, capsys, edit, field):
+    """They were resumed: with a fresh optimizer, another random state, or a best started afresh
+    "by val_loss from now on" as if --select_best_by had been given; now refused before anything is written."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger"]) == 0
+    state = torch.load(tmp_path / "checkpoints" / "checkpoint_epoch_1.pt", weights_only=True)
+    edit(state)
+    torch.save(state, tmp_path / "checkpoints" / "edited.pt")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--epochs", "2", "--resume", "checkpoints/edited.pt"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--resume: checkpoints/edited.pt: {field}" in err and "Traceback" not in err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_checkpoint_whose_best_follows_a_metric_the_command_does_not_measure_resumes_once_one_is_chosen(
+        tmp_path, monkeypatch, library_checkpoint):
+    """A notebook's trainer may pick its best by a metric of its own callbacks; the command line cannot
+    measure it, and goes on by the one --select_best_by names."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["monitor"] = "score"
+    torch.save(state, library_checkpoint)
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", str(library_checkpoint)])
+    tc, *_ = parse_args(["--resume", str(library_checkpoint), "--select_best_by", "val_loss"])
+    assert tc.select_best_by == "val_loss"

@@ -1,5 +1,6 @@
 """SupervisedTrainer on small made-up sample sets: batches, steps, losses shown, best epoch, checks."""
 import math
+import re
 
 import pytest
 import torch
@@ -606,3 +607,23 @@ def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
     assert seen == [(1, "training (epoch 1)", n, n), (1, "validation (epoch 1)", v, v),
                     (2, "training (epoch 2)", n, n), (2, "validation (epoch 2)", v, v)] and n > 1
     assert bar.batches is None and bar.bar.n == 2 and "training (epoch 2)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: s.pop("optimizer"), "no 'optimizer' state"),
+    (lambda s: s.pop("scheduler"), "no 'scheduler' state"),
+    (lambda s: s.__setitem__("rng", {}), "'rng' holds no 'torch'"),
+    (lambda s: s["train_config"].__setitem__("select_best_by", "loss"), "train_config's 'select_best_by' is 'loss'")])
+def test_a_checkpoint_without_the_state_a_resume_needs_is_refused_naming_the_field_and_file(tmp_path, edit, field):
+    """Loaded, these went on silently: with a fresh AdamW, or with the dropout masks of another random
+    state than the run it continues would have drawn."""
+    from predlab.checkpoint import CheckpointError
+    donor = _trainer(dropout=0.1)
+    donor.train(1)
+    state = donor.state_dict()
+    edit(state)
+    torch.save(state, tmp_path / "bad.pt")
+    t = _trainer(dropout=0.1)
+    with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'bad.pt'}: {field}")):
+        t.load_checkpoint(tmp_path / "bad.pt")
+    assert t.epoch == 0 and t.optimizer.state_dict()["state"] == {}
