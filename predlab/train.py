@@ -328,6 +328,7 @@ class Checkpointer(Callback):
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
         self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
         self._restore: List[Tuple[Path, Path]] = []   # this run's files another run moved to previous/
+        self._best_state: Optional[Dict] = None   # best_model.pt of a rewound run, written at its first write
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
@@ -370,7 +371,7 @@ class Checkpointer(Callback):
                 self._pending = self._pending + theirs + exports
                 self._restore = self._moved_away()
             return
-        self._restore = []
+        self._restore, self._best_state = [], None
         self._trainer = trainer
         src = self._resumed_from = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
@@ -382,6 +383,8 @@ class Checkpointer(Callback):
             except (ValueError, FileNotFoundError):
                 best_later = best.is_file()     # unreadable: not this run's to overwrite
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
+            if best_later:
+                self._best_state = self._resumed_best(trainer)
             # the files kept are this run's own: another run's written before this one's first write are not
             self._written.update((p, self._signature(p)) for p in [*self._epoch_files(), best]
                                  if p.is_file() and p not in moving)
@@ -390,6 +393,29 @@ class Checkpointer(Callback):
         # moved when this run first writes: a run that fails before then leaves them where they are
         self._pending = moving
         self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+
+    def _resumed_best(self, trainer) -> Optional[Dict]:
+        """The state to write as best_model.pt in place of a later epoch's, which a rewind to an earlier
+        checkpoint of this folder moves aside, or None: the folder held no best_model.pt of the run
+        going on, and model.js of its last epoch when no epoch since beat the best it resumed with."""
+        if not getattr(trainer, "best_epoch", 0):      # no best yet
+            return None
+        if trainer.best_epoch != trainer.epoch:
+            # the best epoch's weights were in the best_model.pt that later epochs overwrote: the best
+            # starts again from the model resumed, by its epoch's own value
+            last = trainer.history[-1] if trainer.history else {}
+            value = last.get(trainer.monitor) if last.get("epoch") == trainer.epoch else None
+            lost = ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)
+            if not (isinstance(value, (int, float)) and math.isfinite(value)):
+                trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
+                print(f"the best model so far ({lost}) is in no file of this run any more (the epochs after "
+                      f"{trainer.epoch} overwrote it): the best starts afresh", flush=True)
+                return None
+            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = float(value), trainer.epoch, 0
+            print(f"the best model so far ({lost}) is in no file of this run any more (the epochs after "
+                  f"{trainer.epoch} overwrote it): the best starts again from the model resumed "
+                  f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})", flush=True)
+        return copy.deepcopy(trainer.state_dict(include_data=False))   # its tensors are the weights trained on
 
     def _moved_away(self) -> List[Tuple[Path, Path]]:
         """This run's own files that another run moved to previous/ (a rename keeps a file's
@@ -463,6 +489,12 @@ class Checkpointer(Callback):
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                   f"delete what you no longer need)", flush=True)
         self._pending = []
+        best = self.dir / "best_model.pt"
+        if self._best_state is not None and not best.exists():    # the best the resumed run goes on with
+            ckpt_io.atomic_save(self._best_state, best)
+            self._written[best] = self._signature(best)
+            self._saved.add(best)
+        self._best_state = None
         with deferred_interrupt():
             self._bring_back()
 

@@ -873,3 +873,28 @@ def test_a_checkpoint_whose_best_follows_a_metric_the_command_does_not_measure_r
         parse_args(["--resume", str(library_checkpoint)])
     tc, *_ = parse_args(["--resume", str(library_checkpoint), "--select_best_by", "val_loss"])
     assert tc.select_best_by == "val_loss"
+
+
+def test_a_rewind_to_an_earlier_checkpoint_of_the_run_keeps_a_best_model_and_model_js_of_that_run(
+        tmp_path, monkeypatch, capsys):
+    """Resumed from checkpoint_epoch_2.pt in its own folder, after the run had found a better model at
+    epoch 4: that best_model.pt moved aside, and as no epoch since beat epoch 2 the folder was left
+    without one, and model.js of the last epoch, a model worse than the best the run goes on with."""
+    from predlab import checkpoint as ck
+    from predlab.export import read_params, write_weights
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    losses = iter([0.5, 0.4, 0.45, 0.3])
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: next(losses))
+    assert main(["--epochs", "4", *TINY_FLAGS, "--save_every", "2", "--eval_every", "0", "--no-dagger"]) == 0
+    d = tmp_path / "checkpoints"
+    assert ck.load_checkpoint_dict(d / "best_model.pt")["epoch"] == 4
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: 0.6)     # no better than epoch 2
+    assert main(["--resume", "checkpoints/checkpoint_epoch_2.pt"]) == 0
+    best = ck.load_checkpoint_dict(d / "best_model.pt")
+    assert (best["epoch"], best["best_epoch"], best["best_metric"]) == (2, 2, 0.4)
+    resumed = ck.load_model(d / "checkpoint_epoch_2.pt")
+    assert all(torch.equal(best["model"][k], v) for k, v in resumed.state_dict().items())
+    assert read_params(d / "model.js") == read_params(write_weights(resumed, tmp_path / "epoch2.js"))
+    [moved] = d.glob("previous/*/best_model.pt")
+    assert ck.load_checkpoint_dict(moved)["epoch"] == 4

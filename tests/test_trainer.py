@@ -627,3 +627,26 @@ def test_a_checkpoint_without_the_state_a_resume_needs_is_refused_naming_the_fie
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'bad.pt'}: {field}")):
         t.load_checkpoint(tmp_path / "bad.pt")
     assert t.epoch == 0 and t.optimizer.state_dict()["state"] == {}
+
+
+def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_the_model_resumed(tmp_path):
+    """Rewound to epoch 3, whose best (epoch 1) only the best_model.pt that epoch 4 overwrote held: that
+    file moves aside with the later epochs, and the folder had no best_model.pt of the run going on.
+    The best starts again from epoch 3's model, by its own score, and is written as best_model.pt."""
+    from predlab.checkpoint import load_checkpoint_dict
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    first = _trainer(callbacks=[_Scripted([0.5, 0.9, 0.8, 0.3]), Checkpointer(d, save_every=1, keep=5)])
+    first.monitor = "score"
+    first.train(4)
+    t = _trainer(callbacks=[_Scripted([0.5, 0.9, 0.8, 0.85]), Checkpointer(d, save_every=1, keep=5)])
+    t.load_checkpoint(d / "checkpoint_epoch_3.pt")
+    assert (t.monitor, t.best_epoch) == ("score", 1)
+    t.train(4)
+    best = load_checkpoint_dict(d / "best_model.pt")
+    assert (best["epoch"], best["best_epoch"], best["best_metric"]) == (3, 3, 0.8)
+    assert (t.best_epoch, t.best_metric, t.bad_epochs) == (3, 0.8, 1)
+    resumed = load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["model"]
+    assert all(torch.equal(best["model"][k], v) for k, v in resumed.items())
+    [moved] = d.glob("previous/*/best_model.pt")
+    assert load_checkpoint_dict(moved)["epoch"] == 4
