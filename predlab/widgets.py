@@ -41,10 +41,12 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
     """A slider for one config field: default, lower bound and tooltip from its metadata.
 
     `max` is required where the metadata has none (sliders need an upper end); log=True gives
-    a FloatLogSlider (for learning rates); tooltip replaces the field's help where the slider
-    means something narrower (one episode's size, not a range's end). Sliders only fire on
-    release (continuous_update=False); an IntSlider steps from its min, so min is on the grid, and
-    so is the starting value: the step shrinks to the largest that divides value - min.
+    a slider over 1, 2, 3 and 5 times each power of ten from min to max, its ends and starting
+    value included (for learning rates: 3e-4, where tenths of a decade gave 3.16e-4); tooltip
+    replaces the field's help where the slider means something narrower (one episode's size, not
+    a range's end). Sliders only fire on release (continuous_update=False); an IntSlider steps
+    from its min, so min is on the grid, and so is the starting value: the step shrinks to the
+    largest that divides value - min.
     A value outside [min, max] is refused (a slider would silently clamp it), as is log=True
     with a min that is not > 0.
     """
@@ -64,8 +66,10 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
         raise ValueError(f"{cls.__name__}.{name}: a log slider needs min > 0, got min={lo}: pass min=")
     val = _check_value(name, val, lo, hi, whole)
     if log:
-        return W.FloatLogSlider(value=val, base=10, min=math.log10(lo), max=math.log10(hi), step=step or 0.1,
-                                readout_format=".1e", **common)
+        marks = {float(lo), float(hi), float(val)}
+        grid = sorted(marks | {g for g in _round_values(lo, hi)
+                               if not any(math.isclose(g, m, rel_tol=1e-9) for m in marks)})
+        return W.SelectionSlider(options=[(_short(v), v) for v in grid], value=float(val), **common)
     if isinstance(f.default, int) and not isinstance(f.default, bool):
         # a start off the grid min + k * step (a 604 px canvas on the 8 px grid from 320) could not be
         # chosen again once the slider moved: the step shrinks to the largest that holds it (4 there)
@@ -74,19 +78,36 @@ def field_widget(cls, name: str, value=None, max=None, min=None, step=None, desc
     return W.FloatSlider(value=float(val), min=float(lo), max=float(hi), step=step or 0.1, **common)
 
 
+def _round_values(lo: float, hi: float) -> list:
+    """1, 2, 3 and 5 times each power of ten in [lo, hi], as their literals read (3e-4 is 0.0003)."""
+    return [v for k in range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+            for v in (float(f"{m}e{k}") for m in (1, 2, 3, 5)) if lo <= v <= hi]
+
+
+def _short(v: float) -> str:
+    """3e-4, 2.5e-3: a learning rate as people write it."""
+    m, e = f"{v:.6e}".split("e")
+    return f"{float(m):g}e{int(e)}"
+
+
 def _slider_value(name: str, w: W.Widget, v):
-    """v checked against slider w's range (a log slider's ends within rounding) or dropdown w's
-    choices; other widgets check their own."""
+    """v checked against slider w's range and steps (a log slider's marks, within rounding) or
+    dropdown w's choices; other widgets check their own."""
     if isinstance(w, W.Dropdown):   # its own refusal named no control, and came after the controls before it were set
         choices = [o[1] if isinstance(o, tuple) else o for o in w.options]     # options may be (label, value)
         # of the choice's kind too: True == 1 and 1.0 == 1, but neither is head 1
         if not any(v == c and _kind(v) == _kind(c) for c in choices):
             raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {v!r}")
         return v
-    if isinstance(w, W.FloatLogSlider):
-        lo, hi = w.base ** w.min, w.base ** w.max
-        real_number(name, v, lo * (1 - 1e-9), hi * (1 + 1e-9))
-        return v
+    if isinstance(w, W.SelectionSlider):      # field_widget's log=True: a value between its marks could not be
+        grid = [o[1] for o in w.options]      # chosen again once the slider moved
+        real_number(name, v, grid[0] * (1 - 1e-9), grid[-1] * (1 + 1e-9))
+        near = [g for g in grid if math.isclose(v, g, rel_tol=1e-9)]
+        if not near:
+            i = sum(g < v for g in grid)
+            raise ValueError(f"{name} must be one of the slider's values "
+                             f"({' or '.join(_short(g) for g in grid[i - 1:i + 1])} nearby), got {v!r}")
+        return near[0]
     if isinstance(w, (W.IntSlider, W.FloatSlider)):
         v = _check_value(name, v, w.min, w.max, isinstance(w, W.IntSlider))
         # on the slider's grid, min + k * step: a value off it could not be chosen again once the slider moved

@@ -841,9 +841,8 @@ def test_every_notebook_slider_opens_on_a_value_it_can_return_to(quick):
     slider moves (the simulation notebook's 600 px canvas height, on a 16 px grid from 320, was lost)."""
     import ipywidgets as W
     for name, w in _notebook_sliders(quick).items():
-        if isinstance(w, W.FloatLogSlider):      # 10 ** (min + k * step), shown to its readout's digits
-            k = round((math.log10(w.value) - w.min) / w.step)
-            assert f"{w.base ** (w.min + k * w.step):.1e}" == f"{w.value:.1e}", name
+        if isinstance(w, W.SelectionSlider):     # the learning rate's marks
+            assert w.value in [o[1] for o in w.options], name
         else:
             k = (w.value - w.min) / w.step
             assert k == pytest.approx(round(k), abs=1e-6), f"{name}: {w.value} is off the grid {w.min} + k * {w.step}"
@@ -867,6 +866,28 @@ def test_a_log_slider_takes_the_ends_it_was_given():
         assert ctl.values()["learning_rate"] == pytest.approx(v, rel=1e-12)
     with pytest.raises(ValueError, match="learning_rate must be between"):
         ctl.set(learning_rate=3.1e-2)
+
+
+def test_the_learning_rate_slider_offers_the_values_people_use():
+    """On a log slider in tenths of a decade, 3e-4 (the README's fine-tuning rate), 2e-4 or 5e-4 could not be
+    picked: a drag gave 3.16e-4 and the like, which went into the run's config as such."""
+    ctl = widgets.make_train_controls()
+    marks = [v for _, v in ctl.widgets["learning_rate"].options]
+    for v in (1e-5, 2e-5, 3e-5, 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2, 3e-2, 1e-1):
+        assert v in marks
+        ctl.set(learning_rate=v)
+        assert widgets.train_kwargs(**ctl.values())["trainer"]["learning_rate"] == v     # exactly, not 3.16e-4
+    assert marks == sorted(marks) and (marks[0], marks[-1]) == (1e-5, 1e-1)
+    assert ctl.widgets["learning_rate"].value == 1e-1 and ctl.widgets["learning_rate"].label == "1e-1"
+    with pytest.raises(ValueError, match=r"learning_rate must be one of the slider's values \(3e-4 or 5e-4 nearby\), "
+                                         r"got 0.000316"):
+        ctl.set(learning_rate=3.16e-4, epochs=5)            # no move of the slider could choose it again
+    assert ctl.values()["learning_rate"] == 1e-1 and ctl.values()["epochs"] == 30
+    odd = widgets.make_train_controls(learning_rate=2.5e-4)   # a value passed in is one of the marks
+    assert odd.values()["learning_rate"] == 2.5e-4 and odd.widgets["learning_rate"].label == "2.5e-4"
+    odd.set(learning_rate=3e-4)
+    odd.set(learning_rate=2.5e-4)
+    assert odd.values()["learning_rate"] == 2.5e-4
 
 
 def test_a_starting_value_past_a_sliders_usual_end_widens_it():
