@@ -11,6 +11,7 @@ import functools
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -502,6 +503,10 @@ class FlagParser(argparse.ArgumentParser):
     def __init__(self, *args, short_usage: str = "[flags]", **kwargs):
         super().__init__(*args, **kwargs)
         self.short_usage = short_usage
+        # a value after a flag may start with "-" only where argparse reads it as a negative number, by
+        # default -5 or -.5 alone: --learning_rate -1e-3 and --noise -inf were refused as "expected one
+        # argument", as if none was given; read as values, they get the flag's own error (what it accepts)
+        self._negative_number_matcher = re.compile(r"^-(\.?\d|inf|nan)", re.IGNORECASE)
 
     def error(self, message):
         self.exit(2, f"usage: {self.prog} {self.short_usage}   (--help lists them)\n{self.prog}: error: {message}\n")

@@ -176,3 +176,27 @@ def test_a_world_value_past_float32s_range_is_refused_naming_it(field, capsys):
 def test_a_count_is_printed_with_its_noun_in_the_singular_for_one():
     assert [config.plural(n, "episode") for n in (0, 1, 2, 1100)] == ["0 episodes", "1 episode", "2 episodes",
                                                                       "1,100 episodes"]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--learning_rate", "-1e-3", "argument --learning_rate/--learning-rate: must be > 0, got -1e-3"),
+    ("--noise", "-inf", "argument --noise: '-inf' is not a finite number"),
+    ("--weight_decay", "-NaN", "argument --weight_decay/--weight-decay: '-NaN' is not a finite number"),
+    ("--epochs", "-1e3", "argument --epochs: '-1e3' is not a whole number"),
+    ("--seed", "-5", "argument --seed: must be >= 0, got -5"),
+])
+def test_a_negative_value_in_exponent_form_or_infinite_gets_its_flags_own_error(flag, value, message, capsys):
+    """argparse reads a value starting with "-" as a flag unless it looks like -5 or -.5: --learning_rate
+    -1e-3 was refused with "expected one argument", as though no value had been given."""
+    from predlab.train import parse_args
+    with pytest.raises(SystemExit) as e:
+        parse_args([flag, value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.splitlines()[-1] == f"python -m predlab.train: error: {message}"
+
+
+def test_a_word_after_a_flag_that_takes_a_value_is_still_no_value(capsys):
+    from predlab.train import parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--learning_rate", "--epochs", "3"])
+    assert "argument --learning_rate/--learning-rate: expected one argument" in capsys.readouterr().err
