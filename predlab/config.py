@@ -326,7 +326,7 @@ def bounded_number(kind, lo=None, hi=None, positive: bool = False):
 
     def parse(text):
         try:
-            v = kind(text)
+            v = kind(text) if kind is not int else _whole(text)
         except ValueError:
             what = "whole number" if kind is int else "number"
             raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
@@ -341,6 +341,25 @@ def bounded_number(kind, lo=None, hi=None, positive: bool = False):
         return v
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+def _whole(text: str) -> int:
+    """int(text), or a whole number written with an exponent or a point: --train_episodes 1e4 was
+    refused as "'1e4' is not a whole number". Read as a decimal, so 1e23 is 10**23 exactly, not the
+    float nearest it; ValueError for anything else (1e-3, 2.5, nan)."""
+    import decimal
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        d = decimal.Decimal(text.strip())
+    except decimal.InvalidOperation:
+        raise ValueError(text) from None
+    # (past 10**400 it is no count anyone means, and its digits would take a while to write out)
+    if not d.is_finite() or d != d.to_integral_value() or d.adjusted() > 400:
+        raise ValueError(text)
+    return int(d)
 
 
 def config_fields(cls) -> Tuple[dataclasses.Field, ...]:

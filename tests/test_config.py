@@ -150,6 +150,22 @@ def test_a_flag_value_at_the_ends_of_its_range_is_taken():
     assert config.bounded_number(float, 0.0, positive=True)("1e-30") == 1e-30
 
 
+@pytest.mark.parametrize("text, value", [("1e3", 1000), ("2.5E1", 25), ("64.0", 64), ("1e23", 10 ** 23)])
+def test_a_whole_number_written_with_an_exponent_or_a_point_is_taken(text, value):
+    """--train_episodes 1e4 was refused as "'1e4' is not a whole number"; 1e23 is 10**23, not the float
+    nearest it."""
+    assert config.bounded_number(int, 1)(text) == value
+    for bad in ("1e-3", "2.5e0", "nan", "inf", "1e99999"):
+        with pytest.raises(Exception, match=f"^'{bad}' is not a whole number$"):
+            config.bounded_number(int, 1)(bad)
+
+
+def test_the_training_cli_takes_a_count_written_as_1e3():
+    from predlab.train import parse_args
+    tc, _, wc, _ = parse_args(["--epochs", "1e3", "--frames", "2e2", "--eval_every", "0"])
+    assert (tc.epochs, wc.frames) == (1000, 200) and type(tc.epochs) is int
+
+
 def test_a_number_argument_past_floats_range_is_refused_naming_it():
     """DaggerSource(decay=10**400) raised OverflowError "int too large to convert to float"."""
     with pytest.raises(ValueError, match="decay must be a finite number"):
@@ -182,7 +198,7 @@ def test_a_count_is_printed_with_its_noun_in_the_singular_for_one():
     ("--learning_rate", "-1e-3", "argument --learning_rate/--learning-rate: must be > 0, got -1e-3"),
     ("--noise", "-inf", "argument --noise: '-inf' is not a finite number"),
     ("--weight_decay", "-NaN", "argument --weight_decay/--weight-decay: '-NaN' is not a finite number"),
-    ("--epochs", "-1e3", "argument --epochs: '-1e3' is not a whole number"),
+    ("--epochs", "-1e3", "argument --epochs: must be >= 1, got -1e3"),
     ("--seed", "-5", "argument --seed: must be >= 0, got -5"),
 ])
 def test_a_negative_value_in_exponent_form_or_infinite_gets_its_flags_own_error(flag, value, message, capsys):
