@@ -41,7 +41,7 @@ ALIGNMENT_WEIGHT = 1.0
 # weights past it are refused rather than turned into infinity.
 FLOAT32_MAX = 3.4028234663852886e38
 
-# Seeds go to torch's generators, which take signed 64-bit integers.
+# Seeds go to torch's generators, which take signed 64-bit integers (as do its sizes: see batch_size).
 SEED_MAX = 2 ** 63 - 1
 
 # The world's bounds (sim.py's MAX_CANVAS and MAX_BOIDS). Browsers draw a canvas of at most 32,767 px
@@ -110,7 +110,9 @@ class TrainConfig:
     """Optimisation, data volume, logging and checkpointing."""
 
     epochs: int = _f(30, "training epochs", min=1)
-    batch_size: int = _f(256, "samples per optimiser step", min=1)
+    # at most torch's largest size (a signed 64-bit integer): any batch up to it trains, one larger than the
+    # samples taking them all, where 2**63 stopped the run's first epoch with torch.split's OverflowError
+    batch_size: int = _f(256, "samples per optimiser step", min=1, max=SEED_MAX)
     learning_rate: float = _f(2e-3, "peak learning rate (AdamW; linear warm-up, cosine decay)", min=0.0,
                               positive=True)
     weight_decay: float = _f(0.01, "AdamW weight decay", min=0.0)

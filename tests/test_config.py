@@ -216,3 +216,17 @@ def test_a_word_after_a_flag_that_takes_a_value_is_still_no_value(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--learning_rate", "--epochs", "3"])
     assert "argument --learning_rate/--learning-rate: expected one argument" in capsys.readouterr().err
+
+
+def test_a_batch_size_past_torchs_largest_size_is_refused_before_the_run(capsys):
+    """--batch_size 2**63 passed every check (a batch larger than the samples is all of them) and the
+    run's first epoch stopped with a traceback from torch.split: "Overflow when unpacking long long"."""
+    from predlab.train import parse_args
+    tc = parse_args(["--batch_size", str(2 ** 63 - 1), "--frames", "1", "--eval_every", "0"])[0]
+    assert tc.batch_size == 2 ** 63 - 1                     # all the samples in each step
+    with pytest.raises(SystemExit) as e:
+        parse_args(["--batch_size", str(2 ** 63), "--frames", "1"])
+    assert e.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m predlab.train: error: argument --batch_size/--batch-size: must be <= {2 ** 63 - 1}, got {2 ** 63}")
+    with pytest.raises(ValueError, match=f"^batch_size must be <= {2 ** 63 - 1}, got {2 ** 63}$"):
+        TrainConfig(batch_size=2 ** 63).validate()
