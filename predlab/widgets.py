@@ -270,8 +270,10 @@ def make_train_controls(**defaults) -> Controls:
     d.update(defaults)
     for k in ("epochs", "train_episodes", "val_episodes"):      # their slider's end grows to fit them
         whole_number(k, d[k], 1)
+    lr = d["learning_rate"]     # so do the learning rate's (1e-6 to fine-tune, say); not to 0 or below
+    lo, hi = (min(1e-5, lr), max(1e-1, lr)) if isinstance(lr, numbers.Real) and 0 < lr < math.inf else (1e-5, 1e-1)
     return Controls({
-        "learning_rate": field_widget(TrainConfig, "learning_rate", d["learning_rate"], min=1e-5, max=1e-1, log=True,
+        "learning_rate": field_widget(TrainConfig, "learning_rate", lr, min=lo, max=hi, log=True,
                                       description="learning rate"),
         # its end grows to fit a GPU's batch too (the README suggests 4096 and more there)
         "batch_size": field_widget(TrainConfig, "batch_size", d["batch_size"], min=16,

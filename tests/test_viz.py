@@ -890,6 +890,14 @@ def test_the_learning_rate_slider_offers_the_values_people_use():
     assert odd.values()["learning_rate"] == 2.5e-4
 
 
+def test_a_learning_rate_past_the_sliders_usual_ends_widens_it():
+    """make_train_controls(learning_rate=1e-6), a fine-tuning rate the CLI takes, was refused as outside
+    1e-5 .. 0.1, where epochs and episode counts past their slider's end widen it."""
+    for lr, ends in [(1e-6, (1e-6, 1e-1)), (4e-7, (4e-7, 1e-1)), (0.5, (1e-5, 0.5))]:   # past the usual ends
+        marks = [v for _, v in widgets.make_train_controls(learning_rate=lr).widgets["learning_rate"].options]
+        assert (marks[0], marks[-1]) == ends and lr in marks and 3e-4 in marks
+
+
 def test_a_starting_value_past_a_sliders_usual_end_widens_it():
     """frames, epochs and episode counts have no upper bound in their config: a panel opened with
     more than the slider's usual end shows that value, as its end, rather than refusing it."""
