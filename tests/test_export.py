@@ -1043,6 +1043,50 @@ def test_a_hand_written_file_with_unary_plus_numbers_is_read(model, tmp_path):
     assert text_to_params('{"note": "+4", "x": [+1e+3]}') == {"note": "+4", "x": [1000.0]}
 
 
+def javascript_numbers_js(p: dict) -> str:
+    """model.js with numbers as JavaScript, not JSON, writes them: a unary minus set apart (`- 0.5`, also by a
+    line break or a comment), signs in a row (`+-0.5`), hex, binary and octal sizes, numeric separators."""
+    text = params_to_text(p, "js")
+    for key, literal in (("d_model", "0x30"), ("n_heads", "0b100"), ("n_layers", "0O3"), ("ffn_hidden", "9_6")):
+        text = text.replace(f'"{key}":{p[key]},', f'"{key}": {literal},', 1)
+    text = text.replace(",-0.", ", - 0.").replace("[-0.", "[+-0.", 5).replace("[-0.", "[-\n0.", 5)
+    return text.replace("[-0.", "[- /* negative */ 0.", 5)
+
+
+def test_a_hand_written_file_with_javascript_number_forms_is_read(model, tmp_path):
+    """`- 0.5`, 0x30 and 9_6 are numbers to JavaScript, and the page runs such a file; predlab refused it
+    as "not a readable weight file (Expecting value ...)"."""
+    text = javascript_numbers_js(_params(model))
+    assert all(s in text for s in ("d_model\": 0x30,", "9_6", ", - 0.", "[+-0.", "[-\n0.", "[- /* negative */ 0."))
+    path = tmp_path / "model.js"
+    path.write_text(text)
+    back = read_weights(path)
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert text_to_params("{x: [1_000.5e1_0, .5E-1, 5., 0xFF, -0b1_0, - - 2], note: '- 0x10'}") == \
+        {"x": [1000.5e10, 0.05, 5, 255, -2, 2], "note": "- 0x10"}
+
+
+@needs_node
+def test_javascript_number_forms_run_in_node_as_predlab_reads_them(model, samples, tmp_path):
+    path = tmp_path / "model.js"
+    path.write_text(javascript_numbers_js(_params(model)))
+    got = run_node(path, samples, tmp_path)
+    np.testing.assert_allclose(got, read_weights(path).double().predict(samples).numpy(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("number, message", [
+    ("--0.5", r"`--0.5` at line 3 is a syntax error in JavaScript"),
+    ("5n", r"`5n` at line 3 is a BigInt, not a number: the page refuses it; write 5"),
+    ("010", r"`010` at line 3 has a leading zero, which makes JavaScript read it as an octal number"),
+    ("- 08.5", r"`- 08.5` at line 3 has a leading zero")])
+def test_numbers_javascript_refuses_or_reads_otherwise_are_named(number, message):
+    """Refused with the number and its line, not "Expecting ',' delimiter": the page would not run -- or 5n
+    (a syntax error; a BigInt, "not a finite number"), and it reads 010 as 8."""
+    with pytest.raises(WeightFormatError, match=message):
+        text_to_params(f"{{\n  d_model: 48,\n  x: [0.5, {number}],\n}}", "model.js")
+
+
 def test_a_model_js_whose_comment_is_latin1_is_read_as_the_browser_reads_it(model, tmp_path):
     """A hand-written model.js saved by a Windows editor holds "Modèle" as Latin-1. A browser reads
     the stray byte as U+FFFD inside the comment and runs the file; predlab refused it as not UTF-8."""
