@@ -96,8 +96,8 @@ def _page_problem(model: Path) -> Optional[str]:
     a model.js at all (plain JSON, which the page cannot load as a script); UNCHECKED + why, for a
     script that sets the weights in a way predlab cannot read (the page may well run it)."""
     from .config import BROWSER_SIZES
-    from .export import (SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, WeightFormatError, read_params, script_text,
-                         strip_comments)
+    from .export import (SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, PageOnlyError, WeightFormatError, read_params,
+                         script_text, strip_comments)
     try:   # as the browser reads it (UTF-16 by its byte order mark): bytes that are not UTF-8 become U+FFFD,
         # harmless in a comment (a Latin-1 "Modèle"); read_params below names them anywhere else
         code = strip_comments(script_text(model.read_bytes(), errors="replace"), str(model))
@@ -136,6 +136,8 @@ def _page_problem(model: Path) -> Optional[str]:
                 "(it reads an object written out: `window.TRANSFORMER_PARAMS = {...}`)")
     try:
         params = read_params(model)
+    except PageOnlyError as e:      # 1e39: the page runs it, predlab's float32 model cannot hold it
+        return UNCHECKED + str(e)
     except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
         return str(e)
     sizes = {k: int(params[k]) for k in SIZE_KEYS}

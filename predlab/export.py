@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .config import BROWSER_SIZES, FLOAT32_MAX, FlagParser
+from .config import BROWSER_SIZES, FlagParser
 from .model import TOKEN_TYPES, TransformerPredator, check_has_weights
 
 JS_PREFIX = "window.TRANSFORMER_PARAMS = "
@@ -42,6 +42,9 @@ USE_STRICT = r"""(?:(?:"use strict"|'use strict')\s*;?\s*)?"""
 # would not see them)
 WEIGHTS_ASSIGNMENT = re.compile(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
+# The least number float32 rounds to infinity; 3.4028235e38, float32's largest as numpy prints it, is
+# above FLOAT32_MAX but reads as it
+FLOAT32_OVERFLOW = 2.0 ** 128 - 2.0 ** 103
 MAX_SIZE = 2 ** 31 - 1   # a size the arrays could not have in any file: refused before shapes are compared
 LAYER_KEYS = ("ln_scale", "ln_bias", "qkv_weight", "qkv_bias", "attn_out_weight", "attn_out_bias",
               "ffn_ln_scale", "ffn_ln_bias", "ffn_gate_weight", "ffn_gate_bias", "ffn_up_weight", "ffn_up_bias",
@@ -91,15 +94,21 @@ def _get(params: Mapping, path: str):
 
 
 # ---------------------------------------------------------------------- validation
+# What such a number is to the page and to predlab: the page runs 1e39 (a finite JavaScript number), and gives
+# finite actions where LayerNorm or tanh absorb it
+_BEYOND_FLOAT32 = (": the browser page runs it, as its engine computes in float64, but predlab's model and "
+                   "export are float32, where it would be infinity")
+
+
 def _array(value, shape: tuple, path: str) -> np.ndarray:
     """Check a nested list of numbers against shape -> float64 array, naming path on failure."""
     def shape_of(v, depth):
         if depth == len(shape):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
                 raise WeightFormatError(f"{path}: expected a number, found {type(v).__name__}")
-            if isinstance(v, int) and abs(v) > FLOAT32_MAX:   # before float(v) overflows
-                raise WeightFormatError(f"{path}: an integer of {_digits(v)} digits is beyond float32's "
-                                        "range (the model and the browser's export are float32)")
+            if isinstance(v, int) and abs(v) >= FLOAT32_OVERFLOW:   # before float(v) overflows
+                raise PageOnlyError(f"{path}: an integer of {_digits(v)} digits is beyond float32's range"
+                                    f"{_BEYOND_FLOAT32}")
             return
         if not isinstance(v, (list, tuple)):
             raise WeightFormatError(f"{path}: expected an array of shape {list(shape)}, found {type(v).__name__}")
@@ -121,9 +130,8 @@ def _array(value, shape: tuple, path: str) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64).reshape(shape)
     if not np.isfinite(arr).all():
         raise WeightFormatError(f"{path}: contains NaN or infinity")
-    if arr.size and np.abs(arr).max() > FLOAT32_MAX:
-        raise WeightFormatError(f"{path}: {np.abs(arr).max():.3g} is beyond float32's range (the model and the "
-                                "browser's export are float32; it would become infinity)")
+    if arr.size and np.abs(arr).max() >= FLOAT32_OVERFLOW:
+        raise PageOnlyError(f"{path}: {np.abs(arr).max():.3g} is beyond float32's range{_BEYOND_FLOAT32}")
     return arr
 
 
@@ -188,7 +196,15 @@ def validate_params(params: Mapping, require_browser_sizes: bool = False) -> Dic
             if k not in layer:
                 raise WeightFormatError(f"missing key 'layers[{i}].{k}'")
     shapes = expected_shapes(sizes["d_model"], sizes["n_layers"], sizes["ffn_hidden"])
-    return {path: _array(_get(params, path), shape, path) for path, shape in shapes.items()}
+    arrays, page_only = {}, None
+    for path, shape in shapes.items():   # past a number beyond float32, to what the page refuses (a NaN, a shape)
+        try:
+            arrays[path] = _array(_get(params, path), shape, path)
+        except PageOnlyError as e:
+            page_only = page_only or e
+    if page_only:
+        raise page_only
+    return arrays
 
 
 # ---------------------------------------------------------------------- model <-> dict

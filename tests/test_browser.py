@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -578,6 +579,37 @@ def test_demo_cli_does_not_say_the_page_refuses_weights_set_by_code_it_cannot_re
 def test_page_runs_weights_set_by_code(tmp_path, make_model, form):
     res, _ = run_page(_set_by_code(make_model(0), tmp_path, form), frames=10)
     assert res["modelLoaded"] and res["error"] is None
+
+
+def _beyond_float32(tmp_path, model, **changes) -> Path:
+    """model.js with 1e39 in output_bias (and `changes` to other keys): finite to JavaScript, infinity in float32."""
+    params = model_to_params(model)
+    params["output_bias"][0] = 1e39
+    params.update(changes)
+    return _bad(tmp_path, params)
+
+
+def test_demo_cli_does_not_say_the_page_refuses_a_weight_beyond_float32(tmp_path, make_model, demo_cli, capsys):
+    """1e39 is a finite JavaScript number: the page runs the file (next test), but the command warned that it
+    would refuse it and run the teacher. It says instead that predlab cannot hold it; a NaN beside it is
+    still a refusal."""
+    path = _beyond_float32(tmp_path, make_model(0))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert "will refuse" not in err, err
+    assert f"warning: predlab cannot check that the page runs {path}: output_bias: 1e+39 is beyond float32's range: " \
+           "the browser page runs it" in err, err
+    nan = _beyond_float32(tmp_path, make_model(0), cls_embedding=[math.nan] * 48)
+    assert demo_cli.main([str(nan), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert "will refuse" in err and "cls_embedding: contains NaN" in err, err
+
+
+@needs_chromium
+def test_page_runs_a_weight_beyond_float32(tmp_path, make_model):
+    res, _ = run_page(_beyond_float32(tmp_path, make_model(0)), frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+    assert res["runs"]["model"]["modelFailures"] == 0 and res["runs"]["model"]["allFinite"]
 
 
 def test_demo_cli_names_a_dangling_link_and_a_checkpoint_under_a_js_name(tmp_path, make_model, demo_cli, capsys):

@@ -456,6 +456,21 @@ def test_a_weight_beyond_float32_is_refused_and_the_file_kept(model, tmp_path):
         read_weights(tmp_path / "big.json")
 
 
+def test_float32s_largest_as_numpy_prints_it_is_read(model, tmp_path):
+    """3.4028235e+38, numpy's text for float32's largest, is above it but reads as it: it was refused as
+    "would become infinity". Past the rounding boundary, infinity it is."""
+    p = _params(model)
+    p["cls_embedding"][0] = float(str(np.finfo(np.float32).max))
+    assert p["cls_embedding"][0] == 3.4028235e38 > float(np.finfo(np.float32).max)
+    (tmp_path / "max.json").write_text(json.dumps(p))
+    assert read_weights(tmp_path / "max.json").cls_embedding[0].item() == float(np.finfo(np.float32).max)
+    p["cls_embedding"][0] = 2.0 ** 128 - 2.0 ** 103
+    with np.errstate(over="ignore"):
+        assert np.isinf(np.float32(p["cls_embedding"][0]))
+    with pytest.raises(WeightFormatError, match="cls_embedding: 3.4e\\+38 is beyond float32's range"):
+        validate_params(p)
+
+
 def test_a_weight_dict_with_numpy_values_and_extra_keys_writes_what_the_browser_reads(model, tmp_path):
     p = _params(model)
     p["layers"][0]["qkv_weight"] = np.asarray(p["layers"][0]["qkv_weight"], dtype=np.float32)
