@@ -11,6 +11,7 @@ import mimetypes
 import re
 import sys
 import threading
+import warnings
 import webbrowser
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -186,7 +187,11 @@ def _main(argv) -> int:
               f"  python -m predlab.export CHECKPOINT --out {model}\n"
               f"or pass the path of a model.js.", file=sys.stderr)
         return 2
-    problem = _page_problem(model)
+    with warnings.catch_warnings(record=True) as said:   # the reader's warnings (keys the page does not read)
+        warnings.simplefilter("always")
+        problem = _page_problem(model)
+    for w in said:
+        print(f"warning: {w.message}", file=sys.stderr)
     if problem and problem.startswith("error: "):
         print(problem, file=sys.stderr)
         return 2

@@ -868,7 +868,28 @@ def read_params(path: Union[str, Path]) -> Dict:
             raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"
                                     f"{hint}") from None
     validate_params(params)
+    unused = unused_keys(params)
+    if unused:
+        more = f" and {len(unused) - 6} more" if len(unused) > 6 else ""
+        warnings.warn(f"{path}: the page does not read {', '.join(unused[:6])}{more}, so the weights there are not "
+                      "used, by the page or by predlab (a misspelt key, or a part of a model the page does not have?)",
+                      stacklevel=2)
     return params
+
+
+def unused_keys(params: Mapping) -> List[str]:
+    """The keys of a valid weight dict that the page does not read and that hold arrays: weights of a model
+    trained elsewhere (a final_ln_scale), or a misspelt copy of a key. A note or a version number is no weight."""
+    def holds_arrays(v) -> bool:
+        return isinstance(v, (list, tuple)) or isinstance(v, Mapping) and any(map(holds_arrays, v.values()))
+
+    def extra(d: Mapping, known, at: str) -> List[str]:
+        return [at + str(k) for k, v in d.items() if k not in known and holds_arrays(v)]
+    top = (*SIZE_KEYS, *(k.split(".")[0] for k in expected_shapes(1, 1, 1) if not k.startswith("layers")), "layers")
+    out = extra(params, top, "") + extra(params["type_embeddings"], TOKEN_TYPES, "type_embeddings.")
+    for i, layer in enumerate(params["layers"]):
+        out += extra(layer, LAYER_KEYS, f"layers[{i}].")
+    return out
 
 
 def read_weights(path: Union[str, Path]) -> TransformerPredator:

@@ -446,7 +446,8 @@ def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model,
     assert f"`{line.rstrip(';')}` at line {lines} is ES module syntax" in err, err
     keys = tmp_path / "keys.js"
     keys.write_text(js.read_text().replace("{", "{\nexport: [1],\nimport: 2,\n", 1))
-    assert _page_problem(keys) is None
+    with pytest.warns(UserWarning, match="the page does not read export, so"):      # (an array: weights unused)
+        assert _page_problem(keys) is None
 
 
 @needs_chromium
@@ -579,6 +580,17 @@ def test_demo_cli_does_not_say_the_page_refuses_weights_set_by_code_it_cannot_re
 def test_page_runs_weights_set_by_code(tmp_path, make_model, form):
     res, _ = run_page(_set_by_code(make_model(0), tmp_path, form), frames=10)
     assert res["modelLoaded"] and res["error"] is None
+
+
+def test_demo_cli_names_weights_the_page_does_not_read(tmp_path, make_model, demo_cli, capsys):
+    """The page runs the file without them: the command says so in one line, not a Python warning."""
+    params = model_to_params(make_model(0))
+    params["final_ln_scale"] = [1.0] * 48
+    path = _bad(tmp_path, params)
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: the page does not read final_ln_scale, so the weights there are not used")
+    assert "UserWarning" not in err and "will refuse" not in err, err
 
 
 def _beyond_float32(tmp_path, model, **changes) -> Path:

@@ -577,6 +577,26 @@ def test_read_params_refuses_what_the_page_refuses(model, tmp_path):
         read_params(path)
 
 
+def test_keys_the_page_does_not_read_are_named(model, tmp_path):
+    """A model trained elsewhere with a final LayerNorm, or a misspelt copy of a key: the page runs the file
+    without those weights, and so did predlab, silently. A note or a version number is no weight."""
+    p = _params(model)
+    p.update(final_ln_scale=[1.0] * 48, note="v2", version=3)
+    p["type_embeddings"]["padding"] = [0.0] * 48
+    p["layers"][1]["ffn_ln_scal"] = [1.0] * 48
+    path = tmp_path / "model.js"
+    path.write_text("window.TRANSFORMER_PARAMS = " + json.dumps(p) + ";\n")
+    with pytest.warns(UserWarning, match=r"model.js: the page does not read final_ln_scale, type_embeddings.padding, "
+                                         r"layers\[1\].ffn_ln_scal, so the weights there are not used") as said:
+        back = read_weights(path)
+    assert len(said) == 1 and "note" not in str(said[0].message) and "version" not in str(said[0].message)
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_weights(write_weights(model, tmp_path / "own.js"))
+
+
 def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
     text = params_to_text(_params(model), "js")
     text = "// Layer 1 /* old\n" + text.replace("window.", "/* the page reads this */ window.", 1)
