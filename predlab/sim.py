@@ -228,26 +228,30 @@ class World:
         raw += torch.mul(dy, dy, out=buf("tmp", (E, N, N)))
         raw.sqrt_()                                                      # [E, N, N] Euclidean |p_i - p_j|
         dist = torch.add(raw, C.EPSILON, out=buf("dist", (E, N, N)))    # > 0 always, so "0 < d" holds
-        # The neighbour masks, laid out [E, N(j), 3, N(i)] (distances are symmetric, so this is
-        # also [E, i, k, j]): k = 0 cohesion, 1 separation, 2 alignment.
-        masks = buf("masks", (E, N, 3, N))
+        # The neighbour masks, laid out [E, N(j), 2, N(i)] (distances are symmetric, so this is
+        # also [E, i, k, j]): k = 0 cohesion, 1 alignment. Separation's mask is a plane of its own:
+        # it needs no sums, only a count, and in the bmm it took a third of the product and of
+        # the float64 copy, the slowest steps of a frame.
+        masks = buf("masks", (E, N, 2, N))
         torch.le(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 0])     # cohesion:   d <= 60
-        torch.lt(dist, C.BOID_DESIRED_SEPARATION, out=masks[:, :, 1])    # separation: d < 40
-        torch.lt(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 2])     # alignment:  d < 60
+        torch.lt(dist, C.BOID_NEIGHBOR_DISTANCE, out=masks[:, :, 1])     # alignment:  d < 60
         masks.diagonal(dim1=1, dim2=3).zero_()                           # never the boid itself
-        # One bmm gives cohesion's position sums, alignment's velocity sums and all three counts.
+        near = torch.lt(dist, C.BOID_DESIRED_SEPARATION, out=buf("near", (E, N, N)))   # separation: d < 40
+        near.diagonal(dim1=1, dim2=2).zero_()
+        # One bmm gives cohesion's position sums, alignment's velocity sums and their counts.
         # In float64: float32 products follow torch's matmul precision, and its TF32 or bfloat16
         # (set_float32_matmul_precision "high" / "medium") put cohesion's centre pixels off.
         # Apple's MPS has no float64 (and no such setting): float32 there.
         wide = widest_float(pos.device)
         lhs = torch.cat([pos, vel, pos.new_ones(E, N, 1)], -1).transpose(1, 2).to(wide)   # [E, 5, N]
-        sums = torch.bmm(lhs, masks.view(E, N, 3 * N).to(wide)).to(pos.dtype).view(E, 5, 3, N)
-        cnt = sums[:, 4, :, :, None]                                     # [E, 3, N, 1] counts
+        sums = torch.bmm(lhs, masks.view(E, N, 2 * N).to(wide)).to(pos.dtype).view(E, 5, 2, N)
+        # [E, 3, N, 1] counts; whole numbers below 2**24, so exact in float32 sums too
+        cnt = torch.stack([sums[:, 4, 0], near.sum(-1), sums[:, 4, 1]], 1)[..., None]
         # separation: sum_j normalize(p_i - p_j) / d_ij; normalize keeps a zero vector zero
         w = torch.eq(raw, 0, out=buf("tmp", (E, N, N))).add_(raw)       # |p_i - p_j|, 1 where it is 0
-        w = torch.div(masks[:, :, 1], w.mul_(dist), out=w)               # [E, N, N]
+        w = torch.div(near, w.mul_(dist), out=w)                         # [E, N, N]
         sep = torch.stack([dx.mul_(w).sum(-1), dy.mul_(w).sum(-1)], -1)  # [E, N, 2]
-        total = torch.stack([sums[:, 0:2, 0].transpose(1, 2), sep, sums[:, 2:4, 2].transpose(1, 2)], 1)
+        total = torch.stack([sums[:, 0:2, 0].transpose(1, 2), sep, sums[:, 2:4, 1].transpose(1, 2)], 1)
         mean = total / cnt.clamp_min(1)                                  # [E, 3, N, 2] coh, sep, ali
         mean[:, 0] -= pos                                                # cohesion steers toward the centre
         steer = limit(set_magnitude(mean, C.BOID_MAX_SPEED) - vel[:, None], C.BOID_MAX_FORCE)
