@@ -24,7 +24,7 @@ import torch
 
 from .config import (FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, as_device, memory_problem, real_number, sample_bytes,
                      whole_number)
-from .sim import World, host_to_device
+from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
 
 try:  # the CPU frame as numba kernels; without numba, CPU rollouts take the torch World path
@@ -353,13 +353,21 @@ def _flock_groups(world: World) -> List[tuple]:
         i = idx.to(world.pos.device)
         sub = World(world.pos[i, :N], world.vel[i, :N], world.alive[i, :N], world.pred_pos[i], world.pred_vel[i],
                     world.size[i], world.cfg)
+        if out:      # stepped one after another: one set of pairwise buffers, not one per sub-world
+            sub.share_scratch(out[0][2])
         out.append((idx, i, sub))
     return out
 
 
-def _check_generation(num_episodes, cfg, student, beta) -> tuple:
+def _torch_world(device, backend: str = "auto") -> bool:
+    """Whether _rollout_chunk steps its episodes in the torch World (else in fastsim's kernels)."""
+    return backend == "torch" or (backend == "auto" and (torch.device(device).type != "cpu" or fastsim is None))
+
+
+def _check_generation(num_episodes, cfg, student, beta, device="cpu", backend: str = "auto") -> tuple:
     """(num_episodes, cfg) checked for a generation call: ValueError / TypeError naming the argument,
-    also when the samples of num_episodes episodes running all their frames would not fit in memory."""
+    also when the samples of num_episodes episodes running all their frames would not fit in memory,
+    or, in the torch world, a chunk's work: on a GPU, that is counted against the GPU's memory."""
     num_episodes = whole_number("num_episodes", num_episodes, 1)
     cfg = as_config(WorldConfig, cfg, "cfg")
     cfg.validate()
@@ -374,6 +382,21 @@ def _check_generation(num_episodes, cfg, student, beta) -> tuple:
         needs.append((f"joining the chunks of {CHUNK_EPISODES} episodes, one chunk's samples",
                       CHUNK_EPISODES * per_episode))
     problem = memory_problem(needs, f"the samples of {num_episodes} episodes")
+    if not problem and _torch_world(device, backend):
+        # the torch world copies a chunk's samples up to four times (its frames and their padded copy,
+        # then the live rows and their order while compacting: measured 3.3) and steps a sub-world of
+        # GROUP_EPISODES episodes at a time
+        E, G = min(num_episodes, CHUNK_EPISODES), min(num_episodes, GROUP_EPISODES)
+        work = [(f"a chunk of {E} episodes' samples, copied by the torch world", 4 * E * per_episode),
+                (f"stepping {G} episodes of up to {cfg.boids_max} boids together (--boids_max squared)",
+                 step_bytes(G, cfg.boids_max))]
+        device = torch.device(device)
+        if device.type == "cuda":
+            have = torch.cuda.get_device_properties(device).total_memory
+            problem = memory_problem(work, f"generating {num_episodes} episodes", have,
+                                     f"the {{}} of {torch.cuda.get_device_name(device)}")
+        else:
+            problem = memory_problem(needs + work, f"generating {num_episodes} episodes")
     if problem:
         raise ValueError(problem + "; generate fewer episodes (num_episodes) or frames")
     return num_episodes, cfg
@@ -397,11 +420,12 @@ def rollout_chunk(num_episodes: int, cfg: Optional[WorldConfig], seed: int, stud
     and, in frames a student drives, to check its actions for NaN. Bad arguments raise
     ValueError / TypeError naming them before any work.
     """
-    num_episodes, cfg = _check_generation(num_episodes, cfg, student, beta)
-    seed = whole_number("seed", seed, 0, SEED_MAX)
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"backend must be 'auto', 'numba' or 'torch', got {backend!r}")
-    return _rollout_chunk(num_episodes, cfg, seed, student, beta, as_device(device), backend)
+    device = as_device(device)
+    num_episodes, cfg = _check_generation(num_episodes, cfg, student, beta, device, backend)
+    seed = whole_number("seed", seed, 0, SEED_MAX)
+    return _rollout_chunk(num_episodes, cfg, seed, student, beta, device, backend)
 
 
 @torch.no_grad()
@@ -453,14 +477,17 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
         Ng = sub.pos.shape[1]
         for key, buf in full.items():
             part = torch.stack(frames[key][k])                   # [F, G, ...]
+            frames[key][k] = None                                # let the frames go as they are copied
             if key in ("boids", "mask"):
                 buf[:, i, :Ng] = part
             else:
                 buf[:, i] = part
     flat = {key: v.reshape(F * E, *v.shape[2:]) for key, v in full.items()}
     rows = flat["mask"].any(-1).nonzero().squeeze(1)             # frame-major, episodes in order
-    boids, n = _compact(flat["boids"][rows], flat["mask"][rows])
-    return SampleSet(flat["context"][rows], flat["predator"][rows], boids, n, flat["target"][rows]).to_device("cpu")
+    live = {key: v[rows] for key, v in flat.items()}
+    del full, flat                                               # the padded frames, before compacting
+    boids, n = _compact(live.pop("boids"), live["mask"])
+    return SampleSet(live["context"], live["predator"], boids, n, live["target"]).to_device("cpu")
 
 
 def _as_policy(student):
@@ -707,7 +734,7 @@ class EpisodeGenerator:
         """
         from tqdm.auto import tqdm
 
-        num_episodes, _ = _check_generation(num_episodes, self.cfg, student, beta)
+        num_episodes, _ = _check_generation(num_episodes, self.cfg, student, beta, self.device)
         stream = whole_number("stream", stream, 0, SEED_MAX)
         if student is not None and self.num_workers > 0 and self.device.type == "cpu":
             from .model import TransformerPredator

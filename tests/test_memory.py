@@ -216,3 +216,36 @@ def test_dagger_epochs_take_what_the_check_counts_for_their_samples():
                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
     taken, counted = int(out[0]), int(out[1])      # ~250 MB counted: the process's own noise is small beside it
     assert 0.5 * counted < taken <= 1.25 * counted, (taken, counted)
+
+
+GENERATION_PEAK = r"""
+import re, sys
+from predlab import data
+from predlab.config import WorldConfig
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+counted = []
+data.memory_problem = lambda needs, *a, **k: counted.append(sum(b for _, b in needs))
+E, N, F = map(int, sys.argv[1:])
+data.rollout_chunk(2, WorldConfig(boids_max=2, frames=2), 0, backend="torch")     # torch's own start-up
+before = status("VmRSS")
+data.rollout_chunk(E, WorldConfig(boids_min=N, boids_max=N, frames=F), 0, backend="torch")
+print(status("VmHWM") - before, counted[-1])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+@pytest.mark.parametrize("episodes, boids, frames", [(512, 200, 4), (512, 20, 200)])
+def test_generation_in_the_torch_world_takes_what_its_check_counts(episodes, boids, frames):
+    """The torch world (generation on a GPU) counted only the samples: a chunk of 512 200-boid
+    episodes took 760 MB for 6 MB counted (each sub-world kept its own [E, N, N] planes), and the
+    frames were copied four times over, so large flocks ran out of memory past the check."""
+    out = subprocess.run([sys.executable, "-c", GENERATION_PEAK, str(episodes), str(boids), str(frames)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    taken, counted = map(int, out.stdout.split())       # ~150-300 MB: the process's own noise is small beside it
+    assert 0.5 * counted < taken <= counted, (taken, counted)
