@@ -37,11 +37,11 @@ from typing import Callable, Dict, Mapping, Optional, Union
 import torch
 
 from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
-                     bounded_number, episode_step_bytes, from_dict, memory_problem, plural, real_number,
+                     bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
-from .sim import World, host_to_device
+from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
 from .train import EVAL_STREAM, Callback
 
@@ -75,7 +75,7 @@ def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:
 def episodes_memory_problem(episodes: int, boids_max: int) -> Optional[str]:
     """Why `episodes` episodes of up to boids_max boids, stepped together, cannot fit in memory, or None."""
     return memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
-                            episodes * episode_step_bytes(boids_max))], f"{episodes} episodes")
+                            step_bytes(episodes, boids_max))], f"{episodes} episodes")
 
 
 class ModelPolicy:
