@@ -441,12 +441,6 @@ def sample_bytes(boids_max: int) -> int:
     return (6 + 4 * boids_max) * 4 + 8
 
 
-def episode_step_bytes(boids_max: int) -> int:
-    """Bytes per episode of stepping a batch of episodes together (the flock's pairwise terms and
-    the float64 copies of the neighbour product): measured 155 KB per 50-boid episode, 587 KB at 100."""
-    return 64 * boids_max ** 2 + 4096
-
-
 def attention_bytes(samples: int, n_heads: int, tokens: int) -> int:
     """Bytes of one layer's attention scores and weights for `samples` samples of `tokens` tokens."""
     return 2 * 4 * samples * n_heads * tokens ** 2
@@ -512,8 +506,9 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))
     if tc.eval_every:
+        from .sim import step_bytes     # (sim imports this module)
         needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
-                      tc.eval_episodes * episode_step_bytes(wc.boids_max)))
+                      step_bytes(tc.eval_episodes, wc.boids_max)))
     return needs
 
 

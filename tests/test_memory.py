@@ -255,3 +255,18 @@ def test_generation_in_the_torch_world_takes_what_its_check_counts(episodes, boi
                          capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     taken, counted = map(int, out.stdout.split())       # ~150-300 MB: the process's own noise is small beside it
     assert 0.5 * counted < taken <= counted, (taken, counted)
+
+
+@pytest.mark.parametrize("boids", [1, 50, 300])
+def test_the_training_check_counts_the_catch_evaluation_as_evaluate_does(boids, monkeypatch):
+    """The trainer's check counted its catch evaluation at 64 N^2 an episode after the world's step took less
+    (48 bytes a pair since separation's mask left the float64 product): a 300-boid run's check counted the
+    evaluation a third over what evaluate, running the same episodes, counts and takes."""
+    from predlab import evaluate, sim
+    from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+    tc, wc = TrainConfig(eval_episodes=64), WorldConfig(boids_min=1, boids_max=boids)
+    counted = dict(_training_needs(tc, wc, ModelConfig()))["the catch evaluation's episodes (--eval_episodes x --boids_max squared)"]
+    seen = []
+    monkeypatch.setattr(evaluate, "memory_problem", lambda needs, *a, **k: seen.append(sum(b for _, b in needs)))
+    evaluate.episodes_memory_problem(64, boids)
+    assert counted == sim.step_bytes(64, boids) == seen[0]
