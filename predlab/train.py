@@ -384,7 +384,11 @@ class Checkpointer(Callback):
                 best_later = best.is_file()     # unreadable: not this run's to overwrite
             moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
             if best_later:
-                self._best_state = self._resumed_best(trainer)
+                self._best_state = self._resumed_best(trainer, f"the epochs after {trainer.epoch} overwrote it")
+            elif not best.exists():
+                # deleted since (a clean-up): the run ended with no best_model.pt, saying it was in the folder of
+                # the run it resumed, this one, and a model.js of its last epoch
+                self._best_state = self._resumed_best(trainer, f"there is no {best}")
             # the files kept are this run's own: another run's written before this one's first write are not
             self._written.update((p, self._signature(p)) for p in [*self._epoch_files(), best]
                                  if p.is_file() and p not in moving)
@@ -394,10 +398,11 @@ class Checkpointer(Callback):
         self._pending = moving
         self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
 
-    def _resumed_best(self, trainer) -> Optional[Dict]:
-        """The state to write as best_model.pt in place of a later epoch's, which a rewind to an earlier
-        checkpoint of this folder moves aside, or None: the folder held no best_model.pt of the run
-        going on, and model.js of its last epoch when no epoch since beat the best it resumed with."""
+    def _resumed_best(self, trainer, gone: str) -> Optional[Dict]:
+        """The state to write as best_model.pt of a run resumed in its own folder whose best_model.pt is
+        not the run's any more (a later epoch's, which a rewind moves aside, or one deleted; `gone` says
+        which), or None: the folder held no best_model.pt of the run going on, and model.js of its last
+        epoch when no epoch since beat the best it resumed with."""
         if not getattr(trainer, "best_epoch", 0):      # no best yet
             return None
         if trainer.best_epoch != trainer.epoch:
@@ -408,12 +413,12 @@ class Checkpointer(Callback):
             lost = ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
-                print(f"the best model so far ({lost}) is in no file of this run any more (the epochs after "
-                      f"{trainer.epoch} overwrote it): the best starts afresh", flush=True)
+                print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
+                      f"starts afresh", flush=True)
                 return None
             trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = float(value), trainer.epoch, 0
-            print(f"the best model so far ({lost}) is in no file of this run any more (the epochs after "
-                  f"{trainer.epoch} overwrote it): the best starts again from the model resumed "
+            print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
+                  f"starts again from the model resumed "
                   f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})", flush=True)
         return copy.deepcopy(trainer.state_dict(include_data=False))   # its tensors are the weights trained on
 

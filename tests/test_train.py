@@ -1358,22 +1358,26 @@ def test_ctrl_c_in_a_resumed_run_exports_a_finished_epoch(tmp_path, monkeypatch,
 def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpoint_it_resumed(tmp_path,
                                                                                                monkeypatch, capsys):
     """--keep_checkpoints had removed the checkpoint the run resumed from: a Ctrl-C then ended in a
-    FileNotFoundError traceback from the export, which read that file, and wrote no model.js."""
+    FileNotFoundError traceback from the export, which read that file, and wrote no model.js. The
+    folder holds no best_model.pt, and no epoch beats the best resumed (epoch 2's): the best model,
+    whose only file was the one removed, is written as best_model.pt at the run's first write, and
+    model.js is of it."""
     from predlab.export import read_weights
     from predlab.train import main
     first = _trainer(tmp_path)
     first.train(2)
-    first.best_metric = -1.0                   # nothing can beat it: no best_model.pt in the folder
+    first.best_metric, first.best_epoch = -1.0, 2      # nothing can beat it
     first.save_checkpoint(tmp_path / "ck" / "checkpoint_epoch_2.pt")
+    resumed = {k: v.clone() for k, v in first.model.state_dict().items()}
     ctrl_c_in_epoch(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "6", "--resume", "ck/checkpoint_epoch_2.pt", "--keep_checkpoints", "1", "--no-dagger",
                  "--eval_every", "0", *SAME_VAL]) == 130
-    assert "exporting the model of epoch 3" in capsys.readouterr().out
+    assert "best val MSE -1.00000 at epoch 2" in capsys.readouterr().out
     assert not (tmp_path / "ck" / "checkpoint_epoch_2.pt").exists()
-    exported, saved = read_weights("ck/model.js"), ck.load_model("ck/checkpoint_epoch_3.pt")
-    for a, b in zip(exported.state_dict().values(), saved.state_dict().values()):
-        assert torch.equal(a, b)
+    assert ck.load_checkpoint_dict("ck/best_model.pt")["epoch"] == 2
+    exported = read_weights("ck/model.js").state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in resumed.items())
 
 
 def test_cli_resume_of_a_run_already_at_its_epochs_exits_2(tmp_path, monkeypatch, capsys):

@@ -898,3 +898,33 @@ def test_a_rewind_to_an_earlier_checkpoint_of_the_run_keeps_a_best_model_and_mod
     assert read_params(d / "model.js") == read_params(write_weights(resumed, tmp_path / "epoch2.js"))
     [moved] = d.glob("previous/*/best_model.pt")
     assert ck.load_checkpoint_dict(moved)["epoch"] == 4
+
+
+@pytest.mark.parametrize("first_losses, epoch1_gone", [([0.5, 0.4, 0.45, 0.3], False),    # epoch 2 is the best
+                                                       ([0.3, 0.4, 0.45, 0.2], True)])    # epoch 1 was: no file
+def test_a_resume_in_its_folder_whose_best_model_was_deleted_writes_the_best_it_goes_on_with(
+        tmp_path, monkeypatch, capsys, first_losses, epoch1_gone):
+    """best_model.pt deleted, then `--resume checkpoints/checkpoint_epoch_2.pt` into the same folder, no
+    epoch since better: the run ended with no best_model.pt, model.js of its last epoch and "no epoch of
+    this run beat the best ... of the run it resumed from, whose best_model.pt is in that run's folder",
+    this one, where there was none."""
+    from predlab import checkpoint as ck
+    from predlab.export import read_params, write_weights
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    losses = iter(first_losses)
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: next(losses))
+    assert main(["--epochs", "4", *TINY_FLAGS, "--save_every", "2", "--eval_every", "0", "--no-dagger"]) == 0
+    d = tmp_path / "checkpoints"
+    (d / "best_model.pt").unlink()
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: 0.6)     # no better than epoch 2
+    capsys.readouterr()
+    assert main(["--resume", "checkpoints/checkpoint_epoch_2.pt", "--epochs", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "best val MSE 0.40000 at epoch 2" in out and "resumed from, so no best_model.pt" not in out
+    assert ("(val MSE 0.30000 at epoch 1) is in no file of this run any more (there is no "
+            f"{Path('checkpoints') / 'best_model.pt'}): the best starts again" in out) == epoch1_gone
+    saved = ck.load_checkpoint_dict(d / "best_model.pt")
+    assert (saved["epoch"], saved["best_epoch"], saved["best_metric"]) == (2, 2, 0.4)
+    resumed = ck.load_model(d / "checkpoint_epoch_2.pt")
+    assert read_params(d / "model.js") == read_params(write_weights(resumed, tmp_path / "epoch2.js"))
