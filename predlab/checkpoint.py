@@ -98,8 +98,15 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
                               f"{_plain(str(e).splitlines()[0]) if str(e) else ''})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a predlab checkpoint (no format={FORMAT!r} marker)")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this predlab reads {VERSION}")
+    version = ckpt.get("version")
+    whole = isinstance(version, int) and not isinstance(version, bool)     # (True == 1, 1.0 == 1)
+    if not whole or version != VERSION:
+        # "checkpoint version 2, this predlab reads 1" did not say which side to change
+        if whole and version > VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {version}, written by a newer predlab; this one "
+                                  f"reads version {VERSION}: update predlab to use it")
+        raise CheckpointError(f"{path}: checkpoint version {version!r}, which no predlab writes (this one writes and "
+                              f"reads version {VERSION}): the file is damaged, or not predlab's")
     for key in ("model_config", "model"):
         if not isinstance(ckpt.get(key), dict):
             raise CheckpointError(f"{path}: checkpoint has no {key!r} dict")

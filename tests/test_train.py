@@ -1079,8 +1079,16 @@ def test_a_checkpoint_changed_on_disk_is_refused(tmp_path):
     (lambda s: s.__setitem__("train_config", None), "'train_config' is NoneType, not a dict"),
     (lambda s: s.__setitem__("epoch", -3), "'epoch' must be a whole number >= 0"),
     (lambda s: s.__setitem__("epoch", "2"), "'epoch' must be a whole number >= 0"),
-    # a checkpoint of another format version, whose fields this predlab would misread
-    (lambda s: s.__setitem__("version", 2), "checkpoint version 2, this predlab reads 1"),
+    # a checkpoint of another format version, whose fields this predlab would misread: which side to change
+    (lambda s: s.__setitem__("version", 2), "checkpoint version 2, written by a newer predlab; this one reads "
+                                            "version 1: update predlab"),
+    (lambda s: s.__setitem__("version", 0), r"checkpoint version 0, which no predlab writes \(this one writes and "
+                                            r"reads version 1\): the file is damaged, or not predlab's"),
+    (lambda s: s.__setitem__("version", "2"), "checkpoint version '2', which no predlab writes"),
+    (lambda s: s.__setitem__("version", 1.5), "checkpoint version 1.5, which no predlab writes"),
+    (lambda s: s.__setitem__("version", True), "checkpoint version True, which no predlab writes"),
+    (lambda s: s.__setitem__("version", 1.0), "checkpoint version 1.0, which no predlab writes"),
+    (lambda s: s.pop("version"), "checkpoint version None, which no predlab writes"),
 ])
 def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
     path = _trainer(tmp_path).save_checkpoint(tmp_path / "c.pt")
