@@ -1065,6 +1065,7 @@ class SupervisedTrainer:
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
         self.train_begin_epoch, self.ended_by = self.epoch, None   # what callbacks' on_train_end may ask
+        self._monitor_told = False
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
             for cb in callbacks:
@@ -1118,6 +1119,23 @@ class SupervisedTrainer:
         self.history.append(logs)
         for cb in callbacks:
             cb.on_epoch_end(self, self.epoch, logs)
+        if metric is None:
+            self._tell_monitor_missing(logs)
+
+    def _tell_monitor_missing(self, logs: Mapping[str, float]) -> None:
+        """Warn, once a train() call, when an epoch's logs lack the monitor and no epoch of the call has
+        logged it: restored by load_checkpoint from a trainer whose callback logged it, no epoch counted
+        as the best, so no best_model.pt was written and early stopping never fired, without a word."""
+        # neg_catch_ratio: a CatchEvaluator logs it every few epochs, and train() warns when there is none
+        this_call = self.history[-(self.epoch - self.train_begin_epoch):]     # (at least this epoch)
+        if self._monitor_told or self.monitor == "neg_catch_ratio" or any(self.monitor in h for h in this_call):
+            return
+        self._monitor_told = True
+        logged = ", ".join(repr(k) for k in logs if k != "epoch")
+        warnings.warn(f"epoch {self.epoch} logged no {self.monitor!r}, the metric this trainer picks its best epoch "
+                      f"by (trainer.monitor; logged: {logged}): unless a callback logs it in later epochs, no epoch "
+                      f"will count as the best, so neither best_model.pt nor early stopping follows; add the callback "
+                      f"that logs it, or set trainer.monitor = 'val_loss'", stacklevel=4)
 
     def _epoch_start(self) -> Dict:
         """What an epoch changes, copied as it starts (a few copies of the weights' size)."""

@@ -650,3 +650,29 @@ def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_th
     assert all(torch.equal(best["model"][k], v) for k, v in resumed.items())
     [moved] = d.glob("previous/*/best_model.pt")
     assert load_checkpoint_dict(moved)["epoch"] == 4
+
+
+def test_a_trainer_whose_monitor_no_callback_logs_warns_once_naming_it_and_the_metrics_logged(tmp_path):
+    """load_checkpoint restores the monitor of a trainer whose callback logged it ("score"); without
+    that callback no epoch counted as the best, so no best_model.pt and no early stop, and no word why."""
+    import warnings
+    first = _trainer(callbacks=[_Scripted([0.5])])
+    first.monitor = "score"
+    first.train(1)
+    path = first.save_checkpoint(tmp_path / "c.pt")
+    t = _trainer()
+    t.load_checkpoint(path)
+    with pytest.warns(UserWarning) as caught:
+        t.train(3)
+    [told] = [str(w.message) for w in caught]
+    assert told.startswith("epoch 2 logged no 'score', the metric this trainer picks its best epoch by "
+                           "(trainer.monitor; logged: 'train_loss', ")
+    assert "'val_loss'): unless a callback logs it in later epochs" in told
+    assert (t.best_epoch, t.bad_epochs) == (1, 0)
+    # logged in some epochs only: it is measured, and no warning
+    measured = _trainer(callbacks=[_Scripted([0.5, None, 0.4])])
+    measured.monitor = "score"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        measured.train(3)
+    assert measured.best_epoch == 3
