@@ -529,6 +529,8 @@ def command_line(sigterm: bool = True):
            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
     if own:
         signal.signal(signal.SIGTERM, _raise_terminated)
+    formatted = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         yield
         sys.stdout.flush()
@@ -539,8 +541,25 @@ def command_line(sigterm: bool = True):
         print("\nterminated (SIGTERM)", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        warnings.formatwarning = formatted
         if own:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """predlab's own warnings as one line, `warning: ...`, under a command line tool (command_line): the
+    default form led with the file and line of predlab's source that raised it, and then that line of
+    code. Other libraries' warnings keep Python's form, whose place may matter to whoever reads them.
+    (formatwarning, not showwarning: a warnings.catch_warnings(record=True) still records them.)"""
+    if not Path(filename).resolve().is_relative_to(_PACKAGE):
+        return _PYTHON_FORMAT_WARNING(message, category, filename, lineno, line)
+    return f"warning: {message}\n"
+
+
+_PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -595,6 +596,25 @@ def test_keys_the_page_does_not_read_are_named(model, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_weights(write_weights(model, tmp_path / "own.js"))
+
+
+@pytest.mark.parametrize("tool", ["export", "evaluate"])
+def test_the_command_line_tools_print_predlabs_warnings_as_one_line(model, tmp_path, tool):
+    """`python -m predlab.export` / `evaluate` on a file with weights the page does not read printed Python's
+    form of the warning: the file and line of predlab's source that raised it, then that line of code."""
+    p = _params(model)
+    p["final_ln_scale"] = [1.0] * 48
+    src = tmp_path / "theirs.js"
+    src.write_text("window.TRANSFORMER_PARAMS = " + json.dumps(p) + ";\n")
+    args = {"export": [str(src), "--out", str(tmp_path / "out.js")],
+            "evaluate": [str(src), "--episodes", "1", "--frames", "2", "--no-progress"]}[tool]
+    run = subprocess.run([sys.executable, "-m", f"predlab.{tool}", *args], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [ln for ln in run.stderr.splitlines() if "final_ln_scale" in ln]
+    assert lines == [f"warning: {src}: the page does not read final_ln_scale, so the weights there are not used, "
+                     "by the page or by predlab (a misspelt key, or a part of a model the page does not have?)"]
+    assert "UserWarning" not in run.stderr and "export.py" not in run.stderr, run.stderr
 
 
 def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
