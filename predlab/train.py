@@ -318,6 +318,9 @@ class Checkpointer(Callback):
     """
 
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
+    # what a run stopped mid-epoch is told of the last whole epoch saved: the trainer has already put
+    # itself back to that epoch, so in a notebook the cell run again goes on (the command line: --resume)
+    go_on = "train() again on this trainer goes on from there (another process: load_checkpoint or --resume it)"
 
     def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3,
                  archive: bool = True):
@@ -529,7 +532,7 @@ class Checkpointer(Callback):
                     self.make_room()
                     self._save_epoch(trainer, trainer.epoch)
                 if cut:
-                    print(f"saved {path} (the last whole epoch): --resume it to go on", flush=True)
+                    print(f"saved {path} (the last whole epoch): {self.go_on}", flush=True)
         finally:
             if not self._pending:
                 # every run file in the folder is this run's now (its own, and those kept from the run
@@ -1733,6 +1736,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         build_parser().error(f"--init_weights: {e}")   # changed on disk since parse_args read it
     if tc.progress:
         trainer.callbacks.insert(1, PrintLogger())
+    for cb in trainer.callbacks:
+        if isinstance(cb, Checkpointer):     # a stopped run goes on in another command, not in this process
+            cb.go_on = "--resume it to go on"
     if tc.warmup_epochs >= tc.epochs:    # a one-epoch run's few steps ran at a thousandth of the rate and up
         print(f"note: the warm-up (--warmup_epochs {tc.warmup_epochs:g}) lasts the whole run of {tc.epochs} "
               f"epoch{'s' if tc.epochs != 1 else ''}: the learning rate climbs from {tc.learning_rate * 1e-3:.1e} "

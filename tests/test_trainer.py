@@ -676,3 +676,23 @@ def test_a_trainer_whose_monitor_no_callback_logs_warns_once_naming_it_and_the_m
         warnings.simplefilter("error")
         measured.train(3)
     assert measured.best_epoch == 3
+
+
+def test_a_library_run_stopped_mid_epoch_says_train_again_goes_on(tmp_path, capsys):
+    """A Ctrl-C in a notebook's training cell saved the last whole epoch and said "--resume it to go on", a
+    command line's flag, where the cell run again goes on: the trainer has already put itself back."""
+    from predlab.train import Checkpointer
+
+    class CtrlC(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 3:
+                raise KeyboardInterrupt
+    t = _trainer(callbacks=[Checkpointer(tmp_path, save_every=5), CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    out = capsys.readouterr().out
+    assert f"saved {tmp_path / 'checkpoint_epoch_2.pt'} (the last whole epoch): train() again on this trainer " \
+           "goes on from there" in out and "--resume it to go on" not in out, out
+    t.callbacks.pop()
+    t.train(4)
+    assert t.epoch == 4
