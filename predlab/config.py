@@ -175,7 +175,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (str, os.PathLike)) and not (v is None and name in ("resume", "init_weights")):
                 raise ValueError(f"{name} must be a path, got {v!r}")
-        _check_device_string(self.device)
+        _check_device_string(self.device, "device")
         if self.learning_rate * self.weight_decay >= 1:     # AdamW scales the weights by 1 - lr * wd a step
             raise ValueError(f"weight_decay {self.weight_decay:g} x learning_rate {self.learning_rate:g} must be "
                              f"below 1: each step scales the weights by 1 minus that product, so they vanish or "
@@ -248,11 +248,12 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
     `flag` (the CLI's --device, or a library argument such as device=)."""
     import torch
 
-    name = "auto" if name is None else str(name).lower()
+    name = "auto" if name is None else str(name)
+    _check_device_string(name, flag.rstrip("="))
+    name = name.lower()
     cli = flag.startswith("--")
     asked = f"{flag} {name}" if cli else f"{flag}{name!r}"
     instead = f"use {flag} cpu or auto" if cli else f"use {flag}'cpu' or 'auto'"
-    _check_device_string(name)
     if name == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     elif name.startswith("cuda"):
@@ -312,12 +313,11 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
     return v
 
 
-def _check_device_string(device: str) -> None:
-    """Names in any case, as resolve_device reads them ('CUDA' is 'cuda')."""
-    import re
-
+def _check_device_string(device: str, flag: str) -> None:
+    """Names in any case, as resolve_device reads them ('CUDA' is 'cuda'). The message names flag
+    (--device, device): "unknown device 'nan'" alone did not say which value was meant."""
     if not re.fullmatch(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?", (device or "").lower()):
-        raise ValueError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+        raise ValueError(f"{flag}: unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
 def bounded_number(kind, lo=None, hi=None, positive: bool = False):

@@ -28,6 +28,17 @@ def test_a_cuda_index_past_the_last_gpu_is_refused_naming_how_many_there_are(mon
         config.as_device("cuda:2")
 
 
+def test_an_unknown_device_name_is_refused_naming_the_flag_or_argument_it_came_from():
+    """`python -m predlab.evaluate teacher --device nan` said "unknown device 'nan'" and nothing of
+    --device: the message names where the value came from, and keeps the name as given."""
+    with pytest.raises(ValueError, match="^--device: unknown device 'NaN': use auto, cpu, cuda, cuda:N or mps$"):
+        config.resolve_device("NaN")
+    with pytest.raises(ValueError, match="^device: unknown device '': use auto"):
+        config.as_device("")
+    with pytest.raises(ValueError, match="^device: unknown device 'tpu': use auto"):
+        TrainConfig(device="tpu").validate()
+
+
 def test_mps_where_apple_mps_is_absent_is_refused_with_what_to_use_instead(monkeypatch):
     import torch
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
