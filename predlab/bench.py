@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import FlagParser, ModelConfig, WorldConfig
+from .config import FlagParser, ModelConfig, WorldConfig, bounded_number
 from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .model import TransformerPredator
 from .sim import World
@@ -666,9 +666,11 @@ def _main(argv) -> int:
     p = FlagParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
-    p.add_argument("--threads", type=int, default=None,
+    # bounded_number, as predlab.train's flags: 1e3 or 1e-3 got argparse's "invalid int value", which
+    # said nothing of what is accepted
+    p.add_argument("--threads", type=bounded_number(int, 1), default=None,
                    help="torch CPU threads (default 2, or 1 where this process may use one CPU)")
-    p.add_argument("--cpu_split", "--cpu-split", type=int, default=0, metavar="N",
+    p.add_argument("--cpu_split", "--cpu-split", type=bounded_number(int, 0), default=0, metavar="N",
                    help="split each CPU training batch into N parts in threads, as predlab.train's --cpu_split "
                         "(default 0: its auto, one part per thread up to 4; 1 = off): compare them on a machine "
                         "of more cores, with --threads")
@@ -693,14 +695,10 @@ def _main(argv) -> int:
     from .data import usable_cpus
     if a.threads is None:
         a.threads = min(2, usable_cpus())
-    elif a.threads < 1:
-        p.error(f"--threads must be >= 1, got {a.threads}")
     elif a.threads > usable_cpus():    # torch's pools of 100000 threads crashed the process
         print(f"note: --threads {a.threads}, but this process may use {usable_cpus()} CPU(s): measuring with "
               f"{usable_cpus()}", file=sys.stderr)
         a.threads = usable_cpus()
-    if a.cpu_split < 0:
-        p.error(f"--cpu_split must be >= 0, got {a.cpu_split}")
     try:
         batches = tuple(int(b) for b in a.gpu_batches.split(","))
     except ValueError:

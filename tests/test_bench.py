@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from predlab import bench
@@ -106,6 +107,19 @@ def test_run_with_a_gpu_adds_its_rows(monkeypatch, capsys):
     assert "training, GPU (" in out and "not measured" not in out and "as the browser runs it) after 4 epochs" in out
 
 
+@pytest.mark.parametrize("flag", ["--threads", "--cpu_split"])
+def test_a_thread_count_is_read_as_predlab_trains_counts_are(flag, capsys):
+    """`python -m predlab.bench --threads 1e-3` got argparse's "invalid int value: '1e-3'", which
+    said nothing of what is taken, and --threads 1e3 was refused where predlab.train takes it."""
+    with pytest.raises(SystemExit) as e:
+        bench.main([flag, "1e-3"])
+    assert e.value.code == 2 and "'1e-3' is not a whole number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:          # 1e3 is taken: the next problem is the --json path's
+        bench.main([flag, "1e3", "--json", __file__ + "/b.json"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "error: --json" in err and "1e3" not in err, err
+
+
 def test_bench_cli_refuses_bad_values(capsys):
     import pytest
     with pytest.raises(SystemExit) as e:
@@ -113,7 +127,7 @@ def test_bench_cli_refuses_bad_values(capsys):
     assert e.value.code == 2 and "--threads" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         bench.main(["--cpu_split", "-1"])
-    assert e.value.code == 2 and "--cpu_split must be >= 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "--cpu-split: must be >= 0, got -1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:          # refused before the ~35 s of measuring
         bench.main(["--json", __file__ + "/b.json"])
     assert e.value.code == 2 and "--json" in capsys.readouterr().err
