@@ -21,7 +21,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import FlagParser, ModelConfig, WorldConfig, bounded_number
+from .config import FlagParser, ModelConfig, WorldConfig, bounded_number, memory_problem, sample_bytes, step_bytes_training
 from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .model import TransformerPredator
 from .sim import World
@@ -422,6 +422,23 @@ def val_after_training(data: SampleSet, val: SampleSet, batch_size: int, epochs:
     return tr.validate()
 
 
+def gpu_sweep_memory(batches, quick: bool = False, device="cuda") -> Optional[str]:
+    """Why run_gpu at these batch sizes cannot fit in memory, or None. At its largest batch it holds
+    64 batches' worth of samples, made on the host from a repeated pool and a selection of it (two
+    copies there), and on the GPU those samples and a training step's activations (counted at
+    worst, as predlab.train counts them)."""
+    b, world, mc = max(batches), WorldConfig(), ModelConfig()
+    samples = max(64 * b, 1 << 14 if quick else 1 << 17) * sample_bytes(world.boids_max)
+    device = torch.device(device)
+    return (memory_problem([(f"the samples of batch {b:,} (64 batches' worth) and the copy they are made from",
+                             2 * samples)], f"batch {b:,}")
+            or memory_problem([(f"the samples of batch {b:,} (64 batches' worth)", samples),
+                               (f"a training step's activations at batch {b:,}",
+                                step_bytes_training(b, mc, world.boids_max))], f"batch {b:,}",
+                              have=torch.cuda.get_device_properties(device).total_memory,
+                              where=f"the {{}} of {torch.cuda.get_device_name(device)}"))
+
+
 def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GPU_BATCHES,
             modes: Optional[Dict[str, Dict]] = None, seconds: Optional[float] = None,
             fixed_boids: int = 50, device="cuda", pool_episodes: Optional[int] = None,
@@ -707,6 +724,10 @@ def _main(argv) -> int:
         p.error(f"--gpu-batches: comma-separated positive integers, got {a.gpu_batches!r}")
     if a.gpu_only and not torch.cuda.is_available():
         p.error("--gpu-only: this torch build sees no CUDA GPU")
+    if torch.cuda.is_available():    # a batch past the memory was an out-of-memory kill, or a traceback, minutes in
+        problem = gpu_sweep_memory(batches, a.quick)
+        if problem:
+            p.error(f"--gpu-batches: {problem}; give smaller batches")
     given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:])}
     if not torch.cuda.is_available() and given & {"--gpu-batches", "--gpu-modes"}:
         print("note: this torch build sees no CUDA GPU, so --gpu-batches and --gpu-modes have nothing to measure",

@@ -446,6 +446,13 @@ def attention_bytes(samples: int, n_heads: int, tokens: int) -> int:
     return 2 * 4 * samples * n_heads * tokens ** 2
 
 
+def step_bytes_training(batch: int, mc: "ModelConfig", boids_max: int) -> int:
+    """Bytes, at worst, of one training step's activations: batch samples of boids_max boids, every
+    layer's attention scores and weights and its [B, T, D] / [B, T, F] terms."""
+    d, f, T = mc.d_model, mc.ffn_hidden, boids_max + 3
+    return mc.n_layers * (attention_bytes(batch, mc.n_heads, T) + batch * T * (8 * d + 3 * f) * 4)
+
+
 def _gib(n: float) -> str:
     return f"{n / 2 ** 30:,.1f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:,.0f} MiB"
 
@@ -489,7 +496,7 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
     sb = sample_bytes(wc.boids_max)
     fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
     epoch = fresh * sb
-    d, f, L, T = mc.d_model, mc.ffn_hidden, mc.n_layers, wc.boids_max + 3
+    d, f, L = mc.d_model, mc.ffn_hidden, mc.n_layers
     params = L * (4 * d * d + 3 * d * f) + 10 * d
     # --batch_size and --dagger_buffer are limits: no batch is larger than the samples trained on, and
     # no buffer holds more than the run makes (a "keep everything" 10**8 asked for 77 GiB)
@@ -501,7 +508,7 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
              ("a training step's activations (--batch_size x --boids_max squared)",
-              L * (attention_bytes(batch, mc.n_heads, T) + batch * T * (8 * d + 3 * f) * 4))]
+              step_bytes_training(batch, mc, wc.boids_max))]
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))

@@ -120,6 +120,38 @@ def test_a_thread_count_is_read_as_predlab_trains_counts_are(flag, capsys):
     assert e.value.code == 2 and "error: --json" in err and "1e3" not in err, err
 
 
+def test_a_gpu_batch_past_the_memory_is_refused_before_measuring(monkeypatch, capsys):
+    """`python -m predlab.bench --gpu-batches 1000000` on a GPU machine measured the CPU for half a
+    minute, then made 64 batches' worth of samples (50 GiB) and stepped a million samples at once:
+    an out-of-memory kill or a traceback, minutes in. It is refused first, as predlab.train refuses
+    such a --batch_size; batches that fit go on to the measuring."""
+    from predlab import config
+
+    class Props:
+        total_memory = 80 * 2 ** 30
+
+    class Measured(Exception):
+        pass
+
+    def run(**kw):
+        raise Measured
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    monkeypatch.setattr(config, "physical_memory", lambda: 256 * 2 ** 30)
+    monkeypatch.setattr(bench, "run", run)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--gpu-batches", "256,1000000"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--gpu-batches: batch 1,000,000 would need about" in err, err
+    assert "more than the 80.0 GiB of a test GPU" in err and "a training step's activations" in err, err
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--gpu-batches", "10000000"])        # its samples alone are past the host's 256 GiB
+    assert e.value.code == 2 and "more than this machine's 256.0 GiB" in capsys.readouterr().err
+    with pytest.raises(Measured):
+        bench.main(["--gpu-batches", "256,16384"])
+
+
 def test_bench_cli_refuses_bad_values(capsys):
     import pytest
     with pytest.raises(SystemExit) as e:
@@ -177,8 +209,12 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
         return {"device": "fake", "train": [], "failed": [], "bf16_check": {"epochs": 4, "samples": 1,
                 "batch_size": 1, "val_mse_fp32": 1.0, "val_mse_bf16": 1.0, "val_mse_tf32": 1.0},
                 "generate": {"samples_per_s": 1.0}, "memory": {}}
+    class Props:
+        total_memory = 80 * 2 ** 30
     monkeypatch.setattr(bench, "run_gpu", fake_run_gpu)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)     # the sweep's memory check
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
     assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--gpu-modes", "graphs tf32, graphs bf16",
                        "--json", str(tmp_path / "g.json")]) == 0
     assert seen["batches"] == (16384,)
