@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -150,6 +151,24 @@ def test_a_gpu_batch_past_the_memory_is_refused_before_measuring(monkeypatch, ca
     assert e.value.code == 2 and "more than this machine's 256.0 GiB" in capsys.readouterr().err
     with pytest.raises(Measured):
         bench.main(["--gpu-batches", "256,16384"])
+
+
+def test_a_nan_figure_is_written_as_null_so_that_the_json_parses(monkeypatch, tmp_path, capsys):
+    """A NaN figure (bf16's val MSE after a diverged run) went into --json as NaN, which no strict
+    JSON reader takes: the whole file was refused. It is null there, as in predlab.evaluate's."""
+    res = {"gpu": {"bf16_check": {"val_mse_bf16": math.nan}, "train": [{"samples_per_s": math.inf}]}}
+    monkeypatch.setattr(bench, "run", lambda **kw: res)
+    monkeypatch.setattr(bench, "print_table", lambda r: None)
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    assert bench.main(["--json", str(tmp_path / "b.json")]) == 0
+    got = strict((tmp_path / "b.json").read_text())
+    assert got["gpu"] == {"bf16_check": {"val_mse_bf16": None}, "train": [{"samples_per_s": None}]}
+    capsys.readouterr()
+    assert bench.main(["--json", "-"]) == 0
+    out = capsys.readouterr().out
+    assert strict(out[out.index("\n{") + 1:])["gpu"]["bf16_check"]["val_mse_bf16"] is None
 
 
 def test_bench_cli_refuses_bad_values(capsys):
