@@ -8,6 +8,7 @@ CUDA exists, the GPU figures follow (run_gpu); --gpu-only measures those alone.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -422,6 +423,16 @@ def val_after_training(data: SampleSet, val: SampleSet, batch_size: int, epochs:
     return tr.validate()
 
 
+def batch_sizes(text: str) -> tuple:
+    """--gpu-batches' sizes, "256,4096,1e4", as predlab.train reads a count (1e4 and 4096.0 too); () for
+    anything else: a size below 1 or not whole, an empty item."""
+    parse = bounded_number(int, 1)
+    try:
+        return tuple(parse(b) for b in text.split(","))
+    except argparse.ArgumentTypeError:
+        return ()
+
+
 def gpu_sweep_memory(batches, quick: bool = False, device="cuda") -> Optional[str]:
     """Why run_gpu at these batch sizes cannot fit in memory, or None. At its largest batch it holds
     64 batches' worth of samples, made on the host from a repeated pool and a selection of it (two
@@ -726,12 +737,9 @@ def _main(argv) -> int:
         print(f"note: --threads {a.threads}, but this process may use {usable_cpus()} CPU(s): measuring with "
               f"{usable_cpus()}", file=sys.stderr)
         a.threads = usable_cpus()
-    try:
-        batches = tuple(int(b) for b in a.gpu_batches.split(","))
-    except ValueError:
-        batches = ()
-    if not batches or min(batches) < 1:
-        p.error(f"--gpu-batches: comma-separated positive integers, got {a.gpu_batches!r}")
+    batches = batch_sizes(a.gpu_batches)
+    if not batches:
+        p.error(f"--gpu-batches: comma-separated positive whole numbers, got {a.gpu_batches!r}")
     if a.gpu_only and not torch.cuda.is_available():
         p.error("--gpu-only: this torch build sees no CUDA GPU")
     if torch.cuda.is_available():    # a batch past the memory was an out-of-memory kill, or a traceback, minutes in

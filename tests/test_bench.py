@@ -182,7 +182,7 @@ def test_bench_cli_refuses_bad_values(capsys):
     with pytest.raises(SystemExit) as e:          # refused before the ~35 s of measuring
         bench.main(["--json", __file__ + "/b.json"])
     assert e.value.code == 2 and "--json" in capsys.readouterr().err
-    for bad in ("0,256", "256,x", ""):
+    for bad in ("0,256", "256,x", "", "256,", "1e-3", "256.5", "nan"):
         with pytest.raises(SystemExit) as e:
             bench.main(["--gpu-batches", bad])
         assert e.value.code == 2 and "--gpu-batches" in capsys.readouterr().err
@@ -361,3 +361,12 @@ def test_the_generation_figure_leaves_out_the_first_rollouts_start_up(monkeypatc
     monkeypatch.setattr(bench, "rollout_chunk", first_slow)
     r = bench.bench_generation(16, TINY, repeats=1, frames=4)
     assert r["seconds"] < 0.4 and len(calls) == 2, (r, calls)
+
+
+def test_gpu_batch_sizes_are_read_as_predlab_train_reads_counts():
+    """--gpu-batches 1e4 was refused ("comma-separated positive integers") where predlab.train takes a
+    count written so; spaces after the commas are the same sizes."""
+    from predlab.bench import batch_sizes
+    assert batch_sizes("256,4096,16384") == (256, 4096, 16384)
+    assert batch_sizes("1e3, 4096.0, 1.6384e4") == (1000, 4096, 16384)
+    assert batch_sizes("0,256") == batch_sizes("256,") == batch_sizes("2.5e-1") == ()
