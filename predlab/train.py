@@ -1591,7 +1591,10 @@ def _parse(argv):
                           f"this process: {usable_cpus()} worker processes generate the episodes", True))
             tc.num_workers = usable_cpus()
     except (TypeError, ValueError) as e:
-        p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + str(e))
+        said = str(e)
+        if said.startswith("device: "):        # TrainConfig's field, given here as the flag
+            p.error("--" + said)
+        p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + said)
     unused = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)
               if f.name.startswith("dagger_") and f.name in given]
     if unused and not tc.dagger:

@@ -611,7 +611,7 @@ def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
     (["--batch_size", "-4"], "batch_size"),
     (["--learning_rate", "nan"], "learning_rate"),
     (["--d_model", "50"], "divisible"),
-    (["--device", "tpu"], "unknown device"),
+    (["--device", "tpu"], "error: --device: unknown device 'tpu'"),       # once "device: ...", not the flag
     (["--resume", "missing.pt"], "no such checkpoint"),
     (["--boids_max", "0"], "boids_max"),
     (["--epochs", "two"], "epochs"),
