@@ -290,8 +290,11 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
 
 
 # A string's opening quote, a line comment, or a block comment's opener: every alternative matches or
-# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`).
-_TOKEN = re.compile(r"""["']|//[^\n\r\u2028\u2029]*|/\*""")
+# fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`). A
+# page's classic script also takes HTML's `<!--` as a line comment, and `-->` at the start of a line.
+_TOKEN = re.compile(r"""["']|//[^\n\r\u2028\u2029]*|<!--[^\n\r\u2028\u2029]*|/\*""")
+# The same with `-->` at a line's start, for a text that holds one (the alternative slows every scan by a third)
+_TOKEN_HTML_CLOSE = re.compile(_TOKEN.pattern + r"|(?<=[\n\r\u2028\u2029])[ \t]*-->[^\n\r\u2028\u2029]*")
 # What can end a string's plain run. The strings are scanned by _string_end, not by one regex: a
 # `"(?:[^"\\]|\\.)*"` pattern kept ~150 bytes of backtracking state a character (1.5 GB for a
 # 10 MB string), and an unrolled one still kept that much per escape.
@@ -314,18 +317,24 @@ def _string_end(text: str, start: int) -> Tuple[int, bool]:
         pos = m.end() + 1                               # an escape: the backslash and one character
 
 
+# A `#!` line opening the file (`#!/usr/bin/env node`): a comment to JavaScript there, and only there
+_HASHBANG = re.compile(r"(?:#![^\n\r\u2028\u2029]*)?")
+
+
 def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str]]:
     """text as (is_code, piece) pieces, comments dropped, strings whole: "http://x" holds no comment.
 
-    Whichever opens first wins ("// a /* b" is a line comment). A block comment leaves its line
+    Whichever opens first wins ("// a /* b" is a line comment); `<!--`, `-->` at a line's start and
+    a `#!` line opening the text are line comments too, as in a page's script. A block comment leaves its line
     breaks (or a space), so that line numbers stay. An unclosed string or block comment raises
     WeightFormatError naming source; with no source, the rest is kept as code.
     """
     pieces: List[Tuple[bool, str]] = []
     code: List[str] = []
-    pos = 0
+    pos = len(_HASHBANG.match(text).group())
+    tokens = _TOKEN_HTML_CLOSE if "-->" in text else _TOKEN
     while True:
-        m = _TOKEN.search(text, pos)
+        m = tokens.search(text, pos)
         if m is None:
             code.append(text[pos:])
             break
@@ -334,7 +343,7 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
         if token in ("\"", "'"):
             pos, closed = _string_end(text, m.start())
             token = text[m.start():pos]
-        if token.startswith("//"):
+        if token[0] not in "\"'" and token != "/*":       # a line comment: //, <!-- or -->
             continue
         if token == "/*":
             end = text.find("*/", pos)

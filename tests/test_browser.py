@@ -406,6 +406,26 @@ def test_page_runs_a_model_js_with_a_latin1_comment(tmp_path, make_model, make_s
     _page_runs_as_predlab_reads(_latin1_comment(tmp_path, make_model(2)), make_samples)
 
 
+def _html_commented(tmp_path, model) -> Path:
+    """model.js opening with a `#!` line and `<!--`, closed by a `-->` line: comments to the page's script."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text("#!/usr/bin/env node\n<!-- weights\n" + path.read_text() + "--> end\n")
+    return path
+
+
+def test_demo_cli_serves_a_model_js_with_html_comment_lines_without_a_false_warning(tmp_path, make_model, demo_cli,
+                                                                                      capsys):
+    """The page runs it (next test); the command said it could not check it, sets "after other code"."""
+    path = _html_commented(tmp_path, make_model(0))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@needs_chromium
+def test_page_runs_a_model_js_with_html_comment_lines_as_predlab_reads_it(tmp_path, make_model, make_samples):
+    _page_runs_as_predlab_reads(_html_commented(tmp_path, make_model(2)), make_samples)
+
+
 def _utf16(tmp_path, model, codec="utf-16-le") -> Path:
     """model.js as Windows PowerShell's `>` saves it: UTF-16 with a byte order mark."""
     path = write_weights(model, tmp_path / "model.js")

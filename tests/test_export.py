@@ -624,6 +624,36 @@ def test_a_line_comment_holding_a_block_opener_is_a_line_comment(model):
     assert p["d_model"] == 48 and "cls_embedding" in p
 
 
+def html_commented_js(p: dict) -> str:
+    """model.js as old pages hid scripts: a `#!` line for Node, `<!--` and `-->` lines around the object."""
+    return ("#!/usr/bin/env node\n<!-- weights for the predator page\n" + params_to_text(p, "js")
+            + "  --> end of the weights\n")
+
+
+def test_hashbang_and_html_comment_lines_are_comments(model, tmp_path):
+    """A page's script (and Node) take `#!` on the first line, `<!--`, and `-->` opening a line as line comments,
+    and run such a file; predlab said "expected a JSON object", and the demo that it would refuse it. A string
+    holding those marks keeps them."""
+    path = tmp_path / "model.js"
+    path.write_text(html_commented_js(_params(model)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # no "code after the weights object" for the `-->` line
+        back = read_weights(path)
+    for a, b in zip(back.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert text_to_params("{a: 1, <!-- b: 2,\n s: '<!-- x -->',\n -->c: 3\n}") == {"a": 1, "s": "<!-- x -->"}
+    with pytest.raises(WeightFormatError, match="expected a JSON object"):
+        text_to_params(" #!/usr/bin/env node\n{}")       # `#!` only where the file starts
+
+
+@needs_node
+def test_hashbang_and_html_comment_lines_run_in_node_as_predlab_reads_them(model, samples, tmp_path):
+    path = tmp_path / "model.js"
+    path.write_text(html_commented_js(_params(model)))
+    np.testing.assert_allclose(run_node(path, samples, tmp_path), read_weights(path).double().predict(samples).numpy(),
+                               rtol=0, atol=1e-12)
+
+
 def test_strings_holding_comment_or_javascript_marks_are_kept(model, tmp_path):
     """A string is not code: "http://x" holds no comment, and "{a: .5,}" stays as written."""
     text = params_to_text(_params(model), "js").replace(
