@@ -104,6 +104,8 @@ def _page_problem(model: Path) -> Optional[str]:
         code = strip_comments(script_text(model.read_bytes(), errors="replace"), str(model))
     except OSError as e:
         return f"it is not a readable file ({e.strerror or e})"
+    except PageOnlyError as e:          # a template literal's ${...}: code, which the page may well run
+        return UNCHECKED + str(e)
     except WeightFormatError as e:      # a comment or string left open: the page's script would not run
         return str(e)
 

@@ -292,18 +292,20 @@ def params_to_text(params: Mapping, fmt: str = "js") -> str:
 # A string's opening quote, a line comment, or a block comment's opener: every alternative matches or
 # fails at its first character, so a scan is linear (a `/\*.*?\*/` regex was quadratic on many `/*`). A
 # page's classic script also takes HTML's `<!--` as a line comment, and `-->` at the start of a line.
-_TOKEN = re.compile(r"""["']|//[^\n\r\u2028\u2029]*|<!--[^\n\r\u2028\u2029]*|/\*""")
+_TOKEN = re.compile(r"""["'`]|//[^\n\r\u2028\u2029]*|<!--[^\n\r\u2028\u2029]*|/\*""")
 # The same with `-->` at a line's start, for a text that holds one (the alternative slows every scan by a third)
 _TOKEN_HTML_CLOSE = re.compile(_TOKEN.pattern + r"|(?<=[\n\r\u2028\u2029])[ \t]*-->[^\n\r\u2028\u2029]*")
 # What can end a string's plain run. The strings are scanned by _string_end, not by one regex: a
 # `"(?:[^"\\]|\\.)*"` pattern kept ~150 bytes of backtracking state a character (1.5 GB for a
-# 10 MB string), and an unrolled one still kept that much per escape.
-_STRING_STOPS = {q: re.compile(rf"[{q}\\\n\r]") for q in "\"'"}
+# 10 MB string), and an unrolled one still kept that much per escape. A template literal (`...`) may
+# span lines; its `${` opens a substitution, code.
+_STRING_STOPS = {**{q: re.compile(rf"[{q}\\\n\r]") for q in "\"'"}, "`": re.compile(r"[`\\]|\$\{")}
 
 
 def _string_end(text: str, start: int) -> Tuple[int, bool]:
     """The end of the string literal whose quote is at text[start], and whether it is closed there.
-    An unclosed one ends before the line break (or a backslash before one) that cuts it off."""
+    An unclosed one ends before the line break (or a backslash before one) that cuts it off, a template
+    literal before its first `${`."""
     quote, stops, pos = text[start], _STRING_STOPS[text[start]], start + 1
     while True:
         m = stops.search(text, pos)
@@ -312,7 +314,7 @@ def _string_end(text: str, start: int) -> Tuple[int, bool]:
         c = m.group()
         if c == quote:
             return m.end(), True
-        if c != "\\" or m.end() == len(text) or text[m.end()] == "\n":
+        if c != "\\" or m.end() == len(text) or text[m.end()] == "\n" and quote != "`":
             return m.start(), False
         pos = m.end() + 1                               # an escape: the backslash and one character
 
@@ -340,10 +342,10 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
             break
         code.append(text[pos:m.start()])
         token, pos = m.group(), m.end()
-        if token in ("\"", "'"):
+        if token in ("\"", "'", "`"):
             pos, closed = _string_end(text, m.start())
             token = text[m.start():pos]
-        if token[0] not in "\"'" and token != "/*":       # a line comment: //, <!-- or -->
+        if token[0] not in "\"'`" and token != "/*":       # a line comment: //, <!-- or -->
             continue
         if token == "/*":
             end = text.find("*/", pos)
@@ -358,6 +360,11 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
         elif not closed:
             if source is not None:
                 line = text.count("\n", 0, m.start()) + 1
+                if token[0] == "`" and text.startswith("${", pos):   # the page may well run it
+                    raise PageOnlyError(f"{source}: the template literal at line {line} holds a ${{...}} "
+                                        "substitution, code that predlab does not run; write its value out")
+                if token[0] == "`":
+                    raise WeightFormatError(f"{source}: the template literal at line {line} is never closed")
                 raise WeightFormatError(f"{source}: the string at line {line} is not closed on its line")
             code.append(token)
         else:
@@ -431,8 +438,12 @@ def _json_number(m: "re.Match", where: Callable[[], str]) -> str:
 
 
 def _json_string(token: str) -> str:
-    """A JavaScript string literal ('...' or "...") as a JSON one: quotes swapped as needed, \\' unescaped.
-    Other escapes are kept; JSON's parser names one it lacks (\\x41, say) with its line and column."""
+    """A JavaScript string literal ('...', "..." or a template literal without substitutions) as a JSON one:
+    quotes swapped as needed, \\' unescaped, a template's line breaks as \\n and then as many line breaks
+    after the string, so that lines keep their numbers. Other escapes are kept; JSON's parser names one it
+    lacks (\\x41, say) with its line and column."""
+    if token[0] == "`":
+        return '"' + _TEMPLATE_SWAPS.sub(_template_swap, token[1:-1]) + '"' + "\n" * token.count("\n")
     return '"' + _STRING_SWAPS.sub(_string_swap, token[1:-1]) + '"'
 
 
@@ -443,6 +454,19 @@ def _string_swap(m: "re.Match") -> str:
     if m.group(1) is None:
         return '\\"'
     return "'" if m.group(1) == "'" else m.group()
+
+
+# In a template literal: an escape (a line break after the backslash: a line continuation), a " or a line break
+_TEMPLATE_SWAPS = re.compile(r'\\(\r\n?|[\s\S])|"|\r\n?|\n')
+
+
+def _template_swap(m: "re.Match") -> str:
+    escaped = m.group(1)
+    if escaped is None:
+        return '\\"' if m.group() == '"' else "\\n"        # CR LF and CR are LF in a template's value
+    if escaped in ("\n", "\r", "\r\n", "\u2028", "\u2029"):
+        return ""
+    return escaped if escaped in "`$'" else m.group()
 
 
 # Code after the weights object that assigns into TRANSFORMER_PARAMS (`.d_model = 64`, `["layers"][0] =`,

@@ -602,6 +602,34 @@ def test_page_runs_weights_set_by_code(tmp_path, make_model, form):
     assert res["modelLoaded"] and res["error"] is None
 
 
+def _with_note(tmp_path, model, note) -> Path:
+    """model.js with a note key written as JavaScript (a template literal, say) before the weights."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(path.read_text().replace('{"d_model"', "{note: " + note + ', "d_model"', 1))
+    return path
+
+
+def test_demo_cli_reads_a_template_literal_note_and_names_a_substitution(tmp_path, make_model, demo_cli, capsys):
+    """The page runs both files (next test); the command said it would refuse them ("not a readable weight
+    file", or a string "not closed on its line" for the quote in `it's`). A ${...} it cannot check."""
+    path = _with_note(tmp_path, make_model(0), "`it's v2`")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    path = _with_note(tmp_path, make_model(0), "`v${1 + 1}`")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert "will refuse" not in err, err
+    assert f"warning: predlab cannot check that the page runs {path}: {path}: the template literal at line 2 " \
+           "holds a ${...} substitution" in err, err
+
+
+@needs_chromium
+@pytest.mark.parametrize("note", ["`it's v2`", "`v${1 + 1}`"])
+def test_page_runs_a_model_js_with_a_template_literal_note(tmp_path, make_model, note):
+    res, _ = run_page(_with_note(tmp_path, make_model(0), note), frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+
+
 def test_demo_cli_names_weights_the_page_does_not_read(tmp_path, make_model, demo_cli, capsys):
     """The page runs the file without them: the command says so in one line, not a Python warning."""
     params = model_to_params(make_model(0))

@@ -664,6 +664,26 @@ def test_strings_holding_comment_or_javascript_marks_are_kept(model, tmp_path):
     assert p["note"] == "see http://example.com /* or */ {a: .5,}" and p["a//b"] == 1 and p["d_model"] == 48
 
 
+def test_a_template_literal_string_is_read_as_javascript_reads_it(model):
+    """A note written as a template literal (`v2`) runs in the page; predlab refused the file as "not a readable
+    weight file", or, with a quote in it, as a string "not closed on its line". Its line breaks still count."""
+    text = params_to_text(_params(model), "js").replace(
+        '"d_model":', "note: `it's \"v2\" // not /* a comment\r\nline 2 \\` \\${x} \\\nend`, d_model:", 1)
+    p = text_to_params(text, "model.js")
+    assert p["note"] == 'it\'s "v2" // not /* a comment\nline 2 ` ${x} end' and p["d_model"] == 48
+    with pytest.raises(WeightFormatError, match=r"model.js: not a readable weight file \(Expecting value at line 4,"):
+        text_to_params("{note: `a\nb\nc`,\n x: [1, ?]}", "model.js")
+    with pytest.raises(WeightFormatError, match=r"model.js: the template literal at line 2 is never closed"):
+        text_to_params("{\nnote: `a}", "model.js")
+
+
+def test_a_template_literal_with_a_substitution_is_named_as_code_predlab_does_not_run(model):
+    """`v${1 + 1}` is code: the page may run it, and predlab cannot tell what it makes (PageOnlyError)."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(PageOnlyError, match=r"model.js: the template literal at line 2 holds a \$\{...\} substitution"):
+        text_to_params("{d_model: 48,\n note: `v${1 + `1`}`}", "model.js")
+
+
 def test_long_strings_in_a_model_js_are_read_in_memory_of_their_size(model):
     """An extra key holding 4 MB (a data URL, say) with escapes in it. The reader keeps no state a
     character: a backtracking string pattern held ~150 bytes a character, 1.5 GB for 10 MB."""
