@@ -57,7 +57,8 @@ class WeightFormatError(ValueError):
 
 class PageOnlyError(WeightFormatError):
     """Weights the browser page runs but predlab cannot hold as the page does (a number beyond float32's
-    range, which the page computes with in float64; a number with a leading zero, octal to the page)."""
+    range, which the page computes with in float64; a number with a leading zero, octal to the page), or
+    code in them that predlab does not run (a template literal's ${...}, a computed key)."""
 
 
 # ---------------------------------------------------------------------- key <-> parameter map
@@ -380,7 +381,9 @@ def strip_comments(text: str, source: Optional[str] = None) -> str:
     return "".join(piece for _, piece in _split_code(text, source))
 
 
-_UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*)\s*:")
+# A key as JavaScript may write it bare: a name, or a whole number (`1: [1]`, the key "1"); not one JavaScript
+# writes otherwise as a string (1.50, 0x10, 1e3, and digits past float64's exact whole numbers)
+_UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*|(?:0|[1-9]\d{0,14})(?![\w$.]))\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 # A number in a value's place, as JavaScript writes it: signs (`- 0.5`, `+-0.5`: unary operators, spaces
 # allowed), hex, binary and octal (0x10), separators (1_000), .5 and 5., a BigInt's n; and a leading zero (010).
@@ -475,6 +478,10 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
                              r"(?:\*\*|<<|>>>?|[-+*/%&|^])?=(?!=)")
 
 
+# Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
+_JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
+
+
 def _line_col(text: str, pos: int) -> Tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
@@ -502,6 +509,12 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         params, end = json.JSONDecoder().raw_decode(s, start)
     except json.JSONDecodeError as e:   # line and column in the file (block comments keep their lines)
         line, col = _line_col(s, e.pos)
+        key = _JS_ONLY_KEY.match(s, e.pos) if e.msg.startswith("Expecting property name") else None
+        if key:         # the page runs it (a key it does not read); JSON has no such key
+            what = ("computed (`[...]:`), code that predlab does not run" if key.group()[0] == "[" else
+                    "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
+            raise PageOnlyError(f"{source}: the key at line {line}, column {col} is {what}; write it as a "
+                                "name") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {line}, "
                                 f"column {col})") from None
     except RecursionError:

@@ -630,6 +630,28 @@ def test_page_runs_a_model_js_with_a_template_literal_note(tmp_path, make_model,
     assert res["modelLoaded"] and res["error"] is None
 
 
+def test_demo_cli_reads_a_whole_number_key_and_names_a_computed_one(tmp_path, make_model, demo_cli, capsys):
+    """The page runs both files (next test); the command said it would refuse them ("not a readable weight file
+    (Expecting property name ...)"). Key 1 is read (an array there: weights the page does not read); a computed
+    key it cannot check."""
+    path = _with_note(tmp_path, make_model(0), "'v2', 1: [1]")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: {path}: the page does not read 1, so") and "will refuse" not in err, err
+    path = _with_note(tmp_path, make_model(0), "'v2', ['x' + 1]: [1]")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert "will refuse" not in err, err
+    assert f"warning: predlab cannot check that the page runs {path}: {path}: the key at line 2, column " in err, err
+
+
+@needs_chromium
+@pytest.mark.parametrize("note", ["'v2', 1: [1]", "'v2', ['x' + 1]: [1]"])
+def test_page_runs_a_model_js_with_a_number_or_computed_key(tmp_path, make_model, note):
+    res, _ = run_page(_with_note(tmp_path, make_model(0), note), frames=10)
+    assert res["modelLoaded"] and res["error"] is None
+
+
 def test_demo_cli_names_weights_the_page_does_not_read(tmp_path, make_model, demo_cli, capsys):
     """The page runs the file without them: the command says so in one line, not a Python warning."""
     params = model_to_params(make_model(0))

@@ -684,6 +684,27 @@ def test_a_template_literal_with_a_substitution_is_named_as_code_predlab_does_no
         text_to_params("{d_model: 48,\n note: `v${1 + `1`}`}", "model.js")
 
 
+def test_whole_number_keys_are_read_as_javascript_names_them(model):
+    """`1: [1]` (say, a table of versions) runs in the page, which reads key "1"; predlab refused the file as
+    "not a readable weight file (Expecting property name ...)". Numbers in arrays stay numbers."""
+    text = params_to_text(_params(model), "js").replace('"d_model":', "0: 'a', 12 : [1, 2], d_model:", 1)
+    p = text_to_params(text)
+    assert p["0"] == "a" and p["12"] == [1, 2] and p["d_model"] == 48
+    assert text_to_params("{x: [0, 12, {3: 4}]}") == {"x": [0, 12, {"3": 4}]}
+
+
+@pytest.mark.parametrize("key, what", [("1.5", "a number not written as a plain whole number"),
+                                       ("0x10", "a number not written as a plain whole number"),
+                                       ("1_000", "a number not written as a plain whole number"),
+                                       ('["a" + 1]', r"computed \(`\[...\]:`\), code that predlab does not run")])
+def test_keys_javascript_computes_are_named_as_what_predlab_does_not_read(key, what):
+    """The page runs such a file (the key is one it does not read); predlab cannot tell the key's name without
+    JavaScript's number formatting or code (PageOnlyError), so it names the key rather than a JSON error."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(PageOnlyError, match=rf"model.js: the key at line 2, column 3 is {what}.*; write it as a name"):
+        text_to_params(f"{{d_model: 48,\n  {key}: [1]}}", "model.js")
+
+
 def test_long_strings_in_a_model_js_are_read_in_memory_of_their_size(model):
     """An extra key holding 4 MB (a data URL, say) with escapes in it. The reader keeps no state a
     character: a backtracking string pattern held ~150 bytes a character, 1.5 GB for 10 MB."""
