@@ -122,11 +122,17 @@ def _page_problem(model: Path) -> Optional[str]:
                 "<script> that loads model.js, so none of the file runs (remove that line)")
     assignment = re.match(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL})\s*=\s*", text)
     if not assignment:
-        sets = (m for m in re.finditer(rf"(?<![\w$.])(?:{SETS_PAGE_GLOBAL})\s*=(?!=)", code)
-                if not re.search(r"\b(?:let|const)\s+$", code[max(0, m.start() - 12):m.start()]))
-        if next(sets, None):       # in a function, after other code: the page may see it, predlab cannot tell
-            return (UNCHECKED + "it sets window.TRANSFORMER_PARAMS after other code (a function wrapped around "
-                    "it, say), and predlab reads only a file that opens with `window.TRANSFORMER_PARAMS = {...}`")
+        # Named anywhere but in a let or const: in a function, after other code, through `(window).` or an alias
+        # of window: the page may well set it, and predlab cannot tell without running the code
+        named = next((m for m in re.finditer(r"(?<![\w$])TRANSFORMER_PARAMS(?![\w$])", code)
+                      if not re.search(r"\b(?:let|const)\s+$", code[max(0, m.start() - 12):m.start()])), None)
+        if named:
+            first, line = text.split("\n", 1)[0].strip(), code.count("\n", 0, len(code) - len(code.lstrip())) + 1
+            first = first if len(first) <= 40 else first[:37] + "..."
+            return (UNCHECKED + f"it opens with `{first}` (line {line}), "
+                    "code that predlab does not run (it reads a file that opens with `window.TRANSFORMER_PARAMS = "
+                    f"{{...}}`), and the page may set its weights there (TRANSFORMER_PARAMS is at line "
+                    f"{code.count(chr(10), 0, named.start()) + 1})")
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
     if re.match(rf"{USE_STRICT}TRANSFORMER_PARAMS", text) and re.match(r"""["']use strict""", text):
         return ('its "use strict" makes the bare `TRANSFORMER_PARAMS = ...` an error in the browser '
