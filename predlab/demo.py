@@ -96,8 +96,7 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script); UNCHECKED + why, for a
     script that sets the weights in a way predlab cannot read (the page may well run it)."""
-    from .config import BROWSER_SIZES
-    from .export import (SETS_PAGE_GLOBAL, SIZE_KEYS, USE_STRICT, PageOnlyError, WeightFormatError, read_params,
+    from .export import (SETS_PAGE_GLOBAL, USE_STRICT, PageOnlyError, WeightFormatError, read_params,
                          script_text, strip_comments)
     try:   # as the browser reads it (UTF-16 by its byte order mark): bytes that are not UTF-8 become U+FFFD,
         # harmless in a comment (a Latin-1 "Modèle"); read_params below names them anywhere else
@@ -143,15 +142,12 @@ def _page_problem(model: Path) -> Optional[str]:
         value = value if len(value) <= 40 else value[:37] + "..."
         return (UNCHECKED + f"it sets window.TRANSFORMER_PARAMS to `{value}`, code that predlab does not run "
                 "(it reads an object written out: `window.TRANSFORMER_PARAMS = {...}`)")
-    try:
-        params = read_params(model)
+    try:   # sizes first: the page refuses other sizes even where predlab cannot hold a number (1e39)
+        read_params(model, require_browser_sizes=True)
     except PageOnlyError as e:      # 1e39: the page runs it, predlab's float32 model cannot hold it
         return UNCHECKED + str(e)
     except Exception as e:  # noqa: BLE001 (any reason the page would refuse it)
         return str(e)
-    sizes = {k: int(params[k]) for k in SIZE_KEYS}
-    if sizes != BROWSER_SIZES:
-        return f"its sizes {sizes} are not the page's {BROWSER_SIZES}"
     return None
 
 

@@ -906,8 +906,9 @@ def script_text(data: bytes, errors: str = "strict") -> str:
     return data[start:].decode(codec, errors)
 
 
-def read_params(path: Union[str, Path]) -> Dict:
-    """Read and validate a weight file -> the weight dict."""
+def read_params(path: Union[str, Path], require_browser_sizes: bool = False) -> Dict:
+    """Read and validate a weight file -> the weight dict. With require_browser_sizes, sizes other than
+    48/4/3/96 are refused first, as the page refuses them whatever else the file holds."""
     path = Path(path)
     if path.is_dir():     # not_a_file called it "a pipe, a device or a socket"
         raise FileNotFoundError(f"{path} is a directory, not a weight file (say {path / 'model.js'})")
@@ -932,7 +933,7 @@ def read_params(path: Union[str, Path]) -> Dict:
             hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
             raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"
                                     f"{hint}") from None
-    validate_params(params)
+    validate_params(params, require_browser_sizes)
     unused = unused_keys(params)
     if unused:
         more = f" and {len(unused) - 6} more" if len(unused) > 6 else ""

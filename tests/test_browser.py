@@ -351,7 +351,7 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     read_weights(strict)                                          # which predlab still reads
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
-    assert "'d_model': 32" in _page_problem(small)
+    assert "refuses these sizes: d_model=32 (browser: 48)" in _page_problem(small)
     unclosed = tmp_path / "unclosed.js"
     unclosed.write_text("/* a note\n" + js.read_text())      # was: "does not set window.TRANSFORMER_PARAMS"
     assert "comment at line 1 is never closed" in _page_problem(unclosed)
@@ -551,7 +551,7 @@ def test_demo_cli_warns_before_serving_weights_the_page_refuses(tmp_path, make_m
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
     for path, reason in [(_bad(tmp_path, params), "missing key 'layers[2].ffn_gate_weight'"),
-                         (small, "'d_model': 32")]:
+                         (small, "the browser page refuses these sizes: d_model=32 (browser: 48)")]:
         assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
         err = capsys.readouterr().err
         assert f"warning: the page will refuse {path} and run the teacher instead" in err and reason in err, err
@@ -692,6 +692,23 @@ def test_demo_cli_does_not_say_the_page_refuses_a_weight_beyond_float32(tmp_path
     assert demo_cli.main([str(nan), "--port", "0", "--no-browser"]) == 0
     err = capsys.readouterr().err
     assert "will refuse" in err and "cls_embedding: contains NaN" in err, err
+
+
+def test_demo_cli_says_the_page_refuses_other_sizes_beside_a_weight_beyond_float32(tmp_path, make_model, demo_cli,
+                                                                                   capsys):
+    """The page refuses d_model 32 whatever the weights hold; the command said only that it could not check the
+    file, as the 1e39 stopped predlab's reader before the sizes were compared."""
+    path = _beyond_float32(tmp_path, make_model(0, d_model=32))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: the page will refuse {path} and run the teacher instead: the browser page refuses these " \
+           "sizes: d_model=32 (browser: 48)" in err and "cannot check" not in err, err
+
+
+@needs_chromium
+def test_page_refuses_other_sizes_beside_a_weight_beyond_float32(tmp_path, make_model):
+    res, _ = run_page(_beyond_float32(tmp_path, make_model(0, d_model=32)), frames=10)
+    assert not res["modelLoaded"] and "d_model is 32 but this page runs 48" in res["error"]
 
 
 @needs_chromium
