@@ -386,12 +386,14 @@ def strip_comments(text: str, source: Optional[str] = None) -> str:
 _UNQUOTED_KEY = re.compile(r"([{,]\s*)([A-Za-z_$][\w$]*|(?:0|[1-9]\d{0,14})(?![\w$.]))\s*:")
 _TRAILING_COMMA = re.compile(r",(\s*[}\]])")
 # A number in a value's place, as JavaScript writes it: signs (`- 0.5`, `+-0.5`: unary operators, spaces
-# allowed), hex, binary and octal (0x10), separators (1_000), .5 and 5., a BigInt's n; and a leading zero (010).
+# allowed), hex, binary and octal (0x10), separators (1_000), .5 and 5., a BigInt's n, Infinity and NaN (which
+# the page refuses, as predlab does: `- Infinity` is that, not a syntax error); and a leading zero (010).
 # One JSON already reads is not matched (a Python call for each of them made reading 2.5 times slower)
 _NUMBER = re.compile(r"""([\[,:]\s*)(?!-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?[\s,\]}])((?:[-+]\s*)*)
     (0[xX][\da-fA-F](?:_?[\da-fA-F])*|0[bB][01](?:_?[01])*|0[oO][0-7](?:_?[0-7])*
      |(?P<zero>0\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)
-     |(?:(?:0|[1-9](?:_?\d)*)(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][-+]?\d(?:_?\d)*)?)
+     |(?:(?:0|[1-9](?:_?\d)*)(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][-+]?\d(?:_?\d)*)?
+     |Infinity|NaN)
     (?P<bigint>n?)(?![\w$.])""", re.X)
 
 
@@ -428,7 +430,11 @@ def _json_number(m: "re.Match", where: Callable[[], str]) -> str:
                             "it as an octal number where its digits allow (010 is 8) and refuse it under \"use "
                             "strict\"; predlab does not guess: write the number without the leading zero")
     literal = literal.replace("_", "")
-    if literal[1:2] in tuple("xXbBoO"):
+    if literal == "NaN":        # -NaN is NaN; JSON (as Python reads it) has no -NaN
+        return literal
+    if literal == "Infinity":
+        number = literal
+    elif literal[1:2] in tuple("xXbBoO"):
         value = int(literal, 0)
         try:            # beyond float64, JavaScript's Infinity: refused as it is by the page
             number = str(value) if value <= 2 ** 53 else repr(float(value))

@@ -718,6 +718,27 @@ def test_page_runs_a_weight_beyond_float32(tmp_path, make_model):
     assert res["runs"]["model"]["modelFailures"] == 0 and res["runs"]["model"]["allFinite"]
 
 
+def _minus_infinity(tmp_path, model) -> Path:
+    """model.js whose output_bias opens with `- Infinity`, a sign set apart as hand-made files write them."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(re.sub(r'"output_bias":\[[^,\]]+', '"output_bias":[- Infinity', path.read_text(), count=1))
+    return path
+
+
+def test_demo_cli_names_minus_infinity_as_the_infinity_the_page_refuses(tmp_path, make_model, demo_cli, capsys):
+    """It said the page would refuse a file that is "not a readable weight file (Expecting value ...)"."""
+    path = _minus_infinity(tmp_path, make_model(0))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"the page will refuse {path} and run the teacher instead: output_bias: contains NaN or infinity" in err
+
+
+@needs_chromium
+def test_page_refuses_minus_infinity(tmp_path, make_model):
+    res, _ = run_page(_minus_infinity(tmp_path, make_model(0)), frames=10)
+    assert not res["modelLoaded"] and "output_bias[0] is not a finite number" in res["error"]
+
+
 def test_demo_cli_names_a_dangling_link_and_a_checkpoint_under_a_js_name(tmp_path, make_model, demo_cli, capsys):
     """A link to a deleted model.js is named as such (not "train and export one first"), and a
     checkpoint saved as x.js is found to be a checkpoint (it was served, and the page ran the teacher)."""

@@ -1213,6 +1213,19 @@ def test_numbers_javascript_refuses_or_reads_otherwise_are_named(number, message
         text_to_params(f"{{\n  d_model: 48,\n  x: [0.5, {number}],\n}}", "model.js")
 
 
+def test_infinity_with_a_sign_set_apart_is_refused_as_infinity(model, tmp_path):
+    """`- Infinity` is JavaScript's -Infinity, which the page refuses as it refuses `-Infinity`: predlab named it
+    a JSON syntax error ("Expecting value") instead of the infinity in output_bias."""
+    p = _params(model)
+    path = tmp_path / "model.js"
+    path.write_text(params_to_text(p, "js").replace('"output_bias":[', '"output_bias":[- Infinity, ', 1)
+                    .replace(f"{p['output_bias'][0]!r},", "", 1))
+    with pytest.raises(WeightFormatError, match=r"^output_bias: contains NaN or infinity$"):
+        read_params(path)
+    assert repr(text_to_params("{x: [- Infinity, + Infinity, - -Infinity, -NaN, + NaN], Infinity: 1}")) == \
+        "{'x': [-inf, inf, inf, nan, nan], 'Infinity': 1}"
+
+
 def test_a_model_js_whose_comment_is_latin1_is_read_as_the_browser_reads_it(model, tmp_path):
     """A hand-written model.js saved by a Windows editor holds "Modèle" as Latin-1. A browser reads
     the stray byte as U+FFFD inside the comment and runs the file; predlab refused it as not UTF-8."""
