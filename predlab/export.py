@@ -403,20 +403,20 @@ _JS_SPACE = {**{ord(c): "\n" for c in "\u2028\u2029"},
              **{c: " " for c in range(0x2000, 0x200B)}}
 
 
-def _js_to_json(code: str, source: str = "weights", line: int = 1) -> str:
+def _js_to_json(code: str, source: str = "weights", line: int = 1, strict: bool = False) -> str:
     """JavaScript's bare keys, trailing commas, numbers (see _NUMBER), line ends and spaces as JSON, in code
-    outside strings that starts at `line` of source (for the messages)."""
+    outside strings that starts at `line` of source (for the messages), of a "use strict" file or not."""
     code = _TRAILING_COMMA.sub(r"\1", _UNQUOTED_KEY.sub(r'\1"\2":', code.translate(_JS_SPACE)))
     # the line is counted only for a message: counted for every number, reading was quadratic
     return _NUMBER.sub(lambda m: m.group(1) + _json_number(
-        m, lambda: f"{source}: `{m.group(0)[len(m.group(1)):].strip()}` at line {line + code.count(chr(10), 0, m.start(2))}"),
-        code)
+        m, lambda: f"{source}: `{m.group(0)[len(m.group(1)):].strip()}` at line {line + code.count(chr(10), 0, m.start(2))}",
+        strict), code)
 
 
-def _json_number(m: "re.Match", where: Callable[[], str]) -> str:
+def _json_number(m: "re.Match", where: Callable[[], str], strict: bool = False) -> str:
     """A _NUMBER match's signs and literal as the JSON number JavaScript reads them as; WeightFormatError for
-    one the page refuses, PageOnlyError for a leading zero (octal to the page where its digits allow). where()
-    names the number and its place in the file."""
+    one the page refuses (a leading zero under "use strict"), PageOnlyError for a leading zero elsewhere (octal
+    to the page where its digits allow). where() names the number and its place in the file."""
     signs, literal, bigint = m.group(2), m.group(3), m.group("bigint")
     if "--" in signs or "++" in signs:      # `- -0.5` is 0.5, `--0.5` no number
         raise WeightFormatError(f"{where()} is a syntax error in JavaScript "
@@ -425,6 +425,9 @@ def _json_number(m: "re.Match", where: Callable[[], str]) -> str:
     if bigint:
         raise WeightFormatError(f"{where()} is a BigInt, not a number: the page "
                                 f"refuses it; write {literal}")
+    if m.group("zero") and strict:
+        raise WeightFormatError(f"{where()} has a leading zero, a syntax error in JavaScript under the file's "
+                                "\"use strict\": the page would not run the file; write the number without it")
     if m.group("zero"):
         raise PageOnlyError(f"{where()} has a leading zero, which makes JavaScript read "
                             "it as an octal number where its digits allow (010 is 8) and refuse it under \"use "
@@ -500,9 +503,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     names it, and code there that assigns into TRANSFORMER_PARAMS is refused, as the page would run
     weights other than the object's."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
+    # the file's directive, which makes 010 a syntax error: its first statement, a string written so
+    strict = len(pieces) > 1 and not pieces[0][1].strip() and pieces[1][1] in ('"use strict"', "'use strict'")
     out, line = [], 1
     for is_code, piece in pieces:
-        out.append(_js_to_json(piece, source, line) if is_code else _json_string(piece))
+        out.append(_js_to_json(piece, source, line, strict) if is_code else _json_string(piece))
         line += out[-1].count("\n")
     s = "".join(out)
     start = len(s) - len(s.lstrip())

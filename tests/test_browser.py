@@ -718,6 +718,29 @@ def test_page_runs_a_weight_beyond_float32(tmp_path, make_model):
     assert res["runs"]["model"]["modelFailures"] == 0 and res["runs"]["model"]["allFinite"]
 
 
+def _strict_leading_zero(tmp_path, model) -> Path:
+    """A "use strict" model.js whose output_bias opens with 010: a syntax error under the directive."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text('"use strict";\n' + re.sub(r'"output_bias":\[[^,\]]+', '"output_bias":[010', path.read_text(), count=1))
+    return path
+
+
+def test_demo_cli_says_the_page_refuses_a_leading_zero_under_use_strict(tmp_path, make_model, demo_cli, capsys):
+    """It said it could not check the file, as 010 is 8 to a page without the directive."""
+    path = _strict_leading_zero(tmp_path, make_model(0))
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"the page will refuse {path} and run the teacher instead: {path}: `010` at line " in err, err
+    assert "a syntax error in JavaScript under the file's \"use strict\"" in err and "cannot check" not in err, err
+
+
+@needs_chromium
+def test_page_refuses_a_leading_zero_under_use_strict(tmp_path, make_model):
+    res, _ = run_page(_strict_leading_zero(tmp_path, make_model(0)), frames=10)
+    assert not res["modelLoaded"] and "did not define window.TRANSFORMER_PARAMS" in res["error"]
+    assert "SyntaxError" in res["error"]
+
+
 def _minus_infinity(tmp_path, model) -> Path:
     """model.js whose output_bias opens with `- Infinity`, a sign set apart as hand-made files write them."""
     path = write_weights(model, tmp_path / "model.js")

@@ -1213,6 +1213,22 @@ def test_numbers_javascript_refuses_or_reads_otherwise_are_named(number, message
         text_to_params(f"{{\n  d_model: 48,\n  x: [0.5, {number}],\n}}", "model.js")
 
 
+@pytest.mark.parametrize("number", ["010", "08.5"])
+def test_a_leading_zero_in_a_use_strict_file_is_the_syntax_error_the_page_meets(number):
+    """Under the file's "use strict" the page refuses 010 and 08.5 (a syntax error); predlab said it could not
+    tell what the page reads (PageOnlyError), so the demo said "cannot check" for a file the page never runs.
+    Without the directive, or with "use strict" only as a value, it stays PageOnlyError."""
+    from predlab.export import PageOnlyError
+    for head in ('"use strict";\n', "/* v2 */ 'use strict'\n"):
+        with pytest.raises(WeightFormatError, match=rf"model.js: `{number}` at line 3 has a leading zero, a syntax "
+                                                    r"error in JavaScript under the file's \"use strict\"") as e:
+            text_to_params(head + f"window.TRANSFORMER_PARAMS = {{d_model: 48,\n x: [{number}]}};", "model.js")
+        assert not isinstance(e.value, PageOnlyError)
+    for head in ("", "var a = 'use strict';\n", "{note: 'use strict',\n"):
+        with pytest.raises(PageOnlyError, match=f"`{number}` at line"):
+            text_to_params(head + f"{{d_model: 48,\n x: [{number}]}}", "model.js")
+
+
 def test_infinity_with_a_sign_set_apart_is_refused_as_infinity(model, tmp_path):
     """`- Infinity` is JavaScript's -Infinity, which the page refuses as it refuses `-Infinity`: predlab named it
     a JSON syntax error ("Expecting value") instead of the infinity in output_bias."""
