@@ -740,7 +740,7 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     (replaces="json") never replace a model.json, though it is JSON.
     """
     if isinstance(path, str) and not path.strip():
-        return "no file name given"
+        return "no folder name given" if directory else "no file name given"
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"

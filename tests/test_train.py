@@ -613,6 +613,8 @@ def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
     (["--d_model", "50"], "divisible"),
     (["--device", "tpu"], "error: --device: unknown device 'tpu'"),       # once "device: ...", not the flag
     (["--resume", "missing.pt"], "no such checkpoint"),
+    (["--log_dir", ""], "error: --log_dir: no folder name given"),                # once "no file name given"
+    (["--checkpoint_dir", ""], "error: --checkpoint_dir: no folder name given"),
     (["--boids_max", "0"], "boids_max"),
     (["--epochs", "two"], "epochs"),
     (["--cpu_split", "-1"], "cpu_split"),
