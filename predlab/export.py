@@ -1016,6 +1016,8 @@ def _main(argv: List[str]) -> int:
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():
         ap.error(not_a_file(src, f"no such file: {src}"))
+    if out.name.lower() in (".js", ".json"):      # a name that is all extension: Path has it as a stem, no suffix
+        ap.error(f"--out: {out} has an extension but no name before it: give one, say {out.with_name('model' + out.name)}")
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
     refuse_unwritable(ap, "--out", out, replaces="weights")

@@ -1373,3 +1373,17 @@ def test_cli_with_its_stdout_closed_exits_141_without_a_traceback(model, tmp_pat
     finally:
         stdout.close()
     assert read_params(out) == read_params(src)
+
+
+@pytest.mark.parametrize("out", [".js", "sub/.json"])
+def test_cli_names_an_output_that_is_all_extension(model, tmp_path, monkeypatch, capsys, out):
+    """--out .js (a script's `$NAME.js` with NAME unset) was refused as "must end in .js or .json, got .js":
+    it does end so, but Path reads ".js" as a name without an extension."""
+    from predlab.export import main
+    monkeypatch.chdir(tmp_path)
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", out])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"error: --out: {out} has an extension but no name before it" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt"]
