@@ -6,7 +6,6 @@ part: the tests start it on a free port and point headless Chromium at it.
 """
 from __future__ import annotations
 
-import argparse
 import mimetypes
 import re
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .config import bounded_number
+from .config import FlagParser, bounded_number
 
 JS_DIR = Path(__file__).resolve().parent / "js"
 DEFAULT_MODEL = Path("checkpoints") / "model.js"
@@ -161,7 +160,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0])
+    # the other tools' parser: an error under a one-line usage, and --port -1e3 read as a value (its own error)
+    ap = FlagParser(prog="python -m predlab.demo", description=__doc__.splitlines()[0], short_usage="[MODEL_JS] [flags]")
     ap.add_argument("model_js", nargs="?", default=str(DEFAULT_MODEL),
                     help=f"the exported weights (default {DEFAULT_MODEL})")
     ap.add_argument("--port", type=bounded_number(int, 0, 65535), default=8000,

@@ -315,7 +315,9 @@ def test_demo_cli_refuses_a_checkpoint_a_folder_and_a_bad_port(tmp_path, make_mo
     ckpt = SupervisedTrainer(make_model(), SampleSet.empty(), SampleSet.empty(),
                              device="cpu").save_checkpoint(tmp_path / "best_model.pt")
     for argv, message in [([str(ckpt)], "is a checkpoint"), ([str(tmp_path)], "is a directory"),
-                          ([str(ckpt), "--port", "99999"], "must be <= 65535")]:
+                          ([str(ckpt), "--port", "99999"], "must be <= 65535"),
+                          # once argparse's "expected one argument", under the full usage
+                          ([str(ckpt), "--port", "-1e3"], "error: argument --port: must be >= 0, got -1e3")]:
         r = subprocess.run([sys.executable, "-m", "predlab.demo", *argv, "--no-browser"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (argv, r.stderr)
