@@ -30,6 +30,15 @@ def _trainer(data=None, dropout: float = 0.0, **kw) -> SupervisedTrainer:
                              data, data, **kw)
 
 
+def _tampered(path, edit, **kw) -> None:
+    """A checkpoint of a trainer after one epoch, edited by edit(state), saved at path."""
+    donor = _trainer(**kw)
+    donor.train(1)
+    state = donor.state_dict()
+    edit(state)
+    torch.save(state, path)
+
+
 def _grad_norm(model) -> float:
     return float(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm())
 
@@ -234,11 +243,7 @@ def test_an_adamw_state_that_would_break_the_step_is_refused(tmp_path, edit, mes
     0, an infinite weight decay makes the weights infinite, a step count must be one number, and a
     key of another optimizer means the state is not AdamW's: each is named, and the trainer is
     left as it was."""
-    donor = _trainer(batch_size=64)
-    donor.train(1)
-    state = donor.state_dict()
-    edit(state)
-    torch.save(state, tmp_path / "bad.pt")
+    _tampered(tmp_path / "bad.pt", edit, batch_size=64)
     t = _trainer(batch_size=64)
     from predlab.checkpoint import CheckpointError
     with pytest.raises(CheckpointError, match=message):
@@ -618,11 +623,7 @@ def test_a_checkpoint_without_the_state_a_resume_needs_is_refused_naming_the_fie
     """Loaded, these went on silently: with a fresh AdamW, or with the dropout masks of another random
     state than the run it continues would have drawn."""
     from predlab.checkpoint import CheckpointError
-    donor = _trainer(dropout=0.1)
-    donor.train(1)
-    state = donor.state_dict()
-    edit(state)
-    torch.save(state, tmp_path / "bad.pt")
+    _tampered(tmp_path / "bad.pt", edit, dropout=0.1)
     t = _trainer(dropout=0.1)
     with pytest.raises(CheckpointError, match=re.escape(f"{tmp_path / 'bad.pt'}: {field}")):
         t.load_checkpoint(tmp_path / "bad.pt")
