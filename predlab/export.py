@@ -305,8 +305,8 @@ _STRING_STOPS = {**{q: re.compile(rf"[{q}\\\n\r]") for q in "\"'"}, "`": re.comp
 
 def _string_end(text: str, start: int) -> Tuple[int, bool]:
     """The end of the string literal whose quote is at text[start], and whether it is closed there.
-    An unclosed one ends before the line break (or a backslash before one) that cuts it off, a template
-    literal before its first `${`."""
+    An unclosed one ends before the line break that cuts it off, a template literal before its first `${`.
+    A backslash before a line break continues the string on the next line, as in JavaScript."""
     quote, stops, pos = text[start], _STRING_STOPS[text[start]], start + 1
     while True:
         m = stops.search(text, pos)
@@ -315,9 +315,10 @@ def _string_end(text: str, start: int) -> Tuple[int, bool]:
         c = m.group()
         if c == quote:
             return m.end(), True
-        if c != "\\" or m.end() == len(text) or text[m.end()] == "\n" and quote != "`":
+        if c != "\\" or m.end() == len(text):
             return m.start(), False
-        pos = m.end() + 1                               # an escape: the backslash and one character
+        # an escape: the backslash and one character, or a line continuation's CR LF
+        pos = m.end() + (2 if text.startswith("\r\n", m.end()) else 1)
 
 
 # A `#!` line opening the file (`#!/usr/bin/env node`): a comment to JavaScript there, and only there
@@ -449,36 +450,57 @@ def _json_number(m: "re.Match", where: Callable[[], str], strict: bool = False) 
     return ("-" if signs.count("-") % 2 else "") + number
 
 
-def _json_string(token: str) -> str:
-    """A JavaScript string literal ('...', "..." or a template literal without substitutions) as a JSON one:
-    quotes swapped as needed, \\' unescaped, a template's line breaks as \\n and then as many line breaks
-    after the string, so that lines keep their numbers. Other escapes are kept; JSON's parser names one it
-    lacks (\\x41, say) with its line and column."""
-    if token[0] == "`":
-        return '"' + _TEMPLATE_SWAPS.sub(_template_swap, token[1:-1]) + '"' + "\n" * token.count("\n")
-    return '"' + _STRING_SWAPS.sub(_string_swap, token[1:-1]) + '"'
+def _json_string(token: str, source: str = "weights", line: int = 1, strict: bool = False) -> str:
+    """A JavaScript string literal ('...', "..." or a template literal without substitutions) at `line` of
+    source, in a "use strict" file or not, as the JSON string of the same value: its escapes as JavaScript
+    reads them (see _escape), a template's line breaks as \\n; then as many line breaks as the literal
+    spans, so that lines keep their numbers. An escape that is a syntax error in JavaScript (\\x4) is
+    kept, for JSON's parser to name with its line and column; a legacy octal one raises (_legacy_escape)."""
+    def swap(m: "re.Match") -> str:
+        if m.group("legacy"):
+            _legacy_escape(m, f"{source}: the {'template literal' if token[0] == '`' else 'string'} at line {line}",
+                           token[0] == "`", strict)
+        return _escape(m)
+    return '"' + _STRING_SWAPS.sub(swap, token[1:-1]) + '"' + "\n" * token.count("\n")
 
 
-_STRING_SWAPS = re.compile(r'\\(.)|"', re.DOTALL)      # an escape, or a " that JSON needs escaped
+# In a string: an escape, a " (which JSON needs escaped) or a line break (a template literal's). The escape: a
+# code point (\u{1F600}, \x41), a legacy octal one (\0 before a digit, \1 to \9), a line continuation
+# (a backslash before a line break) or one character
+_STRING_SWAPS = re.compile(r'\\(u\{[\da-fA-F]+\}|x[\da-fA-F]{2}|(?P<legacy>0(?=\d)|[1-9])|\r\n?|[\s\S])|"|\r\n?|\n')
+# What an escape that JSON lacks or reads otherwise is: \v and \0 their characters, a line continuation
+# nothing. JSON's own (\n, \u00e9 ...) are kept, and \x and \u that are no such escape, for JSON's parser
+# to name; any other is the character itself (\' is ', \a is a)
+_ESCAPED = {"v": "\\u000b", "0": "\\u0000", **dict.fromkeys(("\n", "\r", "\r\n", "\u2028", "\u2029"), "")}
+_KEPT_ESCAPES = frozenset('"\\/bfnrtux')
 
 
-def _string_swap(m: "re.Match") -> str:
-    if m.group(1) is None:
-        return '\\"'
-    return "'" if m.group(1) == "'" else m.group()
-
-
-# In a template literal: an escape (a line break after the backslash: a line continuation), a " or a line break
-_TEMPLATE_SWAPS = re.compile(r'\\(\r\n?|[\s\S])|"|\r\n?|\n')
-
-
-def _template_swap(m: "re.Match") -> str:
+def _escape(m: "re.Match") -> str:
+    """A _STRING_SWAPS match, not a legacy escape, as JSON."""
     escaped = m.group(1)
     if escaped is None:
         return '\\"' if m.group() == '"' else "\\n"        # CR LF and CR are LF in a template's value
-    if escaped in ("\n", "\r", "\r\n", "\u2028", "\u2029"):
-        return ""
-    return escaped if escaped in "`$'" else m.group()
+    if escaped in _ESCAPED:
+        return _ESCAPED[escaped]
+    if len(escaped) > 1 and escaped[0] in "ux":           # \u{...} or \xHH
+        code = int(escaped.strip("ux{}"), 16)
+        return json.dumps(chr(code))[1:-1] if code <= 0x10FFFF else m.group()   # beyond Unicode: a syntax error
+    return m.group() if escaped in _KEPT_ESCAPES else json.dumps(escaped)[1:-1]
+
+
+def _legacy_escape(m: "re.Match", where: str, template: bool, strict: bool) -> None:
+    """Raise for a legacy octal escape (m, a _STRING_SWAPS match) in the string `where` names: a syntax error
+    in a template literal and under "use strict" (WeightFormatError), read by rules of JavaScript's own
+    elsewhere (PageOnlyError: \\101 is "A", \\08 a NUL and "8", \\8 "8")."""
+    escape = re.compile(r"\\\d{1,3}").match(m.string, m.start()).group()
+    fix = "write the character as a \\x or \\u escape (\\x41 for A, \\x00 for a NUL)"
+    if template or strict:
+        context = "a template literal" if template else "JavaScript under the file's \"use strict\""
+        raise WeightFormatError(f"{where} holds `{escape}`, a legacy octal escape, a syntax error in {context}: "
+                                f"the page would not run the file; {fix}")
+    raise PageOnlyError(f"{where} holds `{escape}`, a legacy octal escape, which JavaScript reads by rules of its "
+                        f"own (\\101 is A, \\08 a NUL and 8) and refuses under \"use strict\"; predlab does not "
+                        f"guess: {fix}")
 
 
 # Code after the weights object that assigns into TRANSFORMER_PARAMS (`.d_model = 64`, `["layers"][0] =`,
@@ -507,7 +529,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     strict = len(pieces) > 1 and not pieces[0][1].strip() and pieces[1][1] in ('"use strict"', "'use strict'")
     out, line = [], 1
     for is_code, piece in pieces:
-        out.append(_js_to_json(piece, source, line, strict) if is_code else _json_string(piece))
+        out.append(_js_to_json(piece, source, line, strict) if is_code else
+                   _json_string(piece, source, line, strict))
         line += out[-1].count("\n")
     s = "".join(out)
     start = len(s) - len(s.lstrip())

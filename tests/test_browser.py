@@ -655,6 +655,47 @@ def test_page_runs_a_model_js_with_a_template_literal_or_a_number_or_computed_ke
     assert res["modelLoaded"] and res["error"] is None
 
 
+# Notes with JavaScript's string escapes: \x41, \v, \0, an identity escape (\a), \u{...}; a line continuation; a
+# legacy octal escape
+ESCAPED_NOTES = ["'v2 \\x41\\v\\0\\a\\u{1F600}'", "'v2 \\\n(2024)'", "'v2 \\101'"]
+
+
+def test_demo_cli_reads_javascript_string_escapes_and_names_a_legacy_octal_one(tmp_path, make_model, demo_cli,
+                                                                               capsys):
+    """The page runs these files (next test); the command said it would refuse them ("not a readable weight file
+    (Invalid \\escape ...)", or a string "not closed on its line"). A legacy octal escape (\\101 is "A") it cannot
+    check; under "use strict" it is the syntax error the page meets."""
+    for note in ESCAPED_NOTES[:2]:
+        path = _with_note(tmp_path, make_model(0), note)
+        assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+        assert "warning" not in capsys.readouterr().err
+    path = _with_note(tmp_path, make_model(0), ESCAPED_NOTES[2])
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: predlab cannot check that the page runs {path}: {path}: the string at line 2 holds `\\101`, " \
+           "a legacy octal escape" in err and "will refuse" not in err, err
+    path.write_text('"use strict";\n' + path.read_text())
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"the page will refuse {path} and run the teacher instead: {path}: the string at line 3 holds `\\101`, a " \
+           "legacy octal escape, a syntax error in JavaScript under the file's \"use strict\"" in err, err
+
+
+@needs_chromium
+@pytest.mark.parametrize("note", ESCAPED_NOTES + ["strict"])
+def test_page_runs_javascript_string_escapes_and_refuses_a_legacy_octal_one_under_use_strict(tmp_path, make_model,
+                                                                                             note):
+    """What the demo test above says of these files: the page runs them, and not the last under "use strict"."""
+    path = _with_note(tmp_path, make_model(0), ESCAPED_NOTES[2] if note == "strict" else note)
+    if note == "strict":
+        path.write_text('"use strict";\n' + path.read_text())
+    res, _ = run_page(path, frames=10)
+    if note == "strict":
+        assert not res["modelLoaded"] and "SyntaxError" in res["error"], res["error"]
+    else:
+        assert res["modelLoaded"] and res["error"] is None, res["error"]
+
+
 def test_demo_cli_names_weights_the_page_does_not_read(tmp_path, make_model, demo_cli, capsys):
     """The page runs the file without them: the command says so in one line, not a Python warning."""
     params = model_to_params(make_model(0))

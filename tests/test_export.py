@@ -199,9 +199,9 @@ def test_reads_a_strict_single_quoted_model_js(model, tmp_path):
     ref = _round4(model.export_to_javascript())
     for k, v in validate_params(ref).items():
         np.testing.assert_array_equal(validate_params(p)[k], v, err_msg=k)
-    # an escape JSON lacks is named with its place, not misread
+    # an escape that is a syntax error in JavaScript (\x without two hex digits) is named with its place
     with pytest.raises(WeightFormatError, match=r"model.js: not a readable weight file \(Invalid \\escape at line 2"):
-        text_to_params("{'d_model': 48,\n 'note': '\\x41'}", "model.js")
+        text_to_params("{'d_model': 48,\n 'note': '\\x4'}", "model.js")
 
 
 @needs_node
@@ -682,6 +682,50 @@ def test_a_template_literal_with_a_substitution_is_named_as_code_predlab_does_no
     from predlab.export import PageOnlyError
     with pytest.raises(PageOnlyError, match=r"model.js: the template literal at line 2 holds a \$\{...\} substitution"):
         text_to_params("{d_model: 48,\n note: `v${1 + `1`}`}", "model.js")
+
+
+# String escapes that JSON has not or reads otherwise, with the values JavaScript gives them
+JS_ESCAPES = [("'\\x41'", "A"), ("'\\v'", "\v"), ("'\\0'", "\0"), ("'\\a'", "a"), ("'\\u{1F600}'", "\U0001F600"),
+              ("'a\\\nb'", "ab"), ('"a\\\r\nb"', "ab"), ("`\\x41\\0\\$`", "A\0$"), ("'\\u{41}\\\"\\/'", 'A"/')]
+
+
+def test_javascript_string_escapes_are_read_as_javascript_reads_them():
+    """A note such as 'v2 \\x41' runs in the page; predlab refused the file as "not a readable weight file (Invalid
+    \\escape ...)", and a backslash before a line break (a line continuation) as a string "not closed on its
+    line". The lines after a continuation keep their numbers."""
+    for literal, value in JS_ESCAPES:
+        assert text_to_params(f"{{note: {literal}, d_model: 48}}")["note"] == value, literal
+    with pytest.raises(WeightFormatError, match=r"model.js: not a readable weight file \(Expecting value at line 3,"):
+        text_to_params("{note: 'a\\\nb',\n x: [1, ?]}", "model.js")
+
+
+@needs_node
+def test_javascript_string_escapes_are_read_as_node_reads_them(tmp_path):
+    """The values above are the ones the engine's JavaScript gives the same literals."""
+    script = tmp_path / "escapes.js"
+    script.write_text("console.log(JSON.stringify([" + ", ".join(literal for literal, _ in JS_ESCAPES) + "]));\n")
+    res = subprocess.run(["node", str(script)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout) == [text_to_params(f"{{note: {literal}}}")["note"] for literal, _ in JS_ESCAPES]
+
+
+@pytest.mark.parametrize("escape", ["\\08", "\\101", "\\8"])
+def test_legacy_octal_escapes_are_named_not_guessed(escape):
+    """'\\101' is "A" to the page and '\\08' a NUL then "8", by legacy rules predlab does not follow: named as
+    what predlab does not read (PageOnlyError), not as an invalid escape. Under "use strict", and in a template
+    literal, it is the syntax error the page meets (WeightFormatError)."""
+    from predlab.export import PageOnlyError
+    shown = re.escape(escape)
+    with pytest.raises(PageOnlyError, match=rf"model.js: the string at line 2 holds `{shown}`, a legacy octal escape, "
+                                            "which JavaScript reads by rules of its own"):
+        text_to_params(f"{{d_model: 48,\n note: 'v{escape}'}}", "model.js")
+    for head, note, where in (("'use strict';\nwindow.TRANSFORMER_PARAMS = ", f"'{escape}'", "string at line 3"),
+                              ("", f"`{escape}`", "template literal at line 2")):
+        with pytest.raises(WeightFormatError, match=rf"model.js: the {where} holds `{shown}`, a legacy octal escape, "
+                                                    "a syntax error in (JavaScript under the file's \"use strict\"|a "
+                                                    "template literal): the page would not run the file") as e:
+            text_to_params(f"{head}{{d_model: 48,\n note: {note}}}", "model.js")
+        assert not isinstance(e.value, PageOnlyError)
 
 
 def test_whole_number_keys_are_read_as_javascript_names_them(model):
