@@ -540,7 +540,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     if not s.startswith("{", start):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
     try:
-        params, end = json.JSONDecoder().raw_decode(s, start)
+        # strict=False: a raw tab (or other control character but a line break) in a string, as JavaScript takes it
+        params, end = json.JSONDecoder(strict=False).raw_decode(s, start)
     except json.JSONDecodeError as e:   # line and column in the file (block comments keep their lines)
         line, col = _line_col(s, e.pos)
         key = _JS_ONLY_KEY.match(s, e.pos) if e.msg.startswith("Expecting property name") else None

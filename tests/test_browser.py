@@ -696,6 +696,20 @@ def test_page_runs_javascript_string_escapes_and_refuses_a_legacy_octal_one_unde
         assert res["modelLoaded"] and res["error"] is None, res["error"]
 
 
+def test_demo_cli_reads_a_raw_tab_in_a_string(tmp_path, make_model, demo_cli, capsys):
+    """The page runs the file (next test); the command said it would refuse it ("not a readable weight file
+    (Invalid control character ...)")."""
+    path = _with_note(tmp_path, make_model(0), "'v2\t(2024)'")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@needs_chromium
+def test_page_runs_a_raw_tab_in_a_string(tmp_path, make_model):
+    res, _ = run_page(_with_note(tmp_path, make_model(0), "'v2\t(2024)'"), frames=10)
+    assert res["modelLoaded"] and res["error"] is None, res["error"]
+
+
 def test_demo_cli_names_weights_the_page_does_not_read(tmp_path, make_model, demo_cli, capsys):
     """The page runs the file without them: the command says so in one line, not a Python warning."""
     params = model_to_params(make_model(0))

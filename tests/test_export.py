@@ -728,6 +728,16 @@ def test_legacy_octal_escapes_are_named_not_guessed(escape):
         assert not isinstance(e.value, PageOnlyError)
 
 
+def test_raw_control_characters_in_strings_are_read_as_javascript_reads_them():
+    """A tab typed into a note (or a pasted control character) runs in the page; predlab refused the file as "not
+    a readable weight file (Invalid control character ...)", JSON's rule, not JavaScript's. A line break still
+    ends a string that is not a template literal."""
+    assert text_to_params("{note: 'v2\t(2024)\x01', \"n\t\": `\t`, d_model: 48}") == \
+        {"note": "v2\t(2024)\x01", "n\t": "\t", "d_model": 48}
+    with pytest.raises(WeightFormatError, match="model.js: the string at line 2 is not closed on its line"):
+        text_to_params("{d_model: 48,\n note: 'a\tb\nc'}", "model.js")
+
+
 def test_whole_number_keys_are_read_as_javascript_names_them(model):
     """`1: [1]` (say, a table of versions) runs in the page, which reads key "1"; predlab refused the file as
     "not a readable weight file (Expecting property name ...)". Numbers in arrays stay numbers."""
