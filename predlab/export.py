@@ -36,11 +36,12 @@ JS_PREFIX = "window.TRANSFORMER_PARAMS = "
 # script's top-level `this` is window too, strict or not
 SETS_PAGE_GLOBAL = (r"(?:window\.|globalThis\.|self\.|this\.)?TRANSFORMER_PARAMS|var\s+TRANSFORMER_PARAMS"
                     r"""|(?:window|globalThis|self|this)\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\]""")
-# A script's "use strict" directive, which may stand before the assignment
-USE_STRICT = r"""(?:(?:"use strict"|'use strict')\s*;?\s*)?"""
+# A script's directive prologue, which may stand before the assignment: the strings opening it as statements of
+# their own ("use strict";, or more: `"a"; "use strict";`)
+DIRECTIVES = r"""(?:(?:"[^"\\\n\r]*(?:\\[\s\S][^"\\\n\r]*)*"|'[^'\\\n\r]*(?:\\[\s\S][^'\\\n\r]*)*')\s*(?:;\s*)?)*"""
 # How a model.js assigns its weights: let and const too, which predlab reads (the demo refuses them: the page
 # would not see them)
-WEIGHTS_ASSIGNMENT = re.compile(rf"{USE_STRICT}(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
+WEIGHTS_ASSIGNMENT = re.compile(rf"{DIRECTIVES}(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 # The least number float32 rounds to infinity; 3.4028235e38, float32's largest as numpy prints it, is
 # above FLOAT32_MAX but reads as it
@@ -517,6 +518,32 @@ def _line_col(text: str, pos: int) -> Tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
 
+# Where a directive (a statement that is a lone string) ends: at a `;`, or at a line break, where JavaScript
+# inserts the `;`
+_DIRECTIVE_END = re.compile(r"[^\S\n\r\u2028\u2029]*[;\n\r\u2028\u2029]")
+
+
+def _use_strict(pieces: List[Tuple[bool, str]]) -> bool:
+    """Whether the script of these _split_code pieces is strict: whether its directive prologue, the statements
+    opening it that are each a lone string (`"a"; "use strict";`), holds "use strict" as written."""
+    if pieces[0][1].strip():
+        return False
+    for i in range(1, len(pieces) - 1, 2):
+        string, after = pieces[i][1], pieces[i + 1][1]
+        if string[0] == "`" or not _DIRECTIVE_END.match(after):
+            return False
+        if string[1:-1] == "use strict":
+            return True
+        if after.strip() not in ("", ";"):       # code after the string: the prologue ends there
+            return False
+    return False
+
+
+def use_strict(code: str) -> bool:
+    """Whether a script (its comments stripped or not) is strict: its directive prologue holds "use strict"."""
+    return _use_strict(_split_code(code))
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas, single quotes,
     a "use strict" line) or JSON.
@@ -525,8 +552,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     names it, and code there that assigns into TRANSFORMER_PARAMS is refused, as the page would run
     weights other than the object's."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
-    # the file's directive, which makes 010 a syntax error: its first statement, a string written so
-    strict = len(pieces) > 1 and not pieces[0][1].strip() and pieces[1][1] in ('"use strict"', "'use strict'")
+    strict = _use_strict(pieces)      # which makes 010 and \08 syntax errors
     out, line = [], 1
     for is_code, piece in pieces:
         out.append(_js_to_json(piece, source, line, strict) if is_code else

@@ -792,6 +792,43 @@ def test_page_refuses_a_leading_zero_under_use_strict(tmp_path, make_model):
     assert "SyntaxError" in res["error"]
 
 
+def _strict_in_a_prologue(tmp_path, model, case) -> Path:
+    """A model.js whose directive prologue holds "use strict" after another string, with 010 in output_bias
+    ("zero") or the weights set by a bare `TRANSFORMER_PARAMS = ` ("bare"): syntax and reference errors there."""
+    text = write_weights(model, tmp_path / "model.js").read_text()
+    if case == "zero":
+        text = re.sub(r'"output_bias":\[[^,\]]+', '"output_bias":[010', text, count=1)
+    else:
+        text = text.replace("window.TRANSFORMER_PARAMS", "TRANSFORMER_PARAMS")
+    path = tmp_path / "model.js"
+    path.write_text("'predlab v2';\n\"use strict\";\n" + text)
+    return path
+
+
+def test_demo_cli_says_the_page_refuses_what_use_strict_forbids_after_another_directive(tmp_path, make_model,
+                                                                                        demo_cli, capsys):
+    """`'predlab v2'; "use strict";` makes the file strict as much as "use strict" alone (next test); the command
+    saw only a first "use strict", and said it could not check either file ("it opens with `'predlab v2';`")."""
+    path = _strict_in_a_prologue(tmp_path, make_model(0), "zero")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"the page will refuse {path} and run the teacher instead: {path}: `010` at line " in err, err
+    assert "a syntax error in JavaScript under the file's \"use strict\"" in err and "cannot check" not in err, err
+    path = _strict_in_a_prologue(tmp_path, make_model(0), "bare")
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    err = capsys.readouterr().err
+    assert f"the page will refuse {path} and run the teacher instead: its \"use strict\" makes the bare " \
+           "`TRANSFORMER_PARAMS = ...` an error in the browser" in err and "cannot check" not in err, err
+
+
+@needs_chromium
+@pytest.mark.parametrize("case, error", [("zero", "SyntaxError"), ("bare", "ReferenceError")])
+def test_page_refuses_what_use_strict_forbids_after_another_directive(tmp_path, make_model, case, error):
+    res, _ = run_page(_strict_in_a_prologue(tmp_path, make_model(0), case), frames=10)
+    assert not res["modelLoaded"] and "did not define window.TRANSFORMER_PARAMS" in res["error"]
+    assert error in res["error"], res["error"]
+
+
 def _minus_infinity(tmp_path, model) -> Path:
     """model.js whose output_bias opens with `- Infinity`, a sign set apart as hand-made files write them."""
     path = write_weights(model, tmp_path / "model.js")

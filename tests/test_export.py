@@ -1283,6 +1283,23 @@ def test_a_leading_zero_in_a_use_strict_file_is_the_syntax_error_the_page_meets(
             text_to_params(head + f"{{d_model: 48,\n x: [{number}]}}", "model.js")
 
 
+@pytest.mark.parametrize("head", ['"a";\n"use strict";\n', "'v2' /* by hand */\n'use strict'\n"])
+def test_a_directive_prologue_holding_use_strict_makes_the_file_strict(head):
+    """Strings that open a file as statements of their own (`"a"; "use strict";`) are its directive prologue, and
+    "use strict" anywhere in it makes the file strict in JavaScript: 010 is a syntax error, which the page meets.
+    predlab saw only a first "use strict", and did not read such a file at all ("expected a JSON object ...").
+    A string that is no statement of its own, or an empty statement, ends the prologue."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(WeightFormatError, match=r"model.js: `010` at line 4 has a leading zero, a syntax error in "
+                                                r"JavaScript under the file's \"use strict\"") as e:
+        text_to_params(head + "window.TRANSFORMER_PARAMS = {d_model: 48,\n x: [010]};", "model.js")
+    assert not isinstance(e.value, PageOnlyError)
+    assert text_to_params(head + "window.TRANSFORMER_PARAMS = {d_model: 48};") == {"d_model": 48}
+    for head in ('"a" + "b";\n"use strict";\n', '"a";;\n"use strict";\n', "`a`;\n'use strict';\n"):
+        with pytest.raises(PageOnlyError, match="`010` at line 4 has a leading zero, which makes JavaScript read it"):
+            text_to_params(head + "window.TRANSFORMER_PARAMS = {d_model: 48,\n x: [010]};", "model.js")
+
+
 def test_infinity_with_a_sign_set_apart_is_refused_as_infinity(model, tmp_path):
     """`- Infinity` is JavaScript's -Infinity, which the page refuses as it refuses `-Infinity`: predlab named it
     a JSON syntax error ("Expecting value") instead of the infinity in output_bias."""
