@@ -314,6 +314,8 @@ def train_epochs(controls: Controls, trainer) -> int:
     word (so did a trainer left from an earlier run when building the new one failed). Epochs do
     reach it (trainer.train(N) goes on to epoch N), so that slider counts. A model started from a
     file (init_weights) has the file's sizes: a size control left at its default is not compared.
+    A run already at the slider's epochs is told how to train on (on stdout): the cell then trains
+    nothing, and train()'s own warning spoke of train(N + 10), which the cell never calls.
     """
     if not isinstance(controls, Controls):
         raise TypeError(f"controls must be the Controls of make_train_controls, not {type(controls).__name__}")
@@ -334,7 +336,12 @@ def train_epochs(controls: Controls, trainer) -> int:
     if moved:     # printed, not warnings.warn: that says it once, and the cell may run again with them unchanged
         print("warning: the controls differ from the trainer's settings: " + ", ".join(moved) + "; the trainer "
               "keeps its own: build it again (a new run) to train with the controls' values", file=sys.stderr)
-    return whole_number("epochs", now["epochs"], 1)
+    epochs = whole_number("epochs", now["epochs"], 1)
+    if trainer.epoch >= epochs:
+        print(f"nothing to train: this run has done {trainer.epoch} epoch(s) and the epochs slider asks for "
+              f"{epochs}: move it past {trainer.epoch} and run this cell again to train on (or build the trainer "
+              f"again: a new run)")
+    return epochs
 
 
 # ---------------------------------------------------------------------- 03: attention

@@ -1264,7 +1264,9 @@ def test_the_training_cell_takes_the_epochs_slider_and_names_the_controls_its_tr
 
 def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, capsys):
     """Run as it stands in 02, the training cell trains to the epochs slider's value and warns about a
-    slider the trainer does not have (one it was built before, or the trainer of an earlier run)."""
+    slider the trainer does not have (one it was built before, or the trainer of an earlier run). Run
+    again on a finished run, it called train() anyway, whose warning told the notebook's user to call
+    train(15): the cell calls none, and says to move the slider."""
     import json
     from pathlib import Path
 
@@ -1297,8 +1299,10 @@ def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, ca
     exec(cell, ns)                                     # the run not yet done: train() draws the plot
     assert not shows
     trainer.epoch = 5                                  # done: the cell again draws the run's plot
-    exec(cell, ns)
-    assert shows == [trainer] and seen == [5, 5, 5]
+    capsys.readouterr()
+    exec(cell, ns)                                     # and calls no train(5), whose warning says "train(15)"
+    assert shows == [trainer] and seen == [5, 5]
+    assert "move it past 5 and run this cell again to train on" in capsys.readouterr().out
 
 
 def test_attention_overlay_titles_a_frame_of_one_boid_or_none(make_model, samples):
