@@ -449,12 +449,7 @@ class LivePlot(Callback):
             self.history, self.epochs, self._trainer, self._resumed_from = {}, {}, trainer, resumed
         # An epoch drawn, then undone by the trainer (cut after this callback's on_epoch_end) is
         # drawn again when it is repeated: drop it here, not twice on the plot.
-        done = getattr(trainer, "epoch", None)
-        if isinstance(done, int) and not isinstance(done, bool):
-            for k in list(self.epochs):
-                kept = [i for i, e in enumerate(self.epochs[k]) if e <= done]
-                self.epochs[k] = [self.epochs[k][i] for i in kept]
-                self.history[k] = [self.history[k][i] for i in kept]
+        self._drop_undone(trainer)
         # A resumed trainer brings its history: show it from the start. An entry without an
         # epoch is the epoch of its place in the list (history[0] is epoch 1).
         seen = set(self.history.get("epoch", []))
@@ -464,6 +459,19 @@ class LivePlot(Callback):
             epoch = logs.get("epoch", i + 1)
             if epoch not in seen:
                 self._append(epoch, logs)
+
+    def _drop_undone(self, trainer) -> bool:
+        """Drop what was drawn of epochs after trainer.epoch (undone by the trainer); True if there was any."""
+        done = getattr(trainer, "epoch", None)
+        if not isinstance(done, int) or isinstance(done, bool):
+            return False
+        dropped = False
+        for k in list(self.epochs):
+            kept = [i for i, e in enumerate(self.epochs[k]) if e <= done]
+            dropped |= len(kept) < len(self.epochs[k])
+            self.epochs[k] = [self.epochs[k][i] for i in kept]
+            self.history[k] = [self.history[k][i] for i in kept]
+        return dropped
 
     def _append(self, epoch: int, logs: Mapping[str, float]) -> None:
         for k, v in {"epoch": epoch, **logs}.items():
@@ -547,6 +555,12 @@ class LivePlot(Callback):
     def on_epoch_end(self, trainer, epoch, logs):
         self._append(epoch, logs)
         self.update()
+
+    def on_train_end(self, trainer):
+        # a Ctrl-C after this callback drew an epoch (in the checkpoint's save, say) left the undone epoch on
+        # the stopped run's plot, under "saved checkpoint_epoch_N.pt (the last whole epoch)" of the one before
+        if trainer is self._trainer and self._drop_undone(trainer) and self.fig is not None:
+            self.update()
 
     def show(self, trainer) -> None:
         """Draw trainer's run so far anew in this cell's output. Running a training cell again clears

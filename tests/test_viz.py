@@ -232,7 +232,7 @@ def test_liveplot_runs_as_a_trainer_callback(samples):
 
 def test_liveplot_draws_an_undone_epoch_once_when_it_is_repeated(samples):
     """An epoch cut after the plot drew it (in a later callback's on_epoch_end) is undone by the
-    trainer and repeated: it was drawn a second time."""
+    trainer and repeated: it was drawn a second time. The stopped run's plot showed it, too."""
     from predlab.model import TransformerPredator
     from predlab.train import Callback, SupervisedTrainer
 
@@ -249,7 +249,9 @@ def test_liveplot_draws_an_undone_epoch_once_when_it_is_repeated(samples):
                            batch_size=64, device="cpu", callbacks=[lp, CutOnce()])
     with pytest.raises(KeyboardInterrupt):
         tr.train(3)
-    assert tr.epoch == 1 and lp.history["epoch"] == [1, 2]       # drawn, then undone
+    # drawn, then undone: the stopped run's plot ends at the epoch the trainer stands at
+    assert tr.epoch == 1 and lp.history["epoch"] == [1]
+    assert list(lp.lines["val_loss"].get_xdata()) == [1]
     tr.train(3)
     assert lp.history["epoch"] == [1, 2, 3] and lp.epochs["val_loss"] == [1, 2, 3]
     assert lp.history["val_loss"] == [h["val_loss"] for h in tr.history]
