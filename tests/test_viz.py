@@ -1291,7 +1291,7 @@ def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, ca
     trainer.train_dataset = Data()
     ctl = widgets.make_train_controls(epochs=2)
     ns = dict(widgets=widgets, controls=ctl, kw=widgets.train_kwargs(**ctl.values()), trainer=trainer,
-              ckpt_dir=Path("checkpoints"))
+              ckpt_dir=Path("checkpoints"), start=None)      # (the build cell's: None without INIT_WEIGHTS)
     ctl.set(epochs=5, batch_size=128)
     ns["kw"] = widgets.train_kwargs(**ctl.values())     # as when building the new trainer then failed
     exec(cell, ns)
@@ -1339,3 +1339,28 @@ def test_agreement_plot_keeps_each_layers_heads_apart_at_the_sliders_largest_siz
     fig.canvas.draw()
     boxes = [t.get_window_extent() for t in ax.get_xticklabels()]
     assert all(a.x1 <= b.x0 for a, b in zip(boxes, boxes[1:]))
+
+
+def test_a_fine_tuning_run_in_the_notebook_shows_what_it_must_beat_and_says_when_nothing_did(tmp_path, capsys):
+    """The command line prints the val MSE of --init_weights before training and warns when no epoch beat
+    it; notebook 02 with INIT_WEIGHTS did neither, so a learning rate that undid the model went unseen."""
+    from predlab.export import write_weights
+    from predlab.model import TransformerPredator
+    from predlab.train import create_trainer
+
+    ctl = widgets.make_train_controls(epochs=1, train_episodes=1, val_episodes=2)
+    kw = dict(**widgets.train_kwargs(**ctl.values())["trainer"], device="cpu", world_config=WorldConfig(frames=5),
+              progress=False, verbose=False)
+    assert widgets.fine_tune_start(create_trainer(**kw)) is None          # not from a file: nothing to beat
+    path = write_weights(TransformerPredator(), tmp_path / "m.js")
+    tuned = create_trainer(**kw, init_weights=path)
+    capsys.readouterr()
+    start = widgets.fine_tune_start(tuned)
+    assert start == tuned.validate() and f"starting from the weights of {path}: val MSE {start:.5f}" \
+        in capsys.readouterr().out
+    tuned.best_metric, tuned.best_epoch = start * 1.5, 1                   # no epoch beat the file
+    widgets.fine_tune_verdict(tuned, start)
+    assert f"warning: no epoch beat the weights of {path} (val MSE {start:.5f} before training" in capsys.readouterr().err
+    tuned.best_metric = start * 0.5
+    widgets.fine_tune_verdict(tuned, start)
+    assert capsys.readouterr().err == ""
