@@ -320,7 +320,8 @@ class Checkpointer(Callback):
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
     # what a run stopped mid-epoch is told of the last whole epoch saved: the trainer has already put
     # itself back to that epoch, so in a notebook the cell run again goes on (the command line: --resume)
-    go_on = "train() again on this trainer goes on from there (another process: load_checkpoint or --resume it)"
+    go_on = ("train() again on this trainer (a notebook's training cell run again) goes on from there (another "
+             "process: load_checkpoint or --resume it)")
 
     def __init__(self, directory: Union[str, Path] = "checkpoints", save_every: int = 5, keep: int = 3,
                  archive: bool = True):

@@ -693,7 +693,7 @@ def test_a_library_run_stopped_mid_epoch_says_train_again_goes_on(tmp_path, caps
         t.train(4)
     out = capsys.readouterr().out
     assert f"saved {tmp_path / 'checkpoint_epoch_2.pt'} (the last whole epoch): train() again on this trainer " \
-           "goes on from there" in out and "--resume it to go on" not in out, out
+           "(a notebook's training cell run again) goes on from there" in out and "--resume it to go on" not in out, out
     t.callbacks.pop()
     t.train(4)
     assert t.epoch == 4
