@@ -430,9 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def format_table(res: Mapping) -> str:
+def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--frames") -> str:
     """Fixed-width table of the figures, one row per policy (of compare's dict, or of a --json file
-    read back, where a NaN is null)."""
+    read back, where a NaN is null). episodes and frames: what the advice under the table calls the
+    counts to raise, the command line's flags by default (a notebook's compare() call says "episodes=")."""
     def num(v):
         return math.nan if v is None else v
 
@@ -451,16 +452,16 @@ def format_table(res: Mapping) -> str:
     ci = res.get("catch_ratio_interval")       # absent from the --json files of earlier versions
     if res["teacher"]["catches"] and ci and res["episodes"] < 2:     # (catch_ratio_interval gives none)
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval from a single episode (its "
-                     f"resamples are all that episode); use more --episodes")
+                     f"resamples are all that episode); use more {episodes}")
     elif res["teacher"]["catches"] and ci:
         # where the teacher caught some, a bound is never NaN: a --json file's null is an unbounded one
         low, high = (math.inf if ci.get(k) is None else ci[k] for k in ("low", "high"))
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: {ci['level']:.0%} interval "
                      f"{low:.3f}-{high:.3f} (the {res['episodes']:,} episodes resampled "
-                     f"{ci['resamples']:,} times; more --episodes narrow it)")
+                     f"{ci['resamples']:,} times; more {episodes} narrow it)")
     if not res["teacher"]["catches"]:
         lines.append(f"the teacher caught no boid in these episodes, so there is no ratio: use more or longer episodes "
-                     f"(--episodes, --frames)")
+                     f"({episodes}, {frames})")
     return "\n".join(lines)
 
 

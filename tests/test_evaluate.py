@@ -57,6 +57,17 @@ def test_the_table_says_when_there_is_no_ratio(teacher_run):
     assert back["catch_ratio"] is None and format_table(back) == table
 
 
+def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
+    """Notebook 03 prints the table under a compare() call: its advice said "more --episodes", a flag of
+    the command line, where the notebook's user raises episodes= in the call."""
+    from predlab.evaluate import format_table
+    caught, none = compare("teacher", teacher=teacher_run, **KW), compare("random", **{**KW, "frames": 2})
+    assert "more --episodes narrow it" in format_table(caught) and "(--episodes, --frames)" in format_table(none)
+    said = [format_table(r, episodes="episodes=", frames="frames=") for r in (caught, none)]
+    assert "more episodes= narrow it" in said[0] and "(episodes=, frames=)" in said[1]
+    assert not any("--" in t for t in said), said
+
+
 def test_figures_are_consistent(teacher_run):
     s = teacher_run.summary()
     assert s["catches_per_1k"] == pytest.approx(1000 * s["catches"] / (16 * 150))
