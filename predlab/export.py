@@ -554,7 +554,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
     strict = _use_strict(pieces)      # which makes 010 and \08 syntax errors
     out, line = [], 1
-    for is_code, piece in pieces:
+    for i, (is_code, piece) in enumerate(pieces):
+        if not is_code and piece[0] == "`" and pieces[i + 1][1].lstrip().startswith(":"):
+            # JSON would read it as a key, but JavaScript has no template-literal key: the page would not run the file
+            raise WeightFormatError(f"{source}: the template literal at line {line} is a key, a syntax error in "
+                                    "JavaScript: the page would not run the file; write the key in quotes")
         out.append(_js_to_json(piece, source, line, strict) if is_code else
                    _json_string(piece, source, line, strict))
         line += out[-1].count("\n")

@@ -684,6 +684,16 @@ def test_a_template_literal_with_a_substitution_is_named_as_code_predlab_does_no
         text_to_params("{d_model: 48,\n note: `v${1 + `1`}`}", "model.js")
 
 
+def test_a_template_literal_as_a_key_is_named_as_the_syntax_error_the_page_meets(model):
+    """{`d_model`: 48} is a syntax error in JavaScript, so the page falls back to random weights; predlab read the
+    file, and the demo found nothing wrong with it. A template literal as a value is still read."""
+    text = params_to_text(_params(model), "js").replace('"d_model":', "\n`d_model` :", 1)
+    line = text.count("\n", 0, text.index("`d_model`")) + 1
+    with pytest.raises(WeightFormatError, match=rf"model.js: the template literal at line {line} is a key, a syntax error"):
+        text_to_params(text, "model.js")
+    assert text_to_params("{note: `a`, d_model: 48}")["note"] == "a"
+
+
 # String escapes that JSON has not or reads otherwise, with the values JavaScript gives them
 JS_ESCAPES = [("'\\x41'", "A"), ("'\\v'", "\v"), ("'\\0'", "\0"), ("'\\a'", "a"), ("'\\u{1F600}'", "\U0001F600"),
               ("'a\\\nb'", "ab"), ('"a\\\r\nb"', "ab"), ("`\\x41\\0\\$`", "A\0$"), ("'\\u{41}\\\"\\/'", 'A"/')]
