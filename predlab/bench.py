@@ -22,7 +22,8 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import FlagParser, ModelConfig, WorldConfig, bounded_number, memory_problem, sample_bytes, step_bytes_training
+from .config import (FlagParser, ModelConfig, WorldConfig, bounded_number, memory_problem, sample_bytes,
+                     step_bytes_training, strict_json)
 from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .model import TransformerPredator
 from .sim import World
@@ -684,16 +685,6 @@ def print_table(res: Dict) -> None:
         print_gpu_table(res["gpu"])
 
 
-def _strict_json(x):
-    """NaN or inf (a val MSE of a diverged bf16 run, say) -> null, as predlab.evaluate writes them:
-    json.dumps wrote NaN, which JSON has not, and JSON.parse or jq refused the whole file."""
-    if isinstance(x, dict):
-        return {k: _strict_json(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_strict_json(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def main(argv=None) -> int:
     from .export import command_line
     with command_line():     # a SIGTERM stops it as a Ctrl-C does; a closed stdout is exit code 141
@@ -778,11 +769,11 @@ def _main(argv) -> int:
     res["bench_seconds"] = time.perf_counter() - t0
     print(f"\nbench took {res['bench_seconds']:.0f} s")
     if a.json == "-":
-        print(json.dumps(_strict_json(res), indent=2, allow_nan=False))
+        print(json.dumps(strict_json(res), indent=2, allow_nan=False))
     elif a.json is not None:
         from .export import atomic_write_text
         try:     # after the whole run: a full disk is a line, the table above stays, the old file whole
-            atomic_write_text(a.json, json.dumps(_strict_json(res), indent=2, allow_nan=False) + "\n")
+            atomic_write_text(a.json, json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n")
         except OSError as e:
             print(f"{p.prog}: error: cannot write {a.json}: {e.strerror or e}", file=sys.stderr)
             return 1

@@ -219,6 +219,17 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be <= {hi}, got {v}")
 
 
+def strict_json(x):
+    """Figures for json.dumps(..., allow_nan=False): NaN and infinities (a ratio where the teacher caught
+    nothing, an interval without a top, the val MSE of a diverged run) as null, in dicts and lists at any
+    depth. json.dumps wrote NaN, which JSON has not: JSON.parse and jq refused the whole file."""
+    if isinstance(x, dict):
+        return {k: strict_json(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [strict_json(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def plural(n: int, noun: str) -> str:
     """A count and its noun as printed: "1 episode", "1,100 episodes" (not "1 episodes")."""
     return f"{n:,} {noun}{'' if n == 1 else 's'}"

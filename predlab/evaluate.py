@@ -38,7 +38,7 @@ import torch
 
 from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, memory_problem, plural, real_number,
-                     resolve_device, whole_number)
+                     resolve_device, strict_json, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device, step_bytes
@@ -465,14 +465,6 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
     return "\n".join(lines)
 
 
-def _nan_to_none(x):
-    """NaN (teacher caught nothing) and inf (an interval without a top) -> null: strict JSON, readable
-    by JSON.parse. An inf made json.dumps fail after the whole evaluation, with a traceback."""
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    return None if isinstance(x, float) and not math.isfinite(x) else x
-
-
 def main(argv=None) -> int:
     from .export import command_line
     with command_line():     # a SIGTERM stops it as a Ctrl-C does; a closed stdout is exit code 141
@@ -536,7 +528,7 @@ def _main(argv) -> int:
     res["world_config"] = {k: getattr(world, k) for k in _WORLD_FLAGS}
     res["seconds"] = time.perf_counter() - t0
     code = 0
-    figures = json.dumps(_nan_to_none(res), indent=2, allow_nan=False) + "\n"
+    figures = json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n"
     try:
         print(format_table(res))
         print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")

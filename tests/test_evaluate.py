@@ -52,8 +52,8 @@ def test_the_table_says_when_there_is_no_ratio(teacher_run):
     teacher_row = next(line for line in table.splitlines() if line.startswith("teacher"))
     assert teacher_row.endswith("nan") and "the teacher caught no boid" in table
     # a --json file read back (NaN written as null) prints the same table; it was a TypeError
-    from predlab.evaluate import _nan_to_none
-    back = json.loads(json.dumps(_nan_to_none(compare("random", **kw)), allow_nan=False))
+    from predlab.config import strict_json
+    back = json.loads(json.dumps(strict_json(compare("random", **kw)), allow_nan=False))
     assert back["catch_ratio"] is None and format_table(back) == table
 
 
@@ -996,8 +996,8 @@ def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
     table = format_table(res)
     assert "policy vs teacher 0.500: no interval from a single episode" in table and "95% interval" not in table
     assert table.startswith("1 episode x 300 frames, seed 0 ")              # not "1 episodes"
-    from predlab.evaluate import _nan_to_none
-    assert format_table(json.loads(json.dumps(_nan_to_none(res)))) == table       # read back from --json
+    from predlab.config import strict_json
+    assert format_table(json.loads(json.dumps(strict_json(res)))) == table       # read back from --json
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -1023,8 +1023,8 @@ def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher
     table = format_table(res)
     assert (f"policy vs teacher {res['catch_ratio']:.3f}: 95% interval {ci['low']:.3f}-{ci['high']:.3f} "
             f"(the 16 episodes resampled 2,000 times; more --episodes narrow it)") in table.splitlines()
-    from predlab.evaluate import _nan_to_none
-    back = json.loads(json.dumps(_nan_to_none(res), allow_nan=False))
+    from predlab.config import strict_json
+    back = json.loads(json.dumps(strict_json(res), allow_nan=False))
     assert format_table(back) == table
     del back["catch_ratio_interval"]            # a --json file of an earlier version: the table without the line
     assert format_table(back) == "\n".join(line for line in table.splitlines() if "interval" not in line)
