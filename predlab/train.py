@@ -1671,6 +1671,27 @@ def _read_init_weights(p: argparse.ArgumentParser, path: str) -> TransformerPred
         p.error(f"--init_weights: cannot read {path}: {e.strerror or e}")
 
 
+def fine_tune_start(trainer: SupervisedTrainer) -> float:
+    """The validation MSE of the weights a run started from a file (init_weights) has before training:
+    what its epochs must beat. ValueError when it is not finite: trained on, such weights diverged at
+    once, and the divergence blamed the learning rate."""
+    mse = trainer.validate()
+    if not math.isfinite(mse):
+        raise ValueError(f"{trainer.train_config.init_weights}: the model's actions on the validation episodes are NaN "
+                         f"or infinite (val MSE {mse}): its weights hold values too large for float32's arithmetic; "
+                         "no training can start from them")
+    return mse
+
+
+def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> Optional[str]:
+    """After a run started from a file whose val MSE was `start`: "no epoch beat the weights of ..." when
+    none did (by val loss), else None (also for start None: no file)."""
+    if start is None or not trainer.best_epoch or trainer.monitor != "val_loss" or trainer.best_metric < start:
+        return None
+    return (f"no epoch beat the weights of {trainer.train_config.init_weights} (val MSE {start:.5f} before training, "
+            f"{trainer.best_metric:.5f} at best)")
+
+
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
     cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
@@ -1750,15 +1771,13 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     start_mse = None
     if tc.init_weights is not None:    # what fine-tuning has to beat
         try:
-            start_mse = trainer.validate()
+            start_mse = fine_tune_start(trainer)
         except KeyboardInterrupt as e:
             trainer.train_dataset.generator.close()
             return stopped(e)
-        if not math.isfinite(start_mse):   # trained on, it diverged at once and blamed the learning rate
+        except ValueError as e:
             trainer.train_dataset.generator.close()
-            build_parser().error(f"--init_weights: {tc.init_weights}: the model's actions on the validation "
-                                 f"episodes are NaN or infinite (val MSE {start_mse}): its weights hold values too "
-                                 "large for float32's arithmetic; no training can start from them")
+            build_parser().error(f"--init_weights: {e}")
         print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
               f"val MSE {start_mse:.5f} before training")
     if tc.resume:
@@ -1809,10 +1828,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
-    if start_mse is not None and trainer.best_epoch and trainer.monitor == "val_loss" \
-            and trainer.best_metric >= start_mse:
-        print(f"warning: no epoch beat the weights of {tc.init_weights} (val MSE {start_mse:.5f} before training, "
-              f"{trainer.best_metric:.5f} at best): try a lower --learning_rate. The file is kept, where it was "
+    shortfall = fine_tune_shortfall(trainer, start_mse)
+    if shortfall:
+        print(f"warning: {shortfall}: try a lower --learning_rate. The file is kept, where it was "
               f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export

@@ -348,11 +348,13 @@ def fine_tune_start(trainer) -> Optional[float]:
     """The validation MSE of the weights a run started from a file (create_trainer's init_weights) has
     before training, printed: what its epochs must beat, as the command line prints it. None (and
     nothing printed) for a run not started from a file. Without it, the live plot's first point was the
-    first epoch's, and a learning rate too high for fine-tuning (it undoes the model) went unseen."""
+    first epoch's, and a learning rate too high for fine-tuning (it undoes the model) went unseen.
+    ValueError for weights whose actions are not finite (predlab.train.fine_tune_start)."""
+    from .train import fine_tune_start as start
     path = getattr(getattr(trainer, "train_config", None), "init_weights", None)
     if path is None:
         return None
-    mse = trainer.validate()
+    mse = start(trainer)
     print(f"starting from the weights of {path}: val MSE {mse:.5f} before training")
     return mse
 
@@ -360,11 +362,11 @@ def fine_tune_start(trainer) -> Optional[float]:
 def fine_tune_verdict(trainer, start: Optional[float]) -> None:
     """After training a run started from a file: a warning (on stderr) when no epoch beat the file's own
     val MSE `start` (from fine_tune_start), with what to try; nothing otherwise."""
-    if start is None or not trainer.best_epoch or trainer.monitor != "val_loss" or trainer.best_metric < start:
-        return
-    print(f"warning: no epoch beat the weights of {trainer.train_config.init_weights} (val MSE {start:.5f} before "
-          f"training, {trainer.best_metric:.5f} at best): try a lower learning rate (move the slider, then build "
-          f"the trainer again)", file=sys.stderr)
+    from .train import fine_tune_shortfall
+    shortfall = fine_tune_shortfall(trainer, start)
+    if shortfall:
+        print(f"warning: {shortfall}: try a lower learning rate (move the slider, then build the trainer again)",
+              file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- 03: attention

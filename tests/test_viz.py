@@ -1364,3 +1364,6 @@ def test_a_fine_tuning_run_in_the_notebook_shows_what_it_must_beat_and_says_when
     tuned.best_metric = start * 0.5
     widgets.fine_tune_verdict(tuned, start)
     assert capsys.readouterr().err == ""
+    tuned.validate = lambda data=None: float("nan")                        # weights too large to train from
+    with pytest.raises(ValueError, match="actions on the validation episodes are NaN or infinite"):
+        widgets.fine_tune_start(tuned)
