@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Union
 
 import torch
 
-from .config import SEED_MAX, ModelConfig, from_dict
+from .config import SEED_MAX, SELECT_BEST_BY, ModelConfig, from_dict
 from .export import (SIZE_KEYS, WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes,
                      not_a_file, script_text)
 from .model import TOKEN_TYPES, TransformerPredator
@@ -250,7 +250,7 @@ def check_resumable(ckpt: Mapping, path="checkpoint") -> None:
                               f"{sorted(rng) if isinstance(rng, dict) else rng!r}): the resumed run could not "
                               f"draw the dropout masks the run it continues would have")
     chosen = ckpt.get("train_config", {}).get("select_best_by", "val_loss")
-    if chosen not in ("val_loss", "catch_ratio"):
+    if chosen not in SELECT_BEST_BY:
         raise CheckpointError(f"{path}: train_config's 'select_best_by' is {chosen!r}, not 'val_loss' or 'catch_ratio'")
 
 

@@ -41,6 +41,9 @@ ALIGNMENT_WEIGHT = 1.0
 # weights past it are refused rather than turned into infinity.
 FLOAT32_MAX = 3.4028234663852886e38
 
+# What --select_best_by picks best_model.pt by (lower val loss, or higher catch ratio).
+SELECT_BEST_BY = ("val_loss", "catch_ratio")
+
 # Seeds go to torch's generators, which take signed 64-bit integers (as do its sizes: see batch_size).
 SEED_MAX = 2 ** 63 - 1
 
@@ -155,7 +158,7 @@ class TrainConfig:
     eval_frames: int = _f(300, "frames per episode of that evaluation", min=1)
     select_best_by: str = _f("val_loss", "best_model.pt and early stopping follow val_loss (lower is better) "
                              "or catch_ratio (higher is better; needs eval_every > 0, and counts evaluations, "
-                             "not epochs, for early stopping)", choices=("val_loss", "catch_ratio"))
+                             "not epochs, for early stopping)", choices=SELECT_BEST_BY)
     dagger: bool = _f(True, "DAgger: from dagger_start on, the model drives a share 1 - beta of the episodes, "
                       "the teacher labels every state, and samples are aggregated across epochs "
                       "(--no-dagger: plain behaviour cloning on teacher-driven episodes)")
@@ -180,7 +183,7 @@ class TrainConfig:
             raise ValueError(f"weight_decay {self.weight_decay:g} x learning_rate {self.learning_rate:g} must be "
                              f"below 1: each step scales the weights by 1 minus that product, so they vanish or "
                              f"flip sign and the run diverges (AdamW's weight decay is usually 0.001 to 0.1)")
-        if self.select_best_by not in ("val_loss", "catch_ratio"):
+        if self.select_best_by not in SELECT_BEST_BY:
             raise ValueError(f"select_best_by must be val_loss or catch_ratio, got {self.select_best_by!r}")
         if self.select_best_by == "catch_ratio" and not self.eval_every:
             raise ValueError("select_best_by catch_ratio needs eval_every > 0")
