@@ -343,6 +343,8 @@ def bounded_number(kind, lo=None, hi=None, positive: bool = False):
     def parse(text):
         try:
             v = kind(text) if kind is not int else _whole(text)
+        except OverflowError:     # 1e401 is whole: "not a whole number" was false
+            raise argparse.ArgumentTypeError(f"{text!r} is past the largest count predlab reads (10**400)") from None
         except ValueError:
             what = "whole number" if kind is int else "number"
             raise argparse.ArgumentTypeError(f"{text!r} is not a {what}") from None
@@ -372,9 +374,10 @@ def _whole(text: str) -> int:
         d = decimal.Decimal(text.strip())
     except decimal.InvalidOperation:
         raise ValueError(text) from None
-    # (past 10**400 it is no count anyone means, and its digits would take a while to write out)
-    if not d.is_finite() or d != d.to_integral_value() or d.adjusted() > 400:
+    if not d.is_finite() or d != d.to_integral_value():
         raise ValueError(text)
+    if d.adjusted() > 400:    # no count anyone means, and its digits would take a while to write out
+        raise OverflowError(text)
     return int(d)
 
 
