@@ -22,32 +22,41 @@ episodes come from a checkpoint's own world (else the browser's), and the world 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
 import sys
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, strict_json, whole_number)
-from .data import NonFiniteActions, check_actions, chunk_seed
+from .data import NonFiniteActions, check_actions, chunk_seed, usable_cpus
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
-from .train import EVAL_STREAM, Callback
+from .train import AUTO_SPLIT_MAX, EVAL_STREAM, Callback, _split_pool
 
 Tensor = torch.Tensor
 Batch = Dict[str, Tensor]
 MODEL_CHUNK = 256        # envs per model forward: bounds the [B, H, T, T] attention memory
+# A CPU forward's cost, in tokens' worth of work, for planning its chunks (plan_chunks). One thread
+# of an Intel Xeon, batches of 4 to 180 flocks of 1 to 100 boids: ~0.6 ms a forward whatever its
+# size, the work of ~350 tokens, then a sample of T tokens costs about T (1 + T / 115), and more past
+# 50 boids, where the attention's weights leave the cache.
+CHUNK_FIXED_TOKENS = 384
+CHUNK_QUADRATIC_TOKENS = 64
+MODEL_CHUNK_TOKENS = 16384   # tokens per CPU chunk at most: the chunks in flight at once stay small
 
 
 # ---------------------------------------------------------------------- policies
@@ -78,12 +87,65 @@ def episodes_memory_problem(episodes: int, boids_max: int) -> Optional[str]:
                             step_bytes(episodes, boids_max))], f"{episodes} episodes")
 
 
+def plan_chunks(counts: Sequence[int], max_envs: int = MODEL_CHUNK,
+                max_tokens: int = MODEL_CHUNK_TOKENS) -> List[Tuple[int, int]]:
+    """Chunks (start, end) over envs sorted by live boid count (counts ascending, each >= 1), each to
+    be padded to its last env's count: the split of least cost by the CPU cost model above (a fixed
+    cost per forward against the padding it saves), then any chunk of more than max_envs envs or
+    max_tokens tokens cut into equal parts. Depends on the counts only, never on the threads."""
+    ends, widths = [], []                       # runs of equal counts: a cut never falls inside one
+    for i, c in enumerate(counts):
+        if widths and widths[-1] == c:
+            ends[-1] = i + 1
+        else:
+            widths.append(c)
+            ends.append(i + 1)
+    G = len(widths)
+    best, cut = [0.0] + [math.inf] * G, [0] * (G + 1)
+    for j in range(1, G + 1):                   # best[j]: the cheapest split of the first j runs
+        T = widths[j - 1] + 3
+        per_env = T * (1 + T / CHUNK_QUADRATIC_TOKENS)
+        for i in range(j):
+            cost = best[i] + CHUNK_FIXED_TOKENS + (ends[j - 1] - (ends[i - 1] if i else 0)) * per_env
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    chunks, j = [], G
+    while j:
+        i = cut[j]
+        lo, hi = ends[i - 1] if i else 0, ends[j - 1]
+        parts = max(math.ceil((hi - lo) / max_envs), math.ceil((hi - lo) * (widths[j - 1] + 3) / max_tokens))
+        chunks += [(lo + (hi - lo) * (k - 1) // parts, lo + (hi - lo) * k // parts) for k in range(parts, 0, -1)]
+        j = i
+    return chunks[::-1]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    old = torch.get_num_threads()
+    if old != n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if old != n:
+            torch.set_num_threads(old)
+
+
+def _forward(model: TransformerPredator, batch: Batch) -> Tensor:
+    with torch.no_grad():                       # grad mode is the calling thread's own
+        return model(batch)
+
+
 class ModelPolicy:
     """A TransformerPredator as a batched policy: eval mode, no_grad, on the model's device.
 
-    Live boids are moved to the front and envs sorted by live count before the forward, in
-    chunks of `chunk` envs, so a chunk is padded only to its own widest flock. Envs with no
-    live boid get action (0, 0) without a forward.
+    Live boids are moved to the front and envs sorted by live count before the forward, so a
+    chunk of envs is padded only to its own widest flock. Envs with no live boid get action
+    (0, 0) without a forward. On a CPU the chunks are plan_chunks' (at most `chunk` envs each),
+    each a forward on one thread, run side by side on up to as many threads as torch has (at
+    most 4): a forward on 2 threads has a fixed cost of ~2 ms, more than the work of a DAgger
+    frame's smaller flocks. The actions do not depend on the thread count. Elsewhere, chunks of
+    `chunk` envs.
     """
 
     def __init__(self, model: TransformerPredator, chunk: int = MODEL_CHUNK):
@@ -105,23 +167,47 @@ class ModelPolicy:
         rows = rows[torch.sort(n[rows], stable=True).indices]                         # by live count
         order = torch.sort((~mask[rows]).to(torch.int8), dim=1, stable=True).indices  # live first
         boids = batch["boids"][rows].gather(1, order[..., None].expand(-1, -1, 4))    # [R, N, 4]
+        counts = n[rows].tolist()
+        if p.device.type == "cpu":
+            chunks = plan_chunks(counts, self.chunk)
+        else:
+            chunks = [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
+        subs = []
+        for lo, hi in chunks:
+            idx, width = rows[lo:hi], counts[hi - 1]
+            sub = {"context": batch["context"][idx], "predator": batch["predator"][idx],
+                   "boids": boids[lo:hi, :width],
+                   "mask": torch.arange(width, device=mask.device)[None, :] < n[idx][:, None]}
+            subs.append((idx, {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in sub.items()}))
         was_training = self.model.training
         self.model.eval()
         try:
-            for r in range(0, rows.numel(), self.chunk):
-                idx = rows[r:r + self.chunk]
-                width = int(n[idx].max())
-                sub = {"context": batch["context"][idx], "predator": batch["predator"][idx],
-                       "boids": boids[r:r + self.chunk, :width],
-                       "mask": torch.arange(width, device=mask.device)[None, :] < n[idx][:, None]}
-                sub = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in sub.items()}
-                out[idx] = self.model(sub).to(out)
+            for idx, y in zip((idx for idx, _ in subs), self._forwards([sub for _, sub in subs], p.device)):
+                out[idx] = y.to(out)
         finally:
             self.model.train(was_training)
         if not bool(torch.isfinite(out).all()):     # scored as no catches, it read as a weak model
             raise NonFiniteActions("the model's actions are NaN or infinite (its weights hold NaN or huge values: "
                              "training diverged, or the file is damaged), so its catches cannot be measured")
         return out
+
+    def _forwards(self, subs: List[Batch], device: torch.device) -> List[Tensor]:
+        """The model's actions for each chunk: on a CPU each on one thread, the largest first, on
+        the threads of the trainer's split batches (none from one of those threads itself)."""
+        if device.type != "cpu":
+            return [self.model(sub) for sub in subs]
+        workers = min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, len(subs))
+        if workers <= 1 or threading.current_thread().name.startswith("predlab-split"):
+            with _torch_threads(1):
+                return [self.model(sub) for sub in subs]
+        pool = _split_pool(workers)
+        order = sorted(range(len(subs)), key=lambda i: -subs[i]["boids"].shape[:2].numel())
+        futures = {i: pool.submit(_forward, self.model, subs[i]) for i in order}
+        try:
+            return [futures[i].result() for i in range(len(subs))]
+        finally:
+            for f in futures.values():
+                f.cancel()                          # an error or a Ctrl-C: the chunks not started yet
 
 
 def load_policy(spec, device: Union[str, torch.device] = "cpu") -> Callable[[Batch], Tensor]:

@@ -12,7 +12,7 @@ import torch
 from predlab.config import WorldConfig, resolve_device
 from predlab.data import SampleSet
 from predlab.evaluate import (ModelPolicy, NonFiniteActions, RandomPolicy, Rollout, catch_ratio, catch_ratio_interval,
-                              compare, episodes_world, format_table, load_policy, main, rollout)
+                              compare, episodes_world, format_table, load_policy, main, plan_chunks, rollout)
 from predlab.export import write_weights
 from predlab.model import TransformerPredator
 from predlab.train import SupervisedTrainer
@@ -97,6 +97,91 @@ def test_model_policy_matches_a_plain_forward(model):
     live = obs["mask"].any(1)
     torch.testing.assert_close(got[live], want[live], atol=1e-5, rtol=0)
     assert torch.equal(got[5], torch.zeros(2))
+
+
+@pytest.fixture
+def two_threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def ragged_observation(envs: int, seed: int = 1):
+    world = episodes_world(envs, seed)
+    world.step(torch.zeros(envs, 2))
+    world.alive[::3, ::2] = False
+    world.alive[5] = False
+    return world.observe()
+
+
+def test_model_policy_runs_each_chunk_on_one_thread_side_by_side(model, two_threads, monkeypatch):
+    """A forward on 2 threads costs ~2 ms whatever its size (OMP_WAIT_POLICY=PASSIVE): more than a
+    DAgger frame's smaller flocks. Each chunk is a forward on one thread, chunks side by side."""
+    import threading
+    forward, seen = model.forward, []
+
+    def spy(batch):
+        seen.append((torch.get_num_threads(), threading.current_thread().name, batch["mask"].shape))
+        return forward(batch)
+    monkeypatch.setattr(model, "forward", spy)
+    obs = ragged_observation(96)
+    got = ModelPolicy(model)(obs)
+    assert len(seen) > 1 and {threads for threads, _, _ in seen} == {1}
+    assert all(name.startswith("predlab-split") for _, name, _ in seen)
+    widths = sorted(shape[1] for _, _, shape in seen)
+    assert widths[0] < widths[-1]                          # the smaller flocks are not padded to the widest
+    with torch.no_grad():
+        want = forward(obs)
+    live = obs["mask"].any(1)
+    torch.testing.assert_close(got[live], want[live], atol=1e-5, rtol=0)
+
+
+def test_model_policy_gives_the_same_bits_on_any_number_of_threads(model, two_threads):
+    """A DAgger run or an evaluation on a laptop of 8 threads drives the same episodes as on 2 or 1."""
+    obs = ragged_observation(300)
+    at_two = ModelPolicy(model)(obs)
+    torch.set_num_threads(1)
+    assert torch.equal(ModelPolicy(model)(obs), at_two)
+
+
+def test_an_error_in_a_chunk_reaches_the_caller_and_the_model_trains_again(model, two_threads, monkeypatch):
+    def broken(batch):
+        raise RuntimeError("out of memory in chunk")
+    model.train()
+    monkeypatch.setattr(model, "forward", broken)
+    with pytest.raises(RuntimeError, match="out of memory in chunk"):
+        ModelPolicy(model)(ragged_observation(64))
+    assert model.training
+
+
+@pytest.mark.parametrize("counts, max_envs, max_tokens", [
+    ([5] * 40, 256, 16384),                                # one width: one chunk
+    ([1, 1, 2, 50, 50], 256, 16384),
+    (list(range(1, 51)) * 2, 256, 16384),
+    ([50] * 600, 256, 16384),                              # past max_envs
+    ([300] * 100, 256, 16384),                             # past max_tokens
+    ([1] * 7, 3, 16384)])
+def test_plan_chunks_covers_every_env_once_within_the_limits(counts, max_envs, max_tokens):
+    counts = sorted(counts)
+    chunks = plan_chunks(counts, max_envs, max_tokens)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(counts)
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+    for lo, hi in chunks:
+        assert 0 < hi - lo <= max_envs and (hi - lo) * (counts[hi - 1] + 3) <= max_tokens
+    if len(set(counts)) == 1:                              # one width: as few chunks as the limits allow
+        n, T = len(counts), counts[0] + 3
+        assert len(chunks) == max(math.ceil(n / max_envs), math.ceil(n * T / max_tokens))
+
+
+def test_plan_chunks_pads_small_flocks_less_but_keeps_few_forwards():
+    spread = sorted(list(range(1, 51)) * 2)               # a DAgger frame: 100 flocks of 1 to 50 boids
+    chunks = plan_chunks(spread)
+    padded = sum((hi - lo) * (spread[hi - 1] + 3) for lo, hi in chunks)
+    assert 2 <= len(chunks) <= 8
+    assert padded < 0.75 * len(spread) * 53                # one chunk padded to 50 boids
+    assert plan_chunks([7] * 100) == [(0, 100)]
+    assert plan_chunks([1] * 10 + [2] * 10) == [(0, 20)]  # a forward costs more than a boid's padding
 
 
 def test_checkpoint_and_model_js_give_identical_figures(model, tmp_path):
