@@ -196,8 +196,8 @@ class ModelPolicy:
         the threads of the trainer's split batches (none from one of those threads itself)."""
         if device.type != "cpu":
             return [self.model(sub) for sub in subs]
-        workers = min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, len(subs))
-        if workers <= 1 or threading.current_thread().name.startswith("predlab-split"):
+        workers = min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX)
+        if workers <= 1 or len(subs) == 1 or threading.current_thread().name.startswith("predlab-split"):
             with _torch_threads(1):
                 return [self.model(sub) for sub in subs]
         pool = _split_pool(workers)
