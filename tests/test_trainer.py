@@ -123,6 +123,42 @@ def test_validation_is_the_mse_of_the_model_without_dropout_over_every_boid():
     assert t.validate() == t.validate()
 
 
+def test_split_validation_runs_its_batches_on_one_thread_each_and_gives_the_same_figure(monkeypatch):
+    """With split batches (cpu_split 2), validation's batches run on the split's threads, one torch
+    thread each (a forward on 2 threads has a fixed cost of ~2 ms), in order, to the same figure."""
+    import threading
+    data = _samples(300, n_max=12)
+    unsplit, split = _trainer(data, batch_size=8), _trainer(data, batch_size=8, cpu_split=2)
+    want = unsplit.validate()
+    forward, seen, steps = split.model.forward, [], []
+
+    def spy(batch):
+        seen.append((torch.get_num_threads(), threading.current_thread().name))
+        return forward(batch)
+    monkeypatch.setattr(split.model, "forward", spy)
+
+    class Steps(Callback):
+        def on_validate_batch(self, trainer, step):
+            steps.append(step)
+    split.callbacks.append(Steps())
+    assert split.validate() == want
+    assert {threads for threads, _ in seen} == {1} and all(name.startswith("predlab-split") for _, name in seen)
+    assert steps == list(range(math.ceil(300 / 8)))
+
+
+def test_an_error_in_a_split_validation_batch_reaches_the_caller(monkeypatch):
+    t = _trainer(_samples(100), batch_size=8, cpu_split=2)
+    calls = []
+
+    def broken(batch):
+        calls.append(1)
+        raise RuntimeError("bad batch")
+    monkeypatch.setattr(t.model, "forward", broken)
+    with pytest.raises(RuntimeError, match="bad batch"):
+        t.validate()
+    assert len(calls) < math.ceil(100 / 8)              # the batches not started were dropped
+
+
 def test_a_split_step_gives_the_batchs_own_gradient_and_new_dropout_masks():
     """The threaded parts' gradients replace the last step's (not added to them), and each step
     draws new dropout masks from torch's generator."""
