@@ -56,7 +56,10 @@ MODEL_CHUNK = 256        # envs per model forward: bounds the [B, H, T, T] atten
 # 50 boids, where the attention's weights leave the cache.
 CHUNK_FIXED_TOKENS = 384
 CHUNK_QUADRATIC_TOKENS = 64
-MODEL_CHUNK_TOKENS = 16384   # tokens per CPU chunk at most: the chunks in flight at once stay small
+# Tokens per CPU chunk at most: a DAgger frame of 100 flocks of 50 boids runs as two chunks side by
+# side, not one on one thread (2.4-3.5 s an epoch against 3.7-4.8 at 16,384 and 3.6-4.2 before the
+# chunks ran on one thread each, NOTES.md), and the chunks in flight at once stay small.
+MODEL_CHUNK_TOKENS = 4096
 
 
 # ---------------------------------------------------------------------- policies

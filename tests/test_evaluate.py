@@ -182,6 +182,7 @@ def test_plan_chunks_pads_small_flocks_less_but_keeps_few_forwards():
     assert padded < 0.75 * len(spread) * 53                # one chunk padded to 50 boids
     assert plan_chunks([7] * 100) == [(0, 100)]
     assert plan_chunks([1] * 10 + [2] * 10) == [(0, 20)]  # a forward costs more than a boid's padding
+    assert len(plan_chunks([50] * 100)) >= 2              # a frame of large flocks still runs side by side
 
 
 def test_checkpoint_and_model_js_give_identical_figures(model, tmp_path):
