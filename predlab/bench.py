@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from .config import (FlagParser, ModelConfig, WorldConfig, bounded_number, memory_problem, sample_bytes,
                      step_bytes_training, strict_json)
-from .data import SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
+from .data import EpisodeGenerator, SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
+from .evaluate import ModelPolicy
 from .model import TransformerPredator
 from .sim import World
 from .teacher import TeacherPolicy
@@ -119,6 +120,39 @@ def bench_generation(episodes: int = CHUNK_EPISODES, cfg: Optional[WorldConfig] 
         return best
     finally:
         torch.set_num_threads(old)
+
+
+class PaddedPolicy(ModelPolicy):
+    """ModelPolicy as it ran before its CPU forwards were planned (the baseline of bench_dagger): the
+    flocks sorted by size in chunks of 256, each padded to its widest, on all of torch's threads."""
+
+    def _plan(self, counts, device):
+        return [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
+
+    def _forwards(self, subs, device):
+        return [self.model(sub) for sub in subs]
+
+
+def bench_dagger(episodes: int = 100, cfg: Optional[WorldConfig] = None, repeats: int = 2,
+                 frames: int = 100) -> Dict[str, float]:
+    """Labelled samples per second of a DAgger epoch's episodes (EpisodeGenerator.generate, beta 0.1:
+    the model drives 9 in 10), with ModelPolicy and with PaddedPolicy, alternating, best of `repeats`
+    each. The model is untrained (its forward costs what a trained one's does). Episodes are cut to
+    `frames` frames."""
+    cfg = WorldConfig(**{**vars(cfg or WorldConfig()), "frames": frames})
+    model = TransformerPredator()
+    model.reset_parameters(torch.Generator().manual_seed(0))
+    model.eval()
+    rates = {"planned": 0.0, "padded": 0.0}
+    with EpisodeGenerator(cfg, seed=0) as gen:
+        gen.generate(4, stream=1, student=ModelPolicy(model), beta=0.0)        # compiled kernels loaded, untimed
+        for r in range(repeats):
+            for name, policy in (("planned", ModelPolicy(model)), ("padded", PaddedPolicy(model))):
+                t0 = time.perf_counter()
+                s = gen.generate(episodes, stream=2 + r, student=policy, beta=0.1)
+                rates[name] = max(rates[name], len(s) / (time.perf_counter() - t0))
+    return {"episodes": episodes, "frames": frames, "samples_per_s": rates["planned"],
+            "padded_samples_per_s": rates["padded"]}
 
 
 def naive_generation(frames: int = 60, cfg: Optional[WorldConfig] = None, seed: int = 0) -> Dict[str, float]:
@@ -613,6 +647,8 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
     res["attention_cpu"] = bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
+    res["dagger_cpu"] = bench_dagger(32 if quick else 100, world, repeats=reps, frames=min(50 if quick else 100,
+                                                                                          world.frames))
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
     res["gpu"] = run_gpu(quick, world, batches=gpu_batches, modes=gpu_modes) if gpu else None   # None: no CUDA device here
@@ -670,6 +706,11 @@ def print_table(res: Dict) -> None:
         print(f"GEGLU gate, forward + backward of one layer at batch {gg['batch_size']} x {gg['tokens']} tokens (CPU): "
               f"predlab's fused kernel {gg['fused_ms']:.1f} ms, torch's ops {gg['torch_ms']:.1f} ms "
               f"({gg['torch_ms'] / gg['fused_ms']:.2f}x)")
+    d = res.get("dagger_cpu")
+    if d:
+        print(f"DAgger episodes, the model driving ({d['episodes']} episodes of {d['frames']} frames, CPU): "
+              f"{d['samples_per_s']:,.0f} samples/s; one padded forward on all threads, as before: "
+              f"{d['padded_samples_per_s']:,.0f} ({d['samples_per_s'] / d['padded_samples_per_s']:.2f}x)")
     mem = res["memory_cpu_b256_n50"]
     print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
           f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "

@@ -171,12 +171,8 @@ class ModelPolicy:
         order = torch.sort((~mask[rows]).to(torch.int8), dim=1, stable=True).indices  # live first
         boids = batch["boids"][rows].gather(1, order[..., None].expand(-1, -1, 4))    # [R, N, 4]
         counts = n[rows].tolist()
-        if p.device.type == "cpu":
-            chunks = plan_chunks(counts, self.chunk)
-        else:
-            chunks = [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
         subs = []
-        for lo, hi in chunks:
+        for lo, hi in self._plan(counts, p.device):
             idx, width = rows[lo:hi], counts[hi - 1]
             sub = {"context": batch["context"][idx], "predator": batch["predator"][idx],
                    "boids": boids[lo:hi, :width],
@@ -193,6 +189,12 @@ class ModelPolicy:
             raise NonFiniteActions("the model's actions are NaN or infinite (its weights hold NaN or huge values: "
                              "training diverged, or the file is damaged), so its catches cannot be measured")
         return out
+
+    def _plan(self, counts: List[int], device: torch.device) -> List[Tuple[int, int]]:
+        """The chunks (start, end) of the envs sorted by live count."""
+        if device.type == "cpu":
+            return plan_chunks(counts, self.chunk)
+        return [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
 
     def _forwards(self, subs: List[Batch], device: torch.device) -> List[Tensor]:
         """The model's actions for each chunk: on a CPU each on one thread, the largest first, on

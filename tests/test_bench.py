@@ -37,9 +37,11 @@ def test_run_reports_every_figure(tmp_path, capsys):
     assert res["attention_cpu"]["sliced_ms"] > 0 and res["attention_cpu"]["sdpa_ms"] > 0
     assert res["attention_cpu"]["tokens"] == 9
     assert res["geglu_cpu"]["fused_ms"] > 0 and res["geglu_cpu"]["torch_ms"] > 0 and res["geglu_cpu"]["tokens"] == 9
+    assert res["dagger_cpu"]["samples_per_s"] > 0 and res["dagger_cpu"]["padded_samples_per_s"] > 0
     bench.print_table(res)
     out = capsys.readouterr().out
     assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
+    assert "DAgger episodes, the model driving" in out and "as before" in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
     # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values
     res = bench.run(quick=True, threads=2, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
