@@ -38,10 +38,16 @@ SETS_PAGE_GLOBAL = (r"(?:window\.|globalThis\.|self\.|this\.)?TRANSFORMER_PARAMS
                     r"""|(?:window|globalThis|self|this)\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\]""")
 # A script's directive prologue, which may stand before the assignment: the strings opening it as statements of
 # their own ("use strict";, or more: `"a"; "use strict";`)
-DIRECTIVES = r"""(?:(?:"[^"\\\n\r]*(?:\\[\s\S][^"\\\n\r]*)*"|'[^'\\\n\r]*(?:\\[\s\S][^'\\\n\r]*)*')\s*(?:;\s*)?)*"""
+_DIRECTIVE_STRING = r"""(?:"[^"\\\n\r]*(?:\\[\s\S][^"\\\n\r]*)*"|'[^'\\\n\r]*(?:\\[\s\S][^'\\\n\r]*)*')"""
+DIRECTIVES = rf"(?:{_DIRECTIVE_STRING}\s*(?:;[\s;]*)?)*"
+_TARGET = rf"(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*"
 # How a model.js assigns its weights: let and const too, which predlab reads (the demo refuses them: the page
-# would not see them)
-WEIGHTS_ASSIGNMENT = re.compile(rf"{DIRECTIVES}(?:{SETS_PAGE_GLOBAL}|(?:let|const)\s+TRANSFORMER_PARAMS)\s*=\s*")
+# would not see them). Loose about the prologue, to know a weight file that does not parse
+WEIGHTS_ASSIGNMENT = re.compile(DIRECTIVES + _TARGET)
+# The same as JavaScript parses it: a string of the prologue ends its statement at a `;` or a line break (where
+# JavaScript inserts the `;`); `"use strict" window.TRANSFORMER_PARAMS = ...` on one line is a syntax error
+_STRING_THEN_SPACE = re.compile(_DIRECTIVE_STRING + r"[^\S\n\r]*")
+_PAGE_ASSIGNMENT = re.compile(rf"(?:{_DIRECTIVE_STRING}[^\S\n\r]*[;\n\r][\s;]*)*" + _TARGET)
 SIZE_KEYS = ("d_model", "n_heads", "n_layers", "ffn_hidden")
 # The least number float32 rounds to infinity; 3.4028235e38, float32's largest as numpy prints it, is
 # above FLOAT32_MAX but reads as it
@@ -539,6 +545,20 @@ def _use_strict(pieces: List[Tuple[bool, str]]) -> bool:
     return False
 
 
+def _unended_directive(s: str, pos: int, source: str) -> None:
+    """WeightFormatError naming the string of the prologue that code follows on its line with no `;`."""
+    while True:
+        m = _STRING_THEN_SPACE.match(s, pos)
+        if m is None:
+            return
+        if m.end() == len(s) or s[m.end()] not in ";\n\r":
+            line = _line_col(s, m.start())[0]
+            raise WeightFormatError(f"{source}: the string {m.group().strip()[:40]} at line {line} has code after it on "
+                                    "its line with no `;` between, a syntax error: the page would not run the file; "
+                                    "end it with `;`")
+        pos = m.end() + len(s[m.end():]) - len(s[m.end():].lstrip("; \t\n\r"))
+
+
 def use_strict(code: str) -> bool:
     """Whether a script (its comments stripped or not) is strict: its directive prologue holds "use strict"."""
     return _use_strict(_split_code(code))
@@ -565,6 +585,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     s = "".join(out)
     start = len(s) - len(s.lstrip())
     m = WEIGHTS_ASSIGNMENT.match(s, start)
+    if m and not _PAGE_ASSIGNMENT.match(s, start):
+        _unended_directive(s, start, source)
     if m:
         start = m.end()
     if not s.startswith("{", start):

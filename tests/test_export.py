@@ -1310,6 +1310,35 @@ def test_a_directive_prologue_holding_use_strict_makes_the_file_strict(head):
             text_to_params(head + "window.TRANSFORMER_PARAMS = {d_model: 48,\n x: [010]};", "model.js")
 
 
+# heads of a model.js: whether JavaScript parses them (a string of the prologue ends at a `;` or a line break)
+PROLOGUES = [('"use strict"; ', True), ('"use strict"\n', True), ("'use strict' // by hand\n", True),
+             ('"a"\n"use strict"\n', True), ("'use strict' /* v2\n */ ", True), ('"a";; "use strict";', True),
+             ('"use strict" ', False), ('"a" "use strict";\n', False), ("'use strict' /* v2 */ ", False),
+             ('"a";\n"b" "use strict";\n', False)]
+
+
+@pytest.mark.parametrize("head, parses", PROLOGUES)
+def test_a_prologue_string_with_code_after_it_on_its_line_is_the_syntax_error_the_page_meets(head, parses):
+    """`"use strict" window.TRANSFORMER_PARAMS = {...}` on one line does not parse in JavaScript: the page runs no
+    weights. predlab read it as a good file (and named nothing)."""
+    text = head + "window.TRANSFORMER_PARAMS = {d_model: 48};\n"
+    if parses:
+        assert text_to_params(text, "model.js") == {"d_model": 48}
+    else:
+        with pytest.raises(WeightFormatError, match=r"model.js: the string \"(a|b|use strict)\" at line \d has code "
+                                                    r"after it on its line with no `;` between, a syntax error"):
+            text_to_params(text, "model.js")
+
+
+@needs_node
+def test_the_prologues_parse_in_node_as_predlab_says(tmp_path):
+    for k, (head, parses) in enumerate(PROLOGUES):
+        script = tmp_path / f"p{k}.js"
+        script.write_text(head + "var TRANSFORMER_PARAMS = {d_model: 48};\n")
+        res = subprocess.run(["node", "--check", str(script)], capture_output=True, text=True, timeout=60)
+        assert (res.returncode == 0) == parses, (head, res.stderr)
+
+
 def test_infinity_with_a_sign_set_apart_is_refused_as_infinity(model, tmp_path):
     """`- Infinity` is JavaScript's -Infinity, which the page refuses as it refuses `-Infinity`: predlab named it
     a JSON syntax error ("Expecting value") instead of the infinity in output_bias."""
