@@ -524,6 +524,31 @@ def _line_col(text: str, pos: int) -> Tuple[int, int]:
     return text.count("\n", 0, pos) + 1, pos - text.rfind("\n", 0, pos)
 
 
+def _place(original: str, converted: str, pos: int) -> str:
+    """Where pos of the JSON text converted from `original` is in the file, as "line L, column C". Lines keep
+    their numbers, but quoted keys and converted numbers, strings and comments move a line's columns: the column
+    is found by aligning the line as converted with the line as written (difflib), or where the line is too
+    long for that, by the text before pos or after it reading as written; else the text there is quoted."""
+    import difflib
+    line, col = _line_col(converted, pos)
+    lines = original.split("\n")
+    start = converted.rfind("\n", 0, pos) + 1
+    end = converted.find("\n", pos)
+    made = converted[start:len(converted) if end < 0 else end]
+    tail = made[col - 1:].rstrip("\r")
+    if line <= len(lines):
+        written = lines[line - 1].rstrip("\r")
+        if written[:col - 1] == made[:col - 1]:
+            return f"line {line}, column {col}"
+        if len(written) + len(made) <= 20_000:    # (a model.js of predlab's holds its weights in one line)
+            for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, made, written, autojunk=False).get_opcodes():
+                if i1 <= col - 1 < i2 or (i1 == i2 == col - 1 and op == "insert"):
+                    return f"line {line}, column {j1 + (col - 1 - i1 if op == 'equal' else 0) + 1}"
+        if written.endswith(tail):
+            return f"line {line}, column {len(written) - len(tail) + 1}"
+    return f"line {line}, near `{tail.strip()[:20]}`"
+
+
 # Where a directive (a statement that is a lone string) ends: at a `;`, or at a line break, where JavaScript
 # inserts the `;`
 _DIRECTIVE_END = re.compile(r"[^\S\n\r\u2028\u2029]*[;\n\r\u2028\u2029]")
@@ -595,15 +620,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         # strict=False: a raw tab (or other control character but a line break) in a string, as JavaScript takes it
         params, end = json.JSONDecoder(strict=False).raw_decode(s, start)
     except json.JSONDecodeError as e:   # line and column in the file (block comments keep their lines)
-        line, col = _line_col(s, e.pos)
+        place = _place(text.lstrip("\ufeff"), s, e.pos)
         key = _JS_ONLY_KEY.match(s, e.pos) if e.msg.startswith("Expecting property name") else None
         if key:         # the page runs it (a key it does not read); JSON has no such key
             what = ("computed (`[...]:`), code that predlab does not run" if key.group()[0] == "[" else
                     "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
-            raise PageOnlyError(f"{source}: the key at line {line}, column {col} is {what}; write it as a "
-                                "name") from None
-        raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at line {line}, "
-                                f"column {col})") from None
+            raise PageOnlyError(f"{source}: the key at {place} is {what}; write it as a name") from None
+        raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "
                                 "levels)") from None

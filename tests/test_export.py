@@ -757,6 +757,23 @@ def test_whole_number_keys_are_read_as_javascript_names_them(model):
     assert text_to_params("{x: [0, 12, {3: 4}]}") == {"x": [0, 12, {"3": 4}]}
 
 
+def test_a_syntax_error_is_placed_where_the_file_has_it():
+    """The column of a JSON error counted the text as converted: `{d_model: 48, x: [1, ?]}` said column 26 (two
+    keys quoted) where the `?` stands at 22."""
+    long = "{d_model: 48, x: [" + "1, " * 7000
+    for text, place in [("{d_model: 48,\n n_heads: 4, x: [1, ?]}", "line 2, column 21"),
+                        ('{"d_model": 48,\n "n_heads": 4, "x": [1, ?]}', "line 2, column 25"),
+                        ("{d_model: 48, note: 'a\\x41' /* v2 */,\n x: [1, ?]}", "line 2, column 9"),
+                        ("{d_model: 48, x: [1 ? 0x10]}", "line 1, column 21"),
+                        ("{d_model: 48, x: [1, ?, 0x10]}", "line 1, column 22"),
+                        ("{d_model: 48, x: [1 2]}", "line 1, column 21"),
+                        (long + "?]}", f"line 1, column {len(long) + 1}"),
+                        (long + "?, 0x10]}", "line 1, near `?, 16]}`")]:       # too long to align: the text there
+        with pytest.raises(WeightFormatError, match=rf"model.js: not a readable weight file \(Expecting [^)]* at "
+                                                    rf"{re.escape(place)}\)$"):
+            text_to_params(text, "model.js")
+
+
 @pytest.mark.parametrize("key, what", [("1.5", "a number not written as a plain whole number"),
                                        ("0x10", "a number not written as a plain whole number"),
                                        ("1_000", "a number not written as a plain whole number"),
