@@ -127,7 +127,7 @@ class PaddedPolicy(ModelPolicy):
     flocks sorted by size in chunks of 256, each padded to its widest, on all of torch's threads."""
 
     def _plan(self, counts, device):
-        return [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
+        return self._even_chunks(len(counts))
 
     def _forwards(self, subs, device):
         return [self.model(sub) for sub in subs]

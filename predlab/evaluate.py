@@ -29,7 +29,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from .data import NonFiniteActions, check_actions, chunk_seed, usable_cpus
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
-from .train import AUTO_SPLIT_MAX, EVAL_STREAM, Callback, _split_pool
+from .train import AUTO_SPLIT_MAX, EVAL_STREAM, Callback, _split_pool, on_split_thread
 
 Tensor = torch.Tensor
 Batch = Dict[str, Tensor]
@@ -192,9 +191,11 @@ class ModelPolicy:
 
     def _plan(self, counts: List[int], device: torch.device) -> List[Tuple[int, int]]:
         """The chunks (start, end) of the envs sorted by live count."""
-        if device.type == "cpu":
-            return plan_chunks(counts, self.chunk)
-        return [(r, min(r + self.chunk, len(counts))) for r in range(0, len(counts), self.chunk)]
+        return plan_chunks(counts, self.chunk) if device.type == "cpu" else self._even_chunks(len(counts))
+
+    def _even_chunks(self, envs: int) -> List[Tuple[int, int]]:
+        """Chunks of `chunk` envs in their sorted order."""
+        return [(r, min(r + self.chunk, envs)) for r in range(0, envs, self.chunk)]
 
     def _forwards(self, subs: List[Batch], device: torch.device) -> List[Tensor]:
         """The model's actions for each chunk: on a CPU each on one thread, the largest first, on
@@ -202,7 +203,7 @@ class ModelPolicy:
         if device.type != "cpu":
             return [self.model(sub) for sub in subs]
         workers = min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX)
-        if workers <= 1 or len(subs) == 1 or threading.current_thread().name.startswith("predlab-split"):
+        if workers <= 1 or len(subs) == 1 or on_split_thread():
             with _torch_threads(1):
                 return [self.model(sub) for sub in subs]
         pool = _split_pool(workers)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import contextlib
+import difflib
 import errno
 import json
 import math
@@ -529,7 +530,6 @@ def _place(original: str, converted: str, pos: int) -> str:
     their numbers, but quoted keys and converted numbers, strings and comments move a line's columns: the column
     is found by aligning the line as converted with the line as written (difflib), or where the line is too
     long for that, by the text before pos or after it reading as written; else the text there is quoted."""
-    import difflib
     line, col = _line_col(converted, pos)
     lines = original.split("\n")
     start = converted.rfind("\n", 0, pos) + 1

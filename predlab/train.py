@@ -663,6 +663,11 @@ def _split_pool(parts: int) -> ThreadPoolExecutor:
     return _SPLIT_POOL[parts]
 
 
+def on_split_thread() -> bool:
+    """Whether this is a thread of _split_pool: work it hands to the pool could wait behind itself."""
+    return threading.current_thread().name.startswith("predlab-split")
+
+
 class SupervisedTrainer:
     """Behaviour cloning: MSE between the model's action and the teacher's unit vector.
 
@@ -819,7 +824,7 @@ class SupervisedTrainer:
                                    else contextlib.nullcontext()):
                 return F.mse_loss(self.model(b).float(), b["target"], reduction="sum")
         parts = self.split_parts()
-        if parts <= 1 or threading.current_thread().name.startswith("predlab-split"):
+        if parts <= 1 or on_split_thread():
             yield from map(loss, batches)
             return
         pool, ahead = _split_pool(parts), []
