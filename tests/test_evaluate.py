@@ -185,6 +185,27 @@ def test_plan_chunks_pads_small_flocks_less_but_keeps_few_forwards():
     assert len(plan_chunks([50] * 100)) >= 2              # a frame of large flocks still runs side by side
 
 
+def test_cpu_evaluation_steps_in_the_kernels_and_catches_as_the_torch_world_does(model, monkeypatch):
+    """On a CPU the episodes step in predlab.fastsim's kernels, as training episodes are generated (World.step
+    took 6.8 s of a 500-episode teacher rollout, the kernels 0.7). Over a short horizon on small flocks the
+    two worlds have not parted yet: the same catches, frame for frame."""
+    from predlab import evaluate
+    from predlab.sim import World
+    kw = dict(episodes=16, frames=150, seed=0, world_config=WC)
+    step = World.step
+
+    def no_world_steps(self, action):
+        raise AssertionError("World.step ran on the CPU")
+    monkeypatch.setattr(World, "step", no_world_steps)
+    kernels = [rollout(policy, **kw) for policy in ("teacher", model, "random")]
+    monkeypatch.setattr(World, "step", step)
+    monkeypatch.setattr(evaluate, "fastsim", None)                 # without numba: the torch World
+    torch_world = [rollout(policy, **kw) for policy in ("teacher", model, "random")]
+    for a, b in zip(kernels, torch_world):
+        assert torch.equal(a.catches, b.catches) and torch.equal(a.first_catch, b.first_catch)
+    assert kernels[0].catches.sum() > 0
+
+
 def test_checkpoint_and_model_js_give_identical_figures(model, tmp_path):
     trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu")
     pt = trainer.save_checkpoint(tmp_path / "m.pt")
