@@ -598,8 +598,10 @@ class TrainingDiverged(ArithmeticError):
         self.epoch, self.what, self.learning_rate = epoch, what, learning_rate
         super().__init__(f"training diverged in epoch {epoch}: {what} (learning rate {learning_rate:g} is too high: "
                          f"lower learning_rate, or raise warmup_epochs); the epoch was not counted or saved, and "
-                         f"the trainer is back where the last finished epoch left it (set_schedule a lower "
-                         f"learning rate, then train again)")
+                         f"the trainer is back where the last finished epoch left it: trainer.set_schedule("
+                         f"learning_rate=...) with a lower rate, then train again; in notebook 02, whose controls "
+                         f"reach only a new trainer, move the learning-rate slider down and build the trainer again "
+                         f"(a new run)")
 
 
 def _switch_tf32(on: bool) -> Callable[[], None]:

@@ -883,8 +883,11 @@ def test_an_epoch_that_diverged_is_undone(tmp_path):
             with torch.no_grad():
                 trainer.model.output.weight.fill_(math.nan)
     t.callbacks.append(Poison())
-    with pytest.raises(TrainingDiverged, match="the trainer is back where the last finished epoch left it"):
+    with pytest.raises(TrainingDiverged, match="the trainer is back where the last finished epoch left it") as e:
         t.train(2)
+    # the notebook's controls reach only a new trainer: set_schedule is not there to call
+    assert "set_schedule(learning_rate=...)" in str(e.value) and "move the learning-rate slider down and build the " \
+        "trainer again" in str(e.value)
     assert t.epoch == 1 and len(t.history) == 1
     for k, v in t.model.state_dict().items():
         assert torch.equal(v, good[k]), k
