@@ -528,6 +528,16 @@ class _Rows:
         return SampleSet(*(torch.from_numpy(a) for a in self.arrays))
 
 
+def kernel_arrays(world: World, cfg: WorldConfig) -> tuple:
+    """(state, weights, live, snap): a CPU World's episodes as predlab.fastsim's kernels take and step them
+    (its arrays copied), the flock weights of cfg, the live boids per episode, and the kernels' scratch."""
+    state = [np.ascontiguousarray(t.numpy()) for t in
+             (world.pos, world.vel, world.alive, world.pred_pos, world.pred_vel, world.size)]
+    dtype = state[0].dtype
+    weights = np.array([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight], dtype)
+    return state, weights, world.n_alive.numpy().astype(np.int64), fastsim.scratch(*world.alive.shape, dtype)
+
+
 def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student, beta: float,
                          on_frame: Optional[Callable[[int], None]] = None) -> SampleSet:
     """rollout_chunk with every frame in predlab.fastsim's kernels: the same draws, in the same order.
@@ -540,13 +550,9 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
     world = World.random(num_episodes, cfg, generator=g)
     by_student = torch.rand(num_episodes, generator=g) >= beta if student is not None else None
     use_student = by_student is not None and bool(by_student.any())
-    state = [np.ascontiguousarray(t.numpy()) for t in
-             (world.pos, world.vel, world.alive, world.pred_pos, world.pred_vel, world.size)]
+    state, weights, live, snap = kernel_arrays(world, cfg)
     E, N = world.alive.shape
     dtype = state[0].dtype
-    weights = np.array([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight], dtype)
-    live = world.n_alive.numpy().astype(np.int64)
-    snap = fastsim.scratch(E, N, dtype)
     zeros = np.zeros((E, 2), dtype)
     out = _Rows(E * cfg.frames, N, dtype)        # never grown: see _Rows
     if use_student:

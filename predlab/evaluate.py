@@ -42,7 +42,7 @@ import torch
 from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, strict_json, whole_number)
-from .data import NonFiniteActions, check_actions, chunk_seed, usable_cpus
+from .data import NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
@@ -286,13 +286,9 @@ class _KernelFrames:
     observe() gives each episode's live boids first; step(action) returns the boids caught [E]."""
 
     def __init__(self, world: World, cfg: WorldConfig):
-        self.state = [np.ascontiguousarray(t.numpy()) for t in
-                      (world.pos, world.vel, world.alive, world.pred_pos, world.pred_vel, world.size)]
+        self.state, self.weights, self.live, self.snap = kernel_arrays(world, cfg)
         E, N = world.alive.shape
         self.dtype = self.state[0].dtype
-        self.weights = np.array([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight], self.dtype)
-        self.live = world.n_alive.numpy().astype(np.int64)
-        self.snap = fastsim.scratch(E, N, self.dtype)
         self.rows, self.slots = np.arange(E, dtype=np.int64), torch.arange(N)
 
     def observe(self) -> Batch:
