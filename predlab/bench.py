@@ -247,12 +247,20 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
 
 # ---------------------------------------------------------------------- attention kernels
 def bench_attention(batch_size: int = 256, n_boids: int = 50, cfg: Optional[ModelConfig] = None,
-                    repeats: int = 10) -> Dict[str, float]:
-    """Milliseconds for forward + backward of one layer's attention, per kernel (best of repeats).
+                    repeats: int = 10, threads: Optional[int] = None) -> Dict[str, float]:
+    """Milliseconds for forward + backward of one layer's attention, per kernel (best of repeats),
+    on `threads` torch threads (None: as set).
 
     "sliced" is the CPU kernel the model uses (predlab.model._Attention), "sdpa" is
     F.scaled_dot_product_attention, the fused kernel a GPU uses; same maths.
     """
+    if threads:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return {**bench_attention(batch_size, n_boids, cfg, repeats), "threads": threads}
+        finally:
+            torch.set_num_threads(old)
     from .model import attention
     cfg = cfg or ModelConfig()
     T, D = 3 + n_boids, cfg.d_model
@@ -645,7 +653,12 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
         res[name] = r
     res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
-    res["attention_cpu"] = bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
+    # as training runs it: each split part's rows on its share of the threads; and the whole batch on all
+    parts = res["train_50"]["parts"]
+    res["attention_cpu"] = {
+        **bench_attention(max(1, batch_size // parts), fixed_boids, mcfg, repeats=5 if quick else 10,
+                          threads=max(1, threads // parts)), "parts": parts,
+        "whole_batch": bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10, threads=threads)}
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
     res["dagger_cpu"] = bench_dagger(32 if quick else 100, world, repeats=reps, frames=min(50 if quick else 100,
                                                                                           world.frames))
@@ -698,9 +711,14 @@ def print_table(res: Dict) -> None:
               f"MFLOP executed (last block CLS only): {r['gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak")
     a = res["attention_cpu"]
-    print(f"attention, forward + backward of one layer at batch {a['batch_size']} x {a['tokens']} tokens (CPU): "
+    w = a["whole_batch"]
+    how = (f"one split part's {a['batch_size']} rows on {a['threads']} thread(s), as training runs it"
+           if a["parts"] > 1 else f"batch {a['batch_size']} on {a['threads']} thread(s)")
+    print(f"attention, forward + backward of one layer at {a['tokens']} tokens (CPU), {how}: "
           f"predlab's sliced kernel {a['sliced_ms']:.1f} ms, F.scaled_dot_product_attention {a['sdpa_ms']:.1f} ms "
-          f"({a['sdpa_ms'] / a['sliced_ms']:.2f}x)")
+          f"({a['sdpa_ms'] / a['sliced_ms']:.2f}x)" + ("" if a["parts"] <= 1 else
+          f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {w['sliced_ms']:.1f} against "
+          f"{w['sdpa_ms']:.1f} ms ({w['sdpa_ms'] / w['sliced_ms']:.2f}x)"))
     gg = res.get("geglu_cpu")
     if gg:
         print(f"GEGLU gate, forward + backward of one layer at batch {gg['batch_size']} x {gg['tokens']} tokens (CPU): "

@@ -42,6 +42,8 @@ def test_run_reports_every_figure(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
     assert "DAgger episodes, the model driving" in out and "as before" in out
+    a = res["attention_cpu"]       # one thread, unsplit: the batch as training runs it, and no second figure
+    assert (a["batch_size"], a["threads"], a["parts"]) == (16, 1, 1) and "whole batch" not in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
     # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values
     res = bench.run(quick=True, threads=2, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
@@ -50,6 +52,11 @@ def test_run_reports_every_figure(tmp_path, capsys):
     bench.print_table(res)
     out = capsys.readouterr().out
     assert "50 boids (2 thr, 3 parts)" in out
+    # attention as a part runs it (16 // 3 rows on 1 thread), beside the whole batch on both threads
+    a = res["attention_cpu"]
+    assert (a["batch_size"], a["threads"], a["parts"]) == (5, 1, 3)
+    assert (a["whole_batch"]["batch_size"], a["whole_batch"]["threads"]) == (16, 2)
+    assert "one split part's 5 rows on 1 thread(s), as training runs it" in out and "whole batch of 16 on 2" in out
     table = out[out.index("figure"):out.index("\n\n", out.index("figure"))].splitlines()
     assert len(table) == 5 and len({len(r) for r in table}) == 1, table     # the columns line up
 
