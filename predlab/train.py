@@ -648,6 +648,11 @@ def _plain_numbers(obj):
 
 _SPLIT_POOL: Dict[int, ThreadPoolExecutor] = {}
 AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch thread up to this)
+# tokens (rows x (boids + 3)) a part of a batch holds at least with cpu_split auto: below ~1,800 tokens
+# in all, a batch's two parts took longer side by side than the whole batch on one thread, as each
+# part's fixed cost per op (and its wait for Python's lock) outweighs the work it takes off the
+# other (2 cores, fixed flock sizes of 1-50 boids at batch 16-256; NOTES.md)
+SPLIT_PART_TOKENS = 900
 
 
 def _split_pool(parts: int) -> ThreadPoolExecutor:
@@ -842,7 +847,8 @@ class SupervisedTrainer:
                 f.cancel()                        # an error or a Ctrl-C: the batches not started yet
 
     def split_parts(self) -> int:
-        """How many parts each training batch is split into (1 = not split; see cpu_split).
+        """How many parts a training batch is split into at most (1 = not split; see cpu_split, and
+        batch_parts for the batches that auto leaves whole).
 
         On a CPU, a batch of this small model is many small matrix products and elementwise
         passes that intra-op threads share poorly; parts of the batch, each in its own thread
@@ -860,6 +866,19 @@ class SupervisedTrainer:
             return min(self.cpu_split, self.batch_size)
         # threads beyond the CPUs make no more parts either
         return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, self.batch_size))
+
+    def batch_parts(self, batch, split: Optional[int] = None) -> int:
+        """How many parts this batch trains in: split_parts(), but with cpu_split auto, no more parts
+        than hold SPLIT_PART_TOKENS tokens each. A batch of few tokens (batch_size 64 of small flocks,
+        say) trains faster whole on one thread: at batch 32 and 25 boids, 4,110-4,323 samples/s
+        against 3,055-3,129 in two parts (2 cores). A batch of fewer rows than parts is not split."""
+        split = self.split_parts() if split is None else split
+        rows = len(batch["target"])
+        if split <= 1 or rows < split:
+            return 1
+        if self.cpu_split:
+            return split
+        return max(1, min(split, rows * (batch["boids"].shape[1] + 3) // SPLIT_PART_TOKENS))
 
     def _split_backward(self, batch, parts: int) -> torch.Tensor:
         """Gradients of the batch's mean loss from `parts` row slices run in threads side by side.
@@ -1026,7 +1045,10 @@ class SupervisedTrainer:
         threads = torch.get_num_threads()
         t0 = time.perf_counter()
         if split > 1:
-            torch.set_num_threads(max(1, threads // split))   # the parts share the cores
+            # the parts run on their threads, one intra-op thread each; the main thread steps AdamW and
+            # runs the batches too small to split, on one thread too: a training step at batch 64 on
+            # 2 threads ran at half the rate of one thread (2,521-2,834 against 5,115-5,934 samples/s)
+            torch.set_num_threads(1)
         # read at each product, and baked into captures; torch's setting is left alone without --tf32
         restore_tf32 = _switch_tf32(True) if self.tf32 else None
         try:
@@ -1035,8 +1057,9 @@ class SupervisedTrainer:
                 if self.cuda_graphs and len(b["target"]) == self.batch_size:
                     loss = self._graphed_step(b)
                 else:
-                    if split > 1 and len(b["target"]) >= split:
-                        loss = self._split_backward(b, split)
+                    parts = self.batch_parts(b, split)
+                    if parts > 1:
+                        loss = self._split_backward(b, parts)
                     else:
                         loss = F.mse_loss(self._forward(b), b["target"])
                         self.optimizer.zero_grad(set_to_none=True)

@@ -147,6 +147,7 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout, 
     """Two runs with cpu_split 2 give the same bits, with dropout too; torch's thread count is
     restored after each epoch; auto splits with 2+ threads."""
     monkeypatch.setattr("predlab.train.usable_cpus", lambda: 16)   # whatever this machine has
+    monkeypatch.setattr("predlab.train.SPLIT_PART_TOKENS", 1)     # auto splits these small batches too
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -174,6 +175,54 @@ def test_split_training_is_reproducible_and_restores_threads(tmp_path, dropout, 
             assert _trainer(tmp_path, dropout=dropout).split_parts() == parts
         monkeypatch.setattr("predlab.train.usable_cpus", lambda: 2)   # more threads than CPUs: no more parts
         assert _trainer(tmp_path, dropout=dropout).split_parts() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_split_leaves_batches_of_few_tokens_whole(tmp_path, monkeypatch):
+    """cpu_split auto splits a batch only into parts of SPLIT_PART_TOKENS tokens or more (tokens: rows x
+    (boids + 3)): smaller batches trained faster whole on one thread. An explicit cpu_split splits
+    every batch of enough rows. While a split epoch runs, the main thread (AdamW, the whole batches)
+    runs on one intra-op thread, and torch's thread count is restored after it."""
+    import predlab.train as tr
+    monkeypatch.setattr(tr, "usable_cpus", lambda: 16)
+
+    def batch(rows, boids):
+        return {"target": torch.zeros(rows, 2), "boids": torch.zeros(rows, boids, 4)}
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        t = _trainer(tmp_path, dropout=0.0)
+        assert t.split_parts() == 2
+        assert t.batch_parts(batch(32, 25)) == 1            # 896 tokens
+        assert t.batch_parts(batch(64, 25)) == 1            # 1,792: under two parts' worth
+        assert t.batch_parts(batch(128, 12)) == 2           # 1,920
+        assert t.batch_parts(batch(256, 50)) == 2           # no more parts than split_parts
+        assert t.batch_parts(batch(256, 50), split=4) == 4
+        assert t.batch_parts(batch(3, 50), split=4) == 1    # fewer rows than parts
+        assert t.batch_parts(batch(40, 50), split=4) == 2   # 2,120 tokens: two parts' worth, not four
+        t.cpu_split = 2
+        assert t.batch_parts(batch(2, 0)) == 2 and t.batch_parts(batch(1, 50)) == 1
+        # an epoch of this world's batches (32 rows of at most 12 boids): none split, on one thread
+        torch.set_num_threads(8)
+        t = _trainer(tmp_path, dropout=0.0)
+        assert t.split_parts() == 4
+        calls, seen = [], []
+        split = t._split_backward
+        t._split_backward = lambda b, parts: calls.append(parts) or split(b, parts)
+
+        class Threads(Callback):
+            def on_batch_end(self, trainer, step, loss):
+                seen.append(torch.get_num_threads())
+
+        t.callbacks.append(Threads())
+        t.train(1)
+        assert not calls and seen and set(seen) == {1} and torch.get_num_threads() == 8
+        monkeypatch.setattr(tr, "SPLIT_PART_TOKENS", 100)   # the same batches split where a part is worth it
+        seen.clear()
+        t.train(2)
+        assert calls and set(calls) <= {2, 3, 4} and set(seen) == {1} and torch.get_num_threads() == 8
     finally:
         torch.set_num_threads(threads)
 
