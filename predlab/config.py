@@ -143,8 +143,9 @@ class TrainConfig:
     log_dir: str = _f("runs", "TensorBoard runs folder (one subfolder per training)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)", min=0)
     cpu_split: int = _f(0, "on a CPU, split each batch into this many parts that run side by side in threads, "
-                        "one core each (0 = auto: one part per torch thread, at most 4; 1 = off); the small "
-                        "matrices of this model keep the cores busier that way", min=0)
+                        "one core each (0 = auto: one part per torch thread, at most 4, and no more parts than "
+                        "hold 900 tokens each, a token being a row's boids + 3; 1 = off); the small matrices "
+                        "of this model keep the cores busier that way", min=0)
     cuda_graphs: bool = _f(True, "on a CUDA GPU, capture each training step once per batch shape as a CUDA graph "
                            "and replay it: one launch instead of hundreds of small ones (--no-cuda_graphs: "
                            "launch every kernel from Python)")
