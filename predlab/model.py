@@ -168,11 +168,19 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
     CPU), "sdpa" (F.scaled_dot_product_attention), "math" (softmax(q k^T / sqrt(hs) + bias) v in
     plain tensor ops), "triton" (predlab.gpu_attention's fused kernel: CUDA tensors, or CPU ones
-    under TRITON_INTERPRET=1) or "auto" (sliced on a CPU, GPU_ATTENTION elsewhere; the
-    environment variable PREDLAB_GPU_ATTENTION sets it). Same maths.
+    under TRITON_INTERPRET=1) or "auto" (on a CPU sliced, but sdpa where a backward follows on 2+
+    threads; GPU_ATTENTION elsewhere, which the environment variable PREDLAB_GPU_ATTENTION sets).
+    Same maths.
     """
     if kernel == "auto":
-        kernel = "sliced" if x.device.type == "cpu" else GPU_ATTENTION
+        if x.device.type != "cpu":
+            kernel = GPU_ATTENTION
+        elif torch.get_num_threads() > 1 and x.requires_grad and torch.is_grad_enabled():
+            # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
+            # backward on 2 threads ran 1.1-2x faster in SDPA (a training step unsplit, --cpu_split 1: 12-24%)
+            kernel = "sdpa"
+        else:
+            kernel = "sliced"
     if kernel not in ATTENTION_KERNELS[1:]:
         raise ValueError(f"attention kernel {kernel!r} (PREDLAB_GPU_ATTENTION?): use one of "
                          f"{', '.join(ATTENTION_KERNELS[1:])}")
