@@ -653,11 +653,12 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
         res[name] = r
     res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
-    # as training runs it: each split part's rows on its share of the threads; and the whole batch on all
+    # as training runs it: each split part's rows on one thread (the split's threads set one for
+    # themselves, whatever the machine has); and the whole batch on all the threads
     parts = res["train_50"]["parts"]
     res["attention_cpu"] = {
         **bench_attention(max(1, batch_size // parts), fixed_boids, mcfg, repeats=5 if quick else 10,
-                          threads=max(1, threads // parts)), "parts": parts,
+                          threads=1 if parts > 1 else threads), "parts": parts,
         "whole_batch": bench_attention(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10, threads=threads)}
     res["geglu_cpu"] = bench_geglu(batch_size, fixed_boids, mcfg, repeats=5 if quick else 10)
     res["dagger_cpu"] = bench_dagger(32 if quick else 100, world, repeats=reps, frames=min(50 if quick else 100,

@@ -63,9 +63,11 @@ class _Attention(torch.autograd.Function):
     with one copy, the products whose result would be 12 wide are made transposed (T wide,
     which MKL runs ~25% faster), and the [B*H, T, T] weights are made and used a slice of
     about 0.5 MB at a time, so that the passes over them stay in cache: forward + backward of
-    one layer at batch 256 x 53 tokens takes about 14 ms instead of 24 on 2 cores
-    (predlab.bench prints both). With float32 on one thread, as in the trainer's split
-    batches, the copies between token and head layouts are predlab.fastops' (4-8% faster a layer).
+    one layer at 128 x 53 tokens on one thread, as the trainer's split parts run it, takes 8-9 ms
+    against SDPA's 10 (predlab.bench prints both). Those small slices suit one thread: on 2
+    threads with a backward SDPA was faster (256 x 53: 12 against 24 ms), so attention("auto")
+    takes SDPA there. With float32 on one thread the copies between token and head layouts are
+    predlab.fastops' (4-8% faster a layer).
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each); bias [B, 1, 1, T] additive
     key mask -> y [B, T, D]. Saves the per-head projections and the attention weights for

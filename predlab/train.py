@@ -1047,7 +1047,8 @@ class SupervisedTrainer:
         if split > 1:
             # the parts run on their threads, one intra-op thread each; the main thread steps AdamW and
             # runs the batches too small to split, on one thread too: a training step at batch 64 on
-            # 2 threads ran at half the rate of one thread (2,521-2,834 against 5,115-5,934 samples/s)
+            # 2 threads ran at half the rate of one thread (2,521-2,834 against 5,115-5,934 samples/s;
+            # 3,077-3,107 on 2 threads with the SDPA attention that 2 threads now take)
             torch.set_num_threads(1)
         # read at each product, and baked into captures; torch's setting is left alone without --tf32
         restore_tf32 = _switch_tf32(True) if self.tf32 else None

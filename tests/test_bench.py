@@ -46,17 +46,18 @@ def test_run_reports_every_figure(tmp_path, capsys):
     assert (a["batch_size"], a["threads"], a["parts"]) == (16, 1, 1) and "whole batch" not in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
     # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values
-    res = bench.run(quick=True, threads=2, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
-                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8, cpu_split=3)
-    assert res["train_50"]["parts"] == res["train_default"]["parts"] == 3
+    res = bench.run(quick=True, threads=4, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8, cpu_split=2)
+    assert res["train_50"]["parts"] == res["train_default"]["parts"] == 2
     bench.print_table(res)
     out = capsys.readouterr().out
-    assert "50 boids (2 thr, 3 parts)" in out
-    # attention as a part runs it (16 // 3 rows on 1 thread), beside the whole batch on both threads
+    assert "50 boids (4 thr, 2 parts)" in out
+    # attention as a part runs it (16 // 2 rows on one thread: the split's threads set one for themselves,
+    # not 4 // 2), beside the whole batch on all 4 threads
     a = res["attention_cpu"]
-    assert (a["batch_size"], a["threads"], a["parts"]) == (5, 1, 3)
-    assert (a["whole_batch"]["batch_size"], a["whole_batch"]["threads"]) == (16, 2)
-    assert "one split part's 5 rows on 1 thread(s), as training runs it" in out and "whole batch of 16 on 2" in out
+    assert (a["batch_size"], a["threads"], a["parts"]) == (8, 1, 2)
+    assert (a["whole_batch"]["batch_size"], a["whole_batch"]["threads"]) == (16, 4)
+    assert "one split part's 8 rows on 1 thread(s), as training runs it" in out and "whole batch of 16 on 4" in out
     table = out[out.index("figure"):out.index("\n\n", out.index("figure"))].splitlines()
     assert len(table) == 5 and len({len(r) for r in table}) == 1, table     # the columns line up
 
