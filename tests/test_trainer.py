@@ -123,10 +123,31 @@ def test_validation_is_the_mse_of_the_model_without_dropout_over_every_boid():
     assert t.validate() == t.validate()
 
 
+def test_a_small_training_batch_validates_in_batches_of_val_batch_min_to_the_same_figure(monkeypatch):
+    """Validation runs in batches of VAL_BATCH_MIN rows where the training batch is smaller (a forward's
+    fixed cost per op doubled validation's time at batch 32), and of the training batch where it is
+    larger; the figure is the same either way, and a progress bar counts the batches that run."""
+    import predlab.train as tr
+    data = _samples(600, n_max=12)
+    for batch_size, cpu_split, rows in ((8, 1, tr.VAL_BATCH_MIN), (8, 2, tr.VAL_BATCH_MIN), (300, 1, 300)):
+        t = _trainer(data, batch_size=batch_size, cpu_split=cpu_split)
+        forward, sizes = t.model.forward, []
+
+        def spy(batch, forward=forward, sizes=sizes):
+            sizes.append(len(batch["target"]))
+            return forward(batch)
+        monkeypatch.setattr(t.model, "forward", spy)
+        got = t.validate()
+        assert sorted(sizes, reverse=True) == [rows] * (600 // rows) + ([600 % rows] if 600 % rows else [])
+        assert t.validate_batches == len(sizes)
+        assert got == pytest.approx(_mse(t.model, data), rel=1e-5)
+
+
 def test_split_validation_runs_its_batches_on_one_thread_each_and_gives_the_same_figure(monkeypatch):
     """With split batches (cpu_split 2), validation's batches run on the split's threads, one torch
     thread each (a forward on 2 threads has a fixed cost of ~2 ms), in order, to the same figure."""
     import threading
+    monkeypatch.setattr("predlab.train.VAL_BATCH_MIN", 1)     # validate in the training batches of 8
     data = _samples(300, n_max=12)
     unsplit, split = _trainer(data, batch_size=8), _trainer(data, batch_size=8, cpu_split=2)
     want = unsplit.validate()
@@ -147,6 +168,7 @@ def test_split_validation_runs_its_batches_on_one_thread_each_and_gives_the_same
 
 
 def test_an_error_in_a_split_validation_batch_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr("predlab.train.VAL_BATCH_MIN", 1)
     t = _trainer(_samples(100), batch_size=8, cpu_split=2)
     calls = []
 
@@ -622,7 +644,7 @@ def test_a_trainer_that_picks_its_best_by_catch_ratio_without_measuring_it_says_
         measured.train(1)
 
 
-def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
+def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys, monkeypatch):
     """Under the epochs' bar, a bar over the epoch's batches (an epoch of 2,000 episodes trains for
     minutes, and the epochs' bar alone stood still), then one over its validation batches: each counts
     to its number of batches, and the last goes when the epoch ends, so two epochs leave the epochs'
@@ -640,6 +662,7 @@ def test_the_progress_bar_counts_each_epochs_batches_and_clears_them(capsys):
             seen.append((epoch, self.batches.desc, self.batches.n, self.batches.total))
             super().on_epoch_end(trainer, epoch, logs)
 
+    monkeypatch.setattr("predlab.train.VAL_BATCH_MIN", 1)     # validation in several batches too
     bar = Seen()
     t = _trainer(callbacks=[bar])
     n = math.ceil(len(t.train_dataset) / t.batch_size)
