@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import difflib
 import math
 import os
 import sys
@@ -1427,14 +1428,30 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                    verbose: bool = True, **overrides) -> SupervisedTrainer:
     """Model, seeded episode data (fresh every epoch) and a trainer, from the config defaults.
 
-    Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...).
+    Keyword arguments override TrainConfig fields (train_episodes, learning_rate, device, ...), ModelConfig
+    fields (d_model, dropout, ...) and WorldConfig fields (boids_max, frames, ...), as the command line's
+    flags do; they take precedence over train_config, model_config and world_config.
     init_weights: the model starts from that file's weights, at its sizes (not with model= too).
     resume: the trainer goes on from that checkpoint, as after trainer.load_checkpoint(resume) (its weights,
     optimizer, schedule and best so far; episodes and world are this call's).
     """
-    tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"), **{k: v for k, v in dict(
-        train_episodes=train_episodes, val_episodes=val_episodes, learning_rate=learning_rate,
-        batch_size=batch_size, **overrides).items() if v is not None})
+    over = {k: v for k, v in dict(train_episodes=train_episodes, val_episodes=val_episodes,
+                                  learning_rate=learning_rate, batch_size=batch_size, **overrides).items()
+            if v is not None}
+    fields = {cls: {f.name for f in dataclasses.fields(cls)} for cls in (TrainConfig, ModelConfig, WorldConfig)}
+    unknown = [k for k in over if not any(k in names for names in fields.values())]
+    if unknown:     # dataclasses' own TypeError named TrainConfig alone, and not a field near it
+        known = sorted(set().union(*fields.values()))
+        hints = [f"{k} (did you mean {', '.join(close)}?)" if (close := difflib.get_close_matches(k, known, 2)) else k
+                 for k in unknown]
+        raise TypeError(f"create_trainer: unknown settings: {', '.join(hints)}; it takes the fields of TrainConfig, "
+                        f"ModelConfig and WorldConfig")
+    model_over = {k: v for k, v in over.items() if k in fields[ModelConfig]}
+    if model is not None and model_over:    # the model's own sizes and dropout would have been trained instead
+        raise ValueError(f"model and {', '.join(f'{k}={v!r}' for k, v in model_over.items())}: give one (a model's "
+                         f"sizes and dropout are set when it is built)")
+    tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"),
+                             **{k: v for k, v in over.items() if k in fields[TrainConfig]})
     tc.validate()
     cli_only = [k for k in CLI_ONLY_FIELDS if overrides.get(k) is not None]
     if cli_only:    # taken and recorded in the checkpoints, yet nothing was written there or trained that long
@@ -1442,14 +1459,16 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
                       f"give callbacks=[Checkpointer(checkpoint_dir, save_every, keep), TensorBoardLogger(log_dir)] "
                       f"(default_callbacks(train_config) makes the command line's set), and pass the epochs to "
                       f"trainer.train(num_epochs)", stacklevel=2)
-    wc = as_config(WorldConfig, world_config, "world_config")
+    wc = dataclasses.replace(as_config(WorldConfig, world_config, "world_config"),
+                             **{k: v for k, v in over.items() if k in fields[WorldConfig]})
     wc.validate()
     if model is not None and not isinstance(model, TransformerPredator):
         raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
     if model is not None and tc.init_weights is not None:   # the file was ignored, yet recorded as the start
         raise ValueError(f"model and init_weights={str(tc.init_weights)!r}: give one (init_weights builds the model "
                          f"from that file's weights; or load them into your model yourself)")
-    mc = model.config if model is not None else as_config(ModelConfig, model_config, "model_config")
+    mc = model.config if model is not None else dataclasses.replace(
+        as_config(ModelConfig, model_config, "model_config"), **model_over)
     start = None
     if model is None and tc.init_weights is not None:    # the file's weights and sizes; dropout model_config's
         from .export import load_model_file

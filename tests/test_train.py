@@ -1646,6 +1646,24 @@ def test_create_trainer_takes_configs_as_dicts_and_names_a_wrong_type():
         create_trainer(model=TransformerPredator(), init_weights="page.js", verbose=False)
 
 
+def test_create_trainer_takes_model_and_world_settings_as_keywords_as_the_flags_do():
+    """create_trainer(dropout=0.1), as `--dropout 0.1` and the README's flag table have it, was a TypeError
+    from inside dataclasses; the keywords now set ModelConfig and WorldConfig fields over the configs
+    given, and an unknown one is named with the fields near it."""
+    t = create_trainer(train_episodes=2, val_episodes=1, dropout=0.1, d_model=32, boids_max=6, frames=10,
+                       world_config={"frames": 30, "boids_min": 2}, model_config={"n_layers": 2},
+                       verbose=False, device="cpu", eval_every=0)
+    assert (t.model.config.dropout, t.model.config.d_model, t.model.config.n_layers) == (0.1, 32, 2)
+    assert (t.world_config.boids_min, t.world_config.boids_max, t.world_config.frames) == (2, 6, 10)
+    assert len(t.val_dataset) == 10 and int(t.val_dataset.n.max()) <= 6
+    with pytest.raises(TypeError, match=r"unknown settings: dropot \(did you mean dropout\?\)"):
+        create_trainer(dropot=0.1, verbose=False)
+    with pytest.raises(ValueError, match="model and dropout=0.1: give one"):    # the model's own 0.0 trained
+        create_trainer(model=TransformerPredator(), dropout=0.1, verbose=False)
+    with pytest.raises(ValueError, match="boids_max must be >= 1, got 0"):     # checked as world_config's are
+        create_trainer(boids_max=0, verbose=False)
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("device", 0, "device must be a name such as 'cpu', 'cuda' or 'auto', got 0"),
     ("init_weights", 5, "init_weights must be a path, got 5"),
