@@ -19,7 +19,7 @@ import torch
 from .config import SEED_MAX, SELECT_BEST_BY, ModelConfig, from_dict
 from .export import (SIZE_KEYS, WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes,
                      not_a_file, script_text)
-from .model import TOKEN_TYPES, TransformerPredator
+from .model import TOKEN_TYPES, TransformerPredator, weights_memory_problem
 
 FORMAT = "predlab-checkpoint"
 MAX_EPOCHS = SEED_MAX - 1     # the next epoch's episodes are the random stream epoch + 2, at most SEED_MAX
@@ -145,6 +145,12 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: model weight {name!r} is {t.dtype}, not floating point")
     _check_weight_shapes(ckpt["model"], cfg, path)   # before anything builds a model of cfg's sizes
+    # weights that fit the sizes can still be more than memory holds: a tensor saved expanded (stride 0)
+    # is a few bytes on disk, and the finite check below allocated it whole before the model's own check
+    # (a 22 KB file asked for 480 GB and stopped with the allocator's traceback)
+    problem = weights_memory_problem(cfg)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
     for name, t in ckpt["model"].items():
         if not torch.isfinite(t.float()).all():   # as float32, as the model holds it: 1e39 is infinity
             raise CheckpointError(f"{path}: model weight {name!r} contains NaN or infinity (in float32)")

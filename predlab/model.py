@@ -11,7 +11,7 @@ import contextlib
 import math
 import os
 import threading
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -425,6 +425,14 @@ def check_has_weights(model: nn.Module) -> None:
                          "first: model.to_empty(device='cpu'), then load_state_dict or load_from_javascript")
 
 
+def weights_memory_problem(cfg: ModelConfig) -> Optional[str]:
+    """Why a model of cfg's sizes cannot fit in this machine's memory, or None."""
+    count = parameter_count(cfg.d_model, cfg.n_layers, cfg.ffn_hidden)
+    problem = memory_problem([(f"{count:,} float32 parameters (d_model={cfg.d_model}, n_layers={cfg.n_layers}, "
+                               f"ffn_hidden={cfg.ffn_hidden})", 4 * count)], "the model's weights")
+    return problem and problem + "; choose smaller sizes"
+
+
 class TransformerPredator(nn.Module):
     """The predator policy. model(batch) -> actions [B, 2] in [-1, 1].
 
@@ -439,11 +447,9 @@ class TransformerPredator(nn.Module):
         self.config = ModelConfig(d_model=d_model, n_heads=n_heads, n_layers=n_layers,
                                   ffn_hidden=ffn_hidden, dropout=dropout)
         self.config.validate()
-        count = parameter_count(d_model, n_layers, ffn_hidden)
-        problem = memory_problem([(f"{count:,} float32 parameters (d_model={d_model}, n_layers={n_layers}, "
-                                   f"ffn_hidden={ffn_hidden})", 4 * count)], "the model's weights")
+        problem = weights_memory_problem(self.config)
         if problem:
-            raise ValueError(problem + "; choose smaller sizes")
+            raise ValueError(problem)
         d = d_model
         self.cls_embedding = nn.Parameter(torch.zeros(d))
         self.type_embeddings = nn.Parameter(torch.zeros(len(TOKEN_TYPES), d))   # cls, ctx, predator, boid

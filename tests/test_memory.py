@@ -270,3 +270,31 @@ def test_the_training_check_counts_the_catch_evaluation_as_evaluate_does(boids, 
     monkeypatch.setattr(evaluate, "memory_problem", lambda needs, *a, **k: seen.append(sum(b for _, b in needs)))
     evaluate.episodes_memory_problem(64, boids)
     assert counted == sim.step_bytes(64, boids) == seen[0]
+
+
+def test_a_checkpoint_of_weights_saved_expanded_is_refused_by_its_memory_before_any_allocation(tmp_path, monkeypatch,
+                                                                                                 capsys):
+    """A tensor saved expanded (stride 0) is a few bytes on disk: a 22 KB checkpoint whose weights fit a
+    model_config of d_model 200,000 stopped evaluate, export and train with the allocator's traceback,
+    in the finite check of its weights. Each command now exits 2 naming the memory, and writes nothing."""
+    import torch
+    from predlab import evaluate, export, train
+    from predlab.checkpoint import atomic_save, weight_shapes
+    from predlab.config import ModelConfig
+    cfg = ModelConfig(d_model=200000, ffn_hidden=8)      # a weight of 160 GB
+    atomic_save({"format": "predlab-checkpoint", "version": 1, "model_config": vars(cfg),
+                 "model": {k: torch.zeros(1).expand(*s) for k, s in weight_shapes(cfg).items()}}, tmp_path / "big.pt")
+    assert (tmp_path / "big.pt").stat().st_size < 10 ** 6
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 30)
+    monkeypatch.chdir(tmp_path)
+    for main, argv in ((evaluate.main, ["big.pt", "--episodes", "2", "--frames", "5"]),
+                       (export.main, ["big.pt", "--out", "b.js", "--any-size"]),
+                       (train.main, ["--epochs", "1", "--init_weights", "big.pt", *TINY]),
+                       (train.main, ["--epochs", "1", "--resume", "big.pt", *TINY])):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, argv
+        assert "big.pt: the model's weights would need about" in err and "(d_model=200000, n_layers=3" in err
+        assert "more than this machine's 1.0 GiB" in err and "Traceback" not in err, err
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
