@@ -186,6 +186,22 @@ def _check_weight_shapes(weights: Mapping, cfg: ModelConfig, path) -> None:
                                   f"model_config ({sizes}) gives {shape}")
 
 
+HISTORY_DEPTH = 32     # a callback's log may hold lists or dicts; an epoch's figures are one level
+
+
+def _depth(v, limit: int = HISTORY_DEPTH) -> int:
+    """How deep lists, tuples and dicts nest in v (a number: 0), counted up to limit + 1, without
+    recursion: a tampered entry may nest deeper than Python's stack."""
+    depth, level = 0, [v]
+    while depth <= limit:
+        containers = [c for c in level if isinstance(c, (list, tuple, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [x for c in containers for x in (c.values() if isinstance(c, dict) else c)]
+    return depth
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -234,6 +250,9 @@ def _check_training_state(ckpt: Mapping, path) -> None:
     if "history" in ckpt:
         need("history", isinstance(ckpt["history"], list) and all(isinstance(h, dict) for h in ckpt["history"]),
              "a list of dicts (one per epoch)")
+        # an entry nested thousands deep resumed, trained its epoch, then lost it in a RecursionError at the save
+        need("history", all(_depth(h) <= HISTORY_DEPTH for h in ckpt["history"]),
+             f"a list of epochs' logs nested at most {HISTORY_DEPTH} deep")
     if "data_source" in ckpt:
         need("data_source", isinstance(ckpt["data_source"], dict), "a dict")
 

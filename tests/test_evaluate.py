@@ -1,6 +1,7 @@
 """Closed-loop evaluation: seeded episodes shared by every policy, figures, file formats, the CLI."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -344,7 +345,9 @@ def test_a_checkpoint_weight_without_dense_values_is_named(model, tmp_path, weig
     ("scheduler", {"warmup": "1", "min_ratio": 0.05, "progress": 0.0, "base": [0.002]}),
     ("scheduler", {"warmup": 1.0, "min_ratio": 0.05, "progress": 0.0}),
     ("rng", {"torch": torch.zeros(5)}), ("rng", {"cuda": torch.zeros(5, dtype=torch.uint8)}), ("rng", "seed"),
-    ("best_metric", "0.1"), ("monitor", 3), ("history", [1.0]), ("data_source", [])])
+    ("best_metric", "0.1"), ("monitor", 3), ("history", [1.0]), ("data_source", []),
+    # nested thousands deep, a resume trained its epoch and lost it in a RecursionError at the save
+    ("history", [{"epoch": 1, "note": functools.reduce(lambda x, _: [x], range(40), [])}])])
 def test_a_tampered_training_state_is_refused_naming_the_key(model, tmp_path, key, value):
     from predlab.checkpoint import CheckpointError, load_checkpoint_dict
     path = _save_checkpoint(model, tmp_path / "crafted.pt")
