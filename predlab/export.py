@@ -1040,7 +1040,9 @@ def read_params(path: Union[str, Path], require_browser_sizes: bool = False) -> 
                 raise WeightFormatError(f"not {codec} outside a comment")
             params = text_to_params(text, str(path))
         except WeightFormatError:
-            hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if path.suffix == ".pt" else ""
+            # torch.save writes a zip (a pickle before torch 1.6), whatever the file's name
+            checkpoint = path.suffix == ".pt" or data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
+            hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if checkpoint else ""
             raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"
                                     f"{hint}") from None
     validate_params(params, require_browser_sizes)

@@ -1295,6 +1295,10 @@ class SupervisedTrainer:
 
     def save_checkpoint(self, path: Union[str, Path], include_data: bool = True) -> Path:
         """Write a checkpoint atomically (include_data=False leaves out DAgger's samples)."""
+        if Path(path).suffix.lower() in (".js", ".json"):   # a zip under the name the page loads as its weights
+            raise ValueError(f"save_checkpoint({str(path)!r}) writes a torch checkpoint, which the page cannot load: "
+                             f"name it .pt, and write the browser's weights with "
+                             f"predlab.export.write_weights(trainer.model, {str(path)!r})")
         return ckpt_io.atomic_save(self.state_dict(include_data), path)
 
     def load_checkpoint(self, path: Union[str, Path]) -> Dict:

@@ -1514,3 +1514,15 @@ def test_cli_names_an_output_that_is_all_extension(model, tmp_path, monkeypatch,
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"error: --out: {out} has an extension but no name before it" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model.pt"]
+
+
+@pytest.mark.parametrize("name", ["model.js", "model.json", "best.pt"])
+def test_a_checkpoint_under_any_name_is_named_as_one_when_read_as_weights(model, tmp_path, name):
+    """A checkpoint saved or copied as model.js (save_checkpoint("model.js") once wrote one) was refused as
+    "not a UTF-8 text weight file" with no hint; the hint came only for a .pt name. It now follows
+    the file's bytes: torch.save's zip."""
+    save_model_file(model, tmp_path / "ck.pt")
+    shutil.copy(tmp_path / "ck.pt", tmp_path / name)
+    with pytest.raises(WeightFormatError, match=r"not a UTF-8 text weight file .*\(a checkpoint\? `python -m "
+                                                r"predlab.export` turns one into model.js\)"):
+        read_weights(tmp_path / name)

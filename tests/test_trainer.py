@@ -756,3 +756,14 @@ def test_a_library_run_stopped_mid_epoch_says_train_again_goes_on(tmp_path, caps
     t.callbacks.pop()
     t.train(4)
     assert t.epoch == 4
+
+
+@pytest.mark.parametrize("name", ["model.js", "weights.JSON"])
+def test_save_checkpoint_under_a_weight_files_name_is_refused_naming_write_weights(tmp_path, name):
+    """save_checkpoint("model.js") wrote a torch zip that the page cannot load, under the page's name."""
+    t = _trainer()
+    with pytest.raises(ValueError, match=r"writes a torch checkpoint, which the page cannot load: name it .pt, "
+                                         r"and write the browser's weights with predlab.export.write_weights"):
+        t.save_checkpoint(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+    assert t.save_checkpoint(tmp_path / "model.pt").is_file()
