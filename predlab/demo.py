@@ -12,7 +12,6 @@ import sys
 import threading
 import warnings
 import webbrowser
-import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -150,6 +149,16 @@ def _page_problem(model: Path) -> Optional[str]:
     return None
 
 
+def _torch_file(path: Path) -> bool:
+    """A file torch.save wrote (whole or cut short): no text the page can run."""
+    from .export import torch_file_start
+    try:
+        with open(path, "rb") as f:
+            return torch_file_start(f.read(4))
+    except OSError:          # unreadable: the reader says why
+        return False
+
+
 def main(argv=None) -> int:
     """CLI: serve the demo with a model.js until Ctrl-C."""
     from .export import command_line
@@ -175,7 +184,7 @@ def _main(argv) -> int:
     if model.is_dir():
         print(f"error: {model} is a directory; pass the model.js in it (say {model / 'model.js'})", file=sys.stderr)
         return 2
-    if model.is_file() and zipfile.is_zipfile(model):
+    if model.is_file() and _torch_file(model):
         print(f"error: {model} is a checkpoint; the page needs its browser weights. Export them first:\n"
               f"  python -m predlab.export {model} --out model.js\n"
               f"then pass model.js.", file=sys.stderr)

@@ -1040,8 +1040,7 @@ def read_params(path: Union[str, Path], require_browser_sizes: bool = False) -> 
                 raise WeightFormatError(f"not {codec} outside a comment")
             params = text_to_params(text, str(path))
         except WeightFormatError:
-            # torch.save writes a zip (a pickle before torch 1.6), whatever the file's name
-            checkpoint = path.suffix == ".pt" or data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
+            checkpoint = path.suffix == ".pt" or torch_file_start(data)
             hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if checkpoint else ""
             raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"
                                     f"{hint}") from None
@@ -1053,6 +1052,12 @@ def read_params(path: Union[str, Path], require_browser_sizes: bool = False) -> 
                       "used, by the page or by predlab (a misspelt key, or a part of a model the page does not have?)",
                       stacklevel=2)
     return params
+
+
+def torch_file_start(head: bytes) -> bool:
+    """Whether bytes begin as torch.save writes a file, whatever its name: a zip, or a pickle (torch
+    before 1.6); a truncated file too, which zipfile does not know as a zip."""
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80"
 
 
 def unused_keys(params: Mapping) -> List[str]:

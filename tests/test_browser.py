@@ -860,11 +860,17 @@ def test_demo_cli_names_a_dangling_link_and_a_checkpoint_under_a_js_name(tmp_pat
     link.symlink_to(tmp_path / "gone.js")
     assert demo_cli.main([str(link), "--no-browser"]) == 2
     assert f"{link} is a link to a file that does not exist" in capsys.readouterr().err
-    ckpt = SupervisedTrainer(make_model(), SampleSet.empty(), SampleSet.empty(),
-                             device="cpu").save_checkpoint(tmp_path / "saved.js")
-    assert demo_cli.main([str(ckpt), "--port", "0", "--no-browser"]) == 2
-    err = capsys.readouterr().err
-    assert f"{ckpt} is a checkpoint" in err and "python -m predlab.export" in err
+    saved = SupervisedTrainer(make_model(), SampleSet.empty(), SampleSet.empty(),
+                              device="cpu").save_checkpoint(tmp_path / "saved.pt")
+    whole = saved.read_bytes()
+    # a copy under the page's name, one cut short in a copy (once "does not set window.TRANSFORMER_PARAMS",
+    # and served), and torch's pickle format of before 1.6
+    for name, data in (("saved.js", whole), ("cut.js", whole[:len(whole) // 2]), ("old.js", b"\x80\x02}q\x00.")):
+        ckpt = tmp_path / name
+        ckpt.write_bytes(data)
+        assert demo_cli.main([str(ckpt), "--port", "0", "--no-browser"]) == 2, name
+        err = capsys.readouterr().err
+        assert f"{ckpt} is a checkpoint" in err and "python -m predlab.export" in err
 
 
 def test_demo_cli_serves_on_port_8000_by_default_and_says_when_it_cannot(tmp_path, make_model, monkeypatch, capsys):
