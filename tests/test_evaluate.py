@@ -504,7 +504,7 @@ def test_a_checkpoint_and_a_weight_file_under_each_others_names(model, tmp_path,
     """A checkpoint named x.js was read as text ("not a UTF-8 text weight file (byte 64 ...)"); a
     model.js named .pt was "not a torch.save zip archive; truncated or another kind of file"."""
     trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu")
-    pt = trainer.save_checkpoint(tmp_path / "x.js")
+    pt = trainer.save_checkpoint(tmp_path / "x.pt").rename(tmp_path / "x.js")
     obs = episodes_world(8, 0, WC).observe()
     assert torch.equal(load_policy(pt)(obs), ModelPolicy(model)(obs))
     for name in ("model.js", "model.json"):
