@@ -976,7 +976,8 @@ def test_cli_exports_a_checkpoint_whatever_its_name(model, tmp_path, capsys):
     from predlab.export import main
     from predlab.train import SupervisedTrainer
     data = generate_episodes(2, WorldConfig(frames=4, boids_max=6), seed=0)
-    SupervisedTrainer(model, data, data, batch_size=8).save_checkpoint(tmp_path / "saved.pt").rename(tmp_path / "saved.js")
+    saved = SupervisedTrainer(model, data, data, batch_size=8).save_checkpoint(tmp_path / "saved.pt")
+    saved.rename(tmp_path / "saved.js")
     assert main([str(tmp_path / "saved.js"), "--out", str(tmp_path / "model.js")]) == 0
     for name, w in read_weights(tmp_path / "model.js").state_dict().items():
         assert torch.equal(w, model.state_dict()[name])
