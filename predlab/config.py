@@ -53,6 +53,9 @@ SEED_MAX = 2 ** 63 - 1
 # only: sub-pixel motion was lost); a predator at 2 px a frame stood still on a 10**8 px canvas.
 MAX_CANVAS = 2 ** 16
 MAX_BOIDS = 10_000
+# Frames of an episode: a million is 4.6 hours of the page at 60 frames/s. `--frames 1e30` was taken,
+# and evaluated (or ran the catch check) until killed.
+MAX_FRAMES = 10 ** 6
 
 # SPEC.md section 6/7: the sizes the stock browser page accepts.
 BROWSER_SIZES = {"d_model": 48, "n_heads": 4, "n_layers": 3, "ffn_hidden": 96}
@@ -73,7 +76,7 @@ class WorldConfig:
     height_max: int = _f(2160, "largest canvas height in px", min=16, max=MAX_CANVAS)
     boids_min: int = _f(1, "fewest boids in an episode", min=1, max=MAX_BOIDS)
     boids_max: int = _f(50, "most boids in an episode (the browser runs 50)", min=1, max=MAX_BOIDS)
-    frames: int = _f(200, "frames per episode (it ends earlier when every boid is caught)", min=1)
+    frames: int = _f(200, "frames per episode (it ends earlier when every boid is caught)", min=1, max=MAX_FRAMES)
     # at most float32's largest: the world is float32, and a weight past it (1e39) became infinity there,
     # so that every episode's boids were NaN and the run stopped with a traceback
     noise: float = _f(0.3, "std of Gaussian noise added to the driving action, so that states off the "
@@ -112,7 +115,7 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation, data volume, logging and checkpointing."""
 
-    epochs: int = _f(30, "training epochs", min=1)
+    epochs: int = _f(30, "training epochs", min=1, max=SEED_MAX - 1)   # checkpoints hold no more (MAX_EPOCHS)
     # at most torch's largest size (a signed 64-bit integer): any batch up to it trains, one larger than the
     # samples taking them all, where 2**63 stopped the run's first epoch with torch.split's OverflowError
     batch_size: int = _f(256, "samples per optimiser step", min=1, max=SEED_MAX)
@@ -156,7 +159,7 @@ class TrainConfig:
     eval_every: int = _f(5, "closed-loop catch evaluation every this many epochs, logged as catch_ratio and "
                          "catches_per_1k (0 = off)", min=0)
     eval_episodes: int = _f(64, "episodes of that evaluation (the same seeded ones every time)", min=1)
-    eval_frames: int = _f(300, "frames per episode of that evaluation", min=1)
+    eval_frames: int = _f(300, "frames per episode of that evaluation", min=1, max=MAX_FRAMES)
     select_best_by: str = _f("val_loss", "best_model.pt and early stopping follow val_loss (lower is better) "
                              "or catch_ratio (higher is better; needs eval_every > 0, and counts evaluations, "
                              "not epochs, for early stopping)", choices=SELECT_BEST_BY)

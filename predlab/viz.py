@@ -173,7 +173,7 @@ def record_rollout(frames: int = 100, n_boids: int = 50, width: int = 960, heigh
     weights come from cfg (WorldConfig); its canvas/boid ranges are ignored for the given sizes
     (1 to 10,000 boids, a canvas of at least 16 px a side, as WorldConfig allows).
     """
-    frames = whole_number("frames", frames, 1)
+    frames = whole_number("frames", frames, 1, C.MAX_FRAMES)
     n_boids = whole_number("n_boids", n_boids, 1, 10_000)
     lo = WorldConfig.__dataclass_fields__["width_min"].metadata["min"]          # the canvas floor, 16 px
     width, height = whole_number("width", width, lo), whole_number("height", height, lo)
@@ -577,9 +577,9 @@ def catch_callbacks(every: Optional[int] = None, episodes: Optional[int] = None,
     from .evaluate import CatchEvaluator
 
     S = sizes()
-    every, episodes, frames = (S[k] if v is None else whole_number(name, v, 1) for name, k, v in
-                               (("every", "eval_every", every), ("episodes", "eval_episodes", episodes),
-                                ("frames", "eval_frames", frames)))
+    every, episodes, frames = (S[k] if v is None else whole_number(name, v, 1, hi) for name, k, v, hi in
+                               (("every", "eval_every", every, None), ("episodes", "eval_episodes", episodes, None),
+                                ("frames", "eval_frames", frames, C.MAX_FRAMES)))
     return [CatchEvaluator(every=every, episodes=episodes, frames=frames)]
 
 

@@ -245,6 +245,7 @@ def test_cli_json_dash_writes_the_figures_to_stdout(tmp_path, capsys, monkeypatc
     (["missing.pt"], "no such file"),
     (["teacher", "--episodes", "0"], "must be >= 1"),
     (["teacher", "--frames", "ten"], "not a whole number"),
+    (["teacher", "--frames", "1e30"], "must be <= 1000000, got 1e30"),     # evaluated until killed
     (["teacher", "--seed", "-1"], "must be >= 0"),
     (["teacher", "--device", "tpu"], "unknown device"),
     (["."], "is a directory"),
@@ -389,7 +390,8 @@ def test_selected_by_catch_ratio_early_stopping_counts_evaluations_not_epochs():
 
 
 @pytest.mark.parametrize("kw, message", [({"episodes": 2.5}, "episodes must be a whole number"),
-                                         ({"frames": 0}, "frames must be a whole number >= 1"),
+                                         ({"frames": 0}, "frames must be a whole number between 1 and 1000000"),
+                                         ({"frames": 10 ** 7}, "frames must be a whole number between 1 and 1000000"),
                                          ({"seed": -1}, "seed must be a whole number between 0 and"),
                                          ({"policy": None}, "policy is None")])
 def test_rollout_arguments_are_named(kw, message):

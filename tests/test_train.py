@@ -683,6 +683,10 @@ def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
     (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
     # a run that would never evaluate catches, so never write best_model.pt or model.js
     (["--select_best_by", "catch_ratio", "--eval_every", "0"], "select_best_by catch_ratio needs eval_every > 0"),
+    # the catch check ran until killed; more epochs than a checkpoint may record
+    (["--eval_frames", "1e30"], "--eval_frames/--eval-frames: must be <= 1000000, got 1e30"),
+    (["--frames", "1000001", "--val_episodes", "1"], "--frames: must be <= 1000000"),
+    (["--epochs", "1e30"], "--epochs: must be <= 9223372036854775806, got 1e30"),
 ] + ([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA GPU")]))
 def test_cli_bad_values_exit_2_and_touch_nothing(tmp_path, monkeypatch, capsys, flags, message):
     """A bad flag is an argparse error (exit 2) raised before anything touches the disk."""
