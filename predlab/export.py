@@ -511,10 +511,16 @@ def _legacy_escape(m: "re.Match", where: str, template: bool, strict: bool) -> N
                         f"guess: {fix}")
 
 
-# Code after the weights object that assigns into TRANSFORMER_PARAMS (`.d_model = 64`, `["layers"][0] =`,
-# `+=`, a second `TRANSFORMER_PARAMS = {...}`): the page would run other weights than the object's
+# Code after the weights object that changes TRANSFORMER_PARAMS in plain sight: an assignment into it
+# (`.d_model = 64`, `["layers"][0] =`, `+=`, a second `TRANSFORMER_PARAMS = {...}`), `delete`, or
+# Object.assign / defineProperty onto it. The page would run other weights than the object's, or none.
+# Code that changes it through another name (`var P = TRANSFORMER_PARAMS; P.d_model = 64`) is past a
+# reader that runs no JavaScript: it is named in a warning, as all code after the object is.
 _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*\]))*\s*"
-                             r"(?:\*\*|<<|>>>?|[-+*/%&|^])?=(?!=)")
+                             r"(?:\*\*|<<|>>>?|[-+*/%&|^])?=(?!=)"
+                             r"|\bdelete\s[^;\n]*?TRANSFORMER_PARAMS\b"
+                             r"|\bObject\s*\.\s*(?:assign|defineProperty|defineProperties|setPrototypeOf)\s*\(\s*"
+                             r"[^,)]*?TRANSFORMER_PARAMS\b")
 
 
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
@@ -594,8 +600,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     a "use strict" line) or JSON.
 
     Code after the object (`module.exports = window.TRANSFORMER_PARAMS;`, say) is not run: a warning
-    names it, and code there that assigns into TRANSFORMER_PARAMS is refused, as the page would run
-    weights other than the object's."""
+    names it, and code there that changes TRANSFORMER_PARAMS in plain sight (see _CHANGES_PARAMS) is
+    refused, as the page would run weights other than the object's."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
     strict = _use_strict(pieces)      # which makes 010 and \08 syntax errors
     out, line = [], 1
@@ -638,11 +644,12 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         code = s[end:].split("\n", 1)[0].strip()
         code = code if len(code) <= 60 else code[:57] + "..."
         if _CHANGES_PARAMS.search(s, end):
-            raise WeightFormatError(f"{source}: the code after the weights object (line {line}: `{code}`) assigns to "
+            raise WeightFormatError(f"{source}: the code after the weights object (line {line}: `{code}`) changes "
                                     "TRANSFORMER_PARAMS, so the page would run other weights than the object's; predlab "
                                     "does not run JavaScript: write the weights into the object itself")
         warnings.warn(f"{source}: the code after the weights object (line {line}: `{code}`) is not run by predlab: "
-                      "the weights read are the object's as written", stacklevel=2)
+                      "the weights read are the object's as written (if that code changes them, the page runs "
+                      "others)", stacklevel=2)
     return params
 
 

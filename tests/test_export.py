@@ -822,14 +822,29 @@ def test_code_after_the_weights_object_is_named_and_the_same_weights_are_read(mo
 
 @pytest.mark.parametrize("trailer", ["window.TRANSFORMER_PARAMS.d_model = 64;",
                                      "TRANSFORMER_PARAMS['layers'][0].ln_scale[0] += 1",
-                                     "window.TRANSFORMER_PARAMS = {d_model: 48};"])
+                                     "window.TRANSFORMER_PARAMS = {d_model: 48};",
+                                     # once only warned of: the page runs other weights, or none
+                                     "Object.assign(TRANSFORMER_PARAMS, {n_layers: 1});",
+                                     "Object.defineProperty(window.TRANSFORMER_PARAMS, 'd_model', {value: 64})",
+                                     "delete window.TRANSFORMER_PARAMS;",
+                                     "delete TRANSFORMER_PARAMS.layers[2]"])
 def test_code_after_the_weights_object_that_changes_them_is_refused(model, tmp_path, trailer):
     """The page would run weights other than the object's: refused, naming the line, rather than read wrong."""
     path = write_weights(model, tmp_path / "model.js")
     path.write_text(path.read_text() + "// edited\n" + trailer)
     lines = path.read_text().count("\n") + 1
     with pytest.raises(WeightFormatError, match=rf"model.js: the code after the weights object \(line {lines}: "
-                                                r".*\) assigns to TRANSFORMER_PARAMS"):
+                                                r".*\) changes TRANSFORMER_PARAMS"):
+        read_params(path)
+
+
+@pytest.mark.parametrize("trailer", ["Object.freeze(window.TRANSFORMER_PARAMS);",
+                                     "console.log(Object.keys(TRANSFORMER_PARAMS).length, 'delete me');"])
+def test_code_after_the_weights_object_that_only_reads_them_is_warned_of(model, tmp_path, trailer):
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(path.read_text() + trailer)
+    with pytest.warns(UserWarning, match=r"is not run by predlab: the weights read are the object's as written \(if "
+                                         r"that code changes them, the page runs others\)"):
         read_params(path)
 
 
