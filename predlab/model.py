@@ -502,8 +502,21 @@ class TransformerPredator(nn.Module):
         return x, bias
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:
-        """Actions [B, 2] for a padded batch (fast attention path)."""
-        x, bias = self.embed(batch)
+        """Actions [B, 2] for a padded batch (fast attention path).
+
+        A batch that is not one (a list, numpy arrays, float64, a missing key, another device) is named
+        as forward_with_attention names it, once torch has failed on it: the checks cost nothing on a
+        good batch. Values are not checked (NaN in, NaN out): predict and forward_with_attention check them.
+        """
+        try:
+            x, bias = self.embed(batch)
+        except (TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
+            failed = e          # ("mat1 and mat2 must have the same dtype", "'list' object has no attribute")
+        else:
+            failed = None
+        if failed is not None:
+            _check_batch(batch, next(self.parameters()))
+            raise failed
         last = len(self.layers) - 1
         for i, blk in enumerate(self.layers):
             x, _ = blk(x, bias, cls_only=i == last)

@@ -413,6 +413,21 @@ def test_forward_with_attention_names_what_is_wrong_with_a_batch(model, bad, mes
         model.forward_with_attention(bad)
 
 
+@pytest.mark.parametrize("bad, message", [
+    ([], "takes a batch dict of tensors, not list"),
+    ({k: v for k, v in _batch().items() if k != "mask"}, "missing key 'mask'"),
+    ({**_batch(), "boids": _batch()["boids"].numpy()}, r"batch\['boids'\] must be a tensor, got ndarray"),
+    ({**_batch(), "context": torch.zeros(2, 3)}, r"batch\['context'\] has shape \(2, 3\)"),
+    (_batch(dtype=torch.float64), r"batch\['context'\] is torch.float64, the model's weights are torch.float32"),
+])
+def test_model_call_names_a_batch_torch_failed_on(model, bad, message):
+    """model(batch) failed inside torch ("mat1 and mat2 must have the same dtype", "KeyError: 'mask'") where
+    forward_with_attention named the problem; it is named once torch fails, at no cost to a good batch."""
+    from predlab.data import InputError
+    with pytest.raises(InputError, match=message):
+        model(bad)
+
+
 @pytest.mark.parametrize("N", [0, 3])
 def test_a_batch_of_no_samples_gives_no_actions(model, N):
     """forward raised 'cannot reshape tensor of 0 elements' in the attention kernel."""
