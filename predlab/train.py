@@ -1414,8 +1414,12 @@ class SupervisedTrainer:
     # ------------------------------------------------------------------ one sample
     @torch.no_grad()
     def evaluate_sample(self, structured_inputs: Mapping) -> Dict:
-        """Model vs teacher on one browser-form dict: actions, MSE and cosine similarity."""
+        """Model vs teacher on one browser-form dict: actions, MSE and cosine similarity (NaN where no
+        boid is left: the teacher's action is then (0, 0), which has no direction)."""
         from .teacher import TeacherPolicy
+        if not isinstance(structured_inputs, Mapping):   # a list was named "sample 0 must be an object/dict, got list"
+            raise InputError(f"evaluate_sample takes one sample, a dict, not {type(structured_inputs).__name__} (for "
+                             f"several: model.predict takes a list, and predlab.evaluate scores whole episodes)")
         batch = collate([structured_inputs])
         teacher = TeacherPolicy()(batch)[0]
         model = self.model.predict(structured_inputs).cpu()

@@ -222,6 +222,15 @@ def test_evaluate_sample_with_no_boids_has_no_cosine_similarity():
     assert r["mse"] == pytest.approx(sum(a * a for a in r["model_action"]) / 2)
 
 
+def test_evaluate_sample_given_a_list_says_it_takes_one_sample():
+    """A list was named "sample 0 must be an object/dict, got list": the list itself was taken as sample 0."""
+    sample = {"context": {"canvasWidth": 1.0, "canvasHeight": 1.0}, "predator": {"velX": 0.1, "velY": 0.0},
+              "boids": [{"relX": 0.1, "relY": 0.0, "velX": 0.0, "velY": 0.0}]}
+    with pytest.raises(InputError, match=r"evaluate_sample takes one sample, a dict, not list \(for several: "
+                                         r"model.predict takes a list"):
+        _trainer().evaluate_sample([sample, sample])
+
+
 class _Scripted(Callback):
     """Puts a made-up metric "score" in each epoch's logs (None: not measured that epoch)."""
 
