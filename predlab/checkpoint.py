@@ -217,6 +217,13 @@ def _check_training_state(ckpt: Mapping, path) -> None:
         need("optimizer", isinstance(opt, dict) and isinstance(opt.get("state"), dict)
              and isinstance(opt.get("param_groups"), list) and all(isinstance(g, dict) for g in opt["param_groups"]),
              "an optimizer state: a dict with a 'state' dict and a 'param_groups' list of dicts")
+        # a step of "x" reached the caller as "could not convert string to float: '<generator object ...>'"
+        entries = ((i, k, v) for i, s in opt["state"].items()
+                   for k, v in (s.items() if isinstance(s, dict) else [(None, s)]))
+        odd = next(((i, k, v) for i, k, v in entries
+                    if v is not None and not isinstance(v, (torch.Tensor, int, float))), None)
+        need("optimizer", odd is None, "an optimizer state of tensors and numbers" + ("" if odd is None else
+             f", found {type(odd[2]).__name__} {str(repr(odd[2]))[:40]} as {odd[1]!r} of parameter {odd[0]!r}"))
     if "scheduler" in ckpt:
         sch = ckpt["scheduler"]
         need("scheduler", isinstance(sch, dict)

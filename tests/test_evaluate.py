@@ -343,6 +343,8 @@ def test_a_checkpoint_weight_without_dense_values_is_named(model, tmp_path, weig
 
 @pytest.mark.parametrize("key, value", [
     ("optimizer", [1, 2]), ("optimizer", {"state": {}, "param_groups": "all"}),
+    # a step of "x" was "could not convert string to float: '<generator object ...>'" from torch
+    ("optimizer", {"state": {0: {"step": "x"}}, "param_groups": []}),
     ("scheduler", {"warmup": "1", "min_ratio": 0.05, "progress": 0.0, "base": [0.002]}),
     ("scheduler", {"warmup": 1.0, "min_ratio": 0.05, "progress": 0.0}),
     ("rng", {"torch": torch.zeros(5)}), ("rng", {"cuda": torch.zeros(5, dtype=torch.uint8)}), ("rng", "seed"),
