@@ -1690,6 +1690,10 @@ def _parse(argv):
     elif tc.dagger and "dagger_start" in given and tc.dagger_start > tc.epochs:
         notes.append((f"note: --dagger_start {tc.dagger_start} comes after the last epoch ({tc.epochs}): the teacher "
                       f"drives every episode, so this run is behaviour cloning alone", True))
+    if "warmup_epochs" in given and tc.warmup_epochs > tc.epochs:     # 1e308 trained at 1e-311, without a word
+        notes.append((f"note: --warmup_epochs {tc.warmup_epochs:g} is longer than the run ({tc.epochs} epochs): the "
+                      f"learning rate rises the whole run and ends at {tc.epochs / tc.warmup_epochs:.3g} x "
+                      f"--learning_rate, with no decay", True))
     # a resumed run goes on in its checkpoint's folder unless --checkpoint_dir is given: say so, not the flag alone
     folder = ("--checkpoint_dir" if tc.resume is None or "checkpoint_dir" in given else
               "--resume (the run goes on in its checkpoint's folder; --checkpoint_dir DIR writes elsewhere)")

@@ -1989,6 +1989,18 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
     assert "no effect" not in capsys.readouterr().err
 
 
+def test_cli_says_when_the_warm_up_is_longer_than_the_run(tmp_path, monkeypatch, capsys):
+    """--warmup_epochs 1e308 trained at a learning rate of 1e-311 without a word."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--epochs", "4", "--warmup_epochs", "8"])
+    assert ("note: --warmup_epochs 8 is longer than the run (4 epochs): the learning rate rises the whole run and "
+            "ends at 0.5 x --learning_rate, with no decay") in capsys.readouterr().err
+    parse_args(["--epochs", "4", "--warmup_epochs", "4"])     # it peaks at the last step
+    parse_args(["--epochs", "1"])                             # the default warm-up of 1 epoch, not asked for
+    assert "warmup" not in capsys.readouterr().err
+
+
 def test_cli_says_when_dagger_starts_after_the_last_epoch(tmp_path, monkeypatch, capsys):
     """--dagger_start past --epochs trained by behaviour cloning alone, without a word."""
     from predlab.train import parse_args
