@@ -649,7 +649,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                                     "does not run JavaScript: write the weights into the object itself")
         warnings.warn(f"{source}: the code after the weights object (line {line}: `{code}`) is not run by predlab: "
                       "the weights read are the object's as written (if that code changes them, the page runs "
-                      "others)", stacklevel=2)
+                      "others; if it is not valid JavaScript, the page runs none of the file)", stacklevel=2)
     return params
 
 

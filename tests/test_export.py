@@ -839,12 +839,14 @@ def test_code_after_the_weights_object_that_changes_them_is_refused(model, tmp_p
 
 
 @pytest.mark.parametrize("trailer", ["Object.freeze(window.TRANSFORMER_PARAMS);",
-                                     "console.log(Object.keys(TRANSFORMER_PARAMS).length, 'delete me');"])
+                                     "console.log(Object.keys(TRANSFORMER_PARAMS).length, 'delete me');",
+                                     "}}}} syntax error here ((("])
 def test_code_after_the_weights_object_that_only_reads_them_is_warned_of(model, tmp_path, trailer):
     path = write_weights(model, tmp_path / "model.js")
     path.write_text(path.read_text() + trailer)
     with pytest.warns(UserWarning, match=r"is not run by predlab: the weights read are the object's as written \(if "
-                                         r"that code changes them, the page runs others\)"):
+                                         r"that code changes them, the page runs others; if it is not valid "
+                                         r"JavaScript, the page runs none of the file\)"):
         read_params(path)
 
 
