@@ -39,8 +39,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 
-from .config import (BROWSER_SIZES, MAX_FRAMES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config, as_device,
-                     bounded_number, from_dict, memory_problem, plural, real_number,
+from .config import (BROWSER_SIZES, MAX_FRAMES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config,
+                     as_device, bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, strict_json, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
 from .model import TransformerPredator, check_has_weights
@@ -493,7 +493,8 @@ class CatchEvaluator(Callback):
                  progress: bool = False):
         # checked now: a bad value found at the first evaluation loses that epoch's training
         every, episodes, frames = (whole_number(n, v, 1, hi) for n, v, hi in
-                                   (("every", every, None), ("episodes", episodes, None), ("frames", frames, MAX_FRAMES)))
+                                   (("every", every, None), ("episodes", episodes, None),
+                                    ("frames", frames, MAX_FRAMES)))
         seed = whole_number("seed", seed, 0, SEED_MAX)
         if not isinstance(progress, bool):     # progress="no" is a true string: bars shown
             raise TypeError(f"progress must be True or False, not {type(progress).__name__}")
@@ -546,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy", metavar="PATH", help="checkpoint (.pt), model.js/.json, or the words teacher / random")
     p.add_argument("--episodes", type=bounded_number(int, 1), default=200,
                    help="episodes, all stepped together (default: 200)")
-    p.add_argument("--frames", type=bounded_number(int, 1, MAX_FRAMES), default=300, help="frames per episode (default: 300)")
+    p.add_argument("--frames", type=bounded_number(int, 1, MAX_FRAMES), default=300,
+                   help="frames per episode (default: 300)")
     p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA where there is a GPU, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file (- for stdout, after the "

@@ -654,9 +654,11 @@ AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch threa
 # part's fixed cost per op (and its wait for Python's lock) outweighs the work it takes off the
 # other (2 cores, fixed flock sizes of 1-50 boids at batch 16-256; NOTES.md)
 SPLIT_PART_TOKENS = 900
-# rows a validation batch holds at least: a no_grad forward's fixed cost per op made validation of
-# the default 10,000 samples take 0.83 s at batch 32 and 0.39 s at 256 (2 cores; NOTES.md), and its
-# memory at 256 rows is a few MiB. A larger training batch validates in batches of its own size.
+# rows a validation batch holds at least, at the browser's 50 boids: a no_grad forward's fixed cost per
+# op made validation of the default 10,000 samples take 0.83 s at batch 32 and 0.39 s at 256 (2 cores;
+# NOTES.md). Larger flocks get fewer rows, so that its attention scores (rows x tokens squared) are
+# never more than 256 rows at 53 tokens make (a few MiB): a batch of 1 at 10,000 boids stays one row.
+# A larger training batch validates in batches of its own size.
 VAL_BATCH_MIN = 256
 
 
@@ -817,7 +819,8 @@ class SupervisedTrainer:
             raise InputError("validate: the set holds no samples, so it has no mean squared error")
         self.model.eval()
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
-        rows = max(self.batch_size, VAL_BATCH_MIN)
+        tokens = int(data.n.max()) + 3
+        rows = max(self.batch_size, VAL_BATCH_MIN * 53 ** 2 // max(tokens, 53) ** 2)
         self.validate_batches = math.ceil(len(data) / rows)     # what a progress bar counts to
         plain = Callback.on_validate_batch
         hooks = [cb for cb in self.callbacks if getattr(type(cb), "on_validate_batch", plain) is not plain]

@@ -143,6 +143,23 @@ def test_a_small_training_batch_validates_in_batches_of_val_batch_min_to_the_sam
         assert got == pytest.approx(_mse(t.model, data), rel=1e-5)
 
 
+def test_validation_of_large_flocks_takes_fewer_rows_and_never_fewer_than_the_batch(monkeypatch):
+    """256 rows at 10,000 boids would be 400 GB of attention scores, where the training batch of 1 was
+    chosen to fit: a validation batch's scores (rows x tokens squared) stay within 256 rows at 53 tokens."""
+    for n_max, batch_size, want in ((200, 8, 256 * 53 ** 2 // 203 ** 2), (200, 40, 40), (2000, 1, 1)):
+        data = _samples(90, n_max=n_max)
+        data.n[0] = n_max                                  # the widest sample sets the tokens
+        t = _trainer(data, batch_size=batch_size)
+        forward, sizes = t.model.forward, []
+
+        def spy(batch, forward=forward, sizes=sizes):
+            sizes.append(len(batch["target"]))
+            return forward(batch)
+        monkeypatch.setattr(t.model, "forward", spy)
+        t.validate()
+        assert max(sizes) == want and t.validate_batches == len(sizes) == math.ceil(90 / want)
+
+
 def test_split_validation_runs_its_batches_on_one_thread_each_and_gives_the_same_figure(monkeypatch):
     """With split batches (cpu_split 2), validation's batches run on the split's threads, one torch
     thread each (a forward on 2 threads has a fixed cost of ~2 ms), in order, to the same figure."""
