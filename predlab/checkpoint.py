@@ -247,11 +247,13 @@ def _check_training_state(ckpt: Mapping, path) -> None:
         need("rng", isinstance(rng, dict) and ("torch" not in rng or byte_state(rng["torch"]))
              and ("cuda" not in rng or (isinstance(rng["cuda"], (list, tuple)) and all(map(byte_state, rng["cuda"])))),
              "a dict of random-generator states (uint8 tensors: 'torch', a list of them: 'cuda')")
-    if "best_metric" in ckpt:
-        need("best_metric", _is_number(ckpt["best_metric"]), f"a number, found {type(ckpt['best_metric']).__name__}")
-        # NaN or -inf: no epoch could ever improve on it, so best_model.pt would never be written again
-        need("best_metric", not math.isnan(ckpt["best_metric"]) and ckpt["best_metric"] != -math.inf,
-             f"a finite number, or infinity before any best, found {ckpt['best_metric']}")
+    for key in ("best_metric", "early_stopping_ref"):
+        if key in ckpt:
+            need(key, _is_number(ckpt[key]), f"a number, found {type(ckpt[key]).__name__}")
+            # NaN or -inf: no epoch could ever improve on it (best_model.pt would never be written again,
+            # or early stopping would stop at its patience whatever the run did)
+            need(key, not math.isnan(ckpt[key]) and ckpt[key] != -math.inf,
+                 f"a finite number, or infinity before any best, found {ckpt[key]}")
     if "monitor" in ckpt:
         need("monitor", isinstance(ckpt["monitor"], str), f"a metric name, found {type(ckpt['monitor']).__name__}")
     if "history" in ckpt:

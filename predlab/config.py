@@ -139,7 +139,8 @@ class TrainConfig:
                              "--select_best_by catch_ratio, this many catch evaluations without a higher ratio",
                              min=0)
     min_delta: float = _f(1e-5, "smallest val-loss drop (or catch-ratio rise, with --select_best_by catch_ratio) "
-                          "that counts as an improvement", min=0.0)
+                          "that counts as an improvement for --early_stopping; best_model.pt is the lowest val "
+                          "loss (highest ratio) by any margin", min=0.0)
     save_every: int = _f(5, "write checkpoint_epoch_N.pt every this many epochs", min=1)
     keep_checkpoints: int = _f(3, "how many checkpoint_epoch_N.pt files to keep", min=1)
     checkpoint_dir: str = _f("checkpoints", "where checkpoints and the exported model.js go")

@@ -417,11 +417,11 @@ class Checkpointer(Callback):
             value = last.get(trainer.monitor) if last.get("epoch") == trainer.epoch else None
             lost = ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
+                trainer.start_best()
                 print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
                       f"starts afresh", flush=True)
                 return None
-            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = float(value), trainer.epoch, 0
+            trainer.start_best(float(value), trainer.epoch)
             print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
                   f"starts again from the model resumed "
                   f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})", flush=True)
@@ -553,7 +553,7 @@ class Checkpointer(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when the monitored metric has not improved by min_delta for `patience` epochs."""
+    """Stop when the monitored metric has not improved by more than min_delta for `patience` epochs."""
 
     def __init__(self, patience: int):
         # checked now: a bad value failed at the end of the first epoch, whose training was lost
@@ -563,7 +563,8 @@ class EarlyStopping(Callback):
         if self.patience > 0 and trainer.bad_epochs >= self.patience:
             what = "catch evaluation" if trainer.monitor == "neg_catch_ratio" else "epoch"
             what += "" if trainer.bad_epochs == 1 else "s"
-            print(f"early stopping: no improvement for {trainer.bad_epochs} {what} (best: "
+            by = f" of more than {trainer.min_delta:g}" if trainer.min_delta > 0 else ""
+            print(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
                   f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True
 
@@ -748,7 +749,8 @@ class SupervisedTrainer:
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
         self.callbacks: List[Callback] = list(callbacks)
         self.epoch = 0
-        self.best_metric, self.best_epoch, self.bad_epochs, self.improved = math.inf, 0, 0, False
+        self.improved = False
+        self.start_best()
         self.monitor = "val_loss"
         self.history: List[Dict[str, float]] = []
         self.stop_training = False
@@ -1178,9 +1180,13 @@ class SupervisedTrainer:
         for cb in callbacks:
             cb.on_evaluate(self, self.epoch, logs)
         metric = logs.get(self.monitor)  # absent in epochs without that measurement: no decision
-        self.improved = metric is not None and metric < self.best_metric - self.min_delta
+        # the best epoch is the lowest metric, whatever the margin: min_delta is early stopping's. It
+        # picked the best too, so that a run at --min_delta 1e-3 exported an epoch 3x worse than its last
+        self.improved = metric is not None and metric < self.best_metric
         if self.improved:
-            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_metric, self.best_epoch = metric, self.epoch
+        if metric is not None and metric < self.early_stopping_ref - self.min_delta:
+            self.early_stopping_ref, self.bad_epochs = metric, 0     # gains under min_delta add up until then
         elif metric is not None:
             self.bad_epochs += 1
         self.history.append(logs)
@@ -1188,6 +1194,11 @@ class SupervisedTrainer:
             cb.on_epoch_end(self, self.epoch, logs)
         if metric is None:
             self._tell_monitor_missing(logs)
+
+    def start_best(self, metric: float = math.inf, epoch: int = 0) -> None:
+        """Start the best epoch and early stopping's count afresh: from none (the defaults), or from
+        `epoch`, whose monitored value was `metric`."""
+        self.best_metric, self.best_epoch, self.bad_epochs, self.early_stopping_ref = metric, epoch, 0, metric
 
     def _tell_monitor_missing(self, logs: Mapping[str, float]) -> None:
         """Warn, once a train() call, when an epoch's logs lack the monitor and no epoch of the call has
@@ -1213,8 +1224,8 @@ class SupervisedTrainer:
                 "optimizer": {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in st.items()}
                               for p, st in self.optimizer.state.items()},
                 "scheduler": self.scheduler.state_dict(), "rng": rng,
-                "counters": (self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.improved,
-                             len(self.history))}
+                "counters": (self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.early_stopping_ref,
+                             self.improved, len(self.history))}
 
     @torch.no_grad()
     def _undo_epoch(self, start: Mapping) -> None:
@@ -1236,7 +1247,8 @@ class SupervisedTrainer:
         torch.set_rng_state(start["rng"]["torch"])
         if "cuda" in start["rng"]:
             torch.cuda.set_rng_state(start["rng"]["cuda"], self.device)
-        self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.improved, n = start["counters"]
+        (self.epoch, self.best_metric, self.best_epoch, self.bad_epochs, self.early_stopping_ref, self.improved,
+         n) = start["counters"]
         self.stop_training = False     # an early stop decided in the undone epoch is undone with it
         del self.history[n:]
         undo = getattr(self.train_dataset, "undo_epoch", None)   # DAgger's samples of the epoch
@@ -1279,7 +1291,8 @@ class SupervisedTrainer:
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
                 "rng": rng, "epoch": self.epoch, "best_metric": self.best_metric, "best_epoch": self.best_epoch,
-                "early_stopping_counter": self.bad_epochs, "monitor": self.monitor,
+                "early_stopping_counter": self.bad_epochs, "early_stopping_ref": self.early_stopping_ref,
+                "monitor": self.monitor,
                 "history": [dict(h) for h in self.history],
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
@@ -1342,6 +1355,8 @@ class SupervisedTrainer:
         self.best_metric = float(ck.get("best_metric", math.inf))
         self.best_epoch = int(ck.get("best_epoch", 0))
         self.bad_epochs = int(ck.get("early_stopping_counter", 0))
+        # a checkpoint from before the two were apart: its best was early stopping's reference
+        self.early_stopping_ref = float(ck.get("early_stopping_ref", self.best_metric))
         self.monitor = ck.get("monitor", self.monitor)
         self.history = [dict(h) for h in ck.get("history", [])]
         if hasattr(self.train_dataset, "load_state_dict"):
@@ -1885,11 +1900,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         if trainer.monitor != monitor:     # --select_best_by given: the best so far was of the other measure
             print(f"best_model.pt follows {tc.select_best_by} from now on; the best so far and the early-stopping "
                   f"count start afresh")
-            trainer.monitor, trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = monitor, math.inf, 0, 0
+            trainer.monitor = monitor
+            trainer.start_best()
         elif moved:                        # the best so far was measured on other episodes: no longer comparable
             print(f"{', '.join(moved)} changed the episodes {tc.select_best_by} is measured on: best_model.pt follows "
                   f"the new measure from now on; the best so far and the early-stopping count start afresh")
-            trainer.best_metric, trainer.best_epoch, trainer.bad_epochs = math.inf, 0, 0
+            trainer.start_best()
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {plural(tc.train_episodes, 'fresh episode')} "

@@ -273,6 +273,52 @@ def test_patience_counts_epochs_since_the_last_improvement():
     assert (t.epoch, t.best_epoch, t.best_metric) == (8, 5, 0.5)
 
 
+def test_min_delta_is_early_stoppings_and_the_best_epoch_is_the_lowest_by_any_margin(tmp_path):
+    """At min_delta 0.1 the best epoch stayed the first that dropped by 0.1: best_model.pt (and model.js)
+    was epoch 2's 0.5 where epoch 5 reached 0.3. Gains under min_delta add up: 0.65 -> 0.58 -> 0.52 is
+    0.13 below the 0.65 that last reset the count."""
+    from predlab.checkpoint import load_checkpoint_dict
+    from predlab.train import Checkpointer
+    script = _Scripted([1.0, 0.65, 0.58, 0.52, 0.5, 0.6, 0.7])
+    t = _trainer(callbacks=[script, Checkpointer(tmp_path, save_every=100)], batch_size=64)
+    t.monitor, t.min_delta = "score", 0.1
+    t.train(7, early_stopping_patience=3)
+    assert script.bad == [0, 0, 1, 0, 1, 2, 3]
+    assert (t.epoch, t.best_epoch, t.best_metric) == (7, 5, 0.5)
+    assert load_checkpoint_dict(tmp_path / "best_model.pt")["epoch"] == 5
+
+
+def test_a_resumed_run_counts_gains_under_min_delta_from_where_it_stopped(tmp_path):
+    """The reference early stopping counts from (0.65) is not the best (0.58): a checkpoint keeps both, so a
+    run resumed after epoch 3 resets the count at 0.52 as the uninterrupted run did. A checkpoint without
+    it (written before the two were apart) counts from its best."""
+    t = _trainer(callbacks=[_Scripted([1.0, 0.65, 0.58])], batch_size=64)
+    t.monitor, t.min_delta = "score", 0.1
+    t.train(3)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    script = _Scripted([1.0, 0.65, 0.58, 0.52, 0.5])
+    resumed = _trainer(callbacks=[script], batch_size=64)
+    resumed.load_checkpoint(path)
+    resumed.min_delta = 0.1
+    assert (resumed.best_metric, resumed.early_stopping_ref, resumed.bad_epochs) == (0.58, 0.65, 1)
+    resumed.train(5)
+    assert script.bad == [0, 1] and resumed.best_epoch == 5
+    state = torch.load(path, weights_only=True)
+    del state["early_stopping_ref"]
+    torch.save(state, tmp_path / "old.pt")
+    old = _trainer(batch_size=64)
+    old.load_checkpoint(tmp_path / "old.pt")
+    assert old.early_stopping_ref == 0.58
+
+
+@pytest.mark.parametrize("value, found", [(math.nan, "found nan"), (-math.inf, "found -inf"), ("0.5", "found str")])
+def test_a_checkpoint_whose_early_stopping_reference_no_epoch_can_pass_is_refused(tmp_path, value, found):
+    from predlab.checkpoint import CheckpointError
+    _tampered(tmp_path / "c.pt", lambda s: s.update(early_stopping_ref=value))
+    with pytest.raises(CheckpointError, match=r"'early_stopping_ref' must be .*" + found):
+        _trainer().load_checkpoint(tmp_path / "c.pt")
+
+
 def test_a_checkpoint_keeps_the_best_epoch_and_what_it_was_chosen_by(tmp_path):
     """The best epoch, its value, the metric it was chosen by and the early-stopping count come
     back from a checkpoint: the best here is epoch 1 of 3, chosen by a metric other than val_loss."""
