@@ -1140,15 +1140,22 @@ class SupervisedTrainer:
             for cb in callbacks:
                 cb.on_train_begin(self)
                 begun.append(cb)
-            while self.epoch < num_epochs and not self.stop_training:
-                start = self._epoch_start()
-                try:
-                    self._one_epoch(callbacks)
-                except BaseException as e:      # Ctrl-C, divergence, a full disk: back to where the last epoch ended
-                    with deferred_interrupt():     # a second Ctrl-C would leave it half put back
-                        self._undo_epoch(start)
-                    self.ended_by = type(e)      # the class: the exception would hold its frames' tensors
-                    raise
+            try:
+                while self.epoch < num_epochs and not self.stop_training:
+                    start = self._epoch_start()
+                    self._epoch_whole = False
+                    try:
+                        self._one_epoch(callbacks)
+                    except BaseException:    # Ctrl-C, divergence, a full disk: back to where the last epoch ended
+                        if not self._epoch_whole:      # (a Ctrl-C held until its end had come: it stays)
+                            with deferred_interrupt():     # a second Ctrl-C would leave it half put back
+                                self._undo_epoch(start)
+                        raise
+            except BaseException as e:
+                # here too between epochs: a SIGTERM as the next epoch's start was copied ended the run without
+                # the checkpoint of the last whole epoch, which a Checkpointer writes for a run cut short
+                self.ended_by = type(e)      # the class: the exception would hold its frames' tensors
+                raise
         finally:
             # every callback begun ends, even after one failed: a Checkpointer's failing last save left a
             # TensorBoard writer open, and one failing before a Checkpointer left its folder's lock held
@@ -1180,8 +1187,8 @@ class SupervisedTrainer:
         for cb in callbacks:
             cb.on_evaluate(self, self.epoch, logs)
         metric = logs.get(self.monitor)  # absent in epochs without that measurement: no decision
-        # the best epoch is the lowest metric, whatever the margin: min_delta is early stopping's. It
-        # picked the best too, so that a run at --min_delta 1e-3 exported an epoch 3x worse than its last
+        # the best epoch is the lowest metric, whatever the margin: min_delta is early stopping's. It picked the
+        # best too, so that a run at --min_delta 1e-3 exported an epoch worse than its lowest val loss
         self.improved = metric is not None and metric < self.best_metric
         if self.improved:
             self.best_metric, self.best_epoch = metric, self.epoch
@@ -1190,8 +1197,13 @@ class SupervisedTrainer:
         elif metric is not None:
             self.bad_epochs += 1
         self.history.append(logs)
-        for cb in callbacks:
-            cb.on_epoch_end(self, self.epoch, logs)
+        # a Ctrl-C during the epoch's end takes effect once it has ended: one after its line was printed and its
+        # best_model.pt written undid it, so the run said it stopped in the epoch it had just reported, and
+        # saved the epoch before as its last whole one, older than its best_model.pt
+        with deferred_interrupt():
+            for cb in callbacks:
+                cb.on_epoch_end(self, self.epoch, logs)
+            self._epoch_whole = True
         if metric is None:
             self._tell_monitor_missing(logs)
 

@@ -644,6 +644,47 @@ def test_a_ctrl_c_at_any_line_of_an_epoch_then_train_again_is_the_uninterrupted_
         assert same(outcome(t, folder), want), at
 
 
+def test_a_ctrl_c_as_an_epoch_ends_keeps_that_epoch_and_saves_it_as_the_last_whole_one(tmp_path, python_sigint):
+    """A Ctrl-C (or SIGTERM) after epoch 2's line was printed undid epoch 2: the run said it stopped in
+    epoch 2 and saved epoch 1 as its last whole one, while best_model.pt already held epoch 2. Now the
+    epoch's end runs whole (every callback's on_epoch_end), then the Ctrl-C takes effect."""
+    import signal
+    from predlab.checkpoint import load_checkpoint_dict
+    from predlab.train import Checkpointer
+
+    class Printed(Callback):      # where PrintLogger stands: before the Checkpointer
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2:
+                signal.raise_signal(signal.SIGINT)
+
+    d = tmp_path / "ck"
+    t = _trainer(callbacks=[_Scripted([0.5, 0.4, 0.3, 0.2]), Printed(), Checkpointer(d, save_every=5)])
+    t.monitor = "score"
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    assert t.epoch == 2 and len(t.history) == 2
+    assert sorted(p.name for p in d.glob("*.pt")) == ["best_model.pt", "checkpoint_epoch_2.pt"]
+    assert load_checkpoint_dict(d / "best_model.pt")["epoch"] == 2
+
+
+def test_a_ctrl_c_between_epochs_still_saves_the_last_whole_epoch(tmp_path, monkeypatch):
+    """A SIGTERM as the next epoch began (while its starting state was copied) left the run without a
+    checkpoint of the epoch before: the Checkpointer did not learn that the run was cut short."""
+    from predlab.train import Checkpointer
+    real = SupervisedTrainer._epoch_start
+
+    def cut(self):
+        if self.epoch == 2:
+            raise KeyboardInterrupt
+        return real(self)
+    monkeypatch.setattr(SupervisedTrainer, "_epoch_start", cut)
+    d = tmp_path / "ck"
+    t = _trainer(callbacks=[Checkpointer(d, save_every=5)])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    assert t.epoch == 2 and (d / "checkpoint_epoch_2.pt").is_file()
+
+
 def test_a_weight_decay_that_would_scale_the_weights_to_zero_or_below_is_refused():
     """AdamW multiplies the weights by 1 - lr x weight_decay each step: --weight_decay 1e30 was taken
     and the run ended as "diverged ... --learning_rate 0.002 is too high", blaming the wrong flag.
