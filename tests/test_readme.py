@@ -99,7 +99,7 @@ def test_readme_python_api_snippets_run(tmp_path):
     assert re.search(r"^epoch +1  train ", r.stdout, flags=re.M)                  # PrintLogger's line
     assert "'model_action'" in r.stdout and "'teacher_action'" in r.stdout        # evaluate_sample's dict
     assert "the stock browser page accepts only" in r.stderr                      # "exports, but warns"
-    for f in ("checkpoints/my_model.pt", "checkpoints64/best_model.pt", "model64.js"):
+    for f in ("checkpoints/best_model.pt", "checkpoints/model.js", "checkpoints64/best_model.pt", "model64.js"):
         assert (tmp_path / f).is_file(), f
 
 
