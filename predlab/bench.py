@@ -144,7 +144,7 @@ def bench_dagger(episodes: int = 100, cfg: Optional[WorldConfig] = None, repeats
     model.reset_parameters(torch.Generator().manual_seed(0))
     model.eval()
     rates = {"planned": 0.0, "padded": 0.0}
-    with EpisodeGenerator(cfg, seed=0) as gen:
+    with EpisodeGenerator(cfg, seed=0, progress=False) as gen:     # bars filled a log or pipe of the table
         gen.generate(4, stream=1, student=ModelPolicy(model), beta=0.0)        # compiled kernels loaded, untimed
         for r in range(repeats):
             for name, policy in (("planned", ModelPolicy(model)), ("padded", PaddedPolicy(model))):

@@ -25,6 +25,7 @@ def test_flops_follow_the_model_sizes():
 def test_run_reports_every_figure(tmp_path, capsys):
     res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
                     seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert "ep/s" not in capsys.readouterr().err     # no progress bars: they filled a log or pipe of the bench's
     for key in ("generate", "train_default", "train_50"):
         assert res[key]["samples_per_s"] > 0 and res[key]["naive"]["samples_per_s"] > 0, key
     for key in ("train_default", "train_50"):
