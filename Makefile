@@ -27,9 +27,10 @@ browser-deps:
 test: $(STAMP) browser-deps
 	PREDLAB_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax -q
 
-# .venv/bin on PATH: the notebooks' %tensorboard magic runs the tensorboard executable it finds there
+# .venv/bin on PATH: the notebooks' %tensorboard magic runs the tensorboard executable it finds there.
+# As root (a container's user) JupyterLab refuses to start without --allow-root.
 lab: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter lab notebooks
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/jupyter lab notebooks $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 demo: $(STAMP)
 	$(BIN)/python -m predlab.demo $(ARGS)
