@@ -1108,7 +1108,7 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
 
 
 def main(argv: List[str] = None) -> int:
-    """CLI: export a checkpoint (or convert a weight file) to model.js / .json."""
+    """Export a checkpoint (or convert a weight file) to model.js / .json."""
     with command_line():     # a SIGTERM stops it as a Ctrl-C does: the file is whole or not begun
         return _main(argv)
 
