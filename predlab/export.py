@@ -726,7 +726,7 @@ _PYTHON_FORMAT_WARNING = warnings.formatwarning
 
 
 @contextlib.contextmanager
-def deferred_interrupt():
+def deferred_interrupt(again_stops: bool = False):
     """Ctrl-C inside the block takes effect when it ends, as a KeyboardInterrupt; so does a SIGTERM
     under a command line tool's handler (command_line), as a Terminated.
 
@@ -734,26 +734,37 @@ def deferred_interrupt():
     RuntimeError instead, and an interrupted TensorBoard flush left its writer thread waiting,
     so the run hung at exit. Only in the main thread, and only under Python's own SIGINT handler
     and the tools' SIGTERM one (a notebook's or the user's handler is left alone).
+
+    again_stops: a second Ctrl-C (or SIGTERM) inside the block takes effect at once, for a block that
+    runs the user's code (an epoch's callbacks), which may hang. A block inside it holds what comes
+    until it ends all the same, then hands it on to this one.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held = [s for s, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _raise_terminated))
-            if signal.getsignal(s) is handler]
+            if signal.getsignal(s) is handler or getattr(signal.getsignal(s), "holds", False)]
     if not held:
         yield
         return
     caught = []
-    before = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
+
+    def hold(signum, frame):
+        if again_stops and caught:
+            raise Terminated if signal.SIGTERM in (signum, *caught) else KeyboardInterrupt
+        caught.append(signum)
+    hold.holds = True        # what a block inside this one recognises as its to hold
+    before = {s: signal.signal(s, hold) for s in held}
     try:
         yield
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
-    if signal.SIGTERM in caught:
-        raise Terminated
+    # to the handler the block found: Python's raises KeyboardInterrupt, the tools' SIGTERM one Terminated,
+    # and an enclosing block's holds it in turn
     if caught:
-        raise KeyboardInterrupt
+        s = signal.SIGTERM if signal.SIGTERM in caught else caught[0]
+        before[s](s, None)
 
 
 def silence_stdout() -> None:

@@ -1199,8 +1199,9 @@ class SupervisedTrainer:
         self.history.append(logs)
         # a Ctrl-C during the epoch's end takes effect once it has ended: one after its line was printed and its
         # best_model.pt written undid it, so the run said it stopped in the epoch it had just reported, and
-        # saved the epoch before as its last whole one, older than its best_model.pt
-        with deferred_interrupt():
+        # saved the epoch before as its last whole one, older than its best_model.pt. A second one stops a
+        # callback that hangs (the user's), and the epoch is undone
+        with deferred_interrupt(again_stops=True):
             for cb in callbacks:
                 cb.on_epoch_end(self, self.epoch, logs)
             self._epoch_whole = True

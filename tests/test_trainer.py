@@ -667,6 +667,39 @@ def test_a_ctrl_c_as_an_epoch_ends_keeps_that_epoch_and_saves_it_as_the_last_who
     assert load_checkpoint_dict(d / "best_model.pt")["epoch"] == 2
 
 
+def test_a_ctrl_c_inside_a_save_at_an_epochs_end_keeps_the_epoch_and_a_second_stops_a_hung_callback(tmp_path,
+                                                                                                 python_sigint):
+    """A Ctrl-C held by a block that must not stop halfway (a save) inside the epoch's end is handed on
+    when that block ends, and the epoch still ends whole. A callback that hangs would hold a Ctrl-C
+    for ever: a second one stops it at once, and the epoch is undone."""
+    import signal
+    from predlab.export import deferred_interrupt
+
+    class InASave(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2:
+                with deferred_interrupt():
+                    signal.raise_signal(signal.SIGINT)
+                logs["after"] = 1.0      # the epoch's end went on
+
+    t = _trainer(callbacks=[InASave()])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    assert t.epoch == 2 and t.history[-1]["after"] == 1.0
+
+    class Hung(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 2:
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
+                raise AssertionError("a second Ctrl-C did not stop the callback")
+
+    t = _trainer(callbacks=[Hung()])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    assert t.epoch == 1 and len(t.history) == 1
+
+
 def test_a_ctrl_c_between_epochs_still_saves_the_last_whole_epoch(tmp_path, monkeypatch):
     """A SIGTERM as the next epoch began (while its starting state was copied) left the run without a
     checkpoint of the epoch before: the Checkpointer did not learn that the run was cut short."""
