@@ -749,7 +749,7 @@ class SupervisedTrainer:
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
         self.callbacks: List[Callback] = list(callbacks)
         self.epoch = 0
-        self.improved = False
+        self.improved, self.ended_by, self.ended_in_epoch = False, None, False
         self.start_best()
         self.monitor = "val_loss"
         self.history: List[Dict[str, float]] = []
@@ -1134,6 +1134,7 @@ class SupervisedTrainer:
         self.stop_training = False
         self.val_dataset.check("val_dataset", allow_empty=False, dtype=next(self.model.parameters()).dtype)
         self.train_begin_epoch, self.ended_by = self.epoch, None   # what callbacks' on_train_end may ask
+        self.ended_in_epoch = False     # whether what ended the run cut an epoch short (it was undone)
         self._monitor_told = False
         begun = []     # a callback that refuses to begin (a busy checkpoint folder) ends the ones begun
         try:
@@ -1148,6 +1149,7 @@ class SupervisedTrainer:
                         self._one_epoch(callbacks)
                     except BaseException:    # Ctrl-C, divergence, a full disk: back to where the last epoch ended
                         if not self._epoch_whole:      # (a Ctrl-C held until its end had come: it stays)
+                            self.ended_in_epoch = True
                             with deferred_interrupt():     # a second Ctrl-C would leave it half put back
                                 self._undo_epoch(start)
                         raise
@@ -1984,10 +1986,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
 
 
 def _where(trainer: SupervisedTrainer) -> str:
-    """Where a run that train() left by an error stood: in the epoch it undid, or, for a run stopped
-    early, after its last epoch (in the checkpoint written once training had ended)."""
-    return (f"after epoch {trainer.epoch}, where the run stopped early" if trainer.stop_training
-            else f"in epoch {trainer.epoch + 1}")
+    """Where a run that train() left by an error stood: in the epoch it undid, after the last whole
+    epoch (a Ctrl-C held until an epoch had ended, or one between epochs), or, for a run stopped early,
+    after its last epoch (in the checkpoint written once training had ended)."""
+    if trainer.stop_training:
+        return f"after epoch {trainer.epoch}, where the run stopped early"
+    return f"in epoch {trainer.epoch + 1}" if trainer.ended_in_epoch else f"after epoch {trainer.epoch}"
 
 
 def _os_error(e: OSError) -> str:

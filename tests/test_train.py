@@ -1353,9 +1353,28 @@ def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
         if p.poll() is None:
             p.kill()
     assert p.returncode == 130, err
-    assert "interrupted in epoch" in out and "browser weights" in out
+    # in epoch 3, or after epoch 2 where the Ctrl-C came as epoch 2's files were written
+    assert re.search(r"interrupted (in epoch 3|after epoch 2):", out) and "browser weights" in out
     from predlab.export import read_weights
     read_weights(tmp_path / "checkpoints" / "model.js")
+
+
+def test_cli_ctrl_c_between_epochs_says_after_which_and_saves_it(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C as epoch 2 began, before anything of it had run: the run said "in epoch 2", an epoch it
+    had not begun, and (before that) left no checkpoint of epoch 1."""
+    from predlab import train as tr
+    real = SupervisedTrainer._epoch_start
+
+    def cut(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return real(self)
+    monkeypatch.setattr(SupervisedTrainer, "_epoch_start", cut)
+    monkeypatch.chdir(tmp_path)
+    assert tr.main(["--epochs", "3", "--save_every", "5", *TINY_FLAGS[:-3], "--quiet"]) == 130
+    out = capsys.readouterr().out
+    assert "interrupted after epoch 1: the checkpoints saved so far are intact" in out
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_1.pt").is_file()
 
 
 def test_a_run_saves_every_save_every_epochs_and_its_last_epoch(tmp_path):
