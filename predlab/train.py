@@ -733,9 +733,12 @@ class SupervisedTrainer:
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         # fused: one kernel for all parameters instead of a dozen per tensor (matters most on a GPU)
         fused = True if self.device.type in ("cpu", "cuda") else None
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate,
-                                           fused=fused)
+        # the process's first fused AdamW imports torch._dynamo and sympy (~0.7 s): a notebook's Stop in that
+        # import left sympy half-loaded, and every trainer built after failed until the kernel restarted
+        with deferred_interrupt():
+            self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                                                {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate,
+                                               fused=fused)
         self.autocast = autocast  # bf16 autocast of the forward pass (GPU speed; the loss stays float32)
         self.tf32 = bool(tf32) and self.device.type == "cuda"   # TF32 products in training steps (GPU only)
         self.cpu_split = cpu_split

@@ -913,3 +913,20 @@ def test_save_checkpoint_under_a_weight_files_name_is_refused_naming_write_weigh
         t.save_checkpoint(tmp_path / name)
     assert list(tmp_path.iterdir()) == []
     assert t.save_checkpoint(tmp_path / "model.pt").is_file()
+
+
+def test_a_ctrl_c_while_the_optimizer_is_made_waits_for_it(monkeypatch, python_sigint):
+    """The process's first fused AdamW imports torch._dynamo and sympy: a notebook's Stop there left sympy
+    half-imported, and every trainer built after failed with "module 'sympy' has no attribute 'core'"
+    until the kernel was restarted. The Ctrl-C now takes effect once the optimizer is made."""
+    import signal
+    real, made = torch.optim.AdamW, []
+
+    def interrupted(*a, **k):
+        signal.raise_signal(signal.SIGINT)
+        made.append(real(*a, **k))
+        return made[-1]
+    monkeypatch.setattr(torch.optim, "AdamW", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _trainer()
+    assert len(made) == 1
