@@ -1814,8 +1814,16 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> O
     none did (by val loss), else None (also for start None: no file)."""
     if start is None or not trainer.best_epoch or trainer.monitor != "val_loss" or trainer.best_metric < start:
         return None
-    return (f"no epoch beat the weights of {trainer.train_config.init_weights} (val MSE {start:.5f} before training, "
-            f"{trainer.best_metric:.5f} at best)")
+    init = trainer.train_config.init_weights
+    said = f"no epoch beat the weights of {init} (val MSE {start:.5f} before training, {trainer.best_metric:.5f} at best)"
+    # a file of the folder this run writes in (fine-tuning its best_model.pt) was moved aside for the run's own:
+    # the path named above holds the worse model now
+    for cb in trainer.callbacks:
+        moved = getattr(cb, "moved_to", None)
+        if (isinstance(cb, Checkpointer) and moved is not None and Path(init).resolve().parent == cb.dir.resolve()
+                and (moved / Path(init).name).is_file()):
+            return f"{said}; that file is now {moved / Path(init).name}, and {init} is this run's"
+    return said
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
@@ -1957,8 +1965,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         trainer.train_dataset.generator.close()
     shortfall = fine_tune_shortfall(trainer, start_mse)
     if shortfall:
-        print(f"warning: {shortfall}: try a lower --learning_rate. The file is kept, where it was "
-              f"or, if this run replaced it, in {Path(tc.checkpoint_dir) / 'previous'}", file=sys.stderr)
+        print(f"warning: {shortfall}: try a lower --learning_rate", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
         # a write that failed (a full disk) after the earlier run's files were moved aside for it

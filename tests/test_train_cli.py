@@ -190,6 +190,8 @@ def test_a_run_exports_both_files_and_a_second_run_in_its_folder_moves_them_asid
         in err
     moved = list((d / "previous").glob("*/model.js"))
     assert len(moved) == 1 and moved[0].read_bytes() == first
+    # the path it names holds this run's model now: where the file went is said (it was "kept ... or in previous")
+    assert f"; that file is now {moved[0].relative_to(tmp_path)}, and checkpoints/model.js is this run's" in err
     assert ck.load_checkpoint_dict(d / "best_model.pt")["train_config"]["init_weights"] == "checkpoints/model.js"
 
 
