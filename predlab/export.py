@@ -1110,7 +1110,9 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
         raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
                                 f"(say {path / 'best_model.pt'})")
     if not path.is_file():
-        raise FileNotFoundError(not_a_file(path, f"no such file: {path}{what}"))
+        # a relative path from a notebook is looked for in notebooks/, not where the README's paths start
+        where = "" if path.is_absolute() else f" (looked for in {Path.cwd()})"
+        raise FileNotFoundError(not_a_file(path, f"no such file: {path}{where}{what}"))
     # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
     if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
         return read_weights(path)

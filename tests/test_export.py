@@ -1544,3 +1544,18 @@ def test_a_checkpoint_under_any_name_is_named_as_one_when_read_as_weights(model,
     with pytest.raises(WeightFormatError, match=r"not a UTF-8 text weight file .*\(a checkpoint\? `python -m "
                                                 r"predlab.export` turns one into model.js\)"):
         read_weights(tmp_path / name)
+
+
+def test_a_missing_weight_file_named_by_a_relative_path_says_which_folder_it_was_looked_for_in(tmp_path, monkeypatch):
+    """Notebook 02's INIT_WEIGHTS = "checkpoints/model.js", as the README names files from the repository's
+    root, was looked for in notebooks/ (the kernel's folder): "no such file: checkpoints/model.js" did not
+    say so."""
+    from predlab.export import load_model_file
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    with pytest.raises(FileNotFoundError, match=re.escape(f"no such file: {Path('checkpoints/model.js')} "
+                                                          f"(looked for in {tmp_path / 'notebooks'})")):
+        load_model_file("checkpoints/model.js")
+    with pytest.raises(FileNotFoundError) as e:
+        load_model_file(tmp_path / "none.js")
+    assert str(e.value) == f"no such file: {tmp_path / 'none.js'}"
