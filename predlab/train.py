@@ -535,6 +535,8 @@ class Checkpointer(Callback):
                     self._save_epoch(trainer, trainer.epoch)
                 if cut:
                     print(f"saved {path} (the last whole epoch): {self.go_on}", flush=True)
+            elif cut and self._mine(path):     # saved at the epoch's end (save_every): where to go on, all the same
+                print(f"{path} holds the last whole epoch: {self.go_on}", flush=True)
         finally:
             if not self._pending:
                 # every run file in the folder is this run's now (its own, and those kept from the run

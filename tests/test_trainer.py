@@ -904,6 +904,22 @@ def test_a_library_run_stopped_mid_epoch_says_train_again_goes_on(tmp_path, caps
     assert t.epoch == 4
 
 
+def test_a_run_stopped_just_after_a_scheduled_save_still_says_where_to_go_on(tmp_path, capsys):
+    """Stopped in epoch 3, whose epoch 2 save_every had saved: nothing was written, and nothing said where the
+    last whole epoch was; the notebook showed the KeyboardInterrupt's traceback alone."""
+    from predlab.train import Checkpointer
+
+    class CtrlC(Callback):
+        def on_epoch_begin(self, trainer, epoch):
+            if epoch == 3:
+                raise KeyboardInterrupt
+    t = _trainer(callbacks=[Checkpointer(tmp_path, save_every=2), CtrlC()])
+    with pytest.raises(KeyboardInterrupt):
+        t.train(4)
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'checkpoint_epoch_2.pt'} holds the last whole epoch: train() again on this trainer" in out
+
+
 @pytest.mark.parametrize("name", ["model.js", "weights.JSON"])
 def test_save_checkpoint_under_a_weight_files_name_is_refused_naming_write_weights(tmp_path, name):
     """save_checkpoint("model.js") wrote a torch zip that the page cannot load, under the page's name."""
