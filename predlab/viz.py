@@ -834,6 +834,10 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         model = model_from_checkpoint(ck, path)
         best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
         msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
+    elif path.exists() or path.is_symlink():     # a folder under the checkpoint's name: "no checkpoint" hid it
+        from .export import not_a_file
+        raise FileNotFoundError(f"{path} is a directory, not a checkpoint: move it away, or name the checkpoint"
+                                if path.is_dir() else not_a_file(path, f"{path} cannot be read"))
     elif not train_if_missing:
         raise FileNotFoundError(f"no checkpoint at {path}: run notebooks/02_train.ipynb or `make train` first")
     else:

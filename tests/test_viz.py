@@ -536,6 +536,10 @@ def test_load_best_model_loads_or_trains(tmp_path, monkeypatch, samples):
     assert msg.startswith("loaded") and loaded.config.d_model == 8
     for a, b in zip(loaded.state_dict().values(), tr.model.state_dict().values()):
         assert torch.equal(a, b.cpu())
+    # a folder under the checkpoint's name is named, not taken for "no checkpoint" and a stand-in trained
+    (tmp_path / "other" / "best_model.pt").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"best_model.pt is a directory, not a checkpoint"):
+        viz.load_best_model(tmp_path / "other", verbose=False)
 
 
 def test_export_for_browser_keeps_unusable_and_earlier_files_out_of_the_way(make_model, tmp_path, recwarn):
