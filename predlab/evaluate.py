@@ -509,8 +509,12 @@ class CatchEvaluator(Callback):
         return epoch % self.every == 0 or last
 
     def on_evaluate(self, trainer, epoch: int, logs: Dict[str, float]) -> None:
-        if not self.due(trainer, epoch):
-            return
+        if self.due(trainer, epoch):
+            self.measure(trainer, logs, f"epoch {epoch}")
+
+    def measure(self, trainer, logs: Dict[str, float], label: str) -> None:
+        """The catch figures of trainer.model as it is now, into logs (label: what the progress bar and a
+        warning call the model, "epoch 5" say)."""
         kw = dict(episodes=self.episodes, frames=self.frames, seed=self.seed, world_config=trainer.world_config,
                   device=trainer.device)
         # the episodes the teacher's rollout was run on: an evaluator given to a second trainer (another world,
@@ -525,9 +529,9 @@ class CatchEvaluator(Callback):
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
         try:
             mine = rollout(ModelPolicy(trainer.model), **kw,
-                           progress=self.progress and f"catch check (epoch {epoch})")
+                           progress=self.progress and f"catch check ({label})")
         except NonFiniteActions as e:   # a diverged epoch: the run's val loss says so too; it goes on
-            print(f"warning: epoch {epoch}: {e}", file=sys.stderr)
+            print(f"warning: {label}: {e}", file=sys.stderr)
             for k in ("catch_ratio", "catch_ratio_low", "catch_ratio_high", "neg_catch_ratio", "catches_per_1k"):
                 logs[k] = math.nan
             return

@@ -1808,16 +1808,40 @@ def fine_tune_start(trainer: SupervisedTrainer) -> float:
         raise ValueError(f"{trainer.train_config.init_weights}: the model's actions on the validation episodes are NaN "
                          f"or infinite (val MSE {mse}): its weights hold values too large for float32's arithmetic; "
                          "no training can start from them")
+    # what the run's best epoch is chosen by, measured on the file's weights: with --select_best_by catch_ratio a
+    # fine-tune that made the model worse went unsaid, as the file's catch ratio was never measured
+    trainer.start_metric = mse if trainer.monitor == "val_loss" else None
+    from .evaluate import CatchEvaluator     # (evaluate imports this module)
+    evaluator = next((c for c in trainer.callbacks if isinstance(c, CatchEvaluator)), None)
+    if trainer.monitor == "neg_catch_ratio" and evaluator is not None:
+        logs: Dict[str, float] = {}
+        evaluator.measure(trainer, logs, "the weights before training")
+        if math.isfinite(logs["neg_catch_ratio"]):
+            trainer.start_metric = logs["neg_catch_ratio"]
     return mse
+
+
+def start_words(trainer: SupervisedTrainer, mse: float) -> str:
+    """What fine_tune_start measured: "val MSE 0.00165", and the catch ratio where the best follows it."""
+    start = getattr(trainer, "start_metric", None)
+    ratio = f", catch ratio {-start:.4f}" if trainer.monitor == "neg_catch_ratio" and start is not None else ""
+    return f"val MSE {mse:.5f}{ratio}"
 
 
 def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> Optional[str]:
     """After a run started from a file whose val MSE was `start`: "no epoch beat the weights of ..." when
     none did (by val loss), else None (also for start None: no file)."""
-    if start is None or not trainer.best_epoch or trainer.monitor != "val_loss" or trainer.best_metric < start:
+    if start is None or not trainer.best_epoch:
+        return None
+    base = start if trainer.monitor == "val_loss" else getattr(trainer, "start_metric", None)
+    if base is None or trainer.best_metric < base:
         return None
     init = trainer.train_config.init_weights
-    said = f"no epoch beat the weights of {init} (val MSE {start:.5f} before training, {trainer.best_metric:.5f} at best)"
+    if trainer.monitor == "val_loss":
+        said = f"no epoch beat the weights of {init} (val MSE {start:.5f} before training, {trainer.best_metric:.5f} at best)"
+    else:
+        said = (f"no epoch beat the weights of {init} (catch ratio {-base:.4f} before training, {-trainer.best_metric:.4f} "
+                f"at best, on the catch check's episodes)")
     # a file of the folder this run writes in (fine-tuning its best_model.pt) was moved aside for the run's own:
     # the path named above holds the worse model now
     for cb in trainer.callbacks:
@@ -1915,7 +1939,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             trainer.train_dataset.generator.close()
             build_parser().error(f"--init_weights: {e}")
         print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
-              f"val MSE {start_mse:.5f} before training")
+              f"{start_words(trainer, start_mse)} before training")
     if tc.resume:
         try:
             ck = trainer.load_checkpoint(tc.resume)

@@ -1968,6 +1968,27 @@ def test_cli_init_weights_warns_when_no_epoch_beats_the_file(tmp_path, monkeypat
             == warned
 
 
+def test_cli_init_weights_selected_by_catch_ratio_measures_the_files_ratio_and_warns_when_no_epoch_beats_it(
+        tmp_path, monkeypatch, capsys, model):
+    """With --select_best_by catch_ratio a fine-tune that only made the model worse exported it without a word:
+    the file's own catch ratio was never measured, so nothing was compared."""
+    from predlab import evaluate
+    from predlab.export import write_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    write_weights(model, "page.js")
+    flags = ["--epochs", "1", *TINY_FLAGS, "--no-dagger", "--init_weights", "page.js", "--select_best_by",
+             "catch_ratio", "--eval_every", "1", "--eval_episodes", "4", "--eval_frames", "20"]
+    for start, then, warned in ((1.5, 0.75, True), (0.75, 1.5, False)):
+        values = iter([start, then])
+        monkeypatch.setattr(evaluate, "catch_ratio", lambda mine, teacher: next(values))
+        assert main([*flags, "--checkpoint_dir", f"c{start}"]) == 0
+        out, err = capsys.readouterr()
+        assert f"catch ratio {start:.4f} before training" in out
+        assert ("no epoch beat the weights of page.js (catch ratio 1.5000 before training, 0.7500 at best" in err) \
+            == warned
+
+
 @pytest.mark.parametrize("args, message", [
     (["--init_weights", "page.js", "--resume", "page.js"], "--init_weights and --resume: give one"),
     (["--init_weights", "page.js", "--d_model", "64"], "another architecture: --d_model 64 but page.js has 48"),
