@@ -565,7 +565,12 @@ class EarlyStopping(Callback):
         if self.patience > 0 and trainer.bad_epochs >= self.patience:
             what = "catch evaluation" if trainer.monitor == "neg_catch_ratio" else "epoch"
             what += "" if trainer.bad_epochs == 1 else "s"
-            by = f" of more than {trainer.min_delta:g}" if trainer.min_delta > 0 else ""
+            by = ""
+            if trainer.min_delta > 0:      # from what: the best may be an epoch since, which gained less than that
+                ref, monitor = trainer.early_stopping_ref, trainer.monitor
+                on = (f"catch ratio {-ref:.4f}" if monitor == "neg_catch_ratio" else
+                      f"val MSE {ref:.5f}" if monitor == "val_loss" else f"{monitor} {ref:g}")
+                by = f" of more than {trainer.min_delta:g} on {on}"
             print(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
                   f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True

@@ -1397,7 +1397,8 @@ def test_an_early_stopped_run_leaves_a_checkpoint_to_resume_from(tmp_path, capsy
     t.min_delta = 10.0                         # nothing counts as an improvement after the first epoch
     t.train(6)
     assert t.epoch == 2
-    assert "no improvement of more than 10 for 1 epoch (best: val MSE" in capsys.readouterr().out
+    assert re.search(r"no improvement of more than 10 on val MSE 0\.\d{5} for 1 epoch \(best: val MSE",
+                     capsys.readouterr().out)
     assert sorted(_names(d)) == ["best_model.pt", "checkpoint_epoch_2.pt"]
     again = _trainer(tmp_path)
     again.load_checkpoint(d / "checkpoint_epoch_2.pt")
@@ -2119,7 +2120,8 @@ def test_cli_early_stopping_ends_the_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "5", "--early_stopping", "1", "--min_delta", "10", "--no-dagger", "--eval_every", "0",
                  *TINY_FLAGS]) == 0    # with that min_delta, no epoch after the first improves
-    assert "early stopping: no improvement of more than 10 for 1 epoch (best" in capsys.readouterr().out
+    assert re.search(r"early stopping: no improvement of more than 10 on val MSE 0\.\d{5} for 1 epoch \(best",
+                     capsys.readouterr().out)
     assert sorted(n for n in _names(tmp_path / "checkpoints") if n.startswith("checkpoint_")) == \
         ["checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt"]
 

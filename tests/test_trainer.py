@@ -273,7 +273,7 @@ def test_patience_counts_epochs_since_the_last_improvement():
     assert (t.epoch, t.best_epoch, t.best_metric) == (8, 5, 0.5)
 
 
-def test_min_delta_is_early_stoppings_and_the_best_epoch_is_the_lowest_by_any_margin(tmp_path):
+def test_min_delta_is_early_stoppings_and_the_best_epoch_is_the_lowest_by_any_margin(tmp_path, capsys):
     """At min_delta 0.1 the best epoch stayed the first that dropped by 0.1: best_model.pt (and model.js)
     was epoch 2's 0.5 where epoch 5 reached 0.3. Gains under min_delta add up: 0.65 -> 0.58 -> 0.52 is
     0.13 below the 0.65 that last reset the count."""
@@ -286,6 +286,9 @@ def test_min_delta_is_early_stoppings_and_the_best_epoch_is_the_lowest_by_any_ma
     assert script.bad == [0, 0, 1, 0, 1, 2, 3]
     assert (t.epoch, t.best_epoch, t.best_metric) == (7, 5, 0.5)
     assert load_checkpoint_dict(tmp_path / "best_model.pt")["epoch"] == 5
+    # the stop names what the count ran from, which is not the best (epoch 5 read as "no improvement")
+    assert "early stopping: no improvement of more than 0.1 on score 0.52 for 3 epochs (best: score 0.50000 at " \
+           "epoch 5)" in capsys.readouterr().out
 
 
 def test_a_resumed_run_counts_gains_under_min_delta_from_where_it_stopped(tmp_path):
