@@ -134,7 +134,7 @@ class TrainConfig:
                                "settings; flags given change them)")
     init_weights: Optional[str] = _f(None, "start a new run from the weights in this model.js/.json (the page's, "
                                      "say, to fine-tune it) or checkpoint .pt: the model's sizes are the file's, "
-                                     "the optimizer and schedule start afresh")
+                                     "the optimizer, schedule and world (the world flags) are this run's")
     early_stopping: int = _f(0, "stop after this many epochs without val-loss improvement (0 = off); with "
                              "--select_best_by catch_ratio, this many catch evaluations without a higher ratio",
                              min=0)

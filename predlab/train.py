@@ -1826,6 +1826,22 @@ def fine_tune_start(trainer: SupervisedTrainer) -> float:
     return mse
 
 
+def init_world_note(path, wc: WorldConfig) -> Optional[str]:
+    """A note when init_weights is a checkpoint trained in another world than wc (the run's): its weights
+    carry over, its world does not, and nothing said so (evaluate takes a checkpoint's world, and says so)."""
+    from .evaluate import _WORLD_FLAGS, _world_of     # (evaluate imports this module)
+    try:
+        world, source = _world_of(path)
+    except (OSError, ValueError):      # read before: a file changed since is the training's to report
+        return None
+    differs = [f"{k} {getattr(world, k)} (this run: {getattr(wc, k)})" for k in _WORLD_FLAGS
+               if source is not None and getattr(world, k) != getattr(wc, k)]
+    if not differs:
+        return None
+    return (f"note: {path} was trained in another world, {', '.join(differs)}: this run trains and validates in "
+            f"its own (give the file's values as flags to train in the file's world)")
+
+
 def start_words(trainer: SupervisedTrainer, mse: float) -> str:
     """What fine_tune_start measured: "val MSE 0.00165", and the catch ratio where the best follows it."""
     start = getattr(trainer, "start_metric", None)
@@ -1945,6 +1961,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             build_parser().error(f"--init_weights: {e}")
         print(f"starting from the weights of {tc.init_weights} (a new run: fresh optimizer and schedule): "
               f"{start_words(trainer, start_mse)} before training")
+        note = init_world_note(tc.init_weights, wc)
+        if note:
+            print(note, file=sys.stderr)
     if tc.resume:
         try:
             ck = trainer.load_checkpoint(tc.resume)

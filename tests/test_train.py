@@ -2334,3 +2334,20 @@ def test_tensorboard_leaves_out_the_negated_catch_ratio(tmp_path):
     acc.Reload()
     assert sorted(acc.Tags()["scalars"]) == ["catch_ratio", "catch_ratio_high", "catch_ratio_low", "catches_per_1k",
                                              "loss/train", "loss/val", "lr", "samples_per_s"]
+
+
+def test_cli_init_weights_from_a_checkpoint_of_another_world_says_the_world_is_not_carried_over(tmp_path, monkeypatch,
+                                                                                                  capsys):
+    """A checkpoint trained at --boids_max 12 fine-tuned in the default world (1-50 boids) without a word:
+    the weights carry over, the world does not (evaluate takes a checkpoint's world, and says so)."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *TINY_FLAGS, "--no-dagger", "--eval_every", "0", "--checkpoint_dir", "a"]) == 0
+    capsys.readouterr()
+    flags = ["--epochs", "1", "--train_episodes", "2", "--val_episodes", "2", "--frames", "12", "--no-dagger",
+             "--eval_every", "0", "--quiet", "--init_weights", "a/best_model.pt"]
+    assert main([*flags, "--checkpoint_dir", "b"]) == 0
+    assert ("note: a/best_model.pt was trained in another world, boids_max 12 (this run: 50): this run trains and "
+            "validates in its own") in capsys.readouterr().err
+    assert main([*flags, "--boids_max", "12", "--checkpoint_dir", "c"]) == 0
+    assert "another world" not in capsys.readouterr().err
