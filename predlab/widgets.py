@@ -350,12 +350,15 @@ def fine_tune_start(trainer) -> Optional[float]:
     nothing printed) for a run not started from a file. Without it, the live plot's first point was the
     first epoch's, and a learning rate too high for fine-tuning (it undoes the model) went unseen.
     ValueError for weights whose actions are not finite (predlab.train.fine_tune_start)."""
-    from .train import fine_tune_start as start, start_words
+    from .train import fine_tune_start as start, init_world_note, start_words
     path = getattr(getattr(trainer, "train_config", None), "init_weights", None)
     if path is None:
         return None
     mse = start(trainer)
     print(f"starting from the weights of {path}: {start_words(trainer, mse)} before training")
+    note = init_world_note(path, trainer.world_config)
+    if note:
+        print(note, file=sys.stderr)
     return mse
 
 

@@ -1369,6 +1369,11 @@ def test_a_fine_tuning_run_in_the_notebook_shows_what_it_must_beat_and_says_when
     tuned.best_metric = start * 0.5
     widgets.fine_tune_verdict(tuned, start)
     assert capsys.readouterr().err == ""
+    # a checkpoint of another world: its weights carry over, its world does not, and the cell says so
+    trained = create_trainer(**{**kw, "world_config": WorldConfig(frames=5, boids_max=12)})
+    ck = trained.save_checkpoint(tmp_path / "small_world.pt")
+    widgets.fine_tune_start(create_trainer(**kw, init_weights=ck))
+    assert "was trained in another world, boids_max 12 (this run: 50)" in capsys.readouterr().err
     tuned.validate = lambda data=None: float("nan")                        # weights too large to train from
     with pytest.raises(ValueError, match="actions on the validation episodes are NaN or infinite"):
         widgets.fine_tune_start(tuned)
