@@ -156,6 +156,19 @@ def ctrl_c_in_epoch(monkeypatch, epoch: int) -> None:
     monkeypatch.setattr(SupervisedTrainer, "train_epoch", cut)
 
 
+def ctrl_c_as_epoch_begins(monkeypatch, epoch: int) -> None:
+    """A Ctrl-C as training epoch `epoch` (1-based) of every SupervisedTrainer begins, while the state it
+    starts from is copied: between two epochs, before anything of `epoch` has run."""
+    from predlab.train import SupervisedTrainer
+    epoch_start = SupervisedTrainer._epoch_start
+
+    def cut(self):
+        if self.epoch == epoch - 1:
+            raise KeyboardInterrupt
+        return epoch_start(self)
+    monkeypatch.setattr(SupervisedTrainer, "_epoch_start", cut)
+
+
 def page_state(world) -> dict:
     """The state of a one-episode float64 sim.World under world.js's names, for the page's runners."""
     st = world.state_dict()

@@ -1362,14 +1362,9 @@ def test_cli_ctrl_c_exports_the_best_model_and_exits_130(tmp_path):
 def test_cli_ctrl_c_between_epochs_says_after_which_and_saves_it(tmp_path, monkeypatch, capsys):
     """A Ctrl-C as epoch 2 began, before anything of it had run: the run said "in epoch 2", an epoch it
     had not begun, and (before that) left no checkpoint of epoch 1."""
+    from conftest import ctrl_c_as_epoch_begins
     from predlab import train as tr
-    real = SupervisedTrainer._epoch_start
-
-    def cut(self):
-        if self.epoch == 1:
-            raise KeyboardInterrupt
-        return real(self)
-    monkeypatch.setattr(SupervisedTrainer, "_epoch_start", cut)
+    ctrl_c_as_epoch_begins(monkeypatch, 2)
     monkeypatch.chdir(tmp_path)
     assert tr.main(["--epochs", "3", "--save_every", "5", *TINY_FLAGS[:-3], "--quiet"]) == 130
     out = capsys.readouterr().out

@@ -706,14 +706,9 @@ def test_a_ctrl_c_inside_a_save_at_an_epochs_end_keeps_the_epoch_and_a_second_st
 def test_a_ctrl_c_between_epochs_still_saves_the_last_whole_epoch(tmp_path, monkeypatch):
     """A SIGTERM as the next epoch began (while its starting state was copied) left the run without a
     checkpoint of the epoch before: the Checkpointer did not learn that the run was cut short."""
+    from conftest import ctrl_c_as_epoch_begins
     from predlab.train import Checkpointer
-    real = SupervisedTrainer._epoch_start
-
-    def cut(self):
-        if self.epoch == 2:
-            raise KeyboardInterrupt
-        return real(self)
-    monkeypatch.setattr(SupervisedTrainer, "_epoch_start", cut)
+    ctrl_c_as_epoch_begins(monkeypatch, 3)
     d = tmp_path / "ck"
     t = _trainer(callbacks=[Checkpointer(d, save_every=5)])
     with pytest.raises(KeyboardInterrupt):
@@ -907,16 +902,13 @@ def test_a_library_run_stopped_mid_epoch_says_train_again_goes_on(tmp_path, caps
     assert t.epoch == 4
 
 
-def test_a_run_stopped_just_after_a_scheduled_save_still_says_where_to_go_on(tmp_path, capsys):
+def test_a_run_stopped_just_after_a_scheduled_save_still_says_where_to_go_on(tmp_path, capsys, monkeypatch):
     """Stopped in epoch 3, whose epoch 2 save_every had saved: nothing was written, and nothing said where the
     last whole epoch was; the notebook showed the KeyboardInterrupt's traceback alone."""
+    from conftest import ctrl_c_in_epoch
     from predlab.train import Checkpointer
-
-    class CtrlC(Callback):
-        def on_epoch_begin(self, trainer, epoch):
-            if epoch == 3:
-                raise KeyboardInterrupt
-    t = _trainer(callbacks=[Checkpointer(tmp_path, save_every=2), CtrlC()])
+    ctrl_c_in_epoch(monkeypatch, 3)
+    t = _trainer(callbacks=[Checkpointer(tmp_path, save_every=2)])
     with pytest.raises(KeyboardInterrupt):
         t.train(4)
     out = capsys.readouterr().out
