@@ -1859,10 +1859,11 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> O
         return None
     init = trainer.train_config.init_weights
     if trainer.monitor == "val_loss":
-        said = f"no epoch beat the weights of {init} (val MSE {start:.5f} before training, {trainer.best_metric:.5f} at best)"
+        said = (f"no epoch beat the weights of {init} (val MSE {start:.5f} before training, "
+                f"{trainer.best_metric:.5f} at best)")
     else:
-        said = (f"no epoch beat the weights of {init} (catch ratio {-base:.4f} before training, {-trainer.best_metric:.4f} "
-                f"at best, on the catch check's episodes)")
+        said = (f"no epoch beat the weights of {init} (catch ratio {-base:.4f} before training, "
+                f"{-trainer.best_metric:.4f} at best, on the catch check's episodes)")
     # a file of the folder this run writes in (fine-tuning its best_model.pt) was moved aside for the run's own:
     # the path named above holds the worse model now
     for cb in trainer.callbacks:
