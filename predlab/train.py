@@ -760,6 +760,7 @@ class SupervisedTrainer:
         self.callbacks: List[Callback] = list(callbacks)
         self.epoch = 0
         self.improved, self.ended_by, self.ended_in_epoch = False, None, False
+        self.start_metric: Optional[float] = None   # the monitor's value on init_weights' own weights (fine_tune_start)
         self.start_best()
         self.monitor = "val_loss"
         self.history: List[Dict[str, float]] = []
@@ -1834,8 +1835,10 @@ def init_world_note(path, wc: WorldConfig) -> Optional[str]:
         world, source = _world_of(path)
     except (OSError, ValueError):      # read before: a file changed since is the training's to report
         return None
+    if source is None:                 # a weight file, or a checkpoint that records no world
+        return None
     differs = [f"{k} {getattr(world, k)} (this run: {getattr(wc, k)})" for k in _WORLD_FLAGS
-               if source is not None and getattr(world, k) != getattr(wc, k)]
+               if getattr(world, k) != getattr(wc, k)]
     if not differs:
         return None
     return (f"note: {path} was trained in another world, {', '.join(differs)}: this run trains and validates in "
@@ -1844,17 +1847,18 @@ def init_world_note(path, wc: WorldConfig) -> Optional[str]:
 
 def start_words(trainer: SupervisedTrainer, mse: float) -> str:
     """What fine_tune_start measured: "val MSE 0.00165", and the catch ratio where the best follows it."""
-    start = getattr(trainer, "start_metric", None)
+    start = trainer.start_metric
     ratio = f", catch ratio {-start:.4f}" if trainer.monitor == "neg_catch_ratio" and start is not None else ""
     return f"val MSE {mse:.5f}{ratio}"
 
 
 def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> Optional[str]:
     """After a run started from a file whose val MSE was `start`: "no epoch beat the weights of ..." when
-    none did (by val loss), else None (also for start None: no file)."""
+    none did, by what the best epoch follows (val loss; the catch ratio fine_tune_start measured on the
+    file, where the best follows that), else None (also for start None: no file)."""
     if start is None or not trainer.best_epoch:
         return None
-    base = start if trainer.monitor == "val_loss" else getattr(trainer, "start_metric", None)
+    base = start if trainer.monitor == "val_loss" else trainer.start_metric
     if base is None or trainer.best_metric < base:
         return None
     init = trainer.train_config.init_weights
