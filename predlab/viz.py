@@ -11,6 +11,7 @@ import json
 import math
 import numbers
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -58,12 +59,28 @@ def sizes(quick: Optional[bool] = None) -> Dict[str, int]:
     return dict(_QUICK if (quick_mode() if quick is None else quick) else _FULL)
 
 
+_PREDLAB_NAME = re.compile(r"""^\s*name\s*=\s*["']predlab["']""", re.MULTILINE)
+
+
+def _is_checkout(folder: Path) -> bool:
+    """Whether folder is a predlab checkout: its pyproject.toml names predlab and predlab/ is beside it.
+
+    Another project's pyproject.toml (one predlab is installed into, say) is not one."""
+    try:
+        return ((folder / "predlab" / "__init__.py").is_file()
+                and bool(_PREDLAB_NAME.search((folder / "pyproject.toml").read_text(errors="replace"))))
+    except OSError:
+        return False
+
+
 def repo_root() -> Path:
-    """The checkout's root (the folder holding pyproject.toml), whatever the cwd; else the cwd."""
-    for p in Path(__file__).resolve().parents:
-        if (p / "pyproject.toml").is_file():
-            return p
-    return Path.cwd()
+    """Where notebooks keep checkpoints/ and runs/: the predlab checkout the cwd is in (notebooks run
+    in notebooks/, so this is the root `make train` writes under), else the cwd itself.
+
+    Only the cwd decides, not where predlab is installed: an editable install's notebooks copied
+    elsewhere, and a regular install's in a checkout, both keep their files where they are opened."""
+    cwd = Path.cwd().resolve()
+    return next((p for p in (cwd, *cwd.parents) if _is_checkout(p)), cwd)
 
 
 def checkpoint_dir(quick: Optional[bool] = None) -> Path:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import matplotlib
 
@@ -53,13 +54,29 @@ def test_quick_runs_catch_check_has_teacher_catches_to_compare_with():
         assert teacher.catches.sum() > 0
 
 
-def test_paths_point_into_the_repo(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)  # notebooks run with cwd = notebooks/; the root must not depend on it
-    root = viz.repo_root()
-    assert (root / "pyproject.toml").is_file() and (root / "predlab" / "viz.py").is_file()
+def test_paths_point_into_the_repo(monkeypatch):
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root / "notebooks")  # as the notebooks run: `make train` wrote under the root
+    assert viz.repo_root() == root
     assert viz.checkpoint_dir(quick=False) == root / "checkpoints"
     assert viz.checkpoint_dir(quick=True) == root / "checkpoints" / "quick"
     assert viz.runs_dir() == root / "runs"
+
+
+def test_paths_outside_a_checkout_are_the_notebooks_own_folder(monkeypatch, tmp_path):
+    """Notebooks opened outside a predlab checkout keep their files beside them, not in the checkout predlab
+    happens to be installed from, nor in another project whose pyproject.toml is above them."""
+    other = tmp_path / "myapp"
+    (other / "predlab").mkdir(parents=True)                 # even with a folder of that name
+    (other / "predlab" / "__init__.py").write_text("")
+    (other / "pyproject.toml").write_text('[project]\nname = "myapp"\nversion = "0"\n')
+    (other / "work").mkdir()
+    monkeypatch.chdir(other / "work")
+    assert viz.repo_root() == other / "work"
+    assert viz.checkpoint_dir(quick=False) == other / "work" / "checkpoints"
+    assert viz.runs_dir() == other / "work" / "runs"
+    (other / "pyproject.toml").write_text("[project]\nname = 'predlab'\n")  # a checkout of predlab: its root
+    assert viz.repo_root() == other
 
 
 def test_record_rollout_shapes_and_teacher(rollout):
