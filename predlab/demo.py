@@ -194,7 +194,8 @@ def _main(argv) -> int:
         print(f"error: {not_a_file(model, '')}", file=sys.stderr)
         return 2
     if not model.is_file():
-        print(f"error: no model at {model}. Train one first (it writes {DEFAULT_MODEL}, the default here):\n"
+        from .export import looked_in
+        print(f"error: no model at {model}{looked_in(model)}. Train one first (it writes {DEFAULT_MODEL}, the default here):\n"
               f"  python -m predlab.train\n"
               f"or export a checkpoint there:\n"
               f"  python -m predlab.export CHECKPOINT --out {model}\n"

@@ -1098,6 +1098,12 @@ def read_weights(path: Union[str, Path]) -> TransformerPredator:
     return params_to_model(read_params(path))
 
 
+def looked_in(path: Union[str, Path]) -> str:
+    """The words " (looked for in CWD)" for a relative path, else "": run from notebooks/ or another
+    subfolder, the README's paths (from the repository root) miss a file that is there all the same."""
+    return "" if Path(path).is_absolute() else f" (looked for in {Path.cwd()})"
+
+
 def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredator:
     """The model (CPU, eval mode) in a weight file (.js / .json) or a checkpoint (.pt, or any
     torch.save archive, whatever its name). FileNotFoundError for a missing file or a folder
@@ -1110,9 +1116,7 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
         raise FileNotFoundError(f"{path} is a directory; give a checkpoint or weight file in it "
                                 f"(say {path / 'best_model.pt'})")
     if not path.is_file():
-        # a relative path from a notebook is looked for in notebooks/, not where the README's paths start
-        where = "" if path.is_absolute() else f" (looked for in {Path.cwd()})"
-        raise FileNotFoundError(not_a_file(path, f"no such file: {path}{where}{what}"))
+        raise FileNotFoundError(not_a_file(path, f"no such file: {path}{looked_in(path)}{what}"))
     # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
     if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
         return read_weights(path)
@@ -1141,7 +1145,7 @@ def _main(argv: List[str]) -> int:
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():
-        ap.error(not_a_file(src, f"no such file: {src}"))
+        ap.error(not_a_file(src, f"no such file: {src}{looked_in(src)}"))
     if out.name.lower() in (".js", ".json"):      # a name that is all extension: Path has it as a stem, no suffix
         ap.error(f"--out: {out} has an extension but no name before it: give one, say {out.with_name('model' + out.name)}")
     if out.suffix.lower() not in (".js", ".json"):

@@ -1656,8 +1656,8 @@ def _parse(argv):
         if Path(resume).is_dir():
             p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(resume).is_file():
-            from .export import not_a_file
-            p.error(f"--resume: {not_a_file(resume, f'no such checkpoint file: {resume}')}")
+            from .export import looked_in, not_a_file
+            p.error(f"--resume: {not_a_file(resume, f'no such checkpoint file: {resume}{looked_in(resume)}')}")
         try:
             ck = ckpt_io.load_checkpoint_dict(resume)
             ckpt_io.check_resumable(ck, resume)

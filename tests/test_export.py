@@ -1559,3 +1559,21 @@ def test_a_missing_weight_file_named_by_a_relative_path_says_which_folder_it_was
     with pytest.raises(FileNotFoundError) as e:
         load_model_file(tmp_path / "none.js")
     assert str(e.value) == f"no such file: {tmp_path / 'none.js'}"
+
+
+def test_every_command_says_where_a_missing_relative_path_was_looked_for(tmp_path, monkeypatch, capsys):
+    """Run from a subfolder (notebooks/, tests/), demo's "no model at checkpoints/model.js. Train one first"
+    and export's "no such file" sent a user to train again with the file one folder up."""
+    from predlab import demo, export, train
+    monkeypatch.chdir(tmp_path)
+    where = f"(looked for in {tmp_path})"
+    assert demo.main(["checkpoints/model.js", "--no-browser"]) == 2
+    assert f"no model at {Path('checkpoints/model.js')} {where}. Train one first" in capsys.readouterr().err
+    for main, argv, said in ((export.main, ["checkpoints/best_model.pt", "--out", "m.js"],
+                              "no such file: checkpoints/best_model.pt"),
+                             (train.main, ["--resume", "checkpoints/checkpoint_epoch_5.pt"],
+                              "no such checkpoint file: checkpoints/checkpoint_epoch_5.pt")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert f"{said} {where}" in capsys.readouterr().err
+    assert not (tmp_path / "m.js").exists() and not (tmp_path / "checkpoints").exists()
