@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import shlex
 import sys
 import threading
 import time
@@ -1878,6 +1879,19 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> O
     return said
 
 
+def tensorboard_command(log_dir: Union[str, Path]) -> str:
+    """The command that shows log_dir's runs, to run where this one runs: the tensorboard beside this
+    Python (.venv/bin/tensorboard, which need not be on PATH), and the folder as given."""
+    tb = Path(sys.executable).parent / "tensorboard"
+    if not tb.is_file():
+        exe = "tensorboard"
+    elif Path(os.path.abspath(tb)).is_relative_to(Path.cwd()):
+        exe = os.path.relpath(os.path.abspath(tb))
+    else:
+        exe = str(tb)
+    return f"{shlex.quote(exe)} --logdir {shlex.quote(str(log_dir))}"
+
+
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
     cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
@@ -1991,6 +2005,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               f"of {tc.epochs}")
     print(f"model: {trainer.model.num_parameters():,} parameters; {plural(tc.train_episodes, 'fresh episode')} "
           f"per epoch")
+    print(f"TensorBoard: {tensorboard_command(tc.log_dir)}")
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     first_epoch = trainer.epoch
     t0 = time.time()

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -563,6 +564,11 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
     assert str((ckdir / "model.js").resolve()) in r.stdout
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())
+    # it says how to watch it, with a command that works where it ran (.venv/bin need not be on PATH)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("TensorBoard: "))
+    exe, flag, logdir = shlex.split(line.removeprefix("TensorBoard: "))
+    assert flag == "--logdir" and (tmp_path / logdir).resolve() == (tmp_path / "runs").resolve()
+    assert (tmp_path / exe).is_file() or shutil.which(exe)
     from predlab.export import read_weights
     m = read_weights(ckdir / "model.js")
     best = ck.load_model(ckdir / "best_model.pt")
