@@ -705,7 +705,7 @@ def test_a_sigterm_after_a_ctrl_c_while_the_run_exports_lets_both_files_be_writt
 
 
 def test_a_closed_stdout_stops_a_run_as_ctrl_c_does_and_exits_141(tmp_path, monkeypatch, capsys):
-    """`python -m predlab.train | head -4`: once head had gone, the next epoch's line failed with a
+    """`python -m predlab.train | head -5`: once head had gone, the next epoch's line failed with a
     BrokenPipeError, told as "error in epoch 2: [Errno 32] Broken pipe", and the best model was not
     exported ("no model.js was written"): the export's own lines met the closed pipe too."""
     import errno
@@ -714,7 +714,7 @@ def test_a_closed_stdout_stops_a_run_as_ctrl_c_does_and_exits_141(tmp_path, monk
 
     class Head(io.StringIO):
         def write(self, s):
-            if "epoch    2" in s or self.getvalue().count("\n") >= 4:
+            if "epoch    2" in s or self.getvalue().count("\n") >= 5:
                 raise BrokenPipeError(errno.EPIPE, "Broken pipe")
             return super().write(s)
     monkeypatch.chdir(tmp_path)
