@@ -43,6 +43,7 @@ from .config import (BROWSER_SIZES, MAX_FRAMES, SEED_MAX, FlagParser, WorldConfi
                      as_device, bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, strict_json, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
+from .export import say
 from .model import TransformerPredator, check_has_weights
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
@@ -524,14 +525,14 @@ class CatchEvaluator(Callback):
             self.teacher = rollout("teacher", **kw, progress=self.progress and "catch check (teacher)")
             self._teacher_episodes = episodes
             if not int(self.teacher.catches.sum()):
-                print(f"warning: the teacher catches nothing in {plural(self.episodes, 'episode')} x "
+                say(f"warning: the teacher catches nothing in {plural(self.episodes, 'episode')} x "
                       f"{plural(self.frames, 'frame')}, so "
                       "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
         try:
             mine = rollout(ModelPolicy(trainer.model), **kw,
                            progress=self.progress and f"catch check ({label})")
         except NonFiniteActions as e:   # a diverged epoch: the run's val loss says so too; it goes on
-            print(f"warning: {label}: {e}", file=sys.stderr)
+            say(f"warning: {label}: {e}", file=sys.stderr)
             for k in ("catch_ratio", "catch_ratio_low", "catch_ratio_high", "neg_catch_ratio", "catches_per_1k"):
                 logs[k] = math.nan
             return

@@ -767,6 +767,16 @@ def deferred_interrupt(again_stops: bool = False):
         before[s](s, None)
 
 
+def say(text: str, file=None) -> None:
+    """A line for the user, on stdout (or file), flushed. Under a progress bar in a terminal it goes
+    above the bar, on a line of its own: a print began at the bar's end, and split the line after its
+    first letter."""
+    from tqdm import tqdm
+    file = sys.stdout if file is None else file
+    tqdm.write(text, file=file)
+    file.flush()
+
+
 def silence_stdout() -> None:
     """After a BrokenPipeError on stdout (`python -m predlab.train | head -3`, once head has exited):
     stdout, and stderr where it is the same pipe (`2>&1 | head`), go to os.devnull from now on, so

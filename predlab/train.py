@@ -30,7 +30,7 @@ from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable,
+from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable, say,
                      silence_stdout, stop_words)
 from .model import TransformerPredator, dropout_generator
 
@@ -94,6 +94,66 @@ class Callback:
     def on_train_end(self, trainer): ...
 
 
+def duration(seconds: float) -> str:
+    """"4.2 s", "85 s", "3 min 48 s", "12 h 33 min": a time as a reader takes it in at a glance."""
+    if seconds < 9.95:
+        return f"{seconds:.1f} s"
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds) // 60
+    if minutes < 60:
+        return f"{minutes} min {round(seconds) % 60:02d} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+class EpochClock:
+    """Each epoch's wall time (episodes, training, validation, catch check) and an estimate of the time
+    left: the mean of the last three epochs like those still to come, times the epochs left.
+
+    Under DAgger the epochs before its start are not like them: they train on one epoch's samples with
+    the teacher driving, and from the start on the model drives and two epochs' samples are trained on
+    (the brief's 2,000-episode epochs: 85 s, then 228 s), so there is no estimate until one has run."""
+
+    def __init__(self):
+        self.times: List[Tuple[int, float]] = []
+        self.last: Optional[float] = None
+
+    def begin(self) -> None:
+        self.times, self.last = [], time.perf_counter()
+
+    def end(self, epoch: int) -> Optional[float]:
+        """The wall time of `epoch`, ended now (None without begin())."""
+        if self.last is None:
+            return None
+        now = time.perf_counter()
+        self.times.append((epoch, now - self.last))
+        self.last = now
+        return self.times[-1][1]
+
+    @staticmethod
+    def alike_from(trainer) -> int:
+        """The first epoch like the rest of the run."""
+        from .dagger import DaggerSource
+        source = getattr(trainer, "train_dataset", None)
+        return max(source.start, 2) if isinstance(source, DaggerSource) else 1
+
+    def left(self, trainer) -> Optional[float]:
+        """Seconds to trainer.target_epochs, or None before an epoch like those left has run."""
+        left = getattr(trainer, "target_epochs", 0) - getattr(trainer, "epoch", 0)
+        alike = [t for e, t in self.times if e >= self.alike_from(trainer)][-3:]
+        return left * sum(alike) / len(alike) if alike and left > 0 else None
+
+    def words(self, trainer) -> str:
+        """"eta H:MM:SS", "eta after epoch N" while none is known, or "" with no epoch left."""
+        left = self.left(trainer)
+        if left is not None:
+            return f"eta {duration(left)}"
+        if getattr(trainer, "target_epochs", 0) <= getattr(trainer, "epoch", 0):
+            return ""
+        return f"eta after epoch {max(self.alike_from(trainer), trainer.epoch + 1)}"
+
+
 class ProgressBar(Callback):
     """A tqdm bar over epochs showing the latest losses, and under it one over the batches of the
     epoch under way (an epoch of 2,000 episodes trains for minutes on a laptop's CPU, and the epochs'
@@ -103,11 +163,16 @@ class ProgressBar(Callback):
     def __init__(self):
         self.bar = self.batches = None
         self.running = False
+        self.clock, self.stats = EpochClock(), ""
 
     def on_train_begin(self, trainer):
         from tqdm.auto import tqdm
         self.running = True
-        self.bar = tqdm(total=trainer.target_epochs, initial=trainer.epoch, desc="epochs", unit="ep")
+        self.clock.begin()
+        # tqdm's own time left is the mean epoch so far: under DAgger, epoch 1's 85 s for epochs of 228 s
+        self.bar = tqdm(total=trainer.target_epochs, initial=trainer.epoch, desc="epochs", unit="ep",
+                        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        self.bar.set_postfix_str(self.clock.words(trainer))
 
     def on_batch_end(self, trainer, step, loss):
         self._batch(trainer, step, "training", "epoch_batches")
@@ -133,18 +198,29 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer, epoch, logs):
         self._close_batches()
-        self.bar.set_postfix(train=f"{logs['train_loss']:.4f}", val=f"{logs['val_loss']:.4f}",
-                             sps=f"{logs['samples_per_s']:.0f}")
+        self.clock.end(epoch)
+        eta = self.clock.words(trainer)
+        self.stats = (f"sps={logs['samples_per_s']:.0f}, train={logs['train_loss']:.4f}, "
+                      f"val={logs['val_loss']:.4f}")
+        self.bar.set_postfix_str(f"{eta}, {self.stats}" if eta else self.stats, refresh=False)
         self.bar.update(1)
 
     def on_train_end(self, trainer):
         self._close_batches()
+        self.bar.set_postfix_str(self.stats, refresh=False)    # no time left to a run stopped early
         self.bar.close()
         self.running = False
 
 
 class PrintLogger(Callback):
-    """One line per epoch on stdout (for logs where bars do not render)."""
+    """One line per epoch on stdout (for logs where bars do not render), with the epoch's wall time and
+    the time left once it can be told (EpochClock)."""
+
+    def __init__(self):
+        self.clock = EpochClock()
+
+    def on_train_begin(self, trainer):
+        self.clock.begin()
 
     def on_epoch_end(self, trainer, epoch, logs):
         def value(k, v):
@@ -157,8 +233,13 @@ class PrintLogger(Callback):
         extra = "".join(value(k, v) for k, v in logs.items()
                         if k not in ("epoch", "train_loss", "val_loss", "lr", "samples_per_s", "epoch_time",
                                      "neg_catch_ratio", "catch_ratio_low", "catch_ratio_high"))
-        print(f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
-              f"lr {logs['lr']:.2e}  {logs['samples_per_s']:,.0f} samples/s{extra}", flush=True)
+        took = self.clock.end(epoch)
+        if took is not None:
+            eta = self.clock.words(trainer)
+            extra = f"  {duration(took)}{f' ({eta})' if eta else ''}{extra}"
+        line = (f"epoch {epoch:4d}  train {logs['train_loss']:.5f}  val {logs['val_loss']:.5f}  "
+                f"lr {logs['lr']:.2e}  {logs['samples_per_s']:,.0f} samples/s{extra}")
+        say(line)      # above a progress bar in a terminal, a print began at the bar's end
 
 
 class TensorBoardLogger(Callback):
@@ -235,8 +316,8 @@ class TensorBoardLogger(Callback):
     def _stop(self, e: OSError) -> None:
         """A log that cannot be written (a full disk) ends the logging, not the training: one
         warning line, and the run goes on (it ended the run with the writer thread's traceback)."""
-        print(f"warning: TensorBoard logging stopped, training goes on: cannot write {self.path}: "
-              f"{e.strerror or e}", file=sys.stderr, flush=True)
+        say(f"warning: TensorBoard logging stopped, training goes on: cannot write {self.path}: "
+              f"{e.strerror or e}", file=sys.stderr)
         writer, self.writer = self.writer, None
         try:
             if writer is not None:
@@ -419,13 +500,13 @@ class Checkpointer(Callback):
             lost = ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 trainer.start_best()
-                print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
-                      f"starts afresh", flush=True)
+                say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
+                      f"starts afresh")
                 return None
             trainer.start_best(float(value), trainer.epoch)
-            print(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
+            say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
                   f"starts again from the model resumed "
-                  f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})", flush=True)
+                  f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
         return copy.deepcopy(trainer.state_dict(include_data=False))   # its tensors are the weights trained on
 
     def _moved_away(self) -> List[Tuple[Path, Path]]:
@@ -455,8 +536,8 @@ class Checkpointer(Callback):
                     pass
         self._restore = []
         if back:
-            print(f"brought this run's own {', '.join(sorted(back))} back to {self.dir}: another run had moved "
-                  f"{'it' if len(back) == 1 else 'them'} to {self.dir / 'previous'}", flush=True)
+            say(f"brought this run's own {', '.join(sorted(back))} back to {self.dir}: another run had moved "
+                  f"{'it' if len(back) == 1 else 'them'} to {self.dir / 'previous'}")
 
     @staticmethod
     def _signature(p: Path) -> tuple:
@@ -496,9 +577,9 @@ class Checkpointer(Callback):
             dest = self.moved_to = move_to_previous(moving, self.dir)
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
-            print(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
+            say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
                   f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
-                  f"delete what you no longer need)", flush=True)
+                  f"delete what you no longer need)")
         self._pending = []
         best = self.dir / "best_model.pt"
         if self._best_state is not None and not best.exists():    # the best the resumed run goes on with
@@ -535,9 +616,9 @@ class Checkpointer(Callback):
                     self.make_room()
                     self._save_epoch(trainer, trainer.epoch)
                 if cut:
-                    print(f"saved {path} (the last whole epoch): {self.go_on}", flush=True)
+                    say(f"saved {path} (the last whole epoch): {self.go_on}")
             elif cut and self._mine(path):     # saved at the epoch's end (save_every): where to go on, all the same
-                print(f"{path} holds the last whole epoch: {self.go_on}", flush=True)
+                say(f"{path} holds the last whole epoch: {self.go_on}")
         finally:
             if not self._pending:
                 # every run file in the folder is this run's now (its own, and those kept from the run
@@ -572,7 +653,7 @@ class EarlyStopping(Callback):
                 on = (f"catch ratio {-ref:.4f}" if monitor == "neg_catch_ratio" else
                       f"val MSE {ref:.5f}" if monitor == "val_loss" else f"{monitor} {ref:g}")
                 by = f" of more than {trainer.min_delta:g} on {on}"
-            print(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
+            say(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
                   f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True
 

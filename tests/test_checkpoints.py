@@ -348,6 +348,65 @@ def test_the_epoch_line_shows_the_validation_loss_as_val(capsys):
         "epoch    3  train 0.25000  val 0.12500  lr 1.00e-03  12,345 samples/s catches=7\n"
 
 
+def test_epoch_lines_and_messages_under_a_progress_bar_start_lines_of_their_own(monkeypatch):
+    """In a terminal (stdout and the bar's stderr one screen), each epoch line began at the end of the
+    bar tqdm had just drawn, so the screen read "...val=0.4460e" and "poch    1  train ..."."""
+    import io
+    from tqdm import tqdm
+    from predlab.export import say
+    screen = io.StringIO()
+    monkeypatch.setattr("sys.stdout", screen)
+    bar = tqdm(total=3, desc="epochs", file=screen)
+    try:
+        bar.update(1)
+        assert not screen.getvalue().endswith("\n")      # the cursor is at the bar's end
+        PrintLogger().on_epoch_end(None, 1, {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "lr": 1e-3,
+                                             "samples_per_s": 10.0})
+        say("saved checkpoints/checkpoint_epoch_1.pt")
+    finally:
+        bar.close()
+    text = screen.getvalue()
+    for line in ("epoch    1  train", "saved checkpoints"):
+        before = text[:text.index(line)]
+        assert before.endswith(("\r", "\n")), repr(before[-40:])       # at a line's start, not the bar's end
+
+
+def test_epoch_lines_give_the_epochs_time_and_the_time_left_once_epochs_like_the_rest_have_run(monkeypatch, capsys):
+    """Piped to a log, the lines said nothing of time; the bar's time left was the mean epoch so far, and
+    under DAgger epoch 1 (85 s, the teacher driving one epoch's samples) is not like the rest (228 s)."""
+    from types import SimpleNamespace
+    from predlab import train
+    from predlab.config import WorldConfig
+    from predlab.dagger import DaggerSource
+    from predlab.data import EpisodeGenerator
+    now = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+    source = DaggerSource(EpisodeGenerator(WorldConfig(frames=4, boids_max=2), progress=False), 2, start=2)
+    run = SimpleNamespace(epoch=0, target_epochs=200, train_dataset=source)
+    log = PrintLogger()
+    log.on_train_begin(run)
+    logs = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "lr": 1e-3, "samples_per_s": 4450.0}
+    lines = []
+    for epoch, took in ((1, 85.0), (2, 228.0), (3, 230.0), (4, 232.0), (5, 300.0)):
+        now[0] += took
+        run.epoch = epoch
+        log.on_epoch_end(run, epoch, logs)
+        lines.append(capsys.readouterr().out.split("samples/s")[1])
+    assert lines[0] == "  1 min 25 s (eta after epoch 2)\n"
+    assert lines[1] == f"  3 min 48 s (eta {train.duration(198 * 228)})\n" == "  3 min 48 s (eta 12 h 32 min)\n"
+    assert lines[3] == f"  3 min 52 s (eta {train.duration(196 * 230)})\n"           # the mean of the last three
+    assert lines[4] == f"  5 min 00 s (eta {train.duration(195 * (230 + 232 + 300) / 3)})\n"
+    run.epoch = 200
+    assert log.clock.words(run) == ""
+    plain = SimpleNamespace(epoch=0, target_epochs=3, train_dataset=None)   # no DAgger: every epoch alike
+    log = PrintLogger()
+    log.on_train_begin(plain)
+    now[0] += 40.0
+    plain.epoch = 1
+    log.on_epoch_end(plain, 1, logs)
+    assert capsys.readouterr().out.split("samples/s")[1] == "  40 s (eta 1 min 20 s)\n"
+
+
 def test_the_epoch_line_gives_the_catch_ratio_with_its_interval(capsys):
     """catch_ratio with its 95% interval in brackets, not three numbers named apart; an interval
     with no value (the teacher caught nothing) is left out, an unbounded top is shown as such."""
