@@ -1973,6 +1973,29 @@ def tensorboard_command(log_dir: Union[str, Path]) -> str:
     return f"{shlex.quote(exe)} --logdir {shlex.quote(str(log_dir))}"
 
 
+def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -> Optional[str]:
+    """A note when the resumed run's learning rate goes back up: --epochs past the checkpoint's run
+    stretches its cosine schedule, and a finished run's 1e-4 became 1.3e-3 again, with no warm-up (the
+    README's fine-tuning figures: a high rate on a trained model first undid it)."""
+    sched, last = trainer.scheduler, (trainer.history[-1].get("lr") if trainer.history else None)
+    if not isinstance(last, float) or not last > 0:
+        return None
+    saved = sched.total
+    try:
+        sched.total = epochs
+        rate = sched.factor(float(trainer.epoch)) * sched.base[0]
+    finally:
+        sched.total = saved
+    if rate <= 1.5 * last:
+        return None
+    was = ck.get("scheduler", {}).get("total") if isinstance(ck.get("scheduler"), Mapping) else None
+    why = (f"--epochs {epochs} stretches the run's schedule of {was:g} epochs" if isinstance(was, (int, float))
+           and was != epochs else "the schedule as set")
+    return (f"note: {why}: the learning rate goes back up from {last:.1e}, where epoch {trainer.epoch} ended, to "
+            f"{rate:.1e} as epoch {trainer.epoch + 1} begins. To polish a finished model at a low rate instead, "
+            f"start a new run from it: --init_weights {resume} --learning_rate 3e-4")
+
+
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
     cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
@@ -2084,6 +2107,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             trainer.start_best()
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")
+        note = stretch_note(trainer, ck, tc.epochs, tc.resume)
+        if note:
+            print(note, file=sys.stderr)
     print(f"model: {trainer.model.num_parameters():,} parameters; {plural(tc.train_episodes, 'fresh episode')} "
           f"per epoch")
     print(f"TensorBoard: {tensorboard_command(tc.log_dir)}")

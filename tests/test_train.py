@@ -582,6 +582,26 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
     assert state["epoch"] == 3 and len(state["history"]) == 3
 
 
+def test_cli_extending_a_finished_run_says_the_learning_rate_goes_back_up(tmp_path):
+    """--resume of a finished run with a larger --epochs stretches its cosine schedule: the rate went from
+    the run's last 1e-4 back to 1.3e-3 with no warm-up, and the CLI said only 'continuing with epoch 4'."""
+    r = _cli("--epochs", "3", "--warmup_epochs", "0.5", *TINY_FLAGS, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(tmp_path / "checkpoints", tmp_path / "run2")
+    r = _cli("--resume", "run2/checkpoint_epoch_2.pt", "--epochs", "3", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "learning rate goes back up" not in r.stderr      # the run's own schedule, going on: no jump
+    last = ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_3.pt")["history"][-1]["lr"]
+    r = _cli("--resume", "checkpoints/checkpoint_epoch_3.pt", "--epochs", "6", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    from predlab.train import WarmupCosine
+    sched = WarmupCosine(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3), 6, 0.5)
+    assert f"note: --epochs 6 stretches the run's schedule of 3 epochs: the learning rate goes back up from " \
+           f"{last:.1e}, where epoch 3 ended, to {sched.factor(3.0) * 2e-3:.1e} as epoch 4 begins" in r.stderr
+    assert "--init_weights checkpoints/checkpoint_epoch_3.pt --learning_rate 3e-4" in r.stderr
+    assert last < 2e-4 < 1e-3 < sched.factor(3.0) * 2e-3
+
+
 def test_cli_resume_keeps_the_runs_settings_and_applies_flags_given(tmp_path):
     """--resume alone continues the run as it was set up; a flag given changes that setting, also
     in the restored optimizer (a given --learning_rate was once ignored without a word)."""
