@@ -243,10 +243,12 @@ class PrintLogger(Callback):
 
 
 class TensorBoardLogger(Callback):
-    """Scalars per epoch into one run folder under log_dir (tensorboard --logdir runs)."""
+    """Scalars per epoch into one run folder under log_dir (tensorboard --logdir runs), and the run's
+    settings in its Text tab (runs are folders named by their start time: which was which, else?).
+    announce=True says as a run begins the command that shows it, and its folder."""
 
-    def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None):
-        self.log_dir, self.run_name, self.writer = Path(log_dir), run_name, None
+    def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None, announce: bool = False):
+        self.log_dir, self.run_name, self.writer, self.announce = Path(log_dir), run_name, None, announce
         self.path, self._trainer, self._resumed_from = None, None, None
 
     def on_train_begin(self, trainer):
@@ -268,8 +270,13 @@ class TensorBoardLogger(Callback):
             # TensorBoard's Custom Scalars tab: the catch ratio with its 95% interval as one band (CatchEvaluator)
             self.writer.add_custom_scalars({"catch ratio": {"model / teacher, shaded: 95% interval": [
                 "Margin", ["catch_ratio", "catch_ratio_low", "catch_ratio_high"]]}})
+            if new_run and trainer is not None:
+                self.writer.add_text("settings", settings_markdown(trainer), trainer.epoch)
         except OSError as e:
             self._stop(e)
+            return
+        if new_run and self.announce:
+            say(f"TensorBoard: {tensorboard_command(self.log_dir)}   (this run: {self.path})")
 
     def _new_folder(self) -> None:
         """self.path: run_name, or the time, made here so that it is this run's alone. Two runs in one
@@ -1960,6 +1967,21 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> O
     return said
 
 
+def settings_markdown(trainer) -> str:
+    """The run's settings as a Markdown table: what it resumed from, the model's sizes, the training's and
+    the world's settings (TensorBoard's Text tab shows it)."""
+    rows = [("resumed from", getattr(trainer, "resumed_from", None)), ("first epoch", trainer.epoch + 1),
+            ("device", getattr(trainer, "device", None))]
+    for prefix, config in (("model", getattr(getattr(trainer, "model", None), "config", None)),
+                           ("train", getattr(trainer, "train_config", None)),
+                           ("world", getattr(trainer, "world_config", None))):
+        if dataclasses.is_dataclass(config):
+            rows += [(f"{prefix}.{f.name}", getattr(config, f.name)) for f in dataclasses.fields(config)]
+    cell = lambda v: str(v).replace("|", "\\|").replace("\n", " ")      # noqa: E731
+    return "| setting | value |\n| --- | --- |\n" + "\n".join(f"| {k} | {cell(v)} |" for k, v in rows
+                                                          if v is not None)
+
+
 def tensorboard_command(log_dir: Union[str, Path]) -> str:
     """The command that shows log_dir's runs, to run where this one runs: the tensorboard beside this
     Python (.venv/bin/tensorboard, which need not be on PATH), and the folder as given."""
@@ -1998,7 +2020,8 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
-    cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(), TensorBoardLogger(tc.log_dir),
+    cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(),
+                           TensorBoardLogger(tc.log_dir, announce=True),
                            Checkpointer(tc.checkpoint_dir, tc.save_every, tc.keep_checkpoints)]
     if tc.early_stopping:
         cbs.append(EarlyStopping(tc.early_stopping))
@@ -2112,7 +2135,6 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             print(note, file=sys.stderr)
     print(f"model: {trainer.model.num_parameters():,} parameters; {plural(tc.train_episodes, 'fresh episode')} "
           f"per epoch")
-    print(f"TensorBoard: {tensorboard_command(tc.log_dir)}")
     checkpointer = next(c for c in trainer.callbacks if isinstance(c, Checkpointer))
     first_epoch = trainer.epoch
     t0 = time.time()

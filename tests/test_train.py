@@ -564,11 +564,14 @@ def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
     assert str((ckdir / "model.js").resolve()) in r.stdout
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and any(p.name.startswith("events.out.tfevents") for p in runs[0].iterdir())
-    # it says how to watch it, with a command that works where it ran (.venv/bin need not be on PATH)
+    # it says how to watch it, with a command that works where it ran (.venv/bin need not be on PATH),
+    # and which of the runs' folders (named by the time) is this run's
     line = next(x for x in r.stdout.splitlines() if x.startswith("TensorBoard: "))
-    exe, flag, logdir = shlex.split(line.removeprefix("TensorBoard: "))
+    command, this_run = line.removeprefix("TensorBoard: ").split("   (this run: ")
+    exe, flag, logdir = shlex.split(command)
     assert flag == "--logdir" and (tmp_path / logdir).resolve() == (tmp_path / "runs").resolve()
     assert (tmp_path / exe).is_file() or shutil.which(exe)
+    assert (tmp_path / this_run.removesuffix(")")).resolve() == runs[0].resolve()
     from predlab.export import read_weights
     m = read_weights(ckdir / "model.js")
     best = ck.load_model(ckdir / "best_model.pt")
@@ -2337,6 +2340,38 @@ def test_tensorboard_draws_the_catch_ratio_with_its_interval(tmp_path):
     (chart,) = [c for cat in layout.category for c in cat.chart]
     assert (chart.margin.series[0].value, chart.margin.series[0].lower, chart.margin.series[0].upper) == \
         ("catch_ratio", "catch_ratio_low", "catch_ratio_high")
+
+
+def test_tensorboard_runs_carry_their_settings_and_what_they_resumed_from(tmp_path):
+    """Runs are folders named by their start time: four runs in one runs/ (a run, its resume with another
+    rate, a new run) were told apart by nothing TensorBoard showed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from predlab.train import TensorBoardLogger
+
+    def settings(logger):
+        events = EventAccumulator(str(logger.path), size_guidance={"tensors": 0})
+        events.Reload()
+        (text,) = events.Tensors("settings/text_summary")
+        rows = [line.split(" | ") for line in text.tensor_proto.string_val[0].decode().splitlines()[2:]]
+        return text.step, {k.removeprefix("| "): v.removesuffix(" |") for k, v in rows}
+
+    first = TensorBoardLogger(tmp_path / "runs")
+    t = _trainer(tmp_path, callbacks=[first])
+    t.train(1)
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    step, got = settings(first)
+    assert step == 0 and "resumed from" not in got
+    assert (got["first epoch"], got["model.d_model"], got["train.learning_rate"], got["world.frames"]) == \
+        ("1", "48", "0.003", str(TINY_WORLD.frames))
+    second = TensorBoardLogger(tmp_path / "runs")
+    t2 = _trainer(tmp_path, callbacks=[second])
+    t2.load_checkpoint(path)
+    t2.set_schedule(learning_rate=1e-3)
+    t2.train(2)
+    assert second.path != first.path
+    step, got = settings(second)
+    assert step == 1 and (got["resumed from"], got["first epoch"], got["train.learning_rate"]) == \
+        (str(path), "2", "0.001")
 
 
 def test_tensorboard_leaves_out_the_negated_catch_ratio(tmp_path):
