@@ -1119,6 +1119,12 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
     torch.save archive, whatever its name). FileNotFoundError for a missing file or a folder
     (`what`, say " (give a checkpoint .pt ...)", ends the message of a missing one);
     WeightFormatError / CheckpointError (ValueErrors) for a file that holds no usable model."""
+    return read_model_file(path, what)[0]
+
+
+def read_model_file(path: Union[str, Path], what: str = "") -> Tuple[TransformerPredator, Optional[Mapping]]:
+    """load_model_file's model, and the checkpoint dict it came from (None for a weight file): one
+    read gives both, so what is said of the model is of the weights read."""
     if isinstance(path, str) and not path.strip():     # Path("") is ".", "a directory"
         raise FileNotFoundError(f"no file name given{what}")
     path = Path(path)
@@ -1129,9 +1135,22 @@ def load_model_file(path: Union[str, Path], what: str = "") -> TransformerPredat
         raise FileNotFoundError(not_a_file(path, f"no such file: {path}{looked_in(path)}{what}"))
     # a torch.save archive is a checkpoint whatever its name (read as text, one named x.js was "not UTF-8")
     if path.suffix.lower() in (".js", ".json") and not zipfile.is_zipfile(path):
-        return read_weights(path)
-    from .checkpoint import load_model
-    return load_model(path)
+        return read_weights(path), None
+    from .checkpoint import load_checkpoint_dict, model_from_checkpoint
+    ck = load_checkpoint_dict(path)
+    return model_from_checkpoint(ck, path), ck
+
+
+def checkpoint_words(ck: Optional[Mapping]) -> str:
+    """"the model of epoch 28 (val MSE 0.00165)" for a checkpoint dict, "" where it does not say."""
+    epoch = ck.get("epoch") if isinstance(ck, Mapping) else None
+    if not isinstance(epoch, int) or isinstance(epoch, bool):
+        return ""
+    history = ck.get("history")
+    last = history[-1] if isinstance(history, (list, tuple)) and history else None
+    val = last.get("val_loss") if isinstance(last, Mapping) else None
+    mse = f" (val MSE {val:.5f})" if isinstance(val, float) and math.isfinite(val) else ""
+    return f"the model of epoch {epoch}{mse}"
 
 
 def main(argv: List[str] = None) -> int:
@@ -1183,7 +1202,7 @@ def _file_id(path: Path):
 def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     """main's work once the arguments are checked: read src, write out."""
     try:
-        model = load_model_file(src)
+        model, ck = read_model_file(src)
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:   # reading, not writing: nothing of --out was touched
@@ -1202,7 +1221,8 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     except OSError as e:
         print(f"{ap.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 1
-    print(f"wrote {out}")
+    words = checkpoint_words(ck)
+    print(f"wrote {out}: {words} in {src}" if words else f"wrote {out}: the weights of {src}")
     return 0
 
 

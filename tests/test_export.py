@@ -1561,6 +1561,28 @@ def test_a_missing_weight_file_named_by_a_relative_path_says_which_folder_it_was
     assert str(e.value) == f"no such file: {tmp_path / 'none.js'}"
 
 
+def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export checkpoints/best_model.pt --out model.js` said only "wrote model.js": not
+    which epoch's model, nor its val MSE, which a page's model.js is then known by."""
+    from predlab import export
+    from predlab.config import WorldConfig
+    from predlab.data import generate_episodes
+    from predlab.train import SupervisedTrainer
+    data = generate_episodes(2, WorldConfig(frames=4, boids_max=6), seed=0)
+    trainer = SupervisedTrainer(model, data, data, batch_size=8)
+    trainer.epoch, trainer.history = 7, [{"epoch": e, "val_loss": 0.5} for e in range(1, 7)]
+    trainer.history.append({"epoch": 7, "val_loss": 0.00123456})
+    src = trainer.save_checkpoint(tmp_path / "best_model.pt")
+    monkeypatch.chdir(tmp_path)
+    assert export.main([str(src), "--out", "model.js"]) == 0
+    assert capsys.readouterr().out == f"wrote model.js: the model of epoch 7 (val MSE 0.00123) in {src}\n"
+    assert export.main(["model.js", "--out", "copy.json"]) == 0
+    assert capsys.readouterr().out == "wrote copy.json: the weights of model.js\n"
+    assert export.checkpoint_words({"epoch": True}) == export.checkpoint_words({"history": []}) == ""
+    assert export.checkpoint_words({"epoch": 3, "history": [{"val_loss": float("nan")}]}) == "the model of epoch 3"
+    assert export.checkpoint_words({"epoch": 3, "history": "x"}) == "the model of epoch 3"
+
+
 def test_every_command_says_where_a_missing_relative_path_was_looked_for(tmp_path, monkeypatch, capsys):
     """Run from a subfolder (notebooks/, tests/), demo's "no model at checkpoints/model.js. Train one first"
     and export's "no such file" sent a user to train again with the file one folder up."""
