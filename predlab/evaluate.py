@@ -575,7 +575,8 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
         return math.nan if v is None else v
 
     cols = [("catches_per_1k", "catches/1k fr", "{:.3f}"), ("first_catch_frames", "1st catch fr", "{:.1f}"),
-            ("first_catch_rate", "eps w/ catch", "{:.3f}"), ("flock_caught", "flock caught", "{:.4f}"),
+            # shares, as percentages: 0.266 of episodes read as a count
+            ("first_catch_rate", "eps w/ catch", "{:.1%}"), ("flock_caught", "flock caught", "{:.2%}"),
             ("catches", "catches", "{:d}")]
     teacher_ratio = 1.0 if res["teacher"]["catches"] else math.nan     # 0 / 0: no ratio
     rows = [("policy", res["policy"], res["catch_ratio"]), ("teacher", res["teacher"], teacher_ratio)]

@@ -1111,6 +1111,12 @@ def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
     table = format_table(res)
     assert "policy vs teacher 0.500: no interval from a single episode" in table and "95% interval" not in table
     assert table.startswith("1 episode x 300 frames, seed 0 ")              # not "1 episodes"
+    # the shares of episodes with a catch and of the flock caught read as shares (0.266 was taken for a count)
+    header, policy = table.splitlines()[1:3]
+    share, flock = (policy[header.index(h) + len(h) - 15:header.index(h) + len(h)].strip()
+                    for h in ("eps w/ catch", "flock caught"))
+    assert (share, flock) == (f"{student.summary()['first_catch_rate']:.1%}",
+                              f"{student.summary()['flock_caught']:.2%}") and share.endswith("%")
     from predlab.config import strict_json
     assert format_table(json.loads(json.dumps(strict_json(res)))) == table       # read back from --json
 
