@@ -526,8 +526,8 @@ class CatchEvaluator(Callback):
             self._teacher_episodes = episodes
             if not int(self.teacher.catches.sum()):
                 say(f"warning: the teacher catches nothing in {plural(self.episodes, 'episode')} x "
-                      f"{plural(self.frames, 'frame')}, so "
-                      "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
+                    f"{plural(self.frames, 'frame')}, so "
+                    "catch_ratio is NaN: raise eval_episodes or eval_frames", file=sys.stderr)
         try:
             mine = rollout(ModelPolicy(trainer.model), **kw,
                            progress=self.progress and f"catch check ({label})")

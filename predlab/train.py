@@ -324,7 +324,7 @@ class TensorBoardLogger(Callback):
         """A log that cannot be written (a full disk) ends the logging, not the training: one
         warning line, and the run goes on (it ended the run with the writer thread's traceback)."""
         say(f"warning: TensorBoard logging stopped, training goes on: cannot write {self.path}: "
-              f"{e.strerror or e}", file=sys.stderr)
+            f"{e.strerror or e}", file=sys.stderr)
         writer, self.writer = self.writer, None
         try:
             if writer is not None:
@@ -508,12 +508,12 @@ class Checkpointer(Callback):
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 trainer.start_best()
                 say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
-                      f"starts afresh")
+                    f"starts afresh")
                 return None
             trainer.start_best(float(value), trainer.epoch)
             say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
-                  f"starts again from the model resumed "
-                  f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
+                f"starts again from the model resumed "
+                f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
         return copy.deepcopy(trainer.state_dict(include_data=False))   # its tensors are the weights trained on
 
     def _moved_away(self) -> List[Tuple[Path, Path]]:
@@ -544,7 +544,7 @@ class Checkpointer(Callback):
         self._restore = []
         if back:
             say(f"brought this run's own {', '.join(sorted(back))} back to {self.dir}: another run had moved "
-                  f"{'it' if len(back) == 1 else 'them'} to {self.dir / 'previous'}")
+                f"{'it' if len(back) == 1 else 'them'} to {self.dir / 'previous'}")
 
     @staticmethod
     def _signature(p: Path) -> tuple:
@@ -585,8 +585,8 @@ class Checkpointer(Callback):
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
-                  f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
-                  f"delete what you no longer need)")
+                f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
+                f"delete what you no longer need)")
         self._pending = []
         best = self.dir / "best_model.pt"
         if self._best_state is not None and not best.exists():    # the best the resumed run goes on with
@@ -661,7 +661,7 @@ class EarlyStopping(Callback):
                       f"val MSE {ref:.5f}" if monitor == "val_loss" else f"{monitor} {ref:g}")
                 by = f" of more than {trainer.min_delta:g} on {on}"
             say(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
-                  f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
+                f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True
 
 
