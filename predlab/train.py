@@ -250,6 +250,7 @@ class TensorBoardLogger(Callback):
     def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None, announce: bool = False):
         self.log_dir, self.run_name, self.writer, self.announce = Path(log_dir), run_name, None, announce
         self.path, self._trainer, self._resumed_from = None, None, None
+        self._made = self._logged = False     # whether this run's folder is one made here; any epoch logged in it
 
     def on_train_begin(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
@@ -266,6 +267,7 @@ class TensorBoardLogger(Callback):
         try:               # it writes the file's first record at once
             if new_run:
                 self._new_folder()
+                self._made, self._logged = self.run_name is None, False
             self.writer = SummaryWriter(str(self.path), purge_step=purge)
             # TensorBoard's Custom Scalars tab: the catch ratio with its 95% interval as one band (CatchEvaluator)
             self.writer.add_custom_scalars({"catch ratio": {"model / teacher, shaded: 95% interval": [
@@ -308,6 +310,7 @@ class TensorBoardLogger(Callback):
                     if k not in ("epoch", "neg_catch_ratio"):
                         self.writer.add_scalar(tags.get(k, k), v, epoch)
                 self.writer.flush()
+                self._logged = True
         except OSError as e:
             self._stop(e)
 
@@ -319,6 +322,17 @@ class TensorBoardLogger(Callback):
             except OSError as e:
                 self._stop(e)
         self.writer = None
+        if self._made and not self._logged and self.path is not None:
+            # a run stopped before its first epoch ended: its folder made here holds no curve, only the
+            # settings, and showed in TensorBoard as a run of nothing. Only the writer's files go.
+            try:
+                files = list(self.path.iterdir())
+                if all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in files):
+                    for f in files:
+                        f.unlink()
+                    self.path.rmdir()       # (train() again on this trainer makes it again)
+            except OSError:
+                pass
 
     def _stop(self, e: OSError) -> None:
         """A log that cannot be written (a full disk) ends the logging, not the training: one

@@ -2374,6 +2374,34 @@ def test_tensorboard_runs_carry_their_settings_and_what_they_resumed_from(tmp_pa
         (str(path), "2", "0.001")
 
 
+def test_a_run_stopped_before_its_first_epoch_ended_leaves_no_empty_tensorboard_run(tmp_path, monkeypatch):
+    """A resume stopped by Ctrl-C in its first epoch said 'no checkpoint or model was written', and left a
+    TensorBoard run of nothing; a run that logged an epoch keeps its folder, as does a folder named by the
+    user, and train() again makes a run of its own."""
+    from conftest import ctrl_c_in_epoch
+    from predlab.train import TensorBoardLogger
+    runs = tmp_path / "runs"
+    logger = TensorBoardLogger(runs)
+    t = _trainer(tmp_path, callbacks=[logger])
+    ctrl_c_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(2)
+    assert list(runs.iterdir()) == []
+    named = TensorBoardLogger(runs, run_name="mine")
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path, callbacks=[named]).train(2)
+    assert [p.name for p in runs.iterdir()] == ["mine"]
+    monkeypatch.undo()
+    ctrl_c_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(2)
+    (kept,) = [p for p in runs.iterdir() if p.name != "mine"]
+    assert logger.path == kept and any(f.name.startswith("events.out.tfevents") for f in kept.iterdir())
+    t2 = _trainer(tmp_path, callbacks=[TensorBoardLogger(runs)])
+    t2.train(1)                                                  # a run that logged its epoch keeps it
+    assert len([p for p in runs.iterdir() if p.name != "mine"]) == 2
+
+
 def test_tensorboard_leaves_out_the_negated_catch_ratio(tmp_path):
     """neg_catch_ratio is only how the trainer minimises the catch ratio: TensorBoard showed it as a
     chart of its own, catch_ratio upside down, that the epoch lines leave out."""
