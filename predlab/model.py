@@ -510,8 +510,10 @@ class TransformerPredator(nn.Module):
         """
         try:
             x, bias = self.embed(batch)
-        except (TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
-            failed = e          # ("mat1 and mat2 must have the same dtype", "'list' object has no attribute")
+        except (TypeError, KeyError, IndexError, AttributeError, RuntimeError, ValueError) as e:
+            # ("mat1 and mat2 must have the same dtype", "'list' object has no attribute", and an unbatched
+            # batch's "not enough values to unpack": InputError names the key, as a ValueError itself)
+            failed = e
         else:
             failed = None
         if failed is not None:

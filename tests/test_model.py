@@ -419,6 +419,7 @@ def test_forward_with_attention_names_what_is_wrong_with_a_batch(model, bad, mes
     ({**_batch(), "boids": _batch()["boids"].numpy()}, r"batch\['boids'\] must be a tensor, got ndarray"),
     ({**_batch(), "context": torch.zeros(2, 3)}, r"batch\['context'\] has shape \(2, 3\)"),
     (_batch(dtype=torch.float64), r"batch\['context'\] is torch.float64, the model's weights are torch.float32"),
+    ({k: v[0] for k, v in _batch().items()}, r"batch\['context'\] has shape \(2,\)"),    # unbatched
 ])
 def test_model_call_names_a_batch_torch_failed_on(model, bad, message):
     """model(batch) failed inside torch ("mat1 and mat2 must have the same dtype", "KeyError: 'mask'") where
