@@ -801,6 +801,20 @@ class SupervisedTrainer:
     Epochs are counted from 1; `trainer.epoch` is the last finished epoch.
     """
 
+    @property
+    def model(self) -> TransformerPredator:
+        return self._model
+
+    @model.setter
+    def model(self, model) -> None:
+        # the optimizer holds the first model's parameters: a model put in its place was never trained,
+        # and its val loss stood still epoch after epoch without a word
+        if getattr(self, "_model", None) is not None and model is not self._model:
+            raise AttributeError("trainer.model cannot be replaced: the optimizer holds the first model's "
+                                 "parameters. Build a trainer for the new model (create_trainer(model=...)), or "
+                                 "load weights into this one: trainer.model.load_state_dict(...)")
+        self._model = model
+
     def __init__(self, model: TransformerPredator, train_dataset, val_dataset: SampleSet,
                  learning_rate: float = 2e-3, batch_size: int = 256, weight_decay: float = 0.01,
                  warmup_epochs: float = 1.0, min_lr_ratio: float = 0.05, grad_clip: float = 1.0,

@@ -2402,6 +2402,19 @@ def test_a_run_stopped_before_its_first_epoch_ended_leaves_no_empty_tensorboard_
     assert len([p for p in runs.iterdir() if p.name != "mine"]) == 2
 
 
+def test_a_model_put_in_the_trainers_place_is_refused_not_left_untrained(tmp_path):
+    """trainer.model = new_model trained nothing: the optimizer held the first model's parameters, and the
+    val loss stood still epoch after epoch."""
+    t = _trainer(tmp_path)
+    first = t.model
+    with pytest.raises(AttributeError, match="trainer.model cannot be replaced: the optimizer holds the first"):
+        t.model = TransformerPredator(d_model=32)
+    t.model = first                                      # the same model: nothing changes
+    before = {k: v.clone() for k, v in first.state_dict().items()}
+    t.train(1)
+    assert t.model is first and any(not torch.equal(v, first.state_dict()[k]) for k, v in before.items())
+
+
 def test_tensorboard_leaves_out_the_negated_catch_ratio(tmp_path):
     """neg_catch_ratio is only how the trainer minimises the catch ratio: TensorBoard showed it as a
     chart of its own, catch_ratio upside down, that the epoch lines leave out."""
