@@ -66,7 +66,8 @@ class WeightFormatError(ValueError):
 class PageOnlyError(WeightFormatError):
     """Weights the browser page runs but predlab cannot hold as the page does (a number beyond float32's
     range, which the page computes with in float64; a number with a leading zero, octal to the page), or
-    code in them that predlab does not run (a template literal's ${...}, a computed key)."""
+    code in them that predlab does not run (a template literal's ${...}, a computed key, code after the
+    object that changes it)."""
 
 
 # ---------------------------------------------------------------------- key <-> parameter map
@@ -644,9 +645,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         code = s[end:].split("\n", 1)[0].strip()
         code = code if len(code) <= 60 else code[:57] + "..."
         if _CHANGES_PARAMS.search(s, end):
-            raise WeightFormatError(f"{source}: the code after the weights object (line {line}: `{code}`) changes "
-                                    "TRANSFORMER_PARAMS, so the page would run other weights than the object's; predlab "
-                                    "does not run JavaScript: write the weights into the object itself")
+            # PageOnlyError: the page runs that code (its weights then are not the object's, or none are);
+            # `python -m predlab.demo` said the page would refuse the file and run the teacher
+            raise PageOnlyError(f"{source}: the code after the weights object (line {line}: `{code}`) changes "
+                                "TRANSFORMER_PARAMS, so the page would run other weights than the object's; predlab "
+                                "does not run JavaScript: write the weights into the object itself")
         warnings.warn(f"{source}: the code after the weights object (line {line}: `{code}`) is not run by predlab: "
                       "the weights read are the object's as written (if that code changes them, the page runs "
                       "others; if it is not valid JavaScript, the page runs none of the file)", stacklevel=2)

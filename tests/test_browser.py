@@ -354,6 +354,10 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     with pytest.warns(UserWarning):
         small = write_weights(make_model(0, d_model=32), tmp_path / "small.js")
     assert "refuses these sizes: d_model=32 (browser: 48)" in _page_problem(small)
+    edited = tmp_path / "edited.js"      # the page runs the edited weights: not "the page will refuse it"
+    edited.write_text(js.read_text() + "\nwindow.TRANSFORMER_PARAMS.output_bias[0] = 5;\n")
+    problem = _page_problem(edited)
+    assert problem.startswith("unchecked: ") and "so the page would run other weights than the object's" in problem
     unclosed = tmp_path / "unclosed.js"
     unclosed.write_text("/* a note\n" + js.read_text())      # was: "does not set window.TRANSFORMER_PARAMS"
     assert "comment at line 1 is never closed" in _page_problem(unclosed)
