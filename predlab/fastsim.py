@@ -81,7 +81,8 @@ def _limit(x, y, m, a, b):
 
 @_njit()
 def _set_magnitude(x, y, m, a, b, tiny):
-    """sim.set_magnitude for one vector (the same 1e-30 floor, so a zero vector stays zero)."""
+    """sim.set_magnitude for one vector (the same floor, the dtype's smallest normal number, so a zero
+    vector stays zero)."""
     s = m / max(_fast(x, y, a, b), tiny)
     return x * s, y * s
 
@@ -165,7 +166,7 @@ def _step_env(e, pos, vel, alive, pred_pos, pred_vel, size, weights, ax_, ay_, s
     """
     F = pos.dtype.type
     zero, one = F(0.0), F(1.0)
-    a, b, tiny = F(0.96), F(0.398), F(1e-30)
+    a, b, tiny = F(0.96), F(0.398), F(np.finfo(pos.dtype).tiny)
     eps = F(C.EPSILON)
     near, sep_d = F(C.BOID_NEIGHBOR_DISTANCE), F(C.BOID_DESIRED_SEPARATION)
     max_speed, max_force = F(C.BOID_MAX_SPEED), F(C.BOID_MAX_FORCE)

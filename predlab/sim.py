@@ -84,7 +84,9 @@ def limit(v: Tensor, m) -> Tensor:
 def set_magnitude(v: Tensor, m) -> Tensor:
     """Rescale [..., 2] vectors to fast magnitude m; zero vectors stay zero."""
     mag = fast_magnitude(v)
-    scale = m / mag.clamp_min(1e-30)      # finite for a zero vector, which stays zero
+    # SPEC: any vector of fast magnitude > 0 is scaled. The floor, the dtype's smallest normal number, keeps
+    # m / mag finite (a zero vector stays zero); a floor of 1e-30 scaled a 1e-32 mean velocity to 0.035, not 3.5
+    scale = m / mag.clamp_min(torch.finfo(mag.dtype).tiny)
     return v * scale.unsqueeze(-1)
 
 

@@ -85,6 +85,19 @@ def test_scenario_frame_matches_world_and_reference():
     assert_frame_matches(world_from_lists(envs), actions)
 
 
+def test_a_mean_velocity_far_below_1e30_is_scaled_as_spec_scales_it():
+    """SPEC scales any vector of fast magnitude > 0: alignment's mean velocity of (1e-32, 0) was left at
+    magnitude 0.035 (a floor of 1e-30), where world.js scales it to 3.5 (boid 0's vx 0.13917, not 0.20833)."""
+    pred = [900.0, 900.0, 0.5, -0.5]                                    # far away: no avoidance
+    envs = [([[100.0, 100.0, 0.0, 0.0, True], [150.0, 100.0, 1e-32, 0.0, True]], pred, 1000.0, 1000.0)]
+    world = world_from_lists(envs)
+    actions = torch.zeros(1, 2, dtype=F64)
+    boids, _, _ = reference_frame(envs[0][0], pred, 1000.0, 1000.0, (0.0, 0.0), set())
+    _, state, _ = kernel_frame(world, actions)
+    assert state["vel"][0, 0, 0] == pytest.approx(boids[0][2], rel=1e-12) and boids[0][2] > 0.2
+    assert_frame_matches(world, actions)
+
+
 def test_neighbours_exactly_on_the_boundaries():
     """d == 60 is a cohesion neighbour but not an alignment one; d == 40 is not a separation one."""
     # near 1 px the float64 grid of p_j - p_i is as fine as that of d, so d can hit 60 or 40 exactly

@@ -278,6 +278,12 @@ def test_fast_vector_helpers():
     assert torch.allclose(set_magnitude(t, 1.5), torch.tensor([ref_set_magnitude(*v, 1.5) for v in vs], dtype=F64),
                           atol=1e-12)
     assert fast_magnitude(limit(t, 2.0)).max() <= 2.0 + 1e-12
+    # SPEC scales any vector of fast magnitude > 0: a 1e-32 one (a floor of 1e-30 made it 0.035, not 3.5)
+    for dtype, small in ((F64, 1e-32), (F64, 1e-300), (torch.float32, 1e-36)):
+        tiny = torch.tensor([[small, 0.0], [0.0, 0.0]], dtype=dtype)
+        out = set_magnitude(tiny, 3.5)
+        assert torch.isfinite(out).all() and out[1].eq(0).all()
+        assert torch.allclose(fast_magnitude(out)[0], torch.tensor(3.5, dtype=dtype), rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------- episode starts
