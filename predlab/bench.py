@@ -194,6 +194,7 @@ def make_trainer(data: SampleSet, batch_size: int = 256, device="cpu", model_cfg
     from .train import SupervisedTrainer
     torch.manual_seed(0)
     model = TransformerPredator.from_config(model_cfg or ModelConfig())
+    kw.setdefault("world_config", WorldConfig())      # (no checkpoint or catch check: any world will do)
     return SupervisedTrainer(model, data, data, batch_size=batch_size, device=device, **kw)
 
 

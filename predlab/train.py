@@ -81,7 +81,12 @@ class WarmupCosine:
 
 # ---------------------------------------------------------------------- callbacks
 class Callback:
-    """Hooks the trainer calls; override what you need. `trainer.stop_training = True` stops."""
+    """Hooks the trainer calls; override what you need.
+
+    `trainer.stop_training = True` stops the run after the epoch under way (set in on_batch_end, the
+    epoch's other batches, its validation and its on_epoch_end still run). To change the learning rate
+    mid-run, call trainer.set_schedule(learning_rate=...): the schedule sets every step's rate, so one
+    written into optimizer.param_groups lasts one step."""
 
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch: int): ...
@@ -845,6 +850,13 @@ class SupervisedTrainer:
         generator = getattr(train_dataset, "generator", None)
         if world_config is None and isinstance(generator, EpisodeGenerator):
             world_config = generator.cfg    # the world of its episodes, which a resume makes again
+        elif world_config is None:
+            # samples say nothing of their world: the checkpoints recorded the browser's without a word, and
+            # evaluate and the catch check on them ran there (a 20-frame, 8-boid set's model in 50-boid worlds)
+            warnings.warn("SupervisedTrainer: no world_config for training samples that do not say their world: "
+                          "checkpoints record the browser's (WorldConfig()), and the catch check and evaluate of "
+                          "a checkpoint run there; pass world_config=, the world the samples came from",
+                          stacklevel=2)
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
         self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))

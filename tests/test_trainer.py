@@ -941,3 +941,22 @@ def test_a_ctrl_c_while_the_optimizer_is_made_waits_for_it(monkeypatch, python_s
     with pytest.raises(KeyboardInterrupt):
         _trainer()
     assert len(made) == 1
+
+
+def test_samples_that_do_not_say_their_world_need_it_given_or_a_warning_says_so(recwarn):
+    """A trainer on a SampleSet of 20-frame, 8-boid worlds recorded the browser's world (200 frames, up to 50
+    boids) in its checkpoints without a word, and evaluate and the catch check of them ran there."""
+    from predlab.config import WorldConfig
+    world = WorldConfig(frames=20, boids_max=8)
+    with pytest.warns(UserWarning, match="no world_config for training samples that do not say their world"):
+        t = _trainer()
+    assert t.world_config == WorldConfig()
+    recwarn.clear()
+    assert _trainer(world_config=world).world_config == world
+    from predlab.data import EpisodeGenerator
+    from predlab.train import EpisodeSource
+    gen = EpisodeGenerator(world, progress=False)
+    t = SupervisedTrainer(TransformerPredator(d_model=16, n_heads=2, n_layers=1, ffn_hidden=32), EpisodeSource(gen, 2),
+                          _samples(), device="cpu")
+    assert t.world_config == world                       # an episode source's own world
+    assert not [w for w in recwarn if "world_config" in str(w.message)]
