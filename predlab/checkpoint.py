@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Union
 
 import torch
 
-from .config import SEED_MAX, SELECT_BEST_BY, ModelConfig, from_dict
+from .config import SEED_MAX, SELECT_BEST_BY, ModelConfig, as_device, from_dict
 from .export import (SIZE_KEYS, WEIGHTS_ASSIGNMENT, _layer_map, _param_paths, atomic_write, expected_shapes,
                      not_a_file, script_text)
 from .model import TOKEN_TYPES, TransformerPredator, weights_memory_problem
@@ -315,6 +315,7 @@ def load_model(path: Union[str, Path], device="cpu") -> TransformerPredator:
 def model_from_checkpoint(ckpt: Mapping, path="checkpoint", device="cpu") -> TransformerPredator:
     """The model of a checkpoint dict that load_checkpoint_dict(path) returned, in eval mode: one
     read of the file gives both the model and what the checkpoint says of it."""
+    device = as_device(device)      # "cuda" without a GPU: torch's "Torch not compiled with CUDA enabled"
     model = TransformerPredator.from_config(ckpt["model_config"])
     check_architecture(model, ckpt, path)
     model.load_state_dict(ckpt["model"])

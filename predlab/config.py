@@ -307,8 +307,8 @@ def as_device(device, name: str = "device") -> "torch.device":
     resolved by resolve_device, which names a malformed or absent one; TypeError for anything else."""
     import torch
 
-    if isinstance(device, torch.device):
-        return device
+    if isinstance(device, torch.device):     # checked as its name is: torch.device("cuda") where there is none
+        device = str(device)
     if device is not None and not isinstance(device, str):
         raise TypeError(f"{name} must be a name such as 'cpu', 'cuda' or 'auto', or a torch.device, "
                         f"not {type(device).__name__}")

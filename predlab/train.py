@@ -32,7 +32,7 @@ from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_conf
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable, say,
                      silence_stdout, stop_words)
-from .model import TransformerPredator, dropout_generator
+from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
 EVAL_STREAM = 10 ** 6   # closed-loop evaluation episodes
@@ -830,6 +830,7 @@ class SupervisedTrainer:
         # of the wrong kind, each failed later with an AttributeError ('NoneType' object has no attribute 'check')
         if not isinstance(model, TransformerPredator):
             raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+        check_has_weights(model)          # a meta model failed in torch: "Cannot copy out of meta tensor"
         if not (isinstance(train_dataset, SampleSet) or callable(getattr(train_dataset, "for_epoch", None))):
             raise TypeError(f"train_dataset must be a SampleSet or have for_epoch(epoch, trainer) (an EpisodeSource, "
                             f"say), not {type(train_dataset).__name__}")
@@ -1616,6 +1617,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     resume: the trainer goes on from that checkpoint, as after trainer.load_checkpoint(resume) (its weights,
     optimizer, schedule and best so far; episodes and world are this call's).
     """
+    if isinstance(overrides.get("device"), torch.device):     # SupervisedTrainer takes one: so does this
+        overrides["device"] = str(overrides["device"])
     over = {k: v for k, v in dict(train_episodes=train_episodes, val_episodes=val_episodes,
                                   learning_rate=learning_rate, batch_size=batch_size, **overrides).items()
             if v is not None}

@@ -960,3 +960,23 @@ def test_samples_that_do_not_say_their_world_need_it_given_or_a_warning_says_so(
                           _samples(), device="cpu")
     assert t.world_config == world                       # an episode source's own world
     assert not [w for w in recwarn if "world_config" in str(w.message)]
+
+
+def test_devices_given_as_torch_devices_and_models_without_weights_are_named(tmp_path):
+    """create_trainer refused torch.device("cpu"), which SupervisedTrainer takes; load_model(path, "cuda")
+    without a GPU failed in torch ("Torch not compiled with CUDA enabled"); a trainer of a meta model failed
+    in torch ("Cannot copy out of meta tensor")."""
+    from predlab.checkpoint import load_model
+    from predlab.config import WorldConfig
+    from predlab.train import create_trainer
+    t = create_trainer(train_episodes=2, val_episodes=1, frames=20, boids_max=8, device=torch.device("cpu"),
+                       verbose=False, progress=False)
+    assert t.device == torch.device("cpu")
+    path = t.save_checkpoint(tmp_path / "c.pt")
+    assert load_model(path, device=torch.device("cpu")).output.weight.device.type == "cpu"
+    if not torch.cuda.is_available():
+        for device in ("cuda", torch.device("cuda")):
+            with pytest.raises(ValueError, match="device='cuda' asked for, but this torch sees no CUDA GPU"):
+                load_model(path, device=device)
+    with pytest.raises(ValueError, match="the model's weights are on the meta device"):
+        SupervisedTrainer(TransformerPredator().to("meta"), _samples(), _samples(), world_config=WorldConfig())
