@@ -620,6 +620,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     if m and not _PAGE_ASSIGNMENT.match(s, start):
         _unended_directive(s, start, source)
     if m:
+        declared = re.search(r"\b(let|const)\s+TRANSFORMER_PARAMS\b", m.group())
+        if declared:      # read all the same (a file of weights), but the page would not see them
+            warnings.warn(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` does not set window.TRANSFORMER_PARAMS, "
+                          "which the page reads: it would run the teacher; write `window.TRANSFORMER_PARAMS = "
+                          "{...}`", stacklevel=3)
         start = m.end()
     if not s.startswith("{", start):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")

@@ -563,7 +563,9 @@ def test_a_model_js_declaring_its_weights_with_let_or_const_is_read(model, tmp_p
     path = tmp_path / "model.js"
     path.write_text(params_to_text(_params(model), "js").replace("window.TRANSFORMER_PARAMS", f"{keyword} TRANSFORMER_PARAMS"))
     assert f"{keyword} TRANSFORMER_PARAMS = {{" in path.read_text()
-    for a, b in zip(read_weights(path).state_dict().values(), model.state_dict().values()):
+    with pytest.warns(UserWarning, match="does not set window.TRANSFORMER_PARAMS"):   # (the next test)
+        read = read_weights(path)
+    for a, b in zip(read.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
 
 
@@ -1559,6 +1561,24 @@ def test_a_missing_weight_file_named_by_a_relative_path_says_which_folder_it_was
     with pytest.raises(FileNotFoundError) as e:
         load_model_file(tmp_path / "none.js")
     assert str(e.value) == f"no such file: {tmp_path / 'none.js'}"
+
+
+@pytest.mark.parametrize("keyword", ["const", "let"])
+def test_a_weight_file_the_page_would_not_see_is_read_with_a_warning(model, tmp_path, keyword):
+    """`const TRANSFORMER_PARAMS = {...}` was read without a word, though the page (and predlab's demo and
+    Node parity check) finds no window.TRANSFORMER_PARAMS in it and runs the teacher."""
+    js = write_weights(model, tmp_path / "model.js")
+    other = tmp_path / f"{keyword}.js"
+    other.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", f"{keyword} TRANSFORMER_PARAMS"))
+    with pytest.warns(UserWarning, match=rf"{keyword}.js: `{keyword} TRANSFORMER_PARAMS` does not set "
+                                         r"window.TRANSFORMER_PARAMS, which the page reads"):
+        assert read_weights(other).config == model.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_weights(js)
+        for form in ("var TRANSFORMER_PARAMS", "globalThis.TRANSFORMER_PARAMS"):     # these set it
+            other.write_text(js.read_text().replace("window.TRANSFORMER_PARAMS", form))
+            read_weights(other)
 
 
 def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):
