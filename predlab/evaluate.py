@@ -384,7 +384,9 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
             world_config: Optional[WorldConfig] = None, device="cpu", teacher: Optional[Rollout] = None,
             baselines: bool = True, progress: bool = False) -> Dict:
-    """Policy vs teacher (vs random) on the same episodes -> JSON-ready dict with catch_ratio on top.
+    """Policy vs teacher (vs random) on the same episodes -> a dict of plain numbers, lists and strings with
+    catch_ratio on top. A ratio where the teacher caught nothing, and its interval, are NaN:
+    json.dumps(predlab.config.strict_json(result)) writes them as null, as `--json` does (JSON has no NaN).
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     world_config: by default a checkpoint's own world where policy is a checkpoint's path, else
