@@ -170,6 +170,8 @@ class SampleSet:
     """Labelled samples as padded tensors; live boids first in every row.
 
     context [S, 2], predator [S, 2], boids [S, N, 4], n [S] (live boids), target [S, 2].
+    From World.observe(), whose dead boids sit among the live ones: SampleSet.from_observation(obs,
+    target) (n = mask.sum(1) with the observation's own order trained on dead boids' slots, silently).
     """
 
     context: Tensor
@@ -298,6 +300,24 @@ class SampleSet:
     def state_dict(self) -> Dict[str, Tensor]:
         return {"context": self.context, "predator": self.predator, "boids": self.boids, "n": self.n,
                 "target": self.target}
+
+    @classmethod
+    def from_observation(cls, obs: Mapping[str, Tensor], target: Tensor) -> "SampleSet":
+        """Samples of a batched observation (World.observe(), or collate's batch) labelled with target
+        [B, 2]: each row's live boids (mask) moved to its front, in their order. Checked as check() does."""
+        if not isinstance(obs, Mapping) or any(k not in obs for k in ("context", "predator", "boids", "mask")):
+            raise InputError("from_observation takes an observation dict with context, predator, boids and mask "
+                             "(World.observe() gives one)")
+        mask = obs["mask"]
+        shape = tuple(getattr(obs["boids"], "shape", ()))[:2]
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+            raise InputError(f"obs['mask'] must be a bool tensor of shape {shape} (boids' "
+                             f"first two dimensions), got {getattr(mask, 'dtype', type(mask).__name__)} "
+                             f"{tuple(getattr(mask, 'shape', ()))}")
+        boids, n = _compact(obs["boids"], mask)
+        out = cls(obs["context"], obs["predator"], boids, n, target)
+        out.check("from_observation")
+        return out
 
     def to_ragged(self) -> Dict[str, Tensor]:
         """Compact form for checkpoints: live boids only, boids [sum(n), 4] with counts n [S]."""

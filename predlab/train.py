@@ -1648,6 +1648,11 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     wc.validate()
     if model is not None and not isinstance(model, TransformerPredator):
         raise TypeError(f"model must be a TransformerPredator, not {type(model).__name__}")
+    dtype = next(model.parameters()).dtype if model is not None else torch.float32
+    if dtype != torch.float32:     # "val_dataset.context is float32": a set the caller never made
+        raise ValueError(f"create_trainer makes float32 episodes, and the model's weights are {dtype}: pass "
+                         f"model.float() (bfloat16 on a GPU: SupervisedTrainer(..., autocast=True)), or give a "
+                         f"SupervisedTrainer samples of the model's dtype")
     if model is not None and tc.init_weights is not None:   # the file was ignored, yet recorded as the start
         raise ValueError(f"model and init_weights={str(tc.init_weights)!r}: give one (init_weights builds the model "
                          f"from that file's weights; or load them into your model yourself)")

@@ -980,3 +980,14 @@ def test_devices_given_as_torch_devices_and_models_without_weights_are_named(tmp
                 load_model(path, device=device)
     with pytest.raises(ValueError, match="the model's weights are on the meta device"):
         SupervisedTrainer(TransformerPredator().to("meta"), _samples(), _samples(), world_config=WorldConfig())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_create_trainer_names_a_model_of_another_dtype_than_its_episodes(dtype):
+    """It said 'val_dataset.context is torch.float32, the model's weights are torch.float64: give every float
+    field as torch.float64', of a validation set the caller never made."""
+    from predlab.train import create_trainer
+    with pytest.raises(ValueError, match=rf"create_trainer makes float32 episodes, and the model's weights are "
+                                         rf"{dtype}: pass model.float\(\)"):
+        create_trainer(model=TransformerPredator().to(dtype), train_episodes=1, val_episodes=1, frames=10,
+                       verbose=False, progress=False)
