@@ -107,6 +107,42 @@ def wrap_delta(d: Tensor, size: Tensor) -> Tensor:
     return torch.where(d.abs() > size / 2, torch.where(d > 0, d - size, d + size), d)
 
 
+def _check_state(pos, vel, alive, pred_pos, pred_vel, size) -> None:
+    """ValueError/TypeError naming the argument of a World built by hand that is not one: it failed deep in
+    torch (an [N, 2] pos: "not enough values to unpack"; numpy arrays; integer positions), or broadcast
+    silently (alive of [N] over E worlds, a [1, 2] size beside E predators), or stepped NaN."""
+    given = {"pos": pos, "vel": vel, "alive": alive, "pred_pos": pred_pos, "pred_vel": pred_vel, "size": size}
+    for k, v in given.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"World: {k} must be a tensor, got {type(v).__name__} (torch.as_tensor turns an array "
+                            "into one)")
+    if pos.dim() != 3 or pos.shape[-1] != 2:
+        raise ValueError(f"World: pos has shape {tuple(pos.shape)}, expected (E, N, 2): E worlds of N boids "
+                         "(one world: pos[None])")
+    E, N = pos.shape[:2]
+    want = {"vel": (E, N, 2), "alive": (E, N), "pred_pos": (E, 2), "pred_vel": (E, 2), "size": (E, 2)}
+    for k, shape in want.items():
+        if tuple(given[k].shape) != shape:
+            raise ValueError(f"World: {k} has shape {tuple(given[k].shape)}, expected {shape} (pos is {(E, N, 2)})")
+    floats = {k: v for k, v in given.items() if k != "alive"}
+    for k, v in floats.items():
+        if not v.dtype.is_floating_point:
+            raise TypeError(f"World: {k} is {v.dtype}: give a float tensor (.float())")
+        if v.dtype != pos.dtype or v.device != pos.device:
+            raise TypeError(f"World: {k} is {v.dtype} on {v.device}, pos {pos.dtype} on {pos.device}: give every "
+                            "field in one dtype, on one device")
+    if alive.device != pos.device:
+        raise TypeError(f"World: alive is on {alive.device}, pos on {pos.device}")
+    if pos.device.type != "cpu":       # reading values back would make the host wait for a device
+        return
+    for k, v in floats.items():
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"World: {k} contains NaN or infinity")
+    if E and not bool((size > 0).all()):
+        raise ValueError(f"World: size holds a canvas of {float(size.min()):g} px or less: canvases are wider and "
+                         "taller than 0")
+
+
 class World:
     """E boids worlds stepped together, on any device.
 
@@ -117,6 +153,7 @@ class World:
 
     def __init__(self, pos: Tensor, vel: Tensor, alive: Tensor, pred_pos: Tensor, pred_vel: Tensor,
                  size: Tensor, cfg: Optional[WorldConfig] = None):
+        _check_state(pos, vel, alive, pred_pos, pred_vel, size)
         self.pos, self.vel, self.alive = pos, vel, alive.bool()
         self.pred_pos, self.pred_vel, self.size = pred_pos, pred_vel, size
         self.cfg = cfg or WorldConfig()

@@ -682,3 +682,25 @@ def test_frames_are_bit_for_bit_those_of_the_three_mask_product(threads, dtype):
     new, old = (w.state_dict() for w in worlds)
     assert torch.equal(caught[0], caught[1]) and int(caught[0].sum()) > 0
     assert all(torch.equal(new[k], old[k]) for k in new)
+
+
+def test_a_world_built_by_hand_names_what_is_wrong_with_it():
+    """World(...) checked nothing: an [N, 2] pos failed in torch ("not enough values to unpack"), integer
+    positions and numpy arrays too, while alive of [N] over 2 worlds or a [1, 2] size broadcast silently,
+    and a NaN position stepped on."""
+    w = World.random(2, WorldConfig(boids_max=4), generator=torch.Generator().manual_seed(0))
+    good = {k: getattr(w, k) for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "size")}
+    World(**good)
+    nan = good["pos"].clone()
+    nan[0, 0, 0] = math.nan
+    for change, error, message in (
+            ({"pos": good["pos"][0]}, ValueError, r"pos has shape \(4, 2\), expected \(E, N, 2\)"),
+            ({"alive": good["alive"][0]}, ValueError, r"alive has shape \(4,\), expected \(2, 4\)"),
+            ({"size": good["size"][:1]}, ValueError, r"size has shape \(1, 2\), expected \(2, 2\)"),
+            ({"pos": good["pos"].long()}, TypeError, "pos is torch.int64: give a float tensor"),
+            ({"vel": good["vel"].double()}, TypeError, "vel is torch.float64 on cpu, pos torch.float32"),
+            ({"pos": good["pos"].numpy()}, TypeError, "pos must be a tensor, got ndarray"),
+            ({"pos": nan}, ValueError, "pos contains NaN or infinity"),
+            ({"size": torch.zeros(2, 2)}, ValueError, "size holds a canvas of 0 px or less")):
+        with pytest.raises(error, match=message):
+            World(**{**good, **change})
