@@ -308,7 +308,8 @@ def as_device(device, name: str = "device") -> "torch.device":
     import torch
 
     if isinstance(device, torch.device):     # checked as its name is: torch.device("cuda") where there is none
-        device = str(device)
+        # (a model's device on a Mac is mps:0, which resolve_device knows as mps)
+        device = device.type if device.type == "mps" and device.index in (None, 0) else str(device)
     if device is not None and not isinstance(device, str):
         raise TypeError(f"{name} must be a name such as 'cpu', 'cuda' or 'auto', or a torch.device, "
                         f"not {type(device).__name__}")

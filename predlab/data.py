@@ -308,8 +308,11 @@ class SampleSet:
         if not isinstance(obs, Mapping) or any(k not in obs for k in ("context", "predator", "boids", "mask")):
             raise InputError("from_observation takes an observation dict with context, predator, boids and mask "
                              "(World.observe() gives one)")
-        mask = obs["mask"]
-        shape = tuple(getattr(obs["boids"], "shape", ()))[:2]
+        boids, mask = obs["boids"], obs["mask"]
+        if not isinstance(boids, Tensor) or boids.dim() != 3 or boids.shape[2] != 4:
+            raise InputError(f"obs['boids'] has shape {tuple(getattr(boids, 'shape', ()))}, expected (B, N, 4): "
+                             "a batch of observations (one state's: add the batch dimension, {k: v[None]})")
+        shape = tuple(boids.shape[:2])
         if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
             raise InputError(f"obs['mask'] must be a bool tensor of shape {shape} (boids' "
                              f"first two dimensions), got {getattr(mask, 'dtype', type(mask).__name__)} "

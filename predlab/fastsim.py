@@ -82,7 +82,7 @@ def _limit(x, y, m, a, b):
 @_njit()
 def _set_magnitude(x, y, m, a, b, tiny):
     """sim.set_magnitude for one vector (the same floor, the dtype's smallest normal number, so a zero
-    vector stays zero)."""
+    vector stays zero; m is 3.5 or 1 here, whose m / tiny is finite)."""
     s = m / max(_fast(x, y, a, b), tiny)
     return x * s, y * s
 

@@ -84,9 +84,12 @@ def limit(v: Tensor, m) -> Tensor:
 def set_magnitude(v: Tensor, m) -> Tensor:
     """Rescale [..., 2] vectors to fast magnitude m; zero vectors stay zero."""
     mag = fast_magnitude(v)
-    # SPEC: any vector of fast magnitude > 0 is scaled. The floor, the dtype's smallest normal number, keeps
-    # m / mag finite (a zero vector stays zero); a floor of 1e-30 scaled a 1e-32 mean velocity to 0.035, not 3.5
-    scale = m / mag.clamp_min(torch.finfo(mag.dtype).tiny)
+    # SPEC: any vector of fast magnitude > 0 is scaled (a floor of 1e-30 scaled a 1e-32 mean velocity to 0.035,
+    # not 3.5). The floor keeps m / mag finite, so that a zero vector stays zero: the dtype's smallest normal
+    # number, or more for an m >= 4, whose m / tiny is past the dtype's largest
+    info = torch.finfo(mag.dtype)
+    floor = max(abs(float(m)) / info.max, info.tiny) if isinstance(m, numbers.Real) else info.tiny
+    scale = m / mag.clamp_min(floor)
     return v * scale.unsqueeze(-1)
 
 

@@ -138,10 +138,14 @@ class EpochClock:
 
     @staticmethod
     def alike_from(trainer) -> int:
-        """The first epoch like the rest of the run."""
+        """The first epoch like the rest of the run: DAgger's start (epoch 2 at the soonest: epoch 1 has no
+        earlier samples to train on beside its own); epoch 2 where the run ends before DAgger starts."""
         from .dagger import DaggerSource
         source = getattr(trainer, "train_dataset", None)
-        return max(source.start, 2) if isinstance(source, DaggerSource) else 1
+        if not isinstance(source, DaggerSource):
+            return 1
+        start = max(source.start, 2)
+        return start if start <= getattr(trainer, "target_epochs", start) else 2
 
     def left(self, trainer) -> Optional[float]:
         """Seconds to trainer.target_epochs, or None before an epoch like those left has run."""
@@ -154,9 +158,8 @@ class EpochClock:
         left = self.left(trainer)
         if left is not None:
             return f"eta {duration(left)}"
-        if getattr(trainer, "target_epochs", 0) <= getattr(trainer, "epoch", 0):
-            return ""
-        return f"eta after epoch {max(self.alike_from(trainer), trainer.epoch + 1)}"
+        after = max(self.alike_from(trainer), getattr(trainer, "epoch", 0) + 1)
+        return f"eta after epoch {after}" if after < getattr(trainer, "target_epochs", 0) else ""
 
 
 class ProgressBar(Callback):
@@ -221,8 +224,12 @@ class PrintLogger(Callback):
     """One line per epoch on stdout (for logs where bars do not render), with the epoch's wall time and
     the time left once it can be told (EpochClock)."""
 
-    def __init__(self):
-        self.clock = EpochClock()
+    @property
+    def clock(self) -> EpochClock:
+        # made here, not in __init__: a subclass whose __init__ does not call PrintLogger's has one too
+        if "_clock" not in self.__dict__:
+            self._clock = EpochClock()
+        return self._clock
 
     def on_train_begin(self, trainer):
         self.clock.begin()
@@ -256,6 +263,7 @@ class TensorBoardLogger(Callback):
         self.log_dir, self.run_name, self.writer, self.announce = Path(log_dir), run_name, None, announce
         self.path, self._trainer, self._resumed_from = None, None, None
         self._made = self._logged = False     # whether this run's folder is one made here; any epoch logged in it
+        self._removed = False                 # that folder went, empty: train() again begins a run of its own
 
     def on_train_begin(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
@@ -264,7 +272,7 @@ class TensorBoardLogger(Callback):
         # loaded a checkpoint since: then it goes on with that checkpoint's run, logged as a resume is
         resumed = getattr(trainer, "resumed_from", None)
         new_run = (self.path is None or trainer is None or trainer is not self._trainer
-                   or resumed is not self._resumed_from)
+                   or resumed is not self._resumed_from or self._removed)
         # epochs after the trainer's were undone (a cut epoch): TensorBoard hides what was logged of them
         purge = None if new_run else trainer.epoch + 1
         self._trainer, self._resumed_from = trainer, resumed
@@ -272,7 +280,7 @@ class TensorBoardLogger(Callback):
         try:               # it writes the file's first record at once
             if new_run:
                 self._new_folder()
-                self._made, self._logged = self.run_name is None, False
+                self._made, self._logged, self._removed = self.run_name is None, False, False
             self.writer = SummaryWriter(str(self.path), purge_step=purge)
             # TensorBoard's Custom Scalars tab: the catch ratio with its 95% interval as one band (CatchEvaluator)
             self.writer.add_custom_scalars({"catch ratio": {"model / teacher, shaded: 95% interval": [
@@ -335,7 +343,8 @@ class TensorBoardLogger(Callback):
                 if all(f.is_file() and f.name.startswith("events.out.tfevents.") for f in files):
                     for f in files:
                         f.unlink()
-                    self.path.rmdir()       # (train() again on this trainer makes it again)
+                    self.path.rmdir()
+                    self._removed = True    # (self.path stays: what the last run was, for those who ask)
             except OSError:
                 pass
 
@@ -2047,23 +2056,23 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
     """A note when the resumed run's learning rate goes back up: --epochs past the checkpoint's run
     stretches its cosine schedule, and a finished run's 1e-4 became 1.3e-3 again, with no warm-up (the
     README's fine-tuning figures: a high rate on a trained model first undid it)."""
-    sched, last = trainer.scheduler, (trainer.history[-1].get("lr") if trainer.history else None)
-    if not isinstance(last, float) or not last > 0:
-        return None
-    saved = sched.total
-    try:
+    was = ck.get("scheduler", {}).get("total") if isinstance(ck.get("scheduler"), Mapping) else None
+    if isinstance(was, bool) or not isinstance(was, (int, float)) or not epochs > was:
+        return None        # the run's own schedule goes on (a warm-up epoch's last step ran below the next's rate)
+    sched, saved = trainer.scheduler, trainer.scheduler.total
+    try:     # the rate as epoch N+1 begins, on the run's schedule and on the stretched one (the same peak)
+        sched.total = was
+        before = sched.factor(float(trainer.epoch)) * sched.base[0]
         sched.total = epochs
         rate = sched.factor(float(trainer.epoch)) * sched.base[0]
     finally:
         sched.total = saved
-    if rate <= 1.5 * last:
+    if rate <= 1.5 * before:
         return None
-    was = ck.get("scheduler", {}).get("total") if isinstance(ck.get("scheduler"), Mapping) else None
-    why = (f"--epochs {epochs} stretches the run's schedule of {was:g} epochs" if isinstance(was, (int, float))
-           and was != epochs else "the schedule as set")
-    return (f"note: {why}: the learning rate goes back up from {last:.1e}, where epoch {trainer.epoch} ended, to "
-            f"{rate:.1e} as epoch {trainer.epoch + 1} begins. To polish a finished model at a low rate instead, "
-            f"start a new run from it: --init_weights {resume} --learning_rate 3e-4")
+    return (f"note: --epochs {epochs} stretches the run's schedule of {was:g} epochs: the learning rate goes back up "
+            f"from {before:.1e}, where epoch {trainer.epoch} ended, to {rate:.1e} as epoch {trainer.epoch + 1} "
+            f"begins. To polish a finished model at a low rate instead, start a new run from it: "
+            f"--init_weights {resume} --learning_rate 3e-4")
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:

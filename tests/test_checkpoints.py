@@ -625,3 +625,34 @@ def test_a_trainer_rewound_to_an_earlier_checkpoint_of_its_folder_moves_the_late
     assert _epochs_in(d) == [1, 2, 3] and ck.load_checkpoint_dict(d / "best_model.pt")["epoch"] == 3
     run.train(cp, 4)                      # train() again without a load: the same run goes on
     assert len(list((d / "previous").iterdir())) == 1 and _epochs_in(d) == [1, 2, 3, 4]
+
+
+def test_the_time_left_never_waits_for_an_epoch_past_the_run(monkeypatch, capsys):
+    """--dagger_start 10 in a 3-epoch run said "eta after epoch 10" on every line, and never gave one; a
+    PrintLogger subclass with an __init__ of its own lost its clock."""
+    from types import SimpleNamespace
+    from predlab import train
+    from predlab.config import WorldConfig
+    from predlab.dagger import DaggerSource
+    from predlab.data import EpisodeGenerator
+    now = [0.0]
+    monkeypatch.setattr(train.time, "perf_counter", lambda: now[0])
+
+    class Mine(PrintLogger):
+        def __init__(self):
+            self.lines = 0
+    gen = EpisodeGenerator(WorldConfig(frames=4, boids_max=2), progress=False)
+    # DAgger starting past the run's end: epochs from 2 on are alike (two epochs' samples, the teacher driving)
+    for start, target, said in ((10, 3, [" (eta after epoch 2)", " (eta 20 s)", ""]), (3, 3, ["", "", ""]),
+                                (2, 3, [" (eta after epoch 2)", " (eta 20 s)", ""])):
+        run = SimpleNamespace(epoch=0, target_epochs=target, train_dataset=DaggerSource(gen, 2, start=start))
+        log = Mine()
+        log.on_train_begin(run)
+        got = []
+        for epoch in range(1, target + 1):
+            now[0] += 20.0
+            run.epoch = epoch
+            log.on_epoch_end(run, epoch, {"epoch": epoch, "train_loss": 0.5, "val_loss": 0.25, "lr": 1e-3,
+                                          "samples_per_s": 10.0})
+            got.append(capsys.readouterr().out.split("samples/s  20 s")[1].rstrip("\n"))
+        assert got == said, (start, target)

@@ -696,6 +696,8 @@ def test_samples_from_an_observation_train_on_its_live_boids():
     assert trainer.validate() == pytest.approx(direct, rel=1e-5)
     for bad, message in (({**obs, "mask": obs["mask"].long()}, "obs\\['mask'\\] must be a bool tensor"),
                          ({k: v for k, v in obs.items() if k != "mask"}, "an observation dict with"),
-                         ({**obs, "boids": obs["boids"].double()}, "boids is torch.float64")):
+                         ({**obs, "boids": obs["boids"].double()}, "boids is torch.float64"),
+                         ({**obs, "boids": torch.zeros(8, 10, 5)}, r"obs\['boids'\] has shape \(8, 10, 5\), expected"),
+                         ({k: v[0] for k, v in obs.items()}, r"has shape \(10, 4\), expected \(B, N, 4\)")):
         with pytest.raises(InputError, match=message):
             SampleSet.from_observation(bad, target)

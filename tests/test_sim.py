@@ -284,6 +284,8 @@ def test_fast_vector_helpers():
         out = set_magnitude(tiny, 3.5)
         assert torch.isfinite(out).all() and out[1].eq(0).all()
         assert torch.allclose(fast_magnitude(out)[0], torch.tensor(3.5, dtype=dtype), rtol=1e-6, atol=0)
+    for dtype in (F64, torch.float32, torch.float16):     # m / tiny overflowed for m >= 4: 0 * inf was NaN
+        assert set_magnitude(torch.zeros(2, 2, dtype=dtype), 5.0).eq(0).all()
 
 
 # ---------------------------------------------------------------------- episode starts

@@ -591,18 +591,25 @@ def test_cli_extending_a_finished_run_says_the_learning_rate_goes_back_up(tmp_pa
     r = _cli("--epochs", "3", "--warmup_epochs", "0.5", *TINY_FLAGS, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     shutil.copytree(tmp_path / "checkpoints", tmp_path / "run2")
-    r = _cli("--resume", "run2/checkpoint_epoch_2.pt", "--epochs", "3", "--quiet", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert "learning rate goes back up" not in r.stderr      # the run's own schedule, going on: no jump
-    last = ck.load_checkpoint_dict(tmp_path / "checkpoints" / "checkpoint_epoch_3.pt")["history"][-1]["lr"]
+    for epoch in (1, 2):      # the run's own schedule, going on: no jump (epoch 1's last step ran in the warm-up,
+        r = _cli("--resume", f"run2/checkpoint_epoch_{epoch}.pt", "--epochs", "3", "--quiet",   # below epoch 2's rate)
+                 "--checkpoint_dir", f"go{epoch}", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "learning rate goes back up" not in r.stderr
     r = _cli("--resume", "checkpoints/checkpoint_epoch_3.pt", "--epochs", "6", "--quiet", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     from predlab.train import WarmupCosine
-    sched = WarmupCosine(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3), 6, 0.5)
+    run, stretched = (WarmupCosine(torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3), epochs, 0.5)
+                      for epochs in (3, 6))
+    before, after = run.factor(3.0) * 2e-3, stretched.factor(3.0) * 2e-3
     assert f"note: --epochs 6 stretches the run's schedule of 3 epochs: the learning rate goes back up from " \
-           f"{last:.1e}, where epoch 3 ended, to {sched.factor(3.0) * 2e-3:.1e} as epoch 4 begins" in r.stderr
+           f"{before:.1e}, where epoch 3 ended, to {after:.1e} as epoch 4 begins" in r.stderr
     assert "--init_weights checkpoints/checkpoint_epoch_3.pt --learning_rate 3e-4" in r.stderr
-    assert last < 2e-4 < 1e-3 < sched.factor(3.0) * 2e-3
+    assert before == pytest.approx(1e-4) and after > 1e-3
+    r = _cli("--resume", "checkpoints/checkpoint_epoch_5.pt", "--epochs", "6", "--learning_rate", "0.01",
+             "--quiet", "--checkpoint_dir", "higher", cwd=tmp_path)       # a rate given, no stretch: not this note
+    assert r.returncode == 0, r.stderr
+    assert "--learning_rate 0.01 (the checkpoint's run: 0.002)" in r.stdout and "stretches" not in r.stderr
 
 
 def test_cli_resume_keeps_the_runs_settings_and_applies_flags_given(tmp_path):
@@ -2387,6 +2394,22 @@ def test_a_run_stopped_before_its_first_epoch_ended_leaves_no_empty_tensorboard_
     with pytest.raises(KeyboardInterrupt):
         t.train(2)
     assert list(runs.iterdir()) == []
+    # train() again (notebook 02's advice after a Stop): a run of its own, with its settings
+    monkeypatch.undo()
+    ctrl_c_in_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(2)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    (again,) = runs.iterdir()
+    events = EventAccumulator(str(again), size_guidance={"tensors": 0})
+    events.Reload()
+    assert "settings/text_summary" in events.Tags()["tensors"] and "loss/val" in events.Tags()["scalars"]
+    shutil.rmtree(again)
+    monkeypatch.undo()
+    t = _trainer(tmp_path, callbacks=[logger])
+    ctrl_c_in_epoch(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        t.train(2)
     named = TensorBoardLogger(runs, run_name="mine")
     with pytest.raises(KeyboardInterrupt):
         _trainer(tmp_path, callbacks=[named]).train(2)

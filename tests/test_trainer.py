@@ -980,6 +980,12 @@ def test_devices_given_as_torch_devices_and_models_without_weights_are_named(tmp
                 load_model(path, device=device)
     with pytest.raises(ValueError, match="the model's weights are on the meta device"):
         SupervisedTrainer(TransformerPredator().to("meta"), _samples(), _samples(), world_config=WorldConfig())
+    from predlab.config import as_device
+    assert as_device(torch.device("cpu", 0)) == torch.device("cpu", 0)
+    mps = getattr(torch.backends, "mps", None)
+    if not (mps is not None and mps.is_available()):   # a model's device on a Mac, mps:0: named as mps is
+        with pytest.raises(ValueError, match="Apple MPS is not available here"):
+            as_device(torch.device("mps", 0))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
