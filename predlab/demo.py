@@ -195,7 +195,8 @@ def _main(argv) -> int:
         return 2
     if not model.is_file():
         from .export import looked_in
-        print(f"error: no model at {model}{looked_in(model)}. Train one first (it writes {DEFAULT_MODEL}, the default here):\n"
+        print(f"error: no model at {model}{looked_in(model)}. Train one first (it writes {DEFAULT_MODEL}, "
+              f"the default here):\n"
               f"  python -m predlab.train\n"
               f"or export a checkpoint there:\n"
               f"  python -m predlab.export CHECKPOINT --out {model}\n"

@@ -118,7 +118,7 @@ class EpochClock:
 
     Under DAgger the epochs before its start are not like them: they train on one epoch's samples with
     the teacher driving, and from the start on the model drives and two epochs' samples are trained on
-    (the brief's 2,000-episode epochs: 85 s, then 228 s), so there is no estimate until one has run."""
+    (at --train_episodes 2000: 85 s, then 228 s), so there is no estimate until one has run."""
 
     def __init__(self):
         self.times: List[Tuple[int, float]] = []
@@ -154,7 +154,7 @@ class EpochClock:
         return left * sum(alike) / len(alike) if alike and left > 0 else None
 
     def words(self, trainer) -> str:
-        """"eta H:MM:SS", "eta after epoch N" while none is known, or "" with no epoch left."""
+        """"eta 3 min 48 s" (duration), "eta after epoch N" while none is known, or "" with no epoch left."""
         left = self.left(trainer)
         if left is not None:
             return f"eta {duration(left)}"
@@ -2072,7 +2072,7 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
     return (f"note: --epochs {epochs} stretches the run's schedule of {was:g} epochs: the learning rate goes back up "
             f"from {before:.1e}, where epoch {trainer.epoch} ended, to {rate:.1e} as epoch {trainer.epoch + 1} "
             f"begins. To polish a finished model at a low rate instead, start a new run from it: "
-            f"--init_weights {resume} --learning_rate 3e-4")
+            f"--init_weights {shlex.quote(str(resume))} --learning_rate 3e-4")
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
