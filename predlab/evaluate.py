@@ -301,6 +301,9 @@ class _KernelFrames:
         return {"context": torch.from_numpy(ctx), "predator": torch.from_numpy(pred),
                 "boids": torch.from_numpy(boids), "mask": self.slots[None, :] < n[:, None]}
 
+    def any_alive(self) -> bool:
+        return bool(self.live.any())
+
     def step(self, action: Tensor) -> Tensor:
         before = self.live.copy()
         fastsim.step(self.state, self.weights, np.ascontiguousarray(action.detach().numpy(), self.dtype), self.live,
@@ -338,7 +341,9 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     world_config: by default a checkpoint's own world where policy is a checkpoint's path (the
     world its catch ratio was logged on), else the browser's.
-    progress: a bar over the frames (a string is its label)."""
+    progress: a bar over the frames (a string is its label).
+    Once every episode's flock is caught the policy is no longer called: no later frame could change
+    the figures."""
     if not isinstance(progress, (bool, str)):
         raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1, MAX_FRAMES)
@@ -371,6 +376,11 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     with tqdm(total=frames, desc=progress if isinstance(progress, str) else "rollout", unit="frame",
               disable=not progress, leave=False) as bar:
         for f in range(frames):
+            # every flock caught: no frame left can change the figures (frames=10**6 ran on for minutes); a
+            # check every 8 frames, as generation's, so a GPU waits for the device only that often
+            if f % 8 == 0 and f and not world.any_alive():
+                bar.update(frames - f)
+                break
             action = policy(world.observe())                                             # [E, 2]
             if check:
                 action = check_actions(action, episodes, f"the policy's actions at frame {f}")

@@ -261,6 +261,10 @@ class World:
         """Live boids per environment [E]."""
         return self.alive.sum(-1)
 
+    def any_alive(self) -> bool:
+        """Whether any environment has a live boid (on a GPU, a wait for the device)."""
+        return bool(self.alive.any())
+
     # ------------------------------------------------------------------ physics
     def _boid_acceleration(self) -> Tensor:
         """Flocking plus predator avoidance for every boid at once -> [E, N, 2].

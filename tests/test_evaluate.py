@@ -207,6 +207,28 @@ def test_cpu_evaluation_steps_in_the_kernels_and_catches_as_the_torch_world_does
     assert kernels[0].catches.sum() > 0
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["kernels", "torch-world"])
+def test_a_rollout_stops_calling_the_policy_once_every_flock_is_caught(kernels, monkeypatch):
+    """rollout(frames=10**6) stepped on for minutes after the last boid was caught. Now it stops, with
+    the same figures as a horizon that ends soon after the last catch."""
+    from predlab import evaluate
+    from predlab.teacher import closest_pursuit
+    if not kernels:
+        monkeypatch.setattr(evaluate, "fastsim", None)
+    small = WorldConfig(width_min=64, width_max=64, height_min=64, height_max=64, boids_min=1, boids_max=3)
+    calls = []
+
+    def counted_teacher(obs):
+        calls.append(1)
+        return closest_pursuit(obs["boids"], obs["mask"])
+    long = rollout(counted_teacher, episodes=6, frames=100_000, world_config=small)
+    assert bool((long.catches == long.n_start).all())               # every flock caught...
+    assert len(calls) < 1000                                        # ...and the policy no longer called
+    short = rollout("teacher", episodes=6, frames=len(calls) + 8, world_config=small)
+    assert torch.equal(long.catches, short.catches) and torch.equal(long.first_catch, short.first_catch)
+    assert long.summary()["frames"] == 100_000
+
+
 def test_checkpoint_and_model_js_give_identical_figures(model, tmp_path):
     trainer = SupervisedTrainer(model, SampleSet.empty(), SampleSet.empty(), device="cpu")
     pt = trainer.save_checkpoint(tmp_path / "m.pt")
