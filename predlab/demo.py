@@ -94,8 +94,8 @@ def _page_problem(model: Path) -> Optional[str]:
     """Why the page would not run this file's weights, or None. "error: ..." for a file that is not
     a model.js at all (plain JSON, which the page cannot load as a script); UNCHECKED + why, for a
     script that sets the weights in a way predlab cannot read (the page may well run it)."""
-    from .export import (DIRECTIVES, SETS_PAGE_GLOBAL, PageOnlyError, WeightFormatError, read_params,
-                         script_text, strip_comments, use_strict)
+    from .export import (DIRECTIVES, PUBLISHES_BINDING, SETS_PAGE_GLOBAL, PageOnlyError, WeightFormatError,
+                         read_params, script_text, strip_comments, use_strict)
     try:   # as the browser reads it (UTF-16 by its byte order mark): bytes that are not UTF-8 become U+FFFD,
         # harmless in a comment (a Latin-1 "Modèle"); read_params below names them anywhere else
         code = strip_comments(script_text(model.read_bytes(), errors="replace"), str(model))
@@ -118,7 +118,11 @@ def _page_problem(model: Path) -> Optional[str]:
         return (f"its `{statement}` at line {line} is ES module syntax, a syntax error in the plain "
                 "<script> that loads model.js, so none of the file runs (remove that line)")
     assignment = re.match(rf"{DIRECTIVES}(?:{SETS_PAGE_GLOBAL})\s*=\s*", text)
-    if not assignment:
+    # `const TRANSFORMER_PARAMS = {...}; window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;`: the page gets the
+    # object, which read_params below checks (it reads that form)
+    published = (re.match(rf"{DIRECTIVES}(?:let|const)\s+TRANSFORMER_PARAMS\s*=\s*{{", text)
+                 and re.search(rf"}}[\s;]*{PUBLISHES_BINDING.pattern}\Z", text))
+    if not assignment and not published:
         # Named anywhere but in a let or const: in a function, after other code, through `(window).` or an alias
         # of window: the page may well set it, and predlab cannot tell without running the code
         named = next((m for m in re.finditer(r"(?<![\w$])TRANSFORMER_PARAMS(?![\w$])", code)
@@ -131,11 +135,11 @@ def _page_problem(model: Path) -> Optional[str]:
                     f"{{...}}`), and the page may set its weights there (TRANSFORMER_PARAMS is at line "
                     f"{code.count(chr(10), 0, named.start()) + 1})")
         return "it does not set window.TRANSFORMER_PARAMS (`let` and `const` do not set it on window)"
-    if re.match(rf"{DIRECTIVES}TRANSFORMER_PARAMS", text) and use_strict(text[:assignment.end()]):
+    if assignment and re.match(rf"{DIRECTIVES}TRANSFORMER_PARAMS", text) and use_strict(text[:assignment.end()]):
         return ('its "use strict" makes the bare `TRANSFORMER_PARAMS = ...` an error in the browser '
                 "(write `window.TRANSFORMER_PARAMS = ...`)")
     # Object.freeze({...}) or a variable: code predlab does not run (an object, or nothing, is read below)
-    if re.compile(r"[A-Za-z_$(]").match(text, assignment.end()):
+    if assignment and re.compile(r"[A-Za-z_$(]").match(text, assignment.end()):
         value = text[assignment.end():].split("\n", 1)[0].strip()
         value = value if len(value) <= 40 else value[:37] + "..."
         return (UNCHECKED + f"it sets window.TRANSFORMER_PARAMS to `{value}`, code that predlab does not run "

@@ -524,6 +524,12 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
                              r"[^,)]*?TRANSFORMER_PARAMS\b")
 
 
+# After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
+# `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
+PUBLISHES_BINDING = re.compile(r"""(?:window|globalThis|self|this)\s*(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|"""
+                               r"""'TRANSFORMER_PARAMS')\s*\])\s*=\s*TRANSFORMER_PARAMS\s*;?[\s;]*""")
+
+
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
 _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
 
@@ -619,12 +625,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     m = WEIGHTS_ASSIGNMENT.match(s, start)
     if m and not _PAGE_ASSIGNMENT.match(s, start):
         _unended_directive(s, start, source)
+    declared = m and re.search(r"\b(let|const)\s+TRANSFORMER_PARAMS\b", m.group())
     if m:
-        declared = re.search(r"\b(let|const)\s+TRANSFORMER_PARAMS\b", m.group())
-        if declared:      # read all the same (a file of weights), but the page would not see them
-            warnings.warn(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` does not set window.TRANSFORMER_PARAMS, "
-                          "which the page reads: it would run the teacher; write `window.TRANSFORMER_PARAMS = "
-                          "{...}`", stacklevel=3)
         start = m.end()
     if not s.startswith("{", start):
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
@@ -645,6 +647,12 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
+    if declared and PUBLISHES_BINDING.fullmatch(s, end):
+        return params       # the page gets the object itself
+    if declared:      # read all the same (a file of weights), but the page would not see them
+        warnings.warn(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` does not set window.TRANSFORMER_PARAMS, "
+                      "which the page reads: it would run the teacher; write `window.TRANSFORMER_PARAMS = "
+                      "{...}`", stacklevel=3)
     if end < len(s):
         line = _line_col(s, end)[0]
         code = s[end:].split("\n", 1)[0].strip()

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -430,6 +431,37 @@ def test_demo_cli_serves_a_model_js_with_html_comment_lines_without_a_false_warn
 @needs_chromium
 def test_page_runs_a_model_js_with_html_comment_lines_as_predlab_reads_it(tmp_path, make_model, make_samples):
     _page_runs_as_predlab_reads(_html_commented(tmp_path, make_model(2)), make_samples)
+
+
+def _const_published(tmp_path, model, keyword="const", target="window.TRANSFORMER_PARAMS") -> Path:
+    """model.js that declares its weights, then hands them to the page: `const TRANSFORMER_PARAMS = {...};`
+    and `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;`."""
+    path = write_weights(model, tmp_path / "model.js")
+    path.write_text(path.read_text().replace("window.TRANSFORMER_PARAMS", f"{keyword} TRANSFORMER_PARAMS", 1)
+                    + f"// for the page\n{target} = TRANSFORMER_PARAMS;\n")
+    return path
+
+
+@pytest.mark.parametrize("keyword, target", [("const", "window.TRANSFORMER_PARAMS"),
+                                             ("let", "globalThis['TRANSFORMER_PARAMS']")])
+def test_demo_cli_serves_declared_weights_handed_to_the_page_without_a_warning(tmp_path, make_model, demo_cli,
+                                                                               capsys, keyword, target):
+    """The page runs them (next test); predlab read the `const`, warned that the page would not see it,
+    then refused the line that hands it over as code that changes TRANSFORMER_PARAMS."""
+    path = _const_published(tmp_path, make_model(0), keyword, target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_weights(path).config == make_model(0).config
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    path.write_text(path.read_text() + "TRANSFORMER_PARAMS.output_bias[0] = 5;\n")    # a change after it
+    assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
+    assert "warning: predlab cannot check that the page runs" in capsys.readouterr().err
+
+
+@needs_chromium
+def test_page_runs_declared_weights_handed_to_it_as_predlab_reads_them(tmp_path, make_model, make_samples):
+    _page_runs_as_predlab_reads(_const_published(tmp_path, make_model(2)), make_samples)
 
 
 def _utf16(tmp_path, model, codec="utf-16-le") -> Path:
