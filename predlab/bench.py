@@ -804,7 +804,7 @@ def _main(argv) -> int:
               file=sys.stderr)
     if a.json is not None and a.json != "-":         # "-": the JSON on stdout, after the table
         from .export import refuse_unwritable
-        refuse_unwritable(p, "--json", a.json, replaces="json")
+        refuse_unwritable(p, "--json", a.json, replaces="bench")
     t0 = time.perf_counter()
     res, code = None, 0
     try:

@@ -630,7 +630,7 @@ def _main(argv) -> int:
         p.error(str(e))
     if a.json is not None and a.json != "-":       # "" too: refused, not skipped
         from .export import refuse_unwritable
-        refuse_unwritable(p, "--json", a.json, replaces="json")     # never a model.json either
+        refuse_unwritable(p, "--json", a.json, replaces="evaluate")     # never a model.json either
     try:
         policy = load_policy(a.policy, device)
         world, source = _world_of(a.policy)

@@ -879,8 +879,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     path, or None. Checked before long work, so that a run does not fail at its end.
 
     A file already at path is replaced only when it is a regular file, not read-only, and, with
-    replaces="json" or "weights", one of that kind: a typo must not wipe a source file. Figures
-    (replaces="json") never replace a model.json, though it is JSON.
+    replaces="weights" or a key of FIGURES, one of that kind (or empty): a typo must not wipe a source
+    file, nor a notebook, a package.json or a model.json, which are JSON too.
     """
     if isinstance(path, str) and not path.strip():
         return "no folder name given" if directory else "no file name given"
@@ -896,12 +896,12 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
             return f"{path} exists and is not a regular file (a device, pipe or socket); give the path of a file"
         if not path.stat().st_mode & 0o222:
             return f"{path} is read-only; predlab will not replace it"
+        if replaces in FIGURES and _holds_weights(path):     # JSON too, but not figures to replace
+            return (f"{path} holds model weights (a model.json); predlab will not replace it with "
+                    "figures: write them to another file")
         kind = _kind_problem(path, replaces)
         if kind:
             return f"{path} exists and is not {kind}; predlab will not replace it (remove it, or write elsewhere)"
-        if replaces == "json" and _holds_weights(path):     # JSON too, but not figures to replace
-            return (f"{path} holds model weights (a model.json); predlab will not replace it with "
-                    "figures: write them to another file")
     d = path if directory else path.parent
     while not d.exists() and d != d.parent:       # the nearest folder that exists
         if d.is_symlink():   # no folder can be made there or below it: the write failed at the end of the work
@@ -933,19 +933,25 @@ def _looks_like_weights(d) -> bool:
     return isinstance(d, dict) and any(k in d for k in ("d_model", "cls_embedding", "layers"))
 
 
+# The --json files of predlab's tools, known by a key each writes on top: another tool's figures, a
+# notebook or a package.json are JSON too, and were replaced by a typo
+FIGURES = {"evaluate": "catch_ratio", "bench": "machine"}
+
+
 def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
-    """What the existing file at path should be and is not ("a JSON file"), or None."""
+    """What the existing file at path should be and is not ("a weight file"), or None."""
     if replaces is None:
         return None
+    figures = f"a file of predlab.{replaces}'s figures"
     try:
         # a hand-written model.js may hold a Latin-1 comment, which read_params reads too
         data = path.read_bytes()
-        text = data.decode("utf-8") if replaces == "json" else script_text(data, errors="replace")
+        text = data.decode("utf-8") if replaces in FIGURES else script_text(data, errors="replace")
         if not text.strip():     # an empty file made ready for the output ($(mktemp), say)
             return None
-        if replaces == "json":
-            json.loads(text)
-            return None
+        if replaces in FIGURES:
+            d = json.loads(text)
+            return None if isinstance(d, dict) and FIGURES[replaces] in d else figures
         # package.json or a file of figures parses too: only a weight file, even a broken one or a
         # placeholder (`window.TRANSFORMER_PARAMS = {};`, `{}`), is replaced. A model.js that sets the
         # page's weights is one even where its text no longer parses (cut short, a slip in a hand edit)
@@ -954,7 +960,7 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         params = text_to_params(text, str(path))
         return None if not params or _looks_like_weights(params) else "a weight file"
     except (OSError, UnicodeDecodeError, ValueError):    # WeightFormatError and JSONDecodeError too
-        return "a JSON file" if replaces == "json" else "a weight file"
+        return figures if replaces in FIGURES else "a weight file"
 
 
 def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[str, Path],

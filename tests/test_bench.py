@@ -267,7 +267,7 @@ def test_bench_cli_refuses_outputs_it_would_destroy_and_caps_threads_at_the_cpus
     readonly.write_text("{}")
     readonly.chmod(0o444)
     for argv, message in [(["--json", ""], "no file name given"),
-                          (["--json", str(source)], "exists and is not a JSON file"),
+                          (["--json", str(source)], "exists and is not a file of predlab.bench's figures"),
                           (["--json", str(readonly)], "is read-only")] + (
                          [(["--json", os.devnull], "is not a regular file")] if os.path.exists(os.devnull) else []):
         with pytest.raises(SystemExit) as e:
@@ -326,7 +326,7 @@ def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tm
     import errno
     import os
     out = tmp_path / "b.json"
-    out.write_text('{"generate": {}}\n')
+    out.write_text('{"machine": {}, "generate": {}}\n')
     monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
     monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
 
@@ -337,7 +337,7 @@ def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tm
     captured = capsys.readouterr()
     assert "the table" in captured.out and "Traceback" not in captured.err
     assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
-    assert out.read_text() == '{"generate": {}}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
+    assert out.read_text() == '{"machine": {}, "generate": {}}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
 
 
 def test_bench_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tmp_path, capsys, monkeypatch):

@@ -252,6 +252,27 @@ def test_cli_writes_json_with_catch_ratio(tmp_path):
     assert "catches/1k" in r.stdout and "teacher" in r.stdout
 
 
+def test_cli_json_replaces_only_figures_of_its_own(tmp_path, capsys, monkeypatch):
+    """--json replaced any file that parsed as JSON: a notebook, a package.json, the bench's figures."""
+    from predlab import evaluate
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: pytest.fail("evaluated before the output was checked"))
+    kept = {"nb.ipynb": '{"cells": [], "nbformat": 4}', "package.json": '{"name": "boids"}',
+            "bench.json": '{"machine": {"cpu_count": 2}, "train": []}'}
+    for name, text in kept.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["teacher", "--json", name])
+        assert e.value.code == 2
+        assert f"{name} exists and is not a file of predlab.evaluate's figures" in capsys.readouterr().err
+        assert (tmp_path / name).read_text() == text
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "old.json").write_text('{"catch_ratio": 0.5, "episodes": 7}')     # an earlier evaluation's
+    assert evaluate.main(["teacher", "--episodes", "2", "--frames", "20", "--json", "old.json"]) == 0
+    assert json.loads((tmp_path / "old.json").read_text())["episodes"] == 2 and "wrote old.json" in capsys.readouterr().out
+
+
 def test_cli_json_dash_writes_the_figures_to_stdout(tmp_path, capsys, monkeypatch):
     """--json - wrote a file named "-", where predlab.bench's --json - writes to stdout."""
     from predlab.evaluate import main

@@ -971,7 +971,8 @@ def test_atomic_writes_go_through_links_and_never_replace_devices_or_pipes(tmp_p
     app = tmp_path / "app.js"
     app.write_text("function main() { return 1; }\n")
     assert "is not a weight file" in output_problem(app, replaces="weights")
-    assert output_problem(target, replaces="json") is None and output_problem(tmp_path / "new.json") is None
+    target.write_text('{"catch_ratio": 1.0}')
+    assert output_problem(target, replaces="evaluate") is None and output_problem(tmp_path / "new.json") is None
 
 
 def test_export_cli_will_not_replace_a_file_that_is_no_weight_file(model, tmp_path, capsys):
