@@ -451,6 +451,8 @@ class Checkpointer(Callback):
         self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
         self._restore: List[Tuple[Path, Path]] = []   # this run's files another run moved to previous/
         self._best_state: Optional[Dict] = None   # best_model.pt of a rewound run, written at its first write
+        self._exports: Dict[Path, tuple] = {}     # model.js / model.json kept as the resumed run's own export
+        self.resumed_epoch = 0      # the epoch a run resumed in its own folder goes on from (0: none)
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
 
     @staticmethod
@@ -514,11 +516,49 @@ class Checkpointer(Callback):
             # the files kept are this run's own: another run's written before this one's first write are not
             self._written.update((p, self._signature(p)) for p in [*self._epoch_files(), best]
                                  if p.is_file() and p not in moving)
+            self._exports = self._own_exports(trainer, best, moving)
         else:
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
         # moved when this run first writes: a run that fails before then leaves them where they are
         self._pending = moving
         self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+        self.resumed_epoch = trainer.epoch if continuing else 0
+
+    def _own_exports(self, trainer, best: Path, moving: Sequence[Path]) -> Dict[Path, tuple]:
+        """model.js and model.json of a run resumed in its own folder that hold what it exported: the
+        weights of its best_model.pt or of the epoch resumed, as predlab writes them -> their signatures.
+        Others (edited by hand since, or exported there from another checkpoint) are not the run's to
+        replace: its export moves them to previous/ (see foreign_exports)."""
+        from .export import model_to_params, params_to_text
+        files = [self.dir / n for n in ("model.js", "model.json") if (self.dir / n).is_file()]
+        files = [p for p in files if p not in moving]
+        if not files:
+            return {}
+        params = [model_to_params(trainer.model)]
+        try:
+            if best.is_file():
+                params.append(model_to_params(ckpt_io.model_from_checkpoint(ckpt_io.load_checkpoint_dict(best), best)))
+        except (ValueError, FileNotFoundError):     # unreadable: model.js is then judged by the epoch resumed
+            pass
+        own = {}
+        for p in files:
+            texts = {params_to_text(w, p.suffix[1:]).encode("utf-8") for w in params}
+            try:
+                if p.read_bytes() in texts:
+                    own[p] = self._signature(p)
+            except OSError:
+                pass
+        return own
+
+    def foreign_exports(self) -> List[Path]:
+        """model.js / model.json in the folder that this run did not keep as its own: written there since
+        it began (an export while it trained), or, in a run resumed in its own folder, other than what the
+        run it continues exported. Its export moves them to previous/ rather than overwrite them."""
+        if not self.archive:
+            return []
+        return [p for p in (self.dir / "model.js", self.dir / "model.json")
+                if p.is_file() and p not in self._pending
+                and not (p in self._exports and self._signature(p) == self._exports[p])]
 
     def _resumed_best(self, trainer, gone: str) -> Optional[Dict]:
         """The state to write as best_model.pt of a run resumed in its own folder whose best_model.pt is
@@ -624,6 +664,25 @@ class Checkpointer(Callback):
         self._best_state = None
         with deferred_interrupt():
             self._bring_back()
+
+    def put_back(self) -> bool:
+        """After a run that wrote nothing of its own (its first write failed: a full disk): the files
+        make_room moved to previous/ go back where they were, all or none (a name taken since: none) ->
+        whether they did."""
+        if self.moved_to is None or any(self._mine(p) for p in self._saved):
+            return False
+        src = self.moved_to
+        files = sorted(src.iterdir())
+        if any((self.dir / q.name).exists() or q.is_dir() for q in files):
+            return False
+        with deferred_interrupt():
+            for q in files:
+                q.rename(self.dir / q.name)
+            src.rmdir()
+            self.moved_to = None
+        with contextlib.suppress(OSError):
+            src.parent.rmdir()          # previous/, if this was all it held
+        return True
 
     def on_epoch_end(self, trainer, epoch, logs):
         if trainer.improved or epoch % self.save_every == 0 or epoch == trainer.target_epochs:
@@ -2224,9 +2283,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print(f"warning: {shortfall}: try a lower --learning_rate", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
-        # a write that failed (a full disk) after the earlier run's files were moved aside for it
-        where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
-                 f"the files in {tc.checkpoint_dir} are where they were")
+        # a write that failed (a full disk) after the earlier run's files were moved aside for it: back they go,
+        # so that the demo and the page still find the model.js this run wrote nothing to replace
+        moved_to = checkpointer.moved_to
+        where = (f"the files in {tc.checkpoint_dir} are where they were" if not moved_to else
+                 f"the earlier run's files are back in {tc.checkpoint_dir}" if checkpointer.put_back() else
+                 f"the earlier run's files are in {moved_to}")
         print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and "
               f"{where}", file=sys.stderr)
         return code
@@ -2299,8 +2361,16 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         print(f"{ended}; no best_model.pt was written{why}, so no model.js{kept}", file=sys.stderr)
         return code if interrupted else 1
     checkpointer.make_room()             # an earlier run's model.js goes to previous/, not under this one's
+    foreign = checkpointer.foreign_exports()
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
+        if foreign:     # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C)
+            dest = move_to_previous(foreign, tc.checkpoint_dir)
+            names = " and ".join(p.name for p in foreign)
+            later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""
+            held = "they hold" if len(foreign) > 1 else "it holds"
+            say(f"moved {names} to {dest}, not this run's to replace: {held} other weights or text than it "
+                f"wrote (exported or edited there since it began{later}?)")
         js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
         write_weights(model, Path(tc.checkpoint_dir) / "model.json")
     print(said)

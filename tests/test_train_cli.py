@@ -235,6 +235,51 @@ def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside
     assert (tmp_path / "elsewhere" / "model.js").read_text() != "an earlier run's model"
 
 
+def test_a_resume_in_its_folder_moves_a_model_js_edited_since_aside_and_replaces_its_own_export(
+        tmp_path, monkeypatch, capsys):
+    """A resume in its own folder replaced model.js, hand-edited since the run it continues exported it,
+    without a word: only a best_model.pt of a later epoch sent model.js to previous/."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1"]) == 0
+    own = (d / "model.js").read_text()
+    capsys.readouterr()
+    assert main(["--resume", "checkpoints/checkpoint_epoch_2.pt", "--epochs", "3"]) == 0     # its own export
+    assert "not this run's to replace" not in capsys.readouterr().out and not (d / "previous").exists()
+    assert (d / "model.js").read_text() != own
+    edited = "// HAND-TUNED, deployed\n" + (d / "model.js").read_text()
+    (d / "model.js").write_text(edited)
+    assert main(["--resume", "checkpoints/checkpoint_epoch_3.pt", "--epochs", "4"]) == 0
+    out = capsys.readouterr().out
+    moved = list((d / "previous").glob("*/model.js"))
+    assert [p.read_text() for p in moved] == [edited] and "HAND-TUNED" not in (d / "model.js").read_text()
+    where = Path("checkpoints") / "previous" / moved[0].parent.name
+    assert (f"moved model.js to {where}, not this run's to replace: it holds other weights or text than it wrote "
+            "(exported or edited there since it began, or of an epoch after 3?)") in out
+    assert not (moved[0].parent / "model.json").exists()         # its own model.json is replaced
+
+
+def test_a_model_js_exported_into_the_folder_during_a_run_is_moved_aside_at_its_end(tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export other.pt --out checkpoints/model.js` while a run trained there: the
+    run's export overwrote it at its end."""
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    validate = SupervisedTrainer.validate
+
+    def export_meanwhile(self, data=None):
+        if self.epoch == 1:
+            (d / "model.js").write_text("window.TRANSFORMER_PARAMS = {};  // exported meanwhile\n")
+        return validate(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "validate", export_meanwhile)
+    assert main([*SMALL, "--epochs", "2"]) == 0
+    moved = list((d / "previous").glob("*/model.js"))
+    assert [p.read_text() for p in moved] == ["window.TRANSFORMER_PARAMS = {};  // exported meanwhile\n"]
+    assert "exported or edited there since it began?)" in capsys.readouterr().out
+    assert "meanwhile" not in (d / "model.js").read_text()
+
+
 def test_a_catch_evaluator_given_as_a_callback_is_the_runs_only_one():
     """A user's own CatchEvaluator (other episodes, say) replaces the one eval_every adds: two would
     log catch_ratio twice per epoch, from different episodes."""
@@ -468,21 +513,45 @@ def test_a_run_that_diverged_before_any_best_says_so_and_exits_1(tmp_path, monke
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_a_full_disk_at_the_first_best_model_says_where_the_earlier_runs_files_went(tmp_path, monkeypatch, capsys):
-    """The earlier run's files move to previous/ just before this run's first best_model.pt; when that
-    write fails, the run said they were where they were, and the folder held none of them."""
+def test_a_full_disk_at_the_first_best_model_puts_the_earlier_runs_files_back(tmp_path, monkeypatch, capsys):
+    """The earlier run's files move to previous/ just before this run's first best_model.pt. When that
+    write failed, they stayed there: the demo and the page found no model.js, though this run wrote
+    nothing to replace it."""
     from test_train import _full_disk_for
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "best_model.pt").write_bytes(b"an earlier run's")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "best_model.pt").write_bytes(b"an earlier run's")
+    (folder / "model.js").write_text("window.TRANSFORMER_PARAMS = {};  // an earlier run's\n")
     _full_disk_for(monkeypatch, "best_model.pt")
     assert main(SMALL) == 1
+    out, err = capsys.readouterr()
+    assert "moved 2 file(s) of an earlier run" in out
+    assert f"no checkpoint or model was written, and the earlier run's files are back in checkpoints" in err
+    assert (folder / "best_model.pt").read_bytes() == b"an earlier run's"
+    assert (folder / "model.js").read_text() == "window.TRANSFORMER_PARAMS = {};  // an earlier run's\n"
+    assert not (folder / "previous").exists()
+    (folder / "previous" / "20260101-000000").mkdir(parents=True)     # a name taken: all left in previous/
+    (folder / "previous" / "20260101-000000" / "x.pt").write_bytes(b"older")
+    _full_disk_for(monkeypatch, "best_model.pt")
+    monkeypatch.setattr(Path, "rename", _rename_but_not_back(Path.rename, folder / "model.js"))
+    assert main(SMALL) == 1
     err = capsys.readouterr().err
-    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
-    assert len(moved) == 1 and (moved[0] / "best_model.pt").read_bytes() == b"an earlier run's"
-    assert ("no checkpoint or model was written, and the earlier run's files are in "
-            f"{Path('checkpoints') / 'previous' / moved[0].name}") in err and "where they were" not in err
+    moved = sorted(p for p in (folder / "previous").iterdir() if p.name != "20260101-000000")
+    assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == ["best_model.pt", "model.js"]
+    assert (f"the earlier run's files are in {Path('checkpoints') / 'previous' / moved[0].name}") in err
+
+
+def _rename_but_not_back(rename, blocked: Path):
+    """Path.rename that makes a file at `blocked` whenever a file is moved out of its folder, so that
+    putting one back there finds the name taken."""
+    def fake(self, target):
+        out = rename(self, target)
+        if Path(self).absolute() == blocked:
+            blocked.write_text("written meanwhile")
+        return out
+    return fake
 
 
 def test_a_full_disk_under_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_follows(tmp_path, monkeypatch,
