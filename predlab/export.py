@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -971,10 +972,13 @@ def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[st
         parser.error(f"{flag}: {problem}")
 
 
-def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path]) -> Path:
+def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path], keep_links: bool = False) -> Path:
     """Move files into directory/previous/<time of the newest>/ (a new folder each time), so that
     nothing of an earlier run or export is overwritten -> that folder. A Ctrl-C takes effect once
-    all of them are moved."""
+    all of them are moved.
+
+    A link goes as a copy of what it points to (moved, a relative link pointed at nothing there); the
+    link itself is removed, or, with keep_links, left for the new file to be written through."""
     directory = Path(directory)
     if (directory / "previous").exists() and not (directory / "previous").is_dir():
         raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
@@ -988,7 +992,12 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
     dest.mkdir(parents=True)
     with deferred_interrupt():        # a Ctrl-C between renames left a run's files split over two folders
         for p in files:
-            p.rename(dest / p.name)
+            if p.is_symlink():
+                shutil.copy2(p, dest / p.name)
+                if not keep_links:
+                    p.unlink()
+            else:
+                p.rename(dest / p.name)
     return dest
 
 
@@ -1234,10 +1243,24 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
         if sizes != BROWSER_SIZES and not args.any_size:
             ap.error(f"{src} has sizes {sizes}; the stock browser page accepts only {BROWSER_SIZES} and would "
                      "silently run random weights instead. Pass --any-size to write it anyway")
-        with warnings.catch_warnings():
+        kept = None
+        with warnings.catch_warnings(), deferred_interrupt():    # not a folder left with neither file
             if args.any_size:                     # asked for: no warning about the sizes
                 warnings.simplefilter("ignore")
-            write_weights(model, out)
+            kept = _keep_other(out, params_to_text(model_to_params(model), _format_for(out)))
+            try:
+                write_weights(model, out)
+            except BaseException:
+                if kept is not None and not out.exists():     # the file it replaces goes back
+                    (kept / out.name).rename(out)
+                elif kept is not None and out.is_symlink():   # written through: the file is as it was
+                    (kept / out.name).unlink()
+                if kept is not None:
+                    with contextlib.suppress(OSError):
+                        kept.rmdir()
+                        kept.parent.rmdir()     # previous/, if made for it
+                    kept = None
+                raise
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:
@@ -1245,7 +1268,19 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
         return 1
     words = checkpoint_words(ck)
     print(f"wrote {out}: {words} in {src}" if words else f"wrote {out}: the weights of {src}")
+    if kept is not None:
+        print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
     return 0
+
+
+def _keep_other(out: Path, text: str) -> Optional[Path]:
+    """A file at out that holds other bytes than text (other weights, a hand edit) moves to
+    previous/<time>/ beside it, as training and notebook 04 keep what they replace -> that folder."""
+    try:
+        same = not out.is_file() or out.read_bytes() == text.encode("utf-8")
+    except OSError:      # unreadable: output_problem let it through as writable; keep it all the same
+        same = False
+    return None if same else move_to_previous([out], out.parent, keep_links=True)
 
 
 if __name__ == "__main__":

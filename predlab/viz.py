@@ -923,7 +923,8 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
         "the browser page refuses these sizes: " + ", ".join(f"{k} {sizes[k]} (page: {C.BROWSER_SIZES[k]})"
                                                              for k in SIZE_KEYS if sizes[k] != C.BROWSER_SIZES[k])
         + f"; written to {out} instead, for predlab and a page built for them"]
-    other = [p for p, text in zip(paths, texts) if p.is_file() and p.read_text() != text]
+    # bytes: a hand-edited file with a Latin-1 comment (which predlab reads) made read_text raise
+    other = [p for p, text in zip(paths, texts) if p.is_file() and p.read_bytes() != text.encode("utf-8")]
     with deferred_interrupt():    # a Ctrl-C once the old files had moved left the folder with no model.js
         if other:
             notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")

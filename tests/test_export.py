@@ -1582,6 +1582,57 @@ def test_a_weight_file_the_page_would_not_see_is_read_with_a_warning(model, tmp_
             read_weights(other)
 
 
+def test_export_cli_keeps_the_file_it_replaces_in_previous(model, make_model, tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export best_model.pt --out model.js` replaced a hand-edited model.js (or one of
+    other weights) without a copy or a word; training and notebook 04 keep what they replace."""
+    import errno
+    from predlab import export
+    monkeypatch.chdir(tmp_path)
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    edited = "// hand-tuned, deployed\n" + write_weights(make_model(1), tmp_path / "model.js").read_text()
+    (tmp_path / "model.js").write_text(edited)
+    assert export.main([str(src), "--out", "model.js"]) == 0
+    kept = list((tmp_path / "previous").glob("*/model.js"))
+    assert [p.read_text() for p in kept] == [edited]
+    assert f"the model.js it replaces, of other weights or text, is in {Path('previous') / kept[0].parent.name}" in \
+        capsys.readouterr().out
+    assert read_weights("model.js").config == model.config and "hand-tuned" not in (tmp_path / "model.js").read_text()
+    assert export.main([str(src), "--out", "model.js"]) == 0          # the same bytes again: nothing to keep
+    assert "replaces" not in capsys.readouterr().out and len(list((tmp_path / "previous").iterdir())) == 1
+
+    site = tmp_path / "site"                                         # a link into the page's folder: written
+    site.mkdir()                                                     # through, and the old text kept
+    (site / "model.js").write_text(edited)
+    (tmp_path / "deploy.js").symlink_to(Path("site") / "model.js")
+    assert export.main([str(src), "--out", "deploy.js"]) == 0
+    assert (tmp_path / "deploy.js").is_symlink() and "hand-tuned" not in (site / "model.js").read_text()
+    assert [p.read_text() for p in (tmp_path / "previous").glob("*/deploy.js")] == [edited]
+
+    (tmp_path / "model.js").write_text(edited)                       # a full disk: the file stays where it was
+    def full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    monkeypatch.setattr(export, "atomic_write_text", full)
+    before = sorted(str(p) for p in (tmp_path / "previous").rglob("*"))
+    assert export.main([str(src), "--out", "model.js"]) == 1
+    assert (tmp_path / "model.js").read_text() == edited
+    assert sorted(str(p) for p in (tmp_path / "previous").rglob("*")) == before
+
+
+def test_a_link_moved_to_previous_is_kept_as_what_it_points_to(tmp_path):
+    """Training moved a relative link (checkpoints/model.js -> ../site/model.js) into previous/, where it
+    pointed at nothing: the copy kept there was no copy."""
+    from predlab.export import move_to_previous
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "model.js").write_text("the page's weights")
+    (tmp_path / "checkpoints").mkdir()
+    link = tmp_path / "checkpoints" / "model.js"
+    link.symlink_to(Path("..") / "site" / "model.js")
+    dest = move_to_previous([link], tmp_path / "checkpoints")
+    assert not (dest / "model.js").is_symlink() and (dest / "model.js").read_text() == "the page's weights"
+    assert not link.exists() and not link.is_symlink()
+    assert (tmp_path / "site" / "model.js").read_text() == "the page's weights"
+
+
 def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):
     """`python -m predlab.export checkpoints/best_model.pt --out model.js` said only "wrote model.js": not
     which epoch's model, nor its val MSE, which a page's model.js is then known by."""

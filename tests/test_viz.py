@@ -583,6 +583,19 @@ def test_export_for_browser_keeps_unusable_and_earlier_files_out_of_the_way(make
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]      # said once, in the message
 
 
+def test_export_for_browser_keeps_a_hand_edited_model_js_with_a_latin1_comment(make_model, tmp_path):
+    """A model.js whose comment an editor saved in Latin-1 (which predlab and the page read) stopped
+    notebook 04's export with a UnicodeDecodeError that named no file."""
+    from predlab.export import write_weights
+    path = write_weights(make_model(0), tmp_path / "model.js")
+    edited = "// Modèle réglé à la main\n".encode("latin-1") + path.read_bytes()
+    path.write_bytes(edited)
+    out = viz.export_for_browser(make_model(1), tmp_path)
+    (moved,) = (tmp_path / "previous").iterdir()
+    assert f"moved model.js of other weights to {moved}" in out["message"]
+    assert (moved / "model.js").read_bytes() == edited
+
+
 # ---------------------------------------------------------------------- bad arguments: clear errors, before any work
 def test_attention_views_take_negative_indices_and_head_mean(samples):
     model = PeakedModel()
