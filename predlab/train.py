@@ -2136,9 +2136,11 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:
     """The CLI's callbacks: progress or epoch lines, TensorBoard, checkpoints, early stopping."""
+    # checkpoints before TensorBoard: an epoch whose checkpoint cannot be written is undone ("not counted"),
+    # and TensorBoard had logged it, a curve a step past the run's files
     cbs: List[Callback] = [ProgressBar() if tc.progress else PrintLogger(),
-                           TensorBoardLogger(tc.log_dir, announce=True),
-                           Checkpointer(tc.checkpoint_dir, tc.save_every, tc.keep_checkpoints)]
+                           Checkpointer(tc.checkpoint_dir, tc.save_every, tc.keep_checkpoints),
+                           TensorBoardLogger(tc.log_dir, announce=True)]
     if tc.early_stopping:
         cbs.append(EarlyStopping(tc.early_stopping))
     return cbs

@@ -93,9 +93,13 @@ def checkpoint_dir(quick: Optional[bool] = None) -> Path:
     return root / "quick" if (quick_mode() if quick is None else quick) else root
 
 
-def runs_dir() -> Path:
-    """TensorBoard's runs folder, <repo>/runs (`tensorboard --logdir runs` from the repo root)."""
-    return repo_root() / "runs"
+def runs_dir(quick: Optional[bool] = None) -> Path:
+    """TensorBoard's runs folder, <repo>/runs (`tensorboard --logdir runs` from the repo root).
+
+    Quick (CI) runs log to <repo>/runs/quick, as their checkpoints go to checkpoints/quick: `make
+    test`'s two-epoch runs were named by their time as real runs are, among them."""
+    root = repo_root() / "runs"
+    return root / "quick" if (quick_mode() if quick is None else quick) else root
 
 
 # ---------------------------------------------------------------------- argument checks

@@ -60,7 +60,8 @@ def test_paths_point_into_the_repo(monkeypatch):
     assert viz.repo_root() == root
     assert viz.checkpoint_dir(quick=False) == root / "checkpoints"
     assert viz.checkpoint_dir(quick=True) == root / "checkpoints" / "quick"
-    assert viz.runs_dir() == root / "runs"
+    assert viz.runs_dir(quick=False) == root / "runs"
+    assert viz.runs_dir(quick=True) == root / "runs" / "quick"
 
 
 def test_paths_outside_a_checkout_are_the_notebooks_own_folder(monkeypatch, tmp_path):
@@ -74,7 +75,7 @@ def test_paths_outside_a_checkout_are_the_notebooks_own_folder(monkeypatch, tmp_
     monkeypatch.chdir(other / "work")
     assert viz.repo_root() == other / "work"
     assert viz.checkpoint_dir(quick=False) == other / "work" / "checkpoints"
-    assert viz.runs_dir() == other / "work" / "runs"
+    assert viz.runs_dir(quick=False) == other / "work" / "runs"
     (other / "pyproject.toml").write_text("[project]\nname = 'predlab'\n")  # a checkout of predlab: its root
     assert viz.repo_root() == other
 
