@@ -862,6 +862,30 @@ def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path
     return given
 
 
+# atomic_write's temporary of a file: .NAME.<mkstemp's 8 characters>.tmp
+_PARTIAL = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def stale_partials(directory: Union[str, Path], names: Callable[[str], bool], age_s: float = 600.0) -> List[Path]:
+    """The partial files that atomic_write left in directory when a kill or a power cut stopped a
+    write, for files whose names `names` accepts, last written more than age_s seconds ago (a write
+    under way now is newer). Hidden by their dot, they stayed for good, a checkpoint's size each."""
+    now, found = time.time(), []
+    try:
+        entries = list(Path(directory).iterdir())
+    except OSError:
+        return []
+    for p in entries:
+        m = _PARTIAL.fullmatch(p.name)
+        try:
+            if m and names(m.group("name")) and p.is_file() and not p.is_symlink() and \
+                    now - p.stat().st_mtime > age_s:
+                found.append(p)
+        except OSError:
+            pass
+    return sorted(found)
+
+
 def _umask() -> int:
     try:   # read, not set: setting it, even for a moment, would touch files other threads create
         with open("/proc/self/status") as f:

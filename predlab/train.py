@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import shlex
 import sys
 import threading
@@ -31,7 +32,7 @@ from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_conf
                      bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable, say,
-                     silence_stdout, stop_words)
+                     silence_stdout, stale_partials, stop_words)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -472,11 +473,30 @@ class Checkpointer(Callback):
             raise ValueError(problem)
         self._lock = lock_checkpoint_dir(self.dir)     # each train() call; released in on_train_end
         try:
+            self._remove_partials()
             self._find_earlier_files(trainer)
         except BaseException:     # this callback has not begun: its on_train_end will not run
             self._lock, lock = None, self._lock
             lock.release()
             raise
+
+    def _remove_partials(self) -> None:
+        """Partial files of saves that a kill cut short (kill -9, a power cut) in this folder, which no
+        run of predlab writes now (the lock): removed, and said."""
+        def ours(name: str) -> bool:
+            return name in self.RUN_FILES or re.fullmatch(r"checkpoint_epoch_\d+\.pt", name) is not None
+        gone, size = [], 0
+        for p in stale_partials(self.dir, ours):
+            try:
+                n = p.stat().st_size
+                p.unlink()
+            except OSError:
+                continue
+            gone.append(p.name)
+            size += n
+        if gone:
+            say(f"removed {plural(len(gone), 'partial file')} ({size / 2**20:,.1f} MiB) that a save cut short "
+                f"(a kill, a power cut) left in {self.dir}: {', '.join(gone)}")
 
     def _find_earlier_files(self, trainer) -> None:
         """The files of other runs in the folder, which make_room moves aside at this run's first write."""

@@ -280,6 +280,28 @@ def test_a_model_js_exported_into_the_folder_during_a_run_is_moved_aside_at_its_
     assert "meanwhile" not in (d / "model.js").read_text()
 
 
+def test_partial_files_of_a_killed_save_are_removed_by_the_next_run_in_the_folder(tmp_path, monkeypatch, capsys):
+    """kill -9 during a save leaves .best_model.pt.XXXXXXXX.tmp (a checkpoint's size; 350 MB at
+    --train_episodes 2000), hidden by its dot; no later run removed or named it."""
+    import os
+    import time
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    old = time.time() - 3600
+    for name in (".best_model.pt.a1b2c3d4.tmp", ".checkpoint_epoch_7.pt.zz_9yy8x.tmp", ".model.js.q1w2e3r4.tmp",
+                 ".notes.txt.a1b2c3d4.tmp", ".model.json.now00000.tmp"):
+        (d / name).write_bytes(b"x" * 1024)
+        if "now" not in name:
+            os.utime(d / name, (old, old))        # .model.json's is new: a write under way now, left
+    assert main(SMALL) == 0
+    out = capsys.readouterr().out
+    assert ("removed 3 partial files (0.0 MiB) that a save cut short (a kill, a power cut) left in checkpoints: "
+            ".best_model.pt.a1b2c3d4.tmp, .checkpoint_epoch_7.pt.zz_9yy8x.tmp, .model.js.q1w2e3r4.tmp") in out
+    assert sorted(p.name for p in d.glob(".*.tmp")) == [".model.json.now00000.tmp", ".notes.txt.a1b2c3d4.tmp"]
+
+
 def test_a_catch_evaluator_given_as_a_callback_is_the_runs_only_one():
     """A user's own CatchEvaluator (other episodes, say) replaces the one eval_every adds: two would
     log catch_ratio twice per epoch, from different episodes."""
