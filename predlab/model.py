@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import threading
+import warnings
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -568,6 +569,7 @@ class TransformerPredator(nn.Module):
                                  f"{B} sample(s) of {T - 3} boids")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")
+        _warn_outside_page_range(batch)
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()
@@ -594,3 +596,41 @@ class TransformerPredator(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+_FIELDS = {"context": ("canvasWidth", "canvasHeight"), "predator": ("velX", "velY"),
+           "boids": ("relX", "relY", "velX", "velY")}
+
+
+def _warn_outside_page_range(batch: Mapping[str, Tensor]) -> None:
+    """A warning naming the first input the page could not have given (SPEC.md section 4): a canvas
+    size (W / 1000) outside (0, 65.536], a velocity outside [-1, 1] (/ 3.5, clamped), or an offset to
+    a boid (wrap-aware, / 1000) more than half the canvas. Inputs in pixels gave actions without a word."""
+    from .config import MAX_CANVAS, MAX_DISTANCE
+    ctx = batch["context"].detach().double()
+    problems = []
+    bad = (ctx <= 0) | (ctx > MAX_CANVAS / MAX_DISTANCE * (1 + 1e-6))
+    if bool(bad.any()):
+        b, j = bad.nonzero()[0].tolist()
+        problems.append((b, f"context.{_FIELDS['context'][j]} is {float(ctx[b, j]):g}, where the page gives the "
+                            f"canvas size / {MAX_DISTANCE:g}, in (0, {MAX_CANVAS / MAX_DISTANCE:g}]"))
+    pred = batch["predator"].detach().double()
+    bad = pred.abs() > 1 + 1e-6
+    if bool(bad.any()):
+        b, j = bad.nonzero()[0].tolist()
+        problems.append((b, f"predator.{_FIELDS['predator'][j]} is {float(pred[b, j]):g}, where the page gives "
+                            "velocities / 3.5, clamped to [-1, 1]"))
+    boids, live = batch["boids"].detach().double(), batch["mask"].to(batch["boids"].device)
+    if boids.shape[1]:
+        # half the canvas, and the wrap margins (10 px a boid, 20 the predator) to spare
+        half = ctx[:, None, :] / 2 + 30 / MAX_DISTANCE
+        far = torch.cat([boids[..., :2].abs() > half, boids[..., 2:].abs() > 1 + 1e-6], -1) & live[..., None]
+        if bool(far.any()):
+            b, i, j = far.nonzero()[0].tolist()
+            why = (f"more than half the canvas ({_FIELDS['context'][j]} {float(ctx[b, j]):g}), where the page gives "
+                   f"wrap-aware offsets / {MAX_DISTANCE:g}" if j < 2 else
+                   "where the page gives velocities / 3.5, clamped to [-1, 1]")
+            problems.append((b, f"boids[{i}].{_FIELDS['boids'][j]} is {float(boids[b, i, j]):g}, {why}"))
+    if problems:
+        b, what = min(problems, key=lambda x: x[0])
+        warnings.warn(f"sample {b}'s {what}: inputs in pixels, or unscaled?", stacklevel=4)   # predict's caller

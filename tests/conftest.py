@@ -50,9 +50,10 @@ def randomize(model: TransformerPredator, seed: int = 0, std: float = WEIGHT_STD
 
 def random_sample(rng: random.Random, n_boids: int) -> dict:
     """One browser-form structured input with n_boids boids (values in the ranges SPEC.md section 4 gives)."""
-    return {"context": {"canvasWidth": rng.uniform(0.32, 3.84), "canvasHeight": rng.uniform(0.32, 2.16)},
+    w, h = rng.uniform(0.32, 3.84), rng.uniform(0.32, 2.16)      # offsets within half the canvas, as wrapped
+    return {"context": {"canvasWidth": w, "canvasHeight": h},
             "predator": {"velX": rng.uniform(-1, 1), "velY": rng.uniform(-1, 1)},
-            "boids": [{"relX": rng.uniform(-1, 1), "relY": rng.uniform(-1, 1),
+            "boids": [{"relX": rng.uniform(-w / 2, w / 2), "relY": rng.uniform(-h / 2, h / 2),
                        "velX": rng.uniform(-1, 1), "velY": rng.uniform(-1, 1)} for _ in range(n_boids)]}
 
 

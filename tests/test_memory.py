@@ -60,7 +60,7 @@ def test_evaluation_and_predict_refuse_what_cannot_fit(one_gib):
     from predlab.model import TransformerPredator
     with pytest.raises(ValueError, match="10000000 episodes would need about .* evaluate fewer episodes"):
         rollout("teacher", episodes=10 ** 7, frames=1)
-    sample = {"context": {"canvasWidth": 800, "canvasHeight": 600}, "predator": {"velX": 0.0, "velY": 0.0},
+    sample = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
               "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 20000}
     with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
         TransformerPredator().predict(sample)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -357,11 +358,34 @@ def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples)
             model.predict(bad)
     s = make_samples([3], seed=0)[0]
     s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
-    with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"):
+    with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"), pytest.warns(UserWarning):
         model.predict(s)
     s["boids"][0]["relX"] = 10 ** 400       # a bare OverflowError, naming nothing
     with pytest.raises(InputError, match=r"boids\[0\]\.relX is an integer beyond float32's range"):
         model.predict(s)
+
+
+def test_predict_warns_of_inputs_the_page_never_gives(model, make_samples):
+    """Inputs in pixels (relX 30, a canvas of 800) gave an action without a word; the page scales every
+    input into [-1, 1]."""
+    samples = make_samples([3, 5], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the page's own inputs: no warning
+        model.predict(samples)
+    samples[1]["boids"][4]["relY"] = -40.0
+    with pytest.warns(UserWarning, match=r"sample 1's boids\[4\]\.relY is -40, more than half the canvas "
+                                         r"\(canvasHeight .*\), where the page gives wrap-aware offsets / 1000: "
+                                         r"inputs in pixels, or unscaled\?"):
+        model.predict(samples)
+    samples[0]["context"]["canvasWidth"] = 800
+    with pytest.warns(UserWarning, match=r"sample 0's context\.canvasWidth is 800, where the page gives the canvas "
+                                         r"size / 1000, in \(0, 65.536\]"):
+        model.predict(samples)
+    samples[0]["context"]["canvasWidth"] = 0.8
+    samples[0]["predator"]["velX"] = 2.0
+    with pytest.warns(UserWarning, match=r"sample 0's predator\.velX is 2, where the page gives velocities / 3.5, "
+                                         r"clamped to \[-1, 1\]"):
+        model.predict(samples[0])
 
 
 @pytest.mark.parametrize("sizes, message", [
