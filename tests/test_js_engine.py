@@ -290,3 +290,25 @@ def test_world_js_driven_by_the_engine_follows_predlab_driven_by_pytorch(tmp_pat
     caught = follow_page([{"action": fr["action"], **fr["state"]} for fr in js], world, path)
     if catches:
         assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"
+
+
+def test_a_trained_model_runs_in_the_engine_as_in_float32_pytorch(tmp_path):
+    """What a user ships: a model trained here (its weights, LayerNorm scales and biases moved by AdamW,
+    not drawn at random), exported to model.js and run by the page's engine on the inputs of its own
+    episodes, against the float32 PyTorch model that training left. SPEC.md: about 1e-6."""
+    from predlab.config import WorldConfig
+    from predlab.data import generate_episodes, to_dicts
+    from predlab.train import create_trainer
+    from predlab.viz import js_parity
+    world = WorldConfig(frames=40, boids_max=50, width_max=1600, height_max=1000)
+    trainer = create_trainer(train_episodes=16, val_episodes=2, batch_size=32, device="cpu", verbose=False,
+                             world_config=world, eval_every=0, progress=False, dagger=False, callbacks=[])
+    trainer.train(8)
+    model = trainer.model.eval()
+    assert trainer.history[-1]["val_loss"] < trainer.history[0]["val_loss"]       # it learned something
+    frames = generate_episodes(3, world, seed=11)
+    inputs = to_dicts(frames.batch(torch.arange(0, len(frames), 7)))
+    assert len(inputs) >= 12 and len({len(d["boids"]) for d in inputs}) >= 3     # flocks of several sizes
+    res = js_parity(model, inputs, weights=write_weights(model, tmp_path / "model.js"))
+    assert res["torch"].shape == (len(inputs), 2) and abs(res["torch"]).max() > 0.1
+    assert res["max_abs_diff"] <= 1e-6, f"max |JS - torch float32| = {res['max_abs_diff']:.3g}"
