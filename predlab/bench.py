@@ -611,6 +611,13 @@ def print_profile(p: Dict) -> None:
 
 
 # ---------------------------------------------------------------------- the run
+def machine(threads: int) -> Dict:
+    """Where the figures were measured: platform, CPUs, threads, torch, load, GPU."""
+    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": threads,
+            "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
 def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
         naive_steps: int = 2, batch_size: int = 256, seconds: Optional[float] = None,
         gpu: Optional[bool] = None, world: Optional[WorldConfig] = None, fixed_boids: int = 50,
@@ -627,9 +634,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     train_samples = train_samples or (4_096 if quick else 16_384)
     reps = 1 if quick else 2
     mcfg = ModelConfig()
-    res: Dict = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": threads,
-                             "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
-                             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}}
+    res: Dict = {"machine": machine(threads)}
     res["matmul_gflops"] = matmul_gflops(threads, seconds=0.5 if quick else 1.5)
     res["matmul_gflops_1thread"] = matmul_gflops(1, seconds=0.5 if quick else 1.5)
 
@@ -809,7 +814,8 @@ def _main(argv) -> int:
     res, code = None, 0
     try:
         if a.gpu_only:
-            res = {"gpu": run_gpu(quick=a.quick, batches=batches, modes=modes)}
+            res = {"machine": machine(torch.get_num_threads()), "gpu": run_gpu(quick=a.quick, batches=batches,
+                                                                                modes=modes)}
             print_gpu_table(res["gpu"])
         else:
             res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes, cpu_split=a.cpu_split)

@@ -342,8 +342,8 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     world_config: by default a checkpoint's own world where policy is a checkpoint's path (the
     world its catch ratio was logged on), else the browser's.
     progress: a bar over the frames (a string is its label).
-    Once every episode's flock is caught the policy is no longer called: no later frame could change
-    the figures."""
+    Once every episode's flock is caught the rollout stops (checked every 8 frames): no later frame
+    could change the figures."""
     if not isinstance(progress, (bool, str)):
         raise TypeError(f"progress must be True, False or a label, not {type(progress).__name__}")
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1, MAX_FRAMES)

@@ -527,7 +527,7 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
 
 # After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
-PUBLISHES_BINDING = re.compile(r"""(?:window|globalThis|self|this)\s*(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|"""
+PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|"""
                                r"""'TRANSFORMER_PARAMS')\s*\])\s*=\s*TRANSFORMER_PARAMS\s*;?[\s;]*""")
 
 
@@ -648,9 +648,12 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
-    if declared and PUBLISHES_BINDING.fullmatch(s, end):
+    publish = PUBLISHES_BINDING.search(s, end) if declared else None
+    if publish and publish.span() == (end, len(s)):
         return params       # the page gets the object itself
-    if declared:      # read all the same (a file of weights), but the page would not see them
+    if publish:     # handed over among other code: that code is judged below, as code after the object
+        s = s[:publish.start()] + " " * (publish.end() - publish.start()) + s[publish.end():]
+    elif declared:      # read all the same (a file of weights), but the page would not see them
         warnings.warn(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` does not set window.TRANSFORMER_PARAMS, "
                       "which the page reads: it would run the teacher; write `window.TRANSFORMER_PARAMS = "
                       "{...}`", stacklevel=3)
@@ -961,12 +964,15 @@ def _looks_like_weights(d) -> bool:
 # The --json files of predlab's tools, known by a key each writes on top: another tool's figures, a
 # notebook or a package.json are JSON too, and were replaced by a typo
 FIGURES = {"evaluate": "catch_ratio", "bench": "machine"}
+REPLACES = ("weights", *FIGURES)
 
 
 def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
     """What the existing file at path should be and is not ("a weight file"), or None."""
     if replaces is None:
         return None
+    if replaces not in REPLACES:
+        raise ValueError(f"replaces must be None or one of {', '.join(REPLACES)}, not {replaces!r}")
     figures = f"a file of predlab.{replaces}'s figures"
     try:
         # a hand-written model.js may hold a Latin-1 comment, which read_params reads too
@@ -1015,13 +1021,20 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
         dest = directory / "previous" / f"{stamp}-{k}"
     dest.mkdir(parents=True)
     with deferred_interrupt():        # a Ctrl-C between renames left a run's files split over two folders
-        for p in files:
-            if p.is_symlink():
+        links = [p for p in files if p.is_symlink()]
+        try:    # the copies first: one that fails (a full disk) leaves every file where it was
+            for p in links:
                 shutil.copy2(p, dest / p.name)
-                if not keep_links:
-                    p.unlink()
-            else:
+        except BaseException:
+            shutil.rmtree(dest, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                dest.parent.rmdir()
+            raise
+        for p in files:
+            if not p.is_symlink():
                 p.rename(dest / p.name)
+            elif not keep_links:
+                p.unlink()
     return dest
 
 
@@ -1274,6 +1287,8 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
             kept = _keep_other(out, params_to_text(model_to_params(model), _format_for(out)))
             try:
                 write_weights(model, out)
+                if kept is not None:    # said now: a Ctrl-C held until the block ends stops what follows it
+                    print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
             except BaseException:
                 if kept is not None and not out.exists():     # the file it replaces goes back
                     (kept / out.name).rename(out)
@@ -1292,16 +1307,14 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
         return 1
     words = checkpoint_words(ck)
     print(f"wrote {out}: {words} in {src}" if words else f"wrote {out}: the weights of {src}")
-    if kept is not None:
-        print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
     return 0
 
 
 def _keep_other(out: Path, text: str) -> Optional[Path]:
     """A file at out that holds other bytes than text (other weights, a hand edit) moves to
     previous/<time>/ beside it, as training and notebook 04 keep what they replace -> that folder."""
-    try:
-        same = not out.is_file() or out.read_bytes() == text.encode("utf-8")
+    try:    # an empty file was made ready for the output ($(mktemp)): nothing to keep
+        same = not out.is_file() or out.stat().st_size == 0 or out.read_bytes() == text.encode("utf-8")
     except OSError:      # unreadable: output_problem let it through as writable; keep it all the same
         same = False
     return None if same else move_to_previous([out], out.parent, keep_links=True)

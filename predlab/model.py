@@ -603,17 +603,18 @@ _FIELDS = {"context": ("canvasWidth", "canvasHeight"), "predator": ("velX", "vel
 
 
 def _warn_outside_page_range(batch: Mapping[str, Tensor]) -> None:
-    """A warning naming the first input the page could not have given (SPEC.md section 4): a canvas
-    size (W / 1000) outside (0, 65.536], a velocity outside [-1, 1] (/ 3.5, clamped), or an offset to
-    a boid (wrap-aware, / 1000) more than half the canvas. Inputs in pixels gave actions without a word."""
+    """A warning naming the first input the page does not give (SPEC.md section 4): a canvas size
+    (W / 1000) outside [0, 65.536], a velocity outside [-1, 1] (/ 3.5, clamped), or an offset to a boid
+    (wrap-aware, / 1000) more than half the canvas (which the page gives only in the frame after its
+    window shrinks). Inputs in pixels gave actions without a word."""
     from .config import MAX_CANVAS, MAX_DISTANCE
     ctx = batch["context"].detach().double()
     problems = []
-    bad = (ctx <= 0) | (ctx > MAX_CANVAS / MAX_DISTANCE * (1 + 1e-6))
+    bad = (ctx < 0) | (ctx > MAX_CANVAS / MAX_DISTANCE * (1 + 1e-6))      # 0: a minimised window's
     if bool(bad.any()):
         b, j = bad.nonzero()[0].tolist()
         problems.append((b, f"context.{_FIELDS['context'][j]} is {float(ctx[b, j]):g}, where the page gives the "
-                            f"canvas size / {MAX_DISTANCE:g}, in (0, {MAX_CANVAS / MAX_DISTANCE:g}]"))
+                            f"canvas size / {MAX_DISTANCE:g}, in [0, {MAX_CANVAS / MAX_DISTANCE:g}]"))
     pred = batch["predator"].detach().double()
     bad = pred.abs() > 1 + 1e-6
     if bool(bad.any()):

@@ -455,6 +455,7 @@ class Checkpointer(Callback):
         self._exports: Dict[Path, tuple] = {}     # model.js / model.json kept as the resumed run's own export
         self.resumed_epoch = 0      # the epoch a run resumed in its own folder goes on from (0: none)
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
+        self.put_back_from: Optional[Path] = None   # where put_back took them from, when it did
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -699,9 +700,11 @@ class Checkpointer(Callback):
             for q in files:
                 q.rename(self.dir / q.name)
             src.rmdir()
-            self.moved_to = None
+            self.moved_to, self.put_back_from = None, src
         with contextlib.suppress(OSError):
             src.parent.rmdir()          # previous/, if this was all it held
+        say(f"put the earlier run's {', '.join(q.name for q in files)} back in {self.dir}: this run wrote nothing to "
+            "replace them")
         return True
 
     def on_epoch_end(self, trainer, epoch, logs):
@@ -734,6 +737,11 @@ class Checkpointer(Callback):
             elif cut and self._mine(path):     # saved at the epoch's end (save_every): where to go on, all the same
                 say(f"{path} holds the last whole epoch: {self.go_on}")
         finally:
+            if self.moved_to is not None and not any(self._mine(p) for p in self._saved):
+                # its first write failed (a full disk): the earlier run's files go back, so that the demo and
+                # the page still find the model.js this run wrote nothing to replace
+                with contextlib.suppress(OSError):
+                    self.put_back()
             if not self._pending:
                 # every run file in the folder is this run's now (its own, and those kept from the run
                 # it resumed): what the next train() on this trainer compares the folder with
@@ -2305,12 +2313,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         print(f"warning: {shortfall}: try a lower --learning_rate", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
     if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
-        # a write that failed (a full disk) after the earlier run's files were moved aside for it: back they go,
-        # so that the demo and the page still find the model.js this run wrote nothing to replace
-        moved_to = checkpointer.moved_to
-        where = (f"the files in {tc.checkpoint_dir} are where they were" if not moved_to else
-                 f"the earlier run's files are back in {tc.checkpoint_dir}" if checkpointer.put_back() else
-                 f"the earlier run's files are in {moved_to}")
+        # a write that failed (a full disk) after the earlier run's files were moved aside for it: the
+        # Checkpointer put them back, unless a name of theirs was taken meanwhile
+        where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
+                 f"the earlier run's files are back in {tc.checkpoint_dir}" if checkpointer.put_back_from else
+                 f"the files in {tc.checkpoint_dir} are where they were")
         print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and "
               f"{where}", file=sys.stderr)
         return code
@@ -2329,8 +2336,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
         else:    # an earlier run's model.js was moved aside when this run first wrote
             earlier = checkpointer.moved_to / "model.js" if checkpointer.moved_to else None
-            what = "no model.js was written " + (f"(the earlier run's is {earlier})" if earlier and earlier.is_file()
-                                                 else "(any earlier one is where it was)")
+            there = Path(tc.checkpoint_dir) / "model.js"
+            what = "no model.js was written " + ("(the one there is as it was)" if there.is_file() else
+                                                 f"(the earlier run's is {earlier})" if earlier and earlier.is_file()
+                                                 else "(there was none)")
         print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
 
@@ -2354,7 +2363,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     """Write model.js/model.json of the run's best model (or of where a resumed run ended); an
     interrupted run (Ctrl-C, SIGTERM, a closed stdout, or a diverged epoch) exits with `code`. Its
     lines are printed once both files are written: a stdout closed by then stops none of them."""
-    from .export import write_weights
+    from .export import model_to_params, params_to_text, write_weights
     best = Path(tc.checkpoint_dir) / "best_model.pt"
     if best.is_file() and not checkpointer.is_earlier_runs(best):
         b = ckpt_io.load_checkpoint_dict(best)
@@ -2383,18 +2392,34 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         print(f"{ended}; no best_model.pt was written{why}, so no model.js{kept}", file=sys.stderr)
         return code if interrupted else 1
     checkpointer.make_room()             # an earlier run's model.js goes to previous/, not under this one's
-    foreign = checkpointer.foreign_exports()
+    params = model_to_params(model)
+    # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C); one of the
+    # very bytes this run writes is no loss
+    foreign = [p for p in checkpointer.foreign_exports()
+               if p.read_bytes() != params_to_text(params, p.suffix[1:]).encode("utf-8")]
+    dest = None
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
-        if foreign:     # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C)
+        if foreign:
             dest = move_to_previous(foreign, tc.checkpoint_dir)
             names = " and ".join(p.name for p in foreign)
             later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""
             held = "they hold" if len(foreign) > 1 else "it holds"
             say(f"moved {names} to {dest}, not this run's to replace: {held} other weights or text than it "
                 f"wrote (exported or edited there since it began{later}?)")
-        js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
-        write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+        try:
+            js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
+            write_weights(model, Path(tc.checkpoint_dir) / "model.json")
+        except BaseException:
+            # a full disk: what was moved aside for the files goes back where its own was not written
+            for p in foreign:
+                if not p.exists() and (dest / p.name).is_file():
+                    (dest / p.name).rename(p)
+            with contextlib.suppress(OSError):
+                if dest is not None:
+                    dest.rmdir()
+                    dest.parent.rmdir()     # previous/, if made for them
+            raise
     print(said)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)

@@ -250,7 +250,9 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
     assert seen["batches"] == (16384,)
     assert list(seen["modes"]) == ["graphs fp32", "graphs tf32", "graphs bf16"]
     assert seen["modes"]["graphs tf32"] == bench.VARIANT_MODES["graphs tf32"]
-    assert (tmp_path / "g.json").is_file()
+    assert json.loads((tmp_path / "g.json").read_text())["machine"]["cuda"] == "a test GPU"
+    # its own figures: replaced by the next run (a --gpu-only file, without the machine, was refused)
+    assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--json", str(tmp_path / "g.json")]) == 0
 
 
 def test_bench_cli_refuses_outputs_it_would_destroy_and_caps_threads_at_the_cpus(tmp_path, capsys, monkeypatch):

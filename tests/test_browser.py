@@ -445,18 +445,26 @@ def _const_published(tmp_path, model, keyword="const", target="window.TRANSFORME
 @pytest.mark.parametrize("keyword, target", [("const", "window.TRANSFORMER_PARAMS"),
                                              ("let", "globalThis['TRANSFORMER_PARAMS']")])
 def test_demo_cli_serves_declared_weights_handed_to_the_page_without_a_warning(tmp_path, make_model, demo_cli,
-                                                                               capsys, keyword, target):
+                                                                               capsys, keyword, target, recwarn):
     """The page runs them (next test); predlab read the `const`, warned that the page would not see it,
     then refused the line that hands it over as code that changes TRANSFORMER_PARAMS."""
+    from predlab.export import PageOnlyError
     path = _const_published(tmp_path, make_model(0), keyword, target)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_weights(path).config == make_model(0).config
     assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
-    assert "warning" not in capsys.readouterr().err
-    path.write_text(path.read_text() + "TRANSFORMER_PARAMS.output_bias[0] = 5;\n")    # a change after it
+    assert "warning" not in capsys.readouterr().err and not [w for w in recwarn if w.category is UserWarning]
+    handed = path.read_text()
+    path.write_text(handed + "TRANSFORMER_PARAMS.output_bias[0] = 5;\n")    # a change after it
     assert demo_cli.main([str(path), "--port", "0", "--no-browser"]) == 0
     assert "warning: predlab cannot check that the page runs" in capsys.readouterr().err
+    # changed before it is handed over: refused as a change, not warned of as weights the page would not see
+    path.write_text(handed.replace("// for the page", "if (true) { TRANSFORMER_PARAMS.output_bias[0] = 5; }"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(PageOnlyError, match="changes TRANSFORMER_PARAMS, so the page would run other weights"):
+            read_weights(path)
 
 
 @needs_chromium

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -971,6 +972,8 @@ def test_atomic_writes_go_through_links_and_never_replace_devices_or_pipes(tmp_p
     app = tmp_path / "app.js"
     app.write_text("function main() { return 1; }\n")
     assert "is not a weight file" in output_problem(app, replaces="weights")
+    with pytest.raises(ValueError, match="replaces must be None or one of weights, evaluate, bench, not 'json'"):
+        output_problem(app, replaces="json")
     target.write_text('{"catch_ratio": 1.0}')
     assert output_problem(target, replaces="evaluate") is None and output_problem(tmp_path / "new.json") is None
 
@@ -1599,6 +1602,9 @@ def test_export_cli_keeps_the_file_it_replaces_in_previous(model, make_model, tm
     assert read_weights("model.js").config == model.config and "hand-tuned" not in (tmp_path / "model.js").read_text()
     assert export.main([str(src), "--out", "model.js"]) == 0          # the same bytes again: nothing to keep
     assert "replaces" not in capsys.readouterr().out and len(list((tmp_path / "previous").iterdir())) == 1
+    (tmp_path / "ready.js").write_text("")                             # made ready for it ($(mktemp)): nothing
+    assert export.main([str(src), "--out", "ready.js"]) == 0
+    assert "replaces" not in capsys.readouterr().out and len(list((tmp_path / "previous").iterdir())) == 1
 
     site = tmp_path / "site"                                         # a link into the page's folder: written
     site.mkdir()                                                     # through, and the old text kept
@@ -1627,7 +1633,21 @@ def test_a_link_moved_to_previous_is_kept_as_what_it_points_to(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     link = tmp_path / "checkpoints" / "model.js"
     link.symlink_to(Path("..") / "site" / "model.js")
-    dest = move_to_previous([link], tmp_path / "checkpoints")
+    (tmp_path / "checkpoints" / "best_model.pt").write_text("an earlier run's")
+    files = [tmp_path / "checkpoints" / "best_model.pt", link]
+    real_copy = shutil.copy2
+
+    def full(src, dst, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+    shutil.copy2 = full
+    try:        # the copy fails on a full disk: nothing moved (best_model.pt was, and said it was not)
+        with pytest.raises(OSError):
+            move_to_previous(files, tmp_path / "checkpoints")
+    finally:
+        shutil.copy2 = real_copy
+    assert files[0].read_text() == "an earlier run's" and link.is_symlink()
+    assert not (tmp_path / "checkpoints" / "previous").exists()
+    dest = move_to_previous(files, tmp_path / "checkpoints")
     assert not (dest / "model.js").is_symlink() and (dest / "model.js").read_text() == "the page's weights"
     assert not link.exists() and not link.is_symlink()
     assert (tmp_path / "site" / "model.js").read_text() == "the page's weights"

@@ -379,7 +379,7 @@ def test_predict_warns_of_inputs_the_page_never_gives(model, make_samples):
         model.predict(samples)
     samples[0]["context"]["canvasWidth"] = 800
     with pytest.warns(UserWarning, match=r"sample 0's context\.canvasWidth is 800, where the page gives the canvas "
-                                         r"size / 1000, in \(0, 65.536\]"):
+                                         r"size / 1000, in \[0, 65.536\]"):
         model.predict(samples)
     samples[0]["context"]["canvasWidth"] = 0.8
     samples[0]["predator"]["velX"] = 2.0

@@ -473,6 +473,25 @@ def _full_disk_for(monkeypatch, *names: str) -> None:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_a_notebooks_run_whose_first_write_fails_puts_the_earlier_runs_files_back(tmp_path, monkeypatch, capsys):
+    """Only the command line put them back; a notebook's trainer left them in previous/ and the folder
+    with no model.js for the demo, though the run wrote nothing to replace it."""
+    from predlab.train import Checkpointer, create_trainer
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / "best_model.pt").write_bytes(b"an earlier run's")
+    (d / "model.js").write_text("an earlier run's model")
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, progress=False, callbacks=[Checkpointer(d)])
+    _full_disk_for(monkeypatch, "best_model.pt")
+    with pytest.raises(OSError, match="No space left on device"):
+        t.train(1)
+    assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == ["best_model.pt", "model.js"]
+    assert (d / "model.js").read_text() == "an earlier run's model"
+    assert f"put the earlier run's best_model.pt, model.js back in {d}" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
 def test_cli_on_a_full_disk_says_which_file_and_keeps_what_it_saved(tmp_path, monkeypatch, capsys):
     """A full disk under a checkpoint ended the run with a traceback (torch's "unexpected pos");
     now one line names the file, the epoch is not counted, the best model saved before it is

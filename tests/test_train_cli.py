@@ -280,6 +280,44 @@ def test_a_model_js_exported_into_the_folder_during_a_run_is_moved_aside_at_its_
     assert "meanwhile" not in (d / "model.js").read_text()
 
 
+def test_a_model_js_moved_aside_goes_back_when_the_runs_own_cannot_be_written(tmp_path, monkeypatch, capsys):
+    """The run moved a model.js exported meanwhile to previous/, then met a full disk writing its own:
+    the folder was left with no model.js, and the message said any earlier one was where it was."""
+    from test_train import _full_disk_for
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    validate = SupervisedTrainer.validate
+
+    def export_meanwhile(self, data=None):
+        if self.epoch == 1:
+            (d / "model.js").write_text("exported meanwhile")
+        return validate(self, data)
+    monkeypatch.setattr(SupervisedTrainer, "validate", export_meanwhile)
+    _full_disk_for(monkeypatch, "model.js")
+    assert main([*SMALL, "--epochs", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert "moved model.js to" in out and "no model.js was written (the one there is as it was)" in err
+    assert (d / "model.js").read_text() == "exported meanwhile" and not (d / "previous").exists()
+
+
+def test_a_model_js_of_the_very_bytes_the_run_writes_is_not_moved_aside(tmp_path, monkeypatch, capsys):
+    """One exported into the folder meanwhile from the checkpoint the run exports in the end went to
+    previous/ as "other weights"."""
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    assert main([*SMALL, "--epochs", "1", "--save_every", "1"]) == 0
+    same = (d / "model.js").read_text()
+    (d / "model.js").unlink()
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: (d / "model.js").write_text(same)
+                        and 9.0)        # no better than epoch 1: the run exports best_model.pt's, as before
+    capsys.readouterr()
+    assert main(["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]) == 0
+    assert "moved model.js" not in capsys.readouterr().out and not (d / "previous").exists()
+    assert (d / "model.js").read_text() == same
+
+
 def test_partial_files_of_a_killed_save_are_removed_by_the_next_run_in_the_folder(tmp_path, monkeypatch, capsys):
     """kill -9 during a save leaves .best_model.pt.XXXXXXXX.tmp (a checkpoint's size; 350 MB at
     --train_episodes 2000), hidden by its dot; no later run removed or named it."""
