@@ -527,8 +527,9 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
 
 # After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
-PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|"""
-                               r"""'TRANSFORMER_PARAMS')\s*\])\s*=\s*TRANSFORMER_PARAMS\s*;?[\s;]*""")
+PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*"""
+                               r"""(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\])"""
+                               r"""\s*=\s*TRANSFORMER_PARAMS\s*;?[\s;]*""")
 
 
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)

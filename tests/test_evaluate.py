@@ -270,7 +270,8 @@ def test_cli_json_replaces_only_figures_of_its_own(tmp_path, capsys, monkeypatch
     monkeypatch.chdir(tmp_path)
     (tmp_path / "old.json").write_text('{"catch_ratio": 0.5, "episodes": 7}')     # an earlier evaluation's
     assert evaluate.main(["teacher", "--episodes", "2", "--frames", "20", "--json", "old.json"]) == 0
-    assert json.loads((tmp_path / "old.json").read_text())["episodes"] == 2 and "wrote old.json" in capsys.readouterr().out
+    assert json.loads((tmp_path / "old.json").read_text())["episodes"] == 2
+    assert "wrote old.json" in capsys.readouterr().out
 
 
 def test_cli_json_dash_writes_the_figures_to_stdout(tmp_path, capsys, monkeypatch):
