@@ -271,7 +271,7 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
     arrow = ax.quiver([0], [0], [0], [0], color="tab:red", angles="xy", scale_units="xy", scale=1, width=0.006)
     applied = ax.quiver([0], [0], [0], [0], color="0.5", angles="xy", scale_units="xy", scale=1, width=0.004)
     applied.set_visible(not np.allclose(rollout.action, rollout.teacher))    # another policy drove
-    title = ax.set_title("")
+    title = ax.set_title("frame 0  boids 0  caught 0")    # text as the frames': tight_layout leaves room for it
     caught = np.cumsum(rollout.caught) - rollout.caught      # caught before frame t: its boids are gone from it
 
     def draw(t: int):
@@ -699,7 +699,7 @@ def plot_attention_overlay(model, batch: Batch, layer: int = 0, head: Union[int,
     sc = draw_attention(ax, rel, w, tgt)
     fig.colorbar(sc, ax=ax, label="[CLS] attention on one boid", shrink=0.8)
     ax.set_ylabel("px from predator")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)       # where it covers fewest boids
     hd = "mean of heads" if head is None else f"head {head}"
     if len(w):
         on = "the boid" if len(w) == 1 else f"the {len(w)} boids"
@@ -747,7 +747,7 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
                  "per layer)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig.get_figwidth(), 1))
     for layer, (axes, sc) in enumerate(rows):
-        fig.colorbar(sc, ax=axes, label=f"layer {layer}", fraction=0.02, pad=0.01, shrink=0.8)
+        fig.colorbar(sc, ax=axes, label=f"layer {layer}", fraction=0.02, pad=0.01, shrink=0.7)   # apart: ticks met
     return fig
 
 
