@@ -260,19 +260,26 @@ def test_a_resume_in_its_folder_moves_a_model_js_edited_since_aside_and_replaces
     assert not (moved[0].parent / "model.json").exists()         # its own model.json is replaced
 
 
-def test_a_model_js_exported_into_the_folder_during_a_run_is_moved_aside_at_its_end(tmp_path, monkeypatch, capsys):
-    """`python -m predlab.export other.pt --out checkpoints/model.js` while a run trained there: the
-    run's export overwrote it at its end."""
-    from predlab.train import SupervisedTrainer, main
-    monkeypatch.chdir(tmp_path)
-    d = tmp_path / "checkpoints"
+def _export_into_the_folder_meanwhile(monkeypatch, d: Path, text: str) -> None:
+    """A model.js with `text` written into folder d after the run's first epoch (at its validation), as
+    `python -m predlab.export ... --out d/model.js` from another shell would."""
+    from predlab.train import SupervisedTrainer
     validate = SupervisedTrainer.validate
 
     def export_meanwhile(self, data=None):
         if self.epoch == 1:
-            (d / "model.js").write_text("window.TRANSFORMER_PARAMS = {};  // exported meanwhile\n")
+            (d / "model.js").write_text(text)
         return validate(self, data)
     monkeypatch.setattr(SupervisedTrainer, "validate", export_meanwhile)
+
+
+def test_a_model_js_exported_into_the_folder_during_a_run_is_moved_aside_at_its_end(tmp_path, monkeypatch, capsys):
+    """`python -m predlab.export other.pt --out checkpoints/model.js` while a run trained there: the
+    run's export overwrote it at its end."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    _export_into_the_folder_meanwhile(monkeypatch, d, "window.TRANSFORMER_PARAMS = {};  // exported meanwhile\n")
     assert main([*SMALL, "--epochs", "2"]) == 0
     moved = list((d / "previous").glob("*/model.js"))
     assert [p.read_text() for p in moved] == ["window.TRANSFORMER_PARAMS = {};  // exported meanwhile\n"]
@@ -284,16 +291,10 @@ def test_a_model_js_moved_aside_goes_back_when_the_runs_own_cannot_be_written(tm
     """The run moved a model.js exported meanwhile to previous/, then met a full disk writing its own:
     the folder was left with no model.js, and the message said any earlier one was where it was."""
     from test_train import _full_disk_for
-    from predlab.train import SupervisedTrainer, main
+    from predlab.train import main
     monkeypatch.chdir(tmp_path)
     d = tmp_path / "checkpoints"
-    validate = SupervisedTrainer.validate
-
-    def export_meanwhile(self, data=None):
-        if self.epoch == 1:
-            (d / "model.js").write_text("exported meanwhile")
-        return validate(self, data)
-    monkeypatch.setattr(SupervisedTrainer, "validate", export_meanwhile)
+    _export_into_the_folder_meanwhile(monkeypatch, d, "exported meanwhile")
     _full_disk_for(monkeypatch, "model.js")
     assert main([*SMALL, "--epochs", "2"]) == 1
     out, err = capsys.readouterr()
