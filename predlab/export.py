@@ -529,7 +529,7 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
 PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*"""
                                r"""(?:\.\s*TRANSFORMER_PARAMS|\[\s*(?:"TRANSFORMER_PARAMS"|'TRANSFORMER_PARAMS')\s*\])"""
-                               r"""\s*=\s*TRANSFORMER_PARAMS\s*;?[\s;]*""")
+                               r"""\s*=\s*TRANSFORMER_PARAMS(?![\w$])\s*;?[\s;]*""")
 
 
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
@@ -649,7 +649,14 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
-    publish = PUBLISHES_BINDING.search(s, end) if declared else None
+    # the hand-over as the file's last statement, at the top level (after a `;`, a `}` or a line break):
+    # one inside a function, an `if`, a string or a comment (gone by now) hands over nothing, or not surely
+    publish = None
+    for publish in PUBLISHES_BINDING.finditer(s, end) if declared else ():
+        pass
+    if publish and not (publish.end() == len(s)
+                        and (publish.start() == end or s[:publish.start()].rstrip(" \t")[-1:] in (";", "}", "\n"))):
+        publish = None
     if publish and publish.span() == (end, len(s)):
         return params       # the page gets the object itself
     if publish:     # handed over among other code: that code is judged below, as code after the object
@@ -911,6 +918,8 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     replaces="weights" or a key of FIGURES, one of that kind (or empty): a typo must not wipe a source
     file, nor a notebook, a package.json or a model.json, which are JSON too.
     """
+    if replaces is not None and replaces not in REPLACES:     # a caller's slip: said on every call
+        raise ValueError(f"replaces must be None or one of {', '.join(REPLACES)}, not {replaces!r}")
     if isinstance(path, str) and not path.strip():
         return "no folder name given" if directory else "no file name given"
     path = Path(path)
@@ -1288,8 +1297,6 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
             kept = _keep_other(out, params_to_text(model_to_params(model), _format_for(out)))
             try:
                 write_weights(model, out)
-                if kept is not None:    # said now: a Ctrl-C held until the block ends stops what follows it
-                    print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
             except BaseException:
                 if kept is not None and not out.exists():     # the file it replaces goes back
                     (kept / out.name).rename(out)
@@ -1301,6 +1308,8 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
                         kept.parent.rmdir()     # previous/, if made for it
                     kept = None
                 raise
+            if kept is not None:    # said now: a Ctrl-C held until the block ends stops what follows it
+                print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:

@@ -645,7 +645,11 @@ class Checkpointer(Callback):
         return p in self._written and p.is_file() and self._signature(p) == self._written[p]
 
     def _save(self, trainer, path: Path, include_data: bool = True) -> None:
-        trainer.save_checkpoint(path, include_data=include_data)
+        try:
+            trainer.save_checkpoint(path, include_data=include_data)
+        except OSError:
+            self.failed_write = path        # a full disk, say: what the run's last words name
+            raise
         self._written[path] = self._signature(path)
         self._saved.add(path)
 
@@ -670,7 +674,10 @@ class Checkpointer(Callback):
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
-            dest = self.moved_to = move_to_previous(moving, self.dir)
+            # a link stays, its file copied: this run writes through it (to a page's folder, say), as export does
+            self._kept_links = [p.name for p in moving if p.is_symlink()]
+            dest = self.moved_to = move_to_previous(moving, self.dir, keep_links=True)
+            self._exports.update((p, self._signature(p)) for p in moving if p.is_symlink())
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
             say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
@@ -694,13 +701,20 @@ class Checkpointer(Callback):
             return False
         src = self.moved_to
         files = sorted(src.iterdir())
-        if any((self.dir / q.name).exists() or q.is_dir() for q in files):
+        links = getattr(self, "_kept_links", [])       # their files were copied, and are as they were
+        if any(((self.dir / q.name).exists() and q.name not in links) or q.is_dir() for q in files):
             return False
         with deferred_interrupt():
             for q in files:
-                q.rename(self.dir / q.name)
+                if q.name in links:
+                    q.unlink()
+                else:
+                    q.rename(self.dir / q.name)
             src.rmdir()
             self.moved_to, self.put_back_from = None, src
+            # an earlier run's again: moved aside at this run's next first write (train() again), never
+            # taken for this run's own
+            self._pending = [self.dir / q.name for q in files]
         with contextlib.suppress(OSError):
             src.parent.rmdir()          # previous/, if this was all it held
         say(f"put the earlier run's {', '.join(q.name for q in files)} back in {self.dir}: this run wrote nothing to "
@@ -2379,9 +2393,11 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
                 f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)}) of the run "
                 f"it resumed from, so no best_model.pt was written here; exporting the model of epoch {epoch}")
     else:
-        if interrupted and (code != 1 or diverged):     # (1 without diverged: a full disk, told above)
+        if interrupted and (code != 1 or diverged):
             why = {130: " before the interrupt", 143: " before the SIGTERM",
                    PIPE_CLOSED: " before stdout was closed"}.get(code, " before training diverged")
+        elif interrupted and Path(getattr(checkpointer, "failed_write", "")).name == "best_model.pt":
+            why = ": its write failed (above)"      # 1 without diverged: a full disk, say
         elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "
                    "evaluation gave one (the teacher caught no boid in the evaluation episodes: raise "
@@ -2400,20 +2416,28 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     dest = None
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
-        if foreign:
-            dest = move_to_previous(foreign, tc.checkpoint_dir)
-            names = " and ".join(p.name for p in foreign)
+        links = [p for p in foreign if p.is_symlink()]
+        if foreign:     # a link stays (the export writes through it, as `predlab.export` does): its file is copied
+            dest = move_to_previous(foreign, tc.checkpoint_dir, keep_links=True)
+            moved = " and ".join(p.name for p in foreign if p not in links)
+            copied = " and ".join(p.name for p in links)
+            what = "; ".join(([f"moved {moved} to {dest}"] if moved else []) +
+                             ([f"kept a copy of the file {copied} {'links' if len(links) == 1 else 'link'} to in "
+                               f"{dest} (this run writes through the link)"] if copied else []))
             later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""
             held = "they hold" if len(foreign) > 1 else "it holds"
-            say(f"moved {names} to {dest}, not this run's to replace: {held} other weights or text than it "
+            say(f"{what}, not this run's to replace: {held} other weights or text than it "
                 f"wrote (exported or edited there since it began{later}?)")
         try:
             js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
             write_weights(model, Path(tc.checkpoint_dir) / "model.json")
         except BaseException:
-            # a full disk: what was moved aside for the files goes back where its own was not written
+            # a full disk: what was moved aside for the files goes back where its own was not written (a
+            # link's file was not written: its copy goes)
             for p in foreign:
-                if not p.exists() and (dest / p.name).is_file():
+                if p in links:
+                    (dest / p.name).unlink(missing_ok=True)
+                elif not p.exists() and (dest / p.name).is_file():
                     (dest / p.name).rename(p)
             with contextlib.suppress(OSError):
                 if dest is not None:

@@ -972,8 +972,9 @@ def test_atomic_writes_go_through_links_and_never_replace_devices_or_pipes(tmp_p
     app = tmp_path / "app.js"
     app.write_text("function main() { return 1; }\n")
     assert "is not a weight file" in output_problem(app, replaces="weights")
-    with pytest.raises(ValueError, match="replaces must be None or one of weights, evaluate, bench, not 'json'"):
-        output_problem(app, replaces="json")
+    for where in (app, tmp_path / "new.json"):       # a slip is said whether the file is there or not
+        with pytest.raises(ValueError, match="replaces must be None or one of weights, evaluate, bench, not 'json'"):
+            output_problem(where, replaces="json")
     target.write_text('{"catch_ratio": 1.0}')
     assert output_problem(target, replaces="evaluate") is None and output_problem(tmp_path / "new.json") is None
 
@@ -1614,6 +1615,20 @@ def test_export_cli_keeps_the_file_it_replaces_in_previous(model, make_model, tm
     assert (tmp_path / "deploy.js").is_symlink() and "hand-tuned" not in (site / "model.js").read_text()
     assert [p.read_text() for p in (tmp_path / "previous").glob("*/deploy.js")] == [edited]
 
+    (site / "model.js").write_text(edited)               # stdout closed after the write: written, the copy kept
+
+    def closed(*a, **k):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr("builtins.print", closed)
+    try:
+        assert export.main([str(src), "--out", "deploy.js"]) == 141
+    except SystemExit as e:
+        assert e.code == 141
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert sorted(p.read_text() for p in (tmp_path / "previous").glob("*/deploy.js")) == [edited, edited]
+    assert "hand-tuned" not in (site / "model.js").read_text()
+
     (tmp_path / "model.js").write_text(edited)                       # a full disk: the file stays where it was
     def full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -1651,6 +1666,25 @@ def test_a_link_moved_to_previous_is_kept_as_what_it_points_to(tmp_path):
     assert not (dest / "model.js").is_symlink() and (dest / "model.js").read_text() == "the page's weights"
     assert not link.exists() and not link.is_symlink()
     assert (tmp_path / "site" / "model.js").read_text() == "the page's weights"
+
+
+@pytest.mark.parametrize("after", [
+    "function publish() { window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS; }",          # never called
+    "if (false) { window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS; }",
+    'console.log("window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS");',                 # a string
+    "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS_OLD;",                            # another binding
+    "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS.backup;",
+])
+def test_declared_weights_not_surely_handed_to_the_page_are_not_read_as_its_weights(model, tmp_path, after):
+    """Only `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` as the file's last top-level statement hands the
+    declared object to the page; these were read as the page's weights."""
+    from predlab.export import PageOnlyError
+    js = write_weights(model, tmp_path / "model.js").read_text()
+    path = tmp_path / "declared.js"
+    path.write_text(js.replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS", 1) + after + "\n")
+    with pytest.raises(PageOnlyError), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        read_params(path)
 
 
 def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):

@@ -489,6 +489,11 @@ def test_a_notebooks_run_whose_first_write_fails_puts_the_earlier_runs_files_bac
     assert sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) == ["best_model.pt", "model.js"]
     assert (d / "model.js").read_text() == "an earlier run's model"
     assert f"put the earlier run's best_model.pt, model.js back in {d}" in capsys.readouterr().out
+    monkeypatch.undo()                      # the disk freed, the cell run again: an earlier run's files still
+    t.train(1)
+    (kept,) = (d / "previous").iterdir()
+    assert (kept / "best_model.pt").read_bytes() == b"an earlier run's"
+    assert (kept / "model.js").read_text() == "an earlier run's model"
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")

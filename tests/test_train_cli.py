@@ -302,6 +302,28 @@ def test_a_model_js_moved_aside_goes_back_when_the_runs_own_cannot_be_written(tm
     assert (d / "model.js").read_text() == "exported meanwhile" and not (d / "previous").exists()
 
 
+@pytest.mark.parametrize("full", [False, True], ids=["written", "full disk"])
+def test_a_linked_model_js_is_written_through_and_its_file_kept(tmp_path, monkeypatch, capsys, full):
+    """checkpoints/model.js linked to the page's folder: the run's export writes through the link, a copy of
+    the file it replaces kept (the link went, and a copy in previous/ pointed at nothing). On a full disk
+    the link stays a link."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d, site = tmp_path / "checkpoints", tmp_path / "site"
+    site.mkdir()
+    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
+    (site / "model.js").write_text(page)
+    d.mkdir()
+    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    if full:
+        _full_disk_for(monkeypatch, "model.js")
+    assert main([*SMALL, "--epochs", "2"]) == (1 if full else 0)
+    assert (d / "model.js").is_symlink() and "moved 1 file(s) of an earlier run" in capsys.readouterr().out
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == [page]       # an earlier run's: kept
+    assert ((site / "model.js").read_text() == page) == full
+
+
 def test_a_model_js_of_the_very_bytes_the_run_writes_is_not_moved_aside(tmp_path, monkeypatch, capsys):
     """One exported into the folder meanwhile from the checkpoint the run exports in the end went to
     previous/ as "other weights"."""
@@ -602,6 +624,25 @@ def test_a_full_disk_at_the_first_best_model_puts_the_earlier_runs_files_back(tm
     moved = sorted(p for p in (folder / "previous").iterdir() if p.name != "20260101-000000")
     assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == ["best_model.pt", "model.js"]
     assert (f"the earlier run's files are in {Path('checkpoints') / 'previous' / moved[0].name}") in err
+
+
+def test_a_first_write_that_fails_after_epoch_1_leaves_the_earlier_run_as_it_was(tmp_path, monkeypatch, capsys):
+    """The best by catch ratio is first written at the run's last epoch; when that write failed, the
+    earlier run's files came back, and the run then exported the earlier run's best_model.pt as its own."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0                                                         # the earlier run
+    d = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    capsys.readouterr()
+    _full_disk_for(monkeypatch, "best_model.pt", "checkpoint_epoch")
+    assert main([*SMALL, "--epochs", "3", "--save_every", "5", "--select_best_by", "catch_ratio",
+                 "--eval_every", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert "no best_model.pt was written: its write failed (above), so no model.js" in err
+    assert "browser weights" not in out
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")} == before
 
 
 def _rename_but_not_back(rename, blocked: Path):
