@@ -649,13 +649,14 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
-    # the hand-over as the file's last statement, at the top level (after a `;`, a `}` or a line break):
-    # one inside a function, an `if`, a string or a comment (gone by now) hands over nothing, or not surely
+    # the hand-over as the file's last statement, at the top level (right after the object, a `;` or a `}`):
+    # one inside a function, an `if`, a string or a comment (gone by now) hands over nothing, or not surely;
+    # after a line break alone it may be an `if`'s or an `else`'s statement
     publish = None
     for publish in PUBLISHES_BINDING.finditer(s, end) if declared else ():
         pass
     if publish and not (publish.end() == len(s)
-                        and (publish.start() == end or s[:publish.start()].rstrip(" \t")[-1:] in (";", "}", "\n"))):
+                        and (publish.start() == end or s[:publish.start()].rstrip()[-1:] in (";", "}"))):
         publish = None
     if publish and publish.span() == (end, len(s)):
         return params       # the page gets the object itself
@@ -1012,13 +1013,15 @@ def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[st
         parser.error(f"{flag}: {problem}")
 
 
-def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path], keep_links: bool = False) -> Path:
+def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path],
+                     keep_links: Union[bool, Sequence[str]] = False) -> Path:
     """Move files into directory/previous/<time of the newest>/ (a new folder each time), so that
     nothing of an earlier run or export is overwritten -> that folder. A Ctrl-C takes effect once
     all of them are moved.
 
     A link goes as a copy of what it points to (moved, a relative link pointed at nothing there); the
-    link itself is removed, or, with keep_links, left for the new file to be written through."""
+    link itself is removed, or, with keep_links (True, or the names of the links to keep), left for the
+    new file to be written through."""
     directory = Path(directory)
     if (directory / "previous").exists() and not (directory / "previous").is_dir():
         raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
@@ -1043,7 +1046,7 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
         for p in files:
             if not p.is_symlink():
                 p.rename(dest / p.name)
-            elif not keep_links:
+            elif not (keep_links if isinstance(keep_links, bool) else p.name in keep_links):
                 p.unlink()
     return dest
 

@@ -437,6 +437,7 @@ class Checkpointer(Callback):
     """
 
     RUN_FILES = ("best_model.pt", "model.js", "model.json")
+    EXPORTS = ("model.js", "model.json")
     # what a run stopped mid-epoch is told of the last whole epoch saved: the trainer has already put
     # itself back to that epoch, so in a notebook the cell run again goes on (the command line: --resume)
     go_on = ("train() again on this trainer (a notebook's training cell run again) goes on from there (another "
@@ -674,13 +675,19 @@ class Checkpointer(Callback):
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
-            # a link stays, its file copied: this run writes through it (to a page's folder, say), as export does
-            self._kept_links = [p.name for p in moving if p.is_symlink()]
-            dest = self.moved_to = move_to_previous(moving, self.dir, keep_links=True)
-            self._exports.update((p, self._signature(p)) for p in moving if p.is_symlink())
+            # a model.js (or .json) link stays, its file copied: this run's export writes through it (into a
+            # page's folder, say), as `predlab.export` does. A checkpoint's link goes (its file copied): the
+            # run's saves would have written into another run's files
+            links = [p for p in moving if p.is_symlink() and p.name in self.EXPORTS]
+            self._kept_links = [p.name for p in links]
+            dest = self.moved_to = move_to_previous(moving, self.dir, keep_links=self._kept_links)
+            self._link_files = {p: self._signature(p) for p in links}      # their files, as copied
+            self._exports.update(self._link_files)
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
-            say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
+            stay = (f"; {' and '.join(self._kept_links)} {'is a link' if len(links) == 1 else 'are links'}, left in "
+                    "place: this run's export writes through" if links else "")
+            say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}{stay}; this "
                 f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                 f"delete what you no longer need)")
         self._pending = []
@@ -701,12 +708,15 @@ class Checkpointer(Callback):
             return False
         src = self.moved_to
         files = sorted(src.iterdir())
-        links = getattr(self, "_kept_links", [])       # their files were copied, and are as they were
-        if any(((self.dir / q.name).exists() and q.name not in links) or q.is_dir() for q in files):
+        # a kept link whose file is as copied: the copy goes. Otherwise (the link gone or changed since) the
+        # copy is the earlier content, and goes back like a moved file
+        same = {self.dir / p.name for p, sig in getattr(self, "_link_files", {}).items()
+                if p.is_symlink() and p.is_file() and self._signature(p) == sig}
+        if any(((self.dir / q.name).exists() and self.dir / q.name not in same) or q.is_dir() for q in files):
             return False
         with deferred_interrupt():
             for q in files:
-                if q.name in links:
+                if self.dir / q.name in same:
                     q.unlink()
                 else:
                     q.rename(self.dir / q.name)
@@ -2326,14 +2336,16 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     if shortfall:
         print(f"warning: {shortfall}: try a lower --learning_rate", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
-    if interrupted and trainer.epoch == first_epoch and not checkpointer.wrote_best():   # nothing of this run to export
-        # a write that failed (a full disk) after the earlier run's files were moved aside for it: the
-        # Checkpointer put them back, unless a name of theirs was taken meanwhile
+    # nothing of this run to export: stopped in its first epoch, or its first write failed (a full disk),
+    # after which the Checkpointer put the earlier run's files back (an export now would move them again)
+    if interrupted and not checkpointer.wrote_best() and (trainer.epoch == first_epoch
+                                                          or checkpointer.put_back_from is not None):
         where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
                  f"the earlier run's files are back in {tc.checkpoint_dir}" if checkpointer.put_back_from else
                  f"the files in {tc.checkpoint_dir} are where they were")
-        print(f"{ended}, before the first epoch of this run ended: no checkpoint or model was written, and "
-              f"{where}", file=sys.stderr)
+        when = ("before the first epoch of this run ended" if trainer.epoch == first_epoch else
+                "its first write failed")
+        print(f"{ended}, {when}: no checkpoint or model was written, and {where}", file=sys.stderr)
         return code
     try:
         with deferred_interrupt():   # a Ctrl-C now takes effect once model.js and model.json are written
@@ -2417,6 +2429,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
         links = [p for p in foreign if p.is_symlink()]
+        before = {p: checkpointer._signature(p) for p in links}        # their files, before the writes
         if foreign:     # a link stays (the export writes through it, as `predlab.export` does): its file is copied
             dest = move_to_previous(foreign, tc.checkpoint_dir, keep_links=True)
             moved = " and ".join(p.name for p in foreign if p not in links)
@@ -2435,9 +2448,9 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
             # a full disk: what was moved aside for the files goes back where its own was not written (a
             # link's file was not written: its copy goes)
             for p in foreign:
-                if p in links:
-                    (dest / p.name).unlink(missing_ok=True)
-                elif not p.exists() and (dest / p.name).is_file():
+                if p in links and p.is_file() and checkpointer._signature(p) == before[p]:
+                    (dest / p.name).unlink(missing_ok=True)     # not written through: the copy is no loss
+                elif p not in links and not p.exists() and (dest / p.name).is_file():
                     (dest / p.name).rename(p)
             with contextlib.suppress(OSError):
                 if dest is not None:

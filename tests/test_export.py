@@ -1674,6 +1674,8 @@ def test_a_link_moved_to_previous_is_kept_as_what_it_points_to(tmp_path):
     'console.log("window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS");',                 # a string
     "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS_OLD;",                            # another binding
     "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS.backup;",
+    "if (false)\nwindow.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;",                  # an if's, over a line break
+    "if (location.hash) {} else\nwindow.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;",
 ])
 def test_declared_weights_not_surely_handed_to_the_page_are_not_read_as_its_weights(model, tmp_path, after):
     """Only `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` as the file's last top-level statement hands the

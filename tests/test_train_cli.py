@@ -640,9 +640,64 @@ def test_a_first_write_that_fails_after_epoch_1_leaves_the_earlier_run_as_it_was
     assert main([*SMALL, "--epochs", "3", "--save_every", "5", "--select_best_by", "catch_ratio",
                  "--eval_every", "5"]) == 1
     out, err = capsys.readouterr()
-    assert "no best_model.pt was written: its write failed (above), so no model.js" in err
+    assert ("its first write failed: no checkpoint or model was written, and the earlier run's files are back in "
+            "checkpoints") in err
     assert "browser weights" not in out
     assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+
+
+def test_a_resumed_runs_failed_first_write_leaves_the_earlier_files_back_in_place(tmp_path, monkeypatch, capsys):
+    """Resumed from another folder, no epoch better, a full disk at its first write: the earlier run's files
+    were put back, then the export of where the run ended moved them aside again, and failed."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--epochs", "2", "--checkpoint_dir", "runs/good"]) == 0
+    assert main([*SMALL, "--seed", "3"]) == 0                                   # an earlier run in checkpoints/
+    d = tmp_path / "checkpoints"
+    before = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    capsys.readouterr()
+    _full_disk_for(monkeypatch, "best_model.pt", "checkpoint_epoch", "model")
+    assert main([*SMALL, "--epochs", "4", "--save_every", "5", "--min_delta", "1", "--resume",
+                 "runs/good/checkpoint_epoch_2.pt", "--checkpoint_dir", "checkpoints"]) == 1
+    assert "its first write failed: no checkpoint or model was written" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+
+
+def test_a_checkpoint_linked_into_another_runs_folder_is_not_written_through(tmp_path, monkeypatch):
+    """A best_model.pt or checkpoint link in the folder (to a good run's files): the new run's saves went into
+    the good run's files, and rotation left them there under their own names."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1", "--checkpoint_dir", "runs/good"]) == 0
+    good = {p.name: p.read_bytes() for p in (tmp_path / "runs" / "good").glob("*.pt")}
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    for name in ("best_model.pt", "checkpoint_epoch_1.pt"):
+        (d / name).symlink_to(Path("..") / "runs" / "good" / name)
+    assert main([*SMALL, "--epochs", "3", "--save_every", "1", "--keep_checkpoints", "1"]) == 0
+    assert {p.name: p.read_bytes() for p in (tmp_path / "runs" / "good").glob("*.pt")} == good
+    assert not any(p.is_symlink() for p in d.iterdir())
+    assert sorted(p.name for p in d.glob("previous/*/*")) == ["best_model.pt", "checkpoint_epoch_1.pt"]
+
+
+def test_a_linked_model_js_written_through_keeps_its_copy_when_model_json_then_fails(tmp_path, monkeypatch, capsys):
+    """model.js is written (through the link, into the page's folder) before model.json; when model.json
+    failed, the copy of the page's file was deleted as if nothing had been written."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1"]) == 0
+    d, site = tmp_path / "checkpoints", tmp_path / "site"
+    site.mkdir()
+    hand = "window.TRANSFORMER_PARAMS = {};  // hand-tuned weights for the page\n"
+    (site / "model.js").write_text(hand)
+    (d / "model.js").unlink()
+    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    _full_disk_for(monkeypatch, "model.json")
+    assert main([*SMALL, "--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt"]) == 1
+    assert "hand-tuned" not in (site / "model.js").read_text()
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == [hand]
 
 
 def _rename_but_not_back(rename, blocked: Path):
