@@ -457,6 +457,7 @@ class Checkpointer(Callback):
         self.resumed_epoch = 0      # the epoch a run resumed in its own folder goes on from (0: none)
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
         self.put_back_from: Optional[Path] = None   # where put_back took them from, when it did
+        self.failed_write: Optional[Path] = None    # the checkpoint whose write failed (a full disk)
 
     @staticmethod
     def _epoch_of(p: Path) -> int:
@@ -470,6 +471,7 @@ class Checkpointer(Callback):
                       key=self._epoch_of)
 
     def on_train_begin(self, trainer):
+        self.put_back_from = self.failed_write = None       # of this call's run only
         problem = run_file_problem(self.dir)
         if problem:
             raise ValueError(problem)
@@ -708,27 +710,33 @@ class Checkpointer(Callback):
             return False
         src = self.moved_to
         files = sorted(src.iterdir())
-        # a kept link whose file is as copied: the copy goes. Otherwise (the link gone or changed since) the
-        # copy is the earlier content, and goes back like a moved file
-        same = {self.dir / p.name for p, sig in getattr(self, "_link_files", {}).items()
-                if p.is_symlink() and p.is_file() and self._signature(p) == sig}
-        if any(((self.dir / q.name).exists() and self.dir / q.name not in same) or q.is_dir() for q in files):
+        # a kept link (model.js into a page's folder) is still in place: its copy goes if the file it links to
+        # is as copied, else (changed since by someone else) it stays in previous/, the earlier content
+        links = {self.dir / p.name: p.is_symlink() and p.is_file() and self._signature(p) == sig
+                 for p, sig in getattr(self, "_link_files", {}).items()}
+        if any(((self.dir / q.name).exists() and self.dir / q.name not in links) or q.is_dir() for q in files):
             return False
+        kept = [q for q in files if self.dir / q.name in links and not links[self.dir / q.name]]
         with deferred_interrupt():
             for q in files:
-                if self.dir / q.name in same:
+                if q in kept:
+                    continue
+                if self.dir / q.name in links:
                     q.unlink()
                 else:
                     q.rename(self.dir / q.name)
-            src.rmdir()
+            if not kept:
+                src.rmdir()
             self.moved_to, self.put_back_from = None, src
             # an earlier run's again: moved aside at this run's next first write (train() again), never
             # taken for this run's own
-            self._pending = [self.dir / q.name for q in files]
+            self._pending = [self.dir / q.name for q in files if q not in kept]
         with contextlib.suppress(OSError):
             src.parent.rmdir()          # previous/, if this was all it held
-        say(f"put the earlier run's {', '.join(q.name for q in files)} back in {self.dir}: this run wrote nothing to "
-            "replace them")
+        back = [q.name for q in files if q not in kept]
+        say(f"put the earlier run's {', '.join(back)} back in {self.dir}: this run wrote nothing to replace them"
+            + (f" ({', '.join(q.name for q in kept)} of the file a link points to stays in {src}: that file has "
+               "changed since)" if kept else ""))
         return True
 
     def on_epoch_end(self, trainer, epoch, logs):
@@ -2343,8 +2351,8 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         where = (f"the earlier run's files are in {checkpointer.moved_to}" if checkpointer.moved_to else
                  f"the earlier run's files are back in {tc.checkpoint_dir}" if checkpointer.put_back_from else
                  f"the files in {tc.checkpoint_dir} are where they were")
-        when = ("before the first epoch of this run ended" if trainer.epoch == first_epoch else
-                "its first write failed")
+        when = ("its first write failed" if checkpointer.failed_write is not None else
+                "before the first epoch of this run ended")
         print(f"{ended}, {when}: no checkpoint or model was written, and {where}", file=sys.stderr)
         return code
     try:
@@ -2408,7 +2416,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         if interrupted and (code != 1 or diverged):
             why = {130: " before the interrupt", 143: " before the SIGTERM",
                    PIPE_CLOSED: " before stdout was closed"}.get(code, " before training diverged")
-        elif interrupted and Path(getattr(checkpointer, "failed_write", "")).name == "best_model.pt":
+        elif interrupted and Path(checkpointer.failed_write or "").name == "best_model.pt":
             why = ": its write failed (above)"      # 1 without diverged: a full disk, say
         elif trainer.monitor == "neg_catch_ratio":
             why = (": best_model.pt follows the catch ratio (--select_best_by catch_ratio), and no catch "

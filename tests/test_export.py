@@ -1689,6 +1689,20 @@ def test_declared_weights_not_surely_handed_to_the_page_are_not_read_as_its_weig
         read_params(path)
 
 
+@pytest.mark.parametrize("between", ["console.log(1)\n", "Object.freeze(TRANSFORMER_PARAMS)\n", "\n"])
+def test_declared_weights_handed_over_in_a_file_without_semicolons_are_read(model, tmp_path, between):
+    """The page runs a model.js written without semicolons whose hand-over follows other code on its own line;
+    predlab named the harmless line as code that changes the weights."""
+    js = write_weights(model, tmp_path / "model.js").read_text().rstrip().rstrip(";")
+    path = tmp_path / "declared.js"
+    path.write_text(js.replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS", 1) + "\n" + between
+                    + "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_params(path)["d_model"] == model.config.d_model
+    assert not [w for w in caught if "does not set window.TRANSFORMER_PARAMS" in str(w.message)]
+
+
 def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):
     """`python -m predlab.export checkpoints/best_model.pt --out model.js` said only "wrote model.js": not
     which epoch's model, nor its val MSE, which a page's model.js is then known by."""

@@ -497,6 +497,34 @@ def test_a_notebooks_run_whose_first_write_fails_puts_the_earlier_runs_files_bac
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_files_put_back_leave_a_linked_model_js_changed_meanwhile_and_its_copy(tmp_path, monkeypatch, capsys):
+    """ck/model.js links to a page's file, which someone edits during the run; the run's first write fails.
+    Nothing was put back: the link's name was taken, so the earlier best_model.pt stayed in previous/."""
+    from predlab.train import Checkpointer, create_trainer
+    d, site = tmp_path / "ck", tmp_path / "site"
+    d.mkdir()
+    site.mkdir()
+    (d / "best_model.pt").write_bytes(b"an earlier run's")
+    (site / "model.js").write_text("page v1")
+    (d / "model.js").symlink_to(site / "model.js")
+    room = Checkpointer.make_room
+
+    def make_room_then_edit(self):
+        room(self)
+        if (site / "model.js").read_text() == "page v1":
+            (site / "model.js").write_text("page v2, edited during the run")
+    monkeypatch.setattr(Checkpointer, "make_room", make_room_then_edit)
+    _full_disk_for(monkeypatch, "best_model.pt")
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, progress=False, callbacks=[Checkpointer(d)])
+    with pytest.raises(OSError):
+        t.train(1)
+    assert (d / "best_model.pt").read_bytes() == b"an earlier run's" and (d / "model.js").is_symlink()
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == ["page v1"]
+    assert "model.js of the file a link points to stays in" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
 def test_cli_on_a_full_disk_says_which_file_and_keeps_what_it_saved(tmp_path, monkeypatch, capsys):
     """A full disk under a checkpoint ended the run with a traceback (torch's "unexpected pos");
     now one line names the file, the epoch is not counted, the best model saved before it is
