@@ -532,22 +532,6 @@ PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*
                                r"""\s*=\s*TRANSFORMER_PARAMS(?![\w$])\s*;?[\s;]*""")
 
 
-def _ends_statement(code: str) -> bool:
-    """Whether JavaScript code ends a statement, so that what follows is one of the top level: after a `;` or
-    a `}`, or a line break that JavaScript ends the statement at. Not after `if (...)`, `while (...)`, `for
-    (...)`, `else` or `do` (the next line is their statement), nor after an operator or an opening bracket
-    (the expression goes on)."""
-    body = code.rstrip()
-    if body[-1:] in (";", "}"):
-        return True
-    if "\n" not in code[len(body):]:
-        return False
-    line = body.rsplit("\n", 1)[-1].strip()
-    if re.match(r"(?:if|while|for|with)\b", line) and line.endswith(")") or re.search(r"(?:^|\W)(?:else|do)$", line):
-        return False
-    return line[-1:] not in tuple("=+-*/%&|^!?:,([<>~.")
-
-
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
 _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
 
@@ -665,12 +649,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
-    # the hand-over as the file's last statement, at the top level: one inside a function, an `if`, a string or
-    # a comment (gone by now) hands over nothing, or not surely
+    # the hand-over as the file's last statement: one inside a function, an `if` block, a string or a comment
+    # (gone by now) hands over nothing, or not surely. After other code (on the line above, an `if (...)` the
+    # page may run it under) it is read with the warning below that predlab does not run that code
     publish = None
     for publish in PUBLISHES_BINDING.finditer(s, end) if declared else ():
         pass
-    if publish and not (publish.end() == len(s) and (publish.start() == end or _ends_statement(s[:publish.start()]))):
+    if publish and publish.end() != len(s):
         publish = None
     if publish and publish.span() == (end, len(s)):
         return params       # the page gets the object itself

@@ -710,10 +710,12 @@ class Checkpointer(Callback):
             return False
         src = self.moved_to
         files = sorted(src.iterdir())
-        # a kept link (model.js into a page's folder) is still in place: its copy goes if the file it links to
-        # is as copied, else (changed since by someone else) it stays in previous/, the earlier content
+        # a kept link (model.js into a page's folder): its copy goes if the link is still there and its file as
+        # copied; it goes back like a moved file if nothing has the name any more (the link removed); else (the
+        # file changed since, or the link left pointing at nothing) it stays in previous/, the earlier content
         links = {self.dir / p.name: p.is_symlink() and p.is_file() and self._signature(p) == sig
-                 for p, sig in getattr(self, "_link_files", {}).items()}
+                 for p, sig in getattr(self, "_link_files", {}).items()
+                 if p.exists() or p.is_symlink()}
         if any(((self.dir / q.name).exists() and self.dir / q.name not in links) or q.is_dir() for q in files):
             return False
         kept = [q for q in files if self.dir / q.name in links and not links[self.dir / q.name]]
@@ -736,7 +738,7 @@ class Checkpointer(Callback):
         back = [q.name for q in files if q not in kept]
         say(f"put the earlier run's {', '.join(back)} back in {self.dir}: this run wrote nothing to replace them"
             + (f" ({', '.join(q.name for q in kept)} of the file a link points to stays in {src}: that file has "
-               "changed since)" if kept else ""))
+               "changed since, or is gone)" if kept else ""))
         return True
 
     def on_epoch_end(self, trainer, epoch, logs):

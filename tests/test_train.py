@@ -525,6 +525,32 @@ def test_files_put_back_leave_a_linked_model_js_changed_meanwhile_and_its_copy(t
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_a_linked_model_js_removed_meanwhile_goes_back_as_the_file_it_was(tmp_path, monkeypatch, capsys):
+    """The link removed during the run, its first write failed: the copy stayed in previous/ though nothing
+    had the name, and the message said the file had changed."""
+    from predlab.train import Checkpointer, create_trainer
+    d, site = tmp_path / "ck", tmp_path / "site"
+    d.mkdir()
+    site.mkdir()
+    (d / "best_model.pt").write_bytes(b"an earlier run's")
+    (site / "model.js").write_text("page v1")
+    (d / "model.js").symlink_to(site / "model.js")
+    room = Checkpointer.make_room
+
+    def make_room_then_unlink(self):
+        room(self)
+        (d / "model.js").unlink(missing_ok=True)
+    monkeypatch.setattr(Checkpointer, "make_room", make_room_then_unlink)
+    _full_disk_for(monkeypatch, "best_model.pt")
+    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
+                       eval_every=0, progress=False, callbacks=[Checkpointer(d)])
+    with pytest.raises(OSError):
+        t.train(1)
+    assert (d / "model.js").read_text() == "page v1" and not (d / "previous").exists()
+    assert "stays in" not in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
 def test_cli_on_a_full_disk_says_which_file_and_keeps_what_it_saved(tmp_path, monkeypatch, capsys):
     """A full disk under a checkpoint ended the run with a traceback (torch's "unexpected pos");
     now one line names the file, the epoch is not counted, the best model saved before it is
