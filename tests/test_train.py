@@ -497,9 +497,11 @@ def test_a_notebooks_run_whose_first_write_fails_puts_the_earlier_runs_files_bac
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
-def test_files_put_back_leave_a_linked_model_js_changed_meanwhile_and_its_copy(tmp_path, monkeypatch, capsys):
-    """ck/model.js links to a page's file, which someone edits during the run; the run's first write fails.
-    Nothing was put back: the link's name was taken, so the earlier best_model.pt stayed in previous/."""
+@pytest.mark.parametrize("meanwhile", ["edited", "removed"])
+def test_files_put_back_after_a_failed_first_write_around_a_linked_model_js(tmp_path, monkeypatch, capsys, meanwhile):
+    """ck/model.js links to a page's file; during the run someone edits that file, or removes the link; the
+    run's first write fails. Edited: nothing was put back (the link's name was taken), the earlier
+    best_model.pt stayed in previous/. Removed: the copy stayed there though nothing had the name."""
     from predlab.train import Checkpointer, create_trainer
     d, site = tmp_path / "ck", tmp_path / "site"
     d.mkdir()
@@ -509,45 +511,25 @@ def test_files_put_back_leave_a_linked_model_js_changed_meanwhile_and_its_copy(t
     (d / "model.js").symlink_to(site / "model.js")
     room = Checkpointer.make_room
 
-    def make_room_then_edit(self):
+    def make_room_then(self):
         room(self)
-        if (site / "model.js").read_text() == "page v1":
+        if meanwhile == "removed":
+            (d / "model.js").unlink(missing_ok=True)
+        elif (site / "model.js").read_text() == "page v1":
             (site / "model.js").write_text("page v2, edited during the run")
-    monkeypatch.setattr(Checkpointer, "make_room", make_room_then_edit)
+    monkeypatch.setattr(Checkpointer, "make_room", make_room_then)
     _full_disk_for(monkeypatch, "best_model.pt")
     t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
                        eval_every=0, progress=False, callbacks=[Checkpointer(d)])
     with pytest.raises(OSError):
         t.train(1)
-    assert (d / "best_model.pt").read_bytes() == b"an earlier run's" and (d / "model.js").is_symlink()
-    assert [p.read_text() for p in d.glob("previous/*/model.js")] == ["page v1"]
-    assert "model.js of the file a link points to stays in" in capsys.readouterr().out
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
-def test_a_linked_model_js_removed_meanwhile_goes_back_as_the_file_it_was(tmp_path, monkeypatch, capsys):
-    """The link removed during the run, its first write failed: the copy stayed in previous/ though nothing
-    had the name, and the message said the file had changed."""
-    from predlab.train import Checkpointer, create_trainer
-    d, site = tmp_path / "ck", tmp_path / "site"
-    d.mkdir()
-    site.mkdir()
-    (d / "best_model.pt").write_bytes(b"an earlier run's")
-    (site / "model.js").write_text("page v1")
-    (d / "model.js").symlink_to(site / "model.js")
-    room = Checkpointer.make_room
-
-    def make_room_then_unlink(self):
-        room(self)
-        (d / "model.js").unlink(missing_ok=True)
-    monkeypatch.setattr(Checkpointer, "make_room", make_room_then_unlink)
-    _full_disk_for(monkeypatch, "best_model.pt")
-    t = create_trainer(train_episodes=2, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD,
-                       eval_every=0, progress=False, callbacks=[Checkpointer(d)])
-    with pytest.raises(OSError):
-        t.train(1)
-    assert (d / "model.js").read_text() == "page v1" and not (d / "previous").exists()
-    assert "stays in" not in capsys.readouterr().out
+    assert (d / "best_model.pt").read_bytes() == b"an earlier run's"
+    said = "model.js of the file a link points to stays in" in capsys.readouterr().out
+    if meanwhile == "edited":        # the link and the page's new file stay; the earlier text, in previous/
+        assert (d / "model.js").is_symlink() and said
+        assert [p.read_text() for p in d.glob("previous/*/model.js")] == ["page v1"]
+    else:                            # back as the file it was
+        assert (d / "model.js").read_text() == "page v1" and not (d / "previous").exists() and not said
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
