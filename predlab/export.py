@@ -981,9 +981,7 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
     """What the existing file at path should be and is not ("a weight file"), or None."""
     if replaces is None:
         return None
-    if replaces not in REPLACES:
-        raise ValueError(f"replaces must be None or one of {', '.join(REPLACES)}, not {replaces!r}")
-    figures = f"a file of predlab.{replaces}'s figures"
+    figures = f"a file of predlab.{replaces}'s figures"     # replaces: checked by output_problem
     try:
         # a hand-written model.js may hold a Latin-1 comment, which read_params reads too
         data = path.read_bytes()
