@@ -971,9 +971,10 @@ def _looks_like_weights(d) -> bool:
     return isinstance(d, dict) and any(k in d for k in ("d_model", "cls_embedding", "layers"))
 
 
-# The --json files of predlab's tools, known by a key each writes on top: another tool's figures, a
+# The --json files of predlab's tools, known by a key each has written on top since its first version
+# (a --gpu-only file of the bench had no "machine" before 2026-12-03): another tool's figures, a
 # notebook or a package.json are JSON too, and were replaced by a typo
-FIGURES = {"evaluate": "catch_ratio", "bench": "machine"}
+FIGURES = {"evaluate": "catch_ratio", "bench": "bench_seconds"}
 REPLACES = ("weights", *FIGURES)
 
 

@@ -253,6 +253,10 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
     assert json.loads((tmp_path / "g.json").read_text())["machine"]["cuda"] == "a test GPU"
     # its own figures: replaced by the next run (a --gpu-only file, without the machine, was refused)
     assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--json", str(tmp_path / "g.json")]) == 0
+    # and one written by an earlier version, which had no "machine" (it was refused)
+    (tmp_path / "g.json").write_text('{"gpu": {"device": "NVIDIA H200", "train": []}, "bench_seconds": 140.2}\n')
+    assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--json", str(tmp_path / "g.json")]) == 0
+    assert json.loads((tmp_path / "g.json").read_text())["machine"]["cuda"] == "a test GPU"
 
 
 def test_bench_cli_refuses_outputs_it_would_destroy_and_caps_threads_at_the_cpus(tmp_path, capsys, monkeypatch):
@@ -328,7 +332,7 @@ def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tm
     import errno
     import os
     out = tmp_path / "b.json"
-    out.write_text('{"machine": {}, "generate": {}}\n')
+    out.write_text('{"machine": {}, "generate": {}, "bench_seconds": 30.0}\n')
     monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
     monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
 
@@ -339,7 +343,7 @@ def test_bench_cli_says_when_the_json_cannot_be_written_and_keeps_the_old_one(tm
     captured = capsys.readouterr()
     assert "the table" in captured.out and "Traceback" not in captured.err
     assert captured.err.strip().endswith(f"error: cannot write {out}: {os.strerror(errno.ENOSPC)}")
-    assert out.read_text() == '{"machine": {}, "generate": {}}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
+    assert out.read_text() == '{"machine": {}, "generate": {}, "bench_seconds": 30.0}\n' and [p.name for p in tmp_path.iterdir()] == ["b.json"]
 
 
 def test_bench_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tmp_path, capsys, monkeypatch):
