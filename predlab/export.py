@@ -649,19 +649,23 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
-    # the hand-over as the file's last statement: one inside a function, an `if` block, a string or a comment
-    # (gone by now) hands over nothing, or not surely. After other code (on the line above, an `if (...)` the
-    # page may run it under) it is read with the warning below that predlab does not run that code
-    publish = None
-    for publish in PUBLISHES_BINDING.finditer(s, end) if declared else ():
-        pass
-    if publish and publish.end() != len(s):
-        publish = None
-    if publish and publish.span() == (end, len(s)):
+    # the hand-over as the statement right after the object, or as the file's last: one inside a function, an
+    # `if` block, a string or a comment (gone by now) hands over nothing, or not surely. Code after the first, or
+    # before the last (on the line above, an `if (...)` the page may run it under), is read with the warning
+    # below that predlab does not run that code
+    publishes = list(PUBLISHES_BINDING.finditer(s, end)) if declared else []
+    first = publishes[0] if publishes and publishes[0].start() == end else None
+    goes_on = re.match(r"[-+*/%(\[.`,?:=<>&|^]|in(?:stanceof)?(?![\w$])", s[first.end():]) if first else None
+    if goes_on and ";" not in first.group():
+        first = None    # no semicolon, and the next line goes on with the expression: `.d_model`, `(...)`, `[0]`
+    last = publishes[-1] if publishes and publishes[-1].end() == len(s) else None
+    if first and first.end() == len(s):
         return params       # the page gets the object itself
-    if publish:     # handed over among other code: that code is judged below, as code after the object
-        s = s[:publish.start()] + " " * (publish.end() - publish.start()) + s[publish.end():]
-    elif declared:      # read all the same (a file of weights), but the page would not see them
+    if first:       # the page gets the object; the code after the hand-over is judged below
+        end = first.end()
+    elif last:      # handed over after other code: that code is judged below, as code after the object
+        s = s[:last.start()] + " " * (last.end() - last.start()) + s[last.end():]
+    elif declared and not publishes:      # read all the same (a file of weights), but the page would not see them
         warnings.warn(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` does not set window.TRANSFORMER_PARAMS, "
                       "which the page reads: it would run the teacher; write `window.TRANSFORMER_PARAMS = "
                       "{...}`", stacklevel=3)
@@ -669,7 +673,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         line = _line_col(s, end)[0]
         code = s[end:].split("\n", 1)[0].strip()
         code = code if len(code) <= 60 else code[:57] + "..."
-        if _CHANGES_PARAMS.search(s, end):
+        change = _CHANGES_PARAMS.search(s, end)
+        if change and any(p.start() <= change.start() < p.end() for p in publishes):
+            line = _line_col(s, change.start())[0]
+            raise PageOnlyError(f"{source}: `{declared.group(1)} TRANSFORMER_PARAMS` is handed to the page at line "
+                                f"{line}, among other code, which predlab does not run: it cannot tell what the page "
+                                "gets. Put `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` right after the object")
+        if change:
             # PageOnlyError: the page runs that code (its weights then are not the object's, or none are);
             # `python -m predlab.demo` said the page would refuse the file and run the teacher
             raise PageOnlyError(f"{source}: the code after the weights object (line {line}: `{code}`) changes "

@@ -472,6 +472,15 @@ def test_page_runs_declared_weights_handed_to_it_as_predlab_reads_them(tmp_path,
     _page_runs_as_predlab_reads(_const_published(tmp_path, make_model(2)), make_samples)
 
 
+@needs_chromium
+def test_page_runs_declared_weights_handed_to_it_before_other_code_as_predlab_reads_them(tmp_path, make_model,
+                                                                                        make_samples):
+    path = _const_published(tmp_path, make_model(2))
+    path.write_text(path.read_text() + 'console.log("weights loaded");\n')
+    with pytest.warns(UserWarning, match="is not run by predlab"):
+        _page_runs_as_predlab_reads(path, make_samples)
+
+
 def _utf16(tmp_path, model, codec="utf-16-le") -> Path:
     """model.js as Windows PowerShell's `>` saves it: UTF-16 with a byte order mark."""
     path = write_weights(model, tmp_path / "model.js")

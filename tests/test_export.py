@@ -1705,6 +1705,41 @@ def test_declared_weights_handed_over_in_a_file_without_semicolons_are_read(mode
     assert any("is not run by predlab" in str(w.message) for w in caught) == (between != "\n")
 
 
+def test_declared_weights_handed_over_right_after_the_object_are_read_before_other_code(model, tmp_path):
+    """`const TRANSFORMER_PARAMS = {...}; window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS; console.log(...)` was
+    refused as code that changes TRANSFORMER_PARAMS, though the page gets the object. The code after the
+    hand-over is warned of, as code after the object is."""
+    js = write_weights(model, tmp_path / "model.js").read_text()
+    path = tmp_path / "declared.js"
+    for handed in ("window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;\n",
+                   "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS\n"):
+        path.write_text(js.replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS", 1) + handed
+                        + 'console.log("weights loaded")\n')
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert read_params(path)["d_model"] == model.config.d_model
+        said = [str(w.message) for w in caught]
+        assert len(said) == 1 and '`console.log("weights loaded")`) is not run by predlab' in said[0], said
+
+
+@pytest.mark.parametrize("after", [
+    "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS\n.backup\n",       # no semicolon: the page gets .backup
+    "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS\n[0]\n",
+    "window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS\n(function () {})()\n",
+    "console.log(1);\nwindow.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;\nconsole.log(2);\n",
+])
+def test_declared_weights_handed_over_among_other_code_are_refused_saying_so(model, tmp_path, after):
+    """A hand-over neither right after the object nor at the end of the file was refused as code that changes
+    TRANSFORMER_PARAMS; the message now says what is wrong and where."""
+    from predlab.export import PageOnlyError
+    js = write_weights(model, tmp_path / "model.js").read_text()
+    path = tmp_path / "declared.js"
+    path.write_text(js.replace("window.TRANSFORMER_PARAMS", "const TRANSFORMER_PARAMS", 1) + after)
+    line = js.count("\n") + 1 + after.startswith("console")
+    with pytest.raises(PageOnlyError, match=f"is handed to the page at line {line}, among other code"):
+        read_params(path)
+
+
 def test_export_says_which_epochs_model_it_wrote(model, tmp_path, monkeypatch, capsys):
     """`python -m predlab.export checkpoints/best_model.pt --out model.js` said only "wrote model.js": not
     which epoch's model, nor its val MSE, which a page's model.js is then known by."""
