@@ -286,8 +286,9 @@ class SampleSet:
         if S == 0:
             return []
         order = torch.randperm(S, generator=generator) if shuffle else torch.arange(S)
-        # by boid count, random within (int32 keys: the same stable order, sorted 4x faster than int64)
-        order = order[torch.sort(self.n[order].to(torch.int32), stable=True).indices]
+        # by boid count, random within (int32 keys: the same stable order, sorted 4x faster than int64). On the
+        # host for a set on a GPU too: a CPU order indexed by the GPU's sort failed with a device mismatch
+        order = order[torch.sort(self.n.cpu()[order].to(torch.int32), stable=True).indices]
         batches = list(order.split(batch_size))
         if shuffle:
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
@@ -481,7 +482,7 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
             drive = target
             if use_student:
                 act = check_actions(student(obs), len(i), f"the student's actions at frame {f}")
-                drive = torch.where(by_student[i, None], act.to(target.dtype), target)
+                drive = torch.where(by_student[i, None], act.to(target), target)   # a CPU policy's, on the GPU too
             if noise is not None:   # the step clamps to [-1, 1]; clamped here, a noise that overflows float32 is 1 too
                 drive = (drive + noise[i]).clamp_(-1, 1)
             for key, v in (("context", obs["context"]), ("predator", obs["predator"]), ("boids", obs["boids"]),
@@ -601,7 +602,7 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
         rows = torch.from_numpy(np.flatnonzero(student_rows & (live > 0)))    # the student drives these
         if len(rows):
             act = student({k: v[rows] for k, v in obs.items()})
-            drive[rows] = check_actions(act, len(rows), f"the student's actions at frame {f}").to(target.dtype)
+            drive[rows] = check_actions(act, len(rows), f"the student's actions at frame {f}").to(target)
         if noise is not None:
             drive = drive + noise
         keep = np.flatnonzero(live > 0)                          # episodes in order

@@ -87,7 +87,7 @@ class Callback:
     `trainer.stop_training = True` stops the run after the epoch under way (set in on_batch_end, the
     epoch's other batches, its validation and its on_epoch_end still run). To change the learning rate
     mid-run, call trainer.set_schedule(learning_rate=...): the schedule sets every step's rate, so one
-    written into optimizer.param_groups lasts one step."""
+    written into optimizer.param_groups is overwritten before the next step."""
 
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch: int): ...
@@ -1058,7 +1058,7 @@ class SupervisedTrainer:
         idx_batches = data.batch_indices(rows or self.batch_size, shuffle=shuffle, generator=generator)
         order = torch.cat(idx_batches)
         sizes = [len(i) for i in idx_batches]
-        widths = [int(n.max()) for n in data.n[order].split(sizes)]
+        widths = [int(n.max()) for n in data.n.cpu()[order].split(sizes)]     # on the host: no wait per batch
         src = self._on_device(data)
         o = order.to(self.device, non_blocking=True)
         N_all = max(widths)
@@ -1246,7 +1246,17 @@ class SupervisedTrainer:
             g["capturable"] = True
             if not isinstance(g["lr"], torch.Tensor):
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
+        self._graph_lrs = [g["lr"] for g in opt.param_groups]     # what the captures read
         self._graph_optimizer_ready = True
+
+    def _restore_graph_lrs(self) -> None:
+        """Put the captures' learning-rate tensors back into the optimizer, filled with any rate written
+        over them: a float written into param_groups (by a callback, or a torch.optim.lr_scheduler) made
+        the schedule write floats from then on, while the replayed steps kept the tensor's last rate."""
+        for g, t in zip(self.optimizer.param_groups, self._graph_lrs):
+            if g["lr"] is not t:
+                t.fill_(float(g["lr"]))
+                g["lr"] = t
 
     def _drop_graphs(self) -> None:
         """Forget captured steps (they point at optimizer tensors that a load replaced)."""
@@ -1312,6 +1322,7 @@ class SupervisedTrainer:
         static, graph, loss = entry
         for k, v in b.items():
             static[k].copy_(v)
+        self._restore_graph_lrs()
         graph.replay()
         return loss
 

@@ -109,6 +109,46 @@ def test_graphed_training_equals_eager_training(data):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
 
 
+def test_graphed_training_follows_a_rate_written_into_the_optimizer(data):
+    """A float written into param_groups replaced the tensor the captured steps read, and they ran at its last
+    rate for the rest of the run; the eager steps ran at the schedule's."""
+    from predlab.train import Callback
+
+    class Halve(Callback):
+        def on_batch_end(self, trainer, step, loss):
+            for g in trainer.optimizer.param_groups:
+                g["lr"] = float(g["lr"]) / 2       # overwritten by the schedule before the next step
+    runs = []
+    for graphs in (False, True):
+        t = _trainer(data, cuda_graphs=graphs, callbacks=[Halve()])
+        t.scheduler.total, t.scheduler.warmup = 2, 0.0
+        losses = [t.train_epoch(data)["train_loss"] for _ in range(2)]
+        runs.append((losses, [p.detach().cpu() for p in t.model.parameters()]))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for a, b in zip(runs[0][1], runs[1][1]):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_a_trainer_takes_sample_sets_held_on_the_gpu(data):
+    """batch_indices sorted a CPU order by the GPU's counts: a trainer given sets moved to the GPU failed with
+    'indices should be either on cpu or on the same device'."""
+    gpu = data.to_device("cuda")
+    assert all(not b.is_cuda for b in gpu.batch_indices(32))
+    t, ref = _trainer(gpu), _trainer(data)
+    assert t.train_epoch(gpu)["train_loss"] == pytest.approx(ref.train_epoch(data)["train_loss"], rel=1e-5)
+    assert t.validate(gpu) == pytest.approx(ref.validate(data), rel=1e-5)
+
+
+def test_a_cpu_student_drives_gpu_episodes():
+    """rollout_chunk converted a student's actions to the episodes' dtype but not their device: a plain callable
+    answering on the CPU failed on GPU episodes, where evaluate.rollout takes it."""
+    def student(obs):
+        return torch.zeros(len(obs["context"]), 2)
+    gpu = rollout_chunk(6, WORLD, seed=3, student=student, beta=0.0, device="cuda")
+    cpu = rollout_chunk(6, WORLD, seed=3, student=student, beta=0.0, device="cpu", backend="torch")
+    assert len(gpu) == len(cpu) > 0
+
+
 def test_fused_attention_matches_math_on_the_gpu():
     """predlab.gpu_attention's Triton kernel, compiled for this GPU: the plain-op attention's
     outputs and gradients (full blocks of 3 to 53 tokens, bf16 inputs)."""

@@ -1103,6 +1103,21 @@ def test_graph_ready_optimizer_starts_as_a_fresh_one(tmp_path):
         assert torch.allclose(a, b, rtol=0, atol=1e-6)
 
 
+def test_a_rate_written_over_the_graphs_tensors_reaches_the_next_replay(tmp_path):
+    """CUDA-graphed steps read the learning-rate tensors made for them. A float written into param_groups (a
+    callback, a torch.optim.lr_scheduler) replaced the tensor: the schedule then wrote floats, and every replayed
+    step ran at the tensor's last rate for the rest of the run. Before a replay the tensors come back, filled."""
+    t = _trainer(tmp_path, dropout=0.0)
+    t._prepare_graph_optimizer()
+    read = [g["lr"] for g in t.optimizer.param_groups]         # what a capture reads
+    t.optimizer.param_groups[0]["lr"] = 1e-5
+    for progress in (0.9, 1.5):
+        t.scheduler.set_progress(progress)
+        t._restore_graph_lrs()
+        rate = t.scheduler.base[0] * t.scheduler.factor(progress)
+        assert [g["lr"] for g in t.optimizer.param_groups] == read and float(read[0]) == pytest.approx(rate)
+
+
 def test_graph_ready_optimizer_keeps_the_state_it_has(tmp_path):
     """Making AdamW replayable (CUDA graphs) creates the state of the weights that have none (a
     frozen weight, after the others trained eagerly or came from a checkpoint) and leaves the
