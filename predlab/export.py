@@ -1053,10 +1053,71 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
             raise
         for p in files:
             if not p.is_symlink():
-                p.rename(dest / p.name)
+                move(p, dest / p.name)
             elif not (keep_links if isinstance(keep_links, bool) else p.name in keep_links):
                 p.unlink()
     return dest
+
+
+def move(src: Path, dst: Path) -> None:
+    """Rename src to dst; across file systems (previous/ a link to another disk, to free space) a copy, then
+    src removed: a rename failed there with "Invalid cross-device link"."""
+    try:
+        src.rename(dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        try:
+            shutil.copy2(src, dst)
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
+        src.unlink()
+
+
+def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], others: Sequence[Path],
+                  directory: Path) -> Optional[Path]:
+    """Call each (path, write) as write(path), an atomic write, after moving `others` (files at those paths that
+    must not be lost: other weights, a hand edit) to directory/previous/<time>/. A link stays, to be written
+    through (a model.js linked into a page's folder), and a copy of its file is kept -> the folder they went to,
+    or None.
+
+    When a write fails (a full disk), the files not written yet are as they were: each one moved goes back (a
+    link's copy is dropped), and the error propagates. What was written stays, the copy of what it replaced
+    kept: model.js, written before model.json, is what the page loads."""
+    others = list(others)
+    dest = move_to_previous(others, directory, keep_links=True) if others else None
+    written = []
+    try:
+        for p, write in writes:
+            write(p)
+            written.append(p)
+    except BaseException:
+        with deferred_interrupt():
+            for p in others:
+                if p in written:
+                    continue
+                kept = dest / p.name
+                with contextlib.suppress(OSError):      # (what cannot go back stays in previous/)
+                    if p.is_symlink():          # not written through: its file is as it was
+                        kept.unlink()
+                    elif not p.exists() and kept.is_file():
+                        move(kept, p)
+            with contextlib.suppress(OSError):
+                if dest is not None:
+                    dest.rmdir()
+                    dest.parent.rmdir()     # previous/, if made for them
+        raise
+    return dest
+
+
+def differs(path: Path, text: str) -> bool:
+    """Whether a file is at path that holds other bytes than text: one to keep before writing text there. An
+    empty file (made ready for the output, $(mktemp)) is not; an unreadable one is."""
+    try:
+        return path.is_file() and path.stat().st_size > 0 and path.read_bytes() != text.encode("utf-8")
+    except OSError:
+        return True
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
@@ -1305,20 +1366,9 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
         with warnings.catch_warnings(), deferred_interrupt():    # not a folder left with neither file
             if args.any_size:                     # asked for: no warning about the sizes
                 warnings.simplefilter("ignore")
-            kept = _keep_other(out, params_to_text(model_to_params(model), _format_for(out)))
-            try:
-                write_weights(model, out)
-            except BaseException:
-                if kept is not None and not out.exists():     # the file it replaces goes back
-                    (kept / out.name).rename(out)
-                elif kept is not None and out.is_symlink():   # written through: the file is as it was
-                    (kept / out.name).unlink()
-                if kept is not None:
-                    with contextlib.suppress(OSError):
-                        kept.rmdir()
-                        kept.parent.rmdir()     # previous/, if made for it
-                    kept = None
-                raise
+            text = params_to_text(model_to_params(model), _format_for(out))
+            kept = write_keeping([(out, lambda p: write_weights(model, p))], [out] if differs(out, text) else [],
+                                 out.parent)
             if kept is not None:    # said now: a Ctrl-C held until the block ends stops what follows it
                 print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
@@ -1329,16 +1379,6 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     words = checkpoint_words(ck)
     print(f"wrote {out}: {words} in {src}" if words else f"wrote {out}: the weights of {src}")
     return 0
-
-
-def _keep_other(out: Path, text: str) -> Optional[Path]:
-    """A file at out that holds other bytes than text (other weights, a hand edit) moves to
-    previous/<time>/ beside it, as training and notebook 04 keep what they replace -> that folder."""
-    try:    # an empty file was made ready for the output ($(mktemp)): nothing to keep
-        same = not out.is_file() or out.stat().st_size == 0 or out.read_bytes() == text.encode("utf-8")
-    except OSError:      # unreadable: output_problem let it through as writable; keep it all the same
-        same = False
-    return None if same else move_to_previous([out], out.parent, keep_links=True)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,8 @@ from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move_to_previous, refuse_unwritable, say,
-                     silence_stdout, stale_partials, stop_words)
+from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move, move_to_previous, refuse_unwritable, say,
+                     silence_stdout, stale_partials, stop_words, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -420,6 +420,11 @@ def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
         if p.exists() and not p.is_file():
             return (f"{p} exists and is not a file ({'a directory' if p.is_dir() else 'not a regular file'}): "
                     f"a run writes its {p.name} there; rename it or use another --checkpoint_dir")
+    for p in (d / n for n in Checkpointer.EXPORTS):
+        # the export writes through a link: one into a folder that does not exist failed after the whole run
+        if p.is_symlink() and not Path(os.path.realpath(p)).parent.is_dir():
+            return (f"{p} is a link to {os.path.realpath(p)}, in a folder that does not exist: the run's export "
+                    "writes through it; make that folder, or remove the link")
     return None
 
 
@@ -427,11 +432,13 @@ class Checkpointer(Callback):
     """best_model.pt on every improvement; checkpoint_epoch_N.pt every save_every epochs, at the run's
     last, and at the last whole epoch of a run stopped early or interrupted (keeps the newest `keep`).
 
-    A run never deletes or overwrites another run's files: an earlier run's best_model.pt,
-    model.js/.json and checkpoint_epoch_N.pt in the folder move to previous/<time of the
-    newest>/ inside it when this run first writes (a run that fails before then leaves them).
+    A run never deletes or overwrites another run's files: an earlier run's best_model.pt and
+    checkpoint_epoch_N.pt in the folder move to previous/<time of the newest>/ inside it when this
+    run first writes (a run that fails before then leaves them); its model.js/.json stay until this
+    run's export (the command line's), which moves them (see foreign_exports).
     A run resumed from a checkpoint in this folder continues that run: only the files of epochs
-    after the one it resumed from move. train() called again on the same trainer goes on with
+    after the one it resumed from move, and those of another run (whose history does not lead to
+    the checkpoint resumed). train() called again on the same trainer goes on with
     its run, unless another run has written in the folder in between: then that run's files move,
     and this run's own that the other run had moved to previous/ (its best_model.pt) come back.
     """
@@ -454,6 +461,7 @@ class Checkpointer(Callback):
         self._restore: List[Tuple[Path, Path]] = []   # this run's files another run moved to previous/
         self._best_state: Optional[Dict] = None   # best_model.pt of a rewound run, written at its first write
         self._exports: Dict[Path, tuple] = {}     # model.js / model.json kept as the resumed run's own export
+        self._at_start: Dict[Path, tuple] = {}    # model.js / model.json as they were when the run began
         self.resumed_epoch = 0      # the epoch a run resumed in its own folder goes on from (0: none)
         self.moved_to: Optional[Path] = None   # where make_room last moved an earlier run's files
         self.put_back_from: Optional[Path] = None   # where put_back took them from, when it did
@@ -479,6 +487,7 @@ class Checkpointer(Callback):
         try:
             self._remove_partials()
             self._find_earlier_files(trainer)
+            self._at_start = {p: self._signature(p) for p in (self.dir / n for n in self.EXPORTS) if p.is_file()}
         except BaseException:     # this callback has not begun: its on_train_end will not run
             self._lock, lock = None, self._lock
             lock.release()
@@ -508,8 +517,8 @@ class Checkpointer(Callback):
         # run: the same run's branch overwrote the later epochs' files, best_model.pt of a better epoch too
         if self._trainer is trainer and getattr(trainer, "resumed_from", None) is self._resumed_from:
             # train() again on the same trainer: the same run, unless another run (another trainer,
-            # the CLI) wrote here in between; then its files, model.js too, move as an earlier run's,
-            # with any still to move because this run has not written yet (its rotation would delete them)
+            # the CLI) wrote here in between; then its files move as an earlier run's (its model.js at an
+            # export), with any still to move because this run has not written yet (its rotation would delete them)
             theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
                       if p.is_file() and p not in self._pending and not self._mine(p)]
             if theirs:
@@ -524,14 +533,28 @@ class Checkpointer(Callback):
         src = self._resumed_from = getattr(trainer, "resumed_from", None)
         continuing = trainer.epoch > 0 and src is not None and Path(src).resolve().parent == self.dir.resolve()
         if continuing:    # keep this run's files up to the epoch it resumed from
-            later = [p for p in self._epoch_files() if self._epoch_of(p) > trainer.epoch]
+            # and only this run's, known by their history: the files of another run that used the folder since (this
+            # run's checkpoint then copied back into it) were taken for this run's, then deleted by its rotation,
+            # and that run's best_model.pt was reported and exported as this run's best
+            later, foreign = [], []
+            for p in self._epoch_files():
+                if self._epoch_of(p) > trainer.epoch:
+                    later.append(p)
+                elif not self._same_run(trainer, self._history_of(p)):
+                    foreign.append(p)
             best = self.dir / "best_model.pt"
+            best_foreign = False
             try:
-                best_later = best.is_file() and int(ckpt_io.load_checkpoint_dict(best).get("epoch", 0)) > trainer.epoch
+                ck = ckpt_io.load_checkpoint_dict(best) if best.is_file() else {}
+                best_later = best.is_file() and int(ck.get("epoch", 0)) > trainer.epoch
+                best_foreign = best.is_file() and not best_later and not self._same_run(trainer, ck.get("history"))
             except (ValueError, FileNotFoundError):
                 best_later = best.is_file()     # unreadable: not this run's to overwrite
-            moving = later + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()] if best_later else [])
-            if best_later:
+            moving = later + foreign + ([self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
+                                        if best_later or best_foreign else [])
+            if best_foreign:
+                self._best_state = self._resumed_best(trainer, f"{best} is another run's")
+            elif best_later:
                 self._best_state = self._resumed_best(trainer, f"the epochs after {trainer.epoch} overwrote it")
             elif not best.exists():
                 # deleted since (a clean-up): the run ended with no best_model.pt, saying it was in the folder of
@@ -545,8 +568,41 @@ class Checkpointer(Callback):
             moving = self._epoch_files() + [self.dir / n for n in self.RUN_FILES if (self.dir / n).is_file()]
         # moved when this run first writes: a run that fails before then leaves them where they are
         self._pending = moving
-        self._what = f"of epochs after {trainer.epoch}" if continuing else "of an earlier run"
+        self._what = (" and ".join(what for what, files in ((f"of epochs after {trainer.epoch}", later or best_later),
+                                                            ("of another run", foreign or best_foreign)) if files)
+                      if continuing else "of an earlier run")
         self.resumed_epoch = trainer.epoch if continuing else 0
+
+    @staticmethod
+    def _history_of(p: Path) -> Optional[list]:
+        """The epoch records a checkpoint holds, or None when it cannot be read. Weights-only, as every load;
+        memory-mapped, so that a checkpoint of hundreds of MB is not read whole for its history."""
+        for mmap in (True, False):     # mmap reads only files in torch.save's zip format
+            try:
+                ck = torch.load(p, map_location="cpu", weights_only=True, mmap=mmap)
+            except Exception:  # noqa: BLE001 (a damaged or foreign file raises whatever its bytes lead to)
+                continue
+            history = ck.get("history") if isinstance(ck, dict) else None
+            return history if isinstance(history, list) else None
+        return None
+
+    @staticmethod
+    def _same_run(trainer, history) -> bool:
+        """Whether a file's history is a prefix of the trainer's (its epoch records as they are, which torch.save
+        keeps exactly): a file of the run the trainer resumed, not of another run in the folder."""
+        def same(a, b) -> bool:
+            if isinstance(a, float) and isinstance(b, float):
+                return a == b or (math.isnan(a) and math.isnan(b))    # a catch check's NaN (no teacher catches)
+            if isinstance(a, dict) and isinstance(b, dict):
+                return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+            if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+                return type(a) is type(b) and len(a) == len(b) and all(map(same, a, b))
+            return type(a) is type(b) and bool(a == b)
+        mine = trainer.history
+        try:
+            return isinstance(history, list) and len(history) <= len(mine) and all(map(same, history, mine))
+        except Exception:  # noqa: BLE001 (a record that does not compare, a tensor of many values: not the same)
+            return False
 
     def _own_exports(self, trainer, best: Path, moving: Sequence[Path]) -> Dict[Path, tuple]:
         """model.js and model.json of a run resumed in its own folder that hold what it exported: the
@@ -573,6 +629,10 @@ class Checkpointer(Callback):
             except OSError:
                 pass
         return own
+
+    def there_at_start(self, p: Path) -> bool:
+        """Whether p is the file that was there, unchanged, when this run began."""
+        return p.is_file() and self._at_start.get(p) == self._signature(p)
 
     def foreign_exports(self) -> List[Path]:
         """model.js / model.json in the folder that this run did not keep as its own: written there since
@@ -627,7 +687,7 @@ class Checkpointer(Callback):
         back = []
         for q, p in self._restore:
             if q.is_file() and not p.exists():
-                q.rename(p)
+                move(q, p)
                 back.append(p.name)
                 try:
                     q.parent.rmdir()                    # the folder, if nothing of the other run is left there
@@ -649,6 +709,13 @@ class Checkpointer(Callback):
 
     def _save(self, trainer, path: Path, include_data: bool = True) -> None:
         try:
+            if path.is_symlink():
+                # a save wrote through it, into another run's file (or, pointing at nothing, into another folder):
+                # the file it points to is copied to previous/ and the link goes, as make_room does
+                if path.exists():
+                    move_to_previous([path], self.dir)
+                else:
+                    path.unlink()
             trainer.save_checkpoint(path, include_data=include_data)
         except OSError:
             self.failed_write = path        # a full disk, say: what the run's last words name
@@ -668,28 +735,23 @@ class Checkpointer(Callback):
         return Path(path) in self._pending
 
     def make_room(self) -> None:
-        """Move the earlier run's files to previous/ (once, before this run's first write)."""
+        """Move the earlier run's checkpoints to previous/ (once, before this run's first write).
+
+        Its model.js and model.json stay until this run exports (see foreign_exports): moved now, a page or
+        the demo reading them found none for the whole run, and none at all after a kill."""
         # cleared once they are moved: a move that fails (a full disk) leaves them the earlier run's,
         # not this run's to overwrite at its next write
-        moving = [p for p in self._pending if p.is_file()]
+        moving = [p for p in self._pending if p.is_file() and p.name not in self.EXPORTS]
         if moving and not self.archive:
             for p in moving:
                 p.unlink()
         elif moving:
             size = sum(p.stat().st_size for p in moving)
-            # a model.js (or .json) link stays, its file copied: this run's export writes through it (into a
-            # page's folder, say), as `predlab.export` does. A checkpoint's link goes (its file copied): the
-            # run's saves would have written into another run's files
-            links = [p for p in moving if p.is_symlink() and p.name in self.EXPORTS]
-            self._kept_links = [p.name for p in links]
-            dest = self.moved_to = move_to_previous(moving, self.dir, keep_links=self._kept_links)
-            self._link_files = {p: self._signature(p) for p in links}      # their files, as copied
-            self._exports.update(self._link_files)
+            # a checkpoint's link goes, its file copied: the run's saves would have written into another run's files
+            dest = self.moved_to = move_to_previous(moving, self.dir)
             what = self._what
             kept = sum(p.stat().st_size for p in (self.dir / "previous").rglob("*") if p.is_file())
-            stay = (f"; {' and '.join(self._kept_links)} {'is a link' if len(links) == 1 else 'are links'}, left in "
-                    "place: this run's export writes through" if links else "")
-            say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}{stay}; this "
+            say(f"moved {len(moving)} file(s) {what} ({size / 2**20:,.1f} MiB) from {self.dir} to {dest}; this "
                 f"run writes its own in {self.dir} ({self.dir / 'previous'} holds {kept / 2**20:,.1f} MiB: "
                 f"delete what you no longer need)")
         self._pending = []
@@ -710,35 +772,20 @@ class Checkpointer(Callback):
             return False
         src = self.moved_to
         files = sorted(src.iterdir())
-        # a kept link (model.js into a page's folder): its copy goes if the link is still there and its file as
-        # copied; it goes back like a moved file if nothing has the name any more (the link removed); else (the
-        # file changed since, or the link left pointing at nothing) it stays in previous/, the earlier content
-        links = {self.dir / p.name: p.is_symlink() and p.is_file() and self._signature(p) == sig
-                 for p, sig in getattr(self, "_link_files", {}).items()
-                 if p.exists() or p.is_symlink()}
-        if any(((self.dir / q.name).exists() and self.dir / q.name not in links) or q.is_dir() for q in files):
+        if any((self.dir / q.name).exists() or (self.dir / q.name).is_symlink() or q.is_dir() for q in files):
             return False
-        kept = [q for q in files if self.dir / q.name in links and not links[self.dir / q.name]]
         with deferred_interrupt():
             for q in files:
-                if q in kept:
-                    continue
-                if self.dir / q.name in links:
-                    q.unlink()
-                else:
-                    q.rename(self.dir / q.name)
-            if not kept:
-                src.rmdir()
+                move(q, self.dir / q.name)
+            src.rmdir()
             self.moved_to, self.put_back_from = None, src
             # an earlier run's again: moved aside at this run's next first write (train() again), never
             # taken for this run's own
-            self._pending = [self.dir / q.name for q in files if q not in kept]
+            self._pending = self._pending + [self.dir / q.name for q in files]
         with contextlib.suppress(OSError):
             src.parent.rmdir()          # previous/, if this was all it held
-        back = [q.name for q in files if q not in kept]
-        say(f"put the earlier run's {', '.join(back)} back in {self.dir}: this run wrote nothing to replace them"
-            + (f" ({', '.join(q.name for q in kept)} of the file a link points to stays in {src}: that file has "
-               "changed since, or is gone)" if kept else ""))
+        say(f"put the earlier run's {', '.join(q.name for q in files)} back in {self.dir}: this run wrote nothing "
+            "to replace them")
         return True
 
     def on_epoch_end(self, trainer, epoch, logs):
@@ -787,7 +834,8 @@ class Checkpointer(Callback):
 
     def _save_epoch(self, trainer, epoch: int) -> None:
         self._save(trainer, self.dir / f"checkpoint_epoch_{epoch}.pt")
-        earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch]
+        # only this run's own: a file copied in meanwhile (an old checkpoint put back) is not the run's to delete
+        earlier = [p for p in self._epoch_files() if self._epoch_of(p) < epoch and self._mine(p)]
         for p in earlier[:max(len(earlier) - (self.keep - 1), 0)]:
             p.unlink(missing_ok=True)
 
@@ -2130,10 +2178,11 @@ def start_words(trainer: SupervisedTrainer, mse: float) -> str:
     return f"val MSE {mse:.5f}{ratio}"
 
 
-def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> Optional[str]:
+def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float], exports: bool = False) -> Optional[str]:
     """After a run started from a file whose val MSE was `start`: "no epoch beat the weights of ..." when
     none did, by what the best epoch follows (val loss; the catch ratio fine_tune_start measured on the
-    file, where the best follows that), else None (also for start None: no file)."""
+    file, where the best follows that), else None (also for start None: no file). exports: model.js is written
+    next (the command line's run)."""
     if start is None or not trainer.best_epoch:
         return None
     base = start if trainer.monitor == "val_loss" else trainer.start_metric
@@ -2153,6 +2202,11 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float]) -> O
         if (isinstance(cb, Checkpointer) and moved is not None and Path(init).resolve().parent == cb.dir.resolve()
                 and (moved / Path(init).name).is_file()):
             return f"{said}; that file is now {moved / Path(init).name}, and {init} is this run's"
+        # a model.js there when the run began: the export that follows keeps it in previous/ (the CLI's)
+        if (isinstance(cb, Checkpointer) and Path(init).resolve().parent == cb.dir.resolve()
+                and cb.dir / Path(init).name in cb.foreign_exports() and exports):
+            return (f"{said}; the export keeps that file in {cb.dir / 'previous'}, and {init} becomes this "
+                    "run's")
     return said
 
 
@@ -2353,7 +2407,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
               file=sys.stderr)
     finally:
         trainer.train_dataset.generator.close()
-    shortfall = fine_tune_shortfall(trainer, start_mse)
+    shortfall = fine_tune_shortfall(trainer, start_mse, exports=True)
     if shortfall:
         print(f"warning: {shortfall}: try a lower --learning_rate", file=sys.stderr)
     ended = f"{'stopped' if interrupted else 'done'} after {time.time() - t0:.0f} s"
@@ -2381,12 +2435,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
     except OSError as e:
         if e.filename and Path(e.filename).name == "model.json":    # written after model.js
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
-        else:    # an earlier run's model.js was moved aside when this run first wrote
-            earlier = checkpointer.moved_to / "model.js" if checkpointer.moved_to else None
+        else:    # an earlier run's model.js stays until this run's export replaces it
             there = Path(tc.checkpoint_dir) / "model.js"
             what = "no model.js was written " + ("(the one there is as it was)" if there.is_file() else
-                                                 f"(the earlier run's is {earlier})" if earlier and earlier.is_file()
-                                                 else "(there was none)")
+                                                 "(there was none)")
         print(f"error: {_os_error(e)}; {what}, and the checkpoints in {tc.checkpoint_dir} are intact", file=sys.stderr)
         return 1
 
@@ -2440,48 +2492,40 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         kept = " (the earlier run's files in it are left as they were)" if checkpointer.is_earlier_runs(best) else ""
         print(f"{ended}; no best_model.pt was written{why}, so no model.js{kept}", file=sys.stderr)
         return code if interrupted else 1
-    checkpointer.make_room()             # an earlier run's model.js goes to previous/, not under this one's
+    checkpointer.make_room()      # (done at the run's first write, unless none came)
     params = model_to_params(model)
     # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C); one of the
     # very bytes this run writes is no loss
     foreign = [p for p in checkpointer.foreign_exports()
                if p.read_bytes() != params_to_text(params, p.suffix[1:]).encode("utf-8")]
-    dest = None
+    earlier = all(checkpointer.there_at_start(p) for p in foreign) and not checkpointer.resumed_epoch
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
+        out = Path(tc.checkpoint_dir)
+        # a link stays (the export writes through it, as `predlab.export` does): its file is copied; a full disk
+        # puts everything back
+        dest = write_keeping([(out / n, lambda p: write_weights(model, p)) for n in checkpointer.EXPORTS],
+                             foreign, out)
+    if dest is not None:
         links = [p for p in foreign if p.is_symlink()]
-        before = {p: checkpointer._signature(p) for p in links}        # their files, before the writes
-        if foreign:     # a link stays (the export writes through it, as `predlab.export` does): its file is copied
-            dest = move_to_previous(foreign, tc.checkpoint_dir, keep_links=True)
-            moved = " and ".join(p.name for p in foreign if p not in links)
-            copied = " and ".join(p.name for p in links)
-            what = "; ".join(([f"moved {moved} to {dest}"] if moved else []) +
-                             ([f"kept a copy of the file {copied} {'links' if len(links) == 1 else 'link'} to in "
-                               f"{dest} (this run writes through the link)"] if copied else []))
+        moved = " and ".join(p.name for p in foreign if p not in links)
+        copied = " and ".join(p.name for p in links)
+        what = "; ".join(([f"moved {moved} to {dest}"] if moved else []) +
+                         ([f"kept a copy of the file {copied} {'links' if len(links) == 1 else 'link'} to in "
+                           f"{dest} (this run writes through the link)"] if copied else []))
+        held = "they hold" if len(foreign) > 1 else "it holds"
+        if earlier:
+            why = "an earlier run's, or edited there"
+        else:
             later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""
-            held = "they hold" if len(foreign) > 1 else "it holds"
-            say(f"{what}, not this run's to replace: {held} other weights or text than it "
-                f"wrote (exported or edited there since it began{later}?)")
-        try:
-            js = write_weights(model, Path(tc.checkpoint_dir) / "model.js")
-            write_weights(model, Path(tc.checkpoint_dir) / "model.json")
-        except BaseException:
-            # a full disk: what was moved aside for the files goes back where its own was not written (a
-            # link's file was not written: its copy goes)
-            for p in foreign:
-                if p in links and p.is_file() and checkpointer._signature(p) == before[p]:
-                    (dest / p.name).unlink(missing_ok=True)     # not written through: the copy is no loss
-                elif p not in links and not p.exists() and (dest / p.name).is_file():
-                    (dest / p.name).rename(p)
-            with contextlib.suppress(OSError):
-                if dest is not None:
-                    dest.rmdir()
-                    dest.parent.rmdir()     # previous/, if made for them
-            raise
+            why = f"exported or edited there since it began{later}?"
+        say(f"{what}, not this run's to replace: {held} other weights or text than it wrote ({why})")
+    js = out / "model.js"
+    where = os.path.abspath(js) + (f", a link to {os.path.realpath(js)}" if js.is_symlink() else "")
     print(said)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
-    print(f"browser weights: {js.resolve()} (and model.json beside it)")
+    print(f"browser weights: {where} (and model.json beside it)")
     return code if interrupted else 0
 
 

@@ -897,8 +897,8 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     hold other weights are moved to previous/<time>/ beside them, never overwritten.
     Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
     """
-    from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, model_to_params, move_to_previous,
-                         params_to_text, validate_params)
+    from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, differs, model_to_params, params_to_text,
+                         validate_params, write_keeping)
 
     def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
         for p in (folder, *folder.parents):
@@ -928,12 +928,18 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
                                                              for k in SIZE_KEYS if sizes[k] != C.BROWSER_SIZES[k])
         + f"; written to {out} instead, for predlab and a page built for them"]
     # bytes: a hand-edited file with a Latin-1 comment (which predlab reads) made read_text raise
-    other = [p for p, text in zip(paths, texts) if p.is_file() and p.read_bytes() != text.encode("utf-8")]
+    other = [p for p, text in zip(paths, texts) if differs(p, text)]
     with deferred_interrupt():    # a Ctrl-C once the old files had moved left the folder with no model.js
-        if other:
-            notes.append(f"moved {', '.join(p.name for p in other)} of other weights to {move_to_previous(other, out)}")
-        for p, text in zip(paths, texts):
-            atomic_write_text(p, text)
+        # a model.js linked into a page's folder stays a link, written through; a failed write puts all back
+        kept = write_keeping([(p, lambda p, text=text: atomic_write_text(p, text)) for p, text in zip(paths, texts)],
+                             other, out)
+    if kept is not None:
+        links = [p.name for p in other if p.is_symlink()]
+        moved = [p.name for p in other if not p.is_symlink()]
+        notes.append("; ".join(([f"moved {', '.join(moved)} of other weights to {kept}"] if moved else []) +
+                               ([f"kept a copy of the file {' and '.join(links)} "
+                                 f"{'links' if len(links) == 1 else 'link'} to in {kept} (written through the link)"]
+                                if links else [])))
     return {"paths": paths, "browser_sizes": ok, "message": "; ".join(notes)}
 
 

@@ -228,9 +228,10 @@ class _Run:
     def __init__(self, epoch=0, target_epochs=3, resumed_from=None):
         self.epoch, self.target_epochs, self.resumed_from = epoch, target_epochs, resumed_from
         self.improved, self.stop_training = False, False
+        self.history = [{"epoch": e} for e in range(1, epoch + 1)]      # a resumed run's, as its files hold it
 
     def save_checkpoint(self, path, include_data=True):
-        return _save(path, epoch=self.epoch)
+        return _save(path, epoch=self.epoch, history=list(self.history))
 
     def train(self, checkpointer, to_epoch, improved=()):
         """Epochs up to to_epoch, improving in those listed, as train() runs the callback."""
@@ -239,6 +240,7 @@ class _Run:
         try:
             while self.epoch < to_epoch:
                 self.epoch += 1
+                self.history.append({"epoch": self.epoch})
                 self.improved = self.epoch in improved
                 checkpointer.on_epoch_end(self, self.epoch, {})
         finally:

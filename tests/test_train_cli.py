@@ -191,7 +191,7 @@ def test_a_run_exports_both_files_and_a_second_run_in_its_folder_moves_them_asid
     moved = list((d / "previous").glob("*/model.js"))
     assert len(moved) == 1 and moved[0].read_bytes() == first
     # the path it names holds this run's model now: where the file went is said (it was "kept ... or in previous")
-    assert f"; that file is now {moved[0].relative_to(tmp_path)}, and checkpoints/model.js is this run's" in err
+    assert "; the export keeps that file in checkpoints/previous, and checkpoints/model.js becomes this run's" in err
     assert ck.load_checkpoint_dict(d / "best_model.pt")["train_config"]["init_weights"] == "checkpoints/model.js"
 
 
@@ -298,7 +298,7 @@ def test_a_model_js_moved_aside_goes_back_when_the_runs_own_cannot_be_written(tm
     _full_disk_for(monkeypatch, "model.js")
     assert main([*SMALL, "--epochs", "2"]) == 1
     out, err = capsys.readouterr()
-    assert "moved model.js to" in out and "no model.js was written (the one there is as it was)" in err
+    assert "moved model.js to" not in out and "no model.js was written (the one there is as it was)" in err
     assert (d / "model.js").read_text() == "exported meanwhile" and not (d / "previous").exists()
 
 
@@ -319,8 +319,12 @@ def test_a_linked_model_js_is_written_through_and_its_file_kept(tmp_path, monkey
     if full:
         _full_disk_for(monkeypatch, "model.js")
     assert main([*SMALL, "--epochs", "2"]) == (1 if full else 0)
-    assert (d / "model.js").is_symlink() and "moved 1 file(s) of an earlier run" in capsys.readouterr().out
-    assert [p.read_text() for p in d.glob("previous/*/model.js")] == [page]       # an earlier run's: kept
+    out = capsys.readouterr().out
+    assert (d / "model.js").is_symlink()
+    assert ("kept a copy of the file model.js links to in" in out and "an earlier run's, or edited there" in out
+            ) != full
+    # an earlier run's: kept; on a full disk the page's file is as it was, and no copy is needed
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == ([] if full else [page])
     assert ((site / "model.js").read_text() == page) == full
 
 
@@ -610,7 +614,7 @@ def test_a_full_disk_at_the_first_best_model_puts_the_earlier_runs_files_back(tm
     _full_disk_for(monkeypatch, "best_model.pt")
     assert main(SMALL) == 1
     out, err = capsys.readouterr()
-    assert "moved 2 file(s) of an earlier run" in out
+    assert "moved 1 file(s) of an earlier run" in out       # model.js stays until the run exports
     assert f"no checkpoint or model was written, and the earlier run's files are back in checkpoints" in err
     assert (folder / "best_model.pt").read_bytes() == b"an earlier run's"
     assert (folder / "model.js").read_text() == "window.TRANSFORMER_PARAMS = {};  // an earlier run's\n"
@@ -618,11 +622,12 @@ def test_a_full_disk_at_the_first_best_model_puts_the_earlier_runs_files_back(tm
     (folder / "previous" / "20260101-000000").mkdir(parents=True)     # a name taken: all left in previous/
     (folder / "previous" / "20260101-000000" / "x.pt").write_bytes(b"older")
     _full_disk_for(monkeypatch, "best_model.pt")
-    monkeypatch.setattr(Path, "rename", _rename_but_not_back(Path.rename, folder / "model.js"))
+    monkeypatch.setattr(Path, "rename", _rename_but_not_back(Path.rename, folder / "best_model.pt"))
     assert main(SMALL) == 1
     err = capsys.readouterr().err
     moved = sorted(p for p in (folder / "previous").iterdir() if p.name != "20260101-000000")
-    assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == ["best_model.pt", "model.js"]
+    assert len(moved) == 1 and sorted(p.name for p in moved[0].iterdir()) == ["best_model.pt"]
+    assert (folder / "model.js").read_text() == "window.TRANSFORMER_PARAMS = {};  // an earlier run's\n"
     assert (f"the earlier run's files are in {Path('checkpoints') / 'previous' / moved[0].name}") in err
 
 
@@ -696,7 +701,7 @@ def test_a_linked_model_js_written_through_keeps_its_copy_when_model_json_then_f
     (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
     _full_disk_for(monkeypatch, "model.json")
     assert main([*SMALL, "--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt"]) == 1
-    assert "hand-tuned" not in (site / "model.js").read_text()
+    assert "hand-tuned" not in (site / "model.js").read_text() and (d / "model.js").is_symlink()
     assert [p.read_text() for p in d.glob("previous/*/model.js")] == [hand]
 
 
@@ -743,9 +748,10 @@ def test_a_full_disk_under_model_json_says_that_model_js_was_written(tmp_path, m
     load_model_file(tmp_path / "checkpoints" / "model.js")
 
 
-def test_a_full_disk_under_model_js_says_where_the_earlier_runs_model_js_went(tmp_path, monkeypatch, capsys):
-    """The earlier run's model.js moves to previous/ at this run's first write; when this run's
-    model.js then could not be written, the run said any earlier one was where it was."""
+def test_a_full_disk_under_model_js_leaves_the_earlier_runs_model_js_in_place(tmp_path, monkeypatch, capsys):
+    """The earlier run's model.js moved to previous/ at this run's first write, leaving a page or the demo none
+    for the whole run (and for good after a kill); when this run's model.js then could not be written, the run
+    said any earlier one was where it was. It now stays in place until the export replaces it."""
     from test_train import _full_disk_for
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
@@ -754,10 +760,9 @@ def test_a_full_disk_under_model_js_says_where_the_earlier_runs_model_js_went(tm
     _full_disk_for(monkeypatch, "model.js")
     assert main(SMALL) == 1
     err = capsys.readouterr().err
-    moved = list((tmp_path / "checkpoints" / "previous").iterdir())
-    assert len(moved) == 1 and "an earlier run's" in (moved[0] / "model.js").read_text()
-    assert ("no model.js was written (the earlier run's is "
-            f"{Path('checkpoints') / 'previous' / moved[0].name / 'model.js'})") in err
+    assert "an earlier run's" in (tmp_path / "checkpoints" / "model.js").read_text()
+    assert not list((tmp_path / "checkpoints").glob("previous/*/model.js"))
+    assert "no model.js was written (the one there is as it was)" in err
 
 
 def test_a_ctrl_c_in_an_early_stopped_runs_last_checkpoint_names_the_epoch_it_follows(tmp_path, monkeypatch, capsys):
@@ -1156,3 +1161,138 @@ def test_a_resume_in_its_folder_whose_best_model_was_deleted_writes_the_best_it_
     assert (saved["epoch"], saved["best_epoch"], saved["best_metric"]) == (2, 2, 0.4)
     resumed = ck.load_model(d / "checkpoint_epoch_2.pt")
     assert read_params(d / "model.js") == read_params(write_weights(resumed, tmp_path / "epoch2.js"))
+
+
+def test_a_resume_of_another_runs_checkpoint_copied_into_the_folder_moves_that_folders_run_aside(
+        tmp_path, monkeypatch, capsys):
+    """Run A, then run B in the same folder (A's files to previous/), then A's checkpoint_epoch_3.pt copied
+    back and resumed there: B's checkpoint_epoch_1.pt and _2.pt were taken for the resumed run's own and
+    deleted by its rotation, and B's best_model.pt (another seed's model) was reported and exported as the
+    resumed run's best. B's files move to previous/ untouched; the best is A's, from the epoch resumed."""
+    import shutil
+    from predlab import checkpoint as ck
+    from predlab.export import read_params, write_weights
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    flags = [*TINY_FLAGS, "--eval_every", "0", "--no-dagger"]
+    d = tmp_path / "checkpoints"
+    losses = iter([0.5, 0.4, 0.3, 0.2, 0.1])      # A's three epochs, then B's two: B's best beats A's
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: next(losses))
+    assert main(["--epochs", "3", *flags]) == 0
+    assert main(["--epochs", "2", "--seed", "9", *flags]) == 0
+    b_files = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert {"checkpoint_epoch_1.pt", "checkpoint_epoch_2.pt", "best_model.pt", "model.js"} <= set(b_files)
+    [a3] = d.glob("previous/*/checkpoint_epoch_3.pt")
+    shutil.copy(a3, d / "checkpoint_epoch_3.pt")
+    a = ck.load_checkpoint_dict(a3)
+    monkeypatch.setattr(SupervisedTrainer, "validate", lambda self, data=None: 0.35)   # no better than A's epoch 3
+    capsys.readouterr()
+    assert main(["--resume", "checkpoints/checkpoint_epoch_3.pt", "--epochs", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "of another run" in out and "best val MSE 0.30000 at epoch 3" in out
+    everywhere = [p.read_bytes() for p in d.rglob("*") if p.is_file()]
+    lost = [name for name, data in b_files.items() if data not in everywhere]
+    assert not lost, f"run B's {lost} are nowhere in {d}"
+    best = ck.load_checkpoint_dict(d / "best_model.pt")
+    assert (best["epoch"], best["best_epoch"], best["best_metric"]) == (3, 3, 0.3) and best["history"] == a["history"]
+    assert read_params(d / "model.js") == read_params(write_weights(ck.load_model(a3), tmp_path / "a3.js"))
+
+
+def test_the_earlier_runs_model_js_stays_for_the_page_until_the_run_exports(tmp_path, monkeypatch, capsys):
+    """A run moved the earlier run's model.js to previous/ at its first write: a page or the demo reading the
+    folder found none for the whole run, and none at all after a kill. It stays until the export replaces it
+    (kept in previous/ then), and the link to a page's model.js says where it points."""
+    from predlab.train import Checkpointer, main
+    monkeypatch.chdir(tmp_path)
+    d, site = tmp_path / "checkpoints", tmp_path / "site"
+    d.mkdir()
+    site.mkdir()
+    (d / "best_model.pt").write_bytes(b"an earlier run's")
+    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
+    (site / "model.js").write_text(page)
+    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    seen, end = [], Checkpointer.on_epoch_end
+
+    def on_epoch_end(self, trainer, epoch, logs):
+        end(self, trainer, epoch, logs)
+        seen.append(((d / "model.js").read_text(), (d / "best_model.pt").read_bytes() != b"an earlier run's"))
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", on_epoch_end)
+    assert main([*SMALL, "--epochs", "2"]) == 0
+    assert seen == [(page, True), (page, True)]      # this run's best_model.pt written, the page's model.js there
+    out = capsys.readouterr().out
+    assert "moved 1 file(s) of an earlier run" in out and "an earlier run's, or edited there" in out
+    assert f"browser weights: {d / 'model.js'}, a link to {site / 'model.js'} (and model.json beside it)" in out
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == [page] and (d / "model.js").is_symlink()
+
+
+def test_a_model_js_link_into_a_missing_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """The run trained to its end, then said "no model.js was written (there was none)" about a link it
+    could not write through, and wrote no model.json either."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / "gone" / "model.js")
+    with pytest.raises(SystemExit) as e:
+        main(SMALL)
+    assert e.value.code == 2
+    assert f"model.js is a link to {tmp_path / 'gone' / 'model.js'}, in a folder that does not exist" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
+
+
+def test_a_linked_checkpoint_is_not_written_through(tmp_path, monkeypatch):
+    """A run resumed in its folder, whose best_model.pt linked to another run's, saved through the link into
+    that run's file; a dangling link made the run write into another folder."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--epochs", "1", "--checkpoint_dir", "a"]) == 0
+    theirs = (tmp_path / "a" / "best_model.pt").read_bytes()
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1", "--checkpoint_dir", "b"]) == 0
+    (tmp_path / "b" / "best_model.pt").unlink()
+    (tmp_path / "b" / "best_model.pt").symlink_to(Path("..") / "a" / "best_model.pt")
+    (tmp_path / "b" / "checkpoint_epoch_3.pt").symlink_to(tmp_path / "elsewhere.pt")      # points at nothing
+    monkeypatch.setattr("predlab.train.SupervisedTrainer.validate", lambda self, data=None: 1e-9)   # a new best
+    assert main([*SMALL, "--epochs", "3", "--resume", "b/checkpoint_epoch_2.pt"]) == 0
+    assert (tmp_path / "a" / "best_model.pt").read_bytes() == theirs
+    assert not (tmp_path / "b" / "best_model.pt").is_symlink() and not (tmp_path / "elsewhere.pt").exists()
+    assert not (tmp_path / "b" / "checkpoint_epoch_3.pt").is_symlink()
+    assert [p.read_bytes() for p in (tmp_path / "b").glob("previous/*/best_model.pt")] == [theirs]
+
+
+def test_pruning_deletes_only_the_runs_own_checkpoints(tmp_path, monkeypatch):
+    """--keep_checkpoints 1 deleted a checkpoint_epoch_1.pt copied into the folder while the run trained."""
+    from predlab.train import Checkpointer, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    save, old = Checkpointer._save_epoch, b"an old checkpoint, put back"
+
+    def save_epoch(self, trainer, epoch):
+        if epoch == 2:
+            (d / "checkpoint_epoch_1.pt").write_bytes(old)
+        save(self, trainer, epoch)
+    monkeypatch.setattr(Checkpointer, "_save_epoch", save_epoch)
+    assert main([*SMALL, "--epochs", "3", "--save_every", "1", "--keep_checkpoints", "1"]) == 0
+    assert (d / "checkpoint_epoch_1.pt").read_bytes() == old
+    assert not (d / "checkpoint_epoch_2.pt").exists() and (d / "checkpoint_epoch_3.pt").is_file()
+
+
+def test_previous_on_another_file_system_takes_the_earlier_runs_files(tmp_path, monkeypatch, capsys):
+    """previous/ linked to another disk (to free space): every run failed at its first write with "Invalid
+    cross-device link", the rename of the earlier run's files; a copy and a removal do it."""
+    from pathlib import PosixPath
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    d = tmp_path / "checkpoints"
+    before = (d / "best_model.pt").read_bytes()
+    rename = PosixPath.rename
+
+    def across(self, target):
+        if "previous" in Path(target).parts or "previous" in Path(self).parts:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
+        return rename(self, target)
+    monkeypatch.setattr(PosixPath, "rename", across)
+    assert main(SMALL) == 0
+    (kept,) = (d / "previous").iterdir()
+    assert (kept / "best_model.pt").read_bytes() == before
+    assert "Invalid cross-device link" not in capsys.readouterr().err

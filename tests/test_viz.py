@@ -1041,6 +1041,42 @@ def test_plot_catches_names_a_rollout_of_evaluate_as_the_wrong_kind():
         viz.plot_catches(evaluate.rollout("teacher", episodes=1, frames=2))
 
 
+@pytest.mark.parametrize("full", [False, True], ids=["written", "full disk"])
+def test_export_for_browser_writes_through_a_linked_model_js_and_puts_files_back_on_a_full_disk(
+        make_model, tmp_path, monkeypatch, full):
+    """Notebook 04 replaced a model.js linked into a page's folder with a file (the page's was never
+    updated), and on a full disk left the earlier model.js in previous/ and the folder with none."""
+    import errno
+    import os
+    import predlab.export as E
+    d, site = tmp_path / "ck", tmp_path / "site"
+    d.mkdir()
+    site.mkdir()
+    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
+    (site / "model.js").write_text(page)
+    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    (d / "model.json").write_text('{"d_model": 48}')             # an earlier export's, other weights
+    if full:
+        write = E.atomic_write_text
+
+        def full_at_json(path, text):
+            if Path(path).name == "model.js":      # written first: it fails, and model.json is not begun
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            return write(path, text)
+        monkeypatch.setattr(E, "atomic_write_text", full_at_json)
+        with pytest.raises(OSError):
+            viz.export_for_browser(make_model(0), d)
+        assert (d / "model.js").is_symlink() and (site / "model.js").read_text() == page
+        assert (d / "model.json").read_text() == '{"d_model": 48}' and not (d / "previous").exists()
+        return
+    res = viz.export_for_browser(make_model(0), d)
+    assert (d / "model.js").is_symlink() and E.read_weights(site / "model.js").config == make_model(0).config
+    assert [p.read_text() for p in d.glob("previous/*/model.js")] == [page]
+    assert [p.read_text() for p in d.glob("previous/*/model.json")] == ['{"d_model": 48}']
+    assert "moved model.json of other weights to" in res["message"]
+    assert "kept a copy of the file model.js links to in" in res["message"]
+
+
 def test_export_for_browser_cut_by_ctrl_c_writes_both_files_first(make_model, tmp_path, monkeypatch):
     """A Ctrl-C once the earlier model.js and model.json had moved to previous/ left the folder with
     neither: the export now finishes, then the interrupt takes effect."""
@@ -1050,8 +1086,8 @@ def test_export_for_browser_cut_by_ctrl_c_writes_both_files_first(make_model, tm
     viz.export_for_browser(make_model(0), tmp_path)
     move = E.move_to_previous
 
-    def move_then_ctrl_c(files, directory):
-        dest = move(files, directory)
+    def move_then_ctrl_c(files, directory, **kw):
+        dest = move(files, directory, **kw)
         os.kill(os.getpid(), signal.SIGINT)            # the user's Ctrl-C, with the old files moved
         return dest
     monkeypatch.setattr(E, "move_to_previous", move_then_ctrl_c)
