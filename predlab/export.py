@@ -1022,41 +1022,79 @@ def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[st
 
 
 def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Path],
-                     keep_links: Union[bool, Sequence[str]] = False) -> Path:
+                     keep_links: Union[bool, Sequence[str]] = False, copy: bool = False,
+                     into: Optional[Path] = None) -> Path:
     """Move files into directory/previous/<time of the newest>/ (a new folder each time), so that
-    nothing of an earlier run or export is overwritten -> that folder. A Ctrl-C takes effect once
-    all of them are moved.
+    nothing of an earlier run or export is overwritten -> that folder. All or none: a move or copy that
+    fails (a full disk) puts back what was done, and the error names the file in previous/. A Ctrl-C
+    takes effect once all of them are moved.
 
     A link goes as a copy of what it points to (moved, a relative link pointed at nothing there); the
     link itself is removed, or, with keep_links (True, or the names of the links to keep), left for the
-    new file to be written through."""
+    new file to be written through. copy=True: every file stays where it is and a copy goes (a hard link
+    where the file system allows), for a file about to be replaced atomically: a kill in between leaves
+    it in place. into: a folder of previous/ to put them in (another part of the same run's files), when
+    none of their names is taken there."""
     directory = Path(directory)
     if (directory / "previous").exists() and not (directory / "previous").is_dir():
         raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
                               "that name: move it away")
     files = [Path(p) for p in files]
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in files)))
-    dest, k = directory / "previous" / stamp, 1
-    while dest.exists():
-        k += 1
-        dest = directory / "previous" / f"{stamp}-{k}"
-    dest.mkdir(parents=True)
+    if into is not None and into.is_dir() and not any(os.path.lexists(into / p.name) for p in files):
+        dest, made = into, False
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(max(p.stat().st_mtime for p in files)))
+        dest, k = directory / "previous" / stamp, 1
+        while dest.exists():
+            k += 1
+            dest = directory / "previous" / f"{stamp}-{k}"
+        dest.mkdir(parents=True)
+        made = True
     with deferred_interrupt():        # a Ctrl-C between renames left a run's files split over two folders
-        links = [p for p in files if p.is_symlink()]
-        try:    # the copies first: one that fails (a full disk) leaves every file where it was
-            for p in links:
-                shutil.copy2(p, dest / p.name)
+        done = []       # (file, whether it was moved rather than copied)
+        try:    # the copies first: one that fails leaves every file where it was
+            for p in files:
+                if p.is_symlink() or copy:
+                    _copy(p, dest / p.name)
+                    done.append((p, False))
+            for p in files:
+                if not p.is_symlink() and not copy:
+                    move(p, dest / p.name)
+                    done.append((p, True))
         except BaseException:
-            shutil.rmtree(dest, ignore_errors=True)
+            for p, moved in reversed(done):
+                with contextlib.suppress(OSError):      # (what cannot go back stays in previous/)
+                    if moved:
+                        move(dest / p.name, p)
+                    else:
+                        (dest / p.name).unlink()
             with contextlib.suppress(OSError):
-                dest.parent.rmdir()
+                if made:
+                    dest.rmdir()
+                    dest.parent.rmdir()
             raise
         for p in files:
-            if not p.is_symlink():
-                move(p, dest / p.name)
-            elif not (keep_links if isinstance(keep_links, bool) else p.name in keep_links):
+            if p.is_symlink() and not (keep_links if isinstance(keep_links, bool) else p.name in keep_links):
                 p.unlink()
     return dest
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """A copy of the file src is or links to: a hard link of a regular file where the file system allows."""
+    if not src.is_symlink():
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    try:
+        shutil.copy2(src, dst)
+    except OSError as e:      # the copy's error named the file copied, not the one that could not be written
+        dst.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(dst)) from None
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
 
 
 def move(src: Path, dst: Path) -> None:
@@ -1067,26 +1105,23 @@ def move(src: Path, dst: Path) -> None:
     except OSError as e:
         if e.errno != errno.EXDEV:
             raise
-        try:
-            shutil.copy2(src, dst)
-        except BaseException:
-            dst.unlink(missing_ok=True)
-            raise
+        _copy(src, dst)
         src.unlink()
 
 
 def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], others: Sequence[Path],
-                  directory: Path) -> Optional[Path]:
-    """Call each (path, write) as write(path), an atomic write, after moving `others` (files at those paths that
-    must not be lost: other weights, a hand edit) to directory/previous/<time>/. A link stays, to be written
-    through (a model.js linked into a page's folder), and a copy of its file is kept -> the folder they went to,
-    or None.
+                  directory: Path, into: Optional[Path] = None) -> Optional[Path]:
+    """Call each (path, write) as write(path), an atomic write, after keeping a copy of each of `others`
+    (files at those paths that must not be lost: other weights, a hand edit) in directory/previous/<time>/
+    (or `into`, see move_to_previous) -> the folder they went to, or None. Each stays in place until its
+    write replaces it, so a kill in between leaves the folder a model.js; a link stays, and is written
+    through (a model.js linked into a page's folder).
 
-    When a write fails (a full disk), the files not written yet are as they were: each one moved goes back (a
-    link's copy is dropped), and the error propagates. What was written stays, the copy of what it replaced
-    kept: model.js, written before model.json, is what the page loads."""
+    When a write fails (a full disk), the copies of the files not yet written are dropped (those files are
+    as they were), and the error propagates. What was written stays, the copy of what it replaced kept:
+    model.js, written before model.json, is what the page loads."""
     others = list(others)
-    dest = move_to_previous(others, directory, keep_links=True) if others else None
+    dest = move_to_previous(others, directory, keep_links=True, copy=True, into=into) if others else None
     written = []
     try:
         for p, write in writes:
@@ -1095,16 +1130,11 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
     except BaseException:
         with deferred_interrupt():
             for p in others:
-                if p in written:
-                    continue
-                kept = dest / p.name
-                with contextlib.suppress(OSError):      # (what cannot go back stays in previous/)
-                    if p.is_symlink():          # not written through: its file is as it was
-                        kept.unlink()
-                    elif not p.exists() and kept.is_file():
-                        move(kept, p)
+                if p not in written:
+                    with contextlib.suppress(OSError):
+                        (dest / p.name).unlink()
             with contextlib.suppress(OSError):
-                if dest is not None:
+                if dest is not None and dest != into:
                     dest.rmdir()
                     dest.parent.rmdir()     # previous/, if made for them
         raise
@@ -1134,11 +1164,11 @@ def _format_for(path: Path) -> str:
     raise WeightFormatError(f"{path}: unknown extension {ext!r}; use .js (browser) or .json")
 
 
-def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, Path]) -> Path:
+def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, Path], kept: bool = False) -> Path:
     """Export to model.js or .json (by extension), validated first, written atomically.
 
     FileExistsError when a file at path is no weight file (a package.json, say), PermissionError when it
-    is read-only: it is not replaced."""
+    is read-only: it is not replaced, unless kept (the caller has kept a copy: write_keeping)."""
     path = Path(path)
     fmt = _format_for(path)
     if not isinstance(model, (TransformerPredator, Mapping)):
@@ -1154,10 +1184,10 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
                       "falls back to random weights for any other", stacklevel=2)
     # write_weights(model, "package.json") in a notebook: only a weight file is replaced, as by the CLI;
     # and, as by the CLI, not one made read-only (the rename below would replace it all the same)
-    if path.is_file() and not path.stat().st_mode & 0o222:
+    if path.is_file() and not path.stat().st_mode & 0o222 and not kept:
         raise PermissionError(f"{path} is read-only; predlab will not replace it (make it writable, or write "
                               "elsewhere)")
-    kind = _kind_problem(path, "weights") if path.is_file() else None
+    kind = _kind_problem(path, "weights") if path.is_file() and not kept else None
     if kind:
         raise FileExistsError(f"{path} exists and is not {kind}; predlab will not replace it (remove it, or "
                               "write elsewhere)")
@@ -1367,8 +1397,8 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
             if args.any_size:                     # asked for: no warning about the sizes
                 warnings.simplefilter("ignore")
             text = params_to_text(model_to_params(model), _format_for(out))
-            kept = write_keeping([(out, lambda p: write_weights(model, p))], [out] if differs(out, text) else [],
-                                 out.parent)
+            kept = write_keeping([(out, lambda p: write_weights(model, p, kept=True))],
+                                 [out] if differs(out, text) else [], out.parent)
             if kept is not None:    # said now: a Ctrl-C held until the block ends stops what follows it
                 print(f"the {out.name} it replaces, of other weights or text, is in {kept}")
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError

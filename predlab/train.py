@@ -411,8 +411,9 @@ def lock_checkpoint_dir(directory: Union[str, Path]):
     return lock
 
 
-def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
-    """Why a run could not write its files into directory (a folder named best_model.pt, say), or None."""
+def run_file_problem(directory: Union[str, Path], exports: bool = False) -> Optional[str]:
+    """Why a run could not write its files into directory (a folder named best_model.pt, say), or None.
+    exports: model.js and model.json too (the command line's run writes them; a notebook's does not)."""
     d = Path(directory)
     if not d.is_dir():
         return None
@@ -420,7 +421,7 @@ def run_file_problem(directory: Union[str, Path]) -> Optional[str]:
         if p.exists() and not p.is_file():
             return (f"{p} exists and is not a file ({'a directory' if p.is_dir() else 'not a regular file'}): "
                     f"a run writes its {p.name} there; rename it or use another --checkpoint_dir")
-    for p in (d / n for n in Checkpointer.EXPORTS):
+    for p in (d / n for n in Checkpointer.EXPORTS if exports):
         # the export writes through a link: one into a folder that does not exist failed after the whole run
         if p.is_symlink() and not Path(os.path.realpath(p)).parent.is_dir():
             return (f"{p} is a link to {os.path.realpath(p)}, in a folder that does not exist: the run's export "
@@ -700,8 +701,9 @@ class Checkpointer(Callback):
 
     @staticmethod
     def _signature(p: Path) -> tuple:
+        # no inode: a file moved to previous/ on another disk (a copy) and back is the same file
         st = p.stat()
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_size, st.st_mtime_ns
 
     def _mine(self, p: Path) -> bool:
         """Whether p is this run's file (written by it, or kept from the run it resumed), unchanged since."""
@@ -711,11 +713,10 @@ class Checkpointer(Callback):
         try:
             if path.is_symlink():
                 # a save wrote through it, into another run's file (or, pointing at nothing, into another folder):
-                # the file it points to is copied to previous/ and the link goes, as make_room does
-                if path.exists():
-                    move_to_previous([path], self.dir)
-                else:
-                    path.unlink()
+                # the link goes, and the file it points to is left as it is
+                say(f"{path} was a link to {os.path.realpath(path)}: removed the link, which this run's save "
+                    "would have written through; that file is as it was")
+                path.unlink()
             trainer.save_checkpoint(path, include_data=include_data)
         except OSError:
             self.failed_write = path        # a full disk, say: what the run's last words name
@@ -824,10 +825,9 @@ class Checkpointer(Callback):
                 with contextlib.suppress(OSError):
                     self.put_back()
             if not self._pending:
-                # every run file in the folder is this run's now (its own, and those kept from the run
-                # it resumed): what the next train() on this trainer compares the folder with
-                self._written = {p: self._signature(p) for p in [*self._epoch_files(), self.dir / "best_model.pt"]
-                                 if p.is_file()}
+                # its own, and those kept from the run it resumed, as they are: what the next train() on this
+                # trainer compares the folder with (not every file there: one copied in meanwhile is not its own)
+                self._written = {p: self._signature(p) for p in self._written if self._mine(p)}
             lock, self._lock = getattr(self, "_lock", None), None
             if lock is not None:
                 lock.release()
@@ -2070,7 +2070,7 @@ def _parse(argv):
     for flag, where in ((folder, tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         (folder, Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)
-    problem = run_file_problem(tc.checkpoint_dir)
+    problem = run_file_problem(tc.checkpoint_dir, exports=True)
     if problem:
         p.error(f"{folder}: {problem}")
     if tc.resume is not None:
@@ -2433,7 +2433,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         silence_stdout()
         return PIPE_CLOSED
     except OSError as e:
-        if e.filename and Path(e.filename).name == "model.json":    # written after model.js
+        if e.filename and "previous" in Path(e.filename).parts:     # the copy of a file there, kept first
+            what = "no model.js was written (the files there are as they were)"
+        elif e.filename and Path(e.filename).name == "model.json":    # written after model.js
             what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
         else:    # an earlier run's model.js stays until this run's export replaces it
             there = Path(tc.checkpoint_dir) / "model.js"
@@ -2498,14 +2500,16 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     # very bytes this run writes is no loss
     foreign = [p for p in checkpointer.foreign_exports()
                if p.read_bytes() != params_to_text(params, p.suffix[1:]).encode("utf-8")]
-    earlier = all(checkpointer.there_at_start(p) for p in foreign) and not checkpointer.resumed_epoch
+    earlier = all(checkpointer.there_at_start(p) for p in foreign)
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
         out = Path(tc.checkpoint_dir)
         # a link stays (the export writes through it, as `predlab.export` does): its file is copied; a full disk
         # puts everything back
-        dest = write_keeping([(out / n, lambda p: write_weights(model, p)) for n in checkpointer.EXPORTS],
-                             foreign, out)
+        # the earlier run's, beside its checkpoints that the first write moved
+        dest = write_keeping([(out / n, lambda p: write_weights(model, p, kept=p in foreign))
+                              for n in checkpointer.EXPORTS],
+                             foreign, out, into=checkpointer.moved_to if earlier else None)
     if dest is not None:
         links = [p for p in foreign if p.is_symlink()]
         moved = " and ".join(p.name for p in foreign if p not in links)
@@ -2514,7 +2518,9 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
                          ([f"kept a copy of the file {copied} {'links' if len(links) == 1 else 'link'} to in "
                            f"{dest} (this run writes through the link)"] if copied else []))
         held = "they hold" if len(foreign) > 1 else "it holds"
-        if earlier:
+        if earlier and checkpointer.resumed_epoch:
+            why = "there when it began, and not the export of the run it continues"
+        elif earlier:
             why = "an earlier run's, or edited there"
         else:
             later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""

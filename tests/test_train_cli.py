@@ -1,6 +1,7 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
 import errno
+import math
 import os
 import re
 from pathlib import Path
@@ -256,7 +257,7 @@ def test_a_resume_in_its_folder_moves_a_model_js_edited_since_aside_and_replaces
     assert [p.read_text() for p in moved] == [edited] and "HAND-TUNED" not in (d / "model.js").read_text()
     where = Path("checkpoints") / "previous" / moved[0].parent.name
     assert (f"moved model.js to {where}, not this run's to replace: it holds other weights or text than it wrote "
-            "(exported or edited there since it began, or of an epoch after 3?)") in out
+            "(there when it began, and not the export of the run it continues)") in out
     assert not (moved[0].parent / "model.json").exists()         # its own model.json is replaced
 
 
@@ -1296,3 +1297,110 @@ def test_previous_on_another_file_system_takes_the_earlier_runs_files(tmp_path, 
     (kept,) = (d / "previous").iterdir()
     assert (kept / "best_model.pt").read_bytes() == before
     assert "Invalid cross-device link" not in capsys.readouterr().err
+
+
+def test_a_second_run_keeps_the_earlier_runs_files_together_and_model_js_in_place_until_written(
+        tmp_path, monkeypatch):
+    """The earlier run's checkpoints went to previous/<time>/ and its model.js and model.json to another
+    folder, <time>-2, which read as a second earlier run; and the export moved model.js aside before writing
+    its own, so a kill between the two left the folder with none."""
+    from predlab import export
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    assert main([*SMALL, "--epochs", "2"]) == 0
+    earlier = {p.name: p.read_bytes() for p in d.iterdir() if p.is_file() and not p.name.startswith(".")}
+    write, seen = export.write_weights, []
+
+    def write_weights(model, path, **kw):
+        seen.append(Path(path).read_bytes() == earlier[Path(path).name])      # still the earlier run's file
+        return write(model, path, **kw)
+    monkeypatch.setattr(export, "write_weights", write_weights)
+    assert main([*SMALL, "--epochs", "2", "--seed", "5"]) == 0
+    assert seen == [True, True]
+    (kept,) = (d / "previous").iterdir()
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == earlier
+
+
+def test_a_notebooks_rotation_keeps_a_checkpoint_copied_in_during_an_earlier_call(tmp_path):
+    """train() again: the end of the first call took every file in the folder for the run's own, so the
+    next call's rotation deleted a checkpoint copied in while the first trained."""
+    from predlab.train import Callback, Checkpointer
+    d = tmp_path / "ck"
+    old = b"another run's checkpoint, put back"
+
+    class CopyIn(Callback):
+        def on_epoch_end(self, trainer, epoch, logs):
+            if epoch == 3:
+                (d / "checkpoint_epoch_1.pt").write_bytes(old)
+    t = _trainer_for(tmp_path, [Checkpointer(d, save_every=2, keep=2), CopyIn()])
+    t.train(4)
+    assert (d / "checkpoint_epoch_1.pt").read_bytes() == old
+    t.train(6)                  # not the run's own: moved aside as another run's, as the next call's first write does
+    assert [p.read_bytes() for p in d.glob("previous/*/checkpoint_epoch_1.pt")] == [old]
+
+
+def test_a_notebook_run_is_not_refused_for_a_model_js_link_it_never_writes(tmp_path):
+    """Only the command line's run exports: a notebook's was refused for a model.js link into a folder that
+    does not exist yet."""
+    from predlab.train import Checkpointer
+    d = tmp_path / "ck"
+    d.mkdir()
+    (d / "model.js").symlink_to(tmp_path / "site-to-be" / "model.js")
+    _trainer_for(tmp_path, [Checkpointer(d)]).train(1)
+    assert (d / "best_model.pt").is_file() and (d / "model.js").is_symlink()
+
+
+def test_a_trainer_trained_again_gets_its_best_back_from_previous_on_another_disk(tmp_path, monkeypatch):
+    """previous/ on another file system: the copy back from there had a new inode, which made the run's own
+    best_model.pt another run's, so train() again left the folder without it."""
+    from pathlib import PosixPath
+    from predlab.train import Checkpointer, main
+    rename = PosixPath.rename
+
+    def across(self, target):
+        if "previous" in Path(target).parts or "previous" in Path(self).parts:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
+        return rename(self, target)
+    monkeypatch.setattr(PosixPath, "rename", across)
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    t = _trainer_for(tmp_path, [Checkpointer(d)])
+    t.train(1)
+    mine = (d / "best_model.pt").read_bytes()
+    assert main(SMALL) == 0                                   # another run in the folder
+    t.best_metric = -math.inf                                 # no later epoch beats it
+    t.train(2)
+    assert (d / "best_model.pt").read_bytes() == mine
+
+
+def test_moving_to_previous_across_disks_is_all_or_none(tmp_path, monkeypatch):
+    """A full disk under the copy of the second file left the first in previous/ and named the file copied,
+    not the one that could not be written."""
+    import shutil
+    from pathlib import PosixPath
+    from predlab.export import move_to_previous
+    files = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    for p in files:
+        p.write_bytes(p.name.encode())
+
+    def across(self, target):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
+    copy = shutil.copy2
+
+    def full(src, dst, **kw):
+        if Path(src).name == "b.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+        return copy(src, dst, **kw)
+    monkeypatch.setattr(PosixPath, "rename", across)
+    monkeypatch.setattr(os, "link", lambda *a, **k: across(*a))
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(OSError) as e:
+        move_to_previous(files, tmp_path)
+    assert "previous" in Path(e.value.filename).parts and Path(e.value.filename).name == "b.pt"
+    assert [p.read_bytes() for p in files] == [b"a.pt", b"b.pt"] and not (tmp_path / "previous").exists()
+
+
+def _trainer_for(tmp_path, callbacks):
+    from test_train import _trainer
+    return _trainer(tmp_path, callbacks=callbacks)
