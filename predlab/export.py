@@ -1031,10 +1031,9 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
 
     A link goes as a copy of what it points to (moved, a relative link pointed at nothing there); the
     link itself is removed, or, with keep_links (True, or the names of the links to keep), left for the
-    new file to be written through. copy=True: every file stays where it is and a copy goes (a hard link
-    where the file system allows), for a file about to be replaced atomically: a kill in between leaves
-    it in place. into: a folder of previous/ to put them in (another part of the same run's files), when
-    none of their names is taken there."""
+    new file to be written through. copy=True: every file stays where it is and a copy goes, for a file
+    about to be replaced atomically: a kill in between leaves it in place. into: a folder of previous/ to
+    put them in (another part of the same run's files), when none of their names is taken there."""
     directory = Path(directory)
     if (directory / "previous").exists() and not (directory / "previous").is_dir():
         raise FileExistsError(f"{directory / 'previous'} is a file; earlier files are moved into a folder of "
@@ -1080,13 +1079,8 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
 
 
 def _copy(src: Path, dst: Path) -> None:
-    """A copy of the file src is or links to: a hard link of a regular file where the file system allows."""
-    if not src.is_symlink():
-        try:
-            os.link(src, dst)
-            return
-        except OSError:
-            pass
+    """A copy of the file src is or links to (not a hard link: a file written in place later, by an editor say,
+    would change the copy too)."""
     try:
         shutil.copy2(src, dst)
     except OSError as e:      # the copy's error named the file copied, not the one that could not be written
@@ -1113,7 +1107,8 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
                   directory: Path, into: Optional[Path] = None) -> Optional[Path]:
     """Call each (path, write) as write(path), an atomic write, after keeping a copy of each of `others`
     (files at those paths that must not be lost: other weights, a hand edit) in directory/previous/<time>/
-    (or `into`, see move_to_previous) -> the folder they went to, or None. Each stays in place until its
+    (or `into`, see move_to_previous) -> the folder they went to, or None (an error raised after the copies
+    were made carries it as .kept). Each stays in place until its
     write replaces it, so a kill in between leaves the folder a model.js; a link stays, and is written
     through (a model.js linked into a page's folder).
 
@@ -1127,7 +1122,9 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
         for p, write in writes:
             write(p)
             written.append(p)
-    except BaseException:
+    except BaseException as e:
+        if others and any(p in written for p in others):
+            e.kept = dest
         with deferred_interrupt():
             for p in others:
                 if p not in written:
@@ -1404,7 +1401,12 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:
-        print(f"{ap.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        if e.filename and (out.parent.absolute() / "previous") in Path(e.filename).absolute().parents:
+            # the copy of the file it replaces, made first: out is untouched
+            print(f"{ap.prog}: error: cannot keep a copy of {out} in {Path(e.filename).parent}: "
+                  f"{e.strerror or e}; {out} is as it was", file=sys.stderr)
+        else:
+            print(f"{ap.prog}: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
         return 1
     words = checkpoint_words(ck)
     print(f"wrote {out}: {words} in {src}" if words else f"wrote {out}: the weights of {src}")

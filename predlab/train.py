@@ -31,8 +31,8 @@ from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
                      bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import (PIPE_CLOSED, command_line, deferred_interrupt, move, move_to_previous, refuse_unwritable, say,
-                     silence_stdout, stale_partials, stop_words, write_keeping)
+from .export import (PIPE_CLOSED, command_line, deferred_interrupt, differs, move, move_to_previous,
+                     refuse_unwritable, say, silence_stdout, stale_partials, stop_words, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -630,6 +630,19 @@ class Checkpointer(Callback):
             except OSError:
                 pass
         return own
+
+    def exported_by_moved(self, files: Sequence[Path]) -> bool:
+        """Whether files hold the export of the best_model.pt that make_room moved to previous/ in this run: the
+        earlier run's own, to keep beside its checkpoints (not a notebook run's, whose earlier model.js stayed)."""
+        best = self.moved_to / "best_model.pt" if self.moved_to else None
+        if not files or best is None or not best.is_file():
+            return False
+        from .export import model_to_params, params_to_text
+        try:
+            params = model_to_params(ckpt_io.model_from_checkpoint(ckpt_io.load_checkpoint_dict(best), best))
+            return all(p.read_bytes() == params_to_text(params, p.suffix[1:]).encode("utf-8") for p in files)
+        except (ValueError, OSError):
+            return False
 
     def there_at_start(self, p: Path) -> bool:
         """Whether p is the file that was there, unchanged, when this run began."""
@@ -2433,10 +2446,14 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         silence_stdout()
         return PIPE_CLOSED
     except OSError as e:
-        if e.filename and "previous" in Path(e.filename).parts:     # the copy of a file there, kept first
+        previous = Path(tc.checkpoint_dir).absolute() / "previous"
+        kept = getattr(e, "kept", None)      # where write_keeping kept what the writes replaced
+        if e.filename and previous in Path(e.filename).absolute().parents:     # the copy of a file there, made first
             what = "no model.js was written (the files there are as they were)"
         elif e.filename and Path(e.filename).name == "model.json":    # written after model.js
-            what = f"{Path(tc.checkpoint_dir) / 'model.js'} was written, model.json was not"
+            what = (f"{Path(tc.checkpoint_dir) / 'model.js'} was written"
+                    + (f" (the one it replaced is in {kept})" if kept and (kept / "model.js").is_file() else "")
+                    + ", model.json was not (the one there, if any, is as it was)")
         else:    # an earlier run's model.js stays until this run's export replaces it
             there = Path(tc.checkpoint_dir) / "model.js"
             what = "no model.js was written " + ("(the one there is as it was)" if there.is_file() else
@@ -2498,18 +2515,21 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     params = model_to_params(model)
     # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C); one of the
     # very bytes this run writes is no loss
-    foreign = [p for p in checkpointer.foreign_exports()
-               if p.read_bytes() != params_to_text(params, p.suffix[1:]).encode("utf-8")]
+    out = Path(tc.checkpoint_dir)
+    texts = {p: params_to_text(params, p.suffix[1:]) for p in (out / n for n in checkpointer.EXPORTS)}
+    # the run's own export made read-only since: kept and replaced as a file of other weights is (it failed the
+    # run after all its training); one of the very bytes this run writes is not written again
+    foreign = [p for p in texts if differs(p, texts[p])
+               and (p in checkpointer.foreign_exports() or not p.stat().st_mode & 0o222)]
     earlier = all(checkpointer.there_at_start(p) for p in foreign)
+    # the earlier run's files go beside its checkpoints that the first write moved, when they are its exports
+    into = checkpointer.moved_to if earlier and checkpointer.exported_by_moved(foreign) else None
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
-        out = Path(tc.checkpoint_dir)
-        # a link stays (the export writes through it, as `predlab.export` does): its file is copied; a full disk
-        # puts everything back
-        # the earlier run's, beside its checkpoints that the first write moved
-        dest = write_keeping([(out / n, lambda p: write_weights(model, p, kept=p in foreign))
-                              for n in checkpointer.EXPORTS],
-                             foreign, out, into=checkpointer.moved_to if earlier else None)
+        # a link stays (the export writes through it, as `predlab.export` does): its file is copied
+        dest = write_keeping([(p, lambda p: write_weights(model, p, kept=p in foreign))
+                              for p in texts if differs(p, texts[p]) or not p.is_file()],
+                             foreign, out, into=into)
     if dest is not None:
         links = [p for p in foreign if p.is_symlink()]
         moved = " and ".join(p.name for p in foreign if p not in links)

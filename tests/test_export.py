@@ -1778,3 +1778,34 @@ def test_every_command_says_where_a_missing_relative_path_was_looked_for(tmp_pat
             main(argv)
         assert f"{said} {where}" in capsys.readouterr().err
     assert not (tmp_path / "m.js").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_the_copy_kept_in_previous_is_no_hard_link_of_the_file(tmp_path):
+    """Kept as a hard link, the copy changed with the file when a kill came before the file was replaced and an
+    editor then wrote the file in place."""
+    from predlab.export import move_to_previous
+    p = tmp_path / "model.js"
+    p.write_text("the page's weights")
+    dest = move_to_previous([p], tmp_path, copy=True)
+    assert p.read_text() == "the page's weights" and os.stat(p).st_nlink == 1
+    with open(p, "w") as f:                         # written in place, as some editors do
+        f.write("edited")
+    assert (dest / "model.js").read_text() == "the page's weights"
+
+
+def test_export_cli_says_when_the_copy_in_previous_cannot_be_made(tmp_path, monkeypatch, capsys, model):
+    """previous/ on a full disk: the error named --out, whose disk had room, and did not say it was untouched."""
+    import shutil
+    from predlab import export
+    out = write_weights(model, tmp_path / "model.js")
+    out.write_text(out.read_text() + "// edited\n")
+    before = out.read_bytes()
+
+    def full(src, dst, **kw):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+    monkeypatch.setattr(shutil, "copy2", full)
+    src = write_weights(model, tmp_path / "other.json")
+    assert export.main([str(src), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot keep a copy of {out} in {tmp_path / 'previous'}" in err and f"{out} is as it was" in err
+    assert out.read_bytes() == before

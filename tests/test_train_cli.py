@@ -1404,3 +1404,59 @@ def test_moving_to_previous_across_disks_is_all_or_none(tmp_path, monkeypatch):
 def _trainer_for(tmp_path, callbacks):
     from test_train import _trainer
     return _trainer(tmp_path, callbacks=callbacks)
+
+
+def test_an_earlier_model_js_joins_only_the_checkpoints_it_was_exported_from(tmp_path, monkeypatch):
+    """A notebook's run (which never exports) left a CLI run's model.js in the folder; the next CLI run filed
+    it beside the notebook run's checkpoints, where it read as their export."""
+    from predlab import checkpoint as ck
+    from predlab.export import read_weights
+    from predlab.train import Checkpointer, main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    assert main(SMALL) == 0                                            # a CLI run, with its model.js
+    _trainer_for(tmp_path, [Checkpointer(d)]).train(1)                # a notebook's run in the same folder
+    assert main([*SMALL, "--seed", "5"]) == 0
+    for js in d.glob("previous/*/model.js"):
+        best = js.parent / "best_model.pt"
+        if best.is_file():
+            got, want = read_weights(js).state_dict(), ck.load_model(best).state_dict()
+            assert want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want), js
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+@pytest.mark.parametrize("folder", ["checkpoints", "previous/checkpoints"])
+def test_a_full_disk_under_model_json_says_where_the_replaced_model_js_is(tmp_path, monkeypatch, capsys, folder):
+    """model.js replaced, then model.json failed: the message did not say where the earlier model.js was kept,
+    and in a folder under one named previous/ it said that no model.js was written."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--checkpoint_dir", folder]) == 0
+    _full_disk_for(monkeypatch, "model.json")
+    assert main([*SMALL, "--seed", "5", "--checkpoint_dir", folder]) == 1
+    err = capsys.readouterr().err
+    (kept,) = {p.parent for p in (tmp_path / folder).glob("previous/*/model.js")}
+    assert (f"{Path(folder) / 'model.js'} was written (the one it replaced is in {kept.relative_to(tmp_path)}), "
+            "model.json was not") in err
+
+
+def test_a_read_only_model_js_of_the_bytes_a_run_writes_does_not_fail_the_run(tmp_path, monkeypatch, capsys):
+    """A read-only model.js holding exactly what the run exports failed the run after all its training (one of
+    other bytes was kept and replaced)."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    js = tmp_path / "checkpoints" / "model.js"
+    before = js.read_bytes()
+    js.chmod(0o444)
+    assert main(SMALL) == 0                                     # the same run again: the same bytes
+    assert js.read_bytes() == before
+    # the run's own export, made read-only, and a resume in place with a better epoch: kept, then replaced
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1"]) == 0
+    js.chmod(0o444)
+    own = js.read_bytes()
+    monkeypatch.setattr("predlab.train.SupervisedTrainer.validate", lambda self, data=None: 1e-9)
+    assert main(["--resume", "checkpoints/checkpoint_epoch_2.pt", "--epochs", "3"]) == 0
+    assert js.read_bytes() != own
+    assert own in [p.read_bytes() for p in js.parent.glob("previous/*/model.js")]
