@@ -1081,13 +1081,15 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
 def _copy(src: Path, dst: Path) -> None:
     """A copy of the file src is or links to (not a hard link: a file written in place later, by an editor say,
     would change the copy too)."""
+    part = dst.with_name(f".{dst.name}.part")     # a kill mid-copy leaves that, not a cut file by the name
     try:
-        shutil.copy2(src, dst)
+        shutil.copy2(src, part)
+        os.replace(part, dst)
     except OSError as e:      # the copy's error named the file copied, not the one that could not be written
-        dst.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(dst)) from None
     except BaseException:
-        dst.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
 
 
@@ -1107,10 +1109,10 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
                   directory: Path, into: Optional[Path] = None) -> Optional[Path]:
     """Call each (path, write) as write(path), an atomic write, after keeping a copy of each of `others`
     (files at those paths that must not be lost: other weights, a hand edit) in directory/previous/<time>/
-    (or `into`, see move_to_previous) -> the folder they went to, or None (an error raised after the copies
-    were made carries it as .kept). Each stays in place until its
-    write replaces it, so a kill in between leaves the folder a model.js; a link stays, and is written
-    through (a model.js linked into a page's folder).
+    (or `into`, see move_to_previous) -> the folder they went to, or None (an error raised after a file with a
+    copy was written carries that folder as .kept, and every error the paths written as .written). Each stays
+    in place until its write replaces it, so a kill in between leaves the folder a model.js; a link stays,
+    and is written through (a model.js linked into a page's folder).
 
     When a write fails (a full disk), the copies of the files not yet written are dropped (those files are
     as they were), and the error propagates. What was written stays, the copy of what it replaced kept:
@@ -1123,6 +1125,7 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
             write(p)
             written.append(p)
     except BaseException as e:
+        e.written = written
         if others and any(p in written for p in others):
             e.kept = dest
         with deferred_interrupt():

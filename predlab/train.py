@@ -632,14 +632,20 @@ class Checkpointer(Callback):
         return own
 
     def exported_by_moved(self, files: Sequence[Path]) -> bool:
-        """Whether files hold the export of the best_model.pt that make_room moved to previous/ in this run: the
-        earlier run's own, to keep beside its checkpoints (not a notebook run's, whose earlier model.js stayed)."""
-        best = self.moved_to / "best_model.pt" if self.moved_to else None
-        if not files or best is None or not best.is_file():
+        """Whether files hold the export of the best_model.pt that make_room moved to previous/ in this run (or,
+        with none there, of its newest checkpoint: a resumed run that never beat its best exports where it
+        ended): the earlier run's own, to keep beside its checkpoints (not a notebook run's, which never
+        exports, and whose earlier model.js stayed)."""
+        if not files or self.moved_to is None:
+            return False
+        best = self.moved_to / "best_model.pt"
+        epochs = sorted(self.moved_to.glob("checkpoint_epoch_*.pt"), key=self._epoch_of)
+        src = best if best.is_file() else epochs[-1] if epochs else None
+        if src is None:
             return False
         from .export import model_to_params, params_to_text
         try:
-            params = model_to_params(ckpt_io.model_from_checkpoint(ckpt_io.load_checkpoint_dict(best), best))
+            params = model_to_params(ckpt_io.model_from_checkpoint(ckpt_io.load_checkpoint_dict(src), src))
             return all(p.read_bytes() == params_to_text(params, p.suffix[1:]).encode("utf-8") for p in files)
         except (ValueError, OSError):
             return False
@@ -2451,7 +2457,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         if e.filename and previous in Path(e.filename).absolute().parents:     # the copy of a file there, made first
             what = "no model.js was written (the files there are as they were)"
         elif e.filename and Path(e.filename).name == "model.json":    # written after model.js
-            what = (f"{Path(tc.checkpoint_dir) / 'model.js'} was written"
+            js = Path(tc.checkpoint_dir) / "model.js"
+            what = (f"{js} was written" if js in getattr(e, "written", [js]) else f"{js} holds this run's model")
+            what = (what
                     + (f" (the one it replaced is in {kept})" if kept and (kept / "model.js").is_file() else "")
                     + ", model.json was not (the one there, if any, is as it was)")
         else:    # an earlier run's model.js stays until this run's export replaces it
@@ -2517,20 +2525,24 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     # very bytes this run writes is no loss
     out = Path(tc.checkpoint_dir)
     texts = {p: params_to_text(params, p.suffix[1:]) for p in (out / n for n in checkpointer.EXPORTS)}
-    # the run's own export made read-only since: kept and replaced as a file of other weights is (it failed the
-    # run after all its training); one of the very bytes this run writes is not written again
-    foreign = [p for p in texts if differs(p, texts[p])
-               and (p in checkpointer.foreign_exports() or not p.stat().st_mode & 0o222)]
+    # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
+    same = [p for p in texts if p.is_file() and p.read_bytes() == texts[p].encode("utf-8")]
+    others = [p for p in texts if differs(p, texts[p])]
+    foreign = [p for p in others if p in checkpointer.foreign_exports()]
+    # the run's own export, made read-only since: a copy kept, then replaced (it failed the run after its training)
+    locked = [p for p in others if p not in foreign and not p.stat().st_mode & 0o222]
     earlier = all(checkpointer.there_at_start(p) for p in foreign)
     # the earlier run's files go beside its checkpoints that the first write moved, when they are its exports
     into = checkpointer.moved_to if earlier and checkpointer.exported_by_moved(foreign) else None
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
         # a link stays (the export writes through it, as `predlab.export` does): its file is copied
-        dest = write_keeping([(p, lambda p: write_weights(model, p, kept=p in foreign))
-                              for p in texts if differs(p, texts[p]) or not p.is_file()],
-                             foreign, out, into=into)
-    if dest is not None:
+        dest = write_keeping([(p, lambda p: write_weights(model, p, kept=p in foreign + locked))
+                              for p in texts if p not in same], foreign + locked, out, into=into)
+    if dest is not None and locked:
+        say(f"kept a copy of {' and '.join(p.name for p in locked)} in {dest}: this run's own export, made "
+            "read-only since, which this run replaces")
+    if dest is not None and foreign:
         links = [p for p in foreign if p.is_symlink()]
         moved = " and ".join(p.name for p in foreign if p not in links)
         copied = " and ".join(p.name for p in links)

@@ -1457,6 +1457,55 @@ def test_a_read_only_model_js_of_the_bytes_a_run_writes_does_not_fail_the_run(tm
     js.chmod(0o444)
     own = js.read_bytes()
     monkeypatch.setattr("predlab.train.SupervisedTrainer.validate", lambda self, data=None: 1e-9)
+    capsys.readouterr()
     assert main(["--resume", "checkpoints/checkpoint_epoch_2.pt", "--epochs", "3"]) == 0
     assert js.read_bytes() != own
     assert own in [p.read_bytes() for p in js.parent.glob("previous/*/model.js")]
+    out = capsys.readouterr().out
+    assert "this run's own export, made read-only since" in out and "not this run's to replace" not in out
+
+
+def test_an_empty_model_js_made_ready_for_the_export_is_written(tmp_path, monkeypatch):
+    """An empty model.js (a placeholder, a page's file made ready) was taken for one already holding the run's
+    bytes and left empty, while model.json got the model and the run said both were written."""
+    from predlab.export import read_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / "model.js").write_text("")
+    assert main(SMALL) == 0
+    assert read_weights(d / "model.js").state_dict().keys() == read_weights(d / "model.json").state_dict().keys()
+    assert (d / "model.js").stat().st_size > 0
+
+
+def test_a_resumed_runs_export_of_its_last_epoch_joins_its_checkpoints(tmp_path, monkeypatch):
+    """A run resumed into another folder that never beat its best exports its last epoch and writes no
+    best_model.pt; the next run there filed its model.js apart from its checkpoints, as another run's."""
+    from predlab.train import SupervisedTrainer, main
+    monkeypatch.chdir(tmp_path)
+    assert main([*SMALL, "--epochs", "2", "--save_every", "1", "--checkpoint_dir", "a"]) == 0
+    with monkeypatch.context() as m:
+        m.setattr(SupervisedTrainer, "validate", lambda self, data=None: 1.0)       # never beats the best
+        assert main(["--resume", "a/checkpoint_epoch_2.pt", "--checkpoint_dir", "b", "--epochs", "3"]) == 0
+    assert not (tmp_path / "b" / "best_model.pt").exists()
+    assert main([*SMALL, "--seed", "5", "--checkpoint_dir", "b"]) == 0
+    (kept,) = (tmp_path / "b" / "previous").iterdir()
+    assert {"checkpoint_epoch_3.pt", "model.js", "model.json"} <= {p.name for p in kept.iterdir()}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_a_full_disk_under_model_json_does_not_say_a_model_js_left_as_it_was_was_written(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """model.js already held the run's bytes (not written again) and model.json, edited, failed: the message
+    said model.js was written."""
+    from test_train import _full_disk_for
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(SMALL) == 0
+    d = tmp_path / "checkpoints"
+    (d / "model.json").write_text((d / "model.json").read_text() + " ")
+    _full_disk_for(monkeypatch, "model.json")
+    assert main(SMALL) == 1
+    err = capsys.readouterr().err
+    assert f"{Path('checkpoints') / 'model.js'} holds this run's model, model.json was not" in err
