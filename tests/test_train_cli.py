@@ -1280,19 +1280,12 @@ def test_pruning_deletes_only_the_runs_own_checkpoints(tmp_path, monkeypatch):
 def test_previous_on_another_file_system_takes_the_earlier_runs_files(tmp_path, monkeypatch, capsys):
     """previous/ linked to another disk (to free space): every run failed at its first write with "Invalid
     cross-device link", the rename of the earlier run's files; a copy and a removal do it."""
-    from pathlib import PosixPath
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
     assert main(SMALL) == 0
     d = tmp_path / "checkpoints"
     before = (d / "best_model.pt").read_bytes()
-    rename = PosixPath.rename
-
-    def across(self, target):
-        if "previous" in Path(target).parts or "previous" in Path(self).parts:
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
-        return rename(self, target)
-    monkeypatch.setattr(PosixPath, "rename", across)
+    _previous_on_another_disk(monkeypatch)
     assert main(SMALL) == 0
     (kept,) = (d / "previous").iterdir()
     assert (kept / "best_model.pt").read_bytes() == before
@@ -1354,15 +1347,8 @@ def test_a_notebook_run_is_not_refused_for_a_model_js_link_it_never_writes(tmp_p
 def test_a_trainer_trained_again_gets_its_best_back_from_previous_on_another_disk(tmp_path, monkeypatch):
     """previous/ on another file system: the copy back from there had a new inode, which made the run's own
     best_model.pt another run's, so train() again left the folder without it."""
-    from pathlib import PosixPath
     from predlab.train import Checkpointer, main
-    rename = PosixPath.rename
-
-    def across(self, target):
-        if "previous" in Path(target).parts or "previous" in Path(self).parts:
-            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
-        return rename(self, target)
-    monkeypatch.setattr(PosixPath, "rename", across)
+    _previous_on_another_disk(monkeypatch)
     monkeypatch.chdir(tmp_path)
     d = tmp_path / "checkpoints"
     t = _trainer_for(tmp_path, [Checkpointer(d)])
@@ -1378,22 +1364,17 @@ def test_moving_to_previous_across_disks_is_all_or_none(tmp_path, monkeypatch):
     """A full disk under the copy of the second file left the first in previous/ and named the file copied,
     not the one that could not be written."""
     import shutil
-    from pathlib import PosixPath
     from predlab.export import move_to_previous
     files = [tmp_path / "a.pt", tmp_path / "b.pt"]
     for p in files:
         p.write_bytes(p.name.encode())
-
-    def across(self, target):
-        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
     copy = shutil.copy2
 
     def full(src, dst, **kw):
         if Path(src).name == "b.pt":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
         return copy(src, dst, **kw)
-    monkeypatch.setattr(PosixPath, "rename", across)
-    monkeypatch.setattr(os, "link", lambda *a, **k: across(*a))
+    _previous_on_another_disk(monkeypatch)
     monkeypatch.setattr(shutil, "copy2", full)
     with pytest.raises(OSError) as e:
         move_to_previous(files, tmp_path)
@@ -1509,3 +1490,15 @@ def test_a_full_disk_under_model_json_does_not_say_a_model_js_left_as_it_was_was
     assert main(SMALL) == 1
     err = capsys.readouterr().err
     assert f"{Path('checkpoints') / 'model.js'} holds this run's model, model.json was not" in err
+
+
+def _previous_on_another_disk(monkeypatch):
+    """A rename into or out of a previous/ folder fails as across file systems ("Invalid cross-device link")."""
+    from pathlib import PosixPath
+    rename = PosixPath.rename
+
+    def across(self, target):
+        if "previous" in Path(target).parts or "previous" in Path(self).parts:
+            raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
+        return rename(self, target)
+    monkeypatch.setattr(PosixPath, "rename", across)
