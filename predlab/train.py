@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
-                     bounded_number, from_dict, plural, resolve_device, training_memory, whole_number, widest_float)
+                     plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
 from .export import (PIPE_CLOSED, command_line, deferred_interrupt, differs, move, move_to_previous,
                      refuse_unwritable, say, silence_stdout, stale_partials, stop_words, write_keeping)

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 import sys
-from typing import Callable, Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional
 
 import ipywidgets as W
 import numpy as np

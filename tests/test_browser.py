@@ -645,7 +645,7 @@ def test_demo_cli_does_not_say_the_page_refuses_weights_set_by_code_it_cannot_re
     err = capsys.readouterr().err
     assert "will refuse" not in err, err
     opening = next(ln for ln in SET_BY_CODE[form].split("\n") if not ln.startswith("/")).split("%s")[0][:30]
-    said = f"it sets window.TRANSFORMER_PARAMS to `Object.freeze(" if form == "frozen" else f"it opens with `{opening}"
+    said = "it sets window.TRANSFORMER_PARAMS to `Object.freeze(" if form == "frozen" else f"it opens with `{opening}"
     assert f"warning: predlab cannot check that the page runs {path}: {said}" in err, err
     let = tmp_path / "let.js"
     if "window.TRANSFORMER_PARAMS =" in SET_BY_CODE[form]:

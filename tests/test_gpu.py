@@ -4,7 +4,6 @@ Every test here needs a CUDA GPU and skips without one.
 """
 from __future__ import annotations
 
-import os
 import random
 import subprocess
 import sys

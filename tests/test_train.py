@@ -1,6 +1,5 @@
 """The training pipeline: seeded data, the trainer, checkpoints and resume, the CLI."""
 import copy
-import dataclasses
 import errno
 import json
 import math

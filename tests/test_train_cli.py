@@ -616,7 +616,7 @@ def test_a_full_disk_at_the_first_best_model_puts_the_earlier_runs_files_back(tm
     assert main(SMALL) == 1
     out, err = capsys.readouterr()
     assert "moved 1 file(s) of an earlier run" in out       # model.js stays until the run exports
-    assert f"no checkpoint or model was written, and the earlier run's files are back in checkpoints" in err
+    assert "no checkpoint or model was written, and the earlier run's files are back in checkpoints" in err
     assert (folder / "best_model.pt").read_bytes() == b"an earlier run's"
     assert (folder / "model.js").read_text() == "window.TRANSFORMER_PARAMS = {};  // an earlier run's\n"
     assert not (folder / "previous").exists()
