@@ -1081,7 +1081,10 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
 def _copy(src: Path, dst: Path) -> None:
     """A copy of the file src is or links to (not a hard link: a file written in place later, by an editor say,
     would change the copy too)."""
-    part = dst.with_name(f".{dst.name}.part")     # a kill mid-copy leaves that, not a cut file by the name
+    # a kill mid-copy leaves a partial file as atomic_write's (which the next run removes), not a cut one by the name
+    fd, part = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    part = Path(part)
     try:
         shutil.copy2(src, part)
         os.replace(part, dst)
@@ -1110,7 +1113,8 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
     """Call each (path, write) as write(path), an atomic write, after keeping a copy of each of `others`
     (files at those paths that must not be lost: other weights, a hand edit) in directory/previous/<time>/
     (or `into`, see move_to_previous) -> the folder they went to, or None (an error raised after a file with a
-    copy was written carries that folder as .kept, and every error the paths written as .written). Each stays
+    copy was written carries that folder as .kept; every error carries the paths written as .written, and the
+    one whose write failed as .failed). Each stays
     in place until its write replaces it, so a kill in between leaves the folder a model.js; a link stays,
     and is written through (a model.js linked into a page's folder).
 
@@ -1125,7 +1129,7 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
             write(p)
             written.append(p)
     except BaseException as e:
-        e.written = written
+        e.written, e.failed = written, p
         if others and any(p in written for p in others):
             e.kept = dest
         with deferred_interrupt():

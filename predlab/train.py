@@ -500,13 +500,18 @@ class Checkpointer(Callback):
         def ours(name: str) -> bool:
             return name in self.RUN_FILES or re.fullmatch(r"checkpoint_epoch_\d+\.pt", name) is not None
         gone, size = [], 0
-        for p in stale_partials(self.dir, ours):
+        # also in previous/: a copy there (moved across disks, or kept by an export) cut by a kill
+        found = stale_partials(self.dir, ours)
+        for d in sorted((self.dir / "previous").glob("*")):
+            if d.is_dir() and not d.is_symlink():
+                found += stale_partials(d, lambda name: True)
+        for p in found:
             try:
                 n = p.stat().st_size
                 p.unlink()
             except OSError:
                 continue
-            gone.append(p.name)
+            gone.append(str(p.relative_to(self.dir)))
             size += n
         if gone:
             say(f"removed {plural(len(gone), 'partial file')} ({size / 2**20:,.1f} MiB) that a save cut short "
@@ -2456,7 +2461,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         kept = getattr(e, "kept", None)      # where write_keeping kept what the writes replaced
         if e.filename and previous in Path(e.filename).absolute().parents:     # the copy of a file there, made first
             what = "no model.js was written (the files there are as they were)"
-        elif e.filename and Path(e.filename).name == "model.json":    # written after model.js
+        elif Path(getattr(e, "failed", None) or e.filename or "").name == "model.json":    # written after model.js
             js = Path(tc.checkpoint_dir) / "model.js"
             what = (f"{js} was written" if js in getattr(e, "written", [js]) else f"{js} holds this run's model")
             what = (what
@@ -2527,6 +2532,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     texts = {p: params_to_text(params, p.suffix[1:]) for p in (out / n for n in checkpointer.EXPORTS)}
     # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
     same = [p for p in texts if p.is_file() and p.read_bytes() == texts[p].encode("utf-8")]
+    empty = [p for p in texts if p.is_file() and p.stat().st_size == 0]      # made ready: nothing to keep
     others = [p for p in texts if differs(p, texts[p])]
     foreign = [p for p in others if p in checkpointer.foreign_exports()]
     # the run's own export, made read-only since: a copy kept, then replaced (it failed the run after its training)
@@ -2537,7 +2543,7 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     with warnings.catch_warnings(record=True) as caught:   # one line for both files, not two tracebacks
         warnings.simplefilter("always")
         # a link stays (the export writes through it, as `predlab.export` does): its file is copied
-        dest = write_keeping([(p, lambda p: write_weights(model, p, kept=p in foreign + locked))
+        dest = write_keeping([(p, lambda p: write_weights(model, p, kept=p in foreign + locked + empty))
                               for p in texts if p not in same], foreign + locked, out, into=into)
     if dest is not None and locked:
         say(f"kept a copy of {' and '.join(p.name for p in locked)} in {dest}: this run's own export, made "

@@ -1502,3 +1502,64 @@ def _previous_on_another_disk(monkeypatch):
             raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(self), None, str(target))
         return rename(self, target)
     monkeypatch.setattr(PosixPath, "rename", across)
+
+
+def test_a_copy_into_previous_cut_by_a_kill_is_removed_by_the_next_run(tmp_path, monkeypatch, capsys):
+    """A kill during a copy into previous/ (an export keeping the earlier model.js, a checkpoint moved across
+    disks) left a hidden cut file there for good: the next run looked only in the folder itself, and only for
+    atomic_write's names."""
+    import re
+    import shutil
+    import time
+    from predlab.export import move_to_previous
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / "model.js").write_text("an earlier export")
+    seen = []
+
+    def full(src, dst, **kw):
+        seen.append(Path(dst).name)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(src))
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copy2", full)
+        with pytest.raises(OSError):
+            move_to_previous([d / "model.js"], d, copy=True)
+    assert re.fullmatch(r"\.model\.js\.[A-Za-z0-9_]{8}\.tmp", seen[0])       # what a kill there would leave
+    kept = d / "previous" / "20260101-000000"
+    kept.mkdir(parents=True)
+    (kept / "best_model.pt").write_bytes(b"an earlier run's")
+    (kept / seen[0]).write_bytes(b"x" * 1000)
+    old = time.time() - 3600
+    os.utime(kept / seen[0], (old, old))
+    assert main(SMALL) == 0
+    assert f"left in checkpoints: {Path('previous') / kept.name / seen[0]}" in capsys.readouterr().out
+    assert sorted(p.name for p in kept.iterdir()) == ["best_model.pt"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names the file being written from /proc")
+def test_an_empty_read_only_model_js_and_a_read_only_model_json_are_said_right(tmp_path, monkeypatch, capsys):
+    """An empty read-only model.js failed the run after its training (a placeholder holds nothing to keep); a
+    read-only model.json's failure said that no model.js was written, when it had been."""
+    from predlab.export import read_weights
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    (d / "model.js").write_text("")
+    (d / "model.js").chmod(0o444)
+    assert main(SMALL) == 0
+    assert read_weights(d / "model.js").state_dict().keys() == read_weights(d / "model.json").state_dict().keys()
+    from predlab import export
+    write = export.write_weights
+
+    def refused(model, path, **kw):         # an error that names no file, as write_weights' refusals were
+        if Path(path).name == "model.json":
+            raise PermissionError(f"{path} is read-only; predlab will not replace it")
+        return write(model, path, **kw)
+    monkeypatch.setattr(export, "write_weights", refused)
+    capsys.readouterr()
+    assert main([*SMALL, "--seed", "5"]) == 1
+    err = capsys.readouterr().err
+    assert f"{Path('checkpoints') / 'model.js'} was written" in err and "no model.js was written" not in err
