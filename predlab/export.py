@@ -1081,18 +1081,21 @@ def move_to_previous(files: Sequence[Union[str, Path]], directory: Union[str, Pa
 def _copy(src: Path, dst: Path) -> None:
     """A copy of the file src is or links to (not a hard link: a file written in place later, by an editor say,
     would change the copy too)."""
-    # a kill mid-copy leaves a partial file as atomic_write's (which the next run removes), not a cut one by the name
-    fd, part = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    part = Path(part)
+    # a kill mid-copy leaves a partial file as atomic_write's (which the next run removes), not a cut one by the
+    # name; the name cut short, so that a long one still fits the file system's limit with the 14 characters added
+    part = None
     try:
+        fd, part = tempfile.mkstemp(prefix=f".{dst.name[:200]}.", suffix=".tmp", dir=dst.parent)
+        os.close(fd)
         shutil.copy2(src, part)
         os.replace(part, dst)
-    except OSError as e:      # the copy's error named the file copied, not the one that could not be written
-        part.unlink(missing_ok=True)
+    except OSError as e:      # the copy's error named the file copied (or the temporary), not the one to be written
+        if part is not None:
+            Path(part).unlink(missing_ok=True)
         raise OSError(e.errno, e.strerror, str(dst)) from None
     except BaseException:
-        part.unlink(missing_ok=True)
+        if part is not None:
+            Path(part).unlink(missing_ok=True)
         raise
 
 

@@ -1809,3 +1809,13 @@ def test_export_cli_says_when_the_copy_in_previous_cannot_be_made(tmp_path, monk
     err = capsys.readouterr().err
     assert f"cannot keep a copy of {out} in {tmp_path / 'previous'}" in err and f"{out} is as it was" in err
     assert out.read_bytes() == before
+
+
+def test_a_file_of_a_long_name_is_kept_in_previous(tmp_path):
+    """The copy's temporary name added 14 characters: a name of 242 to 249 failed with "File name too long",
+    naming the temporary."""
+    from predlab.export import move_to_previous
+    p = tmp_path / ("m" * 245 + ".js")
+    p.write_text("kept")
+    dest = move_to_previous([p], tmp_path, copy=True)
+    assert (dest / p.name).read_text() == "kept" and p.read_text() == "kept"
