@@ -1115,11 +1115,12 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
                   directory: Path, into: Optional[Path] = None) -> Optional[Path]:
     """Call each (path, write) as write(path), an atomic write, after keeping a copy of each of `others`
     (files at those paths that must not be lost: other weights, a hand edit) in directory/previous/<time>/
-    (or `into`, see move_to_previous) -> the folder they went to, or None (an error raised after a file with a
-    copy was written carries that folder as .kept; every error carries the paths written as .written, and the
-    one whose write failed as .failed). Each stays
-    in place until its write replaces it, so a kill in between leaves the folder a model.js; a link stays,
-    and is written through (a model.js linked into a page's folder).
+    (or `into`, see move_to_previous) -> the folder they went to, or None. Each stays in place until its
+    write replaces it, so a kill in between leaves the folder a model.js; a link stays, and is written
+    through (a model.js linked into a page's folder).
+
+    An error carries the paths written as .written and the one whose write failed as .failed; raised after
+    a file with a copy was written, the folder of that copy as .kept.
 
     When a write fails (a full disk), the copies of the files not yet written are dropped (those files are
     as they were), and the error propagates. What was written stays, the copy of what it replaced kept:
@@ -1146,6 +1147,22 @@ def write_keeping(writes: Sequence[Tuple[Path, Callable[[Path], object]]], other
                     dest.parent.rmdir()     # previous/, if made for them
         raise
     return dest
+
+
+def kept_words(others: Sequence[Path], dest: Path, what: str = "") -> str:
+    """What write_keeping did with `others`, for a line: "moved model.js to DEST" for a file (replaced, its copy
+    in DEST), "kept a copy of the file model.js links to in DEST (written through the link)" for a link."""
+    links = [p.name for p in others if p.is_symlink()]
+    moved = [p.name for p in others if not p.is_symlink()]
+    return "; ".join(([f"moved {', '.join(moved)}{what} to {dest}"] if moved else []) +
+                     ([f"kept a copy of the file {' and '.join(links)} {'links' if len(links) == 1 else 'link'} to "
+                       f"in {dest} (written through the link)"] if links else []))
+
+
+def copy_failed(e: OSError, directory: Union[str, Path]) -> bool:
+    """Whether e is the failure of a copy into directory/previous/ (write_keeping makes those before any write):
+    the files in directory are then as they were."""
+    return bool(e.filename) and (Path(directory).absolute() / "previous") in Path(e.filename).absolute().parents
 
 
 def differs(path: Path, text: str) -> bool:
@@ -1411,8 +1428,7 @@ def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:
-        if e.filename and (out.parent.absolute() / "previous") in Path(e.filename).absolute().parents:
-            # the copy of the file it replaces, made first: out is untouched
+        if copy_failed(e, out.parent):      # the copy of the file it replaces, made first: out is untouched
             print(f"{ap.prog}: error: cannot keep a copy of {out} in {Path(e.filename).parent}: "
                   f"{e.strerror or e}; {out} is as it was", file=sys.stderr)
         else:

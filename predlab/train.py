@@ -31,8 +31,9 @@ from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
                      plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
-from .export import (PIPE_CLOSED, command_line, deferred_interrupt, differs, move, move_to_previous,
-                     refuse_unwritable, say, silence_stdout, stale_partials, stop_words, write_keeping)
+from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words, move,
+                     move_to_previous, refuse_unwritable, say, silence_stdout, stale_partials, stop_words,
+                     write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -528,10 +529,8 @@ class Checkpointer(Callback):
             theirs = [p for p in [*self._epoch_files(), self.dir / "best_model.pt"]
                       if p.is_file() and p not in self._pending and not self._mine(p)]
             if theirs:
-                exports = [self.dir / n for n in ("model.js", "model.json")
-                           if (self.dir / n).is_file() and self.dir / n not in self._pending]
                 self._what = "of other runs" if self._pending else "of another run"
-                self._pending = self._pending + theirs + exports
+                self._pending = self._pending + theirs
                 self._restore = self._moved_away()
             return
         self._restore, self._best_state = [], None
@@ -2457,9 +2456,8 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
         silence_stdout()
         return PIPE_CLOSED
     except OSError as e:
-        previous = Path(tc.checkpoint_dir).absolute() / "previous"
         kept = getattr(e, "kept", None)      # where write_keeping kept what the writes replaced
-        if e.filename and previous in Path(e.filename).absolute().parents:     # the copy of a file there, made first
+        if copy_failed(e, tc.checkpoint_dir):     # the copy of a file there, made before any write
             what = "no model.js was written (the files there are as they were)"
         elif Path(getattr(e, "failed", None) or e.filename or "").name == "model.json":    # written after model.js
             js = Path(tc.checkpoint_dir) / "model.js"
@@ -2526,8 +2524,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         return code if interrupted else 1
     checkpointer.make_room()      # (done at the run's first write, unless none came)
     params = model_to_params(model)
-    # an export or a hand edit since the run began: not overwritten (the caller defers Ctrl-C); one of the
-    # very bytes this run writes is no loss
+    # an earlier run's export, or an export or a hand edit since the run began: kept, not overwritten (the caller
+    # defers Ctrl-C)
     out = Path(tc.checkpoint_dir)
     texts = {p: params_to_text(params, p.suffix[1:]) for p in (out / n for n in checkpointer.EXPORTS)}
     # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
@@ -2549,12 +2547,6 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         say(f"kept a copy of {' and '.join(p.name for p in locked)} in {dest}: this run's own export, made "
             "read-only since, which this run replaces")
     if dest is not None and foreign:
-        links = [p for p in foreign if p.is_symlink()]
-        moved = " and ".join(p.name for p in foreign if p not in links)
-        copied = " and ".join(p.name for p in links)
-        what = "; ".join(([f"moved {moved} to {dest}"] if moved else []) +
-                         ([f"kept a copy of the file {copied} {'links' if len(links) == 1 else 'link'} to in "
-                           f"{dest} (this run writes through the link)"] if copied else []))
         held = "they hold" if len(foreign) > 1 else "it holds"
         if earlier and checkpointer.resumed_epoch:
             why = "there when it began, and not the export of the run it continues"
@@ -2563,7 +2555,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         else:
             later = f", or of an epoch after {checkpointer.resumed_epoch}" if checkpointer.resumed_epoch else ""
             why = f"exported or edited there since it began{later}?"
-        say(f"{what}, not this run's to replace: {held} other weights or text than it wrote ({why})")
+        say(f"{kept_words(foreign, dest)}, not this run's to replace: {held} other weights or text than it wrote "
+            f"({why})")
     js = out / "model.js"
     where = os.path.abspath(js) + (f", a link to {os.path.realpath(js)}" if js.is_symlink() else "")
     print(said)

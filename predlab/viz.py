@@ -897,8 +897,8 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     hold other weights are moved to previous/<time>/ beside them, never overwritten.
     Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
     """
-    from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, differs, model_to_params, params_to_text,
-                         validate_params, write_keeping)
+    from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, differs, kept_words, model_to_params,
+                         params_to_text, validate_params, write_keeping)
 
     def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
         for p in (folder, *folder.parents):
@@ -930,16 +930,12 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     # bytes: a hand-edited file with a Latin-1 comment (which predlab reads) made read_text raise
     other = [p for p, text in zip(paths, texts) if differs(p, text)]
     with deferred_interrupt():    # a Ctrl-C once the old files had moved left the folder with no model.js
-        # a model.js linked into a page's folder stays a link, written through; a failed write puts all back
+        # a model.js linked into a page's folder stays a link, written through; a failed write leaves the files
+        # not yet written as they were
         kept = write_keeping([(p, lambda p, text=text: atomic_write_text(p, text)) for p, text in zip(paths, texts)],
                              other, out)
     if kept is not None:
-        links = [p.name for p in other if p.is_symlink()]
-        moved = [p.name for p in other if not p.is_symlink()]
-        notes.append("; ".join(([f"moved {', '.join(moved)} of other weights to {kept}"] if moved else []) +
-                               ([f"kept a copy of the file {' and '.join(links)} "
-                                 f"{'links' if len(links) == 1 else 'link'} to in {kept} (written through the link)"]
-                                if links else [])))
+        notes.append(kept_words(other, kept, " of other weights"))
     return {"paths": paths, "browser_sizes": ok, "message": "; ".join(notes)}
 
 
