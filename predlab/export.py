@@ -364,7 +364,8 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
             if end < 0:
                 if source is not None:
                     line = text.count("\n", 0, m.start()) + 1
-                    raise WeightFormatError(f"{source}: the /* comment at line {line} is never closed")
+                    raise WeightFormatError(f"{source}: the /* comment at line {line} is never closed: is the file cut "
+                                            "short?")
                 code.append(text[m.start():])
                 break
             code.append("\n" * text.count("\n", pos, end) or " ")
@@ -376,7 +377,11 @@ def _split_code(text: str, source: Optional[str] = None) -> List[Tuple[bool, str
                     raise PageOnlyError(f"{source}: the template literal at line {line} holds a ${{...}} "
                                         "substitution, code that predlab does not run; write its value out")
                 if token[0] == "`":
-                    raise WeightFormatError(f"{source}: the template literal at line {line} is never closed")
+                    raise WeightFormatError(f"{source}: the template literal at line {line} is never closed: is the "
+                                            "file cut short?")
+                if not text[pos:].strip():      # the file ends in it
+                    raise WeightFormatError(f"{source}: the string at line {line} is not closed: the file ends in "
+                                            "it; is it cut short?")
                 raise WeightFormatError(f"{source}: the string at line {line} is not closed on its line")
             code.append(token)
         else:
@@ -604,6 +609,12 @@ def use_strict(code: str) -> bool:
     return _use_strict(_split_code(code))
 
 
+def _ends_early(s: str, pos: int) -> bool:
+    """Whether a parse error at pos is the text running out: nothing after it but, at most, the start of a key, a
+    number or a comment. (A string begun and not ended is refused before, with its own words.)"""
+    return re.fullmatch(r"\s*[\w$.+/-]*\s*", s[pos:]) is not None
+
+
 def text_to_params(text: str, source: str = "weights") -> Dict:
     """Parse a model.js (ours or hand-written: comments, unquoted keys, trailing commas, single quotes,
     a "use strict" line) or JSON.
@@ -642,6 +653,9 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
             what = ("computed (`[...]:`), code that predlab does not run" if key.group()[0] == "[" else
                     "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
             raise PageOnlyError(f"{source}: the key at {place} is {what}; write it as a name") from None
+        if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
+            raise WeightFormatError(f"{source}: the file ends at line {text.rstrip().count(chr(10)) + 1} before the "
+                                    "weights object is closed: is it cut short?") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "

@@ -777,6 +777,32 @@ def test_a_syntax_error_is_placed_where_the_file_has_it():
             text_to_params(text, "model.js")
 
 
+def test_a_file_cut_short_is_named_so(model, tmp_path):
+    """A model.js cut short (a copy or an upload stopped) was refused with the parser's words for the place it
+    stopped: "Expecting ',' delimiter", or, in a hand-written file, "Expecting property name enclosed in double
+    quotes", which points at quoting the keys; in a key, "the string at line 2 is not closed on its line". The file's
+    end is named, wherever it was cut."""
+    text = params_to_text(_params(model), "js")
+    hand = "window.TRANSFORMER_PARAMS = {\n  d_model: 48, n_heads: 4, // sizes\n  n_layers: 3,\n  x: [1.5, -2e-3],\n};\n"
+    start = text.index("{") + 1
+    for full, cuts in [(text, [start, start + 5, len(text) // 2, len(text) - 5]), (hand, range(30, len(hand) - 4))]:
+        for k in cuts:
+            cut = full[:k]
+            lines = cut.rstrip().split("\n")
+            if cut.count('"') % 2:
+                with pytest.raises(WeightFormatError, match=rf"^model.js: the string at line {len(lines)} is not "
+                                                            "closed: the file ends in it; is it cut short"):
+                    text_to_params(cut, "model.js")
+                continue
+            with pytest.raises(WeightFormatError, match=rf"^model.js: the file ends at line {len(lines)} before the "
+                                                        r"weights object is closed: is it cut short\?$"):
+                text_to_params(cut, "model.js")
+    path = tmp_path / "model.js"
+    path.write_text(text[:len(text) // 3])
+    with pytest.raises(WeightFormatError, match="model.js: the file ends at line .* is it cut short"):
+        read_params(path)
+
+
 @pytest.mark.parametrize("key, what", [("1.5", "a number not written as a plain whole number"),
                                        ("0x10", "a number not written as a plain whole number"),
                                        ("1_000", "a number not written as a plain whole number"),
