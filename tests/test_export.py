@@ -783,7 +783,8 @@ def test_a_file_cut_short_is_named_so(model, tmp_path):
     quotes", which points at quoting the keys; in a key, "the string at line 2 is not closed on its line". The file's
     end is named, wherever it was cut."""
     text = params_to_text(_params(model), "js")
-    hand = "window.TRANSFORMER_PARAMS = {\n  d_model: 48, n_heads: 4, // sizes\n  n_layers: 3,\n  x: [1.5, -2e-3],\n};\n"
+    hand = ("window.TRANSFORMER_PARAMS = {\n  d_model: 48, n_heads: 4, // sizes\n  n_layers: 3,\n"
+            "  x: [1.5, -2e-3],\n};\n")
     start = text.index("{") + 1
     for full, cuts in [(text, [start, start + 5, len(text) // 2, len(text) - 5]), (hand, range(30, len(hand) - 4))]:
         for k in cuts:
