@@ -108,9 +108,13 @@ def _page_problem(model: Path) -> Optional[str]:
 
     text = code.strip()
     if text.startswith("{"):
-        return (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
-                f"window.TRANSFORMER_PARAMS. Training writes model.js beside model.json; or convert it:\n"
-                f"  python -m predlab.export {model} --out model.js")
+        said = (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
+                "window.TRANSFORMER_PARAMS. Training writes model.js beside model.json")
+        try:        # the command offered must work: the weights as the page would take them
+            read_params(model, require_browser_sizes=True)
+        except WeightFormatError as e:
+            return f"{said}. Converted, it would be refused as well: {e}"
+        return f"{said}; or convert it:\n  python -m predlab.export {model} --out model.js"
     module = _MODULE_STATEMENT.search(code)
     if module:      # predlab reads the object and skips the line; the page's script does not run at all
         line, statement = code.count("\n", 0, module.start(1)) + 1, module.group(1).strip()

@@ -336,6 +336,15 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     r = subprocess.run([sys.executable, "-m", "predlab.demo", str(write_weights(model, tmp_path / "model.json")),
                         "--no-browser"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is plain JSON" in r.stderr and "predlab.export" in r.stderr
+    # a command offered that fails in turn: a model.json without a key, or of sizes the page refuses
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({k: v for k, v in json.loads((tmp_path / "model.json").read_text()).items()
+                                  if k != "output_bias"}))
+    said = _page_problem(broken)
+    assert "is plain JSON" in said and "Converted, it would be refused as well" in said and "output_bias" in said
+    assert "python -m predlab.export" not in said
+    other = write_weights(make_model(0, d_model=16, n_heads=2, n_layers=1, ffn_hidden=8), tmp_path / "other.json")
+    assert "Converted, it would be refused as well" in _page_problem(other)
     from predlab.demo import main
     assert main(["", "--no-browser"]) == 2          # it said ". is a directory"
     const = tmp_path / "const.js"
