@@ -254,6 +254,12 @@ def _check_training_state(ckpt: Mapping, path) -> None:
             # or early stopping would stop at its patience whatever the run did)
             need(key, not math.isnan(ckpt[key]) and ckpt[key] != -math.inf,
                  f"a finite number, or infinity before any best, found {ckpt[key]}")
+            # below any value the measure takes (an MSE is >= 0, a catch ratio, negated, <= 0), no epoch could beat
+            # it either: the run trained on and exported the checkpoint's best, "val MSE -1.00000"
+            monitor = ckpt.get("monitor", "val_loss")
+            need(key, monitor != "val_loss" or ckpt[key] >= 0, f"a validation MSE, >= 0, found {ckpt[key]}")
+            need(key, monitor != "neg_catch_ratio" or ckpt[key] <= 0 or ckpt[key] == math.inf,
+                 f"a catch ratio, negated (<= 0), found {ckpt[key]}")
     if "monitor" in ckpt:
         need("monitor", isinstance(ckpt["monitor"], str), f"a metric name, found {type(ckpt['monitor']).__name__}")
     if "history" in ckpt:

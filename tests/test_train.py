@@ -1304,7 +1304,10 @@ def test_tampered_checkpoint_contents_are_named(tmp_path, edit, message):
                                   lambda s: s["scheduler"].__setitem__("total", math.inf),
                                   lambda s: s["scheduler"].__setitem__("total", 0),
                                   lambda s: s.__setitem__("best_metric", math.nan),
-                                  lambda s: s.__setitem__("best_metric", -math.inf)])
+                                  lambda s: s.__setitem__("best_metric", -math.inf),
+                                  # below any MSE: the run trained on and exported the checkpoint's best
+                                  lambda s: s.__setitem__("best_metric", -1.0),
+                                  lambda s: s.update(monitor="neg_catch_ratio", best_metric=0.5)])
 def test_a_checkpoint_that_does_not_fit_leaves_the_trainer_unchanged(tmp_path, edit):
     donor = _trainer(tmp_path)
     donor.train(1)

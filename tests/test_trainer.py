@@ -314,7 +314,8 @@ def test_a_resumed_run_counts_gains_under_min_delta_from_where_it_stopped(tmp_pa
     assert old.early_stopping_ref == 0.58
 
 
-@pytest.mark.parametrize("value, found", [(math.nan, "found nan"), (-math.inf, "found -inf"), ("0.5", "found str")])
+@pytest.mark.parametrize("value, found", [(math.nan, "found nan"), (-math.inf, "found -inf"), ("0.5", "found str"),
+                                          (-0.5, "a validation MSE, >= 0, found -0.5")])
 def test_a_checkpoint_whose_early_stopping_reference_no_epoch_can_pass_is_refused(tmp_path, value, found):
     from predlab.checkpoint import CheckpointError
     _tampered(tmp_path / "c.pt", lambda s: s.update(early_stopping_ref=value))
