@@ -1061,6 +1061,7 @@ class SupervisedTrainer:
                           stacklevel=2)
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
+        self._by_hand = train_config is None      # its settings then are its parts' (_recorded_settings)
         self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
                              if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
@@ -1654,7 +1655,7 @@ class SupervisedTrainer:
                 # not TrainConfig's default when the trainer was made by create_trainer in a notebook
                 # paths as text: a Path (init_weights=Path("model.js")) is pickled code to the weights-only loader
                 "train_config": {**{k: os.fspath(v) if isinstance(v, os.PathLike) else v
-                                    for k, v in dataclasses.asdict(self.train_config).items()},
+                                    for k, v in self._recorded_settings().items()},
                                  **({"epochs": self.target_epochs} if self.target_epochs else {})},
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "optimizer": self._optimizer_state(), "scheduler": self.scheduler.state_dict(),
@@ -1665,6 +1666,34 @@ class SupervisedTrainer:
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
         return _plain_numbers(state)    # numpy numbers as Python's
+
+    def _recorded_settings(self) -> Dict:
+        """The TrainConfig a checkpoint records: the run's own. A trainer built without one records what its
+        parts say: the catch check, early stopping and the measure of the best that its callbacks and monitor
+        give. It leaves out what it cannot know (a resume from the command line takes that command's values for
+        those, and says so): its validation set's episodes, a seed where its parts have several, and the
+        episodes and DAgger of a SampleSet source. It recorded TrainConfig's defaults for them all, and a resume
+        went on with a catch check the run never had, and chose the best on other validation episodes than the
+        run's best was measured on, without a word."""
+        settings = dataclasses.asdict(self.train_config)
+        if not self._by_hand:
+            return settings
+        from .evaluate import CatchEvaluator     # (evaluate imports this module)
+        evaluator = next((c for c in self.callbacks if isinstance(c, CatchEvaluator)), None)
+        stopper = next((c for c in self.callbacks if isinstance(c, EarlyStopping)), None)
+        generator = getattr(self.train_dataset, "generator", None)
+        seeds = ({self.seed} | ({generator.seed} if isinstance(generator, EpisodeGenerator) else set())
+                 | ({evaluator.seed} if evaluator else set()))
+        settings.update(eval_every=evaluator.every if evaluator else 0,
+                        early_stopping=stopper.patience if stopper else 0,
+                        select_best_by="catch_ratio" if self.monitor == "neg_catch_ratio" else "val_loss")
+        if evaluator:
+            settings.update(eval_episodes=evaluator.episodes, eval_frames=evaluator.frames)
+        unknown = ["val_episodes"] + (["seed"] if len(seeds) > 1 else [])
+        if not _source_settings(self.train_dataset):      # a SampleSet: no episodes of a seed, no DAgger
+            unknown += ["train_episodes", "dagger", "dagger_start", "dagger_beta_decay", "dagger_beta_min",
+                        "dagger_buffer"]
+        return {k: v for k, v in settings.items() if k not in unknown}
 
     def _optimizer_state(self) -> Dict:
         """optimizer.state_dict() as an eager trainer has it: float learning rates, not capturable
@@ -2105,8 +2134,9 @@ def _parse(argv):
                       (", changed by flags: " + ", ".join(changed) if changed else "") +
                       f"; checkpoints go to {tc.checkpoint_dir}", False))
         if unrecorded:
-            notes.append((f"note: {resume} does not record {', '.join(unrecorded)} (an older predlab's "
-                          f"checkpoint): these take this command's values", True))
+            notes.append((f"note: {resume} does not record {', '.join(unrecorded)} (a checkpoint of an older "
+                          f"predlab, or of a trainer built in Python without a TrainConfig): these take this "
+                          f"command's values", True))
         # a run without DAgger has no samples to carry: turning it on here starts the buffer empty anyway
         if tc.dagger and "data_source" not in ck and ck.get("train_config", {}).get("dagger", True):
             notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
@@ -2130,7 +2160,11 @@ def _measure_changed(ck: Mapping, tc: TrainConfig, wc: WorldConfig, monitor: str
     else:
         names = world + ["seed", "val_episodes"]
     now = {**dataclasses.asdict(tc), **dataclasses.asdict(wc)}
-    return [f"--{k}" for k in names if k in run and run[k] != now[k]]
+    # one the checkpoint does not record (a trainer built in Python, which knows no seed of its validation set):
+    # the run's may have been another
+    train = {f.name for f in dataclasses.fields(TrainConfig)}
+    return [f"--{k}" + ("" if k in run else " (not recorded)") for k in names
+            if (k in run and run[k] != now[k]) or (k not in run and k in train)]
 
 
 def _take_sizes(p: argparse.ArgumentParser, flag: str, source: str, sizes: Mapping, ns: Dict, given: set) -> None:
@@ -2393,8 +2427,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             trainer.monitor = monitor
             trainer.start_best()
         elif moved:                        # the best so far was measured on other episodes: no longer comparable
-            print(f"{', '.join(moved)} changed the episodes {tc.select_best_by} is measured on: best_model.pt follows "
-                  f"the new measure from now on; the best so far and the early-stopping count start afresh")
+            print(f"{', '.join(moved)} {'may have ' if all('not recorded' in m for m in moved) else ''}changed the "
+                  f"episodes {tc.select_best_by} is measured on: best_model.pt follows the new measure from now on; "
+                  f"the best so far and the early-stopping count start afresh")
             trainer.start_best()
         print(f"resumed from {tc.resume} after epoch {trainer.epoch}; continuing with epoch {trainer.epoch + 1} "
               f"of {tc.epochs}")

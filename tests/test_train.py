@@ -59,14 +59,22 @@ def test_samples_are_teacher_labelled_live_states():
     assert ((norms - 1).abs() < 1e-5).float().mean() > 0.99
 
 
-def _trainer(tmp_path, dropout=0.1, callbacks=()):
+def _trainer(tmp_path, dropout=0.1, callbacks=(), train_config=None):
     torch.manual_seed(0)
     model = TransformerPredator(dropout=dropout)
     gen = EpisodeGenerator(TINY_WORLD, seed=0, progress=False)
     from predlab.train import EpisodeSource
     val = gen.generate(4, stream=0)
     return SupervisedTrainer(model, EpisodeSource(gen, 6), val, learning_rate=3e-3, batch_size=32,
-                             device="cpu", callbacks=list(callbacks), world_config=TINY_WORLD)
+                             device="cpu", callbacks=list(callbacks), world_config=TINY_WORLD,
+                             train_config=train_config)
+
+
+# _trainer's settings, as the command line's flags (SAME_VAL) make them: a resume of its checkpoint goes on with
+# the same validation set (one built without a TrainConfig records no val_episodes, and a resume starts the best
+# afresh)
+CLI_LIKE = TrainConfig(learning_rate=3e-3, batch_size=32, train_episodes=6, val_episodes=4, dagger=False,
+                       eval_every=0, save_every=1)
 
 
 class StopAt(Callback):
@@ -608,9 +616,9 @@ def _cli(*args, cwd):
 
 TINY_FLAGS = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12",
               "--batch-size", "32", "--save_every", "1", "--quiet"]
-# resuming a checkpoint of _trainer (whose TrainConfig keeps the default 50 validation episodes) on the
-# same validation set: another would start the best afresh
-SAME_VAL = [*TINY_FLAGS, "--val_episodes", "50"]
+# resuming a checkpoint of _trainer(train_config=CLI_LIKE) on the same validation set: another would start the
+# best afresh
+SAME_VAL = [*TINY_FLAGS, "--val_episodes", "4"]
 
 
 def test_cli_trains_checkpoints_resumes_and_exports(tmp_path):
@@ -909,9 +917,9 @@ def test_cli_unusable_paths_exit_2_before_training(tmp_path, monkeypatch, capsys
 
 def test_cli_resumed_into_a_new_folder_still_exports(tmp_path):
     """Resumed elsewhere, a run whose epochs do not beat the old best still writes model.js."""
-    first = _trainer(tmp_path)
+    first = _trainer(tmp_path, train_config=CLI_LIKE)
     first.train(2)
-    first.best_metric = -1.0                   # nothing can beat it
+    first.best_metric = 0.0                    # nothing can beat it
     path = first.save_checkpoint(tmp_path / "c2.pt")
     r = _cli("--epochs", "3", "--resume", str(path), "--checkpoint_dir", "elsewhere", "--no-dagger",
              "--eval_every", "0", *SAME_VAL, cwd=tmp_path)
@@ -1533,9 +1541,9 @@ def test_ctrl_c_in_a_resumed_run_exports_a_finished_epoch(tmp_path, monkeypatch,
     """Resumed elsewhere with no new best, a Ctrl-C once exported the weights in memory: half an epoch."""
     from predlab.export import read_weights
     from predlab.train import main
-    first = _trainer(tmp_path)
+    first = _trainer(tmp_path, train_config=CLI_LIKE)
     first.train(2)
-    first.best_metric = -1.0                   # nothing can beat it
+    first.best_metric = 0.0                    # nothing can beat it
     path = first.save_checkpoint(tmp_path / "c2.pt")
     train_epoch = SupervisedTrainer.train_epoch
 
@@ -1566,16 +1574,16 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
     model.js is of it."""
     from predlab.export import read_weights
     from predlab.train import main
-    first = _trainer(tmp_path)
+    first = _trainer(tmp_path, train_config=CLI_LIKE)
     first.train(2)
-    first.best_metric, first.best_epoch = -1.0, 2      # nothing can beat it
+    first.best_metric, first.best_epoch = 0.0, 2       # nothing can beat it
     first.save_checkpoint(tmp_path / "ck" / "checkpoint_epoch_2.pt")
     resumed = {k: v.clone() for k, v in first.model.state_dict().items()}
     ctrl_c_in_epoch(monkeypatch, 4)
     monkeypatch.chdir(tmp_path)
     assert main(["--epochs", "6", "--resume", "ck/checkpoint_epoch_2.pt", "--keep_checkpoints", "1", "--no-dagger",
                  "--eval_every", "0", *SAME_VAL]) == 130
-    assert "best val MSE -1.00000 at epoch 2" in capsys.readouterr().out
+    assert "best val MSE 0.00000 at epoch 2" in capsys.readouterr().out
     assert not (tmp_path / "ck" / "checkpoint_epoch_2.pt").exists()
     assert ck.load_checkpoint_dict("ck/best_model.pt")["epoch"] == 2
     exported = read_weights("ck/model.js").state_dict()
@@ -2202,6 +2210,41 @@ def test_resume_with_other_episodes_for_the_best_starts_the_best_afresh(tmp_path
     assert main(["--epochs", "4", "--resume", "more/checkpoint_epoch_3.pt", "--learning_rate", "1e-3",
                  "--checkpoint_dir", "more"]) == 0
     assert "changed the episodes" not in capsys.readouterr().out
+
+
+def test_a_trainer_built_in_python_records_its_own_settings_for_a_resume(tmp_path, monkeypatch, capsys):
+    """A SupervisedTrainer built without a TrainConfig recorded TrainConfig's defaults: a resume from the command
+    line went on with seed 0, 50 validation episodes and a catch check every 5 epochs, where the run had seed 7,
+    3 episodes and none, and kept the best measured on those 3 episodes, saying nothing. It records what its parts
+    say; the validation set's episodes it cannot know, and the resume says so and starts the best afresh."""
+    from predlab.train import Checkpointer, EarlyStopping, EpisodeSource, main, parse_args
+    monkeypatch.chdir(tmp_path)
+    gen = EpisodeGenerator(TINY_WORLD, seed=7, progress=False)
+    t = SupervisedTrainer(TransformerPredator(), EpisodeSource(gen, 4), gen.generate(3, stream=0), batch_size=32,
+                          seed=7, device="cpu", callbacks=[Checkpointer("ck"), EarlyStopping(4)])
+    t.train(2)
+    run = ck.load_checkpoint_dict("ck/checkpoint_epoch_2.pt")["train_config"]
+    assert (run["seed"], run["eval_every"], run["early_stopping"], run["dagger"], run["train_episodes"]) == \
+        (7, 0, 4, False, 4)
+    assert "val_episodes" not in run
+    capsys.readouterr()
+    tc, _, wc, _ = parse_args(["--resume", "ck/checkpoint_epoch_2.pt", "--epochs", "3"])
+    assert (tc.seed, tc.eval_every, tc.early_stopping, tc.dagger, tc.train_episodes, wc) == (7, 0, 4, False, 4,
+                                                                                              TINY_WORLD)
+    assert "does not record val_episodes" in capsys.readouterr().err
+    assert main(["--resume", "ck/checkpoint_epoch_2.pt", "--epochs", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "--val_episodes (not recorded) may have changed the episodes val_loss is measured on" in out
+    state = ck.load_checkpoint_dict("ck/checkpoint_epoch_3.pt")
+    assert state["best_epoch"] == 3 and not any("catch_ratio" in h for h in state["history"])
+    # a seed of its generator other than the trainer's: no one seed, as the command line has; samples of no
+    # generator: no episodes per epoch, no DAgger
+    other = SupervisedTrainer(TransformerPredator(), EpisodeSource(gen, 4), gen.generate(3, stream=0), seed=1,
+                              device="cpu")
+    assert "seed" not in other.state_dict()["train_config"]
+    fixed = SupervisedTrainer(TransformerPredator(), gen.generate(2, stream=1), gen.generate(3, stream=0),
+                              device="cpu", world_config=TINY_WORLD)
+    assert not {"train_episodes", "dagger"} & set(fixed.state_dict()["train_config"])
 
 
 def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):

@@ -76,8 +76,8 @@ def test_resuming_an_older_checkpoint_says_which_settings_it_lacks_and_uses_the_
     tc, _, wc, _ = parse_args(["--resume", str(library_checkpoint), "--noise", "0.2"])
     assert (tc.dagger_buffer, wc.noise) == (0, 0.2)
     err = capsys.readouterr().err
-    assert (f"note: {library_checkpoint} does not record dagger_buffer (an older predlab's checkpoint): these take "
-            f"this command's values") in err
+    assert (f"note: {library_checkpoint} does not record dagger_buffer (a checkpoint of an older predlab, or of a "
+            f"trainer built in Python without a TrainConfig): these take this command's values") in err
 
 
 @pytest.mark.parametrize("key, field", [("world_config", "predator_speed"), ("train_config", "label_smoothing")])
@@ -222,7 +222,7 @@ def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside
     import torch
     from predlab.train import main
     state = torch.load(library_checkpoint, weights_only=True)
-    state["best_metric"] = -1.0                                  # nothing beats it: no best_model.pt
+    state["best_metric"] = 0.0                                   # nothing beats it: no best_model.pt
     torch.save(state, library_checkpoint)
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "model.js").write_text("an earlier run's model")
