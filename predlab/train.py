@@ -1714,8 +1714,14 @@ class SupervisedTrainer:
                              f"predlab.export.write_weights(trainer.model, {str(path)!r})")
         return ckpt_io.atomic_save(self.state_dict(include_data), path)
 
-    def load_checkpoint(self, path: Union[str, Path]) -> Dict:
-        """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture."""
+    def load_checkpoint(self, path: Union[str, Path], warn_settings: bool = True) -> Dict:
+        """Restore model, optimizer, scheduler, RNG and counters; refuses another architecture.
+
+        Warns (with warn_settings) when the checkpoint's run had other settings than this trainer's for what
+        it trains on and measures (batch size, episodes, validation set, world, catch check): the run goes on
+        with this trainer's. A notebook's trainer rebuilt after a kernel restart, its sliders back at their
+        defaults, went on with a batch of 256 and 50 validation episodes where the run had 128 and 3, and
+        compared its epochs with a best measured on the other set, without a word."""
         ck = ckpt_io.load_checkpoint_dict(path)
         ckpt_io.check_resumable(ck, path)
         ckpt_io.check_architecture(self.model, ck, path)
@@ -1727,7 +1733,26 @@ class SupervisedTrainer:
             raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer "
                                           f"({type(e).__name__}: {e}); the trainer is unchanged") from None
         self.resumed_from = Path(path)
+        if warn_settings:
+            self._warn_other_settings(ck, path)
         return ck
+
+    def _warn_other_settings(self, ck: Mapping, path) -> None:
+        """The warning of load_checkpoint: the run's settings that differ from this trainer's, each named."""
+        skip = set(MACHINE_FIELDS) | set(CLI_ONLY_FIELDS) | set(SCHEDULE_FIELDS) | {"min_delta"}
+        run, mine = ck.get("train_config", {}), self._recorded_settings()
+        differ = [(k, run[k], mine[k]) for k in mine if k not in skip and k in run and run[k] != mine[k]]
+        world = ck.get("world_config", {})
+        differ += [(k, world[k], v) for k, v in dataclasses.asdict(self.world_config).items()
+                   if k in world and world[k] != v]
+        if differ:
+            said = ", ".join(f"{k} {a!r} (this trainer: {b!r})" for k, a, b in differ)
+            measured = any(k in ("val_episodes", "seed") or k in world for k, _, _ in differ)
+            warnings.warn(f"{path}: its run had {said}; it goes on with this trainer's settings"
+                          + (", and its best so far was measured on other validation episodes than this trainer's "
+                             "(trainer.start_best() starts the best afresh)" if measured else "")
+                          + ". To go on as the run would have, build the trainer with the run's settings (in a "
+                          "notebook: set the sliders to them, and build it again)", stacklevel=3)
 
     def _restore(self, ck: Mapping) -> None:
         """Set model, optimizer, scheduler, counters, data source and RNG from a checkpoint dict."""
@@ -2414,7 +2439,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -
             print(note, file=sys.stderr)
     if tc.resume:
         try:
-            ck = trainer.load_checkpoint(tc.resume)
+            ck = trainer.load_checkpoint(tc.resume, warn_settings=False)    # parse_args said which flags changed
         except ckpt_io.CheckpointError as e:   # a training state that parse_args' checks could not see
             trainer.train_dataset.generator.close()
             build_parser().error(f"--resume: {e}")

@@ -2247,6 +2247,30 @@ def test_a_trainer_built_in_python_records_its_own_settings_for_a_resume(tmp_pat
     assert not {"train_episodes", "dagger"} & set(fixed.state_dict()["train_config"])
 
 
+def test_loading_a_checkpoint_of_other_settings_names_them(tmp_path):
+    """A notebook's trainer rebuilt after a kernel restart (its sliders back at their defaults) loaded the run's
+    checkpoint and went on with a batch of 256 and 50 validation episodes where the run had 128 and 3, comparing
+    its epochs with a best measured on the other set, without a word."""
+    kw = dict(train_episodes=4, world_config=TINY_WORLD, eval_every=0, dagger=False, device="cpu", progress=False,
+              verbose=False)
+    run = create_trainer(val_episodes=3, batch_size=32, **kw)
+    run.train(1)
+    path = run.save_checkpoint(tmp_path / "c1.pt")
+    run.train_dataset.generator.close()
+    again = create_trainer(val_episodes=3, batch_size=32, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again.load_checkpoint(path)                       # the run's own settings: nothing to say
+    rebuilt = create_trainer(val_episodes=2, batch_size=16, **kw)
+    with pytest.warns(UserWarning, match=r"c1.pt: its run had batch_size 32 \(this trainer: 16\), val_episodes 3 "
+                                         r"\(this trainer: 2\); it goes on with this trainer's settings, and its best "
+                                         r"so far was measured on other validation episodes"):
+        rebuilt.load_checkpoint(path)
+    assert rebuilt.epoch == 1 and rebuilt.batch_size == 16
+    for t in (again, rebuilt):
+        t.train_dataset.generator.close()
+
+
 def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):
     """An epoch cut after TensorBoard had logged it (a later callback's on_epoch_end) is undone and
     trained again: TensorBoard showed two points at its step, the undone one and the new one."""
