@@ -836,8 +836,10 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     directory may also name the checkpoint file itself (a path ending in .pt, or an existing file).
 
     With no checkpoint there, trains a small model (sizes()['fallback_*'], nothing written to
-    disk) when train_if_missing, and says so; otherwise raises FileNotFoundError.
-    Returns (model, message).
+    disk) when train_if_missing, and says so first; otherwise raises FileNotFoundError.
+    Returns (model, message). model.world_config is the world it was trained in, which
+    predlab.evaluate's compare and rollout then draw their episodes from, as `python -m predlab.evaluate`
+    does for the checkpoint (the message names how it differs from the browser's).
     """
     from .checkpoint import describe_best, load_checkpoint_dict, model_from_checkpoint
 
@@ -853,8 +855,14 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         # file's description with the next file's weights
         ck = load_checkpoint_dict(path)
         model = model_from_checkpoint(ck, path)
+        from .evaluate import _world_of
+        model.world_config = _world_of(path)[0]
         best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
         msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
+        differs = [f"{k} {v} (browser: {getattr(WorldConfig, k)})" for k, v in vars(model.world_config).items()
+                   if k not in ("frames", "noise") and v != getattr(WorldConfig, k)]
+        if differs:     # evaluate.compare(model) draws from it, as `python -m predlab.evaluate` does, which says so
+            msg += f"; trained in a world other than the browser's: {', '.join(differs)}"
     elif path.exists() or path.is_symlink():     # a folder under the checkpoint's name: "no checkpoint" hid it
         from .export import not_a_file
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint: move it away, or name the checkpoint"
@@ -866,6 +874,9 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
 
         S = sizes()
         epochs = S["fallback_epochs"] if epochs is None else epochs
+        if verbose:     # (seconds on a laptop, with nothing else shown)
+            print(f"no checkpoint at {path}: training a small model instead ({epochs} epoch(s) of "
+                  f"{S['fallback_episodes']} episodes)...", flush=True)
         trainer = create_trainer(train_episodes=S["fallback_episodes"], val_episodes=S["val_episodes"],
                                  world_config=WorldConfig(frames=S["data_frames"]), progress=False, verbose=False)
         try:
@@ -873,6 +884,7 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         finally:
             trainer.train_dataset.generator.close()
         model = trainer.model.cpu().eval()
+        model.world_config = trainer.world_config
         # the model of the last epoch, not of the best one: its own val MSE (best_metric may be an earlier epoch's)
         msg = (f"no checkpoint at {path}: trained a small model instead ({epochs} epoch(s) of "
                f"{S['fallback_episodes']} episodes, val MSE {trainer.history[-1]['val_loss']:.4f}); "

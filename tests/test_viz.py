@@ -991,6 +991,36 @@ def test_a_batch_size_given_by_hand_stays_on_its_sliders_grid():
     assert b.value == 100 and b.min == 16 and b.step == 4       # 16 + 21 * 4
 
 
+def test_a_best_model_is_evaluated_in_the_world_it_was_trained_in(tmp_path, monkeypatch, capsys):
+    """Notebook 03 compares the model of load_best_model with the teacher, "the same figures as `python -m
+    predlab.evaluate`"; for a checkpoint of a run in another world (--width_max 800) they were not: the
+    model was driven in the browser's world, which the command line draws from only for a model.js."""
+    monkeypatch.setenv("PREDLAB_QUICK", "1")
+    from predlab import evaluate
+    from predlab.config import WorldConfig
+    from predlab.train import create_trainer
+    world = WorldConfig(frames=12, boids_max=8, width_max=800, height_max=600)
+    t = create_trainer(train_episodes=2, val_episodes=1, batch_size=64, world_config=world, eval_every=0,
+                       dagger=False, d_model=8, n_heads=2, n_layers=1, ffn_hidden=8, device="cpu", progress=False,
+                       verbose=False)
+    t.train_dataset.generator.close()
+    path = t.save_checkpoint(tmp_path / "best_model.pt")
+    model, msg = viz.load_best_model(tmp_path, verbose=False)
+    assert model.world_config == world
+    assert ("trained in a world other than the browser's: width_max 800 (browser: 3840), height_max 600 (browser: "
+            "2160), boids_max 8 (browser: 50)") in msg
+    kw = dict(episodes=8, frames=300, seed=0, baselines=False)
+    figures = [evaluate.compare(policy, **kw) for policy in (model, path)]
+    for who in ("policy", "teacher"):
+        assert [{k: v for k, v in f[who].items() if k != "seconds"} for f in figures] == \
+            [{k: v for k, v in figures[1][who].items() if k != "seconds"}] * 2
+    # a stand-in trained here says so before its seconds of training, and is of the world it was trained in
+    model, msg = viz.load_best_model(tmp_path / "none", epochs=1)
+    assert capsys.readouterr().out.startswith(f"no checkpoint at {tmp_path / 'none' / 'best_model.pt'}: training a "
+                                              "small model instead")
+    assert model.world_config == WorldConfig(frames=viz.sizes()["data_frames"])
+
+
 def test_load_best_model_reports_the_val_mse_of_the_model_it_trained(tmp_path, monkeypatch):
     """Without a checkpoint it trains a stand-in and returns the model of its last epoch: the message
     gave the best epoch's val MSE (0.30 here), not that model's (0.40)."""
@@ -1000,6 +1030,7 @@ def test_load_best_model_reports_the_val_mse_of_the_model_it_trained(tmp_path, m
     class Trainer:
         def __init__(self, **kw):
             self.model = TransformerPredator(d_model=8, n_heads=2, n_layers=1, ffn_hidden=8)
+            self.world_config = kw["world_config"]
             self.train_dataset = type("Data", (), {"generator": type("Gen", (), {"close": lambda self: None})()})()
 
         def train(self, epochs):
