@@ -399,6 +399,9 @@ def _check_generation(num_episodes, cfg, student, beta, device="cpu", backend: s
         raise TypeError(f"student must be a policy (a model or a callable on a batch) or None, "
                         f"not {type(student).__name__}")
     real_number("beta", beta, 0, 1)
+    if student is None and beta < 1:    # the teacher drove them all, and the samples read as DAgger's
+        raise ValueError(f"beta {beta:g} gives a share {1 - beta:g} of the episodes to the student, but no student was "
+                         "given: pass student= (a model), or beta=1 for the teacher alone")
     per_episode = cfg.frames * sample_bytes(cfg.boids_max)
     needs = [(f"{num_episodes} episodes x {cfg.frames} frames of up to {cfg.boids_max} boids, "
               f"{sample_bytes(cfg.boids_max)} bytes a sample", num_episodes * per_episode)]

@@ -235,6 +235,9 @@ def test_generate_episodes_refuses_bad_arguments_by_name(args, kw, error, messag
     (lambda g: g.generate(1, 0, beta=-1), ValueError, "beta must be between 0 and 1"),
     (lambda g: g.generate(1, 0, beta="0.5"), TypeError, "beta must be a number, got '0.5'"),
     (lambda g: g.generate(1, 0, student="model", beta=0.5), TypeError, "student must be a policy"),
+    # the teacher drove every episode, and the samples read as DAgger's
+    (lambda g: g.generate(1, 0, beta=0.0), ValueError, r"beta 0 gives a share 1 of the episodes to the student, but "
+                                                        r"no student was given: pass student="),
 ])
 def test_episode_generator_generate_refuses_bad_arguments_by_name(call, error, message):
     from predlab.config import WorldConfig
@@ -272,7 +275,7 @@ def test_the_episodes_bar_moves_while_a_chunk_is_rolled_out(monkeypatch, device,
         monkeypatch.setattr(data, "_rollout_chunk", lambda *a, **k: real(*a, backend="torch", **k))
     torch.manual_seed(0)
     with data.EpisodeGenerator(WorldConfig(frames=20, boids_max=6), progress=True) as gen:
-        gen.generate(10, stream=1, student=TransformerPredator() if student else None, beta=0.5)
+        gen.generate(10, stream=1, student=TransformerPredator() if student else None, beta=0.5 if student else 1.0)
     assert len(set(counts)) >= 5 and counts == sorted(counts) and counts[-1] == 10, counts
 
 
