@@ -2539,7 +2539,9 @@ def _where(trainer: SupervisedTrainer) -> str:
     after its last epoch (in the checkpoint written once training had ended)."""
     if trainer.stop_training:
         return f"after epoch {trainer.epoch}, where the run stopped early"
-    return f"in epoch {trainer.epoch + 1}" if trainer.ended_in_epoch else f"after epoch {trainer.epoch}"
+    # (no epoch 0 to be after: a closed stdout at the first epoch's line undoes that epoch)
+    within = trainer.ended_in_epoch or not trainer.epoch
+    return f"in epoch {trainer.epoch + 1}" if within else f"after epoch {trainer.epoch}"
 
 
 def _os_error(e: OSError) -> str:
