@@ -589,6 +589,14 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
     def num(v):
         return math.nan if v is None else v
 
+    def cell(fmt: str, v) -> str:
+        """v as fmt writes it; a share above 0 too small for its digits as "<0.1%": catches in the next column
+        beside "0.0%" of episodes with a catch read as a contradiction."""
+        text = fmt.format(num(v))
+        if fmt.endswith("%}") and isinstance(v, float) and v > 0 and float(text.rstrip("%")) == 0:
+            return "<" + fmt.format(10.0 ** -int(fmt[3:-2]) / 100)
+        return text
+
     cols = [("catches_per_1k", "catches/1k fr", "{:.3f}"), ("first_catch_frames", "1st catch fr", "{:.1f}"),
             # shares, as percentages: 0.266 of episodes read as a count
             ("first_catch_rate", "eps w/ catch", "{:.1%}"), ("flock_caught", "flock caught", "{:.2%}"),
@@ -601,7 +609,7 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
     lines = [f"{plural(res['episodes'], 'episode')} x {plural(res['frames'], 'frame')}, seed {res['seed']} "
              f"(first catch: no catch counts as {res['frames']:,})", head]
     for name, s, r in rows:
-        lines.append(f"{name:8s}" + "".join(f"{fmt.format(num(s[k])):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
+        lines.append(f"{name:8s}" + "".join(f"{cell(fmt, s[k]):>15s}" for k, _, fmt in cols) + f"{num(r):>12.3f}")
     ci = res.get("catch_ratio_interval")       # absent from the --json files of earlier versions
     if res["teacher"]["catches"] and ci and res["episodes"] < 2:     # (catch_ratio_interval gives none)
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval from a single episode (its "

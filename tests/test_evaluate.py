@@ -58,6 +58,16 @@ def test_the_table_says_when_there_is_no_ratio(teacher_run):
     assert back["catch_ratio"] is None and format_table(back) == table
 
 
+def test_a_share_too_small_for_its_digits_is_not_shown_as_none(teacher_run):
+    """1 episode in 3,000 with a catch showed "0.0%" of episodes with a catch, beside their 36 catches."""
+    res = compare("teacher", teacher=teacher_run, baselines=False, **KW)
+    res["policy"].update(first_catch_rate=1 / 3000, flock_caught=1e-5)
+    res["teacher"].update(first_catch_rate=0.0, flock_caught=0.5)
+    policy, teacher = (next(line for line in format_table(res).splitlines() if line.startswith(who)).split()
+                       for who in ("policy", "teacher"))
+    assert policy[3:5] == ["<0.1%", "<0.01%"] and teacher[3:5] == ["0.0%", "50.00%"]
+
+
 def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
     """Notebook 03 prints the table under a compare() call: its advice said "more --episodes", a flag of
     the command line, where the notebook's user raises episodes= in the call."""
