@@ -64,6 +64,15 @@ def train_flops(cfg: ModelConfig, n_boids: float, cls_only_last: bool = False) -
     return 3.0 * ((1 - frac) * forward_flops(cfg, lo, cls_only_last) + frac * forward_flops(cfg, lo + 1, cls_only_last))
 
 
+def mean_train_flops(cfg: ModelConfig, data: SampleSet, cls_only_last: bool = False) -> float:
+    """train_flops averaged over data's samples, each at its own flock size: attention grows with the square
+    of the tokens, so the FLOPs at the mean flock size fell 3% short on the default episodes. (Padding to a
+    batch's widest sample is work done but not useful, and not counted.)"""
+    counts = torch.bincount(data.n.long().cpu())
+    have = counts.nonzero().flatten().tolist()
+    return sum(int(counts[n]) * train_flops(cfg, n, cls_only_last) for n in have) / max(len(data), 1)
+
+
 def matmul_gflops(threads: int = 2, size: int = 1024, seconds: float = 1.0) -> float:
     """Measured float32 matmul GFLOP/s on `threads` threads (best of a short loop)."""
     old = torch.get_num_threads()
@@ -155,21 +164,29 @@ def bench_dagger(episodes: int = 100, cfg: Optional[WorldConfig] = None, repeats
             "padded_samples_per_s": rates["padded"]}
 
 
-def naive_generation(frames: int = 60, cfg: Optional[WorldConfig] = None, seed: int = 0) -> Dict[str, float]:
-    """The seed's design: one episode, every frame turned into a browser dict, the teacher called per dict."""
+def naive_generation(frames: int = 60, cfg: Optional[WorldConfig] = None, seed: int = 0,
+                     episodes: int = 4) -> Dict[str, float]:
+    """The seed's design: every frame turned into a browser dict, the teacher called per dict.
+
+    Episodes of the world's own flock sizes (as the fast figure's), `frames` frames each, after an untimed
+    episode that warms the code paths up: one unwarmed window of one 50-boid episode gave 169 to 894
+    samples/s from one run to the next, and the ratio against it swung as much."""
     cfg = cfg or WorldConfig()
     g = torch.Generator().manual_seed(seed)
-    world = World.random(1, cfg, generator=g, n_boids=cfg.boids_max)
     teacher = TeacherPolicy()
-    samples: List[tuple] = []
-    t0 = time.perf_counter()
-    for _ in range(frames):
-        d = to_dicts(world.observe())[0]
-        a = teacher.get_normalized_action(d)
-        samples.append((d, a))
-        world.step(a[None].float())
-    dt = time.perf_counter() - t0
-    return {"samples": len(samples), "seconds": dt, "samples_per_s": len(samples) / dt}
+    count, seconds = 0, 0.0
+    for e in range(episodes + 1):
+        world = World.random(1, cfg, generator=g)
+        t0 = time.perf_counter()
+        for _ in range(frames if e else min(frames, 10)):
+            d = to_dicts(world.observe())[0]
+            a = teacher.get_normalized_action(d)
+            world.step(a[None].float())
+            if e:
+                count += 1
+        if e:       # the first: the warm-up
+            seconds += time.perf_counter() - t0
+    return {"samples": count, "seconds": seconds, "samples_per_s": count / seconds, "episodes": episodes}
 
 
 # ---------------------------------------------------------------------- training
@@ -225,16 +242,18 @@ def bench_training(data: SampleSet, batch_size: int = 256, seconds: float = 6.0,
 
 def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Dict[str, float]:
     """The seed's design: samples kept as browser dicts, every batch collated from them in Python,
-    explicit attention, a per-parameter AdamW loop."""
+    explicit attention, a per-parameter AdamW loop. An untimed first step, then the best of `steps`
+    (the first call ran about 25% slow, and a single timing swung by 2x from run to run)."""
     torch.manual_seed(0)
     model = TransformerPredator.from_config(ModelConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
-    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: steps * batch_size]
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: (steps + 1) * batch_size]
     sub = data.select(idx)
     dicts = to_dicts(sub.batch(torch.arange(len(sub))))
     targets = sub.target
-    t0 = time.perf_counter()
-    for i in range(0, len(dicts), batch_size):
+    rates = []
+    for k, i in enumerate(range(0, len(dicts), batch_size)):
+        t0 = time.perf_counter()
         b = collate(dicts[i:i + batch_size])
         out, _ = model.forward_with_attention(b)
         loss = F.mse_loss(out, targets[i:i + batch_size])
@@ -242,8 +261,11 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-    dt = time.perf_counter() - t0
-    return {"samples": len(dicts), "samples_per_s": len(dicts) / dt}
+        if k:       # the first: the warm-up
+            rates.append(len(dicts[i:i + batch_size]) / (time.perf_counter() - t0))
+    if not rates:   # data of a single batch: that one, warm-up and all
+        rates.append(len(dicts) / (time.perf_counter() - t0))
+    return {"samples": len(dicts), "samples_per_s": max(rates), "steps": len(rates)}
 
 
 # ---------------------------------------------------------------------- attention kernels
@@ -310,38 +332,52 @@ def bench_geglu(batch_size: int = 256, n_boids: int = 50, cfg: Optional[ModelCon
 
 
 # ---------------------------------------------------------------------- memory
-def training_memory(batch_size: int = 256, n_boids: int = 50) -> Dict[str, float]:
-    """Tensor memory of one CPU training step at batch_size x n_boids, in MiB.
+def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0) -> Dict[str, float]:
+    """Tensor memory of one CPU training step on batch_size rows of data, as the trainer runs it, in MiB.
 
-    activations: bytes saved for backward by the forward pass (the step's peak sits at the
-    start of backward); state: weights + gradients + AdamW's two moments. Also the process's
-    peak resident set size (which includes torch itself and everything else this process did).
+    One step of SupervisedTrainer.train_epoch at the threads set now: with a split batch, each part's
+    forward on its own thread (one intra-op thread, which takes predlab's sliced attention), the parts
+    side by side. activations: bytes saved for backward by the step's forwards, all parts together (each
+    part holds its own until its backward; the step's peak sits at their start); state: weights, their
+    gradients and AdamW's two moments, plus each part's own gradients, summed after the parts. Measured
+    on one whole batch in one forward at 2 threads, it took torch's attention, which training at 2
+    threads does not run: 77 MiB against the 99 the step saves. Also the bench process's peak resident
+    set size (torch itself and every figure measured before this one).
     """
-    torch.manual_seed(0)
-    model = TransformerPredator.from_config(ModelConfig())
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    g = torch.Generator().manual_seed(0)
-    b = {"context": torch.rand(batch_size, 2, generator=g), "predator": torch.rand(batch_size, 2, generator=g),
-         "boids": torch.rand(batch_size, n_boids, 4, generator=g), "mask": torch.ones(batch_size, n_boids, dtype=torch.bool),
-         "target": torch.rand(batch_size, 2, generator=g)}
-    seen, saved = set(), [0]
+    import threading
+    rows = data.select(torch.arange(min(batch_size, len(data))))
+    tr = make_trainer(rows, batch_size, cpu_split=cpu_split)
+    seen, saved, lock, forwards = set(), [0], threading.Lock(), [0]
 
     def pack(t):
         key = (t.untyped_storage().data_ptr(), t.dtype)
-        if key not in seen:
-            seen.add(key)
-            saved[0] += t.untyped_storage().nbytes()
+        with lock:
+            if key not in seen:
+                seen.add(key)
+                saved[0] += t.untyped_storage().nbytes()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = F.mse_loss(model(b), b["target"])
-    loss.backward()
-    opt.step()
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    real = tr._forward
+
+    def counted(batch):       # in whichever thread the step runs it: saved-tensor hooks are per thread
+        with lock:
+            forwards[0] += 1
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            return real(batch)
+
+    tr._forward = counted
+    threads = torch.get_num_threads()
+    try:
+        tr.train_epoch(rows)
+    finally:
+        torch.set_num_threads(threads)      # (train_epoch puts it back; a failure must too)
+    params = sum(p.numel() * p.element_size() for p in tr.model.parameters())
+    state = (4 + (forwards[0] if forwards[0] > 1 else 0)) * params
     mib = 2 ** 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"activations_mib": saved[0] / mib, "state_mib": 4 * params / mib,
-            "total_mib": (saved[0] + 4 * params) / mib, "process_peak_rss_mib": rss}
+    return {"activations_mib": saved[0] / mib, "state_mib": state / mib, "total_mib": (saved[0] + state) / mib,
+            "parts": forwards[0], "threads": threads, "rows": len(rows),
+            "mean_boids": float(rows.n.float().mean()), "process_peak_rss_mib": rss}
 
 
 def gpu_training_memory(data: SampleSet, batch_size: int = 256, **trainer_kw) -> Dict[str, float]:
@@ -611,11 +647,25 @@ def print_profile(p: Dict) -> None:
 
 
 # ---------------------------------------------------------------------- the run
+def cpu_model() -> str:
+    """The CPU's name ("Intel(R) Xeon(R) ..."), from /proc/cpuinfo on Linux, else what platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine(threads: int) -> Dict:
-    """Where the figures were measured: platform, CPUs, threads, torch, load, GPU."""
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": threads,
+    """Where and when the figures were measured: platform, CPU, threads, torch, load, GPU and the date (UTC),
+    so that a --json file says which host it is of (the command line's flags go beside it: main)."""
+    return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = None, naive_frames: int = 40,
@@ -652,13 +702,13 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         r = bench_training(data, batch_size, seconds=seconds, piece=piece, threads=threads, cpu_split=cpu_split)
         r["one_thread"] = bench_training(data, batch_size, seconds=seconds / 2, piece=piece, threads=1)["samples_per_s"]
         r["naive"] = naive_training(data, batch_size, steps=naive_steps)
-        r["flop_per_sample"] = train_flops(mcfg, r["mean_boids"])
-        r["executed_flop_per_sample"] = train_flops(mcfg, r["mean_boids"], cls_only_last=True)
+        r["flop_per_sample"] = mean_train_flops(mcfg, data)
+        r["executed_flop_per_sample"] = mean_train_flops(mcfg, data, cls_only_last=True)
         r["gflops"] = r["samples_per_s"] * r["executed_flop_per_sample"] / 1e9
         r["fraction_of_matmul_peak"] = r["gflops"] / res["matmul_gflops"]
         r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
         res[name] = r
-    res["memory_cpu_b256_n50"] = training_memory(batch_size, fixed_boids)
+    res["memory_cpu_b256_n50"] = training_memory(fifty, batch_size, cpu_split)
     # as training runs it: each split part's rows on one thread (the split's threads set one for
     # themselves, whatever the machine has); and the whole batch on all the threads
     parts = res["train_50"]["parts"]
@@ -680,8 +730,9 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
 def print_table(res: Dict) -> None:
     """The figures, with ratios against the naive baseline, the seed's figures and the targets."""
     m = res["machine"]
-    print(f"machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: {m['cuda'] or 'none'}, "
-          f"load average at start {m['load_avg_1min']:.1f}")
+    print(f"machine: {m.get('cpu', '?')}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: "
+          f"{m['cuda'] or 'none'}, load average at start {m['load_avg_1min']:.1f}" +
+          (f"; {m['date']}" if m.get("date") else ""))
     print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {m['threads']} threads, "
           f"{res['matmul_gflops_1thread']:.1f} on 1\n")
     rows = [("figure", "samples/s", "1 thread", "x naive", "x seed", "target", "met")]
@@ -698,8 +749,10 @@ def print_table(res: Dict) -> None:
     for key, label in (("train_default", "training, default episodes"), ("train_50", "training, 50 boids")):
         r = res[key]
         parts = r.get("parts", 1)
+        # the seed's 470 was measured on its default episodes only: at 50 boids it is no baseline
         line(f"{label} ({m['threads']} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"],
-             f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"], SEED_MEASURED["train_cpu"], TARGETS[key])
+             f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
+             SEED_MEASURED["train_cpu"] if key == "train_default" else None, TARGETS[key])
     if res.get("gpu"):
         best = max((r for r in res["gpu"]["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
         line(f"training, GPU ({best['mode']}, batch {best['batch_size']})", best["samples_per_s"], "", None,
@@ -714,7 +767,8 @@ def print_table(res: Dict) -> None:
     for key, label in (("train_default", "default episodes"), ("train_50", "50 boids")):
         r = res[key]
         print(f"{label}: mean {r['mean_boids']:.1f} boids; {r['flop_per_sample'] / 1e6:.1f} MFLOP per training sample "
-              f"for the full model ({r['effective_gflops']:.1f} GFLOP/s effective), {r['executed_flop_per_sample'] / 1e6:.1f} "
+              f"(averaged over the samples' flock sizes) for the full model ({r['effective_gflops']:.1f} GFLOP/s "
+              f"effective), {r['executed_flop_per_sample'] / 1e6:.1f} "
               f"MFLOP executed (last block CLS only): {r['gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak")
     a = res["attention_cpu"]
@@ -737,10 +791,13 @@ def print_table(res: Dict) -> None:
               f"{d['samples_per_s']:,.0f} samples/s; one padded forward on all threads, as before: "
               f"{d['padded_samples_per_s']:,.0f} ({d['samples_per_s'] / d['padded_samples_per_s']:.2f}x)")
     mem = res["memory_cpu_b256_n50"]
-    print(f"training memory, batch 256 x 50 boids (CPU): activations saved for backward {mem['activations_mib']:.1f} MiB "
-          f"+ weights/grads/AdamW {mem['state_mib']:.1f} MiB = {mem['total_mib']:.1f} MiB; "
-          f"process peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
-    print(f"naive baselines (per-sample dicts, seed design): generation {g['naive']['samples_per_s']:,.0f}/s, "
+    how = (f"{mem['parts']} parts side by side, one thread each, as training runs it" if mem.get("parts", 1) > 1 else
+           f"one forward on {mem.get('threads', m['threads'])} thread(s), as training runs it")
+    print(f"training memory, one step at batch {mem.get('rows', 256)} x 50 boids (CPU, {how}): activations saved for "
+          f"backward {mem['activations_mib']:.1f} MiB + weights/grads/AdamW {mem['state_mib']:.1f} MiB = "
+          f"{mem['total_mib']:.1f} MiB; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
+    print(f"naive baselines (per-sample dicts, seed design; warmed up, best of a few): generation "
+          f"{g['naive']['samples_per_s']:,.0f}/s, "
           f"training {res['train_default']['naive']['samples_per_s']:,.0f}/s default, "
           f"{res['train_50']['naive']['samples_per_s']:,.0f}/s at 50 boids")
     print(f"seed figures: measured {SEED_MEASURED['train_cpu']:.0f} training / {SEED_MEASURED['generate_cpu']:.0f} "
@@ -812,15 +869,21 @@ def _main(argv) -> int:
         refuse_unwritable(p, "--json", a.json, replaces="bench")
     t0 = time.perf_counter()
     res, code = None, 0
+    import contextlib
+    # --json -: stdout holds the JSON alone, for a pipe to parse (json.load failed on the table before it); the
+    # table goes to stderr
+    table_out = contextlib.redirect_stdout(sys.stderr) if a.json == "-" else contextlib.nullcontext()
     try:
-        if a.gpu_only:
-            res = {"machine": machine(torch.get_num_threads()), "gpu": run_gpu(quick=a.quick, batches=batches,
-                                                                                modes=modes)}
-            print_gpu_table(res["gpu"])
-        else:
-            res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes, cpu_split=a.cpu_split)
-            print_table(res)
-        sys.stdout.flush()
+        with table_out:
+            if a.gpu_only:
+                res = {"machine": machine(torch.get_num_threads()), "gpu": run_gpu(quick=a.quick, batches=batches,
+                                                                                    modes=modes)}
+                print_gpu_table(res["gpu"])
+            else:
+                res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes,
+                          cpu_split=a.cpu_split)
+                print_table(res)
+            sys.stdout.flush()
     except KeyboardInterrupt as e:       # Ctrl-C, or a SIGTERM
         from .export import stop_words
         word, code = stop_words(e)
@@ -834,7 +897,10 @@ def _main(argv) -> int:
         silence_stdout()
         code = PIPE_CLOSED
     res["bench_seconds"] = time.perf_counter() - t0
-    print(f"\nbench took {res['bench_seconds']:.0f} s")
+    # which run a --json file is of: a --quick one read the same as a full one
+    res["command"] = " ".join(["python -m predlab.bench", *(argv if argv is not None else sys.argv[1:])])
+    res["quick"] = a.quick
+    print(f"\nbench took {res['bench_seconds']:.0f} s", file=sys.stderr if a.json == "-" else sys.stdout)
     if a.json == "-":
         print(json.dumps(strict_json(res), indent=2, allow_nan=False))
     elif a.json is not None:
