@@ -319,7 +319,7 @@ def _world_of(policy) -> tuple:
     CheckpointError for a checkpoint whose world_config is no world."""
     from .checkpoint import CheckpointError, load_checkpoint_dict
     if isinstance(policy, TransformerPredator) and isinstance(getattr(policy, "world_config", None), WorldConfig):
-        return policy.world_config, None      # viz.load_best_model's: the world of the checkpoint it read
+        return policy.world_config, None      # a trainer's, or viz.load_best_model's: the world it was trained in
     if not isinstance(policy, (str, os.PathLike)) or str(policy) in ("teacher", "random"):
         return WorldConfig(), None
     path = Path(policy)
@@ -342,7 +342,8 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     """Let policy drive the predator in `episodes` seeded episodes for `frames` frames.
 
     world_config: by default a checkpoint's own world where policy is a checkpoint's path (the
-    world its catch ratio was logged on), or a model of viz.load_best_model's world_config, else the browser's.
+    world its catch ratio was logged on), or the world a model was trained in (its world_config: see compare),
+    else the browser's.
     progress: a bar over the frames (a string is its label).
     Once every episode's flock is caught the rollout stops (checked every 8 frames): no later frame
     could change the figures."""
@@ -402,8 +403,8 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     world_config: by default a checkpoint's own world where policy is a checkpoint's path, or the world a
-    model of viz.load_best_model was trained in (its world_config), else the browser's (as `python -m
-    predlab.evaluate` does).
+    model was trained in (its world_config: set by the SupervisedTrainer that trains it, and by
+    viz.load_best_model), else the browser's (as `python -m predlab.evaluate` does).
     progress: a bar over the frames of each rollout.
     """
     for name, flag in (("baselines", baselines), ("progress", progress)):     # baselines="no" ran them

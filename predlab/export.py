@@ -642,6 +642,9 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     if m:
         start = m.end()
     if not s.startswith("{", start):
+        if m and not s[start:].strip():     # `window.TRANSFORMER_PARAMS = ` and nothing after it
+            raise WeightFormatError(f"{source}: the file ends at line {text.rstrip().count(chr(10)) + 1} before the "
+                                    "weights object begins: is it cut short?")
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
     try:
         # strict=False: a raw tab (or other control character but a line break) in a string, as JavaScript takes it
@@ -1286,6 +1289,10 @@ def read_params(path: Union[str, Path], require_browser_sizes: bool = False) -> 
                 raise WeightFormatError(f"not {codec} outside a comment")
             params = text_to_params(text, str(path))
         except WeightFormatError:
+            # a UTF-16 file cut at an odd byte, a UTF-8 one inside a character of several bytes
+            if e.reason in ("truncated data", "unexpected end of data") and e.end >= len(data) - bom:
+                raise WeightFormatError(f"{path}: a {codec} text cut in the middle of a character at its end: is "
+                                        "it cut short?") from None
             checkpoint = path.suffix == ".pt" or torch_file_start(data)
             hint = " (a checkpoint? `python -m predlab.export` turns one into model.js)" if checkpoint else ""
             raise WeightFormatError(f"{path}: not a {codec} text weight file (byte {bom + e.start}: {e.reason})"

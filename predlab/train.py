@@ -1060,6 +1060,9 @@ class SupervisedTrainer:
                           "a checkpoint run there; pass world_config=, the world the samples came from",
                           stacklevel=2)
         self.world_config = as_config(WorldConfig, world_config, "world_config")
+        # the world the model is trained in now, which evaluate.compare(model) draws from: a model of
+        # viz.load_best_model trained on here kept its checkpoint's, and was evaluated in that world
+        model.world_config = self.world_config
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
         self._by_hand = train_config is None      # its settings then are its parts' (_recorded_settings)
         self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
@@ -1726,6 +1729,7 @@ class SupervisedTrainer:
         ckpt_io.check_resumable(ck, path)
         ckpt_io.check_architecture(self.model, ck, path)
         backup = copy.deepcopy(self.state_dict(include_data=True))   # a state that does not fit is undone
+        monitor = self.monitor
         try:
             self._restore(ck)
         except Exception as e:  # noqa: BLE001 (whatever a tampered state raises, e.g. int(inf): OverflowError)
@@ -1734,25 +1738,32 @@ class SupervisedTrainer:
                                           f"({type(e).__name__}: {e}); the trainer is unchanged") from None
         self.resumed_from = Path(path)
         if warn_settings:
-            self._warn_other_settings(ck, path)
+            self._warn_other_settings(ck, path, monitor)
         return ck
 
-    def _warn_other_settings(self, ck: Mapping, path) -> None:
-        """The warning of load_checkpoint: the run's settings that differ from this trainer's, each named."""
-        skip = set(MACHINE_FIELDS) | set(CLI_ONLY_FIELDS) | set(SCHEDULE_FIELDS) | {"min_delta"}
+    def _warn_other_settings(self, ck: Mapping, path, monitor: str) -> None:
+        """The warning of load_checkpoint: the run's settings that differ from this trainer's, each named, and
+        the run's measure of the best (restored) where this trainer had another (monitor, before the load)."""
+        skip = set(MACHINE_FIELDS) | set(CLI_ONLY_FIELDS) | set(SCHEDULE_FIELDS) | {"min_delta", "select_best_by"}
         run, mine = ck.get("train_config", {}), self._recorded_settings()
         differ = [(k, run[k], mine[k]) for k in mine if k not in skip and k in run and run[k] != mine[k]]
         world = ck.get("world_config", {})
         differ += [(k, world[k], v) for k, v in dataclasses.asdict(self.world_config).items()
                    if k in world and world[k] != v]
+        measure = (f"; it chooses the best by the run's measure, {self.monitor} (this trainer's was {monitor}: set "
+                   f"trainer.monitor and call trainer.start_best() to choose by that)"
+                   if monitor != self.monitor else "")
         if differ:
             said = ", ".join(f"{k} {a!r} (this trainer: {b!r})" for k, a, b in differ)
-            measured = any(k in ("val_episodes", "seed") or k in world for k, _, _ in differ)
+            what = "catch check's" if self.monitor == "neg_catch_ratio" else "validation"
+            measured = any(k in _measure_fields(self.monitor) for k, _, _ in differ)
             warnings.warn(f"{path}: its run had {said}; it goes on with this trainer's settings"
-                          + (", and its best so far was measured on other validation episodes than this trainer's "
-                             "(trainer.start_best() starts the best afresh)" if measured else "")
+                          + (f", and its best so far was measured on other {what} episodes than this trainer's "
+                             "(trainer.start_best() starts the best afresh)" if measured else "") + measure
                           + ". To go on as the run would have, build the trainer with the run's settings (in a "
                           "notebook: set the sliders to them, and build it again)", stacklevel=3)
+        elif measure:
+            warnings.warn(f"{path}: its run chose the best by another measure{measure}", stacklevel=3)
 
     def _restore(self, ck: Mapping) -> None:
         """Set model, optimizer, scheduler, counters, data source and RNG from a checkpoint dict."""
@@ -1780,6 +1791,8 @@ class SupervisedTrainer:
         # a checkpoint from before the two were apart: its best was early stopping's reference
         self.early_stopping_ref = float(ck.get("early_stopping_ref", self.best_metric))
         self.monitor = ck.get("monitor", self.monitor)
+        if self.monitor in ("val_loss", "neg_catch_ratio"):    # as the next checkpoint records it, beside the monitor
+            tc.select_best_by = "catch_ratio" if self.monitor == "neg_catch_ratio" else "val_loss"
         self.history = [dict(h) for h in ck.get("history", [])]
         if hasattr(self.train_dataset, "load_state_dict"):
             # a checkpoint without the source's state (best_model.pt) starts it empty, as a resume from it does:
@@ -2163,7 +2176,8 @@ def _parse(argv):
                           f"predlab, or of a trainer built in Python without a TrainConfig): these take this "
                           f"command's values", True))
         # a run without DAgger has no samples to carry: turning it on here starts the buffer empty anyway
-        if tc.dagger and "data_source" not in ck and ck.get("train_config", {}).get("dagger", True):
+        # (a run whose DAgger is not recorded, a trainer built on a fixed SampleSet, is named in the note above)
+        if tc.dagger and "data_source" not in ck and ck.get("train_config", {}).get("dagger") is True:
             notes.append((f"warning: {tc.resume} holds no DAgger samples (best_model.pt is saved without them): "
                           f"the run goes on with an empty DAgger buffer, so it will not continue exactly; "
                           f"checkpoint_epoch_N.pt files carry them", True))
@@ -2175,15 +2189,20 @@ def _parse(argv):
     return tc, mc, wc, schedule, notes
 
 
+def _measure_fields(monitor: str) -> List[str]:
+    """The settings (TrainConfig's and WorldConfig's) that make the episodes the best is measured on: the
+    validation set's for val_loss, the catch evaluation's for neg_catch_ratio."""
+    world = [f.name for f in dataclasses.fields(WorldConfig)]
+    if monitor == "neg_catch_ratio":     # its rollouts last eval_frames, with no noise on the actions
+        return [k for k in world if k not in ("frames", "noise")] + ["seed", "eval_episodes", "eval_frames"]
+    return world + ["seed", "val_episodes"]
+
+
 def _measure_changed(ck: Mapping, tc: TrainConfig, wc: WorldConfig, monitor: str) -> List[str]:
     """The flags (as --name) whose values differ from the checkpoint's run and change the episodes the
     best model is chosen on: the validation set's for val_loss, the catch evaluation's for catch_ratio."""
     run = {**ck.get("train_config", {}), **ck.get("world_config", {})}
-    world = [f.name for f in dataclasses.fields(WorldConfig)]
-    if monitor == "neg_catch_ratio":     # its rollouts last eval_frames, with no noise on the actions
-        names = [k for k in world if k not in ("frames", "noise")] + ["seed", "eval_episodes", "eval_frames"]
-    else:
-        names = world + ["seed", "val_episodes"]
+    names = _measure_fields(monitor)
     now = {**dataclasses.asdict(tc), **dataclasses.asdict(wc)}
     # one the checkpoint does not record (a trainer built in Python, which knows no seed of its validation set):
     # the run's may have been another

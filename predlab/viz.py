@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Locator, MaxNLocator
 
 from . import config as C
-from .config import WorldConfig, whole_number
+from .config import WorldConfig, from_dict, whole_number
 from .sim import World
 from .teacher import closest_pursuit, nearest_boid
 
@@ -855,14 +855,20 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         # file's description with the next file's weights
         ck = load_checkpoint_dict(path)
         model = model_from_checkpoint(ck, path)
-        from .evaluate import _world_of
-        model.world_config = _world_of(path)[0]
+        unknown = ""
+        try:        # the world of this read of the file (not of a later one)
+            model.world_config = from_dict(WorldConfig, ck.get("world_config") or {})
+            model.world_config.validate()
+        except (TypeError, ValueError) as e:     # a world this predlab does not know: the model loads all the same
+            model.world_config = WorldConfig()
+            unknown = f"; its world_config is none this predlab knows ({e}): evaluated in the browser's world"
         best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
         msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
         differs = [f"{k} {v} (browser: {getattr(WorldConfig, k)})" for k, v in vars(model.world_config).items()
                    if k not in ("frames", "noise") and v != getattr(WorldConfig, k)]
         if differs:     # evaluate.compare(model) draws from it, as `python -m predlab.evaluate` does, which says so
             msg += f"; trained in a world other than the browser's: {', '.join(differs)}"
+        msg += unknown
     elif path.exists() or path.is_symlink():     # a folder under the checkpoint's name: "no checkpoint" hid it
         from .export import not_a_file
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint: move it away, or name the checkpoint"

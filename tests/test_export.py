@@ -802,6 +802,17 @@ def test_a_file_cut_short_is_named_so(model, tmp_path):
     path.write_text(text[:len(text) // 3])
     with pytest.raises(WeightFormatError, match="model.js: the file ends at line .* is it cut short"):
         read_params(path)
+    # cut before the object, or inside a character: a UTF-16 file (PowerShell's `>`) at an odd byte was "not a
+    # UTF-16LE text weight file (truncated data)"
+    with pytest.raises(WeightFormatError, match=r"^model.js: the file ends at line 2 before the weights object "
+                                                r"begins: is it cut short\?$"):
+        text_to_params("// weights\nwindow.TRANSFORMER_PARAMS = ", "model.js")
+    data = b"\xff\xfe" + text.encode("utf-16-le")
+    for cut, codec in [(data[:len(data) // 2 * 2 - 1], "UTF-16LE"), ("// é\n".encode()[:4], "UTF-8")]:
+        path.write_bytes(cut)
+        with pytest.raises(WeightFormatError, match=f"model.js: a {codec} text cut in the middle of a character at "
+                                                    r"its end: is it cut short\?$"):
+            read_params(path)
 
 
 @pytest.mark.parametrize("key, what", [("1.5", "a number not written as a plain whole number"),

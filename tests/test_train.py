@@ -2243,8 +2243,14 @@ def test_a_trainer_built_in_python_records_its_own_settings_for_a_resume(tmp_pat
                               device="cpu")
     assert "seed" not in other.state_dict()["train_config"]
     fixed = SupervisedTrainer(TransformerPredator(), gen.generate(2, stream=1), gen.generate(3, stream=0),
-                              device="cpu", world_config=TINY_WORLD)
+                              device="cpu", world_config=TINY_WORLD, callbacks=[Checkpointer("fixed")])
     assert not {"train_episodes", "dagger"} & set(fixed.state_dict()["train_config"])
+    # resumed from the command line, DAgger is this command's default: not a DAgger run whose samples are missing
+    fixed.train(1)
+    capsys.readouterr()
+    parse_args(["--resume", "fixed/checkpoint_epoch_1.pt", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert "does not record" in err and "dagger" in err and "holds no DAgger samples" not in err
 
 
 def test_loading_a_checkpoint_of_other_settings_names_them(tmp_path):
@@ -2269,6 +2275,27 @@ def test_loading_a_checkpoint_of_other_settings_names_them(tmp_path):
     assert rebuilt.epoch == 1 and rebuilt.batch_size == 16
     for t in (again, rebuilt):
         t.train_dataset.generator.close()
+    # a run that chose its best by the catch ratio goes on choosing by it, and says so; the episodes its best was
+    # measured on are the catch check's, not the validation set's
+    kw.update(eval_every=1, eval_frames=4)
+    run = create_trainer(val_episodes=3, select_best_by="catch_ratio", eval_episodes=2, **kw)
+    run.train(1)
+    path = run.save_checkpoint(tmp_path / "catch.pt")
+    run.train_dataset.generator.close()
+    rebuilt = create_trainer(val_episodes=3, eval_episodes=4, **kw)
+    with pytest.warns(UserWarning, match=r"catch.pt: its run had eval_episodes 2 \(this trainer: 4\); it goes on with "
+                                         r"this trainer's settings, and its best so far was measured on other catch "
+                                         r"check's episodes .*; it chooses the best by the run's measure, "
+                                         r"neg_catch_ratio \(this trainer's was val_loss"):
+        rebuilt.load_checkpoint(path)
+    assert rebuilt.monitor == "neg_catch_ratio"
+    assert rebuilt.state_dict()["train_config"]["select_best_by"] == "catch_ratio"     # as its monitor, not as built
+    rebuilt.train_dataset.generator.close()
+    other_val = create_trainer(val_episodes=2, select_best_by="catch_ratio", eval_episodes=2, **kw)
+    with pytest.warns(UserWarning) as said:
+        other_val.load_checkpoint(path)
+    assert "val_episodes 3 (this trainer: 2)" in str(said[0].message) and "measured on" not in str(said[0].message)
+    other_val.train_dataset.generator.close()
 
 
 def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):

@@ -1014,6 +1014,18 @@ def test_a_best_model_is_evaluated_in_the_world_it_was_trained_in(tmp_path, monk
     for who in ("policy", "teacher"):
         assert [{k: v for k, v in f[who].items() if k != "seconds"} for f in figures] == \
             [{k: v for k, v in figures[1][who].items() if k != "seconds"}] * 2
+    # trained on in another world, it is evaluated there, as its new checkpoints record it
+    again = create_trainer(model=model, train_episodes=2, val_episodes=1, batch_size=64, eval_every=0, dagger=False,
+                           device="cpu", progress=False, verbose=False)
+    again.train_dataset.generator.close()
+    assert evaluate._world_of(again.model)[0] == again.world_config == WorldConfig()
+    # a world this predlab does not know (a newer one's field): the model loads, in the browser's world, saying so
+    state = torch.load(path, weights_only=True)
+    state["world_config"]["wind"] = 0.5
+    torch.save(state, path)
+    model, msg = viz.load_best_model(tmp_path, verbose=False)
+    assert model.world_config == WorldConfig() and "its world_config is none this predlab knows" in msg
+    assert "wind" in msg
     # a stand-in trained here says so before its seconds of training, and is of the world it was trained in
     model, msg = viz.load_best_model(tmp_path / "none", epochs=1)
     assert capsys.readouterr().out.startswith(f"no checkpoint at {tmp_path / 'none' / 'best_model.pt'}: training a "
