@@ -319,7 +319,7 @@ def _world_of(policy) -> tuple:
     CheckpointError for a checkpoint whose world_config is no world."""
     from .checkpoint import CheckpointError, load_checkpoint_dict
     if isinstance(policy, TransformerPredator) and isinstance(getattr(policy, "world_config", None), WorldConfig):
-        return policy.world_config, None      # a trainer's, or viz.load_best_model's: the world it was trained in
+        return policy.world_config, None      # viz.load_best_model's: the world of the checkpoint it read
     if not isinstance(policy, (str, os.PathLike)) or str(policy) in ("teacher", "random"):
         return WorldConfig(), None
     path = Path(policy)
@@ -342,7 +342,7 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     """Let policy drive the predator in `episodes` seeded episodes for `frames` frames.
 
     world_config: by default a checkpoint's own world where policy is a checkpoint's path (the
-    world its catch ratio was logged on), or the world a model was trained in (its world_config: see compare),
+    world its catch ratio was logged on), or a model's world_config (viz.load_best_model's: see compare),
     else the browser's.
     progress: a bar over the frames (a string is its label).
     Once every episode's flock is caught the rollout stops (checked every 8 frames): no later frame
@@ -403,8 +403,8 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
 
     Pass a teacher Rollout computed earlier on the same episodes to skip re-running it.
     world_config: by default a checkpoint's own world where policy is a checkpoint's path, or the world a
-    model was trained in (its world_config: set by the SupervisedTrainer that trains it, and by
-    viz.load_best_model), else the browser's (as `python -m predlab.evaluate` does).
+    model of viz.load_best_model was trained in (its world_config, which a trainer in another world drops),
+    else the browser's (as `python -m predlab.evaluate` does).
     progress: a bar over the frames of each rollout.
     """
     for name, flag in (("baselines", baselines), ("progress", progress)):     # baselines="no" ran them
@@ -413,6 +413,7 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     # checked here too: the teacher check below builds the episodes before rollout would name a bad value
     episodes, frames = whole_number("episodes", episodes, 1), whole_number("frames", frames, 1, MAX_FRAMES)
     seed = whole_number("seed", seed, 0, SEED_MAX)
+    carried = world_config is None and isinstance(getattr(policy, "world_config", None), WorldConfig)
     if world_config is None:
         world_config = _world_of(policy)[0]
     world_config = as_config(WorldConfig, world_config, "world_config")
@@ -424,7 +425,9 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
         same = episodes_world(episodes, seed, world_config).n_alive     # before the rollouts' work
         if teacher.frames != frames or teacher.n_start.shape != same.shape or not torch.equal(teacher.n_start, same):
             raise ValueError(f"teacher is a Rollout of other episodes ({teacher.catches.numel()} x {teacher.frames} "
-                             f"frames, or another seed or world) than these {episodes} x {frames}")
+                             f"frames, or another seed or world) than these {episodes} x {frames}"
+                             + (" (drawn from policy.world_config, the world its checkpoint was trained in: pass "
+                                "world_config= for another)" if carried else ""))
     mine = rollout(policy, **kw, progress=progress and "policy")
     teacher = teacher or rollout("teacher", **kw, progress=progress and "teacher")
     out = {"catch_ratio": catch_ratio(mine, teacher), "catch_ratio_interval": catch_ratio_interval(mine, teacher),

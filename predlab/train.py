@@ -1060,9 +1060,12 @@ class SupervisedTrainer:
                           "a checkpoint run there; pass world_config=, the world the samples came from",
                           stacklevel=2)
         self.world_config = as_config(WorldConfig, world_config, "world_config")
-        # the world the model is trained in now, which evaluate.compare(model) draws from: a model of
-        # viz.load_best_model trained on here kept its checkpoint's, and was evaluated in that world
-        model.world_config = self.world_config
+        # a model of viz.load_best_model carries its checkpoint's world, which evaluate.compare(model) draws from:
+        # trained on here in another, it kept that one. It goes, and the model is evaluated as any other trained
+        # model is, in the browser's world unless told (stamping this trainer's world instead changed what
+        # compare(model) had always given, and a teacher Rollout of the browser's world no longer fitted)
+        if getattr(model, "world_config", self.world_config) != self.world_config:
+            del model.world_config
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
         self._by_hand = train_config is None      # its settings then are its parts' (_recorded_settings)
         self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
@@ -1756,7 +1759,8 @@ class SupervisedTrainer:
         if differ:
             said = ", ".join(f"{k} {a!r} (this trainer: {b!r})" for k, a, b in differ)
             what = "catch check's" if self.monitor == "neg_catch_ratio" else "validation"
-            measured = any(k in _measure_fields(self.monitor) for k, _, _ in differ)
+            measured = any(k in _measure_fields(self.monitor) for k, _, _ in differ) and not (
+                self.monitor == "neg_catch_ratio" and not mine.get("eval_every", 1))   # no catch check here at all
             warnings.warn(f"{path}: its run had {said}; it goes on with this trainer's settings"
                           + (f", and its best so far was measured on other {what} episodes than this trainer's "
                              "(trainer.start_best() starts the best afresh)" if measured else "") + measure

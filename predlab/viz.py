@@ -839,7 +839,8 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     disk) when train_if_missing, and says so first; otherwise raises FileNotFoundError.
     Returns (model, message). model.world_config is the world it was trained in, which
     predlab.evaluate's compare and rollout then draw their episodes from, as `python -m predlab.evaluate`
-    does for the checkpoint (the message names how it differs from the browser's).
+    does for the checkpoint (the message names how it differs from the browser's); a trainer that trains
+    the model on in another world drops it.
     """
     from .checkpoint import describe_best, load_checkpoint_dict, model_from_checkpoint
 

@@ -2296,6 +2296,11 @@ def test_loading_a_checkpoint_of_other_settings_names_them(tmp_path):
         other_val.load_checkpoint(path)
     assert "val_episodes 3 (this trainer: 2)" in str(said[0].message) and "measured on" not in str(said[0].message)
     other_val.train_dataset.generator.close()
+    unchecked = create_trainer(val_episodes=3, **{**kw, "eval_every": 0})    # no catch check here to differ from
+    with pytest.warns(UserWarning) as said:
+        unchecked.load_checkpoint(path)
+    assert "eval_every 1 (this trainer: 0)" in str(said[0].message) and "measured on" not in str(said[0].message)
+    unchecked.train_dataset.generator.close()
 
 
 def test_an_undone_epoch_shows_once_in_tensorboard(tmp_path):

@@ -1014,11 +1014,16 @@ def test_a_best_model_is_evaluated_in_the_world_it_was_trained_in(tmp_path, monk
     for who in ("policy", "teacher"):
         assert [{k: v for k, v in f[who].items() if k != "seconds"} for f in figures] == \
             [{k: v for k, v in figures[1][who].items() if k != "seconds"}] * 2
-    # trained on in another world, it is evaluated there, as its new checkpoints record it
+    # trained on in another world, it is evaluated as any trained model is (the browser's world unless told), not
+    # in its checkpoint's; a teacher Rollout of other episodes is refused, naming where the model's world came from
+    teacher = evaluate.rollout("teacher", episodes=2, frames=20)
+    with pytest.raises(ValueError, match=r"teacher is a Rollout of other episodes .* \(drawn from policy.world_config"):
+        evaluate.compare(model, episodes=2, frames=20, teacher=teacher)
     again = create_trainer(model=model, train_episodes=2, val_episodes=1, batch_size=64, eval_every=0, dagger=False,
-                           device="cpu", progress=False, verbose=False)
+                           device="cpu", progress=False, verbose=False, world_config=WorldConfig(boids_max=20))
     again.train_dataset.generator.close()
-    assert evaluate._world_of(again.model)[0] == again.world_config == WorldConfig()
+    assert not hasattr(again.model, "world_config") and evaluate._world_of(again.model)[0] == WorldConfig()
+    evaluate.compare(model, episodes=2, frames=20, teacher=teacher)
     # a world this predlab does not know (a newer one's field): the model loads, in the browser's world, saying so
     state = torch.load(path, weights_only=True)
     state["world_config"]["wind"] = 0.5
