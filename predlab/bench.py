@@ -376,6 +376,10 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     mib = 2 ** 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     peak = step_peak(rows, batch_size, cpu_split, steps)
+    if peak is not None and peak < saved[0]:
+        # below what the step saves: the count is not of this process's tensors (jemalloc or tcmalloc preloaded,
+        # with glibc's malloc left idle), and "peak 0.0 MiB" read as a figure
+        peak = None
     return {"activations_mib": saved[0] / mib, "state_mib": state / mib, "total_mib": (saved[0] + state) / mib,
             "peak_mib": None if peak is None else peak / mib, "peak_steps": steps,
             "parts": forwards[0], "threads": threads, "rows": len(rows),
@@ -973,7 +977,15 @@ def _main(argv) -> int:
     # which run a --json file is of: a --quick one read the same as a full one
     res["command"] = " ".join(["python -m predlab.bench", *(argv if argv is not None else sys.argv[1:])])
     res["quick"] = a.quick
-    print(f"\nbench took {res['bench_seconds']:.0f} s", file=sys.stderr if a.json == "-" else sys.stdout)
+    try:
+        print(f"\nbench took {res['bench_seconds']:.0f} s", file=sys.stderr if a.json == "-" else sys.stdout)
+    except BrokenPipeError:     # the table's reader gone after the table: the JSON is written all the same
+        from .export import PIPE_CLOSED, silence_stdout
+        if a.json == "-":
+            _silence_stderr()
+        else:
+            silence_stdout()
+        code = PIPE_CLOSED
     if a.json == "-":
         try:
             print(json.dumps(strict_json(res), indent=2, allow_nan=False), flush=True)

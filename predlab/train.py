@@ -1060,12 +1060,6 @@ class SupervisedTrainer:
                           "a checkpoint run there; pass world_config=, the world the samples came from",
                           stacklevel=2)
         self.world_config = as_config(WorldConfig, world_config, "world_config")
-        # a model of viz.load_best_model carries its checkpoint's world, which evaluate.compare(model) draws from:
-        # trained on here in another, it kept that one. It goes, and the model is evaluated as any other trained
-        # model is, in the browser's world unless told (stamping this trainer's world instead changed what
-        # compare(model) had always given, and a teacher Rollout of the browser's world no longer fitted)
-        if getattr(model, "world_config", self.world_config) != self.world_config:
-            del model.world_config
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
         self._by_hand = train_config is None      # its settings then are its parts' (_recorded_settings)
         self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
@@ -1111,6 +1105,13 @@ class SupervisedTrainer:
         if self.device.type == "cuda" and self.device.index is not None:
             # graphs capture on the current device's stream and Triton launches there: make it ours
             torch.cuda.set_device(self.device)
+        # a model of viz.load_best_model carries its checkpoint's world, which evaluate.compare(model) draws from:
+        # trained on here in another, it kept that one. It goes, and the model is evaluated as any other trained
+        # model is, in the browser's world unless told (stamping this trainer's world instead changed what
+        # compare(model) had always given, and a teacher Rollout of the browser's world no longer fitted). Last:
+        # a trainer that fails to be built leaves the model as it was
+        if getattr(model, "world_config", self.world_config) != self.world_config:
+            del model.world_config
 
     # ------------------------------------------------------------------ loops
     def _on_device(self, data: SampleSet) -> SampleSet:
@@ -1987,6 +1988,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
         if not any(isinstance(c, CatchEvaluator) for c in callbacks):
             callbacks.append(CatchEvaluator(tc.eval_every, tc.eval_episodes, tc.eval_frames, tc.seed,
                                             progress=tc.progress and verbose))
+    carried = getattr(model, "world_config", None)
     trainer = SupervisedTrainer(model, source, val, learning_rate=tc.learning_rate,
                                 batch_size=tc.batch_size, weight_decay=tc.weight_decay, warmup_epochs=tc.warmup_epochs,
                                 min_lr_ratio=tc.min_lr_ratio, grad_clip=tc.grad_clip, min_delta=tc.min_delta,
@@ -1999,6 +2001,8 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
             trainer.load_checkpoint(tc.resume)
         except BaseException:
             gen.close()
+            if carried is not None:        # the caller's model as it was (the trainer dropped its world)
+                model.world_config = carried
             raise
     return trainer
 

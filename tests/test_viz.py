@@ -1019,6 +1019,12 @@ def test_a_best_model_is_evaluated_in_the_world_it_was_trained_in(tmp_path, monk
     teacher = evaluate.rollout("teacher", episodes=2, frames=20)
     with pytest.raises(ValueError, match=r"teacher is a Rollout of other episodes .* \(drawn from policy.world_config"):
         evaluate.compare(model, episodes=2, frames=20, teacher=teacher)
+    # a trainer that fails to be built (a resume of a file not there) leaves the model as it was
+    with pytest.raises(FileNotFoundError):
+        create_trainer(model=model, train_episodes=2, val_episodes=1, batch_size=64, eval_every=0, dagger=False,
+                       device="cpu", progress=False, verbose=False, world_config=WorldConfig(boids_max=20),
+                       resume=str(tmp_path / "none.pt"))
+    assert model.world_config == world
     again = create_trainer(model=model, train_episodes=2, val_episodes=1, batch_size=64, eval_every=0, dagger=False,
                            device="cpu", progress=False, verbose=False, world_config=WorldConfig(boids_max=20))
     again.train_dataset.generator.close()
