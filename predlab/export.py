@@ -745,6 +745,11 @@ def command_line(sigterm: bool = True):
     """
     own = (sigterm and threading.current_thread() is threading.main_thread()
            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL)
+    # a stream closed at the start (`>&-`): Python makes it None, and the tool's flush failed with an
+    # AttributeError traceback after its work; what would go there goes nowhere, as a print to None does
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
     if own:
         signal.signal(signal.SIGTERM, _raise_terminated)
     formatted = warnings.formatwarning

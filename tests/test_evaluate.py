@@ -68,6 +68,14 @@ def test_a_share_too_small_for_its_digits_is_not_shown_as_none(teacher_run):
     assert policy[3:5] == ["<0.1%", "<0.01%"] and teacher[3:5] == ["0.0%", "50.00%"]
 
 
+def test_a_command_with_its_stdout_closed_runs_to_its_end():
+    """`python -m predlab.evaluate ... >&-`: Python makes a closed stream None, and the tool's flush after its work
+    ended in an AttributeError traceback and exit code 1 (every predlab command flushed so)."""
+    r = subprocess.run(["bash", "-c", f"'{sys.executable}' -m predlab.evaluate teacher --episodes 1 --frames 5 >&-"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
 def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
     """Notebook 03 prints the table under a compare() call: its advice said "more --episodes", a flag of
     the command line, where the notebook's user raises episodes= in the call."""
