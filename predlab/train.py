@@ -2397,6 +2397,7 @@ def main(argv=None) -> int:
 def _main(argv, began: List[bool]) -> int:
     try:    # reading a --resume or --init_weights file takes a while; a Ctrl-C in it came as a traceback
         tc, mc, wc, schedule, notes = _parse(argv)
+        made = not os.path.lexists(tc.checkpoint_dir)    # a folder of this run's: removed if it stays empty
         try:
             lock = lock_checkpoint_dir(tc.checkpoint_dir)
         except (FolderBusy, OSError) as e:
@@ -2418,8 +2419,28 @@ def _main(argv, began: List[bool]) -> int:
         print(f"\n{word} again: stopped at once; the files written so far are whole", file=sys.stderr)
         return code
     finally:
-        lock.release()
+        # a run refused before it wrote anything (a --resume whose state does not fit this trainer) left a new
+        # folder holding only the lock file: it goes, the lock file first, while held, so that no other run can
+        # have taken it meanwhile
+        gone = made and _remove_if_only_lock(Path(tc.checkpoint_dir))
+        try:
+            lock.release()
+        except FileNotFoundError:   # a lock whose file is the lock itself (filelock's soft mode), removed above
+            if not gone:
+                raise
     return code
+
+
+def _remove_if_only_lock(d: Path) -> bool:
+    """Remove folder d when it holds nothing but the lock file; whether it did."""
+    try:
+        if [p.name for p in d.iterdir()] != [LOCK_NAME]:
+            return False
+        (d / LOCK_NAME).unlink()
+        d.rmdir()
+        return True
+    except OSError:
+        return False        # kept as it is: a folder left empty is harmless
 
 
 def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:

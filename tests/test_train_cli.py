@@ -236,6 +236,25 @@ def test_ctrl_c_before_a_resumed_run_saved_anything_moves_an_earlier_model_aside
     assert (tmp_path / "elsewhere" / "model.js").read_text() != "an earlier run's model"
 
 
+def test_a_resume_refused_after_taking_the_folder_leaves_no_new_folder_behind(tmp_path, monkeypatch, capsys,
+                                                                              library_checkpoint):
+    """A training state that does not fit the trainer is found once the folder's lock is taken: the new folder
+    was left, empty but for the lock file. A folder that was there stays."""
+    import torch
+    from predlab.train import main
+    state = torch.load(library_checkpoint, weights_only=True)
+    state["optimizer"]["param_groups"][0]["weight_decay"] = 1e30
+    torch.save(state, library_checkpoint)
+    monkeypatch.chdir(tmp_path)
+    for folder, there in (("fresh", False), ("kept", True)):
+        if there:
+            (tmp_path / folder).mkdir()
+        with pytest.raises(SystemExit) as e:
+            main(["--resume", str(library_checkpoint), "--checkpoint_dir", folder, "--epochs", "2", "--quiet"])
+        assert e.value.code == 2 and "does not fit" in capsys.readouterr().err
+        assert (tmp_path / folder).exists() is there
+
+
 def test_a_resume_in_its_folder_moves_a_model_js_edited_since_aside_and_replaces_its_own_export(
         tmp_path, monkeypatch, capsys):
     """A resume in its own folder replaced model.js, hand-edited since the run it continues exported it,
