@@ -17,7 +17,7 @@ import platform
 import resource
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -338,11 +338,12 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     One step of SupervisedTrainer.train_epoch at the threads set now: with a split batch, each part's
     forward on its own thread (one intra-op thread, which takes predlab's sliced attention), the parts
     side by side. activations: bytes saved for backward by the step's forwards, all parts together (each
-    part holds its own until its backward; the step's peak sits at their start); state: weights, their
+    part holds its own until its backward); state: weights, their
     gradients and AdamW's two moments, plus each part's own gradients, summed after the parts. Measured
     on one whole batch in one forward at 2 threads, it took torch's attention, which training at 2
-    threads does not run: 77 MiB against the 99 the step saves. Also the bench process's peak resident
-    set size (torch itself and every figure measured before this one).
+    threads does not run: 77 MiB against the 99 the step saves. What the step holds at its peak is more
+    (backward allocates while the saved tensors are held): peak_mib, from step_peak. Also the bench
+    process's peak resident set size (torch itself and every figure measured before this one).
     """
     import threading
     rows = data.select(torch.arange(min(batch_size, len(data))))

@@ -317,7 +317,7 @@ _WORLD_FLAGS = tuple(f.name for f in dataclasses.fields(WorldConfig) if f.name n
 def _world_of(policy) -> tuple:
     """(world, source): a checkpoint's own world and its path; else the browser's world and None.
     CheckpointError for a checkpoint whose world_config is no world."""
-    from .checkpoint import CheckpointError, load_checkpoint_dict
+    from .checkpoint import load_checkpoint_dict
     if isinstance(policy, TransformerPredator) and isinstance(getattr(policy, "world_config", None), WorldConfig):
         return policy.world_config, None      # viz.load_best_model's: the world of the checkpoint it read
     if not isinstance(policy, (str, os.PathLike)) or str(policy) in ("teacher", "random"):
@@ -328,12 +328,26 @@ def _world_of(policy) -> tuple:
     saved = load_checkpoint_dict(path).get("world_config")
     if not saved:
         return WorldConfig(), None
+    return checkpoint_world(saved, path), str(path)
+
+
+def checkpoint_world(saved: Optional[Mapping], path) -> WorldConfig:
+    """The WorldConfig of a checkpoint's world_config dict (the browser's for none); CheckpointError naming path
+    for one that is no world (a field this predlab does not know, a value out of range)."""
+    from .checkpoint import CheckpointError
     try:
-        world = from_dict(WorldConfig, saved)
+        world = from_dict(WorldConfig, saved or {})
         world.validate()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad world_config: {e}") from None
-    return world, str(path)
+    return world
+
+
+def world_differences(world: WorldConfig) -> List[str]:
+    """How world differs from the browser's in what draws an evaluation's episodes (frames and noise aside):
+    "width_max 800 (browser: 3840)", one per field."""
+    return [f"{k} {getattr(world, k)} (browser: {getattr(WorldConfig, k)})" for k in _WORLD_FLAGS
+            if getattr(world, k) != getattr(WorldConfig, k)]
 
 
 @torch.no_grad()
@@ -664,8 +678,7 @@ def _main(argv) -> int:
     problem = episodes_memory_problem(a.episodes, world.boids_max)
     if problem:
         p.error(f"--episodes: {problem}")
-    differs = [f"{k} {getattr(world, k)} (browser: {getattr(WorldConfig, k)})" for k in _WORLD_FLAGS
-               if getattr(world, k) != getattr(WorldConfig, k)]
+    differs = world_differences(world)
     if differs:
         what = (f"{source}'s world" if source else "the browser's world") + (" with the flags given" if given else "")
         print(f"note: the episodes are drawn from {what}, which differs from the browser's in {', '.join(differs)}",

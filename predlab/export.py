@@ -609,6 +609,11 @@ def use_strict(code: str) -> bool:
     return _use_strict(_split_code(code))
 
 
+def _ends_at(text: str) -> str:
+    """"the file ends at line N": the line of text's last character that is not a space."""
+    return f"the file ends at line {text.rstrip().count(chr(10)) + 1}"
+
+
 def _ends_early(s: str, pos: int) -> bool:
     """Whether a parse error at pos is the text running out: nothing after it but, at most, the start of a key, a
     number or a comment. (A string begun and not ended is refused before, with its own words.)"""
@@ -643,8 +648,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         start = m.end()
     if not s.startswith("{", start):
         if m and not s[start:].strip():     # `window.TRANSFORMER_PARAMS = ` and nothing after it
-            raise WeightFormatError(f"{source}: the file ends at line {text.rstrip().count(chr(10)) + 1} before the "
-                                    "weights object begins: is it cut short?")
+            raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object begins: is it cut short?")
         raise WeightFormatError(f"{source}: expected a JSON object or `window.TRANSFORMER_PARAMS = {{...}};`")
     try:
         # strict=False: a raw tab (or other control character but a line break) in a string, as JavaScript takes it
@@ -657,8 +661,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                     "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
             raise PageOnlyError(f"{source}: the key at {place} is {what}; write it as a name") from None
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
-            raise WeightFormatError(f"{source}: the file ends at line {text.rstrip().count(chr(10)) + 1} before the "
-                                    "weights object is closed: is it cut short?") from None
+            raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object is closed: is it cut "
+                                    "short?") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "

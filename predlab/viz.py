@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import Locator, MaxNLocator
 
 from . import config as C
-from .config import WorldConfig, from_dict, whole_number
+from .config import WorldConfig, whole_number
 from .sim import World
 from .teacher import closest_pursuit, nearest_boid
 
@@ -842,7 +842,8 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
     does for the checkpoint (the message names how it differs from the browser's); a trainer that trains
     the model on in another world drops it.
     """
-    from .checkpoint import describe_best, load_checkpoint_dict, model_from_checkpoint
+    from .checkpoint import CheckpointError, describe_best, load_checkpoint_dict, model_from_checkpoint
+    from .evaluate import checkpoint_world, world_differences
 
     if epochs is not None:
         epochs = whole_number("epochs", epochs, 1)
@@ -858,15 +859,13 @@ def load_best_model(directory: Union[str, Path, None] = None, train_if_missing: 
         model = model_from_checkpoint(ck, path)
         unknown = ""
         try:        # the world of this read of the file (not of a later one)
-            model.world_config = from_dict(WorldConfig, ck.get("world_config") or {})
-            model.world_config.validate()
-        except (TypeError, ValueError) as e:     # a world this predlab does not know: the model loads all the same
+            model.world_config = checkpoint_world(ck.get("world_config"), path)
+        except CheckpointError as e:     # a world this predlab does not know: the model loads all the same
             model.world_config = WorldConfig()
-            unknown = f"; its world_config is none this predlab knows ({e}): evaluated in the browser's world"
+            unknown = f"; {e}: evaluated in the browser's world"
         best = describe_best(ck.get("monitor", "val_loss"), ck.get("best_metric"), ck.get("best_epoch", "?"))
         msg = f"loaded {path} (best {best}, {model.num_parameters():,} parameters)"
-        differs = [f"{k} {v} (browser: {getattr(WorldConfig, k)})" for k, v in vars(model.world_config).items()
-                   if k not in ("frames", "noise") and v != getattr(WorldConfig, k)]
+        differs = world_differences(model.world_config)
         if differs:     # evaluate.compare(model) draws from it, as `python -m predlab.evaluate` does, which says so
             msg += f"; trained in a world other than the browser's: {', '.join(differs)}"
         msg += unknown

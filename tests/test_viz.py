@@ -1035,7 +1035,7 @@ def test_a_best_model_is_evaluated_in_the_world_it_was_trained_in(tmp_path, monk
     state["world_config"]["wind"] = 0.5
     torch.save(state, path)
     model, msg = viz.load_best_model(tmp_path, verbose=False)
-    assert model.world_config == WorldConfig() and "its world_config is none this predlab knows" in msg
+    assert model.world_config == WorldConfig() and "best_model.pt: bad world_config: " in msg
     assert "wind" in msg
     # a stand-in trained here says so before its seconds of training, and is of the world it was trained in
     model, msg = viz.load_best_model(tmp_path / "none", epochs=1)
