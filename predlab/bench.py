@@ -348,11 +348,15 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     import threading
     rows = data.select(torch.arange(min(batch_size, len(data))))
     tr = make_trainer(rows, batch_size, cpu_split=cpu_split)
-    seen, saved, lock, forwards = set(), [0], threading.Lock(), [0]
+    seen, saved, lock, forwards, held = set(), [0], threading.Lock(), [0], []
 
     def pack(t):
         key = (t.untyped_storage().data_ptr(), t.dtype)
         with lock:
+            # held until the step ends: a part whose backward ran first frees what it saved, and the other
+            # part's forward, still running (or not yet begun, on a busy machine), could be handed the same
+            # address, and its tensor taken for one already counted
+            held.append(t)
             if key not in seen:
                 seen.add(key)
                 saved[0] += t.untyped_storage().nbytes()
@@ -372,6 +376,7 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
         tr.train_epoch(rows)
     finally:
         torch.set_num_threads(threads)      # (train_epoch puts it back; a failure must too)
+        held.clear()
     params = sum(p.numel() * p.element_size() for p in tr.model.parameters())
     state = (4 + (forwards[0] if forwards[0] > 1 else 0)) * params
     mib = 2 ** 20
