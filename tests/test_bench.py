@@ -467,17 +467,16 @@ def test_bench_cli_with_its_stdout_closed_still_writes_the_json_and_exits_141(tm
 def test_the_generation_figure_leaves_out_the_first_rollouts_start_up(monkeypatch):
     """A process's first rollout loads the compiled kernels and starts their threads: timed, it made the
     one-thread generation figure 4-5 times too low with --quick's single repeat."""
-    import time as time_
-    real, calls = bench.rollout_chunk, []
+    real, calls, clock = bench.rollout_chunk, [], [0.0]
 
-    def first_slow(*a, **k):
-        if not calls:
-            time_.sleep(0.5)          # the start-up, standing in for a kernel load
+    def first_slow(*a, **k):           # on a clock of the test's own: a busy machine does not change the figure
+        clock[0] += 100.0 if not calls else 1.0     # the start-up, standing in for a kernel load; then the work
         calls.append(a[0])
         return real(*a, **k)
     monkeypatch.setattr(bench, "rollout_chunk", first_slow)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
     r = bench.bench_generation(16, TINY, repeats=1, frames=4)
-    assert r["seconds"] < 0.4 and len(calls) == 2, (r, calls)
+    assert r["seconds"] == 1.0 and len(calls) == 2, (r, calls)
 
 
 def test_gpu_batch_sizes_are_read_as_predlab_train_reads_counts():
