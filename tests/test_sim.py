@@ -664,26 +664,38 @@ class ThreeMaskWorld(World):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_frames_are_bit_for_bit_those_of_the_three_mask_product(threads, dtype):
+def test_frames_are_those_of_the_three_mask_product(threads, dtype):
     """Separation's mask left the float64 neighbour product (its sums were never used) to make a
-    frame faster: catches and trajectories stay the same to the bit, flocks of 1 to 200 boids."""
+    frame faster: each frame, from the same state, gives the same catches and the same flock to the
+    rounding of the float64 product, flocks of 1 to 200 boids. (Over 60 frames run apart they were the
+    same to the bit on one CPU, but the product's rounding follows the kernel the BLAS picks for its
+    shape, which another CPU picks otherwise, and the flock is chaotic: so each frame starts both from
+    the new world's state.)"""
     from predlab.teacher import closest_pursuit
     cfg = WorldConfig(boids_max=200, width_max=900, height_max=700)
-    worlds = [cls.random(12, cfg, generator=torch.Generator().manual_seed(2), dtype=dtype)
-              for cls in (World, ThreeMaskWorld)]
+    new = World.random(12, cfg, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    old = ThreeMaskWorld(**new.state_dict())
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
+    # float32 frames round the float64 sums to float32: at most an ulp apart (2.4e-4 px at 2,048 px)
+    tol = 1e-9 if dtype == torch.float64 else 1e-3
+    caught, worst = 0, 0.0
     try:
-        caught = [0, 0]
         for _ in range(60):
-            for k, w in enumerate(worlds):
-                obs = w.observe()
-                caught[k] += w.step(closest_pursuit(obs["boids"], obs["mask"]))
+            for k, v in new.state_dict().items():
+                setattr(old, k, v)
+            obs = new.observe()
+            act = closest_pursuit(obs["boids"], obs["mask"])
+            got, want = new.step(act), old.step(act)
+            assert torch.equal(got, want)
+            a, b = new.state_dict(), old.state_dict()
+            assert torch.equal(a["alive"], b["alive"])
+            for k in ("pos", "vel", "pred_pos", "pred_vel"):
+                worst = max(worst, float((a[k] - b[k]).abs().max()))
+            caught += int(got.sum())
     finally:
         torch.set_num_threads(before)
-    new, old = (w.state_dict() for w in worlds)
-    assert torch.equal(caught[0], caught[1]) and int(caught[0].sum()) > 0
-    assert all(torch.equal(new[k], old[k]) for k in new)
+    assert caught > 0 and worst <= tol, (caught, worst)
 
 
 def test_a_world_built_by_hand_names_what_is_wrong_with_it():
