@@ -707,8 +707,10 @@ class EpisodeGenerator:
 
     The data depends on (seed, stream) only, never on num_workers, for one backend: on a CPU with
     numba, its kernels (the CLI's and the notebooks' case); on a GPU, or without numba, the torch
-    world, whose episodes part from numba's by rounding (see rollout_chunk). Use as a context
-    manager or call close() to stop the workers.
+    world, whose episodes part from numba's by rounding (see rollout_chunk). Across CPUs the numba
+    kernels' episodes part by rounding too: their neighbour sums are added in the order of the CPU's
+    vector width (AVX-512, AVX2 and plain x86-64 gave three different sets of one seed's episodes).
+    Use as a context manager or call close() to stop the workers.
     """
 
     def __init__(self, cfg: Optional[WorldConfig] = None, seed: int = 0, num_workers: int = 0, device="cpu",
