@@ -34,6 +34,9 @@ CHROMIUM = next((p for p in (shutil.which("chromium"), "/usr/bin/chromium", shut
                  if p and os.path.exists(p)), None)
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary (/usr/bin/chromium or `chromium` on "
                                 "PATH); `apt-get install chromium` to run the browser tests")
+# the test's own requests to the page's server on this machine: urlopen sent them through an http_proxy set in the
+# environment (and failed, "Connection refused") unless no_proxy named 127.0.0.1; Chromium skips the proxy for it
+_LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage"]
@@ -286,7 +289,7 @@ def test_serve_routes(tmp_path, make_model):
     server, url = serve(path, extra={"x.json": "[1]"})
     try:
         def get(p):
-            with urllib.request.urlopen(url + p, timeout=10) as r:
+            with _LOCAL.open(url + p, timeout=10) as r:
                 return r.read(), r.headers["Content-Type"]
         page, ctype = get("")
         assert ctype.startswith("text/html") and b'<script src="model.js">' in page
@@ -555,7 +558,7 @@ def test_demo_cli_serves_until_ctrl_c(tmp_path, make_model):
         line = p.stdout.readline()
         url = re.search(r"http://127\.0\.0\.1:\d+/", line)
         assert url, f"no URL printed: {line!r} {p.stderr.read() if p.poll() is not None else ''}"
-        with urllib.request.urlopen(url.group(0) + "model.js", timeout=10) as r:
+        with _LOCAL.open(url.group(0) + "model.js", timeout=10) as r:
             assert r.read() == path.read_bytes()
         p.send_signal(signal.SIGINT)
         assert p.wait(timeout=20) == 0
@@ -572,7 +575,7 @@ def test_serve_listens_on_this_machine_only_and_model_js_is_never_cached(tmp_pat
     server, url = serve(path)
     try:
         assert server.server_address[0] == "127.0.0.1"
-        with urllib.request.urlopen(url + "model.js", timeout=10) as r:
+        with _LOCAL.open(url + "model.js", timeout=10) as r:
             assert r.headers["Cache-Control"] == "no-store" and r.read() == path.read_bytes()
     finally:
         server.shutdown()
@@ -958,7 +961,7 @@ def test_serve_answers_a_model_js_it_cannot_read_with_a_404_naming_it(tmp_path, 
     server, url = serve(path)
     try:
         with pytest.raises(urllib.error.HTTPError) as e:
-            urllib.request.urlopen(url + "model.js", timeout=10)
+            _LOCAL.open(url + "model.js", timeout=10)
         assert e.value.code == 404 and "cannot read" in e.value.read().decode()
     finally:
         server.shutdown()
