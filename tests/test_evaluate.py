@@ -119,7 +119,10 @@ def test_model_policy_matches_a_plain_forward(model):
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(monkeypatch):
+    """Two torch threads, on two CPUs: on one (taskset -c 0), chunks ran on the main thread, one after the other."""
+    import predlab.evaluate
+    monkeypatch.setattr(predlab.evaluate, "usable_cpus", lambda: 2)
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     yield
