@@ -1,6 +1,7 @@
 """Checkpoint files and the callbacks that write them: what is refused, what is kept, what is shown."""
 import math
 import os
+import re
 import types
 
 import pytest
@@ -32,8 +33,8 @@ def _save(path, model=None, **fields):
 def test_a_folder_given_as_a_checkpoint_is_named_a_folder_with_the_file_to_give(tmp_path):
     """A run's folder given where its checkpoint belongs is said to be a folder, with the
     best_model.pt in it to give instead (not a pipe or device)."""
-    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is a directory, not a checkpoint "
-                                                f"\\(say {tmp_path / 'best_model.pt'}\\)"):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} is a directory, not a checkpoint "
+                                                          f"(say {tmp_path / 'best_model.pt'})")):
         ck.load_model(tmp_path)
 
 
