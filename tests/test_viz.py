@@ -742,10 +742,10 @@ def test_train_kwargs_refuse_what_they_would_truncate_or_pass_on(kw, match):
     (lambda ro, ss, tmp, m: viz.plot_training_data(viz.sample_frames(ss, 3)),
      r"samples must be a SampleSet \(what predlab.data.generate_episodes returns\), got dict"),
     (lambda ro, ss, tmp, m: viz.load_best_model(tmp / "best_model.pt", train_if_missing=False),
-     r"no checkpoint at (?!\S*best_model\.pt/)\S*best_model\.pt: run"),
+     r"no checkpoint at (?![^:]*best_model\.pt/)[^:]*best_model\.pt: run"),
     (lambda ro, ss, tmp, m: viz.load_best_model(tmp, epochs=0), r"epochs must be a whole number >= 1, got 0"),
     (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt"),
-     r"directory \S*file.txt must be a folder .* but \S*file.txt is a file"),
+     r"directory [^:]*file.txt must be a folder .* but [^:]*file.txt is a file"),
     (lambda ro, ss, tmp, m: viz.export_for_browser(m, tmp / "file.txt" / "sub"), r"file.txt is a file"),
 ])
 def test_smaller_views_refuse_bad_arguments(rollout, samples, tmp_path, make_model, monkeypatch, call, match):
