@@ -62,9 +62,10 @@ def world_bytes(num_envs: int, boids_max: int) -> int:
 def step_bytes(num_envs: int, boids_max: int) -> int:
     """Bytes, about, of stepping num_envs episodes of up to boids_max boids together: six float32
     [E, N, N] planes, the neighbour masks in float32 and in float64 (48 bytes a pair, counted 50 for
-    the allocator's slack), and the frame's [E, N] terms. Measured (peak RSS): 132 KB per 50-boid
-    episode, 1.99 MB at 200, 4.43-4.46 MB at 300."""
-    return num_envs * (50 * boids_max ** 2 + 400 * boids_max + 4096)
+    the allocator's slack), and the frame's [E, N] terms (110-140 bytes a boid, counted 200).
+    Measured (peak RSS): 127-129 KB per 50-boid episode (counted 139), 1.97 MB at 200 (2.04),
+    4.39-4.41 MB at 300 (4.56). At 400 bytes a boid, a 50-boid episode was counted 15-18% over."""
+    return num_envs * (50 * boids_max ** 2 + 200 * boids_max + 4096)
 
 
 def fast_magnitude(v: Tensor) -> Tensor:
