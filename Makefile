@@ -24,8 +24,13 @@ browser-deps:
 	    (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium could not be installed: the browser test will skip"
 
+# The tests run on one process per CPU, 4 at most (pytest-xdist), then the notebooks in order on one: 03 and 04
+# read the checkpoint 02 writes. Both parts always run, and make fails if either failed.
 test: $(STAMP) browser-deps
-	PREDLAB_QUICK=1 MPLBACKEND=Agg $(BIN)/python -m pytest tests notebooks --nbval-lax -q
+	export PREDLAB_QUICK=1 MPLBACKEND=Agg; rc=0; \
+	$(BIN)/python -m pytest tests -q -n auto --maxprocesses 4 || rc=$$?; \
+	$(BIN)/python -m pytest notebooks --nbval-lax -q || rc=$$?; \
+	exit $$rc
 
 # .venv/bin on PATH: the notebooks' %tensorboard magic runs the tensorboard executable it finds there.
 # As root (a container's user) JupyterLab refuses to start without --allow-root.
