@@ -125,7 +125,7 @@ def _observe_env(e, pos, vel, alive, pred_pos, pred_vel, size, r, ctx, pred, boi
     D, V = F(C.MAX_DISTANCE), F(C.VELOCITY_SCALE)
     W, H = size[e, 0], size[e, 1]
     px, py = pred_pos[e, 0], pred_pos[e, 1]
-    best, bx, by = F(np.inf), zero, zero
+    best, bx, by = np.inf, zero, zero               # the teacher's distances in float64, as closest_pursuit's
     k = 0
     for s in range(pos.shape[1]):
         if not alive[e, s]:
@@ -137,13 +137,14 @@ def _observe_env(e, pos, vel, alive, pred_pos, pred_vel, size, r, ctx, pred, boi
             boids[r, k, 1] = ry
             boids[r, k, 2] = _clamp1(vel[e, s, 0] / V, one)
             boids[r, k, 3] = _clamp1(vel[e, s, 1] / V, one)
-        dist = np.sqrt(rx * rx + ry * ry)
+        x64, y64 = np.float64(rx), np.float64(ry)       # exact, and so are their squares
+        dist = np.sqrt(x64 * x64 + y64 * y64)
         if dist < best:                                   # strict: ties go to the first boid
             best, bx, by = dist, rx, ry
         k += 1
     tx = ty = zero
-    if k > 0 and best >= F(0.001):
-        tx, ty = bx / best, by / best
+    if k > 0 and best >= 0.001:                       # the browser's 0.001, not float32's (4.7e-11 above)
+        tx, ty = F(np.float64(bx) / best), F(np.float64(by) / best)
     if r >= 0:
         for s in range(k, boids.shape[1]):
             for c in range(4):

@@ -5,32 +5,45 @@ from typing import Mapping
 
 import torch
 
-from .config import PREDATOR_MAX_FORCE
+from .config import PREDATOR_MAX_FORCE, widest_float
 
 Tensor = torch.Tensor
+
+
+def _distances(boids: Tensor, mask: Tensor):
+    """(rel [B, N, 2], dist [B, N]) in float64 (inf where no live boid), as the browser computes them.
+
+    float32 offsets are exact in float64, and so are their squares: the distances, the nearest boid and the
+    0.001 cut-off are then the browser's for those offsets on every CPU and GPU. In float32, a distance
+    within an ulp of 0.001 went either way with the kernel's rounding of the sum of squares, and the
+    cut-off itself was float32's 0.001, 4.7e-11 above the browser's. (Apple's MPS has no float64: float32.)
+    """
+    rel = boids[..., :2].to(widest_float(boids.device))                    # [B, N, 2]
+    dist = torch.sqrt(rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1])  # [B, N]: x * x + y * y, as the page
+    return rel, dist.masked_fill(~mask.bool(), float("inf"))
 
 
 def closest_pursuit(boids: Tensor, mask: Tensor) -> Tensor:
     """Unit vector toward the nearest live boid -> [B, 2]; (0, 0) with no boid or one within 0.001.
 
-    boids [B, N, 4] (relX, relY, velX, velY), mask [B, N] bool. Ties go to the first boid.
+    boids [B, N, 4] (relX, relY, velX, velY), mask [B, N] bool. Ties go to the first boid. Computed in
+    float64 and rounded once to boids' dtype: a float32 batch gets the browser's action for its offsets,
+    correctly rounded.
     """
-    rel = boids[..., :2]                                                   # [B, N, 2]
-    dist = torch.sqrt((rel * rel).sum(-1))                                 # [B, N]
-    dist = torch.where(mask.bool(), dist, torch.full_like(dist, float("inf")))
+    rel, dist = _distances(boids, mask)
     if dist.shape[1] == 0:
         return boids.new_zeros(boids.shape[0], 2)
     best, idx = dist.min(-1)                                               # first minimum on ties
     target = rel.gather(1, idx[:, None, None].expand(-1, 1, 2)).squeeze(1)  # [B, 2]
     ok = torch.isfinite(best) & (best >= 0.001)
-    return torch.where(ok[:, None], target / torch.where(ok, best, torch.ones_like(best))[:, None],
-                       torch.zeros_like(target))
+    out = torch.where(ok[:, None], target / torch.where(ok, best, torch.ones_like(best))[:, None],
+                      torch.zeros_like(target))
+    return out.to(boids.dtype)
 
 
 def nearest_boid(boids: Tensor, mask: Tensor) -> Tensor:
     """Index of the teacher's target boid [B] (-1 where there is none)."""
-    rel = boids[..., :2]
-    dist = torch.sqrt((rel * rel).sum(-1)).masked_fill(~mask.bool(), float("inf"))
+    _, dist = _distances(boids, mask)
     if dist.shape[1] == 0:
         return torch.full((boids.shape[0],), -1, dtype=torch.long, device=boids.device)
     best, idx = dist.min(-1)

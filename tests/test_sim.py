@@ -596,7 +596,9 @@ def test_a_frame_on_a_device_without_float64_makes_none(monkeypatch):
 
     start = lambda: World.random(6, WorldConfig(boids_max=8), generator=torch.Generator().manual_seed(0))
     wide = run(start())
-    monkeypatch.setattr(sim, "widest_float", lambda device: torch.float32)
+    import predlab.teacher as teacher
+    for module in (sim, teacher):   # the teacher's distances are float64 where the device has it, too
+        monkeypatch.setattr(module, "widest_float", lambda device: torch.float32)
     w = start()
     meta = World(*(t.to("meta") for t in (w.pos, w.vel, w.alive, w.pred_pos, w.pred_vel, w.size)), w.cfg)
     with Float64OnDevice() as seen:

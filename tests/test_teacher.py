@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,12 +66,15 @@ def test_matches_reference_on_edge_cases():
     assert got[3].tolist() == [0.0, 0.0] and got[0].tolist() == [0.0, 0.0]
     assert abs(got[5].norm().item() - 1) < 1e-12
     assert got[7].tolist() == [1.0, 0.0] and abs(got[8].norm().item() - 1) < 1e-12
-    # the same in float32, the dtype the model trains in: 0.001 squared, rounded, has 0.001 for its square root
-    # on every CPU (both correctly rounded). Not row 8: its float32 inputs lie 4.7e-11 inside the cut-off, and
-    # whether the float32 sum of squares rounds up to it follows the kernel (one run of the whole suite, on
-    # another set of kernels, gave (0, 0))
-    b32 = collate([samples[7]])
-    assert closest_pursuit(b32["boids"], b32["mask"])[0].tolist() == [1.0, 0.0]
+    # the same in float32, the dtype the model trains in. Row 8's float32 offsets are 0.0010000000009 away,
+    # just outside the browser's cut-off, and inside float32's 0.001 (0.00100000004749): the teacher once
+    # decided it in float32, where the sum of squares rounded up to the cut-off on some kernels and not on
+    # others (one run of the whole suite, on another set of kernels, gave (0, 0))
+    b32 = collate([samples[7], samples[8]])
+    got32 = closest_pursuit(b32["boids"], b32["mask"])
+    assert got32.dtype == torch.float32 and got32[0].tolist() == [1.0, 0.0]
+    want8, _ = reference_pursuit(_sample([_boid(float(np.float32(0.0006)), float(np.float32(-0.0008)))]))
+    assert want8 != (0.0, 0.0) and got32[1].tolist() == torch.tensor(want8).float().tolist()
 
 
 def test_matches_reference_on_random_padded_batches(make_samples):
@@ -88,6 +92,36 @@ def test_matches_reference_on_random_padded_batches(make_samples):
     norms = got.norm(dim=-1)
     has = torch.tensor([c > 0 for c in counts])
     assert torch.allclose(norms[has], torch.ones_like(norms[has])) and (norms[~has] == 0).all()
+
+
+def test_a_float32_batch_gets_the_browsers_action_for_its_offsets_rounded_once():
+    """The browser's teacher computes in float64 (JavaScript's numbers). On the float32 offsets the model
+    trains on, predlab's was float32 arithmetic: a distance within an ulp of 0.001 fell on either side of
+    the cut-off as its sum of squares rounded (and float32's 0.001 is 4.7e-11 above the browser's), and a
+    unit vector was off by an ulp or two. Now every action is the browser's for those offsets, rounded once
+    to float32, and the nearest boid the browser's, near-ties included."""
+    rng = np.random.default_rng(5)
+    samples = []
+    for _ in range(3000):
+        n = int(rng.integers(1, 4))
+        r = np.concatenate([[1e-3 * (1 + rng.uniform(-3e-7, 3e-7))],        # on the cut-off, give or take an ulp
+                            1e-3 * (1 + rng.uniform(-1e-7, 1e-7, n - 1))])    # near-ties with the first
+        th = rng.uniform(0, 2 * np.pi, n)
+        rx, ry = (r * np.cos(th)).astype(np.float32), (r * np.sin(th)).astype(np.float32)
+        samples.append(_sample([_boid(float(x), float(y)) for x, y in zip(rx, ry)]))
+    batch = collate(samples)
+    assert batch["boids"].dtype == torch.float32
+    got, idx = closest_pursuit(batch["boids"], batch["mask"]), nearest_boid(batch["boids"], batch["mask"])
+    want = torch.tensor([reference_pursuit(s)[0] for s in samples], dtype=torch.float64).float()
+    assert got.dtype == torch.float32 and torch.equal(got, want)
+    assert idx.tolist() == [reference_pursuit(s)[1] for s in samples]
+    # the batch holds offsets float32 arithmetic decides the other way, and both sides of the cut-off
+    b = batch["boids"][:, :, :2].numpy()
+    d32 = np.sqrt(b[..., 0] * b[..., 0] + b[..., 1] * b[..., 1])
+    near32 = np.where(batch["mask"].numpy(), d32, np.inf).min(1)
+    steered = (want != 0).any(1).numpy()
+    assert ((near32 >= np.float32(0.001)) != steered).sum() > 10
+    assert 500 < steered.sum() < 2500
 
 
 def test_empty_boid_axis():
