@@ -127,7 +127,7 @@ def test_the_kernels_teacher_in_a_float32_world_is_the_browsers_for_its_offsets(
     """Boids about 1 px from the predator (0.001 in the model's units, the teacher's cut-off) in a float32
     world: the kernel's action is closest_pursuit's on the offsets it wrote, bit for bit, and both are the
     browser's float64 action rounded once. In float32 arithmetic the kernel (and World's teacher) decided
-    the cut-off otherwise for about 1 offset in 20 of these, and with another rounding on other CPUs."""
+    the cut-off otherwise for 169 of these 4000 here, and could round otherwise on other CPUs."""
     rng = np.random.default_rng(0)
     E = 4000
     r, th = 1.0 + rng.uniform(-3e-7, 3e-7, E), rng.uniform(0, 2 * math.pi, E)
