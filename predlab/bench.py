@@ -274,8 +274,9 @@ def bench_attention(batch_size: int = 256, n_boids: int = 50, cfg: Optional[Mode
     """Milliseconds for forward + backward of one layer's attention, per kernel (best of repeats),
     on `threads` torch threads (None: as set).
 
-    "sliced" is the CPU kernel the model uses (predlab.model._Attention), "sdpa" is
-    F.scaled_dot_product_attention, the fused kernel a GPU uses; same maths.
+    "fused" is the CPU kernel the model uses (predlab.fastops.attention, where numba is installed),
+    "sliced" the one it uses for float64 and other head widths (predlab.model._Attention), "sdpa"
+    F.scaled_dot_product_attention; same maths.
     """
     if threads:
         old = torch.get_num_threads()
@@ -284,21 +285,24 @@ def bench_attention(batch_size: int = 256, n_boids: int = 50, cfg: Optional[Mode
             return {**bench_attention(batch_size, n_boids, cfg, repeats), "threads": threads}
         finally:
             torch.set_num_threads(old)
-    from .model import attention
+    from .model import attention, fastops
     cfg = cfg or ModelConfig()
     T, D = 3 + n_boids, cfg.d_model
     g = torch.Generator().manual_seed(0)
     qkv = torch.randn(batch_size, T, 3 * D, generator=g).requires_grad_(True)
     bias = torch.zeros(batch_size, 1, 1, T)
     dy = torch.randn(batch_size, T, D, generator=g)
-    best = {"sliced": math.inf, "sdpa": math.inf}
+    best = {"fused": math.inf, "sliced": math.inf, "sdpa": math.inf}
+    if fastops is None or not fastops.attention_supports(qkv, cfg.n_heads):
+        del best["fused"]
     for r in range(repeats + 1):                     # interleaved, so load hits both alike
         for kernel in best:
             t0 = time.perf_counter()
             attention(qkv, bias, cfg.n_heads, kernel=kernel).backward(dy)
             if r:
                 best[kernel] = min(best[kernel], (time.perf_counter() - t0) * 1e3)
-    return {"sliced_ms": best["sliced"], "sdpa_ms": best["sdpa"], "tokens": T, "batch_size": batch_size}
+    return {"fused_ms": best.get("fused"), "sliced_ms": best["sliced"], "sdpa_ms": best["sdpa"], "tokens": T,
+            "batch_size": batch_size}
 
 
 def bench_geglu(batch_size: int = 256, n_boids: int = 50, cfg: Optional[ModelConfig] = None,
@@ -838,11 +842,13 @@ def print_table(res: Dict) -> None:
     w = a["whole_batch"]
     how = (f"one split part's {a['batch_size']} rows on {a['threads']} thread(s), as training runs it"
            if a["parts"] > 1 else f"batch {a['batch_size']} on {a['threads']} thread(s)")
-    print(f"attention, forward + backward of one layer at {a['tokens']} tokens (CPU), {how}: "
-          f"predlab's sliced kernel {a['sliced_ms']:.1f} ms, F.scaled_dot_product_attention {a['sdpa_ms']:.1f} ms "
-          f"({a['sdpa_ms'] / a['sliced_ms']:.2f}x)" + ("" if a["parts"] <= 1 else
-          f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {w['sliced_ms']:.1f} against "
-          f"{w['sdpa_ms']:.1f} ms ({w['sdpa_ms'] / w['sliced_ms']:.2f}x)"))
+    def kernels(r):
+        base = r.get("fused_ms") or r["sliced_ms"]
+        return ((f"predlab's fused kernel {r['fused_ms']:.1f} ms, " if r.get("fused_ms") else "")
+                + f"predlab's sliced kernel {r['sliced_ms']:.1f} ms ({r['sliced_ms'] / base:.2f}x), "
+                f"F.scaled_dot_product_attention {r['sdpa_ms']:.1f} ms ({r['sdpa_ms'] / base:.2f}x)")
+    print(f"attention, forward + backward of one layer at {a['tokens']} tokens (CPU), {how}: {kernels(a)}"
+          + ("" if a["parts"] <= 1 else f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {kernels(w)}"))
     gg = res.get("geglu_cpu")
     if gg:
         print(f"GEGLU gate, forward + backward of one layer at batch {gg['batch_size']} x {gg['tokens']} tokens (CPU): "

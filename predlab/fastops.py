@@ -46,12 +46,12 @@ def cached_njit(owner: str, jit: dict, **options):
     def make(f):
         if jit["cache"]:
             try:
-                return njit(**jit, **options)(f)
+                return njit(**{**jit, **options})(f)
             except RuntimeError as e:
                 jit["cache"] = False
                 warnings.warn(f"{owner}: {e}; its kernels are compiled at each start instead (set "
                               "NUMBA_CACHE_DIR to a writable folder to keep them)", stacklevel=2)
-        return njit(**jit, **options)(f)
+        return njit(**{**jit, **options})(f)
     return make
 
 
@@ -140,10 +140,10 @@ def _pool(workers: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _over_rows(kernel, rows: int, *arrays) -> None:
-    """kernel(*arrays, lo, hi) over all rows, split over torch's thread count when worth it
-    (parts run in a small pool, the first on the calling thread)."""
-    parts = min(torch.get_num_threads(), rows // _MIN_PARALLEL_ROWS)
+def _over_rows(kernel, rows: int, *arrays, min_rows: int = _MIN_PARALLEL_ROWS) -> None:
+    """kernel(*arrays, lo, hi) over all rows, split over torch's thread count when worth it (at
+    least min_rows a part; parts run in a small pool, the first on the calling thread)."""
+    parts = min(torch.get_num_threads(), rows // max(min_rows, 1))
     if parts <= 1:
         kernel(*arrays, 0, rows)
         return
@@ -228,3 +228,228 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
     if not supports(h):
         raise ValueError(f"the fused GEGLU runs on float32 CPU tensors, got {h.dtype} on {h.device}")
     return _GEGLU.apply(h)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention in one pass per sample and head, for the browser's 12-wide heads.
+#
+# predlab.model's sliced kernel makes each product with MKL's batched GEMM, which runs [T, 12] x
+# [12, T] products at ~35 GFLOP/s on one core, and copies q, k, v into head layout and the result
+# back. Here each (sample, head) is done in one go, reading q, k, v straight from the fused
+# projection [B, T, 3D] and writing y (and in backward d[q | k | v]) straight into token layout.
+# The scores are held key-major, a row per key and the queries along it (padded to a multiple of
+# 16), so every loop runs over queries and vectorises: a row is 12 multiply-adds per query with
+# the key's 12 numbers in registers; the softmax over keys is an element-wise max and sum across
+# rows; y^T and dq^T are four rows of weights at a time; dv and dk are 12 sums along a row.
+# The 12 terms are written out: with a loop over the head width LLVM stores and reloads the row
+# once per term, at half the speed. Other head widths take the sliced kernel.
+ATTENTION_HEAD = 12
+_QUERY_PAD = 16                                    # queries per AVX-512 vector of float32
+_ATTENTION_MIN_WORK = 1 << 16                      # samples x tokens^2 per pool part, at least
+_SUMS = {"contract", "reassoc", "nsz"}             # backward: dv, dk are sums along a row, vectorised
+
+
+@_njit()
+def _attention_forward(x, bias, y, w, keep, H, scale, lo, hi):
+    """y = softmax(q k^T scale + bias) v per head, samples lo..hi. x [B, T, 3D] (q | k | v, heads of
+    12 contiguous in each), bias [B, T] (added to each key's scores), y [B, T, D] out. keep: the
+    weights go to w [B, H, T, Tp] (key j, query i: w[b, h, j, i]), else to a buffer of the kernel's
+    (w [1, 1, 1, Tp] then gives the padded width only)."""
+    T = x.shape[1]
+    D = x.shape[2] // 3
+    Tp = w.shape[3]
+    q = np.zeros((12, Tp), np.float32)             # q^T, queries past T stay 0
+    yT = np.empty((12, Tp), np.float32)
+    m = np.empty(Tp, np.float32)
+    inv = np.empty(Tp, np.float32)
+    scratch = np.empty((1 if keep else T, Tp), np.float32)
+    for b in range(lo, hi):
+        for h in range(H):
+            o = h * 12
+            for i in range(T):
+                for c in range(12):
+                    q[c, i] = x[b, i, o + c]
+            P = w[b, h] if keep else scratch
+            for i in range(Tp):
+                m[i] = F32(-3.0e38)
+            for j in range(T):                      # scores, a key's row at a time, and their max
+                row = P[j]
+                kj = x[b, j, D + o:D + o + 12]
+                k0, k1, k2, k3, k4, k5 = kj[0], kj[1], kj[2], kj[3], kj[4], kj[5]
+                k6, k7, k8, k9, k10, k11 = kj[6], kj[7], kj[8], kj[9], kj[10], kj[11]
+                bj = bias[b, j]
+                for i in range(Tp):
+                    s = (k0 * q[0, i] + k1 * q[1, i] + k2 * q[2, i] + k3 * q[3, i] + k4 * q[4, i]
+                         + k5 * q[5, i] + k6 * q[6, i] + k7 * q[7, i] + k8 * q[8, i] + k9 * q[9, i]
+                         + k10 * q[10, i] + k11 * q[11, i])
+                    s = s * scale + bj
+                    row[i] = s
+                    m[i] = max(m[i], s)
+            for i in range(Tp):
+                inv[i] = F32(0.0)
+            for j in range(T):
+                row = P[j]
+                for i in range(Tp):
+                    e = fast_exp(row[i] - m[i])     # a masked key: exactly 0
+                    row[i] = e
+                    inv[i] += e
+            for i in range(Tp):
+                inv[i] = F32(1.0) / inv[i]
+            for j in range(T):
+                row = P[j]
+                for i in range(Tp):
+                    row[i] *= inv[i]
+            for c in range(12):                     # y^T[c] = sum over keys of v[j, c] w[j]
+                yc = yT[c]
+                for i in range(Tp):
+                    yc[i] = F32(0.0)
+                vo = 2 * D + o + c
+                j = 0
+                while j + 4 <= T:
+                    v0, v1, v2, v3 = x[b, j, vo], x[b, j + 1, vo], x[b, j + 2, vo], x[b, j + 3, vo]
+                    p0, p1, p2, p3 = P[j], P[j + 1], P[j + 2], P[j + 3]
+                    for i in range(Tp):
+                        yc[i] += v0 * p0[i] + v1 * p1[i] + v2 * p2[i] + v3 * p3[i]
+                    j += 4
+                while j < T:
+                    v0 = x[b, j, vo]
+                    p0 = P[j]
+                    for i in range(Tp):
+                        yc[i] += v0 * p0[i]
+                    j += 1
+            for i in range(T):
+                for c in range(12):
+                    y[b, i, o + c] = yT[c, i]
+
+
+@_njit(fastmath=_SUMS)
+def _attention_backward(x, w, dy, dx, H, scale, lo, hi):
+    """d[q | k | v] = dx [B, T, 3D] from dy [B, T, D], x and the weights w that _attention_forward
+    kept, samples lo..hi."""
+    T = x.shape[1]
+    D = x.shape[2] // 3
+    Tp = w.shape[3]
+    q = np.zeros((12, Tp), np.float32)             # q^T and dy^T, queries past T stay 0
+    g = np.zeros((12, Tp), np.float32)
+    dqT = np.empty((12, Tp), np.float32)
+    dS = np.empty((T, Tp), np.float32)
+    rs = np.empty(Tp, np.float32)
+    for b in range(lo, hi):
+        for h in range(H):
+            o = h * 12
+            for i in range(T):
+                for c in range(12):
+                    q[c, i] = x[b, i, o + c]
+                    g[c, i] = dy[b, i, o + c]
+            P = w[b, h]
+            for i in range(Tp):
+                rs[i] = F32(0.0)
+            for j in range(T):                      # dw = dy v^T by rows; dv; and sum_j w dw per query
+                p = P[j]
+                dp = dS[j]
+                vj = x[b, j, 2 * D + o:2 * D + o + 12]
+                v0, v1, v2, v3, v4, v5 = vj[0], vj[1], vj[2], vj[3], vj[4], vj[5]
+                v6, v7, v8, v9, v10, v11 = vj[6], vj[7], vj[8], vj[9], vj[10], vj[11]
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = F32(0.0)
+                for i in range(Tp):
+                    pi = p[i]
+                    g0, g1, g2, g3, g4, g5 = g[0, i], g[1, i], g[2, i], g[3, i], g[4, i], g[5, i]
+                    g6, g7, g8, g9, g10, g11 = g[6, i], g[7, i], g[8, i], g[9, i], g[10, i], g[11, i]
+                    d = (v0 * g0 + v1 * g1 + v2 * g2 + v3 * g3 + v4 * g4 + v5 * g5
+                         + v6 * g6 + v7 * g7 + v8 * g8 + v9 * g9 + v10 * g10 + v11 * g11)
+                    dp[i] = d
+                    rs[i] += pi * d
+                    a0 += pi * g0; a1 += pi * g1; a2 += pi * g2; a3 += pi * g3; a4 += pi * g4; a5 += pi * g5
+                    a6 += pi * g6; a7 += pi * g7; a8 += pi * g8; a9 += pi * g9; a10 += pi * g10; a11 += pi * g11
+                dv = dx[b, j, 2 * D + o:2 * D + o + 12]
+                dv[0], dv[1], dv[2], dv[3], dv[4], dv[5] = a0, a1, a2, a3, a4, a5
+                dv[6], dv[7], dv[8], dv[9], dv[10], dv[11] = a6, a7, a8, a9, a10, a11
+            for j in range(T):                      # d scores = w (dw - sum_j w dw); dk
+                p = P[j]
+                ds = dS[j]
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = F32(0.0)
+                for i in range(Tp):
+                    s = p[i] * (ds[i] - rs[i])
+                    ds[i] = s
+                    a0 += s * q[0, i]; a1 += s * q[1, i]; a2 += s * q[2, i]; a3 += s * q[3, i]
+                    a4 += s * q[4, i]; a5 += s * q[5, i]; a6 += s * q[6, i]; a7 += s * q[7, i]
+                    a8 += s * q[8, i]; a9 += s * q[9, i]; a10 += s * q[10, i]; a11 += s * q[11, i]
+                dk = dx[b, j, D + o:D + o + 12]
+                dk[0], dk[1], dk[2], dk[3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+                dk[4], dk[5], dk[6], dk[7] = a4 * scale, a5 * scale, a6 * scale, a7 * scale
+                dk[8], dk[9], dk[10], dk[11] = a8 * scale, a9 * scale, a10 * scale, a11 * scale
+            for c in range(12):                     # dq^T[c] = sum over keys of k[j, c] d scores[j]
+                dc = dqT[c]
+                for i in range(Tp):
+                    dc[i] = F32(0.0)
+                ko = D + o + c
+                j = 0
+                while j + 4 <= T:
+                    k0, k1, k2, k3 = x[b, j, ko], x[b, j + 1, ko], x[b, j + 2, ko], x[b, j + 3, ko]
+                    s0, s1, s2, s3 = dS[j], dS[j + 1], dS[j + 2], dS[j + 3]
+                    for i in range(Tp):
+                        dc[i] += k0 * s0[i] + k1 * s1[i] + k2 * s2[i] + k3 * s3[i]
+                    j += 4
+                while j < T:
+                    k0 = x[b, j, ko]
+                    s0 = dS[j]
+                    for i in range(Tp):
+                        dc[i] += k0 * s0[i]
+                    j += 1
+            for i in range(T):
+                for c in range(12):
+                    dx[b, i, o + c] = dqT[c, i] * scale
+
+
+def attention_supports(x: torch.Tensor, n_heads: int) -> bool:
+    """Whether attention() runs for qkv x [B, T, 3D]: float32 on the CPU, heads 12 wide."""
+    return supports(x) and x.dim() == 3 and x.shape[-1] == 3 * n_heads * ATTENTION_HEAD
+
+
+def _attention_args(x: torch.Tensor, bias: torch.Tensor, n_heads: int):
+    B, T, _ = x.shape
+    x = x.contiguous()
+    keys = bias.expand(B, 1, 1, T).reshape(B, T).to(torch.float32).contiguous()
+    tp = -(-T // _QUERY_PAD) * _QUERY_PAD
+    return x, keys, tp, F32(1.0 / math.sqrt(ATTENTION_HEAD)), max(1, _ATTENTION_MIN_WORK // (T * T))
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor:
+        x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
+        B, T, _ = x.shape
+        y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
+        w = x.new_empty(B, n_heads, T, tp)
+        _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), w.numpy(), True, n_heads, scale,
+                   min_rows=min_rows)
+        ctx.save_for_backward(x, w)
+        ctx.dims = (n_heads, scale, min_rows)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, w = ctx.saved_tensors
+        n_heads, scale, min_rows = ctx.dims
+        dx = torch.empty_like(x)
+        _over_rows(_attention_backward, x.shape[0], x.numpy(), w.numpy(), dy.contiguous().numpy(), dx.numpy(),
+                   n_heads, scale, min_rows=min_rows)
+        return dx, None, None
+
+
+def attention(x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(12) + bias) v per head: qkv x [B, T, 3D] (q | k | v, heads contiguous in
+    each; float32 on the CPU, heads 12 wide: see attention_supports), bias [B, 1, 1, T] additive key
+    mask -> y [B, T, D]. The weights are kept for backward only where one can follow; else each
+    sample's are made, used and dropped in a buffer of the kernel's."""
+    if not attention_supports(x, n_heads):
+        raise ValueError(f"the fused attention runs on float32 CPU qkv [B, T, 3 * {ATTENTION_HEAD} * heads], "
+                         f"got {x.dtype} {tuple(x.shape)} on {x.device} with {n_heads} heads")
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _FusedAttention.apply(x, bias, n_heads)
+    x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
+    B, T, _ = x.shape
+    y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
+    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), np.empty((1, 1, 1, tp), F32), False,
+               n_heads, scale, min_rows=min_rows)
+    return y

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig, as_config, memory_problem
 
-try:  # numba kernels for float32 CPU tensors (GEGLU, attention head copies); without numba, torch's ops
+try:  # numba kernels for float32 CPU tensors (GEGLU, attention); without numba, torch's ops
     from . import fastops
 except ImportError:  # pragma: no cover - numba is a dependency; this keeps the model usable without it
     fastops = None
@@ -59,6 +59,8 @@ def softmax_keys_backward(dw: Tensor, w: Tensor) -> Tensor:
 class _Attention(torch.autograd.Function):
     """Multi-head softmax(q k^T / sqrt(hs) + bias) v from fused projections, with its own backward.
 
+    For float32 and 12-wide heads (the browser's model) predlab.fastops.attention is faster still
+    and attention("auto") takes it; this kernel serves float64 and other head widths.
     The same maths as F.scaled_dot_product_attention. On a CPU, that kernel is slow for
     12-wide heads and ~50 tokens and barely uses a second thread; here the heads are split
     with one copy, the products whose result would be 12 wide are made transposed (T wide,
@@ -157,7 +159,7 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # "triton" (predlab.gpu_attention: one fused kernel per sample and head) is there to be measured
 # against it: `python -m predlab.bench` has a row for it where Triton is installed.
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
-ATTENTION_KERNELS = ("auto", "sliced", "sdpa", "math", "triton")
+ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math", "triton")
 # The fused kernel holds a sample's scores in registers: up to 64 tokens it fits without
 # spilling (sm_90); at 128 its backward spills ~6.7 KB a thread and at 256 it needs more shared
 # memory than a block has. Longer sequences (a world of 62+ boids) take the "math" kernel.
@@ -168,16 +170,21 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     """Multi-head attention of every token: qkv [B, T, 3D] -> y [B, T, D] (the last block's
     [CLS]-only attention is Block.cls_attention).
 
-    bias [B, 1, 1, T] is the additive key mask. kernel "sliced" (_Attention, the faster one on a
-    CPU), "sdpa" (F.scaled_dot_product_attention), "math" (softmax(q k^T / sqrt(hs) + bias) v in
-    plain tensor ops), "triton" (predlab.gpu_attention's fused kernel: CUDA tensors, or CPU ones
-    under TRITON_INTERPRET=1) or "auto" (on a CPU sliced, but sdpa where a backward follows on 2+
-    threads; GPU_ATTENTION elsewhere, which the environment variable PREDLAB_GPU_ATTENTION sets).
-    Same maths.
+    bias [B, 1, 1, T] is the additive key mask. kernel "fused" (predlab.fastops.attention: one numba
+    pass per sample and head, for float32 CPU tensors and 12-wide heads, the browser's), "sliced"
+    (_Attention, any CPU dtype and width), "sdpa" (F.scaled_dot_product_attention), "math"
+    (softmax(q k^T / sqrt(hs) + bias) v in plain tensor ops), "triton" (predlab.gpu_attention's fused
+    kernel: CUDA tensors, or CPU ones under TRITON_INTERPRET=1) or "auto" (on a CPU fused where it
+    runs, else sliced, but sdpa where a backward follows on 2+ threads; GPU_ATTENTION elsewhere, which
+    the environment variable PREDLAB_GPU_ATTENTION sets). Same maths.
     """
     if kernel == "auto":
         if x.device.type != "cpu":
             kernel = GPU_ATTENTION
+        elif fastops is not None and fastops.attention_supports(x, n_heads):
+            # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-11 ms
+            # against the sliced kernel's 14-16 and SDPA's 15; on par with SDPA on 2 threads (NOTES.md)
+            kernel = "fused"
         elif torch.get_num_threads() > 1 and x.requires_grad and torch.is_grad_enabled():
             # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
             # backward on 2 threads ran 1.1-2x faster in SDPA (a training step unsplit, --cpu_split 1: 12-24%)
@@ -191,6 +198,10 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
         kernel = "math"   # the sliced kernel writes into buffers of the input's dtype: no mixed precision
     if kernel == "triton" and x.shape[1] > TRITON_ATTENTION_MAX_TOKENS:
         kernel = "math"
+    if kernel == "fused":
+        if fastops is None:
+            raise ValueError("the fused attention kernel needs numba (pip install numba)")
+        return fastops.attention(x, bias, n_heads)
     if kernel == "sliced":
         backward = x.requires_grad and torch.is_grad_enabled()
         return _Attention.apply(x, bias, n_heads,

@@ -37,6 +37,7 @@ def test_run_reports_every_figure(tmp_path, capsys):
     assert res["matmul_gflops"] > 0 and res["train_gpu"] is None
     assert res["memory_cpu_b256_n50"]["activations_mib"] > 0
     assert res["attention_cpu"]["sliced_ms"] > 0 and res["attention_cpu"]["sdpa_ms"] > 0
+    assert res["attention_cpu"]["fused_ms"] > 0          # the kernel training runs, beside the others
     assert res["attention_cpu"]["tokens"] == 9
     assert res["geglu_cpu"]["fused_ms"] > 0 and res["geglu_cpu"]["torch_ms"] > 0 and res["geglu_cpu"]["tokens"] == 9
     assert res["dagger_cpu"]["samples_per_s"] > 0 and res["dagger_cpu"]["padded_samples_per_s"] > 0
