@@ -151,7 +151,7 @@ def test_fused_attention_matches_float64_maths_forward_and_backward(monkeypatch,
             y = fastops.attention(xs, bias, 4)
             y.backward(dy)
             with torch.no_grad():
-                y_alone = fastops.attention(x, bias, 4)
+                y_alone = fastops.attention(xs, bias, 4)     # a leaf that requires grad, under no_grad
             xt = x.clone().requires_grad_(True)
             yt = M.attention(xt, bias, 4, kernel="sdpa")
             yt.backward(dy)
