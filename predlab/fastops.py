@@ -378,7 +378,10 @@ def _attention_backward(x, w, dy, dx, H, scale, lo, hi):
                 dk[0], dk[1], dk[2], dk[3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
                 dk[4], dk[5], dk[6], dk[7] = a4 * scale, a5 * scale, a6 * scale, a7 * scale
                 dk[8], dk[9], dk[10], dk[11] = a8 * scale, a9 * scale, a10 * scale, a11 * scale
-            for c in range(12):                     # dq^T[c] = sum over keys of k[j, c] d scores[j]
+            # dq^T[c] = sum over keys of k[j, c] d scores[j]: the forward's y^T loop, written again because
+            # compiled here (reassoc) it ran faster: forward + backward 8.1-8.4 ms at 128 x 53 on one thread,
+            # 8.5-10.0 with one helper for both, inlined or called
+            for c in range(12):
                 dc = dqT[c]
                 for i in range(Tp):
                     dc[i] = F32(0.0)
