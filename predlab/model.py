@@ -160,6 +160,11 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # against it: `python -m predlab.bench` has a row for it where Triton is installed.
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
 ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math", "triton")
+# On a CPU, "auto" below picks by dtype, head width and threads; PREDLAB_CPU_ATTENTION=sliced (or sdpa, math)
+# takes another kernel where the bench (`python -m predlab.bench`, its attention line) finds it faster on a
+# machine. "fused" where it does not run (float64, other head widths) falls back to the choice of "auto".
+CPU_ATTENTION = os.environ.get("PREDLAB_CPU_ATTENTION", "auto")
+CPU_ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math")
 # The fused kernel holds a sample's scores in registers: up to 64 tokens it fits without
 # spilling (sm_90); at 128 its backward spills ~6.7 KB a thread and at 256 it needs more shared
 # memory than a block has. Longer sequences (a world of 62+ boids) take the "math" kernel.
@@ -175,13 +180,20 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     (_Attention, any CPU dtype and width), "sdpa" (F.scaled_dot_product_attention), "math"
     (softmax(q k^T / sqrt(hs) + bias) v in plain tensor ops), "triton" (predlab.gpu_attention's fused
     kernel: CUDA tensors, or CPU ones under TRITON_INTERPRET=1) or "auto" (on a CPU fused where it
-    runs, else sliced, but sdpa where a backward follows on 2+ threads; GPU_ATTENTION elsewhere, which
-    the environment variable PREDLAB_GPU_ATTENTION sets). Same maths.
+    runs, else sliced, but sdpa where a backward follows on 2+ threads; or CPU_ATTENTION where the
+    environment variable PREDLAB_CPU_ATTENTION sets one; GPU_ATTENTION elsewhere, which
+    PREDLAB_GPU_ATTENTION sets). Same maths.
     """
+    fused_runs = fastops is not None and fastops.attention_supports(x, n_heads)
+    if kernel == "auto" and x.device.type == "cpu" and CPU_ATTENTION != "auto":
+        if CPU_ATTENTION not in CPU_ATTENTION_KERNELS:
+            raise ValueError(f"PREDLAB_CPU_ATTENTION={CPU_ATTENTION!r}: use one of {', '.join(CPU_ATTENTION_KERNELS)}")
+        if CPU_ATTENTION != "fused" or fused_runs:
+            kernel = CPU_ATTENTION
     if kernel == "auto":
         if x.device.type != "cpu":
             kernel = GPU_ATTENTION
-        elif fastops is not None and fastops.attention_supports(x, n_heads):
+        elif fused_runs:
             # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-11 ms
             # against the sliced kernel's 14-16 and SDPA's 15; on par with SDPA on 2 threads (NOTES.md)
             kernel = "fused"

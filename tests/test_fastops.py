@@ -226,6 +226,40 @@ def test_auto_attention_takes_the_fused_kernel_for_the_browsers_heads_in_float32
     assert not fastops.attention_supports(x, 2) and fastops.attention_supports(x, 4)
 
 
+@pytest.mark.parametrize("choice,want", [("sliced", ["sliced", "sliced"]), ("sdpa", ["sdpa", "sdpa"]),
+                                         ("math", []), ("fused", ["fused", "sliced"])])
+def test_predlab_cpu_attention_picks_the_cpu_kernel(monkeypatch, choice, want):
+    """PREDLAB_CPU_ATTENTION takes another CPU kernel than auto's, for a machine where the bench finds it
+    faster; "fused" where the fused kernel does not run (float64 here) leaves the choice to auto. The
+    values agree whichever runs."""
+    ran = []
+    real_sdpa, real_sliced, real_fused = M.F.scaled_dot_product_attention, M._Attention.apply, fastops.attention
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: ran.append("sdpa") or real_sdpa(*a, **k))
+    monkeypatch.setattr(M._Attention, "apply", lambda *a: ran.append("sliced") or real_sliced(*a))
+    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append("fused") or real_fused(*a))
+    monkeypatch.setattr(M, "CPU_ATTENTION", choice)
+    x, bias, _, _ = _attention_case(4, 9, seed=9)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        y = M.attention(x, bias, 4)
+        y64 = M.attention(x.double(), bias.double(), 4)
+    finally:
+        torch.set_num_threads(old)
+    assert ran == want                                     # float32, then float64 ("math": neither spied kernel)
+    want64, _ = _attention64(x, bias, torch.zeros(4, 9, 48))
+    torch.testing.assert_close(y.double(), want64, rtol=0, atol=2e-6)
+    torch.testing.assert_close(y64, want64, rtol=0, atol=1e-12)
+    assert M.attention(x, bias, 4, kernel="fused") is not None and ran[-1] == "fused"   # asked for by name
+
+
+def test_an_unknown_predlab_cpu_attention_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(M, "CPU_ATTENTION", "flash")
+    x, bias, _, _ = _attention_case(2, 5, seed=1)
+    with pytest.raises(ValueError, match="PREDLAB_CPU_ATTENTION='flash': use one of auto, fused, sliced"):
+        M.attention(x, bias, 4)
+
+
 def test_fused_attention_refuses_what_it_does_not_run():
     x = torch.zeros(2, 5, 3 * 48)
     with pytest.raises(ValueError, match="float32 CPU qkv .* got torch.float64"):
