@@ -26,6 +26,7 @@ from .config import (FlagParser, ModelConfig, WorldConfig, bounded_number, memor
                      step_bytes_training, strict_json)
 from .data import EpisodeGenerator, SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .evaluate import ModelPolicy
+from . import model as model_module
 from .model import TransformerPredator
 from .sim import World
 from .teacher import TeacherPolicy
@@ -732,6 +733,7 @@ def machine(threads: int) -> Dict:
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
             "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_attention": model_module.CPU_ATTENTION,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -799,6 +801,7 @@ def print_table(res: Dict) -> None:
     m = res["machine"]
     print(f"machine: {m.get('cpu', '?')}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: "
           f"{m['cuda'] or 'none'}, load average at start {m['load_avg_1min']:.1f}" +
+          (f", PREDLAB_CPU_ATTENTION={m['cpu_attention']}" if m.get("cpu_attention", "auto") != "auto" else "") +
           (f"; {m['date']}" if m.get("date") else ""))
     print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {m['threads']} threads, "
           f"{res['matmul_gflops_1thread']:.1f} on 1\n")

@@ -23,7 +23,7 @@ def test_flops_follow_the_model_sizes():
     assert bench.forward_flops(wider, 20) > 3 * bench.forward_flops(cfg, 20)
 
 
-def test_run_reports_every_figure(tmp_path, capsys):
+def test_run_reports_every_figure(tmp_path, capsys, monkeypatch):
     res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
                     seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
     assert "ep/s" not in capsys.readouterr().err     # no progress bars: they filled a log or pipe of the bench's
@@ -50,16 +50,19 @@ def test_run_reports_every_figure(tmp_path, capsys):
                               for label in ("training, default", "training, 50 boids"))
     assert len(default_row) == len(fifty_row) + 1
     assert res["machine"]["date"].endswith("UTC") and res["machine"]["cpu"]
+    assert res["machine"]["cpu_attention"] == "auto" and "PREDLAB_CPU_ATTENTION" not in out
     a = res["attention_cpu"]       # one thread, unsplit: the batch as training runs it, and no second figure
     assert (a["batch_size"], a["threads"], a["parts"]) == (16, 1, 1) and "whole batch" not in out
     (tmp_path / "r.json").write_text(json.dumps(res))       # the --json output is plain JSON
-    # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values
+    # the split the training figures ran with is in the table: machines of more cores compare --cpu_split values;
+    # and a CPU attention kernel chosen by PREDLAB_CPU_ATTENTION is named
+    monkeypatch.setattr(bench.model_module, "CPU_ATTENTION", "sliced")
     res = bench.run(quick=True, threads=4, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
                     seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8, cpu_split=2)
     assert res["train_50"]["parts"] == res["train_default"]["parts"] == 2
     bench.print_table(res)
     out = capsys.readouterr().out
-    assert "50 boids (4 thr, 2 parts)" in out
+    assert "50 boids (4 thr, 2 parts)" in out and "PREDLAB_CPU_ATTENTION=sliced" in out
     # attention as a part runs it (16 // 2 rows on one thread: the split's threads set one for themselves,
     # not 4 // 2), beside the whole batch on all 4 threads
     a = res["attention_cpu"]
