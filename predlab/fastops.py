@@ -1,5 +1,6 @@
 """CPU kernels for the model, in numba: the fused GEGLU gate (with a vectorisable exp of its
-own) and the attention's copies between token and head layouts.
+own), the attention in one pass per sample and head (see its section below), and the sliced
+attention's copies between token and head layouts.
 
 gelu(g) * u with gelu the tanh approximation of SPEC.md section 6, forward and backward, each
 as one pass over the [rows, 2F] output of the merged gate|up projection. torch spends five
@@ -12,7 +13,8 @@ closely as torch's own ops get).
 
 The kernels take float32 numpy views of CPU tensors and release the GIL, so the trainer's
 batch halves run them side by side. With more than one torch thread and enough rows, the
-GEGLU's rows are split over a small thread pool; the head copies are used on one thread only.
+GEGLU's rows and the attention's samples are split over a small thread pool; the head copies
+are used on one thread only.
 """
 from __future__ import annotations
 
