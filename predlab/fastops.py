@@ -245,6 +245,9 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
 # rows; y^T and dq^T are four rows of weights at a time; dv and dk are 12 sums along a row.
 # The 12 terms are written out: with a loop over the head width LLVM stores and reloads the row
 # once per term, at half the speed. Other head widths take the sliced kernel.
+# The weights are not kept for backward: it makes them again, which costs about what writing and
+# reading them back cost (a sample's weights stay in cache, ~14 KB at 53 tokens), and keeps
+# 27 MB less at batch 256 x 50 boids.
 ATTENTION_HEAD = 12
 _QUERY_PAD = 16                                    # queries per AVX-512 vector of float32
 _ATTENTION_MIN_WORK = 1 << 16                      # samples x tokens^2 per pool part, at least
@@ -252,55 +255,65 @@ _SUMS = {"contract", "reassoc", "nsz"}             # backward: dv, dk are sums a
 
 
 @_njit()
-def _attention_forward(x, bias, y, w, keep, H, scale, lo, hi):
-    """y = softmax(q k^T scale + bias) v per head, samples lo..hi. x [B, T, 3D] (q | k | v, heads of
-    12 contiguous in each), bias [B, T] (added to each key's scores), y [B, T, D] out. keep: the
-    weights go to w [B, H, T, Tp] (key j, query i: w[b, h, j, i]), else to a buffer of the kernel's
-    (w [1, 1, 1, Tp] then gives the padded width only)."""
+def _pair_weights(x, bias, b, o, q, P, m, inv, scale):
+    """The attention weights of sample b's head at column o, into P [T, Tp] (key j, query i: P[j, i]),
+    from q^T in q [12, Tp]; m and inv [Tp] are the kernel's buffers. The forward calls it, and the
+    backward again instead of keeping the weights: one function, compiled with the forward's flags
+    (`contract` only; the backward's `reassoc` could reorder its sums), so both get the same bits."""
     T = x.shape[1]
     D = x.shape[2] // 3
-    Tp = w.shape[3]
+    Tp = P.shape[1]
+    for i in range(Tp):
+        m[i] = F32(-3.0e38)
+    for j in range(T):                      # scores, a key's row at a time, and their max
+        row = P[j]
+        kj = x[b, j, D + o:D + o + 12]
+        k0, k1, k2, k3, k4, k5 = kj[0], kj[1], kj[2], kj[3], kj[4], kj[5]
+        k6, k7, k8, k9, k10, k11 = kj[6], kj[7], kj[8], kj[9], kj[10], kj[11]
+        bj = bias[b, j]
+        for i in range(Tp):
+            s = (k0 * q[0, i] + k1 * q[1, i] + k2 * q[2, i] + k3 * q[3, i] + k4 * q[4, i]
+                 + k5 * q[5, i] + k6 * q[6, i] + k7 * q[7, i] + k8 * q[8, i] + k9 * q[9, i]
+                 + k10 * q[10, i] + k11 * q[11, i])
+            s = s * scale + bj
+            row[i] = s
+            m[i] = max(m[i], s)
+    for i in range(Tp):
+        inv[i] = F32(0.0)
+    for j in range(T):
+        row = P[j]
+        for i in range(Tp):
+            e = fast_exp(row[i] - m[i])     # a masked key: exactly 0
+            row[i] = e
+            inv[i] += e
+    for i in range(Tp):
+        inv[i] = F32(1.0) / inv[i]
+    for j in range(T):
+        row = P[j]
+        for i in range(Tp):
+            row[i] *= inv[i]
+
+
+@_njit()
+def _attention_forward(x, bias, y, H, scale, Tp, lo, hi):
+    """y = softmax(q k^T scale + bias) v per head, samples lo..hi. x [B, T, 3D] (q | k | v, heads of
+    12 contiguous in each), bias [B, T] (added to each key's scores), y [B, T, D] out; Tp: the
+    queries padded to a multiple of 16. A sample's weights are made, used and dropped in a buffer."""
+    T = x.shape[1]
+    D = x.shape[2] // 3
     q = np.zeros((12, Tp), np.float32)             # q^T, queries past T stay 0
     yT = np.empty((12, Tp), np.float32)
     m = np.empty(Tp, np.float32)
     inv = np.empty(Tp, np.float32)
-    scratch = np.empty((1 if keep else T, Tp), np.float32)
+    scratch = np.empty((T, Tp), np.float32)
     for b in range(lo, hi):
         for h in range(H):
             o = h * 12
             for i in range(T):
                 for c in range(12):
                     q[c, i] = x[b, i, o + c]
-            P = w[b, h] if keep else scratch
-            for i in range(Tp):
-                m[i] = F32(-3.0e38)
-            for j in range(T):                      # scores, a key's row at a time, and their max
-                row = P[j]
-                kj = x[b, j, D + o:D + o + 12]
-                k0, k1, k2, k3, k4, k5 = kj[0], kj[1], kj[2], kj[3], kj[4], kj[5]
-                k6, k7, k8, k9, k10, k11 = kj[6], kj[7], kj[8], kj[9], kj[10], kj[11]
-                bj = bias[b, j]
-                for i in range(Tp):
-                    s = (k0 * q[0, i] + k1 * q[1, i] + k2 * q[2, i] + k3 * q[3, i] + k4 * q[4, i]
-                         + k5 * q[5, i] + k6 * q[6, i] + k7 * q[7, i] + k8 * q[8, i] + k9 * q[9, i]
-                         + k10 * q[10, i] + k11 * q[11, i])
-                    s = s * scale + bj
-                    row[i] = s
-                    m[i] = max(m[i], s)
-            for i in range(Tp):
-                inv[i] = F32(0.0)
-            for j in range(T):
-                row = P[j]
-                for i in range(Tp):
-                    e = fast_exp(row[i] - m[i])     # a masked key: exactly 0
-                    row[i] = e
-                    inv[i] += e
-            for i in range(Tp):
-                inv[i] = F32(1.0) / inv[i]
-            for j in range(T):
-                row = P[j]
-                for i in range(Tp):
-                    row[i] *= inv[i]
+            _pair_weights(x, bias, b, o, q, scratch, m, inv, scale)
+            P = scratch
             for c in range(12):                     # y^T[c] = sum over keys of v[j, c] w[j]
                 yc = yT[c]
                 for i in range(Tp):
@@ -325,17 +338,19 @@ def _attention_forward(x, bias, y, w, keep, H, scale, lo, hi):
 
 
 @_njit(fastmath=_SUMS)
-def _attention_backward(x, w, dy, dx, H, scale, lo, hi):
-    """d[q | k | v] = dx [B, T, 3D] from dy [B, T, D], x and the weights w that _attention_forward
-    kept, samples lo..hi."""
+def _attention_backward(x, bias, dy, dx, H, scale, Tp, lo, hi):
+    """d[q | k | v] = dx [B, T, 3D] from dy [B, T, D] and x, bias as _attention_forward had them,
+    samples lo..hi; each sample's weights are made again (_pair_weights), not kept from the forward."""
     T = x.shape[1]
     D = x.shape[2] // 3
-    Tp = w.shape[3]
     q = np.zeros((12, Tp), np.float32)             # q^T and dy^T, queries past T stay 0
     g = np.zeros((12, Tp), np.float32)
     dqT = np.empty((12, Tp), np.float32)
     dS = np.empty((T, Tp), np.float32)
     rs = np.empty(Tp, np.float32)
+    P = np.empty((T, Tp), np.float32)
+    m = np.empty(Tp, np.float32)
+    inv = np.empty(Tp, np.float32)
     for b in range(lo, hi):
         for h in range(H):
             o = h * 12
@@ -343,7 +358,7 @@ def _attention_backward(x, w, dy, dx, H, scale, lo, hi):
                 for c in range(12):
                     q[c, i] = x[b, i, o + c]
                     g[c, i] = dy[b, i, o + c]
-            P = w[b, h]
+            _pair_weights(x, bias, b, o, q, P, m, inv, scale)
             for i in range(Tp):
                 rs[i] = F32(0.0)
             for j in range(T):                      # dw = dy v^T by rows; dv; and sum_j w dw per query
@@ -425,28 +440,26 @@ class _FusedAttention(torch.autograd.Function):
         x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
         B, T, _ = x.shape
         y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
-        w = x.new_empty(B, n_heads, T, tp)
-        _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), w.numpy(), True, n_heads, scale,
-                   min_rows=min_rows)
-        ctx.save_for_backward(x, w)
-        ctx.dims = (n_heads, scale, min_rows)
+        _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
+        ctx.save_for_backward(x, keys)
+        ctx.dims = (n_heads, scale, tp, min_rows)
         return y
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        x, w = ctx.saved_tensors
-        n_heads, scale, min_rows = ctx.dims
+        x, keys = ctx.saved_tensors
+        n_heads, scale, tp, min_rows = ctx.dims
         dx = torch.empty_like(x)
-        _over_rows(_attention_backward, x.shape[0], x.numpy(), w.numpy(), dy.contiguous().numpy(), dx.numpy(),
-                   n_heads, scale, min_rows=min_rows)
+        _over_rows(_attention_backward, x.shape[0], x.numpy(), keys.numpy(), dy.contiguous().numpy(), dx.numpy(),
+                   n_heads, scale, tp, min_rows=min_rows)
         return dx, None, None
 
 
 def attention(x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor:
     """softmax(q k^T / sqrt(12) + bias) v per head: qkv x [B, T, 3D] (q | k | v, heads contiguous in
     each; float32 on the CPU, heads 12 wide: see attention_supports), bias [B, 1, 1, T] additive key
-    mask -> y [B, T, D]. The weights are kept for backward only where one can follow; else each
-    sample's are made, used and dropped in a buffer of the kernel's."""
+    mask -> y [B, T, D]. Each sample's weights are made, used and dropped in a buffer of the kernel's;
+    a backward makes them again (the same bits), so only x and the mask are kept for it."""
     if not attention_supports(x, n_heads):
         raise ValueError(f"the fused attention runs on float32 CPU qkv [B, T, 3 * {ATTENTION_HEAD} * heads], "
                          f"got {x.dtype} {tuple(x.shape)} on {x.device} with {n_heads} heads")
@@ -455,6 +468,5 @@ def attention(x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor
     x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
     B, T, _ = x.shape
     y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
-    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), np.empty((1, 1, 1, tp), F32), False,
-               n_heads, scale, min_rows=min_rows)
+    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
     return y
