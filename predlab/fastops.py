@@ -426,23 +426,23 @@ def attention_supports(x: torch.Tensor, n_heads: int) -> bool:
     return supports(x) and x.dim() == 3 and x.shape[-1] == 3 * n_heads * ATTENTION_HEAD
 
 
-def _attention_args(x: torch.Tensor, bias: torch.Tensor, n_heads: int):
+def _forward(x: torch.Tensor, bias: torch.Tensor, n_heads: int):
+    """y from qkv x and the key mask bias; returns y, the x and mask the kernel read, and its settings."""
     B, T, _ = x.shape
     x = x.contiguous()
     keys = bias.expand(B, 1, 1, T).reshape(B, T).to(torch.float32).contiguous()
     tp = -(-T // _QUERY_PAD) * _QUERY_PAD
-    return x, keys, tp, F32(1.0 / math.sqrt(ATTENTION_HEAD)), max(1, _ATTENTION_MIN_WORK // (T * T))
+    dims = (n_heads, F32(1.0 / math.sqrt(ATTENTION_HEAD)), tp, max(1, _ATTENTION_MIN_WORK // (T * T)))
+    y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
+    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), *dims[:3], min_rows=dims[3])
+    return y, x, keys, dims
 
 
 class _FusedAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor:
-        x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
-        B, T, _ = x.shape
-        y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
-        _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
+        y, x, keys, ctx.dims = _forward(x, bias, n_heads)
         ctx.save_for_backward(x, keys)
-        ctx.dims = (n_heads, scale, tp, min_rows)
         return y
 
     @staticmethod
@@ -465,8 +465,4 @@ def attention(x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor
                          f"got {x.dtype} {tuple(x.shape)} on {x.device} with {n_heads} heads")
     if torch.is_grad_enabled() and x.requires_grad:
         return _FusedAttention.apply(x, bias, n_heads)
-    x, keys, tp, scale, min_rows = _attention_args(x, bias, n_heads)
-    B, T, _ = x.shape
-    y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
-    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
-    return y
+    return _forward(x, bias, n_heads)[0]
