@@ -850,8 +850,9 @@ def print_table(res: Dict) -> None:
         return ((f"predlab's fused kernel {r['fused_ms']:.1f} ms, " if r.get("fused_ms") else "")
                 + f"predlab's sliced kernel {r['sliced_ms']:.1f} ms ({r['sliced_ms'] / base:.2f}x), "
                 f"F.scaled_dot_product_attention {r['sdpa_ms']:.1f} ms ({r['sdpa_ms'] / base:.2f}x)")
+    whole = f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {kernels(w)}"
     print(f"attention, forward + backward of one layer at {a['tokens']} tokens (CPU), {how}: {kernels(a)}"
-          + ("" if a["parts"] <= 1 else f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {kernels(w)}"))
+          + ("" if a["parts"] <= 1 else whole))
     gg = res.get("geglu_cpu")
     if gg:
         print(f"GEGLU gate, forward + backward of one layer at batch {gg['batch_size']} x {gg['tokens']} tokens (CPU): "
