@@ -249,7 +249,7 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
 # reading them back cost (a sample's weights stay in cache, ~14 KB at 53 tokens), and keeps
 # 27 MB less at batch 256 x 50 boids.
 ATTENTION_HEAD = 12
-_QUERY_PAD = 16                                    # queries per AVX-512 vector of float32
+_QUERY_PAD = 16                                    # queries: two 8-float vectors (LLVM's width here), one AVX-512
 _ATTENTION_MIN_WORK = 1 << 16                      # samples x tokens^2 per pool part, at least
 _SUMS = {"contract", "reassoc", "nsz"}             # backward: dv, dk are sums along a row, vectorised
 
@@ -432,10 +432,10 @@ def _forward(x: torch.Tensor, bias: torch.Tensor, n_heads: int):
     x = x.contiguous()
     keys = bias.expand(B, 1, 1, T).reshape(B, T).to(torch.float32).contiguous()
     tp = -(-T // _QUERY_PAD) * _QUERY_PAD
-    dims = (n_heads, F32(1.0 / math.sqrt(ATTENTION_HEAD)), tp, max(1, _ATTENTION_MIN_WORK // (T * T)))
+    scale, min_rows = F32(1.0 / math.sqrt(ATTENTION_HEAD)), max(1, _ATTENTION_MIN_WORK // (T * T))
     y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
-    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), *dims[:3], min_rows=dims[3])
-    return y, x, keys, dims
+    _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
+    return y, x, keys, (n_heads, scale, tp, min_rows)
 
 
 class _FusedAttention(torch.autograd.Function):

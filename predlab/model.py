@@ -194,8 +194,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
         if x.device.type != "cpu":
             kernel = GPU_ATTENTION
         elif fused_runs:
-            # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-11 ms
-            # against the sliced kernel's 14-16 and SDPA's 15; on par with SDPA on 2 threads (NOTES.md)
+            # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-12 ms
+            # against the sliced kernel's 11-18 and SDPA's 11-16; on par with SDPA on 2 threads (NOTES.md)
             kernel = "fused"
         elif torch.get_num_threads() > 1 and x.requires_grad and torch.is_grad_enabled():
             # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
