@@ -464,16 +464,32 @@ def sample_bytes(boids_max: int) -> int:
     return (6 + 4 * boids_max) * 4 + 8
 
 
-def attention_bytes(samples: int, n_heads: int, tokens: int) -> int:
-    """Bytes of one layer's attention scores and weights for `samples` samples of `tokens` tokens."""
+def attention_bytes(samples: int, n_heads: int, tokens: int, fused: bool = False, threads: int = 1,
+                    backward: bool = True) -> int:
+    """Bytes of one layer's attention for `samples` samples of `tokens` tokens: their float32 scores and
+    weights, or, where predlab.fastops' fused kernel runs (`fused`), which keeps neither, its buffers: one
+    sample's [T, T] weights per thread, and their gradients with a backward."""
+    if fused:
+        return threads * (2 if backward else 1) * 4 * tokens * (tokens + 16)
     return 2 * 4 * samples * n_heads * tokens ** 2
 
 
-def step_bytes_training(batch: int, mc: "ModelConfig", boids_max: int) -> int:
+def step_bytes_training(batch: int, mc: "ModelConfig", boids_max: int, fused: bool = False, threads: int = 1) -> int:
     """Bytes, at worst, of one training step's activations: batch samples of boids_max boids, every
-    layer's attention scores and weights and its [B, T, D] / [B, T, F] terms."""
+    layer's attention scores and weights (with `fused`, the fused kernel's per-thread buffers alone:
+    see attention_bytes), the [B, T, D] / [B, T, F] terms that a layer keeps for backward (8 D + 3 F
+    a token: its inputs, q | k | v, y, gate | up and their product), and the widest gradients that
+    backward holds beside them (3 D + 3 F a token).
+
+    Measured in the process's peak RSS over an epoch of batches split in two parts on 2 threads, as
+    training runs it, with the fused kernel (tests/test_memory.py): 110 MB at batch 256 x 50 boids
+    (counted 133), 291 at 128 x 300 (381), 481 at 64 x 1,000 (645); with the sliced kernel, which
+    keeps the weights, 762-773 at 128 x 300 (1,508)."""
     d, f, T = mc.d_model, mc.ffn_hidden, boids_max + 3
-    return mc.n_layers * (attention_bytes(batch, mc.n_heads, T) + batch * T * (8 * d + 3 * f) * 4)
+    terms = (mc.n_layers * (8 * d + 3 * f) + 3 * d + 3 * f) * batch * T * 4
+    if fused:
+        return terms + attention_bytes(batch, mc.n_heads, T, fused=True, threads=threads)
+    return terms + mc.n_layers * attention_bytes(batch, mc.n_heads, T)
 
 
 def _gib(n: float) -> str:
@@ -502,7 +518,7 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     device all of it is counted against the GPU's memory, and the samples (generated on the
     host, then moved) against the host's too.
     """
-    needs = _training_needs(tc, wc, mc)
+    needs = _training_needs(tc, wc, mc, device)
     if device is not None and getattr(device, "type", None) == "cuda":
         # samples are generated in host memory and moved to the GPU, where everything else is
         import torch
@@ -514,8 +530,13 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     return memory_problem(needs)
 
 
-def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> list:
-    """(description, bytes) of what training_memory counts."""
+def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
+    """(description, bytes) of what training_memory counts, training on `device` (None: the CPU)."""
+    import torch
+    from .model import auto_attention_fused     # (model imports this module)
+    # on a CPU the browser's model takes the fused attention, which keeps no [T, T] weights: a step then
+    # grows with the flock, not its square (1,000 boids at batch 256 was refused for 25 GiB of them)
+    fused = auto_attention_fused(getattr(device, "type", "cpu"), torch.float32, mc.d_model // mc.n_heads)
     sb = sample_bytes(wc.boids_max)
     fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
     epoch = fresh * sb
@@ -530,8 +551,8 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig") -> li
     needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
-             ("a training step's activations (--batch_size x --boids_max squared)",
-              step_bytes_training(batch, mc, wc.boids_max))]
+             (f"a training step's activations (--batch_size x --boids_max{'' if fused else ' squared'})",
+              step_bytes_training(batch, mc, wc.boids_max, fused, torch.get_num_threads()))]
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))

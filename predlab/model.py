@@ -171,6 +171,13 @@ CPU_ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math")
 TRITON_ATTENTION_MAX_TOKENS = 64
 
 
+def auto_attention_fused(device_type: str, dtype: torch.dtype, head_width: int) -> bool:
+    """Whether attention(kernel="auto") takes the fused kernel, which keeps no [T, T] weights, for a
+    model on this device type, of this dtype and head width: what the memory checks count."""
+    return (fastops is not None and device_type == "cpu" and dtype == torch.float32
+            and head_width == fastops.ATTENTION_HEAD and CPU_ATTENTION in ("auto", "fused"))
+
+
 def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Tensor:
     """Multi-head attention of every token: qkv [B, T, 3D] -> y [B, T, D] (the last block's
     [CLS]-only attention is Block.cls_attention).
@@ -587,8 +594,10 @@ class TransformerPredator(nn.Module):
         batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
         from .config import attention_bytes, memory_problem
         B, T = batch["mask"].shape[0], batch["mask"].shape[1] + 3
+        fused = auto_attention_fused(p.device.type, p.dtype, self.config.d_model // self.config.n_heads)
+        need = attention_bytes(B, self.config.n_heads, T, fused, torch.get_num_threads(), backward=False)
         problem = memory_problem([(f"attention over {T} tokens ({T - 3} boids) for {B} sample(s)",
-                                   attention_bytes(B, self.config.n_heads, T) * p.element_size() // 4)],
+                                   need * p.element_size() // 4)],
                                  f"{B} sample(s) of {T - 3} boids")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")

@@ -29,7 +29,7 @@ def one_gib(monkeypatch):
     (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max squared)"),
     # a batch is at most the samples trained on: 60,000 episodes make enough for ten million
     (["--batch_size", "10000000", "--train_episodes", "60000"],
-     "a training step's activations (--batch_size x --boids_max squared)"),
+     "a training step's activations (--batch_size x --boids_max)"),   # the fused attention: no squares
     (["--d_model", "40000"], "the model, its gradients and optimizer state"),
 ])
 def test_cli_refuses_what_cannot_fit_with_exit_2(tmp_path, monkeypatch, capsys, one_gib, flags, culprit):
@@ -105,11 +105,48 @@ def test_evaluate_cli_refuses_episodes_that_cannot_fit_with_exit_2(one_gib, caps
 
 
 def test_the_message_names_boids_max_when_it_is_the_cause(one_gib):
-    """The cost of a step and of the evaluation grows with the square of the flock: 1000 boids
-    was blamed on --batch_size alone."""
+    """The cost of a step grows with the flock (with its square where the attention keeps its weights),
+    and the evaluation's with its square: 1000 boids was blamed on --batch_size alone."""
     from predlab.config import ModelConfig, training_memory
     message = training_memory(TrainConfig(), WorldConfig(boids_max=1000), ModelConfig())
+    assert "a training step's activations (--batch_size x --boids_max)" in message
+    assert "the catch evaluation's episodes (--eval_episodes x --boids_max squared)" in message
+    message = training_memory(TrainConfig(), WorldConfig(boids_max=1000), ModelConfig(d_model=64))   # 16-wide heads
     assert "a training step's activations (--batch_size x --boids_max squared)" in message
+
+
+@pytest.fixture
+def eight_gib(monkeypatch):
+    monkeypatch.setattr(config, "physical_memory", lambda: 8 * 2 ** 30)
+
+
+def test_a_large_flock_on_a_cpu_is_counted_by_the_attention_kernel_it_runs(eight_gib, monkeypatch):
+    """The browser's model on a CPU takes the fused attention, which keeps no [T, T] weights: 1,000
+    boids at batch 256 was refused on every laptop for 25 GiB of weights it never holds. Where the
+    attention does keep them (another kernel chosen, other head widths, a GPU's), they still count."""
+    import torch
+    from predlab import model
+    from predlab.config import ModelConfig, training_memory
+    tc, wc = TrainConfig(train_episodes=100, eval_every=0), WorldConfig(boids_max=1000)
+    assert training_memory(tc, wc, ModelConfig()) is None
+    assert training_memory(tc, wc, ModelConfig(), torch.device("cpu")) is None
+    squared = "a training step's activations (--batch_size x --boids_max squared)"
+    assert squared in training_memory(tc, wc, ModelConfig(d_model=40, n_heads=4))     # 10-wide heads
+    monkeypatch.setattr(model, "CPU_ATTENTION", "sliced")
+    assert squared in training_memory(tc, wc, ModelConfig())
+    monkeypatch.setattr(model, "CPU_ATTENTION", "fused")
+    assert training_memory(tc, wc, ModelConfig()) is None
+
+
+def test_predict_counts_the_fused_kernels_buffers_not_every_samples_weights(one_gib):
+    """A batch of large flocks on the CPU: the fused kernel holds one sample's weights per thread."""
+    from predlab.data import BOID_KEYS, InputError
+    from predlab.model import TransformerPredator
+    sample = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
+              "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 1000}
+    assert TransformerPredator().predict([sample] * 40).shape == (40, 2)     # counted 1.2 GiB before
+    with pytest.raises(InputError, match="attention over 1003 tokens .* predict fewer boids at a time"):
+        TransformerPredator().double().predict([sample] * 40)                  # float64: the sliced kernel
 
 
 def test_a_containers_memory_limit_counts(tmp_path, monkeypatch):
@@ -187,6 +224,46 @@ def test_the_evaluation_check_counts_what_a_world_step_takes(n):
                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
     taken, counted = float(out[0]), float(out[1])
     assert 0.85 * counted < taken <= counted, (taken, counted)
+
+
+TRAINING_PEAK = r"""
+import re, sys, torch
+from predlab import bench
+from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+from predlab.data import rollout_chunk
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+N, B = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(2)
+counted = [b for d, b in _training_needs(TrainConfig(batch_size=B), WorldConfig(boids_max=N), ModelConfig())
+           if d.startswith("a training step's activations")]
+rows = rollout_chunk(8, WorldConfig(boids_min=N, boids_max=N, frames=B // 4), seed=0)
+rows = rows.select((rows.n == N).nonzero().squeeze(1)[:B])
+trainer = bench.make_trainer(rows, B)
+small = rollout_chunk(8, WorldConfig(boids_min=2, boids_max=2, frames=B), seed=1)
+trainer.train_epoch(small.select(torch.arange(B)))     # threads, kernels and optimizer state made
+before = status("VmRSS")
+trainer.train_epoch(rows)
+print(len(rows), status("VmHWM") - before, counted[0])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+@pytest.mark.parametrize("boids, batch", [(50, 256), (300, 128)])
+def test_a_cpu_training_step_takes_what_its_check_counts(boids, batch):
+    """The check counts a CPU training step by the attention kernel it runs: the fused kernel keeps no
+    [T, T] weights, so the count grows with the flock, not its square, and must still hold what a
+    step of two parts on 2 threads takes (the gradients beside the activations included)."""
+    out = subprocess.run([sys.executable, "-c", TRAINING_PEAK, str(boids), str(batch)], capture_output=True,
+                         text=True, check=True, env={k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"})
+    rows, taken, counted = map(int, out.stdout.split())      # 110-300 MB: the process's own noise is small beside it
+    assert rows == batch
+    assert 0.6 * counted < taken <= counted, (taken, counted)
 
 
 DAGGER_PEAK = r"""
