@@ -552,7 +552,7 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
              (f"a training step's activations (--batch_size x --boids_max{'' if fused else ' squared'})",
-              step_bytes_training(batch, mc, wc.boids_max, fused, torch.get_num_threads()))]
+              step_bytes_training(batch, mc, wc.boids_max, fused, tc.threads or torch.get_num_threads()))]
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))

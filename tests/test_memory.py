@@ -132,6 +132,10 @@ def test_a_large_flock_on_a_cpu_is_counted_by_the_attention_kernel_it_runs(eight
     assert training_memory(tc, wc, ModelConfig(), torch.device("cpu")) is None
     squared = "a training step's activations (--batch_size x --boids_max squared)"
     assert squared in training_memory(tc, wc, ModelConfig(d_model=40, n_heads=4))     # 10-wide heads
+    # its buffers are a sample's weights and their gradients per thread: 800 MB each at 10,000 boids
+    step = lambda threads: next(b for d, b in config._training_needs(
+        TrainConfig(threads=threads), WorldConfig(boids_max=10_000), ModelConfig()) if d.startswith("a training step"))
+    assert step(16) - step(1) == 15 * 2 * 4 * 10_003 * 10_019
     monkeypatch.setattr(model, "CPU_ATTENTION", "sliced")
     assert squared in training_memory(tc, wc, ModelConfig())
     monkeypatch.setattr(model, "CPU_ATTENTION", "fused")
