@@ -341,14 +341,14 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     """Tensor memory of one CPU training step on batch_size rows of data, as the trainer runs it, in MiB.
 
     One step of SupervisedTrainer.train_epoch at the threads set now: with a split batch, each part's
-    forward on its own thread (one intra-op thread, which takes predlab's sliced attention), the parts
-    side by side. activations: bytes saved for backward by the step's forwards, all parts together (each
+    forward on its own thread (one intra-op thread), the parts side by side. activations: bytes saved for backward by the step's forwards, all parts together (each
     part holds its own until its backward); state: weights, their
     gradients and AdamW's two moments, plus each part's own gradients, summed after the parts. Measured
     on one whole batch in one forward at 2 threads, it took torch's attention, which training at 2
     threads does not run: 77 MiB against the 99 the step saves. What the step holds at its peak is more
     (backward allocates while the saved tensors are held): peak_mib, from step_peak. Also the bench
-    process's peak resident set size (torch itself and every figure measured before this one).
+    process's peak resident set size (torch itself and every figure measured before this one), and
+    counted_mib: what predlab.train's memory check counts for the step and the model's state.
     """
     import threading
     rows = data.select(torch.arange(min(batch_size, len(data))))
@@ -391,7 +391,11 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
         # below what the step saves: the count is not of this process's tensors (jemalloc or tcmalloc preloaded,
         # with glibc's malloc left idle), and "peak 0.0 MiB" read as a figure
         peak = None
+    mc = tr.model.config
+    fused = model_module.auto_attention_fused("cpu", torch.float32, mc.d_model // mc.n_heads)
+    counted = step_bytes_training(len(rows), mc, int(rows.n.max()), fused, threads) + 4 * params   # 16 B a weight
     return {"activations_mib": saved[0] / mib, "state_mib": state / mib, "total_mib": (saved[0] + state) / mib,
+            "counted_mib": counted / mib,
             "peak_mib": None if peak is None else peak / mib, "peak_steps": steps,
             "parts": forwards[0], "threads": threads, "rows": len(rows),
             "mean_boids": float(rows.n.float().mean()), "process_peak_rss_mib": rss}
@@ -870,7 +874,9 @@ def print_table(res: Dict) -> None:
             f"most of {mem['peak_steps']} steps); " if mem.get("peak_mib") is not None else "")
     print(f"training memory, one step at batch {mem.get('rows', 256)} x 50 boids (CPU, {how}): {peak}activations "
           f"saved for backward {mem['activations_mib']:.1f} MiB + weights/grads/AdamW {mem['state_mib']:.1f} MiB = "
-          f"{mem['total_mib']:.1f} MiB; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
+          f"{mem['total_mib']:.1f} MiB" + (f"; the memory check counts {mem['counted_mib']:.1f} MiB for them" if
+                                            mem.get("counted_mib") else "") +
+          f"; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
     print(f"naive baselines (per-sample dicts, seed design; warmed up; generation over 4 episodes, training the "
           f"best of a few steps): generation "
           f"{g['naive']['samples_per_s']:,.0f}/s, "

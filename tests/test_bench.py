@@ -88,6 +88,7 @@ def test_training_memory_is_of_the_step_as_training_runs_it():
     if bench._heap_counter() is not None:       # glibc: the step's peak, polled, besides what it saves
         assert split["peak_mib"] is None or split["peak_mib"] > split["activations_mib"]
     assert split["peak_steps"] == 3
+    assert split["counted_mib"] > split["activations_mib"]     # the memory check's count holds what the step saves
     torch.set_num_threads(1)
     try:
         halves = [bench.training_memory(data.select(torch.arange(lo, lo + 8)), 8, cpu_split=1) for lo in (0, 8)]
