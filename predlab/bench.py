@@ -14,10 +14,14 @@ import json
 import math
 import os
 import platform
-import resource
 import sys
 import time
 from typing import Dict, Optional
+
+try:
+    import resource
+except ImportError:       # Windows: no getrusage
+    resource = None
 
 import torch
 import torch.nn.functional as F
@@ -385,7 +389,7 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     params = sum(p.numel() * p.element_size() for p in tr.model.parameters())
     state = (4 + (forwards[0] if forwards[0] > 1 else 0)) * params
     mib = 2 ** 20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    rss = peak_rss_mib()
     peak = step_peak(rows, batch_size, cpu_split, steps)
     if peak is not None and peak < saved[0]:
         # below what the step saves: the count is not of this process's tensors (jemalloc or tcmalloc preloaded,
@@ -399,6 +403,14 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
             "peak_mib": None if peak is None else peak / mib, "peak_steps": steps,
             "parts": forwards[0], "threads": threads, "rows": len(rows),
             "mean_boids": float(rows.n.float().mean()), "process_peak_rss_mib": rss}
+
+
+def peak_rss_mib() -> Optional[float]:
+    """This process's peak resident set size in MiB, or None where there is no getrusage (Windows)."""
+    if resource is None:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024     # bytes on macOS, KiB on Linux
 
 
 def _heap_counter():
@@ -876,7 +888,8 @@ def print_table(res: Dict) -> None:
           f"saved for backward {mem['activations_mib']:.1f} MiB + weights/grads/AdamW {mem['state_mib']:.1f} MiB = "
           f"{mem['total_mib']:.1f} MiB" + (f"; the memory check counts {mem['counted_mib']:.1f} MiB for them" if
                                             mem.get("counted_mib") else "") +
-          f"; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB")
+          (f"; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB"
+           if mem.get("process_peak_rss_mib") is not None else ""))
     print(f"naive baselines (per-sample dicts, seed design; warmed up; generation over 4 episodes, training the "
           f"best of a few steps): generation "
           f"{g['naive']['samples_per_s']:,.0f}/s, "

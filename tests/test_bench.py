@@ -491,3 +491,28 @@ def test_gpu_batch_sizes_are_read_as_predlab_train_reads_counts():
     assert batch_sizes("256,4096,16384") == (256, 4096, 16384)
     assert batch_sizes("1e3, 4096.0, 1.6384e4") == (1000, 4096, 16384)
     assert batch_sizes("0,256") == batch_sizes("256,") == batch_sizes("2.5e-1") == ()
+
+
+@pytest.mark.parametrize("platform, maxrss, mib", [("linux", 2 * 1024 ** 2, 2048.0), ("darwin", 3 * 1024 ** 3, 3072.0)])
+def test_the_peak_rss_is_read_in_the_platforms_unit(monkeypatch, platform, maxrss, mib):
+    """getrusage's ru_maxrss is KiB on Linux and bytes on macOS: a Mac's bench printed 1024 times its peak."""
+    if bench.resource is None:
+        pytest.skip("no getrusage here")
+
+    class Usage:
+        ru_maxrss = maxrss
+    monkeypatch.setattr(bench.sys, "platform", platform)
+    monkeypatch.setattr(bench.resource, "getrusage", lambda who: Usage)
+    assert bench.peak_rss_mib() == mib
+
+
+def test_without_getrusage_the_memory_line_leaves_the_peak_rss_out(monkeypatch, capsys):
+    """Windows has no `resource` module: the bench failed at its import."""
+    monkeypatch.setattr(bench, "resource", None)
+    assert bench.peak_rss_mib() is None
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert res["memory_cpu_b256_n50"]["process_peak_rss_mib"] is None
+    bench.print_table(res)
+    out = capsys.readouterr().out
+    assert "training memory, one step" in out and "peak RSS" not in out
