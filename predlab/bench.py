@@ -419,7 +419,7 @@ def _heap_counter():
     try:
         libc = ctypes.CDLL(None)
         mallinfo2 = libc.mallinfo2
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):        # TypeError: Windows opens no library by None
         return None
 
     class MallInfo2(ctypes.Structure):
