@@ -263,8 +263,9 @@ def test_a_cpu_training_step_takes_what_its_check_counts(boids, batch):
     """The check counts a CPU training step by the attention kernel it runs: the fused kernel keeps no
     [T, T] weights, so the count grows with the flock, not its square, and must still hold what a
     step of two parts on 2 threads takes (the gradients beside the activations included)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"}     # the fused kernel, as by default
     out = subprocess.run([sys.executable, "-c", TRAINING_PEAK, str(boids), str(batch)], capture_output=True,
-                         text=True, check=True, env={k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"})
+                         text=True, check=True, env=env)
     rows, taken, counted = map(int, out.stdout.split())      # 110-300 MB: the process's own noise is small beside it
     assert rows == batch
     assert 0.6 * counted < taken <= counted, (taken, counted)
