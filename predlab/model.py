@@ -74,7 +74,7 @@ class _Attention(torch.autograd.Function):
 
     x: qkv [B, T, 3D] (q | k | v, heads contiguous inside each); bias [B, 1, 1, T] additive
     key mask -> y [B, T, D]. Saves the per-head projections and the attention weights for
-    backward.
+    backward; with keep False (no backward follows) each slice's weights are dropped once used.
     """
 
     # floats of weights per slice where a backward follows: its passes read them again from the cache
@@ -97,7 +97,8 @@ class _Attention(torch.autograd.Function):
         return 1 << 20 if torch.get_num_threads() == 1 else 1 << 22
 
     @staticmethod
-    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int, floats: int = BACKWARD_FLOATS) -> Tensor:
+    def forward(ctx, x: Tensor, bias: Tensor, n_heads: int, floats: int = BACKWARD_FLOATS,
+                keep: bool = True) -> Tensor:
         B, T, width = x.shape
         H, D = n_heads, width // 3
         hs, BH = D // H, B * n_heads
@@ -116,7 +117,9 @@ class _Attention(torch.autograd.Function):
             w = torch.baddbmm(bias_bh[s], q[s], k[s].transpose(1, 2), alpha=scale)
             w = softmax_keys(w)
             torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
-            ws.append(w)                                                        # (slice, T, T)
+            if keep:
+                ws.append(w)                                                    # (slice, T, T)
+            del w                     # else dropped here: every slice's weights at once were 2.2x the model's
         ctx.save_for_backward(heads, *ws)
         ctx.dims = (B, T, H, hs, scale, floats)
         return _merge(yT.view(1, B, H, hs, T), fast)
@@ -142,7 +145,7 @@ class _Attention(torch.autograd.Function):
             torch.bmm(q[s].transpose(1, 2), ds, out=dkT[s])                      # (ds^T q)^T
         dqT.mul_(scale)
         dkT.mul_(scale)
-        return _merge(d.view(3, B, H, hs, T), fast), None, None, None
+        return _merge(d.view(3, B, H, hs, T), fast), None, None, None, None
 
 
 def _merge(d: Tensor, fast: bool) -> Tensor:
@@ -176,6 +179,21 @@ def auto_attention_fused(device_type: str, dtype: torch.dtype, head_width: int) 
     model on this device type, of this dtype and head width: what the memory checks count."""
     return (fastops is not None and device_type == "cpu" and dtype == torch.float32
             and head_width == fastops.ATTENTION_HEAD and CPU_ATTENTION in ("auto", "fused"))
+
+
+def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type: str, dtype: torch.dtype,
+                            head_width: int) -> int:
+    """Bytes, at most, that one layer's attention holds at once in a forward with no backward (predict),
+    by the kernel attention("auto") takes: the fused kernel's buffers, or the sliced kernel's scores and
+    weights of one slice, or (other kernels) every sample's."""
+    from .config import attention_bytes
+    size = torch.empty(0, dtype=dtype).element_size()
+    if auto_attention_fused(device_type, dtype, head_width):
+        return attention_bytes(samples, n_heads, tokens, fused=True, threads=torch.get_num_threads(), backward=False)
+    if device_type == "cpu" and CPU_ATTENTION in ("auto", "fused", "sliced"):
+        rows = min(samples * n_heads, max(16, _Attention.no_backward_floats() // tokens ** 2))   # its _slices
+        return 2 * rows * tokens ** 2 * size
+    return attention_bytes(samples, n_heads, tokens) * size // 4
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Tensor:
@@ -224,7 +242,7 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     if kernel == "sliced":
         backward = x.requires_grad and torch.is_grad_enabled()
         return _Attention.apply(x, bias, n_heads,
-                                _Attention.BACKWARD_FLOATS if backward else _Attention.no_backward_floats())
+                                _Attention.BACKWARD_FLOATS if backward else _Attention.no_backward_floats(), backward)
     if kernel == "triton":
         return _triton("gpu_attention", "attention", "PREDLAB_GPU_ATTENTION")(x, bias, n_heads)
     B, T, width = x.shape
@@ -592,12 +610,10 @@ class TransformerPredator(nn.Module):
         if not samples:
             return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
         batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
-        from .config import attention_bytes, memory_problem
         B, T = batch["mask"].shape[0], batch["mask"].shape[1] + 3
-        fused = auto_attention_fused(p.device.type, p.dtype, self.config.d_model // self.config.n_heads)
-        need = attention_bytes(B, self.config.n_heads, T, fused, torch.get_num_threads(), backward=False)
-        problem = memory_problem([(f"attention over {T} tokens ({T - 3} boids) for {B} sample(s)",
-                                   need * p.element_size() // 4)],
+        need = forward_attention_bytes(B, self.config.n_heads, T, p.device.type, p.dtype,
+                                       self.config.d_model // self.config.n_heads)
+        problem = memory_problem([(f"attention over {T} tokens ({T - 3} boids) for {B} sample(s)", need)],
                                  f"{B} sample(s) of {T - 3} boids")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")

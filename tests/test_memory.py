@@ -142,15 +142,55 @@ def test_a_large_flock_on_a_cpu_is_counted_by_the_attention_kernel_it_runs(eight
     assert training_memory(tc, wc, ModelConfig()) is None
 
 
-def test_predict_counts_the_fused_kernels_buffers_not_every_samples_weights(one_gib):
-    """A batch of large flocks on the CPU: the fused kernel holds one sample's weights per thread."""
+def test_predict_counts_what_the_kernel_holds_not_every_samples_weights(one_gib):
+    """A batch of large flocks on the CPU: the fused kernel holds one sample's weights per thread, the
+    sliced kernel (float64, other head widths) one slice's: 40 samples of 1,000 boids were counted
+    1.2 GiB (2.4 in float64) and refused."""
     from predlab.data import BOID_KEYS, InputError
     from predlab.model import TransformerPredator
     sample = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
               "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 1000}
-    assert TransformerPredator().predict([sample] * 40).shape == (40, 2)     # counted 1.2 GiB before
-    with pytest.raises(InputError, match="attention over 1003 tokens .* predict fewer boids at a time"):
-        TransformerPredator().double().predict([sample] * 40)                  # float64: the sliced kernel
+    assert TransformerPredator().predict([sample] * 40).shape == (40, 2)
+    assert TransformerPredator().double().predict([sample] * 20).shape == (20, 2)       # counted 1.2 GiB before
+    with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
+        TransformerPredator().double().predict({**sample, "boids": sample["boids"] * 20})   # one slice: 26 GB
+
+
+NO_BACKWARD_PEAK = r"""
+import re, sys, torch
+from predlab.model import TransformerPredator
+
+
+def peak():
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+torch.set_num_threads(1)
+N, B = 500, 32
+g = torch.Generator().manual_seed(0)
+batch = {"context": torch.full((B, 2), 0.8, dtype=torch.float64), "predator": torch.zeros(B, 2, dtype=torch.float64),
+         "boids": (torch.rand(B, N, 4, generator=g, dtype=torch.float64) - 0.5) * 0.5,
+         "mask": torch.ones(B, N, dtype=torch.bool)}
+model = TransformerPredator().double().eval()
+with torch.no_grad():
+    model({k: v[:1] for k, v in batch.items()})
+    before = peak()
+    model(batch)
+print(peak() - before, B * 4 * (N + 3) ** 2 * 8)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_a_forward_without_backward_drops_each_slices_weights():
+    """The sliced kernel (float64 here) kept every slice's weights to the end of the layer even where no
+    backward follows (predict, evaluation, DAgger's student): 485 MB for 32 samples of 500 boids, whose
+    weights alone are 259 MB. It holds one slice's now: 112-178 MB in ten runs, the activations and the
+    allocator's slack included."""
+    out = subprocess.run([sys.executable, "-c", NO_BACKWARD_PEAK], capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"})
+    taken, weights = map(int, out.stdout.split())
+    assert taken < weights, (taken, weights)
 
 
 def test_a_containers_memory_limit_counts(tmp_path, monkeypatch):
