@@ -350,10 +350,10 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     backward); state: weights, their gradients and AdamW's two moments, plus each part's own
     gradients, summed after the parts. Measured on one whole batch in one forward at 2 threads, it
     took torch's attention, which training at 2 threads does not run: 77 MiB against the 99 the step
-    saves. What the step holds at its peak is more
-    (backward allocates while the saved tensors are held): peak_mib, from step_peak. Also the bench
-    process's peak resident set size (torch itself and every figure measured before this one), and
-    counted_mib: what predlab.train's memory check counts for the step and the model's state.
+    saves. What the step holds at its peak is more (backward allocates while the saved tensors are
+    held): peak_mib, from step_peak. Also the bench process's peak resident set size (torch itself and
+    every figure measured before this one), and counted_mib: what predlab.train's memory check counts
+    for the step and the model's state.
     """
     import threading
     rows = data.select(torch.arange(min(batch_size, len(data))))

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ModelConfig, as_config, memory_problem
+from .config import ModelConfig, as_config, attention_bytes, memory_problem
 
 try:  # numba kernels for float32 CPU tensors (GEGLU, attention); without numba, torch's ops
     from . import fastops
@@ -119,7 +119,7 @@ class _Attention(torch.autograd.Function):
             torch.bmm(v[s].transpose(1, 2), w.transpose(1, 2), out=yT[s])      # (w v)^T
             if keep:
                 ws.append(w)                                                    # (slice, T, T)
-            del w                     # else dropped here: every slice's weights at once were 2.2x the model's
+            del w                     # else dropped here, not held with every other slice's to the end
         ctx.save_for_backward(heads, *ws)
         ctx.dims = (B, T, H, hs, scale, floats)
         return _merge(yT.view(1, B, H, hs, T), fast)
@@ -186,7 +186,6 @@ def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type
     """Bytes, at most, that one layer's attention holds at once in a forward with no backward (predict),
     by the kernel attention("auto") takes: the fused kernel's buffers, or the sliced kernel's scores and
     weights of one slice, or (other kernels) every sample's."""
-    from .config import attention_bytes
     size = torch.empty(0, dtype=dtype).element_size()
     if auto_attention_fused(device_type, dtype, head_width):
         return attention_bytes(samples, n_heads, tokens, fused=True, threads=torch.get_num_threads(), backward=False)

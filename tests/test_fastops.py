@@ -300,3 +300,20 @@ def test_without_a_folder_for_numbas_cache_the_kernels_compile_each_start():
     r = subprocess.run([sys.executable, "-c", NO_CACHE_FOLDER], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["1", "1"]     # one warning a module, naming the way to keep the compiled kernels
+
+
+@pytest.mark.parametrize("choice", M.CPU_ATTENTION_KERNELS)
+def test_the_memory_checks_know_when_auto_takes_the_fused_kernel(monkeypatch, choice):
+    """predlab.config's checks count no [T, T] weights where auto_attention_fused says the fused kernel
+    runs: it must say so exactly where attention("auto") does run it, for each setting of
+    PREDLAB_CPU_ATTENTION, dtype and head width."""
+    ran = []
+    real = fastops.attention
+    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append(True) or real(*a))
+    monkeypatch.setattr(M, "CPU_ATTENTION", choice)
+    for dtype in (torch.float32, torch.float64):
+        for heads, width in ((4, 12), (3, 16)):
+            ran.clear()
+            x = torch.randn(2, 5, 3 * heads * width, dtype=dtype)
+            M.attention(x, torch.zeros(2, 1, 1, 5, dtype=dtype), heads)
+            assert bool(ran) == M.auto_attention_fused("cpu", dtype, width), (choice, dtype, width)
