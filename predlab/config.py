@@ -516,12 +516,13 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     Counts what it holds at once, at worst (episodes that run all their frames): samples, the
     model and its optimizer, one step's activations, the catch evaluation's episodes. On a CUDA
     device all of it is counted against the GPU's memory, and the samples (generated on the
-    host, then moved) against the host's too.
+    host, then moved) against the host's too. device: a torch.device or its name (None: the CPU).
     """
+    import torch
+    device = torch.device("cpu" if device is None else device)
     needs = _training_needs(tc, wc, mc, device)
-    if device is not None and getattr(device, "type", None) == "cuda":
+    if device.type == "cuda":
         # samples are generated in host memory and moved to the GPU, where everything else is
-        import torch
         host = [n for n in needs if not n[0].startswith(("the model", "a training step", "the catch evaluation"))]
         name = torch.cuda.get_device_name(device)
         return (memory_problem(host)
@@ -536,7 +537,7 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     from .model import auto_attention_fused     # (model imports this module)
     # on a CPU the browser's model takes the fused attention, which keeps no [T, T] weights: a step then
     # grows with the flock, not its square (1,000 boids at batch 256 was refused for 25 GiB of them)
-    fused = auto_attention_fused(getattr(device, "type", "cpu"), torch.float32, mc.d_model // mc.n_heads)
+    fused = auto_attention_fused(torch.device(device or "cpu").type, torch.float32, mc.d_model // mc.n_heads)
     sb = sample_bytes(wc.boids_max)
     fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
     epoch = fresh * sb

@@ -86,6 +86,7 @@ def test_on_a_gpu_the_step_is_counted_against_the_gpus_memory(one_gib, monkeypat
     big_batch = TrainConfig(batch_size=16384)
     assert "a training step's activations" in training_memory(big_batch, wc, mc)          # on this CPU
     assert training_memory(big_batch, wc, mc, cuda) is None
+    assert training_memory(big_batch, wc, mc, "cuda") is None             # a device's name, as create_trainer takes
     assert "validation samples" in training_memory(TrainConfig(val_episodes=10 ** 6), wc, mc, cuda)   # the host
     monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 50)     # a large host: the samples reach the GPU
     # (a batch is at most the samples trained on: 6,000 episodes make 1.2 million)
