@@ -397,7 +397,7 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
         # with glibc's malloc left idle), and "peak 0.0 MiB" read as a figure
         peak = None
     mc = tr.model.config
-    fused = model_module.auto_attention_fused("cpu", torch.float32, mc.d_model // mc.n_heads)
+    fused = model_module.auto_attention_kernel("cpu", torch.float32, mc.d_model // mc.n_heads, True) == "fused"
     counted = step_bytes_training(len(rows), mc, int(rows.n.max()), fused, threads) + 4 * params   # 16 B a weight
     return {"activations_mib": saved[0] / mib, "state_mib": state / mib, "total_mib": (saved[0] + state) / mib,
             "counted_mib": counted / mib,

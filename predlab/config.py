@@ -534,10 +534,11 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
 def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
     """(description, bytes) of what training_memory counts, training on `device` (None: the CPU)."""
     import torch
-    from .model import auto_attention_fused     # (model imports this module)
+    from .model import auto_attention_kernel     # (model imports this module)
     # on a CPU the browser's model takes the fused attention, which keeps no [T, T] weights: a step then
     # grows with the flock, not its square (1,000 boids at batch 256 was refused for 25 GiB of them)
-    fused = auto_attention_fused(torch.device(device or "cpu").type, torch.float32, mc.d_model // mc.n_heads)
+    fused = auto_attention_kernel(torch.device(device or "cpu").type, torch.float32, mc.d_model // mc.n_heads,
+                                  backward=True) == "fused"
     sb = sample_bytes(wc.boids_max)
     fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
     epoch = fresh * sb

@@ -174,11 +174,27 @@ CPU_ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math")
 TRITON_ATTENTION_MAX_TOKENS = 64
 
 
-def auto_attention_fused(device_type: str, dtype: torch.dtype, head_width: int) -> bool:
-    """Whether attention(kernel="auto") takes the fused kernel, which keeps no [T, T] weights, for a
-    model on this device type, of this dtype and head width: what the memory checks count."""
-    return (fastops is not None and device_type == "cpu" and dtype == torch.float32
-            and head_width == fastops.ATTENTION_HEAD and CPU_ATTENTION in ("auto", "fused"))
+def auto_attention_kernel(device_type: str, dtype: torch.dtype, head_width: int, backward: bool) -> str:
+    """The kernel attention(kernel="auto") runs for qkv on this device type, of this dtype and head
+    width, with or without a backward to follow, at the threads set now. The memory checks count by it
+    too: the fused kernel keeps no [T, T] weights."""
+    if device_type != "cpu":
+        return GPU_ATTENTION
+    fused_runs = fastops is not None and dtype == torch.float32 and head_width == fastops.ATTENTION_HEAD
+    if CPU_ATTENTION != "auto":
+        if CPU_ATTENTION not in CPU_ATTENTION_KERNELS:
+            raise ValueError(f"PREDLAB_CPU_ATTENTION={CPU_ATTENTION!r}: use one of {', '.join(CPU_ATTENTION_KERNELS)}")
+        if CPU_ATTENTION != "fused" or fused_runs:
+            return CPU_ATTENTION
+    if fused_runs:
+        # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-12 ms
+        # against the sliced kernel's 11-18 and SDPA's 11-16; on par with SDPA on 2 threads (NOTES.md)
+        return "fused"
+    if torch.get_num_threads() > 1 and backward:
+        # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
+        # backward on 2 threads ran 1.1-2x faster in SDPA (a training step unsplit, --cpu_split 1: 12-24%)
+        return "sdpa"
+    return "sliced"
 
 
 def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type: str, dtype: torch.dtype,
@@ -187,9 +203,10 @@ def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type
     by the kernel attention("auto") takes: the fused kernel's buffers, or the sliced kernel's scores and
     weights of one slice, or (other kernels) every sample's."""
     size = torch.empty(0, dtype=dtype).element_size()
-    if auto_attention_fused(device_type, dtype, head_width):
+    kernel = auto_attention_kernel(device_type, dtype, head_width, backward=False)
+    if kernel == "fused":
         return attention_bytes(samples, n_heads, tokens, fused=True, threads=torch.get_num_threads(), backward=False)
-    if device_type == "cpu" and CPU_ATTENTION in ("auto", "fused", "sliced"):
+    if kernel == "sliced" and device_type == "cpu":
         rows = min(samples * n_heads, max(16, _Attention.no_backward_floats() // tokens ** 2))   # its _slices
         return 2 * rows * tokens ** 2 * size
     return attention_bytes(samples, n_heads, tokens) * size // 4
@@ -208,25 +225,10 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     environment variable PREDLAB_CPU_ATTENTION sets one; GPU_ATTENTION elsewhere, which
     PREDLAB_GPU_ATTENTION sets). Same maths.
     """
-    fused_runs = fastops is not None and fastops.attention_supports(x, n_heads)
-    if kernel == "auto" and x.device.type == "cpu" and CPU_ATTENTION != "auto":
-        if CPU_ATTENTION not in CPU_ATTENTION_KERNELS:
-            raise ValueError(f"PREDLAB_CPU_ATTENTION={CPU_ATTENTION!r}: use one of {', '.join(CPU_ATTENTION_KERNELS)}")
-        if CPU_ATTENTION != "fused" or fused_runs:
-            kernel = CPU_ATTENTION
     if kernel == "auto":
-        if x.device.type != "cpu":
-            kernel = GPU_ATTENTION
-        elif fused_runs:
-            # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-12 ms
-            # against the sliced kernel's 11-18 and SDPA's 11-16; on par with SDPA on 2 threads (NOTES.md)
-            kernel = "fused"
-        elif torch.get_num_threads() > 1 and x.requires_grad and torch.is_grad_enabled():
-            # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
-            # backward on 2 threads ran 1.1-2x faster in SDPA (a training step unsplit, --cpu_split 1: 12-24%)
-            kernel = "sdpa"
-        else:
-            kernel = "sliced"
+        width = 3 * n_heads
+        kernel = auto_attention_kernel(x.device.type, x.dtype, x.shape[-1] // width if x.shape[-1] % width == 0 else 0,
+                                       x.requires_grad and torch.is_grad_enabled())
     if kernel not in ATTENTION_KERNELS[1:]:
         raise ValueError(f"attention kernel {kernel!r} (PREDLAB_GPU_ATTENTION?): use one of "
                          f"{', '.join(ATTENTION_KERNELS[1:])}")

@@ -303,17 +303,27 @@ def test_without_a_folder_for_numbas_cache_the_kernels_compile_each_start():
 
 
 @pytest.mark.parametrize("choice", M.CPU_ATTENTION_KERNELS)
-def test_the_memory_checks_know_when_auto_takes_the_fused_kernel(monkeypatch, choice):
-    """predlab.config's checks count no [T, T] weights where auto_attention_fused says the fused kernel
-    runs: it must say so exactly where attention("auto") does run it, for each setting of
-    PREDLAB_CPU_ATTENTION, dtype and head width."""
+def test_the_memory_checks_know_which_kernel_auto_takes(monkeypatch, choice):
+    """predlab.config's checks count no [T, T] weights where auto_attention_kernel names the fused kernel,
+    and predict one slice where it names the sliced one: it must name the kernel attention("auto") runs,
+    for each setting of PREDLAB_CPU_ATTENTION, dtype, head width, threads and backward."""
     ran = []
-    real = fastops.attention
-    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append(True) or real(*a))
+    real_sdpa, real_sliced, real_fused = M.F.scaled_dot_product_attention, M._Attention.apply, fastops.attention
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: ran.append("sdpa") or real_sdpa(*a, **k))
+    monkeypatch.setattr(M._Attention, "apply", lambda *a: ran.append("sliced") or real_sliced(*a))
+    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append("fused") or real_fused(*a))
     monkeypatch.setattr(M, "CPU_ATTENTION", choice)
-    for dtype in (torch.float32, torch.float64):
-        for heads, width in ((4, 12), (3, 16)):
-            ran.clear()
-            x = torch.randn(2, 5, 3 * heads * width, dtype=dtype)
-            M.attention(x, torch.zeros(2, 1, 1, 5, dtype=dtype), heads)
-            assert bool(ran) == M.auto_attention_fused("cpu", dtype, width), (choice, dtype, width)
+    old = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for dtype in (torch.float32, torch.float64):
+                for heads, width in ((4, 12), (3, 16)):
+                    for backward in (False, True):
+                        ran.clear()
+                        x = torch.randn(2, 5, 3 * heads * width, dtype=dtype, requires_grad=backward)
+                        M.attention(x, torch.zeros(2, 1, 1, 5, dtype=dtype), heads)
+                        want = M.auto_attention_kernel("cpu", dtype, width, backward)
+                        assert ran == ([] if want == "math" else [want]), (choice, threads, dtype, width, backward)
+    finally:
+        torch.set_num_threads(old)
