@@ -9,6 +9,16 @@ import pytest
 from predlab import config
 from predlab.config import TrainConfig, WorldConfig
 
+# the head of the scripts below, each run in a process of its own: /proc/self/status's figures in bytes, VmRSS
+# and VmHWM (the peak RSS; ru_maxrss would carry the parent's across fork and exec)
+PROC_STATUS = r"""
+import re
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+"""
 TINY = ["--train_episodes", "6", "--val_episodes", "3", "--frames", "12", "--boids_max", "12", "--quiet"]
 
 
@@ -54,14 +64,20 @@ def test_create_trainer_refuses_before_generating(one_gib):
         create_trainer(val_episodes=10 ** 8, verbose=False, device="cpu")
 
 
+def flock(boids: int) -> dict:
+    """A structured input (the browser's form) of `boids` boids."""
+    from predlab.data import BOID_KEYS
+    return {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
+            "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * boids}
+
+
 def test_evaluation_and_predict_refuse_what_cannot_fit(one_gib):
-    from predlab.data import BOID_KEYS, InputError
+    from predlab.data import InputError
     from predlab.evaluate import rollout
     from predlab.model import TransformerPredator
     with pytest.raises(ValueError, match="10000000 episodes would need about .* evaluate fewer episodes"):
         rollout("teacher", episodes=10 ** 7, frames=1)
-    sample = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
-              "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 20000}
+    sample = flock(20000)
     with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
         TransformerPredator().predict(sample)
     assert TransformerPredator().predict({**sample, "boids": sample["boids"][:50]}).shape == (2,)
@@ -147,24 +163,18 @@ def test_predict_counts_what_the_kernel_holds_not_every_samples_weights(one_gib)
     """A batch of large flocks on the CPU: the fused kernel holds one sample's weights per thread, the
     sliced kernel (float64, other head widths) one slice's: 40 samples of 1,000 boids were counted
     1.2 GiB (2.4 in float64) and refused."""
-    from predlab.data import BOID_KEYS, InputError
+    from predlab.data import InputError
     from predlab.model import TransformerPredator
-    sample = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
-              "boids": [dict(zip(BOID_KEYS, [0.1, 0.1, 0.0, 0.0]))] * 1000}
+    sample = flock(1000)
     assert TransformerPredator().predict([sample] * 40).shape == (40, 2)
     assert TransformerPredator().double().predict([sample] * 20).shape == (20, 2)       # counted 1.2 GiB before
     with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
         TransformerPredator().double().predict({**sample, "boids": sample["boids"] * 20})   # one slice: 26 GB
 
 
-NO_BACKWARD_PEAK = r"""
-import re, sys, torch
+NO_BACKWARD_PEAK = PROC_STATUS + r"""
+import sys, torch
 from predlab.model import TransformerPredator
-
-
-def peak():
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
 torch.set_num_threads(1)
@@ -176,9 +186,9 @@ batch = {"context": torch.full((B, 2), 0.8, dtype=torch.float64), "predator": to
 model = TransformerPredator().double().eval()
 with torch.no_grad():
     model({k: v[:1] for k, v in batch.items()})
-    before = peak()
+    before = status("VmHWM")
     model(batch)
-print(peak() - before, B * 4 * (N + 3) ** 2 * 8)
+print(status("VmHWM") - before, B * 4 * (N + 3) ** 2 * 8)
 """
 
 
@@ -232,27 +242,22 @@ def test_a_limit_on_the_process_group_or_one_above_it_counts(tmp_path):
     assert limit(["garbage", "0::/"], {}) is None
 
 
-STEP_PEAK = r"""
-import re, sys, torch
+STEP_PEAK = PROC_STATUS + r"""
+import sys, torch
 from predlab import evaluate
 from predlab.config import WorldConfig
 from predlab.sim import World
 
 
-def peak():      # this process's peak RSS; ru_maxrss would carry the parent's across fork and exec
-    with open("/proc/self/status") as f:
-        return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
-
-
 E, N = int(sys.argv[1]), int(sys.argv[2])
 world = World.random(E, WorldConfig(), generator=torch.Generator().manual_seed(0), n_boids=N)
-before = peak()
+before = status("VmHWM")
 for _ in range(2):
     world.step(torch.zeros(E, 2))
 counted = []
 evaluate.memory_problem = lambda needs, *a, **k: counted.append(sum(b for _, b in needs))
 evaluate.episodes_memory_problem(E, N)
-print((peak() - before) / E, counted[0] / E)
+print((status("VmHWM") - before) / E, counted[0] / E)
 """
 
 
@@ -271,16 +276,11 @@ def test_the_evaluation_check_counts_what_a_world_step_takes(n):
     assert 0.85 * counted < taken <= counted, (taken, counted)
 
 
-TRAINING_PEAK = r"""
-import re, sys, torch
+TRAINING_PEAK = PROC_STATUS + r"""
+import sys, torch
 from predlab import bench
 from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
 from predlab.data import rollout_chunk
-
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
 N, B = int(sys.argv[1]), int(sys.argv[2])
@@ -312,16 +312,11 @@ def test_a_cpu_training_step_takes_what_its_check_counts(boids, batch):
     assert 0.6 * counted < taken <= counted, (taken, counted)
 
 
-DAGGER_PEAK = r"""
-import re, sys
+DAGGER_PEAK = PROC_STATUS + r"""
+import sys
 from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
 from predlab.dagger import DaggerSource
 from predlab.data import EpisodeGenerator
-
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
 episodes, world = int(sys.argv[1]), WorldConfig()
@@ -347,15 +342,10 @@ def test_dagger_epochs_take_what_the_check_counts_for_their_samples():
     assert 0.5 * counted < taken <= 1.25 * counted, (taken, counted)
 
 
-GENERATION_PEAK = r"""
-import re, sys
+GENERATION_PEAK = PROC_STATUS + r"""
+import sys
 from predlab import data
 from predlab.config import WorldConfig
-
-
-def status(key):
-    with open("/proc/self/status") as f:
-        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
 
 
 counted = []
