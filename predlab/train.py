@@ -2384,7 +2384,7 @@ def default_callbacks(tc: TrainConfig) -> List[Callback]:
 
 def main(argv=None) -> int:
     try:    # (a Ctrl-C as the SIGTERM handler is put in place; first, so that none lands outside it)
-        began: List[bool] = []     # _main's run has begun: a Ctrl-C that gets here came as it ended
+        began: List[bool] = []     # _run's handling has begun: a Ctrl-C that gets here came as it ended
         with command_line():     # a SIGTERM (a scheduler, `timeout`, `kill`) stops the run as a Ctrl-C does
             return _main(argv, began)
     except KeyboardInterrupt as e:
@@ -2406,17 +2406,19 @@ def _main(argv, began: List[bool]) -> int:
         word, code = stop_words(e)
         print(f"\n{word} before training began: nothing was written", file=sys.stderr)
         return code
-    began.append(True)
     try:
         _say(notes)
-        code = _run(tc, mc, wc, schedule)
+        code = _run(tc, mc, wc, schedule, began)
     except BrokenPipeError:    # stdout's reader has gone (`| head`) at a line before training began
         silence_stdout()
         print("stdout was closed (broken pipe) before training began: nothing was written", file=sys.stderr)
         return PIPE_CLOSED
     except KeyboardInterrupt as e:    # a second one, while the run stopped after a first: at once
         word, code = stop_words(e)
-        print(f"\n{word} again: stopped at once; the files written so far are whole", file=sys.stderr)
+        if not began:    # a first one, in the notes or on the way into _run: before it handles its own
+            print(f"\n{word} before training began: nothing was written", file=sys.stderr)
+        else:
+            print(f"\n{word} again: stopped at once; the files written so far are whole", file=sys.stderr)
         return code
     finally:
         # a run refused before it wrote anything (a --resume whose state does not fit this trainer) left a new
@@ -2443,14 +2445,16 @@ def _remove_if_only_lock(d: Path) -> bool:
         return False        # kept as it is: a folder left empty is harmless
 
 
-def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping) -> int:
-    """main's training and export, in a checkpoint folder it holds the lock of."""
+def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, began: List[bool]) -> int:
+    """main's training and export, in a checkpoint folder it holds the lock of; appends to `began` once
+    it handles a Ctrl-C itself."""
     def stopped(e: KeyboardInterrupt) -> int:
         word, code = stop_words(e)
         print(f"\n{word} before training began: nothing was written, and the files in {tc.checkpoint_dir} "
               f"are where they were", file=sys.stderr)
         return code
     try:     # the validation episodes take a while (50 of them, seconds; more, minutes)
+        began.append(True)
         # reads init_weights again: the file as it is now; the checkpoint is loaded below, where its errors are told
         trainer = create_trainer(model_config=mc, world_config=wc, train_config=dataclasses.replace(tc, resume=None),
                                  callbacks=default_callbacks(tc), verbose=True)

@@ -851,6 +851,21 @@ def test_a_ctrl_c_before_training_begins_is_a_message_and_exit_130_not_a_traceba
         assert not (tmp_path / "checkpoints" / "best_model.pt").exists()
 
 
+def test_a_ctrl_c_on_the_way_into_the_run_is_a_first_one_not_again(tmp_path, monkeypatch, capsys):
+    """Between taking the folder's lock and the run's own handling (its notes, the call into it) a first
+    Ctrl-C was reported as a second one, "interrupted again: stopped at once"."""
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "_say", interrupted)
+    assert train.main(SMALL) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before training began: nothing was written" in err and "again" not in err
+    assert not (tmp_path / "checkpoints").exists()       # the folder it made for the lock is gone
+
+
 def test_turning_dagger_on_when_resuming_a_run_without_it_gives_no_warning_about_missing_samples(
         tmp_path, monkeypatch, capsys, library_checkpoint):
     """An epoch checkpoint of a --no-dagger run holds no DAgger samples because that run made none:
