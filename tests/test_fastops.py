@@ -226,17 +226,24 @@ def test_auto_attention_takes_the_fused_kernel_for_the_browsers_heads_in_float32
     assert not fastops.attention_supports(x, 2) and fastops.attention_supports(x, 4)
 
 
+def kernels_run(monkeypatch) -> list:
+    """The names of the CPU attention kernels that run from here on ("sdpa", "sliced", "fused"; "math" runs
+    none of them), appended as each runs."""
+    ran = []
+    real_sdpa, real_sliced, real_fused = M.F.scaled_dot_product_attention, M._Attention.apply, fastops.attention
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: ran.append("sdpa") or real_sdpa(*a, **k))
+    monkeypatch.setattr(M._Attention, "apply", lambda *a: ran.append("sliced") or real_sliced(*a))
+    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append("fused") or real_fused(*a))
+    return ran
+
+
 @pytest.mark.parametrize("choice,want", [("sliced", ["sliced", "sliced"]), ("sdpa", ["sdpa", "sdpa"]),
                                          ("math", []), ("fused", ["fused", "sliced"])])
 def test_predlab_cpu_attention_picks_the_cpu_kernel(monkeypatch, choice, want):
     """PREDLAB_CPU_ATTENTION takes another CPU kernel than auto's, for a machine where the bench finds it
     faster; "fused" where the fused kernel does not run (float64 here) leaves the choice to auto. The
     values agree whichever runs."""
-    ran = []
-    real_sdpa, real_sliced, real_fused = M.F.scaled_dot_product_attention, M._Attention.apply, fastops.attention
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: ran.append("sdpa") or real_sdpa(*a, **k))
-    monkeypatch.setattr(M._Attention, "apply", lambda *a: ran.append("sliced") or real_sliced(*a))
-    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append("fused") or real_fused(*a))
+    ran = kernels_run(monkeypatch)
     monkeypatch.setattr(M, "CPU_ATTENTION", choice)
     x, bias, _, _ = _attention_case(4, 9, seed=9)
     old = torch.get_num_threads()
@@ -307,11 +314,7 @@ def test_the_memory_checks_know_which_kernel_auto_takes(monkeypatch, choice):
     """predlab.config's checks count no [T, T] weights where auto_attention_kernel names the fused kernel,
     and predict one slice where it names the sliced one: it must name the kernel attention("auto") runs,
     for each setting of PREDLAB_CPU_ATTENTION, dtype, head width, threads and backward."""
-    ran = []
-    real_sdpa, real_sliced, real_fused = M.F.scaled_dot_product_attention, M._Attention.apply, fastops.attention
-    monkeypatch.setattr(M.F, "scaled_dot_product_attention", lambda *a, **k: ran.append("sdpa") or real_sdpa(*a, **k))
-    monkeypatch.setattr(M._Attention, "apply", lambda *a: ran.append("sliced") or real_sliced(*a))
-    monkeypatch.setattr(fastops, "attention", lambda *a: ran.append("fused") or real_fused(*a))
+    ran = kernels_run(monkeypatch)
     monkeypatch.setattr(M, "CPU_ATTENTION", choice)
     old = torch.get_num_threads()
     try:
