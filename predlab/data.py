@@ -164,6 +164,14 @@ def check_batch(batch: Mapping[str, Tensor]) -> None:
             raise InputError(f"batch[{k!r}] contains NaN or infinity")
 
 
+def all_finite(t: Tensor, elements: int = 1 << 22) -> bool:
+    """torch.isfinite(t).all(), in slices of about `elements` elements along the first dimension: over
+    the whole tensor at once it makes a copy and a mask beside it (a 10,000-episode validation set's
+    check took 1.7x the set again)."""
+    rows = max(1, elements // max(1, t[0].numel())) if t.dim() and len(t) else 1
+    return all(bool(torch.isfinite(part).all()) for part in (t.split(rows) if t.dim() else (t,)))
+
+
 # ---------------------------------------------------------------------- sample storage
 @dataclass
 class SampleSet:
@@ -218,7 +226,7 @@ class SampleSet:
         if S and (int(self.n.min()) < 0 or int(self.n.max()) > self.boids.shape[1]):
             raise InputError(f"{name}.n has boid counts outside 0..{self.boids.shape[1]}")
         for k in ("context", "predator", "boids", "target"):
-            if not torch.isfinite(getattr(self, k)).all():
+            if not all_finite(getattr(self, k)):
                 raise InputError(f"{name}.{k} contains NaN or infinity")
 
     @classmethod
