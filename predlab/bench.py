@@ -26,8 +26,8 @@ except ImportError:       # Windows: no getrusage
 import torch
 import torch.nn.functional as F
 
-from .config import (FlagParser, ModelConfig, WorldConfig, bounded_number, memory_problem, sample_bytes,
-                     step_bytes_training, strict_json)
+from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, _training_work, bounded_number,
+                     memory_problem, sample_bytes, step_bytes_training, strict_json)
 from .data import EpisodeGenerator, SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .evaluate import ModelPolicy
 from . import model as model_module
@@ -396,9 +396,10 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
         # below what the step saves: the count is not of this process's tensors (jemalloc or tcmalloc preloaded,
         # with glibc's malloc left idle), and "peak 0.0 MiB" read as a figure
         peak = None
-    mc = tr.model.config
-    fused = model_module.auto_attention_kernel("cpu", torch.float32, mc.d_model // mc.n_heads, True) == "fused"
-    counted = step_bytes_training(len(rows), mc, int(rows.n.max()), fused, threads) + 4 * params   # 16 B a weight
+    step = next(b for d, b in _training_work(TrainConfig(batch_size=len(rows), threads=threads, cpu_split=cpu_split),
+                                             WorldConfig(boids_max=int(rows.n.max())), tr.model.config)
+                if d.startswith("a training step"))
+    counted = step + 4 * params   # 16 B a weight
     return {"activations_mib": saved[0] / mib, "state_mib": state / mib, "total_mib": (saved[0] + state) / mib,
             "counted_mib": counted / mib,
             "peak_mib": None if peak is None else peak / mib, "peak_steps": steps,

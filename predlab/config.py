@@ -468,9 +468,12 @@ def attention_bytes(samples: int, n_heads: int, tokens: int, fused: bool = False
                     backward: bool = True) -> int:
     """Bytes of one layer's attention for `samples` samples of `tokens` tokens: their float32 scores and
     weights, or, where predlab.fastops' fused kernel runs (`fused`), which keeps neither, its buffers: one
-    sample's [T, T] weights per thread, and their gradients with a backward."""
+    sample's [T, T] weights per thread, and with a backward their gradients and as much again: a buffer
+    under glibc's largest mmap threshold (32 MiB) is freed into the thread's own arena, which holds it
+    (16 parts of one 2,000-boid row side by side took 810 MiB where their two buffers each and the
+    activations came to 793)."""
     if fused:
-        return threads * (2 if backward else 1) * 4 * tokens * (tokens + 16)
+        return threads * (3 if backward else 1) * 4 * tokens * (tokens + 16)
     return 2 * 4 * samples * n_heads * tokens ** 2
 
 
@@ -483,7 +486,7 @@ def step_bytes_training(batch: int, mc: "ModelConfig", boids_max: int, fused: bo
 
     Measured in the process's peak RSS over an epoch of batches split in two parts on 2 threads, as
     training runs it, with the fused kernel (tests/test_memory.py): 110 MB at batch 256 x 50 boids
-    (counted 133), 291 at 128 x 300 (381), 481 at 64 x 1,000 (645); with the sliced kernel, which
+    (counted 133), 291 at 128 x 300 (382), 481 at 64 x 1,000 (653); with the sliced kernel, which
     keeps the weights, 762-773 at 128 x 300 (1,508)."""
     d, f, T = mc.d_model, mc.ffn_hidden, boids_max + 3
     terms = (mc.n_layers * (8 * d + 3 * f) + 3 * d + 3 * f) * batch * T * 4
@@ -523,7 +526,8 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     needs = _training_needs(tc, wc, mc, device)
     if device.type == "cuda":
         # samples are generated in host memory and moved to the GPU, where everything else is
-        host = [n for n in needs if not n[0].startswith(("the model", "a training step", "the catch evaluation"))]
+        host = [n for n in needs if not n[0].startswith(("the model", "a training step", "the catch evaluation",
+                                                         "validation's forwards"))]
         name = torch.cuda.get_device_name(device)
         return (memory_problem(host)
                 or memory_problem(needs, have=torch.cuda.get_device_properties(device).total_memory,
@@ -531,38 +535,76 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     return memory_problem(needs)
 
 
+def _kept_samples(tc: "TrainConfig", wc: WorldConfig) -> Tuple[int, int]:
+    """(an epoch's fresh samples, the samples trained on in an epoch), at most. --batch_size and
+    --dagger_buffer are limits: no batch is larger than the samples trained on, and no buffer holds more
+    than the run makes (a "keep everything" 10**8 asked for 77 GiB)."""
+    fresh = tc.train_episodes * wc.frames
+    if not tc.dagger:
+        return fresh, fresh
+    return fresh, (max(fresh, min(tc.dagger_buffer, tc.epochs * fresh)) if tc.dagger_buffer else 2 * fresh)
+
+
 def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
-    """(description, bytes) of what training_memory counts, training on `device` (None: the CPU)."""
-    import torch
-    from .model import auto_attention_kernel     # (model imports this module)
-    # on a CPU the browser's model takes the fused attention, which keeps no [T, T] weights: a step then
-    # grows with the flock, not its square (1,000 boids at batch 256 was refused for 25 GiB of them)
-    fused = auto_attention_kernel(torch.device(device or "cpu").type, torch.float32, mc.d_model // mc.n_heads,
-                                  backward=True) == "fused"
+    """(description, bytes) of what training_memory counts, training on `device` (None: the CPU): what is
+    held through the run, and the largest of what its phases take in turn (_training_work)."""
     sb = sample_bytes(wc.boids_max)
-    fresh = tc.train_episodes * wc.frames                 # an epoch's samples, at most
+    fresh, kept = _kept_samples(tc, wc)
     epoch = fresh * sb
     d, f, L = mc.d_model, mc.ffn_hidden, mc.n_layers
     params = L * (4 * d * d + 3 * d * f) + 10 * d
-    # --batch_size and --dagger_buffer are limits: no batch is larger than the samples trained on, and
-    # no buffer holds more than the run makes (a "keep everything" 10**8 asked for 77 GiB)
-    kept = fresh
-    if tc.dagger:
-        kept = max(fresh, min(tc.dagger_buffer, tc.epochs * fresh)) if tc.dagger_buffer else 2 * fresh
-    batch = min(tc.batch_size, kept)
     needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
-             (f"a training step's activations (--batch_size x --boids_max{'' if fused else ' squared'})",
-              step_bytes_training(batch, mc, wc.boids_max, fused, tc.threads or torch.get_num_threads()))]
+             max(_training_work(tc, wc, mc, device), key=lambda w: w[1])]
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))
-    if tc.eval_every:
-        from .sim import step_bytes     # (sim imports this module)
-        needs.append(("the catch evaluation's episodes (--eval_episodes x --boids_max squared)",
-                      step_bytes(tc.eval_episodes, wc.boids_max)))
     return needs
+
+
+def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
+    """(description, bytes) of what a training run's phases take beside its samples and model, one phase
+    at a time: a training step, validation's forwards, the model's forwards driving DAgger's episodes,
+    the catch evaluation."""
+    import torch
+    # (these modules import this one)
+    from .data import usable_cpus
+    from .evaluate import policy_forward_bytes, rollout_in_kernels, rollout_step_bytes
+    from .model import auto_attention_kernel, forward_bytes, keeps_square
+    from .train import split_parts_for, validation_rows
+    dev = torch.device(device or "cpu")
+    d = mc.d_model
+    batch = min(tc.batch_size, _kept_samples(tc, wc)[1])
+    # the step as the trainer runs it: on a CPU a batch split in parts side by side, each on one thread,
+    # and the attention kernel chosen there; the browser's model takes the fused attention, which keeps no
+    # [T, T] weights, so a step grows with the flock, not its square (1,000 boids at batch 256 was refused
+    # for 25 GiB of them). Threads past the CPUs are not used (--threads 128 counted 128 kernels' buffers).
+    threads = min(tc.threads or torch.get_num_threads(), usable_cpus())
+    parts = split_parts_for(tc.cpu_split, batch, threads) if dev.type == "cpu" else 1
+    on_thread = 1 if parts > 1 else threads
+    kernel = auto_attention_kernel(dev.type, torch.float32, d // mc.n_heads, backward=True, threads=on_thread)
+    square = keeps_square(kernel, dev.type)
+    side = f" in {parts} parts side by side (--cpu_split)" if tc.cpu_split and parts > threads else ""
+    work = [(f"a training step's activations (--batch_size x --boids_max{' squared' if square else ''}){side}",
+             step_bytes_training(batch, mc, wc.boids_max, not square, max(parts, on_thread)))]
+    # then, not at the same time: validation's forwards (parts side by side too), the student's (DAgger)
+    # and the catch evaluation's, with the evaluation's episodes
+    T, val = wc.boids_max + 3, tc.val_episodes * wc.frames
+    val_rows = min(validation_rows(tc.batch_size, T), val)
+    work.append((f"validation's forwards (--batch_size x --boids_max){side}",
+                 min(parts, -(-val // max(val_rows, 1))) * forward_bytes(val_rows, T, mc, dev.type, torch.float32,
+                                                                         on_thread)))
+    driven = max(tc.train_episodes if tc.dagger else 0, tc.eval_episodes if tc.eval_every else 0)
+    if driven:
+        work.append(("the model's forwards driving episodes (DAgger's, the catch evaluation's; --boids_max)",
+                     policy_forward_bytes(mc, driven, wc.boids_max, dev)))
+    if tc.eval_every:
+        work.append((f"the catch evaluation's episodes (--eval_episodes x --boids_max"
+                     f"{'' if rollout_in_kernels(dev) else ' squared'}) and the model's forwards that drive them",
+                     rollout_step_bytes(tc.eval_episodes, wc.boids_max, dev)
+                     + policy_forward_bytes(mc, tc.eval_episodes, wc.boids_max, dev)))
+    return work
 
 
 class FlagParser(argparse.ArgumentParser):

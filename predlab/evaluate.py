@@ -44,7 +44,7 @@ from .config import (BROWSER_SIZES, MAX_FRAMES, SEED_MAX, FlagParser, WorldConfi
                      resolve_device, strict_json, whole_number)
 from .data import NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
 from .export import say
-from .model import TransformerPredator, check_has_weights
+from .model import TransformerPredator, check_has_weights, forward_bytes
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
 from .train import AUTO_SPLIT_MAX, EVAL_STREAM, Callback, _split_pool, on_split_thread
@@ -91,10 +91,60 @@ def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:
     return closest_pursuit(batch["boids"], batch["mask"])
 
 
-def episodes_memory_problem(episodes: int, boids_max: int) -> Optional[str]:
-    """Why `episodes` episodes of up to boids_max boids, stepped together, cannot fit in memory, or None."""
-    return memory_problem([(f"{episodes} episodes of up to {boids_max} boids stepped together",
-                            step_bytes(episodes, boids_max))], f"{episodes} episodes")
+def _device(device) -> torch.device:
+    """A torch.device as it is (a training check's, for a GPU that may not be here), or one named."""
+    return device if isinstance(device, torch.device) else as_device(device)
+
+
+def kernel_step_bytes(episodes: int, boids_max: int) -> int:
+    """Bytes, about, of stepping `episodes` episodes in predlab.fastsim's kernels (a CPU's rollout): the
+    World drawn and the kernels' copy of it, their scratch and each frame's observation, [E, N] terms
+    only; the kernels make no [E, N, N] planes. Measured (peak RSS, a teacher's rollout): 90-140 bytes a
+    boid and 1.5-3 KB an episode, from 10 boids x 20,000 episodes to 2,000 x 64."""
+    return episodes * (160 * boids_max + 2048)
+
+
+def rollout_in_kernels(device="cpu") -> bool:
+    """Whether rollout steps its episodes on `device` in predlab.fastsim's kernels (a CPU, numba there)
+    rather than in the torch World."""
+    return _device(device).type == "cpu" and fastsim is not None
+
+
+def rollout_step_bytes(episodes: int, boids_max: int, device="cpu") -> int:
+    """Bytes of stepping `episodes` episodes together as rollout does on `device`: in predlab.fastsim's
+    kernels on a CPU, the torch World's step elsewhere (sim.step_bytes: its [E, N, N] planes)."""
+    return (kernel_step_bytes if rollout_in_kernels(device) else step_bytes)(episodes, boids_max)
+
+
+def policy_forward_bytes(config, episodes: int, boids_max: int, device="cpu", dtype=torch.float32) -> int:
+    """Bytes, at most, that ModelPolicy's forwards of a model of this ModelConfig hold at once over a frame
+    of `episodes` flocks of up to boids_max boids: on a CPU, up to AUTO_SPLIT_MAX chunks side by side on
+    one thread each, of at most MODEL_CHUNK flocks and about MODEL_CHUNK_TOKENS tokens (plan_chunks);
+    elsewhere one chunk of MODEL_CHUNK flocks at a time."""
+    T, device = boids_max + 3, _device(device)
+    if device.type != "cpu":
+        return forward_bytes(min(episodes, MODEL_CHUNK), T, config, device.type, dtype)
+    envs = min(episodes, MODEL_CHUNK, max(1, -(-MODEL_CHUNK_TOKENS // T)))
+    side = max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, -(-episodes // envs)))
+    return side * forward_bytes(envs, T, config, "cpu", dtype, threads=1)
+
+
+def episodes_memory_problem(episodes: int, boids_max: int, device="cpu", model=None) -> Optional[str]:
+    """Why `episodes` episodes of up to boids_max boids, stepped together on `device` (and driven by
+    `model`'s forwards, a TransformerPredator, where given), cannot fit in memory, or None. On a CUDA
+    device they are counted against its memory."""
+    device = _device(device)
+    needs = [(f"{episodes} episodes of up to {boids_max} boids stepped together"
+              + ("" if rollout_in_kernels(device) else " (their number x boids squared)"),
+              rollout_step_bytes(episodes, boids_max, device))]
+    if model is not None:
+        p = next(model.parameters())
+        needs.append((f"the model's forwards over {boids_max + 3} tokens ({boids_max} boids)",
+                      policy_forward_bytes(model.config, episodes, boids_max, device, p.dtype)))
+    if device.type == "cuda":
+        return memory_problem(needs, f"{episodes} episodes", torch.cuda.get_device_properties(device).total_memory,
+                              f"the {{}} of {torch.cuda.get_device_name(device)}")
+    return memory_problem(needs, f"{episodes} episodes")
 
 
 def plan_chunks(counts: Sequence[int], max_envs: int = MODEL_CHUNK,
@@ -372,10 +422,14 @@ def rollout(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
     if world_config is None:
         world_config = _world_of(policy)[0]
     world_config = as_config(WorldConfig, world_config, "world_config")
-    problem = episodes_memory_problem(episodes, world_config.boids_max)
+    problem = episodes_memory_problem(episodes, world_config.boids_max, device)
     if problem:
         raise ValueError(problem + "; evaluate fewer episodes")
     policy = load_policy(policy, device)
+    if isinstance(policy, ModelPolicy):     # its forwards too, at large flocks (a model of many heads, say)
+        problem = episodes_memory_problem(episodes, world_config.boids_max, device, policy.model)
+        if problem:
+            raise ValueError(problem + "; evaluate fewer episodes or boids")
     if hasattr(policy, "reset"):
         policy.reset(seed)
     world = episodes_world(episodes, seed, world_config, device)
@@ -675,7 +729,8 @@ def _main(argv) -> int:
     except ValueError as e:      # --boids_min 60 with a world of at most 50, say
         p.error(f"{e}" + (f" (in {source}'s world with {', '.join(f'--{k} {v}' for k, v in given.items())})"
                           if source else ""))
-    problem = episodes_memory_problem(a.episodes, world.boids_max)
+    problem = episodes_memory_problem(a.episodes, world.boids_max, device,
+                                      policy.model if isinstance(policy, ModelPolicy) else None)
     if problem:
         p.error(f"--episodes: {problem}")
     differs = world_differences(world)

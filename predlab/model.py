@@ -174,10 +174,11 @@ CPU_ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math")
 TRITON_ATTENTION_MAX_TOKENS = 64
 
 
-def auto_attention_kernel(device_type: str, dtype: torch.dtype, head_width: int, backward: bool) -> str:
+def auto_attention_kernel(device_type: str, dtype: torch.dtype, head_width: int, backward: bool,
+                          threads: Optional[int] = None) -> str:
     """The kernel attention(kernel="auto") runs for qkv on this device type, of this dtype and head
-    width, with or without a backward to follow, at the threads set now. The memory checks count by it
-    too: the fused kernel keeps no [T, T] weights."""
+    width, with or without a backward to follow, on `threads` intra-op threads (None: the threads set
+    now). The memory checks count by it too (keeps_square)."""
     if device_type != "cpu":
         return GPU_ATTENTION
     fused_runs = fastops is not None and dtype == torch.float32 and head_width == fastops.ATTENTION_HEAD
@@ -190,26 +191,47 @@ def auto_attention_kernel(device_type: str, dtype: torch.dtype, head_width: int,
         # forward + backward of a layer at 128 x 53 tokens on one thread (a split part's): 8-12 ms
         # against the sliced kernel's 11-18 and SDPA's 11-16; on par with SDPA on 2 threads (NOTES.md)
         return "fused"
-    if torch.get_num_threads() > 1 and backward:
+    if (torch.get_num_threads() if threads is None else threads) > 1 and backward:
         # the sliced kernel's slices suit one thread, as the trainer's split parts run it; a forward +
         # backward on 2 threads ran 1.1-2x faster in SDPA (a training step unsplit, --cpu_split 1: 12-24%)
         return "sdpa"
     return "sliced"
 
 
+def keeps_square(kernel: str, device_type: str) -> bool:
+    """Whether this attention kernel holds every sample's [T, T] scores or weights at once. Not the fused
+    kernel (one sample's weights per thread), nor torch's SDPA on a CPU, a flash kernel that works in
+    blocks of keys: at 2,000 boids and batch 64 a training step on either took under 1.1 GB, where its
+    weights would be 24 GiB. The sliced kernel keeps every slice's weights for its backward."""
+    return not (kernel == "fused" or (kernel == "sdpa" and device_type == "cpu"))
+
+
 def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type: str, dtype: torch.dtype,
-                            head_width: int) -> int:
+                            head_width: int, threads: Optional[int] = None) -> int:
     """Bytes, at most, that one layer's attention holds at once in a forward with no backward (predict),
-    by the kernel attention("auto") takes: the fused kernel's buffers, or the sliced kernel's scores and
-    weights of one slice, or (other kernels) every sample's."""
+    by the kernel attention("auto") takes on `threads` threads (None: the threads set now): the fused or
+    flash kernel's buffers, or the sliced kernel's scores and weights of one slice, or (other kernels)
+    every sample's."""
     size = torch.empty(0, dtype=dtype).element_size()
-    kernel = auto_attention_kernel(device_type, dtype, head_width, backward=False)
-    if kernel == "fused":
-        return attention_bytes(samples, n_heads, tokens, fused=True, threads=torch.get_num_threads(), backward=False)
+    threads = torch.get_num_threads() if threads is None else threads
+    kernel = auto_attention_kernel(device_type, dtype, head_width, backward=False, threads=threads)
+    if not keeps_square(kernel, device_type):
+        return attention_bytes(samples, n_heads, tokens, fused=True, threads=threads, backward=False) * size // 4
     if kernel == "sliced" and device_type == "cpu":
         rows = min(samples * n_heads, max(16, _Attention.no_backward_floats() // tokens ** 2))   # its _slices
         return 2 * rows * tokens ** 2 * size
     return attention_bytes(samples, n_heads, tokens) * size // 4
+
+
+def forward_bytes(samples: int, tokens: int, config: ModelConfig, device_type: str, dtype: torch.dtype,
+                  threads: Optional[int] = None) -> int:
+    """Bytes, at most, that a forward of `samples` samples of `tokens` tokens with no backward (predict,
+    validation, a policy's) holds at once beside the model: a block's [B, T, .] terms, 8 D + 5 F a
+    token, and one layer's attention (forward_attention_bytes)."""
+    D, F, H = config.d_model, config.ffn_hidden, config.n_heads
+    size = torch.empty(0, dtype=dtype).element_size()
+    return (samples * tokens * (12 * D + 8 * F) * size
+            + forward_attention_bytes(samples, H, tokens, device_type, dtype, D // H, threads))
 
 
 def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Tensor:
@@ -612,9 +634,8 @@ class TransformerPredator(nn.Module):
             return torch.zeros(0, 2, dtype=p.dtype, device=p.device)
         batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
         B, T = batch["mask"].shape[0], batch["mask"].shape[1] + 3
-        need = forward_attention_bytes(B, self.config.n_heads, T, p.device.type, p.dtype,
-                                       self.config.d_model // self.config.n_heads)
-        problem = memory_problem([(f"attention over {T} tokens ({T - 3} boids) for {B} sample(s)", need)],
+        need = forward_bytes(B, T, self.config, p.device.type, p.dtype)
+        problem = memory_problem([(f"a forward over {T} tokens ({T - 3} boids) for {B} sample(s)", need)],
                                  f"{B} sample(s) of {T - 3} boids")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")

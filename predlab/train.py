@@ -979,6 +979,21 @@ SPLIT_PART_TOKENS = 900
 VAL_BATCH_MIN = 256
 
 
+def split_parts_for(cpu_split: int, batch_size: int, threads: int) -> int:
+    """How many parts a CPU training batch of batch_size rows splits into at most, on `threads` torch
+    threads (SupervisedTrainer.split_parts; the memory check counts by it too): cpu_split if given, else
+    one part per thread up to the CPUs and AUTO_SPLIT_MAX; never more parts than rows."""
+    if cpu_split:
+        return min(cpu_split, batch_size)
+    # threads beyond the CPUs make no more parts either
+    return max(1, min(threads, usable_cpus(), AUTO_SPLIT_MAX, batch_size))
+
+
+def validation_rows(batch_size: int, tokens: int) -> int:
+    """Rows a validation batch holds at most, for samples of up to `tokens` tokens (VAL_BATCH_MIN)."""
+    return max(batch_size, VAL_BATCH_MIN * 53 ** 2 // max(tokens, 53) ** 2)
+
+
 def _split_pool(parts: int) -> ThreadPoolExecutor:
     """The threads that run the parts of a split batch (one pool per size, shared in the process).
 
@@ -1182,8 +1197,7 @@ class SupervisedTrainer:
             raise InputError("validate: the set holds no samples, so it has no mean squared error")
         self.model.eval()
         total = torch.zeros((), dtype=self._sum_dtype, device=self.device)
-        tokens = int(data.n.max()) + 3
-        rows = max(self.batch_size, VAL_BATCH_MIN * 53 ** 2 // max(tokens, 53) ** 2)
+        rows = validation_rows(self.batch_size, int(data.n.max()) + 3)
         self.validate_batches = math.ceil(len(data) / rows)     # what a progress bar counts to
         plain = Callback.on_validate_batch
         hooks = [cb for cb in self.callbacks if getattr(type(cb), "on_validate_batch", plain) is not plain]
@@ -1234,10 +1248,7 @@ class SupervisedTrainer:
         """
         if self.device.type != "cpu":
             return 1
-        if self.cpu_split:
-            return min(self.cpu_split, self.batch_size)
-        # threads beyond the CPUs make no more parts either
-        return max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, self.batch_size))
+        return split_parts_for(self.cpu_split, self.batch_size, torch.get_num_threads())
 
     def batch_parts(self, batch, split: Optional[int] = None) -> int:
         """How many parts this batch trains in: split_parts(), but with cpu_split auto, no more parts

@@ -108,7 +108,7 @@ def test_a_batch_larger_than_the_samples_is_counted_as_the_samples():
     """--batch_size 100000 on 1,600 samples trains in batches of 1,600: it was refused as 65 GiB."""
     wc = WorldConfig(frames=200)
     small = TrainConfig(train_episodes=8, batch_size=100_000, dagger=False)
-    step = lambda tc: next(b for d, b in config._training_needs(tc, wc, ModelConfig())
+    step = lambda tc: next(b for d, b in config._training_work(tc, wc, ModelConfig())
                            if d.startswith("a training step's activations (--batch_size x --boids_max"))
     assert step(small) == step(dataclasses.replace(small, batch_size=1600))
     assert config.training_memory(small, wc, ModelConfig()) is None

@@ -1,5 +1,6 @@
 """Settings whose data cannot fit in this machine's memory are refused up front, naming the
 setting, instead of failing in an allocation (a traceback, or the system killing the process)."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -36,7 +37,7 @@ def one_gib(monkeypatch):
 @pytest.mark.parametrize("flags, culprit", [
     (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames x --boids_max)"),
     (["--train_episodes", "10000000"], "an epoch's training samples"),
-    (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max squared)"),
+    (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max)"),
     # a batch is at most the samples trained on: 60,000 episodes make enough for ten million
     (["--batch_size", "10000000", "--train_episodes", "60000"],
      "a training step's activations (--batch_size x --boids_max)"),   # the fused attention: no squares
@@ -78,7 +79,7 @@ def test_evaluation_and_predict_refuse_what_cannot_fit(one_gib):
     with pytest.raises(ValueError, match="10000000 episodes would need about .* evaluate fewer episodes"):
         rollout("teacher", episodes=10 ** 7, frames=1)
     sample = flock(20000)
-    with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
+    with pytest.raises(InputError, match="a forward over 20003 tokens .* predict fewer boids at a time"):
         TransformerPredator().predict(sample)
     assert TransformerPredator().predict({**sample, "boids": sample["boids"][:50]}).shape == (2,)
 
@@ -121,15 +122,20 @@ def test_evaluate_cli_refuses_episodes_that_cannot_fit_with_exit_2(one_gib, caps
     assert "--episodes: 100000000 episodes would need about" in err and "Traceback" not in err
 
 
-def test_the_message_names_boids_max_when_it_is_the_cause(one_gib):
+def test_the_message_names_boids_max_when_it_is_the_cause(one_gib, monkeypatch):
     """The cost of a step grows with the flock (with its square where the attention keeps its weights),
     and the evaluation's with its square: 1000 boids was blamed on --batch_size alone."""
     from predlab.config import ModelConfig, training_memory
     message = training_memory(TrainConfig(), WorldConfig(boids_max=1000), ModelConfig())
     assert "a training step's activations (--batch_size x --boids_max)" in message
-    assert "the catch evaluation's episodes (--eval_episodes x --boids_max squared)" in message
     message = training_memory(TrainConfig(), WorldConfig(boids_max=1000), ModelConfig(d_model=64))   # 16-wide heads
     assert "a training step's activations (--batch_size x --boids_max squared)" in message
+    # the torch World's step (a GPU's) holds [E, N, N] planes; the CPU's kernels hold none
+    message = config.training_memory(TrainConfig(eval_episodes=100_000), WorldConfig(boids_max=1000), ModelConfig())
+    assert "the catch evaluation's episodes (--eval_episodes x --boids_max) and the model's forwards" in message
+    monkeypatch.setattr("predlab.evaluate.fastsim", None)
+    message = config.training_memory(TrainConfig(eval_episodes=100_000), WorldConfig(boids_max=1000), ModelConfig())
+    assert "the catch evaluation's episodes (--eval_episodes x --boids_max squared)" in message
 
 
 @pytest.fixture
@@ -149,10 +155,14 @@ def test_a_large_flock_on_a_cpu_is_counted_by_the_attention_kernel_it_runs(eight
     assert training_memory(tc, wc, ModelConfig(), torch.device("cpu")) is None
     squared = "a training step's activations (--batch_size x --boids_max squared)"
     assert squared in training_memory(tc, wc, ModelConfig(d_model=40, n_heads=4))     # 10-wide heads
-    # its buffers are a sample's weights and their gradients per thread: 800 MB each at 10,000 boids
-    step = lambda threads: next(b for d, b in config._training_needs(
-        TrainConfig(threads=threads), WorldConfig(boids_max=10_000), ModelConfig()) if d.startswith("a training step"))
-    assert step(16) - step(1) == 15 * 2 * 4 * 10_003 * 10_019
+    # its buffers are a sample's weights and their gradients (and the arena's slack) per thread: 1.2 GB each
+    # at 10,000 boids, on the threads of an unsplit batch (--cpu_split 1)
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 16)
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 16)
+    step = lambda threads: next(b for d, b in config._training_work(
+        TrainConfig(threads=threads, cpu_split=1), WorldConfig(boids_max=10_000), ModelConfig())
+        if d.startswith("a training step"))
+    assert step(16) - step(1) == 15 * 3 * 4 * 10_003 * 10_019
     monkeypatch.setattr(model, "CPU_ATTENTION", "sliced")
     assert squared in training_memory(tc, wc, ModelConfig())
     monkeypatch.setattr(model, "CPU_ATTENTION", "fused")
@@ -168,7 +178,7 @@ def test_predict_counts_what_the_kernel_holds_not_every_samples_weights(one_gib)
     sample = flock(1000)
     assert TransformerPredator().predict([sample] * 40).shape == (40, 2)
     assert TransformerPredator().double().predict([sample] * 20).shape == (20, 2)       # counted 1.2 GiB before
-    with pytest.raises(InputError, match="attention over 20003 tokens .* predict fewer boids at a time"):
+    with pytest.raises(InputError, match="a forward over 20003 tokens .* predict fewer boids at a time"):
         TransformerPredator().double().predict({**sample, "boids": sample["boids"] * 20})   # one slice: 26 GB
 
 
@@ -254,6 +264,7 @@ world = World.random(E, WorldConfig(), generator=torch.Generator().manual_seed(0
 before = status("VmHWM")
 for _ in range(2):
     world.step(torch.zeros(E, 2))
+evaluate.fastsim = None          # the torch World steps them, as on a GPU
 counted = []
 evaluate.memory_problem = lambda needs, *a, **k: counted.append(sum(b for _, b in needs))
 evaluate.episodes_memory_problem(E, N)
@@ -264,7 +275,7 @@ print((status("VmHWM") - before) / E, counted[0] / E)
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
 @pytest.mark.parametrize("n", [50, 300])
 def test_the_evaluation_check_counts_what_a_world_step_takes(n):
-    """The check before a catch evaluation counts what a step of the episodes takes. When the world's
+    """The check before a catch evaluation in the torch World counts what its step takes. When the world's
     neighbour product became float64, a step took 155 KB per 50-boid episode where 118 KB were
     counted, so evaluations the check let through could exhaust the memory; and once the separation
     mask left that product, 64 N^2 counted a 300-boid episode a third over what it takes, refusing
@@ -279,13 +290,13 @@ def test_the_evaluation_check_counts_what_a_world_step_takes(n):
 TRAINING_PEAK = PROC_STATUS + r"""
 import sys, torch
 from predlab import bench
-from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_work
 from predlab.data import rollout_chunk
 
 
 N, B = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(2)
-counted = [b for d, b in _training_needs(TrainConfig(batch_size=B), WorldConfig(boids_max=N), ModelConfig())
+counted = [b for d, b in _training_work(TrainConfig(batch_size=B), WorldConfig(boids_max=N), ModelConfig())
            if d.startswith("a training step's activations")]
 rows = rollout_chunk(8, WorldConfig(boids_min=N, boids_max=N, frames=B // 4), seed=0)
 rows = rows.select((rows.n == N).nonzero().squeeze(1)[:B])
@@ -374,15 +385,19 @@ def test_generation_in_the_torch_world_takes_what_its_check_counts(episodes, boi
 def test_the_training_check_counts_the_catch_evaluation_as_evaluate_does(boids, monkeypatch):
     """The trainer's check counted its catch evaluation at 64 N^2 an episode after the world's step took less
     (48 bytes a pair since separation's mask left the float64 product): a 300-boid run's check counted the
-    evaluation a third over what evaluate, running the same episodes, counts and takes."""
-    from predlab import evaluate, sim
-    from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+    evaluation a third over what evaluate, running the same episodes, counts and takes. On a CPU both count
+    the episodes as the kernels step them, and the model's forwards that drive them."""
+    from predlab import evaluate
+    from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_work
+    from predlab.model import TransformerPredator
     tc, wc = TrainConfig(eval_episodes=64), WorldConfig(boids_min=1, boids_max=boids)
-    counted = dict(_training_needs(tc, wc, ModelConfig()))["the catch evaluation's episodes (--eval_episodes x --boids_max squared)"]
+    counted = dict(_training_work(tc, wc, ModelConfig()))["the catch evaluation's episodes (--eval_episodes x "
+                                                          "--boids_max) and the model's forwards that drive them"]
     seen = []
     monkeypatch.setattr(evaluate, "memory_problem", lambda needs, *a, **k: seen.append(sum(b for _, b in needs)))
-    evaluate.episodes_memory_problem(64, boids)
-    assert counted == sim.step_bytes(64, boids) == seen[0]
+    evaluate.episodes_memory_problem(64, boids, "cpu", TransformerPredator())
+    assert counted == seen[0]
+    assert counted > evaluate.kernel_step_bytes(64, boids)       # the model's forwards too
 
 
 def test_a_checkpoint_of_weights_saved_expanded_is_refused_by_its_memory_before_any_allocation(tmp_path, monkeypatch,
@@ -411,6 +426,86 @@ def test_a_checkpoint_of_weights_saved_expanded_is_refused_by_its_memory_before_
         assert "big.pt: the model's weights would need about" in err and "(d_model=200000, n_layers=3" in err
         assert "more than this machine's 1.0 GiB" in err and "Traceback" not in err, err
         assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]
+
+
+def _work(tc, wc, mc=None, prefix="a training step"):
+    from predlab.config import ModelConfig
+    return next(b for d, b in config._training_work(tc, wc, mc or ModelConfig()) if d.startswith(prefix))
+
+
+def test_threads_past_the_cpus_are_counted_as_the_threads_that_run(eight_gib, monkeypatch):
+    """The trainer runs --threads 128 on the CPUs there are, but its check counted the fused kernel's buffers
+    for 128 threads: 25.4 GiB at 5,000 boids, refused and blamed on --batch_size x --boids_max, where the same
+    run with --threads 2 passed at 1.8."""
+    from predlab.config import ModelConfig, training_memory
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 2)
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 2)
+    tc = TrainConfig(threads=128, batch_size=32, train_episodes=2, val_episodes=1, eval_every=0)
+    wc = WorldConfig(boids_min=5000, boids_max=5000, frames=16)
+    assert training_memory(tc, wc, ModelConfig()) is None
+    assert config._training_work(tc, wc, ModelConfig()) == config._training_work(
+        dataclasses.replace(tc, threads=2), wc, ModelConfig())
+
+
+def test_parts_past_the_threads_are_counted_part_by_part(eight_gib):
+    """Each part of a split batch runs the fused kernel with buffers of its own, side by side: --cpu_split 16
+    at 4,000 boids took 2.4 GB where 0.84 was counted for 2 threads' buffers. So does validation, a batch a
+    part: 3.5 GB at 300 boids, none of it counted."""
+    from predlab.config import ModelConfig, training_memory
+    wc = WorldConfig(boids_min=4000, boids_max=4000, frames=16)
+    tc = TrainConfig(batch_size=16, threads=2, train_episodes=1, val_episodes=1, eval_every=0, dagger=False)
+    assert _work(dataclasses.replace(tc, cpu_split=16), wc) - _work(tc, wc) == 14 * 3 * 4 * 4003 * 4019
+    assert training_memory(dataclasses.replace(tc, cpu_split=2), wc, ModelConfig()) is None
+    message = training_memory(dataclasses.replace(tc, cpu_split=16), dataclasses.replace(wc, boids_max=8000),
+                              ModelConfig())
+    assert ("a training step's activations (--batch_size x --boids_max) in 16 parts side by side (--cpu_split)"
+            in message)
+    val = lambda split: _work(TrainConfig(cpu_split=split, threads=2), WorldConfig(boids_max=300), prefix="validation")
+    assert val(16) == 8 * val(2)
+
+
+SPLIT_PEAK = PROC_STATUS + r"""
+import sys, torch
+from predlab import bench
+from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_work
+from predlab.data import SampleSet
+
+
+N, B, split, S, what = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+
+
+def rows(S, n):
+    return SampleSet(context=torch.full((S, 2), 0.8), predator=torch.zeros(S, 2),
+                     boids=(torch.rand(S, n, 4, generator=g) - 0.5) * 0.5, n=torch.full((S,), n, dtype=torch.long),
+                     target=torch.rand(S, 2, generator=g) * 2 - 1)
+
+
+tc = TrainConfig(batch_size=B, cpu_split=split, threads=2, val_episodes=1)
+counted = [b for d, b in _training_work(tc, WorldConfig(boids_max=N, frames=S), ModelConfig()) if d.startswith(what)]
+data = rows(S, N)
+trainer = bench.make_trainer(data, B, cpu_split=split)
+trainer.train_epoch(rows(B, 2))                  # threads, kernels and optimizer state made
+trainer.validate(rows(4 * B, 2))
+before = status("VmRSS")
+trainer.train_epoch(data) if what == "a training step" else trainer.validate(data)
+print(status("VmHWM") - before, counted[0])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+@pytest.mark.parametrize("what, boids, batch, split, samples", [("a training step", 1000, 8, 8, 8),
+                                                                ("validation's forwards", 300, 32, 4, 512)])
+def test_parts_side_by_side_take_what_the_check_counts(what, boids, batch, split, samples):
+    """A training step of 8 parts, each a 1,000-boid row with the fused kernel's buffers of its own, took 121
+    MB where 91 were counted for 2 threads' buffers; validation in 4 parts side by side took 146 MB where
+    none of it was counted, the training step's 92 being the largest phase."""
+    env = {k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"}     # the fused kernel, as by default
+    out = subprocess.run([sys.executable, "-c", SPLIT_PEAK, str(boids), str(batch), str(split), str(samples), what],
+                         capture_output=True, text=True, check=True, env=env)
+    taken, counted = map(int, out.stdout.split())      # 120-150 MB: the process's own noise is small beside it
+    assert 0.5 * counted < taken <= counted, (taken, counted)
 
 
 VALIDATION_SET_PEAK = PROC_STATUS + r"""
@@ -452,3 +547,99 @@ def test_a_large_validation_set_is_checked_and_validated_without_copies_of_it():
     taken, size = map(int, out.stdout.split())       # an 83 MB set
     assert taken < 0.5 * size, (taken, size)
 
+
+def test_a_cpu_evaluation_is_counted_as_its_kernels_step_it_and_its_model_drives_it(one_gib, monkeypatch):
+    """On a CPU, rollout steps its episodes in the numba kernels, which make no [E, N, N] planes: 640
+    episodes of 1,000 boids took 80 MB and were refused for 29.9 GiB. The model's forwards were not counted
+    at all: a model of 16 heads (the sliced kernel, a slice of 16 rows of [T, T] weights) took 1.1 GB for
+    one episode of 3,000 boids, counted 0.4."""
+    from predlab.evaluate import episodes_memory_problem, rollout
+    from predlab.model import TransformerPredator
+    assert episodes_memory_problem(640, 1000) is None
+    many_heads = TransformerPredator(d_model=64, n_heads=16)
+    assert episodes_memory_problem(1, 3000) is None
+    assert "the model's forwards over 3003 tokens" in episodes_memory_problem(1, 3000, "cpu", many_heads)
+    with pytest.raises(ValueError, match="the model's forwards over 3003 tokens .* evaluate fewer episodes or boids"):
+        rollout(many_heads, episodes=1, frames=1, world_config=WorldConfig(boids_min=3000, boids_max=3000))
+    monkeypatch.setattr("predlab.evaluate.fastsim", None)      # the torch World steps them, as on a GPU
+    assert "(their number x boids squared)" in episodes_memory_problem(640, 1000)
+
+
+KERNEL_ROLLOUT_PEAK = PROC_STATUS + r"""
+import sys
+from predlab import evaluate
+from predlab.config import WorldConfig
+
+
+E, N = int(sys.argv[1]), int(sys.argv[2])
+evaluate.rollout("teacher", episodes=2, frames=2, world_config=WorldConfig(boids_min=2, boids_max=2))
+before = status("VmRSS")
+evaluate.rollout("teacher", episodes=E, frames=4, world_config=WorldConfig(boids_min=N, boids_max=N))
+print(status("VmHWM") - before, evaluate.rollout_step_bytes(E, N))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+@pytest.mark.parametrize("episodes, boids", [(5000, 50), (640, 1000)])
+def test_a_rollout_in_the_kernels_takes_what_its_check_counts(episodes, boids):
+    out = subprocess.run([sys.executable, "-c", KERNEL_ROLLOUT_PEAK, str(episodes), str(boids)], capture_output=True,
+                         text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    taken, counted = map(int, out.stdout.split())       # 40-60 MB
+    assert 0.4 * counted < taken <= counted, (taken, counted)
+
+
+def test_predict_counts_the_forwards_activations_not_only_its_attention(monkeypatch):
+    """predict counted one layer's attention alone: 2,000 flocks of 300 boids were counted 1 MiB and took
+    1.6 GB (a forward holds [B, T, .] terms of its blocks), so a list of 25,000 could exhaust the memory
+    past the check."""
+    from predlab.data import InputError
+    from predlab.model import TransformerPredator
+    monkeypatch.setattr(config, "physical_memory", lambda: 256 * 2 ** 20)
+    with pytest.raises(InputError, match=r"300 sample\(s\) of 300 boids would need about .*a forward over 303 tokens"):
+        TransformerPredator().predict([flock(300)] * 300)
+    assert TransformerPredator().predict([flock(300)] * 20).shape == (20, 2)
+
+
+PREDICT_PEAK = PROC_STATUS + r"""
+import sys, torch
+from predlab import model as M
+from predlab.data import BOID_KEYS
+
+
+B, N = int(sys.argv[1]), int(sys.argv[2])
+g = torch.Generator().manual_seed(0)
+flock = {"context": {"canvasWidth": 0.8, "canvasHeight": 0.6}, "predator": {"velX": 0.0, "velY": 0.0},
+         "boids": [dict(zip(BOID_KEYS, ((torch.rand(4, generator=g) - 0.5) * 0.5).tolist())) for _ in range(N)]}
+counted = []
+check = M.memory_problem
+M.memory_problem = lambda needs, *a, **k: counted.append(sum(b for _, b in needs)) or check(needs, *a, **k)
+m = M.TransformerPredator()
+m.predict([flock] * 2)
+before = status("VmRSS")
+m.predict([flock] * B)
+print(status("VmHWM") - before, counted[-1])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_predict_takes_what_its_check_counts():
+    out = subprocess.run([sys.executable, "-c", PREDICT_PEAK, "200", "300"], capture_output=True, text=True,
+                         check=True, env={k: v for k, v in os.environ.items() if k != "PREDLAB_CPU_ATTENTION"})
+    taken, counted = map(int, out.stdout.split())       # 180-200 MB
+    assert 0.4 * counted < taken <= counted, (taken, counted)
+
+
+def test_torchs_sdpa_on_a_cpu_keeps_no_square_but_the_sliced_kernel_of_split_parts_does(eight_gib, monkeypatch):
+    """torch's CPU SDPA works in blocks of keys (flash attention): a step of 16-wide heads unsplit on 2
+    threads at 2,000 boids and batch 64 took 1.1 GB and was refused for 24.3 GiB of weights. Split in parts,
+    each on one thread, the same heads take the sliced kernel, which keeps them: still counted."""
+    from predlab import model
+    from predlab.config import ModelConfig, training_memory
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 2)
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 2)
+    tc = TrainConfig(batch_size=64, threads=2, train_episodes=2, val_episodes=1, eval_every=0)
+    wc, wide = WorldConfig(boids_min=2000, boids_max=2000, frames=32), ModelConfig(d_model=64)
+    assert training_memory(dataclasses.replace(tc, cpu_split=1), wc, wide) is None
+    assert "--boids_max squared" in training_memory(tc, wc, wide)                    # 2 parts: the sliced kernel
+    monkeypatch.setattr(model, "CPU_ATTENTION", "sdpa")
+    assert training_memory(tc, wc, ModelConfig()) is None
