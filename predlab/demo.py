@@ -189,6 +189,10 @@ def _main(argv) -> int:
         print(f"error: no model.js given (the default is {DEFAULT_MODEL})", file=sys.stderr)
         return 2
     model = Path(args.model_js)
+    from .export import path_problem
+    if path_problem(model):
+        print(f"error: {path_problem(model)}", file=sys.stderr)
+        return 2
     if model.is_dir():
         print(f"error: {model} is a directory; pass the model.js in it (say {model / 'model.js'})", file=sys.stderr)
         return 2

@@ -958,6 +958,9 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         raise ValueError(f"replaces must be None or one of {', '.join(REPLACES)}, not {replaces!r}")
     if isinstance(path, str) and not path.strip():
         return "no folder name given" if directory else "no file name given"
+    problem = path_problem(path)
+    if problem:
+        return problem
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"
@@ -1245,6 +1248,21 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     return path
 
 
+def path_problem(path: Union[str, Path]) -> Optional[str]:
+    """Why path cannot even be looked at, or None: a folder on the way that this user may not enter (another
+    user's home), a name too long, a loop of links. Path.exists and is_dir raise those where they answer
+    False for a path that is not there, which is no problem here."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        return f"cannot use {path}: {e.strerror or e}"
+    except ValueError as e:          # a NUL in the name
+        return f"cannot use {path!r}: {e}"
+    return None
+
+
 def not_a_file(path: Union[str, Path], missing: str) -> str:
     """Why path, which is no regular file, cannot be read: `missing` when nothing is there."""
     path = Path(path)
@@ -1405,6 +1423,8 @@ def _main(argv: List[str]) -> int:
     for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
         if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."
             ap.error(f"{name}: no file name given")
+    if path_problem(src):
+        ap.error(path_problem(src))
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():

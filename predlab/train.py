@@ -2099,6 +2099,9 @@ def _parse(argv):
         resume = ns["resume"]
         if not resume.strip():          # Path("") is ".", which read as "  is a directory"
             p.error("--resume: no file name given (pass a checkpoint_epoch_N.pt)")
+        from .export import path_problem
+        if path_problem(resume):
+            p.error(f"--resume: {path_problem(resume)}")
         if Path(resume).is_dir():
             p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(resume).is_file():

@@ -1857,3 +1857,37 @@ def test_a_file_of_a_long_name_is_kept_in_previous(tmp_path):
     p.write_text("kept")
     dest = move_to_previous([p], tmp_path, copy=True)
     assert (dest / p.name).read_text() == "kept" and p.read_text() == "kept"
+
+
+@pytest.mark.parametrize("tool, args", [
+    ("export", ["{model}", "--out", "{bad}"]),
+    ("export", ["{bad}", "--out", "{tmp}/m.js"]),
+    ("evaluate", ["teacher", "--episodes", "2", "--frames", "2", "--json", "{bad}"]),
+    ("train", ["--resume", "{bad}"]),
+    ("train", ["--epochs", "1", "--checkpoint_dir", "{bad}"]),
+    ("train", ["--epochs", "1", "--log_dir", "{bad}"]),
+    ("bench", ["--quick", "--json", "{bad}"]),
+    ("demo", ["{bad}", "--no-browser"]),
+])
+def test_a_path_that_cannot_even_be_looked_at_is_named_not_a_traceback(tmp_path, monkeypatch, capsys, tool, args):
+    """A name longer than the file system allows (or a folder on the way this user may not enter, which Path's
+    exists and is_dir raise as they do this) stopped export, evaluate, train, bench and demo with a traceback
+    from the first look at it. Each says which path, and why, and exits 2 having written nothing."""
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model.js"
+    from predlab.model import TransformerPredator
+    save_model_file(TransformerPredator(), model)
+    bad = tmp_path / ("x" * 300 + ".js")         # past NAME_MAX (255) on every common file system
+    argv = [a.format(model=model, bad=bad, tmp=tmp_path) for a in args]
+    before = sorted(tmp_path.iterdir())
+    main = importlib.import_module(f"predlab.{tool}").main
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot use {bad}: File name too long" in err and "Traceback" not in err
+    assert sorted(tmp_path.iterdir()) == before
+
