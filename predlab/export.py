@@ -539,6 +539,9 @@ PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*
 
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
 _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
+# Where JSON expects a value or the comma after one: an operator, a parenthesis or a name, JavaScript that the
+# page evaluates (1/3, Math.PI, (0.5), a constant of its own) and predlab does not run
+_JS_EXPRESSION = re.compile(r"[-+*/%()A-Za-z_$][^,\]\n]{0,30}")
 
 
 def _line_col(text: str, pos: int) -> Tuple[int, int]:
@@ -663,6 +666,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
             raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object is closed: is it cut "
                                     "short?") from None
+        code = _JS_EXPRESSION.match(s, e.pos) if e.msg.startswith(("Expecting value", "Expecting ',' delimiter")) else None
+        if code:     # the page may well run it: "will refuse" would be wrong, and JSON's words point at a comma
+            begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
+            begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
+            value = s[begin:code.end()].strip()
+            raise PageOnlyError(f"{source}: the value at {_place(text.lstrip(chr(0xFEFF)), s, begin)} is `{value}`, "
+                                "JavaScript that predlab does not run (it reads numbers written out)") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "

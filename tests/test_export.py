@@ -1891,3 +1891,29 @@ def test_a_path_that_cannot_even_be_looked_at_is_named_not_a_traceback(tmp_path,
     assert f"cannot use {bad}: File name too long" in err and "Traceback" not in err
     assert sorted(tmp_path.iterdir()) == before
 
+
+@pytest.mark.parametrize("value", ["1/3", "Math.PI", "(0.5)", "0.5 * 2", "-x"])
+def test_a_javascript_expression_as_a_weight_is_what_predlab_cannot_check_not_a_refusal(value):
+    """The page evaluates model.js, so a weight written `1/3`, `Math.PI` or `(0.5)` runs there; predlab said the
+    file was "not a readable weight file (Expecting ',' delimiter ...)", and the demo that the page would refuse
+    it. It is named now, as code predlab does not run (PageOnlyError: the demo says it cannot check). A comma
+    left out is a syntax error the page meets too, and stays a refusal."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(PageOnlyError, match=rf"model.js: the value at line 3, column 13 is `{re.escape(value)}`, "
+                                            "JavaScript that predlab does not run"):
+        text_to_params(f"{{\n  d_model: 48,\n  x: [0.25, {value}, 0.5],\n}}", "model.js")
+    with pytest.raises(WeightFormatError, match="Expecting ',' delimiter") as e:
+        text_to_params("{\n  d_model: 48,\n  x: [0.25 0.5],\n}", "model.js")
+    assert not isinstance(e.value, PageOnlyError)
+
+
+@needs_node
+def test_a_weight_written_as_an_expression_runs_in_node_and_the_demo_cannot_check_it(model, samples, tmp_path):
+    from predlab.demo import UNCHECKED, _page_problem
+    path = write_weights(model, tmp_path / "model.js")
+    text = path.read_text()
+    start = text.index('"output_bias":[') + len('"output_bias":[')
+    path.write_text(text[:start] + "1/3" + text[text.index(",", start):])
+    assert np.isfinite(run_node(path, samples, tmp_path)).all()
+    said = _page_problem(path)
+    assert said.startswith(f"{UNCHECKED}{path}: the value at line ") and " is `1/3`, JavaScript that predlab" in said
