@@ -169,11 +169,15 @@ def _torch_file(path: Path) -> bool:
 
 def main(argv=None) -> int:
     """CLI: serve the demo with a model.js until Ctrl-C."""
-    from .export import command_line
-    # a closed stdout (`| head -1`) is exit code 141, not a traceback. A SIGTERM keeps its default handling:
-    # the demo writes no file, and a service manager stopping it expects it to die of the signal
-    with command_line(sigterm=False):
-        return _main(argv)
+    try:
+        from .export import command_line
+        # a closed stdout (`| head -1`) is exit code 141, not a traceback. A SIGTERM keeps its default handling:
+        # the demo writes no file, and a service manager stopping it expects it to die of the signal
+        with command_line(sigterm=False):
+            return _main(argv)
+    except KeyboardInterrupt:      # while predlab loads (torch) or reads model.js, before it serves
+        print("\ninterrupted before the demo started", file=sys.stderr)
+        return 130
 
 
 def _main(argv) -> int:

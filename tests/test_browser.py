@@ -329,6 +329,23 @@ def test_demo_cli_refuses_a_checkpoint_a_folder_and_a_bad_port(tmp_path, make_mo
         [sys.executable, "-m", "predlab.demo", str(ckpt), "--no-browser"], capture_output=True, text=True).stderr
 
 
+def test_a_ctrl_c_before_the_demo_serves_is_a_line_not_a_traceback(tmp_path, make_model, monkeypatch, capsys):
+    """A Ctrl-C while predlab loads or reads model.js (its first second or two) ended the demo with a traceback;
+    one while it serves prints "stopped"."""
+    from predlab import demo
+
+    def interrupted(model):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "_page_problem", interrupted)
+    model = write_weights(make_model(), tmp_path / "model.js")
+    try:
+        code = demo.main([str(model), "--no-browser"])
+    except KeyboardInterrupt:
+        code = "a KeyboardInterrupt"
+    assert code == 130
+    assert capsys.readouterr().err == "\ninterrupted before the demo started\n"
+
+
 def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     """model.json (written beside model.js, and read by evaluate and export) is no script the page
     can load: refused. Other sizes, or a `const`, would start a page that runs the teacher: warned."""
