@@ -544,6 +544,7 @@ def catch_ratio_interval(student: Rollout, teacher: Rollout, level: float = INTE
     if level in (0, 1):
         raise ValueError(f"level must be between 0 and 1 (the share of resamples the interval holds), got {level}")
     resamples = whole_number("resamples", resamples, 1)
+    seed = whole_number("seed", seed, 0, SEED_MAX)     # 1.5 failed in torch's words, naming no argument; -1 was taken
     _same_episodes(student, teacher)
     s, t = student.catches.reshape(-1).double(), teacher.catches.reshape(-1).double()
     out = {"level": level, "low": math.nan, "high": math.nan, "resamples": resamples}

@@ -1190,6 +1190,8 @@ def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
 @pytest.mark.parametrize("kw, message", [
     (dict(level=1), "level must be between 0 and 1"), (dict(level=0.0), "level must be between 0 and 1"),
     (dict(level=float("nan")), "level must be between 0 and 1"), (dict(resamples=0), "resamples must be a whole number >= 1"),
+    # torch's "manual_seed expected a long, but got float" named no argument, and -1 was taken
+    (dict(seed=1.5), "seed must be a whole number"), (dict(seed=-1), "seed must be a whole number between 0 and"),
 ])
 def test_the_interval_refuses_bad_settings(kw, message):
     with pytest.raises(ValueError, match=message):
