@@ -666,7 +666,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
             raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object is closed: is it cut "
                                     "short?") from None
-        code = _JS_EXPRESSION.match(s, e.pos) if e.msg.startswith(("Expecting value", "Expecting ',' delimiter")) else None
+        expression = e.msg.startswith(("Expecting value", "Expecting ',' delimiter"))
+        code = _JS_EXPRESSION.match(s, e.pos) if expression else None
         if code:     # the page may well run it: "will refuse" would be wrong, and JSON's words point at a comma
             begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
             begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
