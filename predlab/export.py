@@ -539,9 +539,11 @@ PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*
 
 # Where JSON expects a key: a computed one (`["a" + 1]:`) or a number JavaScript takes as a key (1.5, 0x10)
 _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
-# Where JSON expects a value or the comma after one: an operator, a parenthesis or a name, JavaScript that the
-# page evaluates (1/3, Math.PI, (0.5), a constant of its own) and predlab does not run
-_JS_EXPRESSION = re.compile(r"[-+*/%()A-Za-z_$][^,\]\n]{0,30}")
+# JavaScript that the page evaluates and predlab does not run: where JSON expects a value, a name, a sign or a
+# parenthesis (Math.PI, a constant of its own, -x, (0.5)); where it expects the comma after one, an arithmetic
+# operator (1/3, 0.5 * 2). A name there instead (`[1 x]`) is a syntax error, which the page meets too.
+_JS_VALUE = re.compile(r"[-+(!~A-Za-z_$][^,\]\n]{0,30}")
+_JS_OPERATOR = re.compile(r"[-+*/%][^,\]\n]{0,30}")
 
 
 def _line_col(text: str, pos: int) -> Tuple[int, int]:
@@ -666,8 +668,8 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
             raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object is closed: is it cut "
                                     "short?") from None
-        expression = e.msg.startswith(("Expecting value", "Expecting ',' delimiter"))
-        code = _JS_EXPRESSION.match(s, e.pos) if expression else None
+        code = (_JS_VALUE.match(s, e.pos) if e.msg.startswith("Expecting value") else
+                _JS_OPERATOR.match(s, e.pos) if e.msg.startswith("Expecting ',' delimiter") else None)
         if code:     # the page may well run it: "will refuse" would be wrong, and JSON's words point at a comma
             begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
             begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
