@@ -530,7 +530,8 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
                                                          "validation's forwards"))]
         name = torch.cuda.get_device_name(device)
         return (memory_problem(host)
-                or memory_problem(needs, have=torch.cuda.get_device_properties(device).total_memory,
+                or memory_problem([n for n in needs if not n[0].startswith(HOST_WORK)],
+                                  have=torch.cuda.get_device_properties(device).total_memory,
                                   where=f"the {{}} of {name}"))
     return memory_problem(needs)
 
@@ -547,7 +548,9 @@ def _kept_samples(tc: "TrainConfig", wc: WorldConfig) -> Tuple[int, int]:
 
 def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
     """(description, bytes) of what training_memory counts, training on `device` (None: the CPU): what is
-    held through the run, and the largest of what its phases take in turn (_training_work)."""
+    held through the run, and the largest of what its phases take in turn (_training_work); on a GPU,
+    the largest of those on the GPU, and DAgger's student forwards, which run on the host."""
+    import torch
     sb = sample_bytes(wc.boids_max)
     fresh, kept = _kept_samples(tc, wc)
     epoch = fresh * sb
@@ -555,12 +558,21 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     params = L * (4 * d * d + 3 * d * f) + 10 * d
     needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
-             ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params),
-             max(_training_work(tc, wc, mc, device), key=lambda w: w[1])]
+             ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params)]
+    work = _training_work(tc, wc, mc, device)
+    if torch.device(device or "cpu").type == "cpu":
+        needs.append(max(work, key=lambda w: w[1]))
+    else:
+        on_host = [w for w in work if w[0].startswith(HOST_WORK)]
+        needs += [max((w for w in work if w not in on_host), key=lambda w: w[1])] + on_host
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))
     return needs
+
+
+# what a GPU run does on the host: DAgger's episodes are generated there, its student driving them
+HOST_WORK = "DAgger's student forwards"
 
 
 def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
@@ -590,20 +602,25 @@ def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device
              step_bytes_training(batch, mc, wc.boids_max, not square, max(parts, on_thread)))]
     # then, not at the same time: validation's forwards (parts side by side too), the student's (DAgger)
     # and the catch evaluation's, with the evaluation's episodes
+    # validation splits by the batch size as given (a batch is not cut to the samples there)
     T, val = wc.boids_max + 3, tc.val_episodes * wc.frames
+    val_parts = split_parts_for(tc.cpu_split, tc.batch_size, threads) if dev.type == "cpu" else 1
     val_rows = min(validation_rows(tc.batch_size, T), val)
-    work.append((f"validation's forwards (--batch_size x --boids_max){side}",
-                 min(parts, -(-val // max(val_rows, 1))) * forward_bytes(val_rows, T, mc, dev.type, torch.float32,
-                                                                         on_thread)))
-    driven = max(tc.train_episodes if tc.dagger else 0, tc.eval_episodes if tc.eval_every else 0)
-    if driven:
-        work.append(("the model's forwards driving episodes (DAgger's, the catch evaluation's; --boids_max)",
-                     policy_forward_bytes(mc, driven, wc.boids_max, dev)))
+    val_side = (f" in {val_parts} parts side by side (--cpu_split)" if tc.cpu_split and val_parts > threads
+                else "")
+    work.append((f"validation's forwards (--batch_size x --boids_max){val_side}",
+                 min(val_parts, -(-val // max(val_rows, 1)))
+                 * forward_bytes(val_rows, T, mc, dev.type, torch.float32, 1 if val_parts > 1 else threads)))
+    if tc.dagger:      # on the host whatever the device, in --num_workers processes of one thread each if given
+        workers = min(tc.num_workers, usable_cpus())
+        work.append((f"{HOST_WORK} (--train_episodes x --boids_max)",
+                     workers * policy_forward_bytes(mc, tc.train_episodes, wc.boids_max, "cpu", threads=1) if workers
+                     else policy_forward_bytes(mc, tc.train_episodes, wc.boids_max, "cpu", threads=threads)))
     if tc.eval_every:
         work.append((f"the catch evaluation's episodes (--eval_episodes x --boids_max"
                      f"{'' if rollout_in_kernels(dev) else ' squared'}) and the model's forwards that drive them",
                      rollout_step_bytes(tc.eval_episodes, wc.boids_max, dev)
-                     + policy_forward_bytes(mc, tc.eval_episodes, wc.boids_max, dev)))
+                     + policy_forward_bytes(mc, tc.eval_episodes, wc.boids_max, dev, threads=threads)))
     return work
 
 

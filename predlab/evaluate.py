@@ -116,16 +116,18 @@ def rollout_step_bytes(episodes: int, boids_max: int, device="cpu") -> int:
     return (kernel_step_bytes if rollout_in_kernels(device) else step_bytes)(episodes, boids_max)
 
 
-def policy_forward_bytes(config, episodes: int, boids_max: int, device="cpu", dtype=torch.float32) -> int:
+def policy_forward_bytes(config, episodes: int, boids_max: int, device="cpu", dtype=torch.float32,
+                         threads: Optional[int] = None) -> int:
     """Bytes, at most, that ModelPolicy's forwards of a model of this ModelConfig hold at once over a frame
-    of `episodes` flocks of up to boids_max boids: on a CPU, up to AUTO_SPLIT_MAX chunks side by side on
-    one thread each, of at most MODEL_CHUNK flocks and about MODEL_CHUNK_TOKENS tokens (plan_chunks);
-    elsewhere one chunk of MODEL_CHUNK flocks at a time."""
+    of `episodes` flocks of up to boids_max boids: on a CPU of `threads` torch threads (None: the threads
+    set now), up to AUTO_SPLIT_MAX chunks side by side on one thread each, of at most MODEL_CHUNK flocks
+    and about MODEL_CHUNK_TOKENS tokens (plan_chunks); elsewhere one chunk of MODEL_CHUNK flocks at a time."""
     T, device = boids_max + 3, _device(device)
     if device.type != "cpu":
         return forward_bytes(min(episodes, MODEL_CHUNK), T, config, device.type, dtype)
     envs = min(episodes, MODEL_CHUNK, max(1, -(-MODEL_CHUNK_TOKENS // T)))
-    side = max(1, min(torch.get_num_threads(), usable_cpus(), AUTO_SPLIT_MAX, -(-episodes // envs)))
+    threads = torch.get_num_threads() if threads is None else threads
+    side = max(1, min(threads, usable_cpus(), AUTO_SPLIT_MAX, -(-episodes // envs)))
     return side * forward_bytes(envs, T, config, "cpu", dtype, threads=1)
 
 

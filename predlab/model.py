@@ -226,7 +226,7 @@ def forward_attention_bytes(samples: int, n_heads: int, tokens: int, device_type
 def forward_bytes(samples: int, tokens: int, config: ModelConfig, device_type: str, dtype: torch.dtype,
                   threads: Optional[int] = None) -> int:
     """Bytes, at most, that a forward of `samples` samples of `tokens` tokens with no backward (predict,
-    validation, a policy's) holds at once beside the model: a block's [B, T, .] terms, 8 D + 5 F a
+    validation, a policy's) holds at once beside the model: a block's [B, T, .] terms, 12 D + 8 F a
     token, and one layer's attention (forward_attention_bytes)."""
     D, F, H = config.d_model, config.ffn_hidden, config.n_heads
     size = torch.empty(0, dtype=dtype).element_size()

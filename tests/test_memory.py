@@ -530,6 +530,11 @@ trainer = bench.make_trainer(small, 256)
 trainer.validate(small)                       # threads and kernels made
 val = rows(S, N)
 size = sum(t.numel() * t.element_size() for t in (val.context, val.predator, val.boids, val.n, val.target))
+try:        # the peak so far set to the memory now: an earlier one (the imports') read as this step's
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+except OSError:
+    pass
 before = status("VmRSS")
 trainer = SupervisedTrainer(trainer.model, small, val, batch_size=256, seed=0)      # checks the set
 trainer.validate()
@@ -544,8 +549,8 @@ def test_a_large_validation_set_is_checked_and_validated_without_copies_of_it():
     5,000-episode set was counted 0.8. Both now go a slice or a batch at a time."""
     out = subprocess.run([sys.executable, "-c", VALIDATION_SET_PEAK, "100000", "50"], capture_output=True,
                          text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    taken, size = map(int, out.stdout.split())       # an 83 MB set
-    assert taken < 0.5 * size, (taken, size)
+    taken, size = map(int, out.stdout.split())       # an 83 MB set: its forwards take 8-45 MB beside it
+    assert taken < 0.9 * size, (taken, size)         # the copies took 1.2-1.23x
 
 
 def test_a_cpu_evaluation_is_counted_as_its_kernels_step_it_and_its_model_drives_it(one_gib, monkeypatch):
@@ -643,3 +648,48 @@ def test_torchs_sdpa_on_a_cpu_keeps_no_square_but_the_sliced_kernel_of_split_par
     assert "--boids_max squared" in training_memory(tc, wc, wide)                    # 2 parts: the sliced kernel
     monkeypatch.setattr(model, "CPU_ATTENTION", "sdpa")
     assert training_memory(tc, wc, ModelConfig()) is None
+
+
+def test_on_a_gpu_daggers_student_is_counted_on_the_host_where_it_drives(monkeypatch):
+    """DAgger's episodes are generated on the host, its student's forwards too, on a GPU run as on a CPU one:
+    counted as GPU forwards (one chunk of 256 flocks, every [T, T] weight), a run of 2,000 boids that fit a
+    24 GiB card was refused for 33.2 GiB of them."""
+    import torch
+    from predlab.config import ModelConfig, training_memory
+
+    class Props:
+        total_memory = 24 * 2 ** 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    monkeypatch.setattr(config, "physical_memory", lambda: 16 * 2 ** 30)
+    tc = TrainConfig(batch_size=16, train_episodes=300, val_episodes=4, eval_episodes=16)
+    wc = WorldConfig(boids_min=2000, boids_max=2000, frames=20)
+    assert training_memory(tc, wc, ModelConfig(), torch.device("cuda")) is None
+    needs = dict(config._training_needs(tc, wc, ModelConfig(), torch.device("cuda")))
+    student = needs["DAgger's student forwards (--train_episodes x --boids_max)"]
+    assert student == dict(config._training_work(tc, wc, ModelConfig()))[
+        "DAgger's student forwards (--train_episodes x --boids_max)"] < 2 ** 30      # as on a CPU run
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 26)
+    assert "DAgger's student forwards" in training_memory(tc, wc, ModelConfig(), torch.device("cuda"))   # the host's
+
+
+def test_the_run_threads_and_the_batch_size_as_given_decide_the_parts_counted(monkeypatch):
+    """The driving forwards were counted at the threads set when the check ran, before the run set --threads;
+    validation's parts with the batch cut to the samples trained on, where validation splits by the batch
+    size as given (16 parts counted, 64 run)."""
+    import torch
+    from predlab.config import ModelConfig
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 2)
+    monkeypatch.setattr("predlab.train.usable_cpus", lambda: 2)
+    tc = TrainConfig(threads=2, batch_size=16, train_episodes=200, val_episodes=2, eval_episodes=64)
+    wc = WorldConfig(boids_min=3000, boids_max=3000)
+    counts = []
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        counts.append(config._training_work(tc, wc, ModelConfig()))
+    assert counts[0] == counts[1]
+    tc = TrainConfig(batch_size=256, cpu_split=64, threads=2, train_episodes=1, val_episodes=300, dagger=False,
+                     eval_every=0)
+    wc = WorldConfig(boids_min=500, boids_max=500, frames=16)
+    val = next(d for d, b in config._training_work(tc, wc, ModelConfig()) if d.startswith("validation's"))
+    assert val.endswith("in 64 parts side by side (--cpu_split)")
