@@ -542,8 +542,74 @@ _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
 # JavaScript that the page evaluates and predlab does not run: where JSON expects a value, a name, a sign or a
 # parenthesis (Math.PI, a constant of its own, -x, (0.5)); where it expects the comma after one, an arithmetic
 # operator (1/3, 0.5 * 2). A name there instead (`[1 x]`) is a syntax error, which the page meets too.
-_JS_VALUE = re.compile(r"[-+(!~A-Za-z_$][^,\]\n]{0,30}")
-_JS_OPERATOR = re.compile(r"[-+*/%][^,\]\n]{0,30}")
+_JS_VALUE = re.compile(r"[-+(!~A-Za-z_$]")
+_JS_OPERATOR = re.compile(r"[-+*/%]")
+_JS_TOKEN = re.compile(r"\s*(?:(?P<num>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$.]))"
+                       r"|(?P<name>[A-Za-z_$][\w$]*(?:\s*\.\s*[A-Za-z_$][\w$]*)*)|(?P<op>\*\*|[-+*/%!~(),]))")
+
+
+def _js_value_end(s: str, start: int) -> int:
+    """Where a value that starts at start ends: at the first `,`, `]` or `}` outside its parentheses, or
+    at the end of its line."""
+    depth, i = 0, start
+    while i < len(s) and s[i] != "\n" and (depth or s[i] not in ",]}"):
+        depth += {"(": 1, ")": -1}.get(s[i], 0)
+        i += 1
+    return i
+
+
+def _js_expression(text: str) -> bool:
+    """Whether text is one JavaScript expression of numbers, names (Math.PI), signs, arithmetic, calls and
+    parentheses: what the page would evaluate, where predlab reads numbers written out. `1 -`, `(`, `a b` and
+    `1e` are syntax errors, which the page meets too."""
+    tokens, pos, end = [], 0, len(text.rstrip())
+    while pos < end:
+        m = _JS_TOKEN.match(text, pos)
+        if not m:
+            return False
+        tokens.append(m.group(m.lastgroup) if m.lastgroup == "op" else m.lastgroup)
+        pos = m.end()
+    at = 0
+
+    def operand() -> bool:
+        nonlocal at
+        while at < len(tokens) and tokens[at] in ("-", "+", "!", "~"):
+            at += 1
+        if at < len(tokens) and tokens[at] == "(":
+            at += 1
+            if not expression() or at >= len(tokens) or tokens[at] != ")":
+                return False
+            at += 1
+            return True
+        if at >= len(tokens) or tokens[at] not in ("num", "name"):
+            return False
+        at += 1
+        if tokens[at - 1] == "name" and at < len(tokens) and tokens[at] == "(":      # a call: Math.sqrt(2)
+            at += 1
+            if at < len(tokens) and tokens[at] == ")":
+                at += 1
+                return True
+            while expression():
+                if at < len(tokens) and tokens[at] == ")":
+                    at += 1
+                    return True
+                if at >= len(tokens) or tokens[at] != ",":
+                    return False
+                at += 1
+            return False
+        return True
+
+    def expression() -> bool:
+        nonlocal at
+        if not operand():
+            return False
+        while at < len(tokens) and tokens[at] in ("**", "*", "/", "%", "+", "-"):
+            at += 1
+            if not operand():
+                return False
+        return True
+
+    return bool(tokens) and expression() and at == len(tokens)
 
 
 def _line_col(text: str, pos: int) -> Tuple[int, int]:
@@ -670,10 +736,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                                     "short?") from None
         code = (_JS_VALUE.match(s, e.pos) if e.msg.startswith("Expecting value") else
                 _JS_OPERATOR.match(s, e.pos) if e.msg.startswith("Expecting ',' delimiter") else None)
-        if code:     # the page may well run it: "will refuse" would be wrong, and JSON's words point at a comma
-            begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
-            begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
-            value = s[begin:code.end()].strip()
+        begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
+        begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
+        value = s[begin:_js_value_end(s, e.pos)].strip()
+        if code and _js_expression(value):     # the page may well run it: "will refuse" would be wrong
+            value = value if len(value) <= 40 else value[:37] + "..."
             raise PageOnlyError(f"{source}: the value at {_place(text.lstrip(chr(0xFEFF)), s, begin)} is `{value}`, "
                                 "JavaScript that predlab does not run (it reads numbers written out)") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None

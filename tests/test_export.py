@@ -1892,7 +1892,7 @@ def test_a_path_that_cannot_even_be_looked_at_is_named_not_a_traceback(tmp_path,
     assert sorted(tmp_path.iterdir()) == before
 
 
-@pytest.mark.parametrize("value", ["1/3", "Math.PI", "(0.5)", "0.5 * 2", "-x"])
+@pytest.mark.parametrize("value", ["1/3", "Math.PI", "(0.5)", "0.5 * 2", "-x", "Math.pow(2, -1)", "0.1 -0.2"])
 def test_a_javascript_expression_as_a_weight_is_what_predlab_cannot_check_not_a_refusal(value):
     """The page evaluates model.js, so a weight written `1/3`, `Math.PI` or `(0.5)` runs there; predlab said the
     file was "not a readable weight file (Expecting ',' delimiter ...)", and the demo that the page would refuse
@@ -1902,10 +1902,12 @@ def test_a_javascript_expression_as_a_weight_is_what_predlab_cannot_check_not_a_
     with pytest.raises(PageOnlyError, match=rf"model.js: the value at line 3, column 13 is `{re.escape(value)}`, "
                                             "JavaScript that predlab does not run"):
         text_to_params(f"{{\n  d_model: 48,\n  x: [0.25, {value}, 0.5],\n}}", "model.js")
-    for missing_comma in ("0.25 0.5", "0.25 x"):
-        with pytest.raises(WeightFormatError, match="Expecting ',' delimiter") as e:
-            text_to_params(f"{{\n  d_model: 48,\n  x: [{missing_comma}],\n}}", "model.js")
-        assert not isinstance(e.value, PageOnlyError)
+    # syntax errors, which Node refuses too, stay refusals: a comma left out, an operator with nothing after
+    # it, a parenthesis not closed, two names side by side, a number running into a letter
+    for broken in ("0.25 0.5", "0.25 x", "1 -", "1/", "-", "(", "(0.5", "a b", "1e", "1e-", "0x", "0x1G", "1)"):
+        with pytest.raises(WeightFormatError, match="not a readable weight file") as e:
+            text_to_params(f"{{\n  d_model: 48,\n  x: [0.25, {broken}],\n}}", "model.js")
+        assert not isinstance(e.value, PageOnlyError), broken
 
 
 @needs_node
