@@ -175,7 +175,8 @@ def main(argv=None) -> int:
         # the demo writes no file, and a service manager stopping it expects it to die of the signal
         with command_line(sigterm=False):
             return _main(argv)
-    except KeyboardInterrupt:      # while predlab loads (torch) or reads model.js, before it serves
+    except KeyboardInterrupt:      # while it reads model.js, before it serves (not in predlab's own import,
+        # torch's with it, which runs before main: that one is Python's traceback, as for any script)
         print("\ninterrupted before the demo started", file=sys.stderr)
         return 130
 
