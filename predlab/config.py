@@ -600,9 +600,9 @@ def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device
     side = f" in {parts} parts side by side (--cpu_split)" if tc.cpu_split and parts > threads else ""
     work = [(f"a training step's activations (--batch_size x --boids_max{' squared' if square else ''}){side}",
              step_bytes_training(batch, mc, wc.boids_max, not square, max(parts, on_thread)))]
-    # then, not at the same time: validation's forwards (parts side by side too), the student's (DAgger)
-    # and the catch evaluation's, with the evaluation's episodes
-    # validation splits by the batch size as given (a batch is not cut to the samples there)
+    # then, not at the same time: validation's forwards (parts side by side too, split by the batch size as
+    # given: its batches are not cut to the samples trained on), the student's (DAgger) and the catch
+    # evaluation's, with the evaluation's episodes
     T, val = wc.boids_max + 3, tc.val_episodes * wc.frames
     val_parts = split_parts_for(tc.cpu_split, tc.batch_size, threads) if dev.type == "cpu" else 1
     val_rows = min(validation_rows(tc.batch_size, T), val)

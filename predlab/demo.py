@@ -195,8 +195,9 @@ def _main(argv) -> int:
         return 2
     model = Path(args.model_js)
     from .export import path_problem
-    if path_problem(model):
-        print(f"error: {path_problem(model)}", file=sys.stderr)
+    problem = path_problem(model)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     if model.is_dir():
         print(f"error: {model} is a directory; pass the model.js in it (say {model / 'model.js'})", file=sys.stderr)

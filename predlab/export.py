@@ -736,13 +736,15 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                                     "short?") from None
         code = (_JS_VALUE.match(s, e.pos) if e.msg.startswith("Expecting value") else
                 _JS_OPERATOR.match(s, e.pos) if e.msg.startswith("Expecting ',' delimiter") else None)
-        begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
-        begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
-        value = s[begin:_js_value_end(s, e.pos)].strip()
-        if code and _js_expression(value):     # the page may well run it: "will refuse" would be wrong
-            value = value if len(value) <= 40 else value[:37] + "..."
-            raise PageOnlyError(f"{source}: the value at {_place(text.lstrip(chr(0xFEFF)), s, begin)} is `{value}`, "
-                                "JavaScript that predlab does not run (it reads numbers written out)") from None
+        if code:
+            begin = max(s.rfind(",", 0, e.pos), s.rfind("[", 0, e.pos), s.rfind(":", 0, e.pos)) + 1
+            begin += len(s[begin:e.pos]) - len(s[begin:e.pos].lstrip())
+            value = s[begin:_js_value_end(s, e.pos)].strip()
+            if _js_expression(value):     # the page may well run it: "will refuse" would be wrong
+                value = value if len(value) <= 40 else value[:37] + "..."
+                raise PageOnlyError(f"{source}: the value at {_place(text.lstrip(chr(0xFEFF)), s, begin)} is "
+                                    f"`{value}`, JavaScript that predlab does not run (it reads numbers written "
+                                    "out)") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "
@@ -1503,8 +1505,9 @@ def _main(argv: List[str]) -> int:
     for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
         if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."
             ap.error(f"{name}: no file name given")
-    if path_problem(src):
-        ap.error(path_problem(src))
+    problem = path_problem(src)
+    if problem:
+        ap.error(problem)
     if src.is_dir():
         ap.error(f"{src} is a directory; pass a checkpoint or weight file in it (say {src / 'best_model.pt'})")
     if not src.is_file():

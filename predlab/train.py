@@ -1157,19 +1157,18 @@ class SupervisedTrainer:
         widths = [int(n.max()) for n in data.n.cpu()[order].split(sizes)]     # on the host: no wait per batch
         src = self._on_device(data)
         o = order.to(self.device, non_blocking=True)
+        N_all = max(widths)
+        slots = torch.arange(N_all, device=self.device)
         if not shuffle:
             start = 0
             for size, N in zip(sizes, widths):
                 idx = o[start:start + size]
                 yield {"context": src.context[idx], "predator": src.predator[idx], "boids": src.boids[idx, :N],
-                       "mask": torch.arange(N, device=self.device)[None, :] < src.n[idx][:, None],
-                       "target": src.target[idx]}
+                       "mask": slots[None, :N] < src.n[idx][:, None], "target": src.target[idx]}
                 start += size
             return
-        N_all = max(widths)
         ctx, pred, boids, n, target = (src.context[o], src.predator[o], src.boids[o, :N_all], src.n[o],
                                        src.target[o])
-        slots = torch.arange(N_all, device=self.device)
         start = 0
         for size, N in zip(sizes, widths):
             end = start + size
@@ -2100,8 +2099,9 @@ def _parse(argv):
         if not resume.strip():          # Path("") is ".", which read as "  is a directory"
             p.error("--resume: no file name given (pass a checkpoint_epoch_N.pt)")
         from .export import path_problem
-        if path_problem(resume):
-            p.error(f"--resume: {path_problem(resume)}")
+        problem = path_problem(resume)
+        if problem:
+            p.error(f"--resume: {problem}")
         if Path(resume).is_dir():
             p.error(f"--resume: {resume} is a directory; pass a checkpoint_epoch_N.pt in it")
         if not Path(resume).is_file():
