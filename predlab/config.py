@@ -530,7 +530,7 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
                                                          "validation's forwards"))]
         name = torch.cuda.get_device_name(device)
         return (memory_problem(host)
-                or memory_problem([n for n in needs if not n[0].startswith(HOST_WORK)],
+                or memory_problem([n for n in needs if not n[0].startswith((HOST_WORK, WORKERS))],
                                   have=torch.cuda.get_device_properties(device).total_memory,
                                   where=f"the {{}} of {name}"))
     return memory_problem(needs)
@@ -548,8 +548,9 @@ def _kept_samples(tc: "TrainConfig", wc: WorldConfig) -> Tuple[int, int]:
 
 def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:
     """(description, bytes) of what training_memory counts, training on `device` (None: the CPU): what is
-    held through the run, and the largest of what its phases take in turn (_training_work); on a GPU,
-    the largest of those on the GPU, and DAgger's student forwards, which run on the host."""
+    held through the run (with the --num_workers processes), and the largest of what its phases take in
+    turn (_training_work); on a GPU, the largest of those on the GPU, and DAgger's student forwards, which
+    run on the host."""
     import torch
     sb = sample_bytes(wc.boids_max)
     fresh, kept = _kept_samples(tc, wc)
@@ -560,6 +561,11 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params)]
     work = _training_work(tc, wc, mc, device)
+    from .data import usable_cpus, workers_memory      # (data imports this module)
+    if tc.num_workers:      # the generator's processes, held through the run, on the host whatever the device
+        workers = min(tc.num_workers, usable_cpus())
+        needs.append((f"{WORKERS} ({workers}), each with its own Python and torch and a chunk of episodes' samples "
+                      f"it builds and sends", workers_memory(workers, max(tc.train_episodes, tc.val_episodes), wc)[1]))
     if torch.device(device or "cpu").type == "cpu":
         needs.append(max(work, key=lambda w: w[1]))
     else:
@@ -571,8 +577,9 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     return needs
 
 
-# what a GPU run does on the host: DAgger's episodes are generated there, its student driving them
-HOST_WORK = "DAgger's student forwards"
+# what a GPU run does on the host: episodes are generated there, in --num_workers processes where
+# those are given, DAgger's student driving them
+HOST_WORK, WORKERS = "DAgger's student forwards", "the --num_workers processes"
 
 
 def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:

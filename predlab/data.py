@@ -391,15 +391,32 @@ def _flock_groups(world: World) -> List[tuple]:
     return out
 
 
+# what a worker process holds beside its work: its own Python, torch, numba and their compiled code
+# (285-342 MiB measured on Linux, after its first chunk)
+WORKER_BYTES = 320 * 2 ** 20
+
+
+def workers_memory(workers: int, num_episodes: int, cfg: WorldConfig) -> tuple:
+    """(description, bytes) of what `workers` worker processes hold while they generate num_episodes
+    episodes: each its own Python and torch, and a chunk's samples, built and then sent to this process
+    (a worker's peak rose by 2.2-2.7 x its chunk's samples at 50 and 200 boids)."""
+    chunk = min(num_episodes, CHUNK_EPISODES) * cfg.frames * sample_bytes(cfg.boids_max)
+    return (f"{workers} worker process(es) (num_workers), each with its own Python and torch "
+            f"(~{WORKER_BYTES >> 20} MiB) and a chunk of up to {CHUNK_EPISODES} episodes' samples, built "
+            f"and sent", workers * (WORKER_BYTES + 3 * chunk))
+
+
 def _torch_world(device, backend: str = "auto") -> bool:
     """Whether _rollout_chunk steps its episodes in the torch World (else in fastsim's kernels)."""
     return backend == "torch" or (backend == "auto" and (torch.device(device).type != "cpu" or fastsim is None))
 
 
-def _check_generation(num_episodes, cfg, student, beta, device="cpu", backend: str = "auto") -> tuple:
+def _check_generation(num_episodes, cfg, student, beta, device="cpu", backend: str = "auto",
+                      workers: int = 0) -> tuple:
     """(num_episodes, cfg) checked for a generation call: ValueError / TypeError naming the argument,
     also when the samples of num_episodes episodes running all their frames would not fit in memory,
-    or, in the torch world, a chunk's work: on a GPU, that is counted against the GPU's memory."""
+    with the `workers` worker processes that generate them, or, in the torch world, a chunk's work: on
+    a GPU, that is counted against the GPU's memory."""
     num_episodes = whole_number("num_episodes", num_episodes, 1)
     cfg = as_config(WorldConfig, cfg, "cfg")
     cfg.validate()
@@ -416,6 +433,8 @@ def _check_generation(num_episodes, cfg, student, beta, device="cpu", backend: s
     if num_episodes > CHUNK_EPISODES:       # _join's peak: the joined samples and the chunk being copied
         needs.append((f"joining the chunks of {CHUNK_EPISODES} episodes, one chunk's samples",
                       CHUNK_EPISODES * per_episode))
+    if workers:
+        needs.append(workers_memory(workers, num_episodes, cfg))
     problem = memory_problem(needs, f"the samples of {num_episodes} episodes")
     if not problem and _torch_world(device, backend):
         # the torch world copies a chunk's samples up to four times (its frames and their padded copy,
@@ -777,7 +796,9 @@ class EpisodeGenerator:
         """
         from tqdm.auto import tqdm
 
-        num_episodes, _ = _check_generation(num_episodes, self.cfg, student, beta, self.device)
+        num_episodes, _ = _check_generation(num_episodes, self.cfg, student, beta, self.device,
+                                            workers=min(self.num_workers, usable_cpus())
+                                            if self.device.type == "cpu" else 0)
         stream = whole_number("stream", stream, 0, SEED_MAX)
         if student is not None and self.num_workers > 0 and self.device.type == "cpu":
             from .model import TransformerPredator

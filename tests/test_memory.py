@@ -693,3 +693,58 @@ def test_the_run_threads_and_the_batch_size_as_given_decide_the_parts_counted(mo
     wc = WorldConfig(boids_min=500, boids_max=500, frames=16)
     val = next(d for d, b in config._training_work(tc, wc, ModelConfig()) if d.startswith("validation's"))
     assert val.endswith("in 64 parts side by side (--cpu_split)")
+
+
+WORKERS_PEAK = r"""
+import re
+import sys
+from predlab import data
+from predlab.config import WorldConfig
+
+workers = min(2, data.usable_cpus())
+with data.EpisodeGenerator(WorldConfig(), seed=0, num_workers=workers) as gen:
+    gen.generate(1024, 1)      # a chunk of 512 episodes for each worker, where there are 2
+    taken = []
+    for p in gen._pool._pool:
+        with open(f"/proc/{p.pid}/status") as f:
+            taken.append(int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024)
+print(sum(taken), data.workers_memory(workers, 1024, WorldConfig())[1])
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_the_worker_processes_take_what_their_count_says():
+    """Each worker is a process with its own Python, torch and numba, and builds a chunk's samples before it
+    sends them: not counted, 2 workers took 1.0 GB, and 8 on a laptop would take some 4 GB past the check."""
+    out = subprocess.run([sys.executable, "-c", WORKERS_PEAK], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    taken, counted = map(int, out.stdout.split())       # 503 MB a worker, for 564 MiB counted
+    assert 0.6 * counted < taken <= counted, (taken, counted)
+
+
+def test_the_worker_processes_are_counted_on_the_host_by_training_and_generation(monkeypatch):
+    import torch
+    from predlab.config import ModelConfig, training_memory
+    from predlab.data import EpisodeGenerator
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 30)
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 4)
+    tc = TrainConfig(num_workers=4)
+    assert training_memory(dataclasses.replace(tc, num_workers=0), WorldConfig(), ModelConfig()) is None
+    assert "the --num_workers processes (4)" in training_memory(tc, WorldConfig(), ModelConfig())
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 1)          # capped, as the run caps them
+    assert training_memory(tc, WorldConfig(), ModelConfig()) is None
+
+    class Props:      # a GPU run generates on the host too: the workers count there, not against the card
+        total_memory = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 4)
+    assert "1.0 GiB" in training_memory(tc, WorldConfig(), ModelConfig(), torch.device("cuda"))
+    assert "of a test GPU" not in training_memory(tc, WorldConfig(), ModelConfig(), torch.device("cuda"))
+    monkeypatch.setattr(config, "physical_memory", lambda: 16 * 2 ** 30)
+    assert training_memory(tc, WorldConfig(), ModelConfig(), torch.device("cuda")) is None
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 30)
+    with EpisodeGenerator(WorldConfig(), num_workers=4) as gen:     # refused before any worker starts
+        monkeypatch.setattr(gen, "_get_pool", lambda: pytest.fail("started the workers"))
+        with pytest.raises(ValueError, match=r"4 worker process\(es\) \(num_workers\)"):
+            gen.generate(100, 1)
