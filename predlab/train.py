@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
                      plural, resolve_device, training_memory, whole_number, widest_float)
-from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, collate, usable_cpus
+from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, usable_cpus
 from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words, move,
                      move_to_previous, refuse_unwritable, say, silence_stdout, stale_partials, stop_words,
                      write_keeping)
@@ -1899,8 +1899,9 @@ class SupervisedTrainer:
         if not isinstance(structured_inputs, Mapping):   # a list was named "sample 0 must be an object/dict, got list"
             raise InputError(f"evaluate_sample takes one sample, a dict, not {type(structured_inputs).__name__} (for "
                              f"several: model.predict takes a list, and predlab.evaluate scores whole episodes)")
-        batch = collate([structured_inputs])
-        teacher = TeacherPolicy()(batch)[0]
+        # the teacher in float64, as the page computes: in float32 two boids whose distances differ past its
+        # precision tie, and the first was taken where the page takes the nearer one
+        teacher = TeacherPolicy().get_normalized_action(structured_inputs).float()
         model = self.model.predict(structured_inputs).cpu()
         cos = F.cosine_similarity(model[None], teacher[None]).item() if teacher.norm() > 0 else float("nan")
         return {"model_action": model.tolist(), "teacher_action": teacher.tolist(),

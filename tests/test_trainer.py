@@ -239,6 +239,14 @@ def test_evaluate_sample_with_no_boids_has_no_cosine_similarity():
     assert r["mse"] == pytest.approx(sum(a * a for a in r["model_action"]) / 2)
 
 
+def test_evaluate_sample_scores_against_the_boid_the_page_chases():
+    """Two boids 1e-10 apart in distance tie in float32: the first was taken, where the page chases the second."""
+    boid = {"velX": 0.0, "velY": 0.0}
+    sample = {"context": {"canvasWidth": 1.0, "canvasHeight": 1.0}, "predator": {"velX": 0.0, "velY": 0.0},
+              "boids": [{**boid, "relX": 0.1000000001, "relY": 0.0}, {**boid, "relX": 0.0, "relY": -0.1}]}
+    assert _trainer().evaluate_sample(sample)["teacher_action"] == [0.0, -1.0]
+
+
 def test_evaluate_sample_given_a_list_says_it_takes_one_sample():
     """A list was named "sample 0 must be an object/dict, got list": the list itself was taken as sample 0."""
     sample = {"context": {"canvasWidth": 1.0, "canvasHeight": 1.0}, "predator": {"velX": 0.1, "velY": 0.0},
