@@ -163,6 +163,14 @@ def test_world_js_equals_predlab_sim(tmp_path):
     assert total >= 1, "the case should include a catch"
 
 
+def test_world_js_of_no_boid_slots_has_none():
+    """World(width, height, 0) made NUM_BOIDS slots, as when n is not given: a page of no boids had 50."""
+    script = (f"const W = require({json.dumps(str(JS / 'world.js'))});"
+              "const r = W.rng(1), none = new W.World(640, 480, 0), given = new W.World(640, 480);"
+              "none.reset(r); given.reset(r); console.log(JSON.stringify([none.n, none.numAlive(), given.n]));")
+    assert json.loads(node("-e", script)) == [0, 0, 50]
+
+
 def _js_teacher(tmp_path, inputs) -> torch.Tensor:
     """world.js's closestPursuit on browser-form inputs -> [B, 2]."""
     (tmp_path / "obs.json").write_text(json.dumps(inputs))

@@ -62,10 +62,10 @@
   }
   function clamp1(v) { return v < -1 ? -1 : v > 1 ? 1 : v; }
 
-  // width, height: canvas size in px; n: boid slots.
+  // width, height: canvas size in px; n: boid slots (NUM_BOIDS when not given; 0 is none).
   function World(width, height, n) {
     this.width = width; this.height = height;
-    this._alloc(n || C.NUM_BOIDS);
+    this._alloc(n === undefined ? C.NUM_BOIDS : n);
     this.predX = width / 2; this.predY = height / 2; this.predVX = 0; this.predVY = 0;
     this.frame = 0; this.catches = 0;
     this.cohesionWeight = C.COHESION_WEIGHT; this.separationWeight = C.SEPARATION_WEIGHT;
