@@ -322,7 +322,7 @@ def model_from_checkpoint(ckpt: Mapping, path="checkpoint", device="cpu") -> Tra
     """The model of a checkpoint dict that load_checkpoint_dict(path) returned, in eval mode: one
     read of the file gives both the model and what the checkpoint says of it."""
     device = as_device(device)      # "cuda" without a GPU: torch's "Torch not compiled with CUDA enabled"
-    model = TransformerPredator.from_config(ckpt["model_config"])
+    model = TransformerPredator.for_weights(ckpt["model_config"])
     check_architecture(model, ckpt, path)
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()

@@ -266,7 +266,7 @@ def load_params_into(model: TransformerPredator, params: Mapping) -> None:
 def params_to_model(params: Mapping, dropout: float = 0.0) -> TransformerPredator:
     """A new TransformerPredator with the sizes and weights of a weight dict."""
     validate_params(params)
-    m = TransformerPredator(*(int(params[k]) for k in SIZE_KEYS), dropout=dropout)
+    m = TransformerPredator.for_weights(dict(zip(SIZE_KEYS, (int(params[k]) for k in SIZE_KEYS)), dropout=dropout))
     load_params_into(m, params)
     return m.eval()
 

@@ -539,6 +539,14 @@ class TransformerPredator(nn.Module):
         cfg = as_config(ModelConfig, cfg, "cfg")
         return cls(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.ffn_hidden, cfg.dropout)
 
+    @classmethod
+    def for_weights(cls, cfg: Union[ModelConfig, Mapping, None]) -> "TransformerPredator":
+        """from_config for a model whose weights are then loaded: its initial weights are drawn apart from
+        torch's global random numbers, so that loading one leaves a seeded run's stream where it was (a
+        resume that loaded its folder's best model drew other dropout masks than the run it went on)."""
+        with torch.random.fork_rng(devices=[]):
+            return cls.from_config(cfg)
+
     def reset_parameters(self, generator: torch.Generator = None) -> None:
         """Small normal init (std 0.02), zero biases, unit LayerNorm scales; the residual projections (attn_out,
         down) scaled by 1 / sqrt(2 * layers)."""

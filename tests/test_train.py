@@ -1590,6 +1590,35 @@ def test_ctrl_c_in_a_run_resumed_in_its_folder_exports_after_pruning_the_checkpo
     assert all(torch.equal(exported[k], v) for k, v in resumed.items())
 
 
+def test_ctrl_c_then_resume_in_its_folder_goes_on_as_the_uninterrupted_run_with_dropout(tmp_path, monkeypatch):
+    """The resume read the folder's best_model.pt (to tell its own model.js), and building that model drew torch's
+    random numbers after the checkpoint had restored them: every later dropout mask differed from the run's."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = ["--epochs", "3", "--dropout", "0.1", "--no-dagger", "--eval_every", "0", *TINY_FLAGS]
+    assert main([*flags, "--checkpoint_dir", "straight"]) == 0
+    with monkeypatch.context() as m:
+        ctrl_c_in_epoch(m, 3)
+        assert main([*flags, "--checkpoint_dir", "cut"]) == 130
+    assert (tmp_path / "cut" / "model.js").exists() and (tmp_path / "cut" / "best_model.pt").exists()
+    assert main(["--resume", "cut/checkpoint_epoch_2.pt", "--quiet"]) == 0
+    straight, resumed = (ck.load_checkpoint_dict(f"{d}/checkpoint_epoch_3.pt") for d in ("straight", "cut"))
+    assert resumed["history"][-1]["val_loss"] == straight["history"][-1]["val_loss"]
+    assert all(torch.equal(a, resumed["model"][k]) for k, a in straight["model"].items())
+
+
+def test_loading_a_model_leaves_torchs_random_numbers_where_they_were(tmp_path):
+    from predlab.export import read_weights, write_weights
+    model = TransformerPredator()
+    ck.atomic_save({"format": ck.FORMAT, "version": ck.VERSION, "model_config": vars(model.config),
+                    "model": model.state_dict()}, tmp_path / "m.pt")
+    write_weights(model, tmp_path / "m.js")
+    state = torch.get_rng_state()
+    loaded = [ck.load_model(tmp_path / "m.pt"), read_weights(tmp_path / "m.js")]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(m.output.weight, model.output.weight) for m in loaded)
+
+
 def test_cli_resume_of_a_run_already_at_its_epochs_exits_2(tmp_path, monkeypatch, capsys):
     """Resuming at epoch N with --epochs N would train nothing: it says to pass a larger --epochs."""
     from predlab.train import main
