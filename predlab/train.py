@@ -2639,6 +2639,12 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         model = ckpt_io.model_from_checkpoint(b, best)
         best_of = ckpt_io.describe_best(b.get("monitor", "val_loss"), b.get("best_metric"), b.get("best_epoch"))
         said = f"{ended}; best {best_of}"
+        if b.get("monitor", "val_loss") != trainer.monitor:
+            # --select_best_by changed on resume, and no epoch since set a best by the new measure: the file is
+            # still the best by the old one, which the line above names
+            said += (" (chosen before the resume; no epoch since gave a "
+                     + ("catch ratio to choose by: raise --eval_episodes or --eval_frames)"
+                        if trainer.monitor == "neg_catch_ratio" else "finite validation loss to choose by)"))
     elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead (after a

@@ -1645,6 +1645,23 @@ def test_select_best_by_given_on_resume_is_applied(tmp_path, monkeypatch, capsys
     assert ck.load_checkpoint_dict(tmp_path / "out" / "checkpoint_epoch_3.pt")["monitor"] == "neg_catch_ratio"
 
 
+def test_a_resume_selecting_by_catch_ratio_with_none_given_says_its_best_is_the_old_measures(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """Told "best_model.pt follows catch_ratio from now on", the run ended with "best val MSE ... at epoch 2" and
+    exported that file without a word on why it was not chosen by the catch ratio."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    flags = ["--no-dagger", *TINY_FLAGS]
+    assert main(["--epochs", "2", "--eval_every", "0", "--checkpoint_dir", "m", *flags]) == 0
+    capsys.readouterr()
+    assert main(["--resume", "m/checkpoint_epoch_2.pt", "--epochs", "3", "--select_best_by", "catch_ratio",
+                 "--eval_every", "1", "--eval_episodes", "1", "--eval_frames", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert ("at epoch 2 (chosen before the resume; no epoch since gave a catch ratio to choose by: raise "
+            "--eval_episodes or --eval_frames)") in out
+    assert ck.load_checkpoint_dict("m/best_model.pt")["monitor"] == "val_loss"
+
+
 def _hold_lock(d: Path):
     """Another process holding the lock of checkpoint folder d until its stdin closes."""
     code = ("import sys; from predlab.train import lock_checkpoint_dir; held = lock_checkpoint_dir(sys.argv[1]); "
