@@ -2332,17 +2332,28 @@ def fine_tune_shortfall(trainer: SupervisedTrainer, start: Optional[float], expo
                 f"{-trainer.best_metric:.4f} at best, on the catch check's episodes)")
     # a file of the folder this run writes in (fine-tuning its best_model.pt) was moved aside for the run's own:
     # the path named above holds the worse model now
+    moved = init_weights_moved(trainer)
+    if moved is not None:
+        return f"{said}; that file is now {moved}, and {init} is this run's"
     for cb in trainer.callbacks:
-        moved = getattr(cb, "moved_to", None)
-        if (isinstance(cb, Checkpointer) and moved is not None and Path(init).resolve().parent == cb.dir.resolve()
-                and (moved / Path(init).name).is_file()):
-            return f"{said}; that file is now {moved / Path(init).name}, and {init} is this run's"
         # a model.js there when the run began: the export that follows keeps it in previous/ (the CLI's)
         if (isinstance(cb, Checkpointer) and Path(init).resolve().parent == cb.dir.resolve()
                 and cb.dir / Path(init).name in cb.foreign_exports() and exports):
             return (f"{said}; the export keeps that file in {cb.dir / 'previous'}, and {init} becomes this "
                     "run's")
     return said
+
+
+def init_weights_moved(trainer: SupervisedTrainer) -> Optional[Path]:
+    """Where the file a run started from (init_weights) is now, when it was a file of the folder the run writes in
+    (fine-tuning its best_model.pt) that the run's own first write moved aside; else None."""
+    init = trainer.train_config.init_weights
+    for cb in trainer.callbacks:
+        moved = getattr(cb, "moved_to", None)
+        if (init is not None and isinstance(cb, Checkpointer) and moved is not None
+                and Path(init).resolve().parent == cb.dir.resolve() and (moved / Path(init).name).is_file()):
+            return moved / Path(init).name
+    return None
 
 
 def settings_markdown(trainer) -> str:
@@ -2378,6 +2389,19 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
     stretches its cosine schedule, and a finished run's 1e-4 became 1.3e-3 again, with no warm-up (the
     README's fine-tuning figures: a high rate on a trained model first undid it)."""
     was = ck.get("scheduler", {}).get("total") if isinstance(ck.get("scheduler"), Mapping) else None
+    rates = stretched_rates(trainer, was, epochs)
+    if rates is None:
+        return None
+    before, rate = rates
+    return (f"note: --epochs {epochs} stretches the run's schedule of {was:g} epochs: the learning rate goes back up "
+            f"from {before:.1e}, where epoch {trainer.epoch} ended, to {rate:.1e} as epoch {trainer.epoch + 1} "
+            f"begins. To polish a finished model at a low rate instead, start a new run from it: "
+            f"--init_weights {shlex.quote(str(resume))} --learning_rate 3e-4")
+
+
+def stretched_rates(trainer: SupervisedTrainer, was, epochs: int) -> Optional[Tuple[float, float]]:
+    """(the rate where the trainer's epoch ended, the rate as the next begins) when training to `epochs`
+    stretches its cosine schedule of `was` epochs so that the rate goes back up (by more than half), else None."""
     if isinstance(was, bool) or not isinstance(was, (int, float)) or not epochs > was:
         return None        # the run's own schedule goes on (a warm-up epoch's last step ran below the next's rate)
     sched, saved = trainer.scheduler, trainer.scheduler.total
@@ -2388,12 +2412,7 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
         rate = sched.factor(float(trainer.epoch)) * sched.base[0]
     finally:
         sched.total = saved
-    if rate <= 1.5 * before:
-        return None
-    return (f"note: --epochs {epochs} stretches the run's schedule of {was:g} epochs: the learning rate goes back up "
-            f"from {before:.1e}, where epoch {trainer.epoch} ended, to {rate:.1e} as epoch {trainer.epoch + 1} "
-            f"begins. To polish a finished model at a low rate instead, start a new run from it: "
-            f"--init_weights {shlex.quote(str(resume))} --learning_rate 3e-4")
+    return None if rate <= 1.5 * before else (before, rate)
 
 
 def default_callbacks(tc: TrainConfig) -> List[Callback]:

@@ -241,8 +241,20 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
 def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
     """Redraw the panel whenever one of its widgets changes (and once now, if asked)."""
     def on_change(change):
-        if not ctl._holding:     # Controls.set redraws once, after its last value
+        if ctl._holding:         # Controls.set redraws once, after its last value
+            return
+        try:
             redraw(change)
+        except BaseException as e:      # noqa: BLE001 (an interrupted kernel too)
+            if not _in_notebook():
+                raise
+            # a slider's callback: JupyterLab shows its error only in the log console, and the panel kept
+            # "recording 500 frames..." with controls.last of other settings than the sliders'
+            ctl.last = None
+            what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+            with ctl.output:
+                ctl.output.clear_output()
+                print(f"{what}; move a slider to draw again")
 
     for w in ctl.widgets.values():
         w.observe(on_change, names="value")
@@ -271,6 +283,8 @@ def make_train_controls(**defaults) -> Controls:
     for k in ("epochs", "train_episodes", "val_episodes"):      # their slider's end grows to fit them
         whole_number(k, d[k], 1)
     lr = d["learning_rate"]     # so do the learning rate's (1e-6 to fine-tune, say); not to 0 or below
+    if isinstance(lr, numbers.Real) and not isinstance(lr, bool) and not 0 < lr < math.inf:
+        raise ValueError(f"learning_rate must be a positive finite number, got {lr:g}")
     lo, hi = (min(1e-5, lr), max(1e-1, lr)) if isinstance(lr, numbers.Real) and 0 < lr < math.inf else (1e-5, 1e-1)
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", lr, min=lo, max=hi, log=True,
@@ -337,6 +351,14 @@ def train_epochs(controls: Controls, trainer) -> int:
         print("warning: the controls differ from the trainer's settings: " + ", ".join(moved) + "; the trainer "
               "keeps its own: build it again (a new run) to train with the controls' values", file=sys.stderr)
     epochs = whole_number("epochs", now["epochs"], 1)
+    from .train import stretched_rates
+    rates = stretched_rates(trainer, trainer.scheduler.total, epochs) if trainer.epoch else None
+    if rates is not None:   # train(N) stretches the cosine to N: a finished run's 1e-4 rose to 1.3e-3 unsaid
+        print(f"note: the epochs slider at {epochs} stretches the run's schedule of {trainer.scheduler.total:g} "
+              f"epochs: the learning rate goes back up from {rates[0]:.1e}, where epoch {trainer.epoch} ended, to "
+              f"{rates[1]:.1e} as epoch {trainer.epoch + 1} begins. To polish a finished model at a low rate "
+              f"instead, set INIT_WEIGHTS to its best_model.pt, lower the learning rate, and build the trainer again",
+              file=sys.stderr)
     if trainer.epoch >= epochs:
         print(f"nothing to train: this run has done {trainer.epoch} epoch(s) and the epochs slider asks for "
               f"{epochs}: move it past {trainer.epoch} and run this cell again to train on (or build the trainer "
@@ -365,11 +387,39 @@ def fine_tune_start(trainer) -> Optional[float]:
 def fine_tune_verdict(trainer, start: Optional[float]) -> None:
     """After training a run started from a file: a warning (on stderr) when no epoch beat the file's own
     val MSE `start` (from fine_tune_start), with what to try; nothing otherwise."""
-    from .train import fine_tune_shortfall
+    from .train import fine_tune_shortfall, init_weights_moved
     shortfall = fine_tune_shortfall(trainer, start)
     if shortfall:
-        print(f"warning: {shortfall}: try a lower learning rate (move the slider, then build the trainer again)",
-              file=sys.stderr)
+        moved = init_weights_moved(trainer)     # built again as it is, the trainer would start from this run's
+        redo = f"set INIT_WEIGHTS to {str(moved)!r}, " if moved is not None else ""
+        print(f"warning: {shortfall}: try a lower learning rate ({redo}move the slider, then build the trainer "
+              f"again)", file=sys.stderr)
+
+
+def export_verdict(folder) -> None:
+    """After a notebook's run: a line when the folder's model.js (what `python -m predlab.demo` and the page
+    load) is not of its best_model.pt, which the run wrote; nothing when it is, or when there is no best.
+    The notebooks leave the export to 04_export.ipynb, and a run left an earlier export beside its new best
+    without a word."""
+    from pathlib import Path
+
+    from .checkpoint import load_model
+    from .export import read_weights
+    folder = Path(folder)
+    best, js = folder / "best_model.pt", folder / "model.js"
+    if not best.is_file():
+        return
+    if not js.is_file():
+        print(f"no model.js in {folder} yet: 04_export.ipynb writes it, of this best_model.pt")
+        return
+    try:
+        a, b = load_model(best).state_dict(), read_weights(js).state_dict()
+        same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a)
+    except Exception:       # noqa: BLE001 (an unreadable file of either kind is no export of this model)
+        same = False
+    if not same:
+        print(f"{js} is an earlier export, not of this best_model.pt: the demo and the page run that one until "
+              f"04_export.ipynb exports this one")
 
 
 # ---------------------------------------------------------------------- 03: attention

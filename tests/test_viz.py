@@ -685,7 +685,10 @@ def test_catch_callbacks_refuse_bad_sizes(kw, match):
     (lambda: widgets.make_train_controls(seed=3), r"unknown argument\(s\) seed"),
     (lambda: widgets.make_train_controls(epochs=-5), r"epochs must be a whole number >= 1, got -5"),
     (lambda: widgets.make_train_controls(epochs=None), r"epochs must be a whole number, got None"),
-    (lambda: widgets.make_train_controls(learning_rate=-1), r"learning_rate must be between 1e-05 and 0.1, got -1"),
+    # 0 was "between 1e-05 and 0.1", where 1e-6 is taken (the slider's end grows to it)
+    (lambda: widgets.make_train_controls(learning_rate=-1), r"learning_rate must be a positive finite number, got -1"),
+    (lambda: widgets.make_train_controls(learning_rate=0), r"learning_rate must be a positive finite number, got 0"),
+    (lambda: widgets.make_train_controls(learning_rate=float("nan")), r"positive finite number, got nan"),
     (lambda: widgets.make_train_controls(batch_size=2.7), r"batch_size must be a whole number, got 2.7"),
     (lambda: widgets.make_train_controls(n_heads=99), r"n_heads must be a whole number between 1 and 16, got 99"),
     (lambda: widgets.sim_widgets(n_boids=10 ** 6), r"n_boids must be a whole number between 1 and 50, got 1000000"),
@@ -1388,6 +1391,86 @@ def test_the_training_cell_takes_the_epochs_slider_and_names_the_controls_its_tr
     capsys.readouterr()
     assert tuned.model.config.d_model == 32 and widgets.train_epochs(ctl, tuned) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_the_training_cell_says_when_the_epochs_slider_raises_a_finished_runs_learning_rate(samples, capsys):
+    """train(N) past a run's end stretches its cosine to N: a run of 6 epochs trained on to 8 went from 2.8e-4 back
+    up to 4.6e-4 (30 to 40: from 5% of the peak to 19%), which the cell did not say."""
+    from predlab.model import TransformerPredator
+    from predlab.train import SupervisedTrainer
+    ctl = widgets.make_train_controls(epochs=40, batch_size=64)
+    trainer = SupervisedTrainer(TransformerPredator(), samples, samples, learning_rate=2e-3, batch_size=64,
+                                device="cpu")
+    trainer.epoch, trainer.scheduler.total = 30, 30        # as a finished run of 30 epochs leaves them
+    assert widgets.train_epochs(ctl, trainer) == 40
+    err = capsys.readouterr().err
+    assert ("note: the epochs slider at 40 stretches the run's schedule of 30 epochs: the learning rate goes back up "
+            "from 1.0e-04, where epoch 30 ended, to 3.") in err and "set INIT_WEIGHTS to its best_model.pt" in err
+    trainer.scheduler.total = 40                            # a run on its own schedule: nothing to say
+    assert widgets.train_epochs(ctl, trainer) == 40 and capsys.readouterr().err == ""
+
+
+def test_the_training_cell_says_when_model_js_is_not_the_runs_best(tmp_path, capsys):
+    """02 writes best_model.pt and leaves the export to 04: an earlier model.js stayed beside it, and the demo, which
+    loads checkpoints/model.js, ran the earlier model without a word."""
+    from predlab.export import write_weights
+    from predlab.model import TransformerPredator
+    from predlab.train import create_trainer
+    widgets.export_verdict(tmp_path)                                        # no run yet: nothing
+    assert capsys.readouterr().out == ""
+    t = create_trainer(train_episodes=1, val_episodes=1, frames=5, device="cpu", progress=False, verbose=False)
+    t.save_checkpoint(tmp_path / "best_model.pt")
+    widgets.export_verdict(tmp_path)
+    assert f"no model.js in {tmp_path} yet: 04_export.ipynb writes it" in capsys.readouterr().out
+    write_weights(TransformerPredator(), tmp_path / "model.js")             # an earlier run's export
+    widgets.export_verdict(tmp_path)
+    assert (f"{tmp_path / 'model.js'} is an earlier export, not of this best_model.pt: the demo and the page run "
+            "that one") in capsys.readouterr().out
+    write_weights(t.model, tmp_path / "model.js")                           # 04's export of it
+    widgets.export_verdict(tmp_path)
+    assert capsys.readouterr().out == ""
+    (tmp_path / "model.js").write_text("not weights")
+    widgets.export_verdict(tmp_path)
+    assert "is an earlier export" in capsys.readouterr().out
+
+
+def test_a_slider_redraw_that_fails_or_is_interrupted_says_so_in_the_panel(monkeypatch, capsys):
+    """Interrupted while it recorded, the panel kept "recording 500 frames..." and controls.last the episode of
+    other settings; the error went only to JupyterLab's log console."""
+    ctl = widgets.make_sim_controls(run_now=False, frames=6, n_boids=5, width=320, height=320)
+    monkeypatch.setattr("predlab.widgets._in_notebook", lambda: True)
+    ctl.widgets["frames"].value = 7
+    assert ctl.last is not None
+    capsys.readouterr()
+
+    def cut(**kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("predlab.widgets.rerun_sim", cut)
+    ctl.widgets["frames"].value = 8                     # a slider's callback: nothing raised into the kernel
+    assert ctl.last is None and "interrupted; move a slider to draw again" in capsys.readouterr().out
+    monkeypatch.setattr("predlab.widgets.rerun_sim", lambda **kw: 1 / 0)
+    ctl.widgets["frames"].value = 9
+    assert "failed: ZeroDivisionError: division by zero; move a slider" in capsys.readouterr().out
+    monkeypatch.setattr("predlab.widgets._in_notebook", lambda: False)      # called from code: it raises there
+    with pytest.raises(ZeroDivisionError):
+        ctl.widgets["frames"].value = 10
+
+
+def test_the_fine_tuning_advice_names_where_the_file_it_started_from_went(tmp_path, capsys):
+    """Fine-tuning the folder's own best_model.pt moves that file to previous/ at the run's first write: built again
+    as the advice said, the trainer started from the run's worse model, still named best_model.pt."""
+    from predlab.train import Checkpointer, create_trainer
+    kw = dict(train_episodes=1, val_episodes=1, frames=5, device="cpu", progress=False, verbose=False,
+              dagger=False, eval_every=0)
+    create_trainer(**kw, callbacks=[Checkpointer(tmp_path)]).train(1)
+    tuned = create_trainer(**kw, init_weights=tmp_path / "best_model.pt", callbacks=[Checkpointer(tmp_path)])
+    start = widgets.fine_tune_start(tuned)
+    tuned.train(1)
+    tuned.best_metric, tuned.best_epoch = start * 1.5, 1                     # no epoch beat the file
+    capsys.readouterr()
+    widgets.fine_tune_verdict(tuned, start)
+    moved = next((tmp_path / "previous").glob("*/best_model.pt"))
+    assert f"try a lower learning rate (set INIT_WEIGHTS to {str(moved)!r}, move the slider" in capsys.readouterr().err
 
 
 def test_the_notebooks_training_cell_reads_the_controls_when_it_runs(samples, capsys):
