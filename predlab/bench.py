@@ -252,6 +252,14 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
     torch.manual_seed(0)
     model = TransformerPredator.from_config(ModelConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
+    kernels, model_module.fastops = model_module.fastops, None    # torch's ops alone, as the seed ran: its GEGLU
+    try:                                                          # ran in predlab's numba kernel
+        return _naive_steps(model, opt, data, batch_size, steps)
+    finally:
+        model_module.fastops = kernels
+
+
+def _naive_steps(model, opt, data: SampleSet, batch_size: int, steps: int) -> Dict[str, float]:
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[: (steps + 1) * batch_size]
     sub = data.select(idx)
     dicts = to_dicts(sub.batch(torch.arange(len(sub))))
@@ -508,6 +516,10 @@ _HAVE_TRITON = importlib.util.find_spec("triton") is not None
 VARIANT_MODES = {name: {"cuda_graphs": True, **kw} for name, _, kw, triton in _VARIANTS if _HAVE_TRITON or not triton}
 VARIANT_LABELS = {name: label for name, label, _, _ in _VARIANTS if label}
 VARIANT_MIN_BATCH = 4096
+# the modes predlab.train runs: its float32 numerics and default kernels, with CUDA graphs (its default) or without
+# (--no-cuda_graphs). The GPU target is judged on these: bf16 and TF32 change what the model computes, and the Triton
+# kernels are opt-in
+TRAINER_GPU_MODES = ("graphs fp32", "eager fp32")
 # predlab.model's kernel switches that a mode may set (for its run only)
 SWITCHES = {"layer_norm": "GPU_LAYER_NORM", "attention": "GPU_ATTENTION", "geglu": "GPU_GEGLU"}
 
@@ -656,16 +668,17 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
             r.update(batch_size=b, mode=name, data="default")
             print(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)",
                   file=sys.stderr, flush=True)
-            r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
+            # averaged over the samples' own flock sizes, as on the CPU: at the mean size it fell 2.7% short
+            r["tflops"] = r["samples_per_s"] * mean_train_flops(mcfg, data, cls_only_last=True) / 1e12
             res["train"].append(r)
-    best = max(res["train"], key=lambda r: r["samples_per_s"])
+    best = trainer_best(res["train"])
     fifty = samples_with_boids(fixed_boids, min_samples // 4, world)
     want = max(64 * best["batch_size"], min_samples)
     fifty = SampleSet.cat([fifty] * math.ceil(want / len(fifty))).select(torch.arange(want))
     r = bench_training_gpu(fifty, best["batch_size"], seconds, device,
                            **{**GPU_MODES, **VARIANT_MODES, **(modes or {})}[best["mode"]])
     r.update(batch_size=best["batch_size"], mode=best["mode"], data=f"{fixed_boids} boids")
-    r["tflops"] = r["samples_per_s"] * train_flops(mcfg, r["mean_boids"], cls_only_last=True) / 1e12
+    r["tflops"] = r["samples_per_s"] * mean_train_flops(mcfg, fifty, cls_only_last=True) / 1e12
     res["train"].append(r)
     # bf16 autocast and TF32 against float32: the same data, seed and number of steps
     want = min_samples // 2
@@ -676,8 +689,9 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
         for key, kw in (("val_mse_fp32", {}), ("val_mse_bf16", {"autocast": True}), ("val_mse_tf32", {"tf32": True}))}}
     res["generate"] = bench_generation(min(4 * CHUNK_EPISODES, min_samples // 8), world,
                                        repeats=1 if quick else 2, device=device, frames=min(50, world.frames))
-    res["memory"] = ({str(b): gpu_training_memory(pool, b, cuda_graphs=True)["peak_mib"] for b in batches}
-                     if on_gpu else {})
+    # at each batch size as named: 4 batches of it (the pool alone was fewer rows than a batch of 16384 when quick)
+    res["memory"] = ({str(b): gpu_training_memory(SampleSet.cat([pool] * math.ceil(4 * b / len(pool))), b,
+                                                  cuda_graphs=True)["peak_mib"] for b in batches} if on_gpu else {})
     # where the time goes at the largest batch: 8 eager steps of the default modes
     b = max(batches)
     data = SampleSet.cat([pool] * math.ceil(8 * b / len(pool))).select(torch.arange(8 * b))
@@ -688,6 +702,13 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     return res
 
 
+def trainer_best(rows) -> Optional[Dict]:
+    """The fastest default-episode row of the modes predlab.train runs (TRAINER_GPU_MODES), else of any mode."""
+    rows = [r for r in rows if r["data"] == "default"]
+    ours = [r for r in rows if r["mode"] in TRAINER_GPU_MODES] or rows
+    return max(ours, key=lambda r: r["samples_per_s"]) if ours else None
+
+
 def print_gpu_table(g: Dict) -> None:
     print(f"GPU: {g['device']}")
     row = "{:<14} {:>7} {:<18} {:>12} {:>12} {:>8} {:>9} {:>5}"
@@ -695,7 +716,10 @@ def print_gpu_table(g: Dict) -> None:
     for r in g["train"]:
         print(row.format(r["data"], r["batch_size"], r["mode"], f"{r['samples_per_s']:,.0f}",
                          f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}", f"{r['warmup_s']:.1f} s",
-                         "yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no"))
+                         ("yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no")
+                         + ("" if r["mode"] in TRAINER_GPU_MODES else "*")))
+    print("(* not predlab.train's numerics or kernels, which the target is judged on: bf16 and TF32 change what the "
+          "model computes, and the Triton kernels are opt-in)")
     rate = {(r["batch_size"], r["mode"]): r["samples_per_s"] for r in g["train"] if r["data"] == "default"}
     for (b, mode), x in rate.items():
         base = rate.get((b, "graphs fp32"))
@@ -794,6 +818,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         r["gflops"] = r["samples_per_s"] * r["executed_flop_per_sample"] / 1e9
         r["fraction_of_matmul_peak"] = r["gflops"] / res["matmul_gflops"]
         r["effective_gflops"] = r["samples_per_s"] * r["flop_per_sample"] / 1e9
+        r["effective_fraction_of_matmul_peak"] = r["effective_gflops"] / res["matmul_gflops"]
         res[name] = r
     res["memory_cpu_b256_n50"] = training_memory(fifty, batch_size, cpu_split)
     # as training runs it: each split part's rows on one thread (the split's threads set one for
@@ -808,9 +833,23 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
                                                                                           world.frames))
 
     gpu = torch.cuda.is_available() if gpu is None else gpu
-    res["gpu"] = run_gpu(quick, world, batches=gpu_batches, modes=gpu_modes) if gpu else None   # None: no CUDA device here
-    res["train_gpu"] = (max(r["samples_per_s"] for r in res["gpu"]["train"] if r["data"] == "default")
-                        if gpu else None)
+    res["gpu"], res["train_gpu"] = None, None       # None: no CUDA device here
+    if gpu:
+        try:
+            res["gpu"] = run_gpu(quick, world, batches=gpu_batches, modes=gpu_modes)
+        except Exception as e:      # noqa: BLE001 (the CPU figures, minutes of them, are kept: the run threw all away)
+            import traceback
+            res["gpu"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            print(f"  GPU: failed ({type(e).__name__}: {str(e)[:300]})", file=sys.stderr, flush=True)
+        best = trainer_best(res["gpu"].get("train", []))
+        if best is not None:
+            res["train_gpu"], res["train_gpu_mode"] = best["samples_per_s"], best["mode"]
+    res["quick"], res["targets"] = quick, dict(TARGETS)
+    # None: not judged here (training targets are of 2 threads; no GPU)
+    res["met"] = {"generate": res["generate"]["samples_per_s"] >= TARGETS["generate"],
+                  **{k: res[k]["samples_per_s"] >= TARGETS[k] if threads == 2 else None
+                     for k in ("train_default", "train_50")},
+                  "train_gpu": None if res["train_gpu"] is None else res["train_gpu"] >= TARGETS["train_gpu"]}
     return res
 
 
@@ -820,10 +859,17 @@ def print_table(res: Dict) -> None:
     print(f"machine: {m.get('cpu', '?')}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: "
           f"{m['cuda'] or 'none'}, load average at start {m['load_avg_1min']:.1f}" +
           (f", PREDLAB_CPU_ATTENTION={m['cpu_attention']}" if m.get("cpu_attention", "auto") != "auto" else "") +
-          (f"; {m['date']}" if m.get("date") else ""))
-    print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {m['threads']} threads, "
-          f"{res['matmul_gflops_1thread']:.1f} on 1\n")
+          (f"; {m['date']}" if m.get("date") else "") + ("; --quick: smaller sizes" if res.get("quick") else ""))
+    threads = m["threads"]
+    print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {threads} thread{'s' * (threads != 1)}, "
+          f"{res['matmul_gflops_1thread']:.1f} on 1")
+    if threads > 1 and res["matmul_gflops"] < res["matmul_gflops_1thread"]:
+        print(f"note: the {threads}-thread peak measured below the 1-thread one: the machine was busy, and the "
+              f"fractions of it below read high")
+    print()
     rows = [("figure", "samples/s", "1 thread", "x naive", "x seed", "target", "met")]
+    # the training targets and the seed's figures are of 2 threads: not judged at others
+    judged = threads == 2
 
     def line(label, rate, one, naive, seed, target):
         rows.append((label, f"{rate:,.0f}", one, f"{rate / naive:.1f}" if naive else "",
@@ -838,19 +884,35 @@ def print_table(res: Dict) -> None:
         r = res[key]
         parts = r.get("parts", 1)
         # the seed's 470 was measured on its default episodes only: at 50 boids it is no baseline
-        line(f"{label} ({m['threads']} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"],
+        line(f"{label} ({threads} thr{f', {parts} parts' if parts > 1 else ''})", r["samples_per_s"],
              f"{r['one_thread']:,.0f}", r["naive"]["samples_per_s"],
-             SEED_MEASURED["train_cpu"] if key == "train_default" else None, TARGETS[key])
-    if res.get("gpu"):
-        best = max((r for r in res["gpu"]["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
+             SEED_MEASURED["train_cpu"] if key == "train_default" and judged else None,
+             TARGETS[key] if judged else None)
+    g_res = res.get("gpu")
+    if g_res and g_res.get("error"):
+        rows.append(("training, GPU", "failed", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
+    elif g_res:
+        best = trainer_best(g_res["train"])
         line(f"training, GPU ({best['mode']}, batch {best['batch_size']})", best["samples_per_s"], "", None,
              SEED_ADVERTISED["train_gpu"], TARGETS["train_gpu"])
+        fastest = max((r for r in g_res["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
+        if fastest["samples_per_s"] > best["samples_per_s"]:     # a variant: listed, not judged (see the GPU table)
+            line(f"training, GPU ({fastest['mode']}, batch {fastest['batch_size']})*", fastest["samples_per_s"], "",
+                 None, None, None)
     else:
         rows.append(("training, GPU", "not measured", "", "", "", f"{TARGETS['train_gpu']:,.0f}", "?"))
     # the label column as wide as its longest label: a fixed 36 let "(2 thr, 2 parts)" push a row's figures right
     row = "{:<%d} {:>12} {:>9} {:>8} {:>8} {:>10} {:>4}" % max(len(r[0]) for r in rows)
     for r in rows:
         print(row.format(*r))
+    if not judged:
+        print(f"(the training targets and the seed's figures are of 2 threads: not judged at {threads})")
+    if any(r[0].endswith("*") for r in rows):
+        print("(* not predlab.train's numerics or kernels: bf16 and TF32 change what the model computes, and the "
+              "Triton kernels are opt-in; the target is judged on the row above it)")
+    if g_res and g_res.get("error"):
+        print(f"GPU: failed, the CPU figures above stand: {g_res['error'][:500]}\n"
+              + "".join(g_res.get("traceback", "").splitlines(keepends=True)[-8:]))
     print()
     for key, label in (("train_default", "default episodes"), ("train_50", "50 boids")):
         r = res[key]
@@ -858,7 +920,8 @@ def print_table(res: Dict) -> None:
               f"(averaged over the samples' flock sizes) for the full model ({r['effective_gflops']:.1f} GFLOP/s "
               f"effective), {r['executed_flop_per_sample'] / 1e6:.1f} "
               f"MFLOP executed (last block CLS only): {r['gflops']:.1f} GFLOP/s = "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak")
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% of the measured matmul peak "
+              f"({100 * r['effective_fraction_of_matmul_peak']:.0f}% at the full model's count)")
     a = res["attention_cpu"]
     w = a["whole_batch"]
     how = (f"one split part's {a['batch_size']} rows on {a['threads']} thread(s), as training runs it"
@@ -892,17 +955,17 @@ def print_table(res: Dict) -> None:
                                             mem.get("counted_mib") else "") +
           (f"; the bench process's peak RSS {mem['process_peak_rss_mib']:.0f} MiB"
            if mem.get("process_peak_rss_mib") is not None else ""))
-    print(f"naive baselines (per-sample dicts, seed design; warmed up; generation over 4 episodes, training the "
-          f"best of a few steps): generation "
+    print(f"naive baselines (the seed's design, measured in this run: per-sample dicts, torch's ops alone; warmed "
+          f"up; generation over 4 episodes, training the best of a few steps): generation "
           f"{g['naive']['samples_per_s']:,.0f}/s, "
           f"training {res['train_default']['naive']['samples_per_s']:,.0f}/s default, "
           f"{res['train_50']['naive']['samples_per_s']:,.0f}/s at 50 boids")
-    print(f"seed figures: measured {SEED_MEASURED['train_cpu']:.0f} training / {SEED_MEASURED['generate_cpu']:.0f} "
-          f"generation samples/s on 2 cores; advertised {SEED_ADVERTISED['train_cpu']:.0f} CPU / "
+    print(f"seed figures (quoted, not from this run): {SEED_MEASURED['train_cpu']:.0f} training / "
+          f"{SEED_MEASURED['generate_cpu']:.0f} generation samples/s measured on 2 cores; advertised {SEED_ADVERTISED['train_cpu']:.0f} CPU / "
           f"{SEED_ADVERTISED['train_gpu']:,.0f} GPU")
-    if res.get("gpu"):
+    if g_res and not g_res.get("error"):
         print()
-        print_gpu_table(res["gpu"])
+        print_gpu_table(g_res)
 
 
 def _silence_stderr() -> None:
@@ -928,7 +991,7 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     p = FlagParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
     p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
-    p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~35 s)")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~40 s)")
     # bounded_number, as predlab.train's flags: 1e3 or 1e-3 got argparse's "invalid int value", which
     # said nothing of what is accepted
     p.add_argument("--threads", type=bounded_number(int, 1), default=None,
@@ -989,6 +1052,9 @@ def _main(argv) -> int:
             if a.gpu_only:
                 res = {"machine": machine(torch.get_num_threads()), "gpu": run_gpu(quick=a.quick, batches=batches,
                                                                                     modes=modes)}
+                best = trainer_best(res["gpu"]["train"])
+                res["train_gpu"] = best and best["samples_per_s"]
+                res["train_gpu_mode"] = best and best["mode"]
                 print_gpu_table(res["gpu"])
             else:
                 res = run(quick=a.quick, threads=a.threads, gpu_batches=batches, gpu_modes=modes,
