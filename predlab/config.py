@@ -619,9 +619,11 @@ def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device
                  min(val_parts, -(-val // max(val_rows, 1)))
                  * forward_bytes(val_rows, T, mc, dev.type, torch.float32, 1 if val_parts > 1 else threads)))
     if tc.dagger:      # on the host whatever the device, in --num_workers processes of one thread each if given
-        workers = min(tc.num_workers, usable_cpus())
+        from .data import CHUNK_EPISODES, busy_workers
+        workers = busy_workers(min(tc.num_workers, usable_cpus()), tc.train_episodes)   # a chunk each drives
         work.append((f"{HOST_WORK} (--train_episodes x --boids_max)",
-                     workers * policy_forward_bytes(mc, tc.train_episodes, wc.boids_max, "cpu", threads=1) if workers
+                     workers * policy_forward_bytes(mc, min(tc.train_episodes, CHUNK_EPISODES), wc.boids_max, "cpu",
+                                                    threads=1) if workers
                      else policy_forward_bytes(mc, tc.train_episodes, wc.boids_max, "cpu", threads=threads)))
     if tc.eval_every:
         work.append((f"the catch evaluation's episodes (--eval_episodes x --boids_max"

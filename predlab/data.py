@@ -392,18 +392,24 @@ def _flock_groups(world: World) -> List[tuple]:
 
 
 # what a worker process holds beside its work: its own Python, torch, numba and their compiled code
-# (285-342 MiB measured on Linux, after its first chunk)
-WORKER_BYTES = 320 * 2 ** 20
+# (285-342 MiB measured on Linux, after its first chunk; ~370 where numba compiles its kernels afresh)
+WORKER_BYTES = 384 * 2 ** 20
 
 
 def workers_memory(workers: int, num_episodes: int, cfg: WorldConfig) -> tuple:
     """(description, bytes) of what `workers` worker processes hold while they generate num_episodes
-    episodes: each its own Python and torch, and a chunk's samples, built and then sent to this process
-    (a worker's peak rose by 2.2-2.7 x its chunk's samples at 50 and 200 boids)."""
+    episodes: each its own Python and torch, and those with a chunk to build (one chunk of CHUNK_EPISODES
+    episodes each at a time, so no more than the chunks there are) its samples, built and then sent to
+    this process (a worker's peak rose by 2.2-2.7 x its chunk's samples at 50 and 200 boids)."""
     chunk = min(num_episodes, CHUNK_EPISODES) * cfg.frames * sample_bytes(cfg.boids_max)
     return (f"{workers} worker process(es) (num_workers), each with its own Python and torch "
             f"(~{WORKER_BYTES >> 20} MiB) and a chunk of up to {CHUNK_EPISODES} episodes' samples, built "
-            f"and sent", workers * (WORKER_BYTES + 3 * chunk))
+            f"and sent", workers * WORKER_BYTES + busy_workers(workers, num_episodes) * 3 * chunk)
+
+
+def busy_workers(workers: int, num_episodes: int) -> int:
+    """The worker processes that work at once on num_episodes episodes: one chunk each, at most."""
+    return min(workers, math.ceil(num_episodes / CHUNK_EPISODES))
 
 
 def _torch_world(device, backend: str = "auto") -> bool:

@@ -731,6 +731,20 @@ def test_the_worker_processes_are_counted_on_the_host_by_training_and_generation
     tc = TrainConfig(num_workers=4)
     assert training_memory(dataclasses.replace(tc, num_workers=0), WorldConfig(), ModelConfig()) is None
     assert "the --num_workers processes (4)" in training_memory(tc, WorldConfig(), ModelConfig())
+    # 8 workers on 200 episodes: one chunk of them, so one worker builds samples (refused on 16 GiB at 1,000 boids
+    # when each was counted with a chunk: 16.8 GiB of workers)
+    from predlab.data import CHUNK_EPISODES, WORKER_BYTES
+    monkeypatch.setattr("predlab.data.usable_cpus", lambda: 8)
+    wc = WorldConfig(boids_max=1000)
+    needs = dict(config._training_needs(TrainConfig(num_workers=8, train_episodes=200), wc, ModelConfig()))
+    chunk = 200 * wc.frames * config.sample_bytes(1000)
+    assert needs["the --num_workers processes (8), each with its own Python and torch and a chunk of episodes' samples "
+                 "it builds and sends"] == 8 * WORKER_BYTES + 3 * chunk
+    dagger = dict(config._training_work(TrainConfig(num_workers=8, train_episodes=200), wc, ModelConfig()))
+    one = dict(config._training_work(TrainConfig(num_workers=1, train_episodes=200), wc, ModelConfig()))
+    assert dagger["DAgger's student forwards (--train_episodes x --boids_max)"] == \
+        one["DAgger's student forwards (--train_episodes x --boids_max)"]         # one worker drives, the others idle
+    assert CHUNK_EPISODES == 512
     monkeypatch.setattr("predlab.data.usable_cpus", lambda: 1)          # capped, as the run caps them
     assert training_memory(tc, WorldConfig(), ModelConfig()) is None
 
