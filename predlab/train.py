@@ -1116,6 +1116,7 @@ class SupervisedTrainer:
         self.validate_batches = 0      # batches of the validation under way (validate sets it)
         self.target_epochs = 0
         self.resumed_from: Optional[Path] = None   # the checkpoint load_checkpoint read, if any
+        self.loaded_epoch = 0                       # and the epoch it was of
         self._sum_dtype = widest_float(self.device)
         if self.device.type == "cuda" and self.device.index is not None:
             # graphs capture on the current device's stream and Triton launches there: make it ours
@@ -1761,7 +1762,7 @@ class SupervisedTrainer:
             self._restore(backup)
             raise ckpt_io.CheckpointError(f"{path}: training state does not fit this trainer "
                                           f"({type(e).__name__}: {e}); the trainer is unchanged") from None
-        self.resumed_from = Path(path)
+        self.resumed_from, self.loaded_epoch = Path(path), self.epoch
         if warn_settings:
             self._warn_other_settings(ck, path, monitor)
         return ck
@@ -2661,9 +2662,11 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
         if b.get("monitor", "val_loss") != trainer.monitor:
             # --select_best_by changed on resume, and no epoch since set a best by the new measure: the file is
             # still the best by the old one, which the line above names
-            said += (" (chosen before the resume; no epoch since gave a "
-                     + ("catch ratio to choose by: raise --eval_episodes or --eval_frames)"
-                        if trainer.monitor == "neg_catch_ratio" else "finite validation loss to choose by)"))
+            checked = any("catch_ratio" in h for h in trainer.history if h.get("epoch", 0) > trainer.loaded_epoch)
+            said += (" (chosen before the resume; " + (
+                "no epoch since gave a finite validation loss to choose by)" if trainer.monitor != "neg_catch_ratio"
+                else "no catch check since gave a catch ratio to choose by: raise --eval_episodes or --eval_frames)"
+                if checked else "no catch check has run since (one every --eval_every epochs))"))
     elif trainer.resumed_from is not None and math.isfinite(trainer.best_metric):   # it had a best
         # resumed, and no epoch of this run beat the best of the run it came from (whose
         # best_model.pt is in that run's folder): export where this run ended instead (after a

@@ -1657,9 +1657,18 @@ def test_a_resume_selecting_by_catch_ratio_with_none_given_says_its_best_is_the_
     assert main(["--resume", "m/checkpoint_epoch_2.pt", "--epochs", "3", "--select_best_by", "catch_ratio",
                  "--eval_every", "1", "--eval_episodes", "1", "--eval_frames", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert ("at epoch 2 (chosen before the resume; no epoch since gave a catch ratio to choose by: raise "
+    assert ("at epoch 2 (chosen before the resume; no catch check since gave a catch ratio to choose by: raise "
             "--eval_episodes or --eval_frames)") in out
     assert ck.load_checkpoint_dict("m/best_model.pt")["monitor"] == "val_loss"
+    # stopped before any catch check ran: raising the episodes would change nothing
+    shutil.rmtree("m")
+    assert main(["--epochs", "2", "--eval_every", "0", "--checkpoint_dir", "m", *flags]) == 0
+    capsys.readouterr()
+    ctrl_c_in_epoch(monkeypatch, 4)
+    assert main(["--resume", "m/checkpoint_epoch_2.pt", "--epochs", "5", "--select_best_by", "catch_ratio",
+                 "--eval_every", "2", "--eval_episodes", "1", "--eval_frames", "2", "--quiet"]) == 130
+    out = capsys.readouterr().out
+    assert "at epoch 2 (chosen before the resume; no catch check has run since (one every --eval_every epochs))" in out
 
 
 def _hold_lock(d: Path):
