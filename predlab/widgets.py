@@ -11,6 +11,7 @@ import dataclasses
 import math
 import numbers
 import sys
+import traceback
 from typing import Dict, Mapping, Optional
 
 import ipywidgets as W
@@ -254,6 +255,8 @@ def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
             what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
             with ctl.output:
                 ctl.output.clear_output()
+                if not isinstance(e, KeyboardInterrupt):     # where it came from, in the panel (nowhere else)
+                    traceback.print_exc(file=sys.stdout)
                 print(f"{what}; move a slider to draw again")
 
     for w in ctl.widgets.values():
@@ -284,7 +287,7 @@ def make_train_controls(**defaults) -> Controls:
         whole_number(k, d[k], 1)
     lr = d["learning_rate"]     # so do the learning rate's (1e-6 to fine-tune, say); not to 0 or below
     if isinstance(lr, numbers.Real) and not isinstance(lr, bool) and not 0 < lr < math.inf:
-        raise ValueError(f"learning_rate must be a positive finite number, got {lr:g}")
+        raise ValueError(f"learning_rate must be a positive finite number, got {float(lr):g}")
     lo, hi = (min(1e-5, lr), max(1e-1, lr)) if isinstance(lr, numbers.Real) and 0 < lr < math.inf else (1e-5, 1e-1)
     return Controls({
         "learning_rate": field_widget(TrainConfig, "learning_rate", lr, min=lo, max=hi, log=True,
@@ -404,16 +407,24 @@ def export_verdict(folder) -> None:
     from pathlib import Path
 
     from .checkpoint import load_model
-    from .export import read_weights
+    from .export import SIZE_KEYS, read_weights
     folder = Path(folder)
-    best, js = folder / "best_model.pt", folder / "model.js"
+    best = folder / "best_model.pt"
     if not best.is_file():
         return
+    try:
+        model = load_model(best)
+    except Exception:       # noqa: BLE001 (the training cell's own line names the file; no verdict on it here)
+        return
+    # sizes the page refuses: 04 writes them to not-browser-size/, never over the folder's model.js
+    page = all(getattr(model.config, k) == C.BROWSER_SIZES[k] for k in SIZE_KEYS)
+    js = folder / "model.js" if page else folder / "not-browser-size" / "model.js"
     if not js.is_file():
-        print(f"no model.js in {folder} yet: 04_export.ipynb writes it, of this best_model.pt")
+        print(f"no model.js of this best_model.pt in {js.parent} yet: 04_export.ipynb writes it"
+              + ("" if page else " there (the stock page refuses its sizes)"))
         return
     try:
-        a, b = load_model(best).state_dict(), read_weights(js).state_dict()
+        a, b = model.state_dict(), read_weights(js).state_dict()
         same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a)
     except Exception:       # noqa: BLE001 (an unreadable file of either kind is no export of this model)
         same = False

@@ -1421,7 +1421,8 @@ def test_the_training_cell_says_when_model_js_is_not_the_runs_best(tmp_path, cap
     t = create_trainer(train_episodes=1, val_episodes=1, frames=5, device="cpu", progress=False, verbose=False)
     t.save_checkpoint(tmp_path / "best_model.pt")
     widgets.export_verdict(tmp_path)
-    assert f"no model.js in {tmp_path} yet: 04_export.ipynb writes it" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert said == f"no model.js of this best_model.pt in {tmp_path} yet: 04_export.ipynb writes it\n"
     write_weights(TransformerPredator(), tmp_path / "model.js")             # an earlier run's export
     widgets.export_verdict(tmp_path)
     assert (f"{tmp_path / 'model.js'} is an earlier export, not of this best_model.pt: the demo and the page run "
@@ -1432,6 +1433,16 @@ def test_the_training_cell_says_when_model_js_is_not_the_runs_best(tmp_path, cap
     (tmp_path / "model.js").write_text("not weights")
     widgets.export_verdict(tmp_path)
     assert "is an earlier export" in capsys.readouterr().out
+    # sizes the page refuses: 04 writes them to not-browser-size/, and the folder's model.js is no export of it
+    big = create_trainer(train_episodes=1, val_episodes=1, frames=5, device="cpu", progress=False, verbose=False,
+                         d_model=32, n_heads=2)
+    big.save_checkpoint(tmp_path / "best_model.pt")
+    widgets.export_verdict(tmp_path)
+    assert (f"no model.js of this best_model.pt in {tmp_path / 'not-browser-size'} yet: 04_export.ipynb writes it "
+            "there (the stock page refuses its sizes)") in capsys.readouterr().out
+    assert viz.export_for_browser(big.model, tmp_path)["paths"][0] == tmp_path / "not-browser-size" / "model.js"
+    widgets.export_verdict(tmp_path)
+    assert capsys.readouterr().out == ""
 
 
 def test_a_slider_redraw_that_fails_or_is_interrupted_says_so_in_the_panel(monkeypatch, capsys):
@@ -1450,7 +1461,8 @@ def test_a_slider_redraw_that_fails_or_is_interrupted_says_so_in_the_panel(monke
     assert ctl.last is None and "interrupted; move a slider to draw again" in capsys.readouterr().out
     monkeypatch.setattr("predlab.widgets.rerun_sim", lambda **kw: 1 / 0)
     ctl.widgets["frames"].value = 9
-    assert "failed: ZeroDivisionError: division by zero; move a slider" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed: ZeroDivisionError: division by zero; move a slider" in out and "Traceback" in out
     monkeypatch.setattr("predlab.widgets._in_notebook", lambda: False)      # called from code: it raises there
     with pytest.raises(ZeroDivisionError):
         ctl.widgets["frames"].value = 10
