@@ -46,7 +46,8 @@ def test_run_reports_every_figure(tmp_path, capsys, monkeypatch):
     assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
     assert "DAgger episodes, the model driving" in out and "as before" in out
     # 1 thread: the training targets and the seed's 2-core figure judge nothing (it said "met: yes" and "x seed 11.4")
-    assert "on 1 thread," in out and "(the training targets and the seed's figures are of 2 threads: not judged at 1)" in out
+    assert "on 1 thread," in out
+    assert "(the training targets and the seed's training figure are of 2 threads: not judged at 1)" in out
     assert res["met"]["train_default"] is None and res["met"]["generate"] is True and res["targets"] == bench.TARGETS
     assert all(len(line.split(")")[-1].split()) == 3 for line in out.splitlines()
                if line.startswith(("training, default", "training, 50")))
@@ -366,7 +367,9 @@ def test_gpu_modes_choose_the_rows_with_the_baseline(monkeypatch, capsys, tmp_pa
     assert seen["batches"] == (16384,)
     assert list(seen["modes"]) == ["graphs fp32", "graphs tf32", "graphs bf16"]
     assert seen["modes"]["graphs tf32"] == bench.VARIANT_MODES["graphs tf32"]
-    assert json.loads((tmp_path / "g.json").read_text())["machine"]["cuda"] == "a test GPU"
+    written = json.loads((tmp_path / "g.json").read_text())
+    assert written["machine"]["cuda"] == "a test GPU"
+    assert written["targets"] == {"train_gpu": 1e6} and written["met"] == {"train_gpu": None}      # no rows here
     # its own figures: replaced by the next run (a --gpu-only file, without the machine, was refused)
     assert bench.main(["--gpu-only", "--gpu-batches", "16384", "--json", str(tmp_path / "g.json")]) == 0
     # and one written by an earlier version, which had no "machine" (it was refused)
