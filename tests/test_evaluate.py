@@ -82,9 +82,10 @@ def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
     the command line, where the notebook's user raises episodes= in the call."""
     from predlab.evaluate import format_table
     caught, none = compare("teacher", teacher=teacher_run, **KW), compare("random", **{**KW, "frames": 2})
-    assert "more --episodes narrow it" in format_table(caught) and "(--episodes, --frames)" in format_table(none)
+    # the teacher against itself: no episode differs, so no interval, and the advice
+    assert "use more --episodes" in format_table(caught) and "(--episodes, --frames)" in format_table(none)
     said = [format_table(r, episodes="episodes=", frames="frames=") for r in (caught, none)]
-    assert "more episodes= narrow it" in said[0] and "(episodes=, frames=)" in said[1]
+    assert "use more episodes=" in said[0] and "(episodes=, frames=)" in said[1]
     assert not any("--" in t for t in said), said
 
 
@@ -955,9 +956,9 @@ def test_catch_evaluator_logs_the_models_figures_against_one_teacher_rollout(mod
     for epoch in (1, 2):
         logs = {}
         ce.on_evaluate(trainer, epoch, logs)
-        # the interval: every resample of the two episodes with a teacher catch gives 2/4 or 4/8
-        assert logs == {"catch_ratio": 0.5, "catch_ratio_low": 0.5, "catch_ratio_high": 0.5, "neg_catch_ratio": -0.5,
-                        "catches_per_1k": 1000 * 2 / (2 * 3)}
+        # no interval: two episodes that differ are too few (every resample of them gave 2/4 or 4/8: "0.50-0.50")
+        assert math.isnan(logs.pop("catch_ratio_low")) and math.isnan(logs.pop("catch_ratio_high"))
+        assert logs == {"catch_ratio": 0.5, "neg_catch_ratio": -0.5, "catches_per_1k": 1000 * 2 / (2 * 3)}
     assert [who for who, _ in calls] == ["teacher", "ModelPolicy", "ModelPolicy"]
     assert all(kw == dict(episodes=2, frames=3, seed=7, world_config=WC, device=trainer.device, progress=False)
                for _, kw in calls)                       # no bars unless asked for
@@ -1139,11 +1140,11 @@ def test_the_interval_takes_percentiles_of_paired_resamples():
     student's and the teacher's episodes apart) or without resampling, it is neither."""
     student, teacher = _catches([1, 0]), _catches([1, 1])
     assert catch_ratio(student, teacher) == 0.5
-    ci = catch_ratio_interval(student, teacher)
+    ci = catch_ratio_interval(student, teacher, min_differing=1)        # (one episode differs: by default too few)
     assert (ci["low"], ci["high"], ci["level"], ci["resamples"]) == (0.0, 1.0, 0.95, 2000)
-    mid = catch_ratio_interval(student, teacher, level=0.4)
+    mid = catch_ratio_interval(student, teacher, level=0.4, min_differing=1)
     assert (mid["low"], mid["high"]) == (0.5, 0.5)
-    assert catch_ratio_interval(student, teacher) == ci                     # seeded: the same every time
+    assert catch_ratio_interval(student, teacher, min_differing=1) == ci      # seeded: the same every time
 
 
 def test_the_interval_holds_the_ratio_and_narrows_with_more_episodes():
@@ -1160,7 +1161,7 @@ def test_the_interval_holds_the_ratio_and_narrows_with_more_episodes():
 
 def test_a_policy_against_itself_has_no_spread_and_no_teacher_catch_has_no_interval():
     same = _catches([3, 0, 1, 2])
-    ci = catch_ratio_interval(same, same)
+    ci = catch_ratio_interval(same, same, min_differing=0)
     assert (ci["low"], ci["high"]) == (1.0, 1.0)
     none = catch_ratio_interval(_catches([1, 0]), _catches([0, 0]))
     assert math.isnan(none["low"]) and math.isnan(none["high"])
@@ -1187,6 +1188,28 @@ def test_a_single_episode_has_no_interval_rather_than_a_certain_one():
     assert format_table(json.loads(json.dumps(strict_json(res)))) == table       # read back from --json
 
 
+def test_few_episodes_that_differ_give_no_interval_rather_than_a_certain_one():
+    """A trained model caught as the teacher did in most of 16 episodes: "95% interval 1.000-1.000", printed with
+    "more --episodes narrow it"; such intervals held the ratio of 10,240 episodes 57.5% of the time."""
+    student, teacher = _catches([2, 1, 0, 3] * 4), _catches([2, 1, 0, 3] * 3 + [2, 2, 1, 3])
+    ci = catch_ratio_interval(student, teacher)
+    assert (ci["differing"], ci["min_differing"]) == (2, 10) and math.isnan(ci["low"]) and math.isnan(ci["high"])
+    res = {"catch_ratio": catch_ratio(student, teacher), "catch_ratio_interval": ci, "episodes": 16, "frames": 300,
+           "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+    line = format_table(res).splitlines()[-1]
+    assert line == (f"policy vs teacher {res['catch_ratio']:.3f}: no interval: its catches and the teacher's differ "
+                    "in only 2 of the 16 episodes, too few to tell how far the ratio could move (an interval takes "
+                    "10); use more --episodes")
+    from predlab.config import strict_json
+    assert format_table(json.loads(json.dumps(strict_json(res)))).splitlines()[-1] == line     # from --json
+    g = torch.Generator().manual_seed(2)                        # ten that differ: an interval
+    s = _catches(torch.poisson(torch.full((40,), 1.0), g).long())
+    t = _catches(torch.poisson(torch.full((40,), 1.0), g).long())
+    assert catch_ratio_interval(s, t)["differing"] >= 10 and catch_ratio_interval(s, t)["low"] < catch_ratio(s, t)
+    with pytest.raises(ValueError, match="min_differing must be a whole number"):
+        catch_ratio_interval(s, t, min_differing=-1)
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(level=1), "level must be between 0 and 1"), (dict(level=0.0), "level must be between 0 and 1"),
     (dict(level=float("nan")), "level must be between 0 and 1"), (dict(resamples=0), "resamples must be a whole number >= 1"),
@@ -1205,7 +1228,10 @@ def test_the_interval_and_the_ratio_refuse_rollouts_of_other_episodes():
         catch_ratio(_catches([1, 0, 2]), _catches([1, 1]))         # it gave 2.0
 
 
-def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher_run):
+def test_the_table_gives_the_ratios_interval_and_reads_it_back_from_json(teacher_run, monkeypatch):
+    from predlab import evaluate
+    monkeypatch.setattr(evaluate, "catch_ratio_interval",      # 16 episodes: an interval from the few that differ
+                        functools.partial(evaluate.catch_ratio_interval, min_differing=1))
     res = compare("random", teacher=teacher_run, **KW)
     ci = res["catch_ratio_interval"]
     assert ci["low"] <= res["catch_ratio"] <= ci["high"] and ci["level"] == 0.95
@@ -1224,7 +1250,8 @@ def test_cli_json_holds_an_interval_without_a_top(tmp_path, capsys, monkeypatch)
     failed at json.dumps after the whole evaluation, with a traceback, and wrote nothing."""
     from predlab import evaluate
     student, teacher = _catches([1, 0, 0, 0]), _catches([0, 1, 0, 0])
-    res = {"catch_ratio": catch_ratio(student, teacher), "catch_ratio_interval": catch_ratio_interval(student, teacher),
+    res = {"catch_ratio": catch_ratio(student, teacher),
+           "catch_ratio_interval": catch_ratio_interval(student, teacher, min_differing=1),
            "episodes": 4, "frames": 300, "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
     assert res["catch_ratio_interval"]["high"] == math.inf
     monkeypatch.setattr(evaluate, "compare", lambda *a, **k: json.loads(json.dumps(res)))     # a copy, inf kept
