@@ -1,6 +1,7 @@
 """Closed-loop evaluation: seeded episodes shared by every policy, figures, file formats, the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -904,6 +905,15 @@ def test_compare_refuses_a_teacher_rollout_of_another_seed_or_world(model):
         compare(model, episodes=4, frames=5, seed=0, world_config=WC, teacher=t, baselines=False)
     with pytest.raises(ValueError, match="teacher is a Rollout of other episodes"):
         compare(model, episodes=4, frames=5, seed=1, teacher=t, baselines=False)
+    # another canvas range draws the same flock sizes: it passed, and the model's 88 catches on larger canvases were
+    # scored against the teacher's 36 on the browser's: a ratio of 2.444 where the model's own was 0.936
+    same = compare("teacher", episodes=4, frames=5, seed=1, world_config=WC, teacher=t, baselines=False)
+    assert same["teacher"]["catches"] == int(t.catches.sum())          # its own episodes: taken
+    other = dataclasses.replace(WC, width_max=WC.width_max - 100)
+    from predlab.evaluate import episodes_world
+    assert torch.equal(episodes_world(4, 1, other).n_alive, t.n_start)          # the flocks alone are alike
+    with pytest.raises(ValueError, match="teacher is a Rollout of other episodes"):
+        compare(model, episodes=4, frames=5, seed=1, world_config=other, teacher=t, baselines=False)
 
 
 def _canned(catches, frames=3):
