@@ -655,6 +655,10 @@ class CatchEvaluator(Callback):
 
 
 # ---------------------------------------------------------------------- CLI
+# frames past which an evaluation without a progress bar says, before it starts, that it may take long
+LONG_FRAMES = 100_000
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = FlagParser(prog="python -m predlab.evaluate", short_usage="PATH [flags]",
                    description="Closed-loop catches of a policy vs the teacher and a random baseline, on the "
@@ -773,6 +777,10 @@ def _main(argv) -> int:
             print(f"note: {a.policy} has sizes {sizes}; the browser page runs only {BROWSER_SIZES}, and would "
                   f"refuse these weights", file=sys.stderr)
     progress = sys.stderr.isatty() if a.progress is None else a.progress
+    if not progress and a.frames >= LONG_FRAMES:    # 10**6 frames ran for minutes in a log without a word
+        print(f"note: {plural(a.frames, 'frame')} of {plural(a.episodes, 'episode')}, three policies in turn, with no "
+              f"progress bar (--progress shows one): this can take long (an episode ends early only where its whole "
+              f"flock is caught)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     try:
         res = compare(policy, episodes=a.episodes, frames=a.frames, seed=a.seed, world_config=world, device=device,

@@ -1272,3 +1272,16 @@ def test_cli_json_holds_an_interval_without_a_top(tmp_path, capsys, monkeypatch)
     back = json.loads(out.read_text())        # strict JSON: JSON.parse has no Infinity
     assert back["catch_ratio"] == 1.0 and back["catch_ratio_interval"]["high"] is None
     assert format_table(back) in printed      # read back, the same table
+
+
+def test_a_long_evaluation_without_a_progress_bar_says_so_before_it_starts(monkeypatch, capsys):
+    """--frames 1000000 in a log ran for minutes without a word (no bar where stderr is not a terminal)."""
+    from predlab import evaluate
+    seen = []
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **k: seen.append(capsys.readouterr().err) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        evaluate.main(["teacher", "--episodes", "2", "--frames", "1000000", "--no-progress"])
+    assert "note: 1,000,000 frames of 2 episodes, three policies in turn, with no progress bar" in seen[0]
+    with pytest.raises(ZeroDivisionError):
+        evaluate.main(["teacher", "--episodes", "2", "--frames", "300", "--no-progress"])
+    assert "note:" not in seen[1]
