@@ -526,8 +526,8 @@ def training_memory(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     needs = _training_needs(tc, wc, mc, device)
     if device.type == "cuda":
         # samples are generated in host memory and moved to the GPU, where everything else is
-        host = [n for n in needs if not n[0].startswith(("the model", "a training step", "the catch evaluation",
-                                                         "validation's forwards"))]
+        host = [n for n in needs if not n[0].startswith(("the model", "a training step", GRAPH_POOL,
+                                                         "the catch evaluation", "validation's forwards"))]
         name = torch.cuda.get_device_name(device)
         return (memory_problem(host)
                 or memory_problem([n for n in needs if not n[0].startswith((HOST_WORK, WORKERS))],
@@ -557,7 +557,13 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
     epoch = fresh * sb
     d, f, L = mc.d_model, mc.ffn_hidden, mc.n_layers
     params = L * (4 * d * d + 3 * d * f) + 10 * d
+    # the trainer copies what it trains on in the epoch's shuffled order: under DAgger that is the aggregated
+    # buffer (counted below, with the samples it drops), not one epoch's fresh samples. A --dagger_buffer above
+    # two epochs' samples held twice the buffer, and the check counted its copy as two epochs' samples
     needs = [("validation samples (--val_episodes x --frames x --boids_max)", tc.val_episodes * wc.frames * sb),
+             ("the copy of DAgger's aggregated samples that an epoch trains on, in its order (--dagger_buffer, or 2 "
+              "epochs' --train_episodes x --frames x --boids_max)",
+              kept * sb) if tc.dagger else
              ("an epoch's training samples and their copy (--train_episodes x --frames x --boids_max)", 2 * epoch),
              ("the model, its gradients and optimizer state (--d_model, --n_layers, --ffn_hidden)", 16 * params)]
     work = _training_work(tc, wc, mc, device)
@@ -570,7 +576,21 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
         needs.append(max(work, key=lambda w: w[1]))
     else:
         on_host = [w for w in work if w[0].startswith(HOST_WORK)]
-        needs += [max((w for w in work if w not in on_host), key=lambda w: w[1])] + on_host
+        on_gpu = [w for w in work if w not in on_host]
+        if torch.device(device).type == "cuda" and tc.cuda_graphs and kept >= tc.batch_size:
+            # the full batches' steps are captured: their activations live in the graphs' private memory pool,
+            # reserved for as long as the trainer holds its graphs. The epoch's last, smaller batch runs eagerly
+            # (with the widest flocks: batches are cut from the samples sorted by flock size), and validation
+            # and the catch evaluation run, beside that pool, not in its place; the check counted one at a time
+            needs.append((f"{GRAPH_POOL}, held while the epoch's last, smaller batch, validation and the catch "
+                          f"evaluation run (--no-cuda_graphs: not held)", on_gpu[0][1]))
+            last = min(tc.batch_size - 1, kept - tc.batch_size)     # rows of the last batch, at most
+            if last:
+                on_gpu[0] = (f"{on_gpu[0][0]}, the epoch's last batch ({last} rows at most)",
+                             _training_work(dataclasses.replace(tc, batch_size=last), wc, mc, device)[0][1])
+            else:
+                on_gpu = on_gpu[1:]
+        needs += [max(on_gpu, key=lambda w: w[1])] + on_host if on_gpu else on_host
     if tc.dagger:
         needs.append(("DAgger's aggregated samples (--dagger_buffer, or 2 epochs' samples) and the oldest ones an "
                       "epoch drops, kept until it finishes", kept * sb + epoch))
@@ -580,6 +600,7 @@ def _training_needs(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", devic
 # what a GPU run does on the host: episodes are generated there, in --num_workers processes where
 # those are given, DAgger's student driving them
 HOST_WORK, WORKERS = "DAgger's student forwards", "the --num_workers processes"
+GRAPH_POOL = "the captured training steps' activations in the CUDA graphs' memory pool (--batch_size x --boids_max)"
 
 
 def _training_work(tc: "TrainConfig", wc: WorldConfig, mc: "ModelConfig", device=None) -> list:

@@ -36,7 +36,7 @@ def one_gib(monkeypatch):
 
 @pytest.mark.parametrize("flags, culprit", [
     (["--val_episodes", "100000000"], "validation samples (--val_episodes x --frames x --boids_max)"),
-    (["--train_episodes", "10000000"], "an epoch's training samples"),
+    (["--train_episodes", "10000000"], "--train_episodes x --frames x --boids_max"),
     (["--eval_episodes", "100000000"], "the catch evaluation's episodes (--eval_episodes x --boids_max)"),
     # a batch is at most the samples trained on: 60,000 episodes make enough for ten million
     (["--batch_size", "10000000", "--train_episodes", "60000"],
@@ -333,7 +333,7 @@ from predlab.data import EpisodeGenerator
 episodes, world = int(sys.argv[1]), WorldConfig()
 source = DaggerSource(EpisodeGenerator(world, seed=0, progress=False), episodes, start=1000)
 counted = sum(b for d, b in _training_needs(TrainConfig(train_episodes=episodes), world, ModelConfig())
-              if d.startswith(("an epoch's training samples", "DAgger's")))
+              if d.startswith(("an epoch's training samples", "the copy of DAgger's", "DAgger's")))
 source.generator.generate(1, stream=99)     # the compiled kernels loaded before the baseline
 before = status("VmRSS")
 for epoch in range(4):                      # from the third on, the buffer is full and drops the oldest
@@ -762,3 +762,81 @@ def test_the_worker_processes_are_counted_on_the_host_by_training_and_generation
         monkeypatch.setattr(gen, "_get_pool", lambda: pytest.fail("started the workers"))
         with pytest.raises(ValueError, match=r"4 worker process\(es\) \(num_workers\)"):
             gen.generate(100, 1)
+
+
+DAGGER_TRAINING_PEAK = PROC_STATUS + r"""
+import sys
+import warnings
+
+import torch
+
+from predlab.config import ModelConfig, TrainConfig, WorldConfig, _training_needs
+from predlab.dagger import DaggerSource
+from predlab.data import EpisodeGenerator
+from predlab.model import TransformerPredator
+from predlab.train import SupervisedTrainer
+
+warnings.simplefilter("ignore")
+episodes, epochs, world = int(sys.argv[1]), int(sys.argv[2]), WorldConfig()
+tc = TrainConfig(train_episodes=episodes, dagger_buffer=10 ** 8, epochs=epochs)
+counted = sum(b for d, b in _training_needs(tc, world, ModelConfig())
+              if d.startswith(("an epoch's training samples", "the copy of DAgger's", "DAgger's")))
+source = DaggerSource(EpisodeGenerator(world, seed=0, progress=False), episodes, start=1000, buffer=10 ** 8)
+trainer = SupervisedTrainer(TransformerPredator(), source, source.generator.generate(1, stream=98), device="cpu",
+                            world_config=world)
+before = status("VmRSS")
+for epoch in range(epochs):                 # a buffer that keeps every epoch's samples
+    data = source.for_epoch(epoch)
+next(trainer._batches(data, shuffle=True, generator=torch.Generator().manual_seed(0)))   # the epoch's copy
+print(status("VmHWM") - before, counted)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the peak RSS from /proc")
+def test_a_large_dagger_buffer_is_counted_with_the_copy_the_trainer_makes_of_it():
+    """The trainer copies the samples it trains on in the epoch's order: under DAgger, the whole buffer. The
+    check counted that copy as two epochs' fresh samples, so a --dagger_buffer that keeps every epoch's took
+    615 MB at the sixth epoch where 449 MB were counted, and nearly twice what was counted by the thirtieth."""
+    out = subprocess.run([sys.executable, "-c", DAGGER_TRAINING_PEAK, "300", "6"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()
+    taken, counted = int(out[0]), int(out[1])
+    assert 0.5 * counted < taken <= 1.1 * counted, (taken, counted)
+
+
+def test_on_a_gpu_with_cuda_graphs_the_graphs_pool_is_counted_beside_the_eager_work(monkeypatch):
+    """The captured steps' activations stay in the CUDA graphs' private pool while the epoch's last batch (the
+    widest flocks) runs eagerly and validation and the catch evaluation run: those allocate beside the pool, and
+    the check counted one phase at a time, as on a CPU. Batch 16384 took 12 GiB counted on a 16 GiB card."""
+    import torch
+    from predlab.config import GRAPH_POOL, ModelConfig, training_memory
+
+    class Props:
+        total_memory = 16 * 2 ** 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 40)
+    cuda, wc, mc = torch.device("cuda"), WorldConfig(), ModelConfig()
+
+    def needs(**kw):
+        return dict(config._training_needs(TrainConfig(**kw), wc, mc, cuda))
+
+    def step(rows, **kw):
+        return config._training_work(TrainConfig(batch_size=rows, **kw), wc, mc, cuda)[0][1]
+
+    # DAgger trains on 2 epochs of 100 episodes x 200 frames, 40,000 samples: the last batch has 16,383 rows at most
+    graphed, eager = needs(batch_size=16384), needs(batch_size=16384, cuda_graphs=False)
+    pool = next(b for d, b in graphed.items() if d.startswith(GRAPH_POOL))
+    assert pool == step(16384)
+    assert sum(graphed.values()) - sum(eager.values()) == pool + step(16383) - step(16384)
+    assert "CUDA graphs' memory pool" in training_memory(TrainConfig(batch_size=16384), wc, mc, cuda)
+    assert training_memory(TrainConfig(batch_size=16384, cuda_graphs=False), wc, mc, cuda) is None
+    # a last batch of 10,000 rows at most is counted at its size
+    graphed, eager = needs(batch_size=30000), needs(batch_size=30000, cuda_graphs=False)
+    assert sum(graphed.values()) - sum(eager.values()) == step(10000)
+    # no full batch, no graph: 1 episode is 200 samples, and without DAgger the run trains on them alone
+    assert needs(batch_size=256, train_episodes=1, dagger=False) == \
+        needs(batch_size=256, train_episodes=1, dagger=False, cuda_graphs=False)
+    # the host's check and a CPU run: unchanged
+    cpu = TrainConfig(batch_size=16384)
+    assert config._training_needs(cpu, wc, mc) == config._training_needs(dataclasses.replace(cpu, cuda_graphs=False),
+                                                                         wc, mc)
