@@ -280,7 +280,10 @@ class SampleSet:
         out = {"context": self.context[idx], "predator": self.predator[idx], "boids": self.boids[idx, :N],
                "mask": torch.arange(N, device=n.device)[None, :] < n[:, None], "target": self.target[idx]}
         if device is not None:
-            out = {k: v.to(device, non_blocking=True) for k, v in out.items()}
+            # to a GPU without waiting; to the host, a copy that has landed: from a GPU, non_blocking returns
+            # pinned tensors whose copy may still be under way when the caller reads them
+            device = torch.device(device)
+            out = {k: v.to(device, non_blocking=device.type != "cpu") for k, v in out.items()}
         return out
 
     def batch_indices(self, batch_size: int, shuffle: bool = True,
