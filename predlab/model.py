@@ -643,8 +643,12 @@ class TransformerPredator(nn.Module):
         batch = collate(samples, dtype=p.dtype)   # a float64 model keeps float64 inputs
         B, T = batch["mask"].shape[0], batch["mask"].shape[1] + 3
         need = forward_bytes(B, T, self.config, p.device.type, p.dtype)
+        # on a GPU its own memory: the host's refused batches that fit there, or let through ones that did not
+        gpu = p.device.type == "cuda"
         problem = memory_problem([(f"a forward over {T} tokens ({T - 3} boids) for {B} sample(s)", need)],
-                                 f"{B} sample(s) of {T - 3} boids")
+                                 f"{B} sample(s) of {T - 3} boids",
+                                 torch.cuda.get_device_properties(p.device).total_memory if gpu else None,
+                                 f"the {{}} of {torch.cuda.get_device_name(p.device)}" if gpu else "this machine's {}")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")
         _warn_outside_page_range(batch)

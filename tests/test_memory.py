@@ -840,3 +840,29 @@ def test_on_a_gpu_with_cuda_graphs_the_graphs_pool_is_counted_beside_the_eager_w
     cpu = TrainConfig(batch_size=16384)
     assert config._training_needs(cpu, wc, mc) == config._training_needs(dataclasses.replace(cpu, cuda_graphs=False),
                                                                          wc, mc)
+
+
+def test_predict_on_a_gpu_checks_the_gpus_memory_not_the_hosts(monkeypatch):
+    """predict counted a GPU model's forward against the host's memory: a host with less than the GPU
+    refused batches that fit there, and a large host let through ones that did not."""
+    import torch
+    from predlab.data import InputError
+    from predlab.model import TransformerPredator
+
+    class Props:
+        total_memory = 2 ** 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: Props)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: "a test GPU")
+    on_gpu = TransformerPredator()
+    weight = torch.empty(1)
+    fake = type("OnGpu", (), {"device": torch.device("cuda"), "dtype": weight.dtype})()
+    on_gpu.parameters = lambda recurse=True: iter([fake])         # what predict reads of the model's weights
+    sample = flock(20000)
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 40)
+    with pytest.raises(InputError, match=r"more than the 1.0 GiB of a test GPU .* predict fewer boids at a time"):
+        on_gpu.predict(sample)
+    Props.total_memory = 2 ** 40
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 30)
+    with pytest.raises(Exception) as moved:     # past the check, to the copy onto a GPU this machine lacks
+        on_gpu.predict(sample)
+    assert "of memory" not in str(moved.value)
