@@ -240,8 +240,11 @@ class ModelPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
-            for idx, y in zip((idx for idx, _ in subs), self._forwards([sub for _, sub in subs], p.device)):
-                out[idx] = y.to(out)
+            # the float32 model the page runs, inside a caller's own autocast too (a split's threads do not
+            # inherit it; the main thread did)
+            with torch.autocast(p.device.type, enabled=False):
+                for idx, y in zip((idx for idx, _ in subs), self._forwards([sub for _, sub in subs], p.device)):
+                    out[idx] = y.to(out)
         finally:
             self.model.train(was_training)
         if not bool(torch.isfinite(out).all()):     # scored as no catches, it read as a weak model

@@ -92,7 +92,9 @@ class Callback:
 
     def on_train_begin(self, trainer): ...
     def on_epoch_begin(self, trainer, epoch: int): ...
-    def on_batch_end(self, trainer, step: int, loss: float): ...
+    def on_batch_end(self, trainer, step: int, loss: torch.Tensor):
+        """loss: the batch's mean, a 0-d tensor on the trainer's device. float(loss) waits for a GPU to get
+        there: a callback that reads every batch's slows a GPU run."""
     def on_validate_batch(self, trainer, step: int):
         """After each batch of trainer.validate() (trainer.validate_batches in all)."""
     def on_evaluate(self, trainer, epoch: int, logs: Dict[str, float]):
@@ -1212,9 +1214,9 @@ class SupervisedTrainer:
         on the split's threads side by side, each on one thread: a no_grad forward on 2 threads has
         a fixed cost of ~2 ms (OMP_WAIT_POLICY=PASSIVE), and the figures are the same either way."""
         def loss(b):
-            # the float32 model the browser runs, even after bf16 training (autocast is per thread)
-            with torch.no_grad(), (torch.autocast(self.device.type, enabled=False) if self.autocast
-                                   else contextlib.nullcontext()):
+            # the float32 model the browser runs, even after bf16 training or inside a caller's own autocast
+            # (autocast is per thread: a split validation's threads did not inherit it, the main thread did)
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 return F.mse_loss(self.model(b).float(), b["target"], reduction="sum")
         parts = self.split_parts()
         if parts <= 1 or on_split_thread():

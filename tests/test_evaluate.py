@@ -1285,3 +1285,17 @@ def test_a_long_evaluation_without_a_progress_bar_says_so_before_it_starts(monke
     with pytest.raises(ZeroDivisionError):
         evaluate.main(["teacher", "--episodes", "2", "--frames", "300", "--no-progress"])
     assert "note:" not in seen[1]
+
+
+def test_model_policy_runs_the_float32_model_inside_a_callers_own_autocast(model):
+    """The catch check and DAgger's student drive episodes with the model the page runs: a user's
+    torch.autocast around them made the forwards on the main thread bf16 ones, the split's not."""
+    obs = ragged_observation(40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                    # every chunk on the main thread, where autocast reaches
+    try:
+        want = ModelPolicy(model)(obs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert torch.equal(ModelPolicy(model)(obs), want)
+    finally:
+        torch.set_num_threads(threads)

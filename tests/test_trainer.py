@@ -1006,3 +1006,13 @@ def test_create_trainer_names_a_model_of_another_dtype_than_its_episodes(dtype):
                                          rf"{dtype}: pass model.float\(\)"):
         create_trainer(model=TransformerPredator().to(dtype), train_episodes=1, val_episodes=1, frames=10,
                        verbose=False, progress=False)
+
+
+def test_validation_is_float32_inside_a_callers_own_autocast():
+    """A user's torch.autocast around train() or validate() made the validation loss a bf16 one where
+    the trainer's own steps stayed float32; and it depended on the CPU split, whose threads do not
+    inherit autocast."""
+    t = _trainer()
+    want = t.validate()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert t.validate() == want
