@@ -296,14 +296,72 @@ def _frame_all(pos, vel, alive, pred_pos, pred_vel, size, weights, noise, live, 
     return r - row0
 
 
+def _need(name: str, a, shape, dtype, written: bool = True) -> None:
+    """ValueError naming the array a kernel would read or write past its end, or misread: numba checks
+    no bounds, so a short array was read beyond its end (actions of other memory) or written beyond it
+    (a scratch array too small corrupted the heap: a segfault later)."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"fastsim: {name} must be a numpy array, not {type(a).__name__}")
+    ok = a.ndim == len(shape) and all(w is None or (got >= w if lo else got == w)
+                                      for got, (w, lo) in zip(a.shape, shape))
+    if not ok or a.dtype != dtype or not a.flags.c_contiguous or (written and not a.flags.writeable):
+        want = "(" + ", ".join("?" if w is None else f">={w}" if lo else str(w) for w, lo in shape) + ")"
+        raise ValueError(f"fastsim: {name} is {a.dtype} {a.shape}"
+                         f"{'' if a.flags.c_contiguous else ' (not C-contiguous)'}"
+                         f"{'' if a.flags.writeable or not written else ' (read-only)'}; expected a C-contiguous"
+                         f"{', writeable' if written else ''} {dtype} "
+                         f"array of shape {want}")
+
+
+def _check_state(state) -> tuple:
+    """(E, N, dtype) of a kernel state (pos, vel, alive, pred_pos, pred_vel, size), checked."""
+    if not isinstance(state, (tuple, list)) or len(state) != 6:
+        raise TypeError("fastsim: state must be (pos, vel, alive, pred_pos, pred_vel, size) (data.kernel_arrays)")
+    pos = state[0]
+    if not isinstance(pos, np.ndarray) or pos.ndim != 3 or pos.shape[2] != 2 or \
+            pos.dtype not in (np.float32, np.float64):
+        raise ValueError(f"fastsim: pos must be a float32 or float64 array [E, N, 2], got "
+                         f"{getattr(pos, 'dtype', type(pos).__name__)} {getattr(pos, 'shape', '')}")
+    E, N, _ = pos.shape
+    dt = pos.dtype
+    for name, a, shape, kind in zip(("pos", "vel", "alive", "pred_pos", "pred_vel", "size"), state,
+                                    ((E, N, 2), (E, N, 2), (E, N), (E, 2), (E, 2), (E, 2)),
+                                    (dt, dt, np.bool_, dt, dt, dt)):
+        _need(name, a, [(w, False) for w in shape], kind)
+    return E, N, dt
+
+
+def _check_step(state, weights, live, snap) -> tuple:
+    E, N, dt = _check_state(state)
+    _need("weights", weights, [(3, False)], dt, written=False)
+    _need("live", live, [(E, False)], np.int64)
+    _need("snap", snap, [(E, False), (4, False), (-(-N // LANES) * LANES, True)], dt)
+    return E, N, dt
+
+
+def _check_rows(E, N, dt, used: int, ctx, pred, boids, n, target) -> None:
+    """The sample arrays: `used` rows at least, boids N wide at least."""
+    for name, a, shape, kind in (("ctx", ctx, [(used, True), (2, False)], dt),
+                                 ("pred", pred, [(used, True), (2, False)], dt),
+                                 ("boids", boids, [(used, True), (N, True), (4, False)], dt),
+                                 ("n", n, [(used, True)], np.int64),
+                                 ("target", target, [(used, True), (2, False)], dt)):
+        _need(name, a, shape, kind)
+    if not len(ctx) == len(pred) == len(boids) == len(n) == len(target):
+        raise ValueError("fastsim: ctx, pred, boids, n and target must have as many rows")
+
+
 # The entry points: every array C-contiguous, float arrays of the state's dtype, integer arrays
-# int64. They run on torch.get_num_threads() threads.
+# int64, each of its size (checked: ValueError). They run on torch.get_num_threads() threads.
 def observe(state, rows, ctx, pred, boids, n, target) -> None:
     """World.observe() and closest_pursuit of every env e with rows[e] >= 0, written into that row.
 
     state = (pos, vel, alive, pred_pos, pred_vel, size); rows [E]; ctx, pred, target [R, 2];
     boids [R, N, 4] (live boids first in slot order, zero padded); n [R] (live boids).
     """
+    E, N, dt = _check_state(state)
+    _need("rows", rows, [(E, False)], np.int64, written=False)
+    _check_rows(E, N, dt, int(rows.max()) + 1 if E else 0, ctx, pred, boids, n, target)
     with _LOCK:
         set_threads(torch.get_num_threads())
         _observe_all(*state, rows, ctx, pred, boids, n, target)
@@ -314,6 +372,8 @@ def step(state, weights, action, live, snap) -> None:
 
     weights [3] (cohesion, separation, alignment); action [E, 2]; snap [E, 4, N] scratch.
     """
+    E, N, dt = _check_step(state, weights, live, snap)
+    _need("action", action, [(E, False), (2, False)], dt, written=False)
     with _LOCK:
         set_threads(torch.get_num_threads())
         _step_all(*state, weights, action, live, snap)
@@ -325,6 +385,12 @@ def frame(state, weights, noise, live, row0, ctx, pred, boids, n, target, snap) 
     Envs with live[e] > 0 (live boids before the frame) write rows row0, row0 + 1, ... in env
     order, as observe() does; live is then updated as step() does. Returns the rows written.
     """
+    E, N, dt = _check_step(state, weights, live, snap)
+    _need("noise", noise, [(E, False), (2, False)], dt, written=False)
+    row0 = int(row0)
+    if row0 < 0:
+        raise ValueError(f"fastsim: row0 must be >= 0, got {row0}")
+    _check_rows(E, N, dt, row0 + int((live > 0).sum()), ctx, pred, boids, n, target)
     with _LOCK:
         set_threads(torch.get_num_threads())
         return int(_frame_all(*state, weights, noise, live, row0, ctx, pred, boids, n, target, snap))

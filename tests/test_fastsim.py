@@ -413,3 +413,29 @@ def test_a_boid_exactly_on_the_catch_radius_is_not_caught():
     assert state["pos"][0, 0, 0] == 12.6 and state["pos"][1, 0, 0] < 12.6
     assert live.tolist() == [1, 0]
     assert_frame_matches(world_from_lists(envs), torch.zeros(2, 2, dtype=F64))
+
+
+def test_the_entry_points_refuse_arrays_of_another_size_or_dtype():
+    # numba checks no bounds: one action for four episodes read past its end, and a scratch array
+    # too small corrupted the heap (a segfault at exit)
+    from predlab import fastsim
+    w = World.random(4, n_boids=20, generator=torch.Generator().manual_seed(0))
+    state, weights, live, snap = data.kernel_arrays(w, WorldConfig())
+    before = [a.copy() for a in state]
+    with pytest.raises(ValueError, match="action .*shape \\(4, 2\\)"):
+        fastsim.step(state, weights, np.zeros((1, 2), np.float32), live, snap)
+    with pytest.raises(ValueError, match="action is float64"):
+        fastsim.step(state, weights, np.zeros((4, 2)), live, snap)
+    with pytest.raises(ValueError, match="snap"):
+        fastsim.step(state, weights, np.zeros((4, 2), np.float32), live, fastsim.scratch(1, 8, np.float32))
+    with pytest.raises(ValueError, match="live"):
+        fastsim.step(state, weights, np.zeros((4, 2), np.float32), live[:2].copy(), snap)
+    rows = np.arange(4, dtype=np.int64)
+    small = (np.zeros((2, 2), np.float32), np.zeros((2, 2), np.float32), np.zeros((2, 20, 4), np.float32),
+             np.zeros(2, np.int64), np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="ctx"):
+        fastsim.observe(state, rows, *small)
+    with pytest.raises(ValueError, match="ctx"):
+        fastsim.frame(state, weights, np.zeros((4, 2), np.float32), live, 0, *small, snap)
+    assert all(np.array_equal(a, b) for a, b in zip(state, before))      # nothing ran
+    fastsim.step(state, weights, np.zeros((4, 2), np.float32), live, snap)   # the right arrays still step
