@@ -135,6 +135,10 @@ def _check_state(pos, vel, alive, pred_pos, pred_vel, size) -> None:
         if v.dtype != pos.dtype or v.device != pos.device:
             raise TypeError(f"World: {k} is {v.dtype} on {v.device}, pos {pos.dtype} on {pos.device}: give every "
                             "field in one dtype, on one device")
+    if pos.dtype not in (torch.float32, torch.float64):
+        # as World.random refuses them: in float16 EPSILON (1e-7) is 0, so boids at one point (every
+        # episode's start) divided by zero and every velocity became NaN; in bfloat16 flocks stood still
+        raise TypeError(f"World: pos is {pos.dtype}: the world steps in torch.float32 or torch.float64 (.float())")
     if alive.device != pos.device:
         raise TypeError(f"World: alive is on {alive.device}, pos on {pos.device}")
     if pos.device.type != "cpu":       # reading values back would make the host wait for a device
@@ -266,6 +270,21 @@ class World:
         """Whether any environment has a live boid (on a GPU, a wait for the device)."""
         return bool(self.alive.any())
 
+    def _check_step_memory(self) -> None:
+        """ValueError before a CPU step's [E, N, N] planes are made, where they would not fit in memory.
+
+        World.random counts the start state only (the numba kernels step it in far less): 8 episodes of
+        10,000 boids started in 8 MB, and their first World.step asked for 37 GiB, which the OOM killer
+        answered by ending the process (a notebook's kernel) without a message."""
+        E, N = self.alive.shape
+        if self.pos.device.type != "cpu" or (E, N) == getattr(self, "_memory_ok", None):
+            return
+        problem = C.memory_problem([(f"stepping {E} episodes of up to {N} boids together (their [E, N, N] "
+                                     f"pairwise planes)", step_bytes(E, N))], "World.step")
+        if problem:
+            raise ValueError(problem + "; step fewer episodes at a time (num_envs) or smaller flocks")
+        self._memory_ok = (E, N)
+
     # ------------------------------------------------------------------ physics
     def _boid_acceleration(self) -> Tensor:
         """Flocking plus predator avoidance for every boid at once -> [E, N, 2].
@@ -343,6 +362,7 @@ class World:
                              f"(one (x, y) per environment), not {got}")
         if action.device.type == "cpu" and not bool(torch.isfinite(action).all()):   # on a GPU: no sync per frame
             raise ValueError("World.step: action holds NaN or infinite values; the predator would become NaN")
+        self._check_step_memory()
         acc = self._boid_acceleration()
         vel = limit(self.vel + acc, C.BOID_MAX_SPEED)
         pos = _wrap(self.pos + vel, self.size[:, None, :], C.BOID_BORDER_OFFSET)

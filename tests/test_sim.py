@@ -720,3 +720,24 @@ def test_a_world_built_by_hand_names_what_is_wrong_with_it():
             ({"size": torch.zeros(2, 2)}, ValueError, "size holds a canvas of 0 px or less")):
         with pytest.raises(error, match=message):
             World(**{**good, **change})
+
+
+# ---------------------------------------------------------------------- worlds built by hand
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_world_built_by_hand_in_half_precision_is_refused(dtype):
+    # World.random refuses them; by hand, float16 stepped every velocity to NaN (EPSILON is 0 there)
+    s = World.random(2, n_boids=5, generator=torch.Generator().manual_seed(0)).state_dict()
+    fields = [s[k].to(dtype) if s[k].is_floating_point() else s[k]
+              for k in ("pos", "vel", "alive", "pred_pos", "pred_vel", "size")]
+    with pytest.raises(TypeError, match="float32 or torch.float64"):
+        World(*fields)
+
+
+def test_a_step_that_cannot_fit_in_memory_is_refused_before_its_planes_are_made(monkeypatch):
+    # World.random counts the start state only; the step's [E, N, N] planes got the OOM killer
+    w = World.random(4, n_boids=300, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(C, "physical_memory", lambda: 10 ** 6)
+    with pytest.raises(ValueError, match="World.step would need .*step fewer episodes"):
+        w.step(torch.zeros(4, 2))
+    monkeypatch.undo()
+    w.step(torch.zeros(4, 2))           # fits: stepped, and checked once per shape
