@@ -18,6 +18,14 @@ def _distances(boids: Tensor, mask: Tensor):
     within an ulp of 0.001 went either way with the kernel's rounding of the sum of squares, and the
     cut-off itself was float32's 0.001, 4.7e-11 above the browser's. (Apple's MPS has no float64: float32.)
     """
+    # shapes only (no values read: no wait for a GPU). A mask [N] or [1, N] broadcast one sample's live
+    # boids over the whole batch without a word; boids [N, 4] failed with "tuple index out of range"
+    if not isinstance(boids, torch.Tensor) or not isinstance(mask, torch.Tensor) or boids.dim() != 3 \
+            or boids.shape[2] != 4 or tuple(mask.shape) != tuple(boids.shape[:2]):
+        raise ValueError(f"the teacher takes boids [B, N, 4] and mask [B, N] tensors, got boids "
+                         f"{list(getattr(boids, 'shape', [type(boids).__name__]))} and mask "
+                         f"{list(getattr(mask, 'shape', [type(mask).__name__]))} (one sample is a batch of one: "
+                         f"boids[None], mask[None])")
     rel = boids[..., :2].to(widest_float(boids.device))                    # [B, N, 2]
     dist = torch.sqrt(rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1])  # [B, N]: x * x + y * y, as the page
     return rel, dist.masked_fill(~mask.bool(), float("inf"))

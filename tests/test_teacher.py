@@ -183,3 +183,16 @@ def test_the_teacher_refuses_a_live_boid_that_is_not_finite(value):
         TeacherPolicy()({"boids": bad, "mask": mask})
     dead = torch.tensor([[False, True]])
     assert torch.equal(TeacherPolicy()({"boids": bad, "mask": dead}), closest_pursuit(boids, dead))
+
+
+def test_closest_pursuit_refuses_a_mask_that_would_broadcast():
+    # a mask [N] (one sample's) was broadcast over every sample of the batch, silently
+    from predlab.teacher import closest_pursuit, nearest_boid
+    boids = torch.zeros(2, 3, 4)
+    for mask in (torch.ones(3, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool)):
+        with pytest.raises(ValueError, match=r"mask \[B, N\]"):
+            closest_pursuit(boids, mask)
+        with pytest.raises(ValueError, match=r"mask \[B, N\]"):
+            nearest_boid(boids, mask)
+    with pytest.raises(ValueError, match=r"boids\[None\]"):
+        closest_pursuit(boids[0], torch.ones(3, dtype=torch.bool))
