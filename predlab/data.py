@@ -724,7 +724,9 @@ def _worker_rollout(args):
     student = None
     if student_state is not None:
         from .model import TransformerPredator
-        student = TransformerPredator.from_config(student_state["config"])
+        # in the student's own dtype: a float64 model rebuilt in float32 (load_state_dict casts) drove
+        # other episodes than in this process, where ModelPolicy runs it in float64
+        student = TransformerPredator.from_config(student_state["config"]).to(student_state.get("dtype", torch.float32))
         student.load_state_dict(student_state["weights"])
         student.eval()
     return _rollout_chunk(num, cfg, seed, student, beta, torch.device("cpu"))
@@ -824,7 +826,8 @@ class EpisodeGenerator:
                 state = None
                 if student is not None:
                     state = {"config": vars(student.config).copy(),
-                             "weights": {k: v.detach().cpu() for k, v in student.state_dict().items()}}
+                             "weights": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                             "dtype": next(student.parameters()).dtype}
                 args = [(num, self.cfg, s, state, beta) for (_, num), s in zip(chunks, seeds)]
                 results = pool.imap(_worker_rollout, args)
                 for _, num in chunks:

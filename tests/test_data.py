@@ -704,3 +704,19 @@ def test_samples_from_an_observation_train_on_its_live_boids():
                          ({k: v[0] for k, v in obs.items()}, r"has shape \(10, 4\), expected \(B, N, 4\)")):
         with pytest.raises(InputError, match=message):
             SampleSet.from_observation(bad, target)
+
+
+def test_a_float64_student_drives_the_same_episodes_in_worker_processes():
+    """Workers rebuilt the student in float32 (load_state_dict casts) where this process drives it in
+    float64 (ModelPolicy): other data for another num_workers."""
+    from predlab.config import ModelConfig, WorldConfig
+    from predlab.data import EpisodeGenerator
+    from predlab.model import TransformerPredator
+    torch.manual_seed(0)
+    student = TransformerPredator.from_config(vars(ModelConfig())).double()
+    out = []
+    for workers in (0, 1):
+        with EpisodeGenerator(WorldConfig(frames=100), seed=3, num_workers=workers, progress=False) as g:
+            out.append(g.generate(40, stream=1, student=student, beta=0.0))
+    for k in ("context", "predator", "boids", "n", "target"):
+        assert torch.equal(getattr(out[0], k), getattr(out[1], k)), k
