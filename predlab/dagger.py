@@ -22,7 +22,7 @@ import torch
 
 from .config import real_number, whole_number
 from .data import EpisodeGenerator, SampleSet
-from .train import Callback, episode_generator
+from .train import Callback, episode_generator, epoch_index
 
 
 class DaggerSource(Callback):
@@ -63,6 +63,7 @@ class DaggerSource(Callback):
 
     def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
         """Fresh episodes for 0-based epoch index `epoch` (stream 1 + epoch, as EpisodeSource), aggregated."""
+        epoch = epoch_index(epoch)
         e = epoch + 1
         beta = self.beta(e)
         if beta < 1 and trainer is None:   # the student is the trainer's model: without it, plain cloning logged as DAgger

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config, as_device,
-                     plural, resolve_device, training_memory, whole_number, widest_float)
+from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config,
+                     as_device, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, usable_cpus
 from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words, move,
                      move_to_previous, refuse_unwritable, say, silence_stdout, stale_partials, stop_words,
@@ -905,7 +905,14 @@ class EpisodeSource:
         self.episodes = whole_number("episodes_per_epoch", episodes_per_epoch, 1)
 
     def for_epoch(self, epoch: int, trainer=None) -> SampleSet:
+        """Fresh episodes for 0-based epoch index `epoch`."""
+        epoch = epoch_index(epoch)
         return self.generator.generate(self.episodes, stream=1 + epoch, desc=f"episodes (epoch {epoch + 1})")
+
+
+def epoch_index(epoch) -> int:
+    """A 0-based epoch index, checked: epoch -1 drew stream 0, the validation episodes, to train on."""
+    return whole_number("epoch", epoch, 0, SEED_MAX - 1)
 
 
 # ---------------------------------------------------------------------- trainer

@@ -286,3 +286,15 @@ def test_a_trainer_loading_a_checkpoint_without_samples_goes_on_as_a_resume_from
     t.train(2)
     resumed.train(2)
     assert t.history[-1]["train_loss"] == resumed.history[-1]["train_loss"]
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, True])
+def test_an_epoch_source_refuses_an_epoch_that_is_not_an_index(epoch):
+    """Epoch -1 drew stream 0, the validation episodes, to train on, without a word."""
+    from predlab.data import EpisodeGenerator
+    from predlab.train import EpisodeSource
+    gen = EpisodeGenerator(WorldConfig(frames=5), seed=0, progress=False)
+    for source in (EpisodeSource(gen, 2), DaggerSource(gen, 2)):
+        with pytest.raises((ValueError, TypeError), match="epoch must be"):
+            source.for_epoch(epoch)
+    assert len(EpisodeSource(gen, 2).for_epoch(0)) > 0
