@@ -222,6 +222,7 @@ class World:
                             f"got {dtype!r}")
         if n_boids is None and cfg.boids_max > MAX_BOIDS:
             raise ValueError(f"cfg.boids_max must be <= {MAX_BOIDS}, got {cfg.boids_max}")
+        device = C.as_device(device)    # 'cuda' where torch sees none failed in torch, after the draws
         if n_boids is None or isinstance(n_boids, numbers.Integral) and not isinstance(n_boids, bool):
             N = cfg.boids_max if n_boids is None else whole_number("n_boids", n_boids, 1, MAX_BOIDS)
             given_n = None

@@ -741,3 +741,10 @@ def test_a_step_that_cannot_fit_in_memory_is_refused_before_its_planes_are_made(
         w.step(torch.zeros(4, 2))
     monkeypatch.undo()
     w.step(torch.zeros(4, 2))           # fits: stepped, and checked once per shape
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="names a GPU this machine lacks")
+def test_a_world_on_a_gpu_this_machine_lacks_is_refused_by_name():
+    with pytest.raises(ValueError, match="device='cuda' asked for, but this torch sees no CUDA GPU"):
+        World.random(2, n_boids=3, device="cuda")
+    assert World.random(2, n_boids=3, device=torch.device("cpu")).pos.device.type == "cpu"
