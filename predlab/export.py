@@ -530,6 +530,16 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
                              r"[^,)]*?TRANSFORMER_PARAMS\b")
 
 
+# What goes on with the weights object's expression when no `;` ends it: JavaScript inserts one at a line break only
+# where the next line cannot go on with the statement, so `{...}` then `(function () {...})();` on the next line is
+# a call of the object (a TypeError), and `{...}` then `[a, b].forEach(...)` an index into it. `,`, `||` and `??`
+# leave the object assigned, and `++` / `--` after a line break start a statement of their own.
+# "call": the page stops at a TypeError or a syntax error, or assigns a number, string or boolean (`+ 1`, `in x`);
+# "other": it assigns something predlab cannot tell (`.layers`, `[0]`, `? a : b`, `&& b`)
+_CONTINUES_OBJECT = re.compile(r"(?P<space>\s*)(?!\|\||\?\?)(?:(?P<other>[.\[?]|&&)"
+                               r"|(?P<call>\+\+|--|\*\*|[-+*/%(<>&|^=]|!=|in(?:stanceof)?(?![\w$])))")
+
+
 # After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
 PUBLISHES_BINDING = re.compile(r"""(?<![\w$.])(?:window|globalThis|self|this)\s*"""
@@ -751,6 +761,17 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                                 "levels)") from None
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
+    goes_on = _CONTINUES_OBJECT.match(s, end) if m else None
+    if goes_on and not (goes_on.group("call") in ("++", "--") and re.search(r"[\n\r]", goes_on.group("space"))):
+        line, after = _line_col(s, goes_on.end("space"))[0], s[goes_on.end("space"):].split("\n", 1)[0].strip()
+        after = after if len(after) <= 40 else after[:37] + "..."
+        said = (f"{source}: no `;` ends the weights object (line {_line_col(s, end - 1)[0]}), and the code after it "
+                f"(line {line}: `{after}`) goes on with the same expression, as JavaScript reads it: the page ")
+        fix = "; put a `;` after the object's closing `}`"
+        if goes_on.group("call"):
+            raise WeightFormatError(said + "would not get the object (it would stop at an error, or get another "
+                                    "value) and run the teacher" + fix)
+        raise PageOnlyError(said + "would get something else than the object, which predlab cannot tell" + fix)
     end += len(s) - end - len(s[end:].lstrip("; \t\r\n"))
     # the hand-over as the statement right after the object, or as the file's last: one inside a function, an
     # `if` block, a string or a comment (gone by now) hands over nothing, or not surely. Code after the first, or

@@ -1920,3 +1920,58 @@ def test_a_weight_written_as_an_expression_runs_in_node_and_the_demo_cannot_chec
     assert np.isfinite(run_node(path, samples, tmp_path)).all()
     said = _page_problem(path)
     assert said.startswith(f"{UNCHECKED}{path}: the value at line ") and " is `1/3`, JavaScript that predlab" in said
+
+
+# The line after a weights object that no `;` ends: "call" where the page stops or gets no object, "other" where it
+# gets a value predlab cannot tell, None where the object is assigned all the same (JavaScript inserts the `;`, or
+# `,` / `||` / `??` leave the object the value)
+_AFTER_AN_UNENDED_OBJECT = [("(function () { console.log('weights loaded'); })();", "call"),
+                            ("+ 1", "call"), ("in window", "call"), ("instanceof Object", "call"),
+                            ("[1, 2].forEach(function (x) {});", "other"), (".layers", "other"),
+                            ("? {} : null", "other"), ("&& {}", "other"),
+                            ("++loaded", None), ("!function () {}();", None), ("|| {}", None), (", 1", None),
+                            ("console.log('weights loaded');", None)]
+
+
+@pytest.mark.parametrize("after, kind", _AFTER_AN_UNENDED_OBJECT)
+def test_code_that_goes_on_with_an_unended_weights_object_is_named(model, tmp_path, after, kind):
+    """`window.TRANSFORMER_PARAMS = {...}` with no `;`, then `(function () {...})();` on the next line: JavaScript
+    calls the object (a TypeError), and the page ran the teacher, while predlab read the object with a warning that
+    the code after it is not run, and the demo said nothing of a refusal."""
+    from predlab.export import PageOnlyError
+    js = write_weights(model, tmp_path / "model.js").read_text().rstrip().rstrip(";")
+    path = tmp_path / "unended.js"
+    path.write_text(js + "\n" + after + "\n")
+    lines = js.count("\n") + 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if kind is None:
+            assert read_params(path)["d_model"] == model.config.d_model
+            return
+        error = WeightFormatError if kind == "call" else PageOnlyError
+        with pytest.raises(error, match=rf"no `;` ends the weights object .* \(line {lines}: `.*`\) goes on with the "
+                                        r"same expression") as raised:
+            read_params(path)
+    assert (type(raised.value) is WeightFormatError) == (kind == "call")
+
+
+@needs_node
+def test_the_page_gets_no_object_where_predlab_names_code_that_goes_on_with_it(model, tmp_path):
+    """What the test above says of each line is what a page's script (Node's vm, window = the global) does."""
+    js = write_weights(model, tmp_path / "model.js").read_text().rstrip().rstrip(";")
+    texts = [js + "\n" + after + "\n" for after, _ in _AFTER_AN_UNENDED_OBJECT]
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    script = """
+        const fs = require("fs"), vm = require("vm");
+        const out = JSON.parse(fs.readFileSync(process.argv[1], "utf8")).map((src) => {
+          const sb = { console: { log() {} }, loaded: 0 }; sb.window = sb.self = sb;
+          try { vm.runInNewContext(src, sb); } catch (e) { return "error"; }
+          const p = sb.TRANSFORMER_PARAMS;
+          return p && typeof p === "object" && p.d_model === 48 && Array.isArray(p.layers) ? "object" : "other";
+        });
+        process.stdout.write(JSON.stringify(out));"""
+    got = json.loads(subprocess.run(["node", "-e", script, str(tmp_path / "texts.json")], capture_output=True,
+                                    text=True, check=True).stdout)
+    for (after, kind), page in zip(_AFTER_AN_UNENDED_OBJECT, got):
+        assert (page == "object") == (kind is None), (after, page)
+
