@@ -1069,8 +1069,10 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         return f"{path} exists and is not a directory"
     if not directory and path.is_dir():
         return f"{path} is a directory"
-    if not directory and path.is_symlink() and not Path(os.path.realpath(path)).parent.is_dir():
-        return f"{path} is a link to {os.path.realpath(path)}, in a folder that does not exist"
+    if not directory:
+        problem = link_target_problem(path)
+        if problem:
+            return problem
     if not directory and path.exists():
         if not path.is_file():
             return f"{path} exists and is not a regular file (a device, pipe or socket); give the path of a file"
@@ -1096,6 +1098,26 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         # the folder it would be made in, when it is not there yet: "cannot write in /proc" hid /proc/x
         made = "" if d == (path if directory else path.parent) else f" (where {path} would go)"
         return f"cannot write in {d}{made}: {e.strerror or e}"
+    return None
+
+
+def link_target_problem(path: Union[str, Path], what: str = "") -> Optional[str]:
+    """Why a file cannot be written through the link at path, or None (None too for a path that is no link).
+    atomic_write makes its file in the folder of the file linked to, then renames it over that file: a folder
+    that is not there, or that this user cannot write in (a page's folder of another user, say), failed the
+    write at the end of the work, the folder of the link having been checked. `what` ends the message."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    target = Path(os.path.realpath(path))
+    if not target.parent.is_dir():
+        return f"{path} is a link to {target}, in a folder that does not exist{what}"
+    try:
+        with tempfile.TemporaryFile(dir=target.parent):
+            pass
+    except OSError as e:
+        return (f"{path} is a link to {target}, in a folder where this user cannot write ({e.strerror or e})"
+                f"{what or ': the file is written through it (made there, then renamed over ' + target.name + ')'}")
     return None
 
 

@@ -31,9 +31,9 @@ from . import checkpoint as ckpt_io
 from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config,
                      as_device, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, usable_cpus
-from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words, move,
-                     move_to_previous, refuse_unwritable, say, silence_stdout, stale_partials, stop_words,
-                     write_keeping)
+from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words,
+                     link_target_problem, move, move_to_previous, refuse_unwritable, say, silence_stdout,
+                     stale_partials, stop_words, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -426,9 +426,11 @@ def run_file_problem(directory: Union[str, Path], exports: bool = False) -> Opti
                     f"a run writes its {p.name} there; rename it or use another --checkpoint_dir")
     for p in (d / n for n in Checkpointer.EXPORTS if exports):
         # the export writes through a link: one into a folder that does not exist failed after the whole run
-        if p.is_symlink() and not Path(os.path.realpath(p)).parent.is_dir():
-            return (f"{p} is a link to {os.path.realpath(p)}, in a folder that does not exist: the run's export "
-                    "writes through it; make that folder, or remove the link")
+        # (and one into a folder this user cannot write, a page's folder of another user)
+        problem = link_target_problem(p, ": the run's export writes through it; make that folder, one this user "
+                                         "can write in, or remove the link")
+        if problem:
+            return problem
     return None
 
 

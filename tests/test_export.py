@@ -1975,3 +1975,35 @@ def test_the_page_gets_no_object_where_predlab_names_code_that_goes_on_with_it(m
     for (after, kind), page in zip(_AFTER_AN_UNENDED_OBJECT, got):
         assert (page == "object") == (kind is None), (after, page)
 
+
+def _folder_takes_no_files(monkeypatch, folder: Path) -> None:
+    """Making a file in folder raises PermissionError, as it does for a user other than its owner (root is not
+    stopped by a folder's mode)."""
+    import tempfile
+    real = tempfile.TemporaryFile
+
+    def guarded(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+        return real(*args, dir=dir, **kwargs)
+    monkeypatch.setattr(tempfile, "TemporaryFile", guarded)
+
+
+def test_an_output_that_is_a_link_into_a_folder_this_user_cannot_write_is_refused_first(model, tmp_path, monkeypatch,
+                                                                                          capsys):
+    """export --out through a link to a page's model.js, in a folder of another user: the check looked at the
+    link's folder, so the checkpoint was read and the write failed after it ("cannot write out.js: Permission
+    denied", naming neither the folder nor the link); a training run trained to its end first."""
+    from predlab.export import main, output_problem
+    monkeypatch.chdir(tmp_path)
+    src = write_weights(model, tmp_path / "model.json")
+    page = tmp_path / "page"
+    page.mkdir()
+    write_weights(model, page / "model.js")
+    (tmp_path / "out.js").symlink_to(page / "model.js")
+    _folder_takes_no_files(monkeypatch, page)
+    message = f"out.js is a link to {page / 'model.js'}, in a folder where this user cannot write"
+    assert output_problem("out.js").startswith(message)
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", "out.js"])
+    assert e.value.code == 2 and message in capsys.readouterr().err

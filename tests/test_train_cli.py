@@ -1600,3 +1600,23 @@ def test_an_empty_read_only_model_js_and_a_read_only_model_json_are_said_right(t
     assert main([*SMALL, "--seed", "5"]) == 1
     err = capsys.readouterr().err
     assert f"{Path('checkpoints') / 'model.js'} was written" in err and "no model.js was written" not in err
+
+
+def test_a_model_js_link_into_a_folder_this_user_cannot_write_is_refused_before_training(tmp_path, monkeypatch,
+                                                                                           capsys):
+    """checkpoints/model.js linked to the page's model.js in a folder of another user (a web server's): the run
+    trained to its end, then failed its export ("cannot write .../.model.js.XXXX.tmp: Permission denied")."""
+    from predlab.train import main
+    from test_export import _folder_takes_no_files
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "model.js").write_text("window.TRANSFORMER_PARAMS = {};\n")
+    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / "page" / "model.js")
+    _folder_takes_no_files(monkeypatch, tmp_path / "page")
+    with pytest.raises(SystemExit) as e:
+        main(SMALL)
+    assert e.value.code == 2
+    assert f"model.js is a link to {tmp_path / 'page' / 'model.js'}, in a folder where this user cannot write" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
