@@ -1064,6 +1064,9 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     problem = path_problem(path)
     if problem:
         return problem
+    if not directory and isinstance(path, str) and path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
+        # Path drops the slash: "out/" was written as a file named out, where a shell reads a folder
+        return f"{path} ends with {path[-1]}, a folder's name; give a file's path in it or without the {path[-1]}"
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"
@@ -1559,7 +1562,7 @@ def _main(argv: List[str]) -> int:
         ap.error(f"--out: {out} has an extension but no name before it: give one, say {out.with_name('model' + out.name)}")
     if out.suffix.lower() not in (".js", ".json"):
         ap.error(f"--out must end in .js or .json, got {out}")
-    refuse_unwritable(ap, "--out", out, replaces="weights")
+    refuse_unwritable(ap, "--out", args.out, replaces="weights")     # as given: Path drops a last "/"
     before = _file_id(out)
     try:
         return _export(ap, args, src, out)

@@ -2007,3 +2007,20 @@ def test_an_output_that_is_a_link_into_a_folder_this_user_cannot_write_is_refuse
     with pytest.raises(SystemExit) as e:
         main([str(src), "--out", "out.js"])
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags", [["export"], ["bench"], ["evaluate"]])
+def test_an_output_path_that_ends_with_a_slash_is_refused_not_written_as_a_file(model, tmp_path, monkeypatch, capsys,
+                                                                                  flags):
+    """--out site.js/ (a folder, as a shell reads it) was written as a file named site.js: Path drops the slash."""
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    src = write_weights(model, tmp_path / "model.json")
+    tool = importlib.import_module(f"predlab.{flags[0]}")
+    name = {"export": "site.js", "bench": "site.json", "evaluate": "site.json"}[flags[0]]
+    argv = {"export": [str(src), "--out", name + "/"], "bench": ["--json", name + "/"],
+            "evaluate": [str(src), "--json", name + "/"]}[flags[0]]
+    with pytest.raises(SystemExit) as e:
+        tool.main(argv)
+    assert e.value.code == 2 and f"{name}/ ends with /, a folder's name" in capsys.readouterr().err
+    assert not (tmp_path / name).exists()
