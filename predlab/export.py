@@ -536,9 +536,12 @@ _CHANGES_PARAMS = re.compile(r"TRANSFORMER_PARAMS\b(?:\s*(?:\.\s*[\w$]+|\[[^\]]*
 # leave the object assigned, and `++` / `--` after a line break start a statement of their own.
 # "call": the page stops at a TypeError or a syntax error, or assigns a number, string or boolean (`+ 1`, `in x`);
 # "other": it assigns something predlab cannot tell (`.layers`, `[0]`, `? a : b`, `&& b`)
-_CONTINUES_OBJECT = re.compile(r"(?P<space>\s*)(?!\|\||\?\?)(?:(?P<other>[.\[?]|&&)"
-                               r"|(?P<call>\+\+|--|\*\*|[-+*/%(<>&|^=]|!=|in(?:stanceof)?(?![\w$])))")
+_CONTINUES_OBJECT = re.compile(r"(?P<space>\s*)(?!\|\|(?!=)|\?\?(?!=))(?:(?P<other>(?!&&=|\?\?=)(?:[.\[?]|&&))"
+                               r"|(?P<call>\+\+|--|\*\*|\?\?=|[-+*/%(<>&|^=]|!=|in(?:stanceof)?(?![\w$])))")
 
+# A template literal there, which text_to_params has made a JSON string by then: `{...}` then `\`...\`` is a tagged
+# template, a call of the object
+_TEMPLATE_AFTER = re.compile(r"(?P<space>\s*)(?P<other>(?!))?(?P<call>\")")
 
 # After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
@@ -710,8 +713,10 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     refused, as the page would run weights other than the object's."""
     pieces = _split_code(text.lstrip("\ufeff"), source)   # (a BOM from some editors)
     strict = _use_strict(pieces)      # which makes 010 and \08 syntax errors
-    out, line = [], 1
+    out, line, at, templates = [], 1, 0, set()
     for i, (is_code, piece) in enumerate(pieces):
+        if not is_code and piece[0] == "`":
+            templates.add(at)       # where it begins in s, as a JSON string: after the object, a tagged template
         if not is_code and piece[0] == "`" and pieces[i + 1][1].lstrip().startswith(":"):
             # JSON would read it as a key, but JavaScript has no template-literal key: the page would not run the file
             raise WeightFormatError(f"{source}: the template literal at line {line} is a key, a syntax error in "
@@ -719,6 +724,7 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         out.append(_js_to_json(piece, source, line, strict) if is_code else
                    _json_string(piece, source, line, strict))
         line += out[-1].count("\n")
+        at += len(out[-1])
     s = "".join(out)
     start = len(s) - len(s.lstrip())
     m = WEIGHTS_ASSIGNMENT.match(s, start)
@@ -762,6 +768,9 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     goes_on = _CONTINUES_OBJECT.match(s, end) if m else None
+    if m and not goes_on and end + len(s[end:]) - len(s[end:].lstrip()) in templates:
+        # a template literal (a JSON string by now) after the object: a tagged template, a call of the object
+        goes_on = _TEMPLATE_AFTER.match(s, end)
     if goes_on and not (goes_on.group("call") in ("++", "--") and re.search(r"[\n\r]", goes_on.group("space"))):
         line, after = _line_col(s, goes_on.end("space"))[0], s[goes_on.end("space"):].split("\n", 1)[0].strip()
         after = after if len(after) <= 40 else after[:37] + "..."
@@ -1064,9 +1073,10 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
     problem = path_problem(path)
     if problem:
         return problem
-    if not directory and isinstance(path, str) and path.endswith(tuple(filter(None, (os.sep, os.altsep)))):
-        # Path drops the slash: "out/" was written as a file named out, where a shell reads a folder
-        return f"{path} ends with {path[-1]}, a folder's name; give a file's path in it or without the {path[-1]}"
+    if not directory:
+        problem = folder_spelling_problem(path)
+        if problem:
+            return problem
     path = Path(path)
     if directory and path.exists() and not path.is_dir():
         return f"{path} exists and is not a directory"
@@ -1101,6 +1111,19 @@ def output_problem(path: Union[str, Path], directory: bool = False, replaces: Op
         # the folder it would be made in, when it is not there yet: "cannot write in /proc" hid /proc/x
         made = "" if d == (path if directory else path.parent) else f" (where {path} would go)"
         return f"cannot write in {d}{made}: {e.strerror or e}"
+    return None
+
+
+def folder_spelling_problem(path: Union[str, Path]) -> Optional[str]:
+    """Why a file's path as given names a folder (a last "/", or "/." after a name), or None. Path drops
+    both: "out.js/" and "out.js/." were written as a file named out.js, where a shell reads a folder."""
+    if not isinstance(path, str):
+        return None
+    seps = tuple(filter(None, (os.sep, os.altsep)))
+    if path.endswith(seps):
+        return f"{path} ends with {path[-1]}, a folder's name; give a file's path in it or without the {path[-1]}"
+    if path.endswith(tuple(sep + "." for sep in seps)):
+        return f"{path} ends with {path[-2:]}, a folder's name; give a file's path in it or without the {path[-2:]}"
     return None
 
 
@@ -1349,7 +1372,11 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     """Export to model.js or .json (by extension), validated first, written atomically.
 
     FileExistsError when a file at path is no weight file (a package.json, say), PermissionError when it
-    is read-only: it is not replaced, unless kept (the caller has kept a copy: write_keeping)."""
+    is read-only: it is not replaced, unless kept (the caller has kept a copy: write_keeping). IsADirectoryError
+    for a path written as a folder's ("site.js/"), which Path would turn into a file named site.js."""
+    problem = folder_spelling_problem(path)
+    if problem:
+        raise IsADirectoryError(problem)
     path = Path(path)
     fmt = _format_for(path)
     if not isinstance(model, (TransformerPredator, Mapping)):

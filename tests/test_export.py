@@ -1930,7 +1930,10 @@ _AFTER_AN_UNENDED_OBJECT = [("(function () { console.log('weights loaded'); })()
                             ("[1, 2].forEach(function (x) {});", "other"), (".layers", "other"),
                             ("? {} : null", "other"), ("&& {}", "other"),
                             ("++loaded", None), ("!function () {}();", None), ("|| {}", None), (", 1", None),
-                            ("console.log('weights loaded');", None)]
+                            ("console.log('weights loaded');", None),
+                            # a tagged template calls the object; an assignment operator makes it a syntax error
+                            ("`weights loaded`", "call"), ("||= {}", "call"), ("&&= {}", "call"), ("??= {}", "call"),
+                            ("?? {}", None)]
 
 
 @pytest.mark.parametrize("after, kind", _AFTER_AN_UNENDED_OBJECT)
@@ -2024,3 +2027,18 @@ def test_an_output_path_that_ends_with_a_slash_is_refused_not_written_as_a_file(
         tool.main(argv)
     assert e.value.code == 2 and f"{name}/ ends with /, a folder's name" in capsys.readouterr().err
     assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("out", ["site.js/", "site.js/.", "site.json/"])
+def test_write_weights_refuses_a_path_written_as_a_folders_as_the_command_line_does(model, tmp_path, monkeypatch, out):
+    """export --out site.js/ was refused, but write_weights(model, "site.js/") (a notebook's call) and
+    --out site.js/. still wrote a file named site.js: Path drops a last "/" and a last "/."."""
+    from predlab.export import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(IsADirectoryError, match="a folder's name"):
+        write_weights(model, out)
+    src = write_weights(model, tmp_path / "model.json")
+    with pytest.raises(SystemExit) as e:
+        main([str(src), "--out", out])
+    assert e.value.code == 2
+    assert not (tmp_path / out.split("/")[0]).exists()
