@@ -505,7 +505,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
         return _rollout_chunk_numba(num_episodes, cfg, seed, student, beta, on_frame)
     g = torch.Generator().manual_seed(seed)
     world = World.random(num_episodes, cfg, generator=g, device=device)
-    by_student = (torch.rand(num_episodes, generator=g) >= beta).to(device) if student is not None else None
+    f32 = torch.float32         # the draws whatever torch's default dtype: the same episodes
+    by_student = (torch.rand(num_episodes, generator=g, dtype=f32) >= beta).to(device) if student is not None else None
     use_student = by_student is not None and bool(by_student.any())
     E, N = world.alive.shape
     groups = _flock_groups(world)
@@ -513,8 +514,8 @@ def _rollout_chunk(num_episodes: int, cfg: WorldConfig, seed: int, student, beta
     for f in range(cfg.frames):
         if f % 8 == 0 and not any(bool(sub.alive.any()) for _, _, sub in groups):
             break
-        noise = (cfg.noise * host_to_device(torch.randn(num_episodes, 2, generator=g), device) if cfg.noise > 0
-                 else None)
+        noise = (cfg.noise * host_to_device(torch.randn(num_episodes, 2, generator=g, dtype=f32), device)
+                 if cfg.noise > 0 else None)
         for k, (idx, i, sub) in enumerate(groups):
             obs = sub.observe()
             target = closest_pursuit(obs["boids"], obs["mask"])                        # [G, 2]
@@ -611,7 +612,7 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
     """
     g = torch.Generator().manual_seed(seed)
     world = World.random(num_episodes, cfg, generator=g)
-    by_student = torch.rand(num_episodes, generator=g) >= beta if student is not None else None
+    by_student = torch.rand(num_episodes, generator=g, dtype=torch.float32) >= beta if student is not None else None
     use_student = by_student is not None and bool(by_student.any())
     state, weights, live, snap = kernel_arrays(world, cfg)
     E, N = world.alive.shape
@@ -626,11 +627,13 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
     for f in range(cfg.frames):
         if f % 8 == 0 and not live.any():
             break
-        noise = cfg.noise * torch.randn(num_episodes, 2, generator=g) if cfg.noise > 0 else None
+        noise = cfg.noise * torch.randn(num_episodes, 2, generator=g, dtype=torch.float32) if cfg.noise > 0 else None
         out.reserve(E)
         if not use_student:
-            out.used += fastsim.frame(state, weights, zeros if noise is None else noise.numpy(), live, out.used,
-                                      *out.arrays, snap)
+            # the noise in the world's dtype (drawn in float32 whatever torch's default: the same episodes)
+            out.used += fastsim.frame(state, weights,
+                                      zeros if noise is None else noise.numpy().astype(dtype, copy=False),
+                                      live, out.used, *out.arrays, snap)
             if on_frame is not None:
                 on_frame(f)
             continue
@@ -648,7 +651,8 @@ def _rollout_chunk_numba(num_episodes: int, cfg: WorldConfig, seed: int, student
         for dst, src in zip(out.arrays, obs_rows.arrays):
             dst[out.used:out.used + len(keep)] = src[keep]
         out.used += len(keep)
-        fastsim.step(state, weights, np.ascontiguousarray(drive.numpy()), live, snap)
+        # in the world's dtype, which fastsim checks
+        fastsim.step(state, weights, np.ascontiguousarray(drive.numpy(), dtype), live, snap)
         if on_frame is not None:
             on_frame(f)
     return out.samples()

@@ -83,7 +83,8 @@ class RandomPolicy:
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
         E = batch["context"].shape[0]
         # drawn on the host (the same actions on every device), sent without waiting for the device
-        return host_to_device(torch.rand(E, 2, generator=self.generator) * 2 - 1, batch["context"].device)
+        return host_to_device(torch.rand(E, 2, generator=self.generator, dtype=torch.float32) * 2 - 1,
+                              batch["context"].device)
 
 
 def teacher_policy(batch: Mapping[str, Tensor]) -> Tensor:

@@ -720,3 +720,25 @@ def test_a_float64_student_drives_the_same_episodes_in_worker_processes():
             out.append(g.generate(40, stream=1, student=student, beta=0.0))
     for k in ("context", "predator", "boids", "n", "target"):
         assert torch.equal(getattr(out[0], k), getattr(out[1], k)), k
+
+
+def test_generation_runs_under_a_float64_default_dtype():
+    """torch.set_default_dtype(torch.float64) made the frame noise float64, which fastsim's checks refuse in
+    the float32 world (teacher-driven and student-driven frames alike): generation failed. The draws are
+    float32's whatever the default, so the episodes are the same."""
+    from predlab.config import ModelConfig, WorldConfig
+    from predlab.data import EpisodeGenerator
+    from predlab.model import TransformerPredator
+    want = EpisodeGenerator(WorldConfig(frames=10), seed=0, progress=False).generate(3, stream=1)
+    student = TransformerPredator.from_config(vars(ModelConfig()))
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = EpisodeGenerator(WorldConfig(frames=10), seed=0, progress=False).generate(3, stream=1)
+        driven = EpisodeGenerator(WorldConfig(frames=10), seed=0, progress=False).generate(3, stream=1,
+                                                                                          student=student, beta=0.0)
+    finally:
+        torch.set_default_dtype(before)
+    for k in ("context", "predator", "boids", "n", "target"):     # the same episodes: the draws are float32's
+        assert torch.equal(getattr(got, k), getattr(want, k)), k
+    assert len(driven) > 0
