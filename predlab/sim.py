@@ -59,13 +59,16 @@ def world_bytes(num_envs: int, boids_max: int) -> int:
     return num_envs * (96 * boids_max + 256)
 
 
-def step_bytes(num_envs: int, boids_max: int) -> int:
+def step_bytes(num_envs: int, boids_max: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes, about, of stepping num_envs episodes of up to boids_max boids together: six float32
     [E, N, N] planes, the neighbour masks in float32 and in float64 (48 bytes a pair, counted 50 for
     the allocator's slack), and the frame's [E, N] terms (110-140 bytes a boid, counted 200).
     Measured (peak RSS): 127-129 KB per 50-boid episode (counted 139), 1.97 MB at 200 (2.04),
-    4.39-4.41 MB at 300 (4.56). At 400 bytes a boid, a 50-boid episode was counted 15-18% over."""
-    return num_envs * (50 * boids_max ** 2 + 200 * boids_max + 4096)
+    4.39-4.41 MB at 300 (4.56). At 400 bytes a boid, a 50-boid episode was counted 15-18% over.
+    A float64 world's planes are float64: 583 MB for 4 episodes of 1,500 boids (65 bytes a pair,
+    counted 70), where float32's took 436 MB."""
+    wide = dtype == torch.float64
+    return num_envs * ((70 if wide else 50) * boids_max ** 2 + (300 if wide else 200) * boids_max + 4096)
 
 
 def fast_magnitude(v: Tensor) -> Tensor:
@@ -222,7 +225,8 @@ class World:
                             f"got {dtype!r}")
         if n_boids is None and cfg.boids_max > MAX_BOIDS:
             raise ValueError(f"cfg.boids_max must be <= {MAX_BOIDS}, got {cfg.boids_max}")
-        device = C.as_device(device)    # 'cuda' where torch sees none failed in torch, after the draws
+        # 'cuda' where torch sees none failed in torch, after the draws; None is the CPU, as it was
+        device = C.as_device("cpu" if device is None else device)
         if n_boids is None or isinstance(n_boids, numbers.Integral) and not isinstance(n_boids, bool):
             N = cfg.boids_max if n_boids is None else whole_number("n_boids", n_boids, 1, MAX_BOIDS)
             given_n = None
@@ -281,7 +285,7 @@ class World:
         if self.pos.device.type != "cpu" or (E, N) == getattr(self, "_memory_ok", None):
             return
         problem = C.memory_problem([(f"stepping {E} episodes of up to {N} boids together (their [E, N, N] "
-                                     f"pairwise planes)", step_bytes(E, N))], "World.step")
+                                     f"pairwise planes)", step_bytes(E, N, self.pos.dtype))], "World.step")
         if problem:
             raise ValueError(problem + "; step fewer episodes at a time (num_envs) or smaller flocks")
         self._memory_ok = (E, N)
