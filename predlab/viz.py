@@ -645,10 +645,23 @@ def cls_attention(model, batch: Batch) -> Tensor:
     was = model.training
     model.eval()
     try:
-        _, weights = model.forward_with_attention(batch)
+        if callable(getattr(model, "forward_with_cls_attention", None)):
+            # [CLS]'s row alone: every layer's [B, H, T, T] took 6.7 GB for one frame of 10,000 boids
+            _, weights = model.forward_with_cls_attention(batch)                # each [B, H, T]
+        else:
+            _, weights = model.forward_with_attention(batch)
+            weights = [w[:, :, 0] for w in weights]
     finally:
         model.train(was)
-    a = torch.stack([w[:, :, 0, BOID_TOKEN0:] for w in weights], 1).float().cpu()   # [B, L, H, N]
+    a = torch.stack([w[:, :, BOID_TOKEN0:] for w in weights], 1).float().cpu()      # [B, L, H, N]
+    bad = ~torch.isfinite(a).all(-1).all(-1).all(-1)                                # [B]
+    if bool(bad.any()):
+        # NaN weights (a diverged run) were drawn as blank boids under "nan% of [CLS]", and argmax took
+        # NaN for the largest: a NaN model "agreed" with the teacher in 0.95 of frames
+        p_bad = p is not None and not all(bool(torch.isfinite(q).all()) for q in model.parameters())
+        raise ValueError(f"[CLS] attention is NaN or infinite in {int(bad.sum())} of {len(bad)} frame(s): "
+                         + ("the model's weights are not all finite (a diverged run?)" if p_bad else
+                            "its inputs are far outside the range the browser feeds it (scaled values of order 1)"))
     return a * batch["mask"][:, None, None, :].cpu().to(a.dtype)
 
 
@@ -765,6 +778,9 @@ class Agreement:
     samples: int
 
 
+AGREEMENT_BYTES = 1 << 28   # what attention_agreement's forwards hold at once, at most (but one frame's)
+
+
 @torch.no_grad()
 def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     """Agreement statistic (see Agreement) over a batch of frames; samples without boids are skipped."""
@@ -775,6 +791,12 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     S = int(keep.sum())
     if S == 0:
         raise ValueError("attention_agreement needs at least one sample with a live boid")
+    cfg = getattr(model, "config", None)
+    if isinstance(cfg, C.ModelConfig):
+        # frames of a forward at a time within AGREEMENT_BYTES: 512 frames of 1,000 boids are 2.7 GB
+        from .model import forward_bytes
+        per = forward_bytes(1, batch["mask"].shape[1] + 3, cfg, "cpu", torch.float32)
+        chunk = max(1, min(chunk, AGREEMENT_BYTES // per))
     hits_head, hits_mean = None, None
     for s in range(0, S, chunk):
         b = {k: v[s:s + chunk] for k, v in batch.items()}

@@ -1593,3 +1593,50 @@ def test_a_fine_tuning_run_in_the_notebook_shows_what_it_must_beat_and_says_when
     tuned.validate = lambda data=None: float("nan")                        # weights too large to train from
     with pytest.raises(ValueError, match="actions on the validation episodes are NaN or infinite"):
         widgets.fine_tune_start(tuned)
+
+
+def test_cls_attention_makes_only_the_cls_row_and_matches_the_full_weights(make_model, samples, monkeypatch):
+    """Every layer's [B, H, T, T] weights were made and kept to read row 0: one frame of 10,000 boids took
+    6.7 GB, and attention_agreement's default 512 frames of 1,000 boids more than 30 GB (killed kernel)."""
+    model = make_model(2, d_model=16, n_heads=2, n_layers=3, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 12)
+    _, full = model.forward_with_attention(batch)
+    expect = torch.stack([w[:, :, 0, 3:] for w in full], 1) * batch["mask"][:, None, None, :]
+    monkeypatch.setattr(type(model), "forward_with_attention", lambda *a: pytest.fail("made every row"))
+    got = viz.cls_attention(model, batch)
+    assert got.shape == expect.shape and torch.allclose(got, expect, atol=1e-6)
+    with torch.no_grad():
+        _, rows = model.forward_with_cls_attention(batch)
+    assert [tuple(r.shape) for r in rows] == [tuple(w[:, :, 0].shape) for w in full]
+    pad = ~batch["mask"][:, None, :].expand(-1, 2, -1)
+    assert all(float(r[:, :, 3:][pad].abs().sum()) == 0 for r in rows)      # padded boids get no attention
+    assert all(torch.allclose(r.sum(-1), torch.ones(())) for r in rows)
+
+
+def test_agreement_forwards_a_bounded_number_of_frames_at_a_time(make_model, samples, monkeypatch):
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 30)
+    whole = viz.attention_agreement(model, batch)
+    sizes = []
+    real = viz.cls_attention
+    monkeypatch.setattr(viz, "cls_attention", lambda m, b: sizes.append(len(b["mask"])) or real(m, b))
+    from predlab.model import forward_bytes
+    per = forward_bytes(1, batch["mask"].shape[1] + 3, model.config, "cpu", torch.float32)
+    monkeypatch.setattr(viz, "AGREEMENT_BYTES", 7 * per)
+    part = viz.attention_agreement(model, batch)        # chunk 512 asked; 7 frames fit
+    assert max(sizes) == 7 and sum(sizes) == whole.samples
+    assert np.allclose(part.per_head, whole.per_head) and np.allclose(part.mean_heads, whole.mean_heads)
+
+
+def test_attention_views_refuse_a_model_whose_attention_is_nan(make_model, samples):
+    """A diverged model's NaN attention was drawn as blank boids under "nan% of [CLS]", and argmax took NaN for
+    the largest value: a NaN model agreed with the teacher in 0.95 of frames, chance 0.12."""
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    with torch.no_grad():
+        model.layers[0].qkv.weight[0, 0] = float("nan")
+    batch = viz.sample_frames(samples, 10)
+    for view in (lambda: viz.plot_attention_overlay(model, batch), lambda: viz.plot_attention_grid(model, batch),
+                 lambda: viz.attention_agreement(model, batch)):
+        with pytest.raises(ValueError, match="weights are not all finite"):
+            view()
+
