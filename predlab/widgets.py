@@ -240,28 +240,39 @@ def make_sim_controls(seed: int = 0, run_now: bool = True, **defaults) -> Contro
 
 
 def _wire(ctl: "Controls", redraw, run_now: bool) -> "Controls":
-    """Redraw the panel whenever one of its widgets changes (and once now, if asked)."""
+    """Redraw the panel whenever one of its widgets changes (and once now, if asked).
+
+    A redraw that fails (or is interrupted) leaves controls.last None and says so in the panel, whether a
+    slider moved or Controls.set called it; set() raises it too, in its cell."""
+    def guarded(change=None):
+        try:
+            redraw(change)
+        except BaseException as e:      # noqa: BLE001 (an interrupted kernel too)
+            # the panel kept "recording 500 frames..." with controls.last of other settings than the sliders':
+            # so did Controls.set, which called redraw past this handler
+            ctl.last = None
+            if _in_notebook():
+                what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
+                with ctl.output:
+                    ctl.output.clear_output()
+                    if not isinstance(e, KeyboardInterrupt):     # where it came from, in the panel
+                        traceback.print_exc(file=sys.stdout)
+                    print(f"{what}; move a slider to draw again")
+            raise
+
     def on_change(change):
         if ctl._holding:         # Controls.set redraws once, after its last value
             return
         try:
-            redraw(change)
-        except BaseException as e:      # noqa: BLE001 (an interrupted kernel too)
+            guarded(change)
+        except BaseException:      # noqa: BLE001
             if not _in_notebook():
                 raise
-            # a slider's callback: JupyterLab shows its error only in the log console, and the panel kept
-            # "recording 500 frames..." with controls.last of other settings than the sliders'
-            ctl.last = None
-            what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}: {e}"
-            with ctl.output:
-                ctl.output.clear_output()
-                if not isinstance(e, KeyboardInterrupt):     # where it came from, in the panel (nowhere else)
-                    traceback.print_exc(file=sys.stdout)
-                print(f"{what}; move a slider to draw again")
+            # a slider's callback: JupyterLab shows its error only in the log console; the panel says it
 
     for w in ctl.widgets.values():
         w.observe(on_change, names="value")
-    ctl.redraw = redraw
+    ctl.redraw = guarded
     if run_now:
         redraw()
     return ctl

@@ -1640,3 +1640,18 @@ def test_attention_views_refuse_a_model_whose_attention_is_nan(make_model, sampl
         with pytest.raises(ValueError, match="weights are not all finite"):
             view()
 
+
+def test_a_failed_redraw_from_controls_set_leaves_no_stale_episode(monkeypatch, capsys):
+    """Controls.set called redraw past the slider callback's handler: interrupted there, the panel kept
+    "recording 9 frames..." and controls.last the episode of the settings before."""
+    ctl = widgets.make_sim_controls(run_now=True, frames=6, n_boids=5, width=320, height=320)
+    monkeypatch.setattr("predlab.widgets._in_notebook", lambda: True)
+    assert len(ctl.last[0]) == 6
+
+    def cut(**kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("predlab.widgets.rerun_sim", cut)
+    with pytest.raises(KeyboardInterrupt):             # called in a cell: it raises there
+        ctl.set(frames=9)
+    assert ctl.values()["frames"] == 9 and ctl.last is None
+    assert capsys.readouterr().out.rstrip().endswith("interrupted; move a slider to draw again")
