@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -291,8 +292,20 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
 
 
 def animation_html(anim) -> str:
-    """The animation as self-contained HTML/JS (to_jshtml: plays in a notebook without ffmpeg)."""
-    return anim.to_jshtml(default_mode="loop")
+    """The animation as self-contained HTML/JS (to_jshtml: plays in a notebook without ffmpeg).
+
+    matplotlib stops embedding frames at rcParams["animation.embed_limit"] (20 MB: some 1,600 frames of
+    rollout_figure's): a warning says how many of the frames the HTML holds where it cut them."""
+    import matplotlib
+
+    html = anim.to_jshtml(default_mode="loop")
+    total, kept = getattr(anim, "_save_count", None), jshtml_frame_count(html)
+    if isinstance(total, int) and kept < total:
+        # matplotlib says it in its log alone: from a slider, JupyterLab's log console, and the animation stopped
+        warnings.warn(f"the animation holds {kept} of its {total} frames: matplotlib's animation.embed_limit "
+                      f"({matplotlib.rcParams['animation.embed_limit']:g} MB) cut the rest. Record fewer frames, or "
+                      f"raise it: matplotlib.rcParams['animation.embed_limit'] = 100", stacklevel=2)
+    return html
 
 
 def jshtml_frame_count(html: str) -> int:

@@ -116,6 +116,16 @@ def test_animation_has_one_frame_per_step(rollout):
     assert "<script" in html
 
 
+def test_an_animation_cut_by_matplotlibs_embed_limit_says_how_many_frames_it_holds(rollout):
+    """Past animation.embed_limit matplotlib embeds no more frames and says so in its log alone: 1,700 frames
+    from the frames slider played as 1,599, the log line in JupyterLab's log console."""
+    import matplotlib
+    with matplotlib.rc_context({"animation.embed_limit": 0.02}):          # MB: a few frames
+        with pytest.warns(UserWarning, match=rf"holds \d+ of its {len(rollout)} frames: .*embed_limit"):
+            html = viz.animation_html(viz.animate_rollout(rollout))
+    assert 0 < viz.jshtml_frame_count(html) < len(rollout)
+
+
 def test_animation_draws_the_teacher_arrow(rollout):
     anim = viz.animate_rollout(rollout, arrow_px=50)
     artists = anim._func(3)
