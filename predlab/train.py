@@ -835,16 +835,21 @@ class Checkpointer(Callback):
             # one there of an earlier run (the epochs after the one a resumed run began at) is replaced
             fresh = not path.exists() or self.is_earlier_runs(path)
             ended_by = getattr(trainer, "ended_by", None)
-            cut = (isinstance(ended_by, type) and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged))
+            # a closed stdout (`| head`) stops the run as a Ctrl-C does: its last whole epoch was not saved, so that
+            # --resume could only go back to best_model.pt (without DAgger's samples) or to an older checkpoint
+            cut = (isinstance(ended_by, type)
+                   and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged, BrokenPipeError))
                    and trainer.epoch > getattr(trainer, "train_begin_epoch", trainer.epoch))
             if (trainer.stop_training and trainer.epoch > 0 or cut) and fresh:
                 with deferred_interrupt():     # a second Ctrl-C takes effect once the file is whole
                     self.make_room()
                     self._save_epoch(trainer, trainer.epoch)
                 if cut:
-                    say(f"saved {path} (the last whole epoch): {self.go_on}")
+                    with contextlib.suppress(BrokenPipeError):    # stdout closed: the file is saved all the same
+                        say(f"saved {path} (the last whole epoch): {self.go_on}")
             elif cut and self._mine(path):     # saved at the epoch's end (save_every): where to go on, all the same
-                say(f"{path} holds the last whole epoch: {self.go_on}")
+                with contextlib.suppress(BrokenPipeError):
+                    say(f"{path} holds the last whole epoch: {self.go_on}")
         finally:
             if self.moved_to is not None and not any(self._mine(p) for p in self._saved):
                 # its first write failed (a full disk): the earlier run's files go back, so that the demo and
@@ -2585,7 +2590,11 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     except BrokenPipeError:             # stdout's reader has gone (`| head`): stopped as at a Ctrl-C
         silence_stdout()
         interrupted, code = True, PIPE_CLOSED
-        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact",
+        last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
+        # the line saying so went to the closed stdout
+        go_on = (f"; {last} holds the last whole epoch: --resume it to go on"
+                 if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
+        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact{go_on}",
               file=sys.stderr)
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code, diverged = True, 1, True

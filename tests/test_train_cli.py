@@ -989,11 +989,41 @@ def test_a_closed_stdout_stops_a_run_as_ctrl_c_does_and_exits_141(tmp_path, monk
     monkeypatch.setattr("sys.stdout", Head())
     assert train.main([*SMALL, "--epochs", "3"]) == 141
     err = capsys.readouterr().err
-    assert err.startswith(f"stdout was closed (broken pipe) in epoch {at}: the checkpoints saved so far are intact\n")
+    assert err.startswith(f"stdout was closed (broken pipe) in epoch {at}: the checkpoints saved so far are intact")
     d = tmp_path / "checkpoints"
     assert not (d / f"checkpoint_epoch_{at}.pt").exists()
     if at == 2:
         assert (d / "model.js").is_file() and (d / "model.json").is_file()
+        # the last whole epoch is saved, as after a Ctrl-C, and stderr says so (stdout is gone): with --save_every 5
+        # the run left only best_model.pt, which resumes without DAgger's samples
+        assert (d / "checkpoint_epoch_1.pt").is_file()
+        assert f"{Path('checkpoints') / 'checkpoint_epoch_1.pt'} holds the last whole epoch: --resume it to go on" in err
+    else:
+        assert "--resume it to go on" not in err
+
+
+def test_a_closed_stdout_saves_the_last_whole_epoch_so_that_resume_goes_on_from_it(tmp_path, monkeypatch, capsys):
+    """`python -m predlab.train | head` stopped after epoch 4 of a --save_every 5 run wrote no checkpoint_epoch_4.pt
+    (a Ctrl-C or a SIGTERM there does): --resume could only go back to best_model.pt or an older checkpoint."""
+    import errno
+    import io
+    from predlab import train
+
+    class Head(io.StringIO):
+        def write(self, s):
+            if "epoch    3" in s:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            return super().write(s)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdout", Head())
+    assert train.main([*SMALL, "--epochs", "4", "--save_every", "5"]) == 141
+    d = tmp_path / "checkpoints"
+    assert sorted(p.name for p in d.glob("checkpoint_epoch_*.pt")) == ["checkpoint_epoch_2.pt"]
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    assert train.main(["--resume", str(d / "checkpoint_epoch_2.pt"), "--epochs", "4", "--quiet"]) == 0
+    assert "continuing with epoch 3 of 4" in out.getvalue()
+
 
 def test_a_sigterm_while_a_run_stops_after_a_ctrl_c_ends_it_with_a_line_not_a_traceback(tmp_path, monkeypatch, capsys,
                                                                                          python_sigint):
