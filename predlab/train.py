@@ -2192,7 +2192,7 @@ def _parse(argv):
         said = str(e)
         if said.startswith("device: "):        # TrainConfig's field, given here as the flag
             p.error("--" + said)
-        p.error(("--resume: with the checkpoint's run settings: " if ns["resume"] is not None else "") + said)
+        p.error(_flag_words(said, given, ns["resume"] is not None))
     unused = [f"--{f.name}" for f in dataclasses.fields(TrainConfig)
               if f.name.startswith("dagger_") and f.name in given]
     if unused and not tc.dagger:
@@ -2456,6 +2456,27 @@ def main(argv=None) -> int:
         return code
 
 
+def _flag_words(said: str, given, resumed: bool) -> str:
+    """A config check's message on the command line: its fields as flags ("select_best_by catch_ratio needs
+    eval_every > 0" named no flag), and on a resume which of them are the checkpoint's run settings (it blamed
+    the checkpoint for an --eval_every 0 given)."""
+    fields = {f.name for cls in (TrainConfig, ModelConfig, WorldConfig) for f in dataclasses.fields(cls)
+              if "_" in f.name}      # "epochs", "device", "noise" are words of the messages too
+    named = [f for f in sorted(fields, key=len, reverse=True) if re.search(rf"(?<![\w-]){f}(?!\w)", said)]
+    for f in named:
+        said = re.sub(rf"(?<![\w-]){f}(?!\w)", "--" + f, said)
+    if not resumed:
+        return said
+    theirs = [f"--{f}" for f in named if f not in given]
+    if not named:
+        return "--resume: with the checkpoint's run settings: " + said
+    if not theirs:
+        return said
+    one = len(theirs) == 1
+    return (f"{said} ({' and '.join(theirs)} {'is' if one else 'are'} the checkpoint's run setting{'' if one else 's'}: "
+            f"give {'it' if one else 'them'} to change {'it' if one else 'them'})")
+
+
 def _main(argv, began: List[bool]) -> int:
     try:    # reading a --resume or --init_weights file takes a while; a Ctrl-C in it came as a traceback
         tc, mc, wc, schedule, notes = _parse(argv)
@@ -2463,7 +2484,11 @@ def _main(argv, began: List[bool]) -> int:
         try:
             lock = lock_checkpoint_dir(tc.checkpoint_dir)
         except (FolderBusy, OSError) as e:
-            build_parser().error(f"--checkpoint_dir: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
+            # a resume goes on in its checkpoint's folder: the user may have given no --checkpoint_dir
+            flag = ("--resume (the run goes on in its checkpoint's folder)"
+                    if tc.resume is not None and Path(tc.checkpoint_dir) == Path(tc.resume).parent
+                    else "--checkpoint_dir")
+            build_parser().error(f"{flag}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     except KeyboardInterrupt as e:
         word, code = stop_words(e)
         print(f"\n{word} before training began: nothing was written", file=sys.stderr)

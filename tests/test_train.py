@@ -784,7 +784,7 @@ def test_the_learning_rate_warms_up_then_decays_over_the_whole_run(tmp_path):
     (["--boids_min", "10001", "--boids_max", "10001"], "must be <= 10000"),   # once a traceback from World.random
     (["--keep_checkpoints", "1" + "0" * 400], "keep_checkpoints must be a finite number"),   # once an OverflowError
     # a run that would never evaluate catches, so never write best_model.pt or model.js
-    (["--select_best_by", "catch_ratio", "--eval_every", "0"], "select_best_by catch_ratio needs eval_every > 0"),
+    (["--select_best_by", "catch_ratio", "--eval_every", "0"], "--select_best_by catch_ratio needs --eval_every > 0"),
     # the catch check ran until killed; more epochs than a checkpoint may record
     (["--eval_frames", "1e30"], "--eval_frames/--eval-frames: must be <= 1000000, got 1e30"),
     (["--frames", "1000001", "--val_episodes", "1"], "--frames: must be <= 1000000"),
@@ -1932,7 +1932,9 @@ def test_resuming_into_a_busy_folder_says_only_that_it_is_busy(tmp_path, monkeyp
         holder.wait(timeout=30)
     assert exit_.value.code == 2
     out, err = capsys.readouterr()
-    assert "another training run is writing to checkpoints" in err
+    # no --checkpoint_dir was given: the flag named is the one that chose the folder
+    assert "--resume (the run goes on in its checkpoint's folder): another training run is writing to checkpoints" \
+        in err
     assert "resuming the run" not in out            # it was said before the refusal
     assert main(["--epochs", "2", "--resume", "checkpoints/checkpoint_epoch_1.pt"]) == 0
     assert "resuming the run of checkpoints/checkpoint_epoch_1.pt" in capsys.readouterr().out

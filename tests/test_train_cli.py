@@ -1650,3 +1650,29 @@ def test_a_model_js_link_into_a_folder_this_user_cannot_write_is_refused_before_
     assert f"model.js is a link to {tmp_path / 'page' / 'model.js'}, in a folder where this user cannot write" in \
         capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
+
+
+def test_a_check_across_flags_names_them_as_flags_and_on_a_resume_which_are_the_checkpoints(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """"select_best_by catch_ratio needs eval_every > 0" named no flag, and on a resume of a catch-ratio run
+    with --eval_every 0 given it blamed the checkpoint's run settings for the flag the user typed."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+
+    def refused(argv):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+    assert refused(["--select_best_by", "catch_ratio", "--eval_every", "0"]).endswith(
+        "error: --select_best_by catch_ratio needs --eval_every > 0")
+    assert "error: --weight_decay 10 x --learning_rate 0.1 must be below 1" in \
+        refused(["--weight_decay", "10", "--learning_rate", "0.1"])
+    assert main([*SMALL, "--epochs", "1", "--eval_every", "1", "--select_best_by", "catch_ratio"]) == 0
+    capsys.readouterr()
+    last = str(Path("checkpoints") / "checkpoint_epoch_1.pt")
+    assert refused(["--resume", last, "--epochs", "2", "--eval_every", "0"]).endswith(
+        "--select_best_by catch_ratio needs --eval_every > 0 (--select_best_by is the checkpoint's run setting: give "
+        "it to change it)")
+    assert main(["--resume", last, "--epochs", "2", "--eval_every", "0", "--select_best_by", "val_loss",
+                 "--quiet"]) == 0
