@@ -2473,8 +2473,9 @@ def _flag_words(said: str, given, resumed: bool) -> str:
     if not theirs:
         return said
     one = len(theirs) == 1
-    return (f"{said} ({' and '.join(theirs)} {'is' if one else 'are'} the checkpoint's run setting{'' if one else 's'}: "
-            f"give {'it' if one else 'them'} to change {'it' if one else 'them'})")
+    it, are = ("it", "is") if one else ("them", "are")
+    return (f"{said} ({' and '.join(theirs)} {are} the checkpoint's run setting{'' if one else 's'}: "
+            f"give {it} to change {it})")
 
 
 def _main(argv, began: List[bool]) -> int:
