@@ -2558,7 +2558,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     for cb in trainer.callbacks:
         if isinstance(cb, Checkpointer):     # a stopped run goes on in another command, not in this process
             cb.go_on = "--resume it to go on"
-    if tc.warmup_epochs >= tc.epochs:    # a one-epoch run's few steps ran at a thousandth of the rate and up
+    # a one-epoch run's few steps ran at a thousandth of the rate and up. Not on a resume, which starts where its
+    # checkpoint's schedule was (it said "climbs from 2.0e-06" of a run going on at 1.3e-3), nor past the run's
+    # end, which _parse's note says
+    if trainer.epoch == 0 and tc.warmup_epochs == tc.epochs:
         print(f"note: the warm-up (--warmup_epochs {tc.warmup_epochs:g}) lasts the whole run of {tc.epochs} "
               f"epoch{'s' if tc.epochs != 1 else ''}: the learning rate climbs from {tc.learning_rate * 1e-3:.1e} "
               f"and never decays; a shorter --warmup_epochs trains more in so few epochs")

@@ -462,6 +462,10 @@ def test_a_run_as_short_as_its_warm_up_says_so(tmp_path, monkeypatch, capsys):
         "2.0e-06" in capsys.readouterr().out
     assert main([*SMALL[2:], "--epochs", "2", "--warmup_epochs", "0.5", "--checkpoint_dir", "b"]) == 0
     assert "warm-up" not in capsys.readouterr().out
+    # a resume goes on where its schedule was: it said the rate "climbs from 2.0e-06" of a run at 1e-3
+    assert main(["--resume", str(Path("b") / "checkpoint_epoch_2.pt"), "--epochs", "3", "--warmup_epochs", "5"]) == 0
+    said = "".join(capsys.readouterr())
+    assert "climbs from" not in said and "note: --warmup_epochs 5 is longer than the run (3 epochs)" in said
 
 
 def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
