@@ -11,6 +11,7 @@ import contextlib
 import copy
 import dataclasses
 import difflib
+import io
 import math
 import os
 import re
@@ -840,8 +841,12 @@ class Checkpointer(Callback):
             cut = (isinstance(ended_by, type)
                    and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged, BrokenPipeError))
                    and trainer.epoch > getattr(trainer, "train_begin_epoch", trainer.epoch))
+            # with stdout closed, the lines the save says on its way (make_room's "moved N file(s)") raised
+            # BrokenPipeError before the file was written: they go nowhere
+            piped = cut and issubclass(ended_by, BrokenPipeError)
             if (trainer.stop_training and trainer.epoch > 0 or cut) and fresh:
-                with deferred_interrupt():     # a second Ctrl-C takes effect once the file is whole
+                with deferred_interrupt(), (contextlib.redirect_stdout(io.StringIO()) if piped else
+                                            contextlib.nullcontext()):   # a second Ctrl-C waits till the file is whole
                     self.make_room()
                     self._save_epoch(trainer, trainer.epoch)
                 if cut:
@@ -2487,7 +2492,7 @@ def _main(argv, began: List[bool]) -> int:
         except (FolderBusy, OSError) as e:
             # a resume goes on in its checkpoint's folder: the user may have given no --checkpoint_dir
             flag = ("--resume (the run goes on in its checkpoint's folder)"
-                    if tc.resume is not None and Path(tc.checkpoint_dir) == Path(tc.resume).parent
+                    if tc.resume is not None and "checkpoint_dir" not in _given(argv)   # (the folder given: its flag)
                     else "--checkpoint_dir")
             build_parser().error(f"{flag}: {e.strerror if isinstance(e, OSError) and e.strerror else e}")
     except KeyboardInterrupt as e:
@@ -2561,7 +2566,8 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     # a one-epoch run's few steps ran at a thousandth of the rate and up. Not on a resume, which starts where its
     # checkpoint's schedule was (it said "climbs from 2.0e-06" of a run going on at 1.3e-3), nor past the run's
     # end, which _parse's note says
-    if trainer.epoch == 0 and tc.warmup_epochs == tc.epochs:
+    # (trainer.epoch is 0 here on a resume too: the checkpoint is loaded below)
+    if tc.resume is None and tc.warmup_epochs == tc.epochs:
         print(f"note: the warm-up (--warmup_epochs {tc.warmup_epochs:g}) lasts the whole run of {tc.epochs} "
               f"epoch{'s' if tc.epochs != 1 else ''}: the learning rate climbs from {tc.learning_rate * 1e-3:.1e} "
               f"and never decays; a shorter --warmup_epochs trains more in so few epochs")

@@ -466,6 +466,9 @@ def test_a_run_as_short_as_its_warm_up_says_so(tmp_path, monkeypatch, capsys):
     assert main(["--resume", str(Path("b") / "checkpoint_epoch_2.pt"), "--epochs", "3", "--warmup_epochs", "5"]) == 0
     said = "".join(capsys.readouterr())
     assert "climbs from" not in said and "note: --warmup_epochs 5 is longer than the run (3 epochs)" in said
+    # nor one whose warm-up ends with the run: the checkpoint is loaded after the note was said (its epoch 0)
+    assert main(["--resume", str(Path("b") / "checkpoint_epoch_3.pt"), "--epochs", "4", "--warmup_epochs", "4"]) == 0
+    assert "climbs from" not in "".join(capsys.readouterr())
 
 
 def test_a_run_with_progress_bars_still_prints_a_line_per_epoch(tmp_path, monkeypatch, capsys):
@@ -1680,3 +1683,29 @@ def test_a_check_across_flags_names_them_as_flags_and_on_a_resume_which_are_the_
         "it to change it)")
     assert main(["--resume", last, "--epochs", "2", "--eval_every", "0", "--select_best_by", "val_loss",
                  "--quiet"]) == 0
+
+
+def test_a_closed_stdout_saves_the_last_whole_epoch_when_that_is_the_runs_first_write(tmp_path, monkeypatch, capsys):
+    """The save's first write moves an earlier run's files to previous/ and says so: on the closed stdout that
+    line raised BrokenPipeError before the file was written, and the last whole epoch was lost."""
+    import errno
+    import io
+    from predlab import train
+
+    monkeypatch.chdir(tmp_path)
+    assert train.main([*SMALL, "--eval_every", "0"]) == 0                 # an earlier run's files in checkpoints/
+
+    class Head(io.StringIO):
+        gone = False
+
+        def write(self, s):
+            if self.gone or "epoch    3" in s:
+                self.gone = True
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            return super().write(s)
+    monkeypatch.setattr("sys.stdout", Head())
+    # no best before epoch 5 (the catch ratio is measured then), no save_every: the cut's save is the first write
+    assert train.main([*SMALL[2:], "--epochs", "4", "--save_every", "5", "--select_best_by", "catch_ratio",
+                       "--eval_every", "5", "--eval_episodes", "2", "--eval_frames", "10"]) == 141
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
+    assert "checkpoint_epoch_2.pt holds the last whole epoch: --resume it to go on" in capsys.readouterr().err
