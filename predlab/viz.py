@@ -296,13 +296,32 @@ def animation_html(anim) -> str:
 
     matplotlib stops embedding frames at rcParams["animation.embed_limit"] (20 MB: some 1,600 frames of
     rollout_figure's): a warning says how many of the frames the HTML holds where it cut them."""
+    import logging
+
     import matplotlib
 
-    html = anim.to_jshtml(default_mode="loop")
+    # what matplotlib logs when it cuts: _save_count is no frame count for frames from a generator (its
+    # save_count is a cap: 5 frames under save_count=50 were said to be cut), nor known for one without it
+    log, cut = logging.getLogger("matplotlib.animation"), []
+
+    class Cut(logging.Handler):
+        def emit(self, record):
+            if "embed_limit" in record.getMessage():
+                cut.append(record)
+    heard = log.isEnabledFor(logging.WARNING)
+    handler = Cut(logging.WARNING)
+    log.addHandler(handler)
+    try:
+        html = anim.to_jshtml(default_mode="loop")
+    finally:
+        log.removeHandler(handler)
     total, kept = getattr(anim, "_save_count", None), jshtml_frame_count(html)
-    if isinstance(total, int) and kept < total:
+    if not isinstance(total, int) or total < kept:
+        total = None
+    if cut or (not heard and total is not None and kept < total):    # (a logger turned off: the count alone)
         # matplotlib says it in its log alone: from a slider, JupyterLab's log console, and the animation stopped
-        warnings.warn(f"the animation holds {kept} of its {total} frames: matplotlib's animation.embed_limit "
+        of = f"{kept} of its {total} frames" if total is not None else f"only its first {kept} frames"
+        warnings.warn(f"the animation holds {of}: matplotlib's animation.embed_limit "
                       f"({matplotlib.rcParams['animation.embed_limit']:g} MB) cut the rest. Record fewer frames, or "
                       f"raise it: matplotlib.rcParams['animation.embed_limit'] = 100", stacklevel=2)
     return html
@@ -808,7 +827,11 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
     if isinstance(cfg, C.ModelConfig):
         # frames of a forward at a time within AGREEMENT_BYTES: 512 frames of 1,000 boids are 2.7 GB
         from .model import forward_bytes
-        per = forward_bytes(1, batch["mask"].shape[1] + 3, cfg, "cpu", torch.float32)
+        # by the model's own dtype and device: a float64 model's forwards are twice a float32 one's, and a GPU's
+        # attention kernel keeps every frame's [H, T, T] weights (counted float32 on the CPU, they held 2-7x the bound)
+        p = next(iter(model.parameters()), None)
+        dev, dt = (p.device.type, p.dtype) if p is not None else ("cpu", torch.float32)
+        per = forward_bytes(1, batch["mask"].shape[1] + 3, cfg, dev, dt)
         chunk = max(1, min(chunk, AGREEMENT_BYTES // per))
     hits_head, hits_mean = None, None
     for s in range(0, S, chunk):

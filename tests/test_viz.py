@@ -1665,3 +1665,34 @@ def test_a_failed_redraw_from_controls_set_leaves_no_stale_episode(monkeypatch, 
         ctl.set(frames=9)
     assert ctl.values()["frames"] == 9 and ctl.last is None
     assert capsys.readouterr().out.rstrip().endswith("interrupted; move a slider to draw again")
+
+
+def test_an_animation_of_fewer_frames_than_its_save_count_is_not_said_to_be_cut(recwarn):
+    """_save_count is a cap for frames from a generator: 5 frames under save_count=50 were said to be cut by
+    the embed limit, which cut nothing."""
+    import warnings
+    from matplotlib.animation import FuncAnimation
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot()
+
+    def frames():
+        yield from range(5)
+    anim = FuncAnimation(fig, lambda i: [], frames=frames, save_count=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = viz.animation_html(anim)
+    assert viz.jshtml_frame_count(html) == 5
+
+
+def test_agreement_counts_a_float64_models_forwards_in_float64(make_model, samples, monkeypatch):
+    """The chunk was sized by float32 forwards whatever the model: a float64 model's held twice the bound."""
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16).double()
+    batch = viz.sample_frames(samples, 30)
+    sizes = []
+    real = viz.cls_attention
+    monkeypatch.setattr(viz, "cls_attention", lambda m, b: sizes.append(len(b["mask"])) or real(m, b))
+    from predlab.model import forward_bytes
+    monkeypatch.setattr(viz, "AGREEMENT_BYTES",
+                        7 * forward_bytes(1, batch["mask"].shape[1] + 3, model.config, "cpu", torch.float64))
+    viz.attention_agreement(model, batch)
+    assert max(sizes) == 7
