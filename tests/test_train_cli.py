@@ -1300,18 +1300,27 @@ def test_the_earlier_runs_model_js_stays_for_the_page_until_the_run_exports(tmp_
     assert [p.read_text() for p in d.glob("previous/*/model.js")] == [page] and (d / "model.js").is_symlink()
 
 
-def test_a_model_js_link_into_a_missing_folder_is_refused_before_training(tmp_path, monkeypatch, capsys):
-    """The run trained to its end, then said "no model.js was written (there was none)" about a link it
-    could not write through, and wrote no model.json either."""
+@pytest.mark.parametrize("folder, why", [("gone", "in a folder that does not exist"),
+                                         ("page", "in a folder where this user cannot write")])
+def test_a_model_js_link_the_export_cannot_write_through_is_refused_before_training(tmp_path, monkeypatch, capsys,
+                                                                                    folder, why):
+    """A link into a missing folder: the run trained to its end, then said "no model.js was written (there was
+    none)" about a link it could not write through, and wrote no model.json either. A link to the page's
+    model.js in a folder of another user (a web server's): the run trained to its end, then failed its export
+    ("cannot write .../.model.js.XXXX.tmp: Permission denied")."""
     from predlab.train import main
+    from test_export import _folder_takes_no_files
     monkeypatch.chdir(tmp_path)
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / "gone" / "model.js")
+    if folder == "page":
+        (tmp_path / "page").mkdir()
+        (tmp_path / "page" / "model.js").write_text("window.TRANSFORMER_PARAMS = {};\n")
+        _folder_takes_no_files(monkeypatch, tmp_path / "page")
+    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / folder / "model.js")
     with pytest.raises(SystemExit) as e:
         main(SMALL)
     assert e.value.code == 2
-    assert f"model.js is a link to {tmp_path / 'gone' / 'model.js'}, in a folder that does not exist" in \
-        capsys.readouterr().err
+    assert f"model.js is a link to {tmp_path / folder / 'model.js'}, {why}" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
 
 
@@ -1637,26 +1646,6 @@ def test_an_empty_read_only_model_js_and_a_read_only_model_json_are_said_right(t
     assert main([*SMALL, "--seed", "5"]) == 1
     err = capsys.readouterr().err
     assert f"{Path('checkpoints') / 'model.js'} was written" in err and "no model.js was written" not in err
-
-
-def test_a_model_js_link_into_a_folder_this_user_cannot_write_is_refused_before_training(tmp_path, monkeypatch,
-                                                                                           capsys):
-    """checkpoints/model.js linked to the page's model.js in a folder of another user (a web server's): the run
-    trained to its end, then failed its export ("cannot write .../.model.js.XXXX.tmp: Permission denied")."""
-    from predlab.train import main
-    from test_export import _folder_takes_no_files
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "page").mkdir()
-    (tmp_path / "page" / "model.js").write_text("window.TRANSFORMER_PARAMS = {};\n")
-    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / "page" / "model.js")
-    _folder_takes_no_files(monkeypatch, tmp_path / "page")
-    with pytest.raises(SystemExit) as e:
-        main(SMALL)
-    assert e.value.code == 2
-    assert f"model.js is a link to {tmp_path / 'page' / 'model.js'}, in a folder where this user cannot write" in \
-        capsys.readouterr().err
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
 
 
 def test_a_check_across_flags_names_them_as_flags_and_on_a_resume_which_are_the_checkpoints(tmp_path, monkeypatch,
