@@ -2504,7 +2504,8 @@ def _main(argv, began: List[bool]) -> int:
         code = _run(tc, mc, wc, schedule, began)
     except BrokenPipeError:    # stdout's reader has gone (`| head`) at a line before training began
         silence_stdout()
-        print("stdout was closed (broken pipe) before training began: nothing was written", file=sys.stderr)
+        print("stdout was closed (broken pipe) " + ("as the run ended: the files written are whole" if began else
+                                                    "before training began: nothing was written"), file=sys.stderr)
         return PIPE_CLOSED
     except KeyboardInterrupt as e:    # a second one, while the run stopped after a first: at once
         word, code = stop_words(e)
@@ -2621,7 +2622,15 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     except KeyboardInterrupt as e:      # Ctrl-C, or a SIGTERM (143)
         interrupted = True
         word, code = stop_words(e)
-        print(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact")
+        try:
+            print(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact")
+        except BrokenPipeError:         # it came as a closed stdout's run ended (its last save): said on stderr
+            silence_stdout()
+            last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
+            go_on = (f"; {last} holds the last whole epoch: --resume it to go on"
+                     if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
+            print(f"\n{word} {_where(trainer)}, stdout closed (broken pipe): the checkpoints saved so far are "
+                  f"intact{go_on}", file=sys.stderr)
     except BrokenPipeError:             # stdout's reader has gone (`| head`): stopped as at a Ctrl-C
         silence_stdout()
         interrupted, code = True, PIPE_CLOSED

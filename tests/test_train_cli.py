@@ -1698,3 +1698,35 @@ def test_a_closed_stdout_saves_the_last_whole_epoch_when_that_is_the_runs_first_
                        "--eval_every", "5", "--eval_episodes", "2", "--eval_frames", "10"]) == 141
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
     assert "checkpoint_epoch_2.pt holds the last whole epoch: --resume it to go on" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_during_a_closed_stdouts_last_save_says_where_to_go_on(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C held through the last whole epoch's save (stdout closed) said on the closed stdout that the run
+    was interrupted: the BrokenPipeError that raised left as "before training began: nothing was written"."""
+    import errno
+    import io
+    import os
+    import signal
+    from predlab import train
+
+    monkeypatch.chdir(tmp_path)
+
+    class Head(io.StringIO):
+        gone = False
+
+        def write(self, s):
+            if self.gone or "epoch    3" in s:
+                self.gone = True
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            return super().write(s)
+    real = train.Checkpointer._save_epoch
+
+    def save(self, trainer, epoch):
+        os.kill(os.getpid(), signal.SIGINT)      # held till the file is whole
+        real(self, trainer, epoch)
+    monkeypatch.setattr(train.Checkpointer, "_save_epoch", save)
+    monkeypatch.setattr("sys.stdout", Head())
+    assert train.main([*SMALL[2:], "--epochs", "4", "--save_every", "5"]) == 130
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
+    err = capsys.readouterr().err
+    assert "nothing was written" not in err and "checkpoint_epoch_2.pt holds the last whole epoch" in err
