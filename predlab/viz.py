@@ -296,35 +296,31 @@ def animation_html(anim) -> str:
 
     matplotlib stops embedding frames at rcParams["animation.embed_limit"] (20 MB: some 1,600 frames of
     rollout_figure's): a warning says how many of the frames the HTML holds where it cut them."""
-    import logging
+    import itertools
 
     import matplotlib
 
-    # what matplotlib logs when it cuts: _save_count is no frame count for frames from a generator (its
-    # save_count is a cap: 5 frames under save_count=50 were said to be cut), nor known for one without it
-    log, cut = logging.getLogger("matplotlib.animation"), []
-
-    class Cut(logging.Handler):
-        def emit(self, record):
-            if "embed_limit" in record.getMessage():
-                cut.append(record)
-    heard = log.isEnabledFor(logging.WARNING)
-    handler = Cut(logging.WARNING)
-    log.addHandler(handler)
+    html = anim.to_jshtml(default_mode="loop")
+    kept = jshtml_frame_count(html)
+    # a frame past those embedded, asked of the frames to save (as to_jshtml asks): matplotlib's own word of a cut
+    # is a log line, unheard under a logger turned up or filtered, and not said again when to_jshtml returns the
+    # HTML it made before; its _save_count is a cap, not the count, for frames from a generator
     try:
-        html = anim.to_jshtml(default_mode="loop")
-    finally:
-        log.removeHandler(handler)
-    total, kept = getattr(anim, "_save_count", None), jshtml_frame_count(html)
-    if not isinstance(total, int) or total < kept:
-        total = None
-    if cut or (not heard and total is not None and kept < total):    # (a logger turned off: the count alone)
+        cut = next(itertools.islice(anim.new_saved_frame_seq(), kept, None), _NO_FRAME) is not _NO_FRAME
+    except Exception:       # noqa: BLE001 (an animation of another kind: no word, as before)
+        cut = False
+    if cut:
         # matplotlib says it in its log alone: from a slider, JupyterLab's log console, and the animation stopped
-        of = f"{kept} of its {total} frames" if total is not None else f"only its first {kept} frames"
+        total = getattr(anim, "_save_count", None)
+        of = (f"{kept} of its {total} frames" if isinstance(total, int) and total > kept
+              else f"only its first {kept} frames")
         warnings.warn(f"the animation holds {of}: matplotlib's animation.embed_limit "
                       f"({matplotlib.rcParams['animation.embed_limit']:g} MB) cut the rest. Record fewer frames, or "
                       f"raise it: matplotlib.rcParams['animation.embed_limit'] = 100", stacklevel=2)
     return html
+
+
+_NO_FRAME = object()
 
 
 def jshtml_frame_count(html: str) -> int:
@@ -829,7 +825,7 @@ def attention_agreement(model, batch: Batch, chunk: int = 512) -> Agreement:
         from .model import forward_bytes
         # by the model's own dtype and device: a float64 model's forwards are twice a float32 one's, and a GPU's
         # attention kernel keeps every frame's [H, T, T] weights (counted float32 on the CPU, they held 2-7x the bound)
-        p = next(iter(model.parameters()), None)
+        p = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None   # (as cls_attention)
         dev, dt = (p.device.type, p.dtype) if p is not None else ("cpu", torch.float32)
         per = forward_bytes(1, batch["mask"].shape[1] + 3, cfg, dev, dt)
         chunk = max(1, min(chunk, AGREEMENT_BYTES // per))

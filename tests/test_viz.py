@@ -1696,3 +1696,47 @@ def test_agreement_counts_a_float64_models_forwards_in_float64(make_model, sampl
                         7 * forward_bytes(1, batch["mask"].shape[1] + 3, model.config, "cpu", torch.float64))
     viz.attention_agreement(model, batch)
     assert max(sizes) == 7
+
+
+def test_the_embed_limit_cut_is_told_whatever_matplotlibs_logger_and_cache(rollout, monkeypatch):
+    """The cut was heard from matplotlib's log line alone: to_jshtml's kept HTML (a second call) logs nothing,
+    a filtered logger drops it, and one turned up to ERROR brought back the count's false cut."""
+    import logging
+    import warnings
+    from matplotlib.animation import FuncAnimation
+    log = logging.getLogger("matplotlib.animation")
+    monkeypatch.setattr(log, "filters", [lambda r: "embed_limit" not in r.getMessage()])
+    with matplotlib.rc_context({"animation.embed_limit": 0.02}):
+        anim = viz.animate_rollout(rollout)
+        for _ in range(2):
+            with pytest.warns(UserWarning, match=rf"holds \d+ of its {len(rollout)} frames: .*embed_limit"):
+                viz.animation_html(anim)
+    monkeypatch.setattr(log, "level", logging.ERROR)
+    log.manager._clear_cache()
+    fig = Figure(figsize=(2, 2))
+    fig.add_subplot()
+
+    def frames():
+        yield from range(5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        html = viz.animation_html(FuncAnimation(fig, lambda i: [], frames=frames, save_count=50))
+    log.manager._clear_cache()
+    assert viz.jshtml_frame_count(html) == 5
+
+
+def test_agreement_of_a_model_without_parameters_method(samples):
+    """cls_attention takes a model with no parameters() (not an nn.Module); the chunk's sizing asked for them."""
+    class Duck:
+        training, config = False, PeakedModel().config
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
+
+        def forward_with_attention(self, batch):
+            return PeakedModel().forward_with_attention(batch)
+    ag = viz.attention_agreement(Duck(), viz.sample_frames(samples, 20))
+    assert np.all(ag.mean_heads == 1.0)
