@@ -167,7 +167,10 @@ def test_gpu_section_runs_and_prints(capsys):
     res = bench.run_gpu(quick=True, world=TINY, batches=(4, 8), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256, variant_min_batch=8)
     rows = {(r["data"], r["batch_size"], r["mode"]) for r in res["train"]}
-    best = max((r for r in res["train"] if r["data"] == "default"), key=lambda r: r["samples_per_s"])
+    # the 50-boid row runs the trainer's own fastest mode (float32), not a faster variant's: it flaked when a
+    # bf16 or TF32 row won a race of 0.01 s
+    best = bench.trainer_best([r for r in res["train"] if r["data"] == "default"])
+    assert best["mode"] in bench.TRAINER_GPU_MODES
     assert rows == ({("default", 4, m) for m in bench.GPU_MODES}          # the variants at large batches only
                     | {("default", 8, m) for m in {**bench.GPU_MODES, **bench.VARIANT_MODES}}
                     | {("6 boids", best["batch_size"], best["mode"])})
