@@ -1,6 +1,7 @@
 """python -m predlab.train and create_trainer: what the command line reads, checks, says and
 writes, run in this process with tiny settings."""
 import errno
+import io
 import math
 import os
 import re
@@ -1674,25 +1675,29 @@ def test_a_check_across_flags_names_them_as_flags_and_on_a_resume_which_are_the_
                  "--quiet"]) == 0
 
 
+class _ClosedAt(io.StringIO):
+    """A stdout whose reader goes (`| head`) at the first line holding `text`: every write from then on
+    raises BrokenPipeError, as a closed pipe's do."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.gone = text, False
+
+    def write(self, s):
+        if self.gone or self.text in s:
+            self.gone = True
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return super().write(s)
+
+
 def test_a_closed_stdout_saves_the_last_whole_epoch_when_that_is_the_runs_first_write(tmp_path, monkeypatch, capsys):
     """The save's first write moves an earlier run's files to previous/ and says so: on the closed stdout that
     line raised BrokenPipeError before the file was written, and the last whole epoch was lost."""
-    import errno
-    import io
     from predlab import train
 
     monkeypatch.chdir(tmp_path)
     assert train.main([*SMALL, "--eval_every", "0"]) == 0                 # an earlier run's files in checkpoints/
-
-    class Head(io.StringIO):
-        gone = False
-
-        def write(self, s):
-            if self.gone or "epoch    3" in s:
-                self.gone = True
-                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-            return super().write(s)
-    monkeypatch.setattr("sys.stdout", Head())
+    monkeypatch.setattr("sys.stdout", _ClosedAt("epoch    3"))
     # no best before epoch 5 (the catch ratio is measured then), no save_every: the cut's save is the first write
     assert train.main([*SMALL[2:], "--epochs", "4", "--save_every", "5", "--select_best_by", "catch_ratio",
                        "--eval_every", "5", "--eval_episodes", "2", "--eval_frames", "10"]) == 141
@@ -1703,29 +1708,17 @@ def test_a_closed_stdout_saves_the_last_whole_epoch_when_that_is_the_runs_first_
 def test_a_ctrl_c_during_a_closed_stdouts_last_save_says_where_to_go_on(tmp_path, monkeypatch, capsys):
     """A Ctrl-C held through the last whole epoch's save (stdout closed) said on the closed stdout that the run
     was interrupted: the BrokenPipeError that raised left as "before training began: nothing was written"."""
-    import errno
-    import io
-    import os
     import signal
     from predlab import train
 
     monkeypatch.chdir(tmp_path)
-
-    class Head(io.StringIO):
-        gone = False
-
-        def write(self, s):
-            if self.gone or "epoch    3" in s:
-                self.gone = True
-                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
-            return super().write(s)
     real = train.Checkpointer._save_epoch
 
     def save(self, trainer, epoch):
         os.kill(os.getpid(), signal.SIGINT)      # held till the file is whole
         real(self, trainer, epoch)
     monkeypatch.setattr(train.Checkpointer, "_save_epoch", save)
-    monkeypatch.setattr("sys.stdout", Head())
+    monkeypatch.setattr("sys.stdout", _ClosedAt("epoch    3"))
     assert train.main([*SMALL[2:], "--epochs", "4", "--save_every", "5"]) == 130
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
     err = capsys.readouterr().err
