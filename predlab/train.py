@@ -2504,7 +2504,9 @@ def _main(argv, began: List[bool]) -> int:
         code = _run(tc, mc, wc, schedule, began)
     except BrokenPipeError:    # stdout's reader has gone (`| head`) at a line before training began
         silence_stdout()
-        print("stdout was closed (broken pipe) " + ("as the run ended: the files written are whole" if began else
+        # (a line of _run's before its training, "model: ... parameters", is after `began` and before any write)
+        print("stdout was closed (broken pipe) " + ("as the run ended: the files written are whole"
+                                                    if "training" in began else
                                                     "before training began: nothing was written"), file=sys.stderr)
         return PIPE_CLOSED
     except KeyboardInterrupt as e:    # a second one, while the run stopped after a first: at once
@@ -2617,6 +2619,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     first_epoch = trainer.epoch
     t0 = time.time()
     interrupted, code, diverged = False, 130, False      # 128 + SIGINT, as a shell reports a Ctrl-C
+    began.append("training")
     try:
         trainer.train(tc.epochs)
     except KeyboardInterrupt as e:      # Ctrl-C, or a SIGTERM (143)
@@ -2791,11 +2794,22 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
             f"({why})")
     js = out / "model.js"
     where = os.path.abspath(js) + (f", a link to {os.path.realpath(js)}" if js.is_symlink() else "")
-    print(said)
+    closed = said_on_stdout(said)
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"warning: {message}", file=sys.stderr)
-    print(f"browser weights: {where} (and model.json beside it)")
-    return code if interrupted else 0
+    closed = said_on_stdout(f"browser weights: {where} (and model.json beside it)") or closed
+    # a stdout closed at these lines: the warnings above still said, and an interrupted run's code kept
+    return code if interrupted else PIPE_CLOSED if closed else 0
+
+
+def said_on_stdout(line: str) -> bool:
+    """print(line); whether stdout was closed (broken pipe), which then goes to os.devnull."""
+    try:
+        print(line)
+        return False
+    except BrokenPipeError:
+        silence_stdout()
+        return True
 
 
 if __name__ == "__main__":

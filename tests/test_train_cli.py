@@ -1723,3 +1723,36 @@ def test_a_ctrl_c_during_a_closed_stdouts_last_save_says_where_to_go_on(tmp_path
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_2.pt").is_file()
     err = capsys.readouterr().err
     assert "nothing was written" not in err and "checkpoint_epoch_2.pt holds the last whole epoch" in err
+
+
+@pytest.mark.parametrize("at", ["stopped after", "browser weights"])
+def test_a_ctrl_c_run_whose_stdout_closes_at_the_exports_lines_keeps_its_code_and_warnings(tmp_path, monkeypatch,
+                                                                                           capsys, at):
+    """A closed stdout at the export's summary line of a run stopped by a Ctrl-C: the exit code was 141, not
+    130, and the export's warnings on stderr (printed after that line) were lost."""
+    import signal
+    from predlab import train
+
+    monkeypatch.chdir(tmp_path)
+    real = train.Checkpointer._save_epoch
+
+    def save(self, trainer, epoch):
+        os.kill(os.getpid(), signal.SIGINT)
+        real(self, trainer, epoch)
+    monkeypatch.setattr(train.Checkpointer, "_save_epoch", save)
+    monkeypatch.setattr("sys.stdout", _ClosedAt(at))
+    assert train.main([*SMALL[2:], "--epochs", "4", "--save_every", "5"]) == 130
+    assert (tmp_path / "checkpoints" / "model.js").is_file() and (tmp_path / "checkpoints" / "model.json").is_file()
+    assert "the stock browser page accepts only" in capsys.readouterr().err
+
+
+def test_a_closed_stdout_before_training_says_nothing_was_written(tmp_path, monkeypatch, capsys):
+    """A closed stdout at _run's "model: ... parameters" line said "as the run ended: the files written are
+    whole", of a run that never trained."""
+    from predlab import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdout", _ClosedAt("parameters;"))
+    assert train.main([*SMALL[2:], "--epochs", "2"]) == 141
+    assert "before training began: nothing was written" in capsys.readouterr().err
+    assert not (tmp_path / "checkpoints").exists()
