@@ -288,39 +288,28 @@ def animate_rollout(rollout: Rollout, interval: int = 50, arrow_px: float = 60.0
         return flock, pred, arrow, applied, title
 
     fig.tight_layout()
-    return FuncAnimation(fig, draw, frames=len(rollout), interval=interval, blit=False)
+    anim = FuncAnimation(fig, draw, frames=len(rollout), interval=interval, blit=False)
+    anim.predlab_frames = len(rollout)      # what animation_html checks its HTML against
+    return anim
 
 
 def animation_html(anim) -> str:
     """The animation as self-contained HTML/JS (to_jshtml: plays in a notebook without ffmpeg).
 
     matplotlib stops embedding frames at rcParams["animation.embed_limit"] (20 MB: some 1,600 frames of
-    rollout_figure's): a warning says how many of the frames the HTML holds where it cut them."""
-    import itertools
-
+    rollout_figure's) and says so in its log alone (from a slider, JupyterLab's log console): for an
+    animation of animate_rollout's, which knows its frames, a warning says how many the HTML holds."""
     import matplotlib
 
     html = anim.to_jshtml(default_mode="loop")
-    kept = jshtml_frame_count(html)
-    # a frame past those embedded, asked of the frames to save (as to_jshtml asks): matplotlib's own word of a cut
-    # is a log line, unheard under a logger turned up or filtered, and not said again when to_jshtml returns the
-    # HTML it made before; its _save_count is a cap, not the count, for frames from a generator
-    try:
-        cut = next(itertools.islice(anim.new_saved_frame_seq(), kept, None), _NO_FRAME) is not _NO_FRAME
-    except Exception:       # noqa: BLE001 (an animation of another kind: no word, as before)
-        cut = False
-    if cut:
-        # matplotlib says it in its log alone: from a slider, JupyterLab's log console, and the animation stopped
-        total = getattr(anim, "_save_count", None)
-        of = (f"{kept} of its {total} frames" if isinstance(total, int) and total > kept
-              else f"only its first {kept} frames")
-        warnings.warn(f"the animation holds {of}: matplotlib's animation.embed_limit "
+    # the count animate_rollout keeps: asking any animation for its frames again would run a frames generator
+    # again (a simulation's steps), and matplotlib's _save_count is a cap, its log line unheard when filtered
+    total, kept = getattr(anim, "predlab_frames", None), jshtml_frame_count(html)
+    if isinstance(total, int) and kept < total:
+        warnings.warn(f"the animation holds {kept} of its {total} frames: matplotlib's animation.embed_limit "
                       f"({matplotlib.rcParams['animation.embed_limit']:g} MB) cut the rest. Record fewer frames, or "
                       f"raise it: matplotlib.rcParams['animation.embed_limit'] = 100", stacklevel=2)
     return html
-
-
-_NO_FRAME = object()
 
 
 def jshtml_frame_count(html: str) -> int:

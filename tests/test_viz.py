@@ -1740,3 +1740,26 @@ def test_agreement_of_a_model_without_parameters_method(samples):
             return PeakedModel().forward_with_attention(batch)
     ag = viz.attention_agreement(Duck(), viz.sample_frames(samples, 20))
     assert np.all(ag.mean_heads == 1.0)
+
+
+def test_the_embed_limit_check_asks_an_animation_for_no_frame_again(rollout):
+    """The cut was once checked by asking the animation for a frame past those embedded: a frames generator
+    (a simulation's steps) ran again. animate_rollout's animations carry their frame count instead."""
+    import warnings
+    from matplotlib.animation import FuncAnimation
+    steps = [0]
+
+    def frames():
+        for i in range(30):
+            steps[0] += 1
+            yield i
+    fig = Figure(figsize=(2, 2))
+    line, = fig.add_subplot().plot([0, 1], [0, 1])
+    anim = FuncAnimation(fig, lambda i: line.set_ydata([0, i]), frames=frames, save_count=30,
+                         cache_frame_data=False)
+    steps[0] = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        viz.animation_html(anim)
+    assert steps[0] == 31           # the save's own: its first draw and the 30 frames
+    assert viz.animate_rollout(rollout).predlab_frames == len(rollout)
