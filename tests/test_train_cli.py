@@ -1005,7 +1005,8 @@ def test_a_closed_stdout_stops_a_run_as_ctrl_c_does_and_exits_141(tmp_path, monk
         # the last whole epoch is saved, as after a Ctrl-C, and stderr says so (stdout is gone): with --save_every 5
         # the run left only best_model.pt, which resumes without DAgger's samples
         assert (d / "checkpoint_epoch_1.pt").is_file()
-        assert f"{Path('checkpoints') / 'checkpoint_epoch_1.pt'} holds the last whole epoch: --resume it to go on" in err
+        last = Path("checkpoints") / "checkpoint_epoch_1.pt"
+        assert f"{last} holds the last whole epoch: --resume it to go on" in err
     else:
         assert "--resume it to go on" not in err
 
