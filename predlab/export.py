@@ -541,7 +541,7 @@ _CONTINUES_OBJECT = re.compile(r"(?P<space>\s*)(?!\|\|(?!=)|\?\?(?!=))(?:(?P<oth
 
 # A template literal there, which text_to_params has made a JSON string by then: `{...}` then `\`...\`` is a tagged
 # template, a call of the object
-_TEMPLATE_AFTER = re.compile(r"(?P<space>\s*)(?P<other>(?!))?(?P<call>\")")
+_TEMPLATE_AFTER = re.compile(r"(?P<space>\s*)(?P<call>\")")
 
 # After `const TRANSFORMER_PARAMS = {...};` (or let), the statement that hands the page that same object:
 # `window.TRANSFORMER_PARAMS = TRANSFORMER_PARAMS;` and nothing after it
