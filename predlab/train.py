@@ -2620,29 +2620,26 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
     t0 = time.time()
     interrupted, code, diverged = False, 130, False      # 128 + SIGINT, as a shell reports a Ctrl-C
     began.append("training")
+
+    def go_on() -> str:
+        """Where a stopped run goes on, for stderr: the Checkpointer's line saying so went to a closed stdout."""
+        last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
+        return (f"; {last} holds the last whole epoch: --resume it to go on"
+                if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
     try:
         trainer.train(tc.epochs)
     except KeyboardInterrupt as e:      # Ctrl-C, or a SIGTERM (143)
         interrupted = True
         word, code = stop_words(e)
-        try:
-            print(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact")
-        except BrokenPipeError:         # it came as a closed stdout's run ended (its last save): said on stderr
-            silence_stdout()
-            last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
-            go_on = (f"; {last} holds the last whole epoch: --resume it to go on"
-                     if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
+        if said_on_stdout(f"\n{word} {_where(trainer)}: the checkpoints saved so far are intact"):
+            # it came as a closed stdout's run ended (its last save): said on stderr
             print(f"\n{word} {_where(trainer)}, stdout closed (broken pipe): the checkpoints saved so far are "
-                  f"intact{go_on}", file=sys.stderr)
+                  f"intact{go_on()}", file=sys.stderr)
     except BrokenPipeError:             # stdout's reader has gone (`| head`): stopped as at a Ctrl-C
         silence_stdout()
         interrupted, code = True, PIPE_CLOSED
-        last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
-        # the line saying so went to the closed stdout
-        go_on = (f"; {last} holds the last whole epoch: --resume it to go on"
-                 if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
-        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact{go_on}",
-              file=sys.stderr)
+        print(f"stdout was closed (broken pipe) {_where(trainer)}: the checkpoints saved so far are intact"
+              f"{go_on()}", file=sys.stderr)
     except TrainingDiverged as e:       # exported as after a Ctrl-C (train() undid the diverged epoch)
         interrupted, code, diverged = True, 1, True
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
