@@ -9,8 +9,11 @@ ARGS   ?=
 .PHONY: train test lab bench demo browser-deps clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "predlab needs Python 3.10+"'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(None if (3, 10) <= v < (3, 15) else \
+	  f"predlab needs Python 3.10 to 3.14 (torch 2.13.0 has wheels for those); {sys.executable} is {v[0]}.{v[1]}: " \
+	  "name another with PYTHON=, e.g. make $(or $(MAKECMDGOALS),train) PYTHON=python3.12")'
+	@# a .venv without pip (python3-venv missing, or a Ctrl-C while it was made) is made again, not reused
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

@@ -1,0 +1,71 @@
+"""The Makefile's set-up, which `make train` and `make test` both run first: a Python that torch's
+pinned wheels do not cover is refused before anything is made, and a `.venv` without pip is made again."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _project(tmp_path):
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    return tmp_path
+
+
+def _script(path: Path, body: str) -> str:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def _make(project, *args):
+    return subprocess.run(["make", "-C", str(project), ".venv/.installed-stamp", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("version", [(3, 9), (3, 15)])
+def test_a_python_without_torchs_wheels_is_refused_by_name(tmp_path, version):
+    project = _project(tmp_path)
+    # this interpreter, told it is another version, for the Makefile's check alone
+    fake = _script(tmp_path / "python-other", f'[ "$1" = -c ] || exit 9\nexec {sys.executable} -c '
+                   f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/{version}/")"\n')
+    r = _make(project, f"PYTHON={fake}")
+    assert r.returncode != 0
+    assert f"is {version[0]}.{version[1]}: name another with PYTHON=" in r.stderr
+    assert "Python 3.10 to 3.14" in r.stderr
+    assert not (project / ".venv").exists()
+
+
+def test_a_venv_without_pip_is_made_again(tmp_path):
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    # what `python -m venv` leaves when ensurepip fails: a python, and no pip
+    _script(project / ".venv" / "bin" / "python", "exit 1\n")
+    (project / ".venv" / "left").write_text("")
+    log = tmp_path / "calls"
+    # the Python the Makefile makes venvs with: it passes the version check and records `-m venv`
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\n'
+                   f'echo "$@" >> {log}\nexit 7\n')
+    r = _make(project, f"PYTHON={fake}")
+    assert r.returncode != 0          # the fake made no venv
+    assert log.read_text().split("\n")[0] == "-m venv .venv"
+    assert not (project / ".venv" / "left").exists()
+
+
+def test_a_venv_with_pip_is_reused(tmp_path):
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    log = tmp_path / "calls"
+    _script(project / ".venv" / "bin" / "python", f'echo "$@" >> {log}\n')
+    (project / ".venv" / "kept").write_text("")
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 7\n')
+    r = _make(project, f"PYTHON={fake}")
+    assert r.returncode == 0, r.stderr
+    assert (project / ".venv" / "kept").exists()
+    assert log.read_text().splitlines()[0] == "-m pip --version"
+    assert "-m pip install" in log.read_text()
