@@ -225,6 +225,10 @@ class ProgressBar(Callback):
         self.running = False
 
 
+# why a catch ratio has no interval beside it (catch_ratio_interval: fewer than MIN_DIFFERING such episodes)
+INTERVAL_GAP = "too few episodes where its catches and the teacher's differ"
+
+
 class PrintLogger(Callback):
     """One line per epoch on stdout (for logs where bars do not render), with the epoch's wall time and
     the time left once it can be told (EpochClock)."""
@@ -245,6 +249,10 @@ class PrintLogger(Callback):
             low, high = logs.get(f"{k}_low"), logs.get(f"{k}_high")       # catch_ratio's 95% interval
             if isinstance(low, float) and isinstance(high, float) and not (math.isnan(low) or math.isnan(high)):
                 text += f" ({low:.2f}-{high:.2f})"
+            elif isinstance(low, float) and math.isfinite(v):
+                # a ratio without its interval: fewer than MIN_DIFFERING episodes (or one) where the model's
+                # catches differ from the teacher's (the teacher catching none leaves the ratio NaN too)
+                text += f" (no interval: {INTERVAL_GAP})"
             return f" {k}={text}"
 
         extra = "".join(value(k, v) for k, v in logs.items()

@@ -584,6 +584,12 @@ class LivePlot(Callback):
         epochs = [e for e in self.epochs.get(key, []) if math.isfinite(lows.get(e, math.nan))
                   and math.isfinite(highs.get(e, math.nan))]
         lo, hi = [lows[e] for e in epochs], [highs[e] for e in epochs]
+        # the last check's ratio without its interval (too few episodes where the catches differ) is said
+        checked = self.epochs.get(key, [])
+        gap = bool(checked) and checked[-1] not in epochs and math.isfinite(self.history[key][-1])
+        title = self.PANELS[-1][0]
+        line.axes.set_title(title.split("\n")[0] + f"\n(epoch {checked[-1]}: no interval, too few\n"
+                            "episodes where the catches differ)" if gap else title)
         if len(epochs) == 1:        # a band over one epoch has no width: a quarter epoch each side
             epochs, lo, hi = [epochs[0] - 0.25, epochs[0] + 0.25], lo * 2, hi * 2
         if epochs:

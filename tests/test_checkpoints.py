@@ -659,3 +659,13 @@ def test_the_time_left_never_waits_for_an_epoch_past_the_run(monkeypatch, capsys
                                           "samples_per_s": 10.0})
             got.append(capsys.readouterr().out.split("samples/s  20 s")[1].rstrip("\n"))
         assert got == said, (start, target)
+
+
+def test_the_epoch_line_says_why_a_ratio_has_no_interval(capsys):
+    """A catch check with too few episodes where the model's catches differ from the teacher's logs its
+    ratio without an interval (catch_ratio_interval); the line said nothing of it, where evaluate says why."""
+    logs = {"epoch": 2, "train_loss": 0.25, "val_loss": 0.125, "lr": 1e-3, "samples_per_s": 100.0,
+            "catch_ratio": 0.0, "catch_ratio_low": math.nan, "catch_ratio_high": math.nan, "neg_catch_ratio": 0.0}
+    PrintLogger().on_epoch_end(None, 2, logs)
+    assert capsys.readouterr().out.split("samples/s")[1] == \
+        " catch_ratio=0 (no interval: too few episodes where its catches and the teacher's differ)\n"

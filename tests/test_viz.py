@@ -1763,3 +1763,18 @@ def test_the_embed_limit_check_asks_an_animation_for_no_frame_again(rollout):
         viz.animation_html(anim)
     assert steps[0] == 31           # the save's own: its first draw and the 30 frames
     assert viz.animate_rollout(rollout).predlab_frames == len(rollout)
+
+
+def test_liveplot_says_why_the_last_check_has_no_band():
+    """The band of the last check missing (too few episodes where the catches differ) is said in the
+    panel's title, and the title goes back once a check has its interval."""
+    lp = viz.LivePlot(display=False)
+    base = {"train_loss": 1.0, "val_loss": 1.0, "samples_per_s": 5.0}
+    lp.on_epoch_end(None, 1, {**base, "catch_ratio": 0.5, "catch_ratio_low": 0.3, "catch_ratio_high": 0.8})
+    lp.on_epoch_end(None, 2, {**base, "catch_ratio": 0.5, "catch_ratio_low": float("nan"),
+                              "catch_ratio_high": float("nan")})
+    ax = lp.lines["catch_ratio"].axes
+    assert ax.get_title() == "catch ratio, model / teacher\n(epoch 2: no interval, too few\nepisodes where the " \
+        "catches differ)"
+    lp.on_epoch_end(None, 3, {**base, "catch_ratio": 0.5, "catch_ratio_low": 0.3, "catch_ratio_high": 0.8})
+    assert ax.get_title() == viz.LivePlot.PANELS[-1][0]
