@@ -514,6 +514,8 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
                              + (" (drawn from policy.world_config, the world its checkpoint was trained in: pass "
                                 "world_config= for another)" if carried else ""))
     mine = rollout(policy, **kw, progress=progress and "policy")
+    if teacher is None and (policy is teacher_policy or (isinstance(policy, str) and policy == "teacher")):
+        teacher = mine           # the teacher against itself: the same rollout, not run twice
     teacher = teacher or rollout("teacher", **kw, progress=progress and "teacher")
     out = {"catch_ratio": catch_ratio(mine, teacher), "catch_ratio_interval": catch_ratio_interval(mine, teacher),
            "episodes": episodes, "frames": frames, "seed": seed, "policy": mine.summary(), "teacher": teacher.summary()}
@@ -659,8 +661,11 @@ class CatchEvaluator(Callback):
 
 
 # ---------------------------------------------------------------------- CLI
-# frames past which an evaluation without a progress bar says, before it starts, that it may take long
-LONG_FRAMES = 100_000
+# the work past which an evaluation without a progress bar says, before it starts, that it may take long:
+# frames x (episodes x (boids + 3 tokens)^2 + FRAME_WORK, a frame's own cost), about 1.5e7 a second on 2 cores:
+# 200 episodes x 5 frames of 1,000 boids (1e9) took 68 s a rollout, 1 x 20,000 frames of 50 (2.6e8) 10 s, and
+# the README's 500 x 300 frames (4.2e8) 14 s for the three
+LONG_WORK, FRAME_WORK = 1e9, 10_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -717,6 +722,11 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
     if res["teacher"]["catches"] and ci and res["episodes"] < 2:     # (catch_ratio_interval gives none)
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval from a single episode (its "
                      f"resamples are all that episode); use more {episodes}")
+    elif res["teacher"]["catches"] and ci and ci.get("differing", 1) == 0:
+        # more episodes never gave the teacher against itself an interval: the advice below was wrong there
+        lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval: its catches equal the teacher's "
+                     f"in every one of the {res['episodes']:,} episodes (an interval takes {ci['min_differing']} where "
+                     f"they differ; a policy that drives as the teacher does never has one)")
     elif res["teacher"]["catches"] and ci and ci.get("differing", 1) < ci.get("min_differing", 0):
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval: its catches and the teacher's "
                      f"differ in only {ci['differing']} of the {res['episodes']:,} episodes, too few to tell how far "
@@ -781,8 +791,10 @@ def _main(argv) -> int:
             print(f"note: {a.policy} has sizes {sizes}; the browser page runs only {BROWSER_SIZES}, and would "
                   f"refuse these weights", file=sys.stderr)
     progress = sys.stderr.isatty() if a.progress is None else a.progress
-    if not progress and a.frames >= LONG_FRAMES:    # 10**6 frames ran for minutes in a log without a word
-        print(f"note: {plural(a.frames, 'frame')} of {plural(a.episodes, 'episode')}, three policies in turn, with no "
+    # 10**6 frames, or 5 frames of 1,000 boids, ran for minutes in a log without a word
+    if not progress and a.frames * (a.episodes * (world.boids_max + 3) ** 2 + FRAME_WORK) >= LONG_WORK:
+        print(f"note: {plural(a.frames, 'frame')} of {plural(a.episodes, 'episode')} of up to "
+              f"{plural(world.boids_max, 'boid')}, three policies in turn, with no "
               f"progress bar (--progress shows one): this can take long (an episode ends early only where its whole "
               f"flock is caught)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()

@@ -82,8 +82,11 @@ def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
     """Notebook 03 prints the table under a compare() call: its advice said "more --episodes", a flag of
     the command line, where the notebook's user raises episodes= in the call."""
     from predlab.evaluate import format_table
-    caught, none = compare("teacher", teacher=teacher_run, **KW), compare("random", **{**KW, "frames": 2})
-    # the teacher against itself: no episode differs, so no interval, and the advice
+    student, teacher = _catches([2, 1, 0, 3] * 4), _catches([2, 1, 0, 3] * 3 + [2, 2, 1, 3])
+    caught = {"catch_ratio": catch_ratio(student, teacher),
+              "catch_ratio_interval": catch_ratio_interval(student, teacher), "episodes": 16, "frames": 300, "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+    none = compare("random", **{**KW, "frames": 2})
+    # two episodes differ: too few for an interval, and the advice
     assert "use more --episodes" in format_table(caught) and "(--episodes, --frames)" in format_table(none)
     said = [format_table(r, episodes="episodes=", frames="frames=") for r in (caught, none)]
     assert "use more episodes=" in said[0] and "(episodes=, frames=)" in said[1]
@@ -620,7 +623,7 @@ def test_cli_progress_bars_and_the_page_size_note(make_model, tmp_path, capsys):
     """A bar per rollout with --progress (long evaluations said nothing until the end), none with
     --no-progress; weights of sizes the page refuses are evaluated with a note saying so."""
     from predlab.evaluate import main
-    assert main(["teacher", "--episodes", "4", "--frames", "20", "--progress"]) == 0
+    assert main(["random", "--episodes", "4", "--frames", "20", "--progress"]) == 0
     err = capsys.readouterr().err
     assert all(f"{name}: " in err for name in ("policy", "teacher", "random")) and "frame" in err
     assert main(["teacher", "--episodes", "4", "--frames", "20", "--no-progress"]) == 0
@@ -934,11 +937,12 @@ def test_compare_divides_each_policys_catches_by_the_teachers(monkeypatch):
         ran.append(policy if isinstance(policy, str) else "policy")
         return _canned({"teacher": 4, "random": 1}.get(policy if isinstance(policy, str) else "", 2), kw["frames"])
     monkeypatch.setattr(evaluate, "rollout", canned)
-    res = compare(teacher_policy, episodes=2, frames=3)
+    policy = functools.partial(teacher_policy)        # a policy of its own (the teacher itself is rolled out once)
+    res = compare(policy, episodes=2, frames=3)
     assert (res["catch_ratio"], res["random_catch_ratio"]) == (0.5, 0.25)
     assert (res["policy"]["catches"], res["teacher"]["catches"], res["random"]["catches"]) == (2, 4, 1)
     ran.clear()
-    res = compare(teacher_policy, episodes=2, frames=3, baselines=False)
+    res = compare(policy, episodes=2, frames=3, baselines=False)
     assert ran == ["policy", "teacher"] and "random" not in res and "random_catch_ratio" not in res
 
 
@@ -1281,7 +1285,8 @@ def test_a_long_evaluation_without_a_progress_bar_says_so_before_it_starts(monke
     monkeypatch.setattr(evaluate, "compare", lambda *a, **k: seen.append(capsys.readouterr().err) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         evaluate.main(["teacher", "--episodes", "2", "--frames", "1000000", "--no-progress"])
-    assert "note: 1,000,000 frames of 2 episodes, three policies in turn, with no progress bar" in seen[0]
+    assert ("note: 1,000,000 frames of 2 episodes of up to 50 boids, three policies in turn, with no progress bar"
+            in seen[0])
     with pytest.raises(ZeroDivisionError):
         evaluate.main(["teacher", "--episodes", "2", "--frames", "300", "--no-progress"])
     assert "note:" not in seen[1]
@@ -1299,3 +1304,31 @@ def test_model_policy_runs_the_float32_model_inside_a_callers_own_autocast(model
             assert torch.equal(ModelPolicy(model)(obs), want)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_teacher_against_itself_is_one_rollout_and_no_advice_to_add_episodes(capsys, monkeypatch):
+    """`evaluate teacher` ran the teacher twice and, with no episode differing, advised more --episodes,
+    which never gives the teacher against itself an interval."""
+    from predlab import evaluate
+    runs = []
+    real = evaluate.rollout
+    monkeypatch.setattr(evaluate, "rollout", lambda policy, **kw: runs.append(policy) or real(policy, **kw))
+    assert evaluate.main(["teacher", "--episodes", "12", "--frames", "300", "--no-progress"]) == 0
+    line = capsys.readouterr().out.splitlines()[-2]         # above the timings
+    assert runs == [evaluate.teacher_policy, "random"]
+    assert line == ("policy vs teacher 1.000: no interval: its catches equal the teacher's in every one of the 12 "
+                    "episodes (an interval takes 10 where they differ; a policy that drives as the teacher does never "
+                    "has one)")
+
+
+def test_a_long_evaluation_without_a_bar_says_so_before_it_starts(capsys, monkeypatch):
+    """Five frames of 1,000 boids ran a minute a rollout in a log without a word: the note looked at the
+    frames alone. It weighs the flock too now."""
+    from predlab import evaluate
+    monkeypatch.setattr(evaluate, "compare", lambda *a, **kw: (_ for _ in ()).throw(KeyboardInterrupt))
+    for argv, said in ((["--frames", "5", "--boids_min", "1000", "--boids_max", "1000", "--episodes", "200"], True),
+                       (["--frames", "300", "--episodes", "500"], False),        # the README's: 14 s
+                       (["--frames", "20000", "--episodes", "1"], False),        # 17 s
+                       (["--frames", "100000", "--episodes", "1"], True)):
+        assert evaluate.main(["teacher", "--no-progress", *argv]) == 130
+        assert ("this can take long" in capsys.readouterr().err) == said, argv
