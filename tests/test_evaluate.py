@@ -84,7 +84,8 @@ def test_the_tables_advice_names_what_the_caller_raises(teacher_run):
     from predlab.evaluate import format_table
     student, teacher = _catches([2, 1, 0, 3] * 4), _catches([2, 1, 0, 3] * 3 + [2, 2, 1, 3])
     caught = {"catch_ratio": catch_ratio(student, teacher),
-              "catch_ratio_interval": catch_ratio_interval(student, teacher), "episodes": 16, "frames": 300, "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+              "catch_ratio_interval": catch_ratio_interval(student, teacher), "episodes": 16, "frames": 300,
+              "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
     none = compare("random", **{**KW, "frames": 2})
     # two episodes differ: too few for an interval, and the advice
     assert "use more --episodes" in format_table(caught) and "(--episodes, --frames)" in format_table(none)
