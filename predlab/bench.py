@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from typing import Dict, Optional
@@ -662,12 +663,10 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
                 if name not in VARIANT_MODES:
                     raise
                 res["failed"].append({"batch_size": b, "mode": name, "error": f"{type(e).__name__}: {e}"})
-                print(f"  GPU batch {b:,} {name}: failed ({type(e).__name__}: {str(e)[:300]})", file=sys.stderr,
-                      flush=True)
+                _progress(f"  GPU batch {b:,} {name}: failed ({type(e).__name__}: {str(e)[:300]})")
                 continue
             r.update(batch_size=b, mode=name, data="default")
-            print(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)",
-                  file=sys.stderr, flush=True)
+            _progress(f"  GPU batch {b:,} {name}: {r['samples_per_s']:,.0f} samples/s (warm-up {r['warmup_s']:.1f} s)")
             # averaged over the samples' own flock sizes, as on the CPU: at the mean size it fell 2.7% short
             r["tflops"] = r["samples_per_s"] * mean_train_flops(mcfg, data, cls_only_last=True) / 1e12
             res["train"].append(r)
@@ -774,7 +773,8 @@ def machine(threads: int) -> Dict:
     """Where and when the figures were measured: platform, CPU, threads, torch, load, GPU and the date (UTC),
     so that a --json file says which host it is of (the command line's flags go beside it: main)."""
     return {"platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
-            "torch": torch.__version__, "load_avg_1min": os.getloadavg()[0],
+            "torch": torch.__version__,
+            "load_avg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,     # None: not Unix
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "cpu_attention": model_module.CPU_ATTENTION,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -798,7 +798,9 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
     mcfg = ModelConfig()
     res: Dict = {"machine": machine(threads)}
     res["matmul_gflops"] = matmul_gflops(threads, seconds=0.5 if quick else 1.5)
-    res["matmul_gflops_1thread"] = matmul_gflops(1, seconds=0.5 if quick else 1.5)
+    # at 1 thread the same figure: measured twice, the two differed and the fractions used the lower
+    res["matmul_gflops_1thread"] = (res["matmul_gflops"] if threads == 1 else
+                                    matmul_gflops(1, seconds=0.5 if quick else 1.5))
 
     gen = {t: bench_generation(CHUNK_EPISODES, world, repeats=reps, threads=t, frames=min(50, world.frames))
            for t in sorted({1, threads})}
@@ -841,7 +843,7 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
         except Exception as e:      # noqa: BLE001 (the CPU figures, minutes of them, are kept: the run threw all away)
             import traceback
             res["gpu"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            print(f"  GPU: failed ({type(e).__name__}: {str(e)[:300]})", file=sys.stderr, flush=True)
+            _progress(f"  GPU: failed ({type(e).__name__}: {str(e)[:300]})")
         best = trainer_best(res["gpu"].get("train", []))
         if best is not None:
             res["train_gpu"], res["train_gpu_mode"] = best["samples_per_s"], best["mode"]
@@ -858,12 +860,13 @@ def print_table(res: Dict) -> None:
     """The figures, with ratios against the naive baseline, the seed's figures and the targets."""
     m = res["machine"]
     print(f"machine: {m.get('cpu', '?')}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, CUDA: "
-          f"{m['cuda'] or 'none'}, load average at start {m['load_avg_1min']:.1f}" +
+          f"{m['cuda'] or 'none'}" +
+          (f", load average at start {m['load_avg_1min']:.1f}" if m.get("load_avg_1min") is not None else "") +
           (f", PREDLAB_CPU_ATTENTION={m['cpu_attention']}" if m.get("cpu_attention", "auto") != "auto" else "") +
           (f"; {m['date']}" if m.get("date") else "") + ("; --quick: smaller sizes" if res.get("quick") else ""))
     threads = m["threads"]
-    print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {threads} thread{'s' * (threads != 1)}, "
-          f"{res['matmul_gflops_1thread']:.1f} on 1")
+    print(f"float32 matmul (1024^2): {res['matmul_gflops']:.1f} GFLOP/s on {threads} thread{'s' * (threads != 1)}"
+          + (f", {res['matmul_gflops_1thread']:.1f} on 1" if threads != 1 else ""))
     if threads > 1 and res["matmul_gflops"] < res["matmul_gflops_1thread"]:
         print(f"note: the {threads}-thread peak measured below the 1-thread one: the machine was busy, and the "
               f"fractions of it below read high")
@@ -932,7 +935,7 @@ def print_table(res: Dict) -> None:
         return ((f"predlab's fused kernel {r['fused_ms']:.1f} ms, " if r.get("fused_ms") else "")
                 + f"predlab's sliced kernel {r['sliced_ms']:.1f} ms ({r['sliced_ms'] / base:.2f}x), "
                 f"F.scaled_dot_product_attention {r['sdpa_ms']:.1f} ms ({r['sdpa_ms'] / base:.2f}x)")
-    whole = f"; the whole batch of {w['batch_size']} on {w['threads']} threads: {kernels(w)}"
+    whole = f"; the whole batch of {w['batch_size']} on {w['threads']} thread(s): {kernels(w)}"
     print(f"attention, forward + backward of one layer at {a['tokens']} tokens (CPU), {how}: {kernels(a)}"
           + ("" if a["parts"] <= 1 else whole))
     gg = res.get("geglu_cpu")
@@ -970,6 +973,19 @@ def print_table(res: Dict) -> None:
         print_gpu_table(g_res)
 
 
+_STDERR_CLOSED = []     # set once a progress line met a stderr whose reader had gone: the run ends with PIPE_CLOSED
+
+
+def _progress(line: str) -> None:
+    """A progress line on stderr. A reader gone (`2>&1 | head`) silences stderr and the run goes on: the
+    BrokenPipeError was taken for the GPU failing, and its own line raised again, losing every figure."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except BrokenPipeError:
+        _silence_stderr()
+        _STDERR_CLOSED.append(True)
+
+
 def _silence_stderr() -> None:
     """After a BrokenPipeError on stderr: it goes to os.devnull from now on (stdout, the JSON's, is left alone)."""
     from .export import _fd
@@ -992,7 +1008,8 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     p = FlagParser(prog="python -m predlab.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- for stdout)")
+    p.add_argument("--json", metavar="OUT", help="also write the figures as JSON to OUT (- or /dev/stdout for "
+                                                 "stdout, the table then going to stderr)")
     p.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s on 2 cores, against ~40 s)")
     # bounded_number, as predlab.train's flags: 1e3 or 1e-3 got argparse's "invalid int value", which
     # said nothing of what is accepted
@@ -1011,6 +1028,13 @@ def _main(argv) -> int:
                         "'graphs triton both,graphs bf16 triton' (default: all, variants from batch "
                         f"{VARIANT_MIN_BATCH} on)")
     a = p.parse_args(argv)
+    _STDERR_CLOSED.clear()
+    from .export import names_stdout
+    if a.json not in (None, "-") and names_stdout(a.json):      # the JSON was renamed over the table written there
+        a.json = "-"
+    if a.gpu_only and (a.threads is not None or a.cpu_split):
+        print("note: --gpu-only measures nothing on the CPU: --threads and --cpu_split have nothing to set",
+              file=sys.stderr)
     modes = None
     if a.gpu_modes is not None:
         known = {**GPU_MODES, **VARIANT_MODES}
@@ -1036,8 +1060,8 @@ def _main(argv) -> int:
         problem = gpu_sweep_memory(batches, a.quick)
         if problem:
             p.error(f"--gpu-batches: {problem}; give smaller batches")
-    given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:])}
-    if not torch.cuda.is_available() and given & {"--gpu-batches", "--gpu-modes"}:
+    # the values, not the words typed: argparse takes --gpu-b for --gpu-batches
+    if not torch.cuda.is_available() and (a.gpu_batches != p.get_default("gpu_batches") or a.gpu_modes is not None):
         print("note: this torch build sees no CUDA GPU, so --gpu-batches and --gpu-modes have nothing to measure",
               file=sys.stderr)
     if a.json is not None and a.json != "-":         # "-": the JSON on stdout, after the table
@@ -1082,7 +1106,7 @@ def _main(argv) -> int:
         code = PIPE_CLOSED
     res["bench_seconds"] = time.perf_counter() - t0
     # which run a --json file is of: a --quick one read the same as a full one
-    res["command"] = " ".join(["python -m predlab.bench", *(argv if argv is not None else sys.argv[1:])])
+    res["command"] = "python -m predlab.bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     res["quick"] = a.quick
     try:
         print(f"\nbench took {res['bench_seconds']:.0f} s", file=sys.stderr if a.json == "-" else sys.stdout)
@@ -1107,7 +1131,8 @@ def _main(argv) -> int:
         except OSError as e:
             print(f"{p.prog}: error: cannot write {a.json}: {e.strerror or e}", file=sys.stderr)
             return 1
-    return code
+    from .export import PIPE_CLOSED
+    return PIPE_CLOSED if _STDERR_CLOSED and code == 0 else code
 
 
 if __name__ == "__main__":

@@ -757,6 +757,9 @@ def _main(argv) -> int:
         device = resolve_device(a.device)
     except ValueError as e:
         p.error(str(e))
+    from .export import names_stdout
+    if a.json not in (None, "-") and names_stdout(a.json):      # as -: written as a file, it replaced the table
+        a.json = "-"
     if a.json is not None and a.json != "-":       # "" too: refused, not skipped
         from .export import refuse_unwritable
         refuse_unwritable(p, "--json", a.json, replaces="evaluate")     # never a model.json either

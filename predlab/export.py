@@ -1193,6 +1193,18 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         return figures if replaces in FIGURES else "a weight file"
 
 
+def names_stdout(path) -> bool:
+    """Whether an output path is this process's stdout: /dev/stdout and its spellings, or the file stdout is
+    redirected to (`--json out.json > out.json`). Written to as a file, the JSON was renamed over the table
+    that went there before it (a regular file), or the path was refused as a link into /proc (a pipe)."""
+    if str(path) in ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"):
+        return True
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, AttributeError):    # no such file, or a stdout with no file (io.UnsupportedOperation)
+        return False
+
+
 def refuse_unwritable(parser: argparse.ArgumentParser, flag: str, path: Union[str, Path],
                       directory: bool = False, replaces: Optional[str] = None) -> None:
     """parser.error (exit 2) naming flag when output_problem finds one."""

@@ -46,7 +46,7 @@ def test_run_reports_every_figure(tmp_path, capsys, monkeypatch):
     assert "data generation" in out and "not measured" in out and "matmul" in out and "sliced kernel" in out and "fused kernel" in out
     assert "DAgger episodes, the model driving" in out and "as before" in out
     # 1 thread: the training targets and the seed's 2-core figure judge nothing (it said "met: yes" and "x seed 11.4")
-    assert "on 1 thread," in out
+    assert "GFLOP/s on 1 thread\n" in out
     assert "(the training targets and the seed's training figure are of 2 threads: not judged at 1)" in out
     assert res["met"]["train_default"] is None and res["met"]["generate"] is True and res["targets"] == bench.TARGETS
     assert all(len(line.split(")")[-1].split()) == 3 for line in out.splitlines()
@@ -592,3 +592,104 @@ def test_trainer_best_is_the_fastest_of_the_trainers_modes():
     assert (bench.trainer_best(rows)["batch_size"], bench.trainer_best(rows)["mode"]) == (8, "graphs fp32")
     assert bench.trainer_best([r for r in rows if "fp32" not in r["mode"]])["mode"] == "graphs bf16"
     assert bench.trainer_best([]) is None
+
+
+def test_without_a_load_average_the_machine_line_leaves_it_out(monkeypatch, capsys):
+    """Windows has no os.getloadavg: every bench run failed at its first line, measuring nothing."""
+    import os
+    monkeypatch.delattr(os, "getloadavg")
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert res["machine"]["load_avg_1min"] is None
+    bench.print_table(res)
+    out = capsys.readouterr().out
+    assert out.startswith("machine: ") and "load average" not in out
+
+
+def test_one_thread_has_one_matmul_peak(monkeypatch, capsys):
+    """At --threads 1 the peak was measured twice and printed as two figures ("99.0 GFLOP/s on 1 thread,
+    118.7 on 1"), the fractions taken of the lower."""
+    calls = []
+    monkeypatch.setattr(bench, "matmul_gflops", lambda threads, seconds: calls.append(threads) or 100.0 + len(calls))
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert calls == [1] and res["matmul_gflops_1thread"] == res["matmul_gflops"] == 101.0
+    bench.print_table(res)
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("float32 matmul"))
+    assert line == "float32 matmul (1024^2): 101.0 GFLOP/s on 1 thread"
+
+
+def test_gpu_progress_into_a_closed_stderr_keeps_every_figure(monkeypatch, capsys):
+    """`python -m predlab.bench 2>&1 | head -3` on a GPU machine: the sweep's progress line met the closed pipe,
+    the BrokenPipeError was taken for the GPU failing, and its own line raised again: no table, no JSON."""
+    import errno
+    import io
+    import sys
+
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    real = bench.run_gpu
+    monkeypatch.setattr(bench, "run_gpu", lambda quick, world, batches, modes: real(
+        quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu", pool_episodes=8,
+        min_samples=256, variant_min_batch=16))
+    monkeypatch.setattr(sys, "stderr", Closed())
+    monkeypatch.setattr(bench, "_STDERR_CLOSED", [])
+    res = bench.run(quick=True, threads=1, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=True, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert "error" not in res["gpu"] and res["train_gpu"] > 0 and bench._STDERR_CLOSED
+
+
+def test_a_closed_stderr_still_writes_the_json_and_ends_141(monkeypatch, capsys, tmp_path):
+    import sys
+
+    def run(**kw):
+        bench._STDERR_CLOSED.append(True)       # as _progress leaves it, the pipe gone
+        return {"generate": {"samples_per_s": 1.0}}
+    monkeypatch.setattr(bench, "run", run)
+    monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+    out = tmp_path / "b.json"
+    assert bench.main(["--json", str(out)]) == 141
+    assert json.loads(out.read_text())["generate"] == {"samples_per_s": 1.0}
+    assert bench.main(["--json", str(out)]) == 141     # (each run starts with the flag clear: run sets it again)
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    assert bench.main(["--json", str(out)]) == 0
+
+
+def test_the_json_records_the_command_as_a_shell_reads_it(monkeypatch, capsys, tmp_path):
+    import shlex
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: None)
+    out = tmp_path / "my figures.json"
+    assert bench.main(["--gpu-modes", "graphs bf16", "--json", str(out)]) == 0
+    command = json.loads(out.read_text())["command"]
+    assert shlex.split(command)[3:] == ["--gpu-modes", "graphs bf16", "--json", str(out)]
+
+
+def test_json_to_stdout_by_its_path_is_json_dash(monkeypatch, capsys, tmp_path):
+    """`--json /dev/stdout > out.json`: the JSON was renamed over the file the table went to, and through a
+    pipe the path was refused as a link into /proc. Either is --json - now: the JSON alone on stdout."""
+    import sys
+    from predlab.export import names_stdout
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: print("the table"))
+    assert bench.main(["--json", "/dev/stdout"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["generate"] == {"samples_per_s": 1.0} and "the table" in captured.err
+    redirected, other = tmp_path / "out.json", tmp_path / "other.json"
+    other.write_text("")
+    with open(redirected, "w") as f:
+        monkeypatch.setattr(sys, "stdout", f)
+        assert names_stdout(redirected) and names_stdout("/dev/fd/1") and not names_stdout(other)
+        assert not names_stdout(tmp_path / "missing.json")
+
+
+def test_an_abbreviated_gpu_flag_without_a_gpu_gets_its_note(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "run", lambda **kw: {"generate": {"samples_per_s": 1.0}})
+    monkeypatch.setattr(bench, "print_table", lambda res: None)
+    assert bench.main(["--gpu-b", "64"]) == 0
+    assert "--gpu-batches and --gpu-modes have nothing to measure" in capsys.readouterr().err
+    assert bench.main([]) == 0
+    assert "nothing to measure" not in capsys.readouterr().err
