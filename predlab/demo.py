@@ -95,10 +95,11 @@ def _page_problem(model: Path) -> Optional[str]:
     a model.js at all (plain JSON, which the page cannot load as a script); UNCHECKED + why, for a
     script that sets the weights in a way predlab cannot read (the page may well run it)."""
     from .export import (DIRECTIVES, PUBLISHES_BINDING, SETS_PAGE_GLOBAL, PageOnlyError, WeightFormatError,
-                         read_params, script_text, strip_comments, use_strict)
+                         _split_code, read_params, script_text, use_strict)
     try:   # as the browser reads it (UTF-16 by its byte order mark): bytes that are not UTF-8 become U+FFFD,
         # harmless in a comment (a Latin-1 "Modèle"); read_params below names them anywhere else
-        code = strip_comments(script_text(model.read_bytes(), errors="replace"), str(model))
+        pieces = _split_code(script_text(model.read_bytes(), errors="replace"), str(model))
+        code = "".join(piece for _, piece in pieces)       # without comments
     except OSError as e:
         return f"it is not a readable file ({e.strerror or e})"
     except PageOnlyError as e:          # a template literal's ${...}: code, which the page may well run
@@ -115,9 +116,12 @@ def _page_problem(model: Path) -> Optional[str]:
         except WeightFormatError as e:
             return f"{said}. Converted, it would be refused as well: {e}"
         return f"{said}; or convert it:\n  python -m predlab.export {model} --out model.js"
-    module = _MODULE_STATEMENT.search(code)
+    # searched outside strings ("note": "run 7; export default weights" was taken for a statement), at the
+    # same places: what is between each string's quotes is blanked, not removed (`import './x.js'` stays one)
+    module = _MODULE_STATEMENT.search("".join(
+        piece if is_code else piece[0] + re.sub(r"[^\n]", " ", piece[1:-1]) + piece[-1] for is_code, piece in pieces))
     if module:      # predlab reads the object and skips the line; the page's script does not run at all
-        line, statement = code.count("\n", 0, module.start(1)) + 1, module.group(1).strip()
+        line, statement = code.count("\n", 0, module.start(1)) + 1, code[module.start(1):module.end(1)].strip()
         statement = statement if len(statement) <= 60 else statement[:57] + "..."
         return (f"its `{statement}` at line {line} is ES module syntax, a syntax error in the plain "
                 "<script> that loads model.js, so none of the file runs (remove that line)")

@@ -552,6 +552,10 @@ def test_demo_cli_warns_of_a_model_js_that_is_an_es_module(tmp_path, make_model,
     keys.write_text(js.read_text().replace("{", "{\nexport: [1],\nimport: 2,\n", 1))
     with pytest.warns(UserWarning, match="the page does not read export, so"):      # (an array: weights unused)
         assert _page_problem(keys) is None
+    # the words in a string: the page runs the file (a note added by hand was taken for the statement)
+    noted = tmp_path / "noted.js"
+    noted.write_text(js.read_text().replace("{", '{"note": "run 7; export default weights; import {a} from b",', 1))
+    assert _page_problem(noted) is None
 
 
 @needs_chromium
