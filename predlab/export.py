@@ -1168,6 +1168,9 @@ FIGURES = {"evaluate": "catch_ratio", "bench": "bench_seconds"}
 REPLACES = ("weights", *FIGURES)
 
 
+_WEIGHTS_JSON_START = re.compile(r'\s*\{\s*"(?:%s)"\s*:' % "|".join(SIZE_KEYS))
+
+
 def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
     """What the existing file at path should be and is not ("a weight file"), or None."""
     if replaces is None:
@@ -1186,6 +1189,9 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         # placeholder (`window.TRANSFORMER_PARAMS = {};`, `{}`), is replaced. A model.js that sets the
         # page's weights is one even where its text no longer parses (cut short, a slip in a hand edit)
         if WEIGHTS_ASSIGNMENT.match(strip_comments(text.lstrip("\ufeff")).lstrip()):
+            return None
+        # and a model.json (as predlab writes it: a size key first) cut short or mistyped, as a model.js is
+        if _WEIGHTS_JSON_START.match(text.lstrip("\ufeff")):
             return None
         params = text_to_params(text, str(path))
         return None if not params or _looks_like_weights(params) else "a weight file"

@@ -1185,6 +1185,14 @@ def test_a_model_js_cut_short_or_mistyped_is_replaced_as_the_weight_file_it_is(m
         (tmp_path / f"nb{i}.js").write_text(text)
         write_weights(model, tmp_path / f"nb{i}.js")
         assert read_weights(tmp_path / f"nb{i}.js").config == model.config
+    # a model.json so: refused, where training replaced it (keeping it in previous/)
+    written = write_weights(model, tmp_path / "whole.json").read_text()
+    for i, text in enumerate([written[:5000], written.replace('"n_heads":4,', '"n_heads":4 ', 1)]):
+        out = tmp_path / f"json{i}" / "model.json"
+        out.parent.mkdir()
+        out.write_text(text)
+        assert main([str(src), "--out", str(out)]) == 0
+        assert read_weights(out).config == model.config
 
 
 def test_write_weights_will_not_replace_a_read_only_weight_file(model, make_model, tmp_path):
