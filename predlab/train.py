@@ -1000,6 +1000,8 @@ AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch threa
 # part's fixed cost per op (and its wait for Python's lock) outweighs the work it takes off the
 # other (2 cores, fixed flock sizes of 1-50 boids at batch 16-256; NOTES.md)
 SPLIT_PART_TOKENS = 900
+# AdamW's settings of how this machine and trainer run it, kept over a checkpoint's on a resume
+_ADAMW_MACHINE_FLAGS = ("fused", "foreach", "capturable", "differentiable", "amsgrad")
 # rows a validation batch holds at least, at the browser's 50 boids: a no_grad forward's fixed cost per
 # op made validation of the default 10,000 samples take 0.83 s at batch 32 and 0.39 s at 256 (2 cores;
 # NOTES.md). Larger flocks get fewer rows, so that its attention scores (rows x tokens squared) are
@@ -1825,7 +1827,12 @@ class SupervisedTrainer:
         """Set model, optimizer, scheduler, counters, data source and RNG from a checkpoint dict."""
         self.model.load_state_dict(ck["model"])
         if "optimizer" in ck:
+            # how this machine runs AdamW, not the run's: load_state_dict took the checkpoint's, and its
+            # differentiable=True (or amsgrad without the state for it) failed at the first step, an epoch in
+            own = [{k: g[k] for k in _ADAMW_MACHINE_FLAGS if k in g} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(ck["optimizer"])
+            for g, flags in zip(self.optimizer.param_groups, own):
+                g.update(flags)
             self._drop_graphs()   # new optimizer tensors: capture again
             self._check_optimizer_state()
         if "scheduler" in ck:
@@ -1878,8 +1885,13 @@ class SupervisedTrainer:
                                  f"{wd!r} (AdamW wants two betas in [0, 1), eps > 0, weight_decay >= 0)")
             if g.get("maximize"):     # gradient ascent on the loss
                 raise ValueError(f"optimizer parameter group {i} maximizes the loss (maximize=True)")
+            need = {"step", "exp_avg", "exp_avg_sq"} | ({"max_exp_avg_sq"} if g.get("amsgrad") else set())
             for p in g["params"]:
-                for key, v in self.optimizer.state.get(p, {}).items():
+                state = self.optimizer.state.get(p, {})
+                missing = sorted(need - set(state)) if state else []    # (none at all: the weight not stepped yet)
+                if missing:      # a KeyError at the first step, an epoch in
+                    raise ValueError(f"optimizer state of {names.get(p, 'a weight')} lacks {', '.join(missing)}")
+                for key, v in state.items():
                     where = f"optimizer state {key!r} of {names.get(p, 'a weight')}"
                     if key not in ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
                         raise ValueError(f"{where}: not a state AdamW keeps")
@@ -1891,6 +1903,8 @@ class SupervisedTrainer:
                         raise ValueError(f"{where} has shape {tuple(v.shape)}, the weight {tuple(p.shape)}")
                     if not bool(torch.isfinite(v).all()) or (key == "step" and float(v) < 0):
                         raise ValueError(f"{where} holds NaN, infinity or a negative step count")
+                    if key == "step" and not float(v).is_integer():
+                        raise ValueError(f"{where} is {float(v)!r}, not a whole number of steps")
                     if key in ("exp_avg_sq", "max_exp_avg_sq") and bool((v < 0).any()):
                         # a mean of squares: below zero, its square root in the step is NaN
                         raise ValueError(f"{where} holds a negative value (a mean of squared gradients)")

@@ -379,7 +379,10 @@ def test_a_validation_loss_that_is_not_finite_stops_training_though_the_weights_
     (lambda s: s["optimizer"]["param_groups"][0].__setitem__("weight_decay", math.inf), "weight_decay"),
     (lambda s: s["optimizer"]["state"][0].__setitem__(
         "momentum_buffer", torch.zeros_like(s["optimizer"]["state"][0]["exp_avg"])), "not a state AdamW keeps"),
-    (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor([1.0, 2.0])), "'step' .* has shape")])
+    (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor([1.0, 2.0])), "'step' .* has shape"),
+    # a KeyError at the first step, an epoch in
+    (lambda s: s["optimizer"]["state"][0].pop("exp_avg"), r"lacks exp_avg\)"),
+    (lambda s: s["optimizer"]["state"][0].__setitem__("step", torch.tensor(2.5)), "2.5, not a whole number")])
 def test_an_adamw_state_that_would_break_the_step_is_refused(tmp_path, edit, message):
     """A beta of 1 divides by zero in the bias correction, eps 0 divides by zero where a moment is
     0, an infinite weight decay makes the weights infinite, a step count must be one number, and a
@@ -1016,3 +1019,18 @@ def test_validation_is_float32_inside_a_callers_own_autocast():
     want = t.validate()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert t.validate() == want
+
+
+def test_a_checkpoints_adamw_machine_flags_give_way_to_this_trainers(tmp_path):
+    """load_state_dict took the run's differentiable=True (fused AdamW refuses it) and amsgrad=True without
+    its state: the first step failed, an epoch in. How AdamW runs is this trainer's, as a device is."""
+    def flags(s):
+        for g in s["optimizer"]["param_groups"]:
+            g.update(differentiable=True, amsgrad=True, foreach=True)
+    _tampered(tmp_path / "flags.pt", flags, batch_size=64)
+    t = _trainer(batch_size=64)
+    own = [{k: g.get(k) for k in ("fused", "foreach", "differentiable", "amsgrad")} for g in t.optimizer.param_groups]
+    t.load_checkpoint(tmp_path / "flags.pt")
+    assert [{k: g.get(k) for k in own[0]} for g in t.optimizer.param_groups] == own
+    t.train(t.epoch + 1)
+    assert math.isfinite(t.history[-1]["train_loss"])
