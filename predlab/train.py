@@ -2617,6 +2617,12 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
         except ckpt_io.CheckpointError as e:   # a training state that parse_args' checks could not see
             trainer.train_dataset.generator.close()
             build_parser().error(f"--resume: {e}")
+        except OSError as e:     # the file gone or changed since parse_args read it (a run's rotation removed it)
+            trainer.train_dataset.generator.close()
+            build_parser().error(f"--resume: {tc.resume}: {e.strerror or e} (it was there when the flags were "
+                                 f"checked)" if not isinstance(e, FileNotFoundError) else
+                                 f"--resume: {e} (it was there when the flags were checked: another run's "
+                                 f"--keep_checkpoints may have removed it)")
         trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
         monitor = "neg_catch_ratio" if tc.select_best_by == "catch_ratio" else "val_loss"
         moved = _measure_changed(ck, tc, wc, monitor)

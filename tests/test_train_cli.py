@@ -1757,3 +1757,27 @@ def test_a_closed_stdout_before_training_says_nothing_was_written(tmp_path, monk
     assert train.main([*SMALL[2:], "--epochs", "2"]) == 141
     assert "before training began: nothing was written" in capsys.readouterr().err
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_resume_file_removed_after_the_checks_exits_2_naming_it(tmp_path, monkeypatch, capsys):
+    """Branching from a run still training (`--resume ck/checkpoint_epoch_10.pt --checkpoint_dir ft`): its
+    rotation removed the file while the validation episodes were made, and the load's FileNotFoundError
+    ended in a traceback."""
+    from predlab import train
+    monkeypatch.chdir(tmp_path)
+    assert train.main([*SMALL, "--checkpoint_dir", "run"]) == 0
+    capsys.readouterr()
+    real = train.create_trainer
+
+    def made_then_removed(*a, **kw):
+        trainer = real(*a, **kw)
+        (tmp_path / "run" / "checkpoint_epoch_1.pt").unlink()
+        return trainer
+    monkeypatch.setattr(train, "create_trainer", made_then_removed)
+    with pytest.raises(SystemExit) as exit_:
+        train.main([*SMALL[:-8], "--epochs", "2", "--resume", "run/checkpoint_epoch_1.pt", "--checkpoint_dir", "ft"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "checkpoint_epoch_1.pt" in err and "Traceback" not in err
+    assert "another run's --keep_checkpoints may have removed it" in err
+    assert not (tmp_path / "ft" / "model.js").exists()
