@@ -106,6 +106,8 @@ class DaggerSource(Callback):
 
     def load_state_dict(self, state: Dict) -> None:
         """The samples of state_dict(); none for a state without them (a checkpoint saved without data)."""
+        if state and "dagger_buffer" not in state:    # {"foo": 1} started an empty buffer without a word
+            raise ValueError(f"the data source's state holds no dagger_buffer (it holds {', '.join(map(str, state))})")
         self.data = SampleSet.from_ragged(state["dagger_buffer"]) if "dagger_buffer" in state else SampleSet.empty()
         self._undo = None
 

@@ -343,6 +343,9 @@ class SampleSet:
     @classmethod
     def from_ragged(cls, d: Mapping[str, Tensor]) -> "SampleSet":
         """Inverse of to_ragged; raises ValueError when the parts do not fit together."""
+        missing = [k for k in ("n", "context", "predator", "boids", "target") if not isinstance(d.get(k), Tensor)]
+        if missing:
+            raise ValueError(f"stored samples lack {', '.join(missing)} (tampered or truncated)")
         n = d["n"]
         S = len(n)
         if any(d[k].shape != (S, 2) for k in ("context", "predator", "target")) or n.dtype != torch.long \
@@ -351,7 +354,21 @@ class SampleSet:
         for k in ("context", "predator", "boids", "target"):   # float64 ones failed in the model's first step
             if d[k].dtype != torch.float32:
                 raise ValueError(f"stored samples' {k} is {d[k].dtype}, not float32")
+        for k in ("n", "context", "predator", "boids", "target"):
+            t = d[k]
+            # saved expanded (stride 0): a 76 KB file asked for 20 GB once padded below
+            if t.numel() and t.untyped_storage().nbytes() < t.numel() * t.element_size():
+                raise ValueError(f"stored samples' {k} shows more values than its storage holds (a tensor saved "
+                                 "expanded: not a file predlab writes)")
         N = int(n.max()) if S else 0
+        problem = memory_problem([(f"{S:,} stored samples padded to {N:,} boids", S * N * 16 + S * 56)],
+                                 "the stored samples")
+        if problem:
+            raise ValueError(problem)
+        # the teacher's labels, unit vectors (or zero): beyond [-1, 1] (and float32's rounding), a sample was made
+        # by no teacher
+        if S and bool((d["target"].abs() > 1 + 1e-6).any()):     # (NaN: named by check below)
+            raise ValueError("stored samples' targets reach beyond [-1, 1], where the teacher's actions lie")
         keep = torch.arange(N)[None, :] < n[:, None]
         boids = torch.zeros(S, N, 4, dtype=d["boids"].dtype)
         boids[keep] = d["boids"]

@@ -298,3 +298,13 @@ def test_an_epoch_source_refuses_an_epoch_that_is_not_an_index(epoch):
         with pytest.raises((ValueError, TypeError), match="epoch must be"):
             source.for_epoch(epoch)
     assert len(EpisodeSource(gen, 2).for_epoch(0)) > 0
+
+
+def test_a_data_source_state_without_its_buffer_is_refused():
+    """{"foo": 1} in a checkpoint's data_source started an empty buffer without a word; no state at all
+    (best_model.pt's) still starts it empty."""
+    src = DaggerSource(EpisodeGenerator(WorldConfig(frames=4, boids_max=4)), episodes_per_epoch=2)
+    with pytest.raises(ValueError, match="holds no dagger_buffer \\(it holds foo\\)"):
+        src.load_state_dict({"foo": 1})
+    src.load_state_dict({})
+    assert len(src.data) == 0

@@ -1065,8 +1065,17 @@ def test_an_epoch_that_diverged_is_undone(tmp_path):
     (lambda b: b["n"].__setitem__(0, b["n"][0] + 3), "do not fit"),
     # these loaded, then failed inside the next epoch: a dtype error, or "contains NaN", as tracebacks
     (lambda b: b.__setitem__("context", b["context"].double()), "context is torch.float64, not float32"),
-    (lambda b: b.__setitem__("target", torch.full_like(b["target"], math.nan)), "target contains NaN")])
-def test_tampered_dagger_samples_are_refused(tmp_path, edit, message):
+    (lambda b: b.__setitem__("target", torch.full_like(b["target"], math.nan)), "target contains NaN"),
+    # these trained silently, or asked for 20 GB from a 76 KB file
+    (lambda b: b.__setitem__("target", b["target"] * 100), r"targets reach beyond \[-1, 1\]"),
+    (lambda b: b.__setitem__("boids", torch.zeros(1, 4).expand(len(b["boids"]), 4)), "boids shows more values than"),
+    (lambda b: (b.__setitem__("n", torch.full_like(b["n"], 10 ** 9)),
+                b.__setitem__("boids", torch.zeros(1, 4).expand(10 ** 9 * len(b["n"]), 4))), "boids shows more"),
+    (lambda b: b.pop("n"), "stored samples lack n "),
+    # one flock of 10^6 boids (16 MB in the file) padded every sample to it, on a machine of 256 MiB
+    (lambda b: (b.__setitem__("boids", torch.cat([torch.zeros(10 ** 6 - int(b["n"][0]), 4), b["boids"]])),
+                b["n"].__setitem__(0, 10 ** 6)), r"the stored samples would need about .* padded to 1,000,000 boids")])
+def test_tampered_dagger_samples_are_refused(tmp_path, edit, message, monkeypatch):
     """A refused checkpoint leaves the trainer's DAgger samples as they were. The test edited
     state_dict()'s tensors in place, which are the buffer's own: the edit reached the trainer, and
     whether the rollback could restore it depended on the episodes drawn."""
@@ -1077,6 +1086,8 @@ def test_tampered_dagger_samples_are_refused(tmp_path, edit, message):
     state = copy.deepcopy(t.state_dict())
     edit(state["data_source"]["dagger_buffer"])
     torch.save(state, tmp_path / "bad.pt")
+    from predlab import config
+    monkeypatch.setattr(config, "physical_memory", lambda: 2 ** 28)
     with pytest.raises(ck.CheckpointError, match=message):
         t.load_checkpoint(tmp_path / "bad.pt")
     for k, v in t.train_dataset.data.state_dict().items():
