@@ -1796,6 +1796,12 @@ class SupervisedTrainer:
         self.resumed_from, self.loaded_epoch = Path(path), self.epoch
         if warn_settings:
             self._warn_other_settings(ck, path, monitor)
+            # the command line's warning, for a notebook's trainer too (one rebuilt after a kernel restart)
+            if (hasattr(self.train_dataset, "load_state_dict") and "data_source" not in ck
+                    and ck.get("train_config", {}).get("dagger") is True):
+                warnings.warn(f"{path} holds no DAgger samples (best_model.pt is saved without them): the trainer "
+                              "goes on with an empty DAgger buffer, so it will not continue exactly; "
+                              "checkpoint_epoch_N.pt files carry them", stacklevel=2)
         return ck
 
     def _warn_other_settings(self, ck: Mapping, path, monitor: str) -> None:

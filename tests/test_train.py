@@ -2715,3 +2715,21 @@ def test_cli_init_weights_from_a_checkpoint_of_another_world_says_the_world_is_n
             "validates in its own") in capsys.readouterr().err
     assert main([*flags, "--boids_max", "12", "--checkpoint_dir", "c"]) == 0
     assert "another world" not in capsys.readouterr().err
+
+
+def test_loading_best_model_into_a_dagger_trainer_warns_that_the_buffer_starts_empty(tmp_path):
+    """The command line said so; trainer.load_checkpoint in a notebook (after a kernel restart) went on
+    with an empty buffer without a word. A checkpoint_epoch_N.pt, which carries the samples, warns of nothing."""
+    import warnings as w
+    from predlab.train import Checkpointer
+    kw = dict(train_episodes=4, val_episodes=2, device="cpu", verbose=False, world_config=TINY_WORLD, eval_every=0,
+              dagger=True)
+    t = create_trainer(**kw, callbacks=[Checkpointer(tmp_path, save_every=1)])
+    t.train(1)
+    fresh = create_trainer(**kw)
+    with pytest.warns(UserWarning, match="best_model.pt holds no DAgger samples .* goes on with an empty DAgger"):
+        fresh.load_checkpoint(tmp_path / "best_model.pt")
+    assert len(fresh.train_dataset.data) == 0
+    with w.catch_warnings():
+        w.simplefilter("error")
+        create_trainer(**kw).load_checkpoint(tmp_path / "checkpoint_epoch_1.pt")
