@@ -612,7 +612,9 @@ class _Rows:
 def kernel_arrays(world: World, cfg: WorldConfig) -> tuple:
     """(state, weights, live, snap): a CPU World's episodes as predlab.fastsim's kernels take and step them
     (its arrays copied), the flock weights of cfg, the live boids per episode, and the kernels' scratch."""
-    state = [np.ascontiguousarray(t.numpy()) for t in
+    # copied (ascontiguousarray copies nothing of a contiguous World: the kernels stepped the World's own
+    # tensors, and its frame count stayed behind)
+    state = [np.array(t.numpy(), order="C") for t in
              (world.pos, world.vel, world.alive, world.pred_pos, world.pred_vel, world.size)]
     dtype = state[0].dtype
     weights = np.array([cfg.cohesion_weight, cfg.separation_weight, cfg.alignment_weight], dtype)

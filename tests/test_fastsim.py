@@ -439,3 +439,14 @@ def test_the_entry_points_refuse_arrays_of_another_size_or_dtype():
         fastsim.frame(state, weights, np.zeros((4, 2), np.float32), live, 0, *small, snap)
     assert all(np.array_equal(a, b) for a, b in zip(state, before))      # nothing ran
     fastsim.step(state, weights, np.zeros((4, 2), np.float32), live, snap)   # the right arrays still step
+
+
+def test_kernel_arrays_are_copies_of_the_world():
+    """Its docstring said copied, and the kernels stepped the World's own tensors: a user comparing a
+    kernel frame with World.step on the same World compared two steps (1,321 px apart)."""
+    from predlab.data import kernel_arrays
+    w = World.random(3, generator=torch.Generator().manual_seed(0))
+    state, *_ = kernel_arrays(w, WorldConfig())
+    tensors = (w.pos, w.vel, w.alive, w.pred_pos, w.pred_vel, w.size)
+    assert not any(np.shares_memory(a, t.numpy()) for a, t in zip(state, tensors))
+    assert all(np.array_equal(a, t.numpy()) for a, t in zip(state, tensors))
