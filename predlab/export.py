@@ -1373,8 +1373,11 @@ def differs(path: Path, text: str) -> bool:
 
 
 def atomic_write_text(path: Union[str, Path], text: str) -> Path:
-    """Write text atomically (see atomic_write)."""
-    return atomic_write(path, lambda f: f.write(text))
+    """Write text atomically (see atomic_write), as UTF-8 with the text's own line ends. (Text mode wrote
+    CRLF on Windows, so every check of a file against the text predlab wrote found other bytes: each resume
+    and export kept the run's own model.js in previous/ as "of other weights".)"""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data), binary=True)
 
 
 def _format_for(path: Path) -> str:

@@ -2050,3 +2050,20 @@ def test_write_weights_refuses_a_path_written_as_a_folders_as_the_command_line_d
         main([str(src), "--out", out])
     assert e.value.code == 2
     assert not (tmp_path / out.split("/")[0]).exists()
+
+
+def test_text_is_written_as_its_bytes_whatever_the_systems_line_ends(tmp_path, monkeypatch):
+    """Windows' text mode writes CRLF: every comparison of a written file with the text predlab meant (is this
+    model.js the run's own?) failed there, and each resume kept the run's own export as "of other weights"."""
+    import io
+    import os as os_
+    from predlab.export import atomic_write_text
+    real = os_.fdopen
+
+    def windows(fd, mode="r", *a, **kw):       # what text mode does on Windows
+        if "b" not in mode:
+            return io.TextIOWrapper(real(fd, mode.replace("w", "wb")), newline="\r\n", encoding="cp1252")
+        return real(fd, mode, *a, **kw)
+    monkeypatch.setattr(os_, "fdopen", windows)
+    text = 'window.TRANSFORMER_PARAMS = {\n  "note": "d\u00e9j\u00e0 \u2192"\n};\n'
+    assert atomic_write_text(tmp_path / "m.js", text).read_bytes() == text.encode("utf-8")
