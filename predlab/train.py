@@ -1000,8 +1000,9 @@ AUTO_SPLIT_MAX = 4   # parts of a batch with cpu_split auto (one per torch threa
 # part's fixed cost per op (and its wait for Python's lock) outweighs the work it takes off the
 # other (2 cores, fixed flock sizes of 1-50 boids at batch 16-256; NOTES.md)
 SPLIT_PART_TOKENS = 900
-# AdamW's settings of how this machine and trainer run it, kept over a checkpoint's on a resume
-_ADAMW_MACHINE_FLAGS = ("fused", "foreach", "capturable", "differentiable", "amsgrad")
+# AdamW's settings of how this machine and trainer run it, kept over a checkpoint's on a resume (capturable is
+# off after a load, as checkpoints save it: the next CUDA graph capture turns it on again)
+_ADAMW_MACHINE_FLAGS = ("fused", "foreach", "differentiable", "amsgrad")
 # rows a validation batch holds at least, at the browser's 50 boids: a no_grad forward's fixed cost per
 # op made validation of the default 10,000 samples take 0.83 s at batch 32 and 0.39 s at 256 (2 cores;
 # NOTES.md). Larger flocks get fewer rows, so that its attention scores (rows x tokens squared) are
@@ -1838,7 +1839,13 @@ class SupervisedTrainer:
             own = [{k: g[k] for k in _ADAMW_MACHINE_FLAGS if k in g} for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(ck["optimizer"])
             for g, flags in zip(self.optimizer.param_groups, own):
-                g.update(flags)
+                g.update(flags, capturable=False)
+                for p in g["params"] if g.get("fused") else ():
+                    # torch left the step counts of a checkpoint of unfused AdamW (an MPS run's) on the CPU,
+                    # where a fused CUDA step refuses them
+                    st = self.optimizer.state.get(p, {})
+                    if isinstance(st.get("step"), torch.Tensor) and st["step"].device != p.device:
+                        st["step"] = st["step"].to(p.device, torch.float32)
             self._drop_graphs()   # new optimizer tensors: capture again
             self._check_optimizer_state()
         if "scheduler" in ck:

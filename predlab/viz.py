@@ -584,9 +584,11 @@ class LivePlot(Callback):
         epochs = [e for e in self.epochs.get(key, []) if math.isfinite(lows.get(e, math.nan))
                   and math.isfinite(highs.get(e, math.nan))]
         lo, hi = [lows[e] for e in epochs], [highs[e] for e in epochs]
-        # the last check's ratio without its interval (too few episodes where the catches differ) is said
+        # the last check's ratio without its interval (too few episodes where the catches differ: NaN bounds,
+        # not an unbounded top) is said
         checked = self.epochs.get(key, [])
-        gap = bool(checked) and checked[-1] not in epochs and math.isfinite(self.history[key][-1])
+        gap = (bool(checked) and math.isfinite(self.history[key][-1])
+               and any(math.isnan(b.get(checked[-1], 0.0)) for b in (lows, highs)))
         title = self.PANELS[-1][0]
         line.axes.set_title(title.split("\n")[0] + f"\n(epoch {checked[-1]}: no interval, too few\n"
                             "episodes where the catches differ)" if gap else title)

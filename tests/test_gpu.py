@@ -513,3 +513,18 @@ def test_the_notebook_views_take_a_model_and_samples_on_the_gpu(data):
     viz.attention_agreement(model, batch)
     stats = viz.training_data_stats(data.to_device("cuda"))
     assert np.array_equal(stats["n"], viz.training_data_stats(data)["n"])
+
+
+def test_a_checkpoint_of_unfused_adamw_resumes_in_a_fused_eager_trainer(data, tmp_path):
+    """An MPS run's AdamW is not fused: torch's load left its step counts on the CPU, and this machine's fused
+    AdamW (kept over the checkpoint's flags) steps on the GPU, without graphs to move them first."""
+    mps_like = SupervisedTrainer(TransformerPredator(dropout=0.0), data, data, batch_size=128, device="cpu")
+    for g in mps_like.optimizer.param_groups:
+        g["fused"] = None
+    mps_like.train_epoch(data)
+    mps_like.epoch += 1
+    path = mps_like.save_checkpoint(tmp_path / "c.pt")
+    resumed = _trainer(data, cuda_graphs=False)
+    resumed.load_checkpoint(path)
+    assert all(g["fused"] for g in resumed.optimizer.param_groups)
+    assert resumed.train_epoch(data)["train_loss"] > 0

@@ -1026,11 +1026,12 @@ def test_a_checkpoints_adamw_machine_flags_give_way_to_this_trainers(tmp_path):
     its state: the first step failed, an epoch in. How AdamW runs is this trainer's, as a device is."""
     def flags(s):
         for g in s["optimizer"]["param_groups"]:
-            g.update(differentiable=True, amsgrad=True, foreach=True)
+            g.update(differentiable=True, amsgrad=True, foreach=True, capturable=True)
     _tampered(tmp_path / "flags.pt", flags, batch_size=64)
     t = _trainer(batch_size=64)
     own = [{k: g.get(k) for k in ("fused", "foreach", "differentiable", "amsgrad")} for g in t.optimizer.param_groups]
     t.load_checkpoint(tmp_path / "flags.pt")
     assert [{k: g.get(k) for k in own[0]} for g in t.optimizer.param_groups] == own
+    assert not any(g["capturable"] for g in t.optimizer.param_groups)      # as checkpoints save it
     t.train(t.epoch + 1)
     assert math.isfinite(t.history[-1]["train_loss"])

@@ -1778,3 +1778,6 @@ def test_liveplot_says_why_the_last_check_has_no_band():
         "catches differ)"
     lp.on_epoch_end(None, 3, {**base, "catch_ratio": 0.5, "catch_ratio_low": 0.3, "catch_ratio_high": 0.8})
     assert ax.get_title() == viz.LivePlot.PANELS[-1][0]
+    # an unbounded top (few catches) is an interval, drawn up to what the panel shows, with no such title
+    lp.on_epoch_end(None, 4, {**base, "catch_ratio": 1.4, "catch_ratio_low": 0.6, "catch_ratio_high": math.inf})
+    assert ax.get_title() == viz.LivePlot.PANELS[-1][0]
