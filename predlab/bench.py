@@ -31,6 +31,7 @@ from .config import (FlagParser, ModelConfig, TrainConfig, WorldConfig, _trainin
                      memory_problem, sample_bytes, step_bytes_training, strict_json)
 from .data import EpisodeGenerator, SampleSet, collate, rollout_chunk, to_dicts, CHUNK_EPISODES
 from .evaluate import ModelPolicy
+from .export import silence_stderr
 from . import model as model_module
 from .model import TransformerPredator
 from .sim import World
@@ -982,22 +983,8 @@ def _progress(line: str) -> None:
     try:
         print(line, file=sys.stderr, flush=True)
     except BrokenPipeError:
-        _silence_stderr()
+        silence_stderr()
         _STDERR_CLOSED.append(True)
-
-
-def _silence_stderr() -> None:
-    """After a BrokenPipeError on stderr: it goes to os.devnull from now on (stdout, the JSON's, is left alone)."""
-    from .export import _fd
-    fd = _fd(sys.stderr)
-    if fd is None:
-        sys.stderr = open(os.devnull, "w")
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, fd)
-    finally:
-        os.close(null)
 
 
 def main(argv=None) -> int:
@@ -1100,7 +1087,7 @@ def _main(argv) -> int:
             raise
         from .export import PIPE_CLOSED, silence_stdout
         if a.json == "-":     # the table's stream, stderr (`2>&1 >figures.json | head`): the JSON goes on to stdout
-            _silence_stderr()
+            silence_stderr()
         else:
             silence_stdout()
         code = PIPE_CLOSED
@@ -1113,7 +1100,7 @@ def _main(argv) -> int:
     except BrokenPipeError:     # the table's reader gone after the table: the JSON is written all the same
         from .export import PIPE_CLOSED, silence_stdout
         if a.json == "-":
-            _silence_stderr()
+            silence_stderr()
         else:
             silence_stdout()
         code = PIPE_CLOSED

@@ -514,11 +514,14 @@ def compare(policy, episodes: int = 200, frames: int = 300, seed: int = 0,
                              + (" (drawn from policy.world_config, the world its checkpoint was trained in: pass "
                                 "world_config= for another)" if carried else ""))
     mine = rollout(policy, **kw, progress=progress and "policy")
-    if teacher is None and (policy is teacher_policy or (isinstance(policy, str) and policy == "teacher")):
+    itself = policy is teacher_policy or (isinstance(policy, str) and policy == "teacher")
+    if teacher is None and itself:
         teacher = mine           # the teacher against itself: the same rollout, not run twice
     teacher = teacher or rollout("teacher", **kw, progress=progress and "teacher")
     out = {"catch_ratio": catch_ratio(mine, teacher), "catch_ratio_interval": catch_ratio_interval(mine, teacher),
            "episodes": episodes, "frames": frames, "seed": seed, "policy": mine.summary(), "teacher": teacher.summary()}
+    if itself:
+        out["policy_is_teacher"] = True    # format_table: no interval ever, whatever the episodes
     if baselines:
         rnd = rollout("random", **kw, progress=progress and "random")
         out["random"] = rnd.summary()
@@ -679,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per episode (default: 300)")
     p.add_argument("--seed", type=bounded_number(int, 0, SEED_MAX), default=0, help="seed of the episodes (default: 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA where there is a GPU, else cpu), cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file (- for stdout, after the "
-                                                 "table)")
+    p.add_argument("--json", metavar="OUT", help="also write the figures to this JSON file (- or /dev/stdout: the "
+                                                 "JSON alone on stdout, the table on stderr)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="a progress bar over each rollout's frames (default: where stderr is a terminal)")
     # the world a checkpoint was trained on unless these say otherwise: its training log's catch
@@ -722,11 +725,11 @@ def format_table(res: Mapping, episodes: str = "--episodes", frames: str = "--fr
     if res["teacher"]["catches"] and ci and res["episodes"] < 2:     # (catch_ratio_interval gives none)
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval from a single episode (its "
                      f"resamples are all that episode); use more {episodes}")
-    elif res["teacher"]["catches"] and ci and ci.get("differing", 1) == 0:
-        # more episodes never gave the teacher against itself an interval: the advice below was wrong there
+    elif res["teacher"]["catches"] and ci and res.get("policy_is_teacher"):
+        # more episodes never give the teacher against itself an interval: the advice below was wrong there
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval: its catches equal the teacher's "
-                     f"in every one of the {res['episodes']:,} episodes (an interval takes {ci['min_differing']} where "
-                     f"they differ; a policy that drives as the teacher does never has one)")
+                     f"in every one of the {res['episodes']:,} episodes: the policy is the teacher, so the ratio is 1 "
+                     f"whatever the episodes")
     elif res["teacher"]["catches"] and ci and ci.get("differing", 1) < ci.get("min_differing", 0):
         lines.append(f"policy vs teacher {num(res['catch_ratio']):.3f}: no interval: its catches and the teacher's "
                      f"differ in only {ci['differing']} of the {res['episodes']:,} episodes, too few to tell how far "
@@ -796,8 +799,9 @@ def _main(argv) -> int:
     progress = sys.stderr.isatty() if a.progress is None else a.progress
     # 10**6 frames, or 5 frames of 1,000 boids, ran for minutes in a log without a word
     if not progress and a.frames * (a.episodes * (world.boids_max + 3) ** 2 + FRAME_WORK) >= LONG_WORK:
+        policies = "two policies" if a.policy == "teacher" else "three policies"      # the teacher's is run once
         print(f"note: {plural(a.frames, 'frame')} of {plural(a.episodes, 'episode')} of up to "
-              f"{plural(world.boids_max, 'boid')}, three policies in turn, with no "
+              f"{plural(world.boids_max, 'boid')}, {policies} in turn, with no "
               f"progress bar (--progress shows one): this can take long (an episode ends early only where its whole "
               f"flock is caught)", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -817,16 +821,29 @@ def _main(argv) -> int:
     res["seconds"] = time.perf_counter() - t0
     code = 0
     figures = json.dumps(strict_json(res), indent=2, allow_nan=False) + "\n"
+    # --json -, as predlab.bench's: the JSON alone on stdout, for a pipe or a file to parse (after the table, json.load
+    # failed on it), the table on stderr
+    table = sys.stderr if a.json == "-" else sys.stdout
     try:
-        print(format_table(res))
-        print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s")
-        if a.json == "-":            # as predlab.bench's --json -
-            sys.stdout.write(figures)
-        sys.stdout.flush()
-    except BrokenPipeError:          # stdout's reader has gone (`| head`): the --json file is written all the same
+        print(format_table(res), file=table)
+        print(f"policy rollout {res['policy']['seconds']:.1f} s, everything {res['seconds']:.1f} s", file=table)
+        table.flush()
+    except BrokenPipeError:          # the table's reader has gone (`| head`): the --json file is written all the same
         from .export import PIPE_CLOSED, silence_stdout
-        silence_stdout()
+        if table is sys.stdout:
+            silence_stdout()
+        else:
+            from .export import silence_stderr
+            silence_stderr()
         code = PIPE_CLOSED
+    if a.json == "-":
+        try:
+            sys.stdout.write(figures)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            from .export import PIPE_CLOSED, silence_stdout
+            silence_stdout()
+            code = PIPE_CLOSED
     if a.json not in (None, "-"):
         out = Path(a.json)
         from .export import atomic_write_text

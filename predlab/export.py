@@ -953,6 +953,19 @@ def say(text: str, file=None) -> None:
     file.flush()
 
 
+def silence_stderr() -> None:
+    """After a BrokenPipeError on stderr: it goes to os.devnull from now on (stdout, the JSON's, is left alone)."""
+    fd = _fd(sys.stderr)
+    if fd is None:
+        sys.stderr = open(os.devnull, "w")
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
 def silence_stdout() -> None:
     """After a BrokenPipeError on stdout (`python -m predlab.train | head -3`, once head has exited):
     stdout, and stderr where it is the same pipe (`2>&1 | head`), go to os.devnull from now on, so

@@ -307,10 +307,15 @@ def test_cli_json_dash_writes_the_figures_to_stdout(tmp_path, capsys, monkeypatc
     from predlab.evaluate import main
     monkeypatch.chdir(tmp_path)
     assert main(["teacher", "--episodes", "4", "--frames", "30", "--json", "-"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert not (tmp_path / "-").exists()
-    res = json.loads(out[out.index("\n{") + 1:])
-    assert "catch_ratio" in res and res["episodes"] == 4
+    res = json.loads(out)            # the JSON alone, for a pipe to parse: the table went before it
+    assert "catch_ratio" in res and res["episodes"] == 4 and "4 episodes x 30 frames" in err
+    # the file stdout goes to, named: it was renamed over the table written there; /dev/stdout is - too
+    with open(tmp_path / "res.json", "w") as f:
+        monkeypatch.setattr("sys.stdout", f)
+        assert main(["teacher", "--episodes", "4", "--frames", "30", "--json", "res.json"]) == 0
+    assert json.loads((tmp_path / "res.json").read_text())["episodes"] == 4
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -1286,8 +1291,8 @@ def test_a_long_evaluation_without_a_progress_bar_says_so_before_it_starts(monke
     monkeypatch.setattr(evaluate, "compare", lambda *a, **k: seen.append(capsys.readouterr().err) or 1 / 0)
     with pytest.raises(ZeroDivisionError):
         evaluate.main(["teacher", "--episodes", "2", "--frames", "1000000", "--no-progress"])
-    assert ("note: 1,000,000 frames of 2 episodes of up to 50 boids, three policies in turn, with no progress bar"
-            in seen[0])
+    assert ("note: 1,000,000 frames of 2 episodes of up to 50 boids, two policies in turn, with no progress bar"
+            in seen[0])          # the teacher's rollout is run once
     with pytest.raises(ZeroDivisionError):
         evaluate.main(["teacher", "--episodes", "2", "--frames", "300", "--no-progress"])
     assert "note:" not in seen[1]
@@ -1318,8 +1323,14 @@ def test_the_teacher_against_itself_is_one_rollout_and_no_advice_to_add_episodes
     line = capsys.readouterr().out.splitlines()[-2]         # above the timings
     assert runs == [evaluate.teacher_policy, "random"]
     assert line == ("policy vs teacher 1.000: no interval: its catches equal the teacher's in every one of the 12 "
-                    "episodes (an interval takes 10 where they differ; a policy that drives as the teacher does never "
-                    "has one)")
+                    "episodes: the policy is the teacher, so the ratio is 1 whatever the episodes")
+    # another policy whose catches equal the teacher's in a few episodes: more episodes give it one
+    student, teacher = _catches([2, 1, 0, 3]), _catches([2, 1, 0, 3])
+    res = {"catch_ratio": 1.0, "catch_ratio_interval": catch_ratio_interval(student, teacher), "episodes": 4,
+           "frames": 300, "seed": 0, "policy": student.summary(), "teacher": teacher.summary()}
+    assert format_table(res).splitlines()[-1].endswith(
+        "differ in only 0 of the 4 episodes, too few to tell how far the ratio could move (an interval takes 10); "
+        "use more --episodes")
 
 
 def test_a_long_evaluation_without_a_bar_says_so_before_it_starts(capsys, monkeypatch):
