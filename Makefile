@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(None if (3, 10) <= v < (3, 15) else \
 	  f"predlab needs Python 3.10 to 3.14 (torch 2.13.0 has wheels for those); {sys.executable} is {v[0]}.{v[1]}: " \
 	  "name another with PYTHON=, e.g. make $(or $(MAKECMDGOALS),train) PYTHON=python3.12")'
-	@# a .venv without pip (python3-venv missing, or a Ctrl-C while it was made) is made again, not reused
-	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	@# a .venv without pip (python3-venv missing, or a Ctrl-C while it was made), or of a Python torch's wheels do
+	@# not cover (made before PYTHON= named another), is made again, not reused
+	$(BIN)/python -c 'import sys; assert (3, 10) <= sys.version_info[:2] < (3, 15)' >/dev/null 2>&1 && \
+	  $(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

@@ -57,6 +57,20 @@ def test_a_venv_without_pip_is_made_again(tmp_path):
     assert not (project / ".venv" / "left").exists()
 
 
+def test_a_venv_of_a_python_torch_does_not_cover_is_made_again(tmp_path):
+    """make on Python 3.15 left a .venv with pip whose torch install failed; `make train PYTHON=python3.12`, as
+    the refusal advises, reused that .venv and failed at the same pin."""
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    # a 3.15 python: the version check fails, pip answers
+    _script(project / ".venv" / "bin" / "python", '[ "$1" = -c ] && exit 1\nexit 0\n')
+    log = tmp_path / "calls"
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\n'
+                   f'echo "$@" >> {log}\nexit 7\n')
+    r = _make(project, f"PYTHON={fake}")
+    assert r.returncode != 0 and log.read_text().split("\n")[0] == "-m venv .venv"
+
+
 def test_a_venv_with_pip_is_reused(tmp_path):
     project = _project(tmp_path)
     (project / ".venv" / "bin").mkdir(parents=True)
@@ -67,5 +81,5 @@ def test_a_venv_with_pip_is_reused(tmp_path):
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode == 0, r.stderr
     assert (project / ".venv" / "kept").exists()
-    assert log.read_text().splitlines()[0] == "-m pip --version"
+    assert log.read_text().splitlines()[1] == "-m pip --version"      # after its version's check
     assert "-m pip install" in log.read_text()
