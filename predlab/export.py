@@ -866,6 +866,15 @@ def command_line(sigterm: bool = True):
     for name in ("stdout", "stderr"):
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
+    # a path the console's encoding cannot write (a Cyrillic folder, stdout redirected on Windows in cp1252)
+    # raised UnicodeEncodeError after the work, at the line naming the files: written with escapes instead
+    errors = {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if callable(getattr(stream, "reconfigure", None)) and getattr(stream, "errors", "strict") == "strict":
+            with contextlib.suppress(Exception):       # (a stream that refuses: left as it is)
+                stream.reconfigure(errors="backslashreplace")
+                errors[name] = stream
     if own:
         signal.signal(signal.SIGTERM, _raise_terminated)
     formatted = warnings.formatwarning
@@ -881,6 +890,9 @@ def command_line(sigterm: bool = True):
         raise SystemExit(128 + signal.SIGTERM) from None
     finally:
         warnings.formatwarning = formatted
+        for stream in errors.values():
+            with contextlib.suppress(Exception):
+                stream.reconfigure(errors="strict")
         if own:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 

@@ -2067,3 +2067,14 @@ def test_text_is_written_as_its_bytes_whatever_the_systems_line_ends(tmp_path, m
     monkeypatch.setattr(os_, "fdopen", windows)
     text = 'window.TRANSFORMER_PARAMS = {\n  "note": "d\u00e9j\u00e0 \u2192"\n};\n'
     assert atomic_write_text(tmp_path / "m.js", text).read_bytes() == text.encode("utf-8")
+
+
+def test_a_path_the_consoles_encoding_cannot_write_is_escaped_not_a_traceback(model, tmp_path):
+    """stdout redirected on Windows is in the ANSI code page (cp1252): an export into a Cyrillic folder wrote its
+    file, then ended in UnicodeEncodeError at the line naming it (exit 1)."""
+    src = save_model_file(model, tmp_path / "best_model.pt")
+    out = tmp_path / "\u041c\u043e\u0434\u0435\u043b\u044c" / "model.js"
+    r = subprocess.run([sys.executable, "-m", "predlab.export", str(src), "--out", str(out)], capture_output=True,
+                       env={**os.environ, "PYTHONIOENCODING": "cp1252"}, timeout=120)
+    assert r.returncode == 0, r.stderr.decode("cp1252", "replace")
+    assert b"\\u041c\\u043e" in r.stdout and b"Traceback" not in r.stderr and read_weights(out).config == model.config
