@@ -10,6 +10,7 @@ import mimetypes
 import re
 import sys
 import threading
+import time
 import warnings
 import webbrowser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -171,6 +172,13 @@ def _torch_file(path: Path) -> bool:
         return False
 
 
+def wait_for_ctrl_c() -> None:
+    """Until a Ctrl-C (KeyboardInterrupt), in short sleeps: Windows' Python before 3.14 does not break an
+    endless wait on a lock (threading.Event().wait()) for one."""
+    while True:
+        time.sleep(0.5)
+
+
 def main(argv=None) -> int:
     """CLI: serve the demo with a model.js until Ctrl-C."""
     try:
@@ -246,7 +254,7 @@ def _main(argv) -> int:
         print(f"predlab demo with {model} at {url}  (Ctrl-C stops it)", flush=True)
         if not args.no_browser:
             webbrowser.open(url)
-        threading.Event().wait()
+        wait_for_ctrl_c()
     except KeyboardInterrupt:
         print("\nstopped")
     finally:

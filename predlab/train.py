@@ -2428,17 +2428,25 @@ def settings_markdown(trainer) -> str:
                                                           if v is not None)
 
 
+def shell_words(*words) -> str:
+    """Words as this system's shell reads them: POSIX quoting ('C:\\runs' in cmd.exe keeps the quotes), or
+    Windows' (double quotes where a word needs them)."""
+    import subprocess
+    return subprocess.list2cmdline(map(str, words)) if os.name == "nt" else shlex.join(map(str, words))
+
+
 def tensorboard_command(log_dir: Union[str, Path]) -> str:
     """The command that shows log_dir's runs, to run where this one runs: the tensorboard beside this
-    Python (.venv/bin/tensorboard, which need not be on PATH), and the folder as given."""
-    tb = Path(sys.executable).parent / "tensorboard"
+    Python (.venv/bin/tensorboard, .venv\\Scripts\\tensorboard.exe on Windows, which need not be on PATH), and
+    the folder as given."""
+    tb = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
     if not tb.is_file():
         exe = "tensorboard"
     elif Path(os.path.abspath(tb)).is_relative_to(Path.cwd()):
         exe = os.path.relpath(os.path.abspath(tb))
     else:
         exe = str(tb)
-    return f"{shlex.quote(exe)} --logdir {shlex.quote(str(log_dir))}"
+    return shell_words(exe, "--logdir", log_dir)
 
 
 def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -> Optional[str]:
@@ -2453,7 +2461,7 @@ def stretch_note(trainer: SupervisedTrainer, ck: Mapping, epochs: int, resume) -
     return (f"note: --epochs {epochs} stretches the run's schedule of {was:g} epochs: the learning rate goes back up "
             f"from {before:.1e}, where epoch {trainer.epoch} ended, to {rate:.1e} as epoch {trainer.epoch + 1} "
             f"begins. To polish a finished model at a low rate instead, start a new run from it: "
-            f"--init_weights {shlex.quote(str(resume))} --learning_rate 3e-4")
+            f"{shell_words('--init_weights', resume)} --learning_rate 3e-4")
 
 
 def stretched_rates(trainer: SupervisedTrainer, was, epochs: int) -> Optional[Tuple[float, float]]:

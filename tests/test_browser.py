@@ -608,15 +608,13 @@ def demo_cli(monkeypatch):
     """predlab.demo.main in this process -> namespace(main, opened): the URLs it opened in a browser
     are recorded in opened, and its wait for Ctrl-C is interrupted at once (main then stops the
     server and returns, as after a real Ctrl-C)."""
-    import threading
     import types
     import webbrowser
     from predlab import demo
 
-    class CtrlC:
-        def wait(self):
-            raise KeyboardInterrupt
-    monkeypatch.setattr(demo, "threading", types.SimpleNamespace(Thread=threading.Thread, Event=CtrlC))
+    def ctrl_c():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "wait_for_ctrl_c", ctrl_c)
     opened = []
     monkeypatch.setattr(webbrowser, "open", lambda url, *a, **k: opened.append(url) or True)
     return types.SimpleNamespace(main=demo.main, opened=opened)

@@ -2733,3 +2733,21 @@ def test_loading_best_model_into_a_dagger_trainer_warns_that_the_buffer_starts_e
     with w.catch_warnings():
         w.simplefilter("error")
         create_trainer(**kw).load_checkpoint(tmp_path / "checkpoint_epoch_1.pt")
+
+
+def test_printed_commands_are_quoted_for_windows_shells_there(tmp_path, monkeypatch):
+    """cmd.exe keeps POSIX single quotes ('C:\\runs' is a folder named with them), and a Windows venv's
+    tensorboard is tensorboard.exe in Scripts: the printed command named a bare tensorboard, quoted for sh."""
+    import os
+    from types import SimpleNamespace
+    from predlab import train as train_mod
+    monkeypatch.setattr(train_mod, "os", SimpleNamespace(name="nt", path=os.path))
+    assert train_mod.shell_words("--init_weights", r"C:\Users\me\my runs\best.pt") == \
+        r'--init_weights "C:\Users\me\my runs\best.pt"'
+    scripts = tmp_path / "Scripts"
+    scripts.mkdir()
+    (scripts / "tensorboard.exe").write_bytes(b"")
+    monkeypatch.setattr(train_mod.sys, "executable", str(scripts / "python.exe"))
+    assert train_mod.tensorboard_command(r"C:\runs") == f"{scripts / 'tensorboard.exe'} --logdir C:\\runs"
+    monkeypatch.undo()
+    assert train_mod.shell_words("--init_weights", "my runs/best.pt") == "--init_weights 'my runs/best.pt'"
