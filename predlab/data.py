@@ -15,6 +15,7 @@ import numbers
 import os
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
@@ -729,30 +730,53 @@ class _Pool(multiprocessing.pool.Pool):
         self.workers.append(w)
         return w
 
+    @staticmethod
+    def _help_stuff_finish(inqueue, task_handler, size):
+        # Pool's own takes the task queue's lock, and a worker killed while idle (it waits on the queue holding
+        # that lock) left it held for ever: terminate() hung. No worker reads the queue now (the live ones wait
+        # for the lock, and are killed next): its tasks are drained without it, so the task handler ends.
+        locked = inqueue._rlock.acquire(timeout=1.0)
+        while task_handler.is_alive() and inqueue._reader.poll():
+            inqueue._reader.recv()
+            time.sleep(0)
+        del locked       # (held, as Pool leaves it: the queue is not used again)
+
     def check_workers(self) -> None:
-        """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end)."""
+        """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end). One
+        killed while idle too: it may have held the lock on the pool's task queue, which the workers started
+        in its place then wait for, for ever."""
         codes = [w.exitcode for w in self.workers if w.exitcode is not None]
         if not codes:
             return
+        why = ("killed, or out of memory (exit code -9: the system's out-of-memory killer)" if min(codes) < 0
+               else "it failed (its error is above)")
         raise WorkerError(
-            f"{len(codes)} worker process(es) of the episode generator ended (exit code "
-            f"{', '.join(map(str, sorted(set(codes))))}). Each worker starts by running the main script again "
-            f"(Python's spawn start method): in a script, the code that generates episodes or trains with "
-            f"num_workers > 0 must sit under `if __name__ == \"__main__\":`; else use num_workers=0. A worker "
-            f"that ran out of memory ends this way too (exit code -9).")
+            f"{len(codes)} worker process(es) of the episode generator ended while generating (exit code "
+            f"{', '.join(map(str, sorted(set(codes))))}): {why}; --num_workers 0 (num_workers=0) generates in this "
+            f"process. In a script of your own, a worker fails as it starts when the code that generates episodes "
+            f"or trains with num_workers > 0 does not sit under `if __name__ == \"__main__\":` (each worker runs "
+            f"the main script again: Python's spawn start method).")
+
+
+# What crosses the pool's pipes is bytes and numpy arrays, never torch tensors: multiprocessing pickles those
+# through shared memory (/dev/shm), whose 64 MB in a container (Docker's and Kubernetes' default) a chunk of
+# 512 episodes (about 85 MB) overflowed: epoch 1 died in a traceback of tensor printouts
+_SAMPLE_FIELDS = ("context", "predator", "boids", "n", "target")
 
 
 def _worker_rollout(args):
     num, cfg, seed, student_state, beta = args
     student = None
     if student_state is not None:
+        import io
         from .model import TransformerPredator
         # in the student's own dtype: a float64 model rebuilt in float32 (load_state_dict casts) drove
         # other episodes than in this process, where ModelPolicy runs it in float64
         student = TransformerPredator.from_config(student_state["config"]).to(student_state.get("dtype", torch.float32))
-        student.load_state_dict(student_state["weights"])
+        student.load_state_dict(torch.load(io.BytesIO(student_state["weights"]), weights_only=True))
         student.eval()
-    return _rollout_chunk(num, cfg, seed, student, beta, torch.device("cpu"))
+    part = _rollout_chunk(num, cfg, seed, student, beta, torch.device("cpu"))
+    return tuple(getattr(part, k).numpy() for k in _SAMPLE_FIELDS)
 
 
 def usable_cpus() -> int:
@@ -848,25 +872,30 @@ class EpisodeGenerator:
             if pool is not None:
                 state = None
                 if student is not None:
-                    state = {"config": vars(student.config).copy(),
-                             "weights": {k: v.detach().cpu() for k, v in student.state_dict().items()},
+                    import io
+                    weights = io.BytesIO()        # bytes: see _SAMPLE_FIELDS
+                    torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, weights)
+                    state = {"config": vars(student.config).copy(), "weights": weights.getvalue(),
                              "dtype": next(student.parameters()).dtype}
-                args = [(num, self.cfg, s, state, beta) for (_, num), s in zip(chunks, seeds)]
-                results = pool.imap(_worker_rollout, args)
-                for _, num in chunks:
-                    while True:      # a chunk a dead worker held never comes: look at the workers meanwhile
-                        try:
-                            part = results.next(timeout=0.5)
-                            break
-                        except multiprocessing.TimeoutError:
+                try:
+                    pool.check_workers()     # one dead since the last generation may have left the queue locked
+                    args = [(num, self.cfg, s, state, beta) for (_, num), s in zip(chunks, seeds)]
+                    results = pool.imap(_worker_rollout, args)
+                    for _, num in chunks:
+                        while True:      # a chunk a dead worker held never comes: look at the workers meanwhile
                             try:
+                                part = results.next(timeout=0.5)
+                                break
+                            except multiprocessing.TimeoutError:
                                 pool.check_workers()
-                            except WorkerError:
-                                self.close()
-                                raise
-                    parts.append(part)
-                    bar.update(num)
-                del part
+                        parts.append(SampleSet(*map(torch.from_numpy, part)))
+                        bar.update(num)
+                    del part
+                except BaseException:
+                    # a dead worker, or a Ctrl-C in a notebook: the pool went on with the chunks no one waits for,
+                    # their samples piling up, and the next generation waited behind them
+                    self.close()
+                    raise
             else:
                 for (_, num), s in zip(chunks, seeds):
                     # the bar moves with the chunk's frames: a chunk of 512 episodes that the student drives

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt_io
 from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config,
                      as_device, plural, resolve_device, training_memory, whole_number, widest_float)
-from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, usable_cpus
+from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, WorkerError, usable_cpus
 from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words,
                      link_target_problem, move, move_to_previous, refuse_unwritable, say, silence_stdout,
                      stale_partials, stop_words, write_keeping)
@@ -847,7 +847,7 @@ class Checkpointer(Callback):
             # a closed stdout (`| head`) stops the run as a Ctrl-C does: its last whole epoch was not saved, so that
             # --resume could only go back to best_model.pt (without DAgger's samples) or to an older checkpoint
             cut = (isinstance(ended_by, type)
-                   and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged, BrokenPipeError))
+                   and issubclass(ended_by, (KeyboardInterrupt, TrainingDiverged, BrokenPipeError, WorkerError))
                    and trainer.epoch > getattr(trainer, "train_begin_epoch", trainer.epoch))
             # with stdout closed, the lines the save says on its way (make_room's "moved N file(s)") raised
             # BrokenPipeError before the file was written: they go nowhere
@@ -2694,6 +2694,9 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
         print(f"error: training diverged in epoch {e.epoch}: {e.what} (--learning_rate {e.learning_rate:g} is "
               f"too high: lower it, or raise --warmup_epochs); that epoch was not saved, and the checkpoints "
               f"saved so far are intact", file=sys.stderr)
+    except WorkerError as e:            # a worker killed (out of memory): saved and exported as after a Ctrl-C
+        interrupted, code = True, 1
+        print(f"error {_where(trainer)}: {e} The checkpoints saved so far are intact{go_on()}", file=sys.stderr)
     except OSError as e:                # a full disk under a checkpoint: train() undid the epoch too
         interrupted, code = True, 1
         counted = "" if trainer.stop_training else "that epoch was not counted, and "

@@ -1781,3 +1781,28 @@ def test_a_resume_file_removed_after_the_checks_exits_2_naming_it(tmp_path, monk
     assert "--resume: " in err and "checkpoint_epoch_1.pt" in err and "Traceback" not in err
     assert "another run's --keep_checkpoints may have removed it" in err
     assert not (tmp_path / "ft" / "model.js").exists()
+
+
+def test_a_worker_killed_mid_run_saves_the_last_whole_epoch_and_exports(tmp_path, monkeypatch, capsys):
+    """A worker killed (out of memory) ended the run in two tracebacks, without the last whole epoch's
+    checkpoint or the export, as a Ctrl-C, a SIGTERM or a divergence have."""
+    from predlab import checkpoint as ck
+    from predlab import train
+    from predlab.data import EpisodeGenerator, WorkerError
+    monkeypatch.chdir(tmp_path)
+    real, calls = EpisodeGenerator.generate, []
+
+    def dies_in_epoch_3(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 4:           # validation, epochs 1 and 2, then epoch 3's episodes
+            raise WorkerError("1 worker process(es) of the episode generator ended while generating (exit code -9).")
+        return real(self, *a, **kw)
+    monkeypatch.setattr(EpisodeGenerator, "generate", dies_in_epoch_3)
+    assert train.main([*SMALL[:2], "--epochs", "4", *SMALL[2:], "--save_every", "5"]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    assert "error in epoch 3: 1 worker process(es) of the episode generator ended while generating (exit code -9). " \
+           "The checkpoints saved so far are intact" in err
+    d = tmp_path / "checkpoints"
+    assert (d / "checkpoint_epoch_2.pt").exists() and (d / "model.js").exists()
+    assert ck.load_checkpoint_dict(d / "checkpoint_epoch_2.pt")["epoch"] == 2
