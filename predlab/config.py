@@ -421,9 +421,31 @@ def physical_memory() -> Optional[int]:
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
-        return None
+        # Windows has no sysconf: every memory check was off there, and a run far past the memory started
+        return _windows_memory()
     limit = _cgroup_memory_limit()
     return min(total, limit) if limit else total
+
+
+def _windows_memory() -> Optional[int]:
+    """The machine's physical memory from Windows' GlobalMemoryStatusEx, or None elsewhere or where it fails."""
+    import ctypes
+    windll = getattr(ctypes, "windll", None)
+    if windll is None:
+        return None
+
+    class MemoryStatusEx(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_uint32), ("dwMemoryLoad", ctypes.c_uint32),
+                    ("ullTotalPhys", ctypes.c_uint64), ("ullAvailPhys", ctypes.c_uint64),
+                    ("ullTotalPageFile", ctypes.c_uint64), ("ullAvailPageFile", ctypes.c_uint64),
+                    ("ullTotalVirtual", ctypes.c_uint64), ("ullAvailVirtual", ctypes.c_uint64),
+                    ("ullAvailExtendedVirtual", ctypes.c_uint64)]
+    status = MemoryStatusEx(dwLength=ctypes.sizeof(MemoryStatusEx))
+    try:
+        ok = windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))
+    except (AttributeError, OSError):
+        return None
+    return int(status.ullTotalPhys) if ok and status.ullTotalPhys else None
 
 
 @functools.lru_cache(maxsize=None)

@@ -244,3 +244,24 @@ def test_a_batch_size_past_torchs_largest_size_is_refused_before_the_run(capsys)
         f"python -m predlab.train: error: argument --batch_size/--batch-size: must be <= {2 ** 63 - 1}, got {2 ** 63}")
     with pytest.raises(ValueError, match=f"^batch_size must be <= {2 ** 63 - 1}, got {2 ** 63}$"):
         TrainConfig(batch_size=2 ** 63).validate()
+
+
+def test_physical_memory_on_windows_comes_from_global_memory_status(monkeypatch):
+    """Windows has no os.sysconf: physical_memory was None there, so every memory check was off and a run far
+    past the memory started. It asks GlobalMemoryStatusEx (faked here: this is not Windows)."""
+    import ctypes
+    import os
+    from types import SimpleNamespace
+    from predlab import config
+
+    def status(ref):
+        assert ref._obj.dwLength == 64          # the size Windows checks: 2 DWORDs and 7 DWORDLONGs
+        ref._obj.ullTotalPhys = 16 * 2 ** 30
+        return 1
+    monkeypatch.delattr(os, "sysconf")
+    monkeypatch.setattr(ctypes, "windll", SimpleNamespace(kernel32=SimpleNamespace(GlobalMemoryStatusEx=status)),
+                        raising=False)
+    assert config.physical_memory() == 16 * 2 ** 30
+    assert "more than this machine's 16.0 GiB" in config.memory_problem([("samples", 20 * 2 ** 30)])
+    monkeypatch.delattr(ctypes, "windll")
+    assert config.physical_memory() is None          # neither: no check, as before
