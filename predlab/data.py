@@ -735,11 +735,10 @@ class _Pool(multiprocessing.pool.Pool):
         # Pool's own takes the task queue's lock, and a worker killed while idle (it waits on the queue holding
         # that lock) left it held for ever: terminate() hung. No worker reads the queue now (the live ones wait
         # for the lock, and are killed next): its tasks are drained without it, so the task handler ends.
-        locked = inqueue._rlock.acquire(timeout=1.0)
+        inqueue._rlock.acquire(timeout=1.0)      # (kept, as Pool keeps it: the queue is not used again)
         while task_handler.is_alive() and inqueue._reader.poll():
             inqueue._reader.recv()
             time.sleep(0)
-        del locked       # (held, as Pool leaves it: the queue is not used again)
 
     def check_workers(self) -> None:
         """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end). One
