@@ -8,6 +8,7 @@ bucketed by boid count, so that padding costs almost nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import multiprocessing.context
 import multiprocessing.pool
@@ -912,10 +913,20 @@ class EpisodeGenerator:
         return _join(parts)
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        """Stop the workers. The pool is forgotten first, and its workers killed whatever stops its ending: a
+        Ctrl-C that cut terminate() short (it may wait a second for a dead worker's lock) left the pool set and
+        half ended, and the next close() waited in join() for ever."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            pool.terminate()
+            pool.join()
+        finally:
+            for w in getattr(pool, "workers", ()):
+                if w.exitcode is None:
+                    with contextlib.suppress(Exception):
+                        w.kill()
 
     def __enter__(self):
         return self

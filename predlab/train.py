@@ -2600,6 +2600,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
         trainer.train_config.resume = tc.resume
     except KeyboardInterrupt as e:
         return stopped(e)
+    except WorkerError as e:         # a worker killed while the validation episodes were made
+        print(f"error before training began: {e} Nothing was written, and the files in {tc.checkpoint_dir} are "
+              f"where they were", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError) as e:
         if tc.init_weights is None:
             raise

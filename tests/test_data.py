@@ -799,3 +799,31 @@ def test_an_interrupted_generation_stops_its_workers(monkeypatch):
         assert gen._pool is None
     finally:
         gen.close()
+
+
+def test_a_close_cut_short_leaves_no_pool_and_no_live_worker():
+    """A Ctrl-C that cut terminate() short (it may wait a second for a dead worker's lock) left the pool set and
+    half ended: the next close() waited in join() for ever, and so did every later generation in a notebook."""
+    import time
+    from predlab.config import WorldConfig
+    from predlab.data import EpisodeGenerator
+    gen = EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False)
+    gen.generate(4, stream=1)
+    pool = gen._pool
+    real = pool.terminate
+
+    def cut():      # as terminate() begins (no more workers started), then the Ctrl-C
+        import multiprocessing.pool
+        pool._worker_handler._state = multiprocessing.pool.TERMINATE
+        raise KeyboardInterrupt
+    pool.terminate = cut
+    with pytest.raises(KeyboardInterrupt):
+        gen.close()
+    assert gen._pool is None
+    deadline = time.time() + 10
+    while any(w.exitcode is None for w in pool.workers) and time.time() < deadline:
+        time.sleep(0.05)
+    assert all(w.exitcode is not None for w in pool.workers)      # killed all the same
+    gen.close()                                                    # nothing left to wait for
+    real()
+    pool.join()

@@ -1806,3 +1806,17 @@ def test_a_worker_killed_mid_run_saves_the_last_whole_epoch_and_exports(tmp_path
     d = tmp_path / "checkpoints"
     assert (d / "checkpoint_epoch_2.pt").exists() and (d / "model.js").exists()
     assert ck.load_checkpoint_dict(d / "checkpoint_epoch_2.pt")["epoch"] == 2
+
+
+def test_a_worker_killed_while_the_validation_episodes_are_made_is_one_line(tmp_path, monkeypatch, capsys):
+    from predlab import train
+    from predlab.data import EpisodeGenerator, WorkerError
+
+    def dies(self, *a, **kw):
+        raise WorkerError("1 worker process(es) of the episode generator ended while generating (exit code -9).")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(EpisodeGenerator, "generate", dies)
+    assert train.main(SMALL) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error before training began: 1 worker process(es)")
+    assert not (tmp_path / "checkpoints" / "model.js").exists()
