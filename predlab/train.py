@@ -1371,16 +1371,21 @@ class SupervisedTrainer:
             for p in missing:
                 opt.state[p]["step"].zero_()
             opt.zero_grad(set_to_none=True)
-        for p in params:     # capturable AdamW wants its step counts on the device (a CPU or MPS run's are not)
-            st = opt.state.get(p, {})
-            if isinstance(st.get("step"), torch.Tensor) and st["step"].device != p.device:
-                st["step"] = st["step"].to(p.device, torch.float32)
+        # capturable AdamW wants its step counts on the device (a CPU or MPS run's are not)
+        self._steps_to_device(params)
         for g in opt.param_groups:
             g["capturable"] = True
             if not isinstance(g["lr"], torch.Tensor):
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
         self._graph_lrs = [g["lr"] for g in opt.param_groups]     # what the captures read
         self._graph_optimizer_ready = True
+
+    def _steps_to_device(self, params) -> None:
+        """AdamW's step counts of params on each weight's device, as fused and capturable steps want them."""
+        for p in params:
+            st = self.optimizer.state.get(p, {})
+            if isinstance(st.get("step"), torch.Tensor) and st["step"].device != p.device:
+                st["step"] = st["step"].to(p.device, torch.float32)
 
     def _restore_graph_lrs(self) -> None:
         """Put the captures' learning-rate tensors back into the optimizer, filled with any rate written
@@ -1840,12 +1845,10 @@ class SupervisedTrainer:
             self.optimizer.load_state_dict(ck["optimizer"])
             for g, flags in zip(self.optimizer.param_groups, own):
                 g.update(flags, capturable=False)
-                for p in g["params"] if g.get("fused") else ():
+                if g.get("fused"):
                     # torch left the step counts of a checkpoint of unfused AdamW (an MPS run's) on the CPU,
                     # where a fused CUDA step refuses them
-                    st = self.optimizer.state.get(p, {})
-                    if isinstance(st.get("step"), torch.Tensor) and st["step"].device != p.device:
-                        st["step"] = st["step"].to(p.device, torch.float32)
+                    self._steps_to_device(g["params"])
             self._drop_graphs()   # new optimizer tensors: capture again
             self._check_optimizer_state()
         if "scheduler" in ck:
@@ -2644,10 +2647,10 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
             build_parser().error(f"--resume: {e}")
         except OSError as e:     # the file gone or changed since parse_args read it (a run's rotation removed it)
             trainer.train_dataset.generator.close()
-            build_parser().error(f"--resume: {tc.resume}: {e.strerror or e} (it was there when the flags were "
-                                 f"checked)" if not isinstance(e, FileNotFoundError) else
-                                 f"--resume: {e} (it was there when the flags were checked: another run's "
-                                 f"--keep_checkpoints may have removed it)")
+            why = (f"{e} (it was there when the flags were checked: another run's --keep_checkpoints may have "
+                   f"removed it)" if isinstance(e, FileNotFoundError) else
+                   f"{tc.resume}: {e.strerror or e} (it was there when the flags were checked)")
+            build_parser().error(f"--resume: {why}")
         trainer.set_schedule(**schedule)   # flags given on resume win over the restored optimizer's
         monitor = "neg_catch_ratio" if tc.select_best_by == "catch_ratio" else "val_loss"
         moved = _measure_changed(ck, tc, wc, monitor)
