@@ -731,15 +731,40 @@ class _Pool(multiprocessing.pool.Pool):
         self.workers.append(w)
         return w
 
-    @staticmethod
-    def _help_stuff_finish(inqueue, task_handler, size):
-        # Pool's own takes the task queue's lock, and a worker killed while idle (it waits on the queue holding
-        # that lock) left it held for ever: terminate() hung. No worker reads the queue now (the live ones wait
-        # for the lock, and are killed next): its tasks are drained without it, so the task handler ends.
-        inqueue._rlock.acquire(timeout=1.0)      # (kept, as Pool keeps it: the queue is not used again)
-        while task_handler.is_alive() and inqueue._reader.poll():
-            inqueue._reader.recv()
-            time.sleep(0)
+    @classmethod
+    def _terminate_pool(cls, taskqueue, inqueue, outqueue, pool, change_notifier, worker_handler, task_handler,
+                        result_handler, cache):
+        # Pool's own hung on a worker killed while holding a lock of the pool's queues, which stays held for ever:
+        # one killed while idle holds the task queue's (it waits on the queue holding it), one killed just after
+        # sending a result the result queue's, and the pool's ending takes both. One killed while sending a
+        # result leaves half of it in the result queue, and the thread reading it waits for the rest for ever.
+        # This ending stops the starting of workers and kills them all first: then no other process uses the
+        # queues, a lock a dead worker held is released, and closing the result queue cuts off half a result.
+        me = threading.current_thread()
+        worker_handler._state = task_handler._state = multiprocessing.pool.TERMINATE
+        change_notifier.put(None)
+        if me is not worker_handler:
+            worker_handler.join()      # it starts no worker after this, and tells the task handler to end
+        for w in pool:
+            if w.exitcode is None:
+                w.kill()
+        for w in pool:
+            w.join()
+        # a lock held now is a dead worker's, but for the task handler's moments on the result queue's lock
+        for lock, wait in ((inqueue._rlock, 0.0), (outqueue._wlock, 1.0)):      # (Windows' pipes need no _wlock)
+            if lock is not None:
+                lock.acquire(timeout=wait)
+                lock.release()
+        if me is not task_handler:
+            while task_handler.is_alive():      # it may wait to put a task, or its end marker, that no one reads
+                if inqueue._reader.poll(0.05):
+                    inqueue._reader.recv_bytes()
+            task_handler.join()
+        result_handler._state = multiprocessing.pool.TERMINATE
+        outqueue.put(None)
+        outqueue._writer.close()
+        if me is not result_handler:
+            result_handler.join()
 
     def check_workers(self) -> None:
         """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end). One

@@ -784,6 +784,48 @@ def test_a_worker_that_died_between_generations_is_named_at_the_next_not_waited_
     faulthandler.cancel_dump_traceback_later()
 
 
+def _die_in_the_result_queue(half_sent):
+    """Run in a pool worker: take the lock on the pool's result queue, as a worker sending a result does, maybe
+    send the start of a result, and die there (SIGKILL: what the out-of-memory killer sends)."""
+    import os
+    import signal
+    import sys
+    frame = sys._getframe()
+    while "outqueue" not in frame.f_locals:       # the worker loop's own queue
+        frame = frame.f_back
+    outqueue = frame.f_locals["outqueue"]
+    outqueue._wlock.acquire()
+    if half_sent:
+        outqueue._writer._send((1 << 20).to_bytes(4, "big") + b"part of a result")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("half_sent", [False, True], ids=["holding-the-lock", "half-sent"])
+def test_a_worker_killed_sending_a_result_is_named_not_waited_for(half_sent):
+    """A worker killed as it sent a result held the lock on the pool's result queue for ever, and ending the pool
+    takes that lock: the generation that found the dead worker hung in close(). One killed halfway through a
+    result left the thread reading results waiting for the rest. Both are named, and the next generation runs."""
+    import time
+    import faulthandler
+    from predlab.config import WorldConfig
+    from predlab.data import EpisodeGenerator, WorkerError
+    faulthandler.dump_traceback_later(120, exit=True)      # a hang (what this was) ends the test process, not CI
+    with EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False) as gen:
+        first = gen.generate(4, stream=1)
+        worker = gen._pool.workers[0]
+        gen._pool.apply_async(_die_in_the_result_queue, (half_sent,))
+        deadline = time.monotonic() + 60
+        while worker.exitcode is None and time.monotonic() < deadline:      # (the pool's thread may reap it)
+            time.sleep(0.05)
+        assert worker.exitcode == -9
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"ended while generating \(exit code -9\)"):
+            gen.generate(4, stream=1)
+        assert gen._pool is None and time.monotonic() - start < 30
+        assert torch.equal(gen.generate(4, stream=1).boids, first.boids)
+    faulthandler.cancel_dump_traceback_later()
+
+
 def test_an_interrupted_generation_stops_its_workers(monkeypatch):
     """A Ctrl-C in a notebook left the pool generating every chunk no one waited for, their samples piling up,
     and the next generation waited behind them."""
