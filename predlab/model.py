@@ -27,7 +27,11 @@ except ImportError:  # pragma: no cover - numba is a dependency; this keeps the 
 
 Tensor = torch.Tensor
 TOKEN_TYPES = ("cls", "ctx", "predator", "boid")
-MASKED = -1e9  # large finite negative: a padded key gets exactly zero weight, never NaN
+# A padded key's score: its weight is exactly 0 whatever the real keys' scores (a row always has the
+# three real tokens [CLS], [CTX] and the predator, so never NaN). A finite -1e9 lost to real scores
+# below about -1e9, or a padded key's own score 1e9 above the real ones: the batch's answers then
+# parted from the browser's, which has no padding (weights a few epochs of training never reach).
+MASKED = float("-inf")
 
 # torch's CPU softmax over a last dimension narrower than its vector (16 floats with AVX-512) runs
 # a scalar path: 14-17 ns an element at 4-15 keys against ~1 ns at 16+, and its backward 5-6 ns
@@ -43,8 +47,7 @@ def softmax_keys(w: Tensor) -> Tensor:
     T = w.shape[-1]
     if T >= SOFTMAX_MIN_KEYS or w.device.type != "cpu":
         return torch.softmax(w, -1)
-    masked = max(MASKED, torch.finfo(w.dtype).min)            # float16's reaches -65504
-    return torch.softmax(F.pad(w, (0, SOFTMAX_MIN_KEYS - T), value=masked), -1)[..., :T]
+    return torch.softmax(F.pad(w, (0, SOFTMAX_MIN_KEYS - T), value=MASKED), -1)[..., :T]
 
 
 def softmax_keys_backward(dw: Tensor, w: Tensor) -> Tensor:
@@ -592,8 +595,7 @@ class TransformerPredator(nn.Module):
         x = torch.cat([cls_tok, ctx_tok, pred_tok, boid_tok], 1)                           # (B, T, D)
         keep = torch.cat([mask.new_ones(B, 3, dtype=torch.bool), mask.bool()], 1)          # (B, T)
         bias = torch.zeros(B, 1, 1, 3 + N, dtype=x.dtype, device=x.device)
-        # float16 holds no -1e9 ("value cannot be converted to type c10::Half"): its own largest negative there
-        bias = bias.masked_fill(~keep[:, None, None, :], max(MASKED, torch.finfo(x.dtype).min))
+        bias = bias.masked_fill(~keep[:, None, None, :], MASKED)
         return x, bias
 
     def forward(self, batch: Mapping[str, Tensor]) -> Tensor:

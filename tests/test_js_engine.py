@@ -320,3 +320,50 @@ def test_a_trained_model_runs_in_the_engine_as_in_float32_pytorch(tmp_path):
     res = js_parity(model, inputs, weights=write_weights(model, tmp_path / "model.js"))
     assert res["torch"].shape == (len(inputs), 2) and abs(res["torch"]).max() > 0.1
     assert res["max_abs_diff"] <= 1e-6, f"max |JS - torch float32| = {res['max_abs_diff']:.3g}"
+
+
+def _sample(n):
+    return {"context": {"canvasWidth": 1.92, "canvasHeight": 1.08}, "predator": {"velX": 0.1, "velY": -0.2},
+            "boids": [{"relX": 0.01 * k, "relY": -0.02, "velX": 0.3, "velY": 0.1} for k in range(n)]}
+
+
+def _scores_past_a_billion(case):
+    """Legal float32 weights whose attention scores pass 1e9: every real key's far below zero ("low"), or
+    a padded key's raw score far above the real ones' ("high"). No training reaches them (the README's
+    trained model peaks near 421), but the page runs them, and PyTorch must give its numbers."""
+    from predlab.model import TransformerPredator
+    torch.manual_seed(0)
+    m = TransformerPredator(dropout=0.0).eval()
+    D = m.config.d_model
+    with torch.no_grad():
+        if case == "low":
+            last = m.layers[-1]
+            last.ln1.weight.mul_(1e-3)
+            last.ln1.bias.fill_(1e4)
+            last.qkv.weight[:D].zero_()
+            last.qkv.bias[:D].fill_(-1e4)
+            last.qkv.weight[D:2 * D].copy_(torch.eye(D) * 100)
+        else:
+            m.type_embeddings.normal_(0, 1)
+            m.cls_embedding.normal_(0, 1)
+            m.boid_projection.weight.normal_(0, 1)
+            for layer in m.layers[:2]:
+                layer.attn_out.weight.mul_(50)
+            m.layers[0].qkv.weight[:2 * D].mul_(1e6)
+    return m
+
+
+@pytest.mark.parametrize("case", ["low", "high"])
+def test_padding_gets_no_weight_whatever_the_scores(tmp_path, case):
+    """A padded key's score was -1e9, which real scores below -1e9 lost to, and a padded key's own score 1e9
+    above the real ones beat: a flock of 12 boids or fewer (padded to the CPU softmax's width), or a sample
+    batched with a larger flock, got other actions than in the page, which pads nothing."""
+    model = _scores_past_a_billion(case)
+    path = write_weights(model, tmp_path / "model.js")
+    inputs = [_sample(n) for n in ((0, 5, 12, 13) if case == "low" else (0, 20))]
+    (tmp_path / "in.json").write_text(json.dumps(inputs))
+    page = torch.tensor(json.loads(node(JS / "run_node.js", path, tmp_path / "in.json")))
+    alone = torch.stack([model.predict(x).float() for x in inputs])
+    batched = model.predict(inputs).float()
+    assert (alone - page).abs().max() < 1e-4, (alone, page)
+    assert (batched - page).abs().max() < 1e-4, (batched, page)

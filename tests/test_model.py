@@ -534,7 +534,7 @@ def test_a_model_without_weights_is_named_by_every_function_that_runs_or_reads_i
 
 def test_a_float16_model_runs_a_padded_batch(make_model, make_samples):
     """model.half() failed on any batch with "value cannot be converted to type c10::Half without
-    overflow": the padding mask's -1e9 is beyond float16's range. Padding still gets no weight."""
+    overflow": the padding mask was -1e9, beyond float16's range. Padding still gets no weight."""
     model = make_model(0)
     inputs = make_samples([0, 2, 7], seed=3)
     half = make_model(0).half()
