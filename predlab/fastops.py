@@ -110,7 +110,9 @@ def _geglu_forward(h, y, lo, hi):
     for i in range(lo, hi):
         for j in range(F):
             g = h[i, j]
-            s = F32(1.0) / (F32(1.0) + fast_exp(-_C * (g + _A * g * g * g)))
+            a = -_C * (g + _A * g * g * g)
+            s = F32(1.0) / (F32(1.0) + fast_exp(a))
+            s = F32(0.0) if a > EXP_HI else s      # fast_exp's clamp left 6e-39, which a huge up made huge
             y[i, j] = g * s * h[i, F + j]
 
 
@@ -123,9 +125,13 @@ def _geglu_backward(h, dy, dh, lo, hi):
             g = h[i, j]
             u = h[i, F + j]
             d = dy[i, j]
-            e = fast_exp(-_C * (g + _A * g * g * g))
+            a = -_C * (g + _A * g * g * g)
+            e = fast_exp(a)
             s = F32(1.0) / (F32(1.0) + e)                       # 1 - s = e * s, without cancellation
-            dgelu = s + g * (e * s * s) * _C * (F32(1.0) + F32(3.0) * _A * g * g)
+            es2 = e * s * s
+            s = F32(0.0) if a > EXP_HI else s                   # as in _geglu_forward
+            es2 = F32(0.0) if a > EXP_HI else es2
+            dgelu = s + g * es2 * _C * (F32(1.0) + F32(3.0) * _A * g * g)
             dh[i, j] = d * u * dgelu
             dh[i, F + j] = d * g * s
 

@@ -67,6 +67,20 @@ def test_fused_geglu_matches_float64_maths_as_closely_as_torch_does(shape):
         assert err <= 2 * (torch_ops.double() - want).abs().max().item() + 1e-7 * scale
 
 
+def test_fused_geglu_of_a_gate_far_below_zero_is_zero_as_in_torch():
+    """exp's clamp at exp(88) left gelu(g) at g * 6e-39 for any g below about -10, where it is 0: times an
+    up of 3e38 that was -1.8e6 for what torch (and the page) make -0, and the float32 model parted from both."""
+    h = torch.tensor([[-1e6, -30.0, -12.0, 3e38, 1e36, 1e30]], requires_grad=True)
+    dy = torch.ones(1, 3)
+    y = fastops.geglu(h)
+    y.backward(dy)
+    ht = h.detach().clone().requires_grad_(True)
+    yt = F.gelu(ht[:, :3], approximate="tanh") * ht[:, 3:]
+    yt.backward(dy)
+    assert torch.equal(y, yt), (y, yt)
+    assert torch.isfinite(h.grad).all() and torch.equal(h.grad, ht.grad), (h.grad, ht.grad)
+
+
 def test_rows_split_over_threads_give_identical_numbers(monkeypatch):
     h = torch.randn(3 * fastops._MIN_PARALLEL_ROWS + 5, 2 * 24, generator=torch.Generator().manual_seed(2))
     dy = torch.randn(h.shape[0], 24)
