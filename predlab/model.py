@@ -686,7 +686,7 @@ class TransformerPredator(nn.Module):
                                  f"the {{}} of {torch.cuda.get_device_name(p.device)}" if gpu else "this machine's {}")
         if problem:
             raise InputError(problem + "; predict fewer boids at a time")
-        _warn_outside_page_range(batch)
+        outside = _warn_outside_page_range(batch)
         batch = {k: v.to(p.device) if k == "mask" else v.to(p.device, p.dtype) for k, v in batch.items()}
         was_training = self.training
         self.eval()
@@ -695,9 +695,16 @@ class TransformerPredator(nn.Module):
         finally:
             self.train(was_training)
         bad = (~torch.isfinite(out).all(1)).nonzero().flatten().tolist()
-        if bad:   # finite but huge inputs overflow inside (browser inputs are scaled to about [-1, 1])
-            raise InputError(f"the action of sample(s) {bad[:5]} is NaN or infinite: their inputs are far outside "
-                             "the range the browser feeds it (scaled values of order 1)")
+        if bad:
+            if not all(bool(torch.isfinite(q).all()) for q in self.parameters()):
+                why = "the model's weights hold NaN or infinite values"
+            elif outside:       # finite but huge inputs overflow inside (browser inputs are scaled to about [-1, 1])
+                why = "their inputs are far outside the range the browser feeds it (scaled values of order 1)"
+            else:               # the inputs are the page's: weights far beyond training's overflow a float32 forward
+                why = (f"the model's {str(p.dtype).replace('torch.', '')} forward overflows on its weights (values "
+                       f"far beyond what training makes)" + ("; the page computes in float64: model.double() runs "
+                                                             "them as it does" if p.dtype != torch.float64 else ""))
+            raise InputError(f"the action of sample(s) {bad[:5]} is NaN or infinite: {why}")
         return out[0] if single else out
 
     def export_to_javascript(self) -> Dict:
@@ -719,11 +726,11 @@ _FIELDS = {"context": ("canvasWidth", "canvasHeight"), "predator": ("velX", "vel
            "boids": ("relX", "relY", "velX", "velY")}
 
 
-def _warn_outside_page_range(batch: Mapping[str, Tensor]) -> None:
+def _warn_outside_page_range(batch: Mapping[str, Tensor]) -> bool:
     """A warning naming the first input the page does not give (SPEC.md section 4): a canvas size
     (W / 1000) outside [0, 65.536], a velocity outside [-1, 1] (/ 3.5, clamped), or an offset to a boid
     (wrap-aware, / 1000) more than half the canvas (which the page gives only in the frame after its
-    window shrinks). Inputs in pixels gave actions without a word."""
+    window shrinks). Inputs in pixels gave actions without a word. True where it warned."""
     from .config import MAX_CANVAS, MAX_DISTANCE
     ctx = batch["context"].detach().double()
     problems = []
@@ -752,3 +759,4 @@ def _warn_outside_page_range(batch: Mapping[str, Tensor]) -> None:
     if problems:
         b, what = min(problems, key=lambda x: x[0])
         warnings.warn(f"sample {b}'s {what}: inputs in pixels, or unscaled?", stacklevel=4)   # predict's caller
+    return bool(problems)

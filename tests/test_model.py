@@ -350,6 +350,23 @@ def test_a_triton_kernel_without_triton_says_what_is_missing(monkeypatch):
             M._triton(module, what, switch)
 
 
+def test_predict_blames_the_weights_when_the_page_s_inputs_overflow_them(make_model, make_samples):
+    """Finite float32 weights can overflow the float32 forward (LayerNorm's variance past 2e19), where the page,
+    in float64, runs them: predict said the inputs were far outside the page's range, on the page's inputs."""
+    from predlab.data import InputError
+    model = make_model(0)
+    with torch.no_grad():
+        model.layers[0].attn_out.bias.normal_(0, 1e20, generator=torch.Generator().manual_seed(0))
+    s = make_samples([1], seed=0)[0]
+    with pytest.raises(InputError, match=r"the model's float32 forward overflows on its weights .*model\.double\(\)"):
+        model.predict(s)
+    assert torch.isfinite(model.double().predict(s)).all()
+    with torch.no_grad():
+        model.layers[0].attn_out.bias[0] = float("nan")
+    with pytest.raises(InputError, match="the model's weights hold NaN or infinite values"):
+        model.predict(s)
+
+
 def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples):
     from predlab.data import InputError
     assert model.predict([]).shape == (0, 2)
@@ -358,7 +375,8 @@ def test_predict_refuses_what_is_not_inputs_and_huge_inputs(model, make_samples)
             model.predict(bad)
     s = make_samples([3], seed=0)[0]
     s["boids"][0]["relX"] = 1e30            # float32 holds it, the model's sums do not
-    with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite"), pytest.warns(UserWarning):
+    with pytest.raises(InputError, match=r"sample\(s\) \[0\] is NaN or infinite: their inputs are far outside"), \
+            pytest.warns(UserWarning):
         model.predict(s)
     s["boids"][0]["relX"] = 10 ** 400       # a bare OverflowError, naming nothing
     with pytest.raises(InputError, match=r"boids\[0\]\.relX is an integer beyond float32's range"):
