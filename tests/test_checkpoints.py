@@ -145,8 +145,24 @@ def test_a_checkpoint_with_a_weight_under_another_name_is_refused_naming_both(tm
     weights["output.b"] = weights.pop("output.bias")
     path = ck.atomic_save({"format": ck.FORMAT, "version": ck.VERSION, "model_config": vars(model.config),
                            "model": weights}, tmp_path / "c.pt")
-    with pytest.raises(ck.CheckpointError, match=r"do not fit model_config .*missing \['output.bias'\], "
-                                                 r"unexpected \['output.b'\]"):
+    with pytest.raises(ck.CheckpointError, match=r"do not fit model_config .*missing 'output.bias'; "
+                                                 r"unexpected 'output.b'$"):
+        ck.load_checkpoint_dict(path)
+
+
+@pytest.mark.parametrize("change", ["drop", "add"])
+def test_a_checkpoint_with_a_weight_too_few_or_too_many_names_it(tmp_path, change):
+    """Only the counts were named ("has 49 weights, the checkpoint holds 48"): not which weight it was."""
+    model = _tiny_model()
+    weights = model.state_dict()
+    if change == "drop":
+        del weights["layers.0.down.bias"]
+    else:
+        weights["layers.0.extra"] = torch.zeros(2)
+    path = ck.atomic_save({"format": ck.FORMAT, "version": ck.VERSION, "model_config": vars(model.config),
+                           "model": weights}, tmp_path / "c.pt")
+    want = "missing 'layers.0.down.bias'" if change == "drop" else "unexpected 'layers.0.extra'"
+    with pytest.raises(ck.CheckpointError, match=rf"weights; the checkpoint holds {len(weights)}\): {want}$"):
         ck.load_checkpoint_dict(path)
 
 
