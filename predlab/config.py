@@ -279,10 +279,10 @@ def resolve_device(name: Optional[str] = "auto", verbose: bool = False, flag: st
         if not torch.cuda.is_available():
             raise ValueError(f"{asked} asked for, but this torch sees no CUDA GPU "
                              f"(torch {torch.__version__}, cuda build: {torch.version.cuda or 'no'}); {instead}")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
             raise ValueError(f"{asked}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif name == "mps":
+        dev = torch.device(name)
+    elif name in ("mps", "mps:0"):          # (a model's device on a Mac reads mps:0)
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
             raise ValueError(f"{asked} asked for, but Apple MPS is not available here; {instead}")
         dev = torch.device("mps")
@@ -333,11 +333,19 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
     return v
 
 
+DEVICE_INDEX_MAX = 127         # torch keeps a device's index in 8 bits
+
+
 def _check_device_string(device: str, flag: str) -> None:
     """Names in any case, as resolve_device reads them ('CUDA' is 'cuda'). The message names flag
     (--device, device): "unknown device 'nan'" alone did not say which value was meant."""
-    if not re.fullmatch(r"auto|cpu(:\d+)?|mps|cuda(:\d+)?", (device or "").lower()):
+    # ASCII digits without a leading zero: torch refuses others ("Invalid device string: 'cpu:01'", a
+    # traceback), and above 127 it wraps the index without a word (cuda:256 was GPU 0)
+    m = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(0|[1-9][0-9]*))?", (device or "").lower())
+    if not m or (m[1] == "auto" and m[2]) or (m[1] == "mps" and m[2] not in (None, "0")):
         raise ValueError(f"{flag}: unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+    if m[2] and (len(m[2]) > 3 or int(m[2]) > DEVICE_INDEX_MAX):
+        raise ValueError(f"{flag}: device index {m[2]} in {device!r}: torch numbers devices 0 to {DEVICE_INDEX_MAX}")
 
 
 def bounded_number(kind, lo=None, hi=None, positive: bool = False):

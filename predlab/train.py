@@ -2035,7 +2035,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
             raise ValueError("init_weights: model_config has another architecture: " + "; ".join(diffs))
         mc = dataclasses.replace(start.config, dropout=mc.dropout)
     mc.validate()
-    device = resolve_device(tc.device, verbose=verbose)
+    device = resolve_device(tc.device, verbose=verbose, flag="device=")     # (the CLI's --device is checked before)
     problem = training_memory(tc, wc, mc, device)
     if problem:
         raise ValueError(problem)

@@ -594,6 +594,33 @@ def test_the_device_line_names_the_device_once(capsys):
     assert capsys.readouterr().out == "device: cpu\n"        # was "device: cpu (cpu)"
 
 
+def test_device_indexes_torch_would_misread_are_refused(monkeypatch):
+    """torch keeps an index in 8 bits and wraps a larger one without a word: cuda:256 ran on GPU 0 (past the
+    check against the GPU count), cuda:128 became index -128. A leading zero or a non-ASCII digit passed the
+    name's check and ended in torch's traceback (exit 1, not the flag's error)."""
+    from predlab.config import as_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for bad in ("cuda:128", "cuda:256", "cpu:255", "cpu:" + "9" * 5000):
+        with pytest.raises(ValueError, match=r"^--device: device index [0-9]+ in .*torch numbers devices 0 to 127$"):
+            resolve_device(bad)
+    for bad in ("cpu:01", "cuda:01", "cpu:\uff11", "cuda:\u0661", "mps:1", "auto:0"):
+        with pytest.raises(ValueError, match="unknown device .*: use auto, cpu, cuda, cuda:N or mps"):
+            resolve_device(bad)
+    with pytest.raises(ValueError, match=r"^--device cuda:1: only 1 CUDA device\(s\) present$"):
+        resolve_device("cuda:1")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0) and resolve_device("cpu:127") == torch.device("cpu", 127)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert as_device(torch.device("mps", 0)) == resolve_device("mps:0") == torch.device("mps")   # a Mac model's device
+
+
+def test_create_trainer_names_its_device_argument_not_the_flag(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device='mps' asked for, but Apple MPS is not available here; "
+                                         r"use device='cpu' or 'auto'$"):
+        create_trainer(train_episodes=1, val_episodes=1, device="mps", verbose=False)
+
+
 def test_device_names_are_checked_before_torch_sees_them(monkeypatch):
     """On a machine with CUDA, a malformed name ('cuda:abc') reached torch, whose RuntimeError
     named no argument; None means auto, as it did for the trainer; 'cpu:0' is a CPU."""
