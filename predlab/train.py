@@ -1109,7 +1109,21 @@ class SupervisedTrainer:
         self.world_config = as_config(WorldConfig, world_config, "world_config")
         # a copy: set_schedule records its settings here, not in a TrainConfig the caller may share
         self._by_hand = train_config is None      # its settings then are its parts' (_recorded_settings)
-        self.train_config = (dataclasses.replace(as_config(TrainConfig, train_config, "train_config"))
+        if train_config is not None:
+            # the record of the run: checkpoints carried one the command line then refused to resume (a batch
+            # size of 0), or settings this trainer never ran with (its arguments are what it runs with)
+            train_config = as_config(TrainConfig, train_config, "train_config")
+            train_config.validate()
+            used = dict(learning_rate=learning_rate, batch_size=batch_size, weight_decay=weight_decay,
+                        warmup_epochs=warmup_epochs, min_lr_ratio=min_lr_ratio, grad_clip=grad_clip,
+                        min_delta=min_delta, seed=seed, cpu_split=cpu_split, cuda_graphs=cuda_graphs, tf32=tf32)
+            differ = [f"{k} {getattr(train_config, k)!r} (the trainer's {k}= is {v!r})" for k, v in used.items()
+                      if getattr(train_config, k) != v]
+            if differ:
+                raise ValueError(f"train_config says {'; '.join(differ)}: the trainer runs with its own arguments, "
+                                 f"and train_config is what its checkpoints record of the run. Give them alike "
+                                 f"(create_trainer(train_config=...) does)")
+        self.train_config = (dataclasses.replace(train_config)
                              if train_config is not None else
                              TrainConfig(learning_rate=learning_rate, batch_size=batch_size,
                                          weight_decay=weight_decay, warmup_epochs=warmup_epochs,

@@ -530,6 +530,16 @@ def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoc
         assert torch.equal(t.model(batch), t.model(batch))
 
 
+def test_a_train_config_the_trainer_would_not_run_or_resume_by_is_refused():
+    """train_config was stored as given: TrainConfig(batch_size=0) was written into every checkpoint, which the
+    command line then refused to resume, and one saying batch 8 beside batch_size=16 recorded a run at 8."""
+    from predlab.config import TrainConfig
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        _trainer(train_config=TrainConfig(batch_size=0))
+    with pytest.raises(ValueError, match=r"train_config says batch_size 8 \(the trainer's batch_size= is 16\)"):
+        _trainer(train_config=TrainConfig(learning_rate=3e-3, batch_size=8, cpu_split=1))
+
+
 def test_set_schedule_leaves_the_train_config_the_trainer_was_given_alone():
     """set_schedule records its settings in the trainer's TrainConfig, which was the caller's own
     object: a config shared by two trainers (a notebook's comparison) changed under the other one."""
