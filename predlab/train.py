@@ -2258,6 +2258,16 @@ def _parse(argv):
     elif tc.dagger and "dagger_start" in given and tc.dagger_start > tc.epochs:
         notes.append((f"note: --dagger_start {tc.dagger_start} comes after the last epoch ({tc.epochs}): the teacher "
                       f"drives every episode, so this run is behaviour cloning alone", True))
+    # flags of a part this run does not use were taken without a word, as if they had done something
+    idle = [(("eval_episodes", "eval_frames"), tc.eval_every == 0, "this run measures no catch ratio (--eval_every 0)"),
+            (("min_delta",), tc.early_stopping == 0, "it is early stopping's margin, and this run has none "
+                                                      "(--early_stopping 0; the best epoch is the lowest, by any margin)"),
+            (("cuda_graphs", "tf32"), resolve_device(tc.device).type != "cuda",
+             f"CUDA GPU settings, and this run trains on the {resolve_device(tc.device).type}")]
+    for flags, off, why in idle:
+        named = [f"--{f}" for f in flags if f in given]
+        if named and off:
+            notes.append((f"note: {', '.join(named)} {'has' if len(named) == 1 else 'have'} no effect: {why}", True))
     if "warmup_epochs" in given and tc.warmup_epochs > tc.epochs:     # 1e308 trained at 1e-311, without a word
         notes.append((f"note: --warmup_epochs {tc.warmup_epochs:g} is longer than the run ({tc.epochs} epochs): the "
                       f"learning rate rises the whole run and ends at {tc.epochs / tc.warmup_epochs:.3g} x "

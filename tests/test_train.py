@@ -2242,6 +2242,22 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
     assert "no effect" not in capsys.readouterr().err
 
 
+def test_cli_says_when_evaluation_early_stopping_or_gpu_flags_have_no_effect(tmp_path, monkeypatch, capsys):
+    """--eval_episodes with --eval_every 0, --min_delta without --early_stopping, and --tf32 on a CPU were taken
+    without a word, as if they had done something."""
+    from predlab.train import parse_args
+    monkeypatch.chdir(tmp_path)
+    parse_args(["--eval_every", "0", "--eval_episodes", "3", "--eval_frames", "5", "--min_delta", "0.1",
+                "--tf32", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "note: --eval_episodes, --eval_frames have no effect: this run measures no catch ratio" in err
+    assert "note: --min_delta has no effect: it is early stopping's margin, and this run has none" in err
+    assert "note: --tf32 has no effect: CUDA GPU settings, and this run trains on the cpu" in err
+    parse_args(["--eval_every", "2", "--eval_episodes", "3", "--min_delta", "0.1", "--early_stopping", "2"])
+    parse_args(["--eval_every", "0"])
+    assert "no effect" not in capsys.readouterr().err
+
+
 def test_cli_says_when_the_warm_up_is_longer_than_the_run(tmp_path, monkeypatch, capsys):
     """--warmup_epochs 1e308 trained at a learning rate of 1e-311 without a word."""
     from predlab.train import parse_args
