@@ -49,6 +49,8 @@ def _plain(text: str) -> str:
 
 def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     """Read a checkpoint without executing pickled code; refuse anything that is not ours."""
+    if isinstance(path, str) and not path.strip():      # Path("") is the current folder: ". is a directory"
+        raise FileNotFoundError(f"no file name given ({path!r}): name a checkpoint, say checkpoints/best_model.pt")
     path = Path(path)
     if path.is_dir():
         raise FileNotFoundError(f"{path} is a directory, not a checkpoint (say {path / 'best_model.pt'})")

@@ -1449,10 +1449,31 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     return path
 
 
+def unexpanded_home(path: Union[str, Path]) -> Optional[str]:
+    """Why a path that begins with ~ or ~user, where no such folder is, is refused, or None. A shell turns
+    ~ into the home folder only at a word's start: --checkpoint_dir=~/ck (or "~/ck", or a notebook's
+    Checkpointer("~/ck")) wrote into a folder named ~ under the current one, which rm -rf ~ then removes
+    with the home folder."""
+    text = os.fspath(path)
+    if not text.startswith("~"):        # (./~/ck is a folder named ~: Path's parts drop the ./)
+        return None
+    first = re.split(r"[/\\]" if os.sep == "\\" else "/", text, maxsplit=1)[0]
+    if os.path.lexists(first):
+        return None
+    home = os.path.expanduser(first)
+    instead = (f": give {home}{text[len(first):]}" if home != first else "") + \
+        f" (./{text} for a folder named {first})"
+    return (f"{text} begins with {first}, which no shell turned into a home folder (a shell does after a "
+            f"space, not after = or in quotes){instead}")
+
+
 def path_problem(path: Union[str, Path]) -> Optional[str]:
     """Why path cannot even be looked at, or None: a folder on the way that this user may not enter (another
     user's home), a name too long, a loop of links. Path.exists and is_dir raise those where they answer
-    False for a path that is not there, which is no problem here."""
+    False for a path that is not there, which is no problem here. And a path of an unexpanded ~."""
+    home = unexpanded_home(path)
+    if home:
+        return home
     try:
         os.stat(path)
     except (FileNotFoundError, NotADirectoryError):

@@ -34,7 +34,7 @@ from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, WorkerError, usable_cpus
 from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words,
                      link_target_problem, move, move_to_previous, refuse_unwritable, say, silence_stdout,
-                     stale_partials, stop_words, write_keeping)
+                     stale_partials, stop_words, unexpanded_home, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -267,13 +267,24 @@ class PrintLogger(Callback):
         say(line)      # above a progress bar in a terminal, a print began at the bar's end
 
 
+def _folder(name: str, path: Union[str, Path]) -> Path:
+    """A callback's folder argument as a Path; ValueError for a blank name (Path("") is the current folder, where
+    Checkpointer("") wrote its files beside a notebook) or an unexpanded ~ (see unexpanded_home)."""
+    if isinstance(path, str) and not path.strip():
+        raise ValueError(f"{name}: no folder name given ({path!r})")
+    problem = unexpanded_home(path)
+    if problem:
+        raise ValueError(f"{name}: {problem}")
+    return Path(path)
+
+
 class TensorBoardLogger(Callback):
     """Scalars per epoch into one run folder under log_dir (tensorboard --logdir runs), and the run's
     settings in its Text tab (runs are folders named by their start time: which was which, else?).
     announce=True says as a run begins the command that shows it, and its folder."""
 
     def __init__(self, log_dir: Union[str, Path] = "runs", run_name: Optional[str] = None, announce: bool = False):
-        self.log_dir, self.run_name, self.writer, self.announce = Path(log_dir), run_name, None, announce
+        self.log_dir, self.run_name, self.writer, self.announce = _folder("log_dir", log_dir), run_name, None, announce
         self.path, self._trainer, self._resumed_from = None, None, None
         self._made = self._logged = False     # whether this run's folder is one made here; any epoch logged in it
         self._removed = False                 # that folder went, empty: train() again begins a run of its own
@@ -470,7 +481,7 @@ class Checkpointer(Callback):
         """archive=False: a new run replaces an earlier run's files instead (for throwaway runs,
         such as the notebooks' quick mode under `make test`, whose previous/ would only grow)."""
         save_every, keep = whole_number("save_every", save_every, 1), whole_number("keep", keep, 1)
-        self.dir, self.save_every, self.keep, self.archive = Path(directory), save_every, keep, archive
+        self.dir, self.save_every, self.keep, self.archive = _folder("directory", directory), save_every, keep, archive
         self._trainer, self._pending, self._written, self._saved = None, [], {}, set()
         self._resumed_from = None     # the trainer's resumed_from when this run began: another is a rewind
         self._restore: List[Tuple[Path, Path]] = []   # this run's files another run moved to previous/

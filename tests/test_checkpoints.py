@@ -685,3 +685,9 @@ def test_the_epoch_line_says_why_a_ratio_has_no_interval(capsys):
     PrintLogger().on_epoch_end(None, 2, logs)
     assert capsys.readouterr().out.split("samples/s")[1] == \
         " catch_ratio=0 (no interval: too few episodes where its catches and the teacher's differ)\n"
+
+
+def test_a_blank_checkpoint_name_is_named_as_such_not_as_the_current_folder():
+    """create_trainer(resume="") said ". is a directory, not a checkpoint"."""
+    with pytest.raises(FileNotFoundError, match=r"^no file name given \(''\): name a checkpoint"):
+        ck.load_checkpoint_dict("")

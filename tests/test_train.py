@@ -2242,6 +2242,28 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
     assert "no effect" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["cli", "library"])
+def test_an_unexpanded_home_folder_is_refused_not_made_under_this_one(tmp_path, monkeypatch, capsys, where):
+    """--checkpoint_dir=~/ck (no shell expands ~ after =) trained into a folder named ~ under the current one,
+    which rm -rf ~ then removes with the home folder; so did Checkpointer("~/ck") in a notebook."""
+    from predlab.train import Checkpointer, TensorBoardLogger, main
+    monkeypatch.chdir(tmp_path)
+    home = str(Path("~").expanduser())
+    want = rf"~/ck begins with ~, which no shell turned into a home folder .*: give {re.escape(home)}/ck"
+    if where == "cli":
+        with pytest.raises(SystemExit) as e:
+            main(["--epochs", "1", *TINY_FLAGS, "--checkpoint_dir=~/ck"])
+        assert e.value.code == 2 and re.search("--checkpoint_dir: " + want, capsys.readouterr().err)
+    else:
+        for make, name in ((Checkpointer, "directory"), (TensorBoardLogger, "log_dir")):
+            with pytest.raises(ValueError, match=f"^{name}: {want}"):
+                make("~/ck")
+            with pytest.raises(ValueError, match=f"^{name}: no folder name given"):
+                make(" ")
+        assert Checkpointer("./~/ck").dir == Path("~/ck")          # a folder named ~, asked for
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_says_when_evaluation_early_stopping_or_gpu_flags_have_no_effect(tmp_path, monkeypatch, capsys):
     """--eval_episodes with --eval_every 0, --min_delta without --early_stopping, and --tf32 on a CPU were taken
     without a word, as if they had done something."""
