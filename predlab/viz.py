@@ -94,6 +94,18 @@ def checkpoint_dir(quick: Optional[bool] = None) -> Path:
     return root / "quick" if (quick_mode() if quick is None else quick) else root
 
 
+def tensorboard_binary() -> Optional[str]:
+    """Point the %tensorboard magic at the tensorboard beside this kernel's Python and return its path (None
+    where there is none). The magic looks on PATH, which has the virtual environment's bin folder only when
+    `make lab` started Jupyter: from any other start it failed with "Could not find `tensorboard`".
+    A TENSORBOARD_BINARY already set is kept."""
+    import sys
+    tb = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+    if "TENSORBOARD_BINARY" not in os.environ and tb.is_file():
+        os.environ["TENSORBOARD_BINARY"] = str(tb)
+    return os.environ.get("TENSORBOARD_BINARY")
+
+
 def runs_dir(quick: Optional[bool] = None) -> Path:
     """TensorBoard's runs folder, <repo>/runs (`tensorboard --logdir runs` from the repo root).
 
@@ -366,7 +378,9 @@ def plot_training_data(samples, figsize=(12, 3.4)) -> Figure:
     counts, edges = np.histogram(s["angle"], bins=24, range=(-math.pi, math.pi))
     ax3.bar(edges[:-1], counts, width=np.diff(edges), align="edge", color="tab:green")
     ax3.set_theta_direction(-1)  # canvas y points down: angles turn clockwise on screen
-    ax3.set_rlabel_position(-67.5)       # the sample counts small and grey, along a direction of short bars
+    # the sample counts small and grey, along the direction of the shortest bar: the axis draws them behind
+    # the bars, and a fixed direction's bars hid some (default data: 500 and 1000 of 2500)
+    ax3.set_rlabel_position(math.degrees(edges[np.argmin(counts)] + math.pi / len(counts)))
     ax3.tick_params(axis="y", labelsize=7, labelcolor="0.35")
     ax3.set_axisbelow(True)              # the grid circles behind the bars
     ax3.set_title("target direction (screen)")

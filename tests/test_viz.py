@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import matplotlib
@@ -166,6 +167,23 @@ def test_training_data_stats_and_plot(samples):
     heights = sum(p.get_height() for p in fig.axes[0].patches)
     assert heights == len(samples)                               # every sample counted once
     assert sum(p.get_height() for p in fig.axes[2].patches) == len(s["angle"])
+    # the counts along the shortest bar, where none hides them (the axis draws them behind the bars)
+    bars = fig.axes[2].patches
+    shortest = min(bars, key=lambda p: p.get_height())
+    label_at = math.radians(fig.axes[2].get_rlabel_position())
+    assert shortest.get_x() < label_at < shortest.get_x() + shortest.get_width()
+
+
+def test_tensorboard_binary_points_the_magic_at_this_environment_s(monkeypatch, tmp_path):
+    """%tensorboard looks on PATH, which holds the environment's bin folder only under `make lab`."""
+    import sys
+    monkeypatch.delenv("TENSORBOARD_BINARY", raising=False)
+    tb = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+    if not tb.is_file():
+        pytest.skip("no tensorboard beside this Python")
+    assert viz.tensorboard_binary() == str(tb) == os.environ["TENSORBOARD_BINARY"]
+    monkeypatch.setenv("TENSORBOARD_BINARY", str(tmp_path / "mine"))
+    assert viz.tensorboard_binary() == str(tmp_path / "mine")          # the user's own is kept
 
 
 def test_plot_catches_is_cumulative(rollout):
