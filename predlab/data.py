@@ -744,27 +744,37 @@ class _Pool(multiprocessing.pool.Pool):
         worker_handler._state = task_handler._state = multiprocessing.pool.TERMINATE
         change_notifier.put(None)
         if me is not worker_handler:
-            worker_handler.join()      # it starts no worker after this, and tells the task handler to end
+            worker_handler.join()      # it starts no worker after this
+        taskqueue.put(None)            # the task handler's end, which the worker handler sends unless it died
         for w in pool:
             if w.exitcode is None:
                 w.kill()
         for w in pool:
             w.join()
-        # a lock held now is a dead worker's, but for the task handler's moments on the result queue's lock
-        for lock, wait in ((inqueue._rlock, 0.0), (outqueue._wlock, 1.0)):      # (Windows' pipes need no _wlock)
-            if lock is not None:
-                lock.acquire(timeout=wait)
-                lock.release()
-        if me is not task_handler:
-            while task_handler.is_alive():      # it may wait to put a task, or its end marker, that no one reads
-                if inqueue._reader.poll(0.05):
-                    inqueue._reader.recv_bytes()
-            task_handler.join()
-        result_handler._state = multiprocessing.pool.TERMINATE
-        outqueue.put(None)
-        outqueue._writer.close()
-        if me is not result_handler:
-            result_handler.join()
+        from .export import deferred_interrupt
+        # a Ctrl-C from here on (a second one in a notebook) left the handler threads waiting for ever, one of
+        # them holding half a result: the rest takes a second at most, and the Ctrl-C counts when it ends
+        with deferred_interrupt():
+            # a lock held now is a dead worker's, but for the task handler's moments on the result queue's
+            for lock, wait in ((inqueue._rlock, 0.0), (outqueue._wlock, 1.0)):     # (Windows' pipes: no _wlock)
+                if lock is not None:
+                    lock.acquire(timeout=wait)
+                    lock.release()
+            if me is not task_handler:
+                while task_handler.is_alive():      # it may wait to put a task, or its end marker, no one reads
+                    if inqueue._reader.poll(0.05):
+                        # bytes, not messages: a worker killed as it read a task (a DAgger student's weights
+                        # are 300 KB) left the rest of it, whose bytes read as a message's length waited for ever
+                        if os.name == "nt":
+                            inqueue._reader.recv_bytes()         # (a message pipe: the rest is a message)
+                        else:
+                            os.read(inqueue._reader.fileno(), 1 << 16)
+                task_handler.join()
+            result_handler._state = multiprocessing.pool.TERMINATE
+            outqueue.put(None)
+            outqueue._writer.close()
+            if me is not result_handler:
+                result_handler.join()
 
     def check_workers(self) -> None:
         """Raise WorkerError naming how a worker ended, if one has (a live pool's workers never end). One
