@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -762,7 +763,17 @@ def test_workers_send_numpy_arrays_and_bytes_never_shared_memory_tensors():
     assert all(isinstance(a, np.ndarray) for a in part) and len(part) == 5
 
 
-def test_a_worker_that_died_between_generations_is_named_at_the_next_not_waited_for():
+@pytest.fixture
+def hang_guard():
+    """A hang of the test (what these tests were written for) ends its process after 120 s, not CI's whole run;
+    the guard is lifted whatever the test's end, so a failed one does not end the process in a later test."""
+    import faulthandler
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_a_worker_that_died_between_generations_is_named_at_the_next_not_waited_for(hang_guard):
     """A worker killed while idle may hold the lock on the pool's task queue: the one started in its place waits
     for it for ever. The next generation names the dead worker instead of hanging, and starts a fresh pool after."""
     import os
@@ -770,9 +781,7 @@ def test_a_worker_that_died_between_generations_is_named_at_the_next_not_waited_
     import time
     from predlab.config import WorldConfig
     from predlab.data import EpisodeGenerator, WorkerError
-    import faulthandler
     cfg = WorldConfig(frames=3, boids_max=4)
-    faulthandler.dump_traceback_later(120, exit=True)      # a hang (what this was) ends the test process, not CI
     with EpisodeGenerator(cfg, num_workers=1, progress=False) as gen:
         first = gen.generate(4, stream=1)
         os.kill(gen._pool.workers[0].pid, signal.SIGKILL)
@@ -781,7 +790,6 @@ def test_a_worker_that_died_between_generations_is_named_at_the_next_not_waited_
             gen.generate(4, stream=1)
         assert gen._pool is None
         assert torch.equal(gen.generate(4, stream=1).boids, first.boids)
-    faulthandler.cancel_dump_traceback_later()
 
 
 def _die_in_the_result_queue(half_sent):
@@ -801,15 +809,13 @@ def _die_in_the_result_queue(half_sent):
 
 
 @pytest.mark.parametrize("half_sent", [False, True], ids=["holding-the-lock", "half-sent"])
-def test_a_worker_killed_sending_a_result_is_named_not_waited_for(half_sent):
+def test_a_worker_killed_sending_a_result_is_named_not_waited_for(half_sent, hang_guard):
     """A worker killed as it sent a result held the lock on the pool's result queue for ever, and ending the pool
     takes that lock: the generation that found the dead worker hung in close(). One killed halfway through a
     result left the thread reading results waiting for the rest. Both are named, and the next generation runs."""
     import time
-    import faulthandler
     from predlab.config import WorldConfig
     from predlab.data import EpisodeGenerator, WorkerError
-    faulthandler.dump_traceback_later(120, exit=True)      # a hang (what this was) ends the test process, not CI
     with EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False) as gen:
         first = gen.generate(4, stream=1)
         worker = gen._pool.workers[0]
@@ -823,19 +829,88 @@ def test_a_worker_killed_sending_a_result_is_named_not_waited_for(half_sent):
             gen.generate(4, stream=1)
         assert gen._pool is None and time.monotonic() - start < 30
         assert torch.equal(gen.generate(4, stream=1).boids, first.boids)
-    faulthandler.cancel_dump_traceback_later()
+
+
+def _die_reading_a_task(part):
+    """Run in a pool worker: take the task queue's lock, as a worker waiting for a task does, read the first
+    `part` bytes of the next task and die there (SIGKILL)."""
+    import os
+    import signal
+    import sys
+    frame = sys._getframe()
+    while "inqueue" not in frame.f_locals:
+        frame = frame.f_back
+    inqueue = frame.f_locals["inqueue"]
+    inqueue._rlock.acquire()
+    got = b""
+    while len(got) < part:
+        got += os.read(inqueue._reader.fileno(), part - len(got))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="reads the task pipe as a POSIX file")
+@pytest.mark.parametrize("part", [4, 1004], ids=["its-length", "part-of-it"])
+def test_a_worker_killed_reading_a_task_is_named_not_waited_for(part, hang_guard):
+    """A DAgger task holds the student's weights (300 KB, over a pipe's 64 KB). A worker killed as it read one
+    left the rest in the task queue, and ending the pool read its bytes as messages: one read as a length of
+    hundreds of MB, and close() waited for them for ever (1 in 24 random kills of a DAgger generation)."""
+    import time
+    from predlab.config import ModelConfig, WorldConfig
+    from predlab.data import EpisodeGenerator, WorkerError
+    from predlab.model import TransformerPredator
+    student = TransformerPredator.from_config(ModelConfig())
+    with EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False) as gen:
+        first = gen.generate(4, stream=1)
+        gen._pool.apply_async(_die_reading_a_task, (part,))
+        time.sleep(0.5)           # it waits on the task queue now
+        start = time.monotonic()
+        with pytest.raises(WorkerError, match=r"ended while generating \(exit code -9\)"):
+            gen.generate(4, stream=1, student=student, beta=0.5)
+        assert gen._pool is None and time.monotonic() - start < 30
+        assert torch.equal(gen.generate(4, stream=1).boids, first.boids)
+
+
+def test_a_pool_whose_worker_starter_died_still_ends(monkeypatch, hang_guard):
+    """Pool's thread that starts workers in dead ones' places dies of a failed start (a container's process
+    limit: fork's EAGAIN), and it alone told the task handler to end: close() then waited for it for ever."""
+    import os
+    import signal
+    import time
+    from predlab.config import WorldConfig
+    from predlab.data import EpisodeGenerator, WorkerError, _Worker
+    with EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False) as gen:
+        gen.generate(4, stream=1)
+
+        def no_more(self):
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        monkeypatch.setattr(_Worker, "start", no_more)
+        monkeypatch.setattr("threading.excepthook", lambda args: None)      # the starter's own traceback
+        os.kill(gen._pool.workers[0].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while gen._pool._worker_handler.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not gen._pool._worker_handler.is_alive()
+        with pytest.raises(WorkerError, match=r"exit code -9"):
+            gen.generate(4, stream=1)
+        assert gen._pool is None
 
 
 def test_an_interrupted_generation_stops_its_workers(monkeypatch):
     """A Ctrl-C in a notebook left the pool generating every chunk no one waited for, their samples piling up,
     and the next generation waited behind them."""
     import _thread
-    import threading
+    import multiprocessing.pool
     from predlab.data import EpisodeGenerator
     from predlab.config import WorldConfig
+    real = multiprocessing.pool.IMapIterator.next
+
+    def first_chunk_then_ctrl_c(self, timeout=None):     # as the first of 16 chunks comes (a timer raced the run)
+        part = real(self, timeout)
+        _thread.interrupt_main()
+        return part
+    monkeypatch.setattr(multiprocessing.pool.IMapIterator, "next", first_chunk_then_ctrl_c)
     gen = EpisodeGenerator(WorldConfig(frames=200), num_workers=1, progress=False)
     try:
-        threading.Timer(3.0, _thread.interrupt_main).start()
         with pytest.raises(KeyboardInterrupt):
             gen.generate(8192, stream=1)
         assert gen._pool is None
