@@ -57,6 +57,21 @@ def random_sample(rng: random.Random, n_boids: int) -> dict:
                        "velX": rng.uniform(-1, 1), "velY": rng.uniform(-1, 1)} for _ in range(n_boids)]}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def triton_home(tmp_path_factory):
+    """triton keeps what it compiles in ~/.triton: the suite wrote into the user's home, and its compile tests
+    failed where the home cannot be written (docker run --user, whose HOME is /)."""
+    before = {k: os.environ.get(k) for k in ("TRITON_HOME", "TRITON_CACHE_DIR")}
+    home = tmp_path_factory.mktemp("triton-home")
+    os.environ.update(TRITON_HOME=str(home), TRITON_CACHE_DIR=str(home / ".triton" / "cache"))
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(autouse=True)
 def python_sigint():
     """Python's own SIGINT handler for every test, as a terminal's Ctrl-C meets it. A shell starts

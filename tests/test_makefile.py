@@ -1,5 +1,6 @@
 """The Makefile's set-up, which `make train` and `make test` both run first: a Python that torch's
 pinned wheels do not cover is refused before anything is made, and a `.venv` without pip is made again."""
+import shlex
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PY = shlex.quote(sys.executable)        # paths quoted for the scripts' shell and the recipes' (a TMPDIR with a space)
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 
 
@@ -20,7 +22,7 @@ def _project(tmp_path):
 def _script(path: Path, body: str) -> str:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
-    return str(path)
+    return shlex.quote(str(path))
 
 
 def _make(project, *args):
@@ -32,7 +34,7 @@ def _make(project, *args):
 def test_a_python_without_torchs_wheels_is_refused_by_name(tmp_path, version):
     project = _project(tmp_path)
     # this interpreter, told it is another version, for the Makefile's check alone
-    fake = _script(tmp_path / "python-other", f'[ "$1" = -c ] || exit 9\nexec {sys.executable} -c '
+    fake = _script(tmp_path / "python-other", f'[ "$1" = -c ] || exit 9\nexec {PY} -c '
                    f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/{version}/")"\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode != 0
@@ -49,8 +51,8 @@ def test_a_venv_without_pip_is_made_again(tmp_path):
     (project / ".venv" / "left").write_text("")
     log = tmp_path / "calls"
     # the Python the Makefile makes venvs with: it passes the version check and records `-m venv`
-    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\n'
-                   f'echo "$@" >> {log}\nexit 7\n')
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n'
+                   f'echo "$@" >> {shlex.quote(str(log))}\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode != 0          # the fake made no venv
     assert log.read_text().split("\n")[0] == "-m venv .venv"
@@ -65,8 +67,8 @@ def test_a_venv_of_a_python_torch_does_not_cover_is_made_again(tmp_path):
     # a 3.15 python: the version check fails, pip answers
     _script(project / ".venv" / "bin" / "python", '[ "$1" = -c ] && exit 1\nexit 0\n')
     log = tmp_path / "calls"
-    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\n'
-                   f'echo "$@" >> {log}\nexit 7\n')
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n'
+                   f'echo "$@" >> {shlex.quote(str(log))}\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode != 0 and log.read_text().split("\n")[0] == "-m venv .venv"
 
@@ -75,9 +77,9 @@ def test_a_venv_with_pip_is_reused(tmp_path):
     project = _project(tmp_path)
     (project / ".venv" / "bin").mkdir(parents=True)
     log = tmp_path / "calls"
-    _script(project / ".venv" / "bin" / "python", f'echo "$@" >> {log}\n')
+    _script(project / ".venv" / "bin" / "python", f'echo "$@" >> {shlex.quote(str(log))}\n')
     (project / ".venv" / "kept").write_text("")
-    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {sys.executable} "$@"\nexit 7\n')
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode == 0, r.stderr
     assert (project / ".venv" / "kept").exists()

@@ -447,11 +447,13 @@ def test_threads_past_the_cpus_are_counted_as_the_threads_that_run(eight_gib, mo
         dataclasses.replace(tc, threads=2), wc, ModelConfig())
 
 
-def test_parts_past_the_threads_are_counted_part_by_part(eight_gib):
+def test_parts_past_the_threads_are_counted_part_by_part(eight_gib, monkeypatch):
     """Each part of a split batch runs the fused kernel with buffers of its own, side by side: --cpu_split 16
     at 4,000 boids took 2.4 GB where 0.84 was counted for 2 threads' buffers. So does validation, a batch a
     part: 3.5 GB at 300 boids, none of it counted."""
     from predlab.config import ModelConfig, training_memory
+    for module in ("predlab.data", "predlab.train"):      # the 2 threads on a runner of 1 CPU too
+        monkeypatch.setattr(f"{module}.usable_cpus", lambda: 2)
     wc = WorldConfig(boids_min=4000, boids_max=4000, frames=16)
     tc = TrainConfig(batch_size=16, threads=2, train_episodes=1, val_episodes=1, eval_every=0, dagger=False)
     assert _work(dataclasses.replace(tc, cpu_split=16), wc) - _work(tc, wc) == 14 * 3 * 4 * 4003 * 4019

@@ -285,6 +285,7 @@ def test_split_threads_start_no_thread_teams_of_their_own(tmp_path, monkeypatch)
     DAgger rollouts, evaluation) wait for sleeping threads (about 1.7x slower on 2 cores)."""
     from predlab import train as T
     monkeypatch.setattr(T, "_SPLIT_POOL", {})                     # threads created in this test
+    monkeypatch.setattr(T, "usable_cpus", lambda: 2)              # a runner of 1 CPU splits no batch
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
