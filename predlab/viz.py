@@ -796,7 +796,8 @@ def plot_attention_grid(model, batch: Batch, index: int = 0, cell: float = 2.4) 
             ax.set_title(f"L{layer} " + (f"head {h}" if h < H else "mean"), fontsize=9)
         rows.append((axes, sc))
     fig.suptitle("[CLS] attention on boids (red ring: teacher's target, triangle: predator; one colour scale "
-                 "per layer)", fontsize=10)
+                 "per layer)" if rel.shape[0] else      # empty panels and a 0 .. 1e-9 scale said nothing of why
+                 "[CLS] attention on boids: no boid left in this frame (every one caught)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 1.0 / fig.get_figwidth(), 1))
     for layer, (axes, sc) in enumerate(rows):
         fig.colorbar(sc, ax=axes, label=f"layer {layer}", fraction=0.02, pad=0.01, shrink=0.7)   # apart: ticks met

@@ -1571,6 +1571,9 @@ def test_attention_overlay_titles_a_frame_of_one_boid_or_none(make_model, sample
     assert "of [CLS] on the boid," in ctl.last.axes[0].get_title()
     n = int(batch["mask"][2].sum())
     assert f"on the {n} boids," in viz.plot_attention_overlay(model, batch, index=2).axes[0].get_title()
+    # the grid of every layer and head said nothing: empty panels under a 0 .. 1e-9 colour scale
+    assert "no boid left in this frame" in viz.plot_attention_grid(model, batch, index=0)._suptitle.get_text()
+    assert "no boid left" not in viz.plot_attention_grid(model, batch, index=1)._suptitle.get_text()
 
 
 def test_agreement_plot_keeps_each_layers_heads_apart_at_the_sliders_largest_sizes():
