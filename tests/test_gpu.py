@@ -161,8 +161,9 @@ def test_fused_geglu_matches_the_maths_on_the_gpu():
     """predlab.gpu_geglu's Triton kernel, compiled for this GPU: gelu_tanh(g) * u and its
     gradients within float32 rounding of float64 maths (bf16's for bf16 inputs)."""
     _needs_triton()
-    from test_gpu_geglu import check, run_check
+    from test_gpu_geglu import check, far_gates_check, run_check
     check(run_check("cuda", interpret=False))
+    far_gates_check("cuda", interpret=False)
 
 
 @pytest.mark.parametrize("switch,default", [("GPU_ATTENTION", "math"), ("GPU_GEGLU", "torch")])
