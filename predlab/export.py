@@ -1423,6 +1423,9 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
     problem = folder_spelling_problem(path)
     if problem:
         raise IsADirectoryError(problem)
+    problem = unexpanded_home(path)
+    if problem:
+        raise ValueError(f"write_weights: {problem}")
     path = Path(path)
     fmt = _format_for(path)
     if not isinstance(model, (TransformerPredator, Mapping)):
@@ -1450,20 +1453,18 @@ def write_weights(model: Union[TransformerPredator, Mapping], path: Union[str, P
 
 
 def unexpanded_home(path: Union[str, Path]) -> Optional[str]:
-    """Why a path that begins with ~ or ~user, where no such folder is, is refused, or None. A shell turns
-    ~ into the home folder only at a word's start: --checkpoint_dir=~/ck (or "~/ck", or a notebook's
-    Checkpointer("~/ck")) wrote into a folder named ~ under the current one, which rm -rf ~ then removes
-    with the home folder."""
-    text = os.fspath(path)
-    if not text.startswith("~"):        # (./~/ck is a folder named ~: Path's parts drop the ./)
+    """Why a path typed as text that begins with ~ or ~user is refused, or None. A shell turns ~ into the home
+    folder only at a word's start: --checkpoint_dir=~/ck (or "~/ck", or a notebook's Checkpointer("~/ck"))
+    wrote into a folder named ~ under the current one, which rm -rf ~ then removes with the home folder. A
+    folder named ~ already there changes nothing (an earlier slip made it); ./~ names one. A Path is code's
+    own, not text a user typed: Path("./~/ck") is Path("~/ck"), the ./ dropped."""
+    if not isinstance(path, str) or not path.startswith("~"):
         return None
-    first = re.split(r"[/\\]" if os.sep == "\\" else "/", text, maxsplit=1)[0]
-    if os.path.lexists(first):
-        return None
+    first = re.split(r"[/\\]" if os.sep == "\\" else "/", path, maxsplit=1)[0]
     home = os.path.expanduser(first)
-    instead = (f": give {home}{text[len(first):]}" if home != first else "") + \
-        f" (./{text} for a folder named {first})"
-    return (f"{text} begins with {first}, which no shell turned into a home folder (a shell does after a "
+    instead = (f": give {home}{path[len(first):]}" if home != first else "") + \
+        f" (./{path} for a folder named {first})"
+    return (f"{path} begins with {first}, which no shell turned into a home folder (a shell does after a "
             f"space, not after = or in quotes){instead}")
 
 

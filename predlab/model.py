@@ -2,7 +2,7 @@
 
 Tokens [CLS] + [CTX] + predator + one per boid; pre-norm blocks with fused-QKV attention
 and a GEGLU feed-forward; tanh(output . x_CLS). Batches are padded: mask [B, N] marks the
-live boids, and padding keys get a large finite negative score so that a batch gives the
+live boids, and padding keys get a score of -inf so that a batch gives the
 same numbers as one sequence at a time.
 """
 from __future__ import annotations

@@ -1803,6 +1803,9 @@ class SupervisedTrainer:
             raise ValueError(f"save_checkpoint({str(path)!r}) writes a torch checkpoint, which the page cannot load: "
                              f"name it .pt, and write the browser's weights with "
                              f"predlab.export.write_weights(trainer.model, {str(path)!r})")
+        problem = unexpanded_home(path)
+        if problem:
+            raise ValueError(f"save_checkpoint: {problem}")
         return ckpt_io.atomic_save(self.state_dict(include_data), path)
 
     def load_checkpoint(self, path: Union[str, Path], warn_settings: bool = True) -> Dict:
@@ -2351,7 +2354,10 @@ def _take_sizes(p: argparse.ArgumentParser, flag: str, source: str, sizes: Mappi
 
 def _read_init_weights(p: argparse.ArgumentParser, path: str) -> TransformerPredator:
     """The model of --init_weights, or the parser's exit 2 naming what is wrong with the file."""
-    from .export import WeightFormatError, load_model_file
+    from .export import WeightFormatError, load_model_file, path_problem
+    problem = path_problem(path)       # an unexpanded ~, a folder this user may not enter
+    if problem:
+        p.error(f"--init_weights: {problem}")
     try:
         return load_model_file(path, " (give a model.js/.json or a checkpoint .pt)")
     except (FileNotFoundError, WeightFormatError, ValueError) as e:   # CheckpointError is a ValueError

@@ -982,7 +982,11 @@ def export_for_browser(model, directory: Union[str, Path]) -> Dict:
     Returns {"paths": [model.js, model.json], "browser_sizes": bool, "message": str}.
     """
     from .export import (SIZE_KEYS, atomic_write_text, deferred_interrupt, differs, kept_words, model_to_params,
-                         params_to_text, validate_params, write_keeping)
+                         params_to_text, unexpanded_home, validate_params, write_keeping)
+
+    problem = unexpanded_home(directory)
+    if problem:
+        raise ValueError(f"export_for_browser: {problem}")
 
     def check_folder(folder: Path) -> None:      # the nearest existing path on the way must be a folder
         for p in (folder, *folder.parents):

@@ -2246,15 +2246,21 @@ def test_cli_says_when_dagger_flags_have_no_effect(tmp_path, monkeypatch, capsys
 @pytest.mark.parametrize("where", ["cli", "library"])
 def test_an_unexpanded_home_folder_is_refused_not_made_under_this_one(tmp_path, monkeypatch, capsys, where):
     """--checkpoint_dir=~/ck (no shell expands ~ after =) trained into a folder named ~ under the current one,
-    which rm -rf ~ then removes with the home folder; so did Checkpointer("~/ck") in a notebook."""
+    which rm -rf ~ then removes with the home folder; so did Checkpointer("~/ck") in a notebook, and
+    write_weights, export_for_browser and save_checkpoint. A folder named ~ already there (an earlier slip's)
+    let every one of them through."""
+    from predlab.export import write_weights
     from predlab.train import Checkpointer, TensorBoardLogger, main
+    from predlab.viz import export_for_browser
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "~").mkdir()
     home = str(Path("~").expanduser())
-    want = rf"~/ck begins with ~, which no shell turned into a home folder .*: give {re.escape(home)}/ck"
+    want = rf"~/ck\S* begins with ~, which no shell turned into a home folder .*: give {re.escape(home)}/ck"
     if where == "cli":
-        with pytest.raises(SystemExit) as e:
-            main(["--epochs", "1", *TINY_FLAGS, "--checkpoint_dir=~/ck"])
-        assert e.value.code == 2 and re.search("--checkpoint_dir: " + want, capsys.readouterr().err)
+        for flag in ("--checkpoint_dir=~/ck", "--init_weights=~/ck", "--resume=~/ck"):
+            with pytest.raises(SystemExit) as e:
+                main(["--epochs", "1", *TINY_FLAGS, flag])
+            assert e.value.code == 2 and re.search(flag.split("=")[0] + ": " + want, capsys.readouterr().err)
     else:
         for make, name in ((Checkpointer, "directory"), (TensorBoardLogger, "log_dir")):
             with pytest.raises(ValueError, match=f"^{name}: {want}"):
@@ -2262,7 +2268,22 @@ def test_an_unexpanded_home_folder_is_refused_not_made_under_this_one(tmp_path, 
             with pytest.raises(ValueError, match=f"^{name}: no folder name given"):
                 make(" ")
         assert Checkpointer("./~/ck").dir == Path("~/ck")          # a folder named ~, asked for
-    assert list(tmp_path.iterdir()) == []
+        model = TransformerPredator(dropout=0.0)
+        for call, name in ((lambda: write_weights(model, "~/ck/model.js"), "write_weights"),
+                           (lambda: export_for_browser(model, "~/ck"), "export_for_browser"),
+                           (lambda: _trainer(tmp_path).save_checkpoint("~/ck/c.pt"), "save_checkpoint")):
+            with pytest.raises(ValueError, match=f"^{name}: {want}"):
+                call()
+    assert [p.name for p in tmp_path.iterdir()] == ["~"] and not any((tmp_path / "~").iterdir())
+
+
+def test_a_folder_named_home_asked_for_as_such_is_trained_in(tmp_path, monkeypatch):
+    """./~/ck names a folder named ~: the run goes there, to its end (its paths, joined, begin with ~)."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    assert main(["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--checkpoint_dir", "./~/ck",
+                 "--log_dir", "./~/runs"]) in (0, None)
+    assert (tmp_path / "~" / "ck" / "model.js").is_file() and (tmp_path / "~" / "runs").is_dir()
 
 
 def test_cli_says_when_evaluation_early_stopping_or_gpu_flags_have_no_effect(tmp_path, monkeypatch, capsys):
