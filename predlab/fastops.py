@@ -223,6 +223,11 @@ class _GEGLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
         (h,) = ctx.saved_tensors
+        if torch.is_grad_enabled():     # create_graph=True: a gradient of this gradient, through torch's ops
+            with torch.enable_grad():    # (numba's arrays carry none: "Can't call numpy() on Tensor that ...")
+                F = h.shape[-1] // 2
+                y = torch.nn.functional.gelu(h[..., :F], approximate="tanh") * h[..., F:]
+                return torch.autograd.grad(y, h, dy, create_graph=True)[0]
         F = h.shape[-1] // 2
         h2 = h.view(-1, 2 * F)
         dh = torch.empty_like(h)
@@ -235,6 +240,8 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
     """gelu_tanh(h[..., :F]) * h[..., F:] for float32 CPU h [..., 2F], fused (see supports())."""
     if not supports(h):
         raise ValueError(f"the fused GEGLU runs on float32 CPU tensors, got {h.dtype} on {h.device}")
+    if h.dim() == 0 or h.shape[-1] % 2:     # [g | u] halves: an odd width was read as rows of another width
+        raise ValueError(f"geglu takes [..., 2F] (gate and up side by side), got shape {tuple(h.shape)}")
     return _GEGLU.apply(h)
 
 
@@ -455,6 +462,11 @@ class _FusedAttention(torch.autograd.Function):
     def backward(ctx, dy: torch.Tensor):
         x, keys = ctx.saved_tensors
         n_heads, scale, tp, min_rows = ctx.dims
+        if torch.is_grad_enabled():     # create_graph=True: through torch's ops, as _GEGLU's backward
+            from .model import attention
+            with torch.enable_grad():
+                y = attention(x, keys.view(x.shape[0], 1, 1, -1), n_heads, kernel="math")
+                return torch.autograd.grad(y, x, dy, create_graph=True)[0], None, None
         dx = torch.empty_like(x)
         _over_rows(_attention_backward, x.shape[0], x.numpy(), keys.numpy(), dy.contiguous().numpy(), dx.numpy(),
                    n_heads, scale, tp, min_rows=min_rows)

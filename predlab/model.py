@@ -129,6 +129,10 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy: Tensor):
+        if torch.is_grad_enabled():     # create_graph=True: its out= products and head copies carry no graph
+            raise RuntimeError("the sliced attention kernel gives a first-order gradient only: for a gradient of "
+                               "a gradient (create_graph=True), set predlab.model.CPU_ATTENTION = 'math' (or "
+                               "PREDLAB_CPU_ATTENTION=math before predlab is imported)")
         heads, *ws = ctx.saved_tensors
         B, T, H, hs, scale, floats = ctx.dims
         BH = B * H
@@ -248,7 +252,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     kernel: CUDA tensors, or CPU ones under TRITON_INTERPRET=1) or "auto" (on a CPU fused where it
     runs, else sliced, but sdpa where a backward follows on 2+ threads; or CPU_ATTENTION where the
     environment variable PREDLAB_CPU_ATTENTION sets one; GPU_ATTENTION elsewhere, which
-    PREDLAB_GPU_ATTENTION sets). Same maths.
+    PREDLAB_GPU_ATTENTION sets). Same maths. The model's bias is a constant mask, which the fused, sliced and
+    triton kernels give no gradient: a bias that asks for one takes the math kernel.
     """
     if kernel == "auto":
         width = 3 * n_heads
@@ -257,6 +262,8 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     if kernel not in ATTENTION_KERNELS[1:]:
         raise ValueError(f"attention kernel {kernel!r} (PREDLAB_GPU_ATTENTION?): use one of "
                          f"{', '.join(ATTENTION_KERNELS[1:])}")
+    if bias.requires_grad and torch.is_grad_enabled() and kernel not in ("sdpa", "math"):
+        kernel = "math"
     if kernel == "sliced" and x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type):
         kernel = "math"   # the sliced kernel writes into buffers of the input's dtype: no mixed precision
     if kernel == "triton" and x.shape[1] > TRITON_ATTENTION_MAX_TOKENS:

@@ -344,3 +344,52 @@ def test_the_memory_checks_know_which_kernel_auto_takes(monkeypatch, choice):
                         assert ran == ([] if want == "math" else [want]), (choice, threads, dtype, width, backward)
     finally:
         torch.set_num_threads(old)
+
+
+def test_fused_geglu_refuses_an_odd_width():
+    """An odd last dimension was read as rows of another width: wrong numbers, and writes past the output."""
+    with pytest.raises(ValueError, match=r"geglu takes \[\.\.\., 2F\] .* got shape \(4, 5\)"):
+        fastops.geglu(torch.arange(20.0).view(4, 5))
+
+
+def test_the_float32_model_gives_a_gradient_of_its_gradient_as_float64_does(monkeypatch):
+    """create_graph=True (an input-gradient penalty) failed in the fused kernels' numpy ("Can't call numpy()
+    on Tensor that requires grad") for the float32 model; the sliced kernel's (float64 on one thread) says
+    what to set instead."""
+    from predlab.model import TransformerPredator
+    torch.manual_seed(0)
+    m = TransformerPredator(dropout=0.0).double()
+    boids = torch.randn(2, 5, 4, dtype=torch.float64, requires_grad=True)
+    b = {"context": torch.full((2, 2), 0.5, dtype=torch.float64), "predator": torch.zeros(2, 2, dtype=torch.float64),
+         "boids": boids, "mask": torch.ones(2, 5, dtype=torch.bool)}
+    monkeypatch.setattr(M, "CPU_ATTENTION", "sliced")
+    with pytest.raises(RuntimeError, match="for a gradient of a gradient .*CPU_ATTENTION = 'math'"):
+        torch.autograd.grad(m(b).sum(), boids, create_graph=True)
+    penalties = {}
+    for dtype in (torch.float64, torch.float32):
+        monkeypatch.setattr(M, "CPU_ATTENTION", "math" if dtype == torch.float64 else "auto")   # float32: fused
+        torch.manual_seed(0)
+        m = TransformerPredator(dropout=0.0).to(dtype)
+        boids = (torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1)) * 0.3).to(dtype).requires_grad_()
+        b = {"context": torch.full((2, 2), 0.5, dtype=dtype), "predator": torch.zeros(2, 2, dtype=dtype),
+             "boids": boids, "mask": torch.ones(2, 5, dtype=torch.bool)}
+        (g,) = torch.autograd.grad(m(b).sum(), boids, create_graph=True)
+        penalty = g.square().sum()
+        penalty.backward()
+        penalties[dtype] = (penalty.item(), m.boid_projection.weight.grad.double())
+    assert penalties[torch.float32][0] == pytest.approx(penalties[torch.float64][0], rel=1e-3)
+    torch.testing.assert_close(penalties[torch.float32][1], penalties[torch.float64][1], rtol=1e-3, atol=1e-9)
+
+
+def test_an_attention_bias_that_asks_for_its_gradient_gets_it_from_every_kernel():
+    """The fused and sliced kernels gave a learnable bias no gradient (None), where sdpa and math gave it."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 7, 3 * 48, generator=g)
+    grads = {}
+    for kernel in ("auto", "fused", "sliced", "sdpa", "math"):
+        bias = torch.randn(3, 1, 1, 7, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        M.attention(x, bias, 4, kernel=kernel).square().sum().backward()
+        grads[kernel] = bias.grad
+    for kernel, grad in grads.items():
+        assert grad is not None, kernel
+        torch.testing.assert_close(grad, grads["math"], rtol=1e-4, atol=1e-4)
