@@ -207,7 +207,7 @@ def _main(argv) -> int:
         return 2
     model = Path(args.model_js)
     from .export import path_problem
-    problem = path_problem(model)
+    problem = path_problem(args.model_js)     # the text as typed (an unexpanded ~ is checked on text)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2

@@ -1462,8 +1462,9 @@ def unexpanded_home(path: Union[str, Path]) -> Optional[str]:
         return None
     first = re.split(r"[/\\]" if os.sep == "\\" else "/", path, maxsplit=1)[0]
     home = os.path.expanduser(first)
-    instead = (f": give {home}{path[len(first):]}" if home != first else "") + \
-        f" (./{path} for a folder named {first})"
+    if home == first:       # ~model.js, ~nosuchuser: a shell leaves those words as they are too
+        return None
+    instead = f": give {home}{path[len(first):]} (./{path} for a file or folder named {first})"
     return (f"{path} begins with {first}, which no shell turned into a home folder (a shell does after a "
             f"space, not after = or in quotes){instead}")
 
@@ -1646,7 +1647,7 @@ def _main(argv: List[str]) -> int:
     for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
         if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."
             ap.error(f"{name}: no file name given")
-    problem = path_problem(src)
+    problem = path_problem(args.source)     # the text as typed (an unexpanded ~ is checked on text)
     if problem:
         ap.error(problem)
     if src.is_dir():

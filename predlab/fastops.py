@@ -242,6 +242,7 @@ def geglu(h: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"the fused GEGLU runs on float32 CPU tensors, got {h.dtype} on {h.device}")
     if h.dim() == 0 or h.shape[-1] % 2:     # [g | u] halves: an odd width was read as rows of another width
         raise ValueError(f"geglu takes [..., 2F] (gate and up side by side), got shape {tuple(h.shape)}")
+    h = h.contiguous()                       # on the graph (see attention)
     return _GEGLU.apply(h)
 
 
@@ -481,6 +482,9 @@ def attention(x: torch.Tensor, bias: torch.Tensor, n_heads: int) -> torch.Tensor
     if not attention_supports(x, n_heads):
         raise ValueError(f"the fused attention runs on float32 CPU qkv [B, T, 3 * {ATTENTION_HEAD} * heads], "
                          f"got {x.dtype} {tuple(x.shape)} on {x.device} with {n_heads} heads")
+    bias = bias.detach()      # the mask: attention() gives a bias that asks for its gradient to the math kernel
     if torch.is_grad_enabled() and x.requires_grad:
-        return _FusedAttention.apply(x, bias, n_heads)
+        # contiguous here, on the graph: the copy _forward makes has none, and a gradient of the gradient
+        # (the backward's create_graph path) goes back through what the Function saved
+        return _FusedAttention.apply(x.contiguous(), bias, n_heads)
     return _forward(x, bias, n_heads)[0]

@@ -275,6 +275,10 @@ def _folder(name: str, path: Union[str, Path]) -> Path:
     problem = unexpanded_home(path)
     if problem:
         raise ValueError(f"{name}: {problem}")
+    if isinstance(path, str) and re.match(r"\.[/\\]+~", path):
+        # a folder named ~, asked for as ./~: kept absolute, as Path would drop the ./, and the paths joined to it
+        # ("saved ~/ck/checkpoint_epoch_3.pt: --resume it") would send a shell to the home folder
+        return Path(os.path.abspath(path))
     return Path(path)
 
 
@@ -2235,7 +2239,7 @@ def _parse(argv):
                                    f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
         if "checkpoint_dir" not in given:
-            ns["checkpoint_dir"] = str(Path(resume).parent)
+            ns["checkpoint_dir"] = os.path.dirname(resume) or "."     # as typed: Path drops a ./ before a ~
     if ns["init_weights"] is not None:
         model = _read_init_weights(p, ns["init_weights"])
         _take_sizes(p, "--init_weights", ns["init_weights"], dataclasses.asdict(model.config), ns, given)
@@ -2720,7 +2724,7 @@ def _run(tc: TrainConfig, mc: ModelConfig, wc: WorldConfig, schedule: Mapping, b
 
     def go_on() -> str:
         """Where a stopped run goes on, for stderr: the Checkpointer's line saying so went to a closed stdout."""
-        last = Path(tc.checkpoint_dir) / f"checkpoint_epoch_{trainer.epoch}.pt"
+        last = checkpointer.dir / f"checkpoint_epoch_{trainer.epoch}.pt"
         return (f"; {last} holds the last whole epoch: --resume it to go on"
                 if trainer.epoch > first_epoch and checkpointer._mine(last) else "")
     try:

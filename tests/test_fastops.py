@@ -393,3 +393,18 @@ def test_an_attention_bias_that_asks_for_its_gradient_gets_it_from_every_kernel(
     for kernel, grad in grads.items():
         assert grad is not None, kernel
         torch.testing.assert_close(grad, grads["math"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_gradient_of_the_gradient_reaches_a_non_contiguous_input():
+    """The kernels saved their own contiguous copy, which has no graph: a transposed input's gradient of the
+    gradient failed ("element 0 of tensors does not require grad")."""
+    leaf = torch.randn(8, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64).requires_grad_()
+    got = {}
+    for fused in (True, False):
+        h = leaf.float().t() if fused else leaf.t()
+        y = fastops.geglu(h) if fused else F.gelu(h[..., :4], approximate="tanh") * h[..., 4:]
+        (g,) = torch.autograd.grad(y.square().sum(), leaf, create_graph=True)
+        (gg,) = torch.autograd.grad(g.sum(), leaf)
+        got[fused] = gg
+    torch.testing.assert_close(got[True], got[False], rtol=1e-4, atol=1e-5)
+

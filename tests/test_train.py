@@ -2267,7 +2267,7 @@ def test_an_unexpanded_home_folder_is_refused_not_made_under_this_one(tmp_path, 
                 make("~/ck")
             with pytest.raises(ValueError, match=f"^{name}: no folder name given"):
                 make(" ")
-        assert Checkpointer("./~/ck").dir == Path("~/ck")          # a folder named ~, asked for
+        assert Checkpointer("./~/ck").dir == tmp_path / "~" / "ck"          # a folder named ~, asked for
         model = TransformerPredator(dropout=0.0)
         for call, name in ((lambda: write_weights(model, "~/ck/model.js"), "write_weights"),
                            (lambda: export_for_browser(model, "~/ck"), "export_for_browser"),
@@ -2277,13 +2277,22 @@ def test_an_unexpanded_home_folder_is_refused_not_made_under_this_one(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == ["~"] and not any((tmp_path / "~").iterdir())
 
 
-def test_a_folder_named_home_asked_for_as_such_is_trained_in(tmp_path, monkeypatch):
-    """./~/ck names a folder named ~: the run goes there, to its end (its paths, joined, begin with ~)."""
+def test_a_folder_named_home_asked_for_as_such_is_trained_in_and_resumed(tmp_path, monkeypatch, capsys):
+    """./~/ck names a folder named ~: the run goes there, to its end, and --resume ./~/ck/... goes on in it
+    (Path drops the ./: the resume's folder read "~/ck", refused as an unexpanded home). A file named
+    ~model.js is no home folder either: a shell leaves that word as it is."""
+    from predlab.export import write_weights
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
-    assert main(["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--checkpoint_dir", "./~/ck",
-                 "--log_dir", "./~/runs"]) in (0, None)
+    flags = [*TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--save_every", "1", "--log_dir", "./~/runs"]
+    assert main(["--epochs", "1", *flags, "--checkpoint_dir", "./~/ck"]) in (0, None)
     assert (tmp_path / "~" / "ck" / "model.js").is_file() and (tmp_path / "~" / "runs").is_dir()
+    assert main(["--epochs", "2", *flags, "--resume", "./~/ck/checkpoint_epoch_1.pt"]) in (0, None)
+    assert (tmp_path / "~" / "ck" / "checkpoint_epoch_2.pt").is_file()
+    out = capsys.readouterr()
+    assert " ~/" not in out.out + out.err          # no path a shell would send home
+    write_weights(TransformerPredator(dropout=0.0), "~model.js")
+    assert (tmp_path / "~model.js").is_file()
 
 
 def test_cli_says_when_evaluation_early_stopping_or_gpu_flags_have_no_effect(tmp_path, monkeypatch, capsys):
