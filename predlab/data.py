@@ -740,21 +740,22 @@ class _Pool(multiprocessing.pool.Pool):
         # result leaves half of it in the result queue, and the thread reading it waits for the rest for ever.
         # This ending stops the starting of workers and kills them all first: then no other process uses the
         # queues, a lock a dead worker held is released, and closing the result queue cuts off half a result.
-        me = threading.current_thread()
-        worker_handler._state = task_handler._state = multiprocessing.pool.TERMINATE
-        change_notifier.put(None)
-        if me is not worker_handler:
-            worker_handler.join()      # it starts no worker after this
-        taskqueue.put(None)            # the task handler's end, which the worker handler sends unless it died
-        for w in pool:
-            if w.exitcode is None:
-                w.kill()
-        for w in pool:
-            w.join()
         from .export import deferred_interrupt
-        # a Ctrl-C from here on (a second one in a notebook) left the handler threads waiting for ever, one of
-        # them holding half a result: the rest takes a second at most, and the Ctrl-C counts when it ends
+        # a Ctrl-C within it (a second one in a notebook, 20-30 ms after the first) left the handler threads
+        # waiting for ever, one of them holding half a result: it takes a second at most, and the Ctrl-C
+        # counts when it ends
         with deferred_interrupt():
+            me = threading.current_thread()
+            worker_handler._state = task_handler._state = multiprocessing.pool.TERMINATE
+            change_notifier.put(None)
+            if me is not worker_handler:
+                worker_handler.join()      # it starts no worker after this
+            taskqueue.put(None)            # the task handler's end, which the worker handler sends unless it died
+            for w in pool:
+                if w.exitcode is None:
+                    w.kill()
+            for w in pool:
+                w.join()
             # a lock held now is a dead worker's, but for the task handler's moments on the result queue's
             for lock, wait in ((inqueue._rlock, 0.0), (outqueue._wlock, 1.0)):     # (Windows' pipes: no _wlock)
                 if lock is not None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import signal
 import sys
 
 import pytest
@@ -893,6 +894,46 @@ def test_a_pool_whose_worker_starter_died_still_ends(monkeypatch, hang_guard):
         with pytest.raises(WorkerError, match=r"exit code -9"):
             gen.generate(4, stream=1)
         assert gen._pool is None
+
+
+def _nap(payload):
+    """Run in a pool worker: a task that takes long."""
+    import time
+    time.sleep(60)
+    return len(payload)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="sends the Ctrl-C with pthread_kill")
+def test_a_ctrl_c_within_the_pool_s_ending_leaves_no_thread_behind(monkeypatch, hang_guard):
+    """A second Ctrl-C as the ending reaped its killed workers (20-30 ms after the first) cut it before the
+    queues were seen to: the pool's task and result threads waited for ever, one holding the results that had
+    come (up to 85 MB a chunk). The Ctrl-C counts when the ending is done."""
+    import threading
+    import time
+    from predlab.config import WorldConfig
+    from predlab.data import EpisodeGenerator, _Worker
+    gen = EpisodeGenerator(WorldConfig(frames=3, boids_max=4), num_workers=1, progress=False)
+    gen.generate(4, stream=1)
+    pool = gen._pool
+    # tasks in flight, as a DAgger generation's (the student's weights, 300 KB a task): the task thread waits
+    # to put the next into the full task pipe
+    pool.map_async(_nap, [b"w" * 300_000] * 4)
+    time.sleep(0.5)
+    real, sent = _Worker.join, []
+
+    def join(self, timeout=None):       # the Ctrl-C, as the ending reaps the workers it killed
+        if not sent and threading.current_thread() is threading.main_thread():
+            sent.append(True)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        return real(self, timeout)
+    monkeypatch.setattr(_Worker, "join", join)
+    with pytest.raises(KeyboardInterrupt):
+        gen.close()
+    assert sent and gen._pool is None
+    deadline = time.monotonic() + 10
+    while (pool._task_handler.is_alive() or pool._result_handler.is_alive()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pool._task_handler.is_alive() and not pool._result_handler.is_alive()
 
 
 def test_an_interrupted_generation_stops_its_workers(monkeypatch):
