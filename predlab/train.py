@@ -2278,8 +2278,9 @@ def _parse(argv):
                       f"drives every episode, so this run is behaviour cloning alone", True))
     # flags of a part this run does not use were taken without a word, as if they had done something
     idle = [(("eval_episodes", "eval_frames"), tc.eval_every == 0, "this run measures no catch ratio (--eval_every 0)"),
-            (("min_delta",), tc.early_stopping == 0, "it is early stopping's margin, and this run has none "
-                                                      "(--early_stopping 0; the best epoch is the lowest, by any margin)"),
+            (("min_delta",), tc.early_stopping == 0,
+             "it is early stopping's margin, and this run has none (--early_stopping 0; the best epoch is the "
+             "lowest, by any margin)"),
             (("cuda_graphs", "tf32"), resolve_device(tc.device).type != "cuda",
              f"CUDA GPU settings, and this run trains on the {resolve_device(tc.device).type}")]
     for flags, off, why in idle:

@@ -1286,7 +1286,8 @@ def test_the_batch_size_slider_reaches_a_gpu_batch_given_as_its_start():
 def test_export_for_browser_refuses_a_weight_file_name_for_its_folder(make_model, tmp_path, name):
     """export_for_browser(model, "checkpoints/model.js") made a folder named model.js holding the two
     files, where the page, the demo and the command line look for the file model.js."""
-    with pytest.raises(ValueError, match=rf"{name} names a weight file: give the folder .* \(here {re.escape(str(tmp_path))}\)"):
+    here = re.escape(str(tmp_path))
+    with pytest.raises(ValueError, match=rf"{name} names a weight file: give the folder .* \(here {here}\)"):
         viz.export_for_browser(make_model(0), tmp_path / name)
     assert not list(tmp_path.iterdir())
     (tmp_path / "site.js").mkdir()                 # a folder of that name already there is a folder
