@@ -1016,7 +1016,8 @@ def _main(argv) -> int:
                         f"{VARIANT_MIN_BATCH} on)")
     a = p.parse_args(argv)
     _STDERR_CLOSED.clear()
-    from .export import names_stdout
+    from .export import as_typed, names_stdout
+    a.json = as_typed(a.json)
     if a.json not in (None, "-") and names_stdout(a.json):      # the JSON was renamed over the table written there
         a.json = "-"
     if a.gpu_only and (a.threads is not None or a.cpu_split):

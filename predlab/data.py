@@ -26,6 +26,7 @@ import torch
 
 from .config import (FLOAT32_MAX, SEED_MAX, WorldConfig, as_config, as_device, memory_problem, real_number, sample_bytes,
                      whole_number)
+from .export import deferred_interrupt
 from .sim import World, host_to_device, step_bytes
 from .teacher import closest_pursuit
 
@@ -740,7 +741,6 @@ class _Pool(multiprocessing.pool.Pool):
         # result leaves half of it in the result queue, and the thread reading it waits for the rest for ever.
         # This ending stops the starting of workers and kills them all first: then no other process uses the
         # queues, a lock a dead worker held is released, and closing the result queue cuts off half a result.
-        from .export import deferred_interrupt
         # a Ctrl-C within it (a second one in a notebook, 20-30 ms after the first) left the handler threads
         # waiting for ever, one of them holding half a result: it takes a second at most, and the Ctrl-C
         # counts when it ends

@@ -202,6 +202,8 @@ def _main(argv) -> int:
                     help="port on 127.0.0.1 (0 picks a free one; default 8000)")
     ap.add_argument("--no-browser", action="store_true", help="only print the URL")
     args = ap.parse_args(argv)
+    from .export import as_typed
+    args.model_js = as_typed(args.model_js)
     if not args.model_js.strip():       # Path("") is ".", which read as "the current folder is a directory"
         print(f"error: no model.js given (the default is {DEFAULT_MODEL})", file=sys.stderr)
         return 2

@@ -756,6 +756,8 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    from .export import as_typed
+    a.policy, a.json = as_typed(a.policy), as_typed(a.json)
     try:
         device = resolve_device(a.device)
     except ValueError as e:

@@ -1462,11 +1462,22 @@ def unexpanded_home(path: Union[str, Path]) -> Optional[str]:
         return None
     first = re.split(r"[/\\]" if os.sep == "\\" else "/", path, maxsplit=1)[0]
     home = os.path.expanduser(first)
-    if home == first:       # ~model.js, ~nosuchuser: a shell leaves those words as they are too
+    # ~model.js, ~nosuchuser: a shell leaves those words as they are too (Windows' expanduser takes any ~name
+    # for a user's folder, unchecked; its shells expand ~ alone, where they do at all)
+    if home == first or (os.name == "nt" and first != "~"):
         return None
     instead = f": give {home}{path[len(first):]} (./{path} for a file or folder named {first})"
     return (f"{path} begins with {first}, which no shell turned into a home folder (a shell does after a "
             f"space, not after = or in quotes){instead}")
+
+
+def as_typed(path):
+    """A typed path whose Path would say another thing, made absolute; any other as it is. Path("./~/ck") is
+    Path("~/ck"): printed, or joined and printed ("saved ~/ck/checkpoint_epoch_3.pt: --resume it"), it sends
+    a shell to the home folder, and compared with the folder's absolute path it named another file."""
+    if isinstance(path, str) and not path.startswith("~") and str(Path(path)).startswith("~"):
+        return os.path.abspath(path)
+    return path
 
 
 def path_problem(path: Union[str, Path]) -> Optional[str]:
@@ -1643,6 +1654,7 @@ def _main(argv: List[str]) -> int:
                     help=f"write sizes other than the browser page's {BROWSER_SIZES} too (the stock page "
                          "refuses them and runs random weights)")
     args = ap.parse_args(argv)
+    args.source, args.out = as_typed(args.source), as_typed(args.out)
     src, out = Path(args.source), Path(args.out)
     for name, given in (("the checkpoint or weight file to export", args.source), ("--out", args.out)):
         if not given.strip():           # Path("") is ".": "'.' is a directory", "got ."

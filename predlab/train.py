@@ -32,7 +32,7 @@ from . import checkpoint as ckpt_io
 from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config,
                      as_device, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, WorkerError, usable_cpus
-from .export import (PIPE_CLOSED, command_line, copy_failed, deferred_interrupt, differs, kept_words,
+from .export import (PIPE_CLOSED, as_typed, command_line, copy_failed, deferred_interrupt, differs, kept_words,
                      link_target_problem, move, move_to_previous, refuse_unwritable, say, silence_stdout,
                      stale_partials, stop_words, unexpanded_home, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
@@ -275,11 +275,7 @@ def _folder(name: str, path: Union[str, Path]) -> Path:
     problem = unexpanded_home(path)
     if problem:
         raise ValueError(f"{name}: {problem}")
-    if isinstance(path, str) and re.match(r"\.[/\\]+~", path):
-        # a folder named ~, asked for as ./~: kept absolute, as Path would drop the ./, and the paths joined to it
-        # ("saved ~/ck/checkpoint_epoch_3.pt: --resume it") would send a shell to the home folder
-        return Path(os.path.abspath(path))
-    return Path(path)
+    return Path(as_typed(path))        # a folder named ~, asked for as ./~, kept absolute
 
 
 class TensorBoardLogger(Callback):
@@ -2182,6 +2178,8 @@ def _parse(argv):
     p = build_parser()
     a = p.parse_args(argv)
     ns = vars(a)
+    for k in ("resume", "init_weights", "checkpoint_dir", "log_dir"):
+        ns[k] = as_typed(ns[k])
     given = _given(argv)
     schedule: Dict[str, float] = {}
     if ns["init_weights"] is not None and ns["resume"] is not None:

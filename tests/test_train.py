@@ -2281,14 +2281,21 @@ def test_a_folder_named_home_asked_for_as_such_is_trained_in_and_resumed(tmp_pat
     """./~/ck names a folder named ~: the run goes there, to its end, and --resume ./~/ck/... goes on in it
     (Path drops the ./: the resume's folder read "~/ck", refused as an unexpanded home). A file named
     ~model.js is no home folder either: a shell leaves that word as it is."""
+    from predlab import export
     from predlab.export import write_weights
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
+    # a model.js the run did not write: kept in previous/ (with the folder made absolute, the export's own
+    # paths, still relative, matched none of the folder's, and it was overwritten without a word)
+    (tmp_path / "~" / "ck").mkdir(parents=True)
+    mine = write_weights(TransformerPredator(dropout=0.0), "./~/ck/model.js").read_bytes()
     flags = [*TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--save_every", "1", "--log_dir", "./~/runs"]
     assert main(["--epochs", "1", *flags, "--checkpoint_dir", "./~/ck"]) in (0, None)
     assert (tmp_path / "~" / "ck" / "model.js").is_file() and (tmp_path / "~" / "runs").is_dir()
+    assert [p.read_bytes() for p in (tmp_path / "~" / "ck" / "previous").rglob("model.js")] == [mine]
     assert main(["--epochs", "2", *flags, "--resume", "./~/ck/checkpoint_epoch_1.pt"]) in (0, None)
     assert (tmp_path / "~" / "ck" / "checkpoint_epoch_2.pt").is_file()
+    assert export.main(["./~/ck/best_model.pt", "--out", "./~/ck/m2.js"]) in (0, None)
     out = capsys.readouterr()
     assert " ~/" not in out.out + out.err          # no path a shell would send home
     write_weights(TransformerPredator(dropout=0.0), "~model.js")
