@@ -12,7 +12,7 @@ import pickle
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, Mapping, Union
+from typing import Dict, List, Mapping, Union
 
 import torch
 
@@ -180,11 +180,12 @@ def _check_weight_shapes(weights: Mapping, cfg: ModelConfig, path) -> None:
     missing = sorted(set(shapes) - set(weights), key=str)
     extra = sorted(set(weights) - set(shapes), key=str)
     if missing or extra:
+        def listed(what: str, names: List[str]) -> str:
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            return f"{what} {', '.join(map(repr, names[:3]))}{more}"
+        found = [listed(what, names) for what, names in (("missing", missing), ("unexpected", extra)) if names]
         raise CheckpointError(f"{path}: weights do not fit model_config ({sizes}, {count} weights; the checkpoint "
-                              f"holds {len(weights)}): " + "; ".join(
-                                  f"{what} {', '.join(map(repr, names[:3]))}" + (f" and {len(names) - 3} more"
-                                                                                 if len(names) > 3 else "")
-                                  for what, names in (("missing", missing), ("unexpected", extra)) if names))
+                              f"holds {len(weights)}): {'; '.join(found)}")
     for name, shape in shapes.items():
         if tuple(weights[name].shape) != shape:
             raise CheckpointError(f"{path}: model weight {name!r} has shape {tuple(weights[name].shape)}, "

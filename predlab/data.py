@@ -9,6 +9,7 @@ bucketed by boid count, so that padding costs almost nothing.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import multiprocessing.context
 import multiprocessing.pool
@@ -741,9 +742,9 @@ class _Pool(multiprocessing.pool.Pool):
         # result leaves half of it in the result queue, and the thread reading it waits for the rest for ever.
         # This ending stops the starting of workers and kills them all first: then no other process uses the
         # queues, a lock a dead worker held is released, and closing the result queue cuts off half a result.
-        # a Ctrl-C within it (a second one in a notebook, 20-30 ms after the first) left the handler threads
-        # waiting for ever, one of them holding half a result: it takes a second at most, and the Ctrl-C
-        # counts when it ends
+        # A Ctrl-C within it (a second one in a notebook, 20-30 ms after the first) left the handler threads
+        # waiting for ever, one of them holding half a result: the ending takes a second at most, and a Ctrl-C
+        # counts once it is done.
         with deferred_interrupt():
             me = threading.current_thread()
             worker_handler._state = task_handler._state = multiprocessing.pool.TERMINATE
@@ -804,7 +805,6 @@ def _worker_rollout(args):
     num, cfg, seed, student_state, beta = args
     student = None
     if student_state is not None:
-        import io
         from .model import TransformerPredator
         # in the student's own dtype: a float64 model rebuilt in float32 (load_state_dict casts) drove
         # other episodes than in this process, where ModelPolicy runs it in float64
@@ -908,7 +908,6 @@ class EpisodeGenerator:
             if pool is not None:
                 state = None
                 if student is not None:
-                    import io
                     weights = io.BytesIO()        # bytes: see _SAMPLE_FIELDS
                     torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, weights)
                     state = {"config": vars(student.config).copy(), "weights": weights.getvalue(),

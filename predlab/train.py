@@ -2275,12 +2275,13 @@ def _parse(argv):
         notes.append((f"note: --dagger_start {tc.dagger_start} comes after the last epoch ({tc.epochs}): the teacher "
                       f"drives every episode, so this run is behaviour cloning alone", True))
     # flags of a part this run does not use were taken without a word, as if they had done something
+    device_type = resolve_device(tc.device).type
     idle = [(("eval_episodes", "eval_frames"), tc.eval_every == 0, "this run measures no catch ratio (--eval_every 0)"),
             (("min_delta",), tc.early_stopping == 0,
              "it is early stopping's margin, and this run has none (--early_stopping 0; the best epoch is the "
              "lowest, by any margin)"),
-            (("cuda_graphs", "tf32"), resolve_device(tc.device).type != "cuda",
-             f"CUDA GPU settings, and this run trains on the {resolve_device(tc.device).type}")]
+            (("cuda_graphs", "tf32"), device_type != "cuda",
+             f"CUDA GPU settings, and this run trains on the {device_type}")]
     for flags, off, why in idle:
         named = [f"--{f}" for f in flags if f in given]
         if named and off:
@@ -2482,11 +2483,16 @@ def shell_words(*words) -> str:
     return subprocess.list2cmdline(map(str, words)) if os.name == "nt" else shlex.join(map(str, words))
 
 
+def tensorboard_beside_python() -> Path:
+    """Where this Python's environment has its tensorboard (.venv/bin/tensorboard, .venv\\Scripts\\tensorboard.exe
+    on Windows), which need not be on PATH; it may not be there."""
+    return Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+
+
 def tensorboard_command(log_dir: Union[str, Path]) -> str:
     """The command that shows log_dir's runs, to run where this one runs: the tensorboard beside this
-    Python (.venv/bin/tensorboard, .venv\\Scripts\\tensorboard.exe on Windows, which need not be on PATH), and
-    the folder as given."""
-    tb = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+    Python (tensorboard_beside_python), and the folder as given."""
+    tb = tensorboard_beside_python()
     if not tb.is_file():
         exe = "tensorboard"
     elif Path(os.path.abspath(tb)).is_relative_to(Path.cwd()):

@@ -99,8 +99,8 @@ def tensorboard_binary() -> Optional[str]:
     where there is none). The magic looks on PATH, which has the virtual environment's bin folder only when
     `make lab` started Jupyter: from any other start it failed with "Could not find `tensorboard`".
     A TENSORBOARD_BINARY already set is kept."""
-    import sys
-    tb = Path(sys.executable).parent / ("tensorboard.exe" if os.name == "nt" else "tensorboard")
+    from .train import tensorboard_beside_python
+    tb = tensorboard_beside_python()
     if "TENSORBOARD_BINARY" not in os.environ and tb.is_file():
         os.environ["TENSORBOARD_BINARY"] = str(tb)
     return os.environ.get("TENSORBOARD_BINARY")
