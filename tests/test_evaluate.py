@@ -1167,6 +1167,23 @@ def test_the_interval_takes_percentiles_of_paired_resamples():
     assert catch_ratio_interval(student, teacher, min_differing=1) == ci      # seeded: the same every time
 
 
+def test_the_interval_bounds_are_the_tail_percentiles_of_the_seeded_resamples():
+    """Forty episodes give some hundreds of distinct resampled ratios, so a bound taken a few places
+    in from the tail's percentile (a narrower interval printed as 95%) differs from the right one.
+    The resamples are drawn again here the same way: the episode indices of each resample at once,
+    from a generator seeded with the interval's seed."""
+    g = torch.Generator().manual_seed(3)
+    s, t = (torch.poisson(torch.full((40,), rate), generator=g).long() for rate in (1.1, 1.0))
+    for level, seed in ((0.95, 0), (0.8, 7)):
+        ci = catch_ratio_interval(_catches(s), _catches(t), level=level, seed=seed)
+        idx = torch.randint(0, 40, (2000, 40), generator=torch.Generator().manual_seed(seed))
+        r = (s.double()[idx].sum(1) / t.double()[idx].sum(1)).sort().values
+        assert r.unique().numel() > 300
+        tail = (1 - level) / 2
+        low, high = r[math.floor(tail * 2000)], r[math.ceil((1 - tail) * 2000) - 1]
+        assert (ci["low"], ci["high"]) == (float(low), float(high))
+
+
 def test_the_interval_holds_the_ratio_and_narrows_with_more_episodes():
     g = torch.Generator().manual_seed(1)
     width = {}
