@@ -113,7 +113,9 @@ def _page_problem(model: Path) -> Optional[str]:
         said = (f"error: {model} is plain JSON; the page loads a model.js, a script that sets "
                 "window.TRANSFORMER_PARAMS. Training writes model.js beside model.json")
         try:        # the command offered must work: the weights as the page would take them
-            read_params(model, require_browser_sizes=True)
+            with warnings.catch_warnings():     # (its own "plain JSON" warning says the same as this error)
+                warnings.simplefilter("ignore")
+                read_params(model, require_browser_sizes=True)
         except WeightFormatError as e:
             return f"{said}. Converted, it would be refused as well: {e}"
         return f"{said}; or convert it:\n  python -m predlab.export {model} --out model.js"

@@ -767,6 +767,10 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                                 "levels)") from None
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
+    if not m and source.lower().endswith(".js"):     # read all the same: a model.json renamed, say
+        warnings.warn(f"{source} is plain JSON, with no `window.TRANSFORMER_PARAMS = `: the page loads model.js as "
+                      "a script, where that is a syntax error, and would run the teacher; `python -m predlab.export "
+                      f"{source} --out model.js` writes it as the page reads it", stacklevel=3)
     goes_on = _CONTINUES_OBJECT.match(s, end) if m else None
     if m and not goes_on and end + len(s[end:]) - len(s[end:].lstrip()) in templates:
         # a template literal (a JSON string by now) after the object: a tagged template, a call of the object
@@ -1218,7 +1222,9 @@ def _kind_problem(path: Path, replaces: Optional[str]) -> Optional[str]:
         # and a model.json (as predlab writes it: a size key first) cut short or mistyped, as a model.js is
         if _WEIGHTS_JSON_START.match(text.lstrip("\ufeff")):
             return None
-        params = text_to_params(text, str(path))
+        with warnings.catch_warnings():     # what it holds is only looked at: about to be replaced, or kept
+            warnings.simplefilter("ignore")
+            params = text_to_params(text, str(path))
         return None if not params or _looks_like_weights(params) else "a weight file"
     except (OSError, UnicodeDecodeError, ValueError):    # WeightFormatError and JSONDecodeError too
         return figures if replaces in FIGURES else "a weight file"

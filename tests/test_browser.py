@@ -356,6 +356,12 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     r = subprocess.run([sys.executable, "-m", "predlab.demo", str(write_weights(model, tmp_path / "model.json")),
                         "--no-browser"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is plain JSON" in r.stderr and "predlab.export" in r.stderr
+    renamed = tmp_path / "renamed.js"       # the same under a script's name: said once, as the error
+    renamed.write_bytes((tmp_path / "model.json").read_bytes())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert _page_problem(renamed).startswith(f"error: {renamed} is plain JSON")
+    assert not said
     # a command offered that fails in turn: a model.json without a key, or of sizes the page refuses
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({k: v for k, v in json.loads((tmp_path / "model.json").read_text()).items()

@@ -570,6 +570,21 @@ def test_a_model_js_declaring_its_weights_with_let_or_const_is_read(model, tmp_p
         assert torch.equal(a, b)
 
 
+def test_a_model_js_of_plain_json_is_read_with_a_warning_that_the_page_would_not_run_it(model, tmp_path):
+    """A model.json renamed model.js is a syntax error as the page's script (it runs the teacher):
+    evaluate, export and --init_weights read it without a word. model.json itself is no script."""
+    (tmp_path / "model.js").write_text(params_to_text(_params(model), "json"))
+    with pytest.warns(UserWarning, match=r"model\.js is plain JSON.*the page loads model\.js as a script") as said:
+        read = read_weights(tmp_path / "model.js")
+    assert len(said) == 1 and "python -m predlab.export" in str(said[0].message)
+    for a, b in zip(read.state_dict().values(), model.state_dict().values()):
+        assert torch.equal(a, b)
+    (tmp_path / "model.js").rename(tmp_path / "model.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_weights(tmp_path / "model.json")
+
+
 def test_read_params_refuses_what_the_page_refuses(model, tmp_path):
     """read_params validates, naming the missing key: the demo reads a model.js with it to warn
     before serving a page that would run the teacher instead."""
