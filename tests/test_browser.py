@@ -255,7 +255,7 @@ f.onload = function () {
   for (var i = 0; i < %d; i++) {
     p.step(1);
     var s = p.getState();
-    out.push({action: p.lastAction, predPos: s.predPos, alive: s.alive});
+    out.push({action: p.lastAction, predPos: s.predPos, alive: s.alive, focus: p.focus});
   }
   document.getElementById("out").textContent = JSON.stringify(out);
 };
@@ -281,6 +281,36 @@ def test_page_closed_loop_follows_pytorch(tmp_path, make_model, weights):
     caught = follow_page(rows, world, path)
     if weights == "pursuit":
         assert caught >= 1, "the pursuing model should catch: the case would not reach shrinking flocks"
+
+
+@needs_chromium
+def test_page_highlights_the_boid_the_model_attended_to_in_frames_with_a_catch(tmp_path):
+    """The boid drawn highlighted is the one [CLS] attends to most in the last block, by PyTorch's
+    weights on the frame's inputs. It was kept as the k-th live boid and drawn after the step: where
+    that boid or one before it was caught, the next was highlighted."""
+    from predlab.evaluate import ModelPolicy
+    model = pursuit_model()
+    path = write_weights(model, tmp_path / "model.js")
+    frames = 150
+    world = World.random(1, generator=torch.Generator().manual_seed(0), dtype=torch.float64, n_boids=50,
+                         width=1000, height=700)
+    world.pos[0, 0] = world.pred_pos[0] + torch.tensor([20.0, 0.0], dtype=torch.float64)   # slot 0 caught first
+    probe = CLOSED_LOOP_PROBE % (json.dumps(page_state(world)), frames)
+    rows, _ = _dump(path, {"loop.html": probe}, "loop.html", "out")
+    m = read_weights(path).double()
+    policy, catch_frames, counted_past_a_catch = ModelPolicy(m), 0, 0
+    for f, row in enumerate(rows):
+        obs = world.observe()
+        with torch.no_grad():
+            w = m.forward_with_cls_attention(obs)[1][-1][0].mean(0)[3:]       # [N]: the boids' slots
+        w = w.masked_fill(~obs["mask"][0], -1.0)
+        before = world.alive[0].clone()
+        world.step(policy(obs))
+        assert row["alive"] == world.alive[0].tolist(), f"frame {f}: catches differ"
+        assert row["focus"] >= 0 and w[row["focus"]] >= w.max() - 1e-9, f"frame {f}: slot {row['focus']} drawn"
+        catch_frames += int((before & ~world.alive[0]).any())
+        counted_past_a_catch += int((~before[:row["focus"]]).any())     # its slot is not its place among the live
+    assert catch_frames >= 2 and counted_past_a_catch >= 10, "the case proves nothing"
 
 
 # ---------------------------------------------------------------------- the server and its CLI
