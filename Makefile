@@ -6,16 +6,31 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: train test lab bench demo browser-deps clean
+.PHONY: train test lab bench demo browser-deps clean FORCE
+
+VERSION_OF = $(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null
+# PYTHON= on make's command line names the Python of .venv: a .venv of another version is made again with it
+# (it was kept while pyproject.toml had not changed, and the Python named was not used, without a word)
+NAMED := $(filter command line,$(origin PYTHON))
+ifneq ($(NAMED),)
+ifneq ($(shell $(call VERSION_OF,$(PYTHON))),$(shell $(call VERSION_OF,$(BIN)/python)))
+$(STAMP): FORCE
+endif
+endif
+FORCE:
 
 $(STAMP): pyproject.toml
+	@# (% formatting: a Python 2 named by mistake reads it, and says which Python it is, where an f-string was
+	@# its SyntaxError)
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(None if (3, 10) <= v < (3, 15) else \
-	  f"predlab needs Python 3.10 to 3.14 (torch 2.13.0 has wheels for those); {sys.executable} is {v[0]}.{v[1]}: " \
-	  "name another with PYTHON=, e.g. make $(or $(MAKECMDGOALS),train) PYTHON=python3.12")'
-	@# a .venv without pip (python3-venv missing, or a Ctrl-C while it was made), or of a Python torch's wheels do
-	@# not cover (made before PYTHON= named another), is made again, not reused
+	  "predlab needs Python 3.10 to 3.14 (torch 2.13.0 has wheels for those); %s is %d.%d: " % (sys.executable, \
+	  v[0], v[1]) + "name another with PYTHON=, e.g. make $(or $(MAKECMDGOALS),train) PYTHON=python3.12")'
+	@# a .venv without pip (python3-venv missing, or a Ctrl-C while it was made), of a Python torch's wheels do
+	@# not cover (made before PYTHON= named another), or of another version than PYTHON= names, is made again
 	$(BIN)/python -c 'import sys; assert (3, 10) <= sys.version_info[:2] < (3, 15)' >/dev/null 2>&1 && \
-	  $(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	  $(BIN)/python -m pip --version >/dev/null 2>&1 && \
+	  { [ -z "$(NAMED)" ] || [ "$$($(call VERSION_OF,$(BIN)/python))" = "$$($(call VERSION_OF,$(PYTHON)))" ]; } || \
+	  { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

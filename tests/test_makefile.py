@@ -1,5 +1,6 @@
 """The Makefile's set-up, which `make train` and `make test` both run first: a Python that torch's
 pinned wheels do not cover is refused before anything is made, and a `.venv` without pip is made again."""
+import os
 import shlex
 import shutil
 import subprocess
@@ -77,11 +78,74 @@ def test_a_venv_with_pip_is_reused(tmp_path):
     project = _project(tmp_path)
     (project / ".venv" / "bin").mkdir(parents=True)
     log = tmp_path / "calls"
-    _script(project / ".venv" / "bin" / "python", f'echo "$@" >> {shlex.quote(str(log))}\n')
+    # (its -c checks run: it is this interpreter's version, as the Python named is)
+    _script(project / ".venv" / "bin" / "python",
+            f'echo "$@" >> {shlex.quote(str(log))}\n[ "$1" = -c ] && exec {PY} "$@"\nexit 0\n')
     (project / ".venv" / "kept").write_text("")
     fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode == 0, r.stderr
     assert (project / ".venv" / "kept").exists()
-    assert log.read_text().splitlines()[1] == "-m pip --version"      # after its version's check
+    calls = log.read_text().splitlines()      # pip's check after its version's
+    version_check = "-c import sys; assert (3, 10) <= sys.version_info[:2] < (3, 15)"
+    assert calls.index("-m pip --version") > calls.index(version_check)
     assert "-m pip install" in log.read_text()
+
+
+def _python_of(path: Path, version, log: Path) -> str:
+    """A python that says it is `version` to the Makefile's checks (run by this interpreter) and records
+    any other call (`-m pip ...`, `-m venv ...`), which it fails."""
+    return _script(path, f'[ "$1" = -c ] && exec {PY} -c '
+                         f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/{version}/")"\n'
+                         f'echo "$@" >> {shlex.quote(str(log))}\n[ "$2" = pip ] && [ "$3" = --version ]\n')
+
+
+@pytest.mark.parametrize("named", ["command line", "environment"])
+def test_python_named_on_the_command_line_remakes_a_venv_of_another_version(tmp_path, named):
+    """`make train PYTHON=python3.12` with a .venv of 3.11 made and up to date: make said nothing, did
+    nothing, and trained on 3.11. A PYTHON in the environment (set for other tools) changes nothing."""
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    venv_log, host_log = tmp_path / "venv-calls", tmp_path / "host-calls"
+    _python_of(project / ".venv" / "bin" / "python", (3, 11), venv_log)
+    (project / ".venv" / ".installed-stamp").write_text("")       # newer than pyproject.toml: up to date
+    host = _python_of(tmp_path / "python3.12", (3, 12), host_log)
+    if named == "command line":
+        r = _make(project, f"PYTHON={host}")
+        assert host_log.read_text().split("\n")[0] == "-m venv .venv", r.stdout + r.stderr
+        assert not (project / ".venv").exists()          # (the fake made none)
+    else:
+        r = subprocess.run(["make", "-C", str(project), ".venv/.installed-stamp"], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PYTHON": host})
+        assert r.returncode == 0 and "up to date" in r.stdout and not host_log.exists()
+
+
+def test_python_named_of_the_venvs_version_keeps_an_up_to_date_venv(tmp_path):
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    log = tmp_path / "calls"
+    _python_of(project / ".venv" / "bin" / "python", (3, 12), log)
+    (project / ".venv" / ".installed-stamp").write_text("")
+    r = _make(project, f"PYTHON={_python_of(tmp_path / 'python3.12', (3, 12), log)}")
+    assert r.returncode == 0 and "up to date" in r.stdout and not log.exists()
+
+
+def _runs(python) -> bool:
+    try:
+        return subprocess.run([python, "-c", "pass"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
+
+
+OLD_PYTHONS = [p for p in (*map(str, Path.home().glob(".pyenv/versions/2.*/bin/python")), shutil.which("python2"),
+                           shutil.which("python2.7"), shutil.which("python3.5")) if p and _runs(p)][:1]
+
+
+@pytest.mark.skipif(not OLD_PYTHONS, reason="no Python 2 or 3.5 here")
+def test_a_python_2_is_refused_by_name_not_with_a_syntax_error(tmp_path):
+    """The version check was an f-string: a Python 2 named by mistake said `SyntaxError: invalid syntax`."""
+    project = _project(tmp_path)
+    r = _make(project, f"PYTHON={shlex.quote(OLD_PYTHONS[0])}")
+    assert r.returncode != 0 and "SyntaxError" not in r.stderr
+    assert "predlab needs Python 3.10 to 3.14" in r.stderr and "name another with PYTHON=" in r.stderr
+    assert not (project / ".venv").exists()
