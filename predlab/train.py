@@ -2261,6 +2261,10 @@ def _parse(argv):
             notes.append((f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for "
                           f"this process: {usable_cpus()} worker processes generate the episodes", True))
             tc.num_workers = usable_cpus()
+        if tc.cpu_split > usable_cpus():    # a thread a part: 1000 ran 256 threads on 2 cores, 7x slower, unsaid
+            notes.append((f"note: --cpu_split {tc.cpu_split}, but this machine has {usable_cpus()} CPU(s) for this "
+                          f"process: each batch is split into {usable_cpus()} parts at most", True))
+            tc.cpu_split = usable_cpus()
     except (TypeError, ValueError) as e:
         said = str(e)
         if said.startswith("device: "):        # TrainConfig's field, given here as the flag

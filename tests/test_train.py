@@ -1827,6 +1827,10 @@ def test_num_workers_beyond_the_cpus_starts_one_process_per_cpu(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     tc, *_ = tr.parse_args(["--num_workers", "1000", *TINY_FLAGS])
     assert tc.num_workers == 2 and "--num_workers 1000, but this machine has 2 CPU(s)" in capsys.readouterr().err
+    tc, *_ = tr.parse_args(["--cpu_split", "1000", *TINY_FLAGS])     # 256 threads, a part each: 7x slower
+    assert tc.cpu_split == 2 and "--cpu_split 1000, but this machine has 2 CPU(s)" in capsys.readouterr().err
+    tc, *_ = tr.parse_args(["--cpu_split", "2", *TINY_FLAGS])
+    assert tc.cpu_split == 2 and "cpu_split" not in capsys.readouterr().err
     tc, *_ = tr.parse_args(["--threads", "100000", *TINY_FLAGS])     # torch hung starting 100000 threads
     assert tc.threads == 2 and "--threads 100000, but this machine has 2 CPU(s)" in capsys.readouterr().err
     threads = torch.get_num_threads()
