@@ -168,12 +168,12 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # kernel pads 12-wide heads to 32 and ~30 tokens to 64-row tiles (predlab.bench, NOTES.md).
 # "triton" (predlab.gpu_attention: one fused kernel per sample and head) is there to be measured
 # against it: `python -m predlab.bench` has a row for it where Triton is installed.
-GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION", "math")
+GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION") or "math"     # (set empty: unset, as shells mean it)
 ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math", "triton")
 # On a CPU, "auto" below picks by dtype, head width and threads; PREDLAB_CPU_ATTENTION=sliced (or sdpa, math)
 # takes another kernel where the bench (`python -m predlab.bench`, its attention line) finds it faster on a
 # machine. "fused" where it does not run (float64, other head widths) falls back to the choice of "auto".
-CPU_ATTENTION = os.environ.get("PREDLAB_CPU_ATTENTION", "auto")
+CPU_ATTENTION = os.environ.get("PREDLAB_CPU_ATTENTION") or "auto"
 CPU_ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math")
 # The fused kernel holds a sample's scores in registers: up to 64 tokens it fits without
 # spilling (sm_90); at 128 its backward spills ~6.7 KB a thread and at 256 it needs more shared
@@ -307,14 +307,14 @@ def _triton(module: str, what: str, switch: str):
 # GEGLU off the CPU: "torch" (gelu, then the product: the default) or "triton" (predlab.gpu_geglu:
 # one kernel forward, one backward), to be measured against each other: `python -m predlab.bench`
 # has a row for it where Triton is installed.
-GPU_GEGLU = os.environ.get("PREDLAB_GPU_GEGLU", "torch")
+GPU_GEGLU = os.environ.get("PREDLAB_GPU_GEGLU") or "torch"
 
 
 # LayerNorm of 48-wide rows: torch's CUDA kernel gives each row a block of its own (0.64 ms a
 # call at batch 16384 on an H200); torch.compile's kernel takes many rows per block. "auto":
 # compiled on a GPU when Triton and a C compiler are there, for training passes only (no
 # recompiles for no_grad passes, which are not where the time goes). "torch": never.
-GPU_LAYER_NORM = os.environ.get("PREDLAB_GPU_LAYER_NORM", "auto")
+GPU_LAYER_NORM = os.environ.get("PREDLAB_GPU_LAYER_NORM") or "auto"
 _compiled_layer_norm = None
 
 

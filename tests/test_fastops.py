@@ -281,6 +281,18 @@ def test_an_unknown_predlab_cpu_attention_is_a_clear_error(monkeypatch):
         M.attention(x, bias, 4)
 
 
+def test_a_kernel_variable_set_empty_is_unset():
+    """`PREDLAB_CPU_ATTENTION= python -m predlab.train` (set empty, as shells unset a variable for one
+    command) stopped at "PREDLAB_CPU_ATTENTION='': use one of auto, ..."."""
+    names = ("PREDLAB_CPU_ATTENTION", "PREDLAB_GPU_ATTENTION", "PREDLAB_GPU_GEGLU", "PREDLAB_GPU_LAYER_NORM")
+    code = ("from predlab import model as M; import torch; print(M.CPU_ATTENTION, M.GPU_ATTENTION, M.GPU_GEGLU, "
+            "M.GPU_LAYER_NORM); print(M.attention(torch.zeros(1, 4, 144), torch.zeros(1, 1, 1, 4), 4).shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, **{n: "" for n in names}})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:2] == ["auto math torch auto", "torch.Size([1, 4, 48])"]
+
+
 def test_fused_attention_refuses_what_it_does_not_run():
     x = torch.zeros(2, 5, 3 * 48)
     with pytest.raises(ValueError, match="float32 CPU qkv .* got torch.float64"):
