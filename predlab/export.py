@@ -557,6 +557,10 @@ _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
 # operator (1/3, 0.5 * 2). A name there instead (`[1 x]`) is a syntax error, which the page meets too.
 _JS_VALUE = re.compile(r"[-+(!~A-Za-z_$]")
 _JS_OPERATOR = re.compile(r"[-+*/%]")
+# where JSON expects a key, JavaScript that the page runs: a spread, a method (a getter, an async or generator
+# one), a key spelt with \u escapes (d\u005fmodel is d_model)
+_JS_OBJECT_CODE = re.compile(r"(?P<spread>\.\.\.)|(?P<method>(?:(?:get|set|async)\s+)?\*?\s*[A-Za-z_$][\w$]*\s*\()"
+                             r"|(?P<escape>[\w$]*\\u[\w$\\{}]*\s*:)")
 _JS_TOKEN = re.compile(r"\s*(?:(?P<num>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$.]))"
                        r"|(?P<name>[A-Za-z_$][\w$]*(?:\s*\.\s*[A-Za-z_$][\w$]*)*)|(?P<op>\*\*|[-+*/%!~(),]))")
 
@@ -747,6 +751,12 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
             what = ("computed (`[...]:`), code that predlab does not run" if key.group()[0] == "[" else
                     "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
             raise PageOnlyError(f"{source}: the key at {place} is {what}; write it as a name") from None
+        code = _JS_OBJECT_CODE.match(s, e.pos) if e.msg.startswith("Expecting property name") else None
+        if code:
+            what = {"spread": "an object spread (`...`)", "method": "a method",
+                    "escape": "a key written with \\u escapes"}[code.lastgroup]
+            raise PageOnlyError(f"{source}: at {place} the object holds {what}, JavaScript that predlab does not "
+                                "read; write the weights as `name: [numbers]`") from None
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
             raise WeightFormatError(f"{source}: {_ends_at(text)} before the weights object is closed: is it cut "
                                     "short?") from None
@@ -761,6 +771,17 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                 raise PageOnlyError(f"{source}: the value at {_place(text.lstrip(chr(0xFEFF)), s, begin)} is "
                                     f"`{value}`, JavaScript that predlab does not run (it reads numbers written "
                                     "out)") from None
+        found = re.match(r"[,:\]}]|[^\s,:\]}]{0,12}", s[e.pos:]).group()     # (s has quoted the keys)
+        bare = re.match(r"([A-Za-z_$][\w$]*)\s*[,}]", s[e.pos:]) if e.msg.startswith("Expecting property") else None
+        if bare:
+            raise WeightFormatError(f"{source}: not a readable weight file (the key `{bare.group(1)}` at {place} has "
+                                    "no value: write `name: [numbers]`)") from None
+        if e.msg.startswith("Expecting property name"):      # JSON's words, where a key is a name in JavaScript
+            raise WeightFormatError(f"{source}: not a readable weight file (a key, a name or a string in quotes, was "
+                                    f"expected at {place}, not `{found}`)") from None
+        if e.msg.startswith("Expecting value") and s.startswith((",", "]"), e.pos):
+            raise WeightFormatError(f"{source}: not a readable weight file (a number is missing at {place}: two "
+                                    "commas, or one after `[`, leave a hole in the array)") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None
     except RecursionError:
         raise WeightFormatError(f"{source}: arrays or objects nested too deeply (a weight file nests 4 "

@@ -842,6 +842,33 @@ def test_keys_javascript_computes_are_named_as_what_predlab_does_not_read(key, w
         text_to_params(f"{{d_model: 48,\n  {key}: [1]}}", "model.js")
 
 
+@pytest.mark.parametrize("member, what", [("...{}", r"an object spread \(`...`\)"), ("note() {}", "a method"),
+                                          ("get note() { return 1 }", "a method"), ("*gen() {}", "a method"),
+                                          ("d\\u005fmodel: 48", r"a key written with \\u escapes")])
+def test_object_members_javascript_runs_are_named_as_what_predlab_does_not_read(member, what):
+    """The page runs these (Node's loader gives the same actions with them); `python -m predlab.demo`
+    said "the page will refuse" them, in JSON's words ("Expecting property name enclosed in double
+    quotes"), where it says it cannot check a PageOnlyError."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(PageOnlyError, match=rf"model.js: at line 2, column 3 the object holds {what}, JavaScript"):
+        text_to_params(f"{{n_heads: 4,\n  {member}, d_model: 48}}", "model.js")
+
+
+@pytest.mark.parametrize("text, said", [("{d_model: 48, , n_heads: 4}", r"a key, a name or a string in quotes, was "
+                                         r"expected at line 1, column 15, not `,`\)"),
+                                        ("{d_model, n_heads: 4}",
+                                         r"the key `d_model` at line 1, column 2 has no value"),
+                                        ("{a: [1, , 2]}", r"a number is missing at line 1, column 9: two commas"),
+                                        ("{a: [ , 2]}", r"a number is missing at line 1, column 7")])
+def test_what_json_words_as_expecting_a_property_or_a_value_is_said_in_a_weight_files_words(text, said):
+    """The page refuses these (a syntax error, a name with no value defined, a hole where a number
+    goes): predlab said so in JSON's words, "Expecting property name enclosed in double quotes"."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(WeightFormatError, match=f"model.js: not a readable weight file \\({said}") as e:
+        text_to_params(text, "model.js")
+    assert not isinstance(e.value, PageOnlyError)
+
+
 def test_long_strings_in_a_model_js_are_read_in_memory_of_their_size(model):
     """An extra key holding 4 MB (a data URL, say) with escapes in it. The reader keeps no state a
     character: a backtracking string pattern held ~150 bytes a character, 1.5 GB for 10 MB."""
