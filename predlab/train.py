@@ -705,12 +705,17 @@ class Checkpointer(Callback):
             last = trainer.history[-1] if trainer.history else {}
             value = last.get(trainer.monitor) if last.get("epoch") == trainer.epoch else None
             lost = ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)
+            # early stopping's count and reference are the run's, not the file's: kept, the run stops where
+            # the uninterrupted one does (they were started afresh too, and it trained `patience` epochs more)
+            count = trainer.bad_epochs, trainer.early_stopping_ref
             if not (isinstance(value, (int, float)) and math.isfinite(value)):
                 trainer.start_best()
+                trainer.bad_epochs, trainer.early_stopping_ref = count
                 say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
                     f"starts afresh")
                 return None
             trainer.start_best(float(value), trainer.epoch)
+            trainer.bad_epochs, trainer.early_stopping_ref = count
             say(f"the best model so far ({lost}) is in no file of this run any more ({gone}): the best "
                 f"starts again from the model resumed "
                 f"({ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")

@@ -858,7 +858,9 @@ def test_a_checkpoint_without_the_state_a_resume_needs_is_refused_naming_the_fie
 def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_the_model_resumed(tmp_path):
     """Rewound to epoch 3, whose best (epoch 1) only the best_model.pt that epoch 4 overwrote held: that
     file moves aside with the later epochs, and the folder had no best_model.pt of the run going on.
-    The best starts again from epoch 3's model, by its own score, and is written as best_model.pt."""
+    The best starts again from epoch 3's model, by its own score, and is written as best_model.pt.
+    Early stopping counts on as the uninterrupted run does: from epoch 1's 0.5, three epochs without a
+    gain (it counted from 0 again, and a run with --early_stopping trained that many epochs more)."""
     from predlab.checkpoint import load_checkpoint_dict
     from predlab.train import Checkpointer
     d = tmp_path / "ck"
@@ -871,7 +873,7 @@ def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_th
     t.train(4)
     best = load_checkpoint_dict(d / "best_model.pt")
     assert (best["epoch"], best["best_epoch"], best["best_metric"]) == (3, 3, 0.8)
-    assert (t.best_epoch, t.best_metric, t.bad_epochs) == (3, 0.8, 1)
+    assert (t.best_epoch, t.best_metric, t.bad_epochs, t.early_stopping_ref) == (3, 0.8, 3, 0.5)
     resumed = load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["model"]
     assert all(torch.equal(best["model"][k], v) for k, v in resumed.items())
     [moved] = d.glob("previous/*/best_model.pt")
