@@ -2241,6 +2241,12 @@ def _parse(argv):
                     changed.append(f"{flag(f.name, ns[f.name])} (the checkpoint's run: "
                                    f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
+        for name, auto in (("threads", "torch's default"), ("cpu_split", "auto")):
+            # the machine's: not taken from the checkpoint, but they set how a batch's sums are made, and a resume
+            # on other ones parts from the uninterrupted run in the last bits at once (the flock then amplifies)
+            if name not in given and run.get(name) and run[name] != ns[name]:
+                notes.append((f"note: the run trained with --{name} {run[name]}, this resume with {auto}: give "
+                              f"--{name} {run[name]} to go on bit for bit as it would have", True))
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = os.path.dirname(resume) or "."     # as typed: Path drops a ./ before a ~
     if ns["init_weights"] is not None:
