@@ -320,7 +320,9 @@ class SampleSet:
     @classmethod
     def from_observation(cls, obs: Mapping[str, Tensor], target: Tensor) -> "SampleSet":
         """Samples of a batched observation (World.observe(), or collate's batch) labelled with target
-        [B, 2]: each row's live boids (mask) moved to its front, in their order. Checked as check() does."""
+        [B, 2]: each row's live boids (mask) moved to its front, in their order. Checked as check() does.
+        Rows with no live boid are left out, as generation leaves them out: the page does not ask the
+        model then (they trained it on a label the page never uses, the teacher's (0, 0))."""
         if not isinstance(obs, Mapping) or any(k not in obs for k in ("context", "predator", "boids", "mask")):
             raise InputError("from_observation takes an observation dict with context, predator, boids and mask "
                              "(World.observe() gives one)")
@@ -336,7 +338,7 @@ class SampleSet:
         boids, n = _compact(obs["boids"], mask)
         out = cls(obs["context"], obs["predator"], boids, n, target)
         out.check("from_observation")
-        return out
+        return out if bool((n > 0).all()) else out.select((n > 0).nonzero().squeeze(1))
 
     def to_ragged(self) -> Dict[str, Tensor]:
         """Compact form for checkpoints: live boids only, boids [sum(n), 4] with counts n [S]."""
@@ -390,7 +392,13 @@ def _compact(boids: Tensor, mask: Tensor) -> tuple:
 # ---------------------------------------------------------------------- episode generation
 def chunk_seed(seed: int, stream: int, chunk: int) -> int:
     """A well-mixed 63-bit seed for one chunk of one stream (train epoch, validation, ...)."""
-    return int(np.random.SeedSequence([seed, stream, chunk]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    words = [seed, stream, chunk]
+    if max(words) >= 2 ** 32:
+        # SeedSequence reads an int as 32-bit words and drops trailing zero words: (2**32 + 5, 0, 0) was (5, 1, 0),
+        # so seed 2**32 + 5's validation episodes were seed 5's first epoch. Two words each, and a tag; smaller
+        # values keep their episodes
+        words = [w >> shift & 0xFFFFFFFF for w in words for shift in (0, 32)] + [1]
+    return int(np.random.SeedSequence(words).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 def _flock_groups(world: World) -> List[tuple]:

@@ -700,6 +700,10 @@ def test_samples_from_an_observation_train_on_its_live_boids():
     with torch.no_grad():
         direct = float(((model(obs) - target) ** 2).mean())
     assert trainer.validate() == pytest.approx(direct, rel=1e-5)
+    world.alive[2] = False           # a row with no live boid: left out, as generation leaves it (the page
+    obs = world.observe()             # does not ask the model then); it trained on the teacher's (0, 0)
+    kept = SampleSet.from_observation(obs, TeacherPolicy()(obs))
+    assert kept.n.tolist() == [5] * 7 and torch.equal(kept.context, obs["context"][[0, 1, 3, 4, 5, 6, 7]])
     for bad, message in (({**obs, "mask": obs["mask"].long()}, "obs\\['mask'\\] must be a bool tensor"),
                          ({k: v for k, v in obs.items() if k != "mask"}, "an observation dict with"),
                          ({**obs, "boids": obs["boids"].double()}, "boids is torch.float64"),
@@ -985,3 +989,20 @@ def test_a_close_cut_short_leaves_no_pool_and_no_live_worker():
     gen.close()                                                    # nothing left to wait for
     real()
     pool.join()
+
+
+def test_seeds_past_32_bits_draw_episodes_of_their_own():
+    """numpy's SeedSequence reads an int as 32-bit words and drops trailing zero words: seed 2**32 + 5's
+    validation episodes (stream 0) were seed 5's first training epoch (stream 1), a run's "held-out" set
+    another run's training data. Seeds below 2**32 keep their episodes."""
+    import numpy as np
+    from predlab.config import WorldConfig
+    from predlab.data import chunk_seed, generate_episodes
+    cfg = WorldConfig(frames=2, boids_max=4)
+    big = generate_episodes(4, cfg, seed=2 ** 32 + 5, stream=0)
+    assert not torch.equal(big.context, generate_episodes(4, cfg, seed=5, stream=1).context)
+    seeds = {chunk_seed(s, stream, chunk) for s in (5, 2 ** 32 + 5, 2 ** 63 - 1, 2 ** 32)
+             for stream in (0, 1, 2 ** 32) for chunk in (0, 1)}
+    assert len(seeds) == 24
+    kept = np.random.SeedSequence([5, 1, 0]).generate_state(2, np.uint64)[0] >> np.uint64(1)
+    assert chunk_seed(5, 1, 0) == int(kept)
