@@ -247,6 +247,9 @@ class SampleSet:
         parts = list(parts)
         if not parts:
             return cls.empty()
+        wrong = [type(p).__name__ for p in parts if not isinstance(p, SampleSet)]
+        if wrong:       # (an int's len() failed in torch's words)
+            raise InputError(f"SampleSet.cat takes SampleSets, got {', '.join(sorted(set(wrong)))} among the parts")
         if not any(len(p) for p in parts):                    # empty, of the first part's dtypes
             p = parts[0]
             return cls(p.context[:0], p.predator[:0], p.boids[:0, :0], p.n[:0], p.target[:0])
@@ -296,7 +299,10 @@ class SampleSet:
 
         An empty set has no batches (split made it one batch of no rows: a loop over it called
         the model on nothing and averaged a loss over nothing, NaN)."""
-        batch_size = whole_number("batch_size", batch_size, 1)    # torch's split named neither it nor the value
+        # torch's split named neither it nor the value; past 2**63 torch failed in its words too
+        batch_size = whole_number("batch_size", batch_size, 1, SEED_MAX)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise InputError(f"generator must be a torch.Generator (or None), not {type(generator).__name__}")
         S = len(self)
         if S == 0:
             return []
@@ -349,6 +355,8 @@ class SampleSet:
     @classmethod
     def from_ragged(cls, d: Mapping[str, Tensor]) -> "SampleSet":
         """Inverse of to_ragged; raises ValueError when the parts do not fit together."""
+        if not isinstance(d, Mapping):     # a tampered buffer: a list's .get failed with an AttributeError
+            raise ValueError(f"stored samples are {type(d).__name__}, not a dict of tensors (tampered or truncated)")
         missing = [k for k in ("n", "context", "predator", "boids", "target") if not isinstance(d.get(k), Tensor)]
         if missing:
             raise ValueError(f"stored samples lack {', '.join(missing)} (tampered or truncated)")

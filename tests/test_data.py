@@ -1006,3 +1006,21 @@ def test_seeds_past_32_bits_draw_episodes_of_their_own():
     assert len(seeds) == 24
     kept = np.random.SeedSequence([5, 1, 0]).generate_state(2, np.uint64)[0] >> np.uint64(1)
     assert chunk_seed(5, 1, 0) == int(kept)
+
+
+def test_sample_set_calls_with_the_wrong_kind_of_argument_name_it():
+    """Each failed in Python's or torch's words: a list's .get (a tampered DAgger buffer), an int's len(),
+    randperm's "invalid combination of arguments", "Overflow when unpacking long long"."""
+    from predlab.data import SampleSet
+    rows = SampleSet.from_ragged({"context": torch.zeros(2, 2), "predator": torch.zeros(2, 2),
+                                  "n": torch.tensor([1, 2]), "boids": torch.zeros(3, 4), "target": torch.zeros(2, 2)})
+    for stored in ([1, 2], None):
+        with pytest.raises(ValueError, match=r"stored samples are (list|NoneType), not a dict of tensors \(tampered"):
+            SampleSet.from_ragged(stored)
+    with pytest.raises(InputError, match="SampleSet.cat takes SampleSets, got int among the parts"):
+        SampleSet.cat([rows, 3])
+    with pytest.raises(InputError, match="generator must be a torch.Generator .*, not int"):
+        rows.batch_indices(2, generator=3)
+    with pytest.raises(ValueError, match="batch_size must be a whole number between 1 and"):
+        rows.batch_indices(10 ** 30)
+    assert [b.tolist() for b in rows.batch_indices(10 ** 18, shuffle=False)] == [[0, 1]]
