@@ -1049,6 +1049,10 @@ def _atomic_write(path: Union[str, Path], write: Callable, binary: bool) -> Path
     if path != given and not path.parent.is_dir():   # made through a dangling link, folders would land anywhere
         raise FileNotFoundError(errno.ENOENT, f"{given} is a link to {path}, in a folder that does not exist",
                                 str(given))
+    file_on_the_way = next((p for p in path.parents if p.is_file()), None)
+    if file_on_the_way is not None:     # mkdir said "[Errno 17] File exists: 'rand.js'", not why it mattered
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write {given}: {file_on_the_way} is a file, not a folder",
+                                 str(given))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

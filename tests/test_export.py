@@ -1113,6 +1113,16 @@ def test_export_cli_will_not_replace_a_json_object_that_holds_no_weights(model, 
     assert main([str(src), "--out", str(tmp_path / "empty.json")]) == 0
 
 
+def test_write_weights_below_a_file_names_the_file_in_the_way(model, tmp_path):
+    """A path below a file (a model.js where a folder was meant): mkdir's "[Errno 17] File exists:
+    'rand.js'" named the file, not why it mattered. The file is left as it was."""
+    (tmp_path / "rand.js").write_text("kept")
+    for name in ("rand.js/model.js", "rand.js/sub/model.js"):
+        with pytest.raises(NotADirectoryError, match=f"cannot write .*{name}: .*rand.js is a file, not a folder"):
+            write_weights(model, tmp_path / name)
+    assert (tmp_path / "rand.js").read_text() == "kept"
+
+
 def test_write_weights_will_not_replace_a_file_that_is_no_weight_file(model, tmp_path):
     """Only the CLI checked: write_weights(model, "package.json") in a notebook replaced the
     package file with weights."""
