@@ -402,10 +402,8 @@ def training_memory(data: SampleSet, batch_size: int = 256, cpu_split: int = 0, 
     mib = 2 ** 20
     rss = peak_rss_mib()
     peak = step_peak(rows, batch_size, cpu_split, steps)
-    if peak is not None and peak < saved[0]:
-        # below what the step saves: the count is not of this process's tensors (jemalloc or tcmalloc preloaded,
-        # with glibc's malloc left idle), and "peak 0.0 MiB" read as a figure
-        peak = None
+    # (a polled peak below what all parts save is still the figure: on a busy machine one part's backward can
+    # free its tensors before the other's forward has made its own, and polling misses the tops of spikes)
     step = next(b for d, b in _training_work(TrainConfig(batch_size=len(rows), threads=threads, cpu_split=cpu_split),
                                              WorldConfig(boids_max=int(rows.n.max())), tr.model.config)
                 if d.startswith("a training step"))
@@ -455,6 +453,11 @@ def step_peak(rows: SampleSet, batch_size: int = 256, cpu_split: int = 0, steps:
     allocated = _heap_counter()
     if allocated is None:
         return None
+    # the count must see torch's tensors: under a preloaded jemalloc or tcmalloc glibc's malloc stays idle
+    before, probe = allocated(), torch.empty(1 << 22)       # 16 MiB
+    if allocated() - before < probe.nbytes:
+        return None
+    del probe
     best = 0
     for _ in range(steps):
         tr = make_trainer(rows, batch_size, cpu_split=cpu_split)
@@ -472,7 +475,9 @@ def step_peak(rows: SampleSet, batch_size: int = 256, cpu_split: int = 0, steps:
             done.set()
             poller.join()
             torch.set_num_threads(threads)
-        best = max(best, high[0] - base)
+        # and once after it: what the step made and keeps (AdamW's moments) was held at its peak too, where a
+        # poller kept off the CPU for the whole step read nothing
+        best = max(best, high[0] - base, allocated() - base)
     return best
 
 

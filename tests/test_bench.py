@@ -48,7 +48,9 @@ def test_run_reports_every_figure(tmp_path, capsys, monkeypatch):
     # 1 thread: the training targets and the seed's 2-core figure judge nothing (it said "met: yes" and "x seed 11.4")
     assert "GFLOP/s on 1 thread\n" in out
     assert "(the training targets and the seed's training figure are of 2 threads: not judged at 1)" in out
-    assert res["met"]["train_default"] is None and res["met"]["generate"] is True and res["targets"] == bench.TARGETS
+    # (a timing: one rollout of a few ms, under the 20 ms the target allows on a loaded machine)
+    assert res["met"]["train_default"] is None and res["targets"] == bench.TARGETS
+    assert res["met"]["generate"] == (res["generate"]["samples_per_s"] >= bench.TARGETS["generate"])
     assert all(len(line.split(")")[-1].split()) == 3 for line in out.splitlines()
                if line.startswith(("training, default", "training, 50")))
     assert "% at the full model's count)" in out
@@ -95,7 +97,8 @@ def test_training_memory_is_of_the_step_as_training_runs_it():
         torch.set_num_threads(threads)
     assert (split["parts"], split["rows"], split["mean_boids"]) == (2, 16, 6)
     if bench._heap_counter() is not None:       # glibc: the step's peak, polled, besides what it saves
-        assert split["peak_mib"] is None or split["peak_mib"] > split["activations_mib"]
+        # (a bound below: the step's own state, kept after it; the poller may miss the tops on a busy machine)
+        assert 0 < split["peak_mib"] < 2 * (split["activations_mib"] + split["state_mib"]) + 1
     assert split["peak_steps"] == 3
     assert split["counted_mib"] > split["activations_mib"]     # the memory check's count holds what the step saves
     torch.set_num_threads(1)
@@ -139,9 +142,9 @@ def test_the_split_parts_saved_tensors_are_counted_when_the_parts_run_one_after_
     assert [s["activations_mib"] for s in serial] == [side_by_side["activations_mib"]] * 4
 
 
-def test_a_peak_below_what_the_step_saves_is_no_figure(monkeypatch):
+def test_an_allocator_count_that_does_not_see_torchs_tensors_is_no_figure(monkeypatch):
     """Under a preloaded jemalloc, glibc's count stays idle: the table read "peak 0.0 MiB" beside 98.7 saved."""
-    monkeypatch.setattr(bench, "step_peak", lambda *a, **k: 0)
+    monkeypatch.setattr(bench, "_heap_counter", lambda: (lambda: 0))      # glibc's count, idle
     mem = bench.training_memory(bench.samples_with_boids(6, 8, TINY), 8, cpu_split=1)
     assert mem["peak_mib"] is None and mem["activations_mib"] > 0
 
