@@ -488,6 +488,7 @@ class LivePlot(Callback):
         self.handle = None
         self._trainer = None      # whose run history holds
         self._resumed_from = None   # that trainer's resumed_from when it was drawn: another is another run
+        self._open_top = None       # the catch panel's top while a band there has an unbounded top
 
     def on_train_begin(self, trainer):
         # Each train() call shows its own plot: a notebook cell run again (to resume after an
@@ -571,6 +572,8 @@ class LivePlot(Callback):
         for ax in self.fig.axes:
             ax.relim()
             ax.autoscale_view()
+        if self._open_top is not None:
+            self.lines["catch_ratio"].axes.set_ylim(top=self._open_top)     # the open band runs off the top
         line = self.lines.get("catch_ratio")
         if line is not None and self.epochs.get("catch_ratio"):
             # the epochs trained so far, as in the other panels: the few checked ones alone spread one
@@ -588,16 +591,21 @@ class LivePlot(Callback):
     def _draw_interval(self, key: str) -> None:
         """The shaded 95% interval of key (key_low .. key_high, as CatchEvaluator logs them) behind its line."""
         line = self.lines.get(key)
+        self._open_top = None
         if line is None:
             return
         band = self.bands.pop(key, None)
         if band is not None:
             band.remove()
         lows, highs = (dict(zip(self.epochs.get(k, []), self.history.get(k, []))) for k in (f"{key}_low", f"{key}_high"))
-        # finite bounds only: NaN while the teacher catches nothing, an infinite top in resamples where it caught none
+        # a finite bottom with an unbounded top (resamples where the teacher caught none) is an interval too:
+        # shaded up to the panel's top, which update() keeps at `top`
         epochs = [e for e in self.epochs.get(key, []) if math.isfinite(lows.get(e, math.nan))
-                  and math.isfinite(highs.get(e, math.nan))]
-        lo, hi = [lows[e] for e in epochs], [highs[e] for e in epochs]
+                  and (math.isfinite(highs.get(e, math.nan)) or highs.get(e) == math.inf)]
+        seen = [v for v in (*self.history.get(key, []), *lows.values(), *highs.values()) if math.isfinite(v)]
+        top = 1.2 * max([1.0, *seen])
+        lo, hi = [lows[e] for e in epochs], [min(highs[e], top) for e in epochs]
+        self._open_top = top if any(highs[e] == math.inf for e in epochs) else None
         # the last check's ratio without its interval (too few episodes where the catches differ: NaN bounds,
         # not an unbounded top) is said
         checked = self.epochs.get(key, [])

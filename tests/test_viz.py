@@ -1345,8 +1345,8 @@ def test_liveplot_shades_the_catch_ratios_interval():
     band = lp.bands["catch_ratio"]
     assert band.axes is lp.lines["catch_ratio"].axes and len(lp.fig.axes) == 3
     xy = np.concatenate([p.vertices for p in band.get_paths()])
-    assert set(xy[:, 0]) == {2, 4}                               # epoch 6's infinite top is not drawn
-    assert xy[:, 1].min() == 0.5 and xy[:, 1].max() == 1.5
+    assert set(xy[:, 0]) == {2, 4, 6}                            # epoch 6's infinite top: up to the panel's top
+    assert xy[:, 1].min() == 0.5 and xy[:, 1].max() == lp.lines["catch_ratio"].axes.get_ylim()[1]
     assert lp.lines["catch_ratio"].axes.collections[:] == [band]         # redrawn each epoch, not stacked
     ymin, ymax = lp.lines["catch_ratio"].axes.get_ylim()
     assert ymin <= 0.5 and 1.5 <= ymax < 10
@@ -1804,3 +1804,49 @@ def test_liveplot_says_why_the_last_check_has_no_band():
     # an unbounded top (few catches) is an interval, drawn up to what the panel shows, with no such title
     lp.on_epoch_end(None, 4, {**base, "catch_ratio": 1.4, "catch_ratio_low": 0.6, "catch_ratio_high": math.inf})
     assert ax.get_title() == viz.LivePlot.PANELS[-1][0]
+    band = lp.bands["catch_ratio"].get_paths()[0].vertices
+    assert band[:, 0].max() >= 4 and band[:, 1].max() >= ax.get_ylim()[1] > 1.4   # shaded at epoch 4, to the top
+
+
+def test_the_views_draw_the_canvas_as_the_browser_does_y_down(rollout, make_model, samples):
+    """01's animation and 03's overlays are titled as the screen: y grows downwards, angles turn clockwise."""
+    anim = viz.animate_rollout(rollout)
+    anim._draw_was_started = True
+    ax = anim._fig.axes[0]
+    assert ax.get_ylim() == (rollout.size[1], 0)
+    assert viz.plot_training_data(samples).axes[2].get_theta_direction() == -1
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    assert viz.plot_attention_overlay(model, viz.sample_frames(samples, 3)).axes[0].yaxis_inverted()
+
+
+def test_attention_views_draw_the_boids_where_they_are_and_ring_the_nearest_live_one(make_model):
+    """A frame after catches has holes in its mask: the boids are drawn at their wrap-aware offsets from the
+    predator and the ring sits on the nearest live boid, in the overlay and in every panel of the grid."""
+    ro = viz.record_rollout(frames=300, n_boids=8, width=160, height=160, seed=0)
+    t = next(t for t in range(len(ro) - 1, -1, -1) if not ro.obs["mask"][t].all() and ro.obs["mask"][t].any())
+    live = ro.obs["mask"][t]
+    assert not live[: live.sum()].all()                          # a hole before a live boid
+    W, H = ro.size
+    offsets = (ro.pos[t][ro.alive[t]] - ro.pred_pos[t] + [W / 2, H / 2]) % [W, H] - [W / 2, H / 2]
+    nearest = offsets[np.hypot(*offsets.T).argmin()]
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    grid = viz.plot_attention_grid(model, ro.batch(), index=t)
+    for ax in [viz.plot_attention_overlay(model, ro.batch(), index=t).axes[0], *grid.axes[:6]]:
+        drawn = ax.collections[0].get_offsets()
+        assert np.allclose(np.sort(drawn, 0), np.sort(offsets, 0), atol=1e-3)
+        ring = next(c for c in ax.collections if c.get_label() == "teacher's target").get_offsets()[0]
+        assert np.allclose(ring, nearest, atol=1e-3)
+
+
+def test_the_attention_sliders_layer_and_the_grids_mean_column_reach_the_figure(make_model, samples):
+    model = make_model(0, d_model=16, n_heads=2, n_layers=2, ffn_hidden=16)
+    batch = viz.sample_frames(samples, 5)
+    w = viz.cls_attention(model, batch)                       # [B, L, H, N]
+    ctl = widgets.make_attention_controls(model, batch)
+    ctl.set(frame=3, layer=1, head=0)
+    n = int(batch["mask"][3].sum())
+    assert np.allclose(ctl.last.attention_weights, w[3, 1, 0, :n].numpy(), atol=1e-6)
+    ctl.set(head="mean")
+    assert np.allclose(ctl.last.attention_weights, w[3, 1, :, :n].mean(0).numpy(), atol=1e-6)
+    grid = viz.plot_attention_grid(model, batch, index=3)
+    assert np.allclose(grid.axes[5].collections[0].get_array(), w[3, 1, :, :n].mean(0).numpy(), atol=1e-6)
