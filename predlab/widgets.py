@@ -398,9 +398,10 @@ def fine_tune_start(trainer) -> Optional[float]:
     return mse
 
 
-def fine_tune_verdict(trainer, start: Optional[float]) -> None:
+def fine_tune_verdict(trainer, start: Optional[float]) -> bool:
     """After training a run started from a file: a warning (on stderr) when no epoch beat the file's own
-    val MSE `start` (from fine_tune_start), with what to try; nothing otherwise."""
+    val MSE `start` (from fine_tune_start), with what to try; nothing otherwise. -> whether it warned
+    (export_verdict's `worse`)."""
     from .train import fine_tune_shortfall, init_weights_moved
     shortfall = fine_tune_shortfall(trainer, start)
     if shortfall:
@@ -408,13 +409,15 @@ def fine_tune_verdict(trainer, start: Optional[float]) -> None:
         redo = f"set INIT_WEIGHTS to {str(moved)!r}, " if moved is not None else ""
         print(f"warning: {shortfall}: try a lower learning rate ({redo}move the slider, then build the trainer "
               f"again)", file=sys.stderr)
+    return bool(shortfall)
 
 
-def export_verdict(folder) -> None:
+def export_verdict(folder, worse: bool = False) -> None:
     """After a notebook's run: a line when the folder's model.js (what `python -m predlab.demo` and the page
     load) is not of its best_model.pt, which the run wrote; nothing when it is, or when there is no best.
     The notebooks leave the export to 04_export.ipynb, and a run left an earlier export beside its new best
-    without a word."""
+    without a word. worse (fine_tune_verdict's): the run did worse than the weights it started from, and
+    the line invited an export that replaced a better model.js."""
     from pathlib import Path
 
     from .checkpoint import load_model
@@ -439,7 +442,10 @@ def export_verdict(folder) -> None:
         same = a.keys() == b.keys() and all(a[k].shape == b[k].shape and bool((a[k] == b[k]).all()) for k in a)
     except Exception:       # noqa: BLE001 (an unreadable file of either kind is no export of this model)
         same = False
-    if not same:
+    if not same and worse:
+        print(f"{js} is an earlier export, not of this best_model.pt, which did worse than the weights it started "
+              f"from (above): keep it, or export this one with 04_export.ipynb only to replace it")
+    elif not same:
         print(f"{js} is an earlier export, not of this best_model.pt: the demo and the page run that one until "
               f"04_export.ipynb exports this one")
 

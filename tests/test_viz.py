@@ -1457,6 +1457,10 @@ def test_the_training_cell_says_when_model_js_is_not_the_runs_best(tmp_path, cap
     widgets.export_verdict(tmp_path)
     assert (f"{tmp_path / 'model.js'} is an earlier export, not of this best_model.pt: the demo and the page run "
             "that one") in capsys.readouterr().out
+    # a fine-tune that did worse than its start: the line invited 04's export, which replaced the better model.js
+    widgets.export_verdict(tmp_path, worse=True)
+    said = capsys.readouterr().out
+    assert "did worse than the weights it started from (above): keep it" in said and "run that one until" not in said
     write_weights(t.model, tmp_path / "model.js")                           # 04's export of it
     widgets.export_verdict(tmp_path)
     assert capsys.readouterr().out == ""
@@ -1510,7 +1514,7 @@ def test_the_fine_tuning_advice_names_where_the_file_it_started_from_went(tmp_pa
     tuned.train(1)
     tuned.best_metric, tuned.best_epoch = start * 1.5, 1                     # no epoch beat the file
     capsys.readouterr()
-    widgets.fine_tune_verdict(tuned, start)
+    assert widgets.fine_tune_verdict(tuned, start) is True
     moved = next((tmp_path / "previous").glob("*/best_model.pt"))
     assert f"try a lower learning rate (set INIT_WEIGHTS to {str(moved)!r}, move the slider" in capsys.readouterr().err
 
