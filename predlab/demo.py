@@ -118,7 +118,10 @@ def _page_problem(model: Path) -> Optional[str]:
                 read_params(model, require_browser_sizes=True)
         except WeightFormatError as e:
             return f"{said}. Converted, it would be refused as well: {e}"
-        return f"{said}; or convert it:\n  python -m predlab.export {model} --out model.js"
+        from .train import shell_words
+        # beside it (or in its place, a .js): `--out model.js` wrote into the current folder, not the one named
+        out = model if model.suffix.lower() == ".js" else model.with_suffix(".js")
+        return f"{said}; or convert it:\n  {shell_words('python', '-m', 'predlab.export', model, '--out', out)}"
     # searched outside strings ("note": "run 7; export default weights" was taken for a statement), at the
     # same places: what is between each string's quotes is blanked, not removed (`import './x.js'` stays one)
     module = _MODULE_STATEMENT.search("".join(

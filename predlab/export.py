@@ -789,9 +789,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
     except ValueError as e:   # an integer of more digits than Python converts
         raise WeightFormatError(f"{source}: not a readable weight file ({str(e).split(';')[0]})") from None
     if not m and source.lower().endswith(".js"):     # read all the same: a model.json renamed, say
+        from .train import shell_words
+        # in place (the export keeps the JSON in previous/): `--out model.js` wrote into the current folder,
+        # and the page's file stayed as it was
         warnings.warn(f"{source} is plain JSON, with no `window.TRANSFORMER_PARAMS = `: the page loads model.js as "
-                      "a script, where that is a syntax error, and would run the teacher; `python -m predlab.export "
-                      f"{source} --out model.js` writes it as the page reads it", stacklevel=3)
+                      "a script, where that is a syntax error, and would run the teacher; `"
+                      f"{shell_words('python', '-m', 'predlab.export', source, '--out', source)}` rewrites it as the "
+                      "page reads it", stacklevel=3)
     goes_on = _CONTINUES_OBJECT.match(s, end) if m else None
     if m and not goes_on and end + len(s[end:]) - len(s[end:].lstrip()) in templates:
         # a template literal (a JSON string by now) after the object: a tagged template, a call of the object

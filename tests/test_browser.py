@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -386,6 +387,10 @@ def test_demo_cli_names_weights_the_page_cannot_run(tmp_path, make_model):
     r = subprocess.run([sys.executable, "-m", "predlab.demo", str(write_weights(model, tmp_path / "model.json")),
                         "--no-browser"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is plain JSON" in r.stderr and "predlab.export" in r.stderr
+    # the command offered writes beside the file named, not into the current folder
+    offered = shlex.split(r.stderr.strip().splitlines()[-1])
+    assert offered == ["python", "-m", "predlab.export", str(tmp_path / "model.json"), "--out",
+                       str(tmp_path / "model.js")]
     renamed = tmp_path / "renamed.js"       # the same under a script's name: said once, as the error
     renamed.write_bytes((tmp_path / "model.json").read_bytes())
     with warnings.catch_warnings(record=True) as said:

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import shlex
 import warnings
 from pathlib import Path
 
@@ -576,7 +577,13 @@ def test_a_model_js_of_plain_json_is_read_with_a_warning_that_the_page_would_not
     (tmp_path / "model.js").write_text(params_to_text(_params(model), "json"))
     with pytest.warns(UserWarning, match=r"model\.js is plain JSON.*the page loads model\.js as a script") as said:
         read = read_weights(tmp_path / "model.js")
-    assert len(said) == 1 and "python -m predlab.export" in str(said[0].message)
+    advice = str(said[0].message).split("`")[-2]        # the command offered converts that very file, in place
+    path = str(tmp_path / "model.js")
+    assert len(said) == 1 and shlex.split(advice) == ["python", "-m", "predlab.export", path, "--out", path]
+    from predlab.export import main
+    assert main(shlex.split(advice)[3:]) == 0
+    assert read_weights(tmp_path / "model.js") is not None and "window.TRANSFORMER_PARAMS" in (
+        tmp_path / "model.js").read_text()
     for a, b in zip(read.state_dict().values(), model.state_dict().values()):
         assert torch.equal(a, b)
     (tmp_path / "model.js").rename(tmp_path / "model.json")
