@@ -2176,6 +2176,31 @@ def _say(notes: Sequence[tuple]) -> None:
         print(text, file=sys.stderr if to_stderr else sys.stdout)
 
 
+def _machine_notes(run: Mapping, ns: Mapping, given: set) -> List[tuple]:
+    """On resume: the threads and split parts a CPU run trained with, where this resume makes its sums
+    otherwise. They are the machine's settings, not taken from the checkpoint, but they set how a batch's
+    sums are made: the run parts from the uninterrupted one in the last bits at once (the flock then
+    amplifies it). Said only where both are known: a run on torch's default threads recorded no count."""
+    try:
+        if resolve_device(ns["device"]).type != "cpu":
+            return []
+    except (TypeError, ValueError):       # said below, as the flag's error
+        return []
+    threads_now = min(ns["threads"], usable_cpus()) if ns["threads"] else torch.get_num_threads()
+    threads_then = run.get("threads") or None
+    notes = []
+    if "threads" not in given and threads_then is not None and threads_then != threads_now:
+        notes.append((f"note: the run trained on {threads_then} thread(s) (--threads {threads_then}), this resume on "
+                      f"{threads_now}: give --threads {threads_then} to go on bit for bit as it would have", True))
+    batch = ns["batch_size"]
+    if ("cpu_split" not in given and run.get("cpu_split")
+            and min(run["cpu_split"], batch) != split_parts_for(ns["cpu_split"], batch, threads_now)):
+        notes.append((f"note: the run split each batch into {min(run['cpu_split'], batch)} parts (--cpu_split "
+                      f"{run['cpu_split']}), this resume into {split_parts_for(ns['cpu_split'], batch, threads_now)}: "
+                      f"give --cpu_split {run['cpu_split']} to go on bit for bit as it would have", True))
+    return notes
+
+
 def _parse(argv):
     """parse_args, with what it has to say returned as (text, to stderr) notes: main says them
     once it holds the checkpoint folder (a busy folder's error alone, not after "resuming...")."""
@@ -2241,12 +2266,7 @@ def _parse(argv):
                     changed.append(f"{flag(f.name, ns[f.name])} (the checkpoint's run: "
                                    f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
-        for name, auto in (("threads", "torch's default"), ("cpu_split", "auto")):
-            # the machine's: not taken from the checkpoint, but they set how a batch's sums are made, and a resume
-            # on other ones parts from the uninterrupted run in the last bits at once (the flock then amplifies)
-            if name not in given and run.get(name) and run[name] != ns[name]:
-                notes.append((f"note: the run trained with --{name} {run[name]}, this resume with {auto}: give "
-                              f"--{name} {run[name]} to go on bit for bit as it would have", True))
+        notes += _machine_notes(run, ns, given)
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = os.path.dirname(resume) or "."     # as typed: Path drops a ./ before a ~
     if ns["init_weights"] is not None:
@@ -2272,10 +2292,12 @@ def _parse(argv):
             notes.append((f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for "
                           f"this process: {usable_cpus()} worker processes generate the episodes", True))
             tc.num_workers = usable_cpus()
-        if tc.cpu_split > usable_cpus():    # a thread a part: 1000 ran 256 threads on 2 cores, 7x slower, unsaid
+        if tc.cpu_split > usable_cpus():
+            # a thread a part: 1000 ran 256 threads on 2 cores, 7x slower, unsaid. Not capped: the parts set the
+            # sums, so a run resumed from a larger machine goes on bit for bit with its own --cpu_split
             notes.append((f"note: --cpu_split {tc.cpu_split}, but this machine has {usable_cpus()} CPU(s) for this "
-                          f"process: each batch is split into {usable_cpus()} parts at most", True))
-            tc.cpu_split = usable_cpus()
+                          f"process: the parts take turns, slower than {usable_cpus()} (the same sums as on a machine "
+                          f"of {min(tc.cpu_split, tc.batch_size)} CPUs)", True))
     except (TypeError, ValueError) as e:
         said = str(e)
         if said.startswith("device: "):        # TrainConfig's field, given here as the flag

@@ -1822,20 +1822,32 @@ def test_a_worker_killed_while_the_validation_episodes_are_made_is_one_line(tmp_
     assert not (tmp_path / "checkpoints" / "model.js").exists()
 
 
-def test_a_resume_without_the_runs_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_path, monkeypatch, capsys):
+def test_a_resume_on_other_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_path, monkeypatch, capsys):
     """A run trained with --threads 1 resumed plainly ran on torch's default threads: its weights
     parted from the uninterrupted run's at once, though the README promised bit for bit, and
-    nothing said why (threads and the split are the machine's settings, not the checkpoint's)."""
+    nothing said why (threads and the split are the machine's settings, not the checkpoint's).
+    Where the resume's sums are the run's, nothing is said."""
     from predlab import train as tr
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tr, "usable_cpus", lambda: 2)
-    assert tr.main([*TINY_FLAGS, "--epochs", "1", "--threads", "1", "--cpu_split", "2", "--eval_every", "0"]) == 0
-    capsys.readouterr()
-    resume = ["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]
-    tr.parse_args(resume)
-    said = capsys.readouterr().err
-    assert ("note: the run trained with --threads 1, this resume with torch's default: give --threads 1 to go on "
-            "bit for bit" in said)
-    assert "note: the run trained with --cpu_split 2, this resume with auto: give --cpu_split 2" in said
-    tr.parse_args([*resume, "--threads", "1", "--cpu_split", "2"])
-    assert "bit for bit" not in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert tr.main([*TINY_FLAGS, "--epochs", "1", "--threads", "1", "--cpu_split", "1", "--eval_every", "0"]) == 0
+        capsys.readouterr()
+        torch.set_num_threads(2)             # (the run set 1): torch's default on this resume's machine
+        resume = ["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]
+        tr.parse_args(resume)
+        said = capsys.readouterr().err
+        assert ("note: the run trained on 1 thread(s) (--threads 1), this resume on 2: give --threads 1 to go on bit "
+                "for bit" in said)
+        assert ("note: the run split each batch into 1 parts (--cpu_split 1), this resume into 2: give --cpu_split 1"
+                in said)
+        tr.parse_args([*resume, "--threads", "1", "--cpu_split", "1"])
+        assert "bit for bit" not in capsys.readouterr().err
+        tr.parse_args([*resume, "--device", "cpu", "--threads", "2", "--cpu_split", "2"])     # asked for: no note
+        assert "bit for bit" not in capsys.readouterr().err
+        torch.set_num_threads(1)           # the resume's sums are the run's: nothing to say
+        tr.parse_args([*resume, "--cpu_split", "1"])
+        assert "bit for bit" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
