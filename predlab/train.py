@@ -913,11 +913,13 @@ class EarlyStopping(Callback):
             what = "catch evaluation" if trainer.monitor == "neg_catch_ratio" else "epoch"
             what += "" if trainer.bad_epochs == 1 else "s"
             by = ""
-            if trainer.min_delta > 0:      # from what: the best may be an epoch since, which gained less than that
+            # from what: the best may be an epoch since, which gained less than min_delta, or the model a resume
+            # restarted the best from, while the count goes on from the run's best, which no file holds any more
+            if trainer.min_delta > 0 or trainer.early_stopping_ref != trainer.best_metric:
                 ref, monitor = trainer.early_stopping_ref, trainer.monitor
                 on = (f"catch ratio {-ref:.4f}" if monitor == "neg_catch_ratio" else
                       f"val MSE {ref:.5f}" if monitor == "val_loss" else f"{monitor} {ref:g}")
-                by = f" of more than {trainer.min_delta:g} on {on}"
+                by = f" of more than {trainer.min_delta:g} on {on}" if trainer.min_delta > 0 else f" on {on}"
             say(f"early stopping: no improvement{by} for {trainer.bad_epochs} {what} (best: "
                 f"{ckpt_io.describe_best(trainer.monitor, trainer.best_metric, trainer.best_epoch)})")
             trainer.stop_training = True

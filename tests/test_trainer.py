@@ -855,7 +855,7 @@ def test_a_checkpoint_without_the_state_a_resume_needs_is_refused_naming_the_fie
     assert t.epoch == 0 and t.optimizer.state_dict()["state"] == {}
 
 
-def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_the_model_resumed(tmp_path):
+def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_the_model_resumed(tmp_path, capsys):
     """Rewound to epoch 3, whose best (epoch 1) only the best_model.pt that epoch 4 overwrote held: that
     file moves aside with the later epochs, and the folder had no best_model.pt of the run going on.
     The best starts again from epoch 3's model, by its own score, and is written as best_model.pt.
@@ -874,6 +874,11 @@ def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_th
     best = load_checkpoint_dict(d / "best_model.pt")
     assert (best["epoch"], best["best_epoch"], best["best_metric"]) == (3, 3, 0.8)
     assert (t.best_epoch, t.best_metric, t.bad_epochs, t.early_stopping_ref) == (3, 0.8, 3, 0.5)
+    from predlab.train import EarlyStopping
+    t.min_delta, t.stop_training = 0.0, False
+    EarlyStopping(3).on_epoch_end(t, 4, {})       # it stopped "with no improvement", naming epoch 4's best alone
+    assert "early stopping: no improvement on score 0.5 for 3 epochs (best: score 0.80000 at epoch 3)" in \
+        capsys.readouterr().out and t.stop_training
     resumed = load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["model"]
     assert all(torch.equal(best["model"][k], v) for k, v in resumed.items())
     [moved] = d.glob("previous/*/best_model.pt")
