@@ -18,6 +18,11 @@ $(STAMP): FORCE
 endif
 endif
 FORCE:
+# a .venv is removed only once PYTHON has made one elsewhere: a Python without its venv module (Debian's
+# python3.12 without python3.12-venv) left no .venv where a working one of another version had been
+MADE_ELSEWHERE = { t=$$(mktemp -d) && $(PYTHON) -m venv "$$t/v" >/dev/null 2>&1; made=$$?; rm -rf "$$t"; \
+  [ $$made = 0 ] || { echo "$(PYTHON) cannot make a virtual environment (on Debian and Ubuntu: apt-get install \
+  python3-venv, or python3.X-venv for a python3.X); .venv is left as it was" >&2; false; }; }
 
 $(STAMP): pyproject.toml
 	@# (% formatting: a Python 2 named by mistake reads it, and says which Python it is, where an f-string was
@@ -30,7 +35,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c 'import sys; assert (3, 10) <= sys.version_info[:2] < (3, 15)' >/dev/null 2>&1 && \
 	  $(BIN)/python -m pip --version >/dev/null 2>&1 && \
 	  { [ -z "$(NAMED)" ] || [ "$$($(call VERSION_OF,$(BIN)/python))" = "$$($(call VERSION_OF,$(PYTHON)))" ]; } || \
-	  { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
+	  { $(MADE_ELSEWHERE) && rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 

@@ -26,6 +26,10 @@ def _script(path: Path, body: str) -> str:
     return shlex.quote(str(path))
 
 
+# the Makefile's check that a Python makes venvs before it removes .venv: passed, and not recorded
+MAKES_VENVS_ELSEWHERE = '[ "$1" = -m ] && [ "$2" = venv ] && [ "$3" != .venv ] && exit 0\n'
+
+
 def _make(project, *args):
     return subprocess.run(["make", "-C", str(project), ".venv/.installed-stamp", *args],
                           capture_output=True, text=True, timeout=60)
@@ -52,7 +56,7 @@ def test_a_venv_without_pip_is_made_again(tmp_path):
     (project / ".venv" / "left").write_text("")
     log = tmp_path / "calls"
     # the Python the Makefile makes venvs with: it passes the version check and records `-m venv`
-    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n'
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n{MAKES_VENVS_ELSEWHERE}'
                    f'echo "$@" >> {shlex.quote(str(log))}\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode != 0          # the fake made no venv
@@ -68,7 +72,7 @@ def test_a_venv_of_a_python_torch_does_not_cover_is_made_again(tmp_path):
     # a 3.15 python: the version check fails, pip answers
     _script(project / ".venv" / "bin" / "python", '[ "$1" = -c ] && exit 1\nexit 0\n')
     log = tmp_path / "calls"
-    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n'
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n{MAKES_VENVS_ELSEWHERE}'
                    f'echo "$@" >> {shlex.quote(str(log))}\nexit 7\n')
     r = _make(project, f"PYTHON={fake}")
     assert r.returncode != 0 and log.read_text().split("\n")[0] == "-m venv .venv"
@@ -96,7 +100,7 @@ def _python_of(path: Path, version, log: Path) -> str:
     """A python that says it is `version` to the Makefile's checks (run by this interpreter) and records
     any other call (`-m pip ...`, `-m venv ...`), which it fails."""
     return _script(path, f'[ "$1" = -c ] && exec {PY} -c '
-                         f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/{version}/")"\n'
+                         f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/{version}/")"\n{MAKES_VENVS_ELSEWHERE}'
                          f'echo "$@" >> {shlex.quote(str(log))}\n[ "$2" = pip ] && [ "$3" = --version ]\n')
 
 
@@ -149,3 +153,19 @@ def test_a_python_2_is_refused_by_name_not_with_a_syntax_error(tmp_path):
     assert r.returncode != 0 and "SyntaxError" not in r.stderr
     assert "predlab needs Python 3.10 to 3.14" in r.stderr and "name another with PYTHON=" in r.stderr
     assert not (project / ".venv").exists()
+
+
+def test_a_python_that_cannot_make_venvs_leaves_the_venv_there(tmp_path):
+    """`make train PYTHON=python3.12` on Debian without python3.12-venv removed the working .venv of 3.11, then
+    failed to make one: the next make downloaded torch again."""
+    project = _project(tmp_path)
+    (project / ".venv" / "bin").mkdir(parents=True)
+    log = tmp_path / "calls"
+    _python_of(project / ".venv" / "bin" / "python", (3, 11), log)
+    (project / ".venv" / "kept").write_text("")
+    host = _script(tmp_path / "python3.12", f'[ "$1" = -c ] && exec {PY} -c '
+                   f'"$(printf %s "$2" | sed "s/sys.version_info\\[:2\\]/(3, 12)/")"\n'
+                   'echo "No module named ensurepip" >&2\nexit 1\n')
+    r = _make(project, f"PYTHON={host}")
+    assert r.returncode != 0 and "cannot make a virtual environment" in r.stderr and "python3-venv" in r.stderr
+    assert (project / ".venv" / "kept").exists()
