@@ -558,9 +558,16 @@ _JS_ONLY_KEY = re.compile(r"\[[^\n]*?\]\s*(?=:)|\.?\d[\w$.]*\s*(?=:)")
 _JS_VALUE = re.compile(r"[-+(!~A-Za-z_$]")
 _JS_OPERATOR = re.compile(r"[-+*/%]")
 # where JSON expects a key, JavaScript that the page runs: a spread, a method (a getter, an async or generator
-# one), a key spelt with \u escapes (d\u005fmodel is d_model)
-_JS_OBJECT_CODE = re.compile(r"(?P<spread>\.\.\.)|(?P<method>(?:(?:get|set|async)\s+)?\*?\s*[A-Za-z_$][\w$]*\s*\()"
-                             r"|(?P<escape>[\w$]*\\u[\w$\\{}]*\s*:)")
+# one; named, quoted, computed or numbered), a key spelt with \u escapes (d\u005fmodel is d_model)
+_JS_ESCAPE = r"\\u(?:[0-9a-fA-F]{4}|\{[0-9a-fA-F]+\})"
+# a method's parameters (names, a ...rest) and its body's brace: `foo(1, 2) {}` is a syntax error
+_JS_PARAMS = r"\s*\(\s*(?:(?:\.\.\.)?[A-Za-z_$][\w$]*\s*(?:,\s*(?:\.\.\.)?[A-Za-z_$][\w$]*\s*)*)?\)\s*\{"
+_JS_OBJECT_CODE = re.compile(r"(?P<spread>\.\.\.\s*[A-Za-z_$\[{(\"'])"
+                             r"|(?P<method>(?:(?:get|set|async)\s+)?\*?\s*(?:[A-Za-z_$][\w$]*|\"(?:[^\"\\]|\\.)*\""
+                             r"|\[[^\]\n]*\]|\d[\w.]*)" + _JS_PARAMS + r")"
+                             rf"|(?P<escape>(?:[\w$]|{_JS_ESCAPE})*{_JS_ESCAPE}(?:[\w$]|{_JS_ESCAPE})*\s*:)")
+# after a quoted key, JSON's "Expecting ':' delimiter" at a method's parameters
+_JS_METHOD_REST = re.compile(_JS_PARAMS)
 _JS_TOKEN = re.compile(r"\s*(?:(?P<num>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$.]))"
                        r"|(?P<name>[A-Za-z_$][\w$]*(?:\s*\.\s*[A-Za-z_$][\w$]*)*)|(?P<op>\*\*|[-+*/%!~(),]))")
 
@@ -751,10 +758,13 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
             what = ("computed (`[...]:`), code that predlab does not run" if key.group()[0] == "[" else
                     "a number not written as a plain whole number (1.5, 0x10, 1e3), which predlab does not read")
             raise PageOnlyError(f"{source}: the key at {place} is {what}; write it as a name") from None
-        code = _JS_OBJECT_CODE.match(s, e.pos) if e.msg.startswith("Expecting property name") else None
-        if code:
-            what = {"spread": "an object spread (`...`)", "method": "a method",
-                    "escape": "a key written with \\u escapes"}[code.lastgroup]
+        # (a file cut short after `...` or a name is said so below)
+        code = (_JS_OBJECT_CODE.match(s, e.pos) if e.msg.startswith("Expecting property name")
+                and not _ends_early(s, e.pos) else None)
+        quoted_method = e.msg.startswith("Expecting ':' delimiter") and _JS_METHOD_REST.match(s, e.pos)
+        if code or quoted_method:
+            what = "a method" if quoted_method else {"spread": "an object spread (`...`)", "method": "a method",
+                                                     "escape": "a key written with \\u escapes"}[code.lastgroup]
             raise PageOnlyError(f"{source}: at {place} the object holds {what}, JavaScript that predlab does not "
                                 "read; write the weights as `name: [numbers]`") from None
         if _ends_early(s, e.pos):    # a copy or an upload cut short: the parser's words point at a key or a comma
@@ -776,10 +786,15 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         if bare:
             raise WeightFormatError(f"{source}: not a readable weight file (the key `{bare.group(1)}` at {place} has "
                                     "no value: write `name: [numbers]`)") from None
+        colon = re.match(r"([A-Za-z_$][\w$]*)\s+(?=[^\s,:}(\[])", s[e.pos:]) if e.msg.startswith("Expecting property") \
+            else None
+        if colon:
+            raise WeightFormatError(f"{source}: not a readable weight file (a `:` is missing after the key "
+                                    f"`{colon.group(1)}` at {place})") from None
         if e.msg.startswith("Expecting property name"):      # JSON's words, where a key is a name in JavaScript
             raise WeightFormatError(f"{source}: not a readable weight file (a key, a name or a string in quotes, was "
                                     f"expected at {place}, not `{found}`)") from None
-        if e.msg.startswith("Expecting value") and s.startswith((",", "]"), e.pos):
+        if e.msg.startswith("Expecting value") and s.startswith((",", "]"), e.pos) and s[:e.pos].rstrip()[-1:] in "[,":
             raise WeightFormatError(f"{source}: not a readable weight file (a number is missing at {place}: two "
                                     "commas, or one after `[`, leave a hole in the array)") from None
         raise WeightFormatError(f"{source}: not a readable weight file ({e.msg} at {place})") from None

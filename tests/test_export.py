@@ -851,7 +851,8 @@ def test_keys_javascript_computes_are_named_as_what_predlab_does_not_read(key, w
 
 @pytest.mark.parametrize("member, what", [("...{}", r"an object spread \(`...`\)"), ("note() {}", "a method"),
                                           ("get note() { return 1 }", "a method"), ("*gen() {}", "a method"),
-                                          ("d\\u005fmodel: 48", r"a key written with \\u escapes")])
+                                          ("d\\u005fmodel: 48", r"a key written with \\u escapes"),
+                                          ("get [x]() {}", "a method"), ("0() {}", "a method")])
 def test_object_members_javascript_runs_are_named_as_what_predlab_does_not_read(member, what):
     """The page runs these (Node's loader gives the same actions with them); `python -m predlab.demo`
     said "the page will refuse" them, in JSON's words ("Expecting property name enclosed in double
@@ -859,6 +860,24 @@ def test_object_members_javascript_runs_are_named_as_what_predlab_does_not_read(
     from predlab.export import PageOnlyError
     with pytest.raises(PageOnlyError, match=rf"model.js: at line 2, column 3 the object holds {what}, JavaScript"):
         text_to_params(f"{{n_heads: 4,\n  {member}, d_model: 48}}", "model.js")
+    with pytest.raises(PageOnlyError, match=r"model.js: at line 2, column 9 the object holds a method"):
+        text_to_params('{n_heads: 4,\n  "note"() { return 1 }, d_model: 48}', "model.js")     # JSON: a key, then `(`
+
+
+@pytest.mark.parametrize("text, said", [("{n: 4, ...}", "a key, a name or a string in quotes, was expected"),
+                                        ("{n: 4, foo(1, 2) {}}", "a key, a name or a string in quotes, was expected"),
+                                        ("{n: 4, d\\u005gmodel: 4}", "a key, a name or a string in quotes, was"),
+                                        ("{n: 4, ...", "the file ends at line 1 before the weights object is closed"),
+                                        ("{d_model 48}", "a `:` is missing after the key `d_model` at line 1, column"),
+                                        ("{a: , b: 1}", r"Expecting value at line 1, column 5\)")])
+def test_javascript_syntax_errors_near_those_members_are_what_the_page_refuses(text, said):
+    """A `...` placeholder, a call, a bad escape: syntax errors, which the page refuses, were taken for code it
+    runs ("cannot check"); a file cut short after `...` was "an object spread"; a missing colon was "a key was
+    expected, not `d_model`", a key with no value "a hole in the array"."""
+    from predlab.export import PageOnlyError
+    with pytest.raises(WeightFormatError, match=said) as e:
+        text_to_params(text, "model.js")
+    assert not isinstance(e.value, PageOnlyError) and "hole" not in str(e.value)
 
 
 @pytest.mark.parametrize("text, said", [("{d_model: 48, , n_heads: 4}", r"a key, a name or a string in quotes, was "
