@@ -722,9 +722,8 @@ def print_gpu_table(g: Dict) -> None:
         print(row.format(r["data"], r["batch_size"], r["mode"], f"{r['samples_per_s']:,.0f}",
                          f"{r['median_samples_per_s']:,.0f}", f"{r['tflops']:.2f}", f"{r['warmup_s']:.1f} s",
                          # the target is of the default episodes: a row of 50-boid flocks is not judged by it
-                         "-" if r["data"] != "default" else
-                         ("yes" if r["samples_per_s"] >= TARGETS["train_gpu"] else "no")
-                         + ("" if r["mode"] in TRAINER_GPU_MODES else "*")))
+                         ("-" if r["data"] != "default" else "yes" if r["samples_per_s"] >= TARGETS["train_gpu"]
+                          else "no") + ("" if r["mode"] in TRAINER_GPU_MODES else "*")))
     if any(r["mode"] not in TRAINER_GPU_MODES for r in g["train"]):
         print("(* not predlab.train's default numerics or kernels, which the target is judged on: bf16 and TF32 "
               "(--tf32, opt-in) change what the model computes, and the Triton kernels are opt-in)")

@@ -328,7 +328,8 @@ class SampleSet:
         """Samples of a batched observation (World.observe(), or collate's batch) labelled with target
         [B, 2]: each row's live boids (mask) moved to its front, in their order. Checked as check() does.
         Rows with no live boid are left out, as generation leaves them out: the page does not ask the
-        model then (they trained it on a label the page never uses, the teacher's (0, 0))."""
+        model then (they trained it on a label the page never uses, the teacher's (0, 0)). The rows kept
+        are those of obs["mask"].any(1), in their order."""
         if not isinstance(obs, Mapping) or any(k not in obs for k in ("context", "predator", "boids", "mask")):
             raise InputError("from_observation takes an observation dict with context, predator, boids and mask "
                              "(World.observe() gives one)")
