@@ -560,14 +560,35 @@ _JS_OPERATOR = re.compile(r"[-+*/%]")
 # where JSON expects a key, JavaScript that the page runs: a spread, a method (a getter, an async or generator
 # one; named, quoted, computed or numbered), a key spelt with \u escapes (d\u005fmodel is d_model)
 _JS_ESCAPE = r"\\u(?:[0-9a-fA-F]{4}|\{[0-9a-fA-F]+\})"
-# a method's parameters (names, a ...rest) and its body's brace: `foo(1, 2) {}` is a syntax error
-_JS_PARAMS = r"\s*\(\s*(?:(?:\.\.\.)?[A-Za-z_$][\w$]*\s*(?:,\s*(?:\.\.\.)?[A-Za-z_$][\w$]*\s*)*)?\)\s*\{"
+# a key then `(`: a method if its balanced parentheses are followed by its body's brace (_method_at)
 _JS_OBJECT_CODE = re.compile(r"(?P<spread>\.\.\.\s*[A-Za-z_$\[{(\"'])"
-                             r"|(?P<method>(?:(?:get|set|async)\s+)?\*?\s*(?:[A-Za-z_$][\w$]*|\"(?:[^\"\\]|\\.)*\""
-                             r"|\[[^\]\n]*\]|\d[\w.]*)" + _JS_PARAMS + r")"
-                             rf"|(?P<escape>(?:[\w$]|{_JS_ESCAPE})*{_JS_ESCAPE}(?:[\w$]|{_JS_ESCAPE})*\s*:)")
-# after a quoted key, JSON's "Expecting ':' delimiter" at a method's parameters
-_JS_METHOD_REST = re.compile(_JS_PARAMS)
+                             r"|(?P<method>(?:(?:get|set|async)[ \t]+)?\*?\s*(?:[A-Za-z_$][\w$]*|\"(?:[^\"\\]|\\.)*\""
+                             r"|\[[^\]\n]*\]|\d[\w.]*)\s*(?=\())"
+                             # (one way to split a key into names and escapes, none of which is in [\w$]: linear)
+                             rf"|(?P<escape>[\w$]*(?:{_JS_ESCAPE}[\w$]*)+\s*:)")
+
+
+def _method_at(s: str, pos: int) -> bool:
+    """Whether s at pos (a `(` after a key) holds a method's parameters, balanced, then its body's `{`:
+    `f(a = 1, {b}) {` is one, `f(1, 2) {` too by this count (the page then meets its own syntax error)."""
+    depth, i = 0, pos
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+            if depth == 0:
+                return re.match(r"\s*\{", s[i + 1:i + 64]) is not None
+        elif c == '"':          # strings are JSON strings by now
+            m = re.compile(r'"(?:[^"\\]|\\.)*"').match(s, i)
+            if not m:
+                return False
+            i = m.end() - 1
+        i += 1
+    return False
+
+
 _JS_TOKEN = re.compile(r"\s*(?:(?P<num>(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(?![\w$.]))"
                        r"|(?P<name>[A-Za-z_$][\w$]*(?:\s*\.\s*[A-Za-z_$][\w$]*)*)|(?P<op>\*\*|[-+*/%!~(),]))")
 
@@ -761,7 +782,11 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
         # (a file cut short after `...` or a name is said so below)
         code = (_JS_OBJECT_CODE.match(s, e.pos) if e.msg.startswith("Expecting property name")
                 and not _ends_early(s, e.pos) else None)
-        quoted_method = e.msg.startswith("Expecting ':' delimiter") and _JS_METHOD_REST.match(s, e.pos)
+        if code and code.lastgroup == "method" and not _method_at(s, code.end()):
+            code = None
+        quoted_method = (e.msg.startswith("Expecting ':' delimiter") and s.startswith("(", e.pos + len(s[e.pos:])
+                                                                                      - len(s[e.pos:].lstrip()))
+                         and _method_at(s, e.pos + len(s[e.pos:]) - len(s[e.pos:].lstrip())))
         if code or quoted_method:
             what = "a method" if quoted_method else {"spread": "an object spread (`...`)", "method": "a method",
                                                      "escape": "a key written with \\u escapes"}[code.lastgroup]

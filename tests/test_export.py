@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import shlex
+import signal
 import warnings
 from pathlib import Path
 
@@ -852,7 +853,8 @@ def test_keys_javascript_computes_are_named_as_what_predlab_does_not_read(key, w
 @pytest.mark.parametrize("member, what", [("...{}", r"an object spread \(`...`\)"), ("note() {}", "a method"),
                                           ("get note() { return 1 }", "a method"), ("*gen() {}", "a method"),
                                           ("d\\u005fmodel: 48", r"a key written with \\u escapes"),
-                                          ("get [x]() {}", "a method"), ("0() {}", "a method")])
+                                          ("get [x]() {}", "a method"), ("0() {}", "a method"),
+                                          ("f(a = 1, {b}, [c],) { return 1 }", "a method")])
 def test_object_members_javascript_runs_are_named_as_what_predlab_does_not_read(member, what):
     """The page runs these (Node's loader gives the same actions with them); `python -m predlab.demo`
     said "the page will refuse" them, in JSON's words ("Expecting property name enclosed in double
@@ -865,7 +867,7 @@ def test_object_members_javascript_runs_are_named_as_what_predlab_does_not_read(
 
 
 @pytest.mark.parametrize("text, said", [("{n: 4, ...}", "a key, a name or a string in quotes, was expected"),
-                                        ("{n: 4, foo(1, 2) {}}", "a key, a name or a string in quotes, was expected"),
+                                        ("{n: 4, async\n f() {}}", "a `:` is missing after the key `async`"),
                                         ("{n: 4, d\\u005gmodel: 4}", "a key, a name or a string in quotes, was"),
                                         ("{n: 4, ...", "the file ends at line 1 before the weights object is closed"),
                                         ("{d_model 48}", "a `:` is missing after the key `d_model` at line 1, column"),
@@ -878,6 +880,22 @@ def test_javascript_syntax_errors_near_those_members_are_what_the_page_refuses(t
     with pytest.raises(WeightFormatError, match=said) as e:
         text_to_params(text, "model.js")
     assert not isinstance(e.value, PageOnlyError) and "hole" not in str(e.value)
+
+
+@pytest.mark.skipif(not hasattr(signal, "alarm"), reason="the guard below needs SIGALRM")
+def test_a_long_run_of_escapes_where_a_key_goes_is_refused_at_once():
+    """The escaped-key pattern took quadratic time: a 1 MB line of \u0041 (a corrupt file) held the reader about
+    20 minutes. (The alarm only guards against that hang; the read takes a fraction of a second.)"""
+    def hung(*_):
+        raise TimeoutError("the reader took more than 60 s")
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(60)
+    try:
+        with pytest.raises(WeightFormatError):
+            text_to_params("window.TRANSFORMER_PARAMS = {" + "\\u0041" * 170_000, "model.js")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @pytest.mark.parametrize("text, said", [("{d_model: 48, , n_heads: 4}", r"a key, a name or a string in quotes, was "
