@@ -19,10 +19,12 @@ endif
 endif
 FORCE:
 # a .venv is removed only once PYTHON has made one elsewhere: a Python without its venv module (Debian's
-# python3.12 without python3.12-venv) left no .venv where a working one of another version had been
-MADE_ELSEWHERE = { t=$$(mktemp -d) && $(PYTHON) -m venv "$$t/v" >/dev/null 2>&1; made=$$?; rm -rf "$$t"; \
-  [ $$made = 0 ] || { echo "$(PYTHON) cannot make a virtual environment (on Debian and Ubuntu: apt-get install \
-  python3-venv, or python3.X-venv for a python3.X); .venv is left as it was" >&2; false; }; }
+# python3.12 without python3.12-venv) left no .venv where a working one of another version had been. Beside
+# .venv (a TMPDIR that cannot be written failed the check), and only where there is a .venv to keep
+MADE_ELSEWHERE = { [ ! -e $(VENV) ] || { rm -rf $(VENV).check && $(PYTHON) -m venv $(VENV).check 2>$(VENV).check-said; \
+  made=$$?; [ $$made = 0 ] || { cat $(VENV).check-said >&2; echo "$(PYTHON) cannot make a virtual environment (see \
+  above; on Debian and Ubuntu: apt-get install python3-venv, or python3.X-venv for a python3.X): .venv is left as it \
+  was" >&2; }; rm -rf $(VENV).check $(VENV).check-said; [ $$made = 0 ]; }; }
 
 $(STAMP): pyproject.toml
 	@# (% formatting: a Python 2 named by mistake reads it, and says which Python it is, where an f-string was
@@ -69,4 +71,4 @@ bench: $(STAMP)
 	$(BIN)/python -m predlab.bench $(ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV).check* *.egg-info .pytest_cache

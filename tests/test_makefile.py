@@ -169,3 +169,15 @@ def test_a_python_that_cannot_make_venvs_leaves_the_venv_there(tmp_path):
     r = _make(project, f"PYTHON={host}")
     assert r.returncode != 0 and "cannot make a virtual environment" in r.stderr and "python3-venv" in r.stderr
     assert (project / ".venv" / "kept").exists()
+
+
+def test_a_first_venv_is_made_without_a_check_elsewhere_and_whatever_tmpdir_is(tmp_path):
+    """The check that the Python makes venvs ran in $TMPDIR: one that cannot be written failed a first set-up,
+    which has no .venv to keep, blaming a missing python3-venv."""
+    project = _project(tmp_path)
+    log = tmp_path / "calls"
+    fake = _script(tmp_path / "python-host", f'[ "$1" = -c ] && exec {PY} "$@"\n'
+                   f'echo "$@" >> {shlex.quote(str(log))}\nexit 7\n')
+    r = subprocess.run(["make", "-C", str(project), ".venv/.installed-stamp", f"PYTHON={fake}"], capture_output=True,
+                       text=True, timeout=60, env={**os.environ, "TMPDIR": str(tmp_path / "no-such-folder")})
+    assert log.read_text().split("\n")[0] == "-m venv .venv" and "cannot make" not in r.stderr
