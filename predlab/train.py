@@ -2192,14 +2192,23 @@ def _machine_notes(run: Mapping, ns: Mapping, given: set) -> List[tuple]:
     threads_then = run.get("threads") or None
     notes = []
     if "threads" not in given and threads_then is not None and threads_then != threads_now:
-        notes.append((f"note: the run trained on {threads_then} thread(s) (--threads {threads_then}), this resume on "
-                      f"{threads_now}: give --threads {threads_then} to go on bit for bit as it would have", True))
-    batch = ns["batch_size"]
-    if ("cpu_split" not in given and run.get("cpu_split")
-            and min(run["cpu_split"], batch) != split_parts_for(ns["cpu_split"], batch, threads_now)):
-        notes.append((f"note: the run split each batch into {min(run['cpu_split'], batch)} parts (--cpu_split "
-                      f"{run['cpu_split']}), this resume into {split_parts_for(ns['cpu_split'], batch, threads_now)}: "
-                      f"give --cpu_split {run['cpu_split']} to go on bit for bit as it would have", True))
+        if threads_then > usable_cpus():     # --threads is capped at the CPUs: the advice could not be followed
+            split = "" if run.get("cpu_split") else (f"; its batches' parts are had with --cpu_split "
+                                                     f"{min(threads_then, AUTO_SPLIT_MAX)}")
+            notes.append((f"note: the run trained on {threads_then} threads, more than this machine's "
+                          f"{usable_cpus()} CPU(s): it goes on in other sums, not bit for bit{split}", True))
+        else:
+            notes.append((f"note: the run trained on {threads_then} thread(s) (--threads {threads_then}), this resume "
+                          f"on {threads_now}: give --threads {threads_then} to go on bit for bit as it would have",
+                          True))
+    # an explicit split against auto's, which also caps the parts by the batch's tokens (batch_parts): compared
+    # as flags, unless both make one part
+    if ("cpu_split" not in given and run.get("cpu_split") and ns["cpu_split"] != run["cpu_split"]
+            and not min(run["cpu_split"], ns["batch_size"]) == split_parts_for(ns["cpu_split"], ns["batch_size"],
+                                                                                threads_now) == 1):
+        notes.append((f"note: the run split its batches by --cpu_split {run['cpu_split']}, this resume by "
+                      f"{ns['cpu_split'] or 'auto'}: give --cpu_split {run['cpu_split']} to go on bit for bit as it "
+                      "would have", True))
     return notes
 
 
@@ -2294,7 +2303,7 @@ def _parse(argv):
             notes.append((f"note: --num_workers {tc.num_workers}, but this machine has {usable_cpus()} CPU(s) for "
                           f"this process: {usable_cpus()} worker processes generate the episodes", True))
             tc.num_workers = usable_cpus()
-        if tc.cpu_split > usable_cpus():
+        if min(tc.cpu_split, tc.batch_size) > usable_cpus():
             # a thread a part: 1000 ran 256 threads on 2 cores, 7x slower, unsaid. Not capped: the parts set the
             # sums, so a run resumed from a larger machine goes on bit for bit with its own --cpu_split
             notes.append((f"note: --cpu_split {tc.cpu_split}, but this machine has {usable_cpus()} CPU(s) for this "

@@ -1833,6 +1833,8 @@ def test_num_workers_beyond_the_cpus_starts_one_process_per_cpu(tmp_path, monkey
         " turns, slower than 2 (the same sums as on a machine of" in said
     tc, *_ = tr.parse_args(["--cpu_split", "2", *TINY_FLAGS])
     assert tc.cpu_split == 2 and "cpu_split" not in capsys.readouterr().err
+    tc, *_ = tr.parse_args([*TINY_FLAGS, "--cpu_split", "3", "--batch_size", "2"])    # 2 parts at most: no turns
+    assert "cpu_split" not in capsys.readouterr().err
     tc, *_ = tr.parse_args(["--threads", "100000", *TINY_FLAGS])     # torch hung starting 100000 threads
     assert tc.threads == 2 and "--threads 100000, but this machine has 2 CPU(s)" in capsys.readouterr().err
     threads = torch.get_num_threads()

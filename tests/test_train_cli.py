@@ -1840,8 +1840,7 @@ def test_a_resume_on_other_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_pa
         said = capsys.readouterr().err
         assert ("note: the run trained on 1 thread(s) (--threads 1), this resume on 2: give --threads 1 to go on bit "
                 "for bit" in said)
-        assert ("note: the run split each batch into 1 parts (--cpu_split 1), this resume into 2: give --cpu_split 1"
-                in said)
+        assert "note: the run split its batches by --cpu_split 1, this resume by auto: give --cpu_split 1" in said
         tr.parse_args([*resume, "--threads", "1", "--cpu_split", "1"])
         assert "bit for bit" not in capsys.readouterr().err
         tr.parse_args([*resume, "--device", "cpu", "--threads", "2", "--cpu_split", "2"])     # asked for: no note
@@ -1849,5 +1848,13 @@ def test_a_resume_on_other_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_pa
         torch.set_num_threads(1)           # the resume's sums are the run's: nothing to say
         tr.parse_args([*resume, "--cpu_split", "1"])
         assert "bit for bit" not in capsys.readouterr().err
+        # a run of more threads than this machine has: --threads would be capped, so it says what can be had
+        ck = torch.load("checkpoints/checkpoint_epoch_1.pt", weights_only=True)
+        ck["train_config"].update(threads=4, cpu_split=0)
+        torch.save(ck, "four.pt")
+        tr.parse_args(["--resume", "four.pt", "--epochs", "2"])
+        said = capsys.readouterr().err
+        assert ("the run trained on 4 threads, more than this machine's 2 CPU(s): it goes on in other sums, not bit "
+                "for bit; its batches' parts are had with --cpu_split 4") in said and "give --threads 4" not in said
     finally:
         torch.set_num_threads(threads)
