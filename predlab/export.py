@@ -568,6 +568,9 @@ _JS_OBJECT_CODE = re.compile(r"(?P<spread>\.\.\.\s*[A-Za-z_$\[{(\"'])"
                              rf"|(?P<escape>[\w$]*(?:{_JS_ESCAPE}[\w$]*)+\s*:)")
 
 
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
 def _method_at(s: str, pos: int) -> bool:
     """Whether s at pos (a `(` after a key) holds a method's parameters, balanced, then its body's `{`:
     `f(a = 1, {b}) {` is one, `f(1, 2) {` too by this count (the page then meets its own syntax error)."""
@@ -581,7 +584,7 @@ def _method_at(s: str, pos: int) -> bool:
             if depth == 0:
                 return re.match(r"\s*\{", s[i + 1:i + 64]) is not None
         elif c == '"':          # strings are JSON strings by now
-            m = re.compile(r'"(?:[^"\\]|\\.)*"').match(s, i)
+            m = _JSON_STRING.match(s, i)
             if not m:
                 return False
             i = m.end() - 1
@@ -784,9 +787,9 @@ def text_to_params(text: str, source: str = "weights") -> Dict:
                 and not _ends_early(s, e.pos) else None)
         if code and code.lastgroup == "method" and not _method_at(s, code.end()):
             code = None
-        quoted_method = (e.msg.startswith("Expecting ':' delimiter") and s.startswith("(", e.pos + len(s[e.pos:])
-                                                                                      - len(s[e.pos:].lstrip()))
-                         and _method_at(s, e.pos + len(s[e.pos:]) - len(s[e.pos:].lstrip())))
+        paren = re.compile(r"\s*").match(s, e.pos).end()      # after a quoted key: `"name"(...) {`
+        quoted_method = (e.msg.startswith("Expecting ':' delimiter") and s.startswith("(", paren)
+                         and _method_at(s, paren))
         if code or quoted_method:
             what = "a method" if quoted_method else {"spread": "an object spread (`...`)", "method": "a method",
                                                      "escape": "a key written with \\u escapes"}[code.lastgroup]
