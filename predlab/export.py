@@ -1771,7 +1771,11 @@ def _file_id(path: Path):
 def _export(ap: argparse.ArgumentParser, args, src: Path, out: Path) -> int:
     """main's work once the arguments are checked: read src, write out."""
     try:
-        model, ck = read_model_file(src)
+        with warnings.catch_warnings():
+            if out.exists() and out.resolve() == src.resolve():
+                # this is the conversion the warning offers: it said so again while doing it
+                warnings.filterwarnings("ignore", message=".* is plain JSON, with no `window.TRANSFORMER_PARAMS")
+            model, ck = read_model_file(src)
     except (WeightFormatError, ValueError, FileNotFoundError) as e:   # CheckpointError is a ValueError
         ap.error(str(e) if str(src) in str(e) else f"{src}: {e}")
     except OSError as e:   # reading, not writing: nothing of --out was touched
