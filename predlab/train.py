@@ -2193,8 +2193,9 @@ def _machine_notes(run: Mapping, ns: Mapping, given: set) -> List[tuple]:
     notes = []
     if "threads" not in given and threads_then is not None and threads_then != threads_now:
         if threads_then > usable_cpus():     # --threads is capped at the CPUs: the advice could not be followed
-            split = "" if run.get("cpu_split") else (f"; its batches' parts are had with --cpu_split "
-                                                     f"{min(threads_then, AUTO_SPLIT_MAX)}")
+            parts = min(threads_then, AUTO_SPLIT_MAX)
+            split = "" if run.get("cpu_split") else (f"; its auto split made up to {parts} parts a batch "
+                                                     f"(--cpu_split {parts} makes {parts})")
             notes.append((f"note: the run trained on {threads_then} threads, more than this machine's "
                           f"{usable_cpus()} CPU(s): it goes on in other sums, not bit for bit{split}", True))
         else:
