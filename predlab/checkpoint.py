@@ -266,6 +266,9 @@ def _check_training_state(ckpt: Mapping, path) -> None:
             need(key, monitor != "val_loss" or ckpt[key] >= 0, f"a validation MSE, >= 0, found {ckpt[key]}")
             need(key, monitor != "neg_catch_ratio" or ckpt[key] <= 0 or ckpt[key] == math.inf,
                  f"a catch ratio, negated (<= 0), found {ckpt[key]}")
+    if "cpu_threads" in ckpt:      # a resume's advice names it as --threads
+        need("cpu_threads", isinstance(ckpt["cpu_threads"], int) and not isinstance(ckpt["cpu_threads"], bool)
+             and ckpt["cpu_threads"] >= 1, f"a number of threads >= 1, found {ckpt['cpu_threads']!r}")
     if "monitor" in ckpt:
         need("monitor", isinstance(ckpt["monitor"], str), f"a metric name, found {type(ckpt['monitor']).__name__}")
     if "history" in ckpt:

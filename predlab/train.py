@@ -1761,6 +1761,9 @@ class SupervisedTrainer:
                 "early_stopping_counter": self.bad_epochs, "early_stopping_ref": self.early_stopping_ref,
                 "monitor": self.monitor,
                 "history": [dict(h) for h in self.history],
+                # the threads a CPU run made its sums with (--threads records 0 for torch's default, which is the
+                # machine's): a resume on a machine of other cores is told which --threads goes on bit for bit
+                **({"cpu_threads": torch.get_num_threads()} if self.device.type == "cpu" else {}),
                 **({"data_source": self.train_dataset.state_dict()}
                    if include_data and hasattr(self.train_dataset, "load_state_dict") else {})}
         return _plain_numbers(state)    # numpy numbers as Python's
@@ -2178,18 +2181,19 @@ def _say(notes: Sequence[tuple]) -> None:
         print(text, file=sys.stderr if to_stderr else sys.stdout)
 
 
-def _machine_notes(run: Mapping, ns: Mapping, given: set) -> List[tuple]:
+def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional[int] = None) -> List[tuple]:
     """On resume: the threads and split parts a CPU run trained with, where this resume makes its sums
     otherwise. They are the machine's settings, not taken from the checkpoint, but they set how a batch's
     sums are made: the run parts from the uninterrupted one in the last bits at once (the flock then
-    amplifies it). Said only where both are known: a run on torch's default threads recorded no count."""
+    amplifies it). threads_used: the count a CPU run's checkpoint records (cpu_threads), which a run on torch's
+    default threads records as its machine's: a checkpoint of an older predlab has none, and is said nothing."""
     try:
         if resolve_device(ns["device"]).type != "cpu":
             return []
     except (TypeError, ValueError):       # said below, as the flag's error
         return []
     threads_now = min(ns["threads"], usable_cpus()) if ns["threads"] else torch.get_num_threads()
-    threads_then = run.get("threads") or None
+    threads_then = run.get("threads") or threads_used or None
     notes = []
     if "threads" not in given and threads_then is not None and threads_then != threads_now:
         if threads_then > usable_cpus():     # --threads is capped at the CPUs: the advice could not be followed
@@ -2278,7 +2282,7 @@ def _parse(argv):
                     changed.append(f"{flag(f.name, ns[f.name])} (the checkpoint's run: "
                                    f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
-        notes += _machine_notes(run, ns, given)
+        notes += _machine_notes(run, ns, given, ck.get("cpu_threads"))
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = os.path.dirname(resume) or "."     # as typed: Path drops a ./ before a ~
     if ns["init_weights"] is not None:

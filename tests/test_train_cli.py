@@ -1859,3 +1859,38 @@ def test_a_resume_on_other_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_pa
         assert "give --threads 4" not in said
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_run_on_torchs_default_threads_resumed_on_other_cores_says_how_to_go_on_bit_for_bit(tmp_path, monkeypatch,
+                                                                                               capsys):
+    """A run on torch's default threads recorded --threads 0, so a resume on a machine of other cores parted
+    from the uninterrupted run in the last bits without a word. A CPU run's checkpoint records the threads its
+    sums were made with; on the same machine nothing is said."""
+    from predlab import train as tr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tr, "usable_cpus", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)             # torch's default on the run's one-core machine
+        assert tr.main([*TINY_FLAGS, "--epochs", "1", "--eval_every", "0"]) == 0
+        capsys.readouterr()
+        ck = torch.load("checkpoints/checkpoint_epoch_1.pt", weights_only=True)
+        assert ck["train_config"]["threads"] == 0 and ck["cpu_threads"] == 1
+        resume = ["--resume", "checkpoints/checkpoint_epoch_1.pt", "--epochs", "2"]
+        tr.parse_args(resume)               # the same machine
+        assert "bit for bit" not in capsys.readouterr().err
+        torch.set_num_threads(2)             # a two-core machine's default
+        tr.parse_args(resume)
+        assert ("note: the run trained on 1 thread(s) (--threads 1), this resume on 2: give --threads 1 to go on bit "
+                "for bit") in capsys.readouterr().err
+        tr.parse_args([*resume, "--threads", "1"])
+        assert "bit for bit" not in capsys.readouterr().err
+        for bad in (0, -3, 1.5, "2", True):
+            ck["cpu_threads"] = bad
+            torch.save(ck, "bad.pt")
+            with pytest.raises(SystemExit) as e:
+                tr.parse_args(["--resume", "bad.pt", "--epochs", "2"])
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and "'cpu_threads' must be a number of threads >= 1" in err, (bad, err)
+    finally:
+        torch.set_num_threads(threads)
