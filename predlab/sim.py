@@ -165,9 +165,13 @@ class World:
     def __init__(self, pos: Tensor, vel: Tensor, alive: Tensor, pred_pos: Tensor, pred_vel: Tensor,
                  size: Tensor, cfg: Optional[WorldConfig] = None):
         _check_state(pos, vel, alive, pred_pos, pred_vel, size)
+        # as World.random's: a dict failed at the first step in an AttributeError, and a NaN weight stepped a
+        # NaN flock without a word
+        cfg = C.as_config(WorldConfig, cfg, "cfg")
+        cfg.validate()
         self.pos, self.vel, self.alive = pos, vel, alive.bool()
         self.pred_pos, self.pred_vel, self.size = pred_pos, pred_vel, size
-        self.cfg = cfg or WorldConfig()
+        self.cfg = cfg
         self.frame = 0
         self._buffers: Dict[str, Tensor] = {}
         self._weights: Optional[tuple] = None

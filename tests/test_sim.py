@@ -768,3 +768,21 @@ def test_a_float64_worlds_step_is_counted_in_float64(monkeypatch):
 
 def test_a_world_of_no_device_is_on_the_cpu():
     assert World.random(2, n_boids=3, device=None).pos.device.type == "cpu"
+
+
+def test_a_hand_built_world_takes_a_dict_and_refuses_bad_settings_by_name():
+    """World.random converts and checks cfg; World() kept it as given: a dict failed at the first step in an
+    AttributeError, and a NaN or negative weight stepped a NaN or scattering flock without a word."""
+    start = World.random(2, generator=torch.Generator().manual_seed(0), n_boids=5)
+    state = (start.pos, start.vel, start.alive, start.pred_pos, start.pred_vel, start.size)
+    world = World(*state, cfg={"separation_weight": 3.0})
+    assert isinstance(world.cfg, WorldConfig) and world.cfg.separation_weight == 3.0
+    world.step(torch.zeros(2, 2))
+    assert torch.isfinite(world.pos).all()
+    with pytest.raises(ValueError, match="cohesion_weight must be a finite number, got nan"):
+        World(*state, cfg=WorldConfig(cohesion_weight=float("nan")))
+    with pytest.raises(ValueError, match="separation_weight must be >= 0"):
+        World(*state, cfg=WorldConfig(separation_weight=-5.0))
+    with pytest.raises(TypeError, match="cfg must be a WorldConfig or a dict of its fields, not str"):
+        World(*state, cfg="x")
+    assert World(*state).cfg == WorldConfig()
