@@ -295,8 +295,11 @@ def test_rollout_numba_matches_torch(seed):
     assert (a.boids[torch.arange(a.boids.shape[1]) >= a.n[:, None]] == 0).all()   # padding after the live boids
     first = len(rollout_chunk(48, WorldConfig(frames=2), seed, backend="torch"))       # rows of frames 0 and 1
     assert_same_samples(a.select(torch.arange(first)), b.select(torch.arange(first)), atol=1e-6)
-    # later frames drift apart (separation in a tight flock amplifies float32 rounding), but stay close
-    assert (a.boids - b.boids).abs().median() < 1e-5 and (a.target - b.target).abs().median() < 1e-5
+    # later frames drift apart (separation in a tight flock amplifies float32 rounding), but stay close. Live
+    # boids only: half the entries are padding, zero in both, and their median passed positions of garbage
+    live = torch.arange(a.boids.shape[1])[None, :] < a.n[:, None]
+    apart = (a.boids - b.boids)[live].abs()
+    assert apart.median() < 1e-5 and apart.quantile(0.99) < 1e-3 and (a.target - b.target).abs().quantile(0.99) < 1e-4
 
 
 def test_rollout_is_deterministic():
