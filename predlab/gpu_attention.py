@@ -137,6 +137,11 @@ class TritonAttention(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         x, bias, lse = ctx.saved_tensors
         n_heads = ctx.n_heads
+        if torch.is_grad_enabled():     # create_graph=True: through torch's ops, as predlab.fastops' kernels do
+            from .model import attention     # (the kernel's dx carries no graph: a second derivative lost its term)
+            with torch.enable_grad():
+                y = attention(x, bias.to(x.dtype).view(x.shape[0], 1, 1, -1), n_heads, kernel="math")
+                return torch.autograd.grad(y, x, dy, create_graph=True)[0], None, None
         B, T, _ = x.shape
         q, k, v, D, hs = _split(x, n_heads)
         Tq = q.shape[1]
@@ -162,4 +167,6 @@ def attention(x: Tensor, bias: Tensor, n_heads: int) -> Tensor:
     if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(f"the triton attention kernel runs on CUDA tensors, not {x.device.type} ones "
                          "(or on any under TRITON_INTERPRET=1, set before Triton is imported)")
-    return TritonAttention.apply(x, bias, n_heads)
+    # contiguous here, on the graph: the copy forward would make has none, and a gradient of the gradient goes
+    # back through what the Function saved
+    return TritonAttention.apply(x.contiguous(), bias, n_heads)

@@ -78,6 +78,10 @@ class TritonGEGLU(torch.autograd.Function):
     def backward(ctx, dy: Tensor):
         (gu,) = ctx.saved_tensors
         F = gu.shape[-1] // 2
+        if torch.is_grad_enabled():     # create_graph=True: through torch's ops, as predlab.fastops' _GEGLU
+            with torch.enable_grad():
+                y = torch.nn.functional.gelu(gu[..., :F], approximate="tanh") * gu[..., F:]
+                return torch.autograd.grad(y, gu, dy, create_graph=True)[0]
         dgu = torch.empty_like(gu)
         n = dgu.numel() // 2
         with launch_on(gu):
@@ -93,4 +97,6 @@ def geglu(gu: Tensor) -> Tensor:
                          "(or on any under TRITON_INTERPRET=1, set before Triton is imported)")
     if gu.shape[-1] % 2:
         raise ValueError(f"GEGLU needs [gate | up] of even width, got {gu.shape[-1]}")
-    return TritonGEGLU.apply(gu)
+    # contiguous here, on the graph: the copy forward would make has none, and a gradient of the gradient goes
+    # back through what the Function saved
+    return TritonGEGLU.apply(gu.contiguous())
