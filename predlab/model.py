@@ -170,6 +170,7 @@ def _merge(d: Tensor, fast: bool) -> Tensor:
 # against it: `python -m predlab.bench` has a row for it where Triton is installed.
 GPU_ATTENTION = os.environ.get("PREDLAB_GPU_ATTENTION") or "math"     # (set empty: unset, as shells mean it)
 ATTENTION_KERNELS = ("auto", "fused", "sliced", "sdpa", "math", "triton")
+GPU_ATTENTION_KERNELS = ("auto", "math", "sdpa", "sliced", "triton")     # "fused" is the CPU's (numba); auto: math
 # On a CPU, "auto" below picks by dtype, head width and threads; PREDLAB_CPU_ATTENTION=sliced (or sdpa, math)
 # takes another kernel where the bench (`python -m predlab.bench`, its attention line) finds it faster on a
 # machine. "fused" where it does not run (float64, other head widths) falls back to the choice of "auto".
@@ -187,7 +188,12 @@ def auto_attention_kernel(device_type: str, dtype: torch.dtype, head_width: int,
     width, with or without a backward to follow, on `threads` intra-op threads (None: the threads set
     now). The memory checks count by it too (keeps_square)."""
     if device_type != "cpu":
-        return GPU_ATTENTION
+        # the GPU's switches, checked here as the CPU's below: the memory check at start-up asks, so a typo is
+        # refused before any work (it ended the first training step in a traceback, after the data was made)
+        problem = gpu_switch_problem()
+        if problem:
+            raise ValueError(problem)
+        return "math" if GPU_ATTENTION == "auto" else GPU_ATTENTION
     fused_runs = fastops is not None and dtype == torch.float32 and head_width == fastops.ATTENTION_HEAD
     if CPU_ATTENTION != "auto":
         if CPU_ATTENTION not in CPU_ATTENTION_KERNELS:
@@ -260,7 +266,7 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
         kernel = auto_attention_kernel(x.device.type, x.dtype, x.shape[-1] // width if x.shape[-1] % width == 0 else 0,
                                        x.requires_grad and torch.is_grad_enabled())
     if kernel not in ATTENTION_KERNELS[1:]:
-        raise ValueError(f"attention kernel {kernel!r} (PREDLAB_GPU_ATTENTION?): use one of "
+        raise ValueError(f"attention kernel {kernel!r}: use one of "
                          f"{', '.join(ATTENTION_KERNELS[1:])}")
     if bias.requires_grad and torch.is_grad_enabled() and kernel not in ("sdpa", "math"):
         kernel = "math"
@@ -291,6 +297,16 @@ def attention(x: Tensor, bias: Tensor, n_heads: int, kernel: str = "auto") -> Te
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     return y.transpose(1, 2).reshape(B, T, D)
+
+
+def gpu_switch_problem() -> Optional[str]:
+    """What is wrong with the PREDLAB_GPU_* variables (read at import), or None. They have no effect on a CPU."""
+    for name, value, known in (("PREDLAB_GPU_ATTENTION", GPU_ATTENTION, GPU_ATTENTION_KERNELS),
+                               ("PREDLAB_GPU_GEGLU", GPU_GEGLU, ("torch", "triton")),
+                               ("PREDLAB_GPU_LAYER_NORM", GPU_LAYER_NORM, ("auto", "compiled", "torch"))):
+        if value not in known:
+            return f"{name}={value!r}: use one of {', '.join(known)}"
+    return None
 
 
 def _triton(module: str, what: str, switch: str):
@@ -478,12 +494,12 @@ class Block(nn.Module):
         """gelu_tanh(gate(h)) * up(h): one projection to [gate | up], then the fused CPU kernel
         (predlab.fastops) for float32 on a CPU, torch's ops elsewhere (or on a GPU the fused
         Triton kernel, see GPU_GEGLU)."""
-        if GPU_GEGLU not in ("torch", "triton"):
-            raise ValueError(f"PREDLAB_GPU_GEGLU={GPU_GEGLU!r}: use torch or triton")
         F_ = self.gate.out_features
         gu = F.linear(h, torch.cat([self.gate.weight, self.up.weight]), torch.cat([self.gate.bias, self.up.bias]))
         if fastops is not None and fastops.supports(gu):
             return fastops.geglu(gu)
+        if GPU_GEGLU not in ("torch", "triton") and gu.device.type != "cpu":    # a GPU switch: none on a CPU
+            raise ValueError(f"PREDLAB_GPU_GEGLU={GPU_GEGLU!r}: use torch or triton")
         if GPU_GEGLU == "triton" and gu.device.type != "cpu":
             return _triton("gpu_geglu", "geglu", "PREDLAB_GPU_GEGLU")(gu)
         g, u = gu.split(F_, dim=-1)

@@ -348,7 +348,7 @@ def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, caps
     """A variant row that raises (a kernel that does not compile on that GPU, say) costs its row,
     not the run, and a profiler that fails costs the profile: the errors are kept and printed,
     and every other figure is still measured."""
-    monkeypatch.setattr(bench, "VARIANT_MODES", {"graphs broken": {"cuda_graphs": True, "geglu": "bogus"}})
+    monkeypatch.setattr(bench, "VARIANT_MODES", {"graphs broken": {"cuda_graphs": True, "cpu_split": -1}})
 
     def no_profiler(*a, **kw):
         raise RuntimeError("no profiler here")
@@ -356,7 +356,7 @@ def test_a_failing_gpu_variant_is_reported_and_the_run_goes_on(monkeypatch, caps
     res = bench.run_gpu(quick=True, world=TINY, batches=(8,), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256, variant_min_batch=8)
     assert res["failed"] == [{"batch_size": 8, "mode": "graphs broken",
-                              "error": "ValueError: PREDLAB_GPU_GEGLU='bogus': use torch or triton"}]
+                              "error": "ValueError: cpu_split must be >= 0, got -1"}]
     assert {r["mode"] for r in res["train"] if r["data"] == "default"} == set(bench.GPU_MODES)
     assert "failed (ValueError" in capsys.readouterr().err
     bench.print_gpu_table(res)

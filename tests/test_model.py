@@ -327,15 +327,35 @@ def test_auto_attention_on_a_cpu_takes_sdpa_only_for_a_backward_on_several_threa
 def test_unknown_attention_kernel_is_a_clear_error():
     from predlab.model import attention
     x, bias = torch.randn(2, 5, 3 * 8), torch.zeros(2, 1, 1, 5)
-    with pytest.raises(ValueError, match="PREDLAB_GPU_ATTENTION"):
+    with pytest.raises(ValueError, match="attention kernel 'flash': use one of fused, sliced, sdpa, math, triton"):
         attention(x, bias, 2, kernel="flash")
 
 
-def test_unknown_gpu_geglu_kernel_is_a_clear_error(monkeypatch, make_model, make_samples):
+def test_unknown_gpu_geglu_kernel_is_a_clear_error_off_the_cpu_and_none_on_it(monkeypatch, make_model, make_samples):
+    """A GPU switch has no effect on a CPU: PREDLAB_GPU_GEGLU=bogus ended a CPU training run in a traceback."""
     from predlab import model as M
+    batch = collate(make_samples([3], seed=0))
     monkeypatch.setattr(M, "GPU_GEGLU", "fused")
+    assert torch.isfinite(make_model(1)(batch)).all()
+    layer = make_model(1).layers[0].to("meta")      # off the CPU (a meta device stands in for a GPU)
     with pytest.raises(ValueError, match="PREDLAB_GPU_GEGLU='fused'"):
-        make_model(1)(collate(make_samples([3], seed=0)))
+        layer.geglu(torch.zeros(2, 48, device="meta"))
+
+
+@pytest.mark.parametrize("name,value", [("GPU_ATTENTION", "fused"), ("GPU_ATTENTION", "flash"), ("GPU_GEGLU", "Triton"),
+                                        ("GPU_LAYER_NORM", "on")])
+def test_gpu_switches_are_checked_where_the_kernel_is_chosen_for_a_gpu(monkeypatch, name, value):
+    """A typo in a PREDLAB_GPU_* variable went unchecked until the first training step on the GPU (the data made,
+    a traceback); PREDLAB_GPU_ATTENTION=auto, as the CPU's takes, failed there too. The start-up memory check asks
+    auto_attention_kernel, which names the variable; a CPU is not asked about them."""
+    from predlab import model as M
+    monkeypatch.setattr(M, name, value)
+    with pytest.raises(ValueError, match=f"PREDLAB_{name}='{value}': use one of"):
+        M.auto_attention_kernel("cuda", torch.float32, 12, backward=True)
+    assert M.auto_attention_kernel("cpu", torch.float32, 12, backward=True) in M.CPU_ATTENTION_KERNELS
+    monkeypatch.setattr(M, name, {"GPU_ATTENTION": "auto", "GPU_GEGLU": "triton", "GPU_LAYER_NORM": "torch"}[name])
+    assert M.auto_attention_kernel("cuda", torch.float32, 12, backward=True) == ("math" if name == "GPU_ATTENTION"
+                                                                                 else M.GPU_ATTENTION)
 
 
 def test_a_triton_kernel_without_triton_says_what_is_missing(monkeypatch):
