@@ -420,3 +420,9 @@ def test_a_gradient_of_the_gradient_reaches_a_non_contiguous_input():
         got[fused] = gg
     torch.testing.assert_close(got[True], got[False], rtol=1e-4, atol=1e-5)
 
+
+
+def test_fused_attention_of_no_tokens_is_empty():
+    """A direct call with T = 0 (the model always has 3 tokens) ended in a ZeroDivisionError."""
+    y = fastops.attention(torch.zeros(2, 0, 3 * 48), torch.zeros(2, 1, 1, 0), 4)
+    assert y.shape == (2, 0, 48)

@@ -157,14 +157,18 @@ def test_training_gradients_equal_the_explicit_path(make_model, make_samples, co
     assert grads[1]["layers.2.qkv.weight"][D:].abs().max() > 1e-3      # keys and values do get gradients
 
 
-def test_a_batch_of_every_boid_count_equals_one_at_a_time_with_the_explicit_paths_gradients(model, make_samples):
+@pytest.mark.parametrize("kernel", ["sliced", "fused"])
+def test_a_batch_of_every_boid_count_equals_one_at_a_time_with_the_explicit_paths_gradients(model, make_samples,
+                                                                                          monkeypatch, kernel):
     """A float32 training batch holding every boid count from 0 to 50, large enough that the CPU
     attention kernel makes its weights in several slices (as for the trainer's split halves of
     128 samples): each action is the one its sample gets alone, and every parameter's gradient is
     the explicit path's. The other tests' batches fit in one slice (or replace the slicing), so
     slices that missed rows (weights and outputs of the last samples' heads left unwritten) went
-    unseen there."""
+    unseen there. Each kernel by name: "auto" takes the fused one for this model, and a sliced kernel that
+    dropped its last slice passed."""
     from predlab import model as M
+    monkeypatch.setattr(M, "CPU_ATTENTION", kernel)
     samples = make_samples(range(51), seed=14)
     batch = collate(samples)
     B, N = batch["mask"].shape
