@@ -909,13 +909,17 @@ class EarlyStopping(Callback):
         self.patience = whole_number("patience", patience, 0)
 
     def on_epoch_end(self, trainer, epoch, logs):
-        if self.patience > 0 and trainer.bad_epochs >= self.patience:
+        # only at an epoch that measured the monitor: a resumed run's first epoch without a catch check could not
+        # improve, and was stopped as if it had not
+        if self.patience > 0 and trainer.bad_epochs >= self.patience and logs.get(trainer.monitor) is not None:
             what = "catch evaluation" if trainer.monitor == "neg_catch_ratio" else "epoch"
             what += "" if trainer.bad_epochs == 1 else "s"
             by = ""
             # from what: the best may be an epoch since, which gained less than min_delta, or the model a resume
             # restarted the best from, while the count goes on from the run's best, which no file holds any more
-            if trainer.min_delta > 0 or trainer.early_stopping_ref != trainer.best_metric:
+            # (not while no epoch has given a value: "on catch ratio -inf")
+            if math.isfinite(trainer.early_stopping_ref) and (trainer.min_delta > 0
+                                                              or trainer.early_stopping_ref != trainer.best_metric):
                 ref, monitor = trainer.early_stopping_ref, trainer.monitor
                 on = (f"catch ratio {-ref:.4f}" if monitor == "neg_catch_ratio" else
                       f"val MSE {ref:.5f}" if monitor == "val_loss" else f"{monitor} {ref:g}")

@@ -876,7 +876,7 @@ def test_a_rewind_past_the_files_of_its_best_epoch_starts_the_best_again_from_th
     assert (t.best_epoch, t.best_metric, t.bad_epochs, t.early_stopping_ref) == (3, 0.8, 3, 0.5)
     from predlab.train import EarlyStopping
     t.min_delta, t.stop_training = 0.0, False
-    EarlyStopping(3).on_epoch_end(t, 4, {})       # it stopped "with no improvement", naming epoch 4's best alone
+    EarlyStopping(3).on_epoch_end(t, 4, {"score": 0.85})   # it stopped "with no improvement", naming the best alone
     assert "early stopping: no improvement on score 0.5 for 3 epochs (best: score 0.80000 at epoch 3)" in \
         capsys.readouterr().out and t.stop_training
     resumed = load_checkpoint_dict(d / "checkpoint_epoch_3.pt")["model"]
@@ -1052,3 +1052,24 @@ def test_a_checkpoints_adamw_machine_flags_give_way_to_this_trainers(tmp_path):
     assert not any(g["capturable"] for g in t.optimizer.param_groups)      # as checkpoints save it
     t.train(t.epoch + 1)
     assert math.isfinite(t.history[-1]["train_loss"])
+
+
+def test_early_stopping_decides_only_at_epochs_that_measured_its_metric(capsys):
+    """A run choosing its best by catch ratio (a check every --eval_every epochs), early-stopped and resumed with the
+    same patience: its first epoch had no catch check, so could not improve, and was stopped for it, citing an
+    evaluation that never happened. Before any ratio was measured the line said "on catch ratio -inf"."""
+    from types import SimpleNamespace
+    from predlab.train import EarlyStopping
+    t = SimpleNamespace(bad_epochs=1, monitor="neg_catch_ratio", min_delta=1e-5, early_stopping_ref=-0.5,
+                        best_metric=-0.5, best_epoch=4, stop_training=False)
+    EarlyStopping(1).on_epoch_end(t, 5, {"val_loss": 0.4})
+    assert not t.stop_training and capsys.readouterr().out == ""
+    t.bad_epochs = 2
+    EarlyStopping(1).on_epoch_end(t, 6, {"val_loss": 0.4, "neg_catch_ratio": -0.4})
+    assert t.stop_training
+    assert ("early stopping: no improvement of more than 1e-05 on catch ratio 0.5000 for 2 catch evaluations "
+            "(best: catch ratio 0.5000 at epoch 4)") in capsys.readouterr().out
+    t.early_stopping_ref = t.best_metric = float("inf")       # the teacher caught nothing: NaN ratios so far
+    EarlyStopping(1).on_epoch_end(t, 6, {"val_loss": 0.4, "neg_catch_ratio": float("nan")})
+    out = capsys.readouterr().out
+    assert "early stopping: no improvement for 2 catch evaluations (best: none yet)" in out and "inf" not in out
