@@ -97,7 +97,8 @@ class WorldConfig:
 class ModelConfig:
     """The transformer's sizes. The browser page accepts only 48 / 4 / 3 / 96."""
 
-    d_model: int = _f(48, "model width", min=1)
+    d_model: int = _f(48, "model width (the stock browser page runs only 48 / 4 / 3 / 96 of these four sizes, and "
+                          "random weights for others: predlab's demo runs any)", min=1)
     n_heads: int = _f(4, "attention heads (must divide d_model)", min=1)
     n_layers: int = _f(3, "transformer blocks", min=1)
     ffn_hidden: int = _f(96, "GEGLU hidden width", min=1)

@@ -29,12 +29,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
-from .config import (SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags, as_config,
-                     as_device, plural, resolve_device, training_memory, whole_number, widest_float)
+from .config import (BROWSER_SIZES, SEED_MAX, FlagParser, ModelConfig, TrainConfig, WorldConfig, add_config_flags,
+                     as_config, as_device, plural, resolve_device, training_memory, whole_number, widest_float)
 from .data import EpisodeGenerator, InputError, NonFiniteActions, SampleSet, WorkerError, usable_cpus
 from .export import (PIPE_CLOSED, as_typed, command_line, copy_failed, deferred_interrupt, differs, kept_words,
                      link_target_problem, move, move_to_previous, refuse_unwritable, say, silence_stdout,
-                     stale_partials, stop_words, unexpanded_home, write_keeping)
+                     SIZE_KEYS, stale_partials, stop_words, unexpanded_home, write_keeping)
 from .model import TransformerPredator, check_has_weights, dropout_generator
 
 VAL_STREAM = 0          # validation episodes; training epoch e uses stream 1 + e
@@ -2926,6 +2926,20 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     # defers Ctrl-C)
     out = Path(tc.checkpoint_dir)
     texts = {p: params_to_text(params, p.suffix[1:]) for p in (out / n for n in checkpointer.EXPORTS)}
+    sizes = {k: int(params[k]) for k in SIZE_KEYS}
+    # sizes the stock page refuses, running random weights without a word: not written through a link (to a
+    # page's folder, as the README shows), which replaced the page's working model; the folder's own file is
+    # written (what it replaces kept in previous/), for predlab's demo, whose engine reads the sizes
+    linked = [p for p in texts if p.is_symlink()] if sizes != BROWSER_SIZES else []
+    src = (best if best.is_file() and not checkpointer.is_earlier_runs(best) else
+           out / f"checkpoint_epoch_{trainer.epoch}.pt")
+    left = []
+    for p in linked:
+        del texts[p]
+        left.append(f"{p} links to {os.path.realpath(p)}, left as it was: this model's sizes {sizes} are not the "
+              f"stock browser page's {BROWSER_SIZES}, which would run random weights in its place (to write it "
+              f"anyway: python -m predlab.export {shell_words(str(src))} --any-size "
+                    f"--out FILE)")
     # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
     same = [p for p in texts if p.is_file() and p.read_bytes() == texts[p].encode("utf-8")]
     empty = [p for p in texts if p.is_file() and p.stat().st_size == 0]      # made ready: nothing to keep
@@ -2958,9 +2972,11 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     js = out / "model.js"
     where = os.path.abspath(js) + (f", a link to {os.path.realpath(js)}" if js.is_symlink() else "")
     closed = said_on_stdout(said)
-    for message in dict.fromkeys(str(w.message) for w in caught):
+    for message in dict.fromkeys([str(w.message) for w in caught] + left):
         print(f"warning: {message}", file=sys.stderr)
-    closed = said_on_stdout(f"browser weights: {where} (and model.json beside it)") or closed
+    if texts:
+        closed = said_on_stdout(f"browser weights: {where} (and model.json beside it)" if not linked else
+                                f"browser weights: {', '.join(os.path.abspath(p) for p in texts)}") or closed
     # a stdout closed at these lines: the warnings above still said, and an interrupted run's code kept
     return code if interrupted else PIPE_CLOSED if closed else 0
 

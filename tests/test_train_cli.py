@@ -150,6 +150,8 @@ def test_a_resume_knows_which_changed_flags_change_the_episodes_the_best_is_meas
 
 SMALL = ["--epochs", "1", *TINY_FLAGS, "--eval_every", "0", "--no-dagger", "--d_model", "16", "--n_heads", "2",
          "--n_layers", "1", "--ffn_hidden", "8"]
+# the browser page's sizes: a model.js of others is not written through a link to a page's folder
+BROWSER_SMALL = SMALL[:SMALL.index("--d_model")]
 
 
 def test_counts_of_one_are_singular_and_thousands_have_their_separator(tmp_path, monkeypatch, capsys):
@@ -339,7 +341,7 @@ def test_a_linked_model_js_is_written_through_and_its_file_kept(tmp_path, monkey
     (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
     if full:
         _full_disk_for(monkeypatch, "model.js")
-    assert main([*SMALL, "--epochs", "2"]) == (1 if full else 0)
+    assert main([*BROWSER_SMALL, "--epochs", "2"]) == (1 if full else 0)
     out = capsys.readouterr().out
     assert (d / "model.js").is_symlink()
     assert ("kept a copy of the file model.js links to in" in out and "an earlier run's, or edited there" in out
@@ -347,6 +349,29 @@ def test_a_linked_model_js_is_written_through_and_its_file_kept(tmp_path, monkey
     # an earlier run's: kept; on a full disk the page's file is as it was, and no copy is needed
     assert [p.read_text() for p in d.glob("previous/*/model.js")] == ([] if full else [page])
     assert ((site / "model.js").read_text() == page) == full
+
+
+def test_a_model_of_other_sizes_is_not_written_through_a_link_to_the_page(tmp_path, monkeypatch, capsys):
+    """A size experiment (--d_model 16) in a folder whose model.js links to a page's replaced the page's working
+    model with one the stock page runs as random weights, said only in a warning after the run. The link and
+    its file are left; model.json, the folder's own, is written, and the line says how to export anyway."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    d, site = tmp_path / "checkpoints", tmp_path / "site"
+    site.mkdir()
+    d.mkdir()
+    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
+    (site / "model.js").write_text(page)
+    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    assert main(SMALL) == 0
+    out, err = capsys.readouterr()
+    assert (site / "model.js").read_text() == page and (d / "model.js").is_symlink()
+    assert not list(d.glob("previous/*/model.js"))
+    assert (f"warning: {Path('checkpoints') / 'model.js'} links to {site / 'model.js'}, left as it was: this model's "
+            f"sizes {{'d_model': 16, 'n_heads': 2, 'n_layers': 1, 'ffn_hidden': 8}} are not the stock browser page's"
+            ) in err
+    assert "python -m predlab.export checkpoints/best_model.pt --any-size --out FILE" in err
+    assert f"browser weights: {d / 'model.json'}" in out and (d / "model.json").is_file()
 
 
 def test_a_model_js_of_the_very_bytes_the_run_writes_is_not_moved_aside(tmp_path, monkeypatch, capsys):
@@ -720,7 +745,7 @@ def test_a_linked_model_js_written_through_keeps_its_copy_when_model_json_then_f
     from test_train import _full_disk_for
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
-    assert main([*SMALL, "--epochs", "2", "--save_every", "1"]) == 0
+    assert main([*BROWSER_SMALL, "--epochs", "2", "--save_every", "1"]) == 0
     d, site = tmp_path / "checkpoints", tmp_path / "site"
     site.mkdir()
     hand = "window.TRANSFORMER_PARAMS = {};  // hand-tuned weights for the page\n"
@@ -728,7 +753,7 @@ def test_a_linked_model_js_written_through_keeps_its_copy_when_model_json_then_f
     (d / "model.js").unlink()
     (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
     _full_disk_for(monkeypatch, "model.json")
-    assert main([*SMALL, "--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt"]) == 1
+    assert main([*BROWSER_SMALL, "--epochs", "3", "--resume", "checkpoints/checkpoint_epoch_2.pt"]) == 1
     assert "hand-tuned" not in (site / "model.js").read_text() and (d / "model.js").is_symlink()
     assert [p.read_text() for p in d.glob("previous/*/model.js")] == [hand]
 
@@ -1294,7 +1319,7 @@ def test_the_earlier_runs_model_js_stays_for_the_page_until_the_run_exports(tmp_
         end(self, trainer, epoch, logs)
         seen.append(((d / "model.js").read_text(), (d / "best_model.pt").read_bytes() != b"an earlier run's"))
     monkeypatch.setattr(Checkpointer, "on_epoch_end", on_epoch_end)
-    assert main([*SMALL, "--epochs", "2"]) == 0
+    assert main([*BROWSER_SMALL, "--epochs", "2"]) == 0
     assert seen == [(page, True), (page, True)]      # this run's best_model.pt written, the page's model.js there
     out = capsys.readouterr().out
     assert "moved 1 file(s) of an earlier run" in out and "an earlier run's, or edited there" in out
