@@ -94,6 +94,14 @@ def checkpoint_dir(quick: Optional[bool] = None) -> Path:
     return root / "quick" if (quick_mode() if quick is None else quick) else root
 
 
+def module_command(module: str, *args) -> str:
+    """`python -m module args` as a terminal runs it: this kernel's Python by its path, which has predlab and its
+    torch. A plain `python` is not on a terminal's PATH after `make lab`, or is a Python without predlab."""
+    import sys
+    from .train import shell_words
+    return shell_words(sys.executable, "-m", module, *args)
+
+
 def tensorboard_binary() -> Optional[str]:
     """Point the %tensorboard magic at the tensorboard beside this kernel's Python and return its path (None
     where there is none). The magic looks on PATH, which has the virtual environment's bin folder only when

@@ -1854,3 +1854,17 @@ def test_the_attention_sliders_layer_and_the_grids_mean_column_reach_the_figure(
     assert np.allclose(ctl.last.attention_weights, w[3, 1, :, :n].mean(0).numpy(), atol=1e-6)
     grid = viz.plot_attention_grid(model, batch, index=3)
     assert np.allclose(grid.axes[5].collections[0].get_array(), w[3, 1, :, :n].mean(0).numpy(), atol=1e-6)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX PATH")
+def test_module_command_runs_in_a_terminal_without_the_environment_on_path(tmp_path):
+    """Notebook 04 ended with `python -m predlab.demo checkpoints/model.js` to copy: after `make lab` a terminal's
+    `python` is not the environment's (none at all, or one without predlab). The command names this Python."""
+    import shlex
+    import subprocess
+    cmd = viz.module_command("predlab.demo", "--help")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"
+    r = subprocess.run(shlex.split(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "usage: python -m predlab.demo" in r.stdout, r.stderr
+    assert shlex.split(viz.module_command("predlab.demo", "my runs/model.js"))[-1] == "my runs/model.js"
