@@ -1489,6 +1489,10 @@ class SupervisedTrainer:
         A step of this small model is hundreds of kernels of a few microseconds each: launched one by
         one from Python, the GPU waits for the host; a replay launches them all at once.
         """
+        # the rate tensors back in before a capture too: one made while a float written over them was in
+        # param_groups (a callback's, a torch scheduler's) baked that rate into its graph for the rest of the run
+        self._prepare_graph_optimizer()
+        self._restore_graph_lrs()
         key = (tuple(b["boids"].shape), self.autocast, self.tf32, float(self.grad_clip))   # clip baked in a capture
         entry = self._graphs.get(key)
         if entry is None:
@@ -1496,7 +1500,6 @@ class SupervisedTrainer:
         static, graph, loss = entry
         for k, v in b.items():
             static[k].copy_(v)
-        self._restore_graph_lrs()
         graph.replay()
         return loss
 

@@ -1073,3 +1073,24 @@ def test_early_stopping_decides_only_at_epochs_that_measured_its_metric(capsys):
     EarlyStopping(1).on_epoch_end(t, 6, {"val_loss": 0.4, "neg_catch_ratio": float("nan")})
     out = capsys.readouterr().out
     assert "early stopping: no improvement for 2 catch evaluations (best: none yet)" in out and "inf" not in out
+
+
+def test_a_graph_captured_after_a_rate_written_into_the_optimizer_reads_the_rate_tensor(monkeypatch):
+    """A float written into param_groups (a callback's, a torch scheduler's) was put back as the captures' rate
+    tensor only before a replay: a batch of a new shape captured meanwhile baked that float into its graph, which
+    replayed it for the rest of the run (17 of 18 graphs, the loss of epoch 2 2.4x the eager one's, emulated).
+    The capture itself needs a GPU; what it is handed is checked here."""
+    from types import SimpleNamespace
+    t = _trainer()
+    seen = []
+
+    def capture(b):
+        seen.append([(g["lr"] is t._graph_lrs[i], float(g["lr"])) for i, g in enumerate(t.optimizer.param_groups)])
+        return {k: v.clone() for k, v in b.items()}, SimpleNamespace(replay=lambda: None), torch.zeros(())
+    monkeypatch.setattr(t, "_capture", capture)
+    batch = t.train_dataset.batch(torch.arange(16))
+    t._graphed_step(batch)
+    for g in t.optimizer.param_groups:
+        g["lr"] = 0.5                   # a float where the tensor was
+    t._graphed_step({k: v[:8] for k, v in batch.items()})      # another shape: a new capture
+    assert seen[1] == [(True, 0.5)] * len(t.optimizer.param_groups)
