@@ -93,7 +93,9 @@ class DaggerSource(Callback):
 
     def state_dict(self) -> Dict:
         """The aggregated samples, compact (live boids only)."""
-        return {"dagger_buffer": self.data.to_ragged()}
+        # on the CPU, as every tensor of a checkpoint: a GPU generator's samples made one that a machine without
+        # a GPU could not read with torch.load
+        return {"dagger_buffer": {k: v.cpu() for k, v in self.data.to_ragged().items()}}
 
     def undo_epoch(self, epoch: int) -> None:
         """The samples as they were before for_epoch(epoch) (the trainer undoes an epoch that did not finish)."""
@@ -109,6 +111,9 @@ class DaggerSource(Callback):
         if state and "dagger_buffer" not in state:    # {"foo": 1} started an empty buffer without a word
             raise ValueError(f"the data source's state holds no dagger_buffer (it holds {', '.join(map(str, state))})")
         self.data = SampleSet.from_ragged(state["dagger_buffer"]) if "dagger_buffer" in state else SampleSet.empty()
+        # where the generator makes its samples: a checkpoint loads on the CPU, and a GPU run's first epoch after a
+        # resume failed to join the two in torch.cat's words
+        self.data = self.data.to_device(self.generator.device)
         self._undo = None
 
     def on_evaluate(self, trainer, epoch, logs):

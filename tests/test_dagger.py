@@ -308,3 +308,20 @@ def test_a_data_source_state_without_its_buffer_is_refused():
         src.load_state_dict({"foo": 1})
     src.load_state_dict({})
     assert len(src.data) == 0
+
+
+def test_a_gpu_generators_buffer_is_saved_on_the_cpu_and_resumed_on_its_device():
+    """DaggerSource on a GPU generator: its state held CUDA tensors (a checkpoint a machine without a GPU could
+    not torch.load), and a resume, whose checkpoint loads on the CPU, joined the CPU buffer with the GPU's fresh
+    samples in torch.cat's device error at its first epoch. A meta device stands in for the GPU here."""
+    gen = EpisodeGenerator(WC, seed=1, progress=False)
+    on_gpu = SimpleNamespace(device=torch.device("meta"), num_workers=0,
+                             generate=lambda *a, **kw: gen.generate(*a, **kw).to_device("meta"))
+    src = DaggerSource(gen, 2, start=5)
+    src.for_epoch(0)
+    state = src.state_dict()           # (saved on the CPU from a GPU too: tests/test_gpu.py)
+    resumed = DaggerSource(gen, 2, start=5)
+    resumed.generator = on_gpu
+    resumed.load_state_dict(state)
+    assert resumed.data.context.device.type == "meta" and len(resumed.data) == len(src.data)
+    assert resumed.for_epoch(1).context.device.type == "meta"

@@ -457,6 +457,13 @@ def test_dagger_drives_gpu_episodes(data):
     assert len(got[0]) > 0
     for k, v in got[0].state_dict().items():
         assert torch.equal(v, got[1].state_dict()[k]), k
+    # saved on the CPU (a checkpoint a machine without a GPU reads), resumed on the GPU: its first epoch joins the
+    # loaded buffer with fresh GPU samples
+    state = source.state_dict()
+    assert all(v.device.type == "cpu" for v in state["dagger_buffer"].values())
+    resumed = DaggerSource(EpisodeGenerator(WORLD, seed=1, device="cuda", progress=False), 8, start=1)
+    resumed.load_state_dict(state)
+    assert resumed.for_epoch(1, t).context.device.type == "cuda"
 
 
 def test_cli_trains_on_the_gpu_and_exports(tmp_path):
