@@ -206,7 +206,16 @@ def test_gpu_section_runs_and_prints(capsys, monkeypatch):
                                          if line.startswith("default ")} <= {"yes", "no"}
     assert "graphs bf16" in out and "graphs tf32" in out and "as the browser runs it) after 4 epochs" in out and "6 boids" in out
     for mode in bench.VARIANT_MODES:      # every variant's ratio to the baseline is printed
-        assert f"({mode} / graphs fp32)" in out or mode == "graphs torch LN" and "graphs fp32 / graphs torch LN" in out, mode
+        assert f"({mode} / graphs fp32)" in out or mode == "graphs torch LN", mode
+    # no compiled LayerNorm can run on a CPU: torch's ran in both rows, and a ratio of it against itself was
+    # printed as the compiled kernel's
+    assert {r["layer_norm"] for r in res["train"]} == {"torch"}
+    assert "compiled LayerNorm at batch 8: not run (torch's ran in graphs fp32 too" in out
+    assert "x torch's (graphs fp32 / graphs torch LN)" not in out
+    for r in res["train"]:
+        r["layer_norm"] = "compiled" if r["mode"] == "graphs fp32" else "torch"
+    bench.print_gpu_table(res)
+    assert "x torch's (graphs fp32 / graphs torch LN)" in capsys.readouterr().out
     assert "TF32" in out and "TF32 products at batch 8" in out and "where an eager training step's time goes at batch 8" in out and names[0] in out
 
 
