@@ -216,8 +216,9 @@ def make_trainer(data: SampleSet, batch_size: int = 256, device="cpu", model_cfg
                  **kw):
     """A SupervisedTrainer on `data` with the browser-size model (dropout as configured)."""
     from .train import SupervisedTrainer
-    torch.manual_seed(0)
-    model = TransformerPredator.from_config(model_cfg or ModelConfig())
+    with torch.random.fork_rng(devices=[]):     # the same weights each time; the caller's random state as it was
+        torch.manual_seed(0)
+        model = TransformerPredator.from_config(model_cfg or ModelConfig())
     kw.setdefault("world_config", WorldConfig())      # (no checkpoint or catch check: any world will do)
     return SupervisedTrainer(model, data, data, batch_size=batch_size, device=device, **kw)
 
@@ -251,8 +252,9 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
     """The seed's design: samples kept as browser dicts, every batch collated from them in Python,
     explicit attention, a per-parameter AdamW loop. An untimed first step, then the best of `steps`
     (the first call ran about 25% slow, and a single timing swung by 2x from run to run)."""
-    torch.manual_seed(0)
-    model = TransformerPredator.from_config(ModelConfig())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = TransformerPredator.from_config(ModelConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
     kernels, model_module.fastops = model_module.fastops, None    # torch's ops alone, as the seed ran: its GEGLU
     try:                                                          # ran in predlab's numba kernel
@@ -807,8 +809,18 @@ def run(quick: bool = False, threads: int = 2, train_samples: Optional[int] = No
 
     world / fixed_boids / pool_episodes exist so that a test can run the whole thing in seconds.
     """
-    world = world or WorldConfig()
+    old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    try:     # the caller's thread count back after: a notebook's, or the test suite's 1, was left at `threads`
+        return _run(quick, threads, train_samples, naive_frames, naive_steps, batch_size, seconds, gpu, world,
+                    fixed_boids, pool_episodes, gpu_batches, gpu_modes, cpu_split)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(quick, threads, train_samples, naive_frames, naive_steps, batch_size, seconds, gpu, world, fixed_boids,
+         pool_episodes, gpu_batches, gpu_modes, cpu_split) -> Dict:
+    world = world or WorldConfig()
     seconds = seconds or (2.0 if quick else 6.0)
     train_samples = train_samples or (4_096 if quick else 16_384)
     reps = 1 if quick else 2

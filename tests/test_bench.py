@@ -711,3 +711,69 @@ def test_an_abbreviated_gpu_flag_without_a_gpu_gets_its_note(monkeypatch, capsys
     assert "--gpu-batches and --gpu-modes have nothing to measure" in capsys.readouterr().err
     assert bench.main([]) == 0
     assert "nothing to measure" not in capsys.readouterr().err
+
+
+class _Clock:
+    """perf_counter advancing 1 s a call: every timed window is a whole number of seconds."""
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        self.t += 1.0
+        return self.t
+
+
+def test_rates_are_the_samples_counted_over_the_seconds_timed(monkeypatch):
+    """The figures' own arithmetic: ten wrong changes to it (a rate doubled, a frame counted twice, the naive step
+    left untimed) passed every test of this file, which checked figures > 0."""
+    r = bench.bench_generation(16, TINY, repeats=1, frames=4)
+    assert r["samples_per_s"] == r["samples"] / r["seconds"]
+    n = bench.naive_generation(frames=3, cfg=TINY, episodes=2)
+    assert n["samples"] == 2 * 3 and n["samples_per_s"] == n["samples"] / n["seconds"]
+    data = bench.samples_with_boids(6, 48, TINY)
+    monkeypatch.setattr(bench.time, "perf_counter", _Clock())
+    assert bench.naive_training(data, batch_size=16, steps=2)["samples_per_s"] == 16.0    # a tick a whole step
+
+
+def test_the_training_figure_is_the_trainers_own_rate_of_its_best_piece(monkeypatch):
+    data = bench.samples_with_boids(6, 64, TINY)
+
+    class Stub:
+        def train_epoch(self, d):
+            return {"samples_per_s": float(len(d))}
+
+        def split_parts(self):
+            return 1
+    monkeypatch.setattr(bench, "make_trainer", lambda *a, **k: Stub())
+    assert bench.bench_training(data, 16, seconds=0.0, piece=32)["samples_per_s"] == 32.0
+
+
+def test_targets_and_ratios_are_judged_on_this_runs_figures_and_the_callers_state_is_kept(monkeypatch, capsys):
+    """At 2 threads, the only count the training targets are judged at (no other test ran it). run() also left
+    torch at its thread count for the caller (a notebook's training, the rest of this suite), and the bench's
+    trainers reset the caller's random state."""
+    monkeypatch.setattr(bench, "bench_training", lambda data, *a, **k: {
+        "samples": len(data), "samples_per_s": 4000.0, "median_samples_per_s": 4000.0, "mean_boids": 6.0, "parts": 1})
+    monkeypatch.setattr(bench, "naive_training", lambda *a, **k: {"samples_per_s": 1000.0})
+    from predlab import data as data_mod
+    monkeypatch.setattr(data_mod, "usable_cpus", lambda: 2)
+    threads = torch.get_num_threads()
+    res = bench.run(quick=True, threads=2, train_samples=48, naive_frames=2, naive_steps=1, batch_size=16,
+                    seconds=0.01, gpu=False, world=TINY, fixed_boids=6, pool_episodes=8)
+    assert torch.get_num_threads() == threads, "run() left torch's thread count changed"
+    assert res["met"]["train_default"] is False and res["met"]["train_50"] is True     # 4,700 and 3,500
+    bench.print_table(res)
+    rows = {line.split(" (")[0]: line.split(")")[-1].split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("training, ")}
+    assert rows["training, default episodes"][2:] == ["4.0", "8.5", "4,700", "no"]      # x naive, x seed 470
+    assert rows["training, 50 boids"][2:] == ["4.0", "3,500", "yes"]
+
+
+def test_the_bench_keeps_the_callers_random_state():
+    data = bench.samples_with_boids(6, 32, TINY)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    bench.make_trainer(data, 16)
+    bench.naive_training(data, batch_size=16, steps=1)
+    assert torch.equal(torch.rand(3), want)
