@@ -1493,7 +1493,9 @@ class SupervisedTrainer:
         # param_groups (a callback's, a torch scheduler's) baked that rate into its graph for the rest of the run
         self._prepare_graph_optimizer()
         self._restore_graph_lrs()
-        key = (tuple(b["boids"].shape), self.autocast, self.tf32, float(self.grad_clip))   # clip baked in a capture
+        # clip baked in a capture, and which weights train: a weight frozen since would go on being stepped
+        key = (tuple(b["boids"].shape), self.autocast, self.tf32, float(self.grad_clip),
+               tuple(p.requires_grad for p in self.model.parameters()))
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(b)
@@ -2195,9 +2197,14 @@ def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional
     amplifies it). threads_used: the count a CPU run's checkpoint records (cpu_threads), which a run on torch's
     default threads records as its machine's: a checkpoint of an older predlab has none, and is said nothing."""
     try:
-        if resolve_device(ns["device"]).type != "cpu":
-            return []
+        device_type = resolve_device(ns["device"]).type
     except (TypeError, ValueError):       # said below, as the flag's error
+        return []
+    if device_type == "cuda" and run.get("tf32") is True and "tf32" not in given:
+        # a machine's setting too, so not taken from the checkpoint: the run's products go on in full float32
+        return [("note: the run trained with --tf32 (TF32 matrix products), this resume without: give --tf32 to "
+                 "go on as it trained", True)]
+    if device_type != "cpu":
         return []
     threads_now = min(ns["threads"], usable_cpus()) if ns["threads"] else torch.get_num_threads()
     threads_then = run.get("threads") or threads_used or None

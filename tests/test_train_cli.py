@@ -1919,3 +1919,16 @@ def test_a_run_on_torchs_default_threads_resumed_on_other_cores_says_how_to_go_o
             assert e.value.code == 2 and "'cpu_threads' must be a number of threads >= 1" in err, (bad, err)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_tf32_run_resumed_on_a_gpu_without_the_flag_is_told(monkeypatch):
+    """--tf32 is the machine's setting, not taken from the checkpoint: a resume without it went on in full
+    float32 products, other numerics than the run's, with no word."""
+    from predlab import train as tr
+    monkeypatch.setattr(tr, "resolve_device", lambda device: torch.device("cuda"))
+    ns = {"device": "cuda", "threads": 0, "cpu_split": 0, "batch_size": 256}
+    told = tr._machine_notes({"tf32": True}, ns, given=set())
+    assert told == [("note: the run trained with --tf32 (TF32 matrix products), this resume without: give --tf32 "
+                     "to go on as it trained", True)]
+    assert tr._machine_notes({"tf32": True}, ns, given={"tf32"}) == []
+    assert tr._machine_notes({"tf32": False}, ns, given=set()) == []

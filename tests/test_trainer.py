@@ -1094,3 +1094,22 @@ def test_a_graph_captured_after_a_rate_written_into_the_optimizer_reads_the_rate
         g["lr"] = 0.5                   # a float where the tensor was
     t._graphed_step({k: v[:8] for k, v in batch.items()})      # another shape: a new capture
     assert seen[1] == [(True, 0.5)] * len(t.optimizer.param_groups)
+
+
+def test_a_weight_frozen_between_epochs_gets_a_graph_of_its_own(monkeypatch):
+    """The captures' key had the shape, autocast, TF32 and the clip, not which weights train: a graph captured
+    before a weight was frozen went on computing its gradient and stepping it, where eager steps skip it."""
+    from types import SimpleNamespace
+    t = _trainer()
+    captured = []
+
+    def capture(b):
+        captured.append([p.requires_grad for p in t.model.parameters()])
+        return {k: v.clone() for k, v in b.items()}, SimpleNamespace(replay=lambda: None), torch.zeros(())
+    monkeypatch.setattr(t, "_capture", capture)
+    batch = t.train_dataset.batch(torch.arange(16))
+    t._graphed_step(batch)
+    t._graphed_step(batch)
+    next(t.model.parameters()).requires_grad_(False)
+    t._graphed_step(batch)
+    assert len(captured) == 2 and captured[1][0] is False
