@@ -445,7 +445,8 @@ def _forward(x: torch.Tensor, bias: torch.Tensor, n_heads: int):
     x = x.contiguous()
     keys = bias.expand(B, 1, 1, T).reshape(B, T).to(torch.float32).contiguous()
     tp = -(-T // _QUERY_PAD) * _QUERY_PAD
-    scale, min_rows = F32(1.0 / math.sqrt(ATTENTION_HEAD)), max(1, _ATTENTION_MIN_WORK // max(1, T * T))     # (T = 0: no tokens, an empty y)
+    # (T = 0: no tokens, an empty y)
+    scale, min_rows = F32(1.0 / math.sqrt(ATTENTION_HEAD)), max(1, _ATTENTION_MIN_WORK // max(1, T * T))
     y = x.new_empty(B, T, n_heads * ATTENTION_HEAD)
     _over_rows(_attention_forward, B, x.numpy(), keys.numpy(), y.numpy(), n_heads, scale, tp, min_rows=min_rows)
     return y, x, keys, (n_heads, scale, tp, min_rows)
