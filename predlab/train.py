@@ -2207,7 +2207,8 @@ def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional
     if device_type != "cpu":
         return []
     threads_now = min(ns["threads"], usable_cpus()) if ns["threads"] else torch.get_num_threads()
-    threads_then = run.get("threads") or threads_used or None
+    # what the sums were made on: a trainer's --threads past the CPUs ran on fewer (create_trainer caps it)
+    threads_then = threads_used or run.get("threads") or None
     notes = []
     if "threads" not in given and threads_then is not None and threads_then != threads_now:
         if threads_then > usable_cpus():     # --threads is capped at the CPUs: the advice could not be followed
@@ -2363,7 +2364,8 @@ def _parse(argv):
     for flag, where in ((folder, tc.checkpoint_dir), ("--log_dir", tc.log_dir),
                         (folder, Path(tc.checkpoint_dir) / "previous")):   # where earlier runs go
         refuse_unwritable(p, flag, where, directory=True)
-    problem = run_file_problem(tc.checkpoint_dir, exports=True)
+    # a model of sizes the stock page refuses is not written through a link (_export): its target is not checked
+    problem = run_file_problem(tc.checkpoint_dir, exports={k: getattr(mc, k) for k in SIZE_KEYS} == BROWSER_SIZES)
     if problem:
         p.error(f"{folder}: {problem}")
     if tc.resume is not None:
@@ -2947,9 +2949,9 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     for p in linked:
         del texts[p]
         left.append(f"{p} links to {os.path.realpath(p)}, left as it was: this model's sizes {sizes} are not the "
-              f"stock browser page's {BROWSER_SIZES}, which would run random weights in its place (to write it "
-              f"anyway: python -m predlab.export {shell_words(str(src))} --any-size "
-                    f"--out FILE)")
+                    f"stock browser page's {BROWSER_SIZES}, and a link is the way to a page's folder, whose "
+                    f"model.js it would run as random weights (to write it anyway: python -m predlab.export "
+                    f"{shell_words(str(src))} --any-size --out FILE)")
     # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
     same = [p for p in texts if p.is_file() and p.read_bytes() == texts[p].encode("utf-8")]
     empty = [p for p in texts if p.is_file() and p.stat().st_size == 0]      # made ready: nothing to keep

@@ -1345,7 +1345,7 @@ def test_a_model_js_link_the_export_cannot_write_through_is_refused_before_train
         _folder_takes_no_files(monkeypatch, tmp_path / "page")
     (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / folder / "model.js")
     with pytest.raises(SystemExit) as e:
-        main(SMALL)
+        main(BROWSER_SMALL)      # (sizes the page refuses are not written through a link: not refused)
     assert e.value.code == 2
     assert f"model.js is a link to {tmp_path / folder / 'model.js'}, {why}" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["model.js"]
@@ -1876,6 +1876,7 @@ def test_a_resume_on_other_threads_or_split_says_how_to_go_on_bit_for_bit(tmp_pa
         # a run of more threads than this machine has: --threads would be capped, so it says what can be had
         ck = torch.load("checkpoints/checkpoint_epoch_1.pt", weights_only=True)
         ck["train_config"].update(threads=4, cpu_split=0)
+        ck["cpu_threads"] = 4                # as the 4-core machine recorded it
         torch.save(ck, "four.pt")
         tr.parse_args(["--resume", "four.pt", "--epochs", "2"])
         said = capsys.readouterr().err
@@ -1932,3 +1933,37 @@ def test_a_tf32_run_resumed_on_a_gpu_without_the_flag_is_told(monkeypatch):
                      "to go on as it trained", True)]
     assert tr._machine_notes({"tf32": True}, ns, given={"tf32"}) == []
     assert tr._machine_notes({"tf32": False}, ns, given=set()) == []
+
+
+def test_a_size_experiment_over_a_link_to_a_missing_folder_trains(tmp_path, monkeypatch, capsys):
+    """The start-up check refused a run of other sizes for a model.js link whose folder was gone ("the run's
+    export writes through it"), though such a run's export no longer writes through a link."""
+    from predlab.train import main
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "model.js").symlink_to(tmp_path / "gone" / "model.js")
+    assert main(SMALL) == 0
+    assert "model.js links to" in capsys.readouterr().err and (tmp_path / "checkpoints" / "model.json").is_file()
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_notebook_trainer_asked_for_more_threads_than_the_machine_resumes_plainly_without_a_note(
+        tmp_path, monkeypatch, capsys):
+    """create_trainer(threads=4) on 2 CPUs trains on 2 and records threads 4: a plain resume on the same machine,
+    which goes on bit for bit, was told it could not, and to give --cpu_split 4, which would change the sums."""
+    from predlab import train as tr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tr, "usable_cpus", lambda: 2)
+    threads = torch.get_num_threads()
+    try:
+        with pytest.warns(UserWarning):
+            t = tr.create_trainer(threads=4, train_episodes=6, val_episodes=3, frames=12, boids_max=12,
+                                  batch_size=32, eval_every=0, dagger=False, verbose=False, checkpoint_dir="ck")
+        t.train(1)
+        path = t.save_checkpoint(tmp_path / "ck" / "checkpoint_epoch_1.pt")
+        ck = torch.load(path, weights_only=True)
+        assert (ck["train_config"]["threads"], ck["cpu_threads"]) == (4, 2)
+        tr.parse_args(["--resume", str(path), "--epochs", "2"])
+        assert "note: the run trained on" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
