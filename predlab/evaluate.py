@@ -42,7 +42,7 @@ import torch
 from .config import (BROWSER_SIZES, MAX_FRAMES, SEED_MAX, FlagParser, WorldConfig, add_config_flags, as_config,
                      as_device, bounded_number, from_dict, memory_problem, plural, real_number,
                      resolve_device, strict_json, whole_number)
-from .data import NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
+from .data import InputError, NonFiniteActions, check_actions, chunk_seed, kernel_arrays, usable_cpus
 from .export import say
 from .model import TransformerPredator, check_has_weights, forward_bytes
 from .sim import World, host_to_device, step_bytes
@@ -199,6 +199,24 @@ def _forward(model: TransformerPredator, batch: Batch) -> Tensor:
         return model(batch)
 
 
+def _check_shapes(batch) -> None:
+    """InputError naming the key when batch is not a padded batch [E, ...] of tensors (values unread)."""
+    if not isinstance(batch, Mapping):
+        raise InputError(f"a policy takes a batch dict of tensors (World.observe(), data.collate), not "
+                         f"{type(batch).__name__}")
+    for k in ("context", "predator", "boids", "mask"):
+        if not isinstance(batch.get(k), Tensor):
+            raise InputError(f"batch[{k!r}] must be a tensor, got {type(batch.get(k)).__name__}")
+    b = batch["boids"]
+    if b.dim() != 3 or b.shape[2] != 4:
+        raise InputError(f"batch['boids'] has shape {tuple(b.shape)}, expected (E, N, 4) (one state: v[None])")
+    E, N = b.shape[:2]
+    want = {"context": (E, 2), "predator": (E, 2), "mask": (E, N)}
+    for k, shp in want.items():
+        if tuple(batch[k].shape) != shp:
+            raise InputError(f"batch[{k!r}] has shape {tuple(batch[k].shape)}, expected {shp}")
+
+
 class ModelPolicy:
     """A TransformerPredator as a batched policy: eval mode, no_grad, on the model's device.
 
@@ -221,6 +239,7 @@ class ModelPolicy:
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, Tensor]) -> Tensor:
         p = next(self.model.parameters())
+        _check_shapes(batch)      # shapes only: no value read, no wait for a GPU
         mask = batch["mask"].bool()
         n = mask.sum(1)                                                               # [E]
         out = torch.zeros(mask.shape[0], 2, dtype=batch["context"].dtype, device=mask.device)
@@ -249,6 +268,9 @@ class ModelPolicy:
         finally:
             self.model.train(was_training)
         if not bool(torch.isfinite(out).all()):     # scored as no catches, it read as a weak model
+            bad = [k for k in ("context", "predator", "boids") if not bool(torch.isfinite(batch[k]).all())]
+            if bad:
+                raise InputError(f"batch[{bad[0]!r}] contains NaN or infinity")
             raise NonFiniteActions("the model's actions are NaN or infinite (its weights hold NaN or huge values: "
                              "training diverged, or the file is damaged), so its catches cannot be measured")
         return out

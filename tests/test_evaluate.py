@@ -1361,3 +1361,24 @@ def test_a_long_evaluation_without_a_bar_says_so_before_it_starts(capsys, monkey
                        (["--frames", "100000", "--episodes", "1"], True)):
         assert evaluate.main(["teacher", "--no-progress", *argv]) == 130
         assert ("this can take long" in capsys.readouterr().err) == said, argv
+
+
+def test_a_model_policy_names_a_malformed_batch(make_model):
+    """ModelPolicy(model)(obs), the README's way to a model's actions for states of one's own: a mask of the
+    wrong shape gave actions for other boids or another number of episodes without a word, NaN in the states was
+    blamed on the model's weights, and numpy arrays or a missing key failed in torch's or Python's words."""
+    from predlab.data import InputError
+    from predlab.evaluate import ModelPolicy
+    from predlab.sim import World
+    obs = World.random(3, generator=torch.Generator().manual_seed(0), n_boids=4).observe()
+    policy = ModelPolicy(make_model(1))
+    assert policy(obs).shape == (3, 2)
+    bad = [({**obs, "mask": obs["mask"][:1]}, r"batch\['mask'\] has shape \(1, 4\), expected \(3, 4\)"),
+           ({**obs, "mask": obs["mask"][:, :3]}, r"batch\['mask'\] has shape \(3, 3\), expected \(3, 4\)"),
+           ({k: v for k, v in obs.items() if k != "mask"}, r"batch\['mask'\] must be a tensor, got NoneType"),
+           ({**obs, "boids": obs["boids"].numpy()}, r"batch\['boids'\] must be a tensor, got ndarray"),
+           ({**obs, "boids": obs["boids"][0]}, r"batch\['boids'\] has shape \(4, 4\), expected \(E, N, 4\)"),
+           ({**obs, "boids": obs["boids"].clone().fill_(float("nan"))}, r"batch\['boids'\] contains NaN")]
+    for batch, said in bad:
+        with pytest.raises(InputError, match=said):
+            policy(batch)
