@@ -1079,7 +1079,9 @@ def js_parity(model, samples: Sequence[Mapping], weights: Union[str, Path, None]
         if weights is None:
             weights = write_weights(model, Path(tmp) / "model.js")
         inputs = Path(tmp) / "inputs.json"
-        inputs.write_text(json.dumps(samples))
+        # the numbers predict read, as plain floats: numpy scalars (np.float32) are numbers to predict, not to json
+        from .data import collate, to_dicts
+        inputs.write_text(json.dumps(to_dicts(collate(samples, dtype=torch.float64))))
         res = subprocess.run([node, str(script), str(weights), str(inputs)], capture_output=True, text=True,
                              timeout=120)
     if res.returncode != 0:

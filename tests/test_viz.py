@@ -1868,3 +1868,16 @@ def test_module_command_runs_in_a_terminal_without_the_environment_on_path(tmp_p
     r = subprocess.run(shlex.split(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "usage: python -m predlab.demo" in r.stdout, r.stderr
     assert shlex.split(viz.module_command("predlab.demo", "my runs/model.js"))[-1] == "my runs/model.js"
+
+
+@pytest.mark.skipif(not viz.node_available(), reason="node is not installed")
+def test_js_parity_takes_the_numpy_numbers_predict_takes(make_model, make_samples):
+    """predict reads np.float32 and np.int64 values; js_parity wrote the inputs as given to JSON for Node, and
+    failed in "Object of type float32 is not JSON serializable"."""
+    inputs = make_samples([0, 3], seed=5)
+    s = inputs[1]
+    inputs[1] = {"context": {"canvasWidth": np.float32(s["context"]["canvasWidth"]),
+                             "canvasHeight": np.float64(s["context"]["canvasHeight"])},
+                 "predator": s["predator"], "boids": [{k: np.float32(v) for k, v in b.items()} for b in s["boids"]]}
+    res = viz.js_parity(make_model(1), inputs)
+    assert res["torch"].shape == (2, 2) and res["max_abs_diff"] < 1e-5
