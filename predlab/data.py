@@ -232,6 +232,11 @@ class SampleSet:
         for k in ("context", "predator", "boids", "target"):
             if not all_finite(getattr(self, k)):
                 raise InputError(f"{name}.{k} contains NaN or infinity")
+        # the model's actions lie in [-1, 1] (tanh), the teacher's labels are unit vectors: targets in pixels or
+        # forces trained the outputs into saturation without a word (from_ragged refuses them as made by no teacher)
+        if S and bool((self.target.abs() > 1 + 1e-6).any()):
+            raise InputError(f"{name}.target reaches {float(self.target.abs().max()):g}, beyond [-1, 1] where the "
+                             f"model's actions lie (the teacher's are unit vectors): scale the targets")
 
     @classmethod
     def empty(cls, n_max: int = 0) -> "SampleSet":

@@ -1024,3 +1024,15 @@ def test_sample_set_calls_with_the_wrong_kind_of_argument_name_it():
     with pytest.raises(ValueError, match="batch_size must be a whole number between 1 and"):
         rows.batch_indices(10 ** 30)
     assert [b.tolist() for b in rows.batch_indices(10 ** 18, shuffle=False)] == [[0, 1]]
+
+
+def test_targets_beyond_the_models_actions_are_named():
+    """SampleSet.from_observation(obs, target) with targets in pixels or forces trained the tanh outputs into
+    saturation without a word (from_ragged refused such samples as made by no teacher)."""
+    from predlab.data import InputError, SampleSet
+    from predlab.sim import World
+    obs = World.random(3, generator=torch.Generator().manual_seed(0), n_boids=4).observe()
+    target = torch.tensor([[0.6, 0.8], [1.0, 0.0], [0.0, -1.0]])
+    assert len(SampleSet.from_observation(obs, target)) == 3
+    with pytest.raises(InputError, match=r"target reaches 5, beyond \[-1, 1\] where the model's actions lie"):
+        SampleSet.from_observation(obs, target * 5).check()
