@@ -115,6 +115,10 @@ def load_checkpoint_dict(path: Union[str, Path]) -> Dict:
     for key in ("train_config", "world_config"):
         if key in ckpt and not isinstance(ckpt[key], dict):
             raise CheckpointError(f"{path}: {key!r} is {type(ckpt[key]).__name__}, not a dict")
+        odd = next(((k, v) for k, v in ckpt.get(key, {}).items()
+                    if v is not None and not isinstance(v, (bool, int, float, str))), None)
+        if odd:     # a tensor there failed load_checkpoint's comparison after the state was restored
+            raise CheckpointError(f"{path}: {key} {odd[0]!r} is a {type(odd[1]).__name__}, not a setting's value")
     for key in ("epoch", "best_epoch", "early_stopping_counter"):
         v = ckpt.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import warnings
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -83,6 +84,30 @@ class WarmupCosine:
 
 
 # ---------------------------------------------------------------------- callbacks
+CALLBACK_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_validate_batch", "on_evaluate",
+                  "on_epoch_end", "on_train_end")
+
+
+def callback_list(callbacks, owner: str = "callbacks") -> list:
+    """callbacks as a list: one Callback alone is a list of it. A TypeError naming the item that is no callback
+    (one alone failed in "Value after * must be an iterable", a str or a function at train() in an AttributeError).
+    An object of every hook's method counts, as the trainer only calls them."""
+    if isinstance(callbacks, Callback):
+        return [callbacks]
+    if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
+        raise TypeError(f"{owner} must be a list of callbacks (predlab.train.Callback), not "
+                        f"{type(callbacks).__name__}")
+    items = list(callbacks)
+    for i, cb in enumerate(items):
+        if isinstance(cb, type):     # ([PrintLogger]) failed with "missing 1 required positional argument"
+            raise TypeError(f"{owner}[{i}] is the class {cb.__name__}, not a callback made from it: give "
+                            f"{cb.__name__}(...)")
+        if not isinstance(cb, Callback) and not all(callable(getattr(cb, h, None)) for h in CALLBACK_HOOKS):
+            raise TypeError(f"{owner}[{i}] is {type(cb).__name__} {str(repr(cb))[:40]}, not a callback: give "
+                            f"instances of predlab.train.Callback subclasses (PrintLogger(), Checkpointer(...))")
+    return items
+
+
 class Callback:
     """Hooks the trainer calls; override what you need.
 
@@ -1172,7 +1197,7 @@ class SupervisedTrainer:
         self._graph_optimizer_ready = False
         self._device_data: List[tuple] = []
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
-        self.callbacks: List[Callback] = list(callbacks)
+        self.callbacks: List[Callback] = callback_list(callbacks)
         self.epoch = 0
         self.improved, self.ended_by, self.ended_in_epoch = False, None, False
         self.start_metric: Optional[float] = None   # the monitor's value on init_weights' own weights (fine_tune_start)
@@ -1570,12 +1595,7 @@ class SupervisedTrainer:
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
                           f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
             return self.history
-        for i, cb in enumerate(self.callbacks):
-            # a class given for an instance ([PrintLogger]) failed with "Callback.on_train_begin() missing
-            # 1 required positional argument: 'trainer'"
-            if isinstance(cb, type):
-                raise TypeError(f"callbacks[{i}] is the class {cb.__name__}, not a callback made from it: give "
-                                f"{cb.__name__}(...)")
+        callback_list(self.callbacks, "trainer.callbacks")     # (items may have been added since it was made)
         from .evaluate import CatchEvaluator     # (evaluate imports this module)
         if self.monitor == "neg_catch_ratio" and not any(isinstance(c, CatchEvaluator) for c in self.callbacks):
             # restored by load_checkpoint from a run that chose its best by the catch ratio: no epoch was ever the
@@ -1825,6 +1845,10 @@ class SupervisedTrainer:
         problem = unexpanded_home(path)
         if problem:
             raise ValueError(f"save_checkpoint: {problem}")
+        # only a checkpoint (a torch zip) or an empty file is replaced: a typo must not wipe a source file or notes
+        if Path(path).is_file() and Path(path).stat().st_size and not zipfile.is_zipfile(path):
+            raise FileExistsError(f"{path} exists and is not a checkpoint; predlab will not replace it (remove it, "
+                                  f"or save elsewhere)")
         return ckpt_io.atomic_save(self.state_dict(include_data), path)
 
     def load_checkpoint(self, path: Union[str, Path], warn_settings: bool = True) -> Dict:
@@ -2047,6 +2071,7 @@ def create_trainer(train_episodes: int = None, val_episodes: int = None, learnin
     if model is not None and model_over:    # the model's own sizes and dropout would have been trained instead
         raise ValueError(f"model and {', '.join(f'{k}={v!r}' for k, v in model_over.items())}: give one (a model's "
                          f"sizes and dropout are set when it is built)")
+    callbacks = callback_list(callbacks)     # before the episodes are made
     tc = dataclasses.replace(as_config(TrainConfig, train_config, "train_config"),
                              **{k: v for k, v in over.items() if k in fields[TrainConfig]})
     tc.validate()

@@ -502,11 +502,36 @@ def test_a_callback_class_given_for_a_callback_is_named_before_training():
     """callbacks=[PrintLogger] (no parentheses) failed with "Callback.on_train_begin() missing 1 required
     positional argument: 'trainer'", which names neither the callback nor the slip."""
     from predlab.train import PrintLogger
-    t = _trainer(callbacks=[PrintLogger])
     with pytest.raises(TypeError, match=r"callbacks\[0\] is the class PrintLogger, not a callback made from it: "
                                         r"give PrintLogger\(...\)"):
+        _trainer(callbacks=[PrintLogger])
+    t = _trainer()
+    t.callbacks.append(PrintLogger)          # added after the trainer was made: named at train()
+    with pytest.raises(TypeError, match=r"trainer.callbacks\[0\] is the class PrintLogger"):
         t.train(1)
     assert t.epoch == 0 and t.history == []
+
+
+def test_callbacks_that_are_no_callbacks_are_named_and_one_alone_is_taken():
+    """create_trainer(callbacks=PrintLogger()) failed in "Value after * must be an iterable"; a str or a function
+    among them was taken, and failed at train() in an AttributeError. An object with every hook counts."""
+    from predlab.train import CALLBACK_HOOKS, PrintLogger, create_trainer
+    assert [type(c) for c in _trainer(callbacks=PrintLogger()).callbacks] == [PrintLogger]
+    for bad, said in ((["print"], r"callbacks\[0\] is str 'print', not a callback"),
+                      ([PrintLogger(), lambda *a: None], r"callbacks\[1\] is function"),
+                      (3, "callbacks must be a list of callbacks .predlab.train.Callback., not int")):
+        with pytest.raises(TypeError, match=said):
+            _trainer(callbacks=bad)
+        with pytest.raises(TypeError, match=said):
+            create_trainer(train_episodes=2, val_episodes=1, frames=4, callbacks=bad, verbose=False)
+
+    class Ducked:          # every hook, no Callback base
+        pass
+    for hook in CALLBACK_HOOKS:
+        setattr(Ducked, hook, lambda self, *a: None)
+    t = _trainer(callbacks=[Ducked()])
+    t.train(1)
+    assert t.epoch == 1
 
 
 def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoch_does(monkeypatch):
@@ -1113,3 +1138,34 @@ def test_a_weight_frozen_between_epochs_gets_a_graph_of_its_own(monkeypatch):
     next(t.model.parameters()).requires_grad_(False)
     t._graphed_step(batch)
     assert len(captured) == 2 and captured[1][0] is False
+
+
+def test_save_checkpoint_does_not_replace_a_file_that_is_no_checkpoint(tmp_path):
+    """trainer.save_checkpoint("train.py"), a typo in a notebook, replaced the file with a torch archive: only a
+    checkpoint or an empty file is replaced, as write_weights replaces only weight files."""
+    t = _trainer()
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(FileExistsError, match="notes.txt exists and is not a checkpoint; predlab will not replace it"):
+        t.save_checkpoint(notes)
+    assert notes.read_text() == "my notes\n"
+    first = t.save_checkpoint(tmp_path / "c.pt")
+    t.save_checkpoint(first)                       # a checkpoint: replaced
+    (tmp_path / "empty.pt").write_bytes(b"")
+    t.save_checkpoint(tmp_path / "empty.pt")       # made ready: replaced
+    assert torch.load(tmp_path / "empty.pt", weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.parametrize("key,field", [("train_config", "batch_size"), ("world_config", "frames")])
+def test_a_checkpoint_with_a_tensor_for_a_setting_is_refused_and_the_trainer_is_unchanged(tmp_path, key, field):
+    """The weights-only loader reads a tensor anywhere: one as a setting's value failed load_checkpoint in
+    "Boolean value of Tensor with more than one value is ambiguous", after the trainer had taken the file's
+    weights, epoch and optimizer."""
+    from predlab.checkpoint import CheckpointError
+    path = tmp_path / "t.pt"
+    _tampered(path, lambda s: s[key].update({field: torch.tensor([1, 2])}))
+    t = _trainer()
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    with pytest.raises(CheckpointError, match=f"{key} '{field}' is a Tensor, not a setting's value"):
+        t.load_checkpoint(path)
+    assert t.epoch == 0 and all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
