@@ -216,7 +216,7 @@ def make_trainer(data: SampleSet, batch_size: int = 256, device="cpu", model_cfg
                  **kw):
     """A SupervisedTrainer on `data` with the browser-size model (dropout as configured)."""
     from .train import SupervisedTrainer
-    with torch.random.fork_rng(devices=[]):     # the same weights each time; the caller's random state as it was
+    with torch.random.fork_rng():     # the same weights each time; the caller's random states (CUDA's too) as they were
         torch.manual_seed(0)
         model = TransformerPredator.from_config(model_cfg or ModelConfig())
     kw.setdefault("world_config", WorldConfig())      # (no checkpoint or catch check: any world will do)
@@ -252,7 +252,7 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
     """The seed's design: samples kept as browser dicts, every batch collated from them in Python,
     explicit attention, a per-parameter AdamW loop. An untimed first step, then the best of `steps`
     (the first call ran about 25% slow, and a single timing swung by 2x from run to run)."""
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():
         torch.manual_seed(0)
         model = TransformerPredator.from_config(ModelConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
@@ -653,7 +653,14 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     modes: by default GPU_MODES, and VARIANT_MODES at batches of variant_min_batch or more; a
     variant that raises is listed under "failed" with its error, and the run goes on.
     device, pool_episodes and min_samples exist so that a test can run it all on a CPU in
-    seconds (no memory figure there)."""
+    seconds (no memory figure there). The caller's random states are as they were after it."""
+    with torch.random.fork_rng():      # its seed 0, then the caller's state back (a bare seed reset it)
+        return _run_gpu(quick, world, batches, modes, seconds, fixed_boids, device, pool_episodes, min_samples,
+                        variant_min_batch)
+
+
+def _run_gpu(quick, world, batches, modes, seconds, fixed_boids, device, pool_episodes, min_samples,
+             variant_min_batch) -> Dict:
     world = world or WorldConfig()
     seconds = seconds or (1.0 if quick else 3.0)
     torch.manual_seed(0)
@@ -743,7 +750,7 @@ def print_gpu_table(g: Dict) -> None:
             print(f"compiled LayerNorm at batch {b}: {base / x:.2f}x torch's (graphs fp32 / graphs torch LN)")
         elif base and mode == "graphs torch LN":
             print(f"compiled LayerNorm at batch {b}: not run (torch's ran in graphs fp32 too: no Triton or C "
-                  f"compiler, or PREDLAB_GPU_LAYER_NORM=torch)")
+                  f"compiler, its compile failed (a warning above), or PREDLAB_GPU_LAYER_NORM=torch)")
         variant = VARIANT_LABELS.get(mode)
         if base and variant:
             print(f"{variant} at batch {b}: {x / base:.2f}x ({mode} / graphs fp32)")

@@ -175,8 +175,12 @@ def test_gpu_section_runs_and_prints(capsys, monkeypatch):
         ran.append(kw)
         return real(data, b, seconds, device, **kw)
     monkeypatch.setattr(bench, "bench_training_gpu", timed)
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
     res = bench.run_gpu(quick=True, world=TINY, batches=(4, 8), seconds=0.01, fixed_boids=6, device="cpu",
                         pool_episodes=8, min_samples=256, variant_min_batch=8)
+    assert torch.equal(torch.rand(3), want)        # the caller's random state as it was (its seed 0 reset it)
     rows = {(r["data"], r["batch_size"], r["mode"]) for r in res["train"]}
     # the 50-boid row runs the trainer's own fastest mode (float32), not a faster variant's: it flaked when a
     # bf16 or TF32 row won a race of 0.01 s
