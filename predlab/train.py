@@ -1439,6 +1439,7 @@ class SupervisedTrainer:
             if not isinstance(g["lr"], torch.Tensor):
                 g["lr"] = torch.tensor(float(g["lr"]), dtype=torch.float32, device=self.device)
         self._graph_lrs = [g["lr"] for g in opt.param_groups]     # what the captures read
+        self._graph_params = params       # (each step's key reads their requires_grad: a module walk took ~60 us)
         self._graph_optimizer_ready = True
 
     def _steps_to_device(self, params) -> None:
@@ -1520,7 +1521,7 @@ class SupervisedTrainer:
         self._restore_graph_lrs()
         # clip baked in a capture, and which weights train: a weight frozen since would go on being stepped
         key = (tuple(b["boids"].shape), self.autocast, self.tf32, float(self.grad_clip),
-               tuple(p.requires_grad for p in self.model.parameters()))
+               tuple(p.requires_grad for p in self._graph_params))
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._graphs[key] = self._capture(b)
@@ -1806,6 +1807,7 @@ class SupervisedTrainer:
         went on with a catch check the run never had, and chose the best on other validation episodes than the
         run's best was measured on, without a word."""
         settings = dataclasses.asdict(self.train_config)
+        settings["tf32"] = self.tf32     # what the steps ran with: --tf32 on a CPU made no TF32 products
         if not self._by_hand:
             return settings
         from .evaluate import CatchEvaluator     # (evaluate imports this module)
@@ -2215,7 +2217,8 @@ def _say(notes: Sequence[tuple]) -> None:
         print(text, file=sys.stderr if to_stderr else sys.stdout)
 
 
-def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional[int] = None) -> List[tuple]:
+def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional[int] = None,
+                   gpu_run: bool = False) -> List[tuple]:
     """On resume: the threads and split parts a CPU run trained with, where this resume makes its sums
     otherwise. They are the machine's settings, not taken from the checkpoint, but they set how a batch's
     sums are made: the run parts from the uninterrupted one in the last bits at once (the flock then
@@ -2231,6 +2234,8 @@ def _machine_notes(run: Mapping, ns: Mapping, given: set, threads_used: Optional
                  "go on as it trained", True)]
     if device_type != "cpu":
         return []
+    if gpu_run:         # its sums were a GPU's: no thread count or split gives them back
+        return [("note: the run trained on a CUDA GPU; on the CPU it goes on in other sums, not bit for bit", True)]
     threads_now = min(ns["threads"], usable_cpus()) if ns["threads"] else torch.get_num_threads()
     # what the sums were made on: a trainer's --threads past the CPUs ran on fewer (create_trainer caps it)
     threads_then = threads_used or run.get("threads") or None
@@ -2322,7 +2327,7 @@ def _parse(argv):
                     changed.append(f"{flag(f.name, ns[f.name])} (the checkpoint's run: "
                                    f"{flag(f.name, run[f.name]) if isinstance(run[f.name], bool) else run[f.name]})")
         schedule = {k: ns[k] for k in SCHEDULE_FIELDS if k in given}
-        notes += _machine_notes(run, ns, given, ck.get("cpu_threads"))
+        notes += _machine_notes(run, ns, given, ck.get("cpu_threads"), gpu_run="cuda" in (ck.get("rng") or {}))
         if "checkpoint_dir" not in given:
             ns["checkpoint_dir"] = os.path.dirname(resume) or "."     # as typed: Path drops a ./ before a ~
     if ns["init_weights"] is not None:
@@ -2974,8 +2979,8 @@ def _export(tc: TrainConfig, trainer: SupervisedTrainer, checkpointer: Checkpoin
     for p in linked:
         del texts[p]
         left.append(f"{p} links to {os.path.realpath(p)}, left as it was: this model's sizes {sizes} are not the "
-                    f"stock browser page's {BROWSER_SIZES}, and a link is the way to a page's folder, whose "
-                    f"model.js it would run as random weights (to write it anyway: python -m predlab.export "
+                    f"stock browser page's {BROWSER_SIZES}, and a link leads to a page's folder, where the stock "
+                    f"page would run such a model.js as random weights (to write it anyway: python -m predlab.export "
                     f"{shell_words(str(src))} --any-size --out FILE)")
     # one of the very bytes this run writes is not written again (read-only, it failed the run after its training)
     same = [p for p in texts if p.is_file() and p.read_bytes() == texts[p].encode("utf-8")]

@@ -1935,6 +1935,29 @@ def test_a_tf32_run_resumed_on_a_gpu_without_the_flag_is_told(monkeypatch):
     assert tr._machine_notes({"tf32": False}, ns, given=set()) == []
 
 
+
+def test_a_cpu_run_given_tf32_records_none_and_a_gpu_run_resumed_on_the_cpu_is_told(tmp_path, monkeypatch, capsys):
+    """--tf32 on a CPU makes no TF32 products, but the checkpoint recorded it as given: a resume on a GPU was told
+    to give --tf32 "to go on as it trained". A GPU run resumed on the CPU was advised the --threads of a run
+    whose sums were a GPU's."""
+    from predlab import train as tr
+    monkeypatch.chdir(tmp_path)
+    assert tr.main([*SMALL, "--tf32"]) == 0
+    ck = torch.load("checkpoints/checkpoint_epoch_1.pt", weights_only=True)
+    assert ck["train_config"]["tf32"] is False
+    ns = {"device": "cpu", "threads": 0, "cpu_split": 0, "batch_size": 256}
+    told = tr._machine_notes({"threads": 1}, ns, given=set(), gpu_run=True)
+    assert told == [("note: the run trained on a CUDA GPU; on the CPU it goes on in other sums, not bit for bit",
+                     True)]
+    ck["rng"]["cuda"] = [ck["rng"]["torch"]]          # as a GPU run saves it
+    ck.pop("cpu_threads")
+    torch.save(ck, "gpu.pt")
+    capsys.readouterr()
+    tr.parse_args(["--resume", "gpu.pt", "--epochs", "2", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert "the run trained on a CUDA GPU" in err and "give --threads" not in err
+
+
 def test_a_size_experiment_over_a_link_to_a_missing_folder_trains(tmp_path, monkeypatch, capsys):
     """The start-up check refused a run of other sizes for a model.js link whose folder was gone ("the run's
     export writes through it"), though such a run's export no longer writes through a link."""
