@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import io
 import math
+import numbers
 import os
 import re
 import shlex
@@ -91,7 +92,8 @@ CALLBACK_HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_valida
 def callback_list(callbacks, owner: str = "callbacks") -> list:
     """callbacks as a list: one Callback alone is a list of it. A TypeError naming the item that is no callback
     (one alone failed in "Value after * must be an iterable", a str or a function at train() in an AttributeError).
-    An object of every hook's method counts, as the trainer only calls them."""
+    An object whose class has every hook's method counts, as the trainer only calls them (it looks for them on the
+    class: hooks set on the object alone are not called)."""
     if isinstance(callbacks, Callback):
         return [callbacks]
     if isinstance(callbacks, (str, bytes)) or not hasattr(callbacks, "__iter__"):
@@ -102,7 +104,7 @@ def callback_list(callbacks, owner: str = "callbacks") -> list:
         if isinstance(cb, type):     # ([PrintLogger]) failed with "missing 1 required positional argument"
             raise TypeError(f"{owner}[{i}] is the class {cb.__name__}, not a callback made from it: give "
                             f"{cb.__name__}(...)")
-        if not isinstance(cb, Callback) and not all(callable(getattr(cb, h, None)) for h in CALLBACK_HOOKS):
+        if not isinstance(cb, Callback) and not all(callable(getattr(type(cb), h, None)) for h in CALLBACK_HOOKS):
             raise TypeError(f"{owner}[{i}] is {type(cb).__name__} {str(repr(cb))[:40]}, not a callback: give "
                             f"instances of predlab.train.Callback subclasses (PrintLogger(), Checkpointer(...))")
     return items
@@ -1026,6 +1028,15 @@ def _source_settings(source) -> Dict:
     return {}
 
 
+def _torch_archive(path) -> bool:
+    """Whether path is a torch.save archive (a zip holding a data.pkl): a .npz, a .docx or a .zip is not."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return False
+
+
 def _plain_numbers(obj):
     """obj with every numpy scalar in it (a learning rate from np.logspace, a callback's np.mean) as
     the Python number it holds, and every numpy array (np.asarray(0.5), np.percentile(x, [5, 95])) as
@@ -1033,6 +1044,9 @@ def _plain_numbers(obj):
     not be read back (no resume, no export)."""
     if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()     # a 0-d array, as a scalar, gives its number
+    if isinstance(obj, numbers.Real) and not isinstance(obj, (bool, int, float)):
+        # a Fraction learning rate: taken, then its checkpoints refused when read back (no resume, no export)
+        return int(obj) if isinstance(obj, numbers.Integral) else float(obj)
     if isinstance(obj, dict):
         return {k: _plain_numbers(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -1596,7 +1610,9 @@ class SupervisedTrainer:
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
                           f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
             return self.history
-        callback_list(self.callbacks, "trainer.callbacks")     # (items may have been added since it was made)
+        # (items may have been added since it was made, or the list replaced: by a generator, which a check alone
+        # used up, or by one callback)
+        self.callbacks = callback_list(self.callbacks, "trainer.callbacks")
         from .evaluate import CatchEvaluator     # (evaluate imports this module)
         if self.monitor == "neg_catch_ratio" and not any(isinstance(c, CatchEvaluator) for c in self.callbacks):
             # restored by load_checkpoint from a run that chose its best by the catch ratio: no epoch was ever the
@@ -1848,7 +1864,7 @@ class SupervisedTrainer:
         if problem:
             raise ValueError(f"save_checkpoint: {problem}")
         # only a checkpoint (a torch zip) or an empty file is replaced: a typo must not wipe a source file or notes
-        if Path(path).is_file() and Path(path).stat().st_size and not zipfile.is_zipfile(path):
+        if Path(path).is_file() and Path(path).stat().st_size and not _torch_archive(path):
             raise FileExistsError(f"{path} exists and is not a checkpoint; predlab will not replace it (remove it, "
                                   f"or save elsewhere)")
         return ckpt_io.atomic_save(self.state_dict(include_data), path)

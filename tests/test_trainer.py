@@ -532,6 +532,16 @@ def test_callbacks_that_are_no_callbacks_are_named_and_one_alone_is_taken():
     t = _trainer(callbacks=[Ducked()])
     t.train(1)
     assert t.epoch == 1
+    # hooks set on the object alone: the trainer looks for them on the class, and failed at the first batch
+    from types import SimpleNamespace
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is SimpleNamespace"):
+        _trainer(callbacks=[SimpleNamespace(**{h: (lambda *a: None) for h in CALLBACK_HOOKS})])
+    # trainer.callbacks replaced by a generator (a check alone used it up: no callbacks ran) or by one callback
+    for given in ((c for c in [PrintLogger()]), PrintLogger()):
+        t = _trainer()
+        t.callbacks = given
+        t.train(1)
+        assert [type(c) for c in t.callbacks] == [PrintLogger]
 
 
 def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoch_does(monkeypatch):
@@ -1149,6 +1159,16 @@ def test_save_checkpoint_does_not_replace_a_file_that_is_no_checkpoint(tmp_path)
     with pytest.raises(FileExistsError, match="notes.txt exists and is not a checkpoint; predlab will not replace it"):
         t.save_checkpoint(notes)
     assert notes.read_text() == "my notes\n"
+    import zipfile
+    import numpy as np
+    np.savez(tmp_path / "samples.npz", x=np.zeros(3))
+    with zipfile.ZipFile(tmp_path / "report.zip", "w") as z:
+        z.writestr("word/document.xml", "<w/>")
+    for other in ("samples.npz", "report.zip"):      # zips, but no torch archives
+        kept = (tmp_path / other).read_bytes()
+        with pytest.raises(FileExistsError, match="is not a checkpoint"):
+            t.save_checkpoint(tmp_path / other)
+        assert (tmp_path / other).read_bytes() == kept
     first = t.save_checkpoint(tmp_path / "c.pt")
     t.save_checkpoint(first)                       # a checkpoint: replaced
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -1169,3 +1189,17 @@ def test_a_checkpoint_with_a_tensor_for_a_setting_is_refused_and_the_trainer_is_
     with pytest.raises(CheckpointError, match=f"{key} '{field}' is a Tensor, not a setting's value"):
         t.load_checkpoint(path)
     assert t.epoch == 0 and all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
+
+
+def test_a_fraction_learning_rate_gives_checkpoints_that_load(tmp_path):
+    """A fractions.Fraction learning rate passed the checks, and the trainer wrote checkpoints it then refused
+    to read ("it names fractions.Fraction"): no resume, no export of that run."""
+    from fractions import Fraction
+    from predlab.checkpoint import load_checkpoint_dict
+    t = _trainer(learning_rate=Fraction(3, 1000))
+    t.train(1)
+    ck = load_checkpoint_dict(t.save_checkpoint(tmp_path / "f.pt"))
+    assert type(ck["optimizer"]["param_groups"][0]["lr"]) is float and set(ck["scheduler"]["base"]) == {0.003}
+    t2 = _trainer()
+    t2.load_checkpoint(tmp_path / "f.pt")
+    assert t2.epoch == 1
