@@ -207,6 +207,9 @@ def _check_shapes(batch) -> None:
     for k in ("context", "predator", "boids", "mask"):
         if not isinstance(batch.get(k), Tensor):
             raise InputError(f"batch[{k!r}] must be a tensor, got {type(batch.get(k)).__name__}")
+    for k in ("context", "predator", "boids"):     # integer states gave integer actions: every one 0
+        if not batch[k].dtype.is_floating_point:
+            raise InputError(f"batch[{k!r}] is {batch[k].dtype}: states are float tensors (.float())")
     b = batch["boids"]
     if b.dim() != 3 or b.shape[2] != 4:
         raise InputError(f"batch['boids'] has shape {tuple(b.shape)}, expected (E, N, 4) (one state: v[None])")
@@ -271,6 +274,13 @@ class ModelPolicy:
             bad = [k for k in ("context", "predator", "boids") if not bool(torch.isfinite(batch[k]).all())]
             if bad:
                 raise InputError(f"batch[{bad[0]!r}] contains NaN or infinity")
+            # finite, but beyond the model's float type, or so large that its sums overflow: not the weights
+            big = [k for k in ("context", "predator", "boids") if batch[k].numel() and (
+                   not bool(torch.isfinite(batch[k].to(p.dtype)).all()) or float(batch[k].abs().max()) > 1e6)]
+            if big:
+                raise InputError(f"batch[{big[0]!r}] holds values of {float(batch[big[0]].abs().max()):.3g}, beyond "
+                                 f"what the model's inputs are (offsets and velocities of a few units, canvas sizes "
+                                 f"in thousands of px / 1000): its actions overflowed")
             raise NonFiniteActions("the model's actions are NaN or infinite (its weights hold NaN or huge values: "
                              "training diverged, or the file is damaged), so its catches cannot be measured")
         return out

@@ -1378,7 +1378,10 @@ def test_a_model_policy_names_a_malformed_batch(make_model):
            ({k: v for k, v in obs.items() if k != "mask"}, r"batch\['mask'\] must be a tensor, got NoneType"),
            ({**obs, "boids": obs["boids"].numpy()}, r"batch\['boids'\] must be a tensor, got ndarray"),
            ({**obs, "boids": obs["boids"][0]}, r"batch\['boids'\] has shape \(4, 4\), expected \(E, N, 4\)"),
-           ({**obs, "boids": obs["boids"].clone().fill_(float("nan"))}, r"batch\['boids'\] contains NaN")]
+           ({**obs, "boids": obs["boids"].clone().fill_(float("nan"))}, r"batch\['boids'\] contains NaN"),
+           # integer states gave integer actions, every one 0; finite states that overflow blamed the weights
+           ({**obs, "context": obs["context"].round().long()}, r"batch\['context'\] is torch.int64: states are float"),
+           ({**obs, "boids": obs["boids"] * 1e30}, r"batch\['boids'\] holds values of 1.\d+e\+30")]
     for batch, said in bad:
         with pytest.raises(InputError, match=said):
             policy(batch)
