@@ -216,9 +216,10 @@ def make_trainer(data: SampleSet, batch_size: int = 256, device="cpu", model_cfg
                  **kw):
     """A SupervisedTrainer on `data` with the browser-size model (dropout as configured)."""
     from .train import SupervisedTrainer
-    with torch.random.fork_rng():     # the same weights each time; the caller's random states (CUDA's too) as they were
-        torch.manual_seed(0)
-        model = TransformerPredator.from_config(model_cfg or ModelConfig())
+    # the same weights each time, from a generator of its own: the caller's random states as they were (a fork of
+    # them all started CUDA on every GPU of the machine for a CPU figure)
+    model = TransformerPredator.for_weights(model_cfg or ModelConfig())
+    model.reset_parameters(torch.Generator().manual_seed(0))
     kw.setdefault("world_config", WorldConfig())      # (no checkpoint or catch check: any world will do)
     return SupervisedTrainer(model, data, data, batch_size=batch_size, device=device, **kw)
 
@@ -252,9 +253,8 @@ def naive_training(data: SampleSet, batch_size: int = 256, steps: int = 3) -> Di
     """The seed's design: samples kept as browser dicts, every batch collated from them in Python,
     explicit attention, a per-parameter AdamW loop. An untimed first step, then the best of `steps`
     (the first call ran about 25% slow, and a single timing swung by 2x from run to run)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = TransformerPredator.from_config(ModelConfig())
+    model = TransformerPredator.for_weights(ModelConfig())
+    model.reset_parameters(torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=False)
     kernels, model_module.fastops = model_module.fastops, None    # torch's ops alone, as the seed ran: its GEGLU
     try:                                                          # ran in predlab's numba kernel
@@ -654,7 +654,8 @@ def run_gpu(quick: bool = False, world: Optional[WorldConfig] = None, batches=GP
     variant that raises is listed under "failed" with its error, and the run goes on.
     device, pool_episodes and min_samples exist so that a test can run it all on a CPU in
     seconds (no memory figure there). The caller's random states are as they were after it."""
-    with torch.random.fork_rng():      # its seed 0, then the caller's state back (a bare seed reset it)
+    # its seed 0, then the caller's states back (a bare seed reset them): the CPU's and the bench's GPU's
+    with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
         return _run_gpu(quick, world, batches, modes, seconds, fixed_boids, device, pool_episodes, min_samples,
                         variant_min_batch)
 
