@@ -1097,9 +1097,17 @@ def _split_pool(parts: int) -> ThreadPoolExecutor:
     threads to wake: one layer's attention went from 14 to 24 ms at 2 threads.
     """
     if parts not in _SPLIT_POOL:
-        _SPLIT_POOL[parts] = ThreadPoolExecutor(parts, thread_name_prefix="predlab-split",
-                                                initializer=torch.set_num_threads, initargs=(1,))
+        _SPLIT_POOL[parts] = ThreadPoolExecutor(parts, thread_name_prefix="predlab-split", initializer=_one_thread)
     return _SPLIT_POOL[parts]
+
+
+def _one_thread() -> None:
+    """One intra-op thread for this thread, kept. torch sets a thread's count from the process's last
+    set_num_threads at the thread's first parallel op: set alone, the 1 gave way to the main thread's 2 when
+    that came later, so a part ran on 2 threads or 1 by the history of its thread, and split training's bits
+    depended on which part ran where (two runs of one seed differed after other work in the process)."""
+    torch.get_num_threads()         # that first setting, made now
+    torch.set_num_threads(1)
 
 
 def on_split_thread() -> bool:

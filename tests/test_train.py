@@ -2862,3 +2862,21 @@ def test_printed_commands_are_quoted_for_windows_shells_there(tmp_path, monkeypa
     assert train_mod.tensorboard_command(r"C:\runs") == f"{scripts / 'tensorboard.exe'} --logdir C:\\runs"
     monkeypatch.undo()
     assert train_mod.shell_words("--init_weights", "my runs/best.pt") == "--init_weights 'my runs/best.pt'"
+
+
+def test_the_split_threads_keep_one_intra_op_thread_whatever_the_main_thread_sets_after(monkeypatch):
+    """torch gives a thread the process's last set_num_threads at its first parallel op: a split thread made
+    while the main thread ran 1, which then set 2 back, ran its parts on 2 (4 threads on 2 cores, and a part's
+    sums by the history of the thread it landed on)."""
+    from predlab import train as tr
+    monkeypatch.setattr(tr, "_SPLIT_POOL", {})      # a pool of this test's own
+    threads = torch.get_num_threads()
+    try:
+        pool = tr._split_pool(1)
+        torch.set_num_threads(1)
+        pool.submit(lambda: None).result()         # the thread made, its initializer run
+        torch.set_num_threads(2)                   # the main thread's, after
+        assert pool.submit(torch.get_num_threads).result() == 1
+        pool.shutdown()
+    finally:
+        torch.set_num_threads(threads)
