@@ -210,6 +210,9 @@ def _check_min(cfg) -> None:
             raise ValueError(f"{f.name} must be a whole number, got {v!r}")
         if isinstance(d, float) and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
             raise ValueError(f"{f.name} must be a number, got {v!r}")
+        if isinstance(v, numbers.Rational) and not isinstance(v, numbers.Integral):
+            # a Fraction: torch's AdamW refused it at the first step, format(..., "g") in an error's words
+            raise ValueError(f"{f.name} must be a float or an int, got {v!r} (float(...) makes one)")
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             continue
         try:
@@ -322,6 +325,9 @@ def real_number(name: str, v, lo: Optional[float] = None, hi: Optional[float] = 
     number: a bool, a string) or ValueError (NaN, infinite, out of range) naming it."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name} must be a number, got {v!r}")
+    if isinstance(v, numbers.Rational) and not isinstance(v, numbers.Integral):
+        # a Fraction: torch's AdamW and format(..., "g") refuse it, at the first step or in an error's words
+        raise TypeError(f"{name} must be a float or an int, got {v!r} (float(...) makes one)")
     try:
         finite = math.isfinite(v)
     except OverflowError:        # an int past float's range: "int too large to convert to float" named nothing
