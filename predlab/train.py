@@ -1029,11 +1029,14 @@ def _source_settings(source) -> Dict:
 
 
 def _torch_archive(path) -> bool:
-    """Whether path is a torch.save archive (a zip holding a data.pkl): a .npz, a .docx or a .zip is not."""
+    """Whether path is a checkpoint predlab wrote: a torch.save archive whose data.pkl (the small part: tensors
+    are stored apart) names predlab's format. A .npz, a .docx, a TorchScript file or one's own torch.save of a
+    state_dict is not."""
     try:
         with zipfile.ZipFile(path) as z:
-            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in z.namelist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            pkl = [n for n in z.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            return len(pkl) == 1 and ckpt_io.FORMAT.encode() in z.read(pkl[0])
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError):
         return False
 
 
@@ -1219,7 +1222,7 @@ class SupervisedTrainer:
         self._graph_optimizer_ready = False
         self._device_data: List[tuple] = []
         self.scheduler = WarmupCosine(self.optimizer, 1, warmup_epochs, min_lr_ratio)
-        self.callbacks: List[Callback] = callback_list(callbacks)
+        self.callbacks = callback_list(callbacks)
         self.epoch = 0
         self.improved, self.ended_by, self.ended_in_epoch = False, None, False
         self.start_metric: Optional[float] = None   # the monitor's value on init_weights' own weights (fine_tune_start)
@@ -1346,6 +1349,16 @@ class SupervisedTrainer:
         finally:
             for f in ahead:
                 f.cancel()                        # an error or a Ctrl-C: the batches not started yet
+
+    @property
+    def callbacks(self) -> List[Callback]:
+        return self._callbacks
+
+    @callbacks.setter
+    def callbacks(self, value) -> None:
+        # a list stays the very list (a notebook that keeps it and appends between train() calls); a generator
+        # (which a check alone used up: no callbacks ran), a tuple or one callback becomes one when assigned
+        self._callbacks = value if isinstance(value, list) else callback_list(value, "trainer.callbacks")
 
     def split_parts(self) -> int:
         """How many parts a training batch is split into at most (1 = not split; see cpu_split, and
@@ -1618,9 +1631,7 @@ class SupervisedTrainer:
                           f"is nothing to do; epochs count from the start of the run: train({self.epoch + 10}) "
                           f"trains 10 more, and a new trainer starts a new run", stacklevel=2)
             return self.history
-        # (items may have been added since it was made, or the list replaced: by a generator, which a check alone
-        # used up, or by one callback)
-        self.callbacks = callback_list(self.callbacks, "trainer.callbacks")
+        callback_list(self.callbacks, "trainer.callbacks")    # (items may have been added since it was made)
         from .evaluate import CatchEvaluator     # (evaluate imports this module)
         if self.monitor == "neg_catch_ratio" and not any(isinstance(c, CatchEvaluator) for c in self.callbacks):
             # restored by load_checkpoint from a run that chose its best by the catch ratio: no epoch was ever the

@@ -512,7 +512,7 @@ def test_a_callback_class_given_for_a_callback_is_named_before_training():
     assert t.epoch == 0 and t.history == []
 
 
-def test_callbacks_that_are_no_callbacks_are_named_and_one_alone_is_taken():
+def test_callbacks_that_are_no_callbacks_are_named_and_one_alone_is_taken(tmp_path):
     """create_trainer(callbacks=PrintLogger()) failed in "Value after * must be an iterable"; a str or a function
     among them was taken, and failed at train() in an AttributeError. An object with every hook counts."""
     from predlab.train import CALLBACK_HOOKS, PrintLogger, create_trainer
@@ -536,12 +536,20 @@ def test_callbacks_that_are_no_callbacks_are_named_and_one_alone_is_taken():
     from types import SimpleNamespace
     with pytest.raises(TypeError, match=r"callbacks\[0\] is SimpleNamespace"):
         _trainer(callbacks=[SimpleNamespace(**{h: (lambda *a: None) for h in CALLBACK_HOOKS})])
-    # trainer.callbacks replaced by a generator (a check alone used it up: no callbacks ran) or by one callback
+    # trainer.callbacks replaced by a generator (a check alone used it up: no callbacks ran) or by one callback,
+    # then a validation or a checkpoint before the training, which read them too
     for given in ((c for c in [PrintLogger()]), PrintLogger()):
         t = _trainer()
         t.callbacks = given
+        t.validate()
+        t.save_checkpoint(tmp_path / "cb.pt")
         t.train(1)
         assert [type(c) for c in t.callbacks] == [PrintLogger]
+    t = _trainer()
+    kept = t.callbacks          # a list stays the trainer's own: appended to between train() calls, it is used
+    t.train(1)
+    kept.append(PrintLogger())
+    assert t.callbacks is kept
 
 
 def test_an_epoch_cut_by_ctrl_c_leaves_the_model_in_eval_mode_as_a_finished_epoch_does(monkeypatch):
@@ -1164,7 +1172,8 @@ def test_save_checkpoint_does_not_replace_a_file_that_is_no_checkpoint(tmp_path)
     np.savez(tmp_path / "samples.npz", x=np.zeros(3))
     with zipfile.ZipFile(tmp_path / "report.zip", "w") as z:
         z.writestr("word/document.xml", "<w/>")
-    for other in ("samples.npz", "report.zip"):      # zips, but no torch archives
+    torch.save(t.model.state_dict(), tmp_path / "weights.pt")     # one's own torch.save: no checkpoint of predlab's
+    for other in ("samples.npz", "report.zip", "weights.pt"):
         kept = (tmp_path / other).read_bytes()
         with pytest.raises(FileExistsError, match="is not a checkpoint"):
             t.save_checkpoint(tmp_path / other)
@@ -1191,15 +1200,13 @@ def test_a_checkpoint_with_a_tensor_for_a_setting_is_refused_and_the_trainer_is_
     assert t.epoch == 0 and all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
 
 
-def test_a_fraction_learning_rate_gives_checkpoints_that_load(tmp_path):
+@pytest.mark.parametrize("setting", ["learning_rate", "weight_decay"])
+def test_a_fraction_setting_is_named_when_given(setting):
     """A fractions.Fraction learning rate passed the checks, and the trainer wrote checkpoints it then refused
-    to read ("it names fractions.Fraction"): no resume, no export of that run."""
+    to read; a Fraction weight decay failed in torch's AdamW at the first step."""
     from fractions import Fraction
-    from predlab.checkpoint import load_checkpoint_dict
-    t = _trainer(learning_rate=Fraction(3, 1000))
-    t.train(1)
-    ck = load_checkpoint_dict(t.save_checkpoint(tmp_path / "f.pt"))
-    assert type(ck["optimizer"]["param_groups"][0]["lr"]) is float and set(ck["scheduler"]["base"]) == {0.003}
-    t2 = _trainer()
-    t2.load_checkpoint(tmp_path / "f.pt")
-    assert t2.epoch == 1
+    from predlab.train import create_trainer
+    with pytest.raises((TypeError, ValueError), match=rf"{setting} must be a float or an int, got Fraction\(3, 1000\)"):
+        _trainer(**{setting: Fraction(3, 1000)})
+    with pytest.raises((TypeError, ValueError), match=rf"{setting} must be a float or an int"):
+        create_trainer(train_episodes=2, val_episodes=1, frames=4, verbose=False, **{setting: Fraction(3, 1000)})
