@@ -664,7 +664,10 @@ def _run_gpu(quick, world, batches, modes, seconds, fixed_boids, device, pool_ep
              variant_min_batch) -> Dict:
     world = world or WorldConfig()
     seconds = seconds or (1.0 if quick else 3.0)
-    torch.manual_seed(0)
+    torch.random.default_generator.manual_seed(0)     # the CPU's and the bench's own GPU's, no other (not forked)
+    if torch.device(device).type == "cuda":
+        with torch.cuda.device(torch.device(device)):
+            torch.cuda.manual_seed(0)
     pool = rollout_chunk(pool_episodes or (32 if quick else 256), world, seed=7)
     val = rollout_chunk(max(2, (pool_episodes or 256) // 8), world, seed=8)   # held out: another seed
     mcfg = ModelConfig()
