@@ -112,6 +112,19 @@ def samples(make_samples):
     return make_samples([0, 1, 7, 50], seed=1)
 
 
+PAGE_WEIGHTS = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
+
+
+def linked_to_page(folder: Path, site: Path) -> str:
+    """folder/model.js made a link to site/model.js (both folders made), which holds PAGE_WEIGHTS: a run's folder
+    whose model.js is a page's, as the README shows. Returns the page's text."""
+    folder.mkdir(parents=True, exist_ok=True)
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "model.js").write_text(PAGE_WEIGHTS)
+    (folder / "model.js").symlink_to(Path("..") / site.name / "model.js")
+    return PAGE_WEIGHTS
+
+
 def save_model_file(model: TransformerPredator, path) -> Path:
     """model as a checkpoint (.pt, its minimal fields) or a weight file (.js/.json) at path."""
     from predlab.checkpoint import atomic_save

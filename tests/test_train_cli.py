@@ -355,14 +355,11 @@ def test_a_model_of_other_sizes_is_not_written_through_a_link_to_the_page(tmp_pa
     """A size experiment (--d_model 16) in a folder whose model.js links to a page's replaced the page's working
     model with one the stock page runs as random weights, said only in a warning after the run. The link and
     its file are left; model.json, the folder's own, is written, and the line says how to export anyway."""
+    from conftest import linked_to_page
     from predlab.train import main
     monkeypatch.chdir(tmp_path)
     d, site = tmp_path / "checkpoints", tmp_path / "site"
-    site.mkdir()
-    d.mkdir()
-    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
-    (site / "model.js").write_text(page)
-    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    page = linked_to_page(d, site)
     assert main(SMALL) == 0
     out, err = capsys.readouterr()
     assert (site / "model.js").read_text() == page and (d / "model.js").is_symlink()

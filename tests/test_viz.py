@@ -1135,12 +1135,9 @@ def test_export_for_browser_writes_through_a_linked_model_js_and_puts_files_back
     import errno
     import os
     import predlab.export as E
+    from conftest import linked_to_page
     d, site = tmp_path / "ck", tmp_path / "site"
-    d.mkdir()
-    site.mkdir()
-    page = "window.TRANSFORMER_PARAMS = {};  // the page's weights\n"
-    (site / "model.js").write_text(page)
-    (d / "model.js").symlink_to(Path("..") / "site" / "model.js")
+    page = linked_to_page(d, site)
     (d / "model.json").write_text('{"d_model": 48}')             # an earlier export's, other weights
     if full:
         write = E.atomic_write_text
