@@ -1048,7 +1048,7 @@ def _plain_numbers(obj):
     if isinstance(obj, (np.generic, np.ndarray)):
         return obj.tolist()     # a 0-d array, as a scalar, gives its number
     if isinstance(obj, numbers.Real) and not isinstance(obj, (bool, int, float)):
-        # a Fraction learning rate: taken, then its checkpoints refused when read back (no resume, no export)
+        # a Fraction in a callback's logs (settings refuse one): the weights-only loader refuses its class
         return int(obj) if isinstance(obj, numbers.Integral) else float(obj)
     if isinstance(obj, dict):
         return {k: _plain_numbers(v) for k, v in obj.items()}

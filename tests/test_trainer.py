@@ -1210,3 +1210,19 @@ def test_a_fraction_setting_is_named_when_given(setting):
         _trainer(**{setting: Fraction(3, 1000)})
     with pytest.raises((TypeError, ValueError), match=rf"{setting} must be a float or an int"):
         create_trainer(train_episodes=2, val_episodes=1, frames=4, verbose=False, **{setting: Fraction(3, 1000)})
+
+
+def test_a_fraction_in_a_callbacks_logs_gives_checkpoints_that_load(tmp_path):
+    """A callback that logs a Fraction: the weights-only loader refuses its class, so the run's checkpoints could
+    not be read back (no resume, no export). It is saved as the float it holds."""
+    from fractions import Fraction
+    from predlab.checkpoint import load_checkpoint_dict
+    from predlab.train import Callback
+
+    class Ratio(Callback):
+        def on_evaluate(self, trainer, epoch, logs):
+            logs["share"] = Fraction(1, 3)
+    t = _trainer(callbacks=[Ratio()])
+    t.train(1)
+    ck = load_checkpoint_dict(t.save_checkpoint(tmp_path / "f.pt"))
+    assert ck["history"][0]["share"] == pytest.approx(1 / 3) and type(ck["history"][0]["share"]) is float
